@@ -1,0 +1,177 @@
+"""`pgolf` command line: train, demo, plugins, config, data, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from core.config import Config, ConfigError, resolve
+from core.registry import PluginError, Registry
+
+DEMO_SETTINGS = [
+    "core.num_layers=4", "core.model_dim=128", "core.num_heads=4", "core.num_kv_heads=2",
+    "core.train_seq_len=128", "core.train_batch_tokens=4096", "core.grad_accum_steps=1",
+    "core.iterations=300", "core.warmdown_iters=100", "core.warmup_steps=0", "core.val_loss_every=100",
+    "core.train_log_every=25", "core.val_batch_size=16384", "core.val_max_tokens=65536",
+    "core.max_wallclock_seconds=150", "core.muon_momentum_warmup_steps=100", "core.device=cpu",
+]
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="recipe TOML (plugins list + [core] and [plugin] tables)")
+    p.add_argument("--plugins", help="comma-separated plugin list (overrides the recipe and PGOLF_PLUGINS)")
+    p.add_argument("--plugin-file", action="append", default=[], metavar="FILE.py",
+                   help="load plugins from a Python file (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
+                   help="override a setting, e.g. --set core.num_layers=11 --set ema.decay=0.99")
+    p.add_argument("--data", help="data directory with fineweb_{train,val}_*.bin shards (sets core.data_path)")
+
+
+def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -> tuple[Config, Registry]:
+    registry = Registry(extra_files=args.plugin_file)
+    sets = list(extra_sets or []) + list(args.sets)
+    if getattr(args, "data", None):
+        sets.append(f"core.data_path={args.data}")
+    plugins = None if args.plugins is None else [p.strip() for p in args.plugins.split(",") if p.strip()]
+    cfg = resolve(
+        plugin_config_classes=registry.config_classes(), recipe=args.recipe, env=os.environ, sets=sets,
+        plugins=plugins, check_plugins=registry.check,
+    )
+    return cfg, registry
+
+
+def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None) -> int:
+    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "core.cli", *[a for a in sys.argv[1:] if not a.startswith("--nproc")]]
+        if "--nproc" in sys.argv[1:]:
+            i = cmd.index("--nproc")
+            del cmd[i : i + 2]
+        print("launching: " + " ".join(cmd), flush=True)
+        return subprocess.call(cmd)
+    from core.train import run_training
+
+    cfg, registry = load_config(args, extra_sets)
+    summary = run_training(cfg, registry)
+    if int(os.environ.get("RANK", "0")) == 0:
+        total = summary["total_bytes"]
+        print(f"val_bpb {summary['val_bpb']:.4f}  artifact {total:,} bytes "
+              f"({'fits' if total <= 16_000_000 else 'OVER'} 16,000,000)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print("pgolf demo: a tiny GPT on the embedded default corpus (CPU, ~2-3 minutes)", flush=True)
+    args.nproc = 0
+    return cmd_train(args, extra_sets=DEMO_SETTINGS + [f"core.out_dir={args.out}"])
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    registry = Registry(extra_files=args.plugin_file)
+    if args.action == "list":
+        width = max((len(n) for n in registry.names()), default=4)
+        for name in registry.names():
+            cls = registry.plugins[name]
+            print(f"{name:<{width}}  {cls.summary}  [{', '.join(cls.sources)}]")
+        return 0
+    if args.action == "show":
+        if not args.name:
+            raise PluginError("pgolf plugins show NAME: NAME is required")
+        errors = registry.check([args.name])
+        if errors:
+            raise PluginError(errors[0])
+        info = registry.plugins[args.name].describe()
+        info["origin"] = registry.origins[args.name]
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    if args.action == "new":
+        if not args.name or not args.name.isidentifier():
+            raise PluginError(f"pgolf plugins new NAME: NAME must be a Python identifier, got {args.name!r}")
+        from core.scaffold import write_plugin_skeleton
+
+        for path in write_plugin_skeleton(args.name, Path(args.dir), force=args.force):
+            print(f"wrote {path}")
+        return 0
+    raise PluginError(f"unknown action {args.action!r}")
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    cfg, _ = load_config(args)
+    if args.json:
+        print(cfg.to_json())
+        return 0
+    rows = cfg.rows()
+    kw = max(len(k) for k, _, _ in rows)
+    vw = min(max(len(repr(v)) for _, v, _ in rows), 40)
+    for key, value, source in rows:
+        print(f"{key:<{kw}}  {value!r:<{vw}}  {source}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from core.databuild import build_dataset, ensure_default_data
+
+    if args.action == "default":
+        print(ensure_default_data(vocab_size=args.vocab))
+        return 0
+    if not args.source or not args.out:
+        raise ValueError("pgolf data build TEXT_DIR|FILE.jsonl --vocab N --out DIR: source and --out are required")
+    info = build_dataset(Path(args.source), Path(args.out), vocab_size=args.vocab, val_docs=args.val_docs)
+    print(json.dumps(info.__dict__ if hasattr(info, "__dict__") else info, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train, export and evaluate (the challenge job)")
+    add_config_args(p)
+    p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (one per GPU)")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("demo", help="tiny CPU run on the embedded default corpus")
+    add_config_args(p)
+    p.add_argument("--out", default="runs", help="output directory for the run (default runs/)")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("plugins", help="list / show / scaffold plugins")
+    p.add_argument("action", choices=["list", "show", "new"])
+    p.add_argument("name", nargs="?")
+    p.add_argument("--plugin-file", action="append", default=[], metavar="FILE.py")
+    p.add_argument("--dir", default=".", help="for 'new': where to write the plugin and its test")
+    p.add_argument("--force", action="store_true", help="for 'new': overwrite existing files")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("config", help="show the resolved configuration with each value's source")
+    p.add_argument("action", choices=["show"])
+    add_config_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("data", help="build challenge-format shards + a SentencePiece tokenizer from text")
+    p.add_argument("action", choices=["build", "default"])
+    p.add_argument("source", nargs="?", help="a directory of text files or a .jsonl file with a 'text' field")
+    p.add_argument("--vocab", type=int, default=1024)
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--val-docs", type=int, default=None, help="documents for the val split (default ~5%%)")
+    p.set_defaults(func=cmd_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"pgolf: config error: {line}", file=sys.stderr)
+        return 2
+    except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""Typed run configuration: defaults < recipe TOML < environment (challenge names) < --set key=value.
+
+Core settings live in `CoreConfig`, named like the official `train_gpt.py` hyperparameters so the
+challenge's environment variables (NUM_LAYERS, ITERATIONS, MAX_WALLCLOCK_SECONDS, ...) work unchanged.
+Each plugin brings its own dataclass; its fields are `[plugin]` tables in a recipe, `PLUGIN_KEY`
+environment variables and `--set plugin.key=value`. Every value remembers where it came from, and all
+errors of one resolution are reported together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """One or more configuration errors, each one line naming the input."""
+
+    def __init__(self, errors: Sequence[str]):
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def _env(name: str) -> dict[str, str]:
+    return {"env": name}
+
+
+@dataclass
+class CoreConfig:
+    """Core trainer settings; defaults are the official baseline's (train_gpt.py, 1.2244 bpb)."""
+
+    # Data. An empty data_path means the embedded default corpus (built on first use).
+    data_path: str = ""
+    tokenizer_path: str = ""
+    run_id: str = ""
+    seed: int = 1337
+    # Validation cadence and batch size.
+    val_batch_size: int = 524_288
+    val_loss_every: int = 1000
+    train_log_every: int = 200
+    val_max_tokens: int = field(default=0, metadata=_env("PGOLF_VAL_MAX_TOKENS"))
+    # Training length.
+    iterations: int = 20_000
+    warmdown_iters: int = 1200
+    warmup_steps: int = 20
+    train_batch_tokens: int = 524_288
+    train_seq_len: int = 1024
+    eval_seq_len: int = 0
+    max_wallclock_seconds: float = 600.0
+    grad_accum_steps: int = field(default=0, metadata=_env("PGOLF_GRAD_ACCUM_STEPS"))
+    # Model shape.
+    vocab_size: int = 1024
+    num_layers: int = 9
+    num_kv_heads: int = 4
+    model_dim: int = 512
+    num_heads: int = 8
+    mlp_mult: int = 2
+    tie_embeddings: bool = True
+    rope_base: float = 10000.0
+    logit_softcap: float = 30.0
+    qk_gain_init: float = 1.5
+    # Optimizers.
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    tied_embed_lr: float = 0.05
+    tied_embed_init_std: float = 0.005
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    muon_momentum: float = 0.95
+    muon_backend_steps: int = 5
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    grad_clip_norm: float = 0.0
+    # Machine. "auto" picks CUDA when present, compiles on CUDA, and the fastest attention backend.
+    device: str = field(default="auto", metadata=_env("PGOLF_DEVICE"))
+    compile: str = field(default="auto", metadata=_env("PGOLF_COMPILE"))
+    attention: str = field(default="auto", metadata=_env("PGOLF_ATTENTION"))
+    out_dir: str = field(default="runs", metadata=_env("PGOLF_OUT_DIR"))
+
+
+CORE_SECTION = "core"
+PLUGINS_ENV = "PGOLF_PLUGINS"
+
+
+def env_name(section: str, f: dataclasses.Field) -> str:
+    """The environment variable that sets `section.f`."""
+    if "env" in f.metadata:
+        return f.metadata["env"]
+    return f.name.upper() if section == CORE_SECTION else f"{section}_{f.name}".upper()
+
+
+@dataclass
+class Config:
+    """A fully resolved configuration: core settings, enabled plugins and their settings, sources."""
+
+    core: CoreConfig
+    plugins: list[str]
+    plugin_configs: dict[str, Any]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def section(self, name: str) -> Any:
+        return self.core if name == CORE_SECTION else self.plugin_configs[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"plugins": list(self.plugins), CORE_SECTION: dataclasses.asdict(self.core)}
+        for name, cfg in self.plugin_configs.items():
+            out[name] = dataclasses.asdict(cfg) if cfg is not None else {}
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({"config": self.to_dict(), "sources": self.sources}, indent=2, default=str)
+
+    def rows(self) -> list[tuple[str, Any, str]]:
+        """(key, value, source) for every setting, in declaration order."""
+        rows: list[tuple[str, Any, str]] = [("plugins", self.plugins, self.sources.get("plugins", "default"))]
+        for section in [CORE_SECTION, *self.plugin_configs]:
+            cfg = self.section(section)
+            if cfg is None:
+                continue
+            for f in dataclasses.fields(cfg):
+                key = f"{section}.{f.name}"
+                rows.append((key, getattr(cfg, f.name), self.sources.get(key, "default")))
+        return rows
+
+
+def _type_of(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert a TOML value or a string from env/--set to the field type; ValueError names `where`."""
+    origin = typing.get_origin(typ)
+    if origin in (list, tuple) or typ in (list, tuple):
+        args = typing.get_args(typ)
+        item = args[0] if args else str
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{where}: expected a list, got {value!r}") from exc
+            else:
+                value = [v.strip() for v in text.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        items = [coerce(v, item, where) for v in value]
+        return tuple(items) if (origin is tuple or typ is tuple) else items
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise ValueError(f"{where}: expected a boolean (1/0/true/false), got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip().replace("_", ""))
+            except ValueError:
+                pass
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"recipe {p}: file not found (expected a TOML recipe, e.g. recipes/baseline.toml)"])
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"recipe {p}: invalid TOML: {exc}"]) from exc
+
+
+def parse_set(item: str) -> tuple[str, str, str]:
+    """'section.key=value' -> (section, key, value); a bare 'key=value' means core."""
+    if "=" not in item:
+        raise ValueError(f"--set {item!r}: expected section.key=value")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    section, _, name = key.rpartition(".")
+    return (section or CORE_SECTION), name, value
+
+
+def _plugin_list(value: Any, where: str) -> list[str]:
+    names = coerce(value, list[str], where)
+    return [n for n in names if n]
+
+
+def resolve(
+    *,
+    plugin_config_classes: Mapping[str, type | None],
+    recipe: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    sets: Sequence[str] = (),
+    plugins: Sequence[str] | None = None,
+    check_plugins: Any = None,
+) -> Config:
+    """Resolve a configuration. `plugin_config_classes` maps every *known* plugin to its config class.
+
+    `check_plugins(names) -> list[str]` (errors) validates the enabled list (unknown names, conflicts,
+    requirements); it is supplied by the registry so this module knows no plugin by name.
+    """
+    env = dict(env or {})
+    errors: list[str] = []
+    sources: dict[str, str] = {}
+    data: dict[str, Any] = {}
+    recipe_name = ""
+    if recipe is not None:
+        try:
+            data = load_recipe(recipe)
+        except ConfigError as exc:
+            raise exc
+        recipe_name = f"recipe:{recipe}"
+
+    # 1. The plugin list: recipe < PGOLF_PLUGINS < --set plugins=... < --plugins.
+    enabled: list[str] = []
+    sources["plugins"] = "default"
+    if "plugins" in data:
+        try:
+            enabled = _plugin_list(data["plugins"], f"{recipe}: plugins")
+            sources["plugins"] = recipe_name
+        except ValueError as exc:
+            errors.append(str(exc))
+    if env.get(PLUGINS_ENV):
+        enabled = _plugin_list(env[PLUGINS_ENV], f"env {PLUGINS_ENV}")
+        sources["plugins"] = f"env:{PLUGINS_ENV}"
+    parsed_sets: list[tuple[str, str, str, str]] = []
+    for item in sets:
+        try:
+            section, name, value = parse_set(item)
+        except ValueError as exc:
+            errors.append(str(exc))
+            continue
+        if section == CORE_SECTION and name == "plugins":
+            try:
+                enabled = _plugin_list(value, f"--set {item}")
+                sources["plugins"] = "--set"
+            except ValueError as exc:
+                errors.append(str(exc))
+            continue
+        parsed_sets.append((section, name, value, item))
+    if plugins is not None:
+        enabled = list(plugins)
+        sources["plugins"] = "--plugins"
+    seen: set[str] = set()
+    enabled = [n for n in enabled if not (n in seen or seen.add(n))]
+    if check_plugins is not None:
+        errors.extend(check_plugins(enabled))
+    known_enabled = [n for n in enabled if n in plugin_config_classes]
+
+    # 2. Section values.
+    section_classes: dict[str, type | None] = {CORE_SECTION: CoreConfig}
+    section_classes.update({n: plugin_config_classes[n] for n in known_enabled})
+    values: dict[str, dict[str, Any]] = {s: {} for s in section_classes}
+
+    def assign(section: str, key: str, raw: Any, source: str, where: str) -> None:
+        cls = section_classes.get(section)
+        if section not in section_classes:
+            if section in plugin_config_classes:
+                errors.append(f"{where}: plugin {section!r} is not enabled (add it to plugins)")
+            else:
+                choices = [*section_classes, *plugin_config_classes]
+                errors.append(f"{where}: unknown section {section!r}{did_you_mean(section, choices)}")
+            return
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+        if key not in fields:
+            errors.append(f"{where}: unknown setting {section}.{key}{did_you_mean(key, list(fields))}")
+            return
+        try:
+            values[section][key] = coerce(raw, _type_of(cls, fields[key]), where)
+            sources[f"{section}.{key}"] = source
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    for section, table in data.items():
+        if section == "plugins":
+            continue
+        if not isinstance(table, dict):
+            errors.append(f"{recipe}: top-level key {section!r}: expected a [section] table or 'plugins'")
+            continue
+        for key, raw in table.items():
+            assign(section, key, raw, recipe_name, f"{recipe}: {section}.{key}")
+    for section, cls in section_classes.items():
+        if cls is None:
+            continue
+        for f in dataclasses.fields(cls):
+            name = env_name(section, f)
+            if name in env:
+                assign(section, f.name, env[name], f"env:{name}", f"env {name}")
+    for section, name, value, item in parsed_sets:
+        assign(section, name, value, "--set", f"--set {item}")
+
+    built: dict[str, Any] = {}
+    for section, cls in section_classes.items():
+        if cls is None:
+            built[section] = None
+            continue
+        try:
+            built[section] = cls(**values[section])
+        except (TypeError, ValueError) as exc:
+            errors.append(f"[{section}]: {exc}")
+    if CORE_SECTION in built:
+        errors.extend(core_errors(built[CORE_SECTION]))
+    if errors:
+        raise ConfigError(errors)
+    cfg = Config(
+        core=built[CORE_SECTION],
+        plugins=enabled,
+        plugin_configs={n: built[n] for n in known_enabled},
+        sources=sources,
+    )
+    return cfg
+
+
+def core_errors(c: CoreConfig) -> list[str]:
+    """Cross-field checks on the core settings."""
+    errors = []
+    if c.model_dim % c.num_heads != 0:
+        errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")
+    elif (c.model_dim // c.num_heads) % 2 != 0:
+        errors.append(f"head_dim={c.model_dim // c.num_heads} must be even for RoPE")
+    if c.num_kv_heads <= 0 or c.num_heads % c.num_kv_heads != 0:
+        errors.append(f"core.num_heads={c.num_heads} must be divisible by core.num_kv_heads={c.num_kv_heads}")
+    if c.logit_softcap <= 0:
+        errors.append(f"core.logit_softcap must be positive, got {c.logit_softcap}")
+    for name in ("vocab_size", "num_layers", "train_seq_len", "train_batch_tokens", "iterations"):
+        if getattr(c, name) <= 0:
+            errors.append(f"core.{name} must be positive, got {getattr(c, name)}")
+    if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):
+        errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
+    if c.compile not in ("auto", "true", "false", "1", "0"):
+        errors.append(f"core.compile: expected auto, true or false, got {c.compile!r}")
+    if c.attention not in ("auto", "fa3", "cudnn", "flash", "efficient", "math"):
+        errors.append(f"core.attention: expected auto, fa3, cudnn, flash, efficient or math, got {c.attention!r}")
+    return errors

@@ -1,0 +1,188 @@
+"""The challenge's token shard format, shard discovery, and the baseline's training/validation loaders.
+
+A shard is a 256-int32 little-endian header (magic 20240520, version 1, num_tokens, zeros) followed by
+num_tokens little-endian uint16 tokens. The loaders reproduce `train_gpt.py` token order exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_BYTES = 2
+
+
+class DataError(ValueError):
+    """A data file or directory is missing or malformed (the message is one line and names the path)."""
+
+
+def read_shard(path: str | Path) -> Tensor:
+    """Tokens of one shard as a 1-D uint16 tensor (header checked like the baseline's `load_data_shard`)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataError(f"shard {path} does not exist") from None
+    if not path.is_file():
+        raise DataError(f"shard {path} is not a regular file")
+    if size < HEADER_BYTES:
+        raise DataError(f"{path}: too short for a shard: {size} bytes, expected a {HEADER_BYTES}-byte header")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if header.size != HEADER_INTS:
+        raise DataError(f"{path}: short read of the shard header ({header.size} of {HEADER_INTS} ints)")
+    magic, version, num_tokens = int(header[0]), int(header[1]), int(header[2])
+    if magic != SHARD_MAGIC:
+        raise DataError(f"{path}: bad shard header: magic {magic}, expected {SHARD_MAGIC}")
+    if version != SHARD_VERSION:
+        raise DataError(f"{path}: bad shard header: version {version}, expected {SHARD_VERSION}")
+    if num_tokens < 0:
+        raise DataError(f"{path}: bad shard header: num_tokens {num_tokens}, expected >= 0")
+    expected = HEADER_BYTES + num_tokens * TOKEN_BYTES
+    if size != expected:
+        what = "truncated shard" if size < expected else "shard has trailing bytes"
+        raise DataError(
+            f"{path}: {what}: header says {num_tokens} tokens ({expected} bytes) but file has {size} bytes"
+        )
+    tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
+    if tokens.size != num_tokens:
+        raise DataError(f"{path}: short read: expected {num_tokens} tokens, got {tokens.size}")
+    return torch.from_numpy(tokens.astype(np.uint16, copy=False))
+
+
+def write_shard(path: str | Path, tokens: np.ndarray | Sequence[int]) -> None:
+    """Write `tokens` (integers in [0, 65535]) as a shard; atomic (temp file in the same dir + rename)."""
+    path = Path(path)
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise DataError(f"{path}: shard tokens must be 1-D, got shape {tuple(arr.shape)}")
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise DataError(f"{path}: shard tokens must be integers, got dtype {arr.dtype}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 0xFFFF:
+            raise DataError(f"{path}: token ids must fit uint16 [0, 65535], found range [{lo}, {hi}]")
+    if arr.size > np.iinfo(np.int32).max:
+        raise DataError(f"{path}: {arr.size} tokens do not fit one shard (int32 count)")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, arr.size
+    body = arr.astype("<u2", copy=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")  # mode per umask
+    try:
+        with open(tmp, "xb") as f:
+            f.write(header.tobytes())
+            f.write(body.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def shard_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The sorted `fineweb_{split}_*.bin` files of `data_dir` (a DataError if there are none)."""
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError(f"data path {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise DataError(f"data path {data_dir} is not a directory")
+    pattern = f"fineweb_{split}_*.bin"
+    files = sorted((p for p in data_dir.glob(pattern) if p.is_file()), key=lambda p: p.name)
+    if not files:
+        raise DataError(
+            f"no {split} shards matching {pattern} in {data_dir} "
+            "(expected the challenge's shard files; build some with 'pgolf data build')"
+        )
+    return files
+
+
+class TokenStream:
+    """Reads shards in order and wraps around forever (the baseline's deterministic streaming)."""
+
+    def __init__(self, files: Sequence[str | Path]) -> None:
+        self.files = [Path(f) for f in files]
+        if not self.files:
+            raise DataError("TokenStream needs at least one shard file, got none")
+        self.file_idx = 0
+        self.tokens = read_shard(self.files[0])
+        self.pos = 0
+
+    def _advance_file(self) -> None:
+        self.file_idx = (self.file_idx + 1) % len(self.files)
+        self.tokens = read_shard(self.files[self.file_idx])
+        self.pos = 0
+
+    def take(self, n: int) -> Tensor:
+        """The next `n` tokens of the stream (crossing shard boundaries and wrapping as needed)."""
+        chunks: list[Tensor] = []
+        remaining = n
+        empty_in_a_row = 0
+        while remaining > 0:
+            avail = self.tokens.numel() - self.pos
+            if avail <= 0:
+                empty_in_a_row += 1
+                if empty_in_a_row > len(self.files):
+                    raise DataError(f"all {len(self.files)} shards are empty (first: {self.files[0]})")
+                self._advance_file()
+                continue
+            empty_in_a_row = 0
+            k = min(remaining, avail)
+            chunks.append(self.tokens[self.pos : self.pos + k])
+            self.pos += k
+            remaining -= k
+        if not chunks:
+            return self.tokens[:0]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+class DistributedTokenLoader:
+    """Each call takes one contiguous chunk of the stream and gives each rank its own span (+1 token)."""
+
+    def __init__(self, files: Sequence[str | Path], rank: int, world_size: int, device: torch.device) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad rank {rank} for world_size {world_size}")
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+        self.stream = TokenStream(files)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
+        """(x, y) int64 of shape (local_tokens // seq_len, seq_len) for this rank, y shifted by one."""
+        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
+        if local_tokens <= 0 or local_tokens % seq_len != 0:
+            raise ValueError(
+                f"global_tokens {global_tokens} / (world_size {self.world_size} * grad_accum_steps "
+                f"{grad_accum_steps}) = {local_tokens} tokens per rank, not a positive multiple of "
+                f"seq_len {seq_len}"
+            )
+        per_rank_span = local_tokens + 1
+        chunk = self.stream.take(per_rank_span * self.world_size)
+        start = self.rank * per_rank_span
+        local = chunk[start : start + per_rank_span].to(dtype=torch.int64)
+        x = local[:-1].reshape(-1, seq_len)
+        y = local[1:].reshape(-1, seq_len)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def load_validation_tokens(files: Sequence[str | Path], seq_len: int) -> Tensor:
+    """All validation tokens, truncated to a multiple of `seq_len` plus one (uint16, 1-D)."""
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise DataError("no validation shard files given (expected fineweb_val_*.bin)")
+    tokens = torch.cat([read_shard(p) for p in paths]).contiguous()
+    usable = ((tokens.numel() - 1) // seq_len) * seq_len
+    if usable <= 0:
+        raise DataError(
+            f"validation split in {paths[0].parent} is too short: {tokens.numel()} tokens in {len(paths)} "
+            f"shard(s), need at least {seq_len + 1} for seq_len {seq_len}"
+        )
+    return tokens[: usable + 1]

@@ -1,0 +1,579 @@
+"""Build challenge-format datasets: a SentencePiece BPE tokenizer plus train/val token shards.
+
+Layout of a built dataset directory (the challenge's names):
+`tokenizer/fineweb_{V}_bpe.model` (+ `.vocab`), `fineweb_train_000000.bin ...`, `fineweb_val_000000.bin`
+and `dataset.json`. The first documents go to val, the rest to train; each document is encoded and
+prefixed with BOS (id 1), no EOS. Builds happen in a temporary directory that is renamed at the end.
+`ensure_default_data` builds and caches the embedded default corpus (`core.corpus`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from core.data import DataError, write_shard
+
+BOS_ID = 1
+SPECIAL_PIECES = 4  # pad, bos, eos, unk
+BYTE_PIECES = 256
+MIN_VOCAB = SPECIAL_PIECES + BYTE_PIECES + 8
+MAX_VOCAB = 1 << 16  # token ids are stored as uint16
+CHARACTER_COVERAGE = 0.9995
+MIN_CHARACTER_COVERAGE = 0.98  # sentencepiece's lower limit
+TOKENIZER_MAX_BYTES = 100_000_000  # text used to train the tokenizer (the first train documents)
+HUGE_FILE_BYTES = 1 << 20  # text files larger than this are split on blank lines into documents
+SPLIT_DOC_CHARS = 2000  # ... of about this many characters
+ENCODE_BATCH_DOCS = 512
+MAX_SENTENCE_CHARS = 16_000
+
+# the embedded default corpus (bump DEFAULT_VERSION whenever these or core.corpus change)
+DEFAULT_VERSION = "v1"
+DEFAULT_SEED = 1337
+DEFAULT_VAL_DOCS = 500
+DEFAULT_TRAIN_DOCS = 7500
+
+
+@dataclass
+class BuildInfo:
+    """What `build_dataset` wrote."""
+
+    out_dir: Path
+    tokenizer_path: Path
+    vocab_size: int
+    source: str
+    train_files: list[Path] = field(default_factory=list)
+    val_files: list[Path] = field(default_factory=list)
+    train_docs: int = 0
+    val_docs: int = 0
+    train_tokens: int = 0
+    val_tokens: int = 0
+    character_coverage: float = CHARACTER_COVERAGE
+    seconds: float = 0.0
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+
+def _check_vocab(vocab_size: int) -> None:
+    if not MIN_VOCAB <= vocab_size <= MAX_VOCAB:
+        raise DataError(
+            f"vocab_size {vocab_size} is out of range: a byte-fallback BPE needs at least {MIN_VOCAB} "
+            f"({SPECIAL_PIECES} special + {BYTE_PIECES} byte pieces + some characters) "
+            f"and at most {MAX_VOCAB}"
+        )
+
+
+def _sentences(texts: Iterable[str], max_bytes: int) -> list[str]:
+    """Non-empty lines of `texts` (long lines chunked), up to about `max_bytes` of UTF-8."""
+    out: list[str] = []
+    total = 0
+    for text in texts:
+        for line in text.splitlines():
+            line = line.strip()
+            for i in range(0, len(line), MAX_SENTENCE_CHARS):
+                chunk = line[i : i + MAX_SENTENCE_CHARS]
+                out.append(chunk)
+                total += len(chunk) + 1
+        if total >= max_bytes:
+            break
+    return out
+
+
+def _character_coverage(sentences: list[str], vocab_size: int) -> float:
+    """CHARACTER_COVERAGE unless the characters it covers would fill more than half of the free slots."""
+    counts: Counter[str] = Counter()
+    for s in sentences:
+        counts.update(s)
+    counts.pop(" ", None)
+    counts["▁"] = sum(len(s.split()) for s in sentences)  # one meta space per word (an estimate)
+    freqs = sorted(counts.values(), reverse=True)
+    total = sum(freqs)
+    if total == 0:
+        return CHARACTER_COVERAGE
+    max_chars = max(1, (vocab_size - SPECIAL_PIECES - BYTE_PIECES) // 2)
+    acc = 0
+    for i, f in enumerate(freqs):
+        if acc / total >= CHARACTER_COVERAGE:
+            return CHARACTER_COVERAGE  # covered with i <= max_chars characters
+        if i == max_chars:
+            # sentencepiece adds characters while the covered fraction is below the target: stop at i
+            prev = (acc - freqs[i - 1]) / total
+            return float(min(CHARACTER_COVERAGE, max(MIN_CHARACTER_COVERAGE, (prev + acc / total) / 2)))
+        acc += f
+    return CHARACTER_COVERAGE
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_prefix: Path,
+    max_bytes: int = TOKENIZER_MAX_BYTES,
+    seed: int = 0,
+) -> Path:
+    """Train a SentencePiece BPE with the challenge's settings; writes `out_prefix`.model/.vocab.
+
+    Exactly `vocab_size` pieces (an error if the text cannot support that many). Character coverage is
+    0.9995, lowered only for tiny vocabularies whose free slots would otherwise be all characters.
+    Trained on the non-empty lines of `texts` (newlines are spaces after nmt_nfkc), up to `max_bytes`.
+    """
+    return _train_tokenizer(texts, vocab_size, Path(out_prefix), max_bytes, seed)[0]
+
+
+def _train_tokenizer(
+    texts: Iterable[str], vocab_size: int, out_prefix: Path, max_bytes: int, seed: int, label: str = ""
+) -> tuple[Path, float]:
+    """(model path, character coverage used); `label` names the tokenizer in errors."""
+    _check_vocab(vocab_size)
+    label = label or f"{out_prefix}.model"
+    sentences = _sentences(texts, max_bytes)
+    if not sentences:
+        raise DataError(f"no text to train the tokenizer {label} on")
+    coverage = _character_coverage(sentences, vocab_size)
+    spm.set_random_generator_seed(seed)
+    buf = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=buf,  # not model_prefix: that path would be recorded in the model
+            model_type="bpe",
+            vocab_size=vocab_size,
+            character_coverage=coverage,
+            byte_fallback=True,
+            split_digits=True,
+            normalization_rule_name="nmt_nfkc",
+            add_dummy_prefix=False,
+            pad_id=0,
+            bos_id=1,
+            eos_id=2,
+            unk_id=3,
+            hard_vocab_limit=True,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            max_sentence_length=MAX_SENTENCE_CHARS * 4 + 16,
+            num_threads=1,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        raise _trainer_error(e, vocab_size, label) from None
+    proto = buf.getvalue()
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    if int(sp.vocab_size()) != vocab_size:
+        raise DataError(f"tokenizer {label}: trained {sp.vocab_size()} pieces, wanted {vocab_size}")
+    vocab = "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(vocab_size))
+    _write_bytes(Path(f"{out_prefix}.vocab"), vocab.encode("utf-8"))
+    _write_bytes(Path(f"{out_prefix}.model"), proto)
+    return Path(f"{out_prefix}.model"), coverage
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temp file in the same directory + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _trainer_error(e: RuntimeError, vocab_size: int, label: str) -> DataError:
+    msg = " ".join(str(e).split())
+    high = re.search(r"Vocabulary size too high.*?<= (\d+)", msg)
+    if high:
+        return DataError(
+            f"vocab_size {vocab_size} is too large for this text: sentencepiece can make at most "
+            f"{high.group(1)} pieces from it (use more text or a smaller vocab) [{label}]"
+        )
+    low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", msg)
+    if low:
+        return DataError(
+            f"vocab_size {vocab_size} is too small for this text: it needs {low.group(2)} pieces for "
+            f"special, byte and character pieces [{label}]"
+        )
+    return DataError(f"tokenizer training for {label} failed: {msg}")
+
+
+# --- document sources ------------------------------------------------------------------------------
+
+
+def _iter_jsonl(path: Path) -> Iterator[str]:
+    with path.open("r", encoding="utf-8", errors="strict") as f:
+        lineno = 0
+        while True:
+            lineno += 1
+            try:
+                line = f.readline()
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
+            if not line:
+                return
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict) or "text" not in obj:
+                found = f"keys {sorted(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
+                raise DataError(f"{path}:{lineno}: expected an object with a \"text\" field, found {found}")
+            text = obj["text"]
+            if not isinstance(text, str):
+                raise DataError(f"{path}:{lineno}: \"text\" must be a string, found {type(text).__name__}")
+            if text.strip():
+                yield text
+
+
+def _split_blocks(text: str) -> Iterator[str]:
+    """Blank-line separated blocks grouped into documents of about SPLIT_DOC_CHARS characters."""
+    group: list[str] = []
+    size = 0
+    for block in re.split(r"\n\s*\n", text):
+        if not block.strip():
+            continue
+        group.append(block)
+        size += len(block)
+        if size >= SPLIT_DOC_CHARS:
+            yield "\n\n".join(group)
+            group, size = [], 0
+    if group:
+        yield "\n\n".join(group)
+
+
+def _read_text_file(path: Path) -> str | None:
+    """The file's text, or None if it looks binary (NUL bytes or not UTF-8)."""
+    data = path.read_bytes()
+    if b"\0" in data[:8192]:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _iter_file(path: Path) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+        return
+    text = _read_text_file(path)
+    if text is None or not text.strip():
+        return
+    if len(text) > HUGE_FILE_BYTES:
+        yield from _split_blocks(text)
+    else:
+        yield text
+
+
+def _source_files(source: Path, exclude: Path | None = None) -> list[Path]:
+    if source.is_file():
+        return [source]
+    files = []
+    for p in source.rglob("*"):
+        rel = p.relative_to(source)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        if exclude is not None and p.resolve().is_relative_to(exclude):
+            continue
+        files.append(p)
+    return sorted(files, key=lambda p: p.relative_to(source).as_posix())
+
+
+def _missing_source(source: Path) -> DataError:
+    return DataError(f"source {source} does not exist (expected a directory of text files or a .jsonl file)")
+
+
+def iter_documents(source: Path, exclude: Path | None = None) -> Iterator[str]:
+    """Documents of a directory (one per text file, `.jsonl` files by line), a `.jsonl` or a text file.
+
+    Hidden files and directories, binary files, and anything under `exclude` are skipped; files are read
+    in sorted order of their relative paths; text files over HUGE_FILE_BYTES are split on blank lines.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise _missing_source(source)
+    excluded = exclude.resolve() if exclude is not None else None
+    for path in _source_files(source, excluded):
+        yield from _iter_file(path)
+
+
+# --- building --------------------------------------------------------------------------------------
+
+
+class _ShardWriter:
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int) -> None:
+        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+        self.parts: list[np.ndarray] = []
+        self.buffered = 0
+        self.files: list[Path] = []
+        self.tokens = 0
+        self.docs = 0
+
+    def add(self, ids: list[int]) -> None:
+        arr = np.empty(len(ids) + 1, dtype=np.uint16)
+        arr[0] = BOS_ID
+        arr[1:] = ids
+        self.parts.append(arr)
+        self.buffered += arr.size
+        self.tokens += arr.size
+        self.docs += 1
+        while self.buffered >= self.shard_tokens:
+            flat = np.concatenate(self.parts)
+            self._write(flat[: self.shard_tokens])
+            rest = flat[self.shard_tokens :]
+            self.parts = [rest] if rest.size else []
+            self.buffered = int(rest.size)
+
+    def _write(self, tokens: np.ndarray) -> None:
+        path = self.out_dir / f"fineweb_{self.split}_{len(self.files):06d}.bin"
+        write_shard(path, tokens)
+        self.files.append(path)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._write(np.concatenate(self.parts))
+        self.parts, self.buffered = [], 0
+
+
+def _build(
+    documents: Callable[[], Iterable[str]],
+    source_desc: str,
+    out_dir: Path,
+    vocab_size: int,
+    val_docs: int | None,
+    shard_tokens: int,
+    seed: int,
+    replace: bool,
+) -> BuildInfo:
+    t0 = time.perf_counter()
+    _check_vocab(vocab_size)
+    if shard_tokens < 1:
+        raise DataError(f"shard_tokens must be >= 1, got {shard_tokens}")
+    out_dir = Path(out_dir)
+    num_docs = sum(1 for _ in documents())
+    if num_docs == 0:
+        raise DataError(f"no documents found in {source_desc} (expected non-empty text files or jsonl lines)")
+    n_val = max(1, round(num_docs * 0.05)) if val_docs is None else val_docs
+    if not 1 <= n_val < num_docs:
+        raise DataError(
+            f"{source_desc}: {num_docs} documents cannot give {n_val} val documents and at least one "
+            "train document (need val_docs >= 1 and fewer documents than found)"
+        )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()  # not mkdtemp: the dataset gets the usual (umask) permissions
+    try:
+        train_texts = (doc for i, doc in enumerate(documents()) if i >= n_val)
+        prefix = tmp / "tokenizer" / f"fineweb_{vocab_size}_bpe"
+        label = f"{out_dir / 'tokenizer' / prefix.name}.model"
+        model, coverage = _train_tokenizer(train_texts, vocab_size, prefix, TOKENIZER_MAX_BYTES, seed, label)
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        val = _ShardWriter(tmp, "val", shard_tokens)
+        train = _ShardWriter(tmp, "train", shard_tokens)
+        batch: list[str] = []
+        index = 0
+        for doc in documents():
+            batch.append(doc)
+            if len(batch) >= ENCODE_BATCH_DOCS:
+                index = _encode_batch(sp, batch, index, n_val, val, train)
+                batch = []
+        if batch:
+            index = _encode_batch(sp, batch, index, n_val, val, train)
+        val.close()
+        train.close()
+
+        def rel(p: Path) -> str:
+            return p.relative_to(tmp).as_posix()
+
+        meta = {
+            "format": "pgolf-dataset-1",
+            "vocab_size": vocab_size,
+            "source": source_desc,
+            "tokenizer": rel(model),
+            "bos_id": BOS_ID,
+            "documents": {"train": train.docs, "val": val.docs},
+            "tokens": {"train": train.tokens, "val": val.tokens},
+            "shards": {"train": [rel(p) for p in train.files], "val": [rel(p) for p in val.files]},
+            "shard_tokens": shard_tokens,
+            "character_coverage": coverage,
+            "seed": seed,
+        }
+        _write_bytes(tmp / "dataset.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
+        final = _install(tmp, out_dir, replace)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final != out_dir or not (out_dir / "dataset.json").is_file():  # pragma: no cover - defensive
+        raise DataError(f"dataset {out_dir} was not installed")
+    meta = json.loads((out_dir / "dataset.json").read_text(encoding="utf-8"))
+    return BuildInfo(
+        out_dir=out_dir,
+        tokenizer_path=out_dir / meta["tokenizer"],
+        vocab_size=vocab_size,
+        source=meta["source"],
+        train_files=[out_dir / p for p in meta["shards"]["train"]],
+        val_files=[out_dir / p for p in meta["shards"]["val"]],
+        train_docs=meta["documents"]["train"],
+        val_docs=meta["documents"]["val"],
+        train_tokens=meta["tokens"]["train"],
+        val_tokens=meta["tokens"]["val"],
+        character_coverage=meta["character_coverage"],
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _encode_batch(
+    sp: spm.SentencePieceProcessor,
+    batch: list[str],
+    index: int,
+    n_val: int,
+    val: _ShardWriter,
+    train: _ShardWriter,
+) -> int:
+    for ids in sp.encode(batch):
+        (val if index < n_val else train).add(ids)
+        index += 1
+    return index
+
+
+def _install(tmp: Path, out_dir: Path, replace: bool) -> Path:
+    """Rename the finished build `tmp` to `out_dir` (see build_dataset for the rules)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output {out_dir} exists and is not a directory")
+    if out_dir.is_dir():
+        contents = list(out_dir.iterdir())
+        if (out_dir / "dataset.json").is_file():
+            if not replace:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return out_dir
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            os.rename(out_dir, old)
+            try:
+                os.rename(tmp, out_dir)
+            except OSError:
+                os.rename(old, out_dir)  # put the previous dataset back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            return out_dir
+        if contents:
+            raise DataError(
+                f"output {out_dir} exists, is not empty and is not a pgolf dataset (no dataset.json); "
+                "choose an empty or new directory"
+            )
+        with contextlib.suppress(OSError):
+            out_dir.rmdir()
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if (out_dir / "dataset.json").is_file() and not replace:  # a concurrent build won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+            return out_dir
+        raise
+    return out_dir
+
+
+def build_dataset(
+    source: str | Path,
+    out_dir: str | Path,
+    vocab_size: int,
+    val_docs: int | None = None,
+    shard_tokens: int = 100_000_000,
+    seed: int = 0,
+) -> BuildInfo:
+    """Tokenizer + shards from `source` (a directory of text files, a `.jsonl` file, or one text file).
+
+    The first `val_docs` documents (default ~5%, at least 1) are the val split. `out_dir` must be new,
+    empty, or a previous dataset (which is replaced); the build is renamed into place at the end.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.exists():
+        raise _missing_source(source)
+    kind = "directory" if source.is_dir() else ("jsonl file" if source.suffix == ".jsonl" else "text file")
+    return _build(
+        lambda: iter_documents(source, exclude=out_dir),
+        f"{kind} {source.resolve()}",
+        out_dir,
+        vocab_size,
+        val_docs,
+        shard_tokens,
+        seed,
+        replace=True,
+    )
+
+
+# --- the embedded default corpus -------------------------------------------------------------------
+
+
+def default_data_dir(vocab_size: int = 1024, cache_dir: Path | None = None) -> Path:
+    """`$PGOLF_CACHE` (or `~/.cache/pgolf`) / `default-v1-sp{vocab_size}`."""
+    root = Path(cache_dir) if cache_dir is not None else None
+    if root is None:
+        env = os.environ.get("PGOLF_CACHE")
+        root = Path(env) if env else Path.home() / ".cache" / "pgolf"
+    return root / f"default-{DEFAULT_VERSION}-sp{vocab_size}"
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` where fcntl exists (released if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: rely on the atomic rename alone
+        yield
+        return
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_default_data(vocab_size: int = 1024, cache_dir: Path | None = None) -> Path:
+    """The data dir of the embedded default corpus for `vocab_size`, built and cached on first use.
+
+    Concurrent callers (e.g. every rank of a torchrun job) serialize on a lock file; a build happens in
+    a temporary directory renamed into place at the end, so an interrupted build leaves nothing half done.
+    """
+    out = default_data_dir(vocab_size, cache_dir)
+    if (out / "dataset.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out.parent / f".{out.name}.lock"):
+        if (out / "dataset.json").is_file():
+            return out
+        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by interrupted builds (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        if out.exists():  # not a finished dataset: move it out of the way
+            aside = out.with_name(f".{out.name}.tmp-broken-{uuid.uuid4().hex[:8]}")
+            os.rename(out, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+        from core.corpus import generate_documents
+
+        docs = generate_documents(DEFAULT_VAL_DOCS + DEFAULT_TRAIN_DOCS, DEFAULT_SEED)
+        _build(
+            lambda: docs,
+            f"embedded default corpus {DEFAULT_VERSION} (core.corpus, seed {DEFAULT_SEED}, "
+            f"{len(docs)} documents)",
+            out,
+            vocab_size,
+            DEFAULT_VAL_DOCS,
+            100_000_000,
+            0,
+            replace=False,
+        )
+    return out

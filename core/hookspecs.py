@@ -1,0 +1,171 @@
+"""Every pgolf hook, with the reference a plugin author needs: when it runs, its arguments, its result.
+
+No hook is called inside a compiled region. Hooks run at configuration, model build, step and phase
+boundaries, export and evaluation driver level; a technique that changes the forward pass returns
+modules at build time, and a switch that flips mid-run is a tensor buffer (see `core.model.Switch`).
+
+Families: configure, data, build, init, optimize, step, export, evaluate, report, rules.
+pluggy semantics: `firstresult=True` hooks have exactly one provider (the first non-None result wins,
+ordered by tryfirst/trylast and registration); the core registers its defaults `trylast`, so a
+plugin's result replaces them. Plain hooks call every implementation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+PROJECT = "pgolf"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- configure -------------------------------------------------------------------------------------
+@hookspec
+def pg_configure(config: Any) -> None:
+    """Adjust the resolved configuration before anything is built.
+
+    Called once, first, with the `core.config.Config` (all plugins' settings resolved). Mutate
+    `config.core` fields in place (e.g. a plugin that needs a longer eval sequence sets
+    `config.core.eval_seq_len`). Do not read data or touch devices here.
+    """
+
+
+# --- data ------------------------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def pg_train_loader(run: Any) -> Any:
+    """Return the training batch source, or None to keep the core's sequential shard loader.
+
+    The object must have `next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y)` with int64
+    tensors of shape (-1, seq_len) on `run.device`. Called at the start of training and again after the
+    compile warm-up (the loader is rebuilt so measured training starts at the first token).
+    """
+
+
+# --- build -----------------------------------------------------------------------------------------
+@hookspec
+def pg_model_spec(spec: Any, config: Any) -> None:
+    """Edit the `core.model.ModelSpec` (static constants of the architecture) before the model is built.
+
+    Examples: MLP multiplier, rotary dims, per-layer flags. Everything set here is a Python constant
+    baked into the compiled graph, never something to flip mid-run.
+    """
+
+
+@hookspec
+def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
+    """Return a module (or a list of modules, or None) to install into a list slot of the model.
+
+    Slots and the call their modules must support (see `core.model`):
+    - "embed_add"       part(input_ids) -> tensor added to the token embedding
+    - "embed_mix_pre"   part(x, input_ids) -> x, before the first RMSNorm
+    - "embed_mix_post"  part(x, input_ids) -> x, after the first RMSNorm (x0 is taken after these)
+    - "attn_out"        part(y, v, x) -> y, per layer (`layer` is the block index), on attention output
+                        before the output projection; y is (B, T, H, D), v is (B, T, Hkv, D)
+    Called once per slot (and per layer for "attn_out") after the core model is built and initialised,
+    so plugin modules never change the core's random initialisation. The modules are ordinary parts
+    of the forward and are compiled with it.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
+    """Return a replacement module for a single slot, or None to keep the core's.
+
+    Slots: "mlp" (per layer: module(x) -> x, the core's is relu² with hidden = mlp_mult·dim).
+    Exactly one provider: two plugins that replace the same slot must declare a conflict.
+    """
+
+
+# --- init ------------------------------------------------------------------------------------------
+@hookspec
+def pg_init_weights(model: Any, config: Any) -> None:
+    """Re-initialise weights in place after the model (with all parts) is built, before compile."""
+
+
+# --- optimize --------------------------------------------------------------------------------------
+@hookspec
+def pg_param_groups(model: Any, groups: dict[str, list[Any]], config: Any) -> None:
+    """Move parameters between the named groups before optimizers are made.
+
+    The core fills `groups` first (trylast is not used here: the core fills them before calling):
+    "token" (Adam, tied/embed LR), "head" (Adam, head LR), "matrix" (Muon), "scalar" (Adam, scalar LR).
+    A plugin may add a new group name; it then must also answer `pg_make_optimizer` for it.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_make_optimizer(group: str, params: list[Any], config: Any) -> Any:
+    """Return the optimizer for one named parameter group (the core answers for the four defaults).
+
+    Each param group of the returned optimizer must carry "base_lr": the core multiplies it by the
+    schedule's lr multiplier every step.
+    """
+
+
+@hookspec
+def pg_before_step(run: Any, step: int, clock: Any) -> None:
+    """Host-side, before each optimizer step (after the backward).
+
+    `clock` has `lr_mul` (the core's warmdown multiplier, writable), `muon_momentum` (writable),
+    `elapsed_ms` and `frac` (elapsed fraction of the wall-clock budget or of the iterations). Flip
+    switches here with `Switch.set(...)` (an in-place buffer fill). Never call `.item()` here.
+    """
+
+
+# --- step ------------------------------------------------------------------------------------------
+@hookspec
+def pg_train_start(run: Any) -> None:
+    """After the compile warm-up and state restore, just before the timed loop starts."""
+
+
+@hookspec
+def pg_after_step(run: Any, step: int) -> None:
+    """After every optimizer step (`step` is the number of completed steps). EMA and SWA live here."""
+
+
+@hookspec
+def pg_train_end(run: Any, model: Any) -> None:
+    """After the timed loop, before export: load averaged weights, apply final edits, in place."""
+
+
+# --- export ----------------------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def pg_quantize_tensor(name: str, tensor: Any, config: Any) -> Any:
+    """Return a `core.export.QTensor` for this state-dict entry, or None to leave it to others.
+
+    The core's int8 per-row rule (the baseline's) answers last for everything nobody claimed.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_codec(config: Any) -> Any:
+    """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9)."""
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+@hookspec
+def pg_prepare_eval_model(run: Any, model: Any) -> None:
+    """Before each evaluation: set eval-only modes (switch buffers) on the model."""
+
+
+@hookspec(firstresult=True)
+def pg_evaluator(run: Any) -> Any:
+    """Return the `core.scoring.Evaluator` used for the final (artifact) evaluation.
+
+    The core's is `PlainEvaluator` (non-overlapping windows, the baseline). An evaluator reports
+    per-position NLL to the `ScoreSink` it is given; test-time training may only read tokens from
+    `ScoredTokens`, which releases what the sink has already scored.
+    """
+
+
+# --- report and rules ------------------------------------------------------------------------------
+@hookspec
+def pg_report(run: Any, fields: dict[str, Any]) -> None:
+    """Add fields for submission.json / README (e.g. {"ema_decay": 0.997}); called after evaluation."""
+
+
+@hookspec
+def pg_validator_rules() -> Any:
+    """Return extra validator rules this plugin brings (a list), or None."""

@@ -1,0 +1,294 @@
+"""The GPT of the official baseline, with named slots that plugins fill at build time.
+
+With no plugins this is the baseline of openai/parameter-golf `train_gpt.py` (9×512, GQA 8/4, relu²
+MLP ×2, tied embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE), with the same
+parameter names and the same order of random initialisation. Plugins add modules to list slots
+(`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out`) or replace the per-layer `mlp`.
+The forward is plain module code for `torch.compile(fullgraph=True)`; mid-run switches are `Switch`
+buffers, never Python attributes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = (
+    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
+    "q_gain", "skip_weight", "skip_weights",
+)
+
+
+@dataclass
+class ModelSpec:
+    """Static architecture constants (baked into the compiled graph)."""
+
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 2
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    attention: str = "sdpa"  # "sdpa" or "fa3"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @classmethod
+    def from_core(cls, core) -> ModelSpec:
+        return cls(
+            vocab_size=core.vocab_size, num_layers=core.num_layers, model_dim=core.model_dim,
+            num_heads=core.num_heads, num_kv_heads=core.num_kv_heads, mlp_mult=core.mlp_mult,
+            tie_embeddings=core.tie_embeddings, tied_embed_init_std=core.tied_embed_init_std,
+            logit_softcap=core.logit_softcap, rope_base=core.rope_base, qk_gain_init=core.qk_gain_init,
+        )
+
+
+class Switch(nn.Module):
+    """A mid-run on/off switch read by compiled code: a float buffer flipped in place.
+
+    torch.compile guards on Python attributes and may constant-fold them (the record bug that kept late
+    QAT from ever running); a buffer is a graph input, so `set()` changes the compiled output with no
+    recompile. Read it in forward as a tensor, e.g. `w + self.switch.value * delta`.
+    """
+
+    def __init__(self, on: bool = False):
+        super().__init__()
+        self.register_buffer("value", torch.tensor(1.0 if on else 0.0), persistent=False)
+
+    @torch.no_grad()
+    def set(self, on: bool | float) -> None:
+        self.value.fill_(float(on))
+
+    def is_on(self) -> bool:
+        return bool(self.value.item() != 0.0)
+
+
+def flash_attn_3_available() -> bool:
+    return importlib.util.find_spec("flash_attn_interface") is not None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, eps: float | None = None):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, (x.size(-1),), eps=self.eps)
+
+
+class CastedLinear(nn.Linear):
+    """fp32 master weights, cast to the activation dtype at matmul time."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.linear(x, self.weight.to(x.dtype), bias)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables cached per sequence length."""
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._seq_len_cached = 0
+        self._cos_cached: Tensor | None = None
+        self._sin_cached: Tensor | None = None
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if (
+            self._cos_cached is None
+            or self._sin_cached is None
+            or self._seq_len_cached != seq_len
+            or self._cos_cached.device != device
+        ):
+            t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            self._cos_cached = freqs.cos()[None, None, :, :]
+            self._sin_cached = freqs.sin()[None, None, :, :]
+            self._seq_len_cached = seq_len
+        return self._cos_cached.to(dtype=dtype), self._sin_cached.to(dtype=dtype)
+
+
+def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D)."""
+    if backend == "fa3":
+        from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
+
+        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return y[0] if isinstance(y, tuple) else y
+    y = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=None, is_causal=True, enable_gqa=(k.size(1) != q.size(1))
+    )
+    return y.transpose(1, 2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        dim, kv_dim = spec.model_dim, spec.num_kv_heads * spec.head_dim
+        self.num_heads = spec.num_heads
+        self.num_kv_heads = spec.num_kv_heads
+        self.head_dim = spec.head_dim
+        self.backend = spec.attention
+        self.c_q = CastedLinear(dim, dim, bias=False)
+        self.c_k = CastedLinear(dim, kv_dim, bias=False)
+        self.c_v = CastedLinear(dim, kv_dim, bias=False)
+        self.proj = CastedLinear(dim, dim, bias=False)
+        self.proj._zero_init = True
+        self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
+        self.rotary = Rotary(self.head_dim, base=spec.rope_base)
+        self.out_parts = nn.ModuleList()
+
+    def forward(self, x: Tensor) -> Tensor:
+        bsz, seqlen, dim = x.shape
+        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = F.rms_norm(q, (q.size(-1),))
+        k = F.rms_norm(k, (k.size(-1),))
+        cos, sin = self.rotary(seqlen, x.device, q.dtype)
+        q = apply_rotary_emb(q, cos, sin)
+        k = apply_rotary_emb(k, cos, sin)
+        q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
+        y = causal_attention(q, k, v, self.backend)
+        for part in self.out_parts:
+            y = part(y, v.transpose(1, 2), x)
+        return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
+
+
+class MLP(nn.Module):
+    """relu² MLP (modded-nanogpt), hidden = mlp_mult · dim."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        hidden = int(spec.mlp_mult * spec.model_dim)
+        self.fc = CastedLinear(spec.model_dim, hidden, bias=False)
+        self.proj = CastedLinear(hidden, spec.model_dim, bias=False)
+        self.proj._zero_init = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.fc(x))
+        return self.proj(x.square())
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        dim = spec.model_dim
+        self.attn_norm = RMSNorm()
+        self.mlp_norm = RMSNorm()
+        self.attn = CausalSelfAttention(spec)
+        self.mlp = MLP(spec)
+        self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(dtype=x.dtype)
+        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+        attn_out = self.attn(self.attn_norm(x))
+        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * attn_out
+        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
+        return x
+
+
+class GPT(nn.Module):
+    """Baseline GPT. `forward(ids, targets)` -> mean CE; `reduce=False` -> per-token NLL (B, T);
+    `targets=None` -> softcapped logits (B, T, V)."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        if spec.logit_softcap <= 0.0:
+            raise ValueError(f"logit_softcap must be positive, got {spec.logit_softcap}")
+        self.spec = spec
+        self.tie_embeddings = spec.tie_embeddings
+        self.logit_softcap = spec.logit_softcap
+        self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
+        self.num_encoder_layers = spec.num_layers // 2
+        self.num_decoder_layers = spec.num_layers - self.num_encoder_layers
+        self.num_skip_weights = min(self.num_encoder_layers, self.num_decoder_layers)
+        self.skip_weights = nn.Parameter(torch.ones(self.num_skip_weights, spec.model_dim, dtype=torch.float32))
+        self.blocks = nn.ModuleList([Block(spec) for _ in range(spec.num_layers)])
+        self.final_norm = RMSNorm()
+        self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size, bias=False)
+        if self.lm_head is not None:
+            self.lm_head._zero_init = True
+        self.embed_add = nn.ModuleList()
+        self.embed_mix_pre = nn.ModuleList()
+        self.embed_mix_post = nn.ModuleList()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.spec.tied_embed_init_std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
+                nn.init.zeros_(module.weight)
+
+    def hidden(self, input_ids: Tensor) -> Tensor:
+        x = self.tok_emb(input_ids)
+        for part in self.embed_add:
+            x = x + part(input_ids).to(x.dtype)
+        for part in self.embed_mix_pre:
+            x = part(x, input_ids)
+        x = F.rms_norm(x, (x.size(-1),))
+        for part in self.embed_mix_post:
+            x = part(x, input_ids)
+        x0 = x
+        skips: list[Tensor] = []
+        for i in range(self.num_encoder_layers):
+            x = self.blocks[i](x, x0)
+            skips.append(x)
+        for i in range(self.num_decoder_layers):
+            if skips:
+                x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
+            x = self.blocks[self.num_encoder_layers + i](x, x0)
+        return self.final_norm(x)
+
+    def logits(self, h: Tensor) -> Tensor:
+        proj = F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
+        return self.logit_softcap * torch.tanh(proj / self.logit_softcap)
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduce: bool = True) -> Tensor:
+        h = self.hidden(input_ids)
+        if target_ids is None:
+            return self.logits(h).float()
+        logits = self.logits(h.reshape(-1, h.size(-1)))
+        loss = F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean" if reduce else "none")
+        return loss if reduce else loss.view_as(target_ids)
+
+
+def cast_for_training(model: nn.Module, device: torch.device) -> nn.Module:
+    """The baseline's dtype policy on CUDA: bf16 body, fp32 CastedLinear weights and control tensors."""
+    model = model.to(device)
+    if device.type != "cuda":
+        return model
+    model = model.bfloat16()
+    for module in model.modules():
+        if isinstance(module, CastedLinear):
+            module.float()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            control = param.ndim < 2 or any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS)
+            if control and param.dtype != torch.float32:
+                param.data = param.data.float()
+    return model

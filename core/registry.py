@@ -1,0 +1,202 @@
+"""Plugin discovery, metadata, requires/conflicts checks and the per-run pluggy PluginManager.
+
+Plugins come from three places: the built-in `plugins/` package, the entry-point group
+`pgolf.plugins`, and a path to a `.py` file. A plugin is a `Plugin` subclass with metadata
+(name, summary, sources, config dataclass, requires, conflicts, test settings) and `@hookimpl`
+methods. There is no global registry state: each `Registry` and each run's manager is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import pkgutil
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any, ClassVar
+
+import pluggy
+
+from core import hookspecs
+from core.config import did_you_mean
+
+ENTRY_POINT_GROUP = "pgolf.plugins"
+
+
+class PluginError(ValueError):
+    """A plugin could not be loaded or its metadata is invalid."""
+
+
+class Plugin:
+    """Base class of every technique plugin. Subclasses set the metadata and implement hooks."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    sources: ClassVar[tuple[str, ...]] = ()
+    config: ClassVar[type | None] = None
+    requires: ClassVar[tuple[str, ...]] = ()
+    conflicts: ClassVar[tuple[str, ...]] = ()
+    # Tiny settings for the generic test matrix: {"core": {...}, "<name>": {...}} overrides that make
+    # the plugin's effect visible on a tiny model in a few CPU steps. Every plugin must supply them.
+    test_settings: ClassVar[dict[str, dict[str, Any]] | None] = None
+
+    def __init__(self, cfg: Any = None):
+        self.cfg = cfg
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        fields = []
+        if cls.config is not None:
+            for f in dataclasses.fields(cls.config):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                fields.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+        return {
+            "name": cls.name,
+            "summary": cls.summary,
+            "sources": list(cls.sources),
+            "requires": list(cls.requires),
+            "conflicts": list(cls.conflicts),
+            "settings": fields,
+            "module": cls.__module__,
+            "file": inspect.getsourcefile(cls) or "",
+        }
+
+
+def _plugin_classes(module: ModuleType) -> list[type[Plugin]]:
+    return [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Plugin) and obj is not Plugin and obj.__module__ == module.__name__
+    ]
+
+
+def _check_metadata(cls: type[Plugin], origin: str) -> None:
+    problems = []
+    if not cls.name or not cls.name.isidentifier():
+        problems.append(f"name {cls.name!r} is not an identifier")
+    if not cls.summary:
+        problems.append("summary is empty")
+    if not cls.sources:
+        problems.append("sources is empty (name the PR or paper it ports)")
+    if cls.config is not None and not dataclasses.is_dataclass(cls.config):
+        problems.append("config is not a dataclass")
+    if problems:
+        raise PluginError(f"plugin {cls.__name__} from {origin}: " + "; ".join(problems))
+
+
+def load_file(path: str | Path) -> list[type[Plugin]]:
+    """Import a plugin file by path and return its Plugin classes."""
+    p = Path(path)
+    if not p.is_file():
+        raise PluginError(f"plugin file {p}: not found")
+    mod_name = f"pgolf_user_plugin_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, p)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin file {p}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise PluginError(f"plugin file {p}: import failed: {type(exc).__name__}: {exc}") from exc
+    classes = _plugin_classes(module)
+    if not classes:
+        raise PluginError(f"plugin file {p}: defines no Plugin subclass")
+    return classes
+
+
+class Registry:
+    """The known plugins (built-in + entry points + files) and their validation rules."""
+
+    def __init__(self, extra_files: Sequence[str | Path] = (), entry_points: bool = True):
+        self.plugins: dict[str, type[Plugin]] = {}
+        self.origins: dict[str, str] = {}
+        for cls in self._builtin():
+            self.add(cls, "built-in")
+        if entry_points:
+            for cls, origin in self._entry_points():
+                self.add(cls, origin)
+        for f in extra_files:
+            for cls in load_file(f):
+                self.add(cls, str(f))
+
+    @staticmethod
+    def _builtin() -> Iterable[type[Plugin]]:
+        import plugins as package
+
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+            if info.name.startswith("_"):
+                continue
+            module = importlib.import_module(f"plugins.{info.name}")
+            yield from _plugin_classes(module)
+
+    @staticmethod
+    def _entry_points() -> Iterable[tuple[type[Plugin], str]]:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            origin = f"entry point {ep.name} = {ep.value}"
+            try:
+                obj = ep.load()
+            except Exception as exc:
+                raise PluginError(f"{origin}: import failed: {type(exc).__name__}: {exc}") from exc
+            if inspect.ismodule(obj):
+                for cls in _plugin_classes(obj):
+                    yield cls, origin
+            elif inspect.isclass(obj) and issubclass(obj, Plugin):
+                yield obj, origin
+            else:
+                raise PluginError(f"{origin}: is neither a Plugin subclass nor a module")
+
+    def add(self, cls: type[Plugin], origin: str) -> None:
+        _check_metadata(cls, origin)
+        if cls.name in self.plugins and self.plugins[cls.name] is not cls:
+            raise PluginError(f"plugin name {cls.name!r} from {origin} is already taken by {self.origins[cls.name]}")
+        self.plugins[cls.name] = cls
+        self.origins[cls.name] = origin
+
+    def names(self) -> list[str]:
+        return sorted(self.plugins)
+
+    def config_classes(self) -> dict[str, type | None]:
+        return {n: c.config for n, c in self.plugins.items()}
+
+    def check(self, enabled: Sequence[str]) -> list[str]:
+        """Errors for unknown names, conflicts and missing requirements (all of them, one line each)."""
+        errors = []
+        for name in enabled:
+            if name not in self.plugins:
+                errors.append(f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'")
+        known = [n for n in enabled if n in self.plugins]
+        reported: set[frozenset[str]] = set()
+        for name in known:
+            cls = self.plugins[name]
+            for other in known:
+                if other == name:
+                    continue
+                pair = frozenset((name, other))
+                if pair in reported:
+                    continue
+                if other in cls.conflicts or name in self.plugins[other].conflicts:
+                    reported.add(pair)
+                    errors.append(f"plugins {name!r} and {other!r} conflict: enable only one of them")
+            for req in cls.requires:
+                if req not in known:
+                    errors.append(f"plugin {name!r} requires plugin {req!r}: add it to plugins")
+        return errors
+
+
+def make_manager(registry: Registry, config: Any, core_impl: object | None = None) -> pluggy.PluginManager:
+    """A fresh PluginManager for one run: hookspecs, the core defaults, then the enabled plugins."""
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    if core_impl is not None:
+        pm.register(core_impl, name="core")
+    for name in config.plugins:
+        cls = registry.plugins[name]
+        pm.register(cls(config.plugin_configs.get(name)), name=name)
+    pm.check_pending()
+    return pm

@@ -1,0 +1,167 @@
+"""A Run: resolved config, the run's own plugin manager, device and distributed setup, paths and logs.
+
+The run directory holds config.json (every value with its source), events.jsonl (one structured
+event per line), train.log (challenge-compatible lines) and the artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pluggy
+import torch
+import torch.distributed as dist
+
+from core.config import Config
+from core.registry import Registry, make_manager
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def pick_device(setting: str, local_rank: int) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if setting == "cuda":
+        return torch.device("cuda", local_rank)
+    return torch.device(setting)
+
+
+def pick_attention(setting: str, device: torch.device) -> str:
+    """fa3 if importable, else cuDNN SDPA, else flash SDPA, else math (CPU). Sets the SDPA flags."""
+    from core.model import flash_attn_3_available
+
+    if device.type != "cuda":
+        return "math" if setting in ("auto", "math") else setting
+    choice = setting
+    if setting == "auto":
+        choice = "fa3" if flash_attn_3_available() else "cudnn"
+    if choice == "fa3" and not flash_attn_3_available():
+        raise RuntimeError("core.attention=fa3 but flash_attn_interface (flash_attn_3) is not importable")
+    from torch.backends import cuda as bc
+
+    bc.enable_cudnn_sdp(choice == "cudnn")
+    bc.enable_flash_sdp(choice in ("flash", "cudnn"))
+    bc.enable_mem_efficient_sdp(choice == "efficient")
+    bc.enable_math_sdp(choice == "math")
+    return choice
+
+
+@dataclass
+class Run:
+    config: Config
+    registry: Registry
+    pm: pluggy.PluginManager
+    core_impl: Any
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    distributed: bool = False
+    run_dir: Path | None = None
+    attention: str = "math"
+    autocast_dtype: torch.dtype | None = None
+    model: Any = None  # the uncompiled module (state dict, hooks)
+    train_model: Any = None  # the compiled / DDP-wrapped callable used for training
+    eval_model: Any = None
+    optimizers: list[Any] = field(default_factory=list)
+    byte_tables: Any = None
+    val_tokens: Any = None
+    tokenizer: Any = None
+    state: dict[str, Any] = field(default_factory=dict)  # plugins' per-run state, keyed by plugin name
+    progress: bool = False
+    grad_accum_steps: int = 1
+    eval_seq_len: int = 1024
+    data_dir: Path | None = None
+    tokenizer_path: Path | None = None
+    train_files: list[Path] = field(default_factory=list)
+    val_files: list[Path] = field(default_factory=list)
+    _log_path: Path | None = None
+    _events_path: Path | None = None
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def core(self):
+        return self.config.core
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def log(self, msg: str, console: bool = True) -> None:
+        """A challenge-compatible line to train.log (and the console), on rank 0 only."""
+        if not self.master:
+            return
+        if console:
+            print(msg, flush=True)
+        if self._log_path is not None:
+            with open(self._log_path, "a", encoding="utf-8") as f:
+                print(msg, file=f)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """A structured event appended to events.jsonl (rank 0)."""
+        if not self.master or self._events_path is None:
+            return
+        rec = {"event": kind, "time": round(time.time(), 3), **fields}
+        with open(self._events_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, default=str) + "\n")
+
+
+def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: bool = True) -> Run:
+    """Set up distributed state, device, the plugin manager and the run directory."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(config.core.device, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if distributed and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+        dist.barrier()
+    pm = make_manager(registry, config, core_impl)
+    pm.hook.pg_configure(config=config)
+    if not config.core.run_id:
+        config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run = Run(
+        config=config, registry=registry, pm=pm, core_impl=core_impl, device=device, rank=rank,
+        world_size=world_size, local_rank=local_rank, distributed=distributed,
+        attention=pick_attention(config.core.attention, device),
+        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+        progress=sys.stderr.isatty() and rank == 0,
+    )
+    if make_dir:
+        run.run_dir = Path(config.core.out_dir) / config.core.run_id
+        if run.master:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            write_atomic(run.run_dir / "config.json", config.to_json() + "\n")
+            run._log_path = run.run_dir / "train.log"
+            run._events_path = run.run_dir / "events.jsonl"
+    return run

@@ -1,0 +1,193 @@
+"""The scoring protocol: evaluators report per-position NLL to a ScoreSink; BPB is computed here only.
+
+Positions are indices t ≥ 1 into the validation token stream: position t is the prediction of
+`tokens[t]` from `tokens[:t]`. The sink counts each position exactly once (a double or missing score
+is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`), and in
+checking mode keeps each position's NLL and log-normaliser for the validator. `ScoredTokens` is the
+only way test-time training may read validation tokens: it releases the prefix the sink has scored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.tokenizer import ByteTables, token_bytes
+
+
+class ScoringError(RuntimeError):
+    """A violation of the scoring protocol (a position scored twice, left unscored, or read early)."""
+
+
+@dataclass
+class EvalResult:
+    val_loss: float
+    val_bpb: float
+    tokens: int
+    bytes: int
+    eval_time_ms: float = 0.0
+
+
+class ScoreSink:
+    """Accumulates NLL and bytes per scored position of `tokens` (a 1-D CPU or device tensor)."""
+
+    def __init__(self, tokens: Tensor, tables: ByteTables, checking: bool = False):
+        self.tokens = tokens
+        self.tables = tables
+        self.device = tables.base_bytes.device
+        n = tokens.numel()
+        self.scored = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.byte_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.checking = checking
+        self.nll = torch.full((n,), float("nan"), dtype=torch.float64) if checking else None
+        self.lognorm = torch.full((n,), float("nan"), dtype=torch.float64) if checking else None
+        self._frontier = 1  # every position < frontier is scored (host-side, for ScoredTokens)
+
+    def record(self, positions: Tensor, nll: Tensor, lognorm: Tensor | None = None) -> None:
+        """Record NLL (nats) for target positions (any shape, flattened together)."""
+        pos = positions.reshape(-1).to(self.device)
+        val = nll.reshape(-1).to(self.device, torch.float64)
+        if self.checking:
+            pos_cpu = pos.cpu()
+            if pos_cpu.numel() and (int(pos_cpu.min()) < 1 or int(pos_cpu.max()) >= self.tokens.numel()):
+                raise ScoringError(f"position out of range [1, {self.tokens.numel() - 1}]")
+            if bool(self.scored[pos].any()) or pos_cpu.unique().numel() != pos_cpu.numel():
+                raise ScoringError("a position was scored twice")
+            assert self.nll is not None and self.lognorm is not None
+            self.nll[pos_cpu] = val.cpu()
+            if lognorm is not None:
+                self.lognorm[pos_cpu] = lognorm.reshape(-1).double().cpu()
+        self.scored[pos] = True
+        tgt = self.tokens[pos.to(self.tokens.device)].to(self.device, torch.int64)
+        prev = self.tokens[(pos - 1).to(self.tokens.device)].to(self.device, torch.int64)
+        self.loss_sum += val.sum()
+        self.count += pos.numel()
+        self.byte_sum += token_bytes(prev, tgt, self.tables).to(torch.float64).sum()
+
+    def advance_frontier(self, upto: int) -> None:
+        """Declare that every position < `upto` has been scored (checked); releases them to TTT."""
+        if upto > self._frontier:
+            if not bool(self.scored[self._frontier : upto].all()):
+                raise ScoringError(f"frontier {upto} declared but positions below it are unscored")
+            self._frontier = upto
+
+    @property
+    def frontier(self) -> int:
+        return self._frontier
+
+    def result(self, positions_expected: int | None = None) -> EvalResult:
+        """Reduce across ranks and compute val_loss (nats/token) and val_bpb; checks coverage."""
+        loss_sum, byte_sum, count = self.loss_sum.clone(), self.byte_sum.clone(), self.count.clone()
+        scored = self.scored.to(torch.int32)
+        if dist.is_available() and dist.is_initialized():
+            for t in (loss_sum, byte_sum, count, scored):
+                dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        expected = self.tokens.numel() - 1 if positions_expected is None else positions_expected
+        n_scored = int(count.item())
+        if n_scored != expected or int((scored[1:] == 1).sum().item()) != expected:
+            raise ScoringError(f"expected each of {expected} positions scored once, got {n_scored} scores")
+        return bpb_from_sums(float(loss_sum.item()), float(byte_sum.item()), n_scored)
+
+
+def bpb_from_sums(loss_sum: float, byte_sum: float, count: int) -> EvalResult:
+    """val_loss = mean NLL in nats; val_bpb = bits per token × tokens per byte."""
+    val_loss = loss_sum / count
+    val_bpb = (val_loss / math.log(2.0)) * (count / byte_sum)
+    return EvalResult(val_loss=val_loss, val_bpb=val_bpb, tokens=count, bytes=int(round(byte_sum)))
+
+
+class ScoredTokens:
+    """The validation tokens that test-time training may read: only the sink's scored prefix."""
+
+    def __init__(self, sink: ScoreSink):
+        self._sink = sink
+
+    def available(self) -> int:
+        """Number of tokens readable: tokens[:frontier] (targets of all scored positions)."""
+        return self._sink.frontier
+
+    def read(self, start: int, end: int) -> Tensor:
+        if end > self._sink.frontier or start < 0:
+            raise ScoringError(
+                f"test-time training read tokens[{start}:{end}] but only tokens[:{self._sink.frontier}] are scored"
+            )
+        return self._sink.tokens[start:end]
+
+
+class Evaluator(Protocol):
+    """Scores every position of the validation stream into the sink (each exactly once)."""
+
+    name: str
+
+    def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None: ...
+
+
+def nll_and_lognorm(model, x: Tensor, y: Tensor, autocast: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """Per-position NLL and log-normaliser from full logits (used in checking mode)."""
+    with torch.autocast(device_type=x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        logits = model(x).double()
+    lognorm = torch.logsumexp(logits, dim=-1)
+    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view_as(y)
+    return nll, lognorm
+
+
+def rank_span(n_items: int, rank: int, world_size: int) -> tuple[int, int]:
+    return (n_items * rank) // world_size, (n_items * (rank + 1)) // world_size
+
+
+class PlainEvaluator:
+    """The baseline's evaluation: non-overlapping windows of eval_seq_len, split across ranks."""
+
+    name = "plain"
+
+    def __init__(self, seq_len: int, batch_tokens: int):
+        self.seq_len = seq_len
+        self.batch_tokens = batch_tokens
+
+    def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
+        seq_len = self.seq_len
+        total_seqs = (tokens.numel() - 1) // seq_len
+        batch_seqs = max(1, self.batch_tokens // seq_len)
+        start, end = rank_span(total_seqs, run.rank, run.world_size)
+        device = run.device
+        with torch.no_grad():
+            for s in range(start, end, batch_seqs):
+                e = min(s + batch_seqs, end)
+                local = tokens[s * seq_len : e * seq_len + 1].to(device=device, dtype=torch.int64, non_blocking=True)
+                x = local[:-1].reshape(-1, seq_len)
+                y = local[1:].reshape(-1, seq_len)
+                positions = torch.arange(s * seq_len + 1, e * seq_len + 1, device=device).view_as(y)
+                if sink.checking:
+                    nll, lognorm = nll_and_lognorm(model, x, y, run.autocast_dtype)
+                    sink.record(positions, nll, lognorm)
+                else:
+                    with run.autocast():
+                        nll = model(x, y, reduce=False)
+                    sink.record(positions, nll.detach())
+                if run.world_size == 1:
+                    sink.advance_frontier(e * seq_len + 1)
+
+
+def evaluate(run, model, evaluator, tokens: Tensor, checking: bool = False) -> EvalResult:
+    """Run one evaluator over `tokens` through a fresh sink; returns the reduced result."""
+    import time
+
+    sink = ScoreSink(tokens, run.byte_tables, checking=checking)
+    was_training = model.training
+    model.eval()
+    run.synchronize()
+    t0 = time.perf_counter()
+    evaluator.evaluate(run, model, tokens, sink)
+    run.synchronize()
+    result = sink.result()
+    result.eval_time_ms = 1000.0 * (time.perf_counter() - t0)
+    model.train(was_training)
+    return result

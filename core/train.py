@@ -1,0 +1,456 @@
+"""The training job: data, model build through the hooks, Muon+Adam, the timed loop, export, evaluation.
+
+Follows the official baseline `train_gpt.py` step for step (same token order, schedule, warm-up with
+state restore, wall-clock cap, int8+zlib export with a verified round trip), calling the plugin hooks
+only at build time and at step/phase boundaries.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core import export as ex
+from core.config import Config, ConfigError
+from core.data import DataError, DistributedTokenLoader, load_validation_tokens, shard_files
+from core.hookspecs import hookimpl
+from core.model import GPT, ModelSpec, cast_for_training
+from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
+from core.registry import Registry
+from core.run import Run, create_run, write_atomic
+from core.scoring import EvalResult, PlainEvaluator, evaluate
+from core.tokenizer import build_byte_tables, load_tokenizer
+
+CORE_DIR = Path(__file__).resolve().parent
+
+
+class CoreDefaults:
+    """The core's answers to the single-provider hooks, registered `trylast` so plugins win."""
+
+    def __init__(self, fused_adam: bool = False):
+        self.fused_adam = fused_adam
+
+    @hookimpl(trylast=True)
+    def pg_make_optimizer(self, group: str, params: list[Any], config: Config) -> Any:
+        return make_default_optimizer(group, params, config.core, fused=self.fused_adam)
+
+    @hookimpl(trylast=True)
+    def pg_quantize_tensor(self, name: str, tensor: torch.Tensor, config: Config) -> Any:
+        return ex.int8_quantize(name, tensor)
+
+    @hookimpl(trylast=True)
+    def pg_codec(self, config: Config) -> Any:
+        return ex.ZlibCodec(level=9)
+
+    @hookimpl(trylast=True)
+    def pg_evaluator(self, run: Run) -> Any:
+        return PlainEvaluator(run.eval_seq_len, local_eval_batch_tokens(run))
+
+
+@dataclass
+class Clock:
+    """What `pg_before_step` sees and may change."""
+
+    step: int
+    elapsed_ms: float
+    frac: float
+    lr_mul: float
+    muon_momentum: float
+
+
+def local_eval_batch_tokens(run: Run) -> int:
+    return max(run.core.val_batch_size // (run.world_size * run.grad_accum_steps), run.eval_seq_len)
+
+
+def resolve_data(run: Run) -> tuple[Path, Path]:
+    """(data_dir, tokenizer_path): the embedded default data when data_path is empty."""
+    core = run.core
+    if core.data_path:
+        data_dir = Path(core.data_path)
+        if not data_dir.exists():
+            raise DataError(f"data path {data_dir} does not exist (DATA_PATH / core.data_path)")
+    else:
+        from core.databuild import ensure_default_data
+
+        data_dir = ensure_default_data(vocab_size=core.vocab_size)
+    if core.tokenizer_path:
+        tok = Path(core.tokenizer_path)
+    else:
+        candidates = sorted((data_dir / "tokenizer").glob("*.model"))
+        challenge = data_dir.parent.parent / "tokenizers" / f"fineweb_{core.vocab_size}_bpe.model"
+        if candidates:
+            tok = candidates[0]
+        elif challenge.is_file():
+            tok = challenge
+        else:
+            raise DataError(
+                f"no tokenizer found for data path {data_dir}: looked in {data_dir / 'tokenizer'} and {challenge}"
+                " (set TOKENIZER_PATH / core.tokenizer_path)"
+            )
+    return data_dir, tok
+
+
+def build_model(run: Run) -> GPT:
+    """Core model (baseline init order) -> plugin parts -> plugin init -> dtype policy."""
+    spec = ModelSpec.from_core(run.core)
+    spec.attention = "fa3" if run.attention == "fa3" else "sdpa"
+    run.hook.pg_model_spec(spec=spec, config=run.config)
+    model = GPT(spec)
+    install_parts(run, model, spec)
+    run.hook.pg_init_weights(model=model, config=run.config)
+    return cast_for_training(model, run.device)
+
+
+def _as_modules(results: list[Any]) -> list[nn.Module]:
+    out: list[nn.Module] = []
+    for r in results:
+        if r is None:
+            continue
+        out.extend(r if isinstance(r, (list, tuple)) else [r])
+    return out
+
+
+def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
+    hook = run.hook
+    for slot in ("embed_add", "embed_mix_pre", "embed_mix_post"):
+        getattr(model, slot).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=None)))
+    for i, block in enumerate(model.blocks):
+        block.attn.out_parts.extend(_as_modules(hook.pg_slot_parts(slot="attn_out", spec=spec, layer=i)))
+        mlp = hook.pg_build_slot(slot="mlp", spec=spec, layer=i)
+        if mlp is not None:
+            block.mlp = mlp
+
+
+def make_optimizers(run: Run, model: nn.Module) -> list[torch.optim.Optimizer]:
+    groups = default_param_groups(model)
+    run.hook.pg_param_groups(model=model, groups=groups, config=run.config)
+    optimizers = []
+    for name, params in groups.items():
+        if not params:
+            continue
+        opt = run.hook.pg_make_optimizer(group=name, params=params, config=run.config)
+        if opt is None:
+            raise ConfigError([f"no plugin makes an optimizer for parameter group {name!r}"])
+        if isinstance(opt, Muon) and run.device.type == "cuda":
+            opt.zeropower = _compiled_zeropower()
+        optimizers.append(opt)
+    return optimizers
+
+
+_ZP: Any = None
+
+
+def _compiled_zeropower():
+    global _ZP
+    if _ZP is None:
+        _ZP = torch.compile(zeropower_via_newtonschulz5)
+    return _ZP
+
+
+def should_compile(run: Run) -> bool:
+    c = run.core.compile
+    return run.device.type == "cuda" if c == "auto" else c in ("true", "1")
+
+
+def code_bytes(run: Run) -> int:
+    """Source bytes of the core and the enabled plugins (what the bundled train_gpt.py is made from)."""
+    files = sorted(p for p in CORE_DIR.glob("*.py") if p.name not in ("cli.py", "databuild.py", "corpus.py"))
+    files += [Path(run.registry.plugins[n].describe()["file"]) for n in run.config.plugins]
+    return sum(len(p.read_bytes()) for p in files if p.is_file())
+
+
+class Progress:
+    """A one-line progress bar on a terminal: step, tokens/s, ETA."""
+
+    def __init__(self, enabled: bool, total: int, tokens_per_step: int, cap_ms: float | None):
+        self.enabled, self.total, self.tps, self.cap_ms = enabled, total, tokens_per_step, cap_ms
+
+    def update(self, step: int, elapsed_ms: float) -> None:
+        if not self.enabled or step == 0:
+            return
+        rate = step * self.tps / max(elapsed_ms / 1000.0, 1e-9)
+        eta_steps = (self.total - step) * elapsed_ms / step
+        eta = min(eta_steps, self.cap_ms - elapsed_ms) if self.cap_ms else eta_steps
+        frac = step / self.total
+        bar = "#" * int(30 * frac)
+        sys.stderr.write(f"\r[{bar:<30}] {step}/{self.total} {rate:,.0f} tok/s ETA {max(eta, 0) / 1000:.0f}s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def setup(config: Config, registry: Registry, make_dir: bool = True) -> Run:
+    """Everything before the loop: run, data, tokenizer tables, model, optimizers."""
+    cuda = torch.cuda.is_available() and config.core.device != "cpu"
+    run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir)
+    core = run.core
+    run.grad_accum_steps = core.grad_accum_steps or max(1, 8 // run.world_size)
+    if core.grad_accum_steps == 0 and 8 % run.world_size != 0:
+        raise ConfigError([f"WORLD_SIZE={run.world_size} must divide 8 (or set PGOLF_GRAD_ACCUM_STEPS)"])
+    run.eval_seq_len = core.eval_seq_len or core.train_seq_len
+    data_dir, tok_path = resolve_data(run)
+    run.data_dir = data_dir
+    run.train_files = shard_files(data_dir, "train")
+    run.val_files = shard_files(data_dir, "val")
+    run.tokenizer = load_tokenizer(tok_path, core.vocab_size)
+    run.tokenizer_path = tok_path
+    run.byte_tables = build_byte_tables(run.tokenizer, core.vocab_size).to(run.device)
+    val = load_validation_tokens(run.val_files, run.eval_seq_len)
+    if core.val_max_tokens > 0:
+        usable = min(val.numel() - 1, (core.val_max_tokens // run.eval_seq_len) * run.eval_seq_len)
+        if usable <= 0:
+            raise DataError(f"PGOLF_VAL_MAX_TOKENS={core.val_max_tokens} is shorter than one eval sequence")
+        val = val[: usable + 1]
+    run.val_tokens = val
+
+    torch.manual_seed(core.seed)
+    import random
+
+    import numpy as np
+
+    random.seed(core.seed)
+    np.random.seed(core.seed)
+    if run.device.type == "cuda":
+        torch.cuda.manual_seed_all(core.seed)
+    run.model = build_model(run)
+    compiled = torch.compile(run.model, dynamic=False, fullgraph=True) if should_compile(run) else run.model
+    run.eval_model = compiled
+    if run.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [run.local_rank] if run.device.type == "cuda" else None
+        run.train_model = DDP(compiled, device_ids=ids, broadcast_buffers=False)
+    else:
+        run.train_model = compiled
+    run.optimizers = make_optimizers(run, run.model)
+    return run
+
+
+def new_loader(run: Run) -> Any:
+    loader = run.hook.pg_train_loader(run=run)
+    return loader or DistributedTokenLoader(run.train_files, run.rank, run.world_size, run.device)
+
+
+def train(run: Run) -> dict[str, Any]:
+    """The timed loop (baseline semantics), then export, round trip and final evaluation."""
+    core = run.core
+    model, base = run.train_model, run.model
+    n_params = sum(p.numel() for p in base.parameters())
+    run.log(f"run_dir:{run.run_dir}")
+    run.log(f"plugins:{','.join(run.config.plugins) or 'none'}")
+    run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={run.tokenizer_path}")
+    run.log(f"train_loader:dataset:{run.data_dir.name} train_shards:{len(run.train_files)}")
+    run.log(f"val_loader:shards pattern={run.data_dir}/fineweb_val_*.bin tokens:{run.val_tokens.numel() - 1}")
+    run.log(f"model_params:{n_params}")
+    run.log(f"world_size:{run.world_size} grad_accum_steps:{run.grad_accum_steps}")
+    run.log(f"device:{run.device} attention_backend:{run.attention} compiled:{should_compile(run)}")
+    run.log(
+        f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} "
+        f"iterations:{core.iterations} warmup_steps:{core.warmup_steps} "
+        f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}"
+    )
+    run.log(f"seed:{core.seed}")
+    run.event("start", params=n_params, plugins=run.config.plugins, device=str(run.device),
+              attention=run.attention, world_size=run.world_size)
+
+    grad_scale = 1.0 / run.grad_accum_steps
+    muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
+    max_wallclock_ms = 1000.0 * core.max_wallclock_seconds if core.max_wallclock_seconds > 0 else None
+
+    def zero_grad_all() -> None:
+        for opt in run.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def lr_mul(step: int, elapsed_ms: float) -> float:
+        if core.warmdown_iters <= 0:
+            return 1.0
+        if max_wallclock_ms is None:
+            start = max(core.iterations - core.warmdown_iters, 0)
+            if start <= step < core.iterations:
+                return max((core.iterations - step) / max(core.warmdown_iters, 1), 0.0)
+            return 1.0
+        step_ms = elapsed_ms / max(step, 1)
+        warmdown_ms = core.warmdown_iters * step_ms
+        remaining_ms = max(max_wallclock_ms - elapsed_ms, 0.0)
+        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+    def micro_steps(loader: Any) -> torch.Tensor:
+        total = torch.zeros((), device=run.device)
+        for micro in range(run.grad_accum_steps):
+            if run.distributed:
+                model.require_backward_grad_sync = micro == run.grad_accum_steps - 1
+            x, y = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+            with run.autocast():
+                loss = model(x, y)
+            total += loss.detach()
+            (loss * grad_scale).backward()
+        return total / run.grad_accum_steps
+
+    loader = new_loader(run)
+    if core.warmup_steps > 0:
+        init_model = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
+        init_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
+        model.train()
+        for w in range(core.warmup_steps):
+            zero_grad_all()
+            micro_steps(loader)
+            for opt in run.optimizers:
+                opt.step()
+            zero_grad_all()
+            if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
+                run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
+        base.load_state_dict(init_model, strict=True)
+        for opt, st in zip(run.optimizers, init_opts, strict=True):
+            opt.load_state_dict(st)
+        zero_grad_all()
+        if run.distributed:
+            model.require_backward_grad_sync = True
+        loader = new_loader(run)
+
+    run.hook.pg_train_start(run=run)
+    evaluator_plain = PlainEvaluator(run.eval_seq_len, local_eval_batch_tokens(run))
+    progress = Progress(run.progress, core.iterations, core.train_batch_tokens, max_wallclock_ms)
+    training_time_ms = 0.0
+    stop_after_step: int | None = None
+    run.synchronize()
+    t0 = time.perf_counter()
+    step = 0
+    while True:
+        last_step = step == core.iterations or (stop_after_step is not None and step >= stop_after_step)
+        if last_step or (core.val_loss_every > 0 and step % core.val_loss_every == 0):
+            run.synchronize()
+            training_time_ms += 1000.0 * (time.perf_counter() - t0)
+            run.hook.pg_prepare_eval_model(run=run, model=base)
+            res = evaluate(run, run.eval_model, evaluator_plain, run.val_tokens)
+            run.log(
+                f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+                f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms"
+            )
+            run.event("val", step=step, val_loss=res.val_loss, val_bpb=res.val_bpb, train_time_ms=training_time_ms)
+            run.synchronize()
+            t0 = time.perf_counter()
+        if last_step:
+            if stop_after_step is not None and step < core.iterations:
+                run.log(f"stopping_early: wallclock_cap train_time:{training_time_ms:.0f}ms "
+                        f"step:{step}/{core.iterations}")
+            break
+
+        elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        zero_grad_all()
+        train_loss = micro_steps(loader)
+        warm = core.muon_momentum_warmup_steps
+        frac_m = min(step / warm, 1.0) if warm > 0 else 1.0
+        frac = elapsed_ms / max_wallclock_ms if max_wallclock_ms else step / core.iterations
+        clock = Clock(
+            step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
+            lr_mul=lr_mul(step, elapsed_ms),
+            muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum,
+        )
+        run.hook.pg_before_step(run=run, step=step, clock=clock)
+        for opt in muon_opts:
+            for group in opt.param_groups:
+                group["momentum"] = clock.muon_momentum
+        for opt in run.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * clock.lr_mul
+        if core.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(base.parameters(), core.grad_clip_norm)
+        for opt in run.optimizers:
+            opt.step()
+        zero_grad_all()
+        step += 1
+        run.hook.pg_after_step(run=run, step=step)
+        approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
+        if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
+            loss_value = train_loss.item()
+            run.log(f"step:{step}/{core.iterations} train_loss:{loss_value:.4f} "
+                    f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms", console=not run.progress)
+            run.event("step", step=step, train_loss=loss_value, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
+        progress.update(step, approx_ms)
+        reached_cap = max_wallclock_ms is not None and approx_ms >= max_wallclock_ms
+        if run.distributed and max_wallclock_ms is not None:
+            import torch.distributed as dist
+
+            flag = torch.tensor(int(reached_cap), device=run.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            reached_cap = bool(flag.item())
+        if stop_after_step is None and reached_cap:
+            stop_after_step = step
+    progress.close()
+    if run.device.type == "cuda":
+        run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB "
+                f"reserved: {torch.cuda.max_memory_reserved() // 1024 // 1024} MiB")
+    run.event("train_end", steps=step, train_time_ms=training_time_ms)
+    run.hook.pg_train_end(run=run, model=base)
+    summary = export_and_evaluate(run)
+    summary.update(steps=step, train_time_ms=training_time_ms, params=n_params)
+    if run.master and run.run_dir is not None:
+        import json
+
+        write_atomic(run.run_dir / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def export_and_evaluate(run: Run) -> dict[str, Any]:
+    """Quantize -> compress -> write the artifact -> decode and verify -> evaluate the round-tripped model."""
+    base = run.model
+    cfg = run.config
+    codec = run.hook.pg_codec(config=cfg)
+
+    def quantize(name: str, t: torch.Tensor) -> Any:
+        return run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
+
+    state = {k: v for k, v in base.state_dict().items()}
+    result = ex.export_state_dict(state, [quantize], codec, quantizer_name="int8")
+    label = f"{result_label(result)}+{codec.name}"
+    n_code = code_bytes(run)
+    fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
+    if run.master and run.run_dir is not None:
+        path = run.run_dir / "final_model.ptz"
+        ex.write_artifact(path, result.blob)
+        run.log(f"Serialized model {label}: {len(result.blob)} bytes "
+                f"(payload:{result.stats.payload_bytes} raw_torch:{result.raw_bytes})")
+        run.log(f"Code size: {n_code} bytes")
+        run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
+        report = ex.size_report(n_code, len(result.blob))
+        run.event("size", label=label, **report)
+    restored = ex.verify_round_trip(result, {codec.name: codec})
+    base.load_state_dict(restored, strict=True)
+    run.hook.pg_prepare_eval_model(run=run, model=base)
+    evaluator = run.hook.pg_evaluator(run=run)
+    res: EvalResult = evaluate(run, run.eval_model, evaluator, run.val_tokens)
+    tag = label.replace("+", "_")
+    run.log(f"final_{tag}_roundtrip val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+            f"eval_time:{res.eval_time_ms:.0f}ms evaluator:{evaluator.name}")
+    run.log(f"final_{tag}_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
+    run.event("final_eval", evaluator=evaluator.name, val_loss=res.val_loss, val_bpb=res.val_bpb,
+              eval_time_ms=res.eval_time_ms, tokens=res.tokens, bytes=res.bytes)
+    fields.update(val_loss=res.val_loss, val_bpb=res.val_bpb, eval_time_ms=res.eval_time_ms,
+                  evaluator=evaluator.name, artifact_label=label, total_bytes=len(result.blob) + n_code)
+    run.hook.pg_report(run=run, fields=fields)
+    return fields
+
+
+def result_label(result: Any) -> str:
+    return getattr(result, "quantizer_name", "int8")
+
+
+def run_training(config: Config, registry: Registry) -> dict[str, Any]:
+    run = setup(config, registry)
+    try:
+        return train(run)
+    finally:
+        if run.distributed:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+

@@ -1,0 +1,64 @@
+"""EMA: keep a float32 exponential moving average of every weight and evaluate/export it (PR #287).
+
+After every optimizer step ema <- d * ema + (1 - d) * theta over the whole state dict; at the end of
+training the averaged weights replace the live ones, before quantization and evaluation (as in the
+PR #287 / #315 records, EMA_DECAY 0.997).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+
+
+@dataclass
+class EMAConfig:
+    decay: float = field(default=0.997, metadata={"help": "EMA decay per step (0.9965 from PR #1445 on)"})
+
+
+class EMA(Plugin):
+    name = "ema"
+    summary = "Exponential moving average of the weights, applied at the end of training."
+    sources = ("openai/parameter-golf#287", "openai/parameter-golf#315")
+    config = EMAConfig
+    conflicts = ("swa",)
+    test_settings = {"ema": {"decay": 0.5}}
+
+    def __init__(self, cfg: EMAConfig | None = None):
+        super().__init__(cfg or EMAConfig())
+        self.names: list[str] = []
+        self.live: list[torch.Tensor] = []
+        self.shadow: list[torch.Tensor] = []
+
+    @hookimpl
+    def pg_train_start(self, run) -> None:
+        if not 0.0 <= self.cfg.decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {self.cfg.decay}")
+        state = run.model.state_dict()
+        self.names = list(state)
+        self.live = [t for t in state.values()]
+        self.shadow = [t.detach().float().clone() for t in self.live]
+
+    @hookimpl
+    def pg_after_step(self, run, step: int) -> None:
+        d = self.cfg.decay
+        with torch.no_grad():
+            torch._foreach_mul_(self.shadow, d)
+            torch._foreach_add_(self.shadow, [t.float() for t in self.live], alpha=1.0 - d)
+
+    @hookimpl
+    def pg_train_end(self, run, model) -> None:
+        if not self.shadow:
+            return
+        current = model.state_dict()
+        model.load_state_dict({n: s.to(current[n].dtype) for n, s in zip(self.names, self.shadow, strict=True)})
+        run.log(f"ema:applied decay:{self.cfg.decay}")
+        self.shadow = []
+
+    @hookimpl
+    def pg_report(self, run, fields) -> None:
+        fields["ema_decay"] = self.cfg.decay

@@ -1,0 +1,83 @@
+"""SmearGate: blend each position's embedding with the previous position's (a learned bigram shortcut).
+
+v2 (PR #162, carried by PR #315): a per-dimension gate g = sigmoid(p), p initialised to 0, applied
+after the first RMSNorm: x_t <- (1 - g) * x_t + g * x_{t-1} (x_{-1} = 0). v4 (PR #1667 + the BOS fix of
+PR #1851): input-dependent, on raw embeddings before the norm, x_t <- x_t + lam * sigmoid(W x_t[:w]) *
+x_{t-1}, with the previous-token term masked where token t is BOS so documents never leak into each
+other; W and lam start at zero (identity at init).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+
+
+@dataclass
+class SmearGateConfig:
+    version: str = field(default="v2", metadata={"help": "v2 (per-dim gate, PR #162/#315) or v4 (PR #1667 + #1851)"})
+    gate_window: int = field(default=12, metadata={"help": "v4: leading dims that drive the gate"})
+    bos_id: int = field(default=1, metadata={"help": "v4: BOS token id; the previous-token term is masked there"})
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """x_{t-1} along dim 1, zero at t = 0."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+class SmearGateV2(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.smear_gate = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
+
+    def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
+        g = torch.sigmoid(self.smear_gate.to(dtype=x.dtype))[None, None, :]
+        return (1 - g) * x + g * shift_right(x)
+
+
+class SmearGateV4(nn.Module):
+    def __init__(self, dim: int, window: int, bos_id: int):
+        super().__init__()
+        self.window = min(window, dim)
+        self.bos_id = bos_id
+        self.smear_proj = nn.Parameter(torch.zeros(1, self.window, dtype=torch.float32))
+        self.smear_lambda = nn.Parameter(torch.zeros(1, dtype=torch.float32))
+
+    def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
+        gate = torch.sigmoid(x[..., : self.window] @ self.smear_proj.to(x.dtype).t())
+        not_bos = (input_ids != self.bos_id).to(x.dtype).unsqueeze(-1)
+        return x + self.smear_lambda.to(x.dtype) * gate * not_bos * shift_right(x)
+
+
+class SmearGate(Plugin):
+    name = "smeargate"
+    summary = "Blend each position with the previous one through a learned gate (token-shift mixing)."
+    sources = ("openai/parameter-golf#162", "openai/parameter-golf#315", "openai/parameter-golf#1667",
+               "openai/parameter-golf#1851")
+    config = SmearGateConfig
+    test_settings = {"smeargate": {}}
+
+    @hookimpl
+    def pg_slot_parts(self, slot: str, spec, layer: int | None):
+        version = self.cfg.version
+        if version not in ("v2", "v4"):
+            raise ValueError(f"smeargate.version: expected v2 or v4, got {version!r}")
+        if version == "v2" and slot == "embed_mix_post":
+            return SmearGateV2(spec.model_dim)
+        if version == "v4" and slot == "embed_mix_pre":
+            return SmearGateV4(spec.model_dim, self.cfg.gate_window, self.cfg.bos_id)
+        return None
+
+    @hookimpl
+    def pg_param_groups(self, model, groups, config) -> None:
+        """Gate parameters are control tensors: Adam at the scalar LR, never Muon."""
+        mine = [p for n, p in model.named_parameters() if ".smear_" in f".{n.rsplit('.', 1)[-1]}"]
+        ids = {id(p) for p in mine}
+        for name in list(groups):
+            groups[name] = [p for p in groups[name] if id(p) not in ids]
+        groups["scalar"].extend(mine)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny dataset built with the project's own builder, and tiny-model settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TINY_CORE = [
+    "core.num_layers=2", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
+    "core.train_seq_len=64", "core.train_batch_tokens=1024", "core.grad_accum_steps=1",
+    "core.iterations=12", "core.warmdown_iters=4", "core.warmup_steps=0", "core.val_loss_every=0",
+    "core.train_log_every=4", "core.val_batch_size=2048", "core.val_max_tokens=4096",
+    "core.max_wallclock_seconds=0", "core.muon_momentum_warmup_steps=4", "core.device=cpu",
+    "core.vocab_size=320", "core.compile=false",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Challenge-format shards + tokenizer (vocab 320) built from the generated corpus."""
+    from core.corpus import generate_documents
+    from core.databuild import build_dataset
+
+    root = tmp_path_factory.mktemp("tinydata")
+    src = root / "text"
+    src.mkdir()
+    for i, doc in enumerate(generate_documents(240, seed=7)):
+        (src / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
+    out = root / "data"
+    build_dataset(src, out, vocab_size=320, val_docs=30)
+    return out
+
+
+@pytest.fixture
+def tiny_sets(tiny_data, tmp_path) -> list[str]:
+    return [*TINY_CORE, f"core.data_path={tiny_data}", f"core.out_dir={tmp_path / 'runs'}"]
+
+
+@pytest.fixture(scope="session")
+def tiny_core() -> list[str]:
+    return list(TINY_CORE)

@@ -1,0 +1,105 @@
+"""The test matrix every plugin joins (like Composer's algorithm settings): each plugin supplies tiny
+settings in `Plugin.test_settings`; these generic tests run over all of them."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from core import export as ex
+from core.config import resolve
+from core.registry import Registry
+from core.train import setup, train
+
+REGISTRY = Registry()
+NAMES = REGISTRY.names()
+
+
+def settings_of(name: str) -> list[str]:
+    ts = REGISTRY.plugins[name].test_settings or {}
+    return [f"{section}.{k}={v}" for section, kv in ts.items() for k, v in kv.items()]
+
+
+def tiny_config(tiny_sets, plugins, extra=()):
+    return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins,
+                   sets=[*tiny_sets, *extra], check_plugins=REGISTRY.check)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plugin_has_metadata_and_test_settings(name):
+    cls = REGISTRY.plugins[name]
+    assert cls.test_settings is not None, f"plugin {name} supplies no test_settings: add them"
+    assert cls.summary and cls.sources
+    module = __import__(cls.__module__, fromlist=["_"])
+    assert module.__doc__ and "PR" in module.__doc__, f"{cls.__module__} needs a docstring naming its source PR"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plugin_config_round_trips(name, tmp_path):
+    cls = REGISTRY.plugins[name]
+    if cls.config is None:
+        pytest.skip("plugin has no settings")
+    defaults = cls.config()
+    for f in dataclasses.fields(cls.config):
+        value = getattr(defaults, f.name)
+        toml_value = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) \
+            else repr(value)
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(f'plugins = ["{name}"]\n[{name}]\n{f.name} = {toml_value}\n')
+        env_key = f"{name}_{f.name}".upper()
+        text = str(int(value)) if isinstance(value, bool) else str(value)
+        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": [name]},
+                   {"sets": [f"{name}.{f.name}={text}"], "plugins": [name]}):
+            cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), check_plugins=REGISTRY.check, **kw)
+            assert getattr(cfg.plugin_configs[name], f.name) == value
+
+
+_BASE: dict = {}
+
+
+def _tiny_run(tiny_sets, plugins, extra=()):
+    run = setup(tiny_config(tiny_sets, plugins, extra), REGISTRY)
+    return run, train(run)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plugin_changes_the_computation(name, tiny_sets):
+    key = tuple(settings_of(name))
+    core_extra = [s for s in key if s.startswith("core.")]
+    if tuple(core_extra) not in _BASE:
+        _BASE[tuple(core_extra)] = _tiny_run(tiny_sets, [], core_extra)[1]
+    base = _BASE[tuple(core_extra)]
+    _, with_plugin = _tiny_run(tiny_sets, [name], key)
+    assert math.isfinite(with_plugin["val_loss"])
+    assert with_plugin["val_loss"] != base["val_loss"], f"{name} left the result unchanged (a silent no-op?)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plugin_compiles_with_zero_graph_breaks_and_exports(name, tiny_sets):
+    torch._dynamo.reset()
+    run = setup(tiny_config(tiny_sets, [name], settings_of(name)), REGISTRY, make_dir=False)
+    ids = run.val_tokens[:129].long()
+    x, y = ids[:-1].view(2, 64), ids[1:].view(2, 64)
+    for args in ((x, y), (x,)):
+        exp = torch._dynamo.explain(run.model)(*args)
+        assert exp.graph_break_count == 0, exp.break_reasons
+    result = ex.export_state_dict(run.model.state_dict(), [], ex.ZlibCodec())
+    restored = ex.verify_round_trip(result, {"zlib": ex.ZlibCodec()})
+    run.model.load_state_dict(restored, strict=True)
+
+
+def test_all_plugins_together_compile_with_zero_graph_breaks(tiny_sets):
+    torch._dynamo.reset()
+    enabled: list[str] = []
+    for name in NAMES:
+        if not REGISTRY.check([*enabled, name]):
+            enabled.append(name)
+    assert set(enabled) == set(NAMES) - {n for n in NAMES if REGISTRY.check([*enabled, n])}
+    extra = [s for n in enabled for s in settings_of(n)]
+    run = setup(tiny_config(tiny_sets, enabled, extra), REGISTRY, make_dir=False)
+    ids = run.val_tokens[:129].long()
+    exp = torch._dynamo.explain(run.model)(ids[:-1].view(2, 64), ids[1:].view(2, 64))
+    assert exp.graph_break_count == 0, exp.break_reasons

@@ -1,0 +1,130 @@
+"""Plugin discovery, metadata, conflicts, file and entry-point plugins, the per-run manager, scaffolding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import registry as reg
+from core.cli import main
+from core.config import ConfigError, resolve
+from core.registry import Plugin, PluginError, Registry, make_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXTRA = '''
+from dataclasses import dataclass
+from core.registry import Plugin
+
+@dataclass
+class Cfg:
+    k: int = 3
+
+class A(Plugin):
+    name = "alpha_x"
+    summary = "test plugin a"
+    sources = ("test",)
+    config = Cfg
+    conflicts = ("beta_x",)
+    test_settings = {}
+
+class B(Plugin):
+    name = "beta_x"
+    summary = "test plugin b"
+    sources = ("test",)
+    requires = ("ema",)
+    test_settings = {}
+'''
+
+
+def test_builtin_plugins_are_discovered():
+    names = Registry().names()
+    assert {"smeargate", "ema", "sliding_window"} <= set(names)
+
+
+def test_file_plugins_conflicts_and_requirements(tmp_path):
+    f = tmp_path / "extra.py"
+    f.write_text(EXTRA)
+    r = Registry(extra_files=[f])
+    errors = r.check(["alpha_x", "beta_x"])
+    assert "plugins 'alpha_x' and 'beta_x' conflict: enable only one of them" in errors
+    assert "plugin 'beta_x' requires plugin 'ema': add it to plugins" in errors
+    assert r.check(["alpha_x"]) == []
+    assert r.check(["beta_x", "ema"]) == []
+    with pytest.raises(ConfigError, match="conflict"):
+        resolve(plugin_config_classes=r.config_classes(), plugins=["beta_x", "alpha_x", "ema"],
+                check_plugins=r.check)
+    cfg = resolve(plugin_config_classes=r.config_classes(), plugins=["alpha_x"], check_plugins=r.check,
+                  env={"ALPHA_X_K": "9"})
+    assert cfg.plugin_configs["alpha_x"].k == 9
+
+
+def test_unknown_plugin_did_you_mean():
+    errors = Registry().check(["smeargat"])
+    assert errors == ["unknown plugin 'smeargat' (did you mean 'smeargate'?); see 'pgolf plugins list'"]
+
+
+def test_bad_metadata_is_rejected(tmp_path):
+    f = tmp_path / "bad.py"
+    f.write_text("from core.registry import Plugin\nclass X(Plugin):\n    name = 'x'\n")
+    with pytest.raises(PluginError, match="summary is empty; sources is empty"):
+        Registry(extra_files=[f])
+    with pytest.raises(PluginError, match="not found"):
+        Registry(extra_files=[tmp_path / "nope.py"])
+
+
+def test_entry_point_plugins(monkeypatch, tmp_path):
+    f = tmp_path / "ep_mod.py"
+    f.write_text(EXTRA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    class EP:
+        name, value = "ep", "ep_mod"
+
+        def load(self):
+            import ep_mod
+
+            return ep_mod
+
+    fake = lambda group: [EP()] if group == reg.ENTRY_POINT_GROUP else []  # noqa: E731
+    monkeypatch.setattr(reg.importlib.metadata, "entry_points", fake)
+    r = Registry()
+    assert "alpha_x" in r.names() and r.origins["alpha_x"].startswith("entry point ep")
+
+
+def test_one_manager_per_run_no_shared_state():
+    r = Registry()
+    cfg1 = resolve(plugin_config_classes=r.config_classes(), plugins=["ema"], check_plugins=r.check)
+    cfg2 = resolve(plugin_config_classes=r.config_classes(), plugins=[], check_plugins=r.check)
+    pm1, pm2 = make_manager(r, cfg1), make_manager(r, cfg2)
+    assert pm1.get_plugin("ema") is not None and pm2.get_plugin("ema") is None
+    assert pm1 is not pm2
+
+
+def test_plugin_base_class_is_not_registered():
+    assert all(cls is not Plugin for cls in Registry().plugins.values())
+
+
+def test_cli_plugins_list_and_show(capsys):
+    assert main(["plugins", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smeargate" in out and "openai/parameter-golf#315" in out
+    assert main(["plugins", "show", "ema"]) == 0
+    assert '"decay"' in capsys.readouterr().out
+    assert main(["plugins", "show", "emaa"]) == 2
+    assert "unknown plugin 'emaa' (did you mean 'ema'?)" in capsys.readouterr().err
+
+
+def test_plugins_new_writes_a_working_skeleton(tmp_path, capsys):
+    assert main(["plugins", "new", "my_gain", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "my_gain.py").is_file() and (tmp_path / "test_my_gain.py").is_file()
+    assert main(["plugins", "new", "my_gain", "--dir", str(tmp_path)]) == 2  # no overwrite without --force
+    r = Registry(extra_files=[tmp_path / "my_gain.py"])
+    assert "my_gain" in r.names()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout

@@ -1,0 +1,103 @@
+"""End-to-end tiny runs: run directory contents, challenge log lines, wall-clock cap, input errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from core.cli import main
+from core.config import resolve
+from core.data import DataError
+from core.registry import Registry
+from core.train import setup, train
+
+REGISTRY = Registry()
+
+
+def cfg(sets, plugins=()):
+    return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=list(plugins), sets=sets,
+                   check_plugins=REGISTRY.check)
+
+
+def test_train_writes_a_complete_run_dir(tiny_sets):
+    run = setup(cfg([*tiny_sets, "core.run_id=r1", "core.val_loss_every=6"]), REGISTRY)
+    summary = train(run)
+    d = run.run_dir
+    assert d.name == "r1"
+    for f in ("config.json", "events.jsonl", "train.log", "final_model.ptz", "metrics.json"):
+        assert (d / f).is_file(), f
+    conf = json.loads((d / "config.json").read_text())
+    assert conf["config"]["core"]["iterations"] == 12 and conf["sources"]["core.iterations"] == "--set"
+    log = (d / "train.log").read_text()
+    assert re.search(r"^step:4/12 train_loss:\d+\.\d{4} train_time:\d+ms step_avg:\d+\.\d{2}ms$", log, re.M)
+    assert re.search(r"^step:6/12 val_loss:\d+\.\d{4} val_bpb:\d+\.\d{4} train_time:", log, re.M)
+    m = re.search(r"^final_int8_zlib_roundtrip_exact val_loss:(\d+\.\d{8}) val_bpb:(\d+\.\d{8})$", log, re.M)
+    assert m and abs(float(m.group(2)) - summary["val_bpb"]) < 1e-7
+    assert re.search(r"^Serialized model int8\+zlib: \d+ bytes", log, re.M)
+    assert re.search(r"^Total submission size int8\+zlib: \d+ bytes$", log, re.M)
+    events = [json.loads(line) for line in (d / "events.jsonl").read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and "final_eval" in kinds and "size" in kinds
+    assert [e["step"] for e in events if e["event"] == "step"] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]
+    assert summary["model_bytes"] == (d / "final_model.ptz").stat().st_size
+
+
+def test_training_lowers_the_loss(tiny_sets):
+    run = setup(cfg([*tiny_sets, "core.iterations=40", "core.val_loss_every=40"]), REGISTRY, make_dir=False)
+    from core.scoring import PlainEvaluator, evaluate
+
+    ev = PlainEvaluator(64, 2048)
+    before = evaluate(run, run.model, ev, run.val_tokens).val_loss
+    after = train(run)["val_loss"]
+    assert after < before - 0.5, (before, after)
+    assert before == pytest.approx(torch.log(torch.tensor(320.0)).item(), abs=0.1)
+
+
+def test_wallclock_cap_stops_early(tiny_sets):
+    run = setup(cfg([*tiny_sets, "core.iterations=100000", "core.max_wallclock_seconds=1.5"]), REGISTRY)
+    summary = train(run)
+    assert 0 < summary["steps"] < 100000
+    assert "stopping_early: wallclock_cap" in (run.run_dir / "train.log").read_text()
+
+
+def test_same_seed_same_curve(tiny_sets):
+    a = train(setup(cfg([*tiny_sets, "core.iterations=5"]), REGISTRY, make_dir=False))
+    b = train(setup(cfg([*tiny_sets, "core.iterations=5"]), REGISTRY, make_dir=False))
+    c = train(setup(cfg([*tiny_sets, "core.iterations=5", "core.seed=2"]), REGISTRY, make_dir=False))
+    assert a["val_loss"] == b["val_loss"] != c["val_loss"]
+
+
+def test_missing_data_path(tiny_sets, tmp_path):
+    with pytest.raises(DataError, match=r"data path .*nowhere does not exist"):
+        setup(cfg([*tiny_sets, f"core.data_path={tmp_path / 'nowhere'}"]), REGISTRY)
+
+
+def test_vocab_size_mismatch(tiny_sets):
+    with pytest.raises(ValueError, match="vocab_size 320 but config vocab_size is 512"):
+        setup(cfg([*tiny_sets, "core.vocab_size=512"]), REGISTRY)
+
+
+def test_cli_errors_are_one_line(tiny_sets, capsys, tmp_path):
+    args = [a for s in tiny_sets for a in ("--set", s)]
+    assert main(["train", *args, "--plugins", "smeargat"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pgolf: config error: unknown plugin 'smeargat' (did you mean 'smeargate'?); "
+                   "see 'pgolf plugins list'"]
+    assert main(["train", *args, "--plugins", "ema,swa_missing", "--set", "core.num_heads=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("pgolf: config error:") for line in err)  # plugin + 2 shape
+    assert main(["train", *args, "--data", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not exist" in err[0]
+
+
+def test_config_show_prints_sources(capsys, monkeypatch):
+    monkeypatch.setenv("NUM_LAYERS", "11")
+    assert main(["config", "show", "--plugins", "ema", "--set", "ema.decay=0.99"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^core\.num_layers\s+11\s+env:NUM_LAYERS$", out, re.M)
+    assert re.search(r"^ema\.decay\s+0\.99\s+--set$", out, re.M)
+    assert re.search(r"^core\.model_dim\s+512\s+default$", out, re.M)
