@@ -45,13 +45,23 @@ def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -
     return cfg, registry
 
 
+def strip_nproc(argv: list[str]) -> list[str]:
+    """The command line without its --nproc N / --nproc=N (the launched ranks must not relaunch)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None) -> int:
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "core.cli", *[a for a in sys.argv[1:] if not a.startswith("--nproc")]]
-        if "--nproc" in sys.argv[1:]:
-            i = cmd.index("--nproc")
-            del cmd[i : i + 2]
+               "-m", "core.cli", *strip_nproc(sys.argv[1:])]
         print("launching: " + " ".join(cmd), flush=True)
         return subprocess.call(cmd)
     from core.train import run_training

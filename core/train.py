@@ -450,7 +450,12 @@ def run_training(config: Config, registry: Registry) -> dict[str, Any]:
         return train(run)
     finally:
         if run.distributed:
+            import gc
+
             import torch.distributed as dist
 
+            run.train_model = None  # DDP holds the process group: release it before destroying the group
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
 

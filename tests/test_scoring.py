@@ -72,7 +72,8 @@ def test_window_ends_cover_each_position_once():
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tiny_core):
-    sets = [*tiny_core, f"core.data_path={tiny_data}", "core.iterations=60", "core.val_max_tokens=2048"]
+    sets = [*tiny_core, f"core.data_path={tiny_data}", "core.iterations=200", "core.val_max_tokens=4096",
+            "core.train_log_every=0"]
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=sets,
                   check_plugins=REGISTRY.check)
     run = setup(cfg, REGISTRY, make_dir=False)
@@ -102,7 +103,7 @@ def test_evaluator_causality_prefix_invariance(trained, make):
     run = trained
     model = run.model.double()
     try:
-        toks = run.val_tokens[:513].clone()
+        toks = run.val_tokens[:513].to(torch.int64)
         t = 300
         alt = toks.clone()
         alt[t:] = (alt[t:] + 7) % 320

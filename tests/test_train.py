@@ -101,3 +101,41 @@ def test_config_show_prints_sources(capsys, monkeypatch):
     assert re.search(r"^core\.num_layers\s+11\s+env:NUM_LAYERS$", out, re.M)
     assert re.search(r"^ema\.decay\s+0\.99\s+--set$", out, re.M)
     assert re.search(r"^core\.model_dim\s+512\s+default$", out, re.M)
+
+
+def test_nproc_2_on_cpu_matches_one_process(tiny_sets, tmp_path):
+    """`pgolf train --nproc 2` (torchrun, gloo on CPU): same global batch, same result up to float order."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps"))]
+    args = [a for s in [*sets, f"core.out_dir={tmp_path}", "core.val_max_tokens=2048"] for a in ("--set", s)]
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(root)
+    out = {}
+    for n in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "core.cli", "train", "--nproc", str(n), *args,
+                               "--set", f"core.run_id=n{n}"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out[n] = json.loads((tmp_path / f"n{n}" / "metrics.json").read_text())
+    log2 = (tmp_path / "n2" / "train.log").read_text()
+    assert "world_size:2 grad_accum_steps:4" in log2
+    assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
+
+
+def test_cli_data_build(tmp_path, capsys):
+    src = tmp_path / "text"
+    src.mkdir()
+    from core.corpus import generate_documents
+
+    for i, doc in enumerate(generate_documents(60, seed=3)):
+        (src / f"{i}.txt").write_text(doc)
+    assert main(["data", "build", str(src), "--vocab", "320", "--out", str(tmp_path / "d"), "--val-docs", "5"]) == 0
+    assert (tmp_path / "d" / "fineweb_train_000000.bin").is_file()
+    assert (tmp_path / "d" / "tokenizer" / "fineweb_320_bpe.model").is_file()
+    assert main(["data", "build", str(tmp_path / "nothing"), "--vocab", "320", "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing" in err[0]
