@@ -26,10 +26,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-BASELINE_CONTROL_PATTERNS: tuple[str, ...] = (
-    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
-)
+from core.model import CONTROL_TENSOR_NAME_PATTERNS as BASELINE_CONTROL_PATTERNS
+
 KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_PERCENTILE = 99.99984
 INT8_CLIP_Q = INT8_CLIP_PERCENTILE / 100.0

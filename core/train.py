@@ -8,6 +8,7 @@ only at build time and at step/phase boundaries.
 from __future__ import annotations
 
 import copy
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -144,14 +145,9 @@ def make_optimizers(run: Run, model: nn.Module) -> list[torch.optim.Optimizer]:
     return optimizers
 
 
-_ZP: Any = None
-
-
-def _compiled_zeropower():
-    global _ZP
-    if _ZP is None:
-        _ZP = torch.compile(zeropower_via_newtonschulz5)
-    return _ZP
+@functools.cache
+def _compiled_zeropower() -> Any:
+    return torch.compile(zeropower_via_newtonschulz5)
 
 
 def should_compile(run: Run) -> bool:
@@ -411,7 +407,7 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
 
     state = {k: v for k, v in base.state_dict().items()}
     result = ex.export_state_dict(state, [quantize], codec, quantizer_name="int8")
-    label = f"{result_label(result)}+{codec.name}"
+    label = f"{result.quantizer_name}+{codec.name}"
     n_code = code_bytes(run)
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
     if run.master and run.run_dir is not None:
@@ -438,10 +434,6 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
                   evaluator=evaluator.name, artifact_label=label, total_bytes=len(result.blob) + n_code)
     run.hook.pg_report(run=run, fields=fields)
     return fields
-
-
-def result_label(result: Any) -> str:
-    return getattr(result, "quantizer_name", "int8")
 
 
 def run_training(config: Config, registry: Registry) -> dict[str, Any]:
