@@ -1,0 +1,1 @@
+"""Submission validator for Parameter Golf records folders and pgolf run directories (static checks)."""

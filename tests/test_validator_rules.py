@@ -1,0 +1,283 @@
+"""Static validator rules: each hand-made bad folder is caught and its good twin passes; CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from validator.cli import main, validate_folder
+from validator.report import has_errors
+from validator.rules import Finding, Rule, all_rules, builtin_rules
+
+BPT = 3.7266  # bytes per token of the synthetic val set
+SEEDS = {1: 1.08101234, 2: 1.08123456, 3: 1.08145678}
+GOOD_SCRIPT = ("import math\nimport torch\n\n\ndef bpb(loss, tokens, nbytes):\n"
+               "    return loss / math.log(2) * tokens / nbytes\n")
+
+
+def _loss(bpb: float) -> float:
+    return bpb * math.log(2) * BPT
+
+
+def write_log(folder: Path, seed: int, bpb: float, code: int, model: int = 15_000_000, **over: object) -> None:
+    """A synthetic log in the baseline-derived format (rulebook §9 shapes)."""
+    o = {"train_ms": 590_000, "eval_ms": 80_000, "hessian": 5.0, "val_tokens": 40_540_160, "shards": 128,
+         "total": model + code, "code_line": f"Code size: {code} bytes", "vocab": 8192} | over
+    lines = [
+        "Hyperparameters:", f"  seed: {seed}", "  matrix_lr: 0.02", f"  vocab_size: {o['vocab']}",
+        "world_size:8 grad_accum_steps:1", f"val_tokens: {o['val_tokens']}", f"train_shards: {o['shards']}",
+        "step:0/20000 val_loss:9.0 val_bpb:3.6 train_time:0ms step_avg:0.01ms",
+        f"step:4000/20000 val_loss:2.6 val_bpb:1.12 train_time:{o['train_ms']}ms step_avg:150.00ms",
+        f"stopping_early: wallclock_cap train_time: {o['train_ms']}ms step: 4000/20000",
+        f"GPTQ:collected 67 Hessians in {o['hessian']}s",
+        f"Serialized model int6+brotli: {model} bytes", o["code_line"],
+    ]
+    if o["total"] is not None:
+        lines.append(f"Total submission size int6+brotli: {o['total']} bytes")
+    lines += [
+        f"final_int6_roundtrip val_loss:{_loss(bpb + 0.02):.4f} val_bpb:{bpb + 0.02:.4f} eval_time:9000ms",
+        f"final_int6_sliding_window val_loss:{_loss(bpb):.4f} val_bpb:{bpb:.4f} eval_time:{o['eval_ms']}ms",
+        f"final_int6_sliding_window_exact val_loss:{_loss(bpb):.8f} val_bpb:{bpb:.8f}",
+    ]
+    (folder / f"train_seed{seed}.log").write_text("\n".join(lines) + "\n")
+
+
+def make_folder(root: Path, name: str = "2026-05-01_GoodRecord", script: str = GOOD_SCRIPT,
+                seeds: dict[int, float] | None = None, log_over: dict | None = None,
+                sub_over: dict | None = None) -> Path:
+    """A complete, compliant records folder under records/track_10min_16mb/."""
+    folder = root / "records" / "track_10min_16mb" / name
+    folder.mkdir(parents=True)
+    (folder / "README.md").write_text("# Good record\n\ntorchrun --nproc_per_node=8 train_gpt.py\n")
+    (folder / "train_gpt.py").write_text(script)
+    code = len(script.encode())
+    seeds = SEEDS if seeds is None else seeds
+    for seed, bpb in seeds.items():
+        write_log(folder, seed, bpb, code, **(log_over or {}))
+    sub = {"author": "A. Golfer", "github_id": "agolfer", "name": "Good record", "date": "2026-05-01",
+           "track": "10min_16mb", "val_bpb": round(sum(seeds.values()) / len(seeds), 8),
+           "bytes_total": 15_000_000 + code, "seeds": sorted(seeds)} | (sub_over or {})
+    (folder / "submission.json").write_text(json.dumps(sub))
+    return folder
+
+
+def statuses(findings: list[Finding], rule: str) -> set[str]:
+    return {f.status for f in findings if f.rule == rule}
+
+
+def test_good_folder_passes_every_rule(tmp_path: Path) -> None:
+    findings = validate_folder(make_folder(tmp_path), sota=1.1)
+    bad = [f for f in findings if f.status in ("fail", "warn")]
+    assert bad == []
+    assert not has_errors(findings)
+    assert {f.rule for f in findings} == {r.id for r in builtin_rules()}
+
+
+def _rm_readme(f: Path) -> None:
+    (f / "README.md").unlink()
+
+
+def _stub(f: Path) -> None:
+    (f / "helper_impl.py").write_text("x = 1\n" * 5000)
+    (f / "train_gpt.py").write_text('exec(open(__file__.replace("train_gpt.py","helper_impl.py")).read())\n')
+    for p in f.glob("*.log"):  # logs count only the stub
+        p.write_text(p.read_text().replace(f"Code size: {len(GOOD_SCRIPT)} bytes", "Code size: 72 bytes"))
+
+
+BAD_CASES: dict[str, tuple[str, dict, Callable[[Path], None] | None, str]] = {
+    # rule: (folder name, make_folder kwargs, post-mutation, expected status)
+    "FILES.REQUIRED": ("2026-05-01_X", {}, _rm_readme, "fail"),
+    "FILES.RUNS_IN_FOLDER": ("2026-05-01_X", {"script": "def f(:\n    pass\n"}, None, "fail"),
+    "FILES.PR_SCOPE": ("my record", {}, None, "fail"),
+    "JSON.SCHEMA": ("2026-05-01_X", {"sub_over": {"val_bpb": "1.08"}}, None, "fail"),
+    "SIZE.CAP": ("2026-05-01_X", {"log_over": {"total": 16_000_001}}, None, "fail"),
+    "SIZE.CODE": ("2026-05-01_X", {}, _stub, "fail"),
+    "SIZE.CODE_WRAPPED": ("2026-05-01_X", {"script": GOOD_SCRIPT + "#" * 1_500_000,
+                                           "log_over": {"code_line": "Code size (compressed): 30000 bytes",
+                                                        "total": 15_030_000}}, None, "warn"),
+    "SIZE.LOG": ("2026-05-01_X", {"log_over": {"total": None}}, None, "fail"),
+    "TIME.TRAIN": ("2026-05-01_X", {"log_over": {"train_ms": 700_000}}, None, "fail"),
+    "TIME.TRAIN_POSTLOOP": ("2026-05-01_X", {"log_over": {"hessian": 20.0}}, None, "fail"),
+    "TIME.EVAL": ("2026-05-01_X", {"log_over": {"eval_ms": 700_000}}, None, "fail"),
+    "TIME.EVAL_SCOPE": ("2026-05-01_X", {"log_over": {"eval_ms": 595_000}}, None, "warn"),
+    "JSON.CONSISTENCY": ("2026-05-01_X", {"sub_over": {"val_bpb": 1.0}}, None, "fail"),
+    "STAT.SEEDS": ("2026-05-01_X", {"seeds": {1: 1.081}}, None, "warn"),
+    "DATA.FULL_VAL": ("2026-05-01_X", {"log_over": {"val_tokens": 36_000_000}}, None, "fail"),
+    "DATA.NO_VAL_IN_TRAIN": ("2026-05-01_X", {"log_over": {"shards": 1499}}, None, "fail"),
+    "DATA.NO_TRAIN_AT_EVAL": ("2026-05-01_X", {"script": GOOD_SCRIPT + "from huggingface_hub import hf_hub_download\n"},
+                              None, "warn"),
+    "TOK.BPB": ("2026-05-01_X", {"script": GOOD_SCRIPT + "BPB = 2.0 / (math.log(2) * 3.5)\n"}, None, "fail"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(BAD_CASES))
+def test_bad_folder_is_caught(tmp_path: Path, rule: str) -> None:
+    name, kwargs, mutate, expected = BAD_CASES[rule]
+    folder = make_folder(tmp_path, name=name, **kwargs)
+    if mutate:
+        mutate(folder)
+    findings = validate_folder(folder)
+    assert expected in statuses(findings, rule), [f for f in findings if f.rule == rule]
+    good = validate_folder(make_folder(tmp_path / "good"))
+    assert statuses(good, rule) <= {"pass", "skip"}
+
+
+def test_bad_cases_cover_every_builtin_rule_but_sig() -> None:
+    assert set(BAD_CASES) | {"STAT.SIG"} == {r.id for r in builtin_rules()}
+
+
+def test_stat_sig_both_thresholds(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path)
+    clear = validate_folder(folder, sota=1.10)  # ~0.019 bpb better: passes the README test
+    assert statuses(clear, "STAT.SIG") == {"pass"}
+    marginal = validate_folder(folder, sota=1.0840)  # better, but < 0.005 nats: practice test only
+    assert statuses(marginal, "STAT.SIG") == {"warn"}
+    assert statuses(validate_folder(folder, sota=1.0840, strict=True), "STAT.SIG") == {"fail"}
+    worse = validate_folder(folder, sota=1.0700)
+    assert statuses(worse, "STAT.SIG") == {"fail"}
+    msg = next(f.message for f in marginal if f.rule == "STAT.SIG")
+    assert "t=" in msg and "p=" in msg and "0.25" in msg and "0.01" in msg
+
+
+def test_strict_schema_turns_v1_gaps_into_errors(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, sub_over={"github_id": ""})
+    assert statuses(validate_folder(folder), "JSON.SCHEMA") == {"warn"}
+    assert statuses(validate_folder(folder, strict=True), "JSON.SCHEMA") == {"fail"}
+
+
+def test_non_record_time_overrun_is_info(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path, log_over={"train_ms": 7_000_000})
+    target = tmp_path / "records" / "track_non_record_16mb" / folder.name
+    target.parent.mkdir(parents=True)
+    folder.rename(target)
+    f = [x for x in validate_folder(target) if x.rule == "TIME.TRAIN"]
+    assert {(x.severity, x.status) for x in f} == {("INFO", "warn")}
+
+
+def test_all_rules_accepts_plugin_rules() -> None:
+    extra = Rule("PLUGIN.X", "t", "plugin", "INFO", lambda ctx: [])
+    ids = [r.id for r in all_rules([extra])]
+    assert ids[-1] == "PLUGIN.X" and len(ids) == len(builtin_rules()) + 1
+    with pytest.raises(ValueError):
+        all_rules([Rule("SIZE.CAP", "dup", "x", "ERROR", lambda ctx: [])])
+
+
+def test_crashing_rule_becomes_skip(tmp_path: Path) -> None:
+    def boom(ctx: object) -> list[Finding]:
+        raise RuntimeError("bug")
+
+    rule = Rule("PLUGIN.BOOM", "t", "p", "ERROR", boom)
+    folder = make_folder(tmp_path)
+    out = validate_folder(folder, extra_rules=[rule])
+    assert [f.status for f in out if f.rule == "PLUGIN.BOOM"] == ["skip"]
+    import argparse
+
+    from validator.cli import run_validate
+
+    args = argparse.Namespace(path=str(folder), strict=False, json=True, sota=None, extra_rules=[rule])
+    assert run_validate(args) == 2  # incomplete validation is not a pass
+
+
+def make_run_dir(root: Path, total: int = 15_000_000, total_key: str = "total_bytes") -> Path:
+    run = root / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"core": {"seed": 1337}}))
+    events = [
+        {"event": "start", "params": 10},
+        {"event": "step", "step": 10, "train_loss": 3.0, "train_time_ms": 1000.0},
+        {"event": "train_end", "steps": 10, "train_time_ms": 1000.0},
+        {"event": "size", "code_bytes": 50_000, "model_bytes": total - 50_000, total_key: total,
+         "cap": 16_000_000, "headroom": 16_000_000 - total, "fits": total <= 16_000_000, "label": "int8+zlib"},
+        {"event": "final_eval", "val_loss": 2.0, "val_bpb": 1.2, "eval_time_ms": 500.0, "evaluator": "standard"},
+    ]
+    (run / "events.jsonl").write_text("\n".join(json.dumps(e) for e in events) + "\n")
+    (run / "train.log").write_text("step:10/10 train_loss:3.0 train_time:1000ms step_avg:100.00ms\n")
+    (run / "metrics.json").write_text(json.dumps({"val_bpb": 1.2, "val_loss": 2.0}))
+    (run / "final_model.ptz").write_bytes(b"\0" * 16)
+    return run
+
+
+def test_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = make_run_dir(tmp_path)
+    assert main([str(run), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["summary"]["fail"] == 0
+    over = make_run_dir(tmp_path / "over", total=16_000_100, total_key="total")  # pgolf's own key is "total"
+    assert main([str(over)]) == 1
+    assert "SIZE.CAP" in capsys.readouterr().out
+    broken = make_run_dir(tmp_path / "broken")
+    with (broken / "events.jsonl").open("a") as fh:
+        fh.write("{not json\n")
+    assert main([str(broken)]) == 2
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = make_folder(tmp_path)
+    assert main([str(good)]) == 0
+    table = capsys.readouterr().out
+    assert "SIZE.CAP" in table and "OK:" in table
+    bad = make_folder(tmp_path / "b", log_over={"total": 16_000_001})
+    assert main([str(bad), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+    assert main([str(tmp_path / "missing")]) == 2
+    assert main([str(good), "--sota", "not-a-number-or-folder"]) == 2
+    assert main([str(good), "--sota", str(good)]) == 1  # vs itself: no improvement -> STAT.SIG fails
+    capsys.readouterr()
+    old = make_folder(tmp_path / "old", seeds={7: 1.1001, 8: 1.1012, 9: 1.0995})
+    assert main([str(good), "--sota", str(old)]) == 0  # a folder as SOTA: Welch on per-seed values
+    assert "mean of 3" in capsys.readouterr().out
+
+
+def test_add_validate_parser() -> None:
+    import argparse
+
+    from validator.cli import add_validate_parser, run_validate
+
+    parser = argparse.ArgumentParser()
+    add_validate_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["validate", "x", "--strict", "--json", "--sota", "1.08"])
+    assert args.strict and args.json and args.sota == "1.08" and args.func is run_validate
+
+
+def test_python_m_validator(tmp_path: Path) -> None:
+    good = make_folder(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "validator", str(good), "--json"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parent.parent, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+
+
+def _wrapper(source: str) -> str:
+    import base64
+    import lzma
+
+    blob = lzma.compress(source.encode(), format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+    return ("import lzma as L,base64 as B\nexec(L.decompress(B.b85decode(" + repr(base64.b85encode(blob).decode())
+            + "),format=L.FORMAT_RAW,filters=[{\"id\":L.FILTER_LZMA2}]))\n")
+
+
+def test_lzma_wrapper_is_decoded_without_exec(tmp_path: Path) -> None:
+    from validator.rules.base import unwrap_source
+
+    src = GOOD_SCRIPT + "import helper_mod\nraise SystemExit('must never run')\n"
+    text, wrapped = unwrap_source(_wrapper(src))
+    assert wrapped and text == src
+    folder = make_folder(tmp_path, script=_wrapper(src))
+    (folder / "helper_mod.py").write_text("y = 2\n" * 2000)
+    findings = validate_folder(folder)
+    assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}
+    code = [f for f in findings if f.rule == "SIZE.CODE"]
+    assert [f.status for f in code] == ["warn"] and "helper_mod.py" in code[0].message  # helper not counted
+
+
+def test_wrapper_shipped_matches_compressed_count(tmp_path: Path) -> None:
+    wrapped = _wrapper(GOOD_SCRIPT * 50)
+    n = len(wrapped.encode())
+    folder = make_folder(tmp_path, script=wrapped, log_over={"code_line": f"Code size (compressed): {n} bytes"})
+    assert statuses(validate_folder(folder), "SIZE.CODE_WRAPPED") == {"pass"}

@@ -1,0 +1,314 @@
+"""Tolerant parsing of Parameter Golf train logs (rulebook §9) and exact parsing of pgolf's events.jsonl."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TS_PREFIX = re.compile(r"^\d{10}\.\d{3} ")
+E1 = re.compile(
+    r"^(?P<label>[A-Za-z][\w\-. ]*?(?: sliding)?)\s+val_loss[:=]\s*(?P<loss>[0-9.]+)\s+"
+    r"(?:sliding )?val_bpb[:=]\s*(?P<bpb>[0-9.]+)(?P<rest>.*)$"
+)
+E2 = re.compile(r"^(?P<label>final_sliding_window_eval(?:_exact)?) stride:\d+ val_loss:(?P<loss>[0-9.]+) "
+                r"val_bpb:(?P<bpb>[0-9.]+)(?P<rest>.*)$")
+E3 = re.compile(r"^ttt_sliding:done val_loss=(?P<loss>[0-9.]+) val_bpb=(?P<bpb>[0-9.]+) elapsed=(?P<s>[0-9.]+)s")
+V1 = re.compile(r"\b(?:eval_)?time:(\d+(?:\.\d+)?)ms")
+V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
+V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
+T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
+T2 = re.compile(r"^stopping_early: wallclock_cap train_time: ?(\d+)ms step: ?(\d+)/(\d+)")
+T3 = re.compile(r"^(\d+)/(\d+) train_loss: [0-9.]+ train_time: ([0-9.]+)m tok/s")
+G1 = re.compile(r"^gptq:reserving ([0-9.]+)s, effective=(\d+)ms")
+G2 = re.compile(r"^GPTQ:collected (\d+) Hessians in ([0-9.]+)s")
+G3 = re.compile(r"^(?:Serialize: per-group compression done in|serialize_wallclock:|artifact_production_wallclock:)"
+                r" ([0-9.]+)s")
+S1 = re.compile(r"^Total submission size(?: (?P<kind>[^:]+))?: (?P<n>\d+) bytes")
+S2 = re.compile(r"^Serialized model(?: (?P<kind>[^:]+))?: (?P<n>\d+) bytes")
+S3 = re.compile(r"^Code size(?: \((?P<kind>compressed|uncompressed)\))?: (?P<n>\d+) bytes")
+S4A = re.compile(r"^budget:(\d+)/16000000 \(")
+S4B = re.compile(r"^artifact:[0-9.]+MB .* code:(\d+)")
+S5A = re.compile(r"^INT\d\+\w+ model: (\d+) bytes \| Total submission: (\d+) bytes")
+S5B = re.compile(r"^Raw model: \d+ bytes \| Code: (\d+) bytes")
+S6 = re.compile(r"^artifact_bytes:\s+(\d+)")
+D1A = re.compile(r"^val_tokens: ?(\d+)")
+D1B = re.compile(r"^val_loader:shards pattern=(\S+) tokens:(\d+)")
+D2A = re.compile(r"^train_shards: ?(\d+)")
+D2B = re.compile(r"^train_loader:dataset:(\S+) train_shards:(\d+)")
+D3 = re.compile(r"^val_bpb:byte_sidecar:enabled")
+H1 = re.compile(r"^world_size:(\d+) grad_accum_steps:(\d+)")
+SEED_LINE = re.compile(r"^seed:\s*(\d+)\s*$")
+HP_LINE = re.compile(r"^  ([A-Za-z_][\w]*): (.*)$")
+SEED_FILE = [re.compile(r"seed[_-]?(\d+)", re.I), re.compile(r"train(\d+)\.txt$"), re.compile(r"_(\d+)\.(?:txt|log)$")]
+EXCLUDED = re.compile(r"^(?:diagnostic|DIAGNOSTIC|pre-quantization|pre_quant|prequant)", re.I)
+
+LOG_SUFFIXES = (".log", ".txt")
+
+
+@dataclass
+class EvalLine:
+    """One final-evaluation line (E1–E3)."""
+
+    label: str
+    val_loss: float
+    val_bpb: float
+    eval_ms: float | None
+    line: int
+
+
+@dataclass
+class LogRecord:
+    """Structured facts extracted from one log file (one seed/run)."""
+
+    path: Path
+    fmt: str = "text"
+    sha256: str = ""
+    seed: int | None = None
+    evals: list[EvalLine] = field(default_factory=list)
+    train_time_ms: float | None = None
+    train_time_line: int | None = None
+    step_avg_ms: float | None = None
+    steps: int | None = None
+    total_bytes: int | None = None
+    total_bytes_line: int | None = None
+    total_kind: str | None = None
+    model_bytes: int | None = None
+    code_bytes: int | None = None
+    code_kind: str | None = None
+    code_bytes_uncompressed: int | None = None
+    hessian_s: float | None = None
+    gptq_reserve_s: float | None = None
+    serialize_s: list[float] = field(default_factory=list)
+    total_eval_time_s: float | None = None
+    warmup_s: float | None = None
+    val_tokens: int | None = None
+    train_shards: int | None = None
+    sidecar: bool = False
+    world_size: int | None = None
+    hparams: dict[str, str] = field(default_factory=dict)
+    cap: int | None = None
+
+    def final(self, method: str | None = None) -> EvalLine | None:
+        """The scoring line: the label matching ``method`` if given, else ttt > sliding > roundtrip, exact, last."""
+        if not self.evals:
+            return None
+        if method:
+            hits = [e for e in self.evals if e.label == method or e.label == method + "_exact"]
+            if hits:
+                return max(hits, key=lambda e: (e.label.endswith("_exact"), e.line))
+
+        def rank(e: EvalLine) -> tuple[int, bool, int]:
+            lab = e.label.lower()
+            fam = 3 if "ttt" in lab else 2 if "sliding" in lab else 1
+            return fam, lab.endswith("_exact") or e.label == "ttt_sliding:done", e.line
+
+        return max(self.evals, key=rank)
+
+    def scoring_eval_ms(self, method: str | None = None) -> float | None:
+        """Eval time of the scoring pass: time on the scoring line, else total_eval_time."""
+        fin = self.final(method)
+        if fin is not None and fin.eval_ms is not None:
+            return fin.eval_ms
+        if self.total_eval_time_s is not None:
+            return self.total_eval_time_s * 1000.0
+        if fin is not None:  # the _exact twin often lacks the time; take the timed line of the same family
+            base = fin.label.removesuffix("_exact")
+            timed = [e for e in self.evals if e.label.removesuffix("_exact") == base and e.eval_ms is not None]
+            if timed:
+                return timed[-1].eval_ms
+        return None
+
+    @property
+    def eval_sum_ms(self) -> float:
+        """Sum of the eval time of every timed final-eval line."""
+        return float(sum(e.eval_ms for e in self.evals if e.eval_ms is not None))
+
+
+def is_log_file(path: Path) -> bool:
+    """A ``*.log`` / ``*.txt`` file that is a log (not requirements.txt)."""
+    return path.suffix.lower() in LOG_SUFFIXES and path.name.lower() != "requirements.txt"
+
+
+def seed_from_name(name: str) -> int | None:
+    """Seed from a filename (rulebook §9.1), if encoded there."""
+    for rx in SEED_FILE:
+        m = rx.search(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
+    """Parse a text log in any of the §9 formats."""
+    rec = LogRecord(path=Path(path), sha256=hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
+    in_hp = False
+    for no, raw in enumerate(text.splitlines(), start=1):
+        line = TS_PREFIX.sub("", raw.rstrip("\r"))
+        if line.startswith("Hyperparameters"):
+            in_hp = True
+            continue
+        if in_hp:
+            m = HP_LINE.match(line)
+            if m:
+                rec.hparams[m.group(1)] = m.group(2).strip()
+                if m.group(1) == "seed" and m.group(2).strip().isdigit() and rec.seed is None:
+                    rec.seed = int(m.group(2))
+                continue
+            in_hp = False
+        if not line or line[0].isspace() or 'f"' in line or "{" in line:
+            continue
+        _parse_line(rec, line, no)
+    if rec.seed is None:
+        rec.seed = seed_from_name(rec.path.name)
+    return rec
+
+
+def _parse_line(rec: LogRecord, line: str, no: int) -> None:
+    m = E3.match(line)
+    if m:
+        rec.evals.append(EvalLine("ttt_sliding:done", float(m["loss"]), float(m["bpb"]), float(m["s"]) * 1000, no))
+        return
+    m = E2.match(line) or (None if line.startswith("step:") else E1.match(line))
+    if m and not EXCLUDED.match(m["label"]):
+        tm = V1.search(m["rest"])
+        try:
+            rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]),
+                                      float(tm.group(1)) if tm else None, no))
+        except ValueError:
+            pass
+        return
+    if m := T2.match(line):
+        rec.train_time_ms, rec.train_time_line, rec.steps = float(m[1]), no, int(m[2])
+    elif m := T1.match(line):
+        rec.train_time_ms, rec.train_time_line, rec.steps = float(m[3]), no, int(m[1])
+        if m[4]:
+            rec.step_avg_ms = float(m[4])
+    elif m := T3.match(line):
+        rec.train_time_ms, rec.train_time_line, rec.steps = float(m[3]) * 60000, no, int(m[1])
+    elif m := S1.match(line):
+        rec.total_bytes, rec.total_bytes_line, rec.total_kind = int(m["n"]), no, m["kind"]
+    elif m := S2.match(line):
+        if m["kind"]:
+            rec.model_bytes = int(m["n"])
+    elif m := S3.match(line):
+        if m["kind"] == "uncompressed":
+            rec.code_bytes_uncompressed = int(m["n"])
+            if rec.code_kind != "compressed":
+                rec.code_bytes, rec.code_kind = int(m["n"]), "uncompressed"
+        else:
+            rec.code_bytes, rec.code_kind = int(m["n"]), m["kind"] or "raw"
+    elif m := S4A.match(line):
+        rec.total_bytes, rec.total_bytes_line = int(m[1]), no
+    elif m := S4B.match(line):
+        rec.code_bytes, rec.code_kind = int(m[1]), "raw"
+    elif m := S5A.match(line):
+        rec.model_bytes, rec.total_bytes, rec.total_bytes_line = int(m[1]), int(m[2]), no
+    elif m := S5B.match(line):
+        rec.code_bytes, rec.code_kind = int(m[1]), "raw"
+    elif m := S6.match(line):
+        rec.total_bytes, rec.total_bytes_line = int(m[1]), no
+    elif m := G1.match(line):
+        rec.gptq_reserve_s = float(m[1])
+    elif m := G2.match(line):
+        rec.hessian_s = float(m[2])
+    elif m := G3.match(line):
+        rec.serialize_s.append(float(m[1]))
+    elif m := V2.match(line):
+        rec.total_eval_time_s = float(m[1])
+    elif m := V3.match(line):
+        rec.warmup_s = float(m[1])
+    elif m := D1A.match(line):
+        rec.val_tokens = int(m[1])
+    elif m := D1B.match(line):
+        rec.val_tokens = int(m[2])
+    elif m := D2A.match(line):
+        rec.train_shards = int(m[1])
+    elif m := D2B.match(line):
+        rec.train_shards = int(m[2])
+    elif D3.match(line):
+        rec.sidecar = True
+    elif m := H1.match(line):
+        rec.world_size = int(m[1])
+    elif m := SEED_LINE.match(line):
+        rec.seed = int(m[1])
+
+
+def parse_events(text: str, path: Path | str = "events.jsonl", seed: int | None = None) -> LogRecord:
+    """Parse pgolf's events.jsonl exactly (one JSON object per line with an ``event`` key)."""
+    rec = LogRecord(path=Path(path), fmt="events", seed=seed,
+                    sha256=hashlib.sha256(text.encode()).hexdigest())
+    for no, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            ev: dict[str, Any] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{no}: not a JSON object: {exc}") from exc
+        kind = ev.get("event")
+        if kind == "start":
+            if "world_size" in ev:
+                rec.world_size = int(ev["world_size"])
+            if "seed" in ev and rec.seed is None:
+                rec.seed = int(ev["seed"])
+        elif kind == "step":
+            rec.train_time_ms, rec.train_time_line, rec.steps = float(ev["train_time_ms"]), no, int(ev["step"])
+        elif kind == "train_end":
+            rec.train_time_ms, rec.train_time_line, rec.steps = float(ev["train_time_ms"]), no, int(ev["steps"])
+            if rec.steps:
+                rec.step_avg_ms = rec.train_time_ms / rec.steps
+        elif kind == "size":
+            rec.code_bytes, rec.code_kind = int(ev["code_bytes"]), "raw"
+            rec.model_bytes = int(ev["model_bytes"])
+            total = ev.get("total_bytes", ev.get("total"))  # pgolf writes "total"; "total_bytes" accepted too
+            rec.total_bytes = int(total) if total is not None else rec.model_bytes + rec.code_bytes
+            rec.total_bytes_line, rec.total_kind, rec.cap = no, ev.get("label"), ev.get("cap")
+        elif kind == "final_eval":
+            rec.evals.append(EvalLine(f"final_eval:{ev.get('evaluator', '')}", float(ev["val_loss"]),
+                                      float(ev["val_bpb"]), float(ev["eval_time_ms"]), no))
+    return rec
+
+
+def parse_file(path: Path) -> LogRecord:
+    """Parse a log file, choosing the events parser for ``*.jsonl``."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".jsonl":
+        return parse_events(text, path)
+    return parse_text(text, path)
+
+
+def find_logs(folder: Path) -> list[Path]:
+    """Every log file under ``folder`` (subfolders included), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_log_file(p))
+
+
+def parse_folder(folder: Path) -> list[LogRecord]:
+    """Parse every log in a records folder, dropping byte-identical duplicates."""
+    seen: set[str] = set()
+    out: list[LogRecord] = []
+    for p in find_logs(folder):
+        rec = parse_file(p)
+        if rec.sha256 in seen:
+            continue
+        seen.add(rec.sha256)
+        out.append(rec)
+    return out
+
+
+def scoring_logs(records: list[LogRecord]) -> list[LogRecord]:
+    """Logs that carry a final score, de-duplicated by (seed, score) (train.log often copies a seed log)."""
+    out: list[LogRecord] = []
+    keys: set[tuple[int | None, float]] = set()
+    for r in records:
+        fin = r.final()
+        if fin is None:
+            continue
+        key = (r.seed, round(fin.val_bpb, 6))
+        if key in keys or (r.seed is None and any(k[1] == key[1] for k in keys)):
+            continue
+        keys.add(key)
+        out.append(r)
+    return out

@@ -1,0 +1,267 @@
+"""Core types of the rules engine: Severity, Finding, Rule and the folder context rules inspect."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from validator.logs import LogRecord, parse_events, parse_folder, scoring_logs
+
+CAP = 16_000_000
+TRAIN_CAP_MS = 600_000.0
+EVAL_CAP_MS = 600_000.0
+ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
+PASS, FAIL, SKIP = "pass", "fail", "skip"
+CRASHED = "rule crashed:"
+RUN_DIR_FILES = ("config.json", "events.jsonl", "train.log", "metrics.json", "final_model.ptz")
+
+
+@dataclass
+class Finding:
+    """One result of one rule: status is pass / warn / fail / skip."""
+
+    rule: str
+    severity: str
+    status: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+    field: str | None = None
+    expected: Any = None
+    found: Any = None
+
+    def __post_init__(self) -> None:
+        self.status = self.status.lower()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (None fields dropped)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Rule:
+    """A rule: id and severity from the rulebook, where it comes from, and its static check."""
+
+    id: str
+    title: str
+    source: str
+    severity: str
+    check: Callable[[FolderContext], list[Finding]]
+
+    def finding(self, status: str, message: str, severity: str | None = None, **kw: Any) -> Finding:
+        """Build a Finding of this rule."""
+        return Finding(self.id, severity or self.severity, status, message, **kw)
+
+    def run(self, ctx: FolderContext) -> list[Finding]:
+        """Run the check; a crash becomes a skip finding rather than aborting the whole validation."""
+        try:
+            out = self.check(ctx)
+        except Exception as exc:  # noqa: BLE001 - a rule bug must not hide the other rules' findings
+            return [self.finding(SKIP, f"{CRASHED} {type(exc).__name__}: {exc}")]
+        return out or [self.finding(SKIP, "nothing to check")]
+
+
+WRAPPER_RX = re.compile(r"exec\(\s*\w+\.decompress\(")
+
+
+def unwrap_source(src: str) -> tuple[str, bool]:
+    """Decode a self-extracting LZMA/base85 wrapper by literal evaluation (never exec); returns (source, wrapped)."""
+    if len(src) > 200_000 or not WRAPPER_RX.search(src):
+        return src, False
+    import base64
+    import lzma
+
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return src, False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "decompress":
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Call) and arg.args:
+                try:
+                    payload = ast.literal_eval(arg.args[0])
+                    fn = arg.func.attr if isinstance(arg.func, ast.Attribute) else ""
+                    data = base64.b85decode(payload) if "85" in fn else base64.b64decode(payload)
+                    kw = {k.arg: k.value for k in node.keywords}
+                    if "format" in kw:
+                        raw = lzma.decompress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
+                    else:
+                        raw = lzma.decompress(data)
+                    return raw.decode("utf-8"), True
+                except Exception:  # noqa: BLE001 - undecodable payload: treat as unwrapped source
+                    return src, False
+    return src, False
+
+
+@dataclass
+class FolderContext:
+    """Everything a static rule may look at, parsed once: files, submission.json, logs."""
+
+    root: Path
+    strict: bool = False
+    sota: float | list[float] | None = None
+    sota_label: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def is_run_dir(self) -> bool:
+        """A pgolf run directory (events.jsonl + config.json) rather than a records folder."""
+        return (self.root / "events.jsonl").is_file() and (self.root / "config.json").is_file()
+
+    @cached_property
+    def files(self) -> list[Path]:
+        """Every file under the folder, relative paths, sorted."""
+        return sorted(p.relative_to(self.root) for p in self.root.rglob("*") if p.is_file())
+
+    @cached_property
+    def track(self) -> str:
+        """'record', 'non-record' or 'unknown', from the parent folder name and the JSON ``track`` field."""
+        parent = self.root.resolve().parent.name
+        if parent == "track_non_record_16mb":
+            return "non-record"
+        if parent == "track_10min_16mb":
+            return "record"
+        tr = str((self.submission or {}).get("track", ""))
+        if "non" in tr:
+            return "non-record"
+        return "record" if tr else "unknown"
+
+    @cached_property
+    def submission_path(self) -> Path | None:
+        """submission.json, else a variant submission_*.json."""
+        p = self.root / "submission.json"
+        if p.is_file():
+            return p
+        variants = sorted(self.root.glob("submission*.json"))
+        return variants[0] if variants else None
+
+    @cached_property
+    def submission_error(self) -> str | None:
+        """JSON parse error of the submission file, if any."""
+        _ = self.submission
+        return self.__dict__.get("_sub_err")
+
+    @cached_property
+    def submission(self) -> dict[str, Any] | None:
+        """Parsed submission JSON (None if absent or invalid)."""
+        if self.submission_path is None:
+            return None
+        try:
+            data = json.loads(self.submission_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            self.__dict__["_sub_err"] = str(exc)
+            return None
+        return data if isinstance(data, dict) else None
+
+    @cached_property
+    def logs(self) -> list[LogRecord]:
+        """Parsed logs (events.jsonl for a run directory)."""
+        if self.is_run_dir:
+            seed = None
+            try:
+                cfg = json.loads((self.root / "config.json").read_text())
+                seed = _find_key(cfg, "seed")
+            except (json.JSONDecodeError, OSError):
+                pass
+            return [parse_events((self.root / "events.jsonl").read_text(), self.root / "events.jsonl",
+                                 seed=int(seed) if isinstance(seed, (int, float)) else None)]
+        return parse_folder(self.root)
+
+    @cached_property
+    def scoring(self) -> list[LogRecord]:
+        """Logs with a final score, one per seed/run."""
+        return scoring_logs(self.logs)
+
+    @cached_property
+    def method(self) -> str | None:
+        """Label of the scoring line: submission.json ``val_bpb_method``, else the label whose per-log mean
+        reproduces the claimed val_bpb when the default preference (ttt > sliding > roundtrip) does not."""
+        sub = self.submission or {}
+        if isinstance(sub.get("val_bpb_method"), str):
+            return sub["val_bpb_method"]
+        claim = next((float(sub[k]) for k in ("val_bpb", "mean_val_bpb") if isinstance(sub.get(k), (int, float))),
+                     None)
+        logs = self.scoring
+        if claim is None or not logs:
+            return None
+        default = [lg.final() for lg in logs]
+        if close_to_claim(sum(f.val_bpb for f in default if f) / len(logs), claim):
+            return None
+        labels = {e.label for lg in logs for e in lg.evals}
+        for label in sorted(labels, key=lambda x: (not x.endswith("_exact"), x)):
+            vals = [next((e.val_bpb for e in reversed(lg.evals) if e.label == label), None) for lg in logs]
+            if all(v is not None for v in vals) and close_to_claim(sum(vals) / len(vals), claim):  # type: ignore
+                return label
+        return None
+
+    @cached_property
+    def script_path(self) -> Path | None:
+        """The training script (train_gpt.py)."""
+        p = self.root / "train_gpt.py"
+        return p if p.is_file() else None
+
+    @cached_property
+    def script_bytes(self) -> int | None:
+        """Size of the shipped train_gpt.py."""
+        return self.script_path.stat().st_size if self.script_path else None
+
+    @cached_property
+    def script_source(self) -> tuple[str, bool] | None:
+        """(decoded source, was_wrapped) of train_gpt.py."""
+        if self.script_path is None:
+            return None
+        return unwrap_source(self.script_path.read_text(encoding="utf-8", errors="replace"))
+
+    @cached_property
+    def tree(self) -> ast.Module | SyntaxError | None:
+        """AST of the decoded train_gpt.py (parsed once), the SyntaxError if it does not parse, None if absent."""
+        if self.script_source is None:
+            return None
+        try:
+            return ast.parse(self.script_source[0], filename="train_gpt.py")
+        except SyntaxError as exc:
+            return exc
+
+    @cached_property
+    def readme(self) -> str:
+        """README.md text ('' if absent)."""
+        p = self.root / "README.md"
+        return p.read_text(encoding="utf-8", errors="replace") if p.is_file() else ""
+
+    def rel(self, p: Path) -> str:
+        """Path relative to the folder, as a string."""
+        try:
+            return str(p.relative_to(self.root))
+        except ValueError:
+            return str(p)
+
+
+def close_to_claim(value: float, claim: float, tol: float = 6e-5) -> bool:
+    """True if ``value`` agrees with ``claim`` within ``tol`` or the claim's own rounding."""
+    text = repr(claim)
+    digits = len(text.split(".")[-1]) if "." in text and "e" not in text else 0
+    return abs(value - claim) <= max(tol, 0.5 * 10 ** -digits + 1e-12)
+
+
+def _find_key(obj: Any, key: str) -> Any:
+    if isinstance(obj, dict):
+        if key in obj and not isinstance(obj[key], (dict, list)):
+            return obj[key]
+        for v in obj.values():
+            r = _find_key(v, key)
+            if r is not None:
+                return r
+    return None
+
+
+def py_version_note() -> str:
+    """The interpreter version used for parse checks."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"

@@ -1,0 +1,144 @@
+"""Time-budget rules: TIME.TRAIN, TIME.TRAIN_POSTLOOP, TIME.EVAL, TIME.EVAL_SCOPE."""
+
+from __future__ import annotations
+
+import re
+
+from validator.rules.base import (
+    ERROR,
+    EVAL_CAP_MS,
+    FAIL,
+    INFO,
+    PASS,
+    SKIP,
+    TRAIN_CAP_MS,
+    WARN,
+    Finding,
+    FolderContext,
+    Rule,
+)
+
+OVERRIDES = re.compile(r"FORCE_STOP_STEP=\d+|MAX_WALLCLOCK_SECONDS=0\b")
+POSTLOOP_WARN_MS = 5_000.0
+GRANULARITY_MS = 1_000.0
+
+
+def _gate(ctx: FolderContext, severity: str) -> str:
+    """Record-track gates keep their severity; non-record runs are reported as INFO."""
+    return INFO if ctx.track == "non-record" else severity
+
+
+def _status(ctx: FolderContext) -> str:
+    """Over-budget status: fail on the record track, warn (INFO) on the non-record track."""
+    return WARN if ctx.track == "non-record" else FAIL
+
+
+def check_train(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    out: list[Finding] = []
+    for lg in ctx.logs:
+        if lg.train_time_ms is None:
+            continue
+        f = ctx.rel(lg.path)
+        step = lg.step_avg_ms or (lg.train_time_ms / lg.steps if lg.steps else 0.0)
+        over = lg.train_time_ms - TRAIN_CAP_MS
+        if over <= step or over <= 0:
+            out.append(r.finding(PASS, f"train_time {lg.train_time_ms / 1000:.1f}s <= 600s + 1 step "
+                                 f"({step:.0f} ms)", file=f, line=lg.train_time_line))
+        elif over <= max(2 * step, GRANULARITY_MS):
+            out.append(r.finding(WARN, f"train_time {lg.train_time_ms:,.0f} ms: {over:.0f} ms over 600 s, more than "
+                                 f"one average step ({step:.0f} ms) but within timer granularity (the last step and "
+                                 "the stop check; merged March records log 600,008-600,137 ms)", severity=WARN,
+                                 file=f, line=lg.train_time_line, expected=f"<= {TRAIN_CAP_MS + step:.0f}",
+                                 found=lg.train_time_ms))
+        else:
+            tag = " [non-record]" if ctx.track == "non-record" else ""
+            out.append(r.finding(_status(ctx), f"train_time {lg.train_time_ms:,.0f} ms exceeds 600,000 ms by more "
+                                 f"than one step ({step:.0f} ms){tag}",
+                                 severity=_gate(ctx, ERROR), file=f, line=lg.train_time_line,
+                                 expected=f"<= {TRAIN_CAP_MS + step:.0f}", found=lg.train_time_ms))
+        if lg.world_size is not None and lg.world_size != 8 and ctx.track == "record":
+            out.append(r.finding(WARN, f"world_size:{lg.world_size} (record track expects 8xH100 SXM)",
+                                 severity=WARN, file=f, expected=8, found=lg.world_size))
+    m = OVERRIDES.search(ctx.readme)
+    if m:
+        out.append(r.finding(WARN, f"README run command overrides the wallclock cap: {m.group(0)}", severity=WARN,
+                             file="README.md", found=m.group(0)))
+    if not out:
+        return [r.finding(SKIP, "no training time in any log")]
+    bad = [x for x in out if x.status != PASS]
+    return bad or [r.finding(PASS, f"{len(out)} log(s) within 600 s (+1 step); max "
+                             f"{max(lg.train_time_ms or 0 for lg in ctx.logs) / 1000:.1f}s")]
+
+
+def check_postloop(ctx: FolderContext) -> list[Finding]:
+    r = RULES[1]
+    out: list[Finding] = []
+    for lg in ctx.logs:
+        if lg.hessian_s is None or lg.train_time_ms is None:
+            continue
+        f = ctx.rel(lg.path)
+        end = lg.train_time_ms + 1000.0 * lg.hessian_s
+        extra = (f"; gptq reserve {lg.gptq_reserve_s}s" if lg.gptq_reserve_s is not None else "") + (
+            f"; serialization {', '.join(f'{s}s' for s in lg.serialize_s)} (INFO, tolerated)" if lg.serialize_s else "")
+        msg = f"train {lg.train_time_ms / 1000:.1f}s + Hessians {lg.hessian_s}s = {end / 1000:.1f}s{extra}"
+        if end <= TRAIN_CAP_MS:
+            out.append(r.finding(PASS, msg, file=f))
+        elif end <= TRAIN_CAP_MS + POSTLOOP_WARN_MS:
+            out.append(r.finding(WARN, msg + " > 600s (0-5 s over: merged records did this)",
+                                 severity=_gate(ctx, WARN), file=f, expected="<= 600000", found=round(end)))
+        else:
+            out.append(r.finding(_status(ctx), msg + " > 605s", severity=_gate(ctx, ERROR), file=f,
+                                 expected="<= 600000", found=round(end)))
+    if not out:
+        return [r.finding(SKIP, "no GPTQ Hessian collection logged")]
+    bad = [x for x in out if x.status != PASS]
+    return bad or [r.finding(PASS, f"{len(out)} log(s): training + Hessian collection <= 600 s")]
+
+
+def check_eval(ctx: FolderContext) -> list[Finding]:
+    r = RULES[2]
+    out: list[Finding] = []
+    for lg in ctx.scoring:
+        ms = lg.scoring_eval_ms(ctx.method)
+        if ms is None:
+            continue
+        f = ctx.rel(lg.path)
+        fin = lg.final(ctx.method)
+        label = fin.label if fin else "?"
+        if ms <= EVAL_CAP_MS:
+            out.append(r.finding(PASS, f"{label}: {ms / 1000:.1f}s", file=f))
+        else:
+            out.append(r.finding(_status(ctx), f"scoring pass {label} took {ms / 1000:.1f}s > 600s",
+                                 severity=_gate(ctx, ERROR), file=f, line=fin.line if fin else None,
+                                 expected="<= 600000", found=ms))
+    if not out:
+        return [r.finding(SKIP, "no eval time on any scoring line")]
+    bad = [x for x in out if x.status != PASS]
+    return bad or [r.finding(PASS, f"{len(out)} scoring pass(es) <= 600 s (max "
+                             f"{max(lg.scoring_eval_ms(ctx.method) or 0 for lg in ctx.scoring) / 1000:.1f}s)")]
+
+
+def check_eval_scope(ctx: FolderContext) -> list[Finding]:
+    r = RULES[3]
+    out: list[Finding] = []
+    for lg in ctx.scoring:
+        total = lg.eval_sum_ms + (lg.warmup_s or 0.0) * 1000
+        if total > EVAL_CAP_MS:
+            scored = (lg.scoring_eval_ms(ctx.method) or 0) / 1000
+            out.append(r.finding(WARN, f"sum of eval lines{' + compile warmup' if lg.warmup_s else ''} "
+                                 f"{total / 1000:.1f}s > 600s (scoring pass {scored:.1f}s)",
+                                 file=ctx.rel(lg.path), found=round(total)))
+    return out or [r.finding(PASS, "sum of eval-phase lines <= 600 s in every log")]
+
+
+RULES = [
+    Rule("TIME.TRAIN", "training <= 600 s on 8xH100 SXM (<= 1 step over)",
+         "README intro + Submission Process criterion 3; baseline MAX_WALLCLOCK_SECONDS", ERROR, check_train),
+    Rule("TIME.TRAIN_POSTLOOP", "post-loop calibration reading training data (GPTQ Hessians) is inside the 600 s",
+         "valerio-oai on PR #631; Issue #677; PR #1868/#1950 compliance re-runs", ERROR, check_postloop),
+    Rule("TIME.EVAL", "evaluation (scoring pass) <= 600 s, in addition to training",
+         "README FAQ 'What are the restrictions on evaluation?'", ERROR, check_eval),
+    Rule("TIME.EVAL_SCOPE", "untimed eval-phase work should be disclosed; sum of eval lines reported",
+         "merged-log convention; PR #1948/#1967 (no explicit ruling)", WARN, check_eval_scope),
+]

@@ -1,0 +1,124 @@
+"""JSON.CONSISTENCY: the claimed score in submission.json agrees with the logs."""
+
+from __future__ import annotations
+
+from statistics import mean
+from typing import Any
+
+from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule, close_to_claim
+
+SEED_TOL = 5e-4
+
+
+def claimed_bpb(sub: dict[str, Any] | None) -> tuple[str, float] | None:
+    """(field, value) of the headline score claim."""
+    if not sub:
+        return None
+    for key in ("val_bpb", "mean_val_bpb"):
+        if isinstance(sub.get(key), (int, float)):
+            return key, float(sub[key])
+    return None
+
+
+def seed_results(sub: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Per-seed results from ``seed_results`` or the dict form of ``seeds``."""
+    if not sub:
+        return {}
+    for key in ("seed_results", "seeds"):
+        val = sub.get(key)
+        if isinstance(val, dict):
+            return {str(k): v for k, v in val.items() if isinstance(v, dict)}
+    return {}
+
+
+
+
+def _matching_group(finals: list, claim: float) -> list[str]:
+    """Logs of one sub-folder (or one file-name family) whose mean reproduces the claim: [group, files...]."""
+    groups: dict[str, list[float]] = {}
+    for lg, fin in finals:
+        parent = lg.path.parent.name
+        fam = "_".join(lg.path.stem.split("_")[2:]) or "-"  # e.g. train_seed42_rerun_gptq8s -> rerun_gptq8s
+        groups.setdefault(parent, []).append(fin.val_bpb)
+        groups.setdefault(f"*{fam}", []).append(fin.val_bpb)
+    for name, vals in groups.items():
+        if 1 < len(vals) < len(finals) and close_to_claim(mean(vals), claim):
+            return [name] + [""] * (len(vals) - 1)
+    return []
+
+
+def check_consistency(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    method = ctx.method
+    finals = [(lg, lg.final(method)) for lg in ctx.scoring]
+    finals = [(lg, f) for lg, f in finals if f is not None]
+    if ctx.is_run_dir:
+        if not finals:
+            return [r.finding(FAIL, "events.jsonl has no final_eval event", file="events.jsonl")]
+        import json
+
+        mp = ctx.root / "metrics.json"
+        try:
+            metrics = json.loads(mp.read_text()) if mp.is_file() else {}
+        except json.JSONDecodeError:
+            return [r.finding(FAIL, "metrics.json is not valid JSON", file="metrics.json")]
+        fin = finals[-1][1]
+        mb = metrics.get("val_bpb")
+        if isinstance(mb, (int, float)) and abs(mb - fin.val_bpb) > 1e-9:
+            return [r.finding(FAIL, "metrics.json val_bpb differs from the final_eval event", file="metrics.json",
+                              field="val_bpb", expected=fin.val_bpb, found=mb)]
+        return [r.finding(PASS, f"final_eval val_bpb {fin.val_bpb:.6f} agrees with metrics.json", file="events.jsonl")]
+    claim = claimed_bpb(ctx.submission)
+    if claim is None:
+        return [r.finding(SKIP, "no val_bpb claim to compare")]
+    key, value = claim
+    f = ctx.rel(ctx.submission_path) if ctx.submission_path else None
+    if not finals:
+        return [r.finding(FAIL, "no log carries a final score to support the claim", file=f, field=key,
+                          expected=value)]
+    vals = [fin.val_bpb for _, fin in finals]
+    m = mean(vals)
+    out: list[Finding] = []
+    if close_to_claim(m, value):
+        lab = f" (scoring line {method})" if method else ""
+        out.append(r.finding(PASS, f"{key} {value} = mean of {len(vals)} scored log(s) ({m:.6f}){lab}", file=f,
+                             field=key))
+    elif group := _matching_group(finals, value):
+        out.append(r.finding(PASS, f"{key} {value} = mean of the {len(group)} scored log(s) in {group[0]}/ "
+                             f"(other logs in the folder are disclosed extra runs)", file=f, field=key))
+    elif any(close_to_claim(v, value) for v in vals):
+        which = [str(lg.path.name) for lg, fin in finals if close_to_claim(fin.val_bpb, value)]
+        best = min(vals)
+        kind = "the best seed" if close_to_claim(best, value) and len(vals) > 1 else "one log"
+        out.append(r.finding(WARN, f"{key} equals {kind} ({', '.join(which)}), not the mean {m:.6f} of "
+                             f"{len(vals)} logs", severity=WARN, file=f, field=key, expected=round(m, 6), found=value))
+    elif any_line := next(((lg, e) for lg in ctx.logs for e in lg.evals if close_to_claim(e.val_bpb, value)), None):
+        lg, e = any_line
+        out.append(r.finding(WARN, f"{key} {value} matches only the '{e.label}' line of {ctx.rel(lg.path)}, not the "
+                             f"scoring line of the logs (mean {m:.6f})", severity=WARN, file=f, field=key,
+                             expected=round(m, 6), found=value))
+    else:
+        out.append(r.finding(FAIL, f"{key} {value} is not supported by any log (mean {m:.6f}, values "
+                             f"{', '.join(f'{v:.5f}' for v in vals)})", file=f, field=key, expected=round(m, 6),
+                             found=value))
+    by_seed = {lg.seed: fin for lg, fin in finals if lg.seed is not None}
+    for seed, res in seed_results(ctx.submission).items():
+        v = res.get("val_bpb")
+        if not isinstance(v, (int, float)) or not seed.isdigit() or int(seed) not in by_seed:
+            continue
+        logged = by_seed[int(seed)].val_bpb
+        lg = next(lg for lg, fin in finals if lg.seed == int(seed))
+        if abs(v - logged) > SEED_TOL and all(abs(v - e.val_bpb) > SEED_TOL for e in lg.evals):
+            out.append(r.finding(FAIL, f"seed {seed}: claimed val_bpb differs from its log by {abs(v - logged):.5f}",
+                                 file=f, field=f"seed_results.{seed}.val_bpb", expected=logged, found=v))
+    vl = (ctx.submission or {}).get("val_loss")
+    if isinstance(vl, (int, float)) and key == "val_bpb" and vl < 1.3 * value and abs(vl - value) < 0.2:
+        out.append(r.finding(WARN, "val_loss looks like a bpb value (loss/bpb ratio ~1)", severity=INFO, file=f,
+                             field="val_loss", found=vl))
+    return out
+
+
+RULES = [
+    Rule("JSON.CONSISTENCY", "submission.json agrees with the logs (score = mean of seed logs)",
+         "rulebook §9.4; README 'A train log, automatically produced by your script'", ERROR, check_consistency),
+]

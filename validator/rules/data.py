@@ -1,0 +1,102 @@
+"""Data-rule fingerprints: DATA.FULL_VAL, DATA.NO_VAL_IN_TRAIN, DATA.NO_TRAIN_AT_EVAL (static parts)."""
+
+from __future__ import annotations
+
+import re
+
+from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+
+# val token counts observed in merged logs (rulebook DATA.FULL_VAL): count -> description
+CANONICAL_VAL = {
+    62_021_632: "sp1024", 45_508_608: "sp4096", 45_514_752: "sp4096", 40_540_160: "sp8192",
+    47_853_343: "CaseOps-sp8192 (untruncated)", 151_076_864: "byte-level", 151_130_112: "byte-level",
+}
+TRUNCATED_VAL = {47_851_520: (47_853_343, "CaseOps-sp8192 truncated to a multiple of 2,048")}
+EARLIER_EXPORT = {63_779_840: "earlier sp1024 val export (NaiveBaseline, 2026-03-17)"}
+LEAK_TRAIN_SHARDS = {1499: "CaseOps prepare_caseops_data.py default --val-docs=10000 (train/val overlap, Issue #2127)"}
+VOCAB_VAL = {1024: (62_021_632,), 4096: (45_508_608, 45_514_752), 8192: (40_540_160, 47_853_343)}
+NETWORK = re.compile(r"\b(snapshot_download|hf_hub_download|urllib\.request|urlopen|requests\.(?:get|post)|"
+                     r"socket\.socket|wget |curl )")
+
+
+def check_full_val(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    if ctx.is_run_dir:
+        return [r.finding(SKIP, "pgolf run directory: dataset chosen by its config", severity=INFO)]
+    out: list[Finding] = []
+    counts = sorted({lg.val_tokens for lg in ctx.logs if lg.val_tokens is not None})
+    for n in counts:
+        if n in CANONICAL_VAL:
+            out.append(r.finding(PASS, f"val_tokens {n:,} = canonical {CANONICAL_VAL[n]}"))
+        elif n in TRUNCATED_VAL:
+            full, why = TRUNCATED_VAL[n]
+            out.append(r.finding(WARN, f"val_tokens {n:,}: {why}; canonical {full:,} ({full - n} tokens unscored)",
+                                 severity=WARN, expected=full, found=n))
+        elif n in EARLIER_EXPORT:
+            out.append(r.finding(WARN, f"val_tokens {n:,}: {EARLIER_EXPORT[n]}", severity=INFO, found=n))
+        elif (vocab := _vocab(ctx)) in VOCAB_VAL and n < min(VOCAB_VAL[vocab]) - 8192:
+            out.append(r.finding(FAIL, f"val_tokens {n:,} is short of every canonical count for vocab {vocab} "
+                                 f"({', '.join(f'{c:,}' for c in VOCAB_VAL[vocab])}): not the full validation split",
+                                 expected=VOCAB_VAL[vocab], found=n))
+        else:
+            near = [c for c in CANONICAL_VAL if 0 < c - n < 8192]
+            if near:
+                out.append(r.finding(WARN, f"val_tokens {n:,} is {near[0] - n} short of canonical {near[0]:,} "
+                                     "(truncation)", severity=WARN, expected=near[0], found=n))
+            else:
+                out.append(r.finding(WARN, f"val_tokens {n:,} is not a known canonical count (new tokenizer? "
+                                     "prove it is the full 50k-doc split)", severity=INFO, found=n))
+    if not out:
+        return [r.finding(SKIP, "no val token count in the logs")]
+    bad = [x for x in out if x.status != PASS]
+    return bad or out[:1]
+
+
+def _vocab(ctx: FolderContext) -> int | None:
+    """vocab_size from the logs' Hyperparameters dumps, if any."""
+    for lg in ctx.logs:
+        v = lg.hparams.get("vocab_size", "")
+        if v.isdigit():
+            return int(v)
+    return None
+
+
+def check_no_val_in_train(ctx: FolderContext) -> list[Finding]:
+    r = RULES[1]
+    out: list[Finding] = []
+    for lg in ctx.logs:
+        if lg.train_shards in LEAK_TRAIN_SHARDS:
+            out.append(r.finding(FAIL, f"train_shards: {lg.train_shards} = {LEAK_TRAIN_SHARDS[lg.train_shards]}",
+                                 file=ctx.rel(lg.path), found=lg.train_shards))
+    if out:
+        return out
+    shards = sorted({lg.train_shards for lg in ctx.logs if lg.train_shards is not None})
+    if not shards:
+        return [r.finding(SKIP, "no train shard count logged (static fingerprint only)")]
+    return [r.finding(PASS, f"train_shards {shards}: no known leak fingerprint (static fingerprint only)")]
+
+
+def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
+    r = RULES[2]
+    src = ctx.script_source
+    if src is None:
+        return [r.finding(SKIP, "no train_gpt.py")]
+    out: list[Finding] = []
+    for no, line in enumerate(src[0].splitlines(), start=1):
+        m = NETWORK.search(line)
+        if m and not line.lstrip().startswith("#"):
+            out.append(r.finding(WARN, f"network/download call in the script: {m.group(1).strip()} (static: cannot "
+                                 "tell whether it runs during evaluation)", severity=WARN, file="train_gpt.py",
+                                 line=no))
+    return out[:5] or [r.finding(PASS, "no download/network calls in train_gpt.py (static scan)")]
+
+
+RULES = [
+    Rule("DATA.FULL_VAL", "score the full canonical validation split (first 50k docs), un-reordered",
+         "README 'Validation always runs on the full fineweb_val_* split'", ERROR, check_full_val),
+    Rule("DATA.NO_VAL_IN_TRAIN", "no validation data during training (fingerprint: train_shards 1499 overlap)",
+         "README FAQ 'You CANNOT access validation data during training'; Issue #2127", ERROR, check_no_val_in_train),
+    Rule("DATA.NO_TRAIN_AT_EVAL", "no training data, downloads or network during evaluation (static scan)",
+         "README FAQ 'No external downloads, training dataset access, or network calls'", ERROR,
+         check_no_train_at_eval),
+]

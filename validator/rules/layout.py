@@ -1,0 +1,110 @@
+"""Packaging rules: FILES.REQUIRED, FILES.RUNS_IN_FOLDER (static part), FILES.PR_SCOPE (folder name)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+
+from validator.logs import find_logs
+from validator.rules.base import ERROR, FAIL, INFO, PASS, RUN_DIR_FILES, SKIP, WARN, Finding, FolderContext, Rule
+
+BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
+                 "datasets", "tiktoken", "sentencepiece"}
+NAME_RX = re.compile(r"^\d{4}-\d{2}-\d{2}_[A-Za-z0-9._+-]+$")
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    """Top-level module names imported anywhere in a module (absolute imports only)."""
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def check_required(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    if ctx.is_run_dir:
+        missing = [f for f in RUN_DIR_FILES if not (ctx.root / f).is_file()]
+        if missing:
+            return [r.finding(FAIL, "pgolf run directory is missing files", expected=list(RUN_DIR_FILES),
+                              found=missing)]
+        return [r.finding(PASS, "run directory has " + ", ".join(RUN_DIR_FILES))]
+    out: list[Finding] = []
+    if not (ctx.root / "README.md").is_file():
+        out.append(r.finding(FAIL, "README.md missing", file="README.md"))
+    sp = ctx.submission_path
+    if sp is None:
+        out.append(r.finding(FAIL, "submission.json missing", file="submission.json"))
+    elif sp.name != "submission.json":
+        out.append(r.finding(WARN, f"submission JSON is named {sp.name}, expected submission.json",
+                             severity=WARN, file=sp.name, expected="submission.json", found=sp.name))
+    if ctx.script_path is None:
+        alts = sorted(str(p) for p in ctx.files if p.name.startswith("train") and p.suffix == ".py")
+        out.append(r.finding(FAIL, "train_gpt.py missing" + (f" (ships {', '.join(alts)})" if alts else ""),
+                             file="train_gpt.py", found=alts or None))
+    if not find_logs(ctx.root):
+        out.append(r.finding(FAIL, "no train log (*.log / *.txt) in the folder"))
+    if isinstance(ctx.tree, ast.Module) and not (ctx.root / "requirements.txt").is_file():
+        mods = imported_modules(ctx.tree)
+        local = {p.stem for p in ctx.root.glob("*.py")} | {p.name for p in ctx.root.iterdir() if p.is_dir()}
+        extra = sorted(m for m in mods if m not in sys.stdlib_module_names and m not in BASE_PACKAGES
+                       and m not in local and m != "__future__")
+        if extra:
+            out.append(r.finding(WARN, "imports packages outside the base image but ships no requirements.txt",
+                                 severity=WARN, file="train_gpt.py", expected="requirements.txt", found=extra))
+    return out or [r.finding(PASS, "README.md, submission.json, train_gpt.py and logs present")]
+
+
+def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
+    r = RULES[1]
+    if ctx.is_run_dir:
+        return [r.finding(SKIP, "pgolf run directory: code is pgolf itself")]
+    src = ctx.script_source
+    if src is None:
+        return [r.finding(SKIP, "no train_gpt.py")]
+    wrapped = src[1]
+    out: list[Finding] = []
+    tree = ctx.tree
+    if isinstance(tree, SyntaxError):
+        exc = tree
+        msg = f"does not parse{' (after unwrapping)' if wrapped else ''}: {exc.msg} (line {exc.lineno})"
+        if sys.version_info < (3, 12) and "f-string" in (exc.msg or ""):
+            return [r.finding(WARN, msg + f"; likely PEP 701 f-string syntax needing Python >= 3.12 "
+                              f"(checked with {sys.version_info.major}.{sys.version_info.minor})",
+                              severity=WARN, file="train_gpt.py", line=exc.lineno)]
+        return [r.finding(FAIL, msg, file="train_gpt.py", line=exc.lineno)]
+    assert tree is not None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "level", 0):
+            out.append(r.finding(WARN, "relative import: the script is not runnable as a plain file",
+                                 severity=WARN, file="train_gpt.py", line=node.lineno))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("../"):
+            out.append(r.finding(WARN, f"path outside the folder: {node.value!r}", severity=WARN,
+                                 file="train_gpt.py", line=node.lineno))
+    note = " (LZMA wrapper decoded)" if wrapped else ""
+    return out or [r.finding(PASS, f"train_gpt.py parses{note}; dynamic smoke run not performed (static only)")]
+
+
+def check_name(ctx: FolderContext) -> list[Finding]:
+    r = RULES[2]
+    if ctx.is_run_dir:
+        return [r.finding(SKIP, "pgolf run directory", severity=INFO)]
+    name = ctx.root.resolve().name
+    if NAME_RX.match(name):
+        return [r.finding(PASS, f"folder name {name!r} matches YYYY-MM-DD_description")]
+    return [r.finding(FAIL, "folder name does not match YYYY-MM-DD_description", expected=NAME_RX.pattern,
+                      found=name)]
+
+
+RULES = [
+    Rule("FILES.REQUIRED", "README.md, submission.json, train log(s), train_gpt.py (+ requirements.txt)",
+         "README 'Submission Process' items 1-4; FAQ 'Can I import XYZ?'", ERROR, check_required),
+    Rule("FILES.RUNS_IN_FOLDER", "train_gpt.py compiles inside the records folder (static part)",
+         "README Submission Process item 4", ERROR, check_runs_in_folder),
+    Rule("FILES.PR_SCOPE", "one new folder named YYYY-MM-DD_description (static part: the name)",
+         "README 'only adds a new folder'; commit e64813770", ERROR, check_name),
+]

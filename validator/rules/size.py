@@ -1,0 +1,239 @@
+"""Artifact-size rules: SIZE.CAP, SIZE.CODE, SIZE.CODE_WRAPPED, SIZE.LOG."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+from statistics import mean
+
+from validator.rules.base import CAP, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+
+CODE_SUFFIXES = {".py", ".cpp", ".cu", ".c", ".h", ".cuh", ".so"}
+IMPORT_RX = re.compile(r"(?:^|[;:])\s*(?:from|import)\s+([A-Za-z_]\w*)", re.M)
+DATA_PREP = re.compile(r"(prepare|download|tokeniz|build_|make_|lossless_caps|plot|analy|measure)", re.I)
+
+
+def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
+    """Local files train_gpt.py imports, exec's or compiles (name -> bytes), found by an AST scan (cached)."""
+    cached = ctx.__dict__.get("_reachable")
+    if cached is not None:
+        return cached
+    tree = ctx.tree
+    if tree is None:
+        return {}
+    local = {p.name: p for p in ctx.root.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES}
+    stems = {Path(n).stem: n for n in local if n.endswith(".py")}
+    out: dict[str, int] = {}
+    if isinstance(tree, SyntaxError):  # e.g. PEP 701 f-strings on an older interpreter: fall back to regexes
+        text = ctx.script_source[0] if ctx.script_source else ""
+        for m in IMPORT_RX.finditer(text):
+            if m.group(1) in stems and stems[m.group(1)] != "train_gpt.py":
+                out[stems[m.group(1)]] = local[stems[m.group(1)]].stat().st_size
+        for fname, p in local.items():
+            if fname != "train_gpt.py" and re.search(r"[\"'/]" + re.escape(fname) + r"[\"']", text):
+                out[fname] = p.stat().st_size
+        return _transitive(ctx, out, local, stems)
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module.split(".")[0]]
+        for n in names:
+            if n in stems and stems[n] != "train_gpt.py":
+                out[stems[n]] = local[stems[n]].stat().st_size
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 300:
+            for fname, p in local.items():
+                if fname != "train_gpt.py" and node.value.endswith(fname):
+                    out[fname] = p.stat().st_size
+    return _transitive(ctx, out, local, stems)
+
+
+def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
+                stems: dict[str, str]) -> dict[str, int]:
+    """Add local files referenced by reached helper modules (regex scan, to a fixed point); cache the result."""
+    todo = [n for n in out if n.endswith(".py")]
+    while todo:
+        text = local[todo.pop()].read_text(encoding="utf-8", errors="replace")
+        found = {stems[m.group(1)] for m in IMPORT_RX.finditer(text) if m.group(1) in stems}
+        found |= {f for f in local if re.search(r"[\"'/]" + re.escape(f) + r"[\"']", text)}
+        for name in found - set(out) - {"train_gpt.py"}:
+            out[name] = local[name].stat().st_size
+            if name.endswith(".py"):
+                todo.append(name)
+    ctx.__dict__["_reachable"] = out
+    return out
+
+
+def exec_stub_target(ctx: FolderContext) -> str | None:
+    """If train_gpt.py is an exec(open(...)) stub, the local file it runs."""
+    if ctx.script_bytes is None or ctx.script_bytes > 2000 or ctx.script_source is None:
+        return None
+    text = ctx.script_source[0]
+    if "exec(" not in text or "open(" not in text:
+        return None
+    for name in reachable_local_code(ctx):
+        if name.endswith(".py"):
+            return name
+    return None
+
+
+def size_logs(ctx: FolderContext) -> list:
+    """Logs that carry any size evidence."""
+    return [lg for lg in ctx.logs if lg.total_bytes is not None or lg.model_bytes is not None]
+
+
+def check_cap(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    out: list[Finding] = []
+    for lg in size_logs(ctx):
+        f = ctx.rel(lg.path)
+        if lg.total_bytes is not None:
+            cap = lg.cap or CAP
+            st = PASS if lg.total_bytes <= cap else FAIL
+            out.append(r.finding(st, f"logged total {lg.total_bytes:,} bytes "
+                                 f"{'<=' if st == PASS else '>'} {cap:,}", file=f, line=lg.total_bytes_line,
+                                 expected=f"<= {cap}", found=lg.total_bytes))
+        if lg.model_bytes is not None and lg.code_bytes is not None and lg.fmt == "text":
+            code = lg.code_bytes if lg.code_kind == "compressed" else max(lg.code_bytes, ctx.script_bytes or 0)
+            total = lg.model_bytes + code
+            if total > CAP and (lg.total_bytes is None or lg.total_bytes <= CAP):
+                out.append(r.finding(FAIL, f"model {lg.model_bytes:,} + counted code {code:,} = {total:,} > cap",
+                                     file=f, expected=f"<= {CAP}", found=total))
+    bt = (ctx.submission or {}).get("bytes_total")
+    if isinstance(bt, int) and bt > CAP:
+        out.append(r.finding(FAIL, f"submission.json bytes_total {bt:,} > {CAP:,}", file="submission.json",
+                             field="bytes_total", expected=f"<= {CAP}", found=bt))
+    if not out:
+        return [r.finding(SKIP, "no size evidence (no Total submission size line, no bytes_total)")]
+    fails = [x for x in out if x.status == FAIL]
+    if fails:
+        return fails
+    return [r.finding(PASS, f"{len(out)} size figure(s) <= {CAP:,} (max {max(int(x.found) for x in out):,})")]
+
+
+def check_code(ctx: FolderContext) -> list[Finding]:
+    r = RULES[1]
+    if ctx.is_run_dir:
+        return [r.finding(SKIP, "pgolf run directory: code_bytes computed by pgolf")]
+    if ctx.script_path is None:
+        return [r.finding(SKIP, "no train_gpt.py")]
+    out: list[Finding] = []
+    helpers = reachable_local_code(ctx)
+    stub = exec_stub_target(ctx)
+    logged = [lg.code_bytes for lg in ctx.logs if lg.code_bytes is not None]
+    shipped = ctx.script_bytes or 0
+    if stub:
+        need = helpers[stub]
+        if not logged or max(logged) < need:
+            out.append(r.finding(FAIL, f"train_gpt.py is an exec stub running {stub} ({helpers[stub]:,} B); the logs "
+                                 f"count {max(logged) if logged else 'no'} code bytes", file="train_gpt.py",
+                                 expected=f">= {need}", found=max(logged) if logged else None))
+    others = {k: v for k, v in helpers.items() if k != stub}
+    if others:
+        need = shipped + sum(others.values())
+        compressed = any(lg.code_kind == "compressed" for lg in ctx.logs)
+        if logged and not compressed and max(logged) < need:
+            totals = [lg.total_bytes + need - lg.code_bytes for lg in ctx.logs
+                      if lg.total_bytes is not None and lg.code_bytes is not None]
+            over = f"; counting it, the largest total is {max(totals):,} B" if totals else ""
+            over += " > cap" if totals and max(totals) > CAP else ""
+            out.append(r.finding(WARN, f"local code reached from train_gpt.py is not counted: "
+                                 f"{', '.join(f'{k} ({v:,} B)' for k, v in sorted(others.items()))}; "
+                                 f"logged code {max(logged):,} B < {need:,} B{over}", severity=WARN,
+                                 file="train_gpt.py", expected=need, found=max(logged)))
+    extra = sorted(str(p) for p in ctx.files if p.suffix in CODE_SUFFIXES - {".py"} and p.name not in helpers)
+    if extra:
+        out.append(r.finding(WARN, f"compiled-language sources shipped but not referenced by train_gpt.py: "
+                             f"{', '.join(extra)}", severity=INFO))
+    unref = sorted(str(p) for p in ctx.files if p.suffix == ".py" and p.name != "train_gpt.py"
+                   and p.name not in helpers and not DATA_PREP.search(p.name))
+    if unref:
+        out.append(r.finding(WARN, f"other Python files shipped, not reached from train_gpt.py (must not be part "
+                             f"of the run command): {', '.join(unref)}", severity=INFO))
+    return out or [r.finding(PASS, "all code reached from train_gpt.py is counted" +
+                             (f" ({', '.join(helpers)})" if helpers else " (single file)"))]
+
+
+def check_wrapped(ctx: FolderContext) -> list[Finding]:
+    r = RULES[2]
+    comp = [lg for lg in ctx.logs if lg.code_kind == "compressed"]
+    if not comp:
+        return [r.finding(PASS, "code counted at its raw size (no 'Code size (compressed)' line)")]
+    out: list[Finding] = []
+    shipped = ctx.script_bytes
+    wrapped = bool(ctx.script_source and ctx.script_source[1])
+    for lg in comp:
+        f = ctx.rel(lg.path)
+        m = lg.code_bytes or 0
+        if wrapped and shipped == m:
+            out.append(r.finding(PASS, f"ships the {m:,}-byte wrapper that the log counts", file=f))
+            continue
+        model = lg.model_bytes if lg.model_bytes is not None else (lg.total_bytes or 0) - m
+        strict_total = (shipped or 0) + model
+        msg = (f"wrapper convention: {m:,} B code + {model:,} B model = {m + model:,}; strict reading (shipped "
+               f"train_gpt.py {shipped or 0:,} B + model) = {strict_total:,}")
+        if wrapped:
+            msg += f"; shipped wrapper is {shipped:,} B, not {m:,}"
+        else:
+            msg += "; wrapper not shipped (recompute with pinned python-minifier not done statically)"
+        st = WARN if strict_total > 16_000_000 or wrapped else PASS
+        out.append(r.finding(st, msg + (" > cap under the strict reading" if strict_total > 16_000_000 else ""),
+                             file=f, expected="<= 16000000 (strict)", found=strict_total))
+    warns = [x for x in out if x.status == WARN]
+    return warns or out[:1]
+
+
+def check_log(ctx: FolderContext) -> list[Finding]:
+    r = RULES[3]
+    out: list[Finding] = []
+    logs = [lg for lg in ctx.scoring] or size_logs(ctx)
+    if not logs:
+        return [r.finding(SKIP, "no scored log")]
+    totals: list[int] = []
+    helpers = reachable_local_code(ctx)
+    stub = exec_stub_target(ctx)
+    accepted = {ctx.script_bytes, (ctx.script_bytes or 0) + sum(helpers.values())}
+    if stub:
+        accepted |= {helpers[stub], helpers[stub] + (ctx.script_bytes or 0)}
+    for lg in logs:
+        f = ctx.rel(lg.path)
+        if lg.total_bytes is None:
+            if lg.train_time_ms is not None:  # eval-only re-runs (e.g. TTT_EVAL_ONLY) print no size
+                out.append(r.finding(FAIL, "training log has no final 'Total submission size … bytes' line", file=f))
+            continue
+        totals.append(lg.total_bytes)
+        parts = (lg.model_bytes, lg.code_bytes)
+        if parts[0] is not None and parts[1] is not None and parts[0] + parts[1] != lg.total_bytes:
+            out.append(r.finding(WARN, f"total {lg.total_bytes:,} != model {lg.model_bytes:,} + code "
+                                 f"{lg.code_bytes:,}", severity=WARN, file=f, line=lg.total_bytes_line,
+                                 expected=lg.model_bytes + lg.code_bytes, found=lg.total_bytes))
+        if (lg.fmt == "text" and lg.code_bytes is not None and lg.code_kind != "compressed"
+                and ctx.script_bytes is not None and lg.code_bytes not in accepted):
+            out.append(r.finding(WARN, f"logged code {lg.code_bytes:,} B != shipped train_gpt.py "
+                                 f"{ctx.script_bytes:,} B (log from another version of the script?)", severity=WARN,
+                                 file=f, expected=ctx.script_bytes, found=lg.code_bytes))
+    bt = (ctx.submission or {}).get("bytes_total")
+    if isinstance(bt, int) and totals:
+        ok = bt in totals or bt in (round(mean(totals)), int(mean(totals)), max(totals))
+        if not ok:
+            listed = ", ".join(f"{t:,}" for t in totals)
+            out.append(r.finding(WARN, f"bytes_total {bt:,} matches no log total ({listed}) nor their mean/max",
+                                 severity=WARN, file="submission.json", field="bytes_total",
+                                 expected=sorted(set(totals)), found=bt))
+    return out or [r.finding(PASS, f"{len(totals)} log total(s) consistent (model + code; bytes_total)")]
+
+
+RULES = [
+    Rule("SIZE.CAP", "code bytes + compressed model bytes <= 16,000,000 (decimal) for every seed",
+         "README FAQ 'What exactly counts toward the 16MB artifact size?'; PR #1809/#1835 rulings", ERROR,
+         check_cap),
+    Rule("SIZE.CODE", "all code that runs counts (exec stubs, helper modules, kernels)",
+         "README FAQ 'All counted code should live in the train_gpt.py script'; PR #1420 precedent", ERROR,
+         check_code),
+    Rule("SIZE.CODE_WRAPPED", "compressed-code (pyminify+LZMA+b85 wrapper) accounting only if the wrapper ships",
+         "accepted practice from PR #1394/#1530; not README text", WARN, check_wrapped),
+    Rule("SIZE.LOG", "the log's last Total submission size line is the evidence and matches model + code + JSON",
+         "README 'A train log, automatically produced by your script'; PR #1809/#1835 rulings", ERROR, check_log),
+]

@@ -1,0 +1,110 @@
+"""Statistics rules: STAT.SEEDS (number/sameness/disclosure) and STAT.SIG (Welch test vs SOTA, both thresholds)."""
+
+from __future__ import annotations
+
+from statistics import mean
+
+from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.stats import welch_one_sided
+
+README_MARGIN_NATS = 0.005
+README_P = 0.01
+PRACTICE_P = 0.25
+HP_IGNORE = {"seed", "run_id", "data_path", "tokenizer_path", "out_dir", "logfile", "log_path", "train_files",
+             "val_files", "datasets_dir", "data_dir"}
+
+
+def _ignored(key: str) -> bool:
+    """Hyperparameters allowed to differ between seeds: seed, run id, paths."""
+    return key in HP_IGNORE or key.endswith(("_path", "_dir", "_file", "_files"))
+
+
+def seed_values(ctx: FolderContext) -> tuple[list[float], list[float]]:
+    """(per-seed val_bpb, per-seed val_loss) from the scoring logs, else from submission.json seed_results."""
+    from validator.rules.consistency import seed_results
+
+    fins = [lg.final(ctx.method) for lg in ctx.scoring]
+    fins = [f for f in fins if f is not None]
+    if fins:
+        return [f.val_bpb for f in fins], [f.val_loss for f in fins]
+    res = seed_results(ctx.submission)
+    bpb = [float(v["val_bpb"]) for v in res.values() if isinstance(v.get("val_bpb"), (int, float))]
+    loss = [float(v["val_loss"]) for v in res.values() if isinstance(v.get("val_loss"), (int, float))]
+    return bpb, loss
+
+
+def check_seeds(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    out: list[Finding] = []
+    sev = INFO if ctx.track == "non-record" or ctx.is_run_dir else WARN
+    logs = ctx.scoring
+    if not logs:
+        if ctx.track == "record":
+            return [r.finding(FAIL, "no scored log backs the claim")]
+        return [r.finding(SKIP, "no scored log")]
+    seeds = [lg.seed for lg in logs]
+    if len(logs) < 3:
+        out.append(r.finding(WARN, f"{len(logs)} distinct scored run(s); 3 seeds is the norm", severity=sev,
+                             expected=">= 3", found=len(logs)))
+    known = [s for s in seeds if s is not None]
+    if len(set(known)) != len(known):
+        out.append(r.finding(WARN, f"repeated seeds across distinct logs: {sorted(known)}", severity=WARN,
+                             found=sorted(known)))
+    dumps = [lg for lg in logs if lg.hparams]
+    if len(dumps) > 1:
+        ref = dumps[0]
+        for lg in dumps[1:]:
+            keys = set(ref.hparams) | set(lg.hparams)
+            diff = sorted(k for k in keys if not _ignored(k) and ref.hparams.get(k) != lg.hparams.get(k))
+            if diff:
+                out.append(r.finding(WARN, f"configuration differs from {ref.path.name} beyond seed/run_id/paths: "
+                                     f"{', '.join(diff[:8])}", severity=WARN, file=ctx.rel(lg.path), found=diff[:8]))
+    sub = ctx.submission or {}
+    disclosed = [k for k in sub if "all_runs" in k or "disclosure" in k]
+    if disclosed:
+        out.append(r.finding(WARN, f"submission discloses more runs than it averages ({', '.join(disclosed)})",
+                             severity=WARN, field=disclosed[0]))
+    return out or [r.finding(PASS, f"{len(logs)} distinct seed logs ({', '.join(str(s) for s in seeds)}), same config")]
+
+
+def significance(new: list[float], losses: list[float], sota: float | list[float]) -> dict[str, float]:
+    """Both tests (README: 0.005 nats at p < 0.01; practice: no margin at p < 0.25); bpb units, margin converted."""
+    ratio = mean(losses) / mean(new) if losses and len(losses) == len(new) else float("nan")
+    margin_bpb = README_MARGIN_NATS / ratio if ratio == ratio else README_MARGIN_NATS
+    readme = welch_one_sided(new, sota, margin_bpb)
+    practice = welch_one_sided(new, sota, 0.0)
+    return {"delta_bpb": practice.delta, "delta_nats": practice.delta * ratio if ratio == ratio else float("nan"),
+            "nats_per_bpb": ratio, "margin_bpb": margin_bpb, "t_readme": readme.t, "df_readme": readme.df,
+            "p_readme": readme.p, "t_practice": practice.t, "df_practice": practice.df, "p_practice": practice.p}
+
+
+def check_sig(ctx: FolderContext) -> list[Finding]:
+    r = RULES[1]
+    if ctx.sota is None:
+        return [r.finding(SKIP, "no --sota given")]
+    new, losses = seed_values(ctx)
+    if len(new) < 2:
+        return [r.finding(SKIP, f"need >= 2 per-seed values for a t-test, have {len(new)}")]
+    s = significance(new, losses, ctx.sota)
+    label = ctx.sota_label or (f"{ctx.sota}" if isinstance(ctx.sota, float) else f"{len(ctx.sota)} runs")
+    msg = (f"vs SOTA {label}: delta {s['delta_bpb']:.5f} bpb = {s['delta_nats']:.5f} nats; README test (>= 0.005 "
+           f"nats = {s['margin_bpb']:.5f} bpb, p < {README_P}): t={s['t_readme']:.3f} df={s['df_readme']:.2f} "
+           f"p={s['p_readme']:.4g}; practice test (no margin, p < {PRACTICE_P}): t={s['t_practice']:.3f} "
+           f"p={s['p_practice']:.4g}")
+    if ctx.track == "non-record":
+        return [r.finding(PASS, msg + " [non-record: INFO]", severity=INFO, found=s)]
+    if s["p_readme"] < README_P:
+        return [r.finding(PASS, msg, found=s)]
+    if s["p_practice"] < PRACTICE_P:
+        if ctx.strict:
+            return [r.finding(FAIL, msg + " -> fails the README test (strict)", found=s)]
+        return [r.finding(WARN, msg + " -> passes only the p < 0.25 practice test", severity=WARN, found=s)]
+    return [r.finding(FAIL, msg + " -> fails both tests", found=s)]
+
+
+RULES = [
+    Rule("STAT.SEEDS", ">= 3 seeds of the same configuration, all disclosed, no outcome-selected seeds",
+         "README 'average over 3 training runs'; cocohearts on PR #2124/#561", ERROR, check_seeds),
+    Rule("STAT.SIG", "beat SOTA by >= 0.005 nats at p < 0.01 (README); practice: p < 0.25 frontier",
+         "README Submission Process 1; cocohearts PR #1900/#1902", ERROR, check_sig),
+]
