@@ -123,6 +123,39 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from core.train import evaluate_artifact, load_run_config, setup, shutdown
+
+    artifact, recipe = load_run_config(Path(args.path))
+    args.recipe = recipe
+    cfg, registry = load_config(args)
+    run = setup(cfg, registry, make_dir=False)
+    try:
+        evaluate_artifact(run, artifact)
+    finally:
+        shutdown(run)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from validator.cli import run_validate
+
+    return run_validate(args, extra_rules=plugin_validator_rules(Registry(extra_files=args.plugin_file)))
+
+
+def plugin_validator_rules(registry: Registry) -> list:
+    """Extra validator rules from every known plugin's `pg_validator_rules` (default settings)."""
+    import pluggy
+
+    from core import hookspecs
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name, cls in registry.plugins.items():
+        pm.register(cls(cls.config() if cls.config is not None else None), name=name)
+    return [rule for rules in pm.hook.pg_validator_rules() if rules for rule in rules]
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from core.databuild import build_dataset, ensure_default_data
 
@@ -143,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (one per GPU)")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a saved artifact (a run directory or its final_model.ptz)")
+    p.add_argument("path", help="run directory or artifact file (config.json must be beside it)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_eval)
+    from validator.cli import add_validate_parser
+
+    add_validate_parser(sub)
+    sub.choices["validate"].add_argument("--plugin-file", action="append", default=[], metavar="FILE.py")
+    sub.choices["validate"].set_defaults(func=cmd_validate)
     p = sub.add_parser("demo", help="tiny CPU run on the embedded default corpus")
     add_config_args(p)
     p.add_argument("--out", default="runs", help="output directory for the run (default runs/)")
@@ -166,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory")
     p.add_argument("--val-docs", type=int, default=None, help="documents for the val split (default ~5%%)")
     p.set_defaults(func=cmd_data)
+    from core.size import add_size_parser
+
+    add_size_parser(sub)
     return parser
 
 

@@ -231,7 +231,7 @@ def _plugin_list(value: Any, where: str) -> list[str]:
 def resolve(
     *,
     plugin_config_classes: Mapping[str, type | None],
-    recipe: str | Path | None = None,
+    recipe: str | Path | Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
     sets: Sequence[str] = (),
     plugins: Sequence[str] | None = None,
@@ -247,11 +247,12 @@ def resolve(
     sources: dict[str, str] = {}
     data: dict[str, Any] = {}
     recipe_name = ""
-    if recipe is not None:
-        try:
-            data = load_recipe(recipe)
-        except ConfigError as exc:
-            raise exc
+    if isinstance(recipe, Mapping):  # an already-parsed recipe, e.g. a run's config.json
+        data = {k: v for k, v in recipe.items() if k != "source"}
+        recipe_name = f"recipe:{recipe.get('source', 'dict')}"
+        recipe = recipe.get("source", "recipe")
+    elif recipe is not None:
+        data = load_recipe(recipe)
         recipe_name = f"recipe:{recipe}"
 
     # 1. The plugin list: recipe < PGOLF_PLUGINS < --set plugins=... < --plugins.

@@ -131,6 +131,9 @@ SCHEMES: dict[str, DequantizeFn] = {
     "passthrough": _deq_passthrough,
     "int8_per_row": _deq_int8_per_row,
     "int8_per_tensor": _deq_int8_per_tensor,
+    # Sub-int8 codes (int2..int7, meta "bits") in int8 containers: same dequantization as int8.
+    "intk_per_row": _deq_int8_per_row,
+    "intk_per_tensor": _deq_int8_per_tensor,
 }
 
 
@@ -395,6 +398,56 @@ class BrotliCodec:
 CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCodec, "brotli": BrotliCodec}
 
 
+class AutoCodec:
+    """Compress with every candidate codec and keep the smallest output (ties: the earlier candidate).
+
+    `compress_named` returns the winner's name with its bytes, so the artifact header names the real
+    codec and decoding needs no "auto" codec; `chosen` records the last winner, `sizes` every candidate's.
+    """
+
+    name = "auto"
+
+    def __init__(self, candidates: Sequence[Codec]) -> None:
+        if not candidates:
+            raise ValueError("AutoCodec needs at least one candidate codec")
+        self.candidates = list(candidates)
+        self.chosen: Codec | None = None
+        self.sizes: dict[str, int] = {}
+
+    def compress_named(self, data: bytes) -> tuple[str, bytes]:
+        best: tuple[Codec, bytes] | None = None
+        self.sizes = {}
+        for codec in self.candidates:
+            out = codec.compress(data)
+            self.sizes[codec.name] = len(out)
+            if best is None or len(out) < len(best[1]):
+                best = (codec, out)
+        assert best is not None
+        self.chosen = best[0]
+        return best[0].name, best[1]
+
+    def compress(self, data: bytes) -> bytes:
+        return self.compress_named(data)[1]
+
+    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
+        if self.chosen is None:
+            raise ArtifactError("auto codec: nothing compressed yet; decode with the codec the header names")
+        return self.chosen.decompress(data, max_size)
+
+    def decoders(self) -> dict[str, Codec]:
+        """name -> codec for every candidate (what `decode_artifact` needs for any winner)."""
+        return {c.name: c for c in self.candidates}
+
+
+def compress_named(codec: Codec, data: bytes) -> tuple[str, bytes]:
+    """(codec name to record, payload): a codec choosing among others (AutoCodec) names its choice."""
+    named = getattr(codec, "compress_named", None)
+    if callable(named):
+        name, payload = named(data)
+        return str(name), payload
+    return codec.name, codec.compress(data)
+
+
 # --- artifact --------------------------------------------------------------------------------------
 def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str) -> bytes:
     """MAGIC | u16 version | u32 header length | JSON header | codec(torch.save({name: record}))."""
@@ -408,8 +461,8 @@ def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name:
     buf = io.BytesIO()
     torch.save(obj, buf)
     raw = buf.getvalue()
-    payload = codec.compress(raw)
-    header = {"format": FORMAT_VERSION, "codec": codec.name, "quantizer": quantizer_name,
+    codec_name, payload = compress_named(codec, raw)
+    header = {"format": FORMAT_VERSION, "codec": codec_name, "quantizer": quantizer_name,
               "payload_bytes": len(payload), "raw_bytes": len(raw),
               "raw_sha256": hashlib.sha256(raw).hexdigest()}
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -533,14 +586,36 @@ class ExportResult:
     codec_name: str = "zlib"
 
 
+@dataclass
+class RefineContext:
+    """What a post-quantization refinement (`pg_refine_quantized`) may use.
+
+    `size_of(qstate)` is the artifact size in bytes (header included) with the run's codec;
+    `code_bytes` is the counted code size; `config` is the run's Config (None outside a run).
+    """
+
+    size_of: Callable[[Mapping[str, QTensor]], int]
+    code_bytes: int
+    config: Any = None
+
+
+def artifact_sizer(codec: Codec, quantizer_name: str = "int8") -> Callable[[Mapping[str, QTensor]], int]:
+    """size_of for RefineContext: the encoded artifact's length with `codec`."""
+    return lambda qstate: len(encode_artifact(qstate, codec, quantizer_name))
+
+
 def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn], codec: Codec,
-                      quantizer_name: str = "int8") -> ExportResult:
-    """Quantize (first answering quantizer, then int8), serialize and compress into artifact bytes."""
+                      quantizer_name: str = "int8",
+                      refine: Callable[[dict[str, QTensor]], None] | None = None) -> ExportResult:
+    """Quantize (first answering quantizer, then int8), refine in place (optional, e.g. pruning),
+    serialize and compress into artifact bytes."""
     qstate, stats = quantize_state_dict(state_dict, quantizers)
+    if refine is not None:
+        refine(qstate)
     blob = encode_artifact(qstate, codec, quantizer_name)
     header, _ = parse_header(blob)
     return ExportResult(blob=blob, qstate=qstate, stats=stats, raw_bytes=header["raw_bytes"],
-                        compressed_bytes=len(blob), quantizer_name=quantizer_name, codec_name=codec.name)
+                        compressed_bytes=len(blob), quantizer_name=quantizer_name, codec_name=header["codec"])
 
 
 def _bits_equal(a: Tensor, b: Tensor) -> bool:

@@ -139,6 +139,16 @@ def pg_quantize_tensor(name: str, tensor: Any, config: Any) -> Any:
     """
 
 
+@hookspec
+def pg_refine_quantized(qstate: Any, ctx: Any) -> None:
+    """Edit the quantized state in place after quantization, before it is encoded (e.g. prune to fit).
+
+    `qstate` maps tensor name -> `core.export.QTensor`; `ctx` is a `core.export.RefineContext` with
+    `size_of(qstate) -> int` (artifact bytes with the run's codec), `code_bytes` and `config`.
+    Every implementation is called, in registration order.
+    """
+
+
 @hookspec(firstresult=True)
 def pg_codec(config: Any) -> Any:
     """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9)."""

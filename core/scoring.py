@@ -73,11 +73,19 @@ class ScoreSink:
         self.byte_sum += token_bytes(prev, tgt, self.tables).to(torch.float64).sum()
 
     def advance_frontier(self, upto: int) -> None:
-        """Declare that every position < `upto` has been scored (checked); releases them to TTT."""
-        if upto > self._frontier:
-            if not bool(self.scored[self._frontier : upto].all()):
-                raise ScoringError(f"frontier {upto} declared but positions below it are unscored")
-            self._frontier = upto
+        """Declare that every position < `upto` has been scored (checked); releases them to TTT.
+
+        Collective when distributed: every rank calls it with the same `upto`, and the check covers
+        the positions scored by all ranks together.
+        """
+        if upto <= self._frontier:
+            return
+        seg = self.scored[self._frontier : upto].to(torch.uint8)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(seg, op=dist.ReduceOp.MAX)
+        if not bool(seg.all()):
+            raise ScoringError(f"frontier {upto} declared but positions below it are unscored")
+        self._frontier = upto
 
     @property
     def frontier(self) -> int:
@@ -174,6 +182,66 @@ class PlainEvaluator:
                     sink.record(positions, nll.detach())
                 if run.world_size == 1:
                     sink.advance_frontier(e * seq_len + 1)
+
+
+def window_ends(n_positions: int, seq_len: int, stride: int) -> list[int]:
+    """End positions of sliding windows; window k scores positions (ends[k-1], ends[k]] (ends[-1] = 0).
+
+    Windows of `seq_len` tokens end every `stride` positions, the last one at the final position, so
+    each position is scored exactly once (PR #1218's fix of PR #50's tail double count); with
+    stride == seq_len these are exactly the plain non-overlapping windows.
+    """
+    if n_positions <= seq_len:
+        return [n_positions]
+    ends = list(range(seq_len, n_positions + 1, stride))
+    if ends[-1] != n_positions:
+        ends.append(n_positions)
+    return ends
+
+
+def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], which: range, seq_len: int,
+                  batch_seqs: int) -> None:
+    """Score windows `which` (indices into `ends`) in batches: each window sees min(seq_len, n) tokens
+    ending at its end position and records only the positions the previous window did not score."""
+    n = tokens.numel() - 1
+    win = min(seq_len, n)
+    device = run.device
+    col = torch.arange(win, device=device)
+    with torch.no_grad():
+        for b in range(which.start, which.stop, batch_seqs):
+            idx = range(b, min(b + batch_seqs, which.stop))
+            xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in idx]).to(device, torch.int64)
+            ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in idx]).to(device, torch.int64)
+            if sink.checking:
+                nll, lognorm = nll_and_lognorm(model, xs, ys, run.autocast_dtype)
+            else:
+                with run.autocast():
+                    nll = model(xs, ys, reduce=False)
+                lognorm = None
+            pos = torch.stack([torch.arange(ends[k] - win + 1, ends[k] + 1) for k in idx]).to(device)
+            new = torch.tensor([ends[k] - (ends[k - 1] if k > 0 else 0) for k in idx], device=device)
+            keep = col[None, :] >= (win - new)[:, None]
+            sink.record(pos[keep], nll.detach()[keep], None if lognorm is None else lognorm[keep])
+
+
+def synthetic_warmup(run, model, evaluator, max_tokens: int = 65_537) -> float:
+    """Run the evaluator once on random tokens (never validation tokens: rulebook EVAL.TTT) so its
+    compiled graphs exist before the timed evaluation; weights are restored. Returns milliseconds."""
+    import time
+
+    n = min(run.val_tokens.numel(), max_tokens)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, run.core.vocab_size, (n,), generator=gen, dtype=torch.int64)
+    saved = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    run.synchronize()
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
+    run.synchronize()
+    run.model.load_state_dict(saved)
+    model.train(was_training)
+    return 1000.0 * (time.perf_counter() - t0)
 
 
 def evaluate(run, model, evaluator, tokens: Tensor, checking: bool = False) -> EvalResult:

@@ -26,7 +26,7 @@ from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
 from core.registry import Registry
 from core.run import Run, create_run, write_atomic
-from core.scoring import EvalResult, PlainEvaluator, evaluate
+from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
 from core.tokenizer import build_byte_tables, load_tokenizer
 
 CORE_DIR = Path(__file__).resolve().parent
@@ -406,9 +406,11 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
         return run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
 
     state = {k: v for k, v in base.state_dict().items()}
-    result = ex.export_state_dict(state, [quantize], codec, quantizer_name="int8")
-    label = f"{result.quantizer_name}+{codec.name}"
     n_code = code_bytes(run)
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8"), code_bytes=n_code, config=cfg)
+    result = ex.export_state_dict(state, [quantize], codec, quantizer_name="int8",
+                                  refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx))
+    label = f"{result.quantizer_name}+{result.codec_name}"
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
     if run.master and run.run_dir is not None:
         path = run.run_dir / "final_model.ptz"
@@ -423,6 +425,9 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     base.load_state_dict(restored, strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=base)
     evaluator = run.hook.pg_evaluator(run=run)
+    if should_compile(run):
+        ms = synthetic_warmup(run, run.eval_model, evaluator)
+        run.log(f"eval_warmup:synthetic_tokens time:{ms:.0f}ms")
     res: EvalResult = evaluate(run, run.eval_model, evaluator, run.val_tokens)
     tag = label.replace("+", "_")
     run.log(f"final_{tag}_roundtrip val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
@@ -441,13 +446,56 @@ def run_training(config: Config, registry: Registry) -> dict[str, Any]:
     try:
         return train(run)
     finally:
-        if run.distributed:
-            import gc
+        shutdown(run)
 
-            import torch.distributed as dist
 
-            run.train_model = None  # DDP holds the process group: release it before destroying the group
-            gc.collect()
-            dist.barrier()
-            dist.destroy_process_group()
+def shutdown(run: Run) -> None:
+    """Leave the process group cleanly (DDP holds it: release that first, or gloo aborts at exit)."""
+    if not run.distributed:
+        return
+    import gc
 
+    import torch.distributed as dist
+
+    run.train_model = None
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+
+def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
+    """(artifact path, recipe dict from the run's config.json) for a run dir or an artifact inside one."""
+    import json
+
+    artifact = path / "final_model.ptz" if path.is_dir() else path
+    if not artifact.is_file():
+        raise ex.ArtifactError(f"{artifact}: artifact not found (expected a run directory or a .ptz file)")
+    cfg_path = artifact.parent / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError([f"{cfg_path}: not found (pgolf eval needs the run's config.json beside the artifact)"])
+    try:
+        recipe = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError([f"{cfg_path}: not a pgolf config.json ({exc})"]) from exc
+    for key in ("run_id", "out_dir"):
+        recipe.get("core", {}).pop(key, None)
+    recipe["source"] = str(cfg_path)
+    return artifact, recipe
+
+
+def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
+    """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
+    qstate, header = ex.read_artifact(artifact)
+    run.model.load_state_dict(ex.dequantize_state_dict(qstate), strict=True)
+    run.hook.pg_prepare_eval_model(run=run, model=run.model)
+    evaluator = run.hook.pg_evaluator(run=run)
+    if should_compile(run):
+        ms = synthetic_warmup(run, run.eval_model, evaluator)
+        run.log(f"eval_warmup:synthetic_tokens time:{ms:.0f}ms")
+    res = evaluate(run, run.eval_model, evaluator, run.val_tokens)
+    run.log(f"eval artifact:{artifact} quantizer:{header.get('quantizer')} codec:{header.get('codec')} "
+            f"evaluator:{evaluator.name}")
+    run.log(f"final_eval val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f} eval_time:{res.eval_time_ms:.0f}ms "
+            f"tokens:{res.tokens} bytes:{res.bytes}")
+    return res

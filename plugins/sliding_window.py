@@ -9,28 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoreSink, nll_and_lognorm, rank_span
+from core.scoring import ScoreSink, rank_span, score_windows, window_ends
 
 
 @dataclass
 class SlidingWindowConfig:
     stride: int = field(default=64, metadata={"help": "new tokens scored per window"})
     batch_seqs: int = field(default=32, metadata={"help": "windows per forward batch"})
-
-
-def window_ends(n_positions: int, seq_len: int, stride: int) -> list[int]:
-    """End positions (inclusive) of the windows; window k scores (ends[k-1], ends[k]]."""
-    if n_positions <= seq_len:
-        return [n_positions]
-    ends = list(range(seq_len, n_positions + 1, stride))
-    if ends[-1] != n_positions:
-        ends.append(n_positions)
-    return ends
 
 
 class SlidingWindowEvaluator:
@@ -42,28 +31,9 @@ class SlidingWindowEvaluator:
         self.seq_len, self.stride, self.batch_seqs = seq_len, stride, batch_seqs
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
-        n = tokens.numel() - 1
-        ends = window_ends(n, self.seq_len, self.stride)
-        starts = [0, *ends[:-1]]  # window k scores positions starts[k]+1 .. ends[k]
+        ends = window_ends(tokens.numel() - 1, self.seq_len, self.stride)
         lo, hi = rank_span(len(ends), run.rank, run.world_size)
-        device = run.device
-        with torch.no_grad():
-            for b in range(lo, hi, self.batch_seqs):
-                idx = range(b, min(b + self.batch_seqs, hi))
-                win = min(self.seq_len, n)
-                xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in idx]).to(device, torch.int64)
-                ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in idx]).to(device, torch.int64)
-                if sink.checking:
-                    nll, lognorm = nll_and_lognorm(model, xs, ys, run.autocast_dtype)
-                else:
-                    with run.autocast():
-                        nll = model(xs, ys, reduce=False)
-                    lognorm = None
-                col = torch.arange(win, device=device)
-                pos_all = torch.stack([torch.arange(ends[k] - win + 1, ends[k] + 1) for k in idx]).to(device)
-                first_new = torch.tensor([win - (ends[k] - starts[k]) for k in idx], device=device)
-                keep = col[None, :] >= first_new[:, None]
-                sink.record(pos_all[keep], nll.detach()[keep], None if lognorm is None else lognorm[keep])
+        score_windows(run, model, tokens, sink, ends, range(lo, hi), self.seq_len, self.batch_seqs)
 
 
 class SlidingWindow(Plugin):

@@ -9,10 +9,10 @@ import torch
 
 from core.config import resolve
 from core.registry import Registry
-from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, bpb_from_sums, evaluate
+from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, bpb_from_sums, evaluate, window_ends
 from core.tokenizer import ByteTables
 from core.train import setup, train
-from plugins.sliding_window import SlidingWindowEvaluator, window_ends
+from plugins.sliding_window import SlidingWindowEvaluator
 
 REGISTRY = Registry()
 
@@ -97,23 +97,81 @@ def test_smaller_stride_lowers_loss(trained):
     assert slide.val_loss < plain.val_loss - 0.01, (slide.val_loss, plain.val_loss)
 
 
-@pytest.mark.parametrize("make", [lambda: PlainEvaluator(64, 1024), lambda: SlidingWindowEvaluator(64, 16, 8)])
+def _ttt(**kw):
+    from plugins.score_first_ttt import ScoreFirstTTTConfig, ScoreFirstTTTEvaluator
+
+    cfg = ScoreFirstTTTConfig(**{"chunk_tokens": 128, "stride": 32, "lr": 0.05, "epochs": 2, "batch_seqs": 4, **kw})
+    return ScoreFirstTTTEvaluator(64, cfg)
+
+
+class AdaptThenScore:
+    """A deliberately wrong TTT: trains on each chunk *before* scoring it (reads tokens directly)."""
+
+    name = "adapt_then_score"
+
+    def evaluate(self, run, model, tokens, sink):
+        good = _ttt()
+        ends, groups = good.chunks(tokens.numel() - 1)
+        opt = torch.optim.SGD(run.model.parameters(), lr=0.05)
+        from core.scoring import score_windows
+
+        for group in groups:
+            start = ends[group.start - 1] if group.start > 0 else 0
+            good._adapt(run, run.model, opt, list(run.model.parameters()), tokens[start : ends[group.stop - 1] + 1])
+            score_windows(run, model, tokens, sink, ends, group, 64, 4)
+
+
+def _scores(run, evaluator, toks):
+    sink = ScoreSink(toks, run.byte_tables, checking=True)
+    saved = {k: v.clone() for k, v in run.model.state_dict().items()}
+    evaluator.evaluate(run, run.model, toks, sink)
+    run.model.load_state_dict(saved)
+    return sink
+
+
+@pytest.mark.parametrize("make", [lambda: PlainEvaluator(64, 1024), lambda: SlidingWindowEvaluator(64, 16, 8), _ttt])
 def test_evaluator_causality_prefix_invariance(trained, make):
     """Perturb tokens at positions >= t: scores at positions < t are bit-identical (CPU, float64)."""
     run = trained
-    model = run.model.double()
+    run.model.double()
     try:
         toks = run.val_tokens[:513].to(torch.int64)
         t = 300
         alt = toks.clone()
         alt[t:] = (alt[t:] + 7) % 320
-        a = ScoreSink(toks, run.byte_tables, checking=True)
-        b = ScoreSink(alt, run.byte_tables, checking=True)
-        make().evaluate(run, model, toks, a)
-        make().evaluate(run, model, alt, b)
+        a, b = _scores(run, make(), toks), _scores(run, make(), alt)
         assert torch.equal(a.nll[1:t], b.nll[1:t])
         assert not torch.equal(a.nll[t:], b.nll[t:])
-        # checking mode records the log-normaliser: normalisation holds (logsumexp of log-probs = 0)
         assert torch.isfinite(a.lognorm[1:]).all()
     finally:
         run.model.float()
+
+
+def test_adapt_before_scoring_fails_the_causality_test(trained):
+    run = trained
+    run.model.double()
+    try:
+        toks = run.val_tokens[:513].to(torch.int64)
+        t = 300
+        alt = toks.clone()
+        alt[t:] = (alt[t:] + 7) % 320
+        a, b = _scores(run, AdaptThenScore(), toks), _scores(run, AdaptThenScore(), alt)
+        assert not torch.equal(a.nll[1:t], b.nll[1:t])
+    finally:
+        run.model.float()
+
+
+def test_ttt_cannot_read_unscored_tokens(trained):
+    sink = ScoreSink(trained.val_tokens[:513].to(torch.int64), trained.byte_tables)
+    with pytest.raises(ScoringError, match="only tokens"):
+        ScoredTokens(sink).read(0, 64)
+
+
+def test_score_first_ttt_scores_every_position_once_and_restores_weights(trained):
+    run = trained
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    plain = evaluate(run, run.model, SlidingWindowEvaluator(64, 32, 4), run.val_tokens)
+    ttt = evaluate(run, run.model, _ttt(), run.val_tokens)
+    assert ttt.tokens == plain.tokens and ttt.bytes == plain.bytes
+    assert ttt.val_loss != plain.val_loss
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())

@@ -1,0 +1,135 @@
+"""Mixed-precision export policy shared by the quantizer plugins (PR #315 int6, PR #180 int5, PR #414, PR #1394).
+
+A policy decides per state-dict entry: exact passthrough for non-floats, fp32 passthrough for control
+tensors, fp16 passthrough for small tensors (at most `keep_float_max_numel` elements) and for families
+set to 16 bits, the baseline int8 rule for families set to 8 bits (unless the caller clips int8 rows
+itself), and per-row int-k codes (k in 2..8,
+stored in int8 containers, scheme "intk_per_row"; 1-D tensors get one scale, "intk_per_tensor") for
+the others. The plugins differ only in how they choose each row's clip (`RowClip`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from core import export as ex
+
+# A row clip rule: (float32 matrix, qmax) -> per-row clip values (the value that maps to code qmax).
+RowClip = Callable[[Tensor, int], Tensor]
+
+FAMILIES = ("attn", "mlp", "embed", "head", "other")
+
+
+@dataclass
+class MixedBitsConfig:
+    """Bits per tensor family (as `core.export.tensor_family` names them); 16 = fp16, 8 = baseline int8."""
+
+    attn_bits: int = field(default=6, metadata={"help": "attention matrices (PR #315: int6)"})
+    mlp_bits: int = field(default=6, metadata={"help": "MLP matrices (PR #315: 6; PR #180: 5)"})
+    embed_bits: int = field(default=8, metadata={"help": "token embedding (8 = baseline int8, 16 = fp16)"})
+    head_bits: int = field(default=8, metadata={"help": "untied lm_head (8 = baseline int8)"})
+    other_bits: int = field(default=8, metadata={"help": "other large float tensors"})
+    keep_float_max_numel: int = field(default=65_536, metadata={
+        "help": "float tensors with at most this many elements pass through as fp16"})
+
+
+def bits_for(cfg: MixedBitsConfig, name: str) -> int:
+    family = ex.tensor_family(name)
+    bits = int(getattr(cfg, f"{family}_bits", cfg.other_bits))
+    if not (2 <= bits <= 8 or bits == 16):
+        raise ValueError(f"{family}_bits must be in 2..8 or 16, got {bits}")
+    return bits
+
+
+def qmax_of(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def passthrough(t: Tensor, fp32: bool = False) -> ex.QTensor:
+    """Exact for non-floats; fp32 (control tensors) or fp16 copy for floats."""
+    dtype = ex._dtype_name(t)
+    if not t.is_floating_point():
+        return ex.QTensor("passthrough", t, None, dtype, tuple(t.shape))
+    kept = t.float().contiguous() if fp32 else t.to(torch.float16).contiguous()
+    return ex.QTensor("passthrough", kept, None, dtype, tuple(t.shape), {"store": ex._dtype_name(kept)})
+
+
+def rowmax_clip(t32: Tensor, qmax: int) -> Tensor:
+    """PR #315: the row's absolute maximum."""
+    return t32.abs().amax(dim=1)
+
+
+def quantize_rows(t32: Tensor, clip: Tensor, bits: int, extra_negative: bool, min_scale: float | None = None
+                  ) -> tuple[Tensor, Tensor]:
+    """Per-row codes and fp16 scales: scale = max(clip/qmax, min_scale), codes = clamp(round(w/scale)).
+
+    Codes lie in [-qmax-1, qmax] with `extra_negative` (PR #315's [-32, 31]) else [-qmax, qmax].
+    `min_scale` defaults to 1/qmax (the records' floor).
+    """
+    qmax = qmax_of(bits)
+    floor = 1.0 / qmax if min_scale is None else min_scale
+    scale = (clip / qmax).clamp_min(floor).to(torch.float16)
+    lo = -qmax - 1 if extra_negative else -qmax
+    codes = torch.clamp(torch.round(t32 / scale.float()[:, None]), lo, qmax).to(torch.int8)
+    return codes.contiguous(), scale.contiguous()
+
+
+def dequant_rows(codes: Tensor, scale: Tensor) -> Tensor:
+    return codes.float() * scale.float()[:, None]
+
+
+def quantize_tensor_amax(t32: Tensor, bits: int, extra_negative: bool) -> tuple[Tensor, Tensor]:
+    """One scale for a non-matrix tensor (the records' 1-D branch): amax/qmax in fp16."""
+    qmax = qmax_of(bits)
+    amax = float(t32.abs().max().item()) if t32.numel() else 0.0
+    scale = torch.tensor(amax / qmax if amax > 0 else 1.0, dtype=torch.float16)
+    lo = -qmax - 1 if extra_negative else -qmax
+    codes = torch.clamp(torch.round(t32 / scale.float()), lo, qmax).to(torch.int8)
+    return codes.contiguous(), scale
+
+
+def baseline_int8_any_size(name: str, t: Tensor) -> ex.QTensor:
+    """The baseline int8 rule, also below its own 65,536-element passthrough size (bit-identical above it)."""
+    if t.numel() > ex.KEEP_FLOAT_MAX_NUMEL:
+        return ex.int8_quantize(name, t)
+    t32 = t.float()
+    shape, dtype = tuple(t.shape), ex._dtype_name(t)
+    if t32.ndim == 2 and t32.shape[0] > 0:
+        clip = torch.quantile(t32.abs(), ex.INT8_CLIP_Q, dim=1)
+        clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
+        scale = (clip / 127.0).clamp_min(1.0 / 127.0)
+        codes = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8).contiguous()
+        return ex.QTensor("int8_per_row", codes, scale.to(torch.float16).contiguous(), dtype, shape)
+    clip_abs = float(torch.quantile(t32.abs().flatten(), ex.INT8_CLIP_Q).item()) if t32.numel() else 0.0
+    scale_t = torch.tensor(clip_abs / 127.0 if clip_abs > 0 else 1.0, dtype=torch.float32)
+    codes = torch.clamp(torch.round(torch.clamp(t32, -clip_abs, clip_abs) / scale_t), -127, 127)
+    return ex.QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, dtype, shape)
+
+
+def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: RowClip, extra_negative: bool,
+                    method: str, min_scale: float | None = None, baseline_int8: bool = True) -> ex.QTensor:
+    """The mixed policy for one tensor (see the module docstring)."""
+    t = tensor.detach().to("cpu").contiguous()
+    if not t.is_floating_point():
+        return passthrough(t)
+    if any(p in name for p in ex.BASELINE_CONTROL_PATTERNS):
+        return passthrough(t, fp32=True)
+    if t.numel() <= cfg.keep_float_max_numel:
+        return passthrough(t)
+    bits = bits_for(cfg, name)
+    if bits == 16:
+        return passthrough(t)
+    if bits == 8 and baseline_int8:
+        return baseline_int8_any_size(name, t)
+    t32 = t.float()
+    shape, dtype = tuple(t.shape), ex._dtype_name(t)
+    meta: dict[str, int | float | str] = {"bits": bits, "method": method}
+    if t32.ndim == 2 and t32.shape[0] > 0:
+        codes, scale = quantize_rows(t32, row_clip(t32, qmax_of(bits)), bits, extra_negative, min_scale)
+        return ex.QTensor("intk_per_row", codes, scale, dtype, shape, meta)
+    codes, scale = quantize_tensor_amax(t32, bits, extra_negative)
+    return ex.QTensor("intk_per_tensor", codes, scale, dtype, shape, meta)

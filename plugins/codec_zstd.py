@@ -1,0 +1,36 @@
+"""Zstandard level 22 artifact codec, as in the PR #315 record (zstd from PR #63 on)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from core import export as ex
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+
+CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
+
+
+def _others(name: str) -> tuple[str, ...]:
+    return tuple(n for n in CODEC_PLUGINS if n != name)
+
+
+@dataclass
+class ZstdConfig:
+    level: int = field(default=22, metadata={"help": "zstd level (1..22; records use 22)"})
+
+
+class Zstd(Plugin):
+    name = "zstd"
+    summary = "Zstandard level 22 for the artifact payload."
+    sources = ("openai/parameter-golf#63", "openai/parameter-golf#315")
+    config = ZstdConfig
+    conflicts = _others("zstd")
+    test_settings = {"zstd": {"level": 22}}
+
+    def __init__(self, cfg: ZstdConfig | None = None):
+        super().__init__(cfg or ZstdConfig())
+
+    @hookimpl
+    def pg_codec(self, config) -> ex.Codec:
+        return ex.ZstdCodec(level=self.cfg.level)

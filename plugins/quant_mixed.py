@@ -1,0 +1,38 @@
+"""Mixed int6/int5/int8 export: per-row int-k for attention/MLP matrices (PR #315, int5 MLP from PR #180).
+
+PR #315's rule: attention and MLP matrices get per-row int6 codes with scale = rowmax/31 (fp16, floored
+at 1/31) and codes in [-32, 31]; the embedding keeps the baseline's int8 percentile rule; small and
+control tensors pass through as floats. Codes live in int8 containers; the codec squeezes the unused bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.export import QTensor
+from core.hookspecs import hookimpl
+from core.quant import MixedBitsConfig, policy_quantize, rowmax_clip
+from core.registry import Plugin
+
+QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip")
+
+
+@dataclass
+class QuantMixedConfig(MixedBitsConfig):
+    """PR #315 defaults: attn 6, mlp 6, embed/head 8; PR #180 sets mlp_bits=5."""
+
+
+class QuantMixed(Plugin):
+    name = "quant_mixed"
+    summary = "Per-family bit widths: int6 per-row (rowmax/31, [-32, 31]) for attn/MLP, int8 embedding."
+    sources = ("openai/parameter-golf#315", "openai/parameter-golf#180")
+    config = QuantMixedConfig
+    conflicts = tuple(q for q in QUANTIZERS if q != "quant_mixed")
+    test_settings = {"quant_mixed": {"keep_float_max_numel": 0}}
+
+    def __init__(self, cfg: QuantMixedConfig | None = None):
+        super().__init__(cfg or QuantMixedConfig())
+
+    @hookimpl
+    def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:
+        return policy_quantize(name, tensor, self.cfg, rowmax_clip, extra_negative=True, method="rowmax")

@@ -1,0 +1,145 @@
+"""Score-first test-time training: score a chunk, then adapt the model on it with SGD (PR #549, #1413/#1493).
+
+The validation stream is cut into chunks of `chunk_tokens`; each sliding window (stride `stride`) belongs
+to the chunk of its first scored position. For each chunk: (1) score its windows with no gradient
+through the core `ScoreSink`; (2) unless it is the last chunk, train all (unfrozen) parameters on the
+chunk's tokens, read only through `ScoredTokens` (so only tokens already scored), for `epochs` of
+SGD(momentum) with a cosine LR across chunks and grad clipping; the adapted weights carry over. PR #549:
+lr 0.002, 3 epochs, momentum 0.9, clip 1.0, 32 sequences a batch; PR #1413/#1493: lr 0.005. The model's
+weights are restored after evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+from core.scoring import ScoredTokens, ScoreSink, rank_span, score_windows, window_ends
+
+
+@dataclass
+class ScoreFirstTTTConfig:
+    chunk_tokens: int = field(default=32768, metadata={"help": "tokens per score-then-adapt chunk"})
+    stride: int = field(default=64, metadata={"help": "sliding-window stride used for scoring"})
+    lr: float = field(default=0.002, metadata={"help": "SGD learning rate (PR #549: 0.002, #1413/#1493: 0.005)"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    epochs: int = field(default=3, metadata={"help": "passes over each scored chunk"})
+    batch_seqs: int = field(default=32, metadata={"help": "sequences per SGD step and windows per scoring batch"})
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0 = off)"})
+    freeze_blocks: int = field(default=0, metadata={"help": "leading blocks kept frozen (PR #461 froze 2)"})
+
+
+def cosine_lr(base: float, chunk: int, n_chunks: int) -> float:
+    """lr * 0.5 * (1 + cos(pi * ci / (N - 1))) across chunks."""
+    if n_chunks <= 1:
+        return base
+    return base * 0.5 * (1.0 + math.cos(math.pi * chunk / (n_chunks - 1)))
+
+
+class ScoreFirstTTTEvaluator:
+    name = "score_first_ttt"
+
+    def __init__(self, seq_len: int, cfg: ScoreFirstTTTConfig):
+        if not 0 < cfg.stride <= seq_len:
+            raise ValueError(f"score_first_ttt.stride must be in (0, eval_seq_len={seq_len}], got {cfg.stride}")
+        if cfg.chunk_tokens < seq_len:
+            raise ValueError(f"score_first_ttt.chunk_tokens={cfg.chunk_tokens} must be >= eval_seq_len={seq_len}")
+        self.seq_len, self.cfg = seq_len, cfg
+
+    def chunks(self, n_positions: int) -> tuple[list[int], list[range]]:
+        """Window ends and, per chunk, the range of window indices whose first scored position is in it."""
+        ends = window_ends(n_positions, self.seq_len, self.cfg.stride)
+        firsts = [0, *ends[:-1]]  # window k first scores position firsts[k] + 1
+        groups: list[range] = []
+        start = 0
+        for k in range(1, len(ends) + 1):
+            if k == len(ends) or firsts[k] // self.cfg.chunk_tokens != firsts[start] // self.cfg.chunk_tokens:
+                groups.append(range(start, k))
+                start = k
+        return ends, groups
+
+    def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
+        base = run.model
+        saved = {k: v.detach().clone() for k, v in base.state_dict().items()}
+        try:
+            self._evaluate(run, model, base, tokens, sink)
+        finally:
+            base.load_state_dict(saved)
+
+    def _evaluate(self, run, model, base, tokens: Tensor, sink: ScoreSink) -> None:
+        cfg = self.cfg
+        ends, groups = self.chunks(tokens.numel() - 1)
+        scored = ScoredTokens(sink)
+        params = [p for n, p in base.named_parameters() if not _frozen(n, cfg.freeze_blocks)]
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+        for ci, group in enumerate(groups):
+            lo, hi = rank_span(len(group), run.rank, run.world_size)
+            base.eval()
+            score_windows(run, model, tokens, sink, ends, range(group.start + lo, group.start + hi),
+                          self.seq_len, cfg.batch_seqs)
+            chunk_end = ends[group.stop - 1]
+            sink.advance_frontier(chunk_end + 1)
+            if ci == len(groups) - 1:
+                break
+            chunk_start = ends[group.start - 1] if group.start > 0 else 0
+            train_tokens = scored.read(chunk_start, chunk_end + 1)
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(cfg.lr, ci, len(groups))
+            self._adapt(run, base, opt, params, train_tokens)
+
+    def _adapt(self, run, base, opt, params, chunk: Tensor) -> None:
+        """SGD epochs over the chunk's rows of seq_len (+1 for targets), split across ranks."""
+        cfg, seq = self.cfg, self.seq_len
+        n_rows = (chunk.numel() - 1) // seq
+        if n_rows == 0:
+            return
+        lo, hi = rank_span(n_rows, run.rank, run.world_size)
+        base.train()
+        for _ in range(cfg.epochs):
+            for b in range(0, n_rows, cfg.batch_seqs):
+                rows = range(max(b, lo), min(b + cfg.batch_seqs, hi))
+                opt.zero_grad(set_to_none=False)
+                if len(rows):
+                    local = chunk[rows.start * seq : rows.stop * seq + 1].to(run.device, torch.int64)
+                    x, y = local[:-1].view(-1, seq), local[1:].view(-1, seq)
+                    with run.autocast():
+                        loss = base(x, y)
+                    (loss * len(rows) / min(cfg.batch_seqs, n_rows - b)).backward()
+                if run.distributed:
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+        base.eval()
+
+
+def _frozen(name: str, freeze_blocks: int) -> bool:
+    parts = name.split(".")
+    return freeze_blocks > 0 and parts[0] == "blocks" and int(parts[1]) < freeze_blocks
+
+
+class ScoreFirstTTT(Plugin):
+    name = "score_first_ttt"
+    summary = "Score each chunk first, then adapt the whole model on it with SGD (legal test-time training)."
+    sources = ("openai/parameter-golf#461", "openai/parameter-golf#549", "openai/parameter-golf#1413",
+               "openai/parameter-golf#1493")
+    config = ScoreFirstTTTConfig
+    conflicts = ("sliding_window",)
+    test_settings = {"score_first_ttt": {"chunk_tokens": 1024, "stride": 32, "lr": 0.01, "epochs": 1}}
+
+    @hookimpl
+    def pg_evaluator(self, run):
+        return ScoreFirstTTTEvaluator(run.eval_seq_len, self.cfg)
+
+    @hookimpl
+    def pg_report(self, run, fields) -> None:
+        fields.update(ttt_lr=self.cfg.lr, ttt_epochs=self.cfg.epochs, ttt_chunk_tokens=self.cfg.chunk_tokens)

@@ -1,0 +1,254 @@
+"""Export plugins (issue #3): mixed int6/int5 (PR #315/#180), GPTQ-lite (PR #414), SDClip (PR #1394),
+codecs and compress_auto, prune-to-fit (PR #1019), and `pgolf size`, checked against float64 numpy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core import export as ex
+from core.cli import main as cli_main
+from core.registry import Registry
+from plugins.compress_auto import CompressAuto, CompressAutoConfig
+from plugins.gptq_lite import GPTQLite, GPTQLiteConfig
+from plugins.prune_to_fit import PruneError, PruneToFit, PruneToFitConfig, find_candidates, prune_to_fit, pruned
+from plugins.quant_mixed import QuantMixed, QuantMixedConfig
+from plugins.sdclip import SDClip, SDClipConfig
+
+ATTN, MLP, EMB, CTRL = "blocks.0.attn.c_q.weight", "blocks.0.mlp.fc.weight", "tok_emb.weight", "blocks.0.attn_scale"
+
+
+def rand_matrix(rows: int = 64, cols: int = 160, seed: int = 0, heavy: bool = False) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(2.0, size=(rows, cols)) if heavy else rng.standard_normal((rows, cols))
+    row_scale = rng.uniform(0.2, 3.0, size=(rows, 1))  # some rows small enough to hit the 1/qmax floor
+    return torch.from_numpy(x * row_scale).float()
+
+
+def np_quant(x: np.ndarray, clip: np.ndarray, qmax: int, lo: int, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Independent float64 reference: fp16 per-row scale, round half to even, clamp."""
+    scale = np.maximum(clip / qmax, floor).astype(np.float16).astype(np.float64)
+    codes = np.clip(np.rint(x / scale[:, None]), lo, qmax)
+    return codes, codes * scale[:, None]
+
+
+def assert_matches(q: ex.QTensor, codes: np.ndarray, recon: np.ndarray, x: np.ndarray) -> None:
+    got_codes = q.data.numpy().astype(np.float64)
+    assert np.mean(got_codes != codes) < 1e-3  # float32 vs float64 division may flip an exact tie
+    got = q.dequantize().double().numpy()
+    err_got, err_ref = np.mean((got - x) ** 2), np.mean((recon - x) ** 2)
+    assert err_got == pytest.approx(err_ref, rel=1e-3)
+    step = q.scale.float().numpy()[:, None] if q.scale is not None and q.scale.ndim else 1.0
+    assert np.all(np.abs(got - recon) <= step + 1e-6)
+
+
+# --- quant_mixed ------------------------------------------------------------------------------------
+def test_quant_mixed_int6_matches_numpy_and_stays_in_range():
+    plugin = QuantMixed(QuantMixedConfig(keep_float_max_numel=0))
+    w = rand_matrix()
+    q = plugin.pg_quantize_tensor(ATTN, w, None)
+    assert q.scheme == "intk_per_row" and q.meta["bits"] == 6 and q.data.dtype == torch.int8
+    assert int(q.data.min()) >= -32 and int(q.data.max()) <= 31
+    x = w.double().numpy()
+    codes, recon = np_quant(x, np.abs(x).max(axis=1), 31, -32, 1 / 31)
+    assert_matches(q, codes, recon, x)
+
+
+def test_quant_mixed_int5_mlp_int8_embed_and_passthrough():
+    plugin = QuantMixed(QuantMixedConfig(mlp_bits=5, keep_float_max_numel=0))
+    w = rand_matrix(seed=1)
+    q = plugin.pg_quantize_tensor(MLP, w, None)
+    assert q.meta["bits"] == 5 and int(q.data.min()) >= -16 and int(q.data.max()) <= 15
+    x = w.double().numpy()
+    codes, recon = np_quant(x, np.abs(x).max(axis=1), 15, -16, 1 / 15)
+    assert_matches(q, codes, recon, x)
+    big_emb = rand_matrix(300, 256, seed=2)  # > 65,536 elements: the baseline int8 rule
+    assert plugin.pg_quantize_tensor(EMB, big_emb, None).scheme == "int8_per_row"
+    ctrl = plugin.pg_quantize_tensor(CTRL, torch.randn(64), None)
+    assert ctrl.scheme == "passthrough" and ctrl.data.dtype == torch.float32
+    small = QuantMixed().pg_quantize_tensor(ATTN, w, None)  # default keeps <= 65,536 elements as fp16
+    assert small.scheme == "passthrough" and small.data.dtype == torch.float16
+    assert QuantMixed(QuantMixedConfig(embed_bits=16, keep_float_max_numel=0)).pg_quantize_tensor(
+        EMB, big_emb, None).data.dtype == torch.float16
+    with pytest.raises(ValueError, match="mlp_bits"):
+        QuantMixed(QuantMixedConfig(mlp_bits=9, keep_float_max_numel=0)).pg_quantize_tensor(MLP, w, None)
+
+
+# --- gptq_lite --------------------------------------------------------------------------------------
+PCTS = [0.999, 0.9995, 0.9999, 0.99999, 1.0]
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+def test_gptq_lite_matches_numpy_search(per_row):
+    w = rand_matrix(seed=3, heavy=True)
+    q = GPTQLite(GPTQLiteConfig(keep_float_max_numel=0, per_row=per_row)).pg_quantize_tensor(ATTN, w, None)
+    assert int(q.data.abs().max()) <= 31
+    x = w.double().numpy()
+    best = None
+    for pct in PCTS:
+        clip = np.quantile(np.abs(w.numpy()), pct, axis=1).astype(np.float64)
+        codes, recon = np_quant(x, clip, 31, -31, 1 / 31)
+        err = np.mean((recon - x) ** 2, axis=1)
+        err = err if per_row else np.full_like(err, err.mean())
+        if best is None:
+            best = [codes, recon, err]
+            continue
+        better = err < best[2]
+        best = [np.where(better[:, None], codes, best[0]), np.where(better[:, None], recon, best[1]),
+                np.where(better, err, best[2])]
+    assert_matches(q, best[0], best[1], x)
+
+
+def test_gptq_lite_beats_plain_int6_on_heavy_tails():
+    w = rand_matrix(128, 256, seed=4, heavy=True)
+    plain = QuantMixed(QuantMixedConfig(keep_float_max_numel=0)).pg_quantize_tensor(ATTN, w, None)
+    errs = {}
+    for per_row in (False, True):
+        q = GPTQLite(GPTQLiteConfig(keep_float_max_numel=0, per_row=per_row)).pg_quantize_tensor(ATTN, w, None)
+        errs[per_row] = float((q.dequantize() - w).pow(2).mean())
+    plain_err = float((plain.dequantize() - w).pow(2).mean())
+    assert errs[False] <= plain_err and errs[True] <= errs[False]
+    assert errs[False] < plain_err  # heavy tails: clipping the top outlier pays
+    with pytest.raises(ValueError, match="percentiles"):
+        GPTQLite(GPTQLiteConfig(percentiles="0.5,abc"))
+
+
+# --- sdclip -----------------------------------------------------------------------------------------
+def test_sdclip_clip_is_k_sigma():
+    cfg = SDClipConfig(keep_float_max_numel=0)
+    w = rand_matrix(seed=5)
+    x = w.double().numpy()
+    for name, k, qmax in ((ATTN, 12.85, 31), (EMB, 20.0, 127)):
+        q = SDClip(cfg).pg_quantize_tensor(name, w, None)
+        assert q.meta["clip_sigmas"] == k and q.meta["bits"] == (6 if qmax == 31 else 8)
+        clip = k * x.std(axis=1, ddof=1)
+        want_scale = (clip / qmax).astype(np.float16)
+        np.testing.assert_allclose(q.scale.numpy().astype(np.float64), want_scale.astype(np.float64), rtol=1e-3)
+        assert int(q.data.abs().max()) <= qmax
+        codes, recon = np_quant(x, clip, qmax, -qmax, 1e-10)
+        assert_matches(q, codes, recon, x)
+    per_family = SDClip(SDClipConfig(keep_float_max_numel=0, mlp_clip_sigmas=3.0)).pg_quantize_tensor(MLP, w, None)
+    assert per_family.meta["clip_sigmas"] == 3.0 and int(per_family.data.abs().max()) == 31  # k=3 clips
+
+
+# --- codecs -----------------------------------------------------------------------------------------
+CODEC_NAMES = ("zstd", "brotli", "lzma", "compress_auto")
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_codec_plugins_round_trip_and_conflict(name):
+    reg = Registry()
+    codec = reg.plugins[name]().pg_codec(config=None)
+    data = bytes(range(256)) * 64 + b"pgolf" * 1000
+    blob = codec.compress(data)
+    assert len(blob) < len(data)
+    if name != "compress_auto":
+        assert codec.decompress(blob) == data
+    others = [n for n in CODEC_NAMES if n != name]
+    assert all(reg.check([name, other]) for other in others)
+
+
+def test_compress_auto_picks_smallest_and_decodes():
+    codec = CompressAuto(CompressAutoConfig()).pg_codec(config=None)
+    quant = QuantMixed(QuantMixedConfig(keep_float_max_numel=0))
+    qstate, _ = ex.quantize_state_dict({ATTN: rand_matrix(256, 300, seed=6), "b": torch.arange(10)},
+                                       [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
+    blob = ex.encode_artifact(qstate, codec, "int6")
+    header, _ = ex.parse_header(blob)
+    sizes = codec.sizes
+    assert set(sizes) == {"zlib", "zstd", "brotli", "lzma"}
+    assert header["codec"] == min(sizes, key=lambda n: (sizes[n], list(sizes).index(n)))
+    assert header["payload_bytes"] == min(sizes.values())
+    records, _ = ex.decode_artifact(blob)  # no "auto" codec needed: the header names the winner
+    assert torch.equal(records[ATTN].data, qstate[ATTN].data)
+    assert codec.decompress(codec.compress(b"x" * 1000)) == b"x" * 1000
+    with pytest.raises(ValueError, match="unknown codec"):
+        CompressAuto(CompressAutoConfig(codecs="zlib,nope")).pg_codec(config=None)
+
+
+# --- prune_to_fit -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_qstate() -> dict[str, ex.QTensor]:
+    quant = QuantMixed(QuantMixedConfig(keep_float_max_numel=0))
+    state = {f"blocks.{i}.mlp.fc.weight": rand_matrix(192, 192, seed=10 + i) for i in range(3)}
+    state["blocks.0.attn_scale"] = torch.ones(192)
+    qstate, _ = ex.quantize_state_dict(state, [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
+    return qstate
+
+
+def test_prune_to_fit_reaches_target_with_fewest_cheapest_codes(small_qstate):
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(ex.ZlibCodec()), code_bytes=1_000)
+    cands = find_candidates(small_qstate)
+    full = ctx.code_bytes + ctx.size_of(small_qstate)
+    floor = ctx.code_bytes + ctx.size_of(pruned(small_qstate, cands, len(cands)))
+    assert floor < full
+    target = (full + floor) // 2
+    qstate = dict(small_qstate)
+    n = prune_to_fit(qstate, ctx, target)
+    assert 0 < n < len(cands)
+    assert ctx.code_bytes + ctx.size_of(qstate) <= target
+    assert ctx.code_bytes + ctx.size_of(pruned(small_qstate, cands, n - 1)) > target
+    changed = 0
+    for name, q in qstate.items():
+        diff = q.data != small_qstate[name].data
+        assert torch.all(small_qstate[name].data[diff].abs() == 1) and torch.all(q.data[diff] == 0)
+        changed += int(diff.sum())
+    assert changed == n
+    costs = torch.cat([small_qstate[cands.names[int(t)]].scale.float()[int(p) // 192].reshape(1) ** 2
+                       for t, p in zip(cands.tensor_idx[:n + 5], cands.position[:n + 5], strict=True)])
+    assert torch.all(costs[1:] >= costs[:-1])
+    assert prune_to_fit(dict(small_qstate), ctx, full) == 0  # already fits: nothing pruned
+
+
+def test_prune_to_fit_plugin_fails_clearly_when_unreachable(small_qstate):
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(ex.ZlibCodec()), code_bytes=500)
+    plugin = PruneToFit(PruneToFitConfig(target_bytes=10_000))
+    with pytest.raises(PruneError, match="unreachable"):
+        plugin.pg_refine_quantized(dict(small_qstate), ctx)
+    model_only = ctx.size_of(small_qstate) - 100
+    plugin = PruneToFit(PruneToFitConfig(target_bytes=model_only, include_code=False))
+    qstate = dict(small_qstate)
+    plugin.pg_refine_quantized(qstate, ctx)
+    assert plugin.pruned > 0 and ctx.size_of(qstate) <= model_only
+
+
+# --- pgolf size -------------------------------------------------------------------------------------
+def test_pgolf_size_reports_and_rejects_corrupt_artifacts(tmp_path, small_qstate, capsys):
+    blob = ex.encode_artifact(small_qstate, ex.ZstdCodec(), "int6")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "final_model.ptz").write_bytes(blob)
+    (run / "metrics.json").write_text(json.dumps({"code_bytes": 12_345}))
+    assert cli_main(["size", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "12,345" in out and f"{len(blob):,}" in out and f"{16_000_000 - 12_345 - len(blob):,}" in out
+    assert "mlp" in out and "int6_row" in out
+    assert cli_main(["size", str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["total"] == 12_345 + len(blob) and summary["families"]["mlp"]["tensors"] == 3
+    (run / "final_model.ptz").write_bytes(blob[:-100])
+    assert cli_main(["size", str(run)]) == 2
+    assert "truncated payload" in capsys.readouterr().err
+    bad = bytearray(blob)
+    bad[-50] ^= 0xFF
+    (run / "final_model.ptz").write_bytes(bytes(bad))
+    assert cli_main(["size", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pgolf size: error:") and "final_model.ptz" in err
+    assert cli_main(["size", str(tmp_path / "missing")]) == 2
+
+
+def test_baseline_int8_rule_below_its_passthrough_size_matches_the_core():
+    from core.quant import baseline_int8_any_size
+
+    small, big = rand_matrix(100, 128, seed=7), rand_matrix(600, 128, seed=7)
+    q_small = QuantMixed(QuantMixedConfig(keep_float_max_numel=0)).pg_quantize_tensor(EMB, small, None)
+    assert q_small.scheme == "int8_per_row"
+    ref = ex.int8_quantize(EMB, big)  # the core rule on a tensor past its passthrough size
+    ours = baseline_int8_any_size(EMB, big)
+    assert torch.equal(ref.data, ours.data) and torch.equal(ref.scale, ours.scale)
+    q_rows = ex.int8_quantize(EMB, torch.cat([small, small, small, small, small, small]))
+    assert torch.equal(q_small.data, q_rows.data[:100]) and torch.equal(q_small.scale, q_rows.scale[:100])
