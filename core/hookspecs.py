@@ -73,8 +73,23 @@ def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
 def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     """Return a replacement module for a single slot, or None to keep the core's.
 
-    Slots: "mlp" (per layer: module(x) -> x, the core's is relu² with hidden = mlp_mult·dim).
+    Slots (all per layer; `layer` is the block index):
+    - "mlp"        module(x) -> x; the core's is relu² with hidden = mlp_mult·dim
+    - "attn_norm"  module(x) -> x, the pre-norm of the attention input (core: RMSNorm)
+    - "mlp_norm"   module(x) -> x, the pre-norm of the MLP input (core: RMSNorm)
+    - "rotary"     module(seq_len, device, dtype) -> (cos, sin), each (1, 1, T, r/2); RoPE rotates the
+                   first r head dims and passes the rest (core: `core.model.Rotary`, r = head_dim)
     Exactly one provider: two plugins that replace the same slot must declare a conflict.
+    """
+
+
+@hookspec
+def pg_edit_model(model: Any, spec: Any, config: Any) -> None:
+    """Edit the built model in place, after the slot parts are installed and before `pg_init_weights`.
+
+    For a change that no slot expresses and that spans many modules, e.g. giving every
+    `core.model.CastedLinear` a fake-quantized weight path driven by one shared `Switch`. Keep parameter
+    names and shapes (the state dict and the optimizer groups must not change) and draw no random numbers.
     """
 
 

@@ -3,7 +3,8 @@
 With no plugins this is the baseline of openai/parameter-golf `train_gpt.py` (9×512, GQA 8/4, relu²
 MLP ×2, tied embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE), with the same
 parameter names and the same order of random initialisation. Plugins add modules to list slots
-(`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out`) or replace the per-layer `mlp`.
+(`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out`) or replace per-layer modules
+(`mlp`, `attn_norm`, `mlp_norm`, `rotary`).
 The forward is plain module code for `torch.compile(fullgraph=True)`; mid-run switches are `Switch`
 buffers, never Python attributes.
 """
@@ -107,6 +108,10 @@ class Rotary(nn.Module):
         self._cos_cached: Tensor | None = None
         self._sin_cached: Tensor | None = None
 
+    def inv_freq_for(self, seq_len: int, device: torch.device) -> Tensor:
+        """The frequencies used at this sequence length (subclasses rescale the base, e.g. NTK)."""
+        return self.inv_freq.to(device)
+
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if (
             self._cos_cached is None
@@ -114,8 +119,9 @@ class Rotary(nn.Module):
             or self._seq_len_cached != seq_len
             or self._cos_cached.device != device
         ):
-            t = torch.arange(seq_len, device=device, dtype=self.inv_freq.dtype)
-            freqs = torch.outer(t, self.inv_freq.to(device))
+            inv_freq = self.inv_freq_for(seq_len, device)
+            t = torch.arange(seq_len, device=device, dtype=inv_freq.dtype)
+            freqs = torch.outer(t, inv_freq)
             self._cos_cached = freqs.cos()[None, None, :, :]
             self._sin_cached = freqs.sin()[None, None, :, :]
             self._seq_len_cached = seq_len
@@ -123,6 +129,10 @@ class Rotary(nn.Module):
 
 
 def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate-half RoPE on the first 2·cos.size(-1) dims of x; any remaining dims pass through (partial RoPE)."""
+    rd = 2 * cos.size(-1)
+    if rd < x.size(-1):
+        return torch.cat((apply_rotary_emb(x[..., :rd], cos, sin), x[..., rd:]), dim=-1)
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)

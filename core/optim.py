@@ -29,7 +29,11 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7) -
 
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, NS5-orthogonalised, scaled by sqrt(max(1, rows/cols)); work split over ranks."""
+    """Nesterov momentum, NS5-orthogonalised, scaled by sqrt(max(1, rows/cols)); work split over ranks.
+
+    `weight_decay` > 0 is decoupled decay before each update, p <- p·(1 - lr·wd) with the scheduled lr
+    (PR #60/#65 on; 0.04 in PR #315).
+    """
 
     def __init__(
         self,
@@ -39,8 +43,11 @@ class Muon(torch.optim.Optimizer):
         backend_steps: int,
         nesterov: bool = True,
         zeropower: Callable[..., Tensor] = zeropower_via_newtonschulz5,
+        weight_decay: float = 0.0,
     ):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults)
         self.zeropower = zeropower
 
     @torch.no_grad()
@@ -76,8 +83,11 @@ class Muon(torch.optim.Optimizer):
                 curr += p.numel()
             if distributed:
                 dist.all_reduce(updates_flat, op=dist.ReduceOp.SUM)
+            wd = group.get("weight_decay", 0.0)
             curr = 0
             for p in params:
+                if wd > 0.0:
+                    p.mul_(1.0 - lr * wd)
                 g = updates_flat[curr : curr + p.numel()].view_as(p).to(dtype=p.dtype)
                 p.add_(g, alpha=-lr)
                 curr += p.numel()

@@ -105,6 +105,7 @@ def build_model(run: Run) -> GPT:
     run.hook.pg_model_spec(spec=spec, config=run.config)
     model = GPT(spec)
     install_parts(run, model, spec)
+    run.hook.pg_edit_model(model=model, spec=spec, config=run.config)
     run.hook.pg_init_weights(model=model, config=run.config)
     return cast_for_training(model, run.device)
 
@@ -124,9 +125,10 @@ def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
         getattr(model, slot).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=None)))
     for i, block in enumerate(model.blocks):
         block.attn.out_parts.extend(_as_modules(hook.pg_slot_parts(slot="attn_out", spec=spec, layer=i)))
-        mlp = hook.pg_build_slot(slot="mlp", spec=spec, layer=i)
-        if mlp is not None:
-            block.mlp = mlp
+        for slot, owner in (("mlp", block), ("attn_norm", block), ("mlp_norm", block), ("rotary", block.attn)):
+            module = hook.pg_build_slot(slot=slot, spec=spec, layer=i)
+            if module is not None:
+                setattr(owner, slot, module)
 
 
 def make_optimizers(run: Run, model: nn.Module) -> list[torch.optim.Optimizer]:

@@ -1,0 +1,84 @@
+"""BigramHash: a hashed embedding of (previous, current) token pairs added to the token embedding.
+
+PR #198/#265 form, as carried by PR #315 (2048 buckets × 128, projected to the model width): bucket
+(36313·t_i XOR 27191·t_{i-1}) mod (buckets - 1), and the reserved bucket `buckets - 1` at the first
+position of each row; output proj(embed(bucket)) · scale. The table starts at zero, `scale` at 0.05,
+and the projection at orthogonal × 1/sqrt(2·num_layers) — what the record's GPT-level init gives it
+(its module zeroes it, then the `*.proj` rule of the orthogonal/muP init overrides that; done here so
+the module also trains without `orthoinit`: with both factors zero it would never get a gradient).
+The table trains with the token-embedding Adam group, the projection with Muon, `scale` with scalars.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from core.hookspecs import hookimpl
+from core.model import CastedLinear
+from core.registry import Plugin
+
+HASH_CUR, HASH_PREV = 36313, 27191
+
+
+@dataclass
+class BigramHashConfig:
+    buckets: int = field(default=2048, metadata={"help": "hash table rows (PR #315: 2048; the last is position 0's)"})
+    dim: int = field(default=128, metadata={"help": "table width, projected to model_dim (no projection if equal)"})
+    scale_init: float = field(default=0.05, metadata={"help": "initial value of the learned output scale"})
+
+
+def bigram_buckets(ids: Tensor, buckets: int) -> Tensor:
+    """(36313·t_i XOR 27191·t_{i-1}) mod (buckets-1), and buckets-1 at position 0 of each row.
+
+    int64 arithmetic: equal to the record's int32 version while 36313·(vocab-1) < 2**31 (vocab ≤ 59,138).
+    """
+    t = ids.long()
+    mod = buckets - 1
+    pairs = torch.bitwise_xor(HASH_CUR * t[..., 1:], HASH_PREV * t[..., :-1]) % mod
+    return torch.cat((torch.full_like(t[..., :1], mod), pairs), dim=-1)
+
+
+class BigramHashEmbedding(nn.Module):
+    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, num_layers: int):
+        super().__init__()
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, dim)
+        nn.init.zeros_(self.embed.weight)
+        self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
+        if self.proj is not None:
+            nn.init.orthogonal_(self.proj.weight, gain=1.0)
+            with torch.no_grad():
+                self.proj.weight.mul_(1.0 / math.sqrt(2 * num_layers))
+        self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        h = self.embed(bigram_buckets(input_ids, self.buckets))
+        if self.proj is not None:
+            h = self.proj(h)
+        return h * self.scale.to(dtype=h.dtype)
+
+
+class BigramHash(Plugin):
+    name = "bigram_hash"
+    summary = "Hashed (prev, cur) token-pair embedding, projected and scaled, added to the token embedding."
+    sources = ("openai/parameter-golf#198", "openai/parameter-golf#265", "openai/parameter-golf#315")
+    config = BigramHashConfig
+    test_settings = {"bigram_hash": {"buckets": 64, "dim": 32, "scale_init": 0.5}}
+
+    def __init__(self, cfg: BigramHashConfig | None = None):
+        super().__init__(cfg or BigramHashConfig())
+
+    @hookimpl
+    def pg_slot_parts(self, slot: str, spec, layer: int | None):
+        if slot != "embed_add":
+            return None
+        if self.cfg.buckets < 2:
+            raise ValueError(f"bigram_hash.buckets: expected at least 2, got {self.cfg.buckets}")
+        if self.cfg.dim < 1:
+            raise ValueError(f"bigram_hash.dim: expected a positive width, got {self.cfg.dim}")
+        return BigramHashEmbedding(self.cfg.buckets, self.cfg.dim, spec.model_dim, self.cfg.scale_init,
+                                   spec.num_layers)

@@ -1,0 +1,59 @@
+"""Orthogonal init with the muP-style output scale, exactly as PR #315's GPT init (from PR #65/#162).
+
+Every nn.Linear marked `_zero_init` is zeroed; every other one with both dimensions >= 64 gets
+orthogonal_(gain=1), and if its name ends in `.proj` (or contains `.proj.`) it is then scaled by
+1/sqrt(2·num_layers). The block projections (attn.proj, mlp.proj) are `_zero_init`, so they stay zero
+and the scale lands only on extra `*.proj` modules such as the BigramHash projection (techniques §6.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+
+
+@dataclass
+class OrthoInitConfig:
+    mup_proj_scale: bool = field(default=True, metadata={"help": "scale non-zero-init *.proj by 1/sqrt(2L)"})
+    min_dim: int = field(default=64, metadata={"help": "only matrices with both dims >= this are re-initialised"})
+
+
+def is_proj_name(name: str) -> bool:
+    return ".proj." in name or name.endswith(".proj")
+
+
+@torch.no_grad()
+def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = True, min_dim: int = 64) -> None:
+    """The record's `_init_weights` loop over nn.Linear modules (the token embedding is left alone)."""
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        if getattr(module, "_zero_init", False):
+            nn.init.zeros_(module.weight)
+        elif module.weight.ndim == 2 and min(module.weight.shape) >= min_dim:
+            nn.init.orthogonal_(module.weight, gain=1.0)
+            if mup_proj_scale and is_proj_name(name):
+                module.weight.mul_(1.0 / math.sqrt(2 * num_layers))
+
+
+class OrthoInit(Plugin):
+    name = "orthoinit"
+    summary = "Orthogonal init of large linear weights; 1/sqrt(2L) on non-zero-init *.proj (muP-style)."
+    sources = ("openai/parameter-golf#65", "openai/parameter-golf#162", "openai/parameter-golf#315")
+    config = OrthoInitConfig
+    test_settings = {"orthoinit": {"min_dim": 16}}
+
+    def __init__(self, cfg: OrthoInitConfig | None = None):
+        super().__init__(cfg or OrthoInitConfig())
+
+    @hookimpl
+    def pg_init_weights(self, model, config) -> None:
+        if self.cfg.min_dim < 1:
+            raise ValueError(f"orthoinit.min_dim: expected a positive size, got {self.cfg.min_dim}")
+        orthogonal_init(model, len(model.blocks), self.cfg.mup_proj_scale, self.cfg.min_dim)
