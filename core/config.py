@@ -321,6 +321,8 @@ def resolve(
         if not isinstance(table, dict):
             errors.append(f"{recipe}: top-level key {section!r}: expected a [section] table or 'plugins'")
             continue
+        if section not in section_classes and section in plugin_config_classes and sources["plugins"] != recipe_name:
+            continue  # the recipe's table of a plugin that an override (env, --set, --plugins) turned off
         for key, raw in table.items():
             assign(section, key, raw, recipe_name, f"{recipe}: {section}.{key}")
     for section, cls in section_classes.items():

@@ -71,6 +71,19 @@ def test_all_errors_reported_together(registry, tmp_path):
     assert all("\n" not in e for e in errors)
 
 
+def test_plugin_override_drops_recipe_tables_of_disabled_plugins(registry, tmp_path):
+    """--plugins turning a recipe's plugin off ignores its table; the recipe's own list stays strict."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('plugins = ["ema", "smeargate"]\n[ema]\ndecay = 0.9\n')
+    cfg = _resolve(registry, recipe=recipe, plugins=["smeargate"])
+    assert cfg.plugins == ["smeargate"] and "ema" not in cfg.plugin_configs
+    recipe.write_text('plugins = ["smeargate"]\n[ema]\ndecay = 0.9\n')
+    with pytest.raises(ConfigError, match="ema.decay: plugin 'ema' is not enabled"):
+        _resolve(registry, recipe=recipe)
+    with pytest.raises(ConfigError, match="--set ema.decay=0.5: plugin 'ema' is not enabled"):
+        _resolve(registry, recipe=recipe, plugins=["smeargate"], sets=["ema.decay=0.5"])
+
+
 def test_cross_field_validation(registry):
     with pytest.raises(ConfigError, match="model_dim=500 must be divisible by core.num_heads=8"):
         _resolve(registry, sets=["core.model_dim=500"])
