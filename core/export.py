@@ -55,10 +55,12 @@ class QTensor:
     dtype: str
     shape: tuple[int, ...]
     meta: dict[str, int | float | str] = field(default_factory=dict)
+    extra: dict[str, Tensor] = field(default_factory=dict)  # more tensors a scheme needs (e.g. LQER factors)
 
     @property
     def payload_bytes(self) -> int:
-        return _nbytes(self.data) + (0 if self.scale is None else _nbytes(self.scale))
+        scale = 0 if self.scale is None else _nbytes(self.scale)
+        return _nbytes(self.data) + scale + sum(_nbytes(t) for t in self.extra.values())
 
     def torch_dtype(self) -> torch.dtype:
         dt = getattr(torch, self.dtype, None)
@@ -79,22 +81,28 @@ class QTensor:
 
     def to_state(self) -> dict[str, Any]:
         """Plain dict of tensors/str/ints/lists that `torch.load(weights_only=True)` accepts."""
-        return {"scheme": self.scheme, "data": self.data, "scale": self.scale, "dtype": self.dtype,
-                "shape": [int(s) for s in self.shape], "meta": dict(self.meta)}
+        state: dict[str, Any] = {"scheme": self.scheme, "data": self.data, "scale": self.scale,
+                                 "dtype": self.dtype, "shape": [int(s) for s in self.shape], "meta": dict(self.meta)}
+        if self.extra:
+            state["extra"] = dict(self.extra)
+        return state
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> QTensor:
         try:
             scheme, data, scale = state["scheme"], state["data"], state.get("scale")
             dtype, shape, meta = state["dtype"], state["shape"], state.get("meta", {})
-        except (KeyError, TypeError) as exc:
+            extra = state.get("extra", {})
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ArtifactError(f"malformed tensor record (missing {exc})") from exc
         ok = (isinstance(scheme, str) and isinstance(data, Tensor) and isinstance(dtype, str)
               and (scale is None or isinstance(scale, Tensor)) and isinstance(shape, (list, tuple))
-              and all(isinstance(s, int) for s in shape) and isinstance(meta, dict))
+              and all(isinstance(s, int) for s in shape) and isinstance(meta, dict)
+              and isinstance(extra, dict) and all(isinstance(k, str) and isinstance(v, Tensor)
+                                                  for k, v in extra.items()))
         if not ok:
             raise ArtifactError("malformed tensor record (wrong field types)")
-        return cls(scheme, data, scale, dtype, tuple(shape), dict(meta))
+        return cls(scheme, data, scale, dtype, tuple(shape), dict(meta), dict(extra))
 
 
 QuantizeFn = Callable[[str, Tensor], QTensor | None]
@@ -591,12 +599,14 @@ class RefineContext:
     """What a post-quantization refinement (`pg_refine_quantized`) may use.
 
     `size_of(qstate)` is the artifact size in bytes (header included) with the run's codec;
-    `code_bytes` is the counted code size; `config` is the run's Config (None outside a run).
+    `code_bytes` is the counted code size; `config` is the run's Config (None outside a run);
+    `float_state` is the state dict that was quantized (None when the caller has none to give).
     """
 
     size_of: Callable[[Mapping[str, QTensor]], int]
     code_bytes: int
     config: Any = None
+    float_state: Mapping[str, Tensor] | None = None
 
 
 def artifact_sizer(codec: Codec, quantizer_name: str = "int8") -> Callable[[Mapping[str, QTensor]], int]:
@@ -604,14 +614,26 @@ def artifact_sizer(codec: Codec, quantizer_name: str = "int8") -> Callable[[Mapp
     return lambda qstate: len(encode_artifact(qstate, codec, quantizer_name))
 
 
+def quantizer_label(qstate: Mapping[str, QTensor]) -> str:
+    """"intK" for the narrowest int-k width that holds the most parameters (PR #315 logs say "int6"), else int8."""
+    params: dict[int, int] = {}
+    for q in qstate.values():
+        bits = q.meta.get("bits")
+        if isinstance(bits, int) and bits < 8:
+            params[bits] = params.get(bits, 0) + int(q.data.numel())
+    return f"int{max(params, key=lambda b: (params[b], -b))}" if params else "int8"
+
+
 def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn], codec: Codec,
-                      quantizer_name: str = "int8",
+                      quantizer_name: str | None = "int8",
                       refine: Callable[[dict[str, QTensor]], None] | None = None) -> ExportResult:
     """Quantize (first answering quantizer, then int8), refine in place (optional, e.g. pruning),
-    serialize and compress into artifact bytes."""
+    serialize and compress into artifact bytes. `quantizer_name=None` names it by `quantizer_label`."""
     qstate, stats = quantize_state_dict(state_dict, quantizers)
     if refine is not None:
         refine(qstate)
+    if quantizer_name is None:
+        quantizer_name = quantizer_label(qstate)
     blob = encode_artifact(qstate, codec, quantizer_name)
     header, _ = parse_header(blob)
     return ExportResult(blob=blob, qstate=qstate, stats=stats, raw_bytes=header["raw_bytes"],

@@ -145,6 +145,26 @@ def pg_train_end(run: Any, model: Any) -> None:
     """After the timed loop, before export: load averaged weights, apply final edits, in place."""
 
 
+@hookspec
+def pg_train_reserve_seconds(config: Any) -> float | None:
+    """Seconds of the training wall-clock budget to keep free for `pg_calibrate` (or None).
+
+    Called once before the timed loop; the core subtracts the sum of all answers from
+    MAX_WALLCLOCK_SECONDS for the loop (and its warmdown schedule), as the records' GPTQ_RESERVE_SECONDS.
+    """
+
+
+@hookspec
+def pg_calibrate(run: Any, model: Any) -> None:
+    """Post-loop work that reads data to decide the artifact (e.g. GPTQ Hessians), counted as training.
+
+    Called after `pg_train_end` (averaged weights loaded), on every rank, outside any compiled region
+    (`model` is the uncompiled module). The core times all implementations together, logs
+    `calibration time:…ms`, and adds the time to the reported training time (rulebook
+    TIME.TRAIN_POSTLOOP: calibration belongs to the 600 s). Never read validation data here.
+    """
+
+
 # --- export ----------------------------------------------------------------------------------------
 @hookspec(firstresult=True)
 def pg_quantize_tensor(name: str, tensor: Any, config: Any) -> Any:
@@ -181,7 +201,9 @@ def pg_evaluator(run: Any) -> Any:
 
     The core's is `PlainEvaluator` (non-overlapping windows, the baseline). An evaluator reports
     per-position NLL to the `ScoreSink` it is given; test-time training may only read tokens from
-    `ScoredTokens`, which releases what the sink has already scored.
+    `ScoredTokens`, which releases what the sink has already scored. Optional members (see
+    `core.scoring.Evaluator`): `warmup(run, model, n_tokens)` for the synthetic compile warm-up and
+    `doc_isolation`.
     """
 
 

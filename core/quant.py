@@ -1,11 +1,14 @@
 """Mixed-precision export policy shared by the quantizer plugins (PR #315 int6, PR #180 int5, PR #414, PR #1394).
 
-A policy decides per state-dict entry: exact passthrough for non-floats, fp32 passthrough for control
-tensors, fp16 passthrough for small tensors (at most `keep_float_max_numel` elements) and for families
-set to 16 bits, the baseline int8 rule for families set to 8 bits (unless the caller clips int8 rows
-itself), and per-row int-k codes (k in 2..8,
-stored in int8 containers, scheme "intk_per_row"; 1-D tensors get one scale, "intk_per_tensor") for
-the others. The plugins differ only in how they choose each row's clip (`RowClip`).
+A policy decides per state-dict entry, in the records' order (PR #315 `mixed_quantize_int6`): exact
+passthrough for non-floats, fp16 passthrough for small tensors (at most `keep_float_max_numel` elements,
+control tensors included), fp32 passthrough for larger control tensors, fp16 for families set to 16 bits,
+the baseline int8 rule for families set to 8 bits (unless the caller clips int8 rows itself), and per-row
+int-k codes (k in 2..8, stored in int8 containers, scheme "intk_per_row"; 1-D tensors get one scale,
+"intk_per_tensor") for the others. The plugins differ only in how they choose each row's clip (`RowClip`).
+
+Also here: the full-Hessian GPTQ column solver (PR #1019 / #1060 / #1394 `gptq_quantize_weight`) shared by
+the `gptq` plugin and its tests.
 """
 
 from __future__ import annotations
@@ -116,10 +119,10 @@ def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: R
     t = tensor.detach().to("cpu").contiguous()
     if not t.is_floating_point():
         return passthrough(t)
-    if any(p in name for p in ex.BASELINE_CONTROL_PATTERNS):
-        return passthrough(t, fp32=True)
     if t.numel() <= cfg.keep_float_max_numel:
         return passthrough(t)
+    if any(p in name for p in ex.BASELINE_CONTROL_PATTERNS):
+        return passthrough(t, fp32=True)
     bits = bits_for(cfg, name)
     if bits == 16:
         return passthrough(t)
@@ -133,3 +136,83 @@ def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: R
         return ex.QTensor("intk_per_row", codes, scale, dtype, shape, meta)
     codes, scale = quantize_tensor_amax(t32, bits, extra_negative)
     return ex.QTensor("intk_per_tensor", codes, scale, dtype, shape, meta)
+
+
+# --- full-Hessian GPTQ ------------------------------------------------------------------------------
+@dataclass
+class PreparedHessian:
+    """A damped, act-ordered Hessian: `u` is the upper Cholesky factor of its inverse (permuted order)."""
+
+    u: Tensor
+    perm: Tensor
+    invperm: Tensor
+    dead: Tensor
+
+
+def prepare_hessian(hessian: Tensor, damp: float = 0.01) -> PreparedHessian:
+    """Dead columns (zero diagonal) get 1 on the diagonal, then damp·mean(diag) is added; columns are
+    ordered by descending diagonal (act-order); U = chol(H⁻¹)ᵀ as in the records. Raises
+    torch.linalg.LinAlgError when H is not positive definite."""
+    h = hessian.float().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    h.diagonal().add_(damp * h.diagonal().mean())
+    perm = torch.argsort(h.diagonal(), descending=True)
+    h = h[perm][:, perm]
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    return PreparedHessian(u=u, perm=perm, invperm=torch.argsort(perm), dead=dead)
+
+
+def gptq_rows(w32: Tensor, prep: PreparedHessian, scale: Tensor, lo: int, hi: int, block_size: int = 128
+              ) -> Tensor:
+    """GPTQ codes (int8, original column order) for rows `w32` with fixed per-row `scale`.
+
+    Columns are quantized in act order; each column's error (w − q·s)/U_jj is spread over the rest of
+    its block along U[j, j:], and each block's errors over the later columns with Err·U[block, rest].
+    Rows are independent, so callers may stack several scale candidates as extra rows.
+    """
+    # Work on the transpose (columns contiguous): each column step and rank-1 update reads contiguous memory.
+    wt = w32.float()[:, prep.perm].T.contiguous()
+    wt[prep.dead[prep.perm]] = 0
+    cols, rows = wt.shape
+    s = scale.float().to(wt.device)
+    codes_t = torch.empty(cols, rows, dtype=torch.float32, device=wt.device)
+    u = prep.u.to(wt.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        block = wt[i1:i2]
+        u_block = u[i1:i2, i1:i2]
+        err = torch.empty(i2 - i1, rows, dtype=torch.float32, device=wt.device)
+        for j in range(i2 - i1):
+            col = block[j]
+            q = torch.clamp(torch.round(col / s), lo, hi)
+            codes_t[i1 + j] = q
+            e = (col - q * s) / u_block[j, j]
+            err[j] = e
+            block[j:].addr_(u_block[j, j:], e, alpha=-1.0)
+        if i2 < cols:
+            wt[i2:].addmm_(u[i1:i2, i2:].T, err, alpha=-1.0)
+    return codes_t.T[:, prep.invperm].to(torch.int8).contiguous()
+
+
+def gptq_quantize(w32: Tensor, prep: PreparedHessian, candidate_scales: list[Tensor], bits: int,
+                  block_size: int = 128, per_row: bool = False) -> tuple[Tensor, Tensor, int]:
+    """(codes, fp16 scale, chosen candidate) for one matrix, codes in [-qmax, qmax].
+
+    Every candidate (a per-row fp16 scale) runs through GPTQ in one stacked pass; the one with the lowest
+    mean squared weight error wins (per matrix as PR #1060, ties to the earlier one; or per row).
+    """
+    qmax = qmax_of(bits)
+    rows = w32.shape[0]
+    scales = torch.stack([s.to(torch.float16).to(w32.device) for s in candidate_scales])  # (k, rows)
+    stacked = w32.float().repeat(len(candidate_scales), 1)
+    codes = gptq_rows(stacked, prep, scales.reshape(-1).float(), -qmax, qmax, block_size)
+    codes = codes.view(len(candidate_scales), rows, -1)
+    recon = codes.float() * scales.float()[:, :, None]
+    row_err = (recon - w32.float()[None]).pow(2).mean(dim=2)  # (k, rows)
+    if per_row:
+        best = torch.argmin(row_err, dim=0)
+        pick = torch.arange(rows, device=codes.device)
+        return codes[best, pick].contiguous(), scales[best, pick].contiguous(), -1
+    k = int(torch.argmin(row_err.mean(dim=1)).item())
+    return codes[k].contiguous(), scales[k].contiguous(), k

@@ -1,10 +1,13 @@
-"""`pgolf size RUN_DIR`: the artifact's size budget and a per-tensor-family breakdown (issue #3; the
-16,000,000-byte decimal cap of the challenge rules, int6/int8 families as in PR #315).
+"""`pgolf size RUN_DIR|RECORDS_DIR`: the artifact's size budget and a per-tensor-family breakdown (issue #3;
+the 16,000,000-byte decimal cap of the challenge rules, int6/int8 families as in PR #315).
 
-Code bytes come from the run's metrics.json; model bytes are the artifact file's length. Per family it
-shows the tensors' original bytes, the quantized payload bytes and an estimate of the compressed share:
-each family's records serialized and compressed alone with the artifact's codec (the shares do not add
-up exactly to the payload, which is compressed as one stream).
+A run directory: code bytes from its metrics.json, model bytes = the artifact file's length. A records
+folder (it holds train_gpt.py): code bytes = train_gpt.py's bytes; model bytes from a pgolf artifact when
+one is there, else from the challenge's own artifact file (`*.ptz`: size only), else from its logs'
+`Serialized model <kind>: N bytes` lines (the largest over the seeds) — the summary says which. Per family
+it shows the tensors' original bytes, the quantized payload bytes and an estimate of the compressed share:
+each family's records serialized and compressed alone with the artifact's codec (the shares do not add up
+exactly to the payload, which is compressed as one stream). Families need a pgolf artifact.
 """
 
 from __future__ import annotations
@@ -56,43 +59,86 @@ def family_breakdown(records: dict[str, ex.QTensor], codec: ex.Codec | None) -> 
     return out
 
 
-def size_summary(run_dir: str | Path, estimate: bool = True) -> dict[str, Any]:
+def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
     """Everything `pgolf size` prints, as a dict; raises ArtifactError / FileNotFoundError clearly."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a run directory")
-    path = run_dir / ARTIFACT_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no artifact (was the run exported?)")
-    records, header = ex.read_artifact(path)
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a run directory or records folder")
+    script = path / "train_gpt.py"
+    artifact = path / ARTIFACT_NAME
+    if script.is_file():
+        return records_summary(path, script, artifact, estimate)
+    if not artifact.is_file():
+        raise FileNotFoundError(f"{artifact}: no artifact (was the run exported?) and no train_gpt.py "
+                                f"(not a records folder either)")
     code_bytes: int | None = None
-    metrics = run_dir / "metrics.json"
+    metrics = path / "metrics.json"
     if metrics.is_file():
         try:
             value = json.loads(metrics.read_text()).get("code_bytes")
         except (json.JSONDecodeError, AttributeError) as exc:
             raise ValueError(f"{metrics}: not valid metrics JSON ({exc})") from exc
         code_bytes = int(value) if isinstance(value, int) else None
-    model_bytes = path.stat().st_size
+    report = artifact_summary(artifact, code_bytes or 0, estimate)
+    report.update(code_bytes=code_bytes, code_source=f"{metrics.name} code_bytes")
+    return report
+
+
+def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[str, Any]:
+    records, header = ex.read_artifact(artifact)
     codec = ex.CODECS[header["codec"]]() if estimate and header.get("codec") in ex.CODECS else None
-    report = ex.size_report(code_bytes or 0, model_bytes)
-    report.update(code_bytes=code_bytes, artifact=str(path), codec=header.get("codec"),
-                  quantizer=header.get("quantizer"), raw_bytes=header["raw_bytes"],
-                  families=family_breakdown(records, codec))
+    report = ex.size_report(code_bytes, artifact.stat().st_size)
+    report.update(artifact=str(artifact), codec=header.get("codec"), quantizer=header.get("quantizer"),
+                  raw_bytes=header["raw_bytes"], families=family_breakdown(records, codec),
+                  model_source=f"artifact {artifact.name}")
+    return report
+
+
+def records_summary(folder: Path, script: Path, artifact: Path, estimate: bool) -> dict[str, Any]:
+    """A records folder: code = train_gpt.py; model = pgolf artifact, else a *.ptz file, else the logs."""
+    code_bytes = script.stat().st_size
+    if artifact.is_file():
+        report = artifact_summary(artifact, code_bytes, estimate)
+    else:
+        blobs = sorted(folder.glob("*.ptz"))
+        if blobs:
+            report = ex.size_report(code_bytes, blobs[0].stat().st_size)
+            report.update(artifact=str(blobs[0]), model_source=f"file {blobs[0].name} (not a pgolf artifact: "
+                                                              f"no breakdown)")
+        else:
+            from validator.logs import parse_folder
+
+            logs = [(lg.path, lg.model_bytes) for lg in parse_folder(folder) if lg.model_bytes is not None]
+            if not logs:
+                raise FileNotFoundError(f"{folder}: no artifact and no log with a 'Serialized model <kind>: N "
+                                        f"bytes' line")
+            worst = max(logs, key=lambda pm: pm[1])
+            report = ex.size_report(code_bytes, worst[1])
+            report.update(artifact=None, model_source=f"logs (largest of {len(logs)}: {Path(worst[0]).name})",
+                          log_model_bytes={Path(p).name: n for p, n in logs})
+        report.update(codec=None, quantizer=None, raw_bytes=None, families={})
+    report.update(code_bytes=code_bytes, code_source=script.name)
     return report
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    code = "unknown (no metrics.json code_bytes; counted as 0)" if s["code_bytes"] is None else f"{s['code_bytes']:,}"
-    lines = [
-        f"artifact     {s['artifact']}  (codec {s['codec']}, quantizer {s['quantizer']})",
+    code = "unknown (no metrics.json code_bytes; counted as 0)" if s["code_bytes"] is None else \
+        f"{s['code_bytes']:,}  ({s['code_source']})"
+    raw = f"  (serialized {s['raw_bytes']:,} before compression)" if s.get("raw_bytes") else ""
+    lines = []
+    if s.get("codec"):
+        lines.append(f"artifact     {s['artifact']}  (codec {s['codec']}, quantizer {s['quantizer']})")
+    lines += [
         f"code bytes   {code}",
-        f"model bytes  {s['model_bytes']:,}  (serialized {s['raw_bytes']:,} before compression)",
+        f"model bytes  {s['model_bytes']:,}  (from {s['model_source']}){raw}",
         f"total        {s['total']:,} of {s['cap']:,}  {'fits' if s['fits'] else 'OVER'}",
         f"headroom     {s['headroom']:,}",
-        "",
-        f"{'family':<8} {'tensors':>7} {'original':>12} {'quantized':>12} {'compressed~':>12}  schemes",
     ]
+    for name, n in s.get("log_model_bytes", {}).items():
+        lines.append(f"  log {name}: model {n:,} bytes")
+    if not s["families"]:
+        return "\n".join(lines)
+    lines += ["", f"{'family':<8} {'tensors':>7} {'original':>12} {'quantized':>12} {'compressed~':>12}  schemes"]
     for fam, row in s["families"].items():
         comp = f"{row['compressed_bytes']:,}" if "compressed_bytes" in row else "-"
         schemes = ", ".join(f"{k}×{v}" for k, v in sorted(row["schemes"].items()))
@@ -102,8 +148,9 @@ def format_summary(s: dict[str, Any]) -> str:
 
 
 def add_size_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("size", help="artifact size budget and per-family breakdown of a run directory")
-    p.add_argument("run_dir", help="a run directory holding final_model.ptz and metrics.json")
+    p = subparsers.add_parser("size", help="size budget and per-family breakdown of a run or records folder")
+    p.add_argument("run_dir", help="a run directory (final_model.ptz, metrics.json) or a records folder "
+                                   "(train_gpt.py, logs or an artifact)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-estimate", action="store_true", help="skip the per-family compression estimate")
     p.set_defaults(func=run_size)

@@ -263,6 +263,11 @@ def train(run: Run) -> dict[str, Any]:
     grad_scale = 1.0 / run.grad_accum_steps
     muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
     max_wallclock_ms = 1000.0 * core.max_wallclock_seconds if core.max_wallclock_seconds > 0 else None
+    budget_ms = max_wallclock_ms
+    reserve_s = float(sum(r for r in run.hook.pg_train_reserve_seconds(config=run.config) if r))
+    if reserve_s > 0 and max_wallclock_ms is not None:
+        max_wallclock_ms = max(max_wallclock_ms - 1000.0 * reserve_s, 0.0)
+        run.log(f"calibration:reserving {reserve_s:.1f}s, effective={max_wallclock_ms:.0f}ms")
 
     def zero_grad_all() -> None:
         for opt in run.optimizers:
@@ -389,13 +394,33 @@ def train(run: Run) -> dict[str, Any]:
                 f"reserved: {torch.cuda.max_memory_reserved() // 1024 // 1024} MiB")
     run.event("train_end", steps=step, train_time_ms=training_time_ms)
     run.hook.pg_train_end(run=run, model=base)
+    calibration_ms = calibrate(run, base)
+    total_ms = training_time_ms + calibration_ms
+    if calibration_ms > 0:
+        run.log(f"calibration time:{calibration_ms:.0f}ms train_time_with_calibration:{total_ms:.0f}ms")
+        run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=reserve_s)
+        if budget_ms is not None and total_ms > budget_ms:
+            run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > {budget_ms:.0f}ms "
+                    f"(raise the reserve)")
     summary = export_and_evaluate(run)
-    summary.update(steps=step, train_time_ms=training_time_ms, params=n_params)
+    summary.update(steps=step, train_time_ms=total_ms, loop_train_time_ms=training_time_ms,
+                   calibration_ms=calibration_ms, params=n_params)
     if run.master and run.run_dir is not None:
         import json
 
         write_atomic(run.run_dir / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def calibrate(run: Run, model: nn.Module) -> float:
+    """Run `pg_calibrate` (post-loop data reads such as GPTQ Hessians) and return its milliseconds."""
+    if not run.hook.pg_calibrate.get_hookimpls():
+        return 0.0
+    run.synchronize()
+    t0 = time.perf_counter()
+    run.hook.pg_calibrate(run=run, model=model)
+    run.synchronize()
+    return 1000.0 * (time.perf_counter() - t0)
 
 
 def export_and_evaluate(run: Run) -> dict[str, Any]:
@@ -409,8 +434,9 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
 
     state = {k: v for k, v in base.state_dict().items()}
     n_code = code_bytes(run)
-    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8"), code_bytes=n_code, config=cfg)
-    result = ex.export_state_dict(state, [quantize], codec, quantizer_name="int8",
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8"), code_bytes=n_code, config=cfg,
+                           float_state=state)
+    result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None,
                                   refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx))
     label = f"{result.quantizer_name}+{result.codec_name}"
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}

@@ -18,7 +18,7 @@ from core.hookspecs import hookimpl
 from core.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
 from core.registry import Plugin
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip")
+QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 
 
 @dataclass
@@ -38,13 +38,28 @@ def parse_percentiles(text: str) -> list[float]:
     return values
 
 
+def row_clips(t32: Tensor, percentiles: list[float]) -> list[Tensor]:
+    """Per-row clip for each percentile: |w|'s row quantile (one sort for all), the row max for 1.0."""
+    a = t32.abs()
+    inner = [p for p in percentiles if p < 1.0]
+    qs = torch.quantile(a, torch.tensor(inner, dtype=a.dtype, device=a.device), dim=1) if inner else None
+    out, k = [], 0
+    for p in percentiles:
+        if p >= 1.0:
+            out.append(a.amax(dim=1))
+        else:
+            assert qs is not None
+            out.append(qs[k])
+            k += 1
+    return out
+
+
 def search_clip(t32: Tensor, qmax: int, percentiles: list[float], per_row: bool) -> Tensor:
     """The per-row clip of the candidate with the lowest squared reconstruction error."""
     bits = (qmax + 1).bit_length()
     best_clip: Tensor | None = None
     best_err: Tensor | None = None
-    for pct in percentiles:
-        clip = t32.abs().amax(dim=1) if pct >= 1.0 else torch.quantile(t32.abs(), pct, dim=1)
+    for clip in row_clips(t32, percentiles):
         codes, scale = quantize_rows(t32, clip, bits, extra_negative=False)
         row_err = (t32 - dequant_rows(codes, scale)).pow(2).mean(dim=1)
         err = row_err if per_row else row_err.mean().expand_as(row_err)

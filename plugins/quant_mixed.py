@@ -14,7 +14,7 @@ from core.hookspecs import hookimpl
 from core.quant import MixedBitsConfig, policy_quantize, rowmax_clip
 from core.registry import Plugin
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip")
+QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 
 
 @dataclass

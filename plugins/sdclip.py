@@ -17,7 +17,7 @@ from core.hookspecs import hookimpl
 from core.quant import MixedBitsConfig, policy_quantize
 from core.registry import Plugin
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip")
+QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 MIN_SCALE = 1e-10
 
 

@@ -252,3 +252,154 @@ def test_baseline_int8_rule_below_its_passthrough_size_matches_the_core():
     assert torch.equal(ref.data, ours.data) and torch.equal(ref.scale, ours.scale)
     q_rows = ex.int8_quantize(EMB, torch.cat([small, small, small, small, small, small]))
     assert torch.equal(q_small.data, q_rows.data[:100]) and torch.equal(q_small.scale, q_rows.scale[:100])
+
+
+def test_prune_search_matches_bisection_with_fewer_probes():
+    from plugins.prune_to_fit import smallest_fitting
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n = int(rng.integers(50, 200_000))
+        steps = np.cumsum(rng.integers(0, 3, size=n + 1))  # a monotone, noisy, step-like size curve
+        sizes = 1_000_000 - steps
+        target = int(rng.integers(sizes[-1], sizes[0]))
+        probes = []
+
+        def size_at(k, sizes=sizes, probes=probes):
+            probes.append(k)
+            return int(sizes[k])
+
+        got = smallest_fitting(size_at, n, int(sizes[0]), int(sizes[-1]), target)
+        assert got == int(np.argmax(sizes <= target)), trial
+        assert len(probes) <= 2 * int(np.ceil(np.log2(n))) + 2
+
+
+# --- PR #315's export rule, re-implemented here from the record -------------------------------------
+PR315_CONTROL = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes", "q_gain",
+                 "skip_weight", "skip_weights", "smear")
+
+
+def pr315_quantize(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    """records/…/2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248 `mixed_quantize_int6(sd, {"mlp","attn"})`:
+    small floats -> fp16, large control -> fp32, mlp/attn -> int6 rowmax/31 in [-32, 31], rest -> int8 rule."""
+    result: dict[str, torch.Tensor] = {}
+    meta: dict[str, object] = {}
+    for name, t in state.items():
+        cat = ("embed" if "tok_emb" in name or "lm_head" in name else "mlp" if ".mlp." in name
+               else "attn" if ".attn." in name or ".proj." in name else "other")
+        if not t.is_floating_point() or t.numel() <= 65536:
+            result[name], meta[name] = (t.half() if t.is_floating_point() else t), "passthrough"
+        elif any(p in name for p in PR315_CONTROL):
+            result[name], meta[name] = t.float(), "passthrough_ctrl"
+        elif cat in ("mlp", "attn"):
+            s = (t.float().abs().amax(dim=1) / 31.0).clamp_min(1.0 / 31.0).half()
+            result[name + ".q"] = torch.clamp(torch.round(t.float() / s.float()[:, None]), -32, 31).to(torch.int8)
+            result[name + ".scale"], meta[name] = s, {"type": "int6"}
+        else:
+            clip = torch.quantile(t.float().abs(), 0.9999984, dim=1)
+            s = (clip / 127.0).clamp_min(1.0 / 127.0)
+            c = torch.maximum(torch.minimum(t.float(), clip[:, None]), -clip[:, None])
+            result[name + ".q"] = torch.clamp(torch.round(c / s[:, None]), -127, 127).to(torch.int8)
+            result[name + ".scale"], meta[name] = s.half(), {"type": "int8"}
+    return result, meta
+
+
+def pr315_like_state(seed: int = 0, dim: int = 512, layers: int = 2) -> dict[str, torch.Tensor]:
+    """pgolf state-dict names and #315 shapes (vocab 1024, 8 heads / 4 KV heads, MLP 3x, bigram 2048×128)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    sd = {"tok_emb.weight": r(1024, dim, std=0.005), "embed_add.0.embed.weight": r(2048, 128),
+          "embed_add.0.proj.weight": r(dim, 128), "embed_add.0.scale": torch.tensor(0.05),
+          "embed_mix_post.0.smear_gate": r(dim), "skip_weights": torch.ones(layers // 2, dim)}
+    for i in range(layers):
+        p = f"blocks.{i}."
+        sd.update({p + "attn.c_q.weight": r(dim, dim), p + "attn.c_k.weight": r(dim // 2, dim),
+                   p + "attn.c_v.weight": r(dim // 2, dim), p + "attn.proj.weight": r(dim, dim),
+                   p + "attn.q_gain": torch.full((8,), 1.5), p + "mlp.fc.weight": r(3 * dim, dim),
+                   p + "mlp.proj.weight": r(dim, 3 * dim), p + "attn_scale": torch.ones(dim),
+                   p + "mlp_scale": torch.ones(dim), p + "resid_mix": torch.stack([torch.ones(dim), torch.zeros(dim)])})
+    sd["blocks.0.mlp.fc.weight"][3, 7] = 0.5  # an outlier row
+    sd["blocks.1.attn.c_q.weight"][5] = 0.0  # an all-zero row: the 1/31 scale floor
+    return sd
+
+
+def test_quant_mixed_codes_and_scales_equal_the_pr315_rule_and_container_size_is_close():
+    import io
+
+    sd = pr315_like_state()
+    rec, rec_meta = pr315_quantize(sd)
+    quant = QuantMixed()
+    qstate, _ = ex.quantize_state_dict(sd, [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
+    for name in sd:
+        q = qstate[name]
+        if isinstance(rec_meta[name], dict):
+            assert torch.equal(q.data, rec[name + ".q"]), name
+            assert q.scale.dtype == rec[name + ".scale"].dtype and torch.equal(q.scale, rec[name + ".scale"]), name
+            assert q.scheme == ("intk_per_row" if rec_meta[name]["type"] == "int6" else "int8_per_row"), name
+        else:
+            assert q.scheme == "passthrough" and q.data.dtype == rec[name].dtype, name
+            assert torch.equal(q.data, rec[name]), name
+    # Same codes in both containers: compressed sizes within 2% (zstd 9 here; benchmarks/export_bench.py: 22).
+    buf = io.BytesIO()
+    torch.save({"w": rec, "m": rec_meta}, buf)
+    theirs = len(ex.ZstdCodec(level=9).compress(buf.getvalue()))
+    ours = len(ex.encode_artifact(qstate, ex.ZstdCodec(level=9), "int6"))
+    assert abs(ours - theirs) / theirs < 0.02, (ours, theirs)
+
+
+def test_prune_to_fit_run_fits_code_plus_artifact(tiny_sets):
+    """The whole run path: the plugin's target counts the code bytes the run reports."""
+    from core.config import resolve
+    from core.size import size_summary
+    from core.train import code_bytes, setup, train
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["prune_to_fit"], check_plugins=reg.check,
+                  sets=[*tiny_sets, "core.mlp_mult=20", "core.iterations=1", "core.embed_lr=0", "core.head_lr=0",
+                        "core.tied_embed_lr=0", "core.matrix_lr=0", "core.scalar_lr=0"])  # weights stay put
+    run = setup(cfg, reg)
+    n_code = code_bytes(run)
+    qstate, _ = ex.quantize_state_dict(run.model.state_dict(), [])
+    size_of = ex.artifact_sizer(ex.ZlibCodec())
+    full = n_code + size_of(qstate)
+    floor = n_code + size_of(pruned(qstate, find_candidates(qstate), len(find_candidates(qstate))))
+    target = (full + floor) // 2
+    run.pm.get_plugin("prune_to_fit").cfg.target_bytes = target
+    metrics = train(run)
+    assert metrics["code_bytes"] == n_code and metrics["pruned_pm1"] > 0
+    assert metrics["total_bytes"] <= target < full
+    on_disk = (run.run_dir / "final_model.ptz").stat().st_size
+    assert metrics["total_bytes"] == n_code + on_disk
+    summary = size_summary(run.run_dir)
+    assert summary["total"] == metrics["total_bytes"] and summary["headroom"] == 16_000_000 - summary["total"]
+
+
+def test_pgolf_size_on_a_records_folder(tmp_path, small_qstate, capsys):
+    rec = tmp_path / "records" / "2026-01-01_x"
+    rec.mkdir(parents=True)
+    (rec / "train_gpt.py").write_text("print('hi')\n" * 100)
+    for seed, n in ((1, 15_461_049), (2, 15_571_723)):
+        (rec / f"train_seed{seed}.log").write_text(
+            f"seed:{seed}\nSerialized model: 105783807 bytes\nCode size: 1200 bytes\n"
+            f"Serialized model int6+zstd: {n} bytes\nTotal submission size int6+zstd: {n + 1200} bytes\n")
+    assert cli_main(["size", str(rec), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["code_bytes"] == 1200 and s["code_source"] == "train_gpt.py"
+    assert s["model_bytes"] == 15_571_723 and s["model_source"].startswith("logs (largest of 2")
+    assert s["total"] == 15_572_923 and s["families"] == {}
+    assert cli_main(["size", str(rec)]) == 0
+    out = capsys.readouterr().out
+    assert "from logs" in out and "train_seed1.log: model 15,461,049 bytes" in out
+    (rec / "final_model.ptz").write_bytes(ex.encode_artifact(small_qstate, ex.ZlibCodec(), "int6"))
+    s = json.loads((cli_main(["size", str(rec), "--json"]), capsys.readouterr().out)[1])
+    assert s["model_source"] == "artifact final_model.ptz" and s["families"]["mlp"]["tensors"] == 3
+    assert s["code_bytes"] == 1200
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "train_gpt.py").write_text("x = 1\n")
+    assert cli_main(["size", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no artifact and no log" in err
