@@ -138,8 +138,26 @@ def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
-    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D)."""
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """(B, T) document ids -> (B, 1, T, T) boolean mask: causal and block-diagonal (no attention across
+    documents, the CPU/SDPA form of PR #1530's varlen attention)."""
+    t = doc_ids.size(1)
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, attn_mask: Tensor | None = None) -> Tensor:
+    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D); `attn_mask` from `document_mask` (any backend
+    then runs masked SDPA on the efficient or math kernel)."""
+    if attn_mask is not None:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        rep = q.size(1) // k.size(1)
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return y.transpose(1, 2)
     if backend == "fa3":
         from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
 
@@ -168,7 +186,7 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(self.head_dim, base=spec.rope_base)
         self.out_parts = nn.ModuleList()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         bsz, seqlen, dim = x.shape
         q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -179,7 +197,7 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary_emb(q, cos, sin)
         k = apply_rotary_emb(k, cos, sin)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v, self.backend)
+        y = causal_attention(q, k, v, self.backend, attn_mask)
         for part in self.out_parts:
             y = part(y, v.transpose(1, 2), x)
         return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
@@ -212,10 +230,10 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        attn_out = self.attn(self.attn_norm(x))
+        attn_out = self.attn(self.attn_norm(x)) if attn_mask is None else self.attn(self.attn_norm(x), attn_mask)
         x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * attn_out
         x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
         return x
@@ -223,7 +241,8 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """Baseline GPT. `forward(ids, targets)` -> mean CE; `reduce=False` -> per-token NLL (B, T);
-    `targets=None` -> softcapped logits (B, T, V)."""
+    `targets=None` -> softcapped logits (B, T, V). `doc_ids` (B, T), optional: attention stays inside
+    each document (equal ids); `head_add` parts add to the logits before the softcap (eval-time adapters)."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -245,6 +264,7 @@ class GPT(nn.Module):
         self.embed_add = nn.ModuleList()
         self.embed_mix_pre = nn.ModuleList()
         self.embed_mix_post = nn.ModuleList()
+        self.head_add = nn.ModuleList()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -254,7 +274,8 @@ class GPT(nn.Module):
             if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
                 nn.init.zeros_(module.weight)
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+        mask = None if doc_ids is None else document_mask(doc_ids)
         x = self.tok_emb(input_ids)
         for part in self.embed_add:
             x = x + part(input_ids).to(x.dtype)
@@ -266,20 +287,24 @@ class GPT(nn.Module):
         x0 = x
         skips: list[Tensor] = []
         for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
+            x = self.blocks[i](x, x0) if mask is None else self.blocks[i](x, x0, mask)
             skips.append(x)
         for i in range(self.num_decoder_layers):
             if skips:
                 x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+            block = self.blocks[self.num_encoder_layers + i]
+            x = block(x, x0) if mask is None else block(x, x0, mask)
         return self.final_norm(x)
 
     def logits(self, h: Tensor) -> Tensor:
         proj = F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
+        for part in self.head_add:
+            proj = proj + part(h)
         return self.logit_softcap * torch.tanh(proj / self.logit_softcap)
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduce: bool = True) -> Tensor:
-        h = self.hidden(input_ids)
+    def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduce: bool = True,
+                doc_ids: Tensor | None = None) -> Tensor:
+        h = self.hidden(input_ids, doc_ids)
         if target_ids is None:
             return self.logits(h).float()
         logits = self.logits(h.reshape(-1, h.size(-1)))

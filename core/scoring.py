@@ -4,7 +4,13 @@ Positions are indices t ≥ 1 into the validation token stream: position t is th
 `tokens[t]` from `tokens[:t]`. The sink counts each position exactly once (a double or missing score
 is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`), and in
 checking mode keeps each position's NLL and log-normaliser for the validator. `ScoredTokens` is the
-only way test-time training may read validation tokens: it releases the prefix the sink has scored.
+only way test-time training may read validation tokens: it releases the prefix the sink has scored
+(stream-order TTT) or checks that every position it trains on is scored (document-batched TTT).
+
+Documents: a BOS token starts each document. Document-isolated evaluators either mask attention at
+BOS (`doc_ids_of` -> the model's `doc_ids`) or give each document its own rows (`find_documents`).
+Compile warm-up (`synthetic_warmup`) runs on random tokens shaped exactly like the evaluation's batches,
+never on validation tokens (rulebook EVAL.TTT), and restores the weights and optimizer state.
 """
 
 from __future__ import annotations
@@ -129,19 +135,57 @@ class ScoredTokens:
             )
         return self._sink.tokens[start:end]
 
+    def require(self, positions: Tensor) -> None:
+        """Raise unless every position in `positions` is already scored (on this rank): document-batched
+        TTT calls this before each update with the positions whose targets it trains on."""
+        pos = positions.reshape(-1).to(self._sink.device)
+        if pos.numel() and not bool(self._sink.scored[pos].all()):
+            bad = int(pos[~self._sink.scored[pos]][0])
+            raise ScoringError(f"test-time training on position {bad} before it was scored")
+
+
+def doc_ids_of(x: Tensor, bos_id: int) -> Tensor:
+    """(B, T) tokens -> (B, T) document ids within each row: a BOS starts a new document."""
+    return torch.cumsum((x == bos_id).to(torch.int32), dim=1)
+
+
+def find_documents(tokens: Tensor, bos_id: int) -> list[tuple[int, int]]:
+    """(start, length) of each document: from its BOS up to and including the next BOS (PR #1530's split).
+
+    A document predicts positions start+1 .. start+length-1, so the next document's BOS is predicted from
+    this document's context, and every position 1..N-1 belongs to exactly one document. Tokens before
+    the first BOS (a stream that does not start with one) form a first document starting at 0.
+    """
+    n = tokens.numel()
+    starts = (tokens.reshape(-1) == bos_id).nonzero().reshape(-1).cpu().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    docs = []
+    for i, s in enumerate(starts):
+        end = starts[i + 1] + 1 if i + 1 < len(starts) else n
+        if end - s >= 2:
+            docs.append((s, end - s))
+    return docs
+
 
 class Evaluator(Protocol):
-    """Scores every position of the validation stream into the sink (each exactly once)."""
+    """Scores every position of the validation stream into the sink (each exactly once).
+
+    Optional: `warmup(run, model, n_tokens)` compiles every shape the evaluation of an n_tokens stream will
+    use, on random tokens (see `synthetic_warmup`); `doc_isolation = True` claims that no score depends on
+    another document (the validator's EVAL.DOC_ISOLATION check reads it).
+    """
 
     name: str
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None: ...
 
 
-def nll_and_lognorm(model, x: Tensor, y: Tensor, autocast: torch.dtype | None) -> tuple[Tensor, Tensor]:
+def nll_and_lognorm(model, x: Tensor, y: Tensor, autocast: torch.dtype | None,
+                    doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-position NLL and log-normaliser from full logits (used in checking mode)."""
     with torch.autocast(device_type=x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-        logits = model(x).double()
+        logits = (model(x) if doc_ids is None else model(x, doc_ids=doc_ids)).double()
     lognorm = torch.logsumexp(logits, dim=-1)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view_as(y)
     return nll, lognorm
@@ -151,14 +195,49 @@ def rank_span(n_items: int, rank: int, world_size: int) -> tuple[int, int]:
     return (n_items * rank) // world_size, (n_items * (rank + 1)) // world_size
 
 
+def batch_sizes(n_items: int, batch: int) -> set[int]:
+    """The distinct batch sizes of `n_items` cut into batches of `batch` (full ones and the last partial)."""
+    return {b for b in (batch if n_items >= batch else 0, n_items % batch) if b > 0}
+
+
+def score_nll(run, model, x: Tensor, y: Tensor, checking: bool, bos_id: int | None = None
+              ) -> tuple[Tensor, Tensor | None]:
+    """Per-position NLL (and the log-normaliser in checking mode) of a batch, attention masked at BOS when
+    `bos_id` is given."""
+    doc_ids = None if bos_id is None else doc_ids_of(x, bos_id)
+    if checking:
+        return nll_and_lognorm(model, x, y, run.autocast_dtype, doc_ids)
+    with run.autocast():
+        nll = model(x, y, reduce=False) if doc_ids is None else model(x, y, reduce=False, doc_ids=doc_ids)
+    return nll.detach(), None
+
+
+def warm_forward(run, model, shapes: set[tuple[int, int]], bos_id: int | None = None) -> None:
+    """Run the scoring forward on random tokens for each (batch, length) shape, so compiled graphs exist;
+    twice per shape: the first call fills the model's rotary cache, which the graph then guards on."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for b, t in sorted(shapes) * 2:
+            x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
+            score_nll(run, model, x, y, False, bos_id)  # contiguous rows, as every evaluator's batches
+
+
 class PlainEvaluator:
     """The baseline's evaluation: non-overlapping windows of eval_seq_len, split across ranks."""
 
     name = "plain"
 
-    def __init__(self, seq_len: int, batch_tokens: int):
+    def __init__(self, seq_len: int, batch_tokens: int, bos_id: int | None = None):
         self.seq_len = seq_len
         self.batch_tokens = batch_tokens
+        self.bos_id = bos_id
+        self.doc_isolation = bos_id is not None
+
+    def warmup(self, run, model, n_tokens: int) -> None:
+        total_seqs = (n_tokens - 1) // self.seq_len
+        lo, hi = rank_span(total_seqs, run.rank, run.world_size)
+        sizes = batch_sizes(hi - lo, max(1, self.batch_tokens // self.seq_len))
+        warm_forward(run, model, {(b, self.seq_len) for b in sizes}, self.bos_id)
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
         seq_len = self.seq_len
@@ -173,13 +252,8 @@ class PlainEvaluator:
                 x = local[:-1].reshape(-1, seq_len)
                 y = local[1:].reshape(-1, seq_len)
                 positions = torch.arange(s * seq_len + 1, e * seq_len + 1, device=device).view_as(y)
-                if sink.checking:
-                    nll, lognorm = nll_and_lognorm(model, x, y, run.autocast_dtype)
-                    sink.record(positions, nll, lognorm)
-                else:
-                    with run.autocast():
-                        nll = model(x, y, reduce=False)
-                    sink.record(positions, nll.detach())
+                nll, lognorm = score_nll(run, model, x, y, sink.checking, self.bos_id)
+                sink.record(positions, nll, lognorm)
                 if run.world_size == 1:
                     sink.advance_frontier(e * seq_len + 1)
 
@@ -200,9 +274,10 @@ def window_ends(n_positions: int, seq_len: int, stride: int) -> list[int]:
 
 
 def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], which: range, seq_len: int,
-                  batch_seqs: int) -> None:
+                  batch_seqs: int, bos_id: int | None = None) -> None:
     """Score windows `which` (indices into `ends`) in batches: each window sees min(seq_len, n) tokens
-    ending at its end position and records only the positions the previous window did not score."""
+    ending at its end position and records only the positions the previous window did not score.
+    With `bos_id`, attention inside a window stops at BOS (document-masked)."""
     n = tokens.numel() - 1
     win = min(seq_len, n)
     device = run.device
@@ -212,35 +287,49 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
             idx = range(b, min(b + batch_seqs, which.stop))
             xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in idx]).to(device, torch.int64)
             ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in idx]).to(device, torch.int64)
-            if sink.checking:
-                nll, lognorm = nll_and_lognorm(model, xs, ys, run.autocast_dtype)
-            else:
-                with run.autocast():
-                    nll = model(xs, ys, reduce=False)
-                lognorm = None
+            nll, lognorm = score_nll(run, model, xs, ys, sink.checking, bos_id)
             pos = torch.stack([torch.arange(ends[k] - win + 1, ends[k] + 1) for k in idx]).to(device)
             new = torch.tensor([ends[k] - (ends[k - 1] if k > 0 else 0) for k in idx], device=device)
             keep = col[None, :] >= (win - new)[:, None]
             sink.record(pos[keep], nll.detach()[keep], None if lognorm is None else lognorm[keep])
 
 
-def synthetic_warmup(run, model, evaluator, max_tokens: int = 65_537) -> float:
-    """Run the evaluator once on random tokens (never validation tokens: rulebook EVAL.TTT) so its
-    compiled graphs exist before the timed evaluation; weights are restored. Returns milliseconds."""
+def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: int, win: int) -> set[tuple[int, int]]:
+    lo, hi = rank_span(n_windows, rank, world_size)
+    return {(b, win) for b in batch_sizes(hi - lo, batch_seqs)}
+
+
+def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tokens: int = 65_537) -> float:
+    """Compile warm-up on random tokens, never validation tokens (rulebook EVAL.TTT); returns milliseconds.
+
+    An evaluator with `warmup(run, model, n_tokens)` warms exactly the shapes it will meet on a stream of
+    `n_tokens` (the validation length: the only thing read from the validation set); otherwise the
+    evaluator runs once on a random stream of min(n_tokens, max_tokens) tokens. The model's weights and
+    the run's optimizer state are restored afterwards.
+    """
+    import copy
     import time
 
-    n = min(run.val_tokens.numel(), max_tokens)
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, run.core.vocab_size, (n,), generator=gen, dtype=torch.int64)
+    n = run.val_tokens.numel() if n_tokens is None else n_tokens
     saved = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    saved_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
     run.synchronize()
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
-    run.synchronize()
-    run.model.load_state_dict(saved)
-    model.train(was_training)
+    try:
+        if hasattr(evaluator, "warmup"):
+            evaluator.warmup(run, model, n)
+        else:
+            gen = torch.Generator().manual_seed(0)
+            tokens = torch.randint(0, run.core.vocab_size, (min(n, max_tokens),), generator=gen, dtype=torch.int64)
+            evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
+        run.synchronize()
+    finally:
+        run.model.load_state_dict(saved)
+        for opt, st in zip(run.optimizers, saved_opts, strict=True):
+            opt.load_state_dict(st)
+        model.train(was_training)
     return 1000.0 * (time.perf_counter() - t0)
 
 

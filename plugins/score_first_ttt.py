@@ -6,21 +6,21 @@ through the core `ScoreSink`; (2) unless it is the last chunk, train all (unfroz
 chunk's tokens, read only through `ScoredTokens` (so only tokens already scored), for `epochs` of
 SGD(momentum) with a cosine LR across chunks and grad clipping; the adapted weights carry over. PR #549:
 lr 0.002, 3 epochs, momentum 0.9, clip 1.0, 32 sequences a batch; PR #1413/#1493: lr 0.005. The model's
-weights are restored after evaluation.
+weights are restored after evaluation. `doc_mask` (not in the records) masks attention at BOS while
+scoring and adapting; adaptation still carries across documents in stream order, as in the source.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoredTokens, ScoreSink, rank_span, score_windows, window_ends
+from core.scoring import ScoredTokens, ScoreSink, batch_sizes, rank_span, score_windows, warm_forward, window_ends
+from core.ttt import cosine_lr, sgd_rows
 
 
 @dataclass
@@ -33,17 +33,13 @@ class ScoreFirstTTTConfig:
     batch_seqs: int = field(default=32, metadata={"help": "sequences per SGD step and windows per scoring batch"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0 = off)"})
     freeze_blocks: int = field(default=0, metadata={"help": "leading blocks kept frozen (PR #461 froze 2)"})
-
-
-def cosine_lr(base: float, chunk: int, n_chunks: int) -> float:
-    """lr * 0.5 * (1 + cos(pi * ci / (N - 1))) across chunks."""
-    if n_chunks <= 1:
-        return base
-    return base * 0.5 * (1.0 + math.cos(math.pi * chunk / (n_chunks - 1)))
+    doc_mask: bool = field(default=False, metadata={"help": "no attention across BOS when scoring and adapting"})
+    bos_id: int = field(default=1, metadata={"help": "BOS token id (document start)"})
 
 
 class ScoreFirstTTTEvaluator:
     name = "score_first_ttt"
+    doc_isolation = False  # adaptation carries across documents (stream order)
 
     def __init__(self, seq_len: int, cfg: ScoreFirstTTTConfig):
         if not 0 < cfg.stride <= seq_len:
@@ -51,6 +47,7 @@ class ScoreFirstTTTEvaluator:
         if cfg.chunk_tokens < seq_len:
             raise ValueError(f"score_first_ttt.chunk_tokens={cfg.chunk_tokens} must be >= eval_seq_len={seq_len}")
         self.seq_len, self.cfg = seq_len, cfg
+        self.bos_id = cfg.bos_id if cfg.doc_mask else None
 
     def chunks(self, n_positions: int) -> tuple[list[int], list[range]]:
         """Window ends and, per chunk, the range of window indices whose first scored position is in it."""
@@ -82,7 +79,7 @@ class ScoreFirstTTTEvaluator:
             lo, hi = rank_span(len(group), run.rank, run.world_size)
             base.eval()
             score_windows(run, model, tokens, sink, ends, range(group.start + lo, group.start + hi),
-                          self.seq_len, cfg.batch_seqs)
+                          self.seq_len, cfg.batch_seqs, self.bos_id)
             chunk_end = ends[group.stop - 1]
             sink.advance_frontier(chunk_end + 1)
             if ci == len(groups) - 1:
@@ -95,31 +92,18 @@ class ScoreFirstTTTEvaluator:
 
     def _adapt(self, run, base, opt, params, chunk: Tensor) -> None:
         """SGD epochs over the chunk's rows of seq_len (+1 for targets), split across ranks."""
-        cfg, seq = self.cfg, self.seq_len
-        n_rows = (chunk.numel() - 1) // seq
-        if n_rows == 0:
-            return
-        lo, hi = rank_span(n_rows, run.rank, run.world_size)
-        base.train()
-        for _ in range(cfg.epochs):
-            for b in range(0, n_rows, cfg.batch_seqs):
-                rows = range(max(b, lo), min(b + cfg.batch_seqs, hi))
-                opt.zero_grad(set_to_none=False)
-                if len(rows):
-                    local = chunk[rows.start * seq : rows.stop * seq + 1].to(run.device, torch.int64)
-                    x, y = local[:-1].view(-1, seq), local[1:].view(-1, seq)
-                    with run.autocast():
-                        loss = base(x, y)
-                    (loss * len(rows) / min(cfg.batch_seqs, n_rows - b)).backward()
-                if run.distributed:
-                    for p in params:
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                        dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-        base.eval()
+        cfg = self.cfg
+        sgd_rows(run, base, opt, params, chunk, self.seq_len, cfg.batch_seqs, cfg.epochs, cfg.grad_clip, self.bos_id)
+
+    def warmup(self, run, model, n_tokens: int) -> None:
+        """Scoring shapes of every chunk on this rank (adaptation runs on the uncompiled model)."""
+        ends, groups = self.chunks(n_tokens - 1)
+        win = min(self.seq_len, n_tokens - 1)
+        sizes: set[int] = set()
+        for group in groups:
+            lo, hi = rank_span(len(group), run.rank, run.world_size)
+            sizes |= batch_sizes(hi - lo, self.cfg.batch_seqs)
+        warm_forward(run, model, {(b, win) for b in sizes}, self.bos_id)
 
 
 def _frozen(name: str, freeze_blocks: int) -> bool:

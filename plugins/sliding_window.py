@@ -2,7 +2,9 @@
 
 PR #50 (stride 64), with the window list of PR #1218 (no tail window scored twice): windows of
 eval_seq_len end every `stride` tokens; each scores only the positions the previous window did not.
-With stride = eval_seq_len it is exactly the plain non-overlapping evaluation.
+With stride = eval_seq_len it is exactly the plain non-overlapping evaluation. `doc_mask` (document
+isolation, PR #1530's varlen attention / the BOS fix of PR #1851) masks attention at BOS inside each
+window, so a position sees only its own document.
 """
 
 from __future__ import annotations
@@ -13,27 +15,36 @@ from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoreSink, rank_span, score_windows, window_ends
+from core.scoring import ScoreSink, rank_span, score_windows, warm_forward, window_batch_shapes, window_ends
 
 
 @dataclass
 class SlidingWindowConfig:
     stride: int = field(default=64, metadata={"help": "new tokens scored per window"})
     batch_seqs: int = field(default=32, metadata={"help": "windows per forward batch"})
+    doc_mask: bool = field(default=False, metadata={"help": "no attention across BOS (document isolation)"})
+    bos_id: int = field(default=1, metadata={"help": "BOS token id (document start)"})
 
 
 class SlidingWindowEvaluator:
     name = "sliding_window"
 
-    def __init__(self, seq_len: int, stride: int, batch_seqs: int):
+    def __init__(self, seq_len: int, stride: int, batch_seqs: int, bos_id: int | None = None):
         if not 0 < stride <= seq_len:
             raise ValueError(f"sliding_window.stride must be in (0, eval_seq_len={seq_len}], got {stride}")
-        self.seq_len, self.stride, self.batch_seqs = seq_len, stride, batch_seqs
+        self.seq_len, self.stride, self.batch_seqs, self.bos_id = seq_len, stride, batch_seqs, bos_id
+        self.doc_isolation = bos_id is not None
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
         ends = window_ends(tokens.numel() - 1, self.seq_len, self.stride)
         lo, hi = rank_span(len(ends), run.rank, run.world_size)
-        score_windows(run, model, tokens, sink, ends, range(lo, hi), self.seq_len, self.batch_seqs)
+        score_windows(run, model, tokens, sink, ends, range(lo, hi), self.seq_len, self.batch_seqs, self.bos_id)
+
+    def warmup(self, run, model, n_tokens: int) -> None:
+        n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
+        win = min(self.seq_len, n_tokens - 1)
+        shapes = window_batch_shapes(n_windows, run.rank, run.world_size, self.batch_seqs, win)
+        warm_forward(run, model, shapes, self.bos_id)
 
 
 class SlidingWindow(Plugin):
@@ -45,8 +56,10 @@ class SlidingWindow(Plugin):
 
     @hookimpl
     def pg_evaluator(self, run):
-        return SlidingWindowEvaluator(run.eval_seq_len, self.cfg.stride, self.cfg.batch_seqs)
+        bos = self.cfg.bos_id if self.cfg.doc_mask else None
+        return SlidingWindowEvaluator(run.eval_seq_len, self.cfg.stride, self.cfg.batch_seqs, bos)
 
     @hookimpl
     def pg_report(self, run, fields) -> None:
         fields["eval_stride"] = self.cfg.stride
+        fields["eval_doc_mask"] = self.cfg.doc_mask

@@ -81,23 +81,40 @@ def test_pgolf_eval_bad_inputs(trained_run, tmp_path, capsys):
     assert len(err) == 1 and "final_model.ptz" in err[0]
 
 
-@pytest.mark.parametrize("evaluator", ["plain", "sliding_window", "score_first_ttt"])
-def test_distributed_eval_equals_single_process(trained_run, evaluator):
+DIST_SETTINGS = {
+    "score_first_ttt": {"chunk_tokens": 1024, "epochs": 1},
+    "lora_ttt": {"rank": 4, "chunk_tokens": 32, "batch_docs": 3, "lr": 0.01},
+    "phased_ttt": {"rank": 4, "chunk_tokens": 32, "batch_docs": 3, "lr": 0.01, "prefix_docs": 4, "num_phases": 2,
+                   "global_lr": 0.01, "global_chunk_tokens": 512, "global_batch_seqs": 4},
+}
+
+
+FINAL = re.compile(r"final_eval val_loss:([\d.]+) val_bpb:([\d.]+) eval_time:\d+ms tokens:(\d+) bytes:(\d+)")
+
+
+@pytest.mark.parametrize("evaluator", ["plain", "sliding_window", "score_first_ttt", "lora_ttt", "phased_ttt"])
+def test_distributed_eval_equals_single_process(trained_run, evaluator, capsys):
+    """Two ranks (torchrun, gloo) give the single-process result (in-process, no process group)."""
     extra = [] if evaluator == "plain" else ["--plugins", evaluator]
-    if evaluator == "score_first_ttt":
-        extra += ["--set", "score_first_ttt.chunk_tokens=1024", "--set", "score_first_ttt.epochs=1"]
+    for k, v in DIST_SETTINGS.get(evaluator, {}).items():
+        extra += ["--set", f"{evaluator}.{k}={v}"]
+    capsys.readouterr()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun worker (OMP_NUM_THREADS=1): tiny ops, no spinning threads
+    try:
+        assert main(["eval", str(trained_run), *extra]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    m = FINAL.search(capsys.readouterr().out)
+    one = (float(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4)))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = str(ROOT)
-    results = {}
-    for n in (1, 2):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "core.cli", "eval", str(trained_run), *extra]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        m = re.search(r"final_eval val_loss:([\d.]+) val_bpb:([\d.]+) eval_time:\d+ms tokens:(\d+) bytes:(\d+)",
-                      proc.stdout)
-        results[n] = (float(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4)))
-    one, two = results[1], results[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "core.cli", "eval", str(trained_run), *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    m = FINAL.search(proc.stdout)
+    two = (float(m.group(1)), float(m.group(2)), int(m.group(3)), int(m.group(4)))
     assert one[2:] == two[2:]
-    tol = 1e-6 if evaluator == "score_first_ttt" else 1e-9
+    tol = 1e-6 if evaluator in ("score_first_ttt", "phased_ttt") else 1e-9
     assert two[0] == pytest.approx(one[0], rel=tol) and two[1] == pytest.approx(one[1], rel=tol)
