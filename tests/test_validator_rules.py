@@ -128,8 +128,19 @@ def test_bad_folder_is_caught(tmp_path: Path, rule: str) -> None:
     assert statuses(good, rule) <= {"pass", "skip"}
 
 
+# bad folders for these are in tests/test_validator_evalscan.py
+SCANS = {"EVAL.TTT", "EVAL.PREQUANT_TTT", "EVAL.SLOT", "EVAL.NGRAM", "EVAL.NO_SELECTION", "HW.H100",
+         "TRACK.PLACEMENT", "FILES.LOG_PROVENANCE", "COMPUTE.EXTERNAL"}
+
+
 def test_bad_cases_cover_every_builtin_rule_but_sig() -> None:
-    assert set(BAD_CASES) | {"STAT.SIG"} == {r.id for r in builtin_rules()}
+    assert set(BAD_CASES) | {"STAT.SIG"} | SCANS == {r.id for r in builtin_rules()}
+
+
+def test_good_folder_passes_the_scans(tmp_path: Path) -> None:
+    findings = validate_folder(make_folder(tmp_path / "good"))
+    for rule in SCANS:
+        assert statuses(findings, rule) <= {"pass", "skip"}, [f for f in findings if f.rule == rule]
 
 
 def test_stat_sig_both_thresholds(tmp_path: Path) -> None:

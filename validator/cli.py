@@ -1,4 +1,8 @@
-"""`pgolf validate` (static part): argument parser and runner; exit 0 = no errors, 1 = errors, 2 = could not run."""
+"""`pgolf validate`: argument parser and runner (static rules; dynamic rules with --run).
+
+Exit 0 = no errors, 1 = errors, 2 = could not run (a parse failure, a crashed rule, or a dynamic check the
+machine cannot perform, e.g. a record script that needs CUDA on a CPU box).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +32,26 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON report instead of the table")
     p.add_argument("--sota", default=None,
                    help="SOTA to beat for STAT.SIG: a val_bpb number or a records folder with per-seed logs")
+    g = p.add_argument_group("dynamic rules (--run: executes code in a sandboxed subprocess)")
+    g.add_argument("--run", action="store_true",
+                   help="also run the dynamic rules: smoke-run train_gpt.py in a copy of a records folder (pgolf "
+                        "not importable, network off) / the EVAL.C1-C4 harness on a run dir's evaluators")
+    g.add_argument("--evaluator", action="append", default=[], metavar="FILE.py:NAME",
+                   help="an evaluator object to put through the EVAL.C1-C4 harness (class or factory; repeatable)")
+    g.add_argument("--only", default=None, metavar="NAMES",
+                   help="run dir: check only these evaluators (comma-separated, e.g. plain,score_first_ttt)")
+    g.add_argument("--timeout", type=float, default=600.0, help="wall-time limit per sandboxed process (s)")
+    g.add_argument("--memory-gb", type=float, default=12.0, help="address-space limit per sandboxed process (GiB)")
+    g.add_argument("--smoke-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for the records smoke run (e.g. NUM_LAYERS=2)")
+    g.add_argument("--smoke-data", default=None, metavar="DIR",
+                   help="records smoke run: a pgolf data dir (shards + tokenizer/*.model) to cut the tiny dataset "
+                        "from (default: the embedded corpus, sp1024)")
+    g.add_argument("--jobs", type=int, default=2, help="parallel sandboxed processes (default 2)")
+    g.add_argument("--harness-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="harness size, e.g. cuts=10 vfold_positions=3 vocab=32 (validator/harness.py)")
+    g.add_argument("--no-train-audit", action="store_true",
+                   help="run dir: skip the audited tiny re-training (data-access and val-swap checks)")
     p.set_defaults(func=run_validate)
 
 
@@ -82,11 +106,16 @@ def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> 
     try:
         sota, label = parse_sota(getattr(args, "sota", None))
         findings = validate_folder(path, strict=args.strict, sota=sota, sota_label=label, extra_rules=extra_rules)
+        if getattr(args, "run", False):
+            from validator.dynamic import run_dynamic
+
+            findings += run_dynamic(path, dynamic_options(args))
     except (ValueError, OSError) as exc:
         print(f"pgolf validate: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(to_json(findings, str(path), {"validator_version": __version__, "strict": bool(args.strict)}))
+        print(to_json(findings, str(path), {"validator_version": __version__, "strict": bool(args.strict),
+                                            "dynamic": bool(getattr(args, "run", False))}))
     else:
         print(render_table(findings, str(path)))
     if has_errors(findings):
@@ -95,7 +124,53 @@ def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> 
     if crashed:
         print(f"pgolf validate: rule(s) crashed, validation incomplete: {', '.join(crashed)}", file=sys.stderr)
         return 2
+    from validator.smoke import COULD_NOT_RUN
+
+    blocked = [f for f in findings if f.status == "skip" and COULD_NOT_RUN in f.message and f.severity != "INFO"]
+    if blocked:
+        print(f"pgolf validate: {len(blocked)} dynamic check(s) could not run here: "
+              f"{blocked[0].rule}: {blocked[0].message.split(COULD_NOT_RUN, 1)[1].strip()}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def dynamic_options(args: argparse.Namespace):
+    """DynamicOptions from the --run flags (bad values are one-line ValueErrors)."""
+    import dataclasses
+    import json
+
+    from validator.dynamic import DynamicOptions
+    from validator.harness import HarnessSettings
+
+    fields = {f.name: f for f in dataclasses.fields(HarnessSettings)}
+    harness: dict = {}
+    for key, value in _pairs(getattr(args, "harness_set", []), "--harness-set").items():
+        if key not in fields:
+            raise ValueError(f"--harness-set {key}: unknown setting (one of {', '.join(fields)})")
+        try:
+            harness[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--harness-set {key}={value}: expected a number or JSON value") from exc
+    if args.timeout <= 0 or args.memory_gb <= 0 or args.jobs < 1:
+        raise ValueError("--timeout, --memory-gb and --jobs must be positive")
+    smoke_data = Path(args.smoke_data) if args.smoke_data else None
+    if smoke_data is not None and not (smoke_data / "dataset.json").is_file():
+        raise ValueError(f"--smoke-data {smoke_data}: expected a pgolf data dir with dataset.json")
+    return DynamicOptions(
+        evaluators=list(args.evaluator), timeout=args.timeout, memory=int(args.memory_gb * 2**30), harness=harness,
+        plugin_files=list(getattr(args, "plugin_file", None) or []), smoke_env=_pairs(args.smoke_env, "--smoke-env"),
+        only=[n.strip() for n in args.only.split(",") if n.strip()] if args.only else None,
+        train_audit=not args.no_train_audit, jobs=args.jobs, smoke_data=smoke_data)
 
 
 def main(argv: list[str] | None = None) -> int:

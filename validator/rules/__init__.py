@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from validator.rules import budget, consistency, data, layout, schema, size, stats, tokenizer
+from validator.rules import budget, consistency, data, evalscan, layout, provenance, schema, size, stats, tokenizer
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 
-FAMILIES = (layout, schema, size, budget, consistency, stats, data, tokenizer)
+FAMILIES = (layout, schema, size, budget, consistency, stats, data, tokenizer, evalscan, provenance)
 
 __all__ = ["ERROR", "FAIL", "INFO", "PASS", "SKIP", "WARN", "Finding", "FolderContext", "Rule", "all_rules",
            "builtin_rules"]

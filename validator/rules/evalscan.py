@@ -1,0 +1,287 @@
+"""Static pattern scans of the evaluation code: EVAL.TTT, EVAL.PREQUANT_TTT, EVAL.SLOT, EVAL.NGRAM, EVAL.NO_SELECTION.
+
+Each scan reads the decoded train_gpt.py (AST + lines) for the shapes the rulebook names (§4: a training loop
+over validation tokens whose backward() precedes the scoring accumulation, val-token warm-ups with optimizer
+steps, optimizers over logit/hidden offsets, n-gram/PPM experts, min() over NLLs). A static scan cannot prove
+a violation: hits are WARN with the line for review, and `pgolf validate --run --evaluator FILE.py:NAME`
+(validator/harness.py) is the test that decides.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+
+from validator.rules.base import ERROR, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+
+VAL = re.compile(r"val_tokens|val_data|val_ids|val_stream|val_seq|fineweb_val")
+ACCUM = re.compile(r"loss_sum|nll_sum|sum_nll|total_nll|total_loss|byte_sum|bytes_sum|token_count|tok_count|"
+                   r"bits_sum|scored")
+WARM = re.compile(r"warm(?:ing)?[ _-]?up[^\n]*compil|compil[^\n]*warm", re.I)  # a compile warm-up, not LR warm-up
+SERIALIZE = re.compile(r"^(save|serialize\w*|quantize\w*|gptq\w*|compress\w*|export\w*)$", re.I)
+OFFSET = re.compile(r"slot|logit_bias|bias_vec|delta|hidden_offset", re.I)
+NGRAM = re.compile(r"n_?gram|\bppm|PPM|backoff", re.I)
+TARGET_KEY = re.compile(r"(hash|key)\w*\s*=.*\b(target|targets|tgt|y_batch|next_tok|tokens\[\s*(?:p|pos|i)\s*\])")
+TEMP_FIT = re.compile(r"optimal_T\S*|final_temped\S*|temp_scaling\S*")
+MANUAL = "static heuristic: confirm with `pgolf validate --run --evaluator FILE.py:NAME`"
+
+
+def _script(ctx: FolderContext, rule: Rule) -> tuple[ast.Module, list[str]] | Finding:
+    if ctx.is_run_dir:
+        return rule.finding(SKIP, "pgolf run directory: evaluators are checked by the dynamic harness (--run)",
+                            severity=INFO)
+    if ctx.script_source is None:
+        return rule.finding(SKIP, "no train_gpt.py")
+    if not isinstance(ctx.tree, ast.Module):
+        return rule.finding(SKIP, "train_gpt.py does not parse here (see FILES.RUNS_IN_FOLDER)")
+    return ctx.tree, ctx.script_source[0].splitlines()
+
+
+def _names(node: ast.AST) -> Iterator[str]:
+    for n in ast.walk(node):
+        if isinstance(n, ast.Name):
+            yield n.id
+        elif isinstance(n, ast.Attribute):
+            yield n.attr
+        elif isinstance(n, ast.arg):
+            yield n.arg
+
+
+def _mentions(node: ast.AST, rx: re.Pattern[str]) -> bool:
+    return any(rx.search(n) for n in _names(node))
+
+
+def _call_lines(node: ast.AST, attr: str) -> list[int]:
+    return sorted(n.lineno for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                  and n.func.attr == attr)
+
+
+def _accum_lines(node: ast.AST) -> list[int]:
+    """Lines that add to a score accumulator (`loss_sum += …`, `sink.record(…)`)."""
+    out = []
+    for n in ast.walk(node):
+        if isinstance(n, ast.AugAssign) and _mentions(n.target, ACCUM):
+            out.append(n.lineno)
+        elif isinstance(n, ast.Assign) and any(_mentions(t, ACCUM) for t in n.targets) and isinstance(n.value,
+                                                                                                      ast.BinOp):
+            out.append(n.lineno)
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and (
+                n.func.attr == "record" or (n.func.attr in ("add_", "index_add_", "scatter_add_")
+                                            and _mentions(n.func.value, ACCUM))):
+            out.append(n.lineno)
+    return sorted(out)
+
+
+def _called_before_serialization(tree: ast.Module, name: str) -> int | None:
+    """Line of a call of `name` that precedes, in the same function, a save/serialize/quantize call."""
+    for fn in _functions(tree):
+        calls = [n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call) and (
+            (isinstance(n.func, ast.Name) and n.func.id == name)
+            or (isinstance(n.func, ast.Attribute) and n.func.attr == name))]
+        if not calls:
+            continue
+        ser = [n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call) and SERIALIZE.match(
+            n.func.id if isinstance(n.func, ast.Name) else n.func.attr if isinstance(n.func, ast.Attribute) else "")]
+        early = [c for c in calls if any(s > c for s in ser)]
+        if early:
+            return early[0]
+    return None
+
+
+def _functions(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def _training_loops(fn: ast.AST) -> list[ast.For | ast.While]:
+    """Outermost loops of `fn` that call backward() and step()."""
+    loops: list[ast.For | ast.While] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.For, ast.While)) and _call_lines(child, "backward") and _call_lines(child,
+                                                                                                          "step"):
+                loops.append(child)
+            elif not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                visit(child)
+
+    visit(fn)
+    return loops
+
+
+def _slices_val(node: ast.AST) -> bool:
+    """The node indexes validation tokens itself (`val_tokens[a:b]`), not merely passes them to an evaluation."""
+    return any(isinstance(n, ast.Subscript) and _mentions(n.value, VAL) for n in ast.walk(node))
+
+
+def _innermost_loop(loop: ast.For | ast.While, line: int) -> ast.For | ast.While:
+    """The innermost loop inside `loop` (or `loop` itself) whose body holds `line`."""
+    best = loop
+    for n in ast.walk(loop):
+        if isinstance(n, (ast.For, ast.While)) and n.lineno <= line <= (n.end_lineno or n.lineno):
+            if n.lineno >= best.lineno and (n.end_lineno or 0) <= (best.end_lineno or 0):
+                best = n
+    return best
+
+
+def _scored_first_outside(loop: ast.For | ast.While, bw: int) -> bool:
+    """Some loop around the backward() accumulates a score before it (score chunk, then train on it)."""
+    around = [n for n in ast.walk(loop) if isinstance(n, (ast.For, ast.While))
+              and n.lineno <= bw <= (n.end_lineno or n.lineno)]
+    for n in sorted(around, key=lambda n: n.lineno, reverse=True):  # innermost first
+        acc = _accum_lines(n)
+        if acc:
+            return acc[0] < bw
+    return False
+
+
+def _val_training(ctx: FolderContext, tree: ast.Module) -> list[tuple[ast.AST, ast.For | ast.While]]:
+    """(function, loop) pairs: a backward()+step() loop that slices validation tokens (cached on the context)."""
+    cached = ctx.__dict__.get("_val_training")
+    if cached is None:
+        cached = [(fn, loop) for fn in _functions(tree) if _mentions(fn, VAL) for loop in _training_loops(fn)
+                  if _slices_val(loop)]
+        ctx.__dict__["_val_training"] = cached
+    return cached
+
+
+def check_ttt(ctx: FolderContext) -> list[Finding]:
+    r = RULES[0]
+    got = _script(ctx, r)
+    if isinstance(got, Finding):
+        return [got]
+    tree, lines = got
+    out: list[Finding] = []
+    legal = unresolved = 0
+    for fn, loop in _val_training(ctx, tree):
+        name = getattr(fn, "name", "?")
+        text = "\n".join(lines[max(0, loop.lineno - 20) : loop.end_lineno])
+        bw = _call_lines(loop, "backward")[0]
+        inner = _innermost_loop(loop, bw)
+        acc = _accum_lines(inner)
+        if WARM.search(text) and not _accum_lines(loop):
+            out.append(r.finding(WARN, f"{name}(): a warm-up loop with backward()/step() in a function that reads "
+                                 "validation tokens — warm-ups must use synthetic or training tokens (PR #1530 "
+                                 f"pattern; {MANUAL})", severity=WARN, file="train_gpt.py", line=loop.lineno))
+        elif acc and acc[0] > bw:
+            out.append(r.finding(WARN, f"{name}(): in the TTT loop backward() (line {bw}) comes before the score is "
+                                 f"accumulated (line {acc[0]}): adapt-then-score? ({MANUAL})", severity=WARN,
+                                 file="train_gpt.py", line=bw))
+        elif not acc and _accum_lines(fn) and _accum_lines(fn)[0] > loop.end_lineno:
+            out.append(r.finding(WARN, f"{name}(): trains on validation tokens in a loop (lines {loop.lineno}-"
+                                 f"{loop.end_lineno}) and accumulates scores only after it: pre-eval / multi-epoch "
+                                 f"TTT? ({MANUAL})", severity=WARN, file="train_gpt.py", line=loop.lineno))
+        elif acc or _scored_first_outside(loop, bw):
+            legal += 1
+        else:
+            unresolved += 1
+    if out:
+        return out[:5]
+    if legal or unresolved:
+        return [r.finding(PASS, f"{legal + unresolved} TTT loop(s): {legal} accumulate the score before backward() "
+                          f"(score-first shape), {unresolved} score and train in separate steps the static scan cannot "
+                          "order (run the harness to decide)")]
+    return [r.finding(PASS, "no optimizer loop over validation tokens (no test-time training found; static)")]
+
+
+def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
+    r = RULES[1]
+    got = _script(ctx, r)
+    if isinstance(got, Finding):
+        return [got]
+    tree, _ = got
+    out = []
+    for fn, loop in _val_training(ctx, tree):
+        name = getattr(fn, "name", "?")
+        at = _called_before_serialization(tree, name) if not _accum_lines(fn) else None
+        if at is not None:
+            out.append(r.finding(WARN, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
+                                 f"called (line {at}) before the model is saved/quantized — fine-tuning on val before "
+                                 f"serialization is forbidden (PR #1376 family; {MANUAL})", severity=WARN,
+                                 file="train_gpt.py", line=loop.lineno))
+    return out[:5] or [r.finding(PASS, "no optimizer loop over validation tokens outside a scoring loop (static)")]
+
+
+def check_slot(ctx: FolderContext) -> list[Finding]:
+    r = RULES[2]
+    got = _script(ctx, r)
+    if isinstance(got, Finding):
+        return [got]
+    tree, lines = got
+    out = []
+    for n in ast.walk(tree):
+        if (isinstance(n, ast.Call) and n.args and (
+                (isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Attribute)
+                 and n.func.value.attr == "optim") or (isinstance(n.func, ast.Name) and n.func.id in {"LBFGS"}))):
+            arg = ast.unparse(n.args[0])
+            if OFFSET.search(arg):
+                out.append(r.finding(WARN, f"an optimizer over {arg[:60]!r}: eval-time optimization of a logit/hidden "
+                                     "offset (SLOT) is legal only on already-scored context, never on the scored "
+                                     f"slice (Issue #1336 unruled for context-only; {MANUAL})", severity=WARN,
+                                     file="train_gpt.py", line=n.lineno))
+    return out[:5] or [r.finding(PASS, "no optimizer over logit/hidden offsets (no SLOT found; static)")]
+
+
+def check_ngram(ctx: FolderContext) -> list[Finding]:
+    r = RULES[3]
+    got = _script(ctx, r)
+    if isinstance(got, Finding):
+        return [got]
+    tree, lines = got
+    out = []
+    for no, line in enumerate(lines, start=1):
+        if TARGET_KEY.search(line) and NGRAM.search("\n".join(lines[max(0, no - 30) : no + 5])):
+            out.append(r.finding(WARN, "a hash/key computed from the target token near n-gram code: "
+                                 f"`{line.strip()[:80]}` — keys and gates must use context only "
+                                 f"(PR #779 family; {MANUAL})",
+                                 severity=WARN, file="train_gpt.py", line=no))
+    experts = [f for f in _functions(tree) if NGRAM.search(f.name) and _mentions(f, re.compile(r"eval|val_|score"))]
+    for f in experts[:3]:
+        out.append(r.finding(WARN, f"{f.name}(): an eval-time n-gram/PPM expert — it must be built from scored tokens "
+                             f"only and mix to a normalized distribution over the vocabulary (C1/C2; {MANUAL})",
+                             severity=WARN, file="train_gpt.py", line=f.lineno))
+    return out[:5] or [r.finding(PASS, "no eval-time n-gram/PPM expert found (static)")]
+
+
+def check_no_selection(ctx: FolderContext) -> list[Finding]:
+    r = RULES[4]
+    got = _script(ctx, r)
+    if isinstance(got, Finding):
+        return [got]
+    tree, lines = got
+    out = []
+    nll = re.compile(r"nll|loss", re.I)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call) and len(n.args) >= 2 and (
+                (isinstance(n.func, ast.Attribute) and n.func.attr == "minimum")
+                or (isinstance(n.func, ast.Name) and n.func.id == "min")):
+            if all(_mentions(a, nll) for a in n.args[:2]):
+                seg = ast.unparse(n)[:80]
+                out.append(r.finding(WARN, f"min over two NLL/loss values `{seg}`: the score must be one pass, not the "
+                                     f"better of alternatives (#573, #659; {MANUAL})", severity=WARN,
+                                     file="train_gpt.py", line=n.lineno))
+    for lg in ctx.logs:
+        try:
+            m = TEMP_FIT.search(lg.path.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            continue
+        if m:
+            out.append(r.finding(WARN, f"log shows a temperature search at evaluation ({m.group(0)!r}): it must not be "
+                                 "fitted on scored tokens (PR #991; manual review)", severity=INFO,
+                                 file=ctx.rel(lg.path)))
+            break
+    return out[:5] or [r.finding(PASS, "no min() over NLLs found (static)")]
+
+
+RULES = [
+    Rule("EVAL.TTT", "TTT only on already-scored tokens; no pre-eval/multi-pass TTT; warm-ups on synthetic tokens",
+         "README FAQ TTT; Issues #402, #677, #1017 C3", ERROR, check_ttt),
+    Rule("EVAL.PREQUANT_TTT", "no fine-tuning on validation tokens before quantization/serialization",
+         "valerio-oai closing PR #1376; Issue #677", ERROR, check_prequant_ttt),
+    Rule("EVAL.SLOT", "no optimization of logit/hidden offsets against the tokens being scored",
+         "Issue #1336; PR #1240", ERROR, check_slot),
+    Rule("EVAL.NGRAM", "eval-time n-gram/PPM experts: context-only keys, scored-token state, normalized mixture",
+         "PR #886, #982 (valerio-oai), Issue #1872", ERROR, check_ngram),
+    Rule("EVAL.NO_SELECTION", "one pass; no min()/oracle/temperature fitted on scored outcomes",
+         "Issue #1017 C4; Issue #677 (#573, #659)", ERROR, check_no_selection),
+]
