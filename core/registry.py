@@ -89,21 +89,30 @@ def _check_metadata(cls: type[Plugin], origin: str) -> None:
         raise PluginError(f"plugin {cls.__name__} from {origin}: " + "; ".join(problems))
 
 
+def import_path(p: Path, prefix: str) -> ModuleType | None:
+    """Import the Python file `p` as module `<prefix>_<hash of its path>` (registered in sys.modules);
+    None when Python cannot make a module of it. Errors raised by the file's own code propagate."""
+    mod_name = f"{prefix}_{abs(hash(str(p.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, p)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_file(path: str | Path) -> list[type[Plugin]]:
     """Import a plugin file by path and return its Plugin classes."""
     p = Path(path)
     if not p.is_file():
         raise PluginError(f"plugin file {p}: not found")
-    mod_name = f"pgolf_user_plugin_{abs(hash(str(p.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, p)
-    if spec is None or spec.loader is None:
-        raise PluginError(f"plugin file {p}: cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
     try:
-        spec.loader.exec_module(module)
+        module = import_path(p, "pgolf_user_plugin")
     except Exception as exc:
         raise PluginError(f"plugin file {p}: import failed: {type(exc).__name__}: {exc}") from exc
+    if module is None:
+        raise PluginError(f"plugin file {p}: cannot be imported")
     classes = _plugin_classes(module)
     if not classes:
         raise PluginError(f"plugin file {p}: defines no Plugin subclass")

@@ -16,6 +16,8 @@ never on validation tokens (rulebook EVAL.TTT), and restores the weights and opt
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -299,6 +301,16 @@ def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: 
     return {(b, win) for b in batch_sizes(hi - lo, batch_seqs)}
 
 
+@contextmanager
+def restored_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Snapshot `model`'s state dict and load it back on exit, however the block ends (TTT, warm-up, probes)."""
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        yield
+    finally:
+        model.load_state_dict(saved)
+
+
 def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tokens: int = 65_537) -> float:
     """Compile warm-up on random tokens, never validation tokens (rulebook EVAL.TTT); returns milliseconds.
 
@@ -311,22 +323,22 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     import time
 
     n = run.val_tokens.numel() if n_tokens is None else n_tokens
-    saved = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     saved_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
     run.synchronize()
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
-        if hasattr(evaluator, "warmup"):
-            evaluator.warmup(run, model, n)
-        else:
-            gen = torch.Generator().manual_seed(0)
-            tokens = torch.randint(0, run.core.vocab_size, (min(n, max_tokens),), generator=gen, dtype=torch.int64)
-            evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
-        run.synchronize()
+        with restored_weights(run.model):
+            if hasattr(evaluator, "warmup"):
+                evaluator.warmup(run, model, n)
+            else:
+                gen = torch.Generator().manual_seed(0)
+                tokens = torch.randint(0, run.core.vocab_size, (min(n, max_tokens),), generator=gen,
+                                       dtype=torch.int64)
+                evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
+            run.synchronize()
     finally:
-        run.model.load_state_dict(saved)
         for opt, st in zip(run.optimizers, saved_opts, strict=True):
             opt.load_state_dict(st)
         model.train(was_training)

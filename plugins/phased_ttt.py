@@ -23,7 +23,7 @@ from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoredTokens, ScoreSink, find_documents
+from core.scoring import ScoredTokens, ScoreSink, find_documents, restored_weights
 from core.ttt import DocLoRATTT, LoRATTTSettings, cosine_lr, sgd_rows
 
 
@@ -63,12 +63,8 @@ class PhasedTTTEvaluator:
         return [b for b in bounds if 0 < b < n_docs]
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
-        base = run.model
-        saved = {k: v.detach().clone() for k, v in base.state_dict().items()}
-        try:
-            self._evaluate(run, model, base, tokens, sink)
-        finally:
-            base.load_state_dict(saved)
+        with restored_weights(run.model):
+            self._evaluate(run, model, run.model, tokens, sink)
 
     def _evaluate(self, run, model, base, tokens: Tensor, sink: ScoreSink) -> None:
         cfg = self.cfg

@@ -19,7 +19,16 @@ from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoredTokens, ScoreSink, batch_sizes, rank_span, score_windows, warm_forward, window_ends
+from core.scoring import (
+    ScoredTokens,
+    ScoreSink,
+    batch_sizes,
+    rank_span,
+    restored_weights,
+    score_windows,
+    warm_forward,
+    window_ends,
+)
 from core.ttt import cosine_lr, sgd_rows
 
 
@@ -62,12 +71,8 @@ class ScoreFirstTTTEvaluator:
         return ends, groups
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
-        base = run.model
-        saved = {k: v.detach().clone() for k, v in base.state_dict().items()}
-        try:
-            self._evaluate(run, model, base, tokens, sink)
-        finally:
-            base.load_state_dict(saved)
+        with restored_weights(run.model):
+            self._evaluate(run, model, run.model, tokens, sink)
 
     def _evaluate(self, run, model, base, tokens: Tensor, sink: ScoreSink) -> None:
         cfg = self.cfg

@@ -30,11 +30,9 @@ JSON report for a pgolf run directory's evaluators (every evaluator plugin of th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +41,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from core.registry import import_path
 
 BOS = 1
 ISOLATION_ATTRS = ("doc_isolation", "document_isolation", "isolate_documents", "doc_isolated")
@@ -203,7 +203,6 @@ def score(world: World, evaluator: Any, tokens: torch.Tensor) -> Call:
     from core import scoring
 
     run = world.run
-    saved = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
     sink = scoring.ScoreSink(tokens, world.tables, checking=True)
     steps: list[tuple[int, float, float]] = []
     extra: list[str] = []
@@ -251,20 +250,20 @@ def score(world: World, evaluator: Any, tokens: torch.Tensor) -> Call:
     scoring.ScoreSink.record = record  # type: ignore[method-assign]
     run.val_tokens = tokens
     error = kind = None
-    try:
-        run.model.eval()
-        evaluator.evaluate(run, run.eval_model, tokens, sink)
-        sink.result()
-    except scoring.ScoringError as exc:
-        error, kind = str(exc), "scoring"
-    except Exception as exc:  # noqa: BLE001 - the evaluator under test may fail in any way; that is a finding
-        error, kind = f"{type(exc).__name__}: {exc}", "crash"
-    finally:
-        handle.remove()
-        fwd_handle.remove()
-        scoring.ScoreSink.record = original_record  # type: ignore[method-assign]
-        run.model.load_state_dict(saved)
-        run.val_tokens = world.stream
+    with scoring.restored_weights(run.model):
+        try:
+            run.model.eval()
+            evaluator.evaluate(run, run.eval_model, tokens, sink)
+            sink.result()
+        except scoring.ScoringError as exc:
+            error, kind = str(exc), "scoring"
+        except Exception as exc:  # noqa: BLE001 - the evaluator under test may fail in any way; that is a finding
+            error, kind = f"{type(exc).__name__}: {exc}", "crash"
+        finally:
+            handle.remove()
+            fwd_handle.remove()
+            scoring.ScoreSink.record = original_record  # type: ignore[method-assign]
+            run.val_tokens = world.stream
     assert sink.nll is not None and sink.lognorm is not None
     return Call(sink.nll.numpy().copy(), sink.lognorm.numpy().copy(), steps, extra, repeats, error, kind)
 
@@ -633,13 +632,9 @@ def load_object(spec: str) -> tuple[Callable[[Any], Any], str]:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--evaluator {spec!r}: file {p} not found")
-    mod_name = f"pgolf_validate_user_{abs(hash(str(p.resolve())))}"
-    mspec = importlib.util.spec_from_file_location(mod_name, p)
-    if mspec is None or mspec.loader is None:
+    module = import_path(p, "pgolf_validate_user")
+    if module is None:
         raise ValueError(f"--evaluator {spec!r}: {p} cannot be imported")
-    module = importlib.util.module_from_spec(mspec)
-    sys.modules[mod_name] = module
-    mspec.loader.exec_module(module)
     obj = getattr(module, name, None)
     if obj is None:
         raise ValueError(f"--evaluator {spec!r}: {p} defines no {name!r}")
