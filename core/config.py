@@ -58,6 +58,9 @@ class CoreConfig:
     train_batch_tokens: int = 524_288
     train_seq_len: int = 1024
     eval_seq_len: int = 0
+    # Plain evaluation: with eval_doc_mask, attention stops at each BOS (document-masked windows).
+    eval_doc_mask: bool = False
+    bos_id: int = 1
     max_wallclock_seconds: float = 600.0
     grad_accum_steps: int = field(default=0, metadata=_env("PGOLF_GRAD_ACCUM_STEPS"))
     # Model shape.

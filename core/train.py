@@ -52,7 +52,7 @@ class CoreDefaults:
 
     @hookimpl(trylast=True)
     def pg_evaluator(self, run: Run) -> Any:
-        return PlainEvaluator(run.eval_seq_len, local_eval_batch_tokens(run))
+        return plain_evaluator(run)
 
 
 @dataclass
@@ -68,6 +68,12 @@ class Clock:
 
 def local_eval_batch_tokens(run: Run) -> int:
     return max(run.core.val_batch_size // (run.world_size * run.grad_accum_steps), run.eval_seq_len)
+
+
+def plain_evaluator(run: Run) -> PlainEvaluator:
+    """The baseline's non-overlapping evaluation; document-masked at `core.bos_id` with `core.eval_doc_mask`."""
+    bos = run.core.bos_id if run.core.eval_doc_mask else None
+    return PlainEvaluator(run.eval_seq_len, local_eval_batch_tokens(run), bos_id=bos)
 
 
 def resolve_data(run: Run) -> tuple[Path, Path]:
@@ -320,7 +326,7 @@ def train(run: Run) -> dict[str, Any]:
         loader = new_loader(run)
 
     run.hook.pg_train_start(run=run)
-    evaluator_plain = PlainEvaluator(run.eval_seq_len, local_eval_batch_tokens(run))
+    evaluator_plain = plain_evaluator(run)
     progress = Progress(run.progress, core.iterations, core.train_batch_tokens, max_wallclock_ms)
     training_time_ms = 0.0
     stop_after_step: int | None = None

@@ -180,18 +180,10 @@ class LoRATTTSettings:
         return targets
 
 
-def context_buckets(seq_len: int, chunk: int) -> list[int]:
-    """Row lengths used: chunk * 2^k capped at seq_len (the context of chunk ci is min((ci+1)*chunk, seq_len),
-    padded at the end to its bucket: causal, so padding never changes a scored position)."""
-    out, c = [], chunk
-    while c < seq_len:
-        out.append(c)
-        c *= 2
-    return [*out, seq_len]
-
-
-def bucket_of(ctx: int, buckets: list[int]) -> int:
-    return next(b for b in buckets if b >= ctx)
+def context_width(ci: int, chunk: int, seq_len: int) -> int:
+    """Row length for chunk ci: its window, min((ci+1)·chunk, seq_len) tokens (a document's last chunk is
+    padded at the end to that width: causal, so padding never changes a scored position)."""
+    return min((ci + 1) * chunk, seq_len)
 
 
 class DocLoRATTT:
@@ -199,7 +191,12 @@ class DocLoRATTT:
 
     `prepare(run, model)` builds (once) a frozen copy of `run.model` with adapters installed, compiled like
     the evaluation model when that is compiled; `sync()` copies the current base weights into it.
+    The copy's rotary tables are fixed at `seq_len` (position t always gets the rotation it has in a
+    full window, as in PR #1530) and the row length is a dynamic dimension of the compiled graph, so one
+    forward+backward graph serves every chunk window (PR #1530 compiles with `dynamic=True` too).
     """
+
+    backend = "inductor"  # torch.compile backend of the adapter model (tests use "aot_eager")
 
     def __init__(self, s: LoRATTTSettings, seq_len: int, section: str = "lora_ttt"):
         self.targets = s.target_list(section)
@@ -207,8 +204,8 @@ class DocLoRATTT:
             raise ValueError(f"{section}.chunk_tokens={s.chunk_tokens} must be <= eval_seq_len={seq_len}")
         self.s, self.seq_len, self.chunk = s, seq_len, s.chunk_tokens
         self.scale = s.alpha / s.rank if s.alpha > 0 else 1.0
-        self.buckets = context_buckets(seq_len, s.chunk_tokens)
         self._key: tuple | None = None
+        self.compiled = False
 
     def prepare(self, run, model) -> None:
         key = (id(run.model), model is not run.model)
@@ -222,13 +219,13 @@ class DocLoRATTT:
             s = self.s
             self.loras = install_lora(self.copy, self.targets, s.batch_docs, s.rank, self.scale)
             self.params = [p for lo in self.loras for p in lo.parameters()]
-            self.rotaries = [m for m in self.copy.modules() if isinstance(m, Rotary)]
+            for m in self.copy.modules():
+                if isinstance(m, Rotary):
+                    m.fix_length(self.seq_len, run.device)
             self.forward = self.copy
-            if model is not run.model:  # the evaluation model is compiled: compile this one too
-                # one graph per row length, on top of the training/eval graphs of the same GPT.forward code
-                limit = torch._dynamo.config.recompile_limit
-                torch._dynamo.config.recompile_limit = max(limit, 8 + 2 * len(self.buckets))
-                self.forward = torch.compile(self.copy, dynamic=False, fullgraph=True)
+            self.compiled = model is not run.model
+            if self.compiled:  # the evaluation model is compiled: compile this one too
+                self.forward = torch.compile(self.copy, dynamic=None, fullgraph=True, backend=self.backend)
             self._key = key
         self.sync()
 
@@ -256,9 +253,9 @@ class DocLoRATTT:
 
     def _row_loss(self, run, x: Tensor, y: Tensor, checking: bool) -> tuple[Tensor, Tensor | None]:
         """(B, T) per-token NLL with grad (and the log-normaliser in checking mode)."""
-        for r in self.rotaries:  # row lengths alternate: an empty cache keeps one compiled graph per length
-            r._cos_cached = r._sin_cached = None
-            r._seq_len_cached = 0
+        if self.compiled:  # row lengths vary by chunk: one graph, symbolic in the length
+            torch._dynamo.maybe_mark_dynamic(x, 1)
+            torch._dynamo.maybe_mark_dynamic(y, 1)
         if checking:
             with run.autocast():
                 logits = self.forward(x).double()
@@ -281,8 +278,7 @@ class DocLoRATTT:
             n_chunks = [(p + self.chunk - 1) // self.chunk for p in pred]
             trains_after = torch.zeros(bsz, dtype=torch.bool)
             for ci in range(max(n_chunks)):
-                ctx = min((ci + 1) * self.chunk, self.seq_len)
-                width = bucket_of(ctx, self.buckets)
+                width = context_width(ci, self.chunk, self.seq_len)
                 idx = torch.zeros(bsz, width + 1, dtype=torch.int64)
                 valid = torch.zeros(bsz, width + 1, dtype=torch.bool)
                 score_mask = torch.zeros(bsz, width, dtype=torch.bool)
@@ -316,10 +312,13 @@ class DocLoRATTT:
                 on_batch(len(batch))
 
     def warmup(self, run) -> None:
-        """Forward + backward + step once per row length on random tokens, adapters reset after."""
+        """Forward + backward + step on random tokens at the shortest, a middle and the longest row length
+        (the graph is dynamic in the length), adapters reset after."""
         gen = torch.Generator().manual_seed(0)
         opt = self._optimizer(run.device)
-        for width in self.buckets:
+        n_widths = (self.seq_len + self.chunk - 1) // self.chunk
+        widths = sorted({context_width(ci, self.chunk, self.seq_len) for ci in (0, n_widths // 2, n_widths - 1)})
+        for width in widths:
             x = torch.randint(0, run.core.vocab_size, (self.s.batch_docs, width + 1), generator=gen).to(run.device)
             with torch.enable_grad():
                 nll, _ = self._row_loss(run, x[:, :-1], x[:, 1:], False)

@@ -7,6 +7,8 @@ and the projection at orthogonal × 1/sqrt(2·num_layers) — what the record's 
 (its module zeroes it, then the `*.proj` rule of the orthogonal/muP init overrides that; done here so
 the module also trains without `orthoinit`: with both factors zero it would never get a gradient).
 The table trains with the token-embedding Adam group, the projection with Muon, `scale` with scalars.
+`bos_id` (not in the records, off by default): a BOS position also gets the reserved bucket, so no
+pair spans two documents (with a document-masked evaluator nothing then crosses a BOS).
 """
 
 from __future__ import annotations
@@ -29,23 +31,28 @@ class BigramHashConfig:
     buckets: int = field(default=2048, metadata={"help": "hash table rows (PR #315: 2048; the last is position 0's)"})
     dim: int = field(default=128, metadata={"help": "table width, projected to model_dim (no projection if equal)"})
     scale_init: float = field(default=0.05, metadata={"help": "initial value of the learned output scale"})
+    bos_id: int = field(default=-1, metadata={
+        "help": "BOS token id: its position gets the reserved bucket, no pair spans documents (-1 = off, records)"})
 
 
-def bigram_buckets(ids: Tensor, buckets: int) -> Tensor:
-    """(36313·t_i XOR 27191·t_{i-1}) mod (buckets-1), and buckets-1 at position 0 of each row.
+def bigram_buckets(ids: Tensor, buckets: int, bos_id: int = -1) -> Tensor:
+    """(36313·t_i XOR 27191·t_{i-1}) mod (buckets-1), and buckets-1 at position 0 of each row (and where
+    t_i is `bos_id`, when that is >= 0).
 
     int64 arithmetic: equal to the record's int32 version while 36313·(vocab-1) < 2**31 (vocab ≤ 59,138).
     """
     t = ids.long()
     mod = buckets - 1
     pairs = torch.bitwise_xor(HASH_CUR * t[..., 1:], HASH_PREV * t[..., :-1]) % mod
-    return torch.cat((torch.full_like(t[..., :1], mod), pairs), dim=-1)
+    out = torch.cat((torch.full_like(t[..., :1], mod), pairs), dim=-1)
+    return out if bos_id < 0 else torch.where(t == bos_id, mod, out)
 
 
 class BigramHashEmbedding(nn.Module):
-    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, num_layers: int):
+    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, num_layers: int,
+                 bos_id: int = -1):
         super().__init__()
-        self.buckets = buckets
+        self.buckets, self.bos_id = buckets, bos_id
         self.embed = nn.Embedding(buckets, dim)
         nn.init.zeros_(self.embed.weight)
         self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
@@ -56,7 +63,7 @@ class BigramHashEmbedding(nn.Module):
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        h = self.embed(bigram_buckets(input_ids, self.buckets))
+        h = self.embed(bigram_buckets(input_ids, self.buckets, self.bos_id))
         if self.proj is not None:
             h = self.proj(h)
         return h * self.scale.to(dtype=h.dtype)
@@ -81,4 +88,4 @@ class BigramHash(Plugin):
         if self.cfg.dim < 1:
             raise ValueError(f"bigram_hash.dim: expected a positive width, got {self.cfg.dim}")
         return BigramHashEmbedding(self.cfg.buckets, self.cfg.dim, spec.model_dim, self.cfg.scale_init,
-                                   spec.num_layers)
+                                   spec.num_layers, self.cfg.bos_id)

@@ -4,7 +4,8 @@ v2 (PR #162, carried by PR #315): a per-dimension gate g = sigmoid(p), p initial
 after the first RMSNorm: x_t <- (1 - g) * x_t + g * x_{t-1} (x_{-1} = 0). v4 (PR #1667 + the BOS fix of
 PR #1851): input-dependent, on raw embeddings before the norm, x_t <- x_t + lam * sigmoid(W x_t[:w]) *
 x_{t-1}, with the previous-token term masked where token t is BOS so documents never leak into each
-other; W and lam start at zero (identity at init).
+other; W and lam start at zero (identity at init). `bos_mask` gives v2 the same BOS fix (not in
+PR #315: off by default there).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from core.registry import Plugin
 class SmearGateConfig:
     version: str = field(default="v2", metadata={"help": "v2 (per-dim gate, PR #162/#315) or v4 (PR #1667 + #1851)"})
     gate_window: int = field(default=12, metadata={"help": "v4: leading dims that drive the gate"})
-    bos_id: int = field(default=1, metadata={"help": "v4: BOS token id; the previous-token term is masked there"})
+    bos_id: int = field(default=1, metadata={
+        "help": "BOS token id; v4 (and v2 with bos_mask) masks the previous token there"})
+    bos_mask: bool = field(default=False, metadata={"help": "v2: no blend at BOS (PR #1851's fix; v4 always)"})
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -31,12 +34,15 @@ def shift_right(x: Tensor) -> Tensor:
 
 
 class SmearGateV2(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, bos_id: int | None = None):
         super().__init__()
+        self.bos_id = bos_id
         self.smear_gate = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         g = torch.sigmoid(self.smear_gate.to(dtype=x.dtype))[None, None, :]
+        if self.bos_id is not None:
+            g = g * (input_ids != self.bos_id).to(x.dtype).unsqueeze(-1)
         return (1 - g) * x + g * shift_right(x)
 
 
@@ -68,7 +74,7 @@ class SmearGate(Plugin):
         if version not in ("v2", "v4"):
             raise ValueError(f"smeargate.version: expected v2 or v4, got {version!r}")
         if version == "v2" and slot == "embed_mix_post":
-            return SmearGateV2(spec.model_dim)
+            return SmearGateV2(spec.model_dim, self.cfg.bos_id if self.cfg.bos_mask else None)
         if version == "v4" and slot == "embed_mix_pre":
             return SmearGateV4(spec.model_dim, self.cfg.gate_window, self.cfg.bos_id)
         return None

@@ -291,6 +291,10 @@ def test_bigram_buckets_are_the_record_hash():
     expected = [[2047] + [((36313 * c) ^ (27191 * p)) % 2047 for p, c in zip(row[:-1], row[1:], strict=True)]
                 for row in ids.tolist()]
     assert bigram_buckets(ids, 2048).tolist() == expected
+    # with bos_id=1 (not in the record) a BOS position gets the reserved bucket; the rest is unchanged
+    with_bos = [[2047 if tok == 1 else b for tok, b in zip(row, brow, strict=True)]
+                for row, brow in zip(ids.tolist(), expected, strict=True)]
+    assert with_bos != expected and bigram_buckets(ids, 2048, bos_id=1).tolist() == with_bos
 
 
 def test_xsa_matches_the_naive_repeat_interleave_form():
