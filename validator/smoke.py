@@ -247,7 +247,7 @@ def smoke_findings(folder: Path, timeout: float, memory: int | None, extra_env: 
 
     def one(random_val: bool) -> tuple[SandboxResult, Path]:
         tmp = Path(tempfile.mkdtemp(prefix="pgolf_validate_smoke_"))
-        work = tmp / folder.name.replace(" ", "_")
+        work = tmp / folder.resolve().name.replace(" ", "_")  # "." has no name
         shutil.copytree(folder, work, symlinks=False)
         data_env = smoke_data(work, random_val, data)
         res = run_sandboxed([sys.executable, "train_gpt.py"], work, timeout=timeout, memory=memory,
