@@ -1,4 +1,4 @@
-"""`pgolf` command line: train, demo, plugins, config, data, bench."""
+"""`pgolf` command line: train, eval, bundle, validate, size, demo, plugins, config, data."""
 
 from __future__ import annotations
 
@@ -137,6 +137,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """Write the self-contained train_gpt.py of a configuration (a run directory's, or a recipe's)."""
+    from core.run import write_atomic
+    from submissions.bundle import bundle
+
+    if args.path:
+        cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
+        try:
+            args.recipe = {**json.loads(cfg_path.read_text(encoding="utf-8"))["config"], "source": str(cfg_path)}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({exc})") from exc
+    cfg, registry = load_config(args)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out}: exists; pass --force to overwrite it")
+    text = bundle(cfg, registry, strip=not args.keep_docstrings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text)
+    print(f"{out}: {len(text.encode('utf-8')):,} bytes, plugins: {', '.join(cfg.plugins) or '(none)'}")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """Build, validate and write a records folder from finished runs (one per seed)."""
+    from submissions.package import build_files, errors_of, write_records_folder
+
+    registry = Registry(extra_files=args.plugin_file)
+    files = build_files([Path(p) for p in args.runs], registry, name=args.name, author=args.author,
+                        github_id=args.github_id, track=args.track, blurb=args.blurb or "")
+    dest = Path(args.out) / args.name
+    findings = write_records_folder(files, dest, force=args.force)
+    warns = [f for f in findings if f.status == "warn"]
+    for f in warns:
+        print(f"  warn {f.rule}: {f.message}")
+    print(f"{dest}: {len(files)} files, validated ({len(errors_of(findings))} errors, {len(warns)} warnings)")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from validator.cli import run_validate
 
@@ -180,6 +218,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="run directory or artifact file (config.json must be beside it)")
     add_config_args(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("bundle", help="write one self-contained train_gpt.py (core + enabled plugins + settings)")
+    p.add_argument("path", nargs="?", help="a run directory (or its config.json) to bundle; else --recipe/--plugins")
+    add_config_args(p)
+    p.add_argument("-o", "--out", default="train_gpt.py", help="output file (default ./train_gpt.py)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.add_argument("--keep-docstrings", action="store_true", help="keep docstrings and layout (more code bytes)")
+    p.set_defaults(func=cmd_bundle)
+    p = sub.add_parser("record", help="a validated records folder from finished runs (one per seed)")
+    p.add_argument("runs", nargs="+", help="run directories (runs/<run_id>), one per seed")
+    p.add_argument("--name", required=True, help="folder name, YYYY-MM-DD_Description")
+    p.add_argument("--out", default="records/track_10min_16mb", help="where the folder goes")
+    p.add_argument("--track", default="record", choices=["record", "non-record"])
+    p.add_argument("--author", required=True)
+    p.add_argument("--github-id", required=True)
+    p.add_argument("--blurb", help="one-line description for submission.json and the README")
+    p.add_argument("--plugin-file", action="append", default=[], metavar="FILE.py")
+    p.add_argument("--force", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=cmd_record)
     from validator.cli import add_validate_parser
 
     add_validate_parser(sub)
@@ -223,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.errors:
             print(f"pgolf: config error: {line}", file=sys.stderr)
         return 2
-    except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:  # RecordError, BundleError too
         print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
         return 2
 

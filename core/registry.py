@@ -138,10 +138,12 @@ class Registry:
     def _builtin() -> Iterable[type[Plugin]]:
         import plugins as package
 
-        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
-            if info.name.startswith("_"):
+        bundled = getattr(package, "BUNDLED", None)  # a bundled train_gpt.py lists its plugin modules
+        names = bundled if bundled is not None else [i.name for i in pkgutil.iter_modules(package.__path__)]
+        for name in sorted(names):
+            if name.startswith("_"):
                 continue
-            module = importlib.import_module(f"plugins.{info.name}")
+            module = importlib.import_module(f"plugins.{name}")
             yield from _plugin_classes(module)
 
     @staticmethod

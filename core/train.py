@@ -30,6 +30,7 @@ from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
 from core.tokenizer import build_byte_tables, load_tokenizer
 
 CORE_DIR = Path(__file__).resolve().parent
+CODE_FILE: Path | None = None  # a bundled train_gpt.py sets itself: its bytes are the code size
 
 
 class CoreDefaults:
@@ -164,10 +165,19 @@ def should_compile(run: Run) -> bool:
 
 
 def code_bytes(run: Run) -> int:
-    """Source bytes of the core and the enabled plugins (what the bundled train_gpt.py is made from)."""
-    files = sorted(p for p in CORE_DIR.glob("*.py") if p.name not in ("cli.py", "databuild.py", "corpus.py"))
-    files += [Path(run.registry.plugins[n].describe()["file"]) for n in run.config.plugins]
-    return sum(len(p.read_bytes()) for p in files if p.is_file())
+    """Bytes of the train_gpt.py that `pgolf bundle` writes for this run's configuration (the script's own
+    bytes when running from one, `CODE_FILE`); the source bytes of the core and the enabled plugins when
+    a plugin cannot be bundled (an entry-point plugin)."""
+    if CODE_FILE is not None:
+        return len(CODE_FILE.read_bytes())
+    from submissions.bundle import BundleError, bundle
+
+    try:
+        return len(bundle(run.config, run.registry).encode("utf-8"))
+    except BundleError:
+        files = sorted(p for p in CORE_DIR.glob("*.py") if p.name not in ("cli.py", "databuild.py", "corpus.py"))
+        files += [Path(run.registry.plugins[n].describe()["file"]) for n in run.config.plugins]
+        return sum(len(p.read_bytes()) for p in files if p.is_file())
 
 
 class Progress:

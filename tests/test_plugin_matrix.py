@@ -105,3 +105,20 @@ def test_all_plugins_together_compile_with_zero_graph_breaks(tiny_sets):
     ids = run.val_tokens[:129].long()
     exp = torch._dynamo.explain(run.model)(ids[:-1].view(2, 64), ids[1:].view(2, 64))
     assert exp.graph_break_count == 0, exp.break_reasons
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bundler_includes_the_plugin(name, tiny_sets):
+    """`pgolf bundle` embeds the plugin's module (its imports too) and registers it by name."""
+    import ast
+    import re
+
+    from submissions.bundle import bundle
+
+    cfg = tiny_config(tiny_sets, [name], settings_of(name))
+    text = bundle(cfg, REGISTRY)
+    module = REGISTRY.plugins[name].__module__
+    embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))
+    assert module in embedded and "core.train" in embedded
+    assert f"BUNDLED = ('{module.split('.', 1)[1]}',)" in text
+    ast.parse(text)

@@ -1,0 +1,218 @@
+"""Bundle a configuration into one self-contained `train_gpt.py` (DESIGN.md "Runs and records").
+
+The script holds the core modules the trainer imports, the enabled plugins' modules, and the resolved
+configuration as its recipe. The modules are embedded as source text and served by an import hook, so
+the script runs in a records folder with no pgolf installed (`python train_gpt.py`, or torchrun), reads
+the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED, ITERATIONS, …) over its recipe,
+and accepts `section.key=value` overrides as arguments. Its own size is the code size it reports.
+Docstrings and comments are dropped (`strip=True`, the default): the code bytes count against the cap.
+Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the plugins
+(function-level imports too), minus the ones only the pgolf command line or the default corpus needs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import pprint
+from pathlib import Path
+from typing import Any
+
+from core.config import Config
+from core.registry import Registry
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("core", "plugins")
+# Reached only by `pgolf` commands or the embedded default corpus (a bundle always names its data).
+EXCLUDED = frozenset({"core.cli", "core.corpus", "core.databuild", "core.scaffold", "core.size"})
+# Machine- and run-specific settings the bundle leaves to the environment / the script's defaults.
+MACHINE_KEYS = ("data_path", "tokenizer_path", "run_id", "out_dir", "device", "compile", "attention")
+OFFICIAL_DATA = "./data/datasets/fineweb10B_sp{vocab}"
+OFFICIAL_TOKENIZER = "./data/tokenizers/fineweb_{vocab}_bpe.model"
+
+
+class BundleError(ValueError):
+    """The configuration cannot be bundled (a plugin whose code is not a single module file, …)."""
+
+
+def module_file(name: str) -> Path | None:
+    """Source file of `core.x` / `plugins.x` (a package's __init__.py), or None."""
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    base = ROOT.joinpath(*parts)
+    for p in (base.with_suffix(".py"), base / "__init__.py"):
+        if p.is_file():
+            return p
+    return None
+
+
+def imports_of(source: str) -> set[str]:
+    """`core.*` / `plugins.*` modules a source imports, at any depth (`from core import export` included)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in out if m.split(".")[0] in PACKAGES and module_file(m) is not None}
+
+
+def module_closure(roots: dict[str, str]) -> dict[str, str]:
+    """name -> source for `roots` (name -> source) and every bundlable module they import, transitively."""
+    sources = dict(roots)
+    todo = list(roots)
+    while todo:
+        for dep in sorted(imports_of(sources[todo.pop()])):
+            if dep in sources or dep in EXCLUDED:
+                continue
+            path = module_file(dep)
+            assert path is not None
+            sources[dep] = path.read_text(encoding="utf-8")
+            todo.append(dep)
+    for name in list(sources):  # parent packages
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            sources.setdefault(".".join(parts[:i]), "")
+    return sources
+
+
+def strip_source(source: str) -> str:
+    """The same module without docstrings and comments (`ast.unparse`: same code, canonical layout)."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree) + "\n" if tree.body else ""
+
+
+def bundle_recipe(cfg: Config) -> dict[str, Any]:
+    """The resolved configuration as the bundle's recipe, machine-specific keys dropped and the data paths
+    set to the official layout (./data/…, overridable by DATA_PATH / TOKENIZER_PATH)."""
+    recipe = json.loads(json.dumps(cfg.to_dict(), default=str))
+    core = recipe["core"]
+    for key in MACHINE_KEYS:
+        core.pop(key, None)
+    core["data_path"] = OFFICIAL_DATA.format(vocab=cfg.core.vocab_size)
+    core["tokenizer_path"] = OFFICIAL_TOKENIZER.format(vocab=cfg.core.vocab_size)
+    return recipe
+
+
+def _plugin_module(registry: Registry, name: str) -> tuple[str, str]:
+    """(bundle module name, source) of an enabled plugin: built-in `plugins.x`, or a plugin file."""
+    cls = registry.plugins[name]
+    module = cls.__module__
+    if module.startswith("plugins.") and module_file(module) is not None:
+        return module, module_file(module).read_text(encoding="utf-8")  # type: ignore[union-attr]
+    origin = registry.origins.get(name, "")
+    path = Path(cls.describe()["file"])
+    if origin.startswith("entry point") or not path.is_file():
+        raise BundleError(f"plugin {name!r} ({origin or module}): only built-in plugins and plugin files "
+                          f"(--plugin-file) can be bundled into train_gpt.py")
+    return f"plugins.file_{name}", path.read_text(encoding="utf-8")
+
+
+def _literal(source: str) -> str:
+    """A readable string literal of a module's source."""
+    if "'''" not in source and not source.endswith("\\") and "\r" not in source:
+        return "r'''" + source + "'''"
+    return repr(source)
+
+
+LOADER = '''
+import importlib.abc
+import importlib.util
+import linecache
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class _BundledModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves the modules embedded above; a core/plugins module not embedded is a clear ImportError."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name in _MODULES:
+            return importlib.util.spec_from_loader(name, self, is_package=name in _PACKAGES)
+        if name.split(".")[0] in ("core", "plugins"):
+            raise ImportError(f"{name} is not bundled in this train_gpt.py (bundled: {', '.join(sorted(_MODULES))})")
+        return None
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        name = module.__name__
+        if name in _PACKAGES:
+            module.__path__ = []
+        filename = os.path.join(_HERE, *name.split(".")) + ".py"  # where the file would be (in tracebacks)
+        module.__file__ = filename
+        linecache.cache[filename] = (len(_MODULES[name]), None, _MODULES[name].splitlines(True), filename)
+        exec(compile(_MODULES[name], filename, "exec"), module.__dict__)
+
+
+def main(argv):
+    from pathlib import Path
+
+    sys.meta_path.insert(0, _BundledModules())
+    from core import train
+    from core.config import ConfigError, resolve
+    from core.registry import PluginError, Registry
+
+    train.CODE_FILE = Path(__file__).resolve()
+    try:
+        registry = Registry(entry_points=False)
+        cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=RECIPE, env=os.environ,
+                      sets=argv, check_plugins=registry.check)
+    except (ConfigError, PluginError) as exc:
+        print(f"train_gpt.py: {exc}", file=sys.stderr)
+        return 2
+    train.run_training(cfg, registry)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+'''
+
+
+def bundle(cfg: Config, registry: Registry, strip: bool = True, title: str = "") -> str:
+    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings)."""
+    roots: dict[str, str] = {"core.train": (ROOT / "core" / "train.py").read_text(encoding="utf-8")}
+    plugin_modules = []
+    for name in cfg.plugins:
+        module, source = _plugin_module(registry, name)
+        roots[module] = source
+        plugin_modules.append(module.split(".", 1)[1])
+    sources = module_closure(roots)
+    sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
+    if strip:
+        sources = {n: strip_source(s) for n, s in sources.items()}
+    packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
+    recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
+    recipe_text = pprint.pformat(recipe, width=110, sort_dicts=False)
+    if ast.literal_eval(recipe_text) != recipe:
+        raise BundleError("the configuration has values that are not Python literals")
+    lines = [
+        f'"""{title or "Parameter Golf submission"}: pgolf core + plugins {", ".join(cfg.plugins) or "(none)"}.',
+        "",
+        "Generated by `pgolf bundle` (github.com: pgolf). Runs with no pgolf installed: the modules below are",
+        "embedded source served by an import hook. Settings: RECIPE < environment variables (DATA_PATH,",
+        "TOKENIZER_PATH, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS, …) < arguments section.key=value.",
+        '"""',
+        "",
+        f"RECIPE = {recipe_text}",
+        "",
+        f"_PACKAGES = {tuple(packages)!r}",
+        "_MODULES = {}",
+    ]
+    for name in sorted(sources):
+        lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
+    text = "\n".join(lines) + "\n" + LOADER
+    ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
+    return text

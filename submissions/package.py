@@ -1,0 +1,205 @@
+"""`pgolf record RUN_DIR [RUN_DIR ...]`: a records folder from finished runs (one per seed), validated first.
+
+The folder holds the bundled `train_gpt.py` of the runs' configuration (`submissions.bundle`), each run's
+log as `train_seed<N>.log`, `submission.json` (mean/std over the seeds, bytes, track), a README (the
+techniques with their source PRs, results per seed, how to run it) and `requirements.txt`. It is built in
+a temporary folder beside the destination, checked with every static rule of `pgolf validate`, and
+renamed into place only when no ERROR-severity rule fails; an existing folder is replaced only with
+`force`. The runs must share one configuration (seed and machine settings aside) and must have logged
+the code size of exactly this bundle (else the code changed after they ran).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from core.config import ConfigError, resolve
+from core.registry import Registry
+from submissions.bundle import MACHINE_KEYS, bundle
+
+TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
+RUN_FILES = ("config.json", "metrics.json", "train.log")
+
+
+class RecordError(ValueError):
+    """The runs cannot make a records folder, or the validator rejects the folder."""
+
+
+@dataclass
+class FinishedRun:
+    path: Path
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    log: str
+
+    @property
+    def seed(self) -> int:
+        return int(self.recipe["core"]["seed"])
+
+
+def load_finished_run(path: Path) -> FinishedRun:
+    missing = [f for f in RUN_FILES if not (path / f).is_file()]
+    if missing:
+        raise RecordError(f"{path}: not a finished pgolf run (missing {', '.join(missing)})")
+    try:
+        recipe = json.loads((path / "config.json").read_text(encoding="utf-8"))["config"]
+        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RecordError(f"{path}: unreadable config.json/metrics.json ({exc})") from exc
+    for key in ("val_bpb", "val_loss", "total_bytes", "code_bytes"):
+        if key not in metrics:
+            raise RecordError(f"{path}/metrics.json: field {key!r} missing (the run did not finish its export)")
+    return FinishedRun(path, recipe, metrics, (path / "train.log").read_text(encoding="utf-8"))
+
+
+def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(recipe))
+    for key in (*MACHINE_KEYS, "seed"):
+        out["core"].pop(key, None)
+    return out
+
+
+def _readme(title: str, runs: list[FinishedRun], registry: Registry, cfg: Any, sub: dict[str, Any]) -> str:
+    rows = []
+    for name in cfg.plugins:
+        d = registry.plugins[name].describe()
+        rows.append(f"| `{name}` | {d['summary']} | {', '.join(d['sources'])} |")
+    seeds = "\n".join(f"| {r.seed} | {r.metrics['val_loss']:.8f} | {r.metrics['val_bpb']:.8f} | "
+                      f"{r.metrics['total_bytes']:,} | `train_seed{r.seed}.log` |" for r in runs)
+    core = cfg.core
+    std = f", std {sub['val_bpb_std']:.8f}" if sub.get("val_bpb_std") is not None else ""
+    model = (f"{core.num_layers} layers × {core.model_dim}, {core.num_heads} heads ({core.num_kv_heads} KV), "
+             f"MLP ×{core.mlp_mult}, vocab {core.vocab_size}, train_seq_len {core.train_seq_len}, "
+             f"{core.train_batch_tokens:,} tokens/step, wall-clock cap {core.max_wallclock_seconds:g} s")
+    data = (f"DATA_PATH=./data/datasets/fineweb10B_sp{core.vocab_size} "
+            f"TOKENIZER_PATH=./data/tokenizers/fineweb_{core.vocab_size}_bpe.model")
+    return f"""# {title}
+
+{sub["blurb"]}
+
+**val_bpb {sub['val_bpb']:.8f}** (mean of {len(runs)} seed{'s' if len(runs) > 1 else ''}{std}) ·
+total bytes {sub['bytes_total']:,} (code {sub['bytes_code']:,}) · track `{sub['track']}`
+
+## Techniques
+| plugin | what it does | source |
+|---|---|---|
+{chr(10).join(rows) or "| (none) | the baseline | openai/parameter-golf |"}
+
+Model: {model}. Every setting is in `RECIPE` at the top of `train_gpt.py`.
+
+## Results
+| seed | val_loss | val_bpb | total bytes | log |
+|---|---|---|---|---|
+{seeds}
+
+## Run it
+`train_gpt.py` is self-contained (pgolf core + the plugins above, bundled by `pgolf bundle`); it needs
+the packages in `requirements.txt`.
+
+```bash
+pip install -r requirements.txt
+{data} SEED=1337 torchrun --standalone --nproc_per_node=8 train_gpt.py
+```
+"""
+
+
+def _requirements(cfg: Any) -> str:
+    reqs = ["numpy", "sentencepiece", "pluggy"]
+    if any(p in cfg.plugins for p in ("zstd", "compress_auto")):
+        reqs.append("zstandard")
+    if any(p in cfg.plugins for p in ("brotli", "compress_auto")):
+        reqs.append("brotli")
+    return "\n".join(reqs) + "\n"
+
+
+def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: str, github_id: str,
+                track: str, blurb: str = "", when: str | None = None) -> dict[str, str]:
+    """File name -> text of the records folder for these runs (nothing written)."""
+    if not run_dirs:
+        raise RecordError("pgolf record: give at least one run directory")
+    if track not in TRACKS:
+        raise RecordError(f"track: expected one of {', '.join(TRACKS)}, got {track!r}")
+    runs = [load_finished_run(p) for p in run_dirs]
+    first = _comparable(runs[0].recipe)
+    for r in runs[1:]:
+        if _comparable(r.recipe) != first:
+            raise RecordError(f"{r.path}: its configuration differs from {runs[0].path}'s (only seed and machine "
+                              "settings may differ between the seeds of one record)")
+    seeds = [r.seed for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise RecordError(f"runs share a seed ({seeds}): give one run per seed")
+    try:
+        cfg = resolve(plugin_config_classes=registry.config_classes(), recipe={**runs[0].recipe, "source": "run"},
+                      env={}, check_plugins=registry.check)
+    except ConfigError as exc:
+        raise RecordError(f"{runs[0].path}/config.json: {'; '.join(exc.errors)}") from exc
+    script = bundle(cfg, registry)  # exactly the text whose size the runs logged
+    n_code = len(script.encode("utf-8"))
+    for r in runs:
+        if int(r.metrics["code_bytes"]) != n_code:
+            raise RecordError(f"{r.path}: the run logged {r.metrics['code_bytes']:,} code bytes but its bundle is "
+                              f"{n_code:,}: the code changed after the run (re-run it with this pgolf)")
+    bpbs = [float(r.metrics["val_bpb"]) for r in runs]
+    losses = [float(r.metrics["val_loss"]) for r in runs]
+    runs.sort(key=lambda r: r.seed)
+    sub: dict[str, Any] = {
+        "name": name, "author": author, "github_id": github_id, "date": when or date.today().isoformat(),
+        "track": TRACKS[track], "blurb": blurb or f"pgolf stack: {', '.join(cfg.plugins) or 'baseline'}",
+        "val_bpb": round(statistics.fmean(bpbs), 8),
+        "val_bpb_std": round(statistics.stdev(bpbs), 8) if len(bpbs) > 1 else None,
+        "val_loss": round(statistics.fmean(losses), 8),
+        "seeds": sorted(seeds),
+        "seed_results": {str(r.seed): {"val_loss": r.metrics["val_loss"], "val_bpb": r.metrics["val_bpb"],
+                                       "bytes_total": r.metrics["total_bytes"]} for r in runs},
+        "bytes_total": max(int(r.metrics["total_bytes"]) for r in runs),
+        "bytes_code": n_code,
+    }
+    files = {
+        "train_gpt.py": script,
+        "submission.json": json.dumps(sub, indent=2) + "\n",
+        "README.md": _readme(name, runs, registry, cfg, sub),
+        "requirements.txt": _requirements(cfg),
+    }
+    for r in runs:
+        files[f"train_seed{r.seed}.log"] = r.log
+    return files
+
+
+def errors_of(findings: list[Any]) -> list[Any]:
+    return [f for f in findings if f.status == "fail" and f.severity == "ERROR"]
+
+
+def write_records_folder(files: dict[str, str], dest: Path, force: bool = False) -> list[Any]:
+    """Validate, then write `dest` atomically (built beside it, renamed into place); returns the findings.
+    Raises RecordError (nothing written) when a rule fails or `dest` exists without `force`."""
+    from validator.cli import validate_folder
+
+    if dest.exists() and not force:
+        raise RecordError(f"{dest}: exists; pass --force to replace it")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        folder = stage / dest.name
+        folder.mkdir()
+        for fname, text in files.items():
+            (folder / fname).write_text(text, encoding="utf-8")
+        findings = validate_folder(folder)
+        bad = errors_of(findings)
+        if bad:
+            lines = "; ".join(f"{f.rule}: {f.message}" for f in bad)
+            raise RecordError(f"the validator rejects {dest.name}, nothing written: {lines}")
+        old = None
+        if dest.exists():
+            old = stage / ".replaced"
+            dest.rename(old)
+        folder.rename(dest)
+        return findings
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

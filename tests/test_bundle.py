@@ -1,0 +1,137 @@
+"""`pgolf bundle`: one self-contained train_gpt.py that trains exactly like `pgolf train`, with pgolf blocked."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.cli import main as cli_main
+from core.config import resolve
+from core.registry import Plugin, Registry
+from core.train import code_bytes, run_training, setup
+from submissions.bundle import BundleError, bundle, imports_of, module_closure, strip_source
+from validator.sandbox import run_sandboxed
+
+PLUGINS = ["smeargate", "bigram_hash", "ema", "zstd", "sliding_window"]
+EXACT = re.compile(r"final_\w+_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)")
+
+
+def _tokenizer(data: Path) -> Path:
+    return next(data.glob("tokenizer/*.model"))
+
+
+def test_bundled_script_runs_without_pgolf_and_trains_like_pgolf_train(tiny_sets, tiny_data, tmp_path):
+    reg = Registry()
+    sets = [*tiny_sets, "core.iterations=4", "sliding_window.stride=32", "bigram_hash.buckets=64"]
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=PLUGINS, sets=sets, check_plugins=reg.check)
+    run = setup(cfg, reg)
+    expected_code = code_bytes(run)
+    summary = run_training(cfg, reg)
+    log = (run.run_dir / "train.log").read_text()
+
+    folder = tmp_path / "records_folder"
+    folder.mkdir()
+    assert cli_main(["bundle", str(run.run_dir), "-o", str(folder / "train_gpt.py")]) == 0
+    script = folder / "train_gpt.py"
+    assert script.stat().st_size == expected_code == summary["code_bytes"]  # the logged code size is the bundle's
+    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
+           "PGOLF_COMPILE": "false", "RUN_ID": "bundled", "OMP_NUM_THREADS": "2"}
+    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=240, env=env, block_pgolf=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    bundled_log = (folder / "runs" / "bundled" / "train.log").read_text()
+    assert EXACT.search(bundled_log).groups() == EXACT.search(log).groups()  # same numbers, bit for bit
+    assert f"Code size: {script.stat().st_size} bytes" in bundled_log
+    assert "plugins:" + ",".join(PLUGINS) in bundled_log
+
+
+def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tiny_sets, tmp_path):
+    """Even with pgolf importable, the script's modules are its own and a module it lacks is a clear error."""
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["ema"], sets=tiny_sets,
+                  check_plugins=reg.check)
+    script = tmp_path / "train_gpt.py"
+    script.write_text(bundle(cfg, reg))
+    probe = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); sys.meta_path.insert(0, g['_BundledModules']()); "
+             "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import core.cli")
+    res = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True, timeout=120)
+    assert str(tmp_path / "core" / "model.py") in res.stdout and "('ema',)" in res.stdout
+    assert "core.cli is not bundled in this train_gpt.py" in res.stderr
+
+
+def test_bundle_holds_only_the_enabled_plugins_and_the_modules_they_reach(tiny_sets):
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["lora_ttt"], sets=tiny_sets,
+                  check_plugins=reg.check)
+    text = bundle(cfg, reg)
+    embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))
+    assert {"plugins.lora_ttt", "core.ttt", "core.train", "core.model"} <= embedded
+    assert not embedded & {"plugins.ema", "plugins.sliding_window", "core.cli", "core.databuild", "core.corpus"}
+    assert "/home/" not in text and str(tiny_sets[-1]) not in text  # no local paths in the recipe
+    assert "'data_path': './data/datasets/fineweb10B_sp320'" in text
+
+
+def test_module_closure_follows_function_level_imports():
+    src = "def f():\n    from core.ttt import cosine_lr\n    import plugins.ema\n"
+    assert imports_of(src) == {"core.ttt", "plugins.ema"}
+    closure = module_closure({"x": src})
+    assert {"core.ttt", "plugins.ema", "core.scoring", "core", "plugins"} <= set(closure)
+
+
+def test_strip_source_drops_docstrings_and_comments_but_keeps_code():
+    src = ('"""Module doc."""\n# comment\ndef f(x):\n    """Doc."""\n    return x + 1  # inline\n\n\n'
+           'class A:\n    """Only a doc."""\n')
+    out = strip_source(src)
+    assert "doc" not in out.lower() and "comment" not in out and "inline" not in out
+    ns: dict = {}
+    exec(out, ns)
+    assert ns["f"](2) == 3 and isinstance(ns["A"](), ns["A"])
+
+
+def test_bundle_refuses_a_plugin_whose_code_is_not_a_bundlable_file(tiny_sets):
+    class FromEntryPoint(Plugin):
+        name = "from_entry_point"
+        summary = "a plugin installed by another package"
+        sources = ("test",)
+
+    reg = Registry()
+    reg.add(FromEntryPoint, "entry point from_entry_point = other_pkg.mod:FromEntryPoint")
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["from_entry_point"], sets=tiny_sets,
+                  check_plugins=reg.check)
+    with pytest.raises(BundleError, match="from_entry_point.*only built-in plugins and plugin files"):
+        bundle(cfg, reg)
+
+
+def test_cli_bundle_never_overwrites_without_force(tmp_path, capsys):
+    out = tmp_path / "train_gpt.py"
+    out.write_text("mine")
+    assert cli_main(["bundle", "--plugins", "ema", "-o", str(out)]) == 2
+    assert out.read_text() == "mine" and "pass --force" in capsys.readouterr().err
+    assert cli_main(["bundle", "--plugins", "ema", "-o", str(out), "--force"]) == 0
+    assert out.read_text().startswith('"""') and "RECIPE = " in out.read_text()
+    bad = tmp_path / "not_a_run"
+    bad.mkdir()
+    assert cli_main(["bundle", str(bad), "-o", str(tmp_path / "x.py")]) == 2
+    assert "expected a pgolf run directory" in capsys.readouterr().err
+
+
+def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
+    src = tmp_path / "my_trick.py"
+    src.write_text(
+        '"""A user plugin."""\nfrom dataclasses import dataclass\nfrom core.registry import Plugin\n\n\n'
+        "@dataclass\nclass Cfg:\n    k: int = 3\n\n\nclass MyTrick(Plugin):\n    name = 'my_trick'\n"
+        "    summary = 'test'\n    sources = ('test',)\n    config = Cfg\n")
+    reg = Registry(extra_files=[src])
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["my_trick"], sets=tiny_sets,
+                  check_plugins=reg.check)
+    script = tmp_path / "train_gpt.py"
+    script.write_text(bundle(cfg, reg))
+    probe = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); sys.meta_path.insert(0, g['_BundledModules']()); "
+             "from core.registry import Registry; r = Registry(entry_points=False); print(sorted(r.plugins))")
+    res = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick"]
