@@ -5,7 +5,8 @@ configuration as its recipe. The modules are embedded as source text and served 
 the script runs in a records folder with no pgolf installed (`python train_gpt.py`, or torchrun), reads
 the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED, ITERATIONS, …) over its recipe,
 and accepts `section.key=value` overrides as arguments. Its own size is the code size it reports.
-Docstrings and comments are dropped (`strip=True`, the default): the code bytes count against the cap.
+Docstrings, comments, function annotations and settings' help texts are dropped (`strip=True`, the
+default): the code bytes count against the cap.
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the plugins
 (function-level imports too), minus the ones only the pgolf command line or the default corpus needs.
 """
@@ -78,8 +79,16 @@ def module_closure(roots: dict[str, str]) -> dict[str, str]:
     return sources
 
 
+def _help_only(keyword: ast.keyword) -> bool:
+    """`metadata={"help": ...}` of a dataclass field (read by `pgolf plugins show`, never by training)."""
+    v = keyword.value
+    return keyword.arg == "metadata" and isinstance(v, ast.Dict) and bool(v.keys) and all(
+        isinstance(k, ast.Constant) and k.value == "help" for k in v.keys)
+
+
 def strip_source(source: str) -> str:
-    """The same module without docstrings and comments (`ast.unparse`: same code, canonical layout)."""
+    """The same module without docstrings, comments, function annotations and field help texts
+    (`ast.unparse`: same code, canonical layout). Class-level annotations stay (dataclasses read them)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -87,6 +96,14 @@ def strip_source(source: str) -> str:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+                if arg is not None:
+                    arg.annotation = None
+            node.returns = None
+        elif isinstance(node, ast.Call) and any(_help_only(k) for k in node.keywords):
+            node.keywords = [k for k in node.keywords if not _help_only(k)]
     return ast.unparse(tree) + "\n" if tree.body else ""
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -82,14 +83,23 @@ def test_module_closure_follows_function_level_imports():
     assert {"core.ttt", "plugins.ema", "core.scoring", "core", "plugins"} <= set(closure)
 
 
-def test_strip_source_drops_docstrings_and_comments_but_keeps_code():
-    src = ('"""Module doc."""\n# comment\ndef f(x):\n    """Doc."""\n    return x + 1  # inline\n\n\n'
-           'class A:\n    """Only a doc."""\n')
+def test_strip_source_drops_docstrings_comments_annotations_and_help_but_keeps_code():
+    src = ('"""Module doc."""\n# comment\nfrom dataclasses import dataclass, field\n\n\n'
+           'def f(x: "Annot", *a: "Annot", k: "Annot" = 1, **kw: "Annot") -> "Annot":\n'
+           '    """Doc."""\n    return x + 1  # inline\n\n\n'
+           '@dataclass\nclass A:\n    """Only a doc."""\n    n: int = field(default=2, metadata={"help": "zzz"})\n'
+           '    e: str = field(default="v", metadata={"env": "ENV_NAME"})\n')
     out = strip_source(src)
-    assert "doc" not in out.lower() and "comment" not in out and "inline" not in out
-    ns: dict = {}
-    exec(out, ns)
-    assert ns["f"](2) == 3 and isinstance(ns["A"](), ns["A"])
+    for gone in ("doc", "comment", "inline", "Annot", "zzz"):
+        assert gone not in out, gone
+    assert "ENV_NAME" in out and "n: int" in out  # other metadata and class annotations stay
+    mod = types.ModuleType("pgolf_test_stripped")
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
+    try:
+        exec(out, mod.__dict__)
+    finally:
+        del sys.modules[mod.__name__]
+    assert mod.f(2) == 3 and mod.A().n == 2 and mod.A().e == "v"
 
 
 def test_bundle_refuses_a_plugin_whose_code_is_not_a_bundlable_file(tiny_sets):
