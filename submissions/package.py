@@ -199,7 +199,12 @@ def write_records_folder(files: dict[str, str], dest: Path, force: bool = False)
         if dest.exists():
             old = stage / ".replaced"
             dest.rename(old)
-        folder.rename(dest)
+        try:
+            folder.rename(dest)
+        except OSError:
+            if old is not None:  # put the replaced folder back before the stage is removed
+                old.rename(dest)
+            raise
         return findings
     finally:
         shutil.rmtree(stage, ignore_errors=True)
