@@ -108,11 +108,12 @@ def strip_source(source: str) -> str:
 
 
 def bundle_recipe(cfg: Config) -> dict[str, Any]:
-    """The resolved configuration as the bundle's recipe, machine-specific keys dropped and the data paths
+    """The resolved configuration as the bundle's recipe: machine-specific keys and the seed dropped (every
+    seed of a record runs the same script, SEED chooses; the default is the baseline's 1337), the data paths
     set to the official layout (./data/…, overridable by DATA_PATH / TOKENIZER_PATH)."""
     recipe = json.loads(json.dumps(cfg.to_dict(), default=str))
     core = recipe["core"]
-    for key in MACHINE_KEYS:
+    for key in (*MACHINE_KEYS, "seed"):
         core.pop(key, None)
     core["data_path"] = OFFICIAL_DATA.format(vocab=cfg.core.vocab_size)
     core["tokenizer_path"] = OFFICIAL_TOKENIZER.format(vocab=cfg.core.vocab_size)

@@ -16,6 +16,7 @@ from core.config import resolve
 from core.registry import Plugin, Registry
 from core.train import code_bytes, run_training, setup
 from submissions.bundle import BundleError, bundle, imports_of, module_closure, strip_source
+from submissions.package import build_files
 from validator.sandbox import run_sandboxed
 
 PLUGINS = ["smeargate", "bigram_hash", "ema", "zstd", "sliding_window"]
@@ -48,6 +49,10 @@ def test_bundled_script_runs_without_pgolf_and_trains_like_pgolf_train(tiny_sets
     assert EXACT.search(bundled_log).groups() == EXACT.search(log).groups()  # same numbers, bit for bit
     assert f"Code size: {script.stat().st_size} bytes" in bundled_log
     assert "plugins:" + ",".join(PLUGINS) in bundled_log
+    # the workflow's last step: a record from the bundled script's own run ships that very script
+    files = build_files([folder / "runs" / "bundled"], reg, name="2026-11-23_X", author="A", github_id="a",
+                        track="non-record")
+    assert files["train_gpt.py"] == script.read_text()
 
 
 def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tiny_sets, tmp_path):
