@@ -205,7 +205,6 @@ class DocLoRATTT:
         self.s, self.seq_len, self.chunk = s, seq_len, s.chunk_tokens
         self.scale = s.alpha / s.rank if s.alpha > 0 else 1.0
         self._key: tuple | None = None
-        self.compiled = False
 
     def prepare(self, run, model) -> None:
         key = (id(run.model), model is not run.model)
@@ -223,11 +222,14 @@ class DocLoRATTT:
                 if isinstance(m, Rotary):
                     m.fix_length(self.seq_len, run.device)
             self.forward = self.copy
-            self.compiled = model is not run.model
-            if self.compiled:  # the evaluation model is compiled: compile this one too
+            if model is not run.model:  # the evaluation model is compiled: compile this one too
                 self.forward = torch.compile(self.copy, dynamic=None, fullgraph=True, backend=self.backend)
             self._key = key
         self.sync()
+
+    @property
+    def compiled(self) -> bool:
+        return self._key is not None and self.forward is not self.copy
 
     @torch.no_grad()
     def sync(self) -> None:

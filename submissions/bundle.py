@@ -28,6 +28,8 @@ PACKAGES = ("core", "plugins")
 EXCLUDED = frozenset({"core.cli", "core.corpus", "core.databuild", "core.scaffold", "core.size"})
 # Machine- and run-specific settings the bundle leaves to the environment / the script's defaults.
 MACHINE_KEYS = ("data_path", "tokenizer_path", "run_id", "out_dir", "device", "compile", "attention")
+# Settings that differ between runs of one script: not in its RECIPE (SEED chooses; the default is 1337).
+PER_RUN_KEYS = (*MACHINE_KEYS, "seed")
 OFFICIAL_DATA = "./data/datasets/fineweb10B_sp{vocab}"
 OFFICIAL_TOKENIZER = "./data/tokenizers/fineweb_{vocab}_bpe.model"
 
@@ -113,7 +115,7 @@ def bundle_recipe(cfg: Config) -> dict[str, Any]:
     set to the official layout (./data/…, overridable by DATA_PATH / TOKENIZER_PATH)."""
     recipe = json.loads(json.dumps(cfg.to_dict(), default=str))
     core = recipe["core"]
-    for key in (*MACHINE_KEYS, "seed"):
+    for key in PER_RUN_KEYS:
         core.pop(key, None)
     core["data_path"] = OFFICIAL_DATA.format(vocab=cfg.core.vocab_size)
     core["tokenizer_path"] = OFFICIAL_TOKENIZER.format(vocab=cfg.core.vocab_size)

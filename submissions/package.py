@@ -22,7 +22,7 @@ from typing import Any
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from submissions.bundle import MACHINE_KEYS, bundle
+from submissions.bundle import PER_RUN_KEYS, bundle
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
 RUN_FILES = ("config.json", "metrics.json", "train.log")
@@ -61,7 +61,7 @@ def load_finished_run(path: Path) -> FinishedRun:
 
 def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(recipe))
-    for key in (*MACHINE_KEYS, "seed"):
+    for key in PER_RUN_KEYS:
         out["core"].pop(key, None)
     return out
 

@@ -27,6 +27,13 @@ def _tokenizer(data: Path) -> Path:
     return next(data.glob("tokenizer/*.model"))
 
 
+def _probe(script: Path, code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh Python after loading `script` (not as __main__) and installing its import hook."""
+    prelude = "import runpy, sys; g = runpy.run_path(sys.argv[1]); sys.meta_path.insert(0, g['_BundledModules']()); "
+    return subprocess.run([sys.executable, "-c", prelude + code, str(script)], capture_output=True, text=True,
+                          timeout=120)
+
+
 def test_bundled_script_runs_without_pgolf_and_trains_like_pgolf_train(tiny_sets, tiny_data, tmp_path):
     reg = Registry()
     sets = [*tiny_sets, "core.iterations=4", "sliding_window.stride=32", "bigram_hash.buckets=64"]
@@ -62,9 +69,7 @@ def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tin
                   check_plugins=reg.check)
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
-    probe = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); sys.meta_path.insert(0, g['_BundledModules']()); "
-             "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import core.cli")
-    res = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True, timeout=120)
+    res = _probe(script, "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import core.cli")
     assert str(tmp_path / "core" / "model.py") in res.stdout and "('ema',)" in res.stdout
     assert "core.cli is not bundled in this train_gpt.py" in res.stderr
 
@@ -145,8 +150,6 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
                   check_plugins=reg.check)
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
-    probe = ("import runpy, sys; g = runpy.run_path(sys.argv[1]); sys.meta_path.insert(0, g['_BundledModules']()); "
-             "from core.registry import Registry; r = Registry(entry_points=False); print(sorted(r.plugins))")
-    res = subprocess.run([sys.executable, "-c", probe, str(script)], capture_output=True, text=True, timeout=120)
+    res = _probe(script, "from core.registry import Registry; print(sorted(Registry(entry_points=False).plugins))")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick"]

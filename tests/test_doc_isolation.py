@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -57,6 +59,16 @@ def one_thread():
 @pytest.fixture(scope="module")
 def trained(tiny_data, tiny_core):
     return make_run(tiny_data, tiny_core)
+
+
+@contextmanager
+def in_float64(model):
+    """The model in float64 for bit-exact comparisons, back in float32 after (the fixture run is shared)."""
+    model.double()
+    try:
+        yield model
+    finally:
+        model.float()
 
 
 def doc_stream(run, lens=LENS, order=None) -> tuple[torch.Tensor, list[tuple[int, int]]]:
@@ -155,8 +167,7 @@ ISOLATED = {
 @pytest.mark.parametrize("name", list(ISOLATED))
 def test_isolated_evaluators_never_leak_across_documents(trained, name):
     run = trained
-    run.model.double()
-    try:
+    with in_float64(run.model):
         toks, docs = doc_stream(run)
         a = scores(run, ISOLATED[name](), toks)
         assert ISOLATED[name]().doc_isolation is True
@@ -166,8 +177,6 @@ def test_isolated_evaluators_never_leak_across_documents(trained, name):
                 if s + n < toks.numel() and j != k:
                     assert torch.equal(doc_nll(a, s, n), doc_nll(b, s, n)), (name, k, j)
             assert not torch.equal(doc_nll(a, *docs[k]), doc_nll(b, *docs[k]))
-    finally:
-        run.model.float()
 
 
 def test_core_eval_doc_mask_makes_the_run_evaluator_document_masked(trained, tiny_data, tiny_core):
@@ -185,21 +194,17 @@ def test_core_eval_doc_mask_makes_the_run_evaluator_document_masked(trained, tin
 def test_stream_order_sliding_window_does_see_the_previous_document(trained):
     """The same check fails without the mask: the test can catch a leak."""
     run = trained
-    run.model.double()
-    try:
+    with in_float64(run.model):
         toks, docs = doc_stream(run)
         ev = SlidingWindowEvaluator(64, 16, 8)
         assert ev.doc_isolation is False
         a, b = scores(run, ev, toks), scores(run, ev, perturb_doc(toks, *docs[1]))
         assert not torch.equal(doc_nll(a, *docs[2]), doc_nll(b, *docs[2]))
-    finally:
-        run.model.float()
 
 
 def test_lora_ttt_scores_do_not_depend_on_the_other_documents_order(trained):
     run = trained
-    run.model.double()
-    try:
+    with in_float64(run.model):
         toks, docs = doc_stream(run)
         order = [0, 4, 2, 6, 1, 5, 3, 7]
         toks2, docs2 = doc_stream(run, order=order)
@@ -207,8 +212,6 @@ def test_lora_ttt_scores_do_not_depend_on_the_other_documents_order(trained):
         for j in range(6):  # the last documents may be trimmed at the stream end
             if docs[j][0] + docs[j][1] < toks.numel() and docs2[j][0] + docs2[j][1] < toks2.numel():
                 assert torch.equal(doc_nll(a, *docs[j]), doc_nll(b, *docs2[j])), j
-    finally:
-        run.model.float()
 
 
 def test_lora_ttt_reads_uint16_tokens_like_the_shards(trained):
@@ -265,8 +268,7 @@ CAUSAL = {
 def test_new_evaluators_are_prefix_invariant(trained, name):
     """Perturb tokens at positions >= t (document layout kept): scores < t bit-identical."""
     run = trained
-    run.model.double()
-    try:
+    with in_float64(run.model):
         toks, docs = doc_stream(run)
         for t in (docs[5][0] + 40, docs[2][0] + 17):
             alt = toks.clone()
@@ -276,15 +278,12 @@ def test_new_evaluators_are_prefix_invariant(trained, name):
             assert torch.equal(a.nll[1:t], b.nll[1:t]), name
             assert not torch.equal(a.nll[t:], b.nll[t:])
             assert torch.isfinite(a.lognorm[1:]).all()
-    finally:
-        run.model.float()
 
 
 def test_phased_ttt_phases_change_later_scores_only(trained):
     """Documents before the first boundary score exactly as lora_ttt; later ones through the trained base."""
     run = trained
-    run.model.double()
-    try:
+    with in_float64(run.model):
         toks, docs = doc_stream(run)
         ev = phased()
         assert ev.phases(len(find_documents(toks, BOS))) == [2, 5]
@@ -294,8 +293,6 @@ def test_phased_ttt_phases_change_later_scores_only(trained):
         assert not torch.equal(a.nll[end_first:], b.nll[end_first:])
         no_phase = scores(run, phased(prefix_docs=0), toks)
         assert torch.equal(no_phase.nll[1:], a.nll[1:])
-    finally:
-        run.model.float()
 
 
 def test_document_ttt_cannot_train_on_unscored_positions(trained):
