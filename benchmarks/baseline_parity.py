@@ -62,7 +62,7 @@ def main() -> None:
         results["official"] = parse((args.out / "logs" / "parity.txt").read_text())
     penv = dict(env, PGOLF_ATTENTION=args.attention, PGOLF_OUT_DIR=str(args.out.resolve() / "runs"),
                 RUN_ID=f"pgolf-{args.attention}", PYTHONPATH=str(repo))
-    run([sys.executable, "-m", "core.cli", "train"], penv, repo, args.out / f"pgolf-{args.attention}.log")
+    run([sys.executable, "-m", "pgolf.cli", "train"], penv, repo, args.out / f"pgolf-{args.attention}.log")
     results["pgolf"] = parse((args.out / "runs" / f"pgolf-{args.attention}" / "train.log").read_text())
     want = [int(s) for s in args.steps.split(",")]
     last = args.iterations

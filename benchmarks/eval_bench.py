@@ -35,6 +35,7 @@ from core.config import resolve  # noqa: E402
 from core.registry import Registry  # noqa: E402
 from core.scoring import evaluate, synthetic_warmup  # noqa: E402
 from core.train import load_run_config, setup, should_compile  # noqa: E402
+from plugins.lib import codecs  # noqa: E402
 
 EVALUATORS = ("plain", "sliding_window", "score_first_ttt", "lora_ttt", "phased_ttt")
 TINY = [
@@ -72,8 +73,8 @@ def bench_one(name: str, recipe: dict, sets: list[str], artifact: Path | None, r
     torch._dynamo.reset()
     run = setup(cfg, registry, make_dir=False)
     if artifact is not None:
-        qstate, _ = ex.read_artifact(artifact)
-        run.model.load_state_dict(ex.dequantize_state_dict(qstate), strict=True)
+        qstate, _ = ex.read_artifact(artifact, codecs.all_decoders())
+        run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=run.model)
     evaluator = run.hook.pg_evaluator(run=run)
     compiled = should_compile(run)

@@ -37,13 +37,14 @@ from core.run import create_run  # noqa: E402
 from core.train import CoreDefaults, build_model  # noqa: E402
 from plugins.gptq import GPTQ, GPTQConfig, HessianCollector, hessian_targets  # noqa: E402
 from plugins.gptq_lite import GPTQLite  # noqa: E402
+from plugins.lib import codecs  # noqa: E402
 from plugins.lqer import LQERConfig, add_lqer  # noqa: E402
 from plugins.quant_mixed import QuantMixed  # noqa: E402
 from plugins.sdclip import SDClip  # noqa: E402
 
 RECIPE = REPO / "recipes" / "pr315.toml"
-CODECS = {"zlib-9": lambda: ex.ZlibCodec(9), "zstd-22": lambda: ex.ZstdCodec(22),
-          "brotli-11": lambda: ex.BrotliCodec(11), "lzma-9e": lambda: ex.LzmaCodec()}
+CODECS = {"zlib-9": lambda: ex.ZlibCodec(9), "zstd-22": lambda: codecs.ZstdCodec(22),
+          "brotli-11": lambda: codecs.BrotliCodec(11), "lzma-9e": lambda: codecs.LzmaCodec()}
 
 
 def sync(device: torch.device) -> None:
@@ -168,12 +169,12 @@ def main() -> None:
     for key in (c.strip() for c in args.codecs.split(",") if c.strip()):
         codec = CODECS[key]()
         blob, sec = timed(dev, ex.encode_artifact, qstate, codec, "int6")
-        _, dsec = timed(dev, ex.decode_artifact, blob)
+        _, dsec = timed(dev, ex.decode_artifact, blob, codecs.all_decoders())
         out["codecs"][key] = {"bytes": len(blob), "seconds": round(sec, 3), "decode_seconds": round(dsec, 3)}
         print(f"codec {key:<10} {len(blob):>12,} bytes  {sec:7.2f}s  (decode {dsec:.2f}s)")
     if "zstd-22" in out["codecs"]:
         raw = pr315_container(qstate)
-        theirs = len(ex.ZstdCodec(22).compress(raw))
+        theirs = len(codecs.ZstdCodec(22).compress(raw))
         ours = out["codecs"]["zstd-22"]["bytes"]
         out["pr315_container"] = {"raw_bytes": len(raw), "zstd22_bytes": theirs, "pgolf_zstd22_bytes": ours,
                                   "relative_diff": round((ours - theirs) / theirs, 5)}

@@ -174,7 +174,7 @@ def main() -> None:
         attention = "fa3" if use_fa3 else "flash"
         penv = dict(common, PGOLF_ATTENTION=attention, PGOLF_OUT_DIR=str(out / "runs"), RUN_ID="pgolf-pr315",
                     PYTHONPATH=str(repo))
-        cmd = [*launcher(args.nproc), "-m", "core.cli", "train", "--recipe", str(repo / "recipes" / "pr315.toml")]
+        cmd = [*launcher(args.nproc), "-m", "pgolf.cli", "train", "--recipe", str(repo / "recipes" / "pr315.toml")]
         run(cmd, penv, repo, out / "pgolf.log")
         results["pgolf"] = parse((out / "runs" / "pgolf-pr315" / "train.log").read_text(), pgolf=True)
     want = [int(s) for s in args.steps.split(",") if int(s) <= args.iterations]

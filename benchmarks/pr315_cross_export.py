@@ -36,6 +36,7 @@ from core.config import resolve  # noqa: E402
 from core.registry import Registry  # noqa: E402
 from core.scoring import evaluate, synthetic_warmup  # noqa: E402
 from core.train import export_and_evaluate, setup, should_compile, shutdown  # noqa: E402
+from plugins.lib import codecs  # noqa: E402
 
 REC_BYTES_RE = re.compile(r"^Serialized model int6\+(\w+): (\d+) bytes", re.M)
 REC_RT_RE = re.compile(r"^final_int6_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)", re.M)
@@ -116,10 +117,10 @@ def main() -> None:
         t0 = time.perf_counter()
         qstate, _ = ex.quantize_state_dict(cpu_state, qfns)
         out["quantize_s"] = time.perf_counter() - t0
-        codecs = {"zlib-9": ex.ZlibCodec(9), "zstd-22": ex.ZstdCodec(22), "brotli-11": ex.BrotliCodec(11),
-                  "lzma-9e": ex.LzmaCodec()}
+        candidates = {"zlib-9": ex.ZlibCodec(9), "zstd-22": codecs.ZstdCodec(22),
+                      "brotli-11": codecs.BrotliCodec(11), "lzma-9e": codecs.LzmaCodec()}
         out["codecs"] = {}
-        for label, codec in codecs.items():
+        for label, codec in candidates.items():
             t0 = time.perf_counter()
             blob = ex.encode_artifact(qstate, codec, "int6")
             t1 = time.perf_counter()

@@ -34,15 +34,15 @@ TINY = ["core.num_layers=2", "core.model_dim=64", "core.num_heads=4", "core.num_
 
 def tiny_run(root: Path, plugins: str) -> Path:
     """Build a tiny dataset (the generated corpus, vocab 320) and train a 12-step run on it."""
-    from core.corpus import generate_documents
-    from core.databuild import build_dataset
+    from dataprep.build import build_dataset
+    from dataprep.corpus import generate_documents
 
     text = root / "text"
     text.mkdir(parents=True)
     for i, doc in enumerate(generate_documents(240, seed=7)):
         (text / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
     build_dataset(text, root / "data", vocab_size=320, val_docs=30)
-    cmd = [sys.executable, "-m", "core.cli", "train"]
+    cmd = [sys.executable, "-m", "pgolf.cli", "train"]
     for s in [*TINY, f"core.data_path={root / 'data'}", f"core.out_dir={root / 'runs'}", "core.run_id=bench"]:
         cmd += ["--set", s]
     if plugins:
@@ -64,7 +64,7 @@ def main() -> int:
             t0 = time.perf_counter()
             run_dir = tiny_run(Path(tmp), args.plugins)
             print(f"tiny run trained in {time.perf_counter() - t0:.1f} s: {run_dir}")
-        cmd = [sys.executable, "-m", "core.cli", "validate", str(run_dir), "--run", "--json", "--jobs", str(args.jobs)]
+        cmd = [sys.executable, "-m", "pgolf.cli", "validate", str(run_dir), "--run", "--json", "--jobs", str(args.jobs)]
         if args.no_train_audit:
             cmd.append("--no-train-audit")
         t0 = time.perf_counter()

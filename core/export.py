@@ -3,7 +3,7 @@
 The core defaults are the official baseline's: its int8 rule (per-row int8 with a 99.99984th-percentile
 clip and fp16 scales for matrices, per-tensor int8 for other floats, fp16/fp32 passthrough for float
 tensors of at most 65,536 elements, exact passthrough for non-floats) and zlib level 9. Plugins add
-quantizers (a `QuantizeFn` returning a `QTensor`, with `register_scheme` for its decoder) and codecs.
+quantizers (a `QuantizeFn` returning a `QTensor`; a new scheme's decoder comes from `pg_dequantizers`) and codecs.
 Artifacts are `MAGIC | u16 version | u32 header length | JSON header | compressed torch.save payload`;
 the payload always loads with `torch.load(weights_only=True)` and decompression is size-capped.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import lzma
 import os
 import struct
 import tempfile
@@ -21,6 +20,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import torch
@@ -68,11 +68,12 @@ class QTensor:
             raise ArtifactError(f"unknown dtype {self.dtype!r} in a {self.scheme!r} tensor record")
         return dt
 
-    def dequantize(self) -> Tensor:
-        """The restored tensor, in the original dtype and shape."""
-        fn = SCHEMES.get(self.scheme)
+    def dequantize(self, schemes: Mapping[str, DequantizeFn] | None = None) -> Tensor:
+        """The restored tensor, in the original dtype and shape (`schemes`: the run's, core's by default)."""
+        schemes = SCHEMES if schemes is None else schemes
+        fn = schemes.get(self.scheme)
         if fn is None:
-            raise ArtifactError(f"unknown quantization scheme {self.scheme!r} (known: {', '.join(SCHEMES)})")
+            raise ArtifactError(f"unknown quantization scheme {self.scheme!r} (known: {', '.join(schemes)})")
         out = fn(self)
         if tuple(out.shape) != tuple(self.shape):
             raise ArtifactError(f"scheme {self.scheme!r} restored shape {tuple(out.shape)}, "
@@ -135,19 +136,15 @@ def _deq_int8_per_tensor(q: QTensor) -> Tensor:
     return (q.data.float() * float(q.scale.item())).to(q.torch_dtype()).contiguous()
 
 
-SCHEMES: dict[str, DequantizeFn] = {
+# The core's schemes (read-only: a plugin adds its own through `pg_dequantizers`, per run).
+SCHEMES: Mapping[str, DequantizeFn] = MappingProxyType({
     "passthrough": _deq_passthrough,
     "int8_per_row": _deq_int8_per_row,
     "int8_per_tensor": _deq_int8_per_tensor,
     # Sub-int8 codes (int2..int7, meta "bits") in int8 containers: same dequantization as int8.
     "intk_per_row": _deq_int8_per_row,
     "intk_per_tensor": _deq_int8_per_tensor,
-}
-
-
-def register_scheme(name: str, dequantize: DequantizeFn) -> None:
-    """Teach `QTensor.dequantize` a plugin's scheme (needed before export and before decoding)."""
-    SCHEMES[name] = dequantize
+})
 
 
 def _quantile_flat(x: Tensor, q: float, force_manual: bool = False) -> float:
@@ -220,9 +217,11 @@ class QuantStats:
     schemes: dict[str, int] = field(default_factory=dict)
 
 
-def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn]
-                        ) -> tuple[dict[str, QTensor], QuantStats]:
-    """For each tensor the first quantizer that returns a QTensor wins; `int8_quantize` is the last resort."""
+def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn],
+                        schemes: Mapping[str, DequantizeFn] | None = None) -> tuple[dict[str, QTensor], QuantStats]:
+    """For each tensor the first quantizer that returns a QTensor wins; `int8_quantize` is the last resort.
+    Every record's scheme must have a dequantizer in `schemes` (the run's; the core's by default)."""
+    schemes = SCHEMES if schemes is None else schemes
     out: dict[str, QTensor] = {}
     stats = QuantStats()
     for name, tensor in state_dict.items():
@@ -236,8 +235,9 @@ def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Q
             q = int8_quantize(name, t)
         if not isinstance(q, QTensor):
             raise TypeError(f"quantizer returned {type(q).__name__} for {name!r}, expected QTensor or None")
-        if q.scheme not in SCHEMES:
-            raise ValueError(f"tensor {name!r}: scheme {q.scheme!r} is not registered (see register_scheme)")
+        if q.scheme not in schemes:
+            raise ValueError(f"tensor {name!r}: scheme {q.scheme!r} has no dequantizer (a plugin supplies its "
+                             f"own through pg_dequantizers)")
         out[name] = q
         raw, payload = _nbytes(t), q.payload_bytes
         stats.param_count += int(t.numel())
@@ -253,8 +253,9 @@ def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Q
     return out, stats
 
 
-def dequantize_state_dict(qstate: Mapping[str, QTensor]) -> dict[str, Tensor]:
-    return {name: q.dequantize() for name, q in qstate.items()}
+def dequantize_state_dict(qstate: Mapping[str, QTensor],
+                          schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, Tensor]:
+    return {name: q.dequantize(schemes) for name, q in qstate.items()}
 
 
 # --- codecs ----------------------------------------------------------------------------------------
@@ -266,19 +267,19 @@ class Codec(Protocol):
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes: ...
 
 
-def _too_big(name: str, max_size: int) -> ArtifactError:
+def too_big(name: str, max_size: int) -> ArtifactError:
     return ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
 
 
-def _corrupt(name: str, exc: Exception) -> ArtifactError:
+def corrupt(name: str, exc: Exception) -> ArtifactError:
     return ArtifactError(f"{name} payload is corrupt ({exc})")
 
 
-def _capped_decompressobj(name: str, obj: Any, data: bytes, max_size: int) -> bytes:
+def capped_decompress(name: str, obj: Any, data: bytes, max_size: int) -> bytes:
     """zlib/lzma decompressobj protocol: output capped at max_size, then eof and trailing-data checks."""
     out = obj.decompress(data, max_size + 1)
     if len(out) > max_size:
-        raise _too_big(name, max_size)
+        raise too_big(name, max_size)
     if not obj.eof:
         raise ArtifactError(f"{name} payload is truncated")
     if obj.unused_data:
@@ -299,152 +300,20 @@ class ZlibCodec:
 
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
         try:
-            return _capped_decompressobj(self.name, zlib.decompressobj(), data, max_size)
+            return capped_decompress(self.name, zlib.decompressobj(), data, max_size)
         except zlib.error as exc:
-            raise _corrupt(self.name, exc) from exc
+            raise corrupt(self.name, exc) from exc
 
 
-class LzmaCodec:
-    """xz (stdlib lzma), preset 9 | extreme by default."""
-
-    name = "lzma"
-
-    def __init__(self, preset: int = 9 | lzma.PRESET_EXTREME) -> None:
-        self.preset = preset
-
-    def compress(self, data: bytes) -> bytes:
-        return lzma.compress(data, preset=self.preset)
-
-    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
-        try:
-            return _capped_decompressobj(self.name, lzma.LZMADecompressor(), data, max_size)
-        except lzma.LZMAError as exc:
-            raise _corrupt(self.name, exc) from exc
+CODECS: dict[str, type] = {"zlib": ZlibCodec}  # the core's own; the others are plugins.lib.codecs
 
 
-class ZstdCodec:
-    """Zstandard (imported lazily), level 22, with a content checksum."""
-
-    name = "zstd"
-
-    def __init__(self, level: int = 22) -> None:
-        self.level = level
-
-    def compress(self, data: bytes) -> bytes:
-        import zstandard
-
-        return zstandard.ZstdCompressor(level=self.level, write_checksum=True).compress(data)
-
-    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
-        import zstandard
-
-        try:
-            return self._decompress(zstandard, data, max_size)
-        except zstandard.ZstdError as exc:
-            raise _corrupt(self.name, exc) from exc
-
-    def _decompress(self, zstandard: Any, data: bytes, max_size: int) -> bytes:
-        declared = zstandard.get_frame_parameters(data).content_size
-        if 0 <= declared < zstandard.CONTENTSIZE_UNKNOWN and declared > max_size:
-            raise _too_big(self.name, max_size)
-        # Small input steps bound the overshoot past max_size when the frame does not declare its size.
-        dobj = zstandard.ZstdDecompressor().decompressobj()
-        out, pos = bytearray(), 0
-        while pos < len(data) and not dobj.eof:
-            out += dobj.decompress(data[pos:pos + 256])
-            pos += 256
-            if len(out) > max_size:
-                raise _too_big(self.name, max_size)
-        if not dobj.eof:
-            raise ArtifactError("zstd payload is truncated")
-        if dobj.unused_data or pos < len(data):
-            raise ArtifactError("zstd payload has trailing bytes")
-        return bytes(out)
-
-
-def _brotli_chunked(dec: Any, data: bytes, max_size: int, step: int = 64) -> bytes:
-    """Fallback for brotli without output_buffer_limit: feed small input chunks, checking the output size."""
-    out = bytearray()
-    for i in range(0, len(data), step):
-        out += dec.process(data[i:i + step])
-        if len(out) > max_size:
-            raise _too_big("brotli", max_size)
-    return bytes(out)
-
-
-class BrotliCodec:
-    """Brotli (imported lazily), quality 11."""
-
-    name = "brotli"
-
-    def __init__(self, quality: int = 11) -> None:
-        self.quality = quality
-
-    def compress(self, data: bytes) -> bytes:
-        import brotli
-
-        return brotli.compress(data, quality=self.quality)
-
-    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
-        import brotli
-
-        dec = brotli.Decompressor()
-        try:
-            try:
-                out = dec.process(data, output_buffer_limit=max_size + 1)
-            except TypeError:  # brotli < 1.2 has no output_buffer_limit
-                out = _brotli_chunked(dec, data, max_size)
-        except brotli.error as exc:
-            raise _corrupt(self.name, exc) from exc
-        if len(out) > max_size:
-            raise _too_big(self.name, max_size)
-        if not dec.is_finished():
-            raise ArtifactError("brotli payload is truncated")
-        return out
-
-
-CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCodec, "brotli": BrotliCodec}
-
-
-class AutoCodec:
-    """Compress with every candidate codec and keep the smallest output (ties: the earlier candidate).
-
-    `compress_named` returns the winner's name with its bytes, so the artifact header names the real
-    codec and decoding needs no "auto" codec; `chosen` records the last winner, `sizes` every candidate's.
-    """
-
-    name = "auto"
-
-    def __init__(self, candidates: Sequence[Codec]) -> None:
-        if not candidates:
-            raise ValueError("AutoCodec needs at least one candidate codec")
-        self.candidates = list(candidates)
-        self.chosen: Codec | None = None
-        self.sizes: dict[str, int] = {}
-
-    def compress_named(self, data: bytes) -> tuple[str, bytes]:
-        best: tuple[Codec, bytes] | None = None
-        self.sizes = {}
-        for codec in self.candidates:
-            out = codec.compress(data)
-            self.sizes[codec.name] = len(out)
-            if best is None or len(out) < len(best[1]):
-                best = (codec, out)
-        assert best is not None
-        self.chosen = best[0]
-        return best[0].name, best[1]
-
-    def compress(self, data: bytes) -> bytes:
-        return self.compress_named(data)[1]
-
-    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
-        if self.chosen is None:
-            raise ArtifactError("auto codec: nothing compressed yet; decode with the codec the header names")
-        return self.chosen.decompress(data, max_size)
-
-    def decoders(self) -> dict[str, Codec]:
-        """name -> codec for every candidate (what `decode_artifact` needs for any winner)."""
-        return {c.name: c for c in self.candidates}
+def decoders_of(codec: Codec) -> dict[str, Codec]:
+    """name -> codec for everything `codec` may write (an auto codec: each candidate), and zlib."""
+    out: dict[str, Codec] = {"zlib": ZlibCodec()}
+    more = getattr(codec, "decoders", None)
+    out.update(more() if callable(more) else {codec.name: codec})
+    return out
 
 
 def compress_named(codec: Codec, data: bytes) -> tuple[str, bytes]:
@@ -626,10 +495,11 @@ def quantizer_label(qstate: Mapping[str, QTensor]) -> str:
 
 def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn], codec: Codec,
                       quantizer_name: str | None = "int8",
-                      refine: Callable[[dict[str, QTensor]], None] | None = None) -> ExportResult:
+                      refine: Callable[[dict[str, QTensor]], None] | None = None,
+                      schemes: Mapping[str, DequantizeFn] | None = None) -> ExportResult:
     """Quantize (first answering quantizer, then int8), refine in place (optional, e.g. pruning),
     serialize and compress into artifact bytes. `quantizer_name=None` names it by `quantizer_label`."""
-    qstate, stats = quantize_state_dict(state_dict, quantizers)
+    qstate, stats = quantize_state_dict(state_dict, quantizers, schemes)
     if refine is not None:
         refine(qstate)
     if quantizer_name is None:
@@ -650,11 +520,12 @@ def _bits_equal(a: Tensor, b: Tensor) -> bool:
 
 
 def verify_round_trip(result: ExportResult, codecs: Mapping[str, Codec] | None = None,
-                      max_size: int = MAX_DECOMPRESSED) -> dict[str, Tensor]:
+                      max_size: int = MAX_DECOMPRESSED,
+                      schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, Tensor]:
     """Decode the artifact bytes and require bit-identical weights to the in-memory quantization."""
     decoded, _ = decode_artifact(result.blob, codecs, max_size)
-    restored = dequantize_state_dict(decoded)
-    expected = dequantize_state_dict(result.qstate)
+    restored = dequantize_state_dict(decoded, schemes)
+    expected = dequantize_state_dict(result.qstate, schemes)
     if restored.keys() != expected.keys():
         diff = sorted(set(restored) ^ set(expected))
         raise ArtifactError(f"round trip changed the tensor names: {diff[:5]}")

@@ -184,6 +184,16 @@ def pg_refine_quantized(qstate: Any, ctx: Any) -> None:
     """
 
 
+@hookspec
+def pg_dequantizers() -> dict[str, Any] | None:
+    """Return {scheme name: dequantize(QTensor) -> Tensor} for the quantization schemes this plugin writes.
+
+    Collected once per run (`run.schemes`, the core's int8/passthrough schemes first); export refuses a
+    record whose scheme has no dequantizer, and decoding an artifact uses the same table. Nothing global
+    changes when a plugin is imported.
+    """
+
+
 @hookspec(firstresult=True)
 def pg_codec(config: Any) -> Any:
     """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9)."""

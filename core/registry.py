@@ -139,7 +139,8 @@ class Registry:
         import plugins as package
 
         bundled = getattr(package, "BUNDLED", None)  # a bundled train_gpt.py lists its plugin modules
-        names = bundled if bundled is not None else [i.name for i in pkgutil.iter_modules(package.__path__)]
+        names = bundled if bundled is not None else [
+            i.name for i in pkgutil.iter_modules(package.__path__) if not i.ispkg]  # plugins.lib is no plugin
         for name in sorted(names):
             if name.startswith("_"):
                 continue

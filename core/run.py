@@ -87,6 +87,8 @@ class Run:
     tokenizer_path: Path | None = None
     train_files: list[Path] = field(default_factory=list)
     val_files: list[Path] = field(default_factory=list)
+    schemes: Any = None  # quantization scheme -> dequantize function (core's + pg_dequantizers)
+    code_size: Any = None  # (config, registry) -> code bytes of the submission (core.train.setup sets it)
     _log_path: Path | None = None
     _events_path: Path | None = None
 

@@ -11,6 +11,7 @@ import copy
 import functools
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
 from core.tokenizer import build_byte_tables, load_tokenizer
 
 CORE_DIR = Path(__file__).resolve().parent
-CODE_FILE: Path | None = None  # a bundled train_gpt.py sets itself: its bytes are the code size
 
 
 class CoreDefaults:
@@ -78,31 +78,28 @@ def plain_evaluator(run: Run) -> PlainEvaluator:
 
 
 def resolve_data(run: Run) -> tuple[Path, Path]:
-    """(data_dir, tokenizer_path): the embedded default data when data_path is empty."""
+    """(data_dir, tokenizer_path): `core.data_path`, and its tokenizer found by convention when
+    `core.tokenizer_path` is empty (`<data>/tokenizer/*.model`, else the challenge's
+    `<data>/../../tokenizers/fineweb_<vocab>_bpe.model`)."""
     core = run.core
-    if core.data_path:
-        data_dir = Path(core.data_path)
-        if not data_dir.exists():
-            raise DataError(f"data path {data_dir} does not exist (DATA_PATH / core.data_path)")
-    else:
-        from core.databuild import ensure_default_data
-
-        data_dir = ensure_default_data(vocab_size=core.vocab_size)
+    if not core.data_path:
+        raise DataError("core.data_path is empty: set DATA_PATH / --data (the pgolf command line fills in the "
+                        "embedded default corpus)")
+    data_dir = Path(core.data_path)
+    if not data_dir.exists():
+        raise DataError(f"data path {data_dir} does not exist (DATA_PATH / core.data_path)")
+    if not data_dir.is_dir():
+        raise DataError(f"data path {data_dir} is not a directory (DATA_PATH / core.data_path)")
     if core.tokenizer_path:
-        tok = Path(core.tokenizer_path)
-    else:
-        candidates = sorted((data_dir / "tokenizer").glob("*.model"))
-        challenge = data_dir.parent.parent / "tokenizers" / f"fineweb_{core.vocab_size}_bpe.model"
-        if candidates:
-            tok = candidates[0]
-        elif challenge.is_file():
-            tok = challenge
-        else:
-            raise DataError(
-                f"no tokenizer found for data path {data_dir}: looked in {data_dir / 'tokenizer'} and {challenge}"
-                " (set TOKENIZER_PATH / core.tokenizer_path)"
-            )
-    return data_dir, tok
+        return data_dir, Path(core.tokenizer_path)
+    candidates = sorted((data_dir / "tokenizer").glob("*.model"))
+    challenge = data_dir.parent.parent / "tokenizers" / f"fineweb_{core.vocab_size}_bpe.model"
+    if candidates:
+        return data_dir, candidates[0]
+    if challenge.is_file():
+        return data_dir, challenge
+    raise DataError(f"no tokenizer found for data path {data_dir}: looked in {data_dir / 'tokenizer'} and "
+                    f"{challenge} (set TOKENIZER_PATH / core.tokenizer_path)")
 
 
 def build_model(run: Run) -> GPT:
@@ -164,20 +161,20 @@ def should_compile(run: Run) -> bool:
     return run.device.type == "cuda" if c == "auto" else c in ("true", "1")
 
 
-def code_bytes(run: Run) -> int:
-    """Bytes of the train_gpt.py that `pgolf bundle` writes for this run's configuration (the script's own
-    bytes when running from one, `CODE_FILE`); the source bytes of the core and the enabled plugins when
-    a plugin cannot be bundled (an entry-point plugin)."""
-    if CODE_FILE is not None:
-        return len(CODE_FILE.read_bytes())
-    from submissions.bundle import BundleError, bundle
+CodeSize = Callable[[Config, Registry], int]
 
-    try:
-        return len(bundle(run.config, run.registry).encode("utf-8"))
-    except BundleError:
-        files = sorted(p for p in CORE_DIR.glob("*.py") if p.name not in ("cli.py", "databuild.py", "corpus.py"))
-        files += [Path(run.registry.plugins[n].describe()["file"]) for n in run.config.plugins]
-        return sum(len(p.read_bytes()) for p in files if p.is_file())
+
+def source_bytes(config: Config, registry: Registry) -> int:
+    """The default code size: the bytes of every core module and of the enabled plugins' files (an
+    over-estimate of the bundle, which strips docstrings; the command line passes the bundle's size)."""
+    files = sorted(CORE_DIR.glob("*.py"))
+    files += [Path(registry.plugins[n].describe()["file"]) for n in config.plugins]
+    return sum(len(p.read_bytes()) for p in files if p.is_file())
+
+
+def code_bytes(run: Run) -> int:
+    """The code size this run counts against the cap: `run.code_size(config, registry)`."""
+    return run.code_size(run.config, run.registry)
 
 
 class Progress:
@@ -202,10 +199,13 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def setup(config: Config, registry: Registry, make_dir: bool = True) -> Run:
-    """Everything before the loop: run, data, tokenizer tables, model, optimizers."""
+def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize = source_bytes) -> Run:
+    """Everything before the loop: run, data, tokenizer tables, model, optimizers. `code_size` counts the
+    code bytes of the submission (a bundled script passes its own size, `pgolf train` the bundle's)."""
     cuda = torch.cuda.is_available() and config.core.device != "cpu"
     run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir)
+    run.code_size = code_size
+    run.schemes = {**ex.SCHEMES, **{k: v for d in run.hook.pg_dequantizers() if d for k, v in d.items()}}
     core = run.core
     run.grad_accum_steps = core.grad_accum_steps or max(1, 8 // run.world_size)
     if core.grad_accum_steps == 0 and 8 % run.world_size != 0:
@@ -452,7 +452,7 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     n_code = code_bytes(run)
     ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8"), code_bytes=n_code, config=cfg,
                            float_state=state)
-    result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None,
+    result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None, schemes=run.schemes,
                                   refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx))
     label = f"{result.quantizer_name}+{result.codec_name}"
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
@@ -465,7 +465,7 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
         run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
         report = ex.size_report(n_code, len(result.blob))
         run.event("size", label=label, **report)
-    restored = ex.verify_round_trip(result, {codec.name: codec})
+    restored = ex.verify_round_trip(result, ex.decoders_of(codec), schemes=run.schemes)
     base.load_state_dict(restored, strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=base)
     evaluator = run.hook.pg_evaluator(run=run)
@@ -485,8 +485,8 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     return fields
 
 
-def run_training(config: Config, registry: Registry) -> dict[str, Any]:
-    run = setup(config, registry)
+def run_training(config: Config, registry: Registry, code_size: CodeSize = source_bytes) -> dict[str, Any]:
+    run = setup(config, registry, code_size=code_size)
     try:
         return train(run)
     finally:
@@ -530,8 +530,8 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
 
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
-    qstate, header = ex.read_artifact(artifact)
-    run.model.load_state_dict(ex.dequantize_state_dict(qstate), strict=True)
+    qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
+    run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=run.model)
     evaluator = run.hook.pg_evaluator(run=run)
     if should_compile(run):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib import codecs
 
 CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
 
@@ -35,4 +36,4 @@ class Lzma(Plugin):
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
-        return ex.LzmaCodec(preset=self.cfg.preset | (lzma.PRESET_EXTREME if self.cfg.extreme else 0))
+        return codecs.LzmaCodec(preset=self.cfg.preset | (lzma.PRESET_EXTREME if self.cfg.extreme else 0))

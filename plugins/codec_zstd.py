@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib import codecs
 
 CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
 
@@ -33,4 +34,4 @@ class Zstd(Plugin):
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
-        return ex.ZstdCodec(level=self.cfg.level)
+        return codecs.ZstdCodec(level=self.cfg.level)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib import codecs
 
 CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
 
@@ -31,9 +32,9 @@ def make_codecs(names: str) -> list[ex.Codec]:
     for name in (n.strip() for n in names.split(",")):
         if not name:
             continue
-        if name not in ex.CODECS:
-            raise ValueError(f"compress_auto.codecs: unknown codec {name!r} (known: {', '.join(ex.CODECS)})")
-        out.append(ex.CODECS[name]())
+        if name not in codecs.CODECS:
+            raise ValueError(f"compress_auto.codecs: unknown codec {name!r} (known: {', '.join(codecs.CODECS)})")
+        out.append(codecs.CODECS[name]())
     if not out:
         raise ValueError("compress_auto.codecs is empty")
     return out
@@ -52,4 +53,4 @@ class CompressAuto(Plugin):
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
-        return ex.AutoCodec(make_codecs(self.cfg.codecs))
+        return codecs.AutoCodec(make_codecs(self.cfg.codecs))

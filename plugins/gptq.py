@@ -6,7 +6,7 @@ with forward hooks on the uncompiled model, from training batches (`calibration 
 sequences the model samples itself (`"ar"`: temperature 0.8, seeded, no data read); Hessians are summed
 over ranks. The core reserves `reserve_seconds` of the wall clock for it and counts its time as training.
 At export each such matrix is quantized column by column in act order with Cholesky error compensation
-(`core.quant.gptq_quantize`), its per-row scales chosen by the records' clip search (`clip = "search"`:
+(`plugins.lib.quant.gptq_quantize`), its per-row scales chosen by the records' clip search (`clip = "search"`:
 row-clip quantiles, scale floored at 1/qmax, lowest weight MSE, PR #1060) or by k·std(row) (`"sdclip"`).
 Tensors without a Hessian follow the mixed policy of `quant_mixed` with the same clip rule.
 """
@@ -23,9 +23,9 @@ from torch import Tensor, nn
 from core import export as ex
 from core.export import QTensor
 from core.hookspecs import hookimpl
-from core.quant import MixedBitsConfig, bits_for, gptq_quantize, policy_quantize, prepare_hessian, qmax_of
 from core.registry import Plugin
 from plugins.gptq_lite import parse_percentiles, row_clips, search_clip
+from plugins.lib.quant import MixedBitsConfig, bits_for, gptq_quantize, policy_quantize, prepare_hessian, qmax_of
 from plugins.sdclip import MIN_SCALE
 
 QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")

@@ -15,8 +15,8 @@ from torch import Tensor
 
 from core.export import QTensor
 from core.hookspecs import hookimpl
-from core.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
 from core.registry import Plugin
+from plugins.lib.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
 
 QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 

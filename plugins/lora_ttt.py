@@ -19,12 +19,12 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, find_documents
-from core.ttt import DocLoRATTT, LoRATTTSettings
+from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings
 
 
 @dataclass
 class LoRATTTConfig(LoRATTTSettings):
-    """All settings live in `core.ttt.LoRATTTSettings` (shared with phased_ttt), with PR #1530's defaults."""
+    """All settings live in `plugins.lib.ttt.LoRATTTSettings` (shared with phased_ttt), with PR #1530's defaults."""
 
 
 class LoRATTTEvaluator:

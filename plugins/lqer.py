@@ -67,14 +67,11 @@ def low_rank_term(extra: Mapping[str, Tensor]) -> Tensor:
     return a @ b
 
 
-def _deq_lqer(q: QTensor) -> Tensor:
+def dequantize_lqer(q: QTensor) -> Tensor:
     if q.scale is None or not {"a", "a_scale", "b", "b_scale"} <= q.extra.keys():
         raise ex.ArtifactError("lqer tensor record lacks its scale or low-rank factors")
     w = q.data.float() * q.scale.float()[:, None]
     return (w + low_rank_term(q.extra)).to(q.torch_dtype()).contiguous()
-
-
-ex.register_scheme(SCHEME, _deq_lqer)
 
 
 def add_lqer(qstate: dict[str, QTensor], float_state: Mapping[str, Tensor], cfg: LQERConfig) -> list[str]:
@@ -124,6 +121,10 @@ class LQER(Plugin):
         if ctx.float_state is None:
             raise ValueError("lqer: the export gave no float state dict (RefineContext.float_state)")
         self.corrected = add_lqer(qstate, ctx.float_state, self.cfg)
+
+    @hookimpl
+    def pg_dequantizers(self) -> dict[str, ex.DequantizeFn]:
+        return {SCHEME: dequantize_lqer}
 
     @hookimpl
     def pg_report(self, run, fields) -> None:

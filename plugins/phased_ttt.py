@@ -24,12 +24,12 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoredTokens, ScoreSink, find_documents, restored_weights
-from core.ttt import DocLoRATTT, LoRATTTSettings, cosine_lr, sgd_rows
+from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, cosine_lr, sgd_rows
 
 
 @dataclass
 class PhasedTTTConfig(LoRATTTSettings):
-    """The per-document LoRA settings (`core.ttt.LoRATTTSettings`, PR #1530 defaults), then the phases."""
+    """The per-document LoRA settings (`plugins.lib.ttt.LoRATTTSettings`, PR #1530 defaults), then the phases."""
 
     prefix_docs: int = field(default=2000, metadata={"help": "stream-order documents covered by the SGD phases"})
     num_phases: int = field(default=3, metadata={"help": "SGD phases over the prefix (PR #1610: 1, #1626: 3)"})

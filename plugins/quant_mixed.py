@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from core.export import QTensor
 from core.hookspecs import hookimpl
-from core.quant import MixedBitsConfig, policy_quantize, rowmax_clip
 from core.registry import Plugin
+from plugins.lib.quant import MixedBitsConfig, policy_quantize, rowmax_clip
 
 QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 

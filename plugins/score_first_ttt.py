@@ -29,7 +29,7 @@ from core.scoring import (
     warm_forward,
     window_ends,
 )
-from core.ttt import cosine_lr, sgd_rows
+from plugins.lib.ttt import cosine_lr, sgd_rows
 
 
 @dataclass

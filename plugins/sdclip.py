@@ -14,8 +14,8 @@ from torch import Tensor
 from core import export as ex
 from core.export import QTensor
 from core.hookspecs import hookimpl
-from core.quant import MixedBitsConfig, policy_quantize
 from core.registry import Plugin
+from plugins.lib.quant import MixedBitsConfig, policy_quantize
 
 QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 MIN_SCALE = 1e-10

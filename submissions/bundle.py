@@ -7,8 +7,8 @@ the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED, ITERATIO
 and accepts `section.key=value` overrides as arguments. Its own size is the code size it reports.
 Docstrings, comments, function annotations and settings' help texts are dropped (`strip=True`, the
 default): the code bytes count against the cap.
-Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the plugins
-(function-level imports too), minus the ones only the pgolf command line or the default corpus needs.
+Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
+plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from core.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
-# Reached only by `pgolf` commands or the embedded default corpus (a bundle always names its data).
-EXCLUDED = frozenset({"core.cli", "core.corpus", "core.databuild", "core.scaffold", "core.size"})
 # Machine- and run-specific settings the bundle leaves to the environment / the script's defaults.
 MACHINE_KEYS = ("data_path", "tokenizer_path", "run_id", "out_dir", "device", "compile", "attention")
 # Settings that differ between runs of one script: not in its RECIPE (SEED chooses; the default is 1337).
@@ -68,7 +66,7 @@ def module_closure(roots: dict[str, str]) -> dict[str, str]:
     todo = list(roots)
     while todo:
         for dep in sorted(imports_of(sources[todo.pop()])):
-            if dep in sources or dep in EXCLUDED:
+            if dep in sources:
                 continue
             path = module_file(dep)
             assert path is not None
@@ -184,7 +182,7 @@ def main(argv):
     from core.config import ConfigError, resolve
     from core.registry import PluginError, Registry
 
-    train.CODE_FILE = Path(__file__).resolve()
+    own_size = len(Path(__file__).resolve().read_bytes())
     try:
         registry = Registry(entry_points=False)
         cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=RECIPE, env=os.environ,
@@ -192,7 +190,7 @@ def main(argv):
     except (ConfigError, PluginError) as exc:
         print(f"train_gpt.py: {exc}", file=sys.stderr)
         return 2
-    train.run_training(cfg, registry)
+    train.run_training(cfg, registry, code_size=lambda config, registry: own_size)
     return 0
 
 
@@ -236,3 +234,14 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True) -> str:
     text = "\n".join(lines) + "\n" + LOADER
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return text
+
+
+def bundle_size(cfg: Config, registry: Registry) -> int:
+    """Bytes of the train_gpt.py `bundle` writes for `cfg` (what `pgolf train` logs as its code size); the
+    core's source-byte estimate when a plugin cannot be bundled (an entry-point plugin)."""
+    try:
+        return len(bundle(cfg, registry).encode("utf-8"))
+    except BundleError:
+        from core.train import source_bytes
+
+        return source_bytes(cfg, registry)

@@ -19,8 +19,8 @@ TINY_CORE = [
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """Challenge-format shards + tokenizer (vocab 320) built from the generated corpus."""
-    from core.corpus import generate_documents
-    from core.databuild import build_dataset
+    from dataprep.build import build_dataset
+    from dataprep.corpus import generate_documents
 
     root = tmp_path_factory.mktemp("tinydata")
     src = root / "text"

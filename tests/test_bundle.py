@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main as cli_main
 from core.config import resolve
 from core.registry import Plugin, Registry
 from core.train import code_bytes, run_training, setup
-from submissions.bundle import BundleError, bundle, imports_of, module_closure, strip_source
+from pgolf.cli import main as cli_main
+from submissions.bundle import BundleError, bundle, bundle_size, imports_of, module_closure, strip_source
 from submissions.package import build_files
 from validator.sandbox import run_sandboxed
 
@@ -38,9 +38,9 @@ def test_bundled_script_runs_without_pgolf_and_trains_like_pgolf_train(tiny_sets
     reg = Registry()
     sets = [*tiny_sets, "core.iterations=4", "sliding_window.stride=32", "bigram_hash.buckets=64"]
     cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=PLUGINS, sets=sets, check_plugins=reg.check)
-    run = setup(cfg, reg)
+    run = setup(cfg, reg, code_size=bundle_size)
     expected_code = code_bytes(run)
-    summary = run_training(cfg, reg)
+    summary = run_training(cfg, reg, code_size=bundle_size)
     log = (run.run_dir / "train.log").read_text()
 
     folder = tmp_path / "records_folder"
@@ -69,9 +69,9 @@ def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tin
                   check_plugins=reg.check)
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
-    res = _probe(script, "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import core.cli")
+    res = _probe(script, "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import plugins.xsa")
     assert str(tmp_path / "core" / "model.py") in res.stdout and "('ema',)" in res.stdout
-    assert "core.cli is not bundled in this train_gpt.py" in res.stderr
+    assert "plugins.xsa is not bundled in this train_gpt.py" in res.stderr
 
 
 def test_bundle_holds_only_the_enabled_plugins_and_the_modules_they_reach(tiny_sets):
@@ -80,17 +80,17 @@ def test_bundle_holds_only_the_enabled_plugins_and_the_modules_they_reach(tiny_s
                   check_plugins=reg.check)
     text = bundle(cfg, reg)
     embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))
-    assert {"plugins.lora_ttt", "core.ttt", "core.train", "core.model"} <= embedded
-    assert not embedded & {"plugins.ema", "plugins.sliding_window", "core.cli", "core.databuild", "core.corpus"}
+    assert {"plugins.lora_ttt", "plugins.lib.ttt", "core.train", "core.model"} <= embedded
+    assert not embedded & {"plugins.ema", "plugins.sliding_window", "pgolf.cli", "dataprep.build", "dataprep.corpus"}
     assert "/home/" not in text and str(tiny_sets[-1]) not in text  # no local paths in the recipe
     assert "'data_path': './data/datasets/fineweb10B_sp320'" in text
 
 
 def test_module_closure_follows_function_level_imports():
-    src = "def f():\n    from core.ttt import cosine_lr\n    import plugins.ema\n"
-    assert imports_of(src) == {"core.ttt", "plugins.ema"}
+    src = "def f():\n    from plugins.lib.ttt import cosine_lr\n    import plugins.ema\n"
+    assert imports_of(src) == {"plugins.lib.ttt", "plugins.ema"}
     closure = module_closure({"x": src})
-    assert {"core.ttt", "plugins.ema", "core.scoring", "core", "plugins"} <= set(closure)
+    assert {"plugins.lib.ttt", "plugins.ema", "core.scoring", "core", "plugins"} <= set(closure)
 
 
 def test_strip_source_drops_docstrings_comments_annotations_and_help_but_keeps_code():

@@ -1,4 +1,4 @@
-"""The embedded default corpus: determinism, shape and learnable structure (core.corpus)."""
+"""The embedded default corpus: determinism, shape and learnable structure (dataprep.corpus)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from core.corpus import generate_documents
+from dataprep.corpus import generate_documents
 
 
 @pytest.fixture(scope="module")

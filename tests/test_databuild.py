@@ -1,4 +1,4 @@
-"""Dataset building from text directories and jsonl, and the cached default corpus (core.databuild)."""
+"""Dataset building from text directories and jsonl, and the cached default corpus (dataprep.build)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from core import databuild
-from core.corpus import generate_documents
 from core.data import DataError, read_shard, shard_files
-from core.databuild import build_dataset, default_data_dir, ensure_default_data, train_tokenizer
 from core.tokenizer import build_byte_tables, load_tokenizer, token_bytes
+from dataprep import build as databuild
+from dataprep.build import build_dataset, default_data_dir, ensure_default_data, train_tokenizer
+from dataprep.corpus import generate_documents
 
 VOCAB = 320
 

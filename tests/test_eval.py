@@ -13,10 +13,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from core.cli import main
 from core.data import load_validation_tokens, shard_files
 from core.scoring import ScoreSink
 from core.tokenizer import build_byte_tables
+from pgolf.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +110,7 @@ def test_distributed_eval_equals_single_process(trained_run, evaluator, capsys):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = str(ROOT)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "core.cli", "eval", str(trained_run), *extra]
+           "-m", "pgolf.cli", "eval", str(trained_run), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     m = FINAL.search(proc.stdout)

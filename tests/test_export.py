@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from core import export as ex
+from plugins.lib import codecs
 
 Q64 = 99.99984 / 100.0  # the baseline's INT8_CLIP_PERCENTILE, written out independently
 Q32 = np.float32(Q64)  # torch.quantile computes the rank in the input dtype (float32)
@@ -152,8 +153,10 @@ def _state() -> dict[str, torch.Tensor]:
             "blocks.0.attn_scale": torch.ones(256), "step": torch.tensor(7)}
 
 
-def test_quantizer_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(ex.SCHEMES, "test_negated", lambda q: (-q.data).to(q.torch_dtype()))
+NEGATED_SCHEMES = {**ex.SCHEMES, "test_negated": lambda q: (-q.data).to(q.torch_dtype())}
+
+
+def test_quantizer_precedence() -> None:
     calls: list[str] = []
 
     def mlp_only(name: str, t: torch.Tensor) -> ex.QTensor | None:
@@ -167,7 +170,7 @@ def test_quantizer_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
         return None
 
     sd = _state()
-    qstate, stats = ex.quantize_state_dict(sd, [declines, mlp_only])
+    qstate, stats = ex.quantize_state_dict(sd, [declines, mlp_only], NEGATED_SCHEMES)
     assert qstate["blocks.0.mlp.fc.weight"].scheme == "test_negated"
     assert qstate["blocks.0.attn.c_q.weight"].scheme == "int8_per_row"
     assert qstate["blocks.0.attn_scale"].scheme == "passthrough" and qstate["step"].scheme == "passthrough"
@@ -175,8 +178,8 @@ def test_quantizer_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(AssertionError):
         ex.quantize_state_dict(sd, [never])
     mlp = {"blocks.0.mlp.fc.weight": sd["blocks.0.mlp.fc.weight"]}
-    qstate, _ = ex.quantize_state_dict(mlp, [mlp_only, never])
-    assert torch.equal(qstate["blocks.0.mlp.fc.weight"].dequantize(), sd["blocks.0.mlp.fc.weight"])
+    qstate, _ = ex.quantize_state_dict(mlp, [mlp_only, never], NEGATED_SCHEMES)
+    assert torch.equal(qstate["blocks.0.mlp.fc.weight"].dequantize(NEGATED_SCHEMES), sd["blocks.0.mlp.fc.weight"])
     assert stats.schemes == {"int8_per_row": 2, "test_negated": 1, "passthrough": 2}
 
 
@@ -184,7 +187,7 @@ def test_quantizer_contract_errors() -> None:
     sd = {"w": torch.randn(300, 300)}
     with pytest.raises(TypeError, match="'w'"):
         ex.quantize_state_dict(sd, [lambda n, t: t])
-    with pytest.raises(ValueError, match="not registered"):
+    with pytest.raises(ValueError, match="has no dequantizer"):
         ex.quantize_state_dict(sd, [_negate])
 
 
@@ -206,7 +209,7 @@ def test_quant_stats() -> None:
 def _codec(name: str) -> ex.Codec:
     if name in ("zstd", "brotli"):
         pytest.importorskip("zstandard" if name == "zstd" else "brotli")
-    return ex.CODECS[name]()
+    return codecs.CODECS[name]()
 
 
 CODEC_NAMES = ["zlib", "lzma", "zstd", "brotli"]
@@ -276,16 +279,16 @@ def test_zstd_bomb_without_declared_size() -> None:
         bomb = sink.getvalue()
     assert zstandard.get_frame_parameters(bomb).content_size == zstandard.CONTENTSIZE_UNKNOWN
     with pytest.raises(ex.ArtifactError, match="size cap exceeded"):
-        ex.ZstdCodec().decompress(bomb, max_size=1 << 20)
-    assert ex.ZstdCodec().decompress(bomb) == b"\x00" * (4 << 20)
+        codecs.ZstdCodec().decompress(bomb, max_size=1 << 20)
+    assert codecs.ZstdCodec().decompress(bomb) == b"\x00" * (4 << 20)
 
 
 def test_brotli_fallback_is_capped() -> None:
     brotli = pytest.importorskip("brotli")
     blob = brotli.compress(b"\x00" * (4 << 20))
-    assert ex._brotli_chunked(brotli.Decompressor(), brotli.compress(SAMPLE), len(SAMPLE)) == SAMPLE
+    assert codecs._brotli_chunked(brotli.Decompressor(), brotli.compress(SAMPLE), len(SAMPLE)) == SAMPLE
     with pytest.raises(ex.ArtifactError, match="size cap"):
-        ex._brotli_chunked(brotli.Decompressor(), blob, 1 << 20)
+        codecs._brotli_chunked(brotli.Decompressor(), blob, 1 << 20)
 
 
 # --- the artifact ----------------------------------------------------------------------------------
@@ -320,7 +323,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
 
     path = tmp_path / "final_model.ptz"
     assert ex.write_artifact(path, result.blob) == len(result.blob) == path.stat().st_size
-    records, header2 = ex.read_artifact(path)
+    records, header2 = ex.read_artifact(path, {name: codec})
     assert header2 == header
     restored = ex.verify_round_trip(result, {name: codec})
     from_file = ex.dequantize_state_dict(records)
@@ -360,11 +363,12 @@ def test_zlib_artifact_close_to_baseline_size() -> None:
     assert result.compressed_bytes < len(zlib.compress(buf.getvalue(), 9)) + 400
 
 
-def test_plugin_scheme_survives_the_artifact(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(ex.SCHEMES, "test_negated", lambda q: (-q.data).to(q.torch_dtype()))
+def test_plugin_scheme_survives_the_artifact() -> None:
     sd = {"blocks.0.mlp.fc.weight": torch.randn(300, 300)}
-    result = ex.export_state_dict(sd, [_negate], ex.ZlibCodec(), quantizer_name="negated")
-    restored = ex.verify_round_trip(result)
+    with pytest.raises(ValueError, match="scheme 'test_negated' has no dequantizer"):
+        ex.export_state_dict(sd, [_negate], ex.ZlibCodec(), quantizer_name="negated")
+    result = ex.export_state_dict(sd, [_negate], ex.ZlibCodec(), quantizer_name="negated", schemes=NEGATED_SCHEMES)
+    restored = ex.verify_round_trip(result, schemes=NEGATED_SCHEMES)
     assert torch.equal(restored["blocks.0.mlp.fc.weight"], sd["blocks.0.mlp.fc.weight"])
     records, header = ex.decode_artifact(result.blob)
     assert header["quantizer"] == "negated" and records["blocks.0.mlp.fc.weight"].meta == {"by": "test"}

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from core import export as ex
-from core.cli import main as cli_main
 from core.registry import Registry
+from pgolf.cli import main as cli_main
 from plugins.compress_auto import CompressAuto, CompressAutoConfig
 from plugins.gptq_lite import GPTQLite, GPTQLiteConfig
+from plugins.lib import codecs
 from plugins.prune_to_fit import PruneError, PruneToFit, PruneToFitConfig, find_candidates, prune_to_fit, pruned
 from plugins.quant_mixed import QuantMixed, QuantMixedConfig
 from plugins.sdclip import SDClip, SDClipConfig
@@ -162,7 +163,7 @@ def test_compress_auto_picks_smallest_and_decodes():
     assert set(sizes) == {"zlib", "zstd", "brotli", "lzma"}
     assert header["codec"] == min(sizes, key=lambda n: (sizes[n], list(sizes).index(n)))
     assert header["payload_bytes"] == min(sizes.values())
-    records, _ = ex.decode_artifact(blob)  # no "auto" codec needed: the header names the winner
+    records, _ = ex.decode_artifact(blob, codecs.all_decoders())  # no "auto" codec needed: the header names the winner
     assert torch.equal(records[ATTN].data, qstate[ATTN].data)
     assert codec.decompress(codec.compress(b"x" * 1000)) == b"x" * 1000
     with pytest.raises(ValueError, match="unknown codec"):
@@ -217,7 +218,7 @@ def test_prune_to_fit_plugin_fails_clearly_when_unreachable(small_qstate):
 
 # --- pgolf size -------------------------------------------------------------------------------------
 def test_pgolf_size_reports_and_rejects_corrupt_artifacts(tmp_path, small_qstate, capsys):
-    blob = ex.encode_artifact(small_qstate, ex.ZstdCodec(), "int6")
+    blob = ex.encode_artifact(small_qstate, codecs.ZstdCodec(), "int6")
     run = tmp_path / "run"
     run.mkdir()
     (run / "final_model.ptz").write_bytes(blob)
@@ -242,7 +243,7 @@ def test_pgolf_size_reports_and_rejects_corrupt_artifacts(tmp_path, small_qstate
 
 
 def test_baseline_int8_rule_below_its_passthrough_size_matches_the_core():
-    from core.quant import baseline_int8_any_size
+    from plugins.lib.quant import baseline_int8_any_size
 
     small, big = rand_matrix(100, 128, seed=7), rand_matrix(600, 128, seed=7)
     q_small = QuantMixed(QuantMixedConfig(keep_float_max_numel=0)).pg_quantize_tensor(EMB, small, None)
@@ -345,16 +346,16 @@ def test_quant_mixed_codes_and_scales_equal_the_pr315_rule_and_container_size_is
     # Same codes in both containers: compressed sizes within 2% (zstd 9 here; benchmarks/export_bench.py: 22).
     buf = io.BytesIO()
     torch.save({"w": rec, "m": rec_meta}, buf)
-    theirs = len(ex.ZstdCodec(level=9).compress(buf.getvalue()))
-    ours = len(ex.encode_artifact(qstate, ex.ZstdCodec(level=9), "int6"))
+    theirs = len(codecs.ZstdCodec(level=9).compress(buf.getvalue()))
+    ours = len(ex.encode_artifact(qstate, codecs.ZstdCodec(level=9), "int6"))
     assert abs(ours - theirs) / theirs < 0.02, (ours, theirs)
 
 
 def test_prune_to_fit_run_fits_code_plus_artifact(tiny_sets):
     """The whole run path: the plugin's target counts the code bytes the run reports."""
     from core.config import resolve
-    from core.size import size_summary
     from core.train import code_bytes, setup, train
+    from pgolf.size import size_summary
 
     reg = Registry()
     cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["prune_to_fit"], check_plugins=reg.check,

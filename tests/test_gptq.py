@@ -1,4 +1,4 @@
-"""Full-Hessian GPTQ (plugins/gptq.py, core.quant GPTQ solver; PRs #1019/#1060/#1394) and LQER (PR #1797):
+"""Full-Hessian GPTQ (plugins/gptq.py, plugins.lib.quant GPTQ solver; PRs #1019/#1060/#1394) and LQER (PR #1797):
 against an independent float64 GPTQ, against round-to-nearest on correlated inputs, Hessians against an
 explicit XᵀX, and the budget reservation + calibration timing of a real (tiny) run."""
 
@@ -13,10 +13,11 @@ from torch import nn
 
 from core import export as ex
 from core.config import resolve
-from core.quant import gptq_quantize, gptq_rows, prepare_hessian
 from core.registry import Registry
 from core.train import setup, train
 from plugins.gptq import GPTQ, GPTQConfig, HessianCollector, collect_hessians
+from plugins.lib import codecs
+from plugins.lib.quant import gptq_quantize, gptq_rows, prepare_hessian
 from plugins.lqer import LQER, LQERConfig, add_lqer, pack_asym
 from plugins.quant_mixed import QuantMixed, QuantMixedConfig
 
@@ -121,7 +122,7 @@ def test_gptq_run_reserves_budget_and_counts_calibration_as_training(tiny_sets):
     assert metrics["calibration_ms"] > 0
     assert metrics["train_time_ms"] == pytest.approx(metrics["loop_train_time_ms"] + metrics["calibration_ms"])
     assert metrics["artifact_label"].startswith("int6+") and metrics["gptq_hessians"] == 12
-    records, header = ex.read_artifact(run.run_dir / "final_model.ptz")
+    records, header = ex.read_artifact(run.run_dir / "final_model.ptz", codecs.all_decoders())
     assert header["quantizer"] == "int6"
     q = records["blocks.0.attn.c_q.weight"]
     assert q.meta["method"] == "gptq" and q.meta["bits"] == 6 and int(q.data.abs().max()) <= 31
@@ -169,6 +170,9 @@ def test_gptq_sdclip_embedding_and_fallbacks():
 
 
 # --- LQER -------------------------------------------------------------------------------------------
+LQER_SCHEMES = {**ex.SCHEMES, **LQER().pg_dequantizers()}
+
+
 def test_lqer_asym_matches_an_independent_float64_computation_and_reduces_error():
     torch.manual_seed(2)
     state = {f"blocks.{i}.mlp.fc.weight": torch.randn(96, 128) * (1 + i) for i in range(4)}
@@ -192,15 +196,17 @@ def test_lqer_asym_matches_an_independent_float64_computation_and_reduces_error(
         s_b = (np.abs(bg).max(axis=1) / 7.5).astype(np.float16).astype(np.float64)
         qb = np.clip(np.rint(bg / s_b[:, None]), -8, 7).reshape(b.shape)
         want = before[name].double().numpy() + (qa * s_a) @ (qb.reshape(-1, 64) * s_b[:, None]).reshape(b.shape)
-        got = q.dequantize().double().numpy()
+        got = q.dequantize(LQER_SCHEMES).double().numpy()
         assert np.mean(np.abs(got - want) > 1e-4) < 1e-3  # float32 vs float64 may flip a rare rounding tie
         assert np.linalg.norm(got - state[name].numpy()) < np.linalg.norm(e)
     untouched = qstate["blocks.0.mlp.fc.weight"]
     assert untouched.scheme == "intk_per_row"
     blob = ex.encode_artifact(qstate, ex.ZlibCodec(), "int6")  # factors survive the artifact round trip
-    decoded, _ = ex.decode_artifact(blob)
+    decoded, _ = ex.decode_artifact(blob, codecs.all_decoders())
     for name in state:
-        assert torch.equal(decoded[name].dequantize(), qstate[name].dequantize())
+        assert torch.equal(decoded[name].dequantize(LQER_SCHEMES), qstate[name].dequantize(LQER_SCHEMES))
+    with pytest.raises(ex.ArtifactError, match="unknown quantization scheme 'lqer'"):
+        decoded[top[0]].dequantize()  # the core alone does not know the plugin's scheme
     assert decoded[top[0]].payload_bytes == qstate[top[0]].payload_bytes > before[top[0]].numel()
 
 

@@ -23,7 +23,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.cli import main
 from core.config import resolve
 from core.export import quantize_state_dict
 from core.model import CastedLinear, apply_rotary_emb
@@ -31,6 +30,7 @@ from core.optim import Muon
 from core.registry import Registry
 from core.run import create_run
 from core.train import Clock, CoreDefaults, build_model, make_optimizers
+from pgolf.cli import main
 from plugins.bigram_hash import bigram_buckets
 from plugins.late_qat import FakeQuantLinear, LateQAT, LateQATConfig, fake_quantize_rows
 from plugins.partial_rope import PartialRotary

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core.cli import main as cli_main
 from core.config import resolve
 from core.registry import Registry
 from core.train import run_training
-from submissions.bundle import bundle
+from pgolf.cli import main as cli_main
+from submissions.bundle import bundle, bundle_size
 from submissions.package import RecordError, build_files, errors_of, write_records_folder
 from validator.cli import validate_folder
 
@@ -23,7 +23,7 @@ PLUGINS = ["ema", "zstd"]
 def _train(sets: list[str], seed: int, run_id: str) -> Path:
     cfg = resolve(plugin_config_classes=REG.config_classes(), plugins=PLUGINS, check_plugins=REG.check,
                   sets=[*sets, f"core.seed={seed}", f"core.run_id={run_id}", "core.iterations=6"])
-    run_training(cfg, REG)
+    run_training(cfg, REG, code_size=bundle_size)
     return Path(cfg.core.out_dir) / run_id
 
 

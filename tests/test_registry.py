@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from core import registry as reg
-from core.cli import main
 from core.config import ConfigError, resolve
 from core.registry import Plugin, PluginError, Registry, make_manager
+from pgolf.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

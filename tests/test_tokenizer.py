@@ -8,10 +8,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from core.corpus import generate_documents
 from core.data import DataError
-from core.databuild import train_tokenizer
 from core.tokenizer import ByteTables, build_byte_tables, load_tokenizer, token_bytes
+from dataprep.build import train_tokenizer
+from dataprep.corpus import generate_documents
 
 VOCAB = 384
 

@@ -8,11 +8,11 @@ import re
 import pytest
 import torch
 
-from core.cli import main
 from core.config import resolve
 from core.data import DataError
 from core.registry import Registry
 from core.train import setup, train
+from pgolf.cli import main
 
 REGISTRY = Registry()
 
@@ -116,7 +116,7 @@ def test_nproc_2_on_cpu_matches_one_process(tiny_sets, tmp_path):
     env["PYTHONPATH"] = str(root)
     out = {}
     for n in (1, 2):
-        proc = subprocess.run([sys.executable, "-m", "core.cli", "train", "--nproc", str(n), *args,
+        proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--nproc", str(n), *args,
                                "--set", f"core.run_id=n{n}"], cwd=root, env=env, capture_output=True, text=True,
                               timeout=300)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -129,7 +129,7 @@ def test_nproc_2_on_cpu_matches_one_process(tiny_sets, tmp_path):
 def test_cli_data_build(tmp_path, capsys):
     src = tmp_path / "text"
     src.mkdir()
-    from core.corpus import generate_documents
+    from dataprep.corpus import generate_documents
 
     for i, doc in enumerate(generate_documents(60, seed=3)):
         (src / f"{i}.txt").write_text(doc)

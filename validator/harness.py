@@ -599,7 +599,7 @@ def run_dir_byte_audit(run_dir: Path, max_tokens: int) -> Check:
     vocab = int(core.get("vocab_size", 1024))
     data = Path(core["data_path"]) if core.get("data_path") else None
     if data is None:
-        from core.databuild import ensure_default_data
+        from dataprep.build import ensure_default_data
 
         data = ensure_default_data(vocab_size=vocab)
     if not data.is_dir():

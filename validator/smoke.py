@@ -67,7 +67,7 @@ def smoke_data(root: Path, random_val: bool = False, src: Path | None = None) ->
     import numpy as np
 
     from core.data import read_shard, write_shard
-    from core.databuild import ensure_default_data
+    from dataprep.build import ensure_default_data
 
     vocab = source_vocab(src)
     src = src or ensure_default_data(vocab_size=1024)

@@ -4,7 +4,7 @@ Layout of a built dataset directory (the challenge's names):
 `tokenizer/fineweb_{V}_bpe.model` (+ `.vocab`), `fineweb_train_000000.bin ...`, `fineweb_val_000000.bin`
 and `dataset.json`. The first documents go to val, the rest to train; each document is encoded and
 prefixed with BOS (id 1), no EOS. Builds happen in a temporary directory that is renamed at the end.
-`ensure_default_data` builds and caches the embedded default corpus (`core.corpus`).
+`ensure_default_data` builds and caches the embedded default corpus (`dataprep.corpus`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ SPLIT_DOC_CHARS = 2000  # ... of about this many characters
 ENCODE_BATCH_DOCS = 512
 MAX_SENTENCE_CHARS = 16_000
 
-# the embedded default corpus (bump DEFAULT_VERSION whenever these or core.corpus change)
+# the embedded default corpus (bump DEFAULT_VERSION whenever these or dataprep.corpus change)
 DEFAULT_VERSION = "v1"
 DEFAULT_SEED = 1337
 DEFAULT_VAL_DOCS = 500
@@ -562,12 +562,12 @@ def ensure_default_data(vocab_size: int = 1024, cache_dir: Path | None = None) -
             aside = out.with_name(f".{out.name}.tmp-broken-{uuid.uuid4().hex[:8]}")
             os.rename(out, aside)
             shutil.rmtree(aside, ignore_errors=True)
-        from core.corpus import generate_documents
+        from dataprep.corpus import generate_documents
 
         docs = generate_documents(DEFAULT_VAL_DOCS + DEFAULT_TRAIN_DOCS, DEFAULT_SEED)
         _build(
             lambda: docs,
-            f"embedded default corpus {DEFAULT_VERSION} (core.corpus, seed {DEFAULT_SEED}, "
+            f"embedded default corpus {DEFAULT_VERSION} (dataprep.corpus, seed {DEFAULT_SEED}, "
             f"{len(docs)} documents)",
             out,
             vocab_size,

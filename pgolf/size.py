@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from core import export as ex
+from plugins.lib import codecs
 
 ARTIFACT_NAME = "final_model.ptz"
 
@@ -85,8 +86,8 @@ def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
 
 
 def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[str, Any]:
-    records, header = ex.read_artifact(artifact)
-    codec = ex.CODECS[header["codec"]]() if estimate and header.get("codec") in ex.CODECS else None
+    records, header = ex.read_artifact(artifact, codecs.all_decoders())
+    codec = codecs.CODECS[header["codec"]]() if estimate and header.get("codec") in codecs.CODECS else None
     report = ex.size_report(code_bytes, artifact.stat().st_size)
     report.update(artifact=str(artifact), codec=header.get("codec"), quantizer=header.get("quantizer"),
                   raw_bytes=header["raw_bytes"], families=family_breakdown(records, codec),

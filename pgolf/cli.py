@@ -36,13 +36,23 @@ def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -
     registry = Registry(extra_files=args.plugin_file)
     sets = list(extra_sets or []) + list(args.sets)
     if getattr(args, "data", None):
-        sets.append(f"core.data_path={args.data}")
+        sets.append(f"core.data_path={Path(args.data).resolve()}")
     plugins = None if args.plugins is None else [p.strip() for p in args.plugins.split(",") if p.strip()]
     cfg = resolve(
         plugin_config_classes=registry.config_classes(), recipe=args.recipe, env=os.environ, sets=sets,
         plugins=plugins, check_plugins=registry.check,
     )
     return cfg, registry
+
+
+def with_default_data(cfg: Config) -> Config:
+    """Fill an empty `core.data_path` with the embedded default corpus (built and cached on first use)."""
+    if not cfg.core.data_path:
+        from dataprep.build import ensure_default_data
+
+        cfg.core.data_path = str(ensure_default_data(vocab_size=cfg.core.vocab_size))
+        cfg.sources["core.data_path"] = "embedded default corpus"
+    return cfg
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -61,13 +71,14 @@ def strip_nproc(argv: list[str]) -> list[str]:
 def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None) -> int:
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "core.cli", *strip_nproc(sys.argv[1:])]
+               "-m", "pgolf.cli", *strip_nproc(sys.argv[1:])]
         print("launching: " + " ".join(cmd), flush=True)
         return subprocess.call(cmd)
     from core.train import run_training
+    from submissions.bundle import bundle_size
 
     cfg, registry = load_config(args, extra_sets)
-    summary = run_training(cfg, registry)
+    summary = run_training(with_default_data(cfg), registry, code_size=bundle_size)
     if int(os.environ.get("RANK", "0")) == 0:
         total = summary["total_bytes"]
         print(f"val_bpb {summary['val_bpb']:.4f}  artifact {total:,} bytes "
@@ -102,7 +113,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.action == "new":
         if not args.name or not args.name.isidentifier():
             raise PluginError(f"pgolf plugins new NAME: NAME must be a Python identifier, got {args.name!r}")
-        from core.scaffold import write_plugin_skeleton
+        from pgolf.scaffold import write_plugin_skeleton
 
         for path in write_plugin_skeleton(args.name, Path(args.dir), force=args.force):
             print(f"wrote {path}")
@@ -129,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     artifact, recipe = load_run_config(Path(args.path))
     args.recipe = recipe
     cfg, registry = load_config(args)
-    run = setup(cfg, registry, make_dir=False)
+    run = setup(with_default_data(cfg), registry, make_dir=False)
     try:
         evaluate_artifact(run, artifact)
     finally:
@@ -195,7 +206,7 @@ def plugin_validator_rules(registry: Registry) -> list:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from core.databuild import build_dataset, ensure_default_data
+    from dataprep.build import build_dataset, ensure_default_data
 
     if args.action == "default":
         print(ensure_default_data(vocab_size=args.vocab))
@@ -264,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory")
     p.add_argument("--val-docs", type=int, default=None, help="documents for the val split (default ~5%%)")
     p.set_defaults(func=cmd_data)
-    from core.size import add_size_parser
+    from pgolf.size import add_size_parser
 
     add_size_parser(sub)
     return parser

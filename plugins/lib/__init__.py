@@ -1,0 +1,3 @@
+"""Technique math shared by several plugins (GPTQ solver and bit policies, LoRA test-time training,
+codecs). Not plugins themselves: the registry skips this package; the bundler embeds what an enabled
+plugin imports from it."""
