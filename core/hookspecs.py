@@ -129,6 +129,30 @@ def pg_before_step(run: Any, step: int, clock: Any) -> None:
     """
 
 
+@hookspec
+def pg_modes(config: Any) -> list[Any] | None:
+    """Return the graph modes this plugin switches mid-run (a list of `core.model.Mode`), or None.
+
+    Called once after the model is built. A mode is for a change the compiler must see as a different
+    graph (a Python branch: layers repeated, lanes merged), not for a value (use a `Switch` buffer). The
+    core compiles each cumulative combination during the warm-up (then restores weights and optimizer
+    state), turns each mode on at the first step whose training fraction is >= `start_frac`, logs
+    `mode:<name> on step:N`, and logs `timed_loop_recompiles:N` at the end of the loop (0 when every
+    graph was warmed).
+    """
+
+
+@hookspec
+def pg_enter_mode(model: Any, active: tuple[str, ...]) -> None:
+    """Set the model's Python mode attributes for the `active` modes (every mode entered so far, in order).
+
+    Called at a step boundary outside compiled code: during the warm-up for each combination, with `()`
+    before the timed loop, when a mode's start fraction is reached, and before evaluating a saved
+    artifact (all modes with start_frac <= 1). Only set attributes the forward reads; draw no random
+    numbers and change no parameter.
+    """
+
+
 # --- step ------------------------------------------------------------------------------------------
 @hookspec
 def pg_train_start(run: Any) -> None:

@@ -76,6 +76,18 @@ class Switch(nn.Module):
         return bool(self.value.item() != 0.0)
 
 
+@dataclass(frozen=True)
+class Mode:
+    """A graph mode a plugin declares (`pg_modes`): switched on once the training fraction reaches
+    `start_frac` (1.0 or more: never during training, only for evaluation if <= 1.0), cumulative with the
+    modes before it. A mode changes a Python attribute the forward branches on (e.g. how many times layers
+    repeat), so each combination is its own compiled graph: the core compiles every one in the warm-up,
+    and the timed loop switches between cached graphs with zero recompiles (logged)."""
+
+    name: str
+    start_frac: float
+
+
 def flash_attn_3_available() -> bool:
     return importlib.util.find_spec("flash_attn_interface") is not None
 

@@ -246,6 +246,7 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     else:
         run.train_model = compiled
     run.optimizers = make_optimizers(run, run.model)
+    run.modes = [m for modes in run.hook.pg_modes(config=run.config) if modes for m in modes]
     return run
 
 
@@ -254,11 +255,77 @@ def new_loader(run: Run) -> Any:
     return loader or DistributedTokenLoader(run.train_files, run.rank, run.world_size, run.device)
 
 
-def train(run: Run) -> dict[str, Any]:
-    """The timed loop (baseline semantics), then export, round trip and final evaluation."""
+@dataclass
+class Budget:
+    """The wall-clock budget: `total_ms` (MAX_WALLCLOCK_SECONDS, None = uncapped), `loop_ms` (what the timed
+    loop and its warmdown may use: total less the `pg_train_reserve_seconds` kept for calibration)."""
+
+    total_ms: float | None
+    loop_ms: float | None
+    reserve_s: float = 0.0
+
+    @classmethod
+    def of(cls, run: Run) -> Budget:
+        core = run.core
+        total = 1000.0 * core.max_wallclock_seconds if core.max_wallclock_seconds > 0 else None
+        reserve_s = float(sum(r for r in run.hook.pg_train_reserve_seconds(config=run.config) if r))
+        loop = total
+        if reserve_s > 0 and total is not None:
+            loop = max(total - 1000.0 * reserve_s, 0.0)
+            run.log(f"calibration:reserving {reserve_s:.1f}s, effective={loop:.0f}ms")
+        return cls(total_ms=total, loop_ms=loop, reserve_s=reserve_s)
+
+    def lr_mul(self, core: Any, step: int, elapsed_ms: float) -> float:
+        """The baseline's warmdown: linear to zero over the last `warmdown_iters` steps (by iterations when
+        uncapped, else over the wall-clock time those steps are projected to take)."""
+        if core.warmdown_iters <= 0:
+            return 1.0
+        if self.loop_ms is None:
+            start = max(core.iterations - core.warmdown_iters, 0)
+            if start <= step < core.iterations:
+                return max((core.iterations - step) / max(core.warmdown_iters, 1), 0.0)
+            return 1.0
+        warmdown_ms = core.warmdown_iters * elapsed_ms / max(step, 1)
+        remaining_ms = max(self.loop_ms - elapsed_ms, 0.0)
+        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+class Stepper:
+    """One optimizer step: zero grads, forward/backward over the micro-batches, optimizer steps."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.model = run.train_model
+        self.grad_scale = 1.0 / run.grad_accum_steps
+
+    def zero_grad(self) -> None:
+        for opt in self.run.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def forward_backward(self, loader: Any) -> torch.Tensor:
+        """Mean training loss over the micro-batches (a device tensor; gradients accumulated)."""
+        run, core = self.run, self.run.core
+        total = torch.zeros((), device=run.device)
+        for micro in range(run.grad_accum_steps):
+            if run.distributed:
+                self.model.require_backward_grad_sync = micro == run.grad_accum_steps - 1
+            x, y = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+            with run.autocast():
+                loss = self.model(x, y)
+            total += loss.detach()
+            (loss * self.grad_scale).backward()
+        return total / run.grad_accum_steps
+
+    def optimizer_step(self) -> None:
+        for opt in self.run.optimizers:
+            opt.step()
+        self.zero_grad()
+
+
+def log_run_header(run: Run) -> int:
+    """The run's opening log lines (the baseline's, plus pgolf's); returns the parameter count."""
     core = run.core
-    model, base = run.train_model, run.model
-    n_params = sum(p.numel() for p in base.parameters())
+    n_params = sum(p.numel() for p in run.model.parameters())
     run.log(f"run_dir:{run.run_dir}")
     run.log(f"plugins:{','.join(run.config.plugins) or 'none'}")
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={run.tokenizer_path}")
@@ -272,72 +339,76 @@ def train(run: Run) -> dict[str, Any]:
         f"iterations:{core.iterations} warmup_steps:{core.warmup_steps} "
         f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}"
     )
+    if run.modes:
+        run.log("modes:" + ",".join(f"{m.name}@{m.start_frac:g}" for m in run.modes))
     run.log(f"seed:{core.seed}")
     run.event("start", params=n_params, plugins=run.config.plugins, device=str(run.device),
               attention=run.attention, world_size=run.world_size)
+    return n_params
 
-    grad_scale = 1.0 / run.grad_accum_steps
-    muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
-    max_wallclock_ms = 1000.0 * core.max_wallclock_seconds if core.max_wallclock_seconds > 0 else None
-    budget_ms = max_wallclock_ms
-    reserve_s = float(sum(r for r in run.hook.pg_train_reserve_seconds(config=run.config) if r))
-    if reserve_s > 0 and max_wallclock_ms is not None:
-        max_wallclock_ms = max(max_wallclock_ms - 1000.0 * reserve_s, 0.0)
-        run.log(f"calibration:reserving {reserve_s:.1f}s, effective={max_wallclock_ms:.0f}ms")
 
-    def zero_grad_all() -> None:
-        for opt in run.optimizers:
-            opt.zero_grad(set_to_none=True)
-
-    def lr_mul(step: int, elapsed_ms: float) -> float:
-        if core.warmdown_iters <= 0:
-            return 1.0
-        if max_wallclock_ms is None:
-            start = max(core.iterations - core.warmdown_iters, 0)
-            if start <= step < core.iterations:
-                return max((core.iterations - step) / max(core.warmdown_iters, 1), 0.0)
-            return 1.0
-        step_ms = elapsed_ms / max(step, 1)
-        warmdown_ms = core.warmdown_iters * step_ms
-        remaining_ms = max(max_wallclock_ms - elapsed_ms, 0.0)
-        return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
-
-    def micro_steps(loader: Any) -> torch.Tensor:
-        total = torch.zeros((), device=run.device)
-        for micro in range(run.grad_accum_steps):
-            if run.distributed:
-                model.require_backward_grad_sync = micro == run.grad_accum_steps - 1
-            x, y = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
-            with run.autocast():
-                loss = model(x, y)
-            total += loss.detach()
-            (loss * grad_scale).backward()
-        return total / run.grad_accum_steps
-
+def warmup_and_restore(run: Run, stepper: Stepper) -> None:
+    """Compile warm-up (the baseline's): `warmup_steps` real steps, then every declared mode once, then the
+    weights, optimizer state and modes are restored so measured training starts from the initial state."""
+    core, base = run.core, run.model
+    if core.warmup_steps <= 0 and not run.modes:
+        return
+    init_model = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
+    init_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
+    run.train_model.train()
     loader = new_loader(run)
-    if core.warmup_steps > 0:
-        init_model = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
-        init_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
-        model.train()
-        for w in range(core.warmup_steps):
-            zero_grad_all()
-            micro_steps(loader)
-            for opt in run.optimizers:
-                opt.step()
-            zero_grad_all()
-            if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
-                run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
-        base.load_state_dict(init_model, strict=True)
-        for opt, st in zip(run.optimizers, init_opts, strict=True):
-            opt.load_state_dict(st)
-        zero_grad_all()
-        if run.distributed:
-            model.require_backward_grad_sync = True
-        loader = new_loader(run)
+    for w in range(core.warmup_steps):
+        stepper.zero_grad()
+        stepper.forward_backward(loader)
+        stepper.optimizer_step()
+        if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
+            run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
+    ordered = sorted(run.modes, key=lambda m: m.start_frac)
+    for i, mode in enumerate(ordered):  # each mode's graph is compiled now, never inside the timed loop
+        set_modes(run, tuple(m.name for m in ordered[: i + 1]))
+        stepper.zero_grad()
+        stepper.forward_backward(loader)
+        stepper.optimizer_step()
+        run.log(f"warmup_mode:{mode.name}")
+    set_modes(run, ())
+    base.load_state_dict(init_model, strict=True)
+    for opt, st in zip(run.optimizers, init_opts, strict=True):
+        opt.load_state_dict(st)
+    stepper.zero_grad()
+    if run.distributed:
+        run.train_model.require_backward_grad_sync = True
 
+
+def set_modes(run: Run, active: tuple[str, ...]) -> None:
+    """Make `active` the model's modes (those whose start fraction has passed) through `pg_enter_mode`."""
+    run.active_modes = active
+    run.hook.pg_enter_mode(model=run.model, active=active)
+
+
+def compiled_graph_count() -> int:
+    """Graphs torch.compile has produced in this process so far (a recompile adds one)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+@dataclass
+class LoopResult:
+    steps: int
+    train_time_ms: float
+
+
+def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
+    """The measured training loop (baseline semantics): validation at `val_loss_every` and at the end, the
+    schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
+    core, base = run.core, run.model
+    muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
+    pending_modes = sorted(run.modes, key=lambda m: m.start_frac)
+    loader = new_loader(run)
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)
-    progress = Progress(run.progress, core.iterations, core.train_batch_tokens, max_wallclock_ms)
+    progress = Progress(run.progress, core.iterations, core.train_batch_tokens, budget.loop_ms)
+    graphs_at_start = compiled_graph_count()
     training_time_ms = 0.0
     stop_after_step: int | None = None
     run.synchronize()
@@ -364,16 +435,14 @@ def train(run: Run) -> dict[str, Any]:
             break
 
         elapsed_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
-        zero_grad_all()
-        train_loss = micro_steps(loader)
-        warm = core.muon_momentum_warmup_steps
-        frac_m = min(step / warm, 1.0) if warm > 0 else 1.0
-        frac = elapsed_ms / max_wallclock_ms if max_wallclock_ms else step / core.iterations
-        clock = Clock(
-            step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
-            lr_mul=lr_mul(step, elapsed_ms),
-            muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum,
-        )
+        clock = make_clock(run, budget, step, elapsed_ms)
+        while pending_modes and clock.frac >= pending_modes[0].start_frac:
+            mode = pending_modes.pop(0)
+            set_modes(run, (*run.active_modes, mode.name))
+            run.log(f"mode:{mode.name} on step:{step} frac:{clock.frac:.3f}")
+            run.event("mode", mode=mode.name, step=step, frac=clock.frac)
+        stepper.zero_grad()
+        train_loss = stepper.forward_backward(loader)
         run.hook.pg_before_step(run=run, step=step, clock=clock)
         for opt in muon_opts:
             for group in opt.param_groups:
@@ -383,9 +452,7 @@ def train(run: Run) -> dict[str, Any]:
                 group["lr"] = group["base_lr"] * clock.lr_mul
         if core.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(base.parameters(), core.grad_clip_norm)
-        for opt in run.optimizers:
-            opt.step()
-        zero_grad_all()
+        stepper.optimizer_step()
         step += 1
         run.hook.pg_after_step(run=run, step=step)
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
@@ -395,32 +462,70 @@ def train(run: Run) -> dict[str, Any]:
                     f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms", console=not run.progress)
             run.event("step", step=step, train_loss=loss_value, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
         progress.update(step, approx_ms)
-        reached_cap = max_wallclock_ms is not None and approx_ms >= max_wallclock_ms
-        if run.distributed and max_wallclock_ms is not None:
-            import torch.distributed as dist
-
-            flag = torch.tensor(int(reached_cap), device=run.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            reached_cap = bool(flag.item())
-        if stop_after_step is None and reached_cap:
+        if stop_after_step is None and reached_cap(run, budget, approx_ms):
             stop_after_step = step
     progress.close()
+    recompiles = compiled_graph_count() - graphs_at_start
+    run.log(f"timed_loop_recompiles:{recompiles}")
+    run.event("train_end", steps=step, train_time_ms=training_time_ms, recompiles=recompiles)
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB "
                 f"reserved: {torch.cuda.max_memory_reserved() // 1024 // 1024} MiB")
-    run.event("train_end", steps=step, train_time_ms=training_time_ms)
-    run.hook.pg_train_end(run=run, model=base)
-    calibration_ms = calibrate(run, base)
-    total_ms = training_time_ms + calibration_ms
+    return LoopResult(steps=step, train_time_ms=training_time_ms)
+
+
+def make_clock(run: Run, budget: Budget, step: int, elapsed_ms: float) -> Clock:
+    core = run.core
+    warm = core.muon_momentum_warmup_steps
+    frac_m = min(step / warm, 1.0) if warm > 0 else 1.0
+    frac = elapsed_ms / budget.loop_ms if budget.loop_ms else step / core.iterations
+    return Clock(
+        step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
+        lr_mul=budget.lr_mul(core, step, elapsed_ms),
+        muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum,
+    )
+
+
+def reached_cap(run: Run, budget: Budget, elapsed_ms: float) -> bool:
+    """Whether the loop's wall-clock budget is spent (any rank's clock decides for all)."""
+    if budget.loop_ms is None:
+        return False
+    reached = elapsed_ms >= budget.loop_ms
+    if run.distributed:
+        import torch.distributed as dist
+
+        flag = torch.tensor(int(reached), device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        reached = bool(flag.item())
+    return reached
+
+
+def finish_and_calibrate(run: Run, loop: LoopResult, budget: Budget) -> float:
+    """`pg_train_end` (averaged weights loaded), then `pg_calibrate`, timed as training; its milliseconds."""
+    run.hook.pg_train_end(run=run, model=run.model)
+    calibration_ms = calibrate(run, run.model)
     if calibration_ms > 0:
+        total_ms = loop.train_time_ms + calibration_ms
         run.log(f"calibration time:{calibration_ms:.0f}ms train_time_with_calibration:{total_ms:.0f}ms")
-        run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=reserve_s)
-        if budget_ms is not None and total_ms > budget_ms:
-            run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > {budget_ms:.0f}ms "
-                    f"(raise the reserve)")
+        run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=budget.reserve_s)
+        if budget.total_ms is not None and total_ms > budget.total_ms:
+            run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > "
+                    f"{budget.total_ms:.0f}ms (raise the reserve)")
+    return calibration_ms
+
+
+def train(run: Run) -> dict[str, Any]:
+    """The run's phases in order: warm-up and restore, the timed loop, finish and calibrate, export and
+    the final evaluation of the round-tripped artifact; writes metrics.json."""
+    n_params = log_run_header(run)
+    budget = Budget.of(run)
+    stepper = Stepper(run)
+    warmup_and_restore(run, stepper)
+    loop = timed_loop(run, stepper, budget)
+    calibration_ms = finish_and_calibrate(run, loop, budget)
     summary = export_and_evaluate(run)
-    summary.update(steps=step, train_time_ms=total_ms, loop_train_time_ms=training_time_ms,
-                   calibration_ms=calibration_ms, params=n_params)
+    summary.update(steps=loop.steps, train_time_ms=loop.train_time_ms + calibration_ms,
+                   loop_train_time_ms=loop.train_time_ms, calibration_ms=calibration_ms, params=n_params)
     if run.master and run.run_dir is not None:
         import json
 
@@ -531,6 +636,7 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
     qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
+    set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
     run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=run.model)
     evaluator = run.hook.pg_evaluator(run=run)
