@@ -38,7 +38,9 @@ def pg_train_loader(run: Any) -> Any:
     """Return the training batch source, or None to keep the core's sequential shard loader.
 
     The object must have `next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y)` with int64
-    tensors of shape (-1, seq_len) on `run.device`. Called at the start of training and again after the
+    tensors of shape (-1, seq_len) on `run.device`, or `(x, y, doc_ids)` for document-masked training:
+    `doc_ids` (same shape, equal ids = same document) reaches the model, which keeps attention inside
+    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it). Called at the start of training and again after the
     compile warm-up (the loader is rebuilt so measured training starts at the first token).
     """
 
@@ -61,11 +63,15 @@ def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
     - "embed_add"       part(input_ids) -> tensor added to the token embedding
     - "embed_mix_pre"   part(x, input_ids) -> x, before the first RMSNorm
     - "embed_mix_post"  part(x, input_ids) -> x, after the first RMSNorm (x0 is taken after these)
+    - "value"           part(v, ctx) -> v, per layer, on the attention values (B, T, Hkv, D) before the
+                        attention core: value injection. `ctx` is the forward's dict of side inputs
+                        (`ctx["input_ids"]` always; a part may store tensors for later layers, e.g. the
+                        first layer's values for a value residual)
     - "attn_out"        part(y, v, x) -> y, per layer (`layer` is the block index), on attention output
                         before the output projection; y is (B, T, H, D), v is (B, T, Hkv, D)
-    Called once per slot (and per layer for "attn_out") after the core model is built and initialised,
-    so plugin modules never change the core's random initialisation. The modules are ordinary parts
-    of the forward and are compiled with it.
+    Called once per slot (and per layer for the per-layer slots) after the core model is built and
+    initialised, so plugin modules never change the core's random initialisation. The modules are
+    ordinary parts of the forward and are compiled with it.
     """
 
 
@@ -73,13 +79,25 @@ def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
 def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     """Return a replacement module for a single slot, or None to keep the core's.
 
-    Slots (all per layer; `layer` is the block index):
+    Per layer (`layer` is the block index):
     - "mlp"        module(x) -> x; the core's is relu² with hidden = mlp_mult·dim
     - "attn_norm"  module(x) -> x, the pre-norm of the attention input (core: RMSNorm)
     - "mlp_norm"   module(x) -> x, the pre-norm of the MLP input (core: RMSNorm)
     - "rotary"     module(seq_len, device, dtype) -> (cos, sin), each (1, 1, T, r/2); RoPE rotates the
                    first r head dims and passes the rest (core: `core.model.Rotary`, r = head_dim)
-    Exactly one provider: two plugins that replace the same slot must declare a conflict.
+    - "attention"  module(q, k, v, ctx) -> y: the attention core, q (B, H, T, D), k/v (B, Hkv, T, D) ->
+                   (B, T, H, D), causal; `ctx["attn_mask"]` / document boundaries when present
+                   (core: `CausalAttention`, SDPA or FA3)
+    - "residual"   module(block, x, ctx) -> x: how the block combines its attention and MLP on the
+                   resid-mixed stream x (core: `SequentialResidual`; parallel residuals replace it)
+    Per model (`layer` is None):
+    - "schedule"   a `core.model.LayerSchedule`: the block order (encoder/decoder index lists of the
+                   current mode) and `skip_count()`; the model re-makes its skip weights for that count
+    - "skip_merge" module(x, scaled_skip, i) -> x: how U-Net skip i re-enters (core: x + scaled_skip)
+    - "loss"       module(model, h, targets, reduce) -> loss: output head + loss from the final hidden
+                   states (core: softcapped logits, fp32 cross-entropy); `reduce=False` gives (B, T)
+    Exactly one provider: two plugins that replace the same slot must declare a conflict (or provide
+    the same role).
     """
 
 
@@ -88,8 +106,10 @@ def pg_edit_model(model: Any, spec: Any, config: Any) -> None:
     """Edit the built model in place, after the slot parts are installed and before `pg_init_weights`.
 
     For a change that no slot expresses and that spans many modules, e.g. giving every
-    `core.model.CastedLinear` a fake-quantized weight path driven by one shared `Switch`. Keep parameter
-    names and shapes (the state dict and the optimizer groups must not change) and draw no random numbers.
+    `core.model.CastedLinear` a fake-quantized weight path driven by one shared `Switch`. Existing
+    parameters keep their names and shapes. New parameters are allowed (inside new modules); name the
+    optimizer group each joins with `core.optim.join_group(param, "scalar")` (else the shape rule of
+    `default_param_groups` decides). Draw random numbers only in `pg_init_weights`.
     """
 
 

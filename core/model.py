@@ -3,8 +3,12 @@
 With no plugins this is the baseline of openai/parameter-golf `train_gpt.py` (9×512, GQA 8/4, relu²
 MLP ×2, tied embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE), with the same
 parameter names and the same order of random initialisation. Plugins add modules to list slots
-(`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out`) or replace per-layer modules
-(`mlp`, `attn_norm`, `mlp_norm`, `rotary`).
+(`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out` and `value`) or replace modules:
+per layer `mlp`, `attn_norm`, `mlp_norm`, `rotary`, `attention` (the attention core), `residual` (how a
+block combines attention and MLP); per model `schedule` (which blocks run in which order: U-Net, depth
+recurrence), `skip_merge` (how a U-Net skip re-enters) and `loss` (output head + loss).
+Every block call gets `ctx`, a dict of the forward's side inputs: `input_ids`, `attn_mask` when documents
+are masked, and whatever value-injection parts store in it (e.g. the first layer's values).
 The forward is plain module code for `torch.compile(fullgraph=True)`; mid-run switches are `Switch`
 buffers, never Python attributes.
 """
@@ -194,6 +198,19 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, attn_mask: T
     return y.transpose(1, 2)
 
 
+class CausalAttention(nn.Module):
+    """The attention core: (B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, masked by
+    `ctx["attn_mask"]` when present. A plugin replaces it per layer (`pg_build_slot("attention")`), e.g.
+    with a varlen kernel reading document boundaries from `ctx`."""
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        return causal_attention(q, k, v, self.backend, ctx.get("attn_mask"))
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -201,7 +218,6 @@ class CausalSelfAttention(nn.Module):
         self.num_heads = spec.num_heads
         self.num_kv_heads = spec.num_kv_heads
         self.head_dim = spec.head_dim
-        self.backend = spec.attention
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
         self.c_v = CastedLinear(dim, kv_dim, bias=False)
@@ -209,20 +225,25 @@ class CausalSelfAttention(nn.Module):
         self.proj._zero_init = True
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(self.head_dim, base=spec.rope_base)
+        self.attention = CausalAttention(spec.attention)
+        self.value_parts = nn.ModuleList()
         self.out_parts = nn.ModuleList()
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         bsz, seqlen, dim = x.shape
         q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim)
+        for part in self.value_parts:
+            v = part(v, ctx)
+        v = v.transpose(1, 2)
         q = F.rms_norm(q, (q.size(-1),))
         k = F.rms_norm(k, (k.size(-1),))
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q = apply_rotary_emb(q, cos, sin)
         k = apply_rotary_emb(k, cos, sin)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v, self.backend, attn_mask)
+        y = self.attention(q, k, v, ctx)
         for part in self.out_parts:
             y = part(y, v.transpose(1, 2), x)
         return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
@@ -243,6 +264,14 @@ class MLP(nn.Module):
         return self.proj(x.square())
 
 
+class SequentialResidual(nn.Module):
+    """The baseline block body: x + a·attn(norm(x)), then + m·mlp(norm(x)) on the updated stream."""
+
+    def forward(self, block: Block, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        x = x + block.attn_scale.to(dtype=x.dtype)[None, None, :] * block.attn(block.attn_norm(x), ctx)
+        return x + block.mlp_scale.to(dtype=x.dtype)[None, None, :] * block.mlp(block.mlp_norm(x))
+
+
 class Block(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -254,14 +283,49 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        self.residual = SequentialResidual()
 
-    def forward(self, x: Tensor, x0: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        attn_out = self.attn(self.attn_norm(x)) if attn_mask is None else self.attn(self.attn_norm(x), attn_mask)
-        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * attn_out
-        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
-        return x
+        return self.residual(self, x, ctx)
+
+
+class LayerSchedule(nn.Module):
+    """Which blocks run, in which order (the router). The baseline's U-Net: the first half's outputs are
+    kept as skips and re-enter, last first, before the second half's blocks. A replacement
+    (`pg_build_slot("schedule")`) may repeat blocks (depth recurrence) and switch layouts by graph mode;
+    `skip_count` is the most skips any of its layouts uses (the model has that many skip weights)."""
+
+    def __init__(self, num_layers: int):
+        super().__init__()
+        self.num_layers = num_layers
+
+    def layout(self) -> tuple[list[int], list[int]]:
+        """(encoder block indices, decoder block indices) of the current mode; Python lists (static)."""
+        half = self.num_layers // 2
+        return list(range(half)), list(range(half, self.num_layers))
+
+    def skip_count(self) -> int:
+        enc, dec = self.layout()
+        return min(len(enc), len(dec))
+
+
+class AddSkip(nn.Module):
+    """The baseline's skip re-entry: x + skip_weights[i] · skip (`scaled_skip` already weighted)."""
+
+    def forward(self, x: Tensor, scaled_skip: Tensor, i: int) -> Tensor:
+        return x + scaled_skip
+
+
+class SoftcapCrossEntropy(nn.Module):
+    """The baseline head and loss: softcapped logits, mean cross-entropy in fp32 (`reduce=False`: per
+    token). A plugin may replace it (`pg_build_slot("loss")`) with a fused kernel; same contract."""
+
+    def forward(self, model: GPT, h: Tensor, target_ids: Tensor, reduce: bool) -> Tensor:
+        logits = model.logits(h.reshape(-1, h.size(-1)))
+        loss = F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean" if reduce else "none")
+        return loss if reduce else loss.view_as(target_ids)
 
 
 class GPT(nn.Module):
@@ -277,10 +341,10 @@ class GPT(nn.Module):
         self.tie_embeddings = spec.tie_embeddings
         self.logit_softcap = spec.logit_softcap
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
-        self.num_encoder_layers = spec.num_layers // 2
-        self.num_decoder_layers = spec.num_layers - self.num_encoder_layers
-        self.num_skip_weights = min(self.num_encoder_layers, self.num_decoder_layers)
-        self.skip_weights = nn.Parameter(torch.ones(self.num_skip_weights, spec.model_dim, dtype=torch.float32))
+        self.schedule = LayerSchedule(spec.num_layers)
+        self.skip_merge = AddSkip()
+        self.loss = SoftcapCrossEntropy()
+        self.skip_weights = nn.Parameter(torch.ones(self.schedule.skip_count(), spec.model_dim, dtype=torch.float32))
         self.blocks = nn.ModuleList([Block(spec) for _ in range(spec.num_layers)])
         self.final_norm = RMSNorm()
         self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size, bias=False)
@@ -299,8 +363,17 @@ class GPT(nn.Module):
             if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
                 nn.init.zeros_(module.weight)
 
+    def set_schedule(self, schedule: LayerSchedule) -> None:
+        """Install a layer schedule; the skip weights are re-made (ones, no random draw) for its count."""
+        self.schedule = schedule
+        weight = self.skip_weights
+        self.skip_weights = nn.Parameter(torch.ones(schedule.skip_count(), weight.size(1), dtype=weight.dtype,
+                                                    device=weight.device))
+
     def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
-        mask = None if doc_ids is None else document_mask(doc_ids)
+        ctx: dict[str, Tensor] = {"input_ids": input_ids}
+        if doc_ids is not None:
+            ctx["attn_mask"] = document_mask(doc_ids)
         x = self.tok_emb(input_ids)
         for part in self.embed_add:
             x = x + part(input_ids).to(x.dtype)
@@ -310,15 +383,16 @@ class GPT(nn.Module):
         for part in self.embed_mix_post:
             x = part(x, input_ids)
         x0 = x
+        encoder, decoder = self.schedule.layout()
         skips: list[Tensor] = []
-        for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0) if mask is None else self.blocks[i](x, x0, mask)
+        for i in encoder:
+            x = self.blocks[i](x, x0, ctx)
             skips.append(x)
-        for i in range(self.num_decoder_layers):
-            if skips:
-                x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
-            block = self.blocks[self.num_encoder_layers + i]
-            x = block(x, x0) if mask is None else block(x, x0, mask)
+        for j, i in enumerate(decoder):
+            if skips and j < self.skip_weights.size(0):
+                scaled = self.skip_weights[j].to(dtype=x.dtype)[None, None, :] * skips.pop()
+                x = self.skip_merge(x, scaled, j)
+            x = self.blocks[i](x, x0, ctx)
         return self.final_norm(x)
 
     def logits(self, h: Tensor) -> Tensor:
@@ -332,9 +406,7 @@ class GPT(nn.Module):
         h = self.hidden(input_ids, doc_ids)
         if target_ids is None:
             return self.logits(h).float()
-        logits = self.logits(h.reshape(-1, h.size(-1)))
-        loss = F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean" if reduce else "none")
-        return loss if reduce else loss.view_as(target_ids)
+        return self.loss(self, h, target_ids, reduce)
 
 
 def cast_for_training(model: nn.Module, device: torch.device) -> nn.Module:

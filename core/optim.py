@@ -94,18 +94,31 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
+GROUP_ATTR = "_pg_group"
+
+
+def join_group(param: nn.Parameter, group: str) -> nn.Parameter:
+    """Mark a plugin's parameter for an optimizer group ("token", "head", "matrix", "scalar" or a group
+    the plugin makes an optimizer for); `default_param_groups` honours the mark."""
+    setattr(param, GROUP_ATTR, group)
+    return param
+
+
 def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """The baseline split: token embedding, untied head, block matrices (Muon), everything else (scalar).
 
     Parameters of plugin modules follow the same shape rule: embedding tables join "token", other
-    matrices "matrix", vectors and control tensors "scalar"; plugins refine this in `pg_param_groups`.
+    matrices "matrix", vectors and control tensors "scalar", unless marked with `join_group`; plugins
+    refine this in `pg_param_groups`.
     """
     groups: dict[str, list[nn.Parameter]] = {"token": [], "head": [], "matrix": [], "scalar": []}
     embedding_params = {
         id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Embedding) and name != "tok_emb"
     }
     for name, p in model.named_parameters():
-        if name == "tok_emb.weight":
+        if getattr(p, GROUP_ATTR, None):
+            groups.setdefault(getattr(p, GROUP_ATTR), []).append(p)
+        elif name == "tok_emb.weight":
             groups["token"].append(p)
         elif name.startswith("lm_head."):
             groups["head"].append(p)

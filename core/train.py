@@ -123,16 +123,32 @@ def _as_modules(results: list[Any]) -> list[nn.Module]:
     return out
 
 
+LIST_SLOTS_MODEL = ("embed_add", "embed_mix_pre", "embed_mix_post")
+LIST_SLOTS_LAYER = {"attn_out": "out_parts", "value": "value_parts"}  # slot -> list on block.attn
+REPLACE_SLOTS_LAYER = {"mlp": "block", "attn_norm": "block", "mlp_norm": "block", "residual": "block",
+                       "rotary": "attn", "attention": "attn"}  # slot -> owner of the attribute
+REPLACE_SLOTS_MODEL = ("skip_merge", "loss")
+
+
 def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
+    """Fill the model's slots from `pg_slot_parts` (lists) and `pg_build_slot` (replacements)."""
     hook = run.hook
-    for slot in ("embed_add", "embed_mix_pre", "embed_mix_post"):
+    for slot in LIST_SLOTS_MODEL:
         getattr(model, slot).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=None)))
     for i, block in enumerate(model.blocks):
-        block.attn.out_parts.extend(_as_modules(hook.pg_slot_parts(slot="attn_out", spec=spec, layer=i)))
-        for slot, owner in (("mlp", block), ("attn_norm", block), ("mlp_norm", block), ("rotary", block.attn)):
+        for slot, attr in LIST_SLOTS_LAYER.items():
+            getattr(block.attn, attr).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=i)))
+        for slot, owner in REPLACE_SLOTS_LAYER.items():
             module = hook.pg_build_slot(slot=slot, spec=spec, layer=i)
             if module is not None:
-                setattr(owner, slot, module)
+                setattr(block if owner == "block" else block.attn, slot, module)
+    schedule = hook.pg_build_slot(slot="schedule", spec=spec, layer=None)
+    if schedule is not None:
+        model.set_schedule(schedule)
+    for slot in REPLACE_SLOTS_MODEL:
+        module = hook.pg_build_slot(slot=slot, spec=spec, layer=None)
+        if module is not None:
+            setattr(model, slot, module)
 
 
 def make_optimizers(run: Run, model: nn.Module) -> list[torch.optim.Optimizer]:
@@ -309,9 +325,9 @@ class Stepper:
         for micro in range(run.grad_accum_steps):
             if run.distributed:
                 self.model.require_backward_grad_sync = micro == run.grad_accum_steps - 1
-            x, y = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+            x, y, *doc_ids = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
             with run.autocast():
-                loss = self.model(x, y)
+                loss = self.model(x, y, doc_ids=doc_ids[0]) if doc_ids else self.model(x, y)
             total += loss.detach()
             (loss * self.grad_scale).backward()
         return total / run.grad_accum_steps
