@@ -239,11 +239,13 @@ def resolve(
     sets: Sequence[str] = (),
     plugins: Sequence[str] | None = None,
     check_plugins: Any = None,
+    check_settings: Any = None,
 ) -> Config:
     """Resolve a configuration. `plugin_config_classes` maps every *known* plugin to its config class.
 
     `check_plugins(names) -> list[str]` (errors) validates the enabled list (unknown names, conflicts,
-    requirements); it is supplied by the registry so this module knows no plugin by name.
+    requirements); `check_settings(core, plugin_configs) -> list[str]` validates the plugins' settings
+    against the core's. Both are supplied by the registry, so this module knows no plugin by name.
     """
     env = dict(env or {})
     errors: list[str] = []
@@ -349,6 +351,8 @@ def resolve(
             errors.append(f"[{section}]: {exc}")
     if CORE_SECTION in built:
         errors.extend(core_errors(built[CORE_SECTION]))
+    if check_settings is not None and not errors:
+        errors.extend(check_settings(built[CORE_SECTION], {n: built[n] for n in known_enabled}))
     if errors:
         raise ConfigError(errors)
     cfg = Config(

@@ -40,7 +40,8 @@ def pg_train_loader(run: Any) -> Any:
     The object must have `next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y)` with int64
     tensors of shape (-1, seq_len) on `run.device`, or `(x, y, doc_ids)` for document-masked training:
     `doc_ids` (same shape, equal ids = same document) reaches the model, which keeps attention inside
-    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it). Called at the start of training and again after the
+    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it).
+    Called at the start of training and again after the
     compile warm-up (the loader is rebuilt so measured training starts at the first token).
     """
 

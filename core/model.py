@@ -27,6 +27,16 @@ CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = (
     "q_gain", "skip_weight", "skip_weights",
 )
 
+GROUP_ATTR = "_pg_group"
+
+
+def join_group(param: nn.Parameter, group: str) -> nn.Parameter:
+    """Mark a plugin's parameter for an optimizer group ("token", "head", "matrix", "scalar" or a group the
+    plugin makes an optimizer for); `core.optim.default_param_groups` honours the mark, and "scalar"
+    parameters stay fp32 on CUDA like the baseline's control tensors."""
+    setattr(param, GROUP_ATTR, group)
+    return param
+
 
 @dataclass
 class ModelSpec:
@@ -44,6 +54,7 @@ class ModelSpec:
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
     attention: str = "sdpa"  # "sdpa" or "fa3"
+    skip_count: int = 0  # U-Net skips of the installed layer schedule (the core sets it before "skip_merge")
     extra: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -420,7 +431,8 @@ def cast_for_training(model: nn.Module, device: torch.device) -> nn.Module:
             module.float()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            control = param.ndim < 2 or any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS)
+            control = (param.ndim < 2 or any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS)
+                       or getattr(param, GROUP_ATTR, None) == "scalar")
             if control and param.dtype != torch.float32:
                 param.data = param.data.float()
     return model

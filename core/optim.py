@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from core.model import CONTROL_TENSOR_NAME_PATTERNS
+from core.model import CONTROL_TENSOR_NAME_PATTERNS, GROUP_ATTR, join_group  # noqa: F401 (re-export)
 
 NS5_COEFFS = (3.4445, -4.7750, 2.0315)
 
@@ -92,16 +92,6 @@ class Muon(torch.optim.Optimizer):
                 p.add_(g, alpha=-lr)
                 curr += p.numel()
         return loss
-
-
-GROUP_ATTR = "_pg_group"
-
-
-def join_group(param: nn.Parameter, group: str) -> nn.Parameter:
-    """Mark a plugin's parameter for an optimizer group ("token", "head", "matrix", "scalar" or a group
-    the plugin makes an optimizer for); `default_param_groups` honours the mark."""
-    setattr(param, GROUP_ATTR, group)
-    return param
 
 
 def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:

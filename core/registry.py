@@ -41,12 +41,25 @@ class Plugin:
     config: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     conflicts: ClassVar[tuple[str, ...]] = ()
+    # Roles this plugin fills ("quantizer", "codec", "evaluator", "layer_schedule", …): two enabled
+    # providers of one role are a configuration error, with no hand-kept list of rivals.
+    provides: ClassVar[tuple[str, ...]] = ()
+    # Hook order among enabled plugins: this plugin's implementations run after those of `after` and
+    # before those of `before` (pluggy's tryfirst/trylast still come first/last).
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
     # Tiny settings for the generic test matrix: {"core": {...}, "<name>": {...}} overrides that make
     # the plugin's effect visible on a tiny model in a few CPU steps. Every plugin must supply them.
     test_settings: ClassVar[dict[str, dict[str, Any]] | None] = None
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        """Errors of this plugin's settings against the core settings (one line each), at configuration
+        time. Single-field checks belong in the config dataclass's `__post_init__` (raise ValueError)."""
+        return []
 
     @classmethod
     def describe(cls) -> dict[str, Any]:
@@ -61,6 +74,9 @@ class Plugin:
             "sources": list(cls.sources),
             "requires": list(cls.requires),
             "conflicts": list(cls.conflicts),
+            "provides": list(cls.provides),
+            "after": list(cls.after),
+            "before": list(cls.before),
             "settings": fields,
             "module": cls.__module__,
             "file": inspect.getsourcefile(cls) or "",
@@ -182,7 +198,7 @@ class Registry:
         for name in enabled:
             if name not in self.plugins:
                 errors.append(f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'")
-        known = [n for n in enabled if n in self.plugins]
+        known = list(dict.fromkeys(n for n in enabled if n in self.plugins))
         reported: set[frozenset[str]] = set()
         for name in known:
             cls = self.plugins[name]
@@ -198,7 +214,54 @@ class Registry:
             for req in cls.requires:
                 if req not in known:
                     errors.append(f"plugin {name!r} requires plugin {req!r}: add it to plugins")
+        for role in sorted({r for n in known for r in self.plugins[n].provides}):
+            providers = [n for n in known if role in self.plugins[n].provides]
+            if len(providers) > 1 and frozenset(providers[:2]) not in reported:
+                errors.append(f"plugins {' and '.join(repr(p) for p in providers)} all provide {role!r}: "
+                              f"enable only one of them")
+        try:
+            self.registration_order(known)
+        except PluginError as exc:
+            errors.append(str(exc))
         return errors
+
+    def check_settings(self, core: Any, plugin_configs: dict[str, Any]) -> list[str]:
+        """Errors of the enabled plugins' settings against the core settings (`Plugin.check_config`)."""
+        errors: list[str] = []
+        for name, cfg in plugin_configs.items():
+            if name not in self.plugins:
+                continue
+            cls = self.plugins[name]
+            errors.extend(cls.check_config(cfg, core))
+            try:
+                cls(cfg)  # a plugin that checks its settings when made fails here, not at build time
+            except (ValueError, TypeError) as exc:
+                errors.append(f"[{name}]: {exc}")
+        return errors
+
+    def registration_order(self, enabled: Sequence[str]) -> list[str]:
+        """The order to register `enabled` in: pluggy calls the last registered first, so a plugin that must
+        run before another (its `before`, or the other's `after`) is registered after it. With no
+        constraints this is `enabled` itself; a cycle is a PluginError naming the plugins."""
+        names = list(enabled)
+        # must_follow[a] = plugins registered before a (a runs before them)
+        must_follow: dict[str, set[str]] = {n: set() for n in names}
+        for n in names:
+            cls = self.plugins[n]
+            for other in cls.before:
+                if other in must_follow:
+                    must_follow[n].add(other)
+            for other in cls.after:
+                if other in must_follow:
+                    must_follow[other].add(n)
+        order: list[str] = []
+        while len(order) < len(names):
+            ready = [n for n in names if n not in order and must_follow[n] <= set(order)]
+            if not ready:
+                cycle = sorted(n for n in names if n not in order)
+                raise PluginError(f"plugins {', '.join(cycle)}: their after/before declarations form a cycle")
+            order.append(ready[0])
+        return order
 
 
 def make_manager(registry: Registry, config: Any, core_impl: object | None = None) -> pluggy.PluginManager:
@@ -207,7 +270,7 @@ def make_manager(registry: Registry, config: Any, core_impl: object | None = Non
     pm.add_hookspecs(hookspecs)
     if core_impl is not None:
         pm.register(core_impl, name="core")
-    for name in config.plugins:
+    for name in registry.registration_order(config.plugins):
         cls = registry.plugins[name]
         pm.register(cls(config.plugin_configs.get(name)), name=name)
     pm.check_pending()

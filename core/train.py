@@ -145,6 +145,7 @@ def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
     schedule = hook.pg_build_slot(slot="schedule", spec=spec, layer=None)
     if schedule is not None:
         model.set_schedule(schedule)
+    spec.skip_count = model.skip_weights.size(0)
     for slot in REPLACE_SLOTS_MODEL:
         module = hook.pg_build_slot(slot=slot, spec=spec, layer=None)
         if module is not None:
@@ -364,35 +365,49 @@ def log_run_header(run: Run) -> int:
 
 
 def warmup_and_restore(run: Run, stepper: Stepper) -> None:
-    """Compile warm-up (the baseline's): `warmup_steps` real steps, then every declared mode once, then the
-    weights, optimizer state and modes are restored so measured training starts from the initial state."""
+    """Compile warm-up (the baseline's): `warmup_steps` real steps, then (compiled runs) one step in every
+    combination of declared modes; then weights, optimizer state and modes are restored so measured
+    training starts from the initial state."""
     core, base = run.core, run.model
-    if core.warmup_steps <= 0 and not run.modes:
+    modes = sorted(run.modes, key=lambda m: m.start_frac) if should_compile(run) else []
+    if core.warmup_steps <= 0 and not modes:
         return
     init_model = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
     init_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
     run.train_model.train()
     loader = new_loader(run)
+    prime_caches(run)
     for w in range(core.warmup_steps):
         stepper.zero_grad()
         stepper.forward_backward(loader)
         stepper.optimizer_step()
         if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
             run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
-    ordered = sorted(run.modes, key=lambda m: m.start_frac)
-    for i, mode in enumerate(ordered):  # each mode's graph is compiled now, never inside the timed loop
-        set_modes(run, tuple(m.name for m in ordered[: i + 1]))
+    for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
+        set_modes(run, tuple(m.name for m in modes[: i + 1]))
         stepper.zero_grad()
         stepper.forward_backward(loader)
         stepper.optimizer_step()
         run.log(f"warmup_mode:{mode.name}")
-    set_modes(run, ())
+    if modes:  # and back to the base mode, as the timed loop starts there
+        set_modes(run, ())
+        stepper.zero_grad()
+        stepper.forward_backward(loader)
+        stepper.optimizer_step()
     base.load_state_dict(init_model, strict=True)
     for opt, st in zip(run.optimizers, init_opts, strict=True):
         opt.load_state_dict(st)
     stepper.zero_grad()
     if run.distributed:
         run.train_model.require_backward_grad_sync = True
+
+
+def prime_caches(run: Run) -> None:
+    """One eager forward at the training shape, so module caches (rotary tables) are filled before the
+    first trace: a graph traced with an empty cache would not match the filled one, and recompile later."""
+    x = torch.zeros(1, run.core.train_seq_len, dtype=torch.long, device=run.device)
+    with torch.no_grad(), run.autocast():
+        run.model(x)
 
 
 def set_modes(run: Run, active: tuple[str, ...]) -> None:
@@ -424,7 +439,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)
     progress = Progress(run.progress, core.iterations, core.train_batch_tokens, budget.loop_ms)
-    graphs_at_start = compiled_graph_count()
+    graphs_at_start, eval_graphs = compiled_graph_count(), 0  # validation shapes compile apart from training
     training_time_ms = 0.0
     stop_after_step: int | None = None
     run.synchronize()
@@ -436,7 +451,9 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             run.synchronize()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
             run.hook.pg_prepare_eval_model(run=run, model=base)
+            graphs_before_eval = compiled_graph_count()
             res = evaluate(run, run.eval_model, evaluator_plain, run.val_tokens)
+            eval_graphs += compiled_graph_count() - graphs_before_eval
             run.log(
                 f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
                 f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms"
@@ -481,7 +498,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         if stop_after_step is None and reached_cap(run, budget, approx_ms):
             stop_after_step = step
     progress.close()
-    recompiles = compiled_graph_count() - graphs_at_start
+    recompiles = compiled_graph_count() - graphs_at_start - eval_graphs
     run.log(f"timed_loop_recompiles:{recompiles}")
     run.event("train_end", steps=step, train_time_ms=training_time_ms, recompiles=recompiles)
     if run.device.type == "cuda":

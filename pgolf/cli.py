@@ -40,7 +40,7 @@ def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -
     plugins = None if args.plugins is None else [p.strip() for p in args.plugins.split(",") if p.strip()]
     cfg = resolve(
         plugin_config_classes=registry.config_classes(), recipe=args.recipe, env=os.environ, sets=sets,
-        plugins=plugins, check_plugins=registry.check,
+        plugins=plugins, check_plugins=registry.check, check_settings=registry.check_settings,
     )
     return cfg, registry
 

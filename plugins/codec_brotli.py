@@ -9,12 +9,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
 
-CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
-
-
-def _others(name: str) -> tuple[str, ...]:
-    return tuple(n for n in CODEC_PLUGINS if n != name)
-
 
 @dataclass
 class BrotliConfig:
@@ -26,7 +20,7 @@ class Brotli(Plugin):
     summary = "Brotli quality 11 for the artifact payload."
     sources = ("openai/parameter-golf#1089", "openai/parameter-golf#1179")
     config = BrotliConfig
-    conflicts = _others("brotli")
+    provides = ("codec",)
     test_settings = {"brotli": {"quality": 5}}  # quality 11 is the default; 5 keeps the matrix fast
 
     def __init__(self, cfg: BrotliConfig | None = None):

@@ -10,12 +10,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
 
-CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
-
-
-def _others(name: str) -> tuple[str, ...]:
-    return tuple(n for n in CODEC_PLUGINS if n != name)
-
 
 @dataclass
 class LzmaConfig:
@@ -28,7 +22,7 @@ class Lzma(Plugin):
     summary = "xz/lzma preset 9 (extreme) for the artifact payload."
     sources = ("openai/parameter-golf#549", "openai/parameter-golf#1019")
     config = LzmaConfig
-    conflicts = _others("lzma")
+    provides = ("codec",)
     test_settings = {"lzma": {"preset": 9}}
 
     def __init__(self, cfg: LzmaConfig | None = None):

@@ -9,12 +9,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
 
-CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
-
-
-def _others(name: str) -> tuple[str, ...]:
-    return tuple(n for n in CODEC_PLUGINS if n != name)
-
 
 @dataclass
 class ZstdConfig:
@@ -26,7 +20,7 @@ class Zstd(Plugin):
     summary = "Zstandard level 22 for the artifact payload."
     sources = ("openai/parameter-golf#63", "openai/parameter-golf#315")
     config = ZstdConfig
-    conflicts = _others("zstd")
+    provides = ("codec",)
     test_settings = {"zstd": {"level": 22}}
 
     def __init__(self, cfg: ZstdConfig | None = None):

@@ -14,12 +14,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
 
-CODEC_PLUGINS = ("zstd", "brotli", "lzma", "compress_auto")
-
-
-def _others(name: str) -> tuple[str, ...]:
-    return tuple(n for n in CODEC_PLUGINS if n != name)
-
 
 @dataclass
 class CompressAutoConfig:
@@ -45,7 +39,7 @@ class CompressAuto(Plugin):
     summary = "Try every configured codec (zlib, zstd, brotli, lzma) and keep the smallest artifact."
     sources = ("openai/parameter-golf#1179", "openai/parameter-golf#1855")
     config = CompressAutoConfig
-    conflicts = _others("compress_auto")
+    provides = ("codec",)
     test_settings = {"compress_auto": {"codecs": "zlib,zstd,brotli,lzma"}}
 
     def __init__(self, cfg: CompressAutoConfig | None = None):

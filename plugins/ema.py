@@ -25,7 +25,7 @@ class EMA(Plugin):
     summary = "Exponential moving average of the weights, applied at the end of training."
     sources = ("openai/parameter-golf#287", "openai/parameter-golf#315")
     config = EMAConfig
-    conflicts = ("swa",)
+    provides = ("weight_averaging",)
     test_settings = {"ema": {"decay": 0.5}}
 
     def __init__(self, cfg: EMAConfig | None = None):

@@ -28,7 +28,6 @@ from plugins.gptq_lite import parse_percentiles, row_clips, search_clip
 from plugins.lib.quant import MixedBitsConfig, bits_for, gptq_quantize, policy_quantize, prepare_hessian, qmax_of
 from plugins.sdclip import MIN_SCALE
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 CALIBRATIONS = ("train", "ar")
 CLIPS = ("search", "sdclip")
 EMBED = "tok_emb.weight"
@@ -191,7 +190,7 @@ class GPTQ(Plugin):
     summary = "Full-Hessian GPTQ int6 (act order, Cholesky error compensation), calibrated inside the budget."
     sources = ("openai/parameter-golf#1060", "openai/parameter-golf#1019", "openai/parameter-golf#1394")
     config = GPTQConfig
-    conflicts = tuple(q for q in QUANTIZERS if q != "gptq")
+    provides = ("quantizer",)
     test_settings = {"gptq": {"keep_float_max_numel": 0, "calib_batches": 2, "reserve_seconds": 0.5}}
 
     def __init__(self, cfg: GPTQConfig | None = None):

@@ -18,8 +18,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
-
 
 @dataclass
 class GPTQLiteConfig(MixedBitsConfig):
@@ -78,7 +76,7 @@ class GPTQLite(Plugin):
     summary = "Int6 per-row with a clip-percentile search per matrix (lowest reconstruction MSE)."
     sources = ("openai/parameter-golf#414", "openai/parameter-golf#379")
     config = GPTQLiteConfig
-    conflicts = tuple(q for q in QUANTIZERS if q != "gptq_lite")
+    provides = ("quantizer",)
     test_settings = {"gptq_lite": {"keep_float_max_numel": 0}}
 
     def __init__(self, cfg: GPTQLiteConfig | None = None):

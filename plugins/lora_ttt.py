@@ -52,7 +52,7 @@ class LoRATTT(Plugin):
     summary = "Per-document LoRA test-time training: score each chunk, then adapt that document's adapters."
     sources = ("openai/parameter-golf#77", "openai/parameter-golf#1530", "openai/parameter-golf#1767")
     config = LoRATTTConfig
-    conflicts = ("sliding_window", "score_first_ttt")
+    provides = ("evaluator",)
     test_settings = {"lora_ttt": {"rank": 4, "chunk_tokens": 16, "batch_docs": 4, "lr": 0.01}}
 
     @hookimpl

@@ -102,6 +102,7 @@ class LQER(Plugin):
     summary = "Rank-4 SVD correction of the quantization error on the 3 worst matrices (int2 A, int4 B)."
     sources = ("openai/parameter-golf#1797", "openai/parameter-golf#1530")
     config = LQERConfig
+    before = ("prune_to_fit",)  # correct the codes first, then prune to the size target
     # The tiny model's matrices are all fp16 passthrough under the core int8 rule; with quant_mixed's
     # settings unavailable here, make int8 rows exist by widening the MLP.
     test_settings = {"core": {"mlp_mult": 20}, "lqer": {"rank": 2, "top_k": 2}}
@@ -116,7 +117,7 @@ class LQER(Plugin):
             raise ValueError("; ".join(errors))
         self.corrected: list[str] = []
 
-    @hookimpl(tryfirst=True)
+    @hookimpl
     def pg_refine_quantized(self, qstate: dict[str, QTensor], ctx: RefineContext) -> None:
         if ctx.float_state is None:
             raise ValueError("lqer: the export gave no float state dict (RefineContext.float_state)")

@@ -112,7 +112,7 @@ class PhasedTTT(Plugin):
     summary = "Per-document LoRA TTT with full-model SGD phases on the already-scored stream prefix."
     sources = ("openai/parameter-golf#1610", "openai/parameter-golf#1626", "openai/parameter-golf#1530")
     config = PhasedTTTConfig
-    conflicts = ("sliding_window", "score_first_ttt", "lora_ttt")
+    provides = ("evaluator",)
     test_settings = {"phased_ttt": {"rank": 4, "chunk_tokens": 16, "batch_docs": 4, "lr": 0.01, "prefix_docs": 4,
                                     "num_phases": 2, "global_lr": 0.01, "global_chunk_tokens": 256}}
 

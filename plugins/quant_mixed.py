@@ -14,8 +14,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, policy_quantize, rowmax_clip
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
-
 
 @dataclass
 class QuantMixedConfig(MixedBitsConfig):
@@ -27,7 +25,7 @@ class QuantMixed(Plugin):
     summary = "Per-family bit widths: int6 per-row (rowmax/31, [-32, 31]) for attn/MLP, int8 embedding."
     sources = ("openai/parameter-golf#315", "openai/parameter-golf#180")
     config = QuantMixedConfig
-    conflicts = tuple(q for q in QUANTIZERS if q != "quant_mixed")
+    provides = ("quantizer",)
     test_settings = {"quant_mixed": {"keep_float_max_numel": 0}}
 
     def __init__(self, cfg: QuantMixedConfig | None = None):

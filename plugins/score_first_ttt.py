@@ -122,7 +122,7 @@ class ScoreFirstTTT(Plugin):
     sources = ("openai/parameter-golf#461", "openai/parameter-golf#549", "openai/parameter-golf#1413",
                "openai/parameter-golf#1493")
     config = ScoreFirstTTTConfig
-    conflicts = ("sliding_window",)
+    provides = ("evaluator",)
     test_settings = {"score_first_ttt": {"chunk_tokens": 1024, "stride": 32, "lr": 0.01, "epochs": 1}}
 
     @hookimpl

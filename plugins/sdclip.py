@@ -17,7 +17,6 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, policy_quantize
 
-QUANTIZERS = ("quant_mixed", "gptq_lite", "sdclip", "gptq")
 MIN_SCALE = 1e-10
 
 
@@ -54,7 +53,7 @@ class SDClip(Plugin):
     summary = "Per-row clip at k·std(row): int6 matrices (k 12.85), int8 embedding (k 20)."
     sources = ("openai/parameter-golf#1394", "openai/parameter-golf#1586")
     config = SDClipConfig
-    conflicts = tuple(q for q in QUANTIZERS if q != "sdclip")
+    provides = ("quantizer",)
     test_settings = {"sdclip": {"keep_float_max_numel": 0, "matrix_clip_sigmas": 3.0}}
 
     def __init__(self, cfg: SDClipConfig | None = None):

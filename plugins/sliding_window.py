@@ -51,6 +51,7 @@ class SlidingWindow(Plugin):
     name = "sliding_window"
     summary = "Score with overlapping windows (stride S) so every token has near-full context."
     sources = ("openai/parameter-golf#50", "openai/parameter-golf#1218")
+    provides = ("evaluator",)
     config = SlidingWindowConfig
     test_settings = {"sliding_window": {"stride": 16}}
 

@@ -186,7 +186,7 @@ def main(argv):
     try:
         registry = Registry(entry_points=False)
         cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=RECIPE, env=os.environ,
-                      sets=argv, check_plugins=registry.check)
+                      sets=argv, check_plugins=registry.check, check_settings=registry.check_settings)
     except (ConfigError, PluginError) as exc:
         print(f"train_gpt.py: {exc}", file=sys.stderr)
         return 2

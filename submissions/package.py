@@ -137,7 +137,7 @@ def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: 
         raise RecordError(f"runs share a seed ({seeds}): give one run per seed")
     try:
         cfg = resolve(plugin_config_classes=registry.config_classes(), recipe={**runs[0].recipe, "source": "run"},
-                      env={}, check_plugins=registry.check)
+                      env={}, check_plugins=registry.check, check_settings=registry.check_settings)
     except ConfigError as exc:
         raise RecordError(f"{runs[0].path}/config.json: {'; '.join(exc.errors)}") from exc
     script = bundle(cfg, registry)  # exactly the text whose size the runs logged
