@@ -34,7 +34,8 @@ from core import export as ex  # noqa: E402
 from core.config import resolve  # noqa: E402
 from core.registry import Registry  # noqa: E402
 from core.scoring import evaluate, synthetic_warmup  # noqa: E402
-from core.train import load_run_config, setup, should_compile  # noqa: E402
+from core.train import setup, should_compile  # noqa: E402
+from pgolf.evaluate import load_run_config  # noqa: E402
 from plugins.lib import codecs  # noqa: E402
 
 EVALUATORS = ("plain", "sliding_window", "score_first_ttt", "lora_ttt", "phased_ttt")
@@ -75,7 +76,6 @@ def bench_one(name: str, recipe: dict, sets: list[str], artifact: Path | None, r
     if artifact is not None:
         qstate, _ = ex.read_artifact(artifact, codecs.all_decoders())
         run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
-    run.hook.pg_prepare_eval_model(run=run, model=run.model)
     evaluator = run.hook.pg_evaluator(run=run)
     compiled = should_compile(run)
     warm_ms = synthetic_warmup(run, run.eval_model, evaluator) if compiled else 0.0

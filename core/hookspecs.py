@@ -4,7 +4,8 @@ No hook is called inside a compiled region. Hooks run at configuration, model bu
 boundaries, export and evaluation driver level; a technique that changes the forward pass returns
 modules at build time, and a switch that flips mid-run is a tensor buffer (see `core.model.Switch`).
 
-Families: configure, data, build, init, optimize, step, export, evaluate, report, rules.
+Families: data, build, init, optimize, modes, step, export, evaluate, report, rules. (Configuration is
+resolved and validated before any hook runs: `Plugin.check_config` and the config dataclass.)
 pluggy semantics: `firstresult=True` hooks have exactly one provider (the first non-None result wins,
 ordered by tryfirst/trylast and registration); the core registers its defaults `trylast`, so a
 plugin's result replaces them. Plain hooks call every implementation.
@@ -19,17 +20,6 @@ import pluggy
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-
-# --- configure -------------------------------------------------------------------------------------
-@hookspec
-def pg_configure(config: Any) -> None:
-    """Adjust the resolved configuration before anything is built.
-
-    Called once, first, with the `core.config.Config` (all plugins' settings resolved). Mutate
-    `config.core` fields in place (e.g. a plugin that needs a longer eval sequence sets
-    `config.core.eval_seq_len`). Do not read data or touch devices here.
-    """
 
 
 # --- data ------------------------------------------------------------------------------------------
@@ -47,15 +37,6 @@ def pg_train_loader(run: Any) -> Any:
 
 
 # --- build -----------------------------------------------------------------------------------------
-@hookspec
-def pg_model_spec(spec: Any, config: Any) -> None:
-    """Edit the `core.model.ModelSpec` (static constants of the architecture) before the model is built.
-
-    Examples: MLP multiplier, rotary dims, per-layer flags. Everything set here is a Python constant
-    baked into the compiled graph, never something to flip mid-run.
-    """
-
-
 @hookspec
 def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
     """Return a module (or a list of modules, or None) to install into a list slot of the model.
@@ -245,11 +226,6 @@ def pg_codec(config: Any) -> Any:
 
 
 # --- evaluate --------------------------------------------------------------------------------------
-@hookspec
-def pg_prepare_eval_model(run: Any, model: Any) -> None:
-    """Before each evaluation: set eval-only modes (switch buffers) on the model."""
-
-
 @hookspec(firstresult=True)
 def pg_evaluator(run: Any) -> Any:
     """Return the `core.scoring.Evaluator` used for the final (artifact) evaluation.

@@ -151,7 +151,6 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         dist.init_process_group(backend=backend, **kwargs)
         dist.barrier()
     pm = make_manager(registry, config, core_impl)
-    pm.hook.pg_configure(config=config)
     if not config.core.run_id:
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run = Run(

@@ -260,47 +260,6 @@ class PlainEvaluator:
                     sink.advance_frontier(e * seq_len + 1)
 
 
-def window_ends(n_positions: int, seq_len: int, stride: int) -> list[int]:
-    """End positions of sliding windows; window k scores positions (ends[k-1], ends[k]] (ends[-1] = 0).
-
-    Windows of `seq_len` tokens end every `stride` positions, the last one at the final position, so
-    each position is scored exactly once (PR #1218's fix of PR #50's tail double count); with
-    stride == seq_len these are exactly the plain non-overlapping windows.
-    """
-    if n_positions <= seq_len:
-        return [n_positions]
-    ends = list(range(seq_len, n_positions + 1, stride))
-    if ends[-1] != n_positions:
-        ends.append(n_positions)
-    return ends
-
-
-def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], which: range, seq_len: int,
-                  batch_seqs: int, bos_id: int | None = None) -> None:
-    """Score windows `which` (indices into `ends`) in batches: each window sees min(seq_len, n) tokens
-    ending at its end position and records only the positions the previous window did not score.
-    With `bos_id`, attention inside a window stops at BOS (document-masked)."""
-    n = tokens.numel() - 1
-    win = min(seq_len, n)
-    device = run.device
-    col = torch.arange(win, device=device)
-    with torch.no_grad():
-        for b in range(which.start, which.stop, batch_seqs):
-            idx = range(b, min(b + batch_seqs, which.stop))
-            xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in idx]).to(device, torch.int64)
-            ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in idx]).to(device, torch.int64)
-            nll, lognorm = score_nll(run, model, xs, ys, sink.checking, bos_id)
-            pos = torch.stack([torch.arange(ends[k] - win + 1, ends[k] + 1) for k in idx]).to(device)
-            new = torch.tensor([ends[k] - (ends[k - 1] if k > 0 else 0) for k in idx], device=device)
-            keep = col[None, :] >= (win - new)[:, None]
-            sink.record(pos[keep], nll.detach()[keep], None if lognorm is None else lognorm[keep])
-
-
-def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: int, win: int) -> set[tuple[int, int]]:
-    lo, hi = rank_span(n_windows, rank, world_size)
-    return {(b, win) for b in batch_sizes(hi - lo, batch_seqs)}
-
-
 @contextmanager
 def restored_weights(model: torch.nn.Module) -> Iterator[None]:
     """Snapshot `model`'s state dict and load it back on exit, however the block ends (TTT, warm-up, probes)."""

@@ -106,7 +106,6 @@ def build_model(run: Run) -> GPT:
     """Core model (baseline init order) -> plugin parts -> plugin init -> dtype policy."""
     spec = ModelSpec.from_core(run.core)
     spec.attention = "fa3" if run.attention == "fa3" else "sdpa"
-    run.hook.pg_model_spec(spec=spec, config=run.config)
     model = GPT(spec)
     install_parts(run, model, spec)
     run.hook.pg_edit_model(model=model, spec=spec, config=run.config)
@@ -450,7 +449,6 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         if last_step or (core.val_loss_every > 0 and step % core.val_loss_every == 0):
             run.synchronize()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
-            run.hook.pg_prepare_eval_model(run=run, model=base)
             graphs_before_eval = compiled_graph_count()
             res = evaluate(run, run.eval_model, evaluator_plain, run.val_tokens)
             eval_graphs += compiled_graph_count() - graphs_before_eval
@@ -605,7 +603,6 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
         run.event("size", label=label, **report)
     restored = ex.verify_round_trip(result, ex.decoders_of(codec), schemes=run.schemes)
     base.load_state_dict(restored, strict=True)
-    run.hook.pg_prepare_eval_model(run=run, model=base)
     evaluator = run.hook.pg_evaluator(run=run)
     if should_compile(run):
         ms = synthetic_warmup(run, run.eval_model, evaluator)
@@ -643,42 +640,3 @@ def shutdown(run: Run) -> None:
     gc.collect()
     dist.barrier()
     dist.destroy_process_group()
-
-
-
-def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
-    """(artifact path, recipe dict from the run's config.json) for a run dir or an artifact inside one."""
-    import json
-
-    artifact = path / "final_model.ptz" if path.is_dir() else path
-    if not artifact.is_file():
-        raise ex.ArtifactError(f"{artifact}: artifact not found (expected a run directory or a .ptz file)")
-    cfg_path = artifact.parent / "config.json"
-    if not cfg_path.is_file():
-        raise ConfigError([f"{cfg_path}: not found (pgolf eval needs the run's config.json beside the artifact)"])
-    try:
-        recipe = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError([f"{cfg_path}: not a pgolf config.json ({exc})"]) from exc
-    for key in ("run_id", "out_dir"):
-        recipe.get("core", {}).pop(key, None)
-    recipe["source"] = str(cfg_path)
-    return artifact, recipe
-
-
-def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
-    """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
-    qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
-    set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
-    run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
-    run.hook.pg_prepare_eval_model(run=run, model=run.model)
-    evaluator = run.hook.pg_evaluator(run=run)
-    if should_compile(run):
-        ms = synthetic_warmup(run, run.eval_model, evaluator)
-        run.log(f"eval_warmup:synthetic_tokens time:{ms:.0f}ms")
-    res = evaluate(run, run.eval_model, evaluator, run.val_tokens)
-    run.log(f"eval artifact:{artifact} quantizer:{header.get('quantizer')} codec:{header.get('codec')} "
-            f"evaluator:{evaluator.name}")
-    run.log(f"final_eval val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f} eval_time:{res.eval_time_ms:.0f}ms "
-            f"tokens:{res.tokens} bytes:{res.bytes}")
-    return res

@@ -135,7 +135,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from core.train import evaluate_artifact, load_run_config, setup, shutdown
+    from core.train import setup, shutdown
+    from pgolf.evaluate import evaluate_artifact, load_run_config
 
     artifact, recipe = load_run_config(Path(args.path))
     args.recipe = recipe

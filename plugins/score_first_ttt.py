@@ -25,11 +25,10 @@ from core.scoring import (
     batch_sizes,
     rank_span,
     restored_weights,
-    score_windows,
     warm_forward,
-    window_ends,
 )
 from plugins.lib.ttt import cosine_lr, sgd_rows
+from plugins.lib.windows import score_windows, window_ends
 
 
 @dataclass

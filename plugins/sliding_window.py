@@ -15,7 +15,8 @@ from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoreSink, rank_span, score_windows, warm_forward, window_batch_shapes, window_ends
+from core.scoring import ScoreSink, rank_span, warm_forward
+from plugins.lib.windows import score_windows, window_batch_shapes, window_ends
 
 
 @dataclass

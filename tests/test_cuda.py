@@ -55,3 +55,20 @@ def test_every_plugin_trains_compiled_on_cuda(tiny_sets):
     ids = run.val_tokens[:129].to("cuda", torch.int64)
     exp = torch._dynamo.explain(run.model)(ids[:-1].view(2, 64), ids[1:].view(2, 64))
     assert exp.graph_break_count == 0, exp.break_reasons
+
+
+def test_recurrence_mode_switches_in_the_compiled_cuda_loop_with_zero_recompiles(tiny_sets):
+    """PR #1493's routing under inductor: every mode warmed before the clock, none compiled inside it."""
+    torch._dynamo.reset()
+    plugins = ["depth_recurrence", "parallel_residuals", "skip_gates", "xsa", "ln_scale"]
+    sets = [s for s in tiny_sets if not s.startswith(("core.device", "core.compile"))]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins,
+                  sets=[*sets, "core.device=cuda", "core.compile=true", "core.iterations=8", "core.num_layers=6",
+                        "core.val_loss_every=4", "depth_recurrence.loop_start=2", "depth_recurrence.loop_end=3",
+                        "depth_recurrence.enable_at=0.5", "parallel_residuals.start=4", "xsa.last_n=6"],
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    run = setup(cfg, REGISTRY)
+    train(run)
+    log = (run.run_dir / "train.log").read_text()
+    assert "warmup_mode:recurrence" in log and "mode:recurrence on step:4" in log
+    assert "timed_loop_recompiles:0" in log

@@ -9,9 +9,10 @@ import torch
 
 from core.config import resolve
 from core.registry import Registry
-from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, bpb_from_sums, evaluate, window_ends
+from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, bpb_from_sums, evaluate
 from core.tokenizer import ByteTables
 from core.train import setup, train
+from plugins.lib.windows import window_ends
 from plugins.sliding_window import SlidingWindowEvaluator
 
 REGISTRY = Registry()
@@ -113,7 +114,7 @@ class AdaptThenScore:
         good = _ttt()
         ends, groups = good.chunks(tokens.numel() - 1)
         opt = torch.optim.SGD(run.model.parameters(), lr=0.05)
-        from core.scoring import score_windows
+        from plugins.lib.windows import score_windows
 
         for group in groups:
             start = ends[group.start - 1] if group.start > 0 else 0

@@ -1,0 +1,50 @@
+"""`pgolf eval`: load a saved artifact into its run's configuration and score it with the run's evaluator
+(the final-evaluation phase of `core.train`, on an artifact from disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core import export as ex
+from core.config import ConfigError
+from core.run import Run
+from core.scoring import EvalResult, evaluate, synthetic_warmup
+from core.train import set_modes, should_compile
+
+
+def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
+    """(artifact path, recipe dict from the run's config.json) for a run dir or an artifact inside one."""
+    import json
+
+    artifact = path / "final_model.ptz" if path.is_dir() else path
+    if not artifact.is_file():
+        raise ex.ArtifactError(f"{artifact}: artifact not found (expected a run directory or a .ptz file)")
+    cfg_path = artifact.parent / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError([f"{cfg_path}: not found (pgolf eval needs the run's config.json beside the artifact)"])
+    try:
+        recipe = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError([f"{cfg_path}: not a pgolf config.json ({exc})"]) from exc
+    for key in ("run_id", "out_dir"):
+        recipe.get("core", {}).pop(key, None)
+    recipe["source"] = str(cfg_path)
+    return artifact, recipe
+
+
+def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
+    """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
+    qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
+    set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
+    run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
+    evaluator = run.hook.pg_evaluator(run=run)
+    if should_compile(run):
+        ms = synthetic_warmup(run, run.eval_model, evaluator)
+        run.log(f"eval_warmup:synthetic_tokens time:{ms:.0f}ms")
+    res = evaluate(run, run.eval_model, evaluator, run.val_tokens)
+    run.log(f"eval artifact:{artifact} quantizer:{header.get('quantizer')} codec:{header.get('codec')} "
+            f"evaluator:{evaluator.name}")
+    run.log(f"final_eval val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f} eval_time:{res.eval_time_ms:.0f}ms "
+            f"tokens:{res.tokens} bytes:{res.bytes}")
+    return res
