@@ -45,9 +45,11 @@ def test_every_plugin_trains_compiled_on_cuda(tiny_sets):
         if not REGISTRY.check([*enabled, name]):
             enabled.append(name)
     sets = [s for s in tiny_sets if not s.startswith(("core.device", "core.compile"))]
+    extra = [f"{sec}.{k}={v}" for n in enabled for sec, kv in (REGISTRY.plugins[n].test_settings or {}).items()
+             for k, v in kv.items()]
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=enabled,
-                  sets=[*sets, "core.device=cuda", "core.compile=true", "core.iterations=6"],
-                  check_plugins=REGISTRY.check)
+                  sets=[*sets, *extra, "core.device=cuda", "core.compile=true", "core.iterations=6"],
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
     run = setup(cfg, REGISTRY)
     assert run.attention in ("fa3", "cudnn")
     summary = train(run)
