@@ -1,0 +1,129 @@
+"""Step-by-step parity of a record's own train_gpt.py and its pgolf recipe, on CPU in fp32.
+
+On a GPU two runs of one script already differ (bf16, non-deterministic kernels), so a small gap between
+the record and pgolf there cannot be told from noise. On CPU, in fp32, with torch.compile off, both are
+deterministic: any train-loss difference beyond float rounding is a real difference in the computation
+(data order, init, optimizer, schedule). This runs both on the same data, seed, steps and reduced model
+size, and prints the train loss of every step side by side and the first step where they part.
+
+The record is patched only where CPU needs it (FA3 -> SDPA, CUDA calls -> no-ops, no bf16 cast of the
+model, no compile, a validation prefix as PGOLF_VAL_MAX_TOKENS); every patch must match exactly once.
+
+    python benchmarks/record_parity_cpu.py --record /tmp/pr315_record.py --recipe recipes/pr315.toml \
+        --data ~/.cache/pgolf/default-v1-sp1024 --iterations 30 \
+        --env RECORD NUM_LAYERS=11 BIGRAM_VOCAB_SIZE=2048 XSA_LAST_N=4 ... (the record's README command line)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STEP_RE = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.]+)", re.M)
+PRELUDE = '''import torch as _t
+_t.cuda.is_available = lambda: True
+for _n in ("set_device", "synchronize", "manual_seed_all", "reset_peak_memory_stats"):
+    setattr(_t.cuda, _n, lambda *a, **k: None)
+_t.cuda.max_memory_allocated = _t.cuda.max_memory_reserved = lambda *a, **k: 0
+import torch.backends.cuda as _bc
+for _n in ("enable_cudnn_sdp", "enable_flash_sdp", "enable_mem_efficient_sdp", "enable_math_sdp"):
+    setattr(_bc, _n, lambda *a, **k: None)
+_t.compile = lambda fn=None, **kw: fn if fn is not None else (lambda f: f)
+'''
+SDPA_SHIM = '''
+import torch.nn.functional as _F
+
+
+def flash_attn_3_func(q, k, v, causal=True):  # record_parity_cpu.py: FA3 layout (B, T, H, D) through SDPA
+    y = _F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                        is_causal=causal, enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+'''
+# (pattern, replacement, how many times it must match; None = at least once)
+PATCHES = [
+    (r"^from flash_attn_interface import flash_attn_func as flash_attn_3_func\n", SDPA_SHIM, 1),
+    (r'torch\.device\("cuda", local_rank\)', 'torch.device("cpu")', 1),
+    (r'\["nvidia-smi"\]', '["true"]', 1),
+    (r"\)\.to\(device\)\.bfloat16\(\)", ").to(device)", None),
+    (r"fused=True", "fused=False", None),
+    (r'torch\.autocast\(device_type="cuda"[^)]*\)', 'torch.autocast(device_type="cpu", enabled=False)', None),
+    (r"^(    val_tokens = load_validation_tokens\(args\.val_files, val_seq_len\)\n)",
+     r'\1    _cap = int(os.environ.get("PGOLF_VAL_MAX_TOKENS", "0"))\n'
+     r"    if _cap > 0:\n"
+     r"        val_tokens = val_tokens[: min(val_tokens.numel() - 1, (_cap // val_seq_len) * val_seq_len) + 1]\n", 1),
+]
+
+
+def patched(src: Path, out: Path) -> Path:
+    text = src.read_text(encoding="utf-8")
+    for pattern, repl, count in PATCHES:
+        text, n = re.subn(pattern, repl, text, flags=re.M)
+        if (count is not None and n != count) or n == 0:
+            sys.exit(f"--record {src}: patch {pattern!r} matched {n} times (expected {count or '>= 1'})")
+    future = re.search(r"^from __future__ import [^\n]*\n", text, re.M)  # must stay the first statement
+    at = future.end() if future else 0
+    out.write_text(text[:at] + PRELUDE + text[at:], encoding="utf-8")
+    return out
+
+
+def losses(log: str) -> dict[int, float]:
+    return {int(m.group(1)): float(m.group(2)) for m in STEP_RE.finditer(log)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--record", type=Path, required=True)
+    ap.add_argument("--recipe", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--tokenizer", type=Path, help="default: the first <data>/tokenizer/*.model")
+    ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/record_parity"))
+    ap.add_argument("--shape", nargs="*", default=[
+        "MODEL_DIM=128", "NUM_HEADS=4", "NUM_KV_HEADS=2", "TRAIN_SEQ_LEN=256", "EVAL_SEQ_LEN=256",
+        "TRAIN_BATCH_TOKENS=4096", "VAL_BATCH_SIZE=8192"],
+        help="size overrides both sides read (environment names)")
+    ap.add_argument("--record-env", nargs="*", default=[], help="the record's own settings (its README command)")
+    ap.add_argument("--pgolf-set", nargs="*", default=[], help="extra --set for pgolf (plugin-only settings)")
+    args = ap.parse_args()
+    out = args.out.resolve()
+    if out.exists():
+        sys.exit(f"--out {out}: exists; choose a new folder (runs are never overwritten)")
+    out.mkdir(parents=True)
+    tok = args.tokenizer or next(args.data.glob("tokenizer/*.model"))
+    env = dict(os.environ, DATA_PATH=str(args.data.resolve()), TOKENIZER_PATH=str(Path(tok).resolve()),
+               ITERATIONS=str(args.iterations), WARMDOWN_ITERS=str(max(1, args.iterations // 3)),
+               MAX_WALLCLOCK_SECONDS="0", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", SEED="1337", WARMUP_STEPS="2",
+               PGOLF_VAL_MAX_TOKENS="8192", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    env.update(kv.split("=", 1) for kv in args.shape)
+    rec_env = dict(env, **dict(kv.split("=", 1) for kv in args.record_env), RUN_ID="record")
+    script = patched(args.record, out / "train_gpt_cpu.py")
+    rec = subprocess.run([sys.executable, str(script)], cwd=out, env=rec_env, capture_output=True, text=True)
+    (out / "record.out").write_text(rec.stdout + rec.stderr)
+    pg_env = dict(env, PGOLF_DEVICE="cpu", PGOLF_COMPILE="false", PGOLF_OUT_DIR=str(out / "runs"), RUN_ID="pgolf",
+                  PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "pgolf.cli", "train", "--recipe", str(args.recipe.resolve()),
+           *[a for s in args.pgolf_set for a in ("--set", s)]]
+    pg = subprocess.run(cmd, cwd=REPO, env=pg_env, capture_output=True, text=True)
+    (out / "pgolf.out").write_text(pg.stdout + pg.stderr)
+    if rec.returncode or pg.returncode:
+        sys.exit(f"record exit {rec.returncode}, pgolf exit {pg.returncode}: see {out}/record.out, {out}/pgolf.out")
+    a, b = losses((out / "logs" / "record.txt").read_text()), losses(pg.stdout)
+    rows, first = [], None
+    for step in sorted(set(a) & set(b)):
+        diff = b[step] - a[step]
+        rows.append({"step": step, "record": a[step], "pgolf": b[step], "diff": diff})
+        if first is None and abs(diff) > 2e-4:
+            first = step
+        print(f"step {step:4d}  record {a[step]:.4f}  pgolf {b[step]:.4f}  diff {diff:+.4f}")
+    print(f"first step differing by > 2e-4 nats: {first}")
+    (out / "parity.json").write_text(json.dumps({"rows": rows, "first_divergent_step": first}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
