@@ -173,7 +173,7 @@ def main() -> None:
     if not args.skip_pgolf:
         attention = "fa3" if use_fa3 else "flash"
         penv = dict(common, PGOLF_ATTENTION=attention, PGOLF_OUT_DIR=str(out / "runs"), RUN_ID="pgolf-pr315",
-                    PYTHONPATH=str(repo))
+                    PYTHONPATH=os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p))
         cmd = [*launcher(args.nproc), "-m", "pgolf.cli", "train", "--recipe", str(repo / "recipes" / "pr315.toml")]
         run(cmd, penv, repo, out / "pgolf.log")
         results["pgolf"] = parse((out / "runs" / "pgolf-pr315" / "train.log").read_text(), pgolf=True)

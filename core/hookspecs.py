@@ -51,9 +51,10 @@ def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
                         first layer's values for a value residual)
     - "attn_out"        part(y, v, x) -> y, per layer (`layer` is the block index), on attention output
                         before the output projection; y is (B, T, H, D), v is (B, T, Hkv, D)
-    Called once per slot (and per layer for the per-layer slots) after the core model is built and
-    initialised, so plugin modules never change the core's random initialisation. The modules are
-    ordinary parts of the forward and are compiled with it.
+    The embedding slots are asked while the model is made, right after the token embedding and before
+    the blocks (where the records build BigramHash and SmearGate, so a recipe's initial weights equal its
+    record's for a seed); the per-layer slots after the core model is built. The modules are ordinary
+    parts of the forward and are compiled with it.
     """
 
 

@@ -2,7 +2,8 @@
 
 With no plugins this is the baseline of openai/parameter-golf `train_gpt.py` (9×512, GQA 8/4, relu²
 MLP ×2, tied embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE), with the same
-parameter names and the same order of random initialisation. Plugins add modules to list slots
+parameter names and the same order of random initialisation; embedding-side plugin parts are built
+between the token embedding and the blocks, as the records build theirs. Plugins add modules to list slots
 (`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out` and `value`) or replace modules:
 per layer `mlp`, `attn_norm`, `mlp_norm`, `rotary`, `attention` (the attention core), `residual` (how a
 block combines attention and MLP); per model `schedule` (which blocks run in which order: U-Net, depth
@@ -16,6 +17,7 @@ buffers, never Python attributes.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -344,7 +346,12 @@ class GPT(nn.Module):
     `targets=None` -> softcapped logits (B, T, V). `doc_ids` (B, T), optional: attention stays inside
     each document (equal ids); `head_add` parts add to the logits before the softcap (eval-time adapters)."""
 
-    def __init__(self, spec: ModelSpec):
+    EMBED_SLOTS = ("embed_add", "embed_mix_pre", "embed_mix_post")
+
+    def __init__(self, spec: ModelSpec, embed_parts: Callable[[str], list[nn.Module]] | None = None):
+        """`embed_parts(slot)` makes the embedding-side plugin parts; they are built right after the token
+        embedding and before the blocks, where the records build theirs (BigramHash, SmearGate), so the
+        random draws — and the initial weights for a seed — are the record's."""
         super().__init__()
         if spec.logit_softcap <= 0.0:
             raise ValueError(f"logit_softcap must be positive, got {spec.logit_softcap}")
@@ -352,6 +359,8 @@ class GPT(nn.Module):
         self.tie_embeddings = spec.tie_embeddings
         self.logit_softcap = spec.logit_softcap
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
+        for slot in self.EMBED_SLOTS:
+            setattr(self, slot, nn.ModuleList(embed_parts(slot) if embed_parts is not None else []))
         self.schedule = LayerSchedule(spec.num_layers)
         self.skip_merge = AddSkip()
         self.loss = SoftcapCrossEntropy()
@@ -361,9 +370,6 @@ class GPT(nn.Module):
         self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size, bias=False)
         if self.lm_head is not None:
             self.lm_head._zero_init = True
-        self.embed_add = nn.ModuleList()
-        self.embed_mix_pre = nn.ModuleList()
-        self.embed_mix_post = nn.ModuleList()
         self.head_add = nn.ModuleList()
         self._init_weights()
 

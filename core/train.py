@@ -106,7 +106,7 @@ def build_model(run: Run) -> GPT:
     """Core model (baseline init order) -> plugin parts -> plugin init -> dtype policy."""
     spec = ModelSpec.from_core(run.core)
     spec.attention = "fa3" if run.attention == "fa3" else "sdpa"
-    model = GPT(spec)
+    model = GPT(spec, lambda slot: _as_modules(run.hook.pg_slot_parts(slot=slot, spec=spec, layer=None)))
     install_parts(run, model, spec)
     run.hook.pg_edit_model(model=model, spec=spec, config=run.config)
     run.hook.pg_init_weights(model=model, config=run.config)
@@ -122,7 +122,6 @@ def _as_modules(results: list[Any]) -> list[nn.Module]:
     return out
 
 
-LIST_SLOTS_MODEL = ("embed_add", "embed_mix_pre", "embed_mix_post")
 LIST_SLOTS_LAYER = {"attn_out": "out_parts", "value": "value_parts"}  # slot -> list on block.attn
 REPLACE_SLOTS_LAYER = {"mlp": "block", "attn_norm": "block", "mlp_norm": "block", "residual": "block",
                        "rotary": "attn", "attention": "attn"}  # slot -> owner of the attribute
@@ -130,10 +129,9 @@ REPLACE_SLOTS_MODEL = ("skip_merge", "loss")
 
 
 def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
-    """Fill the model's slots from `pg_slot_parts` (lists) and `pg_build_slot` (replacements)."""
+    """Fill the per-layer and per-model slots from `pg_slot_parts` (lists) and `pg_build_slot`
+    (replacements); the embedding slots were filled when the model was made (`GPT(spec, embed_parts)`)."""
     hook = run.hook
-    for slot in LIST_SLOTS_MODEL:
-        getattr(model, slot).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=None)))
     for i, block in enumerate(model.blocks):
         for slot, attr in LIST_SLOTS_LAYER.items():
             getattr(block.attn, attr).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=i)))

@@ -3,9 +3,11 @@
 PR #198/#265 form, as carried by PR #315 (2048 buckets × 128, projected to the model width): bucket
 (36313·t_i XOR 27191·t_{i-1}) mod (buckets - 1), and the reserved bucket `buckets - 1` at the first
 position of each row; output proj(embed(bucket)) · scale. The table starts at zero, `scale` at 0.05,
-and the projection at orthogonal × 1/sqrt(2·num_layers) — what the record's GPT-level init gives it
-(its module zeroes it, then the `*.proj` rule of the orthogonal/muP init overrides that; done here so
-the module also trains without `orthoinit`: with both factors zero it would never get a gradient).
+and the projection at orthogonal × 1/sqrt(2·num_layers) — what the record's GPT-level init gives it:
+the module zeroes it (as the record's, so the random draws match the record's for a seed), then the
+`*.proj` rule of `orthoinit` (the record's init) re-draws it in module order if both its dims are >= 64;
+without `orthoinit` this plugin draws it in `pg_init_weights` (with both factors zero it would never
+get a gradient).
 The table trains with the token-embedding Adam group, the projection with Muon, `scale` with scalars.
 `bos_id` (not in the records, off by default): a BOS position also gets the reserved bucket, so no
 pair spans two documents (with a document-masked evaluator nothing then crosses a BOS).
@@ -57,9 +59,8 @@ class BigramHashEmbedding(nn.Module):
         nn.init.zeros_(self.embed.weight)
         self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
         if self.proj is not None:
-            nn.init.orthogonal_(self.proj.weight, gain=1.0)
-            with torch.no_grad():
-                self.proj.weight.mul_(1.0 / math.sqrt(2 * num_layers))
+            nn.init.zeros_(self.proj.weight)
+        self.num_layers = num_layers
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
 
     def forward(self, input_ids: Tensor) -> Tensor:
@@ -89,3 +90,15 @@ class BigramHash(Plugin):
             raise ValueError(f"bigram_hash.dim: expected a positive width, got {self.cfg.dim}")
         return BigramHashEmbedding(self.cfg.buckets, self.cfg.dim, spec.model_dim, self.cfg.scale_init,
                                    spec.num_layers, self.cfg.bos_id)
+
+    @hookimpl
+    def pg_init_weights(self, model, config) -> None:
+        """The record's projection init when `orthoinit` (the record's own init, which also decides by size
+        whether to draw it) is not enabled."""
+        if "orthoinit" in config.plugins:
+            return
+        for part in model.embed_add:
+            if isinstance(part, BigramHashEmbedding) and part.proj is not None:
+                nn.init.orthogonal_(part.proj.weight, gain=1.0)
+                with torch.no_grad():
+                    part.proj.weight.mul_(1.0 / math.sqrt(2 * part.num_layers))

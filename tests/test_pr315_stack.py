@@ -435,3 +435,18 @@ def test_recipe_trains_end_to_end_on_cpu(tiny_data, tiny_core, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["evaluator"] == "sliding_window" and metrics["artifact_label"].endswith("zstd")
     assert math.isfinite(metrics["val_bpb"]) and metrics["steps"] == 2
+
+
+@pytest.mark.parametrize("t", [TINY, dict(TINY, model_dim=128, bigram_dim=64, num_heads=4)])
+def test_initial_weights_are_the_records_for_the_same_seed(record, t):
+    """Same seed, same random draws in the same order: the recipe starts from the record's very weights
+    (embedding parts built between the token embedding and the blocks, the projection drawn by orthoinit
+    in module order) — the first step's loss is then the record's, not another seed's."""
+    torch.manual_seed(1337)
+    rec = record_gpt(record, t)
+    torch.manual_seed(1337)
+    _, model = build_pgolf(tiny_sets(t))
+    ours = model.state_dict()
+    assert [pgolf_name(k) for k in rec.state_dict()] == list(ours)
+    for name, tensor in rec.state_dict().items():
+        assert torch.equal(ours[pgolf_name(name)], tensor), name
