@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning threads
+# make every tiny CPU step up to 10x slower under load (set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
