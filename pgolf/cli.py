@@ -22,9 +22,9 @@ from core.registry import PluginError, Registry
 DEMO_SETTINGS = [
     "core.num_layers=4", "core.model_dim=128", "core.num_heads=4", "core.num_kv_heads=2",
     "core.train_seq_len=128", "core.train_batch_tokens=4096", "core.grad_accum_steps=1",
-    "core.iterations=250", "core.warmdown_iters=80", "core.warmup_steps=0", "core.val_loss_every=125",
-    "core.train_log_every=25", "core.val_batch_size=16384", "core.val_max_tokens=32768",
-    "core.max_wallclock_seconds=0", "core.muon_momentum_warmup_steps=80", "core.device=cpu",
+    "core.iterations=200", "core.warmdown_iters=70", "core.warmup_steps=0", "core.val_loss_every=100",
+    "core.train_log_every=20", "core.val_batch_size=16384", "core.val_max_tokens=32768",
+    "core.max_wallclock_seconds=0", "core.muon_momentum_warmup_steps=70", "core.device=cpu",
     "core.deterministic=true",
 ]
 # Settings that name a file or folder: stored absolute and resolved in config.json, so a run directory works
@@ -81,7 +81,7 @@ def with_default_data(cfg: Config) -> Config:
         from dataprep.build import default_data_dir, ensure_default_data
 
         if not (default_data_dir(cfg.core.vocab_size) / "dataset.json").is_file():
-            print(f"building the embedded default corpus (first use, about a minute on 2 cores; cached in "
+            print(f"building the embedded default corpus (first use, about 10 s; cached in "
                   f"{default_data_dir(cfg.core.vocab_size)})", file=sys.stderr, flush=True)
         cfg.core.data_path = str(ensure_default_data(vocab_size=cfg.core.vocab_size))
         cfg.sources["core.data_path"] = "embedded default corpus"
@@ -196,7 +196,7 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("pgolf demo: a tiny GPT on the embedded default corpus (CPU; 250 steps, about 1-2 minutes on 2 cores; "
+    print("pgolf demo: a tiny GPT on the embedded default corpus (CPU; 200 steps, about 1.5 minutes on 2 cores; "
           "bounded by steps, so the result does not depend on the machine's load)", flush=True)
     args.nproc = 0
 
