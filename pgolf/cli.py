@@ -333,17 +333,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def validation_rules(plugin_files: list[str]) -> list:
-    """The plugins' extra validator rules, exactly as `pgolf validate` and `pgolf record` use them. Built-in
+    """pgolf's run-directory rules (pgolf.run_rules: finite scores, whole artifact, finished run) and the
+    plugins' extra validator rules, exactly as `pgolf validate` and `pgolf record` use them. Built-in
     plugins are imported (with torch) only when one of them defines `pg_validator_rules`, so static
     validation stays fast."""
     import importlib.metadata
+
+    from pgolf.run_rules import RULES
 
     builtin = Path(__file__).resolve().parent.parent / "plugins"
     needed = plugin_files or any("pg_validator_rules" in p.read_text(encoding="utf-8")
                                  for p in builtin.glob("*.py"))
     if not needed and not importlib.metadata.entry_points(group="pgolf.plugins"):
-        return []
-    return plugin_validator_rules(Registry(extra_files=plugin_files))
+        return list(RULES)
+    return [*RULES, *plugin_validator_rules(Registry(extra_files=plugin_files))]
 
 
 def plugin_validator_rules(registry: Registry) -> list:

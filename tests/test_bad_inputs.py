@@ -293,3 +293,39 @@ def test_catalogue_covers_every_command():
     commands = {c.id.split("/")[0] for c in CATALOGUE}
     assert {"train", "eval", "bundle", "record", "validate", "size", "plugins", "config", "data"} <= commands
     assert len({c.id for c in CATALOGUE}) == len(CATALOGUE)
+
+
+# ----- pgolf validate on a broken run directory: exit 1, the failing rule's line names the file and the fault
+VALIDATE_CASES = [
+    ("validate/nan-score", "nan_metrics", r"RUN\.FINITE\s+ERROR FAIL\s+metrics\.json: not valid JSON \(non-finite"),
+    ("validate/truncated-artifact", "truncate_done", r"RUN\.ARTIFACT\s+ERROR FAIL\s+final_model\.ptz: payload is"),
+    ("validate/interrupted-run", "interrupted_status", r"RUN\.STATUS\s+ERROR FAIL\s+status\.json: the run is "
+                                                       r"'interrupted'"),
+    ("validate/two-runs-in-one-log", "double_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: holds 2 runs"),
+]
+
+
+def _truncate_done(tmp: Path, ctx: dict) -> None:
+    art = tmp / "done" / "final_model.ptz"
+    art.write_bytes(art.read_bytes()[:-100])
+
+
+SETUPS["truncate_done"] = _truncate_done
+
+
+@pytest.mark.parametrize("case", VALIDATE_CASES, ids=[c[0] for c in VALIDATE_CASES])
+def test_validate_fails_a_broken_run_dir(case, tmp_path, finished_run, capsys):
+    _, setup, pattern = case
+    _finished_run(tmp_path, {"run": finished_run})
+    SETUPS[setup](tmp_path, {})
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "done")]) == 1
+    assert re.search(pattern, capsys.readouterr().out)
+    assert snapshot(tmp_path) == before
+
+
+def test_validate_passes_the_finished_run(tmp_path, finished_run, capsys):
+    _finished_run(tmp_path, {"run": finished_run})
+    assert main(["validate", str(tmp_path / "done")]) == 0
+    assert re.search(r"RUN\.ARTIFACT\s+ERROR PASS\s+artifact whole", capsys.readouterr().out)
