@@ -157,7 +157,11 @@ def check_status(ctx: FolderContext) -> list[Any]:
                                  expected="finished", found=state))
     log = ctx.root / "train.log"
     if log.is_file():
-        n = len(re.findall(r"^model_params:", log.read_text(encoding="utf-8", errors="replace"), re.M))
+        try:
+            text = log.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [*out, r.finding(FAIL, f"unreadable ({exc})", file=log.name)]
+        n = len(re.findall(r"^model_params:", text, re.M))
         if n > 1:
             out.append(r.finding(FAIL, f"holds {n} runs (a run directory holds one run)", file=log.name,
                                  expected=1, found=n))

@@ -302,6 +302,7 @@ VALIDATE_CASES = [
     ("validate/interrupted-run", "interrupted_status", r"RUN\.STATUS\s+ERROR FAIL\s+status\.json: the run is "
                                                        r"'interrupted'"),
     ("validate/two-runs-in-one-log", "double_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: holds 2 runs"),
+    ("validate/unreadable-log", "binary_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: unreadable \('utf-8'"),
 ]
 
 
