@@ -499,7 +499,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         run.hook.pg_after_step(run=run, step=step)
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
-            loss_value = loss_now if loss_now is not None else float(train_loss.item())
+            loss_value = loss_now = loss_now if loss_now is not None else float(train_loss.item())
             if not math.isfinite(loss_value):
                 progress.close()
                 raise diverged(run, step, loss_value)
