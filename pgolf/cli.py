@@ -23,7 +23,7 @@ DEMO_SETTINGS = [
     "core.num_layers=4", "core.model_dim=128", "core.num_heads=4", "core.num_kv_heads=2",
     "core.train_seq_len=128", "core.train_batch_tokens=4096", "core.grad_accum_steps=1",
     "core.iterations=200", "core.warmdown_iters=70", "core.warmup_steps=0", "core.val_loss_every=100",
-    "core.train_log_every=20", "core.val_batch_size=16384", "core.val_max_tokens=32768",
+    "core.train_log_every=10", "core.val_batch_size=16384", "core.val_max_tokens=32768",
     "core.max_wallclock_seconds=0", "core.muon_momentum_warmup_steps=70", "core.device=cpu",
     "core.deterministic=true",
 ]
