@@ -153,3 +153,28 @@ def test_a_closed_pipe_is_not_an_error():
     res = subprocess.run(f"'{sys.executable}' -m pgolf.cli plugins show ema | head -c 10", shell=True,
                          capture_output=True, text=True, env=ENV, timeout=120)
     assert res.returncode == 0 and "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+def test_demo_is_bounded_by_steps_and_reproducible():
+    from pgolf.cli import DEMO_SETTINGS
+
+    assert "core.max_wallclock_seconds=0" in DEMO_SETTINGS and "core.deterministic=true" in DEMO_SETTINGS
+    log_every = int(next(s for s in DEMO_SETTINGS if s.startswith("core.train_log_every=")).split("=")[1])
+    assert log_every <= 10  # a line at least every ~4 s on 2 quiet cores without a terminal's progress bar
+
+
+def test_unigram_baseline_is_between_the_model_and_uniform(tiny_data, tiny_core, tiny_run):
+    import math
+
+    from core.config import resolve
+    from core.registry import Registry
+    from pgolf.baseline import unigram_bpb
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), sets=[*tiny_core, f"core.data_path={tiny_data}"],
+                  check_plugins=reg.check)
+    uni = unigram_bpb(cfg)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    tokens_per_byte = metrics["val_bpb"] * math.log(2) / metrics["val_loss"]  # the same validation tokens
+    uniform = math.log2(320) * tokens_per_byte
+    assert 0 < uni < uniform  # token frequencies beat a uniform guess over the vocabulary
