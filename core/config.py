@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import typing
 from collections.abc import Mapping, Sequence
@@ -94,6 +95,9 @@ class CoreConfig:
     compile: str = field(default="auto", metadata=_env("PGOLF_COMPILE"))
     attention: str = field(default="auto", metadata=_env("PGOLF_ATTENTION"))
     out_dir: str = field(default="runs", metadata=_env("PGOLF_OUT_DIR"))
+    # Reproducible runs: the schedule follows iterations, not the wall clock (MAX_WALLCLOCK_SECONDS is
+    # ignored), and torch uses deterministic kernels where the backend has them.
+    deterministic: bool = field(default=False, metadata=_env("PGOLF_DETERMINISTIC"))
 
 
 CORE_SECTION = "core"
@@ -365,19 +369,30 @@ def resolve(
 
 
 def core_errors(c: CoreConfig) -> list[str]:
-    """Cross-field checks on the core settings."""
+    """Cross-field checks on the core settings (each error one line naming the setting)."""
     errors = []
-    if c.model_dim % c.num_heads != 0:
-        errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")
-    elif (c.model_dim // c.num_heads) % 2 != 0:
-        errors.append(f"head_dim={c.model_dim // c.num_heads} must be even for RoPE")
-    if c.num_kv_heads <= 0 or c.num_heads % c.num_kv_heads != 0:
+    for f in dataclasses.fields(c):
+        value = getattr(c, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {value}")
+    for name in ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "model_dim", "mlp_mult", "train_seq_len",
+                 "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps"):
+        if getattr(c, name) <= 0:
+            errors.append(f"core.{name} must be positive, got {getattr(c, name)}")
+    for name in ("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens",
+                 "eval_seq_len", "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds",
+                 "grad_clip_norm"):
+        if getattr(c, name) < 0:
+            errors.append(f"core.{name} must be >= 0, got {getattr(c, name)}")
+    if c.num_heads > 0 and c.model_dim > 0:
+        if c.model_dim % c.num_heads != 0:
+            errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")
+        elif (c.model_dim // c.num_heads) % 2 != 0:
+            errors.append(f"head_dim={c.model_dim // c.num_heads} must be even for RoPE")
+    if c.num_heads > 0 and c.num_kv_heads > 0 and c.num_heads % c.num_kv_heads != 0:
         errors.append(f"core.num_heads={c.num_heads} must be divisible by core.num_kv_heads={c.num_kv_heads}")
     if c.logit_softcap <= 0:
         errors.append(f"core.logit_softcap must be positive, got {c.logit_softcap}")
-    for name in ("vocab_size", "num_layers", "train_seq_len", "train_batch_tokens", "iterations"):
-        if getattr(c, name) <= 0:
-            errors.append(f"core.{name} must be positive, got {getattr(c, name)}")
     if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):
         errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
     if c.compile not in ("auto", "true", "false", "1", "0"):

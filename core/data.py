@@ -26,8 +26,19 @@ class DataError(ValueError):
     """A data file or directory is missing or malformed (the message is one line and names the path)."""
 
 
-def read_shard(path: str | Path) -> Tensor:
-    """Tokens of one shard as a 1-D uint16 tensor (header checked like the baseline's `load_data_shard`)."""
+def check_token_ids(tokens: np.ndarray | Tensor, vocab_size: int | None, where: str | Path) -> None:
+    """A DataError naming `where` if a token id is >= `vocab_size` (one max over the array)."""
+    if vocab_size is None or len(tokens) == 0:
+        return
+    hi = int(tokens.max())
+    if hi >= vocab_size:
+        raise DataError(f"{where}: token id {hi} >= vocab size {vocab_size} (VOCAB_SIZE / core.vocab_size): "
+                        "the shards were built for a larger vocabulary")
+
+
+def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
+    """Tokens of one shard as a 1-D uint16 tensor (header checked like the baseline's `load_data_shard`;
+    with `vocab_size`, every id checked below it)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -56,6 +67,7 @@ def read_shard(path: str | Path) -> Tensor:
     tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
     if tokens.size != num_tokens:
         raise DataError(f"{path}: short read: expected {num_tokens} tokens, got {tokens.size}")
+    check_token_ids(tokens, vocab_size, path)
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
 
 
@@ -108,17 +120,18 @@ def shard_files(data_dir: str | Path, split: str) -> list[Path]:
 class TokenStream:
     """Reads shards in order and wraps around forever (the baseline's deterministic streaming)."""
 
-    def __init__(self, files: Sequence[str | Path]) -> None:
+    def __init__(self, files: Sequence[str | Path], vocab_size: int | None = None) -> None:
         self.files = [Path(f) for f in files]
         if not self.files:
             raise DataError("TokenStream needs at least one shard file, got none")
+        self.vocab_size = vocab_size
         self.file_idx = 0
-        self.tokens = read_shard(self.files[0])
+        self.tokens = read_shard(self.files[0], vocab_size)
         self.pos = 0
 
     def _advance_file(self) -> None:
         self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = read_shard(self.files[self.file_idx])
+        self.tokens = read_shard(self.files[self.file_idx], self.vocab_size)
         self.pos = 0
 
     def take(self, n: int) -> Tensor:
@@ -147,13 +160,14 @@ class TokenStream:
 class DistributedTokenLoader:
     """Each call takes one contiguous chunk of the stream and gives each rank its own span (+1 token)."""
 
-    def __init__(self, files: Sequence[str | Path], rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(self, files: Sequence[str | Path], rank: int, world_size: int, device: torch.device,
+                 vocab_size: int | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")
         self.rank = rank
         self.world_size = world_size
         self.device = device
-        self.stream = TokenStream(files)
+        self.stream = TokenStream(files, vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:
         """(x, y) int64 of shape (local_tokens // seq_len, seq_len) for this rank, y shifted by one."""
@@ -173,12 +187,12 @@ class DistributedTokenLoader:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
-def load_validation_tokens(files: Sequence[str | Path], seq_len: int) -> Tensor:
+def load_validation_tokens(files: Sequence[str | Path], seq_len: int, vocab_size: int | None = None) -> Tensor:
     """All validation tokens, truncated to a multiple of `seq_len` plus one (uint16, 1-D)."""
     paths = [Path(f) for f in files]
     if not paths:
         raise DataError("no validation shard files given (expected fineweb_val_*.bin)")
-    tokens = torch.cat([read_shard(p) for p in paths]).contiguous()
+    tokens = torch.cat([read_shard(p, vocab_size) for p in paths]).contiguous()
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
         raise DataError(

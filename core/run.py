@@ -25,14 +25,24 @@ from core.registry import Registry, make_manager
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, then rename it into place (no partial file, no temp left)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def pick_device(setting: str, local_rank: int) -> torch.device:
     if setting == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        from core.config import ConfigError
+
+        raise ConfigError([f"core.device={setting} (PGOLF_DEVICE): no CUDA device is available here "
+                           "(torch.cuda.is_available() is False); use auto or cpu"])
     if setting == "cuda":
         return torch.device("cuda", local_rank)
     return torch.device(setting)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -192,25 +193,45 @@ def code_bytes(run: Run) -> int:
 
 
 class Progress:
-    """A one-line progress bar on a terminal: step, tokens/s, ETA."""
+    """A live progress line on a terminal (tqdm): step/total, steps/s, ETA, tokens/s and the last loss.
+    `phase` names a stretch without steps (validation) so the line never sits silent."""
 
     def __init__(self, enabled: bool, total: int, tokens_per_step: int, cap_ms: float | None):
-        self.enabled, self.total, self.tps, self.cap_ms = enabled, total, tokens_per_step, cap_ms
+        self.total, self.tps, self.cap_ms = total, tokens_per_step, cap_ms
+        self.bar = None
+        try:
+            from tqdm.auto import tqdm  # optional (a bundled script runs without it)
+        except ImportError:
+            enabled = False
+        if enabled:
+            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True,
+                            desc="train", bar_format="{desc} {percentage:3.0f}%|{bar}| {n}/{total} "
+                            "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+        self.loss: float | None = None
 
-    def update(self, step: int, elapsed_ms: float) -> None:
-        if not self.enabled or step == 0:
+    def phase(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(name, refresh=True)
+
+    def update(self, step: int, elapsed_ms: float, loss: float | None = None) -> None:
+        if self.bar is None or step == 0:
             return
+        self.loss = loss if loss is not None else self.loss
         rate = step * self.tps / max(elapsed_ms / 1000.0, 1e-9)
-        eta_steps = (self.total - step) * elapsed_ms / step
-        eta = min(eta_steps, self.cap_ms - elapsed_ms) if self.cap_ms else eta_steps
-        frac = step / self.total
-        bar = "#" * int(30 * frac)
-        sys.stderr.write(f"\r[{bar:<30}] {step}/{self.total} {rate:,.0f} tok/s ETA {max(eta, 0) / 1000:.0f}s ")
-        sys.stderr.flush()
+        post = f"{rate:,.0f} tok/s" + (f", loss {self.loss:.3f}" if self.loss is not None else "")
+        if self.cap_ms:
+            post += f", cap in {max(self.cap_ms - elapsed_ms, 0) / 1000:.0f}s"
+        self.bar.set_description_str("train", refresh=False)
+        self.bar.set_postfix_str(post, refresh=False)
+        self.bar.update(step - self.bar.n)
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became non-finite; the run stops before exporting anything."""
 
 
 def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize = source_bytes) -> Run:
@@ -232,7 +253,7 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.tokenizer = load_tokenizer(tok_path, core.vocab_size)
     run.tokenizer_path = tok_path
     run.byte_tables = build_byte_tables(run.tokenizer, core.vocab_size).to(run.device)
-    val = load_validation_tokens(run.val_files, run.eval_seq_len)
+    val = load_validation_tokens(run.val_files, run.eval_seq_len, core.vocab_size)
     if core.val_max_tokens > 0:
         usable = min(val.numel() - 1, (core.val_max_tokens // run.eval_seq_len) * run.eval_seq_len)
         if usable <= 0:
@@ -240,6 +261,13 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
         val = val[: usable + 1]
     run.val_tokens = val
 
+    if core.deterministic:  # reproducible kernels where the backend has them (the schedule: Budget.of)
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if run.device.type == "cuda":
+            torch.backends.cudnn.benchmark = False
     torch.manual_seed(core.seed)
     import random
 
@@ -266,7 +294,8 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
 
 def new_loader(run: Run) -> Any:
     loader = run.hook.pg_train_loader(run=run)
-    return loader or DistributedTokenLoader(run.train_files, run.rank, run.world_size, run.device)
+    return loader or DistributedTokenLoader(run.train_files, run.rank, run.world_size, run.device,
+                                            vocab_size=run.core.vocab_size)
 
 
 @dataclass
@@ -281,7 +310,8 @@ class Budget:
     @classmethod
     def of(cls, run: Run) -> Budget:
         core = run.core
-        total = 1000.0 * core.max_wallclock_seconds if core.max_wallclock_seconds > 0 else None
+        capped = core.max_wallclock_seconds > 0 and not core.deterministic  # deterministic: by iterations
+        total = 1000.0 * core.max_wallclock_seconds if capped else None
         reserve_s = float(sum(r for r in run.hook.pg_train_reserve_seconds(config=run.config) if r))
         loop = total
         if reserve_s > 0 and total is not None:
@@ -353,6 +383,8 @@ def log_run_header(run: Run) -> int:
         f"iterations:{core.iterations} warmup_steps:{core.warmup_steps} "
         f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}"
     )
+    if core.deterministic:
+        run.log("deterministic:true schedule:iterations (the wall-clock cap is not applied) kernels:deterministic")
     if run.modes:
         run.log("modes:" + ",".join(f"{m.name}@{m.start_frac:g}" for m in run.modes))
     run.log(f"seed:{core.seed}")
@@ -424,6 +456,7 @@ def compiled_graph_count() -> int:
 class LoopResult:
     steps: int
     train_time_ms: float
+    last_val_bpb: float | None = None
 
 
 def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
@@ -436,6 +469,8 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)
     progress = Progress(run.progress, core.iterations, core.train_batch_tokens, budget.loop_ms)
+    last_val_bpb: float | None = None
+    check_every_step = run.device.type != "cuda"  # a host sync per step costs nothing off-GPU
     graphs_at_start, eval_graphs = compiled_graph_count(), 0  # validation shapes compile apart from training
     training_time_ms = 0.0
     stop_after_step: int | None = None
@@ -447,9 +482,12 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         if last_step or (core.val_loss_every > 0 and step % core.val_loss_every == 0):
             run.synchronize()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
+            progress.phase(f"validating at step {step}")
             graphs_before_eval = compiled_graph_count()
             res = evaluate(run, run.eval_model, evaluator_plain, run.val_tokens)
             eval_graphs += compiled_graph_count() - graphs_before_eval
+            last_val_bpb = res.val_bpb
+            progress.phase("train")
             run.log(
                 f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
                 f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms"
@@ -472,6 +510,10 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             run.event("mode", mode=mode.name, step=step, frac=clock.frac)
         stepper.zero_grad()
         train_loss = stepper.forward_backward(loader)
+        loss_now = float(train_loss.item()) if check_every_step else None
+        if loss_now is not None and not math.isfinite(loss_now):
+            progress.close()
+            raise diverged(run, step + 1, loss_now)
         run.hook.pg_before_step(run=run, step=step, clock=clock)
         for opt in muon_opts:
             for group in opt.param_groups:
@@ -486,11 +528,14 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         run.hook.pg_after_step(run=run, step=step)
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
-            loss_value = train_loss.item()
+            loss_value = loss_now = loss_now if loss_now is not None else float(train_loss.item())
+            if not math.isfinite(loss_value):
+                progress.close()
+                raise diverged(run, step, loss_value)
             run.log(f"step:{step}/{core.iterations} train_loss:{loss_value:.4f} "
                     f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms", console=not run.progress)
             run.event("step", step=step, train_loss=loss_value, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
-        progress.update(step, approx_ms)
+        progress.update(step, approx_ms, loss_now)
         if stop_after_step is None and reached_cap(run, budget, approx_ms):
             stop_after_step = step
     progress.close()
@@ -500,7 +545,16 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 1024 // 1024} MiB "
                 f"reserved: {torch.cuda.max_memory_reserved() // 1024 // 1024} MiB")
-    return LoopResult(steps=step, train_time_ms=training_time_ms)
+    return LoopResult(steps=step, train_time_ms=training_time_ms, last_val_bpb=last_val_bpb)
+
+
+def diverged(run: Run, step: int, loss: float) -> TrainingDiverged:
+    """The error (and the run's log line) for a non-finite training loss at `step`."""
+    msg = (f"training diverged: train_loss is {loss} at step {step}; stopped before export, nothing written "
+           "(lower the learning rates, e.g. core.matrix_lr, or set core.grad_clip_norm)")
+    run.log(f"stopping: {msg}")
+    run.event("diverged", step=step, train_loss=str(loss))
+    return TrainingDiverged(msg)
 
 
 def make_clock(run: Run, budget: Budget, step: int, elapsed_ms: float) -> Clock:
@@ -555,10 +609,20 @@ def train(run: Run) -> dict[str, Any]:
     summary = export_and_evaluate(run)
     summary.update(steps=loop.steps, train_time_ms=loop.train_time_ms + calibration_ms,
                    loop_train_time_ms=loop.train_time_ms, calibration_ms=calibration_ms, params=n_params)
+    if loop.last_val_bpb is not None and summary["val_bpb"] > loop.last_val_bpb + 0.01:
+        changed = ", ".join(p for p in run.config.plugins if p in ("ema", "swa")) or "export"
+        run.log(f"note: final val_bpb {summary['val_bpb']:.4f} vs {loop.last_val_bpb:.4f} at the last step: the "
+                f"final model is the exported one after pg_train_end ({changed}) and quantization; a short run's "
+                "average lags its live weights (e.g. lower ema.decay)")
+    bad = [k for k in ("val_loss", "val_bpb") if not math.isfinite(summary[k])]
+    if bad:
+        raise TrainingDiverged(f"final evaluation: {bad[0]} is {summary[bad[0]]} (non-finite); metrics.json not "
+                               "written and the run is not a result")
     if run.master and run.run_dir is not None:
         import json
 
-        write_atomic(run.run_dir / "metrics.json", json.dumps(summary, indent=2, default=str) + "\n")
+        write_atomic(run.run_dir / "metrics.json",
+                     json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
     return summary
 
 

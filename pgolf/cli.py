@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from pathlib import Path
 
 from core.config import Config, ConfigError, resolve
 from core.registry import PluginError, Registry
 
+# The demo is bounded by steps, not by the wall clock (max_wallclock_seconds=0, deterministic): its result
+# is the same on a busy machine, only slower.
 DEMO_SETTINGS = [
     "core.num_layers=4", "core.model_dim=128", "core.num_heads=4", "core.num_kv_heads=2",
     "core.train_seq_len=128", "core.train_batch_tokens=4096", "core.grad_accum_steps=1",
-    "core.iterations=300", "core.warmdown_iters=100", "core.warmup_steps=0", "core.val_loss_every=100",
-    "core.train_log_every=25", "core.val_batch_size=16384", "core.val_max_tokens=65536",
-    "core.max_wallclock_seconds=150", "core.muon_momentum_warmup_steps=100", "core.device=cpu",
+    "core.iterations=200", "core.warmdown_iters=70", "core.warmup_steps=0", "core.val_loss_every=100",
+    "core.train_log_every=10", "core.val_batch_size=16384", "core.val_max_tokens=32768",
+    "core.max_wallclock_seconds=0", "core.muon_momentum_warmup_steps=70", "core.device=cpu",
+    "core.deterministic=true",
 ]
+# Settings that name a file or folder: stored absolute and resolved in config.json, so a run directory works
+# from any working directory (pgolf eval / validate --run / bundle).
+PATH_KEYS = ("data_path", "tokenizer_path", "out_dir")
+RUN_FILES = ("config.json", "events.jsonl", "train.log", "metrics.json", "final_model.ptz", "status.json",
+             "loss_curve.png")
+
+
+class InterruptedRun(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
@@ -36,20 +52,55 @@ def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -
     registry = Registry(extra_files=args.plugin_file)
     sets = list(extra_sets or []) + list(args.sets)
     if getattr(args, "data", None):
-        sets.append(f"core.data_path={Path(args.data).resolve()}")
+        data = Path(args.data).expanduser()
+        if data.exists() and not data.is_dir():
+            raise ConfigError([f"--data {args.data}: not a directory (expected a folder of fineweb_*.bin shards)"])
+        sets.append(f"core.data_path={data.resolve()}")
+    if getattr(args, "deterministic", False):
+        sets.append("core.deterministic=true")
     plugins = None if args.plugins is None else [p.strip() for p in args.plugins.split(",") if p.strip()]
     cfg = resolve(
         plugin_config_classes=registry.config_classes(), recipe=args.recipe, env=os.environ, sets=sets,
         plugins=plugins, check_plugins=registry.check, check_settings=registry.check_settings,
     )
-    return cfg, registry
+    finite_plugin_settings(cfg)
+    return absolute_paths(cfg), registry
+
+
+def finite_plugin_settings(cfg: Config) -> None:
+    """A ConfigError for every plugin float setting that is NaN or infinite (the core's are checked in core)."""
+    import dataclasses
+    import math
+
+    from core.config import env_name
+
+    errors = []
+    for name, pcfg in cfg.plugin_configs.items():
+        for f in dataclasses.fields(pcfg) if pcfg is not None else ():
+            value = getattr(pcfg, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                errors.append(f"{name}.{f.name} ({env_name(name, f)}): expected a finite number, got {value}")
+    if errors:
+        raise ConfigError(errors)
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Make the path settings absolute (resolved against the working directory the command runs in)."""
+    for key in PATH_KEYS:
+        value = getattr(cfg.core, key)
+        if value:
+            setattr(cfg.core, key, str(Path(value).expanduser().resolve()))
+    return cfg
 
 
 def with_default_data(cfg: Config) -> Config:
     """Fill an empty `core.data_path` with the embedded default corpus (built and cached on first use)."""
     if not cfg.core.data_path:
-        from dataprep.build import ensure_default_data
+        from dataprep.build import default_data_dir, ensure_default_data
 
+        if not (default_data_dir(cfg.core.vocab_size) / "dataset.json").is_file():
+            print(f"building the embedded default corpus (first use, about 10 s; cached in "
+                  f"{default_data_dir(cfg.core.vocab_size)})", file=sys.stderr, flush=True)
         cfg.core.data_path = str(ensure_default_data(vocab_size=cfg.core.vocab_size))
         cfg.sources["core.data_path"] = "embedded default corpus"
     return cfg
@@ -68,28 +119,114 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None) -> int:
+def prepare_run_dir(cfg: Config, force: bool) -> Path:
+    """The run directory, checked before anything trains: a finished or started run there is never
+    overwritten without `force` (with it, the old run's files are removed: a log holds one run), and the
+    folder must be creatable and writable (one-line errors naming the path)."""
+    if not cfg.core.run_id:
+        cfg.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    run_dir = Path(cfg.core.out_dir) / cfg.core.run_id
+    if int(os.environ.get("RANK", "0")) != 0:
+        return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"{run_dir}: exists and is not a directory (RUN_ID / core.run_id)")
+    old = [f for f in RUN_FILES if (run_dir / f).exists()]
+    if old and not force:
+        raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
+                              "choose another RUN_ID / core.run_id")
+    for f in old:
+        (run_dir / f).unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create or write the run directory ({exc.strerror or exc}; "
+                      "PGOLF_OUT_DIR / core.out_dir)", str(run_dir)) from None
+    return run_dir
+
+
+def write_status(run_dir: Path, status: str, **fields) -> None:
+    """status.json of a run directory: running / finished / interrupted / diverged / failed."""
+    from core.run import write_atomic
+
+    try:
+        write_atomic(run_dir / "status.json", json.dumps({"status": status, "time": round(time.time(), 3),
+                                                          **fields}) + "\n")
+        if status != "running":
+            with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+                print(f"run_status:{status}" + (f" {fields['message']}" if "message" in fields else ""), file=f)
+    except OSError:
+        pass  # the run's own error (disk full, …) is the one to report
+
+
+def _sigterm(signum, frame):  # pragma: no cover - exercised through a subprocess
+    raise InterruptedRun()
+
+
+def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, after=None) -> int:
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "pgolf.cli", *strip_nproc(sys.argv[1:])]
         print("launching: " + " ".join(cmd), flush=True)
         return subprocess.call(cmd)
-    from core.train import run_training
+    cfg, registry = load_config(args, extra_sets)
+    run_dir = prepare_run_dir(cfg, getattr(args, "force", False))
+    from core.train import TrainingDiverged, run_training
     from submissions.bundle import bundle_size
 
-    cfg, registry = load_config(args, extra_sets)
-    summary = run_training(with_default_data(cfg), registry, code_size=bundle_size)
-    if int(os.environ.get("RANK", "0")) == 0:
+    master = int(os.environ.get("RANK", "0")) == 0
+    previous = signal.signal(signal.SIGTERM, _sigterm) if master else None
+    try:
+        if master:
+            write_status(run_dir, "running")
+        summary = run_training(with_default_data(cfg), registry, code_size=bundle_size)
+    except KeyboardInterrupt as exc:
+        how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
+        if master:
+            write_status(run_dir, "interrupted", message=f"by {how}; nothing exported")
+            print(f"\npgolf: interrupted by {how}: {run_dir} is marked interrupted (status.json); no artifact "
+                  "was exported", file=sys.stderr)
+        return 130
+    except TrainingDiverged as exc:
+        if master:
+            write_status(run_dir, "diverged", message=str(exc))
+        raise
+    except BaseException as exc:
+        if master:
+            write_status(run_dir, "failed", message=" ".join(str(exc).split())[:300])
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if master:
+        write_status(run_dir, "finished")
         total = summary["total_bytes"]
         print(f"val_bpb {summary['val_bpb']:.4f}  artifact {total:,} bytes "
               f"({'fits' if total <= 16_000_000 else 'OVER'} 16,000,000)")
+        from pgolf.plots import write_loss_curve
+
+        print(write_loss_curve(run_dir))
+        if after is not None:
+            after(cfg, run_dir, summary)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print("pgolf demo: a tiny GPT on the embedded default corpus (CPU, ~2-3 minutes)", flush=True)
+    print("pgolf demo: a tiny GPT on the embedded default corpus (CPU; 200 steps, about 1.5 minutes on 2 cores; "
+          "bounded by steps, so the result does not depend on the machine's load)", flush=True)
     args.nproc = 0
-    return cmd_train(args, extra_sets=DEMO_SETTINGS + [f"core.out_dir={args.out}"])
+
+    def baseline(cfg: Config, run_dir: Path, summary: dict) -> None:
+        from pgolf.baseline import unigram_bpb
+
+        uni = unigram_bpb(cfg)
+        print(f"val_bpb {summary['val_bpb']:.4f} vs {uni:.4f} for the corpus's unigram baseline (token frequencies "
+              f"of the training split): {'learned' if summary['val_bpb'] < uni else 'NOT below the baseline'}; "
+              f"run directory {run_dir}")
+
+    return cmd_train(args, extra_sets=DEMO_SETTINGS + [f"core.out_dir={args.out}"], after=baseline)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -138,7 +275,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.train import setup, shutdown
     from pgolf.evaluate import evaluate_artifact, load_run_config
 
-    artifact, recipe = load_run_config(Path(args.path))
+    artifact, recipe = load_run_config(Path(args.path).resolve())
     args.recipe = recipe
     cfg, registry = load_config(args)
     run = setup(with_default_data(cfg), registry, make_dir=False)
@@ -152,7 +289,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write the self-contained train_gpt.py of a configuration (a run directory's, or a recipe's)."""
     from core.run import write_atomic
-    from submissions.bundle import bundle
+    from submissions.bundle import bundle, requirements
 
     if args.path:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
@@ -162,35 +299,73 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({exc})") from exc
     cfg, registry = load_config(args)
     out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory (expected the script's file name, e.g. "
+                                "-o DIR/train_gpt.py)", str(out))
     if out.exists() and not args.force:
         raise FileExistsError(f"{out}: exists; pass --force to overwrite it")
+    req_path = out.with_name("requirements.txt")
+    if args.requirements and req_path.exists() and not args.force:
+        raise FileExistsError(f"{req_path}: exists; pass --force to overwrite it")
     text = bundle(cfg, registry, strip=not args.keep_docstrings)
+    reqs = requirements(cfg, registry)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, text)
     print(f"{out}: {len(text.encode('utf-8')):,} bytes, plugins: {', '.join(cfg.plugins) or '(none)'}")
+    if args.requirements:
+        write_atomic(req_path, reqs)
+        print(f"{req_path}: written")
+    print("requirements: " + ", ".join(line for line in reqs.splitlines() if not line.startswith("#")))
     return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    """Build, validate and write a records folder from finished runs (one per seed)."""
-    from submissions.package import build_files, errors_of, write_records_folder
+    """Build, validate (the rules `pgolf validate` runs) and write a records folder from finished runs."""
+    from submissions.package import TRACK_DIRS, build_files, check_name, errors_of, track_of, write_records_folder
 
+    check_name(args.name)
+    runs = [Path(p).resolve() for p in args.runs]
+    track = args.track or track_of(runs)
     registry = Registry(extra_files=args.plugin_file)
-    files = build_files([Path(p) for p in args.runs], registry, name=args.name, author=args.author,
-                        github_id=args.github_id, track=args.track, blurb=args.blurb or "")
-    dest = Path(args.out) / args.name
-    findings = write_records_folder(files, dest, force=args.force)
+    files = build_files(runs, registry, name=args.name, author=args.author,
+                        github_id=args.github_id, track=track, blurb=args.blurb or "")
+    from pgolf.plots import loss_curve_png
+
+    png = loss_curve_png(runs)
+    if png is not None:
+        files["loss_curve.png"] = png
+        files["README.md"] += "\n## Loss curves\n![train and validation loss per seed](loss_curve.png)\n"
+    dest = Path(args.out or TRACK_DIRS[track]) / args.name
+    findings = write_records_folder(files, dest, force=args.force, extra_rules=validation_rules(args.plugin_file))
     warns = [f for f in findings if f.status == "warn"]
     for f in warns:
         print(f"  warn {f.rule}: {f.message}")
-    print(f"{dest}: {len(files)} files, validated ({len(errors_of(findings))} errors, {len(warns)} warnings)")
+    print(f"{dest}: {len(files)} files, track {track}, validated with pgolf validate's rules "
+          f"({len(errors_of(findings))} errors, {len(warns)} warnings)")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from validator.cli import run_validate
 
-    return run_validate(args, extra_rules=plugin_validator_rules(Registry(extra_files=args.plugin_file)))
+    return run_validate(args, extra_rules=validation_rules(args.plugin_file))
+
+
+def validation_rules(plugin_files: list[str]) -> list:
+    """pgolf's run-directory rules (pgolf.run_rules: finite scores, whole artifact, finished run) and the
+    plugins' extra validator rules, exactly as `pgolf validate` and `pgolf record` use them. Built-in
+    plugins are imported (with torch) only when one of them defines `pg_validator_rules`, so static
+    validation stays fast."""
+    import importlib.metadata
+
+    from pgolf.run_rules import RULES
+
+    builtin = Path(__file__).resolve().parent.parent / "plugins"
+    needed = plugin_files or any("pg_validator_rules" in p.read_text(encoding="utf-8")
+                                 for p in builtin.glob("*.py"))
+    if not needed and not importlib.metadata.entry_points(group="pgolf.plugins"):
+        return list(RULES)
+    return [*RULES, *plugin_validator_rules(Registry(extra_files=plugin_files))]
 
 
 def plugin_validator_rules(registry: Registry) -> list:
@@ -224,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train, export and evaluate (the challenge job)")
     add_config_args(p)
+    p.add_argument("--deterministic", action="store_true",
+                   help="reproducible: schedule by iterations (no wall-clock cap) and deterministic kernels, so "
+                        "two runs and the bundle agree (core.deterministic / PGOLF_DETERMINISTIC=1)")
+    p.add_argument("--force", action="store_true", help="replace the run directory of RUN_ID if it holds a run")
     p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (one per GPU)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a saved artifact (a run directory or its final_model.ptz)")
@@ -236,12 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default="train_gpt.py", help="output file (default ./train_gpt.py)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.add_argument("--keep-docstrings", action="store_true", help="keep docstrings and layout (more code bytes)")
+    p.add_argument("--requirements", action="store_true",
+                   help="also write requirements.txt beside the script (the packages it imports)")
     p.set_defaults(func=cmd_bundle)
     p = sub.add_parser("record", help="a validated records folder from finished runs (one per seed)")
     p.add_argument("runs", nargs="+", help="run directories (runs/<run_id>), one per seed")
     p.add_argument("--name", required=True, help="folder name, YYYY-MM-DD_Description")
-    p.add_argument("--out", default="records/track_10min_16mb", help="where the folder goes")
-    p.add_argument("--track", default="record", choices=["record", "non-record"])
+    p.add_argument("--out", default=None, help="where the folder goes (default: the track's folder, "
+                   "records/track_10min_16mb or records/track_non_record_16mb)")
+    p.add_argument("--track", default=None, choices=["record", "non-record"],
+                   help="default: from the runs (record when every run trained on 8 GPUs under the 600 s cap)")
     p.add_argument("--author", required=True)
     p.add_argument("--github-id", required=True)
     p.add_argument("--blurb", help="one-line description for submission.json and the README")
@@ -256,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="tiny CPU run on the embedded default corpus")
     add_config_args(p)
     p.add_argument("--out", default="runs", help="output directory for the run (default runs/)")
+    p.add_argument("--force", action="store_true", help="replace the run directory of RUN_ID if it holds a run")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plugins", help="list / show / scaffold plugins")
     p.add_argument("action", choices=["list", "show", "new"])
@@ -276,13 +460,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory")
     p.add_argument("--val-docs", type=int, default=None, help="documents for the val split (default ~5%%)")
     p.set_defaults(func=cmd_data)
-    from pgolf.size import add_size_parser
-
-    add_size_parser(sub)
+    p = sub.add_parser("size", help="size budget and per-family breakdown of a run or records folder")
+    p.add_argument("run_dir", help="a run directory (final_model.ptz, metrics.json) or a records folder "
+                                   "(train_gpt.py, logs or an artifact)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-estimate", action="store_true", help="skip the per-family compression estimate")
+    p.set_defaults(func=cmd_size)
     return parser
 
 
+def cmd_size(args: argparse.Namespace) -> int:
+    from pgolf.size import run_size
+
+    return run_size(args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads sleep instead of spinning while they wait (before torch loads): on a busy CPU machine
+    # spinning makes small CPU steps several times slower; no effect on GPU work. Set it to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -291,9 +487,25 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.errors:
             print(f"pgolf: config error: {line}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `pgolf plugins show ema | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("\npgolf: interrupted", file=sys.stderr)
+        return 130
     except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:  # RecordError, BundleError too
         print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only folder, a path under a regular file …: name the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pgolf: error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if type(exc).__name__ != "TrainingDiverged":
+            raise
+        print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

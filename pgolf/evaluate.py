@@ -37,7 +37,17 @@ def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
     qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
     set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
-    run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
+    state = ex.dequantize_state_dict(qstate, run.schemes)
+    mine = run.model.state_dict()
+    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    shapes = [k for k in state if k in mine and tuple(state[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or shapes:
+        what = (f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing else
+                f"{len(extra)} unexpected tensors (e.g. {extra[0]})" if extra else
+                f"shape of {shapes[0]} {tuple(state[shapes[0]].shape)} vs {tuple(mine[shapes[0]].shape)}")
+        raise ex.ArtifactError(f"{artifact}: does not match this configuration's model: {what} (evaluate it with "
+                               "the settings it was trained with: its run's config.json)")
+    run.model.load_state_dict(state, strict=True)
     evaluator = run.hook.pg_evaluator(run=run)
     if should_compile(run):
         ms = synthetic_warmup(run, run.eval_model, evaluator)

@@ -17,17 +17,19 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from core import export as ex
-from plugins.lib import codecs
+if TYPE_CHECKING:  # torch and the export module load only when a command needs them (fast --help)
+    from core import export as ex
 
 ARTIFACT_NAME = "final_model.ptz"
 
 
 def _original_bytes(q: ex.QTensor) -> int:
+    import torch
+
+    from core import export as ex
+
     numel = 1
     for s in q.shape:
         numel *= int(s)
@@ -40,6 +42,10 @@ def _original_bytes(q: ex.QTensor) -> int:
 
 def family_breakdown(records: dict[str, ex.QTensor], codec: ex.Codec | None) -> dict[str, dict[str, Any]]:
     """family -> tensors, original bytes, payload bytes, schemes and (with a codec) compressed estimate."""
+    import torch
+
+    from core import export as ex
+
     groups: dict[str, dict[str, ex.QTensor]] = {}
     for name, q in records.items():
         groups.setdefault(ex.tensor_family(name), {})[name] = q
@@ -63,8 +69,10 @@ def family_breakdown(records: dict[str, ex.QTensor], codec: ex.Codec | None) -> 
 def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
     """Everything `pgolf size` prints, as a dict; raises ArtifactError / FileNotFoundError clearly."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such run directory or records folder")
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a run directory or records folder")
+        raise FileNotFoundError(f"{path}: not a directory (expected a run directory or a records folder)")
     script = path / "train_gpt.py"
     artifact = path / ARTIFACT_NAME
     if script.is_file():
@@ -85,11 +93,22 @@ def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
     return report
 
 
+def quantizer_label(header_quantizer: Any, records: dict[str, Any]) -> str:
+    """The header's quantizer, or what the tensors really are when none of them was quantized."""
+    if records and all(q.scheme == "passthrough" for q in records.values()):
+        return "none (every tensor passthrough)"
+    return str(header_quantizer)
+
+
 def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[str, Any]:
+    from core import export as ex
+    from plugins.lib import codecs
+
     records, header = ex.read_artifact(artifact, codecs.all_decoders())
     codec = codecs.CODECS[header["codec"]]() if estimate and header.get("codec") in codecs.CODECS else None
     report = ex.size_report(code_bytes, artifact.stat().st_size)
-    report.update(artifact=str(artifact), codec=header.get("codec"), quantizer=header.get("quantizer"),
+    report.update(artifact=str(artifact), codec=header.get("codec"),
+                  quantizer=quantizer_label(header.get("quantizer"), records),
                   raw_bytes=header["raw_bytes"], families=family_breakdown(records, codec),
                   model_source=f"artifact {artifact.name}")
     return report
@@ -97,6 +116,8 @@ def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[st
 
 def records_summary(folder: Path, script: Path, artifact: Path, estimate: bool) -> dict[str, Any]:
     """A records folder: code = train_gpt.py; model = pgolf artifact, else a *.ptz file, else the logs."""
+    from core import export as ex
+
     code_bytes = script.stat().st_size
     if artifact.is_file():
         report = artifact_summary(artifact, code_bytes, estimate)
@@ -159,6 +180,8 @@ def add_size_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run_size(args: argparse.Namespace) -> int:
+    from core import export as ex
+
     try:
         summary = size_summary(args.run_dir, estimate=not getattr(args, "no_estimate", False))
     except (ex.ArtifactError, FileNotFoundError, ValueError) as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import json
 import pprint
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,15 +200,65 @@ if __name__ == "__main__":
 '''
 
 
-def bundle(cfg: Config, registry: Registry, strip: bool = True) -> str:
-    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings)."""
+def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
+    """(module name -> source of every module the bundle embeds, the enabled plugins' module names)."""
     roots: dict[str, str] = {"core.train": (ROOT / "core" / "train.py").read_text(encoding="utf-8")}
     plugin_modules = []
     for name in cfg.plugins:
         module, source = _plugin_module(registry, name)
         roots[module] = source
         plugin_modules.append(module.split(".", 1)[1])
-    sources = module_closure(roots)
+    return module_closure(roots), plugin_modules
+
+
+# Import name -> distribution on PyPI.
+DISTRIBUTIONS = {"flash_attn_interface": "flash-attn-3"}
+# Packages a plugin's codec imports only when it runs (plugins.lib.codecs imports them lazily).
+CODEC_PACKAGES = {"zstd": ("zstandard",), "brotli": ("brotli",), "compress_auto": ("zstandard", "brotli")}
+# Lazily imported extras the script works without.
+OPTIONAL = {"tqdm": "a live progress line on a terminal"}
+CONDITIONAL = {"tomli": "python_version < '3.11'"}
+
+
+def _third_party(source: str) -> tuple[set[str], set[str]]:
+    """(module-level imports, imports inside functions) of `source`: top-level names outside the standard
+    library and the bundled packages."""
+    tree = ast.parse(source)
+
+    def names(nodes) -> set[str]:
+        out = set()
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                out.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                out.add(node.module.split(".")[0])
+        return {n for n in out if n not in sys.stdlib_module_names and n not in PACKAGES and n != "__future__"}
+
+    top = names(n for stmt in tree.body for n in ast.walk(stmt)
+                if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+    return top, names(ast.walk(tree)) - top
+
+
+def requirements(cfg: Config, registry: Registry) -> str:
+    """requirements.txt of the bundled script: the packages its embedded modules import at module level
+    (torch, numpy, sentencepiece, pluggy …), the enabled codecs' packages, and optional extras as comments."""
+    sources, _ = bundle_sources(cfg, registry)
+    required: set[str] = set()
+    lazy: set[str] = set()
+    for text in sources.values():
+        top, inner = _third_party(text)
+        required |= top
+        lazy |= inner
+    for name in cfg.plugins:
+        required.update(CODEC_PACKAGES.get(name, ()))
+    lines = [DISTRIBUTIONS.get(t, t) + (f"; {CONDITIONAL[t]}" if t in CONDITIONAL else "") for t in sorted(required)]
+    lines += [f"# optional: {t} ({why})" for t, why in OPTIONAL.items() if t in lazy and t not in required]
+    return "\n".join(lines) + "\n"
+
+
+def bundle(cfg: Config, registry: Registry, strip: bool = True) -> str:
+    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings)."""
+    sources, plugin_modules = bundle_sources(cfg, registry)
     sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     if strip:
         sources = {n: strip_source(s) for n, s in sources.items()}

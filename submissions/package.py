@@ -22,9 +22,13 @@ from typing import Any
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from submissions.bundle import PER_RUN_KEYS, bundle
+from submissions.bundle import PER_RUN_KEYS, bundle, requirements
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
+# The records folder of each track (the challenge repository's layout); `pgolf record` writes under it.
+TRACK_DIRS = {"record": "records/track_10min_16mb", "non-record": "records/track_non_record_16mb"}
+RECORD_GPUS = 8
+RECORD_SECONDS = 600.0
 RUN_FILES = ("config.json", "metrics.json", "train.log")
 
 
@@ -44,19 +48,73 @@ class FinishedRun:
         return int(self.recipe["core"]["seed"])
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path}: unreadable ({getattr(exc, 'strerror', None) or exc})") from exc
+
+
 def load_finished_run(path: Path) -> FinishedRun:
+    if not path.is_dir():
+        raise RecordError(f"{path}: not a run directory ({'not a directory' if path.exists() else 'no such path'})")
     missing = [f for f in RUN_FILES if not (path / f).is_file()]
     if missing:
         raise RecordError(f"{path}: not a finished pgolf run (missing {', '.join(missing)})")
     try:
-        recipe = json.loads((path / "config.json").read_text(encoding="utf-8"))["config"]
-        metrics = json.loads((path / "metrics.json").read_text(encoding="utf-8"))
+        recipe = json.loads(_read(path / "config.json"))["config"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise RecordError(f"{path}: unreadable config.json/metrics.json ({exc})") from exc
+        raise RecordError(f"{path}/config.json: not a pgolf config.json ({exc})") from exc
+    try:
+        metrics = json.loads(_read(path / "metrics.json"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise RecordError(f"{path}/metrics.json: not valid JSON ({exc})") from exc
     for key in ("val_bpb", "val_loss", "total_bytes", "code_bytes"):
         if key not in metrics:
             raise RecordError(f"{path}/metrics.json: field {key!r} missing (the run did not finish its export)")
-    return FinishedRun(path, recipe, metrics, (path / "train.log").read_text(encoding="utf-8"))
+    status = path / "status.json"
+    if status.is_file():
+        try:
+            state = json.loads(_read(status)).get("status")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise RecordError(f"{status}: not valid JSON ({exc})") from exc
+        if state != "finished":
+            raise RecordError(f"{status}: the run is {state!r}, not finished")
+    log = _read(path / "train.log")
+    headers = log.count("\nmodel_params:") + log.startswith("model_params:")
+    if headers > 1:
+        raise RecordError(f"{path}/train.log: holds {headers} runs (expected one run per log); re-run it into a new "
+                          "run directory")
+    return FinishedRun(path, recipe, metrics, log)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-finite value {name} (the run is not a result)")
+
+
+def track_of(run_dirs: list[Path]) -> str:
+    """'record' when every run trained on 8 CUDA GPUs under the 600 s cap (schedule by wall clock), else
+    'non-record'; the validator's HW / TIME rules have the last word."""
+    for path in run_dirs:
+        try:
+            core = json.loads(_read(path / "config.json"))["config"]["core"]
+            start = next((json.loads(line) for line in _read(path / "events.jsonl").splitlines()
+                          if '"start"' in line), {})
+        except (RecordError, json.JSONDecodeError, KeyError, TypeError):
+            return "non-record"
+        cap = float(core.get("max_wallclock_seconds", 0) or 0)
+        if (start.get("world_size") != RECORD_GPUS or not str(start.get("device", "")).startswith("cuda")
+                or not 0 < cap <= RECORD_SECONDS or core.get("deterministic")):
+            return "non-record"
+    return "record"
+
+
+def check_name(name: str) -> str:
+    """A records folder name: one path component (no separators, not '.'/'..', no leading dot)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
+        raise RecordError(f"--name {name!r}: expected a folder name like 2026-11-23_MyStack (one path component, "
+                          "no '/', no leading '.')")
+    return name
 
 
 def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -110,20 +168,12 @@ pip install -r requirements.txt
 """
 
 
-def _requirements(cfg: Any) -> str:
-    reqs = ["numpy", "sentencepiece", "pluggy"]
-    if any(p in cfg.plugins for p in ("zstd", "compress_auto")):
-        reqs.append("zstandard")
-    if any(p in cfg.plugins for p in ("brotli", "compress_auto")):
-        reqs.append("brotli")
-    return "\n".join(reqs) + "\n"
-
-
 def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: str, github_id: str,
                 track: str, blurb: str = "", when: str | None = None) -> dict[str, str]:
     """File name -> text of the records folder for these runs (nothing written)."""
     if not run_dirs:
         raise RecordError("pgolf record: give at least one run directory")
+    check_name(name)
     if track not in TRACKS:
         raise RecordError(f"track: expected one of {', '.join(TRACKS)}, got {track!r}")
     runs = [load_finished_run(p) for p in run_dirs]
@@ -165,7 +215,7 @@ def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: 
         "train_gpt.py": script,
         "submission.json": json.dumps(sub, indent=2) + "\n",
         "README.md": _readme(name, runs, registry, cfg, sub),
-        "requirements.txt": _requirements(cfg),
+        "requirements.txt": requirements(cfg, registry),
     }
     for r in runs:
         files[f"train_seed{r.seed}.log"] = r.log
@@ -176,21 +226,32 @@ def errors_of(findings: list[Any]) -> list[Any]:
     return [f for f in findings if f.status == "fail" and f.severity == "ERROR"]
 
 
-def write_records_folder(files: dict[str, str], dest: Path, force: bool = False) -> list[Any]:
+def write_records_folder(files: dict[str, str | bytes], dest: Path, force: bool = False,
+                         extra_rules: Any = ()) -> list[Any]:
     """Validate, then write `dest` atomically (built beside it, renamed into place); returns the findings.
+    The folder is validated at a staging path with the same track folder name as `dest`'s parent, with the
+    same rules `pgolf validate` runs (`extra_rules`: the plugins' rules), so the two cannot disagree.
     Raises RecordError (nothing written) when a rule fails or `dest` exists without `force`."""
     from validator.cli import validate_folder
 
     if dest.exists() and not force:
         raise RecordError(f"{dest}: exists; pass --force to replace it")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() and not dest.is_dir():
+        raise RecordError(f"{dest}: exists and is not a folder")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RecordError(f"{dest.parent}: cannot create the output folder ({exc.strerror or exc})") from exc
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        folder = stage / dest.name
-        folder.mkdir()
-        for fname, text in files.items():
-            (folder / fname).write_text(text, encoding="utf-8")
-        findings = validate_folder(folder)
+        folder = stage / dest.parent.name / dest.name  # same track folder name: same placement rules
+        folder.mkdir(parents=True)
+        for fname, content in files.items():
+            if isinstance(content, bytes):
+                (folder / fname).write_bytes(content)
+            else:
+                (folder / fname).write_text(content, encoding="utf-8")
+        findings = validate_folder(folder, extra_rules=extra_rules)
         bad = errors_of(findings)
         if bad:
             lines = "; ".join(f"{f.rule}: {f.message}" for f in bad)

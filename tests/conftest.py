@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+# OpenMP threads that sleep instead of spinning while they wait: on a shared 2-core machine spinning threads
+# make every tiny CPU step up to 10x slower under load (set before torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
+
+# The long end-to-end tests (each several seconds on 2 CPU cores), marked `slow`: the default run
+# (`python -m pytest`, addopts -m "not slow") skips them, `python -m pytest -m slow` runs only them, CI runs
+# both. Measured with --durations; a test id prefix here marks every parametrization of it.
+SLOW = (
+    "tests/test_plugin_matrix.py::test_plugin_changes_the_computation",  # two tiny trainings per plugin
+    "tests/test_train.py::test_nproc_2_on_cpu_matches_one_process",  # torchrun, 2 processes
+    "tests/test_eval.py::test_distributed_eval_equals_single_process",  # torchrun per evaluator
+    "tests/test_bundle.py::test_bundled_script_runs_without_pgolf_and_trains_like_pgolf_train",  # sandboxed run
+    "tests/test_doc_isolation.py::test_document_ttt_warmup_compiles_one_graph_for_every_row_length",  # compiles
+    "tests/test_export_plugins.py::test_prune_to_fit_run_fits_code_plus_artifact",
+    "tests/test_readme.py::test_readme_tour_runs_as_written",  # every tour command, as subprocesses
+    "tests/test_train.py::test_sigterm_marks_the_run_interrupted",  # a subprocess killed mid-run
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW):
+            item.add_marker(pytest.mark.slow)
+
 
 TINY_CORE = [
     "core.num_layers=2", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",

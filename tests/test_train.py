@@ -139,3 +139,31 @@ def test_cli_data_build(tmp_path, capsys):
     assert main(["data", "build", str(tmp_path / "nothing"), "--vocab", "320", "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing" in err[0]
+
+
+def test_sigterm_marks_the_run_interrupted(tiny_sets, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    sets = [s for s in tiny_sets if not s.startswith("core.out_dir")]
+    argv = [sys.executable, "-m", "pgolf.cli", "train", *[a for s in sets for a in ("--set", s)],
+            "--set", f"core.out_dir={tmp_path}", "--set", "core.run_id=term", "--set", "core.iterations=100000",
+            "--set", "core.train_log_every=1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    log = tmp_path / "term" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "step:3/" in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted by SIGTERM" in err
+    status = json.loads((tmp_path / "term" / "status.json").read_text())
+    assert status["status"] == "interrupted" and not (tmp_path / "term" / "final_model.ptz").exists()
+    assert "run_status:interrupted" in log.read_text()

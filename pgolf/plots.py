@@ -1,0 +1,75 @@
+"""Loss curves (train and validation loss against steps) as PNG: `loss_curve.png` in each run directory and
+in a records folder. matplotlib is an optional extra (`pip install 'pgolf[plot]'`); without it the curve is
+skipped with a one-line note."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+MISSING = "loss curve skipped: matplotlib is not installed (pip install 'pgolf[plot]')"
+
+
+def read_curves(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(train (step, loss), val (step, loss)) from a run directory's events.jsonl."""
+    train, val = [], []
+    path = run_dir / "events.jsonl"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            e = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if e.get("event") == "step" and isinstance(e.get("train_loss"), (int, float)):
+            train.append((int(e["step"]), float(e["train_loss"])))
+        elif e.get("event") == "val" and isinstance(e.get("val_loss"), (int, float)):
+            val.append((int(e["step"]), float(e["val_loss"])))
+    return train, val
+
+
+def loss_curve_png(run_dirs: list[Path]) -> bytes | None:
+    """The PNG of the runs' train (lines) and validation (markers) loss curves, or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    try:
+        for i, run_dir in enumerate(run_dirs):
+            train, val = read_curves(Path(run_dir))
+            color = f"C{i % 10}"
+            name = Path(run_dir).name
+            if train:
+                ax.plot(*zip(*train, strict=True), color=color, lw=1.2, label=f"{name} train")
+            if val:
+                ax.plot(*zip(*val, strict=True), color=color, ls="--", marker="o", label=f"{name} val")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        return buf.getvalue()
+    finally:
+        plt.close(fig)
+
+
+def write_loss_curve(run_dir: Path) -> str:
+    """Write `run_dir/loss_curve.png` (atomically); returns the line to print."""
+    png = loss_curve_png([run_dir])
+    if png is None:
+        return MISSING
+    out = run_dir / "loss_curve.png"
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(png)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return f"loss curve: {out}"

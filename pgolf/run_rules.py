@@ -1,0 +1,176 @@
+"""Run-directory rules pgolf adds to `pgolf validate` and `pgolf record` (through their extra rules, beside the
+plugins' `pg_validator_rules`): a run's scores are finite, its artifact is whole, and it finished.
+
+RUN.FINITE    every score in metrics.json / submission.json / the logs' final lines is a finite number
+RUN.ARTIFACT  final_model.ptz: pgolf header, payload length, raw_sha256 of the decompressed payload, and the
+              size metrics.json and the log report (no torch: header and codecs read directly)
+RUN.STATUS    status.json (when there is one) says finished; train.log holds exactly one run
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+from validator.rules.base import ERROR, FAIL, PASS, SKIP, FolderContext, Rule
+
+MAGIC = b"PGOLF\x00"
+PREFIX = struct.Struct("<HI")
+SCORE_KEYS = ("val_bpb", "val_loss", "val_bpb_std")
+FINAL_LINE = re.compile(r"^final_\S+ val_loss:([^\s,]+) val_bpb:([^\s,]+)", re.M)
+
+
+def _finite(value: Any) -> bool:
+    """False only for a non-finite number (NaN, ±inf, as a number or a string); other types are the schema's."""
+    if isinstance(value, bool):
+        return True
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return True
+
+
+def _json(path: Path) -> tuple[Any, str | None]:
+    """(value, None) or (None, why) — NaN / Infinity are errors, not numbers."""
+    def bad(name: str) -> Any:
+        raise ValueError(f"non-finite value {name}")
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=bad), None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return None, str(exc)
+
+
+def _scores(obj: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k in SCORE_KEYS and v is not None:
+                out.append((prefix + k, v))
+            elif isinstance(v, dict):
+                out += _scores(v, f"{prefix}{k}.")
+    return out
+
+
+def check_finite(ctx: FolderContext) -> list[Any]:
+    r = RULES[0]
+    out, checked = [], 0
+    for name in ("metrics.json", "submission.json"):
+        path = ctx.root / name
+        if not path.is_file():
+            continue
+        data, why = _json(path)
+        if why is not None:
+            out.append(r.finding(FAIL, f"not valid JSON ({why})", file=name))
+            continue
+        for key, value in _scores(data):
+            checked += 1
+            if not _finite(value):
+                out.append(r.finding(FAIL, f"{key} is {value!r}, expected a finite number", file=name,
+                                     field=key, found=value))
+    for log in sorted(ctx.root.glob("*.log")):
+        text = log.read_text(encoding="utf-8", errors="replace")
+        for m in FINAL_LINE.finditer(text):
+            for value in m.groups():
+                checked += 1
+                if not _finite(value):
+                    out.append(r.finding(FAIL, f"final score {value!r} is not a finite number",
+                                         file=log.name, found=value))
+    if out:
+        return out[:5]
+    return [r.finding(PASS, f"{checked} scores finite")] if checked else [r.finding(SKIP, "no scores found")]
+
+
+def _decompress(codec: str, payload: bytes) -> bytes | None:
+    import lzma
+    import zlib
+
+    try:
+        if codec == "zlib":
+            return zlib.decompress(payload)
+        if codec == "lzma":
+            return lzma.decompress(payload)
+        if codec == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj().decompress(payload)
+        if codec == "brotli":
+            import brotli
+
+            return brotli.decompress(payload)
+    except ImportError:
+        return None
+    return None
+
+
+def check_artifact(ctx: FolderContext) -> list[Any]:
+    r = RULES[1]
+    if not ctx.is_run_dir:
+        return [r.finding(SKIP, "not a pgolf run directory")]
+    path = ctx.root / "final_model.ptz"
+    if not path.is_file():
+        return [r.finding(FAIL, "missing (the run did not export)", file=path.name)]
+    blob = path.read_bytes()
+    start = len(MAGIC) + PREFIX.size
+    if not blob.startswith(MAGIC) or len(blob) < start:
+        return [r.finding(FAIL, "not a pgolf artifact (bad magic or truncated header)",
+                          file=path.name)]
+    _, hlen = PREFIX.unpack_from(blob, len(MAGIC))
+    try:
+        header = json.loads(blob[start:start + hlen].decode("utf-8"))
+        want = int(header["payload_bytes"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return [r.finding(FAIL, "truncated or corrupt header", file=path.name)]
+    payload = blob[start + hlen:]
+    if len(payload) != want:
+        return [r.finding(FAIL, f"payload is {len(payload):,} bytes, its header says {want:,} "
+                          "(truncated or padded)", file=path.name, expected=want, found=len(payload))]
+    metrics, _ = _json(ctx.root / "metrics.json")
+    logged = (metrics or {}).get("model_bytes") if isinstance(metrics, dict) else None
+    if isinstance(logged, int) and logged != len(blob):
+        return [r.finding(FAIL, f"{len(blob):,} bytes, metrics.json model_bytes says {logged:,}",
+                          file=path.name, expected=logged, found=len(blob))]
+    raw = _decompress(str(header.get("codec")), payload)
+    if raw is None:
+        return [r.finding(PASS, f"artifact whole ({len(blob):,} bytes; codec {header.get('codec')} not checked here)")]
+    if hashlib.sha256(raw).hexdigest() != header.get("raw_sha256"):
+        return [r.finding(FAIL, "decompressed payload does not match its raw_sha256", file=path.name)]
+    return [r.finding(PASS, f"artifact whole: {len(blob):,} bytes, checksum verified")]
+
+
+def check_status(ctx: FolderContext) -> list[Any]:
+    r = RULES[2]
+    if not ctx.is_run_dir:
+        return [r.finding(SKIP, "not a pgolf run directory")]
+    out = []
+    status = ctx.root / "status.json"
+    if status.is_file():
+        data, why = _json(status)
+        state = data.get("status") if isinstance(data, dict) else None
+        if state != "finished":
+            out.append(r.finding(FAIL, f"the run is {state or why!r}, not finished", file=status.name,
+                                 expected="finished", found=state))
+    log = ctx.root / "train.log"
+    if log.is_file():
+        try:
+            text = log.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return [*out, r.finding(FAIL, f"unreadable ({exc})", file=log.name)]
+        n = len(re.findall(r"^model_params:", text, re.M))
+        if n > 1:
+            out.append(r.finding(FAIL, f"holds {n} runs (a run directory holds one run)", file=log.name,
+                                 expected=1, found=n))
+    return out or [r.finding(PASS, "one finished run")]
+
+
+RULES = [
+    Rule("RUN.FINITE", "scores are finite numbers", "pgolf: a diverged run is no result", ERROR, check_finite),
+    Rule("RUN.ARTIFACT", "the run's artifact is whole", "pgolf: final_model.ptz header and checksum", ERROR,
+         check_artifact),
+    Rule("RUN.STATUS", "the run finished, one run per log", "pgolf: status.json, train.log", ERROR, check_status),
+]

@@ -1,0 +1,336 @@
+"""The project's bad-input catalogue: per command, inputs a user gets wrong, each of which must end in a clear
+one-line error (naming the file or field and what was expected), a non-zero exit, and nothing lost (every
+file that existed before is unchanged, no temporary file is left behind).
+
+Each row of CATALOGUE is data: an id, a setup (which fixture files to make), the command line (with
+{tmp}, {data}, {run}, {tiny} placeholders), the expected exit code and a regular expression the one error
+line must match, and optionally a check of what the command left. Add a row for every new class of
+mistake; the count is reported in issue notes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pgolf.cli import main
+
+NAN_PLUGIN = '''
+import torch
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+
+
+class NanInit(Plugin):
+    """Poisons one weight with NaN (a diverging run)."""
+    name = "nan_init"
+    summary = "test: NaN weights"
+    sources = ("test",)
+    test_settings = {}
+
+    @hookimpl
+    def pg_init_weights(self, model, config):
+        with torch.no_grad():
+            next(p for p in model.parameters() if p.dim() == 2).fill_(float("nan"))
+'''
+
+
+@dataclass
+class Case:
+    id: str
+    argv: str
+    code: int
+    error: str  # regex the (single) error line must match
+    setup: tuple[str, ...] = ()  # names of SETUPS to run first
+    check: str | None = None  # name of a CHECKS function run on the tmp folder after the command
+    patch: str | None = None  # name of a PATCHES function (simulated system failures)
+    tiny: bool = False  # append the tiny-model --set arguments
+    env: dict[str, str] = field(default_factory=dict)
+
+
+CATALOGUE = [
+    # --- pgolf train: run ids, settings, data, output folders, failures, signals
+    Case("train/existing-run-id", "train --set core.out_dir={tmp} --set core.run_id=done", 2,
+         r"/done: holds a run already .*pass --force", setup=("finished_run",), tiny=True),
+    Case("train/nan-loss", "train --plugin-file {tmp}/nan_plugin.py --plugins nan_init --set core.out_dir={tmp}/runs "
+         "--set core.run_id=nan", 1, r"training diverged: train_loss is nan at step 1; stopped before export",
+         setup=("nan_plugin",), check="diverged_run", tiny=True),
+    Case("train/token-id-over-vocab", "train --data {tmp}/bigids --set core.out_dir={tmp}/runs", 2,
+         r"fineweb_val_000000\.bin: token id 3\d\d >= vocab size 320", setup=("big_ids",), tiny=True),
+    Case("train/data-is-a-file", "train --data {tmp}/afile", 2, r"--data .*afile: not a directory",
+         setup=("a_file",), tiny=True),
+    Case("train/data-missing", "train --data {tmp}/nowhere --set core.out_dir={tmp}/runs", 2,
+         r"data path .*nowhere does not exist", tiny=True),
+    Case("train/zero-heads", "train --set core.num_heads=0", 2,
+         r"config error: core\.num_heads must be positive, got 0"),
+    Case("train/negative-dim", "train --set core.model_dim=-64", 2, r"core\.model_dim must be positive, got -64"),
+    Case("train/zero-mlp-mult", "train --set core.mlp_mult=0", 2, r"core\.mlp_mult must be positive, got 0"),
+    Case("train/zero-kv-heads", "train --set core.num_kv_heads=0", 2, r"core\.num_kv_heads must be positive"),
+    Case("train/nan-lr", "train --set core.matrix_lr=nan", 2, r"core\.matrix_lr \(MATRIX_LR\): expected a finite"),
+    Case("train/inf-cap-env", "train", 2, r"core\.max_wallclock_seconds \(MAX_WALLCLOCK_SECONDS\): expected a finite",
+         env={"MAX_WALLCLOCK_SECONDS": "inf"}),
+    Case("train/inf-plugin-setting", "train --plugins ema --set ema.decay=inf", 2,
+         r"ema\.decay \(EMA_DECAY\): expected a finite number, got inf"),
+    Case("bundle/nan-plugin-setting", "bundle --plugins ema --set ema.decay=nan -o {tmp}/t.py", 2,
+         r"ema\.decay \(EMA_DECAY\): expected a finite number, got nan"),
+    Case("train/negative-warmup", "train --set core.warmup_steps=-3", 2, r"core\.warmup_steps must be >= 0, got -3"),
+    Case("train/negative-iterations", "train --set core.iterations=-1", 2, r"core\.iterations must be positive"),
+    Case("train/cuda-without-gpu", "train --set core.device=cuda --set core.out_dir={tmp}/runs", 2,
+         r"core\.device=cuda \(PGOLF_DEVICE\): no CUDA device is available", tiny=True),
+    Case("train/bad-device", "train --set core.device=tpu", 2, r"core\.device: expected auto, cpu or cuda"),
+    Case("train/not-a-number", "train --set core.iterations=ten", 2,
+         r"--set core\.iterations=ten: expected an integer"),
+    Case("train/unknown-setting", "train --set core.num_layer=3", 2, r"unknown setting core\.num_layer .*num_layers"),
+    Case("train/unknown-plugin", "train --plugins emaa", 2, r"unknown plugin 'emaa'"),
+    Case("train/missing-recipe", "train --recipe {tmp}/nope.toml", 2, r"recipe .*nope\.toml: file not found"),
+    Case("train/bad-recipe", "train --recipe {tmp}/bad.toml", 2, r"recipe .*bad\.toml: invalid TOML",
+         setup=("bad_toml",)),
+    Case("train/out-under-a-file", "train --set core.out_dir={tmp}/afile/runs", 1,
+         r"afile/runs/\S+: cannot create or write the run directory \(Not a directory", setup=("a_file",), tiny=True),
+    Case("train/out-read-only", "train --set core.out_dir=/sys/pgolf-runs", 1,
+         r"/sys/pgolf-runs/\S+: cannot create or write the run directory", tiny=True),
+    Case("train/disk-full-at-export", "train --set core.out_dir={tmp}/runs --set core.run_id=full", 1,
+         r"final_model\.ptz: No space left on device", patch="disk_full", check="failed_run", tiny=True),
+    Case("train/ctrl-c", "train --set core.out_dir={tmp}/runs --set core.run_id=cc", 130, r"interrupted by SIGINT",
+         patch="ctrl_c", check="interrupted_run", tiny=True),
+    # --- pgolf eval
+    Case("eval/truncated-artifact", "eval {tmp}/truncated", 2, r"final_model\.ptz", setup=("truncated_run",)),
+    Case("eval/other-config-artifact", "eval {tmp}/done --set core.num_layers=3", 2,
+         r"final_model\.ptz.*(does not match|missing|unexpected)", setup=("finished_run",)),
+    Case("eval/missing", "eval {tmp}/nowhere", 2, r"nowhere: artifact not found \(expected a run directory"),
+    # --- pgolf bundle
+    Case("bundle/out-is-a-dir", "bundle --plugins ema -o {tmp}/adir --force", 1, r"adir: is a directory",
+         setup=("a_dir",)),
+    Case("bundle/out-exists", "bundle --plugins ema -o {tmp}/afile", 2, r"afile: exists; pass --force",
+         setup=("a_file",)),
+    Case("bundle/not-a-run", "bundle {tmp}/adir", 2, r"adir/config\.json: expected a pgolf run directory",
+         setup=("a_dir",)),
+    # --- pgolf record
+    Case("record/name-escapes-out", "record {tmp}/done --name ../x --author A --github-id a --out {tmp}/rec", 2,
+         r"--name '\.\./x': expected a folder name", setup=("finished_run",)),
+    Case("record/two-runs-in-one-log", "record {tmp}/done --name 2026-01-01_X --author A --github-id a "
+         "--out {tmp}/rec", 2, r"train\.log: holds 2 runs", setup=("finished_run", "double_log")),
+    Case("record/nan-metrics", "record {tmp}/done --name 2026-01-01_X --author A --github-id a --out {tmp}/rec", 2,
+         r"metrics\.json: not valid JSON \(non-finite value NaN", setup=("finished_run", "nan_metrics")),
+    Case("record/unreadable-log", "record {tmp}/done --name 2026-01-01_X --author A --github-id a --out {tmp}/rec",
+         2, r"done/train\.log: unreadable", setup=("finished_run", "binary_log")),
+    Case("record/interrupted-run", "record {tmp}/done --name 2026-01-01_X --author A --github-id a --out {tmp}/rec",
+         2, r"status\.json: the run is 'interrupted', not finished", setup=("finished_run", "interrupted_status")),
+    Case("record/not-a-dir", "record {tmp}/afile --name 2026-01-01_X --author A --github-id a --out {tmp}/rec", 2,
+         r"afile: not a run directory \(not a directory\)", setup=("a_file",)),
+    # --- pgolf validate / size / plugins / config / data
+    Case("validate/not-a-dir", "validate {tmp}/afile", 2, r"afile is not a directory", setup=("a_file",)),
+    Case("size/missing", "size {tmp}/nowhere", 2, r"nowhere: no such run directory"),
+    Case("size/truncated-artifact", "size {tmp}/truncated", 2, r"final_model\.ptz", setup=("truncated_run",)),
+    Case("plugins/show-unknown", "plugins show emaa", 2, r"unknown plugin 'emaa'"),
+    Case("plugins/new-bad-name", "plugins new 1abc --dir {tmp}", 2, r"NAME must be a Python identifier"),
+    Case("config/bad-set", "config show --set nonsense", 2, r"--set 'nonsense': expected section\.key=value"),
+    Case("data/build-missing-out", "data build {tmp}", 2, r"source and --out are required"),
+]
+
+
+# ----- setups: make the files a case needs under tmp (tiny run, data, odd files)
+
+def _finished_run(tmp: Path, ctx: dict) -> None:
+    shutil.copytree(ctx["run"], tmp / "done")
+
+
+def _truncated_run(tmp: Path, ctx: dict) -> None:
+    shutil.copytree(ctx["run"], tmp / "truncated")
+    art = tmp / "truncated" / "final_model.ptz"
+    art.write_bytes(art.read_bytes()[: art.stat().st_size // 2])
+
+
+def _nan_plugin(tmp: Path, ctx: dict) -> None:
+    (tmp / "nan_plugin.py").write_text(NAN_PLUGIN)
+
+
+def _big_ids(tmp: Path, ctx: dict) -> None:
+    from core.data import read_shard, write_shard
+
+    shutil.copytree(ctx["data"], tmp / "bigids")
+    val = sorted((tmp / "bigids").glob("fineweb_val_*.bin"))[0]
+    tokens = read_shard(val).numpy().astype(np.int64)
+    tokens[5] = 333
+    write_shard(val, tokens)
+
+
+def _a_file(tmp: Path, ctx: dict) -> None:
+    (tmp / "afile").write_text("not a folder\n")
+
+
+def _a_dir(tmp: Path, ctx: dict) -> None:
+    (tmp / "adir").mkdir()
+
+
+def _bad_toml(tmp: Path, ctx: dict) -> None:
+    (tmp / "bad.toml").write_text("[core\nnum_layers = 3\n")
+
+
+def _double_log(tmp: Path, ctx: dict) -> None:
+    log = tmp / "done" / "train.log"
+    log.write_text(log.read_text() * 2)
+
+
+def _nan_metrics(tmp: Path, ctx: dict) -> None:
+    m = tmp / "done" / "metrics.json"
+    m.write_text(m.read_text().replace('"val_bpb": ', '"val_bpb": NaN, "was": ', 1))
+
+
+def _binary_log(tmp: Path, ctx: dict) -> None:
+    (tmp / "done" / "train.log").write_bytes(b"\xff\xfe\x00garbage")
+
+
+def _interrupted_status(tmp: Path, ctx: dict) -> None:
+    (tmp / "done" / "status.json").write_text('{"status": "interrupted"}\n')
+
+
+SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_plugin": _nan_plugin,
+          "big_ids": _big_ids, "a_file": _a_file, "a_dir": _a_dir, "bad_toml": _bad_toml,
+          "double_log": _double_log, "nan_metrics": _nan_metrics, "binary_log": _binary_log,
+          "interrupted_status": _interrupted_status}
+
+
+# ----- simulated system failures
+
+def _disk_full(monkeypatch) -> None:
+    import core.export
+
+    def full(path, blob):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(core.export, "write_artifact", full)
+
+
+def _ctrl_c(monkeypatch) -> None:
+    import core.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core.train, "timed_loop", interrupted)
+
+
+PATCHES = {"disk_full": _disk_full, "ctrl_c": _ctrl_c}
+
+
+# ----- checks of what a failed command left
+
+def _status(run_dir: Path) -> str:
+    return json.loads((run_dir / "status.json").read_text())["status"]
+
+
+def _diverged_run(tmp: Path) -> None:
+    d = tmp / "runs" / "nan"
+    assert _status(d) == "diverged"
+    assert not (d / "final_model.ptz").exists() and not (d / "metrics.json").exists()
+
+
+def _failed_run(tmp: Path) -> None:
+    d = tmp / "runs" / "full"
+    assert _status(d) == "failed" and not (d / "metrics.json").exists()
+
+
+def _interrupted_run(tmp: Path) -> None:
+    d = tmp / "runs" / "cc"
+    assert _status(d) == "interrupted" and "run_status:interrupted" in (d / "train.log").read_text()
+
+
+CHECKS = {"diverged_run": _diverged_run, "failed_run": _failed_run, "interrupted_run": _interrupted_run}
+
+
+# ----- the harness
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data, tiny_core, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("catalogue-run")
+    argv = ["train", *[a for s in tiny_core for a in ("--set", s)], "--data", str(tiny_data),
+            "--set", f"core.out_dir={out}", "--set", "core.run_id=done", "--set", "core.iterations=4"]
+    assert main(argv) == 0
+    return out / "done"
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[c.id for c in CATALOGUE])
+def test_bad_input(case: Case, tmp_path, finished_run, tiny_data, tiny_core, capsys, monkeypatch):
+    ctx = {"run": finished_run, "data": tiny_data}
+    for name in case.setup:
+        SETUPS[name](tmp_path, ctx)
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    if case.patch:
+        PATCHES[case.patch](monkeypatch)
+    argv = case.argv.format(tmp=tmp_path, data=tiny_data).split()
+    if case.tiny:
+        data = [] if "--data" in argv else ["--data", str(tiny_data)]
+        argv[1:1] = [a for s in tiny_core for a in ("--set", s)] + data  # the case's own --set win
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == case.code, (code, err)
+    errors = [line for line in err if line.startswith("pgolf")]
+    assert len(errors) == 1, err
+    assert re.search(case.error, errors[0]), errors[0]
+    assert "Traceback" not in "\n".join(err)
+    after = snapshot(tmp_path)
+    changed = [p for p, h in before.items() if after.get(p) != h]
+    assert not changed, f"files changed or lost: {changed}"
+    assert not [p for p in after if ".tmp" in Path(p).name], after
+    if case.check:
+        CHECKS[case.check](tmp_path)
+
+
+def test_catalogue_covers_every_command():
+    commands = {c.id.split("/")[0] for c in CATALOGUE}
+    assert {"train", "eval", "bundle", "record", "validate", "size", "plugins", "config", "data"} <= commands
+    assert len({c.id for c in CATALOGUE}) == len(CATALOGUE)
+
+
+# ----- pgolf validate on a broken run directory: exit 1, the failing rule's line names the file and the fault
+VALIDATE_CASES = [
+    ("validate/nan-score", "nan_metrics", r"RUN\.FINITE\s+ERROR FAIL\s+metrics\.json: not valid JSON \(non-finite"),
+    ("validate/truncated-artifact", "truncate_done", r"RUN\.ARTIFACT\s+ERROR FAIL\s+final_model\.ptz: payload is"),
+    ("validate/interrupted-run", "interrupted_status", r"RUN\.STATUS\s+ERROR FAIL\s+status\.json: the run is "
+                                                       r"'interrupted'"),
+    ("validate/two-runs-in-one-log", "double_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: holds 2 runs"),
+    ("validate/unreadable-log", "binary_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: unreadable \('utf-8'"),
+]
+
+
+def _truncate_done(tmp: Path, ctx: dict) -> None:
+    art = tmp / "done" / "final_model.ptz"
+    art.write_bytes(art.read_bytes()[:-100])
+
+
+SETUPS["truncate_done"] = _truncate_done
+
+
+@pytest.mark.parametrize("case", VALIDATE_CASES, ids=[c[0] for c in VALIDATE_CASES])
+def test_validate_fails_a_broken_run_dir(case, tmp_path, finished_run, capsys):
+    _, setup, pattern = case
+    _finished_run(tmp_path, {"run": finished_run})
+    SETUPS[setup](tmp_path, {})
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["validate", str(tmp_path / "done")]) == 1
+    assert re.search(pattern, capsys.readouterr().out)
+    assert snapshot(tmp_path) == before
+
+
+def test_validate_passes_the_finished_run(tmp_path, finished_run, capsys):
+    _finished_run(tmp_path, {"run": finished_run})
+    assert main(["validate", str(tmp_path / "done")]) == 0
+    assert re.search(r"RUN\.ARTIFACT\s+ERROR PASS\s+artifact whole", capsys.readouterr().out)

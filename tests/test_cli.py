@@ -1,0 +1,180 @@
+"""The command line a newcomer meets: fast --help, progress, reproducible runs, absolute paths, record's track
+and folder, bundle requirements, loss curves, quiet pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.train import Progress
+from pgolf.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def _tiny_args(tiny_core, data, out, *extra) -> list[str]:
+    return ["train", *[a for s in tiny_core for a in ("--set", s)], "--data", str(data), "--set", f"core.out_dir={out}",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tiny_core, tmp_path_factory) -> Path:
+    """A finished run trained from another working directory with relative --data and out_dir."""
+    work = tmp_path_factory.mktemp("cwd")
+    (work / "data").symlink_to(tiny_data)
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        argv = ["train", *[a for s in tiny_core for a in ("--set", s)], "--data", "data", "--set", "core.out_dir=runs",
+                "--set", "core.run_id=rel", "--set", "core.iterations=6", "--plugins", "ema,zstd",
+                "--set", "core.val_loss_every=3"]
+        assert main(argv) == 0
+    finally:
+        os.chdir(old)
+    return work / "runs" / "rel"
+
+
+def test_help_and_static_validate_do_not_import_torch(tmp_path):
+    code = ("import sys\nfrom pgolf.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    for argv in (["--help"], ["train", "--help"], ["validate", str(tmp_path)], ["size", "--help"]):
+        res = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=ENV,
+                             timeout=120)
+        assert res.stdout.strip().endswith("NO-TORCH"), (argv, res.stdout[-500:], res.stderr[-500:])
+
+
+def test_progress_line_shows_step_rate_loss_and_phase(capsys):
+    p = Progress(True, total=10, tokens_per_step=1000, cap_ms=None)
+    p.phase("validating at step 0")
+    p.update(5, 1000.0, 2.5)
+    p.close()
+    err = capsys.readouterr().err
+    assert "5/10" in err and "tok/s" in err and "loss 2.500" in err and "validating at step 0" in err
+
+
+def test_run_dir_paths_are_absolute_and_commands_work_from_anywhere(tiny_run, tmp_path, capsys, monkeypatch):
+    core = json.loads((tiny_run / "config.json").read_text())["config"]["core"]
+    for key in ("data_path", "out_dir"):
+        assert Path(core[key]).is_absolute(), (key, core[key])
+    assert Path(core["data_path"]) == Path(core["data_path"]).resolve()
+    # EMA over 6 steps lags the live weights: the log says why the final score is worse than the last step's
+    assert "note: final val_bpb" in (tiny_run / "train.log").read_text()
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", str(tiny_run)]) == 0
+    assert main(["size", str(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "final_eval val_loss" in out and "fits" in out
+
+
+def test_a_run_dir_holds_one_run_and_force_replaces_it(tiny_run, tiny_core, tiny_data, capsys):
+    out = tiny_run.parent
+    before = (tiny_run / "final_model.ptz").read_bytes()
+    assert main(_tiny_args(tiny_core, tiny_data, out, "--set", "core.run_id=rel")) == 2
+    assert "holds a run already" in capsys.readouterr().err
+    assert (tiny_run / "final_model.ptz").read_bytes() == before
+    copy = out / "again"
+    assert main(_tiny_args(tiny_core, tiny_data, out, "--set", "core.run_id=again")) == 0
+    assert main(_tiny_args(tiny_core, tiny_data, out, "--set", "core.run_id=again", "--force")) == 0
+    log = (copy / "train.log").read_text()
+    assert log.count("model_params:") == 1 and json.loads((copy / "status.json").read_text())["status"] == "finished"
+
+
+def test_deterministic_runs_agree_and_the_bundle_carries_it(tiny_core, tiny_data, tmp_path, capsys):
+    extra = ["--deterministic", "--set", "core.max_wallclock_seconds=600"]
+    assert main(_tiny_args(tiny_core, tiny_data, tmp_path, "--set", "core.run_id=a", *extra)) == 0
+    assert main(_tiny_args(tiny_core, tiny_data, tmp_path, "--set", "core.run_id=b", *extra)) == 0
+    a, b = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in "ab")
+    assert a["val_bpb"] == b["val_bpb"] and a["val_loss"] == b["val_loss"]
+    assert "deterministic:true" in (tmp_path / "a" / "train.log").read_text()
+    assert main(["bundle", str(tmp_path / "a"), "-o", str(tmp_path / "train_gpt.py")]) == 0
+    assert "'deterministic': True" in (tmp_path / "train_gpt.py").read_text()
+
+
+def test_record_picks_the_track_and_folder_and_agrees_with_validate(tiny_run, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["record", str(tiny_run), "--name", "2026-11-23_Tiny", "--author", "Ada", "--github-id", "ada"]
+    assert main(args) == 0, capsys.readouterr().err
+    dest = tmp_path / "records" / "track_non_record_16mb" / "2026-11-23_Tiny"
+    assert "track non-record" in capsys.readouterr().out
+    assert (dest / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "loss_curve.png" in (dest / "README.md").read_text()
+    assert main(["validate", str(dest)]) == 0  # the folder record wrote passes validate, from anywhere
+    # asked for the record track, the same rules refuse it there, and nothing is written
+    assert main([*args, "--track", "record"]) == 2
+    assert "HW.H100" in capsys.readouterr().err
+    assert not (tmp_path / "records" / "track_10min_16mb" / "2026-11-23_Tiny").exists()
+
+
+def test_bundle_prints_and_writes_its_requirements(tmp_path, capsys):
+    out = tmp_path / "sub" / "train_gpt.py"
+    assert main(["bundle", "--plugins", "ema,zstd", "-o", str(out), "--requirements"]) == 0
+    printed = capsys.readouterr().out
+    reqs = (out.parent / "requirements.txt").read_text().splitlines()
+    assert {"torch", "numpy", "sentencepiece", "pluggy", "zstandard"} <= set(reqs) and "brotli" not in reqs
+    assert "requirements: " in printed and "pluggy" in printed
+    assert main(["bundle", "--plugins", "ema", "-o", str(out), "--requirements"]) == 2  # no overwrite
+    assert sorted(p.name for p in out.parent.iterdir()) == ["requirements.txt", "train_gpt.py"]
+
+
+def test_loss_curve_png_and_the_note_without_matplotlib(tiny_run, monkeypatch, tmp_path):
+    assert (tiny_run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    import builtins
+
+    from pgolf import plots
+
+    real = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert plots.write_loss_curve(tiny_run) == plots.MISSING
+
+
+def test_size_names_an_unquantized_artifact():
+    from types import SimpleNamespace
+
+    from pgolf.size import quantizer_label
+
+    assert quantizer_label("int8", {"a": SimpleNamespace(scheme="passthrough")}) == "none (every tensor passthrough)"
+    assert quantizer_label("int8", {"a": SimpleNamespace(scheme="int8_row")}) == "int8"
+
+
+def test_a_closed_pipe_is_not_an_error():
+    res = subprocess.run(f"'{sys.executable}' -m pgolf.cli plugins show ema | head -c 10", shell=True,
+                         capture_output=True, text=True, env=ENV, timeout=120)
+    assert res.returncode == 0 and "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+
+
+def test_demo_is_bounded_by_steps_and_reproducible():
+    from pgolf.cli import DEMO_SETTINGS
+
+    assert "core.max_wallclock_seconds=0" in DEMO_SETTINGS and "core.deterministic=true" in DEMO_SETTINGS
+    log_every = int(next(s for s in DEMO_SETTINGS if s.startswith("core.train_log_every=")).split("=")[1])
+    assert log_every <= 10  # a line at least every ~4 s on 2 quiet cores without a terminal's progress bar
+
+
+def test_unigram_baseline_is_between_the_model_and_uniform(tiny_data, tiny_core, tiny_run):
+    import math
+
+    from core.config import resolve
+    from core.registry import Registry
+    from pgolf.baseline import unigram_bpb
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), sets=[*tiny_core, f"core.data_path={tiny_data}"],
+                  check_plugins=reg.check)
+    uni = unigram_bpb(cfg)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    tokens_per_byte = metrics["val_bpb"] * math.log(2) / metrics["val_loss"]  # the same validation tokens
+    uniform = math.log2(320) * tokens_per_byte
+    assert 0 < uni < uniform  # token frequencies beat a uniform guess over the vocabulary

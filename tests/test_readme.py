@@ -1,0 +1,82 @@
+"""The README works as written: every line of its tour runs (at tiny size, through the challenge's
+environment variables) in a folder laid out like a fresh clone, and exits 0."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tiny model and data settings (environment variables: the README's own --set / inline values still win).
+TINY_ENV = {
+    "MODEL_DIM": "64", "NUM_HEADS": "4", "NUM_KV_HEADS": "2", "TRAIN_SEQ_LEN": "64", "EVAL_SEQ_LEN": "64",
+    "TRAIN_BATCH_TOKENS": "1024", "ITERATIONS": "4", "WARMUP_STEPS": "0", "WARMDOWN_ITERS": "2",
+    "VAL_LOSS_EVERY": "0", "TRAIN_LOG_EVERY": "2", "VAL_BATCH_SIZE": "2048", "PGOLF_VAL_MAX_TOKENS": "4096",
+    "MAX_WALLCLOCK_SECONDS": "0", "MUON_MOMENTUM_WARMUP_STEPS": "2", "PGOLF_DEVICE": "cpu",
+    "PGOLF_COMPILE": "false", "PGOLF_GRAD_ACCUM_STEPS": "1", "BIGRAM_HASH_BUCKETS": "64",
+    "SLIDING_WINDOW_STRIDE": "32", "OMP_NUM_THREADS": "1",
+}
+# What "tiny size" changes in a line: a long run and 8 GPUs.
+TINY_EDITS = [(r"ITERATIONS=2000", "ITERATIONS=3"), (r"--nproc 8", "--nproc 2"),
+              (r"\s*\[[^\]]*\]", "")]  # [optional arguments] left out
+
+
+def tour_lines(readme: str) -> list[str]:
+    """The commands of the README's tour block (continuation comment lines and trailing comments dropped)."""
+    block = readme.split("## A tour", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = []
+    for line in block.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        lines.append(re.sub(r"\s{2,}#.*$", "", line).strip())
+    return lines
+
+
+def test_readme_tour_lines_are_found():
+    lines = tour_lines((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert len(lines) >= 15 and all(line.startswith(("pgolf ", "for ", "NUM_LAYERS=")) for line in lines)
+
+
+def test_readme_tour_runs_as_written(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "pgolf"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m pgolf.cli "$@"\n')
+    shim.chmod(0o755)
+    clone = tmp_path / "clone"  # the README's relative paths: recipes/, ./data/…, runs/, records/
+    clone.mkdir()
+    (clone / "recipes").symlink_to(ROOT / "recipes")
+    env = {**os.environ, **TINY_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(ROOT), "PGOLF_CACHE": str(tmp_path / "cache")}
+    from dataprep.build import ensure_default_data
+    from dataprep.corpus import generate_documents
+
+    default = ensure_default_data(1024, cache_dir=tmp_path / "cache")
+    (clone / "data" / "datasets").mkdir(parents=True)
+    (clone / "data" / "datasets" / "fineweb10B_sp1024").symlink_to(default)
+    texts = clone / "my_text_dir"
+    texts.mkdir()
+    for i, doc in enumerate(generate_documents(400, seed=3)):
+        (texts / f"doc{i}.txt").write_text(doc, encoding="utf-8")
+
+    def run_id() -> str:
+        done = sorted((p for p in (clone / "runs").iterdir() if (p / "metrics.json").is_file()),
+                      key=lambda p: p.stat().st_mtime)
+        return done[0].name
+
+    for line in tour_lines((ROOT / "README.md").read_text(encoding="utf-8")):
+        cmd = line
+        for pattern, repl in TINY_EDITS:
+            cmd = re.sub(pattern, repl, cmd)
+        if "<run_id>" in cmd:
+            cmd = cmd.replace("<run_id>", run_id())
+        if "<folder>" in cmd:
+            matches = glob.glob(str(clone / cmd.split()[2].replace("<folder>", "*")))
+            assert len(matches) == 1, (cmd, matches)
+            cmd = cmd.replace(cmd.split()[2], os.path.relpath(matches[0], clone))
+        res = subprocess.run(["bash", "-c", cmd], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, f"README line failed: {line}\n{cmd}\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
