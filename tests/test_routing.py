@@ -255,3 +255,18 @@ def test_plugin_settings_fail_at_configuration_time(sets, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["depth_recurrence"], sets=sets,
                 check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+
+
+def test_loop_active_rule_flags_a_log_where_the_loop_never_switched_on(tmp_path):
+    from validator.rules.base import FolderContext
+
+    rule = DepthRecurrence().pg_validator_rules()[0]
+    ok = "plugins:depth_recurrence,xsa\nmode:recurrence on step:6 frac:0.350\ntimed_loop_recompiles:0\n"
+    cases = {"ok": ok, "never": "plugins:depth_recurrence\nstep:10/10 train_loss:3.0\n",
+             "recompiled": ok.replace("recompiles:0", "recompiles:2"), "other": "plugins:xsa\n"}
+    for name, text in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "train_seed1.log").write_text(text)
+        statuses = {f.status for f in rule.run(FolderContext(folder))}
+        assert statuses == {"ok": {"pass"}, "never": {"warn"}, "recompiled": {"warn"}, "other": {"skip"}}[name], name
