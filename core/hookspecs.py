@@ -4,7 +4,7 @@ No hook is called inside a compiled region. Hooks run at configuration, model bu
 boundaries, export and evaluation driver level; a technique that changes the forward pass returns
 modules at build time, and a switch that flips mid-run is a tensor buffer (see `core.model.Switch`).
 
-Families: data, build, init, optimize, modes, step, export, evaluate, report, rules. (Configuration is
+Families: data, build, init, optimize, modes, step, export, evaluate, report. (Configuration is
 resolved and validated before any hook runs: `Plugin.check_config` and the config dataclass.)
 pluggy semantics: `firstresult=True` hooks have exactly one provider (the first non-None result wins,
 ordered by tryfirst/trylast and registration); the core registers its defaults `trylast`, so a
@@ -239,12 +239,7 @@ def pg_evaluator(run: Any) -> Any:
     """
 
 
-# --- report and rules ------------------------------------------------------------------------------
+# --- report ------------------------------------------------------------------------------
 @hookspec
 def pg_report(run: Any, fields: dict[str, Any]) -> None:
     """Add fields for submission.json / README (e.g. {"ema_decay": 0.997}); called after evaluation."""
-
-
-@hookspec
-def pg_validator_rules() -> Any:
-    """Return extra validator rules this plugin brings (a list), or None."""

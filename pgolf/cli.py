@@ -351,34 +351,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return run_validate(args, extra_rules=validation_rules(args.plugin_file))
 
 
-def validation_rules(plugin_files: list[str]) -> list:
-    """pgolf's run-directory rules (pgolf.run_rules: finite scores, whole artifact, finished run) and the
-    plugins' extra validator rules, exactly as `pgolf validate` and `pgolf record` use them. Built-in
-    plugins are imported (with torch) only when one of them defines `pg_validator_rules`, so static
-    validation stays fast."""
-    import importlib.metadata
-
+def validation_rules(plugin_files: list[str] | None = None) -> list:
+    """pgolf's run-directory rules (pgolf.run_rules: finite scores, whole artifact, finished run, graph modes
+    that really switched on), exactly as `pgolf validate` and `pgolf record` use them; torch-free."""
     from pgolf.run_rules import RULES
 
-    builtin = Path(__file__).resolve().parent.parent / "plugins"
-    needed = plugin_files or any("pg_validator_rules" in p.read_text(encoding="utf-8")
-                                 for p in builtin.glob("*.py"))
-    if not needed and not importlib.metadata.entry_points(group="pgolf.plugins"):
-        return list(RULES)
-    return [*RULES, *plugin_validator_rules(Registry(extra_files=plugin_files))]
-
-
-def plugin_validator_rules(registry: Registry) -> list:
-    """Extra validator rules from every known plugin's `pg_validator_rules` (default settings)."""
-    import pluggy
-
-    from core import hookspecs
-
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
-    for name, cls in registry.plugins.items():
-        pm.register(cls(cls.config() if cls.config is not None else None), name=name)
-    return [rule for rules in pm.hook.pg_validator_rules() if rules for rule in rules]
+    return list(RULES)
 
 
 def cmd_data(args: argparse.Namespace) -> int:

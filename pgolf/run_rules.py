@@ -1,10 +1,12 @@
-"""Run-directory rules pgolf adds to `pgolf validate` and `pgolf record` (through their extra rules, beside the
-plugins' `pg_validator_rules`): a run's scores are finite, its artifact is whole, and it finished.
+"""Rules pgolf adds to `pgolf validate` and `pgolf record` (their extra rules; torch-free): a run's scores are
+finite, its artifact is whole, it finished, and the graph modes its log declares really switched on.
 
 RUN.FINITE    every score in metrics.json / submission.json / the logs' final lines is a finite number
 RUN.ARTIFACT  final_model.ptz: pgolf header, payload length, raw_sha256 of the decompressed payload, and the
               size metrics.json and the log report (no torch: header and codecs read directly)
 RUN.STATUS    status.json (when there is one) says finished; train.log holds exactly one run
+RUN.MODES     every mode of a `modes:` line (start fraction < 1) has its `mode:<name> on step:` line, and
+              `timed_loop_recompiles` is 0 (a technique switched mid-run was not a dead flag; graphs were warmed)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from validator.rules.base import ERROR, FAIL, PASS, SKIP, FolderContext, Rule
+from validator.rules.base import ERROR, FAIL, PASS, SKIP, WARN, FolderContext, Rule
 
 MAGIC = b"PGOLF\x00"
 PREFIX = struct.Struct("<HI")
@@ -168,9 +170,51 @@ def check_status(ctx: FolderContext) -> list[Any]:
     return out or [r.finding(PASS, "one finished run")]
 
 
+MODES_LINE = re.compile(r"^modes:(\S+)$", re.M)
+
+
+def check_modes(ctx: FolderContext) -> list[Any]:
+    """Each graph mode a pgolf log declares (`modes:name@frac,…`, e.g. depth recurrence) with a start fraction
+    below 1 switched on in the timed loop (`mode:name on step:N`), and the loop recompiled nothing: the
+    technique was not a dead flag and its graphs were warmed."""
+    r = RULES[3]
+    out = []
+    for log in ctx.logs:
+        try:
+            text = log.path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        declared = MODES_LINE.search(text)
+        if not declared:
+            continue
+        modes = [m.split("@") for m in declared.group(1).split(",") if "@" in m]
+        never = [name for name, frac in modes if _float(frac) < 1.0 and f"mode:{name} on step:" not in text]
+        recompiles = re.search(r"^timed_loop_recompiles:(\d+)$", text, re.M)
+        if never:
+            out.append(r.finding(WARN, f"declared mode(s) {', '.join(never)} never switched on in the timed loop",
+                                 file=log.path.name))
+        elif recompiles and int(recompiles.group(1)) > 0:
+            n = int(recompiles.group(1))
+            out.append(r.finding(WARN, f"the timed loop recompiled {n} time(s): a mode was not warmed",
+                                 file=log.path.name, expected=0, found=n))
+        else:
+            out.append(r.finding(PASS, "every declared mode switched on, no recompile in the timed loop",
+                                 file=log.path.name))
+    return out or [r.finding(SKIP, "no log declares graph modes")]
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 1.0
+
+
 RULES = [
     Rule("RUN.FINITE", "scores are finite numbers", "pgolf: a diverged run is no result", ERROR, check_finite),
     Rule("RUN.ARTIFACT", "the run's artifact is whole", "pgolf: final_model.ptz header and checksum", ERROR,
          check_artifact),
     Rule("RUN.STATUS", "the run finished, one run per log", "pgolf: status.json, train.log", ERROR, check_status),
+    Rule("RUN.MODES", "declared graph modes switched on, no recompile", "pgolf: modes/mode/timed_loop lines",
+         WARN, check_modes),
 ]

@@ -9,7 +9,6 @@ compiles both layouts in the warm-up and switches between cached graphs in the t
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from core.hookspecs import hookimpl
@@ -17,7 +16,6 @@ from core.model import LayerSchedule, Mode
 from core.registry import Plugin
 
 MODE = "recurrence"
-PLUGINS_LINE = re.compile(r"^plugins:(\S*)$", re.M)
 
 
 @dataclass
@@ -96,34 +94,3 @@ class DepthRecurrence(Plugin):
     def pg_report(self, run, fields) -> None:
         enc, dec = run.model.schedule.looped
         fields["depth_recurrence"] = {"encoder": enc, "decoder": dec, "enable_at": self.cfg.enable_at}
-
-    @hookimpl
-    def pg_validator_rules(self) -> list:
-        """LOOP.ACTIVE: a log of a run with depth recurrence shows the loop switching on inside the timed loop
-        with no recompile there — the check that the technique was not a dead flag."""
-        from validator.rules.base import PASS, SKIP, WARN, Rule
-
-        def check(ctx) -> list:
-            out = []
-            for log in ctx.logs:
-                try:
-                    text = log.path.read_text(encoding="utf-8", errors="replace")
-                except OSError:
-                    continue
-                m = PLUGINS_LINE.search(text)
-                if not m or self.name not in m.group(1).split(","):
-                    continue
-                if f"mode:{MODE} on step:" not in text:
-                    out.append(rule.finding(WARN, "depth_recurrence is enabled but the loop never switched on "
-                                            "(no 'mode:recurrence on step:' line)", file=log.path.name))
-                elif "timed_loop_recompiles:0" not in text:
-                    out.append(rule.finding(WARN, "the timed loop recompiled (timed_loop_recompiles is not 0): "
-                                            "a mode was not warmed", file=log.path.name))
-                else:
-                    out.append(rule.finding(PASS, "loop switched on in the timed loop, 0 recompiles",
-                                            file=log.path.name))
-            return out or [rule.finding(SKIP, "no log of a depth_recurrence run")]
-
-        rule = Rule("LOOP.ACTIVE", "Depth recurrence really switched on", "plugin depth_recurrence (PR #1493)",
-                    WARN, check)
-        return [rule]

@@ -257,16 +257,19 @@ def test_plugin_settings_fail_at_configuration_time(sets, message):
                 check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
 
 
-def test_loop_active_rule_flags_a_log_where_the_loop_never_switched_on(tmp_path):
+def test_run_modes_rule_flags_a_log_where_a_declared_mode_never_switched_on(tmp_path):
+    from pgolf.run_rules import RULES
     from validator.rules.base import FolderContext
 
-    rule = DepthRecurrence().pg_validator_rules()[0]
-    ok = "plugins:depth_recurrence,xsa\nmode:recurrence on step:6 frac:0.350\ntimed_loop_recompiles:0\n"
-    cases = {"ok": ok, "never": "plugins:depth_recurrence\nstep:10/10 train_loss:3.0\n",
-             "recompiled": ok.replace("recompiles:0", "recompiles:2"), "other": "plugins:xsa\n"}
+    rule = next(r for r in RULES if r.id == "RUN.MODES")
+    ok = "plugins:depth_recurrence,xsa\nmodes:recurrence@0.35\nmode:recurrence on step:6 frac:0.350\n" \
+         "timed_loop_recompiles:0\n"
+    cases = {"ok": ok, "never": "modes:recurrence@0.35\nstep:10/10 train_loss:3.0\ntimed_loop_recompiles:0\n",
+             "recompiled": ok.replace("recompiles:0", "recompiles:2"), "no_modes": "plugins:xsa\n",
+             "eval_only": "modes:recurrence@1.5\ntimed_loop_recompiles:0\n"}
+    want = {"ok": {"pass"}, "never": {"warn"}, "recompiled": {"warn"}, "no_modes": {"skip"}, "eval_only": {"pass"}}
     for name, text in cases.items():
         folder = tmp_path / name
         folder.mkdir()
         (folder / "train_seed1.log").write_text(text)
-        statuses = {f.status for f in rule.run(FolderContext(folder))}
-        assert statuses == {"ok": {"pass"}, "never": {"warn"}, "recompiled": {"warn"}, "other": {"skip"}}[name], name
+        assert {f.status for f in rule.run(FolderContext(folder))} == want[name], name
