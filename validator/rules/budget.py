@@ -19,7 +19,6 @@ from validator.rules.base import (
 )
 
 OVERRIDES = re.compile(r"FORCE_STOP_STEP=\d+|MAX_WALLCLOCK_SECONDS=0\b")
-POSTLOOP_WARN_MS = 5_000.0
 GRANULARITY_MS = 1_000.0
 
 
@@ -84,11 +83,12 @@ def check_postloop(ctx: FolderContext) -> list[Finding]:
         msg = f"train {lg.train_time_ms / 1000:.1f}s + Hessians {lg.hessian_s}s = {end / 1000:.1f}s{extra}"
         if end <= TRAIN_CAP_MS:
             out.append(r.finding(PASS, msg, file=f))
-        elif end <= TRAIN_CAP_MS + POSTLOOP_WARN_MS:
-            out.append(r.finding(WARN, msg + " > 600s (0-5 s over: merged records did this)",
+        elif end <= TRAIN_CAP_MS + GRANULARITY_MS:
+            out.append(r.finding(WARN, msg + " > 600s by under 1 s (timer granularity)",
                                  severity=_gate(ctx, WARN), file=f, expected="<= 600000", found=round(end)))
         else:
-            out.append(r.finding(_status(ctx), msg + " > 605s", severity=_gate(ctx, ERROR), file=f,
+            out.append(r.finding(_status(ctx), msg + " > 600s: calibration on training data belongs to the 600 s "
+                                 "training budget (valerio-oai, PR #631)", severity=_gate(ctx, ERROR), file=f,
                                  expected="<= 600000", found=round(end)))
     if not out:
         return [r.finding(SKIP, "no GPTQ Hessian collection logged")]
@@ -134,11 +134,14 @@ def check_eval_scope(ctx: FolderContext) -> list[Finding]:
 
 RULES = [
     Rule("TIME.TRAIN", "training <= 600 s on 8xH100 SXM (<= 1 step over)",
-         "README intro + Submission Process criterion 3; baseline MAX_WALLCLOCK_SECONDS", ERROR, check_train),
+         "README intro + Submission Process criterion 3; baseline MAX_WALLCLOCK_SECONDS", ERROR, check_train,
+         lower="over by more than one average step but under max(2 steps, 1 s): WARN (timer granularity); a README "
+               "run command that overrides the cap: WARN; non-record folders: INFO"),
     Rule("TIME.TRAIN_POSTLOOP", "post-loop calibration reading training data (GPTQ Hessians) is inside the 600 s",
-         "valerio-oai on PR #631; Issue #677; PR #1868/#1950 compliance re-runs", ERROR, check_postloop),
+         "valerio-oai on PR #631; Issue #677; PR #1868/#1950 compliance re-runs", ERROR, check_postloop,
+         lower="under 1 s over: WARN (timer granularity); serialization time: reported only; non-record: INFO"),
     Rule("TIME.EVAL", "evaluation (scoring pass) <= 600 s, in addition to training",
-         "README FAQ 'What are the restrictions on evaluation?'", ERROR, check_eval),
+         "README FAQ 'What are the restrictions on evaluation?'", ERROR, check_eval, lower="non-record: INFO"),
     Rule("TIME.EVAL_SCOPE", "untimed eval-phase work should be disclosed; sum of eval lines reported",
-         "merged-log convention; PR #1948/#1967 (no explicit ruling)", WARN, check_eval_scope),
+         "merged-log convention; PR #1948/#1967 (no explicit ruling)", WARN, check_eval_scope, decides=False),
 ]
