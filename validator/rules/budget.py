@@ -74,6 +74,19 @@ def check_postloop(ctx: FolderContext) -> list[Finding]:
     r = RULES[1]
     out: list[Finding] = []
     for lg in ctx.logs:
+        if lg.train_time_ms is not None and lg.ar_calib_s:
+            end = lg.train_time_ms + 1000.0 * lg.ar_calib_s
+            if end > TRAIN_CAP_MS + GRANULARITY_MS:
+                out.append(r.finding(WARN, f"train {lg.train_time_ms / 1000:.1f}s + calibration on self-generated "
+                                     f"sequences {lg.ar_calib_s}s = {end / 1000:.1f}s > 600s: no training data is read "
+                                     "after the loop (AR self-gen, merged in PR #1019 at valerio-oai's request)",
+                                     severity=_gate(ctx, WARN), file=ctx.rel(lg.path), found=round(end)))
+        if lg.post_gptq_elapsed_s is not None and lg.train_budget_s and not lg.ar_calib_s and (
+                lg.post_gptq_elapsed_s > lg.train_budget_s + GRANULARITY_MS / 1000):
+            out.append(r.finding(_status(ctx), f"wallclock:post_gptq total_elapsed {lg.post_gptq_elapsed_s}s > "
+                                 f"train_budget {lg.train_budget_s}s: calibration ended outside the training budget",
+                                 severity=_gate(ctx, ERROR), file=ctx.rel(lg.path),
+                                 expected=f"<= {lg.train_budget_s}", found=lg.post_gptq_elapsed_s))
         if lg.hessian_s is None or lg.train_time_ms is None:
             continue
         f = ctx.rel(lg.path)
@@ -91,7 +104,7 @@ def check_postloop(ctx: FolderContext) -> list[Finding]:
                                  "training budget (valerio-oai, PR #631)", severity=_gate(ctx, ERROR), file=f,
                                  expected="<= 600000", found=round(end)))
     if not out:
-        return [r.finding(SKIP, "no GPTQ Hessian collection logged")]
+        return [r.finding(SKIP, "no post-loop calibration logged")]
     bad = [x for x in out if x.status != PASS]
     return bad or [r.finding(PASS, f"{len(out)} log(s): training + Hessian collection <= 600 s")]
 
@@ -123,10 +136,11 @@ def check_eval_scope(ctx: FolderContext) -> list[Finding]:
     r = RULES[3]
     out: list[Finding] = []
     for lg in ctx.scoring:
-        total = lg.eval_sum_ms + (lg.warmup_s or 0.0) * 1000
+        total = lg.eval_sum_ms + (lg.warmup_s or 0.0) * 1000 + 1000.0 * sum(s for _, s, _ in lg.phases)
         if total > EVAL_CAP_MS:
             scored = (lg.scoring_eval_ms(ctx.method) or 0) / 1000
-            out.append(r.finding(WARN, f"sum of eval lines{' + compile warmup' if lg.warmup_s else ''} "
+            out.append(r.finding(WARN, f"sum of eval lines{' + compile warmup' if lg.warmup_s else ''}"
+                                 f"{' + phases (' + ', '.join(n for n, _, _ in lg.phases) + ')' if lg.phases else ''} "
                                  f"{total / 1000:.1f}s > 600s (scoring pass {scored:.1f}s)",
                                  file=ctx.rel(lg.path), found=round(total)))
     return out or [r.finding(PASS, "sum of eval-phase lines <= 600 s in every log")]

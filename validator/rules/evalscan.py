@@ -186,6 +186,11 @@ def check_ttt(ctx: FolderContext) -> list[Finding]:
 
 def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
     r = RULES[1]
+    logged = [(lg, n) for lg in ctx.logs for n in lg.prequant_lines[:1]]
+    if logged:
+        return [r.finding(FAIL, "the log shows a pre-quantization TTT pass (fine-tuning on validation tokens before "
+                          "the model is quantized/serialized; PR #1376 family)", file=ctx.rel(lg.path), line=n)
+                for lg, n in logged[:5]]
     got = _script(ctx, r)
     if isinstance(got, Finding):
         return [got]

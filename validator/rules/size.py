@@ -81,7 +81,23 @@ def exec_stub_target(ctx: FolderContext) -> str | None:
 
 def size_logs(ctx: FolderContext) -> list:
     """Logs that carry any size evidence."""
-    return [lg for lg in ctx.logs if lg.total_bytes is not None or lg.model_bytes is not None]
+    return [lg for lg in ctx.logs if lg.total_bytes is not None or lg.model_bytes is not None or lg.total_mb]
+
+
+MIB_RX = re.compile(r"(?:1024\s*\*\s*1024|2\s*\*\*\s*20|1048576|1 ?<< ?20)")
+
+
+def mb_factor(ctx: FolderContext, unit: str) -> tuple[float, str]:
+    """Bytes per printed 'MB': 1e6, unless the unit is MiB or the script computes its MB figures with 2**20
+    (then a printed '16.00MB' is 16,777,216 bytes — the MiB-vs-MB confusion of PR #1399)."""
+    if unit == "MiB":
+        return float(2**20), "MiB"
+    srcs = [ctx.script_source[0]] if ctx.script_source else []
+    srcs += [p.read_text(encoding="utf-8", errors="replace") for p in sorted(ctx.root.glob("*.py"))
+             if p.name != "train_gpt.py" and p.stat().st_size < 1_000_000]
+    if any(MIB_RX.search(ln) for src in srcs for ln in src.splitlines() if "MB" in ln):
+        return float(2**20), "MB computed with 2**20 in train_gpt.py (MiB)"
+    return 1e6, "MB (decimal)"
 
 
 def check_cap(ctx: FolderContext) -> list[Finding]:
@@ -95,6 +111,19 @@ def check_cap(ctx: FolderContext) -> list[Finding]:
             out.append(r.finding(st, f"logged total {lg.total_bytes:,} bytes "
                                  f"{'<=' if st == PASS else '>'} {cap:,}", file=f, line=lg.total_bytes_line,
                                  expected=f"<= {cap}", found=lg.total_bytes))
+        elif lg.total_mb is not None:
+            value, half, unit, line = lg.total_mb
+            factor, how = mb_factor(ctx, unit)
+            lo, hi = (value - half) * factor, (value + half) * factor
+            if lo > CAP:
+                st, why = FAIL, f"= at least {lo:,.0f} bytes > {CAP:,}"
+            elif hi > CAP:
+                st, why = FAIL, (f"= {lo:,.0f}-{hi:,.0f} bytes: the printed precision cannot show <= {CAP:,} "
+                                 "(log the size in bytes)")
+            else:
+                st, why = PASS, f"<= {hi:,.0f} bytes <= {CAP:,}"
+            out.append(r.finding(st, f"logged total {value}{unit} ({how}) {why}", file=f, line=line,
+                                 expected=f"<= {CAP}", found=round(hi)))
         if lg.model_bytes is not None and lg.code_bytes is not None and lg.fmt == "text":
             code = lg.code_bytes if lg.code_kind == "compressed" else max(lg.code_bytes, ctx.script_bytes or 0)
             total = lg.model_bytes + code
@@ -201,6 +230,12 @@ def check_log(ctx: FolderContext) -> list[Finding]:
         accepted |= {helpers[stub], helpers[stub] + (ctx.script_bytes or 0)}
     for lg in logs:
         f = ctx.rel(lg.path)
+        if lg.total_bytes is None and lg.total_mb is not None:
+            value, _, unit, line = lg.total_mb
+            out.append(r.finding(WARN, f"the total is logged only in {unit} ({value}{unit}, line {line}): checked "
+                                 "against the cap at its printed precision (SIZE.CAP); log bytes", severity=WARN,
+                                 file=f, line=line))
+            continue
         if lg.total_bytes is None:
             if lg.train_time_ms is not None:  # eval-only re-runs (e.g. TTT_EVAL_ONLY) print no size
                 out.append(r.finding(FAIL, "training log has no final 'Total submission size … bytes' line", file=f))

@@ -34,8 +34,14 @@ def seed_values(ctx: FolderContext) -> tuple[list[float], list[float]]:
 
 
 def claim_logs(ctx: FolderContext) -> list:
-    """The scoring logs that back the claim: the sub-folder / file-name family whose mean reproduces the claimed
-    val_bpb when the folder also holds other runs (disclosed extra runs, eval-only re-runs), else all of them."""
+    """The scoring logs that back the claim. When the folder also holds other runs (disclosed extra runs,
+    re-runs of the same seeds, eval-only re-runs), the candidate sets are: all logs, each sub-folder / file-name
+    family, and each choice of one log per seed; among those whose mean reproduces the claimed val_bpb, a set of
+    distinct seeds is preferred, then the closest mean."""
+    import itertools
+    from statistics import mean as _mean
+
+    from validator.rules.base import close_to_claim
     from validator.rules.consistency import claimed_bpb, log_groups
 
     logs = ctx.scoring
@@ -44,16 +50,28 @@ def claim_logs(ctx: FolderContext) -> list:
         return logs
     finals = [(lg, lg.final(ctx.method)) for lg in logs]
     finals = [(lg, f) for lg, f in finals if f is not None]
-    from statistics import mean as _mean
+    if not finals:
+        return logs
+    cands = [finals] + [m for m in log_groups(finals).values() if 1 < len(m) < len(finals)]
+    by_seed: dict = {}
+    for lg, fin in finals:
+        by_seed.setdefault(lg.seed, []).append((lg, fin))
+    n = 1
+    for v in by_seed.values():
+        n *= len(v)
+    if None not in by_seed and 1 < len(by_seed) and 1 < n <= 4096:
+        cands += [list(c) for c in itertools.product(*by_seed.values())]
 
-    from validator.rules.base import close_to_claim
+    def mixed(c: list) -> bool:
+        dumps = [lg.hparams for lg, _ in c if lg.hparams]
+        return any(d.get(k) != dumps[0].get(k) for d in dumps[1:] for k in set(d) & set(dumps[0]) if not _ignored(k))
 
-    if finals and close_to_claim(_mean(f.val_bpb for _, f in finals), claim[1]):
-        return [lg for lg, _ in finals]
-    for members in log_groups(finals).values():
-        if 1 < len(members) < len(finals) and close_to_claim(_mean(f.val_bpb for _, f in members), claim[1]):
-            return [lg for lg, _ in members]
-    return logs
+    def key(c: list) -> tuple[bool, bool, float]:
+        seeds = [lg.seed for lg, _ in c]
+        return len(set(seeds)) != len(seeds), mixed(c), abs(_mean(f.val_bpb for _, f in c) - claim[1])
+
+    good = [c for c in cands if close_to_claim(_mean(f.val_bpb for _, f in c), claim[1])]
+    return [lg for lg, _ in min(good, key=key)] if good else logs
 
 
 def check_seeds(ctx: FolderContext) -> list[Finding]:
@@ -81,8 +99,13 @@ def check_seeds(ctx: FolderContext) -> list[Finding]:
     if len(dumps) > 1:
         ref = dumps[0]
         for lg in dumps[1:]:
-            keys = set(ref.hparams) | set(lg.hparams)
-            diff = sorted(k for k in keys if not _ignored(k) and ref.hparams.get(k) != lg.hparams.get(k))
+            both = set(ref.hparams) & set(lg.hparams)
+            diff = sorted(k for k in both if not _ignored(k) and ref.hparams[k] != lg.hparams[k])
+            only = sorted(k for k in set(ref.hparams) ^ set(lg.hparams) if not _ignored(k))
+            if only and not diff:
+                out.append(r.finding(WARN, f"the Hyperparameters dump has other keys than {ref.path.name}'s: "
+                                     f"{', '.join(only[:6])} (logs of different script versions: see "
+                                     "FILES.LOG_PROVENANCE)", severity=WARN, file=ctx.rel(lg.path), found=only[:6]))
             if diff:
                 out.append(r.finding(FAIL if record else WARN, f"configuration differs from {ref.path.name} beyond "
                                      f"seed/run_id/paths: {', '.join(diff[:8])} (the seeds of a record run one "
