@@ -33,8 +33,10 @@ DYNAMIC_RULES: dict[str, tuple[str, str]] = {
     "DATA.NO_TRAIN_AT_EVAL": ("no training-data reads after the artifact is written; no network",
                               "README FAQ; rulebook §10.7"),
     "DATA.NO_VAL_IN_TRAIN": ("the artifact does not depend on the validation content", "README FAQ; rulebook §10.7"),
-    "EVAL.C1": ("prefix invariance: scores before t do not depend on tokens >= t", "Issue #1017 C1; rulebook §10.2"),
-    "EVAL.C2": ("the scored distribution sums to 1 over the vocabulary", "Issue #1017 C2; rulebook §10.3"),
+    "EVAL.C1": ("prefix invariance: scores before t do not depend on tokens >= t (records scripts, black-box: "
+                "S(P followed by a copy of P) >= S(P))", "Issue #1017 C1; rulebook §10.2"),
+    "EVAL.C2": ("the scored distribution sums to 1 over the vocabulary (records scripts, black-box: no better than "
+                "chance on i.i.d. uniform validation tokens, Ville bound at 1e-6)", "Issue #1017 C2; rulebook §10.3"),
     "EVAL.C3": ("score before update: x_t does not move the distribution that scores it",
                 "Issue #1017 C3; rulebook §10.4"),
     "EVAL.C4": ("single pass: each position scored once, no second scoring pass", "Issue #1017 C4; rulebook §10.5"),
@@ -78,6 +80,10 @@ def run_dynamic(path: Path, opts: DynamicOptions) -> list[Finding]:
                 out += audit.result()
     else:
         out += smoke_findings(path, opts.timeout, opts.memory, opts.smoke_env, data=opts.smoke_data)
+        if any(f.rule == "FILES.RUNS_IN_FOLDER" and f.status == PASS for f in out):
+            from validator.blackbox import blackbox_findings
+
+            out += blackbox_findings(path, opts.timeout, opts.memory, opts.smoke_env, data=opts.smoke_data)
         if opts.evaluators:
             out += harness_findings(None, opts)
         else:

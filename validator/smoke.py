@@ -60,12 +60,14 @@ def source_vocab(src: Path | None) -> int:
         raise ValueError(f"{meta}: expected a pgolf dataset.json with vocab_size ({exc})") from exc
 
 
-def smoke_data(root: Path, random_val: bool = False, src: Path | None = None, val_offset: int = 0) -> dict[str, str]:
+def smoke_data(root: Path, random_val: bool = False, src: Path | None = None, val_offset: int = 0,
+               val_transform: Any = None) -> dict[str, str]:
     """Write the tiny dataset + tokenizer under root/data (official layout), cut from `src` (a pgolf data dir:
     shards + tokenizer/*.model; default: the embedded corpus at vocab 1024); returns the env naming it, with
     PGOLF_SANDBOX_WATCH: the (device, inode) of every shard, so the sandbox recognises them under any name.
     `random_val`: the validation shard holds random tokens (same length) instead of the real ones.
-    `val_offset`: where the validation cut starts (drawn per validation, so no shipped file can equal it)."""
+    `val_offset`: where the validation cut starts (drawn per validation, so no shipped file can equal it).
+    `val_transform(val, vocab) -> tokens`: the validation shard's content is replaced by its result."""
     import numpy as np
 
     from core.data import read_shard, write_shard
@@ -84,6 +86,8 @@ def smoke_data(root: Path, random_val: bool = False, src: Path | None = None, va
     write_shard(ds / "fineweb_train_000000.bin", train.astype(np.int64))
     if random_val:
         val = np.random.default_rng(0).integers(2, vocab, val.size)
+    if val_transform is not None:  # the black-box path's perturbed streams (validator/blackbox.py)
+        val = np.asarray(val_transform(val.astype(np.int64), vocab))
     write_shard(ds / "fineweb_val_000000.bin", val.astype(np.int64))
     tok = tk / f"fineweb_{vocab}_bpe.model"
     shutil.copyfile(next((src / "tokenizer").glob("*.model")), tok)
