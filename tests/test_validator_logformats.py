@@ -156,3 +156,23 @@ def test_static_path_does_not_import_torch_or_the_plugin_registry() -> None:
     res = subprocess.run([sys.executable, "-c", code, str(folder)], cwd=ROOT, capture_output=True, text=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_claimed_compressed_code_size_must_be_reachable(tmp_path: Path) -> None:
+    """'Code size (compressed)' without the wrapper shipped: a size the shipped source cannot compress to fails."""
+    import random
+
+    rng = random.Random(0)
+    script = "".join(f"v{i} = {rng.getrandbits(64)}  # tuned\n" for i in range(4000))
+    from validator.rules.size import wrapper_estimate
+
+    est, parsed = wrapper_estimate(script)
+    assert parsed and est > 20_000
+    for claimed, bad in ((2_000, True), (int(est * 0.97), False)):
+        f = folder_with(tmp_path / str(claimed), {"train_seed1.log": "gptq_hessians.log"}, script=script)
+        log = f / "train_seed1.log"
+        log.write_text(log.read_text().replace("Code size (compressed): 30000 bytes",
+                                               f"Code size (compressed): {claimed} bytes")
+                       .replace("15930000", str(15_900_000 + claimed)))
+        got = [x for x in rule_findings(f, "SIZE.CODE_WRAPPED") if x.status == "fail" and x.severity == "ERROR"]
+        assert bool(got) == bad, rule_findings(f, "SIZE.CODE_WRAPPED")

@@ -111,7 +111,9 @@ def audit_document(records: Path, cold_limit: int | None = None) -> tuple[str, i
         "(official `main` HEAD 4908dc46f; no record content is stored in this repo). Default mode: no `--strict`, "
         "no `--sota`.", "",
         "## Measured", "",
-        f"* machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}",
+        f"* machine: {platform.machine()}, {__import__('os').cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"load average at the end of the run {__import__('os').getloadavg()[0]:.1f} (a shared box: other engineers' "
+        "jobs inflate every timing)",
         f"* folders: {len(results)}; validator crashes: {sum(1 for _, f in crashes if f.rule == 'CRASH')}; "
         f"rule crashes: {sum(1 for _, f in crashes if f.rule != 'CRASH')}",
         f"* in-process static validation of all folders: {seconds:.2f} s (per folder median "
