@@ -19,7 +19,7 @@ from validator.rules.base import FAIL, PASS
 # smaller than test_validator_dynamic's world: every evaluator runs ~30 forked evaluations
 SETTINGS = HarnessSettings(vocab=10, n_docs=4, doc_len=(20, 60), seq_len=16, cuts=4, trunc_cuts=1,
                            vfold_positions=2, iso_docs=1, seed=0)
-# ~3-8 s per evaluator on a loaded 2-core box (under the 10 s slow threshold)
+pytestmark = pytest.mark.slow  # ~30 forked evaluations per evaluator: 3-8 s on a quiet 2-core box, ~16 s at load 8
 
 
 @pytest.fixture(scope="module")
