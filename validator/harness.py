@@ -206,6 +206,7 @@ def _over_stream(t: torch.Tensor, stream: torch.Tensor) -> bool:
 
 
 ISOLATE = True  # each evaluation runs in a forked child: no state (module globals, caches) survives a call
+_IN_CHILD = False
 
 
 def run_isolated(fn: Callable[[], Any]) -> Any:
@@ -220,6 +221,8 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
+        global _IN_CHILD
+        _IN_CHILD = True
         try:
             os.close(r)
             try:
@@ -376,7 +379,8 @@ def _score(world: World, make: Callable[[Any], Any], tokens: torch.Tensor, audit
         import os
         import sys
 
-        sys.addaudithook(audit)  # this child only: it exits after the call
+        if _IN_CHILD:  # audit hooks cannot be removed: only in a forked child, which exits after the call
+            sys.addaudithook(audit)
         handles = [register_optimizer_step_pre_hook(pre_step),
                    run.model.register_forward_pre_hook(pre_forward, with_kwargs=True)]
         scoring.ScoreSink.record = record  # type: ignore[method-assign]
