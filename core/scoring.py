@@ -2,8 +2,9 @@
 
 Positions are indices t ≥ 1 into the validation token stream: position t is the prediction of
 `tokens[t]` from `tokens[:t]`. The sink counts each position exactly once (a double or missing score
-is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`), and in
-checking mode keeps each position's NLL and log-normaliser for the validator. `ScoredTokens` is the
+is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`), and keeps
+each position's NLL — one sink, one behaviour, whether or not the validator watches (validator/THREATS.md);
+`evaluate` returns the per-position NLL with the totals. `ScoredTokens` is the
 only way test-time training may read validation tokens: it releases the prefix the sink has scored
 (stream-order TTT) or checks that every position it trains on is scored (document-batched TTT).
 
@@ -40,12 +41,17 @@ class EvalResult:
     tokens: int
     bytes: int
     eval_time_ms: float = 0.0
+    nll: Tensor | None = None  # per-position NLL (NaN where unscored), the same in every run: the validator reads it
 
 
 class ScoreSink:
     """Accumulates NLL and bytes per scored position of `tokens` (a 1-D CPU or device tensor)."""
 
     def __init__(self, tokens: Tensor, tables: ByteTables, checking: bool = False):
+        # `checking` is accepted for compatibility and ignored: a sink behaves, and looks, the same whether or not
+        # the validator is watching (validator/THREATS.md). Per-position NLL is always kept (8 bytes/token on the
+        # sink's device) and every record is checked.
+        del checking
         self.tokens = tokens
         self.tables = tables
         self.device = tables.base_bytes.device
@@ -54,25 +60,21 @@ class ScoreSink:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.byte_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.count = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.checking = checking
-        self.nll = torch.full((n,), float("nan"), dtype=torch.float64) if checking else None
-        self.lognorm = torch.full((n,), float("nan"), dtype=torch.float64) if checking else None
+        self.checking = False
+        self.nll = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
+        self.lognorm = None
         self._frontier = 1  # every position < frontier is scored (host-side, for ScoredTokens)
 
     def record(self, positions: Tensor, nll: Tensor, lognorm: Tensor | None = None) -> None:
         """Record NLL (nats) for target positions (any shape, flattened together)."""
         pos = positions.reshape(-1).to(self.device)
         val = nll.reshape(-1).to(self.device, torch.float64)
-        if self.checking:
-            pos_cpu = pos.cpu()
-            if pos_cpu.numel() and (int(pos_cpu.min()) < 1 or int(pos_cpu.max()) >= self.tokens.numel()):
-                raise ScoringError(f"position out of range [1, {self.tokens.numel() - 1}]")
-            if bool(self.scored[pos].any()) or pos_cpu.unique().numel() != pos_cpu.numel():
-                raise ScoringError("a position was scored twice")
-            assert self.nll is not None and self.lognorm is not None
-            self.nll[pos_cpu] = val.cpu()
-            if lognorm is not None:
-                self.lognorm[pos_cpu] = lognorm.reshape(-1).double().cpu()
+        del lognorm  # accepted for compatibility; the distribution is checked black-box (EVAL.C2)
+        if pos.numel() and (int(pos.min()) < 1 or int(pos.max()) >= self.tokens.numel()):
+            raise ScoringError(f"position out of range [1, {self.tokens.numel() - 1}]")
+        if bool(self.scored[pos].any()) or pos.unique().numel() != pos.numel():
+            raise ScoringError("a position was scored twice")
+        self.nll[pos] = val
         self.scored[pos] = True
         tgt = self.tokens[pos.to(self.tokens.device)].to(self.device, torch.int64)
         prev = self.tokens[(pos - 1).to(self.tokens.device)].to(self.device, torch.int64)
@@ -317,5 +319,6 @@ def evaluate(run, model, evaluator, tokens: Tensor, checking: bool = False) -> E
     run.synchronize()
     result = sink.result()
     result.eval_time_ms = 1000.0 * (time.perf_counter() - t0)
+    result.nll = sink.nll
     model.train(was_training)
     return result

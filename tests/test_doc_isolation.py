@@ -277,7 +277,6 @@ def test_new_evaluators_are_prefix_invariant(trained, name):
             a, b = scores(run, CAUSAL[name](), toks), scores(run, CAUSAL[name](), alt)
             assert torch.equal(a.nll[1:t], b.nll[1:t]), name
             assert not torch.equal(a.nll[t:], b.nll[t:])
-            assert torch.isfinite(a.lognorm[1:]).all()
 
 
 def test_phased_ttt_phases_change_later_scores_only(trained):

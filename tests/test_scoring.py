@@ -143,7 +143,6 @@ def test_evaluator_causality_prefix_invariance(trained, make):
         a, b = _scores(run, make(), toks), _scores(run, make(), alt)
         assert torch.equal(a.nll[1:t], b.nll[1:t])
         assert not torch.equal(a.nll[t:], b.nll[t:])
-        assert torch.isfinite(a.lognorm[1:]).all()
     finally:
         run.model.float()
 

@@ -107,7 +107,7 @@ BAD_CASES: dict[str, tuple[str, dict, Callable[[Path], None] | None, str]] = {
     "TIME.EVAL": ("2026-05-01_X", {"log_over": {"eval_ms": 700_000}}, None, "fail"),
     "TIME.EVAL_SCOPE": ("2026-05-01_X", {"log_over": {"eval_ms": 595_000}}, None, "warn"),
     "JSON.CONSISTENCY": ("2026-05-01_X", {"sub_over": {"val_bpb": 1.0}}, None, "fail"),
-    "STAT.SEEDS": ("2026-05-01_X", {"seeds": {1: 1.081}}, None, "warn"),
+    "STAT.SEEDS": ("2026-05-01_X", {"seeds": {1: 1.081}}, None, "fail"),
     "DATA.FULL_VAL": ("2026-05-01_X", {"log_over": {"val_tokens": 36_000_000}}, None, "fail"),
     "DATA.NO_VAL_IN_TRAIN": ("2026-05-01_X", {"log_over": {"shards": 1499}}, None, "fail"),
     "DATA.NO_TRAIN_AT_EVAL": ("2026-05-01_X", {"script": GOOD_SCRIPT + "from huggingface_hub import hf_hub_download\n"},
@@ -148,8 +148,8 @@ def test_stat_sig_both_thresholds(tmp_path: Path) -> None:
     clear = validate_folder(folder, sota=1.10)  # ~0.019 bpb better: passes the README test
     assert statuses(clear, "STAT.SIG") == {"pass"}
     marginal = validate_folder(folder, sota=1.0840)  # better, but < 0.005 nats: practice test only
-    assert statuses(marginal, "STAT.SIG") == {"warn"}
-    assert statuses(validate_folder(folder, sota=1.0840, strict=True), "STAT.SIG") == {"fail"}
+    assert statuses(marginal, "STAT.SIG") == {"fail"}  # the README test decides by default, no --strict needed
+    assert has_errors(marginal)
     worse = validate_folder(folder, sota=1.0700)
     assert statuses(worse, "STAT.SIG") == {"fail"}
     msg = next(f.message for f in marginal if f.rule == "STAT.SIG")
@@ -157,9 +157,60 @@ def test_stat_sig_both_thresholds(tmp_path: Path) -> None:
 
 
 def test_strict_schema_turns_v1_gaps_into_errors(tmp_path: Path) -> None:
-    folder = make_folder(tmp_path, sub_over={"github_id": ""})
+    folder = make_folder(tmp_path, sub_over={"author": ""})  # style: a strict-v1 gap, not a README field
     assert statuses(validate_folder(folder), "JSON.SCHEMA") == {"warn"}
+    assert not has_errors(validate_folder(folder))
     assert statuses(validate_folder(folder, strict=True), "JSON.SCHEMA") == {"fail"}
+
+
+@pytest.mark.parametrize("field", ["name", "github_id", "val_bpb"])
+def test_readme_required_json_fields_are_errors_without_strict(tmp_path: Path, field: str) -> None:
+    folder = make_folder(tmp_path)
+    sub = json.loads((folder / "submission.json").read_text())
+    sub[field] = ""
+    (folder / "submission.json").write_text(json.dumps(sub))
+    findings = validate_folder(folder)
+    bad = [f for f in findings if f.rule == "JSON.SCHEMA" and f.status == "fail"]
+    assert bad and bad[0].severity == "ERROR" and bad[0].field == field and has_errors(findings)
+
+
+@pytest.mark.parametrize(("kwargs", "rule"), [
+    ({"seeds": {1: 1.081, 2: 1.082}}, "STAT.SEEDS"),  # two seeds: not a record claim
+    ({"seeds": {1: 1.081, 1001: 1.082, 2001: 1.083}, "name": "2026-05-01_Reruns"}, None),  # see below
+    ({"log_over": {"hessian": 11.5}}, "TIME.TRAIN_POSTLOOP"),  # 590 s + 11.5 s of Hessians: 1.5 s over
+])
+def test_record_deciding_rules_are_errors_by_default(tmp_path: Path, kwargs: dict, rule: str | None) -> None:
+    folder = make_folder(tmp_path, **kwargs)
+    if rule is None:  # the same seed three times (file names differ): re-runs are not independent seeds
+        rule = "STAT.SEEDS"
+        for p in sorted(folder.glob("*.log")):
+            p.write_text(p.read_text().replace(p.read_text().split("\n")[1], "  seed: 7"))
+    findings = validate_folder(folder)
+    assert any(f.rule == rule and f.status == "fail" and f.severity == "ERROR" for f in findings), \
+        [f for f in findings if f.rule == rule]
+
+
+def test_seed_configs_must_match_for_a_record(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path)
+    p = sorted(folder.glob("*.log"))[-1]
+    p.write_text(p.read_text().replace("matrix_lr: 0.02", "matrix_lr: 0.03"))
+    f = [x for x in validate_folder(folder) if x.rule == "STAT.SEEDS"]
+    assert {(x.status, x.severity) for x in f} == {("fail", "ERROR")} and "matrix_lr" in f[0].message
+
+
+def test_strict_adds_only_style(tmp_path: Path) -> None:
+    """--strict changes no record-deciding verdict: only findings marked style get promoted."""
+    folder = make_folder(tmp_path, script=GOOD_SCRIPT + "import brotli\n")
+    loose, strict = validate_folder(folder), validate_folder(folder, strict=True)
+    promoted = {(a.rule, a.message) for a, b in zip(loose, strict, strict=True) if a.status != b.status}
+    assert promoted and all(a.style for a in loose if (a.rule, a.message) in promoted)
+    assert not has_errors(loose) and has_errors(strict)
+
+
+def test_rules_md_matches_the_code() -> None:
+    from validator.rulesdoc import RULES_MD, generate
+
+    assert RULES_MD.read_text(encoding="utf-8") == generate(), "run: python -m validator.rulesdoc"
 
 
 def test_non_record_time_overrun_is_info(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext
 from validator.sandbox import DEFAULT_MEMORY, run_sandboxed
-from validator.smoke import COULD_NOT_RUN, access_findings, could_not_run, finding, smoke_findings, val_invariance
+from validator.smoke import COULD_NOT_RUN, access_findings, could_not_run, smoke_findings, val_invariance
 
 ROOT = Path(__file__).resolve().parent.parent
 DYNAMIC_RULES: dict[str, tuple[str, str]] = {
@@ -33,14 +33,18 @@ DYNAMIC_RULES: dict[str, tuple[str, str]] = {
     "DATA.NO_TRAIN_AT_EVAL": ("no training-data reads after the artifact is written; no network",
                               "README FAQ; rulebook §10.7"),
     "DATA.NO_VAL_IN_TRAIN": ("the artifact does not depend on the validation content", "README FAQ; rulebook §10.7"),
-    "EVAL.C1": ("prefix invariance: scores before t do not depend on tokens >= t", "Issue #1017 C1; rulebook §10.2"),
-    "EVAL.C2": ("the scored distribution sums to 1 over the vocabulary", "Issue #1017 C2; rulebook §10.3"),
+    "EVAL.C1": ("prefix invariance: scores before t do not depend on tokens >= t (records scripts, black-box: "
+                "S(P followed by a copy of P) >= S(P))", "Issue #1017 C1; rulebook §10.2"),
+    "EVAL.C2": ("the scored distribution sums to 1 over the vocabulary (records scripts, black-box: no better than "
+                "chance on i.i.d. uniform validation tokens, Ville bound at 1e-6)", "Issue #1017 C2; rulebook §10.3"),
     "EVAL.C3": ("score before update: x_t does not move the distribution that scores it",
                 "Issue #1017 C3; rulebook §10.4"),
     "EVAL.C4": ("single pass: each position scored once, no second scoring pass", "Issue #1017 C4; rulebook §10.5"),
     "EVAL.TTT": ("test-time training only on tokens already scored (optimizer-step audit)",
                  "README FAQ TTT; Issue #677; rulebook EVAL.TTT"),
     "EVAL.DOC_ISOLATION": ("no cross-document leak where the evaluator claims isolation", "PR #1797/#1851; §10.6"),
+    "EVAL.PRODUCTION": ("the production-path run (no hooks; same warm-up, sink and stream) reports the loss the "
+                        "audited run's per-position records add up to", "issue #12; validator/THREATS.md"),
     "TOK.BPB": ("per-token byte counts sum to the decoded UTF-8 bytes", "README criterion 2; PR #1184 (#1806)"),
 }
 
@@ -76,6 +80,10 @@ def run_dynamic(path: Path, opts: DynamicOptions) -> list[Finding]:
                 out += audit.result()
     else:
         out += smoke_findings(path, opts.timeout, opts.memory, opts.smoke_env, data=opts.smoke_data)
+        if any(f.rule == "FILES.RUNS_IN_FOLDER" and f.status == PASS for f in out):
+            from validator.blackbox import blackbox_findings
+
+            out += blackbox_findings(path, opts.timeout, opts.memory, opts.smoke_env, data=opts.smoke_data)
         if opts.evaluators:
             out += harness_findings(None, opts)
         else:
@@ -168,19 +176,22 @@ def report_findings(doc: dict[str, Any]) -> list[Finding]:
 
 def train_audit_findings(run_dir: Path, opts: DynamicOptions) -> list[Finding]:
     """Tiny re-training of the run's configuration in the sandbox, audited; then the val-swap test."""
+    import secrets
+
     from validator.smoke import artifact_digest, smoke_data
 
     label = "tiny re-training of the run's configuration"
+    offset = secrets.randbelow(1 << 30)
 
     def one(random_val: bool) -> tuple[Any, Path]:
         tmp = Path(tempfile.mkdtemp(prefix="pgolf_validate_train_"))
-        env = smoke_data(tmp, random_val)
+        env = smoke_data(tmp, random_val, None, offset)
         args = ["--run-dir", str(run_dir.resolve()), "--data", env["DATA_PATH"], "--out", str(tmp / "runs")]
         for pf in opts.plugin_files:
             args += ["--plugin-file", str(Path(pf).resolve())]
         res = run_sandboxed(_child_cmd("validator.trainaudit", *args), tmp, timeout=opts.timeout,
                             memory=opts.memory, audit=tmp / "audit.jsonl", keep_pythonpath=[str(ROOT)],
-                            env={"OMP_NUM_THREADS": "1"})
+                            env={"OMP_NUM_THREADS": "1", "PGOLF_SANDBOX_WATCH": env["PGOLF_SANDBOX_WATCH"]})
         return res, tmp
 
     res, tmp = one(False)
@@ -188,21 +199,20 @@ def train_audit_findings(run_dir: Path, opts: DynamicOptions) -> list[Finding]:
         if res.returncode != 0:
             why = "timed out" if res.timed_out else f"exit {res.returncode}: {res.tail}"
             return [could_not_run("DATA.NO_TRAIN_AT_EVAL", f"{label} failed ({why})")]
-        out, early_val = access_findings(res.events, tmp / "runs", label)
+        out, _ = access_findings(res.events, tmp / "runs", label)
         first = artifact_digest(res.events, tmp / "runs")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if early_val:
-        def run_once(random_val: bool) -> str | None:
-            r, t = one(random_val)
-            try:
-                return artifact_digest(r.events, t / "runs") if r.returncode == 0 else None
-            finally:
-                shutil.rmtree(t, ignore_errors=True)
 
-        out.append(val_invariance(run_once, label, first))
-    else:
-        out.append(finding("DATA.NO_VAL_IN_TRAIN", PASS, f"{label}: no validation shard opened before the artifact"))
+    # always, whatever the read times say: timing can be staged (an early placeholder artifact, a late rewrite)
+    def run_once(random_val: bool) -> str | None:
+        r, t = one(random_val)
+        try:
+            return artifact_digest(r.events, t / "runs") if r.returncode == 0 else None
+        finally:
+            shutil.rmtree(t, ignore_errors=True)
+
+    out.append(val_invariance(run_once, label, first))
     return out
 
 

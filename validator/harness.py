@@ -62,12 +62,17 @@ class HarnessSettings:
     cuts: int = 20
     trunc_cuts: int = 3
     vfold_positions: int = 5
-    vfold_span: int = 4  # V-fold positions lie in the first vfold_span windows (short streams: fast)
     iso_docs: int = 2
-    seed: int = 0
+    seed: int | None = None  # None: a fresh random seed per validation (stream, model, cuts, probe positions)
     tol: float = 1e-5
     norm_tol: float = 1e-3
     init_noise: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.seed is None:
+            import secrets
+
+            self.seed = secrets.randbelow(2**31 - 64)
 
 
 @dataclass
@@ -104,6 +109,10 @@ class Call:
     repeats: list[str] = field(default_factory=list)
     error: str | None = None
     error_kind: str | None = None  # "scoring" (a protocol violation the sink caught) or "crash"
+    result: tuple[float, float] | None = None  # (val_loss, val_bpb) the production sink reported
+    recomputed: tuple[float, float] | None = None  # the same, recomputed from the per-position records
+    tamper: list[str] = field(default_factory=list)
+    writes: list[str] = field(default_factory=list)
 
 
 # --- the tiny world ----------------------------------------------------------------------------------------
@@ -196,76 +205,219 @@ def _over_stream(t: torch.Tensor, stream: torch.Tensor) -> bool:
     return t.numel() <= stream.numel() and bool(torch.equal(t.reshape(-1)[:n].to(torch.int64).cpu(), stream[:n]))
 
 
-def score(world: World, evaluator: Any, tokens: torch.Tensor) -> Call:
-    """Run `evaluator` on `tokens` through a checking-mode sink; model weights are restored afterwards."""
+ISOLATE = True  # each evaluation runs in a forked child: no state (module globals, caches) survives a call
+_IN_CHILD = False
+
+
+def run_isolated(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a forked child and return its (pickled) result; the child's memory dies with it, so an evaluator
+    cannot carry state from one harness call into the next (e.g. replay the scores of an earlier stream on a
+    perturbed one). Exceptions come back as RuntimeError."""
+    import os
+    import pickle
+
+    if not ISOLATE or not hasattr(os, "fork"):
+        return fn()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        global _IN_CHILD
+        _IN_CHILD = True
+        try:
+            os.close(r)
+            try:
+                out: tuple[str, Any] = ("ok", fn())
+            except BaseException as exc:  # noqa: BLE001 - report every failure to the parent
+                out = ("exc", f"{type(exc).__name__}: {exc}")
+            try:
+                data = pickle.dumps(out)
+            except Exception as exc:  # noqa: BLE001
+                data = pickle.dumps(("exc", f"unpicklable result: {exc}"))
+            with os.fdopen(w, "wb") as fh:
+                fh.write(data)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        data = fh.read()
+    os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError("the isolated evaluation died without a result (killed, or os._exit in the evaluator)")
+    kind, val = pickle.loads(data)
+    if kind != "ok":
+        raise RuntimeError(val)
+    return val
+
+
+def warm_parent(world: World) -> None:
+    """Run trusted code through the same machinery once in this process (a production evaluation with the core
+    evaluator, a forward/backward/optimizer step) so forked children start warm; the model is restored. Never runs
+    the evaluator under test here: its state would be inherited by every child."""
+    if world.__dict__.get("_warm"):
+        return
+    from core import scoring
+
+    run = world.run
+    with scoring.restored_weights(run.model):
+        ev = scoring.PlainEvaluator(world.run.eval_seq_len, 8 * world.run.eval_seq_len)
+        scoring.synthetic_warmup(run, run.eval_model, ev)
+        scoring.evaluate(run, run.eval_model, ev, world.stream)
+        opt = torch.optim.SGD(run.model.parameters(), lr=0.0)
+        x = world.stream[: world.run.eval_seq_len + 1].view(1, -1)
+        for adam in (False, True):
+            if adam:
+                opt = torch.optim.AdamW(run.model.parameters(), lr=0.0)
+            opt.zero_grad()
+            run.model(x[:, :-1], x[:, 1:]).backward()
+            opt.step()
+        run.model.zero_grad(set_to_none=True)
+    world.__dict__["_warm"] = True
+
+
+def _table_digest(tables: Any) -> list[bytes]:
+    return [t.detach().cpu().numpy().tobytes() for t in (tables.base_bytes, tables.has_leading_space,
+                                                          tables.is_boundary)]
+
+
+def score(world: World, make: Callable[[Any], Any], tokens: torch.Tensor, audited: bool = True) -> Call:
+    """One evaluation of `tokens` exactly as production runs it (`synthetic_warmup(run, run.eval_model, ev)` with
+    `run.val_tokens` = the stream, then `core.scoring.evaluate`, one production-mode ScoreSink), in a forked child.
+    `audited`: also capture every per-position record, optimizer step and scoring forward (hooks the evaluator
+    could notice — which is why the unaudited production-path run is compared with the audited one)."""
+    warm_parent(world)
+    try:
+        return run_isolated(lambda: _score(world, make, tokens, audited))
+    except RuntimeError as exc:
+        n = tokens.numel()
+        nan = np.full(n, np.nan)
+        return Call(nan, nan.copy(), [], [], [], f"{exc}", "crash")
+
+
+def _score(world: World, make: Callable[[Any], Any], tokens: torch.Tensor, audited: bool) -> Call:
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from core import scoring
 
     run = world.run
-    sink = scoring.ScoreSink(tokens, world.tables, checking=True)
+    n = tokens.numel()
+    run.val_tokens = tokens
+    before_tokens = tokens.clone()
+    before_tables = _table_digest(run.byte_tables)
+    evaluator = make(run)
+    nll = np.full(n, np.nan)
+    lognorm = np.full(n, np.nan)
     steps: list[tuple[int, float, float]] = []
     extra: list[str] = []
-
-    def pre_step(opt, args, kwargs):
-        idx = sink.scored.nonzero()
-        m = int(idx.max()) if idx.numel() else 0
-        s1 = s2 = 0.0
-        for group in opt.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    gd = p.grad.detach().double()
-                    s1 += float(gd.sum())
-                    s2 += float((gd * gd).sum())
-        steps.append((m, s1, s2))
-        return None
-
-    original_record = scoring.ScoreSink.record
-
-    def record(self, positions, nll, lognorm=None):
-        if self is not sink and _over_stream(self.tokens, tokens):
-            pos = positions.reshape(-1)
-            if pos.numel():
-                extra.append(f"positions {int(pos.min())}-{int(pos.max())} recorded into a second sink")
-        return original_record(self, positions, nll, lognorm)
-
-    seen_rows: set[bytes] = set()
     repeats: list[str] = []
-
-    def pre_forward(module, args, kwargs):
-        # a scoring forward (no gradient) over a row of tokens already scored by an earlier no-gradient forward
-        x = args[0] if args else kwargs.get("input_ids", kwargs.get("x"))
-        if torch.is_grad_enabled() or not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype.is_floating_point:
+    writes: list[str] = []
+    dup: list[str] = []
+    sinks: list[Any] = []
+    phase: list[str] = []
+    handles: list[Any] = []
+    original_record = scoring.ScoreSink.record
+    if audited:
+        def pre_step(opt, args, kwargs):
+            sink = sinks[0] if sinks else None
+            idx = sink.scored.nonzero() if sink is not None else torch.zeros(0, 1)
+            m = int(idx.max()) if idx.numel() else 0
+            s1 = s2 = 0.0
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        gd = p.grad.detach().double()
+                        s1 += float(gd.sum())
+                        s2 += float((gd * gd).sum())
+            steps.append((m, s1, s2))
             return None
-        for row in x.detach().cpu().to(torch.int64).numpy():
-            key = row.tobytes()
-            if key in seen_rows and len(repeats) < 5:
-                repeats.append(f"a window of {row.size} tokens starting {row[:4].tolist()} ran through the model "
-                               "twice without gradients")
-            seen_rows.add(key)
-        return None
 
-    handle = register_optimizer_step_pre_hook(pre_step)
-    fwd_handle = run.model.register_forward_pre_hook(pre_forward, with_kwargs=True)
-    scoring.ScoreSink.record = record  # type: ignore[method-assign]
-    run.val_tokens = tokens
+        def record(self, positions, values, ln=None):
+            if self.tokens is tokens and not sinks:
+                sinks.append(self)
+            if self is (sinks[0] if sinks else None):
+                pos = positions.reshape(-1).detach().cpu().to(torch.int64).numpy()
+                val = values.reshape(-1).detach().cpu().double().numpy()
+                if pos.size and (pos.min() < 1 or pos.max() >= n):
+                    raise scoring.ScoringError(f"position out of range [1, {n - 1}]")
+                seen = np.isfinite(nll[pos])
+                if (seen.any() or np.unique(pos).size != pos.size) and len(dup) < 3:
+                    dup.append(f"position {int(pos[seen][0]) if seen.any() else int(pos[0])} scored twice")
+                nll[pos] = val
+                if ln is not None:
+                    lognorm[pos] = ln.reshape(-1).detach().cpu().double().numpy()
+            elif _over_stream(self.tokens, tokens):
+                pos = positions.reshape(-1)
+                if pos.numel():
+                    extra.append(f"positions {int(pos.min())}-{int(pos.max())} recorded into a second sink")
+            return original_record(self, positions, values, ln)
+
+        seen_rows: set[bytes] = set()
+
+        def pre_forward(module, args, kwargs):
+            # a scoring forward (no gradient) over a row of tokens already scored by an earlier no-gradient forward
+            x = args[0] if args else kwargs.get("input_ids", kwargs.get("x"))
+            if torch.is_grad_enabled() or not isinstance(x, torch.Tensor) or x.dim() != 2 or x.dtype.is_floating_point:
+                return None
+            if not phase:  # warm-up forwards (random tokens) are not scoring passes
+                return None
+            for row in x.detach().cpu().to(torch.int64).numpy():
+                key = row.tobytes()
+                if key in seen_rows and len(repeats) < 5:
+                    repeats.append(f"a window of {row.size} tokens starting {row[:4].tolist()} ran through the model "
+                                   "twice without gradients")
+                seen_rows.add(key)
+            return None
+
+        def audit(event, args):
+            if event == "open" and len(args) > 1 and not isinstance(args[0], int) and args[0] is not None:
+                mode, flags = args[1], args[2] if len(args) > 2 else 0
+                w = bool(mode and any(c in str(mode) for c in "wax+")) or bool(
+                    isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+                name = os.fsdecode(args[0])
+                if w and not name.startswith(("/dev/", "/proc/")) and "__pycache__" not in name and len(writes) < 5:
+                    writes.append(name)
+
+        import os
+        import sys
+
+        if _IN_CHILD:  # audit hooks cannot be removed: only in a forked child, which exits after the call
+            sys.addaudithook(audit)
+        handles = [register_optimizer_step_pre_hook(pre_step),
+                   run.model.register_forward_pre_hook(pre_forward, with_kwargs=True)]
+        scoring.ScoreSink.record = record  # type: ignore[method-assign]
     error = kind = None
-    with scoring.restored_weights(run.model):
-        try:
-            run.model.eval()
-            evaluator.evaluate(run, run.eval_model, tokens, sink)
-            sink.result()
-        except scoring.ScoringError as exc:
-            error, kind = str(exc), "scoring"
-        except Exception as exc:  # noqa: BLE001 - the evaluator under test may fail in any way; that is a finding
-            error, kind = f"{type(exc).__name__}: {exc}", "crash"
-        finally:
-            handle.remove()
-            fwd_handle.remove()
-            scoring.ScoreSink.record = original_record  # type: ignore[method-assign]
-            run.val_tokens = world.stream
-    assert sink.nll is not None and sink.lognorm is not None
-    return Call(sink.nll.numpy().copy(), sink.lognorm.numpy().copy(), steps, extra, repeats, error, kind)
+    result: tuple[float, float] | None = None
+    try:
+        scoring.synthetic_warmup(run, run.eval_model, evaluator)
+        phase.append("eval")
+        res = scoring.evaluate(run, run.eval_model, evaluator, tokens)
+        result = (float(res.val_loss), float(res.val_bpb))
+    except scoring.ScoringError as exc:
+        error, kind = str(exc), "scoring"
+    except Exception as exc:  # noqa: BLE001 - the evaluator under test may fail in any way; that is a finding
+        error, kind = f"{type(exc).__name__}: {exc}", "crash"
+    finally:
+        for h in handles:
+            h.remove()
+        scoring.ScoreSink.record = original_record  # type: ignore[method-assign]
+    if dup and error is None:
+        error, kind = f"a position was scored twice ({dup[0]})", "scoring"
+    tamper = []
+    if not torch.equal(tokens, before_tokens):
+        tamper.append("the validation tokens were modified in place during evaluation")
+    if _table_digest(run.byte_tables) != before_tables:
+        tamper.append("the tokenizer byte tables were modified during evaluation (the BPB denominator)")
+    recomputed = None
+    if audited and result is not None:
+        from core.tokenizer import token_bytes
+
+        pos = np.flatnonzero(np.isfinite(nll))
+        if pos.size:
+            tp = torch.as_tensor(pos)
+            nbytes = float(token_bytes(before_tokens[tp - 1], before_tokens[tp], run.byte_tables).double().sum())
+            loss = float(np.sum(nll[pos]) / pos.size)
+            recomputed = (loss, loss / math.log(2.0) * pos.size / max(nbytes, 1e-9))
+    return Call(nll, lognorm, steps, extra, repeats, error, kind, result=result, recomputed=recomputed,
+                tamper=tamper, writes=writes)
 
 
 class BlackBoxAdapter:
@@ -326,9 +478,9 @@ class Harness:
         self.gen = torch.Generator().manual_seed(s.seed + 7)
         self.rng = np.random.default_rng(s.seed + 11)
 
-    def call(self, tokens: torch.Tensor) -> Call:
+    def call(self, tokens: torch.Tensor, audited: bool = True) -> Call:
         self.calls += 1
-        return score(self.world, self.make(self.world.run), tokens)
+        return score(self.world, self.make, tokens, audited)
 
     def run_all(self, report: EvaluatorReport) -> None:
         x = self.world.stream
@@ -336,9 +488,50 @@ class Harness:
         if base.error_kind == "crash":
             report.error = f"could not run: the evaluator raised on the harness stream: {base.error}"
             return
+        prod = self.call(x, audited=False)
         c1, ttt, trunc = self.check_c1(x, base)
         c2, c3, c4_probe = self.check_vfold(x, base)
-        report.checks += [c1, trunc, c2, c3, self.check_c4(base, c4_probe), ttt, self.check_isolation(x, base)]
+        report.checks += [c1, trunc, c2, c3, self.check_c4(base, c4_probe), ttt, self.check_isolation(x, base),
+                          self.check_production(base, prod), self.check_integrity(base)]
+
+    # EVAL.PRODUCTION: the unaudited production-path run reports what the audited run's records add up to
+    def check_production(self, base: Call, prod: Call) -> Check:
+        ev = {"seed": self.s.seed, "audited": base.result, "recomputed": base.recomputed, "production": prod.result}
+        if prod.error_kind or base.error_kind:
+            why = prod.error or base.error
+            if bool(prod.error_kind) != bool(base.error_kind):
+                return Check("EVAL.PRODUCTION", FAIL, f"the production-path run and the audited run disagree on "
+                             f"whether evaluation succeeds ({why}): the evaluator behaves differently when audited",
+                             ev)
+            return Check("EVAL.PRODUCTION", SKIP, f"not checked: {why}", ev)
+        assert base.result is not None and prod.result is not None
+        d = max(abs(a - b) for a, b in zip(base.result, prod.result, strict=True))
+        if d > self.s.tol:
+            return Check("EVAL.PRODUCTION", FAIL, f"the production-path run (no hooks, same stream, same warm-up) "
+                         f"reports val_loss {prod.result[0]:.6f} / val_bpb {prod.result[1]:.6f}, the audited run "
+                         f"{base.result[0]:.6f} / {base.result[1]:.6f}: the evaluator behaves differently when it is "
+                         "audited (the audited scores do not describe production)", ev)
+        return Check("EVAL.PRODUCTION", PASS, f"production-path run = audited run (val_loss {prod.result[0]:.6f}, "
+                     f"|diff| {d:.1e}); harness seed {self.s.seed}", ev)
+
+    # EVAL.C4 (totals) + tampering: what the sink reports is what the per-position records add up to
+    def check_integrity(self, base: Call) -> Check:
+        if base.tamper:
+            return Check("EVAL.C4", FAIL, base.tamper[0] + ": the reported score is not over the validation tokens "
+                         "as given", {"tamper": base.tamper})
+        if base.writes:
+            return Check("EVAL.C4", WARN, f"the evaluator wrote {base.writes[0]} during evaluation (state that can "
+                         "outlive the pass: review)", {"writes": base.writes, "info": False})
+        if base.error_kind or base.result is None or base.recomputed is None:
+            return Check("EVAL.C4", SKIP, f"totals not checked: {base.error or 'no per-position records'}")
+        d = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(base.result, base.recomputed, strict=True))
+        if d > 1e-9:
+            return Check("EVAL.C4", FAIL, f"the sink's totals (val_loss {base.result[0]:.6f}, val_bpb "
+                         f"{base.result[1]:.6f}) differ from the per-position records ({base.recomputed[0]:.6f}, "
+                         f"{base.recomputed[1]:.6f}): the accumulators were changed outside record()",
+                         {"result": base.result, "recomputed": base.recomputed})
+        return Check("EVAL.C4", PASS, "reported totals = the sum of the per-position records; tokens and byte tables "
+                     "unchanged", {"result": base.result})
 
     # EVAL.C1 + EVAL.TTT (the same perturbed runs) + truncation
     def check_c1(self, x: torch.Tensor, base: Call) -> tuple[Check, Check, Check]:
@@ -428,10 +621,14 @@ class Harness:
             skip = f"not checked: the base run broke the scoring protocol ({base.error})"
             return Check("EVAL.C2", SKIP, skip), Check("EVAL.C3", SKIP, skip), 0.0
         bos = [i for i in range(n) if int(x[i]) == BOS]
-        after_bos = [b + 1 for b in bos if s.seq_len < b + 1 <= n]
-        top = min(n, max(2, s.vfold_span) * s.seq_len)
-        spread = [int(q) for q in np.linspace(s.seq_len + 2, top, max(s.vfold_positions - 1, 1))]
-        positions = sorted(set(spread[: s.vfold_positions - 1] + after_bos[:1]))
+        after_bos = [b + 1 for b in bos if 1 < b + 1 <= n]
+        # positions drawn at random over the whole stream (per-run seed), one right after a BOS
+        pool = [t for t in range(2, n + 1) if int(x[t]) != BOS]
+        k = max(s.vfold_positions - 1, 1)
+        picks = self.rng.choice(pool, size=min(k, len(pool)), replace=False).tolist()
+        if after_bos:
+            picks.append(int(self.rng.choice(after_bos)))
+        positions = sorted({int(t) for t in picks})
         sums: dict[int, float] = {}
         c3_bad: list[str] = []
         lognorm_seen = False

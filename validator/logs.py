@@ -17,13 +17,32 @@ E1 = re.compile(
 E2 = re.compile(r"^(?P<label>final_sliding_window_eval(?:_exact)?) stride:\d+ val_loss:(?P<loss>[0-9.]+) "
                 r"val_bpb:(?P<bpb>[0-9.]+)(?P<rest>.*)$")
 E3 = re.compile(r"^ttt_sliding:done val_loss=(?P<loss>[0-9.]+) val_bpb=(?P<bpb>[0-9.]+) elapsed=(?P<s>[0-9.]+)s")
-V1 = re.compile(r"\b(?:eval_)?time:(\d+(?:\.\d+)?)ms")
+V1 = re.compile(r"\b(?:eval_)?time[:=]\s*(\d+(?:\.\d+)?)(ms|s)\b|\belapsed[:=]\s*(\d+(?:\.\d+)?)(ms|s)\b")
 V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
 T2 = re.compile(r"^stopping_early: wallclock_cap train_time: ?(\d+)ms step: ?(\d+)/(\d+)")
 T3 = re.compile(r"^(\d+)/(\d+) train_loss: [0-9.]+ train_time: ([0-9.]+)m tok/s")
-G1 = re.compile(r"^gptq:reserving ([0-9.]+)s, effective=(\d+)ms")
+G1 = re.compile(r"^gptq:reserving ([0-9.]+)(ms|s)(?: from training budget)?, effective=(\d+)ms")
+# calibration that reads training data (Hessians from the train loader): inside the 600 s training budget
+G2B = re.compile(r"^gptq:calibrated \d+ layers in ([0-9.]+)s")
+# calibration on self-generated sequences (PR #1019 "AR self-gen"): timed separately
+GAR = re.compile(r"^gptq:(?:generated \d+ (?:seqs|sequences)|collected hessians for \d+ layers) in ([0-9.]+)s")
+GAR_MARK = re.compile(r"^gptq:(?:generating autoregressive|collecting hessians from autoregressive)|\(AR self-gen\)")
+GDONE = re.compile(r"^gptq:(?:done in|quantization complete in) ([0-9.]+)s")
+GWALL = re.compile(r"^wallclock:post_gptq total_elapsed:([0-9.]+)s train_budget:([0-9.]+)s")
+# eval-phase work logged on its own line (a TTT pass before the scoring line, a precompute over val, decompression)
+PH_TTT = re.compile(r"^ttt:completed steps:\d+ time:([0-9.]+)s")
+PH_PRE = re.compile(r"^ngram_tilt:precompute .*?elapsed=([0-9.]+)s")
+PH_DESER = re.compile(r"^Deserialize: decompression done in ([0-9.]+)s")
+# fine-tuning on validation tokens before quantization (PR #1376 family), however it is spelled
+PREQ = re.compile(r"^(?:pre[-_ ]?quant(?:ization)?[\w-]*[ _:-]ttt|ttt[\w-]*[ _:-]pre[-_ ]?quant|prequant_?ttt|"
+                  r"pre_quant_ttt|ttt_before_quant)[\w:]*", re.I)
+# "  INT4+fp8+brotli: 15.42MB model + 0.077MB code = 15.50/16.00MB FITS" (ByteJEPA; printed indented)
+MB_SUM = re.compile(r"^[\w+.-]+: ([0-9.]+)(MB|MiB) model \+ ([0-9.]+)(?:MB|MiB) code = ([0-9]+(?:\.([0-9]+))?)/[0-9.]+"
+                    r"(MB|MiB)\b")
+MB_TOTAL = re.compile(r"^(?:artifact|Total submission size[^:]*|total_size|artifact_size):\s*([0-9]+(?:\.([0-9]+))?)"
+                      r"\s*(MB|MiB|M)\b")
 G2 = re.compile(r"^GPTQ:collected (\d+) Hessians in ([0-9.]+)s")
 G3 = re.compile(r"^(?:Serialize: per-group compression done in|serialize_wallclock:|artifact_production_wallclock:)"
                 r" ([0-9.]+)s")
@@ -83,6 +102,12 @@ class LogRecord:
     hessian_s: float | None = None
     gptq_reserve_s: float | None = None
     serialize_s: list[float] = field(default_factory=list)
+    ar_calib_s: float | None = None  # self-generated calibration (AR self-gen), seconds after the loop
+    post_gptq_elapsed_s: float | None = None  # wallclock:post_gptq total_elapsed
+    train_budget_s: float | None = None
+    phases: list[tuple[str, float, int]] = field(default_factory=list)  # (eval phase, seconds, line)
+    prequant_lines: list[int] = field(default_factory=list)
+    total_mb: tuple[float, float, str, int] | None = None  # (value, half a printed unit, unit, line)
     total_eval_time_s: float | None = None
     warmup_s: float | None = None
     val_tokens: int | None = None
@@ -108,18 +133,28 @@ class LogRecord:
 
         return max(self.evals, key=rank)
 
+    def phase_ms_before(self, line: int) -> float:
+        """Milliseconds of eval phases that read validation data and were logged on their own line before the
+        scoring line (a TTT pass whose adapted model the scoring line then evaluates, a precompute over val)."""
+        return 1000.0 * sum(s for name, s, no in self.phases if name in ("ttt", "precompute") and no < line)
+
     def scoring_eval_ms(self, method: str | None = None) -> float | None:
-        """Eval time of the scoring pass: time on the scoring line, else total_eval_time."""
+        """Eval time of the scoring pass: its line's time plus the val-reading phases logged before it on their
+        own lines, or total_eval_time if larger."""
         fin = self.final(method)
+        total = self.total_eval_time_s * 1000.0 if self.total_eval_time_s is not None else None
         if fin is not None and fin.eval_ms is not None:
-            return fin.eval_ms
-        if self.total_eval_time_s is not None:
-            return self.total_eval_time_s * 1000.0
+            own = fin.eval_ms + self.phase_ms_before(fin.line)
+            return max(own, total) if total is not None else own
+        if total is not None:
+            return total
         if fin is not None:  # the _exact twin often lacks the time; take the timed line of the same family
             base = fin.label.removesuffix("_exact")
             timed = [e for e in self.evals if e.label.removesuffix("_exact") == base and e.eval_ms is not None]
             if timed:
-                return timed[-1].eval_ms
+                return timed[-1].eval_ms + self.phase_ms_before(fin.line)
+            if self.phase_ms_before(fin.line):
+                return self.phase_ms_before(fin.line)
         return None
 
     @property
@@ -159,6 +194,9 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
                     rec.seed = int(m.group(2))
                 continue
             in_hp = False
+        if line[:1].isspace() and (m := MB_SUM.match(line.strip())):
+            rec.total_mb = (float(m[4]), 0.5 * 10.0 ** -len(m[5] or ""), m[6], no)
+            continue
         if not line or line[0].isspace() or 'f"' in line or "{" in line:
             continue
         _parse_line(rec, line, no)
@@ -175,9 +213,12 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
     m = E2.match(line) or (None if line.startswith("step:") else E1.match(line))
     if m and not EXCLUDED.match(m["label"]):
         tm = V1.search(m["rest"])
+        ms = None
+        if tm:
+            val, unit = (tm.group(1), tm.group(2)) if tm.group(1) else (tm.group(3), tm.group(4))
+            ms = float(val) * (1.0 if unit == "ms" else 1000.0)
         try:
-            rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]),
-                                      float(tm.group(1)) if tm else None, no))
+            rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no))
         except ValueError:
             pass
         return
@@ -212,9 +253,33 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
     elif m := S6.match(line):
         rec.total_bytes, rec.total_bytes_line = int(m[1]), no
     elif m := G1.match(line):
-        rec.gptq_reserve_s = float(m[1])
+        rec.gptq_reserve_s = float(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
     elif m := G2.match(line):
         rec.hessian_s = float(m[2])
+    elif m := G2B.match(line):
+        rec.hessian_s = float(m[1])
+    elif m := GAR.match(line):
+        rec.ar_calib_s = max(rec.ar_calib_s or 0.0, float(m[1]))
+    elif GAR_MARK.search(line):
+        rec.ar_calib_s = rec.ar_calib_s or 0.0
+    elif m := GDONE.match(line):
+        if rec.ar_calib_s is not None:
+            rec.ar_calib_s = max(rec.ar_calib_s, float(m[1]))
+        elif rec.hessian_s is None:
+            rec.hessian_s = float(m[1])
+    elif m := GWALL.match(line):
+        rec.post_gptq_elapsed_s, rec.train_budget_s = float(m[1]), float(m[2])
+    elif m := PH_TTT.match(line):
+        rec.phases.append(("ttt", float(m[1]), no))
+    elif m := PH_PRE.match(line):
+        rec.phases.append(("precompute", float(m[1]), no))
+    elif m := PH_DESER.match(line):
+        rec.phases.append(("deserialize", float(m[1]), no))
+    elif PREQ.match(line):
+        rec.prequant_lines.append(no)
+    elif m := MB_TOTAL.match(line):
+        decimals = len(m[2] or "")
+        rec.total_mb = (float(m[1]), 0.5 * 10.0 ** -decimals, m[3], no)
     elif m := G3.match(line):
         rec.serialize_s.append(float(m[1]))
     elif m := V2.match(line):
@@ -301,12 +366,13 @@ def parse_folder(folder: Path) -> list[LogRecord]:
 def scoring_logs(records: list[LogRecord]) -> list[LogRecord]:
     """Logs that carry a final score, de-duplicated by (seed, score) (train.log often copies a seed log)."""
     out: list[LogRecord] = []
-    keys: set[tuple[int | None, float]] = set()
+    keys: set[tuple[int | None, float, str]] = set()
     for r in records:
         fin = r.final()
         if fin is None:
             continue
-        key = (r.seed, round(fin.val_bpb, 6))
+        # a copy has the same seed, score and configuration; a re-run with another configuration is not a copy
+        key = (r.seed, round(fin.val_bpb, 6), repr(sorted(r.hparams.items())) if r.hparams else "")
         if key in keys or (r.seed is None and any(k[1] == key[1] for k in keys)):
             continue
         keys.add(key)

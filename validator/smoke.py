@@ -60,10 +60,14 @@ def source_vocab(src: Path | None) -> int:
         raise ValueError(f"{meta}: expected a pgolf dataset.json with vocab_size ({exc})") from exc
 
 
-def smoke_data(root: Path, random_val: bool = False, src: Path | None = None) -> dict[str, str]:
+def smoke_data(root: Path, random_val: bool = False, src: Path | None = None, val_offset: int = 0,
+               val_transform: Any = None) -> dict[str, str]:
     """Write the tiny dataset + tokenizer under root/data (official layout), cut from `src` (a pgolf data dir:
-    shards + tokenizer/*.model; default: the embedded corpus at vocab 1024); returns the env naming it.
-    `random_val`: the validation shard holds random tokens (same length) instead of the real ones."""
+    shards + tokenizer/*.model; default: the embedded corpus at vocab 1024); returns the env naming it, with
+    PGOLF_SANDBOX_WATCH: the (device, inode) of every shard, so the sandbox recognises them under any name.
+    `random_val`: the validation shard holds random tokens (same length) instead of the real ones.
+    `val_offset`: where the validation cut starts (drawn per validation, so no shipped file can equal it).
+    `val_transform(val, vocab) -> tokens`: the validation shard's content is replaced by its result."""
     import numpy as np
 
     from core.data import read_shard, write_shard
@@ -76,14 +80,40 @@ def smoke_data(root: Path, random_val: bool = False, src: Path | None = None) ->
     ds.mkdir(parents=True, exist_ok=True)
     tk.mkdir(parents=True, exist_ok=True)
     train = read_shard(next(src.glob("fineweb_train_*.bin"))).numpy()[:SMOKE_TRAIN_TOKENS]
-    val = read_shard(next(src.glob("fineweb_val_*.bin"))).numpy()[:SMOKE_VAL_TOKENS]
+    full_val = read_shard(next(src.glob("fineweb_val_*.bin"))).numpy()
+    off = val_offset % max(1, full_val.size - SMOKE_VAL_TOKENS)
+    val = full_val[off : off + SMOKE_VAL_TOKENS]
     write_shard(ds / "fineweb_train_000000.bin", train.astype(np.int64))
     if random_val:
         val = np.random.default_rng(0).integers(2, vocab, val.size)
+    if val_transform is not None:  # the black-box path's perturbed streams (validator/blackbox.py)
+        val = np.asarray(val_transform(val.astype(np.int64), vocab))
     write_shard(ds / "fineweb_val_000000.bin", val.astype(np.int64))
     tok = tk / f"fineweb_{vocab}_bpe.model"
     shutil.copyfile(next((src / "tokenizer").glob("*.model")), tok)
-    return {"DATA_PATH": str(ds), "TOKENIZER_PATH": str(tok), "DATA_DIR": str(root / "data"), "VOCAB_SIZE": str(vocab)}
+    watch = root / "data" / "watch.json"
+    write_watch(ds, watch)
+    return {"DATA_PATH": str(ds), "TOKENIZER_PATH": str(tok), "DATA_DIR": str(root / "data"), "VOCAB_SIZE": str(vocab),
+            "PGOLF_SANDBOX_WATCH": str(watch)}
+
+
+def write_watch(data_dir: Path, out: Path) -> None:
+    """The sandbox's watch list: (st_dev, st_ino, kind) of each shard the validator wrote (kind from the names
+    the validator itself gave them)."""
+    entries = []
+    for p in sorted(data_dir.glob("fineweb_*.bin")):
+        st = p.stat()
+        kind = "val" if p.name.startswith("fineweb_val_") else "train"
+        entries.append({"dev": st.st_dev, "ino": st.st_ino, "kind": kind, "path": str(p)})
+    out.write_text(json.dumps(entries), encoding="utf-8")
+
+
+def data_kind(event: dict[str, Any]) -> str | None:
+    """'val' / 'train' for a read of a watched shard (by inode), else by name for old audit logs."""
+    if event.get("data") in ("val", "train"):
+        return str(event["data"])
+    name = Path(str(event.get("path", ""))).name
+    return "val" if name.startswith("fineweb_val_") else "train" if name.startswith("fineweb_train_") else None
 
 
 def compile_check(ctx: FolderContext) -> Finding | None:
@@ -185,24 +215,41 @@ def access_findings(events: list[dict[str, Any]], folder: Path, label: str) -> t
                            f"({net[0].get('event')} {net[0].get('address')}); the sandbox refused it"))
     writes = artifact_writes(events, folder)
     reads = [e for e in events if e.get("kind") == "open" and not e.get("write")]
-    train = [e for e in reads if Path(str(e.get("path"))).name.startswith("fineweb_train_")]
-    val = [e for e in reads if Path(str(e.get("path"))).name.startswith("fineweb_val_")]
+    train = [e for e in reads if data_kind(e) == "train"]
+    val = [e for e in reads if data_kind(e) == "val"]
     if not writes:
         out.append(could_not_run("DATA.NO_TRAIN_AT_EVAL", f"{label}: no model artifact was written, so the "
                                  "training/evaluation boundary is unknown"))
         return out, False
-    t_art = writes[-1]["t"]
+    # the boundary is the FIRST write of the artifact that exists at the end (a rewrite at the end cannot move it
+    # later; a placeholder written early moves it earlier, which only makes the check stricter)
+    final = _final_artifact(writes)
+    t_art = min(e["t"] for e in writes if _artifact_name(e) == final)
     late = [e for e in train if e["t"] > t_art]
-    name = Path(str(writes[-1]["path"])).name.lstrip(".").split(".tmp")[0]
+    name = final
     if late:
-        out.append(finding("DATA.NO_TRAIN_AT_EVAL", FAIL, f"{label}: training shard {Path(late[0]['path']).name} "
-                           f"read {late[0]['t'] - t_art:.2f} s after the artifact {name} was written (evaluation "
-                           "may not read training data)"))
+        via = late[0].get("via")
+        alias = f" (opened as {via})" if via and Path(via).name != Path(str(late[0]["path"])).name else ""
+        out.append(finding("DATA.NO_TRAIN_AT_EVAL", FAIL, f"{label}: training shard {Path(late[0]['path']).name}"
+                           f"{alias} read {late[0]['t'] - t_art:.2f} s after the artifact {name} was first written "
+                           "(evaluation may not read training data)"))
     elif not net:
         out.append(finding("DATA.NO_TRAIN_AT_EVAL", PASS, f"{label}: {len(train)} training-shard reads, none after "
                            f"the artifact {name} was written; no network access"))
-    early_val = [e for e in val if e["t"] < writes[0]["t"]]
+    early_val = [e for e in val if e["t"] < t_art]
     return out, bool(early_val)
+
+
+def _artifact_name(e: dict[str, Any]) -> str:
+    return Path(str(e["path"])).name.lstrip(".").split(".tmp")[0]
+
+
+def _final_artifact(writes: list[dict[str, Any]]) -> str:
+    """The artifact the run ends with: the last written one that still exists, else the last written."""
+    for e in reversed(writes):
+        if Path(str(e["path"])).is_file() and not Path(str(e["path"])).name.startswith("."):
+            return _artifact_name(e)
+    return _artifact_name(writes[-1])
 
 
 def artifact_digest(events: list[dict[str, Any]], folder: Path) -> str | None:
@@ -246,12 +293,15 @@ def smoke_findings(folder: Path, timeout: float, memory: int | None, extra_env: 
     if bad is not None:
         return [bad]
     env = {**SMOKE_ENV, **(extra_env or {})}
+    import secrets
+
+    offset = secrets.randbelow(1 << 30)  # one validation cut for every run of this validation
 
     def one(random_val: bool) -> tuple[SandboxResult, Path]:
         tmp = Path(tempfile.mkdtemp(prefix="pgolf_validate_smoke_"))
         work = tmp / folder.resolve().name.replace(" ", "_")  # "." has no name
         shutil.copytree(folder, work, symlinks=False)
-        data_env = smoke_data(work, random_val, data)
+        data_env = smoke_data(work, random_val, data, offset)
         res = run_sandboxed([sys.executable, "train_gpt.py"], work, timeout=timeout, memory=memory,
                             env={**env, **data_env}, block_pgolf=True, audit=tmp / "audit.jsonl")
         return res, work
@@ -264,7 +314,7 @@ def smoke_findings(folder: Path, timeout: float, memory: int | None, extra_env: 
             acc, early_val = access_findings(res.events, work, "smoke run")
             first = artifact_digest(res.events, work)
             out += acc
-            if early_val and invariance:
+            if invariance:  # whatever the read times say: timing can be staged (placeholder, late rewrite)
                 def run_once(random_val: bool) -> str | None:
                     r, w = one(random_val)
                     try:
@@ -275,7 +325,7 @@ def smoke_findings(folder: Path, timeout: float, memory: int | None, extra_env: 
                 out.append(val_invariance(run_once, "smoke run", first))
             elif not early_val:
                 out.append(finding("DATA.NO_VAL_IN_TRAIN", PASS, "smoke run: no validation shard opened before the "
-                                   "artifact was written"))
+                                   "artifact was first written (val-swap test not run)"))
         else:
             net = [e for e in res.events if e.get("kind") == "network"]
             if net:

@@ -19,6 +19,7 @@ TRAIN_CAP_MS = 600_000.0
 EVAL_CAP_MS = 600_000.0
 ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
+WARN_STATUS = "warn"
 CRASHED = "rule crashed:"
 RUN_DIR_FILES = ("config.json", "events.jsonl", "train.log", "metrics.json", "final_model.ptz")
 
@@ -36,13 +37,14 @@ class Finding:
     field: str | None = None
     expected: Any = None
     found: Any = None
+    style: bool = False  # a style/packaging finding: WARN by default, an ERROR fail under --strict
 
     def __post_init__(self) -> None:
         self.status = self.status.lower()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (None fields dropped)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """JSON-ready dict (None and False fields dropped)."""
+        return {k: v for k, v in asdict(self).items() if v is not None and v is not False}
 
 
 @dataclass
@@ -54,6 +56,8 @@ class Rule:
     source: str
     severity: str
     check: Callable[[FolderContext], list[Finding]]
+    decides: bool = True  # a record-deciding rule: its violations are ERROR fails by default (no --strict needed)
+    lower: str = ""  # which of its findings are reported below the rule's severity, and why (RULES.md)
 
     def finding(self, status: str, message: str, severity: str | None = None, **kw: Any) -> Finding:
         """Build a Finding of this rule."""
@@ -65,7 +69,13 @@ class Rule:
             out = self.check(ctx)
         except Exception as exc:  # noqa: BLE001 - a rule bug must not hide the other rules' findings
             return [self.finding(SKIP, f"{CRASHED} {type(exc).__name__}: {exc}")]
-        return out or [self.finding(SKIP, "nothing to check")]
+        out = out or [self.finding(SKIP, "nothing to check")]
+        if ctx.strict:
+            for f in out:  # --strict only adds the style rules: their warnings become errors
+                if f.style and f.status == WARN_STATUS:
+                    f.status, f.severity = FAIL, ERROR
+                    f.message = "[strict] " + f.message
+        return out
 
 
 WRAPPER_RX = re.compile(r"exec\(\s*\w+\.decompress\(")

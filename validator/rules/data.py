@@ -93,10 +93,12 @@ def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
 
 RULES = [
     Rule("DATA.FULL_VAL", "score the full canonical validation split (first 50k docs), un-reordered",
-         "README 'Validation always runs on the full fineweb_val_* split'", ERROR, check_full_val),
+         "README 'Validation always runs on the full fineweb_val_* split'", ERROR, check_full_val,
+         lower="truncation to a multiple of seq_len (< 8,192 tokens short): WARN; unknown counts: INFO"),
     Rule("DATA.NO_VAL_IN_TRAIN", "no validation data during training (fingerprint: train_shards 1499 overlap)",
          "README FAQ 'You CANNOT access validation data during training'; Issue #2127", ERROR, check_no_val_in_train),
     Rule("DATA.NO_TRAIN_AT_EVAL", "no training data, downloads or network during evaluation (static scan)",
          "README FAQ 'No external downloads, training dataset access, or network calls'", ERROR,
-         check_no_train_at_eval),
+         check_no_train_at_eval, lower="a download call in the script: WARN statically (cannot tell whether it runs "
+                                       "at evaluation); the sandboxed run decides"),
 ]

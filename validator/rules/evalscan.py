@@ -13,7 +13,7 @@ import ast
 import re
 from collections.abc import Iterator
 
-from validator.rules.base import ERROR, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 
 VAL = re.compile(r"val_tokens|val_data|val_ids|val_stream|val_seq|fineweb_val")
 ACCUM = re.compile(r"loss_sum|nll_sum|sum_nll|total_nll|total_loss|byte_sum|bytes_sum|token_count|tok_count|"
@@ -24,7 +24,7 @@ OFFSET = re.compile(r"slot|logit_bias|bias_vec|delta|hidden_offset", re.I)
 NGRAM = re.compile(r"n_?gram|\bppm|PPM|backoff", re.I)
 TARGET_KEY = re.compile(r"(hash|key)\w*\s*=.*\b(target|targets|tgt|y_batch|next_tok|tokens\[\s*(?:p|pos|i)\s*\])")
 TEMP_FIT = re.compile(r"optimal_T\S*|final_temped\S*|temp_scaling\S*")
-MANUAL = "static heuristic: confirm with `pgolf validate --run --evaluator FILE.py:NAME`"
+MANUAL = "static scan; `pgolf validate --run` decides dynamically"
 
 
 def _script(ctx: FolderContext, rule: Rule) -> tuple[ast.Module, list[str]] | Finding:
@@ -160,17 +160,17 @@ def check_ttt(ctx: FolderContext) -> list[Finding]:
         inner = _innermost_loop(loop, bw)
         acc = _accum_lines(inner)
         if WARM.search(text) and not _accum_lines(loop):
-            out.append(r.finding(WARN, f"{name}(): a warm-up loop with backward()/step() in a function that reads "
-                                 "validation tokens — warm-ups must use synthetic or training tokens (PR #1530 "
-                                 f"pattern; {MANUAL})", severity=WARN, file="train_gpt.py", line=loop.lineno))
+            out.append(r.finding(FAIL, f"{name}(): a warm-up loop runs backward()/step() on validation tokens before "
+                                 "they are scored — warm-ups must use synthetic or training tokens (PR #1530 "
+                                 f"pattern; {MANUAL})", file="train_gpt.py", line=loop.lineno))
         elif acc and acc[0] > bw:
-            out.append(r.finding(WARN, f"{name}(): in the TTT loop backward() (line {bw}) comes before the score is "
-                                 f"accumulated (line {acc[0]}): adapt-then-score? ({MANUAL})", severity=WARN,
+            out.append(r.finding(FAIL, f"{name}(): in the TTT loop backward() (line {bw}) comes before the score is "
+                                 f"accumulated (line {acc[0]}): adapt-then-score ({MANUAL})",
                                  file="train_gpt.py", line=bw))
         elif not acc and _accum_lines(fn) and _accum_lines(fn)[0] > loop.end_lineno:
-            out.append(r.finding(WARN, f"{name}(): trains on validation tokens in a loop (lines {loop.lineno}-"
+            out.append(r.finding(FAIL, f"{name}(): trains on validation tokens in a loop (lines {loop.lineno}-"
                                  f"{loop.end_lineno}) and accumulates scores only after it: pre-eval / multi-epoch "
-                                 f"TTT? ({MANUAL})", severity=WARN, file="train_gpt.py", line=loop.lineno))
+                                 f"TTT ({MANUAL})", file="train_gpt.py", line=loop.lineno))
         elif acc or _scored_first_outside(loop, bw):
             legal += 1
         else:
@@ -186,6 +186,11 @@ def check_ttt(ctx: FolderContext) -> list[Finding]:
 
 def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
     r = RULES[1]
+    logged = [(lg, n) for lg in ctx.logs for n in lg.prequant_lines[:1]]
+    if logged:
+        return [r.finding(FAIL, "the log shows a pre-quantization TTT pass (fine-tuning on validation tokens before "
+                          "the model is quantized/serialized; PR #1376 family)", file=ctx.rel(lg.path), line=n)
+                for lg, n in logged[:5]]
     got = _script(ctx, r)
     if isinstance(got, Finding):
         return [got]
@@ -195,9 +200,9 @@ def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
         name = getattr(fn, "name", "?")
         at = _called_before_serialization(tree, name) if not _accum_lines(fn) else None
         if at is not None:
-            out.append(r.finding(WARN, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
+            out.append(r.finding(FAIL, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
                                  f"called (line {at}) before the model is saved/quantized — fine-tuning on val before "
-                                 f"serialization is forbidden (PR #1376 family; {MANUAL})", severity=WARN,
+                                 f"serialization is forbidden (PR #1376 family; {MANUAL})",
                                  file="train_gpt.py", line=loop.lineno))
     return out[:5] or [r.finding(PASS, "no optimizer loop over validation tokens outside a scoring loop (static)")]
 
@@ -231,10 +236,9 @@ def check_ngram(ctx: FolderContext) -> list[Finding]:
     out = []
     for no, line in enumerate(lines, start=1):
         if TARGET_KEY.search(line) and NGRAM.search("\n".join(lines[max(0, no - 30) : no + 5])):
-            out.append(r.finding(WARN, "a hash/key computed from the target token near n-gram code: "
+            out.append(r.finding(FAIL, "a hash/key computed from the target token near n-gram code: "
                                  f"`{line.strip()[:80]}` — keys and gates must use context only "
-                                 f"(PR #779 family; {MANUAL})",
-                                 severity=WARN, file="train_gpt.py", line=no))
+                                 f"(PR #779 family; {MANUAL})", file="train_gpt.py", line=no))
     experts = [f for f in _functions(tree) if NGRAM.search(f.name) and _mentions(f, re.compile(r"eval|val_|score"))]
     for f in experts[:3]:
         out.append(r.finding(WARN, f"{f.name}(): an eval-time n-gram/PPM expert — it must be built from scored tokens "
@@ -275,13 +279,17 @@ def check_no_selection(ctx: FolderContext) -> list[Finding]:
 
 RULES = [
     Rule("EVAL.TTT", "TTT only on already-scored tokens; no pre-eval/multi-pass TTT; warm-ups on synthetic tokens",
-         "README FAQ TTT; Issues #402, #677, #1017 C3", ERROR, check_ttt),
+         "README FAQ TTT; Issues #402, #677, #1017 C3", ERROR, check_ttt,
+         lower="TTT loops the scan cannot order: PASS with a note (the dynamic harness decides)"),
     Rule("EVAL.PREQUANT_TTT", "no fine-tuning on validation tokens before quantization/serialization",
          "valerio-oai closing PR #1376; Issue #677", ERROR, check_prequant_ttt),
     Rule("EVAL.SLOT", "no optimization of logit/hidden offsets against the tokens being scored",
-         "Issue #1336; PR #1240", ERROR, check_slot),
+         "Issue #1336; PR #1240", ERROR, check_slot,
+         lower="an optimizer over offsets is WARN statically (context-only SLOT is unruled); the flip test decides"),
     Rule("EVAL.NGRAM", "eval-time n-gram/PPM experts: context-only keys, scored-token state, normalized mixture",
-         "PR #886, #982 (valerio-oai), Issue #1872", ERROR, check_ngram),
+         "PR #886, #982 (valerio-oai), Issue #1872", ERROR, check_ngram,
+         lower="an eval-time n-gram expert without a target key: WARN (legal when normalized; the harness decides)"),
     Rule("EVAL.NO_SELECTION", "one pass; no min()/oracle/temperature fitted on scored outcomes",
-         "Issue #1017 C4; Issue #677 (#573, #659)", ERROR, check_no_selection),
+         "Issue #1017 C4; Issue #677 (#573, #659)", ERROR, check_no_selection,
+         lower="min() over two losses is WARN statically (also used for best-val tracking); C4 in the harness decides"),
 ]

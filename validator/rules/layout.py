@@ -41,7 +41,7 @@ def check_required(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(FAIL, "submission.json missing", file="submission.json"))
     elif sp.name != "submission.json":
         out.append(r.finding(WARN, f"submission JSON is named {sp.name}, expected submission.json",
-                             severity=WARN, file=sp.name, expected="submission.json", found=sp.name))
+                             severity=WARN, file=sp.name, expected="submission.json", found=sp.name, style=True))
     if ctx.script_path is None:
         alts = sorted(str(p) for p in ctx.files if p.name.startswith("train") and p.suffix == ".py")
         out.append(r.finding(FAIL, "train_gpt.py missing" + (f" (ships {', '.join(alts)})" if alts else ""),
@@ -55,7 +55,8 @@ def check_required(ctx: FolderContext) -> list[Finding]:
                        and m not in local and m != "__future__")
         if extra:
             out.append(r.finding(WARN, "imports packages outside the base image but ships no requirements.txt",
-                                 severity=WARN, file="train_gpt.py", expected="requirements.txt", found=extra))
+                                 severity=WARN, file="train_gpt.py", expected="requirements.txt", found=extra,
+                                 style=True))
     return out or [r.finding(PASS, "README.md, submission.json, train_gpt.py and logs present")]
 
 
@@ -102,9 +103,12 @@ def check_name(ctx: FolderContext) -> list[Finding]:
 
 RULES = [
     Rule("FILES.REQUIRED", "README.md, submission.json, train log(s), train_gpt.py (+ requirements.txt)",
-         "README 'Submission Process' items 1-4; FAQ 'Can I import XYZ?'", ERROR, check_required),
+         "README 'Submission Process' items 1-4; FAQ 'Can I import XYZ?'", ERROR, check_required,
+         lower="no requirements.txt for non-base imports, submission_<variant>.json: style (WARN; ERROR with "
+               "--strict)"),
     Rule("FILES.RUNS_IN_FOLDER", "train_gpt.py compiles inside the records folder (static part)",
-         "README Submission Process item 4", ERROR, check_runs_in_folder),
+         "README Submission Process item 4", ERROR, check_runs_in_folder,
+         lower="PEP 701 syntax on Python < 3.12, relative imports, paths outside the folder: WARN"),
     Rule("FILES.PR_SCOPE", "one new folder named YYYY-MM-DD_description (static part: the name)",
          "README 'only adds a new folder'; commit e64813770", ERROR, check_name),
 ]

@@ -198,11 +198,15 @@ def check_external_compute(ctx: FolderContext) -> list[Finding]:
 
 
 RULES = [
-    Rule("HW.H100", "record runs on 8xH100 SXM", "README 'Scaling up'; rulebook HW.H100", ERROR, check_hw),
+    Rule("HW.H100", "record runs on 8xH100 SXM", "README 'Scaling up'; rulebook HW.H100", ERROR, check_hw,
+         lower="PCIe/NVL parts: WARN; non-record folders: INFO"),
     Rule("TRACK.PLACEMENT", "record track only for runs under the record rules; otherwise non-record",
-         "README 'Non-record Submissions'; #1806", ERROR, check_track),
+         "README 'Non-record Submissions'; #1806", ERROR, check_track,
+         lower="track field or self-description disagreeing with the folder: WARN (whether it beats SOTA is "
+               "STAT.SIG)"),
     Rule("FILES.LOG_PROVENANCE", "logs were produced by the shipped script and configuration",
-         "README Submission Process item 3; PR #86", ERROR, check_log_provenance),
+         "README Submission Process item 3; PR #86", ERROR, check_log_provenance,
+         lower="<= 5 changed code lines, auxiliary logs in sub-folders, no embedded source: WARN/INFO"),
     Rule("COMPUTE.EXTERNAL", "no smuggled compute (seed brute-forcing, offline val optimisation, external blobs)",
-         "README FAQ 'external compute'", WARN, check_external_compute),
+         "README FAQ 'external compute'", WARN, check_external_compute, decides=False),
 ]

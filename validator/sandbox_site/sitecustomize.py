@@ -1,8 +1,10 @@
 """Loaded at interpreter start in processes that `pgolf validate --run` sandboxes (via PYTHONPATH).
 
 * Network off: an audit hook refuses socket connections and name lookups to anything but loopback.
-* Data-access audit: opens of `fineweb_*` shards and writes/renames of model artifacts are appended, with
-  a timestamp, to the JSONL file named by PGOLF_SANDBOX_AUDIT.
+* Data-access audit: every open (builtin open, io.open, os.open, np.memmap, ...) is resolved and identified by
+  (st_dev, st_ino) against the data files listed in PGOLF_SANDBOX_WATCH (written by the validator, which made
+  them): a read through a symlink, a hard link or any other name is still a read of that shard. Those reads, and
+  writes/renames of model artifacts, are appended with a timestamp to the JSONL file named by PGOLF_SANDBOX_AUDIT.
 * With PGOLF_SANDBOX_BLOCK (comma-separated top-level names, e.g. core,plugins,pgolf), those modules
   cannot be imported unless the script's own folder (PGOLF_SANDBOX_FOLDER) ships them: a records folder
   must run without pgolf installed.
@@ -19,6 +21,13 @@ _FOLDER = os.environ.get("PGOLF_SANDBOX_FOLDER", "")
 _ARTIFACT_SUFFIXES = (".ptz", ".pt", ".pth", ".bin.xz", ".zst", ".br", ".lzma", ".xz", ".npz", ".npy", ".safetensors")
 _LOCAL = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "", None}
 _log = open(_AUDIT, "a", buffering=1, encoding="utf-8") if _AUDIT else None  # noqa: SIM115 - lives all run
+_WATCH = {}
+if os.environ.get("PGOLF_SANDBOX_WATCH"):
+    try:
+        with open(os.environ["PGOLF_SANDBOX_WATCH"], encoding="utf-8") as _fh:
+            _WATCH = {(int(e["dev"]), int(e["ino"])): e["kind"] for e in json.load(_fh)}
+    except Exception:  # noqa: BLE001 - an unreadable watch list: fall back to names
+        _WATCH = {}
 
 
 def _emit(kind, **fields):
@@ -51,12 +60,20 @@ def _hook(event, args):
             name = os.fsdecode(path)
         except TypeError:
             return
-        if not _interesting(name):
-            return
         mode, flags = args[1], args[2] if len(args) > 2 else 0
         write = bool(mode and any(c in str(mode) for c in "wax+")) or bool(
             isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-        _emit("open", path=os.path.abspath(name), write=write)
+        data = None
+        if _WATCH and not write:
+            try:
+                st = os.stat(name)  # follows symlinks: the file actually read
+                data = _WATCH.get((st.st_dev, st.st_ino))
+            except OSError:
+                data = None
+        if data is not None:
+            _emit("open", path=os.path.realpath(name), write=False, data=data, via=os.path.abspath(name))
+        elif _interesting(name):
+            _emit("open", path=os.path.abspath(name), write=write)
     elif event == "os.rename":
         dst = os.fsdecode(args[1]) if not isinstance(args[1], int) else ""
         if dst and _interesting(dst):
