@@ -6,8 +6,8 @@ Usage:
 
 For each folder: one cold run in a new interpreter (imports included, as `python -m validator` pays them)
 and --repeat warm in-process runs (median reported). --pgolf also times the `pgolf validate` entry point
-(`python -m pgolf.cli validate`, or `core.cli` before the refactor), which builds the plugin registry unless
-validator/CORE_PATCH.diff is applied. Target: < 1 s per folder. The 1-minute load average is printed: the
+(`python -m pgolf.cli validate`, or `core.cli` before the refactor; static validation imports neither torch
+nor the plugins). Target: < 1 s per folder. The 1-minute load average is printed: the
 machine is shared.
 """
 

@@ -96,7 +96,7 @@ def validate_folder(path: Path, strict: bool = False, sota: float | list[float] 
 def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> int:
     """Run the static validation described by ``args``; print the report; return the exit status.
 
-    Extra rules (e.g. from the ``pg_validator_rules`` plugin hook) come from ``extra_rules`` or ``args.extra_rules``.
+    Extra rules (e.g. pgolf's run rules, ``pgolf.run_rules``) come from ``extra_rules`` or ``args.extra_rules``.
     """
     extra_rules = [*extra_rules, *(getattr(args, "extra_rules", None) or [])]
     path = Path(args.path)

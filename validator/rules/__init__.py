@@ -19,7 +19,7 @@ def builtin_rules() -> list[Rule]:
 
 
 def all_rules(extra: Iterable[Rule] = ()) -> list[Rule]:
-    """Built-in rules plus ``extra`` (e.g. gathered from the ``pg_validator_rules`` plugin hook); ids are unique."""
+    """Built-in rules plus ``extra`` (e.g. pgolf's run rules, ``pgolf.run_rules``); ids are unique."""
     rules = builtin_rules()
     seen = {r.id for r in rules}
     for r in extra:
