@@ -40,8 +40,9 @@ def pg_train_loader(run: Any) -> Any:
     The object must have `next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y)` with int64
     tensors of shape (-1, seq_len) on `run.device`, or `(x, y, doc_ids)` for document-masked training:
     `doc_ids` (same shape, equal ids = same document) reaches the model, which keeps attention inside
-    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it). Called at the start of training and again after the
-    compile warm-up (the loader is rebuilt so measured training starts at the first token).
+    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it). Called at
+    the start of training and again after the compile warm-up (the loader is rebuilt so measured training
+    starts at the first token).
     """
 
 
@@ -240,7 +241,30 @@ def pg_dequantizers() -> dict[str, Any] | None:
 
 @hookspec(firstresult=True)
 def pg_codec(config: Any) -> Any:
-    """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9)."""
+    """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9).
+
+    A codec whose decoder needs settings (e.g. brotli's byte shuffle stride) exposes them as `params`
+    and decodes through `configured(params)`: the artifact header records them per stream, so an
+    artifact decodes without the run's configuration.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_state_codec(config: Any) -> Any:
+    """Return the `core.export.StateCodec` that lays the quantized state out as byte streams (or None).
+
+    Called once per export (and again to decode an artifact in `pgolf eval`), after quantization and
+    `pg_refine_quantized`, outside any compiled region. The state codec sees every record (name ->
+    `core.export.QTensor`: codes, scales, scheme, shape) and returns `(streams, manifest)`:
+    - streams: `core.export.Stream(label, raw bytes, codec)`; `codec` None means the run's `pg_codec`
+      codec, so a layout may compress tensor families differently (per-group compression).
+    - manifest: a JSON-serializable dict (names, shapes, permutations) written to the artifact header.
+    Its `decode(raws, manifest)` receives the streams decompressed, size-capped and checked against
+    their SHA-256 by the core, and must return the same records bit for bit (the export verifies this)
+    and load tensors only with `core.export.load_records` (`torch.load(weights_only=True)`). Its `name`
+    is the header's "layout"; the decoder table (`core.export.decoders_of`) maps it back to the object.
+    The core's answer (trylast) is `TorchStateCodec`: one stream, the torch.save of all records.
+    """
 
 
 # --- evaluate --------------------------------------------------------------------------------------

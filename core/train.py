@@ -52,6 +52,10 @@ class CoreDefaults:
         return ex.ZlibCodec(level=9)
 
     @hookimpl(trylast=True)
+    def pg_state_codec(self, config: Config) -> Any:
+        return ex.TorchStateCodec()
+
+    @hookimpl(trylast=True)
     def pg_evaluator(self, run: Run) -> Any:
         return plain_evaluator(run)
 
@@ -565,16 +569,18 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     base = run.model
     cfg = run.config
     codec = run.hook.pg_codec(config=cfg)
+    layout = run.hook.pg_state_codec(config=cfg)
 
     def quantize(name: str, t: torch.Tensor) -> Any:
         return run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
 
     state = {k: v for k, v in base.state_dict().items()}
     n_code = code_bytes(run)
-    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8"), code_bytes=n_code, config=cfg,
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8", layout), code_bytes=n_code, config=cfg,
                            float_state=state)
     result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None, schemes=run.schemes,
-                                  refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx))
+                                  refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx),
+                                  state_codec=layout)
     label = f"{result.quantizer_name}+{result.codec_name}"
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
     if run.master and run.run_dir is not None:
@@ -586,7 +592,7 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
         run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
         report = ex.size_report(n_code, len(result.blob))
         run.event("size", label=label, **report)
-    restored = ex.verify_round_trip(result, ex.decoders_of(codec), schemes=run.schemes)
+    restored = ex.verify_round_trip(result, ex.decoders_of(codec, layout), schemes=run.schemes)
     base.load_state_dict(restored, strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=base)
     evaluator = run.hook.pg_evaluator(run=run)
@@ -651,7 +657,8 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
 
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
-    qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
+    decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
+    qstate, header = ex.read_artifact(artifact, decoders)
     set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
     run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
     run.hook.pg_prepare_eval_model(run=run, model=run.model)

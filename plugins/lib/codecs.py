@@ -1,4 +1,9 @@
-"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli, and "auto" (smallest of several).
+"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli (+ byte shuffle), and "auto" (smallest).
+
+Byte shuffle (PR #1089 -> #1179 -> #1493 `_byte_shuffle`): before compression, all bytes at offsets
+0 mod s, then 1 mod s, ... (stride s = 2 in the records), behind the 5-byte prefix `BSHF` + stride; the
+low and high bytes of fp16 scales and of neighbouring codes land in separate runs, which brotli models
+better. A brotli codec with a shuffle records `{"byte_shuffle": s}` as its params in the artifact header.
 
 The core knows only zlib (the baseline's); a run decodes an artifact with the codecs its plugins supply
 (`pg_codec`, and `decoders()` of an auto codec). Each decoder caps the decompressed size and rejects
@@ -8,8 +13,10 @@ truncated or trailing data (`core.export` helpers).
 from __future__ import annotations
 
 import lzma
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from core.export import MAX_DECOMPRESSED, ArtifactError, Codec, ZlibCodec, capped_decompress, corrupt, too_big
 
@@ -82,35 +89,83 @@ def _brotli_chunked(dec: Any, data: bytes, max_size: int, step: int = 64) -> byt
     return bytes(out)
 
 
+BSHF_MAGIC = b"BSHF"
+
+
+def byte_shuffle(data: bytes, stride: int = 2) -> bytes:
+    """`BSHF` + stride byte + the bytes at offsets 0 mod stride, then 1 mod stride, ... (PR #1493).
+
+    Unlike the record, short inputs get the prefix too, so the decoder never guesses from the content."""
+    if not 2 <= stride <= 255:
+        raise ValueError(f"byte_shuffle stride must be in 2..255, got {stride}")
+    src = np.frombuffer(data, dtype=np.uint8)
+    return BSHF_MAGIC + bytes([stride]) + b"".join(src[pos::stride].tobytes() for pos in range(stride))
+
+
+def byte_unshuffle(data: bytes, stride: int) -> bytes:
+    """The inverse of `byte_shuffle(…, stride)`; an ArtifactError when the prefix does not match."""
+    if len(data) < 5 or data[:4] != BSHF_MAGIC or data[4] != stride:
+        raise ArtifactError(f"byte shuffle prefix missing or not stride {stride} (corrupt payload)")
+    payload = np.frombuffer(data, dtype=np.uint8, offset=5)
+    n = payload.size
+    out = np.empty(n, dtype=np.uint8)
+    off = 0
+    for pos in range(stride):
+        count = n // stride + (1 if pos < n % stride else 0)
+        out[pos::stride] = payload[off:off + count]
+        off += count
+    return out.tobytes()
+
+
 class BrotliCodec:
-    """Brotli (imported lazily), quality 11."""
+    """Brotli (imported lazily), quality 11, optionally after a byte shuffle of stride `shuffle`
+    (0/1: none). `lgwin` (window bits, brotli's default 22) only affects compression."""
 
     name = "brotli"
 
-    def __init__(self, quality: int = 11) -> None:
+    def __init__(self, quality: int = 11, shuffle: int = 0, lgwin: int | None = None) -> None:
+        if shuffle > 1:
+            byte_shuffle(b"", shuffle)  # validates the stride now, not at export
         self.quality = quality
+        self.shuffle = shuffle if shuffle > 1 else 0
+        self.lgwin = lgwin
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"byte_shuffle": self.shuffle} if self.shuffle else {}
+
+    def configured(self, params: Mapping[str, Any]) -> BrotliCodec:
+        unknown = set(params) - {"byte_shuffle"}
+        stride = params.get("byte_shuffle", 0)
+        if unknown or not isinstance(stride, int) or not (stride == 0 or 2 <= stride <= 255):
+            raise ArtifactError(f"brotli codec_params {dict(params)}: expected {{'byte_shuffle': 2..255}}")
+        return BrotliCodec(self.quality, stride, self.lgwin)
 
     def compress(self, data: bytes) -> bytes:
         import brotli
 
-        return brotli.compress(data, quality=self.quality)
+        if self.shuffle:
+            data = byte_shuffle(data, self.shuffle)
+        kw = {} if self.lgwin is None else {"lgwin": self.lgwin}
+        return brotli.compress(data, quality=self.quality, **kw)
 
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
         import brotli
 
+        limit = max_size + (5 if self.shuffle else 0)  # the shuffle prefix is not part of the output
         dec = brotli.Decompressor()
         try:
             try:
-                out = dec.process(data, output_buffer_limit=max_size + 1)
+                out = dec.process(data, output_buffer_limit=limit + 1)
             except TypeError:  # brotli < 1.2 has no output_buffer_limit
-                out = _brotli_chunked(dec, data, max_size)
+                out = _brotli_chunked(dec, data, limit)
         except brotli.error as exc:
             raise corrupt(self.name, exc) from exc
-        if len(out) > max_size:
+        if len(out) > limit:
             raise too_big(self.name, max_size)
         if not dec.is_finished():
             raise ArtifactError("brotli payload is truncated")
-        return out
+        return byte_unshuffle(out, self.shuffle) if self.shuffle else out
 
 
 class AutoCodec:
@@ -157,6 +212,10 @@ class AutoCodec:
 CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCodec, "brotli": BrotliCodec}
 
 
-def all_decoders() -> dict[str, Codec]:
-    """name -> a decoder for every codec pgolf ships (for reading an artifact outside its run: `pgolf size`)."""
-    return {name: cls() for name, cls in CODECS.items()}
+def all_decoders() -> dict[str, Any]:
+    """name -> a decoder for every codec and state codec (layout) pgolf ships (for reading an artifact
+    outside its run: `pgolf size`); codec parameters come from the artifact header."""
+    from plugins.lib.pergroup import PerGroupStateCodec
+
+    layout = PerGroupStateCodec()
+    return {**{name: cls() for name, cls in CODECS.items()}, layout.name: layout}
