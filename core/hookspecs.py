@@ -267,6 +267,18 @@ def pg_state_codec(config: Any) -> Any:
     """
 
 
+@hookspec(firstresult=True)
+def pg_wrap_code(source: str) -> str | None:
+    """Return `source` (the finished single-file train_gpt.py) in a wrapped form, or None to ship it as is.
+
+    Called by `submissions.bundle.bundle` (so `pgolf bundle`, and the code size `pgolf train` logs through
+    `bundle_size`), never during training. The result must be one plain Python file that behaves exactly
+    like `source` under `python train_gpt.py` and torchrun: the same `__name__ == "__main__"` entry and
+    `__file__` (so the script's own size, which it logs as its code size, is the wrapped file's), using
+    only the standard library to unwrap. E.g. PR #1493's `exec(lzma.decompress(b85decode(...)))`.
+    """
+
+
 # --- evaluate --------------------------------------------------------------------------------------
 @hookspec
 def pg_prepare_eval_model(run: Any, model: Any) -> None:
