@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 
-TEMPLATE = 'import lzma as L,base64 as B\nexec(L.decompress(B.b85decode("{}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n'
+TEMPLATE = ('import lzma as L,base64 as B\n'
+            'exec(L.decompress(B.b85decode("{}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n')
 
 
 @dataclass

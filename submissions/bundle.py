@@ -267,7 +267,8 @@ def wrap_code(cfg: Config, registry: Registry, text: str) -> str:
     try:
         ast.parse(wrapped)
     except SyntaxError as exc:
-        raise BundleError(f"pg_wrap_code returned a script that is not valid Python ({exc.msg}, line {exc.lineno})")
+        raise BundleError(f"pg_wrap_code returned a script that is not valid Python ({exc.msg}, "
+                          f"line {exc.lineno})") from None
     return wrapped
 
 
