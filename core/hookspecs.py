@@ -46,6 +46,41 @@ def pg_train_loader(run: Any) -> Any:
     """
 
 
+@hookspec(firstresult=True)
+def pg_text_transform(config: Any) -> Any:
+    """Return a `core.tokenizer.TextTransform` applied to every document before tokenizer training and
+    tokenization when a dataset is built (`dataprep.build.build_dataset(..., transform=...)`), or None.
+
+    Called at data-build time only (never by training). The builder reserves the transform's
+    `reserved_symbols` as SentencePiece user-defined pieces, tokenizes `encode(text)`, and writes a byte
+    sidecar beside the validation shards (`fineweb_val_bytes_<n>.bin`, uint16, parallel to the tokens,
+    0 for BOS) holding each token's bytes of the ORIGINAL text (`original_bytes` of the piece surfaces).
+    """
+
+
+@hookspec(firstresult=True)
+def pg_byte_tables(run: Any, tokenizer: Any) -> Any:
+    """Return the `core.tokenizer.ByteTables` scoring uses for this tokenizer (core: the baseline's LUT).
+
+    Called once in `setup` after the tokenizer loads (`tokenizer` is the SentencePieceProcessor,
+    `run.core.vocab_size` the model's vocabulary), before the model is built. Tables are sized
+    max(tokenizer vocab, model vocab); they apply to any token stream without per-position counts.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_val_byte_counts(run: Any, tokens: Any) -> Any:
+    """Return per-position byte counts of the validation stream (a 1-D integer tensor, one entry per
+    token of `tokens`: entry t is what target t stands for in the original text; entry 0 is unused),
+    or None to count bytes with the tables.
+
+    Called once in `setup`, after the validation tokens are loaded and cut to their scored length
+    (`tokens` is `run.val_tokens`; read `run.data_dir`). The core checks shape and sign (a DataError
+    naming the hook), stores it as `run.val_bytes`, and every evaluation of the validation stream (all
+    evaluators, TTT included) sums these bytes in the `ScoreSink`. The CaseOps byte sidecar lives here.
+    """
+
+
 # --- build -----------------------------------------------------------------------------------------
 @hookspec
 def pg_model_spec(spec: Any, config: Any) -> None:

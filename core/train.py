@@ -28,7 +28,7 @@ from core.optim import Muon, default_param_groups, make_default_optimizer, zerop
 from core.registry import Registry
 from core.run import Run, create_run, write_atomic
 from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
-from core.tokenizer import build_byte_tables, load_tokenizer
+from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
 CORE_DIR = Path(__file__).resolve().parent
 
@@ -50,6 +50,10 @@ class CoreDefaults:
     @hookimpl(trylast=True)
     def pg_codec(self, config: Config) -> Any:
         return ex.ZlibCodec(level=9)
+
+    @hookimpl(trylast=True)
+    def pg_byte_tables(self, run: Run, tokenizer: Any) -> Any:
+        return build_byte_tables(tokenizer, run.core.vocab_size)
 
     @hookimpl(trylast=True)
     def pg_state_codec(self, config: Config) -> Any:
@@ -237,7 +241,7 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.val_files = shard_files(data_dir, "val")
     run.tokenizer = load_tokenizer(tok_path, core.vocab_size)
     run.tokenizer_path = tok_path
-    run.byte_tables = build_byte_tables(run.tokenizer, core.vocab_size).to(run.device)
+    run.byte_tables = run.hook.pg_byte_tables(run=run, tokenizer=run.tokenizer).to(run.device)
     val = load_validation_tokens(run.val_files, run.eval_seq_len)
     if core.val_max_tokens > 0:
         usable = min(val.numel() - 1, (core.val_max_tokens // run.eval_seq_len) * run.eval_seq_len)
@@ -245,6 +249,8 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
             raise DataError(f"PGOLF_VAL_MAX_TOKENS={core.val_max_tokens} is shorter than one eval sequence")
         val = val[: usable + 1]
     run.val_tokens = val
+    counts = run.hook.pg_val_byte_counts(run=run, tokens=val)
+    run.val_bytes = None if counts is None else check_position_bytes(counts, val, "pg_val_byte_counts").to(run.device)
 
     torch.manual_seed(core.seed)
     import random
