@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from core import export as ex
-from plugins.lib import codecs
+from plugins.lib import codecs, decoders
 
 ARTIFACT_NAME = "final_model.ptz"
 
@@ -86,7 +86,7 @@ def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
 
 
 def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[str, Any]:
-    records, header = ex.read_artifact(artifact, codecs.all_decoders())
+    records, header = ex.read_artifact(artifact, decoders.all_decoders())
     codec = codecs.CODECS[header["codec"]]() if estimate and header.get("codec") in codecs.CODECS else None
     report = ex.size_report(code_bytes, artifact.stat().st_size)
     report.update(artifact=str(artifact), codec=header.get("codec"), quantizer=header.get("quantizer"),

@@ -15,7 +15,7 @@ from core import export as ex
 from core.config import resolve
 from core.registry import Registry
 from core.train import export_and_evaluate, setup, train
-from plugins.lib import codecs
+from plugins.lib import codecs, decoders
 from plugins.lib.pergroup import PerGroupStateCodec, similarity_order
 
 pytest.importorskip("brotli")
@@ -56,7 +56,7 @@ def _streams(blob: bytes, codec_for: dict[str, ex.Codec] | None = None) -> dict[
     header, off = ex.parse_header(blob)
     out = {}
     for st in header["streams"]:
-        codec = (codec_for or codecs.all_decoders())[st["codec"]]
+        codec = (codec_for or decoders.all_decoders())[st["codec"]]
         if st.get("codec_params"):
             codec = codec.configured(st["codec_params"])
         chunk = blob[off:off + st["payload_bytes"]]
@@ -103,7 +103,7 @@ def test_brotli_plugin_shuffles_by_default_and_the_header_says_so():
     _, off = ex.parse_header(blob)
     assert brotli.decompress(blob[off:]) == _reference_shuffle(raw_plain, 2)
     # any pgolf decoder reads it (the stride comes from the header, not from the run's settings)
-    records, _ = ex.decode_artifact(blob, codecs.all_decoders())
+    records, _ = ex.decode_artifact(blob, decoders.all_decoders())
     assert all(torch.equal(records[n].data, q.data) for n, q in qstate.items())
     with pytest.raises(ValueError, match="brotli.byte_shuffle"):
         plugin(plugin.config(byte_shuffle=256)).pg_codec(config=None)
@@ -121,7 +121,7 @@ def test_tampered_codec_params_fail_in_one_line():
     for params, msg in (({"byte_shuffle": 3}, "not stride 3"), ({"level": 9}, "expected {'byte_shuffle'"),
                         ({}, "size cap exceeded")):  # the shuffle prefix makes it 5 bytes longer
         with pytest.raises(ex.ArtifactError, match=msg) as info:
-            ex.decode_artifact(with_params(params), codecs.all_decoders())
+            ex.decode_artifact(with_params(params), decoders.all_decoders())
         assert "\n" not in str(info.value) and "stream 'state'" in str(info.value)
     h = {**header, "streams": [{**header["streams"][0], "codec": "zlib"}]}
     head = json.dumps(h).encode()
@@ -199,7 +199,7 @@ def _rewrite(blob: bytes, edit) -> bytes:
 
 def test_pergroup_rejects_a_bad_manifest_and_caps_the_total_size():
     blob = ex.encode_artifact(_qstate(), ex.ZlibCodec(), "int8", PerGroupStateCodec())
-    dec = codecs.all_decoders()
+    dec = decoders.all_decoders()
     header, _ = ex.parse_header(blob)
 
     def not_sorted(h):
@@ -268,7 +268,21 @@ def test_tiny_trained_run_with_pergroup_and_shuffle_round_trips(tiny_sets):
                   sets=[*tiny_sets, *QUANT, "compress_pergroup.rest_codec=run"], check_plugins=REG.check)
     run = setup(cfg, REG)
     summary = train(run)
-    records, header = ex.read_artifact(run.run_dir / "final_model.ptz", codecs.all_decoders())
+    records, header = ex.read_artifact(run.run_dir / "final_model.ptz", decoders.all_decoders())
     assert header["layout"] == "pergroup" and summary["artifact_label"] == "int6+pergroup"
     rest = next(s for s in header["streams"] if s["label"] == "rest")
     assert rest["codec"] == "brotli" and rest["codec_params"] == {"byte_shuffle": 2}  # the run's codec
+
+
+def test_pgolf_size_reads_a_pergroup_artifact_with_a_shuffled_stream(tmp_path, capsys):
+    from pgolf.cli import main as cli_main
+
+    layout = PerGroupStateCodec(rest_codec=None)  # the rest uses the run's codec: brotli + shuffle
+    blob = ex.encode_artifact(_qstate(), codecs.BrotliCodec(shuffle=2), "int8", layout)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "final_model.ptz").write_bytes(blob)
+    (run / "metrics.json").write_text(json.dumps({"code_bytes": 1000}))
+    assert cli_main(["size", str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["codec"] == "pergroup" and summary["total"] == 1000 + len(blob)

@@ -212,10 +212,7 @@ class AutoCodec:
 CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCodec, "brotli": BrotliCodec}
 
 
-def all_decoders() -> dict[str, Any]:
-    """name -> a decoder for every codec and state codec (layout) pgolf ships (for reading an artifact
-    outside its run: `pgolf size`); codec parameters come from the artifact header."""
-    from plugins.lib.pergroup import PerGroupStateCodec
-
-    layout = PerGroupStateCodec()
-    return {**{name: cls() for name, cls in CODECS.items()}, layout.name: layout}
+def all_decoders() -> dict[str, Codec]:
+    """name -> a decoder for every codec pgolf ships (codec parameters come from the artifact header);
+    `plugins.lib.decoders.all_decoders` adds the state codecs (layouts)."""
+    return {name: cls() for name, cls in CODECS.items()}
