@@ -3,8 +3,9 @@
 The int8 code matrices are grouped by role across layers, rows of tok_emb / c_q / mlp.fc similarity-
 sorted, matrices transposed, and each group compressed on its own (`plugins.lib.pergroup`); the rest
 (scales, small tensors) is one brotli stream. The record runs `lrzip -z -L 9` (ZPAQ) on each group; that
-is an external binary, so pgolf's default group codec is xz/lzma 9e from the standard library ("auto":
-the smallest of zlib/zstd/brotli/lzma, per group). Compression is slow on full-size models (the L1
+is an external binary, so pgolf's default group codec is "auto": the smallest of zlib, zstd-22, brotli-11
+and xz/lzma 9e, chosen per group (lzma alone, the closest stdlib relative of ZPAQ, measured 4.5% larger
+than auto on a tiny trained model: benchmarks/codec_layouts.py). Compression is slow on full-size models (the L1
 similarity walk is quadratic in the rows: PR #1855 logs ~100 s), so avoid combining it with prune_to_fit's
 repeated size probes on a real run.
 """
@@ -28,9 +29,9 @@ class PerGroupConfig:
         "help": "tensor roles (name without 'blocks.<i>.') whose int8 codes get their own stream, in order"})
     simsort: str = field(default=",".join(RECORD_SIMSORT), metadata={
         "help": "roles whose rows are reordered by the greedy L1 nearest-neighbour walk before compression"})
-    group_codec: str = field(default="lzma", metadata={
-        "help": "codec of each group stream (record: lrzip -L 9, not available: lzma 9e; auto: smallest; "
-                "run: the run's codec)"})
+    group_codec: str = field(default="auto", metadata={
+        "help": "codec of each group stream (record: lrzip -L 9, not available; auto: the smallest of "
+                "zlib/zstd/brotli/lzma per group; run: the run's codec)"})
     rest_codec: str = field(default="brotli", metadata={
         "help": "codec of the remaining records (record: brotli-11, window 2^24)"})
 

@@ -8,8 +8,8 @@ group is one stream with its own codec; everything else (scales, passthrough ten
 factors) is one torch.save'd stream of ordinary records whose grouped `data` is left empty.
 
 The record compresses each group with `lrzip -z -L 9` (ZPAQ, an external binary) and the rest with
-brotli-11 (lgwin 24). pgolf has no lrzip dependency: the group codec defaults to xz/lzma preset 9e
-(stdlib), or "auto" (the smallest of zlib/zstd/brotli/lzma, chosen per group).
+brotli-11 (lgwin 24). pgolf has no lrzip dependency: the `compress_pergroup` plugin chooses the smallest
+of zlib/zstd/brotli/lzma per group instead (or one named codec).
 """
 
 from __future__ import annotations
