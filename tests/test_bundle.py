@@ -178,6 +178,9 @@ def test_code_wrapper_plugin_wraps_the_bundle_and_counts_the_wrapped_bytes(tiny_
     plain, wrapped = bundle(cfg, reg, wrap=False), bundle(cfg, reg)
     assert wrapped.startswith("import lzma as L,base64 as B\nexec(") and wrapped.count("\n") == 2
     assert unwrap_lzma_b85(wrapped) == plain
+    from validator.rules.base import unwrap_source
+
+    assert unwrap_source(wrapped) == (plain, True)  # the validator's static rules read the same source
     assert len(wrapped.encode()) < len(plain.encode()) // 2
     assert bundle_size(cfg, reg) == len(wrapped.encode())  # the code size `pgolf train` logs
     run = setup(cfg, reg, code_size=bundle_size, make_dir=False)

@@ -203,17 +203,21 @@ def test_pergroup_rejects_a_bad_manifest_and_caps_the_total_size():
     header, _ = ex.parse_header(blob)
 
     def not_sorted(h):
-        h["manifest"]["groups"][-1]["tensors"][-1]["sorted"] = False
+        h["manifest"]["groups"][-1]["sort"] = False
 
     def bad_shape(h):
-        h["manifest"]["groups"][1]["tensors"][0]["shape"] = [9999, 3]
+        h["manifest"]["groups"][1]["shapes"][0] = [9999, 3]
 
     def no_groups(h):
         del h["manifest"]["groups"]
 
     assert "unused row-permutation entries" in _decode_error(_rewrite(blob, not_sorted), dec)
     assert "stream too short" in _decode_error(_rewrite(blob, bad_shape), dec)
+    def bad_layer(h):
+        h["manifest"]["groups"][1]["layers"][0] = 7
+
     assert "manifest needs 'groups'" in _decode_error(_rewrite(blob, no_groups), dec)
+    assert "bad tensor entry (layer 7" in _decode_error(_rewrite(blob, bad_layer), dec)
     assert "size cap" in _decode_error(blob, dec, max_size=header["raw_bytes"] - 1)
     # each stream is capped by what is left of the budget, not by its own declared size only
     first = header["streams"][0]["raw_bytes"]

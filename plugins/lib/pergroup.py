@@ -29,10 +29,14 @@ RECORD_SIMSORT = ("tok_emb.weight", "attn.c_q.weight", "mlp.fc.weight")
 _LAYER = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def group_key(name: str) -> tuple[str, int]:
-    """(role, layer): `blocks.3.attn.c_q.weight` -> ("attn.c_q.weight", 3); other names are layer 0."""
+def group_key(name: str) -> tuple[str, int | None]:
+    """(role, layer): `blocks.3.attn.c_q.weight` -> ("attn.c_q.weight", 3); other names -> (name, None)."""
     m = _LAYER.match(name)
-    return (m.group(2), int(m.group(1))) if m else (name, 0)
+    return (m.group(2), int(m.group(1))) if m else (name, None)
+
+
+def member_name(key: str, layer: int | None) -> str:
+    return key if layer is None else f"blocks.{layer}.{key}"
 
 
 def similarity_order(matrix: np.ndarray) -> np.ndarray:
@@ -69,11 +73,11 @@ class PerGroupStateCodec:
         return [c for c in (self.group_codec, self.rest_codec, self.perm_codec) if c is not None]
 
     def encode(self, qstate: Mapping[str, QTensor]) -> tuple[list[Stream], dict[str, Any]]:
-        members: dict[str, list[tuple[int, str]]] = {g: [] for g in self.groups}
+        members: dict[str, list[int | None]] = {g: [] for g in self.groups}
         for name, q in qstate.items():
             key, layer = group_key(name)
             if key in members and q.data.dtype == torch.int8 and q.data.ndim in (1, 2):
-                members[key].append((layer, name))
+                members[key].append(layer)
         rest = dict(qstate)
         streams: list[Stream] = []
         perms: list[bytes] = []
@@ -81,12 +85,14 @@ class PerGroupStateCodec:
         for key in self.groups:
             if not members[key]:
                 continue
-            parts, tensors = [], []
-            for _, name in sorted(members[key]):
+            layers = sorted(members[key], key=lambda i: -1 if i is None else i)
+            parts, shapes = [], []
+            sort = key in self.simsort
+            for layer in layers:
+                name = member_name(key, layer)
                 q = qstate[name]
                 arr = q.data.contiguous().numpy()
-                sort = arr.ndim == 2 and key in self.simsort
-                if sort:
+                if sort and arr.ndim == 2:
                     if arr.shape[0] > 65536:
                         raise ValueError(f"pergroup: tensor {name!r} has {arr.shape[0]} rows; the row "
                                          f"permutation is stored as uint16 (at most 65536 rows)")
@@ -94,11 +100,11 @@ class PerGroupStateCodec:
                     perms.append(order.astype(np.uint16).tobytes())
                     arr = arr[order]
                 parts.append(np.ascontiguousarray(arr.T).tobytes())
-                tensors.append({"name": name, "shape": list(arr.shape), "sorted": sort})
+                shapes.append(list(arr.shape))
                 rest[name] = QTensor(q.scheme, torch.empty(0, dtype=torch.int8), q.scale, q.dtype, q.shape,
                                      q.meta, q.extra)
             streams.append(Stream(f"group:{key}", b"".join(parts), self.group_codec))
-            manifest_groups.append({"key": key, "tensors": tensors})
+            manifest_groups.append({"key": key, "layers": layers, "shapes": shapes, "sort": sort})
         streams.append(Stream("rest", save_records(rest), self.rest_codec))
         if perms:
             streams.append(Stream("perms", b"".join(perms), self.perm_codec))
@@ -115,20 +121,24 @@ class PerGroupStateCodec:
         perms = np.frombuffer(raws[-1], dtype=np.uint16) if manifest["perms"] else np.empty(0, np.uint16)
         perm_off = 0
         for raw, group in zip(raws, groups, strict=False):
+            key, layers, shapes, sort = (group.get(k) for k in ("key", "layers", "shapes", "sort")) \
+                if isinstance(group, dict) else (None,) * 4
+            if not (isinstance(key, str) and isinstance(layers, list) and isinstance(shapes, list)
+                    and len(layers) == len(shapes) and isinstance(sort, bool)):
+                raise ArtifactError(f"bad group entry {group!r} (expected key, layers, shapes, sort)")
             codes = np.frombuffer(raw, dtype=np.int8)
             off = 0
-            for t in group.get("tensors", []) if isinstance(group, dict) else []:
-                name, shape, sort = t.get("name"), t.get("shape"), t.get("sorted")
-                if (name not in records or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0
-                                                                                 for d in shape)
-                        or len(shape) not in (1, 2) or not isinstance(sort, bool)):
-                    raise ArtifactError(f"group {group.get('key')!r}: bad tensor entry {t!r}")
+            for layer, shape in zip(layers, shapes, strict=True):
+                name = member_name(key, layer) if layer is None or isinstance(layer, int) else None
+                if (name not in records or not isinstance(shape, list) or len(shape) not in (1, 2)
+                        or not all(isinstance(d, int) and d >= 0 for d in shape)):
+                    raise ArtifactError(f"group {key!r}: bad tensor entry (layer {layer!r}, shape {shape!r})")
                 n = int(np.prod(shape))
                 if off + n > codes.size:
-                    raise ArtifactError(f"group {group.get('key')!r}: stream too short for {name!r}")
+                    raise ArtifactError(f"group {key!r}: stream too short for {name!r}")
                 arr = codes[off:off + n].reshape(shape[::-1]).T
                 off += n
-                if sort:
+                if sort and len(shape) == 2:
                     rows = shape[0]
                     order = perms[perm_off:perm_off + rows].astype(np.int64)
                     perm_off += rows
@@ -141,7 +151,7 @@ class PerGroupStateCodec:
                 records[name] = QTensor(q.scheme, torch.from_numpy(np.ascontiguousarray(arr)), q.scale, q.dtype,
                                         q.shape, q.meta, q.extra)
             if off != codes.size:
-                raise ArtifactError(f"group {group.get('key')!r}: {codes.size - off} bytes left over")
+                raise ArtifactError(f"group {key!r}: {codes.size - off} bytes left over")
         if perm_off != perms.size:
             raise ArtifactError(f"{perms.size - perm_off} unused row-permutation entries")
         return records
