@@ -587,6 +587,7 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
         raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
     return records, header
 
+
 def write_artifact(path: str | os.PathLike[str], blob: bytes) -> int:
     """Atomically write `blob` (temp file in the same directory, fsync, os.replace); returns bytes written."""
     path = Path(path)
