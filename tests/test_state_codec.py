@@ -109,6 +109,21 @@ def test_brotli_plugin_shuffles_by_default_and_the_header_says_so():
         plugin(plugin.config(byte_shuffle=256)).pg_codec(config=None)
 
 
+def test_lzma_plugin_shuffle_is_pr1493s_lzma_path():
+    import lzma
+
+    qstate = _qstate()
+    plugin = REG.plugins["lzma"]
+    assert plugin(plugin.config()).pg_codec(config=None).params == {}  # PR #549 / #1019: no shuffle
+    codec = plugin(plugin.config(preset=6, extreme=False, byte_shuffle=2)).pg_codec(config=None)
+    blob = ex.encode_artifact(qstate, codec, "int8")
+    header, off = ex.parse_header(blob)
+    assert header["streams"][0]["codec_params"] == {"byte_shuffle": 2}
+    assert lzma.decompress(blob[off:]) == _reference_shuffle(ex.save_records(qstate), 2)
+    records, _ = ex.decode_artifact(blob, decoders.all_decoders())
+    assert all(torch.equal(records[n].data, q.data) for n, q in qstate.items())
+
+
 def test_tampered_codec_params_fail_in_one_line():
     blob = ex.encode_artifact(_qstate(), codecs.BrotliCodec(shuffle=2), "int8")
     header, off = ex.parse_header(blob)
