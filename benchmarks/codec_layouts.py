@@ -1,6 +1,7 @@
 """Artifact bytes of one trained tiny model under each codec / byte shuffle / layout (CPU, a few minutes).
 
     PYTHONPATH=. python benchmarks/codec_layouts.py [--dim 128 --layers 3 --iterations 30]
+    PYTHONPATH=. python benchmarks/codec_layouts.py --recipe recipes/pr315.toml --set core.max_wallclock_seconds=120
 
 Trains once (the generated corpus, vocab 320), keeps the float weights, then quantizes them with the run's
 quantizer (quant_mixed, every matrix int6/int8) and encodes the same records with brotli (stride-2 shuffle
@@ -27,16 +28,30 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--recipe", help="train this recipe on the embedded default corpus instead of the tiny model")
+    ap.add_argument("--set", action="append", default=[], help="section.key=value overrides for --recipe")
+    ap.add_argument("--quick", action="store_true", help="only brotli, brotli+shuffle and pergroup(auto)")
     args = ap.parse_args()
     from dataprep.build import build_dataset
     from dataprep.corpus import generate_documents
 
     root = Path(tempfile.mkdtemp(prefix="pgolf_codecs_"))
+    reg = Registry()
+    if args.recipe:
+        import tomllib
+
+        from dataprep.build import ensure_default_data
+
+        vocab = tomllib.loads(Path(args.recipe).read_text()).get("core", {}).get("vocab_size", 1024)
+        data = ensure_default_data(vocab, cache_dir=root)
+        cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=args.recipe, check_plugins=reg.check,
+                      sets=[f"core.data_path={data}", f"core.out_dir={root / 'runs'}", "core.val_loss_every=0",
+                            *args.set])
+        return measure(cfg, reg, args.quick)
     (root / "text").mkdir()
     for i, doc in enumerate(generate_documents(400, seed=7)):
         (root / "text" / f"d{i:04d}.txt").write_text(doc, encoding="utf-8")
     build_dataset(root / "text", root / "data", vocab_size=320, val_docs=30)
-    reg = Registry()
     sets = [f"core.num_layers={args.layers}", f"core.model_dim={args.dim}", "core.num_heads=4", "core.num_kv_heads=2",
             "core.train_seq_len=128", "core.train_batch_tokens=4096", "core.grad_accum_steps=1",
             f"core.iterations={args.iterations}", "core.warmdown_iters=10", "core.warmup_steps=0",
@@ -45,6 +60,10 @@ def main() -> None:
             "quant_mixed.keep_float_max_numel=0"]
     cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["quant_mixed"], sets=sets,
                   check_plugins=reg.check)
+    measure(cfg, reg, args.quick)
+
+
+def measure(cfg, reg, quick: bool = False) -> None:
     run = setup(cfg, reg)
     budget = Budget.of(run)
     stepper = Stepper(run)
@@ -66,8 +85,11 @@ def main() -> None:
         "pergroup (auto groups, brotli+shuffle rest)": (codecs.BrotliCodec(11, shuffle=2), PerGroupStateCodec(
             group_codec=codecs.AutoCodec([c() for c in codecs.CODECS.values()]), perm_codec=codecs.BrotliCodec())),
     }
+    if quick:
+        variants = {k: v for k, v in variants.items() if k.startswith("brotli") or "auto" in k}
     params = sum(t.numel() for t in state.values())
-    print(f"model: {args.layers} layers x {args.dim}, {params:,} parameters, {loop.steps} steps")
+    print(f"model: {cfg.core.num_layers} layers x {cfg.core.model_dim}, {params:,} parameters, {loop.steps} steps, "
+          f"plugins {','.join(cfg.plugins)}")
     for label, (codec, layout) in variants.items():
         t0 = time.perf_counter()
         result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None, schemes=run.schemes,
