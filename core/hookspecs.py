@@ -12,9 +12,15 @@ plugin's result replaces them. Plain hooks call every implementation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: the hookspecs import nothing at run time
+    from torch import Tensor
+
+    from core.export import StateCodec
+    from core.tokenizer import ByteTables, TextTransform
 
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -47,7 +53,7 @@ def pg_train_loader(run: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def pg_text_transform(config: Any) -> Any:
+def pg_text_transform(config: Any) -> TextTransform | None:
     """Return a `core.tokenizer.TextTransform` applied to every document before tokenizer training and
     tokenization when a dataset is built (`dataprep.build.build_dataset(..., transform=...)`), or None.
 
@@ -59,7 +65,7 @@ def pg_text_transform(config: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def pg_byte_tables(run: Any, tokenizer: Any) -> Any:
+def pg_byte_tables(run: Any, tokenizer: Any) -> ByteTables | None:
     """Return the `core.tokenizer.ByteTables` scoring uses for this tokenizer (core: the baseline's LUT).
 
     Called once in `setup` after the tokenizer loads (`tokenizer` is the SentencePieceProcessor,
@@ -69,7 +75,7 @@ def pg_byte_tables(run: Any, tokenizer: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def pg_val_byte_counts(run: Any, tokens: Any) -> Any:
+def pg_val_byte_counts(run: Any, tokens: Tensor) -> Tensor | None:
     """Return per-position byte counts of the validation stream (a 1-D integer tensor, one entry per
     token of `tokens`: entry t is what target t stands for in the original text; entry 0 is unused),
     or None to count bytes with the tables.
@@ -285,7 +291,7 @@ def pg_codec(config: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def pg_state_codec(config: Any) -> Any:
+def pg_state_codec(config: Any) -> StateCodec | None:
     """Return the `core.export.StateCodec` that lays the quantized state out as byte streams (or None).
 
     Called once per export (and again to decode an artifact in `pgolf eval`), after quantization and
