@@ -101,14 +101,17 @@ def write_shard(path: str | Path, tokens: np.ndarray | Sequence[int]) -> None:
 
 
 def shard_files(data_dir: str | Path, split: str) -> list[Path]:
-    """The sorted `fineweb_{split}_*.bin` files of `data_dir` (a DataError if there are none)."""
+    """The sorted `fineweb_{split}_<digits>.bin` files of `data_dir` (a DataError if there are none); byte
+    sidecars beside them (`fineweb_val_bytes_*.bin`, CaseOps) are not token shards."""
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise DataError(f"data path {data_dir} does not exist")
     if not data_dir.is_dir():
         raise DataError(f"data path {data_dir} is not a directory")
     pattern = f"fineweb_{split}_*.bin"
-    files = sorted((p for p in data_dir.glob(pattern) if p.is_file()), key=lambda p: p.name)
+    prefix = f"fineweb_{split}_"
+    files = sorted((p for p in data_dir.glob(pattern) if p.is_file() and p.stem[len(prefix):].isdigit()),
+                   key=lambda p: p.name)
     if not files:
         raise DataError(
             f"no {split} shards matching {pattern} in {data_dir} "

@@ -4,8 +4,13 @@ The core defaults are the official baseline's: its int8 rule (per-row int8 with 
 clip and fp16 scales for matrices, per-tensor int8 for other floats, fp16/fp32 passthrough for float
 tensors of at most 65,536 elements, exact passthrough for non-floats) and zlib level 9. Plugins add
 quantizers (a `QuantizeFn` returning a `QTensor`; a new scheme's decoder comes from `pg_dequantizers`) and codecs.
-Artifacts are `MAGIC | u16 version | u32 header length | JSON header | compressed torch.save payload`;
-the payload always loads with `torch.load(weights_only=True)` and decompression is size-capped.
+Artifacts are `MAGIC | u16 version | u32 header length | JSON header | payload`. Format 2: a state codec
+(`StateCodec`, the core's `TorchStateCodec` or a plugin's through `pg_state_codec`) turns the quantized
+state into named byte streams and a JSON manifest; the core compresses each stream with its codec and
+records, per stream, the codec name and parameters, raw and compressed sizes and a SHA-256, so the header
+names everything the decoder must do. Decoding checks every size against a cap (the sum over streams),
+every checksum, and loads tensors only with `torch.load(weights_only=True)`. Format 1 (one torch.save
+stream, top-level codec fields) still decodes.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ INT8_CLIP_Q = INT8_CLIP_PERCENTILE / 100.0
 SIZE_CAP = 16_000_000
 MAX_DECOMPRESSED = 512 * 1024 * 1024
 MAGIC = b"PGOLF\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ARTIFACT_KEY = "__pgolf_artifact__"
 _PREFIX = struct.Struct("<HI")  # version, header length
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
@@ -260,6 +266,11 @@ def dequantize_state_dict(qstate: Mapping[str, QTensor],
 
 # --- codecs ----------------------------------------------------------------------------------------
 class Codec(Protocol):
+    """Compresses one byte stream. Optional members: `params` (a JSON dict the decoder needs, written to
+    the header, e.g. {"byte_shuffle": 2}) with `configured(params) -> Codec` (the decoder for those params,
+    an ArtifactError for params it does not know); `compress_named(data) -> (name, bytes)` and `chosen` for
+    a codec that picks among others (`AutoCodec`); `decoders()` -> {name: codec} it may write."""
+
     name: str
 
     def compress(self, data: bytes) -> bytes: ...
@@ -308,11 +319,17 @@ class ZlibCodec:
 CODECS: dict[str, type] = {"zlib": ZlibCodec}  # the core's own; the others are plugins.lib.codecs
 
 
-def decoders_of(codec: Codec) -> dict[str, Codec]:
-    """name -> codec for everything `codec` may write (an auto codec: each candidate), and zlib."""
-    out: dict[str, Codec] = {"zlib": ZlibCodec()}
-    more = getattr(codec, "decoders", None)
-    out.update(more() if callable(more) else {codec.name: codec})
+def decoders_of(codec: Codec, state_codec: StateCodec | None = None) -> dict[str, Any]:
+    """name -> decoder for everything an export with `codec` (an auto codec: each candidate) and
+    `state_codec` may write: codecs, zlib, and the state codec under its name (the header's "layout")."""
+    out: dict[str, Any] = {"zlib": ZlibCodec()}
+    codecs = [codec]
+    if state_codec is not None:
+        out[state_codec.name] = state_codec
+        codecs += list(getattr(state_codec, "codecs", lambda: [])())
+    for c in codecs:
+        more = getattr(c, "decoders", None)
+        out.update(more() if callable(more) else {c.name: c})
     return out
 
 
@@ -325,25 +342,143 @@ def compress_named(codec: Codec, data: bytes) -> tuple[str, bytes]:
     return codec.name, codec.compress(data)
 
 
-# --- artifact --------------------------------------------------------------------------------------
-def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str) -> bytes:
-    """MAGIC | u16 version | u32 header length | JSON header | codec(torch.save({name: record}))."""
+def codec_params(codec: Codec) -> dict[str, Any]:
+    """The parameters the decoder of `codec`'s last output needs (of the chosen candidate, for AutoCodec)."""
+    chosen = getattr(codec, "chosen", None)
+    params = getattr(chosen if chosen is not None else codec, "params", None)
+    return dict(params) if params else {}
+
+
+# --- state codecs: the quantized state <-> byte streams ----------------------------------------------
+@dataclass
+class Stream:
+    """One part of an artifact payload: its raw bytes and the codec that compresses them (None: the
+    run's codec from `pg_codec`). `label` names it in the header and in errors."""
+
+    label: str
+    data: bytes
+    codec: Codec | None = None
+
+
+class StateCodec(Protocol):
+    """Writes the quantized state (name -> QTensor) as byte streams plus a JSON manifest, and back.
+
+    `encode(qstate) -> (streams, manifest)`; `decode(raws, manifest) -> {name: QTensor}` gets the streams'
+    decompressed, size-capped and checksummed bytes in the same order. Load tensors only through
+    `load_records` (weights_only). Optional `codecs()` lists the codecs its streams use (for decoders_of).
+    """
+
+    name: str
+
+    def encode(self, qstate: Mapping[str, QTensor]) -> tuple[list[Stream], dict[str, Any]]: ...
+
+    def decode(self, raws: Sequence[bytes], manifest: Mapping[str, Any]) -> dict[str, QTensor]: ...
+
+
+def save_records(qstate: Mapping[str, QTensor]) -> bytes:
+    """torch.save of {ARTIFACT_KEY: version, name: record state}, largest payloads first."""
     if ARTIFACT_KEY in qstate:
         raise ValueError(f"tensor name {ARTIFACT_KEY!r} is reserved")
-    obj: dict[str, Any] = {ARTIFACT_KEY: FORMAT_VERSION}
+    obj: dict[str, Any] = {ARTIFACT_KEY: 1}
     # Largest payloads first: keeps the small passthrough tensors out from between the int8 blocks,
     # which measurably helps zlib (the state-dict order costs ~15 KB on the baseline model).
     order = sorted(qstate, key=lambda n: -qstate[n].payload_bytes)
     obj.update((name, qstate[name].to_state()) for name in order)
     buf = io.BytesIO()
     torch.save(obj, buf)
-    raw = buf.getvalue()
-    codec_name, payload = compress_named(codec, raw)
-    header = {"format": FORMAT_VERSION, "codec": codec_name, "quantizer": quantizer_name,
-              "payload_bytes": len(payload), "raw_bytes": len(raw),
-              "raw_sha256": hashlib.sha256(raw).hexdigest()}
+    return buf.getvalue()
+
+
+def load_records(raw: bytes, where: str = "artifact") -> dict[str, QTensor]:
+    """The inverse of `save_records`, with `torch.load(weights_only=True)`; errors are one line."""
+    try:
+        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ArtifactError(f"{where}: torch.load failed ({type(exc).__name__}: {msg})") from exc
+    if not isinstance(obj, dict) or obj.get(ARTIFACT_KEY) != 1:
+        raise ArtifactError(f"{where}: payload is not a pgolf state (no {ARTIFACT_KEY} marker)")
+    records: dict[str, QTensor] = {}
+    for tname, state in obj.items():
+        if tname == ARTIFACT_KEY:
+            continue
+        try:
+            records[tname] = QTensor.from_state(state)
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where}: tensor {tname!r}: {exc}") from exc
+    return records
+
+
+class TorchStateCodec:
+    """The core's layout: one stream, the torch.save of every record, compressed by the run's codec."""
+
+    name = "torch"
+
+    def encode(self, qstate: Mapping[str, QTensor]) -> tuple[list[Stream], dict[str, Any]]:
+        return [Stream("state", save_records(qstate))], {}
+
+    def decode(self, raws: Sequence[bytes], manifest: Mapping[str, Any]) -> dict[str, QTensor]:
+        if len(raws) != 1:
+            raise ArtifactError(f"layout 'torch' expects 1 stream, header lists {len(raws)}")
+        return load_records(raws[0], "stream 'state'")
+
+
+# --- artifact --------------------------------------------------------------------------------------
+TORCH_STATE = TorchStateCodec()
+
+
+def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str,
+                    state_codec: StateCodec | None = None) -> bytes:
+    """MAGIC | u16 version | u32 header length | JSON header | the compressed streams, concatenated.
+
+    `state_codec` (default: `TorchStateCodec`) splits `qstate` into streams; each is compressed with its own
+    codec or `codec`. The header's "codec" is the stream's codec name for the torch layout (the run's
+    label), else the layout's name; "raw_bytes"/"payload_bytes" are totals over the streams.
+    """
+    layout = TORCH_STATE if state_codec is None else state_codec
+    if ARTIFACT_KEY in qstate:
+        raise ValueError(f"tensor name {ARTIFACT_KEY!r} is reserved")
+    streams, manifest = layout.encode(qstate)
+    entries, payloads = [], []
+    for st in streams:
+        use = codec if st.codec is None else st.codec
+        name, payload = compress_named(use, st.data)
+        entry: dict[str, Any] = {"label": st.label, "codec": name, "raw_bytes": len(st.data),
+                                 "payload_bytes": len(payload), "raw_sha256": hashlib.sha256(st.data).hexdigest()}
+        params = codec_params(use)
+        if params:
+            entry["codec_params"] = params
+        entries.append(entry)
+        payloads.append(payload)
+    label = entries[0]["codec"] if layout.name == TORCH_STATE.name else layout.name
+    header = {"format": FORMAT_VERSION, "layout": layout.name, "codec": label, "quantizer": quantizer_name,
+              "payload_bytes": sum(len(p) for p in payloads), "raw_bytes": sum(e["raw_bytes"] for e in entries),
+              "streams": entries, "manifest": manifest}
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    return MAGIC + _PREFIX.pack(FORMAT_VERSION, len(head)) + head + payload
+    return MAGIC + _PREFIX.pack(FORMAT_VERSION, len(head)) + head + b"".join(payloads)
+
+
+def _streams_of(header: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The header's stream entries (format 1: the one implied stream), each field type-checked."""
+    if header["format"] == 1:
+        return [{"label": "state", "codec": header.get("codec"), "raw_bytes": header["raw_bytes"],
+                 "payload_bytes": header["payload_bytes"], "raw_sha256": header.get("raw_sha256")}]
+    streams = header.get("streams")
+    if not isinstance(streams, list) or not streams:
+        raise ArtifactError(f"{where}: corrupt header (no streams list)")
+    for i, st in enumerate(streams):
+        ok = (isinstance(st, dict) and isinstance(st.get("codec"), str) and isinstance(st.get("label"), str)
+              and isinstance(st.get("raw_bytes"), int) and isinstance(st.get("payload_bytes"), int)
+              and st["raw_bytes"] >= 0 and st["payload_bytes"] >= 0
+              and isinstance(st.get("codec_params", {}), dict) and isinstance(st.get("raw_sha256", ""), str))
+        if not ok:
+            raise ArtifactError(f"{where}: corrupt header (stream {i}: expected label, codec, raw_bytes, "
+                                f"payload_bytes, raw_sha256)")
+    if sum(st["payload_bytes"] for st in streams) != header["payload_bytes"]:
+        raise ArtifactError(f"{where}: corrupt header (stream payload sizes do not add up to payload_bytes)")
+    if sum(st["raw_bytes"] for st in streams) != header["raw_bytes"]:
+        raise ArtifactError(f"{where}: corrupt header (stream raw sizes do not add up to raw_bytes)")
+    return streams
 
 
 def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], int]:
@@ -354,16 +489,17 @@ def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], 
     if len(blob) < start:
         raise ArtifactError(f"{where}: truncated header ({len(blob)} bytes)")
     version, hlen = _PREFIX.unpack_from(blob, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise ArtifactError(f"{where}: unsupported artifact version {version} (expected {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ArtifactError(f"{where}: unsupported artifact version {version} "
+                            f"(expected one of {', '.join(map(str, READABLE_VERSIONS))})")
     if len(blob) < start + hlen:
         raise ArtifactError(f"{where}: truncated header ({len(blob) - start} of {hlen} header bytes)")
     try:
         header = json.loads(blob[start:start + hlen].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{where}: corrupt header ({exc})") from exc
-    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
-        raise ArtifactError(f"{where}: corrupt header (no format {FORMAT_VERSION} object)")
+    if not isinstance(header, dict) or header.get("format") != version:
+        raise ArtifactError(f"{where}: corrupt header (no format {version} object)")
     if not isinstance(header.get("payload_bytes"), int) or not isinstance(header.get("raw_bytes"), int):
         raise ArtifactError(f"{where}: corrupt header (payload_bytes/raw_bytes missing)")
     got, want = len(blob) - start - hlen, header["payload_bytes"]
@@ -374,54 +510,81 @@ def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], 
     return header, start + hlen
 
 
-def _resolve_codec(name: Any, codecs: Mapping[str, Codec] | None, where: str) -> Codec:
-    if codecs and name in codecs:
-        return codecs[name]
-    if isinstance(name, str) and name in CODECS:
+def _resolve_codec(name: Any, codecs: Mapping[str, Any] | None, where: str,
+                   params: Mapping[str, Any] | None = None) -> Codec:
+    codec: Any = None
+    if codecs and name in codecs and callable(getattr(codecs[name], "decompress", None)):
+        codec = codecs[name]
+    elif isinstance(name, str) and name in CODECS:
         try:
-            return CODECS[name]()
+            codec = CODECS[name]()
         except Exception as exc:
             raise ArtifactError(f"{where}: codec {name!r} unavailable ({exc})") from exc
-    known = sorted({*CODECS, *(codecs or {})})
-    raise ArtifactError(f"{where}: unknown codec {name!r} (known: {', '.join(known)})")
+    if codec is None:
+        known = sorted({*CODECS, *(k for k, v in (codecs or {}).items() if hasattr(v, "decompress"))})
+        raise ArtifactError(f"{where}: unknown codec {name!r} (known: {', '.join(known)})")
+    if params:
+        configured = getattr(codec, "configured", None)
+        if not callable(configured):
+            raise ArtifactError(f"{where}: codec {name!r} takes no parameters, header has {dict(params)}")
+        try:
+            codec = configured(dict(params))
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where}: {exc}") from exc
+    return codec
 
 
-def decode_artifact(blob: bytes, codecs: Mapping[str, Codec] | None = None, max_size: int = MAX_DECOMPRESSED,
+def _resolve_layout(name: Any, codecs: Mapping[str, Any] | None, where: str) -> StateCodec:
+    if name == TORCH_STATE.name:
+        return TORCH_STATE
+    layout = (codecs or {}).get(name) if isinstance(name, str) else None
+    if layout is None or not callable(getattr(layout, "decode", None)):
+        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: torch"
+                            f"{''.join(', ' + k for k, v in (codecs or {}).items() if hasattr(v, 'encode'))})")
+    return layout
+
+
+def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_size: int = MAX_DECOMPRESSED,
                     where: str = "artifact") -> tuple[dict[str, QTensor], dict[str, Any]]:
-    """(records, header) from artifact bytes; every failure is a one-line ArtifactError."""
+    """(records, header) from artifact bytes; every failure is a one-line ArtifactError.
+
+    `codecs` maps names to decoders: codecs (by the streams' codec names) and state codecs (by the
+    header's layout). `max_size` caps the decompressed bytes of all streams together.
+    """
     header, offset = parse_header(blob, where)
-    name = header.get("codec")
-    codec = _resolve_codec(name, codecs, where)
+    layout = _resolve_layout(header.get("layout", TORCH_STATE.name), codecs, where)
+    streams = _streams_of(header, where)
     if header["raw_bytes"] > max_size:
         raise ArtifactError(f"{where}: declared raw size {header['raw_bytes']} exceeds the size cap "
                             f"of {max_size} bytes")
-    try:
-        raw = codec.decompress(blob[offset:], max_size=max_size)
-    except ArtifactError as exc:
-        raise ArtifactError(f"{where}: {exc}") from exc
-    except Exception as exc:
-        raise ArtifactError(f"{where}: {name} decompression failed ({type(exc).__name__}: {exc})") from exc
-    if len(raw) != header["raw_bytes"]:
-        raise ArtifactError(f"{where}: payload decompressed to {len(raw)} bytes, "
-                            f"header says {header['raw_bytes']}")
-    digest = header.get("raw_sha256")
-    if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
-        raise ArtifactError(f"{where}: payload checksum mismatch (corrupt artifact)")
-    try:
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ArtifactError(f"{where}: torch.load failed ({type(exc).__name__}: {msg})") from exc
-    if not isinstance(obj, dict) or obj.get(ARTIFACT_KEY) != FORMAT_VERSION:
-        raise ArtifactError(f"{where}: payload is not a pgolf state (no {ARTIFACT_KEY} marker)")
-    records: dict[str, QTensor] = {}
-    for tname, state in obj.items():
-        if tname == ARTIFACT_KEY:
-            continue
+    raws: list[bytes] = []
+    budget = max_size
+    for st in streams:
+        name, label = st["codec"], st["label"]
+        here = f"{where}: stream {label!r}" if header["format"] > 1 else where
+        codec = _resolve_codec(name, codecs, here, st.get("codec_params"))
+        chunk = blob[offset:offset + st["payload_bytes"]]
+        offset += st["payload_bytes"]
         try:
-            records[tname] = QTensor.from_state(state)
+            raw = codec.decompress(chunk, max_size=min(budget, st["raw_bytes"]))
         except ArtifactError as exc:
-            raise ArtifactError(f"{where}: tensor {tname!r}: {exc}") from exc
+            raise ArtifactError(f"{here}: {exc}") from exc
+        except Exception as exc:
+            raise ArtifactError(f"{here}: {name} decompression failed ({type(exc).__name__}: {exc})") from exc
+        if len(raw) != st["raw_bytes"]:
+            raise ArtifactError(f"{here}: payload decompressed to {len(raw)} bytes, header says {st['raw_bytes']}")
+        digest = st.get("raw_sha256")
+        if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+            raise ArtifactError(f"{here}: payload checksum mismatch (corrupt artifact)")
+        budget -= len(raw)
+        raws.append(raw)
+    manifest = header.get("manifest", {})
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{where}: corrupt header (manifest is not an object)")
+    try:
+        records = layout.decode(raws, manifest) if header["format"] > 1 else load_records(raws[0], where)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
     return records, header
 
 
@@ -461,6 +624,7 @@ class ExportResult:
     compressed_bytes: int
     quantizer_name: str = "int8"
     codec_name: str = "zlib"
+    layout_name: str = "torch"
 
 
 @dataclass
@@ -478,9 +642,10 @@ class RefineContext:
     float_state: Mapping[str, Tensor] | None = None
 
 
-def artifact_sizer(codec: Codec, quantizer_name: str = "int8") -> Callable[[Mapping[str, QTensor]], int]:
-    """size_of for RefineContext: the encoded artifact's length with `codec`."""
-    return lambda qstate: len(encode_artifact(qstate, codec, quantizer_name))
+def artifact_sizer(codec: Codec, quantizer_name: str = "int8",
+                   state_codec: StateCodec | None = None) -> Callable[[Mapping[str, QTensor]], int]:
+    """size_of for RefineContext: the encoded artifact's length with `codec` (and `state_codec`)."""
+    return lambda qstate: len(encode_artifact(qstate, codec, quantizer_name, state_codec))
 
 
 def quantizer_label(qstate: Mapping[str, QTensor]) -> str:
@@ -496,18 +661,21 @@ def quantizer_label(qstate: Mapping[str, QTensor]) -> str:
 def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn], codec: Codec,
                       quantizer_name: str | None = "int8",
                       refine: Callable[[dict[str, QTensor]], None] | None = None,
-                      schemes: Mapping[str, DequantizeFn] | None = None) -> ExportResult:
+                      schemes: Mapping[str, DequantizeFn] | None = None,
+                      state_codec: StateCodec | None = None) -> ExportResult:
     """Quantize (first answering quantizer, then int8), refine in place (optional, e.g. pruning),
-    serialize and compress into artifact bytes. `quantizer_name=None` names it by `quantizer_label`."""
+    serialize (`state_codec`, default torch.save) and compress into artifact bytes.
+    `quantizer_name=None` names it by `quantizer_label`."""
     qstate, stats = quantize_state_dict(state_dict, quantizers, schemes)
     if refine is not None:
         refine(qstate)
     if quantizer_name is None:
         quantizer_name = quantizer_label(qstate)
-    blob = encode_artifact(qstate, codec, quantizer_name)
+    blob = encode_artifact(qstate, codec, quantizer_name, state_codec)
     header, _ = parse_header(blob)
     return ExportResult(blob=blob, qstate=qstate, stats=stats, raw_bytes=header["raw_bytes"],
-                        compressed_bytes=len(blob), quantizer_name=quantizer_name, codec_name=header["codec"])
+                        compressed_bytes=len(blob), quantizer_name=quantizer_name, codec_name=header["codec"],
+                        layout_name=header["layout"])
 
 
 def _bits_equal(a: Tensor, b: Tensor) -> bool:
@@ -519,11 +687,26 @@ def _bits_equal(a: Tensor, b: Tensor) -> bool:
     return torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))
 
 
+def _records_equal(a: QTensor, b: QTensor) -> bool:
+    if (a.scheme, a.dtype, tuple(a.shape), a.meta) != (b.scheme, b.dtype, tuple(b.shape), b.meta):
+        return False
+    if (a.scale is None) != (b.scale is None) or a.extra.keys() != b.extra.keys():
+        return False
+    pairs = [(a.data, b.data), *([(a.scale, b.scale)] if a.scale is not None else []),
+             *((a.extra[k], b.extra[k]) for k in a.extra)]
+    return all(_bits_equal(x, y) for x, y in pairs)
+
+
 def verify_round_trip(result: ExportResult, codecs: Mapping[str, Codec] | None = None,
                       max_size: int = MAX_DECOMPRESSED,
                       schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, Tensor]:
-    """Decode the artifact bytes and require bit-identical weights to the in-memory quantization."""
+    """Decode the artifact bytes and require bit-identical records (codes, scales, extras, metadata) and
+    bit-identical dequantized weights to the in-memory quantization."""
     decoded, _ = decode_artifact(result.blob, codecs, max_size)
+    for name, want_q in result.qstate.items():
+        got_q = decoded.get(name)
+        if got_q is None or not _records_equal(got_q, want_q):
+            raise ArtifactError(f"round trip mismatch for tensor {name!r} (the decoded record differs)")
     restored = dequantize_state_dict(decoded, schemes)
     expected = dequantize_state_dict(result.qstate, schemes)
     if restored.keys() != expected.keys():

@@ -13,9 +13,15 @@ plugin's result replaces them. Plain hooks call every implementation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:  # annotations only: the hookspecs import nothing at run time
+    from torch import Tensor
+
+    from core.export import StateCodec
+    from core.tokenizer import ByteTables, TextTransform
 
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -30,9 +36,44 @@ def pg_train_loader(run: Any) -> Any:
     The object must have `next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y)` with int64
     tensors of shape (-1, seq_len) on `run.device`, or `(x, y, doc_ids)` for document-masked training:
     `doc_ids` (same shape, equal ids = same document) reaches the model, which keeps attention inside
-    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it).
-    Called at the start of training and again after the
-    compile warm-up (the loader is rebuilt so measured training starts at the first token).
+    each document (`ctx["attn_mask"]` for the attention core; a varlen attention slot may read it). Called at
+    the start of training and again after the compile warm-up (the loader is rebuilt so measured training
+    starts at the first token).
+    """
+
+
+@hookspec(firstresult=True)
+def pg_text_transform(config: Any) -> TextTransform | None:
+    """Return a `core.tokenizer.TextTransform` applied to every document before tokenizer training and
+    tokenization when a dataset is built (`dataprep.build.build_dataset(..., transform=...)`), or None.
+
+    Called at data-build time only (never by training). The builder reserves the transform's
+    `reserved_symbols` as SentencePiece user-defined pieces, tokenizes `encode(text)`, and writes a byte
+    sidecar beside the validation shards (`fineweb_val_bytes_<n>.bin`, uint16, parallel to the tokens,
+    0 for BOS) holding each token's bytes of the ORIGINAL text (`original_bytes` of the piece surfaces).
+    """
+
+
+@hookspec(firstresult=True)
+def pg_byte_tables(run: Any, tokenizer: Any) -> ByteTables | None:
+    """Return the `core.tokenizer.ByteTables` scoring uses for this tokenizer (core: the baseline's LUT).
+
+    Called once in `setup` after the tokenizer loads (`tokenizer` is the SentencePieceProcessor,
+    `run.core.vocab_size` the model's vocabulary), before the model is built. Tables are sized
+    max(tokenizer vocab, model vocab); they apply to any token stream without per-position counts.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_val_byte_counts(run: Any, tokens: Tensor) -> Tensor | None:
+    """Return per-position byte counts of the validation stream (a 1-D integer tensor, one entry per
+    token of `tokens`: entry t is what target t stands for in the original text; entry 0 is unused),
+    or None to count bytes with the tables.
+
+    Called once in `setup`, after the validation tokens are loaded and cut to their scored length
+    (`tokens` is `run.val_tokens`; read `run.data_dir`). The core checks shape and sign (a DataError
+    naming the hook), stores it as `run.val_bytes`, and every evaluation of the validation stream (all
+    evaluators, TTT included) sums these bytes in the `ScoreSink`. The CaseOps byte sidecar lives here.
     """
 
 
@@ -223,7 +264,42 @@ def pg_dequantizers() -> dict[str, Any] | None:
 
 @hookspec(firstresult=True)
 def pg_codec(config: Any) -> Any:
-    """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9)."""
+    """Return the `core.export.Codec` that compresses the serialized quantized state (core: zlib-9).
+
+    A codec whose decoder needs settings (e.g. brotli's byte shuffle stride) exposes them as `params`
+    and decodes through `configured(params)`: the artifact header records them per stream, so an
+    artifact decodes without the run's configuration.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_state_codec(config: Any) -> StateCodec | None:
+    """Return the `core.export.StateCodec` that lays the quantized state out as byte streams (or None).
+
+    Called once per export (and again to decode an artifact in `pgolf eval`), after quantization and
+    `pg_refine_quantized`, outside any compiled region. The state codec sees every record (name ->
+    `core.export.QTensor`: codes, scales, scheme, shape) and returns `(streams, manifest)`:
+    - streams: `core.export.Stream(label, raw bytes, codec)`; `codec` None means the run's `pg_codec`
+      codec, so a layout may compress tensor families differently (per-group compression).
+    - manifest: a JSON-serializable dict (names, shapes, permutations) written to the artifact header.
+    Its `decode(raws, manifest)` receives the streams decompressed, size-capped and checked against
+    their SHA-256 by the core, and must return the same records bit for bit (the export verifies this)
+    and load tensors only with `core.export.load_records` (`torch.load(weights_only=True)`). Its `name`
+    is the header's "layout"; the decoder table (`core.export.decoders_of`) maps it back to the object.
+    The core's answer (trylast) is `TorchStateCodec`: one stream, the torch.save of all records.
+    """
+
+
+@hookspec(firstresult=True)
+def pg_wrap_code(source: str) -> str | None:
+    """Return `source` (the finished single-file train_gpt.py) in a wrapped form, or None to ship it as is.
+
+    Called by `submissions.bundle.bundle` (so `pgolf bundle`, and the code size `pgolf train` logs through
+    `bundle_size`), never during training. The result must be one plain Python file that behaves exactly
+    like `source` under `python train_gpt.py` and torchrun: the same `__name__ == "__main__"` entry and
+    `__file__` (so the script's own size, which it logs as its code size, is the wrapped file's), using
+    only the standard library to unwrap. E.g. PR #1493's `exec(lzma.decompress(b85decode(...)))`.
+    """
 
 
 # --- evaluate --------------------------------------------------------------------------------------

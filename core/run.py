@@ -88,6 +88,7 @@ class Run:
     optimizers: list[Any] = field(default_factory=list)
     byte_tables: Any = None
     val_tokens: Any = None
+    val_bytes: Any = None  # per-position byte counts of val_tokens (pg_val_byte_counts), or None: the tables
     tokenizer: Any = None
     state: dict[str, Any] = field(default_factory=dict)  # plugins' per-run state, keyed by plugin name
     progress: bool = False

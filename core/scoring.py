@@ -2,8 +2,10 @@
 
 Positions are indices t ≥ 1 into the validation token stream: position t is the prediction of
 `tokens[t]` from `tokens[:t]`. The sink counts each position exactly once (a double or missing score
-is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`), and keeps
-each position's NLL — one sink, one behaviour, whether or not the validator watches (validator/THREATS.md);
+is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`) or, when the
+stream comes with per-position byte counts (a byte sidecar such as CaseOps', `pg_val_byte_counts`),
+with those: bytes[t] is what position t's target stands for in the original text. It keeps each
+position's NLL — one sink, one behaviour, whether or not the validator watches (validator/THREATS.md);
 `evaluate` returns the per-position NLL with the totals. `ScoredTokens` is the
 only way test-time training may read validation tokens: it releases the prefix the sink has scored
 (stream-order TTT) or checks that every position it trains on is scored (document-batched TTT).
@@ -45,16 +47,22 @@ class EvalResult:
 
 
 class ScoreSink:
-    """Accumulates NLL and bytes per scored position of `tokens` (a 1-D CPU or device tensor)."""
+    """Accumulates NLL and bytes per scored position of `tokens` (a 1-D CPU or device tensor).
 
-    def __init__(self, tokens: Tensor, tables: ByteTables, checking: bool = False):
-        # `checking` is accepted for compatibility and ignored: a sink behaves, and looks, the same whether or not
-        # the validator is watching (validator/THREATS.md). Per-position NLL is always kept (8 bytes/token on the
-        # sink's device) and every record is checked.
+    `position_bytes` (1-D, parallel to `tokens`): the bytes of each position's target, used instead of
+    the tables when given. `checking` is accepted for compatibility and ignored: a sink behaves, and looks,
+    the same whether or not the validator is watching; per-position NLL is always kept."""
+
+    def __init__(self, tokens: Tensor, tables: ByteTables, checking: bool = False,
+                 position_bytes: Tensor | None = None):
         del checking
         self.tokens = tokens
         self.tables = tables
         self.device = tables.base_bytes.device
+        if position_bytes is not None and position_bytes.shape != tokens.reshape(-1).shape:
+            raise ScoringError(f"position_bytes has shape {tuple(position_bytes.shape)}, expected "
+                               f"({tokens.numel()},): one byte count per token")
+        self.position_bytes = None if position_bytes is None else position_bytes.to(self.device, torch.int64)
         n = tokens.numel()
         self.scored = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -76,10 +84,13 @@ class ScoreSink:
             raise ScoringError("a position was scored twice")
         self.nll[pos] = val
         self.scored[pos] = True
-        tgt = self.tokens[pos.to(self.tokens.device)].to(self.device, torch.int64)
-        prev = self.tokens[(pos - 1).to(self.tokens.device)].to(self.device, torch.int64)
         self.loss_sum += val.sum()
         self.count += pos.numel()
+        if self.position_bytes is not None:
+            self.byte_sum += self.position_bytes[pos].to(torch.float64).sum()
+            return
+        tgt = self.tokens[pos.to(self.tokens.device)].to(self.device, torch.int64)
+        prev = self.tokens[(pos - 1).to(self.tokens.device)].to(self.device, torch.int64)
         self.byte_sum += token_bytes(prev, tgt, self.tables).to(torch.float64).sum()
 
     def advance_frontier(self, upto: int) -> None:
@@ -306,11 +317,16 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     return 1000.0 * (time.perf_counter() - t0)
 
 
-def evaluate(run, model, evaluator, tokens: Tensor, checking: bool = False) -> EvalResult:
-    """Run one evaluator over `tokens` through a fresh sink; returns the reduced result."""
+def evaluate(run, model, evaluator, tokens: Tensor, checking: bool = False,
+             position_bytes: Tensor | None = None) -> EvalResult:
+    """Run one evaluator over `tokens` through a fresh sink; returns the reduced result. The validation
+    stream (`tokens is run.val_tokens`) brings its per-position byte counts (`run.val_bytes`) unless
+    `position_bytes` is given."""
     import time
 
-    sink = ScoreSink(tokens, run.byte_tables, checking=checking)
+    if position_bytes is None and tokens is getattr(run, "val_tokens", None):
+        position_bytes = getattr(run, "val_bytes", None)
+    sink = ScoreSink(tokens, run.byte_tables, checking=checking, position_bytes=position_bytes)
     was_training = model.training
     model.eval()
     run.synchronize()

@@ -2,13 +2,17 @@
 
 A target token counts its piece's UTF-8 bytes (without the leading '▁'), plus one byte for that space
 unless the previous token is a boundary (control/unknown/unused) token. `token_bytes` is the only place
-the project computes this.
+the project computes this from tables. A plugin may supply other tables (`pg_byte_tables`), per-position
+byte counts of the validation stream (`pg_val_byte_counts`, a byte sidecar: then the ScoreSink sums
+those), and a text transform applied before tokenization at data-build time (`pg_text_transform`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
@@ -34,6 +38,40 @@ class ByteTables:
     @property
     def size(self) -> int:
         return int(self.base_bytes.numel())
+
+
+class TextTransform(Protocol):
+    """A lossless text transform applied before tokenizer training and tokenization (e.g. CaseOps).
+
+    `reserved_symbols`: pieces the tokenizer must keep whole (SentencePiece user-defined symbols);
+    `encode`/`decode`: the transform and its inverse (decode(encode(t)) == t);
+    `original_bytes(surfaces)`: for consecutive surface strings of the transformed text (SentencePiece
+    piece surfaces, in order), the UTF-8 bytes of the original text each one stands for.
+    """
+
+    name: str
+    reserved_symbols: tuple[str, ...]
+
+    def encode(self, text: str) -> str: ...
+
+    def decode(self, text: str) -> str: ...
+
+    def original_bytes(self, surfaces: Iterable[str]) -> list[int]: ...
+
+
+def check_position_bytes(counts: Tensor, tokens: Tensor, where: str) -> Tensor:
+    """`counts` as int32 if it is a 1-D tensor of non-negative integers parallel to `tokens`, else a
+    DataError naming `where` (who supplied it)."""
+    if not isinstance(counts, Tensor) or counts.ndim != 1 or counts.dtype.is_floating_point \
+            or counts.dtype == torch.bool:
+        raise DataError(f"{where}: per-position byte counts must be a 1-D integer tensor")
+    if counts.numel() != tokens.numel():
+        raise DataError(f"{where}: {counts.numel()} per-position byte counts for {tokens.numel()} validation "
+                        f"tokens (expected one per token)")
+    counts = counts.to(torch.int32)
+    if counts.numel() and int(counts.min()) < 0:
+        raise DataError(f"{where}: negative per-position byte count")
+    return counts
 
 
 def load_tokenizer(path: str | Path, vocab_size: int) -> spm.SentencePieceProcessor:

@@ -29,7 +29,7 @@ from core.optim import Muon, default_param_groups, make_default_optimizer, zerop
 from core.registry import Registry
 from core.run import Run, create_run, write_atomic
 from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
-from core.tokenizer import build_byte_tables, load_tokenizer
+from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
 CORE_DIR = Path(__file__).resolve().parent
 
@@ -51,6 +51,14 @@ class CoreDefaults:
     @hookimpl(trylast=True)
     def pg_codec(self, config: Config) -> Any:
         return ex.ZlibCodec(level=9)
+
+    @hookimpl(trylast=True)
+    def pg_byte_tables(self, run: Run, tokenizer: Any) -> Any:
+        return build_byte_tables(tokenizer, run.core.vocab_size)
+
+    @hookimpl(trylast=True)
+    def pg_state_codec(self, config: Config) -> Any:
+        return ex.TorchStateCodec()
 
     @hookimpl(trylast=True)
     def pg_evaluator(self, run: Run) -> Any:
@@ -252,7 +260,7 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.val_files = shard_files(data_dir, "val")
     run.tokenizer = load_tokenizer(tok_path, core.vocab_size)
     run.tokenizer_path = tok_path
-    run.byte_tables = build_byte_tables(run.tokenizer, core.vocab_size).to(run.device)
+    run.byte_tables = run.hook.pg_byte_tables(run=run, tokenizer=run.tokenizer).to(run.device)
     val = load_validation_tokens(run.val_files, run.eval_seq_len, core.vocab_size)
     if core.val_max_tokens > 0:
         usable = min(val.numel() - 1, (core.val_max_tokens // run.eval_seq_len) * run.eval_seq_len)
@@ -260,6 +268,8 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
             raise DataError(f"PGOLF_VAL_MAX_TOKENS={core.val_max_tokens} is shorter than one eval sequence")
         val = val[: usable + 1]
     run.val_tokens = val
+    counts = run.hook.pg_val_byte_counts(run=run, tokens=val)
+    run.val_bytes = None if counts is None else check_position_bytes(counts, val, "pg_val_byte_counts").to(run.device)
 
     if core.deterministic:  # reproducible kernels where the backend has them (the schedule: Budget.of)
         import os
@@ -642,16 +652,18 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     base = run.model
     cfg = run.config
     codec = run.hook.pg_codec(config=cfg)
+    layout = run.hook.pg_state_codec(config=cfg)
 
     def quantize(name: str, t: torch.Tensor) -> Any:
         return run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
 
     state = {k: v for k, v in base.state_dict().items()}
     n_code = code_bytes(run)
-    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8"), code_bytes=n_code, config=cfg,
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8", layout), code_bytes=n_code, config=cfg,
                            float_state=state)
     result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None, schemes=run.schemes,
-                                  refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx))
+                                  refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx),
+                                  state_codec=layout)
     label = f"{result.quantizer_name}+{result.codec_name}"
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
     if run.master and run.run_dir is not None:
@@ -663,7 +675,7 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
         run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
         report = ex.size_report(n_code, len(result.blob))
         run.event("size", label=label, **report)
-    restored = ex.verify_round_trip(result, ex.decoders_of(codec), schemes=run.schemes)
+    restored = ex.verify_round_trip(result, ex.decoders_of(codec, layout), schemes=run.schemes)
     base.load_state_dict(restored, strict=True)
     evaluator = run.hook.pg_evaluator(run=run)
     if should_compile(run):

@@ -4,6 +4,10 @@ Layout of a built dataset directory (the challenge's names):
 `tokenizer/fineweb_{V}_bpe.model` (+ `.vocab`), `fineweb_train_000000.bin ...`, `fineweb_val_000000.bin`
 and `dataset.json`. The first documents go to val, the rest to train; each document is encoded and
 prefixed with BOS (id 1), no EOS. Builds happen in a temporary directory that is renamed at the end.
+With a text transform (a plugin's `pg_text_transform`, e.g. CaseOps), documents are transformed before
+tokenizer training and encoding, its reserved symbols are user-defined pieces, and a byte sidecar
+`fineweb_val_bytes_<n>.bin` (uint16, parallel to the val tokens, 0 for BOS) holds each val token's bytes
+of the original text.
 `ensure_default_data` builds and caches the embedded default corpus (`dataprep.corpus`).
 """
 
@@ -26,6 +30,7 @@ import numpy as np
 import sentencepiece as spm
 
 from core.data import DataError, write_shard
+from core.tokenizer import TextTransform
 
 BOS_ID = 1
 SPECIAL_PIECES = 4  # pad, bos, eos, unk
@@ -134,10 +139,12 @@ def train_tokenizer(
 
 
 def _train_tokenizer(
-    texts: Iterable[str], vocab_size: int, out_prefix: Path, max_bytes: int, seed: int, label: str = ""
+    texts: Iterable[str], vocab_size: int, out_prefix: Path, max_bytes: int, seed: int, label: str = "",
+    user_symbols: tuple[str, ...] = (),
 ) -> tuple[Path, float]:
-    """(model path, character coverage used); `label` names the tokenizer in errors."""
-    _check_vocab(vocab_size)
+    """(model path, character coverage used); `label` names the tokenizer in errors; `user_symbols` are
+    pieces kept whole (ids right after the four special pieces)."""
+    _check_vocab(vocab_size - len(user_symbols))
     label = label or f"{out_prefix}.model"
     sentences = _sentences(texts, max_bytes)
     if not sentences:
@@ -166,6 +173,7 @@ def _train_tokenizer(
             max_sentence_length=MAX_SENTENCE_CHARS * 4 + 16,
             num_threads=1,
             minloglevel=2,
+            **({"user_defined_symbols": list(user_symbols)} if user_symbols else {}),
         )
     except RuntimeError as e:
         raise _trainer_error(e, vocab_size, label) from None
@@ -315,8 +323,8 @@ def iter_documents(source: Path, exclude: Path | None = None) -> Iterator[str]:
 
 
 class _ShardWriter:
-    def __init__(self, out_dir: Path, split: str, shard_tokens: int) -> None:
-        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int, lead: int = BOS_ID) -> None:
+        self.out_dir, self.split, self.shard_tokens, self.lead = out_dir, split, shard_tokens, lead
         self.parts: list[np.ndarray] = []
         self.buffered = 0
         self.files: list[Path] = []
@@ -325,7 +333,7 @@ class _ShardWriter:
 
     def add(self, ids: list[int]) -> None:
         arr = np.empty(len(ids) + 1, dtype=np.uint16)
-        arr[0] = BOS_ID
+        arr[0] = self.lead
         arr[1:] = ids
         self.parts.append(arr)
         self.buffered += arr.size
@@ -358,9 +366,15 @@ def _build(
     shard_tokens: int,
     seed: int,
     replace: bool,
+    transform: TextTransform | None = None,
 ) -> BuildInfo:
     t0 = time.perf_counter()
     _check_vocab(vocab_size)
+    if transform is not None:
+        raw_documents = documents
+
+        def documents() -> Iterable[str]:
+            return (transform.encode(doc) for doc in raw_documents())
     if shard_tokens < 1:
         raise DataError(f"shard_tokens must be >= 1, got {shard_tokens}")
     out_dir = Path(out_dir)
@@ -380,21 +394,26 @@ def _build(
         train_texts = (doc for i, doc in enumerate(documents()) if i >= n_val)
         prefix = tmp / "tokenizer" / f"fineweb_{vocab_size}_bpe"
         label = f"{out_dir / 'tokenizer' / prefix.name}.model"
-        model, coverage = _train_tokenizer(train_texts, vocab_size, prefix, TOKENIZER_MAX_BYTES, seed, label)
+        symbols = tuple(transform.reserved_symbols) if transform is not None else ()
+        model, coverage = _train_tokenizer(train_texts, vocab_size, prefix, TOKENIZER_MAX_BYTES, seed, label,
+                                           symbols)
         sp = spm.SentencePieceProcessor(model_file=str(model))
         val = _ShardWriter(tmp, "val", shard_tokens)
         train = _ShardWriter(tmp, "train", shard_tokens)
+        sidecar = _ShardWriter(tmp, "val_bytes", shard_tokens, lead=0) if transform is not None else None
         batch: list[str] = []
         index = 0
         for doc in documents():
             batch.append(doc)
             if len(batch) >= ENCODE_BATCH_DOCS:
-                index = _encode_batch(sp, batch, index, n_val, val, train)
+                index = _encode_batch(sp, batch, index, n_val, val, train, transform, sidecar)
                 batch = []
         if batch:
-            index = _encode_batch(sp, batch, index, n_val, val, train)
+            index = _encode_batch(sp, batch, index, n_val, val, train, transform, sidecar)
         val.close()
         train.close()
+        if sidecar is not None:
+            sidecar.close()
 
         def rel(p: Path) -> str:
             return p.relative_to(tmp).as_posix()
@@ -408,6 +427,8 @@ def _build(
             "documents": {"train": train.docs, "val": val.docs},
             "tokens": {"train": train.tokens, "val": val.tokens},
             "shards": {"train": [rel(p) for p in train.files], "val": [rel(p) for p in val.files]},
+            "text_transform": transform.name if transform is not None else None,
+            "byte_sidecar": [rel(p) for p in sidecar.files] if sidecar is not None else [],
             "shard_tokens": shard_tokens,
             "character_coverage": coverage,
             "seed": seed,
@@ -443,11 +464,29 @@ def _encode_batch(
     n_val: int,
     val: _ShardWriter,
     train: _ShardWriter,
+    transform: TextTransform | None = None,
+    sidecar: _ShardWriter | None = None,
 ) -> int:
-    for ids in sp.encode(batch):
+    """Encode a batch of (already transformed) documents; val documents also get their sidecar entries."""
+    for doc, ids in zip(batch, sp.encode(batch), strict=True):
+        if index < n_val and transform is not None and sidecar is not None:
+            counts = transform.original_bytes(piece_surfaces(sp, doc))
+            if len(counts) != len(ids):
+                raise DataError(f"text transform {transform.name}: {len(counts)} byte counts for {len(ids)} tokens")
+            sidecar.add(counts)
         (val if index < n_val else train).add(ids)
         index += 1
     return index
+
+
+def piece_surfaces(sp: spm.SentencePieceProcessor, text: str) -> list[str]:
+    """The span of `text` each piece of `sp.encode(text)` stands for (byte-fallback pieces of one
+    character: the character on one of them, "" on the others)."""
+    try:
+        enc = sp.encode(text, out_type="offset_mapping")  # sentencepiece >= 0.2.1
+        return [text[b:e] for b, e in enc["offsets"]]
+    except (ValueError, TypeError):
+        return [p.surface for p in sp.encode(text, out_type="immutable_proto").pieces]  # older releases
 
 
 def _install(tmp: Path, out_dir: Path, replace: bool) -> Path:
@@ -493,11 +532,13 @@ def build_dataset(
     val_docs: int | None = None,
     shard_tokens: int = 100_000_000,
     seed: int = 0,
+    transform: TextTransform | None = None,
 ) -> BuildInfo:
     """Tokenizer + shards from `source` (a directory of text files, a `.jsonl` file, or one text file).
 
     The first `val_docs` documents (default ~5%, at least 1) are the val split. `out_dir` must be new,
     empty, or a previous dataset (which is replaced); the build is renamed into place at the end.
+    `transform` (see `text_transform_of`): applied to every document, with a val byte sidecar.
     """
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
@@ -512,7 +553,15 @@ def build_dataset(
         shard_tokens,
         seed,
         replace=True,
+        transform=transform,
     )
+
+
+def text_transform_of(config, registry) -> TextTransform | None:
+    """The text transform the configuration's plugins supply (`pg_text_transform`), or None."""
+    from core.registry import make_manager
+
+    return make_manager(registry, config).hook.pg_text_transform(config=config)
 
 
 # --- the embedded default corpus -------------------------------------------------------------------

@@ -58,7 +58,7 @@ def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -
         sets.append(f"core.data_path={data.resolve()}")
     if getattr(args, "deterministic", False):
         sets.append("core.deterministic=true")
-    plugins = None if args.plugins is None else [p.strip() for p in args.plugins.split(",") if p.strip()]
+    plugins = None if args.plugins is None else split_plugins(args.plugins)
     cfg = resolve(
         plugin_config_classes=registry.config_classes(), recipe=args.recipe, env=os.environ, sets=sets,
         plugins=plugins, check_plugins=registry.check, check_settings=registry.check_settings,
@@ -359,6 +359,10 @@ def validation_rules(plugin_files: list[str] | None = None) -> list:
     return list(RULES)
 
 
+def split_plugins(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from dataprep.build import build_dataset, ensure_default_data
 
@@ -367,7 +371,16 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if not args.source or not args.out:
         raise ValueError("pgolf data build TEXT_DIR|FILE.jsonl --vocab N --out DIR: source and --out are required")
-    info = build_dataset(Path(args.source), Path(args.out), vocab_size=args.vocab, val_docs=args.val_docs)
+    transform = None
+    if args.plugins:  # e.g. caseops: its text transform, reserved pieces and validation byte sidecar
+        from dataprep.build import text_transform_of
+
+        registry = Registry(extra_files=args.plugin_file)
+        cfg = resolve(plugin_config_classes=registry.config_classes(), plugins=split_plugins(args.plugins),
+                      env={}, check_plugins=registry.check, check_settings=registry.check_settings)
+        transform = text_transform_of(cfg, registry)
+    info = build_dataset(Path(args.source), Path(args.out), vocab_size=args.vocab, val_docs=args.val_docs,
+                         transform=transform)
     print(json.dumps(info.__dict__ if hasattr(info, "__dict__") else info, indent=2, default=str))
     return 0
 
@@ -437,6 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", type=int, default=1024)
     p.add_argument("--out", help="output directory")
     p.add_argument("--val-docs", type=int, default=None, help="documents for the val split (default ~5%%)")
+    p.add_argument("--plugins", help="plugins whose text transform the data is built with (e.g. caseops)")
+    p.add_argument("--plugin-file", action="append", default=[], metavar="FILE.py")
     p.set_defaults(func=cmd_data)
     p = sub.add_parser("size", help="size budget and per-family breakdown of a run or records folder")
     p.add_argument("run_dir", help="a run directory (final_model.ptz, metrics.json) or a records folder "

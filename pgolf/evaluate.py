@@ -35,7 +35,8 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
 
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
-    qstate, header = ex.read_artifact(artifact, ex.decoders_of(run.hook.pg_codec(config=run.config)))
+    decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
+    qstate, header = ex.read_artifact(artifact, decoders)
     set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
     state = ex.dequantize_state_dict(qstate, run.schemes)
     mine = run.model.state_dict()

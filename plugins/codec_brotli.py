@@ -1,4 +1,9 @@
-"""Brotli quality 11 artifact codec (PR #1089 / PR #1179 use brotli-11 for the payload)."""
+"""Brotli quality 11 artifact codec with the records' byte shuffle (PR #1089 / PR #1179 / PR #1493).
+
+PR #1493's `_compress` always byte-shuffles (stride 2, `_byte_shuffle`) before brotli-11, so that is the
+default here (`byte_shuffle = 2`); `byte_shuffle = 0` gives plain brotli. The stride is recorded in the
+artifact header (`codec_params`), so any pgolf decoder undoes it without this plugin's settings.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,14 @@ from plugins.lib import codecs
 @dataclass
 class BrotliConfig:
     quality: int = field(default=11, metadata={"help": "brotli quality (0..11)"})
+    byte_shuffle: int = field(default=2, metadata={
+        "help": "byte-shuffle stride before brotli (PR #1493: 2; 0 or 1: no shuffle)"})
 
 
 class Brotli(Plugin):
     name = "brotli"
-    summary = "Brotli quality 11 for the artifact payload."
-    sources = ("openai/parameter-golf#1089", "openai/parameter-golf#1179")
+    summary = "Brotli quality 11 for the artifact payload, after PR #1493's stride-2 byte shuffle."
+    sources = ("openai/parameter-golf#1089", "openai/parameter-golf#1179", "openai/parameter-golf#1493")
     config = BrotliConfig
     provides = ("codec",)
     test_settings = {"brotli": {"quality": 5}}  # quality 11 is the default; 5 keeps the matrix fast
@@ -28,4 +35,6 @@ class Brotli(Plugin):
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
-        return codecs.BrotliCodec(quality=self.cfg.quality)
+        if not (self.cfg.byte_shuffle in (0, 1) or 2 <= self.cfg.byte_shuffle <= 255):
+            raise ValueError(f"brotli.byte_shuffle: expected 0, 1 or a stride in 2..255, got {self.cfg.byte_shuffle}")
+        return codecs.BrotliCodec(quality=self.cfg.quality, shuffle=self.cfg.byte_shuffle)

@@ -6,7 +6,9 @@ the script runs in a records folder with no pgolf installed (`python train_gpt.p
 the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED, ITERATIONS, …) over its recipe,
 and accepts `section.key=value` overrides as arguments. Its own size is the code size it reports.
 Docstrings, comments, function annotations and settings' help texts are dropped (`strip=True`, the
-default): the code bytes count against the cap.
+default), and indentation is one space per level (checked: the same syntax tree): the code bytes count
+against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`, PR #1493's lzma/base85
+self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
 plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
 """
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
-from core.registry import Registry
+from core.registry import Registry, make_manager
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -87,9 +89,26 @@ def _help_only(keyword: ast.keyword) -> bool:
         isinstance(k, ast.Constant) and k.value == "help" for k in v.keys)
 
 
+def reindent(source: str, width: int = 1) -> str:
+    """`source` (canonical `ast.unparse` layout: 4 spaces per level) with `width` spaces per level; the
+    source unchanged if that would change its syntax tree (a multi-line string literal, other layouts)."""
+    lines = []
+    for line in source.splitlines(keepends=True):
+        body = line.lstrip(" ")
+        depth, extra = divmod(len(line) - len(body), 4)
+        lines.append(" " * (depth * width + extra) + body)
+    out = "".join(lines)
+    try:
+        same = ast.dump(ast.parse(out)) == ast.dump(ast.parse(source))
+    except SyntaxError:
+        same = False
+    return out if same else source
+
+
 def strip_source(source: str) -> str:
     """The same module without docstrings, comments, function annotations and field help texts
-    (`ast.unparse`: same code, canonical layout). Class-level annotations stay (dataclasses read them)."""
+    (`ast.unparse`: same code, canonical layout), indented one space per level (`reindent`).
+    Class-level annotations stay (dataclasses read them)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -105,7 +124,7 @@ def strip_source(source: str) -> str:
             node.returns = None
         elif isinstance(node, ast.Call) and any(_help_only(k) for k in node.keywords):
             node.keywords = [k for k in node.keywords if not _help_only(k)]
-    return ast.unparse(tree) + "\n" if tree.body else ""
+    return reindent(ast.unparse(tree) + "\n") if tree.body else ""
 
 
 def bundle_recipe(cfg: Config) -> dict[str, Any]:
@@ -256,8 +275,9 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bundle(cfg: Config, registry: Registry, strip: bool = True) -> str:
-    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings)."""
+def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True) -> str:
+    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
+    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers)."""
     sources, plugin_modules = bundle_sources(cfg, registry)
     sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     if strip:
@@ -282,9 +302,25 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True) -> str:
     ]
     for name in sorted(sources):
         lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
-    text = "\n".join(lines) + "\n" + LOADER
+    text = "\n".join(lines) + "\n" + (strip_source(LOADER) if strip else LOADER)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
-    return text
+    return wrap_code(cfg, registry, text) if wrap else text
+
+
+def wrap_code(cfg: Config, registry: Registry, text: str) -> str:
+    """`text` as the enabled plugins' `pg_wrap_code` returns it (unchanged when none answers)."""
+    pm = make_manager(registry, cfg)
+    wrapped = pm.hook.pg_wrap_code(source=text)
+    if wrapped is None:
+        return text
+    if not isinstance(wrapped, str):
+        raise BundleError(f"pg_wrap_code returned {type(wrapped).__name__}, expected the wrapped script as str")
+    try:
+        ast.parse(wrapped)
+    except SyntaxError as exc:
+        raise BundleError(f"pg_wrap_code returned a script that is not valid Python ({exc.msg}, "
+                          f"line {exc.lineno})") from None
+    return wrapped
 
 
 def bundle_size(cfg: Config, registry: Registry) -> int:

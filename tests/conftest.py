@@ -66,3 +66,22 @@ def tiny_sets(tiny_data, tmp_path) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_core() -> list[str]:
     return list(TINY_CORE)
+
+
+@pytest.fixture(scope="session")
+def tiny_caseops_data(tmp_path_factory) -> tuple[Path, list[str]]:
+    """(data dir, its val documents' original texts): the generated corpus built with the CaseOps transform
+    (vocab 320: 4 operator pieces reserved) and its byte sidecar; 4 short val documents."""
+    from dataprep.build import build_dataset
+    from dataprep.corpus import generate_documents
+    from plugins.caseops import CaseOpsTransform
+
+    root = tmp_path_factory.mktemp("tinycaseops")
+    src = root / "text"
+    src.mkdir()
+    docs = generate_documents(240, seed=7)
+    for i, doc in enumerate(docs):
+        (src / f"doc{i:04d}.txt").write_text(doc, encoding="utf-8")
+    out = root / "data"
+    build_dataset(src, out, vocab_size=320, val_docs=4, transform=CaseOpsTransform())
+    return out, docs[:4]

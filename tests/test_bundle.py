@@ -153,3 +153,58 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
     res = _probe(script, "from core.registry import Registry; print(sorted(Registry(entry_points=False).plugins))")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick"]
+
+
+def test_reindent_keeps_the_syntax_tree_and_refuses_multiline_strings():
+    from submissions.bundle import reindent
+
+    src = "def f(x):\n    if x:\n        return 1\n    return 2\n"
+    assert reindent(src) == "def f(x):\n if x:\n  return 1\n return 2\n"
+    tricky = 'def f():\n    return """a\n        b"""\n'
+    assert reindent(tricky) == tricky  # re-indenting would change the string: left alone
+
+
+def _wrapper_config(tiny_sets, plugins, sets=()):
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=plugins, sets=[*tiny_sets, *sets],
+                  check_plugins=reg.check)
+    return cfg, reg
+
+
+def test_code_wrapper_plugin_wraps_the_bundle_and_counts_the_wrapped_bytes(tiny_sets):
+    from plugins.code_wrapper import unwrap_lzma_b85
+
+    cfg, reg = _wrapper_config(tiny_sets, ["ema", "code_wrapper"])
+    plain, wrapped = bundle(cfg, reg, wrap=False), bundle(cfg, reg)
+    assert wrapped.startswith("import lzma as L,base64 as B\nexec(") and wrapped.count("\n") == 2
+    assert unwrap_lzma_b85(wrapped) == plain
+    from validator.rules.base import unwrap_source
+
+    assert unwrap_source(wrapped) == (plain, True)  # the validator's static rules read the same source
+    assert len(wrapped.encode()) < len(plain.encode()) // 2
+    assert bundle_size(cfg, reg) == len(wrapped.encode())  # the code size `pgolf train` logs
+    run = setup(cfg, reg, code_size=bundle_size, make_dir=False)
+    assert code_bytes(run) == len(wrapped.encode())
+    cfg_bad, reg = _wrapper_config(tiny_sets, ["code_wrapper"], ["code_wrapper.preset=12"])
+    with pytest.raises(ValueError, match="code_wrapper.preset: expected 0..9, got 12"):
+        bundle(cfg_bad, reg)
+
+
+@pytest.mark.slow
+def test_wrapped_bundle_runs_without_pgolf_and_trains_like_the_plain_one(tiny_sets, tiny_data, tmp_path):
+    cfg, reg = _wrapper_config(tiny_sets, ["ema", "code_wrapper"],
+                               ["core.iterations=3", "core.val_max_tokens=1024"])
+    logs, sizes = {}, {}
+    for kind, text in (("plain", bundle(cfg, reg, wrap=False)), ("wrapped", bundle(cfg, reg))):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "train_gpt.py").write_text(text)
+        sizes[kind] = (folder / "train_gpt.py").stat().st_size
+        env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
+               "PGOLF_COMPILE": "false", "RUN_ID": kind, "OMP_NUM_THREADS": "2"}
+        res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=240, env=env, block_pgolf=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        logs[kind] = (folder / "runs" / kind / "train.log").read_text()
+        assert f"Code size: {sizes[kind]} bytes" in logs[kind]  # each script counts its own file
+    assert sizes["wrapped"] < sizes["plain"] // 2
+    assert EXACT.search(logs["wrapped"]).groups() == EXACT.search(logs["plain"]).groups()

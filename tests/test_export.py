@@ -318,7 +318,8 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
     assert result.compressed_bytes == len(result.blob) and result.blob.startswith(ex.MAGIC)
     assert result.codec_name == name
     header, offset = ex.parse_header(result.blob)
-    assert header["format"] == 1 and header["codec"] == name and header["quantizer"] == "int8"
+    assert header["format"] == 2 and header["codec"] == name and header["quantizer"] == "int8"
+    assert header["layout"] == "torch" and [s["codec"] for s in header["streams"]] == [name]
     assert header["payload_bytes"] == len(result.blob) - offset and header["raw_bytes"] == result.raw_bytes
 
     path = tmp_path / "final_model.ptz"
@@ -407,8 +408,15 @@ def test_artifact_errors() -> None:
     assert "truncated header" in _error(blob[: offset - 5])
     assert "truncated payload" in _error(blob[:-10])
     assert "unexpected bytes" in _error(blob + b"\x00")
-    assert "unsupported artifact version 2" in _error(_blob(header, payload, version=2))
-    assert "unknown codec 'nope'" in _error(_blob({**header, "codec": "nope"}, payload))
+    assert "unsupported artifact version 3" in _error(_blob(header, payload, version=3))
+    assert "corrupt header (no format 1 object)" in _error(_blob(header, payload, version=1))
+    bad_stream = [{**header["streams"][0], "codec": "nope"}]
+    assert "stream 'state': unknown codec 'nope'" in _error(_blob({**header, "streams": bad_stream}, payload, 2))
+    assert "unknown codec 'nope'" in _error(_blob({**_raw_header(b"", payload), "codec": "nope",
+                                                   "raw_bytes": 1}, payload))
+    assert "unknown layout 'weird'" in _error(_blob({**header, "layout": "weird"}, payload, 2))
+    odd = [{**header["streams"][0], "raw_bytes": header["raw_bytes"] + 1}]
+    assert "do not add up" in _error(_blob({**header, "streams": odd}, payload, 2))
     assert "corrupt header" in _error(blob[:offset - 3] + b"###" + payload)
 
     flipped = bytearray(blob)
@@ -444,9 +452,14 @@ def test_artifact_errors() -> None:
 def test_minimal_header_without_checksum_decodes() -> None:
     result = ex.export_state_dict(_state(), [], ex.ZlibCodec())
     header, offset = ex.parse_header(result.blob)
-    del header["raw_sha256"]
-    records, got = ex.decode_artifact(_blob(header, result.blob[offset:]))
+    del header["streams"][0]["raw_sha256"]
+    records, got = ex.decode_artifact(_blob(header, result.blob[offset:], 2))
     assert got == header and torch.equal(records["step"].dequantize(), torch.tensor(7))
+    # a format-1 artifact (one stream, top-level codec fields, no checksum) still decodes
+    v1 = {"format": 1, "codec": "zlib", "quantizer": "int8", "payload_bytes": header["payload_bytes"],
+          "raw_bytes": header["raw_bytes"]}
+    records, got = ex.decode_artifact(_blob(v1, result.blob[offset:], 1))
+    assert got == v1 and torch.equal(records["step"].dequantize(), torch.tensor(7))
 
 
 def test_codec_mapping_overrides_registry() -> None:

@@ -1,4 +1,9 @@
-"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli, and "auto" (smallest of several).
+"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli (+ byte shuffle), and "auto" (smallest).
+
+Byte shuffle (PR #1089 -> #1179 -> #1493 `_byte_shuffle`): before compression, all bytes at offsets
+0 mod s, then 1 mod s, ... (stride s = 2 in the records), behind the 5-byte prefix `BSHF` + stride; the
+low and high bytes of fp16 scales and of neighbouring codes land in separate runs, which brotli models
+better. A brotli or lzma codec with a shuffle records `{"byte_shuffle": s}` as its params in the header.
 
 The core knows only zlib (the baseline's); a run decodes an artifact with the codecs its plugins supply
 (`pg_codec`, and `decoders()` of an auto codec). Each decoder caps the decompressed size and rejects
@@ -8,28 +13,82 @@ truncated or trailing data (`core.export` helpers).
 from __future__ import annotations
 
 import lzma
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
 
 from core.export import MAX_DECOMPRESSED, ArtifactError, Codec, ZlibCodec, capped_decompress, corrupt, too_big
 
+BSHF_MAGIC = b"BSHF"
+
+
+def byte_shuffle(data: bytes, stride: int = 2) -> bytes:
+    """`BSHF` + stride byte + the bytes at offsets 0 mod stride, then 1 mod stride, ... (PR #1493).
+
+    Unlike the record, short inputs get the prefix too, so the decoder never guesses from the content."""
+    if not 2 <= stride <= 255:
+        raise ValueError(f"byte_shuffle stride must be in 2..255, got {stride}")
+    src = np.frombuffer(data, dtype=np.uint8)
+    return BSHF_MAGIC + bytes([stride]) + b"".join(src[pos::stride].tobytes() for pos in range(stride))
+
+
+def byte_unshuffle(data: bytes, stride: int) -> bytes:
+    """The inverse of `byte_shuffle(…, stride)`; an ArtifactError when the prefix does not match."""
+    if len(data) < 5 or data[:4] != BSHF_MAGIC or data[4] != stride:
+        raise ArtifactError(f"byte shuffle prefix missing or not stride {stride} (corrupt payload)")
+    payload = np.frombuffer(data, dtype=np.uint8, offset=5)
+    n = payload.size
+    out = np.empty(n, dtype=np.uint8)
+    off = 0
+    for pos in range(stride):
+        count = n // stride + (1 if pos < n % stride else 0)
+        out[pos::stride] = payload[off:off + count]
+        off += count
+    return out.tobytes()
+
+
+def _check_shuffle_params(name: str, params: Mapping[str, Any]) -> int:
+    """The stride in header `codec_params` ({"byte_shuffle": 0 or 2..255}); an ArtifactError otherwise."""
+    stride = params.get("byte_shuffle", 0)
+    if set(params) - {"byte_shuffle"} or not isinstance(stride, int) or not (stride == 0 or 2 <= stride <= 255):
+        raise ArtifactError(f"{name} codec_params {dict(params)}: expected {{'byte_shuffle': 2..255}}")
+    return stride
+
+
+def _stride(shuffle: int) -> int:
+    if shuffle > 1:
+        byte_shuffle(b"", shuffle)  # validates the stride now, not at export
+    return shuffle if shuffle > 1 else 0
+
 
 class LzmaCodec:
-    """xz (stdlib lzma), preset 9 | extreme by default."""
+    """xz (stdlib lzma), preset 9 | extreme by default, optionally after a byte shuffle of stride `shuffle`
+    (PR #1493's `_compress` shuffles before lzma too, with preset 6)."""
 
     name = "lzma"
 
-    def __init__(self, preset: int = 9 | lzma.PRESET_EXTREME) -> None:
+    def __init__(self, preset: int = 9 | lzma.PRESET_EXTREME, shuffle: int = 0) -> None:
         self.preset = preset
+        self.shuffle = _stride(shuffle)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"byte_shuffle": self.shuffle} if self.shuffle else {}
+
+    def configured(self, params: Mapping[str, Any]) -> LzmaCodec:
+        return LzmaCodec(self.preset, _check_shuffle_params(self.name, params))
 
     def compress(self, data: bytes) -> bytes:
-        return lzma.compress(data, preset=self.preset)
+        return lzma.compress(byte_shuffle(data, self.shuffle) if self.shuffle else data, preset=self.preset)
 
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
+        limit = max_size + (5 if self.shuffle else 0)  # the shuffle prefix is not part of the output
         try:
-            return capped_decompress(self.name, lzma.LZMADecompressor(), data, max_size)
+            out = capped_decompress(self.name, lzma.LZMADecompressor(), data, limit)
         except lzma.LZMAError as exc:
             raise corrupt(self.name, exc) from exc
+        return byte_unshuffle(out, self.shuffle) if self.shuffle else out
 
 
 class ZstdCodec:
@@ -83,34 +142,48 @@ def _brotli_chunked(dec: Any, data: bytes, max_size: int, step: int = 64) -> byt
 
 
 class BrotliCodec:
-    """Brotli (imported lazily), quality 11."""
+    """Brotli (imported lazily), quality 11, optionally after a byte shuffle of stride `shuffle`
+    (0/1: none). `lgwin` (window bits, brotli's default 22) only affects compression."""
 
     name = "brotli"
 
-    def __init__(self, quality: int = 11) -> None:
+    def __init__(self, quality: int = 11, shuffle: int = 0, lgwin: int | None = None) -> None:
         self.quality = quality
+        self.shuffle = _stride(shuffle)
+        self.lgwin = lgwin
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"byte_shuffle": self.shuffle} if self.shuffle else {}
+
+    def configured(self, params: Mapping[str, Any]) -> BrotliCodec:
+        return BrotliCodec(self.quality, _check_shuffle_params(self.name, params), self.lgwin)
 
     def compress(self, data: bytes) -> bytes:
         import brotli
 
-        return brotli.compress(data, quality=self.quality)
+        if self.shuffle:
+            data = byte_shuffle(data, self.shuffle)
+        kw = {} if self.lgwin is None else {"lgwin": self.lgwin}
+        return brotli.compress(data, quality=self.quality, **kw)
 
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
         import brotli
 
+        limit = max_size + (5 if self.shuffle else 0)  # the shuffle prefix is not part of the output
         dec = brotli.Decompressor()
         try:
             try:
-                out = dec.process(data, output_buffer_limit=max_size + 1)
+                out = dec.process(data, output_buffer_limit=limit + 1)
             except TypeError:  # brotli < 1.2 has no output_buffer_limit
-                out = _brotli_chunked(dec, data, max_size)
+                out = _brotli_chunked(dec, data, limit)
         except brotli.error as exc:
             raise corrupt(self.name, exc) from exc
-        if len(out) > max_size:
+        if len(out) > limit:
             raise too_big(self.name, max_size)
         if not dec.is_finished():
             raise ArtifactError("brotli payload is truncated")
-        return out
+        return byte_unshuffle(out, self.shuffle) if self.shuffle else out
 
 
 class AutoCodec:
@@ -158,5 +231,6 @@ CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCod
 
 
 def all_decoders() -> dict[str, Codec]:
-    """name -> a decoder for every codec pgolf ships (for reading an artifact outside its run: `pgolf size`)."""
+    """name -> a decoder for every codec pgolf ships (codec parameters come from the artifact header);
+    `plugins.lib.decoders.all_decoders` adds the state codecs (layouts)."""
     return {name: cls() for name, cls in CODECS.items()}
