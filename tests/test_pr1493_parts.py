@@ -433,3 +433,211 @@ def test_shuffled_loader_is_the_training_and_calibration_source(tiny_sets):
     xa, _ = a.next_batch(1024, 64, 1)
     xb, _ = b.next_batch(1024, 64, 1)
     assert torch.equal(xa, xb)  # every rebuild (after warm-up, for GPTQ) starts from the same batch
+
+
+# --- the existing plugins at the record's settings ------------------------------------------------------------
+def _gptq_plugin(**kw):
+    from plugins.gptq import GPTQ, GPTQConfig
+
+    return GPTQ(GPTQConfig(clip="sdclip", gptq_embed=True, matrix_clip_sigmas=12.85, embed_clip_sigmas=20.0, **kw))
+
+
+def _hessian(cols: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(4 * cols, cols, generator=gen) * torch.linspace(0.1, 2.0, cols)
+    h = x.T @ x / x.shape[0]
+    h[3, :] = 0  # a dead input column
+    h[:, 3] = 0
+    return h
+
+
+@pytest.mark.parametrize("name,shape,bits,k", [("blocks.0.mlp.fc.weight", (96, 160), 6, 12.85),
+                                                ("tok_emb.weight", (200, 64), 8, 20.0)])
+def test_gptq_sdclip_is_the_record_quantizer(record, name, shape, bits, k):
+    """gptq (clip=sdclip, gptq_embed) on a matrix with a Hessian = the record's gptq_quantize_weight: same int
+    codes and fp16 scales (int6 matrices at k 12.85, the int8 embedding at k 20)."""
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(shape, generator=gen) * 0.05
+    h = _hessian(shape[1], seed=6)
+    plugin = _gptq_plugin()
+    plugin.hessians = {name: h}
+    q = plugin.pg_quantize_tensor(name=name, tensor=w, config=None)
+    rq, rs = record.gptq_quantize_weight(w, h, clip_sigmas=k, clip_range=2 ** (bits - 1) - 1, block_size=128)
+    assert q.meta["bits"] == bits
+    torch.testing.assert_close(q.scale, rs, rtol=0, atol=0)
+    mismatch = (q.data != rq).float().mean().item()
+    assert mismatch < 1e-3, f"{mismatch:.2%} of the codes differ from the record's"
+
+
+def test_gptq_targets_the_embedding_and_every_large_matrix():
+    """The record GPTQs every float tensor above 65,536 elements: block matrices int6, tok_emb int8 with the
+    final-norm output as its Hessian; smaller tensors pass through as fp16."""
+    from plugins.gptq import HessianCollector, hessian_targets
+
+    run, model = build(["gptq"], ["core.vocab_size=1100", "core.model_dim=256", "core.num_heads=4",
+                                  "core.num_kv_heads=2", "gptq.gptq_embed=true", "gptq.clip=sdclip"])
+    targets = hessian_targets(model, run.config.plugin_configs["gptq"])
+    big = {n for n, p in model.named_parameters() if p.numel() > 65_536}
+    assert targets == big and "tok_emb.weight" in targets
+    x = torch.randint(0, 1100, (2, 16))
+    with HessianCollector(model, {"tok_emb.weight"}) as c, torch.no_grad():
+        model(x)
+        h = model.hidden(x).reshape(-1, 256)
+    torch.testing.assert_close(c.finish()["tok_emb.weight"], h.T @ h / h.shape[0], rtol=1e-5, atol=1e-6)
+
+
+def record_ttt_chunks(total_tokens: int, seq_len: int, stride: int, chunk: int):
+    """PR #1493 eval_val_ttt: chunk of each window (by its first scored position) and each chunk's
+    training span [ci·chunk, ci·chunk + chunk_seqs·seq_len] (token indices, inclusive end)."""
+    context = seq_len - stride
+    starts = [ws for ws in range(0, total_tokens, stride) if ws + context < total_tokens]
+    n_chunks = (total_tokens + chunk - 1) // chunk
+    windows: list[list[int]] = [[] for _ in range(n_chunks)]
+    for ws in starts:
+        s = 0 if ws == 0 else context
+        windows[min((ws + s) // chunk, n_chunks - 1)].append(ws)
+    spans = []
+    for ci in range(n_chunks - 1):
+        seqs = (min((ci + 1) * chunk, total_tokens) - ci * chunk) // seq_len
+        spans.append((ci * chunk, ci * chunk + seqs * seq_len))
+    return windows, spans
+
+
+def test_score_first_ttt_chunks_are_the_records():
+    """Same windows per chunk and the same training tokens per chunk as the record (total a multiple of the
+    stride, as the record's 40,540,160 validation tokens), and the record's cosine LR across chunks."""
+    from plugins.lib.ttt import cosine_lr
+    from plugins.score_first_ttt import ScoreFirstTTTConfig, ScoreFirstTTTEvaluator
+
+    seq_len, stride, chunk = 256, 64, 1024
+    total = 9 * 1024 + 5 * 64
+    ev = ScoreFirstTTTEvaluator(seq_len, ScoreFirstTTTConfig(chunk_tokens=chunk, stride=stride))
+    ends, groups = ev.chunks(total)
+    windows, spans = record_ttt_chunks(total, seq_len, stride, chunk)
+    assert [[ends[k] - seq_len for k in g] for g in groups] == [[max(ws, 0) for ws in w] for w in windows]
+    for ci, g in enumerate(groups[:-1]):
+        start = ends[g.start - 1] if g.start > 0 else 0
+        end = ends[g.stop - 1]
+        rows = (end - start) // seq_len
+        assert (start, start + rows * seq_len) == spans[ci]
+    assert cosine_lr(0.005, 0, 1238) == 0.005 and cosine_lr(0.005, 1237, 1238) == pytest.approx(0.0)
+    n = len(groups)
+    for ci in (1, n // 2, n - 2):
+        assert cosine_lr(0.005, ci, n) == 0.005 * 0.5 * (1 + math.cos(math.pi * ci / (n - 1)))
+
+
+def _hessian_worker(rank: int, world: int, port: int, ranks: str, out: dict) -> None:
+    import torch.distributed as dist
+
+    from plugins.gptq import HessianCollector
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = torch.nn.Module()
+        model.lin = torch.nn.Linear(8, 4, bias=False)
+        x = torch.randn(5 + rank, 8, generator=torch.Generator().manual_seed(rank))
+        with HessianCollector(model, {"lin.weight"}) as c, torch.no_grad():
+            model.lin(x)
+        out[rank] = c.finish(True, ranks)["lin.weight"]
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("ranks", ["rank0", "all"])
+def test_gptq_hessian_ranks(ranks):
+    """rank0 (the record: every rank quantizes with its own Hessians, rank 0's artifact is the one written and
+    loaded by all): every rank gets rank 0's Hessian; all: the mean over every rank's rows."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_hessian_worker, args=(2, port, ranks, out), nprocs=2, join=True)
+        got = dict(out)
+    xs = [torch.randn(5 + r, 8, generator=torch.Generator().manual_seed(r)) for r in range(2)]
+    want = xs[0].T @ xs[0] / 5 if ranks == "rank0" else sum(x.T @ x for x in xs) / 11
+    for r in range(2):
+        torch.testing.assert_close(got[r], want, rtol=1e-5, atol=1e-6)
+
+
+# --- the record's model: the parts of this lane, then (when merged) with the routing plugins -------------------
+ROUTING = ("depth_recurrence", "parallel_residuals", "skip_gates")
+ROUTING_MISSING = [n for n in ROUTING if n not in REGISTRY.plugins]
+needs_routing = pytest.mark.skipif(bool(ROUTING_MISSING), reason=f"routing plugins {ROUTING_MISSING} are not in "
+                                   "this registry yet (the lead's depth_recurrence / parallel_residuals / "
+                                   "skip_gates land in main separately)")
+LANE = ["leaky_relu2", "xsa", "partial_rope", "ln_scale", "orthoinit"]
+SMALL = dict(vocab_size=96, num_layers=5, model_dim=64, embedding_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=4.0,
+             xsa_last_n=5, rope_dims=8, train_seq_len=64, qk_gain_init=5.25, ln_scale=True)
+
+
+def lane_sets(layers: int = 5) -> list[str]:
+    return [f"core.num_layers={layers}", "core.qk_gain_init=5.25", f"xsa.last_n={layers}", "partial_rope.dims=8",
+            "partial_rope.ntk_train_seq_len=64", "orthoinit.mup_proj_scale=false", "core.seed=11"]
+
+
+def shared_names(rec_sd: dict, ours_sd: dict) -> dict[str, str]:
+    """record name -> pgolf name: equal names, then the leftovers paired one-to-one by shape."""
+    mapping = {k: k for k in rec_sd if k in ours_sd}
+    left_rec = [k for k in rec_sd if k not in ours_sd]
+    left_ours = [k for k in ours_sd if k not in rec_sd]
+    for k in left_rec:
+        same = [o for o in left_ours if ours_sd[o].shape == rec_sd[k].shape]
+        assert len(same) == 1, f"cannot pair the record's {k} with one pgolf parameter: {same}"
+        mapping[k] = same[0]
+        left_ours.remove(same[0])
+    assert not left_ours, f"pgolf parameters the record has not: {left_ours}"
+    return mapping
+
+
+def test_lane_model_is_the_records_without_routing(record):
+    """Record GPT with loops, parallel residuals and skip gates off vs pgolf with this lane's plugins: the same
+    initial weights from the same seed, the same logits (also past the NTK length) and gradients."""
+    h = record_hparams(record, **SMALL, num_loops=0, parallel_residual_start=-1, skip_gates_enabled=False)
+    torch.manual_seed(11)
+    rec = record.GPT(h)
+    _, model = build(LANE, lane_sets())
+    ours = model.state_dict()
+    assert sorted(rec.state_dict()) == sorted(ours)
+    for k, v in rec.state_dict().items():
+        assert torch.equal(ours[k], v), f"initial {k} differs"
+    randomize(rec, seed=12)
+    model.load_state_dict(rec.state_dict(), strict=True)
+    gen = torch.Generator().manual_seed(13)
+    for seq_len in (40, 80):  # 80 > 64: the NTK-rescaled base in both
+        x = torch.randint(0, 96, (2, seq_len), generator=gen)
+        y = torch.randint(0, 96, (2, seq_len), generator=gen)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), rec.forward_logits(x), rtol=1e-5, atol=1e-5)
+    rec(x, y).backward()
+    model(x, y).backward()
+    grads = dict(model.named_parameters())
+    for name, p in rec.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@needs_routing
+def test_full_model_is_the_records(record):
+    """With the routing plugins: loops 1-2 ×2 (looping on), parallel residuals from block 3, gated skips."""
+    h = record_hparams(record, **SMALL, num_loops=2, loop_start=1, loop_end=2, parallel_residual_start=3,
+                       skip_gates_enabled=True)
+    torch.manual_seed(11)
+    rec = record.GPT(h)
+    rec.looping_active = True
+    run, model = build([*LANE, *ROUTING], [*lane_sets(), "depth_recurrence.loop_start=1",
+                                           "depth_recurrence.loop_end=2", "depth_recurrence.num_loops=2",
+                                           "parallel_residuals.start=3"])
+    modes = [m for ms in run.hook.pg_modes(config=run.config) if ms for m in ms]
+    run.hook.pg_enter_mode(model=model, active=tuple(m.name for m in sorted(modes, key=lambda m: m.start_frac)))
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in rec.parameters())
+    randomize(rec, seed=14)
+    names = shared_names(rec.state_dict(), model.state_dict())
+    model.load_state_dict({names[k]: v for k, v in rec.state_dict().items()}, strict=True)
+    x = torch.randint(0, 96, (2, 48), generator=torch.Generator().manual_seed(15))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), rec.forward_logits(x), rtol=1e-5, atol=1e-5)
