@@ -526,7 +526,7 @@ def test_score_first_ttt_chunks_are_the_records():
         assert cosine_lr(0.005, ci, n) == 0.005 * 0.5 * (1 + math.cos(math.pi * ci / (n - 1)))
 
 
-def _hessian_worker(rank: int, world: int, port: int, ranks: str, out: dict) -> None:
+def _hessian_worker(rank: int, world: int, port: int, out: dict) -> None:
     import torch.distributed as dist
 
     from plugins.gptq import HessianCollector
@@ -537,15 +537,15 @@ def _hessian_worker(rank: int, world: int, port: int, ranks: str, out: dict) -> 
         model = torch.nn.Module()
         model.lin = torch.nn.Linear(8, 4, bias=False)
         x = torch.randn(5 + rank, 8, generator=torch.Generator().manual_seed(rank))
-        with HessianCollector(model, {"lin.weight"}) as c, torch.no_grad():
-            model.lin(x)
-        out[rank] = c.finish(True, ranks)["lin.weight"]
+        for ranks in ("rank0", "all"):
+            with HessianCollector(model, {"lin.weight"}) as c, torch.no_grad():
+                model.lin(x)
+            out[(ranks, rank)] = c.finish(True, ranks)["lin.weight"]
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("ranks", ["rank0", "all"])
-def test_gptq_hessian_ranks(ranks):
+def test_gptq_hessian_ranks():
     """rank0 (the record: every rank quantizes with its own Hessians, rank 0's artifact is the one written and
     loaded by all): every rank gets rank 0's Hessian; all: the mean over every rank's rows."""
     import socket
@@ -557,12 +557,13 @@ def test_gptq_hessian_ranks(ranks):
         port = s.getsockname()[1]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_hessian_worker, args=(2, port, ranks, out), nprocs=2, join=True)
+        mp.spawn(_hessian_worker, args=(2, port, out), nprocs=2, join=True)
         got = dict(out)
     xs = [torch.randn(5 + r, 8, generator=torch.Generator().manual_seed(r)) for r in range(2)]
-    want = xs[0].T @ xs[0] / 5 if ranks == "rank0" else sum(x.T @ x for x in xs) / 11
-    for r in range(2):
-        torch.testing.assert_close(got[r], want, rtol=1e-5, atol=1e-6)
+    want = {"rank0": xs[0].T @ xs[0] / 5, "all": sum(x.T @ x for x in xs) / 11}
+    for (ranks, r), h in got.items():
+        torch.testing.assert_close(h, want[ranks], rtol=1e-5, atol=1e-6, msg=f"{ranks} rank {r}")
+    assert len(got) == 4
 
 
 # --- the record's model: the parts of this lane, then (when merged) with the routing plugins -------------------
@@ -641,3 +642,147 @@ def test_full_model_is_the_records(record):
     x = torch.randint(0, 96, (2, 48), generator=torch.Generator().manual_seed(15))
     with torch.no_grad():
         torch.testing.assert_close(model(x), rec.forward_logits(x), rtol=1e-5, atol=1e-5)
+
+
+# --- recipes/pr1493.toml ---------------------------------------------------------------------------------------
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "pr1493.toml"
+LOGGED_PARAMS = 35_944_536
+
+# The record's Hyperparameters (as dumped in its seed logs) -> the recipe setting that carries it.
+HPARAM_HOME = {
+    "adam_eps": "core.adam_eps", "adam_wd": "weight_decay.adam", "beta1": "core.beta1", "beta2": "core.beta2",
+    "ema_decay": "ema.decay", "embed_bits": "gptq.embed_bits", "embed_clip_sigmas": "gptq.embed_clip_sigmas",
+    "embed_lr": "core.embed_lr", "embed_wd": "weight_decay.embed", "enable_looping_at": "depth_recurrence.enable_at",
+    "eval_seq_len": "core.eval_seq_len", "eval_stride": "score_first_ttt.stride",
+    "gptq_calibration_batches": "gptq.calib_batches", "gptq_reserve_seconds": "gptq.reserve_seconds",
+    "grad_clip_norm": "core.grad_clip_norm", "head_lr": "core.head_lr", "iterations": "core.iterations",
+    "logit_softcap": "core.logit_softcap", "loop_end": "depth_recurrence.loop_end",
+    "loop_start": "depth_recurrence.loop_start", "matrix_bits": "gptq.attn_bits",
+    "matrix_clip_sigmas": "gptq.matrix_clip_sigmas", "matrix_lr": "core.matrix_lr",
+    "max_wallclock_seconds": "core.max_wallclock_seconds", "min_lr": "warmdown_frac.min_lr",
+    "mlp_mult": "core.mlp_mult", "model_dim": "core.model_dim", "muon_backend_steps": "core.muon_backend_steps",
+    "muon_momentum": "core.muon_momentum", "muon_momentum_warmup_start": "core.muon_momentum_warmup_start",
+    "muon_momentum_warmup_steps": "core.muon_momentum_warmup_steps", "muon_row_normalize": "muon_eq_r.row_normalize",
+    "muon_wd": "muon_eq_r.weight_decay", "num_heads": "core.num_heads", "num_kv_heads": "core.num_kv_heads",
+    "num_layers": "core.num_layers", "num_loops": "depth_recurrence.num_loops",
+    "parallel_residual_start": "parallel_residuals.start", "qk_gain_init": "core.qk_gain_init",
+    "rope_base": "core.rope_base", "rope_dims": "partial_rope.dims",
+    "rope_train_seq_len": "partial_rope.ntk_train_seq_len",
+    "scalar_lr": "core.scalar_lr", "tie_embeddings": "core.tie_embeddings",
+    "tied_embed_init_std": "core.tied_embed_init_std", "tied_embed_lr": "core.tied_embed_lr",
+    "train_batch_tokens": "core.train_batch_tokens", "train_log_every": "core.train_log_every",
+    "train_seq_len": "core.train_seq_len", "ttt_chunk_tokens": "score_first_ttt.chunk_tokens",
+    "ttt_epochs": "score_first_ttt.epochs", "ttt_lr": "score_first_ttt.lr", "ttt_momentum": "score_first_ttt.momentum",
+    "val_batch_tokens": "core.val_batch_size", "val_loss_every": "core.val_loss_every",
+    "vocab_size": "core.vocab_size", "warmdown_frac": "warmdown_frac.frac", "warmup_steps": "core.warmup_steps",
+    "xsa_last_n": "xsa.last_n",
+}
+# Carried by the plugin list, the command line or the machine, or deliberately without a home (see the recipe).
+HPARAM_ELSEWHERE = {
+    "skip_gates_enabled": "plugin skip_gates", "ln_scale": "plugin ln_scale", "ttt_enabled": "plugin score_first_ttt",
+    "compressor": "plugin brotli", "sliding_window_enabled": "final evaluator", "embedding_dim": "= model_dim",
+    "muon_beta2": "dead", "etlb_enabled": "not ported", "etlb_lr": "not ported", "etlb_steps": "not ported",
+    "etlb_clip": "not ported", "ttt_hash_embed": "dead", "ttt_hash_buckets": "dead", "seed": "core.seed per run",
+    "run_id": "core.run_id", "data_dir": "--data", "datasets_dir": "--data", "train_files": "--data",
+    "val_files": "--data", "tokenizer_path": "TOKENIZER_PATH", "logfile": "run dir", "model_path": "run dir",
+    "quantized_model_path": "run dir", "distributed": "torchrun", "rank": "torchrun", "world_size": "torchrun",
+    "local_rank": "torchrun", "is_main_process": "torchrun", "grad_accum_steps": "8 // WORLD_SIZE",
+}
+
+
+def logged_hparams() -> dict[str, str] | None:
+    mirror = os.environ.get("PGOLF_PARAMETER_GOLF_MIRROR", "/work/.mirror/openai+parameter-golf/repo")
+    try:
+        proc = subprocess.run(["git", "-C", mirror, "show", f"HEAD:{RECORD_DIR}/train_seed42.log"],
+                              capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    out, inside = {}, False
+    for line in proc.stdout.splitlines():
+        if line.startswith("Hyperparameters:"):
+            inside = True
+        elif inside and line.startswith("  "):
+            key, _, value = line.strip().partition(": ")
+            out[key] = value
+        elif inside:
+            break
+    return out
+
+
+def recipe_config(sets=(), drop_missing: bool = True):
+    """The recipe resolved; plugins this registry does not know (yet) are dropped with their tables."""
+    from core.config import load_recipe
+
+    data = load_recipe(RECIPE)
+    data["source"] = str(RECIPE)
+    if drop_missing:
+        missing = [n for n in data["plugins"] if n not in REGISTRY.plugins]
+        data["plugins"] = [n for n in data["plugins"] if n not in missing]
+        for n in missing:
+            data.pop(n, None)
+    return resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=data, sets=list(sets),
+                   check_plugins=REGISTRY.check)
+
+
+def test_recipe_carries_every_logged_hyperparameter():
+    logged = logged_hparams()
+    if logged is None:
+        pytest.skip("the record's seed-42 log is not available")
+    assert set(logged) == set(HPARAM_HOME) | set(HPARAM_ELSEWHERE), "a record hyperparameter has no entry"
+    from core.config import load_recipe
+
+    data = load_recipe(RECIPE)
+    for key, home in HPARAM_HOME.items():
+        section, name = home.split(".")
+        value = data[section][name]
+        want = logged[key]
+        if isinstance(value, bool):
+            assert str(value) == want, key
+        else:
+            assert float(value) == float(want), f"{key}: recipe {home}={value}, record {want}"
+    for key in ("skip_gates_enabled", "ln_scale", "ttt_enabled"):
+        assert logged[key] == "True" and HPARAM_ELSEWHERE[key].split()[-1] in data["plugins"]
+
+
+def test_recipe_resolves_with_this_lanes_plugins():
+    cfg = recipe_config()
+    assert cfg.core.qk_gain_init == 5.25 and cfg.core.vocab_size == 8192 and cfg.core.mlp_mult == 4
+    pc = cfg.plugin_configs
+    assert pc["ema"].decay == 0.9965 and pc["xsa"].last_n == 11 and pc["partial_rope"].dims == 16
+    assert (pc["gptq"].calib_batches, pc["gptq"].reserve_seconds, pc["gptq"].clip) == (64, 12.0, "sdclip")
+    assert (pc["score_first_ttt"].lr, pc["score_first_ttt"].epochs, pc["score_first_ttt"].chunk_tokens) == \
+        (0.005, 3, 32768)
+    assert not pc["orthoinit"].mup_proj_scale
+
+
+@pytest.mark.slow  # ~13 s on 2 CPU cores (orthogonal init of the full-size matrices)
+def test_recipe_builds_the_records_parameter_count():
+    """35,944,536 (the log) with the routing plugins; without them the core's 5 ungated skips instead of the
+    looped schedule's 8 gated ones: 3·512 + 8·512 fewer."""
+    cfg = recipe_config(["core.device=cpu", "core.compile=false"], drop_missing=bool(ROUTING_MISSING))
+    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+    n = sum(p.numel() for p in build_model(run).parameters())
+    assert n == (LOGGED_PARAMS if not ROUTING_MISSING else LOGGED_PARAMS - 3 * 512 - 8 * 512)
+
+
+@pytest.mark.slow  # ~60 s on 2 CPU cores: train, GPTQ, brotli, score-first TTT
+@needs_routing
+def test_recipe_trains_end_to_end_on_cpu(tiny_data, tiny_core, tmp_path):
+    from pgolf.cli import main
+
+    args = ["train", "--recipe", str(RECIPE), "--data", str(tiny_data)]
+    for s in [*tiny_core, "core.num_layers=6", "core.iterations=3", "core.eval_seq_len=64",
+              "depth_recurrence.loop_start=1", "depth_recurrence.loop_end=2", "parallel_residuals.start=4",
+              "xsa.last_n=6", "partial_rope.dims=8", "gptq.calib_batches=2", "gptq.reserve_seconds=0",
+              "gptq.keep_float_max_numel=0", "score_first_ttt.chunk_tokens=1024", "score_first_ttt.stride=32",
+              "score_first_ttt.epochs=1", "brotli.quality=5", f"core.out_dir={tmp_path}", "core.run_id=pr1493"]:
+        args += ["--set", s]
+    assert main(args) == 0
+    run_dir = tmp_path / "pr1493"
+    log = (run_dir / "train.log").read_text()
+    assert "ema:applied decay:0.9965" in log and "GPTQ:collected" in log and "weight_decay:" in log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["evaluator"] == "score_first_ttt" and metrics["artifact_label"].endswith("brotli")
+    assert math.isfinite(metrics["val_bpb"]) and metrics["steps"] == 3
