@@ -24,6 +24,10 @@ from core.registry import Plugin
 class LeakyReLU2Config:
     slope: float = field(default=0.5, metadata={"help": "negative slope before squaring (PR #493/#549/#1493: 0.5)"})
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.slope < 1.0:
+            raise ValueError(f"leaky_relu2.slope: expected a slope in [0, 1), got {self.slope}")
+
 
 class LeakyReLU2MLP(MLP):
     """The core MLP's parameters (fc, proj; proj zero-init) with leaky_relu(·, slope)² as the activation."""
@@ -49,6 +53,7 @@ class LeakyReLU2(Plugin):
     summary = "MLP activation leaky_relu(x, 0.5)² instead of relu² (hidden = mlp_mult·dim)."
     sources = ("openai/parameter-golf#493", "openai/parameter-golf#549", "openai/parameter-golf#1493")
     config = LeakyReLU2Config
+    provides = ("mlp",)  # the per-layer mlp slot has one provider
     test_settings = {"leaky_relu2": {"slope": 0.5}}
 
     def __init__(self, cfg: LeakyReLU2Config | None = None):
@@ -58,6 +63,4 @@ class LeakyReLU2(Plugin):
     def pg_build_slot(self, slot: str, spec, layer: int | None):
         if slot != "mlp" or layer is None:
             return None
-        if not 0.0 <= self.cfg.slope < 1.0:
-            raise ValueError(f"leaky_relu2.slope: expected a slope in [0, 1), got {self.cfg.slope}")
         return LeakyReLU2MLP(spec, self.cfg.slope)

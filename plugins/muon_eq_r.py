@@ -32,6 +32,11 @@ class MuonEqRConfig:
         "help": "divide each update row by its L2 norm before Newton-Schulz (MUON_ROW_NORMALIZE)"})
     eps: float = field(default=1e-7, metadata={"help": "floor of the row norms"})
 
+    def __post_init__(self) -> None:
+        if self.weight_decay < 0 or not self.eps > 0:
+            raise ValueError(f"muon_eq_r: expected weight_decay >= 0 and eps > 0, got {self.weight_decay} "
+                             f"and {self.eps}")
+
 
 def normalize_rows(g: Tensor, eps: float) -> Tensor:
     """Each row of `g` divided by its fp32 L2 norm (clamped at eps), in g's dtype (PR #1493)."""
@@ -72,6 +77,7 @@ class MuonEqRPlugin(Plugin):
     sources = ("openai/parameter-golf#1217", "openai/parameter-golf#1260", "openai/parameter-golf#1394",
                "openai/parameter-golf#1493", "arXiv:2603.28254")
     config = MuonEqRConfig
+    provides = ("matrix_optimizer",)
     test_settings = {"muon_eq_r": {"weight_decay": 0.0}}
 
     def __init__(self, cfg: MuonEqRConfig | None = None):
@@ -81,9 +87,6 @@ class MuonEqRPlugin(Plugin):
     def pg_make_optimizer(self, group: str, params: list, config):
         if group != "matrix":
             return None
-        if self.cfg.weight_decay < 0 or not self.cfg.eps > 0:
-            raise ValueError(f"muon_eq_r: expected weight_decay >= 0 and eps > 0, got {self.cfg.weight_decay} "
-                             f"and {self.cfg.eps}")
         core = config.core
         opt = MuonEqR(params, lr=core.matrix_lr, momentum=core.muon_momentum, backend_steps=core.muon_backend_steps,
                       weight_decay=self.cfg.weight_decay, row_normalize=self.cfg.row_normalize, eps=self.cfg.eps)

@@ -99,6 +99,7 @@ class ShuffledLoader(Plugin):
     summary = "Per-rank shards, random phase + permuted sequence starts per shard, shard picked ∝ remaining."
     sources = ("openai/parameter-golf#1394", "openai/parameter-golf#1493")
     config = ShuffledLoaderConfig
+    provides = ("train_loader",)
     test_settings = {"shuffled_loader": {"follow_seed": False}}
 
     def __init__(self, cfg: ShuffledLoaderConfig | None = None):

@@ -22,6 +22,11 @@ class WarmdownFracConfig:
         "help": "last fraction of training spent decaying the LR (PR #1394 0.667, #1493 0.72, #1855 0.85)"})
     min_lr: float = field(default=0.0, metadata={"help": "floor of the LR multiplier (PR #1493 0; #1787 0.10)"})
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.frac <= 1.0 or not 0.0 <= self.min_lr <= 1.0:
+            raise ValueError(f"warmdown_frac: expected frac and min_lr in [0, 1], got frac={self.frac} "
+                             f"min_lr={self.min_lr}")
+
 
 def lr_multiplier(f: float, frac: float, min_lr: float) -> float:
     """The record's schedule at training fraction f."""
@@ -37,16 +42,11 @@ class WarmdownFrac(Plugin):
     summary = "LR warmdown over the last fraction of training (time-based), floored at min_lr (0.72 in PR #1493)."
     sources = ("openai/parameter-golf#1394", "openai/parameter-golf#1493", "openai/parameter-golf#1787")
     config = WarmdownFracConfig
+    provides = ("lr_schedule",)
     test_settings = {"warmdown_frac": {"frac": 0.9, "min_lr": 0.05}}
 
     def __init__(self, cfg: WarmdownFracConfig | None = None):
         super().__init__(cfg or WarmdownFracConfig())
-
-    @hookimpl
-    def pg_configure(self, config) -> None:
-        if not 0.0 <= self.cfg.frac <= 1.0 or not 0.0 <= self.cfg.min_lr <= 1.0:
-            raise ValueError(f"warmdown_frac: expected frac and min_lr in [0, 1], got frac={self.cfg.frac} "
-                             f"min_lr={self.cfg.min_lr}")
 
     @hookimpl
     def pg_before_step(self, run, step: int, clock) -> None:

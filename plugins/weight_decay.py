@@ -32,6 +32,11 @@ class WeightDecayConfig:
     embed: float = field(default=0.04, metadata={
         "help": "AdamW WD of the token (embedding) group (EMBED_WD; PR #315: ADAM_WD 0.04, PR #1493 0.085)"})
 
+    def __post_init__(self) -> None:
+        bad = [f"{k}={getattr(self, k)}" for k in ("muon", "adam", "embed") if getattr(self, k) < 0]
+        if bad:
+            raise ValueError(f"weight_decay: expected decays >= 0, got {', '.join(bad)}")
+
 
 def group_decays(optimizers: list, names: dict[int, str]) -> dict[str, float]:
     """{group name: weight decay} of the run's optimizers (`names` maps id(first param) -> group name)."""
@@ -58,9 +63,6 @@ class WeightDecay(Plugin):
 
     @hookimpl
     def pg_make_optimizer(self, group: str, params: list, config):
-        for key in ("muon", "adam", "embed"):
-            if getattr(self.cfg, key) < 0:
-                raise ValueError(f"weight_decay.{key}: expected >= 0, got {getattr(self.cfg, key)}")
         core = config.core
         if group == "matrix":
             opt = Muon(params, lr=core.matrix_lr, momentum=core.muon_momentum, backend_steps=core.muon_backend_steps,

@@ -786,3 +786,17 @@ def test_recipe_trains_end_to_end_on_cpu(tiny_data, tiny_core, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["evaluator"] == "score_first_ttt" and metrics["artifact_label"].endswith("brotli")
     assert math.isfinite(metrics["val_bpb"]) and metrics["steps"] == 3
+
+
+@pytest.mark.parametrize("setting,expect", [("warmdown_frac.frac=1.5", "warmdown_frac"),
+                                            ("muon_eq_r.eps=0", "muon_eq_r"),
+                                            ("leaky_relu2.slope=1.0", "leaky_relu2.slope"),
+                                            ("weight_decay.embed=-1", "embed=-1.0")])
+def test_bad_settings_are_configuration_errors(setting, expect):
+    from core.config import ConfigError
+
+    plugin = setting.split(".")[0]
+    with pytest.raises(ConfigError, match=expect) as err:
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[plugin], sets=[setting],
+                check_plugins=REGISTRY.check)
+    assert len(err.value.errors) == 1
