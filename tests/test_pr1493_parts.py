@@ -800,3 +800,26 @@ def test_bad_settings_are_configuration_errors(setting, expect):
         resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[plugin], sets=[setting],
                 check_plugins=REGISTRY.check)
     assert len(err.value.errors) == 1
+
+
+@pytest.mark.slow  # ~30-80 s on 2 shared CPU cores (three tiny runs, one compiled)
+def test_lane_plugins_in_a_compiled_run(tiny_sets, monkeypatch):
+    """The whole lane in one run with the model compiled (fullgraph, aot_eager on CPU) gives the eager run's
+    result, and not the result of the run without the lane: nothing is folded away by the compiler."""
+    import functools
+
+    lane = ["leaky_relu2", "muon_eq_r", "weight_decay", "warmdown_frac", "shuffled_loader"]
+    wd = ["weight_decay.embed=0.085", "weight_decay.adam=0.02"]
+
+    def run_with(plugins, compiled):
+        extra = [*wd, f"core.compile={'true' if compiled else 'false'}"] if plugins else []
+        cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins,
+                      sets=[*tiny_sets, "core.iterations=6", *extra], check_plugins=REGISTRY.check)
+        return train(setup(cfg, REGISTRY, make_dir=False))["val_loss"]
+
+    eager = run_with(lane, compiled=False)
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled = run_with(lane, compiled=True)
+    assert compiled == pytest.approx(eager, rel=1e-4)
+    assert abs(run_with([], compiled=False) - eager) > 1e-3
