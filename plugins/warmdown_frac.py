@@ -48,7 +48,7 @@ class WarmdownFrac(Plugin):
     def __init__(self, cfg: WarmdownFracConfig | None = None):
         super().__init__(cfg or WarmdownFracConfig())
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # every other pg_before_step (e.g. late_qat's threshold) sees this multiplier
     def pg_before_step(self, run, step: int, clock) -> None:
         clock.lr_mul = lr_multiplier(clock.frac, self.cfg.frac, self.cfg.min_lr)
 

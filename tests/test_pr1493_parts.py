@@ -340,10 +340,10 @@ def test_warmdown_frac_drives_the_training_lr(tiny_sets):
     run = setup(cfg, REGISTRY)
     seen = []
 
-    class Spy:
+    class Spy:  # registered last, so called first among plain implementations: warmdown_frac must be tryfirst
         from core.hookspecs import hookimpl
 
-        @hookimpl(trylast=True)
+        @hookimpl
         def pg_before_step(self, run, step, clock):
             seen.append((step, clock.lr_mul))
 
@@ -823,3 +823,29 @@ def test_lane_plugins_in_a_compiled_run(tiny_sets, monkeypatch):
     compiled = run_with(lane, compiled=True)
     assert compiled == pytest.approx(eager, rel=1e-4)
     assert abs(run_with([], compiled=False) - eager) > 1e-3
+
+
+@needs_routing
+def test_recipe_optimizer_groups_are_the_records(record):
+    """The record's Optimizers split (block matrices -> Muon WD 0.095 with row norm; tok_emb -> AdamW 0.085;
+    block vectors/control tensors, skip_weights, skip_gates -> AdamW 0.02) on the recipe's plugins."""
+    h = record_hparams(record, **SMALL, num_loops=2, loop_start=1, loop_end=2, parallel_residual_start=3,
+                       skip_gates_enabled=True)
+    rec = record.GPT(h)
+    opts = record.Optimizers(h, rec)
+    rec_names = {id(p): n for n, p in rec.named_parameters()}
+    want = {kind: {rec_names[id(p)] for g in opt.param_groups for p in g["params"]}
+            for kind, opt in (("token", opts.optimizer_tok), ("matrix", opts.optimizer_muon),
+                              ("scalar", opts.optimizer_scalar))}
+    run, model = build([*LANE, *ROUTING, "muon_eq_r", "weight_decay"],
+                       [*lane_sets(), "depth_recurrence.loop_start=1", "depth_recurrence.loop_end=2",
+                        "parallel_residuals.start=3", "weight_decay.adam=0.02", "weight_decay.embed=0.085"])
+    names = {v: k for k, v in shared_names(rec.state_dict(), model.state_dict()).items()}
+    ours = {id(p): names[n] for n, p in model.named_parameters()}
+    got = {}
+    for opt in make_optimizers(run, model):
+        g = opt.param_groups[0]
+        kind = "matrix" if isinstance(opt, MuonEqR) else "token" if g["weight_decay"] == 0.085 else "scalar"
+        assert g["weight_decay"] == {"matrix": 0.095, "token": 0.085, "scalar": 0.02}[kind]
+        got[kind] = {ours[id(p)] for p in g["params"]}
+    assert got == want
