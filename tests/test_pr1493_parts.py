@@ -849,3 +849,23 @@ def test_recipe_optimizer_groups_are_the_records(record):
         assert g["weight_decay"] == {"matrix": 0.095, "token": 0.085, "scalar": 0.02}[kind]
         got[kind] = {ours[id(p)] for p in g["params"]}
     assert got == want
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the core compiles NS5 with inductor there)")
+def test_muon_eq_r_keeps_the_row_norm_under_the_cores_compiled_ns5_on_cuda():
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["muon_eq_r"],
+                  sets=[s for s in TINY if not s.startswith("core.device")] + ["core.device=cuda"],
+                  check_plugins=REGISTRY.check)
+    run = create_run(cfg, REGISTRY, CoreDefaults(fused_adam=True), make_dir=False)
+    run.model = build_model(run)
+    opt = next(o for o in make_optimizers(run, run.model) if isinstance(o, MuonEqR))
+    assert opt.inner_zeropower is not zeropower_via_newtonschulz5  # the core's compiled NS5 is inside
+    init, grads = _muon_case()
+    params = [torch.nn.Parameter(t.cuda()) for t in init]
+    ref = MuonEqR(params, lr=0.022, momentum=0.99, backend_steps=5, weight_decay=0.095)
+    ref.zeropower = opt.inner_zeropower
+    got = _steps(ref, params, [[g.cuda() for g in gs] for gs in grads])
+    want = reference_muon_eq_r([t.cuda() for t in init], [[g.cuda() for g in gs] for gs in grads], lr=0.022,
+                               momentum=0.99, wd=0.095)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
