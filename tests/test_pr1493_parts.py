@@ -869,3 +869,30 @@ def test_muon_eq_r_keeps_the_row_norm_under_the_cores_compiled_ns5_on_cuda():
                                momentum=0.99, wd=0.095)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
+
+
+@pytest.mark.slow  # ~30 s: a vocab-8192 tokenizer and shards from the generated corpus, then a tiny run
+def test_recipe_runs_on_a_built_sp8192_dataset(tmp_path):
+    """`pgolf data build TEXT --vocab 8192 --out OUT` gives a dataset the recipe trains, exports and evaluates
+    on at vocab 8192 (tiny model; routing plugins dropped while they are not in this registry)."""
+    from dataprep.build import build_dataset
+    from dataprep.corpus import generate_documents
+
+    src = tmp_path / "text"
+    src.mkdir()
+    for i, doc in enumerate(generate_documents(2000, seed=3)):
+        (src / f"doc{i:05d}.txt").write_text(doc, encoding="utf-8")
+    build_dataset(src, tmp_path / "sp8192", vocab_size=8192, val_docs=40)
+    tiny = ["core.num_layers=6", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
+            "core.train_seq_len=128", "core.eval_seq_len=128", "core.train_batch_tokens=1024",
+            "core.grad_accum_steps=1", "core.iterations=3", "core.warmup_steps=0", "core.val_loss_every=0",
+            "core.val_max_tokens=2048", "core.max_wallclock_seconds=0", "core.device=cpu", "core.compile=false",
+            f"core.data_path={tmp_path / 'sp8192'}", f"core.out_dir={tmp_path / 'runs'}", "xsa.last_n=6",
+            "partial_rope.dims=8", "gptq.calib_batches=2", "gptq.reserve_seconds=0", "brotli.quality=5",
+            "score_first_ttt.chunk_tokens=1024", "score_first_ttt.stride=64", "score_first_ttt.epochs=1"]
+    if not ROUTING_MISSING:
+        tiny += ["depth_recurrence.loop_start=1", "depth_recurrence.loop_end=2", "parallel_residuals.start=4"]
+    run = setup(recipe_config(tiny), REGISTRY)
+    assert run.core.vocab_size == 8192 and run.tokenizer_path.name == "fineweb_8192_bpe.model"
+    summary = train(run)
+    assert summary["evaluator"] == "score_first_ttt" and math.isfinite(summary["val_bpb"])
