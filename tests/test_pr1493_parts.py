@@ -465,8 +465,9 @@ def test_gptq_sdclip_is_the_record_quantizer(record, name, shape, bits, k):
     rq, rs = record.gptq_quantize_weight(w, h, clip_sigmas=k, clip_range=2 ** (bits - 1) - 1, block_size=128)
     assert q.meta["bits"] == bits
     torch.testing.assert_close(q.scale, rs, rtol=0, atol=0)
+    # bit-identical here; the tolerance only absorbs a platform's float reassociation flipping a rounding
     mismatch = (q.data != rq).float().mean().item()
-    assert mismatch < 1e-3, f"{mismatch:.2%} of the codes differ from the record's"
+    assert mismatch < 1e-3 and (q.data.int() - rq.int()).abs().max() <= 1, f"{mismatch:.2%} of the codes differ"
 
 
 def test_gptq_targets_the_embedding_and_every_large_matrix():
