@@ -30,6 +30,7 @@ from plugins.sdclip import MIN_SCALE
 
 CALIBRATIONS = ("train", "ar")
 CLIPS = ("search", "sdclip")
+HESSIAN_RANKS = ("all", "rank0")
 EMBED = "tok_emb.weight"
 
 
@@ -53,6 +54,9 @@ class GPTQConfig(MixedBitsConfig):
     embed_clip_sigmas: float = field(default=20.0, metadata={"help": "sdclip: k for the embedding"})
     gptq_embed: bool = field(default=False, metadata={
         "help": "also GPTQ the tied embedding with the final-norm output Hessian (PR #1394)"})
+    hessian_ranks: str = field(default="all", metadata={
+        "help": "all: Hessians summed over every rank's calibration batches; rank0: rank 0's batches only, "
+                "as PR #1394/#1493 (each rank collects its own and the artifact is rank 0's)"})
     block_size: int = field(default=128, metadata={"help": "columns per error-propagation block"})
     damp: float = field(default=0.01, metadata={"help": "damping, as a fraction of mean(diag H)"})
 
@@ -61,6 +65,8 @@ def check_config(cfg: GPTQConfig) -> None:
     errors = []
     if cfg.calibration not in CALIBRATIONS:
         errors.append(f"gptq.calibration must be one of {', '.join(CALIBRATIONS)}, got {cfg.calibration!r}")
+    if cfg.hessian_ranks not in HESSIAN_RANKS:
+        errors.append(f"gptq.hessian_ranks must be one of {', '.join(HESSIAN_RANKS)}, got {cfg.hessian_ranks!r}")
     if cfg.clip not in CLIPS:
         errors.append(f"gptq.clip must be one of {', '.join(CLIPS)}, got {cfg.clip!r}")
     for key in ("calib_batches", "ar_seqs", "ar_batch", "block_size"):
@@ -109,16 +115,20 @@ class HessianCollector:
             handle.remove()
         self._handles.clear()
 
-    def finish(self, distributed: bool = False) -> dict[str, Tensor]:
-        """Mean XᵀX per weight (summed over ranks when distributed), on the CPU-or-device it was built on."""
+    def finish(self, distributed: bool = False, ranks: str = "all") -> dict[str, Tensor]:
+        """Mean XᵀX per weight, on the CPU-or-device it was built on. Distributed: over every rank's
+        calibration rows (`ranks="all"`) or rank 0's alone, sent to all ranks (`"rank0"`, the records')."""
         out = {}
         for name in sorted(self.hessians):
             h, n = self.hessians[name], torch.tensor(float(self.rows[name]), device=self.hessians[name].device)
             if distributed:
                 import torch.distributed as dist
 
-                dist.all_reduce(h)
-                dist.all_reduce(n)
+                for t in (h, n):
+                    if ranks == "all":
+                        dist.all_reduce(t)
+                    else:
+                        dist.broadcast(t, src=0)
             out[name] = h / n.clamp_min(1.0)
         return out
 
@@ -180,7 +190,7 @@ def collect_hessians(run: Any, model: nn.Module, cfg: GPTQConfig) -> tuple[dict[
                 with run.autocast():
                     model(x)
                 tokens += int(x.numel())
-        return collector.finish(run.distributed), tokens
+        return collector.finish(run.distributed, cfg.hessian_ranks), tokens
     finally:
         model.train(was_training)
 

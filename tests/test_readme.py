@@ -19,6 +19,8 @@ TINY_ENV = {
     "MAX_WALLCLOCK_SECONDS": "0", "MUON_MOMENTUM_WARMUP_STEPS": "2", "PGOLF_DEVICE": "cpu",
     "PGOLF_COMPILE": "false", "PGOLF_GRAD_ACCUM_STEPS": "1", "BIGRAM_HASH_BUCKETS": "64",
     "SLIDING_WINDOW_STRIDE": "32", "OMP_NUM_THREADS": "1",
+    # the PR #1493 line: its SP8192 data stands in as the sp1024 default corpus, two calibration batches
+    "VOCAB_SIZE": "1024", "GPTQ_CALIB_BATCHES": "2",
 }
 # What "tiny size" changes in a line: a long run and 8 GPUs.
 TINY_EDITS = [(r"ITERATIONS=2000", "ITERATIONS=3"), (r"--nproc 8", "--nproc 2"),
@@ -58,6 +60,7 @@ def test_readme_tour_runs_as_written(tmp_path):
     default = ensure_default_data(1024, cache_dir=tmp_path / "cache")
     (clone / "data" / "datasets").mkdir(parents=True)
     (clone / "data" / "datasets" / "fineweb10B_sp1024").symlink_to(default)
+    (clone / "data" / "datasets" / "fineweb10B_sp8192").symlink_to(default)
     texts = clone / "my_text_dir"
     texts.mkdir()
     for i, doc in enumerate(generate_documents(400, seed=3)):
