@@ -29,23 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_DIR = "records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"
-PRELUDE = '''import torch as _t
-_t.cuda.is_available = lambda: True
-for _n in ("set_device", "synchronize", "manual_seed_all", "reset_peak_memory_stats", "empty_cache"):
-    setattr(_t.cuda, _n, lambda *a, **k: None)
-_t.cuda.max_memory_allocated = _t.cuda.max_memory_reserved = lambda *a, **k: 0
-import torch.backends.cuda as _bc
-for _n in ("enable_cudnn_sdp", "enable_flash_sdp", "enable_mem_efficient_sdp", "enable_math_sdp"):
-    setattr(_bc, _n, lambda *a, **k: None)
-_t.compile = lambda fn=None, **kw: fn if fn is not None else (lambda f: f)
-'''
-SDPA_SHIM = '''
-import torch.nn.functional as _F
-def flash_attn_3_func(q, k, v, causal=True):
-    y = _F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-                                        enable_gqa=k.size(2) != q.size(2))
-    return y.transpose(1, 2)
-'''
+from record_parity_cpu import PRELUDE, SDPA_SHIM  # noqa: E402 (benchmarks/ is this script's path)
+
 PATCHES = [  # (text, replacement): each must occur at least once
     ("from flash_attn_interface import flash_attn_func as flash_attn_3_func\n", SDPA_SHIM),
     ("device=torch.device('cuda',local_rank)", "device=torch.device('cpu')"),

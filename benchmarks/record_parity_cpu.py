@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 STEP_RE = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.]+)", re.M)
 PRELUDE = '''import torch as _t
 _t.cuda.is_available = lambda: True
-for _n in ("set_device", "synchronize", "manual_seed_all", "reset_peak_memory_stats"):
+for _n in ("set_device", "synchronize", "manual_seed_all", "reset_peak_memory_stats", "empty_cache"):
     setattr(_t.cuda, _n, lambda *a, **k: None)
 _t.cuda.max_memory_allocated = _t.cuda.max_memory_reserved = lambda *a, **k: 0
 import torch.backends.cuda as _bc

@@ -15,13 +15,12 @@ import math
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from record_module import exec_record
 
 from core.config import resolve
 from core.data import write_shard
@@ -86,29 +85,13 @@ def _record_source() -> str | None:
     return text
 
 
-def _fa3_via_sdpa(q, k, v, causal=True):
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-                                       enable_gqa=k.size(2) != q.size(2))
-    return y.transpose(1, 2)
-
 
 @pytest.fixture(scope="module")
 def record():
     src = _record_source()
     if src is None:
         pytest.skip("PR #1493 train_gpt.py not available (set PGOLF_PR1493_TRAIN_GPT)")
-    stub = types.ModuleType("flash_attn_interface")
-    stub.flash_attn_func = _fa3_via_sdpa
-    saved = sys.modules.get("flash_attn_interface")
-    sys.modules["flash_attn_interface"] = stub
-    try:
-        mod = types.ModuleType("pr1493_train_gpt")
-        exec(compile(src, "pr1493_train_gpt.py", "exec"), mod.__dict__)
-    finally:
-        if saved is None:
-            sys.modules.pop("flash_attn_interface", None)
-        else:
-            sys.modules["flash_attn_interface"] = saved
+    mod = exec_record(src, "pr1493_train_gpt")
     # the record decorates NS5 with @torch.compile (inductor); on CPU use the function it wraps
     ns5 = mod.zeropower_via_newtonschulz5
     mod.zeropower_via_newtonschulz5 = getattr(ns5, "_torchdynamo_orig_callable", ns5)

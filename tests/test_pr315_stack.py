@@ -15,13 +15,12 @@ import json
 import math
 import os
 import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from record_module import exec_record
 
 from core.config import resolve
 from core.export import quantize_state_dict
@@ -96,30 +95,13 @@ def _record_source() -> str | None:
     return proc.stdout if proc.returncode == 0 and proc.stdout else None
 
 
-def _fa3_via_sdpa(q, k, v, causal=True):
-    """flash_attn_func's layout, (B, T, H, D), computed with SDPA."""
-    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal,
-                                       enable_gqa=k.size(2) != q.size(2))
-    return y.transpose(1, 2)
-
 
 @pytest.fixture(scope="module")
 def record():
     src = _record_source()
     if src is None:
         pytest.skip("PR #315 train_gpt.py not available (set PGOLF_PR315_TRAIN_GPT)")
-    stub = types.ModuleType("flash_attn_interface")
-    stub.flash_attn_func = _fa3_via_sdpa
-    saved = sys.modules.get("flash_attn_interface")
-    sys.modules["flash_attn_interface"] = stub
-    try:
-        mod = types.ModuleType("pr315_train_gpt")
-        exec(compile(src, "pr315_train_gpt.py", "exec"), mod.__dict__)
-    finally:
-        if saved is None:
-            sys.modules.pop("flash_attn_interface", None)
-        else:
-            sys.modules["flash_attn_interface"] = saved
+    mod = exec_record(src, "pr315_train_gpt")
     return mod
 
 
