@@ -169,16 +169,6 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_size_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("size", help="size budget and per-family breakdown of a run or records folder")
-    p.add_argument("run_dir", help="a run directory (final_model.ptz, metrics.json) or a records folder "
-                                   "(train_gpt.py, logs or an artifact)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--no-estimate", action="store_true", help="skip the per-family compression estimate")
-    p.set_defaults(func=run_size)
-    return p
-
-
 def run_size(args: argparse.Namespace) -> int:
     from core import export as ex
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from harness_checks import statuses as harness_statuses
+from harness_checks import tiny_world
 
 from core.scoring import PlainEvaluator, ScoredTokens
 from validator.dynamic import DynamicOptions, harness_findings
@@ -24,21 +26,11 @@ SETTINGS = HarnessSettings(vocab=16, n_docs=5, doc_len=(30, 90), seq_len=32, cut
 
 @pytest.fixture(scope="module")
 def world():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: one thread is much faster on a shared box
-    yield build_world(SETTINGS)
-    torch.set_num_threads(threads)
+    yield from tiny_world(SETTINGS)
 
 
 def statuses(world, evaluator) -> dict[str, str]:
-    """rule -> worst status of the harness checks of `evaluator` (a fresh deep copy per call)."""
-    rep = check_evaluator(world, lambda run: copy.deepcopy(evaluator), evaluator.name, "test", SETTINGS)
-    assert rep.error is None, rep.error
-    out: dict[str, str] = {}
-    for c in rep.checks:
-        if out.get(c.rule) != FAIL:
-            out[c.rule] = c.status
-    return out
+    return harness_statuses(world, evaluator, SETTINGS)
 
 
 def assert_clean(st: dict[str, str]) -> None:

@@ -5,15 +5,15 @@ in test_validator_dynamic.py and cheats by the same means an earlier harness cou
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
+from harness_checks import statuses as harness_statuses
+from harness_checks import tiny_world
 
 from core import scoring
 from tests.test_validator_dynamic import Windows, record, spans, window_logp
-from validator.harness import HarnessSettings, build_world, check_evaluator
+from validator.harness import HarnessSettings
 from validator.rules.base import FAIL, PASS
 
 # smaller than test_validator_dynamic's world: every evaluator runs ~30 forked evaluations
@@ -24,20 +24,11 @@ pytestmark = pytest.mark.slow  # ~30 forked evaluations per evaluator: 3-8 s on 
 
 @pytest.fixture(scope="module")
 def world():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield build_world(SETTINGS)
-    torch.set_num_threads(threads)
+    yield from tiny_world(SETTINGS)
 
 
 def statuses(world, evaluator) -> dict[str, str]:
-    rep = check_evaluator(world, lambda run: copy.deepcopy(evaluator), evaluator.name, "test", SETTINGS)
-    assert rep.error is None, rep.error
-    out: dict[str, str] = {}
-    for c in rep.checks:
-        if out.get(c.rule) != FAIL:
-            out[c.rule] = c.status
-    return out
+    return harness_statuses(world, evaluator, SETTINGS)
 
 
 def watched() -> bool:
