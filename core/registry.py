@@ -26,6 +26,7 @@ from core import hookspecs
 from core.config import did_you_mean
 
 ENTRY_POINT_GROUP = "pgolf.plugins"
+FAMILIES = ("model", "routing", "training", "data", "export", "evaluation", "other")
 
 
 class PluginError(ValueError):
@@ -36,6 +37,8 @@ class Plugin:
     """Base class of every technique plugin. Subclasses set the metadata and implement hooks."""
 
     name: ClassVar[str] = ""
+    # One of FAMILIES: where `pgolf plugins list` and the README put it (the part of the trainer it touches).
+    family: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     sources: ClassVar[tuple[str, ...]] = ()
     config: ClassVar[type | None] = None
@@ -70,6 +73,7 @@ class Plugin:
                 fields.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
         return {
             "name": cls.name,
+            "family": cls.family or "other",
             "summary": cls.summary,
             "sources": list(cls.sources),
             "requires": list(cls.requires),
@@ -97,6 +101,8 @@ def _check_metadata(cls: type[Plugin], origin: str) -> None:
         problems.append(f"name {cls.name!r} is not an identifier")
     if not cls.summary:
         problems.append("summary is empty")
+    if cls.family and cls.family not in FAMILIES:
+        problems.append(f"family {cls.family!r} is not one of {', '.join(FAMILIES)}")
     if not cls.sources:
         problems.append("sources is empty (name the PR or paper it ports)")
     if cls.config is not None and not dataclasses.is_dataclass(cls.config):

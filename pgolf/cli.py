@@ -229,13 +229,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_train(args, extra_sets=DEMO_SETTINGS + [f"core.out_dir={args.out}"], after=baseline)
 
 
+def recipe_users(folder: Path) -> dict[str, list[str]]:
+    """plugin name -> the recipes (file stems) in `folder` whose plugin list names it."""
+    from core.config import load_recipe
+
+    users: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*.toml")):
+        for name in load_recipe(path).get("plugins", []):
+            users.setdefault(str(name), []).append(path.stem)
+    return users
+
+
+def plugins_table(registry: Registry, users: dict[str, list[str]]) -> str:
+    """Every plugin by family: name, summary, source PRs and the recipes that use it."""
+    from core.registry import FAMILIES
+
+    width = max((len(n) for n in registry.names()), default=4)
+    lines: list[str] = []
+    for family in FAMILIES:
+        names = [n for n in registry.names() if (registry.plugins[n].family or "other") == family]
+        if not names:
+            continue
+        lines.append(f"{family}:")
+        for name in names:
+            cls = registry.plugins[name]
+            used = f"  recipes: {', '.join(users[name])}" if name in users else ""
+            lines.append(f"  {name:<{width}}  {cls.summary}  [{', '.join(cls.sources)}]{used}")
+    return "\n".join(lines)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     registry = Registry(extra_files=args.plugin_file)
     if args.action == "list":
-        width = max((len(n) for n in registry.names()), default=4)
-        for name in registry.names():
-            cls = registry.plugins[name]
-            print(f"{name:<{width}}  {cls.summary}  [{', '.join(cls.sources)}]")
+        print(plugins_table(registry, recipe_users(Path(__file__).resolve().parent.parent / "recipes")))
         return 0
     if args.action == "show":
         if not args.name:

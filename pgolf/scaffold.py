@@ -37,6 +37,7 @@ class {cls}Gain(nn.Module):
 
 class {cls}(Plugin):
     name = "{name}"
+    family = "model"  # model, routing, training, data, export, evaluation or other (pgolf plugins list)
     summary = "Learned per-dimension gain on the token embedding (skeleton: replace with your technique)."
     sources = ("your-paper-or-PR",)
     config = {cls}Config

@@ -72,6 +72,7 @@ class BigramHashEmbedding(nn.Module):
 
 class BigramHash(Plugin):
     name = "bigram_hash"
+    family = "model"
     summary = "Hashed (prev, cur) token-pair embedding, projected and scaled, added to the token embedding."
     sources = ("openai/parameter-golf#198", "openai/parameter-golf#265", "openai/parameter-golf#315")
     config = BigramHashConfig

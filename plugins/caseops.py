@@ -189,6 +189,7 @@ class CaseOpsConfig:
 
 class CaseOps(Plugin):
     name = "caseops"
+    family = "data"
     summary = "CaseOps lossless case transform; BPB counts the original text's bytes through the byte sidecar."
     sources = ("openai/parameter-golf#1729", "openai/parameter-golf#1855")
     config = CaseOpsConfig

@@ -44,6 +44,7 @@ def unwrap_lzma_b85(wrapped: str) -> str:
 
 class CodeWrapper(Plugin):
     name = "code_wrapper"
+    family = "export"
     summary = "Ship train_gpt.py as a self-extracting LZMA2 + base85 script (the counted code bytes shrink ~5x)."
     sources = ("openai/parameter-golf#1179", "openai/parameter-golf#1493")
     config = CodeWrapperConfig

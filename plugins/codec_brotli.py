@@ -24,6 +24,7 @@ class BrotliConfig:
 
 class Brotli(Plugin):
     name = "brotli"
+    family = "export"
     summary = "Brotli quality 11 for the artifact payload, after PR #1493's stride-2 byte shuffle."
     sources = ("openai/parameter-golf#1089", "openai/parameter-golf#1179", "openai/parameter-golf#1493")
     config = BrotliConfig

@@ -25,6 +25,7 @@ class LzmaConfig:
 
 class Lzma(Plugin):
     name = "lzma"
+    family = "export"
     summary = "xz/lzma preset 9 (extreme) for the artifact payload."
     sources = ("openai/parameter-golf#549", "openai/parameter-golf#1019", "openai/parameter-golf#1493")
     config = LzmaConfig

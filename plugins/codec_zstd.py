@@ -17,6 +17,7 @@ class ZstdConfig:
 
 class Zstd(Plugin):
     name = "zstd"
+    family = "export"
     summary = "Zstandard level 22 for the artifact payload."
     sources = ("openai/parameter-golf#63", "openai/parameter-golf#315")
     config = ZstdConfig

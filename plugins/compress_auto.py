@@ -36,6 +36,7 @@ def make_codecs(names: str) -> list[ex.Codec]:
 
 class CompressAuto(Plugin):
     name = "compress_auto"
+    family = "export"
     summary = "Try every configured codec (zlib, zstd, brotli, lzma) and keep the smallest artifact."
     sources = ("openai/parameter-golf#1179", "openai/parameter-golf#1855")
     config = CompressAutoConfig

@@ -55,6 +55,7 @@ def _names(text: str) -> list[str]:
 
 class CompressPerGroup(Plugin):
     name = "compress_pergroup"
+    family = "export"
     summary = ("Per-group artifact layout: int8 codes grouped by role across layers, similarity-sorted, "
                "compressed per group.")
     sources = ("openai/parameter-golf#1855", "openai/parameter-golf#1586")

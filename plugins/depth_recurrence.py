@@ -59,6 +59,7 @@ class RecurrentSchedule(LayerSchedule):
 
 class DepthRecurrence(Plugin):
     name = "depth_recurrence"
+    family = "routing"
     summary = "Loop blocks 3-5 three times (17 virtual layers) from 35% of training: a pre-compiled graph mode."
     sources = ("openai/parameter-golf#1493", "openai/parameter-golf#1394", "openai/parameter-golf#1204")
     config = DepthRecurrenceConfig

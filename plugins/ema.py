@@ -22,6 +22,7 @@ class EMAConfig:
 
 class EMA(Plugin):
     name = "ema"
+    family = "training"
     summary = "Exponential moving average of the weights, applied at the end of training."
     sources = ("openai/parameter-golf#287", "openai/parameter-golf#315")
     config = EMAConfig

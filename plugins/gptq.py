@@ -197,6 +197,7 @@ def collect_hessians(run: Any, model: nn.Module, cfg: GPTQConfig) -> tuple[dict[
 
 class GPTQ(Plugin):
     name = "gptq"
+    family = "export"
     summary = "Full-Hessian GPTQ int6 (act order, Cholesky error compensation), calibrated inside the budget."
     sources = ("openai/parameter-golf#1060", "openai/parameter-golf#1019", "openai/parameter-golf#1394")
     config = GPTQConfig

@@ -73,6 +73,7 @@ def search_clip(t32: Tensor, qmax: int, percentiles: list[float], per_row: bool)
 
 class GPTQLite(Plugin):
     name = "gptq_lite"
+    family = "export"
     summary = "Int6 per-row with a clip-percentile search per matrix (lowest reconstruction MSE)."
     sources = ("openai/parameter-golf#414", "openai/parameter-golf#379")
     config = GPTQLiteConfig

@@ -69,6 +69,7 @@ def install_fake_quant(model: torch.nn.Module, switch: Switch, bits: int) -> int
 
 class LateQAT(Plugin):
     name = "late_qat"
+    family = "training"
     summary = "STE int6 fake-quant of linear weights once lr_mul < threshold (a real switch, unlike PR #315's)."
     sources = ("openai/parameter-golf#286", "openai/parameter-golf#297", "openai/parameter-golf#315")
     config = LateQATConfig

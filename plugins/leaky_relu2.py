@@ -50,6 +50,7 @@ class LeakyReLU2MLP(MLP):
 
 class LeakyReLU2(Plugin):
     name = "leaky_relu2"
+    family = "model"
     summary = "MLP activation leaky_relu(x, 0.5)² instead of relu² (hidden = mlp_mult·dim)."
     sources = ("openai/parameter-golf#493", "openai/parameter-golf#549", "openai/parameter-golf#1493")
     config = LeakyReLU2Config

@@ -29,6 +29,7 @@ class ScaledRMSNorm(nn.Module):
 
 class LNScale(Plugin):
     name = "ln_scale"
+    family = "model"
     summary = "Scale block i's pre-norm outputs by 1/sqrt(i+1) (damps deeper layers)."
     sources = ("openai/parameter-golf#315",)
     test_settings = {"ln_scale": {}}

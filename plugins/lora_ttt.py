@@ -29,6 +29,7 @@ class LoRATTTConfig(LoRATTTSettings):
 
 class LoRATTTEvaluator:
     name = "lora_ttt"
+    family = "evaluation"
     doc_isolation = True
 
     def __init__(self, seq_len: int, cfg: LoRATTTSettings):
@@ -49,6 +50,7 @@ class LoRATTTEvaluator:
 
 class LoRATTT(Plugin):
     name = "lora_ttt"
+    family = "evaluation"
     summary = "Per-document LoRA test-time training: score each chunk, then adapt that document's adapters."
     sources = ("openai/parameter-golf#77", "openai/parameter-golf#1530", "openai/parameter-golf#1767")
     config = LoRATTTConfig

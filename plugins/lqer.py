@@ -99,6 +99,7 @@ def add_lqer(qstate: dict[str, QTensor], float_state: Mapping[str, Tensor], cfg:
 
 class LQER(Plugin):
     name = "lqer"
+    family = "export"
     summary = "Rank-4 SVD correction of the quantization error on the 3 worst matrices (int2 A, int4 B)."
     sources = ("openai/parameter-golf#1797", "openai/parameter-golf#1530")
     config = LQERConfig

@@ -73,6 +73,7 @@ class MuonEqR(Muon):
 
 class MuonEqRPlugin(Plugin):
     name = "muon_eq_r"
+    family = "training"
     summary = "MuonEq-R: Muon with each update row L2-normalised before Newton-Schulz, plus Muon WD (0.095)."
     sources = ("openai/parameter-golf#1217", "openai/parameter-golf#1260", "openai/parameter-golf#1394",
                "openai/parameter-golf#1493", "arXiv:2603.28254")

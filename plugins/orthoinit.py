@@ -44,6 +44,7 @@ def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = Tr
 
 class OrthoInit(Plugin):
     name = "orthoinit"
+    family = "model"
     summary = "Orthogonal init of large linear weights; 1/sqrt(2L) on non-zero-init *.proj (muP-style)."
     sources = ("openai/parameter-golf#65", "openai/parameter-golf#162", "openai/parameter-golf#315")
     config = OrthoInitConfig

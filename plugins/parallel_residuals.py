@@ -33,6 +33,7 @@ class ParallelResidual(nn.Module):
 
 class ParallelResiduals(Plugin):
     name = "parallel_residuals"
+    family = "routing"
     summary = "GPT-J parallel attention+MLP from block 7 on (both read the block input)."
     sources = ("openai/parameter-golf#1493", "openai/parameter-golf#1412")
     config = ParallelResidualsConfig

@@ -48,6 +48,7 @@ class PartialRotary(Rotary):
 
 class PartialRope(Plugin):
     name = "partial_rope"
+    family = "model"
     summary = "RoPE on the first `dims` head dims only (16/64 in PR #315), with its NTK base rescale."
     sources = ("openai/parameter-golf#315",)
     config = PartialRopeConfig

@@ -44,6 +44,7 @@ class PhasedTTTConfig(LoRATTTSettings):
 
 class PhasedTTTEvaluator:
     name = "phased_ttt"
+    family = "evaluation"
     doc_isolation = False  # documents after a phase are scored by weights trained on earlier documents
 
     def __init__(self, seq_len: int, cfg: PhasedTTTConfig):
@@ -109,6 +110,7 @@ class PhasedTTTEvaluator:
 
 class PhasedTTT(Plugin):
     name = "phased_ttt"
+    family = "evaluation"
     summary = "Per-document LoRA TTT with full-model SGD phases on the already-scored stream prefix."
     sources = ("openai/parameter-golf#1610", "openai/parameter-golf#1626", "openai/parameter-golf#1530")
     config = PhasedTTTConfig

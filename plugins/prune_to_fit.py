@@ -128,6 +128,7 @@ def smallest_fitting(size_at: Callable[[int], int], hi: int, size_lo: int, size_
 
 class PruneToFit(Plugin):
     name = "prune_to_fit"
+    family = "export"
     summary = "Zero the cheapest ±1 quantized codes until code + artifact fit the target size."
     sources = ("openai/parameter-golf#609", "openai/parameter-golf#1019")
     config = PruneToFitConfig

@@ -22,6 +22,7 @@ class QuantMixedConfig(MixedBitsConfig):
 
 class QuantMixed(Plugin):
     name = "quant_mixed"
+    family = "export"
     summary = "Per-family bit widths: int6 per-row (rowmax/31, [-32, 31]) for attn/MLP, int8 embedding."
     sources = ("openai/parameter-golf#315", "openai/parameter-golf#180")
     config = QuantMixedConfig

@@ -47,6 +47,7 @@ class ScoreFirstTTTConfig:
 
 class ScoreFirstTTTEvaluator:
     name = "score_first_ttt"
+    family = "evaluation"
     doc_isolation = False  # adaptation carries across documents (stream order)
 
     def __init__(self, seq_len: int, cfg: ScoreFirstTTTConfig):
@@ -117,6 +118,7 @@ def _frozen(name: str, freeze_blocks: int) -> bool:
 
 class ScoreFirstTTT(Plugin):
     name = "score_first_ttt"
+    family = "evaluation"
     summary = "Score each chunk first, then adapt the whole model on it with SGD (legal test-time training)."
     sources = ("openai/parameter-golf#461", "openai/parameter-golf#549", "openai/parameter-golf#1413",
                "openai/parameter-golf#1493")

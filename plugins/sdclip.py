@@ -50,6 +50,7 @@ def std_clip(t32: Tensor, k: float) -> Tensor:
 
 class SDClip(Plugin):
     name = "sdclip"
+    family = "export"
     summary = "Per-row clip at k·std(row): int6 matrices (k 12.85), int8 embedding (k 20)."
     sources = ("openai/parameter-golf#1394", "openai/parameter-golf#1586")
     config = SDClipConfig

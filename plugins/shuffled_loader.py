@@ -96,6 +96,7 @@ class ShuffledSequenceLoader:
 
 class ShuffledLoader(Plugin):
     name = "shuffled_loader"
+    family = "training"
     summary = "Per-rank shards, random phase + permuted sequence starts per shard, shard picked ∝ remaining."
     sources = ("openai/parameter-golf#1394", "openai/parameter-golf#1493")
     config = ShuffledLoaderConfig

@@ -25,6 +25,7 @@ class GatedSkip(nn.Module):
 
 class SkipGates(Plugin):
     name = "skip_gates"
+    family = "routing"
     summary = "U-Net skips re-enter through a learned sigmoid gate: lerp(w*skip, x, sigmoid(g))."
     sources = ("openai/parameter-golf#1089", "openai/parameter-golf#1179", "openai/parameter-golf#1493")
     provides = ("skip_merge",)

@@ -29,6 +29,7 @@ class SlidingWindowConfig:
 
 class SlidingWindowEvaluator:
     name = "sliding_window"
+    family = "evaluation"
 
     def __init__(self, seq_len: int, stride: int, batch_seqs: int, bos_id: int | None = None):
         if not 0 < stride <= seq_len:
@@ -50,6 +51,7 @@ class SlidingWindowEvaluator:
 
 class SlidingWindow(Plugin):
     name = "sliding_window"
+    family = "evaluation"
     summary = "Score with overlapping windows (stride S) so every token has near-full context."
     sources = ("openai/parameter-golf#50", "openai/parameter-golf#1218")
     provides = ("evaluator",)

@@ -62,6 +62,7 @@ class SmearGateV4(nn.Module):
 
 class SmearGate(Plugin):
     name = "smeargate"
+    family = "model"
     summary = "Blend each position with the previous one through a learned gate (token-shift mixing)."
     sources = ("openai/parameter-golf#162", "openai/parameter-golf#315", "openai/parameter-golf#1667",
                "openai/parameter-golf#1851")

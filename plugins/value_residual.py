@@ -38,6 +38,7 @@ class MixFirstValues(nn.Module):
 
 class ValueResidual(Plugin):
     name = "value_residual"
+    family = "model"
     summary = "Later blocks attend with a learned mix of block 0's values and their own (VRL)."
     sources = ("openai/parameter-golf#549", "openai/parameter-golf#569", "arXiv:2410.17897")
     config = ValueResidualConfig

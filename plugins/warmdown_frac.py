@@ -39,6 +39,7 @@ def lr_multiplier(f: float, frac: float, min_lr: float) -> float:
 
 class WarmdownFrac(Plugin):
     name = "warmdown_frac"
+    family = "training"
     summary = "LR warmdown over the last fraction of training (time-based), floored at min_lr (0.72 in PR #1493)."
     sources = ("openai/parameter-golf#1394", "openai/parameter-golf#1493", "openai/parameter-golf#1787")
     config = WarmdownFracConfig

@@ -50,6 +50,7 @@ def group_decays(optimizers: list, names: dict[int, str]) -> dict[str, float]:
 
 class WeightDecay(Plugin):
     name = "weight_decay"
+    family = "training"
     summary = "Decoupled weight decay: Muon WD on matrices, AdamW on embeddings and scalars (split from PR #1218)."
     sources = ("openai/parameter-golf#60", "openai/parameter-golf#65", "openai/parameter-golf#315",
                "openai/parameter-golf#1218", "openai/parameter-golf#1493")

@@ -38,6 +38,7 @@ class ExclusiveSelfAttention(nn.Module):
 
 class XSA(Plugin):
     name = "xsa"
+    family = "model"
     summary = "Exclusive self-attention: drop each head output's component along its own value (last N layers)."
     sources = ("openai/parameter-golf#265", "openai/parameter-golf#287", "openai/parameter-golf#315",
                "arXiv:2603.09078")

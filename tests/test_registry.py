@@ -128,3 +128,21 @@ def test_plugins_new_writes_a_working_skeleton(tmp_path, capsys):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed" in proc.stdout
+
+
+def test_every_builtin_plugin_has_a_family_and_the_list_groups_them_with_their_recipes(capsys):
+    from core.registry import FAMILIES
+    from pgolf.cli import main
+
+    reg = Registry()
+    assert all(reg.plugins[n].family in FAMILIES for n in reg.names()), [
+        n for n in reg.names() if reg.plugins[n].family not in FAMILIES]
+    assert main(["plugins", "list"]) == 0
+    out = capsys.readouterr().out
+    headers = [line[:-1] for line in out.splitlines() if not line.startswith(" ")]
+    assert headers == [f for f in FAMILIES if any(reg.plugins[n].family == f for n in reg.names())]
+    row = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
+    assert row["depth_recurrence"].endswith("recipes: pr1493") and "pr315" in row["xsa"] and "pr1493" in row["xsa"]
+    assert "recipes:" not in row["value_residual"]  # in no recipe
+    with pytest.raises(PluginError, match="family 'modle' is not one of"):
+        reg.add(type("Typo", (Plugin,), {"name": "typo", "family": "modle", "summary": "s", "sources": ("x",)}), "t")
