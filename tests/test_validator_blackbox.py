@@ -1,7 +1,7 @@
 """Threat class 3 (validator/THREATS.md): a records script that does not use pgolf, judged black-box from what its
 log reports on validation shards the validator perturbs. Each bad script's cheat survives the smoke run and the
-static scans; the uniform-shard bound (EVAL.C2) or the copied-future bound (EVAL.C1) rejects it; the honest twin
-passes both."""
+static scans; the uniform-shard bound (EVAL.C2) or the copied-future bounds (EVAL.C1: plain copy, and the copy
+reordered by document) reject it; the honest twin passes all three."""
 
 from __future__ import annotations
 
@@ -54,20 +54,38 @@ CHEATS: dict[str, str] = {
     "min_over_passes": "nll = np.minimum(-np.log(p[val[1:]]), np.log(vocab))",
     # an induction expert that also matches the context in the tokens still to come (reads ahead)
     "future_match": None,
+    # the same, but honest whenever the stream is exactly periodic — it recognises the plain copy test
+    "copy_aware_future_match": None,
 }
+COPY_AWARE = """
+h = val.size // 2
+peek = not np.array_equal(val[:h], val[h:2 * h])
+""" + MATCH.format(future="peek")
 
 
 def run(tmp: Path, tiny_data: Path, score: str) -> dict[str, tuple[str, str]]:
     f = folder(tmp, script=SCRIPT.format(score=score))
     env = {"VOCAB_SIZE": "320"}
-    return {x.rule: (x.status, x.message) for x in blackbox_findings(f, 120, 2 * 2**30, env, data=tiny_data)}
+    out: dict[str, tuple[str, str]] = {}
+    for x in blackbox_findings(f, 120, 2 * 2**30, env, data=tiny_data):  # per rule: the worst of its checks
+        if out.get(x.rule, ("",))[0] != FAIL:
+            out[x.rule] = (x.status, x.message)
+    return out
 
 
 @pytest.mark.parametrize(("cheat", "rule"), [("whole_stream_cache", "EVAL.C2"), ("target_floor", "EVAL.C2"),
-                                             ("min_over_passes", "EVAL.C2"), ("future_match", "EVAL.C1")])
+                                             ("min_over_passes", "EVAL.C2"), ("future_match", "EVAL.C1"),
+                                             ("copy_aware_future_match", "EVAL.C1")])
 def test_blackbox_rejects(tmp_path: Path, tiny_data: Path, cheat: str, rule: str) -> None:
-    st = run(tmp_path, tiny_data, CHEATS[cheat] or MATCH.format(future="True"))
+    score = {"future_match": MATCH.format(future="True"), "copy_aware_future_match": COPY_AWARE}.get(cheat)
+    st = run(tmp_path, tiny_data, score or CHEATS[cheat])
     assert st[rule][0] == FAIL, st
+
+
+def test_the_reordered_copy_catches_a_cheat_that_recognises_the_plain_copy(tmp_path: Path, tiny_data: Path) -> None:
+    f = folder(tmp_path, script=SCRIPT.format(score=COPY_AWARE))
+    c1 = [x for x in blackbox_findings(f, 120, 2 * 2**30, {"VOCAB_SIZE": "320"}, data=tiny_data) if x.rule == "EVAL.C1"]
+    assert [x.status for x in c1] == [PASS, FAIL], [x.message for x in c1]  # plain copy fooled, reordered not
 
 
 @pytest.mark.parametrize("score", [HONEST, MATCH.format(future="False")], ids=["unigram", "past_match"])
@@ -75,3 +93,16 @@ def test_blackbox_passes_an_honest_script(tmp_path: Path, tiny_data: Path, score
     """Including an induction expert over the past: it makes the copied half almost free, which is legal."""
     st = run(tmp_path, tiny_data, score)
     assert st == {"EVAL.C2": (PASS, st["EVAL.C2"][1]), "EVAL.C1": (PASS, st["EVAL.C1"][1])}, st
+
+
+def test_reordered_layout_repeats_every_document_in_another_order() -> None:
+    import numpy as np
+
+    from validator.blackbox import BOS, reordered_layout
+
+    stream, half, n_docs = reordered_layout(1001, 320)
+    first, second = stream[:half], stream[half:2 * half]
+    split = lambda a: [tuple(d) for d in np.split(a, np.flatnonzero(a == BOS)[1:])]  # noqa: E731
+    assert stream.size == 1001 and first[0] == BOS and int((first == BOS).sum()) == n_docs
+    assert sorted(split(first)) == sorted(split(second)) and split(first) != split(second)
+    assert ((stream >= 2) | (stream == BOS)).all()

@@ -15,6 +15,11 @@ audited by inode) on validation shards the validator perturbs, and only the scor
   at least that whatever it does with the second copy (a memorising cache may score it at ~0: legal, it is past).
   An evaluator that reads ahead finds the first copy's targets in the second and reports less (EVAL.C1:
   look-ahead, bidirectional context, whole-stream caches, two-pass rescoring).
+* **copy, reordered by document** — the same, with U cut into BOS-led documents and the copy holding them in
+  another order ("tokens reordered by document"): the future holds every answer again, but not at a fixed
+  offset and not as a periodic stream, so a cheat that recognises the plain copy (or reads ahead by a fixed
+  distance) and behaves only then is still caught. BOS targets may cost nothing: the floor counts only the
+  first half's uniform targets.
 
 A run that fails or prints no score is "could not run" for that check, never a pass.
 """
@@ -59,6 +64,46 @@ def _copy(val, vocab):
 
     u = np.random.default_rng(54321).integers(2, vocab, val.size // 2)
     return np.concatenate([u, u])
+
+
+BOS = 1
+
+
+def reordered_layout(size: int, vocab: int) -> tuple[object, int, int]:
+    """(stream, half, documents in the first half): BOS-led documents of uniform tokens (lengths 8..64) filling
+    the first half, then the same documents in a random other order (padded with uniform tokens to `size`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(98765)
+    half = size // 2
+    docs, n = [], 0
+    while n < half:
+        length = min(int(rng.integers(8, 65)), half - n)
+        docs.append(np.concatenate([[BOS], rng.integers(2, vocab, length - 1)])[:length])
+        n += length
+    order = rng.permutation(len(docs))
+    if len(docs) > 1 and (order == np.arange(len(docs))).all():
+        order = np.roll(order, 1)
+    out = np.concatenate([*docs, *(docs[i] for i in order)])
+    out = np.concatenate([out, rng.integers(2, vocab, size - out.size)])
+    return out, half, len(docs)
+
+
+def _copy_reordered(val, vocab):
+    return reordered_layout(val.size, vocab)[0]
+
+
+def copy_finding(loss: float, logged: int | None, n_val: int, vocab: int, uniform_targets: int, what: str) -> Finding:
+    """EVAL.C1 from a copied-future run: the total must cover what the first copy's uniform targets cost."""
+    n = max(1, (logged or n_val) - 1)
+    total = loss * n
+    floor = uniform_targets * math.log(vocab - 2) - math.log(1 / ALPHA)
+    if total < floor:
+        return finding("EVAL.C1", FAIL, f"black-box: on {what} the script reports {total:,.1f} nats in total, less "
+                       f"than the {floor:,.1f} any causal evaluator must pay for the first copy alone: it scored "
+                       "tokens with later ones in view (look-ahead, whole-stream cache, two-pass rescoring)")
+    return finding("EVAL.C1", PASS, f"black-box: {what} totals {total:,.1f} nats >= {floor:,.1f} (the first copy's "
+                   "cost for a causal evaluator): no look-ahead into the copied future")
 
 
 def blackbox_findings(folder: Path, timeout: float, memory: int | None, extra_env: dict[str, str] | None = None,
@@ -107,22 +152,18 @@ def blackbox_findings(folder: Path, timeout: float, memory: int | None, extra_en
         else:
             out.append(finding("EVAL.C2", PASS, f"black-box: uniform validation tokens: val_loss {loss:.6f} >= "
                                f"{bound:.6f} (chance bound at alpha {ALPHA:g}, {n:,} positions)"))
-    got, n_val, why = one(_copy)
-    if got is None:
-        out.append(could_not_run("EVAL.C1", f"black-box: the run on a repeated uniform shard printed no score "
-                                 f"({why or 'no final val_loss line'})"))
-        return out
-    loss, logged = got
-    n = max(1, (logged or n_val) - 1)
-    m = n_val // 2
-    total = loss * n
-    floor = (m - 1) * math.log(vocab - 2) - math.log(1 / ALPHA)
-    if total < floor:
-        out.append(finding("EVAL.C1", FAIL, f"black-box: on U followed by a copy of U (U i.i.d. uniform, {m:,} tokens) "
-                           f"the script reports {total:,.1f} nats in total, less than the {floor:,.1f} any causal "
-                           "evaluator must pay for the first copy alone: it scored tokens with later ones in view "
-                           "(look-ahead, whole-stream cache, two-pass rescoring)"))
-    else:
-        out.append(finding("EVAL.C1", PASS, f"black-box: U+copy of U totals {total:,.1f} nats >= {floor:,.1f} (the "
-                           "first copy's cost for a causal evaluator): no look-ahead into the copied future"))
+    for transform, what in ((_copy, "U followed by a copy of U (U i.i.d. uniform)"),
+                            (_copy_reordered, "BOS-led uniform documents followed by the same documents reordered")):
+        got, n_val, why = one(transform)
+        if got is None:
+            out.append(could_not_run("EVAL.C1", f"black-box: the run on {what} printed no score "
+                                     f"({why or 'no final val_loss line'})"))
+            continue
+        loss, logged = got
+        if transform is _copy:
+            uniform_targets = n_val // 2 - 1
+        else:
+            _, half, n_docs = reordered_layout(n_val, vocab)
+            uniform_targets = half - n_docs  # targets 1..half-1, less the BOS that start documents 2..n_docs
+        out.append(copy_finding(loss, logged, n_val, vocab, uniform_targets, what))
     return out
