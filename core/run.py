@@ -98,7 +98,7 @@ class Run:
     tokenizer_path: Path | None = None
     train_files: list[Path] = field(default_factory=list)
     val_files: list[Path] = field(default_factory=list)
-    modes: list[Any] = field(default_factory=list)  # core.model.Mode declared by pg_modes
+    modes: list[Any] = field(default_factory=list)  # core.model.Mode declared by pg_modes, by start fraction
     active_modes: tuple[str, ...] = ()  # the modes entered so far (pg_enter_mode)
     schemes: Any = None  # quantization scheme -> dequantize function (core's + pg_dequantizers)
     code_size: Any = None  # (config, registry) -> code bytes of the submission (core.train.setup sets it)

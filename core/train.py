@@ -298,7 +298,8 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     else:
         run.train_model = compiled
     run.optimizers = make_optimizers(run, run.model)
-    run.modes = [m for modes in run.hook.pg_modes(config=run.config) if modes for m in modes]
+    run.modes = sorted((m for modes in run.hook.pg_modes(config=run.config) if modes for m in modes),
+                       key=lambda m: m.start_frac)  # the order they switch on
     return run
 
 
@@ -375,6 +376,12 @@ class Stepper:
             opt.step()
         self.zero_grad()
 
+    def warm_step(self, loader: Any) -> None:
+        """A whole step with no schedule or hooks: the compile warm-up's (its effect is restored after)."""
+        self.zero_grad()
+        self.forward_backward(loader)
+        self.optimizer_step()
+
 
 def log_run_header(run: Run) -> int:
     """The run's opening log lines (the baseline's, plus pgolf's); returns the parameter count."""
@@ -408,7 +415,7 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     combination of declared modes; then weights, optimizer state and modes are restored so measured
     training starts from the initial state."""
     core, base = run.core, run.model
-    modes = sorted(run.modes, key=lambda m: m.start_frac) if should_compile(run) else []
+    modes = run.modes if should_compile(run) else []
     if core.warmup_steps <= 0 and not modes:
         return
     init_model = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
@@ -417,22 +424,16 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     loader = new_loader(run)
     prime_caches(run)
     for w in range(core.warmup_steps):
-        stepper.zero_grad()
-        stepper.forward_backward(loader)
-        stepper.optimizer_step()
+        stepper.warm_step(loader)
         if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
             run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
     for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
         set_modes(run, tuple(m.name for m in modes[: i + 1]))
-        stepper.zero_grad()
-        stepper.forward_backward(loader)
-        stepper.optimizer_step()
+        stepper.warm_step(loader)
         run.log(f"warmup_mode:{mode.name}")
     if modes:  # and back to the base mode, as the timed loop starts there
         set_modes(run, ())
-        stepper.zero_grad()
-        stepper.forward_backward(loader)
-        stepper.optimizer_step()
+        stepper.warm_step(loader)
     base.load_state_dict(init_model, strict=True)
     for opt, st in zip(run.optimizers, init_opts, strict=True):
         opt.load_state_dict(st)
@@ -474,7 +475,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
     core, base = run.core, run.model
     muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
-    pending_modes = sorted(run.modes, key=lambda m: m.start_frac)
+    pending_modes = list(run.modes)
     loader = new_loader(run)
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)

@@ -37,7 +37,7 @@ def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
     decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
     qstate, header = ex.read_artifact(artifact, decoders)
-    set_modes(run, tuple(m.name for m in sorted(run.modes, key=lambda m: m.start_frac) if m.start_frac <= 1.0))
+    set_modes(run, tuple(m.name for m in run.modes if m.start_frac <= 1.0))
     state = ex.dequantize_state_dict(qstate, run.schemes)
     mine = run.model.state_dict()
     missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
