@@ -1,4 +1,4 @@
-"""`pgolf` command line: train, eval, bundle, validate, size, demo, plugins, config, data."""
+"""`pgolf` command line: train, eval, bundle, validate, size, bench, demo, plugins, config, data."""
 
 from __future__ import annotations
 
@@ -479,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugins", help="plugins whose text transform the data is built with (e.g. caseops)")
     p.add_argument("--plugin-file", action="append", default=[], metavar="FILE.py")
     p.set_defaults(func=cmd_data)
+    from pgolf.bench import add_bench_parser
+
+    add_bench_parser(sub, add_config_args)
     p = sub.add_parser("size", help="size budget and per-family breakdown of a run or records folder")
     p.add_argument("run_dir", help="a run directory (final_model.ptz, metrics.json) or a records folder "
                                    "(train_gpt.py, logs or an artifact)")

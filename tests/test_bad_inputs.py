@@ -126,6 +126,17 @@ CATALOGUE = [
          2, r"status\.json: the run is 'interrupted', not finished", setup=("finished_run", "interrupted_status")),
     Case("record/not-a-dir", "record {tmp}/afile --name 2026-01-01_X --author A --github-id a --out {tmp}/rec", 2,
          r"afile: not a run directory \(not a directory\)", setup=("a_file",)),
+    # --- pgolf bench
+    Case("bench/unknown-recipe", "bench --recipe nosuch", 2,
+         r"--recipe nosuch: no such file or recipe name \(known: .*baseline"),
+    Case("bench/missing-script", "bench --recipe baseline --vs {tmp}/nope.py", 2,
+         r"--vs .*nope\.py: no such file \(expected a record's train_gpt\.py\)"),
+    Case("bench/unknown-script", "bench --recipe baseline --vs {tmp}/afile", 2,
+         r"--vs .*afile: not a known record script .*pass --profile NAME", setup=("a_file",)),
+    Case("bench/too-few-steps", "bench --recipe baseline --steps 1", 2, r"--steps 1: at least 2"),
+    Case("bench/record-fails", "bench --recipe baseline --side record --steps 3 --vs {tmp}/afile --profile generic "
+         "--out {tmp}/b", 2, r"--vs .*afile: the record exited with status 1 \(log .*record\.log\)",
+         setup=("a_file",), tiny=True),
     # --- pgolf validate / size / plugins / config / data
     Case("validate/not-a-dir", "validate {tmp}/afile", 2, r"afile is not a directory", setup=("a_file",)),
     Case("size/missing", "size {tmp}/nowhere", 2, r"nowhere: no such run directory"),
@@ -295,7 +306,8 @@ def test_bad_input(case: Case, tmp_path, finished_run, tiny_data, tiny_core, cap
 
 def test_catalogue_covers_every_command():
     commands = {c.id.split("/")[0] for c in CATALOGUE}
-    assert {"train", "eval", "bundle", "record", "validate", "size", "plugins", "config", "data"} <= commands
+    assert {"train", "eval", "bundle", "record", "validate", "size", "plugins", "config", "data",
+            "bench"} <= commands
     assert len({c.id for c in CATALOGUE}) == len(CATALOGUE)
 
 

@@ -1,0 +1,618 @@
+"""`pgolf bench`: how fast a recipe trains, measured (issue #14), and against a record's own train_gpt.py.
+
+pgolf side (in this process, the trainer's own phases): tokens/s and ms/step (median after warm-up, per-step
+times from CUDA events / the host clock at `pg_after_step`), model FLOPs per token (FlopCounterMode over one
+forward+backward of the built model at the training sequence length, in every graph mode), MFU against a
+matmul peak timed in the same run (bf16 on CUDA, fp32 on CPU), peak memory, warm-up/compile time, host time
+in hooks per step (pluggy hook-call monitoring), and a per-phase breakdown (data, forward, backward,
+optimizer) from torch.profiler over a few extra steps with a synchronization at each phase boundary.
+
+`--vs SCRIPT` runs the record on the same data (a folder of links to the training shards, the validation
+prefix written once for both), steps, seed and schedule (MAX_WALLCLOCK_SECONDS=0: step/ITERATIONS), on the
+same attention backend (a `flash_attn_interface` stand-in calling SDPA with pgolf's backend when FA3 is
+missing), and prints the ratios and the train loss at matching steps. Both sides' ms/step for the ratios come
+from their logs, computed the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from itertools import pairwise
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_MIRROR = "/work/.mirror/openai+parameter-golf/repo"
+SMOKE = dict(steps=3, warmup_steps=1, val_tokens=65536, profile_steps=1, log_every=1)
+
+SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func through torch SDPA."""
+import os
+
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+_SETS = {"cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
+         "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}
+_BACKENDS = _SETS[os.environ.get("PGOLF_BENCH_SDPA", "flash")]  # the backends pgolf's run enabled
+
+
+def flash_attn_func(q, k, v, causal=True, **unused):
+    """(B, T, H, D) q and (B, T, Hkv, D) k, v -> (B, T, H, D)."""
+    with sdpa_kernel(_BACKENDS):
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=causal, enable_gqa=k.size(2) != q.size(2))
+    return y.transpose(1, 2)
+'''
+
+
+class BenchError(ValueError):
+    """A bench input or a side's run went wrong; one line naming what."""
+
+
+# ---------------------------------------------------------------- measurements
+
+def attention_flop_mapping() -> dict[Any, Any]:
+    """FlopCounterMode formulas that make attention "model FLOPs" on every backend: forward 4·B·H·T²·D (full
+    T×T, causal not halved, as in the PaLM MFU convention), backward twice that (no flash recompute); the CPU
+    flash kernel, unknown to the counter, counted the same."""
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    aten = torch.ops.aten
+
+    def fwd(q, k, v, *args, out_shape=None, **kwargs):
+        return sdpa_flop_count(q, k, v)
+
+    def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
+        return 2 * sdpa_flop_count(q, k, v)
+
+    ops_fwd = ["_scaled_dot_product_flash_attention_for_cpu"]
+    ops_bwd = ["_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward",
+               "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward"]
+    out = {getattr(aten, n): fwd for n in ops_fwd if hasattr(aten, n)}
+    out.update({getattr(aten, n): bwd for n in ops_bwd if hasattr(aten, n)})
+    return out
+
+
+def count_flops(run: Any) -> dict[str, dict[str, float]]:
+    """Model FLOPs per token of one forward+backward at (1, train_seq_len), per combination of graph modes
+    (in the order the loop enters them): {"base" | "mode1+mode2": {"total", "matmul", "attention"}}."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core.train import set_modes
+
+    seq = run.core.train_seq_len
+    x = (torch.arange(seq, device=run.device) % run.core.vocab_size).view(1, seq)
+    y = torch.roll(x, -1, dims=1)
+    combos = [()] + [tuple(m.name for m in run.modes[: i + 1]) for i in range(len(run.modes))]
+    out = {}
+    for active in combos:
+        set_modes(run, active)
+        with FlopCounterMode(display=False, custom_mapping=attention_flop_mapping()) as fc:
+            with run.autocast():
+                loss = run.model(x, y)
+            loss.backward()
+        counts = {(str(op).split(".") + [""])[1]: n for op, n in fc.get_flop_counts()["Global"].items()}
+        matmul = sum(n for op, n in counts.items() if op in ("mm", "addmm"))
+        total = fc.get_total_flops()
+        out["+".join(active) or "base"] = {"total": total / seq, "matmul": matmul / seq,
+                                          "attention": (total - matmul) / seq}
+    set_modes(run, ())
+    for p in run.model.parameters():
+        p.grad = None
+    return out
+
+
+def matmul_peak(device: Any) -> dict[str, Any]:
+    """FLOP/s of a large square matmul on `device` (bf16 on CUDA, fp32 on CPU), best of a few timed repeats."""
+    import torch
+
+    cuda = device.type == "cuda"
+    n, dtype, reps = (8192, torch.bfloat16, 20) if cuda else (1024, torch.float32, 3)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(2):
+        a @ b
+    for _ in range(3):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(reps):
+                a @ b
+            end.record()
+            end.synchronize()
+            sec = start.elapsed_time(end) / 1000.0
+        else:
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            sec = time.perf_counter() - t0
+        best = min(best, sec / reps)
+    return {"flops_per_s": 2 * n**3 / best, "n": n, "dtype": str(dtype).replace("torch.", "")}
+
+
+class HookMonitor:
+    """Times every hook call (outermost only) through pluggy's hook-call monitoring, and marks step boundaries:
+    a CUDA event (no host sync) or the host clock at `pg_train_start` and at each `pg_after_step`."""
+
+    def __init__(self, run: Any):
+        self.cuda = run.device.type == "cuda"
+        self.steps = run.core.iterations
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.marks: list[Any] = []  # [train start, after step 1, …, after step N]
+        self.modes: list[tuple[str, ...]] = []  # active modes of step i+1
+        self.in_loop = False
+        self._depth = 0
+        self._t0 = 0.0
+        self.undo = run.pm.add_hookcall_monitoring(self.before, self.after)
+
+    def _mark(self) -> Any:
+        if self.cuda:
+            import torch
+
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            return ev
+        return time.perf_counter()
+
+    def before(self, name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+        if name == "pg_train_start":
+            self.in_loop = True
+            self.marks = [self._mark()]
+        elif name == "pg_after_step" and self.in_loop:
+            self.marks.append(self._mark())
+            self.modes.append(tuple(kwargs["run"].active_modes))
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+        self._depth += 1
+
+    def after(self, outcome: Any, name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+        self._depth -= 1
+        loop_call = self.in_loop and (len(self.marks) - 1 < self.steps or name == "pg_after_step")
+        if self._depth == 0 and loop_call:  # the final validation's hooks are not per-step costs
+            self.seconds[name] += time.perf_counter() - self._t0
+            self.calls[name] += 1
+
+    def step_ms(self) -> list[float]:
+        if self.cuda:
+            self.marks[-1].synchronize()
+            return [a.elapsed_time(b) for a, b in pairwise(self.marks)]
+        return [1000.0 * (b - a) for a, b in pairwise(self.marks)]
+
+
+class _Labelled:
+    """Calls `fn` inside a profiler range, then waits for the device (so the range holds the phase's work)."""
+
+    def __init__(self, fn: Any, label: str, run: Any):
+        self.fn, self.label, self.run = fn, label, run
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.profiler import record_function
+
+        with record_function(self.label):
+            out = self.fn(*args, **kwargs)
+            self.run.synchronize()
+        return out
+
+
+def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
+    """Per-step ms of data, forward, backward (forward_backward less the two) and optimizer (grad clip +
+    optimizer steps) over `steps` extra training steps under torch.profiler; the top device kernels on CUDA."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from core.train import new_loader
+
+    if steps <= 0:
+        return {}
+    loader = new_loader(run)
+    labelled = SimpleNamespace(next_batch=_Labelled(loader.next_batch, "data", run))
+    model = stepper.model
+    stepper.model = _Labelled(model, "forward", run)
+    clip = run.core.grad_clip_norm
+
+    def optimizer() -> None:
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), clip)
+        stepper.optimizer_step()
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if run.device.type == "cuda" else [])
+    try:
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                stepper.zero_grad()
+                _Labelled(stepper.forward_backward, "forward_backward", run)(labelled)
+                _Labelled(optimizer, "optimizer", run)()
+    finally:
+        stepper.model = model
+    ms = {e.key: e.cpu_time_total / 1000.0 / steps for e in prof.key_averages()
+          if e.key in ("data", "forward", "forward_backward", "optimizer")}
+    fb = ms.pop("forward_backward", 0.0)
+    phases = {"data": ms.get("data", 0.0), "forward": ms.get("forward", 0.0),
+              "backward": max(fb - ms.get("data", 0.0) - ms.get("forward", 0.0), 0.0),
+              "optimizer": ms.get("optimizer", 0.0)}
+    out: dict[str, Any] = {"steps": steps, "phases_ms": phases}
+    if run.device.type == "cuda":
+        def dev(e: Any) -> float:
+            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+
+        kernels = sorted((e for e in prof.key_averages() if dev(e) > 0), key=dev, reverse=True)[:10]
+        out["top_device_ops_ms"] = {e.key[:80]: dev(e) / 1000.0 / steps for e in kernels}
+    return out
+
+
+def peak_memory(device: Any) -> dict[str, Any]:
+    import torch
+
+    if device.type == "cuda":
+        return {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda max_memory_allocated"}
+    return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "kind": "max RSS (host)"}
+
+
+# ---------------------------------------------------------------- data
+
+def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tuple[Path, Path, Path]:
+    """A challenge-layout folder both sides read: datasets/fineweb10B_sp<V>/ (links to the training shards,
+    one validation shard holding the first `val_tokens` tokens, whole sequences + 1) and tokenizers/
+    fineweb_<V>_bpe.model. Returns (root, dataset dir, tokenizer)."""
+    import numpy as np
+
+    from core.data import read_shard, shard_files, write_shard
+    from core.train import resolve_data
+
+    src, tok = resolve_data(SimpleNamespace(core=cfg.core))
+    vocab = cfg.core.vocab_size
+    root = out / "data"
+    shutil.rmtree(root, ignore_errors=True)
+    ds = root / "datasets" / f"fineweb10B_sp{vocab}"
+    ds.mkdir(parents=True)
+    (root / "tokenizers").mkdir()
+    for f in shard_files(src, "train"):
+        (ds / f.name).symlink_to(f.resolve())
+    val_files = shard_files(src, "val")
+    if val_tokens > 0:
+        parts, have = [], 0
+        for f in val_files:
+            parts.append(read_shard(f, vocab).numpy())
+            have += parts[-1].size
+            if have > val_tokens:
+                break
+        val = np.concatenate(parts)
+        usable = min(val.size - 1, (val_tokens // eval_seq_len) * eval_seq_len)
+        if usable <= 0:
+            raise BenchError(f"--val-tokens {val_tokens}: shorter than one eval sequence ({eval_seq_len})")
+        write_shard(ds / "fineweb_val_000000.bin", val[: usable + 1].astype(np.uint16))
+    else:
+        for f in val_files:
+            (ds / f.name).symlink_to(f.resolve())
+    tok_link = root / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+    tok_link.symlink_to(Path(tok).resolve())
+    return root, ds, tok_link
+
+
+# ---------------------------------------------------------------- the pgolf side
+
+def skip_of(steps: int) -> int:
+    """Steps left out of the medians as warm-up: a tenth of the run, at least 2 (fewer on a tiny run)."""
+    return min(max(2, steps // 10), steps - 1)
+
+
+def summarize_steps(step_ms: list[float], flops_by_mode: dict[str, dict[str, float]], modes: list[tuple],
+                    tokens_per_step: int, skip: int) -> dict[str, Any]:
+    kept = list(range(skip, len(step_ms)))
+    times = [step_ms[i] for i in kept]
+    med, mean = statistics.median(times), statistics.fmean(times)
+    flops = sum(flops_by_mode["+".join(modes[i]) or "base"]["total"] for i in kept) * tokens_per_step
+    return {"ms_per_step_median": med, "ms_per_step_mean": mean, "tokens_per_s": tokens_per_step / med * 1000.0,
+            "tokens_per_s_mean": tokens_per_step / mean * 1000.0, "measured_steps": [skip + 1, len(step_ms)],
+            "model_flops_per_s": flops / (sum(times) / 1000.0)}
+
+
+def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> dict[str, Any]:
+    import torch
+
+    from core.train import Budget, Stepper, log_run_header, setup, shutdown, timed_loop, warmup_and_restore
+
+    run = setup(cfg, registry)
+    try:
+        monitor = HookMonitor(run)
+        flops = count_flops(run)
+        if run.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(run.device)
+        log_run_header(run)
+        budget, stepper = Budget.of(run), Stepper(run)
+        t0 = time.perf_counter()
+        warmup_and_restore(run, stepper)
+        run.synchronize()
+        warmup_s = time.perf_counter() - t0
+        loop = timed_loop(run, stepper, budget)
+        monitor.in_loop = False
+        step_ms = monitor.step_ms()
+        memory = peak_memory(run.device)
+        phases = profile_phases(run, stepper, args.profile_steps)
+        peak = matmul_peak(run.device)
+        tps = run.core.train_batch_tokens
+        compiled = run.eval_model is not run.model
+        res: dict[str, Any] = {"device": str(run.device), "attention": run.attention, "compiled": compiled,
+                               "steps": loop.steps, "tokens_per_step": tps, "step_ms": step_ms,
+                               "flops_per_token": flops}
+        res.update(summarize_steps(step_ms, flops, monitor.modes, tps, skip_of(loop.steps)))
+        res["mfu"] = res["model_flops_per_s"] / peak["flops_per_s"]
+        res["matmul_peak"] = peak
+        res["peak_memory"] = memory
+        warm_steps = run.core.warmup_steps + (len(run.modes) + 1 if run.modes and compiled else 0)
+        res["warmup_s"] = warmup_s
+        res["compile_s_est"] = max(warmup_s - warm_steps * res["ms_per_step_median"] / 1000.0, 0.0)
+        hook_s = sum(monitor.seconds.values())
+        res["hook_ms_per_step"] = 1000.0 * hook_s / max(loop.steps, 1)
+        res["hook_share"] = res["hook_ms_per_step"] / res["ms_per_step_mean"]
+        res["hook_ms_by_name"] = {k: 1000.0 * v / max(loop.steps, 1) for k, v in sorted(monitor.seconds.items())}
+        res["profile"] = phases
+        res["last_val_bpb"] = loop.last_val_bpb
+        res["run_dir"] = str(run.run_dir)
+        monitor.undo()
+    finally:
+        shutdown(run)
+        del run
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    from pgolf.records import parse_log
+
+    log = parse_log((Path(res["run_dir"]) / "train.log").read_text(encoding="utf-8"), res["tokens_per_step"])
+    res["log"] = log
+    return res
+
+
+# ---------------------------------------------------------------- the record side
+
+def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, dataset: Path, tokenizer: Path,
+               attention: str, eval_seq_len: int) -> dict[str, Any]:
+    from pgolf.records import core_env, parse_log, profile_for
+
+    script = Path(args.vs).expanduser()
+    if not script.is_file():
+        raise BenchError(f"--vs {args.vs}: no such file (expected a record's train_gpt.py)")
+    profile = profile_for(script, args.profile)
+    rec_dir = out / "record"
+    shutil.rmtree(rec_dir, ignore_errors=True)
+    rec_dir.mkdir(parents=True)
+    shutil.copyfile(script, rec_dir / "train_gpt.py")
+    env = dict(os.environ)
+    env.update(core_env(cfg, eval_seq_len))
+    env.update(profile.env(cfg, not args.record_eval))
+    env.update(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), DATA_DIR=str(data_root) + os.sep,
+               RUN_ID="record", PYTHONUNBUFFERED="1", PGOLF_BENCH_SDPA=attention)
+    fa3 = importlib.util.find_spec("flash_attn_interface") is not None
+    if not fa3:
+        shim = out / "shim"
+        shim.mkdir(exist_ok=True)
+        (shim / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
+    (out / "record_env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k not in os.environ
+                                                     or os.environ[k] != env[k]}, indent=2) + "\n")
+    log_path = out / "record.log"
+    print(f"bench: running the record ({profile.name}) in {rec_dir}; log {log_path}", flush=True)
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.run([sys.executable, "train_gpt.py"], cwd=rec_dir, env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    text = log_path.read_text(encoding="utf-8", errors="replace")
+    if proc.returncode != 0:
+        sys.stderr.write(text[-3000:])
+        raise BenchError(f"--vs {script}: the record exited with status {proc.returncode} (log {log_path})")
+    parsed = parse_log(text, cfg.core.train_batch_tokens)
+    if not parsed["steps"]:
+        raise BenchError(f"--vs {script}: no train_loss lines in its log {log_path} (expected 'step:N/M train_loss:X "
+                         "train_time:Tms …' or 'N/M train_loss: X train_time: Tm tok/s: R')")
+    memory = {"bytes": parsed["peak_memory_bytes"], "kind": "cuda max_memory_allocated (its log)"}
+    if parsed["peak_memory_bytes"] is None:
+        memory = {"bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "kind": "max RSS (host)"}
+    return {"profile": profile.name, "script": str(script.resolve()),
+            "attention": "fa3" if fa3 else f"sdpa-{attention}", "wall_s": wall, "log": parsed, "peak_memory": memory}
+
+
+def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Ratios pgolf/record from both logs by one method, and the train loss at the steps both logged."""
+    from pgolf.records import ms_per_step_from_log
+
+    skip = skip_of(steps)
+    pg_steps = {int(k): tuple(v) for k, v in pg["log"]["steps"].items()}  # JSON keys are strings
+    rec_steps = {int(k): tuple(v) for k, v in rec["log"]["steps"].items()}
+    a = ms_per_step_from_log(pg_steps, skip)
+    b = ms_per_step_from_log(rec_steps, skip)
+    out: dict[str, Any] = {"pgolf_ms_per_step": a, "record_ms_per_step": b}
+    if a["mean"] and b["mean"]:
+        out["tokens_per_s_ratio"] = b["mean"] / a["mean"]
+        out["ms_per_step_ratio"] = a["mean"] / b["mean"]
+    ma, mb = pg["peak_memory"], rec["peak_memory"]
+    if ma["bytes"] and mb["bytes"] and ma["kind"].split()[0] == mb["kind"].split()[0]:
+        out["peak_memory_ratio"] = ma["bytes"] / mb["bytes"]
+    common = sorted(set(pg_steps) & set(rec_steps))
+    out["train_loss"] = {s: {"pgolf": pg_steps[s][0], "record": rec_steps[s][0],
+                             "diff": pg_steps[s][0] - rec_steps[s][0]} for s in common}
+    out["last_val_bpb"] = {"pgolf": pg["log"]["last_val_bpb"], "record": rec["log"]["last_val_bpb"]}
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt(v: Any, spec: str = ",.1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def table(res: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+    pg, rec, vs = res.get("pgolf"), res.get("record"), res.get("vs")
+    if pg:
+        rows += [("device / attention / compiled", f"{pg['device']} / {pg['attention']} / {pg['compiled']}"),
+                 ("ms/step median (mean), steps " + "-".join(map(str, pg["measured_steps"])),
+                  f"{pg['ms_per_step_median']:,.2f} ({pg['ms_per_step_mean']:,.2f})"),
+                 ("tokens/s (median step)", f"{pg['tokens_per_s']:,.0f}")]
+        rows += [(f"model FLOPs/token [{mode}]", f"{f['total'] / 1e6:,.2f} M (matmul {f['matmul'] / 1e6:,.2f} M, "
+                                                 f"attention {f['attention'] / 1e6:,.2f} M)")
+                 for mode, f in pg["flops_per_token"].items()]
+        peak = pg["matmul_peak"]
+        rows += [(f"matmul peak ({peak['dtype']}, n={peak['n']})", f"{peak['flops_per_s'] / 1e12:,.2f} TFLOP/s"),
+                 ("MFU", f"{100 * pg['mfu']:.1f} %"),
+                 (f"peak memory ({pg['peak_memory']['kind']})", f"{pg['peak_memory']['bytes'] / 2**30:,.2f} GiB"),
+                 ("warm-up s (compile, est.)", f"{pg['warmup_s']:,.1f} ({pg['compile_s_est']:,.1f})"),
+                 ("hooks ms/step (share of step)", f"{pg['hook_ms_per_step']:,.3f} ({100 * pg['hook_share']:.2f} %)")]
+        for name, ms in pg.get("profile", {}).get("phases_ms", {}).items():
+            rows.append((f"phase {name} ms/step (synchronized)", f"{ms:,.2f}"))
+    if rec:
+        rows += [("record", f"{rec['profile']} ({rec['attention']}), wall {rec['wall_s']:,.0f} s"),
+                 ("record artifact bytes", str(rec["log"]["artifact"] or "—"))]
+    if vs:
+        a, b = vs["pgolf_ms_per_step"], vs["record_ms_per_step"]
+        rows += [("log ms/step mean pgolf | record", f"{_fmt(a['mean'], ',.2f')} | {_fmt(b['mean'], ',.2f')}"),
+                 ("tokens/s pgolf / record", _fmt(vs.get("tokens_per_s_ratio"), ".3f") + "×"),
+                 ("peak memory pgolf / record", _fmt(vs.get("peak_memory_ratio"), ".3f")),
+                 ("last-step val_bpb pgolf | record",
+                  f"{_fmt(vs['last_val_bpb']['pgolf'], '.4f')} | {_fmt(vs['last_val_bpb']['record'], '.4f')}")]
+        for s, d in vs["train_loss"].items():
+            rows.append((f"train_loss step {s} pgolf | record",
+                         f"{d['pgolf']:.4f} | {d['record']:.4f} ({d['diff']:+.4f})"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+# ---------------------------------------------------------------- command
+
+def resolve_recipe(recipe: str | None) -> str:
+    if recipe is None:
+        raise BenchError("--recipe is required (a TOML file or a name in recipes/: "
+                         + ", ".join(sorted(p.stem for p in (REPO / "recipes").glob("*.toml"))) + ")")
+    path = Path(recipe).expanduser()
+    if path.is_file():
+        return str(path)
+    named = REPO / "recipes" / f"{recipe}.toml"
+    if named.is_file():
+        return str(named)
+    known = ", ".join(sorted(p.stem for p in (REPO / "recipes").glob("*.toml")))
+    raise BenchError(f"--recipe {recipe}: no such file or recipe name (known: {known})")
+
+
+def extract_record(args: argparse.Namespace) -> int:
+    from pgolf.records import PROFILES
+
+    name = args.profile
+    if name not in PROFILES or not PROFILES[name].folder:
+        raise BenchError(f"--extract-record needs --profile one of "
+                         f"{', '.join(n for n, p in PROFILES.items() if p.folder)}")
+    rel = f"{PROFILES[name].folder}/train_gpt.py"
+    proc = subprocess.run(["git", "-C", args.mirror, "show", f"HEAD:{rel}"], capture_output=True)
+    if proc.returncode != 0:
+        raise BenchError(f"--extract-record: cannot read {rel} from the git mirror {args.mirror}")
+    out = Path(args.extract_record)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(proc.stdout)
+    print(f"wrote {out} ({len(proc.stdout):,} bytes, {name})")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from pgolf.cli import load_config, with_default_data
+
+    if args.extract_record:
+        return extract_record(args)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    if args.steps < 2:
+        raise BenchError(f"--steps {args.steps}: at least 2 (the first is left out as warm-up)")
+    if args.vs:  # checked before anything runs
+        from pgolf.records import profile_for
+
+        if not Path(args.vs).expanduser().is_file():
+            raise BenchError(f"--vs {args.vs}: no such file (expected a record's train_gpt.py)")
+        profile_for(Path(args.vs).expanduser(), args.profile)
+    args.recipe = resolve_recipe(args.recipe)
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sides = {"both": ("pgolf", "record"), "pgolf": ("pgolf",), "record": ("record",)}[args.side]
+    cfg, registry = load_config(args)
+    cfg = with_default_data(cfg)
+    eval_seq_len = cfg.core.eval_seq_len or cfg.core.train_seq_len
+    root, dataset, tokenizer = data_folder(cfg, out, args.val_tokens, eval_seq_len)
+    forced = [f"core.iterations={args.steps}", "core.max_wallclock_seconds=0", "core.val_loss_every=0",
+              f"core.train_log_every={args.log_every}", f"core.data_path={dataset}", f"core.tokenizer_path={tokenizer}",
+              "core.val_max_tokens=0", "core.run_id=pgolf", f"core.out_dir={out / 'runs'}", f"core.seed={args.seed}"]
+    if args.warmup_steps is not None:
+        forced.append(f"core.warmup_steps={args.warmup_steps}")
+    if cfg.core.warmdown_iters > 0:  # the core's iteration warmdown, scaled to the bench's length
+        forced.append(f"core.warmdown_iters={max(1, round(args.warmdown_frac * args.steps))}")
+    args.sets, args.data = list(args.sets) + forced, str(dataset)
+    cfg, registry = load_config(args)
+    shutil.rmtree(out / "runs" / "pgolf", ignore_errors=True)
+    res: dict[str, Any] = {"recipe": args.recipe, "steps": args.steps, "seed": args.seed, "val_tokens": args.val_tokens,
+                           "data": str(dataset)}
+    for side in ("pgolf", "record"):  # a side not run now keeps its result from an earlier call (same --out)
+        if side not in sides and (out / f"{side}.json").is_file():
+            res[side] = json.loads((out / f"{side}.json").read_text())
+    from core.run import pick_attention, pick_device
+
+    attention = pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0))  # what pgolf's run picks
+    if "pgolf" in sides:
+        res["pgolf"] = run_pgolf(args, cfg, registry, out)
+        (out / "pgolf.json").write_text(json.dumps(res["pgolf"], indent=2, default=str) + "\n")
+    if "pgolf" in res:
+        attention = res["pgolf"]["attention"]
+    if "record" in sides and args.vs:
+        res["record"] = run_record(args, cfg, out, root, dataset, tokenizer, attention, eval_seq_len)
+        (out / "record.json").write_text(json.dumps(res["record"], indent=2, default=str) + "\n")
+    if "pgolf" in res and "record" in res:
+        res["vs"] = compare(res["pgolf"], res["record"], args.steps)
+    print(table(res), flush=True)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def add_bench_parser(sub: Any, add_config_args: Any) -> None:
+    p = sub.add_parser("bench", help="training speed of a recipe (tokens/s, MFU, memory, hooks, phases), "
+                                     "optionally against a record's train_gpt.py (--vs)")
+    add_config_args(p)
+    p.add_argument("--steps", type=int, default=150, help="timed training steps (iteration schedule; default 150)")
+    p.add_argument("--vs", metavar="SCRIPT", help="a record's train_gpt.py, run on the same data/steps/seed")
+    p.add_argument("--profile", help="the record's profile (pr315, pr1493, generic); default: by the script's sha256")
+    p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--out", default="bench_out", help="working folder (data links, runs, logs; default bench_out)")
+    p.add_argument("--side", choices=["both", "pgolf", "record"], default="both",
+                   help="run one side only; the other's result is read from an earlier call's --out")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--val-tokens", type=int, default=1_048_576,
+                   help="validation prefix both sides evaluate (0: all; default 1,048,576)")
+    p.add_argument("--log-every", type=int, default=10, help="TRAIN_LOG_EVERY for both sides (default 10)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="compile warm-up steps (default: the recipe's)")
+    p.add_argument("--warmdown-frac", type=float, default=0.4,
+                   help="WARMDOWN_ITERS = frac × steps for recipes with the core's iteration warmdown (default 0.4)")
+    p.add_argument("--profile-steps", type=int, default=5,
+                   help="extra profiled steps for the phase breakdown (0: none)")
+    p.add_argument("--record-eval", action="store_true",
+                   help="keep the record's sliding-window/TTT evaluations (default: off where it has a knob)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a quick end-to-end check: 3 steps, 1 warm-up step, 65,536 validation tokens")
+    p.add_argument("--extract-record", metavar="OUT", help="write --profile's published train_gpt.py from the "
+                   "parameter-golf git mirror to OUT and exit")
+    p.add_argument("--mirror", default=os.environ.get("PGOLF_PARAMETER_GOLF_MIRROR", DEFAULT_MIRROR))
+    p.set_defaults(func=run_bench)
