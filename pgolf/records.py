@@ -153,6 +153,7 @@ VAL = re.compile(r"^(?:step:)?(\d+)/(\d+) val_loss:\s*(\S+) val_bpb:\s*([\d.]+)"
 PEAK = re.compile(r"^peak memory allocated: (\d+) MiB", re.M)
 ARTIFACT = re.compile(r"^Serialized model (\S+): (\d+) bytes", re.M)
 TOTAL = re.compile(r"^Total submission size (\S+): (\d+) bytes", re.M)
+MODE = re.compile(r"^(?:mode:(\S+) on step:(\d+)|layer_loop:enabled() step:(\d+))", re.M)  # pgolf | PR #1493
 
 
 def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
@@ -171,6 +172,7 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
         "peak_memory_bytes": int(peak[-1]) * 2**20 if peak else None,
         "artifact": {label: int(n) for label, n in art} or None,
         "total_submission_bytes": int(total[-1][1]) if total else None,
+        "mode_switches": {m.group(1) or "layer_loop": int(m.group(2) or m.group(4)) for m in MODE.finditer(text)},
     }
 
 

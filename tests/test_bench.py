@@ -117,6 +117,8 @@ def test_record_log_formats_parse_to_the_same_times():
     assert steps["steps"][20][0] == pytest.approx(6.8)
     assert steps["steps"][20][1] == pytest.approx(12000.0, rel=1e-5)
     assert steps["peak_memory_bytes"] == 22000 * 2**20
+    switch = "layer_loop:enabled step:53 frac:0.353 encoder:[0, 1]\nmode:recurrence on step:53 frac:0.353\n"
+    assert parse_log(switch, 1)["mode_switches"] == {"layer_loop": 53, "recurrence": 53}
     pr315 = "\n".join(f"step:{s}/150 train_loss:6.0 train_time:{600 * s}ms step_avg:600.00ms" for s in (1, 2, 10, 20))
     assert ms_per_step_from_log(parse_log(pr315, 786432)["steps"], 2)["mean"] == pytest.approx(600.0)
     assert ms_per_step_from_log(steps["steps"], 2)["mean"] == pytest.approx(600.0, rel=1e-4)
