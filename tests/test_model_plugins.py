@@ -5,6 +5,7 @@ from the plugin-off model), and bad settings as one-line configuration errors na
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -131,3 +132,89 @@ def test_value_embeddings_live_when_compiled():
 def test_value_embeddings_bad_settings(sets, field):
     err = config_error(["value_embeddings"], sets)
     assert len(err.errors) == 1 and field in err.errors[0]
+
+
+# --- attention head gates ------------------------------------------------------------------------------------
+def gated_reference(attn, x: torch.Tensor, gate) -> torch.Tensor:
+    y = reference_attention(attn, x, attn.c_v(x))
+    return attn.proj((y * gate(x)[..., None]).reshape(x.shape))
+
+
+@pytest.mark.parametrize("plugin, sets, gate", [
+    ("gated_attn", [], lambda p, x: torch.sigmoid(x @ p.attn_gate_w.T)),
+    ("sparse_attn_gate", ["sparse_attn_gate.window=12", "sparse_attn_gate.scale=0.5"],
+     lambda p, x: torch.sigmoid(0.5 * (x[..., :12] @ p.attn_gate_w.T))),
+    ("attn_output_gate", ["attn_output_gate.window=12"],
+     lambda p, x: 2 * torch.sigmoid(x[..., :12] @ p.attn_gate_proj.weight.T)),
+])
+def test_head_gates_are_the_records_formulas(plugin, sets, gate):
+    _, model = build([plugin], sets)
+    randomize(model)
+    x = torch.randn(2, 16, 64)
+    for block in model.blocks:
+        attn = block.attn
+        (part,) = attn.out_parts
+        expect = gated_reference(attn, x, functools.partial(gate, part))
+        torch.testing.assert_close(attn(x, {"input_ids": ids()}), expect, rtol=1e-5, atol=1e-5)
+
+
+def test_head_gates_init_as_the_records():
+    _, dense = build(["gated_attn"])
+    w = torch.cat([b.attn.out_parts[0].attn_gate_w.flatten() for b in dense.blocks])
+    assert w.shape == (4 * 4 * 64,) and w.std().item() == pytest.approx(0.005, rel=0.1)
+    _, sparse = build(["sparse_attn_gate"])
+    assert sparse.blocks[0].attn.out_parts[0].attn_gate_w.shape == (4, 12)
+    _, out = build(["attn_output_gate", "orthoinit"], ["orthoinit.min_dim=1"])
+    for b in (*sparse.blocks, *out.blocks):
+        assert not any(p.any() for p in b.attn.out_parts.parameters())  # zero: g = 0.5 (sparse), 1 (output)
+    groups = {id(p) for p in default_param_groups(out)["scalar"]}
+    assert all(id(b.attn.out_parts[0].attn_gate_proj.weight) in groups for b in out.blocks)
+
+
+@pytest.mark.parametrize("plugin", ["gated_attn", "sparse_attn_gate", "attn_output_gate"])
+def test_head_gates_live_when_compiled(plugin):
+    assert_live_when_compiled([plugin, "xsa"], ["xsa.last_n=2"])
+
+
+@pytest.mark.parametrize("pair", [("gated_attn", "sparse_attn_gate"), ("attn_output_gate", "gated_attn"),
+                                  ("sparse_attn_gate", "attn_output_gate")])
+def test_head_gates_are_mutually_exclusive(pair):
+    err = config_error(list(pair), [])
+    assert len(err.errors) == 1 and all(p in err.errors[0] for p in pair) and "attn_head_gate" in err.errors[0]
+
+
+@pytest.mark.parametrize("sets, field", [(["sparse_attn_gate.window=0"], "sparse_attn_gate.window"),
+                                         (["sparse_attn_gate.window=65"], "sparse_attn_gate.window=65"),
+                                         (["sparse_attn_gate.init_std=-1"], "sparse_attn_gate.init_std")])
+def test_sparse_gate_bad_settings(sets, field):
+    err = config_error(["sparse_attn_gate"], sets)
+    assert len(err.errors) == 1 and field in err.errors[0]
+
+
+# --- quant_gate ------------------------------------------------------------------------------------------------
+def test_quant_gate_is_int8_rows_of_the_gate_before_the_runs_quantizer():
+    from core import export as ex
+
+    run, model = build(["sparse_attn_gate", "quant_gate", "quant_mixed"])
+    w = torch.randn(4, 12, generator=torch.Generator().manual_seed(3))
+    name = "blocks.1.attn.out_parts.0.attn_gate_w"
+    q = run.hook.pg_quantize_tensor(name=name, tensor=w, config=run.config)
+    scale = (w.abs().max(dim=1).values / 127).half()  # the record's _quantize_gate_int8_row
+    codes = (w / scale.float()[:, None]).round().clamp(-127, 127)
+    assert q.scheme == "int8_per_row" and q.data.dtype == torch.int8 and q.scale.dtype == torch.float16
+    torch.testing.assert_close(q.scale, scale, rtol=0, atol=0)
+    torch.testing.assert_close(q.data.float(), codes, rtol=0, atol=0)
+    back = q.dequantize(run.schemes)
+    torch.testing.assert_close(back, codes * scale.float()[:, None], rtol=0, atol=0)
+    assert (back - w).abs().max() <= scale.float().max() / 2 + 1e-6
+    # not a gate, or outside the size window: the run's quantizer decides (quant_mixed: passthrough here)
+    for other, t in (("blocks.1.attn.c_q.weight", w), (name, torch.randn(2, 8)), (name, torch.randn(8))):
+        assert run.hook.pg_quantize_tensor(name=other, tensor=t, config=run.config).scheme != "int8_per_row"
+    plain = build(["sparse_attn_gate", "quant_mixed"])[0]
+    assert plain.hook.pg_quantize_tensor(name=name, tensor=w, config=plain.config).scheme == "passthrough"
+    assert "int8_per_row" in ex.SCHEMES
+
+
+def test_quant_gate_bad_settings():
+    err = config_error(["quant_gate"], ["quant_gate.min_numel=100", "quant_gate.max_numel=10"])
+    assert len(err.errors) == 1 and "quant_gate.min_numel" in err.errors[0]

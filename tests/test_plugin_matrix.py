@@ -23,6 +23,15 @@ def settings_of(name: str) -> list[str]:
     return [f"{section}.{k}={v}" for section, kv in ts.items() for k, v in kv.items()]
 
 
+def companions(name: str) -> list[str]:
+    """Plugins the matrix enables with `name` (its `test_with`: e.g. a gate for the gate quantizer)."""
+    return list(getattr(REGISTRY.plugins[name], "test_with", ()))
+
+
+def companion_settings(name: str) -> list[str]:
+    return [s for c in companions(name) for s in settings_of(c)]
+
+
 def tiny_config(tiny_sets, plugins, extra=()):
     return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins,
                    sets=[*tiny_sets, *extra], check_plugins=REGISTRY.check)
@@ -76,13 +85,14 @@ def _tiny_run(tiny_sets, plugins, extra=()):
 @pytest.mark.parametrize("name", NAMES)
 def test_plugin_changes_the_computation(name, tiny_sets, request):
     tiny_sets = data_for(request, tiny_sets, [name])
-    key = tuple(settings_of(name))
+    key = (*companion_settings(name), *settings_of(name))
     core_extra = [s for s in key if s.startswith("core.")]
-    base_key = (*core_extra, *(s for s in tiny_sets if s.startswith("core.data_path=")))
+    base_extra = [*core_extra, *companion_settings(name)]
+    base_key = (*companions(name), *base_extra, *(s for s in tiny_sets if s.startswith("core.data_path=")))
     if base_key not in _BASE:
-        _BASE[base_key] = _tiny_run(tiny_sets, [], core_extra)[1]
+        _BASE[base_key] = _tiny_run(tiny_sets, companions(name), base_extra)[1]
     base = _BASE[base_key]
-    _, with_plugin = _tiny_run(tiny_sets, [name], key)
+    _, with_plugin = _tiny_run(tiny_sets, [*companions(name), name], key)
     assert math.isfinite(with_plugin["val_loss"])
     # A codec plugin leaves the weights alone: it must change the artifact bytes instead; a byte-accounting
     # plugin changes val_bpb only; a code wrapper changes the bundled script.
@@ -99,7 +109,8 @@ def test_plugin_changes_the_computation(name, tiny_sets, request):
 def test_plugin_compiles_with_zero_graph_breaks_and_exports(name, tiny_sets, request):
     tiny_sets = data_for(request, tiny_sets, [name])
     torch._dynamo.reset()
-    run = setup(tiny_config(tiny_sets, [name], settings_of(name)), REGISTRY, make_dir=False)
+    run = setup(tiny_config(tiny_sets, [*companions(name), name], [*companion_settings(name), *settings_of(name)]),
+                REGISTRY, make_dir=False)
     ids = run.val_tokens[:129].long()
     x, y = ids[:-1].view(2, 64), ids[1:].view(2, 64)
     for args in ((x, y), (x,)):
