@@ -278,9 +278,11 @@ class MLP(nn.Module):
 
 
 class SequentialResidual(nn.Module):
-    """The baseline block body: x + a·attn(norm(x)), then + m·mlp(norm(x)) on the updated stream."""
+    """The baseline block body on the resid-mixed stream: x + a·attn(norm(x)), then + m·mlp(norm(x)) on the
+    updated stream."""
 
-    def forward(self, block: Block, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+    def forward(self, block: Block, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        x = block.mix_x0(x, x0)
         x = x + block.attn_scale.to(dtype=x.dtype)[None, None, :] * block.attn(block.attn_norm(x), ctx)
         return x + block.mlp_scale.to(dtype=x.dtype)[None, None, :] * block.mlp(block.mlp_norm(x))
 
@@ -298,10 +300,13 @@ class Block(nn.Module):
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
         self.residual = SequentialResidual()
 
-    def forward(self, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+    def mix_x0(self, x: Tensor, x0: Tensor) -> Tensor:
+        """resid_mix: the block's learned per-dim blend of its input stream and x0."""
         mix = self.resid_mix.to(dtype=x.dtype)
-        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        return self.residual(self, x, ctx)
+        return mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+
+    def forward(self, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        return self.residual(self, x, x0, ctx)
 
 
 class LayerSchedule(nn.Module):

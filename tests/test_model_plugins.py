@@ -218,3 +218,79 @@ def test_quant_gate_is_int8_rows_of_the_gate_before_the_runs_quantizer():
 def test_quant_gate_bad_settings():
     err = config_error(["quant_gate"], ["quant_gate.min_numel=100", "quant_gate.max_numel=10"])
     assert len(err.errors) == 1 and "quant_gate.min_numel" in err.errors[0]
+
+
+# --- parallel_lanes ----------------------------------------------------------------------------------------
+def reference_two_lane_hidden(model, tok: torch.Tensor, start: int, final: str) -> torch.Tensor:
+    """PR #1855's `_forward_hidden` with its `_parallel_block` (U-Net skips, no recurrence), by hand."""
+    norm = lambda t: F.rms_norm(t, (t.size(-1),))  # noqa: E731
+    x = norm(model.tok_emb(tok))
+    x0, skips, ctx = x, [], {"input_ids": tok}
+
+    def mixed(b, t):
+        return b.resid_mix[0] * t + b.resid_mix[1] * x0
+
+    def sequential(i, t):
+        b = model.blocks[i]
+        t = mixed(b, t)
+        t = t + b.attn_scale * b.attn(norm(t), ctx)
+        return t + b.mlp_scale * b.mlp(norm(t))
+
+    n = len(model.blocks)
+    enc, dec = list(range(n // 2)), list(range(n // 2, n))
+    for i in enc:
+        x = sequential(i, x)
+        skips.append(x)
+    lane0 = lane1 = None
+    for j, i in enumerate(dec):
+        skip = model.skip_weights[j] * skips.pop() if j < model.skip_weights.size(0) and skips else 0.0
+        if i < start:
+            x = sequential(i, x + skip)
+            continue
+        if lane0 is None:
+            lane0 = lane1 = x
+        lane0 = lane0 + skip
+        b, res = model.blocks[i], model.blocks[i].residual
+        attn_out = b.attn_scale * b.attn(norm(mixed(b, lane0)), ctx)
+        mlp_out = b.mlp_scale * b.mlp(norm(lane1))
+        r, p = res.parallel_resid_lambdas, res.parallel_post_lambdas
+        lane0, lane1 = (r[0] * lane0 + p[0, 0] * attn_out + p[1, 0] * mlp_out,
+                        r[1] * lane1 + p[0, 1] * attn_out + p[1, 1] * mlp_out)
+    x = {"mean": 0.5 * (lane0 + lane1), "attn": lane0, "mlp": lane1}[final]
+    return norm(x)
+
+
+@pytest.mark.parametrize("start, final", [(4, "mean"), (3, "mlp"), (5, "attn")])
+def test_parallel_lanes_are_the_records_two_lane_forward(start, final):
+    _, model = build(["parallel_lanes"], ["core.num_layers=6", f"parallel_lanes.start={start}",
+                                          f"parallel_lanes.final_lane={final}"])
+    randomize(model)
+    res = model.blocks[5].residual
+    assert res.parallel_resid_lambdas.shape == (2,) and res.parallel_post_lambdas.shape == (2, 2)
+    tok = ids()
+    torch.testing.assert_close(model.hidden(tok), reference_two_lane_hidden(model, tok, start, final),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_parallel_lanes_init_and_groups():
+    _, model = build(["parallel_lanes"], ["core.num_layers=6", "parallel_lanes.start=4"])
+    lambdas = [(b.residual.parallel_resid_lambdas, b.residual.parallel_post_lambdas) for b in model.blocks[4:]]
+    assert all(torch.equal(r, torch.full((2,), 1.1)) and torch.equal(p, torch.ones(2, 2)) for r, p in lambdas)
+    assert not any("lambdas" in n for n, _ in model.blocks[:4].named_parameters())
+    scalar = {id(p) for p in default_param_groups(model)["scalar"]}
+    assert all(id(r) in scalar and id(p) in scalar for r, p in lambdas)
+
+
+def test_parallel_lanes_live_when_compiled():
+    assert_live_when_compiled(["parallel_lanes", "skip_gates"], ["core.num_layers=6", "parallel_lanes.start=3"])
+
+
+@pytest.mark.parametrize("plugins, sets, field", [
+    (["parallel_lanes"], ["parallel_lanes.start=1"], "parallel_lanes.start=1"),
+    (["parallel_lanes"], ["parallel_lanes.start=4"], "parallel_lanes.start=4"),
+    (["parallel_lanes"], ["parallel_lanes.final_lane=sum"], "parallel_lanes.final_lane"),
+    (["parallel_lanes", "parallel_residuals"], [], "block_residual"),
+])
+def test_parallel_lanes_bad_settings(plugins, sets, field):
+    err = config_error(plugins, sets)
+    assert len(err.errors) == 1 and field in err.errors[0]
