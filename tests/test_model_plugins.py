@@ -294,3 +294,86 @@ def test_parallel_lanes_live_when_compiled():
 def test_parallel_lanes_bad_settings(plugins, sets, field):
     err = config_error(plugins, sets)
     assert len(err.errors) == 1 and field in err.errors[0]
+
+
+# --- trigram_hash ----------------------------------------------------------------------------------------------
+def test_trigram_buckets_are_the_records_hash():
+    from plugins.trigram_hash import trigram_buckets
+
+    tok = torch.randint(0, 1024, (3, 10), generator=torch.Generator().manual_seed(5))
+    got = trigram_buckets(tok, 2048)
+    for row, out in zip(tok.tolist(), got.tolist(), strict=True):
+        expect = [2047, 2047] + [((36313 * row[i]) ^ (27191 * row[i - 1]) ^ (51497 * row[i - 2])) % 2047
+                                 for i in range(2, len(row))]
+        assert out == expect
+    assert trigram_buckets(tok[:, :1], 64).tolist() == [[63]] * 3
+
+
+def test_trigram_hash_adds_its_lookup_to_the_bigram_table_before_the_projection():
+    from plugins.bigram_hash import bigram_buckets
+
+    sets = ["bigram_hash.buckets=64", "bigram_hash.dim=16"]
+    _, model = build(["bigram_hash", "trigram_hash"], sets)
+    randomize(model)
+    (part,) = model.embed_add
+    tok = ids()
+    tri = torch.tensor([[63, 63] + [((36313 * r[i]) ^ (27191 * r[i - 1]) ^ (51497 * r[i - 2])) % 63
+                                    for i in range(2, len(r))] for r in tok.tolist()])
+    table = part.embed.weight
+    expect = (table[bigram_buckets(tok, 64)] + table[tri]) @ part.proj.weight.T * part.scale
+    torch.testing.assert_close(part(tok), expect, rtol=1e-5, atol=1e-5)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in build(["bigram_hash"], sets)[1]
+                                                             .parameters())  # zero extra parameters
+
+
+def test_trigram_hash_live_when_compiled():
+    torch._dynamo.reset()
+    sets = ["bigram_hash.buckets=64", "bigram_hash.dim=16"]
+    _, model = build(["bigram_hash", "trigram_hash"], sets)
+    randomize(model)
+    _, plain = build(["bigram_hash"], sets)
+    plain.load_state_dict(model.state_dict())
+    x = ids()
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        out = compiled(x)
+        torch.testing.assert_close(out, model(x), rtol=1e-5, atol=1e-5)
+        assert (out - plain(x)).abs().max() > 1e-3
+
+
+def test_trigram_hash_requires_bigram_hash():
+    err = config_error(["trigram_hash"], [])
+    assert len(err.errors) == 1 and "'trigram_hash' requires plugin 'bigram_hash'" in err.errors[0]
+
+
+# --- overtone_init -------------------------------------------------------------------------------------------
+def test_overtone_init_is_the_records_spectrum_and_phases():
+    _, plain = build([], seed=4)
+    _, model = build(["overtone_init"], seed=4)
+    w0, w = plain.tok_emb.weight.detach(), model.tok_emb.weight.detach()
+    u, s, vh = torch.linalg.svd(w0, full_matrices=False)
+    ks = torch.arange(1, s.numel() + 1, dtype=torch.float32)
+    torch.testing.assert_close(w, u @ torch.diag(s[0] / ks.sqrt()) @ vh, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.linalg.svdvals(w), s[0] / ks.sqrt(), rtol=1e-4, atol=1e-6)
+    for i, block in enumerate(model.blocks):
+        phi = 1 / (1 + math.exp(-3 * (i / 3 - 0.5)))
+        torch.testing.assert_close(block.resid_mix.detach(), torch.tensor([[phi] * 64, [1 - phi] * 64]))
+    other = {k: v for k, v in model.state_dict().items() if k != "tok_emb.weight" and "resid_mix" not in k}
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in other.items())  # init only, nothing else
+
+
+def test_overtone_init_changes_the_compiled_model():
+    torch._dynamo.reset()
+    _, plain = build([], seed=4)
+    _, model = build(["overtone_init"], seed=4)
+    x = ids()
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        assert (compiled(x) - plain(x)).abs().max() > 1e-4
+
+
+def test_overtone_init_bad_settings():
+    err = config_error(["overtone_init"], ["overtone_init.power=-1"])
+    assert len(err.errors) == 1 and "overtone_init.power" in err.errors[0]

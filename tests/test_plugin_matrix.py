@@ -4,6 +4,7 @@ settings in `Plugin.test_settings`; these generic tests run over all of them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -24,7 +25,8 @@ def settings_of(name: str) -> list[str]:
 
 
 def companions(name: str) -> list[str]:
-    """Plugins the matrix enables with `name` (its `test_with`: e.g. a gate for the gate quantizer)."""
+    """Plugins the matrix enables with `name` (its `test_with`: e.g. a gate for the gate quantizer, the
+    plugin it requires)."""
     return list(getattr(REGISTRY.plugins[name], "test_with", ()))
 
 
@@ -57,11 +59,12 @@ def test_plugin_config_round_trips(name, tmp_path):
         toml_value = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) \
             else repr(value)
         recipe = tmp_path / "r.toml"
-        recipe.write_text(f'plugins = ["{name}"]\n[{name}]\n{f.name} = {toml_value}\n')
         env_key = f"{name}_{f.name}".upper()
         text = str(int(value)) if isinstance(value, bool) else str(value)
-        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": [name]},
-                   {"sets": [f"{name}.{f.name}={text}"], "plugins": [name]}):
+        enabled = [*companions(name), name]
+        recipe.write_text(f'plugins = {json.dumps(enabled)}\n[{name}]\n{f.name} = {toml_value}\n')
+        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": enabled},
+                   {"sets": [f"{name}.{f.name}={text}"], "plugins": enabled}):
             cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), check_plugins=REGISTRY.check, **kw)
             assert getattr(cfg.plugin_configs[name], f.name) == value
 
@@ -143,10 +146,11 @@ def test_bundler_includes_the_plugin(name, tiny_sets):
 
     from submissions.bundle import bundle
 
-    cfg = tiny_config(tiny_sets, [name], settings_of(name))
+    cfg = tiny_config(tiny_sets, [*companions(name), name], [*companion_settings(name), *settings_of(name)])
     text = bundle(cfg, REGISTRY, wrap=False)  # the plain script, whatever pg_wrap_code would make of it
     module = REGISTRY.plugins[name].__module__
     embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))
     assert module in embedded and "core.train" in embedded
-    assert f"BUNDLED = ('{module.split('.', 1)[1]}',)" in text
+    bundled = re.search(r"BUNDLED = (\([^)]*\))", text)
+    assert bundled and module.split(".", 1)[1] in ast.literal_eval(bundled.group(1))
     ast.parse(text)
