@@ -104,7 +104,7 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     """Return a replacement module for a single slot, or None to keep the core's.
 
     Per layer (`layer` is the block index):
-    - "mlp"        module(x) -> x; the core's is relu² with hidden = mlp_mult·dim
+    - "mlp"        module(x) -> x; the core's is relu² with hidden = mlp_hidden or mlp_mult·dim
     - "attn_norm"  module(x) -> x, the pre-norm of the attention input (core: RMSNorm)
     - "mlp_norm"   module(x) -> x, the pre-norm of the MLP input (core: RMSNorm)
     - "rotary"     module(seq_len, device, dtype) -> (cos, sin), each (1, 1, T, r/2); RoPE rotates the

@@ -377,3 +377,26 @@ def test_overtone_init_changes_the_compiled_model():
 def test_overtone_init_bad_settings():
     err = config_error(["overtone_init"], ["overtone_init.power=-1"])
     assert len(err.errors) == 1 and "overtone_init.power" in err.errors[0]
+
+
+# --- explicit MLP width (core.mlp_hidden) ----------------------------------------------------------------------
+def test_mlp_hidden_sets_the_width_of_every_mlp():
+    _, model = build([], ["core.mlp_hidden=88"])  # 88 = 1.375 × 64: no integer multiple (PR #534: 1408 at 512)
+    randomize(model)
+    for block in model.blocks:
+        mlp = block.mlp
+        assert mlp.fc.weight.shape == (88, 64) and mlp.proj.weight.shape == (64, 88)
+    x = torch.randn(2, 5, 64)
+    mlp = model.blocks[0].mlp
+    torch.testing.assert_close(mlp(x), torch.relu(x @ mlp.fc.weight.T).square() @ mlp.proj.weight.T)
+    _, leaky = build(["leaky_relu2"], ["core.mlp_hidden=88"])
+    assert leaky.blocks[2].mlp.fc.weight.shape == (88, 64)
+    _, default = build([])
+    assert default.blocks[0].mlp.fc.weight.shape == (128, 64)  # 0: mlp_mult · model_dim as before
+
+
+def test_mlp_hidden_from_the_environment_and_bad_values():
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=TINY, env={"MLP_HIDDEN": "1408"})
+    assert cfg.core.mlp_hidden == 1408
+    err = config_error([], ["core.mlp_hidden=-8"])
+    assert len(err.errors) == 1 and "core.mlp_hidden must be >= 0" in err.errors[0]
