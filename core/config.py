@@ -71,6 +71,7 @@ class CoreConfig:
     model_dim: int = 512
     num_heads: int = 8
     mlp_mult: int = 2
+    mlp_hidden: int = 0  # explicit MLP width (PR #534: 1408); 0 = mlp_mult · model_dim
     tie_embeddings: bool = True
     rope_base: float = 10000.0
     logit_softcap: float = 30.0
@@ -381,7 +382,7 @@ def core_errors(c: CoreConfig) -> list[str]:
             errors.append(f"core.{name} must be positive, got {getattr(c, name)}")
     for name in ("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens",
                  "eval_seq_len", "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds",
-                 "grad_clip_norm"):
+                 "grad_clip_norm", "mlp_hidden"):
         if getattr(c, name) < 0:
             errors.append(f"core.{name} must be >= 0, got {getattr(c, name)}")
     if c.num_heads > 0 and c.model_dim > 0:

@@ -104,7 +104,7 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     """Return a replacement module for a single slot, or None to keep the core's.
 
     Per layer (`layer` is the block index):
-    - "mlp"        module(x) -> x; the core's is relu² with hidden = mlp_mult·dim
+    - "mlp"        module(x) -> x; the core's is relu² with hidden = mlp_hidden or mlp_mult·dim
     - "attn_norm"  module(x) -> x, the pre-norm of the attention input (core: RMSNorm)
     - "mlp_norm"   module(x) -> x, the pre-norm of the MLP input (core: RMSNorm)
     - "rotary"     module(seq_len, device, dtype) -> (cos, sin), each (1, 1, T, r/2); RoPE rotates the
@@ -112,8 +112,10 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     - "attention"  module(q, k, v, ctx) -> y: the attention core, q (B, H, T, D), k/v (B, Hkv, T, D) ->
                    (B, T, H, D), causal; `ctx["attn_mask"]` / document boundaries when present
                    (core: `CausalAttention`, SDPA or FA3)
-    - "residual"   module(block, x, ctx) -> x: how the block combines its attention and MLP on the
-                   resid-mixed stream x (core: `SequentialResidual`; parallel residuals replace it)
+    - "residual"   module(block, x, x0, ctx) -> x: the block body, from its input stream x and the
+                   embedding stream x0 (`block.mix_x0(x, x0)` is the resid-mixed stream): how it combines
+                   attention and MLP (core: `SequentialResidual`; parallel residuals and lanes replace it;
+                   a module may keep state for later blocks in `ctx`, e.g. a second lane)
     Per model (`layer` is None):
     - "schedule"   a `core.model.LayerSchedule`: the block order (encoder/decoder index lists of the
                    current mode) and `skip_count()`; the model re-makes its skip weights for that count

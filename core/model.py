@@ -50,6 +50,7 @@ class ModelSpec:
     num_heads: int = 8
     num_kv_heads: int = 4
     mlp_mult: float = 2
+    mlp_hidden: int = 0  # explicit MLP width; 0 = int(mlp_mult · model_dim)
     tie_embeddings: bool = True
     tied_embed_init_std: float = 0.005
     logit_softcap: float = 30.0
@@ -68,6 +69,7 @@ class ModelSpec:
         return cls(
             vocab_size=core.vocab_size, num_layers=core.num_layers, model_dim=core.model_dim,
             num_heads=core.num_heads, num_kv_heads=core.num_kv_heads, mlp_mult=core.mlp_mult,
+            mlp_hidden=core.mlp_hidden,
             tie_embeddings=core.tie_embeddings, tied_embed_init_std=core.tied_embed_init_std,
             logit_softcap=core.logit_softcap, rope_base=core.rope_base, qk_gain_init=core.qk_gain_init,
         )
@@ -263,11 +265,11 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """relu² MLP (modded-nanogpt), hidden = mlp_mult · dim."""
+    """relu² MLP (modded-nanogpt), hidden = mlp_hidden, or mlp_mult · dim when that is 0."""
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
-        hidden = int(spec.mlp_mult * spec.model_dim)
+        hidden = spec.mlp_hidden or int(spec.mlp_mult * spec.model_dim)
         self.fc = CastedLinear(spec.model_dim, hidden, bias=False)
         self.proj = CastedLinear(hidden, spec.model_dim, bias=False)
         self.proj._zero_init = True
@@ -278,9 +280,11 @@ class MLP(nn.Module):
 
 
 class SequentialResidual(nn.Module):
-    """The baseline block body: x + a·attn(norm(x)), then + m·mlp(norm(x)) on the updated stream."""
+    """The baseline block body on the resid-mixed stream: x + a·attn(norm(x)), then + m·mlp(norm(x)) on the
+    updated stream."""
 
-    def forward(self, block: Block, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+    def forward(self, block: Block, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        x = block.mix_x0(x, x0)
         x = x + block.attn_scale.to(dtype=x.dtype)[None, None, :] * block.attn(block.attn_norm(x), ctx)
         return x + block.mlp_scale.to(dtype=x.dtype)[None, None, :] * block.mlp(block.mlp_norm(x))
 
@@ -298,10 +302,13 @@ class Block(nn.Module):
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
         self.residual = SequentialResidual()
 
-    def forward(self, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+    def mix_x0(self, x: Tensor, x0: Tensor) -> Tensor:
+        """resid_mix: the block's learned per-dim blend of its input stream and x0."""
         mix = self.resid_mix.to(dtype=x.dtype)
-        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        return self.residual(self, x, ctx)
+        return mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+
+    def forward(self, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        return self.residual(self, x, x0, ctx)
 
 
 class LayerSchedule(nn.Module):

@@ -16,6 +16,7 @@ pair spans two documents (with a document-masked evaluator nothing then crosses 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,9 +63,14 @@ class BigramHashEmbedding(nn.Module):
             nn.init.zeros_(self.proj.weight)
         self.num_layers = num_layers
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+        # more hashes (ids, buckets) -> buckets looked up in the same table and summed before the projection
+        # (`trigram_hash` adds one); a static tuple, fixed at build time
+        self.extra_hashes: tuple[Callable[[Tensor, int], Tensor], ...] = ()
 
     def forward(self, input_ids: Tensor) -> Tensor:
         h = self.embed(bigram_buckets(input_ids, self.buckets, self.bos_id))
+        for extra in self.extra_hashes:
+            h = h + self.embed(extra(input_ids, self.buckets))
         if self.proj is not None:
             h = self.proj(h)
         return h * self.scale.to(dtype=h.dtype)

@@ -24,7 +24,8 @@ class ParallelResidualsConfig:
 class ParallelResidual(nn.Module):
     """x + a·attn(attn_norm(x)) + m·mlp(mlp_norm(x)): both branches read the same x."""
 
-    def forward(self, block: nn.Module, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+    def forward(self, block: nn.Module, x: Tensor, x0: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        x = block.mix_x0(x, x0)
         attn = block.attn(block.attn_norm(x), ctx)
         mlp = block.mlp(block.mlp_norm(x))
         return (x + block.attn_scale.to(dtype=x.dtype)[None, None, :] * attn

@@ -4,6 +4,7 @@ settings in `Plugin.test_settings`; these generic tests run over all of them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -21,6 +22,16 @@ NAMES = REGISTRY.names()
 def settings_of(name: str) -> list[str]:
     ts = REGISTRY.plugins[name].test_settings or {}
     return [f"{section}.{k}={v}" for section, kv in ts.items() for k, v in kv.items()]
+
+
+def companions(name: str) -> list[str]:
+    """Plugins the matrix enables with `name` (its `test_with`: e.g. a gate for the gate quantizer, the
+    plugin it requires)."""
+    return list(getattr(REGISTRY.plugins[name], "test_with", ()))
+
+
+def companion_settings(name: str) -> list[str]:
+    return [s for c in companions(name) for s in settings_of(c)]
 
 
 def tiny_config(tiny_sets, plugins, extra=()):
@@ -48,11 +59,12 @@ def test_plugin_config_round_trips(name, tmp_path):
         toml_value = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) \
             else repr(value)
         recipe = tmp_path / "r.toml"
-        recipe.write_text(f'plugins = ["{name}"]\n[{name}]\n{f.name} = {toml_value}\n')
         env_key = f"{name}_{f.name}".upper()
         text = str(int(value)) if isinstance(value, bool) else str(value)
-        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": [name]},
-                   {"sets": [f"{name}.{f.name}={text}"], "plugins": [name]}):
+        enabled = [*companions(name), name]
+        recipe.write_text(f'plugins = {json.dumps(enabled)}\n[{name}]\n{f.name} = {toml_value}\n')
+        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": enabled},
+                   {"sets": [f"{name}.{f.name}={text}"], "plugins": enabled}):
             cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), check_plugins=REGISTRY.check, **kw)
             assert getattr(cfg.plugin_configs[name], f.name) == value
 
@@ -76,13 +88,14 @@ def _tiny_run(tiny_sets, plugins, extra=()):
 @pytest.mark.parametrize("name", NAMES)
 def test_plugin_changes_the_computation(name, tiny_sets, request):
     tiny_sets = data_for(request, tiny_sets, [name])
-    key = tuple(settings_of(name))
+    key = (*companion_settings(name), *settings_of(name))
     core_extra = [s for s in key if s.startswith("core.")]
-    base_key = (*core_extra, *(s for s in tiny_sets if s.startswith("core.data_path=")))
+    base_extra = [*core_extra, *companion_settings(name)]
+    base_key = (*companions(name), *base_extra, *(s for s in tiny_sets if s.startswith("core.data_path=")))
     if base_key not in _BASE:
-        _BASE[base_key] = _tiny_run(tiny_sets, [], core_extra)[1]
+        _BASE[base_key] = _tiny_run(tiny_sets, companions(name), base_extra)[1]
     base = _BASE[base_key]
-    _, with_plugin = _tiny_run(tiny_sets, [name], key)
+    _, with_plugin = _tiny_run(tiny_sets, [*companions(name), name], key)
     assert math.isfinite(with_plugin["val_loss"])
     # A codec plugin leaves the weights alone: it must change the artifact bytes instead; a byte-accounting
     # plugin changes val_bpb only; a code wrapper changes the bundled script.
@@ -99,7 +112,8 @@ def test_plugin_changes_the_computation(name, tiny_sets, request):
 def test_plugin_compiles_with_zero_graph_breaks_and_exports(name, tiny_sets, request):
     tiny_sets = data_for(request, tiny_sets, [name])
     torch._dynamo.reset()
-    run = setup(tiny_config(tiny_sets, [name], settings_of(name)), REGISTRY, make_dir=False)
+    run = setup(tiny_config(tiny_sets, [*companions(name), name], [*companion_settings(name), *settings_of(name)]),
+                REGISTRY, make_dir=False)
     ids = run.val_tokens[:129].long()
     x, y = ids[:-1].view(2, 64), ids[1:].view(2, 64)
     for args in ((x, y), (x,)):
@@ -132,10 +146,11 @@ def test_bundler_includes_the_plugin(name, tiny_sets):
 
     from submissions.bundle import bundle
 
-    cfg = tiny_config(tiny_sets, [name], settings_of(name))
+    cfg = tiny_config(tiny_sets, [*companions(name), name], [*companion_settings(name), *settings_of(name)])
     text = bundle(cfg, REGISTRY, wrap=False)  # the plain script, whatever pg_wrap_code would make of it
     module = REGISTRY.plugins[name].__module__
     embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))
     assert module in embedded and "core.train" in embedded
-    assert f"BUNDLED = ('{module.split('.', 1)[1]}',)" in text
+    bundled = re.search(r"BUNDLED = (\([^)]*\))", text)
+    assert bundled and module.split(".", 1)[1] in ast.literal_eval(bundled.group(1))
     ast.parse(text)
