@@ -23,6 +23,11 @@ def settings_of(name: str) -> list[str]:
     return [f"{section}.{k}={v}" for section, kv in ts.items() for k, v in kv.items()]
 
 
+def with_required(name: str) -> list[str]:
+    """`name` and the plugins it requires (enabled first), so a plugin with `requires` is tested in working order."""
+    return [*REGISTRY.plugins[name].requires, name]
+
+
 def tiny_config(tiny_sets, plugins, extra=()):
     return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins,
                    sets=[*tiny_sets, *extra], check_plugins=REGISTRY.check)
@@ -48,11 +53,12 @@ def test_plugin_config_round_trips(name, tmp_path):
         toml_value = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) \
             else repr(value)
         recipe = tmp_path / "r.toml"
-        recipe.write_text(f'plugins = ["{name}"]\n[{name}]\n{f.name} = {toml_value}\n')
+        listed = ", ".join(f'"{n}"' for n in with_required(name))
+        recipe.write_text(f'plugins = [{listed}]\n[{name}]\n{f.name} = {toml_value}\n')
         env_key = f"{name}_{f.name}".upper()
         text = str(int(value)) if isinstance(value, bool) else str(value)
-        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": [name]},
-                   {"sets": [f"{name}.{f.name}={text}"], "plugins": [name]}):
+        for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": with_required(name)},
+                   {"sets": [f"{name}.{f.name}={text}"], "plugins": with_required(name)}):
             cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), check_plugins=REGISTRY.check, **kw)
             assert getattr(cfg.plugin_configs[name], f.name) == value
 
@@ -75,14 +81,15 @@ def _tiny_run(tiny_sets, plugins, extra=()):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plugin_changes_the_computation(name, tiny_sets, request):
-    tiny_sets = data_for(request, tiny_sets, [name])
+    tiny_sets = data_for(request, tiny_sets, with_required(name))
     key = tuple(settings_of(name))
-    core_extra = [s for s in key if s.startswith("core.")]
-    base_key = (*core_extra, *(s for s in tiny_sets if s.startswith("core.data_path=")))
+    required = list(REGISTRY.plugins[name].requires)  # the baseline has them: the plugin must add something
+    core_extra = [s for s in key if not s.startswith(f"{name}.")]
+    base_key = (*required, *core_extra, *(s for s in tiny_sets if s.startswith("core.data_path=")))
     if base_key not in _BASE:
-        _BASE[base_key] = _tiny_run(tiny_sets, [], core_extra)[1]
+        _BASE[base_key] = _tiny_run(tiny_sets, required, core_extra)[1]
     base = _BASE[base_key]
-    _, with_plugin = _tiny_run(tiny_sets, [name], key)
+    _, with_plugin = _tiny_run(tiny_sets, with_required(name), key)
     assert math.isfinite(with_plugin["val_loss"])
     # A codec plugin leaves the weights alone: it must change the artifact bytes instead; a byte-accounting
     # plugin changes val_bpb only; a code wrapper changes the bundled script.
@@ -90,16 +97,16 @@ def test_plugin_changes_the_computation(name, tiny_sets, request):
     if not changed and hasattr(REGISTRY.plugins[name], "pg_wrap_code"):
         from submissions.bundle import bundle
 
-        cfg = tiny_config(tiny_sets, [name], key)
+        cfg = tiny_config(tiny_sets, with_required(name), key)
         changed = bundle(cfg, REGISTRY) != bundle(cfg, REGISTRY, wrap=False)
     assert changed, f"{name} left the result, the artifact and the script unchanged (a silent no-op?)"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plugin_compiles_with_zero_graph_breaks_and_exports(name, tiny_sets, request):
-    tiny_sets = data_for(request, tiny_sets, [name])
+    tiny_sets = data_for(request, tiny_sets, with_required(name))
     torch._dynamo.reset()
-    run = setup(tiny_config(tiny_sets, [name], settings_of(name)), REGISTRY, make_dir=False)
+    run = setup(tiny_config(tiny_sets, with_required(name), settings_of(name)), REGISTRY, make_dir=False)
     ids = run.val_tokens[:129].long()
     x, y = ids[:-1].view(2, 64), ids[1:].view(2, 64)
     for args in ((x, y), (x,)):
@@ -114,8 +121,9 @@ def test_all_plugins_together_compile_with_zero_graph_breaks(tiny_sets, request)
     torch._dynamo.reset()
     enabled: list[str] = []
     for name in NAMES:
-        if not REGISTRY.check([*enabled, name]):
-            enabled.append(name)
+        missing = [n for n in with_required(name) if n not in enabled]
+        if not REGISTRY.check([*enabled, *missing]):
+            enabled.extend(missing)
     assert set(enabled) == set(NAMES) - {n for n in NAMES if REGISTRY.check([*enabled, n])}
     extra = [s for n in enabled for s in settings_of(n)]
     run = setup(tiny_config(data_for(request, tiny_sets, enabled), enabled, extra), REGISTRY, make_dir=False)
@@ -132,10 +140,11 @@ def test_bundler_includes_the_plugin(name, tiny_sets):
 
     from submissions.bundle import bundle
 
-    cfg = tiny_config(tiny_sets, [name], settings_of(name))
+    cfg = tiny_config(tiny_sets, with_required(name), settings_of(name))
     text = bundle(cfg, REGISTRY, wrap=False)  # the plain script, whatever pg_wrap_code would make of it
     module = REGISTRY.plugins[name].__module__
     embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))
     assert module in embedded and "core.train" in embedded
-    assert f"BUNDLED = ('{module.split('.', 1)[1]}',)" in text
+    listed = re.search(r"^BUNDLED = \((.*)\)$", text, re.M)
+    assert listed and f"'{module.split('.', 1)[1]}'" in listed.group(1)
     ast.parse(text)
