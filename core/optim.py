@@ -13,15 +13,20 @@ from core.model import CONTROL_TENSOR_NAME_PATTERNS, GROUP_ATTR, join_group  # n
 NS5_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7) -> Tensor:
-    """Approximately orthogonalise a 2-D matrix (bf16 quintic Newton–Schulz iteration)."""
-    a, b, c = NS5_COEFFS
+def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7,
+                                coeffs: tuple[tuple[float, float, float], ...] | None = None) -> Tensor:
+    """Approximately orthogonalise a 2-D matrix (bf16 quintic Newton–Schulz iteration).
+
+    `coeffs`: one (a, b, c) per iteration, the first `steps` of them (so at most len(coeffs) iterations);
+    None: NS5_COEFFS for all `steps`. A Muon param group's "ns_coeffs" arrives here.
+    """
+    schedule = (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]
     X = G.bfloat16()
     X /= X.norm() + eps
     transposed = G.size(0) > G.size(1)
     if transposed:
         X = X.T
-    for _ in range(steps):
+    for a, b, c in schedule:
         A = X @ X.T
         B = b * A + c * A @ A
         X = a * X + B @ X
@@ -31,6 +36,7 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7) -
 class Muon(torch.optim.Optimizer):
     """Nesterov momentum, NS5-orthogonalised, scaled by sqrt(max(1, rows/cols)); work split over ranks.
 
+    A param group's "ns_coeffs" (default absent: NS5) is passed to the Newton–Schulz function as `coeffs`.
     `weight_decay` > 0 is decoupled decay before each update, p <- p·(1 - lr·wd) with the scheduled lr
     (PR #60/#65 on; 0.04 in PR #315).
     """
@@ -77,7 +83,9 @@ class Muon(torch.optim.Optimizer):
                     buf.mul_(momentum).add_(g)
                     if group["nesterov"]:
                         g = g.add(buf, alpha=momentum)
-                    g = self.zeropower(g, steps=group["backend_steps"])
+                    coeffs = group.get("ns_coeffs")  # a per-iteration schedule (polar_express), else NS5
+                    g = (self.zeropower(g, steps=group["backend_steps"]) if coeffs is None
+                         else self.zeropower(g, steps=group["backend_steps"], coeffs=coeffs))
                     g *= max(1, g.size(0) / g.size(1)) ** 0.5
                     updates_flat[curr : curr + p.numel()] = g.reshape(-1)
                 curr += p.numel()

@@ -65,6 +65,12 @@ class Plugin:
         return []
 
     @classmethod
+    def check_peers(cls, cfg: Any, peers: dict[str, Any]) -> list[str]:
+        """Errors of this plugin's settings against the other enabled plugins (`peers`: name -> settings), at
+        configuration time: for a conflict that depends on a setting (e.g. swa with apply=true and ema)."""
+        return []
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         fields = []
         if cls.config is not None:
@@ -239,6 +245,7 @@ class Registry:
                 continue
             cls = self.plugins[name]
             errors.extend(cls.check_config(cfg, core))
+            errors.extend(cls.check_peers(cfg, {n: c for n, c in plugin_configs.items() if n != name}))
             try:
                 cls(cfg)  # a plugin that checks its settings when made fails here, not at build time
             except (ValueError, TypeError) as exc:

@@ -241,7 +241,8 @@ def recipe_users(folder: Path) -> dict[str, list[str]]:
 
 
 def plugins_table(registry: Registry, users: dict[str, list[str]]) -> str:
-    """Every plugin by family: name, summary, source PRs and the recipes that use it."""
+    """Every plugin by family: name, summary, source PRs and the recipes that use it; then every catalogued
+    technique with no plugin here, and what covers it or why not."""
     from core.registry import FAMILIES
 
     width = max((len(n) for n in registry.names()), default=4)
@@ -255,6 +256,12 @@ def plugins_table(registry: Registry, users: dict[str, list[str]]) -> str:
             cls = registry.plugins[name]
             used = f"  recipes: {', '.join(users[name])}" if name in users else ""
             lines.append(f"  {name:<{width}}  {cls.summary}  [{', '.join(cls.sources)}]{used}")
+    from pgolf.techniques import load_catalogue, without_plugin
+
+    rest = without_plugin(load_catalogue(), set(registry.names()))
+    if rest:
+        lines.append("no plugin (plugins/techniques.toml):")
+        lines.extend(f"  {line}" for line in rest)
     return "\n".join(lines)
 
 

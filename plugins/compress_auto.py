@@ -1,8 +1,11 @@
-"""compress_auto: try every configured codec and keep the smallest payload (techniques §9.8; PR #1179
-found brotli beat lzma, PR #549 lzma beat zlib: the winner depends on the weights, so measure).
+"""compress_auto: compress the serialized state with every configured codec and keep the smallest output.
 
-The artifact header names the winning codec (`core.export.AutoCodec.compress_named`), so decoding needs
-only that codec.
+A pgolf convenience, not a record's technique: no record picks its codec by measurement. The records choose
+one by hand (zlib-9 in the baseline, zstd-22 from PR #63, lzma from PR #549, brotli-11 + byte shuffle from
+PR #1089/#1179); PR #1855's script offers COMPRESSOR=brotli|lzma|pergroup and ran "pergroup" (per-role
+lrzip/brotli streams: the `compress_pergroup` plugin), which this plugin does not try. Which single codec
+wins depends on the weights (techniques §9.8), hence the measurement. The artifact header names the
+winning codec (`core.export.AutoCodec.compress_named`), so decoding needs only that codec.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def make_codecs(names: str) -> list[ex.Codec]:
 class CompressAuto(Plugin):
     name = "compress_auto"
     family = "export"
-    summary = "Try every configured codec (zlib, zstd, brotli, lzma) and keep the smallest artifact."
-    sources = ("openai/parameter-golf#1179", "openai/parameter-golf#1855")
+    summary = "Try every configured codec (zlib, zstd, brotli, lzma) and keep the smallest (pgolf's, no record's)."
+    sources = ("openai/parameter-golf#63", "openai/parameter-golf#549", "openai/parameter-golf#1179")
     config = CompressAutoConfig
     provides = ("codec",)
     test_settings = {"compress_auto": {"codecs": "zlib,zstd,brotli,lzma"}}

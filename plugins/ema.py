@@ -3,6 +3,11 @@
 After every optimizer step ema <- d * ema + (1 - d) * theta over the whole state dict; at the end of
 training the averaged weights replace the live ones, before quantization and evaluation (as in the
 PR #287 / #315 records, EMA_DECAY 0.997).
+
+It provides the role "weight_averaging" (two plugins that each replace the final weights are an error).
+SWA is not a rival by declaration but by setting: `swa`/`tight_swa` with apply=true and `ema` is a
+configuration error (PR #287 ran SWA only with EMA off), while `tight_swa.apply=false` next to `ema` is the
+PRs #414–#1204 stack (SWA collected, only the EMA loaded).
 """
 
 from __future__ import annotations

@@ -65,10 +65,10 @@ class MuonEqR(Muon):
     def zeropower(self, fn: Callable[..., Tensor]) -> None:
         self.inner_zeropower = fn
 
-    def _row_normalized_zeropower(self, g: Tensor, steps: int) -> Tensor:
+    def _row_normalized_zeropower(self, g: Tensor, steps: int, **kw) -> Tensor:
         if self.row_normalize:
             g = normalize_rows(g, self.eps)
-        return self.inner_zeropower(g, steps=steps)
+        return self.inner_zeropower(g, steps=steps, **kw)
 
 
 class MuonEqRPlugin(Plugin):

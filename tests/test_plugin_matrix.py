@@ -25,9 +25,14 @@ def settings_of(name: str) -> list[str]:
 
 
 def companions(name: str) -> list[str]:
-    """Plugins the matrix enables with `name` (its `test_with`: e.g. a gate for the gate quantizer, the
-    plugin it requires)."""
-    return list(getattr(REGISTRY.plugins[name], "test_with", ()))
+    """Plugins the matrix enables with `name`: what it requires, then its `test_with` (e.g. a gate for the gate
+    quantizer)."""
+    plugin = REGISTRY.plugins[name]
+    return list(dict.fromkeys([*plugin.requires, *getattr(plugin, "test_with", ())]))
+
+
+def with_companions(name: str) -> list[str]:
+    return with_companions(name)
 
 
 def companion_settings(name: str) -> list[str]:
@@ -61,7 +66,7 @@ def test_plugin_config_round_trips(name, tmp_path):
         recipe = tmp_path / "r.toml"
         env_key = f"{name}_{f.name}".upper()
         text = str(int(value)) if isinstance(value, bool) else str(value)
-        enabled = [*companions(name), name]
+        enabled = with_companions(name)
         recipe.write_text(f'plugins = {json.dumps(enabled)}\n[{name}]\n{f.name} = {toml_value}\n')
         for kw in ({"recipe": recipe}, {"env": {env_key: text}, "plugins": enabled},
                    {"sets": [f"{name}.{f.name}={text}"], "plugins": enabled}):
@@ -95,7 +100,7 @@ def test_plugin_changes_the_computation(name, tiny_sets, request):
     if base_key not in _BASE:
         _BASE[base_key] = _tiny_run(tiny_sets, companions(name), base_extra)[1]
     base = _BASE[base_key]
-    _, with_plugin = _tiny_run(tiny_sets, [*companions(name), name], key)
+    _, with_plugin = _tiny_run(tiny_sets, with_companions(name), key)
     assert math.isfinite(with_plugin["val_loss"])
     # A codec plugin leaves the weights alone: it must change the artifact bytes instead; a byte-accounting
     # plugin changes val_bpb only; a code wrapper changes the bundled script.
@@ -103,16 +108,16 @@ def test_plugin_changes_the_computation(name, tiny_sets, request):
     if not changed and hasattr(REGISTRY.plugins[name], "pg_wrap_code"):
         from submissions.bundle import bundle
 
-        cfg = tiny_config(tiny_sets, [name], key)
+        cfg = tiny_config(tiny_sets, with_companions(name), key)
         changed = bundle(cfg, REGISTRY) != bundle(cfg, REGISTRY, wrap=False)
     assert changed, f"{name} left the result, the artifact and the script unchanged (a silent no-op?)"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_plugin_compiles_with_zero_graph_breaks_and_exports(name, tiny_sets, request):
-    tiny_sets = data_for(request, tiny_sets, [name])
+    tiny_sets = data_for(request, tiny_sets, with_companions(name))
     torch._dynamo.reset()
-    run = setup(tiny_config(tiny_sets, [*companions(name), name], [*companion_settings(name), *settings_of(name)]),
+    run = setup(tiny_config(tiny_sets, with_companions(name), [*companion_settings(name), *settings_of(name)]),
                 REGISTRY, make_dir=False)
     ids = run.val_tokens[:129].long()
     x, y = ids[:-1].view(2, 64), ids[1:].view(2, 64)
@@ -128,8 +133,9 @@ def test_all_plugins_together_compile_with_zero_graph_breaks(tiny_sets, request)
     torch._dynamo.reset()
     enabled: list[str] = []
     for name in NAMES:
-        if not REGISTRY.check([*enabled, name]):
-            enabled.append(name)
+        missing = [n for n in with_companions(name) if n not in enabled]
+        if not REGISTRY.check([*enabled, *missing]):
+            enabled.extend(missing)
     assert set(enabled) == set(NAMES) - {n for n in NAMES if REGISTRY.check([*enabled, n])}
     extra = [s for n in enabled for s in settings_of(n)]
     run = setup(tiny_config(data_for(request, tiny_sets, enabled), enabled, extra), REGISTRY, make_dir=False)
@@ -146,7 +152,7 @@ def test_bundler_includes_the_plugin(name, tiny_sets):
 
     from submissions.bundle import bundle
 
-    cfg = tiny_config(tiny_sets, [*companions(name), name], [*companion_settings(name), *settings_of(name)])
+    cfg = tiny_config(tiny_sets, with_companions(name), [*companion_settings(name), *settings_of(name)])
     text = bundle(cfg, REGISTRY, wrap=False)  # the plain script, whatever pg_wrap_code would make of it
     module = REGISTRY.plugins[name].__module__
     embedded = set(re.findall(r"^_MODULES\['([^']+)'\]", text, re.M))

@@ -140,9 +140,22 @@ def test_every_builtin_plugin_has_a_family_and_the_list_groups_them_with_their_r
     assert main(["plugins", "list"]) == 0
     out = capsys.readouterr().out
     headers = [line[:-1] for line in out.splitlines() if not line.startswith(" ")]
-    assert headers == [f for f in FAMILIES if any(reg.plugins[n].family == f for n in reg.names())]
+    assert headers[:-1] == [f for f in FAMILIES if any(reg.plugins[n].family == f for n in reg.names())]
+    assert headers[-1] == "no plugin (plugins/techniques.toml)"
     row = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
     assert row["depth_recurrence"].endswith("recipes: pr1493") and "pr315" in row["xsa"] and "pr1493" in row["xsa"]
     assert "recipes:" not in row["value_residual"]  # in no recipe
     with pytest.raises(PluginError, match="family 'modle' is not one of"):
         reg.add(type("Typo", (Plugin,), {"name": "typo", "family": "modle", "summary": "s", "sources": ("x",)}), "t")
+
+
+def test_every_declared_relation_names_an_existing_plugin_or_role():
+    """requires/conflicts/after/before of every built-in plugin name a plugin that exists (or a role some
+    plugin provides): a typo or a plugin that was never written would make the declaration a silent no-op."""
+    reg = Registry()
+    roles = {r for cls in reg.plugins.values() for r in cls.provides}
+    dangling = [f"{name}.{attr} -> {other!r}" for name, cls in reg.plugins.items()
+                for attr in ("requires", "conflicts", "after", "before") for other in getattr(cls, attr)
+                if other not in reg.plugins and other not in roles]
+    assert dangling == []
+    assert not roles & set(reg.plugins), "a role named like a plugin is ambiguous"
