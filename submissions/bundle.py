@@ -24,6 +24,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
+from submissions.minify import names_in, rename_locals, shake
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -219,6 +220,22 @@ if __name__ == "__main__":
 '''
 
 
+def minified(sources: dict[str, str], roots: list[str], scanned: list[str]) -> dict[str, str]:
+    """`sources` tree-shaken (`minify.shake`, the loader's names as roots), without the modules no kept import
+    reaches from `roots` (module names), locals renamed and indented one space per level."""
+    shaken = shake(sources, roots=names_in([ast.parse(LOADER)]), scanned=scanned)
+    keep, todo = set(), [*roots, *(m for m in imports_of(LOADER) if m in shaken)]
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in shaken:
+            continue
+        keep.add(name)
+        todo.extend(imports_of(shaken[name]))
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+    return {n: reindent(rename_locals(s)) if s else "" for n, s in shaken.items() if n in keep}
+
+
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
     """(module name -> source of every module the bundle embeds, the enabled plugins' module names)."""
     roots: dict[str, str] = {"core.train": (ROOT / "core" / "train.py").read_text(encoding="utf-8")}
@@ -275,13 +292,22 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True) -> str:
-    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
-    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers)."""
+def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool = True) -> dict[str, str]:
+    """module name -> the source the bundle embeds for it (stripped, minified as asked)."""
     sources, plugin_modules = bundle_sources(cfg, registry)
     sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     if strip:
         sources = {n: strip_source(s) for n, s in sources.items()}
+    if minify:
+        sources = minified(sources, roots=["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)],
+                           scanned=[f"plugins.{m}" for m in plugin_modules])
+    return sources
+
+
+def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool = True) -> str:
+    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
+    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers)."""
+    sources = embedded_modules(cfg, registry, strip, minify)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
     recipe_text = pprint.pformat(recipe, width=110, sort_dicts=False)
@@ -302,7 +328,8 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     ]
     for name in sorted(sources):
         lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
-    text = "\n".join(lines) + "\n" + (strip_source(LOADER) if strip else LOADER)
+    loader = strip_source(LOADER) if strip or minify else LOADER
+    text = "\n".join(lines) + "\n" + (rename_locals(loader) if minify else loader)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return wrap_code(cfg, registry, text) if wrap else text
 
