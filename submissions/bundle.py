@@ -24,7 +24,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
-from submissions.minify import names_in, rename_locals, shake
+from submissions.minify import minify_modules, names_in, rename_locals
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -221,19 +221,19 @@ if __name__ == "__main__":
 
 
 def minified(sources: dict[str, str], roots: list[str], scanned: list[str]) -> dict[str, str]:
-    """`sources` tree-shaken (`minify.shake`, the loader's names as roots), without the modules no kept import
-    reaches from `roots` (module names), locals renamed and indented one space per level."""
-    shaken = shake(sources, roots=names_in([ast.parse(LOADER)]), scanned=scanned)
-    keep, todo = set(), [*roots, *(m for m in imports_of(LOADER) if m in shaken)]
+    """`sources` minified (`minify.minify_modules`: tree-shaken with the loader's names as roots, short local
+    names) without the modules no kept import reaches from `roots` (module names), one space per level."""
+    small = minify_modules(sources, roots=names_in([ast.parse(LOADER)]), scanned=scanned, extra=[LOADER])
+    keep, todo = set(), [*roots, *(m for m in imports_of(LOADER) if m in small)]
     while todo:
         name = todo.pop()
-        if name in keep or name not in shaken:
+        if name in keep or name not in small:
             continue
         keep.add(name)
-        todo.extend(imports_of(shaken[name]))
+        todo.extend(imports_of(small[name]))
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-    return {n: reindent(rename_locals(s)) if s else "" for n, s in shaken.items() if n in keep}
+    return {n: reindent(s) for n, s in small.items() if n in keep}
 
 
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
@@ -292,8 +292,10 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool = True) -> dict[str, str]:
-    """module name -> the source the bundle embeds for it (stripped, minified as asked)."""
+def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
+    """module name -> the source the bundle embeds for it (stripped, and minified as asked: by default when
+    stripped)."""
+    minify = strip if minify is None else minify
     sources, plugin_modules = bundle_sources(cfg, registry)
     sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     if strip:
@@ -304,9 +306,11 @@ def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify
     return sources
 
 
-def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool = True) -> str:
+def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool | None = None) -> str:
     """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
-    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers)."""
+    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers); `minify`
+    (default: as `strip`) tree-shakes the modules and shortens local names (`submissions.minify`)."""
+    minify = strip if minify is None else minify
     sources = embedded_modules(cfg, registry, strip, minify)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}

@@ -26,7 +26,7 @@ import keyword
 import lzma
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 IDENT = re.compile(r"[A-Za-z_]\w*")
 DYNAMIC = {"locals", "vars", "eval", "exec", "dir", "globals"}
@@ -264,11 +264,27 @@ def _own_nodes(scope: ast.AST) -> Iterable[ast.AST]:
             todo.extend(ast.iter_child_nodes(node))
 
 
-def renamable_locals(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+PLAIN_DECORATORS = {"staticmethod", "classmethod", "property", "setter"}
+
+
+def _params_renamable(fn: ast.AST) -> bool:
+    """Whether callers reach `fn`'s parameters only through the bundle's own calls: a lambda, or a function with
+    no decorator but staticmethod/classmethod/property (pluggy, for one, passes hookimpls their arguments by
+    name) that is no dunder."""
+    if isinstance(fn, ast.Lambda):
+        return True
+    return not _is_dunder(fn.name) and names_in(fn.decorator_list) <= PLAIN_DECORATORS | names_in(
+        [d.value for d in fn.decorator_list if isinstance(d, ast.Attribute)])
+
+
+def renamable_locals(fn: ast.FunctionDef | ast.AsyncFunctionDef, fixed: set[str] | None = None,
+                     own_params: bool = False) -> set[str]:
     """Names bound inside `fn` (its nested functions, lambdas and comprehensions included) that can take another
-    name everywhere in `fn` without changing what any occurrence refers to: no parameter of any scope in it, no
-    `global`, not bound by a dotted import, every occurrence resolving to a binding inside `fn`. Empty when a
-    class is defined inside or names are accessed dynamically (`locals()`, `eval` …)."""
+    name everywhere in `fn` without changing what any occurrence refers to: no `global`, not bound by a dotted
+    import, every occurrence resolving to a binding inside `fn`. Parameters only with `fixed` (the names any
+    caller may pass by keyword: those stay), of the nested scopes whose callers are the bundle's
+    (`_params_renamable`) and of `fn` itself when `own_params`. Empty when a class is defined inside or names
+    are accessed dynamically (`locals()`, `eval` …)."""
     bound: dict[int, set[str]] = {}
     unsafe: set[str] = set()
     uses: list[tuple[str, list[int]]] = []
@@ -277,7 +293,12 @@ def renamable_locals(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
         chain = [*chain, id(scope)]
         names = bound.setdefault(id(scope), set())
         if not isinstance(scope, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
-            unsafe.update(_params(scope.args))
+            params = _params(scope.args)
+            if fixed is not None and (own_params if scope is fn else _params_renamable(scope)):
+                names.update(params - fixed)
+                unsafe.update(params & fixed)
+            else:
+                unsafe.update(params)
         for node in _own_nodes(scope):
             if isinstance(node, ast.ClassDef):
                 return False
@@ -342,6 +363,10 @@ class _Renamer(ast.NodeTransformer):
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.arg = self.mapping.get(node.arg, node.arg)
+        return node
+
     def visit_alias(self, node: ast.alias) -> ast.alias:
         bound = node.asname or node.name
         if bound in self.mapping:
@@ -358,22 +383,25 @@ def short_names(taken: set[str]) -> Iterable[str]:
                 yield name
 
 
-def rename_locals(source: str) -> str:
+def rename_locals(source: str, fixed: set[str] | None = None, external: Collection[str] = ()) -> str:
     """`source` with the local variables of each module-level function and method renamed to short names that
-    occur nowhere else in the module (`renamable_locals`), the most used first."""
+    occur nowhere else in the module (`renamable_locals`), the most used first. With `fixed` (every name a
+    caller may pass by keyword, `keyword_names`) parameters too, except those of methods of the `external`
+    classes (the ones outside code such as torch calls)."""
     tree = ast.parse(source)
     taken = names_in([tree]) | {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
     taken |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
 
-    def outermost(body: list[ast.stmt]) -> Iterable[ast.FunctionDef | ast.AsyncFunctionDef]:
+    def outermost(body: list[ast.stmt], cls: str = "") -> Iterable[tuple[ast.FunctionDef | ast.AsyncFunctionDef, str]]:
         for stmt in body:
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                yield stmt
+                yield stmt, cls
             elif isinstance(stmt, ast.ClassDef):
-                yield from outermost(stmt.body)
+                yield from outermost(stmt.body, stmt.name)
 
-    for fn in outermost(tree.body):
-        local = renamable_locals(fn)
+    for fn, cls in outermost(tree.body):
+        own = fixed is not None and cls not in external and _params_renamable(fn)
+        local = renamable_locals(fn, fixed, own_params=own)
         if not local:
             continue
         counts = dict.fromkeys(local, 0)
@@ -384,7 +412,38 @@ def rename_locals(source: str) -> str:
         mapping = {n: next(fresh) for n in sorted(local, key=lambda n: (-counts[n], n))}
         renamer = _Renamer(mapping)
         fn.body = [renamer.visit(stmt) for stmt in fn.body]
+        a = fn.args
+        for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+            if arg is not None:
+                arg.arg = mapping.get(arg.arg, arg.arg)  # not its defaults: those are evaluated outside `fn`
     return ast.unparse(tree) + "\n" if tree.body else ""
+
+
+def keyword_names(trees: Iterable[ast.AST]) -> set[str]:
+    """Names a caller may pass by keyword: keyword arguments, identifiers in strings (`**{"name": …}`) and
+    names bound in class bodies (dataclass fields, which `cls(**values)` passes on)."""
+    out: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg:
+                out.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                out.update(IDENT.findall(node.value))
+            elif isinstance(node, ast.ClassDef):
+                out.update(names_in(t for s in node.body if isinstance(s, (ast.Assign, ast.AnnAssign))
+                                    for t in (s.targets if isinstance(s, ast.Assign) else [s.target])))
+    return out
+
+
+def minify_modules(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[str] = (),
+                   extra: Iterable[str] = ()) -> dict[str, str]:
+    """`shake` the modules, then rename locals and parameters (`rename_locals`) with the names every module and
+    the `extra` sources (the script's own code) pass by keyword kept."""
+    shaken = shake(sources, roots=roots, scanned=scanned)
+    trees = [ast.parse(s) for s in (*shaken.values(), *extra)]
+    fixed = keyword_names(trees)
+    external = _external_classes(_class_names(dict(enumerate(trees))))
+    return {n: rename_locals(s, fixed, external) if s else "" for n, s in shaken.items()}
 
 
 def lzma_size(text: str) -> int:

@@ -335,3 +335,25 @@ def test_rename_locals_leaves_a_name_alone_when_a_nested_scope_reads_it_as_a_glo
     out = rename_locals(src)
     assert "return x" in out  # x is bound (comprehension) and read as the global: left alone
     assert _run(out, "f()") == _run(src, "f()") == (4, 5)
+
+
+def test_parameters_are_renamed_only_where_no_caller_can_name_them():
+    from submissions.minify import keyword_names, rename_locals
+
+    src = (
+        "def hookimpl(f):\n    return f\n"
+        "def scaled(values, factor):\n    return [v * factor for v in values]\n"
+        "def by_keyword(data, limit):\n    return data[:limit]\n"
+        "@hookimpl\ndef pg_hook(run):\n    return run\n"
+        "class Net(dict):\n    def forward(self, inputs):\n        return inputs\n"
+        "class Own:\n    def apply(self, tensor):\n        return tensor + 1\n"
+        "OUT = (scaled([1, 2], 3), by_keyword([1, 2, 3], limit=2), pg_hook(4), Net().forward(5), Own().apply(6))\n"
+    )
+    fixed = keyword_names([ast.parse(src)])
+    assert "limit" in fixed and "factor" not in fixed
+    out = rename_locals(src, fixed, external={"Net"})
+    for gone in ("values", "factor", "tensor"):
+        assert gone not in out, gone
+    for kept in ("limit", "def pg_hook(run)", "def forward(self, inputs)"):
+        assert kept in out, kept
+    assert _run(out, "OUT") == _run(src, "OUT") == ([3, 6], [1, 2], 4, 5, 7)
