@@ -11,11 +11,16 @@ against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`, PR #149
 self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
 plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
+With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local names
+shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
+the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
+(`minify.measure`: bytes per module and definition, plain and after LZMA).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import pprint
 import sys
@@ -139,6 +144,28 @@ def bundle_recipe(cfg: Config) -> dict[str, Any]:
     core["data_path"] = OFFICIAL_DATA.format(vocab=cfg.core.vocab_size)
     core["tokenizer_path"] = OFFICIAL_TOKENIZER.format(vocab=cfg.core.vocab_size)
     return recipe
+
+
+def without_defaults(recipe: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """`recipe` (a `bundle_recipe`) less the settings equal to their defaults: the script's embedded config
+    classes resolve them to the same values (its config.json then names them "default")."""
+    from core.config import CoreConfig
+
+    def defaults(cls: Any) -> dict[str, Any] | None:
+        try:
+            return json.loads(json.dumps(dataclasses.asdict(cls()), default=str))
+        except (TypeError, ValueError):
+            return None
+
+    out: dict[str, Any] = {}
+    for section, values in recipe.items():
+        cls = CoreConfig if section == "core" else getattr(registry.plugins.get(section), "config", None)
+        base = defaults(cls) if isinstance(values, dict) and cls is not None else None
+        if base is None:
+            out[section] = values
+        elif kept := {k: v for k, v in values.items() if k not in base or base[k] != v}:
+            out[section] = kept
+    return out
 
 
 def _plugin_module(registry: Registry, name: str) -> tuple[str, str]:
@@ -314,6 +341,8 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     sources = embedded_modules(cfg, registry, strip, minify)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
+    if minify:
+        recipe = without_defaults(recipe, registry)
     recipe_text = pprint.pformat(recipe, width=110, sort_dicts=False)
     if ast.literal_eval(recipe_text) != recipe:
         raise BundleError("the configuration has values that are not Python literals")

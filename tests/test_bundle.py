@@ -357,3 +357,17 @@ def test_parameters_are_renamed_only_where_no_caller_can_name_them():
     for kept in ("limit", "def pg_hook(run)", "def forward(self, inputs)"):
         assert kept in out, kept
     assert _run(out, "OUT") == _run(src, "OUT") == ([3, 6], [1, 2], 4, 5, 7)
+
+
+def test_recipe_without_defaults_resolves_to_the_same_configuration():
+    from submissions.bundle import bundle_recipe, without_defaults
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / "pr1493.toml", check_plugins=reg.check)
+    full = bundle_recipe(cfg)
+    small = without_defaults(full, reg)
+    assert small["core"]["num_layers"] == 11 and "train_log_every" in small["core"]  # not the defaults
+    assert "adam_eps" not in small["core"] and len(small["core"]) < len(full["core"]) // 2
+    again = resolve(plugin_config_classes=reg.config_classes(), recipe=small, check_plugins=reg.check)
+    assert again.to_dict() == resolve(plugin_config_classes=reg.config_classes(), recipe=full,
+                                      check_plugins=reg.check).to_dict()
