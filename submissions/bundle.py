@@ -11,11 +11,16 @@ against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`, PR #149
 self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
 plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
+With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local names
+shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
+the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
+(`minify.measure`: bytes per module and definition, plain and after LZMA).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import pprint
 import sys
@@ -24,6 +29,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
+from submissions.minify import minify_modules, names_in, rename_locals
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -140,6 +146,28 @@ def bundle_recipe(cfg: Config) -> dict[str, Any]:
     return recipe
 
 
+def without_defaults(recipe: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """`recipe` (a `bundle_recipe`) less the settings equal to their defaults: the script's embedded config
+    classes resolve them to the same values (its config.json then names them "default")."""
+    from core.config import CoreConfig
+
+    def defaults(cls: Any) -> dict[str, Any] | None:
+        try:
+            return json.loads(json.dumps(dataclasses.asdict(cls()), default=str))
+        except (TypeError, ValueError):
+            return None
+
+    out: dict[str, Any] = {}
+    for section, values in recipe.items():
+        cls = CoreConfig if section == "core" else getattr(registry.plugins.get(section), "config", None)
+        base = defaults(cls) if isinstance(values, dict) and cls is not None else None
+        if base is None:
+            out[section] = values
+        elif kept := {k: v for k, v in values.items() if k not in base or base[k] != v}:
+            out[section] = kept
+    return out
+
+
 def _plugin_module(registry: Registry, name: str) -> tuple[str, str]:
     """(bundle module name, source) of an enabled plugin: built-in `plugins.x`, or a plugin file."""
     cls = registry.plugins[name]
@@ -219,6 +247,22 @@ if __name__ == "__main__":
 '''
 
 
+def minified(sources: dict[str, str], roots: list[str], scanned: list[str]) -> dict[str, str]:
+    """`sources` minified (`minify.minify_modules`: tree-shaken with the loader's names as roots, short local
+    names) without the modules no kept import reaches from `roots` (module names), one space per level."""
+    small = minify_modules(sources, roots=names_in([ast.parse(LOADER)]), scanned=scanned, extra=[LOADER])
+    keep, todo = set(), [*roots, *(m for m in imports_of(LOADER) if m in small)]
+    while todo:
+        name = todo.pop()
+        if name in keep or name not in small:
+            continue
+        keep.add(name)
+        todo.extend(imports_of(small[name]))
+        parts = name.split(".")
+        todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+    return {n: reindent(s) for n, s in small.items() if n in keep}
+
+
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
     """(module name -> source of every module the bundle embeds, the enabled plugins' module names)."""
     roots: dict[str, str] = {"core.train": (ROOT / "core" / "train.py").read_text(encoding="utf-8")}
@@ -275,15 +319,30 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True) -> str:
-    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
-    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers)."""
+def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
+    """module name -> the source the bundle embeds for it (stripped, and minified as asked: by default when
+    stripped)."""
+    minify = strip if minify is None else minify
     sources, plugin_modules = bundle_sources(cfg, registry)
     sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     if strip:
         sources = {n: strip_source(s) for n, s in sources.items()}
+    if minify:
+        sources = minified(sources, roots=["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)],
+                           scanned=[f"plugins.{m}" for m in plugin_modules])
+    return sources
+
+
+def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool | None = None) -> str:
+    """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
+    in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers); `minify`
+    (default: as `strip`) tree-shakes the modules and shortens local names (`submissions.minify`)."""
+    minify = strip if minify is None else minify
+    sources = embedded_modules(cfg, registry, strip, minify)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
+    if minify:
+        recipe = without_defaults(recipe, registry)
     recipe_text = pprint.pformat(recipe, width=110, sort_dicts=False)
     if ast.literal_eval(recipe_text) != recipe:
         raise BundleError("the configuration has values that are not Python literals")
@@ -302,7 +361,8 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     ]
     for name in sorted(sources):
         lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
-    text = "\n".join(lines) + "\n" + (strip_source(LOADER) if strip else LOADER)
+    loader = strip_source(LOADER) if strip or minify else LOADER
+    text = "\n".join(lines) + "\n" + (rename_locals(loader) if minify else loader)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return wrap_code(cfg, registry, text) if wrap else text
 

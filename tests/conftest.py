@@ -19,6 +19,7 @@ SLOW = (
     "tests/test_train.py::test_nproc_2_on_cpu_matches_one_process",  # torchrun, 2 processes
     "tests/test_eval.py::test_distributed_eval_equals_single_process",  # torchrun per evaluator
     "tests/test_bundle.py::test_bundled_script_runs_without_pgolf_and_trains_like_pgolf_train",  # sandboxed run
+    "tests/test_bundle.py::test_minified_bundle_of_each_recipe_trains_exactly_like_pgolf_train",  # 2 runs each
     "tests/test_doc_isolation.py::test_document_ttt_warmup_compiles_one_graph_for_every_row_length",  # compiles
     "tests/test_export_plugins.py::test_prune_to_fit_run_fits_code_plus_artifact",
     "tests/test_readme.py::test_readme_tour_runs_as_written",  # every tour command, as subprocesses

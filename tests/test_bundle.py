@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -208,3 +209,165 @@ def test_wrapped_bundle_runs_without_pgolf_and_trains_like_the_plain_one(tiny_se
         assert f"Code size: {sizes[kind]} bytes" in logs[kind]  # each script counts its own file
     assert sizes["wrapped"] < sizes["plain"] // 2
     assert EXACT.search(logs["wrapped"]).groups() == EXACT.search(logs["plain"]).groups()
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# Tiny overrides per recipe (CPU, a few steps; every plugin still does its work).
+RECIPE_TINY = {
+    "baseline": ["core.iterations=3"],
+    "pr315": ["core.iterations=3", "core.eval_seq_len=64", "sliding_window.stride=32", "bigram_hash.buckets=64"],
+    "pr1493": ["core.iterations=3", "core.num_layers=6", "core.eval_seq_len=64", "depth_recurrence.loop_start=1",
+               "depth_recurrence.loop_end=2", "depth_recurrence.enable_at=0.3", "parallel_residuals.start=4",
+               "xsa.last_n=6", "partial_rope.dims=8", "gptq.calib_batches=2", "gptq.reserve_seconds=0",
+               "gptq.keep_float_max_numel=0", "score_first_ttt.chunk_tokens=1024", "score_first_ttt.stride=32",
+               "score_first_ttt.epochs=1", "brotli.quality=5"],
+}
+LOSSES = re.compile(r"(?:train_loss|val_loss|val_bpb):[\d.]+")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPE_TINY))
+def test_minified_bundle_of_each_recipe_trains_exactly_like_pgolf_train(recipe, tiny_sets, tiny_data, tmp_path):
+    """The tree-shaken, renamed (and, for pr1493, wrapped) script logs the very losses of `pgolf train`."""
+    reg = Registry()
+    sets = [*tiny_sets, *RECIPE_TINY[recipe], "core.val_max_tokens=1024", "core.train_log_every=1",
+            "core.run_id=pgolf_train"]
+    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / f"{recipe}.toml", sets=sets,
+                  check_plugins=reg.check)
+    summary = run_training(cfg, reg, code_size=bundle_size)
+    log = (tmp_path / "runs" / "pgolf_train" / "train.log").read_text()
+    text = bundle(cfg, reg)
+    assert len(text.encode()) == summary["code_bytes"]  # `pgolf train` counts the minified script
+    assert len(text.encode()) < len(bundle(cfg, reg, minify=False).encode())
+    folder = tmp_path / "records_folder"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text(text)
+    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
+           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": "2"}
+    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    bundled_log = (folder / "runs" / "minified" / "train.log").read_text()
+    assert len(LOSSES.findall(log)) >= 2 * 3 + 2
+    assert LOSSES.findall(bundled_log) == LOSSES.findall(log)  # every logged loss, bit for bit
+    assert EXACT.search(bundled_log).groups() == EXACT.search(log).groups()
+    assert f"Code size: {len(text.encode())} bytes" in bundled_log
+
+
+def _run(source: str, expr: str):
+    ns: dict = {"__name__": "pgolf_test_minified"}
+    exec(compile(source, "<minified>", "exec"), ns)
+    return eval(expr, ns)
+
+
+def test_shake_keeps_what_live_code_names_and_drops_the_rest():
+    from submissions.minify import shake
+
+    mod = (
+        "import os, json\nfrom typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from core.export import Unused\n"
+        "LIMIT = 3\nTABLE = {'a': 1}\nSIDE = print('kept: a call may have effects')\n"
+        "def used(x):\n    return helper(x) + LIMIT\n"
+        "def helper(x):\n    return x * 2\n"
+        "def dead():\n    return json.dumps(TABLE)\n"
+        "def by_string():\n    return 7\n"
+        "class Net(dict):\n    def forward(self, x):\n        return x\n    def unused_helper(self):\n"
+        "        return 1\n"
+        "class Local:\n    attr = 5\n    unused_attr = 6\n    def __init__(self):\n        self.v = 1\n"
+        "    def method(self):\n        return self.attr\n    def other(self):\n        return 0\n"
+        "    @hookimpl\n    def pg_hook(self):\n        return 1\n"
+        "class Dead:\n    pass\n"
+        "LOOKUP = getattr(object, 'by_string', None)\n"
+        "RESULT = used(1) + Local().method() + len(Net())\nNET = Net\n"
+    )
+    out = shake({"m": mod}, roots={"hookimpl"})["m"]
+    kept = {n.name for n in ast.walk(ast.parse(out)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert kept == {"used", "helper", "by_string", "Net", "forward", "unused_helper", "Local", "__init__",
+                    "method", "pg_hook"}  # a subclass of an outside class keeps every method; hookimpls are roots
+    for gone in ("TYPE_CHECKING", "json", "os", "NET", "TABLE", "unused_attr"):
+        assert gone not in out, gone
+    assert "SIDE = print(" in out and "attr = 5" in out and "LIMIT = 3" in out
+    src_ns = {"hookimpl": lambda f: f}
+    exec(compile(mod.replace("if TYPE_CHECKING:\n    from core.export import Unused\n", ""), "<m>", "exec"),
+         src_ns)
+    out_ns = {"hookimpl": lambda f: f}
+    exec(compile(out, "<m>", "exec"), out_ns)
+    assert out_ns["RESULT"] == src_ns["RESULT"] == 10
+
+
+def test_shake_keeps_only_the_scanned_modules_plugin_classes():
+    from submissions.minify import shake
+
+    base = "class Plugin:\n    pass\n"
+    plug = "from core.registry import Plugin\nclass A(Plugin):\n    name = 'a'\ndef f():\n    return 1\n"
+    out = shake({"core.registry": base, "plugins.a": plug, "plugins.b": plug.replace("A(", "B(")},
+                scanned=["plugins.a"])
+    assert "class A(Plugin)" in out["plugins.a"] and "class B" not in out["plugins.b"]
+    assert "def f" not in out["plugins.a"] and "class Plugin" in out["core.registry"]
+
+
+def test_rename_locals_shortens_locals_but_never_parameters_globals_or_dynamic_scopes():
+    from submissions.minify import rename_locals
+
+    src = (
+        "G = 10\n"
+        "def f(value, *, scale=2):\n"
+        "    accumulated = [v * scale for v in range(value)]\n"
+        "    try:\n        total = sum(accumulated) + G\n    except ValueError as error:\n        raise error\n"
+        "    def inner(extra):\n        nonlocal total\n        total = total + extra\n        return total\n"
+        "    import math as maths\n"
+        "    return inner(maths.floor(1.5)), (lambda scale: scale + 1)(0)\n"
+        "def g():\n    shadow = 1\n    return G + shadow\n"
+        "def dyn():\n    keep_me = 3\n    return locals()['keep_me']\n"
+        "class C:\n    def m(self, n):\n        count = n + 1\n        return count\n"
+    )
+    out = rename_locals(src)
+    for gone in ("accumulated", "total", "error", "inner", "maths", "shadow", "count"):
+        assert gone not in out, gone
+    for kept in ("value", "scale", "extra", "keep_me", "G + ", "def m(self, n)"):
+        assert kept in out, kept
+    for expr in ("f(4)", "f(value=3, scale=1)", "g()", "dyn()", "C().m(2)"):
+        assert _run(out, expr) == _run(src, expr), expr
+
+
+def test_rename_locals_leaves_a_name_alone_when_a_nested_scope_reads_it_as_a_global():
+    from submissions.minify import rename_locals
+
+    src = "x = 5\ndef f():\n    def g():\n        return x\n    y = g()\n    return [x for x in range(y)][-1], g()\n"
+    out = rename_locals(src)
+    assert "return x" in out  # x is bound (comprehension) and read as the global: left alone
+    assert _run(out, "f()") == _run(src, "f()") == (4, 5)
+
+
+def test_parameters_are_renamed_only_where_no_caller_can_name_them():
+    from submissions.minify import keyword_names, rename_locals
+
+    src = (
+        "def hookimpl(f):\n    return f\n"
+        "def scaled(values, factor):\n    return [v * factor for v in values]\n"
+        "def by_keyword(data, limit):\n    return data[:limit]\n"
+        "@hookimpl\ndef pg_hook(run):\n    return run\n"
+        "class Net(dict):\n    def forward(self, inputs):\n        return inputs\n"
+        "class Own:\n    def apply(self, tensor):\n        return tensor + 1\n"
+        "OUT = (scaled([1, 2], 3), by_keyword([1, 2, 3], limit=2), pg_hook(4), Net().forward(5), Own().apply(6))\n"
+    )
+    fixed = keyword_names([ast.parse(src)])
+    assert "limit" in fixed and "factor" not in fixed
+    out = rename_locals(src, fixed, external={"Net"})
+    for gone in ("values", "factor", "tensor"):
+        assert gone not in out, gone
+    for kept in ("limit", "def pg_hook(run)", "def forward(self, inputs)"):
+        assert kept in out, kept
+    assert _run(out, "OUT") == _run(src, "OUT") == ([3, 6], [1, 2], 4, 5, 7)
+
+
+def test_recipe_without_defaults_resolves_to_the_same_configuration():
+    from submissions.bundle import bundle_recipe, without_defaults
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / "pr1493.toml", check_plugins=reg.check)
+    full = bundle_recipe(cfg)
+    small = without_defaults(full, reg)
+    assert small["core"]["num_layers"] == 11 and "train_log_every" in small["core"]  # not the defaults
+    assert "adam_eps" not in small["core"] and len(small["core"]) < len(full["core"]) // 2
+    again = resolve(plugin_config_classes=reg.config_classes(), recipe=small, check_plugins=reg.check)
+    assert again.to_dict() == resolve(plugin_config_classes=reg.config_classes(), recipe=full,
+                                      check_plugins=reg.check).to_dict()

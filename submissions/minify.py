@@ -1,0 +1,467 @@
+"""Shrink a bundle's modules without changing what they do: tree-shaking and short local names (issue #11).
+
+`shake` keeps only the definitions the bundle can reach. Reachability is by name, across all modules, to a
+fixpoint: the live code starts as every module-level statement that is not a definition (plus the extra root
+names given, e.g. the loader's), and a function, class, method, class attribute, pure module-level constant
+or imported name stays when its name occurs in live code — as a name, an attribute, an imported name or an
+identifier inside a string constant (`getattr(obj, "name")`). Kept regardless: dunder methods, `@hookimpl`
+functions (pluggy calls them), every method of a class whose bases reach outside the bundle (torch calls
+`forward`, `step` …), and the enabled plugins' classes (the registry finds them by scanning their modules; a
+plugin module another one merely imports keeps only what is used). `if
+TYPE_CHECKING:` blocks go (they never run), then modules nothing imports any more. One name kept anywhere
+keeps every definition of that name: conservative, never clever.
+
+`rename_locals` gives the local variables of each function (not its parameters: callers may pass them by
+keyword) short names that occur nowhere else in the module; functions that call `locals`, `vars`, `eval`,
+`exec` or `dir`, or define a class, keep their names. `measure` reports bytes per module and per top-level
+definition, plain and after LZMA (what the code wrapper ships).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import itertools
+import keyword
+import lzma
+import re
+import string
+from collections.abc import Collection, Iterable
+
+IDENT = re.compile(r"[A-Za-z_]\w*")
+DYNAMIC = {"locals", "vars", "eval", "exec", "dir", "globals"}
+HOOK_MARKERS = {"hookimpl"}
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
+
+
+def _pure(node: ast.AST) -> bool:
+    """An expression whose evaluation has no effect but its value (dropping an unused one changes nothing)."""
+    if isinstance(node, (ast.Constant, ast.Name)):
+        return True
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(_pure(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is None or _pure(k) for k in node.keys) and all(_pure(v) for v in node.values)
+    if isinstance(node, ast.Attribute):
+        return _pure(node.value)
+    if isinstance(node, ast.UnaryOp):
+        return _pure(node.operand)
+    if isinstance(node, ast.BinOp):
+        return isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant)
+    if isinstance(node, ast.JoinedStr):
+        return all(isinstance(v, ast.Constant) or (isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name))
+                   for v in node.values)
+    return False
+
+
+def names_in(nodes: Iterable[ast.AST]) -> set[str]:
+    """Every identifier the nodes may use: names, attributes, imported names, keyword names and identifier-like
+    words inside string constants."""
+    out: set[str] = set()
+    for top in nodes:
+        for node in ast.walk(top):
+            if isinstance(node, ast.Name):
+                out.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                out.add(node.attr)
+            elif isinstance(node, ast.alias):
+                out.update(node.name.split("."))
+            elif isinstance(node, ast.keyword) and node.arg:
+                out.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                out.update(IDENT.findall(node.value))
+    return out
+
+
+def _decorator_names(node: ast.AST) -> set[str]:
+    return names_in(getattr(node, "decorator_list", []))
+
+
+def _assigned_name(stmt: ast.stmt) -> str | None:
+    """The single name a pure `NAME = value` / `NAME: T = value` binds, else None."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id if _pure(stmt.value) else None
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        return stmt.target.id if _pure(stmt.value) else None
+    return None
+
+
+def _is_type_checking(stmt: ast.stmt) -> bool:
+    return isinstance(stmt, ast.If) and not stmt.orelse and names_in([stmt.test]) == {"TYPE_CHECKING"}
+
+
+def _class_names(trees: dict[str, ast.Module]) -> dict[str, list[ast.ClassDef]]:
+    out: dict[str, list[ast.ClassDef]] = {}
+    for tree in trees.values():
+        for stmt in tree.body:
+            if isinstance(stmt, ast.ClassDef):
+                out.setdefault(stmt.name, []).append(stmt)
+    return out
+
+
+def _external_classes(classes: dict[str, list[ast.ClassDef]]) -> set[str]:
+    """Names of bundled classes with a base outside the bundle (directly or through bundled bases)."""
+    external: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, defs in classes.items():
+            if name in external:
+                continue
+            for cls in defs:
+                for base in cls.bases:
+                    bname = base.id if isinstance(base, ast.Name) else None
+                    if bname == "object":
+                        continue
+                    if bname is None or bname not in classes or bname in external:
+                        external.add(name)
+                        changed = True
+                        break
+    return external
+
+
+def _plugin_classes(classes: dict[str, list[ast.ClassDef]]) -> set[str]:
+    """Names of bundled classes deriving from `Plugin` (the registry finds them by scanning their module)."""
+    found = {"Plugin"}
+    changed = True
+    while changed:
+        changed = False
+        for name, defs in classes.items():
+            if name not in found and any(isinstance(b, ast.Name) and b.id in found for c in defs for b in c.bases):
+                found.add(name)
+                changed = True
+    return found - {"Plugin"}
+
+
+def _prune_imports(stmt: ast.stmt, live: set[str]) -> ast.stmt | None:
+    """An import statement without the names no live code uses (None when none is left)."""
+    if isinstance(stmt, ast.ImportFrom):
+        if stmt.module == "__future__":
+            return stmt
+        stmt.names = [a for a in stmt.names if (a.asname or a.name) in live or a.name == "*"]
+    elif isinstance(stmt, ast.Import):
+        stmt.names = [a for a in stmt.names if "." in a.name or (a.asname or a.name) in live]
+    return stmt if stmt.names else None
+
+
+def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` (module name -> source) with the definitions no live code can reach removed (see the module
+    docstring); `roots` are names used from outside the modules (the script's own code), `scanned` the modules
+    whose `Plugin` subclasses the registry finds by scanning (the enabled plugins' modules)."""
+    scanned = set(scanned)
+    trees = {name: ast.parse(src) for name, src in sources.items()}
+    for tree in trees.values():
+        tree.body = [s for s in tree.body if not _is_type_checking(s)]
+    classes = _class_names(trees)
+    external = _external_classes(classes)
+    plugin_classes = _plugin_classes(classes)
+
+    live_names: set[str] = set(roots)
+    pending: list[tuple[str, ast.AST]] = []  # (name, unit) not yet reached
+    live_ids: set[int] = set()
+
+    def visit_class_body(cls: ast.ClassDef) -> None:
+        keep_all = cls.name in external
+        for stmt in cls.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if keep_all or _is_dunder(stmt.name) or _decorator_names(stmt) & HOOK_MARKERS:
+                    reach(stmt)
+                else:
+                    pending.append((stmt.name, stmt))
+            elif (name := _assigned_name(stmt)) is not None and not _is_dunder(name) and isinstance(stmt, ast.Assign):
+                pending.append((name, stmt))  # a plain class attribute; annotated ones are dataclass fields
+            else:
+                live_names.update(names_in([stmt]))
+                live_ids.add(id(stmt))
+
+    def reach(unit: ast.AST) -> None:
+        if id(unit) in live_ids:
+            return
+        live_ids.add(id(unit))
+        if isinstance(unit, ast.ClassDef):
+            live_names.update(names_in([*unit.bases, *unit.keywords, *unit.decorator_list]))
+            visit_class_body(unit)
+        elif isinstance(unit, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            live_names.update(names_in([unit]))
+            if _decorator_names(unit) & HOOK_MARKERS:
+                live_names.add(unit.name)  # its hookspec
+        else:
+            live_names.update(names_in([unit]))
+
+    for module, tree in trees.items():
+        for stmt in tree.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if _decorator_names(stmt) & HOOK_MARKERS:
+                    reach(stmt)
+                else:
+                    pending.append((stmt.name, stmt))
+            elif isinstance(stmt, ast.ClassDef):
+                if stmt.name in plugin_classes and module in scanned:
+                    reach(stmt)
+                else:
+                    pending.append((stmt.name, stmt))
+            elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                pass  # kept when what they bind is used (below)
+            elif (name := _assigned_name(stmt)) is not None and not _is_dunder(name):
+                pending.append((name, stmt))
+            else:
+                reach(stmt)
+    while True:
+        reached = [u for n, u in pending if n in live_names and id(u) not in live_ids]
+        if not reached:
+            break
+        for unit in reached:
+            reach(unit)
+
+    def prune(body: list[ast.stmt], top: bool) -> list[ast.stmt]:
+        out = []
+        for stmt in body:
+            if top and isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                kept = _prune_imports(stmt, live_names)
+                if kept is not None:
+                    out.append(kept)
+                continue
+            if id(stmt) not in live_ids:
+                continue
+            if isinstance(stmt, ast.ClassDef):
+                stmt.body = prune(stmt.body, False) or [ast.Pass()]
+            out.append(stmt)
+        return out
+
+    out = {}
+    for name, tree in trees.items():
+        tree.body = prune(tree.body, True)
+        out[name] = ast.unparse(tree) + "\n" if tree.body else ""
+    return out
+
+
+SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+          ast.GeneratorExp)
+
+
+def _params(args: ast.arguments) -> set[str]:
+    return {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg) if a is not None}
+
+
+def _own_nodes(scope: ast.AST) -> Iterable[ast.AST]:
+    """The nodes evaluated in `scope` itself: not the bodies of the scopes nested in it (those nodes are yielded,
+    with the decorators and defaults a nested function evaluates in `scope`)."""
+    if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        todo: list[ast.AST] = list(scope.body)
+    else:
+        todo = list(ast.iter_child_nodes(scope))
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            todo.extend([*node.decorator_list, *node.args.defaults, *(d for d in node.args.kw_defaults if d)])
+        elif isinstance(node, ast.Lambda):
+            todo.extend([*node.args.defaults, *(d for d in node.args.kw_defaults if d)])
+        elif not isinstance(node, SCOPES):
+            todo.extend(ast.iter_child_nodes(node))
+
+
+PLAIN_DECORATORS = {"staticmethod", "classmethod", "property", "setter"}
+
+
+def _params_renamable(fn: ast.AST) -> bool:
+    """Whether callers reach `fn`'s parameters only through the bundle's own calls: a lambda, or a function with
+    no decorator but staticmethod/classmethod/property (pluggy, for one, passes hookimpls their arguments by
+    name) that is no dunder."""
+    if isinstance(fn, ast.Lambda):
+        return True
+    return not _is_dunder(fn.name) and names_in(fn.decorator_list) <= PLAIN_DECORATORS | names_in(
+        [d.value for d in fn.decorator_list if isinstance(d, ast.Attribute)])
+
+
+def renamable_locals(fn: ast.FunctionDef | ast.AsyncFunctionDef, fixed: set[str] | None = None,
+                     own_params: bool = False) -> set[str]:
+    """Names bound inside `fn` (its nested functions, lambdas and comprehensions included) that can take another
+    name everywhere in `fn` without changing what any occurrence refers to: no `global`, not bound by a dotted
+    import, every occurrence resolving to a binding inside `fn`. Parameters only with `fixed` (the names any
+    caller may pass by keyword: those stay), of the nested scopes whose callers are the bundle's
+    (`_params_renamable`) and of `fn` itself when `own_params`. Empty when a class is defined inside or names
+    are accessed dynamically (`locals()`, `eval` …)."""
+    bound: dict[int, set[str]] = {}
+    unsafe: set[str] = set()
+    uses: list[tuple[str, list[int]]] = []
+
+    def scan(scope: ast.AST, chain: list[int]) -> bool:
+        chain = [*chain, id(scope)]
+        names = bound.setdefault(id(scope), set())
+        if not isinstance(scope, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            params = _params(scope.args)
+            if fixed is not None and (own_params if scope is fn else _params_renamable(scope)):
+                names.update(params - fixed)
+                unsafe.update(params & fixed)
+            else:
+                unsafe.update(params)
+        for node in _own_nodes(scope):
+            if isinstance(node, ast.ClassDef):
+                return False
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in DYNAMIC:
+                return False
+            if isinstance(node, ast.Name):
+                if isinstance(node.ctx, (ast.Store, ast.Del)):
+                    names.add(node.id)
+                uses.append((node.id, chain))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(node.name)
+                if not scan(node, chain):
+                    return False
+            elif isinstance(node, SCOPES):
+                if not scan(node, chain):
+                    return False
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                names.add(node.name)
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                for a in node.names:
+                    bound_name = a.asname or a.name
+                    (unsafe.add if "." in bound_name else names.add)(bound_name.split(".")[0])
+            elif isinstance(node, ast.Global):
+                unsafe.update(node.names)
+            elif isinstance(node, ast.Nonlocal):
+                uses.extend((n, chain) for n in node.names)
+            elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+                names.add(node.name)
+        return True
+
+    if not scan(fn, []):
+        return set()
+    everything = set().union(*bound.values())
+    for name, chain in uses:
+        if not any(name in bound[s] for s in chain):
+            unsafe.add(name)
+    return everything - unsafe
+
+
+class _Renamer(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, str]):
+        self.mapping = mapping
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.mapping.get(node.id, node.id)
+        return node
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> ast.Nonlocal:
+        node.names = [self.mapping.get(n, n) for n in node.names]
+        return node
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.ExceptHandler:
+        if node.name:
+            node.name = self.mapping.get(node.name, node.name)
+        self.generic_visit(node)
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        node.name = self.mapping.get(node.name, node.name)
+        self.generic_visit(node)
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_arg(self, node: ast.arg) -> ast.arg:
+        node.arg = self.mapping.get(node.arg, node.arg)
+        return node
+
+    def visit_alias(self, node: ast.alias) -> ast.alias:
+        bound = node.asname or node.name
+        if bound in self.mapping:
+            node.asname = self.mapping[bound]
+        return node
+
+
+def short_names(taken: set[str]) -> Iterable[str]:
+    """a, b, …, z, A, …, Z, aa, ab, … except the `taken` names, keywords and builtins."""
+    reserved = taken | set(dir(builtins)) | set(keyword.kwlist) | set(keyword.softkwlist)
+    for size in itertools.count(1):
+        for chars in itertools.product(string.ascii_letters, repeat=size):
+            if (name := "".join(chars)) not in reserved:
+                yield name
+
+
+def rename_locals(source: str, fixed: set[str] | None = None, external: Collection[str] = ()) -> str:
+    """`source` with the local variables of each module-level function and method renamed to short names that
+    occur nowhere else in the module (`renamable_locals`), the most used first. With `fixed` (every name a
+    caller may pass by keyword, `keyword_names`) parameters too, except those of methods of the `external`
+    classes (the ones outside code such as torch calls)."""
+    tree = ast.parse(source)
+    taken = names_in([tree]) | {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+    taken |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+    def outermost(body: list[ast.stmt], cls: str = "") -> Iterable[tuple[ast.FunctionDef | ast.AsyncFunctionDef, str]]:
+        for stmt in body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                yield stmt, cls
+            elif isinstance(stmt, ast.ClassDef):
+                yield from outermost(stmt.body, stmt.name)
+
+    for fn, cls in outermost(tree.body):
+        own = fixed is not None and cls not in external and _params_renamable(fn)
+        local = renamable_locals(fn, fixed, own_params=own)
+        if not local:
+            continue
+        counts = dict.fromkeys(local, 0)
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Name) and node.id in counts:
+                counts[node.id] += 1
+        fresh = short_names(taken)
+        mapping = {n: next(fresh) for n in sorted(local, key=lambda n: (-counts[n], n))}
+        renamer = _Renamer(mapping)
+        fn.body = [renamer.visit(stmt) for stmt in fn.body]
+        a = fn.args
+        for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
+            if arg is not None:
+                arg.arg = mapping.get(arg.arg, arg.arg)  # not its defaults: those are evaluated outside `fn`
+    return ast.unparse(tree) + "\n" if tree.body else ""
+
+
+def keyword_names(trees: Iterable[ast.AST]) -> set[str]:
+    """Names a caller may pass by keyword: keyword arguments, identifiers in strings (`**{"name": …}`) and
+    names bound in class bodies (dataclass fields, which `cls(**values)` passes on)."""
+    out: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg:
+                out.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                out.update(IDENT.findall(node.value))
+            elif isinstance(node, ast.ClassDef):
+                out.update(names_in(t for s in node.body if isinstance(s, (ast.Assign, ast.AnnAssign))
+                                    for t in (s.targets if isinstance(s, ast.Assign) else [s.target])))
+    return out
+
+
+def minify_modules(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[str] = (),
+                   extra: Iterable[str] = ()) -> dict[str, str]:
+    """`shake` the modules, then rename locals and parameters (`rename_locals`) with the names every module and
+    the `extra` sources (the script's own code) pass by keyword kept."""
+    shaken = shake(sources, roots=roots, scanned=scanned)
+    trees = [ast.parse(s) for s in (*shaken.values(), *extra)]
+    fixed = keyword_names(trees)
+    external = _external_classes(_class_names(dict(enumerate(trees))))
+    return {n: rename_locals(s, fixed, external) if s else "" for n, s in shaken.items()}
+
+
+def lzma_size(text: str) -> int:
+    """Bytes of `text` as the code wrapper compresses it (raw LZMA2, preset 9 | extreme)."""
+    return len(lzma.compress(text.encode("utf-8"), format=lzma.FORMAT_RAW,
+                             filters=[{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]))
+
+
+def measure(sources: dict[str, str]) -> list[tuple[str, int, int]]:
+    """(module or module:definition, plain bytes, LZMA bytes alone) for every module and top-level definition,
+    largest compressed first."""
+    rows = []
+    for name, src in sources.items():
+        if not src:
+            continue
+        rows.append((name, len(src.encode()), lzma_size(src)))
+        for stmt in ast.parse(src).body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                text = ast.get_source_segment(src, stmt) or ast.unparse(stmt)
+                rows.append((f"{name}:{stmt.name}", len(text.encode()), lzma_size(text)))
+    return sorted(rows, key=lambda r: -r[2])
