@@ -669,13 +669,13 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
     if run.master and run.run_dir is not None:
         path = run.run_dir / "final_model.ptz"
-        ex.write_artifact(path, result.blob)
+        write_atomic(path, result.blob)
         run.log(f"Serialized model {label}: {len(result.blob)} bytes "
-                f"(payload:{result.stats.payload_bytes} raw_torch:{result.raw_bytes})")
+                f"(payload:{result.payload_bytes} raw_torch:{result.raw_bytes})")
         run.log(f"Code size: {n_code} bytes")
         run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
-        report = ex.size_report(n_code, len(result.blob))
-        run.event("size", label=label, **report)
+        run.event("size", label=label, code_bytes=n_code, model_bytes=len(result.blob),
+                  total=len(result.blob) + n_code)
     restored = ex.verify_round_trip(result, ex.decoders_of(codec, layout), schemes=run.schemes)
     base.load_state_dict(restored, strict=True)
     evaluator = run.hook.pg_evaluator(run=run)

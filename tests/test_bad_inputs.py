@@ -202,12 +202,12 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
 # ----- simulated system failures
 
 def _disk_full(monkeypatch) -> None:
-    import core.export
+    import core.train
 
-    def full(path, blob):
+    def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(core.export, "write_artifact", full)
+    monkeypatch.setattr(core.train, "write_atomic", full)
 
 
 def _ctrl_c(monkeypatch) -> None:
