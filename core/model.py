@@ -127,8 +127,7 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """cos/sin tables cached per sequence length, or fixed at one length by `fix_length` (rows of any
-    shorter length then read a prefix of the same tables: one compiled graph for every row length)."""
+    """RoPE cos/sin tables, cached per sequence length."""
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
@@ -137,24 +136,12 @@ class Rotary(nn.Module):
         self._seq_len_cached = 0
         self._cos_cached: Tensor | None = None
         self._sin_cached: Tensor | None = None
-        self._fixed = False
-
-    def fix_length(self, seq_len: int, device: torch.device) -> None:
-        """Compute the tables of `seq_len` once; every later call slices them (lengths <= seq_len only)."""
-        self._fixed = False
-        self._cos_cached = None
-        self.forward(seq_len, device, torch.float32)
-        self._fixed = True
 
     def inv_freq_for(self, seq_len: int, device: torch.device) -> Tensor:
         """The frequencies used at this sequence length (subclasses rescale the base, e.g. NTK)."""
         return self.inv_freq.to(device)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self._fixed:
-            assert self._cos_cached is not None and self._sin_cached is not None
-            return (self._cos_cached[:, :, :seq_len].to(dtype=dtype),
-                    self._sin_cached[:, :, :seq_len].to(dtype=dtype))
         if (
             self._cos_cached is None
             or self._sin_cached is None
