@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # annotations only: the hookspecs import nothing at run time
     from torch import Tensor
 
     from core.export import StateCodec
-    from core.tokenizer import ByteTables, TextTransform
+    from core.tokenizer import ByteTables
 
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -43,8 +43,8 @@ def pg_train_loader(run: Any) -> Any:
 
 
 @hookspec(firstresult=True)
-def pg_text_transform(config: Any) -> TextTransform | None:
-    """Return a `core.tokenizer.TextTransform` applied to every document before tokenizer training and
+def pg_text_transform(config: Any) -> Any:
+    """Return a `dataprep.build.TextTransform` applied to every document before tokenizer training and
     tokenization when a dataset is built (`dataprep.build.build_dataset(..., transform=...)`), or None.
 
     Called at data-build time only (never by training). The builder reserves the transform's

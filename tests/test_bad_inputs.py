@@ -154,7 +154,8 @@ def _nan_plugin(tmp: Path, ctx: dict) -> None:
 
 
 def _big_ids(tmp: Path, ctx: dict) -> None:
-    from core.data import read_shard, write_shard
+    from core.data import read_shard
+    from dataprep.build import write_shard
 
     shutil.copytree(ctx["data"], tmp / "bigids")
     val = sorted((tmp / "bigids").glob("fineweb_val_*.bin"))[0]
