@@ -174,6 +174,7 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     cfg, registry = load_config(args, extra_sets)
     run_dir = prepare_run_dir(cfg, getattr(args, "force", False))
     from core.train import TrainingDiverged, run_training
+    from pgolf.progress import Progress
     from submissions.bundle import bundle_size
 
     master = int(os.environ.get("RANK", "0")) == 0
@@ -181,7 +182,8 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     try:
         if master:
             write_status(run_dir, "running")
-        summary = run_training(with_default_data(cfg), registry, code_size=bundle_size)
+        progress = Progress if sys.stderr.isatty() else None
+        summary = run_training(with_default_data(cfg), registry, code_size=bundle_size, progress=progress)
     except KeyboardInterrupt as exc:
         how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
         if master:
