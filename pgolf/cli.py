@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -291,7 +292,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         print(cfg.to_json())
         return 0
-    rows = cfg.rows()
+    rows = [("plugins", cfg.plugins, cfg.sources.get("plugins", "default"))]
+    for section in ["core", *cfg.plugin_configs]:
+        values = cfg.section(section)
+        for f in dataclasses.fields(values) if values is not None else ():
+            key = f"{section}.{f.name}"
+            rows.append((key, getattr(values, f.name), cfg.sources.get(key, "default")))
     kw = max(len(k) for k, _, _ in rows)
     vw = min(max(len(repr(v)) for _, v, _ in rows), 40)
     for key, value, source in rows:
