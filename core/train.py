@@ -86,9 +86,8 @@ def plain_evaluator(run: Run) -> PlainEvaluator:
 
 
 def resolve_data(run: Run) -> tuple[Path, Path]:
-    """(data_dir, tokenizer_path): `core.data_path`, and its tokenizer found by convention when
-    `core.tokenizer_path` is empty (`<data>/tokenizer/*.model`, else the challenge's
-    `<data>/../../tokenizers/fineweb_<vocab>_bpe.model`)."""
+    """(data_dir, tokenizer_path); without `core.tokenizer_path` the tokenizer is `<data>/tokenizer/*.model`,
+    else the challenge's `<data>/../../tokenizers/fineweb_<vocab>_bpe.model`."""
     core = run.core
     if not core.data_path:
         raise DataError("core.data_path is empty: set DATA_PATH / --data (the pgolf command line fills in the "
@@ -137,8 +136,7 @@ REPLACE_SLOTS_MODEL = ("skip_merge", "loss")
 
 
 def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
-    """Fill the per-layer and per-model slots from `pg_slot_parts` (lists) and `pg_build_slot`
-    (replacements); the embedding slots were filled when the model was made (`GPT(spec, embed_parts)`)."""
+    """Fill the per-layer and per-model slots: `pg_slot_parts` (lists), `pg_build_slot` (replacements)."""
     hook = run.hook
     for i, block in enumerate(model.blocks):
         for slot, attr in LIST_SLOTS_LAYER.items():
@@ -187,8 +185,8 @@ CodeSize = Callable[[Config, Registry], int]
 
 
 def source_bytes(config: Config, registry: Registry) -> int:
-    """The default code size: the bytes of every core module and of the enabled plugins' files (an
-    over-estimate of the bundle, which strips docstrings; the command line passes the bundle's size)."""
+    """The default code size: the bytes of the core modules and the enabled plugins' files (an over-estimate
+    of the bundle, which strips docstrings; the command line passes the bundle's size)."""
     files = sorted(CORE_DIR.glob("*.py"))
     files += [Path(registry.plugins[n].describe()["file"]) for n in config.plugins]
     return sum(len(p.read_bytes()) for p in files if p.is_file())
@@ -264,8 +262,8 @@ def new_loader(run: Run) -> Any:
 
 @dataclass
 class Budget:
-    """The wall-clock budget: `total_ms` (MAX_WALLCLOCK_SECONDS, None = uncapped), `loop_ms` (what the timed
-    loop and its warmdown may use: total less the `pg_train_reserve_seconds` kept for calibration)."""
+    """`total_ms`: MAX_WALLCLOCK_SECONDS (None: uncapped); `loop_ms`: what the timed loop and its warmdown may
+    use (total less the `pg_train_reserve_seconds` kept for calibration)."""
 
     total_ms: float | None
     loop_ms: float | None
@@ -364,9 +362,8 @@ def log_run_header(run: Run) -> int:
 
 
 def warmup_and_restore(run: Run, stepper: Stepper) -> None:
-    """Compile warm-up (the baseline's): `warmup_steps` real steps, then (compiled runs) one step in every
-    combination of declared modes; then weights, optimizer state and modes are restored so measured
-    training starts from the initial state."""
+    """The baseline's compile warm-up: `warmup_steps` real steps, then (compiled) one step in every cumulative
+    mode combination; then weights, optimizer state and modes are restored to the initial state."""
     core, base = run.core, run.model
     modes = run.modes if should_compile(run) else []
     if core.warmup_steps <= 0 and not modes:
@@ -396,8 +393,8 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
 
 
 def prime_caches(run: Run) -> None:
-    """One eager forward at the training shape, so module caches (rotary tables) are filled before the
-    first trace: a graph traced with an empty cache would not match the filled one, and recompile later."""
+    """One eager forward at the training shape, so module caches (rotary tables) are filled before the first
+    trace (a graph traced with an empty cache would recompile later)."""
     x = torch.zeros(1, run.core.train_seq_len, dtype=torch.long, device=run.device)
     with torch.no_grad(), run.autocast():
         run.model(x)
@@ -424,7 +421,7 @@ class LoopResult:
 
 
 def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
-    """The measured training loop (baseline semantics): validation at `val_loss_every` and at the end, the
+    """The measured loop (baseline semantics): validation every `val_loss_every` steps and at the end, the
     schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
     core, base = run.core, run.model
     muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
@@ -562,8 +559,7 @@ def finish_and_calibrate(run: Run, loop: LoopResult, budget: Budget) -> float:
 
 
 def train(run: Run) -> dict[str, Any]:
-    """The run's phases in order: warm-up and restore, the timed loop, finish and calibrate, export and
-    the final evaluation of the round-tripped artifact; writes metrics.json."""
+    """The phases after setup, in order; writes metrics.json."""
     n_params = log_run_header(run)
     budget = Budget.of(run)
     stepper = Stepper(run)
