@@ -75,7 +75,7 @@ def build(device: str) -> Any:
 
 
 def quantize_with(plugin: Any, state: dict[str, torch.Tensor]) -> dict[str, ex.QTensor]:
-    qstate, _ = ex.quantize_state_dict(state, [lambda n, t: plugin.pg_quantize_tensor(n, t, None)])
+    qstate = ex.quantize_state_dict(state, [lambda n, t: plugin.pg_quantize_tensor(n, t, None)])
     return qstate
 
 

@@ -115,7 +115,7 @@ def main() -> None:
         cpu_state.update({k: v.cpu() for k, v in mapped.items()})  # the float weights, not the round-tripped ones
         qfns = [lambda n, t: run.hook.pg_quantize_tensor(name=n, tensor=t, config=cfg)]
         t0 = time.perf_counter()
-        qstate, _ = ex.quantize_state_dict(cpu_state, qfns)
+        qstate = ex.quantize_state_dict(cpu_state, qfns)
         out["quantize_s"] = time.perf_counter() - t0
         candidates = {"zlib-9": ex.ZlibCodec(9), "zstd-22": codecs.ZstdCodec(22),
                       "brotli-11": codecs.BrotliCodec(11), "lzma-9e": codecs.LzmaCodec()}

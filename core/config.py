@@ -133,18 +133,6 @@ class Config:
     def to_json(self) -> str:
         return json.dumps({"config": self.to_dict(), "sources": self.sources}, indent=2, default=str)
 
-    def rows(self) -> list[tuple[str, Any, str]]:
-        """(key, value, source) for every setting, in declaration order."""
-        rows: list[tuple[str, Any, str]] = [("plugins", self.plugins, self.sources.get("plugins", "default"))]
-        for section in [CORE_SECTION, *self.plugin_configs]:
-            cfg = self.section(section)
-            if cfg is None:
-                continue
-            for f in dataclasses.fields(cfg):
-                key = f"{section}.{f.name}"
-                rows.append((key, getattr(cfg, f.name), self.sources.get(key, "default")))
-        return rows
-
 
 def _type_of(cls: type, f: dataclasses.Field) -> Any:
     return typing.get_type_hints(cls)[f.name]
@@ -170,35 +158,19 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         items = [coerce(v, item, where) for v in value]
         return tuple(items) if (origin is tuple or typ is tuple) else items
     if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            return value.strip().lower() in ("1", "true", "yes", "on")
+        text = value.strip().lower() if isinstance(value, str) else value
+        if isinstance(value, bool) or text in (0, 1, "1", "true", "yes", "on", "0", "false", "no", "off"):
+            return text in (True, 1, "1", "true", "yes", "on")
         raise ValueError(f"{where}: expected a boolean (1/0/true/false), got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if typ in (int, float):
         if isinstance(value, str):
             try:
-                return int(value.strip().replace("_", ""))
+                return typ(value.strip().replace("_", ""))
             except ValueError:
                 pass
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip().replace("_", ""))
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (typ is float or value % 1 == 0):
+            return typ(value)
+        raise ValueError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -6,8 +6,6 @@ num_tokens little-endian uint16 tokens. The loaders reproduce `train_gpt.py` tok
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,16 +22,6 @@ TOKEN_BYTES = 2
 
 class DataError(ValueError):
     """A data file or directory is missing or malformed (the message is one line and names the path)."""
-
-
-def check_token_ids(tokens: np.ndarray | Tensor, vocab_size: int | None, where: str | Path) -> None:
-    """A DataError naming `where` if a token id is >= `vocab_size` (one max over the array)."""
-    if vocab_size is None or len(tokens) == 0:
-        return
-    hi = int(tokens.max())
-    if hi >= vocab_size:
-        raise DataError(f"{where}: token id {hi} >= vocab size {vocab_size} (VOCAB_SIZE / core.vocab_size): "
-                        "the shards were built for a larger vocabulary")
 
 
 def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
@@ -67,37 +55,10 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
     tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
     if tokens.size != num_tokens:
         raise DataError(f"{path}: short read: expected {num_tokens} tokens, got {tokens.size}")
-    check_token_ids(tokens, vocab_size, path)
+    if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
+        raise DataError(f"{path}: token id {int(tokens.max())} >= vocab size {vocab_size} (VOCAB_SIZE / "
+                        "core.vocab_size): the shards were built for a larger vocabulary")
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
-
-
-def write_shard(path: str | Path, tokens: np.ndarray | Sequence[int]) -> None:
-    """Write `tokens` (integers in [0, 65535]) as a shard; atomic (temp file in the same dir + rename)."""
-    path = Path(path)
-    arr = np.asarray(tokens)
-    if arr.ndim != 1:
-        raise DataError(f"{path}: shard tokens must be 1-D, got shape {tuple(arr.shape)}")
-    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise DataError(f"{path}: shard tokens must be integers, got dtype {arr.dtype}")
-    if arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo < 0 or hi > 0xFFFF:
-            raise DataError(f"{path}: token ids must fit uint16 [0, 65535], found range [{lo}, {hi}]")
-    if arr.size > np.iinfo(np.int32).max:
-        raise DataError(f"{path}: {arr.size} tokens do not fit one shard (int32 count)")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, arr.size
-    body = arr.astype("<u2", copy=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")  # mode per umask
-    try:
-        with open(tmp, "xb") as f:
-            f.write(header.tobytes())
-            f.write(body.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def shard_files(data_dir: str | Path, split: str) -> list[Path]:

@@ -1,16 +1,10 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-The core defaults are the official baseline's: its int8 rule (per-row int8 with a 99.99984th-percentile
-clip and fp16 scales for matrices, per-tensor int8 for other floats, fp16/fp32 passthrough for float
-tensors of at most 65,536 elements, exact passthrough for non-floats) and zlib level 9. Plugins add
-quantizers (a `QuantizeFn` returning a `QTensor`; a new scheme's decoder comes from `pg_dequantizers`) and codecs.
-Artifacts are `MAGIC | u16 version | u32 header length | JSON header | payload`. Format 2: a state codec
-(`StateCodec`, the core's `TorchStateCodec` or a plugin's through `pg_state_codec`) turns the quantized
-state into named byte streams and a JSON manifest; the core compresses each stream with its codec and
-records, per stream, the codec name and parameters, raw and compressed sizes and a SHA-256, so the header
-names everything the decoder must do. Decoding checks every size against a cap (the sum over streams),
-every checksum, and loads tensors only with `torch.load(weights_only=True)`. Format 1 (one torch.save
-stream, top-level codec fields) still decodes.
+The core's defaults are the official baseline's int8 rule and zlib-9; plugins bring quantizers (their
+decoders through `pg_dequantizers`), codecs and state codecs (the quantized state as byte streams).
+An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`: the header names each
+stream's codec and parameters, raw and compressed sizes and SHA-256. Decoding checks every size against a
+cap and every checksum, and loads tensors only with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +29,9 @@ from core.model import CONTROL_TENSOR_NAME_PATTERNS as BASELINE_CONTROL_PATTERNS
 KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_PERCENTILE = 99.99984
 INT8_CLIP_Q = INT8_CLIP_PERCENTILE / 100.0
-SIZE_CAP = 16_000_000
 MAX_DECOMPRESSED = 512 * 1024 * 1024
 MAGIC = b"PGOLF\x00"
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
 ARTIFACT_KEY = "__pgolf_artifact__"
 _PREFIX = struct.Struct("<HI")  # version, header length
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
@@ -195,68 +186,23 @@ def int8_quantize(name: str, t: Tensor,
     return QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, _dtype_name(t), shape)
 
 
-def tensor_family(name: str) -> str:
-    """Coarse family for size breakdowns: control, embed, head, attn, mlp or other."""
-    parts = name.split(".")
-    if any(p in name for p in BASELINE_CONTROL_PATTERNS):
-        return "control"
-    if any("emb" in p for p in parts):
-        return "embed"
-    if "lm_head" in parts:
-        return "head"
-    if "attn" in parts:
-        return "attn"
-    if "mlp" in parts:
-        return "mlp"
-    return "other"
-
-
-@dataclass
-class QuantStats:
-    """Sizes before and after quantization; `families` maps family -> raw/payload bytes and count."""
-
-    param_count: int = 0
-    num_tensors: int = 0
-    baseline_tensor_bytes: int = 0
-    payload_bytes: int = 0
-    families: dict[str, dict[str, int]] = field(default_factory=dict)
-    schemes: dict[str, int] = field(default_factory=dict)
-
-
 def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn],
-                        schemes: Mapping[str, DequantizeFn] | None = None) -> tuple[dict[str, QTensor], QuantStats]:
+                        schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, QTensor]:
     """For each tensor the first quantizer that returns a QTensor wins; `int8_quantize` is the last resort.
     Every record's scheme must have a dequantizer in `schemes` (the run's; the core's by default)."""
     schemes = SCHEMES if schemes is None else schemes
     out: dict[str, QTensor] = {}
-    stats = QuantStats()
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
-        q: QTensor | None = None
-        for fn in quantizers:
-            q = fn(name, t)
-            if q is not None:
-                break
-        if q is None:
-            q = int8_quantize(name, t)
+        q = next((q for q in (fn(name, t) for fn in quantizers) if q is not None), None)
+        q = int8_quantize(name, t) if q is None else q
         if not isinstance(q, QTensor):
             raise TypeError(f"quantizer returned {type(q).__name__} for {name!r}, expected QTensor or None")
         if q.scheme not in schemes:
             raise ValueError(f"tensor {name!r}: scheme {q.scheme!r} has no dequantizer (a plugin supplies its "
                              f"own through pg_dequantizers)")
         out[name] = q
-        raw, payload = _nbytes(t), q.payload_bytes
-        stats.param_count += int(t.numel())
-        stats.num_tensors += 1
-        stats.baseline_tensor_bytes += raw
-        stats.payload_bytes += payload
-        empty = {"raw_bytes": 0, "payload_bytes": 0, "tensors": 0}
-        fam = stats.families.setdefault(tensor_family(name), empty)
-        fam["raw_bytes"] += raw
-        fam["payload_bytes"] += payload
-        fam["tensors"] += 1
-        stats.schemes[q.scheme] = stats.schemes.get(q.scheme, 0) + 1
-    return out, stats
+    return out
 
 
 def dequantize_state_dict(qstate: Mapping[str, QTensor],
@@ -314,9 +260,6 @@ class ZlibCodec:
             return capped_decompress(self.name, zlib.decompressobj(), data, max_size)
         except zlib.error as exc:
             raise corrupt(self.name, exc) from exc
-
-
-CODECS: dict[str, type] = {"zlib": ZlibCodec}  # the core's own; the others are plugins.lib.codecs
 
 
 def decoders_of(codec: Codec, state_codec: StateCodec | None = None) -> dict[str, Any]:
@@ -436,8 +379,6 @@ def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name:
     label), else the layout's name; "raw_bytes"/"payload_bytes" are totals over the streams.
     """
     layout = TORCH_STATE if state_codec is None else state_codec
-    if ARTIFACT_KEY in qstate:
-        raise ValueError(f"tensor name {ARTIFACT_KEY!r} is reserved")
     streams, manifest = layout.encode(qstate)
     entries, payloads = [], []
     for st in streams:
@@ -459,10 +400,7 @@ def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name:
 
 
 def _streams_of(header: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    """The header's stream entries (format 1: the one implied stream), each field type-checked."""
-    if header["format"] == 1:
-        return [{"label": "state", "codec": header.get("codec"), "raw_bytes": header["raw_bytes"],
-                 "payload_bytes": header["payload_bytes"], "raw_sha256": header.get("raw_sha256")}]
+    """The header's stream entries, each field type-checked, their sizes adding up to the totals."""
     streams = header.get("streams")
     if not isinstance(streams, list) or not streams:
         raise ArtifactError(f"{where}: corrupt header (no streams list)")
@@ -474,10 +412,9 @@ def _streams_of(header: dict[str, Any], where: str) -> list[dict[str, Any]]:
         if not ok:
             raise ArtifactError(f"{where}: corrupt header (stream {i}: expected label, codec, raw_bytes, "
                                 f"payload_bytes, raw_sha256)")
-    if sum(st["payload_bytes"] for st in streams) != header["payload_bytes"]:
-        raise ArtifactError(f"{where}: corrupt header (stream payload sizes do not add up to payload_bytes)")
-    if sum(st["raw_bytes"] for st in streams) != header["raw_bytes"]:
-        raise ArtifactError(f"{where}: corrupt header (stream raw sizes do not add up to raw_bytes)")
+    for key in ("payload_bytes", "raw_bytes"):
+        if sum(st[key] for st in streams) != header[key]:
+            raise ArtifactError(f"{where}: corrupt header (stream sizes do not add up to {key})")
     return streams
 
 
@@ -489,17 +426,16 @@ def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], 
     if len(blob) < start:
         raise ArtifactError(f"{where}: truncated header ({len(blob)} bytes)")
     version, hlen = _PREFIX.unpack_from(blob, len(MAGIC))
-    if version not in READABLE_VERSIONS:
-        raise ArtifactError(f"{where}: unsupported artifact version {version} "
-                            f"(expected one of {', '.join(map(str, READABLE_VERSIONS))})")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{where}: unsupported artifact version {version} (expected {FORMAT_VERSION})")
     if len(blob) < start + hlen:
         raise ArtifactError(f"{where}: truncated header ({len(blob) - start} of {hlen} header bytes)")
     try:
         header = json.loads(blob[start:start + hlen].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{where}: corrupt header ({exc})") from exc
-    if not isinstance(header, dict) or header.get("format") != version:
-        raise ArtifactError(f"{where}: corrupt header (no format {version} object)")
+    if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
+        raise ArtifactError(f"{where}: corrupt header (no format {FORMAT_VERSION} object)")
     if not isinstance(header.get("payload_bytes"), int) or not isinstance(header.get("raw_bytes"), int):
         raise ArtifactError(f"{where}: corrupt header (payload_bytes/raw_bytes missing)")
     got, want = len(blob) - start - hlen, header["payload_bytes"]
@@ -510,19 +446,12 @@ def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], 
     return header, start + hlen
 
 
-def _resolve_codec(name: Any, codecs: Mapping[str, Any] | None, where: str,
+def _resolve_codec(name: str, codecs: Mapping[str, Any] | None, where: str,
                    params: Mapping[str, Any] | None = None) -> Codec:
-    codec: Any = None
-    if codecs and name in codecs and callable(getattr(codecs[name], "decompress", None)):
-        codec = codecs[name]
-    elif isinstance(name, str) and name in CODECS:
-        try:
-            codec = CODECS[name]()
-        except Exception as exc:
-            raise ArtifactError(f"{where}: codec {name!r} unavailable ({exc})") from exc
-    if codec is None:
-        known = sorted({*CODECS, *(k for k, v in (codecs or {}).items() if hasattr(v, "decompress"))})
-        raise ArtifactError(f"{where}: unknown codec {name!r} (known: {', '.join(known)})")
+    table = {k: v for k, v in {"zlib": ZlibCodec(), **(codecs or {})}.items() if hasattr(v, "decompress")}
+    if name not in table:
+        raise ArtifactError(f"{where}: unknown codec {name!r} (known: {', '.join(sorted(table))})")
+    codec = table[name]
     if params:
         configured = getattr(codec, "configured", None)
         if not callable(configured):
@@ -534,74 +463,46 @@ def _resolve_codec(name: Any, codecs: Mapping[str, Any] | None, where: str,
     return codec
 
 
-def _resolve_layout(name: Any, codecs: Mapping[str, Any] | None, where: str) -> StateCodec:
-    if name == TORCH_STATE.name:
-        return TORCH_STATE
-    layout = (codecs or {}).get(name) if isinstance(name, str) else None
-    if layout is None or not callable(getattr(layout, "decode", None)):
-        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: torch"
-                            f"{''.join(', ' + k for k, v in (codecs or {}).items() if hasattr(v, 'encode'))})")
-    return layout
-
-
 def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_size: int = MAX_DECOMPRESSED,
                     where: str = "artifact") -> tuple[dict[str, QTensor], dict[str, Any]]:
-    """(records, header) from artifact bytes; every failure is a one-line ArtifactError.
-
-    `codecs` maps names to decoders: codecs (by the streams' codec names) and state codecs (by the
-    header's layout). `max_size` caps the decompressed bytes of all streams together.
-    """
+    """(records, header) from artifact bytes; every failure is a one-line ArtifactError. `codecs` maps
+    names to decoders: codecs by the streams' names, state codecs by the header's "layout" (`decoders_of`);
+    `max_size` caps the decompressed bytes of all streams together."""
     header, offset = parse_header(blob, where)
-    layout = _resolve_layout(header.get("layout", TORCH_STATE.name), codecs, where)
+    layouts = {TORCH_STATE.name: TORCH_STATE, **{k: v for k, v in (codecs or {}).items() if hasattr(v, "decode")}}
+    name = header.get("layout", TORCH_STATE.name)
+    layout = layouts.get(name) if isinstance(name, str) else None
+    if layout is None:
+        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: {', '.join(layouts)})")
     streams = _streams_of(header, where)
     if header["raw_bytes"] > max_size:
         raise ArtifactError(f"{where}: declared raw size {header['raw_bytes']} exceeds the size cap "
                             f"of {max_size} bytes")
     raws: list[bytes] = []
-    budget = max_size
     for st in streams:
-        name, label = st["codec"], st["label"]
-        here = f"{where}: stream {label!r}" if header["format"] > 1 else where
-        codec = _resolve_codec(name, codecs, here, st.get("codec_params"))
+        here = f"{where}: stream {st['label']!r}"
+        codec = _resolve_codec(st["codec"], codecs, here, st.get("codec_params"))
         chunk = blob[offset:offset + st["payload_bytes"]]
         offset += st["payload_bytes"]
         try:
-            raw = codec.decompress(chunk, max_size=min(budget, st["raw_bytes"]))
+            raw = codec.decompress(chunk, max_size=st["raw_bytes"])
         except ArtifactError as exc:
             raise ArtifactError(f"{here}: {exc}") from exc
         except Exception as exc:
-            raise ArtifactError(f"{here}: {name} decompression failed ({type(exc).__name__}: {exc})") from exc
+            raise ArtifactError(f"{here}: {st['codec']} decompression failed ({type(exc).__name__}: {exc})") from exc
         if len(raw) != st["raw_bytes"]:
             raise ArtifactError(f"{here}: payload decompressed to {len(raw)} bytes, header says {st['raw_bytes']}")
         digest = st.get("raw_sha256")
         if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
             raise ArtifactError(f"{here}: payload checksum mismatch (corrupt artifact)")
-        budget -= len(raw)
         raws.append(raw)
     manifest = header.get("manifest", {})
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where}: corrupt header (manifest is not an object)")
     try:
-        records = layout.decode(raws, manifest) if header["format"] > 1 else load_records(raws[0], where)
+        return layout.decode(raws, manifest), header
     except ArtifactError as exc:
         raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
-    return records, header
-
-
-def write_artifact(path: str | os.PathLike[str], blob: bytes) -> int:
-    """Atomically write `blob` (temp file in the same directory, fsync, os.replace); returns bytes written."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return len(blob)
 
 
 def read_artifact(path: str | os.PathLike[str], codecs: Mapping[str, Codec] | None = None,
@@ -619,22 +520,21 @@ def read_artifact(path: str | os.PathLike[str], codecs: Mapping[str, Codec] | No
 class ExportResult:
     blob: bytes
     qstate: dict[str, QTensor]
-    stats: QuantStats
     raw_bytes: int
     compressed_bytes: int
     quantizer_name: str = "int8"
     codec_name: str = "zlib"
     layout_name: str = "torch"
 
+    @property
+    def payload_bytes(self) -> int:
+        return sum(q.payload_bytes for q in self.qstate.values())
+
 
 @dataclass
 class RefineContext:
-    """What a post-quantization refinement (`pg_refine_quantized`) may use.
-
-    `size_of(qstate)` is the artifact size in bytes (header included) with the run's codec;
-    `code_bytes` is the counted code size; `config` is the run's Config (None outside a run);
-    `float_state` is the state dict that was quantized (None when the caller has none to give).
-    """
+    """What `pg_refine_quantized` may use: `size_of(qstate)`, the artifact's bytes (header included) with the
+    run's codec; the counted `code_bytes`; the run's `config` and the `float_state` that was quantized."""
 
     size_of: Callable[[Mapping[str, QTensor]], int]
     code_bytes: int
@@ -663,19 +563,17 @@ def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Qua
                       refine: Callable[[dict[str, QTensor]], None] | None = None,
                       schemes: Mapping[str, DequantizeFn] | None = None,
                       state_codec: StateCodec | None = None) -> ExportResult:
-    """Quantize (first answering quantizer, then int8), refine in place (optional, e.g. pruning),
-    serialize (`state_codec`, default torch.save) and compress into artifact bytes.
-    `quantizer_name=None` names it by `quantizer_label`."""
-    qstate, stats = quantize_state_dict(state_dict, quantizers, schemes)
+    """Quantize, refine in place (optional, e.g. pruning), serialize (`state_codec`, default torch.save) and
+    compress into artifact bytes. `quantizer_name=None` names it by `quantizer_label`."""
+    qstate = quantize_state_dict(state_dict, quantizers, schemes)
     if refine is not None:
         refine(qstate)
     if quantizer_name is None:
         quantizer_name = quantizer_label(qstate)
     blob = encode_artifact(qstate, codec, quantizer_name, state_codec)
     header, _ = parse_header(blob)
-    return ExportResult(blob=blob, qstate=qstate, stats=stats, raw_bytes=header["raw_bytes"],
-                        compressed_bytes=len(blob), quantizer_name=quantizer_name, codec_name=header["codec"],
-                        layout_name=header["layout"])
+    return ExportResult(blob=blob, qstate=qstate, raw_bytes=header["raw_bytes"], compressed_bytes=len(blob),
+                        quantizer_name=quantizer_name, codec_name=header["codec"], layout_name=header["layout"])
 
 
 def _bits_equal(a: Tensor, b: Tensor) -> bool:
@@ -700,27 +598,13 @@ def _records_equal(a: QTensor, b: QTensor) -> bool:
 def verify_round_trip(result: ExportResult, codecs: Mapping[str, Codec] | None = None,
                       max_size: int = MAX_DECOMPRESSED,
                       schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, Tensor]:
-    """Decode the artifact bytes and require bit-identical records (codes, scales, extras, metadata) and
-    bit-identical dequantized weights to the in-memory quantization."""
+    """Decode the artifact bytes, require every record bit-identical (codes, scales, extras, metadata) to the
+    in-memory quantization, and return the dequantized weights."""
     decoded, _ = decode_artifact(result.blob, codecs, max_size)
-    for name, want_q in result.qstate.items():
-        got_q = decoded.get(name)
-        if got_q is None or not _records_equal(got_q, want_q):
-            raise ArtifactError(f"round trip mismatch for tensor {name!r} (the decoded record differs)")
-    restored = dequantize_state_dict(decoded, schemes)
-    expected = dequantize_state_dict(result.qstate, schemes)
-    if restored.keys() != expected.keys():
-        diff = sorted(set(restored) ^ set(expected))
+    if decoded.keys() != result.qstate.keys():
+        diff = sorted(set(decoded) ^ set(result.qstate))
         raise ArtifactError(f"round trip changed the tensor names: {diff[:5]}")
-    for name, want in expected.items():
-        got = restored[name]
-        if not _bits_equal(got, want):
-            raise ArtifactError(f"round trip mismatch for tensor {name!r} "
-                                f"({got.dtype}{tuple(got.shape)} vs {want.dtype}{tuple(want.shape)})")
-    return restored
-
-
-def size_report(code_bytes: int, model_bytes: int, cap: int = SIZE_CAP) -> dict[str, Any]:
-    total = code_bytes + model_bytes
-    return {"code_bytes": code_bytes, "model_bytes": model_bytes, "total": total, "cap": cap,
-            "headroom": cap - total, "fits": total <= cap}
+    for name, want in result.qstate.items():
+        if not _records_equal(decoded[name], want):
+            raise ArtifactError(f"round trip mismatch for tensor {name!r} (the decoded record differs)")
+    return dequantize_state_dict(decoded, schemes)

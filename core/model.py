@@ -1,17 +1,10 @@
-"""The GPT of the official baseline, with named slots that plugins fill at build time.
+"""The GPT of the official baseline, with named slots that plugins fill at build time (`core.hookspecs`).
 
-With no plugins this is the baseline of openai/parameter-golf `train_gpt.py` (9×512, GQA 8/4, relu²
-MLP ×2, tied embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE), with the same
-parameter names and the same order of random initialisation; embedding-side plugin parts are built
-between the token embedding and the blocks, as the records build theirs. Plugins add modules to list slots
-(`embed_add`, `embed_mix_pre`, `embed_mix_post`, per-layer `attn_out` and `value`) or replace modules:
-per layer `mlp`, `attn_norm`, `mlp_norm`, `rotary`, `attention` (the attention core), `residual` (how a
-block combines attention and MLP); per model `schedule` (which blocks run in which order: U-Net, depth
-recurrence), `skip_merge` (how a U-Net skip re-enters) and `loss` (output head + loss).
-Every block call gets `ctx`, a dict of the forward's side inputs: `input_ids`, `attn_mask` when documents
-are masked, and whatever value-injection parts store in it (e.g. the first layer's values).
-The forward is plain module code for `torch.compile(fullgraph=True)`; mid-run switches are `Switch`
-buffers, never Python attributes.
+With no plugins this is openai/parameter-golf's baseline `train_gpt.py` (9×512, GQA 8/4, relu² MLP ×2, tied
+embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE): the same parameter names and
+order of random initialisation. Every block gets `ctx`, the forward's side inputs (`input_ids`,
+`attn_mask`, values stored by value-injection parts). The forward is plain module code for
+`torch.compile(fullgraph=True)`; mid-run switches are `Switch` buffers, never Python attributes.
 """
 
 from __future__ import annotations
@@ -33,8 +26,7 @@ GROUP_ATTR = "_pg_group"
 
 
 def join_group(param: nn.Parameter, group: str) -> nn.Parameter:
-    """Mark a plugin's parameter for an optimizer group ("token", "head", "matrix", "scalar" or a group the
-    plugin makes an optimizer for); `core.optim.default_param_groups` honours the mark, and "scalar"
+    """Mark a plugin's parameter for an optimizer group (`default_param_groups` honours it); "scalar"
     parameters stay fp32 on CUDA like the baseline's control tensors."""
     setattr(param, GROUP_ATTR, group)
     return param
@@ -76,12 +68,9 @@ class ModelSpec:
 
 
 class Switch(nn.Module):
-    """A mid-run on/off switch read by compiled code: a float buffer flipped in place.
-
-    torch.compile guards on Python attributes and may constant-fold them (the record bug that kept late
-    QAT from ever running); a buffer is a graph input, so `set()` changes the compiled output with no
-    recompile. Read it in forward as a tensor, e.g. `w + self.switch.value * delta`.
-    """
+    """A mid-run on/off switch read by compiled code: a float buffer flipped in place. A Python attribute may
+    be constant-folded (the record bug that kept late QAT off); a buffer is a graph input, so `set()` changes
+    the compiled output with no recompile. Read it as a tensor: `w + self.switch.value * delta`."""
 
     def __init__(self, on: bool = False):
         super().__init__()
@@ -97,11 +86,9 @@ class Switch(nn.Module):
 
 @dataclass(frozen=True)
 class Mode:
-    """A graph mode a plugin declares (`pg_modes`): switched on once the training fraction reaches
-    `start_frac` (1.0 or more: never during training, only for evaluation if <= 1.0), cumulative with the
-    modes before it. A mode changes a Python attribute the forward branches on (e.g. how many times layers
-    repeat), so each combination is its own compiled graph: the core compiles every one in the warm-up,
-    and the timed loop switches between cached graphs with zero recompiles (logged)."""
+    """A graph mode (`pg_modes`), on once the training fraction reaches `start_frac` (cumulative with the
+    modes before it; 1.0: only for the final evaluation). It changes a Python attribute the forward branches
+    on, so each combination is its own graph, compiled in the warm-up."""
 
     name: str
     start_frac: float
@@ -129,8 +116,7 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """cos/sin tables cached per sequence length, or fixed at one length by `fix_length` (rows of any
-    shorter length then read a prefix of the same tables: one compiled graph for every row length)."""
+    """RoPE cos/sin tables, cached per sequence length."""
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
@@ -139,24 +125,12 @@ class Rotary(nn.Module):
         self._seq_len_cached = 0
         self._cos_cached: Tensor | None = None
         self._sin_cached: Tensor | None = None
-        self._fixed = False
-
-    def fix_length(self, seq_len: int, device: torch.device) -> None:
-        """Compute the tables of `seq_len` once; every later call slices them (lengths <= seq_len only)."""
-        self._fixed = False
-        self._cos_cached = None
-        self.forward(seq_len, device, torch.float32)
-        self._fixed = True
 
     def inv_freq_for(self, seq_len: int, device: torch.device) -> Tensor:
         """The frequencies used at this sequence length (subclasses rescale the base, e.g. NTK)."""
         return self.inv_freq.to(device)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if self._fixed:
-            assert self._cos_cached is not None and self._sin_cached is not None
-            return (self._cos_cached[:, :, :seq_len].to(dtype=dtype),
-                    self._sin_cached[:, :, :seq_len].to(dtype=dtype))
         if (
             self._cos_cached is None
             or self._sin_cached is None
@@ -190,40 +164,31 @@ def document_mask(doc_ids: Tensor) -> Tensor:
     return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal)[:, None]
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, attn_mask: Tensor | None = None) -> Tensor:
-    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D); `attn_mask` from `document_mask` (any backend
-    then runs masked SDPA on the efficient or math kernel)."""
-    if attn_mask is not None:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        rep = q.size(1) // k.size(1)
-        if rep > 1:
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return y.transpose(1, 2)
-    if backend == "fa3":
-        from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
-
-        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-        return y[0] if isinstance(y, tuple) else y
-    y = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=None, is_causal=True, enable_gqa=(k.size(1) != q.size(1))
-    )
-    return y.transpose(1, 2)
-
-
 class CausalAttention(nn.Module):
-    """The attention core: (B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, masked by
-    `ctx["attn_mask"]` when present. A plugin replaces it per layer (`pg_build_slot("attention")`), e.g.
-    with a varlen kernel reading document boundaries from `ctx`."""
+    """The attention core: (B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal; with
+    `ctx["attn_mask"]` (`document_mask`) any backend runs masked SDPA (efficient or math kernel)."""
 
     def __init__(self, backend: str):
         super().__init__()
         self.backend = backend
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: dict[str, Tensor]) -> Tensor:
-        return causal_attention(q, k, v, self.backend, ctx.get("attn_mask"))
+        attn_mask = ctx.get("attn_mask")
+        if attn_mask is not None:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            rep = q.size(1) // k.size(1)
+            if rep > 1:
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+                return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2)
+        if self.backend == "fa3":
+            from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
+
+            y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+            return y[0] if isinstance(y, tuple) else y
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+        return y.transpose(1, 2)
 
 
 class CausalSelfAttention(nn.Module):
@@ -312,10 +277,9 @@ class Block(nn.Module):
 
 
 class LayerSchedule(nn.Module):
-    """Which blocks run, in which order (the router). The baseline's U-Net: the first half's outputs are
-    kept as skips and re-enter, last first, before the second half's blocks. A replacement
-    (`pg_build_slot("schedule")`) may repeat blocks (depth recurrence) and switch layouts by graph mode;
-    `skip_count` is the most skips any of its layouts uses (the model has that many skip weights)."""
+    """Which blocks run, in which order (the router). The baseline's U-Net: the first half's outputs re-enter,
+    last first, before the second half's blocks. A replacement may repeat blocks (depth recurrence) and
+    switch layouts by mode; `skip_count` is the most skips any layout uses (the model's skip weights)."""
 
     def __init__(self, num_layers: int):
         super().__init__()
@@ -339,8 +303,7 @@ class AddSkip(nn.Module):
 
 
 class SoftcapCrossEntropy(nn.Module):
-    """The baseline head and loss: softcapped logits, mean cross-entropy in fp32 (`reduce=False`: per
-    token). A plugin may replace it (`pg_build_slot("loss")`) with a fused kernel; same contract."""
+    """The baseline head and loss: softcapped logits, mean fp32 cross-entropy (`reduce=False`: per token)."""
 
     def forward(self, model: GPT, h: Tensor, target_ids: Tensor, reduce: bool) -> Tensor:
         logits = model.logits(h.reshape(-1, h.size(-1)))
@@ -356,9 +319,8 @@ class GPT(nn.Module):
     EMBED_SLOTS = ("embed_add", "embed_mix_pre", "embed_mix_post")
 
     def __init__(self, spec: ModelSpec, embed_parts: Callable[[str], list[nn.Module]] | None = None):
-        """`embed_parts(slot)` makes the embedding-side plugin parts; they are built right after the token
-        embedding and before the blocks, where the records build theirs (BigramHash, SmearGate), so the
-        random draws — and the initial weights for a seed — are the record's."""
+        """`embed_parts(slot)` makes the embedding-side plugin parts, right after the token embedding (where
+        the records build BigramHash and SmearGate: the same random draws, the record's initial weights)."""
         super().__init__()
         if spec.logit_softcap <= 0.0:
             raise ValueError(f"logit_softcap must be positive, got {spec.logit_softcap}")

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from core.model import CONTROL_TENSOR_NAME_PATTERNS, GROUP_ATTR, join_group  # noqa: F401 (re-export)
+from core.model import CONTROL_TENSOR_NAME_PATTERNS, GROUP_ATTR
 
 NS5_COEFFS = (3.4445, -4.7750, 2.0315)
 

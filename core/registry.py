@@ -1,9 +1,5 @@
-"""Plugin discovery, metadata, requires/conflicts checks and the per-run pluggy PluginManager.
-
-Plugins come from three places: the built-in `plugins/` package, the entry-point group
-`pgolf.plugins`, and a path to a `.py` file. A plugin is a `Plugin` subclass with metadata
-(name, summary, sources, config dataclass, requires, conflicts, test settings) and `@hookimpl`
-methods. There is no global registry state: each `Registry` and each run's manager is its own.
+"""Plugin discovery (the built-in `plugins/` package, entry points `pgolf.plugins`, `.py` files), metadata,
+requires/conflicts/roles/order checks, and the per-run pluggy PluginManager. No global state.
 """
 
 from __future__ import annotations
@@ -37,22 +33,17 @@ class Plugin:
     """Base class of every technique plugin. Subclasses set the metadata and implement hooks."""
 
     name: ClassVar[str] = ""
-    # One of FAMILIES: where `pgolf plugins list` and the README put it (the part of the trainer it touches).
-    family: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # one of FAMILIES: where `pgolf plugins list` and the README put it
     summary: ClassVar[str] = ""
     sources: ClassVar[tuple[str, ...]] = ()
     config: ClassVar[type | None] = None
     requires: ClassVar[tuple[str, ...]] = ()
     conflicts: ClassVar[tuple[str, ...]] = ()
-    # Roles this plugin fills ("quantizer", "codec", "evaluator", "layer_schedule", …): two enabled
-    # providers of one role are a configuration error, with no hand-kept list of rivals.
-    provides: ClassVar[tuple[str, ...]] = ()
-    # Hook order among enabled plugins: this plugin's implementations run after those of `after` and
-    # before those of `before` (pluggy's tryfirst/trylast still come first/last).
-    after: ClassVar[tuple[str, ...]] = ()
+    provides: ClassVar[tuple[str, ...]] = ()  # roles ("quantizer", "codec", …): two providers conflict
+    after: ClassVar[tuple[str, ...]] = ()  # this plugin's hooks run after those plugins' (tryfirst/trylast aside)
     before: ClassVar[tuple[str, ...]] = ()
-    # Tiny settings for the generic test matrix: {"core": {...}, "<name>": {...}} overrides that make
-    # the plugin's effect visible on a tiny model in a few CPU steps. Every plugin must supply them.
+    # {"core": {...}, "<name>": {...}}: overrides that show the plugin's effect on a tiny model in a few CPU
+    # steps (the generic test matrix; every plugin supplies them).
     test_settings: ClassVar[dict[str, dict[str, Any]] | None] = None
 
     def __init__(self, cfg: Any = None):
@@ -60,8 +51,8 @@ class Plugin:
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        """Errors of this plugin's settings against the core settings (one line each), at configuration
-        time. Single-field checks belong in the config dataclass's `__post_init__` (raise ValueError)."""
+        """Errors of this plugin's settings against the core's (one line each), at configuration time;
+        single-field checks belong in the config dataclass's `__post_init__`."""
         return []
 
     @classmethod
@@ -169,11 +160,8 @@ class Registry:
         bundled = getattr(package, "BUNDLED", None)  # a bundled train_gpt.py lists its plugin modules
         names = bundled if bundled is not None else [
             i.name for i in pkgutil.iter_modules(package.__path__) if not i.ispkg]  # plugins.lib is no plugin
-        for name in sorted(names):
-            if name.startswith("_"):
-                continue
-            module = importlib.import_module(f"plugins.{name}")
-            yield from _plugin_classes(module)
+        for name in sorted(n for n in names if not n.startswith("_")):
+            yield from _plugin_classes(importlib.import_module(f"plugins.{name}"))
 
     @staticmethod
     def _entry_points() -> Iterable[tuple[type[Plugin], str]]:
@@ -212,16 +200,11 @@ class Registry:
                 errors.append(f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'")
         known = list(dict.fromkeys(n for n in enabled if n in self.plugins))
         reported: set[frozenset[str]] = set()
-        for name in known:
+        for i, name in enumerate(known):
             cls = self.plugins[name]
-            for other in known:
-                if other == name:
-                    continue
-                pair = frozenset((name, other))
-                if pair in reported:
-                    continue
+            for other in known[i + 1:]:
                 if other in cls.conflicts or name in self.plugins[other].conflicts:
-                    reported.add(pair)
+                    reported.add(frozenset((name, other)))
                     errors.append(f"plugins {name!r} and {other!r} conflict: enable only one of them")
             for req in cls.requires:
                 if req not in known:
@@ -254,17 +237,13 @@ class Registry:
 
     def registration_order(self, enabled: Sequence[str]) -> list[str]:
         """The order to register `enabled` in: pluggy calls the last registered first, so a plugin that must
-        run before another (its `before`, or the other's `after`) is registered after it. With no
-        constraints this is `enabled` itself; a cycle is a PluginError naming the plugins."""
+        run before another (its `before`, the other's `after`) is registered after it. No constraints: `enabled`
+        itself; a cycle is a PluginError naming the plugins."""
         names = list(enabled)
-        # must_follow[a] = plugins registered before a (a runs before them)
-        must_follow: dict[str, set[str]] = {n: set() for n in names}
+        must_follow: dict[str, set[str]] = {n: set() for n in names}  # a: plugins registered before a
         for n in names:
-            cls = self.plugins[n]
-            for other in cls.before:
-                if other in must_follow:
-                    must_follow[n].add(other)
-            for other in cls.after:
+            must_follow[n].update(o for o in self.plugins[n].before if o in must_follow)
+            for other in self.plugins[n].after:
                 if other in must_follow:
                     must_follow[other].add(n)
         order: list[str] = []

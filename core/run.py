@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,15 +24,22 @@ from core.config import Config
 from core.registry import Registry, make_manager
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, then rename it into place (no partial file, no temp left)."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> int:
+    """Write `data` (str: UTF-8) to a temp file beside `path`, fsync, rename it into place (no partial file,
+    no temp left); returns the bytes written."""
+    path = Path(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
+    return len(blob)
 
 
 def pick_device(setting: str, local_rank: int) -> torch.device:
@@ -68,6 +75,18 @@ def pick_attention(setting: str, device: torch.device) -> str:
     return choice
 
 
+class NoProgress:
+    """The timed loop's live display when there is none; `pgolf train` passes `pgolf.progress.Progress`."""
+
+    def __init__(self, total: int, tokens_per_step: int, cap_ms: float | None) -> None: ...
+
+    def phase(self, name: str) -> None: ...
+
+    def update(self, step: int, elapsed_ms: float, loss: float | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Run:
     config: Config
@@ -91,7 +110,7 @@ class Run:
     val_bytes: Any = None  # per-position byte counts of val_tokens (pg_val_byte_counts), or None: the tables
     tokenizer: Any = None
     state: dict[str, Any] = field(default_factory=dict)  # plugins' per-run state, keyed by plugin name
-    progress: bool = False
+    progress: Any = NoProgress  # (total, tokens_per_step, cap_ms) -> a display (rank 0 only)
     grad_accum_steps: int = 1
     eval_seq_len: int = 1024
     data_dir: Path | None = None
@@ -145,7 +164,8 @@ class Run:
             f.write(json.dumps(rec, default=str) + "\n")
 
 
-def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: bool = True) -> Run:
+def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: bool = True,
+               progress: Any = None) -> Run:
     """Set up distributed state, device, the plugin manager and the run directory."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank = int(os.environ.get("RANK", "0"))
@@ -169,7 +189,7 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         world_size=world_size, local_rank=local_rank, distributed=distributed,
         attention=pick_attention(config.core.attention, device),
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
-        progress=sys.stderr.isatty() and rank == 0,
+        progress=progress if progress is not None and rank == 0 else NoProgress,
     )
     if make_dir:
         run.run_dir = Path(config.core.out_dir) / config.core.run_id

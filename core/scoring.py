@@ -1,24 +1,18 @@
 """The scoring protocol: evaluators report per-position NLL to a ScoreSink; BPB is computed here only.
 
-Positions are indices t ≥ 1 into the validation token stream: position t is the prediction of
-`tokens[t]` from `tokens[:t]`. The sink counts each position exactly once (a double or missing score
-is an error), accumulates bytes with the tokenizer tables (`core.tokenizer.token_bytes`) or, when the
-stream comes with per-position byte counts (a byte sidecar such as CaseOps', `pg_val_byte_counts`),
-with those: bytes[t] is what position t's target stands for in the original text. It keeps each
-position's NLL — one sink, one behaviour, whether or not the validator watches (validator/THREATS.md);
-`evaluate` returns the per-position NLL with the totals. `ScoredTokens` is the
-only way test-time training may read validation tokens: it releases the prefix the sink has scored
-(stream-order TTT) or checks that every position it trains on is scored (document-batched TTT).
-
-Documents: a BOS token starts each document. Document-isolated evaluators either mask attention at
-BOS (`doc_ids_of` -> the model's `doc_ids`) or give each document its own rows (`find_documents`).
-Compile warm-up (`synthetic_warmup`) runs on random tokens shaped exactly like the evaluation's batches,
-never on validation tokens (rulebook EVAL.TTT), and restores the weights and optimizer state.
+Position t ≥ 1 is the prediction of `tokens[t]` from `tokens[:t]`. The sink counts each position exactly
+once and sums its bytes (the tokenizer tables, or the stream's per-position counts from
+`pg_val_byte_counts`); it behaves the same whether or not the validator watches (validator/THREATS.md).
+`ScoredTokens` is the only way test-time training may read validation tokens: the scored prefix, or a
+check that every position it trains on is scored. Compile warm-up runs on random tokens, never on
+validation tokens (rulebook EVAL.TTT).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,7 +20,6 @@ from typing import Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 from core.tokenizer import ByteTables, token_bytes
@@ -47,15 +40,10 @@ class EvalResult:
 
 
 class ScoreSink:
-    """Accumulates NLL and bytes per scored position of `tokens` (a 1-D CPU or device tensor).
+    """Accumulates NLL and bytes per scored position of `tokens` (a 1-D CPU or device tensor), and keeps
+    each position's NLL. `position_bytes` (parallel to `tokens`): each target's bytes, instead of the tables."""
 
-    `position_bytes` (1-D, parallel to `tokens`): the bytes of each position's target, used instead of
-    the tables when given. `checking` is accepted for compatibility and ignored: a sink behaves, and looks,
-    the same whether or not the validator is watching; per-position NLL is always kept."""
-
-    def __init__(self, tokens: Tensor, tables: ByteTables, checking: bool = False,
-                 position_bytes: Tensor | None = None):
-        del checking
+    def __init__(self, tokens: Tensor, tables: ByteTables, position_bytes: Tensor | None = None):
         self.tokens = tokens
         self.tables = tables
         self.device = tables.base_bytes.device
@@ -68,16 +56,14 @@ class ScoreSink:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.byte_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.count = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.checking = False
         self.nll = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
-        self.lognorm = None
         self._frontier = 1  # every position < frontier is scored (host-side, for ScoredTokens)
 
     def record(self, positions: Tensor, nll: Tensor, lognorm: Tensor | None = None) -> None:
-        """Record NLL (nats) for target positions (any shape, flattened together)."""
+        """Record NLL (nats) for target positions (any shape, flattened together); `lognorm` is ignored
+        (accepted from older evaluators: the distribution is checked black-box, EVAL.C2)."""
         pos = positions.reshape(-1).to(self.device)
         val = nll.reshape(-1).to(self.device, torch.float64)
-        del lognorm  # accepted for compatibility; the distribution is checked black-box (EVAL.C2)
         if pos.numel() and (int(pos.min()) < 1 or int(pos.max()) >= self.tokens.numel()):
             raise ScoringError(f"position out of range [1, {self.tokens.numel() - 1}]")
         if bool(self.scored[pos].any()) or pos.unique().numel() != pos.numel():
@@ -94,11 +80,8 @@ class ScoreSink:
         self.byte_sum += token_bytes(prev, tgt, self.tables).to(torch.float64).sum()
 
     def advance_frontier(self, upto: int) -> None:
-        """Declare that every position < `upto` has been scored (checked); releases them to TTT.
-
-        Collective when distributed: every rank calls it with the same `upto`, and the check covers
-        the positions scored by all ranks together.
-        """
+        """Declare (checked) that every position < `upto` is scored, releasing them to TTT. Collective when
+        distributed: every rank calls it with the same `upto`; the check covers all ranks' scores."""
         if upto <= self._frontier:
             return
         seg = self.scored[self._frontier : upto].to(torch.uint8)
@@ -123,14 +106,9 @@ class ScoreSink:
         n_scored = int(count.item())
         if n_scored != expected or int((scored[1:] == 1).sum().item()) != expected:
             raise ScoringError(f"expected each of {expected} positions scored once, got {n_scored} scores")
-        return bpb_from_sums(float(loss_sum.item()), float(byte_sum.item()), n_scored)
-
-
-def bpb_from_sums(loss_sum: float, byte_sum: float, count: int) -> EvalResult:
-    """val_loss = mean NLL in nats; val_bpb = bits per token × tokens per byte."""
-    val_loss = loss_sum / count
-    val_bpb = (val_loss / math.log(2.0)) * (count / byte_sum)
-    return EvalResult(val_loss=val_loss, val_bpb=val_bpb, tokens=count, bytes=int(round(byte_sum)))
+        val_loss = float(loss_sum.item()) / n_scored  # nats per token; bpb = bits per token × tokens per byte
+        val_bpb = val_loss / math.log(2.0) * n_scored / float(byte_sum.item())
+        return EvalResult(val_loss=val_loss, val_bpb=val_bpb, tokens=n_scored, bytes=int(round(byte_sum.item())))
 
 
 class ScoredTokens:
@@ -164,46 +142,14 @@ def doc_ids_of(x: Tensor, bos_id: int) -> Tensor:
     return torch.cumsum((x == bos_id).to(torch.int32), dim=1)
 
 
-def find_documents(tokens: Tensor, bos_id: int) -> list[tuple[int, int]]:
-    """(start, length) of each document: from its BOS up to and including the next BOS (PR #1530's split).
-
-    A document predicts positions start+1 .. start+length-1, so the next document's BOS is predicted from
-    this document's context, and every position 1..N-1 belongs to exactly one document. Tokens before
-    the first BOS (a stream that does not start with one) form a first document starting at 0.
-    """
-    n = tokens.numel()
-    starts = (tokens.reshape(-1) == bos_id).nonzero().reshape(-1).cpu().tolist()
-    if not starts or starts[0] != 0:
-        starts = [0, *starts]
-    docs = []
-    for i, s in enumerate(starts):
-        end = starts[i + 1] + 1 if i + 1 < len(starts) else n
-        if end - s >= 2:
-            docs.append((s, end - s))
-    return docs
-
-
 class Evaluator(Protocol):
-    """Scores every position of the validation stream into the sink (each exactly once).
-
-    Optional: `warmup(run, model, n_tokens)` compiles every shape the evaluation of an n_tokens stream will
-    use, on random tokens (see `synthetic_warmup`); `doc_isolation = True` claims that no score depends on
-    another document (the validator's EVAL.DOC_ISOLATION check reads it).
-    """
+    """Scores every position of the validation stream into the sink (each exactly once). Optional:
+    `warmup(run, model, n_tokens)` compiles every shape an n_tokens stream will use, on random tokens;
+    `doc_isolation = True` claims no score depends on another document (validator EVAL.DOC_ISOLATION)."""
 
     name: str
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None: ...
-
-
-def nll_and_lognorm(model, x: Tensor, y: Tensor, autocast: torch.dtype | None,
-                    doc_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Per-position NLL and log-normaliser from full logits (used in checking mode)."""
-    with torch.autocast(device_type=x.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-        logits = (model(x) if doc_ids is None else model(x, doc_ids=doc_ids)).double()
-    lognorm = torch.logsumexp(logits, dim=-1)
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view_as(y)
-    return nll, lognorm
 
 
 def rank_span(n_items: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -215,16 +161,12 @@ def batch_sizes(n_items: int, batch: int) -> set[int]:
     return {b for b in (batch if n_items >= batch else 0, n_items % batch) if b > 0}
 
 
-def score_nll(run, model, x: Tensor, y: Tensor, checking: bool, bos_id: int | None = None
-              ) -> tuple[Tensor, Tensor | None]:
-    """Per-position NLL (and the log-normaliser in checking mode) of a batch, attention masked at BOS when
-    `bos_id` is given."""
-    doc_ids = None if bos_id is None else doc_ids_of(x, bos_id)
-    if checking:
-        return nll_and_lognorm(model, x, y, run.autocast_dtype, doc_ids)
+def score_nll(run, model, x: Tensor, y: Tensor, bos_id: int | None = None) -> Tensor:
+    """Per-position NLL of a batch, attention masked at BOS when `bos_id` is given."""
     with run.autocast():
-        nll = model(x, y, reduce=False) if doc_ids is None else model(x, y, reduce=False, doc_ids=doc_ids)
-    return nll.detach(), None
+        if bos_id is None:
+            return model(x, y, reduce=False).detach()
+        return model(x, y, reduce=False, doc_ids=doc_ids_of(x, bos_id)).detach()
 
 
 def warm_forward(run, model, shapes: set[tuple[int, int]], bos_id: int | None = None) -> None:
@@ -234,7 +176,7 @@ def warm_forward(run, model, shapes: set[tuple[int, int]], bos_id: int | None = 
     with torch.no_grad():
         for b, t in sorted(shapes) * 2:
             x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
-            score_nll(run, model, x, y, False, bos_id)  # contiguous rows, as every evaluator's batches
+            score_nll(run, model, x, y, bos_id)  # contiguous rows, as every evaluator's batches
 
 
 class PlainEvaluator:
@@ -267,8 +209,7 @@ class PlainEvaluator:
                 x = local[:-1].reshape(-1, seq_len)
                 y = local[1:].reshape(-1, seq_len)
                 positions = torch.arange(s * seq_len + 1, e * seq_len + 1, device=device).view_as(y)
-                nll, lognorm = score_nll(run, model, x, y, sink.checking, self.bos_id)
-                sink.record(positions, nll, lognorm)
+                sink.record(positions, score_nll(run, model, x, y, self.bos_id))
                 if run.world_size == 1:
                     sink.advance_frontier(e * seq_len + 1)
 
@@ -284,16 +225,9 @@ def restored_weights(model: torch.nn.Module) -> Iterator[None]:
 
 
 def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tokens: int = 65_537) -> float:
-    """Compile warm-up on random tokens, never validation tokens (rulebook EVAL.TTT); returns milliseconds.
-
-    An evaluator with `warmup(run, model, n_tokens)` warms exactly the shapes it will meet on a stream of
-    `n_tokens` (the validation length: the only thing read from the validation set); otherwise the
-    evaluator runs once on a random stream of min(n_tokens, max_tokens) tokens. The model's weights and
-    the run's optimizer state are restored afterwards.
-    """
-    import copy
-    import time
-
+    """Compile warm-up on random tokens (never validation tokens; rulebook EVAL.TTT); returns milliseconds.
+    `evaluator.warmup(run, model, n_tokens)` when it has one (n_tokens: the validation length), else one
+    evaluation of a random stream of min(n_tokens, max_tokens) tokens; weights and optimizer state restored."""
     n = run.val_tokens.numel() if n_tokens is None else n_tokens
     saved_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
     run.synchronize()
@@ -317,16 +251,12 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     return 1000.0 * (time.perf_counter() - t0)
 
 
-def evaluate(run, model, evaluator, tokens: Tensor, checking: bool = False,
-             position_bytes: Tensor | None = None) -> EvalResult:
+def evaluate(run, model, evaluator, tokens: Tensor, position_bytes: Tensor | None = None) -> EvalResult:
     """Run one evaluator over `tokens` through a fresh sink; returns the reduced result. The validation
-    stream (`tokens is run.val_tokens`) brings its per-position byte counts (`run.val_bytes`) unless
-    `position_bytes` is given."""
-    import time
-
+    stream (`tokens is run.val_tokens`) brings its byte counts (`run.val_bytes`) unless `position_bytes`."""
     if position_bytes is None and tokens is getattr(run, "val_tokens", None):
         position_bytes = getattr(run, "val_bytes", None)
-    sink = ScoreSink(tokens, run.byte_tables, checking=checking, position_bytes=position_bytes)
+    sink = ScoreSink(tokens, run.byte_tables, position_bytes=position_bytes)
     was_training = model.training
     model.eval()
     run.synchronize()

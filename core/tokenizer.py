@@ -2,17 +2,14 @@
 
 A target token counts its piece's UTF-8 bytes (without the leading '▁'), plus one byte for that space
 unless the previous token is a boundary (control/unknown/unused) token. `token_bytes` is the only place
-the project computes this from tables. A plugin may supply other tables (`pg_byte_tables`), per-position
-byte counts of the validation stream (`pg_val_byte_counts`, a byte sidecar: then the ScoreSink sums
-those), and a text transform applied before tokenization at data-build time (`pg_text_transform`).
+the project computes this from tables. A plugin may supply other tables (`pg_byte_tables`) or per-position
+byte counts of the validation stream (`pg_val_byte_counts`, a byte sidecar the ScoreSink then sums).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
@@ -38,25 +35,6 @@ class ByteTables:
     @property
     def size(self) -> int:
         return int(self.base_bytes.numel())
-
-
-class TextTransform(Protocol):
-    """A lossless text transform applied before tokenizer training and tokenization (e.g. CaseOps).
-
-    `reserved_symbols`: pieces the tokenizer must keep whole (SentencePiece user-defined symbols);
-    `encode`/`decode`: the transform and its inverse (decode(encode(t)) == t);
-    `original_bytes(surfaces)`: for consecutive surface strings of the transformed text (SentencePiece
-    piece surfaces, in order), the UTF-8 bytes of the original text each one stands for.
-    """
-
-    name: str
-    reserved_symbols: tuple[str, ...]
-
-    def encode(self, text: str) -> str: ...
-
-    def decode(self, text: str) -> str: ...
-
-    def original_bytes(self, surfaces: Iterable[str]) -> list[int]: ...
 
 
 def check_position_bytes(counts: Tensor, tokens: Tensor, where: str) -> Tensor:

@@ -1,22 +1,25 @@
-"""The training job: data, model build through the hooks, Muon+Adam, the timed loop, export, evaluation.
+"""The trainer as named phases: setup, warm-up and restore, timed loop, finish and calibrate, export, final eval.
 
-Follows the official baseline `train_gpt.py` step for step (same token order, schedule, warm-up with
-state restore, wall-clock cap, int8+zlib export with a verified round trip), calling the plugin hooks
-only at build time and at step/phase boundaries.
+Follows the official baseline `train_gpt.py` step for step (token order, schedule, warm-up with state
+restore, wall-clock cap, int8+zlib export with a verified round trip); plugin hooks run only at build time
+and at step and phase boundaries.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import json
 import math
-import sys
+import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +30,7 @@ from core.hookspecs import hookimpl
 from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
 from core.registry import Registry
-from core.run import Run, create_run, write_atomic
+from core.run import NoProgress, Run, create_run, write_atomic
 from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
 from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
@@ -76,20 +79,15 @@ class Clock:
     muon_momentum: float
 
 
-def local_eval_batch_tokens(run: Run) -> int:
-    return max(run.core.val_batch_size // (run.world_size * run.grad_accum_steps), run.eval_seq_len)
-
-
 def plain_evaluator(run: Run) -> PlainEvaluator:
     """The baseline's non-overlapping evaluation; document-masked at `core.bos_id` with `core.eval_doc_mask`."""
-    bos = run.core.bos_id if run.core.eval_doc_mask else None
-    return PlainEvaluator(run.eval_seq_len, local_eval_batch_tokens(run), bos_id=bos)
+    batch_tokens = max(run.core.val_batch_size // (run.world_size * run.grad_accum_steps), run.eval_seq_len)
+    return PlainEvaluator(run.eval_seq_len, batch_tokens, bos_id=run.core.bos_id if run.core.eval_doc_mask else None)
 
 
 def resolve_data(run: Run) -> tuple[Path, Path]:
-    """(data_dir, tokenizer_path): `core.data_path`, and its tokenizer found by convention when
-    `core.tokenizer_path` is empty (`<data>/tokenizer/*.model`, else the challenge's
-    `<data>/../../tokenizers/fineweb_<vocab>_bpe.model`)."""
+    """(data_dir, tokenizer_path); without `core.tokenizer_path` the tokenizer is `<data>/tokenizer/*.model`,
+    else the challenge's `<data>/../../tokenizers/fineweb_<vocab>_bpe.model`."""
     core = run.core
     if not core.data_path:
         raise DataError("core.data_path is empty: set DATA_PATH / --data (the pgolf command line fills in the "
@@ -138,8 +136,7 @@ REPLACE_SLOTS_MODEL = ("skip_merge", "loss")
 
 
 def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
-    """Fill the per-layer and per-model slots from `pg_slot_parts` (lists) and `pg_build_slot`
-    (replacements); the embedding slots were filled when the model was made (`GPT(spec, embed_parts)`)."""
+    """Fill the per-layer and per-model slots: `pg_slot_parts` (lists), `pg_build_slot` (replacements)."""
     hook = run.hook
     for i, block in enumerate(model.blocks):
         for slot, attr in LIST_SLOTS_LAYER.items():
@@ -188,8 +185,8 @@ CodeSize = Callable[[Config, Registry], int]
 
 
 def source_bytes(config: Config, registry: Registry) -> int:
-    """The default code size: the bytes of every core module and of the enabled plugins' files (an
-    over-estimate of the bundle, which strips docstrings; the command line passes the bundle's size)."""
+    """The default code size: the bytes of the core modules and the enabled plugins' files (an over-estimate
+    of the bundle, which strips docstrings; the command line passes the bundle's size)."""
     files = sorted(CORE_DIR.glob("*.py"))
     files += [Path(registry.plugins[n].describe()["file"]) for n in config.plugins]
     return sum(len(p.read_bytes()) for p in files if p.is_file())
@@ -200,53 +197,17 @@ def code_bytes(run: Run) -> int:
     return run.code_size(run.config, run.registry)
 
 
-class Progress:
-    """A live progress line on a terminal (tqdm): step/total, steps/s, ETA, tokens/s and the last loss.
-    `phase` names a stretch without steps (validation) so the line never sits silent."""
-
-    def __init__(self, enabled: bool, total: int, tokens_per_step: int, cap_ms: float | None):
-        self.total, self.tps, self.cap_ms = total, tokens_per_step, cap_ms
-        self.bar = None
-        try:
-            from tqdm.auto import tqdm  # optional (a bundled script runs without it)
-        except ImportError:
-            enabled = False
-        if enabled:
-            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True,
-                            desc="train", bar_format="{desc} {percentage:3.0f}%|{bar}| {n}/{total} "
-                            "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-        self.loss: float | None = None
-
-    def phase(self, name: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description_str(name, refresh=True)
-
-    def update(self, step: int, elapsed_ms: float, loss: float | None = None) -> None:
-        if self.bar is None or step == 0:
-            return
-        self.loss = loss if loss is not None else self.loss
-        rate = step * self.tps / max(elapsed_ms / 1000.0, 1e-9)
-        post = f"{rate:,.0f} tok/s" + (f", loss {self.loss:.3f}" if self.loss is not None else "")
-        if self.cap_ms:
-            post += f", cap in {max(self.cap_ms - elapsed_ms, 0) / 1000:.0f}s"
-        self.bar.set_description_str("train", refresh=False)
-        self.bar.set_postfix_str(post, refresh=False)
-        self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 class TrainingDiverged(RuntimeError):
     """The training loss became non-finite; the run stops before exporting anything."""
 
 
-def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize = source_bytes) -> Run:
+def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize = source_bytes,
+          progress: Any = None) -> Run:
     """Everything before the loop: run, data, tokenizer tables, model, optimizers. `code_size` counts the
-    code bytes of the submission (a bundled script passes its own size, `pgolf train` the bundle's)."""
+    submission's code bytes (a bundled script passes its own size, `pgolf train` the bundle's); `progress`
+    makes a live display for the timed loop (`core.run.NoProgress`'s interface)."""
     cuda = torch.cuda.is_available() and config.core.device != "cpu"
-    run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir)
+    run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir, progress=progress)
     run.code_size = code_size
     run.schemes = {**ex.SCHEMES, **{k: v for d in run.hook.pg_dequantizers() if d for k, v in d.items()}}
     core = run.core
@@ -270,23 +231,13 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.val_tokens = val
     counts = run.hook.pg_val_byte_counts(run=run, tokens=val)
     run.val_bytes = None if counts is None else check_position_bytes(counts, val, "pg_val_byte_counts").to(run.device)
-
     if core.deterministic:  # reproducible kernels where the backend has them (the schedule: Budget.of)
-        import os
-
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-        if run.device.type == "cuda":
-            torch.backends.cudnn.benchmark = False
-    torch.manual_seed(core.seed)
-    import random
-
-    import numpy as np
-
+        torch.backends.cudnn.benchmark = False
     random.seed(core.seed)
     np.random.seed(core.seed)
-    if run.device.type == "cuda":
-        torch.cuda.manual_seed_all(core.seed)
+    torch.manual_seed(core.seed)  # every device's generator
     run.model = build_model(run)
     compiled = torch.compile(run.model, dynamic=False, fullgraph=True) if should_compile(run) else run.model
     run.eval_model = compiled
@@ -311,8 +262,8 @@ def new_loader(run: Run) -> Any:
 
 @dataclass
 class Budget:
-    """The wall-clock budget: `total_ms` (MAX_WALLCLOCK_SECONDS, None = uncapped), `loop_ms` (what the timed
-    loop and its warmdown may use: total less the `pg_train_reserve_seconds` kept for calibration)."""
+    """`total_ms`: MAX_WALLCLOCK_SECONDS (None: uncapped); `loop_ms`: what the timed loop and its warmdown may
+    use (total less the `pg_train_reserve_seconds` kept for calibration)."""
 
     total_ms: float | None
     loop_ms: float | None
@@ -411,9 +362,8 @@ def log_run_header(run: Run) -> int:
 
 
 def warmup_and_restore(run: Run, stepper: Stepper) -> None:
-    """Compile warm-up (the baseline's): `warmup_steps` real steps, then (compiled runs) one step in every
-    combination of declared modes; then weights, optimizer state and modes are restored so measured
-    training starts from the initial state."""
+    """The baseline's compile warm-up: `warmup_steps` real steps, then (compiled) one step in every cumulative
+    mode combination; then weights, optimizer state and modes are restored to the initial state."""
     core, base = run.core, run.model
     modes = run.modes if should_compile(run) else []
     if core.warmup_steps <= 0 and not modes:
@@ -443,8 +393,8 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
 
 
 def prime_caches(run: Run) -> None:
-    """One eager forward at the training shape, so module caches (rotary tables) are filled before the
-    first trace: a graph traced with an empty cache would not match the filled one, and recompile later."""
+    """One eager forward at the training shape, so module caches (rotary tables) are filled before the first
+    trace (a graph traced with an empty cache would recompile later)."""
     x = torch.zeros(1, run.core.train_seq_len, dtype=torch.long, device=run.device)
     with torch.no_grad(), run.autocast():
         run.model(x)
@@ -471,7 +421,7 @@ class LoopResult:
 
 
 def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
-    """The measured training loop (baseline semantics): validation at `val_loss_every` and at the end, the
+    """The measured loop (baseline semantics): validation every `val_loss_every` steps and at the end, the
     schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
     core, base = run.core, run.model
     muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
@@ -479,7 +429,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     loader = new_loader(run)
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)
-    progress = Progress(run.progress, core.iterations, core.train_batch_tokens, budget.loop_ms)
+    progress = run.progress(core.iterations, core.train_batch_tokens, budget.loop_ms)
     last_val_bpb: float | None = None
     check_every_step = run.device.type != "cuda"  # a host sync per step costs nothing off-GPU
     graphs_at_start, eval_graphs = compiled_graph_count(), 0  # validation shapes compile apart from training
@@ -539,13 +489,13 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         run.hook.pg_after_step(run=run, step=step)
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
-            loss_value = loss_now = loss_now if loss_now is not None else float(train_loss.item())
-            if not math.isfinite(loss_value):
+            loss_now = loss_now if loss_now is not None else float(train_loss.item())
+            if not math.isfinite(loss_now):
                 progress.close()
-                raise diverged(run, step, loss_value)
-            run.log(f"step:{step}/{core.iterations} train_loss:{loss_value:.4f} "
-                    f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms", console=not run.progress)
-            run.event("step", step=step, train_loss=loss_value, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
+                raise diverged(run, step, loss_now)
+            run.log(f"step:{step}/{core.iterations} train_loss:{loss_now:.4f} train_time:{approx_ms:.0f}ms "
+                    f"step_avg:{approx_ms / step:.2f}ms", console=run.progress is NoProgress)
+            run.event("step", step=step, train_loss=loss_now, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
         progress.update(step, approx_ms, loss_now)
         if stop_after_step is None and reached_cap(run, budget, approx_ms):
             stop_after_step = step
@@ -609,8 +559,7 @@ def finish_and_calibrate(run: Run, loop: LoopResult, budget: Budget) -> float:
 
 
 def train(run: Run) -> dict[str, Any]:
-    """The run's phases in order: warm-up and restore, the timed loop, finish and calibrate, export and
-    the final evaluation of the round-tripped artifact; writes metrics.json."""
+    """The phases after setup, in order; writes metrics.json."""
     n_params = log_run_header(run)
     budget = Budget.of(run)
     stepper = Stepper(run)
@@ -621,17 +570,14 @@ def train(run: Run) -> dict[str, Any]:
     summary.update(steps=loop.steps, train_time_ms=loop.train_time_ms + calibration_ms,
                    loop_train_time_ms=loop.train_time_ms, calibration_ms=calibration_ms, params=n_params)
     if loop.last_val_bpb is not None and summary["val_bpb"] > loop.last_val_bpb + 0.01:
-        changed = ", ".join(p for p in run.config.plugins if p in ("ema", "swa")) or "export"
         run.log(f"note: final val_bpb {summary['val_bpb']:.4f} vs {loop.last_val_bpb:.4f} at the last step: the "
-                f"final model is the exported one after pg_train_end ({changed}) and quantization; a short run's "
-                "average lags its live weights (e.g. lower ema.decay)")
+                "final model is the exported one, after pg_train_end (weight averaging) and quantization; a short "
+                "run's average lags its live weights")
     bad = [k for k in ("val_loss", "val_bpb") if not math.isfinite(summary[k])]
     if bad:
         raise TrainingDiverged(f"final evaluation: {bad[0]} is {summary[bad[0]]} (non-finite); metrics.json not "
                                "written and the run is not a result")
     if run.master and run.run_dir is not None:
-        import json
-
         write_atomic(run.run_dir / "metrics.json",
                      json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
     return summary
@@ -669,13 +615,13 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
     if run.master and run.run_dir is not None:
         path = run.run_dir / "final_model.ptz"
-        ex.write_artifact(path, result.blob)
+        write_atomic(path, result.blob)
         run.log(f"Serialized model {label}: {len(result.blob)} bytes "
-                f"(payload:{result.stats.payload_bytes} raw_torch:{result.raw_bytes})")
+                f"(payload:{result.payload_bytes} raw_torch:{result.raw_bytes})")
         run.log(f"Code size: {n_code} bytes")
         run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
-        report = ex.size_report(n_code, len(result.blob))
-        run.event("size", label=label, **report)
+        run.event("size", label=label, code_bytes=n_code, model_bytes=len(result.blob),
+                  total=len(result.blob) + n_code)
     restored = ex.verify_round_trip(result, ex.decoders_of(codec, layout), schemes=run.schemes)
     base.load_state_dict(restored, strict=True)
     evaluator = run.hook.pg_evaluator(run=run)
@@ -695,8 +641,9 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     return fields
 
 
-def run_training(config: Config, registry: Registry, code_size: CodeSize = source_bytes) -> dict[str, Any]:
-    run = setup(config, registry, code_size=code_size)
+def run_training(config: Config, registry: Registry, code_size: CodeSize = source_bytes,
+                 progress: Any = None) -> dict[str, Any]:
+    run = setup(config, registry, code_size=code_size, progress=progress)
     try:
         return train(run)
     finally:

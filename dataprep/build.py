@@ -22,15 +22,15 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import sentencepiece as spm
 
-from core.data import DataError, write_shard
-from core.tokenizer import TextTransform
+from core.data import HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, DataError
 
 BOS_ID = 1
 SPECIAL_PIECES = 4  # pad, bos, eos, unk
@@ -50,6 +50,54 @@ DEFAULT_VERSION = "v1"
 DEFAULT_SEED = 1337
 DEFAULT_VAL_DOCS = 500
 DEFAULT_TRAIN_DOCS = 7500
+
+
+class TextTransform(Protocol):
+    """A lossless text transform applied before tokenizer training and tokenization (e.g. CaseOps).
+
+    `reserved_symbols`: pieces the tokenizer must keep whole (SentencePiece user-defined symbols);
+    `encode`/`decode`: the transform and its inverse (decode(encode(t)) == t);
+    `original_bytes(surfaces)`: for consecutive surface strings of the transformed text (SentencePiece
+    piece surfaces, in order), the UTF-8 bytes of the original text each one stands for.
+    """
+
+    name: str
+    reserved_symbols: tuple[str, ...]
+
+    def encode(self, text: str) -> str: ...
+
+    def decode(self, text: str) -> str: ...
+
+    def original_bytes(self, surfaces: Iterable[str]) -> list[int]: ...
+
+
+def write_shard(path: str | Path, tokens: np.ndarray | Sequence[int]) -> None:
+    """Write `tokens` (integers in [0, 65535]) as a shard; atomic (temp file in the same dir + rename)."""
+    path = Path(path)
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise DataError(f"{path}: shard tokens must be 1-D, got shape {tuple(arr.shape)}")
+    if arr.size and not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
+        raise DataError(f"{path}: shard tokens must be integers, got dtype {arr.dtype}")
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 0xFFFF:
+            raise DataError(f"{path}: token ids must fit uint16 [0, 65535], found range [{lo}, {hi}]")
+    if arr.size > np.iinfo(np.int32).max:
+        raise DataError(f"{path}: {arr.size} tokens do not fit one shard (int32 count)")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, arr.size
+    body = arr.astype("<u2", copy=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp")  # mode per umask
+    try:
+        with open(tmp, "xb") as f:
+            f.write(header.tobytes())
+            f.write(body.tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -174,6 +175,7 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     cfg, registry = load_config(args, extra_sets)
     run_dir = prepare_run_dir(cfg, getattr(args, "force", False))
     from core.train import TrainingDiverged, run_training
+    from pgolf.progress import Progress
     from submissions.bundle import bundle_size
 
     master = int(os.environ.get("RANK", "0")) == 0
@@ -181,7 +183,8 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     try:
         if master:
             write_status(run_dir, "running")
-        summary = run_training(with_default_data(cfg), registry, code_size=bundle_size)
+        progress = Progress if sys.stderr.isatty() else None
+        summary = run_training(with_default_data(cfg), registry, code_size=bundle_size, progress=progress)
     except KeyboardInterrupt as exc:
         how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
         if master:
@@ -296,7 +299,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.json:
         print(cfg.to_json())
         return 0
-    rows = cfg.rows()
+    rows = [("plugins", cfg.plugins, cfg.sources.get("plugins", "default"))]
+    for section in ["core", *cfg.plugin_configs]:
+        values = cfg.section(section)
+        for f in dataclasses.fields(values) if values is not None else ():
+            key = f"{section}.{f.name}"
+            rows.append((key, getattr(values, f.name), cfg.sources.get(key, "default")))
     kw = max(len(k) for k, _, _ in rows)
     vw = min(max(len(repr(v)) for _, v, _ in rows), 40)
     for key, value, source in rows:

@@ -23,6 +23,13 @@ if TYPE_CHECKING:  # torch and the export module load only when a command needs 
     from core import export as ex
 
 ARTIFACT_NAME = "final_model.ptz"
+SIZE_CAP = 16_000_000
+
+
+def size_report(code_bytes: int, model_bytes: int, cap: int = SIZE_CAP) -> dict[str, Any]:
+    total = code_bytes + model_bytes
+    return {"code_bytes": code_bytes, "model_bytes": model_bytes, "total": total, "cap": cap,
+            "headroom": cap - total, "fits": total <= cap}
 
 
 def _original_bytes(q: ex.QTensor) -> int:
@@ -44,11 +51,11 @@ def family_breakdown(records: dict[str, ex.QTensor], codec: ex.Codec | None) -> 
     """family -> tensors, original bytes, payload bytes, schemes and (with a codec) compressed estimate."""
     import torch
 
-    from core import export as ex
+    from plugins.lib.quant import tensor_family
 
     groups: dict[str, dict[str, ex.QTensor]] = {}
     for name, q in records.items():
-        groups.setdefault(ex.tensor_family(name), {})[name] = q
+        groups.setdefault(tensor_family(name), {})[name] = q
     out: dict[str, dict[str, Any]] = {}
     for family in sorted(groups, key=lambda f: -sum(q.payload_bytes for q in groups[f].values())):
         recs = groups[family]
@@ -106,7 +113,7 @@ def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[st
 
     records, header = ex.read_artifact(artifact, decoders.all_decoders())
     codec = codecs.CODECS[header["codec"]]() if estimate and header.get("codec") in codecs.CODECS else None
-    report = ex.size_report(code_bytes, artifact.stat().st_size)
+    report = size_report(code_bytes, artifact.stat().st_size)
     report.update(artifact=str(artifact), codec=header.get("codec"),
                   quantizer=quantizer_label(header.get("quantizer"), records),
                   raw_bytes=header["raw_bytes"], families=family_breakdown(records, codec),
@@ -116,7 +123,6 @@ def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[st
 
 def records_summary(folder: Path, script: Path, artifact: Path, estimate: bool) -> dict[str, Any]:
     """A records folder: code = train_gpt.py; model = pgolf artifact, else a *.ptz file, else the logs."""
-    from core import export as ex
 
     code_bytes = script.stat().st_size
     if artifact.is_file():
@@ -124,7 +130,7 @@ def records_summary(folder: Path, script: Path, artifact: Path, estimate: bool) 
     else:
         blobs = sorted(folder.glob("*.ptz"))
         if blobs:
-            report = ex.size_report(code_bytes, blobs[0].stat().st_size)
+            report = size_report(code_bytes, blobs[0].stat().st_size)
             report.update(artifact=str(blobs[0]), model_source=f"file {blobs[0].name} (not a pgolf artifact: "
                                                               f"no breakdown)")
         else:
@@ -135,7 +141,7 @@ def records_summary(folder: Path, script: Path, artifact: Path, estimate: bool) 
                 raise FileNotFoundError(f"{folder}: no artifact and no log with a 'Serialized model <kind>: N "
                                         f"bytes' line")
             worst = max(logs, key=lambda pm: pm[1])
-            report = ex.size_report(code_bytes, worst[1])
+            report = size_report(code_bytes, worst[1])
             report.update(artifact=None, model_source=f"logs (largest of {len(logs)}: {Path(worst[0]).name})",
                           log_model_bytes={Path(p).name: n for p, n in logs})
         report.update(codec=None, quantizer=None, raw_bytes=None, families={})

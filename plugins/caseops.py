@@ -140,7 +140,7 @@ def original_bytes(surfaces: Iterable[str]) -> list[int]:
 
 
 class CaseOpsTransform:
-    """The `core.tokenizer.TextTransform` of CaseOps v1."""
+    """The `dataprep.build.TextTransform` of CaseOps v1."""
 
     name = "lossless_caps_caseops_v1"
     reserved_symbols = OPERATORS

@@ -25,7 +25,15 @@ from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.gptq_lite import parse_percentiles, row_clips, search_clip
-from plugins.lib.quant import MixedBitsConfig, bits_for, gptq_quantize, policy_quantize, prepare_hessian, qmax_of
+from plugins.lib.quant import (
+    MixedBitsConfig,
+    bits_for,
+    gptq_quantize,
+    policy_quantize,
+    prepare_hessian,
+    qmax_of,
+    tensor_family,
+)
 from plugins.sdclip import MIN_SCALE
 
 CALIBRATIONS = ("train", "ar")
@@ -235,7 +243,7 @@ class GPTQ(Plugin):
 
     def row_clip(self, name: str) -> Any:
         if self.cfg.clip == "sdclip":
-            k = self.cfg.embed_clip_sigmas if ex.tensor_family(name) in ("embed", "head") else \
+            k = self.cfg.embed_clip_sigmas if tensor_family(name) in ("embed", "head") else \
                 self.cfg.matrix_clip_sigmas
             return lambda t32, qmax: k * t32.std(dim=1)
         return lambda t32, qmax: search_clip(t32, qmax, self.percentiles, per_row=False)

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoreSink, find_documents
-from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings
+from core.scoring import ScoreSink
+from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, find_documents
 
 
 @dataclass

@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from core import export as ex
 from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from plugins.lib.quant import MixedBitsConfig, policy_quantize
+from plugins.lib.quant import MixedBitsConfig, policy_quantize, tensor_family
 
 MIN_SCALE = 1e-10
 
@@ -29,7 +28,7 @@ class SDClipConfig(MixedBitsConfig):
 
 
 def sigmas_for(cfg: SDClipConfig, name: str) -> float:
-    family = ex.tensor_family(name)
+    family = tensor_family(name)
     if family in ("embed", "head"):
         k = cfg.embed_clip_sigmas
     elif family == "mlp" and cfg.mlp_clip_sigmas > 0:

@@ -165,7 +165,8 @@ def _nan_plugin(tmp: Path, ctx: dict) -> None:
 
 
 def _big_ids(tmp: Path, ctx: dict) -> None:
-    from core.data import read_shard, write_shard
+    from core.data import read_shard
+    from dataprep.build import write_shard
 
     shutil.copytree(ctx["data"], tmp / "bigids")
     val = sorted((tmp / "bigids").glob("fineweb_val_*.bin"))[0]
@@ -213,12 +214,12 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
 # ----- simulated system failures
 
 def _disk_full(monkeypatch) -> None:
-    import core.export
+    import core.train
 
-    def full(path, blob):
+    def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(core.export, "write_artifact", full)
+    monkeypatch.setattr(core.train, "write_atomic", full)
 
 
 def _ctrl_c(monkeypatch) -> None:

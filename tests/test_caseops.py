@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from core.config import resolve
-from core.data import DataError, read_shard, shard_files, write_shard
+from core.data import DataError, read_shard, shard_files
 from core.registry import Registry
 from core.scoring import ScoreSink, ScoringError, evaluate
 from core.tokenizer import check_position_bytes
 from core.train import plain_evaluator, setup
-from dataprep.build import text_transform_of
+from dataprep.build import text_transform_of, write_shard
 from plugins.caseops import (
     ALLCAPS,
     CAPNEXT,

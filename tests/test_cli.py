@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.train import Progress
 from pgolf.cli import main
+from pgolf.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -51,7 +51,7 @@ def test_help_and_static_validate_do_not_import_torch(tmp_path):
 
 
 def test_progress_line_shows_step_rate_loss_and_phase(capsys):
-    p = Progress(True, total=10, tokens_per_step=1000, cap_ms=None)
+    p = Progress(total=10, tokens_per_step=1000, cap_ms=None)
     p.phase("validating at step 0")
     p.update(5, 1000.0, 2.5)
     p.close()

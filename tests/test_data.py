@@ -18,8 +18,8 @@ from core.data import (
     load_validation_tokens,
     read_shard,
     shard_files,
-    write_shard,
 )
+from dataprep.build import write_shard
 
 
 def raw_shard(path: Path, tokens: list[int], magic: int = SHARD_MAGIC, version: int = SHARD_VERSION,

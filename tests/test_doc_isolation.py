@@ -17,10 +17,10 @@ from core.scoring import (
     ScoringError,
     doc_ids_of,
     evaluate,
-    find_documents,
     synthetic_warmup,
 )
 from core.train import setup, train
+from plugins.lib.ttt import find_documents
 from plugins.lora_ttt import LoRATTTConfig, LoRATTTEvaluator
 from plugins.phased_ttt import PhasedTTTConfig, PhasedTTTEvaluator
 from plugins.score_first_ttt import ScoreFirstTTTConfig, ScoreFirstTTTEvaluator
@@ -92,7 +92,7 @@ def doc_stream(run, lens=LENS, order=None) -> tuple[torch.Tensor, list[tuple[int
 
 
 def scores(run, evaluator, toks) -> ScoreSink:
-    sink = ScoreSink(toks, run.byte_tables, checking=True)
+    sink = ScoreSink(toks, run.byte_tables)
     saved = {k: v.clone() for k, v in run.model.state_dict().items()}
     evaluator.evaluate(run, run.model, toks, sink)
     run.model.load_state_dict(saved)
@@ -398,7 +398,7 @@ def test_document_ttt_warmup_compiles_one_graph_for_every_row_length(trained, na
     toks, _ = doc_stream(run, lens=[90, 150, 70, 200, 60, 120, 80, 100, 300, 40, 250])
     _step_run_optimizers(run, toks)
     weights, opt_states = _snapshot(run)
-    eager = evaluate(run, run.model, WARM[name](), toks, checking=True).val_bpb
+    eager = evaluate(run, run.model, WARM[name](), toks).val_bpb
     torch._dynamo.reset()
     counters.clear()
     ev = WARM[name]()

@@ -16,8 +16,11 @@ import pytest
 import torch
 from torch import nn
 
+import core.run
 from core import export as ex
-from plugins.lib import codecs
+from core.run import write_atomic
+from pgolf.size import size_report
+from plugins.lib import codecs, quant
 
 Q64 = 99.99984 / 100.0  # the baseline's INT8_CLIP_PERCENTILE, written out independently
 Q32 = np.float32(Q64)  # torch.quantile computes the rank in the input dtype (float32)
@@ -170,7 +173,7 @@ def test_quantizer_precedence() -> None:
         return None
 
     sd = _state()
-    qstate, stats = ex.quantize_state_dict(sd, [declines, mlp_only], NEGATED_SCHEMES)
+    qstate = ex.quantize_state_dict(sd, [declines, mlp_only], NEGATED_SCHEMES)
     assert qstate["blocks.0.mlp.fc.weight"].scheme == "test_negated"
     assert qstate["blocks.0.attn.c_q.weight"].scheme == "int8_per_row"
     assert qstate["blocks.0.attn_scale"].scheme == "passthrough" and qstate["step"].scheme == "passthrough"
@@ -178,9 +181,10 @@ def test_quantizer_precedence() -> None:
     with pytest.raises(AssertionError):
         ex.quantize_state_dict(sd, [never])
     mlp = {"blocks.0.mlp.fc.weight": sd["blocks.0.mlp.fc.weight"]}
-    qstate, _ = ex.quantize_state_dict(mlp, [mlp_only, never], NEGATED_SCHEMES)
-    assert torch.equal(qstate["blocks.0.mlp.fc.weight"].dequantize(NEGATED_SCHEMES), sd["blocks.0.mlp.fc.weight"])
-    assert stats.schemes == {"int8_per_row": 2, "test_negated": 1, "passthrough": 2}
+    qstate_mlp = ex.quantize_state_dict(mlp, [mlp_only, never], NEGATED_SCHEMES)
+    assert torch.equal(qstate_mlp["blocks.0.mlp.fc.weight"].dequantize(NEGATED_SCHEMES),
+                       sd["blocks.0.mlp.fc.weight"])
+    assert sorted(q.scheme for q in qstate.values()) == ["int8_per_row"] * 2 + ["passthrough"] * 2 + ["test_negated"]
 
 
 def test_quantizer_contract_errors() -> None:
@@ -191,18 +195,15 @@ def test_quantizer_contract_errors() -> None:
         ex.quantize_state_dict(sd, [_negate])
 
 
-def test_quant_stats() -> None:
-    sd = _state()
-    qstate, stats = ex.quantize_state_dict(sd, [])
-    assert stats.num_tensors == 5 and stats.param_count == sum(t.numel() for t in sd.values())
-    assert stats.baseline_tensor_bytes == sum(t.numel() * t.element_size() for t in sd.values())
-    assert stats.payload_bytes == sum(q.payload_bytes for q in qstate.values())
+def test_payload_bytes() -> None:
+    result = ex.export_state_dict(_state(), [], ex.ZlibCodec())
+    assert len(result.qstate) == 5
     # int8 codes + one fp16 scale per row for the matrices, fp32 for the control vector, int64 step
     matrices = 600 * (128 + 2) + 512 * (256 + 2) + 300 * (256 + 2)
-    assert stats.payload_bytes == matrices + 256 * 4 + 8
-    assert set(stats.families) == {"embed", "mlp", "attn", "control", "other"}
-    assert stats.families["embed"] == {"raw_bytes": 600 * 128 * 4, "payload_bytes": 600 * 130, "tensors": 1}
-    assert sum(f["payload_bytes"] for f in stats.families.values()) == stats.payload_bytes
+    assert result.payload_bytes == matrices + 256 * 4 + 8
+    assert {n: quant.tensor_family(n) for n in result.qstate} == {
+        "tok_emb.weight": "embed", "blocks.0.mlp.fc.weight": "mlp", "blocks.0.attn.c_q.weight": "attn",
+        "blocks.0.attn_scale": "control", "step": "other"}
 
 
 # --- codecs ----------------------------------------------------------------------------------------
@@ -323,12 +324,12 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
     assert header["payload_bytes"] == len(result.blob) - offset and header["raw_bytes"] == result.raw_bytes
 
     path = tmp_path / "final_model.ptz"
-    assert ex.write_artifact(path, result.blob) == len(result.blob) == path.stat().st_size
+    assert write_atomic(path, result.blob) == len(result.blob) == path.stat().st_size
     records, header2 = ex.read_artifact(path, {name: codec})
     assert header2 == header
     restored = ex.verify_round_trip(result, {name: codec})
     from_file = ex.dequantize_state_dict(records)
-    expected = ex.dequantize_state_dict(ex.quantize_state_dict(sd, [])[0])
+    expected = ex.dequantize_state_dict(ex.quantize_state_dict(sd, []))
     assert set(restored) == set(from_file) == set(sd)
     for k, t in expected.items():
         assert restored[k].dtype == sd[k].dtype == from_file[k].dtype
@@ -375,14 +376,16 @@ def test_plugin_scheme_survives_the_artifact() -> None:
     assert header["quantizer"] == "negated" and records["blocks.0.mlp.fc.weight"].meta == {"by": "test"}
 
 
-def _blob(header: dict, payload: bytes, version: int = 1) -> bytes:
+def _blob(header: dict, payload: bytes, version: int = 2) -> bytes:
     head = json.dumps(header).encode()
     return ex.MAGIC + struct.pack("<HI", version, len(head)) + head + payload
 
 
 def _raw_header(raw: bytes, payload: bytes, codec: str = "zlib") -> dict:
-    return {"format": 1, "codec": codec, "quantizer": "int8", "payload_bytes": len(payload),
-            "raw_bytes": len(raw), "raw_sha256": hashlib.sha256(raw).hexdigest()}
+    stream = {"label": "state", "codec": codec, "raw_bytes": len(raw), "payload_bytes": len(payload),
+              "raw_sha256": hashlib.sha256(raw).hexdigest()}
+    return {"format": 2, "layout": "torch", "codec": codec, "quantizer": "int8", "payload_bytes": len(payload),
+            "raw_bytes": len(raw), "streams": [stream]}
 
 
 def _error(blob: bytes, **kw: object) -> str:
@@ -409,11 +412,10 @@ def test_artifact_errors() -> None:
     assert "truncated payload" in _error(blob[:-10])
     assert "unexpected bytes" in _error(blob + b"\x00")
     assert "unsupported artifact version 3" in _error(_blob(header, payload, version=3))
-    assert "corrupt header (no format 1 object)" in _error(_blob(header, payload, version=1))
+    assert "unsupported artifact version 1" in _error(_blob(header, payload, version=1))
+    assert "corrupt header (no format 2 object)" in _error(_blob({**header, "format": 1}, payload))
     bad_stream = [{**header["streams"][0], "codec": "nope"}]
     assert "stream 'state': unknown codec 'nope'" in _error(_blob({**header, "streams": bad_stream}, payload, 2))
-    assert "unknown codec 'nope'" in _error(_blob({**_raw_header(b"", payload), "codec": "nope",
-                                                   "raw_bytes": 1}, payload))
     assert "unknown layout 'weird'" in _error(_blob({**header, "layout": "weird"}, payload, 2))
     odd = [{**header["streams"][0], "raw_bytes": header["raw_bytes"] + 1}]
     assert "do not add up" in _error(_blob({**header, "streams": odd}, payload, 2))
@@ -453,13 +455,8 @@ def test_minimal_header_without_checksum_decodes() -> None:
     result = ex.export_state_dict(_state(), [], ex.ZlibCodec())
     header, offset = ex.parse_header(result.blob)
     del header["streams"][0]["raw_sha256"]
-    records, got = ex.decode_artifact(_blob(header, result.blob[offset:], 2))
+    records, got = ex.decode_artifact(_blob(header, result.blob[offset:]))
     assert got == header and torch.equal(records["step"].dequantize(), torch.tensor(7))
-    # a format-1 artifact (one stream, top-level codec fields, no checksum) still decodes
-    v1 = {"format": 1, "codec": "zlib", "quantizer": "int8", "payload_bytes": header["payload_bytes"],
-          "raw_bytes": header["raw_bytes"]}
-    records, got = ex.decode_artifact(_blob(v1, result.blob[offset:], 1))
-    assert got == v1 and torch.equal(records["step"].dequantize(), torch.tensor(7))
 
 
 def test_codec_mapping_overrides_registry() -> None:
@@ -495,24 +492,24 @@ def test_read_artifact_errors_name_the_path(tmp_path: Path) -> None:
         ex.read_artifact(bad)
 
 
-def test_write_artifact_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_atomic_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "model.ptz"
-    assert ex.write_artifact(path, b"first") == 5
-    assert ex.write_artifact(path, b"second!") == 7
+    assert write_atomic(path, b"first") == 5
+    assert write_atomic(path, "second!") == 7
     assert path.read_bytes() == b"second!" and os.listdir(tmp_path) == ["model.ptz"]
 
     def boom(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(ex.os, "replace", boom)
+    monkeypatch.setattr(core.run.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        ex.write_artifact(path, b"third")
+        write_atomic(path, b"third")
     assert path.read_bytes() == b"second!" and os.listdir(tmp_path) == ["model.ptz"]
 
 
 def test_size_report() -> None:
-    assert ex.size_report(50_000, 15_950_000) == {"code_bytes": 50_000, "model_bytes": 15_950_000,
+    assert size_report(50_000, 15_950_000) == {"code_bytes": 50_000, "model_bytes": 15_950_000,
                                                   "total": 16_000_000, "cap": 16_000_000, "headroom": 0,
                                                   "fits": True}
-    over = ex.size_report(50_001, 15_950_000)
+    over = size_report(50_001, 15_950_000)
     assert over["fits"] is False and over["headroom"] == -1

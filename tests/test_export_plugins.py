@@ -155,7 +155,7 @@ def test_codec_plugins_round_trip_and_conflict(name):
 def test_compress_auto_picks_smallest_and_decodes():
     codec = CompressAuto(CompressAutoConfig()).pg_codec(config=None)
     quant = QuantMixed(QuantMixedConfig(keep_float_max_numel=0))
-    qstate, _ = ex.quantize_state_dict({ATTN: rand_matrix(256, 300, seed=6), "b": torch.arange(10)},
+    qstate = ex.quantize_state_dict({ATTN: rand_matrix(256, 300, seed=6), "b": torch.arange(10)},
                                        [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
     blob = ex.encode_artifact(qstate, codec, "int6")
     header, _ = ex.parse_header(blob)
@@ -176,7 +176,7 @@ def small_qstate() -> dict[str, ex.QTensor]:
     quant = QuantMixed(QuantMixedConfig(keep_float_max_numel=0))
     state = {f"blocks.{i}.mlp.fc.weight": rand_matrix(192, 192, seed=10 + i) for i in range(3)}
     state["blocks.0.attn_scale"] = torch.ones(192)
-    qstate, _ = ex.quantize_state_dict(state, [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
+    qstate = ex.quantize_state_dict(state, [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
     return qstate
 
 
@@ -333,7 +333,7 @@ def test_quant_mixed_codes_and_scales_equal_the_pr315_rule_and_container_size_is
     sd = pr315_like_state()
     rec, rec_meta = pr315_quantize(sd)
     quant = QuantMixed()
-    qstate, _ = ex.quantize_state_dict(sd, [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
+    qstate = ex.quantize_state_dict(sd, [lambda n, t: quant.pg_quantize_tensor(n, t, None)])
     for name in sd:
         q = qstate[name]
         if isinstance(rec_meta[name], dict):
@@ -363,7 +363,7 @@ def test_prune_to_fit_run_fits_code_plus_artifact(tiny_sets):
                         "core.tied_embed_lr=0", "core.matrix_lr=0", "core.scalar_lr=0"])  # weights stay put
     run = setup(cfg, reg)
     n_code = code_bytes(run)
-    qstate, _ = ex.quantize_state_dict(run.model.state_dict(), [])
+    qstate = ex.quantize_state_dict(run.model.state_dict(), [])
     size_of = ex.artifact_sizer(ex.ZlibCodec())
     full = n_code + size_of(qstate)
     floor = n_code + size_of(pruned(qstate, find_candidates(qstate), len(find_candidates(qstate))))

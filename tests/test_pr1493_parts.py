@@ -23,12 +23,12 @@ import torch
 from record_module import exec_record
 
 from core.config import resolve
-from core.data import write_shard
 from core.model import MLP
 from core.optim import Muon, zeropower_via_newtonschulz5
 from core.registry import Registry
 from core.run import create_run
 from core.train import Clock, CoreDefaults, build_model, make_optimizers, setup, train
+from dataprep.build import write_shard
 from plugins.leaky_relu2 import LeakyReLU2MLP
 from plugins.muon_eq_r import MuonEqR
 from plugins.shuffled_loader import ShuffledSequenceLoader

@@ -253,7 +253,7 @@ def test_quant_mixed_matches_the_record_int6_export(record):
     result, meta = record.mixed_quantize_int6(rec_sd, {"mlp", "attn"})
     rec_deq = {pgolf_name(k): v for k, v in record.dequantize_mixed_int6(result, meta, rec_sd).items()}
     plugin = QuantMixed()
-    qstate, _ = quantize_state_dict(sd, [lambda n, t: plugin.pg_quantize_tensor(name=n, tensor=t, config=None)])
+    qstate = quantize_state_dict(sd, [lambda n, t: plugin.pg_quantize_tensor(name=n, tensor=t, config=None)])
     schemes = {}
     for name, q in qstate.items():
         ours = q.dequantize()

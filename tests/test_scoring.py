@@ -9,7 +9,7 @@ import torch
 
 from core.config import resolve
 from core.registry import Registry
-from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, bpb_from_sums, evaluate
+from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, evaluate
 from core.tokenizer import ByteTables
 from core.train import setup, train
 from plugins.lib.windows import window_ends
@@ -26,7 +26,7 @@ def tables(v=16):
 
 def test_sink_counts_each_position_once_and_bytes():
     toks = torch.tensor([1, 4, 5, 6, 1, 7, 8])
-    sink = ScoreSink(toks, tables(), checking=True)
+    sink = ScoreSink(toks, tables())
     sink.record(torch.tensor([1, 2, 3]), torch.tensor([1.0, 2.0, 3.0]))
     with pytest.raises(ScoringError, match="scored twice"):
         sink.record(torch.tensor([3]), torch.tensor([1.0]))
@@ -55,11 +55,6 @@ def test_scored_tokens_release_only_the_scored_prefix():
         sink.advance_frontier(7)
     sink.advance_frontier(5)
     assert st.read(0, 5).tolist() == [0, 1, 2, 3, 4]
-
-
-def test_bpb_formula():
-    r = bpb_from_sums(loss_sum=100.0, byte_sum=400.0, count=50)
-    assert r.val_loss == 2.0 and r.val_bpb == pytest.approx(2.0 / math.log(2) * 50 / 400)
 
 
 def test_window_ends_cover_each_position_once():
@@ -123,7 +118,7 @@ class AdaptThenScore:
 
 
 def _scores(run, evaluator, toks):
-    sink = ScoreSink(toks, run.byte_tables, checking=True)
+    sink = ScoreSink(toks, run.byte_tables)
     saved = {k: v.clone() for k, v in run.model.state_dict().items()}
     evaluator.evaluate(run, run.model, toks, sink)
     run.model.load_state_dict(saved)

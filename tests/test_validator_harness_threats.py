@@ -68,7 +68,7 @@ class CheatsWhenNotChecking(Small):
     name = "cheats_unless_checking"
 
     def evaluate(self, run, model, tokens, sink) -> None:
-        self.cheat = not sink.checking
+        self.cheat = not getattr(sink, "checking", False)
         super().evaluate(run, model, tokens, sink)
 
     def logp(self, model, tokens, s, e):

@@ -70,8 +70,8 @@ def smoke_data(root: Path, random_val: bool = False, src: Path | None = None, va
     `val_transform(val, vocab) -> tokens`: the validation shard's content is replaced by its result."""
     import numpy as np
 
-    from core.data import read_shard, write_shard
-    from dataprep.build import ensure_default_data
+    from core.data import read_shard
+    from dataprep.build import ensure_default_data, write_shard
 
     vocab = source_vocab(src)
     src = src or ensure_default_data(vocab_size=1024)

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from core import export as ex
+from core.model import CONTROL_TENSOR_NAME_PATTERNS
 
 # A row clip rule: (float32 matrix, qmax) -> per-row clip values (the value that maps to code qmax).
 RowClip = Callable[[Tensor, int], Tensor]
@@ -27,9 +28,25 @@ RowClip = Callable[[Tensor, int], Tensor]
 FAMILIES = ("attn", "mlp", "embed", "head", "other")
 
 
+def tensor_family(name: str) -> str:
+    """Coarse family of a state-dict entry: control, embed, head, attn, mlp or other."""
+    parts = name.split(".")
+    if any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
+        return "control"
+    if any("emb" in p for p in parts):
+        return "embed"
+    if "lm_head" in parts:
+        return "head"
+    if "attn" in parts:
+        return "attn"
+    if "mlp" in parts:
+        return "mlp"
+    return "other"
+
+
 @dataclass
 class MixedBitsConfig:
-    """Bits per tensor family (as `core.export.tensor_family` names them); 16 = fp16, 8 = baseline int8."""
+    """Bits per tensor family (as `tensor_family` names them); 16 = fp16, 8 = baseline int8."""
 
     attn_bits: int = field(default=6, metadata={"help": "attention matrices (PR #315: int6)"})
     mlp_bits: int = field(default=6, metadata={"help": "MLP matrices (PR #315: 6; PR #180: 5)"})
@@ -41,7 +58,7 @@ class MixedBitsConfig:
 
 
 def bits_for(cfg: MixedBitsConfig, name: str) -> int:
-    family = ex.tensor_family(name)
+    family = tensor_family(name)
     bits = int(getattr(cfg, f"{family}_bits", cfg.other_bits))
     if not (2 <= bits <= 8 or bits == 16):
         raise ValueError(f"{family}_bits must be in 2..8 or 16, got {bits}")

@@ -21,11 +21,43 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.model import Rotary
 from core.scoring import ScoredTokens, ScoreSink, doc_ids_of, rank_span
+
+
+def find_documents(tokens: Tensor, bos_id: int) -> list[tuple[int, int]]:
+    """(start, length) of each document: from its BOS up to and including the next BOS (PR #1530's split).
+
+    A document predicts positions start+1 .. start+length-1, so the next document's BOS is predicted from
+    this document's context, and every position 1..N-1 belongs to exactly one document. Tokens before
+    the first BOS (a stream that does not start with one) form a first document starting at 0.
+    """
+    n = tokens.numel()
+    starts = (tokens.reshape(-1) == bos_id).nonzero().reshape(-1).cpu().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    docs = []
+    for i, s in enumerate(starts):
+        end = starts[i + 1] + 1 if i + 1 < len(starts) else n
+        if end - s >= 2:
+            docs.append((s, end - s))
+    return docs
+
+
+class FixedRotary(nn.Module):
+    """A rotary module's cos/sin tables computed once at `seq_len`; shorter rows read a prefix of them, so
+    one compiled graph serves every row length."""
+
+    def __init__(self, rotary: nn.Module, seq_len: int, device: torch.device):
+        super().__init__()
+        cos, sin = rotary(seq_len, device, torch.float32)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        return self.cos[:, :, :seq_len].to(dtype=dtype), self.sin[:, :, :seq_len].to(dtype=dtype)
 
 
 def cosine_lr(base: float, chunk: int, n_chunks: int) -> float:
@@ -218,9 +250,10 @@ class DocLoRATTT:
             s = self.s
             self.loras = install_lora(self.copy, self.targets, s.batch_docs, s.rank, self.scale)
             self.params = [p for lo in self.loras for p in lo.parameters()]
-            for m in self.copy.modules():
+            for name, m in list(self.copy.named_modules()):
                 if isinstance(m, Rotary):
-                    m.fix_length(self.seq_len, run.device)
+                    parent, _, attr = name.rpartition(".")
+                    setattr(self.copy.get_submodule(parent), attr, FixedRotary(m, self.seq_len, run.device))
             self.forward = self.copy
             if model is not run.model:  # the evaluation model is compiled: compile this one too
                 self.forward = torch.compile(self.copy, dynamic=None, fullgraph=True, backend=self.backend)
@@ -253,19 +286,13 @@ class DocLoRATTT:
         bs.sort(key=lambda b: -max(d[1] for d in b))
         return bs[rank::world_size]
 
-    def _row_loss(self, run, x: Tensor, y: Tensor, checking: bool) -> tuple[Tensor, Tensor | None]:
-        """(B, T) per-token NLL with grad (and the log-normaliser in checking mode)."""
+    def _row_loss(self, run, x: Tensor, y: Tensor) -> Tensor:
+        """(B, T) per-token NLL with grad."""
         if self.compiled:  # row lengths vary by chunk: one graph, symbolic in the length
             torch._dynamo.maybe_mark_dynamic(x, 1)
             torch._dynamo.maybe_mark_dynamic(y, 1)
-        if checking:
-            with run.autocast():
-                logits = self.forward(x).double()
-            lognorm = torch.logsumexp(logits.detach(), dim=-1)
-            nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none").view_as(y)
-            return nll, lognorm
         with run.autocast():
-            return self.forward(x, y, reduce=False), None
+            return self.forward(x, y, reduce=False)
 
     def score_docs(self, run, tokens: Tensor, sink: ScoreSink, docs: list[tuple[int, int]],
                    on_batch: Callable[[int], None] | None = None) -> None:
@@ -299,8 +326,8 @@ class DocLoRATTT:
                 mask = score_mask.to(device)
                 train = bool(trains_after.any())
                 with torch.enable_grad():  # always, as the record: one compiled graph per row length
-                    nll, lognorm = self._row_loss(run, x, y, sink.checking)
-                sink.record(positions[mask], nll.detach()[mask], None if lognorm is None else lognorm[mask])
+                    nll = self._row_loss(run, x, y)
+                sink.record(positions[mask], nll.detach()[mask])
                 if train:
                     rows = trains_after.to(device)
                     train_mask = mask & rows[:, None]
@@ -323,7 +350,7 @@ class DocLoRATTT:
         for width in widths:
             x = torch.randint(0, run.core.vocab_size, (self.s.batch_docs, width + 1), generator=gen).to(run.device)
             with torch.enable_grad():
-                nll, _ = self._row_loss(run, x[:, :-1], x[:, 1:], False)
+                nll = self._row_loss(run, x[:, :-1], x[:, 1:])
             opt.zero_grad(set_to_none=True)
             nll.mean(dim=1).sum().backward()
             opt.step()

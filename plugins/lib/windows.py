@@ -38,11 +38,11 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
             idx = range(b, min(b + batch_seqs, which.stop))
             xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in idx]).to(device, torch.int64)
             ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in idx]).to(device, torch.int64)
-            nll, lognorm = score_nll(run, model, xs, ys, sink.checking, bos_id)
+            nll = score_nll(run, model, xs, ys, bos_id)
             pos = torch.stack([torch.arange(ends[k] - win + 1, ends[k] + 1) for k in idx]).to(device)
             new = torch.tensor([ends[k] - (ends[k - 1] if k > 0 else 0) for k in idx], device=device)
             keep = col[None, :] >= (win - new)[:, None]
-            sink.record(pos[keep], nll.detach()[keep], None if lognorm is None else lognorm[keep])
+            sink.record(pos[keep], nll[keep])
 
 
 def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: int, win: int) -> set[tuple[int, int]]:

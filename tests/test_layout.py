@@ -1,0 +1,25 @@
+"""core/ is the trainer only: it imports nothing above it (DESIGN.md "Layout")."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+CORE = Path(__file__).resolve().parent.parent / "core"
+ABOVE = ("pgolf", "validator", "submissions", "dataprep", "plugins", "benchmarks")
+
+
+def _imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out.add(node.module)
+    return out
+
+
+def test_core_imports_nothing_above_it():
+    arrows = {(p.name, m) for p in CORE.glob("*.py") for m in _imports(p) if m.split(".")[0] in ABOVE}
+    # the registry discovers the built-in plugins package by name (discovery, not a technique)
+    assert arrows == {("registry.py", "plugins")}
