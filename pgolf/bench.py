@@ -272,8 +272,9 @@ def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tupl
     fineweb_<V>_bpe.model. Returns (root, dataset dir, tokenizer)."""
     import numpy as np
 
-    from core.data import read_shard, shard_files, write_shard
+    from core.data import read_shard, shard_files
     from core.train import resolve_data
+    from dataprep.build import write_shard
 
     src, tok = resolve_data(SimpleNamespace(core=cfg.core))
     vocab = cfg.core.vocab_size
