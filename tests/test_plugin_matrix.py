@@ -32,7 +32,7 @@ def companions(name: str) -> list[str]:
 
 
 def with_companions(name: str) -> list[str]:
-    return with_companions(name)
+    return [*companions(name), name]
 
 
 def companion_settings(name: str) -> list[str]:
