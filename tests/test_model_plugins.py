@@ -11,12 +11,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from model_builders import build_tiny, randomize
 
 from core.config import ConfigError, resolve
 from core.optim import default_param_groups
 from core.registry import Registry
-from core.run import create_run
-from core.train import CoreDefaults, build_model
 
 REGISTRY = Registry()
 TINY = ["core.vocab_size=96", "core.num_layers=4", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
@@ -24,20 +23,8 @@ TINY = ["core.vocab_size=96", "core.num_layers=4", "core.model_dim=64", "core.nu
 
 
 def build(plugins: list[str], sets=(), seed: int = 0):
-    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins, sets=[*TINY, *sets],
-                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
-    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
-    torch.manual_seed(seed)
-    run.model = build_model(run)
-    return run, run.model
+    return build_tiny(REGISTRY, TINY, plugins, sets, seed)
 
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter random (zero-init projections and gates included), so no part of the forward is inert."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim < 2 else 1.0 / math.sqrt(p.shape[-1])))
 
 
 def ids(b: int = 2, t: int = 16, seed: int = 1) -> torch.Tensor:

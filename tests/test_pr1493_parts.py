@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_builders import build_tiny, randomize
 from record_module import exec_record
 
 from core.config import resolve
@@ -43,20 +44,8 @@ TINY = ["core.vocab_size=96", "core.num_layers=3", "core.model_dim=64", "core.nu
 
 
 def build(plugins: list[str], sets=()):
-    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins, sets=[*TINY, *sets],
-                  check_plugins=REGISTRY.check)
-    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
-    torch.manual_seed(cfg.core.seed)
-    run.model = build_model(run)
-    return run, run.model
+    return build_tiny(REGISTRY, TINY, plugins, sets)
 
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Every parameter random (zero-init projections included), so no part of the forward is inert."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim < 2 else 1.0 / math.sqrt(p.shape[-1])))
 
 
 # --- the record's own code ------------------------------------------------------------------------------
