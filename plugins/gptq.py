@@ -7,7 +7,9 @@ sequences the model samples itself (`"ar"`: temperature 0.8, seeded, no data rea
 over ranks. The core reserves `reserve_seconds` of the wall clock for it and counts its time as training.
 At export each such matrix is quantized column by column in act order with Cholesky error compensation
 (`plugins.lib.quant.gptq_quantize`), its per-row scales chosen by the records' clip search (`clip = "search"`:
-row-clip quantiles, scale floored at 1/qmax, lowest weight MSE, PR #1060) or by k·std(row) (`"sdclip"`).
+row-clip quantiles, scale floored at 1/qmax, lowest weight MSE, PR #1060) or by k·std(row) (`"sdclip"`), k per
+family (embed, mlp, attn, else matrix: PR #1586/#1626/#1855's `*_CLIP_SIGMAS`), optionally modulated per row by
+the Hessian (PR #1412's Hessian-aware SDClip: k·std_i·[1 + λ(r_i − 1)], `hessian_clip_lambda`).
 Tensors without a Hessian follow the mixed policy of `quant_mixed` with the same clip rule.
 """
 
@@ -32,9 +34,8 @@ from plugins.lib.quant import (
     policy_quantize,
     prepare_hessian,
     qmax_of,
-    tensor_family,
 )
-from plugins.sdclip import MIN_SCALE
+from plugins.sdclip import MIN_SCALE, sigmas_for
 
 CALIBRATIONS = ("train", "ar")
 CLIPS = ("search", "sdclip")
@@ -60,6 +61,12 @@ class GPTQConfig(MixedBitsConfig):
         "help": "clip search: row-clip quantiles of |w| to try (1.0 = row max)"})
     matrix_clip_sigmas: float = field(default=12.85, metadata={"help": "sdclip: k for matrices"})
     embed_clip_sigmas: float = field(default=20.0, metadata={"help": "sdclip: k for the embedding"})
+    mlp_clip_sigmas: float = field(default=0.0, metadata={
+        "help": "sdclip: k for MLP matrices (0 = matrix_clip_sigmas; PR #1626: 12, #1855: 11.5)"})
+    attn_clip_sigmas: float = field(default=0.0, metadata={
+        "help": "sdclip: k for attention matrices (0 = matrix_clip_sigmas; PR #1626/#1855: 13)"})
+    hessian_clip_lambda: float = field(default=0.0, metadata={
+        "help": "sdclip: Hessian-aware row modulation k·std·[1 + λ(r_i - 1)] (PR #1412: 0.175; 0 = off)"})
     gptq_embed: bool = field(default=False, metadata={
         "help": "also GPTQ the tied embedding with the final-norm output Hessian (PR #1394)"})
     hessian_ranks: str = field(default="all", metadata={
@@ -82,6 +89,10 @@ def check_config(cfg: GPTQConfig) -> None:
             errors.append(f"gptq.{key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.ar_seq_len < 0 or cfg.reserve_seconds < 0 or not cfg.ar_temperature > 0 or cfg.damp < 0:
         errors.append("gptq: ar_seq_len and reserve_seconds must be >= 0, ar_temperature > 0, damp >= 0")
+    if cfg.mlp_clip_sigmas < 0 or cfg.attn_clip_sigmas < 0 or cfg.hessian_clip_lambda < 0:
+        errors.append("gptq: mlp_clip_sigmas, attn_clip_sigmas and hessian_clip_lambda must be >= 0")
+    if cfg.hessian_clip_lambda > 0 and cfg.clip != "sdclip":
+        errors.append("gptq.hessian_clip_lambda modulates the SDClip scale: it needs gptq.clip = \"sdclip\"")
     if errors:
         raise ValueError("; ".join(errors))
 
@@ -139,6 +150,16 @@ class HessianCollector:
                         dist.broadcast(t, src=0)
             out[name] = h / n.clamp_min(1.0)
         return out
+
+
+def hessian_row_importance(w32: Tensor, hessian: Tensor, damp: float) -> Tensor:
+    """PR #1412's row importance r_i (mean 1): mean_j |W_ij|·c_j / mean_i(...), with c_j = d_j / mean(d) and d
+    the damped Hessian diagonal (dead columns set to 1 first, as GPTQ's), floored at 1e-8."""
+    d = torch.diagonal(hessian).float().clone()
+    d[d == 0] = 1.0
+    d = (d + damp * d.mean()).clamp_min(1e-8)
+    r = (w32.abs() * (d / d.mean())[None, :]).mean(dim=1)
+    return r / r.mean()
 
 
 def hessian_targets(model: nn.Module, cfg: GPTQConfig) -> set[str]:
@@ -243,15 +264,18 @@ class GPTQ(Plugin):
 
     def row_clip(self, name: str) -> Any:
         if self.cfg.clip == "sdclip":
-            k = self.cfg.embed_clip_sigmas if tensor_family(name) in ("embed", "head") else \
-                self.cfg.matrix_clip_sigmas
+            k = sigmas_for(self.cfg, name)  # per family: embed/head, mlp, attn, else the matrix k
             return lambda t32, qmax: k * t32.std(dim=1)
         return lambda t32, qmax: search_clip(t32, qmax, self.percentiles, per_row=False)
 
-    def candidate_scales(self, name: str, w32: Tensor, bits: int) -> list[Tensor]:
+    def candidate_scales(self, name: str, w32: Tensor, bits: int, hessian: Tensor | None = None) -> list[Tensor]:
         qmax = qmax_of(bits)
         if self.cfg.clip == "sdclip":
-            return [(self.row_clip(name)(w32, qmax) / qmax).clamp_min(MIN_SCALE).to(torch.float16)]
+            clip = self.row_clip(name)(w32, qmax)
+            if self.cfg.hessian_clip_lambda > 0 and hessian is not None:
+                r = hessian_row_importance(w32, hessian.to(w32.device), self.cfg.damp)
+                clip = clip * (1.0 + self.cfg.hessian_clip_lambda * (r - 1.0))
+            return [(clip / qmax).clamp_min(MIN_SCALE).to(torch.float16)]
         return [(clip / qmax).clamp_min(1.0 / qmax).to(torch.float16) for clip in row_clips(w32, self.percentiles)]
 
     @hookimpl
@@ -269,7 +293,7 @@ class GPTQ(Plugin):
         except torch.linalg.LinAlgError:  # not positive definite even after damping: the records' RTN fallback
             return policy_quantize(name, tensor, self.cfg, self.row_clip(name), extra_negative=False,
                                    method="gptq_fallback", baseline_int8=False)
-        codes, scale, choice = gptq_quantize(w32, prep, self.candidate_scales(name, w32, bits), bits,
+        codes, scale, choice = gptq_quantize(w32, prep, self.candidate_scales(name, w32, bits, h), bits,
                                              self.cfg.block_size)
         meta: dict[str, int | float | str] = {"bits": bits, "method": "gptq", "clip": self.cfg.clip,
                                               "candidate": choice}

@@ -23,6 +23,7 @@ SLOW = (
     "tests/test_doc_isolation.py::test_document_ttt_warmup_compiles_one_graph_for_every_row_length",  # compiles
     "tests/test_export_plugins.py::test_prune_to_fit_run_fits_code_plus_artifact",
     "tests/test_readme.py::test_readme_tour_runs_as_written",  # every tour command, as subprocesses
+    "tests/test_soft_round_qat.py::test_compiled_switch_and_alpha_change_the_output_without_recompiling",  # ~12 s
     "tests/test_train.py::test_sigterm_marks_the_run_interrupted",  # a subprocess killed mid-run
 )
 
