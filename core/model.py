@@ -381,11 +381,15 @@ class GPT(nn.Module):
             x = self.blocks[i](x, x0, ctx)
         return self.final_norm(x)
 
-    def logits(self, h: Tensor) -> Tensor:
+    def project(self, h: Tensor) -> Tensor:
+        """The logits before the softcap: the head (tied or not) plus the `head_add` parts."""
         proj = F.linear(h, self.tok_emb.weight) if self.lm_head is None else self.lm_head(h)
         for part in self.head_add:
             proj = proj + part(h)
-        return self.logit_softcap * torch.tanh(proj / self.logit_softcap)
+        return proj
+
+    def logits(self, h: Tensor) -> Tensor:
+        return self.logit_softcap * torch.tanh(self.project(h) / self.logit_softcap)
 
     def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduce: bool = True,
                 doc_ids: Tensor | None = None) -> Tensor:

@@ -241,14 +241,18 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.model = build_model(run)
     compiled = torch.compile(run.model, dynamic=False, fullgraph=True) if should_compile(run) else run.model
     run.eval_model = compiled
+    run.optimizers = make_optimizers(run, run.model)
     if run.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
+        own = {id(p) for o in run.optimizers if getattr(o, "reduces_own_grads", False)  # e.g. parallel_muon's
+               for g in o.param_groups for p in g["params"]}
+        DDP._set_params_and_buffers_to_ignore_for_model(compiled, [n for n, p in compiled.named_parameters()
+                                                                    if id(p) in own])
         ids = [run.local_rank] if run.device.type == "cuda" else None
         run.train_model = DDP(compiled, device_ids=ids, broadcast_buffers=False)
     else:
         run.train_model = compiled
-    run.optimizers = make_optimizers(run, run.model)
     run.modes = sorted((m for modes in run.hook.pg_modes(config=run.config) if modes for m in modes),
                        key=lambda m: m.start_frac)  # the order they switch on
     return run

@@ -1,0 +1,319 @@
+"""Parallel Muon with parameter banks: same-shape matrices orthogonalised together, sharded over ranks (PR #399
+→ #549, the optimizer of PR #609/#1019's `Muon` and PR #1855's record).
+
+The records store the block matrices as four 3-D banks (`qo_bank`, `kv_bank`, `mlp_up_bank`,
+`mlp_down_bank`). Here the model keeps its per-layer weights (export, GPTQ and QAT hooks still see them) and
+the optimizer banks them: the matrix group's parameters are grouped by shape and their gradients stacked
+into one (B, rows, cols) tensor per shape, so Newton–Schulz runs batched (`X.mT`, norms over the last two
+dims). With W ranks, as the record's `Muon`:
+1. `launch_reduce_scatters`: each bank's gradient (bf16, B padded to a multiple of W, biggest bank first) is
+   reduce-scattered asynchronously (mean over ranks), so each rank holds B/W matrices of the batch gradient;
+2. `step`: per bank, wait for its shard, Nesterov momentum on the shard (the momentum lives only there),
+   batched NS, an async all-gather of the orthogonalised shard; the previous bank's gathered update is
+   applied (decoupled WD, then `p -= lr·sqrt(max(1, rows/cols))·update`) while this one computes.
+The core's DDP all-reduce skips these parameters (the optimizer's `reduces_own_grads`; `core.train.setup`),
+so the gradient is reduced once. The reduce-scatters start in `pg_before_step`, before the other groups'
+Adam steps. With GRAD_CLIP_NORM > 0 on W ranks the clip needs the reduced gradient: `pg_before_step` waits
+for the shards, computes the global norm (shards all-reduced plus the DDP-reduced rest) and scales both;
+the records clip each rank's local gradients before reducing, which gives ranks different clip factors.
+
+It wraps whichever Muon makes the matrix group: hyperparameters (lr, momentum, nesterov, backend steps,
+weight decay, Polar Express `ns_coeffs`) come from its param groups, `muon_eq_r`'s row normalisation from
+the optimizer. Precision follows the record: gradients are communicated and momentum is kept in bf16, NS
+runs in bf16 (`grad_dtype`, `ns_dtype`: float32 gives the core Muon's fp32 momentum).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from core.hookspecs import hookimpl
+from core.optim import NS5_COEFFS, Muon
+from core.registry import Plugin
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class ParallelMuonConfig:
+    grad_dtype: str = field(default="bfloat16", metadata={
+        "help": "dtype of the communicated gradient and the momentum (PR #609/#1855: bfloat16)"})
+    ns_dtype: str = field(default="bfloat16", metadata={
+        "help": "dtype of the batched Newton-Schulz iteration and the gathered update (records: bfloat16)"})
+
+    def __post_init__(self) -> None:
+        for name in ("grad_dtype", "ns_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"parallel_muon.{name}: expected one of {tuple(DTYPES)}, got {getattr(self, name)!r}")
+
+
+def batched_newton_schulz(G: Tensor, steps: int, coeffs: tuple | None = None, eps: float = 1e-7,
+                          dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Orthogonalise each matrix of `G` (..., rows, cols): the quintic iteration with one (a, b, c) per step
+    (NS5's for every step when `coeffs` is None, else the first `steps` of `coeffs`), in `dtype`."""
+    schedule = (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]
+    X = G.to(dtype)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    for a, b, c in schedule:
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if transposed else X
+
+
+@functools.cache
+def _compiled_newton_schulz() -> Any:
+    return torch.compile(batched_newton_schulz, dynamic=False)
+
+
+@dataclass
+class Bank:
+    """Same-shape matrices of one param group, stacked: `grads` (padded B, r, c) is the reduce-scatter input,
+    `shard` this rank's rows of the mean gradient, `gathered` the all-gathered update."""
+
+    group: int  # index into param_groups (load_state_dict replaces the group dicts)
+    params: list[Tensor]
+    grads: Tensor
+    shard: Tensor
+    gathered: Tensor
+    scale: float
+    has_grad: list[bool] = field(default_factory=list)
+    work: Any = None
+
+
+class ParallelMuon(Muon):
+    """Muon over parameter banks: batched Newton–Schulz, sharded over the process group's ranks."""
+
+    reduces_own_grads = True  # core.train.setup leaves these parameters out of DDP's gradient all-reduce
+
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
+                 weight_decay: float = 0.0, row_normalize: bool = False, eps: float = 1e-7,
+                 grad_dtype: torch.dtype = torch.bfloat16, ns_dtype: torch.dtype = torch.bfloat16):
+        super().__init__(params, lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                         weight_decay=weight_decay)
+        for p in (p for g in self.param_groups for p in g["params"]):
+            if p.ndim != 2:
+                raise ValueError(f"parallel_muon: Muon parameters must be matrices, got shape {tuple(p.shape)}")
+        self.row_normalize, self.eps = row_normalize, eps
+        self.grad_dtype, self.ns_dtype = grad_dtype, ns_dtype
+        self.banks: list[Bank] | None = None  # built at the first step, once the process group exists
+        self.launched = False
+        self.reduced = False
+
+    @classmethod
+    def from_muon(cls, opt: Muon, grad_dtype: torch.dtype, ns_dtype: torch.dtype) -> ParallelMuon:
+        """The same param groups and settings as `opt` (the core's Muon, or `muon_eq_r`'s)."""
+        if type(opt) is not Muon and not hasattr(opt, "row_normalize"):
+            raise ValueError(f"parallel_muon: cannot bank {type(opt).__name__}: it changes Muon in a way the "
+                             f"banked update does not reproduce (supported: core Muon, muon_eq_r)")
+        first = opt.param_groups[0]
+        new = cls(opt.param_groups[0]["params"], lr=first["lr"], momentum=first["momentum"],
+                  backend_steps=first["backend_steps"], nesterov=first["nesterov"],
+                  row_normalize=getattr(opt, "row_normalize", False), eps=getattr(opt, "eps", 1e-7),
+                  grad_dtype=grad_dtype, ns_dtype=ns_dtype)
+        new.param_groups[0].update({k: v for k, v in first.items() if k != "params"})
+        for g in opt.param_groups[1:]:
+            new.add_param_group(dict(g))
+        return new
+
+    # --- banks and communication ---------------------------------------------------------------------
+    @staticmethod
+    def _world() -> tuple[int, bool]:
+        on = dist.is_available() and dist.is_initialized()
+        return (dist.get_world_size() if on else 1), on
+
+    def _build(self) -> list[Bank]:
+        world, _ = self._world()
+        banks = []
+        for gi, group in enumerate(self.param_groups):
+            by_shape: dict[tuple, list[Tensor]] = {}
+            for p in group["params"]:
+                by_shape.setdefault((tuple(p.shape), p.device), []).append(p)
+            for (shape, device), params in by_shape.items():
+                padded = -(-len(params) // world) * world
+                grads = torch.zeros(padded, *shape, device=device, dtype=self.grad_dtype)
+                shard = grads if world == 1 else grads.new_zeros(padded // world, *shape)
+                gathered = torch.zeros(padded, *shape, device=device, dtype=self.ns_dtype)
+                banks.append(Bank(gi, params, grads, shard, gathered, max(1.0, shape[0] / shape[1]) ** 0.5))
+        banks.sort(key=lambda b: -b.grads.numel())  # biggest reduce-scatter first, as the record
+        return banks
+
+    @torch.no_grad()
+    def launch_reduce_scatters(self) -> None:
+        """Stack each bank's gradients (a missing gradient counts as zeros) and start its reduce-scatter."""
+        if self.banks is None:
+            self.banks = self._build()
+        world, distributed = self._world()
+        nccl = distributed and dist.get_backend() == "nccl"
+        for bank in self.banks:
+            bank.has_grad = [p.grad is not None for p in bank.params]
+            rows = [bank.grads[i] for i in range(len(bank.params))]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bank.params]
+            torch._foreach_copy_(rows, grads)
+            if world > 1:  # gloo has no AVG: SUM here, divided by W when the shard arrives
+                op = dist.ReduceOp.AVG if nccl else dist.ReduceOp.SUM
+                bank.work = _reduce_scatter(bank.shard, bank.grads, op)
+        self.launched, self.reduced = True, False
+
+    def _wait(self, bank: Bank) -> None:
+        if bank.work is not None:
+            bank.work.wait()
+            bank.work = None
+            if dist.get_backend() != "nccl":
+                bank.shard.div_(self._world()[0])
+
+    @torch.no_grad()
+    def finish_reduce_scatters(self) -> None:
+        for bank in self.banks or []:
+            self._wait(bank)
+        self.reduced = True
+
+    @torch.no_grad()
+    def reduced_grad_sq_norm(self) -> Tensor:
+        """Squared L2 norm of the rank-mean gradient of every banked matrix (all ranks agree; no host sync)."""
+        self.finish_reduce_scatters()
+        total = sum(b.shard.float().square().sum() for b in self.banks)
+        if self._world()[0] > 1:
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    @torch.no_grad()
+    def scale_reduced_grads(self, factor: Tensor) -> None:
+        for bank in self.banks:
+            bank.shard.mul_(factor.to(bank.shard.dtype))
+
+    # --- the step ------------------------------------------------------------------------------------
+    def _momentum(self, bank: Bank) -> Tensor:
+        state = self.state[bank.params[0]]
+        buf = state.get("bank_momentum")
+        if buf is None or buf.shape != bank.shard.shape or buf.dtype != self.grad_dtype:
+            # absent, or cast to the parameter's dtype by load_state_dict
+            buf = torch.zeros_like(bank.shard) if buf is None else buf.to(self.grad_dtype)
+            state["bank_momentum"] = buf
+        return buf
+
+    def _apply(self, bank: Bank, update: Tensor) -> None:
+        group = self.param_groups[bank.group]
+        lr, wd = group["lr"], group.get("weight_decay", 0.0)
+        if wd > 0.0:
+            torch._foreach_mul_(bank.params, 1.0 - lr * wd)
+        live = [i for i, has in enumerate(bank.has_grad) if has]
+        dtype = bank.params[0].dtype
+        torch._foreach_add_([bank.params[i] for i in live], [update[i].to(dtype) for i in live],
+                            alpha=-lr * bank.scale)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self.launched:
+            self.launch_reduce_scatters()
+        world, _ = self._world()
+        newton_schulz = (_compiled_newton_schulz() if self.banks and self.banks[0].grads.is_cuda
+                         else batched_newton_schulz)
+        previous = None
+        for bank in self.banks:
+            group = self.param_groups[bank.group]
+            self._wait(bank)
+            g, momentum = bank.shard, group["momentum"]
+            buf = self._momentum(bank)
+            buf.mul_(momentum).add_(g)
+            update = g.add(buf, alpha=momentum) if group["nesterov"] else buf
+            if self.row_normalize:  # muon_eq_r: each row over its fp32 L2 norm
+                update = update / update.float().norm(dim=-1, keepdim=True).clamp_min(self.eps).to(update.dtype)
+            update = newton_schulz(update, group["backend_steps"], group.get("ns_coeffs"), dtype=self.ns_dtype)
+            if world == 1:
+                self._apply(bank, update)
+                continue
+            work = _all_gather(bank.gathered, update.contiguous())
+            if previous is not None:  # the previous bank's update lands while this one's gathers
+                previous[1].wait()
+                self._apply(previous[0], previous[0].gathered)
+            previous = (bank, work)
+        if previous is not None:
+            previous[1].wait()
+            self._apply(previous[0], previous[0].gathered)
+        self.launched = self.reduced = False
+        return loss
+
+
+def _reduce_scatter(out: Tensor, inp: Tensor, op: Any) -> Any:
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return fn(out, inp, op=op, async_op=True)
+
+
+def _all_gather(out: Tensor, inp: Tensor) -> Any:
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(out, inp, async_op=True)
+
+
+@torch.no_grad()
+def clip_global_grad_norm(opt: ParallelMuon, others: list[Tensor], max_norm: float) -> Tensor:
+    """Clip the batch gradient as one process would: the norm of the banked shards (all ranks) and of the
+    other (already reduced, replicated) gradients `others`; scales both in place and returns the norm."""
+    sq = opt.reduced_grad_sq_norm()
+    if others:
+        sq = sq + torch.stack(torch._foreach_norm([g.float() for g in others])).square().sum()
+    norm = sq.sqrt()
+    factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+    opt.scale_reduced_grads(factor)
+    if others:
+        torch._foreach_mul_(others, factor)
+    return norm
+
+
+class ParallelMuonPlugin(Plugin):
+    name = "parallel_muon"
+    family = "training"
+    summary = ("Muon over parameter banks: batched Newton-Schulz per matrix shape; on W ranks reduce-scatter, "
+               "sharded NS, all-gather (PR #549/#609).")
+    sources = ("openai/parameter-golf#399", "openai/parameter-golf#549", "openai/parameter-golf#609",
+               "openai/parameter-golf#1019", "openai/parameter-golf#1855")
+    config = ParallelMuonConfig
+    test_settings = {"parallel_muon": {}}
+
+    def __init__(self, cfg: ParallelMuonConfig | None = None):
+        super().__init__(cfg or ParallelMuonConfig())
+
+    @hookimpl(wrapper=True)
+    def pg_make_optimizer(self, group: str, params: list, config):
+        opt = yield
+        if group == "matrix" and isinstance(opt, Muon) and not isinstance(opt, ParallelMuon):
+            opt = ParallelMuon.from_muon(opt, DTYPES[self.cfg.grad_dtype], DTYPES[self.cfg.ns_dtype])
+        return opt
+
+    @hookimpl
+    def pg_train_start(self, run) -> None:
+        for opt in run.optimizers:
+            if isinstance(opt, ParallelMuon):
+                params = [p for g in opt.param_groups for p in g["params"]]
+                skipped = len(getattr(run.train_model, "parameters_to_ignore", ()))  # DDP's set of names
+                run.log(f"parallel_muon:banks:{len({tuple(p.shape) for p in params})} matrices:{len(params)} "
+                        f"world_size:{run.world_size} ddp_skips:{skipped}")
+
+    @hookimpl
+    def pg_before_step(self, run, step: int, clock) -> None:
+        if not run.distributed:
+            return
+        for opt in run.optimizers:
+            if not isinstance(opt, ParallelMuon):
+                continue
+            opt.launch_reduce_scatters()
+            if run.core.grad_clip_norm > 0:  # the core's clip must not see the local (unreduced) bank grads
+                banked = {id(p) for g in opt.param_groups for p in g["params"]}
+                others = [p.grad for p in run.model.parameters() if p.grad is not None and id(p) not in banked]
+                clip_global_grad_norm(opt, others, run.core.grad_clip_norm)
+                for g in opt.param_groups:
+                    for p in g["params"]:
+                        p.grad = None

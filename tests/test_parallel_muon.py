@@ -1,0 +1,228 @@
+"""parallel_muon: the banked (batched) update equals the per-matrix Muon update; on 2 gloo ranks the sharded
+update equals the 1-rank update, with and without the global-norm clip, and ranks stay identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.optim import NS5_COEFFS, Muon, default_param_groups
+from plugins.muon_eq_r import MuonEqR
+from plugins.parallel_muon import ParallelMuon, batched_newton_schulz, clip_global_grad_norm
+from plugins.polar_express import PE_COEFFS
+
+SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (16, 8), (8, 16)]  # banks of 3, 2 and 1 matrices
+F32 = dict(grad_dtype=torch.float32, ns_dtype=torch.float32)
+
+
+def ns_per_matrix_fp32(G, steps, coeffs=None, eps=1e-7):
+    """Independent per-matrix Newton–Schulz in fp32 (the core's algorithm, without its bf16 cast)."""
+    X = G.float()
+    X = X / (X.norm() + eps)
+    transposed = X.size(0) > X.size(1)
+    if transposed:
+        X = X.T
+    for a, b, c in (coeffs or (NS5_COEFFS,) * steps)[:steps]:
+        A = X @ X.T
+        X = a * X + (b * A + c * (A @ A)) @ X
+    return X.T if transposed else X
+
+
+def make_params(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in SHAPES]
+
+
+def grads_for(step, rank=None):
+    g = torch.Generator().manual_seed(1000 * step + (rank if rank is not None else 99))
+    return [torch.randn(*s, generator=g) for s in SHAPES]
+
+
+def run_steps(opt, params, grads_of_step, steps=3):
+    for step in range(steps):
+        for p, grad in zip(params, grads_of_step(step), strict=True):
+            p.grad = grad.clone()
+        opt.step()
+    return [p.detach().clone() for p in params]
+
+
+def muon_per_matrix_fp32(params, grads_of_step, lr, momentum, wd=0.0, coeffs=None, row_normalize=False,
+                         steps=3):
+    """Muon one matrix at a time in fp32 (the core's `Muon.step` keeps its update in bf16, so it is not the
+    fp32 reference): Nesterov momentum, optional row normalisation, NS, sqrt(max(1, r/c)) scale, WD."""
+    bufs = [torch.zeros_like(p) for p in params]
+    with torch.no_grad():
+        for step in range(steps):
+            for p, buf, g in zip(params, bufs, grads_of_step(step), strict=True):
+                buf.mul_(momentum).add_(g)
+                u = g + momentum * buf
+                if row_normalize:
+                    u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+                u = ns_per_matrix_fp32(u, 5, coeffs) * max(1, p.size(0) / p.size(1)) ** 0.5
+                p.mul_(1 - lr * wd).add_(u, alpha=-lr)
+    return [p.detach().clone() for p in params]
+
+
+@pytest.mark.parametrize("variant", ["ns5", "polar_express_wd", "muon_eq_r"])
+def test_banked_update_equals_per_matrix_muon_fp32(variant):
+    ref_params, params = make_params(), make_params()
+    wd = 0.0 if variant == "ns5" else 0.1
+    coeffs = PE_COEFFS if variant == "polar_express_wd" else None
+    kw = dict(lr=0.05, momentum=0.9, backend_steps=5)
+    source = MuonEqR(params, weight_decay=wd, **kw) if variant == "muon_eq_r" else Muon(params, weight_decay=wd, **kw)
+    if coeffs:
+        source.param_groups[0]["ns_coeffs"] = coeffs
+    banked = ParallelMuon.from_muon(source, **F32)  # takes the settings from the Muon it replaces
+    expected = muon_per_matrix_fp32(ref_params, grads_for, 0.05, 0.9, wd, coeffs, variant == "muon_eq_r")
+    got = run_steps(banked, params, grads_for)
+    assert sorted(len(b.params) for b in banked.banks) == [1, 2, 3]
+    for e, g in zip(expected, got, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected[0], make_params()[0], atol=1e-3)  # the steps moved the weights
+
+
+def test_default_bf16_bank_update_is_as_close_to_fp32_as_the_core_muon():
+    """The record's precision (bf16 momentum and NS): its distance to the fp32 update is the core Muon's
+    (bf16 NS, bf16 update) bf16 noise, not a different update."""
+    start, fp32 = make_params(), muon_per_matrix_fp32(make_params(), grads_for, 0.05, 0.9)
+    core_params, params = make_params(), make_params()
+    core = run_steps(Muon(core_params, lr=0.05, momentum=0.9, backend_steps=5), core_params, grads_for)
+    banked = run_steps(ParallelMuon(params, lr=0.05, momentum=0.9, backend_steps=5), params, grads_for)
+    for s, f, c, b in zip(start, fp32, core, banked, strict=True):
+        moved = (f - s).norm()
+        assert (b - f).norm() < 0.05 * moved
+        assert (b - f).norm() < 1.5 * (c - f).norm()
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 24), (3, 24, 8)])
+def test_batched_newton_schulz_equals_each_matrix_alone(shape):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    batched = batched_newton_schulz(G, 5, dtype=torch.float32)
+    for i in range(shape[0]):
+        torch.testing.assert_close(batched[i], ns_per_matrix_fp32(G[i], 5), rtol=0, atol=1e-6)
+
+
+def test_load_state_dict_restores_bank_momentum():
+    """The core's warm-up restores optimizer state with load_state_dict: the bank momentum must follow."""
+    params = make_params()
+    opt = ParallelMuon(params, lr=0.05, momentum=0.9, backend_steps=5, **F32)
+    initial = opt.state_dict()
+    start = [p.detach().clone() for p in params]
+    first = run_steps(opt, params, grads_for, steps=2)
+    opt.load_state_dict(initial)
+    with torch.no_grad():
+        for p, s in zip(params, start, strict=True):
+            p.copy_(s)
+    again = run_steps(opt, params, grads_for, steps=2)
+    for a, b in zip(again, first, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert opt.state[params[0]]["bank_momentum"].dtype == torch.float32
+
+
+# --- two ranks (gloo) ---------------------------------------------------------------------------------------
+def _worker(rank, world, port, out_dir):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    results = {}
+    for name, kw in (("fp32", F32), ("bf16", {})):
+        params = make_params()
+        other = torch.nn.Parameter(torch.ones(5))
+        opt = ParallelMuon(params, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.1, **kw)
+        for step in range(3):
+            for p, grad in zip(params, grads_for(step, rank), strict=True):
+                p.grad = grad
+            other.grad = torch.full((5,), 2.0)  # replicated (already reduced) gradient
+            if step == 2:  # the plugin's clip path: reduce-scatter, global norm, clip, then step
+                opt.launch_reduce_scatters()
+                clip_global_grad_norm(opt, [other.grad], max_norm=1.0)
+                for p in params:
+                    p.grad = None
+            opt.step()
+        results[name] = {"params": [p.detach().tolist() for p in params], "other_grad": other.grad.tolist()}
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # two spawned processes: ~7-10 s on 2 shared cores
+def test_two_rank_sharded_update_equals_one_rank_and_ranks_agree(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for name in ("fp32", "bf16"):
+        assert ranks[0][name] == ranks[1][name], f"{name}: ranks diverged"
+    # one process, the rank-mean gradient, the same clip at step 3 computed here directly
+    params = make_params()
+    opt = ParallelMuon(params, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.1, **F32)
+    for step in range(3):
+        mean = [(a + b) / 2 for a, b in zip(grads_for(step, 0), grads_for(step, 1), strict=True)]
+        if step == 2:
+            norm = torch.sqrt(sum(g.square().sum() for g in mean) + 5 * 2.0**2)
+            factor = min(1.0, 1.0 / (float(norm) + 1e-6))
+            mean = [g * factor for g in mean]
+            assert ranks[0]["fp32"]["other_grad"] == pytest.approx([2.0 * factor] * 5, rel=1e-6)
+            assert factor < 0.5  # the clip is active
+        for p, g in zip(params, mean, strict=True):
+            p.grad = g
+        opt.step()
+    for p, got in zip(params, ranks[0]["fp32"]["params"], strict=True):
+        torch.testing.assert_close(torch.tensor(got), p.detach(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_pgolf_train_nproc_2_with_parallel_muon_matches_one_process(tiny_sets, tmp_path):
+    """End to end: DDP skips the banked matrices (no double reduction); 2 ranks train like 1 (clip on)."""
+    import subprocess
+
+    sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps"))]
+    sets += [f"core.out_dir={tmp_path}", "core.val_max_tokens=2048", "core.grad_clip_norm=0.3",
+             "parallel_muon.grad_dtype=float32", "parallel_muon.ns_dtype=float32"]
+    args = ["--plugins", "parallel_muon", *(a for s in sets for a in ("--set", s))]
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(root)
+    out = {}
+    for n in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--nproc", str(n), *args,
+                               "--set", f"core.run_id=n{n}"], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out[n] = json.loads((tmp_path / f"n{n}" / "metrics.json").read_text())
+    assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
+    logged = re.search(r"parallel_muon:banks:(\d+) matrices:(\d+) world_size:2 ddp_skips:(\d+)",
+                       (tmp_path / "n2" / "train.log").read_text())
+    assert logged and logged[2] == logged[3] and int(logged[1]) < int(logged[2])  # DDP reduces none of them
+
+
+@pytest.mark.parametrize("order", [("muon_eq_r", "polar_express", "parallel_muon"),
+                                   ("parallel_muon", "polar_express", "muon_eq_r")])
+def test_wraps_the_matrix_muon_of_the_enabled_plugins(tiny_sets, order):
+    """With muon_eq_r and polar_express (PR #1855's stack), in any plugin order, the matrix group gets a
+    ParallelMuon with their row normalisation, WD and coefficient schedule; the core's groups stay Adam."""
+    from core.train import setup
+    from tests.test_plugin_matrix import REGISTRY, tiny_config
+
+    run = setup(tiny_config(tiny_sets, list(order)), REGISTRY, make_dir=False)
+    banked = [o for o in run.optimizers if isinstance(o, ParallelMuon)]
+    assert len(banked) == 1 and sum(isinstance(o, Muon) for o in run.optimizers) == 1
+    opt = banked[0]
+    group = opt.param_groups[0]
+    assert opt.row_normalize and group["weight_decay"] == 0.095 and group["ns_coeffs"] == PE_COEFFS
+    assert group["base_lr"] == run.core.matrix_lr
+    matrices = default_param_groups(run.model)["matrix"]
+    assert {id(p) for p in group["params"]} == {id(p) for p in matrices} and len(matrices) >= 12
