@@ -232,7 +232,7 @@ def main(argv):
 
     own_size = len(Path(__file__).resolve().read_bytes())
     try:
-        registry = Registry(entry_points=False)
+        registry = Registry()
         cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=RECIPE, env=os.environ,
                       sets=argv, check_plugins=registry.check, check_settings=registry.check_settings)
     except (ConfigError, PluginError) as exc:
