@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -503,17 +501,6 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
         return layout.decode(raws, manifest), header
     except ArtifactError as exc:
         raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
-
-
-def read_artifact(path: str | os.PathLike[str], codecs: Mapping[str, Codec] | None = None,
-                  max_size: int = MAX_DECOMPRESSED) -> tuple[dict[str, QTensor], dict[str, Any]]:
-    """decode_artifact on a file; every error names the path."""
-    p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{p}: cannot read artifact ({exc.strerror or exc})") from exc
-    return decode_artifact(blob, codecs, max_size, where=str(p))
 
 
 @dataclass

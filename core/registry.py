@@ -56,28 +56,6 @@ class Plugin:
         configuration time: for a conflict that depends on a setting (e.g. swa with apply=true and ema)."""
         return []
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
-        fields = []
-        if cls.config is not None:
-            for f in dataclasses.fields(cls.config):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                fields.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
-        return {
-            "name": cls.name,
-            "family": cls.family or "other",
-            "summary": cls.summary,
-            "sources": list(cls.sources),
-            "requires": list(cls.requires),
-            "conflicts": list(cls.conflicts),
-            "provides": list(cls.provides),
-            "after": list(cls.after),
-            "before": list(cls.before),
-            "settings": fields,
-            "module": cls.__module__,
-            "file": inspect.getsourcefile(cls) or "",
-        }
-
 
 def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
     return [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import json
 import math
 import os
@@ -188,7 +189,7 @@ def source_bytes(config: Config, registry: Registry) -> int:
     """The default code size: the bytes of the core modules and the enabled plugins' files (an over-estimate
     of the bundle, which strips docstrings; the command line passes the bundle's size)."""
     files = sorted(CORE_DIR.glob("*.py"))
-    files += [Path(registry.plugins[n].describe()["file"]) for n in config.plugins]
+    files += [Path(inspect.getsourcefile(registry.plugins[n]) or "") for n in config.plugins]
     return sum(len(p.read_bytes()) for p in files if p.is_file())
 
 

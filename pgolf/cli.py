@@ -17,7 +17,7 @@ from pathlib import Path
 
 from core.config import Config, ConfigError, resolve
 from core.registry import PluginError, Registry
-from plugins.lib.loading import load_registry
+from plugins.lib.loading import describe, load_registry
 
 # The demo is bounded by steps, not by the wall clock (max_wallclock_seconds=0, deterministic): its result
 # is the same on a busy machine, only slower.
@@ -280,7 +280,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         errors = registry.check([args.name])
         if errors:
             raise PluginError(errors[0])
-        info = registry.plugins[args.name].describe()
+        info = describe(registry.plugins[args.name])
         info["origin"] = registry.origins[args.name]
         print(json.dumps(info, indent=2, default=str))
         return 0

@@ -1,10 +1,12 @@
 """Plugins from outside the built-in package: `.py` files (`--plugin-file`) and entry points `pgolf.plugins`.
 
-Used by the command line, the validator and scaffolding; a run only sees the resulting `Registry`.
+Also each plugin's description for listings. Used by the command line, the validator and scaffolding; a run
+only sees the resulting `Registry`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
@@ -12,6 +14,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from core.registry import Plugin, PluginError, Registry, plugin_classes
 
@@ -63,6 +66,29 @@ def entry_point_plugins() -> Iterable[tuple[type[Plugin], str]]:
             yield obj, origin
         else:
             raise PluginError(f"{origin}: is neither a Plugin subclass nor a module")
+
+
+def describe(cls: type[Plugin]) -> dict[str, Any]:
+    """A plugin's metadata and settings (with defaults and help) as plain data, for `pgolf plugins show`."""
+    fields = []
+    if cls.config is not None:
+        for f in dataclasses.fields(cls.config):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            fields.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+    return {
+        "name": cls.name,
+        "family": cls.family or "other",
+        "summary": cls.summary,
+        "sources": list(cls.sources),
+        "requires": list(cls.requires),
+        "conflicts": list(cls.conflicts),
+        "provides": list(cls.provides),
+        "after": list(cls.after),
+        "before": list(cls.before),
+        "settings": fields,
+        "module": cls.__module__,
+        "file": inspect.getsourcefile(cls) or "",
+    }
 
 
 def load_registry(files: Sequence[str | Path] = (), entry_points: bool = True) -> Registry:
