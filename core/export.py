@@ -1,10 +1,8 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-The core's defaults are the official baseline's int8 rule and zlib-9; plugins bring quantizers (their
-decoders through `pg_dequantizers`), codecs and state codecs (the quantized state as byte streams).
-An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`: the header names each
-stream's codec and parameters, raw and compressed sizes and SHA-256. Decoding checks every size against a
-cap and every checksum, and loads tensors only with `torch.load(weights_only=True)`.
+Core defaults: the baseline's int8 rule and zlib-9; plugins bring quantizers, codecs and state codecs.
+An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`; decoding checks every size
+against a cap and every SHA-256, and loads tensors only with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -25,8 +23,7 @@ from torch import Tensor
 from core.model import CONTROL_TENSOR_NAME_PATTERNS as BASELINE_CONTROL_PATTERNS
 
 KEEP_FLOAT_MAX_NUMEL = 65_536
-INT8_CLIP_PERCENTILE = 99.99984
-INT8_CLIP_Q = INT8_CLIP_PERCENTILE / 100.0
+INT8_CLIP_Q = 99.99984 / 100.0
 MAX_DECOMPRESSED = 512 * 1024 * 1024
 MAGIC = b"PGOLF\x00"
 FORMAT_VERSION = 2
@@ -222,10 +219,6 @@ class Codec(Protocol):
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes: ...
 
 
-def too_big(name: str, max_size: int) -> ArtifactError:
-    return ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
-
-
 def corrupt(name: str, exc: Exception) -> ArtifactError:
     return ArtifactError(f"{name} payload is corrupt ({exc})")
 
@@ -234,7 +227,7 @@ def capped_decompress(name: str, obj: Any, data: bytes, max_size: int) -> bytes:
     """zlib/lzma decompressobj protocol: output capped at max_size, then eof and trailing-data checks."""
     out = obj.decompress(data, max_size + 1)
     if len(out) > max_size:
-        raise too_big(name, max_size)
+        raise ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
     if not obj.eof:
         raise ArtifactError(f"{name} payload is truncated")
     if obj.unused_data:
