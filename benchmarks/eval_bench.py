@@ -37,6 +37,7 @@ from core.scoring import evaluate, synthetic_warmup  # noqa: E402
 from core.train import setup, should_compile  # noqa: E402
 from pgolf.evaluate import load_run_config  # noqa: E402
 from plugins.lib import codecs  # noqa: E402
+from plugins.lib.decoders import read_artifact  # noqa: E402
 
 EVALUATORS = ("plain", "sliding_window", "score_first_ttt", "lora_ttt", "phased_ttt")
 TINY = [
@@ -74,7 +75,7 @@ def bench_one(name: str, recipe: dict, sets: list[str], artifact: Path | None, r
     torch._dynamo.reset()
     run = setup(cfg, registry, make_dir=False)
     if artifact is not None:
-        qstate, _ = ex.read_artifact(artifact, codecs.all_decoders())
+        qstate, _ = read_artifact(artifact, codecs.all_decoders())
         run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
     evaluator = run.hook.pg_evaluator(run=run)
     compiled = should_compile(run)

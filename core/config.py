@@ -134,10 +134,6 @@ class Config:
         return json.dumps({"config": self.to_dict(), "sources": self.sources}, indent=2, default=str)
 
 
-def _type_of(cls: type, f: dataclasses.Field) -> Any:
-    return typing.get_type_hints(cls)[f.name]
-
-
 def coerce(value: Any, typ: Any, where: str) -> Any:
     """Convert a TOML value or a string from env/--set to the field type; ValueError names `where`."""
     origin = typing.get_origin(typ)
@@ -226,7 +222,6 @@ def resolve(
     """
     env = dict(env or {})
     errors: list[str] = []
-    sources: dict[str, str] = {}
     data: dict[str, Any] = {}
     recipe_name = ""
     if isinstance(recipe, Mapping):  # an already-parsed recipe, e.g. a run's config.json
@@ -237,66 +232,41 @@ def resolve(
         data = load_recipe(recipe)
         recipe_name = f"recipe:{recipe}"
 
-    # 1. The plugin list: recipe < PGOLF_PLUGINS < --set plugins=... < --plugins.
-    enabled: list[str] = []
-    sources["plugins"] = "default"
+    # 1. The plugin list: recipe < PGOLF_PLUGINS < --set plugins=... < --plugins (the last one given wins).
+    Item = tuple[str, str, Any, str, str]  # (section, key, raw value, source, where: for errors)
+    layers: list[tuple[Any, str, str]] = []  # (plugin list, source, where)
     if "plugins" in data:
-        try:
-            enabled = _plugin_list(data["plugins"], f"{recipe}: plugins")
-            sources["plugins"] = recipe_name
-        except ValueError as exc:
-            errors.append(str(exc))
+        layers.append((data["plugins"], recipe_name, f"{recipe}: plugins"))
     if env.get(PLUGINS_ENV):
-        enabled = _plugin_list(env[PLUGINS_ENV], f"env {PLUGINS_ENV}")
-        sources["plugins"] = f"env:{PLUGINS_ENV}"
-    parsed_sets: list[tuple[str, str, str, str]] = []
+        layers.append((env[PLUGINS_ENV], f"env:{PLUGINS_ENV}", f"env {PLUGINS_ENV}"))
+    set_items: list[Item] = []
     for item in sets:
         try:
             section, name, value = parse_set(item)
         except ValueError as exc:
             errors.append(str(exc))
             continue
-        if section == CORE_SECTION and name == "plugins":
-            try:
-                enabled = _plugin_list(value, f"--set {item}")
-                sources["plugins"] = "--set"
-            except ValueError as exc:
-                errors.append(str(exc))
-            continue
-        parsed_sets.append((section, name, value, item))
+        if (section, name) == (CORE_SECTION, "plugins"):
+            layers.append((value, "--set", f"--set {item}"))
+        else:
+            set_items.append((section, name, value, "--set", f"--set {item}"))
     if plugins is not None:
-        enabled = list(plugins)
-        sources["plugins"] = "--plugins"
-    seen: set[str] = set()
-    enabled = [n for n in enabled if not (n in seen or seen.add(n))]
+        layers.append((list(plugins), "--plugins", "--plugins"))
+    enabled: list[str] = []
+    sources = {"plugins": "default"}
+    for value, source, where in layers:
+        try:
+            enabled, sources["plugins"] = _plugin_list(value, where), source
+        except ValueError as exc:
+            errors.append(str(exc))
+    enabled = list(dict.fromkeys(enabled))
     if check_plugins is not None:
         errors.extend(check_plugins(enabled))
     known_enabled = [n for n in enabled if n in plugin_config_classes]
 
-    # 2. Section values.
-    section_classes: dict[str, type | None] = {CORE_SECTION: CoreConfig}
-    section_classes.update({n: plugin_config_classes[n] for n in known_enabled})
-    values: dict[str, dict[str, Any]] = {s: {} for s in section_classes}
-
-    def assign(section: str, key: str, raw: Any, source: str, where: str) -> None:
-        cls = section_classes.get(section)
-        if section not in section_classes:
-            if section in plugin_config_classes:
-                errors.append(f"{where}: plugin {section!r} is not enabled (add it to plugins)")
-            else:
-                choices = [*section_classes, *plugin_config_classes]
-                errors.append(f"{where}: unknown section {section!r}{did_you_mean(section, choices)}")
-            return
-        fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
-        if key not in fields:
-            errors.append(f"{where}: unknown setting {section}.{key}{did_you_mean(key, list(fields))}")
-            return
-        try:
-            values[section][key] = coerce(raw, _type_of(cls, fields[key]), where)
-            sources[f"{section}.{key}"] = source
-        except ValueError as exc:
-            errors.append(str(exc))
-
+    # 2. Section values: recipe < environment < --set.
+    section_classes = {CORE_SECTION: CoreConfig, **{n: plugin_config_classes[n] for n in known_enabled}}
+    items: list[Item] = []
     for section, table in data.items():
         if section == "plugins":
             continue
@@ -305,25 +275,36 @@ def resolve(
             continue
         if section not in section_classes and section in plugin_config_classes and sources["plugins"] != recipe_name:
             continue  # the recipe's table of a plugin that an override (env, --set, --plugins) turned off
-        for key, raw in table.items():
-            assign(section, key, raw, recipe_name, f"{recipe}: {section}.{key}")
+        items += [(section, key, raw, recipe_name, f"{recipe}: {section}.{key}") for key, raw in table.items()]
     for section, cls in section_classes.items():
-        if cls is None:
+        for f in dataclasses.fields(cls) if cls is not None else ():
+            if (name := env_name(section, f)) in env:
+                items.append((section, f.name, env[name], f"env:{name}", f"env {name}"))
+    values: dict[str, dict[str, Any]] = {s: {} for s in section_classes}
+    for section, key, raw, source, where in items + set_items:
+        if section not in section_classes:
+            if section in plugin_config_classes:
+                errors.append(f"{where}: plugin {section!r} is not enabled (add it to plugins)")
+            else:
+                choices = [*section_classes, *plugin_config_classes]
+                errors.append(f"{where}: unknown section {section!r}{did_you_mean(section, choices)}")
             continue
-        for f in dataclasses.fields(cls):
-            name = env_name(section, f)
-            if name in env:
-                assign(section, f.name, env[name], f"env:{name}", f"env {name}")
-    for section, name, value, item in parsed_sets:
-        assign(section, name, value, "--set", f"--set {item}")
-
-    built: dict[str, Any] = {}
-    for section, cls in section_classes.items():
-        if cls is None:
-            built[section] = None
+        cls = section_classes[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
+        if key not in fields:
+            errors.append(f"{where}: unknown setting {section}.{key}{did_you_mean(key, list(fields))}")
             continue
         try:
-            built[section] = cls(**values[section])
+            values[section][key] = coerce(raw, typing.get_type_hints(cls)[key], where)
+            sources[f"{section}.{key}"] = source
+        except ValueError as exc:
+            errors.append(str(exc))
+
+    # 3. Build and check.
+    built: dict[str, Any] = {}
+    for section, cls in section_classes.items():
+        try:
+            built[section] = None if cls is None else cls(**values[section])
         except (TypeError, ValueError) as exc:
             errors.append(f"[{section}]: {exc}")
     if CORE_SECTION in built:
@@ -332,13 +313,8 @@ def resolve(
         errors.extend(check_settings(built[CORE_SECTION], {n: built[n] for n in known_enabled}))
     if errors:
         raise ConfigError(errors)
-    cfg = Config(
-        core=built[CORE_SECTION],
-        plugins=enabled,
-        plugin_configs={n: built[n] for n in known_enabled},
-        sources=sources,
-    )
-    return cfg
+    return Config(core=built[CORE_SECTION], plugins=enabled, plugin_configs={n: built[n] for n in known_enabled},
+                  sources=sources)
 
 
 def core_errors(c: CoreConfig) -> list[str]:

@@ -1,10 +1,8 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-The core's defaults are the official baseline's int8 rule and zlib-9; plugins bring quantizers (their
-decoders through `pg_dequantizers`), codecs and state codecs (the quantized state as byte streams).
-An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`: the header names each
-stream's codec and parameters, raw and compressed sizes and SHA-256. Decoding checks every size against a
-cap and every checksum, and loads tensors only with `torch.load(weights_only=True)`.
+Core defaults: the baseline's int8 rule and zlib-9; plugins bring quantizers, codecs and state codecs.
+An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`; decoding checks every size
+against a cap and every SHA-256, and loads tensors only with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
@@ -12,12 +10,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
 
@@ -27,8 +23,7 @@ from torch import Tensor
 from core.model import CONTROL_TENSOR_NAME_PATTERNS as BASELINE_CONTROL_PATTERNS
 
 KEEP_FLOAT_MAX_NUMEL = 65_536
-INT8_CLIP_PERCENTILE = 99.99984
-INT8_CLIP_Q = INT8_CLIP_PERCENTILE / 100.0
+INT8_CLIP_Q = 99.99984 / 100.0
 MAX_DECOMPRESSED = 512 * 1024 * 1024
 MAGIC = b"PGOLF\x00"
 FORMAT_VERSION = 2
@@ -224,10 +219,6 @@ class Codec(Protocol):
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes: ...
 
 
-def too_big(name: str, max_size: int) -> ArtifactError:
-    return ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
-
-
 def corrupt(name: str, exc: Exception) -> ArtifactError:
     return ArtifactError(f"{name} payload is corrupt ({exc})")
 
@@ -236,7 +227,7 @@ def capped_decompress(name: str, obj: Any, data: bytes, max_size: int) -> bytes:
     """zlib/lzma decompressobj protocol: output capped at max_size, then eof and trailing-data checks."""
     out = obj.decompress(data, max_size + 1)
     if len(out) > max_size:
-        raise too_big(name, max_size)
+        raise ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
     if not obj.eof:
         raise ArtifactError(f"{name} payload is truncated")
     if obj.unused_data:
@@ -503,17 +494,6 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
         return layout.decode(raws, manifest), header
     except ArtifactError as exc:
         raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
-
-
-def read_artifact(path: str | os.PathLike[str], codecs: Mapping[str, Codec] | None = None,
-                  max_size: int = MAX_DECOMPRESSED) -> tuple[dict[str, QTensor], dict[str, Any]]:
-    """decode_artifact on a file; every error names the path."""
-    p = Path(path)
-    try:
-        blob = p.read_bytes()
-    except OSError as exc:
-        raise ArtifactError(f"{p}: cannot read artifact ({exc.strerror or exc})") from exc
-    return decode_artifact(blob, codecs, max_size, where=str(p))
 
 
 @dataclass

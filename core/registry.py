@@ -1,4 +1,4 @@
-"""Plugin discovery (the built-in `plugins/` package, entry points `pgolf.plugins`, `.py` files), metadata,
+"""Plugin discovery (the built-in `plugins/` package; files and entry points: `plugins.lib.loading`), metadata,
 requires/conflicts/roles/order checks, and the per-run pluggy PluginManager. No global state.
 """
 
@@ -6,13 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.metadata
-import importlib.util
 import inspect
 import pkgutil
-import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -21,7 +17,6 @@ import pluggy
 from core import hookspecs
 from core.config import did_you_mean
 
-ENTRY_POINT_GROUP = "pgolf.plugins"
 FAMILIES = ("model", "routing", "training", "data", "export", "evaluation", "other")
 
 
@@ -61,30 +56,8 @@ class Plugin:
         configuration time: for a conflict that depends on a setting (e.g. swa with apply=true and ema)."""
         return []
 
-    @classmethod
-    def describe(cls) -> dict[str, Any]:
-        fields = []
-        if cls.config is not None:
-            for f in dataclasses.fields(cls.config):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                fields.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
-        return {
-            "name": cls.name,
-            "family": cls.family or "other",
-            "summary": cls.summary,
-            "sources": list(cls.sources),
-            "requires": list(cls.requires),
-            "conflicts": list(cls.conflicts),
-            "provides": list(cls.provides),
-            "after": list(cls.after),
-            "before": list(cls.before),
-            "settings": fields,
-            "module": cls.__module__,
-            "file": inspect.getsourcefile(cls) or "",
-        }
 
-
-def _plugin_classes(module: ModuleType) -> list[type[Plugin]]:
+def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
     return [
         obj
         for obj in vars(module).values()
@@ -108,50 +81,17 @@ def _check_metadata(cls: type[Plugin], origin: str) -> None:
         raise PluginError(f"plugin {cls.__name__} from {origin}: " + "; ".join(problems))
 
 
-def import_path(p: Path, prefix: str) -> ModuleType | None:
-    """Import the Python file `p` as module `<prefix>_<hash of its path>` (registered in sys.modules);
-    None when Python cannot make a module of it. Errors raised by the file's own code propagate."""
-    mod_name = f"{prefix}_{abs(hash(str(p.resolve())))}"
-    spec = importlib.util.spec_from_file_location(mod_name, p)
-    if spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_file(path: str | Path) -> list[type[Plugin]]:
-    """Import a plugin file by path and return its Plugin classes."""
-    p = Path(path)
-    if not p.is_file():
-        raise PluginError(f"plugin file {p}: not found")
-    try:
-        module = import_path(p, "pgolf_user_plugin")
-    except Exception as exc:
-        raise PluginError(f"plugin file {p}: import failed: {type(exc).__name__}: {exc}") from exc
-    if module is None:
-        raise PluginError(f"plugin file {p}: cannot be imported")
-    classes = _plugin_classes(module)
-    if not classes:
-        raise PluginError(f"plugin file {p}: defines no Plugin subclass")
-    return classes
-
-
 class Registry:
     """The known plugins (built-in + entry points + files) and their validation rules."""
 
-    def __init__(self, extra_files: Sequence[str | Path] = (), entry_points: bool = True):
+    def __init__(self, extra: Iterable[tuple[type[Plugin], str]] = ()):
+        """The built-in plugins, then `extra` (class, origin) pairs (`plugins.lib.loading`: files, entry points)."""
         self.plugins: dict[str, type[Plugin]] = {}
         self.origins: dict[str, str] = {}
         for cls in self._builtin():
             self.add(cls, "built-in")
-        if entry_points:
-            for cls, origin in self._entry_points():
-                self.add(cls, origin)
-        for f in extra_files:
-            for cls in load_file(f):
-                self.add(cls, str(f))
+        for cls, origin in extra:
+            self.add(cls, origin)
 
     @staticmethod
     def _builtin() -> Iterable[type[Plugin]]:
@@ -161,23 +101,7 @@ class Registry:
         names = bundled if bundled is not None else [
             i.name for i in pkgutil.iter_modules(package.__path__) if not i.ispkg]  # plugins.lib is no plugin
         for name in sorted(n for n in names if not n.startswith("_")):
-            yield from _plugin_classes(importlib.import_module(f"plugins.{name}"))
-
-    @staticmethod
-    def _entry_points() -> Iterable[tuple[type[Plugin], str]]:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            origin = f"entry point {ep.name} = {ep.value}"
-            try:
-                obj = ep.load()
-            except Exception as exc:
-                raise PluginError(f"{origin}: import failed: {type(exc).__name__}: {exc}") from exc
-            if inspect.ismodule(obj):
-                for cls in _plugin_classes(obj):
-                    yield cls, origin
-            elif inspect.isclass(obj) and issubclass(obj, Plugin):
-                yield obj, origin
-            else:
-                raise PluginError(f"{origin}: is neither a Plugin subclass nor a module")
+            yield from plugin_classes(importlib.import_module(f"plugins.{name}"))
 
     def add(self, cls: type[Plugin], origin: str) -> None:
         _check_metadata(cls, origin)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -215,13 +215,17 @@ class PlainEvaluator:
 
 
 @contextmanager
-def restored_weights(model: torch.nn.Module) -> Iterator[None]:
-    """Snapshot `model`'s state dict and load it back on exit, however the block ends (TTT, warm-up, probes)."""
+def restored_weights(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> Iterator[None]:
+    """Snapshot `model`'s state dict (and the optimizers' states) and load them back on exit, however the block
+    ends (TTT, warm-up, probes)."""
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    saved_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
     try:
         yield
     finally:
         model.load_state_dict(saved)
+        for opt, state in zip(optimizers, saved_opts, strict=True):
+            opt.load_state_dict(state)
 
 
 def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tokens: int = 65_537) -> float:
@@ -229,13 +233,12 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     `evaluator.warmup(run, model, n_tokens)` when it has one (n_tokens: the validation length), else one
     evaluation of a random stream of min(n_tokens, max_tokens) tokens; weights and optimizer state restored."""
     n = run.val_tokens.numel() if n_tokens is None else n_tokens
-    saved_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
     run.synchronize()
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
-        with restored_weights(run.model):
+        with restored_weights(run.model, run.optimizers):
             if hasattr(evaluator, "warmup"):
                 evaluator.warmup(run, model, n)
             else:
@@ -245,8 +248,6 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
                 evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
             run.synchronize()
     finally:
-        for opt, st in zip(run.optimizers, saved_opts, strict=True):
-            opt.load_state_dict(st)
         model.train(was_training)
     return 1000.0 * (time.perf_counter() - t0)
 

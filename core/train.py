@@ -7,8 +7,8 @@ and at step and phase boundaries.
 
 from __future__ import annotations
 
-import copy
 import functools
+import inspect
 import json
 import math
 import os
@@ -31,7 +31,7 @@ from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
 from core.registry import Registry
 from core.run import NoProgress, Run, create_run, write_atomic
-from core.scoring import EvalResult, PlainEvaluator, evaluate, synthetic_warmup
+from core.scoring import EvalResult, PlainEvaluator, evaluate, restored_weights, synthetic_warmup
 from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
 CORE_DIR = Path(__file__).resolve().parent
@@ -188,7 +188,7 @@ def source_bytes(config: Config, registry: Registry) -> int:
     """The default code size: the bytes of the core modules and the enabled plugins' files (an over-estimate
     of the bundle, which strips docstrings; the command line passes the bundle's size)."""
     files = sorted(CORE_DIR.glob("*.py"))
-    files += [Path(registry.plugins[n].describe()["file"]) for n in config.plugins]
+    files += [Path(inspect.getsourcefile(registry.plugins[n]) or "") for n in config.plugins]
     return sum(len(p.read_bytes()) for p in files if p.is_file())
 
 
@@ -372,25 +372,21 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     modes = run.modes if should_compile(run) else []
     if core.warmup_steps <= 0 and not modes:
         return
-    init_model = {k: v.detach().cpu().clone() for k, v in base.state_dict().items()}
-    init_opts = [copy.deepcopy(o.state_dict()) for o in run.optimizers]
-    run.train_model.train()
-    loader = new_loader(run)
-    prime_caches(run)
-    for w in range(core.warmup_steps):
-        stepper.warm_step(loader)
-        if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
-            run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
-    for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
-        set_modes(run, tuple(m.name for m in modes[: i + 1]))
-        stepper.warm_step(loader)
-        run.log(f"warmup_mode:{mode.name}")
-    if modes:  # and back to the base mode, as the timed loop starts there
-        set_modes(run, ())
-        stepper.warm_step(loader)
-    base.load_state_dict(init_model, strict=True)
-    for opt, st in zip(run.optimizers, init_opts, strict=True):
-        opt.load_state_dict(st)
+    with restored_weights(base, run.optimizers):
+        run.train_model.train()
+        loader = new_loader(run)
+        prime_caches(run)
+        for w in range(core.warmup_steps):
+            stepper.warm_step(loader)
+            if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
+                run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
+        for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
+            set_modes(run, tuple(m.name for m in modes[: i + 1]))
+            stepper.warm_step(loader)
+            run.log(f"warmup_mode:{mode.name}")
+        if modes:  # and back to the base mode, as the timed loop starts there
+            set_modes(run, ())
+            stepper.warm_step(loader)
     stepper.zero_grad()
     if run.distributed:
         run.train_model.require_backward_grad_sync = True

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.config import Config, ConfigError, resolve
 from core.registry import PluginError, Registry
+from plugins.lib.loading import describe, load_registry
 
 # The demo is bounded by steps, not by the wall clock (max_wallclock_seconds=0, deterministic): its result
 # is the same on a busy machine, only slower.
@@ -50,7 +51,7 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -> tuple[Config, Registry]:
-    registry = Registry(extra_files=args.plugin_file)
+    registry = load_registry(args.plugin_file)
     sets = list(extra_sets or []) + list(args.sets)
     if getattr(args, "data", None):
         data = Path(args.data).expanduser()
@@ -269,7 +270,7 @@ def plugins_table(registry: Registry, users: dict[str, list[str]]) -> str:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    registry = Registry(extra_files=args.plugin_file)
+    registry = load_registry(args.plugin_file)
     if args.action == "list":
         print(plugins_table(registry, recipe_users(Path(__file__).resolve().parent.parent / "recipes")))
         return 0
@@ -279,7 +280,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         errors = registry.check([args.name])
         if errors:
             raise PluginError(errors[0])
-        info = registry.plugins[args.name].describe()
+        info = describe(registry.plugins[args.name])
         info["origin"] = registry.origins[args.name]
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -367,7 +368,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     check_name(args.name)
     runs = [Path(p).resolve() for p in args.runs]
     track = args.track or track_of(runs)
-    registry = Registry(extra_files=args.plugin_file)
+    registry = load_registry(args.plugin_file)
     files = build_files(runs, registry, name=args.name, author=args.author,
                         github_id=args.github_id, track=track, blurb=args.blurb or "")
     from pgolf.plots import loss_curve_png
@@ -416,7 +417,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.plugins:  # e.g. caseops: its text transform, reserved pieces and validation byte sidecar
         from dataprep.build import text_transform_of
 
-        registry = Registry(extra_files=args.plugin_file)
+        registry = load_registry(args.plugin_file)
         cfg = resolve(plugin_config_classes=registry.config_classes(), plugins=split_plugins(args.plugins),
                       env={}, check_plugins=registry.check, check_settings=registry.check_settings)
         transform = text_transform_of(cfg, registry)

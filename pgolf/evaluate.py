@@ -11,6 +11,7 @@ from core.config import ConfigError
 from core.run import Run
 from core.scoring import EvalResult, evaluate, synthetic_warmup
 from core.train import set_modes, should_compile
+from plugins.lib.decoders import read_artifact
 
 
 def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
@@ -36,7 +37,7 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
     decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
-    qstate, header = ex.read_artifact(artifact, decoders)
+    qstate, header = read_artifact(artifact, decoders)
     set_modes(run, tuple(m.name for m in run.modes if m.start_frac <= 1.0))
     state = ex.dequantize_state_dict(qstate, run.schemes)
     mine = run.model.state_dict()

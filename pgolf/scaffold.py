@@ -58,13 +58,13 @@ import torch
 
 from core.config import resolve
 from core.model import GPT, ModelSpec
-from core.registry import Registry
+from plugins.lib.loading import load_registry
 
 PLUGIN_FILE = Path(__file__).with_name("{name}.py")
 
 
 def test_{name}_changes_the_forward():
-    registry = Registry(extra_files=[PLUGIN_FILE])
+    registry = load_registry([PLUGIN_FILE])
     cfg = resolve(plugin_config_classes=registry.config_classes(), plugins=["{name}"],
                   check_plugins=registry.check)
     plugin = registry.plugins["{name}"](cfg.plugin_configs["{name}"])

@@ -108,10 +108,9 @@ def quantizer_label(header_quantizer: Any, records: dict[str, Any]) -> str:
 
 
 def artifact_summary(artifact: Path, code_bytes: int, estimate: bool) -> dict[str, Any]:
-    from core import export as ex
     from plugins.lib import codecs, decoders
 
-    records, header = ex.read_artifact(artifact, decoders.all_decoders())
+    records, header = decoders.read_artifact(artifact)
     codec = codecs.CODECS[header["codec"]]() if estimate and header.get("codec") in codecs.CODECS else None
     report = size_report(code_bytes, artifact.stat().st_size)
     report.update(artifact=str(artifact), codec=header.get("codec"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import json
 import pprint
 import sys
@@ -175,7 +176,7 @@ def _plugin_module(registry: Registry, name: str) -> tuple[str, str]:
     if module.startswith("plugins.") and module_file(module) is not None:
         return module, module_file(module).read_text(encoding="utf-8")  # type: ignore[union-attr]
     origin = registry.origins.get(name, "")
-    path = Path(cls.describe()["file"])
+    path = Path(inspect.getsourcefile(cls) or "")
     if origin.startswith("entry point") or not path.is_file():
         raise BundleError(f"plugin {name!r} ({origin or module}): only built-in plugins and plugin files "
                           f"(--plugin-file) can be bundled into train_gpt.py")
@@ -232,7 +233,7 @@ def main(argv):
 
     own_size = len(Path(__file__).resolve().read_bytes())
     try:
-        registry = Registry(entry_points=False)
+        registry = Registry()
         cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=RECIPE, env=os.environ,
                       sets=argv, check_plugins=registry.check, check_settings=registry.check_settings)
     except (ConfigError, PluginError) as exc:

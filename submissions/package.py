@@ -127,8 +127,8 @@ def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:
 def _readme(title: str, runs: list[FinishedRun], registry: Registry, cfg: Any, sub: dict[str, Any]) -> str:
     rows = []
     for name in cfg.plugins:
-        d = registry.plugins[name].describe()
-        rows.append(f"| `{name}` | {d['summary']} | {', '.join(d['sources'])} |")
+        cls = registry.plugins[name]
+        rows.append(f"| `{name}` | {cls.summary} | {', '.join(cls.sources)} |")
     seeds = "\n".join(f"| {r.seed} | {r.metrics['val_loss']:.8f} | {r.metrics['val_bpb']:.8f} | "
                       f"{r.metrics['total_bytes']:,} | `train_seed{r.seed}.log` |" for r in runs)
     core = cfg.core

@@ -16,6 +16,7 @@ from core.config import resolve
 from core.registry import Plugin, Registry
 from core.train import code_bytes, run_training, setup
 from pgolf.cli import main as cli_main
+from plugins.lib.loading import load_registry
 from submissions.bundle import BundleError, bundle, bundle_size, imports_of, module_closure, strip_source
 from submissions.package import build_files
 from validator.sandbox import run_sandboxed
@@ -146,12 +147,12 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
         '"""A user plugin."""\nfrom dataclasses import dataclass\nfrom core.registry import Plugin\n\n\n'
         "@dataclass\nclass Cfg:\n    k: int = 3\n\n\nclass MyTrick(Plugin):\n    name = 'my_trick'\n"
         "    summary = 'test'\n    sources = ('test',)\n    config = Cfg\n")
-    reg = Registry(extra_files=[src])
+    reg = load_registry([src])
     cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["my_trick"], sets=tiny_sets,
                   check_plugins=reg.check)
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
-    res = _probe(script, "from core.registry import Registry; print(sorted(Registry(entry_points=False).plugins))")
+    res = _probe(script, "from core.registry import Registry; print(sorted(Registry().plugins))")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick"]
 

@@ -21,6 +21,7 @@ from core import export as ex
 from core.run import write_atomic
 from pgolf.size import size_report
 from plugins.lib import codecs, quant
+from plugins.lib.decoders import read_artifact
 
 Q64 = 99.99984 / 100.0  # the baseline's INT8_CLIP_PERCENTILE, written out independently
 Q32 = np.float32(Q64)  # torch.quantile computes the rank in the input dtype (float32)
@@ -325,7 +326,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
 
     path = tmp_path / "final_model.ptz"
     assert write_atomic(path, result.blob) == len(result.blob) == path.stat().st_size
-    records, header2 = ex.read_artifact(path, {name: codec})
+    records, header2 = read_artifact(path, {name: codec})
     assert header2 == header
     restored = ex.verify_round_trip(result, {name: codec})
     from_file = ex.dequantize_state_dict(records)
@@ -485,11 +486,11 @@ def test_verify_round_trip_detects_mismatch() -> None:
 def test_read_artifact_errors_name_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope.ptz"
     with pytest.raises(ex.ArtifactError, match="nope.ptz"):
-        ex.read_artifact(missing)
+        read_artifact(missing)
     bad = tmp_path / "bad.ptz"
     bad.write_bytes(b"garbage")
     with pytest.raises(ex.ArtifactError, match=r"bad\.ptz: not a pgolf artifact"):
-        ex.read_artifact(bad)
+        read_artifact(bad)
 
 
 def test_write_atomic_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,6 +17,7 @@ from core.registry import Registry
 from core.train import setup, train
 from plugins.gptq import GPTQ, GPTQConfig, HessianCollector, collect_hessians
 from plugins.lib import codecs
+from plugins.lib.decoders import read_artifact
 from plugins.lib.quant import gptq_quantize, gptq_rows, prepare_hessian
 from plugins.lqer import LQER, LQERConfig, add_lqer, pack_asym
 from plugins.quant_mixed import QuantMixed, QuantMixedConfig
@@ -122,7 +123,7 @@ def test_gptq_run_reserves_budget_and_counts_calibration_as_training(tiny_sets):
     assert metrics["calibration_ms"] > 0
     assert metrics["train_time_ms"] == pytest.approx(metrics["loop_train_time_ms"] + metrics["calibration_ms"])
     assert metrics["artifact_label"].startswith("int6+") and metrics["gptq_hessians"] == 12
-    records, header = ex.read_artifact(run.run_dir / "final_model.ptz", codecs.all_decoders())
+    records, header = read_artifact(run.run_dir / "final_model.ptz", codecs.all_decoders())
     assert header["quantizer"] == "int6"
     q = records["blocks.0.attn.c_q.weight"]
     assert q.meta["method"] == "gptq" and q.meta["bits"] == 6 and int(q.data.abs().max()) <= 31

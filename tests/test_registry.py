@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core import registry as reg
 from core.config import ConfigError, resolve
 from core.registry import Plugin, PluginError, Registry, make_manager
 from pgolf.cli import main
+from plugins.lib import loading
+from plugins.lib.loading import load_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +49,7 @@ def test_builtin_plugins_are_discovered():
 def test_file_plugins_conflicts_and_requirements(tmp_path):
     f = tmp_path / "extra.py"
     f.write_text(EXTRA)
-    r = Registry(extra_files=[f])
+    r = load_registry([f])
     errors = r.check(["alpha_x", "beta_x"])
     assert "plugins 'alpha_x' and 'beta_x' conflict: enable only one of them" in errors
     assert "plugin 'beta_x' requires plugin 'ema': add it to plugins" in errors
@@ -71,9 +72,9 @@ def test_bad_metadata_is_rejected(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text("from core.registry import Plugin\nclass X(Plugin):\n    name = 'x'\n")
     with pytest.raises(PluginError, match="summary is empty; sources is empty"):
-        Registry(extra_files=[f])
+        load_registry([f])
     with pytest.raises(PluginError, match="not found"):
-        Registry(extra_files=[tmp_path / "nope.py"])
+        load_registry([tmp_path / "nope.py"])
 
 
 def test_entry_point_plugins(monkeypatch, tmp_path):
@@ -89,9 +90,9 @@ def test_entry_point_plugins(monkeypatch, tmp_path):
 
             return ep_mod
 
-    fake = lambda group: [EP()] if group == reg.ENTRY_POINT_GROUP else []  # noqa: E731
-    monkeypatch.setattr(reg.importlib.metadata, "entry_points", fake)
-    r = Registry()
+    fake = lambda group: [EP()] if group == loading.ENTRY_POINT_GROUP else []  # noqa: E731
+    monkeypatch.setattr(loading.importlib.metadata, "entry_points", fake)
+    r = load_registry()
     assert "alpha_x" in r.names() and r.origins["alpha_x"].startswith("entry point ep")
 
 
@@ -122,7 +123,7 @@ def test_plugins_new_writes_a_working_skeleton(tmp_path, capsys):
     assert main(["plugins", "new", "my_gain", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "my_gain.py").is_file() and (tmp_path / "test_my_gain.py").is_file()
     assert main(["plugins", "new", "my_gain", "--dir", str(tmp_path)]) == 2  # no overwrite without --force
-    r = Registry(extra_files=[tmp_path / "my_gain.py"])
+    r = load_registry([tmp_path / "my_gain.py"])
     assert "my_gain" in r.names()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -218,7 +218,7 @@ def _probe(name: str, after=(), before=()) -> type[Plugin]:
 def test_after_and_before_decide_the_hook_order():
     from core.registry import make_manager
 
-    reg = Registry(entry_points=False)
+    reg = Registry()
     for cls in (_probe("a"), _probe("b", after=("c",)), _probe("c"), _probe("d", before=("a",))):
         reg.add(cls, "test")
 

@@ -287,7 +287,7 @@ def test_tiny_trained_run_with_pergroup_and_shuffle_round_trips(tiny_sets):
                   sets=[*tiny_sets, *QUANT, "compress_pergroup.rest_codec=run"], check_plugins=REG.check)
     run = setup(cfg, REG)
     summary = train(run)
-    records, header = ex.read_artifact(run.run_dir / "final_model.ptz", decoders.all_decoders())
+    records, header = decoders.read_artifact(run.run_dir / "final_model.ptz")
     assert header["layout"] == "pergroup" and summary["artifact_label"] == "int6+pergroup"
     rest = next(s for s in header["streams"] if s["label"] == "rest")
     assert rest["codec"] == "brotli" and rest["codec_params"] == {"byte_shuffle": 2}  # the run's codec

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.registry import import_path
+from plugins.lib.loading import import_path, load_registry
 
 BOS = 1
 ISOLATION_ATTRS = ("doc_isolation", "document_isolation", "isolate_documents", "doc_isolated")
@@ -165,11 +165,10 @@ def build_world(s: HarnessSettings, plugins: Sequence[str] = (), recipe: dict[st
     """A core Run with a tiny GPT built through the plugins' build hooks, every parameter randomized (so
     zero-initialised gates such as SmearGate's really mix), on CPU."""
     from core.config import resolve
-    from core.registry import Registry
     from core.run import create_run
     from core.train import CoreDefaults, build_model
 
-    registry = registry or Registry()
+    registry = registry or load_registry()
     rec = {k: v for k, v in (recipe or {}).items() if k in plugins}  # settings of the enabled plugins only
     cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=rec or None, env={},
                   sets=[*tiny_sets(s), *sets], plugins=list(plugins), check_plugins=registry.check)
@@ -877,9 +876,7 @@ def harness_reports(run_dir: Path | None, evaluator_specs: Sequence[str], s: Har
     with the run's other plugins and settings, evaluator settings scaled by the plugin's test_settings) and
     for user evaluator objects (built on the run's model plugins, or the plain core GPT). `shard` (k, n) keeps
     the run's evaluators k, k+n, … so n children can share the work."""
-    from core.registry import Registry
-
-    registry = Registry(extra_files=list(plugin_files))
+    registry = load_registry(plugin_files)
     recipe = run_dir_recipe(run_dir) if run_dir is not None else {}
     run_plugins = [str(p) for p in recipe.get("plugins", [])]
     unknown = [p for p in run_plugins if p not in registry.plugins]

@@ -30,13 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from core.config import resolve
-    from core.registry import Registry
     from core.train import run_training
+    from plugins.lib.loading import load_registry
     from validator.harness import run_dir_recipe
 
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.set_num_threads(1)
-    registry = Registry(extra_files=a.plugin_file)
+    registry = load_registry(a.plugin_file)
     recipe = run_dir_recipe(Path(a.run_dir))
     recipe = {k: v for k, v in recipe.items() if k != "core"}
     sets = [*TINY_TRAIN, f"core.data_path={a.data}", f"core.out_dir={a.out}", "core.run_id=audit"]

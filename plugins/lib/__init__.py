@@ -1,3 +1,4 @@
 """Technique math shared by several plugins (GPTQ solver and bit policies, LoRA test-time training,
-codecs). Not plugins themselves: the registry skips this package; the bundler embeds what an enabled
-plugin imports from it."""
+codecs), and plugin loading from files and entry points (`loading`, for the command line and the validator).
+Not plugins themselves: the registry skips this package; the bundler embeds what an enabled plugin imports
+from it."""

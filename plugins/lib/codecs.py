@@ -18,9 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from core.export import MAX_DECOMPRESSED, ArtifactError, Codec, ZlibCodec, capped_decompress, corrupt, too_big
+from core.export import MAX_DECOMPRESSED, ArtifactError, Codec, ZlibCodec, capped_decompress, corrupt
 
 BSHF_MAGIC = b"BSHF"
+
+
+def too_big(name: str, max_size: int) -> ArtifactError:
+    return ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
 
 
 def byte_shuffle(data: bytes, stride: int = 2) -> bytes:
