@@ -144,7 +144,12 @@ def test_every_builtin_plugin_has_a_family_and_the_list_groups_them_with_their_r
     assert headers[:-1] == [f for f in FAMILIES if any(reg.plugins[n].family == f for n in reg.names())]
     assert headers[-1] == "no plugin (plugins/techniques.toml)"
     row = {line.split()[0]: line for line in out.splitlines() if line.startswith("  ")}
-    assert row["depth_recurrence"].endswith("recipes: pr1493") and "pr315" in row["xsa"] and "pr1493" in row["xsa"]
+    import tomllib
+
+    using = sorted(r.stem for r in (ROOT / "recipes").glob("*.toml")
+                   if "depth_recurrence" in tomllib.loads(r.read_text())["plugins"])
+    assert "pr1493" in using and row["depth_recurrence"].endswith("recipes: " + ", ".join(using))
+    assert "pr315" in row["xsa"] and "pr1493" in row["xsa"]
     assert "recipes:" not in row["value_residual"]  # in no recipe
     with pytest.raises(PluginError, match="family 'modle' is not one of"):
         reg.add(type("Typo", (Plugin,), {"name": "typo", "family": "modle", "summary": "s", "sources": ("x",)}), "t")
