@@ -207,16 +207,23 @@ def test_stepper_feeds_packed_boundaries_to_the_attention_slot(tiny_data, tiny_c
     attn.register_forward_pre_hook(lambda m, args: seen.append(dict(args[3])))
     Stepper(run).forward_backward(loader)
     assert seen and seen[0]["doc_ids"].shape == (1, 1024) and seen[0]["cu_seqlens"].dtype == torch.int32
-    for block in run.model.blocks:  # no backward needed: FlexAttention (forward on CPU) in every layer
-        block.attn.attention.kernel = "flex"
-    torch._dynamo.reset()
-    with torch.no_grad():
-        exp = torch._dynamo.explain(run.model)(x, y, doc_ids=ids, cu_seqlens=cu)
-    assert exp.graph_break_count == 0, exp.break_reasons
+    for kernel in ("dense", "flex"):  # no backward needed: FlexAttention runs forward on CPU
+        for block in run.model.blocks:
+            block.attn.attention.kernel = kernel
+        torch._dynamo.reset()
+        with torch.no_grad():
+            exp = torch._dynamo.explain(run.model)(x, y, doc_ids=ids, cu_seqlens=cu)
+        assert exp.graph_break_count == 0, (kernel, exp.break_reasons)
     torch._dynamo.reset()
 
 
 def test_varlen_attention_conflicts_with_another_attention_provider():
-    assert REGISTRY.check(["varlen_attention"]) == []
-    assert "attention" in REGISTRY.plugins["varlen_attention"].provides
-    assert REGISTRY.check(["doc_packing", "coprime_loader"])  # two train loaders
+    from core.registry import Plugin
+
+    reg = Registry()
+    reg.add(type("OtherAttn", (Plugin,), {"name": "other_attn", "family": "model", "summary": "s",
+                                           "sources": ("x",), "provides": ("attention",)}), "test")
+    assert reg.check(["varlen_attention", "doc_packing"]) == []
+    errors = reg.check(["varlen_attention", "other_attn"])
+    assert errors and "attention" in " ".join(errors)
+    assert reg.check(["doc_packing", "coprime_loader"])  # two train loaders
