@@ -30,9 +30,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def pg_train_loader(run: Any) -> Any:
     """Return the training batch source, or None for the core's sequential shard loader.
 
-    It has `next_batch(global_tokens, seq_len, grad_accum_steps)` -> `(x, y)`, int64 (-1, seq_len) on
-    `run.device`, or `(x, y, doc_ids)` for document-masked training (equal ids = one document; the model
-    masks attention, `ctx["attn_mask"]`). Called before the warm-up and again before the timed loop.
+    It has `next_batch(global_tokens, seq_len, grad_accum_steps)` -> `(x, y)`, int64 (rows, T) on
+    `run.device` (T = seq_len unless the loader packs otherwise), or `(x, y, doc_ids)` for document-masked
+    training (equal ids = one document: `ctx["doc_ids"]`), or `(x, y, doc_ids, cu_seqlens)` adding the same
+    boundaries as int32 offsets into the flat rows·T tokens, padded with rows·T (`ctx["cu_seqlens"]`, for a
+    varlen "attention" slot). Called before the warm-up and again before the timed loop.
     """
 
 
@@ -88,7 +90,8 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     Per layer: "mlp" module(x) -> x (core: relu², hidden = mlp_hidden or mlp_mult·dim); "attn_norm" /
     "mlp_norm" module(x) -> x (RMSNorm); "rotary" module(seq_len, device, dtype) -> (cos, sin), each
     (1, 1, T, r/2), RoPE on the first r head dims (core: `Rotary`); "attention" module(q, k, v, ctx) -> y,
-    q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, T, H, D), causal, masked by `ctx["attn_mask"]` when present;
+    q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, T, H, D), causal, within documents when `ctx` has "doc_ids" (B, T)
+    (core: dense `document_mask`, kept in `ctx["attn_mask"]`), plus "cu_seqlens" when the loader gives them;
     "residual" module(block, x, x0, ctx) -> x, the block body from its input stream x and the embedding
     stream x0 (`block.mix_x0(x, x0)` is the resid-mixed stream; core: `SequentialResidual`; a module may
     keep state for later blocks in `ctx`, e.g. a second lane).

@@ -166,13 +166,16 @@ def document_mask(doc_ids: Tensor) -> Tensor:
 
 class CausalAttention(nn.Module):
     """The attention core: (B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal; with
-    `ctx["attn_mask"]` (`document_mask`) any backend runs masked SDPA (efficient or math kernel)."""
+    `ctx["doc_ids"]` any backend runs SDPA masked by `document_mask` (efficient or math kernel), made once per
+    forward and kept in `ctx["attn_mask"]`."""
 
     def __init__(self, backend: str):
         super().__init__()
         self.backend = backend
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: dict[str, Tensor]) -> Tensor:
+        if "doc_ids" in ctx and "attn_mask" not in ctx:
+            ctx["attn_mask"] = document_mask(ctx["doc_ids"])
         attn_mask = ctx.get("attn_mask")
         if attn_mask is not None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -314,7 +317,8 @@ class SoftcapCrossEntropy(nn.Module):
 class GPT(nn.Module):
     """Baseline GPT. `forward(ids, targets)` -> mean CE; `reduce=False` -> per-token NLL (B, T);
     `targets=None` -> softcapped logits (B, T, V). `doc_ids` (B, T), optional: attention stays inside
-    each document (equal ids); `head_add` parts add to the logits before the softcap (eval-time adapters)."""
+    each document (equal ids); `cu_seqlens` (loader-given boundaries in the flat B·T tokens) reaches
+    `ctx` for a varlen attention slot; `head_add` parts add to the logits before the softcap (eval-time adapters)."""
 
     EMBED_SLOTS = ("embed_add", "embed_mix_pre", "embed_mix_post")
 
@@ -356,10 +360,12 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(schedule.skip_count(), weight.size(1), dtype=weight.dtype,
                                                     device=weight.device))
 
-    def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+    def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         ctx: dict[str, Tensor] = {"input_ids": input_ids}
         if doc_ids is not None:
-            ctx["attn_mask"] = document_mask(doc_ids)
+            ctx["doc_ids"] = doc_ids
+        if cu_seqlens is not None:
+            ctx["cu_seqlens"] = cu_seqlens
         x = self.tok_emb(input_ids)
         for part in self.embed_add:
             x = x + part(input_ids).to(x.dtype)
@@ -392,8 +398,8 @@ class GPT(nn.Module):
         return self.logit_softcap * torch.tanh(self.project(h) / self.logit_softcap)
 
     def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduce: bool = True,
-                doc_ids: Tensor | None = None) -> Tensor:
-        h = self.hidden(input_ids, doc_ids)
+                doc_ids: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
+        h = self.hidden(input_ids, doc_ids, cu_seqlens)
         if target_ids is None:
             return self.logits(h).float()
         return self.loss(self, h, target_ids, reduce)

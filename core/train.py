@@ -319,9 +319,9 @@ class Stepper:
         for micro in range(run.grad_accum_steps):
             if run.distributed:
                 self.model.require_backward_grad_sync = micro == run.grad_accum_steps - 1
-            x, y, *doc_ids = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
-            with run.autocast():
-                loss = self.model(x, y, doc_ids=doc_ids[0]) if doc_ids else self.model(x, y)
+            x, y, *docs = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+            with run.autocast():  # docs: (), (doc_ids,) or (doc_ids, cu_seqlens)
+                loss = self.model(x, y, **dict(zip(("doc_ids", "cu_seqlens"), docs, strict=False)))
             total += loss.detach()
             (loss * self.grad_scale).backward()
         return total / run.grad_accum_steps

@@ -1,0 +1,229 @@
+"""doc_packing (PR #1530's DocumentPackingLoader) and varlen_attention (its document-isolated attention slot)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.config import resolve
+from core.data import HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, DataError
+from core.registry import Registry
+from core.train import Stepper, setup
+from plugins.doc_packing import DocumentPackingLoader, pack_boundaries, segment_starts
+from plugins.varlen_attention import VarlenAttention
+
+BOS = 1
+REGISTRY = Registry()
+
+
+def write_shard(path, tokens) -> None:
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[:3] = (SHARD_MAGIC, SHARD_VERSION, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype="<u2").tobytes())
+
+
+def make_docs(rng, n_docs, max_len=50):
+    """Documents as lists: BOS then a body of non-BOS tokens (some longer than the segment cap)."""
+    return [[BOS, *rng.integers(2, 300, size=int(rng.integers(1, max_len))).tolist()] for _ in range(n_docs)]
+
+
+def expected_segments(ids: list[int], seq_len: int) -> list[list[int]]:
+    """Independent: walk the tokens; a BOS or `seq_len` tokens since the last cut start a new segment."""
+    segs: list[list[int]] = []
+    for tok in ids:
+        if not segs or tok == BOS or len(segs[-1]) == seq_len:
+            segs.append([])
+        segs[-1].append(tok)
+    return segs
+
+
+# --- doc_packing ---------------------------------------------------------------------------------------------
+def test_segment_starts_and_boundaries_match_the_record_rule():
+    assert segment_starts([3, 10], 16, 4) == [0, 3, 7, 10, 14]  # 0..3 leading piece, 3..10 cut at 7, 10..16 at 14
+    assert segment_starts([0, 5], 12, 100, row_len=4) == [0, 4, 5, 8]
+    ids, cu = pack_boundaries([0, 3, 7], 10, bucket=4)
+    assert ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 3, 7, 10]
+    _, cu = pack_boundaries([0, 3, 7, 9], 10, bucket=4)
+    assert cu.tolist() == [0, 3, 7, 9, 10, 10, 10, 10]
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_packed_batches_keep_every_document_in_order_with_boundaries_at_bos(tmp_path, world_size):
+    rng = np.random.default_rng(0)
+    shards = []
+    for i in range(2):
+        stream = [7, 8, 9] + [t for d in make_docs(rng, 40) for t in d]  # a leading partial doc, skipped
+        write_shard(tmp_path / f"fineweb_train_{i:06d}.bin", stream)
+        shards.append(stream)
+    files = sorted(tmp_path.glob("*.bin"))
+    seq_len, n, steps = 16, 96, 6
+    loaders = [DocumentPackingLoader(files, r, world_size, torch.device("cpu"), BOS, cu_bucket_size=8)
+               for r in range(world_size)]
+    got: list[int] = []
+    for _ in range(steps):
+        for loader in loaders:
+            x, y, ids, cu = loader.next_batch(n * world_size, seq_len, 1)
+            assert x.shape == y.shape == ids.shape == (1, n) and cu.dtype == torch.int32
+            flat, yf = x[0].tolist(), y[0].tolist()
+            assert flat[1:] == yf[:-1]
+            segs = expected_segments(flat, seq_len)
+            starts = np.cumsum([0, *map(len, segs)]).tolist()
+            assert cu.numel() % 8 == 0 and cu.tolist() == starts + [n] * (cu.numel() - len(starts))
+            assert ids[0].tolist() == [i for i, s in enumerate(segs) for _ in s]
+            got += flat + [yf[-1]]  # each rank's span is n + 1 tokens
+    # Independent expectation: from each shard's first BOS, consecutive spans of (n+1)·W until the shard is
+    # used up, then the next shard from its first BOS, wrapping.
+    want: list[int] = []
+    span = (n + 1) * world_size
+    shard = 0
+    while len(want) < len(got):
+        s = shards[shard % 2]
+        pos = s.index(BOS)
+        while pos + span <= len(s) and len(want) < len(got):
+            want += s[pos : pos + span]
+            pos += span
+        shard += 1
+    assert got == want
+
+
+def test_row_packing_cuts_at_rows_too(tmp_path):
+    rng = np.random.default_rng(1)
+    write_shard(tmp_path / "fineweb_train_000000.bin", [t for d in make_docs(rng, 30) for t in d])
+    loader = DocumentPackingLoader(sorted(tmp_path.glob("*.bin")), 0, 1, torch.device("cpu"), BOS, flat=False)
+    x, _, ids, cu = loader.next_batch(64, 16, 1)
+    assert x.shape == ids.shape == (4, 16) and cu.numel() == 64
+    for row, row_ids in zip(x.tolist(), ids.tolist(), strict=True):
+        segs = expected_segments(row, 16)
+        assert row_ids == [row_ids[0] + i for i, s in enumerate(segs) for _ in s]
+
+
+def test_a_shard_too_small_for_a_span_is_an_error(tmp_path):
+    write_shard(tmp_path / "fineweb_train_000000.bin", [BOS, 5, 6, 7])
+    loader = DocumentPackingLoader([tmp_path / "fineweb_train_000000.bin"], 0, 1, torch.device("cpu"), BOS)
+    with pytest.raises(DataError, match="span of 9 tokens"):
+        loader.next_batch(8, 4, 1)
+
+
+# --- varlen_attention ------------------------------------------------------------------------------------------
+def packed_qkv(seed=0, b=2, h=4, hkv=2, t=40, d=8):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, n, t, d, generator=gen, requires_grad=True) for n in (h, hkv, hkv))
+    lens = [[5, 12, 1, 22], [17, 9, 14]]  # several documents per row, one of a single token
+    ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lens])
+    return q, k, v, ids, lens
+
+
+def per_document_reference(q, k, v, lens):
+    """Independent: each document alone through causal SDPA (no mask), concatenated back."""
+    rep = q.size(1) // k.size(1)
+    rows = []
+    for bi, row in enumerate(lens):
+        outs, at = [], 0
+        for n in row:
+            sl = slice(at, at + n)
+            kk, vv = (z[bi : bi + 1, :, sl].repeat_interleave(rep, 1) for z in (k, v))
+            outs.append(F.scaled_dot_product_attention(q[bi : bi + 1, :, sl], kk, vv, is_causal=True))
+            at += n
+        rows.append(torch.cat(outs, dim=2))
+    return torch.cat(rows).transpose(1, 2)
+
+
+def grads(fn, q, k, v):
+    """Output and the gradients of a fixed weighted sum of it."""
+    y = fn(q, k, v)
+    gq, gk, gv = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), (q, k, v))
+    return y, gq, gk, gv
+
+
+def test_cpu_path_equals_each_document_alone_outputs_and_gradients():
+    q, k, v, ids, lens = packed_qkv()
+    attn = VarlenAttention("sdpa")
+    got = grads(lambda a, b, c: attn(a, b, c, {"doc_ids": ids}), q, k, v)
+    ref = grads(lambda a, b, c: per_document_reference(a, b, c, lens), q, k, v)
+    for g, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    no_docs = attn(q, k, v, {})
+    assert not torch.allclose(no_docs, got[0], atol=1e-3)  # the boundaries matter in this batch
+
+
+def test_flex_path_forward_equals_each_document_alone():
+    """FlexAttention runs forward on CPU (no backward in torch 2.13); gradients are checked on CUDA."""
+    q, k, v, ids, lens = packed_qkv(seed=1)
+    q, k, v = (z.detach() for z in (q, k, v))
+    with torch.no_grad():
+        y = VarlenAttention("sdpa", kernel="flex")(q, k, v, {"doc_ids": ids})
+        torch.testing.assert_close(y, per_document_reference(q, k, v, lens), rtol=1e-5, atol=1e-5)
+
+
+def test_flex_path_traces_with_zero_graph_breaks():
+    q, k, v, ids, _ = packed_qkv(seed=2)
+    q, k, v = (z.detach() for z in (q, k, v))
+    attn = VarlenAttention("sdpa", kernel="flex")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        exp = torch._dynamo.explain(lambda a, b, c, i: attn(a, b, c, {"doc_ids": i}))(q, k, v, ids)
+    assert exp.graph_break_count == 0, exp.break_reasons
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: FlexAttention backward, FlashAttention varlen")
+def test_cuda_kernels_equal_each_document_alone_outputs_and_gradients():
+    q, k, v, ids, lens = packed_qkv(seed=3, t=256, d=64)
+    q, k, v = (z.detach().cuda().requires_grad_() for z in (q, k, v))
+    ids = ids.cuda()
+    ref = grads(lambda a, b, c: per_document_reference(a, b, c, lens), q, k, v)
+    flex = VarlenAttention("sdpa", kernel="flex")
+    for g, r in zip(grads(lambda a, b, c: flex(a, b, c, {"doc_ids": ids}), q, k, v), ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    fa = VarlenAttention("sdpa", max_seqlen=256)
+    if fa.varlen_fn is None:
+        pytest.skip("no FlashAttention varlen kernel importable")
+    starts = [bi * 256 + s for bi, row in enumerate(lens) for s in np.cumsum([0, *row[:-1]]).tolist()]
+    _, cu = pack_boundaries(starts, 512, 64, device=q.device)
+    qb, kb, vb = (z.detach().bfloat16().requires_grad_() for z in (q, k, v))
+    y = fa(qb, kb, vb, {"doc_ids": ids, "cu_seqlens": cu})
+    torch.testing.assert_close(y.float(), ref[0], rtol=2e-2, atol=2e-2)
+
+
+# --- through the trainer ------------------------------------------------------------------------------------------
+def test_stepper_feeds_packed_boundaries_to_the_attention_slot(tiny_data, tiny_core):
+    """doc_packing's batch reaches the varlen slot through Stepper and the model (doc_ids and cu_seqlens in ctx),
+    and the whole model compiles with zero graph breaks on the packed batch."""
+    sets = [*tiny_core, f"core.data_path={tiny_data}", "varlen_attention.kernel=dense"]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["doc_packing", "varlen_attention"],
+                  sets=sets, check_plugins=REGISTRY.check)
+    run = setup(cfg, REGISTRY, make_dir=False)
+    seen = []
+    attn = run.model.blocks[0].attn.attention
+    assert isinstance(attn, VarlenAttention) and attn.max_seqlen == 64
+    loader = run.hook.pg_train_loader(run=run)
+    x, y, ids, cu = loader.next_batch(1024, 64, 1)
+    assert ids.max() > 0
+    attn.register_forward_pre_hook(lambda m, args: seen.append(dict(args[3])))
+    Stepper(run).forward_backward(loader)
+    assert seen and seen[0]["doc_ids"].shape == (1, 1024) and seen[0]["cu_seqlens"].dtype == torch.int32
+    for kernel in ("dense", "flex"):  # no backward needed: FlexAttention runs forward on CPU
+        for block in run.model.blocks:
+            block.attn.attention.kernel = kernel
+        torch._dynamo.reset()
+        with torch.no_grad():
+            exp = torch._dynamo.explain(run.model)(x, y, doc_ids=ids, cu_seqlens=cu)
+        assert exp.graph_break_count == 0, (kernel, exp.break_reasons)
+    torch._dynamo.reset()
+
+
+def test_varlen_attention_conflicts_with_another_attention_provider():
+    from core.registry import Plugin
+
+    reg = Registry()
+    reg.add(type("OtherAttn", (Plugin,), {"name": "other_attn", "family": "model", "summary": "s",
+                                           "sources": ("x",), "provides": ("attention",)}), "test")
+    assert reg.check(["varlen_attention", "doc_packing"]) == []
+    errors = reg.check(["varlen_attention", "other_attn"])
+    assert errors and "attention" in " ".join(errors)
+    assert reg.check(["doc_packing", "coprime_loader"])  # two train loaders
