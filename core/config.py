@@ -91,7 +91,8 @@ class CoreConfig:
     beta2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0
-    # Machine. "auto" picks CUDA when present, compiles on CUDA, and the fastest attention backend.
+    # Machine. "auto" picks CUDA when present, compiles on CUDA, and the attention backend measured fastest at
+    # the run's shape (fa3, fa4, cuDNN or flash SDPA; CPU: SDPA).
     device: str = field(default="auto", metadata=_env("PGOLF_DEVICE"))
     compile: str = field(default="auto", metadata=_env("PGOLF_COMPILE"))
     attention: str = field(default="auto", metadata=_env("PGOLF_ATTENTION"))
@@ -346,6 +347,7 @@ def core_errors(c: CoreConfig) -> list[str]:
         errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
     if c.compile not in ("auto", "true", "false", "1", "0"):
         errors.append(f"core.compile: expected auto, true or false, got {c.compile!r}")
-    if c.attention not in ("auto", "fa3", "cudnn", "flash", "efficient", "math"):
-        errors.append(f"core.attention: expected auto, fa3, cudnn, flash, efficient or math, got {c.attention!r}")
+    if c.attention not in ("auto", "fa3", "fa4", "cudnn", "flash", "efficient", "math", "sdpa"):
+        errors.append("core.attention: expected auto, fa3, fa4, cudnn, flash, efficient, math or sdpa, "
+                      f"got {c.attention!r}")
     return errors

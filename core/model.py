@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.attention import attend
+
 CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = (
     "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
     "q_gain", "skip_weight", "skip_weights",
@@ -48,7 +50,7 @@ class ModelSpec:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
-    attention: str = "sdpa"  # "sdpa" or "fa3"
+    attention: str = "sdpa"  # "sdpa", "fa3" or "fa4" (core.attention.attend)
     skip_count: int = 0  # U-Net skips of the installed layer schedule (the core sets it before "skip_merge")
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -185,13 +187,7 @@ class CausalAttention(nn.Module):
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             with sdpa_kernel([SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
                 return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask).transpose(1, 2)
-        if self.backend == "fa3":
-            from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
-
-            y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-            return y[0] if isinstance(y, tuple) else y
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
-        return y.transpose(1, 2)
+        return attend(self.backend, q, k, v)
 
 
 class CausalSelfAttention(nn.Module):

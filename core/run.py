@@ -55,23 +55,46 @@ def pick_device(setting: str, local_rank: int) -> torch.device:
     return torch.device(setting)
 
 
-def pick_attention(setting: str, device: torch.device) -> str:
-    """fa3 if importable, else cuDNN SDPA, else flash SDPA, else math (CPU). Sets the SDPA flags."""
-    from core.model import flash_attn_3_available
+def attention_shape(core: Any, world_size: int) -> Any:
+    """The training attention shape: (micro-batch, heads, kv heads, seq len, head dim)."""
+    from core.attention import AttnShape
+
+    accum = core.grad_accum_steps or max(1, 8 // world_size)
+    batch = max(1, core.train_batch_tokens // (world_size * accum * core.train_seq_len))
+    return AttnShape(batch, core.num_heads, core.num_kv_heads, core.train_seq_len, core.model_dim // core.num_heads)
+
+
+def pick_attention(setting: str, device: torch.device, shape: Any = None, deterministic: bool = False,
+                   measured: dict[str, Any] | None = None) -> str:
+    """The backend and the SDPA flags for it. CPU: SDPA (`auto` -> "sdpa", untimed). CUDA `auto`: the fastest of
+    fa3, fa4, cuDNN and flash SDPA timed at `shape` (core.attention's measure; their timings go into
+    `measured`), or, with no shape or deterministic kernels asked for, fa3 if importable else cuDNN.
+    Distributed: rank 0's choice for every rank."""
+    from core import attention as attn
 
     if device.type != "cuda":
-        return "math" if setting in ("auto", "math") else setting
+        return "sdpa" if setting == "auto" else setting
     choice = setting
-    if setting == "auto":
-        choice = "fa3" if flash_attn_3_available() else "cudnn"
-    if choice == "fa3" and not flash_attn_3_available():
-        raise RuntimeError("core.attention=fa3 but flash_attn_interface (flash_attn_3) is not importable")
+    if setting == "auto" and (shape is None or deterministic):
+        choice = "fa3" if attn.available("fa3") else "cudnn"
+    elif setting == "auto":
+        choice, timings = attn.measure(shape, device)
+        if dist.is_available() and dist.is_initialized():
+            box = [choice, timings]
+            dist.broadcast_object_list(box, src=0)
+            choice, timings = box
+        if measured is not None:
+            measured.update(timings)
+    if choice in ("fa3", "fa4") and not attn.available(choice):
+        module = "flash_attn_interface (flash_attn_3)" if choice == "fa3" else "flash_attn.cute (flash-attn-4)"
+        raise RuntimeError(f"core.attention={choice} but {module} is not importable")
     from torch.backends import cuda as bc
 
-    bc.enable_cudnn_sdp(choice == "cudnn")
-    bc.enable_flash_sdp(choice in ("flash", "cudnn"))
-    bc.enable_mem_efficient_sdp(choice == "efficient")
-    bc.enable_math_sdp(choice == "math")
+    every = choice == "sdpa"  # torch's own dispatch
+    bc.enable_cudnn_sdp(every or choice == "cudnn")
+    bc.enable_flash_sdp(every or choice in ("flash", "cudnn"))
+    bc.enable_mem_efficient_sdp(every or choice == "efficient")
+    bc.enable_math_sdp(every or choice == "math")
     return choice
 
 
@@ -99,7 +122,8 @@ class Run:
     local_rank: int = 0
     distributed: bool = False
     run_dir: Path | None = None
-    attention: str = "math"
+    attention: str = "sdpa"
+    attention_measured: dict[str, Any] = field(default_factory=dict)  # auto's timings, ms (or the error)
     autocast_dtype: torch.dtype | None = None
     model: Any = None  # the uncompiled module (state dict, hooks)
     train_model: Any = None  # the compiled / DDP-wrapped callable used for training
@@ -182,12 +206,15 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         dist.init_process_group(backend=backend, **kwargs)
         dist.barrier()
     pm = make_manager(registry, config, core_impl)
+    measured: dict[str, Any] = {}
+    attention = pick_attention(config.core.attention, device, attention_shape(config.core, world_size),
+                               config.core.deterministic, measured)
     if not config.core.run_id:
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run = Run(
         config=config, registry=registry, pm=pm, core_impl=core_impl, device=device, rank=rank,
         world_size=world_size, local_rank=local_rank, distributed=distributed,
-        attention=pick_attention(config.core.attention, device),
+        attention=attention, attention_measured=measured,
         autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
         progress=progress if progress is not None and rank == 0 else NoProgress,
     )
@@ -198,4 +225,9 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
             write_atomic(run.run_dir / "config.json", config.to_json() + "\n")
             run._log_path = run.run_dir / "train.log"
             run._events_path = run.run_dir / "events.jsonl"
+    if measured:
+        from core.attention import describe
+
+        run.log(describe(attention, measured))
+        run.event("attention", choice=attention, measured_ms=measured)
     return run

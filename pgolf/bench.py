@@ -37,20 +37,34 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MIRROR = "/work/.mirror/openai+parameter-golf/repo"
 SMOKE = dict(steps=3, warmup_steps=1, val_tokens=65536, profile_steps=1, log_every=1)
 
-SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func through torch SDPA."""
+SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func on the backend pgolf's run
+picked (PGOLF_BENCH_SDPA): fa4 through pgolf's own FA4 op (core/attention.py, PGOLF_BENCH_ATTENTION_PY), else torch
+SDPA with the kernels pgolf's run enabled."""
+import contextlib
+import importlib.util
 import os
+import sys
 
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 _SETS = {"cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
-         "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}
-_BACKENDS = _SETS[os.environ.get("PGOLF_BENCH_SDPA", "flash")]  # the backends pgolf's run enabled
+         "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH], "sdpa": None}
+_CHOICE = os.environ.get("PGOLF_BENCH_SDPA", "flash")  # the backend pgolf's run picked
+_FA4 = None
+if _CHOICE == "fa4":
+    _spec = importlib.util.spec_from_file_location("pgolf_bench_attention", os.environ["PGOLF_BENCH_ATTENTION_PY"])
+    _FA4 = sys.modules["pgolf_bench_attention"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_FA4)
+_BACKENDS = _SETS.get(_CHOICE)
 
 
 def flash_attn_func(q, k, v, causal=True, **unused):
     """(B, T, H, D) q and (B, T, Hkv, D) k, v -> (B, T, H, D)."""
-    with sdpa_kernel(_BACKENDS):
+    if _FA4 is not None:
+        assert causal, "the fa4 stand-in is causal only"
+        return _FA4.fa4_func(q, k, v)
+    with sdpa_kernel(_BACKENDS) if _BACKENDS else contextlib.nullcontext():
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=causal, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
@@ -349,7 +363,8 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         peak = matmul_peak(run.device)
         tps = run.core.train_batch_tokens
         compiled = run.eval_model is not run.model
-        res: dict[str, Any] = {"device": str(run.device), "attention": run.attention, "compiled": compiled,
+        res: dict[str, Any] = {"device": str(run.device), "attention": run.attention,
+                               "attention_measured": run.attention_measured, "compiled": compiled,
                                "steps": loop.steps, "tokens_per_step": tps, "step_ms": step_ms,
                                "flops_per_token": flops}
         res.update(summarize_steps(step_ms, flops, monitor.modes, tps, skip_of(loop.steps)))
@@ -405,12 +420,13 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     env.update(profile.env(cfg, not args.record_eval))
     env.update(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), DATA_DIR=str(data_root) + os.sep,
                RUN_ID="record", PYTHONUNBUFFERED="1", PGOLF_BENCH_SDPA=attention)
-    fa3 = importlib.util.find_spec("flash_attn_interface") is not None
-    if not fa3:
+    fa3 = attention == "fa3" and importlib.util.find_spec("flash_attn_interface") is not None
+    if not fa3:  # the stand-in, over a real FA3 too: both sides on the backend pgolf picked
         shim = out / "shim"
         shim.mkdir(exist_ok=True)
         (shim / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
+        env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "core" / "attention.py")
     (out / "record_env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k not in os.environ
                                                      or os.environ[k] != env[k]}, indent=2) + "\n")
     log_path = out / "record.log"
@@ -432,7 +448,12 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     if parsed["peak_memory_bytes"] is None:
         memory = {"bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "kind": "max RSS (host)"}
     return {"profile": profile.name, "script": str(script.resolve()),
-            "attention": "fa3" if fa3 else f"sdpa-{attention}", "wall_s": wall, "log": parsed, "peak_memory": memory}
+            "attention": record_attention_label(attention, fa3), "wall_s": wall, "log": parsed, "peak_memory": memory}
+
+
+def record_attention_label(attention: str, real_fa3: bool) -> str:
+    """What the record ran: real FA3, FA4 through the stand-in, or SDPA with pgolf's kernels."""
+    return "fa3" if real_fa3 else "fa4" if attention == "fa4" else f"sdpa-{attention}"
 
 
 def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -578,15 +599,17 @@ def run_bench(args: argparse.Namespace) -> int:
     for side in ("pgolf", "record"):  # a side not run now keeps its result from an earlier call (same --out)
         if side not in sides and (out / f"{side}.json").is_file():
             res[side] = json.loads((out / f"{side}.json").read_text())
-    from core.run import pick_attention, pick_device
-
-    attention = pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0))  # what pgolf's run picks
     if "pgolf" in sides:
         res["pgolf"] = run_pgolf(args, cfg, registry, out)
         release_device_memory()
         (out / "pgolf.json").write_text(json.dumps(res["pgolf"], indent=2, default=str) + "\n")
     if "pgolf" in res:
         attention = res["pgolf"]["attention"]
+    else:  # what pgolf's run would pick (auto: measured at its shape)
+        from core.run import attention_shape, pick_attention, pick_device
+
+        attention = pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0), attention_shape(cfg.core, 1),
+                                   cfg.core.deterministic)
     if "record" in sides and args.vs:
         res["record"] = run_record(args, cfg, out, root, dataset, tokenizer, attention, eval_seq_len)
         (out / "record.json").write_text(json.dumps(res["record"], indent=2, default=str) + "\n")
