@@ -54,7 +54,7 @@ def test_every_plugin_trains_compiled_on_cuda(tiny_sets, request):
                   sets=[*sets, *extra, "core.device=cuda", "core.compile=true", "core.iterations=6"],
                   check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
     run = setup(cfg, REGISTRY)
-    assert run.attention in ("fa3", "cudnn")
+    assert run.attention in ("fa3", "fa4", "cudnn", "flash")
     summary = train(run)
     assert summary["val_bpb"] == summary["val_bpb"] and summary["val_bpb"] > 0
     ids = run.val_tokens[:129].to("cuda", torch.int64)
@@ -101,3 +101,37 @@ def test_fused_ce_triton_kernels_match_eager_softcap_ce_and_compile():
             (grad,) = torch.autograd.grad(out, logits, weights)
             torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
             torch.testing.assert_close(grad.float(), ref_grad, rtol=tol, atol=tol * 1e-2)
+
+
+@pytest.mark.skipif(not __import__("core.attention").attention.available("fa4"), reason="needs flash-attn-4")
+def test_fa4_matches_sdpa_forward_and_backward_compiled():
+    """FA4 through pgolf's custom op against flash SDPA at a GQA shape, bf16, eager and compiled (fullgraph)."""
+    from core.attention import attend
+
+    torch._dynamo.reset()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, n, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+               for n in (8, 4, 4))
+    dy = torch.randn(2, 256, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+
+    def grads(name, fn):
+        y = fn(name, q, k, v)
+        return (y, *torch.autograd.grad(y, (q, k, v), dy))
+
+    ref = grads("sdpa", attend)
+    for fn in (attend, torch.compile(attend, fullgraph=True)):
+        for a, b in zip(grads("fa4", fn), ref, strict=True):
+            torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_auto_measures_every_importable_backend_and_logs_it(tiny_sets):
+    from core.attention import MEASURED, available
+
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[],
+                  sets=[*(s for s in tiny_sets if not s.startswith("core.device")), "core.device=cuda",
+                        "core.attention=auto"])
+    run = setup(cfg, REGISTRY)
+    assert list(run.attention_measured) == [n for n in MEASURED if available(n)]
+    ok = {n: ms for n, ms in run.attention_measured.items() if isinstance(ms, float)}
+    assert run.attention == min(ok, key=ok.get)
+    assert f"attention_backend:{run.attention} (measured: " in (run.run_dir / "train.log").read_text()
