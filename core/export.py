@@ -207,10 +207,10 @@ def dequantize_state_dict(qstate: Mapping[str, QTensor],
 
 # --- codecs ----------------------------------------------------------------------------------------
 class Codec(Protocol):
-    """Compresses one byte stream. Optional members: `params` (a JSON dict the decoder needs, written to
-    the header, e.g. {"byte_shuffle": 2}) with `configured(params) -> Codec` (the decoder for those params,
-    an ArtifactError for params it does not know); `compress_named(data) -> (name, bytes)` and `chosen` for
-    a codec that picks among others (`AutoCodec`); `decoders()` -> {name: codec} it may write."""
+    """Compresses one byte stream. `name` (and the optional `params`, a JSON dict the decoder needs, e.g.
+    {"byte_shuffle": 2}) go to the header and are read after `compress`, so a codec that picks among others
+    names its choice. With `params`, `configured(params) -> Codec` is the decoder for those params (an
+    ArtifactError for params it does not know). Optional `codecs()`: the codecs whose names it may write."""
 
     name: str
 
@@ -253,34 +253,16 @@ class ZlibCodec:
             raise corrupt(self.name, exc) from exc
 
 
-def decoders_of(codec: Codec, state_codec: StateCodec | None = None) -> dict[str, Any]:
-    """name -> decoder for everything an export with `codec` (an auto codec: each candidate) and
-    `state_codec` may write: codecs, zlib, and the state codec under its name (the header's "layout")."""
+def decoders_of(*writers: Any) -> dict[str, Any]:
+    """name -> decoder for everything the run's codec and state codec may write: zlib, each writer under its
+    name (a state codec's is the header's "layout"), and the codecs each lists in an optional `codecs()`."""
     out: dict[str, Any] = {"zlib": ZlibCodec()}
-    codecs = [codec]
-    if state_codec is not None:
-        out[state_codec.name] = state_codec
-        codecs += list(getattr(state_codec, "codecs", lambda: [])())
-    for c in codecs:
-        more = getattr(c, "decoders", None)
-        out.update(more() if callable(more) else {c.name: c})
+    todo = [w for w in writers if w is not None]
+    while todo:
+        writer = todo.pop()
+        out[writer.name] = writer
+        todo += getattr(writer, "codecs", list)()
     return out
-
-
-def compress_named(codec: Codec, data: bytes) -> tuple[str, bytes]:
-    """(codec name to record, payload): a codec choosing among others (AutoCodec) names its choice."""
-    named = getattr(codec, "compress_named", None)
-    if callable(named):
-        name, payload = named(data)
-        return str(name), payload
-    return codec.name, codec.compress(data)
-
-
-def codec_params(codec: Codec) -> dict[str, Any]:
-    """The parameters the decoder of `codec`'s last output needs (of the chosen candidate, for AutoCodec)."""
-    chosen = getattr(codec, "chosen", None)
-    params = getattr(chosen if chosen is not None else codec, "params", None)
-    return dict(params) if params else {}
 
 
 # --- state codecs: the quantized state <-> byte streams ----------------------------------------------
@@ -299,7 +281,7 @@ class StateCodec(Protocol):
 
     `encode(qstate) -> (streams, manifest)`; `decode(raws, manifest) -> {name: QTensor}` gets the streams'
     decompressed, size-capped and checksummed bytes in the same order. Load tensors only through
-    `load_records` (weights_only). Optional `codecs()` lists the codecs its streams use (for decoders_of).
+    `load_records` (weights_only). Optional `codecs()` lists the codecs its streams use (`decoders_of`).
     """
 
     name: str
@@ -374,12 +356,12 @@ def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name:
     entries, payloads = [], []
     for st in streams:
         use = codec if st.codec is None else st.codec
-        name, payload = compress_named(use, st.data)
-        entry: dict[str, Any] = {"label": st.label, "codec": name, "raw_bytes": len(st.data),
+        payload = use.compress(st.data)
+        entry: dict[str, Any] = {"label": st.label, "codec": use.name, "raw_bytes": len(st.data),
                                  "payload_bytes": len(payload), "raw_sha256": hashlib.sha256(st.data).hexdigest()}
-        params = codec_params(use)
+        params = getattr(use, "params", None)
         if params:
-            entry["codec_params"] = params
+            entry["codec_params"] = dict(params)
         entries.append(entry)
         payloads.append(payload)
     label = entries[0]["codec"] if layout.name == TORCH_STATE.name else layout.name
