@@ -325,34 +325,20 @@ def load_records(raw: bytes, where: str = "artifact") -> dict[str, QTensor]:
     return records
 
 
-class TorchStateCodec:
-    """The core's layout: one stream, the torch.save of every record, compressed by the run's codec."""
-
-    name = "torch"
-
-    def encode(self, qstate: Mapping[str, QTensor]) -> tuple[list[Stream], dict[str, Any]]:
-        return [Stream("state", save_records(qstate))], {}
-
-    def decode(self, raws: Sequence[bytes], manifest: Mapping[str, Any]) -> dict[str, QTensor]:
-        if len(raws) != 1:
-            raise ArtifactError(f"layout 'torch' expects 1 stream, header lists {len(raws)}")
-        return load_records(raws[0], "stream 'state'")
-
-
 # --- artifact --------------------------------------------------------------------------------------
-TORCH_STATE = TorchStateCodec()
-
-
 def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str,
                     state_codec: StateCodec | None = None) -> bytes:
     """MAGIC | u16 version | u32 header length | JSON header | the compressed streams, concatenated.
 
-    `state_codec` (default: `TorchStateCodec`) splits `qstate` into streams; each is compressed with its own
-    codec or `codec`. The header's "codec" is the stream's codec name for the torch layout (the run's
-    label), else the layout's name; "raw_bytes"/"payload_bytes" are totals over the streams.
+    `state_codec` splits `qstate` into streams, each compressed with its own codec or `codec`; without one
+    the layout is "torch": one stream, `save_records(qstate)`. The header's "codec" is the stream's codec
+    name for the torch layout (the run's label), else the layout's name; "raw_bytes"/"payload_bytes" are
+    totals over the streams.
     """
-    layout = TORCH_STATE if state_codec is None else state_codec
-    streams, manifest = layout.encode(qstate)
+    if state_codec is None:
+        layout, (streams, manifest) = "torch", ([Stream("state", save_records(qstate))], {})
+    else:
+        layout, (streams, manifest) = state_codec.name, state_codec.encode(qstate)
     entries, payloads = [], []
     for st in streams:
         use = codec if st.codec is None else st.codec
@@ -364,8 +350,8 @@ def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name:
             entry["codec_params"] = dict(params)
         entries.append(entry)
         payloads.append(payload)
-    label = entries[0]["codec"] if layout.name == TORCH_STATE.name else layout.name
-    header = {"format": FORMAT_VERSION, "layout": layout.name, "codec": label, "quantizer": quantizer_name,
+    label = entries[0]["codec"] if layout == "torch" else layout
+    header = {"format": FORMAT_VERSION, "layout": layout, "codec": label, "quantizer": quantizer_name,
               "payload_bytes": sum(len(p) for p in payloads), "raw_bytes": sum(e["raw_bytes"] for e in entries),
               "streams": entries, "manifest": manifest}
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -442,11 +428,11 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
     names to decoders: codecs by the streams' names, state codecs by the header's "layout" (`decoders_of`);
     `max_size` caps the decompressed bytes of all streams together."""
     header, offset = parse_header(blob, where)
-    layouts = {TORCH_STATE.name: TORCH_STATE, **{k: v for k, v in (codecs or {}).items() if hasattr(v, "decode")}}
-    name = header.get("layout", TORCH_STATE.name)
-    layout = layouts.get(name) if isinstance(name, str) else None
-    if layout is None:
-        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: {', '.join(layouts)})")
+    layouts = {k: v for k, v in (codecs or {}).items() if hasattr(v, "decode")}
+    name = header.get("layout", "torch")
+    if name != "torch" and (not isinstance(name, str) or name not in layouts):
+        known = ", ".join(["torch", *layouts])
+        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: {known})")
     streams = _streams_of(header, where)
     if header["raw_bytes"] > max_size:
         raise ArtifactError(f"{where}: declared raw size {header['raw_bytes']} exceeds the size cap "
@@ -472,10 +458,14 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
     manifest = header.get("manifest", {})
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where}: corrupt header (manifest is not an object)")
+    if name == "torch":
+        if len(raws) != 1:
+            raise ArtifactError(f"{where}: layout 'torch' expects 1 stream, header lists {len(raws)}")
+        return load_records(raws[0], f"{where}: layout 'torch': stream 'state'"), header
     try:
-        return layout.decode(raws, manifest), header
+        return layouts[name].decode(raws, manifest), header
     except ArtifactError as exc:
-        raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
+        raise ArtifactError(f"{where}: layout {name!r}: {exc}") from exc
 
 
 @dataclass

@@ -60,10 +60,6 @@ class CoreDefaults:
         return build_byte_tables(tokenizer, run.core.vocab_size)
 
     @hookimpl(trylast=True)
-    def pg_state_codec(self, config: Config) -> Any:
-        return ex.TorchStateCodec()
-
-    @hookimpl(trylast=True)
     def pg_evaluator(self, run: Run) -> Any:
         return plain_evaluator(run)
 
