@@ -476,7 +476,6 @@ class ExportResult:
     compressed_bytes: int
     quantizer_name: str = "int8"
     codec_name: str = "zlib"
-    layout_name: str = "torch"
 
     @property
     def payload_bytes(self) -> int:
@@ -525,7 +524,7 @@ def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Qua
     blob = encode_artifact(qstate, codec, quantizer_name, state_codec)
     header, _ = parse_header(blob)
     return ExportResult(blob=blob, qstate=qstate, raw_bytes=header["raw_bytes"], compressed_bytes=len(blob),
-                        quantizer_name=quantizer_name, codec_name=header["codec"], layout_name=header["layout"])
+                        quantizer_name=quantizer_name, codec_name=header["codec"])
 
 
 def _bits_equal(a: Tensor, b: Tensor) -> bool:
