@@ -61,14 +61,19 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
 
 
+def data_directory(path: str | Path) -> Path:
+    """`path` as a Path; a DataError unless it is an existing directory."""
+    path = Path(path)
+    if not path.is_dir():
+        why = "is not a directory" if path.exists() else "does not exist"
+        raise DataError(f"data path {path} {why} (DATA_PATH / core.data_path)")
+    return path
+
+
 def shard_files(data_dir: str | Path, split: str) -> list[Path]:
     """The sorted `fineweb_{split}_<digits>.bin` files of `data_dir` (a DataError if there are none); byte
     sidecars beside them (`fineweb_val_bytes_*.bin`, CaseOps) are not token shards."""
-    data_dir = Path(data_dir)
-    if not data_dir.exists():
-        raise DataError(f"data path {data_dir} does not exist")
-    if not data_dir.is_dir():
-        raise DataError(f"data path {data_dir} is not a directory")
+    data_dir = data_directory(data_dir)
     pattern = f"fineweb_{split}_*.bin"
     prefix = f"fineweb_{split}_"
     files = sorted((p for p in data_dir.glob(pattern) if p.is_file() and p.stem[len(prefix):].isdigit()),

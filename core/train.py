@@ -25,7 +25,7 @@ from torch import nn
 
 from core import export as ex
 from core.config import Config, ConfigError
-from core.data import DataError, DistributedTokenLoader, load_validation_tokens, shard_files
+from core.data import DataError, DistributedTokenLoader, data_directory, load_validation_tokens, shard_files
 from core.hookspecs import hookimpl
 from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
@@ -88,11 +88,7 @@ def resolve_data(run: Run) -> tuple[Path, Path]:
     if not core.data_path:
         raise DataError("core.data_path is empty: set DATA_PATH / --data (the pgolf command line fills in the "
                         "embedded default corpus)")
-    data_dir = Path(core.data_path)
-    if not data_dir.exists():
-        raise DataError(f"data path {data_dir} does not exist (DATA_PATH / core.data_path)")
-    if not data_dir.is_dir():
-        raise DataError(f"data path {data_dir} is not a directory (DATA_PATH / core.data_path)")
+    data_dir = data_directory(core.data_path)
     if core.tokenizer_path:
         return data_dir, Path(core.tokenizer_path)
     candidates = sorted((data_dir / "tokenizer").glob("*.model"))
