@@ -463,10 +463,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             run.event("mode", mode=mode.name, step=step, frac=clock.frac)
         stepper.zero_grad()
         train_loss = stepper.forward_backward(loader)
-        loss_now = float(train_loss.item()) if check_every_step else None
-        if loss_now is not None and not math.isfinite(loss_now):
-            progress.close()
-            raise diverged(run, step + 1, loss_now)
+        loss_now = finite_loss(run, progress, step + 1, train_loss) if check_every_step else None
         run.hook.pg_before_step(run=run, step=step, clock=clock)
         for opt in muon_opts:
             for group in opt.param_groups:
@@ -481,10 +478,8 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         run.hook.pg_after_step(run=run, step=step)
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
-            loss_now = loss_now if loss_now is not None else float(train_loss.item())
-            if not math.isfinite(loss_now):
-                progress.close()
-                raise diverged(run, step, loss_now)
+            if loss_now is None:
+                loss_now = finite_loss(run, progress, step, train_loss)
             run.log(f"step:{step}/{core.iterations} train_loss:{loss_now:.4f} train_time:{approx_ms:.0f}ms "
                     f"step_avg:{approx_ms / step:.2f}ms", console=run.progress is NoProgress)
             run.event("step", step=step, train_loss=loss_now, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
@@ -501,13 +496,18 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     return LoopResult(steps=step, train_time_ms=training_time_ms, last_val_bpb=last_val_bpb)
 
 
-def diverged(run: Run, step: int, loss: float) -> TrainingDiverged:
-    """The error (and the run's log line) for a non-finite training loss at `step`."""
+def finite_loss(run: Run, progress: Any, step: int, train_loss: torch.Tensor) -> float:
+    """The training loss at `step` as a float (a host sync); if it is not finite, close the progress
+    display, log why and raise TrainingDiverged."""
+    loss = float(train_loss.item())
+    if math.isfinite(loss):
+        return loss
+    progress.close()
     msg = (f"training diverged: train_loss is {loss} at step {step}; stopped before export, nothing written "
            "(lower the learning rates, e.g. core.matrix_lr, or set core.grad_clip_norm)")
     run.log(f"stopping: {msg}")
     run.event("diverged", step=step, train_loss=str(loss))
-    return TrainingDiverged(msg)
+    raise TrainingDiverged(msg)
 
 
 def make_clock(run: Run, budget: Budget, step: int, elapsed_ms: float) -> Clock:
