@@ -37,8 +37,6 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
     if size < HEADER_BYTES:
         raise DataError(f"{path}: too short for a shard: {size} bytes, expected a {HEADER_BYTES}-byte header")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if header.size != HEADER_INTS:
-        raise DataError(f"{path}: short read of the shard header ({header.size} of {HEADER_INTS} ints)")
     magic, version, num_tokens = int(header[0]), int(header[1]), int(header[2])
     if magic != SHARD_MAGIC:
         raise DataError(f"{path}: bad shard header: magic {magic}, expected {SHARD_MAGIC}")
@@ -53,8 +51,6 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
             f"{path}: {what}: header says {num_tokens} tokens ({expected} bytes) but file has {size} bytes"
         )
     tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
-    if tokens.size != num_tokens:
-        raise DataError(f"{path}: short read: expected {num_tokens} tokens, got {tokens.size}")
     if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
         raise DataError(f"{path}: token id {int(tokens.max())} >= vocab size {vocab_size} (VOCAB_SIZE / "
                         "core.vocab_size): the shards were built for a larger vocabulary")
