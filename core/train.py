@@ -539,14 +539,19 @@ def reached_cap(run: Run, budget: Budget, elapsed_ms: float) -> bool:
 def finish_and_calibrate(run: Run, loop: LoopResult, budget: Budget) -> float:
     """`pg_train_end` (averaged weights loaded), then `pg_calibrate`, timed as training; its milliseconds."""
     run.hook.pg_train_end(run=run, model=run.model)
-    calibration_ms = calibrate(run, run.model)
-    if calibration_ms > 0:
-        total_ms = loop.train_time_ms + calibration_ms
-        run.log(f"calibration time:{calibration_ms:.0f}ms train_time_with_calibration:{total_ms:.0f}ms")
-        run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=budget.reserve_s)
-        if budget.total_ms is not None and total_ms > budget.total_ms:
-            run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > "
-                    f"{budget.total_ms:.0f}ms (raise the reserve)")
+    if not run.hook.pg_calibrate.get_hookimpls():
+        return 0.0
+    run.synchronize()
+    t0 = time.perf_counter()
+    run.hook.pg_calibrate(run=run, model=run.model)
+    run.synchronize()
+    calibration_ms = 1000.0 * (time.perf_counter() - t0)
+    total_ms = loop.train_time_ms + calibration_ms
+    run.log(f"calibration time:{calibration_ms:.0f}ms train_time_with_calibration:{total_ms:.0f}ms")
+    run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=budget.reserve_s)
+    if budget.total_ms is not None and total_ms > budget.total_ms:
+        run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > "
+                f"{budget.total_ms:.0f}ms (raise the reserve)")
     return calibration_ms
 
 
@@ -573,17 +578,6 @@ def train(run: Run) -> dict[str, Any]:
         write_atomic(run.run_dir / "metrics.json",
                      json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
     return summary
-
-
-def calibrate(run: Run, model: nn.Module) -> float:
-    """Run `pg_calibrate` (post-loop data reads such as GPTQ Hessians) and return its milliseconds."""
-    if not run.hook.pg_calibrate.get_hookimpls():
-        return 0.0
-    run.synchronize()
-    t0 = time.perf_counter()
-    run.hook.pg_calibrate(run=run, model=model)
-    run.synchronize()
-    return 1000.0 * (time.perf_counter() - t0)
 
 
 def export_and_evaluate(run: Run) -> dict[str, Any]:
