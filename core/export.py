@@ -277,12 +277,8 @@ class Stream:
 
 
 class StateCodec(Protocol):
-    """Writes the quantized state (name -> QTensor) as byte streams plus a JSON manifest, and back.
-
-    `encode(qstate) -> (streams, manifest)`; `decode(raws, manifest) -> {name: QTensor}` gets the streams'
-    decompressed, size-capped and checksummed bytes in the same order. Load tensors only through
-    `load_records` (weights_only). Optional `codecs()` lists the codecs its streams use (`decoders_of`).
-    """
+    """Writes the quantized state as byte streams plus a JSON manifest, and back (the contract:
+    `core.hookspecs.pg_state_codec`). Optional `codecs()` lists the codecs its streams use (`decoders_of`)."""
 
     name: str
 
