@@ -469,7 +469,6 @@ class ExportResult:
     blob: bytes
     qstate: dict[str, QTensor]
     raw_bytes: int
-    compressed_bytes: int
     quantizer_name: str = "int8"
     codec_name: str = "zlib"
 
@@ -519,7 +518,7 @@ def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Qua
         quantizer_name = quantizer_label(qstate)
     blob = encode_artifact(qstate, codec, quantizer_name, state_codec)
     header, _ = parse_header(blob)
-    return ExportResult(blob=blob, qstate=qstate, raw_bytes=header["raw_bytes"], compressed_bytes=len(blob),
+    return ExportResult(blob=blob, qstate=qstate, raw_bytes=header["raw_bytes"],
                         quantizer_name=quantizer_name, codec_name=header["codec"])
 
 
