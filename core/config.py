@@ -200,11 +200,6 @@ def parse_set(item: str) -> tuple[str, str, str]:
     return (section or CORE_SECTION), name, value
 
 
-def _plugin_list(value: Any, where: str) -> list[str]:
-    names = coerce(value, list[str], where)
-    return [n for n in names if n]
-
-
 def resolve(
     *,
     plugin_config_classes: Mapping[str, type | None],
@@ -257,7 +252,7 @@ def resolve(
     sources = {"plugins": "default"}
     for value, source, where in layers:
         try:
-            enabled, sources["plugins"] = _plugin_list(value, where), source
+            enabled, sources["plugins"] = [n for n in coerce(value, list[str], where) if n], source
         except ValueError as exc:
             errors.append(str(exc))
     enabled = list(dict.fromkeys(enabled))

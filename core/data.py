@@ -37,8 +37,6 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
     if size < HEADER_BYTES:
         raise DataError(f"{path}: too short for a shard: {size} bytes, expected a {HEADER_BYTES}-byte header")
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
-    if header.size != HEADER_INTS:
-        raise DataError(f"{path}: short read of the shard header ({header.size} of {HEADER_INTS} ints)")
     magic, version, num_tokens = int(header[0]), int(header[1]), int(header[2])
     if magic != SHARD_MAGIC:
         raise DataError(f"{path}: bad shard header: magic {magic}, expected {SHARD_MAGIC}")
@@ -53,22 +51,25 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
             f"{path}: {what}: header says {num_tokens} tokens ({expected} bytes) but file has {size} bytes"
         )
     tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
-    if tokens.size != num_tokens:
-        raise DataError(f"{path}: short read: expected {num_tokens} tokens, got {tokens.size}")
     if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
         raise DataError(f"{path}: token id {int(tokens.max())} >= vocab size {vocab_size} (VOCAB_SIZE / "
                         "core.vocab_size): the shards were built for a larger vocabulary")
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
 
 
+def data_directory(path: str | Path) -> Path:
+    """`path` as a Path; a DataError unless it is an existing directory."""
+    path = Path(path)
+    if not path.is_dir():
+        why = "is not a directory" if path.exists() else "does not exist"
+        raise DataError(f"data path {path} {why} (DATA_PATH / core.data_path)")
+    return path
+
+
 def shard_files(data_dir: str | Path, split: str) -> list[Path]:
     """The sorted `fineweb_{split}_<digits>.bin` files of `data_dir` (a DataError if there are none); byte
     sidecars beside them (`fineweb_val_bytes_*.bin`, CaseOps) are not token shards."""
-    data_dir = Path(data_dir)
-    if not data_dir.exists():
-        raise DataError(f"data path {data_dir} does not exist")
-    if not data_dir.is_dir():
-        raise DataError(f"data path {data_dir} is not a directory")
+    data_dir = data_directory(data_dir)
     pattern = f"fineweb_{split}_*.bin"
     prefix = f"fineweb_{split}_"
     files = sorted((p for p in data_dir.glob(pattern) if p.is_file() and p.stem[len(prefix):].isdigit()),

@@ -207,10 +207,10 @@ def dequantize_state_dict(qstate: Mapping[str, QTensor],
 
 # --- codecs ----------------------------------------------------------------------------------------
 class Codec(Protocol):
-    """Compresses one byte stream. Optional members: `params` (a JSON dict the decoder needs, written to
-    the header, e.g. {"byte_shuffle": 2}) with `configured(params) -> Codec` (the decoder for those params,
-    an ArtifactError for params it does not know); `compress_named(data) -> (name, bytes)` and `chosen` for
-    a codec that picks among others (`AutoCodec`); `decoders()` -> {name: codec} it may write."""
+    """Compresses one byte stream. `name` (and the optional `params`, a JSON dict the decoder needs, e.g.
+    {"byte_shuffle": 2}) go to the header and are read after `compress`, so a codec that picks among others
+    names its choice. With `params`, `configured(params) -> Codec` is the decoder for those params (an
+    ArtifactError for params it does not know). Optional `codecs()`: the codecs whose names it may write."""
 
     name: str
 
@@ -253,34 +253,16 @@ class ZlibCodec:
             raise corrupt(self.name, exc) from exc
 
 
-def decoders_of(codec: Codec, state_codec: StateCodec | None = None) -> dict[str, Any]:
-    """name -> decoder for everything an export with `codec` (an auto codec: each candidate) and
-    `state_codec` may write: codecs, zlib, and the state codec under its name (the header's "layout")."""
+def decoders_of(*writers: Any) -> dict[str, Any]:
+    """name -> decoder for everything the run's codec and state codec may write: zlib, each writer under its
+    name (a state codec's is the header's "layout"), and the codecs each lists in an optional `codecs()`."""
     out: dict[str, Any] = {"zlib": ZlibCodec()}
-    codecs = [codec]
-    if state_codec is not None:
-        out[state_codec.name] = state_codec
-        codecs += list(getattr(state_codec, "codecs", lambda: [])())
-    for c in codecs:
-        more = getattr(c, "decoders", None)
-        out.update(more() if callable(more) else {c.name: c})
+    todo = [w for w in writers if w is not None]
+    while todo:
+        writer = todo.pop()
+        out[writer.name] = writer
+        todo += getattr(writer, "codecs", list)()
     return out
-
-
-def compress_named(codec: Codec, data: bytes) -> tuple[str, bytes]:
-    """(codec name to record, payload): a codec choosing among others (AutoCodec) names its choice."""
-    named = getattr(codec, "compress_named", None)
-    if callable(named):
-        name, payload = named(data)
-        return str(name), payload
-    return codec.name, codec.compress(data)
-
-
-def codec_params(codec: Codec) -> dict[str, Any]:
-    """The parameters the decoder of `codec`'s last output needs (of the chosen candidate, for AutoCodec)."""
-    chosen = getattr(codec, "chosen", None)
-    params = getattr(chosen if chosen is not None else codec, "params", None)
-    return dict(params) if params else {}
 
 
 # --- state codecs: the quantized state <-> byte streams ----------------------------------------------
@@ -295,12 +277,8 @@ class Stream:
 
 
 class StateCodec(Protocol):
-    """Writes the quantized state (name -> QTensor) as byte streams plus a JSON manifest, and back.
-
-    `encode(qstate) -> (streams, manifest)`; `decode(raws, manifest) -> {name: QTensor}` gets the streams'
-    decompressed, size-capped and checksummed bytes in the same order. Load tensors only through
-    `load_records` (weights_only). Optional `codecs()` lists the codecs its streams use (for decoders_of).
-    """
+    """Writes the quantized state as byte streams plus a JSON manifest, and back (the contract:
+    `core.hookspecs.pg_state_codec`). Optional `codecs()` lists the codecs its streams use (`decoders_of`)."""
 
     name: str
 
@@ -343,47 +321,33 @@ def load_records(raw: bytes, where: str = "artifact") -> dict[str, QTensor]:
     return records
 
 
-class TorchStateCodec:
-    """The core's layout: one stream, the torch.save of every record, compressed by the run's codec."""
-
-    name = "torch"
-
-    def encode(self, qstate: Mapping[str, QTensor]) -> tuple[list[Stream], dict[str, Any]]:
-        return [Stream("state", save_records(qstate))], {}
-
-    def decode(self, raws: Sequence[bytes], manifest: Mapping[str, Any]) -> dict[str, QTensor]:
-        if len(raws) != 1:
-            raise ArtifactError(f"layout 'torch' expects 1 stream, header lists {len(raws)}")
-        return load_records(raws[0], "stream 'state'")
-
-
 # --- artifact --------------------------------------------------------------------------------------
-TORCH_STATE = TorchStateCodec()
-
-
 def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str,
                     state_codec: StateCodec | None = None) -> bytes:
     """MAGIC | u16 version | u32 header length | JSON header | the compressed streams, concatenated.
 
-    `state_codec` (default: `TorchStateCodec`) splits `qstate` into streams; each is compressed with its own
-    codec or `codec`. The header's "codec" is the stream's codec name for the torch layout (the run's
-    label), else the layout's name; "raw_bytes"/"payload_bytes" are totals over the streams.
+    `state_codec` splits `qstate` into streams, each compressed with its own codec or `codec`; without one
+    the layout is "torch": one stream, `save_records(qstate)`. The header's "codec" is the stream's codec
+    name for the torch layout (the run's label), else the layout's name; "raw_bytes"/"payload_bytes" are
+    totals over the streams.
     """
-    layout = TORCH_STATE if state_codec is None else state_codec
-    streams, manifest = layout.encode(qstate)
+    if state_codec is None:
+        layout, (streams, manifest) = "torch", ([Stream("state", save_records(qstate))], {})
+    else:
+        layout, (streams, manifest) = state_codec.name, state_codec.encode(qstate)
     entries, payloads = [], []
     for st in streams:
         use = codec if st.codec is None else st.codec
-        name, payload = compress_named(use, st.data)
-        entry: dict[str, Any] = {"label": st.label, "codec": name, "raw_bytes": len(st.data),
+        payload = use.compress(st.data)
+        entry: dict[str, Any] = {"label": st.label, "codec": use.name, "raw_bytes": len(st.data),
                                  "payload_bytes": len(payload), "raw_sha256": hashlib.sha256(st.data).hexdigest()}
-        params = codec_params(use)
+        params = getattr(use, "params", None)
         if params:
-            entry["codec_params"] = params
+            entry["codec_params"] = dict(params)
         entries.append(entry)
         payloads.append(payload)
-    label = entries[0]["codec"] if layout.name == TORCH_STATE.name else layout.name
-    header = {"format": FORMAT_VERSION, "layout": layout.name, "codec": label, "quantizer": quantizer_name,
+    label = entries[0]["codec"] if layout == "torch" else layout
+    header = {"format": FORMAT_VERSION, "layout": layout, "codec": label, "quantizer": quantizer_name,
               "payload_bytes": sum(len(p) for p in payloads), "raw_bytes": sum(e["raw_bytes"] for e in entries),
               "streams": entries, "manifest": manifest}
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -460,11 +424,11 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
     names to decoders: codecs by the streams' names, state codecs by the header's "layout" (`decoders_of`);
     `max_size` caps the decompressed bytes of all streams together."""
     header, offset = parse_header(blob, where)
-    layouts = {TORCH_STATE.name: TORCH_STATE, **{k: v for k, v in (codecs or {}).items() if hasattr(v, "decode")}}
-    name = header.get("layout", TORCH_STATE.name)
-    layout = layouts.get(name) if isinstance(name, str) else None
-    if layout is None:
-        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: {', '.join(layouts)})")
+    layouts = {k: v for k, v in (codecs or {}).items() if hasattr(v, "decode")}
+    name = header.get("layout", "torch")
+    if name != "torch" and (not isinstance(name, str) or name not in layouts):
+        known = ", ".join(["torch", *layouts])
+        raise ArtifactError(f"{where}: unknown layout {name!r} (this run decodes: {known})")
     streams = _streams_of(header, where)
     if header["raw_bytes"] > max_size:
         raise ArtifactError(f"{where}: declared raw size {header['raw_bytes']} exceeds the size cap "
@@ -490,10 +454,14 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
     manifest = header.get("manifest", {})
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{where}: corrupt header (manifest is not an object)")
+    if name == "torch":
+        if len(raws) != 1:
+            raise ArtifactError(f"{where}: layout 'torch' expects 1 stream, header lists {len(raws)}")
+        return load_records(raws[0], f"{where}: layout 'torch': stream 'state'"), header
     try:
-        return layout.decode(raws, manifest), header
+        return layouts[name].decode(raws, manifest), header
     except ArtifactError as exc:
-        raise ArtifactError(f"{where}: layout {layout.name!r}: {exc}") from exc
+        raise ArtifactError(f"{where}: layout {name!r}: {exc}") from exc
 
 
 @dataclass
@@ -501,10 +469,8 @@ class ExportResult:
     blob: bytes
     qstate: dict[str, QTensor]
     raw_bytes: int
-    compressed_bytes: int
     quantizer_name: str = "int8"
     codec_name: str = "zlib"
-    layout_name: str = "torch"
 
     @property
     def payload_bytes(self) -> int:
@@ -552,8 +518,8 @@ def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Qua
         quantizer_name = quantizer_label(qstate)
     blob = encode_artifact(qstate, codec, quantizer_name, state_codec)
     header, _ = parse_header(blob)
-    return ExportResult(blob=blob, qstate=qstate, raw_bytes=header["raw_bytes"], compressed_bytes=len(blob),
-                        quantizer_name=quantizer_name, codec_name=header["codec"], layout_name=header["layout"])
+    return ExportResult(blob=blob, qstate=qstate, raw_bytes=header["raw_bytes"],
+                        quantizer_name=quantizer_name, codec_name=header["codec"])
 
 
 def _bits_equal(a: Tensor, b: Tensor) -> bool:

@@ -222,7 +222,8 @@ def pg_state_codec(config: Any) -> StateCodec | None:
     `core.export.Stream(label, raw bytes, codec)` (codec None: the run's `pg_codec`), the manifest a JSON
     dict for the header. `decode(raws, manifest)` gets the streams decompressed, size-capped and checked
     against their SHA-256, must return the records bit for bit (export verifies) and load tensors only
-    with `core.export.load_records`. Its `name` is the header's "layout" (core: `TorchStateCodec`).
+    with `core.export.load_records`. Its `name` is the header's "layout" (None: the core's "torch" layout,
+    one torch.save stream).
     """
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from core import export as ex
 from core.config import Config, ConfigError
-from core.data import DataError, DistributedTokenLoader, load_validation_tokens, shard_files
+from core.data import DataError, DistributedTokenLoader, data_directory, load_validation_tokens, shard_files
 from core.hookspecs import hookimpl
 from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
@@ -60,10 +60,6 @@ class CoreDefaults:
         return build_byte_tables(tokenizer, run.core.vocab_size)
 
     @hookimpl(trylast=True)
-    def pg_state_codec(self, config: Config) -> Any:
-        return ex.TorchStateCodec()
-
-    @hookimpl(trylast=True)
     def pg_evaluator(self, run: Run) -> Any:
         return plain_evaluator(run)
 
@@ -92,11 +88,7 @@ def resolve_data(run: Run) -> tuple[Path, Path]:
     if not core.data_path:
         raise DataError("core.data_path is empty: set DATA_PATH / --data (the pgolf command line fills in the "
                         "embedded default corpus)")
-    data_dir = Path(core.data_path)
-    if not data_dir.exists():
-        raise DataError(f"data path {data_dir} does not exist (DATA_PATH / core.data_path)")
-    if not data_dir.is_dir():
-        raise DataError(f"data path {data_dir} is not a directory (DATA_PATH / core.data_path)")
+    data_dir = data_directory(core.data_path)
     if core.tokenizer_path:
         return data_dir, Path(core.tokenizer_path)
     candidates = sorted((data_dir / "tokenizer").glob("*.model"))
@@ -471,10 +463,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             run.event("mode", mode=mode.name, step=step, frac=clock.frac)
         stepper.zero_grad()
         train_loss = stepper.forward_backward(loader)
-        loss_now = float(train_loss.item()) if check_every_step else None
-        if loss_now is not None and not math.isfinite(loss_now):
-            progress.close()
-            raise diverged(run, step + 1, loss_now)
+        loss_now = finite_loss(run, progress, step + 1, train_loss) if check_every_step else None
         run.hook.pg_before_step(run=run, step=step, clock=clock)
         for opt in muon_opts:
             for group in opt.param_groups:
@@ -489,10 +478,8 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         run.hook.pg_after_step(run=run, step=step)
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
-            loss_now = loss_now if loss_now is not None else float(train_loss.item())
-            if not math.isfinite(loss_now):
-                progress.close()
-                raise diverged(run, step, loss_now)
+            if loss_now is None:
+                loss_now = finite_loss(run, progress, step, train_loss)
             run.log(f"step:{step}/{core.iterations} train_loss:{loss_now:.4f} train_time:{approx_ms:.0f}ms "
                     f"step_avg:{approx_ms / step:.2f}ms", console=run.progress is NoProgress)
             run.event("step", step=step, train_loss=loss_now, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
@@ -509,13 +496,18 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     return LoopResult(steps=step, train_time_ms=training_time_ms, last_val_bpb=last_val_bpb)
 
 
-def diverged(run: Run, step: int, loss: float) -> TrainingDiverged:
-    """The error (and the run's log line) for a non-finite training loss at `step`."""
+def finite_loss(run: Run, progress: Any, step: int, train_loss: torch.Tensor) -> float:
+    """The training loss at `step` as a float (a host sync); if it is not finite, close the progress
+    display, log why and raise TrainingDiverged."""
+    loss = float(train_loss.item())
+    if math.isfinite(loss):
+        return loss
+    progress.close()
     msg = (f"training diverged: train_loss is {loss} at step {step}; stopped before export, nothing written "
            "(lower the learning rates, e.g. core.matrix_lr, or set core.grad_clip_norm)")
     run.log(f"stopping: {msg}")
     run.event("diverged", step=step, train_loss=str(loss))
-    return TrainingDiverged(msg)
+    raise TrainingDiverged(msg)
 
 
 def make_clock(run: Run, budget: Budget, step: int, elapsed_ms: float) -> Clock:
@@ -547,14 +539,19 @@ def reached_cap(run: Run, budget: Budget, elapsed_ms: float) -> bool:
 def finish_and_calibrate(run: Run, loop: LoopResult, budget: Budget) -> float:
     """`pg_train_end` (averaged weights loaded), then `pg_calibrate`, timed as training; its milliseconds."""
     run.hook.pg_train_end(run=run, model=run.model)
-    calibration_ms = calibrate(run, run.model)
-    if calibration_ms > 0:
-        total_ms = loop.train_time_ms + calibration_ms
-        run.log(f"calibration time:{calibration_ms:.0f}ms train_time_with_calibration:{total_ms:.0f}ms")
-        run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=budget.reserve_s)
-        if budget.total_ms is not None and total_ms > budget.total_ms:
-            run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > "
-                    f"{budget.total_ms:.0f}ms (raise the reserve)")
+    if not run.hook.pg_calibrate.get_hookimpls():
+        return 0.0
+    run.synchronize()
+    t0 = time.perf_counter()
+    run.hook.pg_calibrate(run=run, model=run.model)
+    run.synchronize()
+    calibration_ms = 1000.0 * (time.perf_counter() - t0)
+    total_ms = loop.train_time_ms + calibration_ms
+    run.log(f"calibration time:{calibration_ms:.0f}ms train_time_with_calibration:{total_ms:.0f}ms")
+    run.event("calibration", calibration_ms=calibration_ms, train_time_ms=total_ms, reserve_s=budget.reserve_s)
+    if budget.total_ms is not None and total_ms > budget.total_ms:
+        run.log(f"calibration:over_budget train_time_with_calibration:{total_ms:.0f}ms > "
+                f"{budget.total_ms:.0f}ms (raise the reserve)")
     return calibration_ms
 
 
@@ -581,17 +578,6 @@ def train(run: Run) -> dict[str, Any]:
         write_atomic(run.run_dir / "metrics.json",
                      json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
     return summary
-
-
-def calibrate(run: Run, model: nn.Module) -> float:
-    """Run `pg_calibrate` (post-loop data reads such as GPTQ Hessians) and return its milliseconds."""
-    if not run.hook.pg_calibrate.get_hookimpls():
-        return 0.0
-    run.synchronize()
-    t0 = time.perf_counter()
-    run.hook.pg_calibrate(run=run, model=model)
-    run.synchronize()
-    return 1000.0 * (time.perf_counter() - t0)
 
 
 def export_and_evaluate(run: Run) -> dict[str, Any]:

@@ -5,7 +5,7 @@ one by hand (zlib-9 in the baseline, zstd-22 from PR #63, lzma from PR #549, bro
 PR #1089/#1179); PR #1855's script offers COMPRESSOR=brotli|lzma|pergroup and ran "pergroup" (per-role
 lrzip/brotli streams: the `compress_pergroup` plugin), which this plugin does not try. Which single codec
 wins depends on the weights (techniques §9.8), hence the measurement. The artifact header names the
-winning codec (`core.export.AutoCodec.compress_named`), so decoding needs only that codec.
+winning codec (`plugins.lib.codecs.AutoCodec`), so decoding needs only that codec.
 """
 
 from __future__ import annotations

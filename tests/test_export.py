@@ -317,7 +317,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
     model = _model()
     sd = model.state_dict()
     result = ex.export_state_dict(sd, [], codec, quantizer_name="int8")
-    assert result.compressed_bytes == len(result.blob) and result.blob.startswith(ex.MAGIC)
+    assert result.blob.startswith(ex.MAGIC)
     assert result.codec_name == name
     header, offset = ex.parse_header(result.blob)
     assert header["format"] == 2 and header["codec"] == name and header["quantizer"] == "int8"
@@ -363,7 +363,7 @@ def test_zlib_artifact_close_to_baseline_size() -> None:
     }
     buf = io.BytesIO()
     torch.save(baseline_layout, buf)
-    assert result.compressed_bytes < len(zlib.compress(buf.getvalue(), 9)) + 400
+    assert len(result.blob) < len(zlib.compress(buf.getvalue(), 9)) + 400
 
 
 def test_plugin_scheme_survives_the_artifact() -> None:

@@ -193,7 +193,7 @@ def test_pergroup_streams_hold_each_role_across_layers_sorted_and_transposed():
     assert rest["blocks.1.attn.c_q.weight"].data.numel() == 0
     assert torch.equal(rest["blocks.1.attn.c_q.weight"].scale, qstate["blocks.1.attn.c_q.weight"].scale)
 
-    result = ex.ExportResult(blob, qstate, header["raw_bytes"], len(blob))
+    result = ex.ExportResult(blob, qstate, header["raw_bytes"])
     ex.verify_round_trip(result, ex.decoders_of(ex.ZlibCodec(), layout))  # records and weights, bit for bit
     assert "unknown layout 'pergroup'" in _decode_error(blob, {"zlib": ex.ZlibCodec()})
 

@@ -6,7 +6,7 @@ low and high bytes of fp16 scales and of neighbouring codes land in separate run
 better. A brotli or lzma codec with a shuffle records `{"byte_shuffle": s}` as its params in the header.
 
 The core knows only zlib (the baseline's); a run decodes an artifact with the codecs its plugins supply
-(`pg_codec`, and `decoders()` of an auto codec). Each decoder caps the decompressed size and rejects
+(`pg_codec`, and an auto codec's candidates). Each decoder caps the decompressed size and rejects
 truncated or trailing data (`core.export` helpers).
 """
 
@@ -193,11 +193,10 @@ class BrotliCodec:
 class AutoCodec:
     """Compress with every candidate codec and keep the smallest output (ties: the earlier candidate).
 
-    `compress_named` returns the winner's name with its bytes, so the artifact header names the real
-    codec and decoding needs no "auto" codec; `chosen` records the last winner, `sizes` every candidate's.
+    `name` and `params` are the last winner's ("auto" before any), and the core reads them after each
+    `compress`, so the artifact header names the real codec and decoding needs no auto codec (`codecs()`
+    lists the candidates for `core.export.decoders_of`). `sizes`: every candidate's last output size.
     """
-
-    name = "auto"
 
     def __init__(self, candidates: Sequence[Codec]) -> None:
         if not candidates:
@@ -206,7 +205,15 @@ class AutoCodec:
         self.chosen: Codec | None = None
         self.sizes: dict[str, int] = {}
 
-    def compress_named(self, data: bytes) -> tuple[str, bytes]:
+    @property
+    def name(self) -> str:
+        return "auto" if self.chosen is None else self.chosen.name
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(getattr(self.chosen, "params", None) or {})
+
+    def compress(self, data: bytes) -> bytes:
         best: tuple[Codec, bytes] | None = None
         self.sizes = {}
         for codec in self.candidates:
@@ -216,19 +223,15 @@ class AutoCodec:
                 best = (codec, out)
         assert best is not None
         self.chosen = best[0]
-        return best[0].name, best[1]
-
-    def compress(self, data: bytes) -> bytes:
-        return self.compress_named(data)[1]
+        return best[1]
 
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
         if self.chosen is None:
             raise ArtifactError("auto codec: nothing compressed yet; decode with the codec the header names")
         return self.chosen.decompress(data, max_size)
 
-    def decoders(self) -> dict[str, Codec]:
-        """name -> codec for every candidate (what `decode_artifact` needs for any winner)."""
-        return {c.name: c for c in self.candidates}
+    def codecs(self) -> list[Codec]:
+        return list(self.candidates)
 
 
 CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCodec, "brotli": BrotliCodec}
