@@ -112,10 +112,16 @@ def reindent(source: str, width: int = 1) -> str:
     return out if same else source
 
 
+def _reads_annotations(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """Whether a decorator reads the function's annotations at run time (torch.library.custom_op)."""
+    return any("custom_op" in ast.unparse(d) for d in fn.decorator_list)
+
+
 def strip_source(source: str) -> str:
     """The same module without docstrings, comments, function annotations and field help texts
     (`ast.unparse`: same code, canonical layout), indented one space per level (`reindent`).
-    Class-level annotations stay (dataclasses read them)."""
+    Class-level annotations stay (dataclasses read them), and so do those of `torch.library.custom_op`
+    functions (it infers the operator's schema from them)."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -123,7 +129,7 @@ def strip_source(source: str) -> str:
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                     and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not _reads_annotations(node):
             a = node.args
             for arg in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg):
                 if arg is not None:
