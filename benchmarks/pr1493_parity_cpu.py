@@ -1,31 +1,44 @@
 """PR #1493's own train_gpt.py vs recipes/pr1493.toml, step by step on CPU in fp32 (reduced model).
 
 Both run on the same SP8192 shards and tokenizer with the same seed, steps and reduced shape (6 layers × 64,
-loop blocks 1-2 ×2 from 35 %, parallel residuals from block 4), uncapped (the schedule and the loop switch
-follow step/ITERATIONS), no compile warm-up, no TTT; the train loss of every step is printed side by side.
-The record is decoded from its LZMA wrapper and patched only where CPU needs it (FA3 -> SDPA, CUDA calls ->
-no-ops, no bf16 model cast, no compile, fp32 matmuls, no fused Adam, Python 3.11 f-strings); every patch
-must match. pgolf's side drops score_first_ttt (plain evaluation) and needs the routing plugins
-(depth_recurrence, parallel_residuals, skip_gates).
+loop blocks 1-2 ×2 from 35 %, parallel residuals from block 4; `--layers 11` uses the record's routing),
+uncapped (the schedule and the loop switch follow step/ITERATIONS), no TTT, training only (no export); the
+train loss of every step is printed side by side (8 decimals) with max |dloss|. The record is decoded from
+its LZMA wrapper and patched only where CPU needs it (FA3 -> SDPA, CUDA calls -> no-ops, no bf16 model cast,
+no compile, fp32 matmuls, no fused Adam, Python 3.11 f-strings); every patch must match. pgolf's side drops
+score_first_ttt and needs the routing plugins (depth_recurrence, parallel_residuals, skip_gates).
 
     python benchmarks/pr1493_parity_cpu.py --data DIR_WITH_SP8192_SHARDS --tokenizer fineweb_8192_bpe.model \
-        [--record train_gpt.py] [--iterations 20] [--out /tmp/pr1493_parity]
+        [--record train_gpt.py] [--iterations 60] [--train-tokens 20000] [--ns-fp32] [--dump] [--noise-floor]
 
-Measured (2 CPU cores, 20 steps, shards from `pgolf data build <generated corpus> --vocab 8192`): identical
-train losses to 4 decimals for steps 1-6, loop switched on at step 7 in both, then float-rounding drift of at
-most 4e-4 by step 20 (NS5 runs in bf16 in both, which amplifies 1-ulp differences); end-of-training val_loss
-4.5270 (record) vs 4.5271 (pgolf).
+`--train-tokens N` keeps a train prefix so the shuffled loader's epochs wrap (the GPU check runs ~17 epochs);
+`--ns-fp32` runs Newton-Schulz and Muon's update buffer in fp32 on both sides (bf16 in both otherwise: bf16
+rounding turns 1-ulp input differences into visible ones); `--dump` saves both states after every step and
+names the first differing tensors; `--noise-floor` runs the record against itself with a rounding-level change
+(NS5's normalisation in fp32): how far two runs of the same math drift apart in this regime.
+
+Measured (2 shared CPU cores, 6 × 64, seq 128, 2048 tokens/step, 20,000 train tokens = 9.8 steps per epoch,
+loop on at 35 %), issue #11's GPU gap:
+- `--ns-fp32 --iterations 40 --dump`: max |dloss| 4.8e-7 over 40 steps (4 epoch wraps, loop on at step 14 in
+  both); losses equal to 1e-8 through step 14; the first state difference (after step 7) is 1 ulp (1.2e-7) in
+  scalar-group tensors. Same math: data order, warm-up-free schedule, WD, MuonEq-R, clipping, routing.
+- default (bf16 NS5), 60 steps: record vs pgolf max |dloss| 2.1e-3 (1.9e-6 at step 3, 1e-3 by step 38);
+  `--noise-floor`, same settings: record vs record max |dloss| 2.5e-3 with the same growth. The record is
+  bitwise reproducible run to run on CPU, so that drift is rounding amplified by bf16 NS5 and overfitting.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_DIR = "records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"
@@ -44,7 +57,39 @@ PATCHES = [  # (text, replacement): each must occur at least once
     ("torch.set_float32_matmul_precision('high')", "torch.set_float32_matmul_precision('highest')"),
     ('{", ".join(', "{', '.join("),
     ('glob("fineweb_train_*.bin")', "glob('fineweb_train_*.bin')"),
+    ("train_loss: {train_loss.item():.4f}", "train_loss: {train_loss.item():.8f}"),
+    ("base_model,compiled_model=train_model(h,device,val_data);",  # training only: no GPTQ/TTT/sliding eval
+     "base_model,compiled_model=train_model(h,device,val_data);raise SystemExit(0);"),
 ]
+NS_FP32 = [  # --ns-fp32: Newton-Schulz and the flat Muon update buffer in fp32 (bf16 in the record)
+    ("X=G.bfloat16()", "X=G.float()"),
+    ("updates_flat=torch.zeros(total_params,device=params[0].device,dtype=torch.bfloat16)",
+     "updates_flat=torch.zeros(total_params,device=params[0].device,dtype=torch.float32)"),
+]
+PGOLF_NS_FP32 = [("X = G.bfloat16()", "X = G.float()"),
+                 ("updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.bfloat16)",
+                  "updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.float32)")]
+NOISE = [  # --noise-floor: a rounding-level change (NS5's Frobenius normalisation in fp32, then bf16)
+    ("X=G.bfloat16();X/=X.norm()+eps", "X=G.float();X=(X/(X.norm()+eps)).bfloat16()"),
+]
+DUMP = [  # --dump: the state after every optimizer step (model + optimizer states), for a per-tensor bisection
+    ("train_loss=step_fn(step,scale)\n",
+     "train_loss=step_fn(step,scale)\n\t\t_dump_state(step+1,base_model,optimizers)\n"),
+]
+RECORD_DUMP_FN = '''
+def _dump_state(step, model, optimizers):  # pr1493_parity_cpu.py --dump
+    import os as _os
+    d = _os.environ.get("PARITY_DUMP")
+    if not d:
+        return
+    opt = {}
+    for o in optimizers:
+        for p, st in o.state.items():
+            name = next(n for n, q in model.named_parameters() if q is p)
+            opt.update({f"{name}:{k}": v.detach().clone() for k, v in st.items() if torch.is_tensor(v) and v.ndim})
+    torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt},
+               f"{d}/record_{step}.pt")
+'''
 SHAPE = dict(VOCAB_SIZE=8192, NUM_LAYERS=6, MODEL_DIM=64, EMBEDDING_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2,
              LOOP_START=1, LOOP_END=2, NUM_LOOPS=2, PARALLEL_RESIDUAL_START=4, XSA_LAST_N=6, ROPE_DIMS=8,
              ROPE_TRAIN_SEQ_LEN=128, TRAIN_SEQ_LEN=128, EVAL_SEQ_LEN=128, QK_GAIN_INIT=5.25, SEED=42,
@@ -61,7 +106,7 @@ RECORD_STEP = re.compile(r"^(\d+)/\d+ train_loss: ([\d.]+)", re.M)
 PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.]+)", re.M)
 
 
-def record_source(path: str | None) -> str:
+def record_source(path: str | None, ns_fp32: bool = False, dump: bool = False, noise: bool = False) -> str:
     if path:
         text = Path(path).read_text(encoding="utf-8")
     else:
@@ -72,26 +117,120 @@ def record_source(path: str | None) -> str:
         ns: dict = {}
         exec(text.replace("exec(", "_decoded=(", 1), ns)
         text = ns["_decoded"].decode() if isinstance(ns["_decoded"], bytes) else ns["_decoded"]
-    for old, new in PATCHES:
+    for old, new in PATCHES + (NOISE if noise else []) + (NS_FP32 if ns_fp32 else []) + (DUMP if dump else []):
         if old not in text:
             raise SystemExit(f"patch target not found in the record: {old[:60]!r}")
         text = text.replace(old, new)
-    return PRELUDE + text
+    return PRELUDE + (RECORD_DUMP_FN if dump else "") + text
 
 
-PGOLF_MAIN = '''
-import sys
+PGOLF_MAIN = """
+import os, sys
+from pathlib import Path
+if os.environ.get("PARITY_NS_FP32"):  # --ns-fp32: core.optim with fp32 Newton-Schulz and update buffer
+    import importlib.util
+    import core
+    spec = importlib.util.spec_from_file_location("core.optim", Path(core.__file__).with_name("optim.py"))
+    mod = importlib.util.module_from_spec(spec)
+    src = Path(spec.origin).read_text()
+    for old, new in PATCHES:
+        assert old in src, old
+        src = src.replace(old, new)
+    sys.modules["core.optim"] = mod
+    exec(compile(src, spec.origin, "exec"), mod.__dict__)
+import torch
+import core.train as T
 from core.config import load_recipe, resolve
 from core.registry import Registry
-from core.train import setup, train
+_loop0 = T.timed_loop
+def _train_only(run, stepper, budget):  # no export / final evaluation: the training steps are compared
+    _loop0(run, stepper, budget)
+    raise SystemExit(0)
+T.timed_loop = _train_only
+DUMP = os.environ.get("PARITY_DUMP")
+if DUMP:  # --dump: model + optimizer state after every timed-loop step
+    _loop, _opt_step, _n = T.timed_loop, T.Stepper.optimizer_step, [0, False]
+    def timed_loop(run, stepper, budget):
+        _n[1] = True
+        return _loop(run, stepper, budget)
+    def optimizer_step(self):
+        _opt_step(self)
+        if not _n[1]:
+            return
+        _n[0] += 1
+        model, opt = self.run.model, {}
+        names = {id(p): n for n, p in model.named_parameters()}
+        for o in self.run.optimizers:
+            for p, st in o.state.items():
+                opt.update({f"{names[id(p)]}:{k}": v.detach().clone() for k, v in st.items()
+                            if torch.is_tensor(v) and v.ndim})
+        torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt},
+                   f"{DUMP}/pgolf_{_n[0]}.pt")
+    T.timed_loop, T.Stepper.optimizer_step = timed_loop, optimizer_step
 reg = Registry()
 data = load_recipe(sys.argv[1])
 data["source"] = sys.argv[1]
 data["plugins"] = [p for p in data["plugins"] if p != "score_first_ttt"]
 data.pop("score_first_ttt", None)
 cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=data, sets=sys.argv[2:], check_plugins=reg.check)
-train(setup(cfg, reg))
-'''
+T.train(T.setup(cfg, reg))
+"""
+NAME_MAP = {"skip_merge.skip_gates": "skip_gates"}  # pgolf state name -> the record's
+
+
+def write_shard(src: Path, dst: Path, max_tokens: int) -> int:
+    """Copy a shard, keeping only its first `max_tokens` tokens (0: all); returns the token count."""
+    header = np.fromfile(src, dtype="<i4", count=256)
+    n = int(header[2]) if max_tokens <= 0 else min(int(header[2]), max_tokens)
+    tokens = np.fromfile(src, dtype="<u2", count=n, offset=1024)
+    header = header.copy()
+    header[2] = n
+    with open(dst, "wb") as f:
+        f.write(header.tobytes())
+        f.write(tokens.tobytes())
+    return n
+
+
+def shape_for(layers: int, dim: int, seq: int, batch_tokens: int) -> tuple[dict, list[str]]:
+    """Environment for the record and --set for pgolf at a reduced shape. 6 layers: loop blocks 1-2, parallel
+    from 4; 11 layers: the record's own routing (loop 3-5, parallel from 7). Heads: dim/16, 4 at least."""
+    heads = max(4, dim // 32)
+    rope = (dim // heads) // 4
+    loop = (1, 2, 4) if layers < 11 else (3, 5, 7)
+    env = {**SHAPE, "NUM_LAYERS": layers, "MODEL_DIM": dim, "EMBEDDING_DIM": dim, "NUM_HEADS": heads,
+           "NUM_KV_HEADS": heads // 2, "LOOP_START": loop[0], "LOOP_END": loop[1], "PARALLEL_RESIDUAL_START": loop[2],
+           "XSA_LAST_N": layers, "ROPE_DIMS": rope, "ROPE_TRAIN_SEQ_LEN": seq, "TRAIN_SEQ_LEN": seq,
+           "EVAL_SEQ_LEN": seq, "TRAIN_BATCH_TOKENS": batch_tokens}
+    sets = [*PGOLF_SETS, f"core.num_layers={layers}", f"core.model_dim={dim}", f"core.num_heads={heads}",
+            f"core.num_kv_heads={heads // 2}", f"core.train_seq_len={seq}", f"core.eval_seq_len={seq}",
+            f"core.train_batch_tokens={batch_tokens}", f"depth_recurrence.loop_start={loop[0]}",
+            f"depth_recurrence.loop_end={loop[1]}", f"parallel_residuals.start={loop[2]}", f"xsa.last_n={layers}",
+            f"partial_rope.dims={rope}", f"partial_rope.ntk_train_seq_len={seq}"]
+    return env, sets
+
+
+def first_difference(out: Path, steps: int) -> str | None:
+    """The first step and tensors (largest |diff| first) where the dumped states of the two sides differ."""
+    import torch
+
+    for step in range(1, steps + 1):
+        a, b = torch.load(out / f"record_{step}.pt"), torch.load(out / f"pgolf_{step}.pt")
+        diffs = []
+        for kind in ("model", "opt"):
+            ra = a[kind]
+            rb = {NAME_MAP.get(k.split(":")[0], k.split(":")[0]) + k[len(k.split(":")[0]):]: v
+                  for k, v in b[kind].items()}
+            for k in sorted(set(ra) | set(rb)):
+                if k not in ra or k not in rb:
+                    diffs.append((float("inf"), f"{kind} {k}: only in {'pgolf' if k in rb else 'record'}"))
+                    continue
+                d = (ra[k].float() - rb[k].float()).abs().max().item() if ra[k].shape == rb[k].shape else float("inf")
+                if d > 0:
+                    diffs.append((d, f"{kind} {k}: max|diff| {d:.3e}"))
+        if diffs:
+            diffs.sort(reverse=True)
+            return f"first differing state after step {step}:\n  " + "\n  ".join(x for _, x in diffs[:8])
+    return None
 
 
 def main() -> int:
@@ -100,35 +239,79 @@ def main() -> int:
     ap.add_argument("--tokenizer", required=True, help="the SentencePiece model of those shards")
     ap.add_argument("--record", help="the record's train_gpt.py (wrapped or decoded); default: the git mirror")
     ap.add_argument("--iterations", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=0, help="WARMUP_STEPS on both sides (weights restored after)")
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--batch-tokens", type=int, default=2048)
+    ap.add_argument("--train-tokens", type=int, default=0,
+                    help="keep only the first N train tokens, so the loader's epochs wrap (0: the whole shard)")
+    ap.add_argument("--val-tokens", type=int, default=32768, help="validation prefix kept (0: all)")
+    ap.add_argument("--ns-fp32", action="store_true",
+                    help="Newton-Schulz and the Muon update buffer in fp32 on both sides (bf16 in both otherwise)")
+    ap.add_argument("--noise-floor", action="store_true",
+                    help="instead of pgolf, run the record again with a rounding-level change (NS5 normalised in "
+                         "fp32): how far two runs of the same math drift apart in this regime")
+    ap.add_argument("--dump", action="store_true", help="save both states after every step; report the first diff")
     ap.add_argument("--out", default="/tmp/pr1493_parity")
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     datasets = out / "data" / "datasets" / "fineweb10B_sp8192"
     datasets.mkdir(parents=True)
     (out / "data" / "tokenizers").mkdir()
     for f in Path(args.data).glob("fineweb_*_*.bin"):
-        shutil.copy(f, datasets / f.name)
+        n = write_shard(f, datasets / f.name, args.train_tokens if "_train_" in f.name else args.val_tokens)
+        if "_train_" in f.name:
+            rows = args.batch_tokens // args.seq
+            print(f"train tokens {n}: ~{(n - 1) // args.seq / rows:.1f} steps per epoch")
     shutil.copy(args.tokenizer, out / "data" / "tokenizers" / "fineweb_8192_bpe.model")
-    (out / "record.py").write_text(record_source(args.record), encoding="utf-8")
-    env = {**os.environ, **{k: str(v) for k, v in SHAPE.items()}, "ITERATIONS": str(args.iterations),
-           "DATA_DIR": str(out / "data") + "/", "RUN_ID": "record"}
+    (out / "record.py").write_text(record_source(args.record, args.ns_fp32, args.dump), encoding="utf-8")
+    shape, sets = shape_for(args.layers, args.dim, args.seq, args.batch_tokens)
+    common = {**os.environ, "OMP_NUM_THREADS": "2", **({"PARITY_DUMP": str(out)} if args.dump else {}),
+              **({"PARITY_NS_FP32": "1"} if args.ns_fp32 else {})}
+    env = {**common, **{k: str(v) for k, v in shape.items()}, "ITERATIONS": str(args.iterations),
+           "WARMUP_STEPS": str(args.warmup), "DATA_DIR": str(out / "data") + "/", "RUN_ID": "record"}
     rec = subprocess.run([sys.executable, "record.py"], cwd=out, env=env, capture_output=True, text=True)
     (out / "record.log").write_text(rec.stdout + rec.stderr)
-    sets = [*PGOLF_SETS, f"core.iterations={args.iterations}", f"core.data_path={datasets}",
-            f"core.out_dir={out / 'runs'}", "core.run_id=pgolf"]
-    pg = subprocess.run([sys.executable, "-c", PGOLF_MAIN, str(REPO / "recipes" / "pr1493.toml"), *sets], cwd=REPO,
-                        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
+    sets += [f"core.iterations={args.iterations}", f"core.warmup_steps={args.warmup}", f"core.data_path={datasets}",
+             f"core.out_dir={out / 'runs'}", "core.run_id=pgolf"]
+    if args.noise_floor:
+        (out / "noise").mkdir()
+        (out / "noise" / "record.py").write_text(record_source(args.record, args.ns_fp32, noise=True), encoding="utf-8")
+        pg = subprocess.run([sys.executable, "record.py"], cwd=out / "noise", env=env, capture_output=True, text=True)
+        (out / "noise.log").write_text(pg.stdout + pg.stderr)
+        b = {int(s): float(v) for s, v in RECORD_STEP.findall(pg.stdout)}
+        return report(out, args, rec.stdout, pg.stdout, a_name="record", b_name="noise", b=b)
+    main_src = PGOLF_MAIN.replace("for old, new in PATCHES:", f"for old, new in {PGOLF_NS_FP32!r}:")
+    pg = subprocess.run([sys.executable, "-c", main_src, str(REPO / "recipes" / "pr1493.toml"), *sets], cwd=REPO,
+                        env={**common, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     (out / "pgolf.log").write_text(pg.stdout + pg.stderr)
-    a = {int(s): float(v) for s, v in RECORD_STEP.findall(rec.stdout)}
-    b = {int(s): float(v) for s, v in PGOLF_STEP.findall(pg.stdout)}
+    events = out / "runs" / "pgolf" / "events.jsonl"
+    lines = events.read_text().splitlines() if events.is_file() else []
+    b = {e["step"]: e["train_loss"] for e in map(json.loads, lines) if e.get("event") == "step"}
+    return report(out, args, rec.stdout, pg.stdout, a_name="record", b_name="pgolf", b=b)
+
+
+def report(out: Path, args, log_a: str, log_b: str, a_name: str, b_name: str, b: dict[int, float]) -> int:
+    """Per-step losses side by side, the loop switch of each side, max |dloss|."""
+    a = {int(s): float(v) for s, v in RECORD_STEP.findall(log_a)}
     if not a or not b:
-        print(f"no train losses parsed; see {out}/record.log and {out}/pgolf.log")
+        print(f"no train losses parsed; see the logs in {out}")
         return 1
-    print("step  record   pgolf    diff")
+    loop = r"layer_loop:enabled step:(\d+)|mode:recurrence on step:(\d+)"
+    for name, log in ((a_name, log_a), (b_name, log_b)):
+        m = re.search(loop, log)
+        print(f"{name}: loop on at step {next(g for g in m.groups() if g) if m else '-'}")
+    print(f"step  {a_name:<11}  {b_name:<11}  diff")
+    worst = 0.0
     for s in sorted(set(a) | set(b)):
         ra, pb = a.get(s, float("nan")), b.get(s, float("nan"))
-        print(f"{s:4d}  {ra:.4f}  {pb:.4f}  {pb - ra:+.4f}")
+        worst = max(worst, abs(pb - ra)) if s in a and s in b else worst
+        print(f"{s:4d}  {ra:.8f}  {pb:.8f}  {pb - ra:+.2e}")
+    print(f"max |dloss| over {len(set(a) & set(b))} steps: {worst:.3e}")
+    if args.dump and b_name == "pgolf":
+        print(first_difference(out, min(max(a), max(b))) or "all dumped states identical")
     return 0
 
 
