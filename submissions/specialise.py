@@ -86,8 +86,8 @@ def _module(cls: type, modules: dict[str, str]) -> str:
 
 def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules: dict[str, str]) -> str | None:
     """Source of the bundle's `core.registry`: `Plugin`, a `Registry` of the enabled plugins' classes, and a
-    `make_manager` whose hooks (those in `hooks`) call the enabled plugins exactly as pluggy would; None when a hook wrapper is enabled.
-    `modules` renames plugin-file modules to their bundled names."""
+    `make_manager` whose hooks (those in `hooks`) call the enabled plugins exactly as pluggy would; None when a
+    hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names."""
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
