@@ -252,8 +252,10 @@ if __name__ == "__main__":
 def minified(sources: dict[str, str], roots: list[str], scanned: list[str], loader: str = LOADER) -> dict[str, str]:
     """`sources` minified (`minify.minify_modules`: tree-shaken with the loader's names as roots, short local
     names) without the modules no kept import reaches from `roots` (module names), one space per level."""
-    names = names_in([ast.parse(loader)]) | {"BUNDLED"}  # plugins.BUNDLED: the script's list of its plugin modules
-    small = minify_modules(sources, roots=names, scanned=scanned, extra=[loader])
+    tree = ast.parse(loader)
+    names = names_in([tree], attributes=False) | {"BUNDLED"}  # plugins.BUNDLED: the script's plugin modules
+    small = minify_modules(sources, roots=names, scanned=scanned, extra=[loader],
+                           attribute_roots=names_in([tree]) - names)
     keep, todo = set(), [*roots, *(m for m in imports_of(loader) if m in small)]
     while todo:
         name = todo.pop()
