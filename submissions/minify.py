@@ -261,9 +261,21 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
             out.append(stmt)
         return out
 
+    for tree in trees.values():
+        tree.body = prune(tree.body, True)
+    # An import stays where its module uses the name, another module imports it from there, or (a module held
+    # as an object) live code may read it as an attribute.
+    imported_from: dict[str, set[str]] = {}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in trees:
+                imported_from.setdefault(node.module, set()).update(a.name for a in node.names)
     out = {}
     for name, tree in trees.items():
-        tree.body = prune(tree.body, True)
+        needed = names_in([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))])
+        needed |= imported_from.get(name, set()) | (live_names if name in objects else set())
+        tree.body = [kept for s in tree.body
+                     if (kept := _prune_imports(s, needed) if isinstance(s, (ast.Import, ast.ImportFrom)) else s)]
         out[name] = ast.unparse(tree) + "\n" if tree.body else ""
     return out
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Plugin, Registry, make_manager
+from submissions.minify import names_in
 
 MARKER = "hookimpl"
 
@@ -34,13 +35,16 @@ def _is_marker(node: ast.expr) -> bool:
 
 
 def drop_hookimpl_markers(source: str) -> str:
-    """`source` without `@hookimpl` / `@hookimpl(...)` decorators and its `core.hookspecs` imports (the static
-    dispatcher needs no markers)."""
+    """`source` without `@hookimpl` / `@hookimpl(...)` decorators, its `core.hookspecs` imports (the static
+    dispatcher needs no markers) and `pluggy.*` class-level annotations (`object` instead)."""
     tree = ast.parse(source)
     body = [s for s in tree.body if not (isinstance(s, ast.ImportFrom) and s.module == "core.hookspecs")]
     changed = len(body) != len(tree.body)
     tree.body = body
     for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and "pluggy" in names_in([node.annotation]):
+            node.annotation = ast.Name("object")  # `pm: pluggy.PluginManager` (a Run field): the dispatcher
+            changed = True
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             kept = [d for d in node.decorator_list if not _is_marker(d)]
             changed |= len(kept) != len(node.decorator_list)
@@ -143,6 +147,9 @@ def main(argv):
     from core.config import Config, CoreConfig, coerce, env_name
     SECTION_IMPORTS
     own_size = len(Path(__file__).resolve().read_bytes())
+    if os.environ.get("PGOLF_PLUGINS"):
+        print("train_gpt.py: PGOLF_PLUGINS: this script's plugins are fixed (bundle another list)", file=sys.stderr)
+        return 2
     source = "recipe:" + RECIPE["source"]
     sources = {"plugins": source}
     values = {s: {} for s in classes}

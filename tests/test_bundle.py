@@ -372,3 +372,32 @@ def test_recipe_without_defaults_resolves_to_the_same_configuration():
     again = resolve(plugin_config_classes=reg.config_classes(), recipe=small, check_plugins=reg.check)
     assert again.to_dict() == resolve(plugin_config_classes=reg.config_classes(), recipe=full,
                                       check_plugins=reg.check).to_dict()
+
+
+def test_specialised_bundle_honours_env_and_arguments_but_fixes_its_plugins(tiny_sets, tmp_path, monkeypatch):
+    """The minified script builds its Config from RECIPE < env < section.key=value (no config.resolve in it);
+    its plugin list is fixed: PGOLF_PLUGINS and core.plugins= are refused, not silently ignored."""
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / "pr1493.toml", sets=tiny_sets,
+                  check_plugins=reg.check)
+    script = tmp_path / "train_gpt.py"
+    script.write_text(bundle(cfg, reg, wrap=False))
+    assert "def resolve(" not in script.read_text() and "pluggy" not in script.read_text()
+    show = ("import core.train as t, json; t.run_training = lambda cfg, reg, code_size: print(cfg.to_json()); "
+            "sys.exit(g['main'](sys.argv[2:]))")
+    probe = [sys.executable, "-c", "import runpy, sys; g = runpy.run_path(sys.argv[1]); " + show, str(script)]
+    monkeypatch.setenv("ITERATIONS", "7")
+    monkeypatch.setenv("EMA_DECAY", "0.5")
+    monkeypatch.delenv("PGOLF_PLUGINS", raising=False)
+    res = subprocess.run([*probe, "xsa.last_n=3", "num_layers=5"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    c = out["config"]
+    assert (c["core"]["iterations"], c["ema"]["decay"], c["xsa"]["last_n"], c["core"]["num_layers"]) == (7, 0.5, 3, 5)
+    assert c["core"]["model_dim"] == cfg.core.model_dim and c["plugins"] == cfg.plugins  # the RECIPE's values
+    assert out["sources"]["core.iterations"] == "env:ITERATIONS" and out["sources"]["xsa.last_n"] == "--set"
+    res = subprocess.run([*probe, "core.plugins=ema"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "plugins" in res.stderr
+    monkeypatch.setenv("PGOLF_PLUGINS", "ema")
+    res = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "PGOLF_PLUGINS" in res.stderr
