@@ -401,3 +401,26 @@ def test_specialised_bundle_honours_env_and_arguments_but_fixes_its_plugins(tiny
     monkeypatch.setenv("PGOLF_PLUGINS", "ema")
     res = subprocess.run(probe, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "PGOLF_PLUGINS" in res.stderr
+
+
+@pytest.mark.slow
+def test_bundle_with_a_hook_wrapper_keeps_pluggy_and_trains_like_pgolf_train(tiny_sets, tiny_data, tmp_path):
+    """A configuration with a hook wrapper (polar_express) is not specialised: its script keeps pluggy and the
+    recipe resolution, and still logs the losses of `pgolf train`."""
+    reg = Registry()
+    sets = [*tiny_sets, "core.iterations=3", "core.val_max_tokens=1024", "core.train_log_every=1",
+            "core.run_id=pgolf_train"]
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["polar_express", "ema"], sets=sets,
+                  check_plugins=reg.check)
+    run_training(cfg, reg, code_size=bundle_size)
+    log = (tmp_path / "runs" / "pgolf_train" / "train.log").read_text()
+    text = bundle(cfg, reg)
+    assert "import pluggy" in text and "def resolve(" in text
+    folder = tmp_path / "records_folder"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text(text)
+    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
+           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": "2"}
+    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert LOSSES.findall((folder / "runs" / "minified" / "train.log").read_text()) == LOSSES.findall(log)
