@@ -15,6 +15,11 @@ With `minify` (the default when stripping; issue #11) the modules are tree-shake
 shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
 the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
 (`minify.measure`: bytes per module and definition, plain and after LZMA).
+A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
+statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
+RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
+fixed (PGOLF_PLUGINS and `core.plugins=` are refused). A configuration with a hook wrapper keeps pluggy and
+the full resolution.
 """
 
 from __future__ import annotations
