@@ -393,7 +393,7 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     for name in sorted(sources):
         lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
     loader = strip_source(loader) if strip or minify else loader
-    text = "\n".join(lines) + "\n" + (rename_locals(loader) if minify else loader)
+    text = "\n".join(lines) + "\n" + (reindent(rename_locals(loader)) if minify else loader)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return wrap_code(cfg, registry, text) if wrap else text
 
