@@ -424,3 +424,14 @@ def test_bundle_with_a_hook_wrapper_keeps_pluggy_and_trains_like_pgolf_train(tin
     res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
     assert res.returncode == 0, res.stderr[-3000:]
     assert LOSSES.findall((folder / "runs" / "minified" / "train.log").read_text()) == LOSSES.findall(log)
+
+
+def test_shake_reaches_a_module_level_definition_as_an_attribute_only_through_its_module_object():
+    from submissions.minify import shake
+
+    a = "def resolve():\n    return 1\n\n\ndef f():\n    return 2\n"
+    b = "import pathlib\nfrom m.a import f\nx = pathlib.Path('.').resolve()\ny = f()\n"
+    out = shake({"m": "", "m.a": a, "m.b": b})
+    assert "def f(" in out["m.a"] and "def resolve(" not in out["m.a"]  # `Path.resolve` is not `m.a.resolve`
+    out = shake({"m": "", "m.a": a, "m.b": b.replace("from m.a import f", "from m import a\nfrom m.a import f")})
+    assert "def resolve(" in out["m.a"]  # `a.resolve` may be it
