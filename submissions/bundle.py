@@ -15,6 +15,11 @@ With `minify` (the default when stripping; issue #11) the modules are tree-shake
 shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
 the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
 (`minify.measure`: bytes per module and definition, plain and after LZMA).
+A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
+statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
+RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
+fixed (PGOLF_PLUGINS and `core.plugins=` are refused). A configuration with a hook wrapper keeps pluggy and
+the full resolution.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
+from submissions import specialise
 from submissions.minify import minify_modules, names_in, rename_locals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,11 +260,14 @@ if __name__ == "__main__":
 '''
 
 
-def minified(sources: dict[str, str], roots: list[str], scanned: list[str]) -> dict[str, str]:
+def minified(sources: dict[str, str], roots: list[str], scanned: list[str], loader: str = LOADER) -> dict[str, str]:
     """`sources` minified (`minify.minify_modules`: tree-shaken with the loader's names as roots, short local
     names) without the modules no kept import reaches from `roots` (module names), one space per level."""
-    small = minify_modules(sources, roots=names_in([ast.parse(LOADER)]), scanned=scanned, extra=[LOADER])
-    keep, todo = set(), [*roots, *(m for m in imports_of(LOADER) if m in small)]
+    tree = ast.parse(loader)
+    names = names_in([tree], attributes=False) | {"BUNDLED"}  # plugins.BUNDLED: the script's plugin modules
+    small = minify_modules(sources, roots=names, scanned=scanned, extra=[loader],
+                           attribute_roots=names_in([tree]) - names)
+    keep, todo = set(), [*roots, *(m for m in imports_of(loader) if m in small)]
     while todo:
         name = todo.pop()
         if name in keep or name not in small:
@@ -326,18 +335,39 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
-    """module name -> the source the bundle embeds for it (stripped, and minified as asked: by default when
-    stripped)."""
-    minify = strip if minify is None else minify
+def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str]) -> str | None:
+    """Specialise stripped `sources` in place to this configuration (`submissions.specialise`: a generated
+    static-dispatch `core.registry`, no `@hookimpl` markers) and return the script's loader with the frozen
+    configuration; None (sources unchanged) when the configuration cannot be specialised (a hook wrapper)."""
+    modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0] for n in cfg.plugins}
+    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(sources), modules)
+    if registry_source is None:
+        return None
+    sources.update({n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()})
+    sources["core.registry"] = strip_source(registry_source)
+    main = specialise.frozen_main(cfg, registry, modules)
+    return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + LOADER[LOADER.index("\n\nif __name__"):]
+
+
+def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tuple[dict[str, str], str]:
+    """(module name -> embedded source, the script's loader code)."""
     sources, plugin_modules = bundle_sources(cfg, registry)
     sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
+    loader = LOADER
     if strip:
         sources = {n: strip_source(s) for n, s in sources.items()}
     if minify:
+        loader = specialised_loader(cfg, registry, sources) or LOADER
+        scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
         sources = minified(sources, roots=["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)],
-                           scanned=[f"plugins.{m}" for m in plugin_modules])
-    return sources
+                           scanned=scanned, loader=loader)
+    return sources, loader
+
+
+def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
+    """module name -> the source the bundle embeds for it (stripped, and minified as asked: by default when
+    stripped; minified bundles are specialised to the configuration: `specialised_loader`)."""
+    return _embedded(cfg, registry, strip, strip if minify is None else minify)[0]
 
 
 def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool | None = None) -> str:
@@ -345,7 +375,7 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers); `minify`
     (default: as `strip`) tree-shakes the modules and shortens local names (`submissions.minify`)."""
     minify = strip if minify is None else minify
-    sources = embedded_modules(cfg, registry, strip, minify)
+    sources, loader = _embedded(cfg, registry, strip, minify)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
     if minify:
@@ -368,8 +398,8 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     ]
     for name in sorted(sources):
         lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
-    loader = strip_source(LOADER) if strip or minify else LOADER
-    text = "\n".join(lines) + "\n" + (rename_locals(loader) if minify else loader)
+    loader = strip_source(loader) if strip or minify else loader
+    text = "\n".join(lines) + "\n" + (reindent(rename_locals(loader)) if minify else loader)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return wrap_code(cfg, registry, text) if wrap else text
 

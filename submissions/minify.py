@@ -57,15 +57,15 @@ def _pure(node: ast.AST) -> bool:
     return False
 
 
-def names_in(nodes: Iterable[ast.AST]) -> set[str]:
-    """Every identifier the nodes may use: names, attributes, imported names, keyword names and identifier-like
-    words inside string constants."""
+def names_in(nodes: Iterable[ast.AST], attributes: bool = True) -> set[str]:
+    """Every identifier the nodes may use: names, attributes (unless `attributes` is false), imported names,
+    keyword names and identifier-like words inside string constants."""
     out: set[str] = set()
     for top in nodes:
         for node in ast.walk(top):
             if isinstance(node, ast.Name):
                 out.add(node.id)
-            elif isinstance(node, ast.Attribute):
+            elif isinstance(node, ast.Attribute) and attributes:
                 out.add(node.attr)
             elif isinstance(node, ast.alias):
                 out.update(node.name.split("."))
@@ -74,6 +74,20 @@ def names_in(nodes: Iterable[ast.AST]) -> set[str]:
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 out.update(IDENT.findall(node.value))
     return out
+
+
+def _module_objects(trees: dict[str, ast.Module], roots: set[str]) -> set[str]:
+    """Bundled modules some code may hold as a module object (`import core.config`, `from core import export`,
+    a root naming it): only their top-level definitions can be reached as attributes (`export.name`)."""
+    bound = set(roots)
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                bound.update(a.name for a in node.names)
+                bound.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                bound.update(f"{node.module}.{a.name}" for a in node.names)
+    return {m for m in trees if m in bound or m.rsplit(".", 1)[-1] in roots}
 
 
 def _decorator_names(node: ast.AST) -> set[str]:
@@ -147,11 +161,14 @@ def _prune_imports(stmt: ast.stmt, live: set[str]) -> ast.stmt | None:
     return stmt if stmt.names else None
 
 
-def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[str] = ()) -> dict[str, str]:
+def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[str] = (),
+          attribute_roots: Iterable[str] = ()) -> dict[str, str]:
     """`sources` (module name -> source) with the definitions no live code can reach removed (see the module
-    docstring); `roots` are names used from outside the modules (the script's own code), `scanned` the modules
-    whose `Plugin` subclasses the registry finds by scanning (the enabled plugins' modules)."""
+    docstring); `roots` are names used from outside the modules (the script's own code), `attribute_roots` names
+    it uses only as attributes, `scanned` the modules whose `Plugin` subclasses the registry finds by scanning
+    (the enabled plugins' modules)."""
     scanned = set(scanned)
+    roots = set(roots)
     trees = {name: ast.parse(src) for name, src in sources.items()}
     for tree in trees.values():
         tree.body = [s for s in tree.body if not _is_type_checking(s)]
@@ -159,9 +176,18 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
     external = _external_classes(classes)
     plugin_classes = _plugin_classes(classes)
 
-    live_names: set[str] = set(roots)
+    live_names: set[str] = roots | set(attribute_roots)
+    # A top-level definition of a module no code holds as an object is reached by name only, never as an
+    # attribute: `Path(p).resolve()` does not keep `core.config.resolve`.
+    live_plain: set[str] = set(roots)
+    objects = _module_objects(trees, roots)
+    by_name_only: set[int] = set()  # ids of such definitions
     pending: list[tuple[str, ast.AST]] = []  # (name, unit) not yet reached
     live_ids: set[int] = set()
+
+    def use(nodes: list[ast.AST]) -> None:
+        live_names.update(names_in(nodes))
+        live_plain.update(names_in(nodes, attributes=False))
 
     def visit_class_body(cls: ast.ClassDef) -> None:
         keep_all = cls.name in external
@@ -174,7 +200,7 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
             elif (name := _assigned_name(stmt)) is not None and not _is_dunder(name) and isinstance(stmt, ast.Assign):
                 pending.append((name, stmt))  # a plain class attribute; annotated ones are dataclass fields
             else:
-                live_names.update(names_in([stmt]))
+                use([stmt])
                 live_ids.add(id(stmt))
 
     def reach(unit: ast.AST) -> None:
@@ -182,17 +208,20 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
             return
         live_ids.add(id(unit))
         if isinstance(unit, ast.ClassDef):
-            live_names.update(names_in([*unit.bases, *unit.keywords, *unit.decorator_list]))
+            use([*unit.bases, *unit.keywords, *unit.decorator_list])
             visit_class_body(unit)
         elif isinstance(unit, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            live_names.update(names_in([unit]))
+            use([unit])
             if _decorator_names(unit) & HOOK_MARKERS:
                 live_names.add(unit.name)  # its hookspec
+                live_plain.add(unit.name)
         else:
-            live_names.update(names_in([unit]))
+            use([unit])
 
     for module, tree in trees.items():
         for stmt in tree.body:
+            if module not in objects:
+                by_name_only.add(id(stmt))
             if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 if _decorator_names(stmt) & HOOK_MARKERS:
                     reach(stmt)
@@ -210,7 +239,8 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
             else:
                 reach(stmt)
     while True:
-        reached = [u for n, u in pending if n in live_names and id(u) not in live_ids]
+        reached = [u for n, u in pending if id(u) not in live_ids
+                   and n in (live_plain if id(u) in by_name_only else live_names)]
         if not reached:
             break
         for unit in reached:
@@ -231,9 +261,21 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
             out.append(stmt)
         return out
 
+    for tree in trees.values():
+        tree.body = prune(tree.body, True)
+    # An import stays where its module uses the name, another module imports it from there, or (a module held
+    # as an object) live code may read it as an attribute.
+    imported_from: dict[str, set[str]] = {}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in trees:
+                imported_from.setdefault(node.module, set()).update(a.name for a in node.names)
     out = {}
     for name, tree in trees.items():
-        tree.body = prune(tree.body, True)
+        needed = names_in([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))])
+        needed |= imported_from.get(name, set()) | (live_names if name in objects else set())
+        tree.body = [kept for s in tree.body
+                     if (kept := _prune_imports(s, needed) if isinstance(s, (ast.Import, ast.ImportFrom)) else s)]
         out[name] = ast.unparse(tree) + "\n" if tree.body else ""
     return out
 
@@ -436,10 +478,10 @@ def keyword_names(trees: Iterable[ast.AST]) -> set[str]:
 
 
 def minify_modules(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[str] = (),
-                   extra: Iterable[str] = ()) -> dict[str, str]:
+                   extra: Iterable[str] = (), attribute_roots: Iterable[str] = ()) -> dict[str, str]:
     """`shake` the modules, then rename locals and parameters (`rename_locals`) with the names every module and
     the `extra` sources (the script's own code) pass by keyword kept."""
-    shaken = shake(sources, roots=roots, scanned=scanned)
+    shaken = shake(sources, roots=roots, scanned=scanned, attribute_roots=attribute_roots)
     trees = [ast.parse(s) for s in (*shaken.values(), *extra)]
     fixed = keyword_names(trees)
     external = _external_classes(_class_names(dict(enumerate(trees))))

@@ -372,3 +372,66 @@ def test_recipe_without_defaults_resolves_to_the_same_configuration():
     again = resolve(plugin_config_classes=reg.config_classes(), recipe=small, check_plugins=reg.check)
     assert again.to_dict() == resolve(plugin_config_classes=reg.config_classes(), recipe=full,
                                       check_plugins=reg.check).to_dict()
+
+
+def test_specialised_bundle_honours_env_and_arguments_but_fixes_its_plugins(tiny_sets, tmp_path, monkeypatch):
+    """The minified script builds its Config from RECIPE < env < section.key=value (no config.resolve in it);
+    its plugin list is fixed: PGOLF_PLUGINS and core.plugins= are refused, not silently ignored."""
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / "pr1493.toml", sets=tiny_sets,
+                  check_plugins=reg.check)
+    script = tmp_path / "train_gpt.py"
+    script.write_text(bundle(cfg, reg, wrap=False))
+    assert "def resolve(" not in script.read_text() and "pluggy" not in script.read_text()
+    show = ("import core.train as t, json; t.run_training = lambda cfg, reg, code_size: print(cfg.to_json()); "
+            "sys.exit(g['main'](sys.argv[2:]))")
+    probe = [sys.executable, "-c", "import runpy, sys; g = runpy.run_path(sys.argv[1]); " + show, str(script)]
+    monkeypatch.setenv("ITERATIONS", "7")
+    monkeypatch.setenv("EMA_DECAY", "0.5")
+    monkeypatch.delenv("PGOLF_PLUGINS", raising=False)
+    res = subprocess.run([*probe, "xsa.last_n=3", "num_layers=5"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    c = out["config"]
+    assert (c["core"]["iterations"], c["ema"]["decay"], c["xsa"]["last_n"], c["core"]["num_layers"]) == (7, 0.5, 3, 5)
+    assert c["core"]["model_dim"] == cfg.core.model_dim and c["plugins"] == cfg.plugins  # the RECIPE's values
+    assert out["sources"]["core.iterations"] == "env:ITERATIONS" and out["sources"]["xsa.last_n"] == "--set"
+    res = subprocess.run([*probe, "core.plugins=ema"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "plugins" in res.stderr
+    monkeypatch.setenv("PGOLF_PLUGINS", "ema")
+    res = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "PGOLF_PLUGINS" in res.stderr
+
+
+@pytest.mark.slow
+def test_bundle_with_a_hook_wrapper_keeps_pluggy_and_trains_like_pgolf_train(tiny_sets, tiny_data, tmp_path):
+    """A configuration with a hook wrapper (polar_express) is not specialised: its script keeps pluggy and the
+    recipe resolution, and still logs the losses of `pgolf train`."""
+    reg = Registry()
+    sets = [*tiny_sets, "core.iterations=3", "core.val_max_tokens=1024", "core.train_log_every=1",
+            "core.run_id=pgolf_train"]
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["polar_express", "ema"], sets=sets,
+                  check_plugins=reg.check)
+    run_training(cfg, reg, code_size=bundle_size)
+    log = (tmp_path / "runs" / "pgolf_train" / "train.log").read_text()
+    text = bundle(cfg, reg)
+    assert "import pluggy" in text and "def resolve(" in text
+    folder = tmp_path / "records_folder"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text(text)
+    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
+           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": "2"}
+    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert LOSSES.findall((folder / "runs" / "minified" / "train.log").read_text()) == LOSSES.findall(log)
+
+
+def test_shake_reaches_a_module_level_definition_as_an_attribute_only_through_its_module_object():
+    from submissions.minify import shake
+
+    a = "def resolve():\n    return 1\n\n\ndef f():\n    return 2\n"
+    b = "import pathlib\nfrom m.a import f\nx = pathlib.Path('.').resolve()\ny = f()\n"
+    out = shake({"m": "", "m.a": a, "m.b": b})
+    assert "def f(" in out["m.a"] and "def resolve(" not in out["m.a"]  # `Path.resolve` is not `m.a.resolve`
+    out = shake({"m": "", "m.a": a, "m.b": b.replace("from m.a import f", "from m import a\nfrom m.a import f")})
+    assert "def resolve(" in out["m.a"]  # `a.resolve` may be it
