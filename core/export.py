@@ -407,15 +407,15 @@ def _resolve_codec(name: str, codecs: Mapping[str, Any] | None, where: str,
     if name not in table:
         raise ArtifactError(f"{where}: unknown codec {name!r} (known: {', '.join(sorted(table))})")
     codec = table[name]
-    if params:
-        configured = getattr(codec, "configured", None)
-        if not callable(configured):
+    configured = getattr(codec, "configured", None)  # the header's parameters decide, none included
+    if not callable(configured):
+        if params:
             raise ArtifactError(f"{where}: codec {name!r} takes no parameters, header has {dict(params)}")
-        try:
-            codec = configured(dict(params))
-        except ArtifactError as exc:
-            raise ArtifactError(f"{where}: {exc}") from exc
-    return codec
+        return codec
+    try:
+        return configured(dict(params or {}))
+    except ArtifactError as exc:
+        raise ArtifactError(f"{where}: {exc}") from exc
 
 
 def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_size: int = MAX_DECOMPRESSED,

@@ -305,3 +305,20 @@ def test_pgolf_size_reads_a_pergroup_artifact_with_a_shuffled_stream(tmp_path, c
     assert cli_main(["size", str(run), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["codec"] == "pergroup" and summary["total"] == 1000 + len(blob)
+
+
+def test_streams_of_one_codec_with_different_parameters_decode_by_their_own_header_parameters():
+    """Group streams in plain brotli, the rest in the run's brotli + stride-2 shuffle: one decoder name, two
+    configurations; each stream is decoded with the parameters its header entry names (none included)."""
+    layout = PerGroupStateCodec(group_codec=codecs.BrotliCodec(), rest_codec=None)
+    run_codec = codecs.BrotliCodec(shuffle=2)
+    qstate = _qstate()
+    blob = ex.encode_artifact(qstate, run_codec, "int8", layout)
+    records, header = ex.decode_artifact(blob, ex.decoders_of(run_codec, layout))
+    params = {s["label"]: s.get("codec_params", {}) for s in header["streams"]}
+    assert params["rest"] == {"byte_shuffle": 2} and any(p == {} for p in params.values())
+    assert set(records) == set(qstate)
+    def same(a, b):
+        return a is b is None or (a is not None and b is not None and torch.equal(a, b))
+
+    assert all(same(records[n].data, q.data) and same(records[n].scale, q.scale) for n, q in qstate.items())
