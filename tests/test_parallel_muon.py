@@ -4,14 +4,13 @@ update equals the 1-rank update, with and without the global-norm clip, and rank
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from nproc_runs import train_on_1_and_2_processes
 
 from core.optim import NS5_COEFFS, Muon, default_param_groups
 from plugins.muon_eq_r import MuonEqR
@@ -187,22 +186,12 @@ def test_two_rank_sharded_update_equals_one_rank_and_ranks_agree(tmp_path):
 @pytest.mark.slow
 def test_pgolf_train_nproc_2_with_parallel_muon_matches_one_process(tiny_sets, tmp_path):
     """End to end: DDP skips the banked matrices (no double reduction); 2 ranks train like 1 (clip on)."""
-    import subprocess
 
     sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps"))]
     sets += [f"core.out_dir={tmp_path}", "core.val_max_tokens=2048", "core.grad_clip_norm=0.3",
              "parallel_muon.grad_dtype=float32", "parallel_muon.ns_dtype=float32"]
     args = ["--plugins", "parallel_muon", *(a for s in sets for a in ("--set", s))]
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(root)
-    out = {}
-    for n in (1, 2):
-        proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--nproc", str(n), *args,
-                               "--set", f"core.run_id=n{n}"], cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        out[n] = json.loads((tmp_path / f"n{n}" / "metrics.json").read_text())
+    out = train_on_1_and_2_processes(args, tmp_path)
     assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
     logged = re.search(r"parallel_muon:banks:(\d+) matrices:(\d+) world_size:2 ddp_skips:(\d+)",
                        (tmp_path / "n2" / "train.log").read_text())

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from nproc_runs import train_on_1_and_2_processes
 
 from core.config import resolve
 from core.data import DataError
@@ -105,22 +106,10 @@ def test_config_show_prints_sources(capsys, monkeypatch):
 
 def test_nproc_2_on_cpu_matches_one_process(tiny_sets, tmp_path):
     """`pgolf train --nproc 2` (torchrun, gloo on CPU): same global batch, same result up to float order."""
-    import subprocess
-    import sys
-    from pathlib import Path
 
     sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps"))]
     args = [a for s in [*sets, f"core.out_dir={tmp_path}", "core.val_max_tokens=2048"] for a in ("--set", s)]
-    root = Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["PYTHONPATH"] = str(root)
-    out = {}
-    for n in (1, 2):
-        proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--nproc", str(n), *args,
-                               "--set", f"core.run_id=n{n}"], cwd=root, env=env, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-        out[n] = json.loads((tmp_path / f"n{n}" / "metrics.json").read_text())
+    out = train_on_1_and_2_processes(args, tmp_path)
     log2 = (tmp_path / "n2" / "train.log").read_text()
     assert "world_size:2 grad_accum_steps:4" in log2
     assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)

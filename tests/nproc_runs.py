@@ -1,0 +1,25 @@
+"""`pgolf train --nproc N` in a subprocess for N = 1 and 2 (CPU, gloo), each run's metrics.json returned."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_on_1_and_2_processes(args: list[str], out_dir: Path) -> dict[int, dict]:
+    """Runs n1 and n2 (`core.run_id`) with `args` (their out_dir must be `out_dir`); {n: metrics}."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONPATH"] = str(ROOT)
+    out = {}
+    for n in (1, 2):
+        proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--nproc", str(n), *args,
+                               "--set", f"core.run_id=n{n}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out[n] = json.loads((out_dir / f"n{n}" / "metrics.json").read_text())
+    return out
