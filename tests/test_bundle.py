@@ -25,6 +25,18 @@ PLUGINS = ["smeargate", "bigram_hash", "ema", "zstd", "sliding_window"]
 EXACT = re.compile(r"final_\w+_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)")
 
 
+def _run_bundled_script(text: str, tmp_path, tiny_data) -> str:
+    """Runs `text` as train_gpt.py in a records folder with pgolf blocked (CPU, tiny data); its train.log."""
+    folder = tmp_path / "records_folder"
+    folder.mkdir()
+    (folder / "train_gpt.py").write_text(text)
+    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
+           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": "2"}
+    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return (folder / "runs" / "minified" / "train.log").read_text()
+
+
 def _tokenizer(data: Path) -> Path:
     return next(data.glob("tokenizer/*.model"))
 
@@ -239,14 +251,7 @@ def test_minified_bundle_of_each_recipe_trains_exactly_like_pgolf_train(recipe, 
     text = bundle(cfg, reg)
     assert len(text.encode()) == summary["code_bytes"]  # `pgolf train` counts the minified script
     assert len(text.encode()) < len(bundle(cfg, reg, minify=False).encode())
-    folder = tmp_path / "records_folder"
-    folder.mkdir()
-    (folder / "train_gpt.py").write_text(text)
-    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
-           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": "2"}
-    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    bundled_log = (folder / "runs" / "minified" / "train.log").read_text()
+    bundled_log = _run_bundled_script(text, tmp_path, tiny_data)
     assert len(LOSSES.findall(log)) >= 2 * 3 + 2
     assert LOSSES.findall(bundled_log) == LOSSES.findall(log)  # every logged loss, bit for bit
     assert EXACT.search(bundled_log).groups() == EXACT.search(log).groups()
@@ -416,14 +421,7 @@ def test_bundle_with_a_hook_wrapper_keeps_pluggy_and_trains_like_pgolf_train(tin
     log = (tmp_path / "runs" / "pgolf_train" / "train.log").read_text()
     text = bundle(cfg, reg)
     assert "import pluggy" in text and "def resolve(" in text
-    folder = tmp_path / "records_folder"
-    folder.mkdir()
-    (folder / "train_gpt.py").write_text(text)
-    env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
-           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": "2"}
-    res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert LOSSES.findall((folder / "runs" / "minified" / "train.log").read_text()) == LOSSES.findall(log)
+    assert LOSSES.findall(_run_bundled_script(text, tmp_path, tiny_data)) == LOSSES.findall(log)
 
 
 def test_shake_reaches_a_module_level_definition_as_an_attribute_only_through_its_module_object():
