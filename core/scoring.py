@@ -21,6 +21,7 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.utils._pytree import tree_map
 
 from core.tokenizer import ByteTables, token_bytes
 
@@ -214,12 +215,17 @@ class PlainEvaluator:
                     sink.advance_frontier(e * seq_len + 1)
 
 
+def _host_copy(x: object) -> object:
+    return x.detach().to("cpu", copy=True) if isinstance(x, Tensor) else copy.deepcopy(x)
+
+
 @contextmanager
 def restored_weights(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> Iterator[None]:
-    """Snapshot `model`'s state dict (and the optimizers' states) and load them back on exit, however the block
-    ends (TTT, warm-up, probes)."""
-    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    saved_opts = [copy.deepcopy(o.state_dict()) for o in optimizers]
+    """Snapshot `model`'s state dict (and the optimizers' states) in host memory and load them back on exit,
+    however the block ends (TTT, warm-up, probes); host copies keep the snapshot out of the device's peak, as the
+    records' warm-up does."""
+    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    saved_opts = [tree_map(_host_copy, o.state_dict()) for o in optimizers]
     try:
         yield
     finally:

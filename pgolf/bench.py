@@ -86,13 +86,17 @@ def attention_flop_mapping() -> dict[Any, Any]:
 
     aten = torch.ops.aten
 
+    def heads_of(q, kv):  # grouped-query attention: K/V heads count as the query heads they serve
+        return (*kv[:-3], q[-3], *kv[-2:])
+
     def fwd(q, k, v, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(q, k, v)
+        return sdpa_flop_count(q, heads_of(q, k), heads_of(q, v))
 
     def bwd(grad_out, q, k, v, *args, out_shape=None, **kwargs):
-        return 2 * sdpa_flop_count(q, k, v)
+        return 2 * sdpa_flop_count(q, heads_of(q, k), heads_of(q, v))
 
-    ops_fwd = ["_scaled_dot_product_flash_attention_for_cpu"]
+    ops_fwd = ["_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
+               "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention"]
     ops_bwd = ["_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_flash_attention_backward",
                "_scaled_dot_product_efficient_attention_backward", "_scaled_dot_product_cudnn_attention_backward"]
     out = {getattr(aten, n): fwd for n in ops_fwd if hasattr(aten, n)}
@@ -254,7 +258,10 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
                 _Labelled(optimizer, "optimizer", run)()
     finally:
         stepper.model = model
-    ms = {e.key: e.cpu_time_total / 1000.0 / steps for e in prof.key_averages()
+    def span(e: Any) -> float:  # host time of the range; on CUDA its device-side annotation may carry it
+        return max(float(e.cpu_time_total), float(getattr(e, "device_time_total", 0.0)))
+
+    ms = {e.key: span(e) / 1000.0 / steps for e in prof.key_averages()
           if e.key in ("data", "forward", "forward_backward", "optimizer")}
     fb = ms.pop("forward_backward", 0.0)
     phases = {"data": ms.get("data", 0.0), "forward": ms.get("forward", 0.0),

@@ -170,3 +170,19 @@ def test_pr1493_recipe_maps_to_the_hyperparameters_its_record_logged():
         assert same, (key, value, want)
         compared += 1
     assert compared >= 60
+
+
+def test_attention_flops_count_grouped_query_heads_as_the_query_heads():
+    """GQA: 8 query heads over 4 K/V heads is 8 heads of T×T attention (torch's own formula asserts on it)."""
+    import torch
+
+    from pgolf.bench import attention_flop_mapping
+
+    aten = torch.ops.aten
+    mapping = attention_flop_mapping()
+    b, t, d = 2, 128, 64
+    q, kv = torch.Size((b, 8, t, d)), torch.Size((b, 4, t, d))
+    fwd = 4 * b * 8 * t * t * d
+    for op in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention"):
+        assert mapping[getattr(aten, op)](q, kv, kv) == fwd
+    assert mapping[aten._scaled_dot_product_cudnn_attention_backward](q, q, kv, kv) == 2 * fwd

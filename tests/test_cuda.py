@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.config import resolve
+from core.config import ConfigError, resolve
 from core.model import Switch
 from core.registry import Registry
 from core.train import setup, train
@@ -38,21 +38,33 @@ def test_switch_flips_inductor_compiled_output():
     torch.testing.assert_close(on, m.lin(x) + torch.tanh(m.lin(x)))
 
 
+def _resolve(sets: list[str], plugins: list[str]):
+    extra = [f"{sec}.{k}={v}" for n in plugins for sec, kv in (REGISTRY.plugins[n].test_settings or {}).items()
+             for k, v in kv.items()]
+    return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins,
+                   sets=[*sets, *extra, "core.device=cuda", "core.compile=true", "core.iterations=6"],
+                   check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+
+
 def test_every_plugin_trains_compiled_on_cuda(tiny_sets, request):
+    """As many plugins as can be enabled together (registry conflicts and setting checks both pass), one run."""
     torch._dynamo.reset()
+    sets = [s for s in tiny_sets if not s.startswith(("core.device", "core.compile"))]
     enabled: list[str] = []
     for name in REGISTRY.names():
-        if not REGISTRY.check([*enabled, name]):
-            enabled.append(name)
-    sets = [s for s in tiny_sets if not s.startswith(("core.device", "core.compile"))]
+        missing = [n for n in (*REGISTRY.plugins[name].requires, name) if n not in enabled]
+        if REGISTRY.check([*enabled, *missing]):
+            continue
+        try:
+            _resolve(sets, [*enabled, *missing])
+        except ConfigError:
+            continue
+        enabled.extend(missing)
+    assert len(enabled) >= 30, enabled
     if any(getattr(REGISTRY.plugins[n], "test_data", None) == "caseops" for n in enabled):
         data, _ = request.getfixturevalue("tiny_caseops_data")  # caseops needs its transformed data + sidecar
         sets = [*(s for s in sets if not s.startswith("core.data_path=")), f"core.data_path={data}"]
-    extra = [f"{sec}.{k}={v}" for n in enabled for sec, kv in (REGISTRY.plugins[n].test_settings or {}).items()
-             for k, v in kv.items()]
-    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=enabled,
-                  sets=[*sets, *extra, "core.device=cuda", "core.compile=true", "core.iterations=6"],
-                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    cfg = _resolve(sets, enabled)
     run = setup(cfg, REGISTRY)
     assert run.attention in ("fa3", "fa4", "cudnn", "flash")
     summary = train(run)
