@@ -441,7 +441,7 @@ def release_device_memory() -> None:
 
 def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, dataset: Path, tokenizer: Path,
                attention: str, eval_seq_len: int) -> dict[str, Any] | None:
-    from pgolf.records import core_env, parse_log, profile_for
+    from pgolf.records import core_env, decoded_source, parse_log, profile_for
 
     script = Path(args.vs).expanduser()
     if not script.is_file():
@@ -451,6 +451,7 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     shutil.rmtree(rec_dir, ignore_errors=True)
     rec_dir.mkdir(parents=True)
     shutil.copyfile(script, rec_dir / "train_gpt.py")
+    source = decoded_source(script.read_text(encoding="utf-8", errors="replace"))
     env = dict(os.environ)
     env.update(core_env(cfg, eval_seq_len))
     env.update(profile.env(cfg, not args.record_eval))
@@ -492,12 +493,16 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     if parsed["peak_memory_bytes"] is None:
         memory = {"bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "kind": "max RSS (host)"}
     return {"profile": profile.name, "script": str(script.resolve()),
-            "attention": record_attention_label(attention, fa3), "wall_s": wall, "log": parsed, "peak_memory": memory}
+            "attention": record_attention_label(attention, fa3, "flash_attn_varlen_func" in source), "wall_s": wall,
+            "log": parsed, "peak_memory": memory}
 
 
-def record_attention_label(attention: str, real_fa3: bool) -> str:
-    """What the record ran: real FA3, FA4 through the stand-in, or SDPA with pgolf's kernels."""
-    return "fa3" if real_fa3 else "fa4" if attention == "fa4" else f"sdpa-{attention}"
+def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False) -> str:
+    """What the record ran: real FA3, FA4 through the stand-in, or SDPA with pgolf's kernels; `varlen`: its
+    packed-document attention went through the FlexAttention stand-in (on an H200 at PR #1855's shape, 98,304
+    tokens in ≤ 2,048-token documents, about 2.2× the time of SDPA flash over fixed 2,048-token rows)."""
+    label = "fa3" if real_fa3 else "fa4" if attention == "fa4" else f"sdpa-{attention}"
+    return label + ("+flex-varlen" if varlen and not real_fa3 else "")
 
 
 def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, Any]:
