@@ -39,7 +39,8 @@ SMOKE = dict(steps=3, warmup_steps=1, val_tokens=65536, profile_steps=1, log_eve
 
 SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func on the backend pgolf's run
 picked (PGOLF_BENCH_SDPA): fa4 through pgolf's own FA4 op (core/attention.py, PGOLF_BENCH_ATTENTION_PY), else torch
-SDPA with the kernels pgolf's run enabled."""
+SDPA with the kernels pgolf's run enabled; FA3's flash_attn_varlen_func (PR #1855's packed documents) through
+FlexAttention."""
 import contextlib
 import importlib.util
 import os
@@ -68,6 +69,33 @@ def flash_attn_func(q, k, v, causal=True, **unused):
         y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                            is_causal=causal, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k=None, max_seqlen_q=0, max_seqlen_k=0, causal=True,
+                           **unused):
+    """Packed documents: (N, H, D) q and (N, Hkv, D) k, v with segment starts cu_seqlens (int32, padded with N)
+    -> (N, H, D), causal attention inside each segment, through FlexAttention with a block mask built from the
+    segment starts (every query block sees the key blocks from its first token's segment start on)."""
+    import torch
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    assert causal, "the varlen stand-in is causal only"
+    n, block = q.size(0), 128
+    nb = -(-n // block)
+    doc = torch.searchsorted(cu_seqlens_q, torch.arange(n, device=q.device, dtype=cu_seqlens_q.dtype), right=True)
+    first = cu_seqlens_q[doc[::block] - 1].to(torch.int32) // block
+    rows = torch.arange(nb, device=q.device, dtype=torch.int32)
+    idx = first[:, None] + rows[None]
+    idx = torch.where(idx <= rows[:, None], idx, 0)
+
+    def same_doc_causal(b, h, qi, ki):
+        return (doc[qi] == doc[ki]) & (qi >= ki)
+
+    mask = BlockMask.from_kv_blocks((rows - first + 1)[None, None], idx[None, None], BLOCK_SIZE=block,
+                                    mask_mod=same_doc_causal, seq_lengths=(n, n))
+    y = flex_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], block_mask=mask,
+                       enable_gqa=k.size(1) != q.size(1))
+    return y[0].transpose(0, 1)
 '''
 
 
@@ -289,7 +317,8 @@ def peak_memory(device: Any) -> dict[str, Any]:
 
 def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tuple[Path, Path, Path]:
     """A challenge-layout folder both sides read: datasets/fineweb10B_sp<V>/ (links to the training shards,
-    one validation shard holding the first `val_tokens` tokens, whole sequences + 1) and tokenizers/
+    one validation shard holding the first `val_tokens` tokens, whole sequences + 1, and the same prefix of a
+    CaseOps byte sidecar `fineweb_val_bytes_*.bin` where the data has one) and tokenizers/
     fineweb_<V>_bpe.model. Returns (root, dataset dir, tokenizer)."""
     import numpy as np
 
@@ -307,6 +336,7 @@ def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tupl
     for f in shard_files(src, "train"):
         (ds / f.name).symlink_to(f.resolve())
     val_files = shard_files(src, "val")
+    sidecars = sorted(Path(src).glob("fineweb_val_bytes_*.bin"))
     if val_tokens > 0:
         parts, have = [], 0
         for f in val_files:
@@ -319,8 +349,14 @@ def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tupl
         if usable <= 0:
             raise BenchError(f"--val-tokens {val_tokens}: shorter than one eval sequence ({eval_seq_len})")
         write_shard(ds / "fineweb_val_000000.bin", val[: usable + 1].astype(np.uint16))
+        if sidecars:  # CaseOps: the byte counts of exactly those tokens
+            counts = np.concatenate([read_shard(f, None).numpy() for f in sidecars])
+            if counts.size < usable + 1:
+                raise BenchError(f"{sidecars[0].parent}: the byte sidecar ({counts.size} tokens) is shorter than the "
+                                 f"validation prefix ({usable + 1} tokens)")
+            write_shard(ds / "fineweb_val_bytes_000000.bin", counts[: usable + 1].astype(np.uint16))
     else:
-        for f in val_files:
+        for f in [*val_files, *sidecars]:
             (ds / f.name).symlink_to(f.resolve())
     tok_link = root / "tokenizers" / f"fineweb_{vocab}_bpe.model"
     tok_link.symlink_to(Path(tok).resolve())
@@ -411,8 +447,8 @@ def release_device_memory() -> None:
 # ---------------------------------------------------------------- the record side
 
 def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, dataset: Path, tokenizer: Path,
-               attention: str, eval_seq_len: int) -> dict[str, Any]:
-    from pgolf.records import core_env, parse_log, profile_for
+               attention: str, eval_seq_len: int) -> dict[str, Any] | None:
+    from pgolf.records import core_env, decoded_source, parse_log, profile_for
 
     script = Path(args.vs).expanduser()
     if not script.is_file():
@@ -422,9 +458,13 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     shutil.rmtree(rec_dir, ignore_errors=True)
     rec_dir.mkdir(parents=True)
     shutil.copyfile(script, rec_dir / "train_gpt.py")
+    source = decoded_source(script.read_text(encoding="utf-8", errors="replace"))
     env = dict(os.environ)
     env.update(core_env(cfg, eval_seq_len))
     env.update(profile.env(cfg, not args.record_eval))
+    if env.get("CASEOPS_ENABLED") == "1" and not any(dataset.glob("fineweb_val_bytes_*.bin")):
+        raise BenchError(f"--vs {script} ({profile.name}) reads CaseOps data: {dataset} has no byte sidecar "
+                         "fineweb_val_bytes_*.bin (expected data built with `pgolf data build --caseops`)")
     env.update(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), DATA_DIR=str(data_root) + os.sep,
                RUN_ID="record", PYTHONUNBUFFERED="1", PGOLF_BENCH_SDPA=attention)
     fa3 = attention == "fa3" and importlib.util.find_spec("flash_attn_interface") is not None
@@ -436,6 +476,11 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
         env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "core" / "attention.py")
     (out / "record_env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k not in os.environ
                                                      or os.environ[k] != env[k]}, indent=2) + "\n")
+    if args.dry_run:
+        print(f"bench: --dry-run: the record ({profile.name}) would run `{sys.executable} train_gpt.py` in {rec_dir} "
+              f"with (besides the inherited environment) {out / 'record_env.json'}:", flush=True)
+        print((out / "record_env.json").read_text(), end="", flush=True)
+        return None
     log_path = out / "record.log"
     print(f"bench: running the record ({profile.name}) in {rec_dir}; log {log_path}", flush=True)
     t0 = time.perf_counter()
@@ -455,12 +500,16 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     if parsed["peak_memory_bytes"] is None:
         memory = {"bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "kind": "max RSS (host)"}
     return {"profile": profile.name, "script": str(script.resolve()),
-            "attention": record_attention_label(attention, fa3), "wall_s": wall, "log": parsed, "peak_memory": memory}
+            "attention": record_attention_label(attention, fa3, "flash_attn_varlen_func" in source), "wall_s": wall,
+            "log": parsed, "peak_memory": memory}
 
 
-def record_attention_label(attention: str, real_fa3: bool) -> str:
-    """What the record ran: real FA3, FA4 through the stand-in, or SDPA with pgolf's kernels."""
-    return "fa3" if real_fa3 else "fa4" if attention == "fa4" else f"sdpa-{attention}"
+def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False) -> str:
+    """What the record ran: real FA3, FA4 through the stand-in, or SDPA with pgolf's kernels; `varlen`: its
+    packed-document attention went through the FlexAttention stand-in (on an H200 at PR #1855's shape, 98,304
+    tokens in ≤ 2,048-token documents, about 2.2× the time of SDPA flash over fixed 2,048-token rows)."""
+    label = "fa3" if real_fa3 else "fa4" if attention == "fa4" else f"sdpa-{attention}"
+    return label + ("+flex-varlen" if varlen and not real_fa3 else "")
 
 
 def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -556,8 +605,8 @@ def extract_record(args: argparse.Namespace) -> int:
     if name not in PROFILES or not PROFILES[name].folder:
         raise BenchError(f"--extract-record needs --profile one of "
                          f"{', '.join(n for n, p in PROFILES.items() if p.folder)}")
-    rel = f"{PROFILES[name].folder}/train_gpt.py"
-    proc = subprocess.run(["git", "-C", args.mirror, "show", f"HEAD:{rel}"], capture_output=True)
+    rel = f"{PROFILES[name].ref}:{PROFILES[name].folder}/train_gpt.py"
+    proc = subprocess.run(["git", "-C", args.mirror, "show", rel], capture_output=True)
     if proc.returncode != 0:
         raise BenchError(f"--extract-record: cannot read {rel} from the git mirror {args.mirror}")
     out = Path(args.extract_record)
@@ -587,6 +636,8 @@ def run_bench(args: argparse.Namespace) -> int:
     out = Path(args.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     sides = {"both": ("pgolf", "record"), "pgolf": ("pgolf",), "record": ("record",)}[args.side]
+    if args.dry_run:
+        sides = ("record",)
     cfg, registry = load_config(args)
     cfg = with_default_data(cfg)
     eval_seq_len = cfg.core.eval_seq_len or cfg.core.train_seq_len
@@ -618,8 +669,11 @@ def run_bench(args: argparse.Namespace) -> int:
         attention = pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0), attention_shape(cfg.core, 1),
                                    cfg.core.deterministic)
     if "record" in sides and args.vs:
-        res["record"] = run_record(args, cfg, out, root, dataset, tokenizer, attention, eval_seq_len)
-        (out / "record.json").write_text(json.dumps(res["record"], indent=2, default=str) + "\n")
+        rec = run_record(args, cfg, out, root, dataset, tokenizer, attention, eval_seq_len)
+        if rec is None:  # --dry-run
+            return 0
+        res["record"] = rec
+        (out / "record.json").write_text(json.dumps(rec, indent=2, default=str) + "\n")
     if "pgolf" in res and "record" in res:
         res["vs"] = compare(res["pgolf"], res["record"], args.steps)
     print(table(res), flush=True)
@@ -637,7 +691,8 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
     add_config_args(p)
     p.add_argument("--steps", type=int, default=150, help="timed training steps (iteration schedule; default 150)")
     p.add_argument("--vs", metavar="SCRIPT", help="a record's train_gpt.py, run on the same data/steps/seed")
-    p.add_argument("--profile", help="the record's profile (pr315, pr1493, generic); default: by the script's sha256")
+    p.add_argument("--profile", help="the record's profile (pr315, pr534, pr609, pr1493, pr1855, generic); "
+                   "default: by the script's sha256")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
     p.add_argument("--out", default="bench_out", help="working folder (data links, runs, logs; default bench_out)")
     p.add_argument("--side", choices=["both", "pgolf", "record"], default="both",
@@ -655,6 +710,8 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
                    help="keep the record's sliding-window/TTT evaluations (default: off where it has a knob)")
     p.add_argument("--smoke", action="store_true",
                    help="a quick end-to-end check: 3 steps, 1 warm-up step, 65,536 validation tokens")
+    p.add_argument("--dry-run", action="store_true", help="with --vs --side record: write the data folder and "
+                   "record_env.json, print the record's environment and exit without running it (no GPU needed)")
     p.add_argument("--extract-record", metavar="OUT", help="write --profile's published train_gpt.py from the "
                    "parameter-golf git mirror to OUT and exit")
     p.add_argument("--mirror", default=os.environ.get("PGOLF_PARAMETER_GOLF_MIRROR", DEFAULT_MIRROR))

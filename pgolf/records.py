@@ -1,8 +1,17 @@
 """Record scripts `pgolf bench --vs` knows: which recipe each reproduces, the recipe's values under the
 record's own environment names, its eval-skipping knobs, and parsers for the record log formats.
 
-A profile is found by the script's sha256 (the published file, LZMA wrapper included); `--profile generic`
-runs any script that reads the official baseline's names (NUM_LAYERS, ITERATIONS, DATA_PATH, …).
+One declarative table per record (PR #315, #534, #609, #1493, #1855): every environment name its script reads
+is mapped to the recipe setting that carries it, set to a fixed value, or listed with where it lives instead;
+tests/test_bench.py, test_pr1493_parts.py and test_seed_recipes.py read these tables. A profile is found by
+the script's sha256 (the published file, LZMA wrapper included); `--profile generic` runs any script that
+reads the official baseline's names (NUM_LAYERS, ITERATIONS, DATA_PATH, …).
+
+PR #1855 reads CaseOps data: with CASEOPS_ENABLED=1 it takes DATA_PATH (train, val and the val byte sidecar
+`fineweb_val_bytes_*.bin`, the format `pgolf data build --caseops` writes) and TOKENIZER_PATH as given, so the
+bench's data folder (the recipe's shards, its val prefix and the sidecar's matching prefix) is what it reads;
+its vocabulary check needs the recipe's data to be SP8192 CaseOps. It trains with document-packed varlen
+attention (`flash_attn_varlen_func`): without FA3 the bench's stand-in runs it through FlexAttention.
 """
 
 from __future__ import annotations
@@ -13,7 +22,6 @@ import hashlib
 import lzma
 import re
 import statistics
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -48,77 +56,237 @@ def core_env(cfg: Config, eval_seq_len: int) -> dict[str, str]:
     return out
 
 
-def pr315_env(cfg: Config, skip_eval: bool) -> dict[str, str]:
-    """PR #315's Hyperparameters that the recipe's plugins set (the core ones come from `core_env`)."""
-    qat = "late_qat" in cfg.plugins
-    return {
-        "BIGRAM_VOCAB_SIZE": str(setting(cfg, "bigram_hash.buckets", 0)),
-        "BIGRAM_DIM": str(setting(cfg, "bigram_hash.dim", 128)),
-        "XSA_LAST_N": str(setting(cfg, "xsa.last_n", 0)), "ROPE_DIMS": str(setting(cfg, "partial_rope.dims", 0)),
-        "LN_SCALE": _on("ln_scale" in cfg.plugins), "EMA_ENABLED": _on("ema" in cfg.plugins),
-        "EMA_DECAY": str(setting(cfg, "ema.decay", 0.997)), "SWA_ENABLED": "0", "QAT_ENABLED": "0",
-        "LATE_QAT": _on(qat), "QAT_THRESHOLD": str(setting(cfg, "late_qat.threshold", 0.1)),
-        "MUON_WD": str(setting(cfg, "weight_decay.muon", 0.0)), "ADAM_WD": str(setting(cfg, "weight_decay.adam", 0.0)),
-        "EVAL_STRIDE": str(setting(cfg, "sliding_window.stride", 64)), "MTP_NUM_HEADS": "0",
-    }  # no knob skips its final evaluations: the validation prefix (--val-tokens) keeps them short
+# ---------------------------------------------------------------- the record <-> recipe tables
+# A setting reference is "section.key" (a core setting, or a plugin's: used only while that plugin is enabled)
+# or a tuple of references tried in order, whose last item may be a literal: the record's value that turns
+# the feature off when no plugin of the tuple is enabled. None of them: the name is not passed (the record's
+# own default stands, harmless because the feature is off).
+Ref = str | tuple[Any, ...]
+_KEY = re.compile(r"[a-z_]\w*\.[a-z_]\w*")
 
 
-def pr1493_env(cfg: Config, skip_eval: bool) -> dict[str, str]:
-    """PR #1493's Hyperparameters that the recipe's plugins set; skip_eval: no sliding window, no TTT (the
-    artifact is still written and its bytes logged)."""
-    ttt = "score_first_ttt" in cfg.plugins and not skip_eval
-    loops = "depth_recurrence" in cfg.plugins
-    return {
-        "EMBEDDING_DIM": str(cfg.core.model_dim), "VAL_BATCH_TOKENS": str(cfg.core.val_batch_size),
-        "XSA_LAST_N": str(setting(cfg, "xsa.last_n", 0)), "SKIP_GATES_ENABLED": _on("skip_gates" in cfg.plugins),
-        "ROPE_DIMS": str(setting(cfg, "partial_rope.dims", 0)),
-        "ROPE_TRAIN_SEQ_LEN": str(setting(cfg, "partial_rope.ntk_train_seq_len", cfg.core.train_seq_len)),
-        "LN_SCALE": _on("ln_scale" in cfg.plugins),
-        "NUM_LOOPS": str(setting(cfg, "depth_recurrence.num_loops", 0) if loops else 0),
-        "LOOP_START": str(setting(cfg, "depth_recurrence.loop_start", 3)),
-        "LOOP_END": str(setting(cfg, "depth_recurrence.loop_end", 5)),
-        "ENABLE_LOOPING_AT": str(setting(cfg, "depth_recurrence.enable_at", 0.35)),
-        "PARALLEL_RESIDUAL_START": str(setting(cfg, "parallel_residuals.start", cfg.core.num_layers)),
-        "WARMDOWN_FRAC": str(setting(cfg, "warmdown_frac.frac", 0.0)),
-        "MIN_LR": str(setting(cfg, "warmdown_frac.min_lr", 0.0)),
-        "MUON_ROW_NORMALIZE": _on(bool(setting(cfg, "muon_eq_r.row_normalize", False))),
-        "MUON_WD": str(setting(cfg, "muon_eq_r.weight_decay", setting(cfg, "weight_decay.muon", 0.0))),
-        "ADAM_WD": str(setting(cfg, "weight_decay.adam", 0.0)),
-        "EMBED_WD": str(setting(cfg, "weight_decay.embed", 0.0)),
-        "EMA_DECAY": str(setting(cfg, "ema.decay", 0.9965)),
-        "SLIDING_WINDOW_ENABLED": _on(not skip_eval), "TTT_ENABLED": _on(ttt), "ETLB_ENABLED": "0",
-        "EVAL_STRIDE": str(setting(cfg, "score_first_ttt.stride", 64)),
-        "TTT_LR": str(setting(cfg, "score_first_ttt.lr", 0.005)),
-        "TTT_EPOCHS": str(setting(cfg, "score_first_ttt.epochs", 3)),
-        "TTT_MOMENTUM": str(setting(cfg, "score_first_ttt.momentum", 0.9)),
-        "TTT_CHUNK_TOKENS": str(setting(cfg, "score_first_ttt.chunk_tokens", 32768)),
-        "COMPRESSOR": "brotli", "GPTQ_CALIBRATION_BATCHES": str(setting(cfg, "gptq.calib_batches", 64)),
-        "GPTQ_RESERVE_SECONDS": str(setting(cfg, "gptq.reserve_seconds", 12.0)),
-        "MATRIX_BITS": str(setting(cfg, "gptq.attn_bits", 6)), "EMBED_BITS": str(setting(cfg, "gptq.embed_bits", 8)),
-        "MATRIX_CLIP_SIGMAS": str(setting(cfg, "gptq.matrix_clip_sigmas", 12.85)),
-        "EMBED_CLIP_SIGMAS": str(setting(cfg, "gptq.embed_clip_sigmas", 20.0)),
-    }
+def setting_value(cfg: Config, ref: Ref) -> Any:
+    """The recipe's value behind a reference (core.eval_seq_len 0 is the training length), None if none."""
+    for cand in ref if isinstance(ref, tuple) else (ref,):
+        if not (isinstance(cand, str) and _KEY.fullmatch(cand)):
+            return cand
+        section, name = cand.split(".")
+        if section == CORE_SECTION:
+            value = getattr(cfg.core, name)
+            return cfg.core.train_seq_len if name == "eval_seq_len" and not value else value
+        if section in cfg.plugins:
+            return getattr(cfg.plugin_configs[section], name)
+    return None
+
+
+def env_value(value: Any) -> str:
+    return _on(value) if isinstance(value, bool) else str(value)
+
+
+CORE_NAMES: dict[str, Ref] = {  # the baseline's names, which every record reads (pgolf's core names are these)
+    "VOCAB_SIZE": "core.vocab_size", "NUM_LAYERS": "core.num_layers", "MODEL_DIM": "core.model_dim",
+    "NUM_HEADS": "core.num_heads", "NUM_KV_HEADS": "core.num_kv_heads", "MLP_MULT": "core.mlp_mult",
+    "TIE_EMBEDDINGS": "core.tie_embeddings", "TIED_EMBED_INIT_STD": "core.tied_embed_init_std",
+    "LOGIT_SOFTCAP": "core.logit_softcap", "ROPE_BASE": "core.rope_base", "QK_GAIN_INIT": "core.qk_gain_init",
+    "TRAIN_SEQ_LEN": "core.train_seq_len", "TRAIN_BATCH_TOKENS": "core.train_batch_tokens",
+    "ITERATIONS": "core.iterations", "WARMUP_STEPS": "core.warmup_steps",
+    "MAX_WALLCLOCK_SECONDS": "core.max_wallclock_seconds", "VAL_LOSS_EVERY": "core.val_loss_every",
+    "TRAIN_LOG_EVERY": "core.train_log_every", "GRAD_CLIP_NORM": "core.grad_clip_norm",
+    "EMBED_LR": "core.embed_lr", "HEAD_LR": "core.head_lr", "TIED_EMBED_LR": "core.tied_embed_lr",
+    "MATRIX_LR": "core.matrix_lr", "SCALAR_LR": "core.scalar_lr", "MUON_MOMENTUM": "core.muon_momentum",
+    "MUON_MOMENTUM_WARMUP_START": "core.muon_momentum_warmup_start",
+    "MUON_MOMENTUM_WARMUP_STEPS": "core.muon_momentum_warmup_steps",
+    "MUON_BACKEND_STEPS": "core.muon_backend_steps", "BETA1": "core.beta1", "BETA2": "core.beta2",
+    "ADAM_EPS": "core.adam_eps", "SEED": "core.seed",
+}
+BENCH_NAMES = {"DATA_PATH": "bench: its data folder", "TOKENIZER_PATH": "bench: its tokenizer link",
+               "DATA_DIR": "bench: its data root", "RUN_ID": "bench: record", "RANK": "torchrun",
+               "WORLD_SIZE": "torchrun", "LOCAL_RANK": "torchrun"}
+DERIVED = ("datasets_dir", "train_files", "val_files", "val_bytes_files", "logfile", "model_path",
+           "quantized_model_path", "distributed", "is_main_process", "grad_accum_steps")
 
 
 @dataclass(frozen=True)
 class RecordProfile:
+    """One record script: where it is published and how the recipe's values reach it.
+
+    settings: record environment name -> the recipe setting whose value it gets (equal by construction).
+    plugins: name -> plugin: "1" when the recipe enables the plugin, else "0".
+    fixed: name -> the value always passed (a record feature the recipe leaves off, or fixed behaviour).
+    skip_eval: name -> the value passed when the bench skips the long evaluations (the default).
+    elsewhere: name the record reads but the bench does not pass -> why (paths the bench supplies, torchrun,
+        dead knobs, deliberate differences); also logged Hyperparameters attributes no variable sets.
+    command: the published run command's overrides of the script's defaults (what the record ran with).
+    """
+
     name: str
     folder: str  # in the parameter-golf repository
     recipe: str  # the pgolf recipe that reproduces it
     sha256: str  # of the published train_gpt.py
-    env: Callable[[Config, bool], dict[str, str]] = field(default=lambda cfg, skip: {})
+    ref: str = "HEAD"  # the mirror ref holding `folder` (a PR head for unmerged PRs)
+    log: str = ""  # a published log in `folder` (its Hyperparameters dump, where it has one)
+    settings: dict[str, Ref] = field(default_factory=dict)
+    plugins: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, str] = field(default_factory=dict)
+    skip_eval: dict[str, str] = field(default_factory=dict)
+    elsewhere: dict[str, str] = field(default_factory=dict)
+    command: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> set[str]:
+        """Every name this profile accounts for."""
+        return set(self.settings) | set(self.plugins) | set(self.fixed) | set(self.skip_eval) | set(self.elsewhere)
+
+    def env(self, cfg: Config, skip_eval: bool) -> dict[str, str]:
+        """The recipe's values under the record's names (on top of `core_env`)."""
+        out = {k: env_value(v) for k, ref in self.settings.items() if (v := setting_value(cfg, ref)) is not None}
+        out.update({k: _on(p in cfg.plugins) for k, p in self.plugins.items()})
+        out.update(self.fixed)
+        if skip_eval:
+            out.update(self.skip_eval)
+        return out
 
 
-PROFILES = {
-    p.name: p for p in (
-        RecordProfile("pr315", f"{RECORDS}/2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248", "recipes/pr315.toml",
-                      "cfa93055196182d8187ba29a620d747abd987c02b27f7fba5a54256cfab35bb7", pr315_env),
-        RecordProfile("pr1493", f"{RECORDS}/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT",
-                      "recipes/pr1493.toml", "477f432097ce619d4080af0a249d29e6e0bf31b7a747ec4e6b509b5be2e202ee",
-                      pr1493_env),
-        RecordProfile("generic", "", "", ""),
-    )
-}
+PR315 = RecordProfile(
+    "pr315", f"{RECORDS}/2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248", "recipes/pr315.toml",
+    "cfa93055196182d8187ba29a620d747abd987c02b27f7fba5a54256cfab35bb7",
+    settings={**CORE_NAMES, "VAL_BATCH_SIZE": "core.val_batch_size", "WARMDOWN_ITERS": "core.warmdown_iters",
+              "EVAL_SEQ_LEN": "core.eval_seq_len", "BIGRAM_VOCAB_SIZE": ("bigram_hash.buckets", 0),
+              "BIGRAM_DIM": ("bigram_hash.dim", 128), "XSA_LAST_N": ("xsa.last_n", 0),
+              "ROPE_DIMS": ("partial_rope.dims", 0), "EMA_DECAY": ("ema.decay", 0.997),
+              "QAT_THRESHOLD": ("late_qat.threshold", 0.1), "MUON_WD": ("weight_decay.muon", 0.0),
+              "ADAM_WD": ("weight_decay.adam", 0.0), "EVAL_STRIDE": ("sliding_window.stride", 64)},
+    plugins={"LN_SCALE": "ln_scale", "EMA_ENABLED": "ema", "LATE_QAT": "late_qat"},
+    fixed={"SWA_ENABLED": "0", "QAT_ENABLED": "0", "MTP_NUM_HEADS": "0"},
+    # no knob skips its final evaluations: the validation prefix (--val-tokens) keeps them short
+    elsewhere={**BENCH_NAMES, "SWA_EVERY": "off (SWA_ENABLED=0)", "MTP_LOSS_WEIGHT": "off (MTP_NUM_HEADS=0)",
+               "MUON_BETA2": "dead", "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)",
+               "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS": "core (= the control patterns)"},
+)
+
+PR534 = RecordProfile(
+    "pr534", f"{RECORDS}/2026-03-23_11L_PR374Stack_PartialRoPE_XSA4_VE128_TightSWA_GPTQ", "recipes/pr534.toml",
+    "0e76713f3b174e067a27fcade39afd0de1186aa5414e4a79c5dd39f2da7f8049", ref="refs/pull/534/head", log="train.log",
+    settings={**CORE_NAMES, "MLP_HIDDEN": "core.mlp_hidden", "VAL_BATCH_SIZE": "core.val_batch_size",
+              "WARMDOWN_ITERS": "core.warmdown_iters", "MUON_WEIGHT_DECAY": ("weight_decay.muon", 0.0),
+              "ROPE_DIMS": ("partial_rope.dims", 0), "XSA_LAST_N": ("xsa.last_n", 0),
+              "VE_DIM": "value_embeddings.dim", "VE_LAYERS": "value_embeddings.layers",
+              "SWA_EVERY": "tight_swa.every", "SWA_THRESHOLD": "tight_swa.threshold", "QAT_BITS": "late_qat.bits",
+              "QAT_LATE_THRESHOLD": "late_qat.threshold"},
+    plugins={"LN_SCALE": "ln_scale", "VE_ENABLED": "value_embeddings", "SWA_ENABLED": "tight_swa",
+             "QAT_ENABLED": "late_qat", "GPTQ_LITE": "gptq_lite"},
+    # its only final evaluation is the int8 round trip over the validation prefix: nothing to skip
+    elsewhere={**BENCH_NAMES, "ADAM_WEIGHT_DECAY": "dead (weight_decay.adam = 0)",
+               "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)",
+               "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS": "core (= the control patterns)"},
+    command={"MLP_HIDDEN": "1408", "VOCAB_SIZE": "1024"},  # the README's run command
+)
+
+PR609 = RecordProfile(
+    "pr609", f"{RECORDS}/2026-03-24_XSA-all_FullGPTQ_ParallelMuon_1.1155", "recipes/pr609.toml",
+    "bd7e1b0744e27c8b263de70e65080e46020f3e8a5de6e28b23f563420dbcfc10", ref="refs/pull/609/head",
+    log="train_seed314.log",
+    settings={**CORE_NAMES, "VAL_BATCH_SIZE": "core.val_batch_size", "WARMDOWN_ITERS": "core.warmdown_iters",
+              "EVAL_SEQ_LEN": "core.eval_seq_len", "EVAL_STRIDE": ("sliding_window.stride", 64),
+              "MUON_WD": ("weight_decay.muon", 0.0), "ADAM_WD": ("weight_decay.adam", 0.0),
+              "BIGRAM_VOCAB_SIZE": ("bigram_hash.buckets", 0), "BIGRAM_DIM": ("bigram_hash.dim", 128),
+              "XSA_LAST_N": ("xsa.last_n", 0), "ROPE_DIMS": ("partial_rope.dims", 0),
+              "VE_DIM": "value_embeddings.dim", "VE_LAYERS": "value_embeddings.layers",
+              "SWA_EVERY": "tight_swa.every", "GPTQ_CALIB_BATCHES": "gptq.calib_batches",
+              "GPTQ_BLOCK_SIZE": "gptq.block_size"},
+    plugins={"LN_SCALE": "ln_scale", "VE_ENABLED": "value_embeddings", "SWA_ENABLED": "tight_swa"},
+    fixed={"MTP_NUM_HEADS": "0", "LAWA_ENABLED": "0", "QAT_ENABLED": "0", "TRIGRAM": "0", "DTG_ENABLED": "0",
+           "GATED_ATTENTION": "0", "VALUE_RESIDUAL": "0"},
+    # no knob skips its sliding-window evaluation (EVAL_STRIDE 0 still runs the stride-64 one): the
+    # validation prefix (--val-tokens) keeps it short
+    elsewhere={**BENCH_NAMES, "MTP_LOSS_WEIGHT": "off (MTP_NUM_HEADS=0)", "MUON_BETA2": "dead",
+               "LAWA_K": "off (LAWA_ENABLED=0)", "LAWA_FREQ": "off (LAWA_ENABLED=0)",
+               "LATE_QAT_THRESHOLD": "dead (class attribute folded)",
+               "TARGET_MB": "prune_to_fit.target_bytes (decimal, see the recipe)",
+               "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)",
+               "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS": "core (= the control patterns)"},
+)
+
+PR1493 = RecordProfile(
+    "pr1493", f"{RECORDS}/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT", "recipes/pr1493.toml",
+    "477f432097ce619d4080af0a249d29e6e0bf31b7a747ec4e6b509b5be2e202ee", log="train_seed42.log",
+    settings={**CORE_NAMES, "EMBEDDING_DIM": "core.model_dim", "VAL_BATCH_TOKENS": "core.val_batch_size",
+              "EVAL_SEQ_LEN": "core.eval_seq_len", "XSA_LAST_N": ("xsa.last_n", 0),
+              "ROPE_DIMS": ("partial_rope.dims", 0),
+              "ROPE_TRAIN_SEQ_LEN": ("partial_rope.ntk_train_seq_len", "core.train_seq_len"),
+              "NUM_LOOPS": ("depth_recurrence.num_loops", 0), "LOOP_START": "depth_recurrence.loop_start",
+              "LOOP_END": "depth_recurrence.loop_end", "ENABLE_LOOPING_AT": "depth_recurrence.enable_at",
+              "PARALLEL_RESIDUAL_START": ("parallel_residuals.start", "core.num_layers"),
+              "WARMDOWN_FRAC": ("warmdown_frac.frac", 0.0), "MIN_LR": ("warmdown_frac.min_lr", 0.0),
+              "MUON_ROW_NORMALIZE": ("muon_eq_r.row_normalize", False),
+              "MUON_WD": ("muon_eq_r.weight_decay", "weight_decay.muon", 0.0),
+              "ADAM_WD": ("weight_decay.adam", 0.0), "EMBED_WD": ("weight_decay.embed", 0.0),
+              "EMA_DECAY": ("ema.decay", 0.9965), "EVAL_STRIDE": "score_first_ttt.stride",
+              "TTT_LR": "score_first_ttt.lr", "TTT_EPOCHS": "score_first_ttt.epochs",
+              "TTT_MOMENTUM": "score_first_ttt.momentum", "TTT_CHUNK_TOKENS": "score_first_ttt.chunk_tokens",
+              "GPTQ_CALIBRATION_BATCHES": "gptq.calib_batches", "GPTQ_RESERVE_SECONDS": "gptq.reserve_seconds",
+              "MATRIX_BITS": "gptq.attn_bits", "EMBED_BITS": "gptq.embed_bits",
+              "MATRIX_CLIP_SIGMAS": "gptq.matrix_clip_sigmas", "EMBED_CLIP_SIGMAS": "gptq.embed_clip_sigmas"},
+    plugins={"SKIP_GATES_ENABLED": "skip_gates", "LN_SCALE": "ln_scale", "TTT_ENABLED": "score_first_ttt"},
+    fixed={"SLIDING_WINDOW_ENABLED": "1", "ETLB_ENABLED": "0", "COMPRESSOR": "brotli"},
+    skip_eval={"SLIDING_WINDOW_ENABLED": "0", "TTT_ENABLED": "0"},
+    elsewhere={**BENCH_NAMES, "MUON_BETA2": "dead", "ETLB_LR": "not ported (ETLB_ENABLED=0)",
+               "ETLB_STEPS": "not ported (ETLB_ENABLED=0)", "ETLB_CLIP": "not ported (ETLB_ENABLED=0)",
+               "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)", "ttt_hash_embed": "dead",
+               "ttt_hash_buckets": "dead", **dict.fromkeys(DERIVED, "derived")},
+)
+
+PR1855 = RecordProfile(
+    "pr1855", f"{RECORDS}/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611", "recipes/pr1855.toml",
+    "454f710d174be80f4603069ca952833d694f60d1d34c0c25703528323bc8878b", log="train_seed42.log",
+    settings={**{k: v for k, v in CORE_NAMES.items() if k != "HEAD_LR"},
+              "VAL_BATCH_TOKENS": "core.val_batch_size", "EVAL_SEQ_LEN": "core.eval_seq_len",
+              "TTT_EVAL_SEQ_LEN": "core.eval_seq_len", "ADAM_WD": ("weight_decay.adam", 0.0),
+              "EMBED_WD": ("weight_decay.embed", 0.0), "MUON_WD": ("muon_eq_r.weight_decay", "weight_decay.muon", 0.0),
+              "MUON_ROW_NORMALIZE": ("muon_eq_r.row_normalize", False), "EMA_DECAY": "ema.decay",
+              "WARMDOWN_FRAC": "warmdown_frac.frac", "MIN_LR": ("warmdown_frac.min_lr", 0.0),
+              "NUM_LOOPS": ("depth_recurrence.num_loops", 0), "LOOP_START": "depth_recurrence.loop_start",
+              "LOOP_END": "depth_recurrence.loop_end", "ENABLE_LOOPING_AT": "depth_recurrence.enable_at",
+              "PARALLEL_START_LAYER": ("parallel_lanes.start", "core.num_layers"),
+              "PARALLEL_FINAL_LANE": "parallel_lanes.final_lane", "ROPE_DIMS": ("partial_rope.dims", 0),
+              "ROPE_TRAIN_SEQ_LEN": ("partial_rope.ntk_train_seq_len", "core.train_seq_len"),
+              "XSA_LAST_N": ("xsa.last_n", 0), "GATE_WINDOW": ("sparse_attn_gate.window", "smeargate.gate_window"),
+              "SPARSE_ATTN_GATE_SCALE": "sparse_attn_gate.scale",
+              "SPARSE_ATTN_GATE_INIT_STD": "sparse_attn_gate.init_std",
+              "GPTQ_CALIBRATION_BATCHES": "gptq.calib_batches", "GPTQ_RESERVE_SECONDS": "gptq.reserve_seconds",
+              "MATRIX_BITS": "gptq.attn_bits", "EMBED_BITS": "gptq.embed_bits",
+              "MATRIX_CLIP_SIGMAS": "gptq.matrix_clip_sigmas", "ATTN_CLIP_SIGMAS": "gptq.attn_clip_sigmas",
+              "MLP_CLIP_SIGMAS": "gptq.mlp_clip_sigmas", "EMBED_CLIP_SIGMAS": "gptq.embed_clip_sigmas",
+              "LQER_RANK": "lqer.rank", "LQER_TOP_K": "lqer.top_k", "LQER_FACTOR_BITS": "lqer.factor_bits",
+              "LQER_ASYM_ENABLED": "lqer.asym", "LQER_ASYM_GROUP": "lqer.asym_group",
+              "TTT_LORA_RANK": "phased_ttt.rank", "TTT_LORA_ALPHA": "phased_ttt.alpha",
+              "TTT_CHUNK_SIZE": "phased_ttt.chunk_tokens", "TTT_BATCH_SIZE": "phased_ttt.batch_docs",
+              "TTT_LORA_LR": "phased_ttt.lr", "TTT_BETA1": "phased_ttt.beta1", "TTT_BETA2": "phased_ttt.beta2",
+              "TTT_WEIGHT_DECAY": "phased_ttt.weight_decay", "PHASED_TTT_PREFIX_DOCS": "phased_ttt.prefix_docs",
+              "PHASED_TTT_NUM_PHASES": "phased_ttt.num_phases", "GLOBAL_TTT_LR": "phased_ttt.global_lr",
+              "GLOBAL_TTT_MOMENTUM": "phased_ttt.global_momentum", "GLOBAL_TTT_EPOCHS": "phased_ttt.global_epochs",
+              "GLOBAL_TTT_CHUNK_TOKENS": "phased_ttt.global_chunk_tokens",
+              "GLOBAL_TTT_BATCH_SEQS": "phased_ttt.global_batch_seqs",
+              "GLOBAL_TTT_GRAD_CLIP": "phased_ttt.global_grad_clip",
+              "GLOBAL_TTT_RESPECT_DOC_BOUNDARIES": "phased_ttt.respect_doc_boundaries"},
+    plugins={"CASEOPS_ENABLED": "caseops", "LN_SCALE": "ln_scale", "SKIP_GATES_ENABLED": "skip_gates",
+             "SMEAR_GATE_ENABLED": "smeargate", "SPARSE_ATTN_GATE_ENABLED": "sparse_attn_gate",
+             "GATED_ATTN_QUANT_GATE": "quant_gate", "LQER_ENABLED": "lqer", "TTT_ENABLED": "phased_ttt",
+             "FUSED_CE_ENABLED": "fused_ce"},
+    fixed={"COMPRESSOR": "pergroup", "ROPE_YARN": "0", "GATED_ATTN_ENABLED": "0", "ATTN_OUT_GATE_ENABLED": "0",
+           "TTT_K_LORA": "1", "TTT_MLP_LORA": "1", "TTT_O_LORA": "1", "TTT_OPTIMIZER": "adam",
+           "TTT_GRAD_STEPS": "1", "GLOBAL_TTT_WARMUP_CHUNKS": "0", "VAL_DOC_FRACTION": "1.0",
+           "TTT_WARM_START_A": "1", "TTT_EVAL_ONLY": "0", "PREQUANT_ONLY": "0"},
+    # phased TTT off (its LoRA compile warm-up alone took 138 s); brotli instead of per-group lrzip, which
+    # needs the lrzip binary and ~2 min of (de)compression: the artifact is still written and its bytes logged
+    skip_eval={"TTT_ENABLED": "0", "COMPRESSOR": "brotli"},
+    elsewhere={**BENCH_NAMES, "ARTIFACT_DIR": "run dir", "EVAL_STRIDE": "unused by phased TTT",
+               "ATTN_OUT_GATE_SRC": "off (ATTN_OUT_GATE_ENABLED=0)",
+               "GATED_ATTN_INIT_STD": "off (GATED_ATTN_ENABLED=0)",
+               "TTT_EVAL_BATCHES": "all", "GLOBAL_TTT_WARMUP_START_LR": "unused at 0 warm-up chunks",
+               "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)", **dict.fromkeys(DERIVED, "derived")},
+)
+
+PROFILES = {p.name: p for p in (PR315, PR534, PR609, PR1493, PR1855, RecordProfile("generic", "", "", ""))}
 
 
 def profile_for(script: Path, name: str | None) -> RecordProfile:
@@ -153,7 +321,10 @@ VAL = re.compile(r"^(?:step:)?(\d+)/(\d+) val_loss:\s*(\S+) val_bpb:\s*([\d.]+)"
 PEAK = re.compile(r"^peak memory allocated: (\d+) MiB", re.M)
 ARTIFACT = re.compile(r"^Serialized model (\S+): (\d+) bytes", re.M)
 TOTAL = re.compile(r"^Total submission size (\S+): (\d+) bytes", re.M)
-MODE = re.compile(r"^(?:mode:(\S+) on step:(\d+)|layer_loop:enabled() step:(\d+))", re.M)  # pgolf | PR #1493
+# mode switches: pgolf `mode:NAME on step:N`; PR #1493/#1855 `layer_loop:enabled step:N`; PR #315/#609
+# `late_qat:enabled step:N`, `swa:start step:N`; PR #534 `late_qat:activated at step N`
+MODE = re.compile(r"^(?:mode:(\S+) on step:(\d+)"
+                  r"|(layer_loop|late_qat|swa):(?:enabled|activated at|start) step[: ](\d+))", re.M)
 
 
 def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
@@ -172,7 +343,7 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
         "peak_memory_bytes": int(peak[-1]) * 2**20 if peak else None,
         "artifact": {label: int(n) for label, n in art} or None,
         "total_submission_bytes": int(total[-1][1]) if total else None,
-        "mode_switches": {m.group(1) or "layer_loop": int(m.group(2) or m.group(4)) for m in MODE.finditer(text)},
+        "mode_switches": {m.group(1) or m.group(3): int(m.group(2) or m.group(4)) for m in MODE.finditer(text)},
     }
 
 

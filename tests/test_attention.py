@@ -185,3 +185,5 @@ def test_bench_standin_calls_fa4_when_pgolf_picked_fa4(tmp_path):
     assert record_attention_label("fa4", False) == "fa4"
     assert record_attention_label("cudnn", False) == "sdpa-cudnn"
     assert record_attention_label("fa3", True) == "fa3"
+    assert record_attention_label("flash", False, varlen=True) == "sdpa-flash+flex-varlen"
+    assert record_attention_label("fa3", True, varlen=True) == "fa3"

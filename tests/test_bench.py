@@ -3,14 +3,16 @@ fake record script (ratios and losses from its log), the record log formats, and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from core.config import tomllib
 from pgolf.cli import main
 
 TINY = dict(num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, train_seq_len=64, vocab_size=320, mlp_mult=2)
@@ -124,52 +126,204 @@ def test_record_log_formats_parse_to_the_same_times():
     assert ms_per_step_from_log(steps["steps"], 2)["mean"] == pytest.approx(600.0, rel=1e-4)
 
 
-def _mirror_file(rel: str) -> str:
+RECORDS = ("pr315", "pr534", "pr609", "pr1493", "pr1855")
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "record_logs"
+
+
+def _published_script(name: str, tmp_path: Path) -> Path:
+    """The record's train_gpt.py as published (bytes), written by `pgolf bench --extract-record`."""
     if not (MIRROR / "HEAD").exists():
         pytest.skip(f"no parameter-golf git mirror at {MIRROR}")
-    return subprocess.run(["git", "-C", str(MIRROR), "show", f"HEAD:{rel}"], capture_output=True, text=True,
-                          check=True).stdout
+    out = tmp_path / f"{name}_train_gpt.py"
+    assert main(["bench", "--extract-record", str(out), "--profile", name, "--mirror", str(MIRROR)]) == 0
+    return out
 
 
-def _recipe_env(name: str, core: bool = True) -> dict[str, str]:
-    """The record's environment for its recipe (the core settings under their names + the profile's)."""
-    from core.config import resolve
-    from core.registry import Registry
-    from pgolf.records import PROFILES, core_env
+@pytest.mark.parametrize("name", RECORDS)
+def test_profile_is_found_by_the_published_scripts_sha256(name, tmp_path):
+    from pgolf.records import PROFILES, profile_for
 
-    reg = Registry()
+    script = _published_script(name, tmp_path)
+    assert hashlib.sha256(script.read_bytes()).hexdigest() == PROFILES[name].sha256
+    assert profile_for(script, None).name == name
+    script.write_bytes(script.read_bytes() + b"\n")  # one byte more: not the published script
+    with pytest.raises(ValueError, match=r"not a known record script .*pass --profile NAME"):
+        profile_for(script, None)
+
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_profile_table_accounts_for_exactly_the_names_its_record_reads(name):
+    from record_tables import names_read, record_source
+
+    from pgolf.records import BENCH_NAMES, PROFILES
+
     profile = PROFILES[name]
-    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=profile.recipe, env={},
-                  check_plugins=reg.check, check_settings=reg.check_settings)
-    return {**(core_env(cfg, 2048) if core else {}), **profile.env(cfg, False)}
+    read = names_read(record_source(profile))
+    assert read <= profile.names(), f"read by the record, not in its table: {sorted(read - profile.names())}"
+    passed = {n for n in profile.names() if n.isupper()} - set(BENCH_NAMES)
+    assert passed <= read, f"in the table, never read by the record: {sorted(passed - read)}"
+    assert not set(profile.settings) & (set(profile.plugins) | set(profile.fixed))  # one row per name
 
 
-@pytest.mark.parametrize("name", ["pr315", "pr1493"])
-def test_profile_sets_only_names_its_record_reads(name):
-    from pgolf.records import PROFILES, decoded_source
+def _expected(raw: dict, forced: dict, ref):
+    """A table reference resolved on the recipe's TOML text (not the resolved config): the first candidate
+    that is a core key, an enabled plugin's key, or a literal; None when the TOML leaves it at the default."""
+    for cand in ref if isinstance(ref, tuple) else (ref,):
+        if not (isinstance(cand, str) and re.fullmatch(r"[a-z_]\w*\.[a-z_]\w*", cand)):
+            return cand
+        section, key = cand.split(".")
+        if section == "core":
+            return forced.get(key, raw["core"].get(key))
+        if section in raw["plugins"]:
+            return raw.get(section, {}).get(key)
+    return None
 
-    src = decoded_source(_mirror_file(f"{PROFILES[name].folder}/train_gpt.py"))
-    read = set(re.findall(r"""os\.environ\.get\(\s*["']([A-Z0-9_]+)["']""", src))
-    profile_keys = set(_recipe_env(name, core=False))
-    assert profile_keys and profile_keys <= read, sorted(profile_keys - read)
+
+def _commented(recipe: Path) -> list[tuple[str, str, object]]:
+    """(record name, section.key, value) of every recipe line `key = value  # NAME …`: the recipe's own notes of
+    which record variable each setting carries (independent of pgolf/records.py's tables)."""
+    out, section = [], "core"
+    for line in recipe.read_text().splitlines():
+        if m := re.fullmatch(r"\[(\w+)\]\s*", line):
+            section = m.group(1)
+        elif m := re.fullmatch(r"(\w+)\s*=\s*(.+?)\s+#\s*([A-Z][A-Z0-9_]+)(?=\s|$)(?!=).*", line):
+            out.append((m.group(3), f"{section}.{m.group(1)}", tomllib.loads(f"v = {m.group(2)}")["v"]))
+    return out
 
 
-def test_pr1493_recipe_maps_to_the_hyperparameters_its_record_logged():
+def _same(env_value: str, want) -> bool:
+    if isinstance(want, bool):
+        return env_value == ("1" if want else "0")
+    if isinstance(want, (int, float)):
+        return float(env_value) == float(want)
+    return env_value == str(want)
+
+
+@pytest.mark.parametrize("name", ["pr534", "pr609", "pr1855"])
+def test_bench_dry_run_gives_the_record_the_recipes_values_under_its_names(name, tmp_path, tiny_data,
+                                                                          tiny_caseops_data):
+    from core.config import load_recipe
     from pgolf.records import PROFILES
 
-    log = _mirror_file(f"{PROFILES['pr1493'].folder}/train_seed42.log")
-    logged = {k.upper(): v for k, v in re.findall(r"^  (\w+): (.*)$", log, re.M)}
-    env = _recipe_env("pr1493")
+    profile = PROFILES[name]
+    script = _published_script(name, tmp_path)
+    data = tiny_caseops_data[0] if name == "pr1855" else tiny_data
+    out = tmp_path / "b"
+    assert main(["bench", "--recipe", name, "--data", str(data), "--set", "core.vocab_size=320", "--out", str(out),
+                 "--vs", str(script), "--side", "record", "--dry-run", "--steps", "150", "--seed", "7",
+                 "--val-tokens", "4096"]) == 0
+    assert not (out / "record.log").exists()  # not run
+    env = json.loads((out / "record_env.json").read_text())
+    raw = load_recipe(Path(__file__).resolve().parents[1] / profile.recipe)
+    # the bench's own: its steps, seed and data, no wall clock, no mid-run validation
+    forced = {"iterations": 150, "seed": 7, "max_wallclock_seconds": 0, "val_loss_every": 0, "train_log_every": 10,
+              "vocab_size": 320}
+    if raw["core"].get("warmdown_iters", 0) > 0:
+        forced["warmdown_iters"] = 60  # 0.4 x 150: the core's iteration warmdown scaled to the bench's length
     compared = 0
-    for key, value in env.items():
-        if key not in logged or key == "SEED":  # the logs are seeds 42/314/999; the recipe's default is 1337
-            continue
-        want = logged[key]
-        same = (want == "True") == (value == "1") if want in ("True", "False") else float(want) == float(value) \
-            if re.fullmatch(r"[-\d.e+]+", want) else want == value
-        assert same, (key, value, want)
-        compared += 1
-    assert compared >= 60
+    for var, ref in profile.settings.items():
+        want = _expected(raw, forced, ref)
+        if want is not None:
+            assert _same(env[var], want), f"{name} {var}={env[var]}, the recipe's {ref}: {want}"
+            compared += 1
+    assert compared >= len(profile.settings) - 6, compared  # a few are left at their defaults by the TOML
+    noted = [(var, key, v) for var, key, v in _commented(Path(__file__).resolve().parents[1] / profile.recipe)
+             if var in env and not (key.startswith("core.") and key[5:] in forced)]
+    assert len(noted) >= 25, noted
+    for var, key, want in noted:  # the recipe's notes agree with what the record is given
+        assert _same(env[var], want), f"{name} {var}={env[var]}, the recipe notes {key} = {want} as {var}"
+    assert (env["ITERATIONS"], env["SEED"], env["VOCAB_SIZE"]) == ("150", "7", "320")
+    assert float(env["MAX_WALLCLOCK_SECONDS"]) == 0 and env["TRAIN_SEQ_LEN"] == "2048"
+    assert env["TRAIN_BATCH_TOKENS"] == str(raw["core"]["train_batch_tokens"]) == "786432"
+    assert env["WARMUP_STEPS"] == "20"
+    assert all(env[k] == v for k, v in profile.fixed.items() if k not in profile.skip_eval)
+    assert all(env[k] == v for k, v in profile.skip_eval.items())  # the bench skips the long evaluations
+    ds = Path(env["DATA_PATH"])
+    assert ds.parent.parent == out / "data" and sorted(ds.glob("fineweb_train_*.bin"))
+    assert Path(env["TOKENIZER_PATH"]).resolve().is_file()
+    val = ds / "fineweb_val_000000.bin"
+    n_val = (val.stat().st_size - 1024) // 2
+    assert n_val <= 4096 + 1
+    if name == "pr1855":  # CaseOps: the byte sidecar's prefix, token for token
+        assert env["CASEOPS_ENABLED"] == "1" and env["TTT_ENABLED"] == "0" and env["COMPRESSOR"] == "brotli"
+        sidecar = ds / "fineweb_val_bytes_000000.bin"
+        assert sidecar.stat().st_size == val.stat().st_size
+        from core.data import read_shard
+
+        src = sorted(Path(data).glob("fineweb_val_bytes_*.bin"))
+        want = np.concatenate([read_shard(f, None).numpy() for f in src])[:n_val]
+        assert np.array_equal(read_shard(sidecar, None).numpy(), want)
+
+
+def test_bench_refuses_caseops_record_on_data_without_a_sidecar(tmp_path, tiny_data, capsys):
+    script = _published_script("pr1855", tmp_path)
+    assert main(["bench", "--recipe", "pr1855", "--data", str(tiny_data), "--set", "core.vocab_size=320", "--out",
+                 str(tmp_path / "b"), "--vs", str(script), "--side", "record", "--dry-run", "--val-tokens",
+                 "4096"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(r"\(pr1855\) reads CaseOps data: .* has no byte sidecar "
+                                       r"fineweb_val_bytes_\*\.bin", err[0]), err
+
+
+LOG_EXPECT = {  # from the fixture lines, by hand
+    "pr534": dict(steps={1: (6.9328, 150.0), 2: (8.8303, 263.0), 200: (2.4242, 26353.0), 400: (2.4424, 56529.0)},
+                  last_val_bpb=1.1770, peak_memory_bytes=20590 * 2**20, artifact={"int8+zstd": 15896909},
+                  total_submission_bytes=15949473, mode_switches={"late_qat": 4070}),
+    "pr609": dict(steps={1: (6.9302, 127.0), 2: (8.6985, 158.0), 500: (2.3868, 42978.0), 1000: (2.2558, 86080.0)},
+                  last_val_bpb=1.1363, peak_memory_bytes=22850 * 2**20, artifact={"int6+lzma": 15825516},
+                  total_submission_bytes=15933191, mode_switches={"swa": 6250, "late_qat": 6407}),
+    # cumulative tok/s: time = step x 786,432 / rate (8 GPUs' tokens per step)
+    "pr1855": dict(steps={s: (loss, 1000.0 * s * 786432 / rate) for s, loss, rate in
+                          ((1, 9.0087, 17921784), (2, 12.8281, 4839117), (500, 2.5615, 8217810),
+                           (1000, 2.8022, 8195099))},
+                   last_val_bpb=1.0756, peak_memory_bytes=41717 * 2**20, artifact={"quantized+pergroup": 15865260},
+                   total_submission_bytes=15897259, mode_switches={"layer_loop": 2178}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOG_EXPECT))
+def test_record_log_lines_parse(name):
+    from pgolf.records import parse_log
+
+    got = parse_log((FIXTURES / f"{name}.log").read_text(), 786432)
+    want = LOG_EXPECT[name]
+    assert got["steps"].keys() == want["steps"].keys()
+    for s, (loss, ms) in want["steps"].items():
+        assert got["steps"][s] == (pytest.approx(loss), pytest.approx(ms))
+    for key in ("last_val_bpb", "peak_memory_bytes", "artifact", "total_submission_bytes", "mode_switches"):
+        assert got[key] == want[key], key
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_varlen_stand_in_attends_within_each_packed_document():
+    """The shim's flash_attn_varlen_func (PR #1855 trains on packed documents) against SDPA run document by
+    document (causal inside each segment; segments cut at 128 tokens, cu_seqlens padded with N as the record's)."""
+    import types
+    from itertools import pairwise
+
+    import torch
+    import torch.nn.functional as F
+
+    from pgolf.bench import SHIM
+
+    shim = types.ModuleType("shim")
+    exec(compile(SHIM, "flash_attn_interface.py", "exec"), shim.__dict__)
+    gen = torch.Generator().manual_seed(0)
+    n, heads, kv_heads, dim = 640, 4, 2, 16
+    starts = [0, 100, 228, 300, 301, 517]  # 100..300 cut at 128 (max_seqlen), a one-token document at 300
+    cu = torch.full((64,), n, dtype=torch.int32)
+    cu[: len(starts) + 1] = torch.tensor([*starts, n])
+    q, k, v = (torch.randn(n, h, dim, generator=gen) for h in (heads, kv_heads, kv_heads))
+    with torch.no_grad():
+        got = shim.flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=128,
+                                          max_seqlen_k=128, causal=True, window_size=(-1, -1))
+    want = torch.cat([F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                                     v[a:b].transpose(0, 1), is_causal=True, enable_gqa=True
+                                                     ).transpose(0, 1) for a, b in pairwise([*starts, n])])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    whole = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True,
+                                           enable_gqa=True).transpose(0, 1)
+    assert not torch.allclose(got[100:], whole[100:], atol=1e-3)  # not plain causal attention over the pack
 
 
 def test_attention_flops_count_grouped_query_heads_as_the_query_heads():
