@@ -79,7 +79,7 @@ class GPTQLite(Plugin):
     name = "gptq_lite"
     family = "export"
     summary = "Int6 per-row with a clip-percentile search per matrix (lowest reconstruction MSE)."
-    sources = ("openai/parameter-golf#414", "openai/parameter-golf#379")
+    sources = ("openai/parameter-golf#414", "openai/parameter-golf#379", "openai/parameter-golf#534")
     config = GPTQLiteConfig
     provides = ("quantizer",)
     test_settings = {"gptq_lite": {"keep_float_max_numel": 0}}

@@ -63,7 +63,7 @@ class MixedBitsConfig:
     bits_overrides: str = field(default="", metadata={
         "help": "per-tensor bits over the family's: comma-separated glob=bits on state-dict names "
                 "(fnmatch, '*' crosses dots; e.g. 'blocks.0.*=8, blocks.1[01].mlp.*=5'); the first "
-                "matching pattern wins; bits 2..8 or 16"})
+                "matching pattern wins; bits 2..8 or 16; small and control tensors still pass through"})
 
     def __post_init__(self) -> None:
         for family in FAMILIES:
