@@ -3,7 +3,8 @@
 For each int-k matrix try the row-clip percentiles {0.999, 0.9995, 0.9999, 0.99999, 1.0} of |w| (1.0 is
 the row maximum), quantize with scale = clip/31 and codes in [-31, 31], and keep the candidate with the
 lowest mean squared reconstruction error: one choice per matrix as in the record, or per row
-(`per_row = true`, never worse). Everything else follows the mixed policy of `quant_mixed`.
+(`per_row = true`, never worse). Everything else follows the mixed policy of `quant_mixed`; with
+`search_int8` 8-bit tensors are searched too, as PR #534 does for its int8 layers.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ class GPTQLiteConfig(MixedBitsConfig):
     percentiles: str = field(default="0.999,0.9995,0.9999,0.99999,1.0", metadata={
         "help": "comma-separated row-clip quantiles of |w| to try (1.0 = row max)"})
     per_row: bool = field(default=False, metadata={"help": "choose the clip per row instead of per matrix"})
+    search_int8: bool = field(default=False, metadata={
+        "help": "8-bit tensors get the search too (clip/127, codes [-127, 127]; PR #534) instead of the "
+                "baseline int8 rule"})
 
 
 def parse_percentiles(text: str) -> list[float]:
@@ -75,7 +79,7 @@ class GPTQLite(Plugin):
     name = "gptq_lite"
     family = "export"
     summary = "Int6 per-row with a clip-percentile search per matrix (lowest reconstruction MSE)."
-    sources = ("openai/parameter-golf#414", "openai/parameter-golf#379")
+    sources = ("openai/parameter-golf#414", "openai/parameter-golf#379", "openai/parameter-golf#534")
     config = GPTQLiteConfig
     provides = ("quantizer",)
     test_settings = {"gptq_lite": {"keep_float_max_numel": 0}}
@@ -89,4 +93,5 @@ class GPTQLite(Plugin):
         def clip(t32: Tensor, qmax: int) -> Tensor:
             return search_clip(t32, qmax, self.percentiles, self.cfg.per_row)
 
-        return policy_quantize(name, tensor, self.cfg, clip, extra_negative=False, method="gptq_lite")
+        return policy_quantize(name, tensor, self.cfg, clip, extra_negative=False, method="gptq_lite",
+                               baseline_int8=not self.cfg.search_int8)

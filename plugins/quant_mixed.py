@@ -3,6 +3,7 @@
 PR #315's rule: attention and MLP matrices get per-row int6 codes with scale = rowmax/31 (fp16, floored
 at 1/31) and codes in [-32, 31]; the embedding keeps the baseline's int8 percentile rule; small and
 control tensors pass through as floats. Codes live in int8 containers; the codec squeezes the unused bits.
+`bits_overrides` sets bits per tensor by name glob over the family's (e.g. PR #534's int8 first/last block).
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ class QuantMixedConfig(MixedBitsConfig):
 class QuantMixed(Plugin):
     name = "quant_mixed"
     family = "export"
-    summary = "Per-family bit widths: int6 per-row (rowmax/31, [-32, 31]) for attn/MLP, int8 embedding."
-    sources = ("openai/parameter-golf#315", "openai/parameter-golf#180")
+    summary = ("Per-family bit widths (per-tensor overrides by name glob): int6 per-row (rowmax/31, [-32, 31]) "
+               "for attn/MLP, int8 embedding.")
+    sources = ("openai/parameter-golf#315", "openai/parameter-golf#180", "openai/parameter-golf#534")
     config = QuantMixedConfig
     provides = ("quantizer",)
     test_settings = {"quant_mixed": {"keep_float_max_numel": 0}}

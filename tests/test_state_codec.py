@@ -249,8 +249,8 @@ def test_pergroup_plugin_per_group_codecs_and_errors():
     assert group_codecs <= {"zlib", "zstd", "brotli", "lzma"}
     records, _ = ex.decode_artifact(blob, ex.decoders_of(ex.ZlibCodec(), layout))
     assert all(torch.equal(records[n].data, q.data) for n, q in qstate.items())
-    with pytest.raises(ValueError, match="compress_pergroup.group_codec: unknown codec 'lrzip'"):
-        plugin(plugin.config(group_codec="lrzip")).pg_state_codec(config=None)
+    with pytest.raises(ValueError, match="compress_pergroup.group_codec: unknown codec 'zpaq'"):
+        plugin(plugin.config(group_codec="zpaq")).pg_state_codec(config=None)
 
 
 # --- through the run's export phase ---------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli (+ byte shuffle), and "auto" (smallest).
+"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli (+ byte shuffle), "auto" (smallest), and
+lrzip (the external `lrzip` binary, PR #1855's per-group codec).
 
 Byte shuffle (PR #1089 -> #1179 -> #1493 `_byte_shuffle`): before compression, all bytes at offsets
 0 mod s, then 1 mod s, ... (stride s = 2 in the records), behind the 5-byte prefix `BSHF` + stride; the
@@ -13,7 +14,12 @@ truncated or trailing data (`core.export` helpers).
 from __future__ import annotations
 
 import lzma
+import shutil
+import struct
+import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,10 +240,61 @@ class AutoCodec:
         return list(self.candidates)
 
 
+LRZIP_MAGIC = b"LRZI"
+
+
+class LrzipCodec:
+    """`lrzip -z -L <level>` (rzip long-range matching, then ZPAQ context mixing; PR #1855 runs `-z -L 9` on
+    each tensor group) through the `lrzip` binary on PATH, one temporary file each way, as the record.
+
+    Not a Python package: `available()` says whether this machine can encode or decode it. Decoding reads
+    the expanded size from the lrzip header (`LRZI`, version, little-endian u64 at offset 6) before running
+    the binary, so the size cap holds without writing the output first."""
+
+    name = "lrzip"
+
+    def __init__(self, level: int = 9, binary: str = "lrzip") -> None:
+        if not 1 <= level <= 9:
+            raise ValueError(f"lrzip level must be in 1..9, got {level}")
+        self.level = level
+        self.binary = binary
+
+    def available(self) -> bool:
+        return shutil.which(self.binary) is not None
+
+    def _run(self, args: list[str], src: bytes, what: str) -> bytes:
+        exe = shutil.which(self.binary)
+        if exe is None:
+            raise ArtifactError(f"lrzip: the {self.binary!r} binary is not on PATH (needed to {what}; "
+                                f"apt install lrzip)")
+        with tempfile.TemporaryDirectory(prefix="pgolf_lrzip_") as tmp:
+            inp, out = Path(tmp) / "in", Path(tmp) / "out"
+            inp.write_bytes(src)
+            proc = subprocess.run([exe, *args, "-q", "-f", "-o", str(out), str(inp)], capture_output=True)
+            if proc.returncode != 0 or not out.exists():
+                msg = proc.stderr.decode(errors="replace").strip().splitlines()
+                raise ArtifactError(f"lrzip {what} failed (exit {proc.returncode}: {msg[-1] if msg else 'no output'})")
+            return out.read_bytes()
+
+    def compress(self, data: bytes) -> bytes:
+        return self._run(["-z", "-L", str(self.level)], data, "compress")
+
+    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
+        if len(data) < 14 or data[:4] != LRZIP_MAGIC:
+            raise ArtifactError("lrzip payload has no LRZI header (corrupt payload)")
+        (expanded,) = struct.unpack_from("<Q", data, 6)
+        if expanded > max_size:
+            raise too_big(self.name, max_size)
+        out = self._run(["-d"], data, "decompress")
+        if len(out) != expanded:
+            raise ArtifactError(f"lrzip payload expanded to {len(out)} bytes, its header says {expanded}")
+        return out
+
+
 CODECS: dict[str, type] = {"zlib": ZlibCodec, "lzma": LzmaCodec, "zstd": ZstdCodec, "brotli": BrotliCodec}
 
 
 def all_decoders() -> dict[str, Codec]:
     """name -> a decoder for every codec pgolf ships (codec parameters come from the artifact header);
     `plugins.lib.decoders.all_decoders` adds the state codecs (layouts)."""
-    return {name: cls() for name, cls in CODECS.items()}
+    return {**{name: cls() for name, cls in CODECS.items()}, LrzipCodec.name: LrzipCodec()}

@@ -8,8 +8,8 @@ group is one stream with its own codec; everything else (scales, passthrough ten
 factors) is one torch.save'd stream of ordinary records whose grouped `data` is left empty.
 
 The record compresses each group with `lrzip -z -L 9` (ZPAQ, an external binary) and the rest with
-brotli-11 (lgwin 24). pgolf has no lrzip dependency: the `compress_pergroup` plugin chooses the smallest
-of zlib/zstd/brotli/lzma per group instead (or one named codec).
+brotli-11 (lgwin 24). The `compress_pergroup` plugin uses lrzip when its binary is on PATH, else a
+fallback (by default the smallest of zlib/zstd/brotli/lzma per group); each stream's codec is in the header.
 """
 
 from __future__ import annotations
@@ -58,19 +58,22 @@ def similarity_order(matrix: np.ndarray) -> np.ndarray:
 
 class PerGroupStateCodec:
     """A `core.export.StateCodec`: one stream per tensor role (int8 codes), one for the rest, one for the
-    row permutations. `group_codec`/`rest_codec`/`perm_codec` None: the run's codec."""
+    row permutations. `group_codec`/`rest_codec`/`perm_codec` None: the run's codec; `also_decodes`: codecs
+    this run may find in an artifact besides its own (lrzip where the run fell back)."""
 
     name = "pergroup"
 
     def __init__(self, groups: Sequence[str] = RECORD_GROUPS, simsort: Sequence[str] = RECORD_SIMSORT,
                  group_codec: Codec | None = None, rest_codec: Codec | None = None,
-                 perm_codec: Codec | None = None) -> None:
+                 perm_codec: Codec | None = None, also_decodes: Sequence[Codec] = ()) -> None:
         self.groups = tuple(groups)
         self.simsort = frozenset(simsort)
         self.group_codec, self.rest_codec, self.perm_codec = group_codec, rest_codec, perm_codec
+        self.also_decodes = list(also_decodes)
 
     def codecs(self) -> list[Codec]:
-        return [c for c in (self.group_codec, self.rest_codec, self.perm_codec) if c is not None]
+        own = [c for c in (self.group_codec, self.rest_codec, self.perm_codec) if c is not None]
+        return own + [c for c in self.also_decodes if c.name not in {o.name for o in own}]
 
     def encode(self, qstate: Mapping[str, QTensor]) -> tuple[list[Stream], dict[str, Any]]:
         members: dict[str, list[int | None]] = {g: [] for g in self.groups}

@@ -6,6 +6,8 @@ control tensors included), fp32 passthrough for larger control tensors, fp16 for
 the baseline int8 rule for families set to 8 bits (unless the caller clips int8 rows itself), and per-row
 int-k codes (k in 2..8, stored in int8 containers, scheme "intk_per_row"; 1-D tensors get one scale,
 "intk_per_tensor") for the others. The plugins differ only in how they choose each row's clip (`RowClip`).
+Bits come per family (`attn_bits`, …) or per tensor: `bits_overrides` maps name globs to bits, as PR #534
+(blocks 0 and 10 int8, 1-9 int6), PR #39 (int6 on layers 3-6) and PR #180 (fp16 last-layer c_k) set them.
 
 Also here: the full-Hessian GPTQ column solver (PR #1019 / #1060 / #1394 `gptq_quantize_weight`) shared by
 the `gptq` plugin and its tests.
@@ -13,6 +15,9 @@ the `gptq` plugin and its tests.
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,14 +60,72 @@ class MixedBitsConfig:
     other_bits: int = field(default=8, metadata={"help": "other large float tensors"})
     keep_float_max_numel: int = field(default=65_536, metadata={
         "help": "float tensors with at most this many elements pass through as fp16"})
+    bits_overrides: str = field(default="", metadata={
+        "help": "per-tensor bits over the family's: comma-separated glob=bits on state-dict names "
+                "(fnmatch, '*' crosses dots; e.g. 'blocks.0.*=8, blocks.1[01].mlp.*=5'); the first "
+                "matching pattern wins; bits 2..8 or 16; small and control tensors still pass through"})
+
+    def __post_init__(self) -> None:
+        for family in FAMILIES:
+            bits = getattr(self, f"{family}_bits")
+            if not valid_bits(bits):
+                raise ValueError(f"{family}_bits: expected 2..8 or 16, got {bits!r}")
+        parse_bits_overrides(self.bits_overrides)
+
+
+def valid_bits(bits: object) -> bool:
+    return isinstance(bits, int) and not isinstance(bits, bool) and (2 <= bits <= 8 or bits == 16)
+
+
+_GLOB_CHARS = re.compile(r"^[A-Za-z0-9_.*?!\[\]-]+$")
+_GLOB_CLASS = re.compile(r"\[!?[^\[\]]+\]")
+
+
+@functools.lru_cache(maxsize=64)
+def parse_bits_overrides(text: str) -> tuple[tuple[str, int], ...]:
+    """`"glob=bits, glob=bits"` -> ((glob, bits), ...) in order; a one-line ValueError naming the entry.
+
+    A glob is an fnmatch pattern over state-dict names (letters, digits, `_ . - * ? ! [ ]`, brackets
+    balanced and non-empty); bits are 2..8 or 16 (fp16)."""
+    out = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        glob, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep or not glob:
+            raise ValueError(f"bits_overrides: entry {entry!r}: expected glob=bits (e.g. 'blocks.0.*=8')")
+        if not _GLOB_CHARS.match(glob) or "[" in _GLOB_CLASS.sub("", glob) or "]" in _GLOB_CLASS.sub("", glob):
+            raise ValueError(f"bits_overrides: bad glob {glob!r} (expected a name pattern of letters, digits, "
+                             f"_ . - * ? and balanced [...] classes)")
+        try:
+            bits = int(value)
+        except ValueError:
+            bits = None
+        if not valid_bits(bits):
+            raise ValueError(f"bits_overrides: {glob!r}={value!r}: expected bits in 2..8 or 16")
+        assert bits is not None
+        out.append((glob, bits))
+    return tuple(out)
+
+
+def override_bits(cfg: MixedBitsConfig, name: str) -> int | None:
+    """The bits of the first `bits_overrides` glob matching `name` (None: no override)."""
+    for glob, bits in parse_bits_overrides(cfg.bits_overrides):
+        if fnmatch.fnmatchcase(name, glob):
+            return bits
+    return None
 
 
 def bits_for(cfg: MixedBitsConfig, name: str) -> int:
+    """`name`'s bits: the first matching `bits_overrides` glob, else its family's setting."""
+    bits = override_bits(cfg, name)
+    if bits is not None:
+        return bits
     family = tensor_family(name)
-    bits = int(getattr(cfg, f"{family}_bits", cfg.other_bits))
-    if not (2 <= bits <= 8 or bits == 16):
+    bits = getattr(cfg, f"{family}_bits", cfg.other_bits)
+    if not valid_bits(bits):
         raise ValueError(f"{family}_bits must be in 2..8 or 16, got {bits}")
-    return bits
+    return int(bits)
 
 
 def qmax_of(bits: int) -> int:
