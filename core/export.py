@@ -1,6 +1,7 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-Core defaults: the baseline's int8 rule and zlib-9; plugins bring quantizers, codecs and state codecs.
+The core writes zlib-9 and reads the int8/int-k/passthrough schemes; plugins bring quantizers (the default:
+`plugins.quant_int8`, the baseline's rule), codecs and state codecs.
 An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`; decoding checks every size
 against a cap and every SHA-256, and loads tensors only with `torch.load(weights_only=True)`.
 """
@@ -20,16 +21,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from core.model import CONTROL_TENSOR_NAME_PATTERNS as BASELINE_CONTROL_PATTERNS
-
-KEEP_FLOAT_MAX_NUMEL = 65_536
-INT8_CLIP_Q = 99.99984 / 100.0
 MAX_DECOMPRESSED = 512 * 1024 * 1024
 MAGIC = b"PGOLF\x00"
 FORMAT_VERSION = 2
 ARTIFACT_KEY = "__pgolf_artifact__"
 _PREFIX = struct.Struct("<HI")  # version, header length
-_QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
 
 
 class ArtifactError(ValueError):
@@ -139,58 +135,17 @@ SCHEMES: Mapping[str, DequantizeFn] = MappingProxyType({
 })
 
 
-def _quantile_flat(x: Tensor, q: float, force_manual: bool = False) -> float:
-    """torch.quantile(x.flatten(), q) (linear), also past torch's 2**24-element limit, same float32 math."""
-    x = x.flatten()
-    if x.numel() <= _QUANTILE_MAX_NUMEL and not force_manual:
-        return float(torch.quantile(x, q).item())
-    if bool(torch.isnan(x).any()):
-        return float("nan")
-    rank = torch.tensor([q], dtype=x.dtype) * (x.numel() - 1)
-    lo, hi = int(rank.item()), int(torch.ceil(rank).item())
-    below = torch.kthvalue(x, lo + 1).values.reshape(1)
-    above = torch.kthvalue(x, hi + 1).values.reshape(1)
-    return float(torch.lerp(below, above, rank - lo).item())
-
-
-def int8_quantize(name: str, t: Tensor,
-                  keep_fp32_patterns: tuple[str, ...] = BASELINE_CONTROL_PATTERNS) -> QTensor:
-    """The baseline's int8 rule for one tensor; dequantized values are bit-identical to its own."""
-    t = t.detach().to("cpu").contiguous()
-    shape = tuple(t.shape)
-    if not t.is_floating_point():
-        return QTensor("passthrough", t, None, _dtype_name(t), shape)
-    if t.numel() <= KEEP_FLOAT_MAX_NUMEL:
-        if any(p in name for p in keep_fp32_patterns):
-            kept = t.float().contiguous()
-        elif t.dtype in (torch.float32, torch.bfloat16):
-            kept = t.to(torch.float16).contiguous()
-        else:
-            kept = t
-        return QTensor("passthrough", kept, None, _dtype_name(t), shape, {"store": _dtype_name(kept)})
-    t32 = t.float()
-    if t32.ndim == 2:
-        clip = torch.quantile(t32.abs(), INT8_CLIP_Q, dim=1)
-        clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
-        scale = (clip / 127.0).clamp_min(1.0 / 127.0)
-        codes = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8).contiguous()
-        return QTensor("int8_per_row", codes, scale.to(torch.float16).contiguous(), _dtype_name(t), shape)
-    clip_abs = _quantile_flat(t32.abs(), INT8_CLIP_Q)
-    scale_t = torch.tensor(clip_abs / 127.0 if clip_abs > 0 else 1.0, dtype=torch.float32)
-    codes = torch.clamp(torch.round(torch.clamp(t32, -clip_abs, clip_abs) / scale_t), -127, 127)
-    return QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, _dtype_name(t), shape)
-
-
 def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn],
                         schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, QTensor]:
-    """For each tensor the first quantizer that returns a QTensor wins; `int8_quantize` is the last resort.
+    """For each tensor the first quantizer that returns a QTensor wins (none: a ValueError naming the tensor).
     Every record's scheme must have a dequantizer in `schemes` (the run's; the core's by default)."""
     schemes = SCHEMES if schemes is None else schemes
     out: dict[str, QTensor] = {}
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
         q = next((q for q in (fn(name, t) for fn in quantizers) if q is not None), None)
-        q = int8_quantize(name, t) if q is None else q
+        if q is None:
+            raise ValueError(f"tensor {name!r}: no quantizer returned a QTensor")
         if not isinstance(q, QTensor):
             raise TypeError(f"quantizer returned {type(q).__name__} for {name!r}, expected QTensor or None")
         if q.scheme not in schemes:
