@@ -59,11 +59,9 @@ class Plugin:
 
 
 def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
-    return [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Plugin) and obj is not Plugin and obj.__module__ == module.__name__
-    ]
+    """The Plugin subclasses `module` defines (not those it imports)."""
+    return [obj for obj in vars(module).values() if inspect.isclass(obj) and issubclass(obj, Plugin)
+            and obj is not Plugin and obj.__module__ == module.__name__]
 
 
 def _check_metadata(cls: type[Plugin], origin: str) -> None:
@@ -132,10 +130,8 @@ class Registry:
 
     def check(self, enabled: Sequence[str]) -> list[str]:
         """Errors for unknown names, conflicts and missing requirements (all of them, one line each)."""
-        errors = []
-        for name in enabled:
-            if name not in self.plugins:
-                errors.append(f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'")
+        errors = [f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'"
+                  for name in enabled if name not in self.plugins]
         known = list(dict.fromkeys(n for n in enabled if n in self.plugins))
         reported: set[frozenset[str]] = set()
         for i, name in enumerate(known):
@@ -181,9 +177,8 @@ class Registry:
         must_follow: dict[str, set[str]] = {n: set() for n in names}  # a: plugins registered before a
         for n in names:
             must_follow[n].update(o for o in self.plugins[n].before if o in must_follow)
-            for other in self.plugins[n].after:
-                if other in must_follow:
-                    must_follow[other].add(n)
+            for other in (o for o in self.plugins[n].after if o in must_follow):
+                must_follow[other].add(n)
         order: list[str] = []
         while len(order) < len(names):
             ready = [n for n in names if n not in order and must_follow[n] <= set(order)]
@@ -201,7 +196,6 @@ def make_manager(registry: Registry, config: Any, core_impl: object | None = Non
     if core_impl is not None:
         pm.register(core_impl, name="core")
     for name in registry.registration_order(registry.run_plugins(config.plugins)):
-        cls = registry.plugins[name]
-        pm.register(cls(config.plugin_configs.get(name)), name=name)
+        pm.register(registry.plugins[name](config.plugin_configs.get(name)), name=name)
     pm.check_pending()
     return pm

@@ -188,12 +188,9 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     if core.grad_accum_steps == 0 and 8 % run.world_size != 0:
         raise ConfigError([f"WORLD_SIZE={run.world_size} must divide 8 (or set PGOLF_GRAD_ACCUM_STEPS)"])
     run.eval_seq_len = core.eval_seq_len or core.train_seq_len
-    data_dir, tok_path = resolve_data(run)
-    run.data_dir = data_dir
-    run.train_files = shard_files(data_dir, "train")
-    run.val_files = shard_files(data_dir, "val")
-    run.tokenizer = load_tokenizer(tok_path, core.vocab_size)
-    run.tokenizer_path = tok_path
+    run.data_dir, run.tokenizer_path = resolve_data(run)
+    run.train_files, run.val_files = shard_files(run.data_dir, "train"), shard_files(run.data_dir, "val")
+    run.tokenizer = load_tokenizer(run.tokenizer_path, core.vocab_size)
     run.byte_tables = run.hook.pg_byte_tables(run=run, tokenizer=run.tokenizer).to(run.device)
     val = load_validation_tokens(run.val_files, run.eval_seq_len, core.vocab_size)
     if core.val_max_tokens > 0:
@@ -323,11 +320,9 @@ def log_run_header(run: Run) -> int:
     run.log(f"model_params:{n_params}")
     run.log(f"world_size:{run.world_size} grad_accum_steps:{run.grad_accum_steps}")
     run.log(f"device:{run.device} attention_backend:{run.attention} compiled:{should_compile(run)}")
-    run.log(
-        f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} "
-        f"iterations:{core.iterations} warmup_steps:{core.warmup_steps} "
-        f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}"
-    )
+    run.log(f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} iterations:"
+            f"{core.iterations} warmup_steps:{core.warmup_steps} "
+            f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}")
     if core.deterministic:
         run.log("deterministic:true schedule:iterations (the wall-clock cap is not applied) kernels:deterministic")
     if run.modes:
@@ -422,10 +417,8 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             eval_graphs += compiled_graph_count() - graphs_before_eval
             last_val_bpb = res.val_bpb
             progress.phase("train")
-            run.log(
-                f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
-                f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms"
-            )
+            run.log(f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+                    f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
             run.event("val", step=step, val_loss=res.val_loss, val_bpb=res.val_bpb, train_time_ms=training_time_ms)
             run.synchronize()
             t0 = time.perf_counter()
@@ -492,15 +485,12 @@ def finite_loss(run: Run, progress: Any, step: int, train_loss: torch.Tensor) ->
 
 
 def make_clock(run: Run, budget: Budget, step: int, elapsed_ms: float) -> Clock:
-    core = run.core
-    warm = core.muon_momentum_warmup_steps
+    core, warm = run.core, run.core.muon_momentum_warmup_steps
     frac_m = min(step / warm, 1.0) if warm > 0 else 1.0
     frac = elapsed_ms / budget.loop_ms if budget.loop_ms else step / core.iterations
-    return Clock(
-        step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
-        lr_mul=budget.lr_mul(core, step, elapsed_ms),
-        muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum,
-    )
+    return Clock(step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
+                 lr_mul=budget.lr_mul(core, step, elapsed_ms),
+                 muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum)
 
 
 def reached_cap(run: Run, budget: Budget, elapsed_ms: float) -> bool:
