@@ -58,8 +58,7 @@ def _fa4_fwd_kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     from flash_attn.cute import flash_attn_func  # type: ignore[import-not-found]
 
     with torch.no_grad():
-        out, lse = flash_attn_func(q, k, v, causal=True, return_lse=True)
-    return out, lse
+        return flash_attn_func(q, k, v, causal=True, return_lse=True)
 
 
 def _fa4_bwd_kernel(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor):
@@ -96,9 +95,7 @@ def _(q, k, v, out, dout, lse):
 
 
 def _fa4_setup(ctx, inputs, output) -> None:
-    q, k, v = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(*inputs, *output)  # q, k, v, out, lse
 
 
 def _fa4_backward(ctx, dout: Tensor, dlse: Tensor | None):

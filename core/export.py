@@ -271,12 +271,9 @@ def load_records(raw: bytes, where: str = "artifact") -> dict[str, QTensor]:
 def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str,
                     state_codec: StateCodec | None = None) -> bytes:
     """MAGIC | u16 version | u32 header length | JSON header | the compressed streams, concatenated.
-
-    `state_codec` splits `qstate` into streams, each compressed with its own codec or `codec`; without one
-    the layout is "torch": one stream, `save_records(qstate)`. The header's "codec" is the stream's codec
-    name for the torch layout (the run's label), else the layout's name; "raw_bytes"/"payload_bytes" are
-    totals over the streams.
-    """
+    `state_codec` splits `qstate` into streams, each compressed with its own codec or `codec` (none: the "torch"
+    layout, one `save_records` stream). The header's "codec" is the stream's codec for the torch layout, else
+    the layout's name; "raw_bytes"/"payload_bytes" are totals over the streams."""
     if state_codec is None:
         layout, (streams, manifest) = "torch", ([Stream("state", save_records(qstate))], {})
     else:

@@ -226,8 +226,7 @@ class MLP(nn.Module):
         self.proj._zero_init = True
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.fc(x))
-        return self.proj(x.square())
+        return self.proj(torch.relu(self.fc(x)).square())
 
 
 class SequentialResidual(nn.Module):
@@ -338,10 +337,8 @@ class GPT(nn.Module):
 
     def set_schedule(self, schedule: LayerSchedule) -> None:
         """Install a layer schedule; the skip weights are re-made (ones, no random draw) for its count."""
-        self.schedule = schedule
-        weight = self.skip_weights
-        self.skip_weights = nn.Parameter(torch.ones(schedule.skip_count(), weight.size(1), dtype=weight.dtype,
-                                                    device=weight.device))
+        self.schedule, weight = schedule, self.skip_weights
+        self.skip_weights = nn.Parameter(weight.new_ones(schedule.skip_count(), weight.size(1)))
 
     def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         ctx: dict[str, Tensor] = {"input_ids": input_ids}

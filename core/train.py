@@ -392,7 +392,6 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     """The measured loop (baseline semantics): validation every `val_loss_every` steps and at the end, the
     schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
     core, base = run.core, run.model
-    muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
     pending_modes = list(run.modes)
     loader = new_loader(run)
     run.hook.pg_train_start(run=run)
@@ -439,12 +438,11 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         train_loss = stepper.forward_backward(loader)
         loss_now = finite_loss(run, progress, step + 1, train_loss) if check_every_step else None
         run.hook.pg_before_step(run=run, step=step, clock=clock)
-        for opt in muon_opts:
-            for group in opt.param_groups:
-                group["momentum"] = clock.muon_momentum
         for opt in run.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * clock.lr_mul
+                if isinstance(opt, Muon):
+                    group["momentum"] = clock.muon_momentum
         if core.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(base.parameters(), core.grad_clip_norm)
         stepper.optimizer_step()
