@@ -19,10 +19,8 @@ from torch import Tensor, nn
 
 from core.attention import attend
 
-CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = (
-    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
-)
+CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
+                                                 "resid_mixes", "q_gain", "skip_weight", "skip_weights")
 
 GROUP_ATTR = "_pg_group"
 

@@ -27,7 +27,7 @@ def test_core_imports_nothing_above_it():
 
 # Issue #11: core/ at most 3,000 lines. Core is not there yet; this ceiling only ratchets down (lower it as core
 # shrinks, never raise it) so that core cannot grow back.
-CORE_LINE_CEILING = 3_358
+CORE_LINE_CEILING = 3_356
 
 
 def test_core_stays_under_its_line_ceiling():
