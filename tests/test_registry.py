@@ -115,6 +115,8 @@ def test_cli_plugins_list_and_show(capsys):
     assert "smeargate" in out and "openai/parameter-golf#315" in out
     assert main(["plugins", "show", "ema"]) == 0
     assert '"decay"' in capsys.readouterr().out
+    assert main(["plugins", "show", "quant_int8"]) == 0
+    assert '"default": true' in capsys.readouterr().out
     assert main(["plugins", "show", "emaa"]) == 2
     assert "unknown plugin 'emaa' (did you mean 'ema'?)" in capsys.readouterr().err
 
