@@ -35,8 +35,9 @@ from core import export as ex  # noqa: E402
 from core.config import resolve  # noqa: E402
 from core.registry import Registry  # noqa: E402
 from core.scoring import evaluate, synthetic_warmup  # noqa: E402
-from core.train import export_and_evaluate, setup, should_compile, shutdown  # noqa: E402
+from core.train import export_artifact, final_eval, setup, should_compile, shutdown  # noqa: E402
 from plugins.lib import codecs  # noqa: E402
+from submissions.bundle import bundle_size  # noqa: E402
 
 REC_BYTES_RE = re.compile(r"^Serialized model int6\+(\w+): (\d+) bytes", re.M)
 REC_RT_RE = re.compile(r"^final_int6_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)", re.M)
@@ -89,7 +90,7 @@ def main() -> None:
         sets.append(f"core.tokenizer_path={args.tokenizer}")
     cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=recipe, sets=sets,
                   check_plugins=registry.check)
-    run = setup(cfg, registry)
+    run = setup(cfg, registry, code_size=bundle_size)
     try:
         state = torch.load(args.weights, map_location="cpu", weights_only=True)
         mapped = {pgolf_name(k): v for k, v in state.items()}
@@ -102,7 +103,7 @@ def main() -> None:
                      "float_eval_ms": res.eval_time_ms}
         print(f"float: val_bpb {res.val_bpb:.6f} ({res.eval_time_ms:.0f} ms)", flush=True)
 
-        fields = export_and_evaluate(run)
+        fields = final_eval(run, *export_artifact(run))
         out.update(pgolf_model_bytes=fields["model_bytes"], pgolf_code_bytes=fields["code_bytes"],
                    pgolf_label=fields["artifact_label"], pgolf_roundtrip_val_bpb=fields["val_bpb"],
                    roundtrip_eval_ms=fields["eval_time_ms"])

@@ -11,15 +11,17 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
 MEASURED = ("fa3", "fa4", "cudnn", "flash")  # what `auto` times on CUDA, in order of preference on a tie
 SDPA_SETS = {"cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION"), "flash": ("FLASH_ATTENTION",),
              "efficient": ("EFFICIENT_ATTENTION",), "math": ("MATH",)}  # the SDPA kernels each choice enables
+PACKAGES = {"fa3": ("flash_attn_interface", "flash_attn_3"), "fa4": ("flash_attn.cute", "flash-attn-4")}
 
 
 class AttnShape(NamedTuple):
@@ -30,19 +32,19 @@ class AttnShape(NamedTuple):
     head_dim: int
 
 
-def _has(module: str) -> bool:
+def available(name: str) -> bool:
+    """Whether backend `name` can run here: fa3 and fa4 when their module imports, SDPA always."""
     try:
-        return importlib.util.find_spec(module) is not None
+        return name not in PACKAGES or importlib.util.find_spec(PACKAGES[name][0]) is not None
     except (ImportError, ValueError):  # a dotted name whose parent is missing
         return False
 
 
-def available(name: str) -> bool:
-    if name == "fa3":
-        return _has("flash_attn_interface")
-    if name == "fa4":
-        return _has("flash_attn.cute")
-    return True
+def attention_shape(core: Any, world_size: int) -> AttnShape:
+    """The training attention shape: (micro-batch, heads, kv heads, seq len, head dim)."""
+    accum = core.grad_accum_steps or max(1, 8 // world_size)
+    batch = max(1, core.train_batch_tokens // (world_size * accum * core.train_seq_len))
+    return AttnShape(batch, core.num_heads, core.num_kv_heads, core.train_seq_len, core.model_dim // core.num_heads)
 
 
 # ---------------------------------------------------------------- FA4 as a custom op
@@ -56,8 +58,7 @@ def _fa4_fwd_kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     from flash_attn.cute import flash_attn_func  # type: ignore[import-not-found]
 
     with torch.no_grad():
-        out, lse = flash_attn_func(q, k, v, causal=True, return_lse=True)
-    return out, lse
+        return flash_attn_func(q, k, v, causal=True, return_lse=True)
 
 
 def _fa4_bwd_kernel(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor):
@@ -94,9 +95,7 @@ def _(q, k, v, out, dout, lse):
 
 
 def _fa4_setup(ctx, inputs, output) -> None:
-    q, k, v = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(*inputs, *output)  # q, k, v, out, lse
 
 
 def _fa4_backward(ctx, dout: Tensor, dlse: Tensor | None):
@@ -113,7 +112,6 @@ def fa4_func(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------- the backends as the model calls them
-
 def attend(name: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on backend `name` (fa3, fa4, or SDPA
     with whatever kernels are enabled)."""
@@ -178,5 +176,32 @@ def describe(choice: str, measured: dict[str, float | str]) -> str:
 
 def measure(shape: AttnShape, device: torch.device) -> tuple[str, dict[str, float | str]]:
     """`auto` on CUDA: time every importable backend at `shape` and pick the fastest."""
-    names = [n for n in MEASURED if available(n)]
-    return choose(names, lambda n: time_backend(n, shape, device))
+    return choose([n for n in MEASURED if available(n)], lambda n: time_backend(n, shape, device))
+
+
+def pick_attention(setting: str, device: torch.device, shape: AttnShape | None = None, deterministic: bool = False,
+                   measured: dict[str, Any] | None = None) -> str:
+    """The backend, with torch's SDPA flags set for it. CPU: SDPA (`auto` -> "sdpa", untimed). CUDA `auto`: the
+    fastest at `shape` (`measure`; its timings go into `measured`), or, with no shape or deterministic kernels
+    asked for, fa3 if importable else cuDNN. Distributed: rank 0's choice for every rank."""
+    if device.type != "cuda":
+        return "sdpa" if setting == "auto" else setting
+    choice = setting
+    if setting == "auto" and (shape is None or deterministic):
+        choice = "fa3" if available("fa3") else "cudnn"
+    elif setting == "auto":
+        box = list(measure(shape, device))
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+        if measured is not None:
+            measured.update(box[1])
+    if not available(choice):
+        module, package = PACKAGES[choice]
+        raise RuntimeError(f"core.attention={choice} but {module} ({package}) is not importable")
+    every = choice == "sdpa"  # torch's own dispatch
+    torch.backends.cuda.enable_cudnn_sdp(every or choice == "cudnn")
+    torch.backends.cuda.enable_flash_sdp(every or choice in ("flash", "cudnn"))
+    torch.backends.cuda.enable_mem_efficient_sdp(every or choice == "efficient")
+    torch.backends.cuda.enable_math_sdp(every or choice == "math")
+    return choice

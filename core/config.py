@@ -126,10 +126,8 @@ class Config:
         return self.core if name == CORE_SECTION else self.plugin_configs[name]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"plugins": list(self.plugins), CORE_SECTION: dataclasses.asdict(self.core)}
-        for name, cfg in self.plugin_configs.items():
-            out[name] = dataclasses.asdict(cfg) if cfg is not None else {}
-        return out
+        return {"plugins": list(self.plugins), CORE_SECTION: dataclasses.asdict(self.core),
+                **{n: dataclasses.asdict(c) if c is not None else {} for n, c in self.plugin_configs.items()}}
 
     def to_json(self) -> str:
         return json.dumps({"config": self.to_dict(), "sources": self.sources}, indent=2, default=str)
@@ -195,21 +193,13 @@ def parse_set(item: str) -> tuple[str, str, str]:
     if "=" not in item:
         raise ValueError(f"--set {item!r}: expected section.key=value")
     key, value = item.split("=", 1)
-    key = key.strip()
-    section, _, name = key.rpartition(".")
+    section, _, name = key.strip().rpartition(".")
     return (section or CORE_SECTION), name, value
 
 
-def resolve(
-    *,
-    plugin_config_classes: Mapping[str, type | None],
-    recipe: str | Path | Mapping[str, Any] | None = None,
-    env: Mapping[str, str] | None = None,
-    sets: Sequence[str] = (),
-    plugins: Sequence[str] | None = None,
-    check_plugins: Any = None,
-    check_settings: Any = None,
-) -> Config:
+def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | Path | Mapping[str, Any] | None = None,
+            env: Mapping[str, str] | None = None, sets: Sequence[str] = (), plugins: Sequence[str] | None = None,
+            check_plugins: Any = None, check_settings: Any = None) -> Config:
     """Resolve a configuration. `plugin_config_classes` maps every *known* plugin to its config class.
 
     `check_plugins(names) -> list[str]` (errors) validates the enabled list (unknown names, conflicts,
@@ -263,9 +253,7 @@ def resolve(
     # 2. Section values: recipe < environment < --set.
     section_classes = {CORE_SECTION: CoreConfig, **{n: plugin_config_classes[n] for n in known_enabled}}
     items: list[Item] = []
-    for section, table in data.items():
-        if section == "plugins":
-            continue
+    for section, table in ((k, v) for k, v in data.items() if k != "plugins"):
         if not isinstance(table, dict):
             errors.append(f"{recipe}: top-level key {section!r}: expected a [section] table or 'plugins'")
             continue
@@ -321,7 +309,7 @@ def core_errors(c: CoreConfig) -> list[str]:
         if isinstance(value, float) and not math.isfinite(value):
             errors.append(f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {value}")
     for name in ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "model_dim", "mlp_mult", "train_seq_len",
-                 "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps"):
+                 "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap"):
         if getattr(c, name) <= 0:
             errors.append(f"core.{name} must be positive, got {getattr(c, name)}")
     for name in ("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens",
@@ -332,12 +320,10 @@ def core_errors(c: CoreConfig) -> list[str]:
     if c.num_heads > 0 and c.model_dim > 0:
         if c.model_dim % c.num_heads != 0:
             errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")
-        elif (c.model_dim // c.num_heads) % 2 != 0:
+        elif (c.model_dim // c.num_heads) % 2:
             errors.append(f"head_dim={c.model_dim // c.num_heads} must be even for RoPE")
     if c.num_heads > 0 and c.num_kv_heads > 0 and c.num_heads % c.num_kv_heads != 0:
         errors.append(f"core.num_heads={c.num_heads} must be divisible by core.num_kv_heads={c.num_kv_heads}")
-    if c.logit_softcap <= 0:
-        errors.append(f"core.logit_softcap must be positive, got {c.logit_softcap}")
     if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):
         errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
     if c.compile not in ("auto", "true", "false", "1", "0"):

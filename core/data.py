@@ -17,7 +17,6 @@ SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
-TOKEN_BYTES = 2
 
 
 class DataError(ValueError):
@@ -44,12 +43,10 @@ def read_shard(path: str | Path, vocab_size: int | None = None) -> Tensor:
         raise DataError(f"{path}: bad shard header: version {version}, expected {SHARD_VERSION}")
     if num_tokens < 0:
         raise DataError(f"{path}: bad shard header: num_tokens {num_tokens}, expected >= 0")
-    expected = HEADER_BYTES + num_tokens * TOKEN_BYTES
+    expected = HEADER_BYTES + num_tokens * 2  # uint16 tokens
     if size != expected:
         what = "truncated shard" if size < expected else "shard has trailing bytes"
-        raise DataError(
-            f"{path}: {what}: header says {num_tokens} tokens ({expected} bytes) but file has {size} bytes"
-        )
+        raise DataError(f"{path}: {what}: header says {num_tokens} tokens ({expected} bytes) but file has {size} bytes")
     tokens = np.fromfile(path, dtype="<u2", count=num_tokens, offset=HEADER_BYTES)
     if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
         raise DataError(f"{path}: token id {int(tokens.max())} >= vocab size {vocab_size} (VOCAB_SIZE / "
@@ -69,16 +66,12 @@ def data_directory(path: str | Path) -> Path:
 def shard_files(data_dir: str | Path, split: str) -> list[Path]:
     """The sorted `fineweb_{split}_<digits>.bin` files of `data_dir` (a DataError if there are none); byte
     sidecars beside them (`fineweb_val_bytes_*.bin`, CaseOps) are not token shards."""
-    data_dir = data_directory(data_dir)
-    pattern = f"fineweb_{split}_*.bin"
-    prefix = f"fineweb_{split}_"
-    files = sorted((p for p in data_dir.glob(pattern) if p.is_file() and p.stem[len(prefix):].isdigit()),
+    data_dir, prefix = data_directory(data_dir), f"fineweb_{split}_"
+    files = sorted((p for p in data_dir.glob(f"{prefix}*.bin") if p.is_file() and p.stem[len(prefix):].isdigit()),
                    key=lambda p: p.name)
     if not files:
-        raise DataError(
-            f"no {split} shards matching {pattern} in {data_dir} "
-            "(expected the challenge's shard files; build some with 'pgolf data build')"
-        )
+        raise DataError(f"no {split} shards matching {prefix}*.bin in {data_dir} (expected the challenge's shard "
+                        "files; build some with 'pgolf data build')")
     return files
 
 
@@ -94,11 +87,6 @@ class TokenStream:
         self.tokens = read_shard(self.files[0], vocab_size)
         self.pos = 0
 
-    def _advance_file(self) -> None:
-        self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = read_shard(self.files[self.file_idx], self.vocab_size)
-        self.pos = 0
-
     def take(self, n: int) -> Tensor:
         """The next `n` tokens of the stream (crossing shard boundaries and wrapping as needed)."""
         chunks: list[Tensor] = []
@@ -110,7 +98,8 @@ class TokenStream:
                 empty_in_a_row += 1
                 if empty_in_a_row > len(self.files):
                     raise DataError(f"all {len(self.files)} shards are empty (first: {self.files[0]})")
-                self._advance_file()
+                self.file_idx = (self.file_idx + 1) % len(self.files)
+                self.tokens, self.pos = read_shard(self.files[self.file_idx], self.vocab_size), 0
                 continue
             empty_in_a_row = 0
             k = min(remaining, avail)
@@ -138,17 +127,12 @@ class DistributedTokenLoader:
         """(x, y) int64 of shape (local_tokens // seq_len, seq_len) for this rank, y shifted by one."""
         local_tokens = global_tokens // (self.world_size * grad_accum_steps)
         if local_tokens <= 0 or local_tokens % seq_len != 0:
-            raise ValueError(
-                f"global_tokens {global_tokens} / (world_size {self.world_size} * grad_accum_steps "
-                f"{grad_accum_steps}) = {local_tokens} tokens per rank, not a positive multiple of "
-                f"seq_len {seq_len}"
-            )
-        per_rank_span = local_tokens + 1
-        chunk = self.stream.take(per_rank_span * self.world_size)
-        start = self.rank * per_rank_span
-        local = chunk[start : start + per_rank_span].to(dtype=torch.int64)
-        x = local[:-1].reshape(-1, seq_len)
-        y = local[1:].reshape(-1, seq_len)
+            raise ValueError(f"global_tokens {global_tokens} / (world_size {self.world_size} * grad_accum_steps "
+                             f"{grad_accum_steps}) = {local_tokens} tokens per rank, not a positive multiple of "
+                             f"seq_len {seq_len}")
+        span = local_tokens + 1
+        local = self.stream.take(span * self.world_size)[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -160,8 +144,6 @@ def load_validation_tokens(files: Sequence[str | Path], seq_len: int, vocab_size
     tokens = torch.cat([read_shard(p, vocab_size) for p in paths]).contiguous()
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
-        raise DataError(
-            f"validation split in {paths[0].parent} is too short: {tokens.numel()} tokens in {len(paths)} "
-            f"shard(s), need at least {seq_len + 1} for seq_len {seq_len}"
-        )
+        raise DataError(f"validation split in {paths[0].parent} is too short: {tokens.numel()} tokens in "
+                        f"{len(paths)} shard(s), need at least {seq_len + 1} for seq_len {seq_len}")
     return tokens[: usable + 1]

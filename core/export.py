@@ -1,6 +1,7 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-Core defaults: the baseline's int8 rule and zlib-9; plugins bring quantizers, codecs and state codecs.
+The core writes zlib-9 and reads the int8/int-k/passthrough schemes; plugins bring quantizers (the default:
+`plugins.quant_int8`, the baseline's rule), codecs and state codecs.
 An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`; decoding checks every size
 against a cap and every SHA-256, and loads tensors only with `torch.load(weights_only=True)`.
 """
@@ -20,16 +21,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from core.model import CONTROL_TENSOR_NAME_PATTERNS as BASELINE_CONTROL_PATTERNS
-
-KEEP_FLOAT_MAX_NUMEL = 65_536
-INT8_CLIP_Q = 99.99984 / 100.0
 MAX_DECOMPRESSED = 512 * 1024 * 1024
 MAGIC = b"PGOLF\x00"
 FORMAT_VERSION = 2
 ARTIFACT_KEY = "__pgolf_artifact__"
 _PREFIX = struct.Struct("<HI")  # version, header length
-_QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
 
 
 class ArtifactError(ValueError):
@@ -51,8 +47,8 @@ class QTensor:
 
     @property
     def payload_bytes(self) -> int:
-        scale = 0 if self.scale is None else _nbytes(self.scale)
-        return _nbytes(self.data) + scale + sum(_nbytes(t) for t in self.extra.values())
+        return sum(int(t.numel()) * t.element_size() for t in (self.data, self.scale, *self.extra.values())
+                   if t is not None)
 
     def torch_dtype(self) -> torch.dtype:
         dt = getattr(torch, self.dtype, None)
@@ -68,8 +64,7 @@ class QTensor:
             raise ArtifactError(f"unknown quantization scheme {self.scheme!r} (known: {', '.join(schemes)})")
         out = fn(self)
         if tuple(out.shape) != tuple(self.shape):
-            raise ArtifactError(f"scheme {self.scheme!r} restored shape {tuple(out.shape)}, "
-                                f"expected {self.shape}")
+            raise ArtifactError(f"scheme {self.scheme!r} restored shape {tuple(out.shape)}, expected {self.shape}")
         return out
 
     def to_state(self) -> dict[str, Any]:
@@ -102,10 +97,6 @@ QuantizeFn = Callable[[str, Tensor], QTensor | None]
 DequantizeFn = Callable[[QTensor], Tensor]
 
 
-def _nbytes(t: Tensor) -> int:
-    return int(t.numel()) * int(t.element_size())
-
-
 def _dtype_name(t: Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
@@ -117,9 +108,8 @@ def _deq_passthrough(q: QTensor) -> Tensor:
 def _deq_int8_per_row(q: QTensor) -> Tensor:
     if q.scale is None:
         raise ArtifactError("int8_per_row tensor record has no scale")
-    s = q.scale.to(torch.float32)
-    view = s.view(q.data.shape[0], *([1] * (q.data.ndim - 1)))
-    return (q.data.float() * view).to(q.torch_dtype()).contiguous()
+    scale = q.scale.to(torch.float32).view(q.data.shape[0], *([1] * (q.data.ndim - 1)))
+    return (q.data.float() * scale).to(q.torch_dtype()).contiguous()
 
 
 def _deq_int8_per_tensor(q: QTensor) -> Tensor:
@@ -139,58 +129,17 @@ SCHEMES: Mapping[str, DequantizeFn] = MappingProxyType({
 })
 
 
-def _quantile_flat(x: Tensor, q: float, force_manual: bool = False) -> float:
-    """torch.quantile(x.flatten(), q) (linear), also past torch's 2**24-element limit, same float32 math."""
-    x = x.flatten()
-    if x.numel() <= _QUANTILE_MAX_NUMEL and not force_manual:
-        return float(torch.quantile(x, q).item())
-    if bool(torch.isnan(x).any()):
-        return float("nan")
-    rank = torch.tensor([q], dtype=x.dtype) * (x.numel() - 1)
-    lo, hi = int(rank.item()), int(torch.ceil(rank).item())
-    below = torch.kthvalue(x, lo + 1).values.reshape(1)
-    above = torch.kthvalue(x, hi + 1).values.reshape(1)
-    return float(torch.lerp(below, above, rank - lo).item())
-
-
-def int8_quantize(name: str, t: Tensor,
-                  keep_fp32_patterns: tuple[str, ...] = BASELINE_CONTROL_PATTERNS) -> QTensor:
-    """The baseline's int8 rule for one tensor; dequantized values are bit-identical to its own."""
-    t = t.detach().to("cpu").contiguous()
-    shape = tuple(t.shape)
-    if not t.is_floating_point():
-        return QTensor("passthrough", t, None, _dtype_name(t), shape)
-    if t.numel() <= KEEP_FLOAT_MAX_NUMEL:
-        if any(p in name for p in keep_fp32_patterns):
-            kept = t.float().contiguous()
-        elif t.dtype in (torch.float32, torch.bfloat16):
-            kept = t.to(torch.float16).contiguous()
-        else:
-            kept = t
-        return QTensor("passthrough", kept, None, _dtype_name(t), shape, {"store": _dtype_name(kept)})
-    t32 = t.float()
-    if t32.ndim == 2:
-        clip = torch.quantile(t32.abs(), INT8_CLIP_Q, dim=1)
-        clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
-        scale = (clip / 127.0).clamp_min(1.0 / 127.0)
-        codes = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8).contiguous()
-        return QTensor("int8_per_row", codes, scale.to(torch.float16).contiguous(), _dtype_name(t), shape)
-    clip_abs = _quantile_flat(t32.abs(), INT8_CLIP_Q)
-    scale_t = torch.tensor(clip_abs / 127.0 if clip_abs > 0 else 1.0, dtype=torch.float32)
-    codes = torch.clamp(torch.round(torch.clamp(t32, -clip_abs, clip_abs) / scale_t), -127, 127)
-    return QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, _dtype_name(t), shape)
-
-
 def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn],
                         schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, QTensor]:
-    """For each tensor the first quantizer that returns a QTensor wins; `int8_quantize` is the last resort.
+    """For each tensor the first quantizer that returns a QTensor wins (none: a ValueError naming the tensor).
     Every record's scheme must have a dequantizer in `schemes` (the run's; the core's by default)."""
     schemes = SCHEMES if schemes is None else schemes
     out: dict[str, QTensor] = {}
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
         q = next((q for q in (fn(name, t) for fn in quantizers) if q is not None), None)
-        q = int8_quantize(name, t) if q is None else q
+        if q is None:
+            raise ValueError(f"tensor {name!r}: no quantizer returned a QTensor")
         if not isinstance(q, QTensor):
             raise TypeError(f"quantizer returned {type(q).__name__} for {name!r}, expected QTensor or None")
         if q.scheme not in schemes:
@@ -291,11 +240,10 @@ def save_records(qstate: Mapping[str, QTensor]) -> bytes:
     """torch.save of {ARTIFACT_KEY: version, name: record state}, largest payloads first."""
     if ARTIFACT_KEY in qstate:
         raise ValueError(f"tensor name {ARTIFACT_KEY!r} is reserved")
-    obj: dict[str, Any] = {ARTIFACT_KEY: 1}
     # Largest payloads first: keeps the small passthrough tensors out from between the int8 blocks,
     # which measurably helps zlib (the state-dict order costs ~15 KB on the baseline model).
     order = sorted(qstate, key=lambda n: -qstate[n].payload_bytes)
-    obj.update((name, qstate[name].to_state()) for name in order)
+    obj = {ARTIFACT_KEY: 1, **{name: qstate[name].to_state() for name in order}}
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
@@ -311,9 +259,7 @@ def load_records(raw: bytes, where: str = "artifact") -> dict[str, QTensor]:
     if not isinstance(obj, dict) or obj.get(ARTIFACT_KEY) != 1:
         raise ArtifactError(f"{where}: payload is not a pgolf state (no {ARTIFACT_KEY} marker)")
     records: dict[str, QTensor] = {}
-    for tname, state in obj.items():
-        if tname == ARTIFACT_KEY:
-            continue
+    for tname, state in ((k, v) for k, v in obj.items() if k != ARTIFACT_KEY):
         try:
             records[tname] = QTensor.from_state(state)
         except ArtifactError as exc:
@@ -325,12 +271,9 @@ def load_records(raw: bytes, where: str = "artifact") -> dict[str, QTensor]:
 def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name: str,
                     state_codec: StateCodec | None = None) -> bytes:
     """MAGIC | u16 version | u32 header length | JSON header | the compressed streams, concatenated.
-
-    `state_codec` splits `qstate` into streams, each compressed with its own codec or `codec`; without one
-    the layout is "torch": one stream, `save_records(qstate)`. The header's "codec" is the stream's codec
-    name for the torch layout (the run's label), else the layout's name; "raw_bytes"/"payload_bytes" are
-    totals over the streams.
-    """
+    `state_codec` splits `qstate` into streams, each compressed with its own codec or `codec` (none: the "torch"
+    layout, one `save_records` stream). The header's "codec" is the stream's codec for the torch layout, else
+    the layout's name; "raw_bytes"/"payload_bytes" are totals over the streams."""
     if state_codec is None:
         layout, (streams, manifest) = "torch", ([Stream("state", save_records(qstate))], {})
     else:
@@ -466,6 +409,8 @@ def decode_artifact(blob: bytes, codecs: Mapping[str, Any] | None = None, max_si
 
 @dataclass
 class ExportResult:
+    """The artifact bytes, the records in them, their serialized size before compression and their labels."""
+
     blob: bytes
     qstate: dict[str, QTensor]
     raw_bytes: int

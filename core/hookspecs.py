@@ -192,7 +192,8 @@ def pg_calibrate(run: Any, model: Any) -> None:
 # --- export ----------------------------------------------------------------------------------------
 @hookspec(firstresult=True)
 def pg_quantize_tensor(name: str, tensor: Any, config: Any) -> Any:
-    """Return a `core.export.QTensor` for this state-dict entry, or None; the baseline int8 rule answers last."""
+    """Return a `core.export.QTensor` for this state-dict entry, or None to leave it to the next implementation.
+    The "quantizer" role's default provider (`plugins.quant_int8`, the baseline's int8 rule) answers last."""
 
 
 @hookspec

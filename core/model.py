@@ -9,7 +9,7 @@ order of random initialisation. Every block gets `ctx`, the forward's side input
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,10 +19,8 @@ from torch import Tensor, nn
 
 from core.attention import attend
 
-CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = (
-    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
-)
+CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
+                                                 "resid_mixes", "q_gain", "skip_weight", "skip_weights")
 
 GROUP_ATTR = "_pg_group"
 
@@ -60,13 +58,9 @@ class ModelSpec:
 
     @classmethod
     def from_core(cls, core) -> ModelSpec:
-        return cls(
-            vocab_size=core.vocab_size, num_layers=core.num_layers, model_dim=core.model_dim,
-            num_heads=core.num_heads, num_kv_heads=core.num_kv_heads, mlp_mult=core.mlp_mult,
-            mlp_hidden=core.mlp_hidden,
-            tie_embeddings=core.tie_embeddings, tied_embed_init_std=core.tied_embed_init_std,
-            logit_softcap=core.logit_softcap, rope_base=core.rope_base, qk_gain_init=core.qk_gain_init,
-        )
+        """The shape settings of `core.config.CoreConfig` (the backend and skip count are the trainer's)."""
+        skip = ("attention", "skip_count", "extra")
+        return cls(**{f.name: getattr(core, f.name) for f in dataclasses.fields(cls) if f.name not in skip})
 
 
 class Switch(nn.Module):
@@ -94,10 +88,6 @@ class Mode:
 
     name: str
     start_frac: float
-
-
-def flash_attn_3_available() -> bool:
-    return importlib.util.find_spec("flash_attn_interface") is not None
 
 
 class RMSNorm(nn.Module):
@@ -133,12 +123,7 @@ class Rotary(nn.Module):
         return self.inv_freq.to(device)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if (
-            self._cos_cached is None
-            or self._sin_cached is None
-            or self._seq_len_cached != seq_len
-            or self._cos_cached.device != device
-        ):
+        if self._cos_cached is None or self._seq_len_cached != seq_len or self._cos_cached.device != device:
             inv_freq = self.inv_freq_for(seq_len, device)
             t = torch.arange(seq_len, device=device, dtype=inv_freq.dtype)
             freqs = torch.outer(t, inv_freq)
@@ -239,8 +224,7 @@ class MLP(nn.Module):
         self.proj._zero_init = True
 
     def forward(self, x: Tensor) -> Tensor:
-        x = torch.relu(self.fc(x))
-        return self.proj(x.square())
+        return self.proj(torch.relu(self.fc(x)).square())
 
 
 class SequentialResidual(nn.Module):
@@ -351,10 +335,8 @@ class GPT(nn.Module):
 
     def set_schedule(self, schedule: LayerSchedule) -> None:
         """Install a layer schedule; the skip weights are re-made (ones, no random draw) for its count."""
-        self.schedule = schedule
-        weight = self.skip_weights
-        self.skip_weights = nn.Parameter(torch.ones(schedule.skip_count(), weight.size(1), dtype=weight.dtype,
-                                                    device=weight.device))
+        self.schedule, weight = schedule, self.skip_weights
+        self.skip_weights = nn.Parameter(weight.new_ones(schedule.skip_count(), weight.size(1)))
 
     def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
         ctx: dict[str, Tensor] = {"input_ids": input_ids}

@@ -41,16 +41,8 @@ class Muon(torch.optim.Optimizer):
     (PR #60/#65 on; 0.04 in PR #315).
     """
 
-    def __init__(
-        self,
-        params: Iterable[Tensor],
-        lr: float,
-        momentum: float,
-        backend_steps: int,
-        nesterov: bool = True,
-        zeropower: Callable[..., Tensor] = zeropower_via_newtonschulz5,
-        weight_decay: float = 0.0,
-    ):
+    def __init__(self, params: Iterable[Tensor], lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
+                 zeropower: Callable[..., Tensor] = zeropower_via_newtonschulz5, weight_decay: float = 0.0):
         defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
                         weight_decay=weight_decay)
         super().__init__(params, defaults)
@@ -84,8 +76,8 @@ class Muon(torch.optim.Optimizer):
                     if group["nesterov"]:
                         g = g.add(buf, alpha=momentum)
                     coeffs = group.get("ns_coeffs")  # a per-iteration schedule (polar_express), else NS5
-                    g = (self.zeropower(g, steps=group["backend_steps"]) if coeffs is None
-                         else self.zeropower(g, steps=group["backend_steps"], coeffs=coeffs))
+                    ns = {} if coeffs is None else {"coeffs": coeffs}
+                    g = self.zeropower(g, steps=group["backend_steps"], **ns)
                     g *= max(1, g.size(0) / g.size(1)) ** 0.5
                     updates_flat[curr : curr + p.numel()] = g.reshape(-1)
                 curr += p.numel()
@@ -131,14 +123,12 @@ def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 def make_default_optimizer(group: str, params: list[Tensor], core, fused: bool) -> torch.optim.Optimizer | None:
     """The baseline's optimizer for one of the four default groups (None for an unknown group)."""
-    adam = dict(betas=(core.beta1, core.beta2), eps=core.adam_eps, fused=fused)
-    if group == "token":
-        lr = core.tied_embed_lr if core.tie_embeddings else core.embed_lr
-        return torch.optim.Adam([{"params": params, "lr": lr, "base_lr": lr}], **adam)
-    if group == "head":
-        return torch.optim.Adam([{"params": params, "lr": core.head_lr, "base_lr": core.head_lr}], **adam)
-    if group == "scalar":
-        return torch.optim.Adam([{"params": params, "lr": core.scalar_lr, "base_lr": core.scalar_lr}], **adam)
+    adam_lrs = {"token": core.tied_embed_lr if core.tie_embeddings else core.embed_lr, "head": core.head_lr,
+                "scalar": core.scalar_lr}
+    if group in adam_lrs:
+        lr = adam_lrs[group]
+        return torch.optim.Adam([{"params": params, "lr": lr, "base_lr": lr}], betas=(core.beta1, core.beta2),
+                                eps=core.adam_eps, fused=fused)
     if group == "matrix":
         opt = Muon(params, lr=core.matrix_lr, momentum=core.muon_momentum, backend_steps=core.muon_backend_steps)
         for g in opt.param_groups:

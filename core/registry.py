@@ -35,6 +35,7 @@ class Plugin:
     requires: ClassVar[tuple[str, ...]] = ()
     conflicts: ClassVar[tuple[str, ...]] = ()
     provides: ClassVar[tuple[str, ...]] = ()  # roles ("quantizer", "codec", …): two providers conflict
+    default: ClassVar[bool] = False  # registered in every run where no enabled plugin provides its roles
     after: ClassVar[tuple[str, ...]] = ()  # this plugin's hooks run after those plugins' (tryfirst/trylast aside)
     before: ClassVar[tuple[str, ...]] = ()
     # {"core": {...}, "<name>": {...}}: overrides that show the plugin's effect on a tiny model in a few CPU
@@ -58,11 +59,9 @@ class Plugin:
 
 
 def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
-    return [
-        obj
-        for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, Plugin) and obj is not Plugin and obj.__module__ == module.__name__
-    ]
+    """The Plugin subclasses `module` defines (not those it imports)."""
+    return [obj for obj in vars(module).values() if inspect.isclass(obj) and issubclass(obj, Plugin)
+            and obj is not Plugin and obj.__module__ == module.__name__]
 
 
 def _check_metadata(cls: type[Plugin], origin: str) -> None:
@@ -77,6 +76,8 @@ def _check_metadata(cls: type[Plugin], origin: str) -> None:
         problems.append("sources is empty (name the PR or paper it ports)")
     if cls.config is not None and not dataclasses.is_dataclass(cls.config):
         problems.append("config is not a dataclass")
+    if cls.default and not cls.provides:
+        problems.append("default is set but it provides no role")
     if problems:
         raise PluginError(f"plugin {cls.__name__} from {origin}: " + "; ".join(problems))
 
@@ -107,6 +108,10 @@ class Registry:
         _check_metadata(cls, origin)
         if cls.name in self.plugins and self.plugins[cls.name] is not cls:
             raise PluginError(f"plugin name {cls.name!r} from {origin} is already taken by {self.origins[cls.name]}")
+        for other in (o for o in self.plugins.values() if cls.default and o.default and o.name != cls.name):
+            if shared := set(cls.provides) & set(other.provides):
+                raise PluginError(f"plugin {cls.name!r} from {origin}: {other.name!r} is already the default "
+                                  f"provider of {', '.join(sorted(shared))}")
         self.plugins[cls.name] = cls
         self.origins[cls.name] = origin
 
@@ -116,12 +121,17 @@ class Registry:
     def config_classes(self) -> dict[str, type | None]:
         return {n: c.config for n, c in self.plugins.items()}
 
+    def run_plugins(self, enabled: Sequence[str]) -> list[str]:
+        """What a run registers: the default plugins of the roles no enabled plugin provides, then `enabled`."""
+        taken = {r for n in enabled if n in self.plugins for r in self.plugins[n].provides}
+        defaults = [n for n, c in sorted(self.plugins.items()) if c.default and n not in enabled
+                    and not taken & set(c.provides)]
+        return [*defaults, *enabled]
+
     def check(self, enabled: Sequence[str]) -> list[str]:
         """Errors for unknown names, conflicts and missing requirements (all of them, one line each)."""
-        errors = []
-        for name in enabled:
-            if name not in self.plugins:
-                errors.append(f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'")
+        errors = [f"unknown plugin {name!r}{did_you_mean(name, self.names())}; see 'pgolf plugins list'"
+                  for name in enabled if name not in self.plugins]
         known = list(dict.fromkeys(n for n in enabled if n in self.plugins))
         reported: set[frozenset[str]] = set()
         for i, name in enumerate(known):
@@ -167,9 +177,8 @@ class Registry:
         must_follow: dict[str, set[str]] = {n: set() for n in names}  # a: plugins registered before a
         for n in names:
             must_follow[n].update(o for o in self.plugins[n].before if o in must_follow)
-            for other in self.plugins[n].after:
-                if other in must_follow:
-                    must_follow[other].add(n)
+            for other in (o for o in self.plugins[n].after if o in must_follow):
+                must_follow[other].add(n)
         order: list[str] = []
         while len(order) < len(names):
             ready = [n for n in names if n not in order and must_follow[n] <= set(order)]
@@ -181,13 +190,12 @@ class Registry:
 
 
 def make_manager(registry: Registry, config: Any, core_impl: object | None = None) -> pluggy.PluginManager:
-    """A fresh PluginManager for one run: hookspecs, the core defaults, then the enabled plugins."""
+    """A fresh PluginManager for one run: hookspecs, the core defaults, then the run's plugins (`run_plugins`)."""
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     if core_impl is not None:
         pm.register(core_impl, name="core")
-    for name in registry.registration_order(config.plugins):
-        cls = registry.plugins[name]
-        pm.register(cls(config.plugin_configs.get(name)), name=name)
+    for name in registry.registration_order(registry.run_plugins(config.plugins)):
+        pm.register(registry.plugins[name](config.plugin_configs.get(name)), name=name)
     pm.check_pending()
     return pm

@@ -20,7 +20,8 @@ import pluggy
 import torch
 import torch.distributed as dist
 
-from core.config import Config
+from core import attention as attn
+from core.config import Config, ConfigError
 from core.registry import Registry, make_manager
 
 
@@ -43,59 +44,13 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> int:
 
 
 def pick_device(setting: str, local_rank: int) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """core.device: "auto" (this rank's GPU when there is one, else the CPU), "cpu", "cuda" or "cuda:N"."""
     if setting.startswith("cuda") and not torch.cuda.is_available():
-        from core.config import ConfigError
-
         raise ConfigError([f"core.device={setting} (PGOLF_DEVICE): no CUDA device is available here "
                            "(torch.cuda.is_available() is False); use auto or cpu"])
-    if setting == "cuda":
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", local_rank)
-    return torch.device(setting)
-
-
-def attention_shape(core: Any, world_size: int) -> Any:
-    """The training attention shape: (micro-batch, heads, kv heads, seq len, head dim)."""
-    from core.attention import AttnShape
-
-    accum = core.grad_accum_steps or max(1, 8 // world_size)
-    batch = max(1, core.train_batch_tokens // (world_size * accum * core.train_seq_len))
-    return AttnShape(batch, core.num_heads, core.num_kv_heads, core.train_seq_len, core.model_dim // core.num_heads)
-
-
-def pick_attention(setting: str, device: torch.device, shape: Any = None, deterministic: bool = False,
-                   measured: dict[str, Any] | None = None) -> str:
-    """The backend and the SDPA flags for it. CPU: SDPA (`auto` -> "sdpa", untimed). CUDA `auto`: the fastest of
-    fa3, fa4, cuDNN and flash SDPA timed at `shape` (core.attention's measure; their timings go into
-    `measured`), or, with no shape or deterministic kernels asked for, fa3 if importable else cuDNN.
-    Distributed: rank 0's choice for every rank."""
-    from core import attention as attn
-
-    if device.type != "cuda":
-        return "sdpa" if setting == "auto" else setting
-    choice = setting
-    if setting == "auto" and (shape is None or deterministic):
-        choice = "fa3" if attn.available("fa3") else "cudnn"
-    elif setting == "auto":
-        choice, timings = attn.measure(shape, device)
-        if dist.is_available() and dist.is_initialized():
-            box = [choice, timings]
-            dist.broadcast_object_list(box, src=0)
-            choice, timings = box
-        if measured is not None:
-            measured.update(timings)
-    if choice in ("fa3", "fa4") and not attn.available(choice):
-        module = "flash_attn_interface (flash_attn_3)" if choice == "fa3" else "flash_attn.cute (flash-attn-4)"
-        raise RuntimeError(f"core.attention={choice} but {module} is not importable")
-    from torch.backends import cuda as bc
-
-    every = choice == "sdpa"  # torch's own dispatch
-    bc.enable_cudnn_sdp(every or choice == "cudnn")
-    bc.enable_flash_sdp(every or choice in ("flash", "cudnn"))
-    bc.enable_mem_efficient_sdp(every or choice == "efficient")
-    bc.enable_math_sdp(every or choice == "math")
-    return choice
+    return torch.device("cpu" if setting == "auto" else setting)
 
 
 class NoProgress:
@@ -192,8 +147,7 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
                progress: Any = None) -> Run:
     """Set up distributed state, device, the plugin manager and the run directory."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(config.core.device, local_rank)
     if device.type == "cuda":
@@ -201,23 +155,19 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if distributed and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        cuda = device.type == "cuda"
+        dist.init_process_group(backend="nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
         dist.barrier()
     pm = make_manager(registry, config, core_impl)
     measured: dict[str, Any] = {}
-    attention = pick_attention(config.core.attention, device, attention_shape(config.core, world_size),
-                               config.core.deterministic, measured)
+    attention = attn.pick_attention(config.core.attention, device, attn.attention_shape(config.core, world_size),
+                                    config.core.deterministic, measured)
     if not config.core.run_id:
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    run = Run(
-        config=config, registry=registry, pm=pm, core_impl=core_impl, device=device, rank=rank,
-        world_size=world_size, local_rank=local_rank, distributed=distributed,
-        attention=attention, attention_measured=measured,
-        autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
-        progress=progress if progress is not None and rank == 0 else NoProgress,
-    )
+    run = Run(config=config, registry=registry, pm=pm, core_impl=core_impl, device=device, rank=rank,
+              world_size=world_size, local_rank=local_rank, distributed=distributed, attention=attention,
+              attention_measured=measured, autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+              progress=progress if progress is not None and rank == 0 else NoProgress)
     if make_dir:
         run.run_dir = Path(config.core.out_dir) / config.core.run_id
         if run.master:
@@ -226,8 +176,6 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
             run._log_path = run.run_dir / "train.log"
             run._events_path = run.run_dir / "events.jsonl"
     if measured:
-        from core.attention import describe
-
-        run.log(describe(attention, measured))
+        run.log(attn.describe(attention, measured))
         run.event("attention", choice=attention, measured_ms=measured)
     return run

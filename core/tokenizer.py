@@ -28,9 +28,7 @@ class ByteTables:
     is_boundary: Tensor  # bool: control/unknown/unused (and ids past the tokenizer's vocab)
 
     def to(self, device: torch.device | str) -> ByteTables:
-        return ByteTables(
-            self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device)
-        )
+        return ByteTables(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
 
     @property
     def size(self) -> int:
@@ -68,10 +66,8 @@ def load_tokenizer(path: str | Path, vocab_size: int) -> spm.SentencePieceProces
     if ok is False:
         raise DataError(f"tokenizer {path} failed to load as a SentencePiece model")
     if int(sp.vocab_size()) != vocab_size:
-        raise DataError(
-            f"tokenizer {path.name} has vocab_size {int(sp.vocab_size())} but config vocab_size is "
-            f"{vocab_size} (VOCAB_SIZE)"
-        )
+        raise DataError(f"tokenizer {path.name} has vocab_size {int(sp.vocab_size())} but config vocab_size is "
+                        f"{vocab_size} (VOCAB_SIZE)")
     return sp
 
 
@@ -94,14 +90,11 @@ def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTa
             has_leading_space[i] = True
             piece = piece[1:]
         base_bytes[i] = len(piece.encode("utf-8"))
-    return ByteTables(
-        torch.from_numpy(base_bytes), torch.from_numpy(has_leading_space), torch.from_numpy(is_boundary)
-    )
+    return ByteTables(torch.from_numpy(base_bytes), torch.from_numpy(has_leading_space), torch.from_numpy(is_boundary))
 
 
 def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: ByteTables) -> Tensor:
     """Bytes of each target token given its predecessor (int32, the shape of `tgt_ids`)."""
-    prev = prev_ids.to(torch.int64)
-    tgt = tgt_ids.to(torch.int64)
+    prev, tgt = prev_ids.to(torch.int64), tgt_ids.to(torch.int64)
     space = tables.has_leading_space[tgt] & ~tables.is_boundary[prev]
     return tables.base_bytes[tgt].to(torch.int32) + space.to(torch.int32)

@@ -8,7 +8,6 @@ and at step and phase boundaries.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import math
 import os
@@ -34,8 +33,6 @@ from core.run import NoProgress, Run, create_run, write_atomic
 from core.scoring import EvalResult, PlainEvaluator, evaluate, restored_weights, synthetic_warmup
 from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
-CORE_DIR = Path(__file__).resolve().parent
-
 
 class CoreDefaults:
     """The core's answers to the single-provider hooks, registered `trylast` so plugins win."""
@@ -46,10 +43,6 @@ class CoreDefaults:
     @hookimpl(trylast=True)
     def pg_make_optimizer(self, group: str, params: list[Any], config: Config) -> Any:
         return make_default_optimizer(group, params, config.core, fused=self.fused_adam)
-
-    @hookimpl(trylast=True)
-    def pg_quantize_tensor(self, name: str, tensor: torch.Tensor, config: Config) -> Any:
-        return ex.int8_quantize(name, tensor)
 
     @hookimpl(trylast=True)
     def pg_codec(self, config: Config) -> Any:
@@ -113,12 +106,8 @@ def build_model(run: Run) -> GPT:
 
 
 def _as_modules(results: list[Any]) -> list[nn.Module]:
-    out: list[nn.Module] = []
-    for r in results:
-        if r is None:
-            continue
-        out.extend(r if isinstance(r, (list, tuple)) else [r])
-    return out
+    """A hook's answers (a module, a list of them, or None each) as one flat list."""
+    return [m for r in results if r is not None for m in (r if isinstance(r, (list, tuple)) else [r])]
 
 
 LIST_SLOTS_LAYER = {"attn_out": "out_parts", "value": "value_parts"}  # slot -> list on block.attn
@@ -173,31 +162,23 @@ def should_compile(run: Run) -> bool:
     return run.device.type == "cuda" if c == "auto" else c in ("true", "1")
 
 
-CodeSize = Callable[[Config, Registry], int]
-
-
-def source_bytes(config: Config, registry: Registry) -> int:
-    """The default code size: the bytes of the core modules and the enabled plugins' files (an over-estimate
-    of the bundle, which strips docstrings; the command line passes the bundle's size)."""
-    files = sorted(CORE_DIR.glob("*.py"))
-    files += [Path(inspect.getsourcefile(registry.plugins[n]) or "") for n in config.plugins]
-    return sum(len(p.read_bytes()) for p in files if p.is_file())
+CodeSize = Callable[[Config, Registry], int]  # (config, registry) -> the submission's code bytes
 
 
 def code_bytes(run: Run) -> int:
-    """The code size this run counts against the cap: `run.code_size(config, registry)`."""
-    return run.code_size(run.config, run.registry)
+    """The code size this run counts against the cap: `run.code_size(config, registry)`, 0 when not given."""
+    return 0 if run.code_size is None else run.code_size(run.config, run.registry)
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became non-finite; the run stops before exporting anything."""
 
 
-def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize = source_bytes,
+def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize | None = None,
           progress: Any = None) -> Run:
     """Everything before the loop: run, data, tokenizer tables, model, optimizers. `code_size` counts the
-    submission's code bytes (a bundled script passes its own size, `pgolf train` the bundle's); `progress`
-    makes a live display for the timed loop (`core.run.NoProgress`'s interface)."""
+    submission's code bytes (a bundled script passes its own size, `pgolf train` the bundle's; core counts no
+    code itself); `progress` makes a live display for the timed loop (`core.run.NoProgress`'s interface)."""
     cuda = torch.cuda.is_available() and config.core.device != "cpu"
     run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir, progress=progress)
     run.code_size = code_size
@@ -207,12 +188,9 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     if core.grad_accum_steps == 0 and 8 % run.world_size != 0:
         raise ConfigError([f"WORLD_SIZE={run.world_size} must divide 8 (or set PGOLF_GRAD_ACCUM_STEPS)"])
     run.eval_seq_len = core.eval_seq_len or core.train_seq_len
-    data_dir, tok_path = resolve_data(run)
-    run.data_dir = data_dir
-    run.train_files = shard_files(data_dir, "train")
-    run.val_files = shard_files(data_dir, "val")
-    run.tokenizer = load_tokenizer(tok_path, core.vocab_size)
-    run.tokenizer_path = tok_path
+    run.data_dir, run.tokenizer_path = resolve_data(run)
+    run.train_files, run.val_files = shard_files(run.data_dir, "train"), shard_files(run.data_dir, "val")
+    run.tokenizer = load_tokenizer(run.tokenizer_path, core.vocab_size)
     run.byte_tables = run.hook.pg_byte_tables(run=run, tokenizer=run.tokenizer).to(run.device)
     val = load_validation_tokens(run.val_files, run.eval_seq_len, core.vocab_size)
     if core.val_max_tokens > 0:
@@ -342,11 +320,9 @@ def log_run_header(run: Run) -> int:
     run.log(f"model_params:{n_params}")
     run.log(f"world_size:{run.world_size} grad_accum_steps:{run.grad_accum_steps}")
     run.log(f"device:{run.device} attention_backend:{run.attention} compiled:{should_compile(run)}")
-    run.log(
-        f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} "
-        f"iterations:{core.iterations} warmup_steps:{core.warmup_steps} "
-        f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}"
-    )
+    run.log(f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} iterations:"
+            f"{core.iterations} warmup_steps:{core.warmup_steps} "
+            f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}")
     if core.deterministic:
         run.log("deterministic:true schedule:iterations (the wall-clock cap is not applied) kernels:deterministic")
     if run.modes:
@@ -416,7 +392,6 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     """The measured loop (baseline semantics): validation every `val_loss_every` steps and at the end, the
     schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
     core, base = run.core, run.model
-    muon_opts = [o for o in run.optimizers if isinstance(o, Muon)]
     pending_modes = list(run.modes)
     loader = new_loader(run)
     run.hook.pg_train_start(run=run)
@@ -441,10 +416,8 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             eval_graphs += compiled_graph_count() - graphs_before_eval
             last_val_bpb = res.val_bpb
             progress.phase("train")
-            run.log(
-                f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
-                f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms"
-            )
+            run.log(f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
+                    f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
             run.event("val", step=step, val_loss=res.val_loss, val_bpb=res.val_bpb, train_time_ms=training_time_ms)
             run.synchronize()
             t0 = time.perf_counter()
@@ -465,12 +438,11 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         train_loss = stepper.forward_backward(loader)
         loss_now = finite_loss(run, progress, step + 1, train_loss) if check_every_step else None
         run.hook.pg_before_step(run=run, step=step, clock=clock)
-        for opt in muon_opts:
-            for group in opt.param_groups:
-                group["momentum"] = clock.muon_momentum
         for opt in run.optimizers:
             for group in opt.param_groups:
                 group["lr"] = group["base_lr"] * clock.lr_mul
+                if isinstance(opt, Muon):
+                    group["momentum"] = clock.muon_momentum
         if core.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(base.parameters(), core.grad_clip_norm)
         stepper.optimizer_step()
@@ -511,15 +483,12 @@ def finite_loss(run: Run, progress: Any, step: int, train_loss: torch.Tensor) ->
 
 
 def make_clock(run: Run, budget: Budget, step: int, elapsed_ms: float) -> Clock:
-    core = run.core
-    warm = core.muon_momentum_warmup_steps
+    core, warm = run.core, run.core.muon_momentum_warmup_steps
     frac_m = min(step / warm, 1.0) if warm > 0 else 1.0
     frac = elapsed_ms / budget.loop_ms if budget.loop_ms else step / core.iterations
-    return Clock(
-        step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
-        lr_mul=budget.lr_mul(core, step, elapsed_ms),
-        muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum,
-    )
+    return Clock(step=step, elapsed_ms=elapsed_ms, frac=min(max(frac, step / core.iterations), 1.0),
+                 lr_mul=budget.lr_mul(core, step, elapsed_ms),
+                 muon_momentum=(1 - frac_m) * core.muon_momentum_warmup_start + frac_m * core.muon_momentum)
 
 
 def reached_cap(run: Run, budget: Budget, elapsed_ms: float) -> bool:
@@ -563,7 +532,7 @@ def train(run: Run) -> dict[str, Any]:
     warmup_and_restore(run, stepper)
     loop = timed_loop(run, stepper, budget)
     calibration_ms = finish_and_calibrate(run, loop, budget)
-    summary = export_and_evaluate(run)
+    summary = final_eval(run, *export_artifact(run))
     summary.update(steps=loop.steps, train_time_ms=loop.train_time_ms + calibration_ms,
                    loop_train_time_ms=loop.train_time_ms, calibration_ms=calibration_ms, params=n_params)
     if loop.last_val_bpb is not None and summary["val_bpb"] > loop.last_val_bpb + 0.01:
@@ -580,36 +549,39 @@ def train(run: Run) -> dict[str, Any]:
     return summary
 
 
-def export_and_evaluate(run: Run) -> dict[str, Any]:
-    """Quantize -> compress -> write the artifact -> decode and verify -> evaluate the round-tripped model."""
-    base = run.model
+def export_artifact(run: Run) -> tuple[str, dict[str, Any]]:
+    """Quantize -> refine -> compress -> write the artifact -> decode and verify it, then load the round-tripped
+    weights into the model. Returns the artifact's label ("int8+zlib") and the size fields."""
     cfg = run.config
     codec = run.hook.pg_codec(config=cfg)
     layout = run.hook.pg_state_codec(config=cfg)
+    state = dict(run.model.state_dict())
+    n_code = code_bytes(run)
 
     def quantize(name: str, t: torch.Tensor) -> Any:
         return run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
 
-    state = {k: v for k, v in base.state_dict().items()}
-    n_code = code_bytes(run)
     ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8", layout), code_bytes=n_code, config=cfg,
                            float_state=state)
     result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None, schemes=run.schemes,
                                   refine=lambda qstate: run.hook.pg_refine_quantized(qstate=qstate, ctx=ctx),
                                   state_codec=layout)
-    label = f"{result.quantizer_name}+{result.codec_name}"
-    fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": len(result.blob)}
+    label, n_model = f"{result.quantizer_name}+{result.codec_name}", len(result.blob)
+    fields: dict[str, Any] = {"code_bytes": n_code, "model_bytes": n_model}
     if run.master and run.run_dir is not None:
-        path = run.run_dir / "final_model.ptz"
-        write_atomic(path, result.blob)
-        run.log(f"Serialized model {label}: {len(result.blob)} bytes "
+        write_atomic(run.run_dir / "final_model.ptz", result.blob)
+        run.log(f"Serialized model {label}: {n_model} bytes "
                 f"(payload:{result.payload_bytes} raw_torch:{result.raw_bytes})")
         run.log(f"Code size: {n_code} bytes")
-        run.log(f"Total submission size {label}: {len(result.blob) + n_code} bytes")
-        run.event("size", label=label, code_bytes=n_code, model_bytes=len(result.blob),
-                  total=len(result.blob) + n_code)
+        run.log(f"Total submission size {label}: {n_model + n_code} bytes")
+        run.event("size", label=label, code_bytes=n_code, model_bytes=n_model, total=n_model + n_code)
     restored = ex.verify_round_trip(result, ex.decoders_of(codec, layout), schemes=run.schemes)
-    base.load_state_dict(restored, strict=True)
+    run.model.load_state_dict(restored, strict=True)
+    return label, fields
+
+
+def final_eval(run: Run, label: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the round-tripped model with the run's evaluator (`pg_evaluator`); `fields` plus the results."""
     evaluator = run.hook.pg_evaluator(run=run)
     if should_compile(run):
         ms = synthetic_warmup(run, run.eval_model, evaluator)
@@ -621,13 +593,13 @@ def export_and_evaluate(run: Run) -> dict[str, Any]:
     run.log(f"final_{tag}_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     run.event("final_eval", evaluator=evaluator.name, val_loss=res.val_loss, val_bpb=res.val_bpb,
               eval_time_ms=res.eval_time_ms, tokens=res.tokens, bytes=res.bytes)
-    fields.update(val_loss=res.val_loss, val_bpb=res.val_bpb, eval_time_ms=res.eval_time_ms,
-                  evaluator=evaluator.name, artifact_label=label, total_bytes=len(result.blob) + n_code)
+    fields.update(val_loss=res.val_loss, val_bpb=res.val_bpb, eval_time_ms=res.eval_time_ms, evaluator=evaluator.name,
+                  artifact_label=label, total_bytes=fields["model_bytes"] + fields["code_bytes"])
     run.hook.pg_report(run=run, fields=fields)
     return fields
 
 
-def run_training(config: Config, registry: Registry, code_size: CodeSize = source_bytes,
+def run_training(config: Config, registry: Registry, code_size: CodeSize | None = None,
                  progress: Any = None) -> dict[str, Any]:
     run = setup(config, registry, code_size=code_size, progress=progress)
     try:

@@ -664,7 +664,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if "pgolf" in res:
         attention = res["pgolf"]["attention"]
     else:  # what pgolf's run would pick (auto: measured at its shape)
-        from core.run import attention_shape, pick_attention, pick_device
+        from core.attention import attention_shape, pick_attention
+        from core.run import pick_device
 
         attention = pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0), attention_shape(cfg.core, 1),
                                    cfg.core.deterministic)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from core import export as ex
 from core.export import QTensor
 from core.hookspecs import hookimpl
+from core.model import CONTROL_TENSOR_NAME_PATTERNS
 from core.registry import Plugin
 from plugins.gptq_lite import parse_percentiles, row_clips, search_clip
 from plugins.lib.quant import (
@@ -168,7 +169,7 @@ def hessian_targets(model: nn.Module, cfg: GPTQConfig) -> set[str]:
     for name, p in model.named_parameters():
         if p.ndim != 2 or p.numel() <= cfg.keep_float_max_numel:
             continue
-        if any(pat in name for pat in ex.BASELINE_CONTROL_PATTERNS):
+        if any(pat in name for pat in CONTROL_TENSOR_NAME_PATTERNS):
             continue
         bits = bits_for(cfg, name)
         if bits < 8 or (bits == 8 and name == EMBED and cfg.gptq_embed):

@@ -280,10 +280,11 @@ def minified(sources: dict[str, str], roots: list[str], scanned: list[str], load
 
 
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
-    """(module name -> source of every module the bundle embeds, the enabled plugins' module names)."""
+    """(module name -> source of every module the bundle embeds, the run's plugins' module names: the enabled
+    ones and the default providers of the roles they leave open, `Registry.run_plugins`)."""
     roots: dict[str, str] = {"core.train": (ROOT / "core" / "train.py").read_text(encoding="utf-8")}
     plugin_modules = []
-    for name in cfg.plugins:
+    for name in registry.run_plugins(cfg.plugins):
         module, source = _plugin_module(registry, name)
         roots[module] = source
         plugin_modules.append(module.split(".", 1)[1])
@@ -339,7 +340,8 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str])
     """Specialise stripped `sources` in place to this configuration (`submissions.specialise`: a generated
     static-dispatch `core.registry`, no `@hookimpl` markers) and return the script's loader with the frozen
     configuration; None (sources unchanged) when the configuration cannot be specialised (a hook wrapper)."""
-    modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0] for n in cfg.plugins}
+    modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0]
+               for n in registry.run_plugins(cfg.plugins)}
     registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(sources), modules)
     if registry_source is None:
         return None
@@ -420,12 +422,18 @@ def wrap_code(cfg: Config, registry: Registry, text: str) -> str:
     return wrapped
 
 
+def source_bytes(cfg: Config, registry: Registry) -> int:
+    """An over-estimate of the bundle's size: the bytes of the core modules and the run's plugins' files
+    (unstripped)."""
+    files = sorted((ROOT / "core").glob("*.py"))
+    files += [Path(inspect.getsourcefile(registry.plugins[n]) or "") for n in registry.run_plugins(cfg.plugins)]
+    return sum(len(p.read_bytes()) for p in files if p.is_file())
+
+
 def bundle_size(cfg: Config, registry: Registry) -> int:
-    """Bytes of the train_gpt.py `bundle` writes for `cfg` (what `pgolf train` logs as its code size); the
-    core's source-byte estimate when a plugin cannot be bundled (an entry-point plugin)."""
+    """Bytes of the train_gpt.py `bundle` writes for `cfg` (what `pgolf train` logs as its code size);
+    `source_bytes` when a plugin cannot be bundled (an entry-point plugin)."""
     try:
         return len(bundle(cfg, registry).encode("utf-8"))
     except BundleError:
-        from core.train import source_bytes
-
         return source_bytes(cfg, registry)

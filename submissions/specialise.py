@@ -95,7 +95,7 @@ def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules:
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
-    order = ["core", *registry.registration_order(cfg.plugins)]
+    order = ["core", *registry.registration_order(registry.run_plugins(cfg.plugins))]
     lines = ["def make_manager(registry, config, core_impl=None):", " import types", " c = config.plugin_configs.get"]
     names = []
     for name in order[1:]:

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from core import attention as attn
+from core.attention import attention_shape, pick_attention
 from core.config import resolve
 from core.registry import Registry
-from core.run import attention_shape, create_run, pick_attention
+from core.run import create_run
 from core.train import CoreDefaults, build_model
 
 REGISTRY = Registry()

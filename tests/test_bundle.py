@@ -84,7 +84,8 @@ def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tin
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
     res = _probe(script, "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import plugins.xsa")
-    assert str(tmp_path / "core" / "model.py") in res.stdout and "('ema',)" in res.stdout
+    # the enabled plugin and the default quantizer it leaves in place (Registry.run_plugins)
+    assert str(tmp_path / "core" / "model.py") in res.stdout and "('ema', 'quant_int8')" in res.stdout
     assert "plugins.xsa is not bundled in this train_gpt.py" in res.stderr
 
 
@@ -166,7 +167,7 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
     script.write_text(bundle(cfg, reg))
     res = _probe(script, "from core.registry import Registry; print(sorted(Registry().plugins))")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick"]
+    assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick", "quant_int8"]  # + the default quantizer
 
 
 def test_reindent_keeps_the_syntax_tree_and_refuses_multiline_strings():

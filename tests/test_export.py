@@ -1,4 +1,5 @@
-"""Tests for core.export: the baseline int8 rule, quantizer precedence, codecs, the artifact format."""
+"""Tests for core.export and its default quantizer (plugins.quant_int8, the baseline int8 rule): quantizer
+precedence, codecs, the artifact format."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from core.run import write_atomic
 from pgolf.size import size_report
 from plugins.lib import codecs, quant
 from plugins.lib.decoders import read_artifact
+from plugins.quant_int8 import INT8_CLIP_Q, int8_quantize, quantile_flat
 
 Q64 = 99.99984 / 100.0  # the baseline's INT8_CLIP_PERCENTILE, written out independently
 Q32 = np.float32(Q64)  # torch.quantile computes the rank in the input dtype (float32)
@@ -44,7 +46,7 @@ def _bits(t: torch.Tensor) -> np.ndarray:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_per_row_matches_numpy_reference(dtype: torch.dtype) -> None:
     w = _matrix(dtype)
-    q = ex.int8_quantize("blocks.0.mlp.fc.weight", w)
+    q = int8_quantize("blocks.0.mlp.fc.weight", w)
     assert q.scheme == "int8_per_row" and q.data.dtype == torch.int8 and q.scale.dtype == torch.float16
     assert q.dtype == str(dtype).removeprefix("torch.") and q.shape == tuple(w.shape)
 
@@ -77,7 +79,7 @@ def test_int8_per_row_matches_numpy_reference(dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_int8_per_tensor_matches_numpy_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
     w = (torch.randn(*shape, generator=torch.Generator().manual_seed(2)) * 3).to(dtype)
-    q = ex.int8_quantize("some.vector", w)
+    q = int8_quantize("some.vector", w)
     assert q.scheme == "int8_per_tensor" and q.scale is not None and q.scale.ndim == 0
     a = w.float().numpy().reshape(-1)
     clip = float(np.quantile(np.abs(a), Q32, method="linear"))
@@ -90,34 +92,34 @@ def test_int8_per_tensor_matches_numpy_reference(shape: tuple[int, ...], dtype: 
 
 
 def test_per_tensor_zero_tensor_uses_unit_scale() -> None:
-    q = ex.int8_quantize("zeros", torch.zeros(70_000))
+    q = int8_quantize("zeros", torch.zeros(70_000))
     assert float(q.scale) == 1.0 and not q.data.any() and torch.equal(q.dequantize(), torch.zeros(70_000))
 
 
 @pytest.mark.parametrize("n", [65_537, 200_001, 1_000_003])
 def test_manual_quantile_equals_torch_quantile(n: int) -> None:
     x = torch.randn(n, generator=torch.Generator().manual_seed(n)).abs()
-    want = float(torch.quantile(x, ex.INT8_CLIP_Q).item())
-    assert ex._quantile_flat(x, ex.INT8_CLIP_Q, force_manual=True) == want
+    want = float(torch.quantile(x, INT8_CLIP_Q).item())
+    assert quantile_flat(x, INT8_CLIP_Q, force_manual=True) == want
 
 
 def test_small_float_tensors_pass_through() -> None:
     g = torch.Generator().manual_seed(3)
     w32 = torch.randn(256, 256, generator=g)  # exactly 65,536 elements: still passthrough
-    q = ex.int8_quantize("blocks.0.attn.c_q.weight", w32)
+    q = int8_quantize("blocks.0.attn.c_q.weight", w32)
     assert q.scheme == "passthrough" and q.data.dtype == torch.float16 and q.scale is None
     out = q.dequantize()
     assert out.dtype == torch.float32 and torch.equal(out, w32.half().float())
 
     wbf = torch.randn(64, generator=g).bfloat16()
-    q = ex.int8_quantize("blocks.0.norm.weight", wbf)
+    q = int8_quantize("blocks.0.norm.weight", wbf)
     assert q.data.dtype == torch.float16 and q.dequantize().dtype == torch.bfloat16
     assert torch.equal(q.dequantize(), wbf.half().bfloat16())
 
     w16 = torch.randn(64, generator=g).half()
-    assert torch.equal(ex.int8_quantize("x", w16).dequantize(), w16)
+    assert torch.equal(int8_quantize("x", w16).dequantize(), w16)
 
-    assert ex.int8_quantize("big", torch.randn(65_537, generator=g)).scheme == "int8_per_tensor"
+    assert int8_quantize("big", torch.randn(65_537, generator=g)).scheme == "int8_per_tensor"
 
 
 CONTROL_NAMES = ["blocks.3.attn_scale", "blocks.0.attn.q_gain", "skip_weights", "blocks.1.resid_mix"]
@@ -127,17 +129,17 @@ CONTROL_NAMES = ["blocks.3.attn_scale", "blocks.0.attn.q_gain", "skip_weights", 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_control_tensors_kept_fp32_and_restored(name: str, dtype: torch.dtype) -> None:
     t = (torch.randn(2, 512, generator=torch.Generator().manual_seed(4)) * 1e-4 + 1.0).to(dtype)
-    q = ex.int8_quantize(name, t)
+    q = int8_quantize(name, t)
     assert q.scheme == "passthrough" and q.data.dtype == torch.float32
     out = q.dequantize()
     assert out.dtype == dtype and torch.equal(out, t)
-    assert ex.int8_quantize(name, t, keep_fp32_patterns=()).data.dtype == torch.float16
+    assert int8_quantize(name, t, keep_fp32_patterns=()).data.dtype == torch.float16
 
 
 @pytest.mark.parametrize("t", [torch.arange(-5, 100_000, dtype=torch.int64), torch.tensor([True, False]),
                                torch.randint(0, 255, (300, 300), dtype=torch.uint8)])
 def test_non_float_passthrough_exact(t: torch.Tensor) -> None:
-    q = ex.int8_quantize("buf", t)
+    q = int8_quantize("buf", t)
     assert q.scheme == "passthrough" and q.data.dtype == t.dtype
     out = q.dequantize()
     assert out.dtype == t.dtype and torch.equal(out, t)
@@ -174,13 +176,15 @@ def test_quantizer_precedence() -> None:
         return None
 
     sd = _state()
-    qstate = ex.quantize_state_dict(sd, [declines, mlp_only], NEGATED_SCHEMES)
+    qstate = ex.quantize_state_dict(sd, [declines, mlp_only, int8_quantize], NEGATED_SCHEMES)
     assert qstate["blocks.0.mlp.fc.weight"].scheme == "test_negated"
     assert qstate["blocks.0.attn.c_q.weight"].scheme == "int8_per_row"
     assert qstate["blocks.0.attn_scale"].scheme == "passthrough" and qstate["step"].scheme == "passthrough"
     assert calls == list(sd)
     with pytest.raises(AssertionError):
         ex.quantize_state_dict(sd, [never])
+    with pytest.raises(ValueError, match="tensor 'blocks.0.attn.c_q.weight': no quantizer returned a QTensor"):
+        ex.quantize_state_dict({"blocks.0.attn.c_q.weight": sd["blocks.0.attn.c_q.weight"]}, [declines, mlp_only])
     mlp = {"blocks.0.mlp.fc.weight": sd["blocks.0.mlp.fc.weight"]}
     qstate_mlp = ex.quantize_state_dict(mlp, [mlp_only, never], NEGATED_SCHEMES)
     assert torch.equal(qstate_mlp["blocks.0.mlp.fc.weight"].dequantize(NEGATED_SCHEMES),
@@ -197,7 +201,7 @@ def test_quantizer_contract_errors() -> None:
 
 
 def test_payload_bytes() -> None:
-    result = ex.export_state_dict(_state(), [], ex.ZlibCodec())
+    result = ex.export_state_dict(_state(), [int8_quantize], ex.ZlibCodec())
     assert len(result.qstate) == 5
     # int8 codes + one fp16 scale per row for the matrices, fp32 for the control vector, int64 step
     matrices = 600 * (128 + 2) + 512 * (256 + 2) + 300 * (256 + 2)
@@ -264,7 +268,7 @@ def test_codec_truncated_input_fails(name: str) -> None:
 
 def test_artifact_checksum_catches_silent_corruption() -> None:
     codec = _codec("brotli")
-    blob = ex.export_state_dict(_state(), [], codec).blob
+    blob = ex.export_state_dict(_state(), [int8_quantize], codec).blob
     _, offset = ex.parse_header(blob)
     flipped = bytearray(blob)
     flipped[offset + (len(blob) - offset) // 2] ^= 0x01
@@ -316,7 +320,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
     codec = _codec(name)
     model = _model()
     sd = model.state_dict()
-    result = ex.export_state_dict(sd, [], codec, quantizer_name="int8")
+    result = ex.export_state_dict(sd, [int8_quantize], codec, quantizer_name="int8")
     assert result.blob.startswith(ex.MAGIC)
     assert result.codec_name == name
     header, offset = ex.parse_header(result.blob)
@@ -330,7 +334,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
     assert header2 == header
     restored = ex.verify_round_trip(result, {name: codec})
     from_file = ex.dequantize_state_dict(records)
-    expected = ex.dequantize_state_dict(ex.quantize_state_dict(sd, []))
+    expected = ex.dequantize_state_dict(ex.quantize_state_dict(sd, [int8_quantize]))
     assert set(restored) == set(from_file) == set(sd)
     for k, t in expected.items():
         assert restored[k].dtype == sd[k].dtype == from_file[k].dtype
@@ -351,7 +355,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
 
 def test_zlib_artifact_close_to_baseline_size() -> None:
     sd = _model().state_dict()
-    result = ex.export_state_dict(sd, [], ex.ZlibCodec())
+    result = ex.export_state_dict(sd, [int8_quantize], ex.ZlibCodec())
     quant = {n: q for n, q in result.qstate.items() if q.scheme != "passthrough"}
     baseline_layout = {  # the official script's int8 object, built from the same codes
         "__quant_format__": "int8_clean_per_row_v1",
@@ -402,7 +406,7 @@ class Evil:
 
 
 def test_artifact_errors() -> None:
-    blob = ex.export_state_dict(_model().state_dict(), [], ex.ZlibCodec()).blob
+    blob = ex.export_state_dict(_model().state_dict(), [int8_quantize], ex.ZlibCodec()).blob
     header, offset = ex.parse_header(blob)
     payload = blob[offset:]
 
@@ -453,7 +457,7 @@ def test_artifact_errors() -> None:
 
 
 def test_minimal_header_without_checksum_decodes() -> None:
-    result = ex.export_state_dict(_state(), [], ex.ZlibCodec())
+    result = ex.export_state_dict(_state(), [int8_quantize], ex.ZlibCodec())
     header, offset = ex.parse_header(result.blob)
     del header["streams"][0]["raw_sha256"]
     records, got = ex.decode_artifact(_blob(header, result.blob[offset:]))
@@ -470,14 +474,14 @@ def test_codec_mapping_overrides_registry() -> None:
         def decompress(self, data: bytes, max_size: int = ex.MAX_DECOMPRESSED) -> bytes:
             return data[::-1]
 
-    result = ex.export_state_dict(_state(), [], Reverse())
+    result = ex.export_state_dict(_state(), [int8_quantize], Reverse())
     assert "unknown codec 'reverse'" in _error(result.blob)
     restored = ex.verify_round_trip(result, {"reverse": Reverse()})
     assert torch.equal(restored["step"], torch.tensor(7))
 
 
 def test_verify_round_trip_detects_mismatch() -> None:
-    result = ex.export_state_dict(_state(), [], ex.ZlibCodec())
+    result = ex.export_state_dict(_state(), [int8_quantize], ex.ZlibCodec())
     result.qstate["blocks.0.attn.c_q.weight"].data[0, 0] += 1
     with pytest.raises(ex.ArtifactError, match="mismatch for tensor 'blocks.0.attn.c_q.weight'"):
         ex.verify_round_trip(result)

@@ -16,6 +16,7 @@ from plugins.compress_auto import CompressAuto, CompressAutoConfig
 from plugins.gptq_lite import GPTQLite, GPTQLiteConfig
 from plugins.lib import codecs
 from plugins.prune_to_fit import PruneError, PruneToFit, PruneToFitConfig, find_candidates, prune_to_fit, pruned
+from plugins.quant_int8 import int8_quantize
 from plugins.quant_mixed import QuantMixed, QuantMixedConfig
 from plugins.sdclip import SDClip, SDClipConfig
 
@@ -248,10 +249,10 @@ def test_baseline_int8_rule_below_its_passthrough_size_matches_the_core():
     small, big = rand_matrix(100, 128, seed=7), rand_matrix(600, 128, seed=7)
     q_small = QuantMixed(QuantMixedConfig(keep_float_max_numel=0)).pg_quantize_tensor(EMB, small, None)
     assert q_small.scheme == "int8_per_row"
-    ref = ex.int8_quantize(EMB, big)  # the core rule on a tensor past its passthrough size
+    ref = int8_quantize(EMB, big)  # the baseline rule on a tensor past its passthrough size
     ours = baseline_int8_any_size(EMB, big)
     assert torch.equal(ref.data, ours.data) and torch.equal(ref.scale, ours.scale)
-    q_rows = ex.int8_quantize(EMB, torch.cat([small, small, small, small, small, small]))
+    q_rows = int8_quantize(EMB, torch.cat([small, small, small, small, small, small]))
     assert torch.equal(q_small.data, q_rows.data[:100]) and torch.equal(q_small.scale, q_rows.scale[:100])
 
 
@@ -363,7 +364,7 @@ def test_prune_to_fit_run_fits_code_plus_artifact(tiny_sets):
                         "core.tied_embed_lr=0", "core.matrix_lr=0", "core.scalar_lr=0"])  # weights stay put
     run = setup(cfg, reg)
     n_code = code_bytes(run)
-    qstate = ex.quantize_state_dict(run.model.state_dict(), [])
+    qstate = ex.quantize_state_dict(run.model.state_dict(), [int8_quantize])
     size_of = ex.artifact_sizer(ex.ZlibCodec())
     full = n_code + size_of(qstate)
     floor = n_code + size_of(pruned(qstate, find_candidates(qstate), len(find_candidates(qstate))))

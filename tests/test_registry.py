@@ -115,6 +115,8 @@ def test_cli_plugins_list_and_show(capsys):
     assert "smeargate" in out and "openai/parameter-golf#315" in out
     assert main(["plugins", "show", "ema"]) == 0
     assert '"decay"' in capsys.readouterr().out
+    assert main(["plugins", "show", "quant_int8"]) == 0
+    assert '"default": true' in capsys.readouterr().out
     assert main(["plugins", "show", "emaa"]) == 2
     assert "unknown plugin 'emaa' (did you mean 'ema'?)" in capsys.readouterr().err
 
@@ -165,3 +167,22 @@ def test_every_declared_relation_names_an_existing_plugin_or_role():
                 if other not in reg.plugins and other not in roles]
     assert dangling == []
     assert not roles & set(reg.plugins), "a role named like a plugin is ambiguous"
+
+
+def test_default_plugins_fill_the_roles_no_enabled_plugin_provides():
+    """`default = True` (plugins.quant_int8 for "quantizer") is registered only while no enabled plugin provides
+    its role; a default without a role, or a second default of one role, is refused when added."""
+    r = Registry()
+    assert r.run_plugins([]) == ["quant_int8"] and r.run_plugins(["ema"]) == ["quant_int8", "ema"]
+    assert r.run_plugins(["quant_mixed"]) == ["quant_mixed"] and r.run_plugins(["quant_int8"]) == ["quant_int8"]
+    plain = resolve(plugin_config_classes=r.config_classes(), plugins=[], check_plugins=r.check)
+    mixed = resolve(plugin_config_classes=r.config_classes(), plugins=["quant_mixed"], check_plugins=r.check)
+    assert plain.plugins == [] and make_manager(r, plain).get_plugin("quant_int8") is not None
+    assert make_manager(r, mixed).get_plugin("quant_int8") is None
+    assert r.check(["quant_int8", "quant_mixed"]) == [
+        "plugins 'quant_int8' and 'quant_mixed' all provide 'quantizer': enable only one of them"]
+    meta = {"summary": "s", "sources": ("x",), "test_settings": {}}
+    with pytest.raises(PluginError, match="plugin D from t: default is set but it provides no role"):
+        r.add(type("D", (Plugin,), {"name": "d", "default": True, **meta}), "t")
+    with pytest.raises(PluginError, match="'quant_int8' is already the default provider of quantizer"):
+        r.add(type("E", (Plugin,), {"name": "e", "default": True, "provides": ("quantizer",), **meta}), "t")

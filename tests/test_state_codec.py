@@ -14,9 +14,10 @@ import torch
 from core import export as ex
 from core.config import resolve
 from core.registry import Registry
-from core.train import export_and_evaluate, setup, train
+from core.train import export_artifact, final_eval, setup, train
 from plugins.lib import codecs, decoders
 from plugins.lib.pergroup import PerGroupStateCodec, similarity_order
+from plugins.quant_int8 import int8_quantize
 
 pytest.importorskip("brotli")
 
@@ -39,13 +40,13 @@ def _qstate(layers: int = 3, seed: int = 0) -> dict[str, ex.QTensor]:
         sd[f"blocks.{i}.attn.c_k.weight"] = torch.randn(24, 32, generator=gen)
         sd[f"blocks.{i}.mlp.fc.weight"] = torch.randn(64, 32, generator=gen)
         sd[f"blocks.{i}.attn_scale"] = torch.rand(32, generator=gen)
-    return {name: ex.int8_quantize(name, t) if name == "skip_weights" else _force_int8(name, t)
+    return {name: int8_quantize(name, t) if name == "skip_weights" else _force_int8(name, t)
             for name, t in sd.items()}
 
 
 def _force_int8(name: str, t: torch.Tensor) -> ex.QTensor:
     if t.ndim < 2:
-        return ex.int8_quantize(name, t)
+        return int8_quantize(name, t)
     scale = t.abs().amax(dim=1).clamp_min(1e-6) / 127
     codes = torch.round(t / scale[:, None]).clamp(-127, 127).to(torch.int8)
     return ex.QTensor("int8_per_row", codes, scale.half(), "float32", tuple(t.shape))
@@ -263,7 +264,7 @@ def _export(tiny_sets, plugins, sets=()):
     cfg = resolve(plugin_config_classes=REG.config_classes(), plugins=["quant_mixed", *plugins],
                   sets=[*tiny_sets, *QUANT, *sets], check_plugins=REG.check)
     run = setup(cfg, REG)
-    fields = export_and_evaluate(run)
+    fields = final_eval(run, *export_artifact(run))
     blob = (run.run_dir / "final_model.ptz").read_bytes()
     return fields, blob, FINAL.search((run.run_dir / "train.log").read_text()).groups()
 

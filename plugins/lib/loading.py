@@ -83,6 +83,7 @@ def describe(cls: type[Plugin]) -> dict[str, Any]:
         "requires": list(cls.requires),
         "conflicts": list(cls.conflicts),
         "provides": list(cls.provides),
+        "default": cls.default,  # registered when no enabled plugin provides its roles
         "after": list(cls.after),
         "before": list(cls.before),
         "settings": fields,

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from core import export as ex
 from core.model import CONTROL_TENSOR_NAME_PATTERNS
+from plugins import quant_int8 as int8
 
 # A row clip rule: (float32 matrix, qmax) -> per-row clip values (the value that maps to code qmax).
 RowClip = Callable[[Tensor, int], Tensor]
@@ -177,17 +178,17 @@ def quantize_tensor_amax(t32: Tensor, bits: int, extra_negative: bool) -> tuple[
 
 def baseline_int8_any_size(name: str, t: Tensor) -> ex.QTensor:
     """The baseline int8 rule, also below its own 65,536-element passthrough size (bit-identical above it)."""
-    if t.numel() > ex.KEEP_FLOAT_MAX_NUMEL:
-        return ex.int8_quantize(name, t)
+    if t.numel() > int8.KEEP_FLOAT_MAX_NUMEL:
+        return int8.int8_quantize(name, t)
     t32 = t.float()
     shape, dtype = tuple(t.shape), ex._dtype_name(t)
     if t32.ndim == 2 and t32.shape[0] > 0:
-        clip = torch.quantile(t32.abs(), ex.INT8_CLIP_Q, dim=1)
+        clip = torch.quantile(t32.abs(), int8.INT8_CLIP_Q, dim=1)
         clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
         scale = (clip / 127.0).clamp_min(1.0 / 127.0)
         codes = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8).contiguous()
         return ex.QTensor("int8_per_row", codes, scale.to(torch.float16).contiguous(), dtype, shape)
-    clip_abs = float(torch.quantile(t32.abs().flatten(), ex.INT8_CLIP_Q).item()) if t32.numel() else 0.0
+    clip_abs = float(torch.quantile(t32.abs().flatten(), int8.INT8_CLIP_Q).item()) if t32.numel() else 0.0
     scale_t = torch.tensor(clip_abs / 127.0 if clip_abs > 0 else 1.0, dtype=torch.float32)
     codes = torch.clamp(torch.round(torch.clamp(t32, -clip_abs, clip_abs) / scale_t), -127, 127)
     return ex.QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, dtype, shape)
@@ -201,7 +202,7 @@ def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: R
         return passthrough(t)
     if t.numel() <= cfg.keep_float_max_numel:
         return passthrough(t)
-    if any(p in name for p in ex.BASELINE_CONTROL_PATTERNS):
+    if any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS):
         return passthrough(t, fp32=True)
     bits = bits_for(cfg, name)
     if bits == 16:
