@@ -65,7 +65,7 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _imported_names(source: str) -> frozenset[str]:
     """Every dotted name a source imports, or imports a name from, at any depth (memoized: a function of the
     text alone; bundling parses the same modules for every configuration)."""
@@ -110,7 +110,7 @@ def _help_only(keyword: ast.keyword) -> bool:
         isinstance(k, ast.Constant) and k.value == "help" for k in v.keys)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def reindent(source: str, width: int = 1) -> str:
     """`source` (canonical `ast.unparse` layout: 4 spaces per level) with `width` spaces per level; the
     source unchanged if that would change its syntax tree (a multi-line string literal, other layouts)."""
@@ -132,7 +132,7 @@ def _reads_annotations(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return any("custom_op" in ast.unparse(d) for d in fn.decorator_list)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def strip_source(source: str) -> str:
     """The same module without docstrings, comments, function annotations and field help texts
     (`ast.unparse`: same code, canonical layout), indented one space per level (`reindent`).

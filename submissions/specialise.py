@@ -35,7 +35,7 @@ def _is_marker(node: ast.expr) -> bool:
     return isinstance(target, ast.Name) and target.id == MARKER
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def drop_hookimpl_markers(source: str) -> str:
     """`source` without `@hookimpl` / `@hookimpl(...)` decorators, its `core.hookspecs` imports (the static
     dispatcher needs no markers) and `pluggy.*` class-level annotations (`object` instead)."""
@@ -59,7 +59,7 @@ def called_hooks(sources: dict[str, str]) -> set[str]:
     return set().union(*map(_hook_attributes, sources.values()))
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=256)
 def _hook_attributes(text: str) -> frozenset[str]:
     return frozenset(node.attr for node in ast.walk(ast.parse(text))
                      if isinstance(node, ast.Attribute) and node.attr.startswith("pg_"))
