@@ -1,18 +1,15 @@
-"""Fused LeakyReLU² MLP: the up-projection and its activation in one Triton GEMM, forward and backward
-(PR #1530 `linear_leaky_relu_square_kernel`, from modded-nanogpt's triton_kernels.py / PR #1105).
+"""Fused LeakyReLU² MLP: up-projection + activation in one Triton GEMM, forward and backward (PR #1530's
+`linear_leaky_relu_square_kernel`, from modded-nanogpt / PR #1105).
 
-The function is `leaky_relu2`'s, proj(leaky_relu(fc(x), slope)²). In training mode the MLP runs as one
-autograd.Function: a persistent TMA GEMM computes `pre = x·W1ᵀ` and, in its epilogue, writes both `pre`
-and `post = leaky(pre)²` (128×256×64 tiles, 8 warps, the accumulator stored in two column halves); then
-`out = post·W2ᵀ`. The backward reuses the kernel with `pre` as an extra input, so the epilogue forms
-`dpre = (g·W2) ⊙ d(post)/d(pre)` (`2·pre` where pre > 0, else `2·slope²·pre`; the record hard-codes
-slope 0.5, hence its `0.5·pre`), and `dW2 = gᵀ·post`, `dW1 = dpreᵀ·x`, `dx = dpre·W1` are plain matmuls.
-The kernel is bf16 and needs TMA (sm90+): it runs for bf16 CUDA tensors (autocast) when triton imports and
-is registered as a `torch.library.custom_op` (with a fake), so torch.compile(fullgraph=True) traces the
-Function whole. Elsewhere (CPU, fp32, backend "torch") the same Function runs the eager torch reference of
-both epilogues. As in the record the kernel is training-only: in eval mode (GPTQ calibration, evaluation)
-the MLP runs eagerly through its `fc`/`proj` modules, so forward hooks see the hidden activation.
-The epilogue multiplies in fp32 and rounds once (the record rounds g·W2 to bf16 before multiplying).
+The function is `leaky_relu2`'s, proj(leaky_relu(fc(x), slope)²). In training mode it runs as one
+autograd.Function: a persistent TMA GEMM (128×256×64 tiles, 8 warps) computes `pre = x·W1ᵀ` and its epilogue
+also writes `post = leaky(pre)²`; `out = post·W2ᵀ`. The backward reuses the kernel with `pre` as input, the
+epilogue forming `dpre = (g·W2) ⊙ (2·pre if pre > 0 else 2·slope²·pre)` (the record hard-codes slope 0.5:
+`0.5·pre`); dW2, dW1 and dx are plain matmuls. The kernel (bf16, sm90+) serves bf16 CUDA tensors when triton
+imports, as `torch.library.custom_op`s, so torch.compile(fullgraph=True) traces the Function whole; elsewhere
+the same Function runs the torch reference of both epilogues (which multiply in fp32 and round once; the
+record rounds g·W2 to bf16 first). Training-only, as the record: in eval mode (GPTQ calibration, evaluation)
+the MLP runs through its `fc`/`proj` modules, so forward hooks see the hidden activation.
 """
 
 from __future__ import annotations
