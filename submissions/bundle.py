@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import pprint
@@ -64,8 +65,10 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def imports_of(source: str) -> set[str]:
-    """`core.*` / `plugins.*` modules a source imports, at any depth (`from core import export` included)."""
+@functools.lru_cache(maxsize=256)
+def _imported_names(source: str) -> frozenset[str]:
+    """Every dotted name a source imports, or imports a name from, at any depth (memoized: a function of the
+    text alone; bundling parses the same modules for every configuration)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -73,7 +76,12 @@ def imports_of(source: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
-    return {m for m in out if m.split(".")[0] in PACKAGES and module_file(m) is not None}
+    return frozenset(out)
+
+
+def imports_of(source: str) -> set[str]:
+    """`core.*` / `plugins.*` modules a source imports, at any depth (`from core import export` included)."""
+    return {m for m in _imported_names(source) if m.split(".")[0] in PACKAGES and module_file(m) is not None}
 
 
 def module_closure(roots: dict[str, str]) -> dict[str, str]:
@@ -102,6 +110,7 @@ def _help_only(keyword: ast.keyword) -> bool:
         isinstance(k, ast.Constant) and k.value == "help" for k in v.keys)
 
 
+@functools.lru_cache(maxsize=256)
 def reindent(source: str, width: int = 1) -> str:
     """`source` (canonical `ast.unparse` layout: 4 spaces per level) with `width` spaces per level; the
     source unchanged if that would change its syntax tree (a multi-line string literal, other layouts)."""
@@ -123,11 +132,13 @@ def _reads_annotations(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
     return any("custom_op" in ast.unparse(d) for d in fn.decorator_list)
 
 
+@functools.lru_cache(maxsize=256)
 def strip_source(source: str) -> str:
     """The same module without docstrings, comments, function annotations and field help texts
     (`ast.unparse`: same code, canonical layout), indented one space per level (`reindent`).
     Class-level annotations stay (dataclasses read them), and so do those of `torch.library.custom_op`
-    functions (it infers the operator's schema from them)."""
+    functions (it infers the operator's schema from them). Memoized, like the other pure text-to-text steps
+    here: every training run bundles its configuration to log the code size."""
     tree = ast.parse(source)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -262,7 +273,15 @@ if __name__ == "__main__":
 
 def minified(sources: dict[str, str], roots: list[str], scanned: list[str], loader: str = LOADER) -> dict[str, str]:
     """`sources` minified (`minify.minify_modules`: tree-shaken with the loader's names as roots, short local
-    names) without the modules no kept import reaches from `roots` (module names), one space per level."""
+    names) without the modules no kept import reaches from `roots` (module names), one space per level.
+    Memoized on the texts: runs of the same plugin list minify the same sources with the same loader."""
+    return dict(_minified(tuple(sources.items()), tuple(roots), tuple(scanned), loader))
+
+
+@functools.lru_cache(maxsize=16)
+def _minified(items: tuple[tuple[str, str], ...], roots: tuple[str, ...], scanned: tuple[str, ...],
+              loader: str) -> tuple[tuple[str, str], ...]:
+    sources = dict(items)
     tree = ast.parse(loader)
     names = names_in([tree], attributes=False) | {"BUNDLED"}  # plugins.BUNDLED: the script's plugin modules
     small = minify_modules(sources, roots=names, scanned=scanned, extra=[loader],
@@ -276,7 +295,7 @@ def minified(sources: dict[str, str], roots: list[str], scanned: list[str], load
         todo.extend(imports_of(small[name]))
         parts = name.split(".")
         todo.extend(".".join(parts[:i]) for i in range(1, len(parts)))
-    return {n: reindent(s) for n, s in small.items() if n in keep}
+    return tuple((n, reindent(s)) for n, s in small.items() if n in keep)
 
 
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import inspect
 from typing import Any
 
@@ -34,6 +35,7 @@ def _is_marker(node: ast.expr) -> bool:
     return isinstance(target, ast.Name) and target.id == MARKER
 
 
+@functools.lru_cache(maxsize=256)
 def drop_hookimpl_markers(source: str) -> str:
     """`source` without `@hookimpl` / `@hookimpl(...)` decorators, its `core.hookspecs` imports (the static
     dispatcher needs no markers) and `pluggy.*` class-level annotations (`object` instead)."""
@@ -54,12 +56,13 @@ def drop_hookimpl_markers(source: str) -> str:
 
 def called_hooks(sources: dict[str, str]) -> set[str]:
     """`pg_*` names the sources read as attributes (`run.hook.pg_x(...)`): the hooks the bundle calls."""
-    out = set()
-    for text in sources.values():
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.Attribute) and node.attr.startswith("pg_"):
-                out.add(node.attr)
-    return out
+    return set().union(*map(_hook_attributes, sources.values()))
+
+
+@functools.lru_cache(maxsize=256)
+def _hook_attributes(text: str) -> frozenset[str]:
+    return frozenset(node.attr for node in ast.walk(ast.parse(text))
+                     if isinstance(node, ast.Attribute) and node.attr.startswith("pg_"))
 
 
 DISPATCH = '''

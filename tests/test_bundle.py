@@ -170,6 +170,24 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
     assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick", "quant_int8"]  # + the default quantizer
 
 
+def test_bundling_again_gives_the_same_script_and_sees_an_edited_plugin_file(tmp_path, tiny_core):
+    """The bundler memoizes its text-to-text steps (every run bundles to log its code size): keyed on the texts,
+    so a second bundle is the same script and an edited plugin file is never served stale."""
+    src = tmp_path / "my_trick.py"
+    code = ('"""A user plugin."""\nfrom dataclasses import dataclass\nfrom core.registry import Plugin\n\n\n'
+            "@dataclass\nclass Cfg:\n    k: int = 31337\n\n\nclass MyTrick(Plugin):\n    name = 'my_trick'\n"
+            "    summary = 'test'\n    sources = ('test',)\n    config = Cfg\n")
+    src.write_text(code)
+    reg = load_registry([src])
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["my_trick"], sets=tiny_core,
+                  check_plugins=reg.check)
+    first = bundle(cfg, reg)
+    assert bundle(cfg, reg) == first and "31337" in first
+    src.write_text(code.replace("31337", "27182"))
+    second = bundle(cfg, reg)
+    assert "27182" in second and "31337" not in second
+
+
 def test_reindent_keeps_the_syntax_tree_and_refuses_multiline_strings():
     from submissions.bundle import reindent
 
@@ -389,24 +407,38 @@ def test_specialised_bundle_honours_env_and_arguments_but_fixes_its_plugins(tiny
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg, wrap=False))
     assert "def resolve(" not in script.read_text() and "pluggy" not in script.read_text()
-    show = ("import core.train as t, json; t.run_training = lambda cfg, reg, code_size: print(cfg.to_json()); "
-            "sys.exit(g['main'](sys.argv[2:]))")
-    probe = [sys.executable, "-c", "import runpy, sys; g = runpy.run_path(sys.argv[1]); " + show, str(script)]
+    # One process runs the script's main three times (env changes in between, as a shell would set them), each
+    # call's exit code, stdout and stderr printed as one JSON line: one interpreter start instead of three.
+    driver = (
+        "import contextlib, io, json, os, runpy, sys\n"
+        "g = runpy.run_path(sys.argv[1])\n"
+        "import core.train as t\n"  # the bundle's own core.train (its loader is installed by run_path)
+        "t.run_training = lambda cfg, reg, code_size: print(cfg.to_json())\n"
+        "for argv, env in json.loads(sys.argv[2]):\n"
+        "    os.environ.update(env)\n"
+        "    out, err = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
+        "        try:\n"
+        "            rc = g['main'](argv)\n"
+        "        except SystemExit as exc:\n"
+        "            rc = exc.code\n"
+        "    print(json.dumps([rc or 0, out.getvalue(), err.getvalue()]))\n")
+    cases = [(["xsa.last_n=3", "num_layers=5"], {}), (["core.plugins=ema"], {}), ([], {"PGOLF_PLUGINS": "ema"})]
     monkeypatch.setenv("ITERATIONS", "7")
     monkeypatch.setenv("EMA_DECAY", "0.5")
     monkeypatch.delenv("PGOLF_PLUGINS", raising=False)
-    res = subprocess.run([*probe, "xsa.last_n=3", "num_layers=5"], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", driver, str(script), json.dumps(cases)], capture_output=True,
+                         text=True, timeout=180)
     assert res.returncode == 0, res.stderr
-    out = json.loads(res.stdout)
+    (rc, stdout, stderr), refused, refused_env = (json.loads(line) for line in res.stdout.splitlines())
+    assert rc == 0, stderr
+    out = json.loads(stdout)
     c = out["config"]
     assert (c["core"]["iterations"], c["ema"]["decay"], c["xsa"]["last_n"], c["core"]["num_layers"]) == (7, 0.5, 3, 5)
     assert c["core"]["model_dim"] == cfg.core.model_dim and c["plugins"] == cfg.plugins  # the RECIPE's values
     assert out["sources"]["core.iterations"] == "env:ITERATIONS" and out["sources"]["xsa.last_n"] == "--set"
-    res = subprocess.run([*probe, "core.plugins=ema"], capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "plugins" in res.stderr
-    monkeypatch.setenv("PGOLF_PLUGINS", "ema")
-    res = subprocess.run(probe, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "PGOLF_PLUGINS" in res.stderr
+    assert refused[0] == 2 and "plugins" in refused[2]  # core.plugins=ema
+    assert refused_env[0] == 2 and "PGOLF_PLUGINS" in refused_env[2]
 
 
 @pytest.mark.slow

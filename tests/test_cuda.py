@@ -147,3 +147,85 @@ def test_auto_measures_every_importable_backend_and_logs_it(tiny_sets):
     ok = {n: ms for n, ms in run.attention_measured.items() if isinstance(ms, float)}
     assert run.attention == min(ok, key=ok.get)
     assert f"attention_backend:{run.attention} (measured: " in (run.run_dir / "train.log").read_text()
+
+
+def test_fused_mlp_triton_kernel_matches_the_torch_reference_and_compiles():
+    """The Triton path of `fused_mlp` (needs triton, sm90+): both epilogues against the torch reference on the same
+    bf16 inputs (rows and hidden width no multiple of the 128×256 tiles), and the Function's output and gradients
+    against the eager fp32 LeakyReLU² MLP, eagerly and under torch.compile(fullgraph=True)."""
+    pytest.importorskip("triton")
+    import torch.nn.functional as F
+
+    from plugins import fused_mlp as fm
+
+    torch.manual_seed(0)
+    rows, dim, hidden = 300, 96, 200
+    x = torch.randn(rows, dim, device="cuda").bfloat16()
+    w1 = (torch.randn(hidden, dim, device="cuda") / dim**0.5).bfloat16()
+    w2 = (torch.randn(dim, hidden, device="cuda") / hidden**0.5).bfloat16()
+    g = torch.randn(rows, dim, device="cuda").bfloat16()
+    assert fm._kernel_fits(x, w1) and fm._kernel_fits(g, w2.T.contiguous())  # the kernel itself, no fallback
+    for slope in (0.5, 0.25):
+        pre, post = fm._triton_up(x, w1, slope)
+        ref_pre, ref_post = fm.up_reference(x, w1, slope)
+        torch.testing.assert_close(pre, ref_pre, rtol=1e-2, atol=1e-2)
+        torch.testing.assert_close(post, ref_post, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(fm._triton_up_backward(g, w2, ref_pre, slope),
+                                   fm.up_backward_reference(g, w2, ref_pre, slope), rtol=2e-2, atol=2e-2)
+    x3, w1f, w2f = x.float().view(3, 100, dim), w1.float(), w2.float()
+    weights = torch.randn(3, 100, dim, device="cuda")
+
+    def eager(a, b, c):
+        return F.leaky_relu(a @ b.T, negative_slope=0.5).square() @ c.T
+
+    ref_in = [t.clone().requires_grad_() for t in (x3, w1f, w2f)]
+    ref = eager(*ref_in)
+    ref_grads = torch.autograd.grad(ref, ref_in, weights)
+    compiled = torch.compile(lambda a, b, c: fm.fused_leaky_relu2_mlp(a, b, c, 0.5, "triton"), fullgraph=True)
+    for fn in (lambda a, b, c: fm.fused_leaky_relu2_mlp(a, b, c, 0.5, "triton"), compiled):
+        ins = [t.bfloat16().requires_grad_() for t in (x3, w1f, w2f)]
+        out = fn(*ins)
+        grads = torch.autograd.grad(out, ins, weights.bfloat16())
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2 * scale)
+        for got, want in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+
+
+def test_fused_mlp_model_trains_under_autocast_with_the_kernel_and_matches_leaky_relu2():
+    """The plugin's model on CUDA under bf16 autocast: the training forward runs the kernel (the custom op is in
+    the compiled graph), loss and gradients close to leaky_relu2's; eval mode runs the eager MLP."""
+    pytest.importorskip("triton")
+    from model_builders import build_tiny, randomize
+
+    tiny = ["core.vocab_size=96", "core.num_layers=2", "core.model_dim=128", "core.num_heads=4",
+            "core.num_kv_heads=2", "core.device=cuda", "core.compile=false"]
+    _, fused = build_tiny(REGISTRY, tiny, ["fused_mlp"], seed=0)
+    _, leaky = build_tiny(REGISTRY, tiny, ["leaky_relu2"], seed=0)
+    randomize(fused)
+    fused, leaky = fused.cuda(), leaky.cuda()
+    leaky.load_state_dict(fused.state_dict())
+    x = torch.randint(0, 96, (4, 64), device="cuda")
+    y = torch.roll(x, -1, 1)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.print_readable(print_output=False))  # with the Function's forward/backward bodies
+        return gm.forward
+
+    torch._dynamo.reset()
+    losses = []
+    for fn in (torch.compile(fused, backend=backend, fullgraph=True), leaky):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fn(x, y)
+        loss.backward()
+        losses.append(loss.float())
+    assert "pgolf_fused_mlp.up" in graphs[-1], graphs[-1][-3000:]
+    torch.testing.assert_close(losses[0], losses[1], rtol=2e-2, atol=2e-2)
+    for (name, p), q in zip(fused.named_parameters(), leaky.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=5e-2, atol=5e-2 * q.grad.abs().max().item() + 1e-6,
+                                   msg=name)
+    fused.eval()
+    leaky.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.testing.assert_close(fused(x, y), leaky(x, y))

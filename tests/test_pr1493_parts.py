@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -505,6 +506,7 @@ def _hessian_worker(rank: int, world: int, port: int, out: dict) -> None:
 
     from plugins.gptq import HessianCollector
 
+    torch.set_num_threads(1)  # a forked worker: no intra-op thread pool of its own
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -531,7 +533,15 @@ def test_gptq_hessian_ranks():
         port = s.getsockname()[1]
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_hessian_worker, args=(2, port, out), nprocs=2, join=True)
+        # fork: the workers inherit the loaded torch (spawn would import it afresh in each, ~5 s on 2 cores);
+        # a deadline instead of a bare join, so a stuck worker fails the test rather than hanging the suite
+        ctx = mp.start_processes(_hessian_worker, args=(2, port, out), nprocs=2, join=False, start_method="fork")
+        deadline = time.monotonic() + 120
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail("the Hessian workers did not finish in 120 s")
         got = dict(out)
     xs = [torch.randn(5 + r, 8, generator=torch.Generator().manual_seed(r)) for r in range(2)]
     want = {"rank0": xs[0].T @ xs[0] / 5, "all": sum(x.T @ x for x in xs) / 11}

@@ -68,7 +68,7 @@ def test_window_ends_cover_each_position_once():
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tiny_core):
-    sets = [*tiny_core, f"core.data_path={tiny_data}", "core.iterations=200", "core.val_max_tokens=4096",
+    sets = [*tiny_core, f"core.data_path={tiny_data}", "core.iterations=120", "core.val_max_tokens=4096",
             "core.train_log_every=0"]
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=sets,
                   check_plugins=REGISTRY.check)

@@ -1,0 +1,238 @@
+"""Fused LeakyReLU² MLP: up-projection + activation in one Triton GEMM, forward and backward (PR #1530's
+`linear_leaky_relu_square_kernel`, from modded-nanogpt / PR #1105).
+
+The function is `leaky_relu2`'s, proj(leaky_relu(fc(x), slope)²). In training mode it runs as one
+autograd.Function: a persistent TMA GEMM (128×256×64 tiles, 8 warps) computes `pre = x·W1ᵀ` and its epilogue
+also writes `post = leaky(pre)²`; `out = post·W2ᵀ`. The backward reuses the kernel with `pre` as input, the
+epilogue forming `dpre = (g·W2) ⊙ (2·pre if pre > 0 else 2·slope²·pre)` (the record hard-codes slope 0.5:
+`0.5·pre`); dW2, dW1 and dx are plain matmuls. The kernel (bf16, sm90+) serves bf16 CUDA tensors when triton
+imports, as `torch.library.custom_op`s, so torch.compile(fullgraph=True) traces the Function whole; elsewhere
+the same Function runs the torch reference of both epilogues (which multiply in fp32 and round once; the
+record rounds g·W2 to bf16 first). Training-only, as the record: in eval mode (GPTQ calibration, evaluation)
+the MLP runs through its `fc`/`proj` modules, so forward hooks see the hidden activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+from plugins.leaky_relu2 import LeakyReLU2MLP
+
+try:  # the CUDA kernel exists only where triton (with host tensor descriptors) does
+    import triton
+    import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - depends on the machine
+    triton = None
+
+BACKENDS = ("auto", "triton", "torch")
+BLOCK_M, BLOCK_N, BLOCK_K = 128, 256, 64  # the record's tiles
+
+
+@dataclass
+class FusedMLPConfig:
+    slope: float = field(default=0.5, metadata={"help": "negative slope before squaring (PR #1530: 0.5)"})
+    backend: str = field(default="auto", metadata={
+        "help": "auto: the Triton kernel for bf16 CUDA tensors when triton imports, else the torch reference; "
+                "triton / torch force one"})
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.slope < 1.0:
+            raise ValueError(f"fused_mlp.slope: expected a slope in [0, 1), got {self.slope}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"fused_mlp.backend: expected one of {BACKENDS}, got {self.backend!r}")
+
+
+# --- the torch reference of the two epilogues ------------------------------------------------------------
+def up_reference(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+    """(pre, post) = (x·W1ᵀ, leaky_relu(pre, slope)²); x (M, K), w1 (N, K)."""
+    pre = x @ w1.T
+    return pre, F.leaky_relu(pre, negative_slope=slope).square()
+
+
+def up_backward_reference(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+    """dpre = (g·W2) ⊙ d leaky(pre)²/d pre, in fp32 and rounded once; g (M, D), w2 (D, N), pre (M, N)."""
+    pre32 = pre.float()
+    grad = (g @ w2).float() * torch.where(pre32 > 0, 2.0 * pre32, (2.0 * slope * slope) * pre32)
+    return grad.to(pre.dtype)
+
+
+# --- the Triton kernel -------------------------------------------------------------------------------------
+if triton is not None:
+
+    @triton.jit
+    def _linear_leaky_relu2_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, slope,
+                                   BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
+                                   BLOCK_SIZE_K: tl.constexpr, NUM_SMS: tl.constexpr, FORWARD: tl.constexpr):
+        """C = A·Bᵀ tile by tile (persistent: program p takes tiles p, p + NUM_SMS, ...). FORWARD: C = pre and
+        aux <- leaky(pre)²; else aux holds pre and C = (A·Bᵀ) ⊙ leaky'(pre)·2·leaky(pre)."""
+        half: tl.constexpr = BLOCK_SIZE_N // 2
+        num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
+        num_tiles = tl.cdiv(M, BLOCK_SIZE_M) * num_pid_n
+        k_tiles = tl.cdiv(K, BLOCK_SIZE_K)
+        for tile in tl.range(tl.program_id(axis=0), num_tiles, NUM_SMS, flatten=True):
+            row = (tile // num_pid_n) * BLOCK_SIZE_M
+            col = (tile % num_pid_n) * BLOCK_SIZE_N
+            acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
+            for ki in range(k_tiles):
+                a = a_desc.load([row, ki * BLOCK_SIZE_K])
+                b = b_desc.load([col, ki * BLOCK_SIZE_K])
+                acc = tl.dot(a, b.T, acc)
+            # the two column halves of the tile, stored separately (the record's register/smem saving)
+            left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_SIZE_M, 2, half)), (0, 2, 1)))
+            if FORWARD:
+                pre_l, pre_r = left.to(tl.bfloat16), right.to(tl.bfloat16)
+                c_desc.store([row, col], pre_l)
+                c_desc.store([row, col + half], pre_r)
+                act_l = tl.where(pre_l > 0, pre_l.to(tl.float32), slope * pre_l.to(tl.float32))
+                act_r = tl.where(pre_r > 0, pre_r.to(tl.float32), slope * pre_r.to(tl.float32))
+                aux_desc.store([row, col], (act_l * act_l).to(tl.bfloat16))
+                aux_desc.store([row, col + half], (act_r * act_r).to(tl.bfloat16))
+            else:
+                pre_l = aux_desc.load([row, col]).to(tl.float32)
+                pre_r = aux_desc.load([row, col + half]).to(tl.float32)
+                neg = 2.0 * slope * slope
+                c_desc.store([row, col], (left * tl.where(pre_l > 0, 2.0 * pre_l, neg * pre_l)).to(tl.bfloat16))
+                c_desc.store([row, col + half],
+                             (right * tl.where(pre_r > 0, 2.0 * pre_r, neg * pre_r)).to(tl.bfloat16))
+
+    def _launch(a: Tensor, b: Tensor, aux: Tensor | None, slope: float) -> tuple[Tensor, Tensor]:
+        """The kernel on a (M, K) and b (N, K), bf16 and contiguous: (pre, post) when aux is None, else
+        (dpre, aux) with aux = pre."""
+        (m, k), n = a.shape, b.shape[0]
+        forward = aux is None
+        c = torch.empty((m, n), device=a.device, dtype=a.dtype)
+        if aux is None:
+            aux = torch.empty((m, n), device=a.device, dtype=a.dtype)
+        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+        grid = (min(sms, triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)),)
+        _linear_leaky_relu2_kernel[grid](
+            TensorDescriptor.from_tensor(a, [BLOCK_M, BLOCK_K]), TensorDescriptor.from_tensor(b, [BLOCK_N, BLOCK_K]),
+            TensorDescriptor.from_tensor(c, [BLOCK_M, BLOCK_N // 2]),
+            TensorDescriptor.from_tensor(aux, [BLOCK_M, BLOCK_N // 2]), m, n, k, slope,
+            BLOCK_SIZE_M=BLOCK_M, BLOCK_SIZE_N=BLOCK_N, BLOCK_SIZE_K=BLOCK_K, NUM_SMS=sms, FORWARD=forward,
+            num_stages=4 if forward else 3, num_warps=8)
+        return c, aux
+
+    def _kernel_fits(a: Tensor, b: Tensor) -> bool:
+        """TMA: sm90+, 16-byte aligned row strides (bf16: widths a multiple of 8)."""
+        return (torch.cuda.get_device_capability(a.device)[0] >= 9 and a.shape[1] % 8 == 0
+                and b.shape[0] % 8 == 0)
+
+    @torch.library.custom_op("pgolf_fused_mlp::up", mutates_args=())
+    def _triton_up(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+        x, w1 = x.contiguous(), w1.contiguous()
+        if not _kernel_fits(x, w1):
+            pre, post = up_reference(x, w1, slope)
+            return pre.contiguous(), post.contiguous()
+        return _launch(x, w1, None, slope)
+
+    @_triton_up.register_fake
+    def _(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+        shape = (x.shape[0], w1.shape[0])
+        return x.new_empty(shape), x.new_empty(shape)
+
+    @torch.library.custom_op("pgolf_fused_mlp::up_backward", mutates_args=())
+    def _triton_up_backward(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+        g, w2t = g.contiguous(), w2.T.contiguous()
+        if not _kernel_fits(g, w2t):
+            return up_backward_reference(g, w2, pre, slope)
+        return _launch(g, w2t, pre.contiguous(), slope)[0]
+
+    @_triton_up_backward.register_fake
+    def _(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+        return pre.new_empty(pre.shape)
+
+
+def uses_kernel(x: Tensor, backend: str) -> bool:
+    """Whether the Triton kernel serves `x` (decided from device and dtype: a constant when traced)."""
+    if backend == "torch" or triton is None:
+        if backend == "triton":
+            raise RuntimeError("fused_mlp: backend 'triton' needs the triton package")
+        return False
+    if backend == "triton" and not (x.is_cuda and x.dtype == torch.bfloat16):
+        raise RuntimeError(f"fused_mlp: backend 'triton' needs bf16 CUDA tensors, got {x.dtype} on {x.device}")
+    return x.is_cuda and x.dtype == torch.bfloat16
+
+
+class FusedLeakyReLU2Function(torch.autograd.Function):
+    """proj(leaky(x·W1ᵀ)²) with the hand-written backward above; x (..., K), w1 (N, K), w2 (D, N)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, slope: float, kernel: bool) -> Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        pre, post = _triton_up(x2, w1, slope) if kernel else up_reference(x2, w1, slope)
+        ctx.save_for_backward(x2, w1, w2, pre, post)
+        ctx.slope, ctx.kernel = slope, kernel
+        return (post @ w2.T).view(*x.shape[:-1], w2.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x2, w1, w2, pre, post = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        dpre = (_triton_up_backward(g, w2, pre, ctx.slope) if ctx.kernel
+                else up_backward_reference(g, w2, pre, ctx.slope))
+        dx = (dpre @ w1).view(*grad_out.shape[:-1], w1.shape[1])
+        return dx, dpre.T @ x2, g.T @ post, None, None
+
+
+def fused_leaky_relu2_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, backend: str = "auto") -> Tensor:
+    """proj(leaky_relu(x·W1ᵀ, slope)²) through the fused Function (the kernel where `uses_kernel`)."""
+    return FusedLeakyReLU2Function.apply(x, w1, w2, slope, uses_kernel(x, backend))
+
+
+def _matmul_dtype(x: Tensor) -> torch.dtype:
+    """The dtype F.linear would compute in: the autocast dtype when autocast is on for x's device."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+
+
+class FusedLeakyReLU2MLP(LeakyReLU2MLP):
+    """`leaky_relu2`'s MLP (same parameters, names and init); training mode runs the fused Function."""
+
+    def __init__(self, spec, slope: float, backend: str):
+        super().__init__(spec, slope)
+        self.backend = backend
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:  # eager, through fc/proj: calibration hooks and TTT see the hidden activation
+            return super().forward(x)
+        dtype = _matmul_dtype(x)
+        return fused_leaky_relu2_mlp(x.to(dtype), self.fc.weight.to(dtype), self.proj.weight.to(dtype), self.slope,
+                                     self.backend)
+
+    def extra_repr(self) -> str:
+        return f"slope={self.slope}, backend={self.backend}"
+
+
+class FusedMLP(Plugin):
+    name = "fused_mlp"
+    family = "model"
+    summary = "LeakyReLU² MLP whose up-projection + activation (and backward) is one Triton GEMM in training."
+    sources = ("openai/parameter-golf#1530", "openai/parameter-golf#1105")
+    config = FusedMLPConfig
+    provides = ("mlp",)  # the per-layer mlp slot has one provider (leaky_relu2's function, fused)
+    # the fused path reads fc/proj weights directly: a QAT class swap of those linears would be skipped
+    conflicts = ("late_qat", "soft_round_qat")
+    test_settings = {"fused_mlp": {"slope": 0.5}}
+
+    def __init__(self, cfg: FusedMLPConfig | None = None):
+        super().__init__(cfg or FusedMLPConfig())
+
+    @classmethod
+    def check_config(cls, cfg: FusedMLPConfig, core) -> list[str]:
+        if cfg.backend == "triton" and triton is None:
+            return ["fused_mlp.backend: 'triton' needs the triton package (not importable here); use auto or torch"]
+        return []
+
+    @hookimpl
+    def pg_build_slot(self, slot: str, spec, layer: int | None):
+        if slot != "mlp" or layer is None:
+            return None
+        return FusedLeakyReLU2MLP(spec, self.cfg.slope, self.cfg.backend)

@@ -1,0 +1,142 @@
+"""fused_mlp: the fused LeakyReLU² MLP Function (torch reference path, hand-written backward) against the eager
+leaky_relu2 MLP in value and gradients, the module's training/eval split, the compiled model (fullgraph, the
+Function in the training graph only) and bad settings. The Triton kernel is checked in tests/test_cuda.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from model_builders import build_tiny, randomize
+
+from core.config import ConfigError, resolve
+from core.registry import Registry
+from plugins.fused_mlp import FusedLeakyReLU2MLP, fused_leaky_relu2_mlp, up_backward_reference, up_reference
+
+REGISTRY = Registry()
+TINY = ["core.vocab_size=96", "core.num_layers=2", "core.model_dim=32", "core.num_heads=4", "core.num_kv_heads=2",
+        "core.device=cpu", "core.compile=false"]
+
+
+def eager_mlp(x, w1, w2, slope):
+    return F.leaky_relu(x @ w1.T, negative_slope=slope).square() @ w2.T
+
+
+def grads_of(fn, tensors, weights):
+    tensors = [t.detach().clone().requires_grad_() for t in tensors]
+    out = fn(*tensors)
+    return out, torch.autograd.grad(out, tensors, weights)
+
+
+@pytest.mark.parametrize("slope", [0.5, 0.0, 0.3])
+def test_function_output_and_gradients_equal_the_eager_leaky_relu2_mlp(slope):
+    gen = torch.Generator().manual_seed(0)
+    x, w1, w2 = (torch.randn(*shape, generator=gen) for shape in ((2, 5, 16), (24, 16), (16, 24)))
+    weights = torch.randn(2, 5, 16, generator=gen)
+    ref, ref_grads = grads_of(lambda *t: eager_mlp(*t, slope), (x, w1, w2), weights)
+    out, got = grads_of(lambda *t: fused_leaky_relu2_mlp(*t, slope, "torch"), (x, w1, w2), weights)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, r, name in zip(got, ref_grads, ("x", "w1", "w2"), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4, msg=f"d{name}")
+
+
+def test_epilogues_written_out():
+    pre = torch.tensor([[-2.0, -0.5, 0.0, 1.5]])
+    got_pre, post = up_reference(torch.ones(1, 1), pre.T, 0.5)  # x = [[1]], w1 = preᵀ: x·W1ᵀ = pre
+    torch.testing.assert_close(got_pre, pre)
+    torch.testing.assert_close(post, torch.tensor([[1.0, 0.0625, 0.0, 2.25]]))
+    # d leaky(p)²/dp: 2p for p > 0, 2·slope²·p else (the record's 0.5·pre at slope 0.5); g·W2 = 1
+    torch.testing.assert_close(up_backward_reference(torch.ones(1, 1), torch.ones(1, 4), pre, 0.5),
+                               torch.tensor([[-1.0, -0.25, 0.0, 3.0]]))
+
+
+def test_bf16_inputs_give_bf16_outputs_and_gradients_close_to_fp32():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 16, generator=gen)
+    w1, w2 = torch.randn(32, 16, generator=gen) / 4, torch.randn(16, 32, generator=gen) / 4
+    weights = torch.randn(3, 16, generator=gen)
+    ref, ref_grads = grads_of(lambda *t: eager_mlp(*t, 0.5), (x, w1, w2), weights)
+    out, got = grads_of(lambda *t: fused_leaky_relu2_mlp(*t, 0.5), [t.bfloat16() for t in (x, w1, w2)],
+                        weights.bfloat16())
+    assert out.dtype == torch.bfloat16 and all(g.dtype == torch.bfloat16 for g in got)
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+    for g, r in zip(got, ref_grads, strict=True):
+        torch.testing.assert_close(g.float(), r, rtol=3e-2, atol=5e-2)
+
+
+def build(plugins, sets=()):
+    return build_tiny(REGISTRY, TINY, plugins, sets, 0)[1]
+
+
+def test_the_model_trains_like_leaky_relu2_and_evaluates_through_fc_and_proj():
+    fused, leaky = build(["fused_mlp"], ["fused_mlp.slope=0.3"]), build(["leaky_relu2"], ["leaky_relu2.slope=0.3"])
+    assert isinstance(fused.blocks[0].mlp, FusedLeakyReLU2MLP)
+    randomize(fused)
+    leaky.load_state_dict(fused.state_dict())
+    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(3))
+    y = torch.roll(x, -1, 1)
+    for model in (fused, leaky):
+        model.train()
+        model(x, y).backward()
+    torch.testing.assert_close(fused(x, y), leaky(x, y))
+    for (name, p), q in zip(fused.named_parameters(), leaky.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    seen = []
+    mlp = fused.blocks[1].mlp
+    handle = mlp.proj.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    h = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        mlp(h)
+        assert not seen  # training: the fused Function, not the proj module
+        fused.eval()
+        out = mlp(h)
+    handle.remove()
+    hidden = F.leaky_relu(h @ mlp.fc.weight.T, negative_slope=0.3).square()
+    torch.testing.assert_close(seen[0], hidden)  # eval: calibration hooks see the hidden activation
+    torch.testing.assert_close(out, hidden @ mlp.proj.weight.T)
+
+
+def test_compiled_training_graph_holds_the_function_and_matches_eager():
+    """fullgraph, zero breaks; the training graph calls the fused Function (the eval graph does not) and its output
+    and gradients are the eager leaky_relu2 model's, not the plugin-off (relu²) model's."""
+    torch._dynamo.reset()
+    fused, leaky, plain = build(["fused_mlp"]), build(["leaky_relu2"]), build([])
+    randomize(fused)
+    leaky.load_state_dict(fused.state_dict())
+    plain.load_state_dict(fused.state_dict())
+    x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(4))
+    y = torch.roll(x, -1, 1)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    assert torch._dynamo.explain(fused)(x, y).graph_break_count == 0
+    loss = torch.compile(fused, backend=backend, fullgraph=True)(x, y)
+    assert "autograd_function_apply" in graphs[-1]
+    loss.backward()
+    leaky(x, y).backward()
+    torch.testing.assert_close(loss, leaky(x, y))
+    assert abs(loss.item() - plain(x, y).item()) > 1e-3
+    for (name, p), q in zip(fused.named_parameters(), leaky.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    fused.eval()
+    with torch.no_grad():
+        torch.compile(fused, backend=backend, fullgraph=True)(x)
+    assert "autograd_function_apply" not in graphs[-1]
+
+
+def config_error(sets):
+    with pytest.raises(ConfigError) as err:
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["fused_mlp"], sets=[*TINY, *sets],
+                check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    assert len(err.value.errors) == 1, err.value.errors
+    return err.value.errors[0]
+
+
+def test_bad_settings_are_one_line_errors_naming_the_field():
+    assert "fused_mlp.slope" in config_error(["fused_mlp.slope=1.5"])
+    assert "fused_mlp.backend" in config_error(["fused_mlp.backend=cuda"])
+    errors = REGISTRY.check(["fused_mlp", "leaky_relu2"]) + REGISTRY.check(["fused_mlp", "late_qat"])
+    assert len(errors) == 2 and "'mlp'" in errors[0] and "conflict" in errors[1]
