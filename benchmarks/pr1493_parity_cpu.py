@@ -106,7 +106,12 @@ RECORD_STEP = re.compile(r"^(\d+)/\d+ train_loss: ([\d.]+)", re.M)
 PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.]+)", re.M)
 
 
-def record_source(path: str | None, ns_fp32: bool = False, dump: bool = False, noise: bool = False) -> str:
+BF16_KEEP = (".to(device).bfloat16()", "torch.autocast(device_type='cuda',dtype=torch.bfloat16,enabled=True)",
+             "torch.autocast(device_type='cuda',dtype=torch.bfloat16)")  # --bf16: these stay, autocast on CPU
+
+
+def record_source(path: str | None, ns_fp32: bool = False, dump: bool = False, noise: bool = False,
+                  bf16: bool = False) -> str:
     if path:
         text = Path(path).read_text(encoding="utf-8")
     else:
@@ -117,7 +122,10 @@ def record_source(path: str | None, ns_fp32: bool = False, dump: bool = False, n
         ns: dict = {}
         exec(text.replace("exec(", "_decoded=(", 1), ns)
         text = ns["_decoded"].decode() if isinstance(ns["_decoded"], bytes) else ns["_decoded"]
-    for old, new in PATCHES + (NOISE if noise else []) + (NS_FP32 if ns_fp32 else []) + (DUMP if dump else []):
+    patches = [(old, new) for old, new in PATCHES if not (bf16 and old in BF16_KEEP)]
+    if bf16:  # the GPU's dtype policy on CPU: bf16 model body, fp32 CastedLinear/control tensors, bf16 autocast
+        patches += [(old, old.replace("'cuda'", "'cpu'")) for old in BF16_KEEP[1:]]
+    for old, new in patches + (NOISE if noise else []) + (NS_FP32 if ns_fp32 else []) + (DUMP if dump else []):
         if old not in text:
             raise SystemExit(f"patch target not found in the record: {old[:60]!r}")
         text = text.replace(old, new)
@@ -167,6 +175,19 @@ if DUMP:  # --dump: model + optimizer state after every timed-loop step
         torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt},
                    f"{DUMP}/pgolf_{_n[0]}.pt")
     T.timed_loop, T.Stepper.optimizer_step = timed_loop, optimizer_step
+if os.environ.get("PARITY_BF16"):  # --bf16: the CUDA dtype policy and bf16 autocast, on CPU
+    import inspect
+    import core.model as M
+    src = inspect.getsource(M.cast_for_training)
+    src = src.replace('    if device.type != "cuda":\\n        return model\\n', "")
+    exec(compile(src, M.__file__, "exec"), M.__dict__)
+    T.cast_for_training = M.cast_for_training
+    _setup0 = T.setup
+    def _setup_bf16(cfg, reg, **kw):
+        run = _setup0(cfg, reg, **kw)
+        run.autocast_dtype = torch.bfloat16
+        return run
+    T.setup = _setup_bf16
 reg = Registry()
 data = load_recipe(sys.argv[1])
 data["source"] = sys.argv[1]
@@ -252,6 +273,9 @@ def main() -> int:
     ap.add_argument("--noise-floor", action="store_true",
                     help="instead of pgolf, run the record again with a rounding-level change (NS5 normalised in "
                          "fp32): how far two runs of the same math drift apart in this regime")
+    ap.add_argument("--bf16", action="store_true",
+                    help="both sides with the GPU's dtype policy (bf16 body, fp32 CastedLinear/control tensors) and "
+                         "bf16 autocast, on CPU: a precision difference the fp32 run cannot see shows here")
     ap.add_argument("--dump", action="store_true", help="save both states after every step; report the first diff")
     ap.add_argument("--out", default="/tmp/pr1493_parity")
     args = ap.parse_args()
@@ -266,10 +290,11 @@ def main() -> int:
             rows = args.batch_tokens // args.seq
             print(f"train tokens {n}: ~{(n - 1) // args.seq / rows:.1f} steps per epoch")
     shutil.copy(args.tokenizer, out / "data" / "tokenizers" / "fineweb_8192_bpe.model")
-    (out / "record.py").write_text(record_source(args.record, args.ns_fp32, args.dump), encoding="utf-8")
+    (out / "record.py").write_text(record_source(args.record, args.ns_fp32, args.dump, bf16=args.bf16),
+                                   encoding="utf-8")
     shape, sets = shape_for(args.layers, args.dim, args.seq, args.batch_tokens)
     common = {**os.environ, "OMP_NUM_THREADS": "2", **({"PARITY_DUMP": str(out)} if args.dump else {}),
-              **({"PARITY_NS_FP32": "1"} if args.ns_fp32 else {})}
+              **({"PARITY_NS_FP32": "1"} if args.ns_fp32 else {}), **({"PARITY_BF16": "1"} if args.bf16 else {})}
     env = {**common, **{k: str(v) for k, v in shape.items()}, "ITERATIONS": str(args.iterations),
            "WARMUP_STEPS": str(args.warmup), "DATA_DIR": str(out / "data") + "/", "RUN_ID": "record"}
     rec = subprocess.run([sys.executable, "record.py"], cwd=out, env=env, capture_output=True, text=True)
@@ -278,7 +303,8 @@ def main() -> int:
              f"core.out_dir={out / 'runs'}", "core.run_id=pgolf"]
     if args.noise_floor:
         (out / "noise").mkdir()
-        (out / "noise" / "record.py").write_text(record_source(args.record, args.ns_fp32, noise=True), encoding="utf-8")
+        noise_src = record_source(args.record, args.ns_fp32, noise=True, bf16=args.bf16)
+        (out / "noise" / "record.py").write_text(noise_src, encoding="utf-8")
         pg = subprocess.run([sys.executable, "record.py"], cwd=out / "noise", env=env, capture_output=True, text=True)
         (out / "noise.log").write_text(pg.stdout + pg.stderr)
         b = {int(s): float(v) for s, v in RECORD_STEP.findall(pg.stdout)}
