@@ -102,7 +102,9 @@ def test_fused_ce_triton_kernels_match_eager_softcap_ce_and_compile():
     torch.manual_seed(0)
     targets = torch.randint(0, 3000, (257,), device="cuda")
     weights = torch.randn(257, device="cuda")
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+    # fp32 gradient: Triton's exp/log differ from torch's by ~1 ulp, and softmax - onehot cancels; on the H200
+    # 2 of 771,000 entries were 2.3e-7 off (relative 7e-5), hence 1e-4 / 1e-6
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 1e-2)):
         logits = (torch.randn(257, 3000, device="cuda") * 40).to(dtype).requires_grad_()
         ref_in = logits.detach().float().requires_grad_()
         ref = F.cross_entropy(30 * torch.tanh(ref_in / 30), targets, reduction="none")
