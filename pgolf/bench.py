@@ -37,6 +37,27 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MIRROR = "/work/.mirror/openai+parameter-golf/repo"
 SMOKE = dict(steps=3, warmup_steps=1, val_tokens=65536, profile_steps=1, log_every=1)
 
+SITE = '''"""sitecustomize written by `pgolf bench`: a record that picks its SDPA kernels itself (PR #315 turns cuDNN
+off and flash on) runs on the kernels pgolf's run picked (PGOLF_BENCH_SDPA), whatever it asks for."""
+import os
+
+_WANT = {"cudnn": "cudnn", "flash": "flash", "efficient": "mem_efficient", "math": "math"}.get(
+    os.environ.get("PGOLF_BENCH_SDPA", ""))
+if _WANT:
+    import torch.backends.cuda as _cuda
+
+    _ENABLE = {n: getattr(_cuda, f"enable_{n}_sdp") for n in ("cudnn", "flash", "mem_efficient", "math")}
+
+    def _pinned(name):
+        def enable(flag):  # the record's request is ignored: only pgolf's kernel stays on
+            _ENABLE[name](name == _WANT)
+        return enable
+
+    for _n, _fn in _ENABLE.items():
+        _fn(_n == _WANT)
+        setattr(_cuda, f"enable_{_n}_sdp", _pinned(_n))
+'''
+
 SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func on the backend pgolf's run
 picked (PGOLF_BENCH_SDPA): fa4 through pgolf's own FA4 op (core/attention.py, PGOLF_BENCH_ATTENTION_PY), else torch
 SDPA with the kernels pgolf's run enabled; FA3's flash_attn_varlen_func (PR #1855's packed documents) through
@@ -472,6 +493,7 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
         shim = out / "shim"
         shim.mkdir(exist_ok=True)
         (shim / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
+        (shim / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
         env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "core" / "attention.py")
     (out / "record_env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k not in os.environ

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +342,18 @@ def test_attention_flops_count_grouped_query_heads_as_the_query_heads():
     for op in ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention"):
         assert mapping[getattr(aten, op)](q, kv, kv) == fwd
     assert mapping[aten._scaled_dot_product_cudnn_attention_backward](q, q, kv, kv) == 2 * fwd
+
+
+def test_record_side_sdpa_kernels_follow_pgolf_whatever_the_record_enables(tmp_path):
+    """PR #315 calls enable_cudnn_sdp(False) / enable_flash_sdp(True); under the bench's sitecustomize only the
+    kernel pgolf picked stays on."""
+    from pgolf.bench import SITE
+
+    (tmp_path / "sitecustomize.py").write_text(SITE)
+    code = ("from torch.backends.cuda import enable_cudnn_sdp, enable_flash_sdp, cudnn_sdp_enabled, flash_sdp_enabled\n"
+            "enable_cudnn_sdp(False); enable_flash_sdp(True)\n"
+            "print(cudnn_sdp_enabled(), flash_sdp_enabled())")
+    for choice, want in (("cudnn", "True False"), ("flash", "False True")):
+        env = {**os.environ, "PYTHONPATH": str(tmp_path), "PGOLF_BENCH_SDPA": choice}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == want.split(), (choice, out.stdout, out.stderr)
