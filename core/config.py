@@ -95,6 +95,10 @@ class CoreConfig:
     # the run's shape (fa3, fa4, cuDNN or flash SDPA; CPU: SDPA).
     device: str = field(default="auto", metadata=_env("PGOLF_DEVICE"))
     compile: str = field(default="auto", metadata=_env("PGOLF_COMPILE"))
+    # How a compiled run evaluates its artifact (core.scoring.prepare_eval): "compile" (warm-up compile on
+    # random tokens, then the compiled forward), "eager", or "auto" (eager when a timed eager batch says the
+    # whole pass takes less than compiling would cost).
+    eval_compile: str = field(default="auto", metadata=_env("PGOLF_EVAL_COMPILE"))
     attention: str = field(default="auto", metadata=_env("PGOLF_ATTENTION"))
     out_dir: str = field(default="runs", metadata=_env("PGOLF_OUT_DIR"))
     # Reproducible runs: the schedule follows iterations, not the wall clock (MAX_WALLCLOCK_SECONDS is
@@ -328,6 +332,8 @@ def core_errors(c: CoreConfig) -> list[str]:
         errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
     if c.compile not in ("auto", "true", "false", "1", "0"):
         errors.append(f"core.compile: expected auto, true or false, got {c.compile!r}")
+    if c.eval_compile not in ("auto", "compile", "eager"):
+        errors.append(f"core.eval_compile: expected auto, compile or eager, got {c.eval_compile!r}")
     if c.attention not in ("auto", "fa3", "fa4", "cudnn", "flash", "efficient", "math", "sdpa"):
         errors.append("core.attention: expected auto, fa3, fa4, cudnn, flash, efficient, math or sdpa, "
                       f"got {c.attention!r}")

@@ -146,7 +146,9 @@ def doc_ids_of(x: Tensor, bos_id: int) -> Tensor:
 class Evaluator(Protocol):
     """Scores every position of the validation stream into the sink (each exactly once). Optional:
     `warmup(run, model, n_tokens)` compiles every shape an n_tokens stream will use, on random tokens;
-    `doc_isolation = True` claims no score depends on another document (validator EVAL.DOC_ISOLATION)."""
+    `forward_plan(run, n_tokens)` -> ((batch, length), count): the scoring forwards this rank runs (for
+    `eval_compile = "auto"`); `doc_isolation = True` claims no score depends on another document (validator
+    EVAL.DOC_ISOLATION)."""
 
     name: str
 
@@ -190,6 +192,11 @@ class PlainEvaluator:
         self.batch_tokens = batch_tokens
         self.bos_id = bos_id
         self.doc_isolation = bos_id is not None
+
+    def forward_plan(self, run, n_tokens: int) -> tuple[tuple[int, int], int]:
+        lo, hi = rank_span((n_tokens - 1) // self.seq_len, run.rank, run.world_size)
+        batch = max(1, self.batch_tokens // self.seq_len)
+        return (min(batch, max(hi - lo, 1)), self.seq_len), -(-(hi - lo) // batch)
 
     def warmup(self, run, model, n_tokens: int) -> None:
         total_seqs = (n_tokens - 1) // self.seq_len
@@ -256,6 +263,72 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     finally:
         model.train(was_training)
     return 1000.0 * (time.perf_counter() - t0)
+
+
+# eval_compile = "auto": compiling costs about COMPILE_S (one eval graph's synthetic warm-up on an H200, issue
+# #14: 18.0 s for PR #315) and then runs COMPILED_SPEEDUP× faster than eager, so eager wins while its whole
+# pass takes at most COMPILE_S · s / (s - 1) seconds (compile + E/s ≥ E).
+COMPILE_S = 20.0
+COMPILED_SPEEDUP = 1.5
+
+
+def eager_seconds(run, evaluator, n_tokens: int) -> float | None:
+    """The eager scoring forwards' time for an n_tokens stream on this rank: `forward_plan`'s count × one eager
+    batch (random tokens, timed after one untimed call); None when the evaluator has no plan."""
+    plan = getattr(evaluator, "forward_plan", None)
+    if plan is None:
+        return None
+    (b, t), count = plan(run, n_tokens)
+    if count <= 0:
+        return 0.0
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
+    bos = getattr(evaluator, "bos_id", None)
+    was_training = run.model.training
+    run.model.eval()
+    try:
+        with torch.no_grad():
+            score_nll(run, run.model, x, y, bos)
+            run.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(2):
+                score_nll(run, run.model, x, y, bos)
+            run.synchronize()
+    finally:
+        run.model.train(was_training)
+    return count * (time.perf_counter() - t0) / 2
+
+
+@dataclass
+class EvalPlan:
+    """What `prepare_eval` chose: the model that evaluates, "compile" or "eager", the warm-up's milliseconds
+    (the auto probe included) and, under auto, the eager estimate it decided on."""
+
+    model: torch.nn.Module
+    mode: str
+    warmup_ms: float
+    eager_estimate_s: float | None = None
+
+
+def prepare_eval(run, evaluator, n_tokens: int | None = None, mode: str | None = None) -> EvalPlan:
+    """Pick the evaluation model by `core.eval_compile` (or `mode`) and warm it: "compile" runs the synthetic
+    warm-up of `run.eval_model`, "eager" evaluates `run.model` (no compile), "auto" times one eager batch
+    and picks eager when the eager pass is estimated to cost no more than compiling (COMPILE_S, COMPILED_SPEEDUP).
+    An uncompiled run (`run.eval_model is run.model`) is always eager. The warm-up is part of the eval phase."""
+    if run.eval_model is run.model:
+        return EvalPlan(run.model, "eager", 0.0)
+    mode = mode or run.core.eval_compile
+    n = run.val_tokens.numel() if n_tokens is None else n_tokens
+    t0 = time.perf_counter()
+    estimate = None
+    if mode == "auto":
+        estimate = eager_seconds(run, evaluator, n)
+        limit = COMPILE_S * COMPILED_SPEEDUP / (COMPILED_SPEEDUP - 1)
+        mode = "eager" if estimate is not None and estimate <= limit else "compile"
+    if mode == "eager":
+        return EvalPlan(run.model, "eager", 1000.0 * (time.perf_counter() - t0), estimate)
+    synthetic_warmup(run, run.eval_model, evaluator, n)
+    return EvalPlan(run.eval_model, "compile", 1000.0 * (time.perf_counter() - t0), estimate)
 
 
 def evaluate(run, model, evaluator, tokens: Tensor, position_bytes: Tensor | None = None) -> EvalResult:

@@ -30,7 +30,7 @@ from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
 from core.registry import Registry
 from core.run import NoProgress, Run, create_run, write_atomic
-from core.scoring import EvalResult, PlainEvaluator, evaluate, restored_weights, synthetic_warmup
+from core.scoring import EvalPlan, EvalResult, PlainEvaluator, evaluate, prepare_eval, restored_weights
 from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
 
@@ -583,13 +583,13 @@ def export_artifact(run: Run) -> tuple[str, dict[str, Any]]:
 def final_eval(run: Run, label: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the round-tripped model with the run's evaluator (`pg_evaluator`); `fields` plus the results."""
     evaluator = run.hook.pg_evaluator(run=run)
-    if should_compile(run):
-        ms = synthetic_warmup(run, run.eval_model, evaluator)
-        run.log(f"eval_warmup:synthetic_tokens time:{ms:.0f}ms")
-    res: EvalResult = evaluate(run, run.eval_model, evaluator, run.val_tokens)
+    plan = prepare_eval(run, evaluator)
+    log_eval_plan(run, plan)
+    res: EvalResult = evaluate(run, plan.model, evaluator, run.val_tokens)
     tag = label.replace("+", "_")
     run.log(f"final_{tag}_roundtrip val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
-            f"eval_time:{res.eval_time_ms:.0f}ms evaluator:{evaluator.name}")
+            f"eval_time:{res.eval_time_ms:.0f}ms evaluator:{evaluator.name} "
+            f"eval_phase_time:{plan.warmup_ms + res.eval_time_ms:.0f}ms")
     run.log(f"final_{tag}_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
     run.event("final_eval", evaluator=evaluator.name, val_loss=res.val_loss, val_bpb=res.val_bpb,
               eval_time_ms=res.eval_time_ms, tokens=res.tokens, bytes=res.bytes)
@@ -597,6 +597,15 @@ def final_eval(run: Run, label: str, fields: dict[str, Any]) -> dict[str, Any]:
                   artifact_label=label, total_bytes=fields["model_bytes"] + fields["code_bytes"])
     run.hook.pg_report(run=run, fields=fields)
     return fields
+
+
+def log_eval_plan(run: Run, plan: EvalPlan) -> None:
+    """The eval mode line (and the warm-up's, when the run compiles)."""
+    if run.eval_model is run.model:
+        return
+    est = "" if plan.eager_estimate_s is None else f" eager_estimate:{plan.eager_estimate_s:.1f}s"
+    run.log(f"eval_warmup:synthetic_tokens mode:{plan.mode} time:{plan.warmup_ms:.0f}ms{est}")
+    run.event("eval_plan", mode=plan.mode, warmup_ms=plan.warmup_ms, eager_estimate_s=plan.eager_estimate_s)
 
 
 def run_training(config: Config, registry: Registry, code_size: CodeSize | None = None,

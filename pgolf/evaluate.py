@@ -9,8 +9,8 @@ from typing import Any
 from core import export as ex
 from core.config import ConfigError
 from core.run import Run
-from core.scoring import EvalResult, evaluate, synthetic_warmup
-from core.train import set_modes, should_compile
+from core.scoring import EvalResult, evaluate, prepare_eval
+from core.train import log_eval_plan, set_modes
 from plugins.lib.decoders import read_artifact
 
 
@@ -51,10 +51,9 @@ def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
                                "the settings it was trained with: its run's config.json)")
     run.model.load_state_dict(state, strict=True)
     evaluator = run.hook.pg_evaluator(run=run)
-    if should_compile(run):
-        ms = synthetic_warmup(run, run.eval_model, evaluator)
-        run.log(f"eval_warmup:synthetic_tokens time:{ms:.0f}ms")
-    res = evaluate(run, run.eval_model, evaluator, run.val_tokens)
+    plan = prepare_eval(run, evaluator)
+    log_eval_plan(run, plan)
+    res = evaluate(run, plan.model, evaluator, run.val_tokens)
     run.log(f"eval artifact:{artifact} quantizer:{header.get('quantizer')} codec:{header.get('codec')} "
             f"evaluator:{evaluator.name}")
     run.log(f"final_eval val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f} eval_time:{res.eval_time_ms:.0f}ms "

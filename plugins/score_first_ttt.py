@@ -22,13 +22,12 @@ from core.registry import Plugin
 from core.scoring import (
     ScoredTokens,
     ScoreSink,
-    batch_sizes,
     rank_span,
     restored_weights,
     warm_forward,
 )
 from plugins.lib.ttt import cosine_lr, sgd_rows
-from plugins.lib.windows import score_windows, window_ends
+from plugins.lib.windows import score_windows, window_batch_shapes, window_batches, window_ends
 
 
 @dataclass
@@ -100,15 +99,21 @@ class ScoreFirstTTTEvaluator:
         cfg = self.cfg
         sgd_rows(run, base, opt, params, chunk, self.seq_len, cfg.batch_seqs, cfg.epochs, cfg.grad_clip, self.bos_id)
 
+    def forward_plan(self, run, n_tokens: int) -> tuple[tuple[int, int], int]:
+        """Scoring forwards only: adaptation runs eagerly whatever the eval mode."""
+        _, groups = self.chunks(n_tokens - 1)
+        count = sum(window_batches(len(g), run.rank, run.world_size, self.cfg.batch_seqs) for g in groups)
+        return (self.cfg.batch_seqs, min(self.seq_len, n_tokens - 1)), count
+
     def warmup(self, run, model, n_tokens: int) -> None:
-        """Scoring shapes of every chunk on this rank (adaptation runs on the uncompiled model)."""
-        ends, groups = self.chunks(n_tokens - 1)
+        """The one scoring shape (`score_windows` pads every batch to batch_seqs rows); adaptation runs on
+        the uncompiled model."""
+        _, groups = self.chunks(n_tokens - 1)
         win = min(self.seq_len, n_tokens - 1)
-        sizes: set[int] = set()
+        shapes: set[tuple[int, int]] = set()
         for group in groups:
-            lo, hi = rank_span(len(group), run.rank, run.world_size)
-            sizes |= batch_sizes(hi - lo, self.cfg.batch_seqs)
-        warm_forward(run, model, {(b, win) for b in sizes}, self.bos_id)
+            shapes |= window_batch_shapes(len(group), run.rank, run.world_size, self.cfg.batch_seqs, win)
+        warm_forward(run, model, shapes, self.bos_id)
 
 
 def _frozen(name: str, freeze_blocks: int) -> bool:

@@ -16,7 +16,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, rank_span, warm_forward
-from plugins.lib.windows import score_windows, window_batch_shapes, window_ends
+from plugins.lib.windows import score_windows, window_batch_shapes, window_batches, window_ends
 
 
 @dataclass
@@ -41,6 +41,11 @@ class SlidingWindowEvaluator:
         ends = window_ends(tokens.numel() - 1, self.seq_len, self.stride)
         lo, hi = rank_span(len(ends), run.rank, run.world_size)
         score_windows(run, model, tokens, sink, ends, range(lo, hi), self.seq_len, self.batch_seqs, self.bos_id)
+
+    def forward_plan(self, run, n_tokens: int) -> tuple[tuple[int, int], int]:
+        n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
+        return (self.batch_seqs, min(self.seq_len, n_tokens - 1)), window_batches(
+            n_windows, run.rank, run.world_size, self.batch_seqs)
 
     def warmup(self, run, model, n_tokens: int) -> None:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from core.scoring import ScoreSink, batch_sizes, rank_span, score_nll
+from core.scoring import ScoreSink, rank_span, score_nll
 
 
 def window_ends(n_positions: int, seq_len: int, stride: int) -> list[int]:
@@ -28,7 +28,9 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
                   batch_seqs: int, bos_id: int | None = None) -> None:
     """Score windows `which` (indices into `ends`) in batches: each window sees min(seq_len, n) tokens
     ending at its end position and records only the positions the previous window did not score.
-    With `bos_id`, attention inside a window stops at BOS (document-masked)."""
+    With `bos_id`, attention inside a window stops at BOS (document-masked). Every batch has `batch_seqs`
+    rows (a short last batch repeats its last window; those rows are dropped), so a compiled forward sees
+    one shape."""
     n = tokens.numel() - 1
     win = min(seq_len, n)
     device = run.device
@@ -36,9 +38,10 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
     with torch.no_grad():
         for b in range(which.start, which.stop, batch_seqs):
             idx = range(b, min(b + batch_seqs, which.stop))
-            xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in idx]).to(device, torch.int64)
-            ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in idx]).to(device, torch.int64)
-            nll = score_nll(run, model, xs, ys, bos_id)
+            rows = [*idx, *[idx[-1]] * (batch_seqs - len(idx))]
+            xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in rows]).to(device, torch.int64)
+            ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in rows]).to(device, torch.int64)
+            nll = score_nll(run, model, xs, ys, bos_id)[: len(idx)]
             pos = torch.stack([torch.arange(ends[k] - win + 1, ends[k] + 1) for k in idx]).to(device)
             new = torch.tensor([ends[k] - (ends[k - 1] if k > 0 else 0) for k in idx], device=device)
             keep = col[None, :] >= (win - new)[:, None]
@@ -46,5 +49,12 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
 
 
 def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: int, win: int) -> set[tuple[int, int]]:
+    """The one (batch_seqs, win) shape `score_windows` runs, when this rank has windows."""
     lo, hi = rank_span(n_windows, rank, world_size)
-    return {(b, win) for b in batch_sizes(hi - lo, batch_seqs)}
+    return {(batch_seqs, win)} if hi > lo else set()
+
+
+def window_batches(n_windows: int, rank: int, world_size: int, batch_seqs: int) -> int:
+    """Forward batches `score_windows` runs for this rank's share of `n_windows`."""
+    lo, hi = rank_span(n_windows, rank, world_size)
+    return -(-(hi - lo) // batch_seqs)

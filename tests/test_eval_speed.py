@@ -1,0 +1,119 @@
+"""Evaluation speed (issue #14): one compiled scoring shape, eval modes compile / eager / auto, no recompiles."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import core.scoring
+import core.train
+from core.config import ConfigError, resolve
+from core.registry import Registry
+from core.scoring import evaluate, prepare_eval
+from core.train import compiled_graph_count, setup
+
+REGISTRY = Registry()
+SETTINGS = {
+    "sliding_window": ["sliding_window.stride=16", "sliding_window.batch_seqs=32"],  # 253 windows: 8 batches
+    "score_first_ttt": ["score_first_ttt.chunk_tokens=1024", "score_first_ttt.stride=32",
+                        "score_first_ttt.batch_seqs=12", "score_first_ttt.epochs=1", "score_first_ttt.lr=0.01"],
+}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compiled_run(tiny_data, tiny_core, monkeypatch, plugin: str, extra=()):
+    """A compiled (aot_eager on CPU) untrained run evaluating with `plugin` on 4,096 validation tokens."""
+    monkeypatch.setattr(core.train.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    sets = [*tiny_core, f"core.data_path={tiny_data}", "core.compile=true", "core.val_max_tokens=4096",
+            *SETTINGS[plugin], *extra]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[plugin], sets=sets,
+                  check_plugins=REGISTRY.check)
+    run = setup(cfg, REGISTRY, make_dir=False)
+    assert run.eval_model is not run.model
+    return run
+
+
+@pytest.mark.parametrize("plugin", ["sliding_window", "score_first_ttt"])
+def test_compiled_eval_warms_one_graph_never_recompiles_and_matches_eager(tiny_data, tiny_core, monkeypatch, plugin):
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, plugin)
+    ev = run.hook.pg_evaluator(run=run)
+    (batch, _), count = ev.forward_plan(run, run.val_tokens.numel())
+    assert count > 4  # several batches (and several TTT chunks), the last of each group short
+    if plugin == "score_first_ttt":
+        assert len(ev.chunks(run.val_tokens.numel() - 1)[1]) == 4
+    eager = evaluate(run, run.model, ev, run.val_tokens)
+    graphs = compiled_graph_count()
+    plan = prepare_eval(run, ev, mode="compile")
+    assert plan.mode == "compile" and plan.model is run.eval_model and plan.warmup_ms > 0
+    assert compiled_graph_count() - graphs == 1  # one scoring shape: short batches are padded to batch_seqs
+    graphs = compiled_graph_count()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = evaluate(run, plan.model, ev, run.val_tokens)
+    assert compiled_graph_count() == graphs
+    assert compiled.tokens == eager.tokens == run.val_tokens.numel() - 1
+    assert abs(compiled.val_bpb - eager.val_bpb) < 1e-6
+    torch._dynamo.reset()
+
+
+def test_padded_batches_score_exactly_like_unpadded_ones(tiny_data, tiny_core, monkeypatch):
+    """Padding rows are dropped: every position's NLL equals the one from windows scored one at a time."""
+    from plugins.sliding_window import SlidingWindowEvaluator
+
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, "sliding_window")
+    tokens = run.val_tokens[:1025]
+    padded = evaluate(run, run.model, SlidingWindowEvaluator(64, 16, 7), tokens)
+    single = evaluate(run, run.model, SlidingWindowEvaluator(64, 16, 1), tokens)
+    assert torch.allclose(padded.nll[1:], single.nll[1:], rtol=1e-5, atol=1e-6)
+    assert padded.tokens == single.tokens == 1024
+
+
+def test_auto_picks_eager_for_a_short_pass_and_compile_when_compiling_is_cheap(tiny_data, tiny_core, monkeypatch):
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, "sliding_window")
+    ev = run.hook.pg_evaluator(run=run)
+    graphs = compiled_graph_count()
+    plan = prepare_eval(run, ev)  # core.eval_compile defaults to auto
+    assert plan.mode == "eager" and plan.model is run.model and compiled_graph_count() == graphs
+    assert plan.eager_estimate_s is not None and 0 < plan.eager_estimate_s < 60
+    monkeypatch.setattr(core.scoring, "COMPILE_S", plan.eager_estimate_s / 1000)  # compiling "free": compile wins
+    plan = prepare_eval(run, ev)
+    assert plan.mode == "compile" and plan.model is run.eval_model and compiled_graph_count() == graphs + 1
+    torch._dynamo.reset()
+
+
+def test_eager_estimate_scales_with_the_planned_batch_count(tiny_data, tiny_core, monkeypatch):
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, "sliding_window")
+    ev = run.hook.pg_evaluator(run=run)
+    calls = []
+    monkeypatch.setattr(core.scoring, "score_nll", lambda *a, **k: calls.append(a[3].shape))
+    (shape, count) = ev.forward_plan(run, run.val_tokens.numel())
+    core.scoring.eager_seconds(run, ev, run.val_tokens.numel())
+    assert calls == [shape] * 3 and shape == (32, 64)
+    assert count == -(-253 // 32)  # windows ending every 16 tokens from 64 to 4,095, the last at 4,095
+
+
+def test_bad_eval_compile_is_a_one_line_config_error(tiny_core):
+    with pytest.raises(ConfigError, match=r"core\.eval_compile: expected auto, compile or eager, got 'fast'"):
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=[*tiny_core,
+                "core.eval_compile=fast"], check_plugins=REGISTRY.check)
+
+
+def test_final_eval_logs_its_mode_and_phase_time(tiny_data, tiny_core, monkeypatch, tmp_path):
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, "sliding_window",
+                       ["core.eval_compile=eager", f"core.out_dir={tmp_path}"])
+    run = setup(run.config, REGISTRY)
+    graphs = compiled_graph_count()
+    fields = core.train.export_and_evaluate(run)
+    log = (run.run_dir / "train.log").read_text()
+    assert "eval_warmup:synthetic_tokens mode:eager" in log and "eval_phase_time:" in log
+    assert compiled_graph_count() == graphs and fields["val_bpb"] > 0
+    torch._dynamo.reset()
