@@ -33,8 +33,8 @@ import torch  # noqa: E402
 from core import export as ex  # noqa: E402
 from core.config import resolve  # noqa: E402
 from core.registry import Registry  # noqa: E402
-from core.scoring import evaluate, synthetic_warmup  # noqa: E402
-from core.train import setup, should_compile  # noqa: E402
+from core.scoring import evaluate, prepare_eval  # noqa: E402
+from core.train import set_modes, setup, should_compile  # noqa: E402
 from pgolf.evaluate import load_run_config  # noqa: E402
 from plugins.lib import codecs  # noqa: E402
 from plugins.lib.decoders import read_artifact  # noqa: E402
@@ -77,16 +77,19 @@ def bench_one(name: str, recipe: dict, sets: list[str], artifact: Path | None, r
     if artifact is not None:
         qstate, _ = read_artifact(artifact, codecs.all_decoders())
         run.model.load_state_dict(ex.dequantize_state_dict(qstate, run.schemes), strict=True)
+    set_modes(run, tuple(m.name for m in run.modes if m.start_frac <= 1.0))  # the final model's graph (recurrence on)
     evaluator = run.hook.pg_evaluator(run=run)
     compiled = should_compile(run)
-    warm_ms = synthetic_warmup(run, run.eval_model, evaluator) if compiled else 0.0
+    plan = prepare_eval(run, evaluator)  # core.eval_compile: compile | eager | auto
     before = _compile_counts()
-    with torch._dynamo.config.patch(error_on_recompile=compiled):
-        res = evaluate(run, run.eval_model, evaluator, run.val_tokens)
+    with torch._dynamo.config.patch(error_on_recompile=plan.mode == "compile"):
+        res = evaluate(run, plan.model, evaluator, run.val_tokens)
     compiles = {k: v - before.get(k, 0) for k, v in _compile_counts().items() if v != before.get(k, 0)}
-    row = {"evaluator": evaluator.name, "warmup_ms": round(warm_ms), "eval_ms": round(res.eval_time_ms),
+    row = {"evaluator": evaluator.name, "warmup_ms": round(plan.warmup_ms), "eval_ms": round(res.eval_time_ms),
+           "total_ms": round(plan.warmup_ms + res.eval_time_ms), "eval_compile": run.core.eval_compile,
+           "mode": plan.mode, "eager_estimate_s": plan.eager_estimate_s,
            "val_loss": res.val_loss, "val_bpb": res.val_bpb, "tokens": res.tokens, "bytes": res.bytes,
-           "world_size": run.world_size, "device": str(run.device), "compiled": compiled,
+           "world_size": run.world_size, "device": str(run.device), "compiled": compiled, "attention": run.attention,
            "doc_isolation": bool(getattr(evaluator, "doc_isolation", False)), "compiles_during_eval": compiles}
     del run, evaluator
     gc.collect()
@@ -128,16 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bench_one(name, recipe, sets, artifact, registry))
         if master:
             r = rows[-1]
-            print(f"eval_bench {r['evaluator']} warmup:{r['warmup_ms']}ms eval_time:{r['eval_ms']}ms "
+            print(f"eval_bench {r['evaluator']} mode:{r['mode']} warmup:{r['warmup_ms']}ms eval_time:{r['eval_ms']}ms "
                   f"val_loss:{r['val_loss']:.6f} val_bpb:{r['val_bpb']:.6f} "
                   f"compiles_during_eval:{r['compiles_during_eval'] or 'none'}", flush=True)
     if master:
         r0 = rows[0]
         print(f"\n{r0['device']} x{r0['world_size']} compiled:{r0['compiled']} tokens:{r0['tokens']} "
               f"source:{a.path or a.recipe}")
-        print(f"{'evaluator':<16} {'warmup ms':>10} {'eval ms':>10} {'val_loss':>10} {'val_bpb':>10}  isolated")
+        print(f"{'evaluator':<16} {'mode':<8} {'warmup ms':>10} {'eval ms':>10} {'val_loss':>10} {'val_bpb':>10}  "
+              "isolated")
         for r in rows:
-            print(f"{r['evaluator']:<16} {r['warmup_ms']:>10} {r['eval_ms']:>10} {r['val_loss']:>10.6f} "
+            print(f"{r['evaluator']:<16} {r['mode']:<8} {r['warmup_ms']:>10} {r['eval_ms']:>10} {r['val_loss']:>10.6f} "
                   f"{r['val_bpb']:>10.6f}  {r['doc_isolation']}")
         if a.json:
             tmp = Path(a.json).with_suffix(".tmp")
