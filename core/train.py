@@ -338,11 +338,12 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     mode combination; then weights, optimizer state and modes are restored to the initial state."""
     core, base = run.core, run.model
     modes = run.modes if should_compile(run) else []
-    if core.warmup_steps <= 0 and not modes:
+    loader = new_loader(run)
+    shapes = getattr(loader, "warm_batches", None) if should_compile(run) else None
+    if core.warmup_steps <= 0 and not modes and shapes is None:
         return
     with restored_weights(base, run.optimizers):
         run.train_model.train()
-        loader = new_loader(run)
         prime_caches(run)
         for w in range(core.warmup_steps):
             stepper.warm_step(loader)
@@ -352,12 +353,29 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
             set_modes(run, tuple(m.name for m in modes[: i + 1]))
             stepper.warm_step(loader)
             run.log(f"warmup_mode:{mode.name}")
+        if shapes is not None:  # every batch shape the loader can produce (e.g. cu_seqlens sizes), in every mode
+            batches = shapes(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+            for i in range(len(modes) + 1):
+                set_modes(run, tuple(m.name for m in modes[:i]))
+                for batch in batches:
+                    stepper.warm_step(_Repeat(batch))
+            run.log(f"warmup_shapes:{len(batches)} modes:{len(modes) + 1}")
         if modes:  # and back to the base mode, as the timed loop starts there
             set_modes(run, ())
             stepper.warm_step(loader)
     stepper.zero_grad()
     if run.distributed:
         run.train_model.require_backward_grad_sync = True
+
+
+class _Repeat:
+    """A loader that returns one batch every micro-step (the warm-up of a loader's `warm_batches`)."""
+
+    def __init__(self, batch: tuple):
+        self.batch = batch
+
+    def next_batch(self, *args: Any) -> tuple:
+        return self.batch
 
 
 def prime_caches(run: Run) -> None:

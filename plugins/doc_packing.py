@@ -7,7 +7,9 @@ shard, the loader moves to the next shard (the tail is skipped, as in the record
 BOS positions of x (and at 0 when x does not begin with one); each is cut into segments of at most
 `train_seq_len` tokens counted from its start. The segments are the batch's boundaries: `doc_ids` (one id
 per segment) and `cu_seqlens`, int32 segment starts then n, padded with n to a multiple of
-`cu_bucket_size` entries so compiled graphs see a few fixed sizes (a new bucket size is a recompile).
+`cu_bucket_size` entries so compiled graphs see a few fixed sizes. A new size would be a recompile, so the
+compiled warm-up takes a step at every size a batch can have (`warm_batches`, random tokens): from one
+document's segments up to `max_docs` documents (0: the densest span of the first shard, plus one bucket).
 x, y and doc_ids are one flat (1, n) row as in the record; `flat = false` packs (n / seq_len, seq_len) rows
 instead, every row start also a boundary. The record's prefetch threads (speed only) are not ported.
 """
@@ -31,10 +33,15 @@ class DocPackingConfig:
     cu_bucket_size: int = field(default=64, metadata={"help": "cu_seqlens is padded to a multiple of this"})
     flat: bool = field(default=True, metadata={
         "help": "one flat (1, n) row per micro-step as the record; false: (n/seq_len, seq_len) rows"})
+    prewarm: bool = field(default=True, metadata={"help": "compile every cu_seqlens size in the warm-up"})
+    max_docs: int = field(default=0, metadata={
+        "help": "most documents in a rank's micro-batch, for the pre-warm (0: first shard's densest span + a bucket)"})
 
     def __post_init__(self) -> None:
         if self.cu_bucket_size < 1:
             raise ValueError(f"doc_packing.cu_bucket_size: expected an integer >= 1, got {self.cu_bucket_size}")
+        if self.max_docs < 0:
+            raise ValueError(f"doc_packing.max_docs: expected an integer >= 0 (0: measured), got {self.max_docs}")
 
 
 def segment_starts(doc_starts: list[int], total: int, max_len: int, row_len: int | None = None) -> list[int]:
@@ -66,12 +73,13 @@ class DocumentPackingLoader:
     """`next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y, doc_ids, cu_seqlens)` on `device`."""
 
     def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, bos_id: int,
-                 vocab_size: int | None = None, cu_bucket_size: int = 64, flat: bool = True):
+                 vocab_size: int | None = None, cu_bucket_size: int = 64, flat: bool = True, max_docs: int = 0):
         self.files = [Path(f) for f in files]
         if not self.files:
             raise DataError("doc_packing: no train shards")
         self.rank, self.world_size, self.device = rank, world_size, device
         self.bos_id, self.vocab_size, self.bucket, self.flat = bos_id, vocab_size, cu_bucket_size, flat
+        self.max_docs = max_docs
         self.file_idx = -1
         self._advance_shard()
 
@@ -110,6 +118,35 @@ class DocumentPackingLoader:
         return tuple(t.to(self.device, non_blocking=True) for t in (x, y, ids, cu))  # type: ignore[return-value]
 
 
+    def densest(self, n: int) -> int:
+        """Most BOS positions in any n-token span of the current shard."""
+        bos = self.bos_idx
+        return int((np.searchsorted(bos, bos + n, side="left") - np.arange(bos.size)).max()) if bos.size else 0
+
+    def cu_sizes(self, n: int, seq_len: int) -> list[int]:
+        """Every padded cu_seqlens length a batch of n tokens can have: from one document (cut every seq_len)
+        to max_docs documents (cut every seq_len, and at row starts unless flat)."""
+        docs = self.max_docs or self.densest(n) + self.bucket
+        pieces = -(-n // seq_len)
+        most = min(n, docs + 1 + pieces + (0 if self.flat else pieces))
+        lo, hi = -(-(pieces + 1) // self.bucket), -(-(most + 1) // self.bucket)
+        return [k * self.bucket for k in range(lo, hi + 1)]
+
+    def warm_batches(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> list[tuple[Tensor, ...]]:
+        """One batch of random tokens per `cu_sizes` length (evenly spaced segments), for the compiled warm-up."""
+        n = global_tokens // (self.world_size * grad_accum_steps)
+        gen = torch.Generator().manual_seed(0)
+        shape = (1, n) if self.flat else (n // seq_len, seq_len)
+        out = []
+        for size in self.cu_sizes(n, seq_len):
+            m = min(size - 1, n)  # segments: m + 1 entries pad to `size`
+            starts = sorted({(i * n) // m for i in range(m)})
+            doc_ids, cu = pack_boundaries(starts, n, self.bucket)
+            x, y = torch.randint(0, self.vocab_size or 2, (2, *shape), generator=gen)
+            out.append(tuple(t.to(self.device) for t in (x, y, doc_ids.view(shape), cu)))
+        return out
+
+
 class DocPacking(Plugin):
     name = "doc_packing"
     family = "data"
@@ -124,5 +161,8 @@ class DocPacking(Plugin):
 
     @hookimpl
     def pg_train_loader(self, run):
-        return DocumentPackingLoader(run.train_files, run.rank, run.world_size, run.device, run.core.bos_id,
-                                     run.core.vocab_size, self.cfg.cu_bucket_size, self.cfg.flat)
+        loader = DocumentPackingLoader(run.train_files, run.rank, run.world_size, run.device, run.core.bos_id,
+                                       run.core.vocab_size, self.cfg.cu_bucket_size, self.cfg.flat, self.cfg.max_docs)
+        if not self.cfg.prewarm:
+            loader.warm_batches = None  # the core's warm-up skips a loader with no warm_batches
+        return loader

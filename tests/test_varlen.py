@@ -227,3 +227,57 @@ def test_varlen_attention_conflicts_with_another_attention_provider():
     errors = reg.check(["varlen_attention", "other_attn"])
     assert errors and "attention" in " ".join(errors)
     assert reg.check(["doc_packing", "coprime_loader"])  # two train loaders
+
+
+# --- cu_seqlens bucket pre-warm (issue #15) -------------------------------------------------------------------
+def test_warm_batches_cover_every_cu_seqlens_size_of_the_stream(tmp_path):
+    """cu_sizes spans one document's segments to max_docs documents; each warm batch has valid boundaries
+    (segments of at most seq_len tokens, doc_ids matching cu_seqlens) and its own padded size; every size a
+    long stream of real batches produces is among them."""
+    rng = np.random.default_rng(3)
+    write_shard(tmp_path / "fineweb_train_000000.bin", [t for d in make_docs(rng, 3000, max_len=60) for t in d])
+    loader = DocumentPackingLoader([tmp_path / "fineweb_train_000000.bin"], 0, 1, torch.device("cpu"), BOS,
+                                   vocab_size=320, cu_bucket_size=4)
+    sizes = loader.cu_sizes(256, 32)
+    seen = {loader.next_batch(256, 32, 1)[3].numel() for _ in range(300)}
+    assert len(seen) > 2 and seen <= set(sizes)  # the stream changes bucket; every bucket is pre-warmed
+    assert sizes[0] == 12 and sizes == list(range(12, sizes[-1] + 1, 4))  # 8 pieces of 32 + 1 entry -> 12
+    warm = loader.warm_batches(256, 32, 1)
+    assert [b[3].numel() for b in warm] == sizes
+    for x, y, ids, cu in warm:
+        assert x.shape == y.shape == ids.shape == (1, 256) and cu.dtype == torch.int32
+        starts = cu[cu < 256].tolist()
+        assert starts[0] == 0 and all(b - a <= 32 for a, b in zip(starts, [*starts[1:], 256], strict=True))
+        assert torch.equal(ids[0], torch.bucketize(torch.arange(256), torch.tensor(starts[1:]), right=True))
+    fixed = DocumentPackingLoader([tmp_path / "fineweb_train_000000.bin"], 0, 1, torch.device("cpu"), BOS,
+                                  vocab_size=320, cu_bucket_size=4, max_docs=4)
+    assert fixed.cu_sizes(256, 32) == [12, 16]  # 4 documents + the leading one + 8 cuts = 13 segments
+
+
+@pytest.mark.parametrize("extra", [[], ["doc_packing.prewarm=false"]], ids=["prewarm", "no_prewarm"])
+def test_compiled_loop_with_prewarmed_buckets_never_recompiles(tiny_data, tiny_core, tmp_path, monkeypatch, extra):
+    """A tiny doc_packing stream whose cu_seqlens size changes (bucket 2: 18 entries, then 20 at step 11): the
+    compiled warm-up steps every size (18 and 20 with max_docs 1), so the timed loop compiles nothing new;
+    without the pre-warm the loop recompiles."""
+    import functools
+
+    import core.train
+    from core.train import train
+
+    sets = [*tiny_core, f"core.data_path={tiny_data}", f"core.out_dir={tmp_path}", "doc_packing.cu_bucket_size=2",
+            "doc_packing.max_docs=1", "core.compile=true", "core.warmup_steps=1", "core.val_max_tokens=1024", *extra]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["doc_packing"], sets=sets,
+                  check_plugins=REGISTRY.check)
+    monkeypatch.setattr(core.train.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    run = setup(cfg, REGISTRY)
+    loader = run.hook.pg_train_loader(run=run)
+    stream = {loader.next_batch(1024, 64, 1)[3].numel() for _ in range(12)}
+    assert len(stream) > 1  # the loop meets a second bucket size
+    train(run)
+    log = (run.run_dir / "train.log").read_text()
+    torch._dynamo.reset()
+    if extra:
+        assert "warmup_shapes:" not in log and "timed_loop_recompiles:0" not in log
+    else:
+        assert "warmup_shapes:2 modes:1" in log and "timed_loop_recompiles:0" in log
