@@ -147,8 +147,8 @@ class Evaluator(Protocol):
     """Scores every position of the validation stream into the sink (each exactly once). Optional:
     `warmup(run, model, n_tokens)` compiles every shape an n_tokens stream will use, on random tokens;
     `forward_plan(run, n_tokens)` -> ((batch, length), count): the scoring forwards this rank runs (for
-    `eval_compile = "auto"`); `doc_isolation = True` claims no score depends on another document (validator
-    EVAL.DOC_ISOLATION)."""
+    `eval_compile = "auto"`), with `tail`: the positions each of those scores (0: all); `doc_isolation = True`
+    claims no score depends on another document (validator EVAL.DOC_ISOLATION)."""
 
     name: str
 
@@ -164,22 +164,24 @@ def batch_sizes(n_items: int, batch: int) -> set[int]:
     return {b for b in (batch if n_items >= batch else 0, n_items % batch) if b > 0}
 
 
-def score_nll(run, model, x: Tensor, y: Tensor, bos_id: int | None = None) -> Tensor:
-    """Per-position NLL of a batch, attention masked at BOS when `bos_id` is given."""
+def score_nll(run, model, x: Tensor, y: Tensor, bos_id: int | None = None, tail: int = 0) -> Tensor:
+    """Per-position NLL of a batch (B, T), attention masked at BOS when `bos_id` is given; `tail` > 0: of the
+    last `tail` positions only (B, tail)."""
+    kw = {"tail": tail} if tail else {}
+    if bos_id is not None:
+        kw["doc_ids"] = doc_ids_of(x, bos_id)
     with run.autocast():
-        if bos_id is None:
-            return model(x, y, reduce=False).detach()
-        return model(x, y, reduce=False, doc_ids=doc_ids_of(x, bos_id)).detach()
+        return model(x, y, reduce=False, **kw).detach()
 
 
-def warm_forward(run, model, shapes: set[tuple[int, int]], bos_id: int | None = None) -> None:
+def warm_forward(run, model, shapes: set[tuple[int, int]], bos_id: int | None = None, tail: int = 0) -> None:
     """Run the scoring forward on random tokens for each (batch, length) shape, so compiled graphs exist;
     twice per shape: the first call fills the model's rotary cache, which the graph then guards on."""
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for b, t in sorted(shapes) * 2:
             x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
-            score_nll(run, model, x, y, bos_id)  # contiguous rows, as every evaluator's batches
+            score_nll(run, model, x, y, bos_id, tail)  # contiguous rows, as every evaluator's batches
 
 
 class PlainEvaluator:
@@ -283,16 +285,16 @@ def eager_seconds(run, evaluator, n_tokens: int) -> float | None:
         return 0.0
     gen = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
-    bos = getattr(evaluator, "bos_id", None)
+    bos, tail = getattr(evaluator, "bos_id", None), getattr(evaluator, "tail", 0)
     was_training = run.model.training
     run.model.eval()
     try:
         with torch.no_grad():
-            score_nll(run, run.model, x, y, bos)
+            score_nll(run, run.model, x, y, bos, tail)
             run.synchronize()
             t0 = time.perf_counter()
             for _ in range(2):
-                score_nll(run, run.model, x, y, bos)
+                score_nll(run, run.model, x, y, bos, tail)
             run.synchronize()
     finally:
         run.model.train(was_training)

@@ -27,7 +27,7 @@ from core.scoring import (
     warm_forward,
 )
 from plugins.lib.ttt import cosine_lr, sgd_rows
-from plugins.lib.windows import score_windows, window_batch_shapes, window_batches, window_ends
+from plugins.lib.windows import score_windows, scoring_tail, window_batch_shapes, window_batches, window_ends
 
 
 @dataclass
@@ -56,6 +56,7 @@ class ScoreFirstTTTEvaluator:
             raise ValueError(f"score_first_ttt.chunk_tokens={cfg.chunk_tokens} must be >= eval_seq_len={seq_len}")
         self.seq_len, self.cfg = seq_len, cfg
         self.bos_id = cfg.bos_id if cfg.doc_mask else None
+        self.tail = scoring_tail(cfg.stride, seq_len)
 
     def chunks(self, n_positions: int) -> tuple[list[int], list[range]]:
         """Window ends and, per chunk, the range of window indices whose first scored position is in it."""
@@ -83,7 +84,7 @@ class ScoreFirstTTTEvaluator:
             lo, hi = rank_span(len(group), run.rank, run.world_size)
             base.eval()
             score_windows(run, model, tokens, sink, ends, range(group.start + lo, group.start + hi),
-                          self.seq_len, cfg.batch_seqs, self.bos_id)
+                          self.seq_len, cfg.batch_seqs, self.bos_id, self.tail)
             chunk_end = ends[group.stop - 1]
             sink.advance_frontier(chunk_end + 1)
             if ci == len(groups) - 1:
@@ -113,7 +114,7 @@ class ScoreFirstTTTEvaluator:
         shapes: set[tuple[int, int]] = set()
         for group in groups:
             shapes |= window_batch_shapes(len(group), run.rank, run.world_size, self.cfg.batch_seqs, win)
-        warm_forward(run, model, shapes, self.bos_id)
+        warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
 
 
 def _frozen(name: str, freeze_blocks: int) -> bool:

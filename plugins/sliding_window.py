@@ -16,7 +16,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, rank_span, warm_forward
-from plugins.lib.windows import score_windows, window_batch_shapes, window_batches, window_ends
+from plugins.lib.windows import score_windows, scoring_tail, window_batch_shapes, window_batches, window_ends
 
 
 @dataclass
@@ -36,11 +36,13 @@ class SlidingWindowEvaluator:
             raise ValueError(f"sliding_window.stride must be in (0, eval_seq_len={seq_len}], got {stride}")
         self.seq_len, self.stride, self.batch_seqs, self.bos_id = seq_len, stride, batch_seqs, bos_id
         self.doc_isolation = bos_id is not None
+        self.tail = scoring_tail(stride, seq_len)
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
         ends = window_ends(tokens.numel() - 1, self.seq_len, self.stride)
         lo, hi = rank_span(len(ends), run.rank, run.world_size)
-        score_windows(run, model, tokens, sink, ends, range(lo, hi), self.seq_len, self.batch_seqs, self.bos_id)
+        score_windows(run, model, tokens, sink, ends, range(lo, hi), self.seq_len, self.batch_seqs, self.bos_id,
+                      self.tail)
 
     def forward_plan(self, run, n_tokens: int) -> tuple[tuple[int, int], int]:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
@@ -51,7 +53,7 @@ class SlidingWindowEvaluator:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
         win = min(self.seq_len, n_tokens - 1)
         shapes = window_batch_shapes(n_windows, run.rank, run.world_size, self.batch_seqs, win)
-        warm_forward(run, model, shapes, self.bos_id)
+        warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
 
 
 class SlidingWindow(Plugin):

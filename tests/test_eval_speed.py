@@ -117,3 +117,27 @@ def test_final_eval_logs_its_mode_and_phase_time(tiny_data, tiny_core, monkeypat
     assert "eval_warmup:synthetic_tokens mode:eager" in log and "eval_phase_time:" in log
     assert compiled_graph_count() == graphs and fields["val_bpb"] > 0
     torch._dynamo.reset()
+
+
+def test_tail_scoring_runs_the_head_on_the_new_positions_only_and_scores_like_the_full_head(
+        tiny_data, tiny_core, monkeypatch):
+    """Windows of 64 with stride 16: the loss sees 16 positions per row (the first window, which scores all
+    64, runs alone and whole), and every position's NLL equals the full-head evaluation's."""
+    from plugins.sliding_window import SlidingWindowEvaluator
+
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, "sliding_window")
+    tokens = run.val_tokens[:1025]
+    seen = []
+    hook = run.model.loss.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[1].shape[:2])))
+    try:
+        tailed = evaluate(run, run.model, SlidingWindowEvaluator(64, 16, 8), tokens)
+        full_ev = SlidingWindowEvaluator(64, 16, 8)
+        full_ev.tail = 0
+        seen_tail, seen[:] = list(seen), []
+        full = evaluate(run, run.model, full_ev, tokens)
+    finally:
+        hook.remove()
+    assert seen_tail[0] == (1, 64) and set(seen_tail[1:]) == {(8, 16)}  # 61 more windows: 8 batches of 8
+    assert set(seen) == {(8, 64)}
+    assert torch.allclose(tailed.nll[1:], full.nll[1:], rtol=1e-5, atol=1e-6)
+    assert abs(tailed.val_bpb - full.val_bpb) < 1e-6 and tailed.tokens == full.tokens == 1024
