@@ -8,6 +8,8 @@ SGD(momentum) with a cosine LR across chunks and grad clipping; the adapted weig
 lr 0.002, 3 epochs, momentum 0.9, clip 1.0, 32 sequences a batch; PR #1413/#1493: lr 0.005. The model's
 weights are restored after evaluation. `doc_mask` (not in the records) masks attention at BOS while
 scoring and adapting; adaptation still carries across documents in stream order, as in the source.
+Scoring batches have one shape (padded to batch_seqs, head on the last `stride` positions); a compiled
+evaluation adapts eagerly unless `compile_adapt`, which warms the training graph of each step's row count.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from core.registry import Plugin
 from core.scoring import (
     ScoredTokens,
     ScoreSink,
+    doc_ids_of,
     rank_span,
     restored_weights,
     warm_forward,
@@ -42,6 +45,9 @@ class ScoreFirstTTTConfig:
     freeze_blocks: int = field(default=0, metadata={"help": "leading blocks kept frozen (PR #461 froze 2)"})
     doc_mask: bool = field(default=False, metadata={"help": "no attention across BOS when scoring and adapting"})
     bos_id: int = field(default=1, metadata={"help": "BOS token id (document start)"})
+    compile_adapt: bool = field(default=False, metadata={
+        "help": "a compiled evaluation also adapts through the compiled model (one fwd+bwd graph, warmed on "
+                "random tokens); default: adaptation runs eagerly"})
 
 
 class ScoreFirstTTTEvaluator:
@@ -93,7 +99,7 @@ class ScoreFirstTTTEvaluator:
             train_tokens = scored.read(chunk_start, chunk_end + 1)
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(cfg.lr, ci, len(groups))
-            self._adapt(run, base, opt, params, train_tokens)
+            self._adapt(run, model if cfg.compile_adapt else base, opt, params, train_tokens)
 
     def _adapt(self, run, base, opt, params, chunk: Tensor) -> None:
         """SGD epochs over the chunk's rows of seq_len (+1 for targets), split across ranks."""
@@ -115,6 +121,33 @@ class ScoreFirstTTTEvaluator:
         for group in groups:
             shapes |= window_batch_shapes(len(group), run.rank, run.world_size, self.cfg.batch_seqs, win)
         warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
+        if self.cfg.compile_adapt and model is not run.model:
+            self._warm_adapt(run, model, n_tokens)
+
+    def adapt_rows(self, run, n_tokens: int) -> set[int]:
+        """Row counts of this rank's SGD steps over every adapted chunk (`sgd_rows`' batches)."""
+        ends, groups = self.chunks(n_tokens - 1)
+        counts: set[int] = set()
+        for group in groups[:-1]:
+            n_rows = (ends[group.stop - 1] - (ends[group.start - 1] if group.start > 0 else 0)) // self.seq_len
+            lo, hi = rank_span(n_rows, run.rank, run.world_size)
+            for b in range(0, n_rows, self.cfg.batch_seqs):
+                counts.add(max(0, min(b + self.cfg.batch_seqs, hi) - max(b, lo)))
+        return counts - {0}
+
+    def _warm_adapt(self, run, model, n_tokens: int) -> None:
+        """Forward + backward of the compiled model in training mode at every step's row count, on random tokens;
+        gradients dropped after (weights are restored by the caller, `synthetic_warmup`)."""
+        gen = torch.Generator().manual_seed(1)
+        model.train()
+        for rows in sorted(self.adapt_rows(run, n_tokens)):
+            x, y = torch.randint(0, run.core.vocab_size, (2, rows, self.seq_len), generator=gen).to(run.device)
+            kw = {} if self.bos_id is None else {"doc_ids": doc_ids_of(x, self.bos_id)}
+            with run.autocast():
+                model(x, y, **kw).backward()
+        model.eval()
+        for p in run.model.parameters():
+            p.grad = None
 
 
 def _frozen(name: str, freeze_blocks: int) -> bool:

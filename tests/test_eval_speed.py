@@ -141,3 +141,28 @@ def test_tail_scoring_runs_the_head_on_the_new_positions_only_and_scores_like_th
     assert set(seen) == {(8, 64)}
     assert torch.allclose(tailed.nll[1:], full.nll[1:], rtol=1e-5, atol=1e-6)
     assert abs(tailed.val_bpb - full.val_bpb) < 1e-6 and tailed.tokens == full.tokens == 1024
+
+
+def test_compiled_ttt_adaptation_is_warmed_and_adapts_like_eager(tiny_data, tiny_core, monkeypatch):
+    """score_first_ttt.compile_adapt: the warm-up compiles the scoring graph and the training-mode graphs of the
+    steps' row counts (16 rows per 1,024-token chunk in steps of 12: 12 and 4), the 4-chunk pass recompiles
+    nothing and scores as the eager run (which adaptation moved away from the unadapted scores)."""
+    from dataclasses import replace
+
+    from plugins.score_first_ttt import ScoreFirstTTTEvaluator
+
+    run = compiled_run(tiny_data, tiny_core, monkeypatch, "score_first_ttt", ["score_first_ttt.compile_adapt=true"])
+    ev = run.hook.pg_evaluator(run=run)
+    assert ev.adapt_rows(run, run.val_tokens.numel()) == {12, 4}
+    eager = evaluate(run, run.model, ev, run.val_tokens)
+    unadapted = evaluate(run, run.model, ScoreFirstTTTEvaluator(64, replace(ev.cfg, epochs=0)), run.val_tokens)
+    graphs = compiled_graph_count()
+    plan = prepare_eval(run, ev, mode="compile")
+    assert compiled_graph_count() - graphs == 3  # scoring + training at 12 and 4 rows
+    assert all(p.grad is None for p in run.model.parameters())
+    graphs = compiled_graph_count()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = evaluate(run, plan.model, ev, run.val_tokens)
+    assert compiled_graph_count() == graphs
+    assert abs(compiled.val_bpb - eager.val_bpb) < 1e-6 and abs(eager.val_bpb - unadapted.val_bpb) > 1e-4
+    torch._dynamo.reset()
