@@ -134,7 +134,11 @@ def record_eval(case: str, script: Path, row_json: Path) -> int:
     from pgolf.records import decoded_source
 
     src = script.with_name("record_module.py")
-    src.write_text(decoded_source(script.read_text(encoding="utf-8")), encoding="utf-8")
+    text = decoded_source(script.read_text(encoding="utf-8"))
+    if sys.version_info < (3, 12):  # PR #1493's log f-strings reuse their quotes (PEP 701)
+        text = text.replace('{", ".join(', "{', '.join(").replace('glob("fineweb_train_*.bin")',
+                                                                    "glob('fineweb_train_*.bin')")
+    src.write_text(text, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("record_module", src)
     mod = importlib.util.module_from_spec(spec)
     sys.modules["record_module"] = mod

@@ -325,6 +325,10 @@ def prepare_eval(run, evaluator, n_tokens: int | None = None, mode: str | None =
     estimate = None
     if mode == "auto":
         estimate = eager_seconds(run, evaluator, n)
+        if estimate is not None and dist.is_available() and dist.is_initialized():  # every rank picks the same
+            t = torch.tensor(estimate, dtype=torch.float64, device=run.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            estimate = float(t.item())
         limit = COMPILE_S * COMPILED_SPEEDUP / (COMPILED_SPEEDUP - 1)
         mode = "eager" if estimate is not None and estimate <= limit else "compile"
     if mode == "eager":
