@@ -41,12 +41,12 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
     With `bos_id`, attention inside a window stops at BOS (document-masked). Every batch has `batch_seqs`
     rows (a short last batch repeats its last window; those rows are dropped), so a compiled forward sees
     one shape. `tail` > 0: the head and loss run on the last `tail` positions of each window only; a window
-    that scores more (the stream's first) is scored alone, on the uncompiled `run.model`."""
+    that scores more (the stream's first) is scored alone, on the uncompiled `run.model`. The tokens the
+    windows span go to the device once; batches are gathered there (no host work between forwards)."""
     n = tokens.numel() - 1
     win = min(seq_len, n)
     tail = tail if 0 < tail < win else win
     device = run.device
-    col = torch.arange(tail, device=device)
     wide = [k for k in which if new_positions(ends, k) > tail]
     narrow = [k for k in which if new_positions(ends, k) <= tail]
     with torch.no_grad():
@@ -56,15 +56,25 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
             new = new_positions(ends, k)
             nll = score_nll(run, run.model, x, y, bos_id)[0, win - new :]
             sink.record(torch.arange(ends[k] - new + 1, ends[k] + 1, device=device), nll)
+        if not narrow:
+            return
+        first = ends[narrow[0]] - win
+        span = tokens[first : ends[narrow[-1]] + 1].to(device, torch.int64)
+        end = torch.tensor([ends[k] - first for k in narrow], device=device)  # window ends within `span`
+        offsets = torch.arange(-win, 0, device=device)
+        cols = torch.arange(tail, device=device)
+        short = [i for i, k in enumerate(narrow) if new_positions(ends, k) < tail]  # the stream's last window
         for b in range(0, len(narrow), batch_seqs):
-            idx = narrow[b : b + batch_seqs]
-            rows = [*idx, *[idx[-1]] * (batch_seqs - len(idx))]
-            xs = torch.stack([tokens[ends[k] - win : ends[k]] for k in rows]).to(device, torch.int64)
-            ys = torch.stack([tokens[ends[k] - win + 1 : ends[k] + 1] for k in rows]).to(device, torch.int64)
-            nll = score_nll(run, model, xs, ys, bos_id, tail if tail < win else 0)[: len(idx)]
-            pos = torch.stack([torch.arange(ends[k] - tail + 1, ends[k] + 1) for k in idx]).to(device)
-            new = torch.tensor([new_positions(ends, k) for k in idx], device=device)
-            keep = col[None, :] >= (tail - new)[:, None]
+            m = min(batch_seqs, len(narrow) - b)
+            rows = torch.arange(b, b + batch_seqs, device=device).clamp_(max=len(narrow) - 1)
+            idx = end[rows, None] + offsets[None, :]
+            nll = score_nll(run, model, span[idx], span[idx + 1], bos_id, tail if tail < win else 0)[:m]
+            pos = end[b : b + m, None] + (first - tail + 1) + cols[None, :]
+            if not any(b <= i < b + m for i in short):
+                sink.record(pos, nll)
+                continue
+            new = torch.tensor([new_positions(ends, k) for k in narrow[b : b + m]], device=device)
+            keep = cols[None, :] >= (tail - new)[:, None]
             sink.record(pos[keep], nll[keep])
 
 
