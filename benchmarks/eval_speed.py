@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,22 +91,28 @@ def pgolf_row(case: str, mode: str, dataset: Path, tokenizer: Path, out: Path, t
 
 
 def record_row(case: str, cfg, data_root: Path, dataset: Path, tokenizer: Path, attention: str, out: Path,
-               timeout: int) -> dict:
+               timeout: int, scripts: Path) -> dict:
     from pgolf.bench import SHIM
     from pgolf.records import PROFILES, core_env
 
     profile = PROFILES[case]
     rec = out / "record"
     (rec / "logs").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["git", "-C", os.environ.get("PGOLF_PARAMETER_GOLF_MIRROR", "/work/.mirror/openai+parameter"
-                                                       "-golf/repo"), "show", f"HEAD:{profile.folder}/train_gpt.py"],
-                          capture_output=True)
     script = rec / "train_gpt.py"
-    if proc.returncode == 0:
+    found = [f for f in (scripts / f"{case}_train_gpt.py", scripts / f"{case}_record.py") if f.is_file()]
+    if found:  # the published script, or its decoded source
+        shutil.copyfile(found[0], script)
+    else:
+        from pgolf.bench import DEFAULT_MIRROR
+
+        mirror = os.environ.get("PGOLF_PARAMETER_GOLF_MIRROR", DEFAULT_MIRROR)
+        proc = subprocess.run(["git", "-C", mirror, "show", f"{profile.ref}:{profile.folder}/train_gpt.py"],
+                              capture_output=True)
+        if proc.returncode != 0:
+            return {"side": "record", "mode_asked": "record",
+                    "error": f"no record script: expected {scripts}/{case}_train_gpt.py (pgolf bench --profile "
+                             f"{case} --extract-record {scripts}/{case}_train_gpt.py) or the git mirror {mirror}"}
         script.write_bytes(proc.stdout)
-    elif not script.is_file():
-        return {"side": "record", "error": f"no record script: put {profile.folder}/train_gpt.py at {script} "
-                                           "(the parameter-golf mirror is not reachable)"}
     env = cold_env(out)
     env.update(core_env(cfg, cfg.core.eval_seq_len or cfg.core.train_seq_len))
     env.update(profile.env(cfg, False))
@@ -216,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="compile,eager,auto")
     p.add_argument("--val-tokens", type=int, default=524_288, help="validation prefix both sides score")
     p.add_argument("--no-record", action="store_true", help="pgolf rows only")
+    p.add_argument("--record-scripts", default=".gpu", help="folder with <case>_train_gpt.py (the record scripts; "
+                   "default .gpu, else the parameter-golf git mirror)")
     p.add_argument("--out", default="eval_speed_out")
     p.add_argument("--timeout", type=int, default=300, help="seconds per row")
     p.add_argument("--json", help="write the rows here")
@@ -253,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             print(table([dict(r, case=case) for r in case_rows[-1:]]).splitlines()[-1], flush=True)
         if not a.no_record:
             attention = next((r.get("attention") for r in case_rows if r.get("attention")), "flash")
-            case_rows.append(record_row(case, cfg, data_root, dataset, tokenizer, attention, case_out, a.timeout))
+            case_rows.append(record_row(case, cfg, data_root, dataset, tokenizer, attention, case_out, a.timeout,
+                                        Path(a.record_scripts)))
             print(table([dict(r, case=case) for r in case_rows[-1:]]).splitlines()[-1], flush=True)
         rec = next((r for r in case_rows if r["side"] == "record" and "error" not in r), None)
         for r in case_rows:
