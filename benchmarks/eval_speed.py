@@ -150,8 +150,9 @@ def record_eval(case: str, script: Path, row_json: Path) -> int:
     mod = importlib.util.module_from_spec(spec)
     sys.modules["record_module"] = mod
     spec.loader.exec_module(mod)
-    device = torch.device("cuda", 0)
-    torch.cuda.set_device(device)
+    device = torch.device(os.environ.get("PGOLF_EVAL_SPEED_DEVICE", "cuda:0"))  # cpu: a dry run of this harness
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     torch.manual_seed(1337)
     if case == "pr315":
         import sentencepiece as spm
@@ -188,10 +189,11 @@ def record_eval(case: str, script: Path, row_json: Path) -> int:
 
         def run_eval():
             return mod.eval_val_ttt(h, device, val_data, model)
-    torch.cuda.synchronize()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     val_loss, val_bpb = run_eval()
-    torch.cuda.synchronize()
+    sync()
     ms = 1000.0 * (time.perf_counter() - t0)
     row = {"evaluator": f"record_{case}", "warmup_ms": 0, "eval_ms": round(ms), "total_ms": round(ms),
            "mode": "record", "val_loss": float(val_loss), "val_bpb": float(val_bpb), "tokens": n_tokens}
