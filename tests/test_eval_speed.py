@@ -166,3 +166,24 @@ def test_compiled_ttt_adaptation_is_warmed_and_adapts_like_eager(tiny_data, tiny
     assert compiled_graph_count() == graphs
     assert abs(compiled.val_bpb - eager.val_bpb) < 1e-6 and abs(eager.val_bpb - unadapted.val_bpb) > 1e-4
     torch._dynamo.reset()
+
+
+def test_eval_speed_bench_rejects_bad_modes_and_a_missing_data_root(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("eval_speed", core.train.CORE_DIR.parent / "benchmarks" /
+                                                  "eval_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit):
+        bench.main(["--modes", "compile,fast", "--data-root", str(tmp_path)])
+    assert "unknown case/mode ['fast']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--cases", "pr315", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/datasets/fineweb10B_sp1024 not found (expected the challenge layout)" in err
+    rows = [{"case": "pr315", "side": "pgolf", "mode_asked": "auto", "mode": "eager", "warmup_ms": 120,
+             "eval_ms": 5400, "total_ms": 5520, "tokens": 524288, "val_bpb": 4.1, "speedup_vs_record": 4.89},
+            {"case": "pr315", "side": "record", "mode_asked": "record", "error": "exit 1 (log x): boom"}]
+    text = bench.table(rows)
+    assert "auto>eager" in text and "5.5" in text and "4.89x" in text and "ERROR exit 1 (log x): boom" in text
