@@ -273,12 +273,13 @@ def main(argv: list[str] | None = None) -> int:
             if rec and "error" not in r and r["side"] == "pgolf":
                 r["speedup_vs_record"] = rec["total_ms"] / max(r["total_ms"], 1)
         rows += case_rows
-    print()
-    print(table(rows))
     summary = json.dumps(rows, indent=2, default=str)
-    print(summary)
     if a.json:
         Path(a.json).write_text(summary + "\n", encoding="utf-8")
+    else:
+        print(summary)
+    print()
+    print(table(rows))  # last, so a tail of the output holds it
     return 0
 
 
