@@ -95,9 +95,7 @@ class CoreConfig:
     # the run's shape (fa3, fa4, cuDNN or flash SDPA; CPU: SDPA).
     device: str = field(default="auto", metadata=_env("PGOLF_DEVICE"))
     compile: str = field(default="auto", metadata=_env("PGOLF_COMPILE"))
-    # How a compiled run evaluates its artifact (core.scoring.prepare_eval): "compile" (warm-up compile on
-    # random tokens, then the compiled forward), "eager", or "auto" (eager when a timed eager batch says the
-    # whole pass takes less than compiling would cost).
+    # How a compiled run scores its artifact: compile, eager or auto (core.scoring.prepare_eval).
     eval_compile: str = field(default="auto", metadata=_env("PGOLF_EVAL_COMPILE"))
     attention: str = field(default="auto", metadata=_env("PGOLF_ATTENTION"))
     out_dir: str = field(default="runs", metadata=_env("PGOLF_OUT_DIR"))

@@ -34,9 +34,8 @@ def pg_train_loader(run: Any) -> Any:
     `run.device` (T = seq_len unless the loader packs otherwise), or `(x, y, doc_ids)` for document-masked
     training (equal ids = one document: `ctx["doc_ids"]`), or `(x, y, doc_ids, cu_seqlens)` adding the same
     boundaries as int32 offsets into the flat rows·T tokens, padded with rows·T (`ctx["cu_seqlens"]`, for a
-    varlen "attention" slot). Called before the warm-up and again before the timed loop. Optional
-    `warm_batches(global_tokens, seq_len, grad_accum_steps)` -> batches (random tokens) of every shape the
-    loader can produce: a compiled warm-up takes one step on each, in every mode, so none recompiles later.
+    varlen "attention" slot). Called before the warm-up and again before the timed loop. Optional `warm_batches(
+    global_tokens, seq_len, grad_accum_steps)`: random batches of every shape it yields (warmed in every mode).
     """
 
 

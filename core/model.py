@@ -298,8 +298,7 @@ class GPT(nn.Module):
     """Baseline GPT. `forward(ids, targets)` -> mean CE; `reduce=False` -> per-token NLL (B, T);
     `targets=None` -> softcapped logits (B, T, V). `doc_ids` (B, T), optional: attention stays inside
     each document (equal ids); `cu_seqlens` (loader-given boundaries in the flat B·T tokens) reaches
-    `ctx` for a varlen attention slot; `head_add` parts add to the logits before the softcap (eval-time adapters);
-    `tail` > 0: the head and loss of the last `tail` positions only (sliding windows score no more)."""
+    `ctx` for a varlen attention slot; `head_add` parts add to the logits before the softcap (eval-time adapters)."""
 
     EMBED_SLOTS = ("embed_add", "embed_mix_pre", "embed_mix_post")
 
@@ -379,9 +378,8 @@ class GPT(nn.Module):
     def forward(self, input_ids: Tensor, target_ids: Tensor | None = None, reduce: bool = True,
                 doc_ids: Tensor | None = None, cu_seqlens: Tensor | None = None, tail: int = 0) -> Tensor:
         h = self.hidden(input_ids, doc_ids, cu_seqlens)
-        if tail > 0:
-            h = h[:, -tail:]
-            target_ids = None if target_ids is None else target_ids[:, -tail:]
+        if tail > 0:  # the head and loss of the last `tail` positions only (sliding windows score no more)
+            h, target_ids = h[:, -tail:], None if target_ids is None else target_ids[:, -tail:]
         if target_ids is None:
             return self.logits(h).float()
         return self.loss(self, h, target_ids, reduce)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,9 +147,8 @@ def doc_ids_of(x: Tensor, bos_id: int) -> Tensor:
 class Evaluator(Protocol):
     """Scores every position of the validation stream into the sink (each exactly once). Optional:
     `warmup(run, model, n_tokens)` compiles every shape an n_tokens stream will use, on random tokens;
-    `forward_plan(run, n_tokens)` -> ((batch, length), count): the scoring forwards this rank runs (for
-    `eval_compile = "auto"`), with `tail`: the positions each of those scores (0: all); `doc_isolation = True`
-    claims no score depends on another document (validator EVAL.DOC_ISOLATION)."""
+    `eager_seconds(run, n_tokens)`: a timed eager pass estimate, equal on every rank (`eval_compile = "auto"`);
+    `doc_isolation = True` claims no score depends on another document (validator EVAL.DOC_ISOLATION)."""
 
     name: str
 
@@ -165,13 +165,10 @@ def batch_sizes(n_items: int, batch: int) -> set[int]:
 
 
 def score_nll(run, model, x: Tensor, y: Tensor, bos_id: int | None = None, tail: int = 0) -> Tensor:
-    """Per-position NLL of a batch (B, T), attention masked at BOS when `bos_id` is given; `tail` > 0: of the
-    last `tail` positions only (B, tail)."""
-    kw = {"tail": tail} if tail else {}
-    if bos_id is not None:
-        kw["doc_ids"] = doc_ids_of(x, bos_id)
+    """Per-position NLL (B, T) of a batch, attention masked at BOS with `bos_id`; `tail` > 0: (B, tail), the last."""
+    kw = {"doc_ids": doc_ids_of(x, bos_id)} if bos_id is not None else {}
     with run.autocast():
-        return model(x, y, reduce=False, **kw).detach()
+        return model(x, y, reduce=False, **kw, **({"tail": tail} if tail else {})).detach()
 
 
 def warm_forward(run, model, shapes: set[tuple[int, int]], bos_id: int | None = None, tail: int = 0) -> None:
@@ -194,11 +191,6 @@ class PlainEvaluator:
         self.batch_tokens = batch_tokens
         self.bos_id = bos_id
         self.doc_isolation = bos_id is not None
-
-    def forward_plan(self, run, n_tokens: int) -> tuple[tuple[int, int], int]:
-        lo, hi = rank_span((n_tokens - 1) // self.seq_len, run.rank, run.world_size)
-        batch = max(1, self.batch_tokens // self.seq_len)
-        return (min(batch, max(hi - lo, 1)), self.seq_len), -(-(hi - lo) // batch)
 
     def warmup(self, run, model, n_tokens: int) -> None:
         total_seqs = (n_tokens - 1) // self.seq_len
@@ -267,74 +259,26 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     return 1000.0 * (time.perf_counter() - t0)
 
 
-# eval_compile = "auto": compiling costs about COMPILE_S (one eval graph's synthetic warm-up on an H200, issue
-# #14: 18.0 s for PR #315) and then runs COMPILED_SPEEDUP× faster than eager, so eager wins while its whole
-# pass takes at most COMPILE_S · s / (s - 1) seconds (compile + E/s ≥ E).
-COMPILE_S = 20.0
-COMPILED_SPEEDUP = 1.5
+EAGER_MAX_S = 20.0 * 1.5 / (1.5 - 1)  # auto: an eval graph compiles in ~20 s on an H200 (#14), then runs 1.5x eager
 
 
-def eager_seconds(run, evaluator, n_tokens: int) -> float | None:
-    """The eager scoring forwards' time for an n_tokens stream on this rank: `forward_plan`'s count × one eager
-    batch (random tokens, timed after one untimed call); None when the evaluator has no plan."""
-    plan = getattr(evaluator, "forward_plan", None)
-    if plan is None:
-        return None
-    (b, t), count = plan(run, n_tokens)
-    if count <= 0:
-        return 0.0
-    gen = torch.Generator().manual_seed(0)
-    x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
-    bos, tail = getattr(evaluator, "bos_id", None), getattr(evaluator, "tail", 0)
-    was_training = run.model.training
-    run.model.eval()
-    try:
-        with torch.no_grad():
-            score_nll(run, run.model, x, y, bos, tail)
-            run.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(2):
-                score_nll(run, run.model, x, y, bos, tail)
-            run.synchronize()
-    finally:
-        run.model.train(was_training)
-    return count * (time.perf_counter() - t0) / 2
-
-
-@dataclass
-class EvalPlan:
-    """What `prepare_eval` chose: the model that evaluates, "compile" or "eager", the warm-up's milliseconds
-    (the auto probe included) and, under auto, the eager estimate it decided on."""
-
-    model: torch.nn.Module
-    mode: str
-    warmup_ms: float
-    eager_estimate_s: float | None = None
+EvalPlan = namedtuple("EvalPlan", "model mode warmup_ms eager_estimate_s")  # prepare_eval's choice (ms, s)
 
 
 def prepare_eval(run, evaluator, n_tokens: int | None = None, mode: str | None = None) -> EvalPlan:
-    """Pick the evaluation model by `core.eval_compile` (or `mode`) and warm it: "compile" runs the synthetic
-    warm-up of `run.eval_model`, "eager" evaluates `run.model` (no compile), "auto" times one eager batch
-    and picks eager when the eager pass is estimated to cost no more than compiling (COMPILE_S, COMPILED_SPEEDUP).
-    An uncompiled run (`run.eval_model is run.model`) is always eager. The warm-up is part of the eval phase."""
+    """The evaluating model by `core.eval_compile` (or `mode`), warmed (eval phase): compile (random tokens), eager,
+    or auto: eager while the evaluator's `eager_seconds(run, n)` ≤ EAGER_MAX_S (≤ compile + E / speed-up)."""
     if run.eval_model is run.model:
-        return EvalPlan(run.model, "eager", 0.0)
-    mode = mode or run.core.eval_compile
-    n = run.val_tokens.numel() if n_tokens is None else n_tokens
-    t0 = time.perf_counter()
-    estimate = None
+        return EvalPlan(run.model, "eager", 0.0, None)
+    mode, n = mode or run.core.eval_compile, run.val_tokens.numel() if n_tokens is None else n_tokens
+    t0, estimate = time.perf_counter(), None
     if mode == "auto":
-        estimate = eager_seconds(run, evaluator, n)
-        if estimate is not None and dist.is_available() and dist.is_initialized():  # every rank picks the same
-            t = torch.tensor(estimate, dtype=torch.float64, device=run.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            estimate = float(t.item())
-        limit = COMPILE_S * COMPILED_SPEEDUP / (COMPILED_SPEEDUP - 1)
-        mode = "eager" if estimate is not None and estimate <= limit else "compile"
-    if mode == "eager":
-        return EvalPlan(run.model, "eager", 1000.0 * (time.perf_counter() - t0), estimate)
-    synthetic_warmup(run, run.eval_model, evaluator, n)
-    return EvalPlan(run.eval_model, "compile", 1000.0 * (time.perf_counter() - t0), estimate)
+        estimate = evaluator.eager_seconds(run, n) if hasattr(evaluator, "eager_seconds") else None
+        mode = "eager" if estimate is not None and estimate <= EAGER_MAX_S else "compile"
+    if mode == "compile":
+        synthetic_warmup(run, run.eval_model, evaluator, n)
+    model = run.eval_model if mode == "compile" else run.model
+    return EvalPlan(model, mode, 1e3 * (time.perf_counter() - t0), estimate)
 
 
 def evaluate(run, model, evaluator, tokens: Tensor, position_bytes: Tensor | None = None) -> EvalResult:

@@ -8,6 +8,7 @@ and at step and phase boundaries.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -30,7 +32,7 @@ from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
 from core.registry import Registry
 from core.run import NoProgress, Run, create_run, write_atomic
-from core.scoring import EvalPlan, EvalResult, PlainEvaluator, evaluate, prepare_eval, restored_weights
+from core.scoring import EvalResult, PlainEvaluator, evaluate, prepare_eval, restored_weights
 from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
 
@@ -355,27 +357,15 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
             run.log(f"warmup_mode:{mode.name}")
         if shapes is not None:  # every batch shape the loader can produce (e.g. cu_seqlens sizes), in every mode
             batches = shapes(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
-            for i in range(len(modes) + 1):
+            for i, batch in itertools.product(range(len(modes) + 1), batches):
                 set_modes(run, tuple(m.name for m in modes[:i]))
-                for batch in batches:
-                    stepper.warm_step(_Repeat(batch))
-            run.log(f"warmup_shapes:{len(batches)} modes:{len(modes) + 1}")
+                stepper.warm_step(SimpleNamespace(next_batch=lambda *_, b=batch: b))
         if modes:  # and back to the base mode, as the timed loop starts there
             set_modes(run, ())
             stepper.warm_step(loader)
     stepper.zero_grad()
     if run.distributed:
         run.train_model.require_backward_grad_sync = True
-
-
-class _Repeat:
-    """A loader that returns one batch every micro-step (the warm-up of a loader's `warm_batches`)."""
-
-    def __init__(self, batch: tuple):
-        self.batch = batch
-
-    def next_batch(self, *args: Any) -> tuple:
-        return self.batch
 
 
 def prime_caches(run: Run) -> None:
@@ -602,28 +592,18 @@ def final_eval(run: Run, label: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the round-tripped model with the run's evaluator (`pg_evaluator`); `fields` plus the results."""
     evaluator = run.hook.pg_evaluator(run=run)
     plan = prepare_eval(run, evaluator)
-    log_eval_plan(run, plan)
+    run.log(f"eval_warmup:synthetic_tokens mode:{plan.mode} time:{plan.warmup_ms:.0f}ms")
     res: EvalResult = evaluate(run, plan.model, evaluator, run.val_tokens)
     tag = label.replace("+", "_")
     run.log(f"final_{tag}_roundtrip val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
-            f"eval_time:{res.eval_time_ms:.0f}ms evaluator:{evaluator.name} "
-            f"eval_phase_time:{plan.warmup_ms + res.eval_time_ms:.0f}ms")
+            f"eval_time:{res.eval_time_ms:.0f}ms evaluator:{evaluator.name}")
     run.log(f"final_{tag}_roundtrip_exact val_loss:{res.val_loss:.8f} val_bpb:{res.val_bpb:.8f}")
-    run.event("final_eval", evaluator=evaluator.name, val_loss=res.val_loss, val_bpb=res.val_bpb,
-              eval_time_ms=res.eval_time_ms, tokens=res.tokens, bytes=res.bytes)
+    run.event("final_eval", evaluator=evaluator.name, val_loss=res.val_loss, val_bpb=res.val_bpb, eval_mode=plan.mode,
+              eval_time_ms=res.eval_time_ms, eval_warmup_ms=plan.warmup_ms, tokens=res.tokens, bytes=res.bytes)
     fields.update(val_loss=res.val_loss, val_bpb=res.val_bpb, eval_time_ms=res.eval_time_ms, evaluator=evaluator.name,
                   artifact_label=label, total_bytes=fields["model_bytes"] + fields["code_bytes"])
     run.hook.pg_report(run=run, fields=fields)
     return fields
-
-
-def log_eval_plan(run: Run, plan: EvalPlan) -> None:
-    """The eval mode line (and the warm-up's, when the run compiles)."""
-    if run.eval_model is run.model:
-        return
-    est = "" if plan.eager_estimate_s is None else f" eager_estimate:{plan.eager_estimate_s:.1f}s"
-    run.log(f"eval_warmup:synthetic_tokens mode:{plan.mode} time:{plan.warmup_ms:.0f}ms{est}")
-    run.event("eval_plan", mode=plan.mode, warmup_ms=plan.warmup_ms, eager_estimate_s=plan.eager_estimate_s)
 
 
 def run_training(config: Config, registry: Registry, code_size: CodeSize | None = None,

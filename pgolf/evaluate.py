@@ -10,7 +10,7 @@ from core import export as ex
 from core.config import ConfigError
 from core.run import Run
 from core.scoring import EvalResult, evaluate, prepare_eval
-from core.train import log_eval_plan, set_modes
+from core.train import set_modes
 from plugins.lib.decoders import read_artifact
 
 
@@ -52,7 +52,9 @@ def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     run.model.load_state_dict(state, strict=True)
     evaluator = run.hook.pg_evaluator(run=run)
     plan = prepare_eval(run, evaluator)
-    log_eval_plan(run, plan)
+    if run.eval_model is not run.model:
+        est = "" if plan.eager_estimate_s is None else f" eager_estimate:{plan.eager_estimate_s:.1f}s"
+        run.log(f"eval_warmup:synthetic_tokens mode:{plan.mode} time:{plan.warmup_ms:.0f}ms{est}")
     res = evaluate(run, plan.model, evaluator, run.val_tokens)
     run.log(f"eval artifact:{artifact} quantizer:{header.get('quantizer')} codec:{header.get('codec')} "
             f"evaluator:{evaluator.name}")

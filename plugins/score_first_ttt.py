@@ -29,6 +29,7 @@ from core.scoring import (
     restored_weights,
     warm_forward,
 )
+from plugins.lib import windows
 from plugins.lib.ttt import cosine_lr, sgd_rows
 from plugins.lib.windows import score_windows, scoring_tail, window_batch_shapes, window_batches, window_ends
 
@@ -111,6 +112,9 @@ class ScoreFirstTTTEvaluator:
         _, groups = self.chunks(n_tokens - 1)
         count = sum(window_batches(len(g), run.rank, run.world_size, self.cfg.batch_seqs) for g in groups)
         return (self.cfg.batch_seqs, min(self.seq_len, n_tokens - 1)), count
+
+    def eager_seconds(self, run, n_tokens: int) -> float:
+        return windows.eager_seconds(run, self, n_tokens)
 
     def warmup(self, run, model, n_tokens: int) -> None:
         """The one scoring shape (`score_windows` pads every batch to batch_seqs rows); adaptation runs on

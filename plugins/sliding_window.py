@@ -16,6 +16,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, rank_span, warm_forward
+from plugins.lib import windows
 from plugins.lib.windows import score_windows, scoring_tail, window_batch_shapes, window_batches, window_ends
 
 
@@ -48,6 +49,9 @@ class SlidingWindowEvaluator:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
         return (self.batch_seqs, min(self.seq_len, n_tokens - 1)), window_batches(
             n_windows, run.rank, run.world_size, self.batch_seqs)
+
+    def eager_seconds(self, run, n_tokens: int) -> float:
+        return windows.eager_seconds(run, self, n_tokens)
 
     def warmup(self, run, model, n_tokens: int) -> None:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))

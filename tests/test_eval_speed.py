@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +86,7 @@ def test_auto_picks_eager_for_a_short_pass_and_compile_when_compiling_is_cheap(t
     plan = prepare_eval(run, ev)  # core.eval_compile defaults to auto
     assert plan.mode == "eager" and plan.model is run.model and compiled_graph_count() == graphs
     assert plan.eager_estimate_s is not None and 0 < plan.eager_estimate_s < 60
-    monkeypatch.setattr(core.scoring, "COMPILE_S", plan.eager_estimate_s / 1000)  # compiling "free": compile wins
+    monkeypatch.setattr(core.scoring, "EAGER_MAX_S", plan.eager_estimate_s / 1000)  # compiling "free": compile wins
     plan = prepare_eval(run, ev)
     assert plan.mode == "compile" and plan.model is run.eval_model and compiled_graph_count() == graphs + 1
     torch._dynamo.reset()
@@ -93,10 +95,12 @@ def test_auto_picks_eager_for_a_short_pass_and_compile_when_compiling_is_cheap(t
 def test_eager_estimate_scales_with_the_planned_batch_count(tiny_data, tiny_core, monkeypatch):
     run = compiled_run(tiny_data, tiny_core, monkeypatch, "sliding_window")
     ev = run.hook.pg_evaluator(run=run)
+    import plugins.lib.windows
+
     calls = []
-    monkeypatch.setattr(core.scoring, "score_nll", lambda *a, **k: calls.append(a[3].shape))
+    monkeypatch.setattr(plugins.lib.windows, "score_nll", lambda *a, **k: calls.append(a[3].shape))
     (shape, count) = ev.forward_plan(run, run.val_tokens.numel())
-    core.scoring.eager_seconds(run, ev, run.val_tokens.numel())
+    ev.eager_seconds(run, run.val_tokens.numel())
     assert calls == [shape] * 3 and shape == (32, 64)
     assert count == -(-253 // 32)  # windows ending every 16 tokens from 64 to 4,095, the last at 4,095
 
@@ -112,9 +116,11 @@ def test_final_eval_logs_its_mode_and_phase_time(tiny_data, tiny_core, monkeypat
                        ["core.eval_compile=eager", f"core.out_dir={tmp_path}"])
     run = setup(run.config, REGISTRY)
     graphs = compiled_graph_count()
-    fields = core.train.export_and_evaluate(run)
+    fields = core.train.final_eval(run, *core.train.export_artifact(run))
     log = (run.run_dir / "train.log").read_text()
-    assert "eval_warmup:synthetic_tokens mode:eager" in log and "eval_phase_time:" in log
+    events = [json.loads(line) for line in (run.run_dir / "events.jsonl").read_text().splitlines()]
+    final = next(e for e in events if e["event"] == "final_eval")
+    assert "eval_warmup:synthetic_tokens mode:eager" in log and final["eval_mode"] == "eager"
     assert compiled_graph_count() == graphs and fields["val_bpb"] > 0
     torch._dynamo.reset()
 
@@ -171,8 +177,8 @@ def test_compiled_ttt_adaptation_is_warmed_and_adapts_like_eager(tiny_data, tiny
 def test_eval_speed_bench_rejects_bad_modes_and_a_missing_data_root(tmp_path, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("eval_speed", core.train.CORE_DIR.parent / "benchmarks" /
-                                                  "eval_speed.py")
+    root = Path(core.train.__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("eval_speed", root / "benchmarks" / "eval_speed.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     with pytest.raises(SystemExit):

@@ -277,7 +277,4 @@ def test_compiled_loop_with_prewarmed_buckets_never_recompiles(tiny_data, tiny_c
     train(run)
     log = (run.run_dir / "train.log").read_text()
     torch._dynamo.reset()
-    if extra:
-        assert "warmup_shapes:" not in log and "timed_loop_recompiles:0" not in log
-    else:
-        assert "warmup_shapes:2 modes:1" in log and "timed_loop_recompiles:0" in log
+    assert ("timed_loop_recompiles:0" in log) == (not extra), log[-300:]

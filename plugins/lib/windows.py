@@ -3,7 +3,10 @@ end positions, batched window scoring into a `core.scoring.ScoreSink`, and the b
 
 from __future__ import annotations
 
+import time
+
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from core.scoring import ScoreSink, rank_span, score_nll
@@ -88,3 +91,29 @@ def window_batches(n_windows: int, rank: int, world_size: int, batch_seqs: int) 
     """Forward batches `score_windows` runs for this rank's share of `n_windows`."""
     lo, hi = rank_span(n_windows, rank, world_size)
     return -(-(hi - lo) // batch_seqs)
+
+
+def eager_seconds(run, evaluator, n_tokens: int) -> float:
+    """Eager scoring time of an n_tokens pass on this rank (`eval_compile = "auto"`): `forward_plan`'s batch
+    count x one eager batch of its shape (random tokens, timed over two calls after an untimed one); the same
+    on every rank (the slowest rank's)."""
+    (b, t), count = evaluator.forward_plan(run, n_tokens)
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
+    tail = evaluator.tail if evaluator.tail < t else 0
+    was_training = run.model.training
+    run.model.eval()
+    try:
+        with torch.no_grad():
+            score_nll(run, run.model, x, y, evaluator.bos_id, tail)
+            run.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(2):
+                score_nll(run, run.model, x, y, evaluator.bos_id, tail)
+            run.synchronize()
+    finally:
+        run.model.train(was_training)
+    seconds = torch.tensor(count * (time.perf_counter() - t0) / 2, dtype=torch.float64, device=run.device)
+    if run.distributed:  # every rank decides on the slowest rank's estimate
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return float(seconds.item())
