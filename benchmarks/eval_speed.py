@@ -92,7 +92,7 @@ def pgolf_row(case: str, mode: str, dataset: Path, tokenizer: Path, out: Path, t
 
 def record_row(case: str, cfg, data_root: Path, dataset: Path, tokenizer: Path, attention: str, out: Path,
                timeout: int, scripts: Path) -> dict:
-    from pgolf.bench import SHIM
+    from pgolf.bench import SHIM, SITE
     from pgolf.records import PROFILES, core_env
 
     profile = PROFILES[case]
@@ -122,6 +122,7 @@ def record_row(case: str, cfg, data_root: Path, dataset: Path, tokenizer: Path, 
     if not real_fa3:
         (rec / "shim").mkdir(exist_ok=True)
         (rec / "shim" / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
+        (rec / "shim" / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(rec / "shim"), env.get("PYTHONPATH", "")) if p)
         env["PGOLF_BENCH_ATTENTION_PY"] = str(ROOT / "core" / "attention.py")
     row_json = rec / "row.json"
