@@ -106,12 +106,13 @@ RECORD_STEP = re.compile(r"^(\d+)/\d+ train_loss: ([\d.]+)", re.M)
 PGOLF_STEP = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.]+)", re.M)
 
 
+COMPILE_OFF = "_t.compile = lambda fn=None, **kw: fn if fn is not None else (lambda f: f)\n"  # in PRELUDE
 BF16_KEEP = (".to(device).bfloat16()", "torch.autocast(device_type='cuda',dtype=torch.bfloat16,enabled=True)",
              "torch.autocast(device_type='cuda',dtype=torch.bfloat16)")  # --bf16: these stay, autocast on CPU
 
 
 def record_source(path: str | None, ns_fp32: bool = False, dump: bool = False, noise: bool = False,
-                  bf16: bool = False) -> str:
+                  bf16: bool = False, compiled: bool = False) -> str:
     if path:
         text = Path(path).read_text(encoding="utf-8")
     else:
@@ -129,7 +130,8 @@ def record_source(path: str | None, ns_fp32: bool = False, dump: bool = False, n
         if old not in text:
             raise SystemExit(f"patch target not found in the record: {old[:60]!r}")
         text = text.replace(old, new)
-    return PRELUDE + (RECORD_DUMP_FN if dump else "") + text
+    prelude = PRELUDE.replace(COMPILE_OFF, "") if compiled else PRELUDE
+    return prelude + (RECORD_DUMP_FN if dump else "") + text
 
 
 PGOLF_MAIN = """
@@ -175,6 +177,17 @@ if DUMP:  # --dump: model + optimizer state after every timed-loop step
         torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt},
                    f"{DUMP}/pgolf_{_n[0]}.pt")
     T.timed_loop, T.Stepper.optimizer_step = timed_loop, optimizer_step
+_setup0 = T.setup
+def _setup(cfg, reg, **kw):  # --bf16: bf16 autocast; --compile: Newton-Schulz compiled as on CUDA
+    run = _setup0(cfg, reg, **kw)
+    if os.environ.get("PARITY_BF16"):
+        run.autocast_dtype = torch.bfloat16
+    if os.environ.get("PARITY_COMPILE"):
+        for opt in run.optimizers:
+            if isinstance(opt, T.Muon):
+                opt.zeropower = T._compiled_zeropower()
+    return run
+T.setup = _setup
 if os.environ.get("PARITY_BF16"):  # --bf16: the CUDA dtype policy and bf16 autocast, on CPU
     import inspect
     import core.model as M
@@ -182,12 +195,6 @@ if os.environ.get("PARITY_BF16"):  # --bf16: the CUDA dtype policy and bf16 auto
     src = src.replace('    if device.type != "cuda":\\n        return model\\n', "")
     exec(compile(src, M.__file__, "exec"), M.__dict__)
     T.cast_for_training = M.cast_for_training
-    _setup0 = T.setup
-    def _setup_bf16(cfg, reg, **kw):
-        run = _setup0(cfg, reg, **kw)
-        run.autocast_dtype = torch.bfloat16
-        return run
-    T.setup = _setup_bf16
 reg = Registry()
 data = load_recipe(sys.argv[1])
 data["source"] = sys.argv[1]
@@ -276,6 +283,8 @@ def main() -> int:
     ap.add_argument("--bf16", action="store_true",
                     help="both sides with the GPU's dtype policy (bf16 body, fp32 CastedLinear/control tensors) and "
                          "bf16 autocast, on CPU: a precision difference the fp32 run cannot see shows here")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile on both sides as on the GPU (inductor on CPU): the model (fullgraph) and NS5")
     ap.add_argument("--dump", action="store_true", help="save both states after every step; report the first diff")
     ap.add_argument("--out", default="/tmp/pr1493_parity")
     args = ap.parse_args()
@@ -290,20 +299,25 @@ def main() -> int:
             rows = args.batch_tokens // args.seq
             print(f"train tokens {n}: ~{(n - 1) // args.seq / rows:.1f} steps per epoch")
     shutil.copy(args.tokenizer, out / "data" / "tokenizers" / "fineweb_8192_bpe.model")
-    (out / "record.py").write_text(record_source(args.record, args.ns_fp32, args.dump, bf16=args.bf16),
+    (out / "record.py").write_text(record_source(args.record, args.ns_fp32, args.dump, bf16=args.bf16,
+                                                 compiled=args.compile),
                                    encoding="utf-8")
     shape, sets = shape_for(args.layers, args.dim, args.seq, args.batch_tokens)
     common = {**os.environ, "OMP_NUM_THREADS": "2", **({"PARITY_DUMP": str(out)} if args.dump else {}),
-              **({"PARITY_NS_FP32": "1"} if args.ns_fp32 else {}), **({"PARITY_BF16": "1"} if args.bf16 else {})}
+              **({"PARITY_NS_FP32": "1"} if args.ns_fp32 else {}), **({"PARITY_BF16": "1"} if args.bf16 else {}),
+              **({"PARITY_COMPILE": "1"} if args.compile else {})}
     env = {**common, **{k: str(v) for k, v in shape.items()}, "ITERATIONS": str(args.iterations),
            "WARMUP_STEPS": str(args.warmup), "DATA_DIR": str(out / "data") + "/", "RUN_ID": "record"}
     rec = subprocess.run([sys.executable, "record.py"], cwd=out, env=env, capture_output=True, text=True)
     (out / "record.log").write_text(rec.stdout + rec.stderr)
+    if args.compile:
+        sets = [x.replace("core.compile=false", "core.compile=true") for x in sets]
     sets += [f"core.iterations={args.iterations}", f"core.warmup_steps={args.warmup}", f"core.data_path={datasets}",
              f"core.out_dir={out / 'runs'}", "core.run_id=pgolf"]
     if args.noise_floor:
         (out / "noise").mkdir()
-        noise_src = record_source(args.record, args.ns_fp32, noise=True, bf16=args.bf16)
+        noise_src = record_source(args.record, args.ns_fp32, noise=True, bf16=args.bf16,
+                                  compiled=args.compile)
         (out / "noise" / "record.py").write_text(noise_src, encoding="utf-8")
         pg = subprocess.run([sys.executable, "record.py"], cwd=out / "noise", env=env, capture_output=True, text=True)
         (out / "noise.log").write_text(pg.stdout + pg.stderr)
