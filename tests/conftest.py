@@ -90,3 +90,15 @@ def tiny_caseops_data(tmp_path_factory) -> tuple[Path, list[str]]:
     out = root / "data"
     build_dataset(src, out, vocab_size=320, val_docs=4, transform=CaseOpsTransform())
     return out, docs[:4]
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny per-chunk ops: one thread avoids OpenMP spinning on a shared 2-core box (10x slower under load).
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

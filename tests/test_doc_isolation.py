@@ -47,13 +47,7 @@ def make_run(tiny_data, tiny_core, plugins=(), iterations=120):
     return run
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny per-chunk ops: one thread avoids OpenMP spinning on a shared 2-core box (10x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
