@@ -8,7 +8,7 @@ SGD(momentum) with a cosine LR across chunks and grad clipping; the adapted weig
 lr 0.002, 3 epochs, momentum 0.9, clip 1.0, 32 sequences a batch; PR #1413/#1493: lr 0.005. The model's
 weights are restored after evaluation. `doc_mask` (not in the records) masks attention at BOS while
 scoring and adapting; adaptation still carries across documents in stream order, as in the source.
-Scoring batches have one shape (padded to batch_seqs, head on the last `stride` positions); a compiled
+Scoring batches: batch_seqs rows and each chunk's short last batch (head on the last `stride` positions); a compiled
 evaluation adapts eagerly unless `compile_adapt`, which warms the training graph of each step's row count.
 """
 
@@ -117,13 +117,14 @@ class ScoreFirstTTTEvaluator:
         return windows.eager_seconds(run, self, n_tokens)
 
     def warmup(self, run, model, n_tokens: int) -> None:
-        """The one scoring shape (`score_windows` pads every batch to batch_seqs rows); adaptation runs on
-        the uncompiled model."""
+        """Every scoring shape (full batches and each chunk's short last one); adaptation runs on the
+        uncompiled model unless `compile_adapt`."""
         _, groups = self.chunks(n_tokens - 1)
         win = min(self.seq_len, n_tokens - 1)
         shapes: set[tuple[int, int]] = set()
         for group in groups:
-            shapes |= window_batch_shapes(len(group), run.rank, run.world_size, self.cfg.batch_seqs, win)
+            shapes |= window_batch_shapes(len(group), run.rank, run.world_size, self.cfg.batch_seqs, win, self.tail,
+                                          group.start == 0)
         warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
         if self.cfg.compile_adapt and model is not run.model:
             self._warm_adapt(run, model, n_tokens)

@@ -56,7 +56,7 @@ class SlidingWindowEvaluator:
     def warmup(self, run, model, n_tokens: int) -> None:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
         win = min(self.seq_len, n_tokens - 1)
-        shapes = window_batch_shapes(n_windows, run.rank, run.world_size, self.batch_seqs, win)
+        shapes = window_batch_shapes(n_windows, run.rank, run.world_size, self.batch_seqs, win, self.tail)
         warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
 
 

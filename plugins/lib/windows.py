@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from core.scoring import ScoreSink, rank_span, score_nll
+from core.scoring import ScoreSink, batch_sizes, rank_span, score_nll
 
 
 def window_ends(n_positions: int, seq_len: int, stride: int) -> list[int]:
@@ -42,10 +42,11 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
     """Score windows `which` (indices into `ends`) in batches: each window sees min(seq_len, n) tokens
     ending at its end position and records only the positions the previous window did not score.
     With `bos_id`, attention inside a window stops at BOS (document-masked). Every batch has `batch_seqs`
-    rows (a short last batch repeats its last window; those rows are dropped), so a compiled forward sees
-    one shape. `tail` > 0: the head and loss run on the last `tail` positions of each window only; a window
-    that scores more (the stream's first) is scored alone, on the uncompiled `run.model`. The tokens the
-    windows span go to the device once; batches are gathered there (no host work between forwards)."""
+    rows but a short last one (never padded: a padding row would be a second forward of some window, which
+    the validator rightly reads as rescoring); `window_batch_shapes` names both shapes for the warm-up.
+    `tail` > 0: the head and loss run on the last `tail` positions of each window only; a window that
+    scores more (the stream's first) is scored alone, on the uncompiled `run.model`. The tokens the windows
+    span go to the device once; batches are gathered there (no host work between forwards)."""
     n = tokens.numel() - 1
     win = min(seq_len, n)
     tail = tail if 0 < tail < win else win
@@ -69,9 +70,8 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
         short = [i for i, k in enumerate(narrow) if new_positions(ends, k) < tail]  # the stream's last window
         for b in range(0, len(narrow), batch_seqs):
             m = min(batch_seqs, len(narrow) - b)
-            rows = torch.arange(b, b + batch_seqs, device=device).clamp_(max=len(narrow) - 1)
-            idx = end[rows, None] + offsets[None, :]
-            nll = score_nll(run, model, span[idx], span[idx + 1], bos_id, tail if tail < win else 0)[:m]
+            idx = end[b : b + m, None] + offsets[None, :]
+            nll = score_nll(run, model, span[idx], span[idx + 1], bos_id, tail if tail < win else 0)
             pos = end[b : b + m, None] + (first - tail + 1) + cols[None, :]
             if not any(b <= i < b + m for i in short):
                 sink.record(pos, nll)
@@ -81,10 +81,14 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
             sink.record(pos[keep], nll[keep])
 
 
-def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: int, win: int) -> set[tuple[int, int]]:
-    """The one (batch_seqs, win) shape `score_windows` runs, when this rank has windows."""
+def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: int, win: int, tail: int = 0,
+                        stream_start: bool = True) -> set[tuple[int, int]]:
+    """The (rows, win) shapes `score_windows` runs for this rank's windows: full batches and the remainder;
+    with 0 < tail < win the stream's first window (`stream_start`: these windows begin the stream) is scored
+    alone on the uncompiled model, so it is not in a batch."""
     lo, hi = rank_span(n_windows, rank, world_size)
-    return {(batch_seqs, win)} if hi > lo else set()
+    alone = stream_start and lo == 0 and hi > lo and 0 < tail < win
+    return {(b, win) for b in batch_sizes(hi - lo - alone, batch_seqs)}
 
 
 def window_batches(n_windows: int, rank: int, world_size: int, batch_seqs: int) -> int:
