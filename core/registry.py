@@ -43,7 +43,8 @@ class Plugin:
     test_settings: ClassVar[dict[str, dict[str, Any]] | None] = None
 
     def __init__(self, cfg: Any = None):
-        self.cfg = cfg
+        """`cfg`: an instance of `config` (None: its defaults; a plugin without settings keeps None)."""
+        self.cfg = cfg if cfg is not None or self.config is None else self.config()
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:

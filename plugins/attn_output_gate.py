@@ -51,9 +51,6 @@ class AttnOutputGate(Plugin):
     after = ("xsa",)
     test_settings = {"attn_output_gate": {"window": 8}}
 
-    def __init__(self, cfg: AttnOutputGateConfig | None = None):
-        super().__init__(cfg or AttnOutputGateConfig())
-
     @classmethod
     def check_config(cls, cfg: AttnOutputGateConfig, core) -> list[str]:
         if cfg.window > core.model_dim:

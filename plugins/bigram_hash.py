@@ -84,9 +84,6 @@ class BigramHash(Plugin):
     config = BigramHashConfig
     test_settings = {"bigram_hash": {"buckets": 64, "dim": 32, "scale_init": 0.5}}
 
-    def __init__(self, cfg: BigramHashConfig | None = None):
-        super().__init__(cfg or BigramHashConfig())
-
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):
         if slot != "embed_add":

@@ -196,9 +196,6 @@ class CaseOps(Plugin):
     test_settings: dict = {}
     test_data = "caseops"  # the plugin matrix runs it on a dataset built with its transform
 
-    def __init__(self, cfg: CaseOpsConfig | None = None):
-        super().__init__(cfg or CaseOpsConfig())
-
     @hookimpl
     def pg_text_transform(self, config) -> CaseOpsTransform:
         return CaseOpsTransform()

@@ -50,9 +50,6 @@ class CodeWrapper(Plugin):
     config = CodeWrapperConfig
     test_settings = {"code_wrapper": {"preset": 9}}
 
-    def __init__(self, cfg: CodeWrapperConfig | None = None):
-        super().__init__(cfg or CodeWrapperConfig())
-
     @hookimpl
     def pg_wrap_code(self, source: str) -> str:
         if not 0 <= self.cfg.preset <= 9:

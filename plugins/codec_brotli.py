@@ -31,9 +31,6 @@ class Brotli(Plugin):
     provides = ("codec",)
     test_settings = {"brotli": {"quality": 5}}  # quality 11 is the default; 5 keeps the matrix fast
 
-    def __init__(self, cfg: BrotliConfig | None = None):
-        super().__init__(cfg or BrotliConfig())
-
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
         if not (self.cfg.byte_shuffle in (0, 1) or 2 <= self.cfg.byte_shuffle <= 255):

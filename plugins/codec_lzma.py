@@ -32,9 +32,6 @@ class Lzma(Plugin):
     provides = ("codec",)
     test_settings = {"lzma": {"preset": 9}}
 
-    def __init__(self, cfg: LzmaConfig | None = None):
-        super().__init__(cfg or LzmaConfig())
-
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
         if not (self.cfg.byte_shuffle in (0, 1) or 2 <= self.cfg.byte_shuffle <= 255):

@@ -24,9 +24,6 @@ class Zstd(Plugin):
     provides = ("codec",)
     test_settings = {"zstd": {"level": 22}}
 
-    def __init__(self, cfg: ZstdConfig | None = None):
-        super().__init__(cfg or ZstdConfig())
-
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
         return codecs.ZstdCodec(level=self.cfg.level)

@@ -46,9 +46,6 @@ class CompressAuto(Plugin):
     provides = ("codec",)
     test_settings = {"compress_auto": {"codecs": "zlib,zstd,brotli,lzma"}}
 
-    def __init__(self, cfg: CompressAutoConfig | None = None):
-        super().__init__(cfg or CompressAutoConfig())
-
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:
         return codecs.AutoCodec(make_codecs(self.cfg.codecs))

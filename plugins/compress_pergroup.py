@@ -79,9 +79,6 @@ class CompressPerGroup(Plugin):
     config = PerGroupConfig
     test_settings = {"compress_pergroup": {"group_codec": "lzma"}}
 
-    def __init__(self, cfg: PerGroupConfig | None = None):
-        super().__init__(cfg or PerGroupConfig())
-
     @hookimpl
     def pg_state_codec(self, config) -> ex.StateCodec:
         cfg = self.cfg

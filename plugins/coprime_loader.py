@@ -172,9 +172,6 @@ class CoprimeLoader(Plugin):
     provides = ("train_loader",)
     test_settings = {"coprime_loader": {"ramp_batches": 4}}
 
-    def __init__(self, cfg: CoprimeLoaderConfig | None = None):
-        super().__init__(cfg or CoprimeLoaderConfig())
-
     @hookimpl
     def pg_train_loader(self, run):
         return CoprimeStrideLoader(run.train_files, run.rank, run.world_size, run.device, self.cfg.ramp_batches)

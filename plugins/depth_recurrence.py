@@ -67,9 +67,6 @@ class DepthRecurrence(Plugin):
     test_settings = {"core": {"num_layers": 4}, "depth_recurrence": {"loop_start": 1, "loop_end": 2,
                                                                      "num_loops": 1, "enable_at": 0.0}}
 
-    def __init__(self, cfg: DepthRecurrenceConfig | None = None):
-        super().__init__(cfg or DepthRecurrenceConfig())
-
     @classmethod
     def check_config(cls, cfg: DepthRecurrenceConfig, core) -> list[str]:
         if cfg.loop_end >= core.num_layers:

@@ -156,9 +156,6 @@ class DocPacking(Plugin):
     provides = ("train_loader",)
     test_settings = {"doc_packing": {"cu_bucket_size": 16}}
 
-    def __init__(self, cfg: DocPackingConfig | None = None):
-        super().__init__(cfg or DocPackingConfig())
-
     @hookimpl
     def pg_train_loader(self, run):
         loader = DocumentPackingLoader(run.train_files, run.rank, run.world_size, run.device, run.core.bos_id,

@@ -35,7 +35,7 @@ class EMA(Plugin):
     test_settings = {"ema": {"decay": 0.5}}
 
     def __init__(self, cfg: EMAConfig | None = None):
-        super().__init__(cfg or EMAConfig())
+        super().__init__(cfg)
         self.names: list[str] = []
         self.live: list[torch.Tensor] = []
         self.shadow: list[torch.Tensor] = []

@@ -222,9 +222,6 @@ class FusedCE(Plugin):
     provides = ("loss",)  # the model's loss slot has one provider
     test_settings = {"fused_ce": {"chunk_rows": 48}}
 
-    def __init__(self, cfg: FusedCEConfig | None = None):
-        super().__init__(cfg or FusedCEConfig())
-
     @classmethod
     def check_config(cls, cfg: FusedCEConfig, core) -> list[str]:
         if cfg.backend == "triton" and triton is None:

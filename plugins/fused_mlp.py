@@ -222,9 +222,6 @@ class FusedMLP(Plugin):
     conflicts = ("late_qat", "soft_round_qat")
     test_settings = {"fused_mlp": {"slope": 0.5}}
 
-    def __init__(self, cfg: FusedMLPConfig | None = None):
-        super().__init__(cfg or FusedMLPConfig())
-
     @classmethod
     def check_config(cls, cfg: FusedMLPConfig, core) -> list[str]:
         if cfg.backend == "triton" and triton is None:

@@ -48,9 +48,6 @@ class GatedAttn(Plugin):
     after = ("xsa",)  # the record gates XSA's output
     test_settings = {"gated_attn": {"init_std": 0.5}}
 
-    def __init__(self, cfg: GatedAttnConfig | None = None):
-        super().__init__(cfg or GatedAttnConfig())
-
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):
         return DenseHeadGate(spec.num_heads, spec.model_dim) if slot == "attn_out" and layer is not None else None

@@ -235,7 +235,7 @@ class GPTQ(Plugin):
     test_settings = {"gptq": {"keep_float_max_numel": 0, "calib_batches": 2, "reserve_seconds": 0.5}}
 
     def __init__(self, cfg: GPTQConfig | None = None):
-        super().__init__(cfg or GPTQConfig())
+        super().__init__(cfg)
         check_config(self.cfg)
         self.percentiles = parse_percentiles(self.cfg.percentiles)
         self.hessians: dict[str, Tensor] = {}

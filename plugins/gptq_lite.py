@@ -85,7 +85,7 @@ class GPTQLite(Plugin):
     test_settings = {"gptq_lite": {"keep_float_max_numel": 0}}
 
     def __init__(self, cfg: GPTQLiteConfig | None = None):
-        super().__init__(cfg or GPTQLiteConfig())
+        super().__init__(cfg)
         self.percentiles = parse_percentiles(self.cfg.percentiles)
 
     @hookimpl

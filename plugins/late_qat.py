@@ -76,7 +76,7 @@ class LateQAT(Plugin):
     test_settings = {"late_qat": {"threshold": 2.0, "bits": 2}}
 
     def __init__(self, cfg: LateQATConfig | None = None):
-        super().__init__(cfg or LateQATConfig())
+        super().__init__(cfg)
         self.switch = Switch(False)
         self.active = False
 

@@ -57,9 +57,6 @@ class LeakyReLU2(Plugin):
     provides = ("mlp",)  # the per-layer mlp slot has one provider
     test_settings = {"leaky_relu2": {"slope": 0.5}}
 
-    def __init__(self, cfg: LeakyReLU2Config | None = None):
-        super().__init__(cfg or LeakyReLU2Config())
-
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):
         if slot != "mlp" or layer is None:

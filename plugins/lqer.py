@@ -109,7 +109,7 @@ class LQER(Plugin):
     test_settings = {"core": {"mlp_mult": 20}, "lqer": {"rank": 2, "top_k": 2}}
 
     def __init__(self, cfg: LQERConfig | None = None):
-        super().__init__(cfg or LQERConfig())
+        super().__init__(cfg)
         errors = [f"lqer.{k} must be >= 1, got {getattr(self.cfg, k)}" for k in ("rank", "top_k", "asym_group")
                   if getattr(self.cfg, k) < 1]
         if not 2 <= self.cfg.factor_bits <= 8:

@@ -81,9 +81,6 @@ class MuonEqRPlugin(Plugin):
     provides = ("matrix_optimizer",)
     test_settings = {"muon_eq_r": {"weight_decay": 0.0}}
 
-    def __init__(self, cfg: MuonEqRConfig | None = None):
-        super().__init__(cfg or MuonEqRConfig())
-
     @hookimpl(tryfirst=True)  # before `weight_decay`, which also answers for the matrix group
     def pg_make_optimizer(self, group: str, params: list, config):
         if group != "matrix":

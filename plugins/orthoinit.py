@@ -50,9 +50,6 @@ class OrthoInit(Plugin):
     config = OrthoInitConfig
     test_settings = {"orthoinit": {"min_dim": 16}}
 
-    def __init__(self, cfg: OrthoInitConfig | None = None):
-        super().__init__(cfg or OrthoInitConfig())
-
     @hookimpl
     def pg_init_weights(self, model, config) -> None:
         if self.cfg.min_dim < 1:

@@ -46,9 +46,6 @@ class OvertoneInit(Plugin):
     config = OvertoneInitConfig
     test_settings = {"overtone_init": {}}
 
-    def __init__(self, cfg: OvertoneInitConfig | None = None):
-        super().__init__(cfg or OvertoneInitConfig())
-
     @hookimpl
     def pg_init_weights(self, model, config) -> None:
         with torch.no_grad():

@@ -90,9 +90,6 @@ class ParallelLanes(Plugin):
     provides = ("block_residual",)
     test_settings = {"parallel_lanes": {"start": 1, "resid_init": 0.9}}
 
-    def __init__(self, cfg: ParallelLanesConfig | None = None):
-        super().__init__(cfg or ParallelLanesConfig())
-
     @classmethod
     def check_config(cls, cfg: ParallelLanesConfig, core) -> list[str]:
         lo = max(1, core.num_layers // 2)  # the record's lanes start in the decoder (after block 0)

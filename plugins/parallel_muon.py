@@ -283,9 +283,6 @@ class ParallelMuonPlugin(Plugin):
     config = ParallelMuonConfig
     test_settings = {"parallel_muon": {}}
 
-    def __init__(self, cfg: ParallelMuonConfig | None = None):
-        super().__init__(cfg or ParallelMuonConfig())
-
     @hookimpl(wrapper=True)
     def pg_make_optimizer(self, group: str, params: list, config):
         opt = yield

@@ -41,9 +41,6 @@ class ParallelResiduals(Plugin):
     provides = ("block_residual",)
     test_settings = {"parallel_residuals": {"start": 0}}
 
-    def __init__(self, cfg: ParallelResidualsConfig | None = None):
-        super().__init__(cfg or ParallelResidualsConfig())
-
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):
         if slot == "residual" and layer is not None and layer >= self.cfg.start:

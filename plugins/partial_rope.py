@@ -54,9 +54,6 @@ class PartialRope(Plugin):
     config = PartialRopeConfig
     test_settings = {"partial_rope": {"dims": 8, "ntk_train_seq_len": 32}}
 
-    def __init__(self, cfg: PartialRopeConfig | None = None):
-        super().__init__(cfg or PartialRopeConfig())
-
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):
         if slot != "rotary":

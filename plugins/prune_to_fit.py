@@ -139,7 +139,7 @@ class PruneToFit(Plugin):
                      "prune_to_fit": {"target_bytes": 245_000, "include_code": False}}
 
     def __init__(self, cfg: PruneToFitConfig | None = None):
-        super().__init__(cfg or PruneToFitConfig())
+        super().__init__(cfg)
         self.pruned = 0
 
     @hookimpl

@@ -46,9 +46,6 @@ class QuantGate(Plugin):
     test_settings = {"quant_gate": {"min_numel": 8}}
     test_with = ("sparse_attn_gate",)  # the plugin matrix enables a gate with it (alone it has nothing to do)
 
-    def __init__(self, cfg: QuantGateConfig | None = None):
-        super().__init__(cfg or QuantGateConfig())
-
     @hookimpl(tryfirst=True)
     def pg_quantize_tensor(self, name: str, tensor: Tensor, config) -> ex.QTensor | None:
         t = tensor.detach().to("cpu")

@@ -31,9 +31,6 @@ class QuantMixed(Plugin):
     provides = ("quantizer",)
     test_settings = {"quant_mixed": {"keep_float_max_numel": 0}}
 
-    def __init__(self, cfg: QuantMixedConfig | None = None):
-        super().__init__(cfg or QuantMixedConfig())
-
     @hookimpl
     def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:
         return policy_quantize(name, tensor, self.cfg, rowmax_clip, extra_negative=True, method="rowmax")

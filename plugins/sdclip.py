@@ -56,9 +56,6 @@ class SDClip(Plugin):
     provides = ("quantizer",)
     test_settings = {"sdclip": {"keep_float_max_numel": 0, "matrix_clip_sigmas": 3.0}}
 
-    def __init__(self, cfg: SDClipConfig | None = None):
-        super().__init__(cfg or SDClipConfig())
-
     @hookimpl
     def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:
         k = sigmas_for(self.cfg, name)

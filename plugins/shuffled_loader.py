@@ -103,9 +103,6 @@ class ShuffledLoader(Plugin):
     provides = ("train_loader",)
     test_settings = {"shuffled_loader": {"follow_seed": False}}
 
-    def __init__(self, cfg: ShuffledLoaderConfig | None = None):
-        super().__init__(cfg or ShuffledLoaderConfig())
-
     @hookimpl
     def pg_train_loader(self, run):
         seed = (run.core.seed, run.rank) if self.cfg.follow_seed else run.rank

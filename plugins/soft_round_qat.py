@@ -89,7 +89,7 @@ class SoftRoundQAT(Plugin):
     test_settings = {"soft_round_qat": {"threshold": 2.0, "min_step": 0, "ramp_steps": 2, "bits": 2}}
 
     def __init__(self, cfg: SoftRoundQATConfig | None = None):
-        super().__init__(cfg or SoftRoundQATConfig())
+        super().__init__(cfg)
         self.switch = Switch(False)
         self.alpha = Switch(False)
         self.alpha.set(1.0)

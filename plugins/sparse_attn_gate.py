@@ -56,9 +56,6 @@ class SparseAttnGate(Plugin):
     after = ("xsa",)
     test_settings = {"sparse_attn_gate": {"window": 8, "init_std": 0.5}}
 
-    def __init__(self, cfg: SparseAttnGateConfig | None = None):
-        super().__init__(cfg or SparseAttnGateConfig())
-
     @classmethod
     def check_config(cls, cfg: SparseAttnGateConfig, core) -> list[str]:
         if cfg.window > core.model_dim:

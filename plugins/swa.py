@@ -64,7 +64,7 @@ class SWA(Plugin):
     test_settings = {"swa": {"every": 2, "threshold": 2.0}}
 
     def __init__(self, cfg: Any = None):
-        super().__init__(cfg or self.config())
+        super().__init__(cfg)
         self.sum: list[torch.Tensor] = []
         self.names: list[str] = []
         self.count = 0

@@ -90,9 +90,6 @@ class ValueEmbeddings(Plugin):
     before = ("orthoinit",)  # the table's normal draw precedes the orthogonal draws, as in the record
     test_settings = {"value_embeddings": {"dim": 16, "layers": "0,1"}}
 
-    def __init__(self, cfg: ValueEmbeddingsConfig | None = None):
-        super().__init__(cfg or ValueEmbeddingsConfig())
-
     @classmethod
     def check_config(cls, cfg: ValueEmbeddingsConfig, core) -> list[str]:
         bad = [i for i in cfg.layer_list() if i >= core.num_layers]

@@ -44,9 +44,6 @@ class ValueResidual(Plugin):
     config = ValueResidualConfig
     test_settings = {"value_residual": {"init": 0.3}}
 
-    def __init__(self, cfg: ValueResidualConfig | None = None):
-        super().__init__(cfg or ValueResidualConfig())
-
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):
         if slot != "value" or layer is None:

@@ -113,7 +113,7 @@ class VarlenAttentionPlugin(Plugin):
     test_with = ("doc_packing",)
 
     def __init__(self, cfg: VarlenAttentionConfig | None = None):
-        super().__init__(cfg or VarlenAttentionConfig())
+        super().__init__(cfg)
         self.modules: list[VarlenAttention] = []
 
     @hookimpl

@@ -46,9 +46,6 @@ class WarmdownFrac(Plugin):
     provides = ("lr_schedule",)
     test_settings = {"warmdown_frac": {"frac": 0.9, "min_lr": 0.05}}
 
-    def __init__(self, cfg: WarmdownFracConfig | None = None):
-        super().__init__(cfg or WarmdownFracConfig())
-
     @hookimpl(tryfirst=True)  # every other pg_before_step (e.g. late_qat's threshold) sees this multiplier
     def pg_before_step(self, run, step: int, clock) -> None:
         clock.lr_mul = lr_multiplier(clock.frac, self.cfg.frac, self.cfg.min_lr)

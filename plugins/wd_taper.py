@@ -50,7 +50,7 @@ class WDTaper(Plugin):
                      "weight_decay": {"muon": 0.5}}
 
     def __init__(self, cfg: WDTaperConfig | None = None):
-        super().__init__(cfg or WDTaperConfig())
+        super().__init__(cfg)
         self.base: list[tuple[dict, float]] = []
 
     @classmethod

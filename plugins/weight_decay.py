@@ -58,7 +58,7 @@ class WeightDecay(Plugin):
     test_settings = {"weight_decay": {"muon": 0.5, "adam": 0.5, "embed": 0.25}}
 
     def __init__(self, cfg: WeightDecayConfig | None = None):
-        super().__init__(cfg or WeightDecayConfig())
+        super().__init__(cfg)
         self.decays: dict[str, float] = {}
         self.group_of: dict[int, str] = {}
 

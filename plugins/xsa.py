@@ -45,9 +45,6 @@ class XSA(Plugin):
     config = XSAConfig
     test_settings = {"xsa": {"last_n": 1}}
 
-    def __init__(self, cfg: XSAConfig | None = None):
-        super().__init__(cfg or XSAConfig())
-
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):
         if slot != "attn_out" or layer is None:
