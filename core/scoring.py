@@ -225,7 +225,7 @@ def restored_weights(model: torch.nn.Module, optimizers: Sequence[torch.optim.Op
     """Snapshot `model`'s state dict (and the optimizers' states) in host memory and load them back on exit,
     however the block ends (TTT, warm-up, probes); host copies keep the snapshot out of the device's peak, as the
     records' warm-up does."""
-    saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    saved = tree_map(_host_copy, model.state_dict())
     saved_opts = [tree_map(_host_copy, o.state_dict()) for o in optimizers]
     try:
         yield

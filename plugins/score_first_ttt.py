@@ -31,7 +31,14 @@ from core.scoring import (
 )
 from plugins.lib import windows
 from plugins.lib.ttt import cosine_lr, sgd_rows
-from plugins.lib.windows import score_windows, scoring_tail, window_batch_shapes, window_batches, window_ends
+from plugins.lib.windows import (
+    score_windows,
+    scoring_tail,
+    window_batch_shapes,
+    window_batches,
+    window_ends,
+    window_tail,
+)
 
 
 @dataclass
@@ -125,7 +132,7 @@ class ScoreFirstTTTEvaluator:
         for group in groups:
             shapes |= window_batch_shapes(len(group), run.rank, run.world_size, self.cfg.batch_seqs, win, self.tail,
                                           group.start == 0)
-        warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
+        warm_forward(run, model, shapes, self.bos_id, window_tail(self.tail, win))
         if self.cfg.compile_adapt and model is not run.model:
             self._warm_adapt(run, model, n_tokens)
 

@@ -17,7 +17,14 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, rank_span, warm_forward
 from plugins.lib import windows
-from plugins.lib.windows import score_windows, scoring_tail, window_batch_shapes, window_batches, window_ends
+from plugins.lib.windows import (
+    score_windows,
+    scoring_tail,
+    window_batch_shapes,
+    window_batches,
+    window_ends,
+    window_tail,
+)
 
 
 @dataclass
@@ -57,7 +64,7 @@ class SlidingWindowEvaluator:
         n_windows = len(window_ends(n_tokens - 1, self.seq_len, self.stride))
         win = min(self.seq_len, n_tokens - 1)
         shapes = window_batch_shapes(n_windows, run.rank, run.world_size, self.batch_seqs, win, self.tail)
-        warm_forward(run, model, shapes, self.bos_id, self.tail if self.tail < win else 0)
+        warm_forward(run, model, shapes, self.bos_id, window_tail(self.tail, win))
 
 
 class SlidingWindow(Plugin):

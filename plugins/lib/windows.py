@@ -37,6 +37,12 @@ def scoring_tail(stride: int, seq_len: int) -> int:
     return stride if stride < seq_len else 0
 
 
+def window_tail(tail: int, win: int) -> int:
+    """The positions a window forward runs its head on: `tail` when it cuts the window (0 < tail < win), else 0
+    (every position)."""
+    return tail if 0 < tail < win else 0
+
+
 def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], which: range, seq_len: int,
                   batch_seqs: int, bos_id: int | None = None, tail: int = 0) -> None:
     """Score windows `which` (indices into `ends`) in batches: each window sees min(seq_len, n) tokens
@@ -49,7 +55,8 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
     span go to the device once; batches are gathered there (no host work between forwards)."""
     n = tokens.numel() - 1
     win = min(seq_len, n)
-    tail = tail if 0 < tail < win else win
+    cut = window_tail(tail, win)
+    tail = cut or win
     device = run.device
     wide = [k for k in which if new_positions(ends, k) > tail]
     narrow = [k for k in which if new_positions(ends, k) <= tail]
@@ -71,7 +78,7 @@ def score_windows(run, model, tokens: Tensor, sink: ScoreSink, ends: list[int], 
         for b in range(0, len(narrow), batch_seqs):
             m = min(batch_seqs, len(narrow) - b)
             idx = end[b : b + m, None] + offsets[None, :]
-            nll = score_nll(run, model, span[idx], span[idx + 1], bos_id, tail if tail < win else 0)
+            nll = score_nll(run, model, span[idx], span[idx + 1], bos_id, cut)
             pos = end[b : b + m, None] + (first - tail + 1) + cols[None, :]
             if not any(b <= i < b + m for i in short):
                 sink.record(pos, nll)
@@ -87,7 +94,7 @@ def window_batch_shapes(n_windows: int, rank: int, world_size: int, batch_seqs: 
     with 0 < tail < win the stream's first window (`stream_start`: these windows begin the stream) is scored
     alone on the uncompiled model, so it is not in a batch."""
     lo, hi = rank_span(n_windows, rank, world_size)
-    alone = stream_start and lo == 0 and hi > lo and 0 < tail < win
+    alone = stream_start and lo == 0 and hi > lo and window_tail(tail, win) > 0
     return {(b, win) for b in batch_sizes(hi - lo - alone, batch_seqs)}
 
 
@@ -104,7 +111,7 @@ def eager_seconds(run, evaluator, n_tokens: int) -> float:
     (b, t), count = evaluator.forward_plan(run, n_tokens)
     gen = torch.Generator().manual_seed(0)
     x, y = (torch.randint(0, run.core.vocab_size, (b, t), generator=gen).to(run.device) for _ in range(2))
-    tail = evaluator.tail if evaluator.tail < t else 0
+    tail = window_tail(evaluator.tail, t)
     was_training = run.model.training
     run.model.eval()
     try:
