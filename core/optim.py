@@ -14,27 +14,28 @@ NS5_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7,
-                                coeffs: tuple[tuple[float, float, float], ...] | None = None) -> Tensor:
-    """Approximately orthogonalise a 2-D matrix (bf16 quintic Newton–Schulz iteration).
-
-    `coeffs`: one (a, b, c) per iteration, the first `steps` of them (so at most len(coeffs) iterations);
-    None: NS5_COEFFS for all `steps`. A Muon param group's "ns_coeffs" arrives here.
+                                coeffs: tuple[tuple[float, float, float], ...] | None = None,
+                                dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Approximately orthogonalise each matrix of G (..., rows, cols): the quintic Newton–Schulz iteration in
+    `dtype`, each matrix over its own norm. `coeffs`: one (a, b, c) per iteration, the first `steps` of them
+    (so at most len(coeffs) iterations); None: NS5_COEFFS for all `steps`. A Muon group's "ns_coeffs" arrives here.
     """
     schedule = (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]
-    X = G.bfloat16()
-    X /= X.norm() + eps
-    transposed = G.size(0) > G.size(1)
+    X = G.to(dtype)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    transposed = G.size(-2) > G.size(-1)
     if transposed:
-        X = X.T
+        X = X.mT
     for a, b, c in schedule:
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * A @ A
         X = a * X + B @ X
-    return X.T if transposed else X
+    return X.mT if transposed else X
 
 
 class Muon(torch.optim.Optimizer):
-    """Nesterov momentum, NS5-orthogonalised, scaled by sqrt(max(1, rows/cols)); work split over ranks.
+    """Nesterov momentum, NS5-orthogonalised (same-shape matrices in one batched call), scaled by
+    sqrt(max(1, rows/cols)); matrix i of a group is computed by rank i % world, the bf16 updates all-reduced.
 
     A param group's "ns_coeffs" (default absent: NS5) is passed to the Newton–Schulz function as `coeffs`.
     `weight_decay` > 0 is decoupled decay before each update, p <- p·(1 - lr·wd) with the scheduled lr
@@ -50,10 +51,8 @@ class Muon(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        with torch.enable_grad():
+            loss = None if closure is None else closure()
         distributed = dist.is_available() and dist.is_initialized()
         world_size = dist.get_world_size() if distributed else 1
         rank = dist.get_rank() if distributed else 0
@@ -61,36 +60,36 @@ class Muon(torch.optim.Optimizer):
             params = group["params"]
             if not params:
                 continue
-            lr, momentum = group["lr"], group["momentum"]
-            total = sum(int(p.numel()) for p in params)
-            updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.bfloat16)
-            curr = 0
-            for i, p in enumerate(params):
-                if i % world_size == rank and p.grad is not None:
-                    g = p.grad
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(g)
-                    buf = state["momentum_buffer"]
-                    buf.mul_(momentum).add_(g)
-                    if group["nesterov"]:
-                        g = g.add(buf, alpha=momentum)
-                    coeffs = group.get("ns_coeffs")  # a per-iteration schedule (polar_express), else NS5
-                    ns = {} if coeffs is None else {"coeffs": coeffs}
-                    g = self.zeropower(g, steps=group["backend_steps"], **ns)
-                    g *= max(1, g.size(0) / g.size(1)) ** 0.5
-                    updates_flat[curr : curr + p.numel()] = g.reshape(-1)
-                curr += p.numel()
-            if distributed:
-                dist.all_reduce(updates_flat, op=dist.ReduceOp.SUM)
-            wd = group.get("weight_decay", 0.0)
-            curr = 0
+            lr, momentum, wd = group["lr"], group["momentum"], group.get("weight_decay", 0.0)
+            mine = [p for i, p in enumerate(params) if i % world_size == rank and p.grad is not None]
+            for p in (p for p in mine if "momentum_buffer" not in self.state[p]):
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+            grads, bufs = [p.grad for p in mine], [self.state[p]["momentum_buffer"] for p in mine]
+            if mine:  # (the foreach ops refuse empty lists)
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+                if group["nesterov"]:
+                    grads = torch._foreach_add(grads, bufs, alpha=momentum)
+            update = dict(zip(map(id, mine), grads, strict=True))  # the Nesterov gradient of each param
+            coeffs = group.get("ns_coeffs")  # a per-iteration schedule (polar_express), else NS5
+            ns = {"steps": group["backend_steps"], **({} if coeffs is None else {"coeffs": coeffs})}
+            banks: dict[tuple, list[Tensor]] = {}  # same-shape params in group order: one batched NS each
             for p in params:
+                banks.setdefault((p.shape, p.dtype, p.device), []).append(p)
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+            sizes = [len(ps) * ps[0].numel() for ps in banks.values()]  # bank by bank: the same on all ranks
+            blocks = [(b.view(-1, *ps[0].shape), ps) for b, ps in zip(flat.split(sizes), banks.values(), strict=True)]
+            for block, ps in blocks:
+                if ks := [k for k, p in enumerate(ps) if id(p) in update]:
+                    g = self.zeropower(torch.stack([update[id(ps[k])] for k in ks]), **ns)
+                    g *= max(1, g.size(-2) / g.size(-1)) ** 0.5
+                    torch._foreach_copy_([block[k] for k in ks], list(g))
+            if distributed:  # each rank filled its own matrices (i % world == rank), zeros elsewhere
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            for block, ps in blocks:
                 if wd > 0.0:
-                    p.mul_(1.0 - lr * wd)
-                g = updates_flat[curr : curr + p.numel()].view_as(p).to(dtype=p.dtype)
-                p.add_(g, alpha=-lr)
-                curr += p.numel()
+                    torch._foreach_mul_(ps, 1.0 - lr * wd)
+                torch._foreach_add_(ps, list(block.to(ps[0].dtype)), alpha=-lr)
         return loss
 
 

@@ -156,7 +156,7 @@ def make_optimizers(run: Run, model: nn.Module) -> list[torch.optim.Optimizer]:
 
 @functools.cache
 def _compiled_zeropower() -> Any:
-    return torch.compile(zeropower_via_newtonschulz5)
+    return torch.compile(zeropower_via_newtonschulz5, dynamic=False)  # one graph per (batched) shape
 
 
 def should_compile(run: Run) -> bool:

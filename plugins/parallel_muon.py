@@ -4,8 +4,8 @@
 The records store the block matrices as four 3-D banks (`qo_bank`, `kv_bank`, `mlp_up_bank`,
 `mlp_down_bank`). Here the model keeps its per-layer weights (export, GPTQ and QAT hooks still see them) and
 the optimizer banks them: the matrix group's parameters are grouped by shape and their gradients stacked
-into one (B, rows, cols) tensor per shape, so Newton–Schulz runs batched (`X.mT`, norms over the last two
-dims). With W ranks, as the record's `Muon`:
+into one (B, rows, cols) tensor per shape, so Newton–Schulz runs batched (the core's
+`zeropower_via_newtonschulz5`, or the compiled one the core assigns on CUDA). With W ranks, as the record's `Muon`:
 1. `launch_reduce_scatters`: each bank's gradient (bf16, B padded to a multiple of W, biggest bank first) is
    reduce-scattered asynchronously (mean over ranks), so each rank holds B/W matrices of the batch gradient;
 2. `step`: per bank, wait for its shard, Nesterov momentum on the shard (the momentum lives only there),
@@ -25,7 +25,6 @@ runs in bf16 (`grad_dtype`, `ns_dtype`: float32 gives the core Muon's fp32 momen
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from core.hookspecs import hookimpl
-from core.optim import NS5_COEFFS, Muon
+from core.optim import Muon
 from core.registry import Plugin
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -51,28 +50,6 @@ class ParallelMuonConfig:
         for name in ("grad_dtype", "ns_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"parallel_muon.{name}: expected one of {tuple(DTYPES)}, got {getattr(self, name)!r}")
-
-
-def batched_newton_schulz(G: Tensor, steps: int, coeffs: tuple | None = None, eps: float = 1e-7,
-                          dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """Orthogonalise each matrix of `G` (..., rows, cols): the quintic iteration with one (a, b, c) per step
-    (NS5's for every step when `coeffs` is None, else the first `steps` of `coeffs`), in `dtype`."""
-    schedule = (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]
-    X = G.to(dtype)
-    transposed = X.size(-2) > X.size(-1)
-    if transposed:
-        X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    for a, b, c in schedule:
-        A = X @ X.mT
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
-    return X.mT if transposed else X
-
-
-@functools.cache
-def _compiled_newton_schulz() -> Any:
-    return torch.compile(batched_newton_schulz, dynamic=False)
 
 
 @dataclass
@@ -220,8 +197,6 @@ class ParallelMuon(Muon):
         if not self.launched:
             self.launch_reduce_scatters()
         world, _ = self._world()
-        newton_schulz = (_compiled_newton_schulz() if self.banks and self.banks[0].grads.is_cuda
-                         else batched_newton_schulz)
         previous = None
         for bank in self.banks:
             group = self.param_groups[bank.group]
@@ -232,7 +207,8 @@ class ParallelMuon(Muon):
             update = g.add(buf, alpha=momentum) if group["nesterov"] else buf
             if self.row_normalize:  # muon_eq_r: each row over its fp32 L2 norm
                 update = update / update.float().norm(dim=-1, keepdim=True).clamp_min(self.eps).to(update.dtype)
-            update = newton_schulz(update, group["backend_steps"], group.get("ns_coeffs"), dtype=self.ns_dtype)
+            ns = {} if group.get("ns_coeffs") is None else {"coeffs": group["ns_coeffs"]}
+            update = self.zeropower(update, steps=group["backend_steps"], dtype=self.ns_dtype, **ns)
             if world == 1:
                 self._apply(bank, update)
                 continue
