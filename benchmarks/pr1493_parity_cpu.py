@@ -72,9 +72,9 @@ NS_FP32 = [  # --ns-fp32: Newton-Schulz and the flat Muon update buffer in fp32 
     ("updates_flat=torch.zeros(total_params,device=params[0].device,dtype=torch.bfloat16)",
      "updates_flat=torch.zeros(total_params,device=params[0].device,dtype=torch.float32)"),
 ]
-PGOLF_NS_FP32 = [("X = G.bfloat16()", "X = G.float()"),
-                 ("updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.bfloat16)",
-                  "updates_flat = torch.zeros(total, device=params[0].device, dtype=torch.float32)")]
+PGOLF_NS_FP32 = [("dtype: torch.dtype = torch.bfloat16) -> Tensor:", "dtype: torch.dtype = torch.float32) -> Tensor:"),
+                 ("flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)",
+                  "flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)")]
 NOISE = [  # --noise-floor: a rounding-level change (NS5's Frobenius normalisation in fp32, then bf16)
     ("X=G.bfloat16();X/=X.norm()+eps", "X=G.float();X=(X/(X.norm()+eps)).bfloat16()"),
 ]

@@ -81,9 +81,10 @@ class Muon(torch.optim.Optimizer):
             blocks = [(b.view(-1, *ps[0].shape), ps) for b, ps in zip(flat.split(sizes), banks.values(), strict=True)]
             for block, ps in blocks:
                 if ks := [k for k, p in enumerate(ps) if id(p) in update]:
-                    g = self.zeropower(torch.stack([update[id(ps[k])] for k in ks]), **ns)
+                    g = torch.stack([update[id(ps[k])] for k in ks])
+                    g = self.zeropower(g if len(ks) > 1 else g[0], **ns)  # a lone matrix in 2-D, bits as before
                     g *= max(1, g.size(-2) / g.size(-1)) ** 0.5
-                    torch._foreach_copy_([block[k] for k in ks], list(g))
+                    torch._foreach_copy_([block[k] for k in ks], list(g) if g.ndim == 3 else [g])
             if distributed:  # each rank filled its own matrices (i % world == rank), zeros elsewhere
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             for block, ps in blocks:
