@@ -47,10 +47,6 @@ class CoreDefaults:
         return make_default_optimizer(group, params, config.core, fused=self.fused_adam)
 
     @hookimpl(trylast=True)
-    def pg_codec(self, config: Config) -> Any:
-        return ex.ZlibCodec(level=9)
-
-    @hookimpl(trylast=True)
     def pg_byte_tables(self, run: Run, tokenizer: Any) -> Any:
         return build_byte_tables(tokenizer, run.core.vocab_size)
 
