@@ -244,7 +244,7 @@ def pg_wrap_code(source: str) -> str | None:
 @hookspec(firstresult=True)
 def pg_evaluator(run: Any) -> Any:
     """Return the `core.scoring.Evaluator` for the final (artifact) evaluation (core: `PlainEvaluator`).
-    It reports per-position NLL to the `ScoreSink`; test-time training reads only `ScoredTokens`."""
+    It reports per-position NLL to the `ScoreSink`; test-time training reads only `plugins.lib.ttt.ScoredTokens`."""
 
 
 # --- report ----------------------------------------------------------------------------------------
