@@ -436,8 +436,6 @@ def _bits_equal(a: Tensor, b: Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     flat_a, flat_b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
-    if a.dtype == torch.bool:
-        return torch.equal(flat_a, flat_b)
     return torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))
 
 

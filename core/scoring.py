@@ -93,14 +93,14 @@ class ScoreSink:
             raise ScoringError(f"frontier {upto} declared but positions below it are unscored")
         self.frontier = upto
 
-    def result(self, positions_expected: int | None = None) -> EvalResult:
+    def result(self) -> EvalResult:
         """Reduce across ranks and compute val_loss (nats/token) and val_bpb; checks coverage."""
         loss_sum, byte_sum, count = self.loss_sum.clone(), self.byte_sum.clone(), self.count.clone()
         scored = self.scored.to(torch.int32)
         if dist.is_available() and dist.is_initialized():
             for t in (loss_sum, byte_sum, count, scored):
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        expected = self.tokens.numel() - 1 if positions_expected is None else positions_expected
+        expected = self.tokens.numel() - 1
         n_scored = int(count.item())
         if n_scored != expected or int((scored[1:] == 1).sum().item()) != expected:
             raise ScoringError(f"expected each of {expected} positions scored once, got {n_scored} scores")
