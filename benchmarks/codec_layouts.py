@@ -80,7 +80,7 @@ def measure(cfg, reg, quick: bool = False) -> None:
         "brotli-11 + byte shuffle 2 (PR #1493)": (codecs.BrotliCodec(11, shuffle=2), None),
         "lzma-9e": (codecs.LzmaCodec(), None),
         "zstd-22": (codecs.ZstdCodec(), None),
-        "pergroup (lzma groups, brotli rest)": (ex.ZlibCodec(), PerGroupStateCodec(
+        "pergroup (lzma groups, brotli rest)": (codecs.ZlibCodec(), PerGroupStateCodec(
             group_codec=codecs.LzmaCodec(), rest_codec=codecs.BrotliCodec(lgwin=24), perm_codec=codecs.BrotliCodec())),
         "pergroup (auto groups, brotli+shuffle rest)": (codecs.BrotliCodec(11, shuffle=2), PerGroupStateCodec(
             group_codec=codecs.AutoCodec([c() for c in codecs.CODECS.values()]), perm_codec=codecs.BrotliCodec())),

@@ -43,7 +43,7 @@ from plugins.quant_mixed import QuantMixed  # noqa: E402
 from plugins.sdclip import SDClip  # noqa: E402
 
 RECIPE = REPO / "recipes" / "pr315.toml"
-CODECS = {"zlib-9": lambda: ex.ZlibCodec(9), "zstd-22": lambda: codecs.ZstdCodec(22),
+CODECS = {"zlib-9": lambda: codecs.ZlibCodec(9), "zstd-22": lambda: codecs.ZstdCodec(22),
           "brotli-11": lambda: codecs.BrotliCodec(11), "lzma-9e": lambda: codecs.LzmaCodec()}
 
 

@@ -115,9 +115,9 @@ def main() -> None:
     if args.verify:
         fallback = PerGroupStateCodec(group_codec=codecs.LzmaCodec(), rest_codec=codecs.BrotliCodec(11, lgwin=24),
                                       perm_codec=codecs.BrotliCodec(11))
-        result = ex.export_state_dict(state, [lambda n, t: quant.pg_quantize_tensor(n, t, None)], ex.ZlibCodec(),
+        result = ex.export_state_dict(state, [lambda n, t: quant.pg_quantize_tensor(n, t, None)], codecs.ZlibCodec(),
                                       state_codec=fallback)
-        ex.verify_round_trip(result, ex.decoders_of(ex.ZlibCodec(), fallback))
+        ex.verify_round_trip(result, ex.decoders_of(codecs.ZlibCodec(), fallback))
         print(f"verified: lzma-9e groups artifact {len(result.blob):,} bytes decodes bit for bit")
 
 

@@ -118,7 +118,7 @@ def main() -> None:
         t0 = time.perf_counter()
         qstate = ex.quantize_state_dict(cpu_state, qfns)
         out["quantize_s"] = time.perf_counter() - t0
-        candidates = {"zlib-9": ex.ZlibCodec(9), "zstd-22": codecs.ZstdCodec(22),
+        candidates = {"zlib-9": codecs.ZlibCodec(9), "zstd-22": codecs.ZstdCodec(22),
                       "brotli-11": codecs.BrotliCodec(11), "lzma-9e": codecs.LzmaCodec()}
         out["codecs"] = {}
         for label, codec in candidates.items():

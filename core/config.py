@@ -324,6 +324,8 @@ def core_errors(c: CoreConfig) -> list[str]:
             errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")
         elif (c.model_dim // c.num_heads) % 2:
             errors.append(f"head_dim={c.model_dim // c.num_heads} must be even for RoPE")
+    if 0 < c.val_max_tokens < (c.eval_seq_len or c.train_seq_len):
+        errors.append(f"core.val_max_tokens={c.val_max_tokens} must be 0 (all) or at least one eval sequence length")
     if c.num_heads > 0 and c.num_kv_heads > 0 and c.num_heads % c.num_kv_heads != 0:
         errors.append(f"core.num_heads={c.num_heads} must be divisible by core.num_kv_heads={c.num_kv_heads}")
     if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):

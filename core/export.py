@@ -1,7 +1,7 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-The core writes zlib-9 and reads the int8/int-k/passthrough schemes; plugins bring quantizers (the default:
-`plugins.quant_int8`, the baseline's rule), codecs and state codecs.
+The core reads the int8/int-k/passthrough schemes; plugins bring quantizers, codecs and state codecs (the
+defaults: `plugins.quant_int8` and `plugins.codec_zlib`, the baseline's int8 + zlib-9).
 An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`; decoding checks every size
 against a cap and every SHA-256, and loads tensors only with `torch.load(weights_only=True)`.
 """
@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import struct
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -168,44 +167,10 @@ class Codec(Protocol):
     def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes: ...
 
 
-def corrupt(name: str, exc: Exception) -> ArtifactError:
-    return ArtifactError(f"{name} payload is corrupt ({exc})")
-
-
-def capped_decompress(name: str, obj: Any, data: bytes, max_size: int) -> bytes:
-    """zlib/lzma decompressobj protocol: output capped at max_size, then eof and trailing-data checks."""
-    out = obj.decompress(data, max_size + 1)
-    if len(out) > max_size:
-        raise ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
-    if not obj.eof:
-        raise ArtifactError(f"{name} payload is truncated")
-    if obj.unused_data:
-        raise ArtifactError(f"{name} payload has {len(obj.unused_data)} trailing bytes")
-    return out
-
-
-class ZlibCodec:
-    """zlib, the baseline's codec (level 9)."""
-
-    name = "zlib"
-
-    def __init__(self, level: int = 9) -> None:
-        self.level = level
-
-    def compress(self, data: bytes) -> bytes:
-        return zlib.compress(data, level=self.level)
-
-    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
-        try:
-            return capped_decompress(self.name, zlib.decompressobj(), data, max_size)
-        except zlib.error as exc:
-            raise corrupt(self.name, exc) from exc
-
-
 def decoders_of(*writers: Any) -> dict[str, Any]:
-    """name -> decoder for everything the run's codec and state codec may write: zlib, each writer under its
-    name (a state codec's is the header's "layout"), and the codecs each lists in an optional `codecs()`."""
-    out: dict[str, Any] = {"zlib": ZlibCodec()}
+    """name -> decoder for everything the run's codec and state codec may write: each writer under its name
+    (a state codec's is the header's "layout"), and the codecs each lists in an optional `codecs()`."""
+    out: dict[str, Any] = {}
     todo = [w for w in writers if w is not None]
     while todo:
         writer = todo.pop()
@@ -346,7 +311,7 @@ def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], 
 
 def _resolve_codec(name: str, codecs: Mapping[str, Any] | None, where: str,
                    params: Mapping[str, Any] | None = None) -> Codec:
-    table = {k: v for k, v in {"zlib": ZlibCodec(), **(codecs or {})}.items() if hasattr(v, "decompress")}
+    table = {k: v for k, v in (codecs or {}).items() if hasattr(v, "decompress")}
     if name not in table:
         raise ArtifactError(f"{where}: unknown codec {name!r} (known: {', '.join(sorted(table))})")
     codec = table[name]
@@ -471,8 +436,6 @@ def _bits_equal(a: Tensor, b: Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
     flat_a, flat_b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
-    if a.dtype == torch.bool:
-        return torch.equal(flat_a, flat_b)
     return torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))
 
 

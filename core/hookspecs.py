@@ -211,9 +211,9 @@ def pg_dequantizers() -> dict[str, Any] | None:
 
 @hookspec(firstresult=True)
 def pg_codec(config: Any) -> Any:
-    """Return the `core.export.Codec` that compresses the serialized state (core: zlib-9). A decoder that
-    needs settings (brotli's byte shuffle) reads them from the codec's `params` through `configured(params)`:
-    the header records them per stream, so an artifact decodes without the run's configuration."""
+    """Return the `core.export.Codec` that compresses the serialized state (default: `plugins.codec_zlib`).
+    A decoder that needs settings (brotli's byte shuffle) reads them from the codec's `params` through
+    `configured(params)`: the header records them per stream, so an artifact decodes without the run's config."""
 
 
 @hookspec(firstresult=True)
@@ -244,7 +244,7 @@ def pg_wrap_code(source: str) -> str | None:
 @hookspec(firstresult=True)
 def pg_evaluator(run: Any) -> Any:
     """Return the `core.scoring.Evaluator` for the final (artifact) evaluation (core: `PlainEvaluator`).
-    It reports per-position NLL to the `ScoreSink`; test-time training reads only `ScoredTokens`."""
+    It reports per-position NLL to the `ScoreSink`; test-time training reads only `plugins.lib.ttt.ScoredTokens`."""
 
 
 # --- report ----------------------------------------------------------------------------------------

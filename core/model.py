@@ -306,8 +306,6 @@ class GPT(nn.Module):
         """`embed_parts(slot)` makes the embedding-side plugin parts, right after the token embedding (where
         the records build BigramHash and SmearGate: the same random draws, the record's initial weights)."""
         super().__init__()
-        if spec.logit_softcap <= 0.0:
-            raise ValueError(f"logit_softcap must be positive, got {spec.logit_softcap}")
         self.spec = spec
         self.tie_embeddings = spec.tie_embeddings
         self.logit_softcap = spec.logit_softcap

@@ -70,7 +70,6 @@ class Run:
     config: Config
     registry: Registry
     pm: pluggy.PluginManager
-    core_impl: Any
     device: torch.device
     rank: int = 0
     world_size: int = 1
@@ -164,9 +163,9 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
                                     config.core.deterministic, measured)
     if not config.core.run_id:
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    run = Run(config=config, registry=registry, pm=pm, core_impl=core_impl, device=device, rank=rank,
-              world_size=world_size, local_rank=local_rank, distributed=distributed, attention=attention,
-              attention_measured=measured, autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
+    run = Run(config=config, registry=registry, pm=pm, device=device, rank=rank, world_size=world_size,
+              local_rank=local_rank, distributed=distributed, attention=attention, attention_measured=measured,
+              autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
               progress=progress if progress is not None and rank == 0 else NoProgress)
     if make_dir:
         run.run_dir = Path(config.core.out_dir) / config.core.run_id

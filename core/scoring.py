@@ -3,9 +3,9 @@
 Position t ≥ 1 is the prediction of `tokens[t]` from `tokens[:t]`. The sink counts each position exactly
 once and sums its bytes (the tokenizer tables, or the stream's per-position counts from
 `pg_val_byte_counts`); it behaves the same whether or not the validator watches (validator/THREATS.md).
-`ScoredTokens` is the only way test-time training may read validation tokens: the scored prefix, or a
-check that every position it trains on is scored. Compile warm-up runs on random tokens, never on
-validation tokens (rulebook EVAL.TTT).
+Its frontier releases the scored prefix to test-time training, which reads validation tokens only through
+`plugins.lib.ttt.ScoredTokens`. Compile warm-up runs on random tokens, never on validation tokens (rulebook
+EVAL.TTT).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class ScoreSink:
         self.byte_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.count = torch.zeros((), dtype=torch.float64, device=self.device)
         self.nll = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
-        self._frontier = 1  # every position < frontier is scored (host-side, for ScoredTokens)
+        self.frontier = 1  # every position < frontier is scored (host-side; moved by advance_frontier only)
 
     def record(self, positions: Tensor, nll: Tensor, lognorm: Tensor | None = None) -> None:
         """Record NLL (nats) for target positions (any shape, flattened together); `lognorm` is ignored
@@ -84,59 +84,29 @@ class ScoreSink:
     def advance_frontier(self, upto: int) -> None:
         """Declare (checked) that every position < `upto` is scored, releasing them to TTT. Collective when
         distributed: every rank calls it with the same `upto`; the check covers all ranks' scores."""
-        if upto <= self._frontier:
+        if upto <= self.frontier:
             return
-        seg = self.scored[self._frontier : upto].to(torch.uint8)
+        seg = self.scored[self.frontier : upto].to(torch.uint8)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(seg, op=dist.ReduceOp.MAX)
         if not bool(seg.all()):
             raise ScoringError(f"frontier {upto} declared but positions below it are unscored")
-        self._frontier = upto
+        self.frontier = upto
 
-    @property
-    def frontier(self) -> int:
-        return self._frontier
-
-    def result(self, positions_expected: int | None = None) -> EvalResult:
+    def result(self) -> EvalResult:
         """Reduce across ranks and compute val_loss (nats/token) and val_bpb; checks coverage."""
         loss_sum, byte_sum, count = self.loss_sum.clone(), self.byte_sum.clone(), self.count.clone()
         scored = self.scored.to(torch.int32)
         if dist.is_available() and dist.is_initialized():
             for t in (loss_sum, byte_sum, count, scored):
                 dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        expected = self.tokens.numel() - 1 if positions_expected is None else positions_expected
+        expected = self.tokens.numel() - 1
         n_scored = int(count.item())
         if n_scored != expected or int((scored[1:] == 1).sum().item()) != expected:
             raise ScoringError(f"expected each of {expected} positions scored once, got {n_scored} scores")
         val_loss = float(loss_sum.item()) / n_scored  # nats per token; bpb = bits per token × tokens per byte
         val_bpb = val_loss / math.log(2.0) * n_scored / float(byte_sum.item())
         return EvalResult(val_loss=val_loss, val_bpb=val_bpb, tokens=n_scored, bytes=int(round(byte_sum.item())))
-
-
-class ScoredTokens:
-    """The validation tokens that test-time training may read: only the sink's scored prefix."""
-
-    def __init__(self, sink: ScoreSink):
-        self._sink = sink
-
-    def available(self) -> int:
-        """Number of tokens readable: tokens[:frontier] (targets of all scored positions)."""
-        return self._sink.frontier
-
-    def read(self, start: int, end: int) -> Tensor:
-        if end > self._sink.frontier or start < 0:
-            raise ScoringError(
-                f"test-time training read tokens[{start}:{end}] but only tokens[:{self._sink.frontier}] are scored"
-            )
-        return self._sink.tokens[start:end]
-
-    def require(self, positions: Tensor) -> None:
-        """Raise unless every position in `positions` is already scored (on this rank): document-batched
-        TTT calls this before each update with the positions whose targets it trains on."""
-        pos = positions.reshape(-1).to(self._sink.device)
-        if pos.numel() and not bool(self._sink.scored[pos].all()):
-            bad = int(pos[~self._sink.scored[pos]][0])
-            raise ScoringError(f"test-time training on position {bad} before it was scored")
 
 
 def doc_ids_of(x: Tensor, bos_id: int) -> Tensor:

@@ -1,8 +1,8 @@
 """The trainer as named phases: setup, warm-up and restore, timed loop, finish and calibrate, export, final eval.
 
 Follows the official baseline `train_gpt.py` step for step (token order, schedule, warm-up with state
-restore, wall-clock cap, int8+zlib export with a verified round trip); plugin hooks run only at build time
-and at step and phase boundaries.
+restore, wall-clock cap, export with a verified round trip); plugin hooks run only at build time and at
+step and phase boundaries.
 """
 
 from __future__ import annotations
@@ -47,10 +47,6 @@ class CoreDefaults:
         return make_default_optimizer(group, params, config.core, fused=self.fused_adam)
 
     @hookimpl(trylast=True)
-    def pg_codec(self, config: Config) -> Any:
-        return ex.ZlibCodec(level=9)
-
-    @hookimpl(trylast=True)
     def pg_byte_tables(self, run: Run, tokenizer: Any) -> Any:
         return build_byte_tables(tokenizer, run.core.vocab_size)
 
@@ -86,12 +82,10 @@ def resolve_data(run: Run) -> tuple[Path, Path]:
     data_dir = data_directory(core.data_path)
     if core.tokenizer_path:
         return data_dir, Path(core.tokenizer_path)
-    candidates = sorted((data_dir / "tokenizer").glob("*.model"))
     challenge = data_dir.parent.parent / "tokenizers" / f"fineweb_{core.vocab_size}_bpe.model"
-    if candidates:
-        return data_dir, candidates[0]
-    if challenge.is_file():
-        return data_dir, challenge
+    for candidate in [*sorted((data_dir / "tokenizer").glob("*.model")), challenge]:
+        if candidate.is_file():
+            return data_dir, candidate
     raise DataError(f"no tokenizer found for data path {data_dir}: looked in {data_dir / 'tokenizer'} and "
                     f"{challenge} (set TOKENIZER_PATH / core.tokenizer_path)")
 
@@ -195,11 +189,8 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.tokenizer = load_tokenizer(run.tokenizer_path, core.vocab_size)
     run.byte_tables = run.hook.pg_byte_tables(run=run, tokenizer=run.tokenizer).to(run.device)
     val = load_validation_tokens(run.val_files, run.eval_seq_len, core.vocab_size)
-    if core.val_max_tokens > 0:
-        usable = min(val.numel() - 1, (core.val_max_tokens // run.eval_seq_len) * run.eval_seq_len)
-        if usable <= 0:
-            raise DataError(f"PGOLF_VAL_MAX_TOKENS={core.val_max_tokens} is shorter than one eval sequence")
-        val = val[: usable + 1]
+    if core.val_max_tokens > 0:  # at least one eval sequence (core_errors)
+        val = val[: min(val.numel() - 1, core.val_max_tokens // run.eval_seq_len * run.eval_seq_len) + 1]
     run.val_tokens = val
     counts = run.hook.pg_val_byte_counts(run=run, tokens=val)
     run.val_bytes = None if counts is None else check_position_bytes(counts, val, "pg_val_byte_counts").to(run.device)

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from core.scoring import ScoredTokens, ScoreSink, restored_weights
-from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, cosine_lr, find_documents, sgd_rows
+from core.scoring import ScoreSink, restored_weights
+from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, ScoredTokens, cosine_lr, find_documents, sgd_rows
 
 
 @dataclass

@@ -22,7 +22,6 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import (
-    ScoredTokens,
     ScoreSink,
     doc_ids_of,
     rank_span,
@@ -30,7 +29,7 @@ from core.scoring import (
     warm_forward,
 )
 from plugins.lib import windows
-from plugins.lib.ttt import cosine_lr, sgd_rows
+from plugins.lib.ttt import ScoredTokens, cosine_lr, sgd_rows
 from plugins.lib.windows import (
     score_windows,
     scoring_tail,

@@ -84,8 +84,8 @@ def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tin
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
     res = _probe(script, "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import plugins.xsa")
-    # the enabled plugin and the default quantizer it leaves in place (Registry.run_plugins)
-    assert str(tmp_path / "core" / "model.py") in res.stdout and "('ema', 'quant_int8')" in res.stdout
+    # the enabled plugin and the default quantizer and codec it leaves in place (Registry.run_plugins)
+    assert str(tmp_path / "core" / "model.py") in res.stdout and "('codec_zlib', 'ema', 'quant_int8')" in res.stdout
     assert "plugins.xsa is not bundled in this train_gpt.py" in res.stderr
 
 
@@ -167,7 +167,7 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
     script.write_text(bundle(cfg, reg))
     res = _probe(script, "from core.registry import Registry; print(sorted(Registry().plugins))")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick", "quant_int8"]  # + the default quantizer
+    assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick", "quant_int8", "zlib"]  # + the defaults
 
 
 def test_bundling_again_gives_the_same_script_and_sees_an_edited_plugin_file(tmp_path, tiny_core):

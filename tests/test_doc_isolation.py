@@ -12,7 +12,6 @@ from core.model import document_mask
 from core.registry import Registry
 from core.scoring import (
     PlainEvaluator,
-    ScoredTokens,
     ScoreSink,
     ScoringError,
     doc_ids_of,
@@ -20,7 +19,7 @@ from core.scoring import (
     synthetic_warmup,
 )
 from core.train import setup, train
-from plugins.lib.ttt import find_documents
+from plugins.lib.ttt import ScoredTokens, find_documents
 from plugins.lora_ttt import LoRATTTConfig, LoRATTTEvaluator
 from plugins.phased_ttt import PhasedTTTConfig, PhasedTTTEvaluator
 from plugins.score_first_ttt import ScoreFirstTTTConfig, ScoreFirstTTTEvaluator

@@ -160,6 +160,7 @@ def _state() -> dict[str, torch.Tensor]:
 
 
 NEGATED_SCHEMES = {**ex.SCHEMES, "test_negated": lambda q: (-q.data).to(q.torch_dtype())}
+ZLIB = {"zlib": codecs.ZlibCodec()}  # the decoders of a default (zlib) artifact
 
 
 def test_quantizer_precedence() -> None:
@@ -201,7 +202,7 @@ def test_quantizer_contract_errors() -> None:
 
 
 def test_payload_bytes() -> None:
-    result = ex.export_state_dict(_state(), [int8_quantize], ex.ZlibCodec())
+    result = ex.export_state_dict(_state(), [int8_quantize], codecs.ZlibCodec())
     assert len(result.qstate) == 5
     # int8 codes + one fp16 scale per row for the matrices, fp32 for the control vector, int64 step
     matrices = 600 * (128 + 2) + 512 * (256 + 2) + 300 * (256 + 2)
@@ -355,7 +356,7 @@ def test_artifact_round_trip(name: str, tmp_path: Path) -> None:
 
 def test_zlib_artifact_close_to_baseline_size() -> None:
     sd = _model().state_dict()
-    result = ex.export_state_dict(sd, [int8_quantize], ex.ZlibCodec())
+    result = ex.export_state_dict(sd, [int8_quantize], codecs.ZlibCodec())
     quant = {n: q for n, q in result.qstate.items() if q.scheme != "passthrough"}
     baseline_layout = {  # the official script's int8 object, built from the same codes
         "__quant_format__": "int8_clean_per_row_v1",
@@ -373,11 +374,11 @@ def test_zlib_artifact_close_to_baseline_size() -> None:
 def test_plugin_scheme_survives_the_artifact() -> None:
     sd = {"blocks.0.mlp.fc.weight": torch.randn(300, 300)}
     with pytest.raises(ValueError, match="scheme 'test_negated' has no dequantizer"):
-        ex.export_state_dict(sd, [_negate], ex.ZlibCodec(), quantizer_name="negated")
-    result = ex.export_state_dict(sd, [_negate], ex.ZlibCodec(), quantizer_name="negated", schemes=NEGATED_SCHEMES)
-    restored = ex.verify_round_trip(result, schemes=NEGATED_SCHEMES)
+        ex.export_state_dict(sd, [_negate], codecs.ZlibCodec(), quantizer_name="negated")
+    result = ex.export_state_dict(sd, [_negate], codecs.ZlibCodec(), quantizer_name="negated", schemes=NEGATED_SCHEMES)
+    restored = ex.verify_round_trip(result, ZLIB, schemes=NEGATED_SCHEMES)
     assert torch.equal(restored["blocks.0.mlp.fc.weight"], sd["blocks.0.mlp.fc.weight"])
-    records, header = ex.decode_artifact(result.blob)
+    records, header = ex.decode_artifact(result.blob, ZLIB)
     assert header["quantizer"] == "negated" and records["blocks.0.mlp.fc.weight"].meta == {"by": "test"}
 
 
@@ -393,9 +394,9 @@ def _raw_header(raw: bytes, payload: bytes, codec: str = "zlib") -> dict:
             "raw_bytes": len(raw), "streams": [stream]}
 
 
-def _error(blob: bytes, **kw: object) -> str:
+def _error(blob: bytes, codecs: dict | None = None, **kw: object) -> str:
     with pytest.raises(ex.ArtifactError) as info:
-        ex.decode_artifact(blob, **kw)
+        ex.decode_artifact(blob, ZLIB if codecs is None else codecs, **kw)
     msg = str(info.value)
     assert "\n" not in msg
     return msg
@@ -406,7 +407,7 @@ class Evil:
 
 
 def test_artifact_errors() -> None:
-    blob = ex.export_state_dict(_model().state_dict(), [int8_quantize], ex.ZlibCodec()).blob
+    blob = ex.export_state_dict(_model().state_dict(), [int8_quantize], codecs.ZlibCodec()).blob
     header, offset = ex.parse_header(blob)
     payload = blob[offset:]
 
@@ -457,10 +458,10 @@ def test_artifact_errors() -> None:
 
 
 def test_minimal_header_without_checksum_decodes() -> None:
-    result = ex.export_state_dict(_state(), [int8_quantize], ex.ZlibCodec())
+    result = ex.export_state_dict(_state(), [int8_quantize], codecs.ZlibCodec())
     header, offset = ex.parse_header(result.blob)
     del header["streams"][0]["raw_sha256"]
-    records, got = ex.decode_artifact(_blob(header, result.blob[offset:]))
+    records, got = ex.decode_artifact(_blob(header, result.blob[offset:]), ZLIB)
     assert got == header and torch.equal(records["step"].dequantize(), torch.tensor(7))
 
 
@@ -475,16 +476,16 @@ def test_codec_mapping_overrides_registry() -> None:
             return data[::-1]
 
     result = ex.export_state_dict(_state(), [int8_quantize], Reverse())
-    assert "unknown codec 'reverse'" in _error(result.blob)
+    assert "unknown codec 'reverse' (known: zlib)" in _error(result.blob)
     restored = ex.verify_round_trip(result, {"reverse": Reverse()})
     assert torch.equal(restored["step"], torch.tensor(7))
 
 
 def test_verify_round_trip_detects_mismatch() -> None:
-    result = ex.export_state_dict(_state(), [int8_quantize], ex.ZlibCodec())
+    result = ex.export_state_dict(_state(), [int8_quantize], codecs.ZlibCodec())
     result.qstate["blocks.0.attn.c_q.weight"].data[0, 0] += 1
     with pytest.raises(ex.ArtifactError, match="mismatch for tensor 'blocks.0.attn.c_q.weight'"):
-        ex.verify_round_trip(result)
+        ex.verify_round_trip(result, ZLIB)
 
 
 def test_read_artifact_errors_name_the_path(tmp_path: Path) -> None:

@@ -182,7 +182,7 @@ def small_qstate() -> dict[str, ex.QTensor]:
 
 
 def test_prune_to_fit_reaches_target_with_fewest_cheapest_codes(small_qstate):
-    ctx = ex.RefineContext(size_of=ex.artifact_sizer(ex.ZlibCodec()), code_bytes=1_000)
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codecs.ZlibCodec()), code_bytes=1_000)
     cands = find_candidates(small_qstate)
     full = ctx.code_bytes + ctx.size_of(small_qstate)
     floor = ctx.code_bytes + ctx.size_of(pruned(small_qstate, cands, len(cands)))
@@ -206,7 +206,7 @@ def test_prune_to_fit_reaches_target_with_fewest_cheapest_codes(small_qstate):
 
 
 def test_prune_to_fit_plugin_fails_clearly_when_unreachable(small_qstate):
-    ctx = ex.RefineContext(size_of=ex.artifact_sizer(ex.ZlibCodec()), code_bytes=500)
+    ctx = ex.RefineContext(size_of=ex.artifact_sizer(codecs.ZlibCodec()), code_bytes=500)
     plugin = PruneToFit(PruneToFitConfig(target_bytes=10_000))
     with pytest.raises(PruneError, match="unreachable"):
         plugin.pg_refine_quantized(dict(small_qstate), ctx)
@@ -365,7 +365,7 @@ def test_prune_to_fit_run_fits_code_plus_artifact(tiny_sets):
     run = setup(cfg, reg)
     n_code = code_bytes(run)
     qstate = ex.quantize_state_dict(run.model.state_dict(), [int8_quantize])
-    size_of = ex.artifact_sizer(ex.ZlibCodec())
+    size_of = ex.artifact_sizer(codecs.ZlibCodec())
     full = n_code + size_of(qstate)
     floor = n_code + size_of(pruned(qstate, find_candidates(qstate), len(find_candidates(qstate))))
     target = (full + floor) // 2
@@ -396,7 +396,7 @@ def test_pgolf_size_on_a_records_folder(tmp_path, small_qstate, capsys):
     assert cli_main(["size", str(rec)]) == 0
     out = capsys.readouterr().out
     assert "from logs" in out and "train_seed1.log: model 15,461,049 bytes" in out
-    (rec / "final_model.ptz").write_bytes(ex.encode_artifact(small_qstate, ex.ZlibCodec(), "int6"))
+    (rec / "final_model.ptz").write_bytes(ex.encode_artifact(small_qstate, codecs.ZlibCodec(), "int6"))
     s = json.loads((cli_main(["size", str(rec), "--json"]), capsys.readouterr().out)[1])
     assert s["model_source"] == "artifact final_model.ptz" and s["families"]["mlp"]["tensors"] == 3
     assert s["code_bytes"] == 1200

@@ -202,7 +202,7 @@ def test_lqer_asym_matches_an_independent_float64_computation_and_reduces_error(
         assert np.linalg.norm(got - state[name].numpy()) < np.linalg.norm(e)
     untouched = qstate["blocks.0.mlp.fc.weight"]
     assert untouched.scheme == "intk_per_row"
-    blob = ex.encode_artifact(qstate, ex.ZlibCodec(), "int6")  # factors survive the artifact round trip
+    blob = ex.encode_artifact(qstate, codecs.ZlibCodec(), "int6")  # factors survive the artifact round trip
     decoded, _ = ex.decode_artifact(blob, codecs.all_decoders())
     for name in state:
         assert torch.equal(decoded[name].dequantize(LQER_SCHEMES), qstate[name].dequantize(LQER_SCHEMES))

@@ -25,9 +25,10 @@ def test_core_imports_nothing_above_it():
     assert arrows == {("registry.py", "plugins")}
 
 
-# Issue #11: core/ at most 3,000 lines. Core is not there yet (3,356 on branch core-trim; 3,362 merged with the
-# eval-speed work): this ceiling only ratchets down (lower it as core shrinks, never raise it).
-CORE_LINE_CEILING = 3_400
+# Issue #11: core/ at most 3,000 lines. Core is not there yet (3,323 on branch core-trim2: zlib became the default
+# codec plugin, ScoredTokens moved to plugins/lib/ttt.py): this ceiling only ratchets down (lower it as core
+# shrinks, never raise it).
+CORE_LINE_CEILING = 3_323
 
 
 def test_core_stays_under_its_line_ceiling():

@@ -84,14 +84,14 @@ def test_grouped_sorted_transposed_layout_decodes_as_the_record_decodes():
     state = correlated_state(layers=3)
     layout = PerGroupStateCodec(group_codec=codecs.LzmaCodec(), rest_codec=codecs.BrotliCodec(lgwin=24),
                                 perm_codec=codecs.BrotliCodec())
-    blob = ex.encode_artifact(state, ex.ZlibCodec(), "int8", layout)
+    blob = ex.encode_artifact(state, codecs.ZlibCodec(), "int8", layout)
     header, streams = _streams(blob)
     grouped = record_decode(header, streams)
     assert set(grouped) == {"tok_emb.weight", *(f"blocks.{i}.{k}" for i in range(3)
                                                for k in ("mlp.fc.weight", "attn.c_k.weight"))}
     for name, codes in grouped.items():
         assert np.array_equal(codes, state[name].data.numpy()), name
-    records, _ = ex.decode_artifact(blob, ex.decoders_of(ex.ZlibCodec(), layout))
+    records, _ = ex.decode_artifact(blob, ex.decoders_of(codecs.ZlibCodec(), layout))
     for name, q in state.items():
         assert torch.equal(records[name].data, q.data) and records[name].scheme == q.scheme, name
         assert (q.scale is None and records[name].scale is None) or torch.equal(records[name].scale, q.scale)
@@ -103,7 +103,7 @@ def test_similarity_sort_is_applied_and_shrinks_a_correlated_group():
     for simsort in (("mlp.fc.weight",), ()):
         layout = PerGroupStateCodec(groups=("mlp.fc.weight",), simsort=simsort, group_codec=codecs.LzmaCodec(),
                                     rest_codec=codecs.LzmaCodec(), perm_codec=codecs.LzmaCodec())
-        blob = ex.encode_artifact(state, ex.ZlibCodec(), "int8", layout)
+        blob = ex.encode_artifact(state, codecs.ZlibCodec(), "int8", layout)
         header, streams = _streams(blob)
         group = next(s for s in header["streams"] if s["label"] == "group:mlp.fc.weight")
         sizes[bool(simsort)] = group["payload_bytes"] + sum(
@@ -154,10 +154,10 @@ def _plugin_layout(**settings):
 def test_lrzip_groups_go_through_the_binary_and_the_header_says_so(fake_lrzip, monkeypatch):
     state = correlated_state()
     layout = _plugin_layout(group_codec="lrzip")
-    blob = ex.encode_artifact(state, ex.ZlibCodec(), "int8", layout)
+    blob = ex.encode_artifact(state, codecs.ZlibCodec(), "int8", layout)
     header, _ = ex.parse_header(blob)
     assert {s["codec"] for s in header["streams"] if s["label"].startswith("group:")} == {"lrzip"}
-    records, _ = ex.decode_artifact(blob, ex.decoders_of(ex.ZlibCodec(), layout))
+    records, _ = ex.decode_artifact(blob, ex.decoders_of(codecs.ZlibCodec(), layout))
     assert all(torch.equal(records[n].data, q.data) for n, q in state.items())
     # the cap is checked from the LRZI header before the binary runs
     payload = codecs.LrzipCodec().compress(b"x" * 1000)
@@ -183,7 +183,7 @@ def test_without_lrzip_the_fallback_writes_groups_that_decode_anywhere(tmp_path,
     monkeypatch.setenv("PATH", str(tmp_path))  # no lrzip here
     state = correlated_state()
     layout = _plugin_layout(group_codec="lrzip", lrzip_fallback=fallback)
-    blob = ex.encode_artifact(state, ex.ZlibCodec(), "int8", layout)
+    blob = ex.encode_artifact(state, codecs.ZlibCodec(), "int8", layout)
     header, _ = ex.parse_header(blob)
     group_codecs = {s["codec"] for s in header["streams"] if s["label"].startswith("group:")}
     assert group_codecs and group_codecs <= names

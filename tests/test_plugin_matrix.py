@@ -15,6 +15,7 @@ from core import export as ex
 from core.config import resolve
 from core.registry import Registry
 from core.train import setup, train
+from plugins.lib import codecs
 from plugins.quant_int8 import int8_quantize
 
 REGISTRY = Registry()
@@ -134,8 +135,8 @@ def test_plugin_compiles_with_zero_graph_breaks_and_exports(name, tiny_sets, req
     for args in ((x, y), (x,)):
         exp = torch._dynamo.explain(run.model)(*args)
         assert exp.graph_break_count == 0, exp.break_reasons
-    result = ex.export_state_dict(run.model.state_dict(), [int8_quantize], ex.ZlibCodec())
-    restored = ex.verify_round_trip(result, {"zlib": ex.ZlibCodec()})
+    result = ex.export_state_dict(run.model.state_dict(), [int8_quantize], codecs.ZlibCodec())
+    restored = ex.verify_round_trip(result, {"zlib": codecs.ZlibCodec()})
     run.model.load_state_dict(restored, strict=True)
 
 

@@ -170,11 +170,13 @@ def test_every_declared_relation_names_an_existing_plugin_or_role():
 
 
 def test_default_plugins_fill_the_roles_no_enabled_plugin_provides():
-    """`default = True` (plugins.quant_int8 for "quantizer") is registered only while no enabled plugin provides
-    its role; a default without a role, or a second default of one role, is refused when added."""
+    """`default = True` (plugins.quant_int8 for "quantizer", plugins.codec_zlib for "codec") is registered only
+    while no enabled plugin provides its role; a default without a role, or a second default of one role, is
+    refused when added."""
     r = Registry()
-    assert r.run_plugins([]) == ["quant_int8"] and r.run_plugins(["ema"]) == ["quant_int8", "ema"]
-    assert r.run_plugins(["quant_mixed"]) == ["quant_mixed"] and r.run_plugins(["quant_int8"]) == ["quant_int8"]
+    assert r.run_plugins([]) == ["quant_int8", "zlib"] and r.run_plugins(["ema"]) == ["quant_int8", "zlib", "ema"]
+    assert r.run_plugins(["quant_mixed"]) == ["zlib", "quant_mixed"]
+    assert r.run_plugins(["zlib"]) == ["quant_int8", "zlib"] and r.run_plugins(["brotli"]) == ["quant_int8", "brotli"]
     plain = resolve(plugin_config_classes=r.config_classes(), plugins=[], check_plugins=r.check)
     mixed = resolve(plugin_config_classes=r.config_classes(), plugins=["quant_mixed"], check_plugins=r.check)
     assert plain.plugins == [] and make_manager(r, plain).get_plugin("quant_int8") is not None

@@ -9,9 +9,10 @@ import torch
 
 from core.config import resolve
 from core.registry import Registry
-from core.scoring import PlainEvaluator, ScoredTokens, ScoreSink, ScoringError, evaluate
+from core.scoring import PlainEvaluator, ScoreSink, ScoringError, evaluate
 from core.tokenizer import ByteTables
 from core.train import setup, train
+from plugins.lib.ttt import ScoredTokens
 from plugins.lib.windows import window_ends
 from plugins.sliding_window import SlidingWindowEvaluator
 

@@ -142,7 +142,7 @@ def test_tampered_codec_params_fail_in_one_line():
     h = {**header, "streams": [{**header["streams"][0], "codec": "zlib"}]}
     head = json.dumps(h).encode()
     with pytest.raises(ex.ArtifactError, match="codec 'zlib' takes no parameters"):
-        ex.decode_artifact(ex.MAGIC + struct.pack("<HI", 2, len(head)) + head + blob[off:])
+        ex.decode_artifact(ex.MAGIC + struct.pack("<HI", 2, len(head)) + head + blob[off:], decoders.all_decoders())
 
 
 # --- per-group layout ------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def test_pergroup_streams_hold_each_role_across_layers_sorted_and_transposed():
     qstate = _qstate(layers=3)
     layout = PerGroupStateCodec(group_codec=codecs.LzmaCodec(), rest_codec=codecs.BrotliCodec(lgwin=24),
                                 perm_codec=codecs.BrotliCodec())
-    blob = ex.encode_artifact(qstate, ex.ZlibCodec(), "int8", layout)
+    blob = ex.encode_artifact(qstate, codecs.ZlibCodec(), "int8", layout)
     header, _ = ex.parse_header(blob)
     assert header["layout"] == "pergroup" and header["codec"] == "pergroup"
     labels = [s["label"] for s in header["streams"]]
@@ -195,8 +195,8 @@ def test_pergroup_streams_hold_each_role_across_layers_sorted_and_transposed():
     assert torch.equal(rest["blocks.1.attn.c_q.weight"].scale, qstate["blocks.1.attn.c_q.weight"].scale)
 
     result = ex.ExportResult(blob, qstate, header["raw_bytes"])
-    ex.verify_round_trip(result, ex.decoders_of(ex.ZlibCodec(), layout))  # records and weights, bit for bit
-    assert "unknown layout 'pergroup'" in _decode_error(blob, {"zlib": ex.ZlibCodec()})
+    ex.verify_round_trip(result, ex.decoders_of(codecs.ZlibCodec(), layout))  # records and weights, bit for bit
+    assert "unknown layout 'pergroup'" in _decode_error(blob, {"zlib": codecs.ZlibCodec()})
 
 
 def _decode_error(blob: bytes, decoders, **kw) -> str:
@@ -214,7 +214,7 @@ def _rewrite(blob: bytes, edit) -> bytes:
 
 
 def test_pergroup_rejects_a_bad_manifest_and_caps_the_total_size():
-    blob = ex.encode_artifact(_qstate(), ex.ZlibCodec(), "int8", PerGroupStateCodec())
+    blob = ex.encode_artifact(_qstate(), codecs.ZlibCodec(), "int8", PerGroupStateCodec())
     dec = decoders.all_decoders()
     header, _ = ex.parse_header(blob)
 
@@ -244,11 +244,11 @@ def test_pergroup_plugin_per_group_codecs_and_errors():
     plugin = REG.plugins["compress_pergroup"]
     layout = plugin(plugin.config(group_codec="auto")).pg_state_codec(config=None)
     qstate = _qstate()
-    blob = ex.encode_artifact(qstate, ex.ZlibCodec(), "int8", layout)
+    blob = ex.encode_artifact(qstate, codecs.ZlibCodec(), "int8", layout)
     header, _ = ex.parse_header(blob)
     group_codecs = {s["codec"] for s in header["streams"] if s["label"].startswith("group:")}
     assert group_codecs <= {"zlib", "zstd", "brotli", "lzma"}
-    records, _ = ex.decode_artifact(blob, ex.decoders_of(ex.ZlibCodec(), layout))
+    records, _ = ex.decode_artifact(blob, ex.decoders_of(codecs.ZlibCodec(), layout))
     assert all(torch.equal(records[n].data, q.data) for n, q in qstate.items())
     with pytest.raises(ValueError, match="compress_pergroup.group_codec: unknown codec 'zpaq'"):
         plugin(plugin.config(group_codec="zpaq")).pg_state_codec(config=None)

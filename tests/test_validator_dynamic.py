@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from harness_checks import statuses as harness_statuses
 from harness_checks import tiny_world
 
-from core.scoring import PlainEvaluator, ScoredTokens
+from core.scoring import PlainEvaluator
+from plugins.lib.ttt import ScoredTokens
 from validator.dynamic import DynamicOptions, harness_findings
 from validator.harness import BOS, HarnessSettings, build_world, byte_audit, check_evaluator
 from validator.rules.base import FAIL, PASS, SKIP

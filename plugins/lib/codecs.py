@@ -1,14 +1,13 @@
-"""Codecs the codec plugins share: xz (lzma), Zstandard, Brotli (+ byte shuffle), "auto" (smallest), and
-lrzip (the external `lrzip` binary, PR #1855's per-group codec).
+"""Codecs the codec plugins share: zlib (the baseline's), xz (lzma), Zstandard, Brotli (+ byte shuffle), "auto"
+(smallest), and lrzip (the external `lrzip` binary, PR #1855's per-group codec).
 
 Byte shuffle (PR #1089 -> #1179 -> #1493 `_byte_shuffle`): before compression, all bytes at offsets
 0 mod s, then 1 mod s, ... (stride s = 2 in the records), behind the 5-byte prefix `BSHF` + stride; the
 low and high bytes of fp16 scales and of neighbouring codes land in separate runs, which brotli models
 better. A brotli or lzma codec with a shuffle records `{"byte_shuffle": s}` as its params in the header.
 
-The core knows only zlib (the baseline's); a run decodes an artifact with the codecs its plugins supply
-(`pg_codec`, and an auto codec's candidates). Each decoder caps the decompressed size and rejects
-truncated or trailing data (`core.export` helpers).
+The core knows no codec; a run decodes an artifact with the codecs its plugins supply (`pg_codec`, and an
+auto codec's candidates). Each decoder caps the decompressed size and rejects truncated or trailing data.
 """
 
 from __future__ import annotations
@@ -18,19 +17,36 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.export import MAX_DECOMPRESSED, ArtifactError, Codec, ZlibCodec, capped_decompress, corrupt
+from core.export import MAX_DECOMPRESSED, ArtifactError, Codec
 
 BSHF_MAGIC = b"BSHF"
 
 
 def too_big(name: str, max_size: int) -> ArtifactError:
     return ArtifactError(f"{name} payload decompresses to more than {max_size} bytes (size cap exceeded)")
+
+
+def corrupt(name: str, exc: Exception) -> ArtifactError:
+    return ArtifactError(f"{name} payload is corrupt ({exc})")
+
+
+def capped_decompress(name: str, obj: Any, data: bytes, max_size: int) -> bytes:
+    """zlib/lzma decompressobj protocol: output capped at max_size, then eof and trailing-data checks."""
+    out = obj.decompress(data, max_size + 1)
+    if len(out) > max_size:
+        raise too_big(name, max_size)
+    if not obj.eof:
+        raise ArtifactError(f"{name} payload is truncated")
+    if obj.unused_data:
+        raise ArtifactError(f"{name} payload has {len(obj.unused_data)} trailing bytes")
+    return out
 
 
 def byte_shuffle(data: bytes, stride: int = 2) -> bytes:
@@ -70,6 +86,24 @@ def _stride(shuffle: int) -> int:
     if shuffle > 1:
         byte_shuffle(b"", shuffle)  # validates the stride now, not at export
     return shuffle if shuffle > 1 else 0
+
+
+class ZlibCodec:
+    """zlib, the baseline's codec (level 9)."""
+
+    name = "zlib"
+
+    def __init__(self, level: int = 9) -> None:
+        self.level = level
+
+    def compress(self, data: bytes) -> bytes:
+        return zlib.compress(data, level=self.level)
+
+    def decompress(self, data: bytes, max_size: int = MAX_DECOMPRESSED) -> bytes:
+        try:
+            return capped_decompress(self.name, zlib.decompressobj(), data, max_size)
+        except zlib.error as exc:
+            raise corrupt(self.name, exc) from exc
 
 
 class LzmaCodec:

@@ -1,5 +1,7 @@
-"""Test-time-training machinery shared by evaluator plugins: SGD over scored tokens, batched per-document
-LoRA adapters, and the document-batched score-then-adapt loop (PR #1530's `eval_val_ttt_lora`).
+"""Test-time-training machinery shared by evaluator plugins: `ScoredTokens` (the only way TTT may read
+validation tokens: the sink's scored prefix, or a check that every position it trains on is scored), SGD
+over scored tokens, batched per-document LoRA adapters, and the document-batched score-then-adapt loop (PR
+#1530's `eval_val_ttt_lora`).
 
 `sgd_rows` is the adaptation step of score-first TTT (PR #549) and of phased TTT's global SGD (PR #1610):
 epochs of SGD over rows of `seq_len` tokens split across ranks, gradients summed so every rank applies the
@@ -24,7 +26,33 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from core.model import Rotary
-from core.scoring import ScoredTokens, ScoreSink, doc_ids_of, rank_span
+from core.scoring import ScoreSink, ScoringError, doc_ids_of, rank_span
+
+
+class ScoredTokens:
+    """The validation tokens that test-time training may read: only the sink's scored prefix."""
+
+    def __init__(self, sink: ScoreSink):
+        self._sink = sink
+
+    def available(self) -> int:
+        """Number of tokens readable: tokens[:frontier] (targets of all scored positions)."""
+        return self._sink.frontier
+
+    def read(self, start: int, end: int) -> Tensor:
+        if end > self._sink.frontier or start < 0:
+            raise ScoringError(
+                f"test-time training read tokens[{start}:{end}] but only tokens[:{self._sink.frontier}] are scored"
+            )
+        return self._sink.tokens[start:end]
+
+    def require(self, positions: Tensor) -> None:
+        """Raise unless every position in `positions` is already scored (on this rank): document-batched
+        TTT calls this before each update with the positions whose targets it trains on."""
+        pos = positions.reshape(-1).to(self._sink.device)
+        if pos.numel() and not bool(self._sink.scored[pos].all()):
+            bad = int(pos[~self._sink.scored[pos]][0])
+            raise ScoringError(f"test-time training on position {bad} before it was scored")
 
 
 def find_documents(tokens: Tensor, bos_id: int) -> list[tuple[int, int]]:
