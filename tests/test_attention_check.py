@@ -1,0 +1,40 @@
+"""benchmarks/attention_check.py: the numerics probe that compares attention kernels with an fp32 reference."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "attention_check.py"
+SPEC = importlib.util.spec_from_file_location("attention_check", SCRIPT)
+ac = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(ac)
+SHAPE = (1, 4, 2, 32, 8)
+CPU = torch.device("cpu")
+
+
+def test_bf16_math_kernel_is_within_bf16_rounding_of_the_reference_in_both_layouts():
+    ref = ac.reference(SHAPE, 5.25, CPU)
+    for layout in ("bhtd", "bthd"):
+        errors = ac.check(ac.sdpa_on(("MATH",)), ref, SHAPE, 5.25, CPU, layout)["errors"]
+        assert set(errors) == {"out", "dq", "dk", "dv"}
+        assert max(errors.values()) < 1e-2, (layout, errors)
+
+
+def test_a_kernel_with_wrong_kv_head_grouping_is_caught():
+    ref = ac.reference(SHAPE, 5.25, CPU)
+
+    def wrong_groups(q, k, v):  # query head h reads kv head h % Hkv instead of h // (H / Hkv)
+        rep = q.size(1) // k.size(1)
+        return torch.nn.functional.scaled_dot_product_attention(q, k.repeat(1, rep, 1, 1), v.repeat(1, rep, 1, 1),
+                                                                is_causal=True)
+    errors = ac.check(wrong_groups, ref, SHAPE, 5.25, CPU, "bthd")["errors"]
+    assert errors["out"] > 0.1 and errors["dk"] > 0.1, errors
+
+
+def test_bad_shape_is_a_one_line_error(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        ac.main(["--shape", "1,4,3,32,8", "--device", "cpu"])
+    assert "Hkv dividing H" in capsys.readouterr().err
