@@ -229,7 +229,7 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
     return 1000.0 * (time.perf_counter() - t0)
 
 
-EAGER_MAX_S = 20.0 * 1.5 / (1.5 - 1)  # auto: an eval graph compiles in ~20 s on an H200 (#14), then runs 1.5x eager
+EAGER_MAX_S = 36.6 * 2.54 / (2.54 - 1)  # break-even, measured (H200, PR #315 sliding): 36.6 s warm-up, 2.54x eager
 
 
 EvalPlan = namedtuple("EvalPlan", "model mode warmup_ms eager_estimate_s")  # prepare_eval's choice (ms, s)
