@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +24,10 @@ def train_on_1_and_2_processes(args: list[str], out_dir: Path) -> dict[int, dict
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         out[n] = json.loads((out_dir / f"n{n}" / "metrics.json").read_text())
     return out
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a gloo rendezvous of spawned test processes)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,11 +9,11 @@ the one-process step."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 import torch
+from nproc_runs import free_port
 
 from core.optim import NS5_COEFFS, Muon, zeropower_via_newtonschulz5
 from plugins.muon_eq_r import MuonEqR, normalize_rows
@@ -173,17 +173,11 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two spawned processes
 def test_two_ranks_split_the_matrices_and_match_one_process(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for r in range(2):  # rank r keeps the momentum of matrices r, r + 2, ... (group order) only
         assert ranks[r]["owned"] == [i % 2 == r for i in range(len(SHAPES))]

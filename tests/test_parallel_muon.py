@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-from nproc_runs import train_on_1_and_2_processes
+from nproc_runs import free_port, train_on_1_and_2_processes
 
 from core.optim import NS5_COEFFS, Muon, default_param_groups, zeropower_via_newtonschulz5
 from plugins.muon_eq_r import MuonEqR
@@ -151,17 +150,11 @@ def _worker(rank, world, port, out_dir):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two spawned processes: ~7-10 s on 2 shared cores
 def test_two_rank_sharded_update_equals_one_rank_and_ranks_agree(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for name in ("fp32", "bf16"):
         assert ranks[0][name] == ranks[1][name], f"{name}: ranks diverged"
