@@ -114,7 +114,7 @@ class BuildInfo:
     val_docs: int = 0
     train_tokens: int = 0
     val_tokens: int = 0
-    character_coverage: float = CHARACTER_COVERAGE
+    character_coverage: float | None = CHARACTER_COVERAGE  # None: a given tokenizer
     seconds: float = 0.0
 
 
@@ -415,9 +415,16 @@ def _build(
     seed: int,
     replace: bool,
     transform: TextTransform | None = None,
+    tokenizer: Path | None = None,
+    max_train_tokens: int = 0,
 ) -> BuildInfo:
     t0 = time.perf_counter()
     _check_vocab(vocab_size)
+    if max_train_tokens < 0:
+        raise DataError(f"max_train_tokens must be >= 0 (0: no limit), got {max_train_tokens}")
+    symbols = tuple(transform.reserved_symbols) if transform is not None else ()
+    if tokenizer is not None:
+        _check_given_tokenizer(Path(tokenizer), vocab_size, symbols)
     if transform is not None:
         raw_documents = documents
 
@@ -442,9 +449,12 @@ def _build(
         train_texts = (doc for i, doc in enumerate(documents()) if i >= n_val)
         prefix = tmp / "tokenizer" / f"fineweb_{vocab_size}_bpe"
         label = f"{out_dir / 'tokenizer' / prefix.name}.model"
-        symbols = tuple(transform.reserved_symbols) if transform is not None else ()
-        model, coverage = _train_tokenizer(train_texts, vocab_size, prefix, TOKENIZER_MAX_BYTES, seed, label,
-                                           symbols)
+        if tokenizer is None:
+            model, coverage = _train_tokenizer(train_texts, vocab_size, prefix, TOKENIZER_MAX_BYTES, seed, label,
+                                               symbols)
+        else:  # an existing model (e.g. a record's own): copied, not trained
+            model, coverage = Path(f"{prefix}.model"), None
+            _write_bytes(model, Path(tokenizer).read_bytes())
         sp = spm.SentencePieceProcessor(model_file=str(model))
         val = _ShardWriter(tmp, "val", shard_tokens)
         train = _ShardWriter(tmp, "train", shard_tokens)
@@ -452,6 +462,8 @@ def _build(
         batch: list[str] = []
         index = 0
         for doc in documents():
+            if max_train_tokens and train.tokens >= max_train_tokens:
+                break  # the training split is long enough (checked per batch): the rest is left out
             batch.append(doc)
             if len(batch) >= ENCODE_BATCH_DOCS:
                 index = _encode_batch(sp, batch, index, n_val, val, train, transform, sidecar)
@@ -480,6 +492,8 @@ def _build(
             "shard_tokens": shard_tokens,
             "character_coverage": coverage,
             "seed": seed,
+            "tokenizer_source": str(Path(tokenizer).resolve()) if tokenizer is not None else "trained",
+            "max_train_tokens": max_train_tokens,
         }
         _write_bytes(tmp / "dataset.json", (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode())
         final = _install(tmp, out_dir, replace)
@@ -503,6 +517,25 @@ def _build(
         character_coverage=meta["character_coverage"],
         seconds=time.perf_counter() - t0,
     )
+
+
+def _check_given_tokenizer(path: Path, vocab_size: int, symbols: tuple[str, ...]) -> None:
+    """A one-line DataError unless `path` is a SentencePiece model of `vocab_size` pieces with BOS id
+    BOS_ID that keeps each of the transform's reserved `symbols` whole."""
+    if not path.is_file():
+        raise DataError(f"tokenizer {path}: no such file (expected a SentencePiece .model)")
+    try:
+        sp = spm.SentencePieceProcessor(model_file=str(path))
+    except (RuntimeError, OSError) as e:
+        raise DataError(f"tokenizer {path}: not a SentencePiece model ({str(e).splitlines()[0] if str(e) else e})")
+    if int(sp.vocab_size()) != vocab_size:
+        raise DataError(f"tokenizer {path}: {sp.vocab_size()} pieces, but --vocab is {vocab_size}")
+    if sp.bos_id() != BOS_ID:
+        raise DataError(f"tokenizer {path}: bos_id {sp.bos_id()}, expected {BOS_ID} (shards prefix documents with it)")
+    for sym in symbols:
+        if len(sp.encode(sym)) != 1 or sp.piece_to_id(sym) == sp.unk_id():
+            raise DataError(f"tokenizer {path}: the text transform's reserved symbol U+{ord(sym[0]):04X} is not "
+                            "one piece (expected a tokenizer trained with it as a user-defined symbol)")
 
 
 def _encode_batch(
@@ -581,12 +614,17 @@ def build_dataset(
     shard_tokens: int = 100_000_000,
     seed: int = 0,
     transform: TextTransform | None = None,
+    tokenizer: str | Path | None = None,
+    max_train_tokens: int = 0,
 ) -> BuildInfo:
     """Tokenizer + shards from `source` (a directory of text files, a `.jsonl` file, or one text file).
 
     The first `val_docs` documents (default ~5%, at least 1) are the val split. `out_dir` must be new,
     empty, or a previous dataset (which is replaced); the build is renamed into place at the end.
     `transform` (see `text_transform_of`): applied to every document, with a val byte sidecar.
+    `tokenizer`: an existing SentencePiece model (e.g. a record's own) copied into the dataset instead of
+    training one; it must have `vocab_size` pieces, BOS id 1 and the transform's reserved symbols as pieces.
+    `max_train_tokens` (0: all): stop adding training documents once the split holds at least this many tokens.
     """
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
@@ -602,6 +640,8 @@ def build_dataset(
         seed,
         replace=True,
         transform=transform,
+        tokenizer=Path(tokenizer) if tokenizer is not None else None,
+        max_train_tokens=max_train_tokens,
     )
 
 

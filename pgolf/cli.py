@@ -422,7 +422,7 @@ def cmd_data(args: argparse.Namespace) -> int:
                       env={}, check_plugins=registry.check, check_settings=registry.check_settings)
         transform = text_transform_of(cfg, registry)
     info = build_dataset(Path(args.source), Path(args.out), vocab_size=args.vocab, val_docs=args.val_docs,
-                         transform=transform)
+                         transform=transform, tokenizer=args.tokenizer, max_train_tokens=args.max_train_tokens)
     print(json.dumps(info.__dict__ if hasattr(info, "__dict__") else info, indent=2, default=str))
     return 0
 
@@ -494,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-docs", type=int, default=None, help="documents for the val split (default ~5%%)")
     p.add_argument("--plugins", help="plugins whose text transform the data is built with (e.g. caseops)")
     p.add_argument("--plugin-file", action="append", default=[], metavar="FILE.py")
+    p.add_argument("--tokenizer", metavar="MODEL", help="use this SentencePiece model (e.g. a record's own "
+                   "tokenizers/*.model) instead of training one; it must have --vocab pieces")
+    p.add_argument("--max-train-tokens", type=int, default=0, metavar="N",
+                   help="stop adding training documents once the train split holds N tokens (0: all)")
     p.set_defaults(func=cmd_data)
     from pgolf.bench import add_bench_parser
 

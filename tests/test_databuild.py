@@ -251,3 +251,51 @@ def test_huge_files_split_and_output_inside_source(tmp_path: Path, corpus: list[
     second = build_dataset(src, src / "out", vocab_size=VOCAB, val_docs=2)  # ignores its own output
     assert (first.train_docs, first.train_tokens) == (second.train_docs, second.train_tokens)
     assert first.train_docs + first.val_docs == len(docs)
+
+
+def test_given_tokenizer_is_copied_not_trained_and_train_tokens_capped(tmp_path: Path, text_dir: Path,
+                                                                       built: databuild.BuildInfo) -> None:
+    """`tokenizer=`: the model is used as is (same bytes, same token stream as the build that trained it);
+    `max_train_tokens`: training documents stop (at a batch boundary) once the split holds that many."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(databuild, "_train_tokenizer", lambda *a, **k: pytest.fail("trained a tokenizer"))
+        info = build_dataset(text_dir, tmp_path / "given", vocab_size=VOCAB, val_docs=4,
+                             tokenizer=built.tokenizer_path)
+    assert info.tokenizer_path.read_bytes() == built.tokenizer_path.read_bytes()
+    assert torch.equal(read_shard(info.train_files[0]), read_shard(built.train_files[0]))
+    assert torch.equal(read_shard(info.val_files[0]), read_shard(built.val_files[0]))
+    meta = json.loads((info.out_dir / "dataset.json").read_text(encoding="utf-8"))
+    assert meta["tokenizer_source"] == str(built.tokenizer_path.resolve()) and meta["character_coverage"] is None
+
+    sp = load_tokenizer(built.tokenizer_path, VOCAB)
+    docs = ordered_docs(text_dir)
+    per_doc = [len(sp.encode(d)) + 1 for d in docs[4:]]  # + BOS
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(databuild, "ENCODE_BATCH_DOCS", 5)
+        # batches of 5 over all documents: [4 val + train 1], [train 2-6], [7-11], [12-16]: a cap reached by
+        # train document 12 is checked after the batch that holds it, so 16 train documents are kept
+        cap = sum(per_doc[:12]) - 1
+        info = build_dataset(text_dir, tmp_path / "capped", vocab_size=VOCAB, val_docs=4,
+                             tokenizer=built.tokenizer_path, max_train_tokens=cap)
+    assert info.train_docs == 16 and info.train_tokens == sum(per_doc[:16]) < built.train_tokens
+    assert split_docs(read_shard(info.train_files[0])) == [sp.encode(d) for d in docs[4:20]]
+    assert info.val_docs == 4
+
+
+def test_given_tokenizer_errors_are_one_line(tmp_path: Path, text_dir: Path, built: databuild.BuildInfo) -> None:
+    from plugins.caseops import CaseOpsTransform
+
+    with pytest.raises(DataError, match="no such file"):
+        build_dataset(text_dir, tmp_path / "a", vocab_size=VOCAB, tokenizer=tmp_path / "none.model")
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(DataError, match="not a SentencePiece model"):
+        build_dataset(text_dir, tmp_path / "a", vocab_size=VOCAB, tokenizer=bad)
+    with pytest.raises(DataError, match=f"{VOCAB} pieces, but --vocab is 512"):
+        build_dataset(text_dir, tmp_path / "a", vocab_size=512, tokenizer=built.tokenizer_path)
+    with pytest.raises(DataError, match=r"reserved symbol U\+E001 is not one piece"):
+        build_dataset(text_dir, tmp_path / "a", vocab_size=VOCAB, tokenizer=built.tokenizer_path,
+                      transform=CaseOpsTransform())
+    with pytest.raises(DataError, match="max_train_tokens must be >= 0"):
+        build_dataset(text_dir, tmp_path / "a", vocab_size=VOCAB, max_train_tokens=-1)
+    assert not (tmp_path / "a").exists()
