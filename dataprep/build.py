@@ -527,7 +527,8 @@ def _check_given_tokenizer(path: Path, vocab_size: int, symbols: tuple[str, ...]
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as e:
-        raise DataError(f"tokenizer {path}: not a SentencePiece model ({str(e).splitlines()[0] if str(e) else e})") from None
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"tokenizer {path}: not a SentencePiece model ({why})") from None
     if int(sp.vocab_size()) != vocab_size:
         raise DataError(f"tokenizer {path}: {sp.vocab_size()} pieces, but --vocab is {vocab_size}")
     if sp.bos_id() != BOS_ID:
