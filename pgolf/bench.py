@@ -405,7 +405,18 @@ def summarize_steps(step_ms: list[float], flops_by_mode: dict[str, dict[str, flo
 def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> dict[str, Any]:
     import torch
 
-    from core.train import Budget, Stepper, log_run_header, setup, shutdown, timed_loop, warmup_and_restore
+    from core.train import (
+        Budget,
+        Stepper,
+        export_artifact,
+        final_eval,
+        finish_and_calibrate,
+        log_run_header,
+        setup,
+        shutdown,
+        timed_loop,
+        warmup_and_restore,
+    )
 
     run = setup(cfg, registry)
     try:
@@ -423,7 +434,12 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         monitor.in_loop = False
         step_ms = monitor.step_ms()
         memory = peak_memory(run.device)
-        phases = profile_phases(run, stepper, args.profile_steps)
+        final = None
+        if args.finish:  # the trainer's last phases, as `pgolf train` runs them: artifact bytes, final val_bpb
+            calibration_ms = finish_and_calibrate(run, loop, budget)
+            final = final_eval(run, *export_artifact(run))
+            final["calibration_ms"] = calibration_ms
+        phases = profile_phases(run, stepper, args.profile_steps)  # after the export: it trains further
         peak = matmul_peak(run.device)
         tps = run.core.train_batch_tokens
         compiled = run.eval_model is not run.model
@@ -444,6 +460,7 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         res["hook_ms_by_name"] = {k: 1000.0 * v / max(loop.steps, 1) for k, v in sorted(monitor.seconds.items())}
         res["profile"] = phases
         res["last_val_bpb"] = loop.last_val_bpb
+        res["final"] = final
         res["run_dir"] = str(run.run_dir)
         monitor.undo()
     finally:
@@ -557,7 +574,19 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
     out["train_loss"] = {s: {"pgolf": pg_steps[s][0], "record": rec_steps[s][0],
                              "diff": pg_steps[s][0] - rec_steps[s][0]} for s in common}
     out["last_val_bpb"] = {"pgolf": pg["log"]["last_val_bpb"], "record": rec["log"]["last_val_bpb"]}
+    out["final_val_bpb"] = {"pgolf": pg["log"].get("final_val_bpb"), "record": rec["log"].get("final_val_bpb")}
+    a_bytes, b_bytes = model_bytes(pg["log"]), model_bytes(rec["log"])
+    out["artifact_bytes"] = {"pgolf": a_bytes, "record": b_bytes}
+    if a_bytes and b_bytes:
+        out["artifact_bytes_ratio"] = a_bytes / b_bytes
     return out
+
+
+def model_bytes(log: dict[str, Any]) -> int | None:
+    """The compressed model's bytes a log reports: its last `Serialized model LABEL: N bytes` line (records
+    first log the raw torch.save size, unlabelled, then the quantized artifact's)."""
+    art = log.get("artifact") or {}
+    return list(art.values())[-1] if art else None
 
 
 # ---------------------------------------------------------------- report
@@ -597,6 +626,13 @@ def table(res: dict[str, Any]) -> str:
                   f"{vs['mode_switch_step']['pgolf'] or '—'} | {vs['mode_switch_step']['record'] or '—'}"),
                  ("last-step val_bpb pgolf | record",
                   f"{_fmt(vs['last_val_bpb']['pgolf'], '.4f')} | {_fmt(vs['last_val_bpb']['record'], '.4f')}")]
+        fin, art = vs.get("final_val_bpb", {}), vs.get("artifact_bytes", {})
+        if fin.get("pgolf") is not None or art.get("pgolf") is not None:  # --finish
+            rows += [("final (round-trip) val_bpb pgolf | record",
+                      f"{_fmt(fin.get('pgolf'), '.4f')} | {_fmt(fin.get('record'), '.4f')}"),
+                     ("artifact bytes pgolf | record (ratio)",
+                      f"{_fmt(art.get('pgolf'), ',d')} | {_fmt(art.get('record'), ',d')} "
+                      f"({_fmt(vs.get('artifact_bytes_ratio'), '.4f')})")]
         for s, d in vs["train_loss"].items():
             rows.append((f"train_loss step {s} pgolf | record",
                          f"{d['pgolf']:.4f} | {d['record']:.4f} ({d['diff']:+.4f})"))
@@ -729,6 +765,10 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
                    help="WARMDOWN_ITERS = frac × steps for recipes with the core's iteration warmdown (default 0.4)")
     p.add_argument("--profile-steps", type=int, default=5,
                    help="extra profiled steps for the phase breakdown (0: none)")
+    p.add_argument("--finish", action="store_true",
+                   help="pgolf side: after the timed loop run the trainer's last phases (weight averaging, "
+                   "calibration, export, final evaluation of the round-tripped model), so its artifact bytes and "
+                   "final val_bpb compare with the record's")
     p.add_argument("--record-eval", action="store_true",
                    help="keep the record's sliding-window/TTT evaluations (default: off where it has a knob)")
     p.add_argument("--smoke", action="store_true",

@@ -321,6 +321,9 @@ VAL = re.compile(r"^(?:step:)?(\d+)/(\d+) val_loss:\s*(\S+) val_bpb:\s*([\d.]+)"
 PEAK = re.compile(r"^peak memory allocated: (\d+) MiB", re.M)
 ARTIFACT = re.compile(r"^Serialized model (\S+): (\d+) bytes", re.M)
 TOTAL = re.compile(r"^Total submission size (\S+): (\d+) bytes", re.M)
+# the round-tripped artifact's evaluation: pgolf / PR #315 / #534 / #609 `final_<label>_roundtrip val_loss:X
+# val_bpb:Y`, PR #1493 / #1855 `quantized val_loss:X val_bpb:Y` / `diagnostic quantized val_loss:…` (first match)
+FINAL = re.compile(r"^(?:final_\S+_roundtrip|(?:diagnostic )?quantized) val_loss:\s*\S+ val_bpb:\s*([\d.]+)", re.M)
 # mode switches: pgolf `mode:NAME on step:N`; PR #1493/#1855 `layer_loop:enabled step:N`; PR #315/#609
 # `late_qat:enabled step:N`, `swa:start step:N`; PR #534 `late_qat:activated at step N`
 MODE = re.compile(r"^(?:mode:(\S+) on step:(\d+)"
@@ -336,13 +339,14 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
         step, rate = int(m.group(1)), float(m.group(3))
         steps[step] = (float(m.group(2)), 1000.0 * step * tokens_per_step / rate if rate > 0 else float("nan"))
     vals = [(int(m.group(1)), float(m.group(4))) for m in VAL.finditer(text)]
-    peak, art, total = PEAK.findall(text), ARTIFACT.findall(text), TOTAL.findall(text)
+    peak, art, total, final = PEAK.findall(text), ARTIFACT.findall(text), TOTAL.findall(text), FINAL.findall(text)
     return {
         "steps": dict(sorted(steps.items())),
         "last_val_bpb": next((bpb for s, bpb in reversed(vals) if s > 0), None),
         "peak_memory_bytes": int(peak[-1]) * 2**20 if peak else None,
         "artifact": {label: int(n) for label, n in art} or None,
         "total_submission_bytes": int(total[-1][1]) if total else None,
+        "final_val_bpb": float(final[0]) if final else None,
         "mode_switches": {m.group(1) or m.group(3): int(m.group(2) or m.group(4)) for m in MODE.finditer(text)},
     }
 

@@ -112,6 +112,36 @@ def test_bench_vs_a_record_script_times_hooks_and_compares_logs(tmp_path, tiny_d
     assert val.stat().st_size == 256 * 4 + (4096 + 1) * 2  # the one validation prefix both sides read
 
 
+def test_bench_finish_exports_the_pgolf_side_and_compares_artifact_bytes(tmp_path, tiny_data):
+    """--finish: the pgolf side runs export + final eval; its artifact bytes are the file it wrote, compared with
+    the record's last `Serialized model` line; without --finish there is no artifact."""
+    (tmp_path / "train_gpt.py").write_text(FAKE_RECORD + 'print("final_int6_roundtrip val_loss:3.1 val_bpb:1.3000")\n')
+    res = bench(tmp_path, tiny_data, "--steps", "4", "--profile-steps", "0", "--val-tokens", "4096", "--finish",
+                "--vs", str(tmp_path / "train_gpt.py"), "--profile", "generic")
+    pg, vs = res["pgolf"], res["vs"]
+    artifact = (tmp_path / "b" / "runs" / "pgolf" / "final_model.ptz").stat().st_size
+    assert pg["final"]["model_bytes"] == artifact == vs["artifact_bytes"]["pgolf"]
+    assert vs["artifact_bytes"]["record"] == 12345 and vs["artifact_bytes_ratio"] == pytest.approx(artifact / 12345)
+    assert vs["final_val_bpb"]["pgolf"] == pytest.approx(pg["final"]["val_bpb"], abs=5e-5)
+    assert vs["final_val_bpb"]["record"] == pytest.approx(1.3)
+    res = bench(tmp_path, tiny_data, "--steps", "4", "--profile-steps", "0", "--val-tokens", "4096", "--side", "pgolf")
+    assert res["pgolf"]["final"] is None and res["pgolf"]["log"]["artifact"] is None
+
+
+def test_final_round_trip_lines_parse():
+    from pgolf.records import parse_log
+
+    lines = {"final_int8_zlib_roundtrip val_loss:1.9931 val_bpb:1.1804 eval_time:2215ms\n"
+             "final_int8_zlib_roundtrip_exact val_loss:1.99308832 val_bpb:1.18041917\n": 1.1804,
+             "diagnostic pre-quantization post-ema val_loss:2.3284 val_bpb:1.0639 eval_time:6718ms\n"
+             "diagnostic quantized val_loss:2.34727563 val_bpb:1.07254371 eval_time:49995ms\n"
+             "quantized_ttt_phased val_loss:2.31944212 val_bpb:1.05989454 eval_time:508785ms\n": 1.07254371,
+             "quantized val_loss:2.3 val_bpb:1.0701 eval_time:9ms\n": 1.0701,
+             "quantized_ttt_phased val_loss:2.31944212 val_bpb:1.05989454\n": None}
+    for text, want in lines.items():
+        assert parse_log(text, 1)["final_val_bpb"] == (None if want is None else pytest.approx(want)), text
+
+
 def test_record_log_formats_parse_to_the_same_times():
     from pgolf.records import ms_per_step_from_log, parse_log
 
