@@ -674,6 +674,17 @@ def extract_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def finish_drops(args: argparse.Namespace, plugins: list[str]) -> list[str]:
+    """The recipe's plugins the pgolf side leaves out: with --finish against a record whose long evaluations
+    are skipped (no --record-eval), its profile's `skip_plugins`, so both sides export and evaluate alike."""
+    if not (args.finish and args.vs) or args.record_eval:
+        return []
+    from pgolf.records import profile_for
+
+    profile = profile_for(Path(args.vs).expanduser(), args.profile)
+    return [p for p in plugins if p in profile.skip_plugins]
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from pgolf.cli import load_config, with_default_data
 
@@ -716,7 +727,15 @@ def run_bench(args: argparse.Namespace) -> int:
         if side not in sides and (out / f"{side}.json").is_file():
             res[side] = json.loads((out / f"{side}.json").read_text())
     if "pgolf" in sides:
-        res["pgolf"] = run_pgolf(args, cfg, registry, out)
+        pg_cfg, pg_registry = cfg, registry
+        drop = finish_drops(args, cfg.plugins)
+        if drop:
+            print(f"bench: --finish: the pgolf side leaves out {', '.join(drop)} (the record skips those "
+                  "evaluations/codecs: --record-eval keeps both)", flush=True)
+            pg_args = argparse.Namespace(**{**vars(args), "plugins": ",".join(p for p in cfg.plugins if p not in drop)})
+            pg_cfg, pg_registry = load_config(pg_args)
+        res["pgolf"] = run_pgolf(args, pg_cfg, pg_registry, out)
+        res["pgolf"]["left_out_plugins"] = drop
         release_device_memory()
         (out / "pgolf.json").write_text(json.dumps(res["pgolf"], indent=2, default=str) + "\n")
     if "pgolf" in res:

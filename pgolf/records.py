@@ -117,6 +117,8 @@ class RecordProfile:
     elsewhere: name the record reads but the bench does not pass -> why (paths the bench supplies, torchrun,
         dead knobs, deliberate differences); also logged Hyperparameters attributes no variable sets.
     command: the published run command's overrides of the script's defaults (what the record ran with).
+    skip_plugins: plugins the pgolf side leaves out under `bench --finish` while skip_eval applies: the
+        evaluations/codecs the skip_eval knobs turn off in the record, so both sides export and score alike.
     """
 
     name: str
@@ -131,6 +133,7 @@ class RecordProfile:
     skip_eval: dict[str, str] = field(default_factory=dict)
     elsewhere: dict[str, str] = field(default_factory=dict)
     command: dict[str, str] = field(default_factory=dict)
+    skip_plugins: tuple[str, ...] = ()
 
     def names(self) -> set[str]:
         """Every name this profile accounts for."""
@@ -229,6 +232,7 @@ PR1493 = RecordProfile(
     plugins={"SKIP_GATES_ENABLED": "skip_gates", "LN_SCALE": "ln_scale", "TTT_ENABLED": "score_first_ttt"},
     fixed={"SLIDING_WINDOW_ENABLED": "1", "ETLB_ENABLED": "0", "COMPRESSOR": "brotli"},
     skip_eval={"SLIDING_WINDOW_ENABLED": "0", "TTT_ENABLED": "0"},
+    skip_plugins=("score_first_ttt",),  # the record's SLIDING_WINDOW/TTT off: its final eval is the plain one
     elsewhere={**BENCH_NAMES, "MUON_BETA2": "dead", "ETLB_LR": "not ported (ETLB_ENABLED=0)",
                "ETLB_STEPS": "not ported (ETLB_ENABLED=0)", "ETLB_CLIP": "not ported (ETLB_ENABLED=0)",
                "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)", "ttt_hash_embed": "dead",
@@ -279,6 +283,7 @@ PR1855 = RecordProfile(
     # phased TTT off (its LoRA compile warm-up alone took 138 s); brotli instead of per-group lrzip, which
     # needs the lrzip binary and ~2 min of (de)compression: the artifact is still written and its bytes logged
     skip_eval={"TTT_ENABLED": "0", "COMPRESSOR": "brotli"},
+    skip_plugins=("phased_ttt", "compress_pergroup"),  # plain eval; the whole artifact through brotli
     elsewhere={**BENCH_NAMES, "ARTIFACT_DIR": "run dir", "EVAL_STRIDE": "unused by phased TTT",
                "ATTN_OUT_GATE_SRC": "off (ATTN_OUT_GATE_ENABLED=0)",
                "GATED_ATTN_INIT_STD": "off (GATED_ATTN_ENABLED=0)",

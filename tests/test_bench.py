@@ -387,3 +387,32 @@ def test_record_side_sdpa_kernels_follow_pgolf_whatever_the_record_enables(tmp_p
         env = {**os.environ, "PYTHONPATH": str(tmp_path), "PGOLF_BENCH_SDPA": choice}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.split() == want.split(), (choice, out.stdout, out.stderr)
+
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_finish_leaves_out_the_plugins_of_the_evaluations_the_record_skips(name, tmp_path):
+    """--finish --vs: the pgolf side drops the profile's skip_plugins (the record's skip_eval turns those
+    evaluations/codecs off); the rest of the recipe still resolves; --record-eval or no --finish: nothing dropped."""
+    import argparse
+
+    from pgolf.bench import finish_drops
+    from pgolf.cli import build_parser, load_config
+    from pgolf.records import PROFILES
+
+    profile = PROFILES[name]
+    script = tmp_path / "train_gpt.py"
+    script.write_text("")
+    argv = ["bench", "--recipe", f"recipes/{name}.toml", "--vs", str(script), "--profile", name]
+    args = build_parser().parse_args([*argv, "--finish"])
+    cfg, _ = load_config(args)
+    drop = finish_drops(args, cfg.plugins)
+    assert set(drop) == set(profile.skip_plugins) <= set(cfg.plugins)
+    assert not profile.skip_plugins or profile.skip_eval  # only records with skip knobs drop anything
+    assert finish_drops(build_parser().parse_args(argv), cfg.plugins) == []
+    assert finish_drops(build_parser().parse_args([*argv, "--finish", "--record-eval"]), cfg.plugins) == []
+    if drop:
+        kept = ",".join(p for p in cfg.plugins if p not in drop)
+        pg_cfg, _ = load_config(argparse.Namespace(**{**vars(args), "plugins": kept}))
+        assert not set(drop) & set(pg_cfg.plugins) and len(pg_cfg.plugins) == len(cfg.plugins) - len(drop)
+    expected = {"pr1855": {"phased_ttt", "compress_pergroup"}, "pr1493": {"score_first_ttt"}}
+    assert set(drop) == expected.get(name, set())
