@@ -327,8 +327,12 @@ PEAK = re.compile(r"^peak memory allocated: (\d+) MiB", re.M)
 ARTIFACT = re.compile(r"^Serialized model (\S+): (\d+) bytes", re.M)
 TOTAL = re.compile(r"^Total submission size (\S+): (\d+) bytes", re.M)
 # the round-tripped artifact's evaluation: pgolf / PR #315 / #534 / #609 `final_<label>_roundtrip val_loss:X
-# val_bpb:Y`, PR #1493 / #1855 `quantized val_loss:X val_bpb:Y` / `diagnostic quantized val_loss:…` (first match)
+# val_bpb:Y`, PR #1493 / #1855 `quantized val_loss:X val_bpb:Y` / `diagnostic quantized val_loss:…`; a record
+# that also scores it with sliding windows (PR #315 / #609 `final_<label>_sliding_window …`, PR #1493
+# `quantized_sliding_window …`) reports that one, as pgolf's recipe's evaluator does (first match of each)
 FINAL = re.compile(r"^(?:final_\S+_roundtrip|(?:diagnostic )?quantized) val_loss:\s*\S+ val_bpb:\s*([\d.]+)", re.M)
+SLIDING = re.compile(r"^(?:final_\S+_sliding_window|quantized_sliding_window) val_loss:\s*\S+ val_bpb:\s*([\d.]+)",
+                     re.M)
 # mode switches: pgolf `mode:NAME on step:N`; PR #1493/#1855 `layer_loop:enabled step:N`; PR #315/#609
 # `late_qat:enabled step:N`, `swa:start step:N`; PR #534 `late_qat:activated at step N`
 MODE = re.compile(r"^(?:mode:(\S+) on step:(\d+)"
@@ -344,7 +348,8 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
         step, rate = int(m.group(1)), float(m.group(3))
         steps[step] = (float(m.group(2)), 1000.0 * step * tokens_per_step / rate if rate > 0 else float("nan"))
     vals = [(int(m.group(1)), float(m.group(4))) for m in VAL.finditer(text)]
-    peak, art, total, final = PEAK.findall(text), ARTIFACT.findall(text), TOTAL.findall(text), FINAL.findall(text)
+    peak, art, total = PEAK.findall(text), ARTIFACT.findall(text), TOTAL.findall(text)
+    final = SLIDING.findall(text) or FINAL.findall(text)
     return {
         "steps": dict(sorted(steps.items())),
         "last_val_bpb": next((bpb for s, bpb in reversed(vals) if s > 0), None),

@@ -137,6 +137,14 @@ def test_final_round_trip_lines_parse():
              "diagnostic quantized val_loss:2.34727563 val_bpb:1.07254371 eval_time:49995ms\n"
              "quantized_ttt_phased val_loss:2.31944212 val_bpb:1.05989454 eval_time:508785ms\n": 1.07254371,
              "quantized val_loss:2.3 val_bpb:1.0701 eval_time:9ms\n": 1.0701,
+             "final_int6_roundtrip val_loss:1.9225 val_bpb:1.1386 eval_time:6400ms\n"  # PR #609: its sliding score
+             "final_int6_roundtrip_exact val_loss:1.92252643 val_bpb:1.13862844\n"
+             "final_int6_sliding_window val_loss:1.8827 val_bpb:1.1150 stride:64 eval_time:77437ms\n"
+             "final_int6_sliding_window_exact val_loss:1.88268406 val_bpb:1.11503450\n"
+             "final_int8_zlib_roundtrip_exact val_loss:1.88268406 val_bpb:1.11503450\n": 1.1150,
+             "quantized val_loss:2.84065044 val_bpb:1.09970431 eval_time:25515ms\n"  # PR #1493
+             "quantized_sliding_window val_loss:2.79714850 val_bpb:1.08286335 eval_time:120961ms\n"
+             "quantized_ttt val_loss:2.79180191 val_bpb:1.08079352 eval_time:366525ms\n": 1.08286335,
              "quantized_ttt_phased val_loss:2.31944212 val_bpb:1.05989454\n": None}
     for text, want in lines.items():
         assert parse_log(text, 1)["final_val_bpb"] == (None if want is None else pytest.approx(want)), text
