@@ -45,18 +45,18 @@ def flash_attn_3_func(q, k, v, causal=True):  # record_parity_cpu.py: FA3 layout
                                         is_causal=causal, enable_gqa=k.size(2) != q.size(2))
     return y.transpose(1, 2)
 '''
-# (pattern, replacement, how many times it must match; None = at least once)
+# (pattern, replacement, how many times it must match: an int, a tuple of allowed counts, None = at least once)
 PATCHES = [
-    (r"^from flash_attn_interface import flash_attn_func as flash_attn_3_func\n", SDPA_SHIM, 1),
+    (r"^from flash_attn_interface import flash_attn_func as flash_attn_3_func\n", SDPA_SHIM, (0, 1)),  # #534: SDPA
     (r'torch\.device\("cuda", local_rank\)', 'torch.device("cpu")', 1),
     (r'\["nvidia-smi"\]', '["true"]', 1),
     (r"\)\.to\(device\)\.bfloat16\(\)", ").to(device)", None),
     (r"fused=True", "fused=False", None),
     (r'torch\.autocast\(device_type="cuda"[^)]*\)', 'torch.autocast(device_type="cpu", enabled=False)', None),
-    (r"^(    val_tokens = load_validation_tokens\(args\.val_files, val_seq_len\)\n)",
+    (r"^(    val_tokens = load_validation_tokens\(args\.val_files, ([\w.]+)\)\n)",  # #534: args.train_seq_len
      r'\1    _cap = int(os.environ.get("PGOLF_VAL_MAX_TOKENS", "0"))\n'
      r"    if _cap > 0:\n"
-     r"        val_tokens = val_tokens[: min(val_tokens.numel() - 1, (_cap // val_seq_len) * val_seq_len) + 1]\n", 1),
+     r"        val_tokens = val_tokens[: min(val_tokens.numel() - 1, (_cap // \2) * \2) + 1]\n", 1),
 ]
 
 
@@ -64,7 +64,8 @@ def patched(src: Path, out: Path) -> Path:
     text = src.read_text(encoding="utf-8")
     for pattern, repl, count in PATCHES:
         text, n = re.subn(pattern, repl, text, flags=re.M)
-        if (count is not None and n != count) or n == 0:
+        allowed = count if isinstance(count, tuple) else (count,)
+        if (count is not None and n not in allowed) or (count is None and n == 0):
             sys.exit(f"--record {src}: patch {pattern!r} matched {n} times (expected {count or '>= 1'})")
     future = re.search(r"^from __future__ import [^\n]*\n", text, re.M)  # must stay the first statement
     at = future.end() if future else 0

@@ -56,3 +56,31 @@ def test_write_shard_keeps_a_prefix(bench, tmp_path):
     assert np.frombuffer(data[:12], dtype="<i4").tolist() == [20240520, 1, 300]
     assert np.frombuffer(data[1024:], dtype="<u2").tolist() == list(range(300))
     assert bench.write_shard(src, tmp_path / "b.bin", 0) == 1000
+
+
+@pytest.mark.parametrize("name", ["pr315", "pr534", "pr609"])
+def test_record_parity_cpu_patches_apply_to_the_sdpa_and_fa3_records(name, tmp_path):
+    """benchmarks/record_parity_cpu.py patches PR #315/#609 (FA3 import -> SDPA) and PR #534 (SDPA already, its
+    validation tokens at args.train_seq_len): every patch finds its target, the val cap uses the script's length."""
+    import os
+    import re
+
+    from pgolf.cli import main
+
+    mirror = Path(os.environ.get("PGOLF_PARAMETER_GOLF_MIRROR", "/work/.mirror/openai+parameter-golf/repo"))
+    if not (mirror / "HEAD").exists():
+        pytest.skip(f"no parameter-golf git mirror at {mirror}")
+    src = tmp_path / "train_gpt.py"
+    assert main(["bench", "--extract-record", str(src), "--profile", name, "--mirror", str(mirror)]) == 0
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("record_parity_cpu", BENCH / "record_parity_cpu.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    text = mod.patched(src, tmp_path / "cpu.py").read_text()
+    assert "flash_attn_interface" not in text and 'torch.device("cpu")' in text
+    seq = re.search(r"val_tokens = load_validation_tokens\(args\.val_files, ([\w.]+)\)", text).group(1)
+    assert f"(_cap // {seq}) * {seq}" in text
+    assert seq == ("args.train_seq_len" if name == "pr534" else "val_seq_len")
