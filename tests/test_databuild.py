@@ -299,3 +299,22 @@ def test_given_tokenizer_errors_are_one_line(tmp_path: Path, text_dir: Path, bui
     with pytest.raises(DataError, match="max_train_tokens must be >= 0"):
         build_dataset(text_dir, tmp_path / "a", vocab_size=VOCAB, max_train_tokens=-1)
     assert not (tmp_path / "a").exists()
+
+
+def test_cli_data_build_with_a_given_tokenizer(tmp_path: Path, text_dir: Path, built: databuild.BuildInfo,
+                                               capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgolf.cli import main
+
+    monkeypatch.setattr(databuild, "ENCODE_BATCH_DOCS", 5)
+    out = tmp_path / "cli"
+    assert main(["data", "build", str(text_dir), "--vocab", str(VOCAB), "--out", str(out), "--val-docs", "4",
+                 "--tokenizer", str(built.tokenizer_path), "--max-train-tokens", "1"]) == 0
+    meta = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    assert meta["tokenizer_source"] == str(built.tokenizer_path.resolve()) and meta["max_train_tokens"] == 1
+    assert meta["documents"]["train"] == 1  # the first batch (4 val + 1 train documents) reached the cap
+    capsys.readouterr()
+    assert main(["data", "build", str(text_dir), "--vocab", "512", "--out", str(tmp_path / "bad"),
+                 "--tokenizer", str(built.tokenizer_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{VOCAB} pieces, but --vocab is 512" in err
