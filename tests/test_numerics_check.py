@@ -1,12 +1,12 @@
-"""benchmarks/attention_check.py: the numerics probe that compares attention kernels with an fp32 reference."""
+"""benchmarks/numerics_check.py: the numerics probe that compares attention kernels with an fp32 reference."""
 
 import importlib.util
 from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "attention_check.py"
-SPEC = importlib.util.spec_from_file_location("attention_check", SCRIPT)
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "numerics_check.py"
+SPEC = importlib.util.spec_from_file_location("numerics_check", SCRIPT)
 ac = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(ac)
 SHAPE = (1, 4, 2, 32, 8)
@@ -38,3 +38,10 @@ def test_bad_shape_is_a_one_line_error(capsys):
     with pytest.raises(SystemExit):
         ac.main(["--shape", "1,4,3,32,8", "--device", "cpu"])
     assert "Hkv dividing H" in capsys.readouterr().err
+
+
+def test_rms_norm_rows_report_every_scale_and_mode_near_the_fp32_reference_on_cpu():
+    rows = ac.rms_norm_rows(CPU, dim=64, rows=32)
+    assert [(r["rms"], r["mode"]) for r in rows] == [(s, m) for s in (0.005, 0.05, 1.0) for m in ("eager", "compile")]
+    for r in rows:  # CPU computes bf16 RMSNorm in fp32 with fp32's eps: unit output RMS at every input scale
+        assert abs(r["out_rms"] - 1.0) < 0.01 and max(r["errors"].values()) < 1e-2, r
