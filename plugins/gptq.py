@@ -2,7 +2,9 @@
 PR #1394 SDClip scales), with the calibration inside the training budget (rulebook TIME.TRAIN_POSTLOOP).
 
 After the loop (EMA applied) `pg_calibrate` collects H = XᵀX for every linear whose weight gets int-k codes,
-with forward hooks on the uncompiled model, from training batches (`calibration = "train"`) or from
+with forward hooks on the uncompiled model, from training batches (`calibration = "train"`: a fresh training
+loader), from shuffled 2,048-token rows whatever the training loader (`"shuffled"`: `shuffled_loader`'s rows,
+generator seeded with the rank, as PR #1855 calibrates while it trains on packed documents), or from
 sequences the model samples itself (`"ar"`: temperature 0.8, seeded, no data read); Hessians are summed
 over ranks. The core reserves `reserve_seconds` of the wall clock for it and counts its time as training.
 At export each such matrix is quantized column by column in act order with Cholesky error compensation
@@ -38,7 +40,7 @@ from plugins.lib.quant import (
 )
 from plugins.sdclip import MIN_SCALE, sigmas_for
 
-CALIBRATIONS = ("train", "ar")
+CALIBRATIONS = ("train", "shuffled", "ar")
 CLIPS = ("search", "sdclip")
 HESSIAN_RANKS = ("all", "rank0")
 EMBED = "tok_emb.weight"
@@ -47,9 +49,10 @@ EMBED = "tok_emb.weight"
 @dataclass
 class GPTQConfig(MixedBitsConfig):
     calibration: str = field(default="train", metadata={
-        "help": "train: training batches (PR #1060); ar: sequences sampled from the model (PR #1019)"})
+        "help": "train: training batches (PR #1060); shuffled: shuffled_loader rows, rank-seeded, whatever the "
+                "training loader (PR #1855); ar: sequences sampled from the model (PR #1019)"})
     calib_batches: int = field(default=64, metadata={
-        "help": "train calibration: training-loader batches per rank (PR #1060: 64)"})
+        "help": "train/shuffled calibration: loader batches per rank (PR #1060: 64)"})
     ar_seqs: int = field(default=64, metadata={"help": "ar calibration: sequences sampled (PR #1019: 64)"})
     ar_seq_len: int = field(default=0, metadata={"help": "ar calibration: tokens per sequence (0 = train_seq_len)"})
     ar_batch: int = field(default=8, metadata={"help": "ar calibration: sequences sampled together"})
@@ -210,9 +213,15 @@ def collect_hessians(run: Any, model: nn.Module, cfg: GPTQConfig) -> tuple[dict[
                                     cfg.ar_temperature, core.seed + run.rank, run.device, run.autocast)
             batches = [s[:, :-1] for s in seqs]
         else:
-            from core.train import new_loader
+            if cfg.calibration == "shuffled":  # PR #1855: ShuffledSequenceLoader(h, device), seeded with the rank
+                from plugins.shuffled_loader import ShuffledSequenceLoader
 
-            loader = new_loader(run)
+                loader = ShuffledSequenceLoader(run.train_files, run.rank, run.world_size, core.train_seq_len,
+                                                run.device, run.rank)
+            else:
+                from core.train import new_loader
+
+                loader = new_loader(run)
             batches = [loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)[0]
                        for _ in range(cfg.calib_batches)]
         with HessianCollector(model, targets) as collector, torch.no_grad():

@@ -152,6 +152,31 @@ def test_ar_calibration_reads_no_training_data(tiny_sets, monkeypatch):
         collect_hessians(run, run.model, plugin.cfg)
 
 
+
+def test_shuffled_calibration_reads_the_records_rows_whatever_the_training_loader(tiny_sets):
+    """PR #1855 trains on packed documents but calibrates GPTQ on ShuffledSequenceLoader rows (rank-seeded):
+    `calibration = "shuffled"` feeds those rows with doc_packing as the training loader; `"train"` feeds
+    doc_packing's flat (1, n) batches instead."""
+    from plugins.shuffled_loader import ShuffledSequenceLoader
+
+    run = tiny_run(tiny_sets, ["doc_packing", "gptq"], ["gptq.keep_float_max_numel=0", "gptq.calib_batches=3",
+                                                        "gptq.calibration=shuffled"], make_dir=False)
+    seen: list[torch.Tensor] = []
+    run.model.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    plugin = run.pm.get_plugin("gptq")
+    core = run.core
+    _, tokens = collect_hessians(run, run.model, plugin.cfg)
+    ref = ShuffledSequenceLoader(run.train_files, 0, 1, core.train_seq_len, torch.device("cpu"), 0)
+    want = [ref.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)[0] for _ in range(3)]
+    assert len(seen) == 3 and all(torch.equal(a, b) for a, b in zip(seen, want, strict=True))
+    assert seen[0].shape[1] == core.train_seq_len and tokens == sum(w.numel() for w in want)
+    seen.clear()
+    plugin.cfg.calibration = "train"
+    collect_hessians(run, run.model, plugin.cfg)
+    n = core.train_batch_tokens // run.grad_accum_steps
+    assert [tuple(x.shape) for x in seen] == [(1, n)] * 3  # doc_packing's flat rows
+
+
 def test_gptq_sdclip_embedding_and_fallbacks():
     torch.manual_seed(1)
     w = torch.randn(64, 96)

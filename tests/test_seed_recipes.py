@@ -55,6 +55,17 @@ def test_pr1855_recipe_carries_every_logged_hyperparameter():
     assert {"k", "mlp", "o"} <= set(targets)  # TTT_K_LORA, TTT_MLP_LORA, TTT_O_LORA = 1 (the profile's fixed)
 
 
+
+def test_pr1855_recipe_trains_on_packed_documents_and_calibrates_on_shuffled_rows():
+    """As the record: DocumentPackingLoader batches through varlen attention (buckets of 64, max_seqlen =
+    train_seq_len), document-masked evaluation, GPTQ calibration from ShuffledSequenceLoader rows."""
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=recipe_path("pr1855"),
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    assert {"doc_packing", "varlen_attention"} <= set(cfg.plugins) and "shuffled_loader" not in cfg.plugins
+    dp, gptq = cfg.plugin_configs["doc_packing"], cfg.plugin_configs["gptq"]
+    assert (dp.cu_bucket_size, dp.flat, gptq.calibration, cfg.core.eval_doc_mask) == (64, True, "shuffled", True)
+
+
 TINY = {  # per recipe: shrink the shape-bound settings to the tiny 2-layer, vocab-320 model
     "pr534": ["core.mlp_hidden=96", "value_embeddings.layers=1", "value_embeddings.dim=16", "xsa.last_n=1",
               "partial_rope.dims=8", "gptq_lite.keep_float_max_numel=0", "tight_swa.threshold=2.0",
@@ -72,7 +83,29 @@ TINY = {  # per recipe: shrink the shape-bound settings to the tiny 2-layer, voc
                "phased_ttt.global_chunk_tokens=256", "core.eval_seq_len=64", "core.val_max_tokens=0"],
 }
 EXPECT = {"pr534": ("tight_swa", "final_int8"), "pr609": ("GPTQ:collected", "sliding_window"),
-          "pr1855": ("GPTQ:collected", "phased_ttt")}
+          "pr1855": ("source:shuffled", "phased_ttt")}
+
+
+def test_pr1855_recipe_traces_a_packed_batch_with_zero_graph_breaks(tiny_caseops_data, tiny_core):
+    """The recipe at tiny size: its attention slots are varlen_attention, and the whole model traces with zero
+    graph breaks on a doc_packing batch (doc_ids and cu_seqlens; the CPU path: the dense document mask)."""
+    import torch
+
+    from core.train import setup
+    from plugins.varlen_attention import VarlenAttention
+
+    sets = [*tiny_core, *TINY["pr1855"], f"core.data_path={tiny_caseops_data[0]}"]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=recipe_path("pr1855"), sets=sets,
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    run = setup(cfg, REGISTRY, make_dir=False)
+    assert all(isinstance(b.attn.attention, VarlenAttention) for b in run.model.blocks)
+    x, y, ids, cu = run.hook.pg_train_loader(run=run).next_batch(1024, 64, 1)
+    assert x.shape == (1, 1024) and ids.max() > 0 and cu.numel() % 64 == 0
+    torch._dynamo.reset()
+    with torch.no_grad():
+        exp = torch._dynamo.explain(run.model)(x, y, doc_ids=ids, cu_seqlens=cu)
+    torch._dynamo.reset()
+    assert exp.graph_break_count == 0, exp.break_reasons
 
 
 @pytest.mark.slow  # 3 tiny runs (export + eval each), ~10-60 s each on 2 shared CPU cores
