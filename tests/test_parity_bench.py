@@ -14,16 +14,21 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def bench():
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (its folder on sys.path while it imports)."""
     sys.path.insert(0, str(BENCH))
     try:
-        spec = importlib.util.spec_from_file_location("pr1493_parity_cpu", BENCH / "pr1493_parity_cpu.py")
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     finally:
         sys.path.remove(str(BENCH))
     return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark("pr1493_parity_cpu")
 
 
 def test_pgolf_fp32_patches_find_core_optim(bench):
@@ -72,14 +77,7 @@ def test_record_parity_cpu_patches_apply_to_the_sdpa_and_fa3_records(name, tmp_p
         pytest.skip(f"no parameter-golf git mirror at {mirror}")
     src = tmp_path / "train_gpt.py"
     assert main(["bench", "--extract-record", str(src), "--profile", name, "--mirror", str(mirror)]) == 0
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("record_parity_cpu", BENCH / "record_parity_cpu.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
-    text = mod.patched(src, tmp_path / "cpu.py").read_text()
+    text = load_benchmark("record_parity_cpu").patched(src, tmp_path / "cpu.py").read_text()
     assert "flash_attn_interface" not in text and 'torch.device("cpu")' in text
     seq = re.search(r"val_tokens = load_validation_tokens\(args\.val_files, ([\w.]+)\)", text).group(1)
     assert f"(_cap // {seq}) * {seq}" in text
