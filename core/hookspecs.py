@@ -104,6 +104,16 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
 
 
 @hookspec
+def pg_model_modules(where: str, spec: Any) -> dict[str, Any] | None:
+    """Return {attribute name: module} to register on the model while it is being built, at `where`:
+    "before_blocks" (after the embedding slots and skip weights) or "after_blocks" (before the final norm
+    and the core's init). Modules made here draw their random numbers where a record's constructor draws
+    them (the same seed then gives the record's initial weights); per-layer parts that use them are added
+    in `pg_edit_model`.
+    """
+
+
+@hookspec
 def pg_edit_model(model: Any, spec: Any, config: Any) -> None:
     """Edit the built model in place (after the slot parts, before `pg_init_weights`), for a change that
     spans many modules (e.g. a fake-quantized path in every `CastedLinear`). Existing parameters keep

@@ -99,13 +99,15 @@ def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
     Parameters of plugin modules follow the same shape rule: embedding tables join "token", other
     matrices "matrix", vectors and control tensors "scalar", unless marked with `join_group`; plugins
-    refine this in `pg_param_groups`.
+    refine this in `pg_param_groups`. Frozen parameters (requires_grad False) join no group.
     """
     groups: dict[str, list[nn.Parameter]] = {"token": [], "head": [], "matrix": [], "scalar": []}
     embedding_params = {
         id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Embedding) and name != "tok_emb"
     }
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         if getattr(p, GROUP_ATTR, None):
             groups.setdefault(getattr(p, GROUP_ATTR), []).append(p)
         elif name == "tok_emb.weight":
