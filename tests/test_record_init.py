@@ -38,7 +38,8 @@ def pgolf_model(name: str, sets: list[str]):
 def assert_same(record: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> None:
     for name, tensor in record.items():
         assert name in ours, name
-        assert torch.equal(ours[name].reshape(tensor.shape), tensor), f"{name}: differs by {(ours[name] - tensor).abs().max():.3g}"
+        got = ours[name].reshape(tensor.shape)
+        assert torch.equal(got, tensor), f"{name}: differs by {(got - tensor).abs().max():.3g}"
 
 
 def test_pr534_initial_weights_are_the_records(monkeypatch):
@@ -73,10 +74,10 @@ def test_pr609_initial_weights_are_the_records():
     state.pop("smear.gate")
     bank = rec.state_dict()
     for i in range(L):  # the banks' slices are the per-layer matrices
-        state |= {f"blocks.{i}.attn.c_q.weight": bank["qo_bank"][i], f"blocks.{i}.attn.proj.weight": bank["qo_bank"][L + i],
-                  f"blocks.{i}.attn.c_k.weight": bank["kv_bank"][i], f"blocks.{i}.attn.c_v.weight": bank["kv_bank"][L + i],
-                  f"blocks.{i}.mlp.fc.weight": bank["mlp_up_bank"][i],
-                  f"blocks.{i}.mlp.proj.weight": bank["mlp_down_bank"][i]}
+        b = f"blocks.{i}."
+        state |= {b + "attn.c_q.weight": bank["qo_bank"][i], b + "attn.proj.weight": bank["qo_bank"][L + i],
+                  b + "attn.c_k.weight": bank["kv_bank"][i], b + "attn.c_v.weight": bank["kv_bank"][L + i],
+                  b + "mlp.fc.weight": bank["mlp_up_bank"][i], b + "mlp.proj.weight": bank["mlp_down_bank"][i]}
     assert state["ve_shared.proj.weight"].abs().sum() > 0 and state["embed_add.0.proj.weight"].abs().sum() > 0
     assert_same(state, ours)
 
