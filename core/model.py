@@ -303,10 +303,10 @@ class GPT(nn.Module):
     EMBED_SLOTS = ("embed_add", "embed_mix_pre", "embed_mix_post")
 
     def __init__(self, spec: ModelSpec, embed_parts: Callable[[str], list[nn.Module]] | None = None,
-                 model_modules: Callable[[str], dict[str, nn.Module]] | None = None):
+                 model_modules: Callable[[str], list[dict[str, nn.Module] | None]] | None = None):
         """`embed_parts(slot)` makes the embedding-side plugin parts, right after the token embedding (where
         the records build BigramHash and SmearGate: the same random draws, the record's initial weights);
-        `model_modules(where)` makes named plugin modules "before_blocks" / "after_blocks" (`pg_model_modules`)."""
+        `model_modules(where)` named plugin modules, "before_blocks" and "after_blocks" (`pg_model_modules`)."""
         super().__init__()
         self.spec = spec
         self.tie_embeddings = spec.tie_embeddings
@@ -328,10 +328,10 @@ class GPT(nn.Module):
         self.head_add = nn.ModuleList()
         self._init_weights()
 
-    def _add_modules(self, model_modules: Callable[[str], dict[str, nn.Module]] | None, where: str) -> None:
-        for name, module in (model_modules(where) if model_modules is not None else {}).items():
+    def _add_modules(self, model_modules: Callable[[str], list] | None, where: str) -> None:
+        for name, module in [kv for d in (model_modules(where) if model_modules else []) for kv in (d or {}).items()]:
             if hasattr(self, name):
-                raise ValueError(f"pg_model_modules({where!r}): model attribute {name!r} exists already")
+                raise ValueError(f"pg_model_modules({where!r}): the model has a {name!r} already")
             setattr(self, name, module)
 
     def _init_weights(self) -> None:

@@ -95,22 +95,11 @@ def build_model(run: Run) -> GPT:
     spec = ModelSpec.from_core(run.core)
     spec.attention = run.attention if run.attention in ("fa3", "fa4") else "sdpa"
     model = GPT(spec, lambda slot: _as_modules(run.hook.pg_slot_parts(slot=slot, spec=spec, layer=None)),
-                lambda where: _as_named(run.hook.pg_model_modules(where=where, spec=spec), where))
+                lambda where: run.hook.pg_model_modules(where=where, spec=spec))
     install_parts(run, model, spec)
     run.hook.pg_edit_model(model=model, spec=spec, config=run.config)
     run.hook.pg_init_weights(model=model, config=run.config)
     return cast_for_training(model, run.device)
-
-
-def _as_named(results: list[Any], where: str) -> dict[str, nn.Module]:
-    """`pg_model_modules` answers merged into one {name: module}; a name given twice is an error."""
-    out: dict[str, nn.Module] = {}
-    for r in results:
-        for name, module in (r or {}).items():
-            if name in out:
-                raise ValueError(f"pg_model_modules({where!r}): two plugins return the module {name!r}")
-            out[name] = module
-    return out
 
 
 def _as_modules(results: list[Any]) -> list[nn.Module]:
