@@ -8,7 +8,8 @@ record makes it (`build_at`: after the blocks in PR #374/#609, before them in PR
 draws: nn.Embedding's N(0, 1), re-drawn at `init_std` unless that is 1, then nn.Linear's default projection,
 zeroed for `proj_init = "orthogonal"` (re-drawn orthogonal × 1/sqrt(2L) by `orthoinit` in module order, or
 here when it is absent) or kept for "linear" (PR #534). Optimizer groups as the record's: table with the
-token-embedding Adam, projection with Muon, both scales with the scalars. `frozen = true` is PR #534's
+token-embedding Adam, projection with Muon (`proj_group = "scalar"`: the scalar Adam, as the bank records
+#549/#609), both scales with the scalars. `frozen = true` is PR #534's
 actual training: table and projection join no optimizer group (fixed at init) and there is no shared scale,
 only the per-layer scales (init `scale_init`).
 """
@@ -38,6 +39,8 @@ class ValueEmbeddingsConfig:
                 "(#534)"})
     proj_init: str = field(default="orthogonal", metadata={
         "help": "projection init: orthogonal × 1/sqrt(2L) (#374's GPT init) | linear (nn.Linear default, #534)"})
+    proj_group: str = field(default="matrix", metadata={
+        "help": "optimizer group of the projection: matrix (Muon, #374) | scalar (Adam, the bank records #549/#609)"})
     frozen: bool = field(default=False, metadata={
         "help": "PR #534's training: table and projection in no optimizer group, per-layer scales only"})
 
@@ -49,6 +52,8 @@ class ValueEmbeddingsConfig:
         if self.proj_init not in PROJ_INIT:
             raise ValueError(f"value_embeddings.proj_init: expected one of {', '.join(PROJ_INIT)}, got "
                              f"{self.proj_init!r}")
+        if self.proj_group not in ("matrix", "scalar"):
+            raise ValueError(f"value_embeddings.proj_group: expected matrix or scalar, got {self.proj_group!r}")
         if not self.init_std > 0:
             raise ValueError(f"value_embeddings.init_std: expected a positive std, got {self.init_std}")
         self.layer_list()
@@ -73,7 +78,7 @@ class ValueEmbedding(nn.Module):
     scale when `frozen` (PR #534: table and projection fixed, only the per-layer scales train)."""
 
     def __init__(self, vocab_size: int, dim: int, kv_dim: int, scale_init: float, init_std: float = 0.01,
-                 proj_init: str = "orthogonal", frozen: bool = False):
+                 proj_init: str = "orthogonal", frozen: bool = False, proj_group: str = "matrix"):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim)  # N(0, 1): the record's draw
         if init_std != 1.0:
@@ -87,7 +92,7 @@ class ValueEmbedding(nn.Module):
                 p.requires_grad_(False)  # no optimizer group: fixed at init, still exported
             return
         if self.proj is not None:
-            join_group(self.proj.weight, "matrix")
+            join_group(self.proj.weight, proj_group)
         join_group(self.embed.weight, "token")
         self.scale = join_group(nn.Parameter(torch.tensor(scale_init, dtype=torch.float32)), "scalar")
 
@@ -137,7 +142,7 @@ class ValueEmbeddings(Plugin):
         kv_dim = spec.num_kv_heads * spec.head_dim
         c = self.cfg
         return {"ve_shared": ValueEmbedding(spec.vocab_size, c.dim, kv_dim, c.scale_init, c.init_std, c.proj_init,
-                                            c.frozen)}
+                                            c.frozen, c.proj_group)}
 
     @hookimpl
     def pg_edit_model(self, model, spec, config) -> None:

@@ -110,6 +110,17 @@ def test_value_embeddings_init_and_optimizer_groups_are_the_records():
     assert names.count("ve_shared.embed.weight") == 1 and "ve_shared.proj.weight" in names
 
 
+def test_projection_group_scalar_is_the_bank_records_adam():
+    """proj_group = "scalar" (PR #609: Muon takes only the banks): both projections train with the scalar Adam."""
+    sets = ["value_embeddings.layers=3", "value_embeddings.dim=16", "bigram_hash.buckets=32", "bigram_hash.dim=16"]
+    for group, other in (("matrix", "scalar"), ("scalar", "matrix")):
+        _, model = build(["value_embeddings", "bigram_hash"], [*sets, f"value_embeddings.proj_group={group}",
+                                                                f"bigram_hash.proj_group={group}"])
+        groups = {g: {id(p) for p in ps} for g, ps in default_param_groups(model).items()}
+        projs = {id(model.ve_shared.proj.weight), id(model.embed_add[0].proj.weight)}
+        assert projs <= groups[group] and not projs & groups.get(other, set())
+
+
 def test_value_embeddings_live_when_compiled():
     assert_live_when_compiled(["value_embeddings"], ["value_embeddings.layers=1,3", "value_embeddings.dim=16"])
 
@@ -158,7 +169,8 @@ def test_value_embeddings_frozen_keeps_the_table_fixed_in_compiled_training(froz
                                          (["value_embeddings.layers=a"], "value_embeddings.layers"),
                                          (["value_embeddings.dim=0"], "value_embeddings.dim"),
                                          (["value_embeddings.build_at=middle"], "value_embeddings.build_at"),
-                                         (["value_embeddings.proj_init=xavier"], "value_embeddings.proj_init")])
+                                         (["value_embeddings.proj_init=xavier"], "value_embeddings.proj_init"),
+                                         (["value_embeddings.proj_group=adam"], "value_embeddings.proj_group")])
 def test_value_embeddings_bad_settings(sets, field):
     err = config_error(["value_embeddings"], sets)
     assert len(err.errors) == 1 and field in err.errors[0]
