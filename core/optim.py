@@ -86,9 +86,11 @@ class Muon(torch.optim.Optimizer):
             if distributed:  # each rank filled its own matrices (i % world == rank), zeros elsewhere
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             for block, ps in blocks:
-                if wd > 0.0:
+                if wd > 0.0 and not group.get("decay_after"):
                     torch._foreach_mul_(ps, 1.0 - lr * wd)
                 torch._foreach_add_(ps, list(block.to(ps[0].dtype)), alpha=-lr)
+                if wd > 0.0 and group.get("decay_after"):  # PR #534: p <- (p - lr·update)·(1 - lr·wd)
+                    torch._foreach_mul_(ps, 1.0 - lr * wd)
         return loss
 
 
