@@ -4,8 +4,7 @@ Core settings live in `CoreConfig`, named like the official `train_gpt.py` hyper
 challenge's environment variables (NUM_LAYERS, ITERATIONS, MAX_WALLCLOCK_SECONDS, ...) work unchanged.
 Each plugin brings its own dataclass; its fields are `[plugin]` tables in a recipe, `PLUGIN_KEY`
 environment variables and `--set plugin.key=value`. Every value remembers where it came from, and all
-errors of one resolution are reported together.
-"""
+errors of one resolution are reported together."""
 
 from __future__ import annotations
 
@@ -206,8 +205,7 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
 
     `check_plugins(names) -> list[str]` (errors) validates the enabled list (unknown names, conflicts,
     requirements); `check_settings(core, plugin_configs) -> list[str]` validates the plugins' settings
-    against the core's. Both are supplied by the registry, so this module knows no plugin by name.
-    """
+    against the core's. Both are supplied by the registry, so this module knows no plugin by name."""
     env = dict(env or {})
     errors: list[str] = []
     data: dict[str, Any] = {}

@@ -5,8 +5,7 @@ export and at the evaluation driver level; a switch that flips mid-run is a tens
 (`core.model.Switch`). Settings are validated before any hook runs (`Plugin.check_config`).
 pluggy semantics: a `firstresult=True` hook has one provider (the first non-None result wins, by
 tryfirst/trylast and registration order); the core answers `trylast`, so a plugin's result replaces it.
-Plain hooks call every implementation.
-"""
+Plain hooks call every implementation."""
 
 from __future__ import annotations
 
@@ -35,8 +34,7 @@ def pg_train_loader(run: Any) -> Any:
     training (equal ids = one document: `ctx["doc_ids"]`), or `(x, y, doc_ids, cu_seqlens)` adding the same
     boundaries as int32 offsets into the flat rows·T tokens, padded with rows·T (`ctx["cu_seqlens"]`, for a
     varlen "attention" slot). Called before the warm-up and again before the timed loop. Optional `warm_batches(
-    global_tokens, seq_len, grad_accum_steps)`: random batches of every shape it yields (warmed in every mode).
-    """
+    global_tokens, seq_len, grad_accum_steps)`: random batches of every shape it yields (warmed in every mode)."""
 
 
 @hookspec(firstresult=True)
@@ -45,8 +43,7 @@ def pg_text_transform(config: Any) -> Any:
 
     The builder keeps its `reserved_symbols` as SentencePiece user-defined pieces, tokenizes `encode(text)`
     and writes a byte sidecar beside the validation shards (`fineweb_val_bytes_<n>.bin`, uint16, 0 for
-    BOS): each token's bytes of the ORIGINAL text (`original_bytes` of the piece surfaces).
-    """
+    BOS): each token's bytes of the ORIGINAL text (`original_bytes` of the piece surfaces)."""
 
 
 @hookspec(firstresult=True)
@@ -54,8 +51,7 @@ def pg_byte_tables(run: Any, tokenizer: Any) -> ByteTables | None:
     """Return the `core.tokenizer.ByteTables` scoring uses (core: the baseline's tables).
 
     Called once in `setup` after the tokenizer (a SentencePieceProcessor) loads, before the model is
-    built; tables are sized max(tokenizer vocab, `run.core.vocab_size`).
-    """
+    built; tables are sized max(tokenizer vocab, `run.core.vocab_size`)."""
 
 
 @hookspec(firstresult=True)
@@ -64,8 +60,7 @@ def pg_val_byte_counts(run: Any, tokens: Tensor) -> Tensor | None:
     is what target t stands for in the original text), or None to count with the tables.
 
     Called once in `setup` with `run.val_tokens` (read `run.data_dir`). The core checks shape and sign
-    (a DataError naming this hook) and every evaluation of the stream sums these bytes (CaseOps' sidecar).
-    """
+    (a DataError naming this hook) and every evaluation of the stream sums these bytes (CaseOps' sidecar)."""
 
 
 # --- build -----------------------------------------------------------------------------------------
@@ -80,8 +75,7 @@ def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
                         core; `ctx` holds `input_ids` and whatever parts store (e.g. layer 0's values)
     - "attn_out"        part(y, v, x) -> y, per layer, y (B, T, H, D) before the output projection
     Embedding slots are asked right after the token embedding is made, before the blocks (the records'
-    order of random draws); per-layer slots after the model is built. Parts are compiled with the model.
-    """
+    order of random draws); per-layer slots after the model is built. Parts are compiled with the model."""
 
 
 @hookspec(firstresult=True)
@@ -99,8 +93,13 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
     Per model (`layer` None): "schedule" a `core.model.LayerSchedule` (the model re-makes its skip weights
     for its `skip_count()`); "skip_merge" module(x, scaled_skip, i) -> x; "loss" module(model, h,
     targets, reduce) -> loss (core: softcapped logits, fp32 cross-entropy; `reduce=False` gives (B, T)).
-    Two plugins replacing one slot must conflict (or provide the same role).
-    """
+    Two plugins replacing one slot must conflict (or provide the same role)."""
+
+
+@hookspec
+def pg_model_modules(where: str, spec: Any) -> dict[str, Any] | None:
+    """{attribute: module} made while the model is built, "before_blocks" (after the skip weights) or "after_blocks"
+    (before the final norm): where a record's constructor makes them, so they draw its random numbers."""
 
 
 @hookspec
@@ -108,8 +107,7 @@ def pg_edit_model(model: Any, spec: Any, config: Any) -> None:
     """Edit the built model in place (after the slot parts, before `pg_init_weights`), for a change that
     spans many modules (e.g. a fake-quantized path in every `CastedLinear`). Existing parameters keep
     their names and shapes; new ones name their optimizer group with `core.model.join_group`. Draw no
-    random numbers here.
-    """
+    random numbers here."""
 
 
 # --- init ------------------------------------------------------------------------------------------
@@ -135,8 +133,7 @@ def pg_make_optimizer(group: str, params: list[Any], config: Any) -> Any:
 def pg_before_step(run: Any, step: int, clock: Any) -> None:
     """Host-side, after the backward and before each optimizer step. `clock` (`core.train.Clock`):
     `lr_mul` and `muon_momentum` are writable, `elapsed_ms` and `frac` (of the wall-clock budget or the
-    iterations) are not. Flip `Switch`es here; never call `.item()`.
-    """
+    iterations) are not. Flip `Switch`es here; never call `.item()`."""
 
 
 @hookspec
@@ -146,16 +143,14 @@ def pg_modes(config: Any) -> list[Any] | None:
     For a change the compiler must see as another graph (layers repeated, lanes merged), not a value (use
     a `Switch`). The core compiles every cumulative combination in the warm-up, turns each mode on at the
     first step whose training fraction reaches `start_frac` (`mode:<name> on step:N`), and logs
-    `timed_loop_recompiles:N` (0 when every graph was warmed).
-    """
+    `timed_loop_recompiles:N` (0 when every graph was warmed)."""
 
 
 @hookspec
 def pg_enter_mode(model: Any, active: tuple[str, ...]) -> None:
     """Set the model's Python mode attributes for `active` (every mode entered so far, in order): in the
     warm-up, with `()` before the timed loop, at a mode's start, and before evaluating an artifact. Set
-    only attributes the forward reads; no random numbers, no parameter changes.
-    """
+    only attributes the forward reads; no random numbers, no parameter changes."""
 
 
 # --- step ------------------------------------------------------------------------------------------
@@ -186,8 +181,7 @@ def pg_calibrate(run: Any, model: Any) -> None:
 
     Called after `pg_train_end`, outside compiled code (`model` is the uncompiled module). The core times
     all implementations together, logs `calibration time:…ms` and counts it as training time (rulebook
-    TIME.TRAIN_POSTLOOP). Never read validation data here.
-    """
+    TIME.TRAIN_POSTLOOP). Never read validation data here."""
 
 
 # --- export ----------------------------------------------------------------------------------------
@@ -225,8 +219,7 @@ def pg_state_codec(config: Any) -> StateCodec | None:
     dict for the header. `decode(raws, manifest)` gets the streams decompressed, size-capped and checked
     against their SHA-256, must return the records bit for bit (export verifies) and load tensors only
     with `core.export.load_records`. Its `name` is the header's "layout" (None: the core's "torch" layout,
-    one torch.save stream).
-    """
+    one torch.save stream)."""
 
 
 @hookspec(firstresult=True)
@@ -236,8 +229,7 @@ def pg_wrap_code(source: str) -> str | None:
     Called by `submissions.bundle.bundle`, never in training. The result is one plain Python file that
     behaves exactly like `source` under python and torchrun (same `__main__` entry and `__file__`, so its
     logged code size is the wrapped file's), unwrapping with the standard library only (PR #1493's
-    `exec(lzma.decompress(b85decode(...)))`).
-    """
+    `exec(lzma.decompress(b85decode(...)))`)."""
 
 
 # --- evaluate --------------------------------------------------------------------------------------

@@ -302,9 +302,11 @@ class GPT(nn.Module):
 
     EMBED_SLOTS = ("embed_add", "embed_mix_pre", "embed_mix_post")
 
-    def __init__(self, spec: ModelSpec, embed_parts: Callable[[str], list[nn.Module]] | None = None):
+    def __init__(self, spec: ModelSpec, embed_parts: Callable[[str], list[nn.Module]] | None = None,
+                 model_modules: Callable[[str], list[dict[str, nn.Module] | None]] | None = None):
         """`embed_parts(slot)` makes the embedding-side plugin parts, right after the token embedding (where
-        the records build BigramHash and SmearGate: the same random draws, the record's initial weights)."""
+        the records build BigramHash and SmearGate: the same random draws, the record's initial weights);
+        `model_modules(where)` named plugin modules, "before_blocks" and "after_blocks" (`pg_model_modules`)."""
         super().__init__()
         self.spec = spec
         self.tie_embeddings = spec.tie_embeddings
@@ -316,13 +318,21 @@ class GPT(nn.Module):
         self.skip_merge = AddSkip()
         self.loss = SoftcapCrossEntropy()
         self.skip_weights = nn.Parameter(torch.ones(self.schedule.skip_count(), spec.model_dim, dtype=torch.float32))
+        self._add_modules(model_modules, "before_blocks")
         self.blocks = nn.ModuleList([Block(spec) for _ in range(spec.num_layers)])
+        self._add_modules(model_modules, "after_blocks")
         self.final_norm = RMSNorm()
         self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size, bias=False)
         if self.lm_head is not None:
             self.lm_head._zero_init = True
         self.head_add = nn.ModuleList()
         self._init_weights()
+
+    def _add_modules(self, model_modules: Callable[[str], list] | None, where: str) -> None:
+        for name, module in [kv for d in (model_modules(where) if model_modules else []) for kv in (d or {}).items()]:
+            if hasattr(self, name):
+                raise ValueError(f"pg_model_modules({where!r}): the model has a {name!r} already")
+            setattr(self, name, module)
 
     def _init_weights(self) -> None:
         if self.tie_embeddings:

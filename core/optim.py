@@ -18,8 +18,7 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7,
                                 dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Approximately orthogonalise each matrix of G (..., rows, cols): the quintic Newton–Schulz iteration in
     `dtype`, each matrix over its own norm. `coeffs`: one (a, b, c) per iteration, the first `steps` of them
-    (so at most len(coeffs) iterations); None: NS5_COEFFS for all `steps`. A Muon group's "ns_coeffs" arrives here.
-    """
+    (so at most len(coeffs) iterations); None: NS5_COEFFS for all `steps`. A Muon group's "ns_coeffs" arrives here."""
     schedule = (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]
     X = G.to(dtype)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
@@ -39,8 +38,7 @@ class Muon(torch.optim.Optimizer):
 
     A param group's "ns_coeffs" (default absent: NS5) is passed to the Newton–Schulz function as `coeffs`.
     `weight_decay` > 0 is decoupled decay before each update, p <- p·(1 - lr·wd) with the scheduled lr
-    (PR #60/#65 on; 0.04 in PR #315).
-    """
+    (PR #60/#65 on; 0.04 in PR #315)."""
 
     def __init__(self, params: Iterable[Tensor], lr: float, momentum: float, backend_steps: int, nesterov: bool = True,
                  zeropower: Callable[..., Tensor] = zeropower_via_newtonschulz5, weight_decay: float = 0.0):
@@ -88,9 +86,11 @@ class Muon(torch.optim.Optimizer):
             if distributed:  # each rank filled its own matrices (i % world == rank), zeros elsewhere
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
             for block, ps in blocks:
-                if wd > 0.0:
+                if wd > 0.0 and not group.get("decay_after"):
                     torch._foreach_mul_(ps, 1.0 - lr * wd)
                 torch._foreach_add_(ps, list(block.to(ps[0].dtype)), alpha=-lr)
+                if wd > 0.0 and group.get("decay_after"):  # PR #534: p <- (p - lr·update)·(1 - lr·wd)
+                    torch._foreach_mul_(ps, 1.0 - lr * wd)
         return loss
 
 
@@ -99,13 +99,12 @@ def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
     Parameters of plugin modules follow the same shape rule: embedding tables join "token", other
     matrices "matrix", vectors and control tensors "scalar", unless marked with `join_group`; plugins
-    refine this in `pg_param_groups`.
-    """
+    refine this in `pg_param_groups`. Frozen parameters (requires_grad False) join no group."""
     groups: dict[str, list[nn.Parameter]] = {"token": [], "head": [], "matrix": [], "scalar": []}
     embedding_params = {
         id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Embedding) and name != "tok_emb"
     }
-    for name, p in model.named_parameters():
+    for name, p in [(n, p) for n, p in model.named_parameters() if p.requires_grad]:
         if getattr(p, GROUP_ATTR, None):
             groups.setdefault(getattr(p, GROUP_ATTR), []).append(p)
         elif name == "tok_emb.weight":

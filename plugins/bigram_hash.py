@@ -8,7 +8,8 @@ the module zeroes it (as the record's, so the random draws match the record's fo
 `*.proj` rule of `orthoinit` (the record's init) re-draws it in module order if both its dims are >= 64;
 without `orthoinit` this plugin draws it in `pg_init_weights` (with both factors zero it would never
 get a gradient).
-The table trains with the token-embedding Adam group, the projection with Muon, `scale` with scalars.
+The table trains with the token-embedding Adam group, the projection with Muon (`proj_group = "scalar"`: with
+the scalar Adam, as the parameter-bank records #549/#609 do), `scale` with scalars.
 `bos_id` (not in the records, off by default): a BOS position also gets the reserved bucket, so no
 pair spans two documents (with a document-masked evaluator nothing then crosses a BOS).
 """
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
-from core.model import CastedLinear
+from core.model import CastedLinear, join_group
 from core.registry import Plugin
 
 HASH_CUR, HASH_PREV = 36313, 27191
@@ -36,6 +37,8 @@ class BigramHashConfig:
     scale_init: float = field(default=0.05, metadata={"help": "initial value of the learned output scale"})
     bos_id: int = field(default=-1, metadata={
         "help": "BOS token id: its position gets the reserved bucket, no pair spans documents (-1 = off, records)"})
+    proj_group: str = field(default="matrix", metadata={
+        "help": "optimizer group of the projection: matrix (Muon, #315) | scalar (Adam, the bank records #549/#609)"})
 
 
 def bigram_buckets(ids: Tensor, buckets: int, bos_id: int = -1) -> Tensor:
@@ -53,7 +56,7 @@ def bigram_buckets(ids: Tensor, buckets: int, bos_id: int = -1) -> Tensor:
 
 class BigramHashEmbedding(nn.Module):
     def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float, num_layers: int,
-                 bos_id: int = -1):
+                 bos_id: int = -1, proj_group: str = "matrix"):
         super().__init__()
         self.buckets, self.bos_id = buckets, bos_id
         self.embed = nn.Embedding(buckets, dim)
@@ -61,6 +64,8 @@ class BigramHashEmbedding(nn.Module):
         self.proj = CastedLinear(dim, model_dim, bias=False) if dim != model_dim else None
         if self.proj is not None:
             nn.init.zeros_(self.proj.weight)
+            if proj_group == "scalar":
+                join_group(self.proj.weight, "scalar")
         self.num_layers = num_layers
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
         # more hashes (ids, buckets) -> buckets looked up in the same table and summed before the projection
@@ -92,8 +97,10 @@ class BigramHash(Plugin):
             raise ValueError(f"bigram_hash.buckets: expected at least 2, got {self.cfg.buckets}")
         if self.cfg.dim < 1:
             raise ValueError(f"bigram_hash.dim: expected a positive width, got {self.cfg.dim}")
+        if self.cfg.proj_group not in ("matrix", "scalar"):
+            raise ValueError(f"bigram_hash.proj_group: expected matrix or scalar, got {self.cfg.proj_group!r}")
         return BigramHashEmbedding(self.cfg.buckets, self.cfg.dim, spec.model_dim, self.cfg.scale_init,
-                                   spec.num_layers, self.cfg.bos_id)
+                                   spec.num_layers, self.cfg.bos_id, self.cfg.proj_group)
 
     @hookimpl
     def pg_init_weights(self, model, config) -> None:

@@ -4,6 +4,11 @@ Every nn.Linear marked `_zero_init` is zeroed; every other one with both dimensi
 orthogonal_(gain=1), and if its name ends in `.proj` (or contains `.proj.`) it is then scaled by
 1/sqrt(2·num_layers). The block projections (attn.proj, mlp.proj) are `_zero_init`, so they stay zero
 and the scale lands only on extra `*.proj` modules such as the BigramHash projection (techniques §6.2).
+
+`banked = true` is the init of the parameter-bank records (PR #549 -> #609): their blocks hold no nn.Linear
+(`torch.empty` banks: no draw while the model is built, so the RNG state is put back after the blocks are
+made) and `_init_weights` draws the block matrices first, layer by layer (Q, K, V, MLP up; out/down zero,
+whatever their size), then the other linears in module order (those >= min_dim).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from core.registry import Plugin
 class OrthoInitConfig:
     mup_proj_scale: bool = field(default=True, metadata={"help": "scale non-zero-init *.proj by 1/sqrt(2L)"})
     min_dim: int = field(default=64, metadata={"help": "only matrices with both dims >= this are re-initialised"})
+    banked: bool = field(default=False, metadata={
+        "help": "the bank records' order (#609): block matrices drawn first and only here, then the other linears"})
 
 
 def is_proj_name(name: str) -> bool:
@@ -29,10 +36,19 @@ def is_proj_name(name: str) -> bool:
 
 
 @torch.no_grad()
-def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = True, min_dim: int = 64) -> None:
-    """The record's `_init_weights` loop over nn.Linear modules (the token embedding is left alone)."""
+def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = True, min_dim: int = 64,
+                    banked: bool = False) -> None:
+    """The record's `_init_weights` loop over nn.Linear modules (the token embedding is left alone); `banked`:
+    the blocks' linears first, each drawn whatever its size (the bank records' per-layer loop)."""
+    if banked:
+        for module in model.blocks.modules():
+            if isinstance(module, nn.Linear):
+                if getattr(module, "_zero_init", False):
+                    nn.init.zeros_(module.weight)
+                else:
+                    nn.init.orthogonal_(module.weight, gain=1.0)
     for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear) or (banked and name.startswith("blocks.")):
             continue
         if getattr(module, "_zero_init", False):
             nn.init.zeros_(module.weight)
@@ -50,8 +66,18 @@ class OrthoInit(Plugin):
     config = OrthoInitConfig
     test_settings = {"orthoinit": {"min_dim": 16}}
 
+    @hookimpl(tryfirst=True)  # the RNG state is put back before any plugin's "after_blocks" module draws
+    def pg_model_modules(self, where, spec) -> None:
+        if not self.cfg.banked:
+            return None
+        if where == "before_blocks":
+            self._rng_before_blocks = torch.get_rng_state()
+        elif where == "after_blocks":
+            torch.set_rng_state(self._rng_before_blocks)  # the banks' torch.empty: the blocks drew nothing
+        return None
+
     @hookimpl
     def pg_init_weights(self, model, config) -> None:
         if self.cfg.min_dim < 1:
             raise ValueError(f"orthoinit.min_dim: expected a positive size, got {self.cfg.min_dim}")
-        orthogonal_init(model, len(model.blocks), self.cfg.mup_proj_scale, self.cfg.min_dim)
+        orthogonal_init(model, len(model.blocks), self.cfg.mup_proj_scale, self.cfg.min_dim, self.cfg.banked)

@@ -181,12 +181,14 @@ class ParallelMuon(Muon):
     def _apply(self, bank: Bank, update: Tensor) -> None:
         group = self.param_groups[bank.group]
         lr, wd = group["lr"], group.get("weight_decay", 0.0)
-        if wd > 0.0:
+        if wd > 0.0 and not group.get("decay_after"):
             torch._foreach_mul_(bank.params, 1.0 - lr * wd)
         live = [i for i, has in enumerate(bank.has_grad) if has]
         dtype = bank.params[0].dtype
         torch._foreach_add_([bank.params[i] for i in live], [update[i].to(dtype) for i in live],
                             alpha=-lr * bank.scale)
+        if wd > 0.0 and group.get("decay_after"):  # weight_decay.muon_after_update (PR #534)
+            torch._foreach_mul_(bank.params, 1.0 - lr * wd)
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

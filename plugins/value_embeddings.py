@@ -1,12 +1,17 @@
-"""Value embeddings, VE128 (PR #374; carried by PR #414 -> record 2026-03-22_11L_EMA_GPTQ-lite_…_1.1233 and
-PR #534): one shared table `vocab × dim` (N(0, 0.01)), projected to the KV width and scaled by a learned
-scalar (init 0.1), is added to the attention values of the chosen layers, each times its own learned scale
-(init 1). The record adds it to `c_v(x)` before the head split; the lookup is computed once per forward.
+"""Value embeddings, VE128 (PR #374; carried by PR #414 -> record 2026-03-22_11L_EMA_GPTQ-lite_…_1.1233,
+PR #534 and PR #609): one shared table `vocab × dim` (N(0, 0.01)), projected to the KV width and scaled by a
+learned scalar (init 0.1), is added to the attention values of the chosen layers, each times its own learned
+scale (init 1). The record adds it to `c_v(x)` before the head split; the lookup is computed once per forward.
 
-The shared module is the model's `ve_shared` (registered in `pg_edit_model`, after the blocks, where the
-record has it, so `orthoinit` re-draws `ve_shared.proj` with ×1/sqrt(2L) in the record's module order);
-each chosen layer gets a value part holding its `ve_layer_scale`. Optimizer groups as the record's: table
-with the token-embedding Adam, projection with Muon, both scales with the scalars.
+The shared module is the model's `ve_shared`, made while the model is built (`pg_model_modules`) where the
+record makes it (`build_at`: after the blocks in PR #374/#609, before them in PR #534), with the record's
+draws: nn.Embedding's N(0, 1), re-drawn at `init_std` unless that is 1, then nn.Linear's default projection,
+zeroed for `proj_init = "orthogonal"` (re-drawn orthogonal × 1/sqrt(2L) by `orthoinit` in module order, or
+here when it is absent) or kept for "linear" (PR #534). Optimizer groups as the record's: table with the
+token-embedding Adam, projection with Muon (`proj_group = "scalar"`: the scalar Adam, as the bank records
+#549/#609), both scales with the scalars. `frozen = true` is PR #534's
+actual training: table and projection join no optimizer group (fixed at init) and there is no shared scale,
+only the per-layer scales (init `scale_init`).
 """
 
 from __future__ import annotations
@@ -27,11 +32,30 @@ class ValueEmbeddingsConfig:
     dim: int = field(default=128, metadata={"help": "shared table width (VE_DIM; PR #374: 128)"})
     layers: str = field(default="9,10", metadata={"help": "comma-separated block indices (VE_LAYERS; 9,10 of 11)"})
     scale_init: float = field(default=0.1, metadata={"help": "initial shared output scale (record: 0.1)"})
-    init_std: float = field(default=0.01, metadata={"help": "std of the table's normal init (record: 0.01)"})
+    init_std: float = field(default=0.01, metadata={"help": "std of the table's normal init (record: 0.01; 1 = "
+                                                            "nn.Embedding's own draw)"})
+    build_at: str = field(default="after_blocks", metadata={
+        "help": "where the model makes ve_shared (the record's draw order): after_blocks (#374/#609) | before_blocks "
+                "(#534)"})
+    proj_init: str = field(default="orthogonal", metadata={
+        "help": "projection init: orthogonal × 1/sqrt(2L) (#374's GPT init) | linear (nn.Linear default, #534)"})
+    proj_group: str = field(default="matrix", metadata={
+        "help": "optimizer group of the projection: matrix (Muon, #374) | scalar (Adam, the bank records #549/#609)"})
+    frozen: bool = field(default=False, metadata={
+        "help": "PR #534's training: table and projection in no optimizer group, per-layer scales only"})
 
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise ValueError(f"value_embeddings.dim: expected a positive width, got {self.dim}")
+        if self.build_at not in BUILD_AT:
+            raise ValueError(f"value_embeddings.build_at: expected one of {', '.join(BUILD_AT)}, got {self.build_at!r}")
+        if self.proj_init not in PROJ_INIT:
+            raise ValueError(f"value_embeddings.proj_init: expected one of {', '.join(PROJ_INIT)}, got "
+                             f"{self.proj_init!r}")
+        if self.proj_group not in ("matrix", "scalar"):
+            raise ValueError(f"value_embeddings.proj_group: expected matrix or scalar, got {self.proj_group!r}")
+        if not self.init_std > 0:
+            raise ValueError(f"value_embeddings.init_std: expected a positive std, got {self.init_std}")
         self.layer_list()
 
     def layer_list(self) -> list[int]:
@@ -45,17 +69,30 @@ class ValueEmbeddingsConfig:
         return out
 
 
-class ValueEmbedding(nn.Module):
-    """proj(embed(ids)) · scale, (B, T) -> (B, T, kv_dim); no projection when dim == kv_dim (the record's)."""
+BUILD_AT = ("after_blocks", "before_blocks")
+PROJ_INIT = ("orthogonal", "linear")
 
-    def __init__(self, vocab_size: int, dim: int, kv_dim: int, scale_init: float):
+
+class ValueEmbedding(nn.Module):
+    """proj(embed(ids)) · scale, (B, T) -> (B, T, kv_dim); no projection when dim == kv_dim (the record's), no
+    scale when `frozen` (PR #534: table and projection fixed, only the per-layer scales train)."""
+
+    def __init__(self, vocab_size: int, dim: int, kv_dim: int, scale_init: float, init_std: float = 0.01,
+                 proj_init: str = "orthogonal", frozen: bool = False, proj_group: str = "matrix"):
         super().__init__()
-        with torch.random.fork_rng(devices=[]):  # drawn in pg_init_weights, not while the model is edited
-            self.embed = nn.Embedding(vocab_size, dim)
-            self.proj = CastedLinear(dim, kv_dim, bias=False) if dim != kv_dim else None
+        self.embed = nn.Embedding(vocab_size, dim)  # N(0, 1): the record's draw
+        if init_std != 1.0:
+            nn.init.normal_(self.embed.weight, std=init_std)
+        self.proj = CastedLinear(dim, kv_dim, bias=False) if dim != kv_dim else None  # nn.Linear's draw
+        if self.proj is not None and proj_init == "orthogonal":
+            nn.init.zeros_(self.proj.weight)  # re-drawn by orthoinit / pg_init_weights
+        self.scale = None
+        if frozen:
+            for p in self.parameters():
+                p.requires_grad_(False)  # no optimizer group: fixed at init, still exported
+            return
         if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)
-            join_group(self.proj.weight, "matrix")
+            join_group(self.proj.weight, proj_group)
         join_group(self.embed.weight, "token")
         self.scale = join_group(nn.Parameter(torch.tensor(scale_init, dtype=torch.float32)), "scalar")
 
@@ -63,16 +100,16 @@ class ValueEmbedding(nn.Module):
         h = self.embed(input_ids)
         if self.proj is not None:
             h = self.proj(h)
-        return h * self.scale.to(dtype=h.dtype)
+        return h if self.scale is None else h * self.scale.to(dtype=h.dtype)
 
 
 class AddValueEmbedding(nn.Module):
     """v (B, T, Hkv, D) + ve_layer_scale · VE(input_ids), the shared lookup cached in `ctx["ve"]`."""
 
-    def __init__(self, shared: ValueEmbedding):
+    def __init__(self, shared: ValueEmbedding, scale_init: float = 1.0):
         super().__init__()
         self._shared = (shared,)  # a tuple: the model owns the module (`ve_shared`), this part only reads it
-        self.ve_layer_scale = join_group(nn.Parameter(torch.ones(1, dtype=torch.float32)), "scalar")
+        self.ve_layer_scale = join_group(nn.Parameter(torch.full((1,), scale_init, dtype=torch.float32)), "scalar")
 
     def forward(self, v: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         if "ve" not in ctx:
@@ -87,7 +124,7 @@ class ValueEmbeddings(Plugin):
     summary = "VE128: a shared token table (projected, scaled) added to the attention values of chosen layers."
     sources = ("openai/parameter-golf#374", "openai/parameter-golf#414", "openai/parameter-golf#534")
     config = ValueEmbeddingsConfig
-    before = ("orthoinit",)  # the table's normal draw precedes the orthogonal draws, as in the record
+    before = ("orthoinit",)  # (draws at build time; kept so a plugin order stays the record's)
     test_settings = {"value_embeddings": {"dim": 16, "layers": "0,1"}}
 
     @classmethod
@@ -99,18 +136,24 @@ class ValueEmbeddings(Plugin):
         return []
 
     @hookimpl
-    def pg_edit_model(self, model, spec, config) -> None:
+    def pg_model_modules(self, where, spec) -> dict[str, nn.Module] | None:
+        if where != self.cfg.build_at:
+            return None
         kv_dim = spec.num_kv_heads * spec.head_dim
-        model.ve_shared = ValueEmbedding(spec.vocab_size, self.cfg.dim, kv_dim, self.cfg.scale_init)
+        c = self.cfg
+        return {"ve_shared": ValueEmbedding(spec.vocab_size, c.dim, kv_dim, c.scale_init, c.init_std, c.proj_init,
+                                            c.frozen, c.proj_group)}
+
+    @hookimpl
+    def pg_edit_model(self, model, spec, config) -> None:
+        layer_scale = self.cfg.scale_init if self.cfg.frozen else 1.0
         for i in self.cfg.layer_list():
-            model.blocks[i].attn.value_parts.append(AddValueEmbedding(model.ve_shared))
+            model.blocks[i].attn.value_parts.append(AddValueEmbedding(model.ve_shared, layer_scale))
 
     @hookimpl
     def pg_init_weights(self, model, config) -> None:
         ve = model.ve_shared
-        with torch.no_grad():
-            nn.init.normal_(ve.embed.weight, std=self.cfg.init_std)
-            if ve.proj is not None and "orthoinit" not in config.plugins:
-                # the record's GPT init (what `orthoinit` does): orthogonal × 1/sqrt(2L) on a `.proj`
+        if ve.proj is not None and self.cfg.proj_init == "orthogonal" and "orthoinit" not in config.plugins:
+            with torch.no_grad():  # the record's GPT init (what `orthoinit` does): orthogonal × 1/sqrt(2L) on a .proj
                 nn.init.orthogonal_(ve.proj.weight, gain=1.0)
                 ve.proj.weight.mul_(1.0 / math.sqrt(2 * len(model.blocks)))

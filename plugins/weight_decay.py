@@ -1,6 +1,7 @@
 """Decoupled weight decay: Muon WD for the matrices and AdamW for the token and scalar groups.
 
-PR #60/#65 introduced Muon weight decay (p <- p·(1 - lr·wd) before each update, lr the scheduled one);
+PR #60/#65 introduced Muon weight decay (p <- p·(1 - lr·wd) before each update, lr the scheduled one; PR #534
+decays after it: `muon_after_update`);
 PR #86 → #315 use 0.04 for Muon (MUON_WD) and AdamW 0.04 for the embedding and scalar groups (ADAM_WD).
 PR #1218 split the embedding off (EMBED_WD 0.085 on the token group, ADAM_WD 0.02 on the scalar group);
 PR #1493: MUON_WD 0.095, EMBED_WD 0.085, ADAM_WD 0.02. torch's AdamW decays p·(1 - lr·wd) with the
@@ -27,6 +28,8 @@ from core.registry import Plugin
 class WeightDecayConfig:
     muon: float = field(default=0.04, metadata={
         "help": "Muon (matrix group) decoupled WD (MUON_WD; PR #315 0.04, PR #1493 0.095)"})
+    muon_after_update: bool = field(default=False, metadata={
+        "help": "Muon decays after the update, p <- (p - lr·u)·(1 - lr·wd) (PR #534's order; default: before)"})
     adam: float = field(default=0.04, metadata={
         "help": "AdamW WD of the scalar group (ADAM_WD; PR #315 0.04, PR #1493 0.02)"})
     embed: float = field(default=0.04, metadata={
@@ -70,6 +73,7 @@ class WeightDecay(Plugin):
                        weight_decay=self.cfg.muon)
             for g in opt.param_groups:
                 g["base_lr"] = core.matrix_lr
+                g["decay_after"] = self.cfg.muon_after_update
             return opt
         if group in ("token", "scalar"):
             lr = (core.tied_embed_lr if core.tie_embeddings else core.embed_lr) if group == "token" else core.scalar_lr

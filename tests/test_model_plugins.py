@@ -16,6 +16,7 @@ from model_builders import build_tiny, randomize
 from core.config import ConfigError, resolve
 from core.optim import default_param_groups
 from core.registry import Registry
+from core.train import make_optimizers
 
 REGISTRY = Registry()
 TINY = ["core.vocab_size=96", "core.num_layers=4", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
@@ -109,13 +110,67 @@ def test_value_embeddings_init_and_optimizer_groups_are_the_records():
     assert names.count("ve_shared.embed.weight") == 1 and "ve_shared.proj.weight" in names
 
 
+def test_projection_group_scalar_is_the_bank_records_adam():
+    """proj_group = "scalar" (PR #609: Muon takes only the banks): both projections train with the scalar Adam."""
+    sets = ["value_embeddings.layers=3", "value_embeddings.dim=16", "bigram_hash.buckets=32", "bigram_hash.dim=16"]
+    for group, other in (("matrix", "scalar"), ("scalar", "matrix")):
+        _, model = build(["value_embeddings", "bigram_hash"], [*sets, f"value_embeddings.proj_group={group}",
+                                                                f"bigram_hash.proj_group={group}"])
+        groups = {g: {id(p) for p in ps} for g, ps in default_param_groups(model).items()}
+        projs = {id(model.ve_shared.proj.weight), id(model.embed_add[0].proj.weight)}
+        assert projs <= groups[group] and not projs & groups.get(other, set())
+
+
 def test_value_embeddings_live_when_compiled():
     assert_live_when_compiled(["value_embeddings"], ["value_embeddings.layers=1,3", "value_embeddings.dim=16"])
 
 
+def test_value_embeddings_frozen_is_pr534s_layout():
+    """frozen: no shared scale, per-layer scales at scale_init, table and projection fixed and in no group."""
+    _, model = build(["value_embeddings"], ["value_embeddings.layers=2,3", "value_embeddings.dim=16",
+                                            "value_embeddings.frozen=true", "value_embeddings.scale_init=0.25"])
+    ve = model.ve_shared
+    assert ve.scale is None and [p.item() for b in model.blocks[2:] for p in b.attn.value_parts[0].parameters()] \
+        == [0.25, 0.25]
+    assert not ve.embed.weight.requires_grad and not ve.proj.weight.requires_grad
+    grouped = {id(p) for ps in default_param_groups(model).values() for p in ps}
+    assert id(ve.embed.weight) not in grouped and id(ve.proj.weight) not in grouped
+    assert {"ve_shared.embed.weight", "ve_shared.proj.weight"} <= set(model.state_dict())  # still exported
+    randomize(model)
+    tok, x = ids(), torch.randn(2, 16, 64)
+    attn = model.blocks[3].attn
+    ve_i = F.linear(F.embedding(tok, ve.embed.weight), ve.proj.weight) * attn.value_parts[0].ve_layer_scale  # #534
+    expect = attn.proj(reference_attention(attn, x, attn.c_v(x) + ve_i).reshape(2, 16, 64))
+    torch.testing.assert_close(attn(x, {"input_ids": tok}), expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_value_embeddings_frozen_keeps_the_table_fixed_in_compiled_training(frozen):
+    torch._dynamo.reset()
+    run, model = build(["value_embeddings"], ["value_embeddings.layers=1,3", "value_embeddings.dim=16",
+                                              f"value_embeddings.frozen={str(frozen).lower()}"])
+    ve = model.ve_shared
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
+    opts = make_optimizers(run, model)
+    x = ids()
+    for _ in range(3):
+        compiled(x, torch.roll(x, -1, 1)).backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert ("ve_shared.embed.weight" in moved) is not frozen and ("ve_shared.proj.weight" in moved) is not frozen
+    assert "blocks.3.attn.value_parts.0.ve_layer_scale" in moved  # the per-layer scale trains either way
+    assert ve.embed.weight.grad is None
+
+
 @pytest.mark.parametrize("sets, field", [(["value_embeddings.layers=2,9"], "value_embeddings.layers=2,9"),
                                          (["value_embeddings.layers=a"], "value_embeddings.layers"),
-                                         (["value_embeddings.dim=0"], "value_embeddings.dim")])
+                                         (["value_embeddings.dim=0"], "value_embeddings.dim"),
+                                         (["value_embeddings.build_at=middle"], "value_embeddings.build_at"),
+                                         (["value_embeddings.proj_init=xavier"], "value_embeddings.proj_init"),
+                                         (["value_embeddings.proj_group=adam"], "value_embeddings.proj_group")])
 def test_value_embeddings_bad_settings(sets, field):
     err = config_error(["value_embeddings"], sets)
     assert len(err.errors) == 1 and field in err.errors[0]

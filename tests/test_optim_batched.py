@@ -185,3 +185,29 @@ def test_two_ranks_split_the_matrices_and_match_one_process(tmp_path):
     want, _ = reference_steps(init, grads, 0.05, 0.9, wd=0.04)
     for r in range(2):
         assert_same([torch.tensor(p) for p in ranks[r]["params"]], want)
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_muon_decays_before_or_after_the_update(after):
+    """weight_decay.muon_after_update (PR #534): p <- (p - lr·u)·(1 - lr·wd); default p·(1 - lr·wd) - lr·u."""
+    from core.config import resolve
+    from core.registry import Registry
+    from plugins.weight_decay import WeightDecay
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["weight_decay"],
+                  sets=["weight_decay.muon=0.5", f"weight_decay.muon_after_update={str(after).lower()}",
+                        "core.matrix_lr=0.1"])
+    gen = torch.Generator().manual_seed(0)
+    p0, g = torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen)
+    p = torch.nn.Parameter(p0.clone())
+    p.grad = g.clone()
+    WeightDecay(cfg.plugin_configs["weight_decay"]).pg_make_optimizer("matrix", [p], cfg).step()
+    plain = torch.nn.Parameter(p0.clone())
+    plain.grad = g.clone()
+    Muon([plain], lr=0.1, momentum=cfg.core.muon_momentum, backend_steps=cfg.core.muon_backend_steps).step()
+    u = (p0 - plain.detach()) / 0.1  # the update itself
+    expect = (p0 - 0.1 * u) * (1 - 0.1 * 0.5) if after else p0 * (1 - 0.1 * 0.5) - 0.1 * u
+    torch.testing.assert_close(p.detach(), expect, rtol=0, atol=1e-6)
+    other = (p0 - 0.1 * u) * (1 - 0.1 * 0.5) if not after else p0 * (1 - 0.1 * 0.5) - 0.1 * u
+    assert (p.detach() - other).abs().max() > 1e-4  # the two orders differ by lr²·wd·u

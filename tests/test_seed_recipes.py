@@ -124,3 +124,22 @@ def test_recipe_trains_at_tiny_size_through_pgolf_train(name, tiny_data, tiny_ca
     assert metrics["steps"] == 4 and math.isfinite(metrics["val_bpb"])
     log = (run_dir / "train.log").read_text()
     assert EXPECT[name][0] in log or EXPECT[name][0] in json.dumps(metrics), log[-2000:]
+
+
+@pytest.mark.slow  # one tiny run, export + eval
+def test_pr534_with_the_records_frozen_value_embeddings_trains_and_exports_the_table(tiny_data, tiny_core, tmp_path):
+    """value_embeddings.frozen=true (the record's training): the fixed table and projection are still exported."""
+    from core import export as ex
+    from pgolf.cli import main
+    from plugins.lib.codecs import all_decoders
+
+    args = ["train", "--recipe", str(recipe_path("pr534")), "--data", str(tiny_data)]
+    for s in [*tiny_core, "core.iterations=3", "core.warmdown_iters=2", *TINY["pr534"], "value_embeddings.frozen=true",
+              f"core.out_dir={tmp_path}", "core.run_id=frozen"]:
+        args += ["--set", s]
+    assert main(args) == 0
+    run_dir = tmp_path / "frozen"
+    assert math.isfinite(json.loads((run_dir / "metrics.json").read_text())["val_bpb"])
+    blob = (run_dir / "final_model.ptz").read_bytes()
+    records, _ = ex.decode_artifact(blob, all_decoders())
+    assert {"ve_shared.embed.weight", "ve_shared.proj.weight"} <= set(records) and "ve_shared.scale" not in records

@@ -1,0 +1,90 @@
+"""recipes/pr534.toml and pr609.toml start from their record's very weights: built with the same seed, the
+record's own GPT (its PR head's train_gpt.py, from the parameter-golf mirror) and pgolf's model hold equal
+tensors — the modules draw their random numbers in the record's order (PR #534: the VE table and its
+nn.Linear projection before the blocks; PR #609: no draw for the banked blocks, the VE module after them,
+block matrices drawn first by `orthoinit.banked`). Step 1's loss is then the record's, not another seed's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from record_module import exec_record
+from record_tables import record_source
+
+from core.config import resolve
+from core.registry import Registry
+from core.run import create_run
+from core.train import CoreDefaults, build_model
+from pgolf.records import PROFILES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REGISTRY = Registry()
+L = 3
+SHAPE = ["core.vocab_size=128", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2", f"core.num_layers={L}",
+         "value_embeddings.layers=1,2", "value_embeddings.dim=16", "partial_rope.dims=8"]
+
+
+def pgolf_model(name: str, sets: list[str]):
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=os.path.join(ROOT, "recipes", f"{name}.toml"),
+                  sets=[*SHAPE, *sets, "core.device=cpu", "core.compile=false"], check_plugins=REGISTRY.check)
+    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+    torch.manual_seed(1337)
+    return build_model(run)
+
+
+def assert_same(record: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> None:
+    for name, tensor in record.items():
+        assert name in ours, name
+        got = ours[name].reshape(tensor.shape)
+        assert torch.equal(got, tensor), f"{name}: differs by {(got - tensor).abs().max():.3g}"
+
+
+def test_pr534_initial_weights_are_the_records(monkeypatch):
+    env = dict(VOCAB_SIZE="128", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS=str(L), VE_LAYERS="1,2",
+               VE_DIM="16", ROPE_DIMS="8", XSA_LAST_N="4", MLP_HIDDEN="176", VE_ENABLED="1")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    mod = exec_record(record_source(PROFILES["pr534"]), "pr534_train_gpt")
+    torch.manual_seed(1337)
+    rec = mod.GPT(mod.Hyperparameters())
+    ours = pgolf_model("pr534", ["core.mlp_hidden=176", "xsa.last_n=3"]).state_dict()
+    names = {"smear_gate.gate_weight": "embed_mix_post.0.smear_gate"}
+    state = {names.get(k, k.replace("ve.", "ve_shared.", 1) if k.startswith("ve.") else k): v
+             for k, v in rec.state_dict().items() if not k.startswith("ve_scales.")}
+    assert "ve_shared.proj.weight" in state and state["ve_shared.embed.weight"].std() > 0.5  # N(0, 1), never re-drawn
+    assert_same(state, ours)
+
+
+def test_pr609_initial_weights_are_the_records():
+    mod = exec_record(record_source(PROFILES["pr609"]), "pr609_train_gpt")
+    torch.manual_seed(1337)
+    rec = mod.GPT(vocab_size=128, num_layers=L, model_dim=128, num_heads=4, num_kv_heads=2, mlp_mult=3,
+                  tie_embeddings=True, tied_embed_init_std=0.005, logit_softcap=30.0, rope_base=10000.0,
+                  qk_gain_init=1.5, bigram_vocab_size=64, bigram_dim=64, xsa_last_n=L, rope_dims=8, ln_scale=True,
+                  ve_enabled=True, ve_dim=128, ve_layers="1,2")
+    sets = ["core.model_dim=128", "bigram_hash.buckets=64", "bigram_hash.dim=64", f"xsa.last_n={L}",
+            "value_embeddings.dim=128"]  # the record's >= 64 rule draws both projections (128 × 64, 64 × 128)
+    ours = pgolf_model("pr609", sets).state_dict()
+    state = {k: v for k, v in rec.state_dict().items() if not k.endswith("_bank") and not k.startswith("ve_layer")}
+    assert "ve_shared.proj.weight" in state  # VE width 128 against a KV width of 64
+    state = {("embed_add.0." + k[7:] if k.startswith("bigram.") else k): v for k, v in state.items()}
+    state.pop("smear.gate")
+    bank = rec.state_dict()
+    for i in range(L):  # the banks' slices are the per-layer matrices
+        b = f"blocks.{i}."
+        state |= {b + "attn.c_q.weight": bank["qo_bank"][i], b + "attn.proj.weight": bank["qo_bank"][L + i],
+                  b + "attn.c_k.weight": bank["kv_bank"][i], b + "attn.c_v.weight": bank["kv_bank"][L + i],
+                  b + "mlp.fc.weight": bank["mlp_up_bank"][i], b + "mlp.proj.weight": bank["mlp_down_bank"][i]}
+    assert state["ve_shared.proj.weight"].abs().sum() > 0 and state["embed_add.0.proj.weight"].abs().sum() > 0
+    assert_same(state, ours)
+
+
+@pytest.mark.parametrize("name, sets", [("pr609", ["orthoinit.banked=false"]),
+                                        ("pr534", ["value_embeddings.build_at=after_blocks"])])
+def test_the_order_settings_are_what_makes_them_equal(name, sets):
+    base = pgolf_model(name, []).state_dict()
+    other = pgolf_model(name, sets).state_dict()
+    assert not torch.equal(base["blocks.0.attn.c_q.weight"], other["blocks.0.attn.c_q.weight"])
