@@ -40,21 +40,14 @@ def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = Tr
                     banked: bool = False) -> None:
     """The record's `_init_weights` loop over nn.Linear modules (the token embedding is left alone); `banked`:
     the blocks' linears first, each drawn whatever its size (the bank records' per-layer loop)."""
-    if banked:
-        for module in model.blocks.modules():
-            if isinstance(module, nn.Linear):
-                if getattr(module, "_zero_init", False):
-                    nn.init.zeros_(module.weight)
-                else:
-                    nn.init.orthogonal_(module.weight, gain=1.0)
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or (banked and name.startswith("blocks.")):
-            continue
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    in_bank = {name for name, _ in linears if banked and name.startswith("blocks.")}
+    for name, module in sorted(linears, key=lambda nm: nm[0] not in in_bank):  # stable: bank first, else as built
         if getattr(module, "_zero_init", False):
             nn.init.zeros_(module.weight)
-        elif module.weight.ndim == 2 and min(module.weight.shape) >= min_dim:
+        elif name in in_bank or min(module.weight.shape) >= min_dim:
             nn.init.orthogonal_(module.weight, gain=1.0)
-            if mup_proj_scale and is_proj_name(name):
+            if mup_proj_scale and is_proj_name(name) and name not in in_bank:
                 module.weight.mul_(1.0 / math.sqrt(2 * num_layers))
 
 
