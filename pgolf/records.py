@@ -243,6 +243,7 @@ PR1493 = RecordProfile(
                "ttt_hash_buckets": "dead", **dict.fromkeys(DERIVED, "derived")},
 )
 
+
 def _pr1855_dead_lambdas(cfg: Config) -> tuple[int, str]:
     """PR #1855's GPT makes `parallel_post_lambdas` (L, 2, 2) and `parallel_resid_lambdas` (L, 2) for every layer;
     `_parallel_block` (and its TTT twin) reads only rows i >= PARALLEL_START_LAYER. parallel_lanes makes those."""
