@@ -120,16 +120,13 @@ def install_parts(run: Run, model: GPT, spec: ModelSpec) -> None:
         for slot, attr in LIST_SLOTS_LAYER.items():
             getattr(block.attn, attr).extend(_as_modules(hook.pg_slot_parts(slot=slot, spec=spec, layer=i)))
         for slot, owner in REPLACE_SLOTS_LAYER.items():
-            module = hook.pg_build_slot(slot=slot, spec=spec, layer=i)
-            if module is not None:
+            if (module := hook.pg_build_slot(slot=slot, spec=spec, layer=i)) is not None:
                 setattr(block if owner == "block" else block.attn, slot, module)
-    schedule = hook.pg_build_slot(slot="schedule", spec=spec, layer=None)
-    if schedule is not None:
+    if (schedule := hook.pg_build_slot(slot="schedule", spec=spec, layer=None)) is not None:
         model.set_schedule(schedule)
     spec.skip_count = model.skip_weights.size(0)
     for slot in REPLACE_SLOTS_MODEL:
-        module = hook.pg_build_slot(slot=slot, spec=spec, layer=None)
-        if module is not None:
+        if (module := hook.pg_build_slot(slot=slot, spec=spec, layer=None)) is not None:
             setattr(model, slot, module)
 
 
@@ -137,9 +134,7 @@ def make_optimizers(run: Run, model: nn.Module) -> list[torch.optim.Optimizer]:
     groups = default_param_groups(model)
     run.hook.pg_param_groups(model=model, groups=groups, config=run.config)
     optimizers = []
-    for name, params in groups.items():
-        if not params:
-            continue
+    for name, params in ((name, params) for name, params in groups.items() if params):
         opt = run.hook.pg_make_optimizer(group=name, params=params, config=run.config)
         if opt is None:
             raise ConfigError([f"no plugin makes an optimizer for parameter group {name!r}"])
@@ -255,10 +250,8 @@ class Budget:
         if core.warmdown_iters <= 0:
             return 1.0
         if self.loop_ms is None:
-            start = max(core.iterations - core.warmdown_iters, 0)
-            if start <= step < core.iterations:
-                return max((core.iterations - step) / max(core.warmdown_iters, 1), 0.0)
-            return 1.0
+            in_warmdown = max(core.iterations - core.warmdown_iters, 0) <= step < core.iterations
+            return max((core.iterations - step) / max(core.warmdown_iters, 1), 0.0) if in_warmdown else 1.0
         warmdown_ms = core.warmdown_iters * elapsed_ms / max(step, 1)
         remaining_ms = max(self.loop_ms - elapsed_ms, 0.0)
         return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
@@ -329,43 +322,50 @@ def log_run_header(run: Run) -> int:
 
 def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     """The baseline's compile warm-up: `warmup_steps` real steps, then (compiled) one step in every cumulative
-    mode combination; then weights, optimizer state and modes are restored to the initial state."""
+    mode combination and on every batch shape the loader declares (`warm_batches`, in every mode); then weights,
+    optimizer state and modes are restored. Each logged step gives the seconds and graphs compiled so far."""
     core, base = run.core, run.model
     modes = run.modes if should_compile(run) else []
     loader = new_loader(run)
     shapes = getattr(loader, "warm_batches", None) if should_compile(run) else None
     if core.warmup_steps <= 0 and not modes and shapes is None:
         return
+    batches = shapes(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps) if shapes else []
+    run.log(f"warmup_plan:steps:{core.warmup_steps} modes:{len(modes)} batch_shapes:{len(batches)}x{len(modes) + 1}")
+    t0, graphs, n = time.perf_counter(), compiled_graph_count(), core.warmup_steps
+
+    def step(label: str | None, source: Any = loader) -> None:  # host-side, between whole steps
+        stepper.warm_step(source)
+        if label:
+            run.synchronize()
+            run.log(f"{label} time:{time.perf_counter() - t0:.1f}s graphs:{compiled_graph_count() - graphs}")
+
     with restored_weights(base, run.optimizers):
         run.train_model.train()
-        prime_caches(run)
-        for w in range(core.warmup_steps):
-            stepper.warm_step(loader)
-            if core.warmup_steps <= 20 or (w + 1) % 10 == 0 or w + 1 == core.warmup_steps:
-                run.log(f"warmup_step:{w + 1}/{core.warmup_steps}")
+        prime_caches(run, loader)
+        for w in range(n):
+            step(f"warmup_step:{w + 1}/{n}" if n <= 20 or (w + 1) % 10 == 0 or w + 1 == n else None)
         for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
             set_modes(run, tuple(m.name for m in modes[: i + 1]))
-            stepper.warm_step(loader)
-            run.log(f"warmup_mode:{mode.name}")
-        if shapes is not None:  # every batch shape the loader can produce (e.g. cu_seqlens sizes), in every mode
-            batches = shapes(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
-            for i, batch in itertools.product(range(len(modes) + 1), batches):
-                set_modes(run, tuple(m.name for m in modes[:i]))
-                stepper.warm_step(SimpleNamespace(next_batch=lambda *_, b=batch: b))
+            step(f"warmup_mode:{mode.name}")
+        for k, (i, batch) in itertools.product(range(len(modes) + 1), enumerate(batches)):  # e.g. cu_seqlens sizes
+            set_modes(run, tuple(m.name for m in modes[:k]))
+            dims = ",".join("x".join(map(str, t.shape)) for t in batch)
+            step(f"warmup_shape:{i + 1}/{len(batches)} mode:{'+'.join(run.active_modes) or 'base'} batch:{dims}",
+                 SimpleNamespace(next_batch=lambda *_, b=batch: b))
         if modes:  # and back to the base mode, as the timed loop starts there
             set_modes(run, ())
-            stepper.warm_step(loader)
+            step("warmup_mode:base")
     stepper.zero_grad()
     if run.distributed:
         run.train_model.require_backward_grad_sync = True
 
 
-def prime_caches(run: Run) -> None:
-    """One eager forward at the training shape, so module caches (rotary tables) are filled before the first
-    trace (a graph traced with an empty cache would recompile later)."""
-    x = torch.zeros(1, run.core.train_seq_len, dtype=torch.long, device=run.device)
+def prime_caches(run: Run, loader: Any) -> None:
+    """One eager forward on a row of the loader's first batch (a packed flat row, not train_seq_len), so module
+    caches (rotary tables) hold the training length before the first trace (else it recompiles at once)."""
     with torch.no_grad(), run.autocast():
-        run.model(x)
+        run.model(loader.next_batch(run.core.train_batch_tokens, run.core.train_seq_len, run.grad_accum_steps)[0][:1])
 
 
 def set_modes(run: Run, active: tuple[str, ...]) -> None:

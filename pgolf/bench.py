@@ -540,7 +540,8 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
         memory = {"bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "kind": "max RSS (host)"}
     return {"profile": profile.name, "script": str(script.resolve()),
             "attention": record_attention_label(attention, fa3, "flash_attn_varlen_func" in source), "wall_s": wall,
-            "log": parsed, "peak_memory": memory}
+            "log": parsed, "peak_memory": memory,
+            "dead_params": profile.dead_params(cfg) if profile.dead_params else (0, "")}
 
 
 def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False) -> str:
@@ -569,6 +570,7 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
         out["peak_memory_ratio"] = pg["log"]["peak_memory_bytes"] / rec["log"]["peak_memory_bytes"]
     elif ma["bytes"] and mb["bytes"] and ma["kind"] == mb["kind"]:
         out["peak_memory_ratio"] = ma["bytes"] / mb["bytes"]
+    out["model_params"] = model_params(pg, rec)
     out["mode_switch_step"] = {"pgolf": pg["log"].get("mode_switches"), "record": rec["log"].get("mode_switches")}
     common = sorted(set(pg_steps) & set(rec_steps))
     out["train_loss"] = {s: {"pgolf": pg_steps[s][0], "record": rec_steps[s][0],
@@ -582,6 +584,15 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
     return out
 
 
+def model_params(pg: dict[str, Any], rec: dict[str, Any]) -> dict[str, Any]:
+    """Both logs' `model_params` and the gap the record's profile explains (parameters it makes but never reads,
+    which pgolf does not make); `unexplained` is what is left (0 when the models match)."""
+    a, b = pg["log"].get("model_params"), rec["log"].get("model_params")
+    dead, why = rec.get("dead_params") or (0, "")
+    gap = None if a is None or b is None else b - a - dead
+    return {"pgolf": a, "record": b, "record_dead": dead, "why": why, "unexplained": gap}
+
+
 def model_bytes(log: dict[str, Any]) -> int | None:
     """The compressed model's bytes a log reports: its last `Serialized model LABEL: N bytes` line (records
     first log the raw torch.save size, unlabelled, then the quantized artifact's)."""
@@ -593,6 +604,15 @@ def model_bytes(log: dict[str, Any]) -> int | None:
 
 def _fmt(v: Any, spec: str = ",.1f") -> str:
     return "—" if v is None else format(v, spec)
+
+
+def params_row(mp: dict[str, Any] | None) -> str:
+    if not mp or mp["pgolf"] is None or mp["record"] is None:
+        return "—"
+    row = f"{mp['pgolf']:,d} | {mp['record']:,d}"
+    if mp["record_dead"]:
+        row += f" (record {mp['record_dead']:+,d}: {mp['why']})"
+    return row + (f"; UNEXPLAINED {mp['unexplained']:+,d}" if mp["unexplained"] else "")
 
 
 def table(res: dict[str, Any]) -> str:
@@ -611,6 +631,7 @@ def table(res: dict[str, Any]) -> str:
                  ("MFU", f"{100 * pg['mfu']:.1f} %"),
                  (f"peak memory ({pg['peak_memory']['kind']})", f"{pg['peak_memory']['bytes'] / 2**30:,.2f} GiB"),
                  ("warm-up s (compile, est.)", f"{pg['warmup_s']:,.1f} ({pg['compile_s_est']:,.1f})"),
+                 ("warm-up graphs compiled", _fmt((pg.get("log", {}).get("warmup") or {}).get("graphs"), "d")),
                  ("hooks ms/step (share of step)", f"{pg['hook_ms_per_step']:,.3f} ({100 * pg['hook_share']:.2f} %)")]
         for name, ms in pg.get("profile", {}).get("phases_ms", {}).items():
             rows.append((f"phase {name} ms/step (synchronized)", f"{ms:,.2f}"))
@@ -622,6 +643,7 @@ def table(res: dict[str, Any]) -> str:
         rows += [("log ms/step mean pgolf | record", f"{_fmt(a['mean'], ',.2f')} | {_fmt(b['mean'], ',.2f')}"),
                  ("tokens/s pgolf / record", _fmt(vs.get("tokens_per_s_ratio"), ".3f") + "×"),
                  ("peak memory pgolf / record", _fmt(vs.get("peak_memory_ratio"), ".3f")),
+                 ("model params pgolf | record", params_row(vs.get("model_params"))),
                  ("mode switch steps pgolf | record",
                   f"{vs['mode_switch_step']['pgolf'] or '—'} | {vs['mode_switch_step']['record'] or '—'}"),
                  ("last-step val_bpb pgolf | record",

@@ -22,6 +22,7 @@ import hashlib
 import lzma
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -119,6 +120,8 @@ class RecordProfile:
     command: the published run command's overrides of the script's defaults (what the record ran with).
     skip_plugins: plugins the pgolf side leaves out under `bench --finish` while skip_eval applies: the
         evaluations/codecs the skip_eval knobs turn off in the record, so both sides export and score alike.
+    dead_params: config -> (count, why) of parameters the record makes but its forward never reads, which
+        pgolf does not make: its `model_params` exceeds pgolf's by that count (the bench shows the gap).
     """
 
     name: str
@@ -134,6 +137,7 @@ class RecordProfile:
     elsewhere: dict[str, str] = field(default_factory=dict)
     command: dict[str, str] = field(default_factory=dict)
     skip_plugins: tuple[str, ...] = ()
+    dead_params: Callable[[Config], tuple[int, str]] | None = None
 
     def names(self) -> set[str]:
         """Every name this profile accounts for."""
@@ -239,6 +243,14 @@ PR1493 = RecordProfile(
                "ttt_hash_buckets": "dead", **dict.fromkeys(DERIVED, "derived")},
 )
 
+
+def _pr1855_dead_lambdas(cfg: Config) -> tuple[int, str]:
+    """PR #1855's GPT makes `parallel_post_lambdas` (L, 2, 2) and `parallel_resid_lambdas` (L, 2) for every layer;
+    `_parallel_block` (and its TTT twin) reads only rows i >= PARALLEL_START_LAYER. parallel_lanes makes those."""
+    start = setting_value(cfg, ("parallel_lanes.start", "core.num_layers"))
+    return 6 * start, f"the record's parallel-lane lambdas of blocks 0-{start - 1} (6 each), never read"
+
+
 PR1855 = RecordProfile(
     "pr1855", f"{RECORDS}/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611", "recipes/pr1855.toml",
     "454f710d174be80f4603069ca952833d694f60d1d34c0c25703528323bc8878b", log="train_seed42.log",
@@ -289,6 +301,7 @@ PR1855 = RecordProfile(
                "GATED_ATTN_INIT_STD": "off (GATED_ATTN_ENABLED=0)",
                "TTT_EVAL_BATCHES": "all", "GLOBAL_TTT_WARMUP_START_LR": "unused at 0 warm-up chunks",
                "CONTROL_TENSOR_NAME_PATTERNS": "core (same list)", **dict.fromkeys(DERIVED, "derived")},
+    dead_params=_pr1855_dead_lambdas,
 )
 
 PROFILES = {p.name: p for p in (PR315, PR534, PR609, PR1493, PR1855, RecordProfile("generic", "", "", ""))}
@@ -323,6 +336,8 @@ def decoded_source(text: str) -> str:
 STEP_MS = re.compile(r"^step:(\d+)/\d+ train_loss:(\S+) train_time:(\d+)ms", re.M)
 STEP_TOKS = re.compile(r"^(\d+)/\d+ train_loss: (\S+) train_time: [\d.]+m tok/s: (\d+)", re.M)
 VAL = re.compile(r"^(?:step:)?(\d+)/(\d+) val_loss:\s*(\S+) val_bpb:\s*([\d.]+)", re.M)
+PARAMS = re.compile(r"^model_params:(\d+)", re.M)
+WARMUP = re.compile(r"^warmup_\w+:.* time:([\d.]+)s graphs:(\d+)$", re.M)  # pgolf's warm-up steps
 PEAK = re.compile(r"^peak memory allocated: (\d+) MiB", re.M)
 ARTIFACT = re.compile(r"^Serialized model (\S+): (\d+) bytes", re.M)
 TOTAL = re.compile(r"^Total submission size (\S+): (\d+) bytes", re.M)
@@ -340,7 +355,8 @@ MODE = re.compile(r"^(?:mode:(\S+) on step:(\d+)"
 
 
 def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
-    """Train loss and cumulative train time (ms) per logged step, last-step val_bpb, peak memory, artifact."""
+    """Train loss and cumulative train time (ms) per logged step, last-step val_bpb, peak memory, artifact,
+    parameter count, pgolf's warm-up (seconds and graphs compiled at its last step)."""
     steps: dict[int, tuple[float, float]] = {}
     for m in STEP_MS.finditer(text):
         steps[int(m.group(1))] = (float(m.group(2)), float(m.group(3)))
@@ -350,6 +366,7 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
     vals = [(int(m.group(1)), float(m.group(4))) for m in VAL.finditer(text)]
     peak, art, total = PEAK.findall(text), ARTIFACT.findall(text), TOTAL.findall(text)
     final = SLIDING.findall(text) or FINAL.findall(text)
+    warm = WARMUP.findall(text)
     return {
         "steps": dict(sorted(steps.items())),
         "last_val_bpb": next((bpb for s, bpb in reversed(vals) if s > 0), None),
@@ -357,6 +374,8 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
         "artifact": {label: int(n) for label, n in art} or None,
         "total_submission_bytes": int(total[-1][1]) if total else None,
         "final_val_bpb": float(final[0]) if final else None,
+        "model_params": int(params[0]) if (params := PARAMS.findall(text)) else None,
+        "warmup": {"seconds": float(warm[-1][0]), "graphs": int(warm[-1][1])} if warm else None,
         "mode_switches": {m.group(1) or m.group(3): int(m.group(2) or m.group(4)) for m in MODE.finditer(text)},
     }
 

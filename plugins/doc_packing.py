@@ -10,6 +10,9 @@ per segment) and `cu_seqlens`, int32 segment starts then n, padded with n to a m
 `cu_bucket_size` entries so compiled graphs see a few fixed sizes. A new size would be a recompile, so the
 compiled warm-up takes a step at every size a batch can have (`warm_batches`, random tokens): from one
 document's segments up to `max_docs` documents (0: the densest span of the first shard, plus one bucket).
+Where the attention reads only doc_ids (FlexAttention without FA3, the dense CPU mask) cu_seqlens is unused but
+still a guarded input: `dynamic_cu` marks its length dynamic (`maybe_mark_dynamic`: a kernel that needs it
+static still specializes), so one graph per mode serves every size instead of one per (mode, size).
 x, y and doc_ids are one flat (1, n) row as in the record; `flat = false` packs (n / seq_len, seq_len) rows
 instead, every row start also a boundary. The record's prefetch threads (speed only) are not ported.
 """
@@ -36,6 +39,8 @@ class DocPackingConfig:
     prewarm: bool = field(default=True, metadata={"help": "compile every cu_seqlens size in the warm-up"})
     max_docs: int = field(default=0, metadata={
         "help": "most documents in a rank's micro-batch, for the pre-warm (0: first shard's densest span + a bucket)"})
+    dynamic_cu: bool = field(default=False, metadata={
+        "help": "cu_seqlens' length a dynamic dim: one graph per mode where attention reads only doc_ids (flex, CPU)"})
 
     def __post_init__(self) -> None:
         if self.cu_bucket_size < 1:
@@ -73,13 +78,14 @@ class DocumentPackingLoader:
     """`next_batch(global_tokens, seq_len, grad_accum_steps) -> (x, y, doc_ids, cu_seqlens)` on `device`."""
 
     def __init__(self, files: list[Path], rank: int, world_size: int, device: torch.device, bos_id: int,
-                 vocab_size: int | None = None, cu_bucket_size: int = 64, flat: bool = True, max_docs: int = 0):
+                 vocab_size: int | None = None, cu_bucket_size: int = 64, flat: bool = True, max_docs: int = 0,
+                 dynamic_cu: bool = False):
         self.files = [Path(f) for f in files]
         if not self.files:
             raise DataError("doc_packing: no train shards")
         self.rank, self.world_size, self.device = rank, world_size, device
         self.bos_id, self.vocab_size, self.bucket, self.flat = bos_id, vocab_size, cu_bucket_size, flat
-        self.max_docs = max_docs
+        self.max_docs, self.dynamic_cu = max_docs, dynamic_cu
         self.file_idx = -1
         self._advance_shard()
 
@@ -115,7 +121,12 @@ class DocumentPackingLoader:
         self.cursor += span * self.world_size
         shape = (1, n) if self.flat else (n // seq_len, seq_len)
         x, y, ids = buf[:-1].view(shape), buf[1:].view(shape), doc_ids.view(shape)
-        return tuple(t.to(self.device, non_blocking=True) for t in (x, y, ids, cu))  # type: ignore[return-value]
+        return self._marked(tuple(t.to(self.device, non_blocking=True) for t in (x, y, ids, cu)))  # type: ignore[return-value]
+
+    def _marked(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if self.dynamic_cu:  # host-side, on the tensor the compiled step receives
+            torch._dynamo.maybe_mark_dynamic(batch[3], 0)
+        return batch
 
 
     def densest(self, n: int) -> int:
@@ -143,7 +154,7 @@ class DocumentPackingLoader:
             starts = sorted({(i * n) // m for i in range(m)})
             doc_ids, cu = pack_boundaries(starts, n, self.bucket)
             x, y = torch.randint(0, self.vocab_size or 2, (2, *shape), generator=gen)
-            out.append(tuple(t.to(self.device) for t in (x, y, doc_ids.view(shape), cu)))
+            out.append(self._marked(tuple(t.to(self.device) for t in (x, y, doc_ids.view(shape), cu))))
         return out
 
 
@@ -159,7 +170,8 @@ class DocPacking(Plugin):
     @hookimpl
     def pg_train_loader(self, run):
         loader = DocumentPackingLoader(run.train_files, run.rank, run.world_size, run.device, run.core.bos_id,
-                                       run.core.vocab_size, self.cfg.cu_bucket_size, self.cfg.flat, self.cfg.max_docs)
+                                       run.core.vocab_size, self.cfg.cu_bucket_size, self.cfg.flat, self.cfg.max_docs,
+                                       self.cfg.dynamic_cu)
         if not self.cfg.prewarm:
             loader.warm_batches = None  # the core's warm-up skips a loader with no warm_batches
         return loader

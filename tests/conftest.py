@@ -27,6 +27,7 @@ SLOW = (
     "tests/test_train.py::test_sigterm_marks_the_run_interrupted",  # a subprocess killed mid-run
     "tests/test_bench.py::test_varlen_stand_in_attends_within_each_packed_document",  # eager flex: ~6-13 s
     "tests/test_varlen.py::test_compiled_loop_with_prewarmed_buckets_never_recompiles",  # compiled runs, ~25 s each
+    "tests/test_varlen.py::test_warmup_compiles_one_graph_per_mode_and_cu_size_logging_each",  # compiled, ~30 s
     "tests/test_eval_speed.py::test_compiled_ttt_adaptation_is_warmed_and_adapts_like_eager",  # 3 graphs, ~16 s
     "tests/test_model_plugins.py::test_value_embeddings_frozen_keeps_the_table_fixed",  # compiled fwd+bwd, ~30 s
 )

@@ -424,3 +424,27 @@ def test_finish_leaves_out_the_plugins_of_the_evaluations_the_record_skips(name,
         assert not set(drop) & set(pg_cfg.plugins) and len(pg_cfg.plugins) == len(cfg.plugins) - len(drop)
     expected = {"pr1855": {"phased_ttt", "compress_pergroup"}, "pr1493": {"score_first_ttt"}}
     assert set(drop) == expected.get(name, set())
+
+
+def test_parameter_gap_to_pr1855_is_its_dead_lane_lambdas():
+    """The H200 bench's logs (pgolf `model_params:35945623`, the record's 35945671): the 48 the record has more
+    are what its profile names dead at the recipe's shape (6 lambdas per block before PARALLEL_START_LAYER 8,
+    its forward never reads them: tests/test_record_init.py); any other gap is shown as unexplained."""
+    from core.config import resolve
+    from core.registry import Registry
+    from pgolf.bench import model_params, params_row
+    from pgolf.records import PROFILES, parse_log
+
+    registry, recipe = Registry(), Path(__file__).resolve().parents[1] / "recipes" / "pr1855.toml"
+    cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=recipe, check_plugins=registry.check)
+    dead = list(PROFILES["pr1855"].dead_params(cfg))  # as record.json gives it back
+    assert dead[0] == 48 and "blocks 0-7" in dead[1]
+    pg = {"log": parse_log("seed:1337\nmodel_params:35945623\n", 1)}
+    got = model_params(pg, {"log": parse_log("model_params:35945671\n", 1), "dead_params": dead})
+    assert (got["pgolf"], got["record"], got["record_dead"], got["unexplained"]) == (35945623, 35945671, 48, 0)
+    assert params_row(got) == f"35,945,623 | 35,945,671 (record +48: {dead[1]})"
+    other = model_params(pg, {"log": parse_log("model_params:35945672\n", 1), "dead_params": dead})
+    assert other["unexplained"] == 1 and params_row(other).endswith("; UNEXPLAINED +1")
+    cfg6 = resolve(plugin_config_classes=registry.config_classes(), recipe=recipe, sets=["parallel_lanes.start=6"],
+                   check_plugins=registry.check)
+    assert PROFILES["pr1855"].dead_params(cfg6)[0] == 36

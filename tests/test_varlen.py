@@ -278,3 +278,46 @@ def test_compiled_loop_with_prewarmed_buckets_never_recompiles(tiny_data, tiny_c
     log = (run.run_dir / "train.log").read_text()
     torch._dynamo.reset()
     assert ("timed_loop_recompiles:0" in log) == (not extra), log[-300:]
+
+
+@pytest.mark.parametrize("dynamic_cu", [False, True], ids=["buckets", "dynamic_cu"])
+def test_warmup_compiles_one_graph_per_mode_and_cu_size_logging_each(tiny_data, tiny_core, tmp_path, monkeypatch,
+                                                                      dynamic_cu):
+    """PR #1855's warm-up at tiny size (flat doc_packing rows + a recurrence mode, aot_eager): one training graph
+    per (mode, cu_seqlens size), none more — the rotary tables are primed at the flat row's length, not
+    train_seq_len (a graph traced on the shorter table was recompiled at once) — each warm-up step logged with
+    its seconds and graph count, and the timed loop, whose packed batches change document boundaries and cu
+    size, compiles nothing. With `dynamic_cu` (the dense CPU path never reads cu_seqlens) one graph per mode."""
+    import functools
+    import re
+
+    import core.train
+    from core.train import train
+    from pgolf.records import parse_log
+
+    sets = [*tiny_core, f"core.data_path={tiny_data}", f"core.out_dir={tmp_path}", "doc_packing.cu_bucket_size=2",
+            "doc_packing.max_docs=1", "core.compile=true", "core.warmup_steps=1", "core.val_max_tokens=1024",
+            "core.num_layers=4", "depth_recurrence.loop_start=1", "depth_recurrence.loop_end=2",
+            "depth_recurrence.enable_at=0.5", f"doc_packing.dynamic_cu={str(dynamic_cu).lower()}"]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["doc_packing", "depth_recurrence"],
+                  sets=sets, check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    monkeypatch.setattr(core.train.torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    torch._dynamo.reset()
+    run = setup(cfg, REGISTRY)
+    loader = run.hook.pg_train_loader(run=run)
+    sizes = loader.cu_sizes(1024, 64)
+    boundaries = {tuple(loader.next_batch(1024, 64, 1)[3].tolist()) for _ in range(12)}
+    assert len(sizes) == 2 and len(boundaries) > 6 and len({len(b) for b in boundaries}) == 2
+    train(run)
+    log = (run.run_dir / "train.log").read_text()
+    torch._dynamo.reset()
+    assert "warmup_plan:steps:1 modes:1 batch_shapes:2x2" in log
+    warm = re.findall(r"^(warmup_\w+):(.*) time:([\d.]+)s graphs:(\d+)$", log, re.M)
+    assert [w[0] for w in warm] == ["warmup_step", "warmup_mode"] + ["warmup_shape"] * 4 + ["warmup_mode"]
+    assert [w[1] for w in warm[2:]] == [f"{i}/2 mode:{m} batch:1x1024,1x1024,1x1024,{s}"
+                                        for m in ("base", "recurrence") for i, s in enumerate(sizes, 1)] + ["base"]
+    assert [float(w[2]) for w in warm] == sorted(float(w[2]) for w in warm)
+    graphs = 2 if dynamic_cu else 2 * len(sizes)  # (base, recurrence) [x sizes]
+    assert int(warm[0][3]) == 1 and int(warm[-1][3]) == graphs
+    assert parse_log(log, 1024)["warmup"] == {"seconds": float(warm[-1][2]), "graphs": graphs}  # the bench's
+    assert "mode:recurrence on step:6" in log and "timed_loop_recompiles:0" in log
