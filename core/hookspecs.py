@@ -161,7 +161,8 @@ def pg_train_start(run: Any) -> None:
 
 @hookspec
 def pg_after_step(run: Any, step: int) -> None:
-    """After every optimizer step (`step` is the number of completed steps). EMA and SWA live here."""
+    """After every optimizer step (`step` is the number of completed steps). EMA and SWA live here. A param
+    group's "base_lr" changed here (e.g. late_qat's `lr_scale_on_enable`) counts from the next step's LR."""
 
 
 @hookspec
