@@ -15,6 +15,12 @@ right after `pg_train_end` (names mapped as tests/test_record_init.py does for P
     python benchmarks/record_parity_cpu.py --record /tmp/pr315_record.py --recipe recipes/pr315.toml \
         --data ~/.cache/pgolf/default-v1-sp1024 --iterations 30 \
         --env RECORD NUM_LAYERS=11 BIGRAM_VOCAB_SIZE=2048 XSA_LAST_N=4 ... (the record's README command line)
+    python benchmarks/record_parity_cpu.py --record pr534_train_gpt.py --recipe recipes/pr534.toml \
+        --data ~/.cache/pgolf/default-v1-sp1024 --iterations 36 --warmdown 12 --weights --ns-fp32 \
+        --shape MODEL_DIM=64 NUM_HEADS=4 NUM_KV_HEADS=2 MLP_HIDDEN=128 TRAIN_SEQ_LEN=128 EVAL_SEQ_LEN=128 \
+        TRAIN_BATCH_TOKENS=2048 VAL_BATCH_SIZE=4096 --record-env QAT_LATE_THRESHOLD=0.45 SWA_EVERY=5 \
+        SWA_THRESHOLD=0.6 --pgolf-set late_qat.threshold=0.45 tight_swa.every=5 tight_swa.threshold=0.6 \
+        value_embeddings.frozen=true   (QAT from step 32, 2 SWA checkpoints: max |dloss| 1e-4, weights 4e-5)
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ PGOLF_NS_FP32 = [("dtype: torch.dtype = torch.bfloat16) -> Tensor:", "dtype: tor
 NS_FP32 = [  # --ns-fp32, the record: Newton-Schulz and the flat Muon update buffer in fp32 (bf16 in the record)
     (r"^(\s*X = G)\.bfloat16\(\)", r"\1.float()", 1),
     (r"^(\s*updates_flat = torch\.zeros\(total_params, device=params\[0\]\.device, dtype=torch)\.bfloat16\)",
-     r"\1.float32)", 1),
+     r"\1.float32)", (0, 1)),  # #609's parallel Muon has no flat buffer
 ]
 RECORD_NAMES = ((r"^smear_gate\.gate_weight$", "embed_mix_post.0.smear_gate"), (r"^ve\.", "ve_shared."),
                 (r"^ve_scales\.(\d+)$", r"blocks.\1.attn.value_parts.0.ve_layer_scale"))
@@ -163,7 +169,8 @@ def main() -> None:
     ap.add_argument("--warmdown", type=int, help="WARMDOWN_ITERS (default: iterations // 3)")
     ap.add_argument("--weights", action="store_true", help="compare the weights after training (after SWA)")
     ap.add_argument("--ns-fp32", action="store_true", help="Newton-Schulz in fp32 on both sides (bf16 in both: "
-                    "their batching differs, so bf16 rounding makes the weights drift apart by ~1e-2 in 16 steps)")
+                    "their batching differs, so bf16 rounding makes the weights drift apart by ~1e-2 in 16 steps; "
+                    "#609's parallel-Muon buffers stay bf16)")
     args = ap.parse_args()
     out = args.out.resolve()
     if out.exists():
