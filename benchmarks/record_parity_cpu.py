@@ -8,10 +8,19 @@ size, and prints the train loss of every step side by side and the first step wh
 
 The record is patched only where CPU needs it (FA3 -> SDPA, CUDA calls -> no-ops, no bf16 cast of the
 model, no compile, a validation prefix as PGOLF_VAL_MAX_TOKENS); every patch must match exactly once.
+It also prints each side's mode lines (late QAT, SWA) and, with `--weights`, compares the weights after
+training (after SWA, before quantization): the record's final_model.pt against pgolf's state dict saved
+right after `pg_train_end` (names mapped as tests/test_record_init.py does for PR #534).
 
     python benchmarks/record_parity_cpu.py --record /tmp/pr315_record.py --recipe recipes/pr315.toml \
         --data ~/.cache/pgolf/default-v1-sp1024 --iterations 30 \
         --env RECORD NUM_LAYERS=11 BIGRAM_VOCAB_SIZE=2048 XSA_LAST_N=4 ... (the record's README command line)
+    python benchmarks/record_parity_cpu.py --record pr534_train_gpt.py --recipe recipes/pr534.toml \
+        --data ~/.cache/pgolf/default-v1-sp1024 --iterations 36 --warmdown 12 --weights --ns-fp32 \
+        --shape MODEL_DIM=64 NUM_HEADS=4 NUM_KV_HEADS=2 MLP_HIDDEN=128 TRAIN_SEQ_LEN=128 EVAL_SEQ_LEN=128 \
+        TRAIN_BATCH_TOKENS=2048 VAL_BATCH_SIZE=4096 --record-env QAT_LATE_THRESHOLD=0.45 SWA_EVERY=5 \
+        SWA_THRESHOLD=0.6 --pgolf-set late_qat.threshold=0.45 tight_swa.every=5 tight_swa.threshold=0.6 \
+        value_embeddings.frozen=true   (QAT from step 32, 2 SWA checkpoints: max |dloss| 1e-4, weights 4e-5)
 """
 
 from __future__ import annotations
@@ -26,6 +35,43 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 STEP_RE = re.compile(r"^step:(\d+)/\d+ train_loss:([\d.]+)", re.M)
+EVENT_RE = re.compile(r"^(?:\S+ )?((?:late_qat|swa|tight_swa):.*)$", re.M)
+# pgolf's CLI; PARITY_NS_FP32: core.optim with fp32 Newton-Schulz and update buffer (as the record with
+# NS_FP32); PARITY_WEIGHTS: the state dict saved right after pg_train_end (averaged, not yet quantized)
+PGOLF_RUNNER = '''import os, sys, importlib.util
+from pathlib import Path
+import torch
+if os.environ.get("PARITY_NS_FP32"):
+    import core
+    spec = importlib.util.spec_from_file_location("core.optim", Path(core.__file__).with_name("optim.py"))
+    mod, src = importlib.util.module_from_spec(spec), Path(spec.origin).read_text()
+    for old, new in PGOLF_NS_FP32:
+        assert src.count(old) == 1, old
+        src = src.replace(old, new)
+    sys.modules["core.optim"] = mod
+    exec(compile(src, spec.origin, "exec"), mod.__dict__)
+import core.train as T
+_path, _finish = os.environ.get("PARITY_WEIGHTS"), T.finish_and_calibrate
+def _saving(run, loop, budget):
+    run.hook.pg_train_end(run=run, model=run.model)
+    torch.save({k: v.detach().cpu() for k, v in run.model.state_dict().items()}, _path)
+    run.hook.pg_train_end = lambda **kw: None  # already called
+    return _finish(run, loop, budget)
+if _path:
+    T.finish_and_calibrate = _saving
+from pgolf.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+PGOLF_NS_FP32 = [("dtype: torch.dtype = torch.bfloat16) -> Tensor:", "dtype: torch.dtype = torch.float32) -> Tensor:"),
+                 ("flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)",
+                  "flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)")]
+NS_FP32 = [  # --ns-fp32, the record: Newton-Schulz and the flat Muon update buffer in fp32 (bf16 in the record)
+    (r"^(\s*X = G)\.bfloat16\(\)", r"\1.float()", 1),
+    (r"^(\s*updates_flat = torch\.zeros\(total_params, device=params\[0\]\.device, dtype=torch)\.bfloat16\)",
+     r"\1.float32)", (0, 1)),  # #609's parallel Muon has no flat buffer
+]
+RECORD_NAMES = ((r"^smear_gate\.gate_weight$", "embed_mix_post.0.smear_gate"), (r"^ve\.", "ve_shared."),
+                (r"^ve_scales\.(\d+)$", r"blocks.\1.attn.value_parts.0.ve_layer_scale"))
 PRELUDE = '''import torch as _t
 _t.cuda.is_available = lambda: True
 for _n in ("set_device", "synchronize", "manual_seed_all", "reset_peak_memory_stats", "empty_cache"):
@@ -57,12 +103,17 @@ PATCHES = [
      r'\1    _cap = int(os.environ.get("PGOLF_VAL_MAX_TOKENS", "0"))\n'
      r"    if _cap > 0:\n"
      r"        val_tokens = val_tokens[: min(val_tokens.numel() - 1, (_cap // \2) * \2) + 1]\n", 1),
+    # #534's SWA snapshot: .float().cpu() of an fp32 CPU tensor is the tensor itself, so the "snapshot" would
+    # alias the live weights (and `+=` would add into them); on the GPU .cpu() copies
+    (r"train_loss:\{train_loss\.item\(\):\.4f\}", "train_loss:{train_loss.item():.8f}", (0, 1)),  # all digits
+    (r"(sd = \{k: v\.detach\(\)\.float\(\)\.cpu\(\))( for k, v in base_model\.state_dict\(\)\.items\(\)\})",
+     r"\1.clone()\2", (0, 1)),
 ]
 
 
-def patched(src: Path, out: Path) -> Path:
+def patched(src: Path, out: Path, ns_fp32: bool = False) -> Path:
     text = src.read_text(encoding="utf-8")
-    for pattern, repl, count in PATCHES:
+    for pattern, repl, count in PATCHES + (NS_FP32 if ns_fp32 else []):
         text, n = re.subn(pattern, repl, text, flags=re.M)
         allowed = count if isinstance(count, tuple) else (count,)
         if (count is not None and n not in allowed) or (count is None and n == 0):
@@ -75,6 +126,30 @@ def patched(src: Path, out: Path) -> Path:
 
 def losses(log: str) -> dict[int, float]:
     return {int(m.group(1)): float(m.group(2)) for m in STEP_RE.finditer(log)}
+
+
+def pgolf_losses(out: Path, log: str) -> dict[int, float]:
+    """Every digit from pgolf's events.jsonl (the log prints 4 decimals), else the log."""
+    events = out / "runs" / "pgolf" / "events.jsonl"
+    if not events.is_file():
+        return losses(log)
+    rows = [json.loads(line) for line in events.read_text().splitlines()]
+    return {e["step"]: e["train_loss"] for e in rows if e.get("event") == "step"}
+
+
+def compare_weights(record: dict, ours: dict) -> tuple[float, list[str]]:
+    """Max |difference| over the record's tensors found in pgolf's state dict (PR #534's names mapped), and
+    the record names with no pgolf tensor."""
+    worst, missing = 0.0, []
+    for name, t in record.items():
+        mapped = name
+        for pattern, repl in RECORD_NAMES:
+            mapped = re.sub(pattern, repl, mapped)
+        if mapped not in ours or ours[mapped].numel() != t.numel():
+            missing.append(name)
+            continue
+        worst = max(worst, (ours[mapped].reshape(t.shape).float() - t.float()).abs().max().item())
+    return worst, missing
 
 
 def main() -> None:
@@ -91,6 +166,11 @@ def main() -> None:
         help="size overrides both sides read (environment names)")
     ap.add_argument("--record-env", nargs="*", default=[], help="the record's own settings (its README command)")
     ap.add_argument("--pgolf-set", nargs="*", default=[], help="extra --set for pgolf (plugin-only settings)")
+    ap.add_argument("--warmdown", type=int, help="WARMDOWN_ITERS (default: iterations // 3)")
+    ap.add_argument("--weights", action="store_true", help="compare the weights after training (after SWA)")
+    ap.add_argument("--ns-fp32", action="store_true", help="Newton-Schulz in fp32 on both sides (bf16 in both: "
+                    "their batching differs, so bf16 rounding makes the weights drift apart by ~1e-2 in 16 steps; "
+                    "#609's parallel-Muon buffers stay bf16)")
     args = ap.parse_args()
     out = args.out.resolve()
     if out.exists():
@@ -98,32 +178,46 @@ def main() -> None:
     out.mkdir(parents=True)
     tok = args.tokenizer or next(args.data.glob("tokenizer/*.model"))
     env = dict(os.environ, DATA_PATH=str(args.data.resolve()), TOKENIZER_PATH=str(Path(tok).resolve()),
-               ITERATIONS=str(args.iterations), WARMDOWN_ITERS=str(max(1, args.iterations // 3)),
+               ITERATIONS=str(args.iterations), WARMDOWN_ITERS=str(args.warmdown or max(1, args.iterations // 3)),
                MAX_WALLCLOCK_SECONDS="0", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", SEED="1337", WARMUP_STEPS="2",
                PGOLF_VAL_MAX_TOKENS="8192", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     env.update(kv.split("=", 1) for kv in args.shape)
     rec_env = dict(env, **dict(kv.split("=", 1) for kv in args.record_env), RUN_ID="record")
-    script = patched(args.record, out / "train_gpt_cpu.py")
+    script = patched(args.record, out / "train_gpt_cpu.py", args.ns_fp32)
     rec = subprocess.run([sys.executable, str(script)], cwd=out, env=rec_env, capture_output=True, text=True)
     (out / "record.out").write_text(rec.stdout + rec.stderr)
     pg_env = dict(env, PGOLF_DEVICE="cpu", PGOLF_COMPILE="false", PGOLF_OUT_DIR=str(out / "runs"), RUN_ID="pgolf",
-                  PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "pgolf.cli", "train", "--recipe", str(args.recipe.resolve()),
+                  PYTHONPATH=str(REPO), PARITY_WEIGHTS=str(out / "pgolf_final.pt") if args.weights else "",
+                  PARITY_NS_FP32="1" if args.ns_fp32 else "")
+    runner = PGOLF_RUNNER.replace("PGOLF_NS_FP32", repr(PGOLF_NS_FP32))
+    cmd = [sys.executable, "-c", runner, "train", "--recipe", str(args.recipe.resolve()),
            *[a for s in args.pgolf_set for a in ("--set", s)]]
     pg = subprocess.run(cmd, cwd=REPO, env=pg_env, capture_output=True, text=True)
     (out / "pgolf.out").write_text(pg.stdout + pg.stderr)
     if rec.returncode or pg.returncode:
         sys.exit(f"record exit {rec.returncode}, pgolf exit {pg.returncode}: see {out}/record.out, {out}/pgolf.out")
-    a, b = losses((out / "logs" / "record.txt").read_text()), losses(pg.stdout)
+    a, b = losses((out / "logs" / "record.txt").read_text()), pgolf_losses(out, pg.stdout)
     rows, first = [], None
     for step in sorted(set(a) & set(b)):
         diff = b[step] - a[step]
         rows.append({"step": step, "record": a[step], "pgolf": b[step], "diff": diff})
         if first is None and abs(diff) > 2e-4:
             first = step
-        print(f"step {step:4d}  record {a[step]:.4f}  pgolf {b[step]:.4f}  diff {diff:+.4f}")
-    print(f"first step differing by > 2e-4 nats: {first}")
-    (out / "parity.json").write_text(json.dumps({"rows": rows, "first_divergent_step": first}, indent=2) + "\n")
+        print(f"step {step:4d}  record {a[step]:.6f}  pgolf {b[step]:.6f}  diff {diff:+.2e}")
+    worst = max((abs(r["diff"]) for r in rows), default=float("nan"))
+    print(f"first step differing by > 2e-4 nats: {first}; max |diff| {worst:.2e} over {len(rows)} steps")
+    result = {"rows": rows, "first_divergent_step": first, "max_abs_diff": worst}
+    for side, log in (("record", (out / "logs" / "record.txt").read_text()), ("pgolf", pg.stdout)):
+        result[f"{side}_events"] = EVENT_RE.findall(log)
+        print(f"{side}: " + " | ".join(result[f"{side}_events"]))
+    if args.weights:
+        import torch
+
+        w_diff, missing = compare_weights(torch.load(out / "final_model.pt", map_location="cpu"),
+                                          torch.load(out / "pgolf_final.pt", map_location="cpu"))
+        result.update(weights_max_abs_diff=w_diff, weights_unmatched=missing)
+        print(f"weights after training: max |diff| {w_diff:.3g}; record tensors not compared: {missing}")
+    (out / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

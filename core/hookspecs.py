@@ -125,8 +125,8 @@ def pg_param_groups(model: Any, groups: dict[str, list[Any]], config: Any) -> No
 
 @hookspec(firstresult=True)
 def pg_make_optimizer(group: str, params: list[Any], config: Any) -> Any:
-    """Return the optimizer for one named parameter group (the core answers for its four). Each param
-    group carries "base_lr", which the core multiplies by the schedule's lr multiplier every step."""
+    """Return the optimizer for one named parameter group (the core answers for its four). Each group carries
+    "base_lr": the core sets lr = base_lr·lr_mul every step (pg_after_step may rescale it, as late_qat does)."""
 
 
 @hookspec

@@ -4,9 +4,9 @@ SWA_EVERY=50`; #265 every 200 at scale < 0.5).
 
 After optimizer step n (n counted from 1) the floating-point state-dict entries are added to a float32 sum
 when `lr_mul(step n−1) < threshold and n % every == 0`, as the records' `scale < swa_start_frac and step %
-swa_every == 0`; at `pg_train_end` the mean replaces the live weights when more than one checkpoint was
-collected (the records' `swa_count > 1`). The sum stays on the device in float32 (#180 summed on the CPU in
-the weights' dtype; #287 in float32).
+swa_every == 0`; at `pg_train_end` the mean replaces the live weights when at least `min_checkpoints` were
+collected (the records' `swa_count > 1`: 2; PR #534's `swa_count > 0`: 1). The sum stays on the device in
+float32 (#180 summed on the CPU in the weights' dtype; #287 in float32).
 
 `apply = false` collects and logs but never loads the average: that is what PRs #414–#1204 did (their
 `swa_state` is never read after the loop; only the EMA is loaded) — use it with `ema` to reproduce those
@@ -34,6 +34,8 @@ class SWAConfig:
         "help": "collect only while the LR multiplier is below this (#180 SWA_START_FRAC 0.4; #265 0.5)"})
     apply: bool = field(default=True, metadata={
         "help": "load the average at the end; false = collect only, as PRs #414-#1204 (with ema)"})
+    min_checkpoints: int = field(default=2, metadata={
+        "help": "load the average only when at least this many were collected (#162-#287: 2; PR #534: 1)"})
 
 
 def check_fields(name: str, cfg: Any) -> list[str]:
@@ -42,6 +44,8 @@ def check_fields(name: str, cfg: Any) -> list[str]:
         errors.append(f"{name}.every: expected an integer >= 1, got {cfg.every}")
     if not cfg.threshold > 0:
         errors.append(f"{name}.threshold: expected a positive LR-multiplier threshold, got {cfg.threshold}")
+    if cfg.min_checkpoints < 1:
+        errors.append(f"{name}.min_checkpoints: expected an integer >= 1, got {cfg.min_checkpoints}")
     return errors
 
 
@@ -103,16 +107,17 @@ class SWA(Plugin):
 
     @hookimpl
     def pg_train_end(self, run, model) -> None:
+        applied = self.cfg.apply and self.count >= self.cfg.min_checkpoints
         if not self.cfg.apply:
             run.log(f"{self.name}:collected {self.count} checkpoints, not applied ({self.name}.apply=false)")
-        elif self.count > 1:
+        elif applied:
             run.log(f"{self.name}:applying averaged {self.count} checkpoints")
             current = model.state_dict()
             avg = {n: (s / self.count).to(current[n].dtype) for n, s in zip(self.names, self.sum, strict=True)}
             model.load_state_dict(avg, strict=False)
         else:
-            run.log(f"{self.name}:not applied ({self.count} checkpoint collected; needs 2)")
-        run.event(self.name, checkpoints=self.count, applied=bool(self.cfg.apply and self.count > 1))
+            run.log(f"{self.name}:not applied ({self.count} checkpoints collected; needs {self.cfg.min_checkpoints})")
+        run.event(self.name, checkpoints=self.count, applied=bool(applied))
         self.sum = []
 
     @hookimpl

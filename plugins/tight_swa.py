@@ -20,6 +20,8 @@ class TightSWAConfig:
     threshold: float = field(default=0.2, metadata={"help": "collect only while the LR multiplier is below this"})
     apply: bool = field(default=True, metadata={
         "help": "load the average at the end; false = collect only, as PRs #414-#1204 (with ema)"})
+    min_checkpoints: int = field(default=2, metadata={
+        "help": "load the average only when at least this many were collected (#162-#287: 2; PR #534: 1)"})
 
 
 class TightSWA(SWA):

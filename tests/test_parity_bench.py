@@ -82,3 +82,7 @@ def test_record_parity_cpu_patches_apply_to_the_sdpa_and_fa3_records(name, tmp_p
     seq = re.search(r"val_tokens = load_validation_tokens\(args\.val_files, ([\w.]+)\)", text).group(1)
     assert f"(_cap // {seq}) * {seq}" in text
     assert seq == ("args.train_seq_len" if name == "pr534" else "val_seq_len")
+    fp32 = load_benchmark("record_parity_cpu").patched(src, tmp_path / "cpu32.py", ns_fp32=True).read_text()
+    assert "X = G.float()" in fp32 and "X = G.bfloat16()" not in fp32
+    assert all("bfloat16" not in line for line in fp32.splitlines() if "updates_flat = torch.zeros" in line)
+    assert ("v.detach().float().cpu().clone()" in fp32) == (name == "pr534")  # #534's SWA snapshot, copied
