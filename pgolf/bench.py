@@ -786,10 +786,13 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(sub: Any, add_config_args: Any) -> None:
+    from pgolf.cli import at_least
+
     p = sub.add_parser("bench", help="training speed of a recipe (tokens/s, MFU, memory, hooks, phases), "
                                      "optionally against a record's train_gpt.py (--vs)")
     add_config_args(p)
-    p.add_argument("--steps", type=int, default=150, help="timed training steps (iteration schedule; default 150)")
+    p.add_argument("--steps", type=at_least(2), default=150,
+                   help="timed training steps (iteration schedule; default 150)")
     p.add_argument("--vs", metavar="SCRIPT", help="a record's train_gpt.py, run on the same data/steps/seed")
     p.add_argument("--profile", help="the record's profile (pr315, pr534, pr609, pr1493, pr1855, generic); "
                    "default: by the script's sha256")
@@ -798,13 +801,14 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
     p.add_argument("--side", choices=["both", "pgolf", "record"], default="both",
                    help="run one side only; the other's result is read from an earlier call's --out")
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--val-tokens", type=int, default=1_048_576,
+    p.add_argument("--val-tokens", type=at_least(0), default=1_048_576,
                    help="validation prefix both sides evaluate (0: all; default 1,048,576)")
-    p.add_argument("--log-every", type=int, default=10, help="TRAIN_LOG_EVERY for both sides (default 10)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="compile warm-up steps (default: the recipe's)")
-    p.add_argument("--warmdown-frac", type=float, default=0.4,
+    p.add_argument("--log-every", type=at_least(1), default=10, help="TRAIN_LOG_EVERY for both sides (default 10)")
+    p.add_argument("--warmup-steps", type=at_least(0), default=None,
+                   help="compile warm-up steps (default: the recipe's)")
+    p.add_argument("--warmdown-frac", type=at_least(0.0, float), default=0.4,
                    help="WARMDOWN_ITERS = frac × steps for recipes with the core's iteration warmdown (default 0.4)")
-    p.add_argument("--profile-steps", type=int, default=5,
+    p.add_argument("--profile-steps", type=at_least(0), default=5,
                    help="extra profiled steps for the phase breakdown (0: none)")
     p.add_argument("--finish", action="store_true",
                    help="pgolf side: after the timed loop run the trainer's last phases (weight averaging, "

@@ -40,6 +40,20 @@ class InterruptedRun(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C."""
 
 
+def at_least(low: float, kind: type = int):
+    """An argparse type: a `kind` number >= `low` (a bad value is argparse's one-line error naming the flag)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} >= {low}, got {text!r}") from None
+        if not value >= low:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__} >= {low}, got {text!r}")
+        return value
+    parse.__name__ = f"{kind.__name__} >= {low}"
+    return parse
+
+
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="recipe TOML (plugins list + [core] and [plugin] tables)")
     p.add_argument("--plugins", help="comma-separated plugin list (overrides the recipe and PGOLF_PLUGINS)")
@@ -436,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproducible: schedule by iterations (no wall-clock cap) and deterministic kernels, so "
                         "two runs and the bundle agree (core.deterministic / PGOLF_DETERMINISTIC=1)")
     p.add_argument("--force", action="store_true", help="replace the run directory of RUN_ID if it holds a run")
-    p.add_argument("--nproc", type=int, default=0, help="launch N processes with torchrun (one per GPU)")
+    p.add_argument("--nproc", type=at_least(0), default=0, help="launch N processes with torchrun (one per GPU)")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a saved artifact (a run directory or its final_model.ptz)")
     p.add_argument("path", help="run directory or artifact file (config.json must be beside it)")
@@ -521,8 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     # OpenMP threads sleep instead of spinning while they wait (before torch loads): on a busy CPU machine
     # spinning makes small CPU steps several times slower; no effect on GPU work. Set it to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # argparse's usage errors (and --help) exit; hand back their status instead
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
