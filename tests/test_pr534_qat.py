@@ -23,6 +23,8 @@ from core.registry import Registry
 from core.run import create_run
 from core.train import CoreDefaults, build_model, setup, train
 from plugins.late_qat import FakeQuantLinear, fake_quantize_rows
+from tests.test_swa import Capture as SWACapture
+from tests.test_swa import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = Registry()
@@ -111,12 +113,14 @@ def test_rowmax_floor_reaches_the_compiled_model():
 
 
 # --- the timing and the LR halving in a real training loop ---------------------------------------------
-class Capture:
+class Capture(SWACapture):
+    """test_swa's state capture, plus whether each step's forward saw QAT on and every group's LR."""
+
     def __init__(self):
+        super().__init__()
         self.qat_at_forward: dict[int, bool] = {}
         self.lr: dict[int, list[float]] = {}
         self.mul: dict[int, float] = {}
-        self.after: dict[int, dict[str, torch.Tensor]] = {}
 
     @hookimpl(tryfirst=True)
     def pg_before_step(self, run, step, clock):  # before late_qat flips it: the state this step's forward saw
@@ -126,17 +130,8 @@ class Capture:
 
     @hookimpl
     def pg_after_step(self, run, step):
+        super().pg_after_step(run, step)
         self.lr[step - 1] = [g["lr"] for opt in run.optimizers for g in opt.param_groups]
-        self.after[step] = {k: v.double().clone() for k, v in run.model.state_dict().items()}
-
-    @hookimpl(trylast=True)
-    def pg_train_end(self, run, model):
-        self.final = {k: v.double().clone() for k, v in model.state_dict().items()}
-
-
-def configure(tiny_sets, plugins, *sets):
-    return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=plugins, sets=[*tiny_sets, *sets],
-                   check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
 
 
 def run_with_capture(cfg):
