@@ -8,6 +8,7 @@ step and phase boundaries.
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import json
 import math
@@ -155,6 +156,7 @@ def should_compile(run: Run) -> bool:
 
 
 CodeSize = Callable[[Config, Registry], int]  # (config, registry) -> the submission's code bytes
+CHECK_LOSS_EVERY_STEP_OFF_GPU = True  # False: the loop's CUDA path, syncs on logging steps only (tests)
 
 
 def code_bytes(run: Run) -> int:
@@ -398,7 +400,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     evaluator_plain = plain_evaluator(run)
     progress = run.progress(core.iterations, core.train_batch_tokens, budget.loop_ms)
     last_val_bpb: float | None = None
-    check_every_step = run.device.type != "cuda"  # a host sync per step costs nothing off-GPU
+    check_every_step = CHECK_LOSS_EVERY_STEP_OFF_GPU and run.device.type != "cuda"  # costs nothing off-GPU
     graphs_at_start, eval_graphs = compiled_graph_count(), 0  # validation shapes compile apart from training
     training_time_ms = 0.0
     stop_after_step: int | None = None
@@ -611,8 +613,6 @@ def shutdown(run: Run) -> None:
     """Leave the process group cleanly (DDP holds it: release that first, or gloo aborts at exit)."""
     if not run.distributed:
         return
-    import gc
-
     import torch.distributed as dist
 
     run.train_model = None

@@ -27,11 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections import defaultdict
 from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+
+from core.hookspecs import hookimpl
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MIRROR = "/work/.mirror/openai+parameter-golf/repo"
@@ -262,6 +265,71 @@ class HookMonitor:
         return [1000.0 * (b - a) for a, b in pairwise(self.marks)]
 
 
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's sync debug mode warning (issue #14)
+
+
+class SyncWatch:
+    """Counts host<->device syncs in the timed steps' bodies: `set_mode` (torch.cuda.set_sync_debug_mode) is "warn"
+    from each step's clock (`core.train.make_clock`, after any validation) to the end of its last `pg_after_step`
+    (before the logging branch, which reads the loss on purpose), and its warnings are recorded there. Warm-up,
+    validation and logging are outside; other warnings are passed on."""
+
+    def __init__(self, set_mode: Any):
+        self.set_mode = set_mode
+        self.per_step: list[int] = []
+        self.sites: dict[str, int] = defaultdict(int)
+        self._caught: Any = None
+
+    def open(self) -> None:
+        self._caught = warnings.catch_warnings(record=True)
+        self._records = self._caught.__enter__()
+        warnings.simplefilter("always")
+        self.set_mode("warn")
+
+    def close(self) -> None:
+        if self._caught is None:
+            return
+        self.set_mode(0)
+        self._caught.__exit__(None, None, None)
+        self._caught, n = None, 0
+        for w in self._records:
+            if SYNC_WARNING in str(w.message):
+                n += 1
+                self.sites[f"{Path(w.filename).name}:{w.lineno}"] += 1
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        self.per_step.append(n)
+
+    @hookimpl(trylast=True)  # after every other pg_after_step
+    def pg_after_step(self, run: Any, step: int) -> None:
+        self.close()
+
+    def watch(self, run: Any, timed_loop: Any, *args: Any) -> Any:
+        """`timed_loop(run, *args)` with each step's body watched."""
+        import core.train as trainer
+
+        make_clock = trainer.make_clock
+
+        def opening(*a: Any, **kw: Any) -> Any:
+            self.open()
+            return make_clock(*a, **kw)
+
+        trainer.make_clock = opening
+        run.pm.register(self, name="pgolf_bench_sync_watch")
+        try:
+            return timed_loop(run, *args)
+        finally:
+            self.close()
+            trainer.make_clock = make_clock
+            run.pm.unregister(self)
+
+    def summary(self) -> dict[str, Any]:
+        steps = max(len(self.per_step), 1)
+        top = sorted(self.sites.items(), key=lambda kv: -kv[1])[:10]
+        return {"host_syncs_per_step": sum(self.per_step) / steps, "host_sync_steps": len(self.per_step),
+                "host_sync_sites": dict(top)}
+
+
 class _Labelled:
     """Calls `fn` inside a profiler range, then waits for the device (so the range holds the phase's work)."""
 
@@ -430,7 +498,8 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         warmup_and_restore(run, stepper)
         run.synchronize()
         warmup_s = time.perf_counter() - t0
-        loop = timed_loop(run, stepper, budget)
+        syncs = SyncWatch(torch.cuda.set_sync_debug_mode) if run.device.type == "cuda" else None  # CUDA only
+        loop = syncs.watch(run, timed_loop, stepper, budget) if syncs else timed_loop(run, stepper, budget)
         monitor.in_loop = False
         step_ms = monitor.step_ms()
         memory = peak_memory(run.device)
@@ -458,6 +527,7 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         res["hook_ms_per_step"] = 1000.0 * hook_s / max(loop.steps, 1)
         res["hook_share"] = res["hook_ms_per_step"] / res["ms_per_step_mean"]
         res["hook_ms_by_name"] = {k: 1000.0 * v / max(loop.steps, 1) for k, v in sorted(monitor.seconds.items())}
+        res.update(syncs.summary() if syncs else {"host_syncs_per_step": None})
         res["profile"] = phases
         res["last_val_bpb"] = loop.last_val_bpb
         res["final"] = final
@@ -615,6 +685,15 @@ def params_row(mp: dict[str, Any] | None) -> str:
     return row + (f"; UNEXPLAINED {mp['unexplained']:+,d}" if mp["unexplained"] else "")
 
 
+def sync_cell(pg: dict[str, Any]) -> str:
+    """The table's host-sync cell: per step, and the busiest sites; "— (CUDA only)" off the GPU."""
+    n = pg.get("host_syncs_per_step")
+    if n is None:
+        return "— (CUDA only)"
+    sites = ", ".join(f"{k} ×{v}" for k, v in list(pg.get("host_sync_sites", {}).items())[:3])
+    return f"{n:,.2f}" + (f" ({sites})" if sites else "")
+
+
 def table(res: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     pg, rec, vs = res.get("pgolf"), res.get("record"), res.get("vs")
@@ -632,7 +711,8 @@ def table(res: dict[str, Any]) -> str:
                  (f"peak memory ({pg['peak_memory']['kind']})", f"{pg['peak_memory']['bytes'] / 2**30:,.2f} GiB"),
                  ("warm-up s (compile, est.)", f"{pg['warmup_s']:,.1f} ({pg['compile_s_est']:,.1f})"),
                  ("warm-up graphs compiled", _fmt((pg.get("log", {}).get("warmup") or {}).get("graphs"), "d")),
-                 ("hooks ms/step (share of step)", f"{pg['hook_ms_per_step']:,.3f} ({100 * pg['hook_share']:.2f} %)")]
+                 ("hooks ms/step (share of step)", f"{pg['hook_ms_per_step']:,.3f} ({100 * pg['hook_share']:.2f} %)"),
+                 ("host syncs per step (timed steps)", sync_cell(pg))]
         for name, ms in pg.get("profile", {}).get("phases_ms", {}).items():
             rows.append((f"phase {name} ms/step (synchronized)", f"{ms:,.2f}"))
     if rec:

@@ -9,12 +9,14 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.config import tomllib
+from core.hookspecs import hookimpl
 from pgolf.cli import main
 
 TINY = dict(num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, train_seq_len=64, vocab_size=320, mlp_mult=2)
@@ -448,3 +450,50 @@ def test_parameter_gap_to_pr1855_is_its_dead_lane_lambdas():
     cfg6 = resolve(plugin_config_classes=registry.config_classes(), recipe=recipe, sets=["parallel_lanes.start=6"],
                    check_plugins=registry.check)
     assert PROFILES["pr1855"].dead_params(cfg6)[0] == 36
+
+
+class _SyncingSteps:
+    """Emits torch's sync-debug warning twice in each step body, once at train start (outside the steps) and an
+    unrelated warning per step (passed on, not counted)."""
+
+    @hookimpl
+    def pg_train_start(self, run):
+        warnings.warn("called a synchronizing CUDA operation (train start)", UserWarning, stacklevel=1)
+
+    @hookimpl
+    def pg_before_step(self, run, step, clock):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+
+
+def test_sync_watch_counts_sync_warnings_in_step_bodies_only(tiny_sets):
+    """The bench's host-sync count (CUDA's sync debug mode, here a fake one emitting torch's warning): 2 per step
+    body; the one at train start is outside; the debug mode is on only inside the steps and off at the end."""
+    import warnings
+
+    import core.train as trainer
+    from core.config import resolve
+    from core.registry import Registry
+    from pgolf.bench import SyncWatch, sync_cell
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=[], check_plugins=reg.check,
+                  sets=[*tiny_sets, "core.iterations=4", "core.train_log_every=1"])
+    run = trainer.setup(cfg, reg, make_dir=False)
+    run.pm.register(_SyncingSteps(), name="syncing")
+    modes: list = []
+    watch, make_clock = SyncWatch(modes.append), trainer.make_clock
+    with warnings.catch_warnings(record=True) as passed:
+        warnings.simplefilter("always")
+        loop = watch.watch(run, trainer.timed_loop, trainer.Stepper(run), trainer.Budget.of(run))
+    assert loop.steps == 4 and watch.per_step == [2, 2, 2, 2]
+    assert modes == ["warn", 0] * 4 and trainer.make_clock is make_clock
+    assert [str(w.message) for w in passed].count("something else") == 4
+    assert sum("train start" in str(w.message) for w in passed) == 1  # outside the steps: passed on
+    summary = watch.summary()
+    assert summary["host_syncs_per_step"] == 2.0 and summary["host_sync_steps"] == 4
+    (a, n), (b, m) = summary["host_sync_sites"].items()  # the two warning lines of pg_before_step
+    assert a.startswith("test_bench.py:") and b.startswith("test_bench.py:") and a != b and n == m == 4
+    assert sync_cell(summary) == f"2.00 ({a} ×4, {b} ×4)"
+    assert sync_cell({"host_syncs_per_step": None}) == "— (CUDA only)"
