@@ -15,14 +15,19 @@ available on CPU, so these tests find the syncs by *provenance* instead:
   `__index__`, `__format__`, `numpy`, `cpu`, `.to("cpu")`, `equal`, ...) or an op whose output shape depends on
   device data (`nonzero`, `masked_select`, `unique`, a boolean-tensor index).
 - They are counted only inside each step's body: from the step's clock (`make_clock`, before the mode switches)
-  to the end of the last `pg_after_step` (a `trylast` test plugin). The logging branch after it syncs by design
-  (the loss is read on logging steps), as does validation before it.
+  to the end of the last `pg_after_step` (a `trylast` test plugin), and in the wall-clock cap check
+  (`reached_cap`). The logging branch between them syncs by design (the loss is read on logging steps), as does
+  validation before the step.
+- The one sync left by design: a distributed, capped run's cap check reads the ranks' all-reduced stop flag
+  every step (the record's own rule: every rank stops on the same step, decided on GPU-drained clocks);
+  `test_distributed_cap_check_is_the_known_sync` pins it.
 - `core.train.CHECK_LOSS_EVERY_STEP_OFF_GPU` is turned off, so the loop takes its CUDA path: off the GPU it would
   read the loss (`finite_loss`, an `.item()`) every step, by design.
 """
 
 from __future__ import annotations
 
+import functools
 import traceback
 from pathlib import Path
 from typing import Any
@@ -166,6 +171,8 @@ def host_syncs_per_step(cfg: Any, monkeypatch, cuda_path: bool = True) -> list[l
         return make_clock(*a, **kw)
 
     monkeypatch.setattr(core_train, "make_clock", opening_clock)
+    monkeypatch.setattr(core_train, "reached_cap", functools.partial(cap_check, core_train.reached_cap, counter,
+                                                                     per_step))
     run = core_train.setup(cfg, REGISTRY, make_dir=False)
     run.pm.register(StepEnd(counter, per_step), name="test_step_end")
     budget, stepper = core_train.Budget.of(run), core_train.Stepper(run)
@@ -175,6 +182,17 @@ def host_syncs_per_step(cfg: Any, monkeypatch, cuda_path: bool = True) -> list[l
         core_train.timed_loop(run, stepper, budget)
     assert len(per_step) == cfg.core.iterations
     return per_step
+
+
+def cap_check(reached_cap: Any, counter: SyncCounter, per_step: list[list[str]], *args: Any) -> bool:
+    """The loop's wall-clock cap check, after the logging branch, counted as part of the step it follows."""
+    counter.open = True
+    try:
+        return reached_cap(*args)
+    finally:
+        counter.open = False
+        per_step[-1].extend(counter.syncs)
+        counter.syncs.clear()
 
 
 def report(per_step: list[list[str]]) -> dict[str, int]:
@@ -300,3 +318,30 @@ def test_off_gpu_path_reads_the_loss_every_step_and_the_cuda_path_does_not(tiny_
     off_gpu = report(host_syncs_per_step(cfg, monkeypatch, cuda_path=False))
     assert [(k.split(" at ")[0], k.endswith("(finite_loss)"), n) for k, n in off_gpu.items()] == [("item", True, 3)]
     assert report(host_syncs_per_step(cfg, monkeypatch)) == {}
+
+
+def test_distributed_cap_check_is_the_known_sync(monkeypatch):
+    """A distributed, capped run's cap check all-reduces the stop flag and reads it (`.item()`) every step, as the
+    record does: kept, so all ranks stop on the same step by clocks that include the GPU's queued work. A
+    one-process gloo group stands in for the ranks; the counter sees exactly this sync (and the check is
+    still right)."""
+    import socket
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        run = SimpleNamespace(distributed=True, device=torch.device("cpu"))
+        budget = core_train.Budget(total_ms=1000.0, loop_ms=1000.0)
+        counter, per_step = SyncCounter(), [[]]
+        with counter:
+            answers = [cap_check(core_train.reached_cap, counter, per_step, run, budget, ms) for ms in (10.0, 2000.0)]
+    finally:
+        dist.destroy_process_group()
+    assert answers == [False, True]
+    assert [s.split(" at ")[0] for s in per_step[0]] == ["item", "item"]
+    assert all(s.endswith("(reached_cap)") and s.split(" at ")[1].startswith("core/train.py:") for s in per_step[0])
