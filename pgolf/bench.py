@@ -4,7 +4,8 @@ pgolf side (in this process, the trainer's own phases): tokens/s and ms/step (me
 times from CUDA events / the host clock at `pg_after_step`), model FLOPs per token (FlopCounterMode over one
 forward+backward of the built model at the training sequence length, in every graph mode), MFU against a
 matmul peak timed in the same run (bf16 on CUDA, fp32 on CPU), peak memory, warm-up/compile time, host time
-in hooks per step (pluggy hook-call monitoring), and a per-phase breakdown (data, forward, backward,
+in hooks per step (pluggy hook-call monitoring), host syncs per step on CUDA (the sync debug mode's warnings in
+the timed steps' bodies, `SyncWatch`), and a per-phase breakdown (data, forward, backward,
 optimizer) from torch.profiler over a few extra steps with a synchronization at each phase boundary.
 
 `--vs SCRIPT` runs the record on the same data (a folder of links to the training shards, the validation

@@ -86,6 +86,7 @@ def test_bench_smoke_reports_flops_equal_to_a_hand_count(tmp_path, tiny_data):
     assert set(pg["profile"]["phases_ms"]) == {"data", "forward", "backward", "optimizer"}
     assert pg["profile"]["phases_ms"]["forward"] > 0 and pg["profile"]["phases_ms"]["backward"] > 0
     assert sorted(int(s) for s in pg["log"]["steps"]) == [1, 2, 3]  # --smoke logs every step
+    assert pg["host_syncs_per_step"] is None  # counted on CUDA only (its sync debug mode)
 
 
 def test_bench_vs_a_record_script_times_hooks_and_compares_logs(tmp_path, tiny_data):
