@@ -274,6 +274,20 @@ def test_per_step_plugins_are_listed():
 
 @pytest.mark.parametrize("name", STEP_PLUGINS)
 def test_plugin_step_makes_no_host_sync(name, tiny_sets, request, monkeypatch):
+    check_plugin(name, tiny_sets, request, monkeypatch)
+
+
+OTHER_PLUGINS = sorted(set(REGISTRY.names()) - set(STEP_PLUGINS))
+
+
+@pytest.mark.parametrize("name", OTHER_PLUGINS)
+def test_other_plugins_step_makes_no_host_sync(name, tiny_sets, request, monkeypatch):
+    """The plugins without step hooks still run in the step (model parts, losses): slow, ~1 s each."""
+    check_plugin(name, tiny_sets, request, monkeypatch)
+
+
+def check_plugin(name, tiny_sets, request, monkeypatch):
+    """`name` with its companions and test settings (the plugin matrix's tiny run): no host sync in any step."""
     from test_plugin_matrix import companion_settings, data_for, settings_of, with_companions
 
     plugins = with_companions(name)
