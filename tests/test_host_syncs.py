@@ -40,6 +40,7 @@ from core import train as core_train
 from core.config import resolve
 from core.hookspecs import hookimpl
 from core.registry import Registry
+from tests.test_seed_recipes import TINY as SEED_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = Registry()
@@ -228,16 +229,10 @@ def test_counter_flags_reads_of_device_side_tensors_and_not_host_data():
 
 # --- every recipe and every plugin with per-step work ---------------------------------------------------------------
 
-RECIPE_TINY = {
+RECIPE_TINY = {  # pr534/pr609: test_seed_recipes' tiny settings; pr1855 adds its TTT sizes
+    **{k: SEED_TINY[k] for k in ("pr534", "pr609")},
     "baseline": [],
     "pr315": ["core.eval_seq_len=64", "sliding_window.stride=32", "bigram_hash.buckets=64", "bigram_hash.dim=16"],
-    "pr534": ["core.mlp_hidden=96", "value_embeddings.layers=1", "value_embeddings.dim=16", "xsa.last_n=1",
-              "partial_rope.dims=8", "gptq_lite.keep_float_max_numel=0", "tight_swa.threshold=2.0",
-              "tight_swa.every=1", "late_qat.threshold=0.5"],
-    "pr609": ["bigram_hash.buckets=64", "bigram_hash.dim=16", "value_embeddings.layers=1",
-              "value_embeddings.dim=16", "xsa.last_n=2", "partial_rope.dims=8", "partial_rope.ntk_train_seq_len=32",
-              "gptq.calib_batches=2", "gptq.keep_float_max_numel=0", "prune_to_fit.target_bytes=1000000",
-              "tight_swa.threshold=2.0", "tight_swa.every=1", "sliding_window.stride=32", "core.eval_seq_len=64"],
     "pr1493": ["core.num_layers=6", "core.eval_seq_len=64", "depth_recurrence.loop_start=1",
                "depth_recurrence.loop_end=2", "depth_recurrence.enable_at=0.3", "parallel_residuals.start=4",
                "xsa.last_n=6", "partial_rope.dims=8", "gptq.calib_batches=2", "gptq.reserve_seconds=0",
