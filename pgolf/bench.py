@@ -30,6 +30,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from types import SimpleNamespace
@@ -266,20 +267,53 @@ class HookMonitor:
         return [1000.0 * (b - a) for a, b in pairwise(self.marks)]
 
 
+class _StepBodyEnd:
+    """Calls `close` after every other `pg_after_step` (the end of a step's body)."""
+
+    def __init__(self, close: Callable[[], None]):
+        self.close = close
+
+    @hookimpl(trylast=True)
+    def pg_after_step(self, run: Any, step: int) -> None:
+        self.close()
+
+
+def watch_step_bodies(run: Any, timed_loop: Any, args: tuple, open_: Callable[[], None],
+                      close: Callable[[], None]) -> Any:
+    """`timed_loop(run, *args)` with `open_()` at each timed step's clock (`core.train.make_clock`, after any
+    validation) and `close()` after its last `pg_after_step` (before the logging branch, which reads the loss on
+    purpose): the step body, without warm-up, validation or logging. `SyncWatch` and tests/test_host_syncs.py
+    watch the same window."""
+    import core.train as trainer
+
+    make_clock, end = trainer.make_clock, _StepBodyEnd(close)
+
+    def opening(*a: Any, **kw: Any) -> Any:
+        open_()
+        return make_clock(*a, **kw)
+
+    trainer.make_clock = opening
+    run.pm.register(end, name="pgolf_step_body_end")
+    try:
+        return timed_loop(run, *args)
+    finally:
+        trainer.make_clock = make_clock
+        run.pm.unregister(end)
+
+
 SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's sync debug mode warning (issue #14)
 
 
 class SyncWatch:
-    """Counts host<->device syncs in the timed steps' bodies: `set_mode` (torch.cuda.set_sync_debug_mode) is "warn"
-    from each step's clock (`core.train.make_clock`, after any validation) to the end of its last `pg_after_step`
-    (before the logging branch, which reads the loss on purpose), and its warnings are recorded there. Warm-up,
-    validation and logging are outside; other warnings are passed on."""
+    """Counts host<->device syncs in the timed steps' bodies (`watch_step_bodies`): `set_mode`
+    (torch.cuda.set_sync_debug_mode) is "warn" there and its warnings are recorded; other warnings are passed on."""
 
     def __init__(self, set_mode: Any):
         self.set_mode = set_mode
         self.per_step: list[int] = []
         self.sites: dict[str, int] = defaultdict(int)
         self._caught: Any = None
+        self._records: list[Any] = []
 
     def open(self) -> None:
         self._caught = warnings.catch_warnings(record=True)
@@ -301,28 +335,12 @@ class SyncWatch:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         self.per_step.append(n)
 
-    @hookimpl(trylast=True)  # after every other pg_after_step
-    def pg_after_step(self, run: Any, step: int) -> None:
-        self.close()
-
     def watch(self, run: Any, timed_loop: Any, *args: Any) -> Any:
         """`timed_loop(run, *args)` with each step's body watched."""
-        import core.train as trainer
-
-        make_clock = trainer.make_clock
-
-        def opening(*a: Any, **kw: Any) -> Any:
-            self.open()
-            return make_clock(*a, **kw)
-
-        trainer.make_clock = opening
-        run.pm.register(self, name="pgolf_bench_sync_watch")
         try:
-            return timed_loop(run, *args)
+            return watch_step_bodies(run, timed_loop, args, self.open, self.close)
         finally:
             self.close()
-            trainer.make_clock = make_clock
-            run.pm.unregister(self)
 
     def summary(self) -> dict[str, Any]:
         steps = max(len(self.per_step), 1)

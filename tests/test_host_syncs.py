@@ -15,7 +15,7 @@ available on CPU, so these tests find the syncs by *provenance* instead:
   `__index__`, `__format__`, `numpy`, `cpu`, `.to("cpu")`, `equal`, ...) or an op whose output shape depends on
   device data (`nonzero`, `masked_select`, `unique`, a boolean-tensor index).
 - They are counted only inside each step's body: from the step's clock (`make_clock`, before the mode switches)
-  to the end of the last `pg_after_step` (a `trylast` test plugin), and in the wall-clock cap check
+  to the end of the last `pg_after_step` (`pgolf.bench.watch_step_bodies`: the bench's window), and in the cap check
   (`reached_cap`). The logging branch between them syncs by design (the loss is read on logging steps), as does
   validation before the step.
 - The one sync left by design: a distributed, capped run's cap check reads the ranks' all-reduced stop flag
@@ -40,6 +40,7 @@ from core import train as core_train
 from core.config import resolve
 from core.hookspecs import hookimpl
 from core.registry import Registry
+from pgolf.bench import watch_step_bodies
 from tests.test_seed_recipes import TINY as SEED_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,19 +135,6 @@ class SyncCounter(TorchFunctionMode):
         return out
 
 
-class StepEnd:
-    """Closes the step window after every other `pg_after_step` has run."""
-
-    def __init__(self, counter: SyncCounter, per_step: list[list[str]]):
-        self.counter, self.per_step = counter, per_step
-
-    @hookimpl(trylast=True)
-    def pg_after_step(self, run, step: int) -> None:
-        self.per_step.append(list(self.counter.syncs))
-        self.counter.syncs.clear()
-        self.counter.open = False
-
-
 def seed_marks(run: Any) -> None:
     """What lives on the device in a CUDA run: model parameters, buffers, gradients, optimizer state, and the
     tensors plugins hold (their state, switches, averages)."""
@@ -164,23 +152,24 @@ def host_syncs_per_step(cfg: Any, monkeypatch, cuda_path: bool = True) -> list[l
     """Set up and run the warm-up and the timed loop of `cfg`; each step body's syncs (descriptions)."""
     monkeypatch.setattr(core_train, "CHECK_LOSS_EVERY_STEP_OFF_GPU", not cuda_path)
     counter, per_step = SyncCounter(), []
-    make_clock = core_train.make_clock
 
-    def opening_clock(*a, **kw):
+    def opening() -> None:
         counter.syncs.clear()
         counter.open = True
-        return make_clock(*a, **kw)
 
-    monkeypatch.setattr(core_train, "make_clock", opening_clock)
+    def closing() -> None:
+        per_step.append(list(counter.syncs))
+        counter.syncs.clear()
+        counter.open = False
+
     monkeypatch.setattr(core_train, "reached_cap", functools.partial(cap_check, core_train.reached_cap, counter,
                                                                      per_step))
     run = core_train.setup(cfg, REGISTRY, make_dir=False)
-    run.pm.register(StepEnd(counter, per_step), name="test_step_end")
     budget, stepper = core_train.Budget.of(run), core_train.Stepper(run)
     core_train.warmup_and_restore(run, stepper)
     with counter:
         seed_marks(run)
-        core_train.timed_loop(run, stepper, budget)
+        watch_step_bodies(run, core_train.timed_loop, (stepper, budget), opening, closing)  # the bench's window
     assert len(per_step) == cfg.core.iterations
     return per_step
 
