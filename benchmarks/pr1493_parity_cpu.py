@@ -48,7 +48,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_DIR = "records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"
-from record_parity_cpu import PRELUDE, SDPA_SHIM  # noqa: E402 (benchmarks/ is this script's path)
+from record_parity_cpu import PGOLF_NS_FP32, PRELUDE, SDPA_SHIM  # noqa: E402 (benchmarks/ is this script's path)
 
 PATCHES = [  # (text, replacement): each must occur at least once
     ("from flash_attn_interface import flash_attn_func as flash_attn_3_func\n", SDPA_SHIM),
@@ -72,9 +72,6 @@ NS_FP32 = [  # --ns-fp32: Newton-Schulz and the flat Muon update buffer in fp32 
     ("updates_flat=torch.zeros(total_params,device=params[0].device,dtype=torch.bfloat16)",
      "updates_flat=torch.zeros(total_params,device=params[0].device,dtype=torch.float32)"),
 ]
-PGOLF_NS_FP32 = [("dtype: torch.dtype = torch.bfloat16) -> Tensor:", "dtype: torch.dtype = torch.float32) -> Tensor:"),
-                 ("flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)",
-                  "flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)")]
 NOISE = [  # --noise-floor: a rounding-level change (NS5's Frobenius normalisation in fp32, then bf16)
     ("X=G.bfloat16();X/=X.norm()+eps", "X=G.float();X=(X/(X.norm()+eps)).bfloat16()"),
 ]
