@@ -5,6 +5,13 @@ the row maximum), quantize with scale = clip/31 and codes in [-31, 31], and keep
 lowest mean squared reconstruction error: one choice per matrix as in the record, or per row
 (`per_row = true`, never worse). Everything else follows the mixed policy of `quant_mixed`; with
 `search_int8` 8-bit tensors are searched too, as PR #534 does for its int8 layers.
+
+`variant = "pr534"` is PR #534's quantizer exactly (its `quantize_float_tensor(gptq_lite=True)` and "int6 step
+rounding"): every searched matrix is quantized on the int8 grid (values clamped to the row clip, fp32 scale
+clip/127 floored at 1/127, codes in [-127, 127], the candidate with the lowest whole-matrix MSE), and a k-bit
+tensor's codes are then rounded to multiples of 2^(8-k) (int6: 4, the record's blocks 1-9) — not an int6 grid
+of its own. Where the floor binds (row clip < 1, nearly every row) PR #414's rule clips nothing and its search
+is a no-op; PR #534's clamps at the clip, so its search picks among real clips.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
 
+VARIANTS = ("pr414", "pr534")
+
 
 @dataclass
 class GPTQLiteConfig(MixedBitsConfig):
@@ -28,6 +37,14 @@ class GPTQLiteConfig(MixedBitsConfig):
     search_int8: bool = field(default=False, metadata={
         "help": "8-bit tensors get the search too (clip/127, codes [-127, 127]; PR #534) instead of the "
                 "baseline int8 rule"})
+    variant: str = field(default="pr414", metadata={
+        "help": "pr414: an int-k grid per tensor (clip/qmax); pr534: the int8 grid searched, then codes "
+                "rounded to multiples of 2^(8-bits) (see the module docstring; implies search_int8)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variant not in VARIANTS:
+            raise ValueError(f"gptq_lite.variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
 
 
 def parse_percentiles(text: str) -> list[float]:
@@ -75,6 +92,27 @@ def search_clip(t32: Tensor, qmax: int, percentiles: list[float], per_row: bool)
     return best_clip
 
 
+def int8_grid_search(t32: Tensor, percentiles: list[float], bits: int) -> tuple[Tensor, Tensor]:
+    """PR #534's row quantizer: for each clip candidate, values clamped to the row clip, scale = clip/127
+    floored at 1/127 (fp32), codes in [-127, 127]; the candidate with the lowest whole-matrix MSE (the first on
+    ties); then codes rounded to multiples of 2^(8-bits). Returns (int8 codes, fp16 scales)."""
+    best: tuple[Tensor, Tensor] | None = None
+    best_err = float("inf")
+    for clip in row_clips(t32, percentiles):
+        scale = (clip / 127.0).clamp_min(1.0 / 127.0)
+        clipped = torch.clamp(t32, -clip[:, None], clip[:, None])
+        codes = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127)
+        err = float((t32 - codes * scale[:, None]).square().mean())
+        if err < best_err:
+            best, best_err = (codes, scale), err
+    assert best is not None, "no clip candidates"
+    codes, scale = best
+    step = 2 ** (8 - bits)
+    if step > 1:
+        codes = ((codes / step).round() * step).clamp(-127, 127)
+    return codes.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
+
+
 class GPTQLite(Plugin):
     name = "gptq_lite"
     family = "export"
@@ -93,5 +131,9 @@ class GPTQLite(Plugin):
         def clip(t32: Tensor, qmax: int) -> Tensor:
             return search_clip(t32, qmax, self.percentiles, self.cfg.per_row)
 
+        def int8_grid(t32: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+            return int8_grid_search(t32, self.percentiles, bits)
+
+        pr534 = self.cfg.variant == "pr534"
         return policy_quantize(name, tensor, self.cfg, clip, extra_negative=False, method="gptq_lite",
-                               baseline_int8=not self.cfg.search_int8)
+                               baseline_int8=not (self.cfg.search_int8 or pr534), rows=int8_grid if pr534 else None)

@@ -195,8 +195,11 @@ def baseline_int8_any_size(name: str, t: Tensor) -> ex.QTensor:
 
 
 def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: RowClip, extra_negative: bool,
-                    method: str, min_scale: float | None = None, baseline_int8: bool = True) -> ex.QTensor:
-    """The mixed policy for one tensor (see the module docstring)."""
+                    method: str, min_scale: float | None = None, baseline_int8: bool = True,
+                    rows: Callable[[Tensor, int], tuple[Tensor, Tensor]] | None = None) -> ex.QTensor:
+    """The mixed policy for one tensor (see the module docstring). `rows(t32, bits)` -> (codes, fp16 scales),
+    when given, quantizes the matrices instead of the clip rule, and other shapes take the baseline int8 rule
+    (PR #534's `quantize_float_tensor`)."""
     t = tensor.detach().to("cpu").contiguous()
     if not t.is_floating_point():
         return passthrough(t)
@@ -212,8 +215,13 @@ def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: R
     t32 = t.float()
     shape, dtype = tuple(t.shape), ex._dtype_name(t)
     meta: dict[str, int | float | str] = {"bits": bits, "method": method}
+    if rows is not None and (t32.ndim != 2 or t32.shape[0] == 0):
+        return baseline_int8_any_size(name, t)
     if t32.ndim == 2 and t32.shape[0] > 0:
-        codes, scale = quantize_rows(t32, row_clip(t32, qmax_of(bits)), bits, extra_negative, min_scale)
+        if rows is not None:
+            codes, scale = rows(t32, bits)
+        else:
+            codes, scale = quantize_rows(t32, row_clip(t32, qmax_of(bits)), bits, extra_negative, min_scale)
         return ex.QTensor("intk_per_row", codes, scale, dtype, shape, meta)
     codes, scale = quantize_tensor_amax(t32, bits, extra_negative)
     return ex.QTensor("intk_per_tensor", codes, scale, dtype, shape, meta)
