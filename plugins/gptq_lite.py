@@ -45,6 +45,8 @@ class GPTQLiteConfig(MixedBitsConfig):
         super().__post_init__()
         if self.variant not in VARIANTS:
             raise ValueError(f"gptq_lite.variant: expected one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.variant == "pr534" and self.per_row:
+            raise ValueError("gptq_lite.per_row: PR #534's variant chooses one clip per matrix (set per_row = false)")
 
 
 def parse_percentiles(text: str) -> list[float]:

@@ -95,3 +95,5 @@ def test_int8_grid_search_formula():
 def test_bad_variant_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"gptq_lite.variant: expected one of pr414, pr534, got 'pr999'"):
         GPTQLiteConfig(variant="pr999")
+    with pytest.raises(ValueError, match=r"gptq_lite.per_row: PR #534's variant chooses one clip per matrix"):
+        GPTQLiteConfig(variant="pr534", per_row=True)
