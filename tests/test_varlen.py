@@ -321,3 +321,118 @@ def test_warmup_compiles_one_graph_per_mode_and_cu_size_logging_each(tiny_data, 
     assert int(warm[0][3]) == 1 and int(warm[-1][3]) == graphs
     assert parse_log(log, 1024)["warmup"] == {"seconds": float(warm[-1][2]), "graphs": graphs}  # the bench's
     assert "mode:recurrence on step:6" in log and "timed_loop_recompiles:0" in log
+
+
+# --- FA4's varlen kernel as a traceable op (CPU: a stand-in kernel behind the op's seam) -------------------------
+def _segments(cu: torch.Tensor) -> list[tuple[int, int]]:
+    starts = cu.tolist()
+    return [(a, b) for a, b in zip(starts, starts[1:], strict=False) if b > a]
+
+
+def _standin_varlen_out(q, k, v, cu):
+    """(N, H, D) q, (N, Hkv, D) k/v: each segment alone through causal SDPA; also its (H, N) log-sum-exp."""
+    rep = q.size(1) // k.size(1)
+    outs, lses = [], []
+    for a, b in _segments(cu):
+        qs, ks, vs = (z[a:b].transpose(0, 1) for z in (q, k, v))
+        ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
+        outs.append(F.scaled_dot_product_attention(qs[None], ks[None], vs[None], is_causal=True)[0].transpose(0, 1))
+        s = (qs @ ks.transpose(-1, -2)) * qs.size(-1) ** -0.5
+        s = s.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(), float("-inf"))
+        lses.append(torch.logsumexp(s.float(), dim=-1))
+    return torch.cat(outs), torch.cat(lses, dim=1)
+
+
+def _standin_varlen_fwd(q, k, v, cu, max_seqlen):
+    assert max_seqlen >= max(b - a for a, b in _segments(cu))
+    return _standin_varlen_out(q, k, v, cu)
+
+
+def _standin_varlen_bwd(q, k, v, out, dout, lse, cu, max_seqlen):
+    """Attention's backward by hand per segment (a custom op's body runs without autograd), GQA grads summed."""
+    rep = q.size(1) // k.size(1)
+    dq, dk, dv = (torch.zeros_like(z) for z in (q, k, v))
+    for a, b in _segments(cu):
+        qs, ks, vs, os_, dos = (z[a:b].transpose(0, 1).float() for z in (q, k, v, out, dout))
+        ks, vs = ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0)
+        scale = qs.size(-1) ** -0.5
+        p = ((qs @ ks.transpose(-1, -2)) * scale - lse[:, a:b, None]).exp()
+        p = p.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(), 0.0)
+        dvs = p.transpose(-1, -2) @ dos
+        ds = p * (dos @ vs.transpose(-1, -2) - (dos * os_).sum(-1, keepdim=True)) * scale
+        dq[a:b] = (ds @ ks).transpose(0, 1).to(q.dtype)
+        h = k.size(1)
+        dk[a:b] = (ds.transpose(-1, -2) @ qs).view(h, rep, b - a, -1).sum(1).transpose(0, 1).to(k.dtype)
+        dv[a:b] = dvs.view(h, rep, b - a, -1).sum(1).transpose(0, 1).to(v.dtype)
+    return dq, dk, dv
+
+
+@pytest.fixture
+def fa4_varlen_standin(monkeypatch):
+    import plugins.varlen_attention as va
+
+    monkeypatch.setitem(va.VARLEN_KERNELS, "fwd", _standin_varlen_fwd)
+    monkeypatch.setitem(va.VARLEN_KERNELS, "bwd", _standin_varlen_bwd)
+    return va
+
+
+def _flat(q, k, v, lens):
+    """packed_qkv's (B, H, T, D) tensors as FA's flat (B·T, H, D), and cu_seqlens padded with N as the loader pads."""
+    flat = [z.detach().transpose(1, 2).reshape(-1, z.size(1), z.size(-1)).requires_grad_() for z in (q, k, v)]
+    t = q.size(2)
+    starts = [bi * t + s for bi, row in enumerate(lens) for s in np.cumsum([0, *row[:-1]]).tolist()]
+    cu = torch.tensor([*starts, len(lens) * t, len(lens) * t], dtype=torch.int32)
+    return flat, cu
+
+
+def test_fa4_varlen_op_equals_each_document_alone_outputs_and_gradients(fa4_varlen_standin):
+    q, k, v, _, lens = packed_qkv(seed=5)
+    ref = grads(lambda a, b, c: per_document_reference(a, b, c, lens), q, k, v)
+    (fq, fk, fv), cu = _flat(q, k, v, lens)
+    b, h, t, d = q.shape
+    got = grads(lambda a, c, e: fa4_varlen_standin.fa4_varlen_func(a, c, e, cu, cu, 22, 22, causal=True).reshape(
+        b, t, h, d), fq, fk, fv)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    for g, r, z in zip(got[1:], ref[1:], (q, k, v), strict=True):  # flat grads back to (B, H, T, D)
+        torch.testing.assert_close(g.view(b, t, z.size(1), d).transpose(1, 2), r, rtol=1e-5, atol=1e-5)
+
+
+def test_fa4_varlen_op_traces_fullgraph_and_passes_opcheck(fa4_varlen_standin):
+    va = fa4_varlen_standin
+    q, k, v, _, lens = packed_qkv(seed=6)
+    (fq, fk, fv), cu = _flat(q, k, v, lens)
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, c, e: va.fa4_varlen_func(a, c, e, cu, cu, 22, 22).square().sum(), fullgraph=True,
+                       backend="aot_eager")
+    loss = fn(fq, fk, fv)
+    loss.backward()
+    torch.testing.assert_close(loss, _standin_varlen_out(fq, fk, fv, cu)[0].square().sum(), rtol=1e-5, atol=1e-5)
+    assert fq.grad is not None and fk.grad.shape == fk.shape
+    torch._dynamo.reset()
+    args = (fq.detach(), fk.detach(), fv.detach(), cu, 22)
+    torch.library.opcheck(torch.ops.pgolf.fa4_varlen_fwd.default, args, test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match="causal self-attention only"):
+        va.fa4_varlen_func(fq, fk, fv, cu, cu.clone(), 22, 22)
+
+
+def test_flash_varlen_func_prefers_fa3_and_wraps_fa4_in_the_op(monkeypatch):
+    import importlib
+    import types
+
+    import plugins.varlen_attention as va
+
+    fa3 = types.SimpleNamespace(flash_attn_varlen_func=lambda *a, **kw: "fa3")
+    fa4 = types.SimpleNamespace(flash_attn_varlen_func=lambda *a, **kw: "raw fa4: untraceable")
+    present = {"flash_attn_interface": fa3, "flash_attn.cute": fa4}
+
+    def fake_import(name):
+        if name not in present:
+            raise ImportError(name)
+        return present[name]
+
+    monkeypatch.setattr(importlib, "import_module", fake_import)
+    assert va.flash_varlen_func() is fa3.flash_attn_varlen_func
+    del present["flash_attn_interface"]
+    assert va.flash_varlen_func() is va.fa4_varlen_func
+    present.clear()
+    assert va.flash_varlen_func() is None
