@@ -35,6 +35,7 @@ from core.config import resolve  # noqa: E402
 from core.registry import Registry  # noqa: E402
 from core.scoring import evaluate, prepare_eval  # noqa: E402
 from core.train import set_modes, setup, should_compile  # noqa: E402
+from pgolf.bench import attention_kernel  # noqa: E402
 from pgolf.evaluate import load_run_config  # noqa: E402
 from plugins.lib import codecs  # noqa: E402
 from plugins.lib.decoders import read_artifact  # noqa: E402
@@ -89,7 +90,8 @@ def bench_one(name: str, recipe: dict, sets: list[str], artifact: Path | None, r
            "total_ms": round(plan.warmup_ms + res.eval_time_ms), "eval_compile": run.core.eval_compile,
            "mode": plan.mode, "eager_estimate_s": plan.eager_estimate_s,
            "val_loss": res.val_loss, "val_bpb": res.val_bpb, "tokens": res.tokens, "bytes": res.bytes,
-           "world_size": run.world_size, "device": str(run.device), "compiled": compiled, "attention": run.attention,
+           "world_size": run.world_size, "device": str(run.device), "compiled": compiled,
+           "attention": attention_kernel(run.config, run.attention),
            "doc_isolation": bool(getattr(evaluator, "doc_isolation", False)), "compiles_during_eval": compiles}
     del run, evaluator
     gc.collect()

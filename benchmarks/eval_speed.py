@@ -124,7 +124,7 @@ def record_row(case: str, cfg, data_root: Path, dataset: Path, tokenizer: Path, 
         (rec / "shim" / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
         (rec / "shim" / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(rec / "shim"), env.get("PYTHONPATH", "")) if p)
-        env["PGOLF_BENCH_ATTENTION_PY"] = str(ROOT / "core" / "attention.py")
+        env["PGOLF_BENCH_ATTENTION_PY"] = str(ROOT / "plugins" / "lib" / "fa4.py")
     row_json = rec / "row.json"
     row_json.unlink(missing_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--record-eval", case, "--script", str(script),

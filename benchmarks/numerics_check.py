@@ -32,7 +32,8 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.attention import SDPA_SETS, available, fa4_func  # noqa: E402
+from core.attention import SDPA_SETS  # noqa: E402
+from plugins.lib import fa4  # noqa: E402
 
 Attention = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, T, D) q, (B, Hkv, T, D) k, v -> (B, H, T, D)
 
@@ -65,7 +66,7 @@ def sdpa_on(kernels: tuple[str, ...] | None) -> Attention:
 
 
 def fa4_attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return fa4_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    return fa4.fa4_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
 def reference(shape, qk_gain: float, device: torch.device) -> dict[str, Tensor]:
@@ -128,7 +129,7 @@ def candidates(device: torch.device) -> dict[str, Attention]:
     sets = {name: sdpa_on(kernels) for name, kernels in SDPA_SETS.items()}
     if device.type != "cuda":
         sets = {"math": sets["math"]}
-    if device.type == "cuda" and available("fa4"):
+    if device.type == "cuda" and fa4.available():
         sets["fa4"] = fa4_attend
     return sets
 

@@ -1,9 +1,8 @@
-"""Attention backends: FA4 (flash_attn.cute) as a traceable custom op, and `auto`'s choice by measurement.
+"""Attention backends (FA3, torch SDPA's kernel sets) and `auto`'s choice by measurement.
 
-`auto` on CUDA times forward+backward of every importable backend (fa3, fa4, cuDNN SDPA, flash SDPA) at the
-model's attention shape, bf16, and keeps the fastest; a backend that raises is skipped with its error. On
-CPU it is plain SDPA, untimed. This module imports only torch: `pgolf bench` loads it by path into a
-record's process (its `flash_attn_interface` stand-in) so both sides run the same backend.
+`auto` on CUDA times forward+backward of every importable backend (fa3, cuDNN SDPA, flash SDPA) at the model's
+attention shape, bf16, and keeps the fastest; a backend that raises is skipped with its error. On CPU it is
+plain SDPA, untimed. FlashAttention-4 is a plugin (`fa4_attention`: it replaces the "attention" slot).
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-MEASURED = ("fa3", "fa4", "cudnn", "flash")  # what `auto` times on CUDA, in order of preference on a tie
+MEASURED = ("fa3", "cudnn", "flash")  # what `auto` times on CUDA, in order of preference on a tie
 SDPA_SETS = {"cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION"), "flash": ("FLASH_ATTENTION",),
              "efficient": ("EFFICIENT_ATTENTION",), "math": ("MATH",)}  # the SDPA kernels each choice enables
-PACKAGES = {"fa3": ("flash_attn_interface", "flash_attn_3"), "fa4": ("flash_attn.cute", "flash-attn-4")}
+PACKAGES = {"fa3": ("flash_attn_interface", "flash_attn_3")}
 
 
 class AttnShape(NamedTuple):
@@ -33,10 +32,10 @@ class AttnShape(NamedTuple):
 
 
 def available(name: str) -> bool:
-    """Whether backend `name` can run here: fa3 and fa4 when their module imports, SDPA always."""
+    """Whether backend `name` can run here: fa3 when its module imports, SDPA always."""
     try:
         return name not in PACKAGES or importlib.util.find_spec(PACKAGES[name][0]) is not None
-    except (ImportError, ValueError):  # a dotted name whose parent is missing
+    except (ImportError, ValueError):  # a stand-in module without a spec
         return False
 
 
@@ -47,76 +46,10 @@ def attention_shape(core: Any, world_size: int) -> AttnShape:
     return AttnShape(batch, core.num_heads, core.num_kv_heads, core.train_seq_len, core.model_dim // core.num_heads)
 
 
-# ---------------------------------------------------------------- FA4 as a custom op
-# flash_attn.cute JIT-compiles CuTe DSL kernels: dynamo cannot trace it, so the forward and backward are
-# torch.library ops with fake implementations (torch.compile(fullgraph=True) keeps them as single nodes).
-# KERNELS is the seam: fwd(q, k, v) -> (out, lse) and bwd(q, k, v, out, dout, lse) -> (dq, dk, dv), all in
-# (B, T, H, D) / (B, T, Hkv, D) layout, lse (B, H, T) float32; tests put a stand-in here.
-
-
-def _fa4_fwd_kernel(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    from flash_attn.cute import flash_attn_func  # type: ignore[import-not-found]
-
-    with torch.no_grad():
-        return flash_attn_func(q, k, v, causal=True, return_lse=True)
-
-
-def _fa4_bwd_kernel(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor):
-    # flash_attn.cute has no public backward: FlashAttnFunc.backward calls this (4.0.0b36)
-    from flash_attn.cute.interface import _flash_attn_bwd  # type: ignore[import-not-found]
-
-    return _flash_attn_bwd(q, k, v, out, dout, lse, causal=True)[:3]
-
-
-KERNELS: dict[str, Callable] = {"fwd": _fa4_fwd_kernel, "bwd": _fa4_bwd_kernel}
-
-
-@torch.library.custom_op("pgolf::fa4_fwd", mutates_args=())
-def fa4_fwd(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    out, lse = KERNELS["fwd"](q, k, v)
-    return out.contiguous(), lse.contiguous()
-
-
-@fa4_fwd.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    b, t, h, _ = q.shape
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((b, h, t), dtype=torch.float32)
-
-
-@torch.library.custom_op("pgolf::fa4_bwd", mutates_args=())
-def fa4_bwd(q: Tensor, k: Tensor, v: Tensor, out: Tensor, dout: Tensor, lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    dq, dk, dv = KERNELS["bwd"](q, k, v, out, dout, lse)
-    return dq.contiguous(), dk.contiguous(), dv.contiguous()
-
-
-@fa4_bwd.register_fake
-def _(q, k, v, out, dout, lse):
-    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
-
-
-def _fa4_setup(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs, *output)  # q, k, v, out, lse
-
-
-def _fa4_backward(ctx, dout: Tensor, dlse: Tensor | None):
-    q, k, v, out, lse = ctx.saved_tensors
-    return fa4_bwd(q, k, v, out, dout.contiguous(), lse)
-
-
-fa4_fwd.register_autograd(_fa4_backward, setup_context=_fa4_setup)
-
-
-def fa4_func(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """FA3's interface on FA4: (B, T, H, D) q and (B, T, Hkv, D) k, v (Hkv divides H) -> (B, T, H, D), causal."""
-    return fa4_fwd(q.contiguous(), k.contiguous(), v.contiguous())[0]
-
-
 # ---------------------------------------------------------------- the backends as the model calls them
 def attend(name: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on backend `name` (fa3, fa4, or SDPA
-    with whatever kernels are enabled)."""
-    if name == "fa4":
-        return fa4_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on backend `name` (fa3, or SDPA with
+    whatever kernels are enabled)."""
     if name == "fa3":
         from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
 
@@ -169,7 +102,7 @@ def choose(names: list[str], timer: Callable[[str], float]) -> tuple[str, dict[s
 
 
 def describe(choice: str, measured: dict[str, float | str]) -> str:
-    """The log line: `attention_backend:cudnn (measured: fa4=2.06ms, cudnn=2.31ms, ...)`."""
+    """The log line: `attention_backend:cudnn (measured: fa3=2.06ms, cudnn=2.31ms, ...)`."""
     parts = [f"{n}={m:.3f}ms" if isinstance(m, float) else f"{n}={m}" for n, m in measured.items()]
     return f"attention_backend:{choice}" + (f" (measured: {', '.join(parts)})" if parts else "")
 

@@ -91,7 +91,7 @@ class CoreConfig:
     adam_eps: float = 1e-8
     grad_clip_norm: float = 0.0
     # Machine. "auto" picks CUDA when present, compiles on CUDA, and the attention backend measured fastest at
-    # the run's shape (fa3, fa4, cuDNN or flash SDPA; CPU: SDPA).
+    # the run's shape (fa3, cuDNN or flash SDPA; CPU: SDPA). FlashAttention-4 is the fa4_attention plugin.
     device: str = field(default="auto", metadata=_env("PGOLF_DEVICE"))
     compile: str = field(default="auto", metadata=_env("PGOLF_COMPILE"))
     # How a compiled run scores its artifact: compile, eager or auto (core.scoring.prepare_eval).
@@ -332,7 +332,8 @@ def core_errors(c: CoreConfig) -> list[str]:
         errors.append(f"core.compile: expected auto, true or false, got {c.compile!r}")
     if c.eval_compile not in ("auto", "compile", "eager"):
         errors.append(f"core.eval_compile: expected auto, compile or eager, got {c.eval_compile!r}")
-    if c.attention not in ("auto", "fa3", "fa4", "cudnn", "flash", "efficient", "math", "sdpa"):
-        errors.append("core.attention: expected auto, fa3, fa4, cudnn, flash, efficient, math or sdpa, "
-                      f"got {c.attention!r}")
+    if c.attention not in ("auto", "fa3", "cudnn", "flash", "efficient", "math", "sdpa"):
+        hint = " (FlashAttention-4 is the fa4_attention plugin: enable it instead)" if c.attention == "fa4" else ""
+        errors.append("core.attention (PGOLF_ATTENTION): expected auto, fa3, cudnn, flash, efficient, math or sdpa, "
+                      f"got {c.attention!r}{hint}")
     return errors

@@ -48,7 +48,7 @@ class ModelSpec:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
-    attention: str = "sdpa"  # "sdpa", "fa3" or "fa4" (core.attention.attend)
+    attention: str = "sdpa"  # "sdpa" or "fa3" (core.attention.attend)
     skip_count: int = 0  # U-Net skips of the installed layer schedule (the core sets it before "skip_merge")
     extra: dict[str, object] = field(default_factory=dict)
 

@@ -94,7 +94,7 @@ def resolve_data(run: Run) -> tuple[Path, Path]:
 def build_model(run: Run) -> GPT:
     """Core model (baseline init order) -> plugin parts -> plugin init -> dtype policy."""
     spec = ModelSpec.from_core(run.core)
-    spec.attention = run.attention if run.attention in ("fa3", "fa4") else "sdpa"
+    spec.attention = "fa3" if run.attention == "fa3" else "sdpa"
     model = GPT(spec, lambda slot: _as_modules(run.hook.pg_slot_parts(slot=slot, spec=spec, layer=None)),
                 lambda where: run.hook.pg_model_modules(where=where, spec=spec))
     install_parts(run, model, spec)

@@ -64,7 +64,7 @@ if _WANT:
 '''
 
 SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func on the backend pgolf's run
-picked (PGOLF_BENCH_SDPA): fa4 through pgolf's own FA4 op (core/attention.py, PGOLF_BENCH_ATTENTION_PY), else torch
+picked (PGOLF_BENCH_SDPA): fa4 through pgolf's own FA4 op (plugins/lib/fa4.py, PGOLF_BENCH_ATTENTION_PY), else torch
 SDPA with the kernels pgolf's run enabled; FA3's flash_attn_varlen_func (PR #1855's packed documents) through
 FlexAttention."""
 import contextlib
@@ -531,7 +531,7 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         peak = matmul_peak(run.device)
         tps = run.core.train_batch_tokens
         compiled = run.eval_model is not run.model
-        res: dict[str, Any] = {"device": str(run.device), "attention": run.attention,
+        res: dict[str, Any] = {"device": str(run.device), "attention": attention_kernel(run.config, run.attention),
                                "attention_measured": run.attention_measured, "compiled": compiled,
                                "steps": loop.steps, "tokens_per_step": tps, "step_ms": step_ms,
                                "flops_per_token": flops}
@@ -601,7 +601,7 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
         (shim / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
         (shim / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
-        env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "core" / "attention.py")
+        env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "plugins" / "lib" / "fa4.py")
     (out / "record_env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k not in os.environ
                                                      or os.environ[k] != env[k]}, indent=2) + "\n")
     if args.dry_run:
@@ -631,6 +631,12 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
             "attention": record_attention_label(attention, fa3, "flash_attn_varlen_func" in source), "wall_s": wall,
             "log": parsed, "peak_memory": memory,
             "dead_params": profile.dead_params(cfg) if profile.dead_params else (0, "")}
+
+
+def attention_kernel(cfg: Any, picked: str) -> str:
+    """The kernel pgolf's layers run: "fa4" with the `fa4_attention` plugin (it replaces the attention slot on
+    CUDA), else the core's backend `picked`."""
+    return "fa4" if "fa4_attention" in cfg.plugins and picked != "sdpa" else picked
 
 
 def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False) -> str:
@@ -865,8 +871,8 @@ def run_bench(args: argparse.Namespace) -> int:
         from core.attention import attention_shape, pick_attention
         from core.run import pick_device
 
-        attention = pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0), attention_shape(cfg.core, 1),
-                                   cfg.core.deterministic)
+        attention = attention_kernel(cfg, pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0),
+                                                         attention_shape(cfg.core, 1), cfg.core.deterministic))
     if "record" in sides and args.vs:
         rec = run_record(args, cfg, out, root, dataset, tokenizer, attention, eval_seq_len)
         if rec is None:  # --dry-run

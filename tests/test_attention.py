@@ -1,4 +1,4 @@
-"""Attention backends (issue #14): auto's choice by measurement, the FA4 adapter, the bench stand-in."""
+"""Attention backends (issue #14): auto's choice by measurement, the FA4 plugin's op, the bench stand-in."""
 
 from __future__ import annotations
 
@@ -7,16 +7,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from core import attention as attn
 from core.attention import attention_shape, pick_attention
-from core.config import resolve
+from core.config import ConfigError, resolve
 from core.registry import Registry
 from core.run import create_run
 from core.train import CoreDefaults, build_model
+from plugins.lib import fa4
 
 REGISTRY = Registry()
 TINY = ["core.num_layers=2", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2", "core.train_seq_len=64",
@@ -76,11 +78,23 @@ def test_auto_on_cpu_matches_the_explicit_sdpa_model():
     assert torch.equal(losses[0], losses[1])
 
 
-def test_config_accepts_the_new_backends():
-    for name in ("fa4", "sdpa"):
-        cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[],
-                      sets=[*TINY, f"core.attention={name}"])
-        assert cfg.core.attention == name
+def test_config_accepts_sdpa_and_points_fa4_at_its_plugin():
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=[*TINY, "core.attention=sdpa"])
+    assert cfg.core.attention == "sdpa"
+    with pytest.raises(ConfigError) as err:
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=[*TINY, "core.attention=fa4"])
+    assert err.value.errors == ["core.attention (PGOLF_ATTENTION): expected auto, fa3, cudnn, flash, efficient, math "
+                                "or sdpa, got 'fa4' (FlashAttention-4 is the fa4_attention plugin: enable it instead)"]
+
+
+def test_fa4_plugin_on_cuda_without_flash_attn_cute_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(fa4, "available", lambda: False)
+    with pytest.raises(ConfigError, match=r"^fa4_attention: flash_attn.cute \(pip flash-attn-4\) is not importable"):
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["fa4_attention"],
+                sets=[*TINY, "core.device=cuda"], check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["fa4_attention"], sets=TINY,
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    assert cfg.plugins == ["fa4_attention"]  # on the CPU it runs the core's SDPA
 
 
 # --- the FA4 adapter, with a stand-in kernel ------------------------------------------------------------------
@@ -118,8 +132,8 @@ def _standin_bwd(q, k, v, out, dout, lse):
 
 @pytest.fixture
 def standin(monkeypatch):
-    monkeypatch.setitem(attn.KERNELS, "fwd", _standin_fwd)
-    monkeypatch.setitem(attn.KERNELS, "bwd", _standin_bwd)
+    monkeypatch.setitem(fa4.KERNELS, "fwd", _standin_fwd)
+    monkeypatch.setitem(fa4.KERNELS, "bwd", _standin_bwd)
 
 
 def _qkv(h=4, hkv=2, b=2, t=16, d=8):  # also run in the bench test's subprocess
@@ -130,7 +144,7 @@ def _qkv(h=4, hkv=2, b=2, t=16, d=8):  # also run in the bench test's subprocess
 def test_fa4_adapter_matches_sdpa_layout_gqa_and_grads(standin):
     q, k, v = _qkv()
     ref = attn.attend("sdpa", q, k, v)
-    y = attn.attend("fa4", q, k, v)
+    y = fa4.attend(q, k, v)
     assert y.shape == (2, 16, 4, 8)  # (B, T, H, D)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(y)
@@ -144,7 +158,7 @@ def test_fa4_adapter_matches_sdpa_layout_gqa_and_grads(standin):
 def test_fa4_op_traces_fullgraph_with_its_fake_implementation(standin):
     torch._dynamo.reset()
     q, k, v = _qkv()
-    fn = torch.compile(lambda q, k, v: attn.attend("fa4", q, k, v).square().sum(), fullgraph=True, backend="aot_eager")
+    fn = torch.compile(lambda q, k, v: fa4.attend(q, k, v).square().sum(), fullgraph=True, backend="aot_eager")
     loss = fn(q, k, v)
     loss.backward()
     torch.testing.assert_close(loss, attn.attend("sdpa", q, k, v).square().sum(), atol=1e-4, rtol=1e-5)
@@ -173,10 +187,10 @@ print("ok")
 
 
 def test_bench_standin_calls_fa4_when_pgolf_picked_fa4(tmp_path):
-    from pgolf.bench import REPO, SHIM, record_attention_label
+    from pgolf.bench import REPO, SHIM, attention_kernel, record_attention_label
 
     (tmp_path / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
-    env = dict(os.environ, PGOLF_BENCH_SDPA="fa4", PGOLF_BENCH_ATTENTION_PY=str(REPO / "core" / "attention.py"),
+    env = dict(os.environ, PGOLF_BENCH_SDPA="fa4", PGOLF_BENCH_ATTENTION_PY=str(REPO / "plugins" / "lib" / "fa4.py"),
                PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parent.parent)]))
     helpers = "".join(inspect.getsource(f) + "\n" for f in (_standin_fwd, _standin_bwd, _qkv))
     proc = subprocess.run([sys.executable, "-c", "import torch\n" + helpers + STANDIN_CHECK], env=env,
@@ -184,6 +198,9 @@ def test_bench_standin_calls_fa4_when_pgolf_picked_fa4(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
     assert record_attention_label("fa4", False) == "fa4"
+    assert attention_kernel(SimpleNamespace(plugins=["fa4_attention"]), "cudnn") == "fa4"
+    assert attention_kernel(SimpleNamespace(plugins=["fa4_attention"]), "sdpa") == "sdpa"  # CPU: no FA4
+    assert attention_kernel(SimpleNamespace(plugins=[]), "cudnn") == "cudnn"
     assert record_attention_label("cudnn", False) == "sdpa-cudnn"
     assert record_attention_label("fa3", True) == "fa3"
     assert record_attention_label("flash", False, varlen=True) == "sdpa-flash+flex-varlen"
