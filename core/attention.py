@@ -46,7 +46,6 @@ def attention_shape(core: Any, world_size: int) -> AttnShape:
     return AttnShape(batch, core.num_heads, core.num_kv_heads, core.train_seq_len, core.model_dim // core.num_heads)
 
 
-# ---------------------------------------------------------------- the backends as the model calls them
 def attend(name: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on backend `name` (fa3, or SDPA with
     whatever kernels are enabled)."""
