@@ -4,7 +4,7 @@
 The "attention" slot, per forward (`kernel = "auto"`):
 - `ctx["cu_seqlens"]` (from a packing loader, e.g. `doc_packing`) on CUDA with FlashAttention importable:
   the varlen kernel on the flat B·T tokens (FA3 `flash_attn_interface`, else FA4 `flash_attn.cute` through the
-  `pgolf::fa4_varlen_fwd`/`_bwd` custom ops: dynamo cannot trace CuTe DSL, as core/attention.py's FA4 op),
+  `pgolf::fa4_varlen_fwd`/`_bwd` custom ops: dynamo cannot trace CuTe DSL, as plugins/lib/fa4.py's dense op),
   max_seqlen = `core.train_seq_len` (the loader's segment cap, as the record passes);
 - `ctx["doc_ids"]` on CUDA otherwise: FlexAttention with a document-causal block mask, made once per forward
   inside the compiled graph (it traces with no graph break) and shared by the layers through `ctx`;
