@@ -369,7 +369,7 @@ def _standin_varlen_bwd(q, k, v, out, dout, lse, cu, max_seqlen):
 
 @pytest.fixture
 def fa4_varlen_standin(monkeypatch):
-    import plugins.varlen_attention as va
+    import plugins.lib.fa4_varlen as va
 
     monkeypatch.setitem(va.VARLEN_KERNELS, "fwd", _standin_varlen_fwd)
     monkeypatch.setitem(va.VARLEN_KERNELS, "bwd", _standin_varlen_bwd)
@@ -436,3 +436,59 @@ def test_flash_varlen_func_prefers_fa3_and_wraps_fa4_in_the_op(monkeypatch):
     assert va.flash_varlen_func() is va.fa4_varlen_func
     present.clear()
     assert va.flash_varlen_func() is None
+
+
+SHIM_VARLEN_CHECK = """
+import sys
+import torch
+import torch.nn.functional as F
+from itertools import pairwise
+import flash_attn_interface as shim
+lib = sys.modules["pgolf_bench_varlen"]
+calls = []
+lib.VARLEN_KERNELS.update(fwd=lambda *a: calls.append(1) or _standin_varlen_fwd(*a), bwd=_standin_varlen_bwd)
+gen = torch.Generator().manual_seed(0)
+n, starts = 96, [0, 30, 31, 70]
+cu = torch.tensor([*starts, n, n, n, n], dtype=torch.int32)
+q, k, v = (torch.randn(n, h, 8, generator=gen) for h in (4, 2, 2))
+got = shim.flash_attn_varlen_func(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=40, max_seqlen_k=40,
+                                  causal=True)
+want = torch.cat([F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                  v[a:b].transpose(0, 1), is_causal=True, enable_gqa=True).transpose(0, 1)
+                  for a, b in pairwise([*starts, n])])
+torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+assert calls == [1]
+print("ok")
+"""
+
+
+def test_bench_record_standin_runs_the_fa4_varlen_op_when_pgolf_does(tmp_path, monkeypatch):
+    import inspect
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import pgolf.bench as bench
+
+    (tmp_path / "flash_attn_interface.py").write_text(bench.SHIM, encoding="utf-8")
+    env = dict(os.environ, PGOLF_BENCH_SDPA="cudnn",
+               PGOLF_BENCH_VARLEN_PY=str(bench.REPO / "plugins" / "lib" / "fa4_varlen.py"),
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(Path(__file__).resolve().parent.parent)]))
+    helpers = "".join(inspect.getsource(f) + "\n" for f in (_segments, _standin_varlen_out, _standin_varlen_fwd,
+                                                             _standin_varlen_bwd))
+    proc = subprocess.run([sys.executable, "-c", "import torch\nimport torch.nn.functional as F\n" + helpers
+                           + SHIM_VARLEN_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
+    cfg = SimpleNamespace(plugins=["doc_packing", "varlen_attention"], varlen_attention=SimpleNamespace(kernel="auto"))
+    monkeypatch.setattr("plugins.lib.fa4.available", lambda: True)
+    assert bench.varlen_on_fa4(cfg)
+    assert not bench.varlen_on_fa4(SimpleNamespace(plugins=["doc_packing", "varlen_attention"],
+                                                   varlen_attention=SimpleNamespace(kernel="flex")))
+    assert not bench.varlen_on_fa4(SimpleNamespace(plugins=["xsa"]))
+    monkeypatch.setattr("plugins.lib.fa4.available", lambda: False)
+    assert not bench.varlen_on_fa4(cfg)
+    assert bench.record_attention_label("cudnn", False, varlen=True, fa4_varlen=True) == "sdpa-cudnn+fa4-varlen"
+    assert bench.record_attention_label("cudnn", False, varlen=True) == "sdpa-cudnn+flex-varlen"
