@@ -682,6 +682,8 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
     if a["mean"] and b["mean"]:
         out["tokens_per_s_ratio"] = b["mean"] / a["mean"]
         out["ms_per_step_ratio"] = a["mean"] / b["mean"]
+        if pg.get("mfu") is not None:  # the same model, tokens and mode steps: pgolf's FLOPs per step, its time
+            out["mfu"] = {"pgolf": pg["mfu"], "record": pg["mfu"] * a["mean"] / b["mean"]}
     ma, mb = pg["peak_memory"], rec["peak_memory"]
     if pg["log"]["peak_memory_bytes"] and rec["log"]["peak_memory_bytes"]:  # both logs' CUDA line: one method
         out["peak_memory_ratio"] = pg["log"]["peak_memory_bytes"] / rec["log"]["peak_memory_bytes"]
@@ -769,6 +771,9 @@ def table(res: dict[str, Any]) -> str:
         a, b = vs["pgolf_ms_per_step"], vs["record_ms_per_step"]
         rows += [("log ms/step mean pgolf | record", f"{_fmt(a['mean'], ',.2f')} | {_fmt(b['mean'], ',.2f')}"),
                  ("tokens/s pgolf / record", _fmt(vs.get("tokens_per_s_ratio"), ".3f") + "×"),
+                 ("MFU pgolf | record (record: pgolf's FLOPs/step over its log's ms/step)",
+                  " | ".join(f"{100 * m:.1f} %" if m is not None else "—"
+                             for m in (vs.get("mfu") or {"pgolf": None, "record": None}).values())),
                  ("peak memory pgolf / record", _fmt(vs.get("peak_memory_ratio"), ".3f")),
                  ("model params pgolf | record", params_row(vs.get("model_params"))),
                  ("mode switch steps pgolf | record",

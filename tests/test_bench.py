@@ -105,6 +105,11 @@ def test_bench_vs_a_record_script_times_hooks_and_compares_logs(tmp_path, tiny_d
     assert vs["pgolf_ms_per_step"]["mean"] == pytest.approx(pgolf_ms)
     assert vs["record_ms_per_step"]["mean"] == pytest.approx(50.0)
     assert vs["tokens_per_s_ratio"] == pytest.approx(50.0 / pgolf_ms)
+    # the record's MFU: the same FLOPs per step (same model and tokens) over its 50 ms steps
+    assert vs["mfu"]["record"] == pytest.approx(pg["mfu"] * pgolf_ms / 50.0)
+    from pgolf.bench import table
+
+    assert f"{100 * pg['mfu']:.1f} % | {100 * vs['mfu']['record']:.1f} %" in table(res)
     assert sorted(int(s) for s in vs["train_loss"]) == [1, 2, 3, 4, 5, 6, 7, 8]
     assert vs["train_loss"]["4"]["record"] == pytest.approx(5.0)
     assert vs["last_val_bpb"]["record"] == pytest.approx(1.2345)
