@@ -365,8 +365,12 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str])
     if registry_source is None:
         return None
     sources.update({n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()})
+    sources.update(specialise.drop_plugin_metadata(sources))
+    folded, fixed = specialise.fold_sources(cfg, registry, sources,
+                                            specialise.empty_hooks(cfg, registry, specialise.called_hooks(sources)))
+    sources.update(folded)
     sources["core.registry"] = strip_source(registry_source)
-    main = specialise.frozen_main(cfg, registry, modules)
+    main = specialise.frozen_main(cfg, registry, modules, fixed)
     return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + LOADER[LOADER.index("\n\nif __name__"):]
 
 

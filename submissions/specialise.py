@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import inspect
 from typing import Any
@@ -125,13 +126,61 @@ def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules:
     return "\n".join([plugin_base(), *registry_cls, DISPATCH, *lines]) + "\n"
 
 
+# Plugin class attributes only the registry reads (discovery, ordering, checks, `pgolf plugins`), and the
+# configuration-time validators: the static dispatcher and the frozen, already validated Config need none of them.
+PLUGIN_METADATA = frozenset({"family", "summary", "sources", "requires", "conflicts", "provides", "default", "after",
+                             "before", "test_settings", "check_config", "check_peers"})
+
+
+def plugin_classes(trees: dict[str, ast.Module]) -> set[str]:
+    """Names of the classes that derive from `Plugin`, directly or through another such class (to a fixpoint)."""
+    names = {"Plugin"}
+    while True:
+        more = {node.name for tree in trees.values() for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                and any(isinstance(b, ast.Name) and b.id in names for b in node.bases)} - names
+        if not more:
+            return names
+        names |= more
+
+
+def drop_plugin_metadata(sources: dict[str, str]) -> dict[str, str]:
+    """`sources` without the `PLUGIN_METADATA` attributes and methods of their plugin classes (summaries,
+    sources, roles, `check_config` …): text that never runs in a specialised bundle, and whose words would keep
+    definitions alive in the tree-shaker (it keeps what a string names)."""
+    trees = {n: ast.parse(s) for n, s in sources.items()}
+    plugins = plugin_classes(trees) - {"Plugin"}
+    out = dict(sources)
+    for name, tree in trees.items():
+        changed = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name in plugins:
+                kept = [s for s in node.body if _bound_name(s) not in PLUGIN_METADATA]
+                changed |= len(kept) != len(node.body)
+                node.body = kept or [ast.Pass()]
+        if changed:
+            out[name] = ast.unparse(tree) + "\n"
+    return out
+
+
+def _bound_name(stmt: ast.stmt) -> str | None:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return stmt.name
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+        return stmt.target.id
+    return None
+
+
 def plugin_base() -> str:
-    """`core.registry.Plugin` as the bundle needs it: its metadata defaults without annotations, `__init__`."""
+    """`core.registry.Plugin` as the bundle needs it: `name` and `config` without annotations, `__init__` (the
+    rest of its metadata is read by the registry only, `PLUGIN_METADATA`)."""
     cls = ast.parse(inspect.getsource(Plugin)).body[0]
     assert isinstance(cls, ast.ClassDef)
     body: list[ast.stmt] = []
     for stmt in cls.body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None \
+                and stmt.target.id not in PLUGIN_METADATA:
             body.append(ast.Assign(targets=[stmt.target], value=stmt.value, lineno=0))
         elif isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
             body.append(stmt)
@@ -168,6 +217,8 @@ def main(argv):
     try:
         for s, key, value, origin in items:
             values[s][key] = coerce(value, typing.get_type_hints(classes[s])[key], f"{s}.{key}")
+            if f"{s}.{key}" in FIXED and values[s][key] != FIXED[f"{s}.{key}"]:
+                raise ValueError(f"{s}.{key}: fixed to {FIXED[f'{s}.{key}']!r} in this script (bundle another)")
             sources[f"{s}.{key}"] = origin
         cfg = Config(core=CoreConfig(**values["core"]), plugins=RECIPE["plugins"],
                      plugin_configs={s: c and c(**values[s]) for s, c in classes.items() if s != "core"},
@@ -180,8 +231,9 @@ def main(argv):
 '''
 
 
-def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str]) -> str:
-    """`FROZEN_MAIN` with the imports of the enabled plugins' config classes and the `classes` table."""
+def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str], fixed: dict[str, Any] | None = None) -> str:
+    """`FROZEN_MAIN` with the imports of the enabled plugins' config classes, the `classes` table and `FIXED`
+    (the folded settings, "section.key" -> value: an override to another value is refused)."""
     imports, table = [], ["'core': CoreConfig"]
     for name in cfg.plugins:
         cls: Any = registry.plugins[name].config
@@ -191,5 +243,291 @@ def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str]) -> str
         alias = f"C{len(imports)}"
         imports.append(f"from {_module(cls, modules)} import {cls.__name__} as {alias}")
         table.append(f"{name!r}: {alias}")
-    body = "\n    ".join([*imports, f"classes = {{{', '.join(table)}}}"])
+    fixed_table = f"FIXED = {dict(sorted((fixed or {}).items()))!r}"
+    body = "\n    ".join([*imports, f"classes = {{{', '.join(table)}}}", fixed_table])
     return FROZEN_MAIN.replace("SECTION_IMPORTS", body)
+
+
+# --- Constant folding (issue #11) --------------------------------------------------------------------------------
+# What a specialised bundle folds, and what stays overridable (RECIPE < env < section.key=value):
+# - Structural settings are folded into literals: a plugin's bool settings and its str settings that the code only
+#   compares with literals (`self.cfg.clip == "sdclip"`: a choice of backend, scheme, mode), and the core's bool
+#   model-shape switches (`STRUCTURAL_CORE`). The script refuses an override of a setting it folded (like its
+#   plugin list), never silently ignoring it.
+# - Everything else stays overridable: numbers (learning rates, iterations, sizes, seeds, wall clock), free-form
+#   strings (paths, run id, percentiles) and the machine switches (device, compile, attention, deterministic).
+# - Hooks no enabled plugin implements are answered by their constant (`None` for firstresult hooks, else `[]`).
+# Then `if`/`x if c else y`/`and`/`or`/`not`/comparisons of constants are evaluated, dead branches dropped, and a
+# local bound once to a constant is replaced by it; the tree-shaker then drops what only those branches used.
+STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
+_CMP = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.In: lambda a, b: a in b,
+        ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
+
+
+def _const(node: ast.AST) -> tuple[bool, Any]:
+    """(is a literal, its value) of a constant or a tuple of constants."""
+    if isinstance(node, ast.Constant):
+        return True, node.value
+    if isinstance(node, ast.Tuple) and all(isinstance(e, ast.Constant) for e in node.elts):
+        return True, tuple(e.value for e in node.elts)  # type: ignore[attr-defined]
+    return False, None
+
+
+def _literal_comparison(node: ast.Compare) -> bool:
+    return len(node.ops) == 1 and type(node.ops[0]) in _CMP and _const(node.comparators[0])[0]
+
+
+class Folder(ast.NodeTransformer):
+    """One folding pass over a module (see the rules above). `core`: structural core setting -> value;
+    `plugin`: class name -> (its settings -> value) for the enabled plugins' classes; `empty`: hook -> the constant
+    it returns. `folded` collects the "section.key" settings whose reads were replaced."""
+
+    def __init__(self, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]], empty: dict[str, Any]):
+        self.core, self.plugin, self.empty = core, plugin, empty
+        self.folded: set[str] = set()
+        self.section: tuple[str, dict[str, Any]] | None = None  # the enclosing plugin class's settings
+        self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
+        self.compared: set[int] = set()
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        outer, self.section = self.section, self.plugin.get(node.name)
+        self.generic_visit(node)
+        self.section = outer
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        outer = self.aliases
+        self.aliases = {**outer, **_aliases(node)}
+        self.generic_visit(node)
+        self.aliases = outer
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def _setting(self, node: ast.expr, needs_literal_use: bool) -> tuple[bool, Any]:
+        if not isinstance(node, ast.Attribute):
+            return False, None
+        base = node.value
+        kind = self.aliases.get(base.id) if isinstance(base, ast.Name) else None
+        if isinstance(base, ast.Attribute) and base.attr == "core":
+            kind = "core"
+        if isinstance(base, ast.Attribute) and base.attr == "cfg" and isinstance(base.value, ast.Name) \
+                and base.value.id == "self":
+            kind = "cfg"
+        if kind == "core" and node.attr in self.core:
+            self.folded.add(f"core.{node.attr}")
+            return True, self.core[node.attr]
+        if kind == "cfg" and self.section is not None and node.attr in self.section[1]:
+            value = self.section[1][node.attr]
+            if isinstance(value, bool) or (isinstance(value, str) and needs_literal_use):
+                self.folded.add(f"{self.section[0]}.{node.attr}")
+                return True, value
+        return False, None
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        if _literal_comparison(node):
+            ok, value = self._setting(node.left, True)
+            if ok:
+                node.left = ast.Constant(value)
+        self.generic_visit(node)
+        left, right = _const(node.left), _const(node.comparators[0])
+        if len(node.ops) == 1 and type(node.ops[0]) in _CMP and left[0] and right[0]:
+            return ast.Constant(_CMP[type(node.ops[0])](left[1], right[1]))
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        ok, value = self._setting(node, False) if isinstance(node.ctx, ast.Load) else (False, None)
+        if ok:
+            return ast.Constant(value)
+        self.generic_visit(node)
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in self.empty and isinstance(f.value, ast.Attribute) \
+                and f.value.attr == "hook" and all(_side_effect_free(a) for a in [*node.args, *node.keywords]):
+            value = self.empty[f.attr]
+            return ast.Constant(None) if value is None else ast.List(elts=[], ctx=ast.Load())
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Constant):
+            return ast.Constant(not node.operand.value)
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.generic_visit(node)
+        values: list[ast.expr] = []
+        for i, v in enumerate(node.values):
+            if isinstance(v, ast.Constant) and (not values or i < len(node.values) - 1):
+                decides = bool(v.value) if isinstance(node.op, ast.Or) else not v.value
+                if decides:  # `x and False and y` -> `x and False`; a leading constant decides alone
+                    values.append(v)
+                    break
+                continue  # `True and y` -> `y`, `x and True and y` -> `x and y` (not a last value: `x and True`)
+            values.append(v)
+        if not values:
+            return node.values[-1]
+        return values[0] if len(values) == 1 else ast.BoolOp(op=node.op, values=values)
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        return node
+
+    def visit_If(self, node: ast.If) -> Any:
+        self.generic_visit(node)
+        if isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        return node
+
+    def visit_Expr(self, node: ast.Expr) -> Any:
+        self.generic_visit(node)
+        if isinstance(node.value, (ast.Constant, ast.List)) and not getattr(node.value, "elts", None):
+            return None  # a folded hook call used as a statement
+        return node
+
+
+def _side_effect_free(node: ast.AST) -> bool:
+    value = node.value if isinstance(node, ast.keyword) else node
+    return all(isinstance(n, (ast.Name, ast.Attribute, ast.Constant, ast.Load, ast.keyword, ast.Tuple))
+               for n in ast.walk(value))
+
+
+def _aliases(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
+    """Locals of `fn` bound once, to `<x>.core` ("core") or `self.cfg` ("cfg"), and a parameter named `core`."""
+    stores: dict[str, int] = {}
+    kinds: dict[str, str] = {}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, ast.arg):
+            stores[node.arg] = stores.get(node.arg, 0) + 1
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            v = node.value
+            if isinstance(v, ast.Attribute) and v.attr == "core":
+                kinds[node.targets[0].id] = "core"
+            elif isinstance(v, ast.Attribute) and v.attr == "cfg" and isinstance(v.value, ast.Name) \
+                    and v.value.id == "self":
+                kinds[node.targets[0].id] = "cfg"
+    out = {n: k for n, k in kinds.items() if stores.get(n) == 1}
+    if stores.get("core") == 1 and "core" in {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}:
+        out["core"] = "core"
+    return out
+
+
+class _Substitute(ast.NodeTransformer):
+    """Replace loads of the names in `consts` (name -> its one `name = <constant>`) and drop those bindings."""
+
+    def __init__(self, consts: dict[str, ast.Assign]):
+        self.consts = consts
+        self.bindings = {id(a) for a in consts.values()}
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.consts:
+            return ast.Constant(self.consts[node.id].value.value)  # type: ignore[attr-defined]
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> Any:
+        return None if id(node) in self.bindings else self.generic_visit(node)
+
+
+def _propagate(tree: ast.Module) -> bool:
+    """Replace the locals of each function bound exactly once, by `name = <constant>`, with the constant (and drop
+    the binding). True when something changed."""
+    changed = False
+    for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        stores: dict[str, int] = {}
+        consts: dict[str, ast.Assign] = {}
+        for node in ast.walk(fn):
+            if node is fn:
+                continue
+            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+                stores[node.id] = stores.get(node.id, 0) + 1
+            elif isinstance(node, (ast.arg, ast.FunctionDef, ast.ClassDef, ast.alias)):
+                name = getattr(node, "arg", None) or getattr(node, "name", None) or ""
+                stores[name] = stores.get(name, 0) + 2
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                stores[node.name] = stores.get(node.name, 0) + 2
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                for n in node.names:
+                    stores[n] = stores.get(n, 0) + 2
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                    and isinstance(node.value, ast.Constant):
+                consts[node.targets[0].id] = node
+        for a in ast.walk(fn.args):
+            if isinstance(a, ast.arg):
+                stores[a.arg] = stores.get(a.arg, 0) + 2
+        consts = {n: a for n, a in consts.items() if stores.get(n) == 1}
+        if not consts:
+            continue
+        changed = True
+        _Substitute(consts).visit(fn)
+    return changed
+
+
+def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str],
+                 empty: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(`sources` folded to this configuration, "section.key" -> value of every setting folded somewhere)."""
+    core = {k: getattr(cfg.core, k) for k in STRUCTURAL_CORE}
+    by_module: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for name in registry.run_plugins(cfg.plugins):
+        cls, settings = registry.plugins[name], cfg.plugin_configs.get(name)
+        values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)} \
+            if dataclasses.is_dataclass(settings) else {}
+        by_module.setdefault(cls.__module__, {})[cls.__name__] = (name, values)
+    out, folded = {}, set()
+    for module, text in sources.items():
+        out[module], done = fold_module(text, core, by_module.get(module, {}), empty) if text else (text, set())
+        folded |= done
+    values = {f"core.{k}": v for k, v in core.items()}
+    for name in cfg.plugins:
+        settings = cfg.plugin_configs.get(name)
+        if dataclasses.is_dataclass(settings):
+            values.update({f"{name}.{f.name}": getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    return out, {k: values[k] for k in folded}
+
+
+def empty_hooks(cfg: Config, registry: Registry, hooks: set[str]) -> dict[str, Any]:
+    """Hooks in `hooks` no registered implementation answers -> what calling them returns (None or [])."""
+    from core.train import CoreDefaults
+
+    pm = make_manager(registry, cfg, CoreDefaults())
+    out = {}
+    for hook in hooks:
+        caller = getattr(pm.hook, hook, None)
+        if caller is not None and caller.spec is not None and not caller.get_hookimpls():
+            out[hook] = None if caller.spec.opts.get("firstresult") else []
+    return out
+
+
+def fold_module(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
+                empty: dict[str, Any]) -> tuple[str, set[str]]:
+    """(`source` folded to a fixpoint, the settings whose reads it replaced)."""
+    tree = ast.parse(source)
+    before = ast.dump(tree)
+    folded: set[str] = set()
+    for _ in range(4):
+        folder = Folder(core, plugin, empty)
+        tree = ast.fix_missing_locations(folder.visit(tree))
+        folded |= folder.folded
+        _fill_empty_bodies(tree)
+        if not _propagate(tree):
+            break
+        _fill_empty_bodies(tree)
+    if ast.dump(tree) == before:
+        return source, folded
+    return ast.unparse(tree) + "\n", folded
+
+
+def _fill_empty_bodies(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        for field_name in ("body", "orelse", "finalbody"):
+            body = getattr(node, field_name, None)
+            if isinstance(body, list) and not body and field_name == "body" and not isinstance(node, ast.Module):
+                node.body = [ast.Pass()]  # type: ignore[attr-defined]
+        if isinstance(node, ast.Try) and not node.handlers and not node.finalbody:
+            node.finalbody = [ast.Pass()]
