@@ -361,14 +361,14 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str])
     configuration; None (sources unchanged) when the configuration cannot be specialised (a hook wrapper)."""
     modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0]
                for n in registry.run_plugins(cfg.plugins)}
-    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(sources), modules)
+    work = {n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()}
+    work.update(specialise.drop_plugin_metadata(work))
+    work.update(specialise.erase_field_types(work, specialise.config_class_names(cfg, registry)))
+    work, fixed = specialise.fold_sources(cfg, registry, work)
+    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(work), modules)
     if registry_source is None:
         return None
-    sources.update({n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()})
-    sources.update(specialise.drop_plugin_metadata(sources))
-    folded, fixed = specialise.fold_sources(cfg, registry, sources,
-                                            specialise.empty_hooks(cfg, registry, specialise.called_hooks(sources)))
-    sources.update(folded)
+    sources.update(work)
     sources["core.registry"] = strip_source(registry_source)
     main = specialise.frozen_main(cfg, registry, modules, fixed)
     return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + LOADER[LOADER.index("\n\nif __name__"):]

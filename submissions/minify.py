@@ -31,6 +31,8 @@ from collections.abc import Collection, Iterable
 IDENT = re.compile(r"[A-Za-z_]\w*")
 DYNAMIC = {"locals", "vars", "eval", "exec", "dir", "globals"}
 HOOK_MARKERS = {"hookimpl"}
+# Generic types whose subscription (a type alias) has no effect but its value.
+TYPING_GENERICS = {"Callable", "Optional", "Union", "Literal", "dict", "list", "tuple", "set", "frozenset", "type"}
 
 
 def _is_dunder(name: str) -> bool:
@@ -51,6 +53,8 @@ def _pure(node: ast.AST) -> bool:
         return _pure(node.operand)
     if isinstance(node, ast.BinOp):
         return isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant)
+    if isinstance(node, ast.Subscript):  # a type alias: `Callable[[Config, Registry], int]`
+        return isinstance(node.value, ast.Name) and node.value.id in TYPING_GENERICS and _pure(node.slice)
     if isinstance(node, ast.JoinedStr):
         return all(isinstance(v, ast.Constant) or (isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name))
                    for v in node.values)

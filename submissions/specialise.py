@@ -77,8 +77,9 @@ class _Hook:
 
     def __call__(self, **kwargs):
         results = []
-        for method, names in self.impls:
-            value = method(*[kwargs[n] for n in names])
+        for method in self.impls:
+            code = method.__code__
+            value = method(*[kwargs[n] for n in code.co_varnames[1:code.co_argcount - len(method.__defaults__ or ())]])
             if value is not None:
                 if self.first:
                     return value
@@ -95,20 +96,15 @@ def _module(cls: type, modules: dict[str, str]) -> str:
 def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules: dict[str, str]) -> str | None:
     """Source of the bundle's `core.registry`: `Plugin`, a `Registry` of the enabled plugins' classes, and a
     `make_manager` whose hooks (those in `hooks`) call the enabled plugins exactly as pluggy would; None when a
-    hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names."""
+    hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names. Only the plugins that
+    implement a dispatched hook are built (`code_wrapper`'s `pg_wrap_code` runs at bundle time only), and each
+    implementation gets its arguments by the names of its parameters without defaults (pluggy's `argnames`:
+    checked here against pluggy's own list)."""
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
     order = ["core", *registry.registration_order(registry.run_plugins(cfg.plugins))]
-    lines = ["def make_manager(registry, config, core_impl=None):", " import types", " c = config.plugin_configs.get"]
-    names = []
-    for name in order[1:]:
-        cls = registry.plugins[name]
-        alias = f"P{len(names)}"
-        lines.append(f" from {_module(cls, modules)} import {cls.__name__} as {alias}")
-        names.append(f"{alias}(c({name!r}))")
-    lines.append(f" p = [core_impl, {', '.join(names)}]")
-    entries = []
+    entries, used = [], {"core"}
     for hook in sorted(hooks):
         caller = getattr(pm.hook, hook, None)
         if caller is None or caller.spec is None:
@@ -116,13 +112,27 @@ def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules:
         impls = caller.get_hookimpls()
         if any(i.hookwrapper or i.wrapper for i in impls):
             return None
-        calls = [f"(p[{order.index(i.plugin_name)}].{i.function.__name__}, {tuple(i.argnames)!r})"
-                 for i in reversed(impls)]  # pluggy calls the last of get_hookimpls() first
-        first = int(bool(caller.spec.opts.get("firstresult")))
-        entries.append(f"{hook}=_Hook({first}, [{', '.join(calls)}])")
-    lines.append(f" return types.SimpleNamespace(hook=types.SimpleNamespace({', '.join(entries)}))")
-    registry_cls = ["class Registry:", " @property", " def plugins(self):", *(" " + x for x in lines[3:3 + len(names)]),
-                    f"  return {{c.name: c for c in ({''.join(f'P{i}, ' for i in range(len(names)))})}}"]
+        for i in impls:
+            code = i.function.__code__
+            if tuple(i.argnames) != code.co_varnames[1:code.co_argcount - len(i.function.__defaults__ or ())]:
+                return None  # an implementation pluggy calls otherwise (not a plain method): keep pluggy
+        used.update(i.plugin_name for i in impls)
+        entries.append((hook, int(bool(caller.spec.opts.get("firstresult"))), [i for i in reversed(impls)]))
+    lines = ["def make_manager(registry, config, core_impl=None):", " import types", " c = config.plugin_configs.get"]
+    imports, built, index = [], [], {"core": 0}
+    for name in order[1:]:
+        cls = registry.plugins[name]
+        imports.append(f" from {_module(cls, modules)} import {cls.__name__} as P{len(imports)}")
+        if name in used:
+            lines.append(imports[-1])
+            index[name] = len(built) + 1
+            built.append(f"P{len(imports) - 1}(c({name!r}))")
+    lines.append(f" p = [core_impl, {', '.join(built)}]")
+    hook_table = ", ".join(f"{hook}=_Hook({first}, [{', '.join(f'p[{index[i.plugin_name]}].{i.function.__name__}' for i in impls)}])"  # noqa: E501
+                           for hook, first, impls in entries)  # pluggy calls the last of get_hookimpls() first
+    lines.append(f" return types.SimpleNamespace(hook=types.SimpleNamespace({hook_table}))")
+    registry_cls = ["class Registry:", " @property", " def plugins(self):", *(" " + x for x in imports),
+                    f"  return {{c.name: c for c in ({''.join(f'P{i}, ' for i in range(len(imports)))})}}"]
     return "\n".join([plugin_base(), *registry_cls, DISPATCH, *lines]) + "\n"
 
 
@@ -160,6 +170,40 @@ def drop_plugin_metadata(sources: dict[str, str]) -> dict[str, str]:
         if changed:
             out[name] = ast.unparse(tree) + "\n"
     return out
+
+
+def erase_field_types(sources: dict[str, str], typed: set[str]) -> dict[str, str]:
+    """`sources` with the field annotations of their dataclasses written `0` (with `from __future__ import
+    annotations` they are strings nobody evaluates), except in the `typed` classes (the configs: the script coerces
+    settings by `typing.get_type_hints`) and ClassVar / InitVar / KW_ONLY fields (dataclasses reads those)."""
+    out = dict(sources)
+    for name, text in sources.items():
+        if "from __future__ import annotations" not in text:
+            continue
+        tree = ast.parse(text)
+        changed = False
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name not in typed \
+                    and "dataclass" in names_in(node.decorator_list):
+                for stmt in node.body:
+                    if isinstance(stmt, ast.AnnAssign) and not names_in([stmt.annotation]) & SPECIAL_FIELDS \
+                            and not (isinstance(stmt.annotation, ast.Constant) and stmt.annotation.value == 0):
+                        stmt.annotation = ast.Constant(0)
+                        changed = True
+        if changed:
+            out[name] = ast.unparse(tree) + "\n"
+    return out
+
+
+SPECIAL_FIELDS = {"ClassVar", "InitVar", "KW_ONLY"}
+
+
+def config_class_names(cfg: Config, registry: Registry) -> set[str]:
+    """Names of the configuration classes (and their bases) whose annotations the script evaluates."""
+    from core.config import CoreConfig
+
+    classes = [CoreConfig, *(registry.plugins[n].config for n in cfg.plugins if registry.plugins[n].config)]
+    return {c.__name__ for cls in classes for c in cls.__mro__}
 
 
 def _bound_name(stmt: ast.stmt) -> str | None:
@@ -282,8 +326,9 @@ class Folder(ast.NodeTransformer):
     `plugin`: class name -> (its settings -> value) for the enabled plugins' classes; `empty`: hook -> the constant
     it returns. `folded` collects the "section.key" settings whose reads were replaced."""
 
-    def __init__(self, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]], empty: dict[str, Any]):
-        self.core, self.plugin, self.empty = core, plugin, empty
+    def __init__(self, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]], empty: dict[str, Any],
+                 counts: dict[str, int] | None = None):
+        self.core, self.plugin, self.empty, self.counts = core, plugin, empty, counts or {}
         self.folded: set[str] = set()
         self.section: tuple[str, dict[str, Any]] | None = None  # the enclosing plugin class's settings
         self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
@@ -353,6 +398,8 @@ class Folder(ast.NodeTransformer):
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
         self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and (hook := _impls_query(node.operand)) in self.counts:
+            return ast.Constant(not self.counts[hook])  # `not run.hook.pg_x.get_hookimpls()`
         if isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Constant):
             return ast.Constant(not node.operand.value)
         return node
@@ -389,6 +436,15 @@ class Folder(ast.NodeTransformer):
         if isinstance(node.value, (ast.Constant, ast.List)) and not getattr(node.value, "elts", None):
             return None  # a folded hook call used as a statement
         return node
+
+
+def _impls_query(node: ast.AST) -> str | None:
+    """`pg_x` of a `<...>.hook.pg_x.get_hookimpls()` call, else None."""
+    if isinstance(node, ast.Call) and not node.args and isinstance(node.func, ast.Attribute) \
+            and node.func.attr == "get_hookimpls" and isinstance(node.func.value, ast.Attribute) \
+            and isinstance(node.func.value.value, ast.Attribute) and node.func.value.value.attr == "hook":
+        return node.func.value.attr
+    return None
 
 
 def _side_effect_free(node: ast.AST) -> bool:
@@ -469,9 +525,11 @@ def _propagate(tree: ast.Module) -> bool:
     return changed
 
 
-def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str],
-                 empty: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
     """(`sources` folded to this configuration, "section.key" -> value of every setting folded somewhere)."""
+    hooks = hook_counts(cfg, registry)
+    empty = {h: v for h, (n, v) in hooks.items() if not n}
+    counts = {h: n for h, (n, _) in hooks.items()}
     core = {k: getattr(cfg.core, k) for k in STRUCTURAL_CORE}
     by_module: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
     for name in registry.run_plugins(cfg.plugins):
@@ -481,7 +539,7 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str],
         by_module.setdefault(cls.__module__, {})[cls.__name__] = (name, values)
     out, folded = {}, set()
     for module, text in sources.items():
-        out[module], done = fold_module(text, core, by_module.get(module, {}), empty) if text else (text, set())
+        out[module], done = fold_module(text, core, by_module.get(module, {}), empty, counts) if text else (text, set())
         folded |= done
     values = {f"core.{k}": v for k, v in core.items()}
     for name in cfg.plugins:
@@ -491,27 +549,24 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str],
     return out, {k: values[k] for k in folded}
 
 
-def empty_hooks(cfg: Config, registry: Registry, hooks: set[str]) -> dict[str, Any]:
-    """Hooks in `hooks` no registered implementation answers -> what calling them returns (None or [])."""
+def hook_counts(cfg: Config, registry: Registry) -> dict[str, tuple[int, Any]]:
+    """Every hook -> (how many implementations the run registers, what calling it returns when there are none:
+    None for a firstresult hook, else [])."""
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
-    out = {}
-    for hook in hooks:
-        caller = getattr(pm.hook, hook, None)
-        if caller is not None and caller.spec is not None and not caller.get_hookimpls():
-            out[hook] = None if caller.spec.opts.get("firstresult") else []
-    return out
+    return {hook: (len(caller.get_hookimpls()), None if caller.spec.opts.get("firstresult") else [])
+            for hook, caller in vars(pm.hook).items() if hook.startswith("pg_") and caller.spec is not None}
 
 
 def fold_module(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
-                empty: dict[str, Any]) -> tuple[str, set[str]]:
+                empty: dict[str, Any], counts: dict[str, int] | None = None) -> tuple[str, set[str]]:
     """(`source` folded to a fixpoint, the settings whose reads it replaced)."""
     tree = ast.parse(source)
     before = ast.dump(tree)
     folded: set[str] = set()
     for _ in range(4):
-        folder = Folder(core, plugin, empty)
+        folder = Folder(core, plugin, empty, counts)
         tree = ast.fix_missing_locations(folder.visit(tree))
         folded |= folder.folded
         _fill_empty_bodies(tree)
