@@ -142,57 +142,64 @@ PLUGIN_METADATA = frozenset({"family", "summary", "sources", "requires", "confli
                              "before", "test_settings", "check_config", "check_peers"})
 
 
-def plugin_classes(trees: dict[str, ast.Module]) -> set[str]:
+def plugin_classes(sources: dict[str, str]) -> set[str]:
     """Names of the classes that derive from `Plugin`, directly or through another such class (to a fixpoint)."""
+    bases = [cb for text in sources.values() for cb in _class_bases(text)]
     names = {"Plugin"}
     while True:
-        more = {node.name for tree in trees.values() for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
-                and any(isinstance(b, ast.Name) and b.id in names for b in node.bases)} - names
+        more = {name for name, base in bases if base & names} - names
         if not more:
             return names
         names |= more
+
+
+@functools.lru_cache(maxsize=256)
+def _class_bases(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple((n.name, frozenset(b.id for b in n.bases if isinstance(b, ast.Name)))
+                 for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ClassDef))
 
 
 def drop_plugin_metadata(sources: dict[str, str]) -> dict[str, str]:
     """`sources` without the `PLUGIN_METADATA` attributes and methods of their plugin classes (summaries,
     sources, roles, `check_config` …): text that never runs in a specialised bundle, and whose words would keep
     definitions alive in the tree-shaker (it keeps what a string names)."""
-    trees = {n: ast.parse(s) for n, s in sources.items()}
-    plugins = plugin_classes(trees) - {"Plugin"}
-    out = dict(sources)
-    for name, tree in trees.items():
-        changed = False
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and node.name in plugins:
-                kept = [s for s in node.body if _bound_name(s) not in PLUGIN_METADATA]
-                changed |= len(kept) != len(node.body)
-                node.body = kept or [ast.Pass()]
-        if changed:
-            out[name] = ast.unparse(tree) + "\n"
-    return out
+    plugins = frozenset(plugin_classes(sources) - {"Plugin"})
+    return {name: _drop_metadata(text, plugins) for name, text in sources.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _drop_metadata(text: str, plugins: frozenset[str]) -> str:
+    tree = ast.parse(text)
+    changed = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name in plugins:
+            kept = [s for s in node.body if _bound_name(s) not in PLUGIN_METADATA]
+            changed |= len(kept) != len(node.body)
+            node.body = kept or [ast.Pass()]
+    return ast.unparse(tree) + "\n" if changed else text
 
 
 def erase_field_types(sources: dict[str, str], typed: set[str]) -> dict[str, str]:
     """`sources` with the field annotations of their dataclasses written `0` (with `from __future__ import
     annotations` they are strings nobody evaluates), except in the `typed` classes (the configs: the script coerces
     settings by `typing.get_type_hints`) and ClassVar / InitVar / KW_ONLY fields (dataclasses reads those)."""
-    out = dict(sources)
-    for name, text in sources.items():
-        if "from __future__ import annotations" not in text:
-            continue
-        tree = ast.parse(text)
-        changed = False
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ClassDef) and node.name not in typed \
-                    and "dataclass" in names_in(node.decorator_list):
-                for stmt in node.body:
-                    if isinstance(stmt, ast.AnnAssign) and not names_in([stmt.annotation]) & SPECIAL_FIELDS \
-                            and not (isinstance(stmt.annotation, ast.Constant) and stmt.annotation.value == 0):
-                        stmt.annotation = ast.Constant(0)
-                        changed = True
-        if changed:
-            out[name] = ast.unparse(tree) + "\n"
-    return out
+    return {name: _erase_types(text, frozenset(typed)) for name, text in sources.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _erase_types(text: str, typed: frozenset[str]) -> str:
+    if "from __future__ import annotations" not in text:
+        return text
+    tree = ast.parse(text)
+    changed = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name not in typed and "dataclass" in names_in(node.decorator_list):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and not names_in([stmt.annotation]) & SPECIAL_FIELDS \
+                        and not (isinstance(stmt.annotation, ast.Constant) and stmt.annotation.value == 0):
+                    stmt.annotation = ast.Constant(0)
+                    changed = True
+    return ast.unparse(tree) + "\n" if changed else text
 
 
 SPECIAL_FIELDS = {"ClassVar", "InitVar", "KW_ONLY"}
@@ -561,7 +568,34 @@ def hook_counts(cfg: Config, registry: Registry) -> dict[str, tuple[int, Any]]:
 
 def fold_module(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
                 empty: dict[str, Any], counts: dict[str, int] | None = None) -> tuple[str, set[str]]:
-    """(`source` folded to a fixpoint, the settings whose reads it replaced)."""
+    """(`source` folded to a fixpoint, the settings whose reads it replaced). Memoized on the text and a
+    repr of the values (every training run bundles its configuration to log the code size)."""
+    args = (core, plugin, empty, counts or {})
+    text, folded = _fold_cached(source, repr(args), _Args(args))
+    return text, set(folded)
+
+
+class _Args:
+    """Carries the real arguments past `lru_cache`, which keys on their repr alone."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Args)
+
+
+@functools.lru_cache(maxsize=256)
+def _fold_cached(source: str, key: str, args: _Args) -> tuple[str, frozenset[str]]:
+    text, folded = _fold(source, *args.value)
+    return text, frozenset(folded)
+
+
+def _fold(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
+          empty: dict[str, Any], counts: dict[str, int]) -> tuple[str, set[str]]:
     tree = ast.parse(source)
     before = ast.dump(tree)
     folded: set[str] = set()
