@@ -612,10 +612,18 @@ def _fold(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[s
     return ast.unparse(tree) + "\n", folded
 
 
+TERMINAL = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+
+
 def _fill_empty_bodies(tree: ast.AST) -> None:
+    """Statements after a return/raise/continue/break in the same body dropped (a folded `if` can leave them), and
+    an emptied body made `pass`."""
     for node in ast.walk(tree):
         for field_name in ("body", "orelse", "finalbody"):
             body = getattr(node, field_name, None)
+            if isinstance(body, list):
+                end = next((i for i, stmt in enumerate(body) if isinstance(stmt, TERMINAL)), len(body))
+                del body[end + 1:]
             if isinstance(body, list) and not body and field_name == "body" and not isinstance(node, ast.Module):
                 node.body = [ast.Pass()]  # type: ignore[attr-defined]
         if isinstance(node, ast.Try) and not node.handlers and not node.finalbody:
