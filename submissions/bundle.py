@@ -37,7 +37,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.minify import minify_modules, names_in, rename_locals
+from submissions.minify import minify_modules, names_in, rename_locals, shake
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -298,6 +298,14 @@ def _minified(items: tuple[tuple[str, str], ...], roots: tuple[str, ...], scanne
     return tuple((n, reindent(s)) for n, s in small.items() if n in keep)
 
 
+@functools.lru_cache(maxsize=16)
+def _shaken(items: tuple[tuple[str, str], ...], scanned: tuple[str, ...], loader: str) -> dict[str, str]:
+    """`minify.shake` of the sources with the loader's names as roots (as `minified` does), names unchanged."""
+    tree = ast.parse(loader)
+    names = names_in([tree], attributes=False) | {"BUNDLED"}
+    return shake(dict(items), roots=names, scanned=scanned, attribute_roots=names_in([tree]) - names)
+
+
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
     """(module name -> source of every module the bundle embeds, the run's plugins' module names: the enabled
     ones and the default providers of the roles they leave open, `Registry.run_plugins`)."""
@@ -384,8 +392,14 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
     if minify:
         loader = specialised_loader(cfg, registry, sources) or LOADER
         scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
-        sources = minified(sources, roots=["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)],
-                           scanned=scanned, loader=loader)
+        roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
+        for _ in range(3 if loader is not LOADER else 0):  # literal arguments only the shaken code shows
+            live = _shaken(tuple(sources.items()), tuple(scanned), loader)
+            again = specialise.fold_arguments(live)
+            if again == live:
+                break
+            sources = again
+        sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
     return sources, loader
 
 

@@ -22,6 +22,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import re
 from typing import Any
 
 from core.config import Config
@@ -428,12 +429,14 @@ class Folder(ast.NodeTransformer):
 
     def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
         self.generic_visit(node)
+        node.test = _test_value(node.test)
         if isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
         return node
 
     def visit_If(self, node: ast.If) -> Any:
         self.generic_visit(node)
+        node.test = _test_value(node.test)
         if isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
         return node
@@ -443,6 +446,18 @@ class Folder(ast.NodeTransformer):
         if isinstance(node.value, (ast.Constant, ast.List)) and not getattr(node.value, "elts", None):
             return None  # a folded hook call used as a statement
         return node
+
+
+def _test_value(test: ast.expr) -> ast.expr:
+    """A condition's truth as a constant where a constant operand decides an `and`/`or` after operands that have no
+    effect (`x == 8 and False`: False), else the condition."""
+    if isinstance(test, ast.BoolOp):
+        for v in test.values:
+            if isinstance(v, ast.Constant) and bool(v.value) == isinstance(test.op, ast.Or):
+                return ast.Constant(bool(v.value))
+            if not _side_effect_free(v):
+                break
+    return test
 
 
 def _impls_query(node: ast.AST) -> str | None:
@@ -455,8 +470,10 @@ def _impls_query(node: ast.AST) -> str | None:
 
 
 def _side_effect_free(node: ast.AST) -> bool:
+    """Names, attributes, constants, tuples and comparisons of those (`==`, `in`, `is`, their negations)."""
     value = node.value if isinstance(node, ast.keyword) else node
-    return all(isinstance(n, (ast.Name, ast.Attribute, ast.Constant, ast.Load, ast.keyword, ast.Tuple))
+    return all(isinstance(n, (ast.Name, ast.Attribute, ast.Constant, ast.Load, ast.keyword, ast.Tuple, ast.Compare,
+                              ast.Eq, ast.NotEq, ast.In, ast.NotIn, ast.Is, ast.IsNot, ast.UnaryOp, ast.Not))
                for n in ast.walk(value))
 
 
@@ -544,10 +561,15 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str]) -> tu
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)} \
             if dataclasses.is_dataclass(settings) else {}
         by_module.setdefault(cls.__module__, {})[cls.__name__] = (name, values)
-    out, folded = {}, set()
-    for module, text in sources.items():
-        out[module], done = fold_module(text, core, by_module.get(module, {}), empty, counts) if text else (text, set())
-        folded |= done
+    out, folded = dict(sources), set()
+    for _ in range(3):  # folding, then the literal arguments that folding exposed, then folding again
+        for module, text in out.items():
+            if text:
+                out[module], done = fold_module(text, core, by_module.get(module, {}), empty, counts)
+                folded |= done
+        before, out = out, constant_arguments(out)
+        if out == before:
+            break
     values = {f"core.{k}": v for k, v in core.items()}
     for name in cfg.plugins:
         settings = cfg.plugin_configs.get(name)
@@ -628,3 +650,96 @@ def _fill_empty_bodies(tree: ast.AST) -> None:
                 node.body = [ast.Pass()]  # type: ignore[attr-defined]
         if isinstance(node, ast.Try) and not node.handlers and not node.finalbody:
             node.finalbody = [ast.Pass()]
+
+
+def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
+    """`sources` with the parameters of module-level functions that every call in the bundle passes the same
+    literal (or leaves at the same literal default) replaced by that literal inside the function (`baseline_int8=False`
+    at each call of `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when
+    every occurrence of its name is its definition, a plain `from … import` of it or a direct call without `*`/`**`
+    arguments, and no string in the bundle names it; the parameter is never rebound in its body. The signature stays
+    (callers still pass the argument)."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    defs: dict[str, list[ast.FunctionDef]] = {}
+    for tree in trees.values():
+        for stmt in tree.body:
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                defs.setdefault(stmt.name, []).append(stmt)
+    candidates = {n: d[0] for n, d in defs.items() if len(d) == 1 and not d[0].args.vararg and not d[0].args.kwarg
+                  and not d[0].args.posonlyargs}
+    calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
+    bad: set[str] = set()
+    for tree in trees.values():
+        call_funcs = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
+                node.name if isinstance(node, ast.alias) else None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                bad.update(w for w in IDENT_RX.findall(node.value) if w in candidates)
+            if name not in candidates:
+                continue
+            if isinstance(node, ast.alias):
+                if node.asname:
+                    bad.add(name)
+                continue
+            call = call_funcs.get(id(node))
+            if call is None or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in
+                                                                                        call.keywords):
+                bad.add(name)
+            else:
+                calls[name].append(call)
+    changed: set[int] = set()
+    for name, fn in candidates.items():
+        if name in bad or not calls[name]:
+            continue
+        params = [*fn.args.args, *fn.args.kwonlyargs]
+        defaults = dict(zip([a.arg for a in fn.args.args][len(fn.args.args) - len(fn.args.defaults):],
+                            fn.args.defaults, strict=True))
+        defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True) if d})
+        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        stored |= {a.arg for inner in ast.walk(fn) if inner is not fn and isinstance(inner, (ast.FunctionDef,
+                   ast.Lambda)) for a in ast.walk(inner.args) if isinstance(a, ast.arg)}
+        consts: dict[str, Any] = {}
+        for i, param in enumerate(params):
+            if param.arg in stored:
+                continue
+            seen = set()
+            for call in calls[name]:
+                kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
+                value = call.args[i] if param in fn.args.args and i < len(call.args) else kw
+                value = defaults.get(param.arg) if value is None else value
+                seen.add((type(value.value), value.value) if isinstance(value, ast.Constant) else ("?", id(call)))
+            if len(seen) == 1 and (only := next(iter(seen)))[0] != "?":
+                consts[param.arg] = only[1]
+        if consts:
+            _SubstituteParams(consts).visit(fn)
+            changed.add(id(fn))
+    out = dict(sources)
+    for module, tree in trees.items():
+        if any(id(s) in changed for s in tree.body):
+            out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    return out
+
+
+IDENT_RX = re.compile(r"[A-Za-z_]\w*")
+
+
+class _SubstituteParams(ast.NodeTransformer):
+    def __init__(self, consts: dict[str, Any]):
+        self.consts = consts
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node.body = [self.visit(s) for s in node.body]  # not the signature
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.consts:
+            return ast.Constant(self.consts[node.id])
+        return node
+
+
+def fold_arguments(sources: dict[str, str]) -> dict[str, str]:
+    """`constant_arguments`, then `fold_module` (constants only) on the modules it changed: run again on shaken
+    sources, where the calls from code the shaker dropped no longer count."""
+    out = constant_arguments(sources)
+    return {n: fold_module(s, {}, {}, {})[0] if s != sources[n] else s for n, s in out.items()}
