@@ -340,19 +340,25 @@ class Folder(ast.NodeTransformer):
         self.folded: set[str] = set()
         self.section: tuple[str, dict[str, Any]] | None = None  # the enclosing plugin class's settings
         self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
-        self.compared: set[int] = set()
+        self.in_class = False
 
     def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
         outer, self.section = self.section, self.plugin.get(node.name)
+        in_class, self.in_class = self.in_class, True
         self.generic_visit(node)
-        self.section = outer
+        self.section, self.in_class = outer, in_class
         return node
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer = self.aliases
+        outer, section = self.aliases, self.section
         self.aliases = {**outer, **_aliases(node)}
+        if not self.in_class:  # a module-level function some plugin always passes its `self.cfg`
+            for param in (a.arg for a in [*node.args.args, *node.args.kwonlyargs]):
+                if (found := self.plugin.get(f"{node.name}({param})")) is not None:
+                    self.aliases[param], self.section = "cfg", found
+        in_class, self.in_class = self.in_class, True  # nested functions: not module-level
         self.generic_visit(node)
-        self.aliases = outer
+        self.aliases, self.section, self.in_class = outer, section, in_class
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
@@ -561,11 +567,12 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str]) -> tu
         values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)} \
             if dataclasses.is_dataclass(settings) else {}
         by_module.setdefault(cls.__module__, {})[cls.__name__] = (name, values)
+    params = config_parameters(sources, {c: v for m in by_module.values() for c, v in m.items()})
     out, folded = dict(sources), set()
     for _ in range(3):  # folding, then the literal arguments that folding exposed, then folding again
         for module, text in out.items():
             if text:
-                out[module], done = fold_module(text, core, by_module.get(module, {}), empty, counts)
+                out[module], done = fold_module(text, core, {**params, **by_module.get(module, {})}, empty, counts)
                 folded |= done
         before, out = out, constant_arguments(out)
         if out == before:
@@ -660,34 +667,7 @@ def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
     arguments, and no string in the bundle names it; the parameter is never rebound in its body. The signature stays
     (callers still pass the argument)."""
     trees = {n: ast.parse(s) for n, s in sources.items() if s}
-    defs: dict[str, list[ast.FunctionDef]] = {}
-    for tree in trees.values():
-        for stmt in tree.body:
-            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
-                defs.setdefault(stmt.name, []).append(stmt)
-    candidates = {n: d[0] for n, d in defs.items() if len(d) == 1 and not d[0].args.vararg and not d[0].args.kwarg
-                  and not d[0].args.posonlyargs}
-    calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
-    bad: set[str] = set()
-    for tree in trees.values():
-        call_funcs = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
-        for node in ast.walk(tree):
-            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
-                node.name if isinstance(node, ast.alias) else None
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                bad.update(w for w in IDENT_RX.findall(node.value) if w in candidates)
-            if name not in candidates:
-                continue
-            if isinstance(node, ast.alias):
-                if node.asname:
-                    bad.add(name)
-                continue
-            call = call_funcs.get(id(node))
-            if call is None or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in
-                                                                                        call.keywords):
-                bad.add(name)
-            else:
-                calls[name].append(call)
+    candidates, calls, bad = _direct_calls(trees)
     changed: set[int] = set()
     for name, fn in candidates.items():
         if name in bad or not calls[name]:
@@ -718,6 +698,70 @@ def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
     for module, tree in trees.items():
         if any(id(s) in changed for s in tree.body):
             out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    return out
+
+
+def _direct_calls(trees: dict[str, ast.Module]) -> tuple[dict[str, ast.FunctionDef], dict[str, list[ast.Call]],
+                                                         set[str]]:
+    """(module-level functions by name, the calls of each, the names that are also used otherwise: passed as a
+    value, imported under another name, named in a string, defined twice, or called with `*`/`**`)."""
+    defs: dict[str, list[ast.FunctionDef]] = {}
+    for tree in trees.values():
+        for stmt in tree.body:
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                defs.setdefault(stmt.name, []).append(stmt)
+    candidates = {n: d[0] for n, d in defs.items() if len(d) == 1 and not d[0].args.vararg and not d[0].args.kwarg
+                  and not d[0].args.posonlyargs}
+    calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
+    bad: set[str] = set()
+    for tree in trees.values():
+        call_funcs = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
+                node.name if isinstance(node, ast.alias) else None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                bad.update(w for w in IDENT_RX.findall(node.value) if w in candidates)
+            if name not in candidates:
+                continue
+            if isinstance(node, ast.alias):
+                if node.asname:
+                    bad.add(name)
+                continue
+            call = call_funcs.get(id(node))
+            if call is None or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in
+                                                                                        call.keywords):
+                bad.add(name)
+            else:
+                calls[name].append(call)
+    return candidates, calls, bad
+
+
+def config_parameters(sources: dict[str, str], classes: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """"function(param)" -> a plugin's (section, settings) for the parameters of module-level functions that every
+    call passes `self.cfg` from that plugin's class (`classes`: class name -> (section, settings)), e.g.
+    `collect_hessians(run, model, self.cfg)` in GPTQ: `fold_module` folds their structural settings too."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    candidates, calls, bad = _direct_calls(trees)
+    owner: dict[int, str] = {}
+    for tree in trees.values():
+        for cls in tree.body:
+            if isinstance(cls, ast.ClassDef) and cls.name in classes:
+                owner.update({id(n): cls.name for n in ast.walk(cls) if isinstance(n, ast.Call)})
+    out: dict[str, Any] = {}
+    for name, fn in candidates.items():
+        if name in bad or not calls[name]:
+            continue
+        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        for i, param in enumerate([*fn.args.args, *fn.args.kwonlyargs]):
+            sections = set()
+            for call in calls[name]:
+                kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
+                value = call.args[i] if param in fn.args.args and i < len(call.args) else kw
+                is_cfg = isinstance(value, ast.Attribute) and value.attr == "cfg" \
+                    and isinstance(value.value, ast.Name) and value.value.id == "self"
+                sections.add(owner.get(id(call)) if is_cfg else None)
+            if len(sections) == 1 and None not in sections and param.arg not in stored:
+                out[f"{name}({param.arg})"] = classes[sections.pop()]
     return out
 
 
