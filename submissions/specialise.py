@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import inspect
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from core.config import Config
@@ -341,45 +342,58 @@ class Folder(ast.NodeTransformer):
         self.section: tuple[str, dict[str, Any]] | None = None  # the enclosing plugin class's settings
         self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
         self.in_class = False
+        self.cls_name = ""  # the enclosing class
 
     def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
         outer, self.section = self.section, self.plugin.get(node.name)
         in_class, self.in_class = self.in_class, True
+        cls_name, self.cls_name = self.cls_name, node.name
         self.generic_visit(node)
-        self.section, self.in_class = outer, in_class
+        self.section, self.in_class, self.cls_name = outer, in_class, cls_name
         return node
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        outer, section = self.aliases, self.section
+        outer = self.aliases
         self.aliases = {**outer, **_aliases(node)}
-        if not self.in_class:  # a module-level function some plugin always passes its `self.cfg`
-            for param in (a.arg for a in [*node.args.args, *node.args.kwonlyargs]):
-                if (found := self.plugin.get(f"{node.name}({param})")) is not None:
-                    self.aliases[param], self.section = "cfg", found
+        # A module-level function, or a class's __init__, whose parameter always receives a plugin's `self.cfg`.
+        key = node.name if not self.in_class else f"{self.cls_name}.__init__" if node.name == "__init__" else None
+        for param in (a.arg for a in [*node.args.args, *node.args.kwonlyargs]) if key else ():
+            if (found := self.plugin.get(f"{key}({param})")) is not None:
+                self.aliases[param] = found
         in_class, self.in_class = self.in_class, True  # nested functions: not module-level
         self.generic_visit(node)
-        self.aliases, self.section, self.in_class = outer, section, in_class
+        self.aliases, self.in_class = outer, in_class
         return node
 
     visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
 
+    def _section_of(self, base: ast.expr) -> Any:
+        """"core", a plugin's (section, settings), or None: what `base` (in `base.setting`) is."""
+        if isinstance(base, ast.Name):
+            kind = self.aliases.get(base.id)
+            return self._self_attribute("cfg") if kind == "cfg" else kind
+        if isinstance(base, ast.Attribute) and base.attr == "core":
+            return "core"
+        if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name) and base.value.id == "self":
+            return self._self_attribute(base.attr)
+        return None
+
+    def _self_attribute(self, attr: str) -> Any:
+        if attr == "cfg" and self.section is not None:
+            return self.section  # a plugin's own settings
+        return self.plugin.get(f"{self.cls_name}.self.{attr}")  # a class that keeps a plugin's settings
+
     def _setting(self, node: ast.expr, needs_literal_use: bool) -> tuple[bool, Any]:
         if not isinstance(node, ast.Attribute):
             return False, None
-        base = node.value
-        kind = self.aliases.get(base.id) if isinstance(base, ast.Name) else None
-        if isinstance(base, ast.Attribute) and base.attr == "core":
-            kind = "core"
-        if isinstance(base, ast.Attribute) and base.attr == "cfg" and isinstance(base.value, ast.Name) \
-                and base.value.id == "self":
-            kind = "cfg"
-        if kind == "core" and node.attr in self.core:
+        section = self._section_of(node.value)
+        if section == "core" and node.attr in self.core:
             self.folded.add(f"core.{node.attr}")
             return True, self.core[node.attr]
-        if kind == "cfg" and self.section is not None and node.attr in self.section[1]:
-            value = self.section[1][node.attr]
+        if isinstance(section, tuple) and node.attr in section[1]:
+            value = section[1][node.attr]
             if isinstance(value, bool) or (isinstance(value, str) and needs_literal_use):
-                self.folded.add(f"{self.section[0]}.{node.attr}")
+                self.folded.add(f"{section[0]}.{node.attr}")
                 return True, value
         return False, None
 
@@ -701,15 +715,21 @@ def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _direct_calls(trees: dict[str, ast.Module]) -> tuple[dict[str, ast.FunctionDef], dict[str, list[ast.Call]],
-                                                         set[str]]:
+def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
+        dict[str, ast.FunctionDef], dict[str, list[ast.Call]], set[str]]:
     """(module-level functions by name, the calls of each, the names that are also used otherwise: passed as a
-    value, imported under another name, named in a string, defined twice, or called with `*`/`**`)."""
+    value, imported under another name, named in a string, defined twice, or called with `*`/`**`). With `classes`,
+    undecorated classes with an `__init__` too (name -> that `__init__`: a call of the class calls it; a subclass
+    or an isinstance names the class otherwise)."""
     defs: dict[str, list[ast.FunctionDef]] = {}
     for tree in trees.values():
         for stmt in tree.body:
             if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
                 defs.setdefault(stmt.name, []).append(stmt)
+            elif isinstance(stmt, ast.ClassDef) and classes and not stmt.decorator_list:
+                init = [f for f in stmt.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+                defs.setdefault(stmt.name, []).extend(init or [stmt])  # type: ignore[list-item]
+    defs = {n: d for n, d in defs.items() if all(isinstance(f, ast.FunctionDef) for f in d)}
     candidates = {n: d[0] for n, d in defs.items() if len(d) == 1 and not d[0].args.vararg and not d[0].args.kwarg
                   and not d[0].args.posonlyargs}
     calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
@@ -739,30 +759,64 @@ def _direct_calls(trees: dict[str, ast.Module]) -> tuple[dict[str, ast.FunctionD
 def config_parameters(sources: dict[str, str], classes: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """"function(param)" -> a plugin's (section, settings) for the parameters of module-level functions that every
     call passes `self.cfg` from that plugin's class (`classes`: class name -> (section, settings)), e.g.
-    `collect_hessians(run, model, self.cfg)` in GPTQ: `fold_module` folds their structural settings too."""
+    `collect_hessians(run, model, self.cfg)` in GPTQ: `fold_module` folds their structural settings too. The same
+    for a class built with it ("Class.__init__(param)"), and "Class.self.attr" where its `__init__` keeps it as
+    `self.attr = param` (the class has no base, sets `self.attr` nowhere else, and no code sets `.attr` on an
+    object other than `self`)."""
     trees = {n: ast.parse(s) for n, s in sources.items() if s}
-    candidates, calls, bad = _direct_calls(trees)
+    candidates, calls, bad = _direct_calls(trees, classes=True)
     owner: dict[int, str] = {}
     for tree in trees.values():
         for cls in tree.body:
             if isinstance(cls, ast.ClassDef) and cls.name in classes:
                 owner.update({id(n): cls.name for n in ast.walk(cls) if isinstance(n, ast.Call)})
+    # (attribute, the class whose `self.attribute` it is, or "" for a store on another object) -> stores
+    attribute_stores: dict[tuple[str, str], int] = {}
+    for tree in trees.values():
+        in_class = {id(n): c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in ast.walk(c)}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load):
+                on_self = isinstance(n.value, ast.Name) and n.value.id == "self"
+                key = (n.attr, in_class.get(id(n), "") if on_self else "")
+                attribute_stores[key] = attribute_stores.get(key, 0) + 1
+    bases = {c.name: c.bases for tree in trees.values() for c in tree.body if isinstance(c, ast.ClassDef)}
     out: dict[str, Any] = {}
     for name, fn in candidates.items():
         if name in bad or not calls[name]:
             continue
+        is_init = fn.name == "__init__"
         stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
-        for i, param in enumerate([*fn.args.args, *fn.args.kwonlyargs]):
+        positional = fn.args.args[1:] if is_init else fn.args.args
+        for i, param in enumerate([*positional, *fn.args.kwonlyargs]):
             sections = set()
             for call in calls[name]:
                 kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
-                value = call.args[i] if param in fn.args.args and i < len(call.args) else kw
+                value = call.args[i] if param in positional and i < len(call.args) else kw
                 is_cfg = isinstance(value, ast.Attribute) and value.attr == "cfg" \
                     and isinstance(value.value, ast.Name) and value.value.id == "self"
                 sections.add(owner.get(id(call)) if is_cfg else None)
-            if len(sections) == 1 and None not in sections and param.arg not in stored:
-                out[f"{name}({param.arg})"] = classes[sections.pop()]
+            if len(sections) != 1 or None in sections or param.arg in stored:
+                continue
+            section = classes[sections.pop()]
+            out[f"{name}.__init__({param.arg})" if is_init else f"{name}({param.arg})"] = section
+            # `self.attr = param` in a class of no base: its only store of `.attr`, and no other object's is set
+            for target, value in _assignments(fn.body) if is_init else ():
+                if isinstance(value, ast.Name) and value.id == param.arg and isinstance(target, ast.Attribute) \
+                        and isinstance(target.value, ast.Name) and target.value.id == "self" and not bases[name] \
+                        and attribute_stores[(target.attr, name)] == 1 and (target.attr, "") not in attribute_stores:
+                    out[f"{name}.self.{target.attr}"] = section
     return out
+
+
+def _assignments(body: list[ast.stmt]) -> Iterable[tuple[ast.expr, ast.expr]]:
+    """(target, value) of the statements `t = v` and `t1, t2 = v1, v2` in `body` (not nested)."""
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, value = stmt.targets[0], stmt.value
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                yield from zip(target.elts, value.elts, strict=True)
+            else:
+                yield target, value
 
 
 IDENT_RX = re.compile(r"[A-Za-z_]\w*")
