@@ -372,6 +372,7 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str])
     work = {n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()}
     work.update(specialise.drop_plugin_metadata(work))
     work.update(specialise.erase_field_types(work, specialise.config_class_names(cfg, registry)))
+    work.pop("core.registry", None)  # replaced by the generated dispatcher below: not code the bundle runs
     work, fixed = specialise.fold_sources(cfg, registry, work)
     registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(work), modules)
     if registry_source is None:

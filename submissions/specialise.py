@@ -343,6 +343,12 @@ class Folder(ast.NodeTransformer):
         self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
         self.in_class = False
         self.cls_name = ""  # the enclosing class
+        self.literals: dict[str, ast.expr] = {}  # module-level names bound once to a literal (tuple), never rebound
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        self.literals = _module_literals(node)
+        self.generic_visit(node)
+        return node
 
     def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
         outer, self.section = self.section, self.plugin.get(node.name)
@@ -398,6 +404,8 @@ class Folder(ast.NodeTransformer):
         return False, None
 
     def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        if len(node.comparators) == 1 and isinstance(c := node.comparators[0], ast.Name) and c.id in self.literals:
+            node.comparators = [self.literals[c.id]]  # `x in CLIPS`, CLIPS a module-level tuple of literals
         if _literal_comparison(node):
             ok, value = self._setting(node.left, True)
             if ok:
@@ -466,6 +474,23 @@ class Folder(ast.NodeTransformer):
         if isinstance(node.value, (ast.Constant, ast.List)) and not getattr(node.value, "elts", None):
             return None  # a folded hook call used as a statement
         return node
+
+
+def _module_literals(tree: ast.Module) -> dict[str, ast.expr]:
+    """Module-level `NAME = <constant or tuple of constants>` whose name no other code in the module binds (no
+    other assignment, parameter, import, `global`) -> the literal."""
+    bound: dict[str, int] = {}
+    for node in ast.walk(tree):
+        names = [node.id] if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) else \
+            [node.arg] if isinstance(node, ast.arg) else [a.asname or a.name for a in node.names] \
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal)) and \
+            not isinstance(node, (ast.Global, ast.Nonlocal)) else list(node.names) \
+            if isinstance(node, (ast.Global, ast.Nonlocal)) else \
+            [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else []
+        for n in names:
+            bound[n] = bound.get(n, 0) + 1
+    return {s.targets[0].id: s.value for s in tree.body if isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name) and _const(s.value)[0] and bound.get(s.targets[0].id) == 1}
 
 
 def _test_value(test: ast.expr) -> ast.expr:
