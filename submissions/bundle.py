@@ -18,8 +18,9 @@ the settings that differ from their defaults; `embedded_modules` gives the modul
 A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
 statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
 RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
-fixed (PGOLF_PLUGINS and `core.plugins=` are refused). A configuration with a hook wrapper keeps pluggy and
-the full resolution.
+fixed (PGOLF_PLUGINS and `core.plugins=` are refused), its structural settings are folded into the code and dead
+branches dropped (the rule, what stays overridable: `submissions.specialise`). A configuration with a hook wrapper
+keeps pluggy and the full resolution.
 """
 
 from __future__ import annotations

@@ -14,6 +14,22 @@
   `section.key=value` arguments, coerced as `core.config.coerce` does; `config.resolve` and the registry's
   checks are not bundled. What such a script cannot do: change its plugin list (PGOLF_PLUGINS,
   `core.plugins=`), or report every invalid setting at once (a bad value stops it with the first error).
+- Plugin metadata (`PLUGIN_METADATA`: summaries, sources, roles, `check_config`/`check_peers`) is dropped, and
+  the field types of dataclasses other than the configs become `0` (`erase_field_types`).
+- Constant folding (`fold_sources`), by this rule: STRUCTURAL settings are folded into literals and the script
+  refuses an override to another value (`FIXED`: "gptq.clip: fixed to 'sdclip' in this script"), like its plugin
+  list: a plugin's bool settings, its str settings where the code compares them with literals (a choice of scheme,
+  backend, mode: `self.cfg.clip == "sdclip"`), and the core's bool model switches (`STRUCTURAL_CORE`). Everything
+  else stays OVERRIDABLE (RECIPE < env < arguments): numbers (learning rates, iterations, sizes, wall clock,
+  seeds), free-form strings (paths, run id, percentiles) and the machine switches (device, compile, attention,
+  deterministic). A setting is found as `self.cfg.x` in the plugin's class, `<…>.core.x`, a local bound once to
+  either, and a parameter of a function or class that every call passes the plugin's `self.cfg`
+  (`config_parameters`). Hooks no enabled plugin implements are answered by their constant (`None` / `[]`),
+  `not run.hook.pg_x.get_hookimpls()` by its truth; literal arguments every call of a function passes become
+  constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`). Then comparisons, `not`,
+  `and`/`or`, `x if c else y` and `if` on constants are evaluated, dead branches and statements after a
+  `return`/`raise` dropped, locals bound once to a constant replaced; the tree-shaker then removes what only those
+  branches used.
 """
 
 from __future__ import annotations
@@ -301,17 +317,7 @@ def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str], fixed:
     return FROZEN_MAIN.replace("SECTION_IMPORTS", body)
 
 
-# --- Constant folding (issue #11) --------------------------------------------------------------------------------
-# What a specialised bundle folds, and what stays overridable (RECIPE < env < section.key=value):
-# - Structural settings are folded into literals: a plugin's bool settings and its str settings that the code only
-#   compares with literals (`self.cfg.clip == "sdclip"`: a choice of backend, scheme, mode), and the core's bool
-#   model-shape switches (`STRUCTURAL_CORE`). The script refuses an override of a setting it folded (like its
-#   plugin list), never silently ignoring it.
-# - Everything else stays overridable: numbers (learning rates, iterations, sizes, seeds, wall clock), free-form
-#   strings (paths, run id, percentiles) and the machine switches (device, compile, attention, deterministic).
-# - Hooks no enabled plugin implements are answered by their constant (`None` for firstresult hooks, else `[]`).
-# Then `if`/`x if c else y`/`and`/`or`/`not`/comparisons of constants are evaluated, dead branches dropped, and a
-# local bound once to a constant is replaced by it; the tree-shaker then drops what only those branches used.
+# --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------
 STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
 _CMP = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.In: lambda a, b: a in b,
         ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
