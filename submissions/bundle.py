@@ -18,8 +18,9 @@ the settings that differ from their defaults; `embedded_modules` gives the modul
 A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
 statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
 RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
-fixed (PGOLF_PLUGINS and `core.plugins=` are refused). A configuration with a hook wrapper keeps pluggy and
-the full resolution.
+fixed (PGOLF_PLUGINS and `core.plugins=` are refused), its structural settings are folded into the code and dead
+branches dropped (the rule, what stays overridable: `submissions.specialise`). A configuration with a hook wrapper
+keeps pluggy and the full resolution.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.minify import minify_modules, names_in, rename_locals
+from submissions.minify import minify_modules, names_in, rename_locals, shake
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -298,6 +299,14 @@ def _minified(items: tuple[tuple[str, str], ...], roots: tuple[str, ...], scanne
     return tuple((n, reindent(s)) for n, s in small.items() if n in keep)
 
 
+@functools.lru_cache(maxsize=16)
+def _shaken(items: tuple[tuple[str, str], ...], scanned: tuple[str, ...], loader: str) -> dict[str, str]:
+    """`minify.shake` of the sources with the loader's names as roots (as `minified` does), names unchanged."""
+    tree = ast.parse(loader)
+    names = names_in([tree], attributes=False) | {"BUNDLED"}
+    return shake(dict(items), roots=names, scanned=scanned, attribute_roots=names_in([tree]) - names)
+
+
 def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], list[str]]:
     """(module name -> source of every module the bundle embeds, the run's plugins' module names: the enabled
     ones and the default providers of the roles they leave open, `Registry.run_plugins`)."""
@@ -361,12 +370,17 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str])
     configuration; None (sources unchanged) when the configuration cannot be specialised (a hook wrapper)."""
     modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0]
                for n in registry.run_plugins(cfg.plugins)}
-    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(sources), modules)
+    work = {n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()}
+    work.update(specialise.drop_plugin_metadata(work))
+    work.update(specialise.erase_field_types(work, specialise.config_class_names(cfg, registry)))
+    work.pop("core.registry", None)  # replaced by the generated dispatcher below: not code the bundle runs
+    work, fixed = specialise.fold_sources(cfg, registry, work)
+    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(work), modules)
     if registry_source is None:
         return None
-    sources.update({n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()})
+    sources.update(work)
     sources["core.registry"] = strip_source(registry_source)
-    main = specialise.frozen_main(cfg, registry, modules)
+    main = specialise.frozen_main(cfg, registry, modules, fixed)
     return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + LOADER[LOADER.index("\n\nif __name__"):]
 
 
@@ -380,8 +394,14 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
     if minify:
         loader = specialised_loader(cfg, registry, sources) or LOADER
         scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
-        sources = minified(sources, roots=["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)],
-                           scanned=scanned, loader=loader)
+        roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
+        for _ in range(3 if loader is not LOADER else 0):  # literal arguments only the shaken code shows
+            live = _shaken(tuple(sources.items()), tuple(scanned), loader)
+            again = specialise.fold_arguments(live)
+            if again == live:
+                break
+            sources = again
+        sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
     return sources, loader
 
 
@@ -401,16 +421,21 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
     if minify:
         recipe = without_defaults(recipe, registry)
-    recipe_text = pprint.pformat(recipe, width=110, sort_dicts=False)
+    recipe_text = repr(recipe) if minify else pprint.pformat(recipe, width=110, sort_dicts=False)
     if ast.literal_eval(recipe_text) != recipe:
         raise BundleError("the configuration has values that are not Python literals")
-    lines = [
-        f'"""Parameter Golf train_gpt.py: pgolf core + plugins {", ".join(cfg.plugins) or "(none)"}.',
+    plugin_list = ", ".join(cfg.plugins) or "(none)"
+    lines = [  # a minified script: one line (its plugins are in RECIPE)
+        '"""Parameter Golf train_gpt.py by `pgolf bundle`: RECIPE < environment variables < section.key=value."""',
+    ] if minify else [
+        f'"""Parameter Golf train_gpt.py: pgolf core + plugins {plugin_list}.',
         "",
         "Generated by `pgolf bundle`. Runs with no pgolf installed: the modules below are",
         "embedded source served by an import hook. Settings: RECIPE < environment variables (DATA_PATH,",
         "TOKENIZER_PATH, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS, …) < arguments section.key=value.",
         '"""',
+    ]
+    lines += [
         "",
         f"RECIPE = {recipe_text}",
         "",

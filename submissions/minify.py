@@ -2,14 +2,15 @@
 
 `shake` keeps only the definitions the bundle can reach. Reachability is by name, across all modules, to a
 fixpoint: the live code starts as every module-level statement that is not a definition (plus the extra root
-names given, e.g. the loader's), and a function, class, method, class attribute, pure module-level constant
-or imported name stays when its name occurs in live code — as a name, an attribute, an imported name or an
-identifier inside a string constant (`getattr(obj, "name")`). Kept regardless: dunder methods, `@hookimpl`
-functions (pluggy calls them), every method of a class whose bases reach outside the bundle (torch calls
-`forward`, `step` …), and the enabled plugins' classes (the registry finds them by scanning their modules; a
-plugin module another one merely imports keeps only what is used). `if
-TYPE_CHECKING:` blocks go (they never run), then modules nothing imports any more. One name kept anywhere
-keeps every definition of that name: conservative, never clever.
+names given, e.g. the loader's), and a function, class, method, class attribute, pure module-level constant or
+imported name stays when its name occurs in live code — as a name, an attribute, an imported name or an
+identifier inside a string constant (`getattr(obj, "name")`; not the words of an error message — a `raise` or
+`assert` message's text — or of prose, a string of three or more spaces). Kept regardless: dunder methods,
+`@hookimpl` functions (pluggy calls them), every method of a class whose bases reach outside the bundle (torch
+calls `forward`, `step` …), and the enabled plugins' classes (the registry finds them by scanning their modules;
+a plugin module another one merely imports keeps only what is used). `if TYPE_CHECKING:` blocks go (they never
+run), then modules nothing imports any more. One name kept anywhere keeps every definition of that name:
+conservative, never clever.
 
 `rename_locals` gives the local variables of each function (not its parameters: callers may pass them by
 keyword) short names that occur nowhere else in the module; functions that call `locals`, `vars`, `eval`,
@@ -31,6 +32,8 @@ from collections.abc import Collection, Iterable
 IDENT = re.compile(r"[A-Za-z_]\w*")
 DYNAMIC = {"locals", "vars", "eval", "exec", "dir", "globals"}
 HOOK_MARKERS = {"hookimpl"}
+# Generic types whose subscription (a type alias) has no effect but its value.
+TYPING_GENERICS = {"Callable", "Optional", "Union", "Literal", "dict", "list", "tuple", "set", "frozenset", "type"}
 
 
 def _is_dunder(name: str) -> bool:
@@ -51,18 +54,42 @@ def _pure(node: ast.AST) -> bool:
         return _pure(node.operand)
     if isinstance(node, ast.BinOp):
         return isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant)
+    if isinstance(node, ast.Subscript):  # a type alias: `Callable[[Config, Registry], int]`
+        return isinstance(node.value, ast.Name) and node.value.id in TYPING_GENERICS and _pure(node.slice)
     if isinstance(node, ast.JoinedStr):
         return all(isinstance(v, ast.Constant) or (isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name))
                    for v in node.values)
     return False
 
 
-def names_in(nodes: Iterable[ast.AST], attributes: bool = True) -> set[str]:
+# A string with this many spaces is prose (a message, a log line), not a name `getattr` could read.
+PROSE_SPACES = 3
+
+
+def _message_strings(top: ast.AST) -> set[int]:
+    """ids of the string constants that are only an error message: the text parts of `raise E(...)` arguments and
+    of `assert` messages (no `getattr(obj, "name")` reads a name out of those)."""
+    out: set[int] = set()
+    for node in ast.walk(top):
+        for part in (node.exc,) if isinstance(node, ast.Raise) and node.exc else \
+                (node.msg,) if isinstance(node, ast.Assert) and node.msg else ():
+            args = [*part.args, *(k.value for k in part.keywords)] if isinstance(part, ast.Call) else [part]
+            for arg in args:
+                texts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+                out.update(id(t) for t in texts if isinstance(t, ast.Constant) and isinstance(t.value, str))
+    return out
+
+
+def names_in(nodes: Iterable[ast.AST], attributes: bool = True, messages: bool = True) -> set[str]:
     """Every identifier the nodes may use: names, attributes (unless `attributes` is false), imported names,
-    keyword names and identifier-like words inside string constants."""
+    keyword names and identifier-like words inside string constants (unless `messages`, not those of error
+    messages and prose: `PROSE_SPACES`)."""
     out: set[str] = set()
     for top in nodes:
+        skip = set() if messages else _message_strings(top)
         for node in ast.walk(top):
+            if id(node) in skip:
+                continue
             if isinstance(node, ast.Name):
                 out.add(node.id)
             elif isinstance(node, ast.Attribute) and attributes:
@@ -71,7 +98,8 @@ def names_in(nodes: Iterable[ast.AST], attributes: bool = True) -> set[str]:
                 out.update(node.name.split("."))
             elif isinstance(node, ast.keyword) and node.arg:
                 out.add(node.arg)
-            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and (messages or node.value.count(" ") < PROSE_SPACES):
                 out.update(IDENT.findall(node.value))
     return out
 
@@ -186,8 +214,8 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
     live_ids: set[int] = set()
 
     def use(nodes: list[ast.AST]) -> None:
-        live_names.update(names_in(nodes))
-        live_plain.update(names_in(nodes, attributes=False))
+        live_names.update(names_in(nodes, messages=False))
+        live_plain.update(names_in(nodes, attributes=False, messages=False))
 
     def visit_class_body(cls: ast.ClassDef) -> None:
         keep_all = cls.name in external

@@ -14,13 +14,32 @@
   `section.key=value` arguments, coerced as `core.config.coerce` does; `config.resolve` and the registry's
   checks are not bundled. What such a script cannot do: change its plugin list (PGOLF_PLUGINS,
   `core.plugins=`), or report every invalid setting at once (a bad value stops it with the first error).
+- Plugin metadata (`PLUGIN_METADATA`: summaries, sources, roles, `check_config`/`check_peers`) is dropped, and
+  the field types of dataclasses other than the configs become `0` (`erase_field_types`).
+- Constant folding (`fold_sources`), by this rule: STRUCTURAL settings are folded into literals and the script
+  refuses an override to another value (`FIXED`: "gptq.clip: fixed to 'sdclip' in this script"), like its plugin
+  list: a plugin's bool settings, its str settings where the code compares them with literals (a choice of scheme,
+  backend, mode: `self.cfg.clip == "sdclip"`), and the core's bool model switches (`STRUCTURAL_CORE`). Everything
+  else stays OVERRIDABLE (RECIPE < env < arguments): numbers (learning rates, iterations, sizes, wall clock,
+  seeds), free-form strings (paths, run id, percentiles) and the machine switches (device, compile, attention,
+  deterministic). A setting is found as `self.cfg.x` in the plugin's class, `<…>.core.x`, a local bound once to
+  either, and a parameter of a function or class that every call passes the plugin's `self.cfg`
+  (`config_parameters`). Hooks no enabled plugin implements are answered by their constant (`None` / `[]`),
+  `not run.hook.pg_x.get_hookimpls()` by its truth; literal arguments every call of a function passes become
+  constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`). Then comparisons, `not`,
+  `and`/`or`, `x if c else y` and `if` on constants are evaluated, dead branches and statements after a
+  `return`/`raise` dropped, locals bound once to a constant replaced; the tree-shaker then removes what only those
+  branches used.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import inspect
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from core.config import Config
@@ -76,8 +95,9 @@ class _Hook:
 
     def __call__(self, **kwargs):
         results = []
-        for method, names in self.impls:
-            value = method(*[kwargs[n] for n in names])
+        for method in self.impls:
+            code = method.__code__
+            value = method(*[kwargs[n] for n in code.co_varnames[1:code.co_argcount - len(method.__defaults__ or ())]])
             if value is not None:
                 if self.first:
                     return value
@@ -94,20 +114,15 @@ def _module(cls: type, modules: dict[str, str]) -> str:
 def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules: dict[str, str]) -> str | None:
     """Source of the bundle's `core.registry`: `Plugin`, a `Registry` of the enabled plugins' classes, and a
     `make_manager` whose hooks (those in `hooks`) call the enabled plugins exactly as pluggy would; None when a
-    hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names."""
+    hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names. Only the plugins that
+    implement a dispatched hook are built (`code_wrapper`'s `pg_wrap_code` runs at bundle time only), and each
+    implementation gets its arguments by the names of its parameters without defaults (pluggy's `argnames`:
+    checked here against pluggy's own list)."""
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
     order = ["core", *registry.registration_order(registry.run_plugins(cfg.plugins))]
-    lines = ["def make_manager(registry, config, core_impl=None):", " import types", " c = config.plugin_configs.get"]
-    names = []
-    for name in order[1:]:
-        cls = registry.plugins[name]
-        alias = f"P{len(names)}"
-        lines.append(f" from {_module(cls, modules)} import {cls.__name__} as {alias}")
-        names.append(f"{alias}(c({name!r}))")
-    lines.append(f" p = [core_impl, {', '.join(names)}]")
-    entries = []
+    entries, used = [], {"core"}
     for hook in sorted(hooks):
         caller = getattr(pm.hook, hook, None)
         if caller is None or caller.spec is None:
@@ -115,23 +130,126 @@ def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules:
         impls = caller.get_hookimpls()
         if any(i.hookwrapper or i.wrapper for i in impls):
             return None
-        calls = [f"(p[{order.index(i.plugin_name)}].{i.function.__name__}, {tuple(i.argnames)!r})"
-                 for i in reversed(impls)]  # pluggy calls the last of get_hookimpls() first
-        first = int(bool(caller.spec.opts.get("firstresult")))
-        entries.append(f"{hook}=_Hook({first}, [{', '.join(calls)}])")
-    lines.append(f" return types.SimpleNamespace(hook=types.SimpleNamespace({', '.join(entries)}))")
-    registry_cls = ["class Registry:", " @property", " def plugins(self):", *(" " + x for x in lines[3:3 + len(names)]),
-                    f"  return {{c.name: c for c in ({''.join(f'P{i}, ' for i in range(len(names)))})}}"]
+        for i in impls:
+            code = i.function.__code__
+            if tuple(i.argnames) != code.co_varnames[1:code.co_argcount - len(i.function.__defaults__ or ())]:
+                return None  # an implementation pluggy calls otherwise (not a plain method): keep pluggy
+        used.update(i.plugin_name for i in impls)
+        entries.append((hook, int(bool(caller.spec.opts.get("firstresult"))), [i for i in reversed(impls)]))
+    lines = ["def make_manager(registry, config, core_impl=None):", " import types", " c = config.plugin_configs.get"]
+    imports, built, index = [], [], {"core": 0}
+    for name in order[1:]:
+        cls = registry.plugins[name]
+        imports.append(f" from {_module(cls, modules)} import {cls.__name__} as P{len(imports)}")
+        if name in used:
+            lines.append(imports[-1])
+            index[name] = len(built) + 1
+            built.append(f"P{len(imports) - 1}(c({name!r}))")
+    lines.append(f" p = [core_impl, {', '.join(built)}]")
+    hook_table = ", ".join(f"{hook}=_Hook({first}, [{', '.join(f'p[{index[i.plugin_name]}].{i.function.__name__}' for i in impls)}])"  # noqa: E501
+                           for hook, first, impls in entries)  # pluggy calls the last of get_hookimpls() first
+    lines.append(f" return types.SimpleNamespace(hook=types.SimpleNamespace({hook_table}))")
+    registry_cls = ["class Registry:", " @property", " def plugins(self):", *(" " + x for x in imports),
+                    f"  return {{c.name: c for c in ({''.join(f'P{i}, ' for i in range(len(imports)))})}}"]
     return "\n".join([plugin_base(), *registry_cls, DISPATCH, *lines]) + "\n"
 
 
+# Plugin class attributes only the registry reads (discovery, ordering, checks, `pgolf plugins`), and the
+# configuration-time validators: the static dispatcher and the frozen, already validated Config need none of them.
+PLUGIN_METADATA = frozenset({"family", "summary", "sources", "requires", "conflicts", "provides", "default", "after",
+                             "before", "test_settings", "check_config", "check_peers"})
+
+
+def plugin_classes(sources: dict[str, str]) -> set[str]:
+    """Names of the classes that derive from `Plugin`, directly or through another such class (to a fixpoint)."""
+    bases = [cb for text in sources.values() for cb in _class_bases(text)]
+    names = {"Plugin"}
+    while True:
+        more = {name for name, base in bases if base & names} - names
+        if not more:
+            return names
+        names |= more
+
+
+@functools.lru_cache(maxsize=256)
+def _class_bases(text: str) -> tuple[tuple[str, frozenset[str]], ...]:
+    return tuple((n.name, frozenset(b.id for b in n.bases if isinstance(b, ast.Name)))
+                 for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ClassDef))
+
+
+def drop_plugin_metadata(sources: dict[str, str]) -> dict[str, str]:
+    """`sources` without the `PLUGIN_METADATA` attributes and methods of their plugin classes (summaries,
+    sources, roles, `check_config` …): text that never runs in a specialised bundle, and whose words would keep
+    definitions alive in the tree-shaker (it keeps what a string names)."""
+    plugins = frozenset(plugin_classes(sources) - {"Plugin"})
+    return {name: _drop_metadata(text, plugins) for name, text in sources.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _drop_metadata(text: str, plugins: frozenset[str]) -> str:
+    tree = ast.parse(text)
+    changed = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name in plugins:
+            kept = [s for s in node.body if _bound_name(s) not in PLUGIN_METADATA]
+            changed |= len(kept) != len(node.body)
+            node.body = kept or [ast.Pass()]
+    return ast.unparse(tree) + "\n" if changed else text
+
+
+def erase_field_types(sources: dict[str, str], typed: set[str]) -> dict[str, str]:
+    """`sources` with the field annotations of their dataclasses written `0` (with `from __future__ import
+    annotations` they are strings nobody evaluates), except in the `typed` classes (the configs: the script coerces
+    settings by `typing.get_type_hints`) and ClassVar / InitVar / KW_ONLY fields (dataclasses reads those)."""
+    return {name: _erase_types(text, frozenset(typed)) for name, text in sources.items()}
+
+
+@functools.lru_cache(maxsize=256)
+def _erase_types(text: str, typed: frozenset[str]) -> str:
+    if "from __future__ import annotations" not in text:
+        return text
+    tree = ast.parse(text)
+    changed = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name not in typed and "dataclass" in names_in(node.decorator_list):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and not names_in([stmt.annotation]) & SPECIAL_FIELDS \
+                        and not (isinstance(stmt.annotation, ast.Constant) and stmt.annotation.value == 0):
+                    stmt.annotation = ast.Constant(0)
+                    changed = True
+    return ast.unparse(tree) + "\n" if changed else text
+
+
+SPECIAL_FIELDS = {"ClassVar", "InitVar", "KW_ONLY"}
+
+
+def config_class_names(cfg: Config, registry: Registry) -> set[str]:
+    """Names of the configuration classes (and their bases) whose annotations the script evaluates."""
+    from core.config import CoreConfig
+
+    classes = [CoreConfig, *(registry.plugins[n].config for n in cfg.plugins if registry.plugins[n].config)]
+    return {c.__name__ for cls in classes for c in cls.__mro__}
+
+
+def _bound_name(stmt: ast.stmt) -> str | None:
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return stmt.name
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+        return stmt.target.id
+    return None
+
+
 def plugin_base() -> str:
-    """`core.registry.Plugin` as the bundle needs it: its metadata defaults without annotations, `__init__`."""
+    """`core.registry.Plugin` as the bundle needs it: `name` and `config` without annotations, `__init__` (the
+    rest of its metadata is read by the registry only, `PLUGIN_METADATA`)."""
     cls = ast.parse(inspect.getsource(Plugin)).body[0]
     assert isinstance(cls, ast.ClassDef)
     body: list[ast.stmt] = []
     for stmt in cls.body:
-        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None \
+                and stmt.target.id not in PLUGIN_METADATA:
             body.append(ast.Assign(targets=[stmt.target], value=stmt.value, lineno=0))
         elif isinstance(stmt, ast.FunctionDef) and stmt.name == "__init__":
             body.append(stmt)
@@ -168,6 +286,8 @@ def main(argv):
     try:
         for s, key, value, origin in items:
             values[s][key] = coerce(value, typing.get_type_hints(classes[s])[key], f"{s}.{key}")
+            if f"{s}.{key}" in FIXED and values[s][key] != FIXED[f"{s}.{key}"]:
+                raise ValueError(f"{s}.{key}: fixed to {FIXED[f'{s}.{key}']!r} in this script (bundle another)")
             sources[f"{s}.{key}"] = origin
         cfg = Config(core=CoreConfig(**values["core"]), plugins=RECIPE["plugins"],
                      plugin_configs={s: c and c(**values[s]) for s, c in classes.items() if s != "core"},
@@ -180,8 +300,9 @@ def main(argv):
 '''
 
 
-def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str]) -> str:
-    """`FROZEN_MAIN` with the imports of the enabled plugins' config classes and the `classes` table."""
+def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str], fixed: dict[str, Any] | None = None) -> str:
+    """`FROZEN_MAIN` with the imports of the enabled plugins' config classes, the `classes` table and `FIXED`
+    (the folded settings, "section.key" -> value: an override to another value is refused)."""
     imports, table = [], ["'core': CoreConfig"]
     for name in cfg.plugins:
         cls: Any = registry.plugins[name].config
@@ -191,5 +312,563 @@ def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str]) -> str
         alias = f"C{len(imports)}"
         imports.append(f"from {_module(cls, modules)} import {cls.__name__} as {alias}")
         table.append(f"{name!r}: {alias}")
-    body = "\n    ".join([*imports, f"classes = {{{', '.join(table)}}}"])
+    fixed_table = f"FIXED = {dict(sorted((fixed or {}).items()))!r}"
+    body = "\n    ".join([*imports, f"classes = {{{', '.join(table)}}}", fixed_table])
     return FROZEN_MAIN.replace("SECTION_IMPORTS", body)
+
+
+# --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------
+STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
+_CMP = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.In: lambda a, b: a in b,
+        ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
+
+
+def _const(node: ast.AST) -> tuple[bool, Any]:
+    """(is a literal, its value) of a constant or a tuple of constants."""
+    if isinstance(node, ast.Constant):
+        return True, node.value
+    if isinstance(node, ast.Tuple) and all(isinstance(e, ast.Constant) for e in node.elts):
+        return True, tuple(e.value for e in node.elts)  # type: ignore[attr-defined]
+    return False, None
+
+
+def _literal_comparison(node: ast.Compare) -> bool:
+    return len(node.ops) == 1 and type(node.ops[0]) in _CMP and _const(node.comparators[0])[0]
+
+
+class Folder(ast.NodeTransformer):
+    """One folding pass over a module (see the rules above). `core`: structural core setting -> value;
+    `plugin`: class name -> (its settings -> value) for the enabled plugins' classes; `empty`: hook -> the constant
+    it returns. `folded` collects the "section.key" settings whose reads were replaced."""
+
+    def __init__(self, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]], empty: dict[str, Any],
+                 counts: dict[str, int] | None = None):
+        self.core, self.plugin, self.empty, self.counts = core, plugin, empty, counts or {}
+        self.folded: set[str] = set()
+        self.section: tuple[str, dict[str, Any]] | None = None  # the enclosing plugin class's settings
+        self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
+        self.in_class = False
+        self.cls_name = ""  # the enclosing class
+        self.literals: dict[str, ast.expr] = {}  # module-level names bound once to a literal (tuple), never rebound
+
+    def visit_Module(self, node: ast.Module) -> ast.AST:
+        self.literals = _module_literals(node)
+        self.generic_visit(node)
+        return node
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        outer, self.section = self.section, self.plugin.get(node.name)
+        in_class, self.in_class = self.in_class, True
+        cls_name, self.cls_name = self.cls_name, node.name
+        self.generic_visit(node)
+        self.section, self.in_class, self.cls_name = outer, in_class, cls_name
+        return node
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        outer = self.aliases
+        self.aliases = {**outer, **_aliases(node)}
+        # A module-level function, or a class's __init__, whose parameter always receives a plugin's `self.cfg`.
+        key = node.name if not self.in_class else f"{self.cls_name}.__init__" if node.name == "__init__" else None
+        for param in (a.arg for a in [*node.args.args, *node.args.kwonlyargs]) if key else ():
+            if (found := self.plugin.get(f"{key}({param})")) is not None:
+                self.aliases[param] = found
+        in_class, self.in_class = self.in_class, True  # nested functions: not module-level
+        self.generic_visit(node)
+        self.aliases, self.in_class = outer, in_class
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def _section_of(self, base: ast.expr) -> Any:
+        """"core", a plugin's (section, settings), or None: what `base` (in `base.setting`) is."""
+        if isinstance(base, ast.Name):
+            kind = self.aliases.get(base.id)
+            return self._self_attribute("cfg") if kind == "cfg" else kind
+        if isinstance(base, ast.Attribute) and base.attr == "core":
+            return "core"
+        if isinstance(base, ast.Attribute) and isinstance(base.value, ast.Name) and base.value.id == "self":
+            return self._self_attribute(base.attr)
+        return None
+
+    def _self_attribute(self, attr: str) -> Any:
+        if attr == "cfg" and self.section is not None:
+            return self.section  # a plugin's own settings
+        return self.plugin.get(f"{self.cls_name}.self.{attr}")  # a class that keeps a plugin's settings
+
+    def _setting(self, node: ast.expr, needs_literal_use: bool) -> tuple[bool, Any]:
+        if not isinstance(node, ast.Attribute):
+            return False, None
+        section = self._section_of(node.value)
+        if section == "core" and node.attr in self.core:
+            self.folded.add(f"core.{node.attr}")
+            return True, self.core[node.attr]
+        if isinstance(section, tuple) and node.attr in section[1]:
+            value = section[1][node.attr]
+            if isinstance(value, bool) or (isinstance(value, str) and needs_literal_use):
+                self.folded.add(f"{section[0]}.{node.attr}")
+                return True, value
+        return False, None
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        if len(node.comparators) == 1 and isinstance(c := node.comparators[0], ast.Name) and c.id in self.literals:
+            node.comparators = [self.literals[c.id]]  # `x in CLIPS`, CLIPS a module-level tuple of literals
+        if _literal_comparison(node):
+            ok, value = self._setting(node.left, True)
+            if ok:
+                node.left = ast.Constant(value)
+        self.generic_visit(node)
+        left, right = _const(node.left), _const(node.comparators[0])
+        if len(node.ops) == 1 and type(node.ops[0]) in _CMP and left[0] and right[0]:
+            return ast.Constant(_CMP[type(node.ops[0])](left[1], right[1]))
+        return node
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        ok, value = self._setting(node, False) if isinstance(node.ctx, ast.Load) else (False, None)
+        if ok:
+            return ast.Constant(value)
+        self.generic_visit(node)
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in self.empty and isinstance(f.value, ast.Attribute) \
+                and f.value.attr == "hook" and all(_side_effect_free(a) for a in [*node.args, *node.keywords]):
+            value = self.empty[f.attr]
+            return ast.Constant(None) if value is None else ast.List(elts=[], ctx=ast.Load())
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not) and (hook := _impls_query(node.operand)) in self.counts:
+            return ast.Constant(not self.counts[hook])  # `not run.hook.pg_x.get_hookimpls()`
+        if isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Constant):
+            return ast.Constant(not node.operand.value)
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.generic_visit(node)
+        values: list[ast.expr] = []
+        for i, v in enumerate(node.values):
+            if isinstance(v, ast.Constant) and (not values or i < len(node.values) - 1):
+                decides = bool(v.value) if isinstance(node.op, ast.Or) else not v.value
+                if decides:  # `x and False and y` -> `x and False`; a leading constant decides alone
+                    values.append(v)
+                    break
+                continue  # `True and y` -> `y`, `x and True and y` -> `x and y` (not a last value: `x and True`)
+            values.append(v)
+        if not values:
+            return node.values[-1]
+        return values[0] if len(values) == 1 else ast.BoolOp(op=node.op, values=values)
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+        self.generic_visit(node)
+        node.test = _test_value(node.test)
+        if isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        return node
+
+    def visit_If(self, node: ast.If) -> Any:
+        self.generic_visit(node)
+        node.test = _test_value(node.test)
+        if isinstance(node.test, ast.Constant):
+            return node.body if node.test.value else node.orelse
+        return node
+
+    def visit_Expr(self, node: ast.Expr) -> Any:
+        self.generic_visit(node)
+        if isinstance(node.value, (ast.Constant, ast.List)) and not getattr(node.value, "elts", None):
+            return None  # a folded hook call used as a statement
+        return node
+
+
+def _module_literals(tree: ast.Module) -> dict[str, ast.expr]:
+    """Module-level `NAME = <constant or tuple of constants>` whose name no other code in the module binds (no
+    other assignment, parameter, import, `global`) -> the literal."""
+    bound: dict[str, int] = {}
+    for node in ast.walk(tree):
+        names = [node.id] if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) else \
+            [node.arg] if isinstance(node, ast.arg) else [a.asname or a.name for a in node.names] \
+            if isinstance(node, (ast.Import, ast.ImportFrom, ast.Global, ast.Nonlocal)) and \
+            not isinstance(node, (ast.Global, ast.Nonlocal)) else list(node.names) \
+            if isinstance(node, (ast.Global, ast.Nonlocal)) else \
+            [node.name] if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else []
+        for n in names:
+            bound[n] = bound.get(n, 0) + 1
+    return {s.targets[0].id: s.value for s in tree.body if isinstance(s, ast.Assign) and len(s.targets) == 1
+            and isinstance(s.targets[0], ast.Name) and _const(s.value)[0] and bound.get(s.targets[0].id) == 1}
+
+
+def _test_value(test: ast.expr) -> ast.expr:
+    """A condition's truth as a constant where a constant operand decides an `and`/`or` after operands that have no
+    effect (`x == 8 and False`: False), else the condition."""
+    if isinstance(test, ast.BoolOp):
+        for v in test.values:
+            if isinstance(v, ast.Constant) and bool(v.value) == isinstance(test.op, ast.Or):
+                return ast.Constant(bool(v.value))
+            if not _side_effect_free(v):
+                break
+    return test
+
+
+def _impls_query(node: ast.AST) -> str | None:
+    """`pg_x` of a `<...>.hook.pg_x.get_hookimpls()` call, else None."""
+    if isinstance(node, ast.Call) and not node.args and isinstance(node.func, ast.Attribute) \
+            and node.func.attr == "get_hookimpls" and isinstance(node.func.value, ast.Attribute) \
+            and isinstance(node.func.value.value, ast.Attribute) and node.func.value.value.attr == "hook":
+        return node.func.value.attr
+    return None
+
+
+def _side_effect_free(node: ast.AST) -> bool:
+    """Names, attributes, constants, tuples and comparisons of those (`==`, `in`, `is`, their negations)."""
+    value = node.value if isinstance(node, ast.keyword) else node
+    return all(isinstance(n, (ast.Name, ast.Attribute, ast.Constant, ast.Load, ast.keyword, ast.Tuple, ast.Compare,
+                              ast.Eq, ast.NotEq, ast.In, ast.NotIn, ast.Is, ast.IsNot, ast.UnaryOp, ast.Not))
+               for n in ast.walk(value))
+
+
+def _aliases(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
+    """Locals of `fn` bound once, to `<x>.core` ("core") or `self.cfg` ("cfg"), and a parameter named `core`."""
+    stores: dict[str, int] = {}
+    kinds: dict[str, str] = {}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+        elif isinstance(node, ast.arg):
+            stores[node.arg] = stores.get(node.arg, 0) + 1
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            v = node.value
+            if isinstance(v, ast.Attribute) and v.attr == "core":
+                kinds[node.targets[0].id] = "core"
+            elif isinstance(v, ast.Attribute) and v.attr == "cfg" and isinstance(v.value, ast.Name) \
+                    and v.value.id == "self":
+                kinds[node.targets[0].id] = "cfg"
+    out = {n: k for n, k in kinds.items() if stores.get(n) == 1}
+    if stores.get("core") == 1 and "core" in {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}:
+        out["core"] = "core"
+    return out
+
+
+class _Substitute(ast.NodeTransformer):
+    """Replace loads of the names in `consts` (name -> its one `name = <constant>`) and drop those bindings."""
+
+    def __init__(self, consts: dict[str, ast.Assign]):
+        self.consts = consts
+        self.bindings = {id(a) for a in consts.values()}
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.consts:
+            return ast.Constant(self.consts[node.id].value.value)  # type: ignore[attr-defined]
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> Any:
+        return None if id(node) in self.bindings else self.generic_visit(node)
+
+
+def _propagate(tree: ast.Module) -> bool:
+    """Replace the locals of each function bound exactly once, by `name = <constant>`, with the constant (and drop
+    the binding). True when something changed."""
+    changed = False
+    for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        stores: dict[str, int] = {}
+        consts: dict[str, ast.Assign] = {}
+        for node in ast.walk(fn):
+            if node is fn:
+                continue
+            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+                stores[node.id] = stores.get(node.id, 0) + 1
+            elif isinstance(node, (ast.arg, ast.FunctionDef, ast.ClassDef, ast.alias)):
+                name = getattr(node, "arg", None) or getattr(node, "name", None) or ""
+                stores[name] = stores.get(name, 0) + 2
+            elif isinstance(node, ast.ExceptHandler) and node.name:
+                stores[node.name] = stores.get(node.name, 0) + 2
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                for n in node.names:
+                    stores[n] = stores.get(n, 0) + 2
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                    and isinstance(node.value, ast.Constant):
+                consts[node.targets[0].id] = node
+        for a in ast.walk(fn.args):
+            if isinstance(a, ast.arg):
+                stores[a.arg] = stores.get(a.arg, 0) + 2
+        consts = {n: a for n, a in consts.items() if stores.get(n) == 1}
+        if not consts:
+            continue
+        changed = True
+        _Substitute(consts).visit(fn)
+    return changed
+
+
+def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    """(`sources` folded to this configuration, "section.key" -> value of every setting folded somewhere)."""
+    hooks = hook_counts(cfg, registry)
+    empty = {h: v for h, (n, v) in hooks.items() if not n}
+    counts = {h: n for h, (n, _) in hooks.items()}
+    core = {k: getattr(cfg.core, k) for k in STRUCTURAL_CORE}
+    by_module: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for name in registry.run_plugins(cfg.plugins):
+        cls, settings = registry.plugins[name], cfg.plugin_configs.get(name)
+        values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)} \
+            if dataclasses.is_dataclass(settings) else {}
+        by_module.setdefault(cls.__module__, {})[cls.__name__] = (name, values)
+    params = config_parameters(sources, {c: v for m in by_module.values() for c, v in m.items()})
+    out, folded = dict(sources), set()
+    for _ in range(3):  # folding, then the literal arguments that folding exposed, then folding again
+        for module, text in out.items():
+            if text:
+                out[module], done = fold_module(text, core, {**params, **by_module.get(module, {})}, empty, counts)
+                folded |= done
+        before, out = out, constant_arguments(out)
+        if out == before:
+            break
+    values = {f"core.{k}": v for k, v in core.items()}
+    for name in cfg.plugins:
+        settings = cfg.plugin_configs.get(name)
+        if dataclasses.is_dataclass(settings):
+            values.update({f"{name}.{f.name}": getattr(settings, f.name) for f in dataclasses.fields(settings)})
+    return out, {k: values[k] for k in folded}
+
+
+def hook_counts(cfg: Config, registry: Registry) -> dict[str, tuple[int, Any]]:
+    """Every hook -> (how many implementations the run registers, what calling it returns when there are none:
+    None for a firstresult hook, else [])."""
+    from core.train import CoreDefaults
+
+    pm = make_manager(registry, cfg, CoreDefaults())
+    return {hook: (len(caller.get_hookimpls()), None if caller.spec.opts.get("firstresult") else [])
+            for hook, caller in vars(pm.hook).items() if hook.startswith("pg_") and caller.spec is not None}
+
+
+def fold_module(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
+                empty: dict[str, Any], counts: dict[str, int] | None = None) -> tuple[str, set[str]]:
+    """(`source` folded to a fixpoint, the settings whose reads it replaced). Memoized on the text and a
+    repr of the values (every training run bundles its configuration to log the code size)."""
+    args = (core, plugin, empty, counts or {})
+    text, folded = _fold_cached(source, repr(args), _Args(args))
+    return text, set(folded)
+
+
+class _Args:
+    """Carries the real arguments past `lru_cache`, which keys on their repr alone."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Args)
+
+
+@functools.lru_cache(maxsize=256)
+def _fold_cached(source: str, key: str, args: _Args) -> tuple[str, frozenset[str]]:
+    text, folded = _fold(source, *args.value)
+    return text, frozenset(folded)
+
+
+def _fold(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
+          empty: dict[str, Any], counts: dict[str, int]) -> tuple[str, set[str]]:
+    tree = ast.parse(source)
+    before = ast.dump(tree)
+    folded: set[str] = set()
+    for _ in range(4):
+        folder = Folder(core, plugin, empty, counts)
+        tree = ast.fix_missing_locations(folder.visit(tree))
+        folded |= folder.folded
+        _fill_empty_bodies(tree)
+        if not _propagate(tree):
+            break
+        _fill_empty_bodies(tree)
+    if ast.dump(tree) == before:
+        return source, folded
+    return ast.unparse(tree) + "\n", folded
+
+
+TERMINAL = (ast.Return, ast.Raise, ast.Continue, ast.Break)
+
+
+def _fill_empty_bodies(tree: ast.AST) -> None:
+    """Statements after a return/raise/continue/break in the same body dropped (a folded `if` can leave them), and
+    an emptied body made `pass`."""
+    for node in ast.walk(tree):
+        for field_name in ("body", "orelse", "finalbody"):
+            body = getattr(node, field_name, None)
+            if isinstance(body, list):
+                end = next((i for i, stmt in enumerate(body) if isinstance(stmt, TERMINAL)), len(body))
+                del body[end + 1:]
+            if isinstance(body, list) and not body and field_name == "body" and not isinstance(node, ast.Module):
+                node.body = [ast.Pass()]  # type: ignore[attr-defined]
+        if isinstance(node, ast.Try) and not node.handlers and not node.finalbody:
+            node.finalbody = [ast.Pass()]
+
+
+def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
+    """`sources` with the parameters of module-level functions that every call in the bundle passes the same
+    literal (or leaves at the same literal default) replaced by that literal inside the function (`baseline_int8=False`
+    at each call of `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when
+    every occurrence of its name is its definition, a plain `from … import` of it or a direct call without `*`/`**`
+    arguments, and no string in the bundle names it; the parameter is never rebound in its body. The signature stays
+    (callers still pass the argument)."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    candidates, calls, bad = _direct_calls(trees)
+    changed: set[int] = set()
+    for name, fn in candidates.items():
+        if name in bad or not calls[name]:
+            continue
+        params = [*fn.args.args, *fn.args.kwonlyargs]
+        defaults = dict(zip([a.arg for a in fn.args.args][len(fn.args.args) - len(fn.args.defaults):],
+                            fn.args.defaults, strict=True))
+        defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True) if d})
+        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        stored |= {a.arg for inner in ast.walk(fn) if inner is not fn and isinstance(inner, (ast.FunctionDef,
+                   ast.Lambda)) for a in ast.walk(inner.args) if isinstance(a, ast.arg)}
+        consts: dict[str, Any] = {}
+        for i, param in enumerate(params):
+            if param.arg in stored:
+                continue
+            seen = set()
+            for call in calls[name]:
+                kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
+                value = call.args[i] if param in fn.args.args and i < len(call.args) else kw
+                value = defaults.get(param.arg) if value is None else value
+                seen.add((type(value.value), value.value) if isinstance(value, ast.Constant) else ("?", id(call)))
+            if len(seen) == 1 and (only := next(iter(seen)))[0] != "?":
+                consts[param.arg] = only[1]
+        if consts:
+            _SubstituteParams(consts).visit(fn)
+            changed.add(id(fn))
+    out = dict(sources)
+    for module, tree in trees.items():
+        if any(id(s) in changed for s in tree.body):
+            out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    return out
+
+
+def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
+        dict[str, ast.FunctionDef], dict[str, list[ast.Call]], set[str]]:
+    """(module-level functions by name, the calls of each, the names that are also used otherwise: passed as a
+    value, imported under another name, named in a string, defined twice, or called with `*`/`**`). With `classes`,
+    undecorated classes with an `__init__` too (name -> that `__init__`: a call of the class calls it; a subclass
+    or an isinstance names the class otherwise)."""
+    defs: dict[str, list[ast.FunctionDef]] = {}
+    for tree in trees.values():
+        for stmt in tree.body:
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                defs.setdefault(stmt.name, []).append(stmt)
+            elif isinstance(stmt, ast.ClassDef) and classes and not stmt.decorator_list:
+                init = [f for f in stmt.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
+                defs.setdefault(stmt.name, []).extend(init or [stmt])  # type: ignore[list-item]
+    defs = {n: d for n, d in defs.items() if all(isinstance(f, ast.FunctionDef) for f in d)}
+    candidates = {n: d[0] for n, d in defs.items() if len(d) == 1 and not d[0].args.vararg and not d[0].args.kwarg
+                  and not d[0].args.posonlyargs}
+    calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
+    bad: set[str] = set()
+    for tree in trees.values():
+        call_funcs = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        for node in ast.walk(tree):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
+                node.name if isinstance(node, ast.alias) else None
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                bad.update(w for w in IDENT_RX.findall(node.value) if w in candidates)
+            if name not in candidates:
+                continue
+            if isinstance(node, ast.alias):
+                if node.asname:
+                    bad.add(name)
+                continue
+            call = call_funcs.get(id(node))
+            if call is None or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in
+                                                                                        call.keywords):
+                bad.add(name)
+            else:
+                calls[name].append(call)
+    return candidates, calls, bad
+
+
+def config_parameters(sources: dict[str, str], classes: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """"function(param)" -> a plugin's (section, settings) for the parameters of module-level functions that every
+    call passes `self.cfg` from that plugin's class (`classes`: class name -> (section, settings)), e.g.
+    `collect_hessians(run, model, self.cfg)` in GPTQ: `fold_module` folds their structural settings too. The same
+    for a class built with it ("Class.__init__(param)"), and "Class.self.attr" where its `__init__` keeps it as
+    `self.attr = param` (the class has no base, sets `self.attr` nowhere else, and no code sets `.attr` on an
+    object other than `self`)."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    candidates, calls, bad = _direct_calls(trees, classes=True)
+    owner: dict[int, str] = {}
+    for tree in trees.values():
+        for cls in tree.body:
+            if isinstance(cls, ast.ClassDef) and cls.name in classes:
+                owner.update({id(n): cls.name for n in ast.walk(cls) if isinstance(n, ast.Call)})
+    # (attribute, the class whose `self.attribute` it is, or "" for a store on another object) -> stores
+    attribute_stores: dict[tuple[str, str], int] = {}
+    for tree in trees.values():
+        in_class = {id(n): c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef) for n in ast.walk(c)}
+        for n in ast.walk(tree):
+            if isinstance(n, ast.Attribute) and not isinstance(n.ctx, ast.Load):
+                on_self = isinstance(n.value, ast.Name) and n.value.id == "self"
+                key = (n.attr, in_class.get(id(n), "") if on_self else "")
+                attribute_stores[key] = attribute_stores.get(key, 0) + 1
+    bases = {c.name: c.bases for tree in trees.values() for c in tree.body if isinstance(c, ast.ClassDef)}
+    out: dict[str, Any] = {}
+    for name, fn in candidates.items():
+        if name in bad or not calls[name]:
+            continue
+        is_init = fn.name == "__init__"
+        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        positional = fn.args.args[1:] if is_init else fn.args.args
+        for i, param in enumerate([*positional, *fn.args.kwonlyargs]):
+            sections = set()
+            for call in calls[name]:
+                kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
+                value = call.args[i] if param in positional and i < len(call.args) else kw
+                is_cfg = isinstance(value, ast.Attribute) and value.attr == "cfg" \
+                    and isinstance(value.value, ast.Name) and value.value.id == "self"
+                sections.add(owner.get(id(call)) if is_cfg else None)
+            if len(sections) != 1 or None in sections or param.arg in stored:
+                continue
+            section = classes[sections.pop()]
+            out[f"{name}.__init__({param.arg})" if is_init else f"{name}({param.arg})"] = section
+            # `self.attr = param` in a class of no base: its only store of `.attr`, and no other object's is set
+            for target, value in _assignments(fn.body) if is_init else ():
+                if isinstance(value, ast.Name) and value.id == param.arg and isinstance(target, ast.Attribute) \
+                        and isinstance(target.value, ast.Name) and target.value.id == "self" and not bases[name] \
+                        and attribute_stores[(target.attr, name)] == 1 and (target.attr, "") not in attribute_stores:
+                    out[f"{name}.self.{target.attr}"] = section
+    return out
+
+
+def _assignments(body: list[ast.stmt]) -> Iterable[tuple[ast.expr, ast.expr]]:
+    """(target, value) of the statements `t = v` and `t1, t2 = v1, v2` in `body` (not nested)."""
+    for stmt in body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, value = stmt.targets[0], stmt.value
+            if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts):
+                yield from zip(target.elts, value.elts, strict=True)
+            else:
+                yield target, value
+
+
+IDENT_RX = re.compile(r"[A-Za-z_]\w*")
+
+
+class _SubstituteParams(ast.NodeTransformer):
+    def __init__(self, consts: dict[str, Any]):
+        self.consts = consts
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node.body = [self.visit(s) for s in node.body]  # not the signature
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and node.id in self.consts:
+            return ast.Constant(self.consts[node.id])
+        return node
+
+
+def fold_arguments(sources: dict[str, str]) -> dict[str, str]:
+    """`constant_arguments`, then `fold_module` (constants only) on the modules it changed: run again on shaken
+    sources, where the calls from code the shaker dropped no longer count."""
+    out = constant_arguments(sources)
+    return {n: fold_module(s, {}, {}, {})[0] if s != sources[n] else s for n, s in out.items()}

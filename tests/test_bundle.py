@@ -165,9 +165,14 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
                   check_plugins=reg.check)
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
-    res = _probe(script, "from core.registry import Registry; print(sorted(Registry().plugins))")
+    # The specialised script has no registry: its dispatcher builds the plugins that implement a hook (here the
+    # default providers the run registers) and its Config holds every enabled plugin's settings.
+    res = _probe(script, "from plugins.file_my_trick import Cfg; print(Cfg().k)")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().replace("'", '"')) == ["my_trick", "quant_int8", "zlib"]  # + the defaults
+    assert res.stdout.strip() == "3"
+    text = script.read_text()
+    assert "'my_trick': " in text
+    assert "from plugins.quant_int8 import" in text and "from plugins.codec_zlib import" in text  # the defaults
 
 
 def test_bundling_again_gives_the_same_script_and_sees_an_edited_plugin_file(tmp_path, tiny_core):
@@ -423,18 +428,26 @@ def test_specialised_bundle_honours_env_and_arguments_but_fixes_its_plugins(tiny
         "        except SystemExit as exc:\n"
         "            rc = exc.code\n"
         "    print(json.dumps([rc or 0, out.getvalue(), err.getvalue()]))\n")
-    cases = [(["xsa.last_n=3", "num_layers=5"], {}), (["core.plugins=ema"], {}), ([], {"PGOLF_PLUGINS": "ema"})]
+    cases = [(["xsa.last_n=3", "num_layers=5", "gptq.clip=sdclip", "gptq.calib_batches=3"], {}),
+             (["core.plugins=ema"], {}), (["gptq.clip=search"], {}), ([], {"PGOLF_COMPILE": "true", "SEED": "7"}),
+             ([], {"PGOLF_PLUGINS": "ema"})]  # env persists between calls: PGOLF_PLUGINS last
     monkeypatch.setenv("ITERATIONS", "7")
     monkeypatch.setenv("EMA_DECAY", "0.5")
     monkeypatch.delenv("PGOLF_PLUGINS", raising=False)
     res = subprocess.run([sys.executable, "-c", driver, str(script), json.dumps(cases)], capture_output=True,
                          text=True, timeout=180)
     assert res.returncode == 0, res.stderr
-    (rc, stdout, stderr), refused, refused_env = (json.loads(line) for line in res.stdout.splitlines())
+    lines = (json.loads(line) for line in res.stdout.splitlines())
+    (rc, stdout, stderr), refused, folded, machine, refused_env = lines
     assert rc == 0, stderr
     out = json.loads(stdout)
     c = out["config"]
     assert (c["core"]["iterations"], c["ema"]["decay"], c["xsa"]["last_n"], c["core"]["num_layers"]) == (7, 0.5, 3, 5)
+    assert c["gptq"]["calib_batches"] == 3 and c["gptq"]["clip"] == "sdclip"  # a folded setting, its own value: ok
+    # A folded (structural) setting cannot change: the code for the other value is not in the script.
+    assert folded[0] == 2 and "gptq.clip: fixed to 'sdclip'" in folded[2]
+    m = json.loads(machine[1])["config"]["core"]  # machine switches and the seed stay overridable
+    assert machine[0] == 0 and (m["compile"], m["seed"]) == ("true", 7)
     assert c["core"]["model_dim"] == cfg.core.model_dim and c["plugins"] == cfg.plugins  # the RECIPE's values
     assert out["sources"]["core.iterations"] == "env:ITERATIONS" and out["sources"]["xsa.last_n"] == "--set"
     assert refused[0] == 2 and "plugins" in refused[2]  # core.plugins=ema
@@ -466,3 +479,94 @@ def test_shake_reaches_a_module_level_definition_as_an_attribute_only_through_it
     assert "def f(" in out["m.a"] and "def resolve(" not in out["m.a"]  # `Path.resolve` is not `m.a.resolve`
     out = shake({"m": "", "m.a": a, "m.b": b.replace("from m.a import f", "from m import a\nfrom m.a import f")})
     assert "def resolve(" in out["m.a"]  # `a.resolve` may be it
+
+
+def _pr1493(sets=()):
+    reg = Registry()
+    return reg, resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / "pr1493.toml", sets=list(sets),
+                        check_plugins=reg.check)
+
+
+# The pr1493 bundle's wrapped size (code_wrapper: LZMA2 + base85), bytes. Ratchet it down when the bundle shrinks;
+# the record's hand-made wrapper is 16.6 KB (issue #11).
+PR1493_WRAPPED_CEILING = 43_950
+
+
+def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
+    reg, cfg = _pr1493()
+    assert len(bundle(cfg, reg).encode()) <= PR1493_WRAPPED_CEILING
+
+
+def test_specialised_bundle_leaves_out_what_its_settings_and_plugins_never_run():
+    """Structural settings are folded (gptq.clip = "sdclip": the clip search is gone; it is back with "search"),
+    hooks no plugin implements are constants, literal arguments are propagated (policy_quantize's int8 baseline),
+    and plugin metadata (summaries, sources) is not shipped."""
+    reg, cfg = _pr1493()
+    text = bundle(cfg, reg, wrap=False)
+    assert "def search_clip(" not in text and "def row_clips(" not in text  # gptq.clip = "sdclip"
+    assert "def int8_quantize(" not in text  # policy_quantize(..., baseline_int8=False) at every call
+    assert "def sample_sequences(" not in text  # collect_hessians(run, model, self.cfg): gptq.calibration = "train"
+    assert ".pg_dequantizers(" not in text and ".pg_state_codec(" not in text  # no implementation: None / []
+    assert "Full-Hessian GPTQ" not in text and "openai/parameter-golf#1060" not in text  # GPTQ.summary / sources
+    assert "def check_peers(" not in text and "def get_hookimpls(" not in text
+    search = bundle(*reversed(_pr1493(["gptq.clip=search"])), wrap=False)
+    assert "def search_clip(" in search and "def row_clips(" in search
+
+
+def test_fold_module_folds_settings_hooks_and_constants_exactly():
+    from submissions.specialise import constant_arguments, fold_module
+
+    src = (
+        "class P:\n"
+        "    def f(self, run, x):\n"
+        "        if self.cfg.flag:\n            return 'on'\n"
+        "        y = x and True\n"
+        "        z = run.hook.pg_none(run=run)\n"
+        "        run.hook.pg_list(run=run)\n"
+        "        if z is None and self.cfg.mode == 'b':\n            return y\n"
+        "        return self.cfg.mode, self.cfg.path, run.core.tie_embeddings\n"
+        "        unreachable()\n"
+    )
+    out, folded = fold_module(src, {"tie_embeddings": True}, {"P": ("p", {"flag": False, "mode": "a", "path": "x"})},
+                              {"pg_none": None, "pg_list": []})
+    ns: dict = {}
+    exec(out, ns)
+    hook = types.SimpleNamespace(pg_none=lambda **k: 1 / 0, pg_list=lambda **k: 1 / 0)  # folded: never called
+    run = types.SimpleNamespace(hook=hook, core=None)
+    obj = ns["P"]()
+    obj.cfg = types.SimpleNamespace(path="y", mode="a")  # read where not compared with a literal
+    assert obj.f(run, 5) == ("a", "y", True)  # `path` is compared with nothing: read, not folded
+    assert "flag" not in out and "pg_none" not in out and "pg_list" not in out and "unreachable" not in out
+    assert "x and True" in out  # `x and True` is x's value only when x is falsy: kept
+    assert folded == {"p.flag", "p.mode", "core.tie_embeddings"}
+    mod = {"m": "def g(a, b=1):\n    return a if b else -a\n\nv = g(2, b=0) + g(3, 0)\nw = list(map(g, [1]))\n"}
+    assert constant_arguments(mod) == mod  # g is passed as a value (map): its calls are not all visible
+    mod = {"m": "def g(a, b=1):\n    return a if b else -a\n\nv = g(2, b=0) + g(3, 0)\n"}
+    folded_g = constant_arguments(mod)["m"]
+    assert "return a if 0 else -a" in folded_g
+    ns = {}
+    exec(folded_g, ns)
+    assert ns["v"] == -5
+
+
+def test_settings_a_plugin_hands_to_a_function_or_a_class_are_folded_there():
+    from submissions.specialise import config_parameters, fold_module
+
+    src = (
+        "class P(Plugin):\n"
+        "    def hook(self):\n        return helper(self.cfg), E(3, self.cfg).go()\n"
+        "def helper(c):\n    return 'fast' if c.fast else 'slow'\n"
+        "class E:\n"
+        "    def __init__(self, n, cfg):\n        self.n, self.cfg = n, cfg\n"
+        "    def go(self):\n        return self.n if self.cfg.fast else -self.n\n"
+    )
+    section = ("p", {"fast": True})
+    params = config_parameters({"m": src}, {"P": section})
+    assert params == {"helper(c)": section, "E.__init__(cfg)": section, "E.self.cfg": section}
+    out, folded = fold_module(src, {}, {**params, "P": section}, {})
+    assert ".fast" not in out and folded == {"p.fast"}
+    ns: dict = {"Plugin": type("Plugin", (), {"cfg": None})}  # no settings at all: none is read any more
+    exec(out, ns)
+    assert ns["P"]().hook() == ("fast", 3)
+    # A second place that sets `.cfg` on an E from outside: E's settings are no longer known.
+    assert "E.self.cfg" not in config_parameters({"m": src + "def f(e):\n    e.cfg = None\n"}, {"P": section})
