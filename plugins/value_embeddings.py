@@ -11,7 +11,10 @@ here when it is absent) or kept for "linear" (PR #534). Optimizer groups as the 
 token-embedding Adam, projection with Muon (`proj_group = "scalar"`: the scalar Adam, as the bank records
 #549/#609), both scales with the scalars. `frozen = true` is PR #534's
 actual training: table and projection join no optimizer group (fixed at init) and there is no shared scale,
-only the per-layer scales (init `scale_init`).
+only the per-layer scales (init `scale_init`). The record leaves them `requires_grad`, so (`frozen_grads =
+"accumulate"`) their gradients are still computed, never zeroed (its zero_grad_all zeroes the optimizers'
+parameters only) from the compile warm-up on, and counted — and scaled — by clip_grad_norm_ over all
+parameters: a growing norm that clips every real gradient harder. "none" (the default) computes no gradient.
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ class ValueEmbeddingsConfig:
         "help": "optimizer group of the projection: matrix (Muon, #374) | scalar (Adam, the bank records #549/#609)"})
     frozen: bool = field(default=False, metadata={
         "help": "PR #534's training: table and projection in no optimizer group, per-layer scales only"})
+    frozen_grads: str = field(default="none", metadata={
+        "help": "with frozen: none (no gradients) | accumulate (PR #534: gradients computed, never zeroed or "
+                "applied, counted by grad clipping)"})
 
     def __post_init__(self) -> None:
         if self.dim < 1:
@@ -54,6 +60,12 @@ class ValueEmbeddingsConfig:
                              f"{self.proj_init!r}")
         if self.proj_group not in ("matrix", "scalar"):
             raise ValueError(f"value_embeddings.proj_group: expected matrix or scalar, got {self.proj_group!r}")
+        if self.frozen_grads not in FROZEN_GRADS:
+            raise ValueError(f"value_embeddings.frozen_grads: expected one of {', '.join(FROZEN_GRADS)}, got "
+                             f"{self.frozen_grads!r}")
+        if self.frozen_grads != "none" and not self.frozen:
+            raise ValueError("value_embeddings.frozen_grads: applies to frozen = true only (set frozen = true or "
+                             "frozen_grads = \"none\")")
         if not self.init_std > 0:
             raise ValueError(f"value_embeddings.init_std: expected a positive std, got {self.init_std}")
         self.layer_list()
@@ -71,6 +83,8 @@ class ValueEmbeddingsConfig:
 
 BUILD_AT = ("after_blocks", "before_blocks")
 PROJ_INIT = ("orthogonal", "linear")
+FROZEN_GRADS = ("none", "accumulate")
+NO_OPTIMIZER = "value_embeddings.frozen"  # gradients no optimizer applies (dropped in pg_param_groups)
 
 
 class ValueEmbedding(nn.Module):
@@ -78,7 +92,8 @@ class ValueEmbedding(nn.Module):
     scale when `frozen` (PR #534: table and projection fixed, only the per-layer scales train)."""
 
     def __init__(self, vocab_size: int, dim: int, kv_dim: int, scale_init: float, init_std: float = 0.01,
-                 proj_init: str = "orthogonal", frozen: bool = False, proj_group: str = "matrix"):
+                 proj_init: str = "orthogonal", frozen: bool = False, proj_group: str = "matrix",
+                 frozen_grads: str = "none"):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim)  # N(0, 1): the record's draw
         if init_std != 1.0:
@@ -88,8 +103,11 @@ class ValueEmbedding(nn.Module):
             nn.init.zeros_(self.proj.weight)  # re-drawn by orthoinit / pg_init_weights
         self.scale = None
         if frozen:
-            for p in self.parameters():
-                p.requires_grad_(False)  # no optimizer group: fixed at init, still exported
+            for p in self.parameters():  # no optimizer: fixed at init, still exported
+                if frozen_grads == "accumulate":
+                    join_group(p, NO_OPTIMIZER)
+                else:
+                    p.requires_grad_(False)
             return
         if self.proj is not None:
             join_group(self.proj.weight, proj_group)
@@ -142,7 +160,11 @@ class ValueEmbeddings(Plugin):
         kv_dim = spec.num_kv_heads * spec.head_dim
         c = self.cfg
         return {"ve_shared": ValueEmbedding(spec.vocab_size, c.dim, kv_dim, c.scale_init, c.init_std, c.proj_init,
-                                            c.frozen, c.proj_group)}
+                                            c.frozen, c.proj_group, c.frozen_grads)}
+
+    @hookimpl
+    def pg_param_groups(self, model, groups, config) -> None:
+        groups.pop(NO_OPTIMIZER, None)  # frozen_grads = accumulate: gradients that no optimizer applies or zeroes
 
     @hookimpl
     def pg_edit_model(self, model, spec, config) -> None:

@@ -144,25 +144,39 @@ def test_value_embeddings_frozen_is_pr534s_layout():
     torch.testing.assert_close(attn(x, {"input_ids": tok}), expect, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("frozen", [False, True])
-def test_value_embeddings_frozen_keeps_the_table_fixed_in_compiled_training(frozen):
+@pytest.mark.parametrize("frozen, frozen_grads", [(False, "none"), (True, "none"), (True, "accumulate")])
+def test_value_embeddings_frozen_keeps_the_table_fixed_in_compiled_training(frozen, frozen_grads):
+    """frozen: table and projection never move; with frozen_grads=accumulate (PR #534) they still get gradients,
+    which no optimizer zeroes: the third step's gradient is the sum of three steps' (here, with no clipping)."""
     torch._dynamo.reset()
     run, model = build(["value_embeddings"], ["value_embeddings.layers=1,3", "value_embeddings.dim=16",
-                                              f"value_embeddings.frozen={str(frozen).lower()}"])
+                                              f"value_embeddings.frozen={str(frozen).lower()}",
+                                              f"value_embeddings.frozen_grads={frozen_grads}"])
     ve = model.ve_shared
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=False)
     opts = make_optimizers(run, model)
+    assert not any(p is ve.embed.weight or p is ve.proj.weight for o in opts for g in o.param_groups
+                   for p in g["params"]) or not frozen
     x = ids()
+    step_grads = []
     for _ in range(3):
+        before_step = None if ve.proj.weight.grad is None else ve.proj.weight.grad.clone()
         compiled(x, torch.roll(x, -1, 1)).backward()
+        if ve.proj.weight.grad is not None:
+            step_grads.append(ve.proj.weight.grad - (0 if before_step is None else before_step))
         for opt in opts:
             opt.step()
             opt.zero_grad(set_to_none=True)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert ("ve_shared.embed.weight" in moved) is not frozen and ("ve_shared.proj.weight" in moved) is not frozen
     assert "blocks.3.attn.value_parts.0.ve_layer_scale" in moved  # the per-layer scale trains either way
-    assert ve.embed.weight.grad is None
+    if frozen_grads == "accumulate":
+        assert ve.embed.weight.requires_grad and len(step_grads) == 3
+        torch.testing.assert_close(ve.proj.weight.grad, sum(step_grads))  # never zeroed
+        assert all(g.abs().sum() > 0 for g in step_grads)
+    else:
+        assert ve.embed.weight.grad is None and ve.proj.weight.grad is None and not step_grads
 
 
 @pytest.mark.parametrize("sets, field", [(["value_embeddings.layers=2,9"], "value_embeddings.layers=2,9"),
@@ -170,7 +184,11 @@ def test_value_embeddings_frozen_keeps_the_table_fixed_in_compiled_training(froz
                                          (["value_embeddings.dim=0"], "value_embeddings.dim"),
                                          (["value_embeddings.build_at=middle"], "value_embeddings.build_at"),
                                          (["value_embeddings.proj_init=xavier"], "value_embeddings.proj_init"),
-                                         (["value_embeddings.proj_group=adam"], "value_embeddings.proj_group")])
+                                         (["value_embeddings.proj_group=adam"], "value_embeddings.proj_group"),
+                                         (["value_embeddings.frozen=true", "value_embeddings.frozen_grads=keep"],
+                                          "value_embeddings.frozen_grads: expected one of none, accumulate"),
+                                         (["value_embeddings.frozen_grads=accumulate"],
+                                          "value_embeddings.frozen_grads: applies to frozen = true only")])
 def test_value_embeddings_bad_settings(sets, field):
     err = config_error(["value_embeddings"], sets)
     assert len(err.errors) == 1 and field in err.errors[0]

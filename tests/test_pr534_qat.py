@@ -176,8 +176,9 @@ def test_tight_swa_min_checkpoints(tiny_sets, min_checkpoints):
 
 # --- against the record's own script ----------------------------------------------------------------
 def test_recipe_trains_as_the_record_through_late_qat_and_swa(tiny_data, tmp_path):
-    """PR #534's train_gpt.py beside recipes/pr534.toml (value_embeddings.frozen=true: the record's VE
-    training), fp32 on CPU with fp32 Newton-Schulz on both sides, 16 steps with warmdown 8: QAT from step 12
+    """PR #534's train_gpt.py beside recipes/pr534.toml (value_embeddings.frozen=true, frozen_grads=accumulate:
+    the record's VE training), fp32 on CPU with fp32 Newton-Schulz on both sides, 16 steps with warmdown 8: QAT
+    from step 12
     (lr_mul(11) = 5/8 < 0.7), base LRs halved from there, one SWA checkpoint (after step 14: lr_mul(13) < 0.9
     and 14 % 7 == 0) applied. Equal losses to float rounding, the same activation step, equal weights after
     SWA (measured: max |dloss| 5e-6, weights 2e-5). Each ported setting set back to its default parts them
@@ -195,13 +196,14 @@ def test_recipe_trains_as_the_record_through_late_qat_and_swa(tiny_data, tmp_pat
     rec_env = ["VE_LAYERS=1,2", "VE_DIM=16", "ROPE_DIMS=8", "QAT_LATE_THRESHOLD=0.7", "SWA_EVERY=7",
                "SWA_THRESHOLD=0.9"]
     sets = ["value_embeddings.layers=1,2", "value_embeddings.dim=16", "partial_rope.dims=8",
-            "late_qat.threshold=0.7", "tight_swa.every=7", "tight_swa.threshold=0.9", "value_embeddings.frozen=true"]
+            "late_qat.threshold=0.7", "tight_swa.every=7", "tight_swa.threshold=0.9", "value_embeddings.frozen=true",
+            "value_embeddings.frozen_grads=accumulate"]
 
-    def bench(out: str, *extra: str) -> dict:
+    def bench(out: str, rec_extra: tuple[str, ...] = (), pg_extra: tuple[str, ...] = ()) -> dict:
         cmd = [sys.executable, str(ROOT / "benchmarks" / "record_parity_cpu.py"), "--record", str(record),
                "--recipe", str(ROOT / "recipes" / "pr534.toml"), "--data", str(tiny_data), "--iterations", "16",
                "--warmdown", "8", "--out", str(tmp_path / out), "--weights", "--ns-fp32", "--shape", *shape,
-               "--record-env", *rec_env, "--pgolf-set", *sets, *extra]
+               "--record-env", *rec_env, *rec_extra, "--pgolf-set", *sets, *pg_extra]
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         return json.loads((tmp_path / out / "parity.json").read_text())
@@ -213,3 +215,12 @@ def test_recipe_trains_as_the_record_through_late_qat_and_swa(tiny_data, tmp_pat
     assert "swa:applying uniform average of 1 checkpoints" in same["record_events"]
     assert "tight_swa:applying averaged 1 checkpoints" in same["pgolf_events"]
     assert same["weights_max_abs_diff"] < 2e-4 and same["weights_unmatched"] == ["ve_scales.0"]  # measured 2e-5
+    # The record's frozen VE keeps requires_grad: its gradients, never zeroed from the warm-up on, count in
+    # clip_grad_norm_. With 20 warm-up steps and clipping active (0.01), only frozen_grads=accumulate keeps step 2
+    # equal (measured 3.7e-9, none: 1.9e-6; over 16 steps 1.3e-5 vs 8.5e-5).
+    rec_clip, pg_clip = ("GRAD_CLIP_NORM=0.01", "WARMUP_STEPS=20"), ("core.grad_clip_norm=0.01", "core.warmup_steps=20")
+    accumulate = bench("clip_accumulate", rec_clip, pg_clip)
+    none = bench("clip_none", rec_clip, (*pg_clip, "value_embeddings.frozen_grads=none"))
+    step2 = [abs(r["rows"][1]["record"] - r["rows"][1]["pgolf"]) for r in (accumulate, none)]
+    assert step2[0] < 1e-7 < step2[1], step2
+    assert accumulate["max_abs_diff"] < 4e-5 < none["max_abs_diff"], (accumulate["max_abs_diff"], none["max_abs_diff"])
