@@ -461,19 +461,15 @@ class Folder(ast.NodeTransformer):
             return node.values[-1]
         return values[0] if len(values) == 1 else ast.BoolOp(op=node.op, values=values)
 
-    def visit_IfExp(self, node: ast.IfExp) -> ast.AST:
+    def visit_IfExp(self, node: ast.IfExp | ast.If) -> Any:
+        """`x if c else y` and `if c: … else: …` on a constant test: the side it takes (an `if`'s statements)."""
         self.generic_visit(node)
         node.test = _test_value(node.test)
         if isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
         return node
 
-    def visit_If(self, node: ast.If) -> Any:
-        self.generic_visit(node)
-        node.test = _test_value(node.test)
-        if isinstance(node.test, ast.Constant):
-            return node.body if node.test.value else node.orelse
-        return node
+    visit_If = visit_IfExp
 
     def visit_Expr(self, node: ast.Expr) -> Any:
         self.generic_visit(node)
