@@ -79,17 +79,20 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 _SETS = {"cudnn": [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], "flash": [SDPBackend.FLASH_ATTENTION],
          "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH], "sdpa": None}
 _CHOICE = os.environ.get("PGOLF_BENCH_SDPA", "flash")  # the backend pgolf's run picked
-_FA4 = None
-if _CHOICE == "fa4":
-    _spec = importlib.util.spec_from_file_location("pgolf_bench_attention", os.environ["PGOLF_BENCH_ATTENTION_PY"])
-    _FA4 = sys.modules["pgolf_bench_attention"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_FA4)
+
+
+def _load(name, path):
+    """pgolf's torch-only kernel module at `path`, as sys.modules[name]."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_FA4 = _load("pgolf_bench_attention", os.environ["PGOLF_BENCH_ATTENTION_PY"]) if _CHOICE == "fa4" else None
 _BACKENDS = _SETS.get(_CHOICE)
-_VARLEN = None
-if os.environ.get("PGOLF_BENCH_VARLEN_PY"):
-    _spec = importlib.util.spec_from_file_location("pgolf_bench_varlen", os.environ["PGOLF_BENCH_VARLEN_PY"])
-    _VARLEN = sys.modules["pgolf_bench_varlen"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_VARLEN)
+_VARLEN_PY = os.environ.get("PGOLF_BENCH_VARLEN_PY")
+_VARLEN = _load("pgolf_bench_varlen", _VARLEN_PY) if _VARLEN_PY else None
 
 
 def flash_attn_func(q, k, v, causal=True, **unused):
