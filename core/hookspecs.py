@@ -2,7 +2,7 @@
 
 No hook is called inside a compiled region: hooks run at build time, at step and phase boundaries, at
 export and at the evaluation driver level; a switch that flips mid-run is a tensor buffer
-(`core.model.Switch`). Settings are validated before any hook runs (`Plugin.check_config`).
+(`plugins.lib.switch.Switch`). Settings are validated before any hook runs (`Plugin.check_config`).
 pluggy semantics: a `firstresult=True` hook has one provider (the first non-None result wins, by
 tryfirst/trylast and registration order); the core answers `trylast`, so a plugin's result replaces it.
 Plain hooks call every implementation."""

@@ -4,7 +4,7 @@ With no plugins this is openai/parameter-golf's baseline `train_gpt.py` (9×512,
 embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE): the same parameter names and
 order of random initialisation. Every block gets `ctx`, the forward's side inputs (`input_ids`,
 `attn_mask`, values stored by value-injection parts). The forward is plain module code for
-`torch.compile(fullgraph=True)`; mid-run switches are `Switch` buffers, never Python attributes.
+`torch.compile(fullgraph=True)`; mid-run switches are buffers (`plugins.lib.switch`), never Python attributes.
 """
 
 from __future__ import annotations
@@ -61,23 +61,6 @@ class ModelSpec:
         """The shape settings of `core.config.CoreConfig` (the backend and skip count are the trainer's)."""
         skip = ("attention", "skip_count", "extra")
         return cls(**{f.name: getattr(core, f.name) for f in dataclasses.fields(cls) if f.name not in skip})
-
-
-class Switch(nn.Module):
-    """A mid-run on/off switch read by compiled code: a float buffer flipped in place. A Python attribute may
-    be constant-folded (the record bug that kept late QAT off); a buffer is a graph input, so `set()` changes
-    the compiled output with no recompile. Read it as a tensor: `w + self.switch.value * delta`."""
-
-    def __init__(self, on: bool = False):
-        super().__init__()
-        self.register_buffer("value", torch.tensor(1.0 if on else 0.0), persistent=False)
-
-    @torch.no_grad()
-    def set(self, on: bool | float) -> None:
-        self.value.fill_(float(on))
-
-    def is_on(self) -> bool:
-        return bool(self.value.item() != 0.0)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ nearly all — 1/31), and at activation halves every optimizer group's base LR f
 bf16 cast gives the same bf16 weight as this one in bf16 (bf16(q) either way; 0 of 4M entries differed).
 
 PR #315 kept the switch in a class attribute that torch.compile constant-folded, so its QAT never ran
-(README, credit @152334H); here `on` is a `core.model.Switch` buffer, so flipping it changes the compiled
-model with no recompile. The switch is flipped host-side in `pg_before_step` of the step whose LR
+(README, credit @152334H); here `on` is a `plugins.lib.switch.Switch` buffer, so flipping it changes the
+compiled model with no recompile. The switch is flipped host-side in `pg_before_step` of the step whose LR
 multiplier is below the threshold, so the first fake-quantized forward is the next step's: PR #534's
 timing (its check follows the optimizer step, with that step's multiplier); PR #315 checked before the
 forward, one step earlier. The base-LR scale is applied in `pg_after_step` of that same step, so it
@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.hookspecs import hookimpl
-from core.model import CastedLinear, Switch
+from core.model import CastedLinear
 from core.registry import Plugin
+from plugins.lib.switch import Switch
 
 
 @dataclass

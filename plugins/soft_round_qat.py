@@ -9,7 +9,7 @@ with no straight-through detach: the gradient flows through the sigmoid (and the
 bin edge feel it. It switches on the first time the LR multiplier is below `threshold` (0.15) at or after
 `min_step` (2000); alpha then ramps linearly from 1 to `alpha_max` (16) over `ramp_steps` (500) steps.
 The record kept both the switch and alpha in class attributes, which torch.compile may fold (techniques
-§8.3/§8.4); here both are `core.model.Switch` buffers (graph inputs): the forward is
+§8.3/§8.4); here both are `plugins.lib.switch.Switch` buffers (graph inputs): the forward is
 w + on·(w_soft - w), so flipping `on` or moving alpha changes the compiled model with no recompile. Like
 `late_qat`, the host-side update runs in `pg_before_step`, from the step after the crossing.
 """
@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.hookspecs import hookimpl
-from core.model import CastedLinear, Switch
+from core.model import CastedLinear
 from core.registry import Plugin
+from plugins.lib.switch import Switch
 
 
 @dataclass

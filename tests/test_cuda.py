@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, resolve, tomllib
-from core.model import Switch
 from core.registry import Registry
 from core.train import setup, train
+from plugins.lib.switch import Switch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 REGISTRY = Registry()

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.model import GPT, ModelSpec, Switch
+from core.model import GPT, ModelSpec
+from plugins.lib.switch import Switch
 
 TINY = dict(vocab_size=96, num_layers=3, model_dim=32, num_heads=4, num_kv_heads=2)
 
