@@ -106,23 +106,18 @@ def describe(choice: str, measured: dict[str, float | str]) -> str:
     return f"attention_backend:{choice}" + (f" (measured: {', '.join(parts)})" if parts else "")
 
 
-def measure(shape: AttnShape, device: torch.device) -> tuple[str, dict[str, float | str]]:
-    """`auto` on CUDA: time every importable backend at `shape` and pick the fastest."""
-    return choose([n for n in MEASURED if available(n)], lambda n: time_backend(n, shape, device))
-
-
 def pick_attention(setting: str, device: torch.device, shape: AttnShape | None = None, deterministic: bool = False,
                    measured: dict[str, Any] | None = None) -> str:
     """The backend, with torch's SDPA flags set for it. CPU: SDPA (`auto` -> "sdpa", untimed). CUDA `auto`: the
-    fastest at `shape` (`measure`; its timings go into `measured`), or, with no shape or deterministic kernels
-    asked for, fa3 if importable else cuDNN. Distributed: rank 0's choice for every rank."""
+    fastest importable backend at `shape` by `time_backend` (its timings go into `measured`), or, with no shape or
+    deterministic kernels asked for, fa3 if importable else cuDNN. Distributed: rank 0's choice for every rank."""
     if device.type != "cuda":
         return "sdpa" if setting == "auto" else setting
     choice = setting
     if setting == "auto" and (shape is None or deterministic):
         choice = "fa3" if available("fa3") else "cudnn"
     elif setting == "auto":
-        box = list(measure(shape, device))
+        box = list(choose([n for n in MEASURED if available(n)], lambda n: time_backend(n, shape, device)))
         if dist.is_available() and dist.is_initialized():
             dist.broadcast_object_list(box, src=0)
         choice = box[0]

@@ -96,35 +96,28 @@ QuantizeFn = Callable[[str, Tensor], QTensor | None]
 DequantizeFn = Callable[[QTensor], Tensor]
 
 
-def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
 def _deq_passthrough(q: QTensor) -> Tensor:
     return q.data.to(q.torch_dtype()).contiguous()
 
 
-def _deq_int8_per_row(q: QTensor) -> Tensor:
+def _deq_scaled(q: QTensor) -> Tensor:
+    """Codes times the scale: one per row ("*_per_row", along the first dimension) or one per tensor."""
     if q.scale is None:
-        raise ArtifactError("int8_per_row tensor record has no scale")
-    scale = q.scale.to(torch.float32).view(q.data.shape[0], *([1] * (q.data.ndim - 1)))
+        raise ArtifactError(f"{q.scheme} tensor record has no scale")
+    per_row = q.scheme.endswith("_per_row")
+    scale = q.scale.to(torch.float32)
+    scale = scale.view(q.data.shape[0], *([1] * (q.data.ndim - 1))) if per_row else scale.reshape(())
     return (q.data.float() * scale).to(q.torch_dtype()).contiguous()
-
-
-def _deq_int8_per_tensor(q: QTensor) -> Tensor:
-    if q.scale is None:
-        raise ArtifactError("int8_per_tensor tensor record has no scale")
-    return (q.data.float() * float(q.scale.item())).to(q.torch_dtype()).contiguous()
 
 
 # The core's schemes (read-only: a plugin adds its own through `pg_dequantizers`, per run).
 SCHEMES: Mapping[str, DequantizeFn] = MappingProxyType({
     "passthrough": _deq_passthrough,
-    "int8_per_row": _deq_int8_per_row,
-    "int8_per_tensor": _deq_int8_per_tensor,
+    "int8_per_row": _deq_scaled,
+    "int8_per_tensor": _deq_scaled,
     # Sub-int8 codes (int2..int7, meta "bits") in int8 containers: same dequantization as int8.
-    "intk_per_row": _deq_int8_per_row,
-    "intk_per_tensor": _deq_int8_per_tensor,
+    "intk_per_row": _deq_scaled,
+    "intk_per_tensor": _deq_scaled,
 })
 
 

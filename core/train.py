@@ -559,10 +559,7 @@ def export_artifact(run: Run) -> tuple[str, dict[str, Any]]:
     layout = run.hook.pg_state_codec(config=cfg)
     state = dict(run.model.state_dict())
     n_code = code_bytes(run)
-
-    def quantize(name: str, t: torch.Tensor) -> Any:
-        return run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
-
+    quantize = lambda name, t: run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)
     ctx = ex.RefineContext(size_of=ex.artifact_sizer(codec, "int8", layout), code_bytes=n_code, config=cfg,
                            float_state=state)
     result = ex.export_state_dict(state, [quantize], codec, quantizer_name=None, schemes=run.schemes,

@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core import export as ex
 from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.model import CONTROL_TENSOR_NAME_PATTERNS
@@ -38,6 +37,7 @@ from plugins.lib.quant import (
     prepare_hessian,
     qmax_of,
 )
+from plugins.quant_int8 import dtype_name
 from plugins.sdclip import MIN_SCALE, sigmas_for
 
 CALIBRATIONS = ("train", "shuffled", "ar")
@@ -307,7 +307,7 @@ class GPTQ(Plugin):
                                              self.cfg.block_size)
         meta: dict[str, int | float | str] = {"bits": bits, "method": "gptq", "clip": self.cfg.clip,
                                               "candidate": choice}
-        return QTensor("intk_per_row", codes.cpu(), scale.cpu(), ex._dtype_name(tensor), tuple(tensor.shape), meta)
+        return QTensor("intk_per_row", codes.cpu(), scale.cpu(), dtype_name(tensor), tuple(tensor.shape), meta)
 
     @hookimpl
     def pg_report(self, run: Any, fields: dict[str, Any]) -> None:

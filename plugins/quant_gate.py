@@ -16,6 +16,7 @@ from torch import Tensor
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.quant_int8 import dtype_name
 
 
 @dataclass
@@ -53,4 +54,4 @@ class QuantGate(Plugin):
                 and self.cfg.min_numel <= t.numel() <= self.cfg.max_numel):
             return None
         codes, scale = gate_int8_rows(t)
-        return ex.QTensor("int8_per_row", codes, scale, ex._dtype_name(t), tuple(t.shape), {"method": "gate_rowmax"})
+        return ex.QTensor("int8_per_row", codes, scale, dtype_name(t), tuple(t.shape), {"method": "gate_rowmax"})

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.export import QTensor, _dtype_name
+from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.model import CONTROL_TENSOR_NAME_PATTERNS
 from core.registry import Plugin
@@ -22,6 +22,11 @@ from core.registry import Plugin
 KEEP_FLOAT_MAX_NUMEL = 65_536
 INT8_CLIP_Q = 99.99984 / 100.0
 _QUANTILE_MAX_NUMEL = 1 << 24  # torch.quantile refuses larger inputs
+
+
+def dtype_name(t: Tensor) -> str:
+    """`t`'s dtype as a QTensor records it ("float32", "bfloat16", ...)."""
+    return str(t.dtype).removeprefix("torch.")
 
 
 def quantile_flat(x: Tensor, q: float, force_manual: bool = False) -> float:
@@ -43,7 +48,7 @@ def int8_quantize(name: str, t: Tensor, keep_fp32_patterns: tuple[str, ...] = CO
     t = t.detach().to("cpu").contiguous()
     shape = tuple(t.shape)
     if not t.is_floating_point():
-        return QTensor("passthrough", t, None, _dtype_name(t), shape)
+        return QTensor("passthrough", t, None, dtype_name(t), shape)
     if t.numel() <= KEEP_FLOAT_MAX_NUMEL:
         if any(p in name for p in keep_fp32_patterns):
             kept = t.float().contiguous()
@@ -51,18 +56,18 @@ def int8_quantize(name: str, t: Tensor, keep_fp32_patterns: tuple[str, ...] = CO
             kept = t.to(torch.float16).contiguous()
         else:
             kept = t
-        return QTensor("passthrough", kept, None, _dtype_name(t), shape, {"store": _dtype_name(kept)})
+        return QTensor("passthrough", kept, None, dtype_name(t), shape, {"store": dtype_name(kept)})
     t32 = t.float()
     if t32.ndim == 2:
         clip = torch.quantile(t32.abs(), INT8_CLIP_Q, dim=1)
         clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
         scale = (clip / 127.0).clamp_min(1.0 / 127.0)
         codes = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8).contiguous()
-        return QTensor("int8_per_row", codes, scale.to(torch.float16).contiguous(), _dtype_name(t), shape)
+        return QTensor("int8_per_row", codes, scale.to(torch.float16).contiguous(), dtype_name(t), shape)
     clip_abs = quantile_flat(t32.abs(), INT8_CLIP_Q)
     scale_t = torch.tensor(clip_abs / 127.0 if clip_abs > 0 else 1.0, dtype=torch.float32)
     codes = torch.clamp(torch.round(torch.clamp(t32, -clip_abs, clip_abs) / scale_t), -127, 127)
-    return QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, _dtype_name(t), shape)
+    return QTensor("int8_per_tensor", codes.to(torch.int8).contiguous(), scale_t, dtype_name(t), shape)
 
 
 class QuantInt8(Plugin):

@@ -49,7 +49,7 @@ def test_choose_breaks_ties_by_preference_and_fails_when_nothing_ran():
 
 
 def test_auto_on_cpu_is_untimed_sdpa(monkeypatch):
-    monkeypatch.setattr(attn, "measure", lambda *a: pytest.fail("timed on CPU"))
+    monkeypatch.setattr(attn, "time_backend", lambda *a: pytest.fail("timed on CPU"))
     measured: dict = {}
     assert pick_attention("auto", torch.device("cpu"), attn.AttnShape(2, 4, 2, 64, 16), False, measured) == "sdpa"
     assert measured == {}

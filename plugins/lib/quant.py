@@ -135,11 +135,11 @@ def qmax_of(bits: int) -> int:
 
 def passthrough(t: Tensor, fp32: bool = False) -> ex.QTensor:
     """Exact for non-floats; fp32 (control tensors) or fp16 copy for floats."""
-    dtype = ex._dtype_name(t)
+    dtype = int8.dtype_name(t)
     if not t.is_floating_point():
         return ex.QTensor("passthrough", t, None, dtype, tuple(t.shape))
     kept = t.float().contiguous() if fp32 else t.to(torch.float16).contiguous()
-    return ex.QTensor("passthrough", kept, None, dtype, tuple(t.shape), {"store": ex._dtype_name(kept)})
+    return ex.QTensor("passthrough", kept, None, dtype, tuple(t.shape), {"store": int8.dtype_name(kept)})
 
 
 def rowmax_clip(t32: Tensor, qmax: int) -> Tensor:
@@ -181,7 +181,7 @@ def baseline_int8_any_size(name: str, t: Tensor) -> ex.QTensor:
     if t.numel() > int8.KEEP_FLOAT_MAX_NUMEL:
         return int8.int8_quantize(name, t)
     t32 = t.float()
-    shape, dtype = tuple(t.shape), ex._dtype_name(t)
+    shape, dtype = tuple(t.shape), int8.dtype_name(t)
     if t32.ndim == 2 and t32.shape[0] > 0:
         clip = torch.quantile(t32.abs(), int8.INT8_CLIP_Q, dim=1)
         clipped = torch.maximum(torch.minimum(t32, clip[:, None]), -clip[:, None])
@@ -213,7 +213,7 @@ def policy_quantize(name: str, tensor: Tensor, cfg: MixedBitsConfig, row_clip: R
     if bits == 8 and baseline_int8:
         return baseline_int8_any_size(name, t)
     t32 = t.float()
-    shape, dtype = tuple(t.shape), ex._dtype_name(t)
+    shape, dtype = tuple(t.shape), int8.dtype_name(t)
     meta: dict[str, int | float | str] = {"bits": bits, "method": method}
     if rows is not None and (t32.ndim != 2 or t32.shape[0] == 0):
         return baseline_int8_any_size(name, t)
