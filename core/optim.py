@@ -129,8 +129,6 @@ def make_default_optimizer(group: str, params: list[Tensor], core, fused: bool) 
         return torch.optim.Adam([{"params": params, "lr": lr, "base_lr": lr}], betas=(core.beta1, core.beta2),
                                 eps=core.adam_eps, fused=fused)
     if group == "matrix":
-        opt = Muon(params, lr=core.matrix_lr, momentum=core.muon_momentum, backend_steps=core.muon_backend_steps)
-        for g in opt.param_groups:
-            g["base_lr"] = core.matrix_lr
-        return opt
+        return Muon([{"params": params, "base_lr": core.matrix_lr}], lr=core.matrix_lr, momentum=core.muon_momentum,
+                    backend_steps=core.muon_backend_steps)
     return None
