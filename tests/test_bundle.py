@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.config import resolve
+from core.config import ConfigError, resolve
 from core.registry import Plugin, Registry
 from core.train import code_bytes, run_training, setup
 from pgolf.cli import main as cli_main
@@ -210,12 +210,13 @@ def _wrapper_config(tiny_sets, plugins, sets=()):
 
 
 def test_code_wrapper_plugin_wraps_the_bundle_and_counts_the_wrapped_bytes(tiny_sets):
-    from plugins.code_wrapper import unwrap_lzma_b85
+    from plugins.code_wrapper import unwrap
 
     cfg, reg = _wrapper_config(tiny_sets, ["ema", "code_wrapper"])
     plain, wrapped = bundle(cfg, reg, wrap=False), bundle(cfg, reg)
-    assert wrapped.startswith("import lzma as L,base64 as B\nexec(") and wrapped.count("\n") == 2
-    assert unwrap_lzma_b85(wrapped) == plain
+    assert wrapped.startswith("import lzma as C\nn=0\nfor c in") and wrapped.count("\n") == 4  # no brotli codec
+    assert wrapped.isascii() and all(c.isprintable() for c in wrapped.replace("\n", ""))
+    assert unwrap(wrapped) == plain
     from validator.rules.base import unwrap_source
 
     assert unwrap_source(wrapped) == (plain, True)  # the validator's static rules read the same source
@@ -226,6 +227,31 @@ def test_code_wrapper_plugin_wraps_the_bundle_and_counts_the_wrapped_bytes(tiny_
     cfg_bad, reg = _wrapper_config(tiny_sets, ["code_wrapper"], ["code_wrapper.preset=12"])
     with pytest.raises(ValueError, match="code_wrapper.preset: expected 0..9, got 12"):
         bundle(cfg_bad, reg)
+    with pytest.raises(ConfigError, match="code_wrapper.codec: expected one of auto, lzma, brotli, got 'zip'"):
+        _wrapper_config(tiny_sets, ["code_wrapper"], ["code_wrapper.codec=zip"])
+
+
+def test_code_wrapper_forms_decode_exactly_and_run_in_their_own_globals(tmp_path):
+    from plugins.code_wrapper import PRINTABLE, from_printable, to_printable, unwrap, wrap, wrap_lzma_b85
+    from validator.rules.base import unwrap_source
+
+    assert len(PRINTABLE) == 93 and '"' not in PRINTABLE and "\\" not in PRINTABLE
+    assert to_printable(b"") == "!" and to_printable(b"\x00") == "#h"  # 1 and 1*256+0 = 2*93+70: "#", "h"
+    for data in (b"", b"\x00\x00", bytes(range(256)) * 3):
+        assert from_printable(to_printable(data)) == data
+    src = "import sys\nprint(__name__, len(open(__file__).read()) > 0, 'x' * 3)\n" * 5
+    forms = {(c, a): wrap(src, c, a) for c in ("lzma", "brotli") for a in ("printable", "base85")}
+    assert forms["lzma", "base85"] == wrap_lzma_b85(src)  # the record's exact two lines
+    assert forms["lzma", "printable"].startswith("import lzma as C\nn=0\nfor c in\"")
+    assert forms["brotli", "printable"].endswith("exec(C.decompress(n.to_bytes(n.bit_length()+7>>3,'big')[1:]))\n")
+    for (codec, alphabet), text in forms.items():
+        assert unwrap(text) == src and unwrap_source(text) == (src, True), (codec, alphabet)
+        path = tmp_path / f"{codec}_{alphabet}.py"
+        path.write_text(text)
+        res = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+        assert res.stdout == "__main__ True xxx\n" * 5, res.stderr
+    with pytest.raises(ValueError, match="not a code_wrapper script"):
+        unwrap("print(1)\n")
 
 
 @pytest.mark.slow
