@@ -535,3 +535,159 @@ def measure(sources: dict[str, str]) -> list[tuple[str, int, int]]:
                 text = ast.get_source_segment(src, stmt) or ast.unparse(stmt)
                 rows.append((f"{name}:{stmt.name}", len(text.encode()), lzma_size(text)))
     return sorted(rows, key=lambda r: -r[2])
+
+
+class _Bindings(ast.NodeVisitor):
+    """The identifiers a global rename must leave alone (`fixed`): attribute names, keywords, parameters, names
+    bound in a class body (attributes: fields, methods), names imported from outside the `bundled` modules,
+    identifiers inside strings, and every name of a module that reads its namespace (`locals()`, `vars()` …).
+    Renaming any other identifier at every occurrence, in every scope, is an alpha-renaming: same program."""
+
+    def __init__(self, bundled: Collection[str]):
+        self.bundled = bundled
+        self.fixed: set[str] = set()
+        self.scopes: list[str] = []
+
+    def _bind(self, name: str) -> None:
+        if self.scopes and self.scopes[-1] == "class":
+            self.fixed.add(name)
+
+    def _scope(self, node: ast.AST, kind: str = "function") -> None:
+        self.scopes.append(kind)
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+        self._bind(node.name)
+        for d in node.decorator_list:
+            self.visit(d)
+        for part in ("args", "returns", "bases", "keywords"):  # evaluated in the enclosing scope
+            value = getattr(node, part, None)
+            for v in value if isinstance(value, list) else [value] if value is not None else []:
+                self.visit(v)
+        self.scopes.append("class" if isinstance(node, ast.ClassDef) else "function")
+        for stmt in node.body:
+            self.visit(stmt)
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _scope
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if not isinstance(node.ctx, ast.Load):
+            self._bind(node.id)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            self.fixed.add(a.name.split(".")[0])
+            if a.asname:
+                self._bind(a.asname)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        for a in node.names:
+            if node.module not in self.bundled or node.level:
+                self.fixed.add(a.name)
+            self._bind(a.asname or a.name)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self.fixed.add(node.arg)
+
+    def visit_keyword(self, node: ast.keyword) -> None:
+        if node.arg:
+            self.fixed.add(node.arg)
+        self.visit(node.value)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self.fixed.add(node.attr)
+        self.visit(node.value)
+
+    def visit_Global(self, node: ast.Global | ast.Nonlocal) -> None:
+        self.fixed.update(node.names)
+
+    visit_Nonlocal = visit_Global
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self._bind(node.name)
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str):
+            self.fixed.update(IDENT.findall(node.value))
+
+    def visit_Module(self, node: ast.Module) -> None:
+        if any(isinstance(n, ast.Name) and n.id in DYNAMIC for n in ast.walk(node)):
+            self.fixed.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+        self.generic_visit(node)
+
+
+class _GlobalRenamer(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, str], bundled: Collection[str]):
+        self.mapping = mapping
+        self.bundled = bundled
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.mapping.get(node.id, node.id)
+        return node
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        node.name = self.mapping.get(node.name, node.name)  # type: ignore[attr-defined]
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.ImportFrom:
+        ours = node.module in self.bundled and not node.level
+        for a in node.names:
+            if ours and a.name in self.mapping:  # the definition's new name (and the bound name, without `as`)
+                a.name = self.mapping[a.name]
+            if a.asname in self.mapping:
+                a.asname = self.mapping[a.asname]
+        return node
+
+    def visit_Import(self, node: ast.Import) -> ast.Import:
+        for a in node.names:
+            if a.asname in self.mapping:
+                a.asname = self.mapping[a.asname]
+        return node
+
+
+def rename_globals(sources: dict[str, str], extra: Iterable[str] = (), kinds: tuple[type, ...] = (
+        ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign, ast.ClassDef), min_length: int = 3,
+        keep: Collection[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """(`sources`, `extra`) with the module-level functions, classes and constants of the bundled modules (`kinds`:
+    statements whose names are renamed) given short names, the same new name for one old name in every module
+    and in `extra` (the script's own code). A name is renamed only where a rename can follow every use of it:
+    only ever a module-level binding and a plain name or an import from a bundled module — never an attribute,
+    a keyword, a parameter or local, a name imported from outside, a module name, or an identifier in any string
+    (`getattr`, settings, messages); a class only when all its bases are renamed classes of the bundle (an
+    exception's, a module's or an optimizer's name shows in tracebacks, reprs and reports). The new names occur
+    nowhere in the bundle; the most used get the shortest. `keep`: names code outside reads (`plugins.BUNDLED`)."""
+    trees = {n: ast.parse(s) for n, s in sources.items()}
+    others = [ast.parse(s) for s in extra]
+    bundled = set(sources)
+    seen = _Bindings(bundled)
+    for tree in (*trees.values(), *others):
+        seen.visit(tree)
+    defined = {stmt.name if not isinstance(stmt, ast.Assign) else t.id  # type: ignore[union-attr]
+               for tree in trees.values() for stmt in tree.body if isinstance(stmt, kinds)
+               for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt])
+               if not isinstance(stmt, ast.Assign) or isinstance(t, ast.Name)}
+    classes = {stmt.name: stmt for tree in trees.values() for stmt in tree.body if isinstance(stmt, ast.ClassDef)}
+    outside = set(classes)  # classes with a base outside the bundle (exceptions, nn.Module, …): their names show
+    while changed := {c for c in outside if all(isinstance(b, ast.Name) and b.id in classes and b.id not in outside
+                                                for b in classes[c].bases)}:
+        outside -= changed
+    defined -= outside
+    parts = {p for n in bundled for p in n.split(".")}
+    reserved = set(dir(builtins)) | set(keyword.kwlist) | set(keyword.softkwlist)
+    names = {n for n in defined - seen.fixed - parts - reserved - set(keep)
+             if len(n) >= min_length and not _is_dunder(n)}
+    texts = [*sources.values(), *extra]
+    counts = {n: sum(len(re.findall(rf"\b{n}\b", t)) for t in texts) for n in names}
+    taken = {w for t in texts for w in IDENT.findall(t)}
+    fresh = short_names(taken)
+    mapping = {n: next(fresh) for n in sorted(names, key=lambda n: (-counts[n], n))}
+    renamer = _GlobalRenamer(mapping, bundled)
+    out = {n: ast.unparse(renamer.visit(t)) + "\n" if sources[n] else "" for n, t in trees.items()}
+    return out, [ast.unparse(renamer.visit(t)) + "\n" for t in others]

@@ -384,6 +384,50 @@ def test_rename_locals_shortens_locals_but_never_parameters_globals_or_dynamic_s
         assert _run(out, expr) == _run(src, expr), expr
 
 
+def test_rename_globals_shortens_module_level_names_everywhere_or_nowhere():
+    import types
+
+    from submissions.minify import rename_globals
+
+    sources = {
+        "m": "",
+        "m.a": ("import torch\nfrom dataclasses import dataclass\nLIMIT = 3\n"
+                "def helper(x):\n    return [helper_two(v) for v in range(x)]\n"
+                "def helper_two(v):\n    limit = LIMIT\n    return v * limit\n"  # read as a.helper_two: stays
+                "def named(v):\n    return v\n"  # also a keyword below: stays
+                "def by_string(v):\n    return v\n"  # getattr reads it: stays
+                "@dataclass\nclass Point:\n    coord: int = LIMIT\n"  # plain dataclass: renamed, its field stays
+                "class Error(ValueError):\n    pass\n"  # an outside base (tracebacks show it): stays
+                "class Net(torch.nn.Module):\n    def forward(self, x):\n        return x\n"),
+        "m.b": ("from m.a import helper, Point as P, named\nfrom m import a\n"
+                "def run():\n    return helper(2), P().coord, named(v=1), getattr(a, 'by_string')(4), a.helper_two(1), "
+                "dict(named=0)\n"),
+    }
+    out, (loader,) = rename_globals(sources, ["from m.b import run\nprint(run())\n"])
+    assert out["m.a"] == (
+        "import torch\nfrom dataclasses import dataclass\nc = 3\n\n"
+        "def d(x):\n    return [helper_two(v) for v in range(x)]\n\n"
+        "def helper_two(v):\n    limit = c\n    return v * limit\n\n"
+        "def named(v):\n    return v\n\ndef by_string(v):\n    return v\n\n"
+        "@dataclass\nclass f:\n    coord: int = c\n\n"
+        "class Error(ValueError):\n    pass\n\n"
+        "class Net(torch.nn.Module):\n\n    def forward(self, x):\n        return x\n")
+    assert out["m.b"].startswith("from m.a import d, f as P, named\nfrom m import a\n\ndef e():\n")
+    assert loader == "from m.b import e\nprint(e())\n"  # the script's own code follows; `print`: a builtin
+    try:
+        for name in ("m", "m.a", "m.b"):
+            sys.modules[name] = types.ModuleType(name)
+            exec(compile(out[name], name, "exec"), sys.modules[name].__dict__)
+            if name == "m.a":
+                sys.modules["m"].a = sys.modules["m.a"]
+        assert sys.modules["m.b"].e() == ([0, 3], 3, 1, 4, 3, {"named": 0})
+    finally:
+        for name in ("m", "m.a", "m.b"):
+            sys.modules.pop(name, None)
+    kept, _ = rename_globals(sources, [], keep={"LIMIT"})
+    assert "LIMIT = 3" in kept["m.a"] and "return v * limit" in kept["m.a"]
+
+
 def test_rename_locals_leaves_a_name_alone_when_a_nested_scope_reads_it_as_a_global():
     from submissions.minify import rename_locals
 
@@ -443,7 +487,8 @@ def test_specialised_bundle_honours_env_and_arguments_but_fixes_its_plugins(tiny
     driver = (
         "import contextlib, io, json, os, runpy, sys\n"
         "g = runpy.run_path(sys.argv[1])\n"
-        "import core.train as t\n"  # the bundle's own core.train (its loader is installed by run_path)
+        "sys.meta_path.insert(0, g['_BundledModules']())\n"
+        "import core.train as t\n"  # the bundle's own core.train (its module names are not pgolf's)
         "t.run_training = lambda cfg, reg, code_size: print(cfg.to_json())\n"
         "for argv, env in json.loads(sys.argv[2]):\n"
         "    os.environ.update(env)\n"
@@ -529,14 +574,15 @@ def test_specialised_bundle_leaves_out_what_its_settings_and_plugins_never_run()
     and plugin metadata (summaries, sources) is not shipped."""
     reg, cfg = _pr1493()
     text = bundle(cfg, reg, wrap=False)
-    assert "def search_clip(" not in text and "def row_clips(" not in text  # gptq.clip = "sdclip"
-    assert "def int8_quantize(" not in text  # policy_quantize(..., baseline_int8=False) at every call
-    assert "def sample_sequences(" not in text  # collect_hessians(run, model, self.cfg): gptq.calibration = "train"
+    # Module-level names are shortened (rename_globals): the dropped functions are recognised by their code.
+    assert ".pow(2).mean(dim=1)" not in text  # search_clip's error: gptq.clip = "sdclip"
+    assert "torch.quantile(" not in text  # row_clips' and int8_quantize's (policy_quantize(..., baseline_int8=False))
+    assert "torch.softmax(" not in text  # sample_sequences': collect_hessians(run, model, self.cfg), "train" data
     assert ".pg_dequantizers(" not in text and ".pg_state_codec(" not in text  # no implementation: None / []
     assert "Full-Hessian GPTQ" not in text and "openai/parameter-golf#1060" not in text  # GPTQ.summary / sources
     assert "def check_peers(" not in text and "def get_hookimpls(" not in text
     search = bundle(*reversed(_pr1493(["gptq.clip=search"])), wrap=False)
-    assert "def search_clip(" in search and "def row_clips(" in search
+    assert ".pow(2).mean(dim=1)" in search and "torch.quantile(" in search
 
 
 def test_fold_module_folds_settings_hooks_and_constants_exactly():
