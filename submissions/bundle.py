@@ -7,12 +7,12 @@ the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED, ITERATIO
 and accepts `section.key=value` overrides as arguments. Its own size is the code size it reports.
 Docstrings, comments, function annotations and settings' help texts are dropped (`strip=True`, the
 default), and indentation is one space per level (checked: the same syntax tree): the code bytes count
-against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`, PR #1493's lzma/base85
-self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
+against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`: brotli or LZMA, printable
+base-93 self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
 plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
-With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local names
-shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
+With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local and
+module-level names shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
 the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
 (`minify.measure`: bytes per module and definition, plain and after LZMA).
 A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
