@@ -12,8 +12,8 @@ base-93 self-extractor) turns the finished script into its wrapped form; that fi
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
 plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
 With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local and
-module-level names shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
-the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
+module-level names shortened (`submissions.minify`), modules no kept import reaches are left out, and the
+RECIPE holds only the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
 (`minify.measure`: bytes per module and definition, plain and after LZMA).
 A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
 statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
@@ -155,7 +155,26 @@ def strip_source(source: str) -> str:
             node.returns = None
         elif isinstance(node, ast.Call) and any(_help_only(k) for k in node.keywords):
             node.keywords = [k for k in node.keywords if not _help_only(k)]
+    _drop_variable_annotations(tree)
     return reindent(ast.unparse(tree) + "\n") if tree.body else ""
+
+
+def _drop_variable_annotations(node: ast.AST, in_class: bool = False) -> None:
+    """`x: T = v` -> `x = v` outside class bodies (a function never evaluates a local's annotation; nothing reads
+    a module's `__annotations__`). A class body keeps them (dataclass fields), and so does a bare `x: T` (in a
+    function it makes `x` local)."""
+    for _, value in ast.iter_fields(node):
+        if not isinstance(value, list):
+            if isinstance(value, ast.AST):
+                _drop_variable_annotations(value, in_class)
+            continue
+        for i, child in enumerate(value):
+            if isinstance(child, ast.AnnAssign) and child.value is not None and not in_class:
+                value[i] = ast.copy_location(ast.Assign(targets=[child.target], value=child.value), child)
+            elif isinstance(child, ast.AST):
+                scope = isinstance(child, ast.ClassDef) or (in_class and not isinstance(
+                    child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                _drop_variable_annotations(child, scope)
 
 
 def bundle_recipe(cfg: Config) -> dict[str, Any]:

@@ -12,13 +12,12 @@ a plugin module another one merely imports keeps only what is used). `if TYPE_CH
 run), then modules nothing imports any more. One name kept anywhere keeps every definition of that name:
 conservative, never clever.
 
-`rename_locals` gives the local variables of each function (not its parameters: callers may pass them by
-keyword) short names that occur nowhere else in the module; functions that call `locals`, `vars`, `eval`,
-`exec` or `dir`, or define a class, keep their names. `rename_globals` then gives the module-level functions,
-constants and bundle-only classes short names across all modules and the script's own code (one old name, one
-new name, every occurrence: an alpha-renaming; names an attribute, keyword, parameter or string shows stay). `measure` reports bytes per module and per top-level
-definition, plain and after LZMA (what the code wrapper ships).
-"""
+`rename_locals` gives the local variables of each function (not its parameters: callers may pass them by keyword)
+short names that occur nowhere else in the module; functions that call `locals`, `vars`, `eval`, `exec` or `dir`, or
+define a class, keep their names. `rename_globals` then gives the module-level functions, constants and bundle-only
+classes short names across all modules and the script's own code (one old name, one new name, every occurrence: an
+alpha-renaming; names an attribute, keyword, parameter or string shows stay). `measure` reports bytes per module and
+per top-level definition, plain and after LZMA (what the code wrapper ships)."""
 
 from __future__ import annotations
 

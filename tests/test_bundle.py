@@ -127,6 +127,16 @@ def test_strip_source_drops_docstrings_comments_annotations_and_help_but_keeps_c
     assert mod.f(2) == 3 and mod.A().n == 2 and mod.A().e == "v"
 
 
+def test_strip_source_drops_variable_annotations_outside_class_bodies():
+    src = ("LIMIT: int = 3\nDECLARED: int\n"
+           "class C:\n    field_a: int = 2\n    def f(self):\n        self.items: list[int] = []\n"
+           "        count: int = LIMIT\n        later: int\n        class D:\n            q: int = 4\n"
+           "        return count\n")
+    assert strip_source(src) == (
+        "LIMIT = 3\nDECLARED: int\n\nclass C:\n field_a: int = 2\n\n def f(self):\n  self.items = []\n"
+        "  count = LIMIT\n  later: int\n\n  class D:\n   q: int = 4\n  return count\n")
+
+
 def test_bundle_refuses_a_plugin_whose_code_is_not_a_bundlable_file(tiny_sets):
     class FromEntryPoint(Plugin):
         name = "from_entry_point"
