@@ -180,7 +180,15 @@ def _plugin_classes(classes: dict[str, list[ast.ClassDef]]) -> set[str]:
 
 
 def _prune_imports(stmt: ast.stmt, live: set[str]) -> ast.stmt | None:
-    """An import statement without the names no live code uses (None when none is left)."""
+    """An import statement without the names no live code uses (None when none is left); an `if` of imports
+    goes when no branch keeps one (a branch left empty gets `pass`)."""
+    if isinstance(stmt, ast.If):
+        body = [k for s in stmt.body if (k := _prune_imports(s, live))]
+        orelse = [k for s in stmt.orelse if (k := _prune_imports(s, live))]
+        if not body and not orelse:
+            return None
+        stmt.body, stmt.orelse = body or [ast.Pass()], orelse
+        return stmt
     if isinstance(stmt, ast.ImportFrom):
         if stmt.module == "__future__":
             return stmt
@@ -301,12 +309,21 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
                 imported_from.setdefault(node.module, set()).update(a.name for a in node.names)
     out = {}
     for name, tree in trees.items():
-        needed = names_in([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))])
+        needed = names_in([s for s in tree.body if not _imports_only(s)])
         needed |= imported_from.get(name, set()) | (live_names if name in objects else set())
-        tree.body = [kept for s in tree.body
-                     if (kept := _prune_imports(s, needed) if isinstance(s, (ast.Import, ast.ImportFrom)) else s)]
+        tree.body = [kept for s in tree.body  # first the `if`s of imports, then the imports their tests read
+                     if (kept := _prune_imports(s, needed) if _imports_only(s) and isinstance(s, ast.If) else s)]
+        needed |= names_in([s.test for s in tree.body if isinstance(s, ast.If) and _imports_only(s)])
+        tree.body = [kept for s in tree.body if (kept := _prune_imports(s, needed) if _imports_only(s) else s)]
         out[name] = ast.unparse(tree) + "\n" if tree.body else ""
     return out
+
+
+def _imports_only(stmt: ast.stmt) -> bool:
+    """An import, or an `if` that only imports (`if sys.version_info >= (3, 11): import tomllib else: …`)."""
+    if isinstance(stmt, ast.If):
+        return all(_imports_only(s) for s in (*stmt.body, *stmt.orelse))
+    return isinstance(stmt, (ast.Import, ast.ImportFrom))
 
 
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,

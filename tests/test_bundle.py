@@ -359,6 +359,17 @@ def test_shake_keeps_what_live_code_names_and_drops_the_rest():
     assert out_ns["RESULT"] == src_ns["RESULT"] == 10
 
 
+def test_shake_drops_a_version_dependent_import_nothing_uses():
+    from submissions.minify import shake
+
+    versioned = "if sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib\n"
+    src = "import sys\n" + versioned + versioned.replace("tomllib", "json").replace("tomli", "simplejson")
+    assert shake({"m": src + "def f():\n    return 1\n"}, roots=["f"])["m"] == "def f():\n    return 1\n"
+    used = shake({"m": src + "def f():\n    return json.dumps(1)\n"}, roots=["f"])["m"]
+    assert used == ("import sys\nif sys.version_info >= (3, 11):\n    import json\nelse:\n"
+                    "    import simplejson as json\n\ndef f():\n    return json.dumps(1)\n")
+
+
 def test_shake_keeps_only_the_scanned_modules_plugin_classes():
     from submissions.minify import shake
 
