@@ -38,7 +38,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.minify import minify_modules, names_in, rename_globals, rename_locals, shake
+from submissions.minify import drop_future_annotations, minify_modules, names_in, rename_globals, rename_locals, shake
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -429,11 +429,12 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
 @functools.lru_cache(maxsize=16)
 def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: frozenset[str]) -> tuple[
         dict[str, str], str]:
-    """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level;
+    """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level,
+    `from __future__ import annotations` dropped where it changes nothing (`minify.drop_future_annotations`);
     `keep`: plugins.BUNDLED (what the script bundles, for inspection) and the settings classes, whose names a bad
     setting's error message shows."""
     sources, (loader,) = rename_globals(dict(items), [loader], keep=keep)
-    return {n: reindent(s) for n, s in sources.items()}, loader
+    return {n: reindent(drop_future_annotations(s)) for n, s in sources.items()}, loader
 
 
 def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:

@@ -709,3 +709,28 @@ def rename_globals(sources: dict[str, str], extra: Iterable[str] = (), kinds: tu
     renamer = _GlobalRenamer(mapping, bundled)
     out = {n: ast.unparse(renamer.visit(t)) + "\n" if sources[n] else "" for n, t in trees.items()}
     return out, [ast.unparse(renamer.visit(t)) + "\n" for t in others]
+
+
+PLAIN_ANNOTATIONS = frozenset({"int", "float", "str", "bool", "bytes"})
+
+
+def drop_future_annotations(source: str) -> str:
+    """`source` without `from __future__ import annotations` where that changes nothing: every annotation left is
+    a constant or a builtin scalar type (int, float, str, bool, bytes) the module does not rebind, so evaluating it
+    eagerly gives what `typing.get_type_hints` reads from the string."""
+    tree = ast.parse(source)
+    future = [s for s in tree.body if isinstance(s, ast.ImportFrom) and s.module == "__future__"
+              and [a.name for a in s.names] == ["annotations"]]
+    if not future:
+        return source
+    annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, (ast.AnnAssign, ast.arg)) and n.annotation]
+    annotations += [n.returns for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and n.returns]
+    bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    bound |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+              for a in n.names}
+    plain = PLAIN_ANNOTATIONS - bound
+    if not all(isinstance(a, ast.Constant) or (isinstance(a, ast.Name) and a.id in plain) for a in annotations):
+        return source
+    tree.body = [s for s in tree.body if s not in future]
+    return ast.unparse(tree) + "\n" if tree.body else ""

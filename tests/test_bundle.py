@@ -370,6 +370,19 @@ def test_shake_drops_a_version_dependent_import_nothing_uses():
                     "    import simplejson as json\n\ndef f():\n    return json.dumps(1)\n")
 
 
+def test_future_annotations_go_only_where_every_annotation_is_a_plain_builtin():
+    from submissions.minify import drop_future_annotations
+
+    head = "from __future__ import annotations\nfrom dataclasses import dataclass\n"
+    plain = head + "@dataclass\nclass C:\n    n: int = 1\n    x: 0 = None\n"
+    assert drop_future_annotations(plain) == plain.removeprefix("from __future__ import annotations\n").replace(
+        "\n@", "\n\n@")
+    for kept in (head + "class C:\n    t: Tensor = None\n",  # not defined yet at class creation: stays a string
+                 head + "str = bytes\nclass C:\n    s: str = ''\n",  # a rebound builtin
+                 head + "def f(x: Tensor):\n    return x\n"):  # a custom_op's annotations (strip_source keeps them)
+        assert drop_future_annotations(kept) == kept
+
+
 def test_shake_keeps_only_the_scanned_modules_plugin_classes():
     from submissions.minify import shake
 
