@@ -155,8 +155,27 @@ def strip_source(source: str) -> str:
             node.returns = None
         elif isinstance(node, ast.Call) and any(_help_only(k) for k in node.keywords):
             node.keywords = [k for k in node.keywords if not _help_only(k)]
+    for node in ast.walk(tree):  # after the help texts: `x: int = field(default=3)` -> `x: int = 3`
+        if isinstance(node, ast.ClassDef) and any(_is_dataclass(d) for d in node.decorator_list):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and (default := _plain_field_default(stmt.value)) is not None:
+                    stmt.value = default
     _drop_variable_annotations(tree)
     return reindent(ast.unparse(tree) + "\n") if tree.body else ""
+
+
+def _is_dataclass(decorator: ast.expr) -> bool:
+    """`@dataclass` or `@dataclass(...)` (imported by that name)."""
+    d = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return isinstance(d, ast.Name) and d.id == "dataclass"
+
+
+def _plain_field_default(value: ast.expr | None) -> ast.expr | None:
+    """`v` of a dataclass field `field(default=v)` with no other argument (the same field as `= v`), else None."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "field" \
+            and not value.args and [k.arg for k in value.keywords] == ["default"]:
+        return value.keywords[0].value
+    return None
 
 
 def _drop_variable_annotations(node: ast.AST, in_class: bool = False) -> None:

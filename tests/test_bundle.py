@@ -137,6 +137,15 @@ def test_strip_source_drops_variable_annotations_outside_class_bodies():
         "  count = LIMIT\n  later: int\n\n  class D:\n   q: int = 4\n  return count\n")
 
 
+def test_strip_source_writes_a_dataclass_field_with_only_a_default_as_its_value():
+    src = ("@dataclass\nclass C:\n    a: int = field(default=3, metadata={'help': 'h'})\n"
+           "    b: int = field(default=0, metadata={'env': 'B'})\n    c: list = field(default_factory=list)\n"
+           "class Plain:\n    d: int = field(default=1)\n")  # not a dataclass: `field(...)` is its value
+    assert strip_source(src) == ("@dataclass\nclass C:\n a: int = 3\n"
+                                 " b: int = field(default=0, metadata={'env': 'B'})\n"
+                                 " c: list = field(default_factory=list)\n\nclass Plain:\n d: int = field(default=1)\n")
+
+
 def test_bundle_refuses_a_plugin_whose_code_is_not_a_bundlable_file(tiny_sets):
     class FromEntryPoint(Plugin):
         name = "from_entry_point"
