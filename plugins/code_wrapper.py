@@ -53,13 +53,6 @@ class CodeWrapperConfig:
                                                           "where a codec plugin needs brotli anyway)"})
     alphabet: str = field(default="printable", metadata={"help": "printable (base 93) or base85 (the record's)"})
 
-    def __post_init__(self) -> None:
-        if self.codec not in WRAP_CODECS:
-            raise ValueError(f"code_wrapper.codec: expected one of {', '.join(WRAP_CODECS)}, got {self.codec!r}")
-        if self.alphabet not in WRAP_ALPHABETS:
-            raise ValueError(f"code_wrapper.alphabet: expected one of {', '.join(WRAP_ALPHABETS)}, "
-                             f"got {self.alphabet!r}")
-
 
 def to_printable(data: bytes) -> str:
     """`data` as a base-93 numeral over `PRINTABLE` (a leading 1 byte keeps leading zero bytes)."""
@@ -171,8 +164,15 @@ class CodeWrapper(Plugin):
 
     @hookimpl
     def pg_wrap_code(self, source: str) -> str:
+        # Checked here, where the settings are used (bundle time), not in the config class: the bundled script
+        # carries its settings but never wraps itself.
         if not 0 <= self.cfg.preset <= 9:
             raise ValueError(f"code_wrapper.preset: expected 0..9, got {self.cfg.preset}")
+        if self.cfg.codec not in WRAP_CODECS:
+            raise ValueError(f"code_wrapper.codec: expected one of {', '.join(WRAP_CODECS)}, got {self.cfg.codec!r}")
+        if self.cfg.alphabet not in WRAP_ALPHABETS:
+            raise ValueError(f"code_wrapper.alphabet: expected one of {', '.join(WRAP_ALPHABETS)}, "
+                             f"got {self.cfg.alphabet!r}")
         preset = self.cfg.preset | (lzma.PRESET_EXTREME if self.cfg.extreme else 0)
         codecs = [self.cfg.codec] if self.cfg.codec != "auto" else \
             ["lzma", "brotli"] if needs_brotli(source) and _brotli_available() else ["lzma"]
