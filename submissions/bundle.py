@@ -38,7 +38,15 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.minify import drop_future_annotations, minify_modules, names_in, rename_globals, rename_locals, shake
+from submissions.minify import (
+    drop_future_annotations,
+    minify_modules,
+    names_in,
+    prune_unused_imports,
+    rename_globals,
+    rename_locals,
+    shake,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -449,10 +457,12 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
 def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: frozenset[str]) -> tuple[
         dict[str, str], str]:
     """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level,
-    `from __future__ import annotations` dropped where it changes nothing (`minify.drop_future_annotations`);
+    imports nothing uses any more dropped (`minify.prune_unused_imports`), and `from __future__ import annotations`
+    where it changes nothing (`minify.drop_future_annotations`);
     `keep`: plugins.BUNDLED (what the script bundles, for inspection) and the settings classes, whose names a bad
     setting's error message shows."""
     sources, (loader,) = rename_globals(dict(items), [loader], keep=keep)
+    sources = prune_unused_imports(sources, [loader])
     return {n: reindent(drop_future_annotations(s)) for n, s in sources.items()}, loader
 
 

@@ -28,6 +28,7 @@ import keyword
 import lzma
 import re
 import string
+import sys
 from collections.abc import Collection, Iterable
 
 IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -734,3 +735,45 @@ def drop_future_annotations(source: str) -> str:
         return source
     tree.body = [s for s in tree.body if s not in future]
     return ast.unparse(tree) + "\n" if tree.body else ""
+
+
+def prune_unused_imports(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """The modules without the module-level imported names nothing uses any more (after specialisation, shaking and
+    renaming: `field` once no field needs it, `Tensor` once annotations are gone). A name stays when its module's
+    code uses it, another module or `extra` (the script's own code) imports it from there, or — the module held as
+    an object — some code reads an attribute of that name. A statement importing a bundled module keeps one name
+    (its module still runs in the same order); an emptied import of another package goes only when that package
+    is in the standard library or an import of it that stays loads it anyway (importing it has no other effect)."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    others = [ast.parse(s) for s in extra]
+    imported_from: dict[str, set[str]] = {}
+    for tree in (*trees.values(), *others):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in sources and not node.level:
+                imported_from.setdefault(node.module, set()).update(a.name for a in node.names)
+    objects = _module_objects({**trees, **{f"extra{i}": t for i, t in enumerate(others)}}, set())
+    attributes = {n.attr for t in (*trees.values(), *others) for n in ast.walk(t) if isinstance(n, ast.Attribute)}
+    out = dict(sources)
+    for name, tree in trees.items():
+        needed = names_in([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))])
+        needed |= imported_from.get(name, set()) | (attributes if name in objects else set())
+        def top(stmt: ast.Import | ast.ImportFrom) -> str:
+            return (stmt.module if isinstance(stmt, ast.ImportFrom) else stmt.names[0].name or "").split(".")[0]
+
+        imports = [s for s in tree.body if isinstance(s, ast.Import) or (
+            isinstance(s, ast.ImportFrom) and s.module != "__future__" and not s.level)]
+        used = {id(s): [a for a in s.names if (a.asname or a.name.split(".")[0]) in needed or a.name == "*"]
+                for s in imports}
+        loaded = {top(s) for s in imports if used[id(s)]}  # packages a kept import still loads
+        for stmt in imports:
+            module = stmt.module if isinstance(stmt, ast.ImportFrom) else stmt.names[0].name
+            if used[id(stmt)]:
+                stmt.names = used[id(stmt)]
+            elif module in sources or top(stmt) in ("core", "plugins"):
+                stmt.names = stmt.names[:1]  # the module still runs where it did
+            elif top(stmt) in sys.stdlib_module_names or top(stmt) in loaded:
+                stmt.names = []
+        tree.body = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom)) or s.names]
+        out[name] = ast.unparse(tree) + "\n" if tree.body else ""
+    return out
+

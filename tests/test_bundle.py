@@ -393,6 +393,25 @@ def test_future_annotations_go_only_where_every_annotation_is_a_plain_builtin():
         assert drop_future_annotations(kept) == kept
 
 
+def test_prune_unused_imports_drops_only_names_nothing_can_read():
+    from submissions.minify import prune_unused_imports
+
+    sources = {
+        "m": "",
+        "m.a": "import math\nimport re\nfrom dataclasses import dataclass, field\nX = math.pi\n",
+        "m.b": ("import numpy\nfrom torch import Tensor\nfrom m.a import X, math\nfrom m.c import Y\n"
+                "from dataclasses import field\nZ = X\n"),
+        "m.c": "from dataclasses import dataclass\nimport torch\nfrom torch import Tensor\nY = 1\n",
+    }
+    out = prune_unused_imports(sources, ["from m.b import Z\n"])
+    assert out["m.a"] == "import math\nX = math.pi\n"  # `math`: m.b imports it from here
+    # numpy and torch: no other import of them here (importing may do something): kept; m.c: still runs
+    assert out["m.b"] == "import numpy\nfrom torch import Tensor\nfrom m.a import X\nfrom m.c import Y\nZ = X\n"
+    assert out["m.c"] == "import torch\nfrom torch import Tensor\nY = 1\n"  # neither stays used: both kept
+    out = prune_unused_imports({**sources, "m.c": sources["m.c"] + "T = torch.ones(1)\n"})
+    assert out["m.c"] == "import torch\nY = 1\nT = torch.ones(1)\n"  # torch loads anyway: Tensor goes
+
+
 def test_shake_keeps_only_the_scanned_modules_plugin_classes():
     from submissions.minify import shake
 
