@@ -640,6 +640,10 @@ class _Bindings(ast.NodeVisitor):
         self.generic_visit(node)
 
 
+# Outside bases whose subclasses may still be renamed (see `rename_globals`).
+TORCH_MODULE_BASES = ("nn.", "torch.nn.")
+
+
 class _GlobalRenamer(ast.NodeTransformer):
     def __init__(self, mapping: dict[str, str], bundled: Collection[str]):
         self.mapping = mapping
@@ -679,8 +683,9 @@ def rename_globals(sources: dict[str, str], extra: Iterable[str] = (), kinds: tu
     and in `extra` (the script's own code). A name is renamed only where a rename can follow every use of it:
     only ever a module-level binding and a plain name or an import from a bundled module — never an attribute,
     a keyword, a parameter or local, a name imported from outside, a module name, or an identifier in any string
-    (`getattr`, settings, messages); a class only when all its bases are renamed classes of the bundle (an
-    exception's, a module's or an optimizer's name shows in tracebacks, reprs and reports). The new names occur
+    (`getattr`, settings, messages); a class only when all its bases are renamed classes of the bundle or torch
+    modules (`nn.Module`, `nn.Linear`: their class names show only in a repr nothing prints); an exception's or an
+    optimizer's name shows in tracebacks and reports (weight_decay names groups by it). The new names occur
     nowhere in the bundle; the most used get the shortest. `keep`: names code outside reads (`plugins.BUNDLED`)."""
     trees = {n: ast.parse(s) for n, s in sources.items()}
     others = [ast.parse(s) for s in extra]
@@ -693,9 +698,13 @@ def rename_globals(sources: dict[str, str], extra: Iterable[str] = (), kinds: tu
                for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt])
                if not isinstance(stmt, ast.Assign) or isinstance(t, ast.Name)}
     classes = {stmt.name: stmt for tree in trees.values() for stmt in tree.body if isinstance(stmt, ast.ClassDef)}
-    outside = set(classes)  # classes with a base outside the bundle (exceptions, nn.Module, …): their names show
-    while changed := {c for c in outside if all(isinstance(b, ast.Name) and b.id in classes and b.id not in outside
-                                                for b in classes[c].bases)}:
+    outside = set(classes)  # classes with a base outside the bundle (exceptions, optimizers …): their names show
+
+    def renamable_base(b: ast.expr) -> bool:
+        return (isinstance(b, ast.Name) and b.id in classes and b.id not in outside) or \
+            ast.unparse(b).startswith(TORCH_MODULE_BASES)
+
+    while changed := {c for c in outside if all(renamable_base(b) for b in classes[c].bases)}:
         outside -= changed
     defined -= outside
     parts = {p for n in bundled for p in n.split(".")}
