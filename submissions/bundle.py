@@ -7,13 +7,13 @@ the challenge's environment variables (DATA_PATH, TOKENIZER_PATH, SEED, ITERATIO
 and accepts `section.key=value` overrides as arguments. Its own size is the code size it reports.
 Docstrings, comments, function annotations and settings' help texts are dropped (`strip=True`, the
 default), and indentation is one space per level (checked: the same syntax tree): the code bytes count
-against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`, PR #1493's lzma/base85
-self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
+against the cap. A plugin answering `pg_wrap_code` (e.g. `code_wrapper`: brotli or LZMA, printable
+base-93 self-extractor) turns the finished script into its wrapped form; that file's bytes are the code size.
 Modules are found by following `core.*` / `plugins.*` imports from `core.train` and the enabled
 plugins (function-level imports too): the import graph decides, no list of modules is kept by hand.
-With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local names
-shortened (`submissions.minify`), modules no kept import reaches are left out, and the RECIPE holds only
-the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
+With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local and
+module-level names shortened (`submissions.minify`), modules no kept import reaches are left out, and the
+RECIPE holds only the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
 (`minify.measure`: bytes per module and definition, plain and after LZMA).
 A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
 statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
@@ -38,7 +38,15 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.minify import minify_modules, names_in, rename_locals, shake
+from submissions.minify import (
+    drop_future_annotations,
+    minify_modules,
+    names_in,
+    prune_unused_imports,
+    rename_globals,
+    rename_locals,
+    shake,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -155,7 +163,45 @@ def strip_source(source: str) -> str:
             node.returns = None
         elif isinstance(node, ast.Call) and any(_help_only(k) for k in node.keywords):
             node.keywords = [k for k in node.keywords if not _help_only(k)]
+    for node in ast.walk(tree):  # after the help texts: `x: int = field(default=3)` -> `x: int = 3`
+        if isinstance(node, ast.ClassDef) and any(_is_dataclass(d) for d in node.decorator_list):
+            for stmt in node.body:
+                if isinstance(stmt, ast.AnnAssign) and (default := _plain_field_default(stmt.value)) is not None:
+                    stmt.value = default
+    _drop_variable_annotations(tree)
     return reindent(ast.unparse(tree) + "\n") if tree.body else ""
+
+
+def _is_dataclass(decorator: ast.expr) -> bool:
+    """`@dataclass` or `@dataclass(...)` (imported by that name)."""
+    d = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return isinstance(d, ast.Name) and d.id == "dataclass"
+
+
+def _plain_field_default(value: ast.expr | None) -> ast.expr | None:
+    """`v` of a dataclass field `field(default=v)` with no other argument (the same field as `= v`), else None."""
+    if isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "field" \
+            and not value.args and [k.arg for k in value.keywords] == ["default"]:
+        return value.keywords[0].value
+    return None
+
+
+def _drop_variable_annotations(node: ast.AST, in_class: bool = False) -> None:
+    """`x: T = v` -> `x = v` outside class bodies (a function never evaluates a local's annotation; nothing reads
+    a module's `__annotations__`). A class body keeps them (dataclass fields), and so does a bare `x: T` (in a
+    function it makes `x` local)."""
+    for _, value in ast.iter_fields(node):
+        if not isinstance(value, list):
+            if isinstance(value, ast.AST):
+                _drop_variable_annotations(value, in_class)
+            continue
+        for i, child in enumerate(value):
+            if isinstance(child, ast.AnnAssign) and child.value is not None and not in_class:
+                value[i] = ast.copy_location(ast.Assign(targets=[child.target], value=child.value), child)
+            elif isinstance(child, ast.AST):
+                scope = isinstance(child, ast.ClassDef) or (in_class and not isinstance(
+                    child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                _drop_variable_annotations(child, scope)
 
 
 def bundle_recipe(cfg: Config) -> dict[str, Any]:
@@ -402,7 +448,22 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
                 break
             sources = again
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
+        keep = frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
+        sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)
     return sources, loader
+
+
+@functools.lru_cache(maxsize=16)
+def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: frozenset[str]) -> tuple[
+        dict[str, str], str]:
+    """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level,
+    imports nothing uses any more dropped (`minify.prune_unused_imports`), and `from __future__ import annotations`
+    where it changes nothing (`minify.drop_future_annotations`);
+    `keep`: plugins.BUNDLED (what the script bundles, for inspection) and the settings classes, whose names a bad
+    setting's error message shows."""
+    sources, (loader,) = rename_globals(dict(items), [loader], keep=keep)
+    sources = prune_unused_imports(sources, [loader])
+    return {n: reindent(drop_future_annotations(s)) for n, s in sources.items()}, loader
 
 
 def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:

@@ -12,11 +12,12 @@ a plugin module another one merely imports keeps only what is used). `if TYPE_CH
 run), then modules nothing imports any more. One name kept anywhere keeps every definition of that name:
 conservative, never clever.
 
-`rename_locals` gives the local variables of each function (not its parameters: callers may pass them by
-keyword) short names that occur nowhere else in the module; functions that call `locals`, `vars`, `eval`,
-`exec` or `dir`, or define a class, keep their names. `measure` reports bytes per module and per top-level
-definition, plain and after LZMA (what the code wrapper ships).
-"""
+`rename_locals` gives the local variables of each function (not its parameters: callers may pass them by keyword)
+short names that occur nowhere else in the module; functions that call `locals`, `vars`, `eval`, `exec` or `dir`, or
+define a class, keep their names. `rename_globals` then gives the module-level functions, constants and bundle-only
+classes short names across all modules and the script's own code (one old name, one new name, every occurrence: an
+alpha-renaming; names an attribute, keyword, parameter or string shows stay). `measure` reports bytes per module and
+per top-level definition, plain and after LZMA (what the code wrapper ships)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import keyword
 import lzma
 import re
 import string
+import sys
 from collections.abc import Collection, Iterable
 
 IDENT = re.compile(r"[A-Za-z_]\w*")
@@ -179,7 +181,15 @@ def _plugin_classes(classes: dict[str, list[ast.ClassDef]]) -> set[str]:
 
 
 def _prune_imports(stmt: ast.stmt, live: set[str]) -> ast.stmt | None:
-    """An import statement without the names no live code uses (None when none is left)."""
+    """An import statement without the names no live code uses (None when none is left); an `if` of imports
+    goes when no branch keeps one (a branch left empty gets `pass`)."""
+    if isinstance(stmt, ast.If):
+        body = [k for s in stmt.body if (k := _prune_imports(s, live))]
+        orelse = [k for s in stmt.orelse if (k := _prune_imports(s, live))]
+        if not body and not orelse:
+            return None
+        stmt.body, stmt.orelse = body or [ast.Pass()], orelse
+        return stmt
     if isinstance(stmt, ast.ImportFrom):
         if stmt.module == "__future__":
             return stmt
@@ -300,12 +310,21 @@ def shake(sources: dict[str, str], roots: Iterable[str] = (), scanned: Iterable[
                 imported_from.setdefault(node.module, set()).update(a.name for a in node.names)
     out = {}
     for name, tree in trees.items():
-        needed = names_in([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))])
+        needed = names_in([s for s in tree.body if not _imports_only(s)])
         needed |= imported_from.get(name, set()) | (live_names if name in objects else set())
-        tree.body = [kept for s in tree.body
-                     if (kept := _prune_imports(s, needed) if isinstance(s, (ast.Import, ast.ImportFrom)) else s)]
+        tree.body = [kept for s in tree.body  # first the `if`s of imports, then the imports their tests read
+                     if (kept := _prune_imports(s, needed) if _imports_only(s) and isinstance(s, ast.If) else s)]
+        needed |= names_in([s.test for s in tree.body if isinstance(s, ast.If) and _imports_only(s)])
+        tree.body = [kept for s in tree.body if (kept := _prune_imports(s, needed) if _imports_only(s) else s)]
         out[name] = ast.unparse(tree) + "\n" if tree.body else ""
     return out
+
+
+def _imports_only(stmt: ast.stmt) -> bool:
+    """An import, or an `if` that only imports (`if sys.version_info >= (3, 11): import tomllib else: …`)."""
+    if isinstance(stmt, ast.If):
+        return all(_imports_only(s) for s in (*stmt.body, *stmt.orelse))
+    return isinstance(stmt, (ast.Import, ast.ImportFrom))
 
 
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
@@ -535,3 +554,235 @@ def measure(sources: dict[str, str]) -> list[tuple[str, int, int]]:
                 text = ast.get_source_segment(src, stmt) or ast.unparse(stmt)
                 rows.append((f"{name}:{stmt.name}", len(text.encode()), lzma_size(text)))
     return sorted(rows, key=lambda r: -r[2])
+
+
+class _Bindings(ast.NodeVisitor):
+    """The identifiers a global rename must leave alone (`fixed`): attribute names, keywords, parameters, names
+    bound in a class body (attributes: fields, methods), names imported from outside the `bundled` modules,
+    identifiers inside strings, and every name of a module that reads its namespace (`locals()`, `vars()` …).
+    Renaming any other identifier at every occurrence, in every scope, is an alpha-renaming: same program."""
+
+    def __init__(self, bundled: Collection[str]):
+        self.bundled = bundled
+        self.fixed: set[str] = set()
+        self.scopes: list[str] = []
+
+    def _bind(self, name: str) -> None:
+        if self.scopes and self.scopes[-1] == "class":
+            self.fixed.add(name)
+
+    def _scope(self, node: ast.AST, kind: str = "function") -> None:
+        self.scopes.append(kind)
+        self.generic_visit(node)
+        self.scopes.pop()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> None:
+        self._bind(node.name)
+        for d in node.decorator_list:
+            self.visit(d)
+        for part in ("args", "returns", "bases", "keywords"):  # evaluated in the enclosing scope
+            value = getattr(node, part, None)
+            for v in value if isinstance(value, list) else [value] if value is not None else []:
+                self.visit(v)
+        self.scopes.append("class" if isinstance(node, ast.ClassDef) else "function")
+        for stmt in node.body:
+            self.visit(stmt)
+        self.scopes.pop()
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+    visit_Lambda = visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _scope
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if not isinstance(node.ctx, ast.Load):
+            self._bind(node.id)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for a in node.names:
+            self.fixed.add(a.name.split(".")[0])
+            if a.asname:
+                self._bind(a.asname)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        for a in node.names:
+            if node.module not in self.bundled or node.level:
+                self.fixed.add(a.name)
+            self._bind(a.asname or a.name)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self.fixed.add(node.arg)
+
+    def visit_keyword(self, node: ast.keyword) -> None:
+        if node.arg:
+            self.fixed.add(node.arg)
+        self.visit(node.value)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        self.fixed.add(node.attr)
+        self.visit(node.value)
+
+    def visit_Global(self, node: ast.Global | ast.Nonlocal) -> None:
+        self.fixed.update(node.names)
+
+    visit_Nonlocal = visit_Global
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self._bind(node.name)
+        self.generic_visit(node)
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str):
+            self.fixed.update(IDENT.findall(node.value))
+
+    def visit_Module(self, node: ast.Module) -> None:
+        if any(isinstance(n, ast.Name) and n.id in DYNAMIC for n in ast.walk(node)):
+            self.fixed.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+        self.generic_visit(node)
+
+
+# Outside bases whose subclasses may still be renamed (see `rename_globals`).
+TORCH_MODULE_BASES = ("nn.", "torch.nn.")
+
+
+class _GlobalRenamer(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, str], bundled: Collection[str]):
+        self.mapping = mapping
+        self.bundled = bundled
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        node.id = self.mapping.get(node.id, node.id)
+        return node
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        node.name = self.mapping.get(node.name, node.name)  # type: ignore[attr-defined]
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.ImportFrom:
+        ours = node.module in self.bundled and not node.level
+        for a in node.names:
+            if ours and a.name in self.mapping:  # the definition's new name (and the bound name, without `as`)
+                a.name = self.mapping[a.name]
+            if a.asname in self.mapping:
+                a.asname = self.mapping[a.asname]
+        return node
+
+    def visit_Import(self, node: ast.Import) -> ast.Import:
+        for a in node.names:
+            if a.asname in self.mapping:
+                a.asname = self.mapping[a.asname]
+        return node
+
+
+def rename_globals(sources: dict[str, str], extra: Iterable[str] = (), kinds: tuple[type, ...] = (
+        ast.FunctionDef, ast.AsyncFunctionDef, ast.Assign, ast.ClassDef), min_length: int = 3,
+        keep: Collection[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """(`sources`, `extra`) with the module-level functions, classes and constants of the bundled modules (`kinds`:
+    statements whose names are renamed) given short names, the same new name for one old name in every module
+    and in `extra` (the script's own code). A name is renamed only where a rename can follow every use of it:
+    only ever a module-level binding and a plain name or an import from a bundled module — never an attribute,
+    a keyword, a parameter or local, a name imported from outside, a module name, or an identifier in any string
+    (`getattr`, settings, messages); a class only when all its bases are renamed classes of the bundle or torch
+    modules (`nn.Module`, `nn.Linear`: their class names show only in a repr nothing prints); an exception's or an
+    optimizer's name shows in tracebacks and reports (weight_decay names groups by it). The new names occur
+    nowhere in the bundle; the most used get the shortest. `keep`: names code outside reads (`plugins.BUNDLED`)."""
+    trees = {n: ast.parse(s) for n, s in sources.items()}
+    others = [ast.parse(s) for s in extra]
+    bundled = set(sources)
+    seen = _Bindings(bundled)
+    for tree in (*trees.values(), *others):
+        seen.visit(tree)
+    defined = {stmt.name if not isinstance(stmt, ast.Assign) else t.id  # type: ignore[union-attr]
+               for tree in trees.values() for stmt in tree.body if isinstance(stmt, kinds)
+               for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt])
+               if not isinstance(stmt, ast.Assign) or isinstance(t, ast.Name)}
+    classes = {stmt.name: stmt for tree in trees.values() for stmt in tree.body if isinstance(stmt, ast.ClassDef)}
+    outside = set(classes)  # classes with a base outside the bundle (exceptions, optimizers …): their names show
+
+    def renamable_base(b: ast.expr) -> bool:
+        return (isinstance(b, ast.Name) and b.id in classes and b.id not in outside) or \
+            ast.unparse(b).startswith(TORCH_MODULE_BASES)
+
+    while changed := {c for c in outside if all(renamable_base(b) for b in classes[c].bases)}:
+        outside -= changed
+    defined -= outside
+    parts = {p for n in bundled for p in n.split(".")}
+    reserved = set(dir(builtins)) | set(keyword.kwlist) | set(keyword.softkwlist)
+    names = {n for n in defined - seen.fixed - parts - reserved - set(keep)
+             if len(n) >= min_length and not _is_dunder(n)}
+    texts = [*sources.values(), *extra]
+    counts = {n: sum(len(re.findall(rf"\b{n}\b", t)) for t in texts) for n in names}
+    taken = {w for t in texts for w in IDENT.findall(t)}
+    fresh = short_names(taken)
+    mapping = {n: next(fresh) for n in sorted(names, key=lambda n: (-counts[n], n))}
+    renamer = _GlobalRenamer(mapping, bundled)
+    out = {n: ast.unparse(renamer.visit(t)) + "\n" if sources[n] else "" for n, t in trees.items()}
+    return out, [ast.unparse(renamer.visit(t)) + "\n" for t in others]
+
+
+PLAIN_ANNOTATIONS = frozenset({"int", "float", "str", "bool", "bytes"})
+
+
+def drop_future_annotations(source: str) -> str:
+    """`source` without `from __future__ import annotations` where that changes nothing: every annotation left is
+    a constant or a builtin scalar type (int, float, str, bool, bytes) the module does not rebind, so evaluating it
+    eagerly gives what `typing.get_type_hints` reads from the string."""
+    tree = ast.parse(source)
+    future = [s for s in tree.body if isinstance(s, ast.ImportFrom) and s.module == "__future__"
+              and [a.name for a in s.names] == ["annotations"]]
+    if not future:
+        return source
+    annotations = [n.annotation for n in ast.walk(tree) if isinstance(n, (ast.AnnAssign, ast.arg)) and n.annotation]
+    annotations += [n.returns for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and n.returns]
+    bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    bound |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+              for a in n.names}
+    plain = PLAIN_ANNOTATIONS - bound
+    if not all(isinstance(a, ast.Constant) or (isinstance(a, ast.Name) and a.id in plain) for a in annotations):
+        return source
+    tree.body = [s for s in tree.body if s not in future]
+    return ast.unparse(tree) + "\n" if tree.body else ""
+
+
+def prune_unused_imports(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """The modules without the module-level imported names nothing uses any more (after specialisation, shaking and
+    renaming: `field` once no field needs it, `Tensor` once annotations are gone). A name stays when its module's
+    code uses it, another module or `extra` (the script's own code) imports it from there, or — the module held as
+    an object — some code reads an attribute of that name. A statement importing a bundled module keeps one name
+    (its module still runs in the same order); an emptied import of another package goes only when that package
+    is in the standard library or an import of it that stays loads it anyway (importing it has no other effect)."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    others = [ast.parse(s) for s in extra]
+    imported_from: dict[str, set[str]] = {}
+    for tree in (*trees.values(), *others):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in sources and not node.level:
+                imported_from.setdefault(node.module, set()).update(a.name for a in node.names)
+    objects = _module_objects({**trees, **{f"extra{i}": t for i, t in enumerate(others)}}, set())
+    attributes = {n.attr for t in (*trees.values(), *others) for n in ast.walk(t) if isinstance(n, ast.Attribute)}
+    out = dict(sources)
+    for name, tree in trees.items():
+        needed = names_in([s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom))])
+        needed |= imported_from.get(name, set()) | (attributes if name in objects else set())
+        def top(stmt: ast.Import | ast.ImportFrom) -> str:
+            return (stmt.module if isinstance(stmt, ast.ImportFrom) else stmt.names[0].name or "").split(".")[0]
+
+        imports = [s for s in tree.body if isinstance(s, ast.Import) or (
+            isinstance(s, ast.ImportFrom) and s.module != "__future__" and not s.level)]
+        used = {id(s): [a for a in s.names if (a.asname or a.name.split(".")[0]) in needed or a.name == "*"]
+                for s in imports}
+        loaded = {top(s) for s in imports if used[id(s)]}  # packages a kept import still loads
+        for stmt in imports:
+            module = stmt.module if isinstance(stmt, ast.ImportFrom) else stmt.names[0].name
+            if used[id(stmt)]:
+                stmt.names = used[id(stmt)]
+            elif module in sources or top(stmt) in ("core", "plugins"):
+                stmt.names = stmt.names[:1]  # the module still runs where it did
+            elif top(stmt) in sys.stdlib_module_names or top(stmt) in loaded:
+                stmt.names = []
+        tree.body = [s for s in tree.body if not isinstance(s, (ast.Import, ast.ImportFrom)) or s.names]
+        out[name] = ast.unparse(tree) + "\n" if tree.body else ""
+    return out
+

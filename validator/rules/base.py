@@ -79,12 +79,21 @@ class Rule:
 
 
 WRAPPER_RX = re.compile(r"exec\(\s*\w+\.decompress\(")
+# pgolf's own wrapper forms (plugins.code_wrapper: lzma or brotli, base85 or a base-93 numeral).
+PGOLF_WRAPPER_RX = re.compile(r"\Aimport (lzma|brotli) as C\n")
 
 
 def unwrap_source(src: str) -> tuple[str, bool]:
     """Decode a self-extracting LZMA/base85 wrapper by literal evaluation (never exec); returns (source, wrapped)."""
     if len(src) > 200_000 or not WRAPPER_RX.search(src):
         return src, False
+    if PGOLF_WRAPPER_RX.match(src):
+        from plugins.code_wrapper import unwrap
+
+        try:
+            return unwrap(src), True
+        except Exception:  # noqa: BLE001 - undecodable payload (or brotli missing): treat as unwrapped source
+            return src, False
     import base64
     import lzma
 
