@@ -48,7 +48,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 RECORD_DIR = "records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT"
-from record_parity_cpu import PGOLF_NS_FP32, PRELUDE, SDPA_SHIM  # noqa: E402 (benchmarks/ is this script's path)
+from record_parity_cpu import (  # noqa: E402 (benchmarks/ is this script's path)
+    PGOLF_NS_FP32,
+    PGOLF_PARITY,
+    PRELUDE,
+    RECORD_DUMP_FN,
+    SDPA_SHIM,
+    first_difference,
+)
 
 PATCHES = [  # (text, replacement): each must occur at least once
     ("from flash_attn_interface import flash_attn_func as flash_attn_3_func\n", SDPA_SHIM),
@@ -79,20 +86,6 @@ DUMP = [  # --dump: the state after every optimizer step (model + optimizer stat
     ("train_loss=step_fn(step,scale)\n",
      "train_loss=step_fn(step,scale)\n\t\t_dump_state(step+1,base_model,optimizers)\n"),
 ]
-RECORD_DUMP_FN = '''
-def _dump_state(step, model, optimizers):  # pr1493_parity_cpu.py --dump
-    import os as _os
-    d = _os.environ.get("PARITY_DUMP")
-    if not d:
-        return
-    opt = {}
-    for o in optimizers:
-        for p, st in o.state.items():
-            name = next(n for n, q in model.named_parameters() if q is p)
-            opt.update({f"{name}:{k}": v.detach().clone() for k, v in st.items() if torch.is_tensor(v) and v.ndim})
-    torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt},
-               f"{d}/record_{step}.pt")
-'''
 SHAPE = dict(VOCAB_SIZE=8192, NUM_LAYERS=6, MODEL_DIM=64, EMBEDDING_DIM=64, NUM_HEADS=4, NUM_KV_HEADS=2,
              LOOP_START=1, LOOP_END=2, NUM_LOOPS=2, PARALLEL_RESIDUAL_START=4, XSA_LAST_N=6, ROPE_DIMS=8,
              ROPE_TRAIN_SEQ_LEN=128, TRAIN_SEQ_LEN=128, EVAL_SEQ_LEN=128, QK_GAIN_INIT=5.25, SEED=42,
@@ -162,44 +155,7 @@ def _train_only(run, stepper, budget):  # no export / final evaluation: the trai
     _loop0(run, stepper, budget)
     raise SystemExit(0)
 T.timed_loop = _train_only
-DUMP = os.environ.get("PARITY_DUMP")
-if DUMP:  # --dump: model + optimizer state after every timed-loop step
-    _loop, _opt_step, _n = T.timed_loop, T.Stepper.optimizer_step, [0, False]
-    def timed_loop(run, stepper, budget):
-        _n[1] = True
-        return _loop(run, stepper, budget)
-    def optimizer_step(self):
-        _opt_step(self)
-        if not _n[1]:
-            return
-        _n[0] += 1
-        model, opt = self.run.model, {}
-        names = {id(p): n for n, p in model.named_parameters()}
-        for o in self.run.optimizers:
-            for p, st in o.state.items():
-                opt.update({f"{names[id(p)]}:{k}": v.detach().clone() for k, v in st.items()
-                            if torch.is_tensor(v) and v.ndim})
-        torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt},
-                   f"{DUMP}/pgolf_{_n[0]}.pt")
-    T.timed_loop, T.Stepper.optimizer_step = timed_loop, optimizer_step
-_setup0 = T.setup
-def _setup(cfg, reg, **kw):  # --bf16: bf16 autocast; --compile: Newton-Schulz compiled as on CUDA
-    run = _setup0(cfg, reg, **kw)
-    if os.environ.get("PARITY_BF16"):
-        run.autocast_dtype = torch.bfloat16
-    if os.environ.get("PARITY_COMPILE"):
-        for opt in run.optimizers:
-            if isinstance(opt, T.Muon):
-                opt.zeropower = T._compiled_zeropower()
-    return run
-T.setup = _setup
-if os.environ.get("PARITY_BF16"):  # --bf16: the CUDA dtype policy and bf16 autocast, on CPU
-    import inspect
-    import core.model as M
-    src = inspect.getsource(M.cast_for_training)
-    src = src.replace('    if device.type != "cuda":\\n        return model\\n', "")
-    exec(compile(src, M.__file__, "exec"), M.__dict__)
-    T.cast_for_training = M.cast_for_training
+PGOLF_PARITY
 reg = Registry()
 data = load_recipe(sys.argv[1])
 data["source"] = sys.argv[1]
@@ -240,30 +196,6 @@ def shape_for(layers: int, dim: int, seq: int, batch_tokens: int) -> tuple[dict,
             f"depth_recurrence.loop_end={loop[1]}", f"parallel_residuals.start={loop[2]}", f"xsa.last_n={layers}",
             f"partial_rope.dims={rope}", f"partial_rope.ntk_train_seq_len={seq}"]
     return env, sets
-
-
-def first_difference(out: Path, steps: int) -> str | None:
-    """The first step and tensors (largest |diff| first) where the dumped states of the two sides differ."""
-    import torch
-
-    for step in range(1, steps + 1):
-        a, b = torch.load(out / f"record_{step}.pt"), torch.load(out / f"pgolf_{step}.pt")
-        diffs = []
-        for kind in ("model", "opt"):
-            ra = a[kind]
-            rb = {NAME_MAP.get(k.split(":")[0], k.split(":")[0]) + k[len(k.split(":")[0]):]: v
-                  for k, v in b[kind].items()}
-            for k in sorted(set(ra) | set(rb)):
-                if k not in ra or k not in rb:
-                    diffs.append((float("inf"), f"{kind} {k}: only in {'pgolf' if k in rb else 'record'}"))
-                    continue
-                d = (ra[k].float() - rb[k].float()).abs().max().item() if ra[k].shape == rb[k].shape else float("inf")
-                if d > 0:
-                    diffs.append((d, f"{kind} {k}: max|diff| {d:.3e}"))
-        if diffs:
-            diffs.sort(reverse=True)
-            return f"first differing state after step {step}:\n  " + "\n  ".join(x for _, x in diffs[:8])
-    return None
 
 
 def main() -> int:
@@ -329,6 +261,7 @@ def main() -> int:
         b = {int(s): float(v) for s, v in RECORD_STEP.findall(pg.stdout)}
         return report(out, args, rec.stdout, pg.stdout, a_name="record", b_name="noise", b=b)
     main_src = PGOLF_MAIN.replace("for old, new in PATCHES:", f"for old, new in {PGOLF_NS_FP32!r}:")
+    main_src = main_src.replace("\nPGOLF_PARITY\n", PGOLF_PARITY)
     pg = subprocess.run([sys.executable, "-c", main_src, str(REPO / "recipes" / "pr1493.toml"), *sets], cwd=REPO,
                         env={**common, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     (out / "pgolf.log").write_text(pg.stdout + pg.stderr)
@@ -356,7 +289,7 @@ def report(out: Path, args, log_a: str, log_b: str, a_name: str, b_name: str, b:
         print(f"{s:4d}  {ra:.8f}  {pb:.8f}  {pb - ra:+.2e}")
     print(f"max |dloss| over {len(set(a) & set(b))} steps: {worst:.3e}")
     if args.dump and b_name == "pgolf":
-        print(first_difference(out, min(max(a), max(b))) or "all dumped states identical")
+        print(first_difference(out, min(max(a), max(b)), rename_pgolf=lambda n: NAME_MAP.get(n, n)))
     return 0
 
 

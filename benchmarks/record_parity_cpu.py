@@ -51,6 +51,7 @@ if os.environ.get("PARITY_NS_FP32"):
     sys.modules["core.optim"] = mod
     exec(compile(src, spec.origin, "exec"), mod.__dict__)
 import core.train as T
+PGOLF_PARITY
 _path, _finish = os.environ.get("PARITY_WEIGHTS"), T.finish_and_calibrate
 def _saving(run, loop, budget):
     run.hook.pg_train_end(run=run, model=run.model)
@@ -65,6 +66,69 @@ sys.exit(main(sys.argv[1:]))
 PGOLF_NS_FP32 = [("dtype: torch.dtype = torch.bfloat16) -> Tensor:", "dtype: torch.dtype = torch.float32) -> Tensor:"),
                  ("flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)",
                   "flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.float32)")]
+# --dump / --bf16 on pgolf's side (also benchmarks/pr1493_parity_cpu.py's): run after `import core.train as T`.
+# PARITY_DUMP: the post-clip gradients, parameters and optimizer states after every timed-loop step (the warm-up's
+# steps are not dumped); PARITY_BF16: the CUDA dtype policy (core.model.cast_for_training) and bf16 autocast on
+# CPU; PARITY_COMPILE: Newton-Schulz compiled as on CUDA.
+PGOLF_PARITY = """
+DUMP = os.environ.get("PARITY_DUMP")
+if DUMP:
+    import torch
+    _loop, _opt_step, _n = T.timed_loop, T.Stepper.optimizer_step, [0, False]
+    def timed_loop(run, stepper, budget):
+        _n[1] = True
+        return _loop(run, stepper, budget)
+    def optimizer_step(self):
+        model = self.run.model
+        names = {id(p): n for n, p in model.named_parameters()}
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        _opt_step(self)
+        if not _n[1]:
+            return
+        _n[0] += 1
+        opt = {}
+        for o in self.run.optimizers:
+            for p, st in o.state.items():
+                opt.update({f"{names[id(p)]}:{k}": v.detach().clone() for k, v in st.items()
+                            if torch.is_tensor(v) and k != "step"})
+        torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt,
+                    "grad": grads}, f"{DUMP}/pgolf_{_n[0]}.pt")
+    T.timed_loop, T.Stepper.optimizer_step = timed_loop, optimizer_step
+_setup0 = T.setup
+def _setup(cfg, reg, **kw):
+    run = _setup0(cfg, reg, **kw)
+    if os.environ.get("PARITY_BF16"):
+        run.autocast_dtype = T.torch.bfloat16
+    if os.environ.get("PARITY_COMPILE"):
+        for opt in run.optimizers:
+            if isinstance(opt, T.Muon):
+                opt.zeropower = T._compiled_zeropower()
+    return run
+T.setup = _setup
+if os.environ.get("PARITY_BF16"):
+    from core.model import dtype_policy
+    T.cast_for_training = lambda model, device: dtype_policy(model.to(device))
+"""
+# --dump on the record's side: `_parity_grads(model)` before its optimizer steps, `_dump_state(...)` after
+RECORD_DUMP_FN = """
+def _parity_grads(model):  # record_parity_cpu.py --dump
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _dump_state(step, model, optimizers, grads=None):  # record_parity_cpu.py --dump
+    import os as _os
+    d = _os.environ.get("PARITY_DUMP")
+    if not d:
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt = {}
+    for o in optimizers:
+        for p, st in o.state.items():
+            opt.update({f"{names[id(p)]}:{k}": v.detach().clone() for k, v in st.items()
+                        if torch.is_tensor(v) and k != "step"})
+    torch.save({"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "opt": opt,
+                "grad": grads or {}}, f"{d}/record_{step}.pt")
+"""
 NS_FP32 = [  # --ns-fp32, the record: Newton-Schulz and the flat Muon update buffer in fp32 (bf16 in the record)
     (r"^(\s*X = G)\.bfloat16\(\)", r"\1.float()", 1),
     (r"^(\s*updates_flat = torch\.zeros\(total_params, device=params\[0\]\.device, dtype=torch)\.bfloat16\)",
@@ -111,16 +175,29 @@ PATCHES = [
 ]
 
 
-def patched(src: Path, out: Path, ns_fp32: bool = False) -> Path:
+BF16_KEEP = (r"\)\.to\(device\)\.bfloat16\(\)", r'torch\.autocast\(device_type="cuda"[^)]*\)')  # --bf16: kept
+BF16 = [(r'torch\.autocast\(device_type="cuda"', 'torch.autocast(device_type="cpu"', None),  # bf16 autocast on CPU
+        # #534's bf16 VE times an fp32 0-dim scale: CUDA's kernel reads the scale cast to bf16 (as pgolf's explicit
+        # .to(dtype)), CPU's reads the fp32 value; made CUDA's here
+        (r"ve_base \* self\.ve_scales\[(\w+)\]", r"ve_base * self.ve_scales[\1].to(ve_base.dtype)", (0, 2))]
+DUMP = [  # --dump: post-clip gradients before the timed loop's optimizer steps, the states after them
+    (r"(clip_grad_norm_\(base_model\.parameters\(\), args\.grad_clip_norm\)\n)( +)"
+     r"(for opt in optimizers:\n +opt\.step\(\)\n +zero_grad_all\(\)\n)",
+     r"\1\2_g = _parity_grads(base_model)\n\2\3\2_dump_state(step + 1, base_model, optimizers, _g)\n", 1),
+]
+
+
+def patched(src: Path, out: Path, ns_fp32: bool = False, bf16: bool = False, dump: bool = False) -> Path:
     text = src.read_text(encoding="utf-8")
-    for pattern, repl, count in PATCHES + (NS_FP32 if ns_fp32 else []):
+    patches = [x for x in PATCHES if not (bf16 and x[0] in BF16_KEEP)] + (BF16 if bf16 else [])
+    for pattern, repl, count in patches + (NS_FP32 if ns_fp32 else []) + (DUMP if dump else []):
         text, n = re.subn(pattern, repl, text, flags=re.M)
         allowed = count if isinstance(count, tuple) else (count,)
         if (count is not None and n not in allowed) or (count is None and n == 0):
             sys.exit(f"--record {src}: patch {pattern!r} matched {n} times (expected {count or '>= 1'})")
     future = re.search(r"^from __future__ import [^\n]*\n", text, re.M)  # must stay the first statement
     at = future.end() if future else 0
-    out.write_text(text[:at] + PRELUDE + text[at:], encoding="utf-8")
+    out.write_text(text[:at] + PRELUDE + (RECORD_DUMP_FN if dump else "") + text[at:], encoding="utf-8")
     return out
 
 
@@ -142,14 +219,52 @@ def compare_weights(record: dict, ours: dict) -> tuple[float, list[str]]:
     the record names with no pgolf tensor."""
     worst, missing = 0.0, []
     for name, t in record.items():
-        mapped = name
-        for pattern, repl in RECORD_NAMES:
-            mapped = re.sub(pattern, repl, mapped)
+        mapped = record_to_pgolf(name)
         if mapped not in ours or ours[mapped].numel() != t.numel():
             missing.append(name)
             continue
         worst = max(worst, (ours[mapped].reshape(t.shape).float() - t.float()).abs().max().item())
     return worst, missing
+
+
+def record_to_pgolf(name: str) -> str:
+    """A PR #534 record parameter name as pgolf's."""
+    for pattern, repl in RECORD_NAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def first_difference(out: Path, steps: int, rename_record=None, rename_pgolf=None, top: int = 8) -> str:
+    """The first step after which the dumped states (--dump) differ — post-clip gradients, parameters, optimizer
+    states — its largest differences first, with each side's dtype; names one side lacks and dtypes that differ
+    are listed, not compared."""
+    import torch
+
+    def renamed(d: dict, fn) -> dict:
+        return {(fn(k.split(":")[0]) + k[len(k.split(":")[0]):]) if fn else k: v for k, v in d.items()}
+
+    notes: set[str] = set()
+    for step in range(1, steps + 1):
+        a, b = torch.load(out / f"record_{step}.pt"), torch.load(out / f"pgolf_{step}.pt")
+        diffs = []
+        for kind in ("grad", "model", "opt"):
+            ra, rb = renamed(a.get(kind, {}), rename_record), renamed(b.get(kind, {}), rename_pgolf)
+            for k in sorted(set(ra) | set(rb)):
+                if k not in ra or k not in rb:
+                    notes.add(f"{kind} {k}: only in {'pgolf' if k in rb else 'record'}")
+                    continue
+                x, y = ra[k], rb[k]
+                if x.dtype != y.dtype:
+                    notes.add(f"{kind} {k}: record {x.dtype} {tuple(x.shape)}, pgolf {y.dtype} {tuple(y.shape)}")
+                d = ((x.reshape(-1).float() - y.reshape(-1).float()).abs().max().item() if x.numel() == y.numel()
+                     else float("inf"))
+                if d > 0:
+                    diffs.append((d, f"{kind} {k}: max|diff| {d:.3e} ({x.dtype} / {y.dtype})"))
+        if diffs:
+            diffs.sort(reverse=True)
+            head = f"first differing state after step {step} ({len(diffs)} tensors):\n  "
+            return head + "\n  ".join(x for _, x in diffs[:top]) + "".join(f"\n  note: {n}" for n in sorted(notes))
+    return f"all dumped states identical over {steps} steps" + "".join(f"\n  note: {n}" for n in sorted(notes))
 
 
 def main() -> None:
@@ -171,6 +286,10 @@ def main() -> None:
     ap.add_argument("--ns-fp32", action="store_true", help="Newton-Schulz in fp32 on both sides (bf16 in both: "
                     "their batching differs, so bf16 rounding makes the weights drift apart by ~1e-2 in 16 steps; "
                     "#609's parallel-Muon buffers stay bf16)")
+    ap.add_argument("--bf16", action="store_true", help="both sides with the GPU's dtype policy (bf16 body, fp32 "
+                    "CastedLinear/control tensors) and bf16 autocast, on CPU, eager")
+    ap.add_argument("--dump", action="store_true", help="save both states after every step (post-clip gradients, "
+                    "parameters, optimizer states); report the first step and tensors that differ")
     args = ap.parse_args()
     out = args.out.resolve()
     if out.exists():
@@ -182,14 +301,15 @@ def main() -> None:
                MAX_WALLCLOCK_SECONDS="0", VAL_LOSS_EVERY="0", TRAIN_LOG_EVERY="1", SEED="1337", WARMUP_STEPS="2",
                PGOLF_VAL_MAX_TOKENS="8192", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     env.update(kv.split("=", 1) for kv in args.shape)
+    env.update({"PARITY_DUMP": str(out)} if args.dump else {}, **({"PARITY_BF16": "1"} if args.bf16 else {}))
     rec_env = dict(env, **dict(kv.split("=", 1) for kv in args.record_env), RUN_ID="record")
-    script = patched(args.record, out / "train_gpt_cpu.py", args.ns_fp32)
+    script = patched(args.record, out / "train_gpt_cpu.py", args.ns_fp32, args.bf16, args.dump)
     rec = subprocess.run([sys.executable, str(script)], cwd=out, env=rec_env, capture_output=True, text=True)
     (out / "record.out").write_text(rec.stdout + rec.stderr)
     pg_env = dict(env, PGOLF_DEVICE="cpu", PGOLF_COMPILE="false", PGOLF_OUT_DIR=str(out / "runs"), RUN_ID="pgolf",
                   PYTHONPATH=str(REPO), PARITY_WEIGHTS=str(out / "pgolf_final.pt") if args.weights else "",
                   PARITY_NS_FP32="1" if args.ns_fp32 else "")
-    runner = PGOLF_RUNNER.replace("PGOLF_NS_FP32", repr(PGOLF_NS_FP32))
+    runner = PGOLF_RUNNER.replace("PGOLF_NS_FP32", repr(PGOLF_NS_FP32)).replace("\nPGOLF_PARITY\n", PGOLF_PARITY)
     cmd = [sys.executable, "-c", runner, "train", "--recipe", str(args.recipe.resolve()),
            *[a for s in args.pgolf_set for a in ("--set", s)]]
     pg = subprocess.run(cmd, cwd=REPO, env=pg_env, capture_output=True, text=True)
@@ -217,6 +337,9 @@ def main() -> None:
                                           torch.load(out / "pgolf_final.pt", map_location="cpu"))
         result.update(weights_max_abs_diff=w_diff, weights_unmatched=missing)
         print(f"weights after training: max |diff| {w_diff:.3g}; record tensors not compared: {missing}")
+    if args.dump:
+        result["first_difference"] = first_difference(out, max(a), rename_record=record_to_pgolf)
+        print(result["first_difference"])
     (out / "parity.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

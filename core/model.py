@@ -32,6 +32,16 @@ def join_group(param: nn.Parameter, group: str) -> nn.Parameter:
     return param
 
 
+BODY_DTYPE_ATTR = "_pg_body_dtype"
+
+
+def in_body_dtype(param: nn.Parameter) -> nn.Parameter:
+    """Mark a parameter to follow the model body's dtype (bf16 on CUDA) even where `dtype_policy` would keep it
+    fp32 (a vector, a control tensor, a "scalar" group member): a record whose tensor escaped its fp32 restore."""
+    setattr(param, BODY_DTYPE_ATTR, True)
+    return param
+
+
 @dataclass
 class ModelSpec:
     """Static architecture constants (baked into the compiled graph)."""
@@ -377,10 +387,14 @@ class GPT(nn.Module):
 
 
 def cast_for_training(model: nn.Module, device: torch.device) -> nn.Module:
-    """The baseline's dtype policy on CUDA: bf16 body, fp32 CastedLinear weights and control tensors."""
+    """The model on `device`, in `dtype_policy` on CUDA (fp32 elsewhere)."""
     model = model.to(device)
-    if device.type != "cuda":
-        return model
+    return dtype_policy(model) if device.type == "cuda" else model
+
+
+def dtype_policy(model: nn.Module) -> nn.Module:
+    """The baseline's dtype policy: bf16 body, fp32 CastedLinear weights and control tensors (vectors, control
+    names, the "scalar" group), except parameters marked `in_body_dtype`."""
     model = model.bfloat16()
     for module in model.modules():
         if isinstance(module, CastedLinear):
@@ -389,6 +403,6 @@ def cast_for_training(model: nn.Module, device: torch.device) -> nn.Module:
         for name, param in model.named_parameters():
             control = (param.ndim < 2 or any(p in name for p in CONTROL_TENSOR_NAME_PATTERNS)
                        or getattr(param, GROUP_ATTR, None) == "scalar")
-            if control and param.dtype != torch.float32:
+            if control and param.dtype != torch.float32 and not getattr(param, BODY_DTYPE_ATTR, False):
                 param.data = param.data.float()
     return model

@@ -5,7 +5,7 @@ after the first RMSNorm: x_t <- (1 - g) * x_t + g * x_{t-1} (x_{-1} = 0). v4 (PR
 PR #1851): input-dependent, on raw embeddings before the norm, x_t <- x_t + lam * sigmoid(W x_t[:w]) *
 x_{t-1}, with the previous-token term masked where token t is BOS so documents never leak into each
 other; W and lam start at zero (identity at init). `bos_mask` gives v2 the same BOS fix (not in
-PR #315: off by default there).
+PR #315: off by default there). `gate_dtype = "body"`: PR #534's v2 gate trains in bf16 on CUDA.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
+from core.model import in_body_dtype
 from core.registry import Plugin
 
 
@@ -26,6 +27,13 @@ class SmearGateConfig:
     bos_id: int = field(default=1, metadata={
         "help": "BOS token id; v4 (and v2 with bos_mask) masks the previous token there"})
     bos_mask: bool = field(default=False, metadata={"help": "v2: no blend at BOS (PR #1851's fix; v4 always)"})
+    gate_dtype: str = field(default="fp32", metadata={
+        "help": "v2 gate's dtype on CUDA: fp32 (a control tensor, PR #315) | body (the model body's, bf16: PR #534's "
+                "(1, 1, d) gate escapes its fp32 restore, so the gate and its Adam state train in bf16)"})
+
+    def __post_init__(self) -> None:
+        if self.gate_dtype not in ("fp32", "body"):
+            raise ValueError(f"smeargate.gate_dtype: expected fp32 or body, got {self.gate_dtype!r}")
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -34,10 +42,12 @@ def shift_right(x: Tensor) -> Tensor:
 
 
 class SmearGateV2(nn.Module):
-    def __init__(self, dim: int, bos_id: int | None = None):
+    def __init__(self, dim: int, bos_id: int | None = None, body_dtype: bool = False):
         super().__init__()
         self.bos_id = bos_id
         self.smear_gate = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
+        if body_dtype:
+            in_body_dtype(self.smear_gate)
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         g = torch.sigmoid(self.smear_gate.to(dtype=x.dtype))[None, None, :]
@@ -75,7 +85,8 @@ class SmearGate(Plugin):
         if version not in ("v2", "v4"):
             raise ValueError(f"smeargate.version: expected v2 or v4, got {version!r}")
         if version == "v2" and slot == "embed_mix_post":
-            return SmearGateV2(spec.model_dim, self.cfg.bos_id if self.cfg.bos_mask else None)
+            return SmearGateV2(spec.model_dim, self.cfg.bos_id if self.cfg.bos_mask else None,
+                               self.cfg.gate_dtype == "body")
         if version == "v4" and slot == "embed_mix_pre":
             return SmearGateV4(spec.model_dim, self.cfg.gate_window, self.cfg.bos_id)
         return None
