@@ -21,6 +21,13 @@ right after `pg_train_end` (names mapped as tests/test_record_init.py does for P
         TRAIN_BATCH_TOKENS=2048 VAL_BATCH_SIZE=4096 --record-env QAT_LATE_THRESHOLD=0.45 SWA_EVERY=5 \
         SWA_THRESHOLD=0.6 --pgolf-set late_qat.threshold=0.45 tight_swa.every=5 tight_swa.threshold=0.6 \
         value_embeddings.frozen=true   (QAT from step 32, 2 SWA checkpoints: max |dloss| 1e-4, weights 4e-5)
+
+`--bf16` runs both with the GPU's dtype policy (bf16 body, fp32 CastedLinear/control tensors, bf16 autocast; eager)
+and `--dump` saves post-clip gradients, parameters and optimizer states after every step and names the first that
+differ (code shared with pr1493_parity_cpu.py). PR #534, the command above with `--iterations 6 --warmdown 2 --bf16
+--dump` and `value_embeddings.frozen_grads=accumulate`: every state bitwise equal after steps 1-3; from step 4 every
+gradient differs by <= 1 fp32 ulp (the clip coefficient: the record's ve_scales come before its blocks in
+clip_grad_norm_'s total norm, pgolf's VE layer scales inside blocks 9/10), then bf16 Newton-Schulz amplifies it.
 """
 
 from __future__ import annotations
@@ -106,8 +113,8 @@ def _setup(cfg, reg, **kw):
     return run
 T.setup = _setup
 if os.environ.get("PARITY_BF16"):
-    from core.model import dtype_policy
-    T.cast_for_training = lambda model, device: dtype_policy(model.to(device))
+    _cast = T.cast_for_training
+    T.cast_for_training = lambda model, device: _cast(model, device, bf16=True)
 """
 # --dump on the record's side: `_parity_grads(model)` before its optimizer steps, `_dump_state(...)` after
 RECORD_DUMP_FN = """

@@ -22,23 +22,13 @@ from core.attention import attend
 CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
                                                  "resid_mixes", "q_gain", "skip_weight", "skip_weights")
 
-GROUP_ATTR = "_pg_group"
+GROUP_ATTR, BODY_DTYPE_ATTR = "_pg_group", "_pg_body_dtype"  # BODY_DTYPE_ATTR True: bf16 on CUDA even as a control
 
 
 def join_group(param: nn.Parameter, group: str) -> nn.Parameter:
     """Mark a plugin's parameter for an optimizer group (`default_param_groups` honours it); "scalar"
     parameters stay fp32 on CUDA like the baseline's control tensors."""
     setattr(param, GROUP_ATTR, group)
-    return param
-
-
-BODY_DTYPE_ATTR = "_pg_body_dtype"
-
-
-def in_body_dtype(param: nn.Parameter) -> nn.Parameter:
-    """Mark a parameter to follow the model body's dtype (bf16 on CUDA) even where `dtype_policy` would keep it
-    fp32 (a vector, a control tensor, a "scalar" group member): a record whose tensor escaped its fp32 restore."""
-    setattr(param, BODY_DTYPE_ATTR, True)
     return param
 
 
@@ -386,15 +376,11 @@ class GPT(nn.Module):
         return self.loss(self, h, target_ids, reduce)
 
 
-def cast_for_training(model: nn.Module, device: torch.device) -> nn.Module:
-    """The model on `device`, in `dtype_policy` on CUDA (fp32 elsewhere)."""
+def cast_for_training(model: nn.Module, device: torch.device, bf16: bool | None = None) -> nn.Module:
+    """The baseline's dtype policy on CUDA (`bf16`: on/off anywhere): bf16 body, fp32 CastedLinear and controls."""
     model = model.to(device)
-    return dtype_policy(model) if device.type == "cuda" else model
-
-
-def dtype_policy(model: nn.Module) -> nn.Module:
-    """The baseline's dtype policy: bf16 body, fp32 CastedLinear weights and control tensors (vectors, control
-    names, the "scalar" group), except parameters marked `in_body_dtype`."""
+    if not (device.type == "cuda" if bf16 is None else bf16):
+        return model
     model = model.bfloat16()
     for module in model.modules():
         if isinstance(module, CastedLinear):

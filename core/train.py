@@ -344,7 +344,7 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
 
     with restored_weights(base, run.optimizers):
         run.train_model.train()
-        prime_caches(run, loader)
+        prime_caches(run, new_loader(run))  # its own loader: the warm-up reads batches 1..N
         for w in range(n):
             step(f"warmup_step:{w + 1}/{n}" if n <= 20 or (w + 1) % 10 == 0 or w + 1 == n else None)
         for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
-from core.model import in_body_dtype
+from core.model import BODY_DTYPE_ATTR
 from core.registry import Plugin
 
 
@@ -47,7 +47,7 @@ class SmearGateV2(nn.Module):
         self.bos_id = bos_id
         self.smear_gate = nn.Parameter(torch.zeros(dim, dtype=torch.float32))
         if body_dtype:
-            in_body_dtype(self.smear_gate)
+            setattr(self.smear_gate, BODY_DTYPE_ATTR, True)  # PR #534: bf16 on CUDA
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         g = torch.sigmoid(self.smear_gate.to(dtype=x.dtype))[None, None, :]

@@ -105,3 +105,8 @@ def test_shipped_baseline_recipe_is_the_default(registry):
     a = _resolve(registry, recipe=recipe).to_dict()
     b = _resolve(registry).to_dict()
     assert a == b
+
+
+def test_smeargate_gate_dtype_is_checked(registry):
+    with pytest.raises(ConfigError, match="smeargate.gate_dtype: expected fp32 or body, got 'bf16'"):
+        _resolve(registry, plugins=["smeargate"], sets=["smeargate.gate_dtype=bf16"])

@@ -61,9 +61,9 @@ def test_pr534_initial_weights_are_the_records(monkeypatch):
 
 def test_pr534_dtypes_are_the_records_on_cuda(monkeypatch):
     """Under the CUDA dtype policy (the record's `.bfloat16()`, fp32 CastedLinear, `restore_low_dim_params_to_fp32`;
-    pgolf's `dtype_policy`) every record parameter has pgolf's dtype: its (1, 1, d) SmearGate escapes the fp32
+    pgolf's `cast_for_training`) every record parameter has pgolf's dtype: its (1, 1, d) SmearGate escapes the fp32
     restore and trains in bf16 (`smeargate.gate_dtype = "body"`), the VE table is bf16, the projection fp32."""
-    from core.model import dtype_policy
+    from core.model import cast_for_training
 
     env = dict(VOCAB_SIZE="128", MODEL_DIM="64", NUM_HEADS="4", NUM_KV_HEADS="2", NUM_LAYERS=str(L), VE_LAYERS="1,2",
                VE_DIM="16", ROPE_DIMS="8", XSA_LAST_N="4", MLP_HIDDEN="176", VE_ENABLED="1")
@@ -76,7 +76,8 @@ def test_pr534_dtypes_are_the_records_on_cuda(monkeypatch):
             m.float()
     mod.restore_low_dim_params_to_fp32(rec)
     sets = ["core.mlp_hidden=176", "xsa.last_n=3", "value_embeddings.frozen=true"]
-    ours = {n: p.dtype for n, p in dtype_policy(pgolf_model("pr534", sets)).named_parameters()}
+    ours = {n: p.dtype for n, p in cast_for_training(pgolf_model("pr534", sets), torch.device("cpu"), bf16=True)
+                                           .named_parameters()}
     names = {"smear_gate.gate_weight": "embed_mix_post.0.smear_gate", "ve_scales.1": "blocks.1.attn.value_parts.0."
              "ve_layer_scale", "ve_scales.2": "blocks.2.attn.value_parts.0.ve_layer_scale"}
     got = {n: ours[names.get(n, n.replace("ve.", "ve_shared.", 1) if n.startswith("ve.") else n)]

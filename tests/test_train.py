@@ -156,3 +156,28 @@ def test_sigterm_marks_the_run_interrupted(tiny_sets, tmp_path):
     status = json.loads((tmp_path / "term" / "status.json").read_text())
     assert status["status"] == "interrupted" and not (tmp_path / "term" / "final_model.ptz").exists()
     assert "run_status:interrupted" in log.read_text()
+
+
+def test_the_warmup_trains_on_the_loaders_first_batches(tiny_sets, monkeypatch):
+    """The compile warm-up's steps read batches 1..N of their loader, as the records' warm-up does (the cache-priming
+    forward reads a loader of its own): what the warm-up leaves behind — PR #534's never-zeroed frozen VE gradients
+    (value_embeddings.frozen_grads = accumulate) — is then the record's."""
+    import core.train as T
+
+    run = setup(cfg([*tiny_sets, "core.warmup_steps=2", "core.grad_accum_steps=1"]), REGISTRY, make_dir=False)
+    seen, forward_backward = [], T.Stepper.forward_backward
+
+    def recording(self, loader):
+        next_batch = loader.next_batch
+        loader.next_batch = lambda *a: (b := next_batch(*a), seen.append(b[0].clone()))[0]
+        try:
+            return forward_backward(self, loader)
+        finally:
+            loader.next_batch = next_batch
+
+    monkeypatch.setattr(T.Stepper, "forward_backward", recording)
+    T.warmup_and_restore(run, T.Stepper(run))
+    fresh, core = T.new_loader(run), run.core
+    assert len(seen) == 2
+    for x in seen:
+        assert torch.equal(x, fresh.next_batch(core.train_batch_tokens, core.train_seq_len, 1)[0])
