@@ -21,6 +21,7 @@ import lzma
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
@@ -154,6 +155,18 @@ def _brotli_available() -> bool:
     return True
 
 
+def setting_errors(cfg: CodeWrapperConfig) -> list[str]:
+    """The settings' errors, one line each. Checked at configuration time (`check_config`) and where they are
+    used, not in the config class: the bundled script carries its settings but never wraps itself, and neither
+    function is shipped in it."""
+    errors = [] if 0 <= cfg.preset <= 9 else [f"code_wrapper.preset: expected 0..9, got {cfg.preset}"]
+    if cfg.codec not in WRAP_CODECS:
+        errors.append(f"code_wrapper.codec: expected one of {', '.join(WRAP_CODECS)}, got {cfg.codec!r}")
+    if cfg.alphabet not in WRAP_ALPHABETS:
+        errors.append(f"code_wrapper.alphabet: expected one of {', '.join(WRAP_ALPHABETS)}, got {cfg.alphabet!r}")
+    return errors
+
+
 class CodeWrapper(Plugin):
     name = "code_wrapper"
     family = "export"
@@ -162,17 +175,15 @@ class CodeWrapper(Plugin):
     config = CodeWrapperConfig
     test_settings = {"code_wrapper": {"preset": 9}}
 
+    @classmethod
+    def check_config(cls, cfg: CodeWrapperConfig, core: Any) -> list[str]:
+        return setting_errors(cfg)
+
     @hookimpl
     def pg_wrap_code(self, source: str) -> str:
-        # Checked here, where the settings are used (bundle time), not in the config class: the bundled script
-        # carries its settings but never wraps itself.
-        if not 0 <= self.cfg.preset <= 9:
-            raise ValueError(f"code_wrapper.preset: expected 0..9, got {self.cfg.preset}")
-        if self.cfg.codec not in WRAP_CODECS:
-            raise ValueError(f"code_wrapper.codec: expected one of {', '.join(WRAP_CODECS)}, got {self.cfg.codec!r}")
-        if self.cfg.alphabet not in WRAP_ALPHABETS:
-            raise ValueError(f"code_wrapper.alphabet: expected one of {', '.join(WRAP_ALPHABETS)}, "
-                             f"got {self.cfg.alphabet!r}")
+        errors = setting_errors(self.cfg)  # again where they are used: a caller may skip the configuration check
+        if errors:
+            raise ValueError(errors[0])
         preset = self.cfg.preset | (lzma.PRESET_EXTREME if self.cfg.extreme else 0)
         codecs = [self.cfg.codec] if self.cfg.codec != "auto" else \
             ["lzma", "brotli"] if needs_brotli(source) and _brotli_available() else ["lzma"]

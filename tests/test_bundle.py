@@ -249,6 +249,10 @@ def test_code_wrapper_plugin_wraps_the_bundle_and_counts_the_wrapped_bytes(tiny_
     cfg_bad, reg = _wrapper_config(tiny_sets, ["code_wrapper"], ["code_wrapper.codec=zip"])
     with pytest.raises(ValueError, match="code_wrapper.codec: expected one of auto, lzma, brotli, got 'zip'"):
         bundle(cfg_bad, reg)
+    with pytest.raises(ValueError, match="code_wrapper.alphabet: expected one of printable, base85, got 'b64'"):
+        resolve(plugin_config_classes=reg.config_classes(), plugins=["code_wrapper"],  # at configuration time
+                sets=[*tiny_sets, "code_wrapper.alphabet=b64"], check_plugins=reg.check,
+                check_settings=reg.check_settings)
 
 
 def test_code_wrapper_forms_decode_exactly_and_run_in_their_own_globals(tmp_path):
