@@ -252,7 +252,7 @@ def first_difference(out: Path, steps: int, rename_record=None, rename_pgolf=Non
 
     notes: set[str] = set()
     for step in range(1, steps + 1):
-        a, b = torch.load(out / f"record_{step}.pt"), torch.load(out / f"pgolf_{step}.pt")
+        a, b = (torch.load(out / f"{side}_{step}.pt", weights_only=True) for side in ("record", "pgolf"))
         diffs = []
         for kind in ("grad", "model", "opt"):
             ra, rb = renamed(a.get(kind, {}), rename_record), renamed(b.get(kind, {}), rename_pgolf)
@@ -340,8 +340,8 @@ def main() -> None:
     if args.weights:
         import torch
 
-        w_diff, missing = compare_weights(torch.load(out / "final_model.pt", map_location="cpu"),
-                                          torch.load(out / "pgolf_final.pt", map_location="cpu"))
+        w_diff, missing = compare_weights(torch.load(out / "final_model.pt", map_location="cpu", weights_only=True),
+                                          torch.load(out / "pgolf_final.pt", map_location="cpu", weights_only=True))
         result.update(weights_max_abs_diff=w_diff, weights_unmatched=missing)
         print(f"weights after training: max |diff| {w_diff:.3g}; record tensors not compared: {missing}")
     if args.dump:
