@@ -66,8 +66,8 @@ if _WANT:
 SHIM = '''"""flash_attn_interface stand-in written by `pgolf bench`: FA3's flash_attn_func on the backend pgolf's run
 picked (PGOLF_BENCH_SDPA): fa4 through pgolf's own FA4 op (plugins/lib/fa4.py, PGOLF_BENCH_ATTENTION_PY), else torch
 SDPA with the kernels pgolf's run enabled; FA3's flash_attn_varlen_func (PR #1855's packed documents) through
-pgolf's FA4 varlen op when pgolf's run uses it (plugins/lib/fa4_varlen.py, PGOLF_BENCH_VARLEN_PY), else
-FlexAttention."""
+the varlen kernel pgolf's run uses when it is one of pgolf's (PGOLF_BENCH_VARLEN_PY: plugins/lib/fa4_varlen.py's FA4
+op or plugins/lib/chunked_varlen.py's chunked SDPA; PGOLF_BENCH_VARLEN_FN its function), else FlexAttention."""
 import contextlib
 import importlib.util
 import os
@@ -93,6 +93,7 @@ _FA4 = _load("pgolf_bench_attention", os.environ["PGOLF_BENCH_ATTENTION_PY"]) if
 _BACKENDS = _SETS.get(_CHOICE)
 _VARLEN_PY = os.environ.get("PGOLF_BENCH_VARLEN_PY")
 _VARLEN = _load("pgolf_bench_varlen", _VARLEN_PY) if _VARLEN_PY else None
+_VARLEN_FN = getattr(_VARLEN, os.environ.get("PGOLF_BENCH_VARLEN_FN", "fa4_varlen_func"), None)
 
 
 def flash_attn_func(q, k, v, causal=True, **unused):
@@ -115,8 +116,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k=None, max_seqlen_
     from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
     assert causal, "the varlen stand-in is causal only"
-    if _VARLEN is not None:
-        return _VARLEN.fa4_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_q, max_seqlen_q, max_seqlen_q)
+    if _VARLEN_FN is not None:
+        return _VARLEN_FN(q, k, v, cu_seqlens_q, cu_seqlens_q, max_seqlen_q, max_seqlen_q)
     n, block = q.size(0), 128
     nb = -(-n // block)
     doc = torch.searchsorted(cu_seqlens_q, torch.arange(n, device=q.device, dtype=cu_seqlens_q.dtype), right=True)
@@ -613,8 +614,10 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
         (shim / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
         env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "plugins" / "lib" / "fa4.py")
-        if varlen_on_fa4(cfg):
-            env["PGOLF_BENCH_VARLEN_PY"] = str(REPO / "plugins" / "lib" / "fa4_varlen.py")
+        varlen = pgolf_varlen_kernel(cfg)
+        if varlen in VARLEN_MODULES:
+            module, function = VARLEN_MODULES[varlen]
+            env.update(PGOLF_BENCH_VARLEN_PY=str(REPO / "plugins" / "lib" / module), PGOLF_BENCH_VARLEN_FN=function)
     (out / "record_env.json").write_text(json.dumps({k: env[k] for k in sorted(env) if k not in os.environ
                                                      or os.environ[k] != env[k]}, indent=2) + "\n")
     if args.dry_run:
@@ -642,7 +645,7 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
         memory = {"bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, "kind": "max RSS (host)"}
     return {"profile": profile.name, "script": str(script.resolve()),
             "attention": record_attention_label(attention, fa3, "flash_attn_varlen_func" in source,
-                                                "PGOLF_BENCH_VARLEN_PY" in env), "wall_s": wall,
+                                                None if fa3 else pgolf_varlen_kernel(cfg)), "wall_s": wall,
             "log": parsed, "peak_memory": memory,
             "dead_params": profile.dead_params(cfg) if profile.dead_params else (0, "")}
 
@@ -653,23 +656,33 @@ def attention_kernel(cfg: Any, picked: str) -> str:
     return "fa4" if "fa4_attention" in cfg.plugins and picked != "sdpa" else picked
 
 
-def varlen_on_fa4(cfg: Any) -> bool:
-    """Whether pgolf's packed-document attention runs FA4's varlen op here (`varlen_attention`, kernel auto, no
-    FA3, flash_attn.cute importable): then the record's varlen stand-in runs it too."""
+# pgolf's packed-document kernels the record's varlen stand-in can run too: (module in plugins/lib, function)
+VARLEN_MODULES = {"fa4": ("fa4_varlen.py", "fa4_varlen_func"), "chunked": ("chunked_varlen.py", "chunked_varlen_func")}
+
+
+def pgolf_varlen_kernel(cfg: Any) -> str | None:
+    """The packed-document kernel pgolf's `varlen_attention` runs on a GPU here: its `kernel` setting, where kernel
+    auto means "fa4" with no FA3 and flash_attn.cute importable, else "flex"; None without the plugin. The record's
+    varlen stand-in runs the same one where pgolf has it as a module (VARLEN_MODULES), else FlexAttention."""
     from plugins.lib.fa4 import available as fa4_available
 
-    section = getattr(cfg, "varlen_attention", None)
-    return ("varlen_attention" in cfg.plugins and getattr(section, "kernel", "auto") == "auto"
-            and importlib.util.find_spec("flash_attn_interface") is None and fa4_available())
+    if "varlen_attention" not in cfg.plugins:
+        return None
+    kernel = getattr(getattr(cfg, "varlen_attention", None), "kernel", "auto")
+    if kernel != "auto":
+        return kernel
+    return "fa4" if importlib.util.find_spec("flash_attn_interface") is None and fa4_available() else "flex"
 
 
-def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False, fa4_varlen: bool = False) -> str:
+def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False, varlen_kernel: str | None = None
+                           ) -> str:
     """What the record ran: real FA3, FA4 through the stand-in, or SDPA with pgolf's kernels; `varlen`: its
-    packed-document attention went through the stand-in: FA4's varlen op (`fa4_varlen`) or FlexAttention (on an
-    H200 at PR #1855's shape, 98,304 tokens in ≤ 2,048-token documents, about 2.2× the time of SDPA flash over
-    fixed 2,048-token rows)."""
+    packed-document attention went through the stand-in, running `varlen_kernel` ("fa4", "chunked"; else
+    FlexAttention: on an H200 at PR #1855's shape, 98,304 tokens in ≤ 2,048-token documents, about 2.2× the time of
+    SDPA flash over fixed 2,048-token rows)."""
     label = "fa3" if real_fa3 else "fa4" if attention == "fa4" else f"sdpa-{attention}"
-    return label + (("+fa4-varlen" if fa4_varlen else "+flex-varlen") if varlen and not real_fa3 else "")
+    kernel = varlen_kernel if varlen_kernel in VARLEN_MODULES else "flex"
+    return label + (f"+{kernel}-varlen" if varlen and not real_fa3 else "")
 
 
 def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, Any]:

@@ -11,7 +11,10 @@ The "attention" slot, per forward (`kernel = "auto"`):
 - `ctx["doc_ids"]` on CPU: the core's SDPA with the dense `document_mask` (FlexAttention has no CPU backward in torch
   2.13, and its eager CPU path materialises the scores anyway) — the reference the others are tested against;
 - no boundaries: the core's causal attention.
-`kernel = "flex"` / `"dense"` force one path (flex on CPU: forward only).
+`kernel = "flex"` / `"dense"` force one path (flex on CPU: forward only); `"chunked"` runs plugins/lib/chunked_varlen.py
+(SDPA over chunks of `train_seq_len` queries with their previous chunk's keys under a same-segment causal mask: exact
+for the loader's ≤ train_seq_len segments, compiles like dense SDPA, and the bench's record stand-in runs the same
+code, so both sides of a PR #1855 comparison share one attention backend without FA3/FA4).
 """
 
 from __future__ import annotations
@@ -26,14 +29,15 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import CausalAttention
 from core.registry import Plugin
+from plugins.lib.chunked_varlen import chunk_mask, chunked_document_attention
 from plugins.lib.fa4_varlen import fa4_varlen_func
 
-KERNELS = ("auto", "flex", "dense")
+KERNELS = ("auto", "flex", "dense", "chunked")
 
 
 @dataclass
 class VarlenAttentionConfig:
-    kernel: str = field(default="auto", metadata={"help": "auto | flex | dense (see the module docstring)"})
+    kernel: str = field(default="auto", metadata={"help": "auto | flex | dense | chunked (see the module docstring)"})
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:
@@ -79,6 +83,8 @@ class VarlenAttention(nn.Module):
             return self.causal(q, k, v, ctx)  # the core's: causal, or SDPA with the dense document mask
         cu = ctx.get("cu_seqlens")
         on_cuda = q.device.type == "cuda"
+        if self.kernel == "chunked":
+            return self.chunked(q, k, v, doc_ids, ctx)
         if self.kernel == "auto" and on_cuda and cu is not None and self.varlen_fn is not None:
             return self.flash_varlen(q, k, v, cu)
         if self.kernel == "flex" or on_cuda:
@@ -93,6 +99,12 @@ class VarlenAttention(nn.Module):
         y = y[0] if isinstance(y, tuple) else y
         return y.reshape(b, t, h, d)
 
+    def chunked(self, q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, ctx: dict) -> Tensor:
+        chunk = self.max_seqlen or q.size(2)
+        if "chunk_mask" not in ctx:  # once per forward, shared by every layer
+            ctx["chunk_mask"] = chunk_mask(doc_ids, chunk)
+        return chunked_document_attention(q, k, v, doc_ids, chunk, ctx["chunk_mask"])
+
     def flex(self, q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, ctx: dict) -> Tensor:
         from torch.nn.attention.flex_attention import flex_attention
 
@@ -105,7 +117,8 @@ class VarlenAttention(nn.Module):
 class VarlenAttentionPlugin(Plugin):
     name = "varlen_attention"
     family = "model"
-    summary = "Attention within documents: FlashAttention varlen (cu_seqlens) or a FlexAttention block mask (PR #1530)."
+    summary = ("Attention within documents: FlashAttention varlen (cu_seqlens), a FlexAttention block mask or chunked "
+               "SDPA (PR #1530).")
     sources = ("openai/parameter-golf#1530",)
     config = VarlenAttentionConfig
     provides = ("attention",)  # the per-layer attention slot has one provider

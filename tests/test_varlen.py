@@ -415,6 +415,53 @@ def test_fa4_varlen_op_traces_fullgraph_and_passes_opcheck(fa4_varlen_standin):
         va.fa4_varlen_func(fq, fk, fv, cu, cu.clone(), 22, 22)
 
 
+def test_chunked_kernel_equals_each_document_alone_outputs_and_gradients():
+    """Chunks of 12 queries with their previous chunk's keys: exact for segments ≤ 12 + 1 tokens, padded rows too
+    (T = 40 is no multiple of 12); a longer segment (22 tokens) would lose its far keys, so it is cut as the loader
+    cuts documents, every max_seqlen tokens from its start."""
+    q, k, v, ids, lens = packed_qkv(seed=7)
+    lens = [[5, 12, 1, 12, 10], [12, 5, 9, 12, 2]]  # packed_qkv's rows with segments ≤ 12
+    ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lens])
+    attn = VarlenAttention("sdpa", kernel="chunked", max_seqlen=12)
+    got = grads(lambda a, b, c: attn(a, b, c, {"doc_ids": ids}), q, k, v)
+    ref = grads(lambda a, b, c: per_document_reference(a, b, c, lens), q, k, v)
+    for g, r in zip(got, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    whole = [[40], [40]]  # one 40-token segment per row: longer than a chunk and its predecessor
+    one_doc = torch.zeros(2, 40, dtype=torch.long)
+    with torch.no_grad():
+        far = attn(q, k, v, {"doc_ids": one_doc})
+        assert not torch.allclose(far, per_document_reference(q, k, v, whole), atol=1e-3)
+
+
+def test_chunked_kernel_traces_with_zero_graph_breaks_and_shares_one_mask():
+    q, k, v, ids, _ = packed_qkv(seed=8)
+    q, k, v = (z.detach() for z in (q, k, v))
+    attn = VarlenAttention("sdpa", kernel="chunked", max_seqlen=16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        exp = torch._dynamo.explain(lambda a, b, c, i: attn(a, b, c, {"doc_ids": i}))(q, k, v, ids)
+        ctx = {"doc_ids": ids}
+        attn(q, k, v, ctx)
+        assert ctx["chunk_mask"].shape == (2 * 3, 1, 16, 32)  # ⌈40 / 16⌉ chunks per row, made once per forward
+    assert exp.graph_break_count == 0, exp.break_reasons
+    torch._dynamo.reset()
+
+
+def test_chunked_varlen_func_is_fa3_varlen_on_flat_packed_documents():
+    from plugins.lib.chunked_varlen import chunked_varlen_func
+
+    q, k, v, _, lens = packed_qkv(seed=9)
+    (fq, fk, fv), cu = _flat(q, k, v, lens)
+    b, h, t, d = q.shape
+    got = chunked_varlen_func(fq, fk, fv, cu, cu, 22, 22).reshape(b, t, h, d)
+    torch.testing.assert_close(got, per_document_reference(q, k, v, lens), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="max_seqlen_q must be the segment cap"):
+        chunked_varlen_func(fq, fk, fv, cu, cu, 0, 0)
+    with pytest.raises(ValueError, match="causal self-attention only"):
+        chunked_varlen_func(fq, fk, fv, cu, cu, 22, 22, causal=False)
+
+
 def test_flash_varlen_func_prefers_fa3_and_wraps_fa4_in_the_op(monkeypatch):
     import importlib
     import types
@@ -462,7 +509,7 @@ print("ok")
 """
 
 
-def test_bench_record_standin_runs_the_fa4_varlen_op_when_pgolf_does(tmp_path, monkeypatch):
+def test_bench_record_standin_runs_pgolfs_varlen_kernel_fa4_or_chunked(tmp_path, monkeypatch):
     import inspect
     import os
     import subprocess
@@ -482,13 +529,23 @@ def test_bench_record_standin_runs_the_fa4_varlen_op_when_pgolf_does(tmp_path, m
                            + SHIM_VARLEN_CHECK], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
+    module, function = bench.VARLEN_MODULES["chunked"]
+    env.update(PGOLF_BENCH_VARLEN_PY=str(bench.REPO / "plugins" / "lib" / module), PGOLF_BENCH_VARLEN_FN=function)
+    chunked_check = SHIM_VARLEN_CHECK.replace('lib.VARLEN_KERNELS.update(', 'dict(').replace("assert calls == [1]", "")
+    proc = subprocess.run([sys.executable, "-c", "import torch\nimport torch.nn.functional as F\n" + helpers
+                           + chunked_check], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("ok")
     cfg = SimpleNamespace(plugins=["doc_packing", "varlen_attention"], varlen_attention=SimpleNamespace(kernel="auto"))
     monkeypatch.setattr("plugins.lib.fa4.available", lambda: True)
-    assert bench.varlen_on_fa4(cfg)
-    assert not bench.varlen_on_fa4(SimpleNamespace(plugins=["doc_packing", "varlen_attention"],
-                                                   varlen_attention=SimpleNamespace(kernel="flex")))
-    assert not bench.varlen_on_fa4(SimpleNamespace(plugins=["xsa"]))
+    assert bench.pgolf_varlen_kernel(cfg) == "fa4"
+    for kernel in ("flex", "chunked", "dense"):
+        assert bench.pgolf_varlen_kernel(SimpleNamespace(plugins=["doc_packing", "varlen_attention"],
+                                                         varlen_attention=SimpleNamespace(kernel=kernel))) == kernel
+    assert bench.pgolf_varlen_kernel(SimpleNamespace(plugins=["xsa"])) is None
     monkeypatch.setattr("plugins.lib.fa4.available", lambda: False)
-    assert not bench.varlen_on_fa4(cfg)
-    assert bench.record_attention_label("cudnn", False, varlen=True, fa4_varlen=True) == "sdpa-cudnn+fa4-varlen"
+    assert bench.pgolf_varlen_kernel(cfg) == "flex"
+    assert bench.record_attention_label("cudnn", False, True, "fa4") == "sdpa-cudnn+fa4-varlen"
+    assert bench.record_attention_label("cudnn", False, True, "chunked") == "sdpa-cudnn+chunked-varlen"
+    assert bench.record_attention_label("cudnn", False, True, "dense") == "sdpa-cudnn+flex-varlen"
     assert bench.record_attention_label("cudnn", False, varlen=True) == "sdpa-cudnn+flex-varlen"
