@@ -664,11 +664,12 @@ def pgolf_varlen_kernel(cfg: Any) -> str | None:
     """The packed-document kernel pgolf's `varlen_attention` runs on a GPU here: its `kernel` setting, where kernel
     auto means "fa4" with no FA3 and flash_attn.cute importable, else "flex"; None without the plugin. The record's
     varlen stand-in runs the same one where pgolf has it as a module (VARLEN_MODULES), else FlexAttention."""
+    from pgolf.records import setting
     from plugins.lib.fa4 import available as fa4_available
 
     if "varlen_attention" not in cfg.plugins:
         return None
-    kernel = getattr(getattr(cfg, "varlen_attention", None), "kernel", "auto")
+    kernel = setting(cfg, "varlen_attention.kernel", "auto")
     if kernel != "auto":
         return kernel
     return "fa4" if importlib.util.find_spec("flash_attn_interface") is None and fa4_available() else "flex"

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.config import resolve
+from core.config import Config, resolve
 from core.data import HEADER_INTS, SHARD_MAGIC, SHARD_VERSION, DataError
 from core.registry import Registry
 from core.train import Stepper, setup
@@ -536,12 +536,15 @@ def test_bench_record_standin_runs_pgolfs_varlen_kernel_fa4_or_chunked(tmp_path,
                            + chunked_check], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("ok")
-    cfg = SimpleNamespace(plugins=["doc_packing", "varlen_attention"], varlen_attention=SimpleNamespace(kernel="auto"))
+    def config(kernel: str) -> Config:  # a resolved configuration, as the bench has it
+        return resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["doc_packing", "varlen_attention"],
+                       sets=[f"varlen_attention.kernel={kernel}"], check_plugins=REGISTRY.check)
+
+    cfg = config("auto")
     monkeypatch.setattr("plugins.lib.fa4.available", lambda: True)
     assert bench.pgolf_varlen_kernel(cfg) == "fa4"
     for kernel in ("flex", "chunked", "dense"):
-        assert bench.pgolf_varlen_kernel(SimpleNamespace(plugins=["doc_packing", "varlen_attention"],
-                                                         varlen_attention=SimpleNamespace(kernel=kernel))) == kernel
+        assert bench.pgolf_varlen_kernel(config(kernel)) == kernel
     assert bench.pgolf_varlen_kernel(SimpleNamespace(plugins=["xsa"])) is None
     monkeypatch.setattr("plugins.lib.fa4.available", lambda: False)
     assert bench.pgolf_varlen_kernel(cfg) == "flex"
