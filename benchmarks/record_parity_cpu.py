@@ -186,7 +186,14 @@ BF16_KEEP = (r"\)\.to\(device\)\.bfloat16\(\)", r'torch\.autocast\(device_type="
 BF16 = [(r'torch\.autocast\(device_type="cuda"', 'torch.autocast(device_type="cpu"', None),  # bf16 autocast on CPU
         # #534's bf16 VE times an fp32 0-dim scale: CUDA's kernel reads the scale cast to bf16 (as pgolf's explicit
         # .to(dtype)), CPU's reads the fp32 value; made CUDA's here
-        (r"ve_base \* self\.ve_scales\[(\w+)\]", r"ve_base * self.ve_scales[\1].to(ve_base.dtype)", (0, 2))]
+        (r"ve_base \* self\.ve_scales\[(\w+)\]", r"ve_base * self.ve_scales[\1].to(ve_base.dtype)", (0, 2)),
+        # the rotary table as the GPU's compiled graph fills it (positions and angles in fp32, the table rounded to the
+        # buffer's bf16 once; measured on an H200: equal to that bitwise, the eager bf16 arange off by up to 2.0)
+        (r"^( +)t = torch\.arange\(seq_len, device=device, dtype=(self\.)?inv_freq\.dtype\)\n"
+         r"( +)freqs = torch\.outer\(t, ((self\.)?inv_freq(\.to\(device\))?)\)\n",
+         r"\1_dt = \4.dtype\n\1t = torch.arange(seq_len, device=device, dtype=torch.float32)\n"
+         r"\3freqs = torch.outer(t, \4.float())\n", 1),
+        (r"(self\._(?:cos|sin)_cached = freqs\.(?:cos|sin)\(\))", r"\1.to(_dt)", 2)]
 DUMP = [  # --dump: post-clip gradients before the timed loop's optimizer steps, the states after them
     (r"(clip_grad_norm_\(base_model\.parameters\(\), args\.grad_clip_norm\)\n)( +)"
      r"(for opt in optimizers:\n +opt\.step\(\)\n +zero_grad_all\(\)\n)",

@@ -107,11 +107,12 @@ class Rotary(nn.Module):
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         if self._cos_cached is None or self._seq_len_cached != seq_len or self._cos_cached.device != device:
+            # Angles in fp32, stored in the buffer's dtype: what the records' compiled graphs compute (an eager
+            # bf16 arange would round the positions above 256 to multiples of 2..8).
             inv_freq = self.inv_freq_for(seq_len, device)
-            t = torch.arange(seq_len, device=device, dtype=inv_freq.dtype)
-            freqs = torch.outer(t, inv_freq)
-            self._cos_cached = freqs.cos()[None, None, :, :]
-            self._sin_cached = freqs.sin()[None, None, :, :]
+            freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq.float())
+            self._cos_cached = freqs.cos().to(inv_freq.dtype)[None, None, :, :]
+            self._sin_cached = freqs.sin().to(inv_freq.dtype)[None, None, :, :]
             self._seq_len_cached = seq_len
         return self._cos_cached.to(dtype=dtype), self._sin_cached.to(dtype=dtype)
 

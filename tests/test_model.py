@@ -112,3 +112,19 @@ def test_model_compiles_with_zero_graph_breaks(tie):
     ids = torch.randint(0, 96, (2, 16))
     exp = torch._dynamo.explain(model)(ids, ids)
     assert exp.graph_break_count == 0, exp.break_reasons
+
+
+def test_rotary_table_has_fp32_angles_rounded_once_to_the_bf16_buffer():
+    """Under the GPU dtype policy the buffer is bf16; the records' compiled graphs still compute positions and angles
+    in fp32 and round the table once (measured on an H200: bitwise), while an eager bf16 arange rounds every
+    position above 256 (1025 -> 1024, 2047 -> 2048): cos off by up to 2, ~0.06 nats of PR #1493's train loss."""
+    from core.model import Rotary
+
+    rotary = Rotary(16).bfloat16()
+    cos, sin = rotary(2048, torch.device("cpu"), torch.bfloat16)
+    angles = torch.arange(2048, dtype=torch.float64)[:, None] * rotary.inv_freq.double()[None]  # independent: fp64
+    ulp = 2.0**-8  # bf16's spacing in [0.5, 1]: the table may differ from fp64 by one rounding
+    assert cos.dtype == sin.dtype == torch.bfloat16 and cos.shape == (1, 1, 2048, 8)
+    assert (cos[0, 0].double() - angles.cos()).abs().max() <= ulp
+    assert (sin[0, 0].double() - angles.sin()).abs().max() <= ulp
+    assert abs(cos[0, 0, 1025, 0].item() - cos[0, 0, 1024, 0].item()) > 0.25  # the positions stay apart
