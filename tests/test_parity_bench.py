@@ -86,3 +86,39 @@ def test_record_parity_cpu_patches_apply_to_the_sdpa_and_fa3_records(name, tmp_p
     assert "X = G.float()" in fp32 and "X = G.bfloat16()" not in fp32
     assert all("bfloat16" not in line for line in fp32.splitlines() if "updates_flat = torch.zeros" in line)
     assert ("v.detach().float().cpu().clone()" in fp32) == (name == "pr534")  # #534's SWA snapshot, copied
+    bf16 = load_benchmark("record_parity_cpu").patched(src, tmp_path / "cpu16.py", bf16=True).read_text()
+    assert "t = torch.arange(seq_len, device=device, dtype=torch.float32)" in bf16  # the compiled graph's RoPE table
+    assert bf16.count("_cached = freqs.cos().to(_dt)") == 1 and bf16.count("_cached = freqs.sin().to(_dt)") == 1
+
+
+def test_pr1493_bf16_patch_fills_the_rope_table_as_the_compiled_graph(bench):
+    try:
+        text = bench.record_source(None, bf16=True)
+    except (subprocess.CalledProcessError, OSError) as e:  # no git mirror here
+        pytest.skip(f"PR #1493 record not available: {e}")
+    assert bench.COMPILED_ROTARY[1] in text and bench.COMPILED_ROTARY[0] not in text
+
+
+def test_manpage_corpus_renders_shuffles_and_never_overwrites(tmp_path, monkeypatch):
+    import gzip
+    import json
+    import shutil
+
+    corpus = load_benchmark("manpage_corpus")
+    if not (shutil.which("mandoc") or shutil.which("groff")):
+        pytest.skip("neither mandoc nor groff installed")
+    man1 = tmp_path / "man" / "man1"
+    man1.mkdir(parents=True)
+    for i in range(6):
+        page = (f".TH TOOL{i} 1\n.SH NAME\ntool{i} \\- does thing {i}\n"
+                f".SH DESCRIPTION\n\\fBbold{i}\\fR and \\fIit{i}\\fR.\n")
+        (man1 / f"tool{i}.1.gz").write_bytes(gzip.compress(page.encode()))
+    out = tmp_path / "man.jsonl"
+    argv = ["manpage_corpus.py", "--out", str(out), "--root", str(tmp_path / "man"), "--every", "2"]
+    monkeypatch.setattr("sys.argv", argv)
+    corpus.main()
+    texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+    assert sorted(t.split("does thing ")[1][0] for t in texts) == ["1", "3", "5"]  # every second page
+    assert all("\b" not in t for t in texts) and any("bold3 and it3" in t for t in texts)  # overstrike removed
+    with pytest.raises(SystemExit, match="exists"):
+        corpus.main()
