@@ -44,6 +44,7 @@ IMPORT = {"lzma": "import lzma as C\n", "brotli": "import brotli as C\n"}
 WRAP_LZMA_FILTER = {"id": lzma.FILTER_LZMA1, "pb": 0, "mf": lzma.MF_BT3}
 # Plugins whose script needs brotli anyway (requirements.txt lists it): the RECIPE line of a bundle names them.
 BROTLI_PLUGINS = {"brotli", "compress_auto"}
+MAX_SOURCE_BYTES = 64 << 20  # what `unwrap` decompresses at most: a real train_gpt.py is well under 1 MB
 
 
 @dataclass
@@ -74,10 +75,43 @@ def to_printable(data: bytes) -> str:
 
 
 def from_printable(text: str) -> bytes:
-    n = 0
-    for c in text:
-        n = n * 93 + PRINTABLE.index(c)
+    """The bytes of a `to_printable` numeral: 64-digit blocks joined pairwise, right-aligned, level by level (a
+    digit-by-digit loop is quadratic: 6 s at 200 K characters)."""
+    digits = [PRINTABLE.index(c) for c in text]  # ValueError on a character outside the alphabet
+    first = len(digits) % 64 or 64  # the leftmost block is the short one: every block right of it is full
+
+    def block(ds: list[int]) -> int:
+        n = 0
+        for d in ds:
+            n = n * 93 + d
+        return n
+
+    blocks = [block(digits[:first])] + [block(digits[i:i + 64]) for i in range(first, len(digits), 64)]
+    power = 93 ** 64
+    while len(blocks) > 1:
+        head = blocks[:len(blocks) % 2]  # an odd leftmost block waits a level: it is the high part anyway
+        rest = blocks[len(head):]
+        blocks = head + [hi * power + lo for hi, lo in zip(rest[::2], rest[1::2], strict=True)]
+        power *= power
+    n = blocks[0]
     return n.to_bytes((n.bit_length() + 7) // 8, "big")[1:]
+
+
+def bounded_decompress(data: bytes, codec: str, limit: int | None = None) -> bytes:
+    """`data` decompressed ("brotli", "lzma" = any container `lzma.decompress` reads, "lzma2-raw"), refusing more
+    than `limit` (default MAX_SOURCE_BYTES) bytes of output: a payload is read, not trusted (10 KB of LZMA can
+    inflate to 70 MB)."""
+    limit = MAX_SOURCE_BYTES if limit is None else limit
+    if codec == "brotli":
+        import brotli
+
+        out = brotli.Decompressor().process(data, output_buffer_limit=limit + 1)
+    else:
+        raw = {"format": lzma.FORMAT_RAW, "filters": [{"id": lzma.FILTER_LZMA2}]} if codec == "lzma2-raw" else {}
+        out = lzma.LZMADecompressor(**raw).decompress(data, max_length=limit + 1)
+    if len(out) > limit:
+        raise ValueError(f"the payload decompresses past {limit:,} bytes")
+    return out
 
 
 def compress_code(data: bytes, codec: str, preset: int = 9 | lzma.PRESET_EXTREME) -> bytes:
@@ -120,14 +154,10 @@ def unwrap(wrapped: str) -> str:
     else:
         data = base64.b85decode(payload)
     if wrapped.startswith("import brotli"):
-        import brotli
-
-        return brotli.decompress(data).decode("utf-8")
-    if "FORMAT_RAW" in wrapped:
-        return lzma.decompress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}]).decode("utf-8")
+        return bounded_decompress(data, "brotli").decode("utf-8")
     if not wrapped.startswith("import lzma"):
         raise ValueError("not a code_wrapper script (expected an lzma or brotli import)")
-    return lzma.decompress(data).decode("utf-8")
+    return bounded_decompress(data, "lzma2-raw" if "FORMAT_RAW" in wrapped else "lzma").decode("utf-8")
 
 
 def unwrap_lzma_b85(wrapped: str) -> str:

@@ -343,3 +343,44 @@ def test_wrapper_shipped_matches_compressed_count(tmp_path: Path) -> None:
     n = len(wrapped.encode())
     folder = make_folder(tmp_path, script=wrapped, log_over={"code_line": f"Code size (compressed): {n} bytes"})
     assert statuses(validate_folder(folder), "SIZE.CODE_WRAPPED") == {"pass"}
+
+
+def test_a_wrapper_the_validator_cannot_read_fails_closed(tmp_path: Path, monkeypatch) -> None:
+    """Threat: code hidden behind a payload the static rules cannot decode (garbage, a decompression bomb, an
+    oversized numeral) used to be read as plain source — every rule then saw only the two-line wrapper."""
+    import plugins.code_wrapper as cw
+    import validator.rules.base as base
+
+    def runs(script: str) -> list:
+        folder = make_folder(tmp_path / str(len(list(tmp_path.iterdir()))), script=script)
+        return [f for f in validate_folder(folder) if f.rule == "FILES.RUNS_IN_FOLDER"]
+
+    garbage = cw.wrap(GOOD_SCRIPT, "lzma", "printable").replace('for c in"', 'for c in"zz', 1)
+    (finding,) = runs(garbage)
+    assert finding.status == "fail" and "cannot read" in finding.message and "LZMAError" in finding.message
+    monkeypatch.setattr(cw, "MAX_SOURCE_BYTES", 5_000)  # a bomb, scaled down: the payload inflates past the bound
+    for script in (_wrapper(GOOD_SCRIPT * 60), cw.wrap(GOOD_SCRIPT * 60, "lzma", "printable")):
+        (finding,) = runs(script)
+        assert finding.status == "fail" and "decompresses past 5,000 bytes" in finding.message
+    monkeypatch.setattr(base, "MAX_WRAPPED_CHARS", 100)
+    (finding,) = runs(_wrapper(GOOD_SCRIPT))
+    assert finding.status == "fail" and "the validator decodes at most 100" in finding.message
+    monkeypatch.undo()
+    assert {f.status for f in runs(cw.wrap(GOOD_SCRIPT, "lzma", "printable"))} == {"pass"}
+
+
+def test_bounded_decompress_and_the_base93_numeral_round_trip() -> None:
+    import os
+
+    import brotli
+
+    from plugins.code_wrapper import bounded_decompress, from_printable, to_printable
+
+    for n in (0, 1, 2, 63, 64, 65, 127, 128, 129, 1000, 5000):  # 64-digit block boundaries on both sides
+        data = os.urandom(n)
+        assert from_printable(to_printable(data)) == data, n
+    zeros = bytes(20_000)
+    for codec, packed in (("lzma", __import__("lzma").compress(zeros)), ("brotli", brotli.compress(zeros))):
+        assert bounded_decompress(packed, codec, limit=20_000) == zeros
+        with pytest.raises(ValueError, match="decompresses past 19,999 bytes"):
+            bounded_decompress(packed, codec, limit=19_999)

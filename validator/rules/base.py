@@ -83,41 +83,48 @@ WRAPPER_RX = re.compile(r"exec\(\s*\w+\.decompress\(")
 PGOLF_WRAPPER_RX = re.compile(r"\Aimport (lzma|brotli) as C\n")
 
 
+# The largest wrapped script the validator decodes: ~10x the largest record's wrapped code; decoding a base-93
+# numeral is superlinear (about 5 s at this size), and a wrapper it cannot read is a FAIL, never a pass.
+MAX_WRAPPED_CHARS = 400_000
+
+
 def unwrap_source(src: str) -> tuple[str, bool]:
-    """Decode a self-extracting LZMA/base85 wrapper by literal evaluation (never exec); returns (source, wrapped)."""
-    if len(src) > 200_000 or not WRAPPER_RX.search(src):
-        return src, False
-    if PGOLF_WRAPPER_RX.match(src):
-        from plugins.code_wrapper import unwrap
+    """Decode a self-extracting wrapper by literal evaluation (never exec); returns (source, wrapped)."""
+    return decode_wrapper(src)[:2]
 
-        try:
-            return unwrap(src), True
-        except Exception:  # noqa: BLE001 - undecodable payload (or brotli missing): treat as unwrapped source
-            return src, False
-    import base64
-    import lzma
 
+def decode_wrapper(src: str) -> tuple[str, bool, str | None]:
+    """(source, wrapped, problem): a script that `exec`s a decompressed payload is decoded (pgolf's forms, and
+    LZMA/base85/base64 literal forms as the records ship them), at most MAX_WRAPPED_CHARS characters and
+    plugins.code_wrapper.MAX_SOURCE_BYTES of output; `problem` says why one that looks wrapped could not be read."""
+    if not WRAPPER_RX.search(src):
+        return src, False, None
+    if len(src) > MAX_WRAPPED_CHARS:
+        return src, False, f"{len(src):,} characters (the validator decodes at most {MAX_WRAPPED_CHARS:,})"
     try:
-        tree = ast.parse(src)
-    except SyntaxError:
-        return src, False
-    for node in ast.walk(tree):
+        return _decoded(src), True, None
+    except Exception as exc:  # noqa: BLE001 - any failure to read the payload is reported, one line
+        return src, False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'undecodable'}"
+
+
+def _decoded(src: str) -> str:
+    """The payload's source; raises on anything it cannot read."""
+    from plugins.code_wrapper import bounded_decompress, unwrap
+
+    if PGOLF_WRAPPER_RX.match(src):
+        return unwrap(src)
+    import base64
+
+    for node in ast.walk(ast.parse(src)):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "decompress":
             arg = node.args[0] if node.args else None
             if isinstance(arg, ast.Call) and arg.args:
-                try:
-                    payload = ast.literal_eval(arg.args[0])
-                    fn = arg.func.attr if isinstance(arg.func, ast.Attribute) else ""
-                    data = base64.b85decode(payload) if "85" in fn else base64.b64decode(payload)
-                    kw = {k.arg: k.value for k in node.keywords}
-                    if "format" in kw:
-                        raw = lzma.decompress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2}])
-                    else:
-                        raw = lzma.decompress(data)
-                    return raw.decode("utf-8"), True
-                except Exception:  # noqa: BLE001 - undecodable payload: treat as unwrapped source
-                    return src, False
-    return src, False
+                payload = ast.literal_eval(arg.args[0])
+                fn = arg.func.attr if isinstance(arg.func, ast.Attribute) else ""
+                data = base64.b85decode(payload) if "85" in fn else base64.b64decode(payload)
+                codec = "lzma2-raw" if any(k.arg == "format" for k in node.keywords) else "lzma"
+                return bounded_decompress(data, codec).decode("utf-8")
+    raise ValueError("no literal compressed payload found in the decompress(...) call")
 
 
 @dataclass
@@ -233,11 +240,16 @@ class FolderContext:
         return self.script_path.stat().st_size if self.script_path else None
 
     @cached_property
-    def script_source(self) -> tuple[str, bool] | None:
-        """(decoded source, was_wrapped) of train_gpt.py."""
+    def script_decoded(self) -> tuple[str, bool, str | None] | None:
+        """(decoded source, was_wrapped, why a wrapper could not be read) of train_gpt.py."""
         if self.script_path is None:
             return None
-        return unwrap_source(self.script_path.read_text(encoding="utf-8", errors="replace"))
+        return decode_wrapper(self.script_path.read_text(encoding="utf-8", errors="replace"))
+
+    @cached_property
+    def script_source(self) -> tuple[str, bool] | None:
+        """(decoded source, was_wrapped) of train_gpt.py."""
+        return None if self.script_decoded is None else self.script_decoded[:2]
 
     @cached_property
     def tree(self) -> ast.Module | SyntaxError | None:

@@ -67,7 +67,11 @@ def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
     src = ctx.script_source
     if src is None:
         return [r.finding(SKIP, "no train_gpt.py")]
-    wrapped = src[1]
+    wrapped, problem = src[1], ctx.script_decoded[2]
+    if problem:  # fail closed: every static rule would read the wrapper, not the code it runs
+        return [r.finding(FAIL, f"executes a compressed payload the validator cannot read ({problem})",
+                          file="train_gpt.py", expected="a payload that decodes (pgolf's code_wrapper forms, or "
+                          "LZMA/base85 literals as the records ship)")]
     out: list[Finding] = []
     tree = ctx.tree
     if isinstance(tree, SyntaxError):
