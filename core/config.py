@@ -109,9 +109,7 @@ PLUGINS_ENV = "PGOLF_PLUGINS"
 
 def env_name(section: str, f: dataclasses.Field) -> str:
     """The environment variable that sets `section.f`."""
-    if "env" in f.metadata:
-        return f.metadata["env"]
-    return f.name.upper() if section == CORE_SECTION else f"{section}_{f.name}".upper()
+    return f.metadata.get("env") or (f.name.upper() if section == CORE_SECTION else f"{section}_{f.name}".upper())
 
 
 @dataclass
@@ -189,15 +187,6 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"recipe {p}: invalid TOML: {exc}"]) from exc
 
 
-def parse_set(item: str) -> tuple[str, str, str]:
-    """'section.key=value' -> (section, key, value); a bare 'key=value' means core."""
-    if "=" not in item:
-        raise ValueError(f"--set {item!r}: expected section.key=value")
-    key, value = item.split("=", 1)
-    section, _, name = key.strip().rpartition(".")
-    return (section or CORE_SECTION), name, value
-
-
 def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | Path | Mapping[str, Any] | None = None,
             env: Mapping[str, str] | None = None, sets: Sequence[str] = (), plugins: Sequence[str] | None = None,
             check_plugins: Any = None, check_settings: Any = None) -> Config:
@@ -226,12 +215,13 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
     if env.get(PLUGINS_ENV):
         layers.append((env[PLUGINS_ENV], f"env:{PLUGINS_ENV}", f"env {PLUGINS_ENV}"))
     set_items: list[Item] = []
-    for item in sets:
-        try:
-            section, name, value = parse_set(item)
-        except ValueError as exc:
-            errors.append(str(exc))
+    for item in sets:  # 'section.key=value'; a bare 'key=value' means core
+        key, eq, value = item.partition("=")
+        if not eq:
+            errors.append(f"--set {item!r}: expected section.key=value")
             continue
+        section, _, name = key.strip().rpartition(".")
+        section = section or CORE_SECTION
         if (section, name) == (CORE_SECTION, "plugins"):
             layers.append((value, "--set", f"--set {item}"))
         else:

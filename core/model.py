@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.attention import attend
-
 CONTROL_TENSOR_NAME_PATTERNS: tuple[str, ...] = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix",
                                                  "resid_mixes", "q_gain", "skip_weight", "skip_weights")
 
@@ -48,7 +46,7 @@ class ModelSpec:
     logit_softcap: float = 30.0
     rope_base: float = 10000.0
     qk_gain_init: float = 1.5
-    attention: str = "sdpa"  # "sdpa" or "fa3" (core.attention.attend)
+    attention: str = "sdpa"  # "sdpa" or "fa3" (`attend`)
     skip_count: int = 0  # U-Net skips of the installed layer schedule (the core sets it before "skip_merge")
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -125,6 +123,18 @@ def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+def attend(name: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on attention backend `name` (fa3, or SDPA
+    with whatever kernels are enabled; `core.run.pick_attention` chooses and sets them)."""
+    if name == "fa3":
+        from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
+
+        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return y[0] if isinstance(y, tuple) else y
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
+    return y.transpose(1, 2)
 
 
 def document_mask(doc_ids: Tensor) -> Tensor:

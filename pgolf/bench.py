@@ -912,8 +912,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if "pgolf" in res:
         attention = res["pgolf"]["attention"]
     else:  # what pgolf's run would pick (auto: measured at its shape)
-        from core.attention import attention_shape, pick_attention
-        from core.run import pick_device
+        from core.run import attention_shape, pick_attention, pick_device
 
         attention = attention_kernel(cfg, pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0),
                                                          attention_shape(cfg.core, 1), cfg.core.deterministic))

@@ -12,11 +12,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core import attention as attn
-from core.attention import attention_shape, pick_attention
+from core import run as attn
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from core.run import create_run
+from core.run import attention_shape, create_run, pick_attention
 from core.train import CoreDefaults, build_model
 from plugins.lib import fa4
 

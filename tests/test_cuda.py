@@ -126,7 +126,7 @@ def test_fused_ce_triton_kernels_match_eager_softcap_ce_and_compile():
 def test_fa4_matches_sdpa_forward_and_backward_compiled():
     """FA4 through pgolf's custom op (the fa4_attention plugin's) against flash SDPA at a GQA shape, bf16, eager and
     compiled (fullgraph)."""
-    from core.attention import attend
+    from core.model import attend
     from plugins.lib import fa4
 
     def fa4_or_core(name, q, k, v):
@@ -149,7 +149,7 @@ def test_fa4_matches_sdpa_forward_and_backward_compiled():
 
 
 def test_auto_measures_every_importable_backend_and_logs_it(tiny_sets):
-    from core.attention import MEASURED, available
+    from core.run import MEASURED, available
 
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[],
                   sets=[*(s for s in tiny_sets if not s.startswith("core.device")), "core.device=cuda",
