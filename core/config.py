@@ -1,10 +1,9 @@
 """Typed run configuration: defaults < recipe TOML < environment (challenge names) < --set key=value.
 
-Core settings live in `CoreConfig`, named like the official `train_gpt.py` hyperparameters so the
-challenge's environment variables (NUM_LAYERS, ITERATIONS, MAX_WALLCLOCK_SECONDS, ...) work unchanged.
-Each plugin brings its own dataclass; its fields are `[plugin]` tables in a recipe, `PLUGIN_KEY`
-environment variables and `--set plugin.key=value`. Every value remembers where it came from, and all
-errors of one resolution are reported together."""
+Core settings live in `CoreConfig`, named like the official `train_gpt.py` hyperparameters so the challenge's
+environment variables (NUM_LAYERS, ITERATIONS, MAX_WALLCLOCK_SECONDS, ...) work unchanged. Each plugin brings its own
+dataclass; its fields are `[plugin]` tables in a recipe, `PLUGIN_KEY` environment variables and `--set
+plugin.key=value`. Every value remembers where it came from, and all errors of one resolution are reported together."""
 
 from __future__ import annotations
 

@@ -111,14 +111,9 @@ def _deq_scaled(q: QTensor) -> Tensor:
 
 
 # The core's schemes (read-only: a plugin adds its own through `pg_dequantizers`, per run).
-SCHEMES: Mapping[str, DequantizeFn] = MappingProxyType({
-    "passthrough": _deq_passthrough,
-    "int8_per_row": _deq_scaled,
-    "int8_per_tensor": _deq_scaled,
-    # Sub-int8 codes (int2..int7, meta "bits") in int8 containers: same dequantization as int8.
-    "intk_per_row": _deq_scaled,
-    "intk_per_tensor": _deq_scaled,
-})
+# intk: sub-int8 codes (int2..int7, meta "bits") in int8 containers, dequantized as int8.
+SCHEMES: Mapping[str, DequantizeFn] = MappingProxyType({"passthrough": _deq_passthrough, **dict.fromkeys(
+    ("int8_per_row", "int8_per_tensor", "intk_per_row", "intk_per_tensor"), _deq_scaled)})
 
 
 def quantize_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn],
@@ -242,8 +237,7 @@ def encode_artifact(qstate: Mapping[str, QTensor], codec: Codec, quantizer_name:
         payload = use.compress(st.data)
         entry: dict[str, Any] = {"label": st.label, "codec": use.name, "raw_bytes": len(st.data),
                                  "payload_bytes": len(payload), "raw_sha256": hashlib.sha256(st.data).hexdigest()}
-        params = getattr(use, "params", None)
-        if params:
+        if params := getattr(use, "params", None):
             entry["codec_params"] = dict(params)
         entries.append(entry)
         payloads.append(payload)
@@ -425,21 +419,15 @@ def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[Qua
                         quantizer_name=quantizer_name, codec_name=header["codec"])
 
 
-def _bits_equal(a: Tensor, b: Tensor) -> bool:
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    flat_a, flat_b = a.contiguous().reshape(-1), b.contiguous().reshape(-1)
-    return torch.equal(flat_a.view(torch.uint8), flat_b.view(torch.uint8))
-
-
 def _records_equal(a: QTensor, b: QTensor) -> bool:
-    if (a.scheme, a.dtype, tuple(a.shape), a.meta) != (b.scheme, b.dtype, tuple(b.shape), b.meta):
-        return False
-    if (a.scale is None) != (b.scale is None) or a.extra.keys() != b.extra.keys():
+    """Same scheme, dtype, shape and metadata, and every tensor (codes, scale, extras) bit-identical."""
+    key = lambda q: (q.scheme, q.dtype, tuple(q.shape), q.meta, q.scale is None, q.extra.keys())
+    if key(a) != key(b):
         return False
     pairs = [(a.data, b.data), *([(a.scale, b.scale)] if a.scale is not None else []),
              *((a.extra[k], b.extra[k]) for k in a.extra)]
-    return all(_bits_equal(x, y) for x, y in pairs)
+    bits = lambda t: t.contiguous().reshape(-1).view(torch.uint8)
+    return all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(bits(x), bits(y)) for x, y in pairs)
 
 
 def verify_round_trip(result: ExportResult, codecs: Mapping[str, Codec] | None = None,

@@ -1,11 +1,10 @@
 """Every pgolf hook, with the reference a plugin author needs: when it runs, its arguments, its result.
 
-No hook is called inside a compiled region: hooks run at build time, at step and phase boundaries, at
-export and at the evaluation driver level; a switch that flips mid-run is a tensor buffer
-(`plugins.lib.switch.Switch`). Settings are validated before any hook runs (`Plugin.check_config`).
-pluggy semantics: a `firstresult=True` hook has one provider (the first non-None result wins, by
-tryfirst/trylast and registration order); the core answers `trylast`, so a plugin's result replaces it.
-Plain hooks call every implementation."""
+No hook is called inside a compiled region: hooks run at build time, at step and phase boundaries, at export and at the
+evaluation driver level; a switch that flips mid-run is a tensor buffer (`plugins.lib.switch.Switch`). Settings are
+validated before any hook runs (`Plugin.check_config`). pluggy semantics: a `firstresult=True` hook has one provider
+(the first non-None result wins, by tryfirst/trylast and registration order); the core answers `trylast`, so a plugin's
+result replaces it. Plain hooks call every implementation."""
 
 from __future__ import annotations
 
@@ -104,10 +103,9 @@ def pg_model_modules(where: str, spec: Any) -> dict[str, Any] | None:
 
 @hookspec
 def pg_edit_model(model: Any, spec: Any, config: Any) -> None:
-    """Edit the built model in place (after the slot parts, before `pg_init_weights`), for a change that
-    spans many modules (e.g. a fake-quantized path in every `CastedLinear`). Existing parameters keep
-    their names and shapes; new ones name their optimizer group with `core.model.join_group`. Draw no
-    random numbers here."""
+    """Edit the built model in place (after the slot parts, before `pg_init_weights`), for a change that spans many
+    modules (e.g. a fake-quantized path in every `CastedLinear`). Existing parameters keep their names and shapes; new
+    ones name their optimizer group with `core.model.join_group`. Draw no random numbers here."""
 
 
 # --- init ------------------------------------------------------------------------------------------
@@ -215,21 +213,19 @@ def pg_state_codec(config: Any) -> StateCodec | None:
     """Return the `core.export.StateCodec` that lays the quantized state out as byte streams, or None.
 
     Called per export and to decode an artifact. `encode(qstate)` -> `(streams, manifest)`: streams are
-    `core.export.Stream(label, raw bytes, codec)` (codec None: the run's `pg_codec`), the manifest a JSON
-    dict for the header. `decode(raws, manifest)` gets the streams decompressed, size-capped and checked
-    against their SHA-256, must return the records bit for bit (export verifies) and load tensors only
-    with `core.export.load_records`. Its `name` is the header's "layout" (None: the core's "torch" layout,
-    one torch.save stream)."""
+    `core.export.Stream(label, raw bytes, codec)` (codec None: the run's `pg_codec`), the manifest a JSON dict for the
+    header. `decode(raws, manifest)` gets the streams decompressed, size-capped and checked against their SHA-256, must
+    return the records bit for bit (export verifies) and load tensors only with `core.export.load_records`. Its `name`
+    is the header's "layout" (None: the core's "torch" layout, one torch.save stream)."""
 
 
 @hookspec(firstresult=True)
 def pg_wrap_code(source: str) -> str | None:
     """Return `source` (the finished single-file train_gpt.py) wrapped, or None to ship it as is.
 
-    Called by `submissions.bundle.bundle`, never in training. The result is one plain Python file that
-    behaves exactly like `source` under python and torchrun (same `__main__` entry and `__file__`, so its
-    logged code size is the wrapped file's), unwrapping with the standard library only (PR #1493's
-    `exec(lzma.decompress(b85decode(...)))`)."""
+    Called by `submissions.bundle.bundle`, never in training. The result is one plain Python file that behaves exactly
+    like `source` under python and torchrun (same `__main__` entry and `__file__`, so its logged code size is the
+    wrapped file's), unwrapping with the standard library only (PR #1493's `exec(lzma.decompress(b85decode(...)))`)."""
 
 
 # --- evaluate --------------------------------------------------------------------------------------

@@ -173,9 +173,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         dim, kv_dim = spec.model_dim, spec.num_kv_heads * spec.head_dim
-        self.num_heads = spec.num_heads
-        self.num_kv_heads = spec.num_kv_heads
-        self.head_dim = spec.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.c_q = CastedLinear(dim, dim, bias=False)
         self.c_k = CastedLinear(dim, kv_dim, bias=False)
         self.c_v = CastedLinear(dim, kv_dim, bias=False)
@@ -195,11 +193,9 @@ class CausalSelfAttention(nn.Module):
         for part in self.value_parts:
             v = part(v, ctx)
         v = v.transpose(1, 2)
-        q = F.rms_norm(q, (q.size(-1),))
-        k = F.rms_norm(k, (k.size(-1),))
+        q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
-        q = apply_rotary_emb(q, cos, sin)
-        k = apply_rotary_emb(k, cos, sin)
+        q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         y = self.attention(q, k, v, ctx)
         for part in self.out_parts:
@@ -235,8 +231,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         dim = spec.model_dim
-        self.attn_norm = RMSNorm()
-        self.mlp_norm = RMSNorm()
+        self.attn_norm, self.mlp_norm = RMSNorm(), RMSNorm()
         self.attn = CausalSelfAttention(spec)
         self.mlp = MLP(spec)
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
@@ -341,11 +336,8 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(weight.new_ones(schedule.skip_count(), weight.size(1)))
 
     def hidden(self, input_ids: Tensor, doc_ids: Tensor | None = None, cu_seqlens: Tensor | None = None) -> Tensor:
-        ctx: dict[str, Tensor] = {"input_ids": input_ids}
-        if doc_ids is not None:
-            ctx["doc_ids"] = doc_ids
-        if cu_seqlens is not None:
-            ctx["cu_seqlens"] = cu_seqlens
+        ctx = {k: v for k, v in (("input_ids", input_ids), ("doc_ids", doc_ids), ("cu_seqlens", cu_seqlens))
+               if v is not None}
         x = self.tok_emb(input_ids)
         for part in self.embed_add:
             x = x + part(input_ids).to(x.dtype)

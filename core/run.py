@@ -263,7 +263,7 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
     pm = make_manager(registry, config, core_impl)
     measured: dict[str, Any] = {}
     attention = pick_attention(config.core.attention, device, attention_shape(config.core, world_size),
-                                    config.core.deterministic, measured)
+                               config.core.deterministic, measured)
     if not config.core.run_id:
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run = Run(config=config, registry=registry, pm=pm, device=device, rank=rank, world_size=world_size,

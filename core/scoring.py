@@ -1,11 +1,10 @@
 """The scoring protocol: evaluators report per-position NLL to a ScoreSink; BPB is computed here only.
 
-Position t ≥ 1 is the prediction of `tokens[t]` from `tokens[:t]`. The sink counts each position exactly
-once and sums its bytes (the tokenizer tables, or the stream's per-position counts from
-`pg_val_byte_counts`); it behaves the same whether or not the validator watches (validator/THREATS.md).
-Its frontier releases the scored prefix to test-time training, which reads validation tokens only through
-`plugins.lib.ttt.ScoredTokens`. Compile warm-up runs on random tokens, never on validation tokens (rulebook
-EVAL.TTT).
+Position t ≥ 1 is the prediction of `tokens[t]` from `tokens[:t]`. The sink counts each position exactly once and sums
+its bytes (the tokenizer tables, or the stream's per-position counts from `pg_val_byte_counts`); it behaves the same
+whether or not the validator watches (validator/THREATS.md). Its frontier releases the scored prefix to test-time
+training, which reads validation tokens only through `plugins.lib.ttt.ScoredTokens`. Compile warm-up runs on random
+tokens, never on validation tokens (rulebook EVAL.TTT).
 """
 
 from __future__ import annotations
@@ -163,23 +162,19 @@ class PlainEvaluator:
         self.doc_isolation = bos_id is not None
 
     def warmup(self, run, model, n_tokens: int) -> None:
-        total_seqs = (n_tokens - 1) // self.seq_len
-        lo, hi = rank_span(total_seqs, run.rank, run.world_size)
+        lo, hi = rank_span((n_tokens - 1) // self.seq_len, run.rank, run.world_size)
         sizes = batch_sizes(hi - lo, max(1, self.batch_tokens // self.seq_len))
         warm_forward(run, model, {(b, self.seq_len) for b in sizes}, self.bos_id)
 
     def evaluate(self, run, model, tokens: Tensor, sink: ScoreSink) -> None:
-        seq_len = self.seq_len
-        total_seqs = (tokens.numel() - 1) // seq_len
+        seq_len, device = self.seq_len, run.device
         batch_seqs = max(1, self.batch_tokens // seq_len)
-        start, end = rank_span(total_seqs, run.rank, run.world_size)
-        device = run.device
+        start, end = rank_span((tokens.numel() - 1) // seq_len, run.rank, run.world_size)
         with torch.no_grad():
             for s in range(start, end, batch_seqs):
                 e = min(s + batch_seqs, end)
                 local = tokens[s * seq_len : e * seq_len + 1].to(device=device, dtype=torch.int64, non_blocking=True)
-                x = local[:-1].reshape(-1, seq_len)
-                y = local[1:].reshape(-1, seq_len)
+                x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
                 positions = torch.arange(s * seq_len + 1, e * seq_len + 1, device=device).view_as(y)
                 sink.record(positions, score_nll(run, model, x, y, self.bos_id))
                 if run.world_size == 1:
@@ -230,8 +225,6 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
 
 
 EAGER_MAX_S = 36.6 * 2.54 / (2.54 - 1)  # break-even, measured (H200, PR #315 sliding): 36.6 s warm-up, 2.54x eager
-
-
 EvalPlan = namedtuple("EvalPlan", "model mode warmup_ms eager_estimate_s")  # prepare_eval's choice (ms, s)
 
 

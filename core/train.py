@@ -1,9 +1,7 @@
 """The trainer as named phases: setup, warm-up and restore, timed loop, finish and calibrate, export, final eval.
 
-Follows the official baseline `train_gpt.py` step for step (token order, schedule, warm-up with state
-restore, wall-clock cap, export with a verified round trip); plugin hooks run only at build time and at
-step and phase boundaries.
-"""
+The official baseline `train_gpt.py` step for step (token order, schedule, warm-up with state restore, wall-clock
+cap, export with a verified round trip); plugin hooks run only at build time and at step and phase boundaries."""
 
 from __future__ import annotations
 
