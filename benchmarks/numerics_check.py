@@ -1,7 +1,7 @@
 """Numerics of the kernels a record's step runs, eager and compiled, against fp32 references (issue #11's PR #1493
 gap, issue #14's backend choice): attention kernels at a model's training shape, and RMSNorm on bf16 inputs.
 
-Each SDPA kernel set pgolf can pick (core.run.SDPA_SETS: cudnn = cuDNN with flash as fallback, flash,
+Each SDPA kernel set pgolf can pick (plugins.attention_auto.SDPA_SETS: cudnn = cuDNN with flash as fallback, flash,
 efficient, math) and fa4 when importable, eager and under torch.compile(fullgraph=True), in the two layouts models
 hand to attention — (B, H, T, D) contiguous as pgolf's model does, and (B, T, H, D) tensors viewed as (B, H, T, D)
 as the FA3-style records do — against an fp32 math reference on the same inputs: the relative error
@@ -32,7 +32,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.run import SDPA_SETS  # noqa: E402
+from plugins.attention_auto import SDPA_SETS  # noqa: E402
 from plugins.lib import fa4  # noqa: E402
 
 Attention = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, T, D) q, (B, Hkv, T, D) k, v -> (B, H, T, D)

@@ -63,6 +63,13 @@ def pg_val_byte_counts(run: Any, tokens: Tensor) -> Tensor | None:
 
 
 # --- build -----------------------------------------------------------------------------------------
+@hookspec(firstresult=True)
+def pg_attention_backend(run: Any) -> str | None:
+    """Return the backend `core.attention = "auto"` runs on CUDA (fa3, cudnn, flash, efficient, math or sdpa), or
+    None for the core's untimed pick (fa3 when importable, else cuDNN). Called once in `core.run.create_run`, never
+    with `core.deterministic`; every rank must answer the same (default: `plugins.attention_auto` measures)."""
+
+
 @hookspec
 def pg_slot_parts(slot: str, spec: Any, layer: int | None) -> Any:
     """Return a module (or a list of them, or None) to append to a list slot of the model:

@@ -14,7 +14,6 @@ import os
 import tempfile
 import time
 import uuid
-from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ import torch
 import torch.distributed as dist
 
 from core.config import Config, ConfigError
-from core.model import attend
 from core.registry import Registry, make_manager
 
 
@@ -57,11 +55,7 @@ def pick_device(setting: str, local_rank: int) -> torch.device:
     return torch.device("cpu" if setting == "auto" else setting)
 
 
-MEASURED = ("fa3", "cudnn", "flash")  # what attention `auto` times on CUDA, in order of preference on a tie
-SDPA_SETS = {"cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION"), "flash": ("FLASH_ATTENTION",),
-             "efficient": ("EFFICIENT_ATTENTION",), "math": ("MATH",)}  # the SDPA kernels each choice enables
-PACKAGES = {"fa3": ("flash_attn_interface", "flash_attn_3")}
-AttnShape = namedtuple("AttnShape", "batch heads kv_heads seq_len head_dim")  # what `auto` times at
+PACKAGES = {"fa3": ("flash_attn_interface", "flash_attn_3")}  # attention backends with a package of their own
 
 
 def available(name: str) -> bool:
@@ -72,79 +66,12 @@ def available(name: str) -> bool:
         return False
 
 
-def attention_shape(core: Any, world_size: int) -> AttnShape:
-    """The training attention shape: (micro-batch, heads, kv heads, seq len, head dim)."""
-    accum = core.grad_accum_steps or max(1, 8 // world_size)
-    batch = max(1, core.train_batch_tokens // (world_size * accum * core.train_seq_len))
-    return AttnShape(batch, core.num_heads, core.num_kv_heads, core.train_seq_len, core.model_dim // core.num_heads)
-
-
-def time_backend(name: str, shape: AttnShape, device: torch.device, warmup: int = 3, iters: int = 10) -> float:
-    """Mean ms of forward+backward of attention backend `name` at `shape`, bf16, after `warmup` calls."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    b, h, hkv, t, d = shape
-    gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(b, n, t, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
-               for n in (h, hkv, hkv))
-    grad = torch.randn(b, t, h, d, device=device, dtype=torch.bfloat16, generator=gen)
-    sdpa = name in SDPA_SETS
-
-    def step() -> None:
-        with sdpa_kernel([getattr(SDPBackend, s) for s in SDPA_SETS[name]]) if sdpa else contextlib.nullcontext():
-            attend("sdpa" if sdpa else name, q, k, v).backward(grad)
-
-    for _ in range(warmup):
-        step()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize(device)
-    start.record()
-    for _ in range(iters):
-        step()
-    end.record()
-    torch.cuda.synchronize(device)
-    return start.elapsed_time(end) / iters
-
-
-def choose(names: list[str], timer: Callable[[str], float]) -> tuple[str, dict[str, float | str]]:
-    """The fastest of `names` by `timer(name) -> ms`; a backend whose timer raises is skipped, its error kept.
-    Returns (choice, {name: ms or "error: …"}); raises RuntimeError when every one failed."""
-    measured: dict[str, float | str] = {}
-    for name in names:
-        try:
-            measured[name] = float(timer(name))
-        except Exception as e:  # noqa: BLE001 - any failure just rules the backend out
-            measured[name] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    timed = {n: ms for n, ms in measured.items() if isinstance(ms, float)}
-    if not timed:
-        raise RuntimeError("attention=auto: no backend ran: " + ", ".join(f"{n} {m}" for n, m in measured.items()))
-    return min(timed, key=lambda n: (timed[n], names.index(n))), measured
-
-
-def describe(choice: str, measured: dict[str, float | str]) -> str:
-    """The log line: `attention_backend:cudnn (measured: fa3=2.06ms, cudnn=2.31ms, ...)`."""
-    parts = [f"{n}={m:.3f}ms" if isinstance(m, float) else f"{n}={m}" for n, m in measured.items()]
-    return f"attention_backend:{choice}" + (f" (measured: {', '.join(parts)})" if parts else "")
-
-
-def pick_attention(setting: str, device: torch.device, shape: AttnShape | None = None, deterministic: bool = False,
-                   measured: dict[str, Any] | None = None) -> str:
-    """The attention backend for `setting`, with torch's SDPA flags set for it. CPU: SDPA (`auto` -> "sdpa",
-    untimed). CUDA `auto`: the fastest importable backend at `shape` by `time_backend` (its timings go into
-    `measured`), or, with no shape or deterministic kernels asked for, fa3 if importable else cuDNN. Distributed:
-    rank 0's choice for every rank."""
+def pick_attention(setting: str, device: torch.device, measure: Callable[[], str | None] = lambda: None) -> str:
+    """The attention backend for `setting`, with torch's SDPA flags set for it. CPU: SDPA (`auto` -> "sdpa"). CUDA
+    `auto`: `measure()` (the run's `pg_attention_backend`), or when that gives none, fa3 if importable else cuDNN."""
     if device.type != "cuda":
         return "sdpa" if setting == "auto" else setting
-    choice = setting
-    if setting == "auto" and (shape is None or deterministic):
-        choice = "fa3" if available("fa3") else "cudnn"
-    elif setting == "auto":
-        box = list(choose([n for n in MEASURED if available(n)], lambda n: time_backend(n, shape, device)))
-        if dist.is_available() and dist.is_initialized():
-            dist.broadcast_object_list(box, src=0)
-        choice = box[0]
-        if measured is not None:
-            measured.update(box[1])
+    choice = (measure() or ("fa3" if available("fa3") else "cudnn")) if setting == "auto" else setting
     if not available(choice):
         module, package = PACKAGES[choice]
         raise RuntimeError(f"core.attention={choice} but {module} ({package}) is not importable")
@@ -180,7 +107,6 @@ class Run:
     distributed: bool = False
     run_dir: Path | None = None
     attention: str = "sdpa"
-    attention_measured: dict[str, Any] = field(default_factory=dict)  # auto's timings, ms (or the error)
     autocast_dtype: torch.dtype | None = None
     model: Any = None  # the uncompiled module (state dict, hooks)
     train_model: Any = None  # the compiled / DDP-wrapped callable used for training
@@ -261,13 +187,10 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         dist.init_process_group(backend="nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
         dist.barrier()
     pm = make_manager(registry, config, core_impl)
-    measured: dict[str, Any] = {}
-    attention = pick_attention(config.core.attention, device, attention_shape(config.core, world_size),
-                               config.core.deterministic, measured)
     if not config.core.run_id:
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run = Run(config=config, registry=registry, pm=pm, device=device, rank=rank, world_size=world_size,
-              local_rank=local_rank, distributed=distributed, attention=attention, attention_measured=measured,
+              local_rank=local_rank, distributed=distributed,
               autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
               progress=progress if progress is not None and rank == 0 else NoProgress)
     if make_dir:
@@ -277,7 +200,6 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
             write_atomic(run.run_dir / "config.json", config.to_json() + "\n")
             run._log_path = run.run_dir / "train.log"
             run._events_path = run.run_dir / "events.jsonl"
-    if measured:
-        run.log(describe(attention, measured))
-        run.event("attention", choice=attention, measured_ms=measured)
+    measure = lambda: None if config.core.deterministic else run.hook.pg_attention_backend(run=run)
+    run.attention = pick_attention(config.core.attention, device, measure)
     return run

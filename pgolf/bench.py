@@ -544,7 +544,7 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         tps = run.core.train_batch_tokens
         compiled = run.eval_model is not run.model
         res: dict[str, Any] = {"device": str(run.device), "attention": attention_kernel(run.config, run.attention),
-                               "attention_measured": run.attention_measured, "compiled": compiled,
+                               "attention_measured": run.state.get("attention_auto", {}), "compiled": compiled,
                                "steps": loop.steps, "tokens_per_step": tps, "step_ms": step_ms,
                                "flops_per_token": flops}
         res.update(summarize_steps(step_ms, flops, monitor.modes, tps, skip_of(loop.steps)))
@@ -912,10 +912,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if "pgolf" in res:
         attention = res["pgolf"]["attention"]
     else:  # what pgolf's run would pick (auto: measured at its shape)
-        from core.run import attention_shape, pick_attention, pick_device
+        from core.run import pick_attention, pick_device
+        from plugins.attention_auto import measure
 
-        attention = attention_kernel(cfg, pick_attention(cfg.core.attention, pick_device(cfg.core.device, 0),
-                                                         attention_shape(cfg.core, 1), cfg.core.deterministic))
+        device = pick_device(cfg.core.device, 0)
+        auto = lambda: None if cfg.core.deterministic else measure(cfg.core, device, 1)[0]
+        attention = attention_kernel(cfg, pick_attention(cfg.core.attention, device, auto))
     if "record" in sides and args.vs:
         rec = run_record(args, cfg, out, root, dataset, tokenizer, attention, eval_seq_len)
         if rec is None:  # --dry-run

@@ -12,11 +12,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core import run as attn
+from core import run as core_run
 from core.config import ConfigError, resolve
+from core.model import attend
 from core.registry import Registry
-from core.run import attention_shape, create_run, pick_attention
+from core.run import create_run, pick_attention
 from core.train import CoreDefaults, build_model
+from plugins import attention_auto as attn
+from plugins.attention_auto import attention_shape
 from plugins.lib import fa4
 
 REGISTRY = Registry()
@@ -47,11 +50,45 @@ def test_choose_breaks_ties_by_preference_and_fails_when_nothing_ran():
         attn.choose(["fa4", "cudnn"], lambda n: 1 / 0)
 
 
-def test_auto_on_cpu_is_untimed_sdpa(monkeypatch):
-    monkeypatch.setattr(attn, "time_backend", lambda *a: pytest.fail("timed on CPU"))
-    measured: dict = {}
-    assert pick_attention("auto", torch.device("cpu"), attn.AttnShape(2, 4, 2, 64, 16), False, measured) == "sdpa"
-    assert measured == {}
+def test_auto_on_cpu_is_untimed_sdpa():
+    assert pick_attention("auto", torch.device("cpu"), lambda: pytest.fail("measured on CPU")) == "sdpa"
+
+
+@pytest.fixture
+def sdpa_flags():
+    """pick_attention sets torch's global SDPA flags (no CUDA needed to set them): put them back after the test."""
+    names = ("cudnn_sdp", "flash_sdp", "mem_efficient_sdp", "math_sdp")
+    before = [getattr(torch.backends.cuda, f"{n}_enabled")() for n in names]
+    yield lambda: [getattr(torch.backends.cuda, f"{n}_enabled")() for n in names]
+    for n, on in zip(names, before, strict=True):
+        getattr(torch.backends.cuda, f"enable_{n}")(on)
+
+
+def test_auto_on_cuda_takes_pg_attention_backend_else_fa3_or_cudnn(monkeypatch, sdpa_flags):
+    cuda = torch.device("cuda")  # only a name here: pick_attention sets flags, runs nothing
+    assert pick_attention("auto", cuda, lambda: "flash") == "flash"
+    assert sdpa_flags() == [False, True, False, False]
+    monkeypatch.setattr(core_run, "available", lambda name: name != "fa3")
+    assert pick_attention("auto", cuda, lambda: None) == "cudnn" and sdpa_flags() == [True, True, False, False]
+    assert pick_attention("math", cuda, lambda: pytest.fail("measured an explicit setting")) == "math"
+    monkeypatch.setattr(core_run, "available", lambda name: True)
+    assert pick_attention("auto", cuda) == "fa3"
+
+
+def test_create_run_asks_the_default_plugin_unless_deterministic(monkeypatch):
+    asked = []
+    monkeypatch.setattr(core_run, "pick_attention", lambda setting, device, measure: asked.append(measure) or "sdpa")
+    monkeypatch.setattr(attn, "measure", lambda core, device, world: ("cudnn", {"fa3": "error: X", "cudnn": 1.5}))
+    for deterministic in ("false", "true"):
+        cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[],
+                      sets=[*TINY, f"core.deterministic={deterministic}"])
+        run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+        lines = []
+        run.log = lines.append
+        timed = deterministic == "false"
+        assert asked[-1]() == ("cudnn" if timed else None)
+        assert lines == (["attention_backend:cudnn (measured: fa3=error: X, cudnn=1.500ms)"] if timed else [])
+        assert run.state.get("attention_auto") == ({"fa3": "error: X", "cudnn": 1.5} if timed else None)
 
 
 def test_attention_shape_is_the_micro_batch():
@@ -67,7 +104,7 @@ def test_auto_on_cpu_matches_the_explicit_sdpa_model():
         cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[],
                       sets=[*TINY, f"core.attention={setting}"])
         run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
-        assert run.attention == "sdpa" and run.attention_measured == {}
+        assert run.attention == "sdpa" and "attention_auto" not in run.state
         torch.manual_seed(0)
         model = build_model(run)
         assert model.blocks[0].attn.attention.backend == "sdpa"
@@ -142,7 +179,7 @@ def _qkv(h=4, hkv=2, b=2, t=16, d=8):  # also run in the bench test's subprocess
 
 def test_fa4_adapter_matches_sdpa_layout_gqa_and_grads(standin):
     q, k, v = _qkv()
-    ref = attn.attend("sdpa", q, k, v)
+    ref = attend("sdpa", q, k, v)
     y = fa4.attend(q, k, v)
     assert y.shape == (2, 16, 4, 8)  # (B, T, H, D)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
@@ -160,7 +197,7 @@ def test_fa4_op_traces_fullgraph_with_its_fake_implementation(standin):
     fn = torch.compile(lambda q, k, v: fa4.attend(q, k, v).square().sum(), fullgraph=True, backend="aot_eager")
     loss = fn(q, k, v)
     loss.backward()
-    torch.testing.assert_close(loss, attn.attend("sdpa", q, k, v).square().sum(), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(loss, attend("sdpa", q, k, v).square().sum(), atol=1e-4, rtol=1e-5)
     assert q.grad is not None and k.grad.shape == k.shape
     args = tuple(t.detach().transpose(1, 2).contiguous() for t in (q, k, v))
     torch.library.opcheck(torch.ops.pgolf.fa4_fwd.default, args, test_utils=("test_schema", "test_faketensor"))

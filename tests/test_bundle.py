@@ -84,8 +84,9 @@ def test_the_same_script_without_the_sandbox_still_uses_its_embedded_modules(tin
     script = tmp_path / "train_gpt.py"
     script.write_text(bundle(cfg, reg))
     res = _probe(script, "import core.model, plugins; print(core.model.__file__, plugins.BUNDLED); import plugins.xsa")
-    # the enabled plugin and the default quantizer and codec it leaves in place (Registry.run_plugins)
-    assert str(tmp_path / "core" / "model.py") in res.stdout and "('codec_zlib', 'ema', 'quant_int8')" in res.stdout
+    # the enabled plugin and the default attention timing, quantizer and codec it leaves in place (Registry.run_plugins)
+    assert str(tmp_path / "core" / "model.py") in res.stdout
+    assert "('attention_auto', 'codec_zlib', 'ema', 'quant_int8')" in res.stdout
     assert "plugins.xsa is not bundled in this train_gpt.py" in res.stderr
 
 

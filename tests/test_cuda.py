@@ -149,14 +149,16 @@ def test_fa4_matches_sdpa_forward_and_backward_compiled():
 
 
 def test_auto_measures_every_importable_backend_and_logs_it(tiny_sets):
-    from core.run import MEASURED, available
+    from core.run import available
+    from plugins.attention_auto import MEASURED
 
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[],
                   sets=[*(s for s in tiny_sets if not s.startswith("core.device")), "core.device=cuda",
                         "core.attention=auto"])
     run = setup(cfg, REGISTRY)
-    assert list(run.attention_measured) == [n for n in MEASURED if available(n)]
-    ok = {n: ms for n, ms in run.attention_measured.items() if isinstance(ms, float)}
+    measured = run.state["attention_auto"]
+    assert list(measured) == [n for n in MEASURED if available(n)]
+    ok = {n: ms for n, ms in measured.items() if isinstance(ms, float)}
     assert run.attention == min(ok, key=ok.get)
     assert f"attention_backend:{run.attention} (measured: " in (run.run_dir / "train.log").read_text()
 
