@@ -28,38 +28,35 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def pg_train_loader(run: Any) -> Any:
     """Return the training batch source, or None for the core's sequential shard loader.
 
-    It has `next_batch(global_tokens, seq_len, grad_accum_steps)` -> `(x, y)`, int64 (rows, T) on
-    `run.device` (T = seq_len unless the loader packs otherwise), or `(x, y, doc_ids)` for document-masked
-    training (equal ids = one document: `ctx["doc_ids"]`), or `(x, y, doc_ids, cu_seqlens)` adding the same
-    boundaries as int32 offsets into the flat rows·T tokens, padded with rows·T (`ctx["cu_seqlens"]`, for a
-    varlen "attention" slot). Called before the warm-up and again before the timed loop. Optional `warm_batches(
-    global_tokens, seq_len, grad_accum_steps)`: random batches of every shape it yields (warmed in every mode)."""
+    It has `next_batch(global_tokens, seq_len, grad_accum_steps)` -> `(x, y)`, int64 (rows, T) on `run.device`
+    (T = seq_len unless the loader packs otherwise), or `(x, y, doc_ids)` for document-masked training (equal ids =
+    one document: `ctx["doc_ids"]`), or `(x, y, doc_ids, cu_seqlens)` adding the same boundaries as int32 offsets
+    into the flat rows·T tokens, padded with rows·T (`ctx["cu_seqlens"]`, for a varlen "attention" slot). Called
+    before the warm-up and again before the timed loop. Optional `warm_batches(global_tokens, seq_len,
+    grad_accum_steps)`: random batches of every shape it yields (warmed in every mode)."""
 
 
 @hookspec(firstresult=True)
 def pg_text_transform(config: Any) -> Any:
     """Return a `dataprep.build.TextTransform` for the dataset builder, or None (never called in training).
 
-    The builder keeps its `reserved_symbols` as SentencePiece user-defined pieces, tokenizes `encode(text)`
-    and writes a byte sidecar beside the validation shards (`fineweb_val_bytes_<n>.bin`, uint16, 0 for
-    BOS): each token's bytes of the ORIGINAL text (`original_bytes` of the piece surfaces)."""
+    The builder keeps its `reserved_symbols` as SentencePiece user-defined pieces, tokenizes `encode(text)` and writes
+    a byte sidecar beside the validation shards (`fineweb_val_bytes_<n>.bin`, uint16, 0 for BOS): each token's bytes
+    of the ORIGINAL text (`original_bytes` of the piece surfaces)."""
 
 
 @hookspec(firstresult=True)
 def pg_byte_tables(run: Any, tokenizer: Any) -> ByteTables | None:
-    """Return the `core.tokenizer.ByteTables` scoring uses (core: the baseline's tables).
-
-    Called once in `setup` after the tokenizer (a SentencePieceProcessor) loads, before the model is
-    built; tables are sized max(tokenizer vocab, `run.core.vocab_size`)."""
+    """Return the `core.tokenizer.ByteTables` scoring uses (core: the baseline's), sized max(tokenizer vocab,
+    `run.core.vocab_size`). Called once in `setup` after the tokenizer (a SentencePieceProcessor) loads."""
 
 
 @hookspec(firstresult=True)
 def pg_val_byte_counts(run: Any, tokens: Tensor) -> Tensor | None:
-    """Return the validation stream's per-position byte counts (1-D integers parallel to `tokens`: entry t
-    is what target t stands for in the original text), or None to count with the tables.
-
-    Called once in `setup` with `run.val_tokens` (read `run.data_dir`). The core checks shape and sign
-    (a DataError naming this hook) and every evaluation of the stream sums these bytes (CaseOps' sidecar)."""
+    """Return the validation stream's per-position byte counts (1-D integers parallel to `tokens`: entry t is what
+    target t stands for in the original text), or None to count with the tables. Called once in `setup` with
+    `run.val_tokens` (read `run.data_dir`); the core checks shape and sign (a DataError naming this hook) and every
+    evaluation of the stream sums these bytes (CaseOps' sidecar)."""
 
 
 # --- build -----------------------------------------------------------------------------------------
@@ -124,8 +121,8 @@ def pg_init_weights(model: Any, config: Any) -> None:
 # --- optimize --------------------------------------------------------------------------------------
 @hookspec
 def pg_param_groups(model: Any, groups: dict[str, list[Any]], config: Any) -> None:
-    """Move parameters between the named groups before optimizers are made: the core's "token", "head"
-    (Adam), "matrix" (Muon) and "scalar" (Adam). A new group name needs a `pg_make_optimizer` answer."""
+    """Move parameters between the named groups before optimizers are made: the core's "token", "head" (Adam),
+    "matrix" (Muon) and "scalar" (Adam). A new group name needs a `pg_make_optimizer` answer."""
 
 
 @hookspec(firstresult=True)
@@ -136,26 +133,26 @@ def pg_make_optimizer(group: str, params: list[Any], config: Any) -> Any:
 
 @hookspec
 def pg_before_step(run: Any, step: int, clock: Any) -> None:
-    """Host-side, after the backward and before each optimizer step. `clock` (`core.train.Clock`):
-    `lr_mul` and `muon_momentum` are writable, `elapsed_ms` and `frac` (of the wall-clock budget or the
-    iterations) are not. Flip `Switch`es here; never call `.item()`."""
+    """Host-side, after the backward and before each optimizer step. `clock` (`core.train.Clock`): `lr_mul` and
+    `muon_momentum` are writable, `elapsed_ms` and `frac` (of the wall-clock budget or the iterations) are not.
+    Flip `Switch`es here; never call `.item()`."""
 
 
 @hookspec
 def pg_modes(config: Any) -> list[Any] | None:
     """Return the graph modes this plugin switches mid-run (`core.model.Mode` list), or None.
 
-    For a change the compiler must see as another graph (layers repeated, lanes merged), not a value (use
-    a `Switch`). The core compiles every cumulative combination in the warm-up, turns each mode on at the
-    first step whose training fraction reaches `start_frac` (`mode:<name> on step:N`), and logs
-    `timed_loop_recompiles:N` (0 when every graph was warmed)."""
+    For a change the compiler must see as another graph (layers repeated, lanes merged), not a value (use a
+    `Switch`). The core compiles every cumulative combination in the warm-up, turns each mode on at the first step
+    whose training fraction reaches `start_frac` (`mode:<name> on step:N`), and logs `timed_loop_recompiles:N` (0
+    when every graph was warmed)."""
 
 
 @hookspec
 def pg_enter_mode(model: Any, active: tuple[str, ...]) -> None:
-    """Set the model's Python mode attributes for `active` (every mode entered so far, in order): in the
-    warm-up, with `()` before the timed loop, at a mode's start, and before evaluating an artifact. Set
-    only attributes the forward reads; no random numbers, no parameter changes."""
+    """Set the model's Python mode attributes for `active` (every mode entered so far, in order): in the warm-up,
+    with `()` before the timed loop, at a mode's start, and before evaluating an artifact. Set only attributes the
+    forward reads; no random numbers, no parameter changes."""
 
 
 # --- step ------------------------------------------------------------------------------------------
@@ -182,11 +179,10 @@ def pg_train_reserve_seconds(config: Any) -> float | None:
 
 @hookspec
 def pg_calibrate(run: Any, model: Any) -> None:
-    """Post-loop work that reads training data to decide the artifact (GPTQ Hessians), on every rank.
-
-    Called after `pg_train_end`, outside compiled code (`model` is the uncompiled module). The core times
-    all implementations together, logs `calibration time:…ms` and counts it as training time (rulebook
-    TIME.TRAIN_POSTLOOP). Never read validation data here."""
+    """Post-loop work that reads training data to decide the artifact (GPTQ Hessians), on every rank, after
+    `pg_train_end`, outside compiled code (`model` is the uncompiled module). The core times all implementations
+    together, logs `calibration time:…ms` and counts it as training time (rulebook TIME.TRAIN_POSTLOOP). Never read
+    validation data here."""
 
 
 # --- export ----------------------------------------------------------------------------------------

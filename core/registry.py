@@ -66,19 +66,13 @@ def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
 
 
 def _check_metadata(cls: type[Plugin], origin: str) -> None:
-    problems = []
-    if not cls.name or not cls.name.isidentifier():
-        problems.append(f"name {cls.name!r} is not an identifier")
-    if not cls.summary:
-        problems.append("summary is empty")
-    if cls.family and cls.family not in FAMILIES:
-        problems.append(f"family {cls.family!r} is not one of {', '.join(FAMILIES)}")
-    if not cls.sources:
-        problems.append("sources is empty (name the PR or paper it ports)")
-    if cls.config is not None and not dataclasses.is_dataclass(cls.config):
-        problems.append("config is not a dataclass")
-    if cls.default and not cls.provides:
-        problems.append("default is set but it provides no role")
+    problems = [problem for bad, problem in (
+        (not cls.name or not cls.name.isidentifier(), f"name {cls.name!r} is not an identifier"),
+        (not cls.summary, "summary is empty"),
+        (cls.family and cls.family not in FAMILIES, f"family {cls.family!r} is not one of {', '.join(FAMILIES)}"),
+        (not cls.sources, "sources is empty (name the PR or paper it ports)"),
+        (cls.config is not None and not dataclasses.is_dataclass(cls.config), "config is not a dataclass"),
+        (cls.default and not cls.provides, "default is set but it provides no role")) if bad]
     if problems:
         raise PluginError(f"plugin {cls.__name__} from {origin}: " + "; ".join(problems))
 
@@ -141,9 +135,8 @@ class Registry:
                 if other in cls.conflicts or name in self.plugins[other].conflicts:
                     reported.add(frozenset((name, other)))
                     errors.append(f"plugins {name!r} and {other!r} conflict: enable only one of them")
-            for req in cls.requires:
-                if req not in known:
-                    errors.append(f"plugin {name!r} requires plugin {req!r}: add it to plugins")
+            errors += [f"plugin {name!r} requires plugin {req!r}: add it to plugins" for req in cls.requires
+                       if req not in known]
         for role in sorted({r for n in known for r in self.plugins[n].provides}):
             providers = [n for n in known if role in self.plugins[n].provides]
             if len(providers) > 1 and frozenset(providers[:2]) not in reported:
@@ -158,9 +151,7 @@ class Registry:
     def check_settings(self, core: Any, plugin_configs: dict[str, Any]) -> list[str]:
         """Errors of the enabled plugins' settings against the core settings (`Plugin.check_config`)."""
         errors: list[str] = []
-        for name, cfg in plugin_configs.items():
-            if name not in self.plugins:
-                continue
+        for name, cfg in ((n, c) for n, c in plugin_configs.items() if n in self.plugins):
             cls = self.plugins[name]
             errors.extend(cls.check_config(cfg, core))
             errors.extend(cls.check_peers(cfg, {n: c for n, c in plugin_configs.items() if n != name}))

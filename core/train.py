@@ -149,8 +149,7 @@ def _compiled_zeropower() -> Any:
 
 
 def should_compile(run: Run) -> bool:
-    c = run.core.compile
-    return run.device.type == "cuda" if c == "auto" else c in ("true", "1")
+    return run.device.type == "cuda" if run.core.compile == "auto" else run.core.compile in ("true", "1")
 
 
 CodeSize = Callable[[Config, Registry], int]  # (config, registry) -> the submission's code bytes
@@ -199,7 +198,7 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     torch.manual_seed(core.seed)  # every device's generator
     run.model = build_model(run)
     compiled = torch.compile(run.model, dynamic=False, fullgraph=True) if should_compile(run) else run.model
-    run.eval_model = compiled
+    run.eval_model = run.train_model = compiled
     run.optimizers = make_optimizers(run, run.model)
     if run.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -210,8 +209,6 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
                                                                     if id(p) in own])
         ids = [run.local_rank] if run.device.type == "cuda" else None
         run.train_model = DDP(compiled, device_ids=ids, broadcast_buffers=False)
-    else:
-        run.train_model = compiled
     run.modes = sorted((m for modes in run.hook.pg_modes(config=run.config) if modes for m in modes),
                        key=lambda m: m.start_frac)  # the order they switch on
     return run
@@ -288,12 +285,6 @@ class Stepper:
             opt.step()
         self.zero_grad()
 
-    def warm_step(self, loader: Any) -> None:
-        """A whole step with no schedule or hooks: the compile warm-up's (its effect is restored after)."""
-        self.zero_grad()
-        self.forward_backward(loader)
-        self.optimizer_step()
-
 
 def log_run_header(run: Run) -> int:
     """The run's opening log lines (the baseline's, plus pgolf's); returns the parameter count."""
@@ -325,24 +316,30 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     mode combination and on every batch shape the loader declares (`warm_batches`, in every mode); then weights,
     optimizer state and modes are restored. Each logged step gives the seconds and graphs compiled so far."""
     core, base = run.core, run.model
+    batch_args = (core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
     modes = run.modes if should_compile(run) else []
     loader = new_loader(run)
     shapes = getattr(loader, "warm_batches", None) if should_compile(run) else None
     if core.warmup_steps <= 0 and not modes and shapes is None:
         return
-    batches = shapes(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps) if shapes else []
+    batches = shapes(*batch_args) if shapes else []
     run.log(f"warmup_plan:steps:{core.warmup_steps} modes:{len(modes)} batch_shapes:{len(batches)}x{len(modes) + 1}")
     t0, graphs, n = time.perf_counter(), compiled_graph_count(), core.warmup_steps
 
-    def step(label: str | None, source: Any = loader) -> None:  # host-side, between whole steps
-        stepper.warm_step(source)
+    def step(label: str | None, source: Any = loader) -> None:  # a whole step, no schedule or hooks
+        stepper.zero_grad()
+        stepper.forward_backward(source)
+        stepper.optimizer_step()
         if label:
             run.synchronize()
             run.log(f"{label} time:{time.perf_counter() - t0:.1f}s graphs:{compiled_graph_count() - graphs}")
 
     with restored_weights(base, run.optimizers):
         run.train_model.train()
-        prime_caches(run, new_loader(run))  # its own loader: the warm-up reads batches 1..N
+        with torch.no_grad(), run.autocast():  # prime module caches (rotary tables) at the training length before the
+            # first trace, else it recompiles at once: one eager forward on a (packed) row of the first batch of its
+            # own loader, so the warm-up reads batches 1..N
+            run.model(new_loader(run).next_batch(*batch_args)[0][:1])
         for w in range(n):
             step(f"warmup_step:{w + 1}/{n}" if n <= 20 or (w + 1) % 10 == 0 or w + 1 == n else None)
         for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
@@ -359,13 +356,6 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     stepper.zero_grad()
     if run.distributed:
         run.train_model.require_backward_grad_sync = True
-
-
-def prime_caches(run: Run, loader: Any) -> None:
-    """One eager forward on a row of the loader's first batch (a packed flat row, not train_seq_len), so module
-    caches (rotary tables) hold the training length before the first trace (else it recompiles at once)."""
-    with torch.no_grad(), run.autocast():
-        run.model(loader.next_batch(run.core.train_batch_tokens, run.core.train_seq_len, run.grad_accum_steps)[0][:1])
 
 
 def set_modes(run: Run, active: tuple[str, ...]) -> None:
@@ -397,14 +387,11 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)
     progress = run.progress(core.iterations, core.train_batch_tokens, budget.loop_ms)
-    last_val_bpb: float | None = None
     check_every_step = CHECK_LOSS_EVERY_STEP_OFF_GPU and run.device.type != "cuda"  # costs nothing off-GPU
     graphs_at_start, eval_graphs = compiled_graph_count(), 0  # validation shapes compile apart from training
-    training_time_ms = 0.0
-    stop_after_step: int | None = None
+    step, training_time_ms, last_val_bpb, stop_after_step = 0, 0.0, None, None
     run.synchronize()
     t0 = time.perf_counter()
-    step = 0
     while True:
         last_step = step == core.iterations or (stop_after_step is not None and step >= stop_after_step)
         if last_step or (core.val_loss_every > 0 and step % core.val_loss_every == 0):
@@ -539,8 +526,7 @@ def train(run: Run) -> dict[str, Any]:
         run.log(f"note: final val_bpb {summary['val_bpb']:.4f} vs {loop.last_val_bpb:.4f} at the last step: the "
                 "final model is the exported one, after pg_train_end (weight averaging) and quantization; a short "
                 "run's average lags its live weights")
-    bad = [k for k in ("val_loss", "val_bpb") if not math.isfinite(summary[k])]
-    if bad:
+    if bad := [k for k in ("val_loss", "val_bpb") if not math.isfinite(summary[k])]:
         raise TrainingDiverged(f"final evaluation: {bad[0]} is {summary[bad[0]]} (non-finite); metrics.json not "
                                "written and the run is not a result")
     if run.master and run.run_dir is not None:
