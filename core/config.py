@@ -7,6 +7,7 @@ plugin.key=value`. Every value remembers where it came from, and all errors of o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -135,8 +136,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     """Convert a TOML value or a string from env/--set to the field type; ValueError names `where`."""
     origin = typing.get_origin(typ)
     if origin in (list, tuple) or typ in (list, tuple):
-        args = typing.get_args(typ)
-        item = args[0] if args else str
+        item = (typing.get_args(typ) or (str,))[0]
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -157,10 +157,8 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         raise ValueError(f"{where}: expected a boolean (1/0/true/false), got {value!r}")
     if typ in (int, float):
         if isinstance(value, str):
-            try:
+            with contextlib.suppress(ValueError):
                 return typ(value.strip().replace("_", ""))
-            except ValueError:
-                pass
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and (typ is float or value % 1 == 0):
             return typ(value)
         raise ValueError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
@@ -194,10 +192,7 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
     `check_plugins(names) -> list[str]` (errors) validates the enabled list (unknown names, conflicts,
     requirements); `check_settings(core, plugin_configs) -> list[str]` validates the plugins' settings
     against the core's. Both are supplied by the registry, so this module knows no plugin by name."""
-    env = dict(env or {})
-    errors: list[str] = []
-    data: dict[str, Any] = {}
-    recipe_name = ""
+    env, errors, data, recipe_name = dict(env or {}), [], {}, ""
     if isinstance(recipe, Mapping):  # an already-parsed recipe, e.g. a run's config.json
         data = {k: v for k, v in recipe.items() if k != "source"}
         recipe_name = f"recipe:{recipe.get('source', 'dict')}"

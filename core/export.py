@@ -68,11 +68,9 @@ class QTensor:
 
     def to_state(self) -> dict[str, Any]:
         """Plain dict of tensors/str/ints/lists that `torch.load(weights_only=True)` accepts."""
-        state: dict[str, Any] = {"scheme": self.scheme, "data": self.data, "scale": self.scale,
-                                 "dtype": self.dtype, "shape": [int(s) for s in self.shape], "meta": dict(self.meta)}
-        if self.extra:
-            state["extra"] = dict(self.extra)
-        return state
+        return {"scheme": self.scheme, "data": self.data, "scale": self.scale, "dtype": self.dtype,
+                "shape": [int(s) for s in self.shape], "meta": dict(self.meta),
+                **({"extra": dict(self.extra)} if self.extra else {})}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> QTensor:

@@ -84,8 +84,7 @@ class CastedLinear(nn.Linear):
     """fp32 master weights, cast to the activation dtype at matmul time."""
 
     def forward(self, x: Tensor) -> Tensor:
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype) if self.bias is not None else None)
 
 
 class Rotary(nn.Module):
@@ -95,9 +94,7 @@ class Rotary(nn.Module):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._seq_len_cached = 0
-        self._cos_cached: Tensor | None = None
-        self._sin_cached: Tensor | None = None
+        self._seq_len_cached, self._cos_cached, self._sin_cached = 0, None, None
 
     def inv_freq_for(self, seq_len: int, device: torch.device) -> Tensor:
         """The frequencies used at this sequence length (subclasses rescale the base, e.g. NTK)."""

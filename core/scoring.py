@@ -45,18 +45,15 @@ class ScoreSink:
     each position's NLL. `position_bytes` (parallel to `tokens`): each target's bytes, instead of the tables."""
 
     def __init__(self, tokens: Tensor, tables: ByteTables, position_bytes: Tensor | None = None):
-        self.tokens = tokens
-        self.tables = tables
-        self.device = tables.base_bytes.device
+        self.tokens, self.tables, self.device = tokens, tables, tables.base_bytes.device
         if position_bytes is not None and position_bytes.shape != tokens.reshape(-1).shape:
             raise ScoringError(f"position_bytes has shape {tuple(position_bytes.shape)}, expected "
                                f"({tokens.numel()},): one byte count per token")
         self.position_bytes = None if position_bytes is None else position_bytes.to(self.device, torch.int64)
         n = tokens.numel()
         self.scored = torch.zeros(n, dtype=torch.bool, device=self.device)
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.byte_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.count = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.loss_sum, self.byte_sum, self.count = (torch.zeros((), dtype=torch.float64, device=self.device)
+                                                    for _ in range(3))
         self.nll = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
         self.frontier = 1  # every position < frontier is scored (host-side; moved by advance_frontier only)
 
@@ -214,9 +211,8 @@ def synthetic_warmup(run, model, evaluator, n_tokens: int | None = None, max_tok
             if hasattr(evaluator, "warmup"):
                 evaluator.warmup(run, model, n)
             else:
-                gen = torch.Generator().manual_seed(0)
-                tokens = torch.randint(0, run.core.vocab_size, (min(n, max_tokens),), generator=gen,
-                                       dtype=torch.int64)
+                tokens = torch.randint(0, run.core.vocab_size, (min(n, max_tokens),),
+                                       generator=torch.Generator().manual_seed(0), dtype=torch.int64)
                 evaluator.evaluate(run, model, tokens, ScoreSink(tokens, run.byte_tables))
             run.synchronize()
     finally:
