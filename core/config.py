@@ -287,20 +287,16 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
 
 def core_errors(c: CoreConfig) -> list[str]:
     """Cross-field checks on the core settings (each error one line naming the setting)."""
-    errors = []
-    for f in dataclasses.fields(c):
-        value = getattr(c, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            errors.append(f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {value}")
-    for name in ("vocab_size", "num_layers", "num_heads", "num_kv_heads", "model_dim", "mlp_mult", "train_seq_len",
-                 "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap"):
-        if getattr(c, name) <= 0:
-            errors.append(f"core.{name} must be positive, got {getattr(c, name)}")
-    for name in ("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens",
-                 "eval_seq_len", "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds",
-                 "grad_clip_norm", "mlp_hidden"):
-        if getattr(c, name) < 0:
-            errors.append(f"core.{name} must be >= 0, got {getattr(c, name)}")
+    errors = [f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {v}"
+              for f in dataclasses.fields(c) if isinstance(v := getattr(c, f.name), float) and not math.isfinite(v)]
+    errors += [f"core.{name} must be positive, got {getattr(c, name)}" for name in (
+        "vocab_size", "num_layers", "num_heads", "num_kv_heads", "model_dim", "mlp_mult", "train_seq_len",
+        "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap")
+        if getattr(c, name) <= 0]
+    errors += [f"core.{name} must be >= 0, got {getattr(c, name)}" for name in (
+        "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "eval_seq_len",
+        "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm", "mlp_hidden")
+        if getattr(c, name) < 0]
     if c.num_heads > 0 and c.model_dim > 0:
         if c.model_dim % c.num_heads != 0:
             errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")

@@ -118,9 +118,7 @@ class DistributedTokenLoader:
                  vocab_size: int | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad rank {rank} for world_size {world_size}")
-        self.rank = rank
-        self.world_size = world_size
-        self.device = device
+        self.rank, self.world_size, self.device = rank, world_size, device
         self.stream = TokenStream(files, vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[Tensor, Tensor]:

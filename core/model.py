@@ -295,8 +295,7 @@ class GPT(nn.Module):
         `model_modules(where)` named plugin modules, "before_blocks" and "after_blocks" (`pg_model_modules`)."""
         super().__init__()
         self.spec = spec
-        self.tie_embeddings = spec.tie_embeddings
-        self.logit_softcap = spec.logit_softcap
+        self.tie_embeddings, self.logit_softcap = spec.tie_embeddings, spec.logit_softcap
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
         for slot in self.EMBED_SLOTS:
             setattr(self, slot, nn.ModuleList(embed_parts(slot) if embed_parts is not None else []))

@@ -101,22 +101,14 @@ def default_param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     matrices "matrix", vectors and control tensors "scalar", unless marked with `join_group`; plugins
     refine this in `pg_param_groups`. Frozen parameters (requires_grad False) join no group."""
     groups: dict[str, list[nn.Parameter]] = {"token": [], "head": [], "matrix": [], "scalar": []}
-    embedding_params = {
-        id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Embedding) and name != "tok_emb"
-    }
+    embedding_params = {id(m.weight) for name, m in model.named_modules()
+                        if isinstance(m, nn.Embedding) and name != "tok_emb"}
     for name, p in [(n, p) for n, p in model.named_parameters() if p.requires_grad]:
-        if getattr(p, GROUP_ATTR, None):
-            groups.setdefault(getattr(p, GROUP_ATTR), []).append(p)
-        elif name == "tok_emb.weight":
-            groups["token"].append(p)
-        elif name.startswith("lm_head."):
-            groups["head"].append(p)
-        elif id(p) in embedding_params:
-            groups["token"].append(p)
-        elif p.ndim == 2 and not any(pat in name for pat in CONTROL_TENSOR_NAME_PATTERNS):
-            groups["matrix"].append(p)
-        else:
-            groups["scalar"].append(p)
+        token = name == "tok_emb.weight" or id(p) in embedding_params
+        matrix = p.ndim == 2 and not any(pat in name for pat in CONTROL_TENSOR_NAME_PATTERNS)
+        group = getattr(p, GROUP_ATTR, None) or (
+            "head" if name.startswith("lm_head.") else "token" if token else "matrix" if matrix else "scalar")
+        groups.setdefault(group, []).append(p)
     return groups
 
 

@@ -144,9 +144,8 @@ class Run:
         return self.config.core
 
     def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        dtype = self.autocast_dtype
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def synchronize(self) -> None:
         if self.device.type == "cuda":

@@ -178,17 +178,14 @@ class PlainEvaluator:
                     sink.advance_frontier(e * seq_len + 1)
 
 
-def _host_copy(x: object) -> object:
-    return x.detach().to("cpu", copy=True) if isinstance(x, Tensor) else copy.deepcopy(x)
-
-
 @contextmanager
 def restored_weights(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer] = ()) -> Iterator[None]:
     """Snapshot `model`'s state dict (and the optimizers' states) in host memory and load them back on exit,
     however the block ends (TTT, warm-up, probes); host copies keep the snapshot out of the device's peak, as the
     records' warm-up does."""
-    saved = tree_map(_host_copy, model.state_dict())
-    saved_opts = [tree_map(_host_copy, o.state_dict()) for o in optimizers]
+    host_copy = lambda x: x.detach().to("cpu", copy=True) if isinstance(x, Tensor) else copy.deepcopy(x)
+    saved = tree_map(host_copy, model.state_dict())
+    saved_opts = [tree_map(host_copy, o.state_dict()) for o in optimizers]
     try:
         yield
     finally:

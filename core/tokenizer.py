@@ -30,10 +30,6 @@ class ByteTables:
     def to(self, device: torch.device | str) -> ByteTables:
         return ByteTables(self.base_bytes.to(device), self.has_leading_space.to(device), self.is_boundary.to(device))
 
-    @property
-    def size(self) -> int:
-        return int(self.base_bytes.numel())
-
 
 def check_position_bytes(counts: Tensor, tokens: Tensor, where: str) -> Tensor:
     """`counts` as int32 if it is a 1-D tensor of non-negative integers parallel to `tokens`, else a

@@ -298,8 +298,8 @@ def log_run_header(run: Run) -> int:
     run.log(f"model_params:{n_params}")
     run.log(f"world_size:{run.world_size} grad_accum_steps:{run.grad_accum_steps}")
     run.log(f"device:{run.device} attention_backend:{run.attention} compiled:{should_compile(run)}")
-    run.log(f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} iterations:"
-            f"{core.iterations} warmup_steps:{core.warmup_steps} "
+    run.log(f"train_batch_tokens:{core.train_batch_tokens} train_seq_len:{core.train_seq_len} "
+            f"iterations:{core.iterations} warmup_steps:{core.warmup_steps} "
             f"max_wallclock_seconds:{core.max_wallclock_seconds:.3f}")
     if core.deterministic:
         run.log("deterministic:true schedule:iterations (the wall-clock cap is not applied) kernels:deterministic")
@@ -530,8 +530,7 @@ def train(run: Run) -> dict[str, Any]:
         raise TrainingDiverged(f"final evaluation: {bad[0]} is {summary[bad[0]]} (non-finite); metrics.json not "
                                "written and the run is not a result")
     if run.master and run.run_dir is not None:
-        write_atomic(run.run_dir / "metrics.json",
-                     json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
+        write_atomic(run.run_dir / "metrics.json", json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
     return summary
 
 
@@ -539,8 +538,7 @@ def export_artifact(run: Run) -> tuple[str, dict[str, Any]]:
     """Quantize -> refine -> compress -> write the artifact -> decode and verify it, then load the round-tripped
     weights into the model. Returns the artifact's label ("int8+zlib") and the size fields."""
     cfg = run.config
-    codec = run.hook.pg_codec(config=cfg)
-    layout = run.hook.pg_state_codec(config=cfg)
+    codec, layout = run.hook.pg_codec(config=cfg), run.hook.pg_state_codec(config=cfg)
     state = dict(run.model.state_dict())
     n_code = code_bytes(run)
     quantize = lambda name, t: run.hook.pg_quantize_tensor(name=name, tensor=t, config=cfg)

@@ -33,7 +33,7 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, spm.Sente
 def test_tables_follow_piece_types(tokenizer: tuple[Path, spm.SentencePieceProcessor]) -> None:
     _, sp = tokenizer
     tables = build_byte_tables(sp, VOCAB)
-    assert tables.size == VOCAB
+    assert tables.base_bytes.numel() == VOCAB
     assert tables.base_bytes.dtype == torch.int16
     assert tables.has_leading_space.dtype == torch.bool and tables.is_boundary.dtype == torch.bool
     for special in (0, 1, 2, 3):  # pad, bos, eos, unk
@@ -54,7 +54,7 @@ def test_tables_follow_piece_types(tokenizer: tuple[Path, spm.SentencePieceProce
 def test_tables_padded_to_model_vocab(tokenizer: tuple[Path, spm.SentencePieceProcessor]) -> None:
     _, sp = tokenizer
     tables = build_byte_tables(sp, VOCAB + 16)
-    assert tables.size == VOCAB + 16
+    assert tables.base_bytes.numel() == VOCAB + 16
     assert tables.is_boundary[VOCAB:].all() and not tables.base_bytes[VOCAB:].any()
     moved = tables.to("cpu")
     assert isinstance(moved, ByteTables) and torch.equal(moved.base_bytes, tables.base_bytes)
