@@ -1,10 +1,10 @@
 """Numerics of the kernels a record's step runs, eager and compiled, against fp32 references (issue #11's PR #1493
 gap, issue #14's backend choice): attention kernels at a model's training shape, and RMSNorm on bf16 inputs.
 
-Each SDPA kernel set pgolf can pick (plugins.attention_auto.SDPA_SETS: cudnn = cuDNN with flash as fallback, flash,
-efficient, math) and fa4 when importable, eager and under torch.compile(fullgraph=True), in the two layouts models
-hand to attention — (B, H, T, D) contiguous as pgolf's model does, and (B, T, H, D) tensors viewed as (B, H, T, D)
-as the FA3-style records do — against an fp32 math reference on the same inputs: the relative error
+Each SDPA kernel set pgolf can pick (SDPA_SETS, as core.run.pick_attention enables them: cudnn = cuDNN with flash as
+fallback, flash, efficient, math) and fa4 when importable, eager and under torch.compile(fullgraph=True), in the two
+layouts models hand to attention — (B, H, T, D) contiguous as pgolf's model does, and (B, T, H, D) tensors viewed as
+(B, H, T, D) as the FA3-style records do — against an fp32 math reference on the same inputs: the relative error
 ||x - ref|| / ||ref|| of the output and of dq, dk, dv, and the CUDA kernels that ran (profiler names). q and k are
 RMS-normalised and q scaled by the QK gain, as in the records, so the logits have the trained model's range.
 
@@ -32,8 +32,10 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from plugins.attention_auto import SDPA_SETS  # noqa: E402
 from plugins.lib import fa4  # noqa: E402
+
+SDPA_SETS = {"cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION"), "flash": ("FLASH_ATTENTION",),
+             "efficient": ("EFFICIENT_ATTENTION",), "math": ("MATH",)}  # the SDPA kernels each choice enables
 
 Attention = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, T, D) q, (B, Hkv, T, D) k, v -> (B, H, T, D)
 

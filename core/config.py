@@ -198,8 +198,7 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
         recipe_name = f"recipe:{recipe.get('source', 'dict')}"
         recipe = recipe.get("source", "recipe")
     elif recipe is not None:
-        data = load_recipe(recipe)
-        recipe_name = f"recipe:{recipe}"
+        data, recipe_name = load_recipe(recipe), f"recipe:{recipe}"
 
     # 1. The plugin list: recipe < PGOLF_PLUGINS < --set plugins=... < --plugins (the last one given wins).
     Item = tuple[str, str, Any, str, str]  # (section, key, raw value, source, where: for errors)
@@ -222,8 +221,7 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
             set_items.append((section, name, value, "--set", f"--set {item}"))
     if plugins is not None:
         layers.append((list(plugins), "--plugins", "--plugins"))
-    enabled: list[str] = []
-    sources = {"plugins": "default"}
+    enabled, sources = [], {"plugins": "default"}
     for value, source, where in layers:
         try:
             enabled, sources["plugins"] = [n for n in coerce(value, list[str], where) if n], source
@@ -244,10 +242,8 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
         if section not in section_classes and section in plugin_config_classes and sources["plugins"] != recipe_name:
             continue  # the recipe's table of a plugin that an override (env, --set, --plugins) turned off
         items += [(section, key, raw, recipe_name, f"{recipe}: {section}.{key}") for key, raw in table.items()]
-    for section, cls in section_classes.items():
-        for f in dataclasses.fields(cls) if cls is not None else ():
-            if (name := env_name(section, f)) in env:
-                items.append((section, f.name, env[name], f"env:{name}", f"env {name}"))
+    items += [(section, f.name, env[name], f"env:{name}", f"env {name}") for section, cls in section_classes.items()
+              for f in (dataclasses.fields(cls) if cls is not None else ()) if (name := env_name(section, f)) in env]
     values: dict[str, dict[str, Any]] = {s: {} for s in section_classes}
     for section, key, raw, source, where in items + set_items:
         if section not in section_classes:

@@ -1,8 +1,7 @@
 """The challenge's token shard format, shard discovery, and the baseline's training/validation loaders.
 
-A shard is a 256-int32 little-endian header (magic 20240520, version 1, num_tokens, zeros) followed by
-num_tokens little-endian uint16 tokens. The loaders reproduce `train_gpt.py` token order exactly.
-"""
+A shard is a 256-int32 little-endian header (magic 20240520, version 1, num_tokens, zeros) followed by num_tokens
+little-endian uint16 tokens. The loaders reproduce `train_gpt.py` token order exactly."""
 
 from __future__ import annotations
 
@@ -82,16 +81,13 @@ class TokenStream:
         self.files = [Path(f) for f in files]
         if not self.files:
             raise DataError("TokenStream needs at least one shard file, got none")
-        self.vocab_size = vocab_size
-        self.file_idx = 0
+        self.vocab_size, self.file_idx, self.pos = vocab_size, 0, 0
         self.tokens = read_shard(self.files[0], vocab_size)
-        self.pos = 0
 
     def take(self, n: int) -> Tensor:
         """The next `n` tokens of the stream (crossing shard boundaries and wrapping as needed)."""
         chunks: list[Tensor] = []
-        remaining = n
-        empty_in_a_row = 0
+        remaining, empty_in_a_row = n, 0
         while remaining > 0:
             avail = self.tokens.numel() - self.pos
             if avail <= 0:

@@ -1,10 +1,9 @@
 """Export: quantize -> serialize -> compress -> verify the round trip, as one versioned artifact.
 
-The core reads the int8/int-k/passthrough schemes; plugins bring quantizers, codecs and state codecs (the
-defaults: `plugins.quant_int8` and `plugins.codec_zlib`, the baseline's int8 + zlib-9).
-An artifact is `MAGIC | u16 version | u32 header length | JSON header | streams`; decoding checks every size
-against a cap and every SHA-256, and loads tensors only with `torch.load(weights_only=True)`.
-"""
+The core reads the int8/int-k/passthrough schemes; plugins bring quantizers, codecs and state codecs (the defaults:
+`plugins.quant_int8` and `plugins.codec_zlib`, the baseline's int8 + zlib-9). An artifact is `MAGIC | u16 version |
+u32 header length | JSON header | streams`; decoding checks every size against a cap and every SHA-256, and loads
+tensors only with `torch.load(weights_only=True)`."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """The GPT of the official baseline, with named slots that plugins fill at build time (`core.hookspecs`).
 
-With no plugins this is openai/parameter-golf's baseline `train_gpt.py` (9×512, GQA 8/4, relu² MLP ×2, tied
-embeddings, logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE): the same parameter names and
-order of random initialisation. Every block gets `ctx`, the forward's side inputs (`input_ids`,
-`attn_mask`, values stored by value-injection parts). The forward is plain module code for
-`torch.compile(fullgraph=True)`; mid-run switches are buffers (`plugins.lib.switch`), never Python attributes.
-"""
+With no plugins this is openai/parameter-golf's baseline `train_gpt.py` (9×512, GQA 8/4, relu² MLP ×2, tied embeddings,
+logit softcap, U-Net skips, resid_mix, q-gain, RMSNorm, RoPE): the same parameter names and order of random
+initialisation. Every block gets `ctx`, the forward's side inputs (`input_ids`, `attn_mask`, values stored by
+value-injection parts). The forward is plain module code for `torch.compile(fullgraph=True)`; mid-run switches are
+buffers (`plugins.lib.switch`), never Python attributes."""
 
 from __future__ import annotations
 
@@ -179,8 +178,7 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
         self.rotary = Rotary(self.head_dim, base=spec.rope_base)
         self.attention = CausalAttention(spec.attention)
-        self.value_parts = nn.ModuleList()
-        self.out_parts = nn.ModuleList()
+        self.value_parts, self.out_parts = nn.ModuleList(), nn.ModuleList()
 
     def forward(self, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         bsz, seqlen, dim = x.shape

@@ -1,6 +1,5 @@
 """Plugin discovery (the built-in `plugins/` package; files and entry points: `plugins.lib.loading`), metadata,
-requires/conflicts/roles/order checks, and the per-run pluggy PluginManager. No global state.
-"""
+requires/conflicts/roles/order checks, and the per-run pluggy PluginManager. No global state."""
 
 from __future__ import annotations
 

@@ -1,9 +1,7 @@
-"""A Run: resolved config, the run's own plugin manager, device, attention backend and distributed setup, paths
-and logs.
+"""A Run: resolved config, the run's own plugin manager, device, attention backend, distributed setup, paths, logs.
 
-The run directory holds config.json (every value with its source), events.jsonl (one structured
-event per line), train.log (challenge-compatible lines) and the artifact.
-"""
+The run directory holds config.json (every value with its source), events.jsonl (one structured event per line),
+train.log (challenge-compatible lines) and the artifact."""
 
 from __future__ import annotations
 
@@ -75,11 +73,10 @@ def pick_attention(setting: str, device: torch.device, measure: Callable[[], str
     if not available(choice):
         module, package = PACKAGES[choice]
         raise RuntimeError(f"core.attention={choice} but {module} ({package}) is not importable")
-    every = choice == "sdpa"  # torch's own dispatch
-    torch.backends.cuda.enable_cudnn_sdp(every or choice == "cudnn")
-    torch.backends.cuda.enable_flash_sdp(every or choice in ("flash", "cudnn"))
-    torch.backends.cuda.enable_mem_efficient_sdp(every or choice == "efficient")
-    torch.backends.cuda.enable_math_sdp(every or choice == "math")
+    kernels = {"cudnn_sdp": ("cudnn",), "flash_sdp": ("flash", "cudnn"), "mem_efficient_sdp": ("efficient",),
+               "math_sdp": ("math",)}  # the SDPA kernels each choice enables; "sdpa": all (torch's own dispatch)
+    for kernel, choices in kernels.items():
+        getattr(torch.backends.cuda, f"enable_{kernel}")(choice == "sdpa" or choice in choices)
     return choice
 
 

@@ -4,8 +4,7 @@ Position t ≥ 1 is the prediction of `tokens[t]` from `tokens[:t]`. The sink co
 its bytes (the tokenizer tables, or the stream's per-position counts from `pg_val_byte_counts`); it behaves the same
 whether or not the validator watches (validator/THREATS.md). Its frontier releases the scored prefix to test-time
 training, which reads validation tokens only through `plugins.lib.ttt.ScoredTokens`. Compile warm-up runs on random
-tokens, never on validation tokens (rulebook EVAL.TTT).
-"""
+tokens, never on validation tokens (rulebook EVAL.TTT)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """SentencePiece loading and the byte tables for exact bits-per-byte (the baseline's accounting).
 
-A target token counts its piece's UTF-8 bytes (without the leading '▁'), plus one byte for that space
-unless the previous token is a boundary (control/unknown/unused) token. `token_bytes` is the only place
-the project computes this from tables. A plugin may supply other tables (`pg_byte_tables`) or per-position
-byte counts of the validation stream (`pg_val_byte_counts`, a byte sidecar the ScoreSink then sums).
-"""
+A target token counts its piece's UTF-8 bytes (without the leading '▁'), plus one byte for that space unless the
+previous token is a boundary (control/unknown/unused) token. `token_bytes` is the only place the project computes this
+from tables. A plugin may supply other tables (`pg_byte_tables`) or per-position byte counts of the validation stream
+(`pg_val_byte_counts`, a byte sidecar the ScoreSink then sums)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ import math
 import os
 import random
 import time
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,11 +372,7 @@ def compiled_graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-@dataclass
-class LoopResult:
-    steps: int
-    train_time_ms: float
-    last_val_bpb: float | None = None
+LoopResult = namedtuple("LoopResult", "steps train_time_ms last_val_bpb", defaults=(None,))  # timed_loop's
 
 
 def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:

@@ -6,7 +6,6 @@ bf16, and keep the fastest; a backend that raises is skipped with its error. The
 
 from __future__ import annotations
 
-import contextlib
 from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
@@ -17,11 +16,9 @@ import torch.distributed as dist
 from core.hookspecs import hookimpl
 from core.model import attend
 from core.registry import Plugin
-from core.run import available
+from core.run import available, pick_attention
 
 MEASURED = ("fa3", "cudnn", "flash")  # what `auto` times, in order of preference on a tie
-SDPA_SETS = {"cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION"), "flash": ("FLASH_ATTENTION",),
-             "efficient": ("EFFICIENT_ATTENTION",), "math": ("MATH",)}  # the SDPA kernels each choice enables
 AttnShape = namedtuple("AttnShape", "batch heads kv_heads seq_len head_dim")
 
 
@@ -33,27 +30,21 @@ def attention_shape(core: Any, world_size: int) -> AttnShape:
 
 
 def time_backend(name: str, shape: AttnShape, device: torch.device, warmup: int = 3, iters: int = 10) -> float:
-    """Mean ms of forward+backward of backend `name` at `shape`, bf16, after `warmup` calls."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    """Mean ms of forward+backward of backend `name` at `shape`, bf16, after `warmup` calls. It leaves torch's SDPA
+    flags set for `name` (the run's `pick_attention` then sets them for its choice)."""
+    pick_attention(name, device)
     b, h, hkv, t, d = shape
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(b, n, t, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
                for n in (h, hkv, hkv))
     grad = torch.randn(b, t, h, d, device=device, dtype=torch.bfloat16, generator=gen)
-    sdpa = name in SDPA_SETS
-
-    def step() -> None:
-        with sdpa_kernel([getattr(SDPBackend, s) for s in SDPA_SETS[name]]) if sdpa else contextlib.nullcontext():
-            attend("sdpa" if sdpa else name, q, k, v).backward(grad)
-
     for _ in range(warmup):
-        step()
+        attend(name, q, k, v).backward(grad)  # fa3, else SDPA with the kernels set above
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda.synchronize(device)
     start.record()
     for _ in range(iters):
-        step()
+        attend(name, q, k, v).backward(grad)
     end.record()
     torch.cuda.synchronize(device)
     return start.elapsed_time(end) / iters
