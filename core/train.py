@@ -372,7 +372,7 @@ def compiled_graph_count() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-LoopResult = namedtuple("LoopResult", "steps train_time_ms last_val_bpb", defaults=(None,))  # timed_loop's
+LoopResult = namedtuple("LoopResult", "steps train_time_ms last_val_bpb", defaults=(None,))  # what timed_loop returns
 
 
 def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
