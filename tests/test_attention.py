@@ -71,6 +71,8 @@ def test_auto_on_cuda_takes_pg_attention_backend_else_fa3_or_cudnn(monkeypatch, 
     monkeypatch.setattr(core_run, "available", lambda name: name != "fa3")
     assert pick_attention("auto", cuda, lambda: None) == "cudnn" and sdpa_flags() == [True, True, False, False]
     assert pick_attention("math", cuda, lambda: pytest.fail("measured an explicit setting")) == "math"
+    assert sdpa_flags() == [False, False, False, True]
+    assert pick_attention("sdpa", cuda) == "sdpa" and sdpa_flags() == [True, True, True, True]  # torch's dispatch
     monkeypatch.setattr(core_run, "available", lambda name: True)
     assert pick_attention("auto", cuda) == "fa3"
 
