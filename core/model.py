@@ -258,8 +258,7 @@ class LayerSchedule(nn.Module):
         return list(range(half)), list(range(half, self.num_layers))
 
     def skip_count(self) -> int:
-        enc, dec = self.layout()
-        return min(len(enc), len(dec))
+        return min(map(len, self.layout()))
 
 
 class AddSkip(nn.Module):
@@ -368,9 +367,7 @@ class GPT(nn.Module):
         h = self.hidden(input_ids, doc_ids, cu_seqlens)
         if tail > 0:  # the head and loss of the last `tail` positions only (sliding windows score no more)
             h, target_ids = h[:, -tail:], None if target_ids is None else target_ids[:, -tail:]
-        if target_ids is None:
-            return self.logits(h).float()
-        return self.loss(self, h, target_ids, reduce)
+        return self.logits(h).float() if target_ids is None else self.loss(self, h, target_ids, reduce)
 
 
 def cast_for_training(model: nn.Module, device: torch.device, bf16: bool | None = None) -> nn.Module:

@@ -83,9 +83,7 @@ class Registry:
         """The built-in plugins, then `extra` (class, origin) pairs (`plugins.lib.loading`: files, entry points)."""
         self.plugins: dict[str, type[Plugin]] = {}
         self.origins: dict[str, str] = {}
-        for cls in self._builtin():
-            self.add(cls, "built-in")
-        for cls, origin in extra:
+        for cls, origin in [*((c, "built-in") for c in self._builtin()), *extra]:
             self.add(cls, origin)
 
     @staticmethod

@@ -27,10 +27,10 @@ def test_core_imports_nothing_above_it():
 
 # Issue #11: core/ at most 3,000 lines (3,323 on branch core-trim2: zlib became the default codec plugin, ScoredTokens
 # moved to plugins/lib/ttt.py; 3,256 on branch core3k: FlashAttention-4 became the fa4_attention plugin; 3,222 on branch
-# core3000: Switch moved to plugins/lib/switch.py; 2,998 on branch core3k (session 8): attention.py folded into
+# core3000: Switch moved to plugins/lib/switch.py; 2,996 on branch core3k (session 8): attention.py folded into
 # model.py/run.py, auto's timing became the default plugin attention_auto, the rest compacted): this ceiling only
 # ratchets down (lower it as core shrinks, never raise it).
-CORE_LINE_CEILING = 2_998
+CORE_LINE_CEILING = 2_996
 
 
 def test_core_stays_under_its_line_ceiling():
