@@ -46,6 +46,7 @@ from submissions.minify import (
     rename_globals,
     rename_locals,
     shake,
+    shorten_messages,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -457,13 +458,15 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
 def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: frozenset[str]) -> tuple[
         dict[str, str], str]:
     """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level,
-    imports nothing uses any more dropped (`minify.prune_unused_imports`), and `from __future__ import annotations`
-    where it changes nothing (`minify.drop_future_annotations`);
+    imports nothing uses any more dropped (`minify.prune_unused_imports`), error messages without their asides
+    (`minify.shorten_messages`), and `from __future__ import annotations` where it changes nothing
+    (`minify.drop_future_annotations`);
     `keep`: plugins.BUNDLED (what the script bundles, for inspection) and the settings classes, whose names a bad
     setting's error message shows."""
     sources, (loader,) = rename_globals(dict(items), [loader], keep=keep)
     sources = prune_unused_imports(sources, [loader])
-    return {n: reindent(drop_future_annotations(s)) for n, s in sources.items()}, loader
+    return {n: reindent(drop_future_annotations(shorten_messages(s))) for n, s in sources.items()}, \
+        shorten_messages(loader)
 
 
 def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
