@@ -21,6 +21,8 @@ RECIPE < environment variables < `section.key=value` arguments without `config.r
 fixed (PGOLF_PLUGINS and `core.plugins=` are refused), its structural settings are folded into the code and dead
 branches dropped (the rule, what stays overridable: `submissions.specialise`). A configuration with a hook wrapper
 keeps pluggy and the full resolution.
+A specialised script has no module loader where `submissions.merge` proves it the same: its modules' code runs
+in the script's own namespace in import order (no embedded sources, import hook or bundled import lines).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
+from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
     drop_future_annotations,
     minify_modules,
@@ -46,6 +49,7 @@ from submissions.minify import (
     rename_globals,
     rename_locals,
     shake,
+    shorten_messages,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -457,13 +461,15 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
 def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: frozenset[str]) -> tuple[
         dict[str, str], str]:
     """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level,
-    imports nothing uses any more dropped (`minify.prune_unused_imports`), and `from __future__ import annotations`
-    where it changes nothing (`minify.drop_future_annotations`);
+    imports nothing uses any more dropped (`minify.prune_unused_imports`), error messages without their asides
+    (`minify.shorten_messages`), and `from __future__ import annotations` where it changes nothing
+    (`minify.drop_future_annotations`);
     `keep`: plugins.BUNDLED (what the script bundles, for inspection) and the settings classes, whose names a bad
     setting's error message shows."""
     sources, (loader,) = rename_globals(dict(items), [loader], keep=keep)
     sources = prune_unused_imports(sources, [loader])
-    return {n: reindent(drop_future_annotations(s)) for n, s in sources.items()}, loader
+    return {n: reindent(drop_future_annotations(shorten_messages(s))) for n, s in sources.items()}, \
+        shorten_messages(loader)
 
 
 def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
@@ -496,19 +502,36 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
         "TOKENIZER_PATH, SEED, ITERATIONS, MAX_WALLCLOCK_SECONDS, …) < arguments section.key=value.",
         '"""',
     ]
-    lines += [
-        "",
-        f"RECIPE = {recipe_text}",
-        "",
-        f"_PACKAGES = {tuple(packages)!r}",
-        "_MODULES = {}",
-    ]
-    for name in sorted(sources):
-        lines.append(f"_MODULES[{name!r}] = {_literal(sources[name])}")
+    lines += ["", f"RECIPE = {recipe_text}", ""]
     loader = strip_source(loader) if strip or minify else loader
-    text = "\n".join(lines) + "\n" + (reindent(rename_locals(loader)) if minify else loader)
+    loader = rename_locals(loader) if minify else loader
+    merged = _merged(sources, loader) if minify and "def main(" in loader and LOADER_CLASS not in loader else None
+    if merged is not None:
+        text = "\n".join(lines) + "\n" + merged
+    else:
+        lines += [f"_PACKAGES = {tuple(packages)!r}", "_MODULES = {}"]
+        lines += [f"_MODULES[{name!r}] = {_literal(sources[name])}" for name in sorted(sources)]
+        text = "\n".join(lines) + "\n" + (reindent(loader) if minify else loader)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return wrap_code(cfg, registry, text) if wrap else text
+
+
+# The generic loader's main (it resolves with pluggy: a hook wrapper's bundle) needs its import hook.
+LOADER_CLASS = "registry = Registry()"
+
+
+def _merged(sources: dict[str, str], loader: str) -> str | None:
+    """A specialised script's modules and its main in one namespace (`submissions.merge`), one space per level;
+    None where that cannot be proven the same (the script keeps its module loader)."""
+    main = ast.parse(loader)
+    main.body = [s for s in main.body if isinstance(s, ast.Import) and s.names[0].name in ("os", "sys")
+                 or isinstance(s, ast.FunctionDef) and s.name == "main" or isinstance(s, ast.If)]
+    for fn in (s for s in main.body if isinstance(s, ast.FunctionDef)):
+        fn.body = [s for s in fn.body if "_BundledModules" not in ast.unparse(s)]
+    try:
+        return reindent(merge_modules(sources, ast.unparse(main), ["core.train"]))
+    except Unmergeable:
+        return None
 
 
 def wrap_code(cfg: Config, registry: Registry, text: str) -> str:

@@ -721,6 +721,51 @@ def rename_globals(sources: dict[str, str], extra: Iterable[str] = (), kinds: tu
     return out, [ast.unparse(renamer.visit(t)) + "\n" for t in others]
 
 
+# A parenthesised aside of an error message with no value in it: a hint for the reader, not what went wrong.
+MESSAGE_ASIDE = re.compile(r" ?\([^(){}]*\)")
+
+
+def _message_texts(node: ast.expr) -> list[ast.Constant]:
+    """The literal text parts of an error message expression: a string, an f-string's text between its values, or
+    the strings of a list of them (`ConfigError([f"..."])`)."""
+    if isinstance(node, ast.List):
+        return [t for e in node.elts for t in _message_texts(e)]
+    if isinstance(node, ast.JoinedStr):
+        return [v for v in node.values if isinstance(v, ast.Constant)]
+    return [node] if isinstance(node, ast.Constant) and isinstance(node.value, str) else []
+
+
+def shorten_messages(source: str) -> str:
+    """`source` with its error messages (the arguments of `raise E(...)` and `assert` messages) less their
+    parenthesised asides that show no value (`(set TOKENIZER_PATH / core.tokenizer_path)`): what failed and the
+    values stay, the advice goes (bytes of a bundle; pgolf's own modules keep the whole text). A constant
+    formatted into an f-string (`{'artifact'}`, a folded setting) becomes its text."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        part = node.exc if isinstance(node, ast.Raise) else node.msg if isinstance(node, ast.Assert) else None
+        args = [*part.args, *(k.value for k in part.keywords)] if isinstance(part, ast.Call) else [part] if part else []
+        for arg in args:
+            for fs in [n for n in ast.walk(arg) if isinstance(n, ast.JoinedStr)]:
+                fs.values = _joined_constants(fs.values)
+            for text in _message_texts(arg):
+                text.value = MESSAGE_ASIDE.sub("", text.value)
+    return ast.unparse(tree) + "\n" if tree.body else ""
+
+
+def _joined_constants(values: list[ast.expr]) -> list[ast.expr]:
+    """An f-string's parts with each plain formatted string constant (`{'x'}`) merged into the text around it."""
+    out: list[ast.expr] = []
+    for v in values:
+        if isinstance(v, ast.FormattedValue) and v.conversion == -1 and v.format_spec is None \
+                and isinstance(v.value, ast.Constant) and isinstance(v.value.value, str):
+            v = ast.Constant(v.value.value)
+        if isinstance(v, ast.Constant) and out and isinstance(out[-1], ast.Constant):
+            out[-1] = ast.Constant(out[-1].value + v.value)
+        else:
+            out.append(v)
+    return out
+
+
 PLAIN_ANNOTATIONS = frozenset({"int", "float", "str", "bool", "bytes"})
 
 
