@@ -199,7 +199,7 @@ def test_plugin_file_is_bundled_and_registered(tmp_path, tiny_sets):
                           "print(g['Cfg']().k, g['BUNDLED'])", str(script)], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "3 ('codec_zlib', 'file_my_trick', 'quant_int8')"  # with the defaults
+    assert res.stdout.strip() == "3 ('attention_auto', 'codec_zlib', 'file_my_trick', 'quant_int8')"  # + the defaults
     assert "'my_trick': " in script.read_text()
 
 
