@@ -7,7 +7,6 @@ block matrices drawn first by `orthoinit.banked`). Step 1's loss is then the rec
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
@@ -119,44 +118,73 @@ def test_the_order_settings_are_what_makes_them_equal(name, sets):
     assert not torch.equal(base["blocks.0.attn.c_q.weight"], other["blocks.0.attn.c_q.weight"])
 
 
-def test_pr1855_parameters_are_the_records_less_its_dead_lane_lambdas(monkeypatch):
-    """PR #1855's GPT, configured by the bench's table from the recipe at a reduced shape, against pgolf's model:
-    every record tensor has pgolf's shape under its pgolf name (banks by layer slice), pgolf has nothing more, and
-    the only record parameters pgolf lacks are the parallel-lane lambda rows of blocks before PARALLEL_START_LAYER
-    (never read by its forward): the count its profile's `dead_params` gives the bench (48 at the full shape)."""
-    from core.config import resolve
+PR1855_SHAPE = ["core.vocab_size=128", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
+                "core.num_layers=6", "partial_rope.dims=8", "depth_recurrence.loop_start=1",
+                "depth_recurrence.loop_end=2", "parallel_lanes.start=4", "xsa.last_n=6", "core.train_seq_len=256",
+                "core.device=cpu", "core.compile=false"]
+
+
+def pr1855_pair(monkeypatch, sets: list[str] = ()):
+    """(the record's module, its GPT, pgolf's model, the record name of each pgolf tensor) at PR1855_SHAPE, both
+    built from seed 1337: the record configured by the bench's env table from the recipe."""
     from pgolf.records import core_env
 
     profile = PROFILES["pr1855"]
-    sets = ["core.vocab_size=128", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2", "core.num_layers=6",
-            "partial_rope.dims=8", "depth_recurrence.loop_start=1", "depth_recurrence.loop_end=2",
-            "parallel_lanes.start=4", "xsa.last_n=6", "core.device=cpu", "core.compile=false"]
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=os.path.join(ROOT, profile.recipe),
-                  sets=sets, check_plugins=REGISTRY.check)
+                  sets=[*PR1855_SHAPE, *sets], check_plugins=REGISTRY.check)
     for k, v in {**core_env(cfg, cfg.core.train_seq_len), **profile.env(cfg, True)}.items():
         monkeypatch.setenv(k, v)
     mod = exec_record(record_source(profile), "pr1855_train_gpt")
-    rec = dict(mod.GPT(mod.Hyperparameters()).named_parameters())
-    ours = {n: tuple(p.shape) for n, p in build_model(create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False))
-            .named_parameters()}
-    L, start = 6, 4
-    want = {"tok_emb.weight": rec["tok_emb.weight"].shape, "skip_weights": rec["skip_weights"].shape,
-            "skip_merge.skip_gates": rec["skip_gates"].shape, "embed_mix_pre.0.smear_lambda": rec["smear_lambda"].shape,
-            "embed_mix_pre.0.smear_proj": rec["smear_gate.weight"].shape}
+    torch.manual_seed(1337)
+    rec = mod.GPT(mod.Hyperparameters())
+    torch.manual_seed(1337)
+    ours = build_model(create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False))
+    n, start = cfg.core.num_layers, cfg.plugin_configs["parallel_lanes"].start
+    names = {"tok_emb.weight": "tok_emb.weight", "skip_weights": "skip_weights", "skip_merge.skip_gates": "skip_gates",
+             "embed_mix_pre.0.smear_lambda": "smear_lambda", "embed_mix_pre.0.smear_proj": "smear_gate.weight"}
     banks = {"qo_bank": ("attn.c_q.weight", "attn.proj.weight"), "kv_bank": ("attn.c_k.weight", "attn.c_v.weight"),
              "mlp_up_bank": ("mlp.fc.weight",), "mlp_down_bank": ("mlp.proj.weight",)}
-    for i in range(L):
+    for i in range(n):
         b = f"blocks.{i}."
-        for bank, names in banks.items():
-            for j, name in enumerate(names):
-                want[b + name] = rec[bank][j * L + i].shape
-        for name in ("attn_scale", "mlp_scale", "resid_mix", "attn.q_gain"):
-            want[b + name] = rec[b + name].shape
-        want[b + "attn.out_parts.1.attn_gate_w"] = rec[b + "attn.attn_gate_w"].shape
+        names |= {b + name: (bank, j * n + i) for bank, parts in banks.items() for j, name in enumerate(parts)}
+        names |= {b + name: b + name for name in ("attn_scale", "mlp_scale", "resid_mix", "attn.q_gain")}
+        names[b + "attn.out_parts.1.attn_gate_w"] = b + "attn.attn_gate_w"
         if i >= start:
-            want[b + "residual.parallel_post_lambdas"] = rec["parallel_post_lambdas"][i].shape
-            want[b + "residual.parallel_resid_lambdas"] = rec["parallel_resid_lambdas"][i].shape
-    assert ours == {k: tuple(v) for k, v in want.items()}
-    dead = rec["parallel_post_lambdas"][:start].numel() + rec["parallel_resid_lambdas"][:start].numel()
-    n_rec, n_ours = sum(p.numel() for p in rec.values()), sum(math.prod(s) for s in ours.values())
-    assert n_rec - n_ours == dead == profile.dead_params(cfg)[0] == 6 * start
+            names[b + "residual.parallel_post_lambdas"] = ("parallel_post_lambdas", i)
+            names[b + "residual.parallel_resid_lambdas"] = ("parallel_resid_lambdas", i)
+    return mod, rec, ours, names, cfg
+
+
+def record_tensor(rec_params: dict[str, torch.Tensor], name) -> torch.Tensor:
+    return rec_params[name[0]][name[1]] if isinstance(name, tuple) else rec_params[name]
+
+
+def test_pr1855_initial_weights_are_the_records_less_its_dead_lane_lambdas(monkeypatch):
+    """PR #1855's GPT, configured by the bench's table from the recipe at a reduced shape, against pgolf's model
+    from the same seed: every pgolf tensor equals (bitwise) its record tensor (banks by layer slice), and the only
+    record parameters pgolf lacks are the parallel-lane lambda rows of blocks before PARALLEL_START_LAYER (never
+    read by its forward): the count its profile's `dead_params` gives the bench (48 at the full shape). Equal
+    because the record's generator is advanced as there: its SmearGate nn.Linear(12, 1) draws (then zeroed), its
+    banks draw nothing when built, then Q, K, V of every layer and then every MLP up (orthoinit.bank_order)."""
+    _, rec, ours, names, cfg = pr1855_pair(monkeypatch)
+    rec_params = dict(rec.named_parameters())
+    ours = dict(ours.named_parameters())
+    assert set(ours) == set(names)
+    for name, ref in names.items():
+        want = record_tensor(rec_params, ref)
+        assert ours[name].shape == want.shape, name
+        assert torch.equal(ours[name], want), f"{name}: differs by {(ours[name] - want).abs().max():.3g}"
+    assert ours["blocks.0.attn.c_q.weight"].std() > 0.05 and ours["blocks.0.mlp.fc.weight"].std() > 0.05
+    start = cfg.plugin_configs["parallel_lanes"].start
+    dead = rec_params["parallel_post_lambdas"][:start].numel() + rec_params["parallel_resid_lambdas"][:start].numel()
+    n_rec, n_ours = sum(p.numel() for p in rec_params.values()), sum(p.numel() for p in ours.values())
+    assert n_rec - n_ours == dead == PROFILES["pr1855"].dead_params(cfg)[0] == 6 * start
+
+
+@pytest.mark.parametrize("sets", [[], ["orthoinit.bank_order=layer"], ["orthoinit.banked=false"]])
+def test_pr1855_draw_order_settings_are_what_makes_them_equal(monkeypatch, sets):
+    _, rec, ours, names, _ = pr1855_pair(monkeypatch, sets)
+    rec_params = dict(rec.named_parameters())
+    same = torch.equal(dict(ours.named_parameters())["blocks.1.mlp.fc.weight"],
+                       record_tensor(rec_params, names["blocks.1.mlp.fc.weight"]))
+    assert same == (not sets)
