@@ -138,7 +138,8 @@ def pr1855_pair(monkeypatch, sets: list[str] = ()):
     torch.manual_seed(1337)
     rec = mod.GPT(mod.Hyperparameters())
     torch.manual_seed(1337)
-    ours = build_model(create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False))
+    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+    ours = run.model = build_model(run)
     n, start = cfg.core.num_layers, cfg.plugin_configs["parallel_lanes"].start
     names = {"tok_emb.weight": "tok_emb.weight", "skip_weights": "skip_weights", "skip_merge.skip_gates": "skip_gates",
              "embed_mix_pre.0.smear_lambda": "smear_lambda", "embed_mix_pre.0.smear_proj": "smear_gate.weight"}
@@ -152,7 +153,7 @@ def pr1855_pair(monkeypatch, sets: list[str] = ()):
         if i >= start:
             names[b + "residual.parallel_post_lambdas"] = ("parallel_post_lambdas", i)
             names[b + "residual.parallel_resid_lambdas"] = ("parallel_resid_lambdas", i)
-    return mod, rec, ours, names, cfg
+    return mod, rec, ours, names, run
 
 
 def record_tensor(rec_params: dict[str, torch.Tensor], name) -> torch.Tensor:
@@ -166,7 +167,8 @@ def test_pr1855_initial_weights_are_the_records_less_its_dead_lane_lambdas(monke
     read by its forward): the count its profile's `dead_params` gives the bench (48 at the full shape). Equal
     because the record's generator is advanced as there: its SmearGate nn.Linear(12, 1) draws (then zeroed), its
     banks draw nothing when built, then Q, K, V of every layer and then every MLP up (orthoinit.bank_order)."""
-    _, rec, ours, names, cfg = pr1855_pair(monkeypatch)
+    _, rec, ours, names, run = pr1855_pair(monkeypatch)
+    cfg = run.config
     rec_params = dict(rec.named_parameters())
     ours = dict(ours.named_parameters())
     assert set(ours) == set(names)
@@ -188,3 +190,42 @@ def test_pr1855_draw_order_settings_are_what_makes_them_equal(monkeypatch, sets)
     same = torch.equal(dict(ours.named_parameters())["blocks.1.mlp.fc.weight"],
                        record_tensor(rec_params, names["blocks.1.mlp.fc.weight"]))
     assert same == (not sets)
+
+
+@pytest.mark.parametrize("ntk", [None, "partial_rope.ntk_train_seq_len=256"])
+def test_pr1855_training_loss_is_the_records(monkeypatch, ntk):
+    """The loss of one doc-packed flat row (2,304 tokens, documents at BOS, segments of at most train_seq_len): the
+    record's with cu_seqlens from its `_build_cu_seqlens`, pgolf's with doc_ids/cu_seqlens from doc_packing, equal in
+    fp32 on CPU (to the rounding of the mean: fused_ce sums in chunks), with and without depth recurrence, both
+    models holding the same perturbed weights (at init every block's output is zero: only the embedding would be
+    compared). The record's rotary has no NTK rescale (ROPE_YARN 0), so the recipe's
+    `partial_rope.ntk_train_seq_len` is 0; 2048 (the old value) or 256 rescales any longer row: another loss."""
+    from core.train import set_modes
+    from plugins.doc_packing import pack_boundaries, segment_starts
+
+    mod, rec, ours, names, run = pr1855_pair(monkeypatch, [ntk] if ntk else [])
+    mod.BOS_ID = 1  # set by the record's loader
+    rec.fused_ce_enabled = False  # Triton; its eager path is the same softcapped CE
+    for block in rec.blocks:
+        block.mlp.use_fused = False
+    gen = torch.Generator().manual_seed(0)
+    rec_params = dict(rec.named_parameters())
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * (0.05 if p.ndim >= 2 else 0.2))
+            record_tensor(rec_params, names[name]).copy_(p)
+    n, seq = 2304, run.core.train_seq_len  # longer than the GPU recipe's 2048 too
+    tokens = torch.randint(2, run.core.vocab_size, (n + 1,), generator=gen)
+    tokens[torch.tensor([5, 40, 700, 1500, 1530])] = 1
+    x, y = tokens[:-1][None], tokens[1:][None]
+    starts = (x[0] == 1).nonzero()[:, 0].tolist()
+    rec_cu, _ = mod._build_cu_seqlens(starts, n, "cpu", seq, 64)
+    doc_ids, cu = pack_boundaries(segment_starts(starts, n, seq), n, 64)
+    assert torch.equal(cu, rec_cu)
+    for looping in (False, True):
+        rec.looping_active = looping
+        set_modes(run, ("recurrence",) if looping else ())
+        assert ours.schedule.looping == looping
+        want = rec(x, y, cu_seqlens=rec_cu, max_seqlen=seq)
+        got = ours(x, y, doc_ids=doc_ids[None], cu_seqlens=cu)
+        assert (abs(got.item() - want.item()) < 2e-6) == (ntk is None), (looping, got.item(), want.item())
