@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from record_module import exec_record
@@ -229,3 +230,35 @@ def test_pr1855_training_loss_is_the_records(monkeypatch, ntk):
         want = rec(x, y, cu_seqlens=rec_cu, max_seqlen=seq)
         got = ours(x, y, doc_ids=doc_ids[None], cu_seqlens=cu)
         assert (abs(got.item() - want.item()) < 2e-6) == (ntk is None), (looping, got.item(), want.item())
+
+
+def test_pr1855_batches_are_the_records(tmp_path):
+    """doc_packing's batches against the record's own DocumentPackingLoader (prefetch threads and all, pinned
+    memory off on CPU) over three shards of BOS-led documents, 1 rank of 8 micro-steps: x, y and cu_seqlens equal
+    call by call for 40 calls, across shard changes (the tail that does not fit is skipped) and the wrap to the
+    first shard. Both warm-ups read their own loader, so step 1 reads each side's first batch."""
+    from types import SimpleNamespace
+
+    from dataprep.build import write_shard
+    from plugins.doc_packing import DocumentPackingLoader
+
+    rng = np.random.default_rng(0)
+    for i, size in enumerate((9000, 6000, 7500)):
+        tokens = rng.integers(2, 128, size)
+        tokens[0] = 5  # the cursor starts at the first BOS
+        tokens[np.sort(rng.choice(np.arange(3, size), size // 300, replace=False))] = 1
+        write_shard(tmp_path / f"fineweb_train_{i:06d}.bin", tokens)
+    src = record_source(PROFILES["pr1855"]).replace("pin_memory=True", "pin_memory=False")
+    mod = exec_record(src.replace(".pin_memory()", ""), "pr1855_train_gpt")
+    h = SimpleNamespace(rank=0, world_size=1, train_seq_len=256, train_files=str(tmp_path / "fineweb_train_*.bin"))
+    rec = mod.DocumentPackingLoader(h, torch.device("cpu"))
+    ours = DocumentPackingLoader(sorted(tmp_path.glob("fineweb_train_*.bin")), 0, 1, torch.device("cpu"), bos_id=1,
+                                 vocab_size=128)
+    shards = []
+    for _ in range(40):
+        x, y, cu, _ = rec.next_batch(8 * 1024, 8)
+        ox, oy, doc_ids, ocu = ours.next_batch(8 * 1024, 256, 8)
+        assert torch.equal(ox, x) and torch.equal(oy, y) and torch.equal(ocu, cu)
+        assert doc_ids.max() + 1 == int((cu < x.size(1)).sum())
+        shards.append(ours.file_idx)
+    assert shards[0] == 0 and {1, 2} <= set(shards) and 0 in shards[shards.index(2):]
