@@ -18,7 +18,7 @@ from record_tables import record_source
 from core.config import resolve
 from core.registry import Registry
 from core.run import create_run
-from core.train import CoreDefaults, build_model
+from core.train import CoreDefaults, build_model, make_optimizers
 from pgolf.records import PROFILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -262,3 +262,56 @@ def test_pr1855_batches_are_the_records(tmp_path):
         assert doc_ids.max() + 1 == int((cu < x.size(1)).sum())
         shards.append(ours.file_idx)
     assert shards[0] == 0 and {1, 2} <= set(shards) and 0 in shards[shards.index(2):]
+
+
+def test_pr1855_optimizer_steps_are_the_records(monkeypatch):
+    """Three training steps of the record's `Optimizers` (token/scalar AdamW, banked Muon: bf16 momentum, MuonEq-R
+    rows, Polar Express NS eager as on CPU, WD, the momentum warm-up, clip 0.3) against pgolf's optimizers, both
+    fed the record's gradients of one doc-packed row per step: every parameter equal bitwise after each step."""
+    from core.optim import Muon
+    from plugins.doc_packing import pack_boundaries, segment_starts
+
+    mod, rec, ours, names, run = pr1855_pair(monkeypatch)
+    ns = mod.zeropower_via_newtonschulz5
+    monkeypatch.setattr(mod, "zeropower_via_newtonschulz5", getattr(ns, "_torchdynamo_orig_callable", ns))
+    mod.BOS_ID = 1
+    rec.fused_ce_enabled = False
+    for block in rec.blocks:
+        block.mlp.use_fused = False
+    h = mod.Hyperparameters()
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: None)  # its aux stream, unused on CPU
+    rec_opts = mod.Optimizers(h, rec)
+    for opt in (rec_opts.optimizer_tok, rec_opts.optimizer_scalar):
+        opt.param_groups[0]["fused"] = False
+    run.optimizers = make_optimizers(run, ours)
+    rec_params, our_params = dict(rec.named_parameters()), dict(ours.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    n, seq = 1024, run.core.train_seq_len
+    for step in range(3):
+        tokens = torch.randint(2, run.core.vocab_size, (n + 1,), generator=gen)
+        tokens[torch.randint(0, n, (6,), generator=gen)] = 1
+        x, y = tokens[:-1][None], tokens[1:][None]
+        starts = (x[0] == 1).nonzero()[:, 0].tolist()
+        rec(x, y, cu_seqlens=mod._build_cu_seqlens(starts, n, "cpu", seq, 64)[0], max_seqlen=seq).backward()
+        doc_ids, cu = pack_boundaries(segment_starts(starts, n, seq), n, 64)
+        ours(x, y, doc_ids=doc_ids[None], cu_seqlens=cu).backward()
+        frac = min(step / h.muon_momentum_warmup_steps, 1.0)  # the record's step_fn schedule, lr_scale 1
+        momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+        for o in (*rec_opts.optimizers, *run.optimizers):
+            for group in o.param_groups:
+                group["lr"] = group["base_lr"]
+                if isinstance(o, (Muon, mod.Muon)):
+                    group["momentum"] = momentum
+        norm = torch.nn.utils.clip_grad_norm_([p for p in rec.parameters() if p.requires_grad], h.grad_clip_norm)
+        clip = min(1.0, h.grad_clip_norm / (float(norm) + 1e-6))
+        for name, p in our_params.items():  # then the record's clipped gradients, to compare the optimizers alone
+            ref = names[name]  # (pgolf's clip sums the norm over per-layer tensors: an ulp apart when it clips)
+            grad = rec_params[ref[0]].grad[ref[1]] if isinstance(ref, tuple) else rec_params[ref].grad
+            assert (p.grad * clip - grad).abs().max() < 1e-6, name
+            p.grad = grad.clone()
+        for opt in (rec_opts.optimizer_tok, rec_opts.optimizer_scalar, rec_opts.optimizer_muon, *run.optimizers):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for name, p in our_params.items():
+            want = record_tensor(rec_params, names[name])
+            assert torch.equal(p, want), f"step {step + 1} {name}: differs by {(p - want).abs().max():.3g}"
