@@ -30,13 +30,7 @@ class OrthoInitConfig:
     min_dim: int = field(default=64, metadata={"help": "only matrices with both dims >= this are re-initialised"})
     banked: bool = field(default=False, metadata={
         "help": "the bank records' order (#609): block matrices drawn first and only here, then the other linears"})
-    bank_order: str = field(default="layer", metadata={
-        "help": "banked: layer (Q, K, V, MLP up per layer: #609) | attn_first (every layer's Q, K, V, then every "
-                "layer's MLP up: #1855)"})
-
-    def __post_init__(self) -> None:
-        if self.bank_order not in ("layer", "attn_first"):
-            raise ValueError(f"orthoinit.bank_order: expected layer or attn_first, got {self.bank_order!r}")
+    bank_order: str = field(default="layer", metadata={"help": "banked: layer (#609) | attn_first (#1855)"})
 
 
 def is_proj_name(name: str) -> bool:
@@ -51,11 +45,7 @@ def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = Tr
     of those, every block's attention linears before any block's MLP linears (#1855's two loops)."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     in_bank = {name for name, _ in linears if banked and name.startswith("blocks.")}
-
-    def draw_order(item: tuple[str, nn.Module]) -> tuple[bool, bool]:  # sorted() is stable: else as built
-        return item[0] not in in_bank, attn_first and ".mlp." in item[0]
-
-    for name, module in sorted(linears, key=draw_order):
+    for name, module in sorted(linears, key=lambda nm: (nm[0] not in in_bank, attn_first and ".mlp." in nm[0])):
         if getattr(module, "_zero_init", False):
             nn.init.zeros_(module.weight)
         elif name in in_bank or min(module.weight.shape) >= min_dim:
@@ -71,6 +61,12 @@ class OrthoInit(Plugin):
     sources = ("openai/parameter-golf#65", "openai/parameter-golf#162", "openai/parameter-golf#315")
     config = OrthoInitConfig
     test_settings = {"orthoinit": {"min_dim": 16}}
+
+    @classmethod
+    def check_config(cls, cfg: OrthoInitConfig, core) -> list[str]:
+        if cfg.bank_order in ("layer", "attn_first"):
+            return []
+        return [f"orthoinit.bank_order: expected layer or attn_first, got {cfg.bank_order!r}"]
 
     @hookimpl(tryfirst=True)  # the RNG state is put back before any plugin's "after_blocks" module draws
     def pg_model_modules(self, where, spec) -> None:

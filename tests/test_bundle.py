@@ -629,7 +629,8 @@ def _pr1493(sets=()):
 
 # The pr1493 bundle's wrapped size (code_wrapper: brotli, printable base-93 numeral), bytes. Ratchet it down when the
 # bundle shrinks; the record's hand-made wrapper is 16.6 KB (issue #11; its code in this wrapper would be 15,757).
-PR1493_WRAPPED_CEILING = 39_700
+# 39,701 since orthoinit.bank_order (PR #1855's draw order, +36 bytes).
+PR1493_WRAPPED_CEILING = 39_701
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():

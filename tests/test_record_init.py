@@ -315,3 +315,12 @@ def test_pr1855_optimizer_steps_are_the_records(monkeypatch):
         for name, p in our_params.items():
             want = record_tensor(rec_params, names[name])
             assert torch.equal(p, want), f"step {step + 1} {name}: differs by {(p - want).abs().max():.3g}"
+
+
+def test_orthoinit_bank_order_names_the_bad_value():
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"orthoinit.bank_order: expected layer or attn_first, got 'qkv'"):
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["orthoinit"],
+                sets=["orthoinit.banked=true", "orthoinit.bank_order=qkv"], check_plugins=REGISTRY.check,
+                check_settings=REGISTRY.check_settings)
