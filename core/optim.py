@@ -16,9 +16,9 @@ NS5_COEFFS = (3.4445, -4.7750, 2.0315)
 def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7,
                                 coeffs: tuple[tuple[float, float, float], ...] | None = None,
                                 dtype: torch.dtype = torch.bfloat16) -> Tensor:
-    """Approximately orthogonalise each matrix of G (..., rows, cols): the quintic Newton–Schulz iteration in
-    `dtype`, each matrix over its own norm. `coeffs`: one (a, b, c) per iteration, the first `steps` of them
-    (so at most len(coeffs) iterations); None: NS5_COEFFS for all `steps`. A Muon group's "ns_coeffs" arrives here."""
+    """Orthogonalise each matrix of G (..., rows, cols) by the quintic Newton–Schulz iteration in `dtype`, each over
+    its own norm. `coeffs` (a Muon group's "ns_coeffs"): one (a, b, c) per iteration, the first `steps`, as c·(A@A)
+    (PR #1855's Polar Express order); None: NS5_COEFFS for all `steps`, as (c·A)@A (the baseline's order)."""
     schedule = (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]
     X = G.to(dtype)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
@@ -27,7 +27,7 @@ def zeropower_via_newtonschulz5(G: Tensor, steps: int = 10, eps: float = 1e-7,
         X = X.mT
     for a, b, c in schedule:
         A = X @ X.mT
-        B = b * A + c * A @ A
+        B = b * A + (c * A @ A if coeffs is None else c * (A @ A))
         X = a * X + B @ X
     return X.mT if transposed else X
 

@@ -264,7 +264,7 @@ PR1855 = RecordProfile(
               "LOOP_END": "depth_recurrence.loop_end", "ENABLE_LOOPING_AT": "depth_recurrence.enable_at",
               "PARALLEL_START_LAYER": ("parallel_lanes.start", "core.num_layers"),
               "PARALLEL_FINAL_LANE": "parallel_lanes.final_lane", "ROPE_DIMS": ("partial_rope.dims", 0),
-              "ROPE_TRAIN_SEQ_LEN": ("partial_rope.ntk_train_seq_len", "core.train_seq_len"),
+              "ROPE_TRAIN_SEQ_LEN": "core.train_seq_len",  # read, never used (ROPE_YARN 0: no NTK rescale)
               "XSA_LAST_N": ("xsa.last_n", 0), "GATE_WINDOW": ("sparse_attn_gate.window", "smeargate.gate_window"),
               "SPARSE_ATTN_GATE_SCALE": "sparse_attn_gate.scale",
               "SPARSE_ATTN_GATE_INIT_STD": "sparse_attn_gate.init_std",

@@ -8,7 +8,8 @@ and the scale lands only on extra `*.proj` modules such as the BigramHash projec
 `banked = true` is the init of the parameter-bank records (PR #549 -> #609): their blocks hold no nn.Linear
 (`torch.empty` banks: no draw while the model is built, so the RNG state is put back after the blocks are
 made) and `_init_weights` draws the block matrices first, layer by layer (Q, K, V, MLP up; out/down zero,
-whatever their size), then the other linears in module order (those >= min_dim).
+whatever their size), then the other linears in module order (those >= min_dim). `bank_order = "attn_first"` is
+PR #1855's loop: Q, K, V of every layer, then every layer's MLP up (PR #609 draws them layer by layer).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class OrthoInitConfig:
     min_dim: int = field(default=64, metadata={"help": "only matrices with both dims >= this are re-initialised"})
     banked: bool = field(default=False, metadata={
         "help": "the bank records' order (#609): block matrices drawn first and only here, then the other linears"})
+    bank_order: str = field(default="layer", metadata={"help": "banked: layer (#609) | attn_first (#1855)"})
 
 
 def is_proj_name(name: str) -> bool:
@@ -37,12 +39,13 @@ def is_proj_name(name: str) -> bool:
 
 @torch.no_grad()
 def orthogonal_init(model: nn.Module, num_layers: int, mup_proj_scale: bool = True, min_dim: int = 64,
-                    banked: bool = False) -> None:
+                    banked: bool = False, attn_first: bool = False) -> None:
     """The record's `_init_weights` loop over nn.Linear modules (the token embedding is left alone); `banked`:
-    the blocks' linears first, each drawn whatever its size (the bank records' per-layer loop)."""
+    the blocks' linears first, each drawn whatever its size (the bank records' per-layer loop); `attn_first`:
+    of those, every block's attention linears before any block's MLP linears (#1855's two loops)."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     in_bank = {name for name, _ in linears if banked and name.startswith("blocks.")}
-    for name, module in sorted(linears, key=lambda nm: nm[0] not in in_bank):  # stable: bank first, else as built
+    for name, module in sorted(linears, key=lambda nm: (nm[0] not in in_bank, attn_first and ".mlp." in nm[0])):
         if getattr(module, "_zero_init", False):
             nn.init.zeros_(module.weight)
         elif name in in_bank or min(module.weight.shape) >= min_dim:
@@ -59,6 +62,12 @@ class OrthoInit(Plugin):
     config = OrthoInitConfig
     test_settings = {"orthoinit": {"min_dim": 16}}
 
+    @classmethod
+    def check_config(cls, cfg: OrthoInitConfig, core) -> list[str]:
+        if cfg.bank_order in ("layer", "attn_first"):
+            return []
+        return [f"orthoinit.bank_order: expected layer or attn_first, got {cfg.bank_order!r}"]
+
     @hookimpl(tryfirst=True)  # the RNG state is put back before any plugin's "after_blocks" module draws
     def pg_model_modules(self, where, spec) -> None:
         if not self.cfg.banked:
@@ -73,4 +82,5 @@ class OrthoInit(Plugin):
     def pg_init_weights(self, model, config) -> None:
         if self.cfg.min_dim < 1:
             raise ValueError(f"orthoinit.min_dim: expected a positive size, got {self.cfg.min_dim}")
-        orthogonal_init(model, len(model.blocks), self.cfg.mup_proj_scale, self.cfg.min_dim, self.cfg.banked)
+        orthogonal_init(model, len(model.blocks), self.cfg.mup_proj_scale, self.cfg.min_dim, self.cfg.banked,
+                        self.cfg.bank_order == "attn_first")

@@ -4,8 +4,10 @@ v2 (PR #162, carried by PR #315): a per-dimension gate g = sigmoid(p), p initial
 after the first RMSNorm: x_t <- (1 - g) * x_t + g * x_{t-1} (x_{-1} = 0). v4 (PR #1667 + the BOS fix of
 PR #1851): input-dependent, on raw embeddings before the norm, x_t <- x_t + lam * sigmoid(W x_t[:w]) *
 x_{t-1}, with the previous-token term masked where token t is BOS so documents never leak into each
-other; W and lam start at zero (identity at init). `bos_mask` gives v2 the same BOS fix (not in
-PR #315: off by default there). `gate_dtype = "body"`: PR #534's v2 gate trains in bf16 on CUDA.
+other; W and lam start at zero (identity at init). v4's W is made as the records' nn.Linear(w, 1) (a kaiming
+draw they zero at init): the generator advances as in PR #1855, whose later draws are then its own. `bos_mask`
+gives v2 the same BOS fix (not in PR #315: off by default there). `gate_dtype = "body"`: PR #534's v2 gate
+trains in bf16 on CUDA.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class SmearGateV4(nn.Module):
         super().__init__()
         self.window = min(window, dim)
         self.bos_id = bos_id
-        self.smear_proj = nn.Parameter(torch.zeros(1, self.window, dtype=torch.float32))
+        self.smear_proj = nn.Parameter(nn.Linear(self.window, 1, bias=False).weight.data.zero_())
         self.smear_lambda = nn.Parameter(torch.zeros(1, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:

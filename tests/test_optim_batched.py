@@ -34,7 +34,7 @@ def ns_2d(G, steps, coeffs=None, eps=1e-7):
         X = X.T
     for a, b, c in (NS5_COEFFS,) * steps if coeffs is None else coeffs[:steps]:
         A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X
+        X = a * X + (b * A + (c * A @ A if coeffs is None else c * (A @ A))) @ X  # NS5's order, the schedule's
     return X.T if transposed else X
 
 

@@ -29,7 +29,7 @@ def ns_per_matrix_fp32(G, steps, coeffs=None, eps=1e-7):
         X = X.T
     for a, b, c in (coeffs or (NS5_COEFFS,) * steps)[:steps]:
         A = X @ X.T
-        X = a * X + (b * A + c * A @ A) @ X  # (c·A)@A, the core's order
+        X = a * X + (b * A + (c * A @ A if coeffs is None else c * (A @ A))) @ X  # the core's orders
     return X.T if transposed else X
 
 

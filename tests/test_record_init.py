@@ -7,9 +7,9 @@ block matrices drawn first by `orthoinit.banked`). Step 1's loss is then the rec
 
 from __future__ import annotations
 
-import math
 import os
 
+import numpy as np
 import pytest
 import torch
 from record_module import exec_record
@@ -18,7 +18,7 @@ from record_tables import record_source
 from core.config import resolve
 from core.registry import Registry
 from core.run import create_run
-from core.train import CoreDefaults, build_model
+from core.train import CoreDefaults, build_model, make_optimizers
 from pgolf.records import PROFILES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,44 +119,208 @@ def test_the_order_settings_are_what_makes_them_equal(name, sets):
     assert not torch.equal(base["blocks.0.attn.c_q.weight"], other["blocks.0.attn.c_q.weight"])
 
 
-def test_pr1855_parameters_are_the_records_less_its_dead_lane_lambdas(monkeypatch):
-    """PR #1855's GPT, configured by the bench's table from the recipe at a reduced shape, against pgolf's model:
-    every record tensor has pgolf's shape under its pgolf name (banks by layer slice), pgolf has nothing more, and
-    the only record parameters pgolf lacks are the parallel-lane lambda rows of blocks before PARALLEL_START_LAYER
-    (never read by its forward): the count its profile's `dead_params` gives the bench (48 at the full shape)."""
-    from core.config import resolve
+PR1855_SHAPE = ["core.vocab_size=128", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2",
+                "core.num_layers=6", "partial_rope.dims=8", "depth_recurrence.loop_start=1",
+                "depth_recurrence.loop_end=2", "parallel_lanes.start=4", "xsa.last_n=6", "core.train_seq_len=256",
+                "core.device=cpu", "core.compile=false"]
+
+
+def pr1855_pair(monkeypatch, sets: list[str] = ()):
+    """(the record's module, its GPT, pgolf's model, the record name of each pgolf tensor) at PR1855_SHAPE, both
+    built from seed 1337: the record configured by the bench's env table from the recipe."""
     from pgolf.records import core_env
 
     profile = PROFILES["pr1855"]
-    sets = ["core.vocab_size=128", "core.model_dim=64", "core.num_heads=4", "core.num_kv_heads=2", "core.num_layers=6",
-            "partial_rope.dims=8", "depth_recurrence.loop_start=1", "depth_recurrence.loop_end=2",
-            "parallel_lanes.start=4", "xsa.last_n=6", "core.device=cpu", "core.compile=false"]
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=os.path.join(ROOT, profile.recipe),
-                  sets=sets, check_plugins=REGISTRY.check)
+                  sets=[*PR1855_SHAPE, *sets], check_plugins=REGISTRY.check)
     for k, v in {**core_env(cfg, cfg.core.train_seq_len), **profile.env(cfg, True)}.items():
         monkeypatch.setenv(k, v)
     mod = exec_record(record_source(profile), "pr1855_train_gpt")
-    rec = dict(mod.GPT(mod.Hyperparameters()).named_parameters())
-    ours = {n: tuple(p.shape) for n, p in build_model(create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False))
-            .named_parameters()}
-    L, start = 6, 4
-    want = {"tok_emb.weight": rec["tok_emb.weight"].shape, "skip_weights": rec["skip_weights"].shape,
-            "skip_merge.skip_gates": rec["skip_gates"].shape, "embed_mix_pre.0.smear_lambda": rec["smear_lambda"].shape,
-            "embed_mix_pre.0.smear_proj": rec["smear_gate.weight"].shape}
+    torch.manual_seed(1337)
+    rec = mod.GPT(mod.Hyperparameters())
+    torch.manual_seed(1337)
+    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+    ours = run.model = build_model(run)
+    n, start = cfg.core.num_layers, cfg.plugin_configs["parallel_lanes"].start
+    names = {"tok_emb.weight": "tok_emb.weight", "skip_weights": "skip_weights", "skip_merge.skip_gates": "skip_gates",
+             "embed_mix_pre.0.smear_lambda": "smear_lambda", "embed_mix_pre.0.smear_proj": "smear_gate.weight"}
     banks = {"qo_bank": ("attn.c_q.weight", "attn.proj.weight"), "kv_bank": ("attn.c_k.weight", "attn.c_v.weight"),
              "mlp_up_bank": ("mlp.fc.weight",), "mlp_down_bank": ("mlp.proj.weight",)}
-    for i in range(L):
+    for i in range(n):
         b = f"blocks.{i}."
-        for bank, names in banks.items():
-            for j, name in enumerate(names):
-                want[b + name] = rec[bank][j * L + i].shape
-        for name in ("attn_scale", "mlp_scale", "resid_mix", "attn.q_gain"):
-            want[b + name] = rec[b + name].shape
-        want[b + "attn.out_parts.1.attn_gate_w"] = rec[b + "attn.attn_gate_w"].shape
+        names |= {b + name: (bank, j * n + i) for bank, parts in banks.items() for j, name in enumerate(parts)}
+        names |= {b + name: b + name for name in ("attn_scale", "mlp_scale", "resid_mix", "attn.q_gain")}
+        names[b + "attn.out_parts.1.attn_gate_w"] = b + "attn.attn_gate_w"
         if i >= start:
-            want[b + "residual.parallel_post_lambdas"] = rec["parallel_post_lambdas"][i].shape
-            want[b + "residual.parallel_resid_lambdas"] = rec["parallel_resid_lambdas"][i].shape
-    assert ours == {k: tuple(v) for k, v in want.items()}
-    dead = rec["parallel_post_lambdas"][:start].numel() + rec["parallel_resid_lambdas"][:start].numel()
-    n_rec, n_ours = sum(p.numel() for p in rec.values()), sum(math.prod(s) for s in ours.values())
-    assert n_rec - n_ours == dead == profile.dead_params(cfg)[0] == 6 * start
+            names[b + "residual.parallel_post_lambdas"] = ("parallel_post_lambdas", i)
+            names[b + "residual.parallel_resid_lambdas"] = ("parallel_resid_lambdas", i)
+    return mod, rec, ours, names, run
+
+
+def record_tensor(rec_params: dict[str, torch.Tensor], name) -> torch.Tensor:
+    return rec_params[name[0]][name[1]] if isinstance(name, tuple) else rec_params[name]
+
+
+def test_pr1855_initial_weights_are_the_records_less_its_dead_lane_lambdas(monkeypatch):
+    """PR #1855's GPT, configured by the bench's table from the recipe at a reduced shape, against pgolf's model
+    from the same seed: every pgolf tensor equals (bitwise) its record tensor (banks by layer slice), and the only
+    record parameters pgolf lacks are the parallel-lane lambda rows of blocks before PARALLEL_START_LAYER (never
+    read by its forward): the count its profile's `dead_params` gives the bench (48 at the full shape). Equal
+    because the record's generator is advanced as there: its SmearGate nn.Linear(12, 1) draws (then zeroed), its
+    banks draw nothing when built, then Q, K, V of every layer and then every MLP up (orthoinit.bank_order)."""
+    _, rec, ours, names, run = pr1855_pair(monkeypatch)
+    cfg = run.config
+    rec_params = dict(rec.named_parameters())
+    ours = dict(ours.named_parameters())
+    assert set(ours) == set(names)
+    for name, ref in names.items():
+        want = record_tensor(rec_params, ref)
+        assert ours[name].shape == want.shape, name
+        assert torch.equal(ours[name], want), f"{name}: differs by {(ours[name] - want).abs().max():.3g}"
+    assert ours["blocks.0.attn.c_q.weight"].std() > 0.05 and ours["blocks.0.mlp.fc.weight"].std() > 0.05
+    start = cfg.plugin_configs["parallel_lanes"].start
+    dead = rec_params["parallel_post_lambdas"][:start].numel() + rec_params["parallel_resid_lambdas"][:start].numel()
+    n_rec, n_ours = sum(p.numel() for p in rec_params.values()), sum(p.numel() for p in ours.values())
+    assert n_rec - n_ours == dead == PROFILES["pr1855"].dead_params(cfg)[0] == 6 * start
+
+
+@pytest.mark.parametrize("sets", [[], ["orthoinit.bank_order=layer"], ["orthoinit.banked=false"]])
+def test_pr1855_draw_order_settings_are_what_makes_them_equal(monkeypatch, sets):
+    _, rec, ours, names, _ = pr1855_pair(monkeypatch, sets)
+    rec_params = dict(rec.named_parameters())
+    same = torch.equal(dict(ours.named_parameters())["blocks.1.mlp.fc.weight"],
+                       record_tensor(rec_params, names["blocks.1.mlp.fc.weight"]))
+    assert same == (not sets)
+
+
+@pytest.mark.parametrize("ntk", [None, "partial_rope.ntk_train_seq_len=256"])
+def test_pr1855_training_loss_is_the_records(monkeypatch, ntk):
+    """The loss of one doc-packed flat row (2,304 tokens, documents at BOS, segments of at most train_seq_len): the
+    record's with cu_seqlens from its `_build_cu_seqlens`, pgolf's with doc_ids/cu_seqlens from doc_packing, equal in
+    fp32 on CPU (to the rounding of the mean: fused_ce sums in chunks), with and without depth recurrence, both
+    models holding the same perturbed weights (at init every block's output is zero: only the embedding would be
+    compared). The record's rotary has no NTK rescale (ROPE_YARN 0), so the recipe's
+    `partial_rope.ntk_train_seq_len` is 0; 2048 (the old value) or 256 rescales any longer row: another loss."""
+    from core.train import set_modes
+    from plugins.doc_packing import pack_boundaries, segment_starts
+
+    mod, rec, ours, names, run = pr1855_pair(monkeypatch, [ntk] if ntk else [])
+    mod.BOS_ID = 1  # set by the record's loader
+    rec.fused_ce_enabled = False  # Triton; its eager path is the same softcapped CE
+    for block in rec.blocks:
+        block.mlp.use_fused = False
+    gen = torch.Generator().manual_seed(0)
+    rec_params = dict(rec.named_parameters())
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * (0.05 if p.ndim >= 2 else 0.2))
+            record_tensor(rec_params, names[name]).copy_(p)
+    n, seq = 2304, run.core.train_seq_len  # longer than the GPU recipe's 2048 too
+    tokens = torch.randint(2, run.core.vocab_size, (n + 1,), generator=gen)
+    tokens[torch.tensor([5, 40, 700, 1500, 1530])] = 1
+    x, y = tokens[:-1][None], tokens[1:][None]
+    starts = (x[0] == 1).nonzero()[:, 0].tolist()
+    rec_cu, _ = mod._build_cu_seqlens(starts, n, "cpu", seq, 64)
+    doc_ids, cu = pack_boundaries(segment_starts(starts, n, seq), n, 64)
+    assert torch.equal(cu, rec_cu)
+    for looping in (False, True):
+        rec.looping_active = looping
+        set_modes(run, ("recurrence",) if looping else ())
+        assert ours.schedule.looping == looping
+        want = rec(x, y, cu_seqlens=rec_cu, max_seqlen=seq)
+        got = ours(x, y, doc_ids=doc_ids[None], cu_seqlens=cu)
+        assert (abs(got.item() - want.item()) < 2e-6) == (ntk is None), (looping, got.item(), want.item())
+
+
+def test_pr1855_batches_are_the_records(tmp_path):
+    """doc_packing's batches against the record's own DocumentPackingLoader (prefetch threads and all, pinned
+    memory off on CPU) over three shards of BOS-led documents, 1 rank of 8 micro-steps: x, y and cu_seqlens equal
+    call by call for 40 calls, across shard changes (the tail that does not fit is skipped) and the wrap to the
+    first shard. Both warm-ups read their own loader, so step 1 reads each side's first batch."""
+    from types import SimpleNamespace
+
+    from dataprep.build import write_shard
+    from plugins.doc_packing import DocumentPackingLoader
+
+    rng = np.random.default_rng(0)
+    for i, size in enumerate((9000, 6000, 7500)):
+        tokens = rng.integers(2, 128, size)
+        tokens[0] = 5  # the cursor starts at the first BOS
+        tokens[np.sort(rng.choice(np.arange(3, size), size // 300, replace=False))] = 1
+        write_shard(tmp_path / f"fineweb_train_{i:06d}.bin", tokens)
+    src = record_source(PROFILES["pr1855"]).replace("pin_memory=True", "pin_memory=False")
+    mod = exec_record(src.replace(".pin_memory()", ""), "pr1855_train_gpt")
+    h = SimpleNamespace(rank=0, world_size=1, train_seq_len=256, train_files=str(tmp_path / "fineweb_train_*.bin"))
+    rec = mod.DocumentPackingLoader(h, torch.device("cpu"))
+    ours = DocumentPackingLoader(sorted(tmp_path.glob("fineweb_train_*.bin")), 0, 1, torch.device("cpu"), bos_id=1,
+                                 vocab_size=128)
+    shards = []
+    for _ in range(40):
+        x, y, cu, _ = rec.next_batch(8 * 1024, 8)
+        ox, oy, doc_ids, ocu = ours.next_batch(8 * 1024, 256, 8)
+        assert torch.equal(ox, x) and torch.equal(oy, y) and torch.equal(ocu, cu)
+        assert doc_ids.max() + 1 == int((cu < x.size(1)).sum())
+        shards.append(ours.file_idx)
+    assert shards[0] == 0 and {1, 2} <= set(shards) and 0 in shards[shards.index(2):]
+
+
+def test_pr1855_optimizer_steps_are_the_records(monkeypatch):
+    """Three training steps of the record's `Optimizers` (token/scalar AdamW, banked Muon: bf16 momentum, MuonEq-R
+    rows, Polar Express NS eager as on CPU, WD, the momentum warm-up, clip 0.3) against pgolf's optimizers, both
+    fed the record's gradients of one doc-packed row per step: every parameter equal bitwise after each step."""
+    from core.optim import Muon
+    from plugins.doc_packing import pack_boundaries, segment_starts
+
+    mod, rec, ours, names, run = pr1855_pair(monkeypatch)
+    ns = mod.zeropower_via_newtonschulz5
+    monkeypatch.setattr(mod, "zeropower_via_newtonschulz5", getattr(ns, "_torchdynamo_orig_callable", ns))
+    mod.BOS_ID = 1
+    rec.fused_ce_enabled = False
+    for block in rec.blocks:
+        block.mlp.use_fused = False
+    h = mod.Hyperparameters()
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: None)  # its aux stream, unused on CPU
+    rec_opts = mod.Optimizers(h, rec)
+    for opt in (rec_opts.optimizer_tok, rec_opts.optimizer_scalar):
+        opt.param_groups[0]["fused"] = False
+    run.optimizers = make_optimizers(run, ours)
+    rec_params, our_params = dict(rec.named_parameters()), dict(ours.named_parameters())
+    gen = torch.Generator().manual_seed(0)
+    n, seq = 1024, run.core.train_seq_len
+    for step in range(3):
+        tokens = torch.randint(2, run.core.vocab_size, (n + 1,), generator=gen)
+        tokens[torch.randint(0, n, (6,), generator=gen)] = 1
+        x, y = tokens[:-1][None], tokens[1:][None]
+        starts = (x[0] == 1).nonzero()[:, 0].tolist()
+        rec(x, y, cu_seqlens=mod._build_cu_seqlens(starts, n, "cpu", seq, 64)[0], max_seqlen=seq).backward()
+        doc_ids, cu = pack_boundaries(segment_starts(starts, n, seq), n, 64)
+        ours(x, y, doc_ids=doc_ids[None], cu_seqlens=cu).backward()
+        frac = min(step / h.muon_momentum_warmup_steps, 1.0)  # the record's step_fn schedule, lr_scale 1
+        momentum = (1 - frac) * h.muon_momentum_warmup_start + frac * h.muon_momentum
+        for o in (*rec_opts.optimizers, *run.optimizers):
+            for group in o.param_groups:
+                group["lr"] = group["base_lr"]
+                if isinstance(o, (Muon, mod.Muon)):
+                    group["momentum"] = momentum
+        norm = torch.nn.utils.clip_grad_norm_([p for p in rec.parameters() if p.requires_grad], h.grad_clip_norm)
+        clip = min(1.0, h.grad_clip_norm / (float(norm) + 1e-6))
+        for name, p in our_params.items():  # then the record's clipped gradients, to compare the optimizers alone
+            ref = names[name]  # (pgolf's clip sums the norm over per-layer tensors: an ulp apart when it clips)
+            grad = rec_params[ref[0]].grad[ref[1]] if isinstance(ref, tuple) else rec_params[ref].grad
+            assert (p.grad * clip - grad).abs().max() < 1e-6, name
+            p.grad = grad.clone()
+        for opt in (rec_opts.optimizer_tok, rec_opts.optimizer_scalar, rec_opts.optimizer_muon, *run.optimizers):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for name, p in our_params.items():
+            want = record_tensor(rec_params, names[name])
+            assert torch.equal(p, want), f"step {step + 1} {name}: differs by {(p - want).abs().max():.3g}"
+
+
+def test_orthoinit_bank_order_names_the_bad_value():
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"orthoinit.bank_order: expected layer or attn_first, got 'qkv'"):
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=["orthoinit"],
+                sets=["orthoinit.banked=true", "orthoinit.bank_order=qkv"], check_plugins=REGISTRY.check,
+                check_settings=REGISTRY.check_settings)
