@@ -198,6 +198,8 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     np.random.seed(core.seed)
     torch.manual_seed(core.seed)  # every device's generator
     run.model = build_model(run)
+    if should_compile(run):  # a graph per mode x batch shape x grad mode + eval shapes: past dynamo's 8 (PR #1855: 64)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     compiled = torch.compile(run.model, dynamic=False, fullgraph=True) if should_compile(run) else run.model
     run.eval_model = run.train_model = compiled
     run.optimizers = make_optimizers(run, run.model)

@@ -181,3 +181,21 @@ def test_the_warmup_trains_on_the_loaders_first_batches(tiny_sets, monkeypatch):
     assert len(seen) == 2
     for x in seen:
         assert torch.equal(x, fresh.next_batch(core.train_batch_tokens, core.train_seq_len, 1)[0])
+
+
+def test_compiled_model_takes_more_graphs_than_dynamos_default_limit(tiny_sets, monkeypatch):
+    """Modes x batch shapes x grad modes + the eval shapes pass dynamo's default 8 graphs per code object (PR
+    #1855's stack with varlen buckets and the recurrence mode did on an H200): with fullgraph=True the 9th graph
+    was a hard error. Compiled with the eager backend (fast on CPU); the limit logic is dynamo's, not inductor's."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, **{**kw, "backend": "eager"}))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    torch._dynamo.reset()
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), sets=[*tiny_sets, "core.compile=true"])
+    run = setup(cfg, reg, make_dir=False)
+    ids = run.val_tokens[:2 * 64 + 1].long()
+    with torch.no_grad():
+        for length in range(4, 64, 5):  # 12 shapes, a graph each (dynamic=False)
+            run.eval_model(ids[:length].view(1, length), ids[1:length + 1].view(1, length))
+    torch._dynamo.reset()
