@@ -1,0 +1,116 @@
+"""Kernel-level profile of any training script's steady-state steps, the same way for pgolf and a record (issue #14).
+
+Runs a script (`script.py args…`) or a module (`-m pgolf train …`) in this process with a global optimizer
+step hook (`torch.optim.optimizer.register_optimizer_step_post_hook`: every `torch.optim.Optimizer` calls it, the
+records' own Muon too). Training steps are counted on the first optimizer that steps; after `--skip` of them
+(past the records' warm-up steps and the compile) `torch.profiler` records `--steps` steps, then writes the
+operators and kernels by device time per step (and host time where there is no device), a summary by kind
+(matmul, attention, fused triton, copy, other) and the device time per step, as a text table and JSON. Both sides
+measured by one mechanism, so the difference between two tables is the difference between two steps.
+
+    python benchmarks/kernel_profile.py --skip 40 --steps 3 --out pgolf.json -- -m pgolf train --recipe R ...
+    cd <bench out>/record && env $(<record env>) python <repo>/benchmarks/kernel_profile.py --skip 40 --steps 3 \
+        --out record.json -- train_gpt.py        (`pgolf bench --side record --dry-run` writes that env)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.profiler import ProfilerActivity, profile
+
+KINDS = (("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|aten::(mm|addmm|bmm|matmul|linear)\b", re.I)),
+         ("attention", re.compile(r"flash|fmha|cudnn|attention|sdpa", re.I)),
+         ("fused triton", re.compile(r"^triton_", re.I)),
+         ("copy", re.compile(r"memcpy|memset|copy_|_to_copy|elementwise_kernel.*copy", re.I)))
+
+
+def kind_of(name: str) -> str:
+    return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
+
+
+class StepProfiler:
+    """Counts the first optimizer's steps; profiles steps skip+1 .. skip+steps and writes the tables."""
+
+    def __init__(self, skip: int, steps: int, out: Path, rows: int):
+        self.skip, self.steps, self.out, self.rows = skip, steps, out, rows
+        self.first: int | None = None
+        self.count = 0
+        self.prof: Any = None
+
+    def __call__(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        self.first = id(optimizer) if self.first is None else self.first
+        if id(optimizer) != self.first:
+            return
+        self.count += 1
+        if self.count == self.skip:
+            self._sync()
+            cuda = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+            self.prof = profile(activities=[ProfilerActivity.CPU, *cuda])
+            self.prof.__enter__()
+        elif self.count == self.skip + self.steps and self.prof is not None:
+            self._sync()
+            self.prof.__exit__(None, None, None)
+            self.write(self.prof.key_averages())
+            self.prof = None
+
+    @staticmethod
+    def _sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def write(self, events: Any) -> None:
+        def device_us(e: Any) -> float:
+            return float(getattr(e, "self_device_time_total", 0.0) or 0.0)
+
+        on_device = any(device_us(e) > 0 for e in events)
+        weight = device_us if on_device else (lambda e: float(e.self_cpu_time_total))
+        rows = sorted((e for e in events if weight(e) > 0), key=weight, reverse=True)
+        per_step = {e.key[:120]: weight(e) / 1000.0 / self.steps for e in rows}
+        calls = {e.key[:120]: e.count / self.steps for e in rows[:self.rows]}
+        kinds: dict[str, float] = {}
+        for name, ms in per_step.items():
+            kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + ms
+        result = {"steps": self.steps, "after_steps": self.skip, "time": "device" if on_device else "host (self)",
+                  "ms_per_step": sum(per_step.values()), "by_kind_ms": kinds,
+                  "top_ms": dict(list(per_step.items())[:self.rows]), "top_calls_per_step": calls}
+        self.out.write_text(json.dumps(result, indent=1) + "\n")
+        lines = [f"{result['time']} ms per step over {self.steps} steps after {self.skip}: "
+                 f"{result['ms_per_step']:.2f}",
+                 "by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))]
+        lines += [f"{ms:9.3f}  {kind_of(name):12s}  {name}" for name, ms in list(per_step.items())[:self.rows]]
+        self.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+        print("kernel_profile: " + lines[0] + f" -> {self.out}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--skip", type=int, default=40, help="training steps before the profiled ones")
+    parser.add_argument("--steps", type=int, default=3, help="training steps profiled")
+    parser.add_argument("--out", type=Path, required=True, help="JSON path (the table goes beside it as .txt)")
+    parser.add_argument("--rows", type=int, default=40, help="operators listed")
+    parser.add_argument("target", nargs=argparse.REMAINDER, help="-- script.py args… or -- -m module args…")
+    args = parser.parse_args(argv)
+    target = args.target[1:] if args.target[:1] == ["--"] else args.target
+    if not target or args.skip < 1 or args.steps < 1:
+        parser.error("expected --skip >= 1, --steps >= 1 and a target: -- script.py args… or -- -m module args…")
+    register_optimizer_step_post_hook(StepProfiler(args.skip, args.steps, args.out.resolve(), args.rows))
+    if target[0] == "-m":
+        sys.argv = [target[1], *target[2:]]
+        runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = target
+        sys.path.insert(0, str(Path(target[0]).resolve().parent))
+        runpy.run_path(target[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""benchmarks/kernel_profile.py: profiles exactly the steps it names, of any script, through the optimizer hook."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from torch.optim import optimizer as optimizer_module
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_profile.py"
+spec = importlib.util.spec_from_file_location("kernel_profile", SCRIPT)
+kernel_profile = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel_profile)
+
+TRAIN = """import sys, torch
+w = torch.nn.Parameter(torch.randn(32, 32))
+opt = torch.optim.SGD([w], lr=0.1)
+other = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+for step in range(int(sys.argv[1])):
+    x = torch.randn(16, 32)
+    for _ in range(1 if step < 3 else 5):  # steps 4+ do five matmuls: the profiled steps must be those
+        x = x @ w
+    x.sum().backward()
+    opt.step(); other.step(); opt.zero_grad()
+"""
+
+
+def test_profiles_the_named_steps_of_a_script(tmp_path, monkeypatch):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    monkeypatch.setattr("sys.argv", ["x"])
+    hooks = dict(optimizer_module._global_optimizer_post_hooks)
+    try:
+        kernel_profile.main(["--skip", "3", "--steps", "2", "--out", str(tmp_path / "p.json"), "--", str(script), "8"])
+    finally:
+        optimizer_module._global_optimizer_post_hooks.clear()
+        optimizer_module._global_optimizer_post_hooks.update(hooks)
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["steps"] == 2 and result["after_steps"] == 3
+    # steps 4 and 5: five forward matmuls, five weight-gradient and four input-gradient ones (steps 1-3: two)
+    assert result["top_calls_per_step"]["aten::mm"] == 14
+    assert result["by_kind_ms"]["matmul"] > 0
+    assert "aten::mm" in (tmp_path / "p.txt").read_text()
+
+
+def test_refuses_a_missing_target(tmp_path):
+    with pytest.raises(SystemExit):
+        kernel_profile.main(["--out", str(tmp_path / "p.json")])
