@@ -40,6 +40,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
+from submissions.lean import lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
     drop_future_annotations,
@@ -443,6 +444,8 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
         sources = {n: strip_source(s) for n, s in sources.items()}
     if minify:
         loader = specialised_loader(cfg, registry, sources) or LOADER
+        if loader is not LOADER:  # a specialised script runs the configuration validated at bundle time
+            sources = lean_sources(sources, extra=[loader])
         scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
         roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
         for _ in range(3 if loader is not LOADER else 0):  # literal arguments only the shaken code shows

@@ -1,0 +1,306 @@
+"""The LEAN profile of a specialised bundle: it does not re-check what `pgolf train`/`validate` checked (issue #11).
+
+A specialised bundle runs one configuration that was resolved and validated at bundle time, on data the
+challenge's harness provides. `lean_sources` removes, across all the bundle's modules at once:
+
+- every `assert` statement (what `python -O` does);
+- every INPUT GUARD: an `if` statement (with its `elif` chain) each of whose branches ends in `raise X(...)` or
+  `raise X`, replaced by its final `else` body (or by nothing), when every condition is PURE (names, attributes,
+  constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
+  `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED.
+
+Contract: on an input for which no removed guard or assert would have raised, the script does exactly what it did
+(same statements, same values, same order); on an input one of them would have refused, it no longer promises
+the one-line error. What is never removed, because a removal could change the normal path:
+- a bare `raise` (re-raising inside a handler is control flow, not a check), and guards raising exceptions
+  Python itself catches in protocols (`IMPLICITLY_CAUGHT`: `getattr`/`hasattr` catch AttributeError, `Mapping.get`
+  KeyError, iteration StopIteration …), and every guard in a dunder method other than `CHECKING_DUNDERS`;
+- a PROTECTED guard: one an `except` clause that RECOVERS (its body does not end in `raise`, nor, in the script's
+  `main`, in `return <nonzero exit status>`: reporting a bad setting is not recovering) could catch, the
+  guard's class being a subclass of the caught one (classes resolved by name through the bundle's class
+  statements and the builtins; an unresolvable class on either side counts as caught). A guard is in reach of
+  such a handler when it is inside its `try` body, or in a function reachable by name from that body (a name or
+  attribute naming a function, method or class anywhere in the bundle, transitively; a class reaches all its
+  methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
+  calls one of its own parameters also reaches what its callers' bodies name).
+A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
+function keeps `pass`. The exception classes nothing raises any more are then left to the tree-shaker.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from collections.abc import Iterable
+
+PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "type", "int", "float", "str", "bool", "abs",
+              "min", "max", "all", "any", "sorted", "set", "frozenset", "tuple", "list", "dict", "round", "sum",
+              "repr", "range", "zip", "enumerate", "divmod"}
+PURE_METHODS = {"numel", "dim", "size", "element_size", "is_file", "is_dir", "exists", "startswith", "endswith",
+                "get", "keys", "values", "items", "isdigit", "isidentifier", "isalnum", "strip", "lower", "upper",
+                "split", "issubset", "issuperset", "isdisjoint", "is_floating_point", "count", "index", "join"}
+IMPLICITLY_CAUGHT = {"AttributeError", "KeyError", "IndexError", "LookupError", "StopIteration",
+                     "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt", "BaseException",
+                     "Exception"}
+# Dunder methods no protocol calls under a handler of its own (the others keep their guards: `__getattr__` …).
+CHECKING_DUNDERS = {"__init__", "__post_init__", "__call__"}
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def pure(node: ast.AST) -> bool:
+    """An expression whose evaluation has no effect but its value (or an exception)."""
+    if isinstance(node, (ast.Constant, ast.Name)):
+        return True
+    if isinstance(node, ast.Attribute):
+        return pure(node.value)
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return all(pure(e) for e in node.elts)
+    if isinstance(node, ast.Dict):
+        return all(k is None or pure(k) for k in node.keys) and all(pure(v) for v in node.values)
+    if isinstance(node, ast.UnaryOp):
+        return pure(node.operand)
+    if isinstance(node, ast.BinOp):
+        return pure(node.left) and pure(node.right)
+    if isinstance(node, ast.BoolOp):
+        return all(pure(v) for v in node.values)
+    if isinstance(node, ast.Compare):
+        return pure(node.left) and all(pure(c) for c in node.comparators)
+    if isinstance(node, ast.Subscript):
+        return pure(node.value) and pure(node.slice)
+    if isinstance(node, ast.Slice):
+        return all(p is None or pure(p) for p in (node.lower, node.upper, node.step))
+    if isinstance(node, ast.IfExp):
+        return pure(node.test) and pure(node.body) and pure(node.orelse)
+    if isinstance(node, ast.Starred):
+        return pure(node.value)
+    if isinstance(node, ast.JoinedStr):
+        return all(pure(v) for v in node.values)
+    if isinstance(node, ast.FormattedValue):
+        return pure(node.value) and (node.format_spec is None or pure(node.format_spec))
+    if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)):
+        return pure(node.elt) and all(pure(g.iter) and all(pure(i) for i in g.ifs) and isinstance(g.target, (
+            ast.Name, ast.Tuple)) for g in node.generators)
+    if isinstance(node, ast.Call):
+        f = node.func
+        known = (isinstance(f, ast.Name) and f.id in PURE_CALLS) or (
+            isinstance(f, ast.Attribute) and f.attr in PURE_METHODS and pure(f.value))
+        return known and all(pure(a) for a in node.args) and all(pure(k.value) for k in node.keywords)
+    return False
+
+
+def _tail(node: ast.expr | None) -> str | None:
+    """The class name a `raise`/`except` expression names (`X`, `X(...)`, `mod.X`), or None."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+class _Bundle:
+    """What the whole bundle defines: functions/methods and classes by name, class bases, callers."""
+
+    def __init__(self, trees: Iterable[ast.Module]):
+        self.defs: dict[str, list[ast.AST]] = {}
+        self.bases: dict[str, set[str | None]] = {}
+        self.parent: dict[ast.AST, ast.AST] = {}
+        self.trees = list(trees)
+        for tree in self.trees:
+            for node in ast.walk(tree):
+                for child in ast.iter_child_nodes(node):
+                    self.parent[child] = node
+                if isinstance(node, (*FUNCTIONS, ast.ClassDef)):
+                    self.defs.setdefault(node.name, []).append(node)
+                if isinstance(node, ast.ClassDef):
+                    self.bases.setdefault(node.name, set()).update(_tail(b) for b in node.bases)
+
+    def function_of(self, node: ast.AST) -> ast.AST | None:
+        while node in self.parent:
+            node = self.parent[node]
+            if isinstance(node, FUNCTIONS):
+                return node
+        return None
+
+    def ancestors(self, name: str | None) -> set[str | None]:
+        """`name` and its base classes by name (None: one cannot be resolved)."""
+        out, todo = set(), [name]
+        while todo:
+            n = todo.pop()
+            if n in out:
+                continue
+            out.add(n)
+            if n in self.bases:
+                todo.extend(self.bases[n])
+            elif isinstance(getattr(builtins, n or "", None), type):
+                todo.extend(b.__name__ for b in getattr(builtins, n).__mro__[1:])
+            elif n != "object":
+                out.add(None)
+        return out
+
+    def callers(self, fn: ast.AST) -> list[ast.AST]:
+        name = fn.name
+        return [self.function_of(n) or tree for tree in self.trees for n in ast.walk(tree)
+                if isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.Attribute) and n.attr == name]
+
+    def reach(self, body: list[ast.stmt], where: ast.AST | None) -> set[ast.AST]:
+        """The functions (nodes) reachable by name from `body` (in function `where`)."""
+        seen: set[ast.AST] = set()
+        todo: list[tuple[list[ast.AST], ast.AST | None]] = [(list(body), where)]
+        while todo:
+            nodes, fn = todo.pop()
+            params = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)} if isinstance(
+                fn, FUNCTIONS) else set()
+            names: set[str] = set()
+            for node in (n for top in nodes for n in ast.walk(top)):
+                if isinstance(node, ast.Name):
+                    names.add(node.id)
+                elif isinstance(node, ast.Attribute):
+                    names.add(node.attr)
+                if isinstance(node, ast.Call):
+                    f = node.func
+                    if not (isinstance(f, ast.Name) and (f.id in self.defs or hasattr(builtins, f.id))
+                            or isinstance(f, ast.Attribute)):
+                        names |= {"__call__", "forward"}
+                    if isinstance(f, ast.Name) and f.id in params and fn not in seen:
+                        todo.extend((c.body if hasattr(c, "body") else [c], self.function_of(c))
+                                    for c in self.callers(fn))
+            for name in names:
+                for d in self.defs.get(name, ()):
+                    if d in seen:
+                        continue
+                    seen.add(d)
+                    inner = d.body if isinstance(d, FUNCTIONS) else [
+                        s for s in d.body if isinstance(s, (*FUNCTIONS, ast.ClassDef))]
+                    if isinstance(d, ast.ClassDef):
+                        seen.update(s for s in d.body if isinstance(s, FUNCTIONS))
+                        todo.extend((s.body, s) for s in d.body if isinstance(s, FUNCTIONS))
+                    else:
+                        todo.append((inner, d))
+        return seen
+
+
+def _recovers(handler: ast.ExceptHandler, where: ast.AST | None) -> bool:
+    """Whether the program goes on normally after `handler` (in function `where`): its body does not end in
+    `raise`, nor, in the script's `main`, in `return <nonzero exit status>`."""
+    last = handler.body[-1] if handler.body else None
+    exits = isinstance(where, FUNCTIONS) and where.name == "main" and isinstance(last, ast.Return) and isinstance(
+        last.value, ast.Constant) and type(last.value.value) is int and last.value.value != 0
+    return not (isinstance(last, ast.Raise) or exits)
+
+
+def _caught(handler: ast.ExceptHandler) -> set[str | None]:
+    if handler.type is None:
+        return {"BaseException"}
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return {_tail(t) if isinstance(t, (ast.Name, ast.Attribute)) else None for t in types}
+
+
+class _Protection:
+    """Which guard (by its position: the function it is in, or the try body around it) a recovering handler could
+    catch, and with which classes."""
+
+    def __init__(self, bundle: _Bundle):
+        self.bundle = bundle
+        self.functions: list[tuple[set[ast.AST], set[str | None]]] = []
+        self.regions: list[tuple[set[ast.AST], set[str | None]]] = []
+        for tree in bundle.trees:
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Try) and type(node).__name__ != "TryStar":
+                    continue
+                where = bundle.function_of(node)
+                caught = set().union(*(_caught(h) for h in node.handlers if _recovers(h, where)))
+                if not caught:
+                    continue
+                self.regions.append(({n for s in node.body for n in ast.walk(s)}, caught))
+                self.functions.append((bundle.reach(node.body, where), caught))
+
+    def protects(self, guard: ast.If, classes: set[str | None]) -> bool:
+        fn = self.bundle.function_of(guard)
+        for where, caught in [*self.regions, *self.functions]:
+            if (guard in where or fn in where) and any(
+                    None in caught or None in self.bundle.ancestors(c) or caught & self.bundle.ancestors(c)
+                    for c in classes):
+                return True
+        return False
+
+
+def _guard_chain(node: ast.If) -> tuple[list[ast.If], list[ast.stmt]] | None:
+    """(the `if`/`elif` nodes, the final `else` body) when every branch of the chain raises; else None."""
+    chain = []
+    while True:
+        last = node.body[-1] if node.body else None
+        if not (isinstance(last, ast.Raise) and last.exc is not None):
+            return None
+        chain.append(node)
+        if len(node.orelse) == 1 and isinstance(node.orelse[0], ast.If):
+            node = node.orelse[0]
+            continue
+        return chain, node.orelse
+
+
+class _Lean(ast.NodeTransformer):
+    def __init__(self, protection: _Protection):
+        self.protection = protection
+        self.dunder = 0
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        dunder = node.name.startswith("__") and node.name.endswith("__") and node.name not in CHECKING_DUNDERS
+        self.dunder += dunder
+        self.generic_visit(node)
+        self.dunder -= dunder
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Assert(self, node: ast.Assert) -> None:
+        return None
+
+    def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt] | None:
+        chain = None if self.dunder else _guard_chain(node)
+        if chain is not None:
+            guards, rest = chain
+            classes = {_tail(g.body[-1].exc) for g in guards}
+            if (all(pure(g.test) for g in guards) and not classes & IMPLICITLY_CAUGHT
+                    and not self.protection.protects(node, classes)):
+                return self._statements(rest)
+        ast.NodeTransformer.generic_visit(self, node)
+        if not node.body and not node.orelse and pure(node.test):
+            return None
+        if not node.body:
+            node.body = [ast.Pass()]
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST | None:
+        ast.NodeTransformer.generic_visit(self, node)
+        if not node.body and not node.orelse and pure(node.iter):
+            return None
+        node.body = node.body or [ast.Pass()]
+        return node
+
+    def _statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for stmt in body:
+            new = self.visit(stmt)
+            out.extend(new if isinstance(new, list) else [] if new is None else [new])
+        return out
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        super().generic_visit(node)
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and not body and not isinstance(node, (ast.Module, ast.If, ast.For)):
+            body.append(ast.Pass())  # an emptied `with`, `try`, handler, class or function body
+        return node
+
+
+def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` (module name -> code) without asserts and unprotected pure input guards (the module docstring);
+    `extra`: the script's other code (its main), whose handlers protect too but which stays as it is."""
+    trees = {name: ast.parse(text) for name, text in sources.items()}
+    protection = _Protection(_Bundle([*trees.values(), *(ast.parse(t) for t in extra)]))
+    out = {}
+    for name, tree in trees.items():
+        new = _Lean(protection).visit(tree)
+        out[name] = ast.unparse(ast.fix_missing_locations(new))
+    return out
