@@ -7,7 +7,10 @@ challenge's harness provides. `lean_sources` removes, across all the bundle's mo
 - every INPUT GUARD: an `if` statement (with its `elif` chain) each of whose branches ends in `raise X(...)` or
   `raise X`, replaced by its final `else` body (or by nothing), when every condition is PURE (names, attributes,
   constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
-  `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED.
+  `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED (below);
+- every TRANSLATING `try` (each handler ends in `raise X(...)`/`raise X`: it only turns one error into another;
+  no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it, whatever it
+  catches.
 
 Contract: on an input for which no removed guard or assert would have raised, the script does exactly what it did
 (same statements, same values, same order); on an input one of them would have refused, it no longer promises
@@ -23,6 +26,7 @@ the one-line error. What is never removed, because a removal could change the no
   attribute naming a function, method or class anywhere in the bundle, transitively; a class reaches all its
   methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
   calls one of its own parameters also reaches what its callers' bodies name).
+
 A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
 function keeps `pass`. The exception classes nothing raises any more are then left to the tree-shaker.
 """
@@ -270,6 +274,14 @@ class _Lean(ast.NodeTransformer):
             return None
         if not node.body:
             node.body = [ast.Pass()]
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST | list[ast.stmt]:
+        translates = node.handlers and all(h.body and isinstance(h.body[-1], ast.Raise) and h.body[-1].exc is not None
+                                           for h in node.handlers)
+        if translates and not node.orelse and not node.finalbody and not self.protection.protects(node, {None}):
+            return self._statements(node.body) or [ast.Pass()]
+        self.generic_visit(node)
         return node
 
     def visit_For(self, node: ast.For) -> ast.AST | None:

@@ -182,3 +182,42 @@ def test_the_scripts_main_reporting_a_bad_setting_protects_nothing():
     recovers = main.replace("return 2\n        return 0", "cfg = Cfg(1.0)\n        return 0")
     assert "raise ValueError('lr')" in _lean(code, extra=recovers)
 
+
+
+def test_a_handler_that_only_translates_the_error_goes_with_its_try_unless_a_recovery_could_see_it():
+    code = """
+    import json
+
+    def header(raw):
+        try:
+            h = json.loads(raw)
+        except ValueError as e:
+            raise RuntimeError(f'corrupt header ({e})') from e
+        return h
+
+    def temp(path, data):
+        try:
+            path.write_bytes(data)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def parse(raw):
+        try:
+            return int(raw)
+        except ValueError as e:
+            raise KeyError(raw) from e
+
+    def lookup(raw):
+        try:
+            return parse(raw)
+        except KeyError:
+            return None
+    """
+    lean = _lean(code)
+    assert "corrupt header" not in lean and "h = json.loads(raw)" in lean  # the try body stays, inlined
+    assert "path.unlink(missing_ok=True)" in lean  # a bare re-raise after cleanup is not a translation
+    assert "raise KeyError(raw) from e" in lean  # lookup recovers from what parse translates to: it stays
+    ns: dict = {}
+    exec(lean, ns)
+    assert ns["header"]('{"a": 1}') == {"a": 1} and ns["lookup"]("x") is None and ns["lookup"]("7") == 7
