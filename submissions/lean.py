@@ -51,45 +51,24 @@ CHECKING_DUNDERS = {"__init__", "__post_init__", "__call__"}
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
+# Expressions that are pure when all their parts are (operators and contexts are parts too).
+COMPOSITE = (ast.Attribute, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.BoolOp, ast.Compare,
+             ast.Subscript, ast.Slice, ast.IfExp, ast.Starred, ast.JoinedStr, ast.FormattedValue, ast.GeneratorExp,
+             ast.ListComp, ast.SetComp, ast.comprehension, ast.expr_context, ast.operator, ast.unaryop, ast.cmpop,
+             ast.boolop)
+
+
 def pure(node: ast.AST) -> bool:
-    """An expression whose evaluation has no effect but its value (or an exception)."""
+    """An expression whose evaluation has no effect but its value (or an exception): names, constants, the
+    `COMPOSITE` forms of pure parts, and calls of `PURE_CALLS` builtins / `PURE_METHODS` with pure arguments."""
     if isinstance(node, (ast.Constant, ast.Name)):
         return True
-    if isinstance(node, ast.Attribute):
-        return pure(node.value)
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        return all(pure(e) for e in node.elts)
-    if isinstance(node, ast.Dict):
-        return all(k is None or pure(k) for k in node.keys) and all(pure(v) for v in node.values)
-    if isinstance(node, ast.UnaryOp):
-        return pure(node.operand)
-    if isinstance(node, ast.BinOp):
-        return pure(node.left) and pure(node.right)
-    if isinstance(node, ast.BoolOp):
-        return all(pure(v) for v in node.values)
-    if isinstance(node, ast.Compare):
-        return pure(node.left) and all(pure(c) for c in node.comparators)
-    if isinstance(node, ast.Subscript):
-        return pure(node.value) and pure(node.slice)
-    if isinstance(node, ast.Slice):
-        return all(p is None or pure(p) for p in (node.lower, node.upper, node.step))
-    if isinstance(node, ast.IfExp):
-        return pure(node.test) and pure(node.body) and pure(node.orelse)
-    if isinstance(node, ast.Starred):
-        return pure(node.value)
-    if isinstance(node, ast.JoinedStr):
-        return all(pure(v) for v in node.values)
-    if isinstance(node, ast.FormattedValue):
-        return pure(node.value) and (node.format_spec is None or pure(node.format_spec))
-    if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)):
-        return pure(node.elt) and all(pure(g.iter) and all(pure(i) for i in g.ifs) and isinstance(g.target, (
-            ast.Name, ast.Tuple)) for g in node.generators)
     if isinstance(node, ast.Call):
         f = node.func
         known = (isinstance(f, ast.Name) and f.id in PURE_CALLS) or (
             isinstance(f, ast.Attribute) and f.attr in PURE_METHODS and pure(f.value))
         return known and all(pure(a) for a in node.args) and all(pure(k.value) for k in node.keywords)
-    return False
+    return isinstance(node, COMPOSITE) and all(pure(c) for c in ast.iter_child_nodes(node))
 
 
 def _tail(node: ast.expr | None) -> str | None:
