@@ -20,7 +20,9 @@ statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) 
 RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
 fixed (PGOLF_PLUGINS and `core.plugins=` are refused), its structural settings are folded into the code and dead
 branches dropped (the rule, what stays overridable: `submissions.specialise`). A configuration with a hook wrapper
-keeps pluggy and the full resolution.
+keeps pluggy and the full resolution. A specialised bundle is LEAN (`submissions.lean`): it does not re-check what
+the bundle-time resolution checked (asserts, pure input guards and error-translating `try`s go where no recovering
+handler could catch them).
 A specialised script has no module loader where `submissions.merge` proves it the same: its modules' code runs
 in the script's own namespace in import order (no embedded sources, import hook or bundled import lines).
 """
