@@ -9,8 +9,7 @@ challenge's harness provides. `lean_sources` removes, across all the bundle's mo
   constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
   `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED (below);
 - every TRANSLATING `try` (each handler ends in `raise X(...)`/`raise X`: it only turns one error into another;
-  no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it, whatever it
-  catches.
+  no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it.
 
 Contract: on an input for which no removed guard or assert would have raised, the script does exactly what it did
 (same statements, same values, same order); on an input one of them would have refused, it no longer promises
@@ -18,11 +17,10 @@ the one-line error. What is never removed, because a removal could change the no
 - a bare `raise` (re-raising inside a handler is control flow, not a check), and guards raising exceptions
   Python itself catches in protocols (`IMPLICITLY_CAUGHT`: `getattr`/`hasattr` catch AttributeError, `Mapping.get`
   KeyError, iteration StopIteration …), and every guard in a dunder method other than `CHECKING_DUNDERS`;
-- a PROTECTED guard: one an `except` clause that RECOVERS (its body does not end in `raise`, nor, in the script's
-  `main`, in `return <nonzero exit status>`: reporting a bad setting is not recovering) could catch, the
-  guard's class being a subclass of the caught one (classes resolved by name through the bundle's class
-  statements and the builtins; an unresolvable class on either side counts as caught). A guard is in reach of
-  such a handler when it is inside its `try` body, or in a function reachable by name from that body (a name or
+- a PROTECTED guard: one in the reach of an `except` clause that RECOVERS (its body does not end in `raise`, nor,
+  in the script's `main`, in `return <nonzero exit status>`: reporting a bad setting is not recovering), whatever
+  the guard raises and the handler names (its condition could raise what the handler catches). A guard is in
+  reach of such a handler when it is inside its `try` body, or in a function reachable by name from that body (a name or
   attribute naming a function, method or class anywhere in the bundle, transitively; a class reaches all its
   methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
   calls one of its own parameters also reaches what its callers' bodies name).
@@ -83,11 +81,10 @@ def _tail(node: ast.expr | None) -> str | None:
 
 
 class _Bundle:
-    """What the whole bundle defines: functions/methods and classes by name, class bases, callers."""
+    """What the whole bundle defines: functions/methods and classes by name, each node's parent, callers."""
 
     def __init__(self, trees: Iterable[ast.Module]):
         self.defs: dict[str, list[ast.AST]] = {}
-        self.bases: dict[str, set[str | None]] = {}
         self.parent: dict[ast.AST, ast.AST] = {}
         self.trees = list(trees)
         for tree in self.trees:
@@ -96,8 +93,6 @@ class _Bundle:
                     self.parent[child] = node
                 if isinstance(node, (*FUNCTIONS, ast.ClassDef)):
                     self.defs.setdefault(node.name, []).append(node)
-                if isinstance(node, ast.ClassDef):
-                    self.bases.setdefault(node.name, set()).update(_tail(b) for b in node.bases)
 
     def function_of(self, node: ast.AST) -> ast.AST | None:
         while node in self.parent:
@@ -105,22 +100,6 @@ class _Bundle:
             if isinstance(node, FUNCTIONS):
                 return node
         return None
-
-    def ancestors(self, name: str | None) -> set[str | None]:
-        """`name` and its base classes by name (None: one cannot be resolved)."""
-        out, todo = set(), [name]
-        while todo:
-            n = todo.pop()
-            if n in out:
-                continue
-            out.add(n)
-            if n in self.bases:
-                todo.extend(self.bases[n])
-            elif isinstance(getattr(builtins, n or "", None), type):
-                todo.extend(b.__name__ for b in getattr(builtins, n).__mro__[1:])
-            elif n != "object":
-                out.add(None)
-        return out
 
     def callers(self, fn: ast.AST) -> list[ast.AST]:
         name = fn.name
@@ -173,40 +152,25 @@ def _recovers(handler: ast.ExceptHandler, where: ast.AST | None) -> bool:
     return not (isinstance(last, ast.Raise) or exits)
 
 
-def _caught(handler: ast.ExceptHandler) -> set[str | None]:
-    if handler.type is None:
-        return {"BaseException"}
-    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    return {_tail(t) if isinstance(t, (ast.Name, ast.Attribute)) else None for t in types}
-
-
 class _Protection:
-    """Which guard (by its position: the function it is in, or the try body around it) a recovering handler could
-    catch, and with which classes."""
+    """Where a recovering handler could see an exception: the nodes of its `try` bodies and the functions they
+    reach."""
 
     def __init__(self, bundle: _Bundle):
         self.bundle = bundle
-        self.functions: list[tuple[set[ast.AST], set[str | None]]] = []
-        self.regions: list[tuple[set[ast.AST], set[str | None]]] = []
+        self.nodes: set[ast.AST] = set()
+        self.functions: set[ast.AST] = set()
         for tree in bundle.trees:
             for node in ast.walk(tree):
                 if not isinstance(node, ast.Try) and type(node).__name__ != "TryStar":
                     continue
                 where = bundle.function_of(node)
-                caught = set().union(*(_caught(h) for h in node.handlers if _recovers(h, where)))
-                if not caught:
-                    continue
-                self.regions.append(({n for s in node.body for n in ast.walk(s)}, caught))
-                self.functions.append((bundle.reach(node.body, where), caught))
+                if any(_recovers(h, where) for h in node.handlers):
+                    self.nodes.update(n for s in node.body for n in ast.walk(s))
+                    self.functions |= bundle.reach(node.body, where)
 
-    def protects(self, guard: ast.If, classes: set[str | None]) -> bool:
-        fn = self.bundle.function_of(guard)
-        for where, caught in [*self.regions, *self.functions]:
-            if (guard in where or fn in where) and any(
-                    None in caught or None in self.bundle.ancestors(c) or caught & self.bundle.ancestors(c)
-                    for c in classes):
-                return True
-        return False
+    def protects(self, node: ast.stmt) -> bool:
+        return node in self.nodes or self.bundle.function_of(node) in self.functions
 
 
 def _guard_chain(node: ast.If) -> tuple[list[ast.If], list[ast.stmt]] | None:
@@ -246,7 +210,7 @@ class _Lean(ast.NodeTransformer):
             guards, rest = chain
             classes = {_tail(g.body[-1].exc) for g in guards}
             if (all(pure(g.test) for g in guards) and not classes & IMPLICITLY_CAUGHT
-                    and not self.protection.protects(node, classes)):
+                    and not self.protection.protects(node)):
                 return self._statements(rest)
         ast.NodeTransformer.generic_visit(self, node)
         if not node.body and not node.orelse and pure(node.test):
@@ -258,7 +222,7 @@ class _Lean(ast.NodeTransformer):
     def visit_Try(self, node: ast.Try) -> ast.AST | list[ast.stmt]:
         translates = node.handlers and all(h.body and isinstance(h.body[-1], ast.Raise) and h.body[-1].exc is not None
                                            for h in node.handlers)
-        if translates and not node.orelse and not node.finalbody and not self.protection.protects(node, {None}):
+        if translates and not node.orelse and not node.finalbody and not self.protection.protects(node):
             return self._statements(node.body) or [ast.Pass()]
         self.generic_visit(node)
         return node

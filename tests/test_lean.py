@@ -67,7 +67,7 @@ def test_a_guard_with_a_side_effect_or_a_non_raising_branch_stays():
     assert not pure(ast.parse("q.pop()", mode="eval").body) and pure(ast.parse("len(a.b) > c[1]", mode="eval").body)
 
 
-def test_a_guard_a_recovering_handler_can_catch_stays_one_it_cannot_goes():
+def test_a_guard_a_recovering_handler_can_see_stays_whatever_it_raises():
     code = """
     class BadShard(ValueError):
         pass
@@ -101,13 +101,20 @@ def test_a_guard_a_recovering_handler_can_catch_stays_one_it_cannot_goes():
                 raise TypeError(s)
         except TypeError as e:
             raise RuntimeError(s) from e
+
+    def width(s):
+        if len(s) > 9:
+            raise OverflowError(s)
+        return len(s)
     """
     lean = _lean(code)
-    # parse's BadShard guard: load's handler turns it into a normal value 0; OverflowError is not a ValueError.
-    assert "raise BadShard(s)" in lean and "OverflowError" not in lean
+    # parse is in reach of load's handler, which turns an error into the normal value 0: both guards stay (a
+    # condition could raise what the handler catches, whatever the guard itself raises).
+    assert "raise BadShard(s)" in lean and "raise OverflowError(s)\n    return int(s)" in lean
     assert "raise ValueError('empty')" in lean  # inside the try body of a recovering handler
     assert "raise TypeError(s)" not in lean  # that handler only re-raises: not recovering
     assert "raise KeyError(s)" in lean  # KeyError: caught implicitly by protocols (Mapping.get …)
+    assert "raise OverflowError(s)\n    return len(s)" not in lean  # width: no recovering handler reaches it
 
 
 def test_a_callback_called_under_a_handler_keeps_its_guards():
