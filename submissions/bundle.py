@@ -20,7 +20,9 @@ statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) 
 RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
 fixed (PGOLF_PLUGINS and `core.plugins=` are refused), its structural settings are folded into the code and dead
 branches dropped (the rule, what stays overridable: `submissions.specialise`). A configuration with a hook wrapper
-keeps pluggy and the full resolution.
+keeps pluggy and the full resolution. A specialised bundle is LEAN (`submissions.lean`): it does not re-check what
+the bundle-time resolution checked (asserts, pure input guards and error-translating `try`s go where no recovering
+handler could catch them).
 A specialised script has no module loader where `submissions.merge` proves it the same: its modules' code runs
 in the script's own namespace in import order (no embedded sources, import hook or bundled import lines).
 """
@@ -40,6 +42,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
+from submissions.lean import lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
     drop_future_annotations,
@@ -443,6 +446,8 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
         sources = {n: strip_source(s) for n, s in sources.items()}
     if minify:
         loader = specialised_loader(cfg, registry, sources) or LOADER
+        if loader is not LOADER:  # a specialised script runs the configuration validated at bundle time
+            sources = lean_sources(sources, extra=[loader])
         scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
         roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
         for _ in range(3 if loader is not LOADER else 0):  # literal arguments only the shaken code shows

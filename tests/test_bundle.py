@@ -27,6 +27,7 @@ from submissions.bundle import (
     strip_source,
 )
 from submissions.package import build_files
+from tests.test_seed_recipes import TINY as SEED_TINY
 from validator.sandbox import run_sandboxed
 
 PLUGINS = ["smeargate", "bigram_hash", "ema", "zstd", "sliding_window"]
@@ -317,6 +318,7 @@ RECIPE_TINY = {
                "xsa.last_n=6", "partial_rope.dims=8", "gptq.calib_batches=2", "gptq.reserve_seconds=0",
                "gptq.keep_float_max_numel=0", "score_first_ttt.chunk_tokens=1024", "score_first_ttt.stride=32",
                "score_first_ttt.epochs=1", "brotli.quality=5"],
+    **{k: ["core.iterations=3", "core.eval_seq_len=64", *SEED_TINY[k]] for k in ("pr534", "pr609")},  # tiny shapes
 }
 LOSSES = re.compile(r"(?:train_loss|val_loss|val_bpb):[\d.]+")
 
@@ -636,12 +638,27 @@ def _pr1493(sets=()):
 
 # The pr1493 bundle's wrapped size (code_wrapper: brotli, printable base-93 numeral), bytes. Ratchet it down when the
 # bundle shrinks; the record's hand-made wrapper is 16.6 KB (issue #11; its code in this wrapper would be 15,757).
-PR1493_WRAPPED_CEILING = 37_460
+PR1493_WRAPPED_CEILING = 34_217
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
     reg, cfg = _pr1493()
     assert len(bundle(cfg, reg).encode()) <= PR1493_WRAPPED_CEILING
+
+
+def test_specialised_bundle_is_lean_but_keeps_the_guards_a_handler_recovers_from():
+    """The LEAN profile (`submissions.lean`): no asserts and no input guards in the script, while `pgolf train`'s
+    code still refuses the bad value; attention=auto's probe, whose `except Exception` records
+    a backend's error and moves on, keeps the checks in its reach."""
+    reg, cfg = _pr1493()
+    text = bundle(cfg, reg, wrap=False)
+    tree = ast.parse(text)
+    assert not any(isinstance(n, ast.Assert) for n in ast.walk(tree))
+    assert "ema.decay must be in" not in text and "attention=auto: no backend ran" in text
+    from plugins.ema import EMA, EMAConfig
+
+    with pytest.raises(ValueError, match="ema.decay must be in"):  # pgolf train's own code still checks
+        EMA(EMAConfig(decay=1.5)).pg_train_start(run=None)
 
 
 def test_specialised_bundle_leaves_out_what_its_settings_and_plugins_never_run():

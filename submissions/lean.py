@@ -1,0 +1,261 @@
+"""The LEAN profile of a specialised bundle: it does not re-check what `pgolf train`/`validate` checked (issue #11).
+
+A specialised bundle runs one configuration that was resolved and validated at bundle time, on data the
+challenge's harness provides. `lean_sources` removes, across all the bundle's modules at once:
+
+- every `assert` statement (what `python -O` does);
+- every INPUT GUARD: an `if` statement (with its `elif` chain) each of whose branches ends in `raise X(...)` or
+  `raise X`, replaced by its final `else` body (or by nothing), when every condition is PURE (names, attributes,
+  constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
+  `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED (below);
+- every TRANSLATING `try` (each handler ends in `raise X(...)`/`raise X`: it only turns one error into another;
+  no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it.
+
+Contract: on an input for which no removed guard or assert would have raised, the script does exactly what it did
+(same statements, same values, same order); on an input one of them would have refused, it no longer promises
+the one-line error. What is never removed, because a removal could change the normal path:
+- a bare `raise` (re-raising inside a handler is control flow, not a check), and guards raising exceptions
+  Python itself catches in protocols (`IMPLICITLY_CAUGHT`: `getattr`/`hasattr` catch AttributeError, `Mapping.get`
+  KeyError, iteration StopIteration …), and every guard in a dunder method other than `CHECKING_DUNDERS`;
+- a PROTECTED guard: one in the reach of an `except` clause that RECOVERS (its body does not end in `raise`, nor,
+  in the script's `main`, in `return <nonzero exit status>`: reporting a bad setting is not recovering), whatever
+  the guard raises and the handler names (its condition could raise what the handler catches). A guard is in
+  reach of such a handler when it is inside its `try` body, or in a function reachable by name from that body (a name or
+  attribute naming a function, method or class anywhere in the bundle, transitively; a class reaches all its
+  methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
+  calls one of its own parameters also reaches what its callers' bodies name).
+
+A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
+function keeps `pass`. The exception classes nothing raises any more are then left to the tree-shaker.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+from collections.abc import Iterable
+
+PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "type", "int", "float", "str", "bool", "abs",
+              "min", "max", "all", "any", "sorted", "set", "frozenset", "tuple", "list", "dict", "round", "sum",
+              "repr", "range", "zip", "enumerate", "divmod"}
+PURE_METHODS = {"numel", "dim", "size", "element_size", "is_file", "is_dir", "exists", "startswith", "endswith",
+                "get", "keys", "values", "items", "isdigit", "isidentifier", "isalnum", "strip", "lower", "upper",
+                "split", "issubset", "issuperset", "isdisjoint", "is_floating_point", "count", "index", "join"}
+IMPLICITLY_CAUGHT = {"AttributeError", "KeyError", "IndexError", "LookupError", "StopIteration",
+                     "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt", "BaseException",
+                     "Exception"}
+# Dunder methods no protocol calls under a handler of its own (the others keep their guards: `__getattr__` …).
+CHECKING_DUNDERS = {"__init__", "__post_init__", "__call__"}
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+# Expressions that are pure when all their parts are (operators and contexts are parts too).
+COMPOSITE = (ast.Attribute, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp, ast.BinOp, ast.BoolOp, ast.Compare,
+             ast.Subscript, ast.Slice, ast.IfExp, ast.Starred, ast.JoinedStr, ast.FormattedValue, ast.GeneratorExp,
+             ast.ListComp, ast.SetComp, ast.comprehension, ast.expr_context, ast.operator, ast.unaryop, ast.cmpop,
+             ast.boolop)
+
+
+def pure(node: ast.AST) -> bool:
+    """An expression whose evaluation has no effect but its value (or an exception): names, constants, the
+    `COMPOSITE` forms of pure parts, and calls of `PURE_CALLS` builtins / `PURE_METHODS` with pure arguments."""
+    if isinstance(node, (ast.Constant, ast.Name)):
+        return True
+    if isinstance(node, ast.Call):
+        f = node.func
+        known = (isinstance(f, ast.Name) and f.id in PURE_CALLS) or (
+            isinstance(f, ast.Attribute) and f.attr in PURE_METHODS and pure(f.value))
+        return known and all(pure(a) for a in node.args) and all(pure(k.value) for k in node.keywords)
+    return isinstance(node, COMPOSITE) and all(pure(c) for c in ast.iter_child_nodes(node))
+
+
+def _tail(node: ast.expr | None) -> str | None:
+    """The class name a `raise`/`except` expression names (`X`, `X(...)`, `mod.X`), or None."""
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+class _Bundle:
+    """What the whole bundle defines: functions/methods and classes by name, each node's parent, callers."""
+
+    def __init__(self, trees: Iterable[ast.Module]):
+        self.defs: dict[str, list[ast.AST]] = {}
+        self.parent: dict[ast.AST, ast.AST] = {}
+        self.trees = list(trees)
+        for tree in self.trees:
+            for node in ast.walk(tree):
+                for child in ast.iter_child_nodes(node):
+                    self.parent[child] = node
+                if isinstance(node, (*FUNCTIONS, ast.ClassDef)):
+                    self.defs.setdefault(node.name, []).append(node)
+
+    def function_of(self, node: ast.AST) -> ast.AST | None:
+        while node in self.parent:
+            node = self.parent[node]
+            if isinstance(node, FUNCTIONS):
+                return node
+        return None
+
+    def callers(self, fn: ast.AST) -> list[ast.AST]:
+        name = fn.name
+        return [self.function_of(n) or tree for tree in self.trees for n in ast.walk(tree)
+                if isinstance(n, ast.Name) and n.id == name or isinstance(n, ast.Attribute) and n.attr == name]
+
+    def reach(self, body: list[ast.stmt], where: ast.AST | None) -> set[ast.AST]:
+        """The functions (nodes) reachable by name from `body` (in function `where`)."""
+        seen: set[ast.AST] = set()
+        todo: list[tuple[list[ast.AST], ast.AST | None]] = [(list(body), where)]
+        while todo:
+            nodes, fn = todo.pop()
+            params = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)} if isinstance(
+                fn, FUNCTIONS) else set()
+            names: set[str] = set()
+            for node in (n for top in nodes for n in ast.walk(top)):
+                if isinstance(node, ast.Name):
+                    names.add(node.id)
+                elif isinstance(node, ast.Attribute):
+                    names.add(node.attr)
+                if isinstance(node, ast.Call):
+                    f = node.func
+                    if not (isinstance(f, ast.Name) and (f.id in self.defs or hasattr(builtins, f.id))
+                            or isinstance(f, ast.Attribute)):
+                        names |= {"__call__", "forward"}
+                    if isinstance(f, ast.Name) and f.id in params and fn not in seen:
+                        todo.extend((c.body if hasattr(c, "body") else [c], self.function_of(c))
+                                    for c in self.callers(fn))
+            for name in names:
+                for d in self.defs.get(name, ()):
+                    if d in seen:
+                        continue
+                    seen.add(d)
+                    inner = d.body if isinstance(d, FUNCTIONS) else [
+                        s for s in d.body if isinstance(s, (*FUNCTIONS, ast.ClassDef))]
+                    if isinstance(d, ast.ClassDef):
+                        seen.update(s for s in d.body if isinstance(s, FUNCTIONS))
+                        todo.extend((s.body, s) for s in d.body if isinstance(s, FUNCTIONS))
+                    else:
+                        todo.append((inner, d))
+        return seen
+
+
+def _recovers(handler: ast.ExceptHandler, where: ast.AST | None) -> bool:
+    """Whether the program goes on normally after `handler` (in function `where`): its body does not end in
+    `raise`, nor, in the script's `main`, in `return <nonzero exit status>`."""
+    last = handler.body[-1] if handler.body else None
+    exits = isinstance(where, FUNCTIONS) and where.name == "main" and isinstance(last, ast.Return) and isinstance(
+        last.value, ast.Constant) and type(last.value.value) is int and last.value.value != 0
+    return not (isinstance(last, ast.Raise) or exits)
+
+
+class _Protection:
+    """Where a recovering handler could see an exception: the nodes of its `try` bodies and the functions they
+    reach."""
+
+    def __init__(self, bundle: _Bundle):
+        self.bundle = bundle
+        self.nodes: set[ast.AST] = set()
+        self.functions: set[ast.AST] = set()
+        for tree in bundle.trees:
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Try) and type(node).__name__ != "TryStar":
+                    continue
+                where = bundle.function_of(node)
+                if any(_recovers(h, where) for h in node.handlers):
+                    self.nodes.update(n for s in node.body for n in ast.walk(s))
+                    self.functions |= bundle.reach(node.body, where)
+
+    def protects(self, node: ast.stmt) -> bool:
+        return node in self.nodes or self.bundle.function_of(node) in self.functions
+
+
+def _guard_chain(node: ast.If) -> tuple[list[ast.If], list[ast.stmt]] | None:
+    """(the `if`/`elif` nodes, the final `else` body) when every branch of the chain raises; else None."""
+    chain = []
+    while True:
+        last = node.body[-1] if node.body else None
+        if not (isinstance(last, ast.Raise) and last.exc is not None):
+            return None
+        chain.append(node)
+        if len(node.orelse) == 1 and isinstance(node.orelse[0], ast.If):
+            node = node.orelse[0]
+            continue
+        return chain, node.orelse
+
+
+class _Lean(ast.NodeTransformer):
+    def __init__(self, protection: _Protection):
+        self.protection = protection
+        self.dunder = 0
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        dunder = node.name.startswith("__") and node.name.endswith("__") and node.name not in CHECKING_DUNDERS
+        self.dunder += dunder
+        self.generic_visit(node)
+        self.dunder -= dunder
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_Assert(self, node: ast.Assert) -> None:
+        return None
+
+    def visit_If(self, node: ast.If) -> ast.AST | list[ast.stmt] | None:
+        chain = None if self.dunder else _guard_chain(node)
+        if chain is not None:
+            guards, rest = chain
+            classes = {_tail(g.body[-1].exc) for g in guards}
+            if (all(pure(g.test) for g in guards) and not classes & IMPLICITLY_CAUGHT
+                    and not self.protection.protects(node)):
+                return self._statements(rest)
+        ast.NodeTransformer.generic_visit(self, node)
+        if not node.body and not node.orelse and pure(node.test):
+            return None
+        if not node.body:
+            node.body = [ast.Pass()]
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST | list[ast.stmt]:
+        translates = node.handlers and all(h.body and isinstance(h.body[-1], ast.Raise) and h.body[-1].exc is not None
+                                           for h in node.handlers)
+        if translates and not node.orelse and not node.finalbody and not self.protection.protects(node):
+            return self._statements(node.body) or [ast.Pass()]
+        self.generic_visit(node)
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST | None:
+        ast.NodeTransformer.generic_visit(self, node)
+        if not node.body and not node.orelse and pure(node.iter):
+            return None
+        node.body = node.body or [ast.Pass()]
+        return node
+
+    def _statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        out = []
+        for stmt in body:
+            new = self.visit(stmt)
+            out.extend(new if isinstance(new, list) else [] if new is None else [new])
+        return out
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        super().generic_visit(node)
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and not body and not isinstance(node, (ast.Module, ast.If, ast.For)):
+            body.append(ast.Pass())  # an emptied `with`, `try`, handler, class or function body
+        return node
+
+
+def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` (module name -> code) without asserts and unprotected pure input guards (the module docstring);
+    `extra`: the script's other code (its main), whose handlers protect too but which stays as it is."""
+    trees = {name: ast.parse(text) for name, text in sources.items()}
+    protection = _Protection(_Bundle([*trees.values(), *(ast.parse(t) for t in extra)]))
+    out = {}
+    for name, tree in trees.items():
+        new = _Lean(protection).visit(tree)
+        out[name] = ast.unparse(ast.fix_missing_locations(new))
+    return out

@@ -1,0 +1,230 @@
+"""The bundle's LEAN profile (`submissions.lean`, issue #11): asserts and unprotected pure input guards go, and
+nothing on the normal path changes."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+from submissions.lean import lean_sources, pure
+
+
+def _lean(code: str, extra: str = "") -> str:
+    return lean_sources({"m": textwrap.dedent(code)}, extra=[textwrap.dedent(extra)] if extra else [])["m"]
+
+
+def _same(a: str, b: str) -> bool:
+    return ast.dump(ast.parse(textwrap.dedent(a))) == ast.dump(ast.parse(textwrap.dedent(b)))
+
+
+def test_asserts_and_pure_guards_go_their_else_body_stays():
+    code = """
+    def f(x, cfg):
+        assert x is not None, 'x'
+        if x < 0 or len(cfg.items) != 3:
+            raise ValueError(f'bad {x}')
+        if not isinstance(x, int):
+            raise TypeError('int')
+        elif x > 10:
+            raise ValueError('big')
+        else:
+            y = x + 1
+        for k in cfg.items:
+            if k not in ('a', 'b'):
+                raise ValueError(k)
+        return y
+    """
+    lean = _lean(code)
+    assert _same(lean, """
+    def f(x, cfg):
+        y = x + 1
+        return y
+    """), lean
+    # The normal path is the same: valid inputs give the same value.
+    cfg = type("C", (), {"items": ("a", "b", "a")})
+    for text in (textwrap.dedent(code), lean):
+        ns: dict = {}
+        exec(text, ns)
+        assert ns["f"](4, cfg) == 5
+
+
+def test_a_guard_with_a_side_effect_or_a_non_raising_branch_stays():
+    code = """
+    def f(x, q):
+        if q.pop() is None:
+            raise ValueError('empty')
+        if check(x):
+            raise ValueError('bad')
+        if x < 0:
+            raise ValueError('neg')
+        elif x == 0:
+            x = 1
+        if x > 5:
+            raise
+        return x
+    """
+    assert _same(_lean(code), code)
+    assert not pure(ast.parse("q.pop()", mode="eval").body) and pure(ast.parse("len(a.b) > c[1]", mode="eval").body)
+
+
+def test_a_guard_a_recovering_handler_can_see_stays_whatever_it_raises():
+    code = """
+    class BadShard(ValueError):
+        pass
+
+    def parse(s):
+        if not s.isdigit():
+            raise BadShard(s)
+        if len(s) > 9:
+            raise OverflowError(s)
+        return int(s)
+
+    def load(s):
+        try:
+            return parse(s)
+        except ValueError:
+            return 0
+
+    def strict(s):
+        try:
+            if s == '':
+                raise ValueError('empty')
+            return s
+        except ValueError:
+            return None
+
+    def rethrow(s):
+        try:
+            if s == 'x':
+                raise KeyError(s)
+            if s == '':
+                raise TypeError(s)
+        except TypeError as e:
+            raise RuntimeError(s) from e
+
+    def width(s):
+        if len(s) > 9:
+            raise OverflowError(s)
+        return len(s)
+    """
+    lean = _lean(code)
+    # parse is in reach of load's handler, which turns an error into the normal value 0: both guards stay (a
+    # condition could raise what the handler catches, whatever the guard itself raises).
+    assert "raise BadShard(s)" in lean and "raise OverflowError(s)\n    return int(s)" in lean
+    assert "raise ValueError('empty')" in lean  # inside the try body of a recovering handler
+    assert "raise TypeError(s)" not in lean  # that handler only re-raises: not recovering
+    assert "raise KeyError(s)" in lean  # KeyError: caught implicitly by protocols (Mapping.get …)
+    assert "raise OverflowError(s)\n    return len(s)" not in lean  # width: no recovering handler reaches it
+
+
+def test_a_callback_called_under_a_handler_keeps_its_guards():
+    code = """
+    def backend(name):
+        if name == 'fa3':
+            raise RuntimeError('fa3 is not importable')
+        return 1.0
+
+    def measure(names, time_one):
+        out = {}
+        for n in names:
+            try:
+                out[n] = time_one(n)
+            except Exception as e:
+                out[n] = str(e)
+        return out
+
+    def choose(names):
+        return measure(names, lambda n: backend(n))
+
+    def unrelated(n):
+        if n < 0:
+            raise RuntimeError('negative')
+        return n
+    """
+    lean = _lean(code)
+    assert "fa3 is not importable" in lean and "negative" not in lean
+
+
+def test_guards_in_protocol_dunders_and_implicitly_caught_classes_stay():
+    code = """
+    class A:
+        def __getattr__(self, name):
+            if name.startswith('_'):
+                raise ValueError(name)
+            return 1
+
+        def __init__(self, n):
+            if n < 0:
+                raise ValueError(n)
+            self.n = n
+
+        def get(self, k):
+            if k not in self.__dict__:
+                raise AttributeError(k)
+            return 2
+    """
+    lean = _lean(code)
+    assert "raise ValueError(name)" in lean and "raise AttributeError(k)" in lean
+    assert "raise ValueError(n)" not in lean  # __init__ checks its arguments: no protocol catches that
+
+
+def test_the_scripts_main_reporting_a_bad_setting_protects_nothing():
+    code = """
+    class Cfg:
+        def __init__(self, lr):
+            if lr <= 0:
+                raise ValueError('lr')
+            self.lr = lr
+    """
+    main = """
+    def main(argv):
+        try:
+            cfg = Cfg(float(argv[0]))
+        except ValueError as e:
+            print(e)
+            return 2
+        return 0
+    """
+    assert "raise ValueError('lr')" not in _lean(code, extra=main)
+    recovers = main.replace("return 2\n        return 0", "cfg = Cfg(1.0)\n        return 0")
+    assert "raise ValueError('lr')" in _lean(code, extra=recovers)
+
+
+
+def test_a_handler_that_only_translates_the_error_goes_with_its_try_unless_a_recovery_could_see_it():
+    code = """
+    import json
+
+    def header(raw):
+        try:
+            h = json.loads(raw)
+        except ValueError as e:
+            raise RuntimeError(f'corrupt header ({e})') from e
+        return h
+
+    def temp(path, data):
+        try:
+            path.write_bytes(data)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+
+    def parse(raw):
+        try:
+            return int(raw)
+        except ValueError as e:
+            raise KeyError(raw) from e
+
+    def lookup(raw):
+        try:
+            return parse(raw)
+        except KeyError:
+            return None
+    """
+    lean = _lean(code)
+    assert "corrupt header" not in lean and "h = json.loads(raw)" in lean  # the try body stays, inlined
+    assert "path.unlink(missing_ok=True)" in lean  # a bare re-raise after cleanup is not a translation
+    assert "raise KeyError(raw) from e" in lean  # lookup recovers from what parse translates to: it stays
+    ns: dict = {}
+    exec(lean, ns)
+    assert ns["header"]('{"a": 1}') == {"a": 1} and ns["lookup"]("x") is None and ns["lookup"]("7") == 7
