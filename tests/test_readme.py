@@ -22,9 +22,14 @@ TINY_ENV = {
     # the PR #1493 line: its SP8192 data stands in as the sp1024 default corpus, two calibration batches
     "VOCAB_SIZE": "1024", "GPTQ_CALIB_BATCHES": "2",
 }
-# What "tiny size" changes in a line: a long run and 8 GPUs.
+# The EVAL harness world of `pgolf validate --run` at tiny size (test_validator_dynamic's registry check: every
+# evaluator, every check; the default size takes ~8 min on 2 CPU cores, this ~1 min).
+TINY_HARNESS = " ".join(f"--harness-set {kv}" for kv in ("vocab=16", "n_docs=3", "doc_len='[30,60]'", "seq_len=32",
+                                                         "cuts=3", "trunc_cuts=1", "vfold_positions=2", "iso_docs=1"))
+# What "tiny size" changes in a line: a long run, 8 GPUs and the validator's harness.
 TINY_EDITS = [(r"ITERATIONS=2000", "ITERATIONS=3"), (r"--nproc 8", "--nproc 2"),
-              (r"\s*\[[^\]]*\]", "")]  # [optional arguments] left out
+              (r"\s*\[[^\]]*\]", ""),  # [optional arguments] left out
+              (r" --run$", f" --run {TINY_HARNESS}")]
 
 
 def tour_lines(readme: str) -> list[str]:
