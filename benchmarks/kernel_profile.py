@@ -78,7 +78,8 @@ class StepProfiler:
         calls = {e.key[:120]: e.count / self.steps for e in rows[:self.rows]}
         kinds: dict[str, float] = {}
         for name, ms in per_step.items():
-            kinds[kind_of(name)] = kinds.get(kind_of(name), 0.0) + ms
+            kind = kind_of(name)
+            kinds[kind] = kinds.get(kind, 0.0) + ms
         result = {"steps": self.steps, "after_steps": self.skip, "time": "device" if on_device else "host (self)",
                   "ms_per_step": sum(per_step.values()), "by_kind_ms": kinds,
                   "top_ms": dict(list(per_step.items())[:self.rows]), "top_calls_per_step": calls}
