@@ -8,7 +8,7 @@ operators and kernels by device time per step (and host time where there is no d
 (matmul, attention, fused triton, copy, other) and the device time per step, as a text table and JSON. Both sides
 measured by one mechanism, so the difference between two tables is the difference between two steps.
 
-    python benchmarks/kernel_profile.py --skip 40 --steps 3 --out pgolf.json -- -m pgolf train --recipe R ...
+    python benchmarks/kernel_profile.py --skip 40 --steps 3 --then-exit --out pgolf.json -- -m pgolf train ...
     cd <bench out>/record && env $(<record env>) python <repo>/benchmarks/kernel_profile.py --skip 40 --steps 3 \
         --out record.json -- train_gpt.py        (`pgolf bench --side record --dry-run` writes that env)
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import runpy
 import sys
@@ -40,8 +41,8 @@ def kind_of(name: str) -> str:
 class StepProfiler:
     """Counts the first optimizer's steps; profiles steps skip+1 .. skip+steps and writes the tables."""
 
-    def __init__(self, skip: int, steps: int, out: Path, rows: int):
-        self.skip, self.steps, self.out, self.rows = skip, steps, out, rows
+    def __init__(self, skip: int, steps: int, out: Path, rows: int, then_exit: bool = False):
+        self.skip, self.steps, self.out, self.rows, self.then_exit = skip, steps, out, rows, then_exit
         self.first: int | None = None
         self.count = 0
         self.prof: Any = None
@@ -61,6 +62,9 @@ class StepProfiler:
             self.prof.__exit__(None, None, None)
             self.write(self.prof.key_averages())
             self.prof = None
+            if self.then_exit:  # the rest of the script (final export, evaluation) is not what was asked for
+                sys.stdout.flush()
+                os._exit(0)
 
     @staticmethod
     def _sync() -> None:
@@ -98,12 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="training steps profiled")
     parser.add_argument("--out", type=Path, required=True, help="JSON path (the table goes beside it as .txt)")
     parser.add_argument("--rows", type=int, default=40, help="operators listed")
+    parser.add_argument("--then-exit", action="store_true",
+                        help="end the process once the tables are written (skips the script's export/evaluation)")
     parser.add_argument("target", nargs=argparse.REMAINDER, help="-- script.py args… or -- -m module args…")
     args = parser.parse_args(argv)
     target = args.target[1:] if args.target[:1] == ["--"] else args.target
     if not target or args.skip < 1 or args.steps < 1:
         parser.error("expected --skip >= 1, --steps >= 1 and a target: -- script.py args… or -- -m module args…")
-    register_optimizer_step_post_hook(StepProfiler(args.skip, args.steps, args.out.resolve(), args.rows))
+    profiler = StepProfiler(args.skip, args.steps, args.out.resolve(), args.rows, args.then_exit)
+    register_optimizer_step_post_hook(profiler)
     if target[0] == "-m":
         sys.argv = [target[1], *target[2:]]
         runpy.run_module(target[1], run_name="__main__", alter_sys=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,17 @@ def test_profiles_the_named_steps_of_a_script(tmp_path, monkeypatch):
 def test_refuses_a_missing_target(tmp_path):
     with pytest.raises(SystemExit):
         kernel_profile.main(["--out", str(tmp_path / "p.json")])
+
+
+def test_then_exit_ends_the_script_once_the_tables_are_written(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN + "open(sys.argv[2], 'w').write('the rest ran')\n")
+    after = tmp_path / "after.txt"
+    for flag, rest_runs in (([], True), (["--then-exit"], False)):
+        after.unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, str(SCRIPT), "--skip", "2", "--steps", "1", *flag, "--out",
+                               str(tmp_path / "p.json"), "--", str(script), "6", str(after)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((tmp_path / "p.json").read_text())["steps"] == 1
+        assert after.exists() == rest_runs
