@@ -3,10 +3,11 @@ gap, issue #14's backend choice): attention kernels at a model's training shape,
 
 Each SDPA kernel set pgolf can pick (SDPA_SETS, as core.run.pick_attention enables them: cudnn = cuDNN with flash as
 fallback, flash, efficient, math) and fa4 when importable, eager and under torch.compile(fullgraph=True), in the two
-layouts models hand to attention — (B, H, T, D) contiguous as pgolf's model does, and (B, T, H, D) tensors viewed as
-(B, H, T, D) as the FA3-style records do — against an fp32 math reference on the same inputs: the relative error
-||x - ref|| / ||ref|| of the output and of dq, dk, dv, and the CUDA kernels that ran (profiler names). q and k are
-RMS-normalised and q scaled by the QK gain, as in the records, so the logits have the trained model's range.
+layouts models hand to attention — (B, H, T, D) contiguous (pgolf's model until issue #14's layout change), and
+(B, T, H, D) tensors viewed as (B, H, T, D) as the FA3-style records and pgolf now do — against an fp32 math
+reference on the same inputs: the relative error ||x - ref|| / ||ref|| of the output and of dq, dk, dv, and the CUDA
+kernels that ran (profiler names). q and k are RMS-normalised and q scaled by the QK gain, as in the records, so the
+logits have the trained model's range.
 
 Why: on one H200 the PR #1493 record compiled trains 0.056 nats below itself run eagerly at step 50, while pgolf
 compiled, pgolf eager and the record eager agree within 0.008 (all on pgolf's "cudnn" SDPA set). A kernel that

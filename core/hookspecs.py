@@ -87,8 +87,8 @@ def pg_build_slot(slot: str, spec: Any, layer: int | None) -> Any:
 
     Per layer: "mlp" module(x) -> x (core: relu², hidden = mlp_hidden or mlp_mult·dim); "attn_norm" /
     "mlp_norm" module(x) -> x (RMSNorm); "rotary" module(seq_len, device, dtype) -> (cos, sin), each
-    (1, 1, T, r/2), RoPE on the first r head dims (core: `Rotary`); "attention" module(q, k, v, ctx) -> y,
-    q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, T, H, D), causal, within documents when `ctx` has "doc_ids" (B, T)
+    (1, T, 1, r/2), RoPE on the first r head dims (core: `Rotary`); "attention" module(q, k, v, ctx) -> y,
+    q (B, T, H, D), k/v (B, T, Hkv, D) -> (B, T, H, D), causal, within documents when `ctx` has "doc_ids" (B, T)
     (core: dense `document_mask`, kept in `ctx["attn_mask"]`), plus "cu_seqlens" when the loader gives them;
     "residual" module(block, x, x0, ctx) -> x, the block body from its input stream x and the embedding
     stream x0 (`block.mix_x0(x, x0)` is the resid-mixed stream; core: `SequentialResidual`; a module may

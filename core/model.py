@@ -87,7 +87,7 @@ class CastedLinear(nn.Linear):
 
 
 class Rotary(nn.Module):
-    """RoPE cos/sin tables, cached per sequence length."""
+    """RoPE cos/sin tables (1, T, 1, D/2) for (B, T, H, D) heads, cached per sequence length."""
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
@@ -105,8 +105,8 @@ class Rotary(nn.Module):
             # bf16 arange would round the positions above 256 to multiples of 2..8).
             inv_freq = self.inv_freq_for(seq_len, device)
             freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq.float())
-            self._cos_cached = freqs.cos().to(inv_freq.dtype)[None, None, :, :]
-            self._sin_cached = freqs.sin().to(inv_freq.dtype)[None, None, :, :]
+            self._cos_cached = freqs.cos().to(inv_freq.dtype)[None, :, None, :]
+            self._sin_cached = freqs.sin().to(inv_freq.dtype)[None, :, None, :]
             self._seq_len_cached = seq_len
         return self._cos_cached.to(dtype=dtype), self._sin_cached.to(dtype=dtype)
 
@@ -122,15 +122,15 @@ def apply_rotary_emb(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def attend(name: str, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """(B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on attention backend `name` (fa3, or SDPA
+    """(B, T, H, D) q and (B, T, Hkv, D) k, v -> (B, T, H, D), causal, on attention backend `name` (fa3, or SDPA
     with whatever kernels are enabled; `core.run.pick_attention` chooses and sets them)."""
     if name == "fa3":
         from flash_attn_interface import flash_attn_func  # type: ignore[import-not-found]
 
-        y = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        y = flash_attn_func(q, k, v, causal=True)
         return y[0] if isinstance(y, tuple) else y
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
-    return y.transpose(1, 2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1)).transpose(1, 2)
 
 
 def document_mask(doc_ids: Tensor) -> Tensor:
@@ -142,7 +142,7 @@ def document_mask(doc_ids: Tensor) -> Tensor:
 
 
 class CausalAttention(nn.Module):
-    """The attention core: (B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal; with
+    """The attention core: (B, T, H, D) q and (B, T, Hkv, D) k, v -> (B, T, H, D), causal; with
     `ctx["doc_ids"]` any backend runs SDPA masked by `document_mask` (efficient or math kernel), made once per
     forward and kept in `ctx["attn_mask"]`."""
 
@@ -157,6 +157,7 @@ class CausalAttention(nn.Module):
         if attn_mask is not None:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             rep = q.size(1) // k.size(1)
             if rep > 1:
                 k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -182,20 +183,19 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: Tensor, ctx: dict[str, Tensor]) -> Tensor:
         bsz, seqlen, dim = x.shape
-        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim)
+        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim)
         v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim)
         for part in self.value_parts:
             v = part(v, ctx)
-        v = v.transpose(1, 2)
         q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q, k = apply_rotary_emb(q, cos, sin), apply_rotary_emb(k, cos, sin)
-        q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
+        q = q * self.q_gain.to(dtype=q.dtype)[None, None, :, None]
         y = self.attention(q, k, v, ctx)
         for part in self.out_parts:
-            y = part(y, v.transpose(1, 2), x)
-        return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
+            y = part(y, v, x)
+        return self.proj(y.reshape(bsz, seqlen, dim))
 
 
 class MLP(nn.Module):

@@ -35,7 +35,7 @@ def time_backend(name: str, shape: AttnShape, device: torch.device, warmup: int 
     pick_attention(name, device)
     b, h, hkv, t, d = shape
     gen = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(b, n, t, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
+    q, k, v = (torch.randn(b, t, n, d, device=device, dtype=torch.bfloat16, generator=gen).requires_grad_()
                for n in (h, hkv, hkv))
     grad = torch.randn(b, t, h, d, device=device, dtype=torch.bfloat16, generator=gen)
     for _ in range(warmup):

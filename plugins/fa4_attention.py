@@ -28,7 +28,7 @@ class FA4Attention(nn.Module):
     def forward(self, q: Tensor, k: Tensor, v: Tensor, ctx: dict) -> Tensor:
         if q.device.type != "cuda" or "doc_ids" in ctx:
             return self.core(q, k, v, ctx)
-        return fa4.attend(q, k, v)
+        return fa4.fa4_func(q, k, v)
 
 
 class FA4AttentionPlugin(Plugin):

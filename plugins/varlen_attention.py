@@ -92,15 +92,15 @@ class VarlenAttention(nn.Module):
         return self.causal(q, k, v, ctx)
 
     def flash_varlen(self, q: Tensor, k: Tensor, v: Tensor, cu: Tensor) -> Tensor:
-        b, h, t, d = q.shape
-        flat = [z.transpose(1, 2).reshape(b * t, z.size(1), d) for z in (q, k, v)]
+        b, t, h, d = q.shape
+        flat = [z.reshape(b * t, z.size(2), d) for z in (q, k, v)]
         m = self.max_seqlen or t
         y = self.varlen_fn(*flat, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m, causal=True)
         y = y[0] if isinstance(y, tuple) else y
         return y.reshape(b, t, h, d)
 
     def chunked(self, q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, ctx: dict) -> Tensor:
-        chunk = self.max_seqlen or q.size(2)
+        chunk = self.max_seqlen or q.size(1)
         if "chunk_mask" not in ctx:  # once per forward, shared by every layer
             ctx["chunk_mask"] = chunk_mask(doc_ids, chunk)
         return chunked_document_attention(q, k, v, doc_ids, chunk, ctx["chunk_mask"])
@@ -110,6 +110,7 @@ class VarlenAttention(nn.Module):
 
         if "block_mask" not in ctx:  # once per forward, shared by every layer
             ctx["block_mask"] = document_block_mask(doc_ids)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = flex_attention(q, k, v, block_mask=ctx["block_mask"], enable_gqa=k.size(1) != q.size(1))
         return y.transpose(1, 2)
 

@@ -174,15 +174,15 @@ def standin(monkeypatch):
     monkeypatch.setitem(fa4.KERNELS, "bwd", _standin_bwd)
 
 
-def _qkv(h=4, hkv=2, b=2, t=16, d=8):  # also run in the bench test's subprocess
+def _qkv(h=4, hkv=2, b=2, t=16, d=8):  # (B, T, H, D), (B, T, Hkv, D); also run in the bench test's subprocess
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(b, n, t, d, generator=g, requires_grad=True) for n in (h, hkv, hkv)]
+    return [torch.randn(b, t, n, d, generator=g, requires_grad=True) for n in (h, hkv, hkv)]
 
 
 def test_fa4_adapter_matches_sdpa_layout_gqa_and_grads(standin):
     q, k, v = _qkv()
     ref = attend("sdpa", q, k, v)
-    y = fa4.attend(q, k, v)
+    y = fa4.fa4_func(q, k, v)
     assert y.shape == (2, 16, 4, 8)  # (B, T, H, D)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(y)
@@ -196,12 +196,12 @@ def test_fa4_adapter_matches_sdpa_layout_gqa_and_grads(standin):
 def test_fa4_op_traces_fullgraph_with_its_fake_implementation(standin):
     torch._dynamo.reset()
     q, k, v = _qkv()
-    fn = torch.compile(lambda q, k, v: fa4.attend(q, k, v).square().sum(), fullgraph=True, backend="aot_eager")
+    fn = torch.compile(lambda q, k, v: fa4.fa4_func(q, k, v).square().sum(), fullgraph=True, backend="aot_eager")
     loss = fn(q, k, v)
     loss.backward()
     torch.testing.assert_close(loss, attend("sdpa", q, k, v).square().sum(), atol=1e-4, rtol=1e-5)
     assert q.grad is not None and k.grad.shape == k.shape
-    args = tuple(t.detach().transpose(1, 2).contiguous() for t in (q, k, v))
+    args = tuple(t.detach() for t in (q, k, v))
     torch.library.opcheck(torch.ops.pgolf.fa4_fwd.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
@@ -211,7 +211,7 @@ STANDIN_CHECK = """
 import torch, torch.nn.functional as F
 import flash_attn_interface as shim, pgolf_bench_attention as fa4mod
 fa4mod.KERNELS.update(fwd=_standin_fwd, bwd=_standin_bwd)
-q, k, v = (x.detach().transpose(1, 2) for x in _qkv())
+q, k, v = (x.detach() for x in _qkv())
 calls = []
 fwd = fa4mod.KERNELS["fwd"]
 fa4mod.KERNELS["fwd"] = lambda *a: calls.append(1) or fwd(*a)

@@ -130,11 +130,11 @@ def test_fa4_matches_sdpa_forward_and_backward_compiled():
     from plugins.lib import fa4
 
     def fa4_or_core(name, q, k, v):
-        return fa4.attend(q, k, v) if name == "fa4" else attend(name, q, k, v)
+        return fa4.fa4_func(q, k, v) if name == "fa4" else attend(name, q, k, v)
 
     torch._dynamo.reset()
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, n, 256, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
+    q, k, v = (torch.randn(2, 256, n, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
                for n in (8, 4, 4))
     dy = torch.randn(2, 256, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
 

@@ -34,3 +34,30 @@ def test_traced_step_counts_matmul_flops_of_forward_and_backward():
     n_saved, saved_bytes = graph_diff.saved_summary(graphs["forward"]["outputs"])
     assert n_saved >= 2 and saved_bytes > 0  # the loss and what backward reads
     assert any("self.up(x)" in site for site in graphs["forward"]["sites"]["aten.mm.default"])
+
+
+class _OneAttention(nn.Module):
+    """The core's attention layer alone (GQA 4/2), as one training loss."""
+
+    def __init__(self):
+        super().__init__()
+        from core.model import CausalSelfAttention, ModelSpec
+
+        self.attn = CausalSelfAttention(ModelSpec(model_dim=32, num_heads=4, num_kv_heads=2))
+
+    def forward(self, x):
+        return self.attn(x, {}).float().square().mean()
+
+
+def test_attention_layer_traces_without_layout_copies():
+    """q/k RMSNorm and RoPE in (B, T, H, D), transposed only at the SDPA call, as the records (issue #14): no
+    clone or copy in the layer's forward or backward graph. Roping in (B, H, T, D) cost per layer a `y.contiguous()`
+    and two RMSNorm input copies in the forward, and the q/k gradients' layout copies in the backward."""
+    torch.manual_seed(0)
+    model = _OneAttention()
+    model.attn.proj.weight.data.normal_()  # zero-initialised: a nonzero loss gradient reaches q, k and v
+    graphs = graph_diff.traced(model, (torch.randn(2, 16, 32, requires_grad=True),))
+    layout_ops = ("aten.clone.", "aten.copy.", "aten.contiguous.")  # not aten._to_copy: the bf16 casts
+    copies = {kind: {op: n for op, n in g["ops"].items() if op.startswith(layout_ops)} for kind, g in graphs.items()}
+    assert copies == {"forward": {}, "backward": {}}
+    assert graphs["forward"]["ops"]["aten._scaled_dot_product_flash_attention_for_cpu.default"] == 1

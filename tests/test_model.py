@@ -124,7 +124,7 @@ def test_rotary_table_has_fp32_angles_rounded_once_to_the_bf16_buffer():
     cos, sin = rotary(2048, torch.device("cpu"), torch.bfloat16)
     angles = torch.arange(2048, dtype=torch.float64)[:, None] * rotary.inv_freq.double()[None]  # independent: fp64
     ulp = 2.0**-8  # bf16's spacing in [0.5, 1]: the table may differ from fp64 by one rounding
-    assert cos.dtype == sin.dtype == torch.bfloat16 and cos.shape == (1, 1, 2048, 8)
-    assert (cos[0, 0].double() - angles.cos()).abs().max() <= ulp
-    assert (sin[0, 0].double() - angles.sin()).abs().max() <= ulp
-    assert abs(cos[0, 0, 1025, 0].item() - cos[0, 0, 1024, 0].item()) > 0.25  # the positions stay apart
+    assert cos.dtype == sin.dtype == torch.bfloat16 and cos.shape == (1, 2048, 1, 8)  # (1, T, 1, D/2)
+    assert (cos[0, :, 0].double() - angles.cos()).abs().max() <= ulp
+    assert (sin[0, :, 0].double() - angles.sin()).abs().max() <= ulp
+    assert abs(cos[0, 1025, 0, 0].item() - cos[0, 1024, 0, 0].item()) > 0.25  # the positions stay apart

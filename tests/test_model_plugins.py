@@ -66,11 +66,11 @@ def reference_attention(attn, x: torch.Tensor, v: torch.Tensor, heads: int = 4, 
 
     b, t, dim = x.shape
     d = dim // heads
-    q = F.rms_norm(attn.c_q(x).reshape(b, t, heads, d).transpose(1, 2), (d,))
-    k = F.rms_norm(attn.c_k(x).reshape(b, t, kv, d).transpose(1, 2), (d,))
-    cos, sin = attn.rotary(t, x.device, q.dtype)
-    q = apply_rotary_emb(q, cos, sin) * attn.q_gain[None, :, None, None]
-    k = apply_rotary_emb(k, cos, sin).repeat_interleave(heads // kv, dim=1)
+    q = F.rms_norm(attn.c_q(x).reshape(b, t, heads, d), (d,))
+    k = F.rms_norm(attn.c_k(x).reshape(b, t, kv, d), (d,))
+    cos, sin = attn.rotary(t, x.device, q.dtype)  # (1, T, 1, D/2)
+    q = (apply_rotary_emb(q, cos, sin) * attn.q_gain[None, None, :, None]).transpose(1, 2)
+    k = apply_rotary_emb(k, cos, sin).transpose(1, 2).repeat_interleave(heads // kv, dim=1)
     vv = v.reshape(b, t, kv, d).transpose(1, 2).repeat_interleave(heads // kv, dim=1)
     return F.scaled_dot_product_attention(q, k, vv, is_causal=True).transpose(1, 2)
 

@@ -297,8 +297,8 @@ def test_partial_rope_frequencies_and_passthrough_dims():
     torch.testing.assert_close(rot.inv_freq_for(1024, torch.device("cpu")),
                                torch.tensor([1.0 / 10000.0 ** (i / 16) for i in range(0, 16, 2)]))
     cos, sin = rot(2048, torch.device("cpu"), torch.float32)
-    assert cos.shape == (1, 1, 2048, 8)
-    x = torch.randn(1, 2, 2048, 64)
+    assert cos.shape == (1, 2048, 1, 8)
+    x = torch.randn(1, 2048, 2, 64)
     out = apply_rotary_emb(x, cos, sin)
     torch.testing.assert_close(out[..., 16:], x[..., 16:])
     assert not torch.allclose(out[..., :16], x[..., :16])

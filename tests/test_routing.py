@@ -124,11 +124,11 @@ def reference_attention(a, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from core.model import apply_rotary_emb
 
     b, t, _ = x.shape
-    q = F.rms_norm(a.c_q(x).reshape(b, t, 4, 8).transpose(1, 2), (8,))
-    k = F.rms_norm(a.c_k(x).reshape(b, t, 2, 8).transpose(1, 2), (8,))
-    cos, sin = a.rotary(t, x.device, q.dtype)
-    q = apply_rotary_emb(q, cos, sin) * a.q_gain[None, :, None, None]
-    k = apply_rotary_emb(k, cos, sin).repeat_interleave(2, dim=1)
+    q = F.rms_norm(a.c_q(x).reshape(b, t, 4, 8), (8,))
+    k = F.rms_norm(a.c_k(x).reshape(b, t, 2, 8), (8,))
+    cos, sin = a.rotary(t, x.device, q.dtype)  # (1, T, 1, D/2)
+    q = (apply_rotary_emb(q, cos, sin) * a.q_gain[None, None, :, None]).transpose(1, 2)
+    k = apply_rotary_emb(k, cos, sin).transpose(1, 2).repeat_interleave(2, dim=1)
     vv = v.transpose(1, 2).repeat_interleave(2, dim=1)
     y = F.scaled_dot_product_attention(q, k, vv, is_causal=True).transpose(1, 2).reshape(b, t, 32)
     return a.proj(y)

@@ -111,8 +111,9 @@ def test_a_shard_too_small_for_a_span_is_an_error(tmp_path):
 
 # --- varlen_attention ------------------------------------------------------------------------------------------
 def packed_qkv(seed=0, b=2, h=4, hkv=2, t=40, d=8):
+    """q (B, T, H, D), k/v (B, T, Hkv, D) (the attention slot's layout), document ids and lengths per row."""
     gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(b, n, t, d, generator=gen, requires_grad=True) for n in (h, hkv, hkv))
+    q, k, v = (torch.randn(b, t, n, d, generator=gen, requires_grad=True) for n in (h, hkv, hkv))
     lens = [[5, 12, 1, 22], [17, 9, 14]]  # several documents per row, one of a single token
     ids = torch.tensor([[i for i, n in enumerate(row) for _ in range(n)] for row in lens])
     return q, k, v, ids, lens
@@ -120,6 +121,7 @@ def packed_qkv(seed=0, b=2, h=4, hkv=2, t=40, d=8):
 
 def per_document_reference(q, k, v, lens):
     """Independent: each document alone through causal SDPA (no mask), concatenated back."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     rep = q.size(1) // k.size(1)
     rows = []
     for bi, row in enumerate(lens):
@@ -377,9 +379,9 @@ def fa4_varlen_standin(monkeypatch):
 
 
 def _flat(q, k, v, lens):
-    """packed_qkv's (B, H, T, D) tensors as FA's flat (B·T, H, D), and cu_seqlens padded with N as the loader pads."""
-    flat = [z.detach().transpose(1, 2).reshape(-1, z.size(1), z.size(-1)).requires_grad_() for z in (q, k, v)]
-    t = q.size(2)
+    """packed_qkv's (B, T, H, D) tensors as FA's flat (B·T, H, D), and cu_seqlens padded with N as the loader pads."""
+    flat = [z.detach().reshape(-1, z.size(2), z.size(-1)).requires_grad_() for z in (q, k, v)]
+    t = q.size(1)
     starts = [bi * t + s for bi, row in enumerate(lens) for s in np.cumsum([0, *row[:-1]]).tolist()]
     cu = torch.tensor([*starts, len(lens) * t, len(lens) * t], dtype=torch.int32)
     return flat, cu
@@ -389,12 +391,12 @@ def test_fa4_varlen_op_equals_each_document_alone_outputs_and_gradients(fa4_varl
     q, k, v, _, lens = packed_qkv(seed=5)
     ref = grads(lambda a, b, c: per_document_reference(a, b, c, lens), q, k, v)
     (fq, fk, fv), cu = _flat(q, k, v, lens)
-    b, h, t, d = q.shape
+    b, t, h, d = q.shape
     got = grads(lambda a, c, e: fa4_varlen_standin.fa4_varlen_func(a, c, e, cu, cu, 22, 22, causal=True).reshape(
         b, t, h, d), fq, fk, fv)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
-    for g, r, z in zip(got[1:], ref[1:], (q, k, v), strict=True):  # flat grads back to (B, H, T, D)
-        torch.testing.assert_close(g.view(b, t, z.size(1), d).transpose(1, 2), r, rtol=1e-5, atol=1e-5)
+    for g, r, z in zip(got[1:], ref[1:], (q, k, v), strict=True):  # flat grads back to (B, T, H, D)
+        torch.testing.assert_close(g.view(b, t, z.size(2), d), r, rtol=1e-5, atol=1e-5)
 
 
 def test_fa4_varlen_op_traces_fullgraph_and_passes_opcheck(fa4_varlen_standin):
@@ -453,7 +455,7 @@ def test_chunked_varlen_func_is_fa3_varlen_on_flat_packed_documents():
 
     q, k, v, _, lens = packed_qkv(seed=9)
     (fq, fk, fv), cu = _flat(q, k, v, lens)
-    b, h, t, d = q.shape
+    b, t, h, d = q.shape
     got = chunked_varlen_func(fq, fk, fv, cu, cu, 22, 22).reshape(b, t, h, d)
     torch.testing.assert_close(got, per_document_reference(q, k, v, lens), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="max_seqlen_q must be the segment cap"):

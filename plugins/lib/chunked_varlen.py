@@ -44,8 +44,9 @@ def _chunks(z: Tensor, chunk: int, with_previous: bool) -> Tensor:
 
 def chunked_document_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor, chunk: int,
                                mask: Tensor | None = None) -> Tensor:
-    """q (B, H, N, D), k/v (B, Hkv, N, D), doc_ids (B, N) one id per segment (no segment longer than `chunk`)
+    """q (B, N, H, D), k/v (B, N, Hkv, D), doc_ids (B, N) one id per segment (no segment longer than `chunk`)
     -> (B, N, H, D), causal attention inside each segment. `mask`: `chunk_mask(doc_ids, chunk)`, if made already."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     b, h, n, d = q.shape
     pad = -n % chunk  # the padded queries are cut off below
     if pad:
@@ -71,5 +72,4 @@ def chunked_varlen_func(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, c
         raise ValueError(f"chunked_varlen_func: max_seqlen_q must be the segment cap (≥ 1), got {max_seqlen_q}")
     positions = torch.arange(q.size(0), device=q.device, dtype=cu_seqlens_q.dtype)
     doc_ids = torch.searchsorted(cu_seqlens_q, positions, right=True)
-    flat = [z.transpose(0, 1)[None] for z in (q, k, v)]
-    return chunked_document_attention(*flat, doc_ids[None], int(max_seqlen_q))[0]
+    return chunked_document_attention(q[None], k[None], v[None], doc_ids[None], int(max_seqlen_q))[0]

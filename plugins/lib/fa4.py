@@ -80,8 +80,3 @@ fa4_fwd.register_autograd(_fa4_backward, setup_context=_fa4_setup)
 def fa4_func(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """FA3's interface on FA4: (B, T, H, D) q and (B, T, Hkv, D) k, v (Hkv divides H) -> (B, T, H, D), causal."""
     return fa4_fwd(q.contiguous(), k.contiguous(), v.contiguous())[0]
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """The model's layout: (B, H, T, D) q and (B, Hkv, T, D) k, v -> (B, T, H, D), causal, on FA4."""
-    return fa4_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))

@@ -85,7 +85,7 @@ class FixedRotary(nn.Module):
         self.register_buffer("sin", sin, persistent=False)
 
     def forward(self, seq_len: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        return self.cos[:, :, :seq_len].to(dtype=dtype), self.sin[:, :, :seq_len].to(dtype=dtype)
+        return self.cos[:, :seq_len].to(dtype=dtype), self.sin[:, :seq_len].to(dtype=dtype)
 
 
 def cosine_lr(base: float, chunk: int, n_chunks: int) -> float:
