@@ -25,6 +25,9 @@ the one-line error. What is never removed, because a removal could change the no
   methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
   calls one of its own parameters also reaches what its callers' bodies name).
 
+A DEAD PURE STORE goes too: `x = <pure>` or `x += <pure>` in a function none of whose code (nested scopes included)
+reads `x` or declares it global/nonlocal, and that calls no `locals`/`vars`/`eval`/`exec`, when the statement is
+not protected nor in a dunder that keeps its guards (what a removed guard leaves: `ok = isinstance(...)`).
 A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
 function keeps `pass`. The exception classes nothing raises any more are then left to the tree-shaker.
 """
@@ -249,6 +252,67 @@ class _Lean(ast.NodeTransformer):
         return node
 
 
+SCOPE_READERS = {"locals", "vars", "eval", "exec"}  # a function calling one can read any of its locals
+
+
+def _dead_names(fn: ast.AST) -> set[str]:
+    """The names `fn` stores but nothing in it reads (nor a nested scope, nor `locals()` …): parameters, globals
+    and nonlocals excluded."""
+    stored, read = set(), {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            (stored if isinstance(node.ctx, ast.Store) else read).add(node.id)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            read.update(node.names)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SCOPE_READERS:
+            return set()
+    return stored - read
+
+
+class _DeadStores(ast.NodeTransformer):
+    """Drops the dead pure stores (module docstring) of every function; bodies it empties stay empty for `_Lean`."""
+
+    def __init__(self, protection: _Protection):
+        self.protection = protection
+        self.dead: list[set[str]] = []
+        self.removed = 0
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        keeps_guards = node.name.startswith("__") and node.name.endswith("__") and node.name not in CHECKING_DUNDERS
+        self.dead.append(set() if keeps_guards else _dead_names(node))
+        self.generic_visit(node)
+        self.dead.pop()
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.dead.append(set())  # class-body assignments are attributes, not locals
+        self.generic_visit(node)
+        self.dead.pop()
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        self.generic_visit(node)
+        if not node.handlers and not node.finalbody:
+            node.finalbody = [ast.Pass()]  # `try`/`finally` keeps its `finally:`
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST | None:
+        target = node.targets[0] if len(node.targets) == 1 else None
+        return self._store(node, target)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | None:
+        return self._store(node, node.target)
+
+    def _store(self, node: ast.Assign | ast.AugAssign, target: ast.expr | None) -> ast.AST | None:
+        if (self.dead and isinstance(target, ast.Name) and target.id in self.dead[-1] and pure(node.value)
+                and not self.protection.protects(node)):
+            self.removed += 1
+            return None
+        return node
+
+
 def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`sources` (module name -> code) without asserts and unprotected pure input guards (the module docstring);
     `extra`: the script's other code (its main), whose handlers protect too but which stays as it is."""
@@ -257,5 +321,11 @@ def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str
     out = {}
     for name, tree in trees.items():
         new = _Lean(protection).visit(tree)
+        while True:  # a dropped store can leave another dead (`n = len(x); m = n + 1`) or a loop empty
+            stores = _DeadStores(protection)
+            new = stores.visit(new)
+            if not stores.removed:
+                break
+            new = _Lean(protection).visit(new)
         out[name] = ast.unparse(ast.fix_missing_locations(new))
     return out

@@ -228,3 +228,63 @@ def test_a_handler_that_only_translates_the_error_goes_with_its_try_unless_a_rec
     ns: dict = {}
     exec(lean, ns)
     assert ns["header"]('{"a": 1}') == {"a": 1} and ns["lookup"]("x") is None and ns["lookup"]("7") == 7
+
+
+def test_a_dead_pure_store_goes_with_the_loop_it_empties_and_nothing_read_or_impure_does():
+    """What a removed guard leaves (`ok = isinstance(...)`, a loop computing only it) goes, to a fixed point; a
+    store something reads (a nested scope, `locals()`, `global`), an impure value, a protected store stays."""
+    code = """
+    def f(state, path):
+        kind, items = state['kind'], state.get('items', [])
+        ok = isinstance(kind, str) and all(isinstance(i, int) for i in items)
+        end = len(items) + 1
+        span = end * 2
+        n = 0
+        for i in items:
+            n += i > 0
+        size = path.stat().st_size
+        seen = len(items)
+        g = lambda: seen
+        return kind, g
+
+    def h(x):
+        y = len(x)
+        return locals()
+
+    def k(x):
+        global z
+        z = len(x)
+        try:
+            w = len(x)
+        except TypeError:
+            w = None
+        return 1
+    """
+    lean = _lean(code)
+    assert _same(lean, """
+    def f(state, path):
+        kind, items = state['kind'], state.get('items', [])
+        size = path.stat().st_size
+        seen = len(items)
+        g = lambda: seen
+        return kind, g
+
+    def h(x):
+        y = len(x)
+        return locals()
+
+    def k(x):
+        global z
+        z = len(x)
+        try:
+            w = len(x)
+        except TypeError:
+            pass  # a dead store in the handler goes; the try body is protected
+        return 1
+    """), lean
+    path = type("P", (), {"stat": lambda self: type("S", (), {"st_size": 3})()})()
+    for text in (textwrap.dedent(code), lean):
+        ns: dict = {}
+        exec(text, ns)
+        kind, g = ns["f"]({"kind": "a", "items": [1, -2]}, path)
+        assert kind == "a" and g() == 2 and ns["h"]([1]) == {"x": [1], "y": 1}
