@@ -25,9 +25,10 @@ the one-line error. What is never removed, because a removal could change the no
   methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
   calls one of its own parameters also reaches what its callers' bodies name).
 
-A DEAD PURE STORE goes too: `x = <pure>` or `x += <pure>` in a function none of whose code (nested scopes included)
-reads `x` or declares it global/nonlocal, and that calls no `locals`/`vars`/`eval`/`exec`, when the statement is
-not protected nor in a dunder that keeps its guards (what a removed guard leaves: `ok = isinstance(...)`).
+A DEAD PURE STORE goes too: `x = <pure>`, `x += <pure>`, `x, y = <pure>`, or the `x` pair of `x, y = (<pure>, v)`,
+in a function none of whose code (nested scopes included) reads `x` or declares it global/nonlocal, and that calls
+no `locals`/`vars`/`eval`/`exec`, when the statement is not protected nor in a dunder that keeps its guards (what a
+removed guard leaves: `ok = isinstance(...)`).
 A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
 function keeps `pass`. The exception classes nothing raises any more are then left to the tree-shaker.
 """
@@ -300,14 +301,37 @@ class _DeadStores(ast.NodeTransformer):
 
     def visit_Assign(self, node: ast.Assign) -> ast.AST | None:
         target = node.targets[0] if len(node.targets) == 1 else None
+        if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) and len(target.elts) == len(
+                node.value.elts) and not any(isinstance(e, ast.Starred) for e in (*target.elts, *node.value.elts)):
+            return self._unpacking(node, target, node.value)
+        if isinstance(target, ast.Tuple) and target.elts and all(self._dead(e) for e in target.elts):
+            target = target.elts[0]  # every name dead: the statement goes if its value is pure
         return self._store(node, target)
+
+    def _dead(self, target: ast.expr) -> bool:
+        return bool(self.dead) and isinstance(target, ast.Name) and target.id in self.dead[-1]
+
+    def _unpacking(self, node: ast.Assign, target: ast.Tuple, value: ast.Tuple) -> ast.AST | None:
+        """`a, b = (x, y)`: the pairs whose name is dead and whose value is pure go (`a = x`, or nothing)."""
+        keep = [(t, v) for t, v in zip(target.elts, value.elts, strict=True) if not (self._dead(t) and pure(v))]
+        if len(keep) == len(target.elts) or self.protection.protects(node):
+            return node
+        self.removed += 1
+        if not keep:
+            return None
+        if len(keep) == 1:
+            node.targets, node.value = [keep[0][0]], keep[0][1]
+        else:
+            target.elts, value.elts = [t for t, _ in keep], [v for _, v in keep]
+        return node
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | None:
         return self._store(node, node.target)
 
     def _store(self, node: ast.Assign | ast.AugAssign, target: ast.expr | None) -> ast.AST | None:
-        if (self.dead and isinstance(target, ast.Name) and target.id in self.dead[-1] and pure(node.value)
-                and not self.protection.protects(node)):
+        if target is None:
+            return node
+        if self._dead(target) and pure(node.value) and not self.protection.protects(node):
             self.removed += 1
             return None
         return node

@@ -251,6 +251,12 @@ def test_a_dead_pure_store_goes_with_the_loop_it_empties_and_nothing_read_or_imp
         y = len(x)
         return locals()
 
+    def u(blob, fmt):
+        head, size = fmt.unpack(blob)
+        used, total = (len(blob) - size, blob[size:])
+        first, mid, last = (int(blob[0]), int(blob[1]), fmt.tail(blob))
+        return size, total, last
+
     def k(x):
         global z
         z = len(x)
@@ -273,6 +279,12 @@ def test_a_dead_pure_store_goes_with_the_loop_it_empties_and_nothing_read_or_imp
         y = len(x)
         return locals()
 
+    def u(blob, fmt):
+        head, size = fmt.unpack(blob)
+        total = blob[size:]
+        last = fmt.tail(blob)
+        return size, total, last
+
     def k(x):
         global z
         z = len(x)
@@ -288,3 +300,5 @@ def test_a_dead_pure_store_goes_with_the_loop_it_empties_and_nothing_read_or_imp
         exec(text, ns)
         kind, g = ns["f"]({"kind": "a", "items": [1, -2]}, path)
         assert kind == "a" and g() == 2 and ns["h"]([1]) == {"x": [1], "y": 1}
+        fmt = type("F", (), {"unpack": lambda self, b: (b[0], 1), "tail": lambda self, b: b[-1]})()
+        assert ns["u"](b"\x05\x06\x07", fmt) == (1, b"\x06\x07", 7)
