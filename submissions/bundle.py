@@ -458,6 +458,8 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
             if again == live:
                 break
             sources = again
+        if loader is not LOADER:
+            sources, (loader,) = specialise.rename_hooks(sources, [loader], specialise.hook_names())
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
         keep = frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
         sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)
