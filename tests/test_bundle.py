@@ -254,6 +254,11 @@ def test_code_wrapper_plugin_wraps_the_bundle_and_counts_the_wrapped_bytes(tiny_
     assert bundle_size(cfg, reg) == len(wrapped.encode())  # the code size `pgolf train` logs
     run = setup(cfg, reg, code_size=bundle_size, make_dir=False)
     assert code_bytes(run) == len(wrapped.encode())
+    cfg_l1, reg = _wrapper_config(tiny_sets, ["ema", "code_wrapper"], ["code_wrapper.alphabet=latin1"])
+    plain, data = bundle(cfg_l1, reg, wrap=False), script_bytes(bundle(cfg_l1, reg))  # the file: one byte a character
+    assert data.startswith(b"#coding:l1\nimport lzma as C\nexec(C.decompress(\"\"\"") and len(data) < len(wrapped)
+    assert unwrap(data.decode("latin-1")) == plain and unwrap_source(data.decode("latin-1")) == (plain, True)
+    assert bundle_size(cfg_l1, reg) == len(data)
     cfg_bad, reg = _wrapper_config(tiny_sets, ["code_wrapper"], ["code_wrapper.preset=12"])
     with pytest.raises(ValueError, match="code_wrapper.preset: expected 0..9, got 12"):
         bundle(cfg_bad, reg)
