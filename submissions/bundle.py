@@ -44,7 +44,7 @@ from typing import Any
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.lean import lean_sources
+from submissions.lean import drop_unused_parameters, lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
     drop_future_annotations,
@@ -459,6 +459,7 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
                 break
             sources = again
         if loader is not LOADER:
+            sources = drop_unused_parameters(sources, [loader])
             sources, (loader,) = specialise.rename_hooks(sources, [loader], specialise.hook_names())
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
         keep = frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})

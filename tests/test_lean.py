@@ -302,3 +302,50 @@ def test_a_dead_pure_store_goes_with_the_loop_it_empties_and_nothing_read_or_imp
         assert kind == "a" and g() == 2 and ns["h"]([1]) == {"x": [1], "y": 1}
         fmt = type("F", (), {"unpack": lambda self, b: (b[0], 1), "tail": lambda self, b: b[-1]})()
         assert ns["u"](b"\x05\x06\x07", fmt) == (1, b"\x06\x07", 7)
+
+
+def test_a_parameter_nothing_reads_goes_with_the_pure_argument_of_every_direct_call():
+    from submissions.lean import drop_unused_parameters
+
+    lib = textwrap.dedent("""
+    def scale(x, where, k=2):
+        return x * k
+
+    def noisy(x, where):
+        return x
+
+    def passed(x, where):
+        return x
+
+    def named(x, where):
+        return x
+
+    def nested(x, where):
+        return lambda: where
+
+    def called_by_main(x, where):
+        return x
+    """)
+    user = textwrap.dedent("""
+    from lib import scale, noisy, passed, named, nested, called_by_main
+
+    def run(log):
+        a = scale(1, 'artifact') + scale(2, where='x', k=3) + scale(3, 'y', 4)
+        b = noisy(1, log.pop())
+        c = list(map(passed, [1], ['p'])) + [passed(1, 'p')]
+        return a, b, c, named(1, 'q'), 'see named', nested(1, 'n')()
+    """)
+    main = "from user import run\ncalled_by_main(1, 'm')\n"
+    out = drop_unused_parameters({"lib": lib, "user": user}, [main])
+    assert "def scale(x, k=2):" in out["lib"] and "scale(1) + scale(2, k=3) + scale(3, 4)" in out["user"]
+    assert "def nested(where):" in out["lib"] and "nested('n')()" in out["user"]  # `where`: a nested scope reads it
+    for kept in ("def noisy(x, where)", "def passed(x, where)", "def named(x, where)", "def called_by_main(x, where)"):
+        assert kept in out["lib"], kept  # an impure argument, a value, a word of a string, the script's own code
+    results = []
+    for mods in ({"lib": lib, "user": user}, out):
+        ns_lib: dict = {}
+        exec(mods["lib"], ns_lib)
+        ns_user: dict = {k: ns_lib[k] for k in ("scale", "noisy", "passed", "named", "nested", "called_by_main")}
+        exec(mods["user"].split("\n", 2)[2], ns_user)
+        results.append(ns_user["run"]([5]))
+    assert results[0] == results[1] == (2 + 6 + 12, 1, [1, 1], 1, "see named", "n")
