@@ -228,7 +228,8 @@ def pg_wrap_code(source: str) -> str | None:
 
     Called by `submissions.bundle.bundle`, never in training. The result is one plain Python file that behaves exactly
     like `source` under python and torchrun (same `__main__` entry and `__file__`, so its logged code size is the
-    wrapped file's), unwrapping with the standard library only (PR #1493's `exec(lzma.decompress(b85decode(...)))`)."""
+    wrapped file's), unwrapping with the standard library only (PR #1493's `exec(lzma.decompress(b85decode(...)))`).
+    The file's bytes are the text in the encoding its PEP 263 line declares (UTF-8 without one)."""
 
 
 # --- evaluate --------------------------------------------------------------------------------------

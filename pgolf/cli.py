@@ -345,7 +345,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write the self-contained train_gpt.py of a configuration (a run directory's, or a recipe's)."""
     from core.run import write_atomic
-    from submissions.bundle import bundle, requirements
+    from submissions.bundle import bundle, requirements, script_bytes
 
     if args.path:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
@@ -366,8 +366,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     text = bundle(cfg, registry, strip=not args.keep_docstrings)
     reqs = requirements(cfg, registry)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, text)
-    print(f"{out}: {len(text.encode('utf-8')):,} bytes, plugins: {', '.join(cfg.plugins) or '(none)'}")
+    data = script_bytes(text)
+    write_atomic(out, data)
+    print(f"{out}: {len(data):,} bytes, plugins: {', '.join(cfg.plugins) or '(none)'}")
     if args.requirements:
         write_atomic(req_path, reqs)
         print(f"{req_path}: written")

@@ -8,9 +8,11 @@ stays printable ASCII Python. Two choices, both measured on the pr1493 bundle (i
 - `codec`: "lzma" (LZMA1 in the `.lzma` container, `lzma.decompress` finds it: the standard library only),
   "brotli" (quality 11: ~3 % smaller on Python text), or "auto" (default): the smaller of the two, brotli only
   where the script's RECIPE enables a brotli artifact codec (it needs brotli anyway: no new dependency).
-- `alphabet`: "base85" (the record's form: `base64.b85decode`), or "printable" (default): the compressed bytes as
+- `alphabet`: "base85" (the record's form: `base64.b85decode`), "printable" (default): the compressed bytes as
   one big number written in base 93 (printable ASCII less `"` and `\\`), 2 % fewer characters than base85,
-  decoded by a one-line loop.
+  decoded by a one-line loop, or "latin1": the bytes themselves, one character each, in a file declared latin-1
+  (PEP 263 `#coding:l1`; only backslash, NUL, CR and a closing quote escaped: ~1 % over the compressed size,
+  where base 93 adds 23 %). Not printable ASCII: git and GitHub show such a file as binary.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 
 WRAP_CODECS = ("auto", "lzma", "brotli")  # names unique in a bundle: its tree-shaker keeps names, not objects
-WRAP_ALPHABETS = ("printable", "base85")
+WRAP_ALPHABETS = ("printable", "base85", "latin1")
 # The record's form (raw LZMA2, base85); kept for `unwrap` of old scripts.
 B85_TEMPLATE = ('import lzma as L,base64 as B\n'
                 'exec(L.decompress(B.b85decode("{}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n')
@@ -37,7 +39,10 @@ DECODE = {
     "base85": ("import base64 as B\n", 'B.b85decode("{}")'),
     "printable": ('n=0\nfor c in"{}":n=n*93+ord(c)-32-(c>\'"\')-(c>\'\\\\\')\n',
                   "n.to_bytes(n.bit_length()+7>>3,'big')[1:]"),
+    "latin1": ("", '"""{}""".encode("l1")'),
 }
+# The PEP 263 line of a "latin1" wrapper (first line: the file's characters are its bytes; `l1` is latin-1).
+LATIN1_CODING = "#coding:l1\n"
 IMPORT = {"lzma": "import lzma as C\n", "brotli": "import brotli as C\n"}
 # LZMA1 in the .lzma container: pb=0 (text is not 2^pb-aligned), bt3 match finder: 0.2 % smaller than the
 # defaults on the pr1493 bundle; `lzma.decompress` reads the container without being told the format.
@@ -97,6 +102,22 @@ def from_printable(text: str) -> bytes:
     return n.to_bytes((n.bit_length() + 7) // 8, "big")[1:]
 
 
+def to_latin1(data: bytes) -> str:
+    """The body of a `\"\"\"` literal whose latin-1 characters are `data`: each byte its own character but a
+    backslash, NUL (no source may hold it: `\\x00` before an octal digit), CR (read as a newline) and a `"` that
+    would close the literal (one before another `"`, or the last byte)."""
+    out = []
+    for i, b in enumerate(data):
+        nxt = data[i + 1:i + 2]
+        if b == 0:
+            out.append("\\x00" if nxt and 48 <= nxt[0] <= 55 else "\\0")
+        elif b in b"\\\r" or (b == 34 and nxt in (b"", b'"')):
+            out.append({92: "\\\\", 13: "\\r", 34: '\\"'}[b])
+        else:
+            out.append(chr(b))
+    return "".join(out)
+
+
 def bounded_decompress(data: bytes, codec: str, limit: int | None = None) -> bytes:
     """`data` decompressed ("brotli", "lzma" = any container `lzma.decompress` reads, "lzma2-raw"), refusing more
     than `limit` (default MAX_SOURCE_BYTES) bytes of output: a payload is read, not trusted (10 KB of LZMA can
@@ -127,10 +148,11 @@ def wrap(source: str, codec: str = "lzma", alphabet: str = "printable", preset: 
     if alphabet == "base85" and codec == "lzma":  # the record's exact form
         return wrap_lzma_b85(source, preset)
     packed = compress_code(source.encode("utf-8"), codec, preset)
-    payload = base64.b85encode(packed).decode("ascii") if alphabet == "base85" else to_printable(packed)
+    payload = {"base85": lambda: base64.b85encode(packed).decode("ascii"), "printable": lambda: to_printable(packed),
+               "latin1": lambda: to_latin1(packed)}[alphabet]()
     setup, expr = DECODE[alphabet]
-    return IMPORT[codec] + setup.format(payload if alphabet == "printable" else "") + \
-        f"exec(C.decompress({expr.format(payload)}))\n"
+    return (LATIN1_CODING if alphabet == "latin1" else "") + IMPORT[codec] + \
+        setup.format(payload if alphabet == "printable" else "") + f"exec(C.decompress({expr.format(payload)}))\n"
 
 
 def wrap_lzma_b85(source: str, preset: int = 9 | lzma.PRESET_EXTREME) -> str:
@@ -142,14 +164,19 @@ def wrap_lzma_b85(source: str, preset: int = 9 | lzma.PRESET_EXTREME) -> str:
 
 def unwrap(wrapped: str) -> str:
     """The source inside a script `wrap` made (any codec and alphabet), read without executing it: for tests,
-    the validator's static rules and `pgolf size`-style inspection."""
+    the validator's static rules and `pgolf size`-style inspection. A latin-1 wrapper is read as its characters
+    (`script_text` of its bytes)."""
     try:
         tree = ast.parse(wrapped)
         strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
         payload = max(strings, key=len)
     except (SyntaxError, ValueError):
         raise ValueError("not a code_wrapper script (expected a compressed payload literal)") from None
-    if "B.b85decode(" not in wrapped:
+    latin1 = wrapped.startswith(LATIN1_CODING)
+    if latin1:
+        data = payload.encode("latin-1")  # UnicodeEncodeError (a ValueError) if it was not read as latin-1
+        wrapped = wrapped.removeprefix(LATIN1_CODING)
+    elif "B.b85decode(" not in wrapped:
         data = from_printable(payload)
     else:
         data = base64.b85decode(payload)

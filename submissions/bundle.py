@@ -33,16 +33,18 @@ import ast
 import dataclasses
 import functools
 import inspect
+import io
 import json
 import pprint
 import sys
+import tokenize
 from pathlib import Path
 from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
 from submissions import specialise
-from submissions.lean import lean_sources
+from submissions.lean import drop_unused_parameters, lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
     drop_future_annotations,
@@ -456,6 +458,9 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
             if again == live:
                 break
             sources = again
+        if loader is not LOADER:
+            sources = drop_unused_parameters(sources, [loader])
+            sources, (loader,) = specialise.rename_hooks(sources, [loader], specialise.hook_names())
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
         keep = frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
         sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)
@@ -555,6 +560,13 @@ def wrap_code(cfg: Config, registry: Registry, text: str) -> str:
     return wrapped
 
 
+def script_bytes(text: str) -> bytes:
+    """`text` as its file's bytes: in the encoding its PEP 263 line declares (`code_wrapper`'s latin-1 form: one
+    byte a character), else UTF-8."""
+    head = "\n".join(text.split("\n", 2)[:2]).encode("utf-8")
+    return text.encode(tokenize.detect_encoding(io.BytesIO(head).readline)[0])
+
+
 def source_bytes(cfg: Config, registry: Registry) -> int:
     """An over-estimate of the bundle's size: the bytes of the core modules and the run's plugins' files
     (unstripped)."""
@@ -567,6 +579,6 @@ def bundle_size(cfg: Config, registry: Registry) -> int:
     """Bytes of the train_gpt.py `bundle` writes for `cfg` (what `pgolf train` logs as its code size);
     `source_bytes` when a plugin cannot be bundled (an entry-point plugin)."""
     try:
-        return len(bundle(cfg, registry).encode("utf-8"))
+        return len(script_bytes(bundle(cfg, registry)))
     except BundleError:
         return source_bytes(cfg, registry)

@@ -25,14 +25,22 @@ the one-line error. What is never removed, because a removal could change the no
   methods; a call of anything but a known name also reaches every `__call__` and `forward`, and a function that
   calls one of its own parameters also reaches what its callers' bodies name).
 
+A DEAD PURE STORE goes too: `x = <pure>`, `x += <pure>`, `x, y = <pure>`, or the `x` pair of `x, y = (<pure>, v)`,
+in a function none of whose code (nested scopes included) reads `x` or declares it global/nonlocal, and that calls
+no `locals`/`vars`/`eval`/`exec`, when the statement is not protected nor in a dunder that keeps its guards (what a
+removed guard leaves: `ok = isinstance(...)`).
 A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
-function keeps `pass`. The exception classes nothing raises any more are then left to the tree-shaker.
+function keeps `pass`.
+After the bundle's settings are folded, `drop_unused_parameters` drops the parameters no code reads any more (and
+the pure argument each direct call passes for them): its docstring says where.
+The exception classes nothing raises any more are then left to the tree-shaker.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import re
 from collections.abc import Iterable
 
 PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "type", "int", "float", "str", "bool", "abs",
@@ -249,6 +257,90 @@ class _Lean(ast.NodeTransformer):
         return node
 
 
+SCOPE_READERS = {"locals", "vars", "eval", "exec"}  # a function calling one can read any of its locals
+
+
+def _dead_names(fn: ast.AST) -> set[str]:
+    """The names `fn` stores but nothing in it reads (nor a nested scope, nor `locals()` …): parameters, globals
+    and nonlocals excluded."""
+    stored, read = set(), {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Name):
+            (stored if isinstance(node.ctx, ast.Store) else read).add(node.id)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            read.update(node.names)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SCOPE_READERS:
+            return set()
+    return stored - read
+
+
+class _DeadStores(ast.NodeTransformer):
+    """Drops the dead pure stores (module docstring) of every function; bodies it empties stay empty for `_Lean`."""
+
+    def __init__(self, protection: _Protection):
+        self.protection = protection
+        self.dead: list[set[str]] = []
+        self.removed = 0
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        keeps_guards = node.name.startswith("__") and node.name.endswith("__") and node.name not in CHECKING_DUNDERS
+        self.dead.append(set() if keeps_guards else _dead_names(node))
+        self.generic_visit(node)
+        self.dead.pop()
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.dead.append(set())  # class-body assignments are attributes, not locals
+        self.generic_visit(node)
+        self.dead.pop()
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        self.generic_visit(node)
+        if not node.handlers and not node.finalbody:
+            node.finalbody = [ast.Pass()]  # `try`/`finally` keeps its `finally:`
+        return node
+
+    def visit_Assign(self, node: ast.Assign) -> ast.AST | None:
+        target = node.targets[0] if len(node.targets) == 1 else None
+        if isinstance(target, ast.Tuple) and isinstance(node.value, ast.Tuple) and len(target.elts) == len(
+                node.value.elts) and not any(isinstance(e, ast.Starred) for e in (*target.elts, *node.value.elts)):
+            return self._unpacking(node, target, node.value)
+        if isinstance(target, ast.Tuple) and target.elts and all(self._dead(e) for e in target.elts):
+            target = target.elts[0]  # every name dead: the statement goes if its value is pure
+        return self._store(node, target)
+
+    def _dead(self, target: ast.expr) -> bool:
+        return bool(self.dead) and isinstance(target, ast.Name) and target.id in self.dead[-1]
+
+    def _unpacking(self, node: ast.Assign, target: ast.Tuple, value: ast.Tuple) -> ast.AST | None:
+        """`a, b = (x, y)`: the pairs whose name is dead and whose value is pure go (`a = x`, or nothing)."""
+        keep = [(t, v) for t, v in zip(target.elts, value.elts, strict=True) if not (self._dead(t) and pure(v))]
+        if len(keep) == len(target.elts) or self.protection.protects(node):
+            return node
+        self.removed += 1
+        if not keep:
+            return None
+        if len(keep) == 1:
+            node.targets, node.value = [keep[0][0]], keep[0][1]
+        else:
+            target.elts, value.elts = [t for t, _ in keep], [v for _, v in keep]
+        return node
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | None:
+        return self._store(node, node.target)
+
+    def _store(self, node: ast.Assign | ast.AugAssign, target: ast.expr | None) -> ast.AST | None:
+        if target is None:
+            return node
+        if self._dead(target) and pure(node.value) and not self.protection.protects(node):
+            self.removed += 1
+            return None
+        return node
+
+
 def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`sources` (module name -> code) without asserts and unprotected pure input guards (the module docstring);
     `extra`: the script's other code (its main), whose handlers protect too but which stays as it is."""
@@ -257,5 +349,95 @@ def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str
     out = {}
     for name, tree in trees.items():
         new = _Lean(protection).visit(tree)
+        while True:  # a dropped store can leave another dead (`n = len(x); m = n + 1`) or a loop empty
+            stores = _DeadStores(protection)
+            new = stores.visit(new)
+            if not stores.removed:
+                break
+            new = _Lean(protection).visit(new)
         out[name] = ast.unparse(ast.fix_missing_locations(new))
     return out
+
+
+def _identifier_uses(trees: Iterable[ast.AST]) -> tuple[dict[str, list[ast.AST]], set[str]]:
+    """(name -> the nodes that use it as a plain name, an import or a definition; names that also show as an
+    attribute, a keyword or a word of a string)."""
+    uses: dict[str, list[ast.AST]] = {}
+    elsewhere: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                uses.setdefault(node.id, []).append(node)
+            elif isinstance(node, (*FUNCTIONS, ast.ClassDef)):
+                uses.setdefault(node.name, []).append(node)
+            elif isinstance(node, ast.alias):
+                uses.setdefault(node.asname or node.name, []).append(node)
+                elsewhere.update([node.name] if node.asname else [])
+            elif isinstance(node, ast.Attribute):
+                elsewhere.add(node.attr)
+            elif isinstance(node, ast.keyword) and node.arg:
+                elsewhere.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                elsewhere.update(re.findall(r"[A-Za-z_]\w*", node.value))
+    return uses, elsewhere
+
+
+def _unused_parameters(fn: ast.FunctionDef) -> list[int]:
+    """Indexes of `fn`'s positional parameters nothing in it reads, each with a pure default (or none)."""
+    a = fn.args
+    if fn.decorator_list or a.vararg or a.kwarg or a.posonlyargs or any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in SCOPE_READERS
+            for n in ast.walk(fn)):
+        return []
+    read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name)}
+    defaults = dict(zip(range(len(a.args) - len(a.defaults), len(a.args)), a.defaults, strict=True))
+    return [i for i, p in enumerate(a.args) if p.arg not in read and (i not in defaults or pure(defaults[i]))]
+
+
+def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` with each UNUSED PARAMETER of a module-level function dropped, with the argument every call passes
+    for it: a positional parameter its body never reads (nor a nested scope, nor `locals()` …), with a pure default,
+    of an undecorated function defined once in the bundle whose name is only ever called directly (never an
+    attribute, a value, a keyword or a word of a string, nor named in `extra`, the script's own code), when every
+    call passes it a pure argument (or none) without `*`/`**` unpacking. Lean contract: only the evaluation of
+    pure arguments goes (folded settings leave `where` / `name` parameters no code reads any more)."""
+    trees = {name: ast.parse(text) for name, text in sources.items()}
+    others = [ast.parse(t) for t in extra]
+    uses, elsewhere = _identifier_uses([*trees.values(), *others])
+    elsewhere |= {n.id for t in others for n in ast.walk(t) if isinstance(n, ast.Name)}
+    parents = {c: p for t in trees.values() for p in ast.walk(t) for c in ast.iter_child_nodes(p)}
+    owner = {n: name for name, t in trees.items() for n in ast.walk(t) if isinstance(n, ast.Call)}
+    changed: set[str] = set()
+    for tree_name, tree in trees.items():
+        for fn in tree.body:
+            if not isinstance(fn, ast.FunctionDef) or fn.name in elsewhere:
+                continue
+            nodes = uses.get(fn.name, [])
+            if sum(isinstance(n, (*FUNCTIONS, ast.ClassDef)) for n in nodes) != 1:
+                continue
+            calls = [parents.get(n) for n in nodes if isinstance(n, ast.Name)]
+            if not all(isinstance(c, ast.Call) and c.func is n for c, n in zip(
+                    calls, [n for n in nodes if isinstance(n, ast.Name)], strict=True)):
+                continue
+            if any(isinstance(n, ast.alias) and not isinstance(parents.get(n), ast.ImportFrom) for n in nodes):
+                continue
+            drop = _unused_parameters(fn)
+            names = {fn.args.args[i].arg for i in drop}
+            if not drop or not all(_drops_cleanly(c, drop, names) for c in calls):
+                continue
+            for call in calls:
+                call.args = [x for i, x in enumerate(call.args) if i not in drop]
+                call.keywords = [k for k in call.keywords if k.arg not in names]
+            first_default = len(fn.args.args) - len(fn.args.defaults)
+            fn.args.defaults = [d for i, d in enumerate(fn.args.defaults, first_default) if i not in drop]
+            fn.args.args = [p for i, p in enumerate(fn.args.args) if i not in drop]
+            changed |= {tree_name, *(owner[c] for c in calls)}
+    return {n: ast.unparse(t) + "\n" if n in changed else sources[n] for n, t in trees.items()}
+
+
+def _drops_cleanly(call: ast.Call, drop: list[int], names: set[str]) -> bool:
+    """`call` passes the dropped parameters (by position or keyword) only pure values, and unpacks nothing."""
+    if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
+        return False
+    return all(pure(x) for i, x in enumerate(call.args) if i in drop) and all(
+        pure(k.value) for k in call.keywords if k.arg in names)

@@ -22,7 +22,7 @@ from typing import Any
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from submissions.bundle import PER_RUN_KEYS, bundle, requirements
+from submissions.bundle import PER_RUN_KEYS, bundle, requirements, script_bytes
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
 # The records folder of each track (the challenge repository's layout); `pgolf record` writes under it.
@@ -190,8 +190,8 @@ def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: 
                       env={}, check_plugins=registry.check, check_settings=registry.check_settings)
     except ConfigError as exc:
         raise RecordError(f"{runs[0].path}/config.json: {'; '.join(exc.errors)}") from exc
-    script = bundle(cfg, registry)  # exactly the text whose size the runs logged
-    n_code = len(script.encode("utf-8"))
+    script = script_bytes(bundle(cfg, registry))  # exactly the file whose size the runs logged
+    n_code = len(script)
     for r in runs:
         if int(r.metrics["code_bytes"]) != n_code:
             raise RecordError(f"{r.path}: the run logged {r.metrics['code_bytes']:,} code bytes but its bundle is "

@@ -14,6 +14,8 @@
   `section.key=value` arguments, coerced as `core.config.coerce` does; `config.resolve` and the registry's
   checks are not bundled. What such a script cannot do: change its plugin list (PGOLF_PLUGINS,
   `core.plugins=`), or report every invalid setting at once (a bad value stops it with the first error).
+- Short hook names (`rename_hooks`): with dispatch static, a hook's `pg_*` name is only an identifier (the
+  dispatcher's attribute, the implementations' method names), so each gets a short fresh name everywhere.
 - Plugin metadata (`PLUGIN_METADATA`: summaries, sources, roles, `check_config`/`check_peers`) is dropped, and
   the field types of dataclasses other than the configs become `0` (`erase_field_types`).
 - Constant folding (`fold_sources`), by this rule: STRUCTURAL settings are folded into literals and the script
@@ -44,7 +46,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Plugin, Registry, make_manager
-from submissions.minify import names_in
+from submissions.minify import names_in, short_names
 
 MARKER = "hookimpl"
 
@@ -868,3 +870,64 @@ def fold_arguments(sources: dict[str, str]) -> dict[str, str]:
     sources, where the calls from code the shaker dropped no longer count."""
     out = constant_arguments(sources)
     return {n: fold_module(s, {}, {}, {})[0] if s != sources[n] else s for n, s in out.items()}
+
+
+class _HookRenamer(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, str]):
+        self.mapping = mapping
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        node.attr = self.mapping.get(node.attr, node.attr)
+        return self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        node.id = self.mapping.get(node.id, node.id)
+        return node
+
+    def visit_keyword(self, node: ast.keyword) -> ast.AST:
+        node.arg = self.mapping.get(node.arg, node.arg) if node.arg else None
+        return self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        node.name = self.mapping.get(node.name, node.name)
+        return self.generic_visit(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_arg(self, node: ast.arg) -> ast.AST:
+        node.arg = self.mapping.get(node.arg, node.arg)
+        return self.generic_visit(node)
+
+    def visit_alias(self, node: ast.alias) -> ast.AST:  # `from m import pg_x [as pg_y]` (a module plugin's hook)
+        node.name = self.mapping.get(node.name, node.name)
+        node.asname = node.asname and self.mapping.get(node.asname, node.asname)
+        return node
+
+
+def rename_hooks(sources: dict[str, str], extra: list[str], hooks: Iterable[str]) -> tuple[dict[str, str], list[str]]:
+    """(`sources`, `extra`) with each hook name in `hooks` that the code uses renamed to a short name that occurs
+    nowhere in it: as an attribute, a method or function name, a keyword, a parameter or a name, all at once. For a
+    statically dispatched bundle only (pluggy matches implementations to hooks by name). A hook whose name shows
+    in a string (`getattr(x, "pg_x")`, a message) keeps it; a string that begins one (`"pg_"`) stops all renaming."""
+    trees = {n: ast.parse(t) for n, t in sources.items()}
+    others = [ast.parse(t) for t in extra]
+    texts = [*sources.values(), *extra]
+    strings = [node.value for tree in (*trees.values(), *others) for node in ast.walk(tree)
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)]
+    used = names_in([*trees.values(), *others], messages=False) - names_in(
+        [ast.Module([ast.Expr(ast.Constant(v)) for v in strings], [])])
+    counts = {h: sum(len(re.findall(rf"\b{h}\b", t)) for t in texts) for h in set(hooks) & used}
+    if any(v.startswith("pg") and h.startswith(v) and v != h for h in hooks for v in strings):
+        return dict(sources), list(extra)  # a name built at run time (`getattr(hook, "pg_" + kind)`)
+    names = sorted((h for h in counts if not any(h in v for v in strings)), key=lambda h: (-counts[h], h))
+    fresh = short_names({w for t in texts for w in re.findall(r"[A-Za-z_]\w*", t)})
+    renamer = _HookRenamer({h: next(fresh) for h in names})
+    return ({n: ast.unparse(renamer.visit(t)) + "\n" if sources[n] else "" for n, t in trees.items()},
+            [ast.unparse(renamer.visit(t)) + "\n" for t in others])
+
+
+def hook_names() -> set[str]:
+    """The names of the hooks `core.hookspecs` declares."""
+    import core.hookspecs as specs
+
+    return {n for n, f in vars(specs).items() if n.startswith("pg_") and callable(f)}

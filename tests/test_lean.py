@@ -228,3 +228,124 @@ def test_a_handler_that_only_translates_the_error_goes_with_its_try_unless_a_rec
     ns: dict = {}
     exec(lean, ns)
     assert ns["header"]('{"a": 1}') == {"a": 1} and ns["lookup"]("x") is None and ns["lookup"]("7") == 7
+
+
+def test_a_dead_pure_store_goes_with_the_loop_it_empties_and_nothing_read_or_impure_does():
+    """What a removed guard leaves (`ok = isinstance(...)`, a loop computing only it) goes, to a fixed point; a
+    store something reads (a nested scope, `locals()`, `global`), an impure value, a protected store stays."""
+    code = """
+    def f(state, path):
+        kind, items = state['kind'], state.get('items', [])
+        ok = isinstance(kind, str) and all(isinstance(i, int) for i in items)
+        end = len(items) + 1
+        span = end * 2
+        n = 0
+        for i in items:
+            n += i > 0
+        size = path.stat().st_size
+        seen = len(items)
+        g = lambda: seen
+        return kind, g
+
+    def h(x):
+        y = len(x)
+        return locals()
+
+    def u(blob, fmt):
+        head, size = fmt.unpack(blob)
+        used, total = (len(blob) - size, blob[size:])
+        first, mid, last = (int(blob[0]), int(blob[1]), fmt.tail(blob))
+        return size, total, last
+
+    def k(x):
+        global z
+        z = len(x)
+        try:
+            w = len(x)
+        except TypeError:
+            w = None
+        return 1
+    """
+    lean = _lean(code)
+    assert _same(lean, """
+    def f(state, path):
+        kind, items = state['kind'], state.get('items', [])
+        size = path.stat().st_size
+        seen = len(items)
+        g = lambda: seen
+        return kind, g
+
+    def h(x):
+        y = len(x)
+        return locals()
+
+    def u(blob, fmt):
+        head, size = fmt.unpack(blob)
+        total = blob[size:]
+        last = fmt.tail(blob)
+        return size, total, last
+
+    def k(x):
+        global z
+        z = len(x)
+        try:
+            w = len(x)
+        except TypeError:
+            pass  # a dead store in the handler goes; the try body is protected
+        return 1
+    """), lean
+    path = type("P", (), {"stat": lambda self: type("S", (), {"st_size": 3})()})()
+    for text in (textwrap.dedent(code), lean):
+        ns: dict = {}
+        exec(text, ns)
+        kind, g = ns["f"]({"kind": "a", "items": [1, -2]}, path)
+        assert kind == "a" and g() == 2 and ns["h"]([1]) == {"x": [1], "y": 1}
+        fmt = type("F", (), {"unpack": lambda self, b: (b[0], 1), "tail": lambda self, b: b[-1]})()
+        assert ns["u"](b"\x05\x06\x07", fmt) == (1, b"\x06\x07", 7)
+
+
+def test_a_parameter_nothing_reads_goes_with_the_pure_argument_of_every_direct_call():
+    from submissions.lean import drop_unused_parameters
+
+    lib = textwrap.dedent("""
+    def scale(x, where, k=2):
+        return x * k
+
+    def noisy(x, where):
+        return x
+
+    def passed(x, where):
+        return x
+
+    def named(x, where):
+        return x
+
+    def nested(x, where):
+        return lambda: where
+
+    def called_by_main(x, where):
+        return x
+    """)
+    user = textwrap.dedent("""
+    from lib import scale, noisy, passed, named, nested, called_by_main
+
+    def run(log):
+        a = scale(1, 'artifact') + scale(2, where='x', k=3) + scale(3, 'y', 4)
+        b = noisy(1, log.pop())
+        c = list(map(passed, [1], ['p'])) + [passed(1, 'p')]
+        return a, b, c, named(1, 'q'), 'see named', nested(1, 'n')()
+    """)
+    main = "from user import run\ncalled_by_main(1, 'm')\n"
+    out = drop_unused_parameters({"lib": lib, "user": user}, [main])
+    assert "def scale(x, k=2):" in out["lib"] and "scale(1) + scale(2, k=3) + scale(3, 4)" in out["user"]
+    assert "def nested(where):" in out["lib"] and "nested('n')()" in out["user"]  # `where`: a nested scope reads it
+    for kept in ("def noisy(x, where)", "def passed(x, where)", "def named(x, where)", "def called_by_main(x, where)"):
+        assert kept in out["lib"], kept  # an impure argument, a value, a word of a string, the script's own code
+    results = []
+    for mods in ({"lib": lib, "user": user}, out):
+        ns_lib: dict = {}
+        exec(mods["lib"], ns_lib)
+        ns_user: dict = {k: ns_lib[k] for k in ("scale", "noisy", "passed", "named", "nested", "called_by_main")}
+        exec(mods["user"].split("\n", 2)[2], ns_user)
+        results.append(ns_user["run"]([5]))
+    assert results[0] == results[1] == (2 + 6 + 12, 1, [1, 1], 1, "see named", "n")

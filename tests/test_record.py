@@ -47,7 +47,7 @@ def test_record_folder_holds_the_bundle_logs_and_a_consistent_submission(two_see
     sub = json.loads(files["submission.json"])
     assert sub["val_bpb"] == pytest.approx(statistics.fmean(m["val_bpb"] for m in metrics), abs=1e-8)
     assert sub["val_bpb_std"] == pytest.approx(statistics.stdev(m["val_bpb"] for m in metrics), abs=1e-8)
-    assert sub["bytes_code"] == len(files["train_gpt.py"].encode()) == metrics[0]["code_bytes"]
+    assert sub["bytes_code"] == len(files["train_gpt.py"]) == metrics[0]["code_bytes"]
     assert sub["bytes_total"] == max(m["total_bytes"] for m in metrics) and sub["seeds"] == [7, 1337]
     assert files["train_seed1337.log"] == (two_seeds[1] / "train.log").read_text()
     assert "openai/parameter-golf#287" in files["README.md"] and "zstandard" in files["requirements.txt"]

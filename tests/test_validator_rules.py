@@ -48,15 +48,16 @@ def write_log(folder: Path, seed: int, bpb: float, code: int, model: int = 15_00
     (folder / f"train_seed{seed}.log").write_text("\n".join(lines) + "\n")
 
 
-def make_folder(root: Path, name: str = "2026-05-01_GoodRecord", script: str = GOOD_SCRIPT,
+def make_folder(root: Path, name: str = "2026-05-01_GoodRecord", script: str | bytes = GOOD_SCRIPT,
                 seeds: dict[int, float] | None = None, log_over: dict | None = None,
                 sub_over: dict | None = None) -> Path:
     """A complete, compliant records folder under records/track_10min_16mb/."""
     folder = root / "records" / "track_10min_16mb" / name
     folder.mkdir(parents=True)
     (folder / "README.md").write_text("# Good record\n\ntorchrun --nproc_per_node=8 train_gpt.py\n")
-    (folder / "train_gpt.py").write_text(script)
-    code = len(script.encode())
+    data = script if isinstance(script, bytes) else script.encode()  # bytes: a file in another PEP 263 encoding
+    (folder / "train_gpt.py").write_bytes(data)
+    code = len(data)
     seeds = SEEDS if seeds is None else seeds
     for seed, bpb in seeds.items():
         write_log(folder, seed, bpb, code, **(log_over or {}))
@@ -336,6 +337,25 @@ def test_lzma_wrapper_is_decoded_without_exec(tmp_path: Path) -> None:
     assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}
     code = [f for f in findings if f.rule == "SIZE.CODE"]
     assert [f.status for f in code] == ["warn"] and "helper_mod.py" in code[0].message  # helper not counted
+
+
+def test_latin1_wrapper_is_read_in_the_encoding_it_declares(tmp_path: Path) -> None:
+    """code_wrapper's latin-1 form holds payload bytes a UTF-8 read would replace: the validator reads the file as
+    its PEP 263 line says, so the static rules see the real code (its import) and the shipped size is its bytes."""
+    import plugins.code_wrapper as cw
+    from submissions.bundle import script_bytes
+
+    src = GOOD_SCRIPT + "import helper_mod\nraise SystemExit('must never run')\n"
+    data = script_bytes(cw.wrap(src, "brotli", "latin1"))
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    folder = make_folder(tmp_path, script=data, log_over={"code_line": f"Code size (compressed): {len(data)} bytes"})
+    (folder / "helper_mod.py").write_text("y = 2\n" * 2000)
+    findings = validate_folder(folder)
+    assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}
+    assert statuses(findings, "SIZE.CODE_WRAPPED") == {"pass"}  # "ships the wrapper that the log counts"
+    (code,) = [f for f in findings if f.rule == "SIZE.CODE"]
+    assert "helper_mod.py" in code.message  # found by reading the decoded code's imports
 
 
 def test_wrapper_shipped_matches_compressed_count(tmp_path: Path) -> None:

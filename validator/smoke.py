@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext
+from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, script_text
 from validator.sandbox import PGOLF_MODULES, SandboxResult, run_sandboxed
 
 COULD_NOT_RUN = "could not run:"
@@ -120,7 +120,7 @@ def compile_check(ctx: FolderContext) -> Finding | None:
     """py_compile of the shipped file and of the decoded source (LZMA wrappers decoded, never exec'd)."""
     rule = "FILES.RUNS_IN_FOLDER"
     assert ctx.script_path is not None and ctx.script_source is not None
-    for label, text in (("train_gpt.py", ctx.script_path.read_text(encoding="utf-8", errors="replace")),
+    for label, text in (("train_gpt.py", script_text(ctx.script_path)),
                         ("train_gpt.py (decoded wrapper)", ctx.script_source[0])):
         try:
             compile(text, label, "exec", dont_inherit=True)

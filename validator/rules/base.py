@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
 import re
 import sys
+import tokenize
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -79,13 +81,24 @@ class Rule:
 
 
 WRAPPER_RX = re.compile(r"exec\(\s*\w+\.decompress\(")
-# pgolf's own wrapper forms (plugins.code_wrapper: lzma or brotli, base85 or a base-93 numeral).
-PGOLF_WRAPPER_RX = re.compile(r"\Aimport (lzma|brotli) as C\n")
+# pgolf's own wrapper forms (plugins.code_wrapper: lzma or brotli, base85, a base-93 numeral or latin-1 bytes).
+PGOLF_WRAPPER_RX = re.compile(r"\A(#coding:l1\n)?import (lzma|brotli) as C\n")
 
 
 # The largest wrapped script the validator decodes: ~10x the largest record's wrapped code; decoding a base-93
 # numeral is superlinear (about 5 s at this size), and a wrapper it cannot read is a FAIL, never a pass.
 MAX_WRAPPED_CHARS = 400_000
+
+
+def script_text(path: Path) -> str:
+    """A Python file's text in the encoding its PEP 263 line declares (UTF-8 without one; undecodable bytes
+    replaced): a latin-1 wrapper's payload characters are its bytes."""
+    data = path.read_bytes()
+    try:
+        encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+    except SyntaxError:  # an unknown codec or a bad BOM: read it as UTF-8, as before
+        encoding = "utf-8"
+    return data.decode(encoding, errors="replace")
 
 
 def unwrap_source(src: str) -> tuple[str, bool]:
@@ -244,7 +257,7 @@ class FolderContext:
         """(decoded source, was_wrapped, why a wrapper could not be read) of train_gpt.py."""
         if self.script_path is None:
             return None
-        return decode_wrapper(self.script_path.read_text(encoding="utf-8", errors="replace"))
+        return decode_wrapper(script_text(self.script_path))
 
     @cached_property
     def script_source(self) -> tuple[str, bool] | None:
