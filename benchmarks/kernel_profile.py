@@ -34,6 +34,12 @@ KINDS = (("matmul", re.compile(r"gemm|xmma|cutlass|nvjet|aten::(mm|addmm|bmm|mat
          ("copy", re.compile(r"memcpy|memset|copy_|_to_copy|elementwise_kernel.*copy", re.I)))
 
 
+def is_device_activity(event: Any) -> bool:
+    """A kernel, copy or set on the device itself (not a host operator or an annotation that spans such)."""
+    return str(getattr(event, "device_type", "CPU")).rsplit(".", 1)[-1] != "CPU" and not getattr(
+        event, "is_user_annotation", False)
+
+
 def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if pattern.search(name)), "other")
 
@@ -80,18 +86,21 @@ class StepProfiler:
         rows = sorted((e for e in events if weight(e) > 0), key=weight, reverse=True)
         per_step = {e.key[:120]: weight(e) / 1000.0 / self.steps for e in rows}
         calls = {e.key[:120]: e.count / self.steps for e in rows[:self.rows]}
+        # the totals count each device activity once: a host operator's "self device time" is the time of the
+        # kernels it launched (listed again as their own rows), and a user annotation spans kernels too
+        counted = [e for e in rows if not on_device or is_device_activity(e)]
         kinds: dict[str, float] = {}
-        for name, ms in per_step.items():
-            kind = kind_of(name)
-            kinds[kind] = kinds.get(kind, 0.0) + ms
+        for e in counted:
+            kinds[kind_of(e.key)] = kinds.get(kind_of(e.key), 0.0) + weight(e) / 1000.0 / self.steps
         result = {"steps": self.steps, "after_steps": self.skip, "time": "device" if on_device else "host (self)",
-                  "ms_per_step": sum(per_step.values()), "by_kind_ms": kinds,
+                  "ms_per_step": sum(kinds.values()), "by_kind_ms": kinds,
                   "top_ms": dict(list(per_step.items())[:self.rows]), "top_calls_per_step": calls}
         self.out.write_text(json.dumps(result, indent=1) + "\n")
         lines = [f"{result['time']} ms per step over {self.steps} steps after {self.skip}: "
                  f"{result['ms_per_step']:.2f}",
                  "by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))]
         lines += [f"{ms:9.3f}  {kind_of(name):12s}  {name}" for name, ms in list(per_step.items())[:self.rows]]
+        lines.insert(2, "rows: operators and kernels by self time (an operator's row repeats its kernels' time)")
         self.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
         print("kernel_profile: " + lines[0] + f" -> {self.out}", file=sys.stderr, flush=True)
 

@@ -64,3 +64,22 @@ def test_then_exit_ends_the_script_once_the_tables_are_written(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert json.loads((tmp_path / "p.json").read_text())["steps"] == 1
         assert after.exists() == rest_runs
+
+
+def test_device_totals_count_each_kernel_once(tmp_path):
+    from types import SimpleNamespace as Event
+
+    from torch.autograd import DeviceType
+    events = [Event(key="aten::mm", count=2, self_device_time_total=4000.0, self_cpu_time_total=50.0,
+                    device_type=DeviceType.CPU, is_user_annotation=False),  # its kernels' time, again
+              Event(key="nvjet_sm90_gemm", count=2, self_device_time_total=4000.0, self_cpu_time_total=0.0,
+                    device_type=DeviceType.CUDA, is_user_annotation=False),
+              Event(key="Optimizer.step#Muon.step", count=1, self_device_time_total=3000.0, self_cpu_time_total=0.0,
+                    device_type=DeviceType.CUDA, is_user_annotation=True),  # spans the next kernel
+              Event(key="triton_poi_fused_ns", count=1, self_device_time_total=3000.0, self_cpu_time_total=0.0,
+                    device_type=DeviceType.CUDA, is_user_annotation=False)]
+    kernel_profile.StepProfiler(40, 2, tmp_path / "p.json", 10).write(events)
+    result = json.loads((tmp_path / "p.json").read_text())
+    assert result["ms_per_step"] == pytest.approx(3.5)  # (4 ms + 3 ms) / 2 steps, not 7
+    assert result["by_kind_ms"] == pytest.approx({"matmul": 2.0, "fused triton": 1.5})
+    assert result["top_ms"]["aten::mm"] == pytest.approx(2.0)  # the table still lists the operator
