@@ -226,10 +226,9 @@ def pg_state_codec(config: Any) -> StateCodec | None:
 def pg_wrap_code(source: str) -> str | None:
     """Return `source` (the finished single-file train_gpt.py) wrapped, or None to ship it as is.
 
-    Called by `submissions.bundle.bundle`, never in training. The result is one plain Python file that behaves exactly
-    like `source` under python and torchrun (same `__main__` entry and `__file__`, so its logged code size is the
-    wrapped file's), unwrapping with the standard library only (PR #1493's `exec(lzma.decompress(b85decode(...)))`).
-    The file's bytes are the text in the encoding its PEP 263 line declares (UTF-8 without one)."""
+    Called by `submissions.bundle.bundle`, never in training: one plain Python file (its bytes: the text in its PEP 263
+    encoding, UTF-8 by default) that behaves like `source` under python and torchrun (same `__main__`, `__file__`, so
+    its logged code size is the wrapped file's), unwrapping with the standard library only (PR #1493's exec(lzma…))."""
 
 
 # --- evaluate --------------------------------------------------------------------------------------
