@@ -147,6 +147,7 @@ def _worker(rank, world, port, out_dir):
             opt.step()
         results[name] = {"params": [p.detach().tolist() for p in params], "other_grad": other.grad.tolist()}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
+    dist.barrier()  # both ranks past every collective before either tears down (else gloo can abort at exit)
     dist.destroy_process_group()
 
 
