@@ -699,6 +699,7 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
     if a["mean"] and b["mean"]:
         out["tokens_per_s_ratio"] = b["mean"] / a["mean"]
         out["ms_per_step_ratio"] = a["mean"] / b["mean"]
+        out["tokens_per_s_ratio_median"] = b["median"] / a["median"]  # steady state: a recompile stall barely moves it
         if pg.get("mfu") is not None:  # the same model, tokens and mode steps: pgolf's FLOPs per step, its time
             out["mfu"] = {"pgolf": pg["mfu"], "record": pg["mfu"] * a["mean"] / b["mean"]}
     ma, mb = pg["peak_memory"], rec["peak_memory"]
@@ -786,8 +787,10 @@ def table(res: dict[str, Any]) -> str:
                  ("record artifact bytes", str(rec["log"]["artifact"] or "—"))]
     if vs:
         a, b = vs["pgolf_ms_per_step"], vs["record_ms_per_step"]
-        rows += [("log ms/step mean pgolf | record", f"{_fmt(a['mean'], ',.2f')} | {_fmt(b['mean'], ',.2f')}"),
-                 ("tokens/s pgolf / record", _fmt(vs.get("tokens_per_s_ratio"), ".3f") + "×"),
+        both = [f"{_fmt(m['mean'], ',.2f')} ({_fmt(m['median'], ',.2f')})" for m in (a, b)]
+        ratios = (_fmt(vs.get(k), ".3f") + "×" for k in ("tokens_per_s_ratio", "tokens_per_s_ratio_median"))
+        rows += [("log ms/step mean (median window) pgolf | record", " | ".join(both)),
+                 ("tokens/s pgolf / record: whole loop (median window)", "{} ({})".format(*ratios)),
                  ("MFU pgolf | record (record: pgolf's FLOPs/step over its log's ms/step)",
                   " | ".join(f"{100 * m:.1f} %" if m is not None else "—"
                              for m in (vs.get("mfu") or {"pgolf": None, "record": None}).values())),

@@ -4,9 +4,11 @@ fake record script (ratios and losses from its log), the record log formats, and
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import warnings
@@ -105,6 +107,9 @@ def test_bench_vs_a_record_script_times_hooks_and_compares_logs(tmp_path, tiny_d
     assert vs["pgolf_ms_per_step"]["mean"] == pytest.approx(pgolf_ms)
     assert vs["record_ms_per_step"]["mean"] == pytest.approx(50.0)
     assert vs["tokens_per_s_ratio"] == pytest.approx(50.0 / pgolf_ms)
+    logged = sorted(s for s in times if s >= 2)  # the first ten steps are each logged
+    windows = [(times[b] - times[a]) / (b - a) for a, b in itertools.pairwise(logged)]
+    assert vs["tokens_per_s_ratio_median"] == pytest.approx(50.0 / statistics.median(windows))
     # the record's MFU: the same FLOPs per step (same model and tokens) over its 50 ms steps
     assert vs["mfu"]["record"] == pytest.approx(pg["mfu"] * pgolf_ms / 50.0)
     from pgolf.bench import table
