@@ -31,7 +31,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
-from itertools import pairwise
+from itertools import pairwise, zip_longest
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -686,9 +686,20 @@ def record_attention_label(attention: str, real_fa3: bool, varlen: bool = False,
     return label + (f"+{kernel}-varlen" if varlen and not real_fa3 else "")
 
 
+def phases_row(phases: dict[str, list[dict[str, Any]]] | None) -> str:
+    """'base 442.1 | 430.2; recurrence 660.0 | 643.1': each phase's mean ms/step (steps strictly inside it)."""
+    if not phases:
+        return "—"
+    cells = []
+    for a, b in zip_longest(phases["pgolf"], phases["record"], fillvalue={}):
+        name = a.get("phase") or b.get("phase")
+        cells.append(f"{name} {_fmt(a.get('ms'), ',.1f')} | {_fmt(b.get('ms'), ',.1f')}")
+    return "; ".join(cells)
+
+
 def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, Any]:
     """Ratios pgolf/record from both logs by one method, and the train loss at the steps both logged."""
-    from pgolf.records import ms_per_step_from_log
+    from pgolf.records import ms_per_step_by_phase, ms_per_step_from_log
 
     skip = skip_of(steps)
     pg_steps = {int(k): tuple(v) for k, v in pg["log"]["steps"].items()}  # JSON keys are strings
@@ -709,6 +720,8 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
         out["peak_memory_ratio"] = ma["bytes"] / mb["bytes"]
     out["model_params"] = model_params(pg, rec)
     out["mode_switch_step"] = {"pgolf": pg["log"].get("mode_switches"), "record": rec["log"].get("mode_switches")}
+    out["ms_per_step_by_phase"] = {"pgolf": ms_per_step_by_phase(pg_steps, skip, pg["log"].get("mode_switches")),
+                                   "record": ms_per_step_by_phase(rec_steps, skip, rec["log"].get("mode_switches"))}
     common = sorted(set(pg_steps) & set(rec_steps))
     out["train_loss"] = {s: {"pgolf": pg_steps[s][0], "record": rec_steps[s][0],
                              "diff": pg_steps[s][0] - rec_steps[s][0]} for s in common}
@@ -798,6 +811,7 @@ def table(res: dict[str, Any]) -> str:
                  ("model params pgolf | record", params_row(vs.get("model_params"))),
                  ("mode switch steps pgolf | record",
                   f"{vs['mode_switch_step']['pgolf'] or '—'} | {vs['mode_switch_step']['record'] or '—'}"),
+                 ("ms/step by mode phase pgolf | record", phases_row(vs.get("ms_per_step_by_phase"))),
                  ("last-step val_bpb pgolf | record",
                   f"{_fmt(vs['last_val_bpb']['pgolf'], '.4f')} | {_fmt(vs['last_val_bpb']['record'], '.4f')}")]
         fin, art = vs.get("final_val_bpb", {}), vs.get("artifact_bytes", {})

@@ -380,6 +380,25 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
     }
 
 
+def ms_per_step_by_phase(steps: dict[int, tuple[float, float]], skip: int,
+                         switches: dict[str, int] | None) -> list[dict[str, Any]]:
+    """Mean ms/step of each mode phase (before the first switch: "base"; after each: its mode's name), over the
+    logged steps strictly inside the phase, so a window holding a switch (its recompile or new graph) counts in
+    neither; a phase with fewer than two logged steps inside has ms None."""
+    at: dict[int, list[str]] = {}
+    for name, step in (switches or {}).items():  # modes switched at one step make one phase
+        at.setdefault(step, []).append(name)
+    bounds = [(step, "+".join(names)) for step, names in sorted(at.items())]
+    edges = [(skip, "base"), *bounds, (max(steps, default=0) + 1, "")]
+    out = []
+    for (lo, name), (hi, _) in pairwise(edges):
+        pts = [(s, t) for s, (_, t) in steps.items() if (lo <= s if name == "base" else lo < s) and s < hi]
+        (s0, t0), (s1, t1) = (pts[0], pts[-1]) if pts else ((None, None), (None, None))
+        ms = (t1 - t0) / (s1 - s0) if len(pts) >= 2 else None
+        out.append({"phase": name, "from_step": s0, "to_step": s1, "ms": ms})
+    return out
+
+
 def ms_per_step_from_log(steps: dict[int, tuple[float, float]], skip: int) -> dict[str, float | None]:
     """Mean and median ms/step over the logged intervals after step `skip` (cumulative times differenced)."""
     pts = [(s, t) for s, (_, t) in steps.items() if s >= skip]

@@ -179,6 +179,27 @@ def test_record_log_formats_parse_to_the_same_times():
     assert ms_per_step_from_log(steps["steps"], 2)["mean"] == pytest.approx(600.0, rel=1e-4)
 
 
+def test_ms_per_step_by_phase_leaves_out_the_window_holding_the_switch():
+    """400 ms/step, a 5 s stall in the step-53 switch's window, 650 ms/step after: each phase's own rate."""
+    from pgolf.bench import phases_row
+    from pgolf.records import ms_per_step_by_phase
+
+    t, steps = 0.0, {}
+    for s in range(1, 151):
+        t += (400.0 if s < 53 else 650.0) + (5000.0 if s == 53 else 0.0)
+        if s <= 10 or s % 10 == 0:
+            steps[s] = (1.0, t)
+    phases = ms_per_step_by_phase(steps, 15, {"layer_loop": 53, "recurrence": 53})
+    assert [(p["phase"], p["from_step"], p["to_step"]) for p in phases] == [
+        ("base", 20, 50), ("layer_loop+recurrence", 60, 150)]
+    assert [p["ms"] for p in phases] == [pytest.approx(400.0), pytest.approx(650.0)]
+    assert ms_per_step_by_phase(steps, 15, {})[0]["ms"] > 650.0 * 0.6  # one phase: the stall and both rates
+    late = ms_per_step_by_phase(steps, 15, {"late_qat": 148})  # no logged step strictly inside the last phase
+    assert late[1]["ms"] is None
+    # late's base, steps 20-140: 32 steps of 400, step 53 of 650 + 5,000, 87 of 650 = 75,000 ms over 120 steps
+    assert phases_row({"pgolf": phases, "record": late}) == "base 400.0 | 625.0; layer_loop+recurrence 650.0 | —"
+
+
 RECORDS = ("pr315", "pr534", "pr609", "pr1493", "pr1855")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "record_logs"
 
