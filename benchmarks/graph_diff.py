@@ -13,9 +13,10 @@ Doc-packed records (PR #1855: `flash_attn_varlen_func` over one flat row with cu
 row of `--batch`·train_seq_len tokens with a BOS every so often, pgolf `doc_ids`/`cu_seqlens` from doc_packing, the
 record the same cu_seqlens; the record's varlen call runs pgolf's varlen kernel through the bench's stand-in (give
 pgolf `varlen_attention.kernel=chunked`: the one both sides can trace on CPU). The record's Triton kernels (fused
-MLP, fused CE) are off (their eager paths: the same math); pgolf's `fused_ce` traces its CPU path (a chunked torch
-CE, not its Triton kernel), so the CE ops of the two sides are not comparable. `--modes base recurrence` traces both
-depth-recurrence states: pgolf's switched as the trainer does (`set_modes`), the record's by `looping_active`.
+MLP, fused CE) are off (their eager paths: the same math), and so are pgolf's (`fused_mlp` becomes `leaky_relu2`,
+`fused_ce` the core's CE; `--keep-fused` traces their CPU torch references instead, not comparable op by op).
+`--modes base recurrence` traces both depth-recurrence states: pgolf's switched as the trainer does (`set_modes`),
+the record's by `looping_active`.
 
     python benchmarks/graph_diff.py --record .g5/pr315_train_gpt.py --recipe recipes/pr315.toml --data D \
         --set core.num_layers=3 core.model_dim=128 core.train_seq_len=256
@@ -171,6 +172,23 @@ def record_model(script: Path, cfg: Any) -> torch.nn.Module:
     return model
 
 
+EAGER = {"fused_mlp": "leaky_relu2", "fused_ce": None}  # CUDA-kernel plugin -> its eager equivalent (None: core's)
+
+
+def eager_plugins(recipe: Path, sets: list[str]) -> list[str]:
+    """`plugins=…` (and leaky_relu2's slope) replacing the recipe's CUDA-kernel plugins by their eager equivalents, or
+    nothing when it has none or `sets` gives the plugin list."""
+    from core.config import load_recipe
+
+    raw = load_recipe(recipe)
+    names = raw.get("plugins", [])
+    if not set(EAGER) & set(names) or any(item.startswith("plugins=") for item in sets):
+        return []
+    eager = [EAGER.get(n, n) for n in names if EAGER.get(n, n)]
+    slope = raw.get("fused_mlp", {}).get("slope")
+    return [f"plugins={','.join(eager)}", *([f"leaky_relu2.slope={slope}"] if slope is not None else [])]
+
+
 def set_mode(ours: Any, run: Any, theirs: torch.nn.Module, mode: str) -> None:
     """Depth recurrence off ("base") or on ("recurrence") on both sides: pgolf's as the trainer, the record's flag."""
     from core.train import set_modes
@@ -244,8 +262,12 @@ def main() -> None:
                         "train_seq_len in the flat row)")
     parser.add_argument("--modes", nargs="*", default=["base"], choices=["base", "recurrence"],
                         help="depth recurrence off (base) and/or on (recurrence), traced one after the other")
+    parser.add_argument("--keep-fused", action="store_true", help="keep pgolf's fused_mlp / fused_ce (their CPU torch "
+                        "references, not the kernels a GPU runs); by default they become leaky_relu2 / the core's CE, "
+                        "the eager paths the record's side runs here")
     args = parser.parse_args()
-    ours, cfg, run = pgolf_model(args.recipe, args.data, args.sets)
+    sets = args.sets if args.keep_fused else [*eager_plugins(args.recipe, args.sets), *args.sets]
+    ours, cfg, run = pgolf_model(args.recipe, args.data, sets)
     theirs = record_model(args.record, cfg)
     packed = "doc_packing" in cfg.plugins
     if packed:

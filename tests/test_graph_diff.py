@@ -66,7 +66,8 @@ def test_attention_layer_traces_without_layout_copies():
 
 PR1855_TINY = ["core.vocab_size=320", "core.num_layers=5", "core.model_dim=64", "core.num_heads=4",
                "core.num_kv_heads=2", "core.train_seq_len=64", "partial_rope.dims=8", "depth_recurrence.loop_start=1",
-               "depth_recurrence.loop_end=2", "parallel_lanes.start=3", "xsa.last_n=5", "varlen_attention.kernel=chunked"]
+               "depth_recurrence.loop_end=2", "parallel_lanes.start=3", "xsa.last_n=5",
+               "varlen_attention.kernel=chunked"]
 LAYOUT_AND_CASTS = ("aten.clone.default", "aten._to_copy.default", "aten.copy.default", "aten.copy_.default",
                     "aten.cat.default", "aten.permute.default", "aten.transpose.int", "aten.contiguous.default")
 
@@ -75,24 +76,25 @@ LAYOUT_AND_CASTS = ("aten.clone.default", "aten._to_copy.default", "aten.copy.de
 def test_pr1855_step_graph_does_no_more_work_than_the_records(tiny_caseops_data, tmp_path):
     """PR #1855 against its own GPT, both traced as graph_diff does (a doc-packed flat row with cu_seqlens, base and
     depth-recurrence modes), with the eager MLP and CE on both sides (the record's Triton kernels are CUDA-only, and
-    so are fused_mlp's and fused_ce's): the same matmul FLOPs (but SmearGate's first-token gate), no more ops in total, no more layout copies, casts or
-    concatenations of any kind, and saved tensors within 1 % of the record's bytes (pgolf keeps the two-lane blocks'
-    attn_scale·attn output where the record's partition recomputes it: one activation per two-lane block)."""
+    so are fused_mlp's and fused_ce's): the same matmul FLOPs (but SmearGate's first-token gate), no more ops in
+    total, no more layout copies, casts or concatenations of any kind, and saved tensors within 1 % of the record's
+    bytes (pgolf keeps the two-lane blocks' attn_scale·attn output where the record's partition recomputes it: one
+    activation per two-lane block)."""
     import os
     import sys
-    import tomllib
+
+    from record_tables import record_source
 
     from pgolf.records import PROFILES
-    from tests.record_tables import record_source
 
     script = tmp_path / "pr1855_train_gpt.py"
     script.write_text(record_source(PROFILES["pr1855"]), encoding="utf-8")
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "pr1855.toml"
-    names = tomllib.loads(recipe.read_text(encoding="utf-8"))["plugins"]
-    eager = ",".join({"fused_mlp": "leaky_relu2"}.get(n, n) for n in names if n != "fused_ce")
+    eager = graph_diff.eager_plugins(recipe, [])
+    assert eager and "leaky_relu2" in eager[0] and "fused" not in eager[0]
     env, path, modules = dict(os.environ), list(sys.path), set(sys.modules)
     try:
-        ours, cfg, run = graph_diff.pgolf_model(recipe, tiny_caseops_data[0], [*PR1855_TINY, f"plugins={eager}"])
+        ours, cfg, run = graph_diff.pgolf_model(recipe, tiny_caseops_data[0], [*PR1855_TINY, *eager])
         theirs = graph_diff.record_model(script, cfg)
         theirs.record_module.BOS_ID = 1
         ours_args, ours_kwargs, their_args, their_kwargs = graph_diff.batches(cfg, run, 2, True)
