@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -61,3 +62,59 @@ def test_attention_layer_traces_without_layout_copies():
     copies = {kind: {op: n for op, n in g["ops"].items() if op.startswith(layout_ops)} for kind, g in graphs.items()}
     assert copies == {"forward": {}, "backward": {}}
     assert graphs["forward"]["ops"]["aten._scaled_dot_product_flash_attention_for_cpu.default"] == 1
+
+
+PR1855_TINY = ["core.vocab_size=320", "core.num_layers=5", "core.model_dim=64", "core.num_heads=4",
+               "core.num_kv_heads=2", "core.train_seq_len=64", "partial_rope.dims=8", "depth_recurrence.loop_start=1",
+               "depth_recurrence.loop_end=2", "parallel_lanes.start=3", "xsa.last_n=5",
+               "varlen_attention.kernel=chunked"]
+LAYOUT_AND_CASTS = ("aten.clone.default", "aten._to_copy.default", "aten.copy.default", "aten.copy_.default",
+                    "aten.cat.default", "aten.permute.default", "aten.transpose.int", "aten.contiguous.default")
+
+
+@pytest.mark.slow
+def test_pr1855_step_graph_does_no_more_work_than_the_records(tiny_caseops_data, tmp_path):
+    """PR #1855 against its own GPT, both traced as graph_diff does (a doc-packed flat row with cu_seqlens, base and
+    depth-recurrence modes), with the eager MLP and CE on both sides (the record's Triton kernels are CUDA-only, and
+    so are fused_mlp's and fused_ce's): the same matmul FLOPs (but SmearGate's first-token gate), no more ops in
+    total, no more layout copies, casts or concatenations of any kind, and saved tensors within 1 % of the record's
+    bytes (pgolf keeps the two-lane blocks' attn_scale·attn output where the record's partition recomputes it: one
+    activation per two-lane block)."""
+    import os
+    import sys
+
+    from record_tables import record_source
+
+    from pgolf.records import PROFILES
+
+    script = tmp_path / "pr1855_train_gpt.py"
+    script.write_text(record_source(PROFILES["pr1855"]), encoding="utf-8")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "pr1855.toml"
+    eager = graph_diff.eager_plugins(recipe, [])
+    assert eager and "leaky_relu2" in eager[0] and "fused" not in eager[0]
+    env, path, modules = dict(os.environ), list(sys.path), set(sys.modules)
+    try:
+        ours, cfg, run = graph_diff.pgolf_model(recipe, tiny_caseops_data[0], [*PR1855_TINY, *eager])
+        theirs = graph_diff.record_model(script, cfg)
+        theirs.record_module.BOS_ID = 1
+        ours_args, ours_kwargs, their_args, their_kwargs = graph_diff.batches(cfg, run, 2, True)
+        for mode in ("base", "recurrence"):
+            graph_diff.set_mode(ours, run, theirs, mode)
+            a, b = graph_diff.traced(ours, ours_args, ours_kwargs), graph_diff.traced(theirs, their_args, their_kwargs)
+            for kind in ("forward", "backward"):
+                # pgolf's SmearGate gate also runs on the first token (then masked): 2·12 FLOPs more per sequence
+                assert 0 <= a[kind]["flops"] - b[kind]["flops"] <= 2 * 2 * 12 and b[kind]["flops"] > 0, (mode, kind)
+                assert sum(a[kind]["ops"].values()) <= sum(b[kind]["ops"].values()), (mode, kind)
+                extra = {op: (a[kind]["ops"][op], b[kind]["ops"][op]) for op in LAYOUT_AND_CASTS
+                         if a[kind]["ops"][op] > b[kind]["ops"][op]}
+                assert extra == {}, (mode, kind)
+            (n_ours, bytes_ours), (n_theirs, bytes_theirs) = (graph_diff.saved_summary(g["forward"]["outputs"])
+                                                              for g in (a, b))
+            assert bytes_ours <= 1.01 * bytes_theirs, (mode, bytes_ours, bytes_theirs)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.path[:] = path
+        for name in set(sys.modules) - modules:
+            if name in ("flash_attn_interface", "pgolf_bench_varlen", "record_train_gpt"):
+                del sys.modules[name]

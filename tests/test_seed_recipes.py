@@ -87,11 +87,14 @@ EXPECT = {"pr534": ("tight_swa", "final_int8"), "pr609": ("GPTQ:collected", "sli
 
 
 def test_pr1855_recipe_traces_a_packed_batch_with_zero_graph_breaks(tiny_caseops_data, tiny_core):
-    """The recipe at tiny size: its attention slots are varlen_attention, and the whole model traces with zero
-    graph breaks on a doc_packing batch (doc_ids and cu_seqlens; the CPU path: the dense document mask)."""
+    """The recipe at tiny size: its attention slots are varlen_attention, its MLPs fused_mlp's (the record trains
+    with its fused LeakyReLU(0.5)² Triton GEMM; leaky_relu2's unfused activation cost pgolf a kernel pass per MLP
+    forward and backward, issue #14), and the whole model traces with zero graph breaks on a doc_packing batch
+    (doc_ids and cu_seqlens; the CPU path: the dense document mask), without and with gradients."""
     import torch
 
     from core.train import setup
+    from plugins.fused_mlp import FusedLeakyReLU2MLP
     from plugins.varlen_attention import VarlenAttention
 
     sets = [*tiny_core, *TINY["pr1855"], f"core.data_path={tiny_caseops_data[0]}"]
@@ -99,13 +102,15 @@ def test_pr1855_recipe_traces_a_packed_batch_with_zero_graph_breaks(tiny_caseops
                   check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
     run = setup(cfg, REGISTRY, make_dir=False)
     assert all(isinstance(b.attn.attention, VarlenAttention) for b in run.model.blocks)
+    assert all(isinstance(b.mlp, FusedLeakyReLU2MLP) and b.mlp.slope == 0.5 for b in run.model.blocks)
     x, y, ids, cu = run.hook.pg_train_loader(run=run).next_batch(1024, 64, 1)
     assert x.shape == (1, 1024) and ids.max() > 0 and cu.numel() % 64 == 0
-    torch._dynamo.reset()
-    with torch.no_grad():
-        exp = torch._dynamo.explain(run.model)(x, y, doc_ids=ids, cu_seqlens=cu)
-    torch._dynamo.reset()
-    assert exp.graph_break_count == 0, exp.break_reasons
+    for grad in (False, True):
+        torch._dynamo.reset()
+        with torch.set_grad_enabled(grad):
+            exp = torch._dynamo.explain(run.model)(x, y, doc_ids=ids, cu_seqlens=cu)
+        torch._dynamo.reset()
+        assert exp.graph_break_count == 0, (grad, exp.break_reasons)
 
 
 @pytest.mark.slow  # 3 tiny runs (export + eval each), ~10-60 s each on 2 shared CPU cores
