@@ -7,7 +7,8 @@ challenge's harness provides. `lean_sources` removes, across all the bundle's mo
 - every INPUT GUARD: an `if` statement (with its `elif` chain) each of whose branches ends in `raise X(...)` or
   `raise X`, replaced by its final `else` body (or by nothing), when every condition is PURE (names, attributes,
   constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
-  `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED (below);
+  `PURE_CALLS` builtins / `PURE_METHODS` methods / the bundle's PURE FUNCTIONS, whose body is `return <pure>`:
+  `pure_functions`) and the guard is not PROTECTED (below);
 - every TRANSLATING `try` (each handler ends in `raise X(...)`/`raise X`: it only turns one error into another;
   no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it.
 
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextvars
 import re
 from collections.abc import Iterable
 
@@ -68,14 +70,19 @@ COMPOSITE = (ast.Attribute, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp,
              ast.boolop)
 
 
+# The bundle's PURE FUNCTIONS while `lean_sources` runs (`pure_functions`): their calls are pure too.
+_PURE_FUNCTIONS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("pure_functions", default=frozenset())
+
+
 def pure(node: ast.AST) -> bool:
     """An expression whose evaluation has no effect but its value (or an exception): names, constants, the
-    `COMPOSITE` forms of pure parts, and calls of `PURE_CALLS` builtins / `PURE_METHODS` with pure arguments."""
+    `COMPOSITE` forms of pure parts, and calls of `PURE_CALLS` builtins / `PURE_METHODS` / the bundle's pure
+    functions (`pure_functions`, inside `lean_sources`) with pure arguments."""
     if isinstance(node, (ast.Constant, ast.Name)):
         return True
     if isinstance(node, ast.Call):
         f = node.func
-        known = (isinstance(f, ast.Name) and f.id in PURE_CALLS) or (
+        known = (isinstance(f, ast.Name) and (f.id in PURE_CALLS or f.id in _PURE_FUNCTIONS.get())) or (
             isinstance(f, ast.Attribute) and f.attr in PURE_METHODS and pure(f.value))
         return known and all(pure(a) for a in node.args) and all(pure(k.value) for k in node.keywords)
     return isinstance(node, COMPOSITE) and all(pure(c) for c in ast.iter_child_nodes(node))
@@ -397,11 +404,58 @@ def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str
     trees = {name: ast.parse(text) for name, text in sources.items()}
     others = [ast.parse(t) for t in extra]
     protection = _Protection(_Bundle([*trees.values(), *others]))
-    for name, tree in trees.items():
-        trees[name] = _leaner(_Lean(protection).visit(tree), protection)
-    while _drop_empty_calls(trees, others):  # what is left of a checking function: its calls go too
-        trees = {name: _leaner(_Lean(protection).visit(tree), protection) for name, tree in trees.items()}
+    token = _PURE_FUNCTIONS.set(pure_functions([*trees.values(), *others]))
+    try:
+        for name, tree in trees.items():
+            trees[name] = _leaner(_Lean(protection).visit(tree), protection)
+        while _drop_empty_calls(trees, others):  # what is left of a checking function: its calls go too
+            trees = {name: _leaner(_Lean(protection).visit(tree), protection) for name, tree in trees.items()}
+    finally:
+        _PURE_FUNCTIONS.reset(token)
     return {name: ast.unparse(ast.fix_missing_locations(tree)) for name, tree in trees.items()}
+
+
+def pure_functions(trees: list[ast.Module]) -> frozenset[str]:
+    """The bundle's PURE FUNCTIONS: module-level functions whose body is `return <pure expression>` (a call of one
+    is then pure too: found to a fixed point), undecorated, without `*args`/`**kwargs`, with pure defaults, defined
+    once and their name bound nowhere else (no other definition, assignment, parameter or `import … as` of it), so
+    that a call of the name anywhere is a call of that function."""
+    defs: dict[str, list[ast.AST]] = {}
+    bound: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, (*FUNCTIONS, ast.ClassDef)):
+                defs.setdefault(node.name, []).append(node)
+            elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+                bound.add(node.id)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.alias) and node.asname:
+                bound.add(node.asname)
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                bound.update(node.names)
+    candidates = {}
+    for tree in trees:
+        for fn in tree.body:
+            a = fn.args if isinstance(fn, ast.FunctionDef) else None
+            if a is None or fn.decorator_list or a.vararg or a.kwarg or len(defs[fn.name]) != 1 or fn.name in bound:
+                continue
+            body = fn.body[1:] if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(
+                fn.body[0].value, ast.Constant) else fn.body
+            if len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and all(
+                    pure(d) for d in (*a.defaults, *(d for d in a.kw_defaults if d is not None))):
+                candidates[fn.name] = body[0].value
+    found: set[str] = set()
+    token = _PURE_FUNCTIONS.set(frozenset())
+    try:
+        while True:
+            _PURE_FUNCTIONS.set(frozenset(found))
+            new = {n for n, value in candidates.items() if n not in found and pure(value)}
+            if not new:
+                return frozenset(found)
+            found |= new
+    finally:
+        _PURE_FUNCTIONS.reset(token)
 
 
 def _leaner(tree: ast.Module, protection: _Protection) -> ast.Module:

@@ -472,3 +472,42 @@ def test_a_call_through_the_module_object_counts_as_a_direct_call():
         exec(mods["user"].split("\n", 2)[2], ns)
         results.append(ns["run"](types.SimpleNamespace(g=lambda x, w: x * 10)))
     assert results[0] == results[1] == 2 + 3 + 30 + 4
+
+
+def test_a_guard_calling_a_pure_function_of_the_bundle_goes():
+    """`valid(b)` whose body is `return <pure>` (or calls such a function) makes a pure condition; a function with
+    statements, one whose name is rebound or a parameter somewhere, or one calling something impure does not."""
+    from submissions.lean import pure_functions
+
+    code = """
+    def valid(bits):
+        return isinstance(bits, int) and 2 <= bits <= 8
+
+    def valid_pair(a, b=1):
+        return valid(a) and valid(b)
+
+    def logged(x):
+        print(x)
+        return x
+
+    def calls_impure(x):
+        return logged(x) > 0
+
+    def shadowed(x):
+        return x > 0
+
+    def f(a, b, shadowed=shadowed):
+        if not valid_pair(a, b):
+            raise ValueError('bits')
+        if not calls_impure(a):
+            raise ValueError('impure')
+        if not shadowed(a):
+            raise ValueError('shadowed')
+        return a + b
+    """
+    assert pure_functions([ast.parse(textwrap.dedent(code))]) == {"valid", "valid_pair"}
+    lean = _lean(code)
+    assert "'bits'" not in lean and "'impure'" in lean and "'shadowed'" in lean
+    ns: dict = {}
+    exec(lean, ns)
+    assert ns["f"](3, 4) == 7
