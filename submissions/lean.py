@@ -7,8 +7,9 @@ challenge's harness provides. `lean_sources` removes, across all the bundle's mo
 - every INPUT GUARD: an `if` statement (with its `elif` chain) each of whose branches ends in `raise X(...)` or
   `raise X`, replaced by its final `else` body (or by nothing), when every condition is PURE (names, attributes,
   constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
-  `PURE_CALLS` builtins / `PURE_METHODS` methods / the bundle's PURE FUNCTIONS, whose body is `return <pure>`:
-  `pure_functions`) and the guard is not PROTECTED (below);
+  `PURE_CALLS` builtins / `PURE_METHODS` methods / the bundle's PURE FUNCTIONS, whose body is `return <pure>`,
+  and plain dataclasses, by name or through their module object: `pure_functions`; a lambda is pure where its
+  defaults are) and the guard is not PROTECTED (below);
 - every TRANSLATING `try` (each handler ends in `raise X(...)`/`raise X`: it only turns one error into another;
   no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it.
 
@@ -72,6 +73,8 @@ COMPOSITE = (ast.Attribute, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp,
 
 # The bundle's PURE FUNCTIONS while `lean_sources` runs (`pure_functions`): their calls are pure too.
 _PURE_FUNCTIONS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("pure_functions", default=frozenset())
+# ... and the ids of the attribute nodes that read a module-level definition through its module object (`ex.f`).
+_QUALIFIED: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("qualified", default=frozenset())
 
 
 def pure(node: ast.AST) -> bool:
@@ -80,9 +83,12 @@ def pure(node: ast.AST) -> bool:
     functions (`pure_functions`, inside `lean_sources`) with pure arguments."""
     if isinstance(node, (ast.Constant, ast.Name)):
         return True
+    if isinstance(node, ast.Lambda):  # makes a function: only its defaults are evaluated
+        return all(pure(d) for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None)
     if isinstance(node, ast.Call):
         f = node.func
         known = (isinstance(f, ast.Name) and (f.id in PURE_CALLS or f.id in _PURE_FUNCTIONS.get())) or (
+            isinstance(f, ast.Attribute) and id(f) in _QUALIFIED.get() and f.attr in _PURE_FUNCTIONS.get()) or (
             isinstance(f, ast.Attribute) and f.attr in PURE_METHODS and pure(f.value))
         return known and all(pure(a) for a in node.args) and all(pure(k.value) for k in node.keywords)
     return isinstance(node, COMPOSITE) and all(pure(c) for c in ast.iter_child_nodes(node))
@@ -404,6 +410,7 @@ def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str
     trees = {name: ast.parse(text) for name, text in sources.items()}
     others = [ast.parse(t) for t in extra]
     protection = _Protection(_Bundle([*trees.values(), *others]))
+    qualified = _QUALIFIED.set(frozenset(_module_qualified(trees)))
     token = _PURE_FUNCTIONS.set(pure_functions([*trees.values(), *others]))
     try:
         for name, tree in trees.items():
@@ -412,14 +419,42 @@ def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str
             trees = {name: _leaner(_Lean(protection).visit(tree), protection) for name, tree in trees.items()}
     finally:
         _PURE_FUNCTIONS.reset(token)
+        _QUALIFIED.reset(qualified)
     return {name: ast.unparse(ast.fix_missing_locations(tree)) for name, tree in trees.items()}
+
+
+def _plain_dataclass(cls: ast.ClassDef) -> list[ast.expr] | None:
+    """The expressions building a `cls()` evaluates (its fields' defaults) when `cls` is a `@dataclass` with no
+    base, no metaclass, no `__init__`/`__post_init__`/`__new__`/`__setattr__` of its own and only `dict`/`list`/
+    `set` as default factories (its constructor then only stores its arguments); else None."""
+    d = cls.decorator_list
+    if len(d) != 1 or not (isinstance(d[0], ast.Name) and d[0].id == "dataclass") or cls.bases or cls.keywords:
+        return None
+    values: list[ast.expr] = []
+    for stmt in cls.body:
+        if isinstance(stmt, FUNCTIONS) and stmt.name not in ("__init__", "__post_init__", "__new__", "__setattr__") \
+                and not stmt.decorator_list:
+            continue
+        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+            return None
+        v = stmt.value
+        if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "field":
+            factory = next((k.value for k in v.keywords if k.arg == "default_factory"), None)
+            if v.args or (factory is not None and not (isinstance(factory, ast.Name) and factory.id in (
+                    "dict", "list", "set"))):
+                return None
+            values += [k.value for k in v.keywords if k.arg != "default_factory"]
+        elif v is not None:
+            values.append(v)
+    return values
 
 
 def pure_functions(trees: list[ast.Module]) -> frozenset[str]:
     """The bundle's PURE FUNCTIONS: module-level functions whose body is `return <pure expression>` (a call of one
     is then pure too: found to a fixed point), undecorated, without `*args`/`**kwargs`, with pure defaults, defined
     once and their name bound nowhere else (no other definition, assignment, parameter or `import … as` of it), so
-    that a call of the name anywhere is a call of that function."""
+    that a call of the name anywhere is a call of that function; and the plain dataclasses (`_plain_dataclass`)
+    with pure defaults, whose construction only stores its arguments."""
     defs: dict[str, list[ast.AST]] = {}
     bound: set[str] = set()
     for tree in trees:
@@ -434,9 +469,12 @@ def pure_functions(trees: list[ast.Module]) -> frozenset[str]:
                 bound.add(node.asname)
             elif isinstance(node, (ast.Global, ast.Nonlocal)):
                 bound.update(node.names)
-    candidates = {}
+    candidates: dict[str, ast.expr] = {}
     for tree in trees:
         for fn in tree.body:
+            if isinstance(fn, ast.ClassDef) and len(defs[fn.name]) == 1 and fn.name not in bound and (
+                    values := _plain_dataclass(fn)) is not None:
+                candidates[fn.name] = ast.Tuple(values, ast.Load())
             a = fn.args if isinstance(fn, ast.FunctionDef) else None
             if a is None or fn.decorator_list or a.vararg or a.kwarg or len(defs[fn.name]) != 1 or fn.name in bound:
                 continue

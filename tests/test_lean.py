@@ -511,3 +511,44 @@ def test_a_guard_calling_a_pure_function_of_the_bundle_goes():
     ns: dict = {}
     exec(lean, ns)
     assert ns["f"](3, 4) == 7
+
+
+def test_a_dead_store_of_a_plain_dataclass_built_from_a_pure_function_through_its_module_goes():
+    """`ctx = ex.Ctx(size=ex.sizer(c))` read by nothing: `Ctx` is a plain dataclass (its construction only stores),
+    `sizer` returns a lambda (making one evaluates nothing but its defaults): the store goes. A dataclass with a
+    `__post_init__` or a non-builtin default factory, and a lambda with an impure default, stay."""
+    lib = textwrap.dedent("""
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Ctx:
+        size: int
+        extra: dict = field(default_factory=dict)
+
+    @dataclass
+    class Checked:
+        size: int
+
+        def __post_init__(self):
+            print(self.size)
+
+    @dataclass
+    class Made:
+        items: list = field(default_factory=lambda: [print('x')])
+
+    def sizer(c):
+        return lambda q: len(q) + c
+    """)
+    user = textwrap.dedent("""
+    from pkg import ex
+
+    def run(c, log):
+        ctx = ex.Ctx(size=ex.sizer(c))
+        checked = ex.Checked(c)
+        made = ex.Made()
+        f = lambda q=log(c): q
+        return c
+    """)
+    out = lean_sources({"pkg": "", "pkg.ex": lib, "user": user})["user"]
+    assert "ctx =" not in out and "checked = ex.Checked(c)" in out and "made = ex.Made()" in out
+    assert "f = lambda" in out
