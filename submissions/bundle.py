@@ -53,6 +53,7 @@ from submissions.minify import (
     prune_unused_imports,
     rename_globals,
     rename_locals,
+    return_directly,
     shake,
     shorten_messages,
 )
@@ -472,13 +473,13 @@ def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: froz
         dict[str, str], str]:
     """`minify.rename_globals` of the modules and the loader (short module-level names), one space per level,
     imports nothing uses any more dropped (`minify.prune_unused_imports`), error messages without their asides
-    (`minify.shorten_messages`), and `from __future__ import annotations` where it changes nothing
-    (`minify.drop_future_annotations`);
+    (`minify.shorten_messages`), `from __future__ import annotations` where it changes nothing
+    (`minify.drop_future_annotations`), and `x = v; return x` as `return v` (`minify.return_directly`);
     `keep`: plugins.BUNDLED (what the script bundles, for inspection) and the settings classes, whose names a bad
     setting's error message shows."""
     sources, (loader,) = rename_globals(dict(items), [loader], keep=keep)
     sources = prune_unused_imports(sources, [loader])
-    return {n: reindent(drop_future_annotations(shorten_messages(s))) for n, s in sources.items()}, \
+    return {n: reindent(return_directly(drop_future_annotations(shorten_messages(s)))) for n, s in sources.items()}, \
         shorten_messages(loader)
 
 

@@ -7,7 +7,9 @@ challenge's harness provides. `lean_sources` removes, across all the bundle's mo
 - every INPUT GUARD: an `if` statement (with its `elif` chain) each of whose branches ends in `raise X(...)` or
   `raise X`, replaced by its final `else` body (or by nothing), when every condition is PURE (names, attributes,
   constants, comparisons, `and`/`or`/`not`, arithmetic, subscripts, literals, comprehensions, and calls of
-  `PURE_CALLS` builtins / `PURE_METHODS` methods) and the guard is not PROTECTED (below);
+  `PURE_CALLS` builtins / `PURE_METHODS` methods / the bundle's PURE FUNCTIONS, whose body is `return <pure>`,
+  and plain dataclasses, by name or through their module object: `pure_functions`; a lambda is pure where its
+  defaults are) and the guard is not PROTECTED (below);
 - every TRANSLATING `try` (each handler ends in `raise X(...)`/`raise X`: it only turns one error into another;
   no `else`/`finally`), replaced by its body, where no recovering handler's reach (below) holds it.
 
@@ -29,8 +31,11 @@ A DEAD PURE STORE goes too: `x = <pure>`, `x += <pure>`, `x, y = <pure>`, or the
 in a function none of whose code (nested scopes included) reads `x` or declares it global/nonlocal, and that calls
 no `locals`/`vars`/`eval`/`exec`, when the statement is not protected nor in a dunder that keeps its guards (what a
 removed guard leaves: `ok = isinstance(...)`).
+So does a DEAD ACCUMULATOR: a local only ever bound to a fresh container and only read as the receiver of
+`x.append(<pure>)` statements (what a removed `if errors: raise …` leaves), with those statements.
 A `for` loop over a pure iterable and an `if` on a pure condition whose bodies are left empty go too; an emptied
-function keeps `pass`.
+function keeps `pass`, and its calls go where they are statements with pure arguments and its name is used no other
+way, like an empty `__post_init__` of a class with no bases (`_drop_empty_calls`).
 After the bundle's settings are folded, `drop_unused_parameters` drops the parameters no code reads any more (and
 the pure argument each direct call passes for them): its docstring says where.
 The exception classes nothing raises any more are then left to the tree-shaker.
@@ -40,10 +45,12 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextvars
 import re
 from collections.abc import Iterable
 
-PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "type", "int", "float", "str", "bool", "abs",
+PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "getattr", "type", "int", "float", "str",
+              "bool", "abs",
               "min", "max", "all", "any", "sorted", "set", "frozenset", "tuple", "list", "dict", "round", "sum",
               "repr", "range", "zip", "enumerate", "divmod"}
 PURE_METHODS = {"numel", "dim", "size", "element_size", "is_file", "is_dir", "exists", "startswith", "endswith",
@@ -64,14 +71,24 @@ COMPOSITE = (ast.Attribute, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.UnaryOp,
              ast.boolop)
 
 
+# The bundle's PURE FUNCTIONS while `lean_sources` runs (`pure_functions`): their calls are pure too.
+_PURE_FUNCTIONS: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("pure_functions", default=frozenset())
+# ... and the ids of the attribute nodes that read a module-level definition through its module object (`ex.f`).
+_QUALIFIED: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("qualified", default=frozenset())
+
+
 def pure(node: ast.AST) -> bool:
     """An expression whose evaluation has no effect but its value (or an exception): names, constants, the
-    `COMPOSITE` forms of pure parts, and calls of `PURE_CALLS` builtins / `PURE_METHODS` with pure arguments."""
+    `COMPOSITE` forms of pure parts, and calls of `PURE_CALLS` builtins / `PURE_METHODS` / the bundle's pure
+    functions (`pure_functions`, inside `lean_sources`) with pure arguments."""
     if isinstance(node, (ast.Constant, ast.Name)):
         return True
+    if isinstance(node, ast.Lambda):  # makes a function: only its defaults are evaluated
+        return all(pure(d) for d in (*node.args.defaults, *node.args.kw_defaults) if d is not None)
     if isinstance(node, ast.Call):
         f = node.func
-        known = (isinstance(f, ast.Name) and f.id in PURE_CALLS) or (
+        known = (isinstance(f, ast.Name) and (f.id in PURE_CALLS or f.id in _PURE_FUNCTIONS.get())) or (
+            isinstance(f, ast.Attribute) and id(f) in _QUALIFIED.get() and f.attr in _PURE_FUNCTIONS.get()) or (
             isinstance(f, ast.Attribute) and f.attr in PURE_METHODS and pure(f.value))
         return known and all(pure(a) for a in node.args) and all(pure(k.value) for k in node.keywords)
     return isinstance(node, COMPOSITE) and all(pure(c) for c in ast.iter_child_nodes(node))
@@ -260,10 +277,35 @@ class _Lean(ast.NodeTransformer):
 SCOPE_READERS = {"locals", "vars", "eval", "exec"}  # a function calling one can read any of its locals
 
 
+ADDERS = {"append", "extend", "add", "update", "insert"}  # what a DEAD ACCUMULATOR's only uses may call
+
+
+def _fresh_container(node: ast.expr) -> bool:
+    """A new, empty-or-pure list/dict/set display (`[]`, `{}`, `[x]`) or `list()`/`dict()`/`set()` of pure
+    arguments: a container no other name can hold yet."""
+    if isinstance(node, (ast.List, ast.Dict, ast.Set)):
+        return pure(node)
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in (
+        "list", "dict", "set") and pure(node)
+
+
+def _accumulation(stmt: ast.stmt) -> str | None:
+    """The name `x` of a statement `x.append(<pure>)` (an `ADDERS` method, pure arguments), else None."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.func.attr in ADDERS \
+            and isinstance(call.func.value, ast.Name) and all(pure(a) for a in call.args) \
+            and all(pure(k.value) for k in call.keywords):
+        return call.func.value.id
+    return None
+
+
 def _dead_names(fn: ast.AST) -> set[str]:
     """The names `fn` stores but nothing in it reads (nor a nested scope, nor `locals()` …): parameters, globals
-    and nonlocals excluded."""
+    and nonlocals excluded. A DEAD ACCUMULATOR counts as unread: a name every binding of which is a fresh
+    container (`errors = []`) and every read of which is the receiver of an `x.append(<pure>)` statement (what
+    a removed guard leaves of `if errors: raise …`); those statements are dropped with the bindings."""
     stored, read = set(), {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}
+    fresh, added, other = set(), set(), set()
     for node in ast.walk(fn):
         if isinstance(node, ast.Name):
             (stored if isinstance(node.ctx, ast.Store) else read).add(node.id)
@@ -271,7 +313,21 @@ def _dead_names(fn: ast.AST) -> set[str]:
             read.update(node.names)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in SCOPE_READERS:
             return set()
-    return stored - read
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            (fresh if _fresh_container(node.value) else other).add(node.targets[0].id)
+        elif isinstance(node, ast.stmt) and (name := _accumulation(node)) is not None:
+            added.add(name)
+    accumulators = set()
+    for name in (fresh - other) & stored:
+        loads = [n for n in ast.walk(fn) if isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load)]
+        stores = [n for n in ast.walk(fn)
+                  if isinstance(n, ast.Name) and n.id == name and not isinstance(n.ctx, ast.Load)]
+        binds = [n for n in ast.walk(fn) if isinstance(n, ast.Assign) and len(n.targets) == 1
+                 and isinstance(n.targets[0], ast.Name) and n.targets[0].id == name]
+        adds = [n for n in ast.walk(fn) if isinstance(n, ast.stmt) and _accumulation(n) == name]
+        if len(stores) == len(binds) and len(loads) == len(adds):
+            accumulators.add(name)
+    return (stored - read) | accumulators
 
 
 class _DeadStores(ast.NodeTransformer):
@@ -332,6 +388,13 @@ class _DeadStores(ast.NodeTransformer):
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | None:
         return self._store(node, node.target)
 
+    def visit_Expr(self, node: ast.Expr) -> ast.AST | None:
+        name = _accumulation(node)
+        if name is not None and self._dead(ast.Name(name)) and not self.protection.protects(node):
+            self.removed += 1
+            return None
+        return self.generic_visit(node)
+
     def _store(self, node: ast.Assign | ast.AugAssign, target: ast.expr | None) -> ast.AST | None:
         if target is None:
             return node
@@ -345,23 +408,159 @@ def lean_sources(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str
     """`sources` (module name -> code) without asserts and unprotected pure input guards (the module docstring);
     `extra`: the script's other code (its main), whose handlers protect too but which stays as it is."""
     trees = {name: ast.parse(text) for name, text in sources.items()}
-    protection = _Protection(_Bundle([*trees.values(), *(ast.parse(t) for t in extra)]))
-    out = {}
-    for name, tree in trees.items():
-        new = _Lean(protection).visit(tree)
-        while True:  # a dropped store can leave another dead (`n = len(x); m = n + 1`) or a loop empty
-            stores = _DeadStores(protection)
-            new = stores.visit(new)
-            if not stores.removed:
-                break
-            new = _Lean(protection).visit(new)
-        out[name] = ast.unparse(ast.fix_missing_locations(new))
-    return out
+    others = [ast.parse(t) for t in extra]
+    protection = _Protection(_Bundle([*trees.values(), *others]))
+    qualified = _QUALIFIED.set(frozenset(_module_qualified(trees)))
+    token = _PURE_FUNCTIONS.set(pure_functions([*trees.values(), *others]))
+    try:
+        for name, tree in trees.items():
+            trees[name] = _leaner(_Lean(protection).visit(tree), protection)
+        while _drop_empty_calls(trees, others):  # what is left of a checking function: its calls go too
+            trees = {name: _leaner(_Lean(protection).visit(tree), protection) for name, tree in trees.items()}
+    finally:
+        _PURE_FUNCTIONS.reset(token)
+        _QUALIFIED.reset(qualified)
+    return {name: ast.unparse(ast.fix_missing_locations(tree)) for name, tree in trees.items()}
 
 
-def _identifier_uses(trees: Iterable[ast.AST]) -> tuple[dict[str, list[ast.AST]], set[str]]:
-    """(name -> the nodes that use it as a plain name, an import or a definition; names that also show as an
-    attribute, a keyword or a word of a string)."""
+def _plain_dataclass(cls: ast.ClassDef) -> list[ast.expr] | None:
+    """The expressions building a `cls()` evaluates (its fields' defaults) when `cls` is a `@dataclass` with no
+    base, no metaclass, no `__init__`/`__post_init__`/`__new__`/`__setattr__` of its own and only `dict`/`list`/
+    `set` as default factories (its constructor then only stores its arguments); else None."""
+    d = cls.decorator_list
+    if len(d) != 1 or not (isinstance(d[0], ast.Name) and d[0].id == "dataclass") or cls.bases or cls.keywords:
+        return None
+    values: list[ast.expr] = []
+    for stmt in cls.body:
+        if isinstance(stmt, FUNCTIONS) and stmt.name not in ("__init__", "__post_init__", "__new__", "__setattr__") \
+                and not stmt.decorator_list:
+            continue
+        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+            return None
+        v = stmt.value
+        if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "field":
+            factory = next((k.value for k in v.keywords if k.arg == "default_factory"), None)
+            if v.args or (factory is not None and not (isinstance(factory, ast.Name) and factory.id in (
+                    "dict", "list", "set"))):
+                return None
+            values += [k.value for k in v.keywords if k.arg != "default_factory"]
+        elif v is not None:
+            values.append(v)
+    return values
+
+
+def pure_functions(trees: list[ast.Module]) -> frozenset[str]:
+    """The bundle's PURE FUNCTIONS: module-level functions whose body is `return <pure expression>` (a call of one
+    is then pure too: found to a fixed point), undecorated, without `*args`/`**kwargs`, with pure defaults, defined
+    once and their name bound nowhere else (no other definition, assignment, parameter or `import … as` of it), so
+    that a call of the name anywhere is a call of that function; and the plain dataclasses (`_plain_dataclass`)
+    with pure defaults, whose construction only stores its arguments."""
+    defs: dict[str, list[ast.AST]] = {}
+    bound: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, (*FUNCTIONS, ast.ClassDef)):
+                defs.setdefault(node.name, []).append(node)
+            elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+                bound.add(node.id)
+            elif isinstance(node, ast.arg):
+                bound.add(node.arg)
+            elif isinstance(node, ast.alias) and node.asname:
+                bound.add(node.asname)
+            elif isinstance(node, (ast.Global, ast.Nonlocal)):
+                bound.update(node.names)
+    candidates: dict[str, ast.expr] = {}
+    for tree in trees:
+        for fn in tree.body:
+            if isinstance(fn, ast.ClassDef) and len(defs[fn.name]) == 1 and fn.name not in bound and (
+                    values := _plain_dataclass(fn)) is not None:
+                candidates[fn.name] = ast.Tuple(values, ast.Load())
+            a = fn.args if isinstance(fn, ast.FunctionDef) else None
+            if a is None or fn.decorator_list or a.vararg or a.kwarg or len(defs[fn.name]) != 1 or fn.name in bound:
+                continue
+            body = fn.body[1:] if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(
+                fn.body[0].value, ast.Constant) else fn.body
+            if len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None and all(
+                    pure(d) for d in (*a.defaults, *(d for d in a.kw_defaults if d is not None))):
+                candidates[fn.name] = body[0].value
+    found: set[str] = set()
+    token = _PURE_FUNCTIONS.set(frozenset())
+    try:
+        while True:
+            _PURE_FUNCTIONS.set(frozenset(found))
+            new = {n for n, value in candidates.items() if n not in found and pure(value)}
+            if not new:
+                return frozenset(found)
+            found |= new
+    finally:
+        _PURE_FUNCTIONS.reset(token)
+
+
+def _leaner(tree: ast.Module, protection: _Protection) -> ast.Module:
+    while True:  # a dropped store can leave another dead (`n = len(x); m = n + 1`) or a loop empty
+        stores = _DeadStores(protection)
+        tree = stores.visit(tree)
+        if not stores.removed:
+            return tree
+        tree = _Lean(protection).visit(tree)
+
+
+def _empty(fn: ast.AST) -> bool:
+    return isinstance(fn, ast.FunctionDef) and not fn.decorator_list and all(isinstance(s, ast.Pass) for s in fn.body)
+
+
+def _drop_empty_calls(trees: dict[str, ast.Module], others: list[ast.Module]) -> bool:
+    """Drops, in place, the EMPTY CALLS: statements `f(<pure>)` calling a module-level function `f` whose body is
+    only `pass` (undecorated, defined once in the bundle; its name used nowhere but in such statements and plain
+    `from … import f`, never as a parameter, an attribute, a keyword or a word of a string), and the empty
+    `__post_init__` of a class with no bases (a dataclass calls it only where it exists). Their effect is at most
+    the call's argument-count error (lean: the configuration's calls were made at bundle time). The tree-shaker
+    then drops the function. True when something was dropped."""
+    every = [*trees.values(), *others]
+    uses, elsewhere = _identifier_uses(every)
+    params = {a.arg for t in every for a in ast.walk(t) if isinstance(a, ast.arg)}
+    defs = [fn for t in trees.values() for fn in t.body if _empty(fn)]
+    parents = {c: p for t in every for p in ast.walk(t) for c in ast.iter_child_nodes(p)}
+
+    def dropped_call(node: ast.AST) -> bool:
+        call = parents.get(node)
+        return isinstance(call, ast.Call) and call.func is node and isinstance(parents.get(call), ast.Expr) and all(
+            pure(a) and not isinstance(a, ast.Starred) for a in call.args) and all(
+            k.arg and pure(k.value) for k in call.keywords)
+
+    names = set()
+    for fn in defs:
+        nodes = uses.get(fn.name, [])
+        if fn.name in elsewhere or fn.name in params or sum(
+                isinstance(n, (*FUNCTIONS, ast.ClassDef)) for n in nodes) != 1:
+            continue
+        if all(n is fn or (isinstance(n, ast.alias) and not n.asname and isinstance(parents.get(n), ast.ImportFrom))
+               or (isinstance(n, ast.Name) and dropped_call(n)) for n in nodes):
+            names.add(fn.name)
+    changed = False
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and not node.bases and not node.keywords:
+                kept = [s for s in node.body if not (_empty(s) and s.name == "__post_init__")]
+                changed |= len(kept) != len(node.body)
+                node.body = kept or [ast.Pass()]
+            for field in ("body", "orelse", "finalbody"):
+                body = getattr(node, field, None)
+                if not isinstance(body, list) or not names:
+                    continue
+                kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Call)
+                                                and isinstance(s.value.func, ast.Name) and s.value.func.id in names)]
+                if len(kept) != len(body):
+                    changed = True
+                    body[:] = kept or ([] if isinstance(node, (ast.Module, ast.If, ast.For)) else [ast.Pass()])
+    return changed
+
+
+def _identifier_uses(trees: Iterable[ast.AST], qualified: set[int] = frozenset()) -> tuple[
+        dict[str, list[ast.AST]], set[str]]:
+    """(name -> the nodes that use it as a plain name, an import or a definition, or as a `qualified` attribute
+    (node ids: `mod.f` read through its module object); names that also show as another attribute, a keyword or a
+    word of a string)."""
     uses: dict[str, list[ast.AST]] = {}
     elsewhere: set[str] = set()
     for tree in trees:
@@ -373,6 +572,8 @@ def _identifier_uses(trees: Iterable[ast.AST]) -> tuple[dict[str, list[ast.AST]]
             elif isinstance(node, ast.alias):
                 uses.setdefault(node.asname or node.name, []).append(node)
                 elsewhere.update([node.name] if node.asname else [])
+            elif isinstance(node, ast.Attribute) and id(node) in qualified:
+                uses.setdefault(node.attr, []).append(node)
             elif isinstance(node, ast.Attribute):
                 elsewhere.add(node.attr)
             elif isinstance(node, ast.keyword) and node.arg:
@@ -397,13 +598,14 @@ def _unused_parameters(fn: ast.FunctionDef) -> list[int]:
 def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`sources` with each UNUSED PARAMETER of a module-level function dropped, with the argument every call passes
     for it: a positional parameter its body never reads (nor a nested scope, nor `locals()` …), with a pure default,
-    of an undecorated function defined once in the bundle whose name is only ever called directly (never an
-    attribute, a value, a keyword or a word of a string, nor named in `extra`, the script's own code), when every
+    of an undecorated function defined once in the bundle whose name is only ever called directly, by its name or
+    through its module object (`ex.f(…)`: `_module_qualified`), never another attribute, a value, a keyword or a
+    word of a string, nor named in `extra`, the script's own code, when every
     call passes it a pure argument (or none) without `*`/`**` unpacking. Lean contract: only the evaluation of
     pure arguments goes (folded settings leave `where` / `name` parameters no code reads any more)."""
     trees = {name: ast.parse(text) for name, text in sources.items()}
     others = [ast.parse(t) for t in extra]
-    uses, elsewhere = _identifier_uses([*trees.values(), *others])
+    uses, elsewhere = _identifier_uses([*trees.values(), *others], _module_qualified(trees))
     elsewhere |= {n.id for t in others for n in ast.walk(t) if isinstance(n, ast.Name)}
     parents = {c: p for t in trees.values() for p in ast.walk(t) for c in ast.iter_child_nodes(p)}
     owner = {n: name for name, t in trees.items() for n in ast.walk(t) if isinstance(n, ast.Call)}
@@ -415,9 +617,9 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
             nodes = uses.get(fn.name, [])
             if sum(isinstance(n, (*FUNCTIONS, ast.ClassDef)) for n in nodes) != 1:
                 continue
-            calls = [parents.get(n) for n in nodes if isinstance(n, ast.Name)]
-            if not all(isinstance(c, ast.Call) and c.func is n for c, n in zip(
-                    calls, [n for n in nodes if isinstance(n, ast.Name)], strict=True)):
+            refs = [n for n in nodes if isinstance(n, (ast.Name, ast.Attribute))]
+            calls = [parents.get(n) for n in refs]
+            if not all(isinstance(c, ast.Call) and c.func is n for c, n in zip(calls, refs, strict=True)):
                 continue
             if any(isinstance(n, ast.alias) and not isinstance(parents.get(n), ast.ImportFrom) for n in nodes):
                 continue
@@ -433,6 +635,33 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
             fn.args.args = [p for i, p in enumerate(fn.args.args) if i not in drop]
             changed |= {tree_name, *(owner[c] for c in calls)}
     return {n: ast.unparse(t) + "\n" if n in changed else sources[n] for n, t in trees.items()}
+
+
+def _module_qualified(trees: dict[str, ast.Module]) -> set[int]:
+    """Ids of the attribute nodes `m.f` that read a module-level definition `f` of a bundled module through its
+    module object (`from core import export as m`, `import core.export as m`; `m` bound nowhere else in that
+    module): uses of `f` as its plain name would be."""
+    defined = {name: {s.name for s in tree.body if isinstance(s, (*FUNCTIONS, ast.ClassDef))}
+               for name, tree in trees.items()}
+    out: set[int] = set()
+    for tree in trees.values():
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                aliases.update({a.asname or a.name: f"{node.module}.{a.name}" for a in node.names})
+            elif isinstance(node, ast.Import):
+                aliases.update({a.asname: a.name for a in node.names if a.asname})
+        aliases = {k: m for k, m in aliases.items() if m in trees}
+        rebound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        rebound |= {a.arg for a in ast.walk(tree) if isinstance(a, ast.arg)}
+        bindings = [a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                    for a in n.names]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases \
+                    and node.value.id not in rebound and bindings.count(node.value.id) == 1 \
+                    and node.attr in defined[aliases[node.value.id]]:
+                out.add(id(node))
+    return out
 
 
 def _drops_cleanly(call: ast.Call, drop: list[int], names: set[str]) -> bool:

@@ -752,6 +752,33 @@ def shorten_messages(source: str) -> str:
     return ast.unparse(tree) + "\n" if tree.body else ""
 
 
+def return_directly(source: str) -> str:
+    """`source` with each `x = <value>` directly followed by `return x` written `return <value>`, where `x` is a
+    local of that function named nowhere else in it (nested scopes included), not declared global/nonlocal, in a
+    function that calls no `locals`/`vars`/`eval`/`exec`: the same value returned (what lean and folding leave of
+    `x = f(); <checks of x>; return x`)."""
+    tree = ast.parse(source)
+    changed = False
+    for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+        names = [n.id for n in ast.walk(fn) if isinstance(n, ast.Name)]
+        if any(isinstance(n, (ast.Global, ast.Nonlocal)) for n in ast.walk(fn)) or {"locals", "vars", "eval",
+                                                                                     "exec"} & set(names):
+            continue
+        for node in ast.walk(fn):
+            for field_name in ("body", "orelse", "finalbody"):
+                body = getattr(node, field_name, None)
+                if not isinstance(body, list):
+                    continue
+                for i in range(len(body) - 2, -1, -1):
+                    a, r = body[i], body[i + 1]
+                    if isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name) \
+                            and isinstance(r, ast.Return) and isinstance(r.value, ast.Name) \
+                            and r.value.id == a.targets[0].id and names.count(r.value.id) == 2:
+                        body[i:i + 2] = [ast.copy_location(ast.Return(a.value), r)]
+                        changed = True
+    return ast.unparse(tree) + "\n" if changed else source
+
+
 def _joined_constants(values: list[ast.expr]) -> list[ast.expr]:
     """An f-string's parts with each plain formatted string constant (`{'x'}`) merged into the text around it."""
     out: list[ast.expr] = []

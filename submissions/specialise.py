@@ -30,7 +30,8 @@
   `not run.hook.pg_x.get_hookimpls()` by its truth; literal arguments every call of a function passes become
   constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`). Then comparisons, `not`,
   `and`/`or`, `x if c else y` and `if` on constants are evaluated, dead branches and statements after a
-  `return`/`raise` dropped, locals bound once to a constant replaced; the tree-shaker then removes what only those
+  `return`/`raise` dropped, locals bound once to a constant (alone or
+  as a pair of a tuple assignment) replaced; the tree-shaker then removes what only those
   branches used.
 """
 
@@ -549,24 +550,55 @@ def _aliases(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, str]:
 
 
 class _Substitute(ast.NodeTransformer):
-    """Replace loads of the names in `consts` (name -> its one `name = <constant>`) and drop those bindings."""
+    """Replace loads of the names in `consts` (name -> its one binding to a constant: `name = <constant>`, or its
+    pair of `a, name = (x, <constant>)`) and drop those bindings (the pair only: `a = x`)."""
 
     def __init__(self, consts: dict[str, ast.Assign]):
         self.consts = consts
+        self.values = {n: _constant_binding(a, n).value for n, a in consts.items()}  # type: ignore[union-attr]
         self.bindings = {id(a) for a in consts.values()}
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         if isinstance(node.ctx, ast.Load) and node.id in self.consts:
-            return ast.Constant(self.consts[node.id].value.value)  # type: ignore[attr-defined]
+            return ast.Constant(self.values[node.id])
         return node
 
     def visit_Assign(self, node: ast.Assign) -> Any:
-        return None if id(node) in self.bindings else self.generic_visit(node)
+        if id(node) not in self.bindings:
+            return self.generic_visit(node)
+        target = node.targets[0]
+        if isinstance(target, ast.Name):
+            return None
+        keep = [(t, self.visit(v)) for t, v in zip(target.elts, node.value.elts, strict=True)  # type: ignore[attr-defined]
+                if not (isinstance(t, ast.Name) and t.id in self.consts and self.consts[t.id] is node)]
+        if not keep:
+            return None
+        if len(keep) == 1:
+            node.targets, node.value = [keep[0][0]], keep[0][1]
+        else:
+            target.elts, node.value.elts = [t for t, _ in keep], [v for _, v in keep]  # type: ignore[attr-defined]
+        return node
+
+
+def _constant_binding(node: ast.Assign, name: str) -> ast.Constant | None:
+    """The constant `node` binds to `name`: `name = <constant>`, or `name`'s pair in `a, name = (x, <constant>)`
+    (a tuple of as many elements, none starred: the pair is its own assignment); None otherwise."""
+    if len(node.targets) != 1:
+        return None
+    target, value = node.targets[0], node.value
+    if isinstance(target, ast.Name):
+        return value if target.id == name and isinstance(value, ast.Constant) else None
+    if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple) and len(target.elts) == len(value.elts) \
+            and not any(isinstance(e, ast.Starred) for e in (*target.elts, *value.elts)):
+        return next((v for t, v in zip(target.elts, value.elts, strict=True)
+                     if isinstance(t, ast.Name) and t.id == name and isinstance(v, ast.Constant)), None)
+    return None
 
 
 def _propagate(tree: ast.Module) -> bool:
-    """Replace the locals of each function bound exactly once, by `name = <constant>`, with the constant (and drop
-    the binding). True when something changed."""
+    """Replace the locals of each function bound exactly once, by `name = <constant>` or as a constant's pair of a
+    tuple assignment (`codec, layout = (f(), None)`), with the constant (and drop the binding). True when something
+    changed."""
     changed = False
     for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
         stores: dict[str, int] = {}
@@ -584,9 +616,12 @@ def _propagate(tree: ast.Module) -> bool:
             elif isinstance(node, (ast.Global, ast.Nonlocal)):
                 for n in node.names:
                     stores[n] = stores.get(n, 0) + 2
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
-                    and isinstance(node.value, ast.Constant):
-                consts[node.targets[0].id] = node
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target = node.targets[0]
+                for name in [target.id] if isinstance(target, ast.Name) else [
+                        t.id for t in getattr(target, "elts", ()) if isinstance(t, ast.Name)]:
+                    if _constant_binding(node, name) is not None:
+                        consts[name] = node
         for a in ast.walk(fn.args):
             if isinstance(a, ast.arg):
                 stores[a.arg] = stores.get(a.arg, 0) + 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import textwrap
+import types
 
 from submissions.lean import lean_sources, pure
 
@@ -349,3 +350,205 @@ def test_a_parameter_nothing_reads_goes_with_the_pure_argument_of_every_direct_c
         exec(mods["user"].split("\n", 2)[2], ns_user)
         results.append(ns_user["run"]([5]))
     assert results[0] == results[1] == (2 + 6 + 12, 1, [1, 1], 1, "see named", "n")
+
+
+def test_a_dead_accumulator_goes_with_its_appends_and_what_they_leave_empty():
+    """`errors = []` read only by `errors.append(<pure>)` (what `if errors: raise …` leaves): the list, its appends,
+    the emptied `if`/`for` go; a list that is read, aliased, or appended an impure value stays."""
+    code = """
+    def check(cfg):
+        errors = []
+        for key in ('a', 'b'):
+            if getattr(cfg, key) < 1:
+                errors.append(f'{key} must be >= 1, got {getattr(cfg, key)}')
+        if cfg.a > cfg.b:
+            errors.append('a > b')
+        if errors:
+            raise ValueError('; '.join(errors))
+
+    def kept(cfg, out, f):
+        seen = []
+        seen.append(cfg.a)
+        shared = out
+        shared.append(1)
+        calls = []
+        calls.append(f())
+        return len(seen)
+    """
+    lean = _lean(code)
+    assert _same(lean, """
+    def check(cfg):
+        pass
+
+    def kept(cfg, out, f):
+        seen = []
+        seen.append(cfg.a)
+        shared = out
+        shared.append(1)
+        calls = []
+        calls.append(f())
+        return len(seen)
+    """), lean
+    ns: dict = {}
+    exec(lean, ns)
+    out, made = [], []
+    cfg = type("C", (), {"a": 2, "b": 3})
+    assert ns["kept"](cfg, out, lambda: made.append(1)) == 1 and out == [1] and made == [1]
+
+
+def test_calls_of_an_emptied_function_and_an_empty_post_init_go():
+    """A checking function lean empties is no longer called (pure arguments, statement calls only); one used as a
+    value, called for its value, or whose argument has an effect keeps its calls; an empty `__post_init__` of a
+    class with bases stays (it may override one)."""
+    code = """
+    from dataclasses import dataclass
+
+    def check(cfg):
+        if cfg.a < 0:
+            raise ValueError('a')
+
+    def noted(cfg):
+        if cfg.a < 0:
+            raise ValueError('a')
+
+    def touched(cfg):
+        if cfg.a < 0:
+            raise ValueError('a')
+
+    @dataclass
+    class Config:
+        a: int = 1
+
+        def __post_init__(self):
+            check(self)
+
+    class Base:
+        def __post_init__(self):
+            self.b = 2
+
+    @dataclass
+    class Sub(Base):
+        a: int = 1
+
+        def __post_init__(self):
+            check(self)
+
+    def run(cfg, log):
+        check(cfg)
+        x = noted(cfg)
+        touched(log(cfg))
+        return x
+    """
+    lean = _lean(code)
+    tree = ast.parse(lean)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    assert not any(isinstance(s, ast.FunctionDef) for s in classes["Config"].body)
+    assert any(isinstance(s, ast.FunctionDef) for s in classes["Sub"].body)  # Base's __post_init__ is overridden
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert "check" not in calls and "x = noted(cfg)" in lean and "touched(log(cfg))" in lean
+    ns: dict = {}
+    exec(lean, ns)
+    logged = []
+    assert ns["run"](ns["Config"](), logged.append) is None and len(logged) == 1
+    assert not hasattr(ns["Sub"](), "b")  # as before: Sub's own (empty) __post_init__ runs, not Base's
+
+
+def test_a_call_through_the_module_object_counts_as_a_direct_call():
+    """`ex.f(1, 'w')` with `from pkg import ex` calls pkg.ex's `f`: its unused parameter goes with the argument;
+    `o.g(…)` on some other object, which may be anything's `g`, keeps `g`'s parameters."""
+    from submissions.lean import drop_unused_parameters
+
+    lib = "def f(x, where):\n    return x + 1\n\ndef g(x, where):\n    return x\n"
+    user = ("from pkg import ex\n\n"
+            "def run(o):\n    return ex.f(1, 'w') + ex.f(x=2, where='v') + o.g(3, 'u') + ex.g(4, 't')\n")
+    out = drop_unused_parameters({"pkg": "", "pkg.ex": lib, "user": user})
+    assert "def f(x):" in out["pkg.ex"] and "ex.f(1) + ex.f(x=2)" in out["user"]
+    assert "def g(x, where):" in out["pkg.ex"] and "o.g(3, 'u')" in out["user"]
+    results = []
+    for mods in ({"pkg.ex": lib, "user": user}, out):
+        ex = types.ModuleType("ex")
+        exec(mods["pkg.ex"], ex.__dict__)
+        ns: dict = {"ex": ex}
+        exec(mods["user"].split("\n", 2)[2], ns)
+        results.append(ns["run"](types.SimpleNamespace(g=lambda x, w: x * 10)))
+    assert results[0] == results[1] == 2 + 3 + 30 + 4
+
+
+def test_a_guard_calling_a_pure_function_of_the_bundle_goes():
+    """`valid(b)` whose body is `return <pure>` (or calls such a function) makes a pure condition; a function with
+    statements, one whose name is rebound or a parameter somewhere, or one calling something impure does not."""
+    from submissions.lean import pure_functions
+
+    code = """
+    def valid(bits):
+        return isinstance(bits, int) and 2 <= bits <= 8
+
+    def valid_pair(a, b=1):
+        return valid(a) and valid(b)
+
+    def logged(x):
+        print(x)
+        return x
+
+    def calls_impure(x):
+        return logged(x) > 0
+
+    def shadowed(x):
+        return x > 0
+
+    def f(a, b, shadowed=shadowed):
+        if not valid_pair(a, b):
+            raise ValueError('bits')
+        if not calls_impure(a):
+            raise ValueError('impure')
+        if not shadowed(a):
+            raise ValueError('shadowed')
+        return a + b
+    """
+    assert pure_functions([ast.parse(textwrap.dedent(code))]) == {"valid", "valid_pair"}
+    lean = _lean(code)
+    assert "'bits'" not in lean and "'impure'" in lean and "'shadowed'" in lean
+    ns: dict = {}
+    exec(lean, ns)
+    assert ns["f"](3, 4) == 7
+
+
+def test_a_dead_store_of_a_plain_dataclass_built_from_a_pure_function_through_its_module_goes():
+    """`ctx = ex.Ctx(size=ex.sizer(c))` read by nothing: `Ctx` is a plain dataclass (its construction only stores),
+    `sizer` returns a lambda (making one evaluates nothing but its defaults): the store goes. A dataclass with a
+    `__post_init__` or a non-builtin default factory, and a lambda with an impure default, stay."""
+    lib = textwrap.dedent("""
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Ctx:
+        size: int
+        extra: dict = field(default_factory=dict)
+
+    @dataclass
+    class Checked:
+        size: int
+
+        def __post_init__(self):
+            print(self.size)
+
+    @dataclass
+    class Made:
+        items: list = field(default_factory=lambda: [print('x')])
+
+    def sizer(c):
+        return lambda q: len(q) + c
+    """)
+    user = textwrap.dedent("""
+    from pkg import ex
+
+    def run(c, log):
+        ctx = ex.Ctx(size=ex.sizer(c))
+        checked = ex.Checked(c)
+        made = ex.Made()
+        f = lambda q=log(c): q
+        return c
+    """)
+    out = lean_sources({"pkg": "", "pkg.ex": lib, "user": user})["user"]
+    assert "ctx =" not in out and "checked = ex.Checked(c)" in out and "made = ex.Made()" in out
+    assert "f = lambda" in out
