@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepare this checkout for the README's GPU comparisons on a device machine that has no internet: natural-text
+# data (man pages), the records' own train_gpt.py, and wheels the device lacks. Idempotent; from the repo root:
+#     bash benchmarks/gpu/prepare.sh            # ~3 min on 2 cores the first time
+# Then carry what a call needs (".whl", ".g5", ".gdata/<set>") and start the device command with
+#     source benchmarks/gpu/device_env.sh && python -m pgolf bench ... --vs .g5/pr315_train_gpt.py --data .gdata/sp1024s
+# The three folders are git-ignored locally (.git/info/exclude), never committed.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+exclude="$(git rev-parse --git-path info/exclude)"
+mkdir -p "$(dirname "$exclude")" .gdata .g5 .whl
+for d in /.gdata/ /.g5/ /.whl/; do grep -qxF "$d" "$exclude" 2>/dev/null || echo "$d" >> "$exclude"; done
+
+corpus="${PGOLF_CACHE:-$HOME/.cache/pgolf}/man.jsonl"  # 39 MB: kept out of the carried folders
+mkdir -p "$(dirname "$corpus")"
+[ -s "$corpus" ] || python benchmarks/manpage_corpus.py --out "$corpus" --every 3
+build() {  # name, then pgolf data build options
+    [ -d ".gdata/$1" ] || python -m pgolf data build "$corpus" "${@:2}" --out ".gdata/$1"
+}
+build sp1024s --vocab 1024 --max-train-tokens 6000000                          # PR #315 / #534 / #609
+build sp8192 --vocab 8192 --max-train-tokens 7100000                           # PR #1493
+build caseops8192s --vocab 8192 --plugins caseops --max-train-tokens 6000000   # PR #1855
+
+for p in pr315 pr534 pr609 pr1493 pr1855; do  # from the parameter-golf git mirror (the `fetch` tool makes it)
+    [ -s ".g5/${p}_train_gpt.py" ] || python -m pgolf bench --profile "$p" --extract-record ".g5/${p}_train_gpt.py"
+done
+
+# the device's Python (3.12, torch preinstalled) lacks these; binary wheels only, no dependencies resolved there
+python -m pip download -q --no-deps --only-binary=:all: --dest .whl --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    zstandard brotli jsonschema jsonschema-specifications referencing rpds-py attrs
+du -sh .gdata/* .g5 .whl
