@@ -431,7 +431,8 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str])
     work.update(specialise.erase_field_types(work, specialise.config_class_names(cfg, registry)))
     work.pop("core.registry", None)  # replaced by the generated dispatcher below: not code the bundle runs
     work, fixed = specialise.fold_sources(cfg, registry, work)
-    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(work), modules)
+    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(work), modules,
+                                                   specialise.direct_calls(work))
     if registry_source is None:
         return None
     sources.update(work)

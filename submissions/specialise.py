@@ -109,18 +109,50 @@ class _Hook:
 '''
 
 
+def direct_calls(sources: dict[str, str]) -> dict[str, tuple[frozenset[str], bool]]:
+    """For each hook whose every use in `sources` is a call with keyword arguments only (`run.hook.pg_x(a=…)`):
+    (the one set of keywords every call passes, whether any call uses the result). Hooks used otherwise
+    (`.get_hookimpls()`, passed as a value, `*`/`**` or varying keywords) are left out."""
+    seen: dict[str, tuple[frozenset[str], bool] | None] = {}
+    for text in sources.values():
+        for hook, use in _hook_calls(text):
+            old = seen.get(hook, use)
+            seen[hook] = None if old is None or use is None or old[0] != use[0] else (use[0], old[1] or use[1])
+    return {h: v for h, v in seen.items() if v is not None}
+
+
+@functools.lru_cache(maxsize=256)
+def _hook_calls(text: str) -> tuple[tuple[str, tuple[frozenset[str], bool] | None], ...]:
+    tree = ast.parse(text)
+    parents = {c: p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("pg_"):
+            call = parents.get(node)
+            if isinstance(call, ast.Call) and call.func is node and not call.args \
+                    and all(k.arg for k in call.keywords):
+                read = not isinstance(parents[call], ast.Expr)
+                out.append((node.attr, (frozenset(k.arg for k in call.keywords), read)))
+            else:
+                out.append((node.attr, None))
+    return tuple(out)
+
+
 def _module(cls: type, modules: dict[str, str]) -> str:
     """The bundle's name of the module defining `cls` (`modules`: a plugin file's module -> its bundled name)."""
     return modules.get(cls.__module__, cls.__module__)
 
 
-def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules: dict[str, str]) -> str | None:
+def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules: dict[str, str],
+                      direct: dict[str, tuple[frozenset[str], bool]] | None = None) -> str | None:
     """Source of the bundle's `core.registry`: `Plugin`, a `Registry` of the enabled plugins' classes, and a
     `make_manager` whose hooks (those in `hooks`) call the enabled plugins exactly as pluggy would; None when a
     hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names. Only the plugins that
     implement a dispatched hook are built (`code_wrapper`'s `pg_wrap_code` runs at bundle time only), and each
     implementation gets its arguments by the names of its parameters without defaults (pluggy's `argnames`:
-    checked here against pluggy's own list)."""
+    checked here against pluggy's own list). A hook with ONE implementation that every call (`direct`:
+    `direct_calls`) passes exactly its arguments is that bound method itself, where pluggy's result is the method's
+    (`firstresult`) or no call reads it."""
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
@@ -149,8 +181,14 @@ def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules:
             index[name] = len(built) + 1
             built.append(f"P{len(imports) - 1}(c({name!r}))")
     lines.append(f" p = [core_impl, {', '.join(built)}]")
-    hook_table = ", ".join(f"{hook}=_Hook({first}, [{', '.join(f'p[{index[i.plugin_name]}].{i.function.__name__}' for i in impls)}])"  # noqa: E501
-                           for hook, first, impls in entries)  # pluggy calls the last of get_hookimpls() first
+    def dispatch(hook: str, first: int, impls: list) -> str:
+        methods = [f"p[{index[i.plugin_name]}].{i.function.__name__}" for i in impls]  # pluggy calls the last first
+        calls = (direct or {}).get(hook)
+        if len(impls) == 1 and calls and calls[0] == set(impls[0].argnames) and (first or not calls[1]):
+            return f"{hook}={methods[0]}"
+        return f"{hook}=_Hook({first}, [{', '.join(methods)}])"
+
+    hook_table = ", ".join(dispatch(*entry) for entry in entries)
     lines.append(f" return types.SimpleNamespace(hook=types.SimpleNamespace({hook_table}))")
     registry_cls = ["class Registry:", " @property", " def plugins(self):", *(" " + x for x in imports),
                     f"  return {{c.name: c for c in ({''.join(f'P{i}, ' for i in range(len(imports)))})}}"]
