@@ -53,6 +53,7 @@ from submissions.minify import (
     prune_unused_imports,
     rename_globals,
     rename_locals,
+    rename_private_attributes,
     return_directly,
     shake,
     shorten_messages,
@@ -463,6 +464,7 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
         if loader is not LOADER:
             sources = drop_unused_parameters(sources, [loader])
             sources, (loader,) = specialise.rename_hooks(sources, [loader], specialise.hook_names())
+            sources, (loader,) = rename_private_attributes(sources, [loader])
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
         keep = frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
         sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)

@@ -858,3 +858,71 @@ def prune_unused_imports(sources: dict[str, str], extra: Iterable[str] = ()) -> 
         out[name] = ast.unparse(tree) + "\n" if tree.body else ""
     return out
 
+
+
+METHODS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def rename_private_attributes(sources: dict[str, str], extra: list[str]) -> tuple[dict[str, str], list[str]]:
+    """(`sources`, `extra`) with each PRIVATE ATTRIBUTE of the bundle's own classes renamed to a short fresh name,
+    everywhere at once: a `_x` name (not `__x`) that is only ever an attribute (`o._x`) or a method defined in a
+    class body, stored only as `self._x` and defined only in classes with no base outside the bundle (so never an
+    `nn.Module`'s registered parameter, buffer or submodule, nor an override torch calls by name), that no string
+    names (`getattr(o, "_x")`, a state_dict key, a log line) nor begins, and that is no attribute of `object`."""
+    trees = {n: ast.parse(t) for n, t in sources.items()}
+    others = [ast.parse(t) for t in extra]
+    alls = [*trees.values(), *others]
+    classes = _class_names(trees)
+    external = _external_classes(classes)
+    strings = [n.value for t in alls for n in ast.walk(t) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    words = {w for s in strings for w in IDENT.findall(s)}
+    bad = set(dir(object)) | words
+    owned: set[str] = set()
+    for tree in alls:
+        parents = {c: p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+        owner: dict[ast.AST, ast.ClassDef | None] = {}
+        for node in ast.walk(tree):  # the class whose method a node is in (the innermost function's class)
+            for child in ast.iter_child_nodes(node):
+                owner[child] = node if isinstance(node, ast.ClassDef) else owner.get(node)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute):
+                cls = owner.get(node)
+                if isinstance(node.ctx, ast.Store) or isinstance(parents.get(node), ast.Delete):
+                    own = isinstance(node.value, ast.Name) and node.value.id == "self" and cls is not None \
+                        and cls.name not in external
+                    (owned if own else bad).add(node.attr)
+            elif isinstance(node, METHODS) and isinstance(parents.get(node), ast.ClassDef):
+                (owned if parents[node].name not in external else bad).add(node.name)
+            elif isinstance(node, ast.Name):
+                bad.add(node.id)
+            elif isinstance(node, ast.arg):
+                bad.add(node.arg)
+            elif isinstance(node, ast.keyword) and node.arg:
+                bad.add(node.arg)
+            elif isinstance(node, ast.alias):
+                bad.update(node.name.split("."))
+            elif isinstance(node, (*METHODS, ast.ClassDef)):
+                bad.add(node.name)
+    names = sorted(n for n in owned - bad if n.startswith("_") and not n.startswith("__")
+                   and not any(len(s) > 1 and IDENT.fullmatch(s) and n.startswith(s) for s in strings))
+    if not names:
+        return dict(sources), list(extra)
+    fresh = short_names({w for t in [*sources.values(), *extra] for w in IDENT.findall(t)})
+    mapping = {n: next(fresh) for n in names}
+
+    class Renamer(ast.NodeTransformer):
+        def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+            self.generic_visit(node)
+            node.attr = mapping.get(node.attr, node.attr)
+            return node
+
+        def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+            self.generic_visit(node)
+            node.name = mapping.get(node.name, node.name)
+            return node
+
+        visit_AsyncFunctionDef = visit_FunctionDef
+
+    renamer = Renamer()
+    return ({n: ast.unparse(renamer.visit(t)) + "\n" if sources[n] else "" for n, t in trees.items()},
+            [ast.unparse(renamer.visit(t)) + "\n" for t in others])
