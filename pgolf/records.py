@@ -383,8 +383,9 @@ def parse_log(text: str, tokens_per_step: int) -> dict[str, Any]:
 def ms_per_step_by_phase(steps: dict[int, tuple[float, float]], skip: int,
                          switches: dict[str, int] | None) -> list[dict[str, Any]]:
     """Mean ms/step of each mode phase (before the first switch: "base"; after each: its mode's name), over the
-    logged steps strictly inside the phase, so a window holding a switch (its recompile or new graph) counts in
-    neither; a phase with fewer than two logged steps inside has ms None."""
+    logged steps from `skip` on strictly inside the phase, so a window holding a switch (its recompile or new
+    graph) counts in neither; a phase with fewer than two such steps has ms None, and one that ends by `skip`
+    (a switch during the warm-up steps) is left out."""
     at: dict[int, list[str]] = {}
     for name, step in (switches or {}).items():  # modes switched at one step make one phase
         at.setdefault(step, []).append(name)
@@ -392,10 +393,11 @@ def ms_per_step_by_phase(steps: dict[int, tuple[float, float]], skip: int,
     edges = [(skip, "base"), *bounds, (max(steps, default=0) + 1, "")]
     out = []
     for (lo, name), (hi, _) in pairwise(edges):
-        pts = [(s, t) for s, (_, t) in steps.items() if (lo <= s if name == "base" else lo < s) and s < hi]
-        (s0, t0), (s1, t1) = (pts[0], pts[-1]) if pts else ((None, None), (None, None))
-        ms = (t1 - t0) / (s1 - s0) if len(pts) >= 2 else None
-        out.append({"phase": name, "from_step": s0, "to_step": s1, "ms": ms})
+        if hi <= skip:
+            continue
+        inside = {s: v for s, v in steps.items() if s >= skip and (lo <= s if name == "base" else lo < s) and s < hi}
+        rate = ms_per_step_from_log(inside, skip)
+        out.append({"phase": name, "from_step": rate["from_step"], "to_step": rate["to_step"], "ms": rate["mean"]})
     return out
 
 

@@ -198,6 +198,8 @@ def test_ms_per_step_by_phase_leaves_out_the_window_holding_the_switch():
     assert late[1]["ms"] is None
     # late's base, steps 20-140: 32 steps of 400, step 53 of 650 + 5,000, 87 of 650 = 75,000 ms over 120 steps
     assert phases_row({"pgolf": phases, "record": late}) == "base 400.0 | 625.0; layer_loop+recurrence 650.0 | —"
+    early = ms_per_step_by_phase(steps, 15, {"late_qat": 12})  # switched during the skipped warm-up steps
+    assert [(p["phase"], p["from_step"], p["to_step"]) for p in early] == [("late_qat", 20, 150)]
 
 
 RECORDS = ("pr315", "pr534", "pr609", "pr1493", "pr1855")
