@@ -157,6 +157,12 @@ def pg_enter_mode(model: Any, active: tuple[str, ...]) -> None:
 
 # --- step ------------------------------------------------------------------------------------------
 @hookspec
+def pg_before_warmup(run: Any, stepper: Any) -> None:
+    """Once, before the compile warm-up fixes the batch shapes: may set `run.grad_accum_steps` (whole `train_seq_len`
+    rows per rank and micro-step; `plugins.auto_micro_batch`). Restore what `stepper`'s steps change, if it runs any."""
+
+
+@hookspec
 def pg_train_start(run: Any) -> None:
     """After the compile warm-up and state restore, just before the timed loop starts."""
 

@@ -150,21 +150,17 @@ class Run:
 
     def log(self, msg: str, console: bool = True) -> None:
         """A challenge-compatible line to train.log (and the console), on rank 0 only."""
-        if not self.master:
-            return
-        if console:
+        if console and self.master:
             print(msg, flush=True)
-        if self._log_path is not None:
+        if self._log_path is not None:  # rank 0's only
             with open(self._log_path, "a", encoding="utf-8") as f:
                 print(msg, file=f)
 
     def event(self, kind: str, **fields: Any) -> None:
         """A structured event appended to events.jsonl (rank 0)."""
-        if not self.master or self._events_path is None:
-            return
-        rec = {"event": kind, "time": round(time.time(), 3), **fields}
-        with open(self._events_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+        if self._events_path is not None:  # rank 0's only
+            with open(self._events_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}, default=str) + "\n")
 
 
 def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: bool = True,
@@ -176,8 +172,7 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
     device = pick_device(config.core.device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if distributed and not dist.is_initialized():
         cuda = device.type == "cuda"
         dist.init_process_group(backend="nccl" if cuda else "gloo", **({"device_id": device} if cuda else {}))
@@ -194,8 +189,7 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         if run.master:
             run.run_dir.mkdir(parents=True, exist_ok=True)
             write_atomic(run.run_dir / "config.json", config.to_json() + "\n")
-            run._log_path = run.run_dir / "train.log"
-            run._events_path = run.run_dir / "events.jsonl"
+            run._log_path, run._events_path = run.run_dir / "train.log", run.run_dir / "events.jsonl"
     measure = lambda: None if config.core.deterministic else run.hook.pg_attention_backend(run=run)
     run.attention = pick_attention(config.core.attention, device, measure)
     return run

@@ -263,7 +263,6 @@ class Stepper:
     def __init__(self, run: Run):
         self.run = run
         self.model = run.train_model
-        self.grad_scale = 1.0 / run.grad_accum_steps
 
     def zero_grad(self) -> None:
         for opt in self.run.optimizers:
@@ -280,7 +279,7 @@ class Stepper:
             with run.autocast():  # docs: (), (doc_ids,) or (doc_ids, cu_seqlens)
                 loss = self.model(x, y, **dict(zip(("doc_ids", "cu_seqlens"), docs, strict=False)))
             total += loss.detach()
-            (loss * self.grad_scale).backward()
+            (loss * (1.0 / run.grad_accum_steps)).backward()  # the count `pg_before_warmup` left
         return total / run.grad_accum_steps
 
     def optimizer_step(self) -> None:
@@ -318,6 +317,7 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
     """The baseline's compile warm-up: `warmup_steps` real steps, then (compiled) one step in every cumulative
     mode combination and on every batch shape the loader declares (`warm_batches`, in every mode); then weights,
     optimizer state and modes are restored. Each logged step gives the seconds and graphs compiled so far."""
+    run.hook.pg_before_warmup(run=run, stepper=stepper)  # e.g. fewer micro-steps: before any shape is compiled
     core, base = run.core, run.model
     batch_args = (core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
     modes = run.modes if should_compile(run) else []

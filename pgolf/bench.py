@@ -546,6 +546,7 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         res: dict[str, Any] = {"device": str(run.device), "attention": attention_kernel(run.config, run.attention),
                                "attention_measured": run.state.get("attention_auto", {}), "compiled": compiled,
                                "steps": loop.steps, "tokens_per_step": tps, "step_ms": step_ms,
+                               "grad_accum_steps": run.grad_accum_steps,  # after auto_micro_batch's choice
                                "flops_per_token": flops}
         res.update(summarize_steps(step_ms, flops, monitor.modes, tps, skip_of(loop.steps)))
         res["mfu"] = res["model_flops_per_s"] / peak["flops_per_s"]
@@ -781,7 +782,8 @@ def table(res: dict[str, Any]) -> str:
         rows += [("device / attention / compiled", f"{pg['device']} / {pg['attention']} / {pg['compiled']}"),
                  ("ms/step median (mean), steps " + "-".join(map(str, pg["measured_steps"])),
                   f"{pg['ms_per_step_median']:,.2f} ({pg['ms_per_step_mean']:,.2f})"),
-                 ("tokens/s (median step)", f"{pg['tokens_per_s']:,.0f}")]
+                 ("tokens/s (median step)", f"{pg['tokens_per_s']:,.0f}"),
+                 ("micro-steps per step (grad_accum_steps)", _fmt(pg.get("grad_accum_steps"), "d"))]
         rows += [(f"model FLOPs/token [{mode}]", f"{f['total'] / 1e6:,.2f} M (matmul {f['matmul'] / 1e6:,.2f} M, "
                                                  f"attention {f['attention'] / 1e6:,.2f} M)")
                  for mode, f in pg["flops_per_token"].items()]

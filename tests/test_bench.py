@@ -70,6 +70,18 @@ def bench(tmp_path: Path, data: Path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
+def test_bench_reports_the_accumulation_auto_micro_batch_chose(tmp_path, tiny_data, monkeypatch, capsys):
+    """The micro-steps per step in the JSON and the table: 8 by default, 2 from the (faked) memory probe (1 GiB held
+    + 10 GiB activations at 8 micro-steps, 80 GiB device, limit 0.8: A=1 needs 81 GiB, A=2 41 GiB)."""
+    import plugins.auto_micro_batch as amb
+
+    monkeypatch.setattr(amb, "step_memory", lambda run, stepper: (2**30, 10 * 2**30, 80 * 2**30))
+    res = bench(tmp_path, tiny_data, "--smoke", "--profile-steps", "0", "--set", "core.grad_accum_steps=0",
+                "--plugins", "auto_micro_batch")
+    assert res["pgolf"]["grad_accum_steps"] == 2
+    assert re.search(r"^micro-steps per step \(grad_accum_steps\)\s+2$", capsys.readouterr().out, re.M)
+
+
 def test_bench_smoke_reports_flops_equal_to_a_hand_count(tmp_path, tiny_data):
     res = bench(tmp_path, tiny_data, "--smoke")
     pg = res["pgolf"]
@@ -81,6 +93,7 @@ def test_bench_smoke_reports_flops_equal_to_a_hand_count(tmp_path, tiny_data):
     assert pg["flops_per_token"]["base"]["matmul"] == 6 * matmul_weights
     assert pg["flops_per_token"]["base"]["attention"] == 12 * L * T * d
     assert pg["steps"] == 3 and len(pg["step_ms"]) == 3 and pg["measured_steps"] == [3, 3]
+    assert pg["grad_accum_steps"] == 1
     assert pg["ms_per_step_median"] == pytest.approx(pg["step_ms"][2])
     assert pg["tokens_per_s"] == pytest.approx(1024 / pg["ms_per_step_median"] * 1000)
     assert 0 < pg["mfu"] < 1 and pg["matmul_peak"]["dtype"] == "float32"
