@@ -37,8 +37,9 @@ the configuration (a specialised bundle only: `BundleError` otherwise). A record
   script refuses them), and a malformed value is Python's traceback, not a one-line `bad setting` message.
 - Bookkeeping: `Config.sources` (config.json's "sources", `specialise.without_sources`), `plugins.BUNDLED`, the type
   annotations and readable names of the settings classes (nothing coerces by them or names them in an error), and the
-  settings sections of plugins the script never builds (`specialise.record_sections`: `code_wrapper` at its
-  defaults, plugins without settings) from `Config.plugin_configs` and config.json.
+  settings of plugins the script never builds (`specialise.record_sections`): plugins without settings and those at
+  their defaults have no section in `Config.plugin_configs` and config.json, the others keep only their changed
+  settings (`code_wrapper.profile = "record"`, so that the run's config.json rebuilds the same script).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ import json
 import pprint
 import sys
 import tokenize
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -448,7 +451,7 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str],
     modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0]
                for n in registry.run_plugins(cfg.plugins)}
     work = {n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()}
-    work.update(_without_bundle_time_defaults(cfg, work, modules))
+    work.update(_without_default_fields(cfg, work, modules, BUNDLE_TIME_SETTINGS))
     work.update(specialise.drop_plugin_metadata(work))
     typed = specialise.config_class_names(cfg, registry) if profile == "full" else set()  # record: no type hints read
     work.update(specialise.erase_field_types(work, typed))
@@ -460,19 +463,41 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str],
     registry_source = specialise.dispatcher_module(cfg, registry, hooks, modules, specialise.direct_calls(work))
     if registry_source is None:
         return None
+    sections = specialise.record_sections(cfg, registry, work, hooks) if profile == "record" else None
+    if sections is not None and (odd := _not_scalar(cfg, sections)):
+        raise BundleError(f"profile 'record' converts a setting's variable by the type of its value (int, float, str, "
+                          f"bool): {', '.join(odd)} (bundle with profile 'full')")
+    if sections:  # a plugin the script never builds: config.json alone reads its settings, only those changed matter
+        unread = [(n, f.name) for n, built in sections.items() if not built
+                  for f in dataclasses.fields(cfg.plugin_configs[n])]
+        work.update(_without_default_fields(cfg, work, modules, unread))
     sources.update(work)
     sources["core.registry"] = strip_source(registry_source)
-    sections = specialise.record_sections(cfg, registry, work, hooks) if profile == "record" else None
     main = specialise.frozen_main(cfg, registry, modules, fixed, profile, sections)
     tail = LOADER[LOADER.index("\n\nif __name__"):] if profile == "full" else specialise.RECORD_TAIL
     return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + tail
 
 
-def _without_bundle_time_defaults(cfg: Config, sources: dict[str, str], modules: dict[str, str]) -> dict[str, str]:
-    """The modules of `BUNDLE_TIME_SETTINGS` whose value is the default, without that field in their config class (a
-    specialised script neither reads nor honours it; its RECIPE leaves defaults out)."""
-    out = {}
-    for section, key in BUNDLE_TIME_SETTINGS:
+def _not_scalar(cfg: Config, sections: Iterable[str]) -> list[str]:
+    """The settings of core and of `sections` whose type or value is not int, float, str or bool (one type)."""
+    out = []
+    for name in ("core", *sections):
+        settings = cfg.section(name)
+        if settings is None:
+            continue
+        hints = typing.get_type_hints(type(settings))
+        out += [f"{name}.{f.name}" for f in dataclasses.fields(settings) if not (
+            hints[f.name] in (int, float, str, bool) and type(getattr(settings, f.name)) is hints[f.name])]
+    return out
+
+
+def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[str, str],
+                            fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The modules of the settings `fields` ("section", "key") whose value is the default, without that field in their
+    config class (`BUNDLE_TIME_SETTINGS`: a specialised script neither reads nor honours them; its RECIPE leaves
+    defaults out)."""
+    out: dict[str, str] = {}
+    for section, key in fields:
         settings = cfg.plugin_configs.get(section)
         if section not in cfg.plugins or settings is None or getattr(settings, key) != getattr(type(settings)(), key):
             continue

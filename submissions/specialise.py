@@ -396,21 +396,22 @@ def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str], fixed:
     return (FROZEN_MAIN if profile == "full" else RECORD_MAIN).replace("SECTION_IMPORTS", body)
 
 
-def record_sections(cfg: Config, registry: Registry, sources: dict[str, str], hooks: set[str]) -> set[str]:
+def record_sections(cfg: Config, registry: Registry, sources: dict[str, str], hooks: set[str]) -> dict[str, bool]:
     """The enabled plugins whose settings a record-profile script reads: those the dispatcher builds (they implement
     a hook in `hooks`: `self.cfg`) and those whose settings differ from the defaults (the run's config.json then
     still rebuilds this very script); every enabled plugin when code other than `core.config` reads `plugin_configs`
     or calls a `section` method (it might look any section up). A plugin left out (e.g. `code_wrapper`, bundle time
-    only, at its defaults) has no entry in the script's `Config.plugin_configs`, nor in its config.json."""
+    only, at its defaults) has no entry in the script's `Config.plugin_configs`, nor in its config.json.
+    Section -> whether the dispatcher builds its plugin (if not, nothing but config.json reads its settings)."""
     if any("plugin_configs" in text or ".section(" in text for name, text in sources.items() if name != "core.config"):
-        return set(cfg.plugins)
+        return dict.fromkeys(cfg.plugins, True)
     from core.train import CoreDefaults
 
     pm = make_manager(registry, cfg, CoreDefaults())
     built = {i.plugin_name for h in hooks if (c := getattr(pm.hook, h, None)) is not None and c.spec is not None
              for i in c.get_hookimpls()}
     changed = {n for n in cfg.plugins if (c := cfg.plugin_configs.get(n)) is not None and c != type(c)()}
-    return {n for n in cfg.plugins if n in built or n in changed}
+    return {n: n in built for n in cfg.plugins if n in built or n in changed}
 
 
 def without_sources(source: str) -> str:

@@ -686,12 +686,17 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 PR1493_RECORD_WRAPPED_CEILING = 31_644
 
 
-def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling():
+def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
     reg, cfg = _pr1493()
     record = bundle(cfg, reg, profile="record")
     assert len(record.encode()) <= PR1493_RECORD_WRAPPED_CEILING < len(bundle(cfg, reg).encode())
     reg, chosen = _pr1493(["code_wrapper.profile=record"])  # a recipe's choice: the same front end, + that setting
     assert len(record.encode()) < len(bundle(chosen, reg).encode()) < len(bundle(chosen, reg, profile="full").encode())
+    # code_wrapper (bundle time only, never built in the script) keeps only its changed setting, for config.json
+    script = tmp_path / "train_gpt.py"
+    script.write_text(bundle(chosen, reg, wrap=False))
+    (config,) = _record_main_configs(script, [([], {})])
+    assert config["code_wrapper"] == {"profile": "record"} and config["gptq"]["clip"] == "sdclip"
 
 
 def _record_main_configs(script: Path, runs: list[tuple[list[str], dict[str, str]]]) -> list[dict]:
@@ -792,6 +797,16 @@ def test_record_profile_choices_and_what_it_needs(tiny_sets, tmp_path):
         resolve(plugin_config_classes=reg.config_classes(), plugins=["code_wrapper"],
                 sets=[*tiny_sets, "code_wrapper.profile=tiny"], check_plugins=reg.check,
                 check_settings=reg.check_settings)
+    src = tmp_path / "listy.py"  # a setting whose value's type cannot convert a variable: full profile only
+    src.write_text("from dataclasses import dataclass\nfrom core.registry import Plugin\n\n\n@dataclass\nclass Cfg:\n"
+                   "    ks: tuple = (1, 2)\n\n\nclass Listy(Plugin):\n    name = 'listy'\n    summary = 'test'\n"
+                   "    sources = ('test',)\n    config = Cfg\n")
+    listy_reg = load_registry([src])
+    listy = resolve(plugin_config_classes=listy_reg.config_classes(), plugins=["listy"],
+                    sets=[*tiny_sets, "listy.ks=3,4"], check_plugins=listy_reg.check)
+    with pytest.raises(BundleError, match=r"by the type of its value \(int, float, str, bool\): listy.ks"):
+        bundle(listy, listy_reg, profile="record")
+    assert "'listy': " in bundle(listy, listy_reg, wrap=False)
     from plugins.code_wrapper import BUNDLE_PROFILES
     from submissions.bundle import PROFILES
 
