@@ -2,7 +2,7 @@
 RECIPE literal, the script's main and the wrapper's framing, and per top-level definition of the largest modules.
 
     PYTHONPATH=$PWD python benchmarks/bundle_breakdown.py [--recipe recipes/pr1493.toml] [--defs 4] [--top 15]
-                                                          [--set section.key=value ...]
+                                                          [--set section.key=value ...] [--profile record]
 
 Each module is measured as the bundle embeds it (specialised, lean, shaken, renamed: `bundle.embedded_modules`),
 before `submissions.merge` joins the modules into one namespace (which only drops import lines). Two brotli
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], dest="sets")
     ap.add_argument("--defs", type=int, default=4, help="break down this many of the largest modules")
     ap.add_argument("--top", type=int, default=15, help="definitions listed per module")
+    ap.add_argument("--profile", choices=B.PROFILES, default=None, help="bundle profile (default: the recipe's)")
     args = ap.parse_args(argv)
     reg = Registry()
     cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=args.recipe, sets=args.sets,
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         B._renamed_globals.cache_clear = renamed.cache_clear  # type: ignore[attr-defined]
         renamed.cache_clear()
-        sources, loader = B._embedded(cfg, reg, True, True)
-        plain = B.bundle(cfg, reg, wrap=False)
+        profile = B.bundle_profile(cfg, args.profile)
+        sources, loader = B._embedded(cfg, reg, True, True, profile)
+        plain = B.bundle(cfg, reg, wrap=False, profile=profile)
         wrapped = B.wrap_code(cfg, reg, plain)
     finally:
         B._renamed_globals = renamed

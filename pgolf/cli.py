@@ -363,7 +363,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     req_path = out.with_name("requirements.txt")
     if args.requirements and req_path.exists() and not args.force:
         raise FileExistsError(f"{req_path}: exists; pass --force to overwrite it")
-    text = bundle(cfg, registry, strip=not args.keep_docstrings)
+    text = bundle(cfg, registry, strip=not args.keep_docstrings, profile=args.profile)
     reqs = requirements(cfg, registry)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = script_bytes(text)
@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-docstrings", action="store_true", help="keep docstrings and layout (more code bytes)")
     p.add_argument("--requirements", action="store_true",
                    help="also write requirements.txt beside the script (the packages it imports)")
+    p.add_argument("--profile", choices=("full", "record"), default=None,
+                   help="full (default; or the recipe's code_wrapper.profile), or record: the smallest script that "
+                        "trains, exports and scores the configuration (env settings only; README: what it drops)")
     p.set_defaults(func=cmd_bundle)
     p = sub.add_parser("record", help="a validated records folder from finished runs (one per seed)")
     p.add_argument("runs", nargs="+", help="run directories (runs/<run_id>), one per seed")

@@ -13,6 +13,10 @@ stays printable ASCII Python. Two choices, both measured on the pr1493 bundle (i
   decoded by a one-line loop, or "latin1": the bytes themselves, one character each, in a file declared latin-1
   (PEP 263 `#coding:l1`; only backslash, NUL, CR and a closing quote escaped: ~1 % over the compressed size,
   where base 93 adds 23 %). Not printable ASCII: git and GitHub show such a file as binary.
+
+`profile` ("full" or "record") is read by the bundler, not here: the recipe's choice of bundle profile
+(`submissions.bundle`: what the record profile drops), so that `pgolf train`'s logged code size and `pgolf record`
+follow it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from core.registry import Plugin
 
 WRAP_CODECS = ("auto", "lzma", "brotli")  # names unique in a bundle: its tree-shaker keeps names, not objects
 WRAP_ALPHABETS = ("printable", "base85", "latin1")
+BUNDLE_PROFILES = ("full", "record")  # submissions.bundle.PROFILES (read by `pgolf bundle`, `pgolf train`'s code size)
 # The record's form (raw LZMA2, base85); kept for `unwrap` of old scripts.
 B85_TEMPLATE = ('import lzma as L,base64 as B\n'
                 'exec(L.decompress(B.b85decode("{}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n')
@@ -59,6 +64,8 @@ class CodeWrapperConfig:
     codec: str = field(default="auto", metadata={"help": "lzma, brotli, or auto: the smaller (brotli only "
                                                           "where a codec plugin needs brotli anyway)"})
     alphabet: str = field(default="printable", metadata={"help": "printable (base 93) or base85 (the record's)"})
+    profile: str = field(default="full", metadata={"help": "the bundle's profile: full, or record (smaller: the "
+                                                           "record's settings front end; submissions.bundle)"})
 
 
 def to_printable(data: bytes) -> str:
@@ -234,7 +241,11 @@ class CodeWrapper(Plugin):
 
     @classmethod
     def check_config(cls, cfg: CodeWrapperConfig, core: Any) -> list[str]:
-        return setting_errors(cfg)
+        # the profile is checked here only (the bundler reads it, `submissions.bundle.bundle_profile` checks it too):
+        # a check in `setting_errors` would fold it into, and ship it with, every bundle of this plugin
+        wrong = cfg.profile not in BUNDLE_PROFILES
+        return setting_errors(cfg) + wrong * [f"code_wrapper.profile: expected one of {', '.join(BUNDLE_PROFILES)}, "
+                                              f"got {cfg.profile!r}"]
 
     @hookimpl
     def pg_wrap_code(self, source: str) -> str:

@@ -25,6 +25,21 @@ the bundle-time resolution checked (asserts, pure input guards and error-transla
 handler could catch them).
 A specialised script has no module loader where `submissions.merge` proves it the same: its modules' code runs
 in the script's own namespace in import order (no embedded sources, import hook or bundled import lines).
+
+Profiles (`PROFILES`; `bundle(..., profile=)`, `pgolf bundle --profile`, or a recipe's `code_wrapper.profile`):
+"full" (the default) is all of the above; "record" is the smallest script that still trains, exports and scores
+the configuration (a specialised bundle only: `BundleError` otherwise). A record-profile script drops, on purpose:
+- `section.key=value` arguments: settings are RECIPE < environment variables only, like the records' Hyperparameters
+  (`specialise.RECORD_MAIN`): each setting that is not folded reads the variable `pgolf train` reads (core's challenge
+  names and `PGOLF_*` machine switches, `PLUGIN_KEY` for a plugin's: `core.config.env_name`), converted by the type of
+  its value (`int(…)`, `float(…)`, `str`; a bool from 0/1 only).
+- Refusals and error translation: PGOLF_PLUGINS and the variables of folded settings are not read at all (the full
+  script refuses them), and a malformed value is Python's traceback, not a one-line `bad setting` message.
+- Bookkeeping: `Config.sources` (config.json's "sources", `specialise.without_sources`), `plugins.BUNDLED`, the type
+  annotations and readable names of the settings classes (nothing coerces by them or names them in an error), and the
+  settings of plugins the script never builds (`specialise.record_sections`): plugins without settings and those at
+  their defaults have no section in `Config.plugin_configs` and config.json, the others keep only their changed
+  settings (`code_wrapper.profile = "record"`, so that the run's config.json rebuilds the same script).
 """
 
 from __future__ import annotations
@@ -38,6 +53,8 @@ import json
 import pprint
 import sys
 import tokenize
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +84,11 @@ MACHINE_KEYS = ("data_path", "tokenizer_path", "run_id", "out_dir", "device", "c
 PER_RUN_KEYS = (*MACHINE_KEYS, "seed")
 OFFICIAL_DATA = "./data/datasets/fineweb10B_sp{vocab}"
 OFFICIAL_TOKENIZER = "./data/tokenizers/fineweb_{vocab}_bpe.model"
+# Bundle profiles (the module docstring says what "record" drops); `code_wrapper.profile` chooses one in a recipe.
+PROFILES = ("full", "record")
+# Settings only the bundler reads ("section", "key"): at their default, a specialised script's config class has no
+# such field (an override is refused as an unknown setting rather than silently not honoured).
+BUNDLE_TIME_SETTINGS = (("code_wrapper", "profile"),)
 
 
 class BundleError(ValueError):
@@ -421,36 +443,87 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str]) -> str | None:
+def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str], profile: str = "full") -> str | None:
     """Specialise stripped `sources` in place to this configuration (`submissions.specialise`: a generated
     static-dispatch `core.registry`, no `@hookimpl` markers) and return the script's loader with the frozen
-    configuration; None (sources unchanged) when the configuration cannot be specialised (a hook wrapper)."""
+    configuration (`profile`: its full or its record main); None (sources unchanged) when the configuration cannot
+    be specialised (a hook wrapper)."""
     modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0]
                for n in registry.run_plugins(cfg.plugins)}
     work = {n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()}
+    work.update(_without_default_fields(cfg, work, modules, BUNDLE_TIME_SETTINGS))
     work.update(specialise.drop_plugin_metadata(work))
-    work.update(specialise.erase_field_types(work, specialise.config_class_names(cfg, registry)))
+    typed = specialise.config_class_names(cfg, registry) if profile == "full" else set()  # record: no type hints read
+    work.update(specialise.erase_field_types(work, typed))
+    if profile == "record" and work.get("core.config"):
+        work["core.config"] = specialise.without_sources(work["core.config"])
     work.pop("core.registry", None)  # replaced by the generated dispatcher below: not code the bundle runs
     work, fixed = specialise.fold_sources(cfg, registry, work)
-    registry_source = specialise.dispatcher_module(cfg, registry, specialise.called_hooks(work), modules,
-                                                   specialise.direct_calls(work))
+    hooks = specialise.called_hooks(work)
+    registry_source = specialise.dispatcher_module(cfg, registry, hooks, modules, specialise.direct_calls(work))
     if registry_source is None:
         return None
+    sections = specialise.record_sections(cfg, registry, work, hooks) if profile == "record" else None
+    if sections is not None and (odd := _not_scalar(cfg, sections)):
+        raise BundleError(f"profile 'record' converts a setting's variable by the type of its value (int, float, str, "
+                          f"bool): {', '.join(odd)} (bundle with profile 'full')")
+    if sections:  # a plugin the script never builds: config.json alone reads its settings, only those changed matter
+        unread = [(n, f.name) for n, built in sections.items() if not built
+                  for f in dataclasses.fields(cfg.plugin_configs[n])]
+        work.update(_without_default_fields(cfg, work, modules, unread))
     sources.update(work)
     sources["core.registry"] = strip_source(registry_source)
-    main = specialise.frozen_main(cfg, registry, modules, fixed)
-    return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + LOADER[LOADER.index("\n\nif __name__"):]
+    main = specialise.frozen_main(cfg, registry, modules, fixed, profile, sections)
+    tail = LOADER[LOADER.index("\n\nif __name__"):] if profile == "full" else specialise.RECORD_TAIL
+    return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + tail
 
 
-def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tuple[dict[str, str], str]:
+def _not_scalar(cfg: Config, sections: Iterable[str]) -> list[str]:
+    """The settings of core and of `sections` whose type or value is not int, float, str or bool (one type)."""
+    out = []
+    for name in ("core", *sections):
+        settings = cfg.section(name)
+        if settings is None:
+            continue
+        hints = typing.get_type_hints(type(settings))
+        out += [f"{name}.{f.name}" for f in dataclasses.fields(settings) if not (
+            hints[f.name] in (int, float, str, bool) and type(getattr(settings, f.name)) is hints[f.name])]
+    return out
+
+
+def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[str, str],
+                            fields: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The modules of the settings `fields` ("section", "key") whose value is the default, without that field in their
+    config class (`BUNDLE_TIME_SETTINGS`: a specialised script neither reads nor honours them; its RECIPE leaves
+    defaults out)."""
+    out: dict[str, str] = {}
+    for section, key in fields:
+        settings = cfg.plugin_configs.get(section)
+        if section not in cfg.plugins or settings is None or getattr(settings, key) != getattr(type(settings)(), key):
+            continue
+        module = modules.get(type(settings).__module__, type(settings).__module__)
+        tree = ast.parse(out.get(module, sources[module]))
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == type(settings).__name__):
+            cls.body = [s for s in cls.body if not (isinstance(s, ast.AnnAssign) and ast.unparse(s.target) == key)]
+        out[module] = ast.unparse(tree) + "\n"
+    return out
+
+
+def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool, profile: str = "full") -> tuple[
+        dict[str, str], str]:
     """(module name -> embedded source, the script's loader code)."""
     sources, plugin_modules = bundle_sources(cfg, registry)
-    sources["plugins"] = f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
+    record = profile == "record"
+    sources["plugins"] = "" if record else f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     loader = LOADER
     if strip:
         sources = {n: strip_source(s) for n, s in sources.items()}
     if minify:
-        loader = specialised_loader(cfg, registry, sources) or LOADER
+        loader = specialised_loader(cfg, registry, sources, profile) or LOADER
+    if record and loader is LOADER:
+        raise BundleError("profile 'record' needs a specialised bundle: stripped and minified, and no hook wrapper "
+                          "among the plugins (bundle with profile 'full')")
+    if minify:
         if loader is not LOADER:  # a specialised script runs the configuration validated at bundle time
             sources = lean_sources(sources, extra=[loader])
         scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
@@ -466,7 +539,9 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool) -> tup
             sources, (loader,) = specialise.rename_hooks(sources, [loader], specialise.hook_names())
             sources, (loader,) = rename_private_attributes(sources, [loader])
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
-        keep = frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
+        if record:
+            loader = specialise.prune_fixed(sources, loader)
+        keep = frozenset() if record else frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
         sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)
     return sources, loader
 
@@ -486,20 +561,35 @@ def _renamed_globals(items: tuple[tuple[str, str], ...], loader: str, keep: froz
         shorten_messages(loader)
 
 
-def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None) -> dict[str, str]:
+def embedded_modules(cfg: Config, registry: Registry, strip: bool = True, minify: bool | None = None,
+                     profile: str | None = None) -> dict[str, str]:
     """module name -> the source the bundle embeds for it (stripped, and minified as asked: by default when
     stripped; minified bundles are specialised to the configuration: `specialised_loader`)."""
-    return _embedded(cfg, registry, strip, strip if minify is None else minify)[0]
+    return _embedded(cfg, registry, strip, strip if minify is None else minify, bundle_profile(cfg, profile))[0]
 
 
-def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool | None = None) -> str:
+def bundle_profile(cfg: Config, profile: str | None = None) -> str:
+    """`profile`, or when None the configuration's own choice (`code_wrapper.profile`, "full" without it)."""
+    if profile is None:
+        profile = getattr(cfg.plugin_configs.get("code_wrapper"), "profile", "full")
+    if profile not in PROFILES:
+        raise BundleError(f"bundle profile {profile!r}: expected one of {', '.join(PROFILES)}")
+    return profile
+
+
+def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = True, minify: bool | None = None,
+           profile: str | None = None) -> str:
     """The text of a self-contained train_gpt.py for `cfg` (its enabled plugins and settings); with `wrap`,
     in the form a plugin's `pg_wrap_code` gives it (the plain script when no plugin answers); `minify`
-    (default: as `strip`) tree-shakes the modules and shortens local names (`submissions.minify`)."""
+    (default: as `strip`) tree-shakes the modules and shortens local names (`submissions.minify`); `profile`:
+    "full" or "record" (`PROFILES`; None: the configuration's `code_wrapper.profile`, else "full")."""
     minify = strip if minify is None else minify
-    sources, loader = _embedded(cfg, registry, strip, minify)
+    profile = bundle_profile(cfg, profile)
+    sources, loader = _embedded(cfg, registry, strip, minify, profile)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
+    if profile == "record":  # the sections its main reads (`specialise.record_sections`), no source name
+        recipe = {k: v for k, v in recipe.items() if k == "plugins" or k in specialise.main_sections(loader)}
     if minify:
         recipe = without_defaults(recipe, registry)
     recipe_text = repr(recipe) if minify else pprint.pformat(recipe, width=110, sort_dicts=False)
@@ -507,6 +597,8 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
         raise BundleError("the configuration has values that are not Python literals")
     plugin_list = ", ".join(cfg.plugins) or "(none)"
     lines = [  # a minified script: one line (its plugins are in RECIPE)
+        '"""Parameter Golf train_gpt.py by `pgolf bundle --profile record`: RECIPE < environment variables."""'
+        if profile == "record" else
         '"""Parameter Golf train_gpt.py by `pgolf bundle`: RECIPE < environment variables < section.key=value."""',
     ] if minify else [
         f'"""Parameter Golf train_gpt.py: pgolf core + plugins {plugin_list}.',

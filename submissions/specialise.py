@@ -341,21 +341,123 @@ def main(argv):
 '''
 
 
-def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str], fixed: dict[str, Any] | None = None) -> str:
-    """`FROZEN_MAIN` with the imports of the enabled plugins' config classes, the `classes` table and `FIXED`
-    (the folded settings, "section.key" -> value: an override to another value is refused)."""
+# The record profile's main (`submissions.bundle` lists what the profile drops): like the records' Hyperparameters,
+# each setting that is not folded reads its environment variable (the names `pgolf train` reads: `env_name`) over
+# RECIPE and the class default, converted by the type of that value (a bool from 0/1); no arguments, no sources, no
+# refusals, no error translation. The full main's PGOLF_PLUGINS refusal and source bookkeeping are not in it.
+RECORD_MAIN = '''
+def main():
+    import dataclasses
+
+    sys.meta_path.insert(0, _BundledModules())
+    from core import train
+    from core.config import Config, CoreConfig, env_name
+    SECTION_IMPORTS
+    values = {}
+    for s, cls in classes.items():
+        kw = {**RECIPE.get(s, {})}
+        for f in dataclasses.fields(cls) if cls else ():
+            name = env_name(s, f)
+            if name in os.environ and s + "." + f.name not in FIXED:
+                t = type(kw.get(f.name, f.default))
+                kw[f.name] = t(int(os.environ[name])) if t is bool else t(os.environ[name])
+        values[s] = cls and cls(**kw)
+    size = os.path.getsize(__file__)
+    train.run_training(Config(values.pop("core"), RECIPE["plugins"], values), None, lambda *_: size)
+'''
+RECORD_TAIL = '''
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def frozen_main(cfg: Config, registry: Registry, modules: dict[str, str], fixed: dict[str, Any] | None = None,
+                profile: str = "full", sections: set[str] | None = None) -> str:
+    """`FROZEN_MAIN` (the "record" profile: `RECORD_MAIN`) with the imports of the enabled plugins' config classes,
+    the `classes` table and `FIXED` (the folded settings, "section.key" -> value: an override to another value is
+    refused; in `RECORD_MAIN` the set of their names: their variables are not read). `sections`: the plugins whose
+    settings the table lists (default: every enabled plugin; `record_sections`)."""
     imports, table = [], ["'core': CoreConfig"]
-    for name in cfg.plugins:
+    for name in (n for n in cfg.plugins if sections is None or n in sections):
         cls: Any = registry.plugins[name].config
+        if cls is None and profile == "record":  # `plugin_configs.get(name)` is None all the same
+            continue
         if cls is None:
             table.append(f"{name!r}: None")
             continue
         alias = f"C{len(imports)}"
         imports.append(f"from {_module(cls, modules)} import {cls.__name__} as {alias}")
         table.append(f"{name!r}: {alias}")
-    fixed_table = f"FIXED = {dict(sorted((fixed or {}).items()))!r}"
+    fixed = dict(sorted((fixed or {}).items()))
+    names = f"{{{', '.join(map(repr, fixed))}}}" if fixed else "set()"  # sorted: no hash-seed order in the text
+    fixed_table = f"FIXED = {fixed!r}" if profile == "full" else f"FIXED = {names}"
     body = "\n    ".join([*imports, f"classes = {{{', '.join(table)}}}", fixed_table])
-    return FROZEN_MAIN.replace("SECTION_IMPORTS", body)
+    return (FROZEN_MAIN if profile == "full" else RECORD_MAIN).replace("SECTION_IMPORTS", body)
+
+
+def record_sections(cfg: Config, registry: Registry, sources: dict[str, str], hooks: set[str]) -> dict[str, bool]:
+    """The enabled plugins whose settings a record-profile script reads: those the dispatcher builds (they implement
+    a hook in `hooks`: `self.cfg`) and those whose settings differ from the defaults (the run's config.json then
+    still rebuilds this very script); every enabled plugin when code other than `core.config` reads `plugin_configs`
+    or calls a `section` method (it might look any section up). A plugin left out (e.g. `code_wrapper`, bundle time
+    only, at its defaults) has no entry in the script's `Config.plugin_configs`, nor in its config.json.
+    Section -> whether the dispatcher builds its plugin (if not, nothing but config.json reads its settings)."""
+    if any("plugin_configs" in text or ".section(" in text for name, text in sources.items() if name != "core.config"):
+        return dict.fromkeys(cfg.plugins, True)
+    from core.train import CoreDefaults
+
+    pm = make_manager(registry, cfg, CoreDefaults())
+    built = {i.plugin_name for h in hooks if (c := getattr(pm.hook, h, None)) is not None and c.spec is not None
+             for i in c.get_hookimpls()}
+    changed = {n for n in cfg.plugins if (c := cfg.plugin_configs.get(n)) is not None and c != type(c)()}
+    return {n: n in built for n in cfg.plugins if n in built or n in changed}
+
+
+def without_sources(source: str) -> str:
+    """`core.config` for the record profile: its `Config` without the `sources` field (where each value came from: a
+    record script resolves nothing) and without the "sources" entry of the dicts it dumps (config.json); the source
+    unchanged where `Config` reads `.sources` otherwise."""
+    tree = ast.parse(source)
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config"):
+        cls.body = [s for s in cls.body if not (isinstance(s, ast.AnnAssign) and ast.unparse(s.target) == "sources")]
+        for d in (n for n in ast.walk(cls) if isinstance(n, ast.Dict)):
+            pairs = [(k, v) for k, v in zip(d.keys, d.values, strict=True)
+                     if not (isinstance(k, ast.Constant) and k.value == "sources" and isinstance(v, ast.Attribute)
+                             and v.attr == "sources")]
+            d.keys, d.values = [k for k, _ in pairs], [v for _, v in pairs]
+        if any(isinstance(n, ast.Attribute) and n.attr == "sources" for n in ast.walk(cls)):
+            return source
+    return ast.unparse(tree) + "\n"
+
+
+def main_sections(loader: str) -> list[str]:
+    """The sections of a specialised main's `classes` table (`frozen_main`), in order."""
+    for node in ast.walk(ast.parse(loader)):
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["classes"] \
+                and isinstance(node.value, ast.Dict):
+            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+    raise ValueError("no `classes` table in the script's main")
+
+
+def prune_fixed(sources: dict[str, str], loader: str) -> str:
+    """The record main's `FIXED` (names of folded settings: their variables are not read) less the settings no code
+    of `sources` reads any more: no attribute and no string of that field's name (after tree-shaking the folded
+    reads are gone, and a setting nothing reads needs no guard), and those of sections its `classes` table leaves
+    out."""
+    tree = ast.parse(loader)
+    read = {n.attr for text in sources.values() for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Attribute)}
+    read |= {w for text in sources.values() for n in ast.walk(ast.parse(text))
+             if isinstance(n, ast.Constant) and isinstance(n.value, str) for w in IDENT_RX.findall(n.value)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["FIXED"] \
+                and isinstance(node.value, (ast.Set, ast.Call)):
+            sections = main_sections(loader)  # a section the table leaves out is not read at all
+            kept = [e.value for e in getattr(node.value, "elts", [])
+                    if e.value.split(".", 1)[0] in sections and e.value.split(".", 1)[1] in read]
+            node.value = ast.Set([ast.Constant(k) for k in kept]) if kept else ast.parse("set()").body[0].value
+            return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+    return loader
 
 
 # --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import subprocess
 import sys
@@ -40,16 +41,17 @@ PLUGINS = ["smeargate", "bigram_hash", "ema", "zstd", "sliding_window"]
 EXACT = re.compile(r"final_\w+_roundtrip_exact val_loss:([\d.]+) val_bpb:([\d.]+)")
 
 
-def _run_bundled_script(text: str, tmp_path, tiny_data) -> str:
-    """Runs `text` as train_gpt.py in a records folder with pgolf blocked (CPU, tiny data); its train.log."""
-    folder = tmp_path / "records_folder"
+def _run_bundled_script(text: str, tmp_path, tiny_data, env: dict | None = None, folder: str = "records_folder") -> str:
+    """Runs `text` as train_gpt.py in a records folder with pgolf blocked (CPU, tiny data, `env` added); its
+    train.log."""
+    folder = tmp_path / folder
     folder.mkdir()
-    (folder / "train_gpt.py").write_text(text)
+    (folder / "train_gpt.py").write_bytes(script_bytes(text))
     env = {"DATA_PATH": str(tiny_data), "TOKENIZER_PATH": str(_tokenizer(tiny_data)), "PGOLF_DEVICE": "cpu",
-           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": THREADS}
+           "PGOLF_COMPILE": "false", "RUN_ID": "minified", "OMP_NUM_THREADS": THREADS, **(env or {})}
     res = run_sandboxed([sys.executable, "train_gpt.py"], folder, timeout=300, env=env, block_pgolf=True)
     assert res.returncode == 0, res.stderr[-3000:]
-    return (folder / "runs" / "minified" / "train.log").read_text()
+    return (folder / "runs" / env["RUN_ID"] / "train.log").read_text()
 
 
 def _tokenizer(data: Path) -> Path:
@@ -677,6 +679,143 @@ PR1493_WRAPPED_CEILING = 33_076
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
     reg, cfg = _pr1493()
     assert len(bundle(cfg, reg).encode()) <= PR1493_WRAPPED_CEILING
+
+
+# The pr1493 bundle with the record profile (the record's settings front end: environment variables only), wrapped
+# as above; ratchet it down too: 31,639 measured (full 33,096); latin1 26,213 (full 27,357).
+PR1493_RECORD_WRAPPED_CEILING = 31_644
+
+
+def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
+    reg, cfg = _pr1493()
+    record = bundle(cfg, reg, profile="record")
+    assert len(record.encode()) <= PR1493_RECORD_WRAPPED_CEILING < len(bundle(cfg, reg).encode())
+    reg, chosen = _pr1493(["code_wrapper.profile=record"])  # a recipe's choice: the same front end, + that setting
+    assert len(record.encode()) < len(bundle(chosen, reg).encode()) < len(bundle(chosen, reg, profile="full").encode())
+    # code_wrapper (bundle time only, never built in the script) keeps only its changed setting, for config.json
+    script = tmp_path / "train_gpt.py"
+    script.write_text(bundle(chosen, reg, wrap=False))
+    (config,) = _record_main_configs(script, [([], {})])
+    assert config["code_wrapper"] == {"profile": "record"} and config["gptq"]["clip"] == "sdclip"
+
+
+def _record_main_configs(script: Path, runs: list[tuple[list[str], dict[str, str]]]) -> list[dict]:
+    """The Config (as config.json holds it) a record-profile script's main builds for each (argv, env), in one
+    process, run_training replaced by a print."""
+    driver = (
+        "import json, os, runpy, sys\n"
+        "g = runpy.run_path(sys.argv[1])\n"
+        "g['main'].__globals__['run_training'] = lambda cfg, *_: print(cfg.to_json().replace(chr(10), ''))\n"
+        "for argv, env in json.loads(sys.argv[2]):\n"
+        "    saved = dict(os.environ)\n"
+        "    os.environ.update(env)\n"
+        "    sys.argv[1:] = argv\n"
+        "    g['main']()\n"
+        "    os.environ.clear()\n"
+        "    os.environ.update(saved)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("ITERATIONS", "SEED", "PGOLF_PLUGINS")}
+    res = subprocess.run([sys.executable, "-c", driver, str(script), json.dumps(runs)], capture_output=True,
+                         text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stderr
+    return [json.loads(line)["config"] for line in res.stdout.splitlines()]
+
+
+def test_record_profile_main_reads_each_overridable_setting_from_its_environment_variable(tmp_path):
+    """The record front end: RECIPE < the environment variable of each setting `pgolf train` reads (core's challenge
+    names, PGOLF_* machine switches, PLUGIN_KEY), converted by the type of the value; a folded setting's variable is
+    not read (no refusal), arguments and PGOLF_PLUGINS are not read, and there is no source bookkeeping."""
+    reg, cfg = _pr1493()
+    text = bundle(cfg, reg, wrap=False, profile="record")
+    assert "bad setting" not in text and "PGOLF_PLUGINS" not in text and "get_type_hints" not in text
+    assert "def coerce(" not in text and "'sources'" not in text and "BUNDLED" not in text
+    script = tmp_path / "train_gpt.py"
+    script.write_text(text)
+    env = {"DATA_PATH": "/data/x", "TOKENIZER_PATH": "/tok/y.model", "SEED": "7", "ITERATIONS": "9", "RUN_ID": "r",
+           "MAX_WALLCLOCK_SECONDS": "30", "PGOLF_COMPILE": "false", "PGOLF_DETERMINISTIC": "1",
+           "PGOLF_VAL_MAX_TOKENS": "4096", "EMA_DECAY": "0.5", "XSA_LAST_N": "3", "GPTQ_CLIP": "search",
+           "PGOLF_PLUGINS": "ema"}
+    plain, over = _record_main_configs(script, [([], {}), (["core.iterations=2", "xsa.last_n=1"], env)])
+    assert (plain["core"]["iterations"], plain["ema"]["decay"]) == (cfg.core.iterations, 0.9965)  # the RECIPE
+    assert plain["core"]["seed"] == 1337 and plain["core"]["data_path"] == "./data/datasets/fineweb10B_sp8192"
+    c = over["core"]
+    assert (c["data_path"], c["tokenizer_path"], c["seed"], c["iterations"], c["run_id"]) == (
+        "/data/x", "/tok/y.model", 7, 9, "r")  # env, not the arguments
+    assert (c["max_wallclock_seconds"], c["compile"], c["deterministic"], c["val_max_tokens"]) == (30.0, "false", True,
+                                                                                                  4096)
+    assert type(c["max_wallclock_seconds"]) is float and (over["ema"]["decay"], over["xsa"]["last_n"]) == (0.5, 3)
+    assert over["gptq"]["clip"] == "sdclip" and over == {**over, "plugins": cfg.plugins}  # folded; plugins fixed
+    assert "code_wrapper" not in over and "ln_scale" not in over  # bundle-time / settings-free sections: not built
+
+
+def test_record_profile_bundle_trains_exactly_like_pgolf_train_and_its_env_changes_the_run(tiny_sets, tiny_data,
+                                                                                          tmp_path):
+    """A record-profile pr1493 script (chosen by the recipe's code_wrapper.profile) logs the very losses of `pgolf
+    train`, which counts it as its code size; DATA_PATH (the RECIPE's is the official ./data layout), SEED and
+    ITERATIONS still change its run."""
+    reg = Registry()
+    sets = [*tiny_sets, *RECIPE_TINY["pr1493"], "core.val_max_tokens=1024", "core.train_log_every=1",
+            "core.run_id=pgolf_train", "code_wrapper.profile=record"]
+    cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=RECIPES / "pr1493.toml", sets=sets,
+                  check_plugins=reg.check)
+    summary = run_training(cfg, reg, code_size=bundle_size)
+    log = (tmp_path / "runs" / "pgolf_train" / "train.log").read_text()
+    text = bundle(cfg, reg)
+    from plugins.code_wrapper import unwrap
+
+    assert text == bundle(cfg, reg, profile="record")  # the recipe's choice
+    assert unwrap(text) == bundle(cfg, reg, wrap=False, profile="record")
+    assert len(script_bytes(text)) == summary["code_bytes"] < len(script_bytes(bundle(cfg, reg, profile="full")))
+    bundled_log = _run_bundled_script(text, tmp_path, tiny_data)
+    assert len(LOSSES.findall(log)) >= 2 * 3 + 2
+    assert LOSSES.findall(bundled_log) == LOSSES.findall(log)  # every logged loss, bit for bit
+    assert EXACT.search(bundled_log).groups() == EXACT.search(log).groups()
+    assert f"Code size: {len(script_bytes(text))} bytes" in bundled_log
+    assert f"train_loader:dataset:{tiny_data.name} " in bundled_log  # DATA_PATH, not the RECIPE's ./data/…
+    other = _run_bundled_script(text, tmp_path, tiny_data, {"SEED": "7", "ITERATIONS": "2", "RUN_ID": "env"}, "env")
+    assert "iterations:2 " in other and "seed:7" in other and "seed:1337" in bundled_log
+    steps = re.compile(r"step:(\d+)/(\d+) train_loss:([\d.]+)")
+    assert [m[:2] for m in steps.findall(other)] == [("1", "2"), ("2", "2")]
+    assert steps.findall(other)[0][2] != steps.findall(bundled_log)[0][2]  # another seed: another first loss
+    # the record script's own run rebuilds into this very script (its config.json keeps code_wrapper.profile)
+    files = build_files([tmp_path / "records_folder" / "runs" / "minified"], reg, name="2026-12-03_X", author="A",
+                        github_id="a", track="non-record")
+    assert files["train_gpt.py"] == script_bytes(text)
+
+
+def test_record_profile_choices_and_what_it_needs(tiny_sets, tmp_path):
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["ema"], sets=tiny_sets, check_plugins=reg.check)
+    with pytest.raises(BundleError, match="bundle profile 'tiny': expected one of full, record"):
+        bundle(cfg, reg, profile="tiny")
+    with pytest.raises(BundleError, match="profile 'record' needs a specialised bundle"):
+        bundle(cfg, reg, minify=False, profile="record")
+    wrapper = resolve(plugin_config_classes=reg.config_classes(), plugins=["polar_express"], sets=tiny_sets,
+                      check_plugins=reg.check)  # a hook wrapper: not specialised
+    with pytest.raises(BundleError, match="profile 'record' needs a specialised bundle"):
+        bundle(wrapper, reg, profile="record")
+    with pytest.raises(ValueError, match="code_wrapper.profile: expected one of full, record, got 'tiny'"):
+        resolve(plugin_config_classes=reg.config_classes(), plugins=["code_wrapper"],
+                sets=[*tiny_sets, "code_wrapper.profile=tiny"], check_plugins=reg.check,
+                check_settings=reg.check_settings)
+    src = tmp_path / "listy.py"  # a setting whose value's type cannot convert a variable: full profile only
+    src.write_text("from dataclasses import dataclass\nfrom core.registry import Plugin\n\n\n@dataclass\nclass Cfg:\n"
+                   "    ks: tuple = (1, 2)\n\n\nclass Listy(Plugin):\n    name = 'listy'\n    summary = 'test'\n"
+                   "    sources = ('test',)\n    config = Cfg\n")
+    listy_reg = load_registry([src])
+    listy = resolve(plugin_config_classes=listy_reg.config_classes(), plugins=["listy"],
+                    sets=[*tiny_sets, "listy.ks=3,4"], check_plugins=listy_reg.check)
+    with pytest.raises(BundleError, match=r"by the type of its value \(int, float, str, bool\): listy.ks"):
+        bundle(listy, listy_reg, profile="record")
+    assert "'listy': " in bundle(listy, listy_reg, wrap=False)
+    from plugins.code_wrapper import BUNDLE_PROFILES
+    from submissions.bundle import PROFILES
+
+    assert BUNDLE_PROFILES == PROFILES
+    record, full = tmp_path / "record.py", tmp_path / "full.py"
+    assert cli_main(["bundle", "--plugins", "ema", "--profile", "record", "-o", str(record)]) == 0
+    assert cli_main(["bundle", "--plugins", "ema", "-o", str(full)]) == 0
+    assert record.read_text().startswith('"""Parameter Golf train_gpt.py by `pgolf bundle --profile record`')
+    assert "def main():" in record.read_text() and len(record.read_bytes()) < len(full.read_bytes())
 
 
 def test_specialised_bundle_is_lean_but_keeps_the_guards_a_handler_recovers_from():
