@@ -16,10 +16,12 @@ measured by one mechanism, so the difference between two tables is the differenc
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import re
 import runpy
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,10 @@ def kind_of(name: str) -> str:
 class StepProfiler:
     """Counts the first optimizer's steps; profiles steps skip+1 .. skip+steps and writes the tables."""
 
-    def __init__(self, skip: int, steps: int, out: Path, rows: int, then_exit: bool = False):
+    def __init__(self, skip: int, steps: int, out: Path, rows: int, then_exit: bool = False,
+                 stacks: re.Pattern[str] | None = None, trace: Path | None = None, python_stacks: bool = True):
         self.skip, self.steps, self.out, self.rows, self.then_exit = skip, steps, out, rows, then_exit
+        self.stacks, self.trace, self.python_stacks = stacks, trace, python_stacks
         self.first: int | None = None
         self.count = 0
         self.prof: Any = None
@@ -61,12 +65,24 @@ class StepProfiler:
         if self.count == self.skip:
             self._sync()
             cuda = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
-            self.prof = profile(activities=[ProfilerActivity.CPU, *cuda])
+            traced = self.stacks is not None and self.python_stacks  # Python stacks slow a compiled step ~10x
+            # stacks need the verbose experimental config (without it key_averages' stacks come back empty)
+            verbose = {"experimental_config": torch._C._profiler._ExperimentalConfig(verbose=True)} if traced else {}
+            self.prof = profile(activities=[ProfilerActivity.CPU, *cuda], record_shapes=self.stacks is not None,
+                                with_stack=traced,
+                                **verbose)
             self.prof.__enter__()
         elif self.count == self.skip + self.steps and self.prof is not None:
             self._sync()
             self.prof.__exit__(None, None, None)
             self.write(self.prof.key_averages())
+            if self.trace is not None:  # a timeline (chrome://tracing, Perfetto), gzip-compressed
+                self.prof.export_chrome_trace(str(self.trace.with_suffix("")))
+                with open(self.trace.with_suffix(""), "rb") as raw, gzip.open(self.trace, "wb") as packed:
+                    shutil.copyfileobj(raw, packed)
+                self.trace.with_suffix("").unlink()
+            if self.stacks is not None:
+                self.write_stacks(self.prof.key_averages(group_by_input_shape=True, group_by_stack_n=8))
             self.prof = None
             if self.then_exit:  # the rest of the script (final export, evaluation) is not what was asked for
                 sys.stdout.flush()
@@ -105,6 +121,18 @@ class StepProfiler:
         print("kernel_profile: " + lines[0] + f" -> {self.out}", file=sys.stderr, flush=True)
 
 
+    def write_stacks(self, events: Any) -> None:
+        """The operators matching `stacks`, one row per (input shapes, Python stack): calls and time per step."""
+        lines = []
+        for e in sorted((e for e in events if self.stacks.search(e.key)),
+                        key=lambda e: -(float(getattr(e, "device_time_total", 0.0) or 0.0) + e.cpu_time_total)):
+            device = float(getattr(e, "device_time_total", 0.0) or 0.0) / 1000.0 / self.steps
+            lines.append(f"{e.key} calls/step {e.count / self.steps:g} device {device:.3f} ms/step "
+                         f"host {e.cpu_time_total / 1000.0 / self.steps:.3f} ms/step shapes {e.input_shapes}")
+            lines += [f"    {frame}" for frame in (e.stack or [])]
+        self.out.with_suffix(".stacks.txt").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip", type=int, default=40, help="training steps before the profiled ones")
@@ -113,12 +141,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=40, help="operators listed")
     parser.add_argument("--then-exit", action="store_true",
                         help="end the process once the tables are written (skips the script's export/evaluation)")
+    parser.add_argument("--stacks", type=re.compile, default=None, metavar="REGEX",
+                        help="also record shapes and Python stacks; list the operators matching REGEX by (shapes, "
+                             "stack) in OUT.stacks.txt (e.g. 'aten::sum|aten::add_')")
+    parser.add_argument("--no-python-stacks", action="store_true",
+                        help="with --stacks: input shapes only (Python stacks slow a compiled step many times)")
+    parser.add_argument("--trace", type=Path, default=None, metavar="FILE.json.gz",
+                        help="also write the profiled steps' timeline (Chrome trace format, gzip)")
     parser.add_argument("target", nargs=argparse.REMAINDER, help="-- script.py args… or -- -m module args…")
     args = parser.parse_args(argv)
     target = args.target[1:] if args.target[:1] == ["--"] else args.target
     if not target or args.skip < 1 or args.steps < 1:
         parser.error("expected --skip >= 1, --steps >= 1 and a target: -- script.py args… or -- -m module args…")
-    profiler = StepProfiler(args.skip, args.steps, args.out.resolve(), args.rows, args.then_exit)
+    profiler = StepProfiler(args.skip, args.steps, args.out.resolve(), args.rows, args.then_exit, args.stacks,
+                             args.trace.resolve() if args.trace else None,
+                             not args.no_python_stacks)
     register_optimizer_step_post_hook(profiler)
     if target[0] == "-m":
         sys.argv = [target[1], *target[2:]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import subprocess
@@ -83,3 +84,26 @@ def test_device_totals_count_each_kernel_once(tmp_path):
     assert result["ms_per_step"] == pytest.approx(3.5)  # (4 ms + 3 ms) / 2 steps, not 7
     assert result["by_kind_ms"] == pytest.approx({"matmul": 2.0, "fused triton": 1.5})
     assert result["top_ms"]["aten::mm"] == pytest.approx(2.0)  # the table still lists the operator
+
+
+def test_stacks_lists_the_matching_operators_with_their_shapes_and_source_line(tmp_path, monkeypatch):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    monkeypatch.setattr("sys.argv", ["x"])
+    hooks = dict(optimizer_module._global_optimizer_post_hooks)
+    try:
+        kernel_profile.main(["--skip", "3", "--steps", "2", "--stacks", "aten::mm$", "--out", str(tmp_path / "p.json"),
+                             "--trace", str(tmp_path / "t.json.gz"), "--", str(script), "8"])
+    finally:
+        optimizer_module._global_optimizer_post_hooks.clear()
+        optimizer_module._global_optimizer_post_hooks.update(hooks)
+    text = (tmp_path / "p.stacks.txt").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("aten::mm ")]
+    # forward x @ w with shapes [16, 32] x [32, 32]: five calls per profiled step, from the script's line 8
+    forward = [r for r in rows if "[[16, 32], [32, 32]]" in r]
+    assert forward and sum(float(r.split("calls/step ")[1].split()[0]) for r in forward) >= 5
+    assert "train.py(" in text  # the Python frame that ran it
+    assert "aten::add_" not in text
+    with gzip.open(tmp_path / "t.json.gz", "rt") as trace:  # the timeline holds the profiled steps' operators
+        names = [event.get("name") for event in json.load(trace)["traceEvents"]]
+    assert names.count("aten::mm") == 28
