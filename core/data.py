@@ -122,10 +122,10 @@ class DistributedTokenLoader:
         local_tokens = global_tokens // (self.world_size * grad_accum_steps)
         if local_tokens <= 0 or local_tokens % seq_len != 0:
             raise ValueError(f"global_tokens {global_tokens} / (world_size {self.world_size} * grad_accum_steps "
-                             f"{grad_accum_steps}) = {local_tokens} tokens per rank, not a positive multiple of "
-                             f"seq_len {seq_len}")
+                             f"{grad_accum_steps}) = {local_tokens} per rank: not a multiple of seq_len {seq_len}")
         span = local_tokens + 1
         local = self.stream.take(span * self.world_size)[self.rank * span : (self.rank + 1) * span].to(torch.int64)
+        local = local.pin_memory() if self.device.type == "cuda" else local  # else the copies below block the host
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 

@@ -63,6 +63,12 @@ def segment_starts(doc_starts: list[int], total: int, max_len: int, row_len: int
     return out
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """`t` on `device`; to CUDA through page-locked memory, so the copy is asynchronous and the host runs ahead (the
+    record's loader pins its batches; a pageable copy waits for the stream's queued work)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
 def pack_boundaries(starts: list[int], total: int, bucket: int, device: torch.device | None = None
                     ) -> tuple[Tensor, Tensor]:
     """(doc_ids int64 (total,), cu_seqlens int32 padded with `total` to a multiple of `bucket` entries)."""
@@ -121,7 +127,7 @@ class DocumentPackingLoader:
         self.cursor += span * self.world_size
         shape = (1, n) if self.flat else (n // seq_len, seq_len)
         x, y, ids = buf[:-1].view(shape), buf[1:].view(shape), doc_ids.view(shape)
-        return self._marked(tuple(t.to(self.device, non_blocking=True) for t in (x, y, ids, cu)))  # type: ignore[return-value]
+        return self._marked(tuple(to_device(t, self.device) for t in (x, y, ids, cu)))  # type: ignore[return-value]
 
     def _marked(self, batch: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         if self.dynamic_cu:  # host-side, on the tensor the compiled step receives

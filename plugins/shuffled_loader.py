@@ -76,8 +76,9 @@ class ShuffledSequenceLoader:
             raise ValueError(f"shuffled_loader: {global_tokens} tokens over {self.world_size} ranks x "
                              f"{grad_accum_steps} micro-steps is less than one row of {seq_len}")
         remaining = np.array([len(s) for s in self.starts], dtype=np.float64)
-        x = torch.empty((rows, seq_len), dtype=torch.int64)
-        y = torch.empty((rows, seq_len), dtype=torch.int64)
+        pinned = self.device.type == "cuda"  # page-locked: the copies below then leave the host free (the record's)
+        x = torch.empty((rows, seq_len), dtype=torch.int64, pin_memory=pinned)
+        y = torch.empty((rows, seq_len), dtype=torch.int64, pin_memory=pinned)
         for bi in range(rows):
             total = remaining.sum()
             if total <= 0:

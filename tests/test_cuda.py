@@ -244,3 +244,30 @@ def test_fused_mlp_model_trains_under_autocast_with_the_kernel_and_matches_leaky
     leaky.eval()
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         torch.testing.assert_close(fused(x, y), leaky(x, y))
+
+
+
+def test_batches_reach_the_gpu_without_blocking_the_host(tiny_data):
+    """The loaders copy through page-locked memory: with a second of work queued on the stream, taking a batch
+    returns at once (a pageable copy waits for the queue), and the batch is the CPU loader's."""
+    import time
+
+    from core.data import DistributedTokenLoader, shard_files
+    from plugins.doc_packing import to_device
+
+    files = shard_files(tiny_data, "train")
+    on_gpu = DistributedTokenLoader(files, 0, 1, torch.device("cuda"))
+    expected = DistributedTokenLoader(files, 0, 1, torch.device("cpu")).next_batch(4096, 64, 1)
+    arange = torch.arange(50_000)
+    batches = []
+    to_device(arange, torch.device("cuda"))  # the host allocator's first page-locked blocks (allocated, not timed)
+    DistributedTokenLoader(files, 0, 1, torch.device("cuda")).next_batch(4096, 64, 1)
+    for take in (lambda: on_gpu.next_batch(4096, 64, 1), lambda: (to_device(arange, torch.device("cuda")),)):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(2_000_000_000)  # ~1 s of GPU time queued ahead of the copies
+        start = time.perf_counter()
+        batches.append(take())
+        assert time.perf_counter() - start < 0.3
+    torch.cuda.synchronize()
+    assert all(torch.equal(got.cpu(), want) for got, want in zip(batches[0], expected, strict=True))
+    assert torch.equal(batches[1][0].cpu(), arange)
