@@ -30,16 +30,22 @@ for step in range(int(sys.argv[1])):
 """
 
 
-def test_profiles_the_named_steps_of_a_script(tmp_path, monkeypatch):
+def profile_train_script(tmp_path, monkeypatch, *flags: str) -> None:
+    """kernel_profile over TRAIN's 8 steps, in this process (its global optimizer hook removed afterwards)."""
     script = tmp_path / "train.py"
     script.write_text(TRAIN)
     monkeypatch.setattr("sys.argv", ["x"])
     hooks = dict(optimizer_module._global_optimizer_post_hooks)
     try:
-        kernel_profile.main(["--skip", "3", "--steps", "2", "--out", str(tmp_path / "p.json"), "--", str(script), "8"])
+        kernel_profile.main(["--skip", "3", "--steps", "2", *flags, "--out", str(tmp_path / "p.json"), "--",
+                             str(script), "8"])
     finally:
         optimizer_module._global_optimizer_post_hooks.clear()
         optimizer_module._global_optimizer_post_hooks.update(hooks)
+
+
+def test_profiles_the_named_steps_of_a_script(tmp_path, monkeypatch):
+    profile_train_script(tmp_path, monkeypatch)
     result = json.loads((tmp_path / "p.json").read_text())
     assert result["steps"] == 2 and result["after_steps"] == 3
     # steps 4 and 5: five forward matmuls, five weight-gradient and four input-gradient ones (steps 1-3: two)
@@ -87,16 +93,7 @@ def test_device_totals_count_each_kernel_once(tmp_path):
 
 
 def test_stacks_lists_the_matching_operators_with_their_shapes_and_source_line(tmp_path, monkeypatch):
-    script = tmp_path / "train.py"
-    script.write_text(TRAIN)
-    monkeypatch.setattr("sys.argv", ["x"])
-    hooks = dict(optimizer_module._global_optimizer_post_hooks)
-    try:
-        kernel_profile.main(["--skip", "3", "--steps", "2", "--stacks", "aten::mm$", "--out", str(tmp_path / "p.json"),
-                             "--trace", str(tmp_path / "t.json.gz"), "--", str(script), "8"])
-    finally:
-        optimizer_module._global_optimizer_post_hooks.clear()
-        optimizer_module._global_optimizer_post_hooks.update(hooks)
+    profile_train_script(tmp_path, monkeypatch, "--stacks", "aten::mm$", "--trace", str(tmp_path / "t.json.gz"))
     text = (tmp_path / "p.stacks.txt").read_text()
     rows = [line for line in text.splitlines() if line.startswith("aten::mm ")]
     # forward x @ w with shapes [16, 32] x [32, 32]: five calls per profiled step, from the script's line 8
