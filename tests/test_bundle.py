@@ -826,6 +826,12 @@ def test_record_profile_bundle_trains_exactly_like_pgolf_train_and_its_env_chang
     assert consistent.status == PASS and consistent.file == "train.log"
     assert float(ctx.logs[0].final(ctx.method).val_bpb) == pytest.approx(float(EXACT.search(bundled_log)[2]))
     assert _start(bare_run) == {"world_size": 1, "device": "cpu"} and track_of([bare_run]) == "non-record"
+    from pgolf.run_rules import RULES as RUN_RULES
+    from validator.cli import validate_folder
+
+    findings = {f.rule: f.status for f in validate_folder(bare_run, extra_rules=RUN_RULES)}  # pgolf validate
+    assert findings["FILES.REQUIRED"] == findings["RUN.ARTIFACT"] == findings["RUN.MODES"] == PASS
+    assert not {r: s for r, s in findings.items() if s not in (PASS, "skip", "warn")}
     train_curve, val_curve = read_curves(bare_run)
     ref_train, ref_val = read_curves(tmp_path / "runs" / "pgolf_train")  # pgolf train's events.jsonl
     assert [s for s, _ in train_curve] == [s for s, _ in ref_train] and len(val_curve) == len(ref_val) >= 1

@@ -23,7 +23,8 @@ ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 WARN_STATUS = "warn"
 CRASHED = "rule crashed:"
-RUN_DIR_FILES = ("config.json", "events.jsonl", "train.log", "metrics.json", "final_model.ptz")
+# A run directory's files; a record-profile script's run has no events.jsonl (train.log is its record).
+RUN_DIR_FILES = ("config.json", "train.log", "metrics.json", "final_model.ptz")
 
 
 @dataclass
