@@ -511,8 +511,7 @@ def bare_export(source: str) -> str:
     missing = set(record_export.REPLACED) - {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     if missing or set(bare) != set(record_export.REPLACED):
         raise BundleError(f"core.export: cannot replace {sorted(missing or set(bare))} with the bare artifact's")
-    tree.body = [bare.get(n.name, n) if isinstance(n, ast.FunctionDef) else n for n in tree.body
-                 if not (isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) in record_export.FRAMING)]
+    tree.body = [bare.get(n.name, n) if isinstance(n, ast.FunctionDef) else n for n in tree.body]
     return ast.unparse(tree) + "\n"
 
 

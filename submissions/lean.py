@@ -58,7 +58,7 @@ PURE_METHODS = {"numel", "dim", "size", "element_size", "is_file", "is_dir", "ex
                 "split", "issubset", "issuperset", "isdisjoint", "is_floating_point", "count", "index", "join",
                 # reductions and queries of tensors, arrays, devices and codecs (a guard's condition: `bool(t.any())`)
                 "any", "all", "unique", "item", "min", "max", "sum", "reshape", "is_available", "is_finished",
-                "sha256", "hexdigest"}
+                "sha256", "hexdigest", "match", "fullmatch", "search", "sub"}
 IMPLICITLY_CAUGHT = {"AttributeError", "KeyError", "IndexError", "LookupError", "StopIteration",
                      "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt", "BaseException",
                      "Exception"}

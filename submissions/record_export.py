@@ -34,8 +34,6 @@ from core.export import (
 
 # The functions of `core.export` a record-profile bundle replaces with these (by name).
 REPLACED = ("export_state_dict", "verify_round_trip")
-# ... and the framing's module-level objects it drops (the tree-shaker keeps a call's result: `struct.Struct(...)`).
-FRAMING = ("_PREFIX",)
 
 
 def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn], codec: Codec,

@@ -79,6 +79,7 @@ def test_guards_on_tensor_reductions_and_file_queries_go_their_stores_stay():
             raise DataError('size')
         return f.reshape(-1)
     """)
+    assert pure(ast.parse("not GLOB.match(b) or '[' in BRACKETS.sub('', b)", mode="eval").body)  # a pattern's query
     torch = __import__("torch")
     t = torch.tensor([3, 1, 2])  # what the conditions call: no effect but their value
     before = t.clone()
