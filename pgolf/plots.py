@@ -7,15 +7,22 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 MISSING = "loss curve skipped: matplotlib is not installed (pip install 'pgolf[plot]')"
 
 
 def read_curves(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(train (step, loss), val (step, loss)) from a run directory's events.jsonl."""
+    """(train (step, loss), val (step, loss)) from a run directory's events.jsonl, else (a record-profile script's
+    run) from its train.log's `step:N/M train_loss:X` and `step:N/M val_loss:X` lines."""
     train, val = [], []
     path = run_dir / "events.jsonl"
+    if not path.is_file():
+        text = (run_dir / "train.log").read_text(encoding="utf-8")
+        pick = lambda kind: [(int(m[1]), float(m[2])) for m in re.finditer(rf"^step:(\d+)/\d+ {kind}:(\S+)", text,
+                                                                          re.M)]
+        return pick("train_loss"), pick("val_loss")
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             e = json.loads(line)

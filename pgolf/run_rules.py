@@ -3,7 +3,8 @@ finite, its artifact is whole, it finished, and the graph modes its log declares
 
 RUN.FINITE    every score in metrics.json / submission.json / the logs' final lines is a finite number
 RUN.ARTIFACT  final_model.ptz: pgolf header, payload length, raw_sha256 of the decompressed payload, and the
-              size metrics.json and the log report (no torch: header and codecs read directly)
+              size metrics.json and the log report (no torch: header and codecs read directly); a bare artifact
+              (a record-profile script's, no header): its size in metrics.json, a codec stream of a torch archive
 RUN.STATUS    status.json (when there is one) says finished; train.log holds exactly one run
 RUN.MODES     every mode of a `modes:` line (start fraction < 1) has its `mode:<name> on step:` line, and
               `timed_loop_recompiles` is 0 (a technique switched mid-run was not a dead flag; graphs were warmed)
@@ -119,7 +120,9 @@ def check_artifact(ctx: FolderContext) -> list[Any]:
         return [r.finding(FAIL, "missing (the run did not export)", file=path.name)]
     blob = path.read_bytes()
     start = len(MAGIC) + PREFIX.size
-    if not blob.startswith(MAGIC) or len(blob) < start:
+    if not blob.startswith(MAGIC):
+        return _check_bare(r, ctx, path, blob)
+    if len(blob) < start:
         return [r.finding(FAIL, "not a pgolf artifact (bad magic or truncated header)",
                           file=path.name)]
     _, hlen = PREFIX.unpack_from(blob, len(MAGIC))
@@ -158,6 +161,34 @@ def check_artifact(ctx: FolderContext) -> list[Any]:
         return [r.finding(PASS, f"artifact whole ({len(blob):,} bytes; codecs not checked here)")]
     return [r.finding(PASS, f"artifact whole: {len(blob):,} bytes, {verified}/{len(streams)} stream checksums "
                             "verified")]
+
+
+def _check_bare(r: Rule, ctx: FolderContext, path: Path, blob: bytes) -> list[Any]:
+    """A BARE artifact (a record-profile script's: one codec's stream of torch.save bytes, no pgolf header): whole
+    when a codec decompresses it to a torch archive (after its byte-shuffle prefix, if any) and metrics.json's
+    model_bytes is its size."""
+    metrics, _ = _json(ctx.root / "metrics.json")
+    logged = (metrics or {}).get("model_bytes") if isinstance(metrics, dict) else None
+    if logged != len(blob):
+        return [r.finding(FAIL, f"not a pgolf artifact (no header) and metrics.json model_bytes ({logged}) is not its "
+                                f"size ({len(blob):,} bytes)", file=path.name, expected=logged, found=len(blob))]
+    for codec in ("brotli", "lzma", "zstd", "zlib"):
+        try:
+            raw = _decompress(codec, blob)
+        except Exception:  # noqa: BLE001 - not this codec's stream
+            continue
+        if raw is not None and raw.startswith(b"BSHF") and len(raw) > 5:
+            stride = raw[4]
+            body = raw[5:]
+            sizes = [len(body) // stride + (1 if i < len(body) % stride else 0) for i in range(stride)]
+            out, off = bytearray(len(body)), 0
+            for i, n in enumerate(sizes):
+                out[i::stride], off = body[off:off + n], off + n
+            raw = bytes(out)
+        if raw is not None and raw.startswith(b"PK"):
+            return [r.finding(PASS, f"bare artifact whole: {len(blob):,} bytes, {codec} stream of a torch archive")]
+    return [r.finding(FAIL, "not a pgolf artifact (no header) and no codec here decompresses it to a torch archive",
+                      file=path.name)]
 
 
 def check_status(ctx: FolderContext) -> list[Any]:

@@ -40,6 +40,11 @@ the configuration (a specialised bundle only: `BundleError` otherwise). A record
   settings of plugins the script never builds (`specialise.record_sections`): plugins without settings and those at
   their defaults have no section in `Config.plugin_configs` and config.json, the others keep only their changed
   settings (`code_wrapper.profile = "record"`, so that the run's config.json rebuilds the same script).
+- Bookkeeping output: events.jsonl (`specialise.without_events`: train.log is the run's record) and `pg_report`'s
+  metrics.json fields (`specialise.RECORD_SILENT_HOOKS`).
+- The artifact's framing (`submissions.record_export`, without a state codec): the artifact is the codec's stream
+  of the records alone, which `plugins.lib.decoders.read_artifact` detects.
+- `attention_auto`'s timing probe (`RECORD_WITHOUT`): `core.attention = auto` is fa3 when importable, else cuDNN.
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
-from submissions import specialise
+from submissions import record_export, specialise
 from submissions.lean import drop_unused_parameters, lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
@@ -89,6 +94,22 @@ PROFILES = ("full", "record")
 # Settings only the bundler reads ("section", "key"): at their default, a specialised script's config class has no
 # such field (an override is refused as an unknown setting rather than silently not honoured).
 BUNDLE_TIME_SETTINGS = (("code_wrapper", "profile"),)
+# Default plugins a record-profile script leaves out: attention_auto's timing probe (`core.attention = auto` is then
+# fa3 when importable, else cuDNN, untimed: `core.run.pick_attention`).
+RECORD_WITHOUT = frozenset({"attention_auto"})
+
+
+class _RecordRegistry:
+    """`registry` as a record-profile bundle sees it: its run registers no `RECORD_WITHOUT` default plugin."""
+
+    def __init__(self, registry: Registry):
+        self._registry = registry
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+    def run_plugins(self, enabled: Iterable[str]) -> list[str]:
+        return [n for n in self._registry.run_plugins(enabled) if n in enabled or n not in RECORD_WITHOUT]
 
 
 class BundleError(ValueError):
@@ -457,8 +478,11 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str],
     work.update(specialise.erase_field_types(work, typed))
     if profile == "record" and work.get("core.config"):
         work["core.config"] = specialise.without_sources(work["core.config"])
+    if profile == "record":
+        work.update({n: specialise.without_events(s) for n, s in work.items() if s and "run.event(" in s})
     work.pop("core.registry", None)  # replaced by the generated dispatcher below: not code the bundle runs
-    work, fixed = specialise.fold_sources(cfg, registry, work)
+    silent = specialise.RECORD_SILENT_HOOKS if profile == "record" else ()
+    work, fixed = specialise.fold_sources(cfg, registry, work, silent)
     hooks = specialise.called_hooks(work)
     registry_source = specialise.dispatcher_module(cfg, registry, hooks, modules, specialise.direct_calls(work))
     if registry_source is None:
@@ -476,6 +500,19 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str],
     main = specialise.frozen_main(cfg, registry, modules, fixed, profile, sections)
     tail = LOADER[LOADER.index("\n\nif __name__"):] if profile == "full" else specialise.RECORD_TAIL
     return LOADER[:LOADER.index("def main(")] + main.lstrip("\n") + tail
+
+
+def bare_export(source: str) -> str:
+    """`core.export`'s source with `submissions.record_export`'s functions in place of those of the same names: a
+    record-profile script writes the BARE artifact (no MAGIC/header framing)."""
+    tree = ast.parse(source)
+    bare = {n.name: n for n in ast.parse((ROOT / "submissions" / "record_export.py").read_text(encoding="utf-8")).body
+            if isinstance(n, ast.FunctionDef)}
+    missing = set(record_export.REPLACED) - {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if missing or set(bare) != set(record_export.REPLACED):
+        raise BundleError(f"core.export: cannot replace {sorted(missing or set(bare))} with the bare artifact's")
+    tree.body = [bare.get(n.name, n) if isinstance(n, ast.FunctionDef) else n for n in tree.body]
+    return ast.unparse(tree) + "\n"
 
 
 def _not_scalar(cfg: Config, sections: Iterable[str]) -> list[str]:
@@ -512,8 +549,11 @@ def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[
 def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool, profile: str = "full") -> tuple[
         dict[str, str], str]:
     """(module name -> embedded source, the script's loader code)."""
-    sources, plugin_modules = bundle_sources(cfg, registry)
     record = profile == "record"
+    registry = _RecordRegistry(registry) if record else registry
+    sources, plugin_modules = bundle_sources(cfg, registry)
+    if record and not specialise.hook_counts(cfg, registry)["pg_state_codec"][0]:
+        sources["core.export"] = bare_export(sources["core.export"])
     sources["plugins"] = "" if record else f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"
     loader = LOADER
     if strip:

@@ -55,7 +55,10 @@ PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "getattr
               "repr", "range", "zip", "enumerate", "divmod"}
 PURE_METHODS = {"numel", "dim", "size", "element_size", "is_file", "is_dir", "exists", "startswith", "endswith",
                 "get", "keys", "values", "items", "isdigit", "isidentifier", "isalnum", "strip", "lower", "upper",
-                "split", "issubset", "issuperset", "isdisjoint", "is_floating_point", "count", "index", "join"}
+                "split", "issubset", "issuperset", "isdisjoint", "is_floating_point", "count", "index", "join",
+                # reductions and queries of tensors, arrays, devices and codecs (a guard's condition: `bool(t.any())`)
+                "any", "all", "unique", "item", "min", "max", "sum", "reshape", "is_available", "is_finished",
+                "sha256", "hexdigest", "match", "fullmatch", "search", "sub"}
 IMPLICITLY_CAUGHT = {"AttributeError", "KeyError", "IndexError", "LookupError", "StopIteration",
                      "StopAsyncIteration", "GeneratorExit", "SystemExit", "KeyboardInterrupt", "BaseException",
                      "Exception"}

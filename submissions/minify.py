@@ -61,7 +61,14 @@ def _pure(node: ast.AST) -> bool:
     if isinstance(node, ast.JoinedStr):
         return all(isinstance(v, ast.Constant) or (isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name))
                    for v in node.values)
+    if isinstance(node, ast.Call) and isinstance(f := node.func, ast.Attribute) and isinstance(f.value, ast.Name) \
+            and (f.value.id, f.attr) in PURE_CONSTRUCTORS:  # `re.compile("…")`, `struct.Struct("<HI")`
+        return all(isinstance(a, ast.Constant) for a in [*node.args, *(k.value for k in node.keywords)])
     return False
+
+
+# Standard-library constructors whose call on literals only builds a value: an unused `X = re.compile("…")` goes.
+PURE_CONSTRUCTORS = {("re", "compile"), ("struct", "Struct")}
 
 
 # A string with this many spaces is prose (a message, a log line), not a name `getattr` could read.

@@ -12,6 +12,7 @@ the code size of exactly this bundle (else the code changed after they ran).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import tempfile
@@ -98,8 +99,7 @@ def track_of(run_dirs: list[Path]) -> str:
     for path in run_dirs:
         try:
             core = json.loads(_read(path / "config.json"))["config"]["core"]
-            start = next((json.loads(line) for line in _read(path / "events.jsonl").splitlines()
-                          if '"start"' in line), {})
+            start = _start(path)
         except (RecordError, json.JSONDecodeError, KeyError, TypeError):
             return "non-record"
         cap = float(core.get("max_wallclock_seconds", 0) or 0)
@@ -107,6 +107,17 @@ def track_of(run_dirs: list[Path]) -> str:
                 or not 0 < cap <= RECORD_SECONDS or core.get("deterministic")):
             return "non-record"
     return "record"
+
+
+def _start(path: Path) -> dict[str, Any]:
+    """The run's start event (world_size, device): events.jsonl's, else (a record-profile script's run, which
+    writes no events.jsonl) from its train.log's `world_size:N …` and `device:D …` lines."""
+    if (path / "events.jsonl").is_file():
+        return next((json.loads(line) for line in _read(path / "events.jsonl").splitlines() if '"start"' in line), {})
+    log = _read(path / "train.log")
+    world = re.search(r"^world_size:(\d+) ", log, re.M)
+    device = re.search(r"^device:(\S+) ", log, re.M)
+    return {**({"world_size": int(world[1])} if world else {}), **({"device": device[1]} if device else {})}
 
 
 def check_name(name: str) -> str:

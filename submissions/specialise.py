@@ -462,6 +462,27 @@ def prune_fixed(sources: dict[str, str], loader: str) -> str:
 
 # --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------
 STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
+def without_events(source: str) -> str:
+    """`source` without its `run.event(...)` statements: a record-profile script's only bookkeeping output is its
+    train.log (no events.jsonl; `pgolf record`/`validate` read the log where events.jsonl is absent)."""
+    tree = ast.parse(source)
+
+    class Drop(ast.NodeTransformer):
+        def visit_Expr(self, node: ast.Expr) -> Any:
+            call = node.value
+            if isinstance(call, ast.Call) and isinstance(f := call.func, ast.Attribute) and f.attr == "event" \
+                    and isinstance(f.value, ast.Name) and f.value.id == "run":
+                return None
+            return node
+
+    tree = Drop().visit(tree)
+    _fill_empty_bodies(tree)
+    return ast.unparse(tree) + "\n"
+
+
+# Hooks a record-profile script does not call (`fold_sources(silent=)`): `pg_report`'s fields go to metrics.json
+# only, where `pgolf record` reads none of them (it reads val_loss, val_bpb, code_bytes and total_bytes).
+RECORD_SILENT_HOOKS = frozenset({"pg_report"})
 _CMP = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.In: lambda a, b: a in b,
         ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
 
@@ -610,6 +631,9 @@ class Folder(ast.NodeTransformer):
         node.test = _test_value(node.test)
         if isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
+        if isinstance(node, ast.IfExp) and isinstance(node.body, ast.Constant) and _side_effect_free(node.test) \
+                and ast.dump(node.body) == ast.dump(node.orelse):
+            return node.body  # `v if c else v` (a folded side): `v`
         return node
 
     visit_If = visit_IfExp
@@ -773,9 +797,12 @@ def _propagate(tree: ast.Module) -> bool:
     return changed
 
 
-def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
-    """(`sources` folded to this configuration, "section.key" -> value of every setting folded somewhere)."""
+def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silent: Iterable[str] = ()) -> tuple[
+        dict[str, str], dict[str, Any]]:
+    """(`sources` folded to this configuration, "section.key" -> value of every setting folded somewhere);
+    `silent`: hooks answered by their constant as if no plugin implemented them (`RECORD_SILENT_HOOKS`)."""
     hooks = hook_counts(cfg, registry)
+    hooks.update({h: (0, hooks[h][1]) for h in silent if h in hooks})
     empty = {h: v for h, (n, v) in hooks.items() if not n}
     counts = {h: n for h, (n, _) in hooks.items()}
     core = {k: getattr(cfg.core, k) for k in STRUCTURAL_CORE}

@@ -49,6 +49,44 @@ def test_asserts_and_pure_guards_go_their_else_body_stays():
         assert ns["f"](4, cfg) == 5
 
 
+def test_guards_on_tensor_reductions_and_file_queries_go_their_stores_stay():
+    """A ScoreSink's consistency checks (`.any()`, `.unique()`, `.min()`/`.max()`, `.sum().item()`) and a codec's
+    end check (`d.is_finished()`): pure conditions; the stores and the collective between them stay (a file query,
+    `path.stat()`, is not pure: it stays with its guard)."""
+    code = """
+    def record(self, d, f, n):
+        if d.numel() and (int(d.min()) < 1 or int(d.max()) >= n):
+            raise ScoringError('range')
+        if bool(self.scored[d].any()) or d.unique().numel() != d.numel():
+            raise ScoringError('twice')
+        self.scored[d] = True
+        g = self.scored[1:n].to(torch.uint8)
+        dist.all_reduce(g)
+        if not bool(g.all()) or int(g.sum().item()) != n:
+            raise ScoringError('unscored')
+        if not dec.is_finished():
+            raise DataError('truncated')
+        if path.stat().st_size != 2 * n:
+            raise DataError('size')
+        return f.reshape(-1)
+    """
+    assert _same(_lean(code), """
+    def record(self, d, f, n):
+        self.scored[d] = True
+        g = self.scored[1:n].to(torch.uint8)
+        dist.all_reduce(g)
+        if path.stat().st_size != 2 * n:
+            raise DataError('size')
+        return f.reshape(-1)
+    """)
+    assert pure(ast.parse("not GLOB.match(b) or '[' in BRACKETS.sub('', b)", mode="eval").body)  # a pattern's query
+    torch = __import__("torch")
+    t = torch.tensor([3, 1, 2])  # what the conditions call: no effect but their value
+    before = t.clone()
+    assert (bool(t.any()), t.unique().numel(), int(t.min()), int(t.max()), int(t.sum().item())) == (True, 3, 1, 3, 6)
+    assert torch.equal(t, before)
+
+
 def test_a_guard_with_a_side_effect_or_a_non_raising_branch_stays():
     code = """
     def f(x, q):

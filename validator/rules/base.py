@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from validator.logs import LogRecord, parse_events, parse_folder, scoring_logs
+from validator.logs import LogRecord, parse_events, parse_folder, parse_text, scoring_logs
 
 CAP = 16_000_000
 TRAIN_CAP_MS = 600_000.0
@@ -23,7 +23,8 @@ ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 WARN_STATUS = "warn"
 CRASHED = "rule crashed:"
-RUN_DIR_FILES = ("config.json", "events.jsonl", "train.log", "metrics.json", "final_model.ptz")
+# A run directory's files; a record-profile script's run has no events.jsonl (train.log is its record).
+RUN_DIR_FILES = ("config.json", "train.log", "metrics.json", "final_model.ptz")
 
 
 @dataclass
@@ -152,8 +153,10 @@ class FolderContext:
 
     @cached_property
     def is_run_dir(self) -> bool:
-        """A pgolf run directory (events.jsonl + config.json) rather than a records folder."""
-        return (self.root / "events.jsonl").is_file() and (self.root / "config.json").is_file()
+        """A pgolf run directory (config.json + events.jsonl, or + train.log alone: a record-profile script's run)
+        rather than a records folder."""
+        return (self.root / "config.json").is_file() and any(
+            (self.root / f).is_file() for f in ("events.jsonl", "train.log"))
 
     @cached_property
     def files(self) -> list[Path]:
@@ -210,8 +213,12 @@ class FolderContext:
                 seed = _find_key(cfg, "seed")
             except (json.JSONDecodeError, OSError):
                 pass
-            return [parse_events((self.root / "events.jsonl").read_text(), self.root / "events.jsonl",
-                                 seed=int(seed) if isinstance(seed, (int, float)) else None)]
+            seed = int(seed) if isinstance(seed, (int, float)) else None
+            if not (self.root / "events.jsonl").is_file():  # a record-profile script's run: its train.log
+                rec = parse_text((self.root / "train.log").read_text(), self.root / "train.log")
+                rec.seed = rec.seed if rec.seed is not None else seed
+                return [rec]
+            return [parse_events((self.root / "events.jsonl").read_text(), self.root / "events.jsonl", seed=seed)]
         return parse_folder(self.root)
 
     @cached_property
