@@ -20,8 +20,10 @@ def read_curves(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int,
     path = run_dir / "events.jsonl"
     if not path.is_file():
         text = (run_dir / "train.log").read_text(encoding="utf-8")
-        pick = lambda kind: [(int(m[1]), float(m[2])) for m in re.finditer(rf"^step:(\d+)/\d+ {kind}:(\S+)", text,
-                                                                          re.M)]
+
+        def pick(kind: str) -> list[tuple[int, float]]:
+            return [(int(m[1]), float(m[2])) for m in re.finditer(rf"^step:(\d+)/\d+ {kind}:(\S+)", text, re.M)]
+
         return pick("train_loss"), pick("val_loss")
     for line in path.read_text(encoding="utf-8").splitlines():
         try:

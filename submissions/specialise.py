@@ -460,8 +460,6 @@ def prune_fixed(sources: dict[str, str], loader: str) -> str:
     return loader
 
 
-# --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------
-STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
 def without_events(source: str) -> str:
     """`source` without its `run.event(...)` statements: a record-profile script's only bookkeeping output is its
     train.log (no events.jsonl; `pgolf record`/`validate` read the log where events.jsonl is absent)."""
@@ -483,6 +481,10 @@ def without_events(source: str) -> str:
 # Hooks a record-profile script does not call (`fold_sources(silent=)`): `pg_report`'s fields go to metrics.json
 # only, where `pgolf record` reads none of them (it reads val_loss, val_bpb, code_bytes and total_bytes).
 RECORD_SILENT_HOOKS = frozenset({"pg_report"})
+
+
+# --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------
+STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
 _CMP = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.In: lambda a, b: a in b,
         ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
 
