@@ -404,3 +404,18 @@ def test_bounded_decompress_and_the_base93_numeral_round_trip() -> None:
         assert bounded_decompress(packed, codec, limit=20_000) == zeros
         with pytest.raises(ValueError, match="decompresses past 19,999 bytes"):
             bounded_decompress(packed, codec, limit=19_999)
+
+
+@pytest.mark.parametrize("files, run_dir", [
+    (("config.json", "events.jsonl"), True),  # pgolf train's run
+    (("config.json", "train.log", "metrics.json"), True),  # a record-profile script's run (no events.jsonl)
+    (("config.json", "train.log"), False),  # a records folder that ships a config and a log is still one
+    (("train.log", "metrics.json"), False),
+    (("events.jsonl",), False),
+])
+def test_what_counts_as_a_run_directory(tmp_path, files, run_dir):
+    from validator.rules.base import FolderContext
+
+    for name in files:
+        (tmp_path / name).write_text("{}\n")
+    assert FolderContext(tmp_path).is_run_dir is run_dir
