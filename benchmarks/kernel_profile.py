@@ -69,8 +69,7 @@ class StepProfiler:
             # stacks need the verbose experimental config (without it key_averages' stacks come back empty)
             verbose = {"experimental_config": torch._C._profiler._ExperimentalConfig(verbose=True)} if traced else {}
             self.prof = profile(activities=[ProfilerActivity.CPU, *cuda], record_shapes=self.stacks is not None,
-                                with_stack=traced,
-                                **verbose)
+                                with_stack=traced, **verbose)
             self.prof.__enter__()
         elif self.count == self.skip + self.steps and self.prof is not None:
             self._sync()
@@ -120,7 +119,6 @@ class StepProfiler:
         self.out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
         print("kernel_profile: " + lines[0] + f" -> {self.out}", file=sys.stderr, flush=True)
 
-
     def write_stacks(self, events: Any) -> None:
         """The operators matching `stacks`, one row per (input shapes, Python stack): calls and time per step."""
         lines = []
@@ -154,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     if not target or args.skip < 1 or args.steps < 1:
         parser.error("expected --skip >= 1, --steps >= 1 and a target: -- script.py args… or -- -m module args…")
     profiler = StepProfiler(args.skip, args.steps, args.out.resolve(), args.rows, args.then_exit, args.stacks,
-                             args.trace.resolve() if args.trace else None,
-                             not args.no_python_stacks)
+                             args.trace.resolve() if args.trace else None, not args.no_python_stacks)
     register_optimizer_step_post_hook(profiler)
     if target[0] == "-m":
         sys.argv = [target[1], *target[2:]]
