@@ -5,6 +5,11 @@ and declared conflicts. `torch._scaled_mm` runs on CPU, so this is the real path
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -181,3 +186,33 @@ def test_conflicts_with_the_qat_class_swaps_and_with_fused_mlp_for_mlp():
     model = build(["fused_mlp", "fp8_matmul"], ["fp8_matmul.targets=head,attn"])  # no mlp target: composes
     assert isinstance(model, FP8TiedHead) and isinstance(model.blocks[0].attn.c_q, FP8Linear)
     assert type(model.blocks[0].mlp.fc) is CastedLinear
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "fp8_matmul.py"
+
+
+def bench_module():
+    spec = importlib.util.spec_from_file_location("fp8_matmul_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_parses_the_pr315_shapes_and_rejects_bad_arguments(capsys):
+    bench = bench_module()
+    assert bench.parse_shapes(bench.SHAPES) == [(512, 1536), (1536, 512), (512, 1024), (512, 512), (512, 1024)]
+    assert bench.parse_tokens(bench.TOKENS) == [98304, 393216]
+    for argv, words in ((["--shapes", "512x"], "--shapes"), (["--shapes", "500x512"], "multiples of 16"),
+                        (["--tokens", "98k"], "--tokens"), (["--iters", "0"], "--iters")):
+        with pytest.raises(SystemExit) as exc:
+            bench.main(argv)
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without an FP8 GPU")
+def test_benchmark_refuses_without_a_gpu_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "--json", str(tmp_path / "o.json")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "needs a CUDA GPU with FP8" in proc.stderr
+    assert not (tmp_path / "o.json").exists()
