@@ -88,7 +88,8 @@ def to_fp8(t: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 class FP8LinearFunction(torch.autograd.Function):
-    """x·Wᵀ (x (..., K), W (N, K)) with e4m3 operands, an e5m2 output gradient; bf16 output, see the module doc."""
+    """x·Wᵀ (x (..., K), W (N, K)) with e4m3 operands, an e5m2 output gradient; a bf16 output (modded-nanogpt's
+    out_dtype), gradients in the inputs' dtypes; see the module doc."""
 
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, x_s: float, w_s: float, grad_s: float, dynamic: bool) -> Tensor:
@@ -98,7 +99,7 @@ class FP8LinearFunction(torch.autograd.Function):
         out = torch._scaled_mm(x8, w8.T, scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16, use_fast_accum=True)
         ctx.save_for_backward(x8, w8, sx, sw)
         ctx.grad_s, ctx.dynamic, ctx.x_dtype, ctx.w_dtype = grad_s / x2.shape[0], dynamic, x.dtype, w.dtype
-        return out.view(*x.shape[:-1], w.shape[0]).to(x.dtype)
+        return out.view(*x.shape[:-1], w.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -116,8 +117,11 @@ class FP8LinearFunction(torch.autograd.Function):
 
 
 def fp8_linear(x: Tensor, w: Tensor, cfg: FP8MatmulConfig) -> Tensor:
-    """`F.linear(x, w)` (no bias) through FP8LinearFunction with `cfg`'s scaling."""
-    return FP8LinearFunction.apply(x, w, cfg.x_s, cfg.w_s, cfg.grad_s, cfg.scaling == "dynamic")
+    """`F.linear(x, w)` (no bias) through FP8LinearFunction with `cfg`'s scaling, in the dtype F.linear would return
+    (the autocast dtype under autocast, else x's)."""
+    kind = x.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    return FP8LinearFunction.apply(x, w, cfg.x_s, cfg.w_s, cfg.grad_s, cfg.scaling == "dynamic").to(dtype)
 
 
 class FP8Linear(CastedLinear):
