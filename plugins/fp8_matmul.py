@@ -27,7 +27,8 @@ Targets (`targets`): "head" (the output projection: `lm_head`, or the tied embed
 as modded-nanogpt: there the head is the one linear with the FP8 forward+backward op; its MLP runs an FP8 forward
 only (per-layer weight scales refreshed after each optimizer step, a dynamic input amax, delayed activation scales,
 inside its fused Triton MLP kernel) with a bf16 backward, which this plugin does not copy ("mlp" here is the full
-op above). Evaluation, GPTQ calibration and export see the ordinary bf16 modules (the FP8 path is training-only).
+op above). Evaluation, GPTQ calibration and export see the ordinary bf16 modules (the FP8 path is training-only);
+test-time training's SGD steps run in training mode, so they use it too (as fused_mlp's kernel), its scoring does not.
 """
 
 from __future__ import annotations

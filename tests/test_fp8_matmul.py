@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
 from model_builders import build_tiny, randomize
@@ -18,6 +19,8 @@ from model_builders import build_tiny, randomize
 from core.config import ConfigError, resolve
 from core.model import CastedLinear
 from core.registry import Registry
+from core.run import create_run
+from core.train import CoreDefaults, build_model
 from plugins.fp8_matmul import FP8Linear, FP8MatmulConfig, FP8TiedHead, fp8_linear
 
 REGISTRY = Registry()
@@ -226,3 +229,29 @@ def test_benchmark_refuses_without_a_gpu_in_one_line(tmp_path):
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and "needs a CUDA GPU with FP8" in proc.stderr
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("recipe,targets,linears", [("pr315", "head,attn", 2 * 4), ("pr1493", "head,mlp,attn", 6 * 6)])
+def test_the_record_stacks_trace_with_zero_graph_breaks(recipe, targets, linears):
+    """The PR #315 / #1493 plugin stacks (tiny, tied heads) with fp8_matmul: every targeted linear swapped, the
+    training forward traces whole, and a step's loss and gradients are finite."""
+    path = Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.toml"
+    plugins = [*tomllib.loads(path.read_text(encoding="utf-8"))["plugins"], "fp8_matmul"]
+    layers = 6 if recipe == "pr1493" else 2  # its depth recurrence loops layers 3..5
+    sets = [*TINY, "core.model_dim=64", f"core.num_layers={layers}", f"fp8_matmul.targets={targets}",
+            *(["bigram_hash.buckets=64"] if "bigram_hash" in plugins else [])]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), recipe=path, plugins=plugins, sets=sets,
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    run = create_run(cfg, REGISTRY, CoreDefaults(), make_dir=False)
+    torch.manual_seed(0)
+    model = build_model(run)
+    assert isinstance(model, FP8TiedHead) and sum(isinstance(m, FP8Linear) for m in model.modules()) == linears
+    torch._dynamo.reset()
+    x = torch.randint(0, 96, (2, 32), generator=torch.Generator().manual_seed(6))
+    y = torch.roll(x, -1, 1)
+    model.train()
+    exp = torch._dynamo.explain(model)(x, y)
+    assert exp.graph_break_count == 0, exp.break_reasons
+    loss = model(x, y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
