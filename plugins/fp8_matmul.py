@@ -96,7 +96,7 @@ class FP8LinearFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, w: Tensor, x_s: float, w_s: float, grad_s: float, dynamic: bool) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         sx, sw = fp8_scale(x2, x_s, E4M3_MAX, dynamic), fp8_scale(w, w_s, E4M3_MAX, dynamic)
-        x8, w8 = to_fp8(x2, sx, E4M3), to_fp8(w, sw, E4M3)
+        x8, w8 = to_fp8(x2, sx, E4M3).contiguous(), to_fp8(w, sw, E4M3).contiguous()  # row-major, as _scaled_mm
         out = torch._scaled_mm(x8, w8.T, scale_a=sx, scale_b=sw, out_dtype=torch.bfloat16, use_fast_accum=True)
         ctx.save_for_backward(x8, w8, sx, sw)
         ctx.grad_s, ctx.dynamic, ctx.x_dtype, ctx.w_dtype = grad_s / x2.shape[0], dynamic, x.dtype, w.dtype
@@ -107,7 +107,7 @@ class FP8LinearFunction(torch.autograd.Function):
         x8, w8, sx, sw = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
         sg = fp8_scale(g, ctx.grad_s, E5M2_MAX, ctx.dynamic)
-        g8 = to_fp8(g, sg, E5M2)
+        g8 = to_fp8(g, sg, E5M2).contiguous()  # an incoming gradient may be strided
         # _scaled_mm takes a row-major first and a column-major second operand
         dx = torch._scaled_mm(g8, w8.T.contiguous().T, scale_a=sg, scale_b=sw, out_dtype=torch.bfloat16,
                               use_fast_accum=False)

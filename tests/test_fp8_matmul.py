@@ -78,6 +78,15 @@ def test_bf16_inputs_keep_bf16_and_fp32_master_weights_get_fp32_gradients():
     assert (y.float() - ref).norm() / ref.norm() < 0.1
 
 
+def test_strided_inputs_and_gradients_give_the_contiguous_results():
+    gen = torch.Generator().manual_seed(2)
+    x, w, g = torch.randn(32, 16, generator=gen), torch.randn(24, 32, generator=gen), torch.randn(24, 16, generator=gen)
+    cfg = FP8MatmulConfig(scaling="dynamic")
+    strided = fp8_and_grads(x.T, w, g.T, cfg)  # (16, 32) and (16, 24) column-major views
+    for got, ref in zip(strided, fp8_and_grads(x.T.contiguous(), w, g.T.contiguous(), cfg), strict=True):
+        assert torch.equal(got, ref)
+
+
 def test_under_autocast_the_output_has_f_linears_dtype():
     x, w = torch.randn(16, 32, requires_grad=True), torch.randn(24, 32, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
