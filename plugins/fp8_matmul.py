@@ -16,6 +16,8 @@ Scales (`scaling`):
   2025-01-13 record had x·2, W·32, g·2^29). Its training loss there is a sum over the micro-batch's tokens,
   pgolf's a mean, so here grad_s is per token: the matmul divides it by its rows (the micro-step's 1/accumulation
   factor is left in: floating point keeps its relative precision, and e5m2 has 2^7 of headroom above 448).
+  They are the head's (its input is RMS-normed): for "mlp"/"attn" targets (the MLP's down projection sees the
+  unbounded squared activation) use "dynamic", or set scales that fit.
 - "dynamic": per-tensor amax scales computed on the device every call (x_s = amax|x|/448, w_s = amax|W|/448,
   grad_s = amax|g|/57344), no host sync.
 Casts saturate (clamp to ±448 / ±57344 before the cast) in both modes; modded-nanogpt casts unclamped. The op is

@@ -224,6 +224,11 @@ def test_benchmark_parses_the_pr315_shapes_and_rejects_bad_arguments(capsys):
     bench = bench_module()
     assert bench.parse_shapes(bench.SHAPES) == [(512, 1536), (1536, 512), (512, 1024), (512, 512), (512, 1024)]
     assert bench.parse_tokens(bench.TOKENS) == [98304, 393216]
+    gen = torch.Generator().manual_seed(3)  # its error report runs anywhere: small, nonzero, for y, dX and dW
+    x = torch.randn(64, 32, generator=gen).bfloat16().requires_grad_()
+    w = torch.randn(48, 32, generator=gen).requires_grad_()
+    errors = bench.rel_errors("fp8_dynamic", x, w, torch.randn(64, 48, generator=gen).bfloat16())
+    assert len(errors) == 3 and all(0 < e < 0.15 for e in errors), errors
     for argv, words in ((["--shapes", "512x"], "--shapes"), (["--shapes", "500x512"], "multiples of 16"),
                         (["--tokens", "98k"], "--tokens"), (["--iters", "0"], "--iters")):
         with pytest.raises(SystemExit) as exc:
