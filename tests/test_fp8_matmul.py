@@ -269,3 +269,33 @@ def test_the_record_stacks_trace_with_zero_graph_breaks(recipe, targets, linears
     loss = model(x, y)
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                    reason="needs an FP8 GPU (sm89+)")
+@pytest.mark.parametrize("scaling", ["dynamic", "static"])
+def test_cuda_compiled_fp8_matmul_equals_fp32_matmuls_of_the_quantized_operands(scaling):
+    """On the GPU, under inductor: cuBLASLt's layout rules (row-major A, column-major B) hold for the operands the
+    Function makes, and the result is the fp32 product of the quantized operands (fast accumulation in the forward
+    only, so its tolerance is looser)."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 256, 512, generator=gen).cuda().bfloat16()   # 1,024 rows of the #315 model dim
+    w = (torch.randn(1536, 512, generator=gen) / 24).cuda()        # fp32 master weight
+    g = (torch.randn(4, 256, 1536, generator=gen) * 1e-3).cuda().bfloat16()
+    cfg = FP8MatmulConfig(targets="mlp", scaling=scaling, x_s=4.0 / 448, w_s=0.2 / 448, grad_s=0.5 / 448)
+
+    x, w = x.requires_grad_(), w.requires_grad_()
+    y = torch.compile(lambda x, w: fp8_linear(x, w, cfg), fullgraph=True)(x, w)
+    dx, dw = torch.autograd.grad(y, (x, w), g)  # the compiled backward
+    xf, wf, gf = x.float().reshape(-1, 512), w.float(), g.float().reshape(-1, 1536)
+    if scaling == "dynamic":
+        sx, sw, sg = xf.abs().max().item() / 448, wf.abs().max().item() / 448, gf.abs().max().item() / 57344
+    else:
+        sx, sw, sg = 4.0 / 448, 0.2 / 448, 0.5 / 448 / 1024
+    xq, wq = dequantized(xf, sx, torch.float8_e4m3fn), dequantized(wf, sw, torch.float8_e4m3fn)
+    gq = dequantized(gf, sg, torch.float8_e5m2)
+    assert y.dtype == dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
+    torch.testing.assert_close(y.float().reshape(-1, 1536), xq @ wq.T, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(dx.float().reshape(-1, 512), gq @ wq, rtol=1e-2, atol=1e-5)
+    torch.testing.assert_close(dw, gq.T @ xq, rtol=1e-4, atol=1e-6)
