@@ -225,15 +225,15 @@ def prepare_eval(run, evaluator, n_tokens: int | None = None, mode: str | None =
     or auto: eager while the evaluator's `eager_seconds(run, n)` ≤ EAGER_MAX_S (≤ compile + E / speed-up)."""
     if run.eval_model is run.model:
         return EvalPlan(run.model, "eager", 0.0, None)
-    mode, n = mode or run.core.eval_compile, run.val_tokens.numel() if n_tokens is None else n_tokens
+    chosen, n = mode or run.core.eval_compile, run.val_tokens.numel() if n_tokens is None else n_tokens
     t0, estimate = time.perf_counter(), None
-    if mode == "auto":
+    if chosen == "auto":
         estimate = evaluator.eager_seconds(run, n) if hasattr(evaluator, "eager_seconds") else None
-        mode = "eager" if estimate is not None and estimate <= EAGER_MAX_S else "compile"
-    if mode == "compile":
+    compiled = chosen == "compile" or chosen == "auto" and (estimate is None or estimate > EAGER_MAX_S)
+    if compiled:
         synthetic_warmup(run, run.eval_model, evaluator, n)
-    model = run.eval_model if mode == "compile" else run.model
-    return EvalPlan(model, mode, 1e3 * (time.perf_counter() - t0), estimate)
+    model = run.eval_model if compiled else run.model
+    return EvalPlan(model, "compile" if compiled else "eager", 1e3 * (time.perf_counter() - t0), estimate)
 
 
 def evaluate(run, model, evaluator, tokens: Tensor, position_bytes: Tensor | None = None) -> EvalResult:

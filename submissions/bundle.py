@@ -45,6 +45,9 @@ the configuration (a specialised bundle only: `BundleError` otherwise). A record
 - The artifact's framing (`submissions.record_export`, without a state codec): the artifact is the codec's stream
   of the records alone, which `plugins.lib.decoders.read_artifact` detects.
 - `attention_auto`'s timing probe (`RECORD_WITHOUT`): `core.attention = auto` is fa3 when importable, else cuDNN.
+- Overrides of more settings (`specialise.fold_sources(switches=True)`): a plugin's zero or empty setting that decides
+  a branch (the feature it sizes is off) and `core.eval_compile` (`specialise.RECORD_CORE`) are folded, and a plugin
+  setting nothing reads any more, at its default, leaves its settings class (`specialise.unread_fields`).
 """
 
 from __future__ import annotations
@@ -464,13 +467,17 @@ def requirements(cfg: Config, registry: Registry) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bundled_modules(registry: Registry, cfg: Config) -> dict[str, str]:
+    """A plugin file's module -> its name in the bundle, for the run's plugins."""
+    return {registry.plugins[n].__module__: _plugin_module(registry, n)[0] for n in registry.run_plugins(cfg.plugins)}
+
+
 def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str], profile: str = "full") -> str | None:
     """Specialise stripped `sources` in place to this configuration (`submissions.specialise`: a generated
     static-dispatch `core.registry`, no `@hookimpl` markers) and return the script's loader with the frozen
     configuration (`profile`: its full or its record main); None (sources unchanged) when the configuration cannot
     be specialised (a hook wrapper)."""
-    modules = {registry.plugins[n].__module__: _plugin_module(registry, n)[0]
-               for n in registry.run_plugins(cfg.plugins)}
+    modules = _bundled_modules(registry, cfg)
     work = {n: specialise.drop_hookimpl_markers(s) for n, s in sources.items()}
     work.update(_without_default_fields(cfg, work, modules, BUNDLE_TIME_SETTINGS))
     work.update(specialise.drop_plugin_metadata(work))
@@ -482,9 +489,14 @@ def specialised_loader(cfg: Config, registry: Registry, sources: dict[str, str],
         work.update({n: specialise.without_events(s) for n, s in work.items() if s and "run.event(" in s})
     work.pop("core.registry", None)  # replaced by the generated dispatcher below: not code the bundle runs
     silent = specialise.RECORD_SILENT_HOOKS if profile == "record" else ()
-    work, fixed = specialise.fold_sources(cfg, registry, work, silent)
+    work, fixed = specialise.fold_sources(cfg, registry, work, silent, switches=profile == "record")
+    noops = specialise.noop_implementations(cfg, registry, work)
+    if noops:  # implementations that only return None: a hook that has nothing else is folded like an empty one
+        work, more = specialise.fold_sources(cfg, registry, work, silent, switches=profile == "record", noops=noops)
+        fixed.update(more)
     hooks = specialise.called_hooks(work)
-    registry_source = specialise.dispatcher_module(cfg, registry, hooks, modules, specialise.direct_calls(work))
+    registry_source = specialise.dispatcher_module(cfg, registry, hooks, modules, specialise.direct_calls(work),
+                                                   noops)
     if registry_source is None:
         return None
     sections = specialise.record_sections(cfg, registry, work, hooks) if profile == "record" else None
@@ -534,14 +546,25 @@ def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[
     config class (`BUNDLE_TIME_SETTINGS`: a specialised script neither reads nor honours them; its RECIPE leaves
     defaults out)."""
     out: dict[str, str] = {}
+    fields = list(fields)
     for section, key in fields:
         settings = cfg.plugin_configs.get(section)
         if section not in cfg.plugins or settings is None or getattr(settings, key) != getattr(type(settings)(), key):
             continue
-        module = modules.get(type(settings).__module__, type(settings).__module__)
+        owner = next((c for c in type(settings).__mro__ if key in vars(c).get("__annotations__", {})), None)
+        if owner is None:
+            continue
+        sharing = [n for n in cfg.plugins if isinstance(cfg.plugin_configs.get(n), owner)]  # a base: all agree
+        if any((n, key) not in fields or getattr(c := cfg.plugin_configs[n], key) != getattr(type(c)(), key)
+               for n in sharing):
+            continue
+        module = modules.get(owner.__module__, owner.__module__)
+        if module not in sources:
+            continue
         tree = ast.parse(out.get(module, sources[module]))
-        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == type(settings).__name__):
-            cls.body = [s for s in cls.body if not (isinstance(s, ast.AnnAssign) and ast.unparse(s.target) == key)]
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == owner.__name__):
+            cls.body = [s for s in cls.body if not (isinstance(s, ast.AnnAssign) and ast.unparse(s.target) == key)] \
+                or [ast.Pass()]
         out[module] = ast.unparse(tree) + "\n"
     return out
 
@@ -568,18 +591,23 @@ def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool, profil
             sources = lean_sources(sources, extra=[loader])
         scanned = [] if loader is not LOADER else [f"plugins.{m}" for m in plugin_modules]  # static dispatch: no scan
         roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
-        for _ in range(3 if loader is not LOADER else 0):  # literal arguments only the shaken code shows
+        for _ in range(3 if loader is not LOADER else 0):  # literal arguments and settings only the shaken code shows
             live = _shaken(tuple(sources.items()), tuple(scanned), loader)
-            again = specialise.fold_arguments(live)
+            again, more = specialise.fold_sources(cfg, registry, specialise.fold_arguments(live, [loader]),
+                                                  switches=record)
+            loader = specialise.with_fixed(loader, more)
             if again == live:
                 break
             sources = again
         if loader is not LOADER:
+            sources = specialise.without_fixed_checks(cfg, registry, sources, specialise.fixed_of(loader))
             sources = drop_unused_parameters(sources, [loader])
             sources, (loader,) = specialise.rename_hooks(sources, [loader], specialise.hook_names())
             sources, (loader,) = rename_private_attributes(sources, [loader])
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
-        if record:
+        if record:  # settings nothing reads any more, at their defaults: out of their class (and config.json)
+            unread = specialise.unread_fields(cfg, sources, specialise.main_sections(loader)[1:])
+            sources.update(_without_default_fields(cfg, sources, _bundled_modules(registry, cfg), unread))
             loader = specialise.prune_fixed(sources, loader)
         keep = frozenset() if record else frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
         sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)

@@ -24,9 +24,12 @@
   backend, mode: `self.cfg.clip == "sdclip"`), and the core's bool model switches (`STRUCTURAL_CORE`). Everything
   else stays OVERRIDABLE (RECIPE < env < arguments): numbers (learning rates, iterations, sizes, wall clock,
   seeds), free-form strings (paths, run id, percentiles) and the machine switches (device, compile, attention,
-  deterministic). A setting is found as `self.cfg.x` in the plugin's class, `<…>.core.x`, a local bound once to
-  either, and a parameter of a function or class that every call passes the plugin's `self.cfg`
-  (`config_parameters`). Hooks no enabled plugin implements are answered by their constant (`None` / `[]`),
+  deterministic). The record profile (`switches`) folds more: a plugin's setting at zero or empty ("off") that
+  decides a branch, and `RECORD_CORE`. A setting is found as `self.cfg.x` in the plugin's class, `<…>.core.x`, a
+  local bound once to either, and a parameter of a function or class that every call passes the plugin's `self.cfg`
+  or such a parameter of its own (`config_parameters`); folding runs again on the tree-shaken sources (calls from
+  dropped code no longer count; `with_fixed` adds what it folds to `FIXED`). Hooks no enabled plugin implements
+  are answered by their constant (`None` / `[]`),
   `not run.hook.pg_x.get_hookimpls()` by its truth; literal arguments every call of a function passes become
   constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`). Then comparisons, `not`,
   `and`/`or`, `x if c else y` and `if` on constants are evaluated, dead branches and statements after a
@@ -144,7 +147,8 @@ def _module(cls: type, modules: dict[str, str]) -> str:
 
 
 def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules: dict[str, str],
-                      direct: dict[str, tuple[frozenset[str], bool]] | None = None) -> str | None:
+                      direct: dict[str, tuple[frozenset[str], bool]] | None = None,
+                      noops: dict[str, frozenset[str]] | None = None) -> str | None:
     """Source of the bundle's `core.registry`: `Plugin`, a `Registry` of the enabled plugins' classes, and a
     `make_manager` whose hooks (those in `hooks`) call the enabled plugins exactly as pluggy would; None when a
     hook wrapper is enabled. `modules` renames plugin-file modules to their bundled names. Only the plugins that
@@ -165,6 +169,7 @@ def dispatcher_module(cfg: Config, registry: Registry, hooks: set[str], modules:
         impls = caller.get_hookimpls()
         if any(i.hookwrapper or i.wrapper for i in impls):
             return None
+        impls = [i for i in impls if i.plugin_name not in (noops or {}).get(hook, ())]  # they return None only
         for i in impls:
             code = i.function.__code__
             if tuple(i.argnames) != code.co_varnames[1:code.co_argcount - len(i.function.__defaults__ or ())]:
@@ -460,6 +465,101 @@ def prune_fixed(sources: dict[str, str], loader: str) -> str:
     return loader
 
 
+def with_fixed(loader: str, more: dict[str, Any]) -> str:
+    """The specialised main `loader` with the settings `more` ("section.key" -> value) added to its `FIXED` (the full
+    main's dict of values, the record main's set of names): settings a later folding pass folded."""
+    tree = ast.parse(loader)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["FIXED"]:
+            old = ast.literal_eval(node.value) if not isinstance(node.value, ast.Call) else set()
+            if isinstance(old, dict):
+                merged = dict(sorted({**old, **more}.items()))
+                node.value = ast.parse(repr(merged)).body[0].value  # type: ignore[attr-defined]
+            else:
+                names = sorted({*old, *more})
+                node.value = ast.parse(f"{{{', '.join(map(repr, names))}}}" if names else "set()").body[0].value  # type: ignore[attr-defined]
+            if ast.dump(node.value) != ast.dump(ast.parse(repr(old) if old else "set()").body[0].value):  # type: ignore[attr-defined]
+                return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
+            return loader
+    return loader
+
+
+def fixed_of(loader: str) -> set[str]:
+    """The "section.key" names in the specialised main's `FIXED`."""
+    for node in ast.walk(ast.parse(loader)):
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["FIXED"]:
+            return set() if isinstance(node.value, ast.Call) else set(ast.literal_eval(node.value))
+    return set()
+
+
+def without_fixed_checks(cfg: Config, registry: Registry, sources: dict[str, str], fixed: set[str]) -> dict[str, str]:
+    """`sources` without the statements of a settings class's `__post_init__` that only pass folded settings to a
+    function (`parse_bits_overrides(self.bits_overrides)`: a check of a value the script cannot change, made at bundle
+    time), and the method when nothing else is left in it."""
+    fields: dict[str, set[str]] = {}  # settings class (or a base of one) -> its fields whose setting is fixed
+    for name in cfg.plugins:
+        cls = registry.plugins[name].config
+        for c in cls.__mro__ if cls else ():
+            fields.setdefault(c.__name__, set()).update(k.split(".", 1)[1] for k in fixed if k.startswith(name + "."))
+    return {n: _drop_fixed_checks(t, {c: frozenset(f) for c, f in fields.items() if f}) if t else t
+            for n, t in sources.items()}
+
+
+def _drop_fixed_checks(text: str, fields: dict[str, frozenset[str]]) -> str:
+    tree = ast.parse(text)
+    changed = False
+
+    def only_fixed(stmt: ast.stmt, names: frozenset[str]) -> bool:
+        call = stmt.value if isinstance(stmt, ast.Expr) else None
+        args = [*call.args, *(k.value for k in call.keywords)] if isinstance(call, ast.Call) else []
+        return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and bool(args) and all(
+            isinstance(a, ast.Attribute) and isinstance(a.value, ast.Name) and a.value.id == "self"
+            and a.attr in names for a in args)
+
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in fields):
+        for fn in [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__post_init__"]:
+            kept = [st for st in fn.body if not only_fixed(st, fields[cls.name])]
+            if len(kept) != len(fn.body):
+                changed = True
+                fn.body = kept
+                if not kept:
+                    cls.body.remove(fn)
+                    cls.body = cls.body or [ast.Pass()]
+    return ast.unparse(tree) + "\n" if changed else text
+
+
+def unread_fields(cfg: Config, sources: dict[str, str], sections: Iterable[str]) -> list[tuple[str, str]]:
+    """("section", "key") of the settings of `sections` that no code of `sources` reads: no attribute, keyword or
+    string names the field, and no f-string builds it (`getattr(cfg, f"{family}_bits")`: a name ending "_bits")."""
+    read: set[str] = set()
+    ends: set[str] = set()  # f"{family}_bits": a name ending "_bits" may be read; f"bits_{x}": one beginning "bits_"
+    starts: set[str] = set()
+    for text in sources.values():
+        for n in ast.walk(ast.parse(text)):
+            if isinstance(n, ast.Attribute):
+                read.add(n.attr)
+            elif isinstance(n, ast.keyword) and n.arg:
+                read.add(n.arg)
+            elif isinstance(n, ast.Constant) and isinstance(n.value, str):
+                read.update(IDENT_RX.findall(n.value))
+            elif isinstance(n, ast.JoinedStr):
+                for a, b in zip(n.values, n.values[1:], strict=False):
+                    if isinstance(a, ast.FormattedValue) and isinstance(b, ast.Constant):
+                        ends.add(re.match(r"\w*", b.value)[0])  # type: ignore[index]
+                    elif isinstance(b, ast.FormattedValue) and isinstance(a, ast.Constant):
+                        starts.add(re.search(r"\w*$", a.value)[0])  # type: ignore[index]
+    ends = {w for w in ends if w.startswith("_")}  # a name glued to a value: "_bits", "bits_" ("s" of "…:.1f}s": no)
+    starts = {w for w in starts if w.endswith("_")}
+    out = []
+    for name in sections:
+        settings = cfg.plugin_configs.get(name)
+        for f in dataclasses.fields(settings) if dataclasses.is_dataclass(settings) else ():
+            if f.name not in read and not any(f.name.endswith(w) for w in ends) \
+                    and not any(f.name.startswith(w) for w in starts):
+                out.append((name, f.name))
+    return out
+
+
 def without_events(source: str) -> str:
     """`source` without its `run.event(...)` statements: a record-profile script's only bookkeeping output is its
     train.log (no events.jsonl; `pgolf record`/`validate` read the log where events.jsonl is absent)."""
@@ -485,8 +585,13 @@ RECORD_SILENT_HOOKS = frozenset({"pg_report"})
 
 # --- Constant folding (issue #11; the rule is in the module docstring) -----------------------------------------
 STRUCTURAL_CORE = frozenset({"tie_embeddings", "eval_doc_mask"})
+# And in a record-profile script (`fold_sources(switches=True)`): how the final evaluation runs, compiled or eager (the
+# records compile theirs); at "auto" its eager-time probe stays, at "compile" or "eager" it leaves the script.
+RECORD_CORE = frozenset({"eval_compile"})
 _CMP = {ast.Eq: lambda a, b: a == b, ast.NotEq: lambda a, b: a != b, ast.In: lambda a, b: a in b,
-        ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b}
+        ast.NotIn: lambda a, b: a not in b, ast.Is: lambda a, b: a is b, ast.IsNot: lambda a, b: a is not b,
+        ast.Lt: lambda a, b: a < b, ast.LtE: lambda a, b: a <= b, ast.Gt: lambda a, b: a > b,
+        ast.GtE: lambda a, b: a >= b}
 
 
 def _const(node: ast.AST) -> tuple[bool, Any]:
@@ -508,8 +613,9 @@ class Folder(ast.NodeTransformer):
     it returns. `folded` collects the "section.key" settings whose reads were replaced."""
 
     def __init__(self, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]], empty: dict[str, Any],
-                 counts: dict[str, int] | None = None):
+                 counts: dict[str, int] | None = None, switches: bool = False):
         self.core, self.plugin, self.empty, self.counts = core, plugin, empty, counts or {}
+        self.switches = switches  # a plugin's zero or empty setting that decides a branch is structural
         self.folded: set[str] = set()
         self.section: tuple[str, dict[str, Any]] | None = None  # the enclosing plugin class's settings
         self.aliases: dict[str, str] = {}  # local name -> "core" / "cfg" (a `x = run.core` / `x = self.cfg`)
@@ -570,7 +676,8 @@ class Folder(ast.NodeTransformer):
             return True, self.core[node.attr]
         if isinstance(section, tuple) and node.attr in section[1]:
             value = section[1][node.attr]
-            if isinstance(value, bool) or (isinstance(value, str) and needs_literal_use):
+            off = self.switches and isinstance(value, (int, float, str)) and not value  # 0, 0.0, "": a feature off
+            if isinstance(value, bool) or (needs_literal_use and (isinstance(value, str) or off)):
                 self.folded.add(f"{section[0]}.{node.attr}")
                 return True, value
         return False, None
@@ -604,7 +711,14 @@ class Folder(ast.NodeTransformer):
             return ast.Constant(None) if value is None else ast.List(elts=[], ctx=ast.Load())
         return node
 
+    def _switch(self, node: ast.expr) -> ast.expr:
+        """`node` folded where it is a plugin's setting read for its truth (with `switches`), else `node`."""
+        ok, value = self._setting(node, True) if self.switches else (False, None)
+        return ast.Constant(value) if ok else node
+
     def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        if isinstance(node.op, ast.Not):
+            node.operand = self._switch(node.operand)
         self.generic_visit(node)
         if isinstance(node.op, ast.Not) and (hook := _impls_query(node.operand)) in self.counts:
             return ast.Constant(not self.counts[hook])  # `not run.hook.pg_x.get_hookimpls()`
@@ -613,6 +727,7 @@ class Folder(ast.NodeTransformer):
         return node
 
     def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        node.values = [self._switch(v) for v in node.values]
         self.generic_visit(node)
         values: list[ast.expr] = []
         for i, v in enumerate(node.values):
@@ -629,6 +744,7 @@ class Folder(ast.NodeTransformer):
 
     def visit_IfExp(self, node: ast.IfExp | ast.If) -> Any:
         """`x if c else y` and `if c: … else: …` on a constant test: the side it takes (an `if`'s statements)."""
+        node.test = self._switch(node.test)
         self.generic_visit(node)
         node.test = _test_value(node.test)
         if isinstance(node.test, ast.Constant):
@@ -799,15 +915,20 @@ def _propagate(tree: ast.Module) -> bool:
     return changed
 
 
-def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silent: Iterable[str] = ()) -> tuple[
+def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silent: Iterable[str] = (),
+                 switches: bool = False, noops: dict[str, frozenset[str]] | None = None) -> tuple[
         dict[str, str], dict[str, Any]]:
     """(`sources` folded to this configuration, "section.key" -> value of every setting folded somewhere);
-    `silent`: hooks answered by their constant as if no plugin implemented them (`RECORD_SILENT_HOOKS`)."""
+    `silent`: hooks answered by their constant as if no plugin implemented them (`RECORD_SILENT_HOOKS`); `switches`
+    (the record profile): a plugin's setting at zero or empty (0, 0.0, "": the feature it sizes is off) that decides
+    a branch (compared with a literal, or read for its truth: `cfg.hessian_clip_lambda > 0`, `if cfg.bits_overrides`)
+    is structural as well; `noops`: implementations not counted (`noop_implementations`)."""
     hooks = hook_counts(cfg, registry)
+    hooks.update({h: (hooks[h][0] - len(n), hooks[h][1]) for h, n in (noops or {}).items() if h in hooks})
     hooks.update({h: (0, hooks[h][1]) for h in silent if h in hooks})
     empty = {h: v for h, (n, v) in hooks.items() if not n}
     counts = {h: n for h, (n, _) in hooks.items()}
-    core = {k: getattr(cfg.core, k) for k in STRUCTURAL_CORE}
+    core = {k: getattr(cfg.core, k) for k in STRUCTURAL_CORE | (RECORD_CORE if switches else frozenset())}
     by_module: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
     for name in registry.run_plugins(cfg.plugins):
         cls, settings = registry.plugins[name], cfg.plugin_configs.get(name)
@@ -819,7 +940,8 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silen
     for _ in range(3):  # folding, then the literal arguments that folding exposed, then folding again
         for module, text in out.items():
             if text:
-                out[module], done = fold_module(text, core, {**params, **by_module.get(module, {})}, empty, counts)
+                out[module], done = fold_module(text, core, {**params, **by_module.get(module, {})}, empty, counts,
+                                                switches)
                 folded |= done
         before, out = out, constant_arguments(out)
         if out == before:
@@ -830,6 +952,31 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silen
         if dataclasses.is_dataclass(settings):
             values.update({f"{name}.{f.name}": getattr(settings, f.name) for f in dataclasses.fields(settings)})
     return out, {k: values[k] for k in folded}
+
+
+def noop_implementations(cfg: Config, registry: Registry, sources: dict[str, str]) -> dict[str, frozenset[str]]:
+    """hook -> the enabled plugins whose implementation of it does nothing in folded `sources` (its body, past a
+    docstring, is `return None`, `return` or `pass`: e.g. `orthoinit.pg_model_modules` without banks). Pluggy drops a
+    None result, so not calling it changes nothing (`fold_sources(noops=)`, `dispatcher_module(noops=)`)."""
+    out: dict[str, set[str]] = {}
+    for name in registry.run_plugins(cfg.plugins):
+        cls = registry.plugins[name]
+        text = sources.get(cls.__module__)
+        if not text:
+            continue
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                for fn in node.body:
+                    if isinstance(fn, ast.FunctionDef) and fn.name.startswith("pg_") and _does_nothing(fn):
+                        out.setdefault(fn.name, set()).add(name)
+    return {h: frozenset(n) for h, n in out.items()}
+
+
+def _does_nothing(fn: ast.FunctionDef) -> bool:
+    body = fn.body[1:] if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(fn.body[0].value, ast.Constant) \
+        else fn.body
+    return len(body) == 1 and (isinstance(body[0], ast.Pass) or isinstance(body[0], ast.Return) and (
+        body[0].value is None or isinstance(body[0].value, ast.Constant) and body[0].value.value is None))
 
 
 def hook_counts(cfg: Config, registry: Registry) -> dict[str, tuple[int, Any]]:
@@ -843,10 +990,11 @@ def hook_counts(cfg: Config, registry: Registry) -> dict[str, tuple[int, Any]]:
 
 
 def fold_module(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
-                empty: dict[str, Any], counts: dict[str, int] | None = None) -> tuple[str, set[str]]:
+                empty: dict[str, Any], counts: dict[str, int] | None = None, switches: bool = False) -> tuple[
+        str, set[str]]:
     """(`source` folded to a fixpoint, the settings whose reads it replaced). Memoized on the text and a
     repr of the values (every training run bundles its configuration to log the code size)."""
-    args = (core, plugin, empty, counts or {})
+    args = (core, plugin, empty, counts or {}, switches)
     text, folded = _fold_cached(source, repr(args), _Args(args))
     return text, set(folded)
 
@@ -871,12 +1019,12 @@ def _fold_cached(source: str, key: str, args: _Args) -> tuple[str, frozenset[str
 
 
 def _fold(source: str, core: dict[str, Any], plugin: dict[str, tuple[str, dict[str, Any]]],
-          empty: dict[str, Any], counts: dict[str, int]) -> tuple[str, set[str]]:
+          empty: dict[str, Any], counts: dict[str, int], switches: bool = False) -> tuple[str, set[str]]:
     tree = ast.parse(source)
     before = ast.dump(tree)
     folded: set[str] = set()
     for _ in range(4):
-        folder = Folder(core, plugin, empty, counts)
+        folder = Folder(core, plugin, empty, counts, switches)
         tree = ast.fix_missing_locations(folder.visit(tree))
         folded |= folder.folded
         _fill_empty_bodies(tree)
@@ -906,7 +1054,7 @@ def _fill_empty_bodies(tree: ast.AST) -> None:
             node.finalbody = [ast.Pass()]
 
 
-def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
+def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`sources` with the parameters of module-level functions that every call in the bundle passes the same
     literal (or leaves at the same literal default) replaced by that literal inside the function (`baseline_int8=False`
     at each call of `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when
@@ -914,7 +1062,8 @@ def constant_arguments(sources: dict[str, str]) -> dict[str, str]:
     arguments, and no string in the bundle names it; the parameter is never rebound in its body. The signature stays
     (callers still pass the argument)."""
     trees = {n: ast.parse(s) for n, s in sources.items() if s}
-    candidates, calls, bad = _direct_calls(trees)
+    callers = {**trees, **{f" extra{i}": ast.parse(t) for i, t in enumerate(extra)}}  # the script's main calls too
+    candidates, calls, bad = _direct_calls(callers)
     changed: set[int] = set()
     for name, fn in candidates.items():
         if name in bad or not calls[name]:
@@ -1013,32 +1162,63 @@ def config_parameters(sources: dict[str, str], classes: dict[str, tuple[str, dic
                 key = (n.attr, in_class.get(id(n), "") if on_self else "")
                 attribute_stores[key] = attribute_stores.get(key, 0) + 1
     bases = {c.name: c.bases for tree in trees.values() for c in tree.body if isinstance(c, ast.ClassDef)}
+    # the module-level function each call is in: a parameter found to hold a plugin's `self.cfg` passes it on
+    caller = {id(n): f.name for tree in trees.values() for f in tree.body if isinstance(f, ast.FunctionDef)
+              for n in _own_scope(f) if isinstance(n, ast.Call)}
+    holds: dict[str, str] = {}  # "function(param)" -> the plugin class whose `self.cfg` every call passes it
     out: dict[str, Any] = {}
-    for name, fn in candidates.items():
-        if name in bad or not calls[name]:
+    while True:
+        before = len(holds)
+        for name, fn in candidates.items():
+            if name not in bad and calls[name]:
+                _cfg_parameters(name, fn, calls[name], owner, caller, holds, classes, out, bases, attribute_stores)
+        if len(holds) == before:
+            return out
+
+
+def _cfg_parameters(name: str, fn: ast.FunctionDef, calls: list[ast.Call], owner: dict[int, str],
+                    caller: dict[int, str], holds: dict[str, str], classes: dict[str, tuple[str, dict[str, Any]]],
+                    out: dict[str, Any], bases: dict[str, list[ast.expr]],
+                    attribute_stores: dict[tuple[str, str], int]) -> None:
+    """One pass of `config_parameters` over the function (or class) `name`: its parameters that every call passes
+    a plugin's `self.cfg`, or a parameter of the calling function already known to hold it (`holds`)."""
+    is_init = fn.name == "__init__"
+    stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    positional = fn.args.args[1:] if is_init else fn.args.args
+    for i, param in enumerate([*positional, *fn.args.kwonlyargs]):
+        sections = set()
+        for call in calls:
+            kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
+            value = call.args[i] if param in positional and i < len(call.args) else kw
+            is_cfg = isinstance(value, ast.Attribute) and value.attr == "cfg" \
+                and isinstance(value.value, ast.Name) and value.value.id == "self"
+            passed = holds.get(f"{caller.get(id(call))}({value.id})") if isinstance(value, ast.Name) else None
+            sections.add(owner.get(id(call)) if is_cfg else passed)
+        if len(sections) != 1 or None in sections or param.arg in stored:
             continue
-        is_init = fn.name == "__init__"
-        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
-        positional = fn.args.args[1:] if is_init else fn.args.args
-        for i, param in enumerate([*positional, *fn.args.kwonlyargs]):
-            sections = set()
-            for call in calls[name]:
-                kw = next((k.value for k in call.keywords if k.arg == param.arg), None)
-                value = call.args[i] if param in positional and i < len(call.args) else kw
-                is_cfg = isinstance(value, ast.Attribute) and value.attr == "cfg" \
-                    and isinstance(value.value, ast.Name) and value.value.id == "self"
-                sections.add(owner.get(id(call)) if is_cfg else None)
-            if len(sections) != 1 or None in sections or param.arg in stored:
-                continue
-            section = classes[sections.pop()]
-            out[f"{name}.__init__({param.arg})" if is_init else f"{name}({param.arg})"] = section
-            # `self.attr = param` in a class of no base: its only store of `.attr`, and no other object's is set
-            for target, value in _assignments(fn.body) if is_init else ():
-                if isinstance(value, ast.Name) and value.id == param.arg and isinstance(target, ast.Attribute) \
-                        and isinstance(target.value, ast.Name) and target.value.id == "self" and not bases[name] \
-                        and attribute_stores[(target.attr, name)] == 1 and (target.attr, "") not in attribute_stores:
-                    out[f"{name}.self.{target.attr}"] = section
-    return out
+        cls_name = sections.pop()
+        section = classes[cls_name]
+        key = f"{name}.__init__({param.arg})" if is_init else f"{name}({param.arg})"
+        holds.setdefault(key, cls_name)
+        out[key] = section
+        # `self.attr = param` in a class of no base: its only store of `.attr`, and no other object's is set
+        for target, value in _assignments(fn.body) if is_init else ():
+            if isinstance(value, ast.Name) and value.id == param.arg and isinstance(target, ast.Attribute) \
+                    and isinstance(target.value, ast.Name) and target.value.id == "self" and not bases[name] \
+                    and attribute_stores[(target.attr, name)] == 1 and (target.attr, "") not in attribute_stores:
+                out[f"{name}.self.{target.attr}"] = section
+
+
+def _own_scope(fn: ast.FunctionDef) -> Iterable[ast.AST]:
+    """The nodes of `fn`'s body outside nested functions, lambdas, classes and comprehensions (whose names may shadow
+    its parameters)."""
+    todo: list[ast.AST] = list(fn.body)
+    while todo:
+        node = todo.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp,
+                                 ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            todo.extend(ast.iter_child_nodes(node))
 
 
 def _assignments(body: list[ast.stmt]) -> Iterable[tuple[ast.expr, ast.expr]]:
@@ -1069,10 +1249,10 @@ class _SubstituteParams(ast.NodeTransformer):
         return node
 
 
-def fold_arguments(sources: dict[str, str]) -> dict[str, str]:
+def fold_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`constant_arguments`, then `fold_module` (constants only) on the modules it changed: run again on shaken
     sources, where the calls from code the shaker dropped no longer count."""
-    out = constant_arguments(sources)
+    out = constant_arguments(sources, extra)
     return {n: fold_module(s, {}, {}, {})[0] if s != sources[n] else s for n, s in out.items()}
 
 

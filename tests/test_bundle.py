@@ -684,7 +684,7 @@ def _pr1493(sets=()):
 
 # The pr1493 bundle's wrapped size (code_wrapper: brotli, printable base-93 numeral), bytes. Ratchet it down when the
 # bundle shrinks; the record's hand-made wrapper is 16.6 KB (issue #11; its code in this wrapper would be 15,757).
-PR1493_WRAPPED_CEILING = 32_548
+PR1493_WRAPPED_CEILING = 32_466
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
@@ -693,8 +693,8 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 
 
 # The pr1493 bundle with the record profile (the record's settings front end: environment variables only), wrapped
-# as above; ratchet it down too: 28,543 measured (full 32,543); latin1 23,610 (full 26,835).
-PR1493_RECORD_WRAPPED_CEILING = 28_548
+# as above; ratchet it down too: 27,695 measured (full 32,461); latin1 22,889 (full 26,817).
+PR1493_RECORD_WRAPPED_CEILING = 27_700
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
@@ -706,7 +706,17 @@ def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratchet
     plain, chosen_plain = bundle(cfg, reg, wrap=False, profile="record"), bundle(chosen, reg, wrap=False)
     assert 0 < len(chosen_plain) - len(plain) <= 200  # that setting, and its settings class to hold it
     # no attention=auto timing probe (`RECORD_WITHOUT`): auto is fa3 when importable, else cuDNN, untimed
-    assert "enable_timing" in bundle(cfg, reg, wrap=False) and "enable_timing" not in plain
+    full_plain = bundle(cfg, reg, wrap=False)
+    assert "enable_timing" in full_plain and "enable_timing" not in plain
+    # zero settings that decide a branch are folded (`switches`): Hessian-aware clip (lambda 0), bits_overrides ("")
+    # and the per-family clip sigmas (0) leave the script; grad_clip (1.0) is a size, still read from its variable
+    for gone in ("hessian_clip_lambda", "bits_overrides", "mlp_clip_sigmas", "fnmatch"):
+        assert gone in full_plain and gone not in plain, gone
+    assert "grad_clip" in plain and "'score_first_ttt.grad_clip'" not in plain
+    # core.eval_compile = "compile" (the recipe's): no eager-time probe; at "auto" the probe stays
+    assert "eager_seconds" in full_plain and "eager_seconds" not in plain
+    reg, auto = _pr1493(["core.eval_compile=auto"])
+    assert "eager_seconds" in bundle(auto, reg, wrap=False, profile="record")
     assert "cudnn" in plain and "flash_attn_interface" in plain
     # code_wrapper (bundle time only, never built in the script) keeps only its changed setting, for config.json
     script = tmp_path / "train_gpt.py"
@@ -1115,6 +1125,95 @@ def test_settings_a_plugin_hands_to_a_function_or_a_class_are_folded_there():
     assert ns["P"]().hook() == ("fast", 3)
     # A second place that sets `.cfg` on an E from outside: E's settings are no longer known.
     assert "E.self.cfg" not in config_parameters({"m": src + "def f(e):\n    e.cfg = None\n"}, {"P": section})
+
+
+def test_record_switches_fold_a_zero_setting_that_decides_a_branch_and_keep_the_others():
+    """`switches` (the record profile): a plugin's setting at 0 / 0.0 / "" read for its truth or compared with a
+    literal is folded (its branch goes); a nonzero one, or the same zero setting without `switches`, is read; a
+    setting handed on through a second function (`outer(c)` -> `inner(c)`) is known there too."""
+    from submissions.specialise import config_parameters, fold_module
+
+    src = (
+        "class P:\n"
+        "    def f(self, x):\n"
+        "        if self.cfg.lam > 0:\n            x = x * expensive(self.cfg.lam)\n"
+        "        if self.cfg.lam < 0:\n            raise ValueError('lam')\n"
+        "        if not self.cfg.globs:\n            x = x + 1\n"
+        "        if self.cfg.k > 0:\n            x = x * self.cfg.k\n"
+        "        return outer(x, self.cfg)\n"
+        "def outer(x, c):\n    return inner(x, c)\n"
+        "def inner(x, c):\n    return parse(c.globs) if c.globs and x else x\n"
+    )
+    section = ("p", {"lam": 0.0, "globs": "", "k": 3})
+    params = config_parameters({"m": src}, {"P": section})
+    assert params == {"outer(c)": section, "inner(c)": section}  # `inner` gets it from `outer`'s parameter
+    out, folded = fold_module(src, {}, {**params, "P": section}, {}, switches=True)
+    assert "expensive" not in out and "ValueError" not in out and "parse" not in out and ".globs" not in out
+    assert "self.cfg.k > 0" in out and folded == {"p.lam", "p.globs"}  # k = 3: a size, still read
+    ns: dict = {}
+    exec(out, ns)
+    obj = ns["P"]()
+    obj.cfg = types.SimpleNamespace(k=2)  # folded settings are not read any more
+    assert obj.f(5) == 12
+    kept, none = fold_module(src, {}, {**params, "P": section}, {})  # the full profile: numbers stay overridable
+    assert "expensive" in kept and "parse" in kept and none == set()
+    # a third function that passes `inner` something else: `inner(c)` is not known, `outer(c)` still is
+    other = config_parameters({"m": src + "def g(x):\n    return inner(x, object())\n"}, {"P": section})
+    assert other == {"outer(c)": section}
+    shadow = src.replace("return inner(x, c)", "return (lambda c: inner(x, c))(1)")  # the lambda's own c
+    assert config_parameters({"m": shadow}, {"P": section}) == {"outer(c)": section}
+
+
+def test_unread_default_settings_leave_their_class_and_fixed_checks_their_post_init(tiny_sets):
+    """The record profile: a settings field nothing reads (no attribute, keyword, string or glued f-string name)
+    leaves its class when it is at its default; a `__post_init__` statement that only checks folded settings goes."""
+    from core.config import resolve
+    from submissions.specialise import _drop_fixed_checks, unread_fields
+
+    reg = Registry()
+    cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["gptq"],
+                  sets=[*tiny_sets, "gptq.ar_seqs=3"], check_plugins=reg.check)
+    sources = {"m": "def f(c, fam):\n    return c.damp, getattr(c, f'{fam}_bits'), g(block_size=1), 'clip'\n"}
+    unread = dict.fromkeys(unread_fields(cfg, sources, ["gptq"]))
+    assert ("gptq", "hessian_clip_lambda") in unread and ("gptq", "ar_seqs") in unread
+    for read in ("damp", "attn_bits", "other_bits", "block_size", "clip"):  # attribute, f"{…}_bits", keyword, string
+        assert ("gptq", read) not in unread
+    from submissions.bundle import _without_default_fields
+
+    gptq_src = Path("plugins/gptq.py").read_text()
+    quant_src = Path("plugins/lib/quant.py").read_text()
+    out = _without_default_fields(cfg, {"plugins.gptq": gptq_src, "plugins.lib.quant": quant_src}, {},
+                                  [("gptq", "hessian_clip_lambda"), ("gptq", "ar_seqs"), ("gptq", "bits_overrides")])
+    assert "hessian_clip_lambda: float" not in out["plugins.gptq"] and "ar_seqs: int" in out["plugins.gptq"]  # 3
+    assert "bits_overrides: str" not in out["plugins.lib.quant"]  # a base class's field
+    post = ("class C:\n    def __post_init__(self):\n        check(self.a)\n        check(self.b)\n"
+            "class D:\n    def __post_init__(self):\n        check(self.a)\n")
+    dropped = _drop_fixed_checks(post, {"C": frozenset({"a"}), "D": frozenset({"a"})})
+    assert "check(self.b)" in dropped and "check(self.a)" not in dropped and "class D:\n    pass" in dropped
+
+
+def test_a_hook_implementation_that_only_returns_none_is_not_dispatched(tiny_sets):
+    """`noop_implementations`: orthoinit's `pg_model_modules` folds to `return None` without banks; the specialised
+    dispatcher does not call it and the hook, with no other implementation, is folded like an empty one. With
+    banks it does something: dispatched."""
+    from core.config import resolve
+    from submissions.specialise import _does_nothing, dispatcher_module, noop_implementations
+
+    fns = ["def f(self, x):\n    return None\n", "def f(self, x):\n    'doc'\n    pass\n",
+           "def f(self, x):\n    return\n", "def f(self, x):\n    return 0\n", "def f(self, x):\n    g(x)\n"]
+    assert [_does_nothing(ast.parse(f).body[0]) for f in fns] == [True, True, True, False, False]
+    reg = Registry()
+    for banked, dispatched in ((False, False), (True, True)):
+        cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=["orthoinit"],
+                      sets=[*tiny_sets, f"orthoinit.banked={banked}"], check_plugins=reg.check)
+        plain = bundle(cfg, reg, wrap=False, profile="full")
+        assert ("torch.set_rng_state" in plain) is dispatched
+        sources = {"plugins.orthoinit": "class OrthoInit:\n    def pg_model_modules(self, where, spec):\n"
+                                        + ("        return None\n" if not banked else "        return g(where)\n")}
+        noops = noop_implementations(cfg, reg, sources)
+        assert noops == ({} if banked else {"pg_model_modules": frozenset({"orthoinit"})})
+        table = dispatcher_module(cfg, reg, {"pg_model_modules"}, {}, None, noops)
+        assert ("pg_model_modules=_Hook(0, [])" in table) is not dispatched
 
 
 def test_shorten_messages_drops_value_free_asides_of_error_messages_only():

@@ -119,8 +119,7 @@ def override_bits(cfg: MixedBitsConfig, name: str) -> int | None:
 
 def bits_for(cfg: MixedBitsConfig, name: str) -> int:
     """`name`'s bits: the first matching `bits_overrides` glob, else its family's setting."""
-    bits = override_bits(cfg, name)
-    if bits is not None:
+    if cfg.bits_overrides and (bits := override_bits(cfg, name)) is not None:
         return bits
     family = tensor_family(name)
     bits = getattr(cfg, f"{family}_bits", cfg.other_bits)
