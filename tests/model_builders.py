@@ -31,3 +31,14 @@ def randomize(model: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * (0.3 if p.ndim < 2 else 1.0 / math.sqrt(p.shape[-1])))
+
+
+def graph_recorder() -> tuple:
+    """(backend, graphs): a torch.compile backend that runs each graph as traced and appends its text to `graphs`."""
+    graphs: list[str] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+
+    return backend, graphs

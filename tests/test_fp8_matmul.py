@@ -14,7 +14,7 @@ import pytest
 import tomllib
 import torch
 import torch.nn.functional as F
-from model_builders import build_tiny, randomize
+from model_builders import build_tiny, graph_recorder, randomize
 
 from core.config import ConfigError, resolve
 from core.model import CastedLinear
@@ -139,12 +139,7 @@ def test_compiled_training_loss_differs_from_plain_and_eval_equals_plain_exactly
     fp8, plain = pair(["fp8_matmul.targets=head,mlp,attn", "fp8_matmul.scaling=dynamic"])
     x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(4))
     y = torch.roll(x, -1, 1)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(str(gm.graph))
-        return gm.forward
-
+    backend, graphs = graph_recorder()
     assert torch._dynamo.explain(fp8)(x, y).graph_break_count == 0
     loss = torch.compile(fp8, backend=backend, fullgraph=True)(x, y)
     assert graphs[-1].count("target=torch.ops.higher_order.autograd_function_apply") == 1 + 2 * 6  # head + 12 linears

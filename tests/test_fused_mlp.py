@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from model_builders import build_tiny, randomize
+from model_builders import build_tiny, graph_recorder, randomize
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
@@ -106,12 +106,7 @@ def test_compiled_training_graph_holds_the_function_and_matches_eager():
     plain.load_state_dict(fused.state_dict())
     x = torch.randint(0, 96, (2, 16), generator=torch.Generator().manual_seed(4))
     y = torch.roll(x, -1, 1)
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(str(gm.graph))
-        return gm.forward
-
+    backend, graphs = graph_recorder()
     assert torch._dynamo.explain(fused)(x, y).graph_break_count == 0
     loss = torch.compile(fused, backend=backend, fullgraph=True)(x, y)
     assert "autograd_function_apply" in graphs[-1]
