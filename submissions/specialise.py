@@ -465,31 +465,38 @@ def prune_fixed(sources: dict[str, str], loader: str) -> str:
     return loader
 
 
+def _fixed_assignment(tree: ast.AST) -> ast.Assign | None:
+    """The specialised main's `FIXED = …` statement (the full main's dict of values, the record main's set of names)."""
+    return next((n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                 and [ast.unparse(t) for t in n.targets] == ["FIXED"]), None)
+
+
+def _fixed_value(node: ast.Assign) -> dict[str, Any] | set[str]:
+    return set() if isinstance(node.value, ast.Call) else ast.literal_eval(node.value)  # `set()` is a call
+
+
 def with_fixed(loader: str, more: dict[str, Any]) -> str:
-    """The specialised main `loader` with the settings `more` ("section.key" -> value) added to its `FIXED` (the full
-    main's dict of values, the record main's set of names): settings a later folding pass folded."""
+    """The specialised main `loader` with the settings `more` ("section.key" -> value) added to its `FIXED`:
+    settings a later folding pass folded."""
     tree = ast.parse(loader)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["FIXED"]:
-            old = ast.literal_eval(node.value) if not isinstance(node.value, ast.Call) else set()
-            if isinstance(old, dict):
-                merged = dict(sorted({**old, **more}.items()))
-                node.value = ast.parse(repr(merged)).body[0].value  # type: ignore[attr-defined]
-            else:
-                names = sorted({*old, *more})
-                node.value = ast.parse(f"{{{', '.join(map(repr, names))}}}" if names else "set()").body[0].value  # type: ignore[attr-defined]
-            if ast.dump(node.value) != ast.dump(ast.parse(repr(old) if old else "set()").body[0].value):  # type: ignore[attr-defined]
-                return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
-            return loader
+    node = _fixed_assignment(tree)
+    if node is None:
+        return loader
+    old = _fixed_value(node)
+    if isinstance(old, dict):
+        node.value = ast.parse(repr(dict(sorted({**old, **more}.items())))).body[0].value  # type: ignore[attr-defined]
+    else:
+        names = sorted({*old, *more})
+        node.value = ast.parse(f"{{{', '.join(map(repr, names))}}}" if names else "set()").body[0].value  # type: ignore[attr-defined]
+    if ast.dump(node.value) != ast.dump(ast.parse(repr(old) if old else "set()").body[0].value):  # type: ignore[attr-defined]
+        return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
     return loader
 
 
 def fixed_of(loader: str) -> set[str]:
     """The "section.key" names in the specialised main's `FIXED`."""
-    for node in ast.walk(ast.parse(loader)):
-        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["FIXED"]:
-            return set() if isinstance(node.value, ast.Call) else set(ast.literal_eval(node.value))
-    return set()
+    node = _fixed_assignment(ast.parse(loader))
+    return set(_fixed_value(node)) if node else set()
 
 
 def without_fixed_checks(cfg: Config, registry: Registry, sources: dict[str, str], fixed: set[str]) -> dict[str, str]:

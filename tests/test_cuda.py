@@ -246,7 +246,6 @@ def test_fused_mlp_model_trains_under_autocast_with_the_kernel_and_matches_leaky
         torch.testing.assert_close(fused(x, y), leaky(x, y))
 
 
-
 def test_batches_reach_the_gpu_without_blocking_the_host(tiny_data):
     """The loaders copy through page-locked memory: with a second of work queued on the stream, taking a batch
     returns at once (a pageable copy waits for the queue), and the batch is the CPU loader's."""
