@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cuda_timing import ms_per_call  # noqa: E402
 from plugins.fp8_matmul import FP8MatmulConfig, fp8_linear  # noqa: E402
 
 # PR #315 (d=512, MLP 3x, 8 heads / 4 KV heads of 64, vocab 1024): mlp fc, mlp proj, q+k+v, attn proj, head
@@ -69,14 +69,7 @@ def time_setting(setting: str, x, w, g, iters: int) -> float:
     """ms per compiled forward+backward of `setting` (compiled afresh)."""
     torch._dynamo.reset()
     fn = torch.compile(linear_fn(setting), fullgraph=True)
-    for _ in range(3):
-        fwd_bwd(fn, x, w, g)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fwd_bwd(fn, x, w, g)
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1000.0
+    return ms_per_call(lambda: fwd_bwd(fn, x, w, g), iters)
 
 
 def rel_errors(setting: str, x, w, g) -> list[float]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cuda_timing import ms_per_call  # noqa: E402
 
 
 class Block(nn.Module):
@@ -57,14 +60,7 @@ def time_setting(model: nn.Module, x: torch.Tensor, mix_order: bool, iters: int)
     torch._dynamo.reset()
     with inductor.patch({"triton.mix_order_reduction": mix_order}):
         step = torch.compile(model, fullgraph=True)
-        for _ in range(3):
-            step(x).backward()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(iters):
-            step(x).backward()
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1000.0
+        return ms_per_call(lambda: step(x).backward(), iters)
 
 
 def main(argv: list[str] | None = None) -> None:
