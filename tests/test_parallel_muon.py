@@ -187,9 +187,10 @@ def test_pgolf_train_nproc_2_with_parallel_muon_matches_one_process(tiny_sets, t
     args = ["--plugins", "parallel_muon", *(a for s in sets for a in ("--set", s))]
     out = train_on_1_and_2_processes(args, tmp_path)
     assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
-    logged = re.search(r"parallel_muon:banks:(\d+) matrices:(\d+) world_size:2 ddp_skips:(\d+)",
+    logged = re.search(r"parallel_muon:banks:(\d+) matrices:(\d+) params:(\d+) world_size:2 ddp_skips:(\d+)",
                        (tmp_path / "n2" / "train.log").read_text())
-    assert logged and logged[2] == logged[3] and int(logged[1]) < int(logged[2])  # DDP reduces none of them
+    # DDP reduces none of the optimizer's parameters (the banks: fewer than the matrices)
+    assert logged and logged[3] == logged[4] and int(logged[1]) <= int(logged[3]) < int(logged[2])
 
 
 @pytest.mark.parametrize("order", [("muon_eq_r", "polar_express", "parallel_muon"),
@@ -208,4 +209,124 @@ def test_wraps_the_matrix_muon_of_the_enabled_plugins(tiny_sets, order):
     assert opt.row_normalize and group["weight_decay"] == 0.095 and group["ns_coeffs"] == PE_COEFFS
     assert group["base_lr"] == run.core.matrix_lr
     matrices = default_param_groups(run.model)["matrix"]
-    assert {id(p) for p in group["params"]} == {id(p) for p in matrices} and len(matrices) >= 12
+    assert {id(p) for p in group["params"]} == {id(p) for p in matrices}
+    assert sum(p.size(0) if p.ndim == 3 else 1 for p in matrices) >= 12  # banks (default) of the block matrices
+
+
+# --- bank parameters in the model (parallel_muon.banks) ------------------------------------------------------
+def _banked_run(tiny_sets, banks, plugins=("parallel_muon",), extra=()):
+    from core.train import setup
+    from tests.test_plugin_matrix import REGISTRY, tiny_config
+
+    sets = [f"parallel_muon.banks={str(banks).lower()}", "parallel_muon.grad_dtype=float32",
+            "parallel_muon.ns_dtype=float32", *extra]
+    return setup(tiny_config(tiny_sets, list(plugins), sets), REGISTRY, make_dir=False)
+
+
+def _batch(run, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, run.core.vocab_size, (2, run.core.train_seq_len + 1), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+def _accumulate_grad_leaves(loss):
+    """The leaf tensors autograd accumulates into for `loss` (its AccumulateGrad nodes)."""
+    seen, stack, leaves = set(), [loss.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "AccumulateGrad":
+            leaves.append(node.variable)
+        stack.extend(n for n, _ in node.next_functions)
+    return leaves
+
+
+def _train(run, steps):
+    losses, (x, y) = [], _batch(run)
+    for _ in range(steps):
+        loss = run.train_model(x, y)
+        loss.backward()
+        for opt in run.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_banks_are_the_autograd_leaves_of_the_block_matrices(tiny_sets):
+    """Banks on: the graph accumulates into one bank per matrix shape instead of every per-layer matrix; the
+    per-layer weights stay in named_parameters (frozen aliases of their bank rows), the state_dict keeps
+    exactly the per-layer keys, and the matrix group is the banks."""
+    off, on = _banked_run(tiny_sets, False), _banked_run(tiny_sets, True)
+    x, y = _batch(off)
+    leaves_off, leaves_on = _accumulate_grad_leaves(off.model(x, y)), _accumulate_grad_leaves(on.model(x, y))
+    banks = dict(on.model.param_banks.named_parameters())
+    n_banked = sum(b.size(0) for b in banks.values())
+    assert set(banks) == {"bank_64x64", "bank_32x64", "bank_128x64", "bank_64x128"}  # q/proj, k/v, fc, mlp proj
+    assert n_banked == 6 * off.core.num_layers
+    assert len(leaves_on) == len(leaves_off) - n_banked + len(banks)
+    assert {id(p) for p in banks.values()} <= {id(t) for t in leaves_on}
+    assert list(on.model.state_dict()) == list(off.model.state_dict())
+    names_off = [n for n, _ in off.model.named_parameters()]
+    assert [n for n, _ in on.model.named_parameters() if not n.startswith("param_banks.")] == names_off
+    matrix = next(o for o in on.optimizers if isinstance(o, ParallelMuon)).param_groups[0]["params"]
+    assert {id(p) for p in matrix} == {id(p) for p in banks.values()}
+
+
+def test_banks_on_and_off_train_the_same_and_export_the_same_state(tiny_sets):
+    """Same seed, fp32 banks: the same losses over 4 steps and the same state_dict (keys, values)."""
+    off, on = _banked_run(tiny_sets, False), _banked_run(tiny_sets, True)
+    for (k, a), (k2, b) in zip(off.model.state_dict().items(), on.model.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k  # the same init, bank or not
+    losses_off, losses_on = _train(off, 4), _train(on, 4)
+    assert losses_on == pytest.approx(losses_off, rel=1e-5, abs=1e-6)
+    assert losses_off[-1] < losses_off[0]
+    sd_off, sd_on = off.model.state_dict(), on.model.state_dict()
+    assert list(sd_on) == list(sd_off)
+    for k in sd_off:
+        torch.testing.assert_close(sd_on[k], sd_off[k], rtol=1e-5, atol=1e-6, msg=k)
+    moved = on.model.blocks[0].attn.c_q.weight
+    assert torch.equal(sd_on["blocks.0.attn.c_q.weight"], moved.detach())
+
+
+def test_banked_model_state_dict_round_trip_is_bit_exact(tiny_sets, tmp_path):
+    """Save (per-layer keys) -> load into a freshly built banked model (another seed): the banks hold the
+    loaded values, the aliases still share their storage, and the forward is bit-identical."""
+    a = _banked_run(tiny_sets, True)
+    _train(a, 2)
+    torch.save(a.model.state_dict(), tmp_path / "sd.pt")
+    b = _banked_run(tiny_sets, True, extra=["core.seed=7"])
+    x, y = _batch(a, 5)
+    assert not torch.equal(a.model(x, y), b.model(x, y))
+    b.model.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    assert b.model.param_banks.aliased()
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v), k
+    assert torch.equal(b.model.param_banks.bank_64x64[1], a.model.blocks[0].attn.proj.weight.detach())
+    assert torch.equal(a.model(x, y), b.model(x, y))
+
+
+def test_banked_model_compiles_fullgraph_without_breaks(tiny_sets):
+    run = _banked_run(tiny_sets, True)
+    x, y = _batch(run)
+    explain = torch._dynamo.explain(run.model)(x, y)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+    _train(run, 1)  # the zero-init projections move: every bank gets a non-zero gradient below
+    run.model(x, y).backward()
+    banks = list(run.model.param_banks.parameters())
+    eager = [b.grad.clone() for b in banks]
+    run.model.zero_grad(set_to_none=True)
+    torch.compile(run.model, fullgraph=True, backend="aot_eager")(x, y).backward()
+    for b, e in zip(banks, eager, strict=True):
+        assert e.abs().sum() > 0
+        torch.testing.assert_close(b.grad, e, rtol=1e-4, atol=1e-6)
+    assert all(m._parameters["weight"].grad is None for m in run.model.modules() if hasattr(m, "_pg_bank"))
+
+
+def test_banks_setting_rejects_a_non_boolean(tiny_sets):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="parallel_muon.banks"):
+        _banked_run(tiny_sets, "maybe")
