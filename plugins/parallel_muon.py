@@ -127,15 +127,20 @@ class ParamBanks(nn.Module):
 def install_banks(model: nn.Module) -> ParamBanks | None:
     """Bank the blocks' matrix weights (CastedLinear, trainable, no group mark, not a control tensor) by
     shape, as `model.param_banks`; None when there are none."""
-    members: dict[str, list[nn.Module]] = {}
+    found: dict[str, list[tuple[str, int, nn.Module]]] = {}
+    roles: dict[str, int] = {}  # "attn.c_q" ..., in first-seen order
     for name, m in model.named_modules():
         w = m._parameters.get("weight") if isinstance(m, CastedLinear) else None
         if (not name.startswith("blocks.") or w is None or w.ndim != 2 or not w.requires_grad
                 or getattr(w, GROUP_ATTR, None) or any(p in f"{name}.weight" for p in CONTROL_TENSOR_NAME_PATTERNS)):
             continue
-        members.setdefault("bank_{}x{}".format(*w.shape), []).append(m)
-    if not members:
+        _, layer, role = name.split(".", 2)
+        roles.setdefault(role, len(roles))
+        found.setdefault("bank_{}x{}".format(*w.shape), []).append((role, int(layer), m))
+    if not found:
         return None
+    # role-major, as the record's banks: qo_bank = Q of every layer, then every out projection
+    members = {k: [m for _, _, m in sorted(v, key=lambda t: (roles[t[0]], t[1]))] for k, v in found.items()}
     model.param_banks = ParamBanks(members)
     return model.param_banks
 

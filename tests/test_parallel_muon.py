@@ -304,7 +304,9 @@ def test_banked_model_state_dict_round_trip_is_bit_exact(tiny_sets, tmp_path):
     assert b.model.param_banks.aliased()
     for k, v in a.model.state_dict().items():
         assert torch.equal(b.model.state_dict()[k], v), k
-    assert torch.equal(b.model.param_banks.bank_64x64[1], a.model.blocks[0].attn.proj.weight.detach())
+    # role-major as the record's qo_bank: Q of layers 0, 1, then the out projections of layers 0, 1
+    assert torch.equal(b.model.param_banks.bank_64x64[2], a.model.blocks[0].attn.proj.weight.detach())
+    assert torch.equal(b.model.param_banks.bank_64x64[1], a.model.blocks[1].attn.c_q.weight.detach())
     assert torch.equal(a.model(x, y), b.model(x, y))
 
 
