@@ -2,10 +2,19 @@
 → #549, the optimizer of PR #609/#1019's `Muon` and PR #1855's record).
 
 The records store the block matrices as four 3-D banks (`qo_bank`, `kv_bank`, `mlp_up_bank`,
-`mlp_down_bank`). Here the model keeps its per-layer weights (export, GPTQ and QAT hooks still see them) and
-the optimizer banks them: the matrix group's parameters are grouped by shape and their gradients stacked
-into one (B, rows, cols) tensor per shape, so Newton–Schulz runs batched (the core's
-`zeropower_via_newtonschulz5`, or the compiled one the core assigns on CUDA). With W ranks, as the record's `Muon`:
+`mlp_down_bank`). With `banks` (default) so does the model: at build time (`pg_edit_model`, after the other
+plugins' class swaps) the blocks' CastedLinear matrices become one (B, rows, cols) parameter per shape in
+`model.param_banks` (role-major, as the record: the Q of every layer, then every out projection), and each linear
+reads its row `bank[i]` in the forward (`BankedWeight`: a property, nothing inside the compiled region), so autograd
+accumulates one gradient per bank (PR #1855 on one H200: 924 AccumulateGrad `add_` per step over 66 matrices). The
+linear keeps its `weight` Parameter as a frozen alias of that row's storage (re-pointed after any move or cast;
+the banks keep their dtype: fp32 master weights), so everything that names per-layer weights is unaware: the
+state_dict and the artifact hold per-layer keys and bytes (the banks write nothing; loading a per-layer weight
+writes the bank row), GPTQ's targets and write-back, EMA/SWA, init hooks and QAT (which read `module.weight`).
+Only the optimizer groups see the banks (the "matrix" group). `banks = false` keeps per-layer parameters and
+the optimizer stacks their gradients into banks each step. Same-shape matrices are orthogonalised together by
+batched Newton–Schulz (the core's `zeropower_via_newtonschulz5`, or the compiled one the core assigns on CUDA).
+With W ranks, as the record's `Muon`:
 1. `launch_reduce_scatters`: each bank's gradient (bf16, B padded to a multiple of W, biggest bank first) is
    reduce-scattered asynchronously (mean over ranks), so each rank holds B/W matrices of the batch gradient;
 2. `step`: per bank, wait for its shard, Nesterov momentum on the shard (the momentum lives only there),
