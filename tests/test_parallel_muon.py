@@ -18,6 +18,7 @@ from plugins.polar_express import PE_COEFFS
 
 SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (16, 8), (8, 16)]  # banks of 3, 2 and 1 matrices
 F32 = dict(grad_dtype=torch.float32, ns_dtype=torch.float32)
+BANK_ROWS = [(0, 2, 5), (1, 4), (3,)]  # SHAPES' same-shape matrices, stacked as 3-D bank parameters
 
 
 def ns_per_matrix_fp32(G, steps, coeffs=None, eps=1e-7):
@@ -146,6 +147,25 @@ def _worker(rank, world, port, out_dir):
                     p.grad = None
             opt.step()
         results[name] = {"params": [p.detach().tolist() for p in params], "other_grad": other.grad.tolist()}
+    # real banks (3-D parameters, parallel_muon.banks): the same steps on the stacks, B=3 padded to 4 on 2 ranks
+    params = make_params()
+    banks = [torch.nn.Parameter(torch.stack([params[i] for i in idx]).detach()) for idx in BANK_ROWS]
+    other = torch.nn.Parameter(torch.ones(5))
+    opt = ParallelMuon(banks, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.1, **F32)
+    for step in range(3):
+        grads = grads_for(step, rank)
+        for bank, idx in zip(banks, BANK_ROWS, strict=True):
+            bank.grad = torch.stack([grads[i] for i in idx])
+        other.grad = torch.full((5,), 2.0)
+        if step == 2:
+            opt.launch_reduce_scatters()
+            clip_global_grad_norm(opt, [other.grad], max_norm=1.0)
+            for bank in banks:
+                bank.grad = None
+        opt.step()
+    rows = {i: bank[k] for bank, idx in zip(banks, BANK_ROWS, strict=True) for k, i in enumerate(idx)}
+    results["banks"] = {"params": [rows[i].detach().tolist() for i in range(len(SHAPES))],
+                        "other_grad": other.grad.tolist()}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
     dist.barrier()  # both ranks past every collective before either tears down (else gloo can abort at exit)
     dist.destroy_process_group()
@@ -175,6 +195,7 @@ def test_two_rank_sharded_update_equals_one_rank_and_ranks_agree(tmp_path):
         opt.step()
     for p, got in zip(params, ranks[0]["fp32"]["params"], strict=True):
         torch.testing.assert_close(torch.tensor(got), p.detach(), rtol=0, atol=1e-6)
+    assert ranks[0]["banks"] == ranks[1]["banks"] and ranks[0]["banks"] == ranks[0]["fp32"]  # bitwise
 
 
 @pytest.mark.slow
