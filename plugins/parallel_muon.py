@@ -121,7 +121,11 @@ class ParamBanks(nn.Module):
                    for key, modules in self.members.items() for i, m in enumerate(modules))
 
     def _apply(self, fn, recurse=True):
-        out = super()._apply(lambda t: fn(t).to(t.dtype) if t.is_floating_point() else fn(t), recurse)
+        def keep_dtype(t: Tensor) -> Tensor:  # a move applies, a cast does not (the values stay fp32)
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(out.device)
+
+        out = super()._apply(keep_dtype, recurse)
         self.realias()
         return out
 
@@ -382,6 +386,14 @@ class ParallelMuonPlugin(Plugin):
                "openai/parameter-golf#1019", "openai/parameter-golf#1855")
     config = ParallelMuonConfig
     test_settings = {"parallel_muon": {}}
+
+    @classmethod
+    def check_peers(cls, cfg: ParallelMuonConfig, peers: dict[str, Any]) -> list[str]:
+        ttt = peers.get("score_first_ttt")
+        if cfg.banks and ttt is not None and getattr(ttt, "freeze_blocks", 0) > 0:
+            return ["parallel_muon.banks: true with score_first_ttt.freeze_blocks > 0 (a bank holds every layer's "
+                    "matrix: the first blocks cannot be frozen alone); set parallel_muon.banks=false"]
+        return []
 
     @hookimpl(trylast=True)  # after the class swaps of other plugins' pg_edit_model (late_qat, soft_round_qat)
     def pg_edit_model(self, model, spec, config) -> None:

@@ -236,12 +236,15 @@ def test_wraps_the_matrix_muon_of_the_enabled_plugins(tiny_sets, order):
 
 # --- bank parameters in the model (parallel_muon.banks) ------------------------------------------------------
 def _banked_run(tiny_sets, banks, plugins=("parallel_muon",), extra=()):
+    from core.config import resolve
     from core.train import setup
-    from tests.test_plugin_matrix import REGISTRY, tiny_config
+    from tests.test_plugin_matrix import REGISTRY
 
-    sets = [f"parallel_muon.banks={str(banks).lower()}", "parallel_muon.grad_dtype=float32",
+    sets = [*tiny_sets, f"parallel_muon.banks={str(banks).lower()}", "parallel_muon.grad_dtype=float32",
             "parallel_muon.ns_dtype=float32", *extra]
-    return setup(tiny_config(tiny_sets, list(plugins), sets), REGISTRY, make_dir=False)
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=list(plugins), sets=sets,
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    return setup(cfg, REGISTRY, make_dir=False)
 
 
 def _batch(run, seed=0):
@@ -381,3 +384,32 @@ def test_banks_on_and_off_give_the_same_artifact_through_qat_gptq_and_ema(tiny_s
     assert out[True][2:] == out[False][2:]
     assert out[True][1] == out[False][1]
     assert out[True][0] == out[False][0]
+
+
+def test_banks_refuse_score_first_ttt_with_frozen_blocks(tiny_sets):
+    from core.config import ConfigError
+
+    plugins = ("parallel_muon", "score_first_ttt")
+    with pytest.raises(ConfigError, match="parallel_muon.banks: true with score_first_ttt.freeze_blocks"):
+        _banked_run(tiny_sets, True, plugins, ["score_first_ttt.freeze_blocks=1"])
+    _banked_run(tiny_sets, False, plugins, ["score_first_ttt.freeze_blocks=1"])
+    _banked_run(tiny_sets, True, plugins)
+
+
+def test_bf16_cast_keeps_fp32_banks_and_the_aliases(tiny_sets):
+    """The core's CUDA dtype policy (bf16 body, fp32 CastedLinear): the banks stay fp32 master weights and every
+    per-layer weight is still a view of its bank row, in the state_dict too."""
+    from core.model import cast_for_training
+
+    run = _banked_run(tiny_sets, True)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    model = cast_for_training(run.model, torch.device("cpu"), bf16=True)
+    banks = model.param_banks
+    assert all(b.dtype == torch.float32 for b in banks.parameters()) and banks.aliased()
+    assert model.tok_emb.weight.dtype == torch.bfloat16
+    sd = model.state_dict()
+    assert sd["blocks.1.mlp.fc.weight"].dtype == torch.float32
+    assert torch.equal(sd["blocks.1.mlp.fc.weight"], before["blocks.1.mlp.fc.weight"])
+    with torch.no_grad():
+        banks.bank_128x64[1].add_(1.0)  # the fc of layer 1 (role-major: fc of layers 0, 1)
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc.weight"], before["blocks.1.mlp.fc.weight"] + 1.0)
