@@ -77,8 +77,12 @@ class BankedWeight:
 
     def _apply(self, fn, recurse=True):  # a cast of this module alone (CastedLinear.float()) keeps the alias
         out = super()._apply(fn, recurse)
-        self._pg_banks.realias()
+        self._pg_banks.realias(self)
         return out
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._pg_banks.realias(self)
 
 
 _BANKED_CLASSES: dict[type, type] = {}
@@ -86,8 +90,9 @@ _BANKED_CLASSES: dict[type, type] = {}
 
 def banked_class(cls: type) -> type:
     if cls not in _BANKED_CLASSES:
-        _BANKED_CLASSES[cls] = type(f"Banked{cls.__name__}", (BankedWeight, cls), {"__module__": __name__})
-    return _BANKED_CLASSES[cls]
+        name = f"Banked{cls.__name__}"
+        _BANKED_CLASSES[cls] = globals()[name] = type(name, (BankedWeight, cls), {"__module__": __name__})
+    return _BANKED_CLASSES[cls]  # (a module global: a pickled model finds its class)
 
 
 class ParamBanks(nn.Module):
@@ -109,16 +114,25 @@ class ParamBanks(nn.Module):
                 m.__class__ = banked_class(type(m))
         self.realias()
 
-    def realias(self) -> None:
+    def realias(self, only: nn.Module | None = None) -> None:
+        """Point each member's weight at its bank row (a deepcopy restores modules in any order: one not restored
+        yet is skipped here and re-points itself in its own `__setstate__`)."""
+        if "_parameters" not in self.__dict__:
+            return
         for key, modules in self.members.items():
-            bank = getattr(self, key)
+            bank = self._parameters[key]
             for i, m in enumerate(modules):
-                if m._parameters["weight"].data_ptr() != bank[i].data_ptr():
-                    m._parameters["weight"].data = bank.data[i]
+                w = m.__dict__.get("_parameters", {}).get("weight")
+                if (only is None or m is only) and w is not None and w.data_ptr() != bank[i].data_ptr():
+                    w.data = bank.data[i]
 
     def aliased(self) -> bool:
         return all(m._parameters["weight"].data_ptr() == getattr(self, key)[i].data_ptr()
                    for key, modules in self.members.items() for i, m in enumerate(modules))
+
+    def __setstate__(self, state) -> None:  # a deepcopy or unpickling makes new aliases: re-point them
+        super().__setstate__(state)
+        self.realias()
 
     def _apply(self, fn, recurse=True):
         def keep_dtype(t: Tensor) -> Tensor:  # a move applies, a cast does not (the values stay fp32)

@@ -413,3 +413,17 @@ def test_bf16_cast_keeps_fp32_banks_and_the_aliases(tiny_sets):
     with torch.no_grad():
         banks.bank_128x64[1].add_(1.0)  # the fc of layer 1 (role-major: fc of layers 0, 1)
     assert torch.equal(model.state_dict()["blocks.1.mlp.fc.weight"], before["blocks.1.mlp.fc.weight"] + 1.0)
+
+
+def test_a_deepcopy_of_a_banked_model_keeps_its_own_aliases(tiny_sets):
+    """TTT copies the model (plugins.lib.ttt): the copy's per-layer weights alias the copy's banks, not the
+    original's, and its state_dict follows its own banks."""
+    import copy
+
+    run = _banked_run(tiny_sets, True)
+    twin = copy.deepcopy(run.model)
+    assert twin.param_banks.aliased() and twin.blocks[0].attn.c_q._pg_banks is twin.param_banks
+    with torch.no_grad():
+        twin.param_banks.bank_32x64.mul_(2.0)  # c_k and c_v of both layers
+    key = "blocks.1.attn.c_v.weight"
+    assert torch.equal(twin.state_dict()[key], 2 * run.model.state_dict()[key])
