@@ -290,8 +290,8 @@ class Stepper:
 
 def log_run_header(run: Run) -> int:
     """The run's opening log lines (the baseline's, plus pgolf's); returns the parameter count."""
-    core, params = run.core, sorted(run.model.parameters(), key=torch.numel)  # views of a bank (parallel_muon)
-    n_params = sum({p.untyped_storage().data_ptr(): p.numel() for p in params}.values())  # count once per storage
+    core = run.core  # below: a view into a larger parameter (a row of a parallel_muon bank) is counted there
+    n_params = sum(p.numel() for p in run.model.parameters() if p.untyped_storage().nbytes() == p.nbytes)
     run.log(f"run_dir:{run.run_dir}")
     run.log(f"plugins:{','.join(run.config.plugins) or 'none'}")
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={run.tokenizer_path}")
