@@ -290,8 +290,8 @@ class Stepper:
 
 def log_run_header(run: Run) -> int:
     """The run's opening log lines (the baseline's, plus pgolf's); returns the parameter count."""
-    core = run.core
-    n_params = sum(p.numel() for p in run.model.parameters())
+    core = run.core  # below: a view into a larger parameter (a row of a parallel_muon bank) is counted there
+    n_params = sum(p.numel() for p in run.model.parameters() if p.untyped_storage().nbytes() == p.nbytes)
     run.log(f"run_dir:{run.run_dir}")
     run.log(f"plugins:{','.join(run.config.plugins) or 'none'}")
     run.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={run.tokenizer_path}")

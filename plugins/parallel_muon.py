@@ -2,10 +2,19 @@
 → #549, the optimizer of PR #609/#1019's `Muon` and PR #1855's record).
 
 The records store the block matrices as four 3-D banks (`qo_bank`, `kv_bank`, `mlp_up_bank`,
-`mlp_down_bank`). Here the model keeps its per-layer weights (export, GPTQ and QAT hooks still see them) and
-the optimizer banks them: the matrix group's parameters are grouped by shape and their gradients stacked
-into one (B, rows, cols) tensor per shape, so Newton–Schulz runs batched (the core's
-`zeropower_via_newtonschulz5`, or the compiled one the core assigns on CUDA). With W ranks, as the record's `Muon`:
+`mlp_down_bank`). With `banks` (default) so does the model: at build time (`pg_edit_model`, after the other
+plugins' class swaps) the blocks' CastedLinear matrices become one (B, rows, cols) parameter per shape in
+`model.param_banks` (role-major, as the record: the Q of every layer, then every out projection), and each linear
+reads its row `bank[i]` in the forward (`BankedWeight`: a property, nothing inside the compiled region), so autograd
+accumulates one gradient per bank (PR #1855 on one H200: 924 AccumulateGrad `add_` per step over 66 matrices). The
+linear keeps its `weight` Parameter as a frozen alias of that row's storage (re-pointed after any move or cast;
+the banks keep their dtype: fp32 master weights), so everything that names per-layer weights is unaware: the
+state_dict and the artifact hold per-layer keys and bytes (the banks write nothing; loading a per-layer weight
+writes the bank row), GPTQ's targets and write-back, EMA/SWA, init hooks and QAT (which read `module.weight`).
+Only the optimizer groups see the banks (the "matrix" group). `banks = false` keeps per-layer parameters and
+the optimizer stacks their gradients into banks each step. Same-shape matrices are orthogonalised together by
+batched Newton–Schulz (the core's `zeropower_via_newtonschulz5`, or the compiled one the core assigns on CUDA).
+With W ranks, as the record's `Muon`:
 1. `launch_reduce_scatters`: each bank's gradient (bf16, B padded to a multiple of W, biggest bank first) is
    reduce-scattered asynchronously (mean over ranks), so each rank holds B/W matrices of the batch gradient;
 2. `step`: per bank, wait for its shard, Nesterov momentum on the shard (the momentum lives only there),
@@ -30,9 +39,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
+from core.model import CONTROL_TENSOR_NAME_PATTERNS, GROUP_ATTR, CastedLinear, join_group
 from core.optim import Muon
 from core.registry import Plugin
 
@@ -45,11 +55,121 @@ class ParallelMuonConfig:
         "help": "dtype of the communicated gradient and the momentum (PR #609/#1855: bfloat16)"})
     ns_dtype: str = field(default="bfloat16", metadata={
         "help": "dtype of the batched Newton-Schulz iteration and the gathered update (records: bfloat16)"})
+    banks: bool = field(default=True, metadata={
+        "help": "the block matrices are 3-D bank parameters, one per shape (PR #1855's qo/kv/mlp_up/mlp_down); "
+                "false: per-layer parameters, stacked by the optimizer each step"})
 
     def __post_init__(self) -> None:
         for name in ("grad_dtype", "ns_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"parallel_muon.{name}: expected one of {tuple(DTYPES)}, got {getattr(self, name)!r}")
+
+
+class BankedWeight:
+    """Mixin for a CastedLinear (or its QAT subclass) whose `weight` is row `_pg_index` of a bank parameter:
+    the forward reads the bank, so autograd accumulates one gradient per bank. The module keeps its own
+    `weight` Parameter (requires_grad False) as an alias of that row's storage, so named_parameters, the
+    state_dict, load_state_dict and in-place edits keep per-layer names and bytes."""
+
+    @property
+    def weight(self) -> Tensor:
+        return getattr(self._pg_banks, self._pg_bank)[self._pg_index]
+
+    def _apply(self, fn, recurse=True):  # a cast of this module alone (CastedLinear.float()) keeps the alias
+        out = super()._apply(fn, recurse)
+        self._pg_banks.realias(self)
+        return out
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._pg_banks.realias(self)
+
+
+_BANKED_CLASSES: dict[type, type] = {}
+
+
+def banked_class(cls: type) -> type:
+    if cls not in _BANKED_CLASSES:
+        name = f"Banked{cls.__name__}"
+        _BANKED_CLASSES[cls] = globals()[name] = type(name, (BankedWeight, cls), {"__module__": __name__})
+    return _BANKED_CLASSES[cls]  # (a module global: a pickled model finds its class)
+
+
+class ParamBanks(nn.Module):
+    """The banks: one (B, rows, cols) parameter per weight shape of the blocks' matrices, in module order.
+    It writes nothing to the state_dict (the per-layer aliases carry the values) and keeps its dtype under
+    casts (fp32 master weights, as the core keeps CastedLinear's); after any move it re-points the aliases."""
+
+    def __init__(self, members: dict[str, list[nn.Module]]):
+        super().__init__()
+        for key, modules in members.items():
+            bank = torch.stack([m.weight.detach() for m in modules])
+            self.register_parameter(key, join_group(nn.Parameter(bank), "matrix"))
+        self.members = members  # a plain dict: the linears stay where they are in the module tree
+        for key, modules in members.items():
+            for i, m in enumerate(modules):
+                m._parameters["weight"].requires_grad_(False)
+                object.__setattr__(m, "_pg_banks", self)  # not a submodule
+                m._pg_bank, m._pg_index = key, i
+                m.__class__ = banked_class(type(m))
+        self.realias()
+
+    def realias(self, only: nn.Module | None = None) -> None:
+        """Point each member's weight at its bank row (a deepcopy restores modules in any order: one not restored
+        yet is skipped here and re-points itself in its own `__setstate__`)."""
+        if "_parameters" not in self.__dict__:
+            return
+        for key, modules in self.members.items():
+            bank = self._parameters[key]
+            for i, m in enumerate(modules):
+                w = m.__dict__.get("_parameters", {}).get("weight")
+                if (only is None or m is only) and w is not None and w.data_ptr() != bank[i].data_ptr():
+                    w.data = bank.data[i]
+
+    def aliased(self) -> bool:
+        return all(m._parameters["weight"].data_ptr() == getattr(self, key)[i].data_ptr()
+                   for key, modules in self.members.items() for i, m in enumerate(modules))
+
+    def __setstate__(self, state) -> None:  # a deepcopy or unpickling makes new aliases: re-point them
+        super().__setstate__(state)
+        self.realias()
+
+    def _apply(self, fn, recurse=True):
+        def keep_dtype(t: Tensor) -> Tensor:  # a move applies, a cast does not (the values stay fp32)
+            out = fn(t)
+            return out if out.dtype == t.dtype else t.to(out.device)
+
+        out = super()._apply(keep_dtype, recurse)
+        self.realias()
+        return out
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        pass  # the per-layer weights load into the aliases, i.e. into the banks
+
+
+def install_banks(model: nn.Module) -> ParamBanks | None:
+    """Bank the blocks' matrix weights (CastedLinear, trainable, no group mark, not a control tensor) by
+    shape, as `model.param_banks`; None when there are none."""
+    found: dict[str, list[tuple[str, int, nn.Module]]] = {}
+    roles: dict[str, int] = {}  # "attn.c_q" ..., in first-seen order
+    for name, m in model.named_modules():
+        w = m._parameters.get("weight") if isinstance(m, CastedLinear) else None
+        if (not name.startswith("blocks.") or w is None or w.ndim != 2 or not w.requires_grad
+                or getattr(w, GROUP_ATTR, None) or any(p in f"{name}.weight" for p in CONTROL_TENSOR_NAME_PATTERNS)):
+            continue
+        _, layer, role = name.split(".", 2)
+        roles.setdefault(role, len(roles))
+        found.setdefault("bank_{}x{}".format(*w.shape), []).append((role, int(layer), m))
+    if not found:
+        return None
+    # role-major, as the record's banks: qo_bank = Q of every layer, then every out projection
+    members = {k: [m for _, _, m in sorted(v, key=lambda t: (roles[t[0]], t[1]))] for k, v in found.items()}
+    model.param_banks = ParamBanks(members)
+    return model.param_banks
 
 
 @dataclass
@@ -65,6 +185,7 @@ class Bank:
     scale: float
     has_grad: list[bool] = field(default_factory=list)
     work: Any = None
+    real: bool = False  # params is one 3-D bank parameter (ParamBanks): its gradient is the stack already
 
 
 class ParallelMuon(Muon):
@@ -78,8 +199,9 @@ class ParallelMuon(Muon):
         super().__init__(params, lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
                          weight_decay=weight_decay)
         for p in (p for g in self.param_groups for p in g["params"]):
-            if p.ndim != 2:
-                raise ValueError(f"parallel_muon: Muon parameters must be matrices, got shape {tuple(p.shape)}")
+            if p.ndim not in (2, 3):
+                raise ValueError(f"parallel_muon: Muon parameters must be matrices or banks of them, got shape "
+                                 f"{tuple(p.shape)}")
         self.row_normalize, self.eps = row_normalize, eps
         self.grad_dtype, self.ns_dtype = grad_dtype, ns_dtype
         self.banks: list[Bank] | None = None  # built at the first step, once the process group exists
@@ -114,13 +236,17 @@ class ParallelMuon(Muon):
         for gi, group in enumerate(self.param_groups):
             by_shape: dict[tuple, list[Tensor]] = {}
             for p in group["params"]:
-                by_shape.setdefault((tuple(p.shape), p.device), []).append(p)
-            for (shape, device), params in by_shape.items():
-                padded = -(-len(params) // world) * world
+                key = (tuple(p.shape), p.device) if p.ndim == 2 else (id(p), p.device)  # a bank is its own
+                by_shape.setdefault(key, []).append(p)
+            for (_, device), params in by_shape.items():
+                real = params[0].ndim == 3
+                count, shape = (params[0].size(0), params[0].shape[1:]) if real else (len(params), params[0].shape)
+                padded = -(-count // world) * world
                 grads = torch.zeros(padded, *shape, device=device, dtype=self.grad_dtype)
                 shard = grads if world == 1 else grads.new_zeros(padded // world, *shape)
                 gathered = torch.zeros(padded, *shape, device=device, dtype=self.ns_dtype)
-                banks.append(Bank(gi, params, grads, shard, gathered, max(1.0, shape[0] / shape[1]) ** 0.5))
+                banks.append(Bank(gi, params, grads, shard, gathered, max(1.0, shape[0] / shape[1]) ** 0.5,
+                                  real=real))
         banks.sort(key=lambda b: -b.grads.numel())  # biggest reduce-scatter first, as the record
         return banks
 
@@ -133,9 +259,18 @@ class ParallelMuon(Muon):
         nccl = distributed and dist.get_backend() == "nccl"
         for bank in self.banks:
             bank.has_grad = [p.grad is not None for p in bank.params]
-            rows = [bank.grads[i] for i in range(len(bank.params))]
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bank.params]
-            torch._foreach_copy_(rows, grads)
+            if bank.real:  # the bank's own gradient: used as it is on one rank, else one copy (cast, padding)
+                grad = bank.params[0].grad
+                if world == 1 and grad is not None and grad.dtype == self.grad_dtype:
+                    bank.grads = bank.shard = grad
+                elif grad is not None:
+                    bank.grads[: grad.size(0)].copy_(grad)
+                else:
+                    bank.grads.zero_()
+            else:
+                rows = [bank.grads[i] for i in range(len(bank.params))]
+                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in bank.params]
+                torch._foreach_copy_(rows, grads)
             if world > 1:  # gloo has no AVG: SUM here, divided by W when the shard arrives
                 op = dist.ReduceOp.AVG if nccl else dist.ReduceOp.SUM
                 bank.work = _reduce_scatter(bank.shard, bank.grads, op)
@@ -183,10 +318,15 @@ class ParallelMuon(Muon):
         lr, wd = group["lr"], group.get("weight_decay", 0.0)
         if wd > 0.0 and not group.get("decay_after"):
             torch._foreach_mul_(bank.params, 1.0 - lr * wd)
-        live = [i for i, has in enumerate(bank.has_grad) if has]
         dtype = bank.params[0].dtype
-        torch._foreach_add_([bank.params[i] for i in live], [update[i].to(dtype) for i in live],
-                            alpha=-lr * bank.scale)
+        if bank.real:
+            if bank.has_grad[0]:
+                p = bank.params[0]
+                p.add_(update[: p.size(0)].to(dtype), alpha=-lr * bank.scale)
+        else:
+            live = [i for i, has in enumerate(bank.has_grad) if has]
+            torch._foreach_add_([bank.params[i] for i in live], [update[i].to(dtype) for i in live],
+                                alpha=-lr * bank.scale)
         if wd > 0.0 and group.get("decay_after"):  # weight_decay.muon_after_update (PR #534)
             torch._foreach_mul_(bank.params, 1.0 - lr * wd)
 
@@ -261,6 +401,19 @@ class ParallelMuonPlugin(Plugin):
     config = ParallelMuonConfig
     test_settings = {"parallel_muon": {}}
 
+    @classmethod
+    def check_peers(cls, cfg: ParallelMuonConfig, peers: dict[str, Any]) -> list[str]:
+        ttt = peers.get("score_first_ttt")
+        if cfg.banks and ttt is not None and getattr(ttt, "freeze_blocks", 0) > 0:
+            return ["parallel_muon.banks: true with score_first_ttt.freeze_blocks > 0 (a bank holds every layer's "
+                    "matrix: the first blocks cannot be frozen alone); set parallel_muon.banks=false"]
+        return []
+
+    @hookimpl(trylast=True)  # after the class swaps of other plugins' pg_edit_model (late_qat, soft_round_qat)
+    def pg_edit_model(self, model, spec, config) -> None:
+        if self.cfg.banks:
+            install_banks(model)
+
     @hookimpl(wrapper=True)
     def pg_make_optimizer(self, group: str, params: list, config):
         opt = yield
@@ -274,8 +427,14 @@ class ParallelMuonPlugin(Plugin):
             if isinstance(opt, ParallelMuon):
                 params = [p for g in opt.param_groups for p in g["params"]]
                 skipped = len(getattr(run.train_model, "parameters_to_ignore", ()))  # DDP's set of names
-                run.log(f"parallel_muon:banks:{len({tuple(p.shape) for p in params})} matrices:{len(params)} "
+                shapes = {tuple(p.shape[-2:]) for p in params}
+                matrices = sum(p.size(0) if p.ndim == 3 else 1 for p in params)
+                run.log(f"parallel_muon:banks:{len(shapes)} matrices:{matrices} params:{len(params)} "
                         f"world_size:{run.world_size} ddp_skips:{skipped}")
+        banks = getattr(run.model, "param_banks", None)
+        if isinstance(banks, ParamBanks) and not banks.aliased():
+            raise RuntimeError("parallel_muon: a per-layer weight no longer shares its bank's storage (was the "
+                               "model cast or moved by .data assignment outside Module._apply?)")
 
     @hookimpl
     def pg_before_step(self, run, step: int, clock) -> None:

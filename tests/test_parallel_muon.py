@@ -18,6 +18,7 @@ from plugins.polar_express import PE_COEFFS
 
 SHAPES = [(8, 16), (16, 8), (8, 16), (12, 12), (16, 8), (8, 16)]  # banks of 3, 2 and 1 matrices
 F32 = dict(grad_dtype=torch.float32, ns_dtype=torch.float32)
+BANK_ROWS = [(0, 2, 5), (1, 4), (3,)]  # SHAPES' same-shape matrices, stacked as 3-D bank parameters
 
 
 def ns_per_matrix_fp32(G, steps, coeffs=None, eps=1e-7):
@@ -146,6 +147,25 @@ def _worker(rank, world, port, out_dir):
                     p.grad = None
             opt.step()
         results[name] = {"params": [p.detach().tolist() for p in params], "other_grad": other.grad.tolist()}
+    # real banks (3-D parameters, parallel_muon.banks): the same steps on the stacks, B=3 padded to 4 on 2 ranks
+    params = make_params()
+    banks = [torch.nn.Parameter(torch.stack([params[i] for i in idx]).detach()) for idx in BANK_ROWS]
+    other = torch.nn.Parameter(torch.ones(5))
+    opt = ParallelMuon(banks, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.1, **F32)
+    for step in range(3):
+        grads = grads_for(step, rank)
+        for bank, idx in zip(banks, BANK_ROWS, strict=True):
+            bank.grad = torch.stack([grads[i] for i in idx])
+        other.grad = torch.full((5,), 2.0)
+        if step == 2:
+            opt.launch_reduce_scatters()
+            clip_global_grad_norm(opt, [other.grad], max_norm=1.0)
+            for bank in banks:
+                bank.grad = None
+        opt.step()
+    rows = {i: bank[k] for bank, idx in zip(banks, BANK_ROWS, strict=True) for k, i in enumerate(idx)}
+    results["banks"] = {"params": [rows[i].detach().tolist() for i in range(len(SHAPES))],
+                        "other_grad": other.grad.tolist()}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
     dist.barrier()  # both ranks past every collective before either tears down (else gloo can abort at exit)
     dist.destroy_process_group()
@@ -175,6 +195,7 @@ def test_two_rank_sharded_update_equals_one_rank_and_ranks_agree(tmp_path):
         opt.step()
     for p, got in zip(params, ranks[0]["fp32"]["params"], strict=True):
         torch.testing.assert_close(torch.tensor(got), p.detach(), rtol=0, atol=1e-6)
+    assert ranks[0]["banks"] == ranks[1]["banks"] and ranks[0]["banks"] == ranks[0]["fp32"]  # bitwise
 
 
 @pytest.mark.slow
@@ -187,9 +208,10 @@ def test_pgolf_train_nproc_2_with_parallel_muon_matches_one_process(tiny_sets, t
     args = ["--plugins", "parallel_muon", *(a for s in sets for a in ("--set", s))]
     out = train_on_1_and_2_processes(args, tmp_path)
     assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
-    logged = re.search(r"parallel_muon:banks:(\d+) matrices:(\d+) world_size:2 ddp_skips:(\d+)",
+    logged = re.search(r"parallel_muon:banks:(\d+) matrices:(\d+) params:(\d+) world_size:2 ddp_skips:(\d+)",
                        (tmp_path / "n2" / "train.log").read_text())
-    assert logged and logged[2] == logged[3] and int(logged[1]) < int(logged[2])  # DDP reduces none of them
+    # DDP reduces none of the optimizer's parameters (the banks: fewer than the matrices)
+    assert logged and logged[3] == logged[4] and int(logged[1]) <= int(logged[3]) < int(logged[2])
 
 
 @pytest.mark.parametrize("order", [("muon_eq_r", "polar_express", "parallel_muon"),
@@ -208,4 +230,200 @@ def test_wraps_the_matrix_muon_of_the_enabled_plugins(tiny_sets, order):
     assert opt.row_normalize and group["weight_decay"] == 0.095 and group["ns_coeffs"] == PE_COEFFS
     assert group["base_lr"] == run.core.matrix_lr
     matrices = default_param_groups(run.model)["matrix"]
-    assert {id(p) for p in group["params"]} == {id(p) for p in matrices} and len(matrices) >= 12
+    assert {id(p) for p in group["params"]} == {id(p) for p in matrices}
+    assert sum(p.size(0) if p.ndim == 3 else 1 for p in matrices) >= 12  # banks (default) of the block matrices
+
+
+# --- bank parameters in the model (parallel_muon.banks) ------------------------------------------------------
+def _banked_run(tiny_sets, banks, plugins=("parallel_muon",), extra=()):
+    from core.config import resolve
+    from core.train import setup
+    from tests.test_plugin_matrix import REGISTRY
+
+    sets = [*tiny_sets, f"parallel_muon.banks={str(banks).lower()}", "parallel_muon.grad_dtype=float32",
+            "parallel_muon.ns_dtype=float32", *extra]
+    cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=list(plugins), sets=sets,
+                  check_plugins=REGISTRY.check, check_settings=REGISTRY.check_settings)
+    return setup(cfg, REGISTRY, make_dir=False)
+
+
+def _batch(run, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, run.core.vocab_size, (2, run.core.train_seq_len + 1), generator=g)
+    return x[:, :-1], x[:, 1:]
+
+
+def _accumulate_grad_leaves(loss):
+    """The leaf tensors autograd accumulates into for `loss` (its AccumulateGrad nodes)."""
+    seen, stack, leaves = set(), [loss.grad_fn], []
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "AccumulateGrad":
+            leaves.append(node.variable)
+        stack.extend(n for n, _ in node.next_functions)
+    return leaves
+
+
+def _train(run, steps):
+    losses, (x, y) = [], _batch(run)
+    for _ in range(steps):
+        loss = run.train_model(x, y)
+        loss.backward()
+        for opt in run.optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_banks_are_the_autograd_leaves_of_the_block_matrices(tiny_sets):
+    """Banks on: the graph accumulates into one bank per matrix shape instead of every per-layer matrix; the
+    per-layer weights stay in named_parameters (frozen aliases of their bank rows), the state_dict keeps
+    exactly the per-layer keys, and the matrix group is the banks."""
+    off, on = _banked_run(tiny_sets, False), _banked_run(tiny_sets, True)
+    x, y = _batch(off)
+    leaves_off, leaves_on = _accumulate_grad_leaves(off.model(x, y)), _accumulate_grad_leaves(on.model(x, y))
+    banks = dict(on.model.param_banks.named_parameters())
+    n_banked = sum(b.size(0) for b in banks.values())
+    assert set(banks) == {"bank_64x64", "bank_32x64", "bank_128x64", "bank_64x128"}  # q/proj, k/v, fc, mlp proj
+    assert n_banked == 6 * off.core.num_layers
+    assert len(leaves_on) == len(leaves_off) - n_banked + len(banks)
+    assert {id(p) for p in banks.values()} <= {id(t) for t in leaves_on}
+    assert list(on.model.state_dict()) == list(off.model.state_dict())
+    names_off = [n for n, _ in off.model.named_parameters()]
+    assert [n for n, _ in on.model.named_parameters() if not n.startswith("param_banks.")] == names_off
+    matrix = next(o for o in on.optimizers if isinstance(o, ParallelMuon)).param_groups[0]["params"]
+    assert {id(p) for p in matrix} == {id(p) for p in banks.values()}
+
+
+def test_banks_on_and_off_train_the_same_and_export_the_same_state(tiny_sets):
+    """Same seed, fp32 banks: the same losses over 4 steps and the same state_dict (keys, values)."""
+    off, on = _banked_run(tiny_sets, False), _banked_run(tiny_sets, True)
+    for (k, a), (k2, b) in zip(off.model.state_dict().items(), on.model.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(a, b), k  # the same init, bank or not
+    losses_off, losses_on = _train(off, 4), _train(on, 4)
+    assert losses_on == losses_off  # bitwise: the bank gradient is the stack of the per-layer ones
+    assert losses_off[-1] < losses_off[0]
+    sd_off, sd_on = off.model.state_dict(), on.model.state_dict()
+    assert list(sd_on) == list(sd_off)
+    for k in sd_off:
+        assert torch.equal(sd_on[k], sd_off[k]), k
+    moved = on.model.blocks[0].attn.c_q.weight
+    assert torch.equal(sd_on["blocks.0.attn.c_q.weight"], moved.detach())
+
+
+def test_banked_model_state_dict_round_trip_is_bit_exact(tiny_sets, tmp_path):
+    """Save (per-layer keys) -> load into a freshly built banked model (another seed): the banks hold the
+    loaded values, the aliases still share their storage, and the forward is bit-identical."""
+    a = _banked_run(tiny_sets, True)
+    _train(a, 2)
+    torch.save(a.model.state_dict(), tmp_path / "sd.pt")
+    b = _banked_run(tiny_sets, True, extra=["core.seed=7"])
+    x, y = _batch(a, 5)
+    assert not torch.equal(a.model(x, y), b.model(x, y))
+    b.model.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    assert b.model.param_banks.aliased()
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(b.model.state_dict()[k], v), k
+    # role-major as the record's qo_bank: Q of layers 0, 1, then the out projections of layers 0, 1
+    assert torch.equal(b.model.param_banks.bank_64x64[2], a.model.blocks[0].attn.proj.weight.detach())
+    assert torch.equal(b.model.param_banks.bank_64x64[1], a.model.blocks[1].attn.c_q.weight.detach())
+    assert torch.equal(a.model(x, y), b.model(x, y))
+
+
+def test_banked_model_compiles_fullgraph_without_breaks(tiny_sets):
+    run = _banked_run(tiny_sets, True)
+    x, y = _batch(run)
+    explain = torch._dynamo.explain(run.model)(x, y)
+    assert explain.graph_break_count == 0 and explain.graph_count == 1
+    _train(run, 1)  # the zero-init projections move: every bank gets a non-zero gradient below
+    run.model(x, y).backward()
+    banks = list(run.model.param_banks.parameters())
+    eager = [b.grad.clone() for b in banks]
+    run.model.zero_grad(set_to_none=True)
+    torch.compile(run.model, fullgraph=True, backend="aot_eager")(x, y).backward()
+    for b, e in zip(banks, eager, strict=True):
+        assert e.abs().sum() > 0
+        torch.testing.assert_close(b.grad, e, rtol=1e-4, atol=1e-6)
+    assert all(m._parameters["weight"].grad is None for m in run.model.modules() if hasattr(m, "_pg_bank"))
+
+
+def test_banks_setting_rejects_a_non_boolean(tiny_sets):
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="parallel_muon.banks"):
+        _banked_run(tiny_sets, "maybe")
+
+
+@pytest.mark.slow  # two tiny runs with export + eval
+def test_banks_on_and_off_give_the_same_artifact_through_qat_gptq_and_ema(tiny_sets, tmp_path):
+    """pgolf's whole run (orthoinit, MuonEq-R + WD, late QAT switched on mid-run, EMA applied, GPTQ calibrated and
+    written back, exported, reloaded, evaluated): banks on and off log the same parameter count, write the same
+    artifact bytes and score the same bpb (bitwise: the banked gradient is the stack of the per-layer ones)."""
+    from core.train import setup, train
+    from tests.test_plugin_matrix import REGISTRY, settings_of, tiny_config
+
+    plugins = ["orthoinit", "muon_eq_r", "weight_decay", "late_qat", "ema", "gptq", "parallel_muon"]
+    sets = [s for p in plugins for s in settings_of(p)]
+    out = {}
+    for banks in (False, True):
+        cfg = tiny_config(tiny_sets, plugins, [*sets, f"parallel_muon.banks={str(banks).lower()}",
+                                               f"core.run_id=banks_{banks}", f"core.out_dir={tmp_path}"])
+        run = setup(cfg, REGISTRY)
+        assert isinstance(getattr(run.model, "param_banks", None), torch.nn.Module) == banks
+        summary = train(run)
+        log = (run.run_dir / "train.log").read_text()
+        assert "late_qat:enabled step:" in log and "ema:applied" in log
+        hessians = int(re.search(r"GPTQ:collected (\d+) Hessians", log)[1])
+        assert hessians >= 6 * run.core.num_layers  # every block matrix, found by its per-layer name
+        out[banks] = (summary["val_bpb"], (run.run_dir / "final_model.ptz").read_bytes(),
+                      re.search(r"^model_params:(\d+)$", log, re.M)[1], hessians)
+    assert out[True][2:] == out[False][2:]
+    assert out[True][1] == out[False][1]
+    assert out[True][0] == out[False][0]
+
+
+def test_banks_refuse_score_first_ttt_with_frozen_blocks(tiny_sets):
+    from core.config import ConfigError
+
+    plugins = ("parallel_muon", "score_first_ttt")
+    with pytest.raises(ConfigError, match="parallel_muon.banks: true with score_first_ttt.freeze_blocks"):
+        _banked_run(tiny_sets, True, plugins, ["score_first_ttt.freeze_blocks=1"])
+    _banked_run(tiny_sets, False, plugins, ["score_first_ttt.freeze_blocks=1"])
+    _banked_run(tiny_sets, True, plugins)
+
+
+def test_bf16_cast_keeps_fp32_banks_and_the_aliases(tiny_sets):
+    """The core's CUDA dtype policy (bf16 body, fp32 CastedLinear): the banks stay fp32 master weights and every
+    per-layer weight is still a view of its bank row, in the state_dict too."""
+    from core.model import cast_for_training
+
+    run = _banked_run(tiny_sets, True)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    model = cast_for_training(run.model, torch.device("cpu"), bf16=True)
+    banks = model.param_banks
+    assert all(b.dtype == torch.float32 for b in banks.parameters()) and banks.aliased()
+    assert model.tok_emb.weight.dtype == torch.bfloat16
+    sd = model.state_dict()
+    assert sd["blocks.1.mlp.fc.weight"].dtype == torch.float32
+    assert torch.equal(sd["blocks.1.mlp.fc.weight"], before["blocks.1.mlp.fc.weight"])
+    with torch.no_grad():
+        banks.bank_128x64[1].add_(1.0)  # the fc of layer 1 (role-major: fc of layers 0, 1)
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc.weight"], before["blocks.1.mlp.fc.weight"] + 1.0)
+
+
+def test_a_deepcopy_of_a_banked_model_keeps_its_own_aliases(tiny_sets):
+    """TTT copies the model (plugins.lib.ttt): the copy's per-layer weights alias the copy's banks, not the
+    original's, and its state_dict follows its own banks."""
+    import copy
+
+    run = _banked_run(tiny_sets, True)
+    twin = copy.deepcopy(run.model)
+    assert twin.param_banks.aliased() and twin.blocks[0].attn.c_q._pg_banks is twin.param_banks
+    with torch.no_grad():
+        twin.param_banks.bank_32x64.mul_(2.0)  # c_k and c_v of both layers
+    key = "blocks.1.attn.c_v.weight"
+    assert torch.equal(twin.state_dict()[key], 2 * run.model.state_dict()[key])
