@@ -293,4 +293,6 @@ def test_cuda_compiled_fp8_matmul_equals_fp32_matmuls_of_the_quantized_operands(
     assert y.dtype == dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
     torch.testing.assert_close(y.float().reshape(-1, 1536), xq @ wq.T, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(dx.float().reshape(-1, 512), gq @ wq, rtol=1e-2, atol=1e-5)
-    torch.testing.assert_close(dw, gq.T @ xq, rtol=1e-4, atol=1e-6)
+    # H200: the FP8 tensor cores' accumulation (even without fast accumulation) leaves dW within 3e-5 of the fp32
+    # product (entries up to 0.15, mean 0.026); a wrong operand layout is off by the entries' own size
+    torch.testing.assert_close(dw, gq.T @ xq, rtol=1e-2, atol=2e-4)

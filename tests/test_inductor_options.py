@@ -52,8 +52,10 @@ def _eager_sums_in_compiled_backward(mix_order: bool) -> int:
     spec.loader.exec_module(bench)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = bench.Stack(256, 2).cuda()
-    x = torch.randn(1, 8192, 256, device="cuda", dtype=torch.bfloat16)
+    # the PR #1855 micro-step (12,288 tokens x 512): H200, torch 2.11, two blocks leave 2 eager sums with the option on;
+    # at 8,192 x 256 inductor does not mix the orders at all (0 either way)
+    model = bench.Stack(512, 2).cuda()
+    x = torch.randn(1, 12288, 512, device="cuda", dtype=torch.bfloat16)
     with inductor.patch({"triton.mix_order_reduction": mix_order}):
         step = torch.compile(model, fullgraph=True)
         step(x).backward()
