@@ -31,7 +31,10 @@
   dropped code no longer count; `with_fixed` adds what it folds to `FIXED`). Hooks no enabled plugin implements
   are answered by their constant (`None` / `[]`),
   `not run.hook.pg_x.get_hookimpls()` by its truth; literal arguments every call of a function passes become
-  constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`). Then comparisons, `not`,
+  constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`; a class's calls too, for its
+  `__init__`), an instance attribute only ever stored once, to a literal, in its class's `__init__` is that literal
+  in the class's methods (`constant_attributes`), and an attribute store nothing can read goes (`dead_attributes`).
+  Then comparisons, `not`,
   `and`/`or`, `x if c else y` and `if` on constants are evaluated, dead branches and statements after a
   `return`/`raise` dropped, locals bound once to a constant (alone or
   as a pair of a tuple assignment) replaced; the tree-shaker then removes what only those
