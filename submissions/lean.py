@@ -604,7 +604,9 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
     of an undecorated function defined once in the bundle whose name is only ever called directly, by its name or
     through its module object (`ex.f(…)`: `_module_qualified`), never another attribute, a value, a keyword or a
     word of a string, nor named in `extra`, the script's own code, when every
-    call passes it a pure argument (or none) without `*`/`**` unpacking. Lean contract: only the evaluation of
+    call passes it a pure argument (or none) without `*`/`**` unpacking. So does a parameter after `self` of the
+    `__init__` of an undecorated class whose name is only ever called so (no subclass, no isinstance, no classmethod:
+    `_self_constructed`). Lean contract: only the evaluation of
     pure arguments goes (folded settings leave `where` / `name` parameters no code reads any more)."""
     trees = {name: ast.parse(text) for name, text in sources.items()}
     others = [ast.parse(t) for t in extra]
@@ -613,11 +615,16 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
     parents = {c: p for t in trees.values() for p in ast.walk(t) for c in ast.iter_child_nodes(p)}
     owner = {n: name for name, t in trees.items() for n in ast.walk(t) if isinstance(n, ast.Call)}
     changed: set[str] = set()
+    constructed = _self_constructed([*trees.values(), *others])
     for tree_name, tree in trees.items():
-        for fn in tree.body:
-            if not isinstance(fn, ast.FunctionDef) or fn.name in elsewhere:
+        for top in tree.body:
+            fn, offset = top, 0
+            if isinstance(top, ast.ClassDef) and not top.decorator_list and top.name not in constructed:
+                inits = [f for f in top.body if isinstance(f, FUNCTIONS) and f.name == "__init__"]
+                fn, offset = (inits[0], 1) if len(inits) == 1 else (top, 0)  # a call passes what follows `self`
+            if not isinstance(fn, ast.FunctionDef) or top.name in elsewhere:
                 continue
-            nodes = uses.get(fn.name, [])
+            nodes = uses.get(top.name, [])
             if sum(isinstance(n, (*FUNCTIONS, ast.ClassDef)) for n in nodes) != 1:
                 continue
             refs = [n for n in nodes if isinstance(n, (ast.Name, ast.Attribute))]
@@ -626,18 +633,30 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
                 continue
             if any(isinstance(n, ast.alias) and not isinstance(parents.get(n), ast.ImportFrom) for n in nodes):
                 continue
-            drop = _unused_parameters(fn)
+            drop = [i for i in _unused_parameters(fn) if i >= offset]
             names = {fn.args.args[i].arg for i in drop}
-            if not drop or not all(_drops_cleanly(c, drop, names) for c in calls):
+            if not drop or not all(_drops_cleanly(c, [i - offset for i in drop], names) for c in calls):
                 continue
             for call in calls:
-                call.args = [x for i, x in enumerate(call.args) if i not in drop]
+                call.args = [x for i, x in enumerate(call.args, offset) if i not in drop]
                 call.keywords = [k for k in call.keywords if k.arg not in names]
             first_default = len(fn.args.args) - len(fn.args.defaults)
             fn.args.defaults = [d for i, d in enumerate(fn.args.defaults, first_default) if i not in drop]
             fn.args.args = [p for i, p in enumerate(fn.args.args) if i not in drop]
             changed |= {tree_name, *(owner[c] for c in calls)}
     return {n: ast.unparse(t) + "\n" if n in changed else sources[n] for n, t in trees.items()}
+
+
+def _self_constructed(trees: Iterable[ast.Module]) -> set[str]:
+    """Classes whose instances may come from a call that does not name them: those with a classmethod (`cls(…)`),
+    and every class where some code calls `type(x)(…)` or `x.__class__(…)`."""
+    classes = [n for t in trees for n in ast.walk(t) if isinstance(n, ast.ClassDef)]
+    if any(isinstance(n, ast.Call) and (isinstance(n.func, ast.Call) and ast.unparse(n.func.func) == "type"
+                                        or isinstance(n.func, ast.Attribute) and n.func.attr == "__class__")
+           for t in trees for n in ast.walk(t)):
+        return {c.name for c in classes}
+    return {c.name for c in classes if any(isinstance(d, ast.Name) and d.id == "classmethod"
+                                           for f in c.body if isinstance(f, FUNCTIONS) for d in f.decorator_list)}
 
 
 def _module_qualified(trees: dict[str, ast.Module]) -> set[int]:

@@ -31,7 +31,10 @@
   dropped code no longer count; `with_fixed` adds what it folds to `FIXED`). Hooks no enabled plugin implements
   are answered by their constant (`None` / `[]`),
   `not run.hook.pg_x.get_hookimpls()` by its truth; literal arguments every call of a function passes become
-  constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`). Then comparisons, `not`,
+  constants inside it (`constant_arguments`, also after tree-shaking: `fold_arguments`; a class's calls too, for its
+  `__init__`), an instance attribute only ever stored once, to a literal, in its class's `__init__` is that literal
+  in the class's methods (`constant_attributes`), and an attribute store nothing can read goes (`dead_attributes`).
+  Then comparisons, `not`,
   `and`/`or`, `x if c else y` and `if` on constants are evaluated, dead branches and statements after a
   `return`/`raise` dropped, locals bound once to a constant (alone or
   as a pair of a tuple assignment) replaced; the tree-shaker then removes what only those
@@ -50,6 +53,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Plugin, Registry, make_manager
+from submissions.lean import _self_constructed, pure
 from submissions.minify import names_in, short_names
 
 MARKER = "hookimpl"
@@ -950,7 +954,7 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silen
                 out[module], done = fold_module(text, core, {**params, **by_module.get(module, {})}, empty, counts,
                                                 switches)
                 folded |= done
-        before, out = out, constant_arguments(out)
+        before, out = out, dead_attributes(constant_attributes(constant_arguments(out)))
         if out == before:
             break
     values = {f"core.{k}": v for k, v in core.items()}
@@ -1067,15 +1071,18 @@ def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> di
     at each call of `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when
     every occurrence of its name is its definition, a plain `from … import` of it or a direct call without `*`/`**`
     arguments, and no string in the bundle names it; the parameter is never rebound in its body. The signature stays
-    (callers still pass the argument)."""
+    (callers still pass the argument). An undecorated class with an `__init__` qualifies the same way (its name only
+    ever called: no subclass, no isinstance), for the parameters of its `__init__` after `self`."""
     trees = {n: ast.parse(s) for n, s in sources.items() if s}
     callers = {**trees, **{f" extra{i}": ast.parse(t) for i, t in enumerate(extra)}}  # the script's main calls too
-    candidates, calls, bad = _direct_calls(callers)
+    candidates, calls, bad = _direct_calls(callers, classes=True)
+    bad |= _self_constructed(callers.values())
     changed: set[int] = set()
     for name, fn in candidates.items():
         if name in bad or not calls[name]:
             continue
-        params = [*fn.args.args, *fn.args.kwonlyargs]
+        # a class's calls pass its `__init__`'s parameters after `self`
+        params = [*fn.args.args[fn.name == "__init__":], *fn.args.kwonlyargs]
         defaults = dict(zip([a.arg for a in fn.args.args][len(fn.args.args) - len(fn.args.defaults):],
                             fn.args.defaults, strict=True))
         defaults.update({a.arg: d for a, d in zip(fn.args.kwonlyargs, fn.args.kw_defaults, strict=True) if d})
@@ -1099,9 +1106,167 @@ def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> di
             changed.add(id(fn))
     out = dict(sources)
     for module, tree in trees.items():
-        if any(id(s) in changed for s in tree.body):
+        if any(id(s) in changed for top in tree.body for s in (top, *getattr(top, "body", ()))):
             out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
     return out
+
+
+FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def constant_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` with CONSTANT ATTRIBUTES folded: in the methods (not `__init__`) of an undecorated class with no bases,
+    no subclass and no class-level binding of the name, a read `self.x` (`self`: the method's first parameter, never
+    rebound) becomes the literal `v` when the only store of an attribute `x` on its instances is the statement
+    `self.x = v` at the top level of that class's `__init__` (every other store of an `x` in the bundle and `extra`,
+    the script's own code, is one on `self` in the `__init__` of another class with no bases), before which
+    `__init__` uses `self` only to store attributes, and no string names `x` (`setattr`/`getattr` by a name built from
+    one): every instance has `x == v` from its construction on (what `constant_arguments` leaves of
+    `self.bos_id = bos_id` when every call passes None). Then `fold_module` drops the branches on it."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    everything = [*trees.values(), *(ast.parse(t) for t in extra)]
+    stores: dict[str, list[ast.Attribute]] = {}
+    words: set[str] = set()
+    bases, on_self = set(), set()
+    for tree in everything:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load):
+                stores.setdefault(node.attr, []).append(node)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                words.update(IDENT_RX.findall(node.value))
+            elif isinstance(node, ast.ClassDef):
+                bases |= {w for b in node.bases for w in IDENT_RX.findall(ast.unparse(b))}
+                if not node.bases and not node.keywords:  # stores on its own instances, no other class's
+                    on_self |= {id(n) for f in node.body if isinstance(f, FUNCTIONS) and f.name == "__init__"
+                            and f.args.args for n in ast.walk(f) if isinstance(n, ast.Attribute)
+                            and isinstance(n.value, ast.Name) and n.value.id == f.args.args[0].arg}
+    changed = set()
+    for module, tree in trees.items():
+        for cls in (c for c in ast.walk(tree) if isinstance(c, ast.ClassDef)):
+            if cls.bases or cls.keywords or cls.decorator_list or cls.name in bases:
+                continue
+            inits = [f for f in cls.body if isinstance(f, FUNCTIONS) and f.name == "__init__"]
+            bound = {n.id for s in cls.body if not isinstance(s, FUNCTIONS)
+                     for n in ast.walk(s) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+            bound |= {f.name for f in cls.body if isinstance(f, (*FUNCTIONS, ast.ClassDef))}
+            if len(inits) != 1 or not inits[0].args.args:
+                continue
+            init, consts = inits[0], {}
+            me = init.args.args[0].arg
+            for stmt in init.body:
+                target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == me \
+                        and isinstance(stmt.value, ast.Constant) and target in stores[target.attr] \
+                        and all(id(n) in on_self for n in stores[target.attr]) \
+                        and sum(n.value.id == me for n in stores[target.attr] if n in ast.walk(init)) == 1 \
+                        and target.attr not in words and target.attr not in bound:
+                    consts[target.attr] = stmt.value.value
+                elif any(isinstance(n, ast.Name) and n.id == me and not _stored_attribute(n, stmt)
+                         for n in ast.walk(stmt)):
+                    break  # `self` used otherwise: a method might read what is not stored yet
+            if not consts:
+                continue
+            for fn in cls.body:
+                if not isinstance(fn, FUNCTIONS) or fn is init or not fn.args.args or fn.decorator_list:
+                    continue
+                own = fn.args.args[0].arg
+                if own in _rebound(fn):
+                    continue
+                _SelfConstants(own, consts).visit(fn)
+                changed.add(module)
+    return {n: ast.unparse(ast.fix_missing_locations(trees[n])) + "\n" if n in changed else s
+            for n, s in sources.items()}
+
+
+def dead_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` without their DEAD ATTRIBUTE STORES: a statement `self.x = <pure>` (`lean.pure`; `self`: the first
+    parameter of a method of an undecorated class with no bases, never rebound in it) when nothing in the bundle (and
+    `extra`, the script's own code) reads an attribute `x` (`o.x`, `del o.x`), nothing defines a function, class or
+    class-level name `x` (a property's setter would run), no string names `x` (`getattr` by name), and no code reads
+    an object's `__dict__`, calls `vars` or defines `__getstate__`/`__setattr__` (what would see the stored value).
+    What `constant_attributes` leaves (`self.bos_id = None` that no method reads any more)."""
+    trees = {n: ast.parse(s) for n, s in sources.items() if s}
+    everything = [*trees.values(), *(ast.parse(t) for t in extra)]
+    read, defined, words = set(), set(), set()
+    for tree in everything:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Store):
+                read.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                words.update(IDENT_RX.findall(node.value))
+            elif isinstance(node, (*FUNCTIONS, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Name) and node.id == "vars":
+                return sources
+    if {"__dict__", "__getstate__", "__setattr__", "__reduce__"} & (read | defined):
+        return sources
+    dead = lambda t: isinstance(t, ast.Attribute) and t.attr not in read | defined | words  # noqa: E731
+    changed = set()
+    for module, tree in trees.items():
+        for cls in (c for c in ast.walk(tree) if isinstance(c, ast.ClassDef)):
+            if cls.bases or cls.keywords or cls.decorator_list:
+                continue
+            level = {n.id for b in cls.body if not isinstance(b, (*FUNCTIONS, ast.ClassDef))  # a descriptor there
+                     for n in ast.walk(b) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+            for fn in (f for f in cls.body if isinstance(f, FUNCTIONS) and f.args.args and not f.decorator_list):
+                me = fn.args.args[0].arg
+                if me in _rebound(fn):
+                    continue
+                bodies = [getattr(n, f) for n in ast.walk(fn) for f in ("body", "orelse", "finalbody")
+                          if isinstance(getattr(n, f, None), list) and getattr(n, f)]
+                gone = functools.partial(_gone, dead=dead, level=level, me=me)
+                for body in bodies:
+                    keep = []
+                    for stmt in body:
+                        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+                            t, v = stmt.targets[0], stmt.value
+                            if gone(t) and pure(v):
+                                continue
+                            if isinstance(t, ast.Tuple) and isinstance(v, ast.Tuple) and len(t.elts) == len(v.elts) \
+                                    and not any(isinstance(e, ast.Starred) for e in (*t.elts, *v.elts)):
+                                pairs = [(a, b) for a, b in zip(t.elts, v.elts, strict=True)
+                                         if not gone(a) or not pure(b)]
+                                if not pairs:
+                                    continue
+                                if len(pairs) < len(t.elts):
+                                    stmt = ast.Assign([pairs[0][0]], pairs[0][1]) if len(pairs) == 1 else \
+                                        ast.Assign([ast.Tuple([a for a, _ in pairs], ast.Store())],
+                                                   ast.Tuple([b for _, b in pairs], ast.Load()))
+                        keep.append(stmt)
+                    if len(keep) < len(body) or any(a is not b for a, b in zip(keep, body, strict=True)):
+                        body[:] = keep or [ast.Pass()]
+                        changed.add(module)
+    return {n: ast.unparse(ast.fix_missing_locations(trees[n])) + "\n" if n in changed else s
+            for n, s in sources.items()}
+
+
+def _gone(t: ast.expr, dead: Any, level: set[str], me: str) -> bool:
+    """`t` stores a dead attribute on `me` (`dead_attributes`) that no class-level name of its class shadows."""
+    return dead(t) and t.attr not in level and isinstance(t.value, ast.Name) and t.value.id == me
+
+
+def _rebound(fn: ast.AST) -> set[str]:
+    """The names `fn` rebinds, or a nested scope of it shadows (its parameters)."""
+    out = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    return out | {a.arg for i in ast.walk(fn) if i is not fn and isinstance(i, (*FUNCTIONS, ast.Lambda))
+                  for a in ast.walk(i.args) if isinstance(a, ast.arg)}
+
+
+def _stored_attribute(name: ast.Name, stmt: ast.stmt) -> bool:
+    """`name` is the object of an attribute that the assignment `stmt` stores (`self.a, self.b = (a, b)`)."""
+    return isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Attribute) and t.value is name
+                                                for target in stmt.targets for t in ast.walk(target))
+
+
+class _SelfConstants(ast.NodeTransformer):
+    def __init__(self, me: str, consts: dict[str, Any]):
+        self.me, self.consts = me, consts
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) and node.value.id == self.me \
+                and node.attr in self.consts:
+            return ast.Constant(self.consts[node.attr])
+        return self.generic_visit(node)
 
 
 def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
@@ -1259,7 +1424,7 @@ class _SubstituteParams(ast.NodeTransformer):
 def fold_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`constant_arguments`, then `fold_module` (constants only) on the modules it changed: run again on shaken
     sources, where the calls from code the shaker dropped no longer count."""
-    out = constant_arguments(sources, extra)
+    out = dead_attributes(constant_attributes(constant_arguments(sources, extra), extra), extra)
     return {n: fold_module(s, {}, {}, {})[0] if s != sources[n] else s for n, s in out.items()}
 
 
