@@ -694,7 +694,7 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 
 # The pr1493 bundle with the record profile (the record's settings front end: environment variables only), wrapped
 # as above; ratchet it down too: 27,695 measured (full 32,461); latin1 22,889 (full 26,817).
-PR1493_RECORD_WRAPPED_CEILING = 27_700
+PR1493_RECORD_WRAPPED_CEILING = 27_704  # +9 (27,704): core counts a parameter viewing a bank once
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
