@@ -20,7 +20,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from plugins.lib.codecs import BSHF_MAGIC, byte_unshuffle
 from validator.rules.base import ERROR, FAIL, PASS, SKIP, WARN, FolderContext, Rule
 
 MAGIC = b"PGOLF\x00"
@@ -178,8 +177,15 @@ def _check_bare(r: Rule, ctx: FolderContext, path: Path, blob: bytes) -> list[An
             raw = _decompress(codec, blob)
         except Exception:  # noqa: BLE001 - not this codec's stream
             continue
-        if raw is not None and raw.startswith(BSHF_MAGIC) and len(raw) > 5:
-            raw = byte_unshuffle(raw, raw[4])
+        if raw is not None and raw.startswith(b"BSHF") and len(raw) > 5:  # undo the byte shuffle here, as
+            # plugins.lib.codecs.byte_unshuffle does: that module imports torch, and static validation must not
+            stride = raw[4]
+            body = raw[5:]
+            sizes = [len(body) // stride + (1 if i < len(body) % stride else 0) for i in range(stride)]
+            out, off = bytearray(len(body)), 0
+            for i, n in enumerate(sizes):
+                out[i::stride], off = body[off:off + n], off + n
+            raw = bytes(out)
         if raw is not None and raw.startswith(b"PK"):
             return [r.finding(PASS, f"bare artifact whole: {len(blob):,} bytes, {codec} stream of a torch archive")]
     return [r.finding(FAIL, "not a pgolf artifact (no header) and no codec here decompresses it to a torch archive",
