@@ -606,7 +606,7 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
     word of a string, nor named in `extra`, the script's own code, when every
     call passes it a pure argument (or none) without `*`/`**` unpacking. So does a parameter after `self` of the
     `__init__` of an undecorated class whose name is only ever called so (no subclass, no isinstance, no classmethod:
-    `_self_constructed`). Lean contract: only the evaluation of
+    `self_constructed`). Lean contract: only the evaluation of
     pure arguments goes (folded settings leave `where` / `name` parameters no code reads any more)."""
     trees = {name: ast.parse(text) for name, text in sources.items()}
     others = [ast.parse(t) for t in extra]
@@ -615,7 +615,7 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
     parents = {c: p for t in trees.values() for p in ast.walk(t) for c in ast.iter_child_nodes(p)}
     owner = {n: name for name, t in trees.items() for n in ast.walk(t) if isinstance(n, ast.Call)}
     changed: set[str] = set()
-    constructed = _self_constructed([*trees.values(), *others])
+    constructed = self_constructed([*trees.values(), *others])
     for tree_name, tree in trees.items():
         for top in tree.body:
             fn, offset = top, 0
@@ -647,7 +647,7 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
     return {n: ast.unparse(t) + "\n" if n in changed else sources[n] for n, t in trees.items()}
 
 
-def _self_constructed(trees: Iterable[ast.Module]) -> set[str]:
+def self_constructed(trees: Iterable[ast.Module]) -> set[str]:
     """Classes whose instances may come from a call that does not name them: those with a classmethod (`cls(…)`),
     and every class where some code calls `type(x)(…)` or `x.__class__(…)`."""
     classes = [n for t in trees for n in ast.walk(t) if isinstance(n, ast.ClassDef)]

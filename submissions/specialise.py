@@ -53,7 +53,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Plugin, Registry, make_manager
-from submissions.lean import _self_constructed, pure
+from submissions.lean import FUNCTIONS, pure, self_constructed
 from submissions.minify import names_in, short_names
 
 MARKER = "hookimpl"
@@ -1076,7 +1076,7 @@ def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> di
     trees = {n: ast.parse(s) for n, s in sources.items() if s}
     callers = {**trees, **{f" extra{i}": ast.parse(t) for i, t in enumerate(extra)}}  # the script's main calls too
     candidates, calls, bad = _direct_calls(callers, classes=True)
-    bad |= _self_constructed(callers.values())
+    bad |= self_constructed(callers.values())
     changed: set[int] = set()
     for name, fn in candidates.items():
         if name in bad or not calls[name]:
@@ -1109,9 +1109,6 @@ def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> di
         if any(id(s) in changed for top in tree.body for s in (top, *getattr(top, "body", ()))):
             out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
     return out
-
-
-FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
 
 
 def constant_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
