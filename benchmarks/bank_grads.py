@@ -21,16 +21,18 @@ from core.optim import Muon, default_param_groups
 from plugins.parallel_muon import ParallelMuon, install_banks
 
 
-def accumulate_grad_nodes(loss: torch.Tensor) -> int:
-    seen, stack, n = set(), [loss.grad_fn], 0
+def accumulate_grad_leaves(loss: torch.Tensor) -> list[torch.Tensor]:
+    """The leaf tensors autograd accumulates into for `loss` (its AccumulateGrad nodes)."""
+    seen, stack, leaves = set(), [loss.grad_fn], []
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        n += type(node).__name__ == "AccumulateGrad"
+        if type(node).__name__ == "AccumulateGrad":
+            leaves.append(node.variable)
         stack.extend(f for f, _ in node.next_functions)
-    return n
+    return leaves
 
 
 def measure(banks: bool, layers: int, micro: int) -> dict[str, int]:
@@ -43,7 +45,7 @@ def measure(banks: bool, layers: int, micro: int) -> dict[str, int]:
                                  torch.bfloat16)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randint(0, 1024, (micro, 1, 32))
-    nodes = accumulate_grad_nodes(compiled(x[0], x[0]))
+    nodes = len(accumulate_grad_leaves(compiled(x[0], x[0])))
     model.zero_grad(set_to_none=True)
     for i in range(micro):  # warm-up step (banks built, momentum allocated)
         compiled(x[i], x[i]).backward()
