@@ -55,6 +55,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import functools
+import hashlib
 import inspect
 import io
 import json
@@ -569,12 +570,32 @@ def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[
     return out
 
 
+# `_embedded`'s recent results by the digest of what they were made from, oldest first.
+_EMBEDDED: dict[str, tuple[dict[str, str], str]] = {}
+
+
 def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool, profile: str = "full") -> tuple[
         dict[str, str], str]:
-    """(module name -> embedded source, the script's loader code)."""
-    record = profile == "record"
-    registry = _RecordRegistry(registry) if record else registry
+    """(module name -> embedded source, the script's loader code). Memoized on the texts of the modules it embeds,
+    the run's plugin classes, the configuration (`Config.to_json`) and the options: `pgolf train` bundles to log
+    its code size, and one configuration is often bundled wrapped and plain."""
+    registry = _RecordRegistry(registry) if profile == "record" else registry
     sources, plugin_modules = bundle_sources(cfg, registry)
+    classes = [(c.__module__, c.__qualname__) for c in map(registry.plugins.get, registry.run_plugins(cfg.plugins))]
+    key = hashlib.sha256(repr((cfg.to_json(), strip, minify, profile, sorted(sources.items()), plugin_modules,
+                               classes)).encode()).hexdigest()
+    if key not in _EMBEDDED:
+        _EMBEDDED[key] = _embed(cfg, registry, sources, plugin_modules, strip, minify, profile)
+        if len(_EMBEDDED) > 8:
+            del _EMBEDDED[next(iter(_EMBEDDED))]
+    out, loader = _EMBEDDED[key]
+    return dict(out), loader
+
+
+def _embed(cfg: Config, registry: Registry, sources: dict[str, str], plugin_modules: list[str], strip: bool,
+           minify: bool, profile: str) -> tuple[dict[str, str], str]:
+    """`_embedded` of the modules `bundle_sources` found."""
+    record = profile == "record"
     if record and not specialise.hook_counts(cfg, registry)["pg_state_codec"][0]:
         sources["core.export"] = bare_export(sources["core.export"])
     sources["plugins"] = "" if record else f"BUNDLED = {tuple(sorted(set(plugin_modules)))!r}\n"

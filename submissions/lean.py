@@ -650,10 +650,14 @@ def drop_unused_parameters(sources: dict[str, str], extra: Iterable[str] = ()) -
 def self_constructed(trees: Iterable[ast.Module]) -> set[str]:
     """Classes whose instances may come from a call that does not name them: those with a classmethod (`cls(…)`),
     and every class where some code calls `type(x)(…)` or `x.__class__(…)`."""
-    classes = [n for t in trees for n in ast.walk(t) if isinstance(n, ast.ClassDef)]
-    if any(isinstance(n, ast.Call) and (isinstance(n.func, ast.Call) and ast.unparse(n.func.func) == "type"
-                                        or isinstance(n.func, ast.Attribute) and n.func.attr == "__class__")
-           for t in trees for n in ast.walk(t)):
+    classes, anonymous = [], False
+    for node in (n for t in trees for n in ast.walk(t)):
+        if isinstance(node, ast.ClassDef):
+            classes.append(node)
+        elif isinstance(node, ast.Call) and not anonymous:
+            anonymous = isinstance(node.func, ast.Call) and ast.unparse(node.func.func) == "type" \
+                or isinstance(node.func, ast.Attribute) and node.func.attr == "__class__"
+    if anonymous:
         return {c.name for c in classes}
     return {c.name for c in classes if any(isinstance(d, ast.Name) and d.id == "classmethod"
                                            for f in c.body if isinstance(f, FUNCTIONS) for d in f.decorator_list)}

@@ -954,7 +954,7 @@ def fold_sources(cfg: Config, registry: Registry, sources: dict[str, str], silen
                 out[module], done = fold_module(text, core, {**params, **by_module.get(module, {})}, empty, counts,
                                                 switches)
                 folded |= done
-        before, out = out, dead_attributes(constant_attributes(constant_arguments(out)))
+        before, out = out, attribute_passes(out)
         if out == before:
             break
     values = {f"core.{k}": v for k, v in core.items()}
@@ -1066,15 +1066,21 @@ def _fill_empty_bodies(tree: ast.AST) -> None:
 
 
 def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
-    """`sources` with the parameters of module-level functions that every call in the bundle passes the same
-    literal (or leaves at the same literal default) replaced by that literal inside the function (`baseline_int8=False`
-    at each call of `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when
-    every occurrence of its name is its definition, a plain `from … import` of it or a direct call without `*`/`**`
-    arguments, and no string in the bundle names it; the parameter is never rebound in its body. The signature stays
-    (callers still pass the argument). An undecorated class with an `__init__` qualifies the same way (its name only
-    ever called: no subclass, no isinstance), for the parameters of its `__init__` after `self`."""
-    trees = {n: ast.parse(s) for n, s in sources.items() if s}
-    callers = {**trees, **{f" extra{i}": ast.parse(t) for i, t in enumerate(extra)}}  # the script's main calls too
+    """`sources` after `constant_arguments_in` (one parse, changed modules unparsed)."""
+    trees = _parsed(sources)
+    return _unparsed(sources, trees, constant_arguments_in(trees, [ast.parse(t) for t in extra]))
+
+
+def constant_arguments_in(trees: dict[str, ast.Module], extra: list[ast.Module]) -> set[str]:
+    """The modules changed in `trees` (in place; `extra`: the script's own code, whose calls count too) by replacing the
+    parameters of module-level functions that every call in the bundle passes the same literal (or leaves at the same
+    literal default) with that literal inside the function (`baseline_int8=False` at each call of
+    `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when every occurrence of
+    its name is its definition, a plain `from … import` of it or a direct call without `*`/`**` arguments, and no string
+    in the bundle names it; the parameter is never rebound in its body. The signature stays (callers still pass the
+    argument). An undecorated class with an `__init__` qualifies the same way (its name only ever called: no subclass,
+    no isinstance), for the parameters of its `__init__` after `self`."""
+    callers = {**trees, **{f" extra{i}": t for i, t in enumerate(extra)}}  # the script's main calls too
     candidates, calls, bad = _direct_calls(callers, classes=True)
     bad |= self_constructed(callers.values())
     changed: set[int] = set()
@@ -1104,24 +1110,26 @@ def constant_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> di
         if consts:
             _SubstituteParams(consts).visit(fn)
             changed.add(id(fn))
-    out = dict(sources)
-    for module, tree in trees.items():
-        if any(id(s) in changed for top in tree.body for s in (top, *getattr(top, "body", ()))):
-            out[module] = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
-    return out
+    return {module for module, tree in trees.items()
+            if any(id(s) in changed for top in tree.body for s in (top, *getattr(top, "body", ())))}
 
 
 def constant_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
-    """`sources` with CONSTANT ATTRIBUTES folded: in the methods (not `__init__`) of an undecorated class with no bases,
-    no subclass and no class-level binding of the name, a read `self.x` (`self`: the method's first parameter, never
-    rebound) becomes the literal `v` when the only store of an attribute `x` on its instances is the statement
-    `self.x = v` at the top level of that class's `__init__` (every other store of an `x` in the bundle and `extra`,
-    the script's own code, is one on `self` in the `__init__` of another class with no bases), before which
-    `__init__` uses `self` only to store attributes, and no string names `x` (`setattr`/`getattr` by a name built from
-    one): every instance has `x == v` from its construction on (what `constant_arguments` leaves of
+    """`sources` after `constant_attributes_in` (one parse, changed modules unparsed)."""
+    trees = _parsed(sources)
+    return _unparsed(sources, trees, constant_attributes_in(trees, [ast.parse(t) for t in extra]))
+
+
+def constant_attributes_in(trees: dict[str, ast.Module], extra: list[ast.Module]) -> set[str]:
+    """The modules changed in `trees` (in place) by folding CONSTANT ATTRIBUTES: in the methods (not `__init__`) of an
+    undecorated class with no bases, no subclass and no class-level binding of the name, a read `self.x` (`self`: the
+    method's first parameter, never rebound) becomes the literal `v` when the only store of an attribute `x` on its
+    instances is the statement `self.x = v` at the top level of that class's `__init__` (every other store of an `x` in
+    the bundle and `extra`, the script's own code, is one on `self` in the `__init__` of another class with no bases),
+    before which `__init__` uses `self` only to store attributes, and no string names `x` (`setattr`/`getattr` by a name
+    built from one): every instance has `x == v` from its construction on (what `constant_arguments` leaves of
     `self.bos_id = bos_id` when every call passes None). Then `fold_module` drops the branches on it."""
-    trees = {n: ast.parse(s) for n, s in sources.items() if s}
-    everything = [*trees.values(), *(ast.parse(t) for t in extra)]
+    everything = [*trees.values(), *extra]
     stores: dict[str, list[ast.Attribute]] = {}
     words: set[str] = set()
     bases, on_self = set(), set()
@@ -1171,19 +1179,23 @@ def constant_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> d
                     continue
                 _SelfConstants(own, consts).visit(fn)
                 changed.add(module)
-    return {n: ast.unparse(ast.fix_missing_locations(trees[n])) + "\n" if n in changed else s
-            for n, s in sources.items()}
+    return changed
 
 
 def dead_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
-    """`sources` without their DEAD ATTRIBUTE STORES: a statement `self.x = <pure>` (`lean.pure`; `self`: the first
-    parameter of a method of an undecorated class with no bases, never rebound in it) when nothing in the bundle (and
-    `extra`, the script's own code) reads an attribute `x` (`o.x`, `del o.x`), nothing defines a function, class or
-    class-level name `x` (a property's setter would run), no string names `x` (`getattr` by name), and no code reads
-    an object's `__dict__`, calls `vars` or defines `__getstate__`/`__setattr__` (what would see the stored value).
-    What `constant_attributes` leaves (`self.bos_id = None` that no method reads any more)."""
-    trees = {n: ast.parse(s) for n, s in sources.items() if s}
-    everything = [*trees.values(), *(ast.parse(t) for t in extra)]
+    """`sources` after `dead_attributes_in` (one parse, changed modules unparsed)."""
+    trees = _parsed(sources)
+    return _unparsed(sources, trees, dead_attributes_in(trees, [ast.parse(t) for t in extra]))
+
+
+def dead_attributes_in(trees: dict[str, ast.Module], extra: list[ast.Module]) -> set[str]:
+    """The modules changed in `trees` (in place) by dropping their DEAD ATTRIBUTE STORES: a statement `self.x = <pure>`
+    (`lean.pure`; `self`: the first parameter of a method of an undecorated class with no bases, never rebound in it)
+    when nothing in the bundle (and `extra`, the script's own code) reads an attribute `x` (`o.x`, `del o.x`), nothing
+    defines a function, class or class-level name `x` (a property's setter would run), no string names `x` (`getattr` by
+    name), and no code reads an object's `__dict__`, calls `vars` or defines `__getstate__`/`__setattr__` (what would
+    see the stored value). What `constant_attributes` leaves (`self.bos_id = None` that no method reads any more)."""
+    everything = [*trees.values(), *extra]
     read, defined, words = set(), set(), set()
     for tree in everything:
         for node in ast.walk(tree):
@@ -1194,9 +1206,9 @@ def dead_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[
             elif isinstance(node, (*FUNCTIONS, ast.ClassDef)):
                 defined.add(node.name)
             elif isinstance(node, ast.Name) and node.id == "vars":
-                return sources
+                return set()
     if {"__dict__", "__getstate__", "__setattr__", "__reduce__"} & (read | defined):
-        return sources
+        return set()
     dead = lambda t: isinstance(t, ast.Attribute) and t.attr not in read | defined | words  # noqa: E731
     changed = set()
     for module, tree in trees.items():
@@ -1233,6 +1245,24 @@ def dead_attributes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[
                     if len(keep) < len(body) or any(a is not b for a, b in zip(keep, body, strict=True)):
                         body[:] = keep or [ast.Pass()]
                         changed.add(module)
+    return changed
+
+
+def attribute_passes(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """`sources` after `constant_arguments_in`, `constant_attributes_in` and `dead_attributes_in` in turn, on one
+    parse (each pass sees the trees the one before left), the modules any of them changed unparsed once."""
+    trees, others = _parsed(sources), [ast.parse(t) for t in extra]
+    changed = constant_arguments_in(trees, others)
+    changed |= constant_attributes_in(trees, others)
+    return _unparsed(sources, trees, changed | dead_attributes_in(trees, others))
+
+
+def _parsed(sources: dict[str, str]) -> dict[str, ast.Module]:
+    return {n: ast.parse(s) for n, s in sources.items() if s}
+
+
+def _unparsed(sources: dict[str, str], trees: dict[str, ast.Module], changed: set[str]) -> dict[str, str]:
+    """`sources` with each module in `changed` replaced by its tree's text."""
     return {n: ast.unparse(ast.fix_missing_locations(trees[n])) + "\n" if n in changed else s
             for n, s in sources.items()}
 
@@ -1286,8 +1316,10 @@ def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
     calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
     bad: set[str] = set()
     for tree in trees.values():
-        call_funcs = {id(n.func): n for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        call_funcs: dict[int, ast.Call] = {}  # a call's function node -> the call (the walk meets a call first)
         for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                call_funcs[id(node.func)] = node
             name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
                 node.name if isinstance(node, ast.alias) else None
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -1421,7 +1453,7 @@ class _SubstituteParams(ast.NodeTransformer):
 def fold_arguments(sources: dict[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
     """`constant_arguments`, then `fold_module` (constants only) on the modules it changed: run again on shaken
     sources, where the calls from code the shaker dropped no longer count."""
-    out = dead_attributes(constant_attributes(constant_arguments(sources, extra), extra), extra)
+    out = attribute_passes(sources, extra)
     return {n: fold_module(s, {}, {}, {})[0] if s != sources[n] else s for n, s in out.items()}
 
 
