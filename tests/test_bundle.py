@@ -231,6 +231,20 @@ def test_bundling_again_gives_the_same_script_and_sees_an_edited_plugin_file(tmp
     assert "27182" in second and "31337" not in second
 
 
+def test_one_configuration_is_specialised_once_however_often_it_is_bundled(tiny_sets, monkeypatch):
+    """`_embedded` is memoized on its inputs: the wrapped and the plain script of one configuration and the size
+    `pgolf train` logs specialise it once; another value of a setting is bundled anew."""
+    import submissions.bundle as sb
+
+    calls, real = [], sb.specialised_loader
+    monkeypatch.setattr(sb, "specialised_loader", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    cfg, reg = _wrapper_config(tiny_sets, ["ema", "code_wrapper"], ["ema.decay=0.25"])
+    wrapped, plain = bundle(cfg, reg), bundle(cfg, reg, wrap=False)
+    assert bundle_size(cfg, reg) == len(wrapped.encode()) and len(calls) == 1 and "0.25" in plain
+    other, _ = _wrapper_config(tiny_sets, ["ema", "code_wrapper"], ["ema.decay=0.125"])
+    assert "0.125" in bundle(other, reg, wrap=False) and len(calls) == 2
+
+
 def test_reindent_keeps_the_syntax_tree_and_refuses_multiline_strings():
     from submissions.bundle import reindent
 
