@@ -80,18 +80,6 @@ def pick_attention(setting: str, device: torch.device, measure: Callable[[], str
     return choice
 
 
-class NoProgress:
-    """The timed loop's live display when there is none; `pgolf train` passes `pgolf.progress.Progress`."""
-
-    def __init__(self, total: int, tokens_per_step: int, cap_ms: float | None) -> None: ...
-
-    def phase(self, name: str) -> None: ...
-
-    def update(self, step: int, elapsed_ms: float, loss: float | None = None) -> None: ...
-
-    def close(self) -> None: ...
-
-
 @dataclass
 class Run:
     config: Config
@@ -114,7 +102,6 @@ class Run:
     val_bytes: Any = None  # per-position byte counts of val_tokens (pg_val_byte_counts), or None: the tables
     tokenizer: Any = None
     state: dict[str, Any] = field(default_factory=dict)  # plugins' per-run state, keyed by plugin name
-    progress: Any = NoProgress  # (total, tokens_per_step, cap_ms) -> a display (rank 0 only)
     grad_accum_steps: int = 1
     eval_seq_len: int = 1024
     data_dir: Path | None = None
@@ -163,8 +150,7 @@ class Run:
                 f.write(json.dumps({"event": kind, "time": round(time.time(), 3), **fields}, default=str) + "\n")
 
 
-def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: bool = True,
-               progress: Any = None) -> Run:
+def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: bool = True) -> Run:
     """Set up distributed state, device, the plugin manager and the run directory."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world_size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -182,8 +168,7 @@ def create_run(config: Config, registry: Registry, core_impl: Any, make_dir: boo
         config.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     run = Run(config=config, registry=registry, pm=pm, device=device, rank=rank, world_size=world_size,
               local_rank=local_rank, distributed=distributed,
-              autocast_dtype=torch.bfloat16 if device.type == "cuda" else None,
-              progress=progress if progress is not None and rank == 0 else NoProgress)
+              autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
     if make_dir:
         run.run_dir = Path(config.core.out_dir) / config.core.run_id
         if run.master:

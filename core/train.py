@@ -31,7 +31,7 @@ from core.hookspecs import hookimpl
 from core.model import GPT, ModelSpec, cast_for_training
 from core.optim import Muon, default_param_groups, make_default_optimizer, zeropower_via_newtonschulz5
 from core.registry import Registry
-from core.run import NoProgress, Run, create_run, write_atomic
+from core.run import Run, create_run, write_atomic
 from core.scoring import EvalResult, PlainEvaluator, evaluate, prepare_eval, restored_weights
 from core.tokenizer import build_byte_tables, check_position_bytes, load_tokenizer
 
@@ -166,13 +166,12 @@ class TrainingDiverged(RuntimeError):
     """The training loss became non-finite; the run stops before exporting anything."""
 
 
-def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize | None = None,
-          progress: Any = None) -> Run:
+def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: CodeSize | None = None) -> Run:
     """Everything before the loop: run, data, tokenizer tables, model, optimizers. `code_size` counts the
     submission's code bytes (a bundled script passes its own size, `pgolf train` the bundle's; core counts no
-    code itself); `progress` makes a live display for the timed loop (`core.run.NoProgress`'s interface)."""
+    code itself)."""
     cuda = torch.cuda.is_available() and config.core.device != "cpu"
-    run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir, progress=progress)
+    run = create_run(config, registry, CoreDefaults(fused_adam=cuda), make_dir=make_dir)
     run.code_size = code_size
     run.schemes = {**ex.SCHEMES, **{k: v for d in run.hook.pg_dequantizers() if d for k, v in d.items()}}
     core = run.core
@@ -348,11 +347,12 @@ def warmup_and_restore(run: Run, stepper: Stepper) -> None:
         for i, mode in enumerate(modes):  # each mode's graph is compiled now, never inside the timed loop
             set_modes(run, tuple(m.name for m in modes[: i + 1]))
             step(f"warmup_mode:{mode.name}")
-        for k, (i, batch) in itertools.product(range(len(modes) + 1), enumerate(batches)):  # e.g. cu_seqlens sizes
-            set_modes(run, tuple(m.name for m in modes[:k]))
-            dims = ",".join("x".join(map(str, t.shape)) for t in batch)
-            step(f"warmup_shape:{i + 1}/{len(batches)} mode:{'+'.join(run.active_modes) or 'base'} batch:{dims}",
-                 SimpleNamespace(next_batch=lambda *_, b=batch: b))
+        if shapes:  # the loader's batch shapes (e.g. cu_seqlens sizes), in every mode
+            for k, (i, batch) in itertools.product(range(len(modes) + 1), enumerate(batches)):
+                set_modes(run, tuple(m.name for m in modes[:k]))
+                dims = ",".join("x".join(map(str, t.shape)) for t in batch)
+                step(f"warmup_shape:{i + 1}/{len(batches)} mode:{'+'.join(run.active_modes) or 'base'} batch:{dims}",
+                     SimpleNamespace(next_batch=lambda *_, b=batch: b))
         if modes:  # and back to the base mode, as the timed loop starts there
             set_modes(run, ())
             step("warmup_mode:base")
@@ -377,15 +377,17 @@ def compiled_graph_count() -> int:
 LoopResult = namedtuple("LoopResult", "steps train_time_ms last_val_bpb", defaults=(None,))  # what timed_loop returns
 
 
-def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
+def timed_loop(run: Run, stepper: Stepper, budget: Budget, progress: Any = None) -> LoopResult:
     """The measured loop (baseline semantics): validation every `val_loss_every` steps and at the end, the
-    schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap."""
+    schedule (warmdown, Muon momentum warm-up, modes by training fraction), the wall-clock cap. `progress` makes
+    rank 0's live display, `progress(total, tokens_per_step, cap_ms)`, with `phase(name)`, `update(step,
+    elapsed_ms, loss)` and `close()` (`pgolf.progress.Progress`); without one, step lines go to the console."""
     core, base = run.core, run.model
     pending_modes = list(run.modes)
     loader = new_loader(run)
     run.hook.pg_train_start(run=run)
     evaluator_plain = plain_evaluator(run)
-    progress = run.progress(core.iterations, core.train_batch_tokens, budget.loop_ms)
+    display = progress(core.iterations, core.train_batch_tokens, budget.loop_ms) if progress and run.master else None
     check_every_step = CHECK_LOSS_EVERY_STEP_OFF_GPU and run.device.type != "cuda"  # costs nothing off-GPU
     graphs_at_start, eval_graphs = compiled_graph_count(), 0  # validation shapes compile apart from training
     step, training_time_ms, last_val_bpb, stop_after_step = 0, 0.0, None, None
@@ -396,12 +398,14 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         if last_step or (core.val_loss_every > 0 and step % core.val_loss_every == 0):
             run.synchronize()
             training_time_ms += 1000.0 * (time.perf_counter() - t0)
-            progress.phase(f"validating at step {step}")
+            if display:
+                display.phase(f"validating at step {step}")
             graphs_before_eval = compiled_graph_count()
             res = evaluate(run, run.eval_model, evaluator_plain, run.val_tokens)
             eval_graphs += compiled_graph_count() - graphs_before_eval
             last_val_bpb = res.val_bpb
-            progress.phase("train")
+            if display:
+                display.phase("train")
             run.log(f"step:{step}/{core.iterations} val_loss:{res.val_loss:.4f} val_bpb:{res.val_bpb:.4f} "
                     f"train_time:{training_time_ms:.0f}ms step_avg:{training_time_ms / max(step, 1):.2f}ms")
             run.event("val", step=step, val_loss=res.val_loss, val_bpb=res.val_bpb, train_time_ms=training_time_ms)
@@ -422,7 +426,7 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
             run.event("mode", mode=mode.name, step=step, frac=clock.frac)
         stepper.zero_grad()
         train_loss = stepper.forward_backward(loader)
-        loss_now = finite_loss(run, progress, step + 1, train_loss) if check_every_step else None
+        loss_now = finite_loss(run, display, step + 1, train_loss) if check_every_step else None
         run.hook.pg_before_step(run=run, step=step, clock=clock)
         for opt in run.optimizers:
             for group in opt.param_groups:
@@ -437,14 +441,16 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
         approx_ms = training_time_ms + 1000.0 * (time.perf_counter() - t0)
         if core.train_log_every > 0 and (step <= 10 or step % core.train_log_every == 0 or stop_after_step is not None):
             if loss_now is None:
-                loss_now = finite_loss(run, progress, step, train_loss)
+                loss_now = finite_loss(run, display, step, train_loss)
             run.log(f"step:{step}/{core.iterations} train_loss:{loss_now:.4f} train_time:{approx_ms:.0f}ms "
-                    f"step_avg:{approx_ms / step:.2f}ms", console=run.progress is NoProgress)
+                    f"step_avg:{approx_ms / step:.2f}ms", console=display is None)
             run.event("step", step=step, train_loss=loss_now, train_time_ms=approx_ms, lr_mul=clock.lr_mul)
-        progress.update(step, approx_ms, loss_now)
+        if display:
+            display.update(step, approx_ms, loss_now)
         if stop_after_step is None and reached_cap(run, budget, approx_ms):
             stop_after_step = step
-    progress.close()
+    if display:
+        display.close()
     recompiles = compiled_graph_count() - graphs_at_start - eval_graphs
     run.log(f"timed_loop_recompiles:{recompiles}")
     run.event("train_end", steps=step, train_time_ms=training_time_ms, recompiles=recompiles)
@@ -454,13 +460,14 @@ def timed_loop(run: Run, stepper: Stepper, budget: Budget) -> LoopResult:
     return LoopResult(steps=step, train_time_ms=training_time_ms, last_val_bpb=last_val_bpb)
 
 
-def finite_loss(run: Run, progress: Any, step: int, train_loss: torch.Tensor) -> float:
+def finite_loss(run: Run, display: Any, step: int, train_loss: torch.Tensor) -> float:
     """The training loss at `step` as a float (a host sync); if it is not finite, close the progress
-    display, log why and raise TrainingDiverged."""
+    `display` (if any), log why and raise TrainingDiverged."""
     loss = float(train_loss.item())
     if math.isfinite(loss):
         return loss
-    progress.close()
+    if display:
+        display.close()
     msg = (f"training diverged: train_loss is {loss} at step {step}; stopped before export, nothing written "
            "(lower the learning rates, e.g. core.matrix_lr, or set core.grad_clip_norm)")
     run.log(f"stopping: {msg}")
@@ -510,21 +517,21 @@ def finish_and_calibrate(run: Run, loop: LoopResult, budget: Budget) -> float:
     return calibration_ms
 
 
-def train(run: Run) -> dict[str, Any]:
-    """The phases after setup, in order; writes metrics.json."""
+def train(run: Run, progress: Any = None) -> dict[str, Any]:
+    """The phases after setup, in order; writes metrics.json. `progress`: the timed loop's live display."""
     n_params = log_run_header(run)
     budget = Budget.of(run)
     stepper = Stepper(run)
     warmup_and_restore(run, stepper)
-    loop = timed_loop(run, stepper, budget)
+    loop = timed_loop(run, stepper, budget, progress)
     calibration_ms = finish_and_calibrate(run, loop, budget)
     summary = final_eval(run, *export_artifact(run))
     summary.update(steps=loop.steps, train_time_ms=loop.train_time_ms + calibration_ms,
                    loop_train_time_ms=loop.train_time_ms, calibration_ms=calibration_ms, params=n_params)
     if loop.last_val_bpb is not None and summary["val_bpb"] > loop.last_val_bpb + 0.01:
         run.log(f"note: final val_bpb {summary['val_bpb']:.4f} vs {loop.last_val_bpb:.4f} at the last step: the "
-                "final model is the exported one, after pg_train_end (weight averaging) and quantization; a short "
-                "run's average lags its live weights")
+                "final model is the exported one, after the train-end hooks (weight averaging) and quantization; a "
+                "short run's average lags its live weights")
     if bad := [k for k in ("val_loss", "val_bpb") if not math.isfinite(summary[k])]:
         raise TrainingDiverged(f"final evaluation: {bad[0]} is {summary[bad[0]]} (non-finite); metrics.json not "
                                "written and the run is not a result")
@@ -580,9 +587,9 @@ def final_eval(run: Run, label: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 def run_training(config: Config, registry: Registry, code_size: CodeSize | None = None,
                  progress: Any = None) -> dict[str, Any]:
-    run = setup(config, registry, code_size=code_size, progress=progress)
+    run = setup(config, registry, code_size=code_size)
     try:
-        return train(run)
+        return train(run, progress)
     finally:
         shutdown(run)
 

@@ -6,7 +6,7 @@ import sys
 
 
 class Progress:
-    """The timed loop's display (`core.run.NoProgress`'s interface); `phase` names a stretch without steps
+    """The timed loop's display (`core.train.timed_loop`'s `progress`); `phase` names a stretch without steps
     (validation) so the line never sits silent. Without tqdm it shows nothing."""
 
     def __init__(self, total: int, tokens_per_step: int, cap_ms: float | None):

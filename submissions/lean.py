@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import contextvars
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 PURE_CALLS = {"len", "isinstance", "issubclass", "callable", "hasattr", "getattr", "type", "int", "float", "str",
               "bool", "abs",
@@ -696,3 +697,15 @@ def _drops_cleanly(call: ast.Call, drop: list[int], names: set[str]) -> bool:
         return False
     return all(pure(x) for i, x in enumerate(call.args) if i in drop) and all(
         pure(k.value) for k in call.keywords if k.arg in names)
+
+
+
+@contextlib.contextmanager
+def purity(functions: frozenset[str]) -> Iterator[None]:
+    """Inside it, `pure` counts calls of the module-level `functions` as pure (as it does the bundle's
+    `pure_functions` inside `lean_sources`)."""
+    token = _PURE_FUNCTIONS.set(functions)
+    try:
+        yield
+    finally:
+        _PURE_FUNCTIONS.reset(token)
