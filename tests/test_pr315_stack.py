@@ -29,6 +29,7 @@ from core.optim import Muon
 from core.registry import Registry
 from core.run import create_run
 from core.train import Clock, CoreDefaults, build_model, make_optimizers
+from dataprep.build import ensure_default_data
 from pgolf.cli import main
 from plugins.bigram_hash import bigram_buckets
 from plugins.late_qat import FakeQuantLinear, LateQAT, LateQATConfig, fake_quantize_rows
@@ -325,6 +326,7 @@ def test_bad_plugin_settings_give_one_line_errors(capsys, tmp_path):
             build_pgolf([*tiny_sets(), setting])
     args = ["train", "--recipe", str(RECIPE), "--set", "core.device=cpu", "--set", "partial_rope.dims=100",
             "--set", f"core.out_dir={tmp_path}"]
+    ensure_default_data(vocab_size=1024)  # else a fresh cache adds its "building the embedded default corpus" line
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "partial_rope.dims" in err[0]
