@@ -24,7 +24,8 @@ keeps pluggy and the full resolution. A specialised bundle is LEAN (`submissions
 the bundle-time resolution checked (asserts, pure input guards and error-translating `try`s go where no recovering
 handler could catch them). An optional part no bundled object can have is answered by its default
 (`submissions.absent`: `getattr(loader, "warm_batches", None)` where no bundled loader declares batch shapes),
-and a comprehension folding leaves without anything to yield is written empty (`submissions.empty`).
+and a comprehension folding leaves without anything to yield is written empty (`submissions.empty`); a class-level
+literal nothing reads goes (`submissions.unread`).
 A specialised script has no module loader where `submissions.merge` proves it the same: its modules' code runs
 in the script's own namespace in import order (no embedded sources, import hook or bundled import lines).
 
@@ -74,6 +75,7 @@ from core.registry import Registry, make_manager
 from submissions import record_export, specialise
 from submissions.absent import absent_attributes
 from submissions.empty import empty_comprehensions
+from submissions.unread import unread_class_literals
 from submissions.lean import drop_unused_parameters, lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
@@ -618,7 +620,7 @@ def _embed(cfg: Config, registry: Registry, sources: dict[str, str], plugin_modu
         roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
         for _ in range(3 if loader is not LOADER else 0):  # literal arguments and settings only the shaken code shows
             live = _shaken(tuple(sources.items()), tuple(scanned), loader)
-            answered = empty_comprehensions(absent_attributes(live, [loader]))  # `getattr(x, "name", d)`: `d`
+            answered = unread_class_literals(empty_comprehensions(absent_attributes(live, [loader])), [loader])
             again, more = specialise.fold_sources(cfg, registry, specialise.fold_arguments(answered, [loader]),
                                                   switches=record)
             loader = specialise.with_fixed(loader, more)
