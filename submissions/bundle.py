@@ -75,7 +75,6 @@ from core.registry import Registry, make_manager
 from submissions import record_export, specialise
 from submissions.absent import absent_attributes
 from submissions.empty import empty_comprehensions
-from submissions.unread import unread_class_literals
 from submissions.lean import drop_unused_parameters, lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
@@ -90,6 +89,7 @@ from submissions.minify import (
     shake,
     shorten_messages,
 )
+from submissions.unread import unread_class_literals
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")

@@ -4,10 +4,10 @@ An evaluator keeps `family = "evaluation"` beside the plugin's metadata; in a bu
 `specialise.dead_attributes`' for the class level: the class is undecorated, has no bases, no metaclass and is no
 other class's base (a subclass's library could read it); nothing in the bundle (nor `extra`, the script's own code)
 reads an attribute of that name (`o.name`, `type(o).name`, `super().name`), no class-level code of the class reads the
-bare name, no string names it (`getattr(o, "name")`), no `getattr`/`hasattr` f-string could build it (it
-contains none of the f-string's literal parts; one without any refuses all), and
-no code calls `vars`/`dir`/`getattr_static`/`getmembers` or reads a `__dict__` (what would see the class's namespace) other than
-as `exec`/`eval`'s namespace (a dict: a class's is a read-only proxy, an instance's holds no class attribute).
+bare name, no string names it (`getattr(o, "name")`), no `getattr`/`hasattr` f-string could build it (it contains none
+of the f-string's literal parts; one without any refuses all), and no code calls
+`vars`/`dir`/`getattr_static`/`getmembers` or reads a `__dict__` (what would see the class's namespace) other than as
+`exec`/`eval`'s namespace (a dict: a class's is a read-only proxy, an instance's holds no class attribute).
 Dunder, sunder and library objects' attribute names (`submissions.absent.library_attributes`) stay.
 """
 
