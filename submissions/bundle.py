@@ -24,8 +24,7 @@ keeps pluggy and the full resolution. A specialised bundle is LEAN (`submissions
 the bundle-time resolution checked (asserts, pure input guards and error-translating `try`s go where no recovering
 handler could catch them). An optional part no bundled object can have is answered by its default
 (`submissions.absent`: `getattr(loader, "warm_batches", None)` where no bundled loader declares batch shapes),
-and a comprehension folding leaves without anything to yield is written empty (`submissions.empty`); a class-level
-literal nothing reads goes (`submissions.unread`).
+and a comprehension folding leaves without anything to yield is written empty (`submissions.empty`).
 A specialised script has no module loader where `submissions.merge` proves it the same: its modules' code runs
 in the script's own namespace in import order (no embedded sources, import hook or bundled import lines).
 
@@ -89,7 +88,6 @@ from submissions.minify import (
     shake,
     shorten_messages,
 )
-from submissions.unread import unread_class_literals
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "plugins")
@@ -620,7 +618,7 @@ def _embed(cfg: Config, registry: Registry, sources: dict[str, str], plugin_modu
         roots = ["core.train", "plugins", *(f"plugins.{m}" for m in plugin_modules)]
         for _ in range(3 if loader is not LOADER else 0):  # literal arguments and settings only the shaken code shows
             live = _shaken(tuple(sources.items()), tuple(scanned), loader)
-            answered = unread_class_literals(empty_comprehensions(absent_attributes(live, [loader])), [loader])
+            answered = empty_comprehensions(absent_attributes(live, [loader]))  # `getattr(x, "name", d)`: `d`
             again, more = specialise.fold_sources(cfg, registry, specialise.fold_arguments(answered, [loader]),
                                                   switches=record)
             loader = specialise.with_fixed(loader, more)
