@@ -733,6 +733,8 @@ class Folder(ast.NodeTransformer):
         self.generic_visit(node)
         if isinstance(node.op, ast.Not) and (hook := _impls_query(node.operand)) in self.counts:
             return ast.Constant(not self.counts[hook])  # `not run.hook.pg_x.get_hookimpls()`
+        if isinstance(node.op, ast.Not):
+            node.operand = _truth(node.operand)
         if isinstance(node.op, ast.Not) and isinstance(node.operand, ast.Constant):
             return ast.Constant(not node.operand.value)
         return node
@@ -757,7 +759,7 @@ class Folder(ast.NodeTransformer):
         """`x if c else y` and `if c: … else: …` on a constant test: the side it takes (an `if`'s statements)."""
         node.test = self._switch(node.test)
         self.generic_visit(node)
-        node.test = _test_value(node.test)
+        node.test = _test_value(_truth(node.test))
         if isinstance(node.test, ast.Constant):
             return node.body if node.test.value else node.orelse
         if isinstance(node, ast.IfExp) and isinstance(node.body, ast.Constant) and _side_effect_free(node.test) \
@@ -766,6 +768,18 @@ class Folder(ast.NodeTransformer):
         return node
 
     visit_If = visit_IfExp
+
+    def visit_While(self, node: ast.While | ast.Assert) -> ast.AST:
+        self.generic_visit(node)
+        node.test = _truth(node.test)
+        return node
+
+    visit_Assert = visit_While  # type: ignore[assignment]
+
+    def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        self.generic_visit(node)
+        node.ifs = [_truth(c) for c in node.ifs]
+        return node
 
     def visit_Expr(self, node: ast.Expr) -> Any:
         self.generic_visit(node)
@@ -789,6 +803,22 @@ def _module_literals(tree: ast.Module) -> dict[str, ast.expr]:
             bound[n] = bound.get(n, 0) + 1
     return {s.targets[0].id: s.value for s in tree.body if isinstance(s, ast.Assign) and len(s.targets) == 1
             and isinstance(s.targets[0], ast.Name) and _const(s.value)[0] and bound.get(s.targets[0].id) == 1}
+
+
+def _truth(test: ast.expr) -> ast.expr:
+    """`test` where only its truth is read (an if/while/assert/ternary/comprehension test, `not`'s operand) without
+    a last `and`/`or` operand that cannot change that truth: `x and True` -> `x`, `x or False` -> `x` (in a value,
+    `x and True` is `x` or True: never folded there). The operands of an `and`/`or` read for truth are read for
+    truth too; the operands left are evaluated as before."""
+    if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+        return ast.UnaryOp(op=test.op, operand=_truth(test.operand))
+    if not isinstance(test, ast.BoolOp):
+        return test
+    values = [_truth(v) for v in test.values]
+    while len(values) > 1 and isinstance(values[-1], ast.Constant) \
+            and bool(values[-1].value) == isinstance(test.op, ast.And):
+        values.pop()
+    return values[0] if len(values) == 1 else ast.BoolOp(op=test.op, values=values)
 
 
 def _test_value(test: ast.expr) -> ast.expr:
