@@ -48,23 +48,35 @@ def allowed_counts(core: Any, world_size: int, accum: int) -> list[int]:
 
 def step_memory(run: Any, stepper: Any) -> tuple[int, int, int] | None:
     """(bytes held after a step's forward/backward, the peak above that, the device's total bytes), read on the second
-    of two whole steps at `run.grad_accum_steps`, or None off CUDA. The caller restores what the steps change."""
+    of two whole steps at `run.grad_accum_steps`, or None off CUDA. With graph modes (`run.modes`, cumulative: the
+    last state has every mode on) it reads the base state and the all-modes state and returns the larger of each
+    figure, then leaves the base state on: a mode can add activations (PR #1493's recurrence runs 17 layers
+    instead of 11, and a count chosen in the base state ran out of memory at its mode's warm-up). The caller
+    restores what the steps change."""
     if run.device.type != "cuda":
         return None
-    from core.train import new_loader
+    from core.train import new_loader, set_modes
 
     loader, dev, core = new_loader(run), run.device, run.core
     with torch.no_grad(), run.autocast():  # prime the rotary tables before the first trace, as the warm-up does
         run.model(new_loader(run).next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)[0][:1])
-    for _ in range(2):
-        stepper.zero_grad()
-        torch.cuda.reset_peak_memory_stats(dev)
-        stepper.forward_backward(loader)
-        held, peak = torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev)
-        stepper.optimizer_step()
+    states = [()] + ([tuple(m.name for m in run.modes)] if run.modes else [])
+    held, activations = 0, 0
+    for active in states:
+        if run.modes:
+            set_modes(run, active)
+        for _ in range(2):
+            stepper.zero_grad()
+            torch.cuda.reset_peak_memory_stats(dev)
+            stepper.forward_backward(loader)
+            now, peak = torch.cuda.memory_allocated(dev), torch.cuda.max_memory_allocated(dev)
+            stepper.optimizer_step()
+        held, activations = max(held, now), max(activations, peak - now)
+    if run.modes:
+        set_modes(run, ())
     stepper.zero_grad()
     torch.cuda.empty_cache()  # the probe's cached blocks, sized for its smaller micro-batch
-    return held, peak - held, torch.cuda.mem_get_info(dev)[1]
+    return held, activations, torch.cuda.mem_get_info(dev)[1]
 
 
 def gib(n: float) -> str:

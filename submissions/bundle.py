@@ -14,7 +14,8 @@ plugins (function-level imports too): the import graph decides, no list of modul
 With `minify` (the default when stripping; issue #11) the modules are tree-shaken and their local and
 module-level names shortened (`submissions.minify`), modules no kept import reaches are left out, and the
 RECIPE holds only the settings that differ from their defaults; `embedded_modules` gives the modules for measuring
-(`minify.measure`: bytes per module and definition, plain and after LZMA).
+(`minify.measure`: bytes per module and definition, plain and after LZMA). The minified script's code (below its
+docstring and RECIPE lines) is laid out by `compact`: python-minifier's printer, none of its transforms.
 A minified bundle is also specialised to its configuration (`submissions.specialise`): its hooks are dispatched
 statically in pluggy's order (no pluggy, hookspecs or registry discovery in it) and its Config is built from
 RECIPE < environment variables < `section.key=value` arguments without `config.resolve`; its plugin list is
@@ -68,6 +69,8 @@ import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import python_minifier
 
 from core.config import Config
 from core.registry import Registry, make_manager
@@ -195,6 +198,27 @@ def reindent(source: str, width: int = 1) -> str:
         same = ast.dump(ast.parse(out)) == ast.dump(ast.parse(source))
     except SyntaxError:
         same = False
+    return out if same else source
+
+
+# python-minifier as a printer only: every transform off (the bundler's own passes decide what the code says).
+_PRINTER_ONLY = dict(remove_annotations=False, remove_pass=False, remove_literal_statements=False,
+                     combine_imports=False, hoist_literals=False, rename_locals=False, rename_globals=False,
+                     remove_object_base=False, convert_posargs_to_args=False, remove_explicit_return_none=False,
+                     remove_builtin_exception_brackets=False, constant_folding=False, remove_dead_branches=False,
+                     prefer_single_line=True)
+
+
+def compact(source: str) -> str:
+    """`source` laid out as tightly as Python allows: no spaces around operators or after commas, simple
+    statements joined by `;`, a one-statement body on its header's line, one tab a level (python-minifier's
+    printer). The same syntax tree, checked (else `source` unchanged). PR #1493's record-profile script: 75,391 →
+    67,210 characters, brotli 22,050 → 21,317 bytes."""
+    try:
+        out = python_minifier.minify(source, **_PRINTER_ONLY)
+        same = ast.dump(ast.parse(out)) == ast.dump(ast.parse(source))
+    except Exception:  # noqa: BLE001 - any printer failure keeps the canonical layout
+        return source
     return out if same else source
 
 
@@ -706,12 +730,13 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     loader = strip_source(loader) if strip or minify else loader
     loader = rename_locals(loader) if minify else loader
     merged = _merged(sources, loader) if minify and "def main(" in loader and LOADER_CLASS not in loader else None
+    tight = compact if minify else (lambda source: source)  # the header lines stay as they are (`needs_brotli`)
     if merged is not None:
-        text = "\n".join(lines) + "\n" + merged
+        text = "\n".join(lines) + "\n" + tight(merged)
     else:
         lines += [f"_PACKAGES = {tuple(packages)!r}", "_MODULES = {}"]
-        lines += [f"_MODULES[{name!r}] = {_literal(sources[name])}" for name in sorted(sources)]
-        text = "\n".join(lines) + "\n" + (reindent(loader) if minify else loader)
+        lines += [f"_MODULES[{name!r}] = {_literal(tight(sources[name]))}" for name in sorted(sources)]
+        text = "\n".join(lines) + "\n" + (tight(reindent(loader)) if minify else loader)
     ast.parse(text)  # the bundle is valid Python (a broken literal would be a pgolf bug)
     return wrap_code(cfg, registry, text) if wrap else text
 

@@ -155,9 +155,37 @@ def test_step_memory_reads_the_second_step_after_its_backward(monkeypatch):
     loader = SimpleNamespace(next_batch=lambda *a: (torch.zeros(4, 8, dtype=torch.long),))
     monkeypatch.setattr(core.train, "new_loader", lambda run: loader)
     run = SimpleNamespace(device=SimpleNamespace(type="cuda"), grad_accum_steps=8, autocast=contextlib.nullcontext,
-                          core=SimpleNamespace(train_batch_tokens=256, train_seq_len=8),
+                          core=SimpleNamespace(train_batch_tokens=256, train_seq_len=8), modes=[],
                           model=lambda x: events.append(f"prime {tuple(x.shape)}"))
     stepper = SimpleNamespace(zero_grad=lambda: events.append("zero"), optimizer_step=lambda: events.append("step"),
                               forward_backward=lambda source: events.append("fb") if source is loader else None)
     assert amb.step_memory(run, stepper) == (4 * GIB, 11 * GIB, 140 * GIB)
     assert events == ["prime (1, 8)", *["zero", "reset", "fb", "read", "step"] * 2, "zero", "empty"]
+
+
+def test_step_memory_reads_the_all_modes_state_too(monkeypatch):
+    """With graph modes the probe also steps with every mode on (a mode such as depth recurrence adds activations)
+    and returns the larger held bytes and the larger peak above them; it leaves the base state on."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import core.train
+
+    events = []
+    allocated, peaks = iter([3, 4, 6, 5]), iter([13, 15, 20, 30])  # GiB: base 4 + 11; all modes 5 + 25
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda dev: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda dev: next(allocated) * GIB)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda dev: next(peaks) * GIB)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda dev: (100 * GIB, 140 * GIB))
+    loader = SimpleNamespace(next_batch=lambda *a: (torch.zeros(4, 8, dtype=torch.long),))
+    monkeypatch.setattr(core.train, "new_loader", lambda run: loader)
+    monkeypatch.setattr(core.train, "set_modes", lambda run, active: events.append(f"modes {active}"))
+    modes = [SimpleNamespace(name="recurrence"), SimpleNamespace(name="wider")]
+    run = SimpleNamespace(device=SimpleNamespace(type="cuda"), grad_accum_steps=8, autocast=contextlib.nullcontext,
+                          core=SimpleNamespace(train_batch_tokens=256, train_seq_len=8), modes=modes,
+                          model=lambda x: None)
+    stepper = SimpleNamespace(zero_grad=lambda: None, optimizer_step=lambda: None,
+                              forward_backward=lambda source: events.append("fb"))
+    assert amb.step_memory(run, stepper) == (5 * GIB, 25 * GIB, 140 * GIB)
+    assert events == ["modes ()", "fb", "fb", "modes ('recurrence', 'wider')", "fb", "fb", "modes ()"]

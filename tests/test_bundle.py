@@ -254,6 +254,23 @@ def test_reindent_keeps_the_syntax_tree_and_refuses_multiline_strings():
     assert reindent(tricky) == tricky  # re-indenting would change the string: left alone
 
 
+def test_compact_prints_the_same_syntax_tree_tighter_and_keeps_the_source_when_the_printer_fails(monkeypatch):
+    import submissions.bundle as B
+
+    src = ("import os\n\ndef f(a, b=2):\n if a:\n  return {'k': [a, b]}\n x = a + b\n y = f'{x!r:>4} {os.sep}'\n"
+           " return (x, y)\n\nclass C:\n n: 0 = 3\n\n def g(self):\n  return self.n * 2\n")
+    out = B.compact(src)
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(src)) and len(out) < len(src) - 20
+    assert "return{'k':[a,b]}" in out  # a one-statement body on its header's line, no spaces
+    ns: dict = {}
+    exec(out, ns)
+    assert ns["f"](1) == {"k": [1, 2]} and ns["f"](0) == (2, f"{2!r:>4} {os.sep}") and ns["C"]().g() == 6
+    monkeypatch.setattr(B.python_minifier, "minify", lambda source, **kw: source.replace("2", "3"))
+    assert B.compact(src) == src  # a printer that changed the program: the canonical layout stays
+    monkeypatch.setattr(B.python_minifier, "minify", lambda source, **kw: 1 / 0)
+    assert B.compact(src) == src
+
+
 def _wrapper_config(tiny_sets, plugins, sets=()):
     reg = Registry()
     cfg = resolve(plugin_config_classes=reg.config_classes(), plugins=plugins, sets=[*tiny_sets, *sets],

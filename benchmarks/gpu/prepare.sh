@@ -28,5 +28,5 @@ done
 # the device's Python (3.12, torch preinstalled) lacks these; binary wheels only, no dependencies resolved there
 python -m pip download -q --no-deps --only-binary=:all: --dest .whl --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    zstandard brotli jsonschema jsonschema-specifications referencing rpds-py attrs
+    zstandard brotli jsonschema jsonschema-specifications referencing rpds-py attrs python-minifier
 du -sh .gdata/* .g5 .whl
