@@ -77,6 +77,7 @@ from core.registry import Registry, make_manager
 from submissions import record_export, specialise
 from submissions.absent import absent_attributes
 from submissions.empty import empty_comprehensions
+from submissions.fallbacks import truthy_hooks, without_fallbacks
 from submissions.lean import drop_unused_parameters, lean_sources
 from submissions.merge import Unmergeable, merge_modules
 from submissions.minify import (
@@ -645,6 +646,7 @@ def _embed(cfg: Config, registry: Registry, sources: dict[str, str], plugin_modu
             answered = empty_comprehensions(absent_attributes(live, [loader]))  # `getattr(x, "name", d)`: `d`
             again, more = specialise.fold_sources(cfg, registry, specialise.fold_arguments(answered, [loader]),
                                                   switches=record)
+            again = without_fallbacks(again, truthy_hooks(cfg, registry, again))  # `loader or default`: `loader`
             loader = specialise.with_fixed(loader, more)
             if again == live:
                 break
