@@ -1407,7 +1407,8 @@ def _string_reachable(trees: dict[str, ast.Module]) -> tuple[bool, set[str]]:
                    for n in ast.walk(f)}  # an import Loader running a module's code in the module's namespace
         origin: dict[str, set[str]] = {}  # a name an import binds -> the module paths it may hold
         for node in ast.walk(tree):
-            if id(node) in loading and isinstance(node, (ast.Name, ast.Attribute)):
+            if id(node) in loading and (isinstance(node, ast.Name) and node.id in ("exec", "compile") or isinstance(
+                    node, ast.Attribute) and node.attr == "__dict__"):
                 pass
             elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in NAMESPACE_BUILTINS | \
                     NAMESPACE_ATTRIBUTES or isinstance(node, ast.Attribute) and (node.attr in NAMESPACE_ATTRIBUTES or (

@@ -1361,7 +1361,10 @@ def test_constant_arguments_tell_a_string_that_is_data_from_one_that_could_look_
             "    return f'fineweb_{split}_'\n"
             "def main(x):\n"
             "    return shard('train'), t.train(x)\n")
-    mods = {"pkg": "", "pkg.t": t, "pkg.main": main}
+    loader = ("class Loader:\n"  # the import protocol running a module's own code in its namespace: no lookup
+              "    def exec_module(self, module):\n"
+              "        exec(compile(SOURCES[module.__name__], 'f', 'exec'), module.__dict__)\n")
+    mods = {"pkg": "", "pkg.t": t, "pkg.main": main + loader}
     out = constant_arguments(mods)
     assert "return timed(run, None)" in out["pkg.t"] and "if progress" not in out["pkg.t"], out["pkg.t"]
     ns: dict = {}
@@ -1373,6 +1376,7 @@ def test_constant_arguments_tell_a_string_that_is_data_from_one_that_could_look_
             ("pkg.main", "from pkg import t\n", "from pkg import t\nimport pkg\nz = g(pkg)\n"),  # its package
             ("pkg.t", "    return run, 'train.log'", "    return globals()['train'], 1"),  # the namespace
             ("pkg.main", "t.train(x)", "t.train(x), eval('train')"),
+            ("pkg.main", "t.train(x)", "t.train(x), exec('train(2)')"),  # exec outside a Loader's exec_module
             ("pkg.main", "from pkg import t\n", "import sys\nfrom pkg import t\nz = sys.modules\n"),
             ("pkg.main", "t.train(x)", "t.train(x), __import__('pkg.t')"),
             ("pkg.t", "    train = bool(x)\n", "    global train\n    train = bool(x)\n"),  # rebinds the function
