@@ -1,8 +1,21 @@
 """EMPTY COMPREHENSIONS (issue #11): what folding leaves of a comprehension that can yield nothing, written empty.
 
 Folding a bundle to its configuration leaves comprehensions over an empty literal (`{k: v for d in [] if d for k, v
-in d.items()}`: no plugin answers the hook) or filtered by a constant False (`{id(p) for o in opts if False …}`: an
+in d.items()}`: no plugin answers the hook) or filtered by a constant False (`[g for x in (1, 2) if False …]`: an
 absent attribute); `empty_comprehensions` writes them as the empty value and drops the `**{}` they become.
+
+The rule for a constant false condition: the comprehension still evaluates and ITERATES every iterable up to the
+generator whose condition is false (and evaluates the conditions before it), so those steps must have no effect.
+`lean.pure` judges evaluating an expression, not iterating its value: a pure name may hold a one-shot generator or
+iterator that the original consumes and the empty value does not (`[x for x in gen if False]` leaves `gen`
+exhausted). So each of those iterables must be a SAFE ITERABLE, one whose iteration is known to run no code:
+a list, tuple, set or dict display of pure elements, or a constant, or `range(...)` of pure arguments, with no
+unpacking, call, comprehension or `in` test inside (`lean.pure` admits `[*g]`, `{**d}`, `list(g)`, `sorted(g)`,
+`x in g`, which iterate `g`; a display's iteration only yields its elements, or its keys); a generator's target is a
+plain name unless its iterable is a display whose elements are all list/tuple displays (unpacking an element iterates
+it); and the conditions before the false one are pure with no such part either. A name, attribute or call as an
+iterable (`for o in run.optimizers if False`) is refused however pure: nothing here proves what it holds. As with
+`lean.pure`, an exception the skipped code could raise is not kept.
 """
 
 from __future__ import annotations
@@ -14,6 +27,8 @@ import re
 from submissions.lean import pure
 
 EMPTY = {ast.ListComp: "[]", ast.SetComp: "set()", ast.DictComp: "{}"}
+# Parts of a pure expression that may iterate a value (`*g`, `list(g)`, `[x for x in g]`; and `x in g`)
+ITERATES = (ast.Starred, ast.Call, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 # What such code looks like once unparsed (a text without any is not parsed: a cheap first look)
 MAYBE_EMPTY = re.compile(r"\bin (?:\[\]|\(\))|\bif (?:False|None|0|0\.0|''|\(\))(?![\w.])|\*\*\{\}")
 
@@ -21,7 +36,7 @@ MAYBE_EMPTY = re.compile(r"\bin (?:\[\]|\(\))|\bif (?:False|None|0|0\.0|''|\(\))
 def empty_comprehensions(sources: dict[str, str]) -> dict[str, str]:
     """`sources` with each list, set or dict comprehension that yields nothing written `[]`, `set()` or `{}`: its first
     iterable is an empty literal (`[]`, `()`), or one of its generators has a constant false condition and the
-    iterables and conditions before it are pure (`lean.pure`: evaluating them, and iterating, has no effect); and each
+    iterables up to it are safe iterables and the conditions before it pure (see the module docstring); and each
     `**{}` in a dict display or a call dropped (it adds no item, passes no argument)."""
     return {name: _emptied(text) if text and MAYBE_EMPTY.search(text) else text for name, text in sources.items()}
 
@@ -39,14 +54,41 @@ def _yields_nothing(node: ast.ListComp | ast.SetComp | ast.DictComp) -> bool:
     if isinstance(first, (ast.List, ast.Tuple)) and not first.elts:
         return True
     for gen in node.generators:
-        if not pure(gen.iter):
+        if not _safe_iteration(gen):
             return False
         for condition in gen.ifs:
             if isinstance(condition, ast.Constant) and not condition.value:
                 return True
-            if not pure(condition):
+            if not _consumes_nothing(condition):
                 return False
     return False
+
+
+def _safe_iteration(gen: ast.comprehension) -> bool:
+    """Evaluating `gen`'s iterable, iterating it and binding each item to its target runs no code (see the module
+    docstring)."""
+    it = gen.iter
+    if isinstance(it, (ast.List, ast.Tuple, ast.Set)):
+        items = it.elts
+    elif isinstance(it, ast.Dict):
+        if any(k is None for k in it.keys):  # `{**d}` unpacks `d`
+            return False
+        items = it.keys
+    elif isinstance(it, ast.Constant):
+        items = []
+    elif isinstance(it, ast.Call) and isinstance(it.func, ast.Name) and it.func.id == "range" and not it.keywords:
+        items = []
+    else:
+        return False
+    if not pure(it) or not all(map(_consumes_nothing, it.args if isinstance(it, ast.Call) else [it])):
+        return False
+    return isinstance(gen.target, ast.Name) or (
+        isinstance(it, (ast.List, ast.Tuple, ast.Set)) and all(isinstance(e, (ast.List, ast.Tuple)) for e in items))
+
+
+def _consumes_nothing(node: ast.expr) -> bool:
+    """`node` is pure and has no part that may iterate a value (`ITERATES`, `x in g`)."""
+    return pure(node) and not any(isinstance(n, ITERATES) or isinstance(n, (ast.In, ast.NotIn)) for n in ast.walk(node))
 
 
 def _empty_dict(node: ast.expr) -> bool:

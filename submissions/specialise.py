@@ -1106,8 +1106,11 @@ def constant_arguments_in(trees: dict[str, ast.Module], extra: list[ast.Module])
     parameters of module-level functions that every call in the bundle passes the same literal (or leaves at the same
     literal default) with that literal inside the function (`baseline_int8=False` at each call of
     `policy_quantize`): then `fold_module` drops the branches on it. A function qualifies only when every occurrence of
-    its name is its definition, a plain `from … import` of it or a direct call without `*`/`**` arguments, and no string
-    in the bundle names it; the parameter is never rebound in its body. The signature stays (callers still pass the
+    its name is its definition, a plain `from … import` of it or a direct call without `*`/`**` arguments (a local
+    variable of that name in a function is another variable), and no string in the bundle names it where a lookup
+    by a computed name could reach it (`_looked_up_by_string`: its module held as a value, `globals()`, `eval`,
+    `sys.modules` …; otherwise `'train'` as a split or `'train.log'` is data); the parameter is never rebound in
+    its body. The signature stays (callers still pass the
     argument). An undecorated class with an `__init__` qualifies the same way (its name only ever called: no subclass,
     no isinstance), for the parameters of its `__init__` after `self`."""
     callers = {**trees, **{f" extra{i}": t for i, t in enumerate(extra)}}  # the script's main calls too
@@ -1329,32 +1332,38 @@ class _SelfConstants(ast.NodeTransformer):
 def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
         dict[str, ast.FunctionDef], dict[str, list[ast.Call]], set[str]]:
     """(module-level functions by name, the calls of each, the names that are also used otherwise: passed as a
-    value, imported under another name, named in a string, defined twice, or called with `*`/`**`). With `classes`,
-    undecorated classes with an `__init__` too (name -> that `__init__`: a call of the class calls it; a subclass
-    or an isinstance names the class otherwise)."""
+    value, imported under another name, named in a string that could look it up (`_looked_up_by_string`), defined
+    twice, or called with `*`/`**`). With `classes`, undecorated classes with an `__init__` too (name -> that
+    `__init__`: a call of the class calls it; a subclass or an isinstance names the class otherwise). A name a
+    function binds for itself (`_function_locals`: a local `train = …`, a parameter) is another variable, not a use."""
     defs: dict[str, list[ast.FunctionDef]] = {}
-    for tree in trees.values():
+    home: dict[str, str] = {}
+    for module, tree in trees.items():
         for stmt in tree.body:
             if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
                 defs.setdefault(stmt.name, []).append(stmt)
+                home[stmt.name] = module
             elif isinstance(stmt, ast.ClassDef) and classes and not stmt.decorator_list:
                 init = [f for f in stmt.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"]
                 defs.setdefault(stmt.name, []).extend(init or [stmt])  # type: ignore[list-item]
+                home[stmt.name] = module
     defs = {n: d for n, d in defs.items() if all(isinstance(f, ast.FunctionDef) for f in d)}
     candidates = {n: d[0] for n, d in defs.items() if len(d) == 1 and not d[0].args.vararg and not d[0].args.kwarg
                   and not d[0].args.posonlyargs}
     calls: dict[str, list[ast.Call]] = {n: [] for n in candidates}
     bad: set[str] = set()
+    in_strings: set[str] = set()
     for tree in trees.values():
         call_funcs: dict[int, ast.Call] = {}  # a call's function node -> the call (the walk meets a call first)
+        own = _function_locals(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 call_funcs[id(node.func)] = node
             name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
                 node.name if isinstance(node, ast.alias) else None
             if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                bad.update(w for w in IDENT_RX.findall(node.value) if w in candidates)
-            if name not in candidates:
+                in_strings.update(w for w in IDENT_RX.findall(node.value) if w in candidates)
+            if name not in candidates or id(node) in own:
                 continue
             if isinstance(node, ast.alias):
                 if node.asname:
@@ -1366,7 +1375,172 @@ def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
                 bad.add(name)
             else:
                 calls[name].append(call)
+    if in_strings:
+        anywhere, held = _string_reachable(trees)
+        bad |= {n for n in in_strings if _looked_up_by_string(home[n], anywhere, held)}
     return candidates, calls, bad
+
+
+# What can find a module-level definition from a computed name without its module object: the namespace itself
+# (`globals()`, `vars()`, `locals()`, `f.__globals__`, a frame's `f_globals`, `__dict__`), code (`eval`/`exec`),
+# and the import system (`__import__`, `importlib.import_module`, `sys.modules`); `operator.attrgetter` /
+# `methodcaller` and `dir`/`getmembers` are getattr by another name.
+NAMESPACE_BUILTINS = {"globals", "vars", "locals", "eval", "exec", "compile", "__import__", "dir"}
+NAMESPACE_ATTRIBUTES = {"__dict__", "__globals__", "f_globals", "_getframe", "import_module", "attrgetter",
+                        "methodcaller", "getmembers", "__getattribute__"}
+
+
+def _string_reachable(trees: dict[str, ast.Module]) -> tuple[bool, set[str]]:
+    """(whether some code uses a lookup by a computed name that needs no module object, or imports relatively, or
+    imports a module a bundled module itself imported: then every definition is reachable; the dotted paths of the
+    module objects some code holds as values: a name an import binds, with the attributes read from it, that is
+    not read further by a literal attribute — `import core.train` then `f(core.train)` holds `core.train`,
+    `core.train.run(…)` holds nothing but a call). An import Loader's `exec_module` (the import system's protocol:
+    run a module's code in its own namespace, `exec(code, module.__dict__)`) is not such a lookup: the code it runs
+    is the bundled modules', read here as they are."""
+    held: set[str] = set()
+    imported = {m: {(a.asname or a.name).split(".")[0] for s in t.body if isinstance(s, (ast.Import, ast.ImportFrom))
+                    for a in s.names} for m, t in trees.items()}
+    for tree in trees.values():
+        calls = {id(c.func) for c in ast.walk(tree) if isinstance(c, ast.Call)}
+        loading = {id(n) for f in ast.walk(tree) if isinstance(f, FUNCTIONS) and f.name == "exec_module"
+                   for n in ast.walk(f)}  # an import Loader running a module's code in the module's namespace
+        origin: dict[str, set[str]] = {}  # a name an import binds -> the module paths it may hold
+        for node in ast.walk(tree):
+            if id(node) in loading and (isinstance(node, ast.Name) and node.id in ("exec", "compile") or isinstance(
+                    node, ast.Attribute) and node.attr == "__dict__"):
+                pass
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in NAMESPACE_BUILTINS | \
+                    NAMESPACE_ATTRIBUTES or isinstance(node, ast.Attribute) and (node.attr in NAMESPACE_ATTRIBUTES or (
+                        node.attr == "modules" and id(node) not in calls)):  # `sys.modules`, not `model.modules()`
+                return True, held
+            elif isinstance(node, ast.ImportFrom):
+                if node.level or any(a.name in (*NAMESPACE_ATTRIBUTES, "modules", "*") or a.name in imported.get(
+                        node.module or "", ()) for a in node.names):
+                    return True, held
+                for a in node.names:
+                    origin.setdefault(a.asname or a.name, set()).add(f"{node.module}.{a.name}")
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    origin.setdefault(a.asname or a.name.split(".")[0], set()).add(a.name if a.asname else
+                                                                                   a.name.split(".")[0])
+        if origin:
+            parent = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and node.id in origin and isinstance(node.ctx, ast.Load):
+                    path, top = "", node
+                    while isinstance(up := parent.get(id(top)), ast.Attribute) and up.value is top:
+                        path, top = f"{path}.{up.attr}", up
+                    held.update(o + path for o in origin[node.id])
+    return False, held
+
+
+def _looked_up_by_string(module: str, anywhere: bool, held: set[str]) -> bool:
+    """Whether a string equal to the name of a definition of `module` could be used to look it up (`anywhere`,
+    `held`: `_string_reachable`): some code uses a lookup that needs no module object (`NAMESPACE_BUILTINS`,
+    `NAMESPACE_ATTRIBUTES`, an uncalled attribute `.modules`: `sys.modules`) or imports relatively, or holds that
+    module, or a package above it, as an object (`import core.train`, `import core`, `from core import train`:
+    then `getattr(m, s)`, `dir(m)`, the module registered as a plugin). Otherwise a string reaches the definition
+    only through getattr on an object that holds it, and holding it takes a use of its name as a value, which
+    refuses it anyway: every string (a file name `'train.log'`, a split `'train'`, a log line) is then data."""
+    return anywhere or any(module == h or module.startswith(f"{h}.") for h in held)
+
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
+           ast.GeneratorExp, ast.ClassDef)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _function_locals(tree: ast.Module) -> frozenset[int]:
+    """Ids of the `Name`s in `tree` that Python resolves to a variable of a function, lambda or comprehension
+    (bound in it, or in one enclosing it, and not declared `global` there), never to a module-level definition.
+    A name in a class body, or at module level, is not among them (a class attribute of that name refuses it)."""
+    found: set[int] = set()
+
+    def visit(node: ast.AST, chain: tuple[dict[str, bool], ...]) -> None:
+        if isinstance(node, ast.Name):
+            for scope in reversed(chain):
+                if node.id in scope:
+                    if scope[node.id]:
+                        found.add(id(node))
+                    break
+            return
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            a = node.args
+            outer = [*a.defaults, *(d for d in a.kw_defaults if d is not None)]
+            if not isinstance(node, ast.Lambda):
+                outer += [*node.decorator_list, *(x.annotation for x in ast.walk(a) if isinstance(x, ast.arg)
+                                                   and x.annotation), *([node.returns] if node.returns else [])]
+            for part in outer:
+                visit(part, chain)
+            body = [node.body] if isinstance(node, ast.Lambda) else node.body
+            inner = (*chain, _bindings(node, body))
+            for part in body:
+                visit(part, inner)
+            return
+        if isinstance(node, _COMPREHENSIONS):
+            first, *rest = node.generators
+            visit(first.iter, chain)
+            inner = (*chain, _bindings(node, []))
+            parts = [first.target, *first.ifs, *rest,
+                     *([node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt])]
+            for part in parts:
+                visit(part, inner)
+            return
+        if isinstance(node, ast.ClassDef):  # its body's names are class attributes, its methods skip it
+            for part in (*node.decorator_list, *node.bases, *(k.value for k in node.keywords)):
+                visit(part, chain)
+            for part in node.body:
+                visit(part, chain)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, chain)
+
+    visit(tree, ())
+    return frozenset(found)
+
+
+def _bindings(scope: ast.AST, body: list[ast.AST]) -> dict[str, bool]:
+    """The names `scope` (a function, lambda or comprehension) binds itself -> True, and those it declares
+    `global` (-> False: a read of one is the module's) or `nonlocal` (absent: an enclosing function's)."""
+    names: dict[str, bool] = {}
+    if isinstance(scope, _COMPREHENSIONS):
+        for gen in scope.generators:
+            names.update({n.id: True for n in ast.walk(gen.target) if isinstance(n, ast.Name)})
+        return names
+    names.update({x.arg: True for x in ast.walk(scope.args) if isinstance(x, ast.arg)})
+    declared: dict[str, bool] = {}
+    todo = list(body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Global, ast.Nonlocal)):
+            declared.update({n: isinstance(node, ast.Nonlocal) for n in node.names})
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names[node.id] = True
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names[node.name] = True
+        elif isinstance(node, ast.alias):
+            names[(node.asname or node.name).split(".")[0]] = True
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names[node.name] = True
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names[node.name] = True
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names[node.rest] = True
+        if isinstance(node, _COMPREHENSIONS):  # its first iterable is evaluated here (an assignment expression in
+            todo.append(node.generators[0].iter)  # it would bind here too: left out, so such a name is not local)
+            continue
+        if isinstance(node, (*_SCOPES[:3], ast.ClassDef)):  # their own names only (above); not their bodies
+            if not isinstance(node, ast.Lambda):
+                todo.extend(node.decorator_list)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    for name, is_nonlocal in declared.items():
+        if is_nonlocal:
+            names.pop(name, None)
+        else:
+            names[name] = False
+    return names
 
 
 def config_parameters(sources: dict[str, str], classes: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:

@@ -1356,6 +1356,54 @@ def test_merge_modules_refuses_what_one_namespace_could_change():
     assert merge_modules(same, main, []).count("import os") == 1  # one third-party binding, imported alike
 
 
+def test_constant_arguments_tell_a_string_that_is_data_from_one_that_could_look_the_function_up():
+    """A string equal to a function's name (`'train'` as a split, `'train.log'`) refuses its constant arguments only
+    where a lookup by a computed name could reach it: its module (or a package above it) held as a value
+    (`getattr(t, s)`), or a namespace lookup (`globals()`, `vars`, `eval`, `sys.modules`); a module only read by
+    literal attributes (`t.train(...)`) is no such use, and a local variable of that name is another variable."""
+    from submissions.specialise import constant_arguments
+
+    t = ("def train(run, progress=None):\n"
+         "    return timed(run, progress)\n"
+         "def timed(run, progress=None):\n"
+         "    display = progress() if progress else None\n"
+         "    if display:\n"
+         "        display.phase('train')\n"
+         "    return run, 'train.log'\n"
+         "def helper(x):\n"
+         "    train = bool(x)\n"  # a local of that name
+         "    return [train for train in (train,)], (lambda train: train)(x)\n")
+    main = ("from pkg import t\n"
+            "def shard(split):\n"
+            "    return f'fineweb_{split}_'\n"
+            "def main(x):\n"
+            "    return shard('train'), t.train(x)\n")
+    loader = ("class Loader:\n"  # the import protocol running a module's own code in its namespace: no lookup
+              "    def exec_module(self, module):\n"
+              "        exec(compile(SOURCES[module.__name__], 'f', 'exec'), module.__dict__)\n")
+    mods = {"pkg": "", "pkg.t": t, "pkg.main": main + loader}
+    out = constant_arguments(mods)
+    assert "return timed(run, None)" in out["pkg.t"] and "if progress" not in out["pkg.t"], out["pkg.t"]
+    ns: dict = {}
+    exec(out["pkg.t"], ns)
+    assert ns["train"](1) == (1, "train.log")
+    for module, old, new in (
+            ("pkg.main", "t.train(x)", "t.train(x), getattr(t, 'train')"),  # the module as a value: getattr
+            ("pkg.main", "t.train(x)", "t.train(x), g(t)"),  # the module passed on (g may getattr it)
+            ("pkg.main", "from pkg import t\n", "from pkg import t\nimport pkg\nz = g(pkg)\n"),  # its package
+            ("pkg.t", "    return run, 'train.log'", "    return globals()['train'], 1"),  # the namespace
+            ("pkg.main", "t.train(x)", "t.train(x), eval('train')"),
+            ("pkg.main", "t.train(x)", "t.train(x), exec('train(2)')"),  # exec outside a Loader's exec_module
+            ("pkg.main", "from pkg import t\n", "import sys\nfrom pkg import t\nz = sys.modules\n"),
+            ("pkg.main", "t.train(x)", "t.train(x), __import__('pkg.t')"),
+            ("pkg.t", "    train = bool(x)\n", "    global train\n    train = bool(x)\n"),  # rebinds the function
+            ("pkg.main", "def shard", "train = 1\ndef shard"),  # a module-level name: not told apart
+    ):
+        changed = {**mods, module: mods[module].replace(old, new)}
+        assert changed[module] != mods[module], (old, new)
+        assert constant_arguments(changed)["pkg.t"] == changed["pkg.t"], (module, new)
+
+
 def test_constant_arguments_of_a_class_fold_in_its_init_and_constant_attributes_in_its_methods():
     """Every call of `Ev` passes bos_id=None: its `__init__` stores None (`constant_arguments`), its methods read the
     literal (`constant_attributes`), the branch on it folds; a class built by a classmethod, a subclassed one, an
