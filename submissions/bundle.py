@@ -342,7 +342,7 @@ def _plugin_module(registry: Registry, name: str) -> tuple[str, str]:
 
 def _literal(source: str) -> str:
     """A readable string literal of a module's source."""
-    if "'''" not in source and not source.endswith("\\") and "\r" not in source:
+    if "'''" not in source and not source.endswith(("\\", "'")) and "\r" not in source:
         return "r'''" + source + "'''"
     return repr(source)
 

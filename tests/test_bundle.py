@@ -265,6 +265,8 @@ def test_compact_prints_the_same_syntax_tree_tighter_and_keeps_the_source_when_t
     ns: dict = {}
     exec(out, ns)
     assert ns["f"](1) == {"k": [1, 2]} and ns["f"](0) == (2, f"{2!r:>4} {os.sep}") and ns["C"]().g() == 6
+    for tail in ("x='a'", "x='a'\n", "x=r'\\'"):  # a module source as an embedded literal: back unchanged
+        assert ast.literal_eval(B._literal(tail)) == tail
     monkeypatch.setattr(B.python_minifier, "minify", lambda source, **kw: source.replace("2", "3"))
     assert B.compact(src) == src  # a printer that changed the program: the canonical layout stays
     monkeypatch.setattr(B.python_minifier, "minify", lambda source, **kw: 1 / 0)
