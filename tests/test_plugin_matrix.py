@@ -209,6 +209,6 @@ def test_bundler_includes_the_plugin(name, tiny_core):
     text = bundle_with(name, tiny_core)
     module = REGISTRY.plugins[name].__module__
     assert "def run_training(" in text  # core.train (a minified script's modules share one namespace)
-    bundled = re.search(r"BUNDLED ?= ?([^\n;]+)", text)  # a tuple, in parentheses or not (compact printing)
+    bundled = re.search(r"BUNDLED ?= ?(\([^)]*\)|(?:'\w+',?)+)", text)  # in parentheses or not (compact printing)
     assert bundled and module.split(".", 1)[1] in ast.literal_eval(bundled.group(1))
     ast.parse(text)
