@@ -35,9 +35,9 @@ def truthy_hooks(cfg: Config, registry: Registry, sources: dict[str, str]) -> fr
     """The `firstresult` hooks of this run whose first-called implementation always returns a true instance."""
     from core.train import CoreDefaults
 
-    trees = {m: ast.parse(s) for m, s in sources.items() if s}
-    if _stores_special(trees.values()):
+    if _stores_special(ast.parse(s) for s in sources.values() if s and any(n in s for n in SPECIAL)):
         return frozenset()
+    trees = _Parsed(sources)  # parsed as the analysis reaches them: the implementations' modules and their imports
     pm = make_manager(registry, cfg, CoreDefaults())
     out = set()
     for hook, caller in vars(pm.hook).items():
@@ -52,6 +52,24 @@ def truthy_hooks(cfg: Config, registry: Registry, sources: dict[str, str]) -> fr
         if fn is not None and _returns_true_instance(fn, cls.__module__, trees):
             out.add(hook)
     return frozenset(out)
+
+
+class _Parsed(dict):
+    """module -> its parsed source, parsed on first use (modules with no source are absent)."""
+
+    def __init__(self, sources: dict[str, str]):
+        super().__init__()
+        self.sources = sources
+
+    def __contains__(self, module: object) -> bool:
+        return bool(self.sources.get(module))  # type: ignore[call-overload]
+
+    def get(self, module: str, default: Any = None) -> Any:  # type: ignore[override]
+        if module not in self:
+            return default
+        if not dict.__contains__(self, module):
+            self[module] = ast.parse(self.sources[module])
+        return dict.__getitem__(self, module)
 
 
 def without_fallbacks(sources: dict[str, str], hooks: frozenset[str]) -> dict[str, str]:

@@ -1402,11 +1402,12 @@ def _string_reachable(trees: dict[str, ast.Module]) -> tuple[bool, set[str]]:
     imported = {m: {(a.asname or a.name).split(".")[0] for s in t.body if isinstance(s, (ast.Import, ast.ImportFrom))
                     for a in s.names} for m, t in trees.items()}
     for tree in trees.values():
-        calls = {id(c.func) for c in ast.walk(tree) if isinstance(c, ast.Call)}
-        loading = {id(n) for f in ast.walk(tree) if isinstance(f, FUNCTIONS) and f.name == "exec_module"
+        nodes, parent = _nodes_and_parents(tree)  # one traversal: the bundler runs this for every candidate pass
+        calls = {id(c.func) for c in nodes if isinstance(c, ast.Call)}
+        loading = {id(n) for f in nodes if isinstance(f, FUNCTIONS) and f.name == "exec_module"
                    for n in ast.walk(f)}  # an import Loader running a module's code in the module's namespace
         origin: dict[str, set[str]] = {}  # a name an import binds -> the module paths it may hold
-        for node in ast.walk(tree):
+        for node in nodes:
             if id(node) in loading and (isinstance(node, ast.Name) and node.id in ("exec", "compile") or isinstance(
                     node, ast.Attribute) and node.attr == "__dict__"):
                 pass
@@ -1424,15 +1425,24 @@ def _string_reachable(trees: dict[str, ast.Module]) -> tuple[bool, set[str]]:
                 for a in node.names:
                     origin.setdefault(a.asname or a.name.split(".")[0], set()).add(a.name if a.asname else
                                                                                    a.name.split(".")[0])
-        if origin:
-            parent = {id(c): p for p in ast.walk(tree) for c in ast.iter_child_nodes(p)}
-            for node in ast.walk(tree):
-                if isinstance(node, ast.Name) and node.id in origin and isinstance(node.ctx, ast.Load):
-                    path, top = "", node
-                    while isinstance(up := parent.get(id(top)), ast.Attribute) and up.value is top:
-                        path, top = f"{path}.{up.attr}", up
-                    held.update(o + path for o in origin[node.id])
+        for node in nodes if origin else ():
+            if isinstance(node, ast.Name) and node.id in origin and isinstance(node.ctx, ast.Load):
+                path, top = "", node
+                while isinstance(up := parent.get(id(top)), ast.Attribute) and up.value is top:
+                    path, top = f"{path}.{up.attr}", up
+                held.update(o + path for o in origin[node.id])
     return False, held
+
+
+def _nodes_and_parents(tree: ast.AST) -> tuple[list[ast.AST], dict[int, ast.AST]]:
+    """Every node of `tree` (as `ast.walk` gives them, in another order) and each one's parent by id, in one pass."""
+    nodes, parent, stack = [tree], {}, [tree]
+    while stack:
+        for child in ast.iter_child_nodes(above := stack.pop()):
+            parent[id(child)] = above
+            nodes.append(child)
+            stack.append(child)
+    return nodes, parent
 
 
 def _looked_up_by_string(module: str, anywhere: bool, held: set[str]) -> bool:
