@@ -195,11 +195,15 @@ def reindent(source: str, width: int = 1) -> str:
         depth, extra = divmod(len(line) - len(body), 4)
         lines.append(" " * (depth * width + extra) + body)
     out = "".join(lines)
+    return out if _same_tree(out, source) else source
+
+
+def _same_tree(text: str, source: str) -> bool:
+    """Whether `text` parses to `source`'s syntax tree (False where it does not parse)."""
     try:
-        same = ast.dump(ast.parse(out)) == ast.dump(ast.parse(source))
+        return ast.dump(ast.parse(text)) == ast.dump(ast.parse(source))
     except SyntaxError:
-        same = False
-    return out if same else source
+        return False
 
 
 # python-minifier as a printer only: every transform off (the bundler's own passes decide what the code says).
@@ -217,10 +221,9 @@ def compact(source: str) -> str:
     67,210 characters, brotli 22,050 → 21,317 bytes."""
     try:
         out = python_minifier.minify(source, **_PRINTER_ONLY)
-        same = ast.dump(ast.parse(out)) == ast.dump(ast.parse(source))
     except Exception:  # noqa: BLE001 - any printer failure keeps the canonical layout
         return source
-    return out if same else source
+    return out if _same_tree(out, source) else source
 
 
 def _reads_annotations(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:

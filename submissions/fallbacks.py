@@ -26,6 +26,7 @@ from typing import Any
 
 from core.config import Config
 from core.registry import Registry, make_manager
+from submissions.minify import _params
 
 SPECIAL = frozenset({"__bool__", "__len__", "__new__"})
 SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
@@ -135,9 +136,8 @@ def _bindings(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> dict[str, int]:
         if name:
             counts[name] = counts.get(name, 0) + n
 
-    args = fn.args
-    for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
-        add(a.arg if a else None)
+    for name in _params(fn.args):
+        add(name)
     for node in _own(fn):
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             add(node.id)
