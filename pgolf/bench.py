@@ -420,9 +420,30 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
         def dev(e: Any) -> float:
             return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
 
-        kernels = sorted((e for e in prof.key_averages() if dev(e) > 0), key=dev, reverse=True)[:10]
-        out["top_device_ops_ms"] = {e.key[:80]: dev(e) / 1000.0 / steps for e in kernels}
+        labels = ("data", "forward", "forward_backward", "optimizer")  # annotations, not kernels
+        kernels = sorted((e for e in prof.key_averages() if dev(e) > 0 and e.key not in labels), key=dev, reverse=True)
+        out["top_device_ops_ms"] = {e.key[:80]: dev(e) / 1000.0 / steps for e in kernels[:30]}
+        by_kind: dict[str, float] = {}
+        for e in (e for e in kernels if str(e.device_type).endswith("CUDA")):  # kernels, not the aten ops above them
+            kind = kernel_kind(e.key)
+            by_kind[kind] = by_kind.get(kind, 0.0) + dev(e) / 1000.0 / steps
+        out["device_ms_by_kind"] = dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))
     return out
+
+
+KERNEL_KINDS = (  # (kind, name fragments) first match wins; lower-case
+    ("fused (triton)", ("triton_poi", "triton_per", "triton_red")),  # inductor's: names carry their ops
+    ("attention", ("flash", "fmha", "attention", "cudnn")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "addmm", "mm_")),
+    ("communication", ("nccl", "allreduce", "all_reduce", "reduce_scatter", "all_gather")),
+    ("copy", ("memcpy", "memset", "copy_kernel")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """The profile's coarse kernel class of one device op name (`KERNEL_KINDS`; "other" when none matches)."""
+    low = name.lower()
+    return next((kind for kind, parts in KERNEL_KINDS if any(p in low for p in parts)), "other")
 
 
 def peak_memory(device: Any) -> dict[str, Any]:
@@ -797,6 +818,8 @@ def table(res: dict[str, Any]) -> str:
                  ("host syncs per step (timed steps)", sync_cell(pg))]
         for name, ms in pg.get("profile", {}).get("phases_ms", {}).items():
             rows.append((f"phase {name} ms/step (synchronized)", f"{ms:,.2f}"))
+        for kind, ms in pg.get("profile", {}).get("device_ms_by_kind", {}).items():
+            rows.append((f"device {kind} ms/step (profiled kernels)", f"{ms:,.2f}"))
     if rec:
         rows += [("record", f"{rec['profile']} ({rec['attention']}), wall {rec['wall_s']:,.0f} s"),
                  ("record artifact bytes", str(rec["log"]["artifact"] or "—"))]

@@ -22,7 +22,7 @@ SLOW = (
     "tests/test_bundle.py::test_minified_bundle_of_each_recipe_trains_exactly_like_pgolf_train",  # 2 runs each
     "tests/test_doc_isolation.py::test_document_ttt_warmup_compiles_one_graph_for_every_row_length",  # compiles
     "tests/test_export_plugins.py::test_prune_to_fit_run_fits_code_plus_artifact",
-    "tests/test_readme.py::test_readme_tour_runs_as_written",  # every tour command, as subprocesses
+    "tests/test_readme.py::test_readme_tour_runs_as_written",  # the tour's commands, as subprocesses, by group
     "tests/test_soft_round_qat.py::test_compiled_switch_and_alpha_change_the_output_without_recompiling",  # ~12 s
     "tests/test_train.py::test_sigterm_marks_the_run_interrupted",  # a subprocess killed mid-run
     "tests/test_bench.py::test_varlen_stand_in_attends_within_each_packed_document",  # eager flex: ~6-13 s

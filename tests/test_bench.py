@@ -544,3 +544,17 @@ def test_sync_watch_counts_sync_warnings_in_step_bodies_only(tiny_sets):
     assert a.startswith("test_bench.py:") and b.startswith("test_bench.py:") and a != b and n == m == 4
     assert sync_cell(summary) == f"2.00 ({a} ×4, {b} ×4)"
     assert sync_cell({"host_syncs_per_step": None}) == "— (CUDA only)"
+
+
+def test_kernel_kind_classes_the_kernels_a_profile_shows():
+    from pgolf.bench import kernel_kind
+
+    names = {"cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4": "attention",
+             "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT": "matmul",
+             "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matmul",
+             "ncclDevKernel_AllReduce_Sum_bf16_RING_LL": "communication",
+             "Memcpy DtoD (Device -> Device)": "copy",
+             "triton_poi_fused__to_copy__unsafe_view_leaky_relu_pow_15": "fused (triton)",
+             "triton_per_fused__scaled_dot_product_cudnn_attention_backward__to_copy": "fused (triton)",
+             "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other"}
+    assert {n: kernel_kind(n) for n in names} == names

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny model and data settings (environment variables: the README's own --set / inline values still win).
 TINY_ENV = {
@@ -43,12 +45,58 @@ def tour_lines(readme: str) -> list[str]:
     return lines
 
 
+def tour_groups(lines: list[str]) -> list[list[str]]:
+    """The tour split into groups of lines that share no files, each run in its own clone: a line naming
+    `<run_id>` (the tour's first run) joins the first line's group, one naming another run or a records folder
+    (`runs/…`, `records/…`) joins the group of the line before it, any other line starts a group."""
+    groups: list[list[str]] = []
+    home: list[int] = []  # line index -> its group
+    for i, line in enumerate(lines):
+        if "<run_id>" in line and i:
+            g = home[0]
+        elif i and re.search(r"\b(runs|records)/", line):
+            g = home[i - 1]
+        else:
+            groups.append([])
+            g = len(groups) - 1
+        groups[g].append(line)
+        home.append(g)
+    return groups
+
+
+TOUR = tour_groups(tour_lines((ROOT / "README.md").read_text(encoding="utf-8")))
+
+
 def test_readme_tour_lines_are_found():
     lines = tour_lines((ROOT / "README.md").read_text(encoding="utf-8"))
     assert len(lines) >= 15 and all(line.startswith(("pgolf ", "for ", "NUM_LAYERS=")) for line in lines)
+    groups = tour_groups(lines)
+    assert sorted(x for g in groups for x in g) == sorted(lines)
+    first = groups[0]
+    assert first[0] == lines[0] and all("<run_id>" in x for x in first[1:]) and len(first) >= 4
+    assert any(g[0].startswith("for s in") and any(x.startswith("pgolf record") for x in g) for g in groups)
 
 
-def test_readme_tour_runs_as_written(tmp_path):
+def test_tour_groups_keep_what_a_line_reads_with_what_made_it():
+    lines = ["pgolf train", "pgolf train --plugins ema", "pgolf eval runs/<run_id>", "pgolf plugins list",
+             "for s in 1 2; do RUN_ID=s$s pgolf train; done", "pgolf record runs/s1 runs/s2 --name x",
+             "pgolf size records/track_*/<folder>"]
+    assert tour_groups(lines) == [["pgolf train", "pgolf eval runs/<run_id>"], ["pgolf train --plugins ema"],
+                                  ["pgolf plugins list"], lines[4:]]
+
+
+@pytest.fixture(scope="module")
+def default_data_cache(tmp_path_factory) -> Path:
+    """The embedded corpus built once (sp1024), the cache every group's `pgolf train` reads (PGOLF_CACHE)."""
+    from dataprep.build import ensure_default_data
+
+    cache = tmp_path_factory.mktemp("tour_cache")
+    ensure_default_data(1024, cache_dir=cache)
+    return cache
+
+
+@pytest.mark.parametrize("group", range(len(TOUR)), ids=[g[0].split("#")[0][:40] for g in TOUR])
+def test_readme_tour_runs_as_written(group, tmp_path, default_data_cache):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shim = bin_dir / "pgolf"
@@ -58,11 +106,11 @@ def test_readme_tour_runs_as_written(tmp_path):
     clone.mkdir()
     (clone / "recipes").symlink_to(ROOT / "recipes")
     env = {**os.environ, **TINY_ENV, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": str(ROOT), "PGOLF_CACHE": str(tmp_path / "cache")}
+           "PYTHONPATH": str(ROOT), "PGOLF_CACHE": str(default_data_cache)}
     from dataprep.build import ensure_default_data
     from dataprep.corpus import generate_documents
 
-    default = ensure_default_data(1024, cache_dir=tmp_path / "cache")
+    default = ensure_default_data(1024, cache_dir=default_data_cache)
     (clone / "data" / "datasets").mkdir(parents=True)
     (clone / "data" / "datasets" / "fineweb10B_sp1024").symlink_to(default)
     (clone / "data" / "datasets" / "fineweb10B_sp8192").symlink_to(default)
@@ -76,7 +124,7 @@ def test_readme_tour_runs_as_written(tmp_path):
                       key=lambda p: p.stat().st_mtime)
         return done[0].name
 
-    for line in tour_lines((ROOT / "README.md").read_text(encoding="utf-8")):
+    for line in TOUR[group]:
         cmd = line
         for pattern, repl in TINY_EDITS:
             cmd = re.sub(pattern, repl, cmd)
