@@ -59,9 +59,11 @@ import ast
 import dataclasses
 import functools
 import hashlib
+import importlib.metadata
 import inspect
 import io
 import json
+import os
 import pprint
 import sys
 import tokenize
@@ -604,20 +606,90 @@ def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[
 
 # `_embedded`'s recent results by the digest of what they were made from, oldest first.
 _EMBEDDED: dict[str, tuple[dict[str, str], str]] = {}
+CACHED_BUNDLES = 64  # entries `bundle_cache_dir` keeps, newest first
+
+
+def per_run_neutral(cfg: Config) -> Config:
+    """`cfg` with its per-run settings (`PER_RUN_KEYS`: seed, machine paths, device) at their defaults and no
+    record of where its values came from (`Config.sources`): a script leaves those settings to its environment
+    (they are not in its RECIPE), so it is bundled from what it runs without one, and every seed and machine of
+    one configuration gets the same script."""
+    from core.config import CoreConfig
+
+    default = CoreConfig()
+    core = dataclasses.replace(cfg.core, **{k: getattr(default, k) for k in PER_RUN_KEYS})
+    return dataclasses.replace(cfg, core=core, sources={})
+
+
+def bundle_cache_dir() -> Path | None:
+    """Where specialised bundles are kept between processes: `$PGOLF_BUNDLE_CACHE`, else `$PGOLF_CACHE/bundles`,
+    else `~/.cache/pgolf/bundles`; None (no cache) when `PGOLF_BUNDLE_CACHE` is `off`."""
+    env = os.environ.get("PGOLF_BUNDLE_CACHE", "")
+    if env == "off":
+        return None
+    if env:
+        return Path(env)
+    root = os.environ.get("PGOLF_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "pgolf") / "bundles"
+
+
+@functools.cache
+def _bundler_digest() -> str:
+    """The bundler's own code and the printer it uses: a cached bundle is only as good as what made it."""
+    own = sorted(Path(__file__).parent.glob("*.py"))
+    parts = [sys.version, importlib.metadata.version("python-minifier"), *(p.read_text(encoding="utf-8") for p in own)]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _cached(key: str) -> tuple[dict[str, str], str] | None:
+    """The bundle cache's entry for `key` (None when absent or not a well-formed entry)."""
+    folder = bundle_cache_dir()
+    try:
+        data = json.loads((folder / f"{key}.json").read_text(encoding="utf-8")) if folder else None
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and isinstance(data.get("loader"), str) and isinstance(data.get("sources"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in data["sources"].items())):
+        return None
+    return data["sources"], data["loader"]
+
+
+def _cache(key: str, sources: dict[str, str], loader: str) -> None:
+    """Stores an entry atomically (a temporary file renamed into place); keeps the newest `CACHED_BUNDLES`. A cache
+    that cannot be written is no error: the bundle is made again next time."""
+    folder = bundle_cache_dir()
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"sources": sources, "loader": loader}), encoding="utf-8")
+        os.replace(tmp, folder / f"{key}.json")
+        entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[CACHED_BUNDLES:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        return
 
 
 def _embedded(cfg: Config, registry: Registry, strip: bool, minify: bool, profile: str = "full") -> tuple[
         dict[str, str], str]:
-    """(module name -> embedded source, the script's loader code). Memoized on the texts of the modules it embeds,
-    the run's plugin classes, the configuration (`Config.to_json`) and the options: `pgolf train` bundles to log
-    its code size, and one configuration is often bundled wrapped and plain."""
+    """(module name -> embedded source, the script's loader code) of `per_run_neutral(cfg)`. Memoized, in this
+    process and in `bundle_cache_dir`, on the texts of the modules it embeds, the run's plugin classes, the
+    configuration (`Config.to_json`), the options and the bundler's own code: `pgolf train` bundles to log its
+    code size, each seed's run bundles the same script, and one configuration is often bundled wrapped and plain."""
+    cfg = per_run_neutral(cfg)
     registry = _RecordRegistry(registry) if profile == "record" else registry
     sources, plugin_modules = bundle_sources(cfg, registry)
     classes = [(c.__module__, c.__qualname__) for c in map(registry.plugins.get, registry.run_plugins(cfg.plugins))]
     key = hashlib.sha256(repr((cfg.to_json(), strip, minify, profile, sorted(sources.items()), plugin_modules,
-                               classes)).encode()).hexdigest()
+                               classes, _bundler_digest())).encode()).hexdigest()
     if key not in _EMBEDDED:
-        _EMBEDDED[key] = _embed(cfg, registry, sources, plugin_modules, strip, minify, profile)
+        made = _cached(key)
+        if made is None:
+            made = _embed(cfg, registry, sources, plugin_modules, strip, minify, profile)
+            _cache(key, *made)
+        _EMBEDDED[key] = made
         if len(_EMBEDDED) > 8:
             del _EMBEDDED[next(iter(_EMBEDDED))]
     out, loader = _EMBEDDED[key]

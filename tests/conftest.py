@@ -11,6 +11,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
+# One bundle cache for the whole run, shared by its xdist workers (they inherit the environment), and not the
+# user's ~/.cache: the suite neither reads bundles an earlier run left nor leaves its own behind.
+if "PYTEST_XDIST_WORKER" not in os.environ and "PGOLF_BUNDLE_CACHE" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _BUNDLE_CACHE = tempfile.mkdtemp(prefix="pgolf-test-bundles-")
+    os.environ["PGOLF_BUNDLE_CACHE"] = _BUNDLE_CACHE
+    atexit.register(shutil.rmtree, _BUNDLE_CACHE, ignore_errors=True)
+
 # The long end-to-end tests (each several seconds on 2 CPU cores), marked `slow`: the default run
 # (`python -m pytest`, addopts -m "not slow") skips them, `python -m pytest -m slow` runs only them, CI runs
 # both. Measured with --durations; a test id prefix here marks every parametrization of it.

@@ -238,11 +238,44 @@ def test_one_configuration_is_specialised_once_however_often_it_is_bundled(tiny_
 
     calls, real = [], sb.specialised_loader
     monkeypatch.setattr(sb, "specialised_loader", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    monkeypatch.setenv("PGOLF_BUNDLE_CACHE", "off")
+    monkeypatch.setattr(sb, "_EMBEDDED", {})
     cfg, reg = _wrapper_config(tiny_sets, ["ema", "code_wrapper"], ["ema.decay=0.25"])
     wrapped, plain = bundle(cfg, reg), bundle(cfg, reg, wrap=False)
     assert bundle_size(cfg, reg) == len(wrapped.encode()) and len(calls) == 1 and "0.25" in plain
     other, _ = _wrapper_config(tiny_sets, ["ema", "code_wrapper"], ["ema.decay=0.125"])
     assert "0.125" in bundle(other, reg, wrap=False) and len(calls) == 2
+    # another seed, machine and run: per-run settings, which a script leaves to its environment
+    seeded, _ = _wrapper_config(tiny_sets, ["ema", "code_wrapper"], ["ema.decay=0.25", "core.seed=7",
+                                                                    "core.run_id=other", "core.data_path=/elsewhere"])
+    assert bundle(seeded, reg) == wrapped and len(calls) == 2
+
+
+def test_the_bundle_cache_serves_another_process_and_ignores_a_damaged_entry(tiny_sets, monkeypatch, tmp_path):
+    """An entry in `bundle_cache_dir` is a bundle made before (another process: the in-process memo is empty);
+    a damaged entry is made again; with PGOLF_BUNDLE_CACHE=off nothing is stored. (`_embed` counted and stood in
+    for: what is cached is its result.)"""
+    import submissions.bundle as sb
+
+    calls = []
+    monkeypatch.setattr(sb, "_embed", lambda *a: calls.append(1) or ({"core.train": "x = 1\n"}, "main()\n"))
+    monkeypatch.setenv("PGOLF_BUNDLE_CACHE", str(tmp_path / "cache"))
+    cfg, reg = _wrapper_config(tiny_sets, ["ema"], ["ema.decay=0.375"])
+
+    def embedded() -> tuple[dict[str, str], str]:
+        monkeypatch.setattr(sb, "_EMBEDDED", {})  # a fresh process
+        return sb._embedded(cfg, reg, True, True)
+
+    first = embedded()
+    (entry,) = (tmp_path / "cache").glob("*.json")
+    assert embedded() == first and len(calls) == 1  # from the cache
+    for damage in ("{not json", json.dumps({"sources": {"core.train": 3}, "loader": ""})):
+        entry.write_text(damage)
+        assert embedded() == first and json.loads(entry.read_text())["sources"]  # made and stored again
+    assert len(calls) == 3
+    monkeypatch.setenv("PGOLF_BUNDLE_CACHE", "off")
+    entry.unlink()
+    assert embedded() == first and len(calls) == 4 and not list((tmp_path / "cache").glob("*.json"))
 
 
 def test_reindent_keeps_the_syntax_tree_and_refuses_multiline_strings():
