@@ -63,6 +63,16 @@ def up_backward_reference(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> T
     return grad.to(pre.dtype)
 
 
+def up_flops(x_shape: tuple[int, ...], w1_shape: tuple[int, ...], *args, **kwargs) -> int:
+    """FLOPs of `pgolf_fused_mlp::up` for `torch.utils.flop_counter` (`pgolf bench`'s model FLOPs): the GEMM x·W1ᵀ."""
+    return 2 * x_shape[0] * x_shape[1] * w1_shape[0]
+
+
+def up_backward_flops(g_shape: tuple[int, ...], w2_shape: tuple[int, ...], *args, **kwargs) -> int:
+    """FLOPs of `pgolf_fused_mlp::up_backward`: the GEMM g·W2 (the epilogue's elementwise work not counted)."""
+    return 2 * g_shape[0] * g_shape[1] * w2_shape[1]
+
+
 # --- the Triton kernel -------------------------------------------------------------------------------------
 if triton is not None:
 
@@ -148,6 +158,11 @@ if triton is not None:
     @_triton_up_backward.register_fake
     def _(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
         return pre.new_empty(pre.shape)
+
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula(torch.ops.pgolf_fused_mlp.up)(up_flops)
+    register_flop_formula(torch.ops.pgolf_fused_mlp.up_backward)(up_backward_flops)
 
 
 def uses_kernel(x: Tensor, backend: str) -> bool:

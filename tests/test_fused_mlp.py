@@ -135,3 +135,20 @@ def test_bad_settings_are_one_line_errors_naming_the_field():
     assert "fused_mlp.backend" in config_error(["fused_mlp.backend=cuda"])
     errors = REGISTRY.check(["fused_mlp", "leaky_relu2"]) + REGISTRY.check(["fused_mlp", "late_qat"])
     assert len(errors) == 2 and "'mlp'" in errors[0] and "conflict" in errors[1]
+
+
+def test_flop_formulas_of_the_kernels_count_what_the_reference_epilogues_multiply():
+    """`pgolf bench` counts the Triton kernel's custom ops by `up_flops` / `up_backward_flops` (registered where
+    triton imports): each equals the FLOPs torch's counter finds in the torch reference of that epilogue."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from plugins.fused_mlp import up_backward_flops, up_backward_reference, up_flops, up_reference
+
+    m, k, n, d = 12, 8, 32, 8
+    x, w1, w2, g = torch.randn(m, k), torch.randn(n, k), torch.randn(d, n), torch.randn(m, d)
+    with FlopCounterMode(display=False) as up:
+        pre, _ = up_reference(x, w1, 0.5)
+    with FlopCounterMode(display=False) as back:
+        up_backward_reference(g, w2, pre, 0.5)
+    assert up_flops(x.shape, w1.shape, 0.5) == up.get_total_flops() == 2 * m * k * n
+    assert up_backward_flops(g.shape, w2.shape, pre.shape, 0.5) == back.get_total_flops() == 2 * m * d * n
