@@ -182,14 +182,15 @@ def count_flops(run: Any) -> dict[str, dict[str, float]]:
     x = (torch.arange(seq, device=run.device) % run.core.vocab_size).view(1, seq)
     y = torch.roll(x, -1, dims=1)
     combos = [()] + [tuple(m.name for m in run.modes[: i + 1]) for i in range(len(run.modes))]
+    mapping = attention_flop_mapping()
+    attention_ops = {str(op).split(".")[-1] for op in mapping}
     out = {}
     for active in combos:
         set_modes(run, active)
-        with FlopCounterMode(display=False, custom_mapping=attention_flop_mapping()) as fc:
+        with FlopCounterMode(display=False, custom_mapping=mapping) as fc:
             with run.autocast():
                 loss = run.model(x, y)
             loss.backward()
-        attention_ops = {str(op).split(".")[-1] for op in attention_flop_mapping()}
         counts = {(str(op).split(".") + [""])[1]: n for op, n in fc.get_flop_counts()["Global"].items()}
         attention = sum(n for op, n in counts.items() if op in attention_ops)
         total = fc.get_total_flops()  # the rest are matmuls: mm, addmm, bmm, a plugin's GEMM with a flop formula
