@@ -152,3 +152,16 @@ def test_flop_formulas_of_the_kernels_count_what_the_reference_epilogues_multipl
         up_backward_reference(g, w2, pre, 0.5)
     assert up_flops(x.shape, w1.shape, 0.5) == up.get_total_flops() == 2 * m * k * n
     assert up_backward_flops(g.shape, w2.shape, pre.shape, 0.5) == back.get_total_flops() == 2 * m * d * n
+
+
+def test_the_tile_benchmark_refuses_a_machine_without_the_kernel():
+    """benchmarks/fused_mlp_tiles.py times the kernel's tile configurations on CUDA; elsewhere one clear line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine runs the benchmark itself")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_mlp_tiles.py"
+    proc = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("fused_mlp_tiles: needs a CUDA GPU")

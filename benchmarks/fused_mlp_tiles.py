@@ -1,0 +1,87 @@
+"""Tile configurations of `fused_mlp`'s Triton kernel at a record's shape (pgolf issue #14), against cuBLAS.
+
+The kernel's up-projection (forward: pre and leaky(pre)² from x·W1ᵀ) and its backward epilogue ((g·W2) ⊙ leaky'),
+at PR #1493's micro-batch with `auto_micro_batch` (262,144 tokens × 512 → 2,048), timed per call for each tile
+configuration (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); beside it cuBLAS's plain `x @ W1ᵀ` (the matmul
+alone, no epilogue) and the unfused pair (matmul + compiled LeakyReLU²):
+
+    python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--json out.json]     (CUDA, sm90+)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.cuda_timing import ms_per_call  # noqa: E402
+from plugins import fused_mlp as FM  # noqa: E402
+
+CONFIGS = [(128, 256, 64, 4, 8), (128, 256, 64, 3, 8), (128, 256, 64, 2, 8), (256, 128, 64, 4, 8), (256, 128, 64, 3, 8),
+           (128, 256, 128, 2, 8), (256, 128, 128, 2, 8), (128, 128, 128, 3, 8), (256, 256, 64, 2, 8)]
+
+
+def launch(a, b, aux, slope, cfg):
+    import triton
+    from triton.tools.tensor_descriptor import TensorDescriptor
+    bm, bn, bk, stages, warps = cfg
+    (m, k), n = a.shape, b.shape[0]
+    forward = aux is None
+    c = torch.empty((m, n), device=a.device, dtype=a.dtype)
+    aux = torch.empty((m, n), device=a.device, dtype=a.dtype) if aux is None else aux
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
+    FM._linear_leaky_relu2_kernel[grid](
+        TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
+        TensorDescriptor.from_tensor(c, [bm, bn // 2]), TensorDescriptor.from_tensor(aux, [bm, bn // 2]),
+        m, n, k, slope, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, NUM_SMS=sms, FORWARD=forward,
+        num_stages=stages, num_warps=warps)
+    return c, aux
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tokens", type=int, default=262144)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--json")
+    args = p.parse_args()
+    if not torch.cuda.is_available() or FM.triton is None:
+        raise SystemExit("fused_mlp_tiles: needs a CUDA GPU (sm90+) and triton; found none")
+    torch.manual_seed(0)
+    dev, bf = "cuda", torch.bfloat16
+    x = torch.randn(args.tokens, args.dim, device=dev, dtype=bf)
+    w1 = torch.randn(args.hidden, args.dim, device=dev, dtype=bf) / args.dim ** 0.5
+    g = torch.randn(args.tokens, args.dim, device=dev, dtype=bf)
+    w2t = torch.randn(args.hidden, args.dim, device=dev, dtype=bf) / args.dim ** 0.5
+    ref_pre, ref_post = FM.up_reference(x, w1, 0.5)
+    ref_dpre = FM.up_backward_reference(g, w2t.T.contiguous(), ref_pre, 0.5)
+    flops = 2 * args.tokens * args.dim * args.hidden
+    rows = {}
+
+    def note(name, ms):
+        rows[name] = {"ms": round(ms, 4), "tflops": round(flops / ms / 1e9, 1)}
+        print(f"{name:44s} {ms:8.4f} ms  {flops / ms / 1e9:7.1f} TFLOP/s", flush=True)
+
+    note("cublas x@W1^T (no epilogue)", ms_per_call(lambda: x @ w1.T, 50))
+    act = torch.compile(lambda t: F.leaky_relu(t, 0.5).square())
+    note("cublas + compiled leaky^2 (unfused fwd)", ms_per_call(lambda: act(x @ w1.T), 50))
+    for cfg in CONFIGS:
+        for name, call, ref in (("fwd", lambda c: launch(x, w1, None, 0.5, c)[0], ref_pre),
+                                ("bwd", lambda c: launch(g, w2t, ref_pre, 0.5, c)[0], ref_dpre)):
+            try:
+                ok = torch.allclose(call(cfg).float(), ref.float(), atol=5e-2, rtol=5e-2)
+                note(f"{name} {cfg}{'' if ok else ' MISMATCH'}", ms_per_call(lambda c=cfg, f=call: f(c), 50))
+            except Exception as e:  # a configuration the hardware cannot hold (shared memory, registers)
+                print(f"{name} {cfg}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
