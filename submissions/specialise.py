@@ -1329,6 +1329,32 @@ class _SelfConstants(ast.NodeTransformer):
         return self.generic_visit(node)
 
 
+# decorators whose wrapper calls the function with the arguments it was given, unchanged (torch's grad modes)
+ARGUMENT_TRANSPARENT_DECORATORS = frozenset({"torch.no_grad()", "torch.inference_mode()", "torch.enable_grad()"})
+
+
+def _passes_arguments_through(decorators: list[ast.expr], tree: ast.Module) -> bool:
+    """Whether a module-level function with these decorators receives exactly the arguments its callers pass: no
+    decorator, or only `ARGUMENT_TRANSPARENT_DECORATORS` in a module that binds the name `torch` by `import torch`
+    (or `import torch.x`) only: no other import, assignment, definition or parameter of that name."""
+    if not decorators:
+        return True
+    if not all(ast.unparse(d) in ARGUMENT_TRANSPARENT_DECORATORS for d in decorators):
+        return False
+    imported = False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= any(a.name.split(".")[0] == "torch" and not a.asname for a in node.names)
+            if any(a.asname == "torch" for a in node.names):
+                return False
+        elif isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == "torch" for a in node.names) \
+                or isinstance(node, ast.Name) and node.id == "torch" and not isinstance(node.ctx, ast.Load) \
+                or isinstance(node, (*FUNCTIONS, ast.ClassDef)) and node.name == "torch" \
+                or isinstance(node, ast.arg) and node.arg == "torch":
+            return False
+    return imported
+
+
 def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
         dict[str, ast.FunctionDef], dict[str, list[ast.Call]], set[str]]:
     """(module-level functions by name, the calls of each, the names that are also used otherwise: passed as a
@@ -1340,7 +1366,7 @@ def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
     home: dict[str, str] = {}
     for module, tree in trees.items():
         for stmt in tree.body:
-            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+            if isinstance(stmt, ast.FunctionDef) and _passes_arguments_through(stmt.decorator_list, tree):
                 defs.setdefault(stmt.name, []).append(stmt)
                 home[stmt.name] = module
             elif isinstance(stmt, ast.ClassDef) and classes and not stmt.decorator_list:
