@@ -436,7 +436,7 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
 KERNEL_KINDS = (  # (kind, name fragments) first match wins; lower-case
     ("fused (triton)", ("triton_poi", "triton_per", "triton_red")),  # inductor's: names carry their ops
     ("attention", ("flash", "fmha", "attention", "cudnn")),
-    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "addmm", "mm_")),
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "addmm", "mm_", "linear")),  # a plugin's GEMM
     ("communication", ("nccl", "allreduce", "all_reduce", "reduce_scatter", "all_gather")),
     ("copy", ("memcpy", "memset", "copy_kernel")),
 )

@@ -555,6 +555,7 @@ def test_kernel_kind_classes_the_kernels_a_profile_shows():
              "ncclDevKernel_AllReduce_Sum_bf16_RING_LL": "communication",
              "Memcpy DtoD (Device -> Device)": "copy",
              "triton_poi_fused__to_copy__unsafe_view_leaky_relu_pow_15": "fused (triton)",
+             "_linear_leaky_relu2_kernel": "matmul",  # fused_mlp's Triton GEMM (130 ms of PR #1493's step)
              "triton_per_fused__scaled_dot_product_cudnn_attention_backward__to_copy": "fused (triton)",
              "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other"}
     assert {n: kernel_kind(n) for n in names} == names
