@@ -1357,7 +1357,8 @@ def _passes_arguments_through(decorators: list[ast.expr], tree: ast.Module) -> b
 
 def _direct_calls(trees: dict[str, ast.Module], classes: bool = False) -> tuple[
         dict[str, ast.FunctionDef], dict[str, list[ast.Call]], set[str]]:
-    """(module-level functions by name, the calls of each, the names that are also used otherwise: passed as a
+    """(module-level functions by name (undecorated, or only with torch's grad modes: `_passes_arguments_through`),
+    the calls of each, the names that are also used otherwise: passed as a
     value, imported under another name, named in a string that could look it up (`_looked_up_by_string`), defined
     twice, or called with `*`/`**`). With `classes`, undecorated classes with an `__init__` too (name -> that
     `__init__`: a call of the class calls it; a subclass or an isinstance names the class otherwise). A name a
