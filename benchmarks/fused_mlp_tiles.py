@@ -28,24 +28,6 @@ CONFIGS = [(128, 256, 64, 4, 8), (128, 256, 64, 3, 8), (128, 256, 64, 2, 8), (25
            (128, 256, 128, 2, 8), (256, 128, 128, 2, 8), (128, 128, 128, 3, 8), (256, 256, 64, 2, 8)]
 
 
-def launch(a, b, aux, slope, cfg):
-    import triton
-    from triton.tools.tensor_descriptor import TensorDescriptor
-    bm, bn, bk, stages, warps = cfg
-    (m, k), n = a.shape, b.shape[0]
-    forward = aux is None
-    c = torch.empty((m, n), device=a.device, dtype=a.dtype)
-    aux = torch.empty((m, n), device=a.device, dtype=a.dtype) if aux is None else aux
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-    grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
-    FM._linear_leaky_relu2_kernel[grid](
-        TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
-        TensorDescriptor.from_tensor(c, [bm, bn // 2]), TensorDescriptor.from_tensor(aux, [bm, bn // 2]),
-        m, n, k, slope, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, NUM_SMS=sms, FORWARD=forward,
-        num_stages=stages, num_warps=warps)
-    return c, aux
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tokens", type=int, default=262144)
@@ -78,8 +60,8 @@ def main() -> None:
     act = torch.compile(lambda t: F.leaky_relu(t, 0.5).square())
     note("cublas + compiled leaky^2 (unfused fwd)", ms_per_call(lambda: act(x @ w1.T), 50))
     for cfg in CONFIGS:
-        for name, call, ref in (("fwd", lambda c: launch(x, w1, None, 0.5, c)[0], ref_pre),
-                                ("bwd", lambda c: launch(g, w2t, ref_pre, 0.5, c)[0], ref_dpre)):
+        for name, call, ref in (("fwd", lambda c: FM._launch(x, w1, None, 0.5, c)[0], ref_pre),
+                                ("bwd", lambda c: FM._launch(g, w2t, ref_pre, 0.5, c)[0], ref_dpre)):
             try:
                 ok = torch.allclose(call(cfg).float(), ref.float(), atol=5e-2, rtol=5e-2)
                 note(f"{name} {cfg}{'' if ok else ' MISMATCH'}", ms_per_call(lambda c=cfg, f=call: f(c), 50))

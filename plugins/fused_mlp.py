@@ -112,22 +112,24 @@ if triton is not None:
                 c_desc.store([row, col + half],
                              (right * tl.where(pre_r > 0, 2.0 * pre_r, neg * pre_r)).to(tl.bfloat16))
 
-    def _launch(a: Tensor, b: Tensor, aux: Tensor | None, slope: float) -> tuple[Tensor, Tensor]:
+    def _launch(a: Tensor, b: Tensor, aux: Tensor | None, slope: float,
+                tiles: tuple[int, int, int, int, int] | None = None) -> tuple[Tensor, Tensor]:
         """The kernel on a (M, K) and b (N, K), bf16 and contiguous: (pre, post) when aux is None, else
-        (dpre, aux) with aux = pre."""
+        (dpre, aux) with aux = pre. `tiles`: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), by default the
+        record's (4 stages forward, 3 backward); `benchmarks/fused_mlp_tiles.py` times others."""
         (m, k), n = a.shape, b.shape[0]
         forward = aux is None
+        bm, bn, bk, stages, warps = tiles or (BLOCK_M, BLOCK_N, BLOCK_K, 4 if forward else 3, 8)
         c = torch.empty((m, n), device=a.device, dtype=a.dtype)
         if aux is None:
             aux = torch.empty((m, n), device=a.device, dtype=a.dtype)
         sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        grid = (min(sms, triton.cdiv(m, BLOCK_M) * triton.cdiv(n, BLOCK_N)),)
+        grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
         _linear_leaky_relu2_kernel[grid](
-            TensorDescriptor.from_tensor(a, [BLOCK_M, BLOCK_K]), TensorDescriptor.from_tensor(b, [BLOCK_N, BLOCK_K]),
-            TensorDescriptor.from_tensor(c, [BLOCK_M, BLOCK_N // 2]),
-            TensorDescriptor.from_tensor(aux, [BLOCK_M, BLOCK_N // 2]), m, n, k, slope,
-            BLOCK_SIZE_M=BLOCK_M, BLOCK_SIZE_N=BLOCK_N, BLOCK_SIZE_K=BLOCK_K, NUM_SMS=sms, FORWARD=forward,
-            num_stages=4 if forward else 3, num_warps=8)
+            TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
+            TensorDescriptor.from_tensor(c, [bm, bn // 2]), TensorDescriptor.from_tensor(aux, [bm, bn // 2]),
+            m, n, k, slope, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, NUM_SMS=sms, FORWARD=forward,
+            num_stages=stages, num_warps=warps)
         return c, aux
 
     def _kernel_fits(a: Tensor, b: Tensor) -> bool:
