@@ -2,10 +2,12 @@
 
 The kernel's up-projection (forward: pre and leaky(pre)² from x·W1ᵀ) and its backward epilogue ((g·W2) ⊙ leaky'),
 at PR #1493's micro-batch with `auto_micro_batch` (262,144 tokens × 512 → 2,048), timed per call for each tile
-configuration (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps); beside it cuBLAS's plain `x @ W1ᵀ` (the matmul
-alone, no epilogue), the time to write the epilogue's two (tokens, hidden) outputs alone (its memory floor) and the
-unfused pair (matmul + compiled LeakyReLU²). One H200 (session 19): the plugin's tiles are the fastest here, forward
-1.12 ms and backward 1.17 ms a call against cuBLAS's 0.81 ms:
+configuration (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps, persistent programs per SM); beside it cuBLAS's
+plain `x @ W1ᵀ` (the matmul alone, no epilogue), the time to write the epilogue's two (tokens, hidden) outputs alone
+(its memory floor) and the unfused pair (matmul + compiled LeakyReLU²). One H200 (sessions 19-20): the plugin's
+tiles are the fastest, forward 1.12-1.16 ms and backward 1.17-1.21 ms a call against cuBLAS's 0.80-0.83 ms and a
+memory floor of 0.64 ms; two programs an SM (smaller tiles, one's epilogue beside the other's main loop) is no faster
+(forward 1.13-1.15, backward 1.33-1.62).
 
     python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--json out.json]     (CUDA, sm90+)
 """
@@ -24,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.cuda_timing import ms_per_call  # noqa: E402
 from plugins import fused_mlp as FM  # noqa: E402
 
-CONFIGS = [(128, 256, 64, 4, 8), (128, 256, 64, 3, 8), (128, 256, 64, 2, 8), (256, 128, 64, 4, 8), (256, 128, 64, 3, 8),
-           (128, 256, 128, 2, 8), (256, 128, 128, 2, 8), (128, 128, 128, 3, 8), (256, 256, 64, 2, 8)]
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps, programs per SM)
+CONFIGS = [(128, 256, 64, 4, 8, 1), (128, 256, 64, 3, 8, 1), (128, 256, 64, 2, 8, 1), (256, 128, 64, 3, 8, 1),
+           (128, 256, 128, 2, 8, 1), (128, 128, 128, 3, 8, 1), (128, 128, 64, 3, 4, 2), (128, 128, 64, 2, 4, 2),
+           (128, 128, 64, 3, 8, 2), (128, 128, 64, 2, 8, 2), (64, 256, 64, 3, 4, 2), (128, 256, 64, 2, 8, 2)]
 
 
 def main() -> None:
@@ -43,7 +47,7 @@ def main() -> None:
     w1 = torch.randn(args.hidden, args.dim, device=dev, dtype=bf) / args.dim ** 0.5
     g = torch.randn(args.tokens, args.dim, device=dev, dtype=bf)
     w2t = torch.randn(args.hidden, args.dim, device=dev, dtype=bf) / args.dim ** 0.5
-    ref_pre, ref_post = FM.up_reference(x, w1, 0.5)
+    ref_pre, _ = FM.up_reference(x, w1, 0.5)
     ref_dpre = FM.up_backward_reference(g, w2t.T.contiguous(), ref_pre, 0.5)
     flops = 2 * args.tokens * args.dim * args.hidden
     rows = {}
@@ -60,8 +64,8 @@ def main() -> None:
     act = torch.compile(lambda t: F.leaky_relu(t, 0.5).square())
     note("cublas + compiled leaky^2 (unfused fwd)", ms_per_call(lambda: act(x @ w1.T), 50))
     for cfg in CONFIGS:
-        for name, call, ref in (("fwd", lambda c: FM._launch(x, w1, None, 0.5, c)[0], ref_pre),
-                                ("bwd", lambda c: FM._launch(g, w2t, ref_pre, 0.5, c)[0], ref_dpre)):
+        for name, call, ref in (("fwd", lambda c: FM._launch(x, w1, None, 0.5, c[:5], c[5])[0], ref_pre),
+                                ("bwd", lambda c: FM._launch(g, w2t, ref_pre, 0.5, c[:5], c[5])[0], ref_dpre)):
             try:
                 ok = torch.allclose(call(cfg).float(), ref.float(), atol=5e-2, rtol=5e-2)
                 note(f"{name} {cfg}{'' if ok else ' MISMATCH'}", ms_per_call(lambda c=cfg, f=call: f(c), 50))

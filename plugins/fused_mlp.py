@@ -79,14 +79,14 @@ if triton is not None:
     @triton.jit
     def _linear_leaky_relu2_kernel(a_desc, b_desc, c_desc, aux_desc, M, N, K, slope,
                                    BLOCK_SIZE_M: tl.constexpr, BLOCK_SIZE_N: tl.constexpr,
-                                   BLOCK_SIZE_K: tl.constexpr, NUM_SMS: tl.constexpr, FORWARD: tl.constexpr):
-        """C = A·Bᵀ tile by tile (persistent: program p takes tiles p, p + NUM_SMS, ...). FORWARD: C = pre and
+                                   BLOCK_SIZE_K: tl.constexpr, NUM_PROGRAMS: tl.constexpr, FORWARD: tl.constexpr):
+        """C = A·Bᵀ tile by tile (persistent: program p takes tiles p, p + NUM_PROGRAMS, ...). FORWARD: C = pre and
         aux <- leaky(pre)²; else aux holds pre and C = (A·Bᵀ) ⊙ leaky'(pre)·2·leaky(pre)."""
         half: tl.constexpr = BLOCK_SIZE_N // 2
         num_pid_n = tl.cdiv(N, BLOCK_SIZE_N)
         num_tiles = tl.cdiv(M, BLOCK_SIZE_M) * num_pid_n
         k_tiles = tl.cdiv(K, BLOCK_SIZE_K)
-        for tile in tl.range(tl.program_id(axis=0), num_tiles, NUM_SMS, flatten=True):
+        for tile in tl.range(tl.program_id(axis=0), num_tiles, NUM_PROGRAMS, flatten=True):
             row = (tile // num_pid_n) * BLOCK_SIZE_M
             col = (tile % num_pid_n) * BLOCK_SIZE_N
             acc = tl.zeros((BLOCK_SIZE_M, BLOCK_SIZE_N), dtype=tl.float32)
@@ -113,22 +113,23 @@ if triton is not None:
                              (right * tl.where(pre_r > 0, 2.0 * pre_r, neg * pre_r)).to(tl.bfloat16))
 
     def _launch(a: Tensor, b: Tensor, aux: Tensor | None, slope: float,
-                tiles: tuple[int, int, int, int, int] | None = None) -> tuple[Tensor, Tensor]:
+                tiles: tuple[int, int, int, int, int] | None = None, ctas_per_sm: int = 1) -> tuple[Tensor, Tensor]:
         """The kernel on a (M, K) and b (N, K), bf16 and contiguous: (pre, post) when aux is None, else
         (dpre, aux) with aux = pre. `tiles`: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps), by default the
-        record's (4 stages forward, 3 backward); `benchmarks/fused_mlp_tiles.py` times others."""
+        record's (4 stages forward, 3 backward); `ctas_per_sm`: persistent programs per SM (2 lets one program's
+        epilogue overlap another's main loop where both fit); `benchmarks/fused_mlp_tiles.py` times others."""
         (m, k), n = a.shape, b.shape[0]
         forward = aux is None
         bm, bn, bk, stages, warps = tiles or (BLOCK_M, BLOCK_N, BLOCK_K, 4 if forward else 3, 8)
         c = torch.empty((m, n), device=a.device, dtype=a.dtype)
         if aux is None:
             aux = torch.empty((m, n), device=a.device, dtype=a.dtype)
-        sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-        grid = (min(sms, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
+        programs = ctas_per_sm * torch.cuda.get_device_properties(a.device).multi_processor_count
+        grid = (min(programs, triton.cdiv(m, bm) * triton.cdiv(n, bn)),)
         _linear_leaky_relu2_kernel[grid](
             TensorDescriptor.from_tensor(a, [bm, bk]), TensorDescriptor.from_tensor(b, [bn, bk]),
             TensorDescriptor.from_tensor(c, [bm, bn // 2]), TensorDescriptor.from_tensor(aux, [bm, bn // 2]),
-            m, n, k, slope, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, NUM_SMS=sms, FORWARD=forward,
+            m, n, k, slope, BLOCK_SIZE_M=bm, BLOCK_SIZE_N=bn, BLOCK_SIZE_K=bk, NUM_PROGRAMS=grid[0], FORWARD=forward,
             num_stages=stages, num_warps=warps)
         return c, aux
 
