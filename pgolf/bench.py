@@ -12,7 +12,9 @@ optimizer) from torch.profiler over a few extra steps with a synchronization at 
 prefix written once for both), steps, seed and schedule (MAX_WALLCLOCK_SECONDS=0: step/ITERATIONS), on the
 same attention backend (a `flash_attn_interface` stand-in calling SDPA with pgolf's backend when FA3 is
 missing), and prints the ratios and the train loss at matching steps. Both sides' ms/step for the ratios come
-from their logs, computed the same way.
+from their logs, computed the same way. With --profile-steps N the record's last N training steps run under
+torch.profiler too (the bench's sitecustomize: steps counted by a global optimizer post-hook), for the same device
+time by kernel class as pgolf's side; those steps are left out of the record's ms/step.
 """
 
 from __future__ import annotations
@@ -37,14 +39,29 @@ from types import SimpleNamespace
 from typing import Any
 
 from core.hookspecs import hookimpl
+from pgolf.step_profile import kernel_kind
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MIRROR = "/work/.mirror/openai+parameter-golf/repo"
 SMOKE = dict(steps=3, warmup_steps=1, val_tokens=65536, profile_steps=1, log_every=1)
 
 SITE = '''"""sitecustomize written by `pgolf bench`: a record that picks its SDPA kernels itself (PR #315 turns cuDNN
-off and flash on) runs on the kernels pgolf's run picked (PGOLF_BENCH_SDPA), whatever it asks for."""
+off and flash on) runs on the kernels pgolf's run picked (PGOLF_BENCH_SDPA), whatever it asks for; with
+PGOLF_BENCH_PROFILE_STEPS=N, pgolf's StepProfiler (pgolf/step_profile.py, loaded from PGOLF_BENCH_STEP_PROFILE_PY)
+profiles the record's last N of PGOLF_BENCH_ITERATIONS training steps into PGOLF_BENCH_PROFILE_OUT, the steps
+counted from the last optimizer restore (the records restore theirs after the compile warm-up)."""
 import os
+
+if int(os.environ.get("PGOLF_BENCH_PROFILE_STEPS", "0")) > 0:
+    import importlib.util as _util
+    from pathlib import Path as _Path
+
+    _spec = _util.spec_from_file_location("pgolf_bench_step_profile", os.environ["PGOLF_BENCH_STEP_PROFILE_PY"])
+    _step_profile = _util.module_from_spec(_spec)
+    _spec.loader.exec_module(_step_profile)
+    _steps = int(os.environ["PGOLF_BENCH_PROFILE_STEPS"])
+    _step_profile.install(int(os.environ["PGOLF_BENCH_ITERATIONS"]) - _steps, _steps,
+                          _Path(os.environ["PGOLF_BENCH_PROFILE_OUT"]), from_restore=True)
 
 _WANT = {"cudnn": "cudnn", "flash": "flash", "efficient": "mem_efficient", "math": "math"}.get(
     os.environ.get("PGOLF_BENCH_SDPA", ""))
@@ -422,7 +439,7 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
         def dev(e: Any) -> float:
             return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
 
-        labels = ("data", "forward", "forward_backward", "optimizer")  # annotations, not kernels
+        labels = {e.name for e in prof.events() if e.is_user_annotation}  # ranges (ours, Optimizer.step#…)
         kernels = sorted((e for e in prof.key_averages() if dev(e) > 0 and e.key not in labels), key=dev, reverse=True)
         out["top_device_ops_ms"] = {e.key[:80]: dev(e) / 1000.0 / steps for e in kernels[:30]}
         by_kind: dict[str, float] = {}
@@ -431,21 +448,6 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
             by_kind[kind] = by_kind.get(kind, 0.0) + dev(e) / 1000.0 / steps
         out["device_ms_by_kind"] = dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))
     return out
-
-
-KERNEL_KINDS = (  # (kind, name fragments) first match wins; lower-case
-    ("fused (triton)", ("triton_poi", "triton_per", "triton_red")),  # inductor's: names carry their ops
-    ("attention", ("flash", "fmha", "attention", "cudnn")),
-    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "addmm", "mm_", "linear")),  # a plugin's GEMM
-    ("communication", ("nccl", "allreduce", "all_reduce", "reduce_scatter", "all_gather")),
-    ("copy", ("memcpy", "memset", "copy_kernel")),
-)
-
-
-def kernel_kind(name: str) -> str:
-    """The profile's coarse kernel class of one device op name (`KERNEL_KINDS`; "other" when none matches)."""
-    low = name.lower()
-    return next((kind for kind, parts in KERNEL_KINDS if any(p in low for p in parts)), "other")
 
 
 def peak_memory(device: Any) -> dict[str, Any]:
@@ -631,12 +633,19 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     env.update(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer), DATA_DIR=str(data_root) + os.sep,
                RUN_ID="record", PYTHONUNBUFFERED="1", PGOLF_BENCH_SDPA=attention)
     fa3 = attention == "fa3" and importlib.util.find_spec("flash_attn_interface") is not None
+    shim = out / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels; the profile
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
+    profiled = record_profile_steps(args)
+    profile_out = out / "record_profile.json"
+    profile_out.unlink(missing_ok=True)
+    if profiled:
+        env.update(PGOLF_BENCH_PROFILE_STEPS=str(profiled), PGOLF_BENCH_ITERATIONS=str(args.steps),
+                   PGOLF_BENCH_PROFILE_OUT=str(profile_out),
+                   PGOLF_BENCH_STEP_PROFILE_PY=str(REPO / "pgolf" / "step_profile.py"))
     if not fa3:  # the stand-in, over a real FA3 too: both sides on the backend pgolf picked
-        shim = out / "shim"
-        shim.mkdir(exist_ok=True)
         (shim / "flash_attn_interface.py").write_text(SHIM, encoding="utf-8")
-        (shim / "sitecustomize.py").write_text(SITE, encoding="utf-8")  # SDPA records: pgolf's kernels
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(shim), env.get("PYTHONPATH", "")) if p)
         env["PGOLF_BENCH_ATTENTION_PY"] = str(REPO / "plugins" / "lib" / "fa4.py")
         varlen = pgolf_varlen_kernel(cfg)
         if varlen in VARLEN_MODULES:
@@ -670,8 +679,26 @@ def run_record(args: argparse.Namespace, cfg: Any, out: Path, data_root: Path, d
     return {"profile": profile.name, "script": str(script.resolve()),
             "attention": record_attention_label(attention, fa3, "flash_attn_varlen_func" in source,
                                                 None if fa3 else pgolf_varlen_kernel(cfg)), "wall_s": wall,
-            "log": parsed, "peak_memory": memory,
+            "log": parsed, "peak_memory": memory, "device_profile": read_record_profile(profile_out),
             "dead_params": profile.dead_params(cfg) if profile.dead_params else (0, "")}
+
+
+def record_profile_steps(args: argparse.Namespace) -> int:
+    """How many of the record's last training steps its sitecustomize profiles: --profile-steps, leaving at least
+    the measured steps' first two (0: no profile)."""
+    return max(0, min(args.profile_steps, args.steps - skip_of(args.steps) - 2))
+
+
+def read_record_profile(path: Path) -> dict[str, Any] | None:
+    """The record's profiled steps (`pgolf.step_profile`'s JSON) in the keys pgolf's side reports its own under;
+    None when the record wrote none (no profile asked, or its training never reached the window)."""
+    if not path.is_file():
+        return None
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    # the profiler starts inside step `after_steps` (after its first optimizer step): that step's time is off too
+    return {"steps": raw["steps"], "timed_from_step": raw["after_steps"], "restores": raw["restores"],
+            "time": raw["time"], "device_ms_by_kind": raw["by_kind_ms"], "top_device_ops_ms": raw["top_ms"],
+            "calls_per_step": raw["top_calls_per_step"]}
 
 
 def attention_kernel(cfg: Any, picked: str) -> str:
@@ -728,8 +755,12 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
     skip = skip_of(steps)
     pg_steps = {int(k): tuple(v) for k, v in pg["log"]["steps"].items()}  # JSON keys are strings
     rec_steps = {int(k): tuple(v) for k, v in rec["log"]["steps"].items()}
-    a = ms_per_step_from_log(pg_steps, skip)
-    b = ms_per_step_from_log(rec_steps, skip)
+    profiled = rec.get("device_profile")
+    rec_timed = ({s: v for s, v in rec_steps.items() if s < profiled["timed_from_step"]} if profiled else rec_steps)
+    last = max(rec_timed, default=0)  # the record's profiled tail left out: pgolf's ratio over the same steps
+    pg_timed = {s: v for s, v in pg_steps.items() if s <= last} if profiled else pg_steps
+    a = ms_per_step_from_log(pg_timed, skip)
+    b = ms_per_step_from_log(rec_timed, skip)
     out: dict[str, Any] = {"pgolf_ms_per_step": a, "record_ms_per_step": b}
     if a["mean"] and b["mean"]:
         out["tokens_per_s_ratio"] = b["mean"] / a["mean"]
@@ -744,8 +775,8 @@ def compare(pg: dict[str, Any], rec: dict[str, Any], steps: int) -> dict[str, An
         out["peak_memory_ratio"] = ma["bytes"] / mb["bytes"]
     out["model_params"] = model_params(pg, rec)
     out["mode_switch_step"] = {"pgolf": pg["log"].get("mode_switches"), "record": rec["log"].get("mode_switches")}
-    out["ms_per_step_by_phase"] = {"pgolf": ms_per_step_by_phase(pg_steps, skip, pg["log"].get("mode_switches")),
-                                   "record": ms_per_step_by_phase(rec_steps, skip, rec["log"].get("mode_switches"))}
+    out["ms_per_step_by_phase"] = {"pgolf": ms_per_step_by_phase(pg_timed, skip, pg["log"].get("mode_switches")),
+                                   "record": ms_per_step_by_phase(rec_timed, skip, rec["log"].get("mode_switches"))}
     common = sorted(set(pg_steps) & set(rec_steps))
     out["train_loss"] = {s: {"pgolf": pg_steps[s][0], "record": rec_steps[s][0],
                              "diff": pg_steps[s][0] - rec_steps[s][0]} for s in common}
@@ -825,6 +856,9 @@ def table(res: dict[str, Any]) -> str:
     if rec:
         rows += [("record", f"{rec['profile']} ({rec['attention']}), wall {rec['wall_s']:,.0f} s"),
                  ("record artifact bytes", str(rec["log"]["artifact"] or "—"))]
+        prof = rec.get("device_profile")
+        for kind, ms in (prof or {}).get("device_ms_by_kind", {}).items():
+            rows.append((f"record device {kind} ms/step (its last {prof['steps']} steps, profiled)", f"{ms:,.2f}"))
     if vs:
         a, b = vs["pgolf_ms_per_step"], vs["record_ms_per_step"]
         both = [f"{_fmt(m['mean'], ',.2f')} ({_fmt(m['median'], ',.2f')})" for m in (a, b)]
@@ -1003,7 +1037,8 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
     p.add_argument("--warmdown-frac", type=at_least(0.0, float), default=0.4,
                    help="WARMDOWN_ITERS = frac × steps for recipes with the core's iteration warmdown (default 0.4)")
     p.add_argument("--profile-steps", type=at_least(0), default=5,
-                   help="extra profiled steps for the phase breakdown (0: none)")
+                   help="extra profiled steps for the phase breakdown (0: none); with --vs the record's last as many "
+                   "training steps are profiled too (kernel classes), their times left out of its ms/step")
     p.add_argument("--finish", action="store_true",
                    help="pgolf side: after the timed loop run the trainer's last phases (weight averaging, "
                    "calibration, export, final evaluation of the round-tripped model), so its artifact bytes and "

@@ -431,6 +431,67 @@ def test_attention_flops_count_grouped_query_heads_as_the_query_heads():
     assert mapping[aten._scaled_dot_product_cudnn_attention_backward](q, q, kv, kv) == 2 * fwd
 
 
+PROFILED_RECORD = """
+import os
+import torch
+w = torch.nn.Parameter(torch.ones(4, 4))
+b = torch.nn.Parameter(torch.zeros(4))
+opts = [torch.optim.SGD([w], lr=0.01), torch.optim.Adam([b], lr=0.01)]
+states = [o.state_dict() for o in opts]
+n = int(os.environ["ITERATIONS"])
+
+def step(marker):
+    marker(torch.ones(3), 0)  # the op that tells the profiled steps apart
+    ((torch.ones(2, 4) @ w + b) ** 2).sum().backward()
+    for o in opts:
+        o.step()
+        o.zero_grad()
+
+for _ in range(5):  # a compile warm-up, then the optimizers restored (as the records do)
+    step(torch.cumprod)
+for o, s in zip(opts, states):
+    o.load_state_dict(s)
+for s in range(1, n + 1):
+    step(torch.cumsum if s > n - 2 else torch.cumprod)
+    print(f"step:{s}/{n} train_loss:{6.0 - 0.25 * s:.4f} train_time:{50 * s + (950 * (s - 6) if s > 6 else 0)}ms")
+"""
+
+
+def test_record_profile_covers_exactly_its_last_training_steps(tmp_path):
+    """The bench's sitecustomize profiles the record's last N training steps with pgolf.step_profile: counted by its
+    first optimizer's steps after the last optimizer restore (a window opened in the warm-up is dropped), so the op
+    run only in the last two steps is seen once a step and the op of every other step never; `read_record_profile`
+    and `compare` then leave the profiled steps (logged 1,000 ms slower here) out of both sides' ms/step."""
+    from pgolf.bench import REPO, SITE, compare, read_record_profile
+
+    (tmp_path / "sitecustomize.py").write_text(SITE)
+    out = tmp_path / "profile.json"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "ITERATIONS": "8", "PGOLF_BENCH_PROFILE_STEPS": "2",
+           "PGOLF_BENCH_ITERATIONS": "8", "PGOLF_BENCH_PROFILE_OUT": str(out),
+           "PGOLF_BENCH_STEP_PROFILE_PY": str(REPO / "pgolf" / "step_profile.py")}
+    proc = subprocess.run([sys.executable, "-c", PROFILED_RECORD], env=env, capture_output=True, text=True, check=True)
+    prof = read_record_profile(out)
+    assert prof["steps"] == 2 and prof["restores"] == 2 and prof["timed_from_step"] == 6
+    calls = prof["calls_per_step"]
+    assert calls.get("aten::cumsum") == 1 and "aten::cumprod" not in calls
+    assert calls["aten::mm"] == 2  # a step: the forward matmul and the weight gradient's
+    from pgolf.records import parse_log
+
+    rec_log = parse_log(proc.stdout, 8192)
+    log = {"steps": {s: (6.0 - 0.25 * s, 50.0 * s) for s in range(1, 9)}, "peak_memory_bytes": None,
+           "mode_switches": None, "last_val_bpb": None}
+    side = {"log": log, "peak_memory": {"bytes": None, "kind": "x"}, "model_params": None}
+    res = compare(side, {**side, "log": rec_log, "device_profile": prof}, 8)
+    assert res["record_ms_per_step"]["mean"] == pytest.approx(50.0) and res["record_ms_per_step"]["to_step"] == 5
+    assert res["pgolf_ms_per_step"]["to_step"] == 5  # both sides over the same steps
+    assert compare(side, {**side, "log": rec_log}, 8)["record_ms_per_step"]["mean"] > 50.0  # not left out: slower
+    from pgolf.bench import table
+
+    rec = {"profile": "generic", "attention": "cudnn", "wall_s": 1.0, "log": {"artifact": None},
+           "device_profile": {**prof, "device_ms_by_kind": {"matmul": 1.5}}}  # CPU: no CUDA kernels to class
+    assert "record device matmul ms/step (its last 2 steps, profiled)  1.50" in table({"record": rec})
+
+
 def test_record_side_sdpa_kernels_follow_pgolf_whatever_the_record_enables(tmp_path):
     """PR #315 calls enable_cudnn_sdp(False) / enable_flash_sdp(True); under the bench's sitecustomize only the
     kernel pgolf picked stays on."""

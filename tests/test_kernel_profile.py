@@ -88,7 +88,7 @@ def test_device_totals_count_each_kernel_once(tmp_path):
     kernel_profile.StepProfiler(40, 2, tmp_path / "p.json", 10).write(events)
     result = json.loads((tmp_path / "p.json").read_text())
     assert result["ms_per_step"] == pytest.approx(3.5)  # (4 ms + 3 ms) / 2 steps, not 7
-    assert result["by_kind_ms"] == pytest.approx({"matmul": 2.0, "fused triton": 1.5})
+    assert result["by_kind_ms"] == pytest.approx({"matmul": 2.0, "fused (triton)": 1.5})
     assert result["top_ms"]["aten::mm"] == pytest.approx(2.0)  # the table still lists the operator
 
 
