@@ -691,7 +691,9 @@ def record_profile_steps(args: argparse.Namespace) -> int:
 
 def read_record_profile(path: Path) -> dict[str, Any] | None:
     """The record's profiled steps (`pgolf.step_profile`'s JSON) in the keys pgolf's side reports its own under;
-    None when the record wrote none (no profile asked, or its training never reached the window)."""
+    None when the record wrote none (no profile asked, or its training never reached the window). A script that
+    never restores its optimizers (`restores` 0) had its steps counted from its first, warm-up included: the window
+    then sits that many steps earlier than `timed_from_step` says."""
     if not path.is_file():
         return None
     raw = json.loads(path.read_text(encoding="utf-8"))
@@ -857,8 +859,12 @@ def table(res: dict[str, Any]) -> str:
         rows += [("record", f"{rec['profile']} ({rec['attention']}), wall {rec['wall_s']:,.0f} s"),
                  ("record artifact bytes", str(rec["log"]["artifact"] or "—"))]
         prof = rec.get("device_profile")
+        which = "its last {} steps" if prof and prof["restores"] else "{} steps, counted from its first (no restore)"
         for kind, ms in (prof or {}).get("device_ms_by_kind", {}).items():
-            rows.append((f"record device {kind} ms/step (its last {prof['steps']} steps, profiled)", f"{ms:,.2f}"))
+            rows.append((f"record device {kind} ms/step ({which.format(prof['steps'])}, profiled)", f"{ms:,.2f}"))
+        if prof and not prof["restores"]:
+            rows.append(("record profile", "no optimizer restore seen: the profiled steps may lie inside the "
+                         "timed ones (the ratios then carry the profiler's cost); time with --profile-steps 0"))
     if vs:
         a, b = vs["pgolf_ms_per_step"], vs["record_ms_per_step"]
         both = [f"{_fmt(m['mean'], ',.2f')} ({_fmt(m['median'], ',.2f')})" for m in (a, b)]

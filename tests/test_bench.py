@@ -490,6 +490,8 @@ def test_record_profile_covers_exactly_its_last_training_steps(tmp_path):
     rec = {"profile": "generic", "attention": "cudnn", "wall_s": 1.0, "log": {"artifact": None},
            "device_profile": {**prof, "device_ms_by_kind": {"matmul": 1.5}}}  # CPU: no CUDA kernels to class
     assert "record device matmul ms/step (its last 2 steps, profiled)  1.50" in table({"record": rec})
+    rec["device_profile"]["restores"] = 0  # a script that never restores: counted from its first step, said so
+    assert "no optimizer restore seen" in table({"record": rec})
 
 
 def test_record_side_sdpa_kernels_follow_pgolf_whatever_the_record_enables(tmp_path):
