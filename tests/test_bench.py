@@ -447,7 +447,7 @@ def step(marker):
         o.step()
         o.zero_grad()
 
-for _ in range(5):  # a compile warm-up, then the optimizers restored (as the records do)
+for _ in range(7):  # a compile warm-up (past the window's start: that window is dropped), then the restore
     step(torch.cumprod)
 for o, s in zip(opts, states):
     o.load_state_dict(s)
