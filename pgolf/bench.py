@@ -39,7 +39,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from core.hookspecs import hookimpl
-from pgolf.step_profile import kernel_kind
+from pgolf.step_profile import is_device_activity, kernel_kind
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MIRROR = "/work/.mirror/openai+parameter-golf/repo"
@@ -443,7 +443,7 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
         kernels = sorted((e for e in prof.key_averages() if dev(e) > 0 and e.key not in labels), key=dev, reverse=True)
         out["top_device_ops_ms"] = {e.key[:80]: dev(e) / 1000.0 / steps for e in kernels[:30]}
         by_kind: dict[str, float] = {}
-        for e in (e for e in kernels if str(e.device_type).endswith("CUDA")):  # kernels, not the aten ops above them
+        for e in (e for e in kernels if is_device_activity(e)):  # kernels, not the aten ops above them
             kind = kernel_kind(e.key)
             by_kind[kind] = by_kind.get(kind, 0.0) + dev(e) / 1000.0 / steps
         out["device_ms_by_kind"] = dict(sorted(by_kind.items(), key=lambda kv: -kv[1]))
