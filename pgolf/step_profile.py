@@ -25,7 +25,8 @@ from typing import Any
 KERNEL_KINDS = (  # (kind, name fragments) first match wins; lower-case
     ("fused (triton)", ("triton_poi", "triton_per", "triton_red")),  # inductor's: names carry their ops
     ("attention", ("flash", "fmha", "attention", "cudnn")),
-    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "addmm", "mm_", "linear")),  # a plugin's GEMM
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "wgmma", "matmul", "addmm", "mm_", "linear",  # a plugin's GEMM
+                "aten::mm", "aten::bmm")),  # host operators: the classes of a CPU profile (host time)
     ("communication", ("nccl", "allreduce", "all_reduce", "reduce_scatter", "all_gather")),
     ("copy", ("memcpy", "memset", "copy_kernel")),
 )

@@ -620,5 +620,7 @@ def test_kernel_kind_classes_the_kernels_a_profile_shows():
              "triton_poi_fused__to_copy__unsafe_view_leaky_relu_pow_15": "fused (triton)",
              "_linear_leaky_relu2_kernel": "matmul",  # fused_mlp's Triton GEMM (130 ms of PR #1493's step)
              "triton_per_fused__scaled_dot_product_cudnn_attention_backward__to_copy": "fused (triton)",
-             "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other"}
+             "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other",
+             "aten::mm": "matmul", "aten::bmm": "matmul",  # host operators: a CPU profile's (host-time) classes
+             "aten::mul": "other"}
     assert {n: kernel_kind(n) for n in names} == names
