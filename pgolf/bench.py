@@ -13,8 +13,8 @@ prefix written once for both), steps, seed and schedule (MAX_WALLCLOCK_SECONDS=0
 same attention backend (a `flash_attn_interface` stand-in calling SDPA with pgolf's backend when FA3 is
 missing), and prints the ratios and the train loss at matching steps. Both sides' ms/step for the ratios come
 from their logs, computed the same way. With --profile-steps N the record's last N training steps run under
-torch.profiler too (the bench's sitecustomize: steps counted by a global optimizer post-hook), for the same device
-time by kernel class as pgolf's side; those steps are left out of the record's ms/step.
+`pgolf.step_profile`'s profiler too (installed by the bench's sitecustomize), for the same device time by kernel
+class as pgolf's side; those steps are left out of both sides' ms/step (the ratios cover the same steps).
 """
 
 from __future__ import annotations
@@ -1044,7 +1044,7 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
                    help="WARMDOWN_ITERS = frac × steps for recipes with the core's iteration warmdown (default 0.4)")
     p.add_argument("--profile-steps", type=at_least(0), default=5,
                    help="extra profiled steps for the phase breakdown (0: none); with --vs the record's last as many "
-                   "training steps are profiled too (kernel classes), their times left out of its ms/step")
+                   "training steps are profiled too (kernel classes), and left out of both sides' ms/step")
     p.add_argument("--finish", action="store_true",
                    help="pgolf side: after the timed loop run the trainer's last phases (weight averaging, "
                    "calibration, export, final evaluation of the round-tripped model), so its artifact bytes and "
