@@ -6,7 +6,9 @@ Runs a script (`script.py args…`) or a module (`-m pgolf train …`) in this p
 writes the operators and kernels by device time per step (and host time where there is no device), a summary by
 kernel class (`pgolf.step_profile.KERNEL_KINDS`) and the device time per step, as a text table and JSON. Both sides
 measured by one mechanism, so the difference between two tables is the difference between two steps
-(`pgolf bench --vs --profile-steps N` does the same for the record's last N steps without this script).
+(`pgolf bench --vs --profile-steps N` does the same for the record's last N steps without this script). With
+`--trace` the profiled steps' timeline is written too; `benchmarks/device_idle.py` puts its idle gaps down to their
+causes.
 
     python benchmarks/kernel_profile.py --skip 40 --steps 3 --then-exit --out pgolf.json -- -m pgolf train ...
     cd <bench out>/record && env $(<record env>) python <repo>/benchmarks/kernel_profile.py --skip 40 --steps 3 \
@@ -42,13 +44,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --stacks: input shapes only (Python stacks slow a compiled step many times)")
     parser.add_argument("--trace", type=Path, default=None, metavar="FILE.json.gz",
                         help="also write the profiled steps' timeline (Chrome trace format, gzip)")
+    parser.add_argument("--from-restore", action="store_true",
+                        help="count --skip from the last optimizer load_state_dict (the end of a warm-up that "
+                        "restores the optimizers: pgolf's and the records')")
     parser.add_argument("target", nargs=argparse.REMAINDER, help="-- script.py args… or -- -m module args…")
     args = parser.parse_args(argv)
     target = args.target[1:] if args.target[:1] == ["--"] else args.target
     if not target or args.skip < 1 or args.steps < 1:
         parser.error("expected --skip >= 1, --steps >= 1 and a target: -- script.py args… or -- -m module args…")
     install(args.skip, args.steps, args.out.resolve(), args.rows, then_exit=args.then_exit, stacks=args.stacks,
-            trace=args.trace.resolve() if args.trace else None, python_stacks=not args.no_python_stacks)
+            trace=args.trace.resolve() if args.trace else None, python_stacks=not args.no_python_stacks,
+            from_restore=args.from_restore)
     if target[0] == "-m":
         sys.argv = [target[1], *target[2:]]
         runpy.run_module(target[1], run_name="__main__", alter_sys=True)

@@ -257,11 +257,13 @@ class Budget:
 
 
 class Stepper:
-    """One optimizer step: zero grads, forward/backward over the micro-batches, optimizer steps."""
+    """One optimizer step: zero grads, forward/backward over the micro-batches, optimizer steps. A batch is built
+    while the device runs the previous backward, the next step's first after this step's last (`prefetch`): a step
+    after a sync (logged loss, the cap's all-reduce) waits for no host work. The loader's order is unchanged."""
 
     def __init__(self, run: Run):
-        self.run = run
-        self.model = run.train_model
+        self.run, self.model, self.prefetch = run, run.train_model, True
+        self.ahead: tuple[Any, tuple[int, int, int], Any] | None = None  # (loader, next_batch args, its next batch)
 
     def zero_grad(self) -> None:
         for opt in self.run.optimizers:
@@ -270,15 +272,21 @@ class Stepper:
     def forward_backward(self, loader: Any) -> torch.Tensor:
         """Mean training loss over the micro-batches (a device tensor; gradients accumulated)."""
         run, core = self.run, self.run.core
+        args = (core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+        ahead, self.ahead = self.ahead, None
+        batch = ahead[2] if ahead and ahead[0] is loader and ahead[1] == args else loader.next_batch(*args)
         total = torch.zeros((), device=run.device)
         for micro in range(run.grad_accum_steps):
             if run.distributed:
                 self.model.require_backward_grad_sync = micro == run.grad_accum_steps - 1
-            x, y, *docs = loader.next_batch(core.train_batch_tokens, core.train_seq_len, run.grad_accum_steps)
+            x, y, *docs = batch
             with run.autocast():  # docs: (), (doc_ids,) or (doc_ids, cu_seqlens)
                 loss = self.model(x, y, **dict(zip(("doc_ids", "cu_seqlens"), docs, strict=False)))
             total += loss.detach()
             (loss * (1.0 / run.grad_accum_steps)).backward()  # the count `pg_before_warmup` left
+            if self.prefetch or micro + 1 < run.grad_accum_steps:
+                batch = loader.next_batch(*args)
+        self.ahead = (loader, args, batch) if self.prefetch else None
         return total / run.grad_accum_steps
 
     def optimizer_step(self) -> None:

@@ -402,10 +402,12 @@ def ms_per_step_by_phase(steps: dict[int, tuple[float, float]], skip: int,
 
 
 def ms_per_step_from_log(steps: dict[int, tuple[float, float]], skip: int) -> dict[str, float | None]:
-    """Mean and median ms/step over the logged intervals after step `skip` (cumulative times differenced)."""
+    """Mean and median ms/step over the logged intervals after step `skip` (cumulative times differenced); the
+    median is over steps (an interval of n steps counts n times: a log that prints its first ten steps one by one
+    and then every 100th does not weight those ten like ten hundreds)."""
     pts = [(s, t) for s, (_, t) in steps.items() if s >= skip]
     if len(pts) < 2:
         return {"mean": None, "median": None, "from_step": None, "to_step": None}
-    windows = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in pairwise(pts)]
+    per_step = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in pairwise(pts) for _ in range(s1 - s0)]
     (s0, t0), (s1, t1) = pts[0], pts[-1]
-    return {"mean": (t1 - t0) / (s1 - s0), "median": statistics.median(windows), "from_step": s0, "to_step": s1}
+    return {"mean": (t1 - t0) / (s1 - s0), "median": statistics.median(per_step), "from_step": s0, "to_step": s1}

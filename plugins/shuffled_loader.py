@@ -77,8 +77,8 @@ class ShuffledSequenceLoader:
                              f"{grad_accum_steps} micro-steps is less than one row of {seq_len}")
         remaining = np.array([len(s) for s in self.starts], dtype=np.float64)
         pinned = self.device.type == "cuda"  # page-locked: the copies below then leave the host free (the record's)
-        x = torch.empty((rows, seq_len), dtype=torch.int64, pin_memory=pinned)
-        y = torch.empty((rows, seq_len), dtype=torch.int64, pin_memory=pinned)
+        xy = torch.empty((2, rows, seq_len), dtype=torch.int64, pin_memory=pinned)
+        rows_of = xy.numpy()  # x and y written in place, row by row: no per-row tensors (host time is the step's)
         for bi in range(rows):
             total = remaining.sum()
             if total <= 0:
@@ -89,10 +89,11 @@ class ShuffledSequenceLoader:
             si = int(self.rng.choice(len(self.files), p=remaining / total))
             start = self.starts[si].pop()
             remaining[si] -= 1
-            window = torch.as_tensor(np.array(self.mmaps[si][start : start + seq_len + 1], dtype=np.int64))
-            x[bi] = window[:-1]
-            y[bi] = window[1:]
-        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            window = self.mmaps[si][start : start + seq_len + 1]
+            rows_of[0, bi] = window[:-1]
+            rows_of[1, bi] = window[1:]
+        x, y = xy.to(self.device, non_blocking=True)  # one copy
+        return x, y
 
 
 class ShuffledLoader(Plugin):

@@ -104,6 +104,27 @@ def test_bench_smoke_reports_flops_equal_to_a_hand_count(tmp_path, tiny_data):
     assert pg["host_syncs_per_step"] is None  # counted on CUDA only (its sync debug mode)
 
 
+def _side_log(steps: dict[int, float]) -> dict:
+    return {"log": {"steps": {str(s): [1.0, t] for s, t in steps.items()}, "peak_memory_bytes": None,
+                    "last_val_bpb": None}, "peak_memory": {"bytes": None, "kind": None}}
+
+
+def test_compare_times_both_logs_over_the_intervals_both_logged():
+    from pgolf.bench import compare
+    from pgolf.records import ms_per_step_from_log
+
+    # pgolf logs each of its first ten steps (100 ms each) then every fifth (300 ms a step after step 10); the
+    # record logs every fifth step, 200 ms then 400 ms. Five one-step intervals are not a median of their own.
+    pg = {s: 100.0 * s for s in range(1, 11)} | {s: 1000.0 + 300.0 * (s - 10) for s in range(15, 31, 5)}
+    rec = {s: 200.0 * s for s in range(5, 11, 5)} | {s: 2000.0 + 400.0 * (s - 10) for s in range(15, 31, 5)}
+    assert ms_per_step_from_log({s: (1.0, t) for s, t in pg.items()}, 5)["median"] == 300.0  # 5 x 100, 20 x 300
+    vs = compare(_side_log(pg), _side_log(rec), 30)
+    assert vs["pgolf_ms_per_step"]["from_step"] == vs["record_ms_per_step"]["from_step"] == 5
+    assert vs["pgolf_ms_per_step"]["median"] == 300.0 and vs["record_ms_per_step"]["median"] == 400.0
+    assert vs["tokens_per_s_ratio_median"] == pytest.approx(400.0 / 300.0)
+    assert vs["tokens_per_s_ratio"] == pytest.approx((rec[30] - rec[5]) / (pg[30] - pg[5]))
+
+
 def test_bench_vs_a_record_script_times_hooks_and_compares_logs(tmp_path, tiny_data):
     (tmp_path / "sleepy.py").write_text(SLEEPY_PLUGIN)
     (tmp_path / "train_gpt.py").write_text(FAKE_RECORD)
@@ -120,9 +141,9 @@ def test_bench_vs_a_record_script_times_hooks_and_compares_logs(tmp_path, tiny_d
     assert vs["pgolf_ms_per_step"]["mean"] == pytest.approx(pgolf_ms)
     assert vs["record_ms_per_step"]["mean"] == pytest.approx(50.0)
     assert vs["tokens_per_s_ratio"] == pytest.approx(50.0 / pgolf_ms)
-    logged = sorted(s for s in times if s >= 2)  # the first ten steps are each logged
-    windows = [(times[b] - times[a]) / (b - a) for a, b in itertools.pairwise(logged)]
-    assert vs["tokens_per_s_ratio_median"] == pytest.approx(50.0 / statistics.median(windows))
+    shared = [s for s in sorted(times) if s >= 2]  # both log each of their first ten steps
+    per_step = [(times[b] - times[a]) / (b - a) for a, b in itertools.pairwise(shared) for _ in range(b - a)]
+    assert vs["tokens_per_s_ratio_median"] == pytest.approx(50.0 / statistics.median(per_step))
     # the record's MFU: the same FLOPs per step (same model and tokens) over its 50 ms steps
     assert vs["mfu"]["record"] == pytest.approx(pg["mfu"] * pgolf_ms / 50.0)
     from pgolf.bench import table

@@ -750,7 +750,7 @@ def _pr1493(sets=()):
 
 # The pr1493 bundle's wrapped size (code_wrapper: brotli, printable base-93 numeral), bytes. Ratchet it down when the
 # bundle shrinks; the record's hand-made wrapper is 16.6 KB (issue #11; its code in this wrapper would be 15,757).
-PR1493_WRAPPED_CEILING = 30_510
+PR1493_WRAPPED_CEILING = 30_642
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
@@ -759,8 +759,10 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 
 
 # The pr1493 bundle with the record profile (the record's settings front end: environment variables only), wrapped
-# as above; ratchet it down too: 25,760 measured (full 30,504); latin1 21,262 (full 25,164).
-PR1493_RECORD_WRAPPED_CEILING = 25_765
+# as above; ratchet it down too: 25,872 measured (full 30,637); latin1 21,337 (full 25,333). Session 21 raised both
+# once, on purpose: the shuffled loader's in-place rows took 25 B off, the trainer's batch prefetch added 137 (1 %
+# of a step that follows a synchronisation, PR #1493 on one H200).
+PR1493_RECORD_WRAPPED_CEILING = 25_877
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from torch.optim import optimizer as optimizer_module
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "kernel_profile.py"
@@ -104,3 +105,39 @@ def test_stacks_lists_the_matching_operators_with_their_shapes_and_source_line(t
     with gzip.open(tmp_path / "t.json.gz", "rt") as trace:  # the timeline holds the profiled steps' operators
         names = [event.get("name") for event in json.load(trace)["traceEvents"]]
     assert names.count("aten::mm") == 28
+
+
+RESTORING = """import sys, torch
+w = torch.nn.Parameter(torch.randn(32, 32))
+opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+def step(matmuls):
+    x = torch.randn(16, 32)
+    for _ in range(matmuls):
+        x = x @ w
+    x.sum().backward()
+    opt.step(); opt.zero_grad()
+for _ in range(4):  # a warm-up of one-matmul steps, then the optimizer is restored (as pgolf and the records do)
+    step(1)
+opt.load_state_dict(opt.state_dict())
+for _ in range(6):
+    step(5)
+"""
+
+
+# --skip 3 --steps 2: from the restore, steps 4-5 after it (five matmuls: 14 mm calls a step); counted from the start,
+# the window opens in the warm-up's last step (2 calls) and closes in the first after the restore (14): 8 a step
+@pytest.mark.parametrize("flags, mm_per_step", [(["--from-restore"], 14), ([], 8)])
+def test_from_restore_counts_the_skip_from_the_optimizer_restore(tmp_path, monkeypatch, flags, mm_per_step):
+    script = tmp_path / "train.py"
+    script.write_text(RESTORING)
+    monkeypatch.setattr("sys.argv", ["x"])
+    hooks = dict(optimizer_module._global_optimizer_post_hooks)
+    load_state_dict = torch.optim.Optimizer.load_state_dict
+    try:
+        kernel_profile.main([*flags, "--skip", "3", "--steps", "2", "--out", str(tmp_path / "p.json"), "--",
+                             str(script)])
+    finally:
+        optimizer_module._global_optimizer_post_hooks.clear()
+        optimizer_module._global_optimizer_post_hooks.update(hooks)
+        torch.optim.Optimizer.load_state_dict = load_state_dict
+    assert json.loads((tmp_path / "p.json").read_text())["top_calls_per_step"]["aten::mm"] == mm_per_step

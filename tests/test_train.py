@@ -165,22 +165,59 @@ def test_the_warmup_trains_on_the_loaders_first_batches(tiny_sets, monkeypatch):
     import core.train as T
 
     run = setup(cfg([*tiny_sets, "core.warmup_steps=2", "core.grad_accum_steps=1"]), REGISTRY, make_dir=False)
-    seen, forward_backward = [], T.Stepper.forward_backward
-
-    def recording(self, loader):
-        next_batch = loader.next_batch
-        loader.next_batch = lambda *a: (b := next_batch(*a), seen.append(b[0].clone()))[0]
-        try:
-            return forward_backward(self, loader)
-        finally:
-            loader.next_batch = next_batch
-
-    monkeypatch.setattr(T.Stepper, "forward_backward", recording)
-    T.warmup_and_restore(run, T.Stepper(run))
+    stepper, seen = T.Stepper(run), []
+    model = stepper.model
+    stepper.model = lambda x, y, **kw: (seen.append(x.clone()), model(x, y, **kw))[1]  # what is trained on
+    T.warmup_and_restore(run, stepper)
     fresh, core = T.new_loader(run), run.core
     assert len(seen) == 2
     for x in seen:
         assert torch.equal(x, fresh.next_batch(core.train_batch_tokens, core.train_seq_len, 1)[0])
+
+
+class _CountingLoader:
+    """Batch k (k = 1, 2, ...) is a (1, 4) tensor of k; `log` records each call in order."""
+
+    def __init__(self, log: list):
+        self.log, self.k = log, 0
+
+    def next_batch(self, *args):
+        self.k += 1
+        self.log.append(("fetch", self.k))
+        x = torch.full((1, 4), self.k, dtype=torch.long)
+        return x, x
+
+
+def test_stepper_takes_each_batch_after_the_previous_backward_and_the_next_steps_first_one_early(tiny_sets):
+    """The loader's order is unchanged; only when a batch is built moves: micro-batch k+1 after micro-step k's
+    backward is launched, and the next step's first after this step's last (a step after a sync waits for no host
+    work). A prefetched batch is used only by the same loader with the same arguments."""
+    import core.train as T
+
+    run = setup(cfg([*tiny_sets, "core.grad_accum_steps=2"]), REGISTRY, make_dir=False)
+    stepper, log = T.Stepper(run), []
+
+    def model(x, y, **kw):
+        k = int(x[0, 0])
+        log.append(("forward", k))
+        loss = torch.zeros((), requires_grad=True)
+        loss.register_hook(lambda g: log.append(("backward", k)))
+        return loss
+
+    stepper.model = model
+    loader = _CountingLoader(log)
+    stepper.forward_backward(loader)
+    stepper.forward_backward(loader)
+    assert log == [("fetch", 1), ("forward", 1), ("backward", 1), ("fetch", 2), ("forward", 2), ("backward", 2),
+                   ("fetch", 3),  # the next step's first batch, before this step returns (and its optimizer step)
+                   ("forward", 3), ("backward", 3), ("fetch", 4), ("forward", 4), ("backward", 4), ("fetch", 5)]
+    del log[:]
+    other = _CountingLoader(log)  # another loader: its own first batch; the first loader's batch 5 is not used
+    stepper.forward_backward(other)
+    stepper.prefetch = False  # (the bench's phase profile): no batch taken past the step's last micro-step
+    stepper.forward_backward(other)
+    assert [e for e in log if e[0] != "backward"] == [("fetch", 1), ("forward", 1), ("fetch", 2), ("forward", 2),
+                                                      ("fetch", 3), ("forward", 3), ("fetch", 4), ("forward", 4)]
 
 
 def test_compiled_model_takes_more_graphs_than_dynamos_default_limit(tiny_sets, monkeypatch):
