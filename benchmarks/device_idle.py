@@ -47,8 +47,11 @@ def load_events(path: Path) -> list[dict[str, Any]]:
     return [e for e in events if isinstance(e, dict) and e.get("ph") == "X" and "ts" in e and "dur" in e]
 
 
-def enclosing_host_ops(events: list[dict[str, Any]], queries: list[tuple[float, Any]]) -> dict[tuple[float, Any],
-                                                                                            list[dict[str, Any]]]:
+Event = dict[str, Any]
+Query = tuple[float, Any]  # (timestamp, thread id)
+
+
+def enclosing_host_ops(events: list[Event], queries: list[Query]) -> dict[Query, list[Event]]:
     """For each (timestamp, thread) query, the host operators and annotations open on that thread then, outermost
     first: one sweep over the operators in start order, a stack per thread (a thread's events nest)."""
     ops = sorted((e for e in events if e.get("cat") in HOST_CATS), key=lambda e: (e["ts"], -e["dur"]))
