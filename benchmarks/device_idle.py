@@ -31,9 +31,11 @@ from typing import Any
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
 HOST_CATS = ("cpu_op", "user_annotation")
+Event = dict[str, Any]
+Query = tuple[float, Any]  # (timestamp, thread id)
 
 
-def load_events(path: Path) -> list[dict[str, Any]]:
+def load_events(path: Path) -> list[Event]:
     """The complete ("X") events of a Chrome trace, gzip-compressed or not."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -47,15 +49,11 @@ def load_events(path: Path) -> list[dict[str, Any]]:
     return [e for e in events if isinstance(e, dict) and e.get("ph") == "X" and "ts" in e and "dur" in e]
 
 
-Event = dict[str, Any]
-Query = tuple[float, Any]  # (timestamp, thread id)
-
-
 def enclosing_host_ops(events: list[Event], queries: list[Query]) -> dict[Query, list[Event]]:
     """For each (timestamp, thread) query, the host operators and annotations open on that thread then, outermost
     first: one sweep over the operators in start order, a stack per thread (a thread's events nest)."""
     ops = sorted((e for e in events if e.get("cat") in HOST_CATS), key=lambda e: (e["ts"], -e["dur"]))
-    stacks: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    stacks: dict[Any, list[Event]] = defaultdict(list)
     out, i = {}, 0
     for ts, tid in sorted(set(queries), key=lambda q: q[0]):
         while i < len(ops) and ops[i]["ts"] <= ts:
@@ -71,7 +69,7 @@ def enclosing_host_ops(events: list[Event], queries: list[Query]) -> dict[Query,
     return out
 
 
-def idle_gaps(events: list[dict[str, Any]]) -> dict[str, Any]:
+def idle_gaps(events: list[Event]) -> dict[str, Any]:
     """Span, busy and idle device time (µs) and the gaps: (µs, class, annotation, host op, device op)."""
     device = sorted((e for e in events if e.get("cat") in DEVICE_CATS), key=lambda e: e["ts"])
     if not device:
@@ -102,23 +100,24 @@ def idle_gaps(events: list[dict[str, Any]]) -> dict[str, Any]:
     return {"span_us": span, "busy_us": busy, "idle_us": sum(g[0] for g in gaps), "gaps": gaps}
 
 
-def table(result: dict[str, Any], steps: int, rows: int) -> tuple[str, list[dict[str, Any]]]:
-    """The summary line and the gaps grouped by (class, annotation, host op, device op), most idle time first."""
+def table(result: dict[str, Any], steps: int, rows: int) -> tuple[str, dict[str, Any]]:
+    """The text table and its data: span, busy and idle ms per step, and the gaps grouped by (cause, annotation,
+    host op, device op), most idle time first."""
     total: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0])
     for us, *key in result["gaps"]:
         total[tuple(key)][0] += us
         total[tuple(key)][1] += 1
-    grouped = [{"idle_ms_per_step": us / 1e3 / steps, "gaps_per_step": n / steps, "cause": key[0],
-                "annotation": key[1], "host_op": key[2], "device_op": key[3]}
-               for key, (us, n) in sorted(total.items(), key=lambda kv: -kv[1][0])]
-    span, busy, idle = (result[f"{k}_us"] / 1e3 / steps for k in ("span", "busy", "idle"))
-    lines = [f"device per step: span {span:,.2f} ms, busy {busy:,.2f}, idle {idle:,.2f} "
-             f"({len(result['gaps']) / steps:,.0f} gaps)",
+    per_step = {k: result[f"{k}_us"] / 1e3 / steps for k in ("span", "busy", "idle")}
+    groups = [{"idle_ms_per_step": us / 1e3 / steps, "gaps_per_step": n / steps, "cause": key[0],
+               "annotation": key[1], "host_op": key[2], "device_op": key[3]}
+              for key, (us, n) in sorted(total.items(), key=lambda kv: -kv[1][0])]
+    lines = [f"device per step: span {per_step['span']:,.2f} ms, busy {per_step['busy']:,.2f}, idle "
+             f"{per_step['idle']:,.2f} ({len(result['gaps']) / steps:,.0f} gaps)",
              "idle ms/step  gaps/step  cause     annotation | host op | device op"]
-    for g in grouped[:rows]:
+    for g in groups[:rows]:
         lines.append(f"{g['idle_ms_per_step']:12.3f}  {g['gaps_per_step']:9.1f}  {g['cause']:<8}  "
                      f"{g['annotation'][:40]} | {g['host_op'][:40]} | {g['device_op'][:70]}")
-    return "\n".join(lines), grouped
+    return "\n".join(lines), {"per_step_ms": per_step, "groups": groups}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,11 +130,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps < 1:
         parser.error("--steps must be at least 1")
     result = idle_gaps(load_events(args.trace))
-    text, grouped = table(result, args.steps, args.rows)
+    text, data = table(result, args.steps, args.rows)
     print(text)
     if args.json:
-        summary = {k: result[f"{k}_us"] / 1e3 / args.steps for k in ("span", "busy", "idle")}
-        args.json.write_text(json.dumps({"per_step_ms": summary, "groups": grouped}, indent=1) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -39,8 +39,8 @@ def test_gaps_are_measured_and_put_down_to_their_causes():
     assert res["span_us"] == 260 and res["busy_us"] == 100 + 10 + 20 + 50 and res["idle_us"] == 40 + 30 + 10
     assert sorted(res["gaps"]) == sorted([(40, "host", "Optimizer.step#Opt.step", "aten::to", "Memcpy HtoD"),
                                           (30, "wait", "cudaLaunchKernel", "-", "b"), (10, "unlinked", "-", "-", "c")])
-    text, groups = device_idle.table(res, 2, 10)
-    assert groups[0] == {"idle_ms_per_step": 0.02, "gaps_per_step": 0.5, "cause": "host",
+    text, data = device_idle.table(res, 2, 10)
+    assert data["groups"][0] == {"idle_ms_per_step": 0.02, "gaps_per_step": 0.5, "cause": "host",
                          "annotation": "Optimizer.step#Opt.step", "host_op": "aten::to", "device_op": "Memcpy HtoD"}
     assert text.startswith("device per step: span 0.13 ms, busy 0.09, idle 0.04 (2 gaps)")
 
