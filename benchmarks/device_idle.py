@@ -82,14 +82,16 @@ def idle_gaps(events: list[Event]) -> dict[str, Any]:
             raw.append((e["ts"] - busy_end, busy_end, e, launches.get(e.get("args", {}).get("correlation"))))
         busy += max(0.0, e["ts"] + e["dur"] - max(e["ts"], busy_end))
         busy_end = max(busy_end, e["ts"] + e["dur"])
-    late = [(launch["ts"], launch["tid"]) for _, idle_from, _, launch in raw
-            if launch is not None and launch["ts"] + launch["dur"] > idle_from]
+    def launched_late(launch: Event | None, idle_from: float) -> bool:  # the launch returned once the device idled
+        return launch is not None and launch["ts"] + launch["dur"] > idle_from
+
+    late = [(launch["ts"], launch["tid"]) for _, idle_from, _, launch in raw if launched_late(launch, idle_from)]
     around = enclosing_host_ops(events, late)
     gaps = []
     for us, idle_from, op, launch in raw:
         if launch is None:
             gaps.append((us, "unlinked", "-", "-", op["name"]))
-        elif launch["ts"] + launch["dur"] > idle_from:
+        elif launched_late(launch, idle_from):
             stack = around[(launch["ts"], launch["tid"])]
             notes = [e["name"] for e in stack if e.get("cat") == "user_annotation"]
             host = [e["name"] for e in stack if e.get("cat") == "cpu_op"]

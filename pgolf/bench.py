@@ -407,7 +407,7 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
         return {}
     loader = new_loader(run)
     labelled = SimpleNamespace(next_batch=_Labelled(loader.next_batch, "data", run))
-    model = stepper.model
+    model, prefetch = stepper.model, stepper.prefetch
     stepper.model, stepper.prefetch = _Labelled(model, "forward", run), False  # each phase whole, in its range
     clip = run.core.grad_clip_norm
 
@@ -424,7 +424,7 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
                 _Labelled(stepper.forward_backward, "forward_backward", run)(labelled)
                 _Labelled(optimizer, "optimizer", run)()
     finally:
-        stepper.model, stepper.prefetch = model, True
+        stepper.model, stepper.prefetch = model, prefetch
     def span(e: Any) -> float:  # host time of the range; on CUDA its device-side annotation may carry it
         return max(float(e.cpu_time_total), float(getattr(e, "device_time_total", 0.0)))
 

@@ -31,18 +31,25 @@ for step in range(int(sys.argv[1])):
 """
 
 
-def profile_train_script(tmp_path, monkeypatch, *flags: str) -> None:
-    """kernel_profile over TRAIN's 8 steps, in this process (its global optimizer hook removed afterwards)."""
+def profile_script(tmp_path, monkeypatch, source: str, flags: list[str], script_args: list[str]) -> None:
+    """kernel_profile over `source` as train.py, in this process (its global optimizer hook and any restore wrapper
+    removed afterwards)."""
     script = tmp_path / "train.py"
-    script.write_text(TRAIN)
+    script.write_text(source)
     monkeypatch.setattr("sys.argv", ["x"])
     hooks = dict(optimizer_module._global_optimizer_post_hooks)
+    load_state_dict = torch.optim.Optimizer.load_state_dict
     try:
-        kernel_profile.main(["--skip", "3", "--steps", "2", *flags, "--out", str(tmp_path / "p.json"), "--",
-                             str(script), "8"])
+        kernel_profile.main([*flags, "--out", str(tmp_path / "p.json"), "--", str(script), *script_args])
     finally:
         optimizer_module._global_optimizer_post_hooks.clear()
         optimizer_module._global_optimizer_post_hooks.update(hooks)
+        torch.optim.Optimizer.load_state_dict = load_state_dict
+
+
+def profile_train_script(tmp_path, monkeypatch, *flags: str) -> None:
+    """kernel_profile over TRAIN's 8 steps, steps 4-5 profiled."""
+    profile_script(tmp_path, monkeypatch, TRAIN, ["--skip", "3", "--steps", "2", *flags], ["8"])
 
 
 def test_profiles_the_named_steps_of_a_script(tmp_path, monkeypatch):
@@ -128,16 +135,5 @@ for _ in range(6):
 # the window opens in the warm-up's last step (2 calls) and closes in the first after the restore (14): 8 a step
 @pytest.mark.parametrize("flags, mm_per_step", [(["--from-restore"], 14), ([], 8)])
 def test_from_restore_counts_the_skip_from_the_optimizer_restore(tmp_path, monkeypatch, flags, mm_per_step):
-    script = tmp_path / "train.py"
-    script.write_text(RESTORING)
-    monkeypatch.setattr("sys.argv", ["x"])
-    hooks = dict(optimizer_module._global_optimizer_post_hooks)
-    load_state_dict = torch.optim.Optimizer.load_state_dict
-    try:
-        kernel_profile.main([*flags, "--skip", "3", "--steps", "2", "--out", str(tmp_path / "p.json"), "--",
-                             str(script)])
-    finally:
-        optimizer_module._global_optimizer_post_hooks.clear()
-        optimizer_module._global_optimizer_post_hooks.update(hooks)
-        torch.optim.Optimizer.load_state_dict = load_state_dict
+    profile_script(tmp_path, monkeypatch, RESTORING, [*flags, "--skip", "3", "--steps", "2"], [])
     assert json.loads((tmp_path / "p.json").read_text())["top_calls_per_step"]["aten::mm"] == mm_per_step
