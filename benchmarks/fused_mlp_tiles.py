@@ -7,9 +7,16 @@ plain `x @ W1ᵀ` (the matmul alone, no epilogue), the time to write the epilogu
 (its memory floor) and the unfused pair (matmul + compiled LeakyReLU²). One H200 (sessions 19-20): the plugin's
 tiles are the fastest, forward 1.12-1.16 ms and backward 1.17-1.21 ms a call against cuBLAS's 0.80-0.83 ms and a
 memory floor of 0.64 ms; two programs an SM (smaller tiles, one's epilogue beside the other's main loop) is no faster
-(forward 1.13-1.15, backward 1.33-1.62).
+(forward 1.13-1.15, backward 1.33-1.62). `--quack` adds `backend = "quack"` (quack-kernels' CuTe-DSL GEMM with the
+same two epilogues): each epilogue per call as the plugin runs it (its first call, JIT compile and autotuning
+included, timed apart), the backward at pinned tile configurations, and the whole MLP's forward + backward on each
+backend. One H200 (session 22, quack-kernels 0.6.5, nvidia-cutlass-dsl 4.8.1): forward 0.872 ms (autotuned, 32 s
+first call) against the Triton kernel's ~1.12 and cuBLAS's 0.81; backward, D only, autotuned 1.24-1.26 ms,
+pinned 128×256 without ping-pong 1.154, 128×128 ping-pong 1.156, 128×192 ping-pong 1.212, the Triton kernel
+1.181 in the same process (a backward that also stored leaky(pre)² for dW2, so the forward kept pre alone, took
+1.35-1.45 ms: whole MLP 5.80 ms against Triton's 5.40).
 
-    python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--json out.json]     (CUDA, sm90+)
+    python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--json out.json] [--quack] [--no-tiles]   (CUDA, sm90+)
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -38,6 +46,8 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--json")
+    p.add_argument("--quack", action="store_true", help="also time backend quack (needs quack-kernels)")
+    p.add_argument("--no-tiles", action="store_true", help="skip the Triton tile sweep")
     args = p.parse_args()
     if not torch.cuda.is_available() or FM.triton is None:
         raise SystemExit("fused_mlp_tiles: needs a CUDA GPU (sm90+) and triton; found none")
@@ -63,7 +73,9 @@ def main() -> None:
     print(f"{'two output stores (memory floor)':44s} {stores:8.4f} ms", flush=True)
     act = torch.compile(lambda t: F.leaky_relu(t, 0.5).square())
     note("cublas + compiled leaky^2 (unfused fwd)", ms_per_call(lambda: act(x @ w1.T), 50))
-    for cfg in CONFIGS:
+    if args.quack:
+        quack_rows(x, w1, g, w2t.T.contiguous(), ref_pre, ref_dpre, note, rows)
+    for cfg in [] if args.no_tiles else CONFIGS:
         for name, call, ref in (("fwd", lambda c: FM._launch(x, w1, None, 0.5, c[:5], c[5])[0], ref_pre),
                                 ("bwd", lambda c: FM._launch(g, w2t, ref_pre, 0.5, c[:5], c[5])[0], ref_dpre)):
             try:
@@ -73,6 +85,48 @@ def main() -> None:
                 print(f"{name} {cfg}: {type(e).__name__}: {str(e)[:100]}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+# (tile_m, tile_n, pingpong) of the quack backward's sweep
+QUACK_BACKWARD_TILES = [(128, 256, False), (128, 128, True), (128, 192, True), (128, 128, False)]
+
+
+def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows) -> None:
+    """backend quack against the references and the Triton kernel: epilogues per call, the MLP's fwd + bwd."""
+    if FM.quack_activation is None:
+        raise SystemExit("fused_mlp_tiles: --quack needs the quack-kernels package")
+    ref_post = F.leaky_relu(ref_pre.float(), 0.5).square()
+    for name, call, refs in (("quack fwd", lambda: FM._quack_up(x, w1, 0.5), (ref_pre, ref_post)),
+                             ("quack bwd", lambda: (FM._quack_up_backward(g, w2, ref_pre, 0.5),), (ref_dpre,))):
+        start = time.perf_counter()
+        got = call()
+        torch.cuda.synchronize()
+        rows[f"{name} first call s"] = round(time.perf_counter() - start, 2)
+        err = [((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+               for a, b in zip(got, refs, strict=True)]
+        rows[f"{name} max rel err"] = err
+        print(f"{name}: first call {rows[f'{name} first call s']} s, max error / max |ref| {err}", flush=True)
+        note(name, ms_per_call(call, 50))
+    dpre = torch.empty_like(ref_pre)
+    for tm, tn, pingpong in QUACK_BACKWARD_TILES:
+        cfg = FM.GemmConfig(tile_m=tm, tile_n=tn, pingpong=pingpong, cluster_m=2)
+        call = lambda c=cfg: FM.quack_epilogues(0.5)[1](g, w2, ref_pre, out={"D": dpre}, config=c, tuned=False)  # noqa: E731
+        try:
+            call()
+            note(f"quack bwd {tm}x{tn} pingpong={pingpong}", ms_per_call(call, 50))
+        except Exception as e:  # a configuration the hardware cannot hold
+            print(f"quack bwd {tm}x{tn} pingpong={pingpong}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+    for backend in ("triton", "quack"):
+        ins = [t.detach().clone().requires_grad_() for t in (x, w1, w2)]
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        out = FM.fused_leaky_relu2_mlp(*ins, 0.5, backend)
+        kept = (torch.cuda.memory_allocated() - before - out.numel() * out.element_size()) / 2**20
+        del out
+        step = lambda ins=ins, b=backend: torch.autograd.grad(FM.fused_leaky_relu2_mlp(*ins, 0.5, b), ins, g)  # noqa: E731
+        ms = ms_per_call(step, 20)
+        rows[f"mlp fwd+bwd {backend}"] = {"ms": round(ms, 4), "kept_for_backward_MiB": round(kept, 1)}
+        print(f"{'mlp fwd+bwd ' + backend:44s} {ms:8.4f} ms  kept for backward {kept:8.1f} MiB", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,19 @@ epilogue forming `dpre = (g·W2) ⊙ (2·pre if pre > 0 else 2·slope²·pre)` (
 `0.5·pre`); dW2, dW1 and dx are plain matmuls. The kernel (bf16, sm90+) serves bf16 CUDA tensors when triton
 imports, as `torch.library.custom_op`s, so torch.compile(fullgraph=True) traces the Function whole; elsewhere
 the same Function runs the torch reference of both epilogues (which multiply in fp32 and round once; the
-record rounds g·W2 to bf16 first). Training-only, as the record: in eval mode (GPTQ calibration, evaluation)
-the MLP runs through its `fc`/`proj` modules, so forward hooks see the hidden activation.
+record rounds g·W2 to bf16 first). `backend = "quack"` (opt-in) runs both epilogues on quack's CuTe-DSL GEMM
+(`quack-kernels`, Dao-AILab: persistent, warp-specialized, its epilogue stores overlapping the next tile's main
+loop). One H200, PR #1493's micro-batch (262,144 × 512 → 2,048; `benchmarks/fused_mlp_tiles.py --quack`): forward
+0.872 ms a call against the Triton kernel's 1.12 (cuBLAS's plain matmul: 0.81); backward 1.154 ms against 1.181
+with its tiles pinned (128×256, no ping-pong: quack's own autotuner chose 1.24-1.26 ms).
+Training-only, as the record: in eval mode (GPTQ calibration, evaluation) the MLP runs through its `fc`/`proj`
+modules, so forward hooks see the hidden activation.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,8 +37,14 @@ try:  # the CUDA kernel exists only where triton (with host tensor descriptors) 
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # pragma: no cover - depends on the machine
     triton = None
+try:  # quack-kernels (CuTe DSL, sm90+): not a dependency; `backend = "quack"` needs it
+    import quack.activation as quack_activation
+    from quack.epilogue.frontend import gemm_epilogue
+    from quack.gemm_config import GemmConfig
+except ImportError:
+    quack_activation = None
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "quack", "torch")
 BLOCK_M, BLOCK_N, BLOCK_K = 128, 256, 64  # the record's tiles
 
 
@@ -40,7 +53,7 @@ class FusedMLPConfig:
     slope: float = field(default=0.5, metadata={"help": "negative slope before squaring (PR #1530: 0.5)"})
     backend: str = field(default="auto", metadata={
         "help": "auto: the Triton kernel for bf16 CUDA tensors when triton imports, else the torch reference; "
-                "triton / torch force one"})
+                "triton / quack (quack-kernels' CuTe-DSL GEMM) / torch force one"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.slope < 1.0:
@@ -168,24 +181,104 @@ if triton is not None:
     register_flop_formula(torch.ops.pgolf_fused_mlp.up_backward)(up_backward_flops)
 
 
-def uses_kernel(x: Tensor, backend: str) -> bool:
-    """Whether the Triton kernel serves `x` (decided from device and dtype: a constant when traced)."""
-    if backend == "torch" or triton is None:
-        if backend == "triton":
-            raise RuntimeError("fused_mlp: backend 'triton' needs the triton package")
-        return False
-    if backend == "triton" and not (x.is_cuda and x.dtype == torch.bfloat16):
-        raise RuntimeError(f"fused_mlp: backend 'triton' needs bf16 CUDA tensors, got {x.dtype} on {x.device}")
-    return x.is_cuda and x.dtype == torch.bfloat16
+# --- the quack epilogues ------------------------------------------------------------------------------------
+def quack_up_math(acc, slope: float, relu):
+    """The quack forward epilogue per element, over any number type with its `relu`: acc = x·W1ᵀ -> (pre,
+    leaky(pre)²), leaky(p) = slope·p + relu((1 - slope)·p) (exact at the records' slopes 0 and 0.5)."""
+    act = acc * slope + relu(acc * (1.0 - slope))
+    return acc, act * act
+
+
+def quack_up_backward_math(acc, pre, slope: float, drelu):
+    """The quack backward epilogue per element: acc = g·W2, pre -> dpre = 2·leaky(p)·(slope·acc + (1 - slope)·acc·
+    [p > 0]), `drelu(p, a)` = (a·[p > 0], relu(p)): the Triton epilogue's product, bitwise, at slopes 0 and 0.5."""
+    acc_pos, relu_pre = drelu(pre, acc)
+    act = pre * slope + relu_pre * (1.0 - slope)
+    return 2.0 * act * (acc * slope + acc_pos * (1.0 - slope))
+
+
+if quack_activation is not None:
+
+    @functools.cache
+    def quack_epilogues(slope: float):
+        """quack `gemm_epilogue` mods for one slope: up (D = pre, postact = leaky(pre)²) and up_backward (D = dpre;
+        c, the GEMM's C operand, is pre)."""
+
+        @gemm_epilogue(outputs=("postact",))
+        def leaky_relu2_up(acc):
+            pre, post = quack_up_math(acc, slope, quack_activation.relu)
+            return {"D": pre, "postact": post}
+
+        @gemm_epilogue()
+        def leaky_relu2_up_backward(acc, c):
+            return {"D": quack_up_backward_math(acc, c, slope, quack_activation.drelu)}
+
+        return leaky_relu2_up, leaky_relu2_up_backward
+
+    def quack_backward_config(device: torch.device) -> dict:
+        """Pinned tiles for the backward on sm90 (measured above); elsewhere quack's autotuner."""
+        if torch.cuda.get_device_capability(device)[0] != 9:
+            return {}
+        return {"config": GemmConfig(tile_m=128, tile_n=256, pingpong=False, cluster_m=2), "tuned": False}
+
+    @torch.library.custom_op("pgolf_fused_mlp::quack_up", mutates_args=())
+    def _quack_up(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+        pre, post = (x.new_empty((x.shape[0], w1.shape[0])) for _ in range(2))
+        quack_epilogues(slope)[0](x.contiguous(), w1.contiguous().T, out={"D": pre, "postact": post})
+        return pre, post
+
+    @_quack_up.register_fake
+    def _(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+        shape = (x.shape[0], w1.shape[0])
+        return x.new_empty(shape), x.new_empty(shape)
+
+    @torch.library.custom_op("pgolf_fused_mlp::quack_up_backward", mutates_args=())
+    def _quack_up_backward(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+        dpre = torch.empty_like(pre)
+        quack_epilogues(slope)[1](g.contiguous(), w2.contiguous(), pre.contiguous(), out={"D": dpre},
+                                  **quack_backward_config(g.device))
+        return dpre
+
+    @_quack_up_backward.register_fake
+    def _(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+        return pre.new_empty(pre.shape)
+
+    from torch.utils.flop_counter import register_flop_formula
+
+    register_flop_formula(torch.ops.pgolf_fused_mlp.quack_up)(up_flops)
+    register_flop_formula(torch.ops.pgolf_fused_mlp.quack_up_backward)(up_backward_flops)
+
+
+def kernel_for(x: Tensor, backend: str) -> str:
+    """The path that serves `x`: "triton", "quack" or "torch" (decided from device and dtype: a constant when
+    traced); a forced kernel that cannot serve `x` is an error."""
+    fits = x.is_cuda and x.dtype == torch.bfloat16
+    if backend in ("triton", "quack"):
+        if (triton if backend == "triton" else quack_activation) is None:
+            package = "triton" if backend == "triton" else "quack-kernels"
+            raise RuntimeError(f"fused_mlp: backend {backend!r} needs the {package} package")
+        if not fits:
+            raise RuntimeError(f"fused_mlp: backend {backend!r} needs bf16 CUDA tensors, got {x.dtype} on {x.device}")
+        return backend
+    return "triton" if backend == "auto" and triton is not None and fits else "torch"
+
+
+def epilogues(kernel: str) -> tuple[Callable, Callable]:
+    """(up, up_backward) of a path `kernel_for` picked."""
+    if kernel == "triton":
+        return _triton_up, _triton_up_backward
+    if kernel == "quack":
+        return _quack_up, _quack_up_backward
+    return up_reference, up_backward_reference
 
 
 class FusedLeakyReLU2Function(torch.autograd.Function):
     """proj(leaky(x·W1ᵀ)²) with the hand-written backward above; x (..., K), w1 (N, K), w2 (D, N)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, slope: float, kernel: bool) -> Tensor:
+    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, slope: float, kernel: str) -> Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        pre, post = _triton_up(x2, w1, slope) if kernel else up_reference(x2, w1, slope)
+        pre, post = epilogues(kernel)[0](x2, w1, slope)
         ctx.save_for_backward(x2, w1, w2, pre, post)
         ctx.slope, ctx.kernel = slope, kernel
         return (post @ w2.T).view(*x.shape[:-1], w2.shape[0])
@@ -194,15 +287,14 @@ class FusedLeakyReLU2Function(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x2, w1, w2, pre, post = ctx.saved_tensors
         g = grad_out.reshape(-1, grad_out.shape[-1])
-        dpre = (_triton_up_backward(g, w2, pre, ctx.slope) if ctx.kernel
-                else up_backward_reference(g, w2, pre, ctx.slope))
+        dpre = epilogues(ctx.kernel)[1](g, w2, pre, ctx.slope)
         dx = (dpre @ w1).view(*grad_out.shape[:-1], w1.shape[1])
         return dx, dpre.T @ x2, g.T @ post, None, None
 
 
 def fused_leaky_relu2_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, backend: str = "auto") -> Tensor:
-    """proj(leaky_relu(x·W1ᵀ, slope)²) through the fused Function (the kernel where `uses_kernel`)."""
-    return FusedLeakyReLU2Function.apply(x, w1, w2, slope, uses_kernel(x, backend))
+    """proj(leaky_relu(x·W1ᵀ, slope)²) through the fused Function (on the kernel `kernel_for` picks)."""
+    return FusedLeakyReLU2Function.apply(x, w1, w2, slope, kernel_for(x, backend))
 
 
 def _matmul_dtype(x: Tensor) -> torch.dtype:
@@ -244,6 +336,9 @@ class FusedMLP(Plugin):
     def check_config(cls, cfg: FusedMLPConfig, core) -> list[str]:
         if cfg.backend == "triton" and triton is None:
             return ["fused_mlp.backend: 'triton' needs the triton package (not importable here); use auto or torch"]
+        if cfg.backend == "quack" and quack_activation is None:
+            return ["fused_mlp.backend: 'quack' needs the quack-kernels package (not importable here); "
+                    "use auto or torch"]
         return []
 
     @hookimpl

@@ -164,11 +164,13 @@ def test_auto_measures_every_importable_backend_and_logs_it(tiny_sets):
     assert f"attention_backend:{run.attention} (measured: " in (run.run_dir / "train.log").read_text()
 
 
-def test_fused_mlp_triton_kernel_matches_the_torch_reference_and_compiles():
-    """The Triton path of `fused_mlp` (needs triton, sm90+): both epilogues against the torch reference on the same
-    bf16 inputs (rows and hidden width no multiple of the 128×256 tiles), and the Function's output and gradients
-    against the eager fp32 LeakyReLU² MLP, eagerly and under torch.compile(fullgraph=True)."""
-    pytest.importorskip("triton")
+@pytest.mark.parametrize("backend", ["triton", "quack"])
+def test_fused_mlp_kernel_matches_the_torch_reference_and_compiles(backend):
+    """The Triton and quack paths of `fused_mlp` (need triton / quack-kernels, sm90+): both epilogues against the
+    torch reference on the same bf16 inputs (rows and hidden width no multiple of the 128×256 tiles), and the
+    Function's output and gradients against the eager fp32 LeakyReLU² MLP, eagerly and under
+    torch.compile(fullgraph=True)."""
+    pytest.importorskip("triton" if backend == "triton" else "quack")
     import torch.nn.functional as F
 
     from plugins import fused_mlp as fm
@@ -179,14 +181,16 @@ def test_fused_mlp_triton_kernel_matches_the_torch_reference_and_compiles():
     w1 = (torch.randn(hidden, dim, device="cuda") / dim**0.5).bfloat16()
     w2 = (torch.randn(dim, hidden, device="cuda") / hidden**0.5).bfloat16()
     g = torch.randn(rows, dim, device="cuda").bfloat16()
-    assert fm._kernel_fits(x, w1) and fm._kernel_fits(g, w2.T.contiguous())  # the kernel itself, no fallback
-    for slope in (0.5, 0.25):
-        pre, post = fm._triton_up(x, w1, slope)
+    if backend == "triton":
+        assert fm._kernel_fits(x, w1) and fm._kernel_fits(g, w2.T.contiguous())  # the kernel itself, no fallback
+    for slope in (0.5, 0.25, 0.0):
         ref_pre, ref_post = fm.up_reference(x, w1, slope)
+        ref_dpre = fm.up_backward_reference(g, w2, ref_pre, slope)
+        up, up_backward = fm.epilogues(backend)
+        (pre, post), dpre = up(x, w1, slope), up_backward(g, w2, ref_pre, slope)
         torch.testing.assert_close(pre, ref_pre, rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(post, ref_post, rtol=2e-2, atol=2e-2)
-        torch.testing.assert_close(fm._triton_up_backward(g, w2, ref_pre, slope),
-                                   fm.up_backward_reference(g, w2, ref_pre, slope), rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(dpre, ref_dpre, rtol=2e-2, atol=2e-2)
     x3, w1f, w2f = x.float().view(3, 100, dim), w1.float(), w2.float()
     weights = torch.randn(3, 100, dim, device="cuda")
 
@@ -196,8 +200,8 @@ def test_fused_mlp_triton_kernel_matches_the_torch_reference_and_compiles():
     ref_in = [t.clone().requires_grad_() for t in (x3, w1f, w2f)]
     ref = eager(*ref_in)
     ref_grads = torch.autograd.grad(ref, ref_in, weights)
-    compiled = torch.compile(lambda a, b, c: fm.fused_leaky_relu2_mlp(a, b, c, 0.5, "triton"), fullgraph=True)
-    for fn in (lambda a, b, c: fm.fused_leaky_relu2_mlp(a, b, c, 0.5, "triton"), compiled):
+    compiled = torch.compile(lambda a, b, c: fm.fused_leaky_relu2_mlp(a, b, c, 0.5, backend), fullgraph=True)
+    for fn in (lambda a, b, c: fm.fused_leaky_relu2_mlp(a, b, c, 0.5, backend), compiled):
         ins = [t.bfloat16().requires_grad_() for t in (x3, w1f, w2f)]
         out = fn(*ins)
         grads = torch.autograd.grad(out, ins, weights.bfloat16())

@@ -1,6 +1,7 @@
 """fused_mlp: the fused LeakyReLU² MLP Function (torch reference path, hand-written backward) against the eager
 leaky_relu2 MLP in value and gradients, the module's training/eval split, the compiled model (fullgraph, the
-Function in the training graph only) and bad settings. The Triton kernel is checked in tests/test_cuda.py."""
+Function in the training graph only), the quack epilogues' per-element math and the Function's quack wiring, and
+bad settings. The Triton and quack kernels themselves are checked in tests/test_cuda.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from model_builders import build_tiny, graph_recorder, randomize
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from plugins.fused_mlp import FusedLeakyReLU2MLP, fused_leaky_relu2_mlp, up_backward_reference, up_reference
+from plugins import fused_mlp as FM
+from plugins.fused_mlp import (
+    FusedLeakyReLU2Function,
+    FusedLeakyReLU2MLP,
+    fused_leaky_relu2_mlp,
+    quack_up_backward_math,
+    quack_up_math,
+    up_backward_reference,
+    up_reference,
+)
 
 REGISTRY = Registry()
 TINY = ["core.vocab_size=96", "core.num_layers=2", "core.model_dim=32", "core.num_heads=4", "core.num_kv_heads=2",
@@ -48,6 +58,55 @@ def test_epilogues_written_out():
     # d leaky(p)²/dp: 2p for p > 0, 2·slope²·p else (the record's 0.5·pre at slope 0.5); g·W2 = 1
     torch.testing.assert_close(up_backward_reference(torch.ones(1, 1), torch.ones(1, 4), pre, 0.5),
                                torch.tensor([[-1.0, -0.25, 0.0, 3.0]]))
+
+
+def torch_drelu(p, a):
+    """quack.activation.drelu's contract in torch: (a·[p > 0], relu(p))."""
+    return a * (p > 0), F.relu(p)
+
+
+@pytest.mark.parametrize("slope", [0.5, 0.0, 0.3])
+def test_quack_epilogue_math_equals_the_reference_epilogues(slope):
+    """The per-element math the quack epilogues trace, run on torch tensors: pre, leaky(pre)² and the backward's
+    dpre equal the torch reference (bitwise at the records' slopes 0 and 0.5, where the Triton kernel's products
+    are reproduced exactly)."""
+    gen = torch.Generator().manual_seed(5)
+    pre = torch.randn(64, 48, generator=gen)
+    pre[0, :4] = 0.0
+    acc = torch.randn(64, 48, generator=gen)  # g·W2
+    got_pre, post = quack_up_math(pre, slope, F.relu)
+    dpre = quack_up_backward_math(acc, pre, slope, torch_drelu)
+    ref_dpre = up_backward_reference(acc, torch.eye(48), pre, slope)
+    tol = {"rtol": 0.0, "atol": 0.0} if slope in (0.0, 0.5) else {"rtol": 1e-6, "atol": 1e-6}
+    torch.testing.assert_close(got_pre, pre, rtol=0.0, atol=0.0)
+    torch.testing.assert_close(post, F.leaky_relu(pre, slope).square(), **tol)
+    torch.testing.assert_close(dpre, ref_dpre, **tol)
+
+
+def test_the_function_on_the_quack_path_runs_both_quack_ops_and_trains_like_the_eager_mlp(monkeypatch):
+    """The Function's quack path, its two custom ops replaced by the epilogue math on torch matmuls: each op runs
+    once per forward + backward, and output and gradients equal the eager MLP's."""
+    calls = []
+
+    def up(x, w1, s):
+        calls.append("up")
+        return quack_up_math(x @ w1.T, s, F.relu)
+
+    def up_backward(g, w2, pre, s):
+        calls.append("up_backward")
+        return quack_up_backward_math(g @ w2, pre, s, torch_drelu)
+
+    monkeypatch.setattr(FM, "_quack_up", up, raising=False)
+    monkeypatch.setattr(FM, "_quack_up_backward", up_backward, raising=False)
+    gen = torch.Generator().manual_seed(6)
+    x, w1, w2 = (torch.randn(*shape, generator=gen) for shape in ((2, 5, 16), (24, 16), (16, 24)))
+    weights = torch.randn(2, 5, 16, generator=gen)
+    ref, ref_grads = grads_of(lambda *t: eager_mlp(*t, 0.5), (x, w1, w2), weights)
+    out, got = grads_of(lambda *t: FusedLeakyReLU2Function.apply(*t, 0.5, "quack"), (x, w1, w2), weights)
+    assert calls == ["up", "up_backward"]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, r, name in zip(got, ref_grads, ("x", "w1", "w2"), strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-4, msg=f"d{name}")
 
 
 def test_bf16_inputs_give_bf16_outputs_and_gradients_close_to_fp32():
@@ -133,6 +192,10 @@ def config_error(sets):
 def test_bad_settings_are_one_line_errors_naming_the_field():
     assert "fused_mlp.slope" in config_error(["fused_mlp.slope=1.5"])
     assert "fused_mlp.backend" in config_error(["fused_mlp.backend=cuda"])
+    if FM.quack_activation is None:  # this machine has no quack-kernels: asking for it is a configuration error
+        assert "fused_mlp.backend: 'quack' needs the quack-kernels package" in config_error(["fused_mlp.backend=quack"])
+    with pytest.raises(RuntimeError, match="fused_mlp: backend 'quack' needs (the quack-kernels|bf16 CUDA)"):
+        fused_leaky_relu2_mlp(torch.zeros(2, 8), torch.zeros(8, 8), torch.zeros(8, 8), 0.5, "quack")
     errors = REGISTRY.check(["fused_mlp", "leaky_relu2"]) + REGISTRY.check(["fused_mlp", "late_qat"])
     assert len(errors) == 2 and "'mlp'" in errors[0] and "conflict" in errors[1]
 
