@@ -458,17 +458,27 @@ def bundle_sources(cfg: Config, registry: Registry) -> tuple[dict[str, str], lis
 
 
 # Import name -> distribution on PyPI.
-DISTRIBUTIONS = {"flash_attn_interface": "flash-attn-3"}
+DISTRIBUTIONS = {"flash_attn_interface": "flash-attn-3", "quack": "quack-kernels[cu13]"}
 # Packages a plugin's codec imports only when it runs (plugins.lib.codecs imports them lazily).
 CODEC_PACKAGES = {"zstd": ("zstandard",), "brotli": ("brotli",), "compress_auto": ("zstandard", "brotli")}
-# Lazily imported extras the script works without.
-OPTIONAL = {"tqdm": "a live progress line on a terminal"}
+# Extras the script works without: imported lazily, or at module level under `except ImportError`.
+OPTIONAL = {"tqdm": "a live progress line on a terminal", "triton": "fused kernels; torch code paths without it",
+            "quack": "fused_mlp.backend = quack"}
 CONDITIONAL = {"tomli": "python_version < '3.11'"}
 
 
+def _guards_import_error(node: ast.Try) -> bool:
+    """A `try` with a handler for ImportError or ModuleNotFoundError (alone or in a tuple)."""
+    types = [h.type for h in node.handlers]
+    caught = {getattr(t, "id", None) for t in types} | {
+        getattr(e, "id", None) for t in types if isinstance(t, ast.Tuple) for e in t.elts}
+    return bool(caught & {"ImportError", "ModuleNotFoundError"})
+
+
 def _third_party(source: str) -> tuple[set[str], set[str]]:
-    """(module-level imports, imports inside functions) of `source`: top-level names outside the standard
-    library and the bundled packages."""
+    """(module-level imports, imports the script works without: inside functions, or at module level in a `try`
+    whose handler catches ImportError) of `source`: top-level names outside the standard library and the bundled
+    packages."""
     tree = ast.parse(source)
 
     def names(nodes) -> set[str]:
@@ -480,8 +490,9 @@ def _third_party(source: str) -> tuple[set[str], set[str]]:
                 out.add(node.module.split(".")[0])
         return {n for n in out if n not in sys.stdlib_module_names and n not in PACKAGES and n != "__future__"}
 
-    top = names(n for stmt in tree.body for n in ast.walk(stmt)
-                if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
+    guarded = [s for s in tree.body if isinstance(s, ast.Try) and _guards_import_error(s)]
+    top = names(n for stmt in tree.body for n in ast.walk(stmt) if stmt not in guarded
+                and not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)))
     return top, names(ast.walk(tree)) - top
 
 
@@ -498,7 +509,8 @@ def requirements(cfg: Config, registry: Registry) -> str:
     for name in cfg.plugins:
         required.update(CODEC_PACKAGES.get(name, ()))
     lines = [DISTRIBUTIONS.get(t, t) + (f"; {CONDITIONAL[t]}" if t in CONDITIONAL else "") for t in sorted(required)]
-    lines += [f"# optional: {t} ({why})" for t, why in OPTIONAL.items() if t in lazy and t not in required]
+    lines += [f"# optional: {DISTRIBUTIONS.get(t, t)} ({why})" for t, why in OPTIONAL.items()
+              if t in lazy and t not in required]
     return "\n".join(lines) + "\n"
 
 

@@ -123,6 +123,23 @@ def test_bundle_prints_and_writes_its_requirements(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["requirements.txt", "train_gpt.py"]
 
 
+def test_requirements_list_guarded_imports_as_optional_under_their_distribution_names(tmp_path):
+    """An import under `try: ... except ImportError` at module level (fused_mlp's triton and quack) is an optional
+    extra, written as a comment with its PyPI name (quack-kernels, not the unrelated `quack`); plain module-level
+    imports stay required."""
+    from submissions.bundle import _third_party
+
+    src = ("import numpy\ntry:\n    import quack.activation\nexcept ImportError:\n    quack = None\n"
+           "try:\n    import triton\nexcept (ImportError, OSError):\n    triton = None\n"
+           "try:\n    import scipy\nexcept ValueError:\n    pass\ndef f():\n    import tqdm\n")
+    assert _third_party(src) == ({"numpy", "scipy"}, {"quack", "triton", "tqdm"})
+    out = tmp_path / "train_gpt.py"
+    assert main(["bundle", "--plugins", "fused_mlp", "-o", str(out), "--requirements"]) == 0
+    reqs = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert "quack" not in reqs and "triton" not in reqs and {"torch", "numpy"} <= set(reqs)
+    assert "# optional: quack-kernels[cu13] (fused_mlp.backend = quack)" in reqs
+
+
 def test_loss_curve_png_and_the_note_without_matplotlib(tiny_run, monkeypatch, tmp_path):
     assert (tiny_run / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     import builtins

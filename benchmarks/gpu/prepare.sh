@@ -29,4 +29,19 @@ done
 python -m pip download -q --no-deps --only-binary=:all: --dest .whl --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     zstandard brotli jsonschema jsonschema-specifications referencing rpds-py attrs python-minifier
+
+# quack-kernels for `fused_mlp.backend = "quack"` (opt-in: PGOLF_QUACK=1): its wheels and nvidia-cutlass-dsl's, whose
+# cu13 library wheel (92 MB) is repacked as one xz stream with the x86 branch filter (52 MB) so that one call carries
+# it (.q, 59 MB; without .gdata: the data travel in a later call, /tmp/qsite stays on a warm machine)
+if [ "${PGOLF_QUACK:-0}" = 1 ] && [ ! -s .q/cu13.tar.xz ]; then
+    grep -qxF /.q/ "$exclude" || echo /.q/ >> "$exclude"
+    mkdir -p .q && tmp="$(mktemp -d)"
+    python -m pip download -q --no-deps --only-binary=:all: --dest "$tmp" --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+        quack-kernels==0.6.5 nvidia-cutlass-dsl==4.8.1 nvidia-cutlass-dsl-libs-base==4.8.1 \
+        nvidia-cutlass-dsl-libs-core==4.8.1 nvidia-cutlass-dsl-libs-cu13==4.8.1 apache-tvm-ffi torch-c-dlpack-ext
+    (cd "$tmp" && mkdir cu13 && unzip -q nvidia_cutlass_dsl_libs_cu13-*.whl -d cu13 && rm nvidia_cutlass_dsl_libs_cu13-*.whl)
+    tar cf - -C "$tmp/cu13" . | xz --x86 --lzma2=preset=9e,dict=192MiB -T1 > .q/cu13.tar.xz
+    mv "$tmp"/*.whl .q/ && rm -rf "$tmp"
+fi
 du -sh .gdata/* .g5 .whl
