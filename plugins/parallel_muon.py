@@ -42,8 +42,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
-from core.model import CONTROL_TENSOR_NAME_PATTERNS, GROUP_ATTR, CastedLinear, join_group
-from core.optim import Muon
+from core.model import GROUP_ATTR, CastedLinear, join_group
+from core.optim import Muon, default_param_groups
 from core.registry import Plugin
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -152,14 +152,14 @@ class ParamBanks(nn.Module):
 
 
 def install_banks(model: nn.Module) -> ParamBanks | None:
-    """Bank the blocks' matrix weights (CastedLinear, trainable, no group mark, not a control tensor) by
-    shape, as `model.param_banks`; None when there are none."""
+    """Bank the blocks' matrix weights (CastedLinear weights in the core's "matrix" group without a group mark:
+    trainable, 2-D, not a control tensor) by shape, as `model.param_banks`; None when there are none."""
     found: dict[str, list[tuple[str, int, nn.Module]]] = {}
     roles: dict[str, int] = {}  # "attn.c_q" ..., in first-seen order
+    matrices = {id(p) for p in default_param_groups(model)["matrix"]}
     for name, m in model.named_modules():
         w = m._parameters.get("weight") if isinstance(m, CastedLinear) else None
-        if (not name.startswith("blocks.") or w is None or w.ndim != 2 or not w.requires_grad
-                or getattr(w, GROUP_ATTR, None) or any(p in f"{name}.weight" for p in CONTROL_TENSOR_NAME_PATTERNS)):
+        if not name.startswith("blocks.") or w is None or id(w) not in matrices or getattr(w, GROUP_ATTR, None):
             continue
         _, layer, role = name.split(".", 2)
         roles.setdefault(role, len(roles))
