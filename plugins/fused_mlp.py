@@ -215,6 +215,7 @@ if quack_activation is not None:
 
         return leaky_relu2_up, leaky_relu2_up_backward
 
+    @functools.cache
     def quack_backward_config(device: torch.device) -> dict:
         """Pinned tiles for the backward on sm90 (measured above); elsewhere quack's autotuner."""
         if torch.cuda.get_device_capability(device)[0] != 9:
@@ -223,6 +224,8 @@ if quack_activation is not None:
 
     @torch.library.custom_op("pgolf_fused_mlp::quack_up", mutates_args=())
     def _quack_up(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+        if x.shape[1] % 8 or w1.shape[0] % 8:  # TMA: 16-byte aligned rows
+            return tuple(t.contiguous() for t in up_reference(x, w1, slope))
         pre, post = (x.new_empty((x.shape[0], w1.shape[0])) for _ in range(2))
         quack_epilogues(slope)[0](x.contiguous(), w1.contiguous().T, out={"D": pre, "postact": post})
         return pre, post
@@ -234,6 +237,8 @@ if quack_activation is not None:
 
     @torch.library.custom_op("pgolf_fused_mlp::quack_up_backward", mutates_args=())
     def _quack_up_backward(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+        if g.shape[1] % 8 or w2.shape[1] % 8:
+            return up_backward_reference(g, w2, pre, slope)
         dpre = torch.empty_like(pre)
         quack_epilogues(slope)[1](g.contiguous(), w2.contiguous(), pre.contiguous(), out={"D": dpre},
                                   **quack_backward_config(g.device))

@@ -191,6 +191,9 @@ def test_fused_mlp_kernel_matches_the_torch_reference_and_compiles(backend):
         torch.testing.assert_close(pre, ref_pre, rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(post, ref_post, rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(dpre, ref_dpre, rtol=2e-2, atol=2e-2)
+    if backend == "quack":  # a width TMA cannot take (rows not 16-byte aligned): the torch reference instead
+        xo, w1o = x[:, :90].contiguous(), w1[:, :90].contiguous()
+        torch.testing.assert_close(fm._quack_up(xo, w1o, 0.5)[0], fm.up_reference(xo, w1o, 0.5)[0])
     x3, w1f, w2f = x.float().view(3, 100, dim), w1.float(), w2.float()
     weights = torch.randn(3, 100, dim, device="cuda")
 
