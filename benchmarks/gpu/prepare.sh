@@ -4,7 +4,9 @@
 #     bash benchmarks/gpu/prepare.sh            # ~3 min on 2 cores the first time
 # Then carry what a call needs (".whl", ".g5", ".gdata/<set>") and start the device command with
 #     source benchmarks/gpu/device_env.sh && python -m pgolf bench ... --vs .g5/pr315_train_gpt.py --data .gdata/sp1024s
-# The three folders are git-ignored locally (.git/info/exclude), never committed.
+# The three folders are git-ignored locally (.git/info/exclude), never committed. Between two calls on a warm
+# machine the device keeps /tmp and the folders .gitignore names (bench_out/, where `--side record` finds the
+# earlier `--side pgolf` result); a folder only .git/info/exclude ignores is cleared there.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 exclude="$(git rev-parse --git-path info/exclude)"
