@@ -76,6 +76,17 @@ def up_backward_reference(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> T
     return grad.to(pre.dtype)
 
 
+def up_fake(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
+    """The up op's outputs for tracing (torch.library fake): (pre, post), each (M, N)."""
+    shape = (x.shape[0], w1.shape[0])
+    return x.new_empty(shape), x.new_empty(shape)
+
+
+def up_backward_fake(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
+    """The up_backward op's output for tracing: dpre, shaped as pre."""
+    return pre.new_empty(pre.shape)
+
+
 def up_flops(x_shape: tuple[int, ...], w1_shape: tuple[int, ...], *args, **kwargs) -> int:
     """FLOPs of `pgolf_fused_mlp::up` for `torch.utils.flop_counter` (`pgolf bench`'s model FLOPs): the GEMM x·W1ᵀ."""
     return 2 * x_shape[0] * x_shape[1] * w1_shape[0]
@@ -159,10 +170,7 @@ if triton is not None:
             return pre.contiguous(), post.contiguous()
         return _launch(x, w1, None, slope)
 
-    @_triton_up.register_fake
-    def _(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
-        shape = (x.shape[0], w1.shape[0])
-        return x.new_empty(shape), x.new_empty(shape)
+    _triton_up.register_fake(up_fake)
 
     @torch.library.custom_op("pgolf_fused_mlp::up_backward", mutates_args=())
     def _triton_up_backward(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
@@ -171,9 +179,7 @@ if triton is not None:
             return up_backward_reference(g, w2, pre, slope)
         return _launch(g, w2t, pre.contiguous(), slope)[0]
 
-    @_triton_up_backward.register_fake
-    def _(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
-        return pre.new_empty(pre.shape)
+    _triton_up_backward.register_fake(up_backward_fake)
 
     from torch.utils.flop_counter import register_flop_formula
 
@@ -230,10 +236,7 @@ if quack_activation is not None:
         quack_epilogues(slope)[0](x.contiguous(), w1.contiguous().T, out={"D": pre, "postact": post})
         return pre, post
 
-    @_quack_up.register_fake
-    def _(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
-        shape = (x.shape[0], w1.shape[0])
-        return x.new_empty(shape), x.new_empty(shape)
+    _quack_up.register_fake(up_fake)
 
     @torch.library.custom_op("pgolf_fused_mlp::quack_up_backward", mutates_args=())
     def _quack_up_backward(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
@@ -244,9 +247,7 @@ if quack_activation is not None:
                                   **quack_backward_config(g.device))
         return dpre
 
-    @_quack_up_backward.register_fake
-    def _(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
-        return pre.new_empty(pre.shape)
+    _quack_up_backward.register_fake(up_backward_fake)
 
     from torch.utils.flop_counter import register_flop_formula
 
