@@ -11,8 +11,9 @@ the same Function runs the torch reference of both epilogues (which multiply in 
 record rounds g·W2 to bf16 first). `backend = "quack"` (opt-in) runs both epilogues on quack's CuTe-DSL GEMM
 (`quack-kernels`, Dao-AILab: persistent, warp-specialized, its epilogue stores overlapping the next tile's main
 loop). One H200, PR #1493's micro-batch (262,144 × 512 → 2,048; `benchmarks/fused_mlp_tiles.py --quack`): forward
-0.872 ms a call against the Triton kernel's 1.12 (cuBLAS's plain matmul: 0.81); backward 1.154 ms against 1.181
-with its tiles pinned (128×256, no ping-pong: quack's own autotuner chose 1.24-1.26 ms).
+0.872 ms a call (cuBLAS's plain matmul: 0.81; the Triton kernel: 1.12, sessions 19-20); backward 1.154 ms against
+the Triton kernel's 1.181 in the same process, with its tiles pinned (128×256, no ping-pong: quack's own autotuner
+chose 1.24-1.26 ms).
 Training-only, as the record: in eval mode (GPTQ calibration, evaluation) the MLP runs through its `fc`/`proj`
 modules, so forward hooks see the hidden activation.
 """
