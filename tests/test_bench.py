@@ -645,3 +645,14 @@ def test_kernel_kind_classes_the_kernels_a_profile_shows():
              "aten::mm": "matmul", "aten::bmm": "matmul",  # host operators: a CPU profile's (host-time) classes
              "aten::mul": "other"}
     assert {n: kernel_kind(n) for n in names} == names
+
+
+def test_the_gpu_pair_script_runs_the_pr1493_recipe_list_with_the_fused_set():
+    """benchmarks/gpu/pr1493_pair.sh (the README's PR #1493 timing pair) trains the recipe's own plugin list with
+    fused_mlp in leaky_relu2's place, plus auto_micro_batch, fused_ce and inductor_options, and nothing else."""
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "benchmarks" / "gpu" / "pr1493_pair.sh").read_text()
+    listed = ",".join(re.findall(r'^plugins\+?=",?([^"]+)"', script, flags=re.M)).split(",")
+    recipe = tomllib.loads((root / "recipes" / "pr1493.toml").read_text())["plugins"]
+    expected = [("fused_mlp" if p == "leaky_relu2" else p) for p in recipe]
+    assert listed == [*expected, "auto_micro_batch", "fused_ce", "inductor_options"]
