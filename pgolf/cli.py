@@ -345,7 +345,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write the self-contained train_gpt.py of a configuration (a run directory's, or a recipe's)."""
     from core.run import write_atomic
-    from submissions.bundle import bundle, requirements, script_bytes
+    from submissions.bundle import bundle_with_requirements, script_bytes
 
     if args.path:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
@@ -363,8 +363,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     req_path = out.with_name("requirements.txt")
     if args.requirements and req_path.exists() and not args.force:
         raise FileExistsError(f"{req_path}: exists; pass --force to overwrite it")
-    text = bundle(cfg, registry, strip=not args.keep_docstrings, profile=args.profile)
-    reqs = requirements(cfg, registry)
+    text, reqs = bundle_with_requirements(cfg, registry, strip=not args.keep_docstrings, profile=args.profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = script_bytes(text)
     write_atomic(out, data)

@@ -496,13 +496,17 @@ def _third_party(source: str) -> tuple[set[str], set[str]]:
     return top, names(ast.walk(tree)) - top
 
 
-def requirements(cfg: Config, registry: Registry) -> str:
-    """requirements.txt of the bundled script: the packages its embedded modules import at module level
-    (torch, numpy, sentencepiece, pluggy …), the enabled codecs' packages, and optional extras as comments."""
-    sources, _ = bundle_sources(cfg, registry)
+def requirements(cfg: Config, script: str) -> str:
+    """requirements.txt of a bundled script (`script`: its text before `pg_wrap_code`): the packages its code and
+    the modules it embeds as string literals import at module level (torch, numpy, sentencepiece; pluggy only where
+    the script dispatches hooks through it), the enabled codecs' packages, and optional extras as comments."""
+    tree = ast.parse(script)
+    embedded = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                and isinstance(node.targets[0], ast.Subscript) and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)]
     required: set[str] = set()
     lazy: set[str] = set()
-    for text in sources.values():
+    for text in (script, *embedded):
         top, inner = _third_party(text)
         required |= top
         lazy |= inner
@@ -512,6 +516,12 @@ def requirements(cfg: Config, registry: Registry) -> str:
     lines += [f"# optional: {DISTRIBUTIONS.get(t, t)} ({why})" for t, why in OPTIONAL.items()
               if t in lazy and t not in required]
     return "\n".join(lines) + "\n"
+
+
+def bundle_with_requirements(cfg: Config, registry: Registry, **options: Any) -> tuple[str, str]:
+    """(the script `bundle(cfg, registry, **options)` returns, its requirements.txt) from one bundling."""
+    plain = bundle(cfg, registry, wrap=False, **options)
+    return wrap_code(cfg, registry, plain), requirements(cfg, plain)
 
 
 def _bundled_modules(registry: Registry, cfg: Config) -> dict[str, str]:

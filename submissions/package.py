@@ -23,7 +23,7 @@ from typing import Any
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from submissions.bundle import PER_RUN_KEYS, bundle, requirements, script_bytes
+from submissions.bundle import PER_RUN_KEYS, bundle_with_requirements, script_bytes
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
 # The records folder of each track (the challenge repository's layout); `pgolf record` writes under it.
@@ -201,7 +201,8 @@ def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: 
                       env={}, check_plugins=registry.check, check_settings=registry.check_settings)
     except ConfigError as exc:
         raise RecordError(f"{runs[0].path}/config.json: {'; '.join(exc.errors)}") from exc
-    script = script_bytes(bundle(cfg, registry))  # exactly the file whose size the runs logged
+    text, reqs = bundle_with_requirements(cfg, registry)
+    script = script_bytes(text)  # exactly the file whose size the runs logged
     n_code = len(script)
     for r in runs:
         if int(r.metrics["code_bytes"]) != n_code:
@@ -226,7 +227,7 @@ def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: 
         "train_gpt.py": script,
         "submission.json": json.dumps(sub, indent=2) + "\n",
         "README.md": _readme(name, runs, registry, cfg, sub),
-        "requirements.txt": requirements(cfg, registry),
+        "requirements.txt": reqs,
     }
     for r in runs:
         files[f"train_seed{r.seed}.log"] = r.log

@@ -117,8 +117,10 @@ def test_bundle_prints_and_writes_its_requirements(tmp_path, capsys):
     assert main(["bundle", "--plugins", "ema,zstd", "-o", str(out), "--requirements"]) == 0
     printed = capsys.readouterr().out
     reqs = (out.parent / "requirements.txt").read_text().splitlines()
-    assert {"torch", "numpy", "sentencepiece", "pluggy", "zstandard"} <= set(reqs) and "brotli" not in reqs
-    assert "requirements: " in printed and "pluggy" in printed
+    # a specialised script dispatches its hooks statically: no pluggy, nor tomli (no recipe file is read)
+    assert {"torch", "numpy", "sentencepiece", "zstandard"} <= set(reqs) and "brotli" not in reqs
+    assert "pluggy" not in reqs and not any(r.startswith("tomli") for r in reqs)
+    assert "requirements: " in printed and "zstandard" in printed
     assert main(["bundle", "--plugins", "ema", "-o", str(out), "--requirements"]) == 2  # no overwrite
     assert sorted(p.name for p in out.parent.iterdir()) == ["requirements.txt", "train_gpt.py"]
 
@@ -138,6 +140,12 @@ def test_requirements_list_guarded_imports_as_optional_under_their_distribution_
     reqs = (tmp_path / "requirements.txt").read_text().splitlines()
     assert "quack" not in reqs and "triton" not in reqs and {"torch", "numpy"} <= set(reqs)
     assert "# optional: quack-kernels[cu13] (fused_mlp.backend = quack)" in reqs
+    # a hook wrapper (parallel_muon's pg_make_optimizer) keeps pluggy's dispatch and the module loader: the
+    # modules embedded as string literals count too
+    assert main(["bundle", "--plugins", "parallel_muon", "-o", str(out), "--requirements", "--force"]) == 0
+    script = out.read_text()
+    reqs = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert "_MODULES[" in script and "pluggy" in reqs and "torch" in reqs
 
 
 def test_loss_curve_png_and_the_note_without_matplotlib(tiny_run, monkeypatch, tmp_path):
