@@ -5,8 +5,9 @@
 # Then carry what a call needs (".whl", ".g5", ".gdata/<set>") and start the device command with
 #     source benchmarks/gpu/device_env.sh && python -m pgolf bench ... --vs .g5/pr315_train_gpt.py --data .gdata/sp1024s
 # The three folders are git-ignored locally (.git/info/exclude), never committed. Between two calls on a warm
-# machine the device keeps /tmp and the folders .gitignore names (bench_out/, where `--side record` finds the
-# earlier `--side pgolf` result); a folder only .git/info/exclude ignores is cleared there.
+# machine the device kept /tmp (session 22); a folder only .git/info/exclude ignores was cleared there, so
+# bench_out/ (where `--side record` finds the earlier `--side pgolf` result) is in .gitignore, which the device's
+# rule for ignored build outputs should follow (not yet seen on a device).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 exclude="$(git rev-parse --git-path info/exclude)"
