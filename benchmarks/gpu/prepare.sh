@@ -35,7 +35,7 @@ python -m pip download -q --no-deps --only-binary=:all: --dest .whl --python-ver
 
 # quack-kernels for `fused_mlp.backend = "quack"` (opt-in: PGOLF_QUACK=1): its wheels and nvidia-cutlass-dsl's, whose
 # cu13 library wheel (92 MB) is repacked as one xz stream with the x86 branch filter (52 MB) so that one call carries
-# it (.q, 59 MB; without .gdata: the data travel in a later call, /tmp/qsite stays on a warm machine)
+# it (.q, 61 MB; without .gdata: the data travel in a later call, /tmp/qsite stays on a warm machine)
 if [ "${PGOLF_QUACK:-0}" = 1 ] && [ ! -s .q/cu13.tar.xz ]; then
     grep -qxF /.q/ "$exclude" || echo /.q/ >> "$exclude"
     mkdir -p .q && tmp="$(mktemp -d)"
