@@ -77,6 +77,11 @@ def up_backward_reference(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> T
     return grad.to(pre.dtype)
 
 
+def tma_aligned(a: Tensor, b: Tensor) -> bool:
+    """a (M, K) · bᵀ with b (N, K): 16-byte aligned row strides for TMA (bf16: K and N multiples of 8)."""
+    return a.shape[1] % 8 == 0 and b.shape[0] % 8 == 0
+
+
 def up_fake(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
     """The up op's outputs for tracing (torch.library fake): (pre, post), each (M, N)."""
     shape = (x.shape[0], w1.shape[0])
@@ -159,9 +164,8 @@ if triton is not None:
         return c, aux
 
     def _kernel_fits(a: Tensor, b: Tensor) -> bool:
-        """TMA: sm90+, 16-byte aligned row strides (bf16: widths a multiple of 8)."""
-        return (torch.cuda.get_device_capability(a.device)[0] >= 9 and a.shape[1] % 8 == 0
-                and b.shape[0] % 8 == 0)
+        """The Triton kernel's TMA: sm90+ and `tma_aligned`."""
+        return torch.cuda.get_device_capability(a.device)[0] >= 9 and tma_aligned(a, b)
 
     @torch.library.custom_op("pgolf_fused_mlp::up", mutates_args=())
     def _triton_up(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
@@ -231,7 +235,7 @@ if quack_activation is not None:
 
     @torch.library.custom_op("pgolf_fused_mlp::quack_up", mutates_args=())
     def _quack_up(x: Tensor, w1: Tensor, slope: float) -> tuple[Tensor, Tensor]:
-        if x.shape[1] % 8 or w1.shape[0] % 8:  # TMA: 16-byte aligned rows
+        if not tma_aligned(x, w1):
             return tuple(t.contiguous() for t in up_reference(x, w1, slope))
         pre, post = (x.new_empty((x.shape[0], w1.shape[0])) for _ in range(2))
         quack_epilogues(slope)[0](x.contiguous(), w1.contiguous().T, out={"D": pre, "postact": post})
@@ -241,7 +245,7 @@ if quack_activation is not None:
 
     @torch.library.custom_op("pgolf_fused_mlp::quack_up_backward", mutates_args=())
     def _quack_up_backward(g: Tensor, w2: Tensor, pre: Tensor, slope: float) -> Tensor:
-        if g.shape[1] % 8 or w2.shape[1] % 8:
+        if not tma_aligned(g, w2.T):
             return up_backward_reference(g, w2, pre, slope)
         dpre = torch.empty_like(pre)
         quack_epilogues(slope)[1](g.contiguous(), w2.contiguous(), pre.contiguous(), out={"D": dpre},
