@@ -46,6 +46,8 @@ except ImportError:
     quack_activation = None
 
 BACKENDS = ("auto", "triton", "quack", "torch")
+# a forced kernel backend -> (the package it needs, its module here or None)
+KERNEL_PACKAGES = {"triton": ("triton", triton), "quack": ("quack-kernels", quack_activation)}
 BLOCK_M, BLOCK_N, BLOCK_K = 128, 256, 64  # the record's tiles
 
 
@@ -264,9 +266,9 @@ def kernel_for(x: Tensor, backend: str) -> str:
     """The path that serves `x`: "triton", "quack" or "torch" (decided from device and dtype: a constant when
     traced); a forced kernel that cannot serve `x` is an error."""
     fits = x.is_cuda and x.dtype == torch.bfloat16
-    if backend in ("triton", "quack"):
-        if (triton if backend == "triton" else quack_activation) is None:
-            package = "triton" if backend == "triton" else "quack-kernels"
+    if backend in KERNEL_PACKAGES:
+        package, module = KERNEL_PACKAGES[backend]
+        if module is None:
             raise RuntimeError(f"fused_mlp: backend {backend!r} needs the {package} package")
         if not fits:
             raise RuntimeError(f"fused_mlp: backend {backend!r} needs bf16 CUDA tensors, got {x.dtype} on {x.device}")
@@ -345,10 +347,9 @@ class FusedMLP(Plugin):
 
     @classmethod
     def check_config(cls, cfg: FusedMLPConfig, core) -> list[str]:
-        if cfg.backend == "triton" and triton is None:
-            return ["fused_mlp.backend: 'triton' needs the triton package (not importable here); use auto or torch"]
-        if cfg.backend == "quack" and quack_activation is None:
-            return ["fused_mlp.backend: 'quack' needs the quack-kernels package (not importable here); "
+        package, module = KERNEL_PACKAGES.get(cfg.backend, (None, True))
+        if module is None:
+            return [f"fused_mlp.backend: {cfg.backend!r} needs the {package} package (not importable here); "
                     "use auto or torch"]
         return []
 
