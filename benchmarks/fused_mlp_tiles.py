@@ -9,12 +9,15 @@ tiles are the fastest, forward 1.12-1.16 ms and backward 1.17-1.21 ms a call aga
 memory floor of 0.64 ms; two programs an SM (smaller tiles, one's epilogue beside the other's main loop) is no faster
 (forward 1.13-1.15, backward 1.33-1.62). `--quack` adds `backend = "quack"` (quack-kernels' CuTe-DSL GEMM with the
 same two epilogues): each epilogue per call as the plugin runs it (its first call, JIT compile and autotuning
-included, timed apart), the backward at pinned tile configurations, and the whole MLP's forward + backward on each
-backend. One H200 (session 22, quack-kernels 0.6.5, nvidia-cutlass-dsl 4.8.1): forward 0.872 ms (autotuned, 32 s
-first call) against cuBLAS's 0.81 (the Triton kernel: ~1.12 in sessions 19-20); backward, D only, autotuned
-1.24-1.26 ms, pinned 128×256 without ping-pong 1.154, 128×128 ping-pong 1.156, 128×192 ping-pong 1.212, the
-Triton kernel 1.181 in the same process (a backward that also stored leaky(pre)² for dW2, so the forward kept pre
-alone, took 1.35-1.45 ms: whole MLP 5.80 ms against Triton's 5.40).
+included, timed apart), the Triton kernel's two at the plugin's tiles in the same process, the backward at pinned
+tile configurations, and the whole MLP's forward + backward on each backend. One H200 (session 22, quack-kernels
+0.6.5, nvidia-cutlass-dsl 4.8.1): forward 0.872 ms (autotuned, 32 s first call) against cuBLAS's 0.81; backward, D
+only, autotuned 1.24-1.26 ms, pinned 128×256 without ping-pong 1.154, 128×128 ping-pong 1.156, 128×192 ping-pong
+1.212, the Triton kernel 1.181 in the same process (a backward that also stored leaky(pre)² for dW2, so the forward
+kept pre alone, took 1.35-1.45 ms: whole MLP 5.80 ms against Triton's 5.40). Session 23, two machines: forward
+0.852 / 0.879 (Triton, second: 1.146), whole MLP 5.39 / 5.57 against Triton's 5.43 / 5.81; the sweep's first entry
+read 7-12 % slower than when timed later (128×256 without ping-pong 1.264 first, 1.168 second; 128×128 ping-pong
+1.307 first, 1.161 second), so the two pins are equal within that order effect.
 
     python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--json out.json] [--quack] [--no-tiles]   (CUDA, sm90+)
 """
@@ -88,7 +91,7 @@ def main() -> None:
 
 
 # (tile_m, tile_n, pingpong) of the quack backward's sweep
-QUACK_BACKWARD_TILES = [(128, 256, False), (128, 128, True), (128, 192, True), (128, 128, False)]
+QUACK_BACKWARD_TILES = [(128, 128, True), (128, 256, False), (128, 192, True), (128, 128, False)]
 
 
 def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows) -> None:
@@ -96,6 +99,9 @@ def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows) -> None:
     if FM.quack_activation is None:
         raise SystemExit("fused_mlp_tiles: --quack needs the quack-kernels package")
     ref_post = F.leaky_relu(ref_pre.float(), 0.5).square()
+    w2t = w2.T.contiguous()
+    note("triton fwd (the plugin's tiles)", ms_per_call(lambda: FM._launch(x, w1, None, 0.5), 50))
+    note("triton bwd (the plugin's tiles)", ms_per_call(lambda: FM._launch(g, w2t, ref_pre, 0.5), 50))
     for name, call, refs in (("quack fwd", lambda: FM._quack_up(x, w1, 0.5), (ref_pre, ref_post)),
                              ("quack bwd", lambda: (FM._quack_up_backward(g, w2, ref_pre, 0.5),), (ref_dpre,))):
         start = time.perf_counter()

@@ -647,12 +647,16 @@ def test_kernel_kind_classes_the_kernels_a_profile_shows():
     assert {n: kernel_kind(n) for n in names} == names
 
 
-def test_the_gpu_pair_script_runs_the_pr1493_recipe_list_with_the_fused_set():
-    """benchmarks/gpu/pr1493_pair.sh (the README's PR #1493 timing pair) trains the recipe's own plugin list with
-    fused_mlp in leaky_relu2's place, plus auto_micro_batch, fused_ce and inductor_options, and nothing else."""
+@pytest.mark.parametrize("record", ["pr1493", "pr315"])
+def test_the_gpu_pair_script_runs_the_recipe_list_with_the_fused_set(record):
+    """benchmarks/gpu/pair.sh (the README's timing pairs) trains the recipe's own plugin list with fused_mlp in
+    leaky_relu2's place, plus auto_micro_batch, fused_ce and inductor_options, and nothing else; a record it has no
+    data for is a one-line error."""
     root = Path(__file__).resolve().parents[1]
-    script = (root / "benchmarks" / "gpu" / "pr1493_pair.sh").read_text()
-    listed = ",".join(re.findall(r'^plugins\+?=",?([^"]+)"', script, flags=re.M)).split(",")
-    recipe = tomllib.loads((root / "recipes" / "pr1493.toml").read_text())["plugins"]
+    script = root / "benchmarks" / "gpu" / "pair.sh"
+    listed = subprocess.run(["bash", str(script), record, "plugins"], capture_output=True, text=True, check=True)
+    recipe = tomllib.loads((root / "recipes" / f"{record}.toml").read_text())["plugins"]
     expected = [("fused_mlp" if p == "leaky_relu2" else p) for p in recipe]
-    assert listed == [*expected, "auto_micro_batch", "fused_ce", "inductor_options"]
+    assert listed.stdout.strip().split(",") == [*expected, "auto_micro_batch", "fused_ce", "inductor_options"]
+    bad = subprocess.run(["bash", str(script), "pr9999", "pgolf"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == "pair.sh: no timing pair for pr9999 (expected pr1493 or pr315)"
