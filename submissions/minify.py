@@ -54,10 +54,10 @@ def _pure(node: ast.AST) -> bool:
         return _pure(node.value)
     if isinstance(node, ast.UnaryOp):
         return _pure(node.operand)
-    if isinstance(node, ast.BinOp):
-        return isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant)
-    if isinstance(node, ast.Subscript):  # a type alias: `Callable[[Config, Registry], int]`
-        return isinstance(node.value, ast.Name) and node.value.id in TYPING_GENERICS and _pure(node.slice)
+    if isinstance(node, ast.BinOp):  # arithmetic on literals only: `36.6 * 2.54 / (2.54 - 1)`
+        return _literal_arithmetic(node)
+    if isinstance(node, ast.Subscript):  # a type alias: `Callable[[Config, Registry], int]`, `dict[str, T | None]`
+        return isinstance(node.value, ast.Name) and node.value.id in TYPING_GENERICS and _type_arguments(node.slice)
     if isinstance(node, ast.JoinedStr):
         return all(isinstance(v, ast.Constant) or (isinstance(v, ast.FormattedValue) and isinstance(v.value, ast.Name))
                    for v in node.values)
@@ -65,6 +65,25 @@ def _pure(node: ast.AST) -> bool:
             and (f.value.id, f.attr) in PURE_CONSTRUCTORS:  # `re.compile("…")`, `struct.Struct("<HI")`
         return all(isinstance(a, ast.Constant) for a in [*node.args, *(k.value for k in node.keywords)])
     return False
+
+
+def _literal_arithmetic(node: ast.AST) -> bool:
+    """Literals combined by unary and binary operators only (no name: no `__mul__` of some object runs)."""
+    if isinstance(node, ast.BinOp):
+        return _literal_arithmetic(node.left) and _literal_arithmetic(node.right)
+    if isinstance(node, ast.UnaryOp):
+        return _literal_arithmetic(node.operand)
+    return isinstance(node, ast.Constant)
+
+
+def _type_arguments(node: ast.AST) -> bool:
+    """The arguments of a typing generic: pure expressions and `A | B` unions of them (`type.__or__` only builds a
+    union type)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _type_arguments(node.left) and _type_arguments(node.right)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_type_arguments(e) for e in node.elts)
+    return _pure(node)
 
 
 # Standard-library constructors whose call on literals only builds a value: an unused `X = re.compile("…")` goes.
