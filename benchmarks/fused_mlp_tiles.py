@@ -19,7 +19,8 @@ kept pre alone, took 1.35-1.45 ms: whole MLP 5.80 ms against Triton's 5.40). Ses
 read 7-12 % slower than when timed later (128×256 without ping-pong 1.264 first, 1.168 second; 128×128 ping-pong
 1.307 first, 1.161 second), so the two pins are equal within that order effect.
 
-    python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--json out.json] [--quack] [--no-tiles]   (CUDA, sm90+)
+    python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--hidden 2048] [--slope 0.5] [--json out.json] [--quack]
+        [--no-tiles]   (CUDA, sm90+; PR #315's A=2 micro-batch: --tokens 393216 --hidden 1536 --slope 0)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=262144)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--slope", type=float, default=0.5, help="LeakyReLU slope (PR #1493: 0.5; PR #315's relu²: 0)")
     p.add_argument("--json")
     p.add_argument("--quack", action="store_true", help="also time backend quack (needs quack-kernels)")
     p.add_argument("--no-tiles", action="store_true", help="skip the Triton tile sweep")
@@ -55,13 +57,13 @@ def main() -> None:
     if not torch.cuda.is_available() or FM.triton is None:
         raise SystemExit("fused_mlp_tiles: needs a CUDA GPU (sm90+) and triton; found none")
     torch.manual_seed(0)
-    dev, bf = "cuda", torch.bfloat16
+    dev, bf, slope = "cuda", torch.bfloat16, args.slope
     x = torch.randn(args.tokens, args.dim, device=dev, dtype=bf)
     w1 = torch.randn(args.hidden, args.dim, device=dev, dtype=bf) / args.dim ** 0.5
     g = torch.randn(args.tokens, args.dim, device=dev, dtype=bf)
     w2t = torch.randn(args.hidden, args.dim, device=dev, dtype=bf) / args.dim ** 0.5
-    ref_pre, _ = FM.up_reference(x, w1, 0.5)
-    ref_dpre = FM.up_backward_reference(g, w2t.T.contiguous(), ref_pre, 0.5)
+    ref_pre, _ = FM.up_reference(x, w1, slope)
+    ref_dpre = FM.up_backward_reference(g, w2t.T.contiguous(), ref_pre, slope)
     flops = 2 * args.tokens * args.dim * args.hidden
     rows = {}
 
@@ -74,13 +76,13 @@ def main() -> None:
     stores = ms_per_call(lambda: (out.fill_(1.0), out.fill_(2.0)), 50)  # the epilogue's two outputs, writes only
     rows["two output stores (the epilogue's memory floor)"] = {"ms": round(stores, 4)}
     print(f"{'two output stores (memory floor)':44s} {stores:8.4f} ms", flush=True)
-    act = torch.compile(lambda t: F.leaky_relu(t, 0.5).square())
+    act = torch.compile(lambda t: F.leaky_relu(t, slope).square())
     note("cublas + compiled leaky^2 (unfused fwd)", ms_per_call(lambda: act(x @ w1.T), 50))
     if args.quack:
-        quack_rows(x, w1, g, w2t.T.contiguous(), ref_pre, ref_dpre, note, rows)
+        quack_rows(x, w1, g, w2t.T.contiguous(), ref_pre, ref_dpre, note, rows, slope)
     for cfg in [] if args.no_tiles else CONFIGS:
-        for name, call, ref in (("fwd", lambda c: FM._launch(x, w1, None, 0.5, c[:5], c[5])[0], ref_pre),
-                                ("bwd", lambda c: FM._launch(g, w2t, ref_pre, 0.5, c[:5], c[5])[0], ref_dpre)):
+        for name, call, ref in (("fwd", lambda c: FM._launch(x, w1, None, slope, c[:5], c[5])[0], ref_pre),
+                                ("bwd", lambda c: FM._launch(g, w2t, ref_pre, slope, c[:5], c[5])[0], ref_dpre)):
             try:
                 ok = torch.allclose(call(cfg).float(), ref.float(), atol=5e-2, rtol=5e-2)
                 note(f"{name} {cfg}{'' if ok else ' MISMATCH'}", ms_per_call(lambda c=cfg, f=call: f(c), 50))
@@ -94,16 +96,16 @@ def main() -> None:
 QUACK_BACKWARD_TILES = [(128, 128, True), (128, 256, False), (128, 192, True), (128, 128, False)]
 
 
-def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows) -> None:
+def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows, slope: float) -> None:
     """backend quack against the references and the Triton kernel: epilogues per call, the MLP's fwd + bwd."""
     if FM.quack_activation is None:
         raise SystemExit("fused_mlp_tiles: --quack needs the quack-kernels package")
-    ref_post = F.leaky_relu(ref_pre.float(), 0.5).square()
+    ref_post = F.leaky_relu(ref_pre.float(), slope).square()
     w2t = w2.T.contiguous()
-    note("triton fwd (the plugin's tiles)", ms_per_call(lambda: FM._launch(x, w1, None, 0.5), 50))
-    note("triton bwd (the plugin's tiles)", ms_per_call(lambda: FM._launch(g, w2t, ref_pre, 0.5), 50))
-    for name, call, refs in (("quack fwd", lambda: FM._quack_up(x, w1, 0.5), (ref_pre, ref_post)),
-                             ("quack bwd", lambda: (FM._quack_up_backward(g, w2, ref_pre, 0.5),), (ref_dpre,))):
+    note("triton fwd (the plugin's tiles)", ms_per_call(lambda: FM._launch(x, w1, None, slope), 50))
+    note("triton bwd (the plugin's tiles)", ms_per_call(lambda: FM._launch(g, w2t, ref_pre, slope), 50))
+    for name, call, refs in (("quack fwd", lambda: FM._quack_up(x, w1, slope), (ref_pre, ref_post)),
+                             ("quack bwd", lambda: (FM._quack_up_backward(g, w2, ref_pre, slope),), (ref_dpre,))):
         start = time.perf_counter()
         got = call()
         torch.cuda.synchronize()
@@ -116,7 +118,7 @@ def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows) -> None:
     dpre = torch.empty_like(ref_pre)
     for tm, tn, pingpong in QUACK_BACKWARD_TILES:
         cfg = FM.GemmConfig(tile_m=tm, tile_n=tn, pingpong=pingpong, cluster_m=2)
-        call = lambda c=cfg: FM.quack_epilogues(0.5)[1](g, w2, ref_pre, out={"D": dpre}, config=c, tuned=False)  # noqa: E731
+        call = lambda c=cfg: FM.quack_epilogues(slope)[1](g, w2, ref_pre, out={"D": dpre}, config=c, tuned=False)  # noqa: E731
         try:
             call()
             note(f"quack bwd {tm}x{tn} pingpong={pingpong}", ms_per_call(call, 50))
@@ -126,10 +128,10 @@ def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows) -> None:
         ins = [t.detach().clone().requires_grad_() for t in (x, w1, w2)]
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
-        out = FM.fused_leaky_relu2_mlp(*ins, 0.5, backend)
+        out = FM.fused_leaky_relu2_mlp(*ins, slope, backend)
         kept = (torch.cuda.memory_allocated() - before - out.numel() * out.element_size()) / 2**20
         del out
-        step = lambda ins=ins, b=backend: torch.autograd.grad(FM.fused_leaky_relu2_mlp(*ins, 0.5, b), ins, g)  # noqa: E731
+        step = lambda ins=ins, b=backend: torch.autograd.grad(FM.fused_leaky_relu2_mlp(*ins, slope, b), ins, g)  # noqa: E731
         ms = ms_per_call(step, 20)
         rows[f"mlp fwd+bwd {backend}"] = {"ms": round(ms, 4), "kept_for_backward_MiB": round(kept, 1)}
         print(f"{'mlp fwd+bwd ' + backend:44s} {ms:8.4f} ms  kept for backward {kept:8.1f} MiB", flush=True)
