@@ -8,14 +8,16 @@ epilogue forming `dpre = (g·W2) ⊙ (2·pre if pre > 0 else 2·slope²·pre)` (
 `0.5·pre`); dW2, dW1 and dx are plain matmuls. The kernel (bf16, sm90+) serves bf16 CUDA tensors when triton
 imports, as `torch.library.custom_op`s, so torch.compile(fullgraph=True) traces the Function whole; elsewhere
 the same Function runs the torch reference of both epilogues (which multiply in fp32 and round once; the
-record rounds g·W2 to bf16 first). `backend = "quack"` runs both epilogues on quack's CuTe-DSL GEMM
+record rounds g·W2 to bf16 first). `backend = "quack"` (opt-in) runs both epilogues on quack's CuTe-DSL GEMM
 (`quack-kernels`, Dao-AILab: persistent, warp-specialized, its epilogue stores overlapping the next tile's main
-loop), and `auto` takes it on sm90 where it imports (`auto_kernel`, decided when the MLP is built). One H200, PR
-#1493's micro-batch (262,144 × 512 → 2,048; `benchmarks/fused_mlp_tiles.py --quack`, session 23): forward 0.879 ms
-a call against the Triton kernel's 1.146 (cuBLAS's plain matmul: 0.817); backward 1.17-1.22 ms with its tiles
-pinned (128×128, ping-pong; 128×256 without is as fast) against the Triton kernel's 1.211; the MLP's forward +
-backward 5.57 against 5.81 ms; PR #1493's fused set end to end 823.8 against 831.3 ms a step (steps 10-25, one
-machine).
+loop). One H200, PR #1493's micro-batch (262,144 × 512 → 2,048; `benchmarks/fused_mlp_tiles.py --quack`, session 23):
+forward 0.879 ms a call against the Triton kernel's 1.146 (cuBLAS's plain matmul: 0.817); backward 1.17-1.22 ms with
+its tiles pinned (128×128, ping-pong; 128×256 without is as fast) against the Triton kernel's 1.211; the MLP's
+forward + backward 5.57 against 5.81 ms; PR #1493's fused set end to end 823.8 against 831.3 ms a step (steps 10-25,
+one machine). `auto` stays on the Triton kernel: quack's forward is autotuned per exact input shape (its autotuner
+keys on every tensor's shape; 18-34 s on the first call), so test-time training's SGD steps (training mode,
+`plugins/lib/ttt.py`'s `sgd_rows`) would tune again inside the timed evaluation at each row count training never
+ran (a chunk's last, partial batch).
 Training-only, as the record: in eval mode (GPTQ calibration, evaluation) the MLP runs through its `fc`/`proj`
 modules, so forward hooks see the hidden activation.
 """
@@ -57,8 +59,9 @@ BLOCK_M, BLOCK_N, BLOCK_K = 128, 256, 64  # the record's tiles
 class FusedMLPConfig:
     slope: float = field(default=0.5, metadata={"help": "negative slope before squaring (PR #1530: 0.5)"})
     backend: str = field(default="auto", metadata={
-        "help": "auto: for bf16 CUDA tensors quack-kernels' CuTe-DSL GEMM on sm90 where it imports, else the Triton "
-                "kernel where triton imports; otherwise the torch reference; triton / quack / torch force one"})
+        "help": "auto: the Triton kernel for bf16 CUDA tensors when triton imports, else the torch reference; "
+                "triton / quack (quack-kernels' CuTe-DSL GEMM; its forward autotunes per input shape) / torch "
+                "force one"})
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.slope < 1.0:
@@ -265,19 +268,9 @@ if quack_activation is not None:
     register_flop_formula(torch.ops.pgolf_fused_mlp.quack_up_backward)(up_backward_flops)
 
 
-def auto_kernel() -> str:
-    """The kernel `auto` prefers on this machine, decided when the MLP is built (never while traced): quack on
-    sm90 where quack-kernels imports (one H200, PR #1493's fused set, same machine: 823.8 against the Triton
-    kernel's 831.3 ms a step over steps 10-25), else triton."""
-    if quack_activation is not None and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
-        return "quack"
-    return "triton"
-
-
-def kernel_for(x: Tensor, backend: str, auto: str = "triton") -> str:
+def kernel_for(x: Tensor, backend: str) -> str:
     """The path that serves `x`: "triton", "quack" or "torch" (decided from device and dtype: a constant when
-    traced); `auto` is the kernel backend "auto" takes where it can serve `x` (`auto_kernel`); a forced kernel
-    that cannot serve `x` is an error."""
+    traced); a forced kernel that cannot serve `x` is an error."""
     fits = x.is_cuda and x.dtype == torch.bfloat16
     if backend in KERNEL_PACKAGES:
         package, module = KERNEL_PACKAGES[backend]
@@ -286,7 +279,7 @@ def kernel_for(x: Tensor, backend: str, auto: str = "triton") -> str:
         if not fits:
             raise RuntimeError(f"fused_mlp: backend {backend!r} needs bf16 CUDA tensors, got {x.dtype} on {x.device}")
         return backend
-    return auto if backend == "auto" and fits and KERNEL_PACKAGES[auto][1] is not None else "torch"
+    return "triton" if backend == "auto" and triton is not None and fits else "torch"
 
 
 def epilogues(kernel: str) -> tuple[Callable, Callable]:
@@ -318,10 +311,9 @@ class FusedLeakyReLU2Function(torch.autograd.Function):
         return dx, dpre.T @ x2, g.T @ post, None, None
 
 
-def fused_leaky_relu2_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, backend: str = "auto",
-                          auto: str = "triton") -> Tensor:
+def fused_leaky_relu2_mlp(x: Tensor, w1: Tensor, w2: Tensor, slope: float, backend: str = "auto") -> Tensor:
     """proj(leaky_relu(x·W1ᵀ, slope)²) through the fused Function (on the kernel `kernel_for` picks)."""
-    return FusedLeakyReLU2Function.apply(x, w1, w2, slope, kernel_for(x, backend, auto))
+    return FusedLeakyReLU2Function.apply(x, w1, w2, slope, kernel_for(x, backend))
 
 
 def _matmul_dtype(x: Tensor) -> torch.dtype:
@@ -335,17 +327,17 @@ class FusedLeakyReLU2MLP(LeakyReLU2MLP):
 
     def __init__(self, spec, slope: float, backend: str):
         super().__init__(spec, slope)
-        self.backend, self.auto = backend, auto_kernel() if backend == "auto" else "triton"
+        self.backend = backend
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:  # eager, through fc/proj: calibration hooks and TTT see the hidden activation
             return super().forward(x)
         dtype = _matmul_dtype(x)
         return fused_leaky_relu2_mlp(x.to(dtype), self.fc.weight.to(dtype), self.proj.weight.to(dtype), self.slope,
-                                     self.backend, self.auto)
+                                     self.backend)
 
     def extra_repr(self) -> str:
-        return f"slope={self.slope}, backend={self.backend}" + (f" ({self.auto})" if self.backend == "auto" else "")
+        return f"slope={self.slope}, backend={self.backend}"
 
 
 class FusedMLP(Plugin):

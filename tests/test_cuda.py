@@ -191,9 +191,6 @@ def test_fused_mlp_kernel_matches_the_torch_reference_and_compiles(backend):
         torch.testing.assert_close(pre, ref_pre, rtol=1e-2, atol=1e-2)
         torch.testing.assert_close(post, ref_post, rtol=2e-2, atol=2e-2)
         torch.testing.assert_close(dpre, ref_dpre, rtol=2e-2, atol=2e-2)
-    if backend == "quack":  # `auto` takes quack on sm90 where it imports
-        hopper = torch.cuda.get_device_capability()[0] == 9
-        assert fm.kernel_for(x, "auto", fm.auto_kernel()) == ("quack" if hopper else "triton")
     if backend == "quack":  # a width TMA cannot take (rows not 16-byte aligned): the torch reference instead
         xo, w1o = x[:, :90].contiguous(), w1[:, :90].contiguous()
         torch.testing.assert_close(fm._quack_up(xo, w1o, 0.5)[0], fm.up_reference(xo, w1o, 0.5)[0])

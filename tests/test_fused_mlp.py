@@ -200,28 +200,6 @@ def test_bad_settings_are_one_line_errors_naming_the_field():
     assert len(errors) == 2 and "'mlp'" in errors[0] and "conflict" in errors[1]
 
 
-def test_auto_prefers_quack_on_sm90_where_it_imports_decided_when_the_mlp_is_built(monkeypatch):
-    """`auto` takes quack-kernels on sm90 where it imports (measured faster end to end), the Triton kernel on
-    other GPUs or without it, decided once at build; on CPU or fp32 tensors it is the torch reference whatever
-    the preference, and a preferred kernel whose package is missing is never taken."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    for quack, capability, expected in ((object(), (9, 0), "quack"), (object(), (10, 0), "triton"),
-                                        (None, (9, 0), "triton")):
-        monkeypatch.setattr(FM, "quack_activation", quack)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
-        assert FM.auto_kernel() == expected, (quack, capability)
-        _, model = build_tiny(REGISTRY, TINY, ["fused_mlp"])  # through the plugin's build hook: backend auto
-        built = [model.blocks[0].mlp, FM.FusedLeakyReLU2MLP(model.spec, 0.5, "triton")]
-        assert [m.auto for m in built] == [expected, "triton"]
-        assert f"backend=auto ({expected})" in repr(built[0]) and "(triton)" not in repr(built[1])
-    x = torch.zeros(2, 8, dtype=torch.bfloat16)
-    assert FM.kernel_for(x, "auto", "quack") == "torch" == FM.kernel_for(x.float(), "auto", "triton")
-    monkeypatch.setattr(FM, "KERNEL_PACKAGES", {**FM.KERNEL_PACKAGES, "quack": ("quack-kernels", None)})
-    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda t: True))
-    assert FM.kernel_for(x, "auto", "quack") == "torch"  # never a kernel whose package is missing
-    assert FM.kernel_for(x, "auto", "triton") == ("triton" if FM.triton is not None else "torch")
-
-
 def test_flop_formulas_of_the_kernels_count_what_the_reference_epilogues_multiply():
     """`pgolf bench` counts the Triton kernel's custom ops by `up_flops` / `up_backward_flops` (registered where
     triton imports): each equals the FLOPs torch's counter finds in the torch reference of that epilogue."""
