@@ -9,8 +9,9 @@ tiles are the fastest, forward 1.12-1.16 ms and backward 1.17-1.21 ms a call aga
 memory floor of 0.64 ms; two programs an SM (smaller tiles, one's epilogue beside the other's main loop) is no faster
 (forward 1.13-1.15, backward 1.33-1.62). `--quack` adds `backend = "quack"` (quack-kernels' CuTe-DSL GEMM with the
 same two epilogues): each epilogue per call as the plugin runs it (its first call, JIT compile and autotuning
-included, timed apart), the Triton kernel's two at the plugin's tiles in the same process, the backward at pinned
-tile configurations, and the whole MLP's forward + backward on each backend. One H200 (session 22, quack-kernels
+included, timed apart), the Triton kernel's two at the plugin's tiles in the same process, both epilogues at pinned
+tile configurations (`QUACK_TILES`, timed in order and reversed), and the whole MLP's forward + backward on each
+backend. One H200 (session 22, quack-kernels
 0.6.5, nvidia-cutlass-dsl 4.8.1): forward 0.872 ms (autotuned, 32 s first call) against cuBLAS's 0.81; backward, D
 only, autotuned 1.24-1.26 ms, pinned 128×256 without ping-pong 1.154, 128×128 ping-pong 1.156, 128×192 ping-pong
 1.212, the Triton kernel 1.181 in the same process (a backward that also stored leaky(pre)² for dW2, so the forward
@@ -92,8 +93,33 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
 
 
-# (tile_m, tile_n, pingpong) of the quack backward's sweep
-QUACK_BACKWARD_TILES = [(128, 128, True), (128, 256, False), (128, 192, True), (128, 128, False)]
+# (tile_m, tile_n, pingpong) of the quack epilogues' pinned-tile sweeps, forward and backward (cluster_m 2)
+QUACK_TILES = [(128, 128, True), (128, 256, False), (128, 192, True), (128, 128, False), (256, 128, False)]
+
+
+def quack_tile_sweep(x, w1, g, w2, ref_pre, note, slope: float) -> None:
+    """Both epilogues at each pinned tile configuration (no autotuning), timed twice: the list in order, then
+    reversed (the first entry timed read 7-12 % slow in session 23); the faster time is noted."""
+    up, up_backward = FM.quack_epilogues(slope)
+    pre, post, dpre = (torch.empty_like(ref_pre) for _ in range(3))
+    calls = {}
+    for tm, tn, pingpong in QUACK_TILES:
+        cfg = FM.GemmConfig(tile_m=tm, tile_n=tn, pingpong=pingpong, cluster_m=2)
+        tiles = f"{tm}x{tn} pingpong={pingpong}"
+        calls[f"quack fwd {tiles}"] = lambda c=cfg: up(x, w1.T, out={"D": pre, "postact": post}, config=c, tuned=False)
+        calls[f"quack bwd {tiles}"] = lambda c=cfg: up_backward(g, w2, ref_pre, out={"D": dpre}, config=c, tuned=False)
+    times: dict[str, list[float]] = {}
+    for order in (list(calls), list(reversed(calls))):
+        for name in (n for n in order if times.get(n) != []):
+            try:
+                calls[name]()
+                times.setdefault(name, []).append(ms_per_call(calls[name], 50))
+            except Exception as e:  # a configuration the hardware cannot hold
+                print(f"{name}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+                times[name] = []
+    for name, ms in times.items():
+        if ms:
+            note(name, min(ms))
 
 
 def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows, slope: float) -> None:
@@ -115,15 +141,7 @@ def quack_rows(x, w1, g, w2, ref_pre, ref_dpre, note, rows, slope: float) -> Non
         rows[f"{name} max rel err"] = err
         print(f"{name}: first call {rows[f'{name} first call s']} s, max error / max |ref| {err}", flush=True)
         note(name, ms_per_call(call, 50))
-    dpre = torch.empty_like(ref_pre)
-    for tm, tn, pingpong in QUACK_BACKWARD_TILES:
-        cfg = FM.GemmConfig(tile_m=tm, tile_n=tn, pingpong=pingpong, cluster_m=2)
-        call = lambda c=cfg: FM.quack_epilogues(slope)[1](g, w2, ref_pre, out={"D": dpre}, config=c, tuned=False)  # noqa: E731
-        try:
-            call()
-            note(f"quack bwd {tm}x{tn} pingpong={pingpong}", ms_per_call(call, 50))
-        except Exception as e:  # a configuration the hardware cannot hold
-            print(f"quack bwd {tm}x{tn} pingpong={pingpong}: {type(e).__name__}: {str(e)[:100]}", flush=True)
+    quack_tile_sweep(x, w1, g, w2, ref_pre, note, slope)
     for backend in ("triton", "quack"):
         ins = [t.detach().clone().requires_grad_() for t in (x, w1, w2)]
         torch.cuda.synchronize()

@@ -228,3 +228,40 @@ def test_the_tile_benchmark_refuses_a_machine_without_the_kernel():
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_mlp_tiles.py"
     proc = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("fused_mlp_tiles: needs a CUDA GPU")
+
+
+def test_the_quack_tile_sweep_times_each_configuration_in_both_orders_and_notes_the_faster(monkeypatch):
+    """`quack_tile_sweep` (benchmarks/fused_mlp_tiles.py) with quack's epilogues and the clock faked: every forward and
+    backward configuration is called with its own pinned tiles and no autotuning, timed once in the list's order and
+    once reversed (the first-timed entry read slow on the GPU), noted at its faster time; a configuration that raises
+    is reported and not timed again."""
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import fused_mlp_tiles as tiles
+
+    seen = []
+
+    def epilogue(direction):
+        def call(*args, out, config, tuned):
+            assert not tuned and set(out) == ({"D", "postact"} if direction == "fwd" else {"D"})
+            if (config.tile_m, config.tile_n) == (256, 128):
+                raise RuntimeError("too much shared memory")
+            seen.append((direction, config.tile_m, config.tile_n, config.pingpong))
+        return call
+
+    monkeypatch.setattr(tiles.FM, "quack_epilogues", lambda slope: (epilogue("fwd"), epilogue("bwd")), raising=False)
+    monkeypatch.setattr(tiles.FM, "GemmConfig", lambda **kw: SimpleNamespace(**kw), raising=False)
+    clock = iter(range(1000, 0, -1))  # each timing faster than the one before: the second pass wins
+    monkeypatch.setattr(tiles, "ms_per_call", lambda call, iters: (call(), float(next(clock)))[1])
+    noted = {}
+    x = torch.zeros(4, 8)
+    tiles.quack_tile_sweep(x, torch.zeros(16, 8), x, torch.zeros(8, 16), torch.zeros(4, 16),
+                           lambda name, ms: noted.update({name: ms}), 0.5)
+    good = [t for t in tiles.QUACK_TILES if t[:2] != (256, 128)]
+    names = [f"quack {d} {m}x{n} pingpong={p}" for m, n, p in good for d in ("fwd", "bwd")]
+    assert sorted(noted) == sorted(names)
+    assert all(noted[n] < noted[m] for n, m in zip(names, names[1:], strict=False))  # reversed pass: first is fastest
+    assert len(seen) == 2 * 2 * 2 * len(good)  # per pass and configuration: a warm-up call and the timed one
