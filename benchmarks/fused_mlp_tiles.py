@@ -11,13 +11,14 @@ memory floor of 0.64 ms; two programs an SM (smaller tiles, one's epilogue besid
 same two epilogues): each epilogue per call as the plugin runs it (its first call, JIT compile and autotuning
 included, timed apart), the Triton kernel's two at the plugin's tiles in the same process, both epilogues at pinned
 tile configurations (`QUACK_TILES`, timed in order and reversed), and the whole MLP's forward + backward on each
-backend. One H200 (session 22, quack-kernels 0.6.5, nvidia-cutlass-dsl 4.8.1): forward 0.872 ms (autotuned, 32 s first call) against cuBLAS's 0.81; backward, D
-only, autotuned 1.24-1.26 ms, pinned 128×256 without ping-pong 1.154, 128×128 ping-pong 1.156, 128×192 ping-pong
-1.212, the Triton kernel 1.181 in the same process (a backward that also stored leaky(pre)² for dW2, so the forward
-kept pre alone, took 1.35-1.45 ms: whole MLP 5.80 ms against Triton's 5.40). Session 23, two machines: forward
-0.852 / 0.879 (Triton, second: 1.146), whole MLP 5.39 / 5.57 against Triton's 5.43 / 5.81; the sweep's first entry
-read 7-12 % slower than when timed later (128×256 without ping-pong 1.264 first, 1.168 second; 128×128 ping-pong
-1.307 first, 1.161 second), so the two pins are equal within that order effect.
+backend. One H200 (session 22, quack-kernels 0.6.5, nvidia-cutlass-dsl 4.8.1): forward 0.872 ms (autotuned, 32 s
+first call) against cuBLAS's 0.81; backward, D only, autotuned 1.24-1.26 ms, pinned 128×256 without ping-pong 1.154,
+128×128 ping-pong 1.156, 128×192 ping-pong 1.212, the Triton kernel 1.181 in the same process (a backward that also
+stored leaky(pre)² for dW2, so the forward kept pre alone, took 1.35-1.45 ms: whole MLP 5.80 ms against Triton's
+5.40). Session 23, two machines: forward 0.852 / 0.879 (Triton, second: 1.146), whole MLP 5.39 / 5.57 against
+Triton's 5.43 / 5.81; the sweep's first entry read 7-12 % slower than when timed later (128×256 without ping-pong
+1.264 first, 1.168 second; 128×128 ping-pong 1.307 first, 1.161 second), so the two pins are equal within that order
+effect.
 
     python benchmarks/fused_mlp_tiles.py [--tokens 262144] [--hidden 2048] [--slope 0.5] [--json out.json] [--quack]
         [--no-tiles]   (CUDA, sm90+; PR #315's A=2 micro-batch: --tokens 393216 --hidden 1536 --slope 0)
