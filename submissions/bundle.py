@@ -51,6 +51,8 @@ the configuration (a specialised bundle only: `BundleError` otherwise). A record
 - Overrides of more settings (`specialise.fold_sources(switches=True)`): a plugin's zero or empty setting that decides
   a branch (the feature it sizes is off) and `core.eval_compile` (`specialise.RECORD_CORE`) are folded, and a plugin
   setting nothing reads any more, at its default, leaves its settings class (`specialise.unread_fields`).
+Its configured values sit where each setting is declared, as the records' Hyperparameters hold them: the field's
+default in its settings class (`recipe_defaults`), so RECIPE lists the plugins alone (-252 B wrapped on pr1493).
 """
 
 from __future__ import annotations
@@ -626,6 +628,64 @@ def _without_default_fields(cfg: Config, sources: dict[str, str], modules: dict[
     return out
 
 
+def record_recipe(cfg: Config, registry: Registry, sections: Iterable[str]) -> dict[str, Any]:
+    """A record-profile script's recipe before `recipe_defaults`: the plugin list and the changed settings of the
+    `sections` its main builds (`specialise.main_sections`, core first)."""
+    sections = set(sections)
+    recipe = {k: v for k, v in bundle_recipe(cfg).items() if k == "plugins" or k in sections}
+    return without_defaults(recipe, registry)
+
+
+def recipe_defaults(cfg: Config, registry: Registry,
+                    sections: Iterable[str]) -> dict[tuple[str, str], tuple[type, Any]]:
+    """("section", "key") -> (owner class, value) of the `record_recipe` settings a record-profile script writes as
+    their field's default instead of a RECIPE entry (the records' Hyperparameters form: the value sits where the
+    setting is declared; its environment variable still overrides it). A setting stays in RECIPE when its field has a
+    `default_factory`, or when its class (the one that declares the field) also serves another enabled section whose
+    value differs: that section's settings would change with it."""
+    from core.config import CoreConfig
+
+    recipe = record_recipe(cfg, registry, sections)
+    as_json = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - the RECIPE's own conversion
+    users = [(n, s) for n in ("core", *cfg.plugins) if (s := cfg.section(n)) is not None]
+    out: dict[tuple[str, str], tuple[type, Any]] = {}
+    for section, values in recipe.items():
+        cls = CoreConfig if section == "core" else getattr(registry.plugins.get(section), "config", None)
+        if not isinstance(values, dict) or cls is None:
+            continue
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in values.items():
+            if key not in fields or fields[key].default is dataclasses.MISSING:
+                continue
+            owner = next(c for c in cls.__mro__ if key in vars(c).get("__annotations__", {}))
+            shared = [s for n, s in users if n != section and isinstance(s, owner)]
+            if all(as_json(getattr(s, key)) == value for s in shared):
+                out[section, key] = owner, value
+    return out
+
+
+def _with_recipe_defaults(sources: dict[str, str], modules: dict[str, str],
+                          folds: dict[tuple[str, str], tuple[type, Any]]) -> dict[str, str]:
+    """The modules of the config classes of `folds` (`recipe_defaults`) with each folded field's default (`key: T =
+    v`, or `field(default=v, …)`'s keyword) the configured value."""
+    out: dict[str, str] = {}
+    for (section, key), (owner, value) in folds.items():
+        module = modules.get(owner.__module__, owner.__module__)
+        tree = ast.parse(out.get(module, sources.get(module, "")))
+        targets = [s for c in tree.body if isinstance(c, ast.ClassDef) and c.name == owner.__name__ for s in c.body
+                   if isinstance(s, ast.AnnAssign) and ast.unparse(s.target) == key and s.value is not None]
+        if len(targets) != 1:
+            raise BundleError(f"setting {section}.{key}: no single field {key!r} with a default in class "
+                              f"{owner.__name__} of module {module}")
+        default = next((k for k in getattr(targets[0].value, "keywords", ()) if k.arg == "default"), None)
+        if default is not None:
+            default.value = ast.Constant(value)
+        else:
+            targets[0].value = ast.Constant(value)
+        out[module] = ast.unparse(tree) + "\n"
+    return out
+
+
 # `_embedded`'s recent results by the digest of what they were made from, oldest first.
 _EMBEDDED: dict[str, tuple[dict[str, str], str]] = {}
 CACHED_BUNDLES = 64  # entries `bundle_cache_dir` keeps, newest first
@@ -756,7 +816,10 @@ def _embed(cfg: Config, registry: Registry, sources: dict[str, str], plugin_modu
         sources = minified(sources, roots=roots, scanned=scanned, loader=loader)
         if record:  # settings nothing reads any more, at their defaults: out of their class (and config.json)
             unread = specialise.unread_fields(cfg, sources, specialise.main_sections(loader)[1:])
-            sources.update(_without_default_fields(cfg, sources, _bundled_modules(registry, cfg), unread))
+            modules = _bundled_modules(registry, cfg)
+            sources.update(_without_default_fields(cfg, sources, modules, unread))
+            folds = recipe_defaults(cfg, registry, specialise.main_sections(loader))
+            sources.update(_with_recipe_defaults(sources, modules, folds))  # RECIPE's values, where they are declared
             loader = specialise.prune_fixed(sources, loader)
         keep = frozenset() if record else frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
         sources, loader = _renamed_globals(tuple(sources.items()), loader, keep)
@@ -805,10 +868,13 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     sources, loader = _embedded(cfg, registry, strip, minify, profile)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
     recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
-    if profile == "record":  # the sections its main reads (`specialise.record_sections`), no source name
-        recipe = {k: v for k, v in recipe.items() if k == "plugins" or k in specialise.main_sections(loader)}
     if minify:
         recipe = without_defaults(recipe, registry)
+    if profile == "record":  # the sections its main reads, no source name, less the values its classes declare
+        sections = specialise.main_sections(loader)
+        folds = recipe_defaults(cfg, registry, sections)
+        recipe = {s: v if s == "plugins" else kept for s, v in record_recipe(cfg, registry, sections).items()
+                  if s == "plugins" or (kept := {k: x for k, x in v.items() if (s, k) not in folds})}
     recipe_text = repr(recipe) if minify else pprint.pformat(recipe, width=110, sort_dicts=False)
     if ast.literal_eval(recipe_text) != recipe:
         raise BundleError("the configuration has values that are not Python literals")

@@ -147,6 +147,10 @@ def _readme(title: str, runs: list[FinishedRun], registry: Registry, cfg: Any, s
     model = (f"{core.num_layers} layers × {core.model_dim}, {core.num_heads} heads ({core.num_kv_heads} KV), "
              f"MLP ×{core.mlp_mult}, vocab {core.vocab_size}, train_seq_len {core.train_seq_len}, "
              f"{core.train_batch_tokens:,} tokens/step, wall-clock cap {core.max_wallclock_seconds:g} s")
+    record = getattr(cfg.plugin_configs.get("code_wrapper"), "profile", "full") == "record"
+    settings = ("Every setting is in `train_gpt.py`, in its settings classes (`RECIPE` at the top lists the "
+                "plugins); environment variables override them." if record else
+                "Every setting is in `RECIPE` at the top of `train_gpt.py`.")
     data = (f"DATA_PATH=./data/datasets/fineweb10B_sp{core.vocab_size} "
             f"TOKENIZER_PATH=./data/tokenizers/fineweb_{core.vocab_size}_bpe.model")
     return f"""# {title}
@@ -161,7 +165,7 @@ total bytes {sub['bytes_total']:,} (code {sub['bytes_code']:,}) · track `{sub['
 |---|---|---|
 {chr(10).join(rows) or "| (none) | the baseline | openai/parameter-golf |"}
 
-Model: {model}. Every setting is in `RECIPE` at the top of `train_gpt.py`.
+Model: {model}. {settings}
 
 ## Results
 | seed | val_loss | val_bpb | total bytes | log |

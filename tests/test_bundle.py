@@ -27,6 +27,7 @@ from submissions.bundle import (
     embedded_modules,
     imports_of,
     module_closure,
+    recipe_defaults,
     script_bytes,
     strip_source,
 )
@@ -774,8 +775,9 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 # as above; ratchet it down too: 25,782 measured (full 30,590); latin1 21,323 (full 25,197). Session 21 raised both
 # once, on purpose: the shuffled loader's in-place rows took 25 B off, the trainer's batch prefetch added 137 (1 %
 # of a step that follows a synchronisation, PR #1493 on one H200). Session 23: unused literal arithmetic and type
-# aliases with unions leave the script (-90).
-PR1493_RECORD_WRAPPED_CEILING = 25_782
+# aliases with unions leave the script (-90). Session 24: RECIPE's values are the settings classes' defaults (-252;
+# latin1 21,079).
+PR1493_RECORD_WRAPPED_CEILING = 25_530
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
@@ -810,6 +812,36 @@ def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratchet
     script.write_text(bundle(chosen, reg, wrap=False))
     (config,) = _record_main_configs(script, [([], {})])
     assert config["code_wrapper"] == {"profile": "record"} and config["gptq"]["clip"] == "sdclip"
+
+
+def test_record_profile_writes_recipe_values_as_their_class_defaults(tmp_path):
+    """A record-profile script declares each configured value where its setting is declared (the records'
+    Hyperparameters form): RECIPE keeps the plugin list alone, the class builds the values, and the environment
+    variable still overrides them. A class that also serves another enabled section with another value keeps
+    that setting in RECIPE (the other section would change with it)."""
+    from core.config import Config
+    from plugins.gptq import GPTQConfig
+    from plugins.lib.quant import MixedBitsConfig
+    from plugins.sdclip import SDClipConfig
+
+    reg, cfg = _pr1493(["core.val_max_tokens=4096", "gptq.attn_bits=5"])
+    text = bundle(cfg, reg, wrap=False, profile="record")
+    recipe = ast.literal_eval(next(line for line in text.splitlines() if line.startswith("RECIPE = "))[9:])
+    assert recipe == {"plugins": cfg.plugins}
+    assert "val_max_tokens:0=field(default=4096," in text and "attn_bits:0=5;" in text  # `field(default=…)` too
+    script = tmp_path / "train_gpt.py"
+    script.write_text(text)
+    plain, over = _record_main_configs(script, [([], {}), ([], {"PGOLF_VAL_MAX_TOKENS": "8", "GPTQ_ATTN_BITS": "4"})])
+    assert (plain["core"]["val_max_tokens"], plain["gptq"]["attn_bits"], plain["gptq"]["clip"]) == (4096, 5, "sdclip")
+    assert plain["core"]["data_path"] == "./data/datasets/fineweb10B_sp8192" and plain["ema"]["decay"] == 0.9965
+    assert (over["core"]["val_max_tokens"], over["gptq"]["attn_bits"]) == (8, 4)
+    sections = ["core", "gptq"]
+    assert recipe_defaults(cfg, reg, sections)["gptq", "attn_bits"] == (MixedBitsConfig, 5)
+    shared = Config(cfg.core, [*cfg.plugins, "sdclip"], {**cfg.plugin_configs, "sdclip": SDClipConfig()})
+    folds = recipe_defaults(shared, reg, sections)
+    assert ("gptq", "attn_bits") not in folds and folds["gptq", "clip"] == (GPTQConfig, "sdclip")
+    agreeing = Config(cfg.core, shared.plugins, {**shared.plugin_configs, "sdclip": SDClipConfig(attn_bits=5)})
+    assert ("gptq", "attn_bits") in recipe_defaults(agreeing, reg, sections)
 
 
 def _record_main_configs(script: Path, runs: list[tuple[list[str], dict[str, str]]]) -> list[dict]:
