@@ -392,14 +392,24 @@ def _params_renamable(fn: ast.AST) -> bool:
         [d.value for d in fn.decorator_list if isinstance(d, ast.Attribute)])
 
 
+def _receiver(method: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """The parameter a method's calls bind by position to the instance or class (`self`, `cls`): its first positional
+    one, unless it is a staticmethod (`__new__` is one, called with the class first all the same)."""
+    if "staticmethod" in names_in(method.decorator_list) and method.name != "__new__":
+        return None
+    first = [*method.args.posonlyargs, *method.args.args][:1]
+    return first[0].arg if first else None
+
+
 def renamable_locals(fn: ast.FunctionDef | ast.AsyncFunctionDef, fixed: set[str] | None = None,
-                     own_params: bool = False) -> set[str]:
+                     own_params: bool = False, receiver: str | None = None) -> set[str]:
     """Names bound inside `fn` (its nested functions, lambdas and comprehensions included) that can take another
     name everywhere in `fn` without changing what any occurrence refers to: no `global`, not bound by a dotted
     import, every occurrence resolving to a binding inside `fn`. Parameters only with `fixed` (the names any
     caller may pass by keyword: those stay), of the nested scopes whose callers are the bundle's
     (`_params_renamable`) and of `fn` itself when `own_params`. Empty when a class is defined inside or names
-    are accessed dynamically (`locals()`, `eval` …)."""
+    are accessed dynamically (`locals()`, `eval` …). `receiver`: a method's first parameter (`self`, `cls`), which
+    Python binds by position on every call, so it is renamable whoever the callers are."""
     bound: dict[int, set[str]] = {}
     unsafe: set[str] = set()
     uses: list[tuple[str, list[int]]] = []
@@ -409,11 +419,13 @@ def renamable_locals(fn: ast.FunctionDef | ast.AsyncFunctionDef, fixed: set[str]
         names = bound.setdefault(id(scope), set())
         if not isinstance(scope, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
             params = _params(scope.args)
+            free = {receiver} & params if scope is fn else set()
+            names.update(free)
             if fixed is not None and (own_params if scope is fn else _params_renamable(scope)):
                 names.update(params - fixed)
-                unsafe.update(params & fixed)
+                unsafe.update((params & fixed) - free)
             else:
-                unsafe.update(params)
+                unsafe.update(params - free)
         for node in _own_nodes(scope):
             if isinstance(node, ast.ClassDef):
                 return False
@@ -516,15 +528,16 @@ def rename_locals(source: str, fixed: set[str] | None = None, external: Collecti
 
     for fn, cls in outermost(tree.body):
         own = fixed is not None and cls not in external and _params_renamable(fn)
-        local = renamable_locals(fn, fixed, own_params=own)
+        first = _receiver(fn) if cls else None
+        local = renamable_locals(fn, fixed, own_params=own, receiver=first)
         if not local:
             continue
         counts = dict.fromkeys(local, 0)
         for node in ast.walk(fn):
             if isinstance(node, ast.Name) and node.id in counts:
                 counts[node.id] += 1
-        fresh = short_names(taken)
-        mapping = {n: next(fresh) for n in sorted(local, key=lambda n: (-counts[n], n))}
+        fresh = short_names(taken)  # the receiver first: every method's the same short name, which compresses better
+        mapping = {n: next(fresh) for n in sorted(local, key=lambda n: (n != first, -counts[n], n))}
         renamer = _Renamer(mapping)
         fn.body = [renamer.visit(stmt) for stmt in fn.body]
         a = fn.args
