@@ -339,6 +339,36 @@ def test_lzma_wrapper_is_decoded_without_exec(tmp_path: Path) -> None:
     assert [f.status for f in code] == ["warn"] and "helper_mod.py" in code[0].message  # helper not counted
 
 
+@pytest.mark.parametrize("linked", ["train_gpt.py", "train_seed1337.log", "submission.json", "README.md",
+                                    "helper.py", "requirements.txt"])
+def test_a_shipped_file_that_is_a_symbolic_link_fails(tmp_path: Path, linked: str) -> None:
+    """Git stores a link as its target's path: what the validator (and the run) read through it is not what a PR
+    ships. Code, JSON, README, requirements and logs must be files (FILES.REQUIRED); a dangling link too."""
+    folder = make_folder(tmp_path)
+    target = tmp_path / "outside" / linked
+    target.parent.mkdir()
+    if (folder / linked).exists():
+        (folder / linked).rename(target)
+    else:
+        target.write_text("x = 1\n")
+    (folder / linked).symlink_to(target)
+    findings = validate_folder(folder, sota=1.1)
+    assert [f.file for f in findings if f.rule == "FILES.REQUIRED" and f.status == "fail"] == [linked]
+    assert has_errors(findings)
+    target.unlink()  # dangling: still the link a PR would ship
+    assert "fail" in statuses(validate_folder(folder, sota=1.1), "FILES.REQUIRED")
+
+
+def test_another_symbolic_link_is_a_warning_naming_where_it_points(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path)
+    (tmp_path / "weights.bin").write_bytes(b"\0" * 100)
+    (folder / "weights.bin").symlink_to(tmp_path / "weights.bin")
+    (folder / "root").symlink_to("/")
+    found = {f.file: f.message for f in validate_folder(folder, sota=1.1) if f.rule == "COMPUTE.EXTERNAL"}
+    assert set(found) == {"weights.bin", "root"} and all("outside the folder" in m for m in found.values())
+    assert "fail" not in statuses(validate_folder(folder, sota=1.1), "FILES.REQUIRED")
+
+
 def test_latin1_wrapper_is_read_in_the_encoding_it_declares(tmp_path: Path) -> None:
     """code_wrapper's latin-1 form holds payload bytes a UTF-8 read would replace: the validator reads the file as
     its PEP 263 line says, so the static rules see the real code (its import) and the shipped size is its bytes."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 import ast
 import re
 import sys
+from pathlib import Path
 
-from validator.logs import find_logs
+from validator.logs import find_logs, is_log_file
 from validator.rules.base import ERROR, FAIL, INFO, PASS, RUN_DIR_FILES, SKIP, WARN, Finding, FolderContext, Rule
 
 BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
                  "datasets", "tiktoken", "sentencepiece"}
 NAME_RX = re.compile(r"^\d{4}-\d{2}-\d{2}_[A-Za-z0-9._+-]+$")
+# What a PR's review reads as the submission itself: code, JSON, logs, README and requirements (`shipped_kind`).
+SHIPPED_SUFFIXES = {".py", ".json", ".md"}
 
 
 def imported_modules(tree: ast.AST) -> set[str]:
@@ -57,7 +60,21 @@ def check_required(ctx: FolderContext) -> list[Finding]:
             out.append(r.finding(WARN, "imports packages outside the base image but ships no requirements.txt",
                                  severity=WARN, file="train_gpt.py", expected="requirements.txt", found=extra,
                                  style=True))
+    for link in (p for p in linked_files(ctx.root) if shipped_kind(p)):
+        out.append(r.finding(FAIL, f"{link} is a symbolic link: a PR ships the link, not the bytes the validator and "
+                             "the run read through it (commit the file itself)", file=str(link)))
     return out or [r.finding(PASS, "README.md, submission.json, train_gpt.py and logs present")]
+
+
+def shipped_kind(rel: Path) -> bool:
+    """Whether the folder's file `rel` is part of what a review reads (code, JSON, README, requirements, logs)."""
+    return rel.suffix.lower() in SHIPPED_SUFFIXES or is_log_file(rel) or rel.name.lower() == "requirements.txt"
+
+
+def linked_files(root: Path) -> list[Path]:
+    """The symbolic links under `root` (relative, sorted; dangling ones too): git stores a link as its target's
+    path, so what the folder reads through it is not what a PR ships."""
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_symlink())
 
 
 def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
@@ -106,7 +123,8 @@ def check_name(ctx: FolderContext) -> list[Finding]:
 
 
 RULES = [
-    Rule("FILES.REQUIRED", "README.md, submission.json, train log(s), train_gpt.py (+ requirements.txt)",
+    Rule("FILES.REQUIRED", "README.md, submission.json, train log(s), train_gpt.py (+ requirements.txt): files, "
+         "not links",
          "README 'Submission Process' items 1-4; FAQ 'Can I import XYZ?'", ERROR, check_required,
          lower="no requirements.txt for non-base imports, submission_<variant>.json: style (WARN; ERROR with "
                "--strict)"),

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.layout import linked_files, shipped_kind
 
 GPU = re.compile(r"NVIDIA (?:GeForce )?((?:GH200|H100|H200|A100|A10G?|L40S?|L4|B200|V100|T4|RTX ?[A-Z]?\d{4})"
                  r"(?:[ -](?:80GB|40GB|SXM\d?|PCIe|NVL|HBM3e?|\d+GB|Ti))*)")
@@ -180,6 +181,11 @@ def check_external_compute(ctx: FolderContext) -> list[Finding]:
             out.append(r.finding(WARN, f"{rel} is a {p.stat().st_size:,}-byte binary: anything the run loads must be "
                                  "built inside the 10 minutes (or counted as artifact bytes)", severity=WARN,
                                  file=str(rel)))
+    for link in (p for p in linked_files(ctx.root) if not shipped_kind(p)):  # those FILES.REQUIRED fails
+        target = (ctx.root / link).resolve()
+        where = "outside the folder" if not target.is_relative_to(ctx.root.resolve()) else "inside the folder"
+        out.append(r.finding(WARN, f"{link} is a symbolic link to {where} ({target}): a PR ships the link, not what "
+                             "the run read through it", severity=WARN, file=str(link)))
     if ctx.script_source is not None:
         for no, line in enumerate(ctx.script_source[0].splitlines(), start=1):
             m = ABS_LOAD.search(line)
