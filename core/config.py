@@ -142,7 +142,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
             if text.startswith("["):
                 try:
                     value = json.loads(text)
-                except json.JSONDecodeError as exc:
+                except (ValueError, RecursionError) as exc:  # any text json refuses (a huge integer, deep nesting)
                     raise ValueError(f"{where}: expected a list, got {value!r}") from exc
             else:
                 value = [v.strip() for v in text.split(",") if v.strip()]
@@ -180,8 +180,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError([f"recipe {p}: file not found (expected a TOML recipe, e.g. recipes/baseline.toml)"])
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"recipe {p}: invalid TOML: {exc}"]) from exc
+    except (ValueError, RecursionError) as exc:  # TOML or UTF-8 errors, a huge integer, nesting past the stack
+        raise ConfigError([f"recipe {p}: invalid TOML: {exc}"]) from None
 
 
 def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | Path | Mapping[str, Any] | None = None,

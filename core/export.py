@@ -279,7 +279,7 @@ def parse_header(blob: bytes, where: str = "artifact") -> tuple[dict[str, Any], 
         raise ArtifactError(f"{where}: truncated header ({len(blob) - start} of {hlen} header bytes)")
     try:
         header = json.loads(blob[start:start + hlen].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a huge integer, nesting past the stack
         raise ArtifactError(f"{where}: corrupt header ({exc})") from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT_VERSION:
         raise ArtifactError(f"{where}: corrupt header (no format {FORMAT_VERSION} object)")

@@ -283,8 +283,9 @@ def _iter_jsonl(path: Path) -> Iterator[str]:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            except (ValueError, RecursionError) as e:  # also a huge integer, or nesting past the recursion limit
+                why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+                raise DataError(f"{path}:{lineno}: not valid JSON ({why})") from None
             if not isinstance(obj, dict) or "text" not in obj:
                 found = f"keys {sorted(obj)[:5]}" if isinstance(obj, dict) else type(obj).__name__
                 raise DataError(f"{path}:{lineno}: expected an object with a \"text\" field, found {found}")

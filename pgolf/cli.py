@@ -18,6 +18,7 @@ from pathlib import Path
 from core.config import Config, ConfigError, resolve
 from core.registry import PluginError, Registry
 from plugins.lib.loading import describe, load_registry
+from validator.untrusted_json import JSON_ERRORS
 
 # The demo is bounded by steps, not by the wall clock (max_wallclock_seconds=0, deterministic): its result
 # is the same on a busy machine, only slower.
@@ -351,8 +352,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
         try:
             args.recipe = {**json.loads(cfg_path.read_text(encoding="utf-8"))["config"], "source": str(cfg_path)}
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({exc})") from exc
+        except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
+            raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({exc})") from None
     cfg, registry = load_config(args)
     out = Path(args.out)
     if out.is_dir():

@@ -12,6 +12,7 @@ from core.run import Run
 from core.scoring import EvalResult, evaluate, prepare_eval
 from core.train import set_modes
 from plugins.lib.decoders import read_artifact
+from validator.untrusted_json import JSON_ERRORS
 
 
 def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
@@ -26,8 +27,8 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
         raise ConfigError([f"{cfg_path}: not found (pgolf eval needs the run's config.json beside the artifact)"])
     try:
         recipe = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ConfigError([f"{cfg_path}: not a pgolf config.json ({exc})"]) from exc
+    except (*JSON_ERRORS, KeyError, TypeError) as exc:
+        raise ConfigError([f"{cfg_path}: not a pgolf config.json ({exc})"]) from None
     for key in ("run_id", "out_dir"):
         recipe.get("core", {}).pop(key, None)
     recipe["source"] = str(cfg_path)

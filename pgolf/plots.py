@@ -10,6 +10,8 @@ import os
 import re
 from pathlib import Path
 
+from validator.untrusted_json import JSON_ERRORS
+
 MISSING = "loss curve skipped: matplotlib is not installed (pip install 'pgolf[plot]')"
 
 
@@ -28,7 +30,7 @@ def read_curves(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int,
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             e = json.loads(line)
-        except json.JSONDecodeError:
+        except JSON_ERRORS:
             continue
         if e.get("event") == "step" and isinstance(e.get("train_loss"), (int, float)):
             train.append((int(e["step"]), float(e["train_loss"])))

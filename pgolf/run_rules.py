@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from validator.rules.base import ERROR, FAIL, PASS, SKIP, WARN, FolderContext, Rule
+from validator.untrusted_json import JSON_ERRORS
 
 MAGIC = b"PGOLF\x00"
 PREFIX = struct.Struct("<HI")
@@ -45,7 +46,7 @@ def _json(path: Path) -> tuple[Any, str | None]:
 
     try:
         return json.loads(path.read_text(encoding="utf-8"), parse_constant=bad), None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, *JSON_ERRORS) as exc:
         return None, str(exc)
 
 
@@ -129,7 +130,7 @@ def check_artifact(ctx: FolderContext) -> list[Any]:
     try:
         header = json.loads(blob[start:start + hlen].decode("utf-8"))
         want = int(header["payload_bytes"])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+    except (*JSON_ERRORS, KeyError, TypeError):
         return [r.finding(FAIL, "truncated or corrupt header", file=path.name)]
     payload = blob[start + hlen:]
     if len(payload) != want:

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from validator.untrusted_json import JSON_ERRORS
+
 if TYPE_CHECKING:  # torch and the export module load only when a command needs them (fast --help)
     from core import export as ex
 
@@ -92,8 +94,8 @@ def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
     if metrics.is_file():
         try:
             value = json.loads(metrics.read_text()).get("code_bytes")
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise ValueError(f"{metrics}: not valid metrics JSON ({exc})") from exc
+        except (*JSON_ERRORS, AttributeError) as exc:
+            raise ValueError(f"{metrics}: not valid metrics JSON ({exc})") from None
         code_bytes = int(value) if isinstance(value, int) else None
     report = artifact_summary(artifact, code_bytes or 0, estimate)
     report.update(code_bytes=code_bytes, code_source=f"{metrics.name} code_bytes")

@@ -24,6 +24,7 @@ from typing import Any
 from core.config import ConfigError, resolve
 from core.registry import Registry
 from submissions.bundle import PER_RUN_KEYS, bundle_with_requirements, script_bytes
+from validator.untrusted_json import JSON_ERRORS
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
 # The records folder of each track (the challenge repository's layout); `pgolf record` writes under it.
@@ -64,12 +65,12 @@ def load_finished_run(path: Path) -> FinishedRun:
         raise RecordError(f"{path}: not a finished pgolf run (missing {', '.join(missing)})")
     try:
         recipe = json.loads(_read(path / "config.json"))["config"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise RecordError(f"{path}/config.json: not a pgolf config.json ({exc})") from exc
+    except (*JSON_ERRORS, KeyError, TypeError) as exc:
+        raise RecordError(f"{path}/config.json: not a pgolf config.json ({exc})") from None
     try:
         metrics = json.loads(_read(path / "metrics.json"), parse_constant=_no_constant)
-    except (json.JSONDecodeError, ValueError) as exc:
-        raise RecordError(f"{path}/metrics.json: not valid JSON ({exc})") from exc
+    except JSON_ERRORS as exc:
+        raise RecordError(f"{path}/metrics.json: not valid JSON ({exc})") from None
     for key in ("val_bpb", "val_loss", "total_bytes", "code_bytes"):
         if key not in metrics:
             raise RecordError(f"{path}/metrics.json: field {key!r} missing (the run did not finish its export)")
@@ -77,8 +78,8 @@ def load_finished_run(path: Path) -> FinishedRun:
     if status.is_file():
         try:
             state = json.loads(_read(status)).get("status")
-        except (json.JSONDecodeError, AttributeError) as exc:
-            raise RecordError(f"{status}: not valid JSON ({exc})") from exc
+        except (*JSON_ERRORS, AttributeError) as exc:
+            raise RecordError(f"{status}: not valid JSON ({exc})") from None
         if state != "finished":
             raise RecordError(f"{status}: the run is {state!r}, not finished")
     log = _read(path / "train.log")
@@ -100,7 +101,7 @@ def track_of(run_dirs: list[Path]) -> str:
         try:
             core = json.loads(_read(path / "config.json"))["config"]["core"]
             start = _start(path)
-        except (RecordError, json.JSONDecodeError, KeyError, TypeError):
+        except (RecordError, *JSON_ERRORS, KeyError, TypeError):
             return "non-record"
         cap = float(core.get("max_wallclock_seconds", 0) or 0)
         if (start.get("world_size") != RECORD_GPUS or not str(start.get("device", "")).startswith("cuda")

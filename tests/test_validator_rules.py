@@ -250,7 +250,7 @@ def test_crashing_rule_becomes_skip(tmp_path: Path) -> None:
 def make_run_dir(root: Path, total: int = 15_000_000, total_key: str = "total_bytes") -> Path:
     run = root / "runs" / "r1"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"core": {"seed": 1337}}))
+    (run / "config.json").write_text(json.dumps({"config": {"core": {"seed": 1337}}}))
     events = [
         {"event": "start", "params": 10},
         {"event": "step", "step": 10, "train_loss": 3.0, "train_time_ms": 1000.0},

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from plugins.lib.loading import import_path, load_registry
+from validator.untrusted_json import JSON_ERRORS
 
 BOS = 1
 ISOLATION_ATTRS = ("doc_isolation", "document_isolation", "isolate_documents", "doc_isolated")
@@ -862,7 +863,7 @@ def run_dir_recipe(run_dir: Path) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     try:
         data = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
         raise ValueError(f"{cfg_path}: not a pgolf config.json ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{cfg_path}: 'config' is not an object")

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from validator.untrusted_json import JSON_ERRORS
+
 TS_PREFIX = re.compile(r"^\d{10}\.\d{3} ")
 E1 = re.compile(
     r"^(?P<label>[A-Za-z][\w\-. ]*?(?: sliding)?)\s+val_loss[:=]\s*(?P<loss>[0-9.]+)\s+"
@@ -311,8 +313,8 @@ def parse_events(text: str, path: Path | str = "events.jsonl", seed: int | None 
             continue
         try:
             ev: dict[str, Any] = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{no}: not a JSON object: {exc}") from exc
+        except JSON_ERRORS as exc:
+            raise ValueError(f"{path}:{no}: not a JSON object: {exc}") from None
         kind = ev.get("event")
         if kind == "start":
             if "world_size" in ev:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from validator.logs import LogRecord, parse_events, parse_folder, parse_text, scoring_logs
+from validator.untrusted_json import JSON_ERRORS
 
 CAP = 16_000_000
 TRAIN_CAP_MS = 600_000.0
@@ -198,7 +199,7 @@ class FolderContext:
             return None
         try:
             data = json.loads(self.submission_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except JSON_ERRORS as exc:
             self.__dict__["_sub_err"] = str(exc)
             return None
         return data if isinstance(data, dict) else None
@@ -211,7 +212,7 @@ class FolderContext:
             try:
                 cfg = json.loads((self.root / "config.json").read_text())
                 seed = _find_key(cfg, "seed")
-            except (json.JSONDecodeError, OSError):
+            except (*JSON_ERRORS, OSError):
                 pass
             seed = int(seed) if isinstance(seed, (int, float)) else None
             if not (self.root / "events.jsonl").is_file():  # a record-profile script's run: its train.log

@@ -6,6 +6,7 @@ from statistics import mean
 from typing import Any
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule, close_to_claim
+from validator.untrusted_json import JSON_ERRORS
 
 SEED_TOL = 5e-4
 
@@ -74,7 +75,7 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
         mp = ctx.root / "metrics.json"
         try:
             metrics = json.loads(mp.read_text()) if mp.is_file() else {}
-        except json.JSONDecodeError:
+        except JSON_ERRORS:
             return [r.finding(FAIL, "metrics.json is not valid JSON", file="metrics.json")]
         fin = finals[-1][1]
         mb = metrics.get("val_bpb")
