@@ -1,10 +1,10 @@
 """Threat class: a JSON file that Python's parser refuses without raising json.JSONDecodeError.
 
 A run directory's config.json, metrics.json, status.json and events.jsonl, a records folder's submission.json, a
-JSONL corpus, an artifact's header, a `--set` list and a recipe's TOML are written by users and submissions. Besides malformed text
-the parser raises ValueError on an integer over 4,300 digits, and RecursionError on nesting deeper than the stack.
-Before `validator.untrusted_json`, both escaped as tracebacks or as "rule crashed". Every entry point now answers
-each kind with its one-line error or a failed rule that names the file."""
+JSONL corpus, an artifact's header, a `--set` list and a recipe's TOML are written by users and submissions. Besides
+malformed text the parser raises ValueError on an integer over 4,300 digits, and RecursionError on nesting deeper
+than the stack. Before `validator.untrusted_json`, both escaped as tracebacks or as "rule crashed". Every entry point
+now answers each kind with its one-line error or a failed rule that names the file."""
 
 from __future__ import annotations
 
