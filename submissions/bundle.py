@@ -637,15 +637,15 @@ def record_recipe(cfg: Config, registry: Registry, sections: Iterable[str]) -> d
 
 
 def recipe_defaults(cfg: Config, registry: Registry,
-                    sections: Iterable[str]) -> dict[tuple[str, str], tuple[type, Any]]:
-    """("section", "key") -> (owner class, value) of the `record_recipe` settings a record-profile script writes as
+                    recipe: dict[str, Any]) -> dict[tuple[str, str], tuple[type, Any]]:
+    """("section", "key") -> (owner class, value) of the settings of `recipe` (a `record_recipe`) a record-profile
+    script writes as
     their field's default instead of a RECIPE entry (the records' Hyperparameters form: the value sits where the
     setting is declared; its environment variable still overrides it). A setting stays in RECIPE when its field has a
     `default_factory`, or when its class (the one that declares the field) also serves another enabled section whose
     value differs: that section's settings would change with it."""
     from core.config import CoreConfig
 
-    recipe = record_recipe(cfg, registry, sections)
     as_json = lambda v: json.loads(json.dumps(v, default=str))  # noqa: E731 - the RECIPE's own conversion
     users = [(n, s) for n in ("core", *cfg.plugins) if (s := cfg.section(n)) is not None]
     out: dict[tuple[str, str], tuple[type, Any]] = {}
@@ -818,7 +818,7 @@ def _embed(cfg: Config, registry: Registry, sources: dict[str, str], plugin_modu
             unread = specialise.unread_fields(cfg, sources, specialise.main_sections(loader)[1:])
             modules = _bundled_modules(registry, cfg)
             sources.update(_without_default_fields(cfg, sources, modules, unread))
-            folds = recipe_defaults(cfg, registry, specialise.main_sections(loader))
+            folds = recipe_defaults(cfg, registry, record_recipe(cfg, registry, specialise.main_sections(loader)))
             sources.update(_with_recipe_defaults(sources, modules, folds))  # RECIPE's values, where they are declared
             loader = specialise.prune_fixed(sources, loader)
         keep = frozenset() if record else frozenset({"BUNDLED", *specialise.config_class_names(cfg, registry)})
@@ -867,14 +867,14 @@ def bundle(cfg: Config, registry: Registry, strip: bool = True, wrap: bool = Tru
     profile = bundle_profile(cfg, profile)
     sources, loader = _embedded(cfg, registry, strip, minify, profile)
     packages = sorted(n for n in sources if any(m.startswith(n + ".") for m in sources))
-    recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
-    if minify:
-        recipe = without_defaults(recipe, registry)
     if profile == "record":  # the sections its main reads, no source name, less the values its classes declare
-        sections = specialise.main_sections(loader)
-        folds = recipe_defaults(cfg, registry, sections)
-        recipe = {s: v if s == "plugins" else kept for s, v in record_recipe(cfg, registry, sections).items()
+        recipe = record_recipe(cfg, registry, specialise.main_sections(loader))
+        folds = recipe_defaults(cfg, registry, recipe)
+        recipe = {s: v if s == "plugins" else kept for s, v in recipe.items()
                   if s == "plugins" or (kept := {k: x for k, x in v.items() if (s, k) not in folds})}
+    else:
+        recipe = {**bundle_recipe(cfg), "source": "train_gpt.py RECIPE"}
+        recipe = without_defaults(recipe, registry) if minify else recipe
     recipe_text = repr(recipe) if minify else pprint.pformat(recipe, width=110, sort_dicts=False)
     if ast.literal_eval(recipe_text) != recipe:
         raise BundleError("the configuration has values that are not Python literals")
