@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from validator.rules.base import ERROR, FAIL, PASS, SKIP, WARN, FolderContext, Rule
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, parse_json
 
 MAGIC = b"PGOLF\x00"
 PREFIX = struct.Struct("<HI")
@@ -45,7 +45,7 @@ def _json(path: Path) -> tuple[Any, str | None]:
         raise ValueError(f"non-finite value {name}")
 
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=bad), None
+        return parse_json(path.read_text(encoding="utf-8"), parse_constant=bad), None
     except (OSError, *JSON_ERRORS) as exc:
         return None, str(exc)
 

@@ -27,6 +27,8 @@ BAD = {  # what each kind of text does to json.loads
     "huge_int": '{"config": {"x": ' + "9" * 5_000 + "}}",  # ValueError: over sys.get_int_max_str_digits()
     "malformed": '{"config": ',  # json.JSONDecodeError
 }
+# What the validator refuses besides: a key named twice (Python keeps the last value, another reader the first).
+AMBIGUOUS = {**BAD, "duplicate_key": '{"config": {"core": {}}, "config": {"core": {}}, "status": "finished"}'}
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +53,10 @@ def _one_line_error(capsys, code: int, name: str) -> None:
     assert code == 2 and len(err) == 1 and name in err[0] and "Traceback" not in err[0], err
 
 
-@pytest.mark.parametrize("kind", sorted(BAD))
+@pytest.mark.parametrize("kind", sorted(AMBIGUOUS))
 @pytest.mark.parametrize("name", ["config.json", "metrics.json", "status.json", "events.jsonl"])
 def test_validate_fails_a_run_directory_whose_json_the_parser_refuses(finished_run, tmp_path, name, kind):
-    run = _corrupt(finished_run, tmp_path, name, BAD[kind])
+    run = _corrupt(finished_run, tmp_path, name, AMBIGUOUS[kind])
     try:
         findings = validate_folder(run, extra_rules=RUN_RULES)
     except ValueError as exc:  # the logs cannot be parsed at all: `pgolf validate` prints this one line
@@ -76,12 +78,12 @@ def test_every_command_reading_a_run_answers_a_refused_json_with_one_line(finish
     _one_line_error(capsys, cli_main(["size", str(run)]), "metrics.json")
 
 
-@pytest.mark.parametrize("kind", sorted(BAD))
+@pytest.mark.parametrize("kind", sorted(AMBIGUOUS))
 def test_a_records_folder_whose_submission_json_the_parser_refuses_fails_its_schema(tmp_path, kind):
     from tests.test_validator_rules import make_folder
 
     folder = make_folder(tmp_path)
-    (folder / "submission.json").write_text(BAD[kind])
+    (folder / "submission.json").write_text(AMBIGUOUS[kind])
     findings = validate_folder(folder, sota=1.1)
     assert not [f for f in findings if "crashed" in f.message]
     assert {f.status for f in findings if f.rule == "JSON.SCHEMA"} == {"fail"}
@@ -94,6 +96,15 @@ def test_a_recipe_the_toml_parser_refuses_the_same_ways_is_a_config_error(tmp_pa
     code = cli_main(["config", "show", "--recipe", str(recipe)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"recipe {recipe}: invalid TOML" in err[0], err
+
+
+def test_parse_json_refuses_a_key_named_twice_in_any_object_and_reads_the_rest_as_json_does():
+    from validator.untrusted_json import JSON_ERRORS, parse_json
+
+    assert parse_json('{"a": [1, {"b": 2.5}], "c": null}') == {"a": [1, {"b": 2.5}], "c": None}
+    for text in ('{"val_bpb": 0.1, "val_bpb": 1.1}', '{"seed_results": {"1": {"x": 1, "x": 2}}}', '[{"k": 1, "k": 1}]'):
+        with pytest.raises(JSON_ERRORS, match="appears twice"):
+            parse_json(text)
 
 
 def test_a_corpus_line_an_artifact_header_and_a_set_list_the_parser_refuses_are_clear_errors(tmp_path):

@@ -199,3 +199,19 @@ def test_probe_positions_change_with_the_seed(world):
         picks.append(h.rng.choice(1000, size=5, replace=False).tolist())
     assert picks[0] != picks[1]
     assert HarnessSettings().seed != HarnessSettings().seed or HarnessSettings().seed != HarnessSettings().seed
+
+
+def test_an_isolated_evaluation_that_never_answers_is_stopped_at_its_deadline():
+    """An evaluator that never returns (or a child deadlocked on a lock held at the fork) no longer hangs the
+    validator: `run_isolated` kills the child at the deadline and reports it as a failed evaluation."""
+    import time
+
+    from validator.harness import run_isolated
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not finish within 1 s"):
+        run_isolated(lambda: time.sleep(120), timeout=1)
+    assert time.monotonic() - start < 30
+    assert run_isolated(lambda: bytes(3_000_000)) == bytes(3_000_000)  # a result larger than one pipe read
+    with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+        run_isolated(lambda: 1 / 0)

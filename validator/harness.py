@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from plugins.lib.loading import import_path, load_registry
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, parse_json
 
 BOS = 1
 ISOLATION_ATTRS = ("doc_isolation", "document_isolation", "isolate_documents", "doc_isolated")
@@ -206,18 +206,25 @@ def _over_stream(t: torch.Tensor, stream: torch.Tensor) -> bool:
 
 
 ISOLATE = True  # each evaluation runs in a forked child: no state (module globals, caches) survives a call
+# One isolated evaluation of the tiny world takes seconds; a child silent this long is stopped (`run_isolated`).
+ISOLATED_SECONDS = 600.0
 _IN_CHILD = False
 
 
-def run_isolated(fn: Callable[[], Any]) -> Any:
+def run_isolated(fn: Callable[[], Any], timeout: float | None = None) -> Any:
     """Run `fn` in a forked child and return its (pickled) result; the child's memory dies with it, so an evaluator
     cannot carry state from one harness call into the next (e.g. replay the scores of an earlier stream on a
-    perturbed one). Exceptions come back as RuntimeError."""
+    perturbed one). Exceptions come back as RuntimeError, and so does a child that has not answered within `timeout`
+    seconds (default `ISOLATED_SECONDS`; an evaluator that never returns, or a child deadlocked on a lock some thread
+    held at the fork): it is killed, and the validator goes on."""
     import os
     import pickle
+    import signal
+    import time
 
     if not ISOLATE or not hasattr(os, "fork"):
         return fn()
+    timeout = ISOLATED_SECONDS if timeout is None else timeout
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -225,6 +232,9 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
         _IN_CHILD = True
         try:
             os.close(r)
+            # one intra-op thread: a thread pool (OpenMP) the parent used does not survive a fork, and a child that
+            # enters it can wait forever on a lock one of the parent's threads held (tiny matmuls: no loss)
+            torch.set_num_threads(1)
             try:
                 out: tuple[str, Any] = ("ok", fn())
             except BaseException as exc:  # noqa: BLE001 - report every failure to the parent
@@ -238,15 +248,35 @@ def run_isolated(fn: Callable[[], Any]) -> Any:
         finally:
             os._exit(0)
     os.close(w)
-    with os.fdopen(r, "rb") as fh:
-        data = fh.read()
-    os.waitpid(pid, 0)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while chunk := _read_before(r, deadline):
+            chunks.append(chunk)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        raise RuntimeError(f"the isolated evaluation did not finish within {timeout:g} s (stopped)") from None
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    data = b"".join(chunks)
     if not data:
         raise RuntimeError("the isolated evaluation died without a result (killed, or os._exit in the evaluator)")
     kind, val = pickle.loads(data)
     if kind != "ok":
         raise RuntimeError(val)
     return val
+
+
+def _read_before(fd: int, deadline: float) -> bytes:
+    """The next bytes of pipe `fd` (b"" at its end), or TimeoutError once `deadline` (time.monotonic) has passed."""
+    import os
+    import select
+    import time
+
+    left = deadline - time.monotonic()
+    if left <= 0 or not select.select([fd], [], [], left)[0]:
+        raise TimeoutError
+    return os.read(fd, 1 << 20)
 
 
 def warm_parent(world: World) -> None:
@@ -862,7 +892,7 @@ def evaluator_plugins(registry: Any) -> list[str]:
 def run_dir_recipe(run_dir: Path) -> dict[str, Any]:
     cfg_path = run_dir / "config.json"
     try:
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
+        data = parse_json(cfg_path.read_text(encoding="utf-8"))["config"]
     except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
         raise ValueError(f"{cfg_path}: not a pgolf config.json ({exc})") from exc
     if not isinstance(data, dict):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, parse_json
 
 TS_PREFIX = re.compile(r"^\d{10}\.\d{3} ")
 E1 = re.compile(
@@ -312,7 +311,7 @@ def parse_events(text: str, path: Path | str = "events.jsonl", seed: int | None 
         if not raw.strip():
             continue
         try:
-            ev: dict[str, Any] = json.loads(raw)
+            ev: dict[str, Any] = parse_json(raw)
         except JSON_ERRORS as exc:
             raise ValueError(f"{path}:{no}: not a JSON object: {exc}") from None
         kind = ev.get("event")

@@ -1,10 +1,33 @@
-"""What Python's json parser raises on a text a user or a submission wrote: `JSON_ERRORS` (THREATS.md §4).
+"""JSON a user or a submission wrote, read the one way every reader agrees on (THREATS.md §4).
 
-`json.JSONDecodeError` alone is not enough. A text that is not UTF-8 raises UnicodeDecodeError, an integer longer than
-`sys.get_int_max_str_digits()` (4,300) digits a plain ValueError, and nesting deeper than the interpreter's recursion
-limit (`[` × 100,000) RecursionError, which escaped as a traceback before. Every reader of config.json, metrics.json,
-status.json, events.jsonl or submission.json catches these; core (a recipe's TOML, an artifact header, a `--set`
-list) and dataprep (a JSONL corpus), which sit below this package, name the same pair where they parse.
+`JSON_ERRORS`: what Python's parser raises on such a text. `json.JSONDecodeError` alone is not enough. A text that is
+not UTF-8 raises UnicodeDecodeError, an integer longer than `sys.get_int_max_str_digits()` (4,300) digits a plain
+ValueError, and nesting deeper than the interpreter's recursion limit (`[` × 100,000) RecursionError, which escaped as
+a traceback before. Every reader of config.json, metrics.json, status.json, events.jsonl or submission.json catches
+these; core (a recipe's TOML, an artifact header, a `--set` list) and dataprep (a JSONL corpus), which sit below this
+package, name the same pair where they parse.
+
+`parse_json`: what the validator reads. An object that names a key twice is refused: Python keeps the last value,
+other readers (a leaderboard script, jq, a reviewer's tool) may keep the first, so such a submission.json could claim
+one score to the validator and another to them.
 """
 
+from __future__ import annotations
+
+import json
+from typing import Any
+
 JSON_ERRORS = (ValueError, RecursionError)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) < len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"key {twice[0]!r} appears twice in one object (readers disagree on which value counts)")
+    return dict(pairs)
+
+
+def parse_json(text: str, **options: Any) -> Any:
+    """`json.loads(text)` that refuses duplicate keys; raises one of `JSON_ERRORS`."""
+    return json.loads(text, object_pairs_hook=_unique_keys, **options)

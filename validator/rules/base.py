@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import io
-import json
 import re
 import sys
 import tokenize
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from validator.logs import LogRecord, parse_events, parse_folder, parse_text, scoring_logs
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, parse_json
 
 CAP = 16_000_000
 TRAIN_CAP_MS = 600_000.0
@@ -198,7 +197,7 @@ class FolderContext:
         if self.submission_path is None:
             return None
         try:
-            data = json.loads(self.submission_path.read_text(encoding="utf-8"))
+            data = parse_json(self.submission_path.read_text(encoding="utf-8"))
         except JSON_ERRORS as exc:
             self.__dict__["_sub_err"] = str(exc)
             return None
@@ -210,7 +209,7 @@ class FolderContext:
         if self.is_run_dir:
             seed = None
             try:
-                cfg = json.loads((self.root / "config.json").read_text())
+                cfg = parse_json((self.root / "config.json").read_text())
                 seed = _find_key(cfg, "seed")
             except (*JSON_ERRORS, OSError):
                 pass

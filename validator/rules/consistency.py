@@ -6,7 +6,7 @@ from statistics import mean
 from typing import Any
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule, close_to_claim
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, parse_json
 
 SEED_TOL = 5e-4
 
@@ -70,11 +70,10 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
         if not finals:
             where = ctx.logs[0].path.name if ctx.logs else "events.jsonl"
             return [r.finding(FAIL, f"{where} has no final score", file=where)]
-        import json
 
         mp = ctx.root / "metrics.json"
         try:
-            metrics = json.loads(mp.read_text()) if mp.is_file() else {}
+            metrics = parse_json(mp.read_text()) if mp.is_file() else {}
         except JSON_ERRORS:
             return [r.finding(FAIL, "metrics.json is not valid JSON", file="metrics.json")]
         fin = finals[-1][1]

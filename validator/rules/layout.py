@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import json
 import re
 import sys
 from pathlib import Path
 
 from validator.logs import find_logs, is_log_file
 from validator.rules.base import ERROR, FAIL, INFO, PASS, RUN_DIR_FILES, SKIP, WARN, Finding, FolderContext, Rule
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, parse_json
 
 BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
                  "datasets", "tiktoken", "sentencepiece"}
@@ -74,7 +73,7 @@ def check_required(ctx: FolderContext) -> list[Finding]:
 def config_problem(path: Path) -> str | None:
     """Why a run directory's config.json is not `{"config": {...}}` (unreadable, not JSON, another shape), or None."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, *JSON_ERRORS) as exc:
         return str(exc)
     return None if isinstance(data, dict) and isinstance(data.get("config"), dict) else "no 'config' object"
