@@ -21,11 +21,12 @@ JSON_ERRORS = (ValueError, RecursionError)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) < len(keys):
-        twice = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"key {twice[0]!r} appears twice in one object (readers disagree on which value counts)")
-    return dict(pairs)
+    out = dict(pairs)
+    if len(out) < len(pairs):  # linear: a huge object with one repeat costs no more than reading it
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {twice!r} appears twice in one object (readers disagree on which value counts)")
+    return out
 
 
 def parse_json(text: str, **options: Any) -> Any:
