@@ -36,15 +36,19 @@ def test_cursor_order_is_the_records_draws_and_visits_every_block_once(shards):
     loader = CoprimeStrideLoader(shards, 0, 1, torch.device("cpu"))
     got = loader.take(1, seq, 200)  # shard 1: 777 tokens
     rng = np.random.Generator(np.random.PCG64(path_seed(shards)))  # independent replay of the record's draws
-    phase = int(rng.integers(min(seq - 1, 777 - seq - 1) + 1))
-    bc = (777 - 1 - phase) // seq
-    start = int(rng.integers(bc))
-    while math.gcd(stride := int(rng.integers(1, bc)), bc) != 1:
-        pass
-    first = [(1, phase + ((start + k * stride) % bc) * seq) for k in range(bc)]
-    assert got[:bc] == first
-    assert sorted(p for _, p in first) == [phase + k * seq for k in range(bc)]  # every block once per pass
-    assert got[bc:] and len(set(got[bc : 2 * bc])) == len(got[bc : 2 * bc])  # a fresh pass after exhaustion
+
+    def one_pass() -> tuple[int, list[tuple[int, int]]]:
+        phase = int(rng.integers(min(seq - 1, 777 - seq - 1) + 1))
+        bc = (777 - 1 - phase) // seq
+        start = int(rng.integers(bc))
+        while math.gcd(stride := int(rng.integers(1, bc)), bc) != 1:
+            pass
+        return phase, [(1, phase + ((start + k * stride) % bc) * seq) for k in range(bc)]
+
+    (phase, first), (phase2, second) = one_pass(), one_pass()  # exhausted: a fresh pass, its own phase and count
+    assert got[:len(first)] == first and got[len(first):len(first) + len(second)] == second[:200 - len(first)]
+    for ph, blocks in ((phase, first), (phase2, second)):  # every block once per pass
+        assert sorted(p for _, p in blocks) == [ph + k * seq for k in range(len(blocks))]
 
 
 def test_batches_are_shifted_windows_split_over_ranks(shards):
