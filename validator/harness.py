@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from plugins.lib.loading import import_path, load_registry
-from validator.untrusted_json import JSON_ERRORS, parse_json
+from validator.untrusted_json import run_dir_recipe
 
 BOS = 1
 ISOLATION_ATTRS = ("doc_isolation", "document_isolation", "isolate_documents", "doc_isolated")
@@ -887,17 +887,6 @@ def load_object(spec: str) -> tuple[Callable[[Any], Any], str]:
 def evaluator_plugins(registry: Any) -> list[str]:
     """Names of registry plugins that provide an evaluator (implement `pg_evaluator`)."""
     return [n for n in registry.names() if callable(getattr(registry.plugins[n], "pg_evaluator", None))]
-
-
-def run_dir_recipe(run_dir: Path) -> dict[str, Any]:
-    cfg_path = run_dir / "config.json"
-    try:
-        data = parse_json(cfg_path.read_text(encoding="utf-8"))["config"]
-    except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
-        raise ValueError(f"{cfg_path}: not a pgolf config.json ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{cfg_path}: 'config' is not an object")
-    return data
 
 
 def harness_reports(run_dir: Path | None, evaluator_specs: Sequence[str], s: HarnessSettings,

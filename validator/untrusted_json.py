@@ -15,6 +15,7 @@ one score to the validator and another to them.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 JSON_ERRORS = (ValueError, RecursionError)
@@ -32,3 +33,16 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def parse_json(text: str, **options: Any) -> Any:
     """`json.loads(text)` that refuses duplicate keys; raises one of `JSON_ERRORS`."""
     return json.loads(text, object_pairs_hook=_unique_keys, **options)
+
+
+def run_dir_recipe(run_dir: Path) -> dict[str, Any]:
+    """The `config` object of a pgolf run directory's config.json; ValueError naming the file when it is unreadable,
+    not JSON (`parse_json`) or of another shape."""
+    cfg_path = run_dir / "config.json"
+    try:
+        data = parse_json(cfg_path.read_text(encoding="utf-8"))["config"]
+    except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
+        raise ValueError(f"{cfg_path}: not a pgolf config.json ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{cfg_path}: 'config' is not an object")
+    return data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from validator.logs import find_logs, is_log_file
 from validator.rules.base import ERROR, FAIL, INFO, PASS, RUN_DIR_FILES, SKIP, WARN, Finding, FolderContext, Rule
-from validator.untrusted_json import JSON_ERRORS, parse_json
+from validator.untrusted_json import run_dir_recipe
 
 BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
                  "datasets", "tiktoken", "sentencepiece"}
@@ -36,8 +36,10 @@ def check_required(ctx: FolderContext) -> list[Finding]:
         if missing:
             return [r.finding(FAIL, "pgolf run directory is missing files", expected=list(RUN_DIR_FILES),
                               found=missing)]
-        if (why := config_problem(ctx.root / "config.json")) is not None:
-            return [r.finding(FAIL, f"config.json is not a pgolf config.json ({why})", file="config.json",
+        try:
+            run_dir_recipe(ctx.root)
+        except ValueError as exc:
+            return [r.finding(FAIL, str(exc).replace(str(ctx.root) + "/", ""), file="config.json",
                               expected='{"config": {...}}')]
         return [r.finding(PASS, "run directory has " + ", ".join(RUN_DIR_FILES))]
     out: list[Finding] = []
@@ -68,15 +70,6 @@ def check_required(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(FAIL, f"{link} is a symbolic link: a PR ships the link, not the bytes the validator and "
                              "the run read through it (commit the file itself)", file=str(link)))
     return out or [r.finding(PASS, "README.md, submission.json, train_gpt.py and logs present")]
-
-
-def config_problem(path: Path) -> str | None:
-    """Why a run directory's config.json is not `{"config": {...}}` (unreadable, not JSON, another shape), or None."""
-    try:
-        data = parse_json(path.read_text(encoding="utf-8"))
-    except (OSError, *JSON_ERRORS) as exc:
-        return str(exc)
-    return None if isinstance(data, dict) and isinstance(data.get("config"), dict) else "no 'config' object"
 
 
 def shipped_kind(rel: Path) -> bool:
