@@ -23,7 +23,7 @@ from typing import Any
 
 from core.config import ConfigError, resolve
 from core.registry import Registry
-from submissions.bundle import PER_RUN_KEYS, bundle_with_requirements, script_bytes
+from submissions.bundle import PER_RUN_KEYS, bundle_profile, bundle_with_requirements, script_bytes
 from validator.untrusted_json import JSON_ERRORS
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
@@ -148,7 +148,7 @@ def _readme(title: str, runs: list[FinishedRun], registry: Registry, cfg: Any, s
     model = (f"{core.num_layers} layers × {core.model_dim}, {core.num_heads} heads ({core.num_kv_heads} KV), "
              f"MLP ×{core.mlp_mult}, vocab {core.vocab_size}, train_seq_len {core.train_seq_len}, "
              f"{core.train_batch_tokens:,} tokens/step, wall-clock cap {core.max_wallclock_seconds:g} s")
-    record = getattr(cfg.plugin_configs.get("code_wrapper"), "profile", "full") == "record"
+    record = bundle_profile(cfg) == "record"
     settings = ("Every setting is in `train_gpt.py`, in its settings classes (`RECIPE` at the top lists the "
                 "plugins); environment variables override them." if record else
                 "Every setting is in `RECIPE` at the top of `train_gpt.py`.")
