@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +25,22 @@ def train_on_1_and_2_processes(args: list[str], out_dir: Path) -> dict[int, dict
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
         out[n] = json.loads((out_dir / f"n{n}" / "metrics.json").read_text())
     return out
+
+
+def end_gloo_worker() -> NoReturn:
+    """Ends a spawned gloo test worker whose results are written: every rank past a barrier, then `os._exit(0)`.
+
+    The teardown is skipped on purpose. A spawned worker otherwise leaves through `destroy_process_group` and the
+    interpreter's exit, where torch's C++ threads can abort it under load ("terminate called without an active
+    exception", SIGABRT: seen in CI on 2 cores) after its work is done and checked. `pgolf train`'s own shutdown is
+    covered by the `--nproc 2` runs above, which exit normally.
+    """
+    import torch.distributed as dist
+
+    dist.barrier()  # no rank leaves while another still waits on a collective with it
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port() -> int:

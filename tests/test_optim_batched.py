@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nproc_runs import free_port
+from nproc_runs import end_gloo_worker, free_port
 
 from core.optim import NS5_COEFFS, Muon, zeropower_via_newtonschulz5
 from plugins.muon_eq_r import MuonEqR, normalize_rows
@@ -170,8 +170,7 @@ def _worker(rank, world, port, out_dir):
     got, bufs = run(lambda ps: Muon(ps, lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.04), init, grads)
     out = {"params": [p.tolist() for p in got], "owned": [b is not None for b in bufs]}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(out))
-    dist.barrier()  # both ranks past every collective before either tears down (else gloo can abort at exit)
-    dist.destroy_process_group()
+    end_gloo_worker()
 
 
 @pytest.mark.slow  # two spawned processes

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from nproc_runs import free_port, train_on_1_and_2_processes
+from nproc_runs import end_gloo_worker, free_port, train_on_1_and_2_processes
 
 from core.optim import NS5_COEFFS, Muon, default_param_groups, zeropower_via_newtonschulz5
 from plugins.muon_eq_r import MuonEqR
@@ -168,8 +168,7 @@ def _worker(rank, world, port, out_dir):
     results["banks"] = {"params": [rows[i].detach().tolist() for i in range(len(SHAPES))],
                         "other_grad": other.grad.tolist()}
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(results))
-    dist.barrier()  # both ranks past every collective before either tears down (else gloo can abort at exit)
-    dist.destroy_process_group()
+    end_gloo_worker()
 
 
 @pytest.mark.slow  # two spawned processes: ~7-10 s on 2 shared cores
