@@ -207,6 +207,21 @@ def unwrap(wrapped: str) -> str:
     return bounded_decompress(data, "lzma2-raw" if "FORMAT_RAW" in wrapped else "lzma").decode("utf-8")
 
 
+def pgolf_payload(wrapped: str) -> tuple[str, bytes] | None:
+    """(codec, compressed bytes) where `wrapped` is, character for character, a numeral form `wrap` writes (alphabet
+    "printable" or "latin1", either codec) around a payload of that alphabet's digits; None for any other text. The
+    validator reads such a script as exactly this decoder: a digit-only payload cannot close its literal."""
+    for alphabet, digits in (("printable", PRINTABLE), ("latin1", latin1_digits())):
+        setup, expr = DECODE[alphabet]
+        before, after = setup.split("{}")
+        for codec, line in IMPORT.items():
+            head = (LATIN1_CODING if alphabet == "latin1" else "") + line + before
+            tail = after + f"exec(C.decompress({expr}))\n"
+            if len(wrapped) >= len(head) + len(tail) and wrapped.startswith(head) and wrapped.endswith(tail):
+                return codec, from_numeral(wrapped[len(head):len(wrapped) - len(tail)], digits)
+    return None
+
+
 def unwrap_lzma_b85(wrapped: str) -> str:
     """The source inside a `wrap_lzma_b85` script."""
     if not wrapped.startswith("import lzma as L,base64 as B"):

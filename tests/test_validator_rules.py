@@ -388,6 +388,45 @@ def test_latin1_wrapper_is_read_in_the_encoding_it_declares(tmp_path: Path) -> N
     assert "helper_mod.py" in code.message  # found by reading the decoded code's imports
 
 
+NET = "import urllib.request\nurllib.request.urlopen('http://example.com/val.bin')\n"
+
+
+@pytest.mark.parametrize("case", ["appended", "transformed", "in_function", "pgolf_appended", "exec_kwargs"])
+def test_code_beside_a_compressed_payload_fails_closed(tmp_path: Path, case: str) -> None:
+    """Threat: the static rules read the payload while the script runs more (a statement after the exec, a transform
+    of the decompressed bytes, an exec inside a function, globals passed to exec). A wrapper is a wrapper and
+    nothing else, or FILES.RUNS_IN_FOLDER fails naming why; the plain form of the same code warns of the call."""
+    import plugins.code_wrapper as cw
+
+    wrapped = _wrapper(GOOD_SCRIPT)
+    script = {"appended": wrapped + NET,
+              "transformed": wrapped.replace("]))\n", "]).replace(b'1', b'2'))\n"),
+              "in_function": "def go():\n" + "".join("    " + ln + "\n" for ln in wrapped.splitlines()) + "go()\n",
+              "pgolf_appended": cw.wrap(GOOD_SCRIPT, "lzma", "printable") + NET,
+              "exec_kwargs": wrapped.replace("]))\n", "]), {'__name__': 'x'})\n")}[case]
+    assert "exec(" in script and script != wrapped
+    findings = validate_folder(make_folder(tmp_path, script=script))
+    (runs,) = [f for f in findings if f.rule == "FILES.RUNS_IN_FOLDER"]
+    assert runs.status == "fail" and "cannot read" in runs.message, runs.message
+    assert has_errors(findings)
+    plain = validate_folder(make_folder(tmp_path / "plain", script=GOOD_SCRIPT + NET))
+    assert "warn" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")
+
+
+def test_a_plain_script_that_builds_a_wrapper_is_read_as_plain(tmp_path: Path) -> None:
+    """Eleven merged records compress their own code for the size count: `exec(L.decompress(` sits in a bytes
+    literal they write out. Recognising wrappers by a regular expression failed them all ("cannot read"); by the
+    syntax tree they are plain scripts. A wrapper's own imports of other modules stay visible after its payload."""
+    from validator.wrapper import decode_wrapper
+
+    builder = GOOD_SCRIPT + ("import lzma\nwrapper = b'import lzma as L,base64 as B\\nexec(L.decompress(B.b85decode(\"'"
+                             " + b'x' + b'\")))\\n'\npacked = lzma.decompress(lzma.compress(b'x'))\n")
+    assert decode_wrapper(builder) == (builder, False, None)
+    assert statuses(validate_folder(make_folder(tmp_path, script=builder)), "FILES.RUNS_IN_FOLDER") == {"pass"}
+    with_import = _wrapper(GOOD_SCRIPT).replace("\n", "\nimport helper_mod\n__wrapper_size__ = 123\n", 1)
+    assert decode_wrapper(with_import) == (GOOD_SCRIPT + "\nimport helper_mod\n", True, None)
+
+
 def test_wrapper_shipped_matches_compressed_count(tmp_path: Path) -> None:
     wrapped = _wrapper(GOOD_SCRIPT * 50)
     n = len(wrapped.encode())
@@ -399,7 +438,7 @@ def test_a_wrapper_the_validator_cannot_read_fails_closed(tmp_path: Path, monkey
     """Threat: code hidden behind a payload the static rules cannot decode (garbage, a decompression bomb, an
     oversized numeral) used to be read as plain source — every rule then saw only the two-line wrapper."""
     import plugins.code_wrapper as cw
-    import validator.rules.base as base
+    import validator.wrapper as wrapper
 
     def runs(script: str) -> list:
         folder = make_folder(tmp_path / str(len(list(tmp_path.iterdir()))), script=script)
@@ -412,7 +451,7 @@ def test_a_wrapper_the_validator_cannot_read_fails_closed(tmp_path: Path, monkey
     for script in (_wrapper(GOOD_SCRIPT * 60), cw.wrap(GOOD_SCRIPT * 60, "lzma", "printable")):
         (finding,) = runs(script)
         assert finding.status == "fail" and "decompresses past 5,000 bytes" in finding.message
-    monkeypatch.setattr(base, "MAX_WRAPPED_CHARS", 100)
+    monkeypatch.setattr(wrapper, "MAX_WRAPPED_CHARS", 100)
     (finding,) = runs(_wrapper(GOOD_SCRIPT))
     assert finding.status == "fail" and "the validator decodes at most 100" in finding.message
     monkeypatch.undo()

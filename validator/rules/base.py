@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import io
-import re
 import sys
 import tokenize
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any
 
 from validator.logs import LogRecord, parse_events, parse_folder, parse_text, scoring_logs
 from validator.untrusted_json import JSON_ERRORS, parse_json
+from validator.wrapper import decode_wrapper
 
 CAP = 16_000_000
 TRAIN_CAP_MS = 600_000.0
@@ -81,16 +81,6 @@ class Rule:
         return out
 
 
-WRAPPER_RX = re.compile(r"exec\(\s*\w+\.decompress\(")
-# pgolf's own wrapper forms (plugins.code_wrapper: lzma or brotli, base85, a base-93 numeral or latin-1 bytes).
-PGOLF_WRAPPER_RX = re.compile(r"\A(#coding:l1\n)?import (lzma|brotli) as C\n")
-
-
-# The largest wrapped script the validator decodes: ~10x the largest record's wrapped code; decoding a base-93
-# numeral is superlinear (about 5 s at this size), and a wrapper it cannot read is a FAIL, never a pass.
-MAX_WRAPPED_CHARS = 400_000
-
-
 def script_text(path: Path) -> str:
     """A Python file's text in the encoding its PEP 263 line declares (UTF-8 without one; undecodable bytes
     replaced): a latin-1 wrapper's payload characters are its bytes."""
@@ -105,40 +95,6 @@ def script_text(path: Path) -> str:
 def unwrap_source(src: str) -> tuple[str, bool]:
     """Decode a self-extracting wrapper by literal evaluation (never exec); returns (source, wrapped)."""
     return decode_wrapper(src)[:2]
-
-
-def decode_wrapper(src: str) -> tuple[str, bool, str | None]:
-    """(source, wrapped, problem): a script that `exec`s a decompressed payload is decoded (pgolf's forms, and
-    LZMA/base85/base64 literal forms as the records ship them), at most MAX_WRAPPED_CHARS characters and
-    plugins.code_wrapper.MAX_SOURCE_BYTES of output; `problem` says why one that looks wrapped could not be read."""
-    if not WRAPPER_RX.search(src):
-        return src, False, None
-    if len(src) > MAX_WRAPPED_CHARS:
-        return src, False, f"{len(src):,} characters (the validator decodes at most {MAX_WRAPPED_CHARS:,})"
-    try:
-        return _decoded(src), True, None
-    except Exception as exc:  # noqa: BLE001 - any failure to read the payload is reported, one line
-        return src, False, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'undecodable'}"
-
-
-def _decoded(src: str) -> str:
-    """The payload's source; raises on anything it cannot read."""
-    from plugins.code_wrapper import bounded_decompress, unwrap
-
-    if PGOLF_WRAPPER_RX.match(src):
-        return unwrap(src)
-    import base64
-
-    for node in ast.walk(ast.parse(src)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "decompress":
-            arg = node.args[0] if node.args else None
-            if isinstance(arg, ast.Call) and arg.args:
-                payload = ast.literal_eval(arg.args[0])
-                fn = arg.func.attr if isinstance(arg.func, ast.Attribute) else ""
-                data = base64.b85decode(payload) if "85" in fn else base64.b64decode(payload)
-                codec = "lzma2-raw" if any(k.arg == "format" for k in node.keywords) else "lzma"
-                return bounded_decompress(data, codec).decode("utf-8")
-    raise ValueError("no literal compressed payload found in the decompress(...) call")
 
 
 @dataclass
