@@ -173,4 +173,8 @@ Found while adding the session-2 rules (fixed before this table was produced):
 15. TIME.TRAIN_POSTLOOP saw only `GPTQ:collected N Hessians in Xs`: `gptq:calibrated N layers in Xs`,
     `gptq:reserving Nms from training budget`, AR self-generated calibration (`gptq:generated N sequences in Xs`,
     reported as WARN: no training data, merged in PR #1019) and `wallclock:post_gptq total_elapsed:` are parsed now.
+16. FILES.RUNS_IN_FOLDER failed eleven records (VarLenAttn and its descendants, 2026-04-10 to 04-29) as "executes a
+    compressed payload the validator cannot read": they are plain scripts that write their own wrapper, and the
+    regular expression that spotted wrappers matched `exec(L.decompress(` inside that bytes literal. Wrappers are
+    recognised by the syntax tree now (`validator/wrapper.py`), and a script with a real one may hold nothing else.
 """
