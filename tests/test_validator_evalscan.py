@@ -115,6 +115,28 @@ def test_eval_pattern_scans(tmp_path, rule, bad, good, want):
     assert status(make(tmp_path / "good", good), rule) == PASS
 
 
+NETWORK_CALL = "import urllib.request\nurllib.request.urlopen('http://example.com/val.bin')\n"
+REACHES = {"import": "import helper_mod\n",
+           "exec_stub": 'exec(open(__file__.replace("train_gpt.py", "helper_mod.py")).read())\n',
+           "from_import": "from helper_mod import eval_val_ttt\n"}
+
+
+@pytest.mark.parametrize("reach", list(REACHES))
+@pytest.mark.parametrize(("rule", "bad", "want"), [
+    ("EVAL.TTT", ADAPT_FIRST, FAIL), ("EVAL.PREQUANT_TTT", PREQUANT, FAIL), ("EVAL.NGRAM", NGRAM, FAIL),
+    ("EVAL.NO_SELECTION", MIN_SEL, WARN), ("DATA.NO_TRAIN_AT_EVAL", NETWORK_CALL, WARN),
+], ids=["adapt-then-score", "prequant", "ngram", "min-over-passes", "network"])
+def test_code_in_a_reached_helper_is_scanned_like_train_gpt(tmp_path, reach, rule, bad, want):
+    """Threat: train_gpt.py is a stub (`import helper`, `exec(open(...))`: a merged record ships one) and the
+    violation sits in the helper, which the scans never read: each now reads every local file the script reaches
+    and names it. A helper nothing reaches is not part of the run (SIZE.CODE lists it)."""
+    ctx = make(tmp_path / "a", REACHES[reach], files={"helper_mod.py": "import torch\n" + textwrap.dedent(bad)})
+    found = [f for f in RULES[rule].run(ctx) if f.status == want]
+    assert found and {f.file for f in found} == {"helper_mod.py"}, RULES[rule].run(ctx)
+    unreached = make(tmp_path / "b", "", files={"helper_mod.py": "import torch\n" + textwrap.dedent(bad)})
+    assert status(unreached, rule) == PASS
+
+
 def test_score_first_ttt_recognised(tmp_path):
     found = RULES["EVAL.TTT"].run(make(tmp_path, SCORE_FIRST))
     assert found[0].status == PASS and "1 accumulate the score before backward()" in found[0].message

@@ -413,6 +413,19 @@ def test_code_beside_a_compressed_payload_fails_closed(tmp_path: Path, case: str
     assert "warn" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")
 
 
+def test_a_helper_the_script_runs_is_held_to_the_same_reading(tmp_path: Path) -> None:
+    """A helper train_gpt.py imports is code the run executes: an unreadable wrapper in it fails like one in
+    train_gpt.py (named), and a readable one is decoded for the scans (its network call is found)."""
+    folder = make_folder(tmp_path / "a", script=GOOD_SCRIPT + "import helper_mod\n")
+    (folder / "helper_mod.py").write_text(_wrapper("x = 1\n") + NET)
+    (runs,) = [f for f in validate_folder(folder) if f.rule == "FILES.RUNS_IN_FOLDER"]
+    assert runs.status == "fail" and runs.file == "helper_mod.py" and "outside the compressed payload" in runs.message
+    (folder / "helper_mod.py").write_text(_wrapper(NET))
+    findings = validate_folder(folder)
+    assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}
+    assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == {"helper_mod.py"}
+
+
 def test_a_plain_script_that_builds_a_wrapper_is_read_as_plain(tmp_path: Path) -> None:
     """Eleven merged records compress their own code for the size count: `exec(L.decompress(` sits in a bytes
     literal they write out. Recognising wrappers by a regular expression failed them all ("cannot read"); by the

@@ -177,4 +177,7 @@ Found while adding the session-2 rules (fixed before this table was produced):
     compressed payload the validator cannot read": they are plain scripts that write their own wrapper, and the
     regular expression that spotted wrappers matched `exec(L.decompress(` inside that bytes literal. Wrappers are
     recognised by the syntax tree now (`validator/wrapper.py`), and a script with a real one may hold nothing else.
+17. The EVAL.* scans, DATA.NO_TRAIN_AT_EVAL, TOK.BPB's constant check and COMPUTE.EXTERNAL read train_gpt.py alone:
+    PR #1412's train_gpt.py is a one-line `exec(open(...train_gpt_decode.py).read())`, so its code was never
+    scanned (EVAL.* skipped it). They read every local file the script reaches now (`validator/rules/code.py`).
 """

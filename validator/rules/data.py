@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.code import code_units
 
 # val token counts observed in merged logs (rulebook DATA.FULL_VAL): count -> description
 CANONICAL_VAL = {
@@ -78,17 +79,19 @@ def check_no_val_in_train(ctx: FolderContext) -> list[Finding]:
 
 def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
     r = RULES[2]
-    src = ctx.script_source
-    if src is None:
+    units = code_units(ctx)
+    if not units:
         return [r.finding(SKIP, "no train_gpt.py")]
     out: list[Finding] = []
-    for no, line in enumerate(src[0].splitlines(), start=1):
-        m = NETWORK.search(line)
-        if m and not line.lstrip().startswith("#"):
-            out.append(r.finding(WARN, f"network/download call in the script: {m.group(1).strip()} (static: cannot "
-                                 "tell whether it runs during evaluation)", severity=WARN, file="train_gpt.py",
-                                 line=no))
-    return out[:5] or [r.finding(PASS, "no download/network calls in train_gpt.py (static scan)")]
+    for unit in units:
+        for no, line in enumerate(unit.lines, start=1):
+            m = NETWORK.search(line)
+            if m and not line.lstrip().startswith("#"):
+                out.append(r.finding(WARN, f"network/download call in the code: {m.group(1).strip()} (static: cannot "
+                                     "tell whether it runs during evaluation)", severity=WARN, file=unit.name,
+                                     line=no))
+    names = ", ".join(u.name for u in units)
+    return out[:5] or [r.finding(PASS, f"no download/network calls in {names} (static scan)")]
 
 
 RULES = [

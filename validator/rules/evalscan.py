@@ -1,10 +1,10 @@
 """Static pattern scans of the evaluation code: EVAL.TTT, EVAL.PREQUANT_TTT, EVAL.SLOT, EVAL.NGRAM, EVAL.NO_SELECTION.
 
-Each scan reads the decoded train_gpt.py (AST + lines) for the shapes the rulebook names (§4: a training loop
-over validation tokens whose backward() precedes the scoring accumulation, val-token warm-ups with optimizer
-steps, optimizers over logit/hidden offsets, n-gram/PPM experts, min() over NLLs). A static scan cannot prove
-a violation: hits are WARN with the line for review, and `pgolf validate --run --evaluator FILE.py:NAME`
-(validator/harness.py) is the test that decides.
+Each scan reads the decoded train_gpt.py and every local Python file it reaches (`validator.rules.code`: AST +
+lines) for the shapes the rulebook names (§4: a training loop over validation tokens whose backward() precedes the
+scoring accumulation, val-token warm-ups with optimizer steps, optimizers over logit/hidden offsets, n-gram/PPM
+experts, min() over NLLs). A static scan cannot prove a violation: hits are WARN with the line for review, and
+`pgolf validate --run --evaluator FILE.py:NAME` (validator/harness.py) is the test that decides.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.code import CodeUnit, code_units
 
 VAL = re.compile(r"val_tokens|val_data|val_ids|val_stream|val_seq|fineweb_val")
 ACCUM = re.compile(r"loss_sum|nll_sum|sum_nll|total_nll|total_loss|byte_sum|bytes_sum|token_count|tok_count|"
@@ -27,15 +28,24 @@ TEMP_FIT = re.compile(r"optimal_T\S*|final_temped\S*|temp_scaling\S*")
 MANUAL = "static scan; `pgolf validate --run` decides dynamically"
 
 
-def _script(ctx: FolderContext, rule: Rule) -> tuple[ast.Module, list[str]] | Finding:
+def _units(ctx: FolderContext, rule: Rule) -> tuple[list[CodeUnit], list[Finding]]:
+    """The code units that parse (train_gpt.py and the helpers it reaches), and a SKIP finding per unit that does
+    not (or why nothing is scanned)."""
     if ctx.is_run_dir:
-        return rule.finding(SKIP, "pgolf run directory: evaluators are checked by the dynamic harness (--run)",
-                            severity=INFO)
-    if ctx.script_source is None:
-        return rule.finding(SKIP, "no train_gpt.py")
-    if not isinstance(ctx.tree, ast.Module):
-        return rule.finding(SKIP, "train_gpt.py does not parse here (see FILES.RUNS_IN_FOLDER)")
-    return ctx.tree, ctx.script_source[0].splitlines()
+        return [], [rule.finding(SKIP, "pgolf run directory: evaluators are checked by the dynamic harness (--run)",
+                                 severity=INFO)]
+    units = code_units(ctx)
+    if not units:
+        return [], [rule.finding(SKIP, "no train_gpt.py")]
+    skips = [rule.finding(SKIP, f"{u.name} does not parse here (see FILES.RUNS_IN_FOLDER)", file=u.name)
+             for u in units if not isinstance(u.tree, ast.Module)]
+    return [u for u in units if isinstance(u.tree, ast.Module)], skips
+
+
+def _report(out: list[Finding], units: list[CodeUnit], skips: list[Finding], passed: Finding) -> list[Finding]:
+    """The findings (at most five), else the pass where some unit was scanned; the units that could not be scanned
+    are reported either way."""
+    return out[:5] + skips if out else ([passed] if units else []) + skips
 
 
 def _names(node: ast.AST) -> Iterator[str]:
@@ -135,53 +145,56 @@ def _scored_first_outside(loop: ast.For | ast.While, bw: int) -> bool:
     return False
 
 
-def _val_training(ctx: FolderContext, tree: ast.Module) -> list[tuple[ast.AST, ast.For | ast.While]]:
-    """(function, loop) pairs: a backward()+step() loop that slices validation tokens (cached on the context)."""
-    cached = ctx.__dict__.get("_val_training")
-    if cached is None:
-        cached = [(fn, loop) for fn in _functions(tree) if _mentions(fn, VAL) for loop in _training_loops(fn)
-                  if _slices_val(loop)]
-        ctx.__dict__["_val_training"] = cached
-    return cached
+def _val_training(ctx: FolderContext, unit: CodeUnit) -> list[tuple[ast.AST, ast.For | ast.While]]:
+    """(function, loop) pairs: a backward()+step() loop that slices validation tokens (cached per unit)."""
+    cache = ctx.__dict__.setdefault("_val_training", {})
+    if unit.name not in cache:
+        cache[unit.name] = [(fn, loop) for fn in _functions(unit.tree) if _mentions(fn, VAL)
+                            for loop in _training_loops(fn) if _slices_val(loop)]
+    return cache[unit.name]
 
 
 def check_ttt(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
-    got = _script(ctx, r)
-    if isinstance(got, Finding):
-        return [got]
-    tree, lines = got
+    units, skips = _units(ctx, r)
     out: list[Finding] = []
     legal = unresolved = 0
-    for fn, loop in _val_training(ctx, tree):
-        name = getattr(fn, "name", "?")
-        text = "\n".join(lines[max(0, loop.lineno - 20) : loop.end_lineno])
-        bw = _call_lines(loop, "backward")[0]
-        inner = _innermost_loop(loop, bw)
-        acc = _accum_lines(inner)
-        if WARM.search(text) and not _accum_lines(loop):
-            out.append(r.finding(FAIL, f"{name}(): a warm-up loop runs backward()/step() on validation tokens before "
-                                 "they are scored — warm-ups must use synthetic or training tokens (PR #1530 "
-                                 f"pattern; {MANUAL})", file="train_gpt.py", line=loop.lineno))
-        elif acc and acc[0] > bw:
-            out.append(r.finding(FAIL, f"{name}(): in the TTT loop backward() (line {bw}) comes before the score is "
-                                 f"accumulated (line {acc[0]}): adapt-then-score ({MANUAL})",
-                                 file="train_gpt.py", line=bw))
-        elif not acc and _accum_lines(fn) and _accum_lines(fn)[0] > loop.end_lineno:
-            out.append(r.finding(FAIL, f"{name}(): trains on validation tokens in a loop (lines {loop.lineno}-"
-                                 f"{loop.end_lineno}) and accumulates scores only after it: pre-eval / multi-epoch "
-                                 f"TTT ({MANUAL})", file="train_gpt.py", line=loop.lineno))
-        elif acc or _scored_first_outside(loop, bw):
-            legal += 1
-        else:
-            unresolved += 1
-    if out:
-        return out[:5]
+    for unit in units:
+        for fn, loop in _val_training(ctx, unit):
+            verdict = _ttt_verdict(r, unit, fn, loop)
+            if verdict is None:
+                legal += 1
+            elif verdict == "unresolved":
+                unresolved += 1
+            else:
+                out.append(verdict)
     if legal or unresolved:
-        return [r.finding(PASS, f"{legal + unresolved} TTT loop(s): {legal} accumulate the score before backward() "
-                          f"(score-first shape), {unresolved} score and train in separate steps the static scan cannot "
-                          "order (run the harness to decide)")]
-    return [r.finding(PASS, "no optimizer loop over validation tokens (no test-time training found; static)")]
+        passed = r.finding(PASS, f"{legal + unresolved} TTT loop(s): {legal} accumulate the score before backward() "
+                           f"(score-first shape), {unresolved} score and train in separate steps the static scan "
+                           "cannot order (run the harness to decide)")
+    else:
+        passed = r.finding(PASS, "no optimizer loop over validation tokens (no test-time training found; static)")
+    return _report(out, units, skips, passed)
+
+
+def _ttt_verdict(r: Rule, unit: CodeUnit, fn: ast.AST, loop: ast.For | ast.While) -> Finding | str | None:
+    """A FAIL for a TTT loop that trains before it scores; None for the score-first shape; "unresolved" else."""
+    name, lines = getattr(fn, "name", "?"), unit.lines
+    text = "\n".join(lines[max(0, loop.lineno - 20) : loop.end_lineno])
+    bw = _call_lines(loop, "backward")[0]
+    acc = _accum_lines(_innermost_loop(loop, bw))
+    if WARM.search(text) and not _accum_lines(loop):
+        return r.finding(FAIL, f"{name}(): a warm-up loop runs backward()/step() on validation tokens before they are "
+                         f"scored — warm-ups must use synthetic or training tokens (PR #1530 pattern; {MANUAL})",
+                         file=unit.name, line=loop.lineno)
+    if acc and acc[0] > bw:
+        return r.finding(FAIL, f"{name}(): in the TTT loop backward() (line {bw}) comes before the score is "
+                         f"accumulated (line {acc[0]}): adapt-then-score ({MANUAL})", file=unit.name, line=bw)
+    if not acc and _accum_lines(fn) and _accum_lines(fn)[0] > loop.end_lineno:
+        return r.finding(FAIL, f"{name}(): trains on validation tokens in a loop (lines {loop.lineno}-"
+                         f"{loop.end_lineno}) and accumulates scores only after it: pre-eval / multi-epoch TTT "
+                         f"({MANUAL})", file=unit.name, line=loop.lineno)
+    return None if acc or _scored_first_outside(loop, bw) else "unresolved"
 
 
 def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
@@ -191,79 +204,73 @@ def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
         return [r.finding(FAIL, "the log shows a pre-quantization TTT pass (fine-tuning on validation tokens before "
                           "the model is quantized/serialized; PR #1376 family)", file=ctx.rel(lg.path), line=n)
                 for lg, n in logged[:5]]
-    got = _script(ctx, r)
-    if isinstance(got, Finding):
-        return [got]
-    tree, _ = got
+    units, skips = _units(ctx, r)
     out = []
-    for fn, loop in _val_training(ctx, tree):
-        name = getattr(fn, "name", "?")
-        at = _called_before_serialization(tree, name) if not _accum_lines(fn) else None
-        if at is not None:
-            out.append(r.finding(FAIL, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
-                                 f"called (line {at}) before the model is saved/quantized — fine-tuning on val before "
-                                 f"serialization is forbidden (PR #1376 family; {MANUAL})",
-                                 file="train_gpt.py", line=loop.lineno))
-    return out[:5] or [r.finding(PASS, "no optimizer loop over validation tokens outside a scoring loop (static)")]
+    for unit in units:
+        for fn, loop in _val_training(ctx, unit):
+            name = getattr(fn, "name", "?")
+            at = _called_before_serialization(unit.tree, name) if not _accum_lines(fn) else None
+            if at is not None:
+                out.append(r.finding(FAIL, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
+                                     f"called (line {at}) before the model is saved/quantized — fine-tuning on val "
+                                     f"before serialization is forbidden (PR #1376 family; {MANUAL})",
+                                     file=unit.name, line=loop.lineno))
+    return _report(out, units, skips,
+                   r.finding(PASS, "no optimizer loop over validation tokens outside a scoring loop (static)"))
 
 
 def check_slot(ctx: FolderContext) -> list[Finding]:
     r = RULES[2]
-    got = _script(ctx, r)
-    if isinstance(got, Finding):
-        return [got]
-    tree, lines = got
+    units, skips = _units(ctx, r)
     out = []
-    for n in ast.walk(tree):
-        if (isinstance(n, ast.Call) and n.args and (
-                (isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Attribute)
-                 and n.func.value.attr == "optim") or (isinstance(n.func, ast.Name) and n.func.id in {"LBFGS"}))):
-            arg = ast.unparse(n.args[0])
-            if OFFSET.search(arg):
-                out.append(r.finding(WARN, f"an optimizer over {arg[:60]!r}: eval-time optimization of a logit/hidden "
-                                     "offset (SLOT) is legal only on already-scored context, never on the scored "
-                                     f"slice (Issue #1336 unruled for context-only; {MANUAL})", severity=WARN,
-                                     file="train_gpt.py", line=n.lineno))
-    return out[:5] or [r.finding(PASS, "no optimizer over logit/hidden offsets (no SLOT found; static)")]
+    for unit in units:
+        for n in ast.walk(unit.tree):
+            if (isinstance(n, ast.Call) and n.args and (
+                    (isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Attribute)
+                     and n.func.value.attr == "optim") or (isinstance(n.func, ast.Name) and n.func.id in {"LBFGS"}))):
+                arg = ast.unparse(n.args[0])
+                if OFFSET.search(arg):
+                    out.append(r.finding(WARN, f"an optimizer over {arg[:60]!r}: eval-time optimization of a "
+                                         "logit/hidden offset (SLOT) is legal only on already-scored context, never "
+                                         f"on the scored slice (Issue #1336 unruled for context-only; {MANUAL})",
+                                         severity=WARN, file=unit.name, line=n.lineno))
+    return _report(out, units, skips, r.finding(PASS, "no optimizer over logit/hidden offsets (no SLOT found; static)"))
 
 
 def check_ngram(ctx: FolderContext) -> list[Finding]:
     r = RULES[3]
-    got = _script(ctx, r)
-    if isinstance(got, Finding):
-        return [got]
-    tree, lines = got
+    units, skips = _units(ctx, r)
     out = []
-    for no, line in enumerate(lines, start=1):
-        if TARGET_KEY.search(line) and NGRAM.search("\n".join(lines[max(0, no - 30) : no + 5])):
-            out.append(r.finding(FAIL, "a hash/key computed from the target token near n-gram code: "
-                                 f"`{line.strip()[:80]}` — keys and gates must use context only "
-                                 f"(PR #779 family; {MANUAL})", file="train_gpt.py", line=no))
-    experts = [f for f in _functions(tree) if NGRAM.search(f.name) and _mentions(f, re.compile(r"eval|val_|score"))]
-    for f in experts[:3]:
-        out.append(r.finding(WARN, f"{f.name}(): an eval-time n-gram/PPM expert — it must be built from scored tokens "
-                             f"only and mix to a normalized distribution over the vocabulary (C1/C2; {MANUAL})",
-                             severity=WARN, file="train_gpt.py", line=f.lineno))
-    return out[:5] or [r.finding(PASS, "no eval-time n-gram/PPM expert found (static)")]
+    for unit in units:
+        lines = unit.lines
+        for no, line in enumerate(lines, start=1):
+            if TARGET_KEY.search(line) and NGRAM.search("\n".join(lines[max(0, no - 30) : no + 5])):
+                out.append(r.finding(FAIL, "a hash/key computed from the target token near n-gram code: "
+                                     f"`{line.strip()[:80]}` — keys and gates must use context only "
+                                     f"(PR #779 family; {MANUAL})", file=unit.name, line=no))
+        experts = [f for f in _functions(unit.tree)
+                   if NGRAM.search(f.name) and _mentions(f, re.compile(r"eval|val_|score"))]
+        for f in experts[:3]:
+            out.append(r.finding(WARN, f"{f.name}(): an eval-time n-gram/PPM expert — it must be built from scored "
+                                 "tokens only and mix to a normalized distribution over the vocabulary (C1/C2; "
+                                 f"{MANUAL})", severity=WARN, file=unit.name, line=f.lineno))
+    return _report(out, units, skips, r.finding(PASS, "no eval-time n-gram/PPM expert found (static)"))
 
 
 def check_no_selection(ctx: FolderContext) -> list[Finding]:
     r = RULES[4]
-    got = _script(ctx, r)
-    if isinstance(got, Finding):
-        return [got]
-    tree, lines = got
+    units, skips = _units(ctx, r)
     out = []
     nll = re.compile(r"nll|loss", re.I)
-    for n in ast.walk(tree):
-        if isinstance(n, ast.Call) and len(n.args) >= 2 and (
-                (isinstance(n.func, ast.Attribute) and n.func.attr == "minimum")
-                or (isinstance(n.func, ast.Name) and n.func.id == "min")):
-            if all(_mentions(a, nll) for a in n.args[:2]):
-                seg = ast.unparse(n)[:80]
-                out.append(r.finding(WARN, f"min over two NLL/loss values `{seg}`: the score must be one pass, not the "
-                                     f"better of alternatives (#573, #659; {MANUAL})", severity=WARN,
-                                     file="train_gpt.py", line=n.lineno))
+    for unit in units:
+        for n in ast.walk(unit.tree):
+            if isinstance(n, ast.Call) and len(n.args) >= 2 and (
+                    (isinstance(n.func, ast.Attribute) and n.func.attr == "minimum")
+                    or (isinstance(n.func, ast.Name) and n.func.id == "min")):
+                if all(_mentions(a, nll) for a in n.args[:2]):
+                    out.append(r.finding(WARN, f"min over two NLL/loss values `{ast.unparse(n)[:80]}`: the score "
+                                         f"must be one pass, not the better of alternatives (#573, #659; {MANUAL})",
+                                         severity=WARN, file=unit.name, line=n.lineno))
     for lg in ctx.logs:
         try:
             m = TEMP_FIT.search(lg.path.read_text(encoding="utf-8", errors="replace"))
@@ -274,7 +281,7 @@ def check_no_selection(ctx: FolderContext) -> list[Finding]:
                                  "fitted on scored tokens (PR #991; manual review)", severity=INFO,
                                  file=ctx.rel(lg.path)))
             break
-    return out[:5] or [r.finding(PASS, "no min() over NLLs found (static)")]
+    return _report(out, units, skips, r.finding(PASS, "no min() over NLLs found (static)"))
 
 
 RULES = [

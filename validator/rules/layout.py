@@ -9,6 +9,7 @@ from pathlib import Path
 
 from validator.logs import find_logs, is_log_file
 from validator.rules.base import ERROR, FAIL, INFO, PASS, RUN_DIR_FILES, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.code import CodeUnit, code_units
 from validator.untrusted_json import run_dir_recipe
 
 BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
@@ -87,34 +88,41 @@ def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
     r = RULES[1]
     if ctx.is_run_dir:
         return [r.finding(SKIP, "pgolf run directory: code is pgolf itself")]
-    src = ctx.script_source
-    if src is None:
+    units = code_units(ctx)
+    if not units:
         return [r.finding(SKIP, "no train_gpt.py")]
-    wrapped, problem = src[1], ctx.script_decoded[2]
-    if problem:  # fail closed: every static rule would read the wrapper, not the code it runs
-        return [r.finding(FAIL, f"executes a compressed payload the validator cannot read ({problem})",
-                          file="train_gpt.py", expected="a payload that decodes (pgolf's code_wrapper forms, or "
-                          "LZMA/base85 literals as the records ship)")]
-    out: list[Finding] = []
-    tree = ctx.tree
-    if isinstance(tree, SyntaxError):
-        exc = tree
-        msg = f"does not parse{' (after unwrapping)' if wrapped else ''}: {exc.msg} (line {exc.lineno})"
-        if sys.version_info < (3, 12) and "f-string" in (exc.msg or ""):
-            return [r.finding(WARN, msg + f"; likely PEP 701 f-string syntax needing Python >= 3.12 "
-                              f"(checked with {sys.version_info.major}.{sys.version_info.minor})",
-                              severity=WARN, file="train_gpt.py", line=exc.lineno)]
-        return [r.finding(FAIL, msg, file="train_gpt.py", line=exc.lineno)]
-    assert tree is not None
-    for node in ast.walk(tree):
+    out = [f for u in units for f in _unreadable(r, u, wrapped=u.name == "train_gpt.py" and ctx.script_source[1])]
+    if any(f.status == FAIL for f in out) or not isinstance(units[0].tree, ast.Module):
+        return out
+    for node in ast.walk(units[0].tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and getattr(node, "level", 0):
             out.append(r.finding(WARN, "relative import: the script is not runnable as a plain file",
                                  severity=WARN, file="train_gpt.py", line=node.lineno))
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("../"):
             out.append(r.finding(WARN, f"path outside the folder: {node.value!r}", severity=WARN,
                                  file="train_gpt.py", line=node.lineno))
-    note = " (LZMA wrapper decoded)" if wrapped else ""
-    return out or [r.finding(PASS, f"train_gpt.py parses{note}; dynamic smoke run not performed (static only)")]
+    note = " (LZMA wrapper decoded)" if ctx.script_source[1] else ""
+    helpers = f", with the {len(units) - 1} local file(s) it runs" if len(units) > 1 else ""
+    return out or [r.finding(PASS, f"train_gpt.py parses{note}{helpers}; dynamic smoke run not performed (static "
+                             "only)")]
+
+
+def _unreadable(r: Rule, unit: CodeUnit, wrapped: bool) -> list[Finding]:
+    """Why the static rules cannot read a code unit: a payload it cannot decode (fail closed: every rule would read
+    the wrapper, not the code it runs), or a syntax error (a WARN where it is likely PEP 701 syntax)."""
+    if unit.problem:
+        return [r.finding(FAIL, f"executes a compressed payload the validator cannot read ({unit.problem})",
+                          file=unit.name, expected="a payload that decodes (pgolf's code_wrapper forms, or "
+                          "LZMA/base85 literals as the records ship)")]
+    if not isinstance(unit.tree, SyntaxError):
+        return []
+    exc = unit.tree
+    msg = f"does not parse{' (after unwrapping)' if wrapped else ''}: {exc.msg} (line {exc.lineno})"
+    if sys.version_info < (3, 12) and "f-string" in (exc.msg or ""):
+        return [r.finding(WARN, msg + f"; likely PEP 701 f-string syntax needing Python >= 3.12 "
+                          f"(checked with {sys.version_info.major}.{sys.version_info.minor})",
+                          severity=WARN, file=unit.name, line=exc.lineno)]
+    return [r.finding(FAIL, msg, file=unit.name, line=exc.lineno)]
 
 
 def check_name(ctx: FolderContext) -> list[Finding]:

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.code import code_units, reachable_local_code
 from validator.rules.layout import linked_files, shipped_kind
 
 GPU = re.compile(r"NVIDIA (?:GeForce )?((?:GH200|H100|H200|A100|A10G?|L40S?|L4|B200|V100|T4|RTX ?[A-Z]?\d{4})"
@@ -154,7 +155,7 @@ def check_log_provenance(ctx: FolderContext) -> list[Finding]:
                              severity=WARN if aux else ERROR, file=f, expected=f"{len(b)} code lines",
                              found=f"{len(a)}"))
     if not checked:
-        from validator.rules.size import exec_stub_target, reachable_local_code
+        from validator.rules.size import exec_stub_target
 
         sizes = {lg.code_bytes for lg in ctx.logs if lg.code_bytes is not None and lg.code_kind != "compressed"}
         helpers = reachable_local_code(ctx)
@@ -186,12 +187,12 @@ def check_external_compute(ctx: FolderContext) -> list[Finding]:
         where = "outside the folder" if not target.is_relative_to(ctx.root.resolve()) else "inside the folder"
         out.append(r.finding(WARN, f"{link} is a symbolic link to {where} ({target}): a PR ships the link, not what "
                              "the run read through it", severity=WARN, file=str(link)))
-    if ctx.script_source is not None:
-        for no, line in enumerate(ctx.script_source[0].splitlines(), start=1):
+    for unit in code_units(ctx):
+        for no, line in enumerate(unit.lines, start=1):
             m = ABS_LOAD.search(line)
             if m and not line.lstrip().startswith("#") and "/tmp" not in m.group(1):
                 out.append(r.finding(WARN, f"loads {m.group(1)!r} from outside the folder", severity=WARN,
-                                     file="train_gpt.py", line=no))
+                                     file=unit.name, line=no))
     sub = ctx.submission or {}
     for k in sub:
         if re.fullmatch(r"(seeds?_(run|tried|all|total)|all_seeds|n_seeds_run)", k):

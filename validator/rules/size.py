@@ -4,66 +4,12 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from statistics import mean
 
 from validator.rules.base import CAP, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.code import CODE_SUFFIXES, reachable_local_code
 
-CODE_SUFFIXES = {".py", ".cpp", ".cu", ".c", ".h", ".cuh", ".so"}
-IMPORT_RX = re.compile(r"(?:^|[;:])\s*(?:from|import)\s+([A-Za-z_]\w*)", re.M)
 DATA_PREP = re.compile(r"(prepare|download|tokeniz|build_|make_|lossless_caps|plot|analy|measure)", re.I)
-
-
-def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
-    """Local files train_gpt.py imports, exec's or compiles (name -> bytes), found by an AST scan (cached)."""
-    cached = ctx.__dict__.get("_reachable")
-    if cached is not None:
-        return cached
-    tree = ctx.tree
-    if tree is None:
-        return {}
-    local = {p.name: p for p in ctx.root.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES}
-    stems = {Path(n).stem: n for n in local if n.endswith(".py")}
-    out: dict[str, int] = {}
-    if isinstance(tree, SyntaxError):  # e.g. PEP 701 f-strings on an older interpreter: fall back to regexes
-        text = ctx.script_source[0] if ctx.script_source else ""
-        for m in IMPORT_RX.finditer(text):
-            if m.group(1) in stems and stems[m.group(1)] != "train_gpt.py":
-                out[stems[m.group(1)]] = local[stems[m.group(1)]].stat().st_size
-        for fname, p in local.items():
-            if fname != "train_gpt.py" and re.search(r"[\"'/]" + re.escape(fname) + r"[\"']", text):
-                out[fname] = p.stat().st_size
-        return _transitive(ctx, out, local, stems)
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name.split(".")[0] for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names = [node.module.split(".")[0]]
-        for n in names:
-            if n in stems and stems[n] != "train_gpt.py":
-                out[stems[n]] = local[stems[n]].stat().st_size
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 300:
-            for fname, p in local.items():
-                if fname != "train_gpt.py" and node.value.endswith(fname):
-                    out[fname] = p.stat().st_size
-    return _transitive(ctx, out, local, stems)
-
-
-def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
-                stems: dict[str, str]) -> dict[str, int]:
-    """Add local files referenced by reached helper modules (regex scan, to a fixed point); cache the result."""
-    todo = [n for n in out if n.endswith(".py")]
-    while todo:
-        text = local[todo.pop()].read_text(encoding="utf-8", errors="replace")
-        found = {stems[m.group(1)] for m in IMPORT_RX.finditer(text) if m.group(1) in stems}
-        found |= {f for f in local if re.search(r"[\"'/]" + re.escape(f) + r"[\"']", text)}
-        for name in found - set(out) - {"train_gpt.py"}:
-            out[name] = local[name].stat().st_size
-            if name.endswith(".py"):
-                todo.append(name)
-    ctx.__dict__["_reachable"] = out
-    return out
 
 
 def exec_stub_target(ctx: FolderContext) -> str | None:

@@ -6,6 +6,7 @@ import math
 import re
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.code import code_units
 
 # UTF-8 bytes of the canonical validation split (the first 50k documents), as implied by every merged record's
 # scoring line: val_tokens x val_loss / (val_bpb x ln 2) = 151,02x,xxx-151,08x,xxx for sp1024/4096/8192, CaseOps
@@ -83,12 +84,11 @@ def shipped_table_findings(ctx: FolderContext, r: Rule) -> list[Finding]:
 def check_bpb(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     out: list[Finding] = []
-    src = ctx.script_source
-    if src is not None:
-        for no, line in enumerate(src[0].splitlines(), start=1):
+    for unit in code_units(ctx):
+        for no, line in enumerate(unit.lines, start=1):
             if CONST_BPT.search(line) and not line.lstrip().startswith("#"):
                 out.append(r.finding(FAIL, "hard-coded bytes-per-token constant in the bpb formula",
-                                     file="train_gpt.py", line=no, found=line.strip()[:100]))
+                                     file=unit.name, line=no, found=line.strip()[:100]))
     for lg in ctx.scoring:
         fin = lg.final(ctx.method)
         if fin is None or lg.val_tokens is None or fin.val_bpb <= 0 or fin.val_loss <= 0:
@@ -128,7 +128,7 @@ def check_bpb(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(WARN, "CaseOps-style transform but no 'val_bpb:byte_sidecar:enabled' line in any log",
                              severity=INFO))
     if not out:
-        if not ratios and src is None:
+        if not ratios and ctx.script_source is None:
             return [r.finding(SKIP, "no script and no scored logs")]
         bpt = f" ({ratios[0][0]:.4f} bytes/token)" if ratios else ""
         return [r.finding(PASS, f"no hard-coded constant; byte denominator consistent across logs{bpt}")]

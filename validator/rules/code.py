@@ -1,0 +1,116 @@
+"""The code a records folder runs, as the static rules read it: train_gpt.py (decoded) and every local file it
+reaches (THREATS.md §4).
+
+`reachable_local_code`: the local files train_gpt.py imports, exec's or names (an AST scan, then a transitive regex
+scan of the helpers reached), with their sizes: what SIZE.CODE counts. `code_units`: the same files as source the
+scans read. A rule that looked at train_gpt.py alone passed a folder whose train_gpt.py is `import helper` or
+`exec(open("helper.py").read())` (a merged record ships that stub) and whose cheat is in the helper.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from validator.rules.base import FolderContext, script_text
+from validator.wrapper import decode_wrapper
+
+CODE_SUFFIXES = {".py", ".cpp", ".cu", ".c", ".h", ".cuh", ".so"}
+IMPORT_RX = re.compile(r"(?:^|[;:])\s*(?:from|import)\s+([A-Za-z_]\w*)", re.M)
+SCRIPT = "train_gpt.py"
+
+
+@dataclass(frozen=True)
+class CodeUnit:
+    """One Python file the run executes: its name in the folder, the source it runs (a wrapper's payload decoded),
+    its syntax tree or the SyntaxError, and why a wrapper in it could not be read (None: not wrapped, or read)."""
+
+    name: str
+    source: str
+    tree: ast.Module | SyntaxError
+    problem: str | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        return self.source.splitlines()
+
+
+def code_units(ctx: FolderContext) -> list[CodeUnit]:
+    """train_gpt.py, then each local .py file it reaches (sorted by name); [] without a train_gpt.py (cached)."""
+    cached = ctx.__dict__.get("_code_units")
+    if cached is not None:
+        return cached
+    out: list[CodeUnit] = []
+    if ctx.script_decoded is not None:
+        src, _, problem = ctx.script_decoded
+        out.append(_unit(SCRIPT, src, problem))
+        paths = {p.name: p for p in ctx.root.rglob("*.py") if p.is_file()}
+        for name in sorted(n for n in reachable_local_code(ctx) if n.endswith(".py") and n in paths):
+            src, _, problem = decode_wrapper(script_text(paths[name]))
+            out.append(_unit(str(ctx.rel(paths[name])), src, problem))
+    ctx.__dict__["_code_units"] = out
+    return out
+
+
+def _unit(name: str, source: str, problem: str | None) -> CodeUnit:
+    try:
+        tree: ast.Module | SyntaxError = ast.parse(source, filename=name)
+    except SyntaxError as exc:
+        tree = exc
+    except ValueError as exc:  # a NUL byte in the source
+        tree = SyntaxError(str(exc))
+    return CodeUnit(name, source, tree, problem)
+
+
+def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
+    """Local files train_gpt.py imports, exec's or compiles (name -> bytes), found by an AST scan (cached)."""
+    cached = ctx.__dict__.get("_reachable")
+    if cached is not None:
+        return cached
+    tree = ctx.tree
+    if tree is None:
+        return {}
+    local = {p.name: p for p in ctx.root.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES}
+    stems = {Path(n).stem: n for n in local if n.endswith(".py")}
+    out: dict[str, int] = {}
+    if isinstance(tree, SyntaxError):  # e.g. PEP 701 f-strings on an older interpreter: fall back to regexes
+        text = ctx.script_source[0] if ctx.script_source else ""
+        for m in IMPORT_RX.finditer(text):
+            if m.group(1) in stems and stems[m.group(1)] != "train_gpt.py":
+                out[stems[m.group(1)]] = local[stems[m.group(1)]].stat().st_size
+        for fname, p in local.items():
+            if fname != "train_gpt.py" and re.search(r"[\"'/]" + re.escape(fname) + r"[\"']", text):
+                out[fname] = p.stat().st_size
+        return _transitive(ctx, out, local, stems)
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module.split(".")[0]]
+        for n in names:
+            if n in stems and stems[n] != "train_gpt.py":
+                out[stems[n]] = local[stems[n]].stat().st_size
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 300:
+            for fname, p in local.items():
+                if fname != "train_gpt.py" and node.value.endswith(fname):
+                    out[fname] = p.stat().st_size
+    return _transitive(ctx, out, local, stems)
+
+
+def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
+                stems: dict[str, str]) -> dict[str, int]:
+    """Add local files referenced by reached helper modules (regex scan, to a fixed point); cache the result."""
+    todo = [n for n in out if n.endswith(".py")]
+    while todo:
+        text = local[todo.pop()].read_text(encoding="utf-8", errors="replace")
+        found = {stems[m.group(1)] for m in IMPORT_RX.finditer(text) if m.group(1) in stems}
+        found |= {f for f in local if re.search(r"[\"'/]" + re.escape(f) + r"[\"']", text)}
+        for name in found - set(out) - {"train_gpt.py"}:
+            out[name] = local[name].stat().st_size
+            if name.endswith(".py"):
+                todo.append(name)
+    ctx.__dict__["_reachable"] = out
+    return out
