@@ -114,6 +114,7 @@ BAD_CASES: dict[str, tuple[str, dict, Callable[[Path], None] | None, str]] = {
     "DATA.NO_TRAIN_AT_EVAL": ("2026-05-01_X", {"script": GOOD_SCRIPT + "from huggingface_hub import hf_hub_download\n"},
                               None, "warn"),
     "TOK.BPB": ("2026-05-01_X", {"script": GOOD_SCRIPT + "BPB = 2.0 / (math.log(2) * 3.5)\n"}, None, "fail"),
+    "FILES.PLAIN_TEXT": ("2026-05-01_X", {"script": GOOD_SCRIPT + "# \u202e\n"}, None, "fail"),
 }
 
 
@@ -411,6 +412,35 @@ def test_code_beside_a_compressed_payload_fails_closed(tmp_path: Path, case: str
     assert has_errors(findings)
     plain = validate_folder(make_folder(tmp_path / "plain", script=GOOD_SCRIPT + NET))
     assert "warn" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")
+
+
+@pytest.mark.parametrize(("file", "edit"), [
+    # a CR shows the reviewer the second claim; splitlines() hands the parser both
+    ("train_seed1.log", lambda t: t.replace("final_int6_sliding_window_exact",
+                                               "final_int6_sliding_window_exact val_loss:9 val_bpb:9\rfinal_"
+                                               "int6_sliding_window_exact", 1)),
+    ("train_seed2.log", lambda t: t.replace("Total submission", "\x1b[2KTotal submission", 1)),  # ANSI erase
+    ("train_seed3.log", lambda t: t.replace("\n", "\x0b", 3)),  # a vertical tab: a line break to Python only
+    ("train_gpt.py", lambda t: t.replace("return loss", "return loss  # \u202e } \u2066", 1)),  # Trojan Source
+    ("train_gpt.py", lambda t: t.replace("nbytes", "nby\u200btes", 1)),  # a zero-width space: two names look alike
+    ("submission.json", lambda t: t.replace("A. Golfer", "A. Golfer\u2028", 1)),
+    ("README.md", lambda t: t + "\u202eevil\n"),
+], ids=["cr-log", "ansi-log", "vt-log", "bidi-code", "zwsp-code", "line-separator-json", "bidi-readme"])
+def test_text_readers_disagree_on_fails(tmp_path: Path, file: str, edit) -> None:
+    """Threat: a character on which the validator's reading and a reviewer's differ (a log line the terminal
+    overwrites, a break only Python's splitlines() sees, reordered or look-alike code). FILES.PLAIN_TEXT fails the
+    file and line; tab, CRLF, a leading BOM, ordinary Unicode and a README's emoji joiner are plain text."""
+    folder = make_folder(tmp_path / "bad")
+    path = folder / file
+    path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8", newline="")
+    found = [f for f in validate_folder(folder) if f.rule == "FILES.PLAIN_TEXT"]
+    assert [(f.status, f.file) for f in found] == [("fail", file)] and found[0].line, found
+    good = make_folder(tmp_path / "good", script="\ufeff" + GOOD_SCRIPT.replace("\n", "\r\n") + "# é—▁\tx\r\n")
+    (good / "README.md").write_text("# Good 👩\u200d💻\n", encoding="utf-8")
+    assert statuses(validate_folder(good), "FILES.PLAIN_TEXT") == {"pass"}
+    (good / "train_seed2.log").write_bytes(b"\xff\xfe" + (good / "train_seed2.log").read_bytes())
+    (latin,) = [f for f in validate_folder(good) if f.rule == "FILES.PLAIN_TEXT"]
+    assert latin.status == "fail" and latin.file == "train_seed2.log" and "not UTF-8" in latin.message
 
 
 def test_a_helper_the_script_runs_is_held_to_the_same_reading(tmp_path: Path) -> None:

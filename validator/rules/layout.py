@@ -1,14 +1,27 @@
-"""Packaging rules: FILES.REQUIRED, FILES.RUNS_IN_FOLDER (static part), FILES.PR_SCOPE (folder name)."""
+"""Packaging rules: FILES.REQUIRED, FILES.RUNS_IN_FOLDER (static part), FILES.PR_SCOPE, FILES.PLAIN_TEXT."""
 
 from __future__ import annotations
 
 import ast
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
 from validator.logs import find_logs, is_log_file
-from validator.rules.base import ERROR, FAIL, INFO, PASS, RUN_DIR_FILES, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.base import (
+    ERROR,
+    FAIL,
+    INFO,
+    PASS,
+    RUN_DIR_FILES,
+    SKIP,
+    WARN,
+    Finding,
+    FolderContext,
+    Rule,
+    script_text,
+)
 from validator.rules.code import CodeUnit, code_units
 from validator.untrusted_json import run_dir_recipe
 
@@ -136,6 +149,59 @@ def check_name(ctx: FolderContext) -> list[Finding]:
                       found=name)]
 
 
+# Characters on which two readers of one text disagree, or that hide text from a reviewer (THREATS.md §4): Python's
+# str.splitlines() (every log parser here) breaks a line at \r, \v, \f, \x1c-\x1e, \x85, U+2028 and U+2029 where git,
+# grep and GitHub see one line; a terminal lets \r, \b and ANSI escapes overwrite what was printed; bidi controls
+# reorder what a reviewer sees of code (Trojan Source, CVE-2021-42574); zero-width characters make two names look
+# alike. Tab, newline and the CR of a CRLF are plain text; a byte-order mark may open a file.
+HIDING = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]|\r(?!\n)|(?<!^)\ufeff")
+BIDI = set("\u061c\u200e\u200f") | {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def hidden_character(text: str, markdown: bool = False) -> tuple[int, str] | None:
+    """(line, description) of the first character of `text` that readers disagree on, or None. Every Unicode format
+    character (category Cf) counts, except in Markdown, where only the bidi controls do (emoji need the joiners)."""
+    hits = [m.start() for m in [HIDING.search(text)] if m]
+    for ch in {c for c in text if c > "\x9f"} - {"\ufeff"}:
+        if ch in BIDI or (not markdown and unicodedata.category(ch) == "Cf"):
+            hits.append(text.index(ch))
+    if not hits:
+        return None
+    at = min(hits)
+    ch = text[at]
+    name = unicodedata.name(ch, "") or {"\r": "CARRIAGE RETURN not before a line feed"}.get(ch, "a control character")
+    return text.count("\n", 0, at) + 1, f"U+{ord(ch):04X} {name}"
+
+
+def check_plain_text(ctx: FolderContext) -> list[Finding]:
+    r = RULES[3]
+    units = {u.name: u for u in code_units(ctx)}
+    out: list[Finding] = []
+    checked = 0
+    for rel in (p for p in ctx.files if shipped_kind(p) or p.suffix == ".jsonl"):
+        name = str(rel)
+        if name in units:
+            text = units[name].source  # a wrapper's payload, decoded: its latin-1 digits are not text
+        elif rel.suffix == ".py":
+            text = script_text(ctx.root / rel)
+        else:
+            data = (ctx.root / rel).read_bytes()
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                out.append(r.finding(FAIL, f"not UTF-8 text (byte {exc.start:,}): readers decode it differently",
+                                     file=name, expected="UTF-8"))
+                continue
+        checked += 1
+        hit = hidden_character(text, markdown=rel.suffix.lower() == ".md")
+        if hit:
+            out.append(r.finding(FAIL, f"{hit[1]}: a character readers disagree on (Python's splitlines() breaks lines "
+                                 "where git and GitHub do not; terminals overwrite text; bidi controls reorder code)",
+                                 file=name, line=hit[0], expected="plain text: tab, newline, CRLF, printable"))
+    return out[:8] or [r.finding(PASS, f"{checked} text file(s) are plain UTF-8 text (no control, bidi or "
+                                 "zero-width characters)")]
+
+
 RULES = [
     Rule("FILES.REQUIRED", "README.md, submission.json, train log(s), train_gpt.py (+ requirements.txt): files, "
          "not links",
@@ -147,4 +213,6 @@ RULES = [
          lower="PEP 701 syntax on Python < 3.12, relative imports, paths outside the folder: WARN"),
     Rule("FILES.PR_SCOPE", "one new folder named YYYY-MM-DD_description (static part: the name)",
          "README 'only adds a new folder'; commit e64813770", ERROR, check_name),
+    Rule("FILES.PLAIN_TEXT", "code, logs, JSON and README are plain text every reader sees alike",
+         "Trojan Source (CVE-2021-42574); Python str.splitlines vs git line breaks", ERROR, check_plain_text),
 ]
