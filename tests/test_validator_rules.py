@@ -456,6 +456,34 @@ def test_a_helper_the_script_runs_is_held_to_the_same_reading(tmp_path: Path) ->
     assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == {"helper_mod.py"}
 
 
+@pytest.mark.parametrize("hidden", [
+    "import base64\nexec(base64.b64decode('cHJpbnQoMSk='))\n",
+    "eval(compile('1 + 1', 'x', 'eval'))\n",
+    "code = open('/tmp/x.py').read()\nexec(code)\n",
+    "import importlib\nmod = importlib.import_module('hel' + 'per_mod')\n",
+    "mod = __import__(chr(104) + 'elper_mod')\n",
+    "import runpy, sys\nrunpy.run_path(sys.argv[1])\n",
+    "import marshal\nexec(marshal.loads(b'\\xe3'))\n",
+], ids=["exec-base64", "eval-compile", "exec-variable", "import-module-computed", "dunder-import-computed",
+        "run-path-computed", "marshal"])
+def test_code_the_validator_cannot_read_fails_closed(tmp_path: Path, hidden: str) -> None:
+    """Threat: code that exists only at run time (decoded from a literal, read from a path the rules cannot resolve,
+    a module named by a computed string) is never seen by the scans. FILES.RUNS_IN_FOLDER fails it, naming the call;
+    exec of a shipped file's text and modules named by literals are read instead (the helper's code is scanned)."""
+    (runs,) = [f for f in validate_folder(make_folder(tmp_path / "bad", script=GOOD_SCRIPT + hidden))
+               if f.rule == "FILES.RUNS_IN_FOLDER" and f.status == "fail"][:1]
+    assert "cannot read" in runs.message and runs.file == "train_gpt.py" and runs.line
+    for i, reach in enumerate(['exec(open(__file__.replace("train_gpt.py", "helper_mod.py")).read())\n',
+                               "import importlib\nm = importlib.import_module('helper_mod')\n",
+                               "m = __import__('helper_mod')\n"]):
+        folder = make_folder(tmp_path / f"good{i}", script=GOOD_SCRIPT + reach)
+        (folder / "helper_mod.py").write_text(NET)
+        findings = validate_folder(folder)
+        assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}, reach
+        assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == \
+            {"helper_mod.py"}, reach
+
+
 def test_a_plain_script_that_builds_a_wrapper_is_read_as_plain(tmp_path: Path) -> None:
     """Eleven merged records compress their own code for the size count: `exec(L.decompress(` sits in a bytes
     literal they write out. Recognising wrappers by a regular expression failed them all ("cannot read"); by the

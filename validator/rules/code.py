@@ -19,6 +19,7 @@ from validator.wrapper import decode_wrapper
 
 CODE_SUFFIXES = {".py", ".cpp", ".cu", ".c", ".h", ".cuh", ".so"}
 IMPORT_RX = re.compile(r"(?:^|[;:])\s*(?:from|import)\s+([A-Za-z_]\w*)", re.M)
+DYN_IMPORT_RX = re.compile(r"(?:import_module|__import__)\(\s*[\"']([A-Za-z_]\w*)")  # a module named by a literal
 SCRIPT = "train_gpt.py"
 
 
@@ -77,7 +78,7 @@ def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
     out: dict[str, int] = {}
     if isinstance(tree, SyntaxError):  # e.g. PEP 701 f-strings on an older interpreter: fall back to regexes
         text = ctx.script_source[0] if ctx.script_source else ""
-        for m in IMPORT_RX.finditer(text):
+        for m in [*IMPORT_RX.finditer(text), *DYN_IMPORT_RX.finditer(text)]:
             if m.group(1) in stems and stems[m.group(1)] != "train_gpt.py":
                 out[stems[m.group(1)]] = local[stems[m.group(1)]].stat().st_size
         for fname, p in local.items():
@@ -90,6 +91,8 @@ def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
             names = [a.name.split(".")[0] for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module.split(".")[0]]
+        elif _call_name(node) in ("import_module", "__import__") and _literal_arg(node):
+            names = [_literal_arg(node).split(".")[0]]
         for n in names:
             if n in stems and stems[n] != "train_gpt.py":
                 out[stems[n]] = local[stems[n]].stat().st_size
@@ -106,7 +109,8 @@ def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
     todo = [n for n in out if n.endswith(".py")]
     while todo:
         text = local[todo.pop()].read_text(encoding="utf-8", errors="replace")
-        found = {stems[m.group(1)] for m in IMPORT_RX.finditer(text) if m.group(1) in stems}
+        found = {stems[m.group(1)] for rx in (IMPORT_RX, DYN_IMPORT_RX) for m in rx.finditer(text)
+                 if m.group(1) in stems}
         found |= {f for f in local if re.search(r"[\"'/]" + re.escape(f) + r"[\"']", text)}
         for name in found - set(out) - {"train_gpt.py"}:
             out[name] = local[name].stat().st_size
@@ -114,3 +118,55 @@ def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
                 todo.append(name)
     ctx.__dict__["_reachable"] = out
     return out
+
+
+# Calls that run code given to them at run time; the static rules read only files and wrapper payloads.
+EXECUTES = {"exec", "eval", "compile"}
+LOADS_CODE = {"import_module", "__import__", "run_path", "run_module", "spec_from_file_location"}
+BUILDS_CODE = {("marshal", "loads"), ("types", "FunctionType"), ("types", "CodeType")}
+
+
+def unread_code(unit: CodeUnit, units: list[CodeUnit]) -> list[tuple[int, str]]:
+    """(line, call) of each call in `unit` that runs code the static rules do not read: exec/eval/compile of anything
+    but a reached local file's text (`exec(open(...helper.py).read())`), a module or file loaded by a name computed at
+    run time, code objects built from bytes. A wrapper's own exec is read (its payload is the unit's source)."""
+    if not isinstance(unit.tree, ast.Module):
+        return []
+    files = {Path(u.name).name for u in units[1:]}
+    own = {n.name for n in unit.tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}  # a function `eval`
+    out = []
+    for node in ast.walk(unit.tree):
+        name = _call_name(node)
+        if name in EXECUTES and isinstance(node.func, ast.Name) and name not in own:
+            ok = bool(node.args) and _reads_local_file(node.args[0], files)
+        elif name in LOADS_CODE:
+            ok = _literal_arg(node) is not None or any(isinstance(c, ast.Constant) and isinstance(c.value, str)
+                                                       and Path(c.value).name in files for c in ast.walk(node))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value,
+                                                                                              ast.Name):
+            ok = (node.func.value.id, node.func.attr) not in BUILDS_CODE
+        else:
+            ok = True
+        if not ok:
+            out.append((node.lineno, ast.unparse(node)[:80]))
+    return out
+
+
+def _call_name(node: ast.AST) -> str | None:
+    if not isinstance(node, ast.Call):
+        return None
+    return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+
+
+def _literal_arg(node: ast.Call) -> str | None:
+    arg = node.args[0] if node.args else None
+    return arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None
+
+
+def _reads_local_file(node: ast.AST, files: set[str]) -> bool:
+    """`open(E).read()` / `Path(E).read_text()` (any receiver of .read/.read_text) with a literal in E naming one
+    of `files`."""
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("read", "read_text")
+            and any(isinstance(c, ast.Constant) and isinstance(c.value, str) and Path(c.value).name in files
+                    for c in ast.walk(node.func.value)))

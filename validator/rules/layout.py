@@ -22,7 +22,7 @@ from validator.rules.base import (
     Rule,
     script_text,
 )
-from validator.rules.code import CodeUnit, code_units
+from validator.rules.code import CodeUnit, code_units, unread_code
 from validator.untrusted_json import run_dir_recipe
 
 BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
@@ -105,6 +105,10 @@ def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
     if not units:
         return [r.finding(SKIP, "no train_gpt.py")]
     out = [f for u in units for f in _unreadable(r, u, wrapped=u.name == "train_gpt.py" and ctx.script_source[1])]
+    out += [r.finding(FAIL, f"runs code the validator cannot read: `{call}` (exec/eval/compile of anything but a "
+                      "shipped file's text, a module loaded by a computed name, code built from bytes)",
+                      file=u.name, line=line, expected="code in the folder's files, or a wrapper it can decode")
+            for u in units if not u.problem for line, call in unread_code(u, units)]
     if any(f.status == FAIL for f in out) or not isinstance(units[0].tree, ast.Module):
         return out
     for node in ast.walk(units[0].tree):
