@@ -414,6 +414,32 @@ def test_code_beside_a_compressed_payload_fails_closed(tmp_path: Path, case: str
     assert "warn" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")
 
 
+def _per_seed(**over: object) -> dict:
+    """seed_results as the logs of make_folder report them, with `over` applied to seed 2."""
+    res = {str(s): {"val_bpb": b, "val_loss": round(_loss(b), 8), "bytes_total": 15_000_000 + len(GOOD_SCRIPT)}
+           for s, b in SEEDS.items()}
+    res["2"] |= over
+    return res
+
+
+@pytest.mark.parametrize(("sub_over", "field"), [
+    ({"seeds": [1, 2, 7]}, "seeds"),  # a seed no log ran
+    ({"seed_results": _per_seed() | {"9": {"val_bpb": 1.081}}}, "seeds"),
+    ({"seed_results": _per_seed(bytes_total=14_000_000)}, "seed_results.2.bytes_total"),
+    ({"seed_results": _per_seed(val_loss=1.0)}, "seed_results.2.val_loss"),
+    ({"seed_results": _per_seed(val_bpb=1.05)}, "seed_results.2.val_bpb"),
+], ids=["seed-without-log", "result-without-log", "seed-bytes", "seed-loss", "seed-bpb"])
+def test_per_seed_claims_must_be_their_logs(tmp_path: Path, sub_over: dict, field: str) -> None:
+    """Threat: the headline agrees with the logs while the per-seed table does not (a seed never run, a size or
+    loss that no log reports): a reader of submission.json sees runs that do not exist. JSON.CONSISTENCY fails the
+    field; the same table copied from the logs passes."""
+    found = [f for f in validate_folder(make_folder(tmp_path / "bad", sub_over=sub_over))
+             if f.rule == "JSON.CONSISTENCY" and f.status == "fail"]
+    assert [f.field for f in found] == [field], found
+    good = validate_folder(make_folder(tmp_path / "good", sub_over={"seed_results": _per_seed()}))
+    assert statuses(good, "JSON.CONSISTENCY") == {"pass"}
+
+
 @pytest.mark.parametrize(("file", "edit"), [
     # a CR shows the reviewer the second claim; splitlines() hands the parser both
     ("train_seed1.log", lambda t: t.replace("final_int6_sliding_window_exact",

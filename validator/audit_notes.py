@@ -67,6 +67,8 @@ BY_FOLDER: dict[tuple[str, str], str] = {
         'Real: ships `train_gpt_legendre.py`.',
     ('track_non_record_16mb/2026-03-31_LegendreGPT', 'JSON.CONSISTENCY'):
         'Real (rulebook FILES.LOG_PROVENANCE): log `final_INT7_zlib_roundtrip … 1.2353` vs claimed 1.2266 (different quantization than the log).',
+    ('track_10min_16mb/2026-04-18_PR1626_CaseOps_Taper', 'JSON.CONSISTENCY'):
+        'Real (mislabelled seed): submission.json and the README name seed 0 (`SEED=0 ... > train_seed0.log`), but that log prints `seed: 1337` and a uuid run_id: SEED was not set and the run used the default 1337. The three runs are still three distinct seeds (1337, 42, 1234), so the 3-seed mean stands; the claim names a seed no log ran.',
     ('track_non_record_16mb/2026-04-04_GDN_Hybrid_LongContext', 'JSON.CONSISTENCY'):
         'Real but a study folder: 10 logs of different configurations; the claim comes from 2 specific runs, seed 1341 logged at another context length (1.39697 vs 1.4703), rulebook §9.4.',
     ('track_non_record_16mb/2026-04-05_118M_XNOR-Net_FP8_1024D_10L', 'FILES.REQUIRED'):

@@ -117,21 +117,49 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(FAIL, f"{key} {value} is not supported by any log (mean {m:.6f}, values "
                              f"{', '.join(f'{v:.5f}' for v in vals)})", file=f, field=key, expected=round(m, 6),
                              found=value))
-    by_seed = {lg.seed: fin for lg, fin in finals if lg.seed is not None}
-    for seed, res in seed_results(ctx.submission).items():
-        v = res.get("val_bpb")
-        if not isinstance(v, (int, float)) or not seed.isdigit() or int(seed) not in by_seed:
-            continue
-        logged = by_seed[int(seed)].val_bpb
-        lg = next(lg for lg, fin in finals if lg.seed == int(seed))
-        if abs(v - logged) > SEED_TOL and all(abs(v - e.val_bpb) > SEED_TOL for e in lg.evals):
-            out.append(r.finding(FAIL, f"seed {seed}: claimed val_bpb differs from its log by {abs(v - logged):.5f}",
-                                 file=f, field=f"seed_results.{seed}.val_bpb", expected=logged, found=v))
+    out += _seed_claims(r, ctx, finals, f)
     vl = (ctx.submission or {}).get("val_loss")
     if isinstance(vl, (int, float)) and key == "val_bpb" and vl < 1.3 * value and abs(vl - value) < 0.2:
         out.append(r.finding(WARN, "val_loss looks like a bpb value (loss/bpb ratio ~1)", severity=INFO, file=f,
                              field="val_loss", found=vl))
     return out
+
+
+def _seed_claims(r: Rule, ctx: FolderContext, finals: list, f: str | None) -> list[Finding]:
+    """Each seed submission.json names (`seeds`, `seed_results`) has a log, and its per-seed figures are that log's:
+    val_bpb (any final line, SEED_TOL), val_loss (SEED_TOL) and bytes_total (the logged total, exactly)."""
+    out: list[Finding] = []
+    logs = {lg.seed: (lg, fin) for lg, fin in finals if lg.seed is not None}
+    results = seed_results(ctx.submission)
+    listed = (ctx.submission or {}).get("seeds")
+    claimed = set(results) | {str(s) for s in (listed if isinstance(listed, list) else []) if isinstance(s, int)}
+    for seed in sorted(claimed):
+        if not seed.isdigit() or int(seed) not in logs:
+            if logs:  # logs that name their seeds, none of them this one
+                out.append(r.finding(FAIL, f"seed {seed} is claimed but no scored log reports it (logged seeds: "
+                                     f"{', '.join(map(str, sorted(logs)))})", file=f, field="seeds",
+                                     expected=sorted(logs), found=seed))
+            continue
+        lg, fin = logs[int(seed)]
+        res = results.get(seed, {})
+        v, loss, size = res.get("val_bpb"), res.get("val_loss"), res.get("bytes_total")
+        if _number(v) and abs(v - fin.val_bpb) > SEED_TOL and all(abs(v - e.val_bpb) > SEED_TOL for e in lg.evals):
+            out.append(r.finding(FAIL, f"seed {seed}: claimed val_bpb differs from its log by "
+                                 f"{abs(v - fin.val_bpb):.5f}", file=f, field=f"seed_results.{seed}.val_bpb",
+                                 expected=fin.val_bpb, found=v))
+        if _number(loss) and all(abs(loss - e.val_loss) > SEED_TOL for e in lg.evals):
+            out.append(r.finding(FAIL, f"seed {seed}: claimed val_loss {loss} is on no final line of its log "
+                                 f"({ctx.rel(lg.path)})", file=f, field=f"seed_results.{seed}.val_loss",
+                                 expected=fin.val_loss, found=loss))
+        if _number(size) and lg.total_bytes is not None and size != lg.total_bytes:
+            out.append(r.finding(FAIL, f"seed {seed}: claimed bytes_total {size:,} but its log totals "
+                                 f"{lg.total_bytes:,} bytes", file=f, field=f"seed_results.{seed}.bytes_total",
+                                 expected=lg.total_bytes, found=size))
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 RULES = [
