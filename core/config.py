@@ -158,7 +158,7 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ in (int, float):
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
-                return typ(value.strip().replace("_", ""))
+                return typ(value.strip())  # Python's own digit grouping (1_000) only
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and (typ is float or value % 1 == 0):
             return typ(value)
         raise ValueError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
@@ -287,12 +287,15 @@ def core_errors(c: CoreConfig) -> list[str]:
               for f in dataclasses.fields(c) if isinstance(v := getattr(c, f.name), float) and not math.isfinite(v)]
     errors += [f"core.{name} must be positive, got {getattr(c, name)}" for name in (
         "vocab_size", "num_layers", "num_heads", "num_kv_heads", "model_dim", "mlp_mult", "train_seq_len",
-        "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap")
-        if getattr(c, name) <= 0]
-    errors += [f"core.{name} must be >= 0, got {getattr(c, name)}" for name in (
+        "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap", "rope_base",
+        "adam_eps") if getattr(c, name) <= 0]
+    errors += [f"core.{n} must be >= 0, got {getattr(c, n)}" for n in (
         "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "eval_seq_len",
-        "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm", "mlp_hidden")
-        if getattr(c, name) < 0]
+        "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm", "mlp_hidden",
+        "tied_embed_init_std", "embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr") if getattr(c, n) < 0]
+    errors += [f"core.{n} must be in [{lo}, {hi}), got {getattr(c, n)}" for n, lo, hi in (
+        ("beta1", 0, 1), ("beta2", 0, 1), ("muon_momentum", 0, 1), ("muon_momentum_warmup_start", 0, 1),
+        ("seed", 0, 2**32), ("bos_id", 0, max(c.vocab_size, 1))) if not lo <= getattr(c, n) < hi]
     if c.num_heads > 0 and c.model_dim > 0:
         if c.model_dim % c.num_heads != 0:
             errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")

@@ -121,7 +121,7 @@ class DistributedTokenLoader:
         """(x, y) int64 of shape (local_tokens // seq_len, seq_len) for this rank, y shifted by one."""
         local_tokens = global_tokens // (self.world_size * grad_accum_steps)
         if local_tokens <= 0 or local_tokens % seq_len != 0:
-            raise ValueError(f"global_tokens {global_tokens} / (world_size {self.world_size} * grad_accum_steps "
+            raise ValueError(f"core.train_batch_tokens {global_tokens} / (world_size {self.world_size} * grad_accum "
                              f"{grad_accum_steps}) = {local_tokens} per rank: not a multiple of seq_len {seq_len}")
         span = local_tokens + 1
         local = self.stream.take(span * self.world_size)[self.rank * span : (self.rank + 1) * span].to(torch.int64)

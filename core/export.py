@@ -399,8 +399,7 @@ def quantizer_label(qstate: Mapping[str, QTensor]) -> str:
 
 
 def export_state_dict(state_dict: Mapping[str, Tensor], quantizers: Sequence[QuantizeFn], codec: Codec,
-                      quantizer_name: str | None = "int8",
-                      refine: Callable[[dict[str, QTensor]], None] | None = None,
+                      quantizer_name: str | None = "int8", refine: Callable[[dict[str, QTensor]], None] | None = None,
                       schemes: Mapping[str, DequantizeFn] | None = None,
                       state_codec: StateCodec | None = None) -> ExportResult:
     """Quantize, refine in place (optional, e.g. pruning), serialize (`state_codec`, default torch.save) and

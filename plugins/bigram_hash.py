@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import CastedLinear, join_group
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 HASH_CUR, HASH_PREV = 36313, 27191
 
@@ -88,6 +90,10 @@ class BigramHash(Plugin):
     sources = ("openai/parameter-golf#198", "openai/parameter-golf#265", "openai/parameter-golf#315")
     config = BigramHashConfig
     test_settings = {"bigram_hash": {"buckets": 64, "dim": 32, "scale_init": 0.5}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, buckets=(1, None), dim=(1, None), bos_id=(-1, None))
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

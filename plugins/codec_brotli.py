@@ -8,11 +8,13 @@ artifact header (`codec_params`), so any pgolf decoder undoes it without this pl
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -30,6 +32,10 @@ class Brotli(Plugin):
     config = BrotliConfig
     provides = ("codec",)
     test_settings = {"brotli": {"quality": 5}}  # quality 11 is the default; 5 keeps the matrix fast
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, quality=(0, 11), byte_shuffle=(0, 255))
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:

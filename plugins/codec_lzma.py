@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import lzma
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -31,6 +33,10 @@ class Lzma(Plugin):
     config = LzmaConfig
     provides = ("codec",)
     test_settings = {"lzma": {"preset": 9}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, preset=(0, 9), byte_shuffle=(0, 255))
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:

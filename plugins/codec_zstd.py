@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib import codecs
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -23,6 +25,10 @@ class Zstd(Plugin):
     config = ZstdConfig
     provides = ("codec",)
     test_settings = {"zstd": {"level": 22}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, level=(1, 22))
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:

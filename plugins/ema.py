@@ -13,11 +13,13 @@ PRs #414–#1204 stack (SWA collected, only the EMA loaded).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -33,6 +35,10 @@ class EMA(Plugin):
     config = EMAConfig
     provides = ("weight_averaging",)
     test_settings = {"ema": {"decay": 0.5}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, decay=(0.0, 1.0))
 
     def __init__(self, cfg: EMAConfig | None = None):
         super().__init__(cfg)

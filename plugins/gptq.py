@@ -37,6 +37,7 @@ from plugins.lib.quant import (
     prepare_hessian,
     qmax_of,
 )
+from plugins.lib.settings import range_errors
 from plugins.quant_int8 import dtype_name
 from plugins.sdclip import MIN_SCALE, sigmas_for
 
@@ -242,6 +243,13 @@ class GPTQ(Plugin):
     config = GPTQConfig
     provides = ("quantizer",)
     test_settings = {"gptq": {"keep_float_max_numel": 0, "calib_batches": 2, "reserve_seconds": 0.5}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None), matrix_clip_sigmas=(0.0, None),
+                            embed_clip_sigmas=(0.0, None), mlp_clip_sigmas=(0.0, None), attn_clip_sigmas=(0.0,
+                            None), calib_batches=(1, None), reserve_seconds=(0.0, None), block_size=(1, None),
+                            damp=(0.0, None))
 
     def __init__(self, cfg: GPTQConfig | None = None):
         super().__init__(cfg)

@@ -17,6 +17,7 @@ is a no-op; PR #534's clamps at the clip, so its search picks among real clips.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
+from plugins.lib.settings import range_errors
 
 VARIANTS = ("pr414", "pr534")
 
@@ -123,6 +125,10 @@ class GPTQLite(Plugin):
     config = GPTQLiteConfig
     provides = ("quantizer",)
     test_settings = {"gptq_lite": {"keep_float_max_numel": 0}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None))
 
     def __init__(self, cfg: GPTQLiteConfig | None = None):
         super().__init__(cfg)

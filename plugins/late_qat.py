@@ -31,6 +31,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.model import CastedLinear
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 from plugins.lib.switch import Switch
 
 
@@ -102,7 +103,7 @@ class LateQAT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: LateQATConfig, core: Any) -> list[str]:
-        errors = []
+        errors = range_errors(cls.name, cfg, threshold=(0.0, None))
         if not 2 <= cfg.bits <= 8:
             errors.append(f"late_qat.bits: expected 2..8, got {cfg.bits}")
         if not cfg.rowmax_floor > 0:

@@ -13,12 +13,14 @@ lr 1e-4, betas (0, 0.999), weight decay 0.5, eval_seq_len 2048; PR #1767 adds al
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink
+from plugins.lib.settings import range_errors
 from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, find_documents
 
 
@@ -56,6 +58,12 @@ class LoRATTT(Plugin):
     config = LoRATTTConfig
     provides = ("evaluator",)
     test_settings = {"lora_ttt": {"rank": 4, "chunk_tokens": 16, "batch_docs": 4, "lr": 0.01}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, rank=(1, None), alpha=(0.0, None), chunk_tokens=(1, None),
+                            batch_docs=(1, None), lr=(0.0, None), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999),
+                            weight_decay=(0.0, None), bos_id=(-1, None))
 
     @hookimpl
     def pg_evaluator(self, run):

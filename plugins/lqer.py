@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ from core import export as ex
 from core.export import QTensor, RefineContext
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 SCHEME = "lqer"
 BASE_SCHEMES = ("intk_per_row", "int8_per_row")
@@ -107,6 +109,11 @@ class LQER(Plugin):
     # The tiny model's matrices are all fp16 passthrough under the core int8 rule; with quant_mixed's
     # settings unavailable here, make int8 rows exist by widening the MLP.
     test_settings = {"core": {"mlp_mult": 20}, "lqer": {"rank": 2, "top_k": 2}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, rank=(1, None), top_k=(0, None), factor_bits=(2, 8), asym_group=(1,
+                            None))
 
     def __init__(self, cfg: LQERConfig | None = None):
         super().__init__(cfg)

@@ -22,6 +22,7 @@ from torch import nn
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -64,9 +65,10 @@ class OrthoInit(Plugin):
 
     @classmethod
     def check_config(cls, cfg: OrthoInitConfig, core) -> list[str]:
+        errors = range_errors(cls.name, cfg, min_dim=(1, None))
         if cfg.bank_order in ("layer", "attn_first"):
-            return []
-        return [f"orthoinit.bank_order: expected layer or attn_first, got {cfg.bank_order!r}"]
+            return errors
+        return [*errors, f"orthoinit.bank_order: expected layer or attn_first, got {cfg.bank_order!r}"]
 
     @hookimpl(tryfirst=True)  # the RNG state is put back before any plugin's "after_blocks" module draws
     def pg_model_modules(self, where, spec) -> None:

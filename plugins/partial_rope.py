@@ -10,6 +10,7 @@ model always sees; `ntk_train_seq_len = 1024` reproduces that, 0 turns the resca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -17,6 +18,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.model import Rotary
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -53,6 +55,10 @@ class PartialRope(Plugin):
     sources = ("openai/parameter-golf#315",)
     config = PartialRopeConfig
     test_settings = {"partial_rope": {"dims": 8, "ntk_train_seq_len": 32}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, dims=(2, None), ntk_train_seq_len=(0, None))
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

@@ -17,6 +17,7 @@ stream — that ordering breaks prefix causality and is not ported. PR #1626 set
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, restored_weights
+from plugins.lib.settings import range_errors
 from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, ScoredTokens, cosine_lr, find_documents, sgd_rows
 
 
@@ -117,6 +119,15 @@ class PhasedTTT(Plugin):
     provides = ("evaluator",)
     test_settings = {"phased_ttt": {"rank": 4, "chunk_tokens": 16, "batch_docs": 4, "lr": 0.01, "prefix_docs": 4,
                                     "num_phases": 2, "global_lr": 0.01, "global_chunk_tokens": 256}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, rank=(1, None), alpha=(0.0, None), chunk_tokens=(1, None),
+                            batch_docs=(1, None), lr=(0.0, None), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999),
+                            weight_decay=(0.0, None), bos_id=(-1, None), prefix_docs=(0, None), num_phases=(1,
+                            None), global_lr=(0.0, None), global_momentum=(0.0, 1.0), global_epochs=(0, None),
+                            global_chunk_tokens=(1, None), global_batch_seqs=(1, None), global_grad_clip=(0.0,
+                            None))
 
     @hookimpl
     def pg_evaluator(self, run):

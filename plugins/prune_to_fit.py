@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
 from core.export import QTensor, RefineContext
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 PRUNABLE_SCHEMES = ("intk_per_row", "int8_per_row")
 
@@ -137,6 +139,10 @@ class PruneToFit(Plugin):
     # unpruned (~257 KB) and fully pruned (~224 KB) sizes.
     test_settings = {"core": {"mlp_mult": 20},
                      "prune_to_fit": {"target_bytes": 245_000, "include_code": False}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, target_bytes=(1, None))
 
     def __init__(self, cfg: PruneToFitConfig | None = None):
         super().__init__(cfg)

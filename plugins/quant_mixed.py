@@ -9,11 +9,13 @@ control tensors pass through as floats. Codes live in int8 containers; the codec
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, policy_quantize, rowmax_clip
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -30,6 +32,10 @@ class QuantMixed(Plugin):
     config = QuantMixedConfig
     provides = ("quantizer",)
     test_settings = {"quant_mixed": {"keep_float_max_numel": 0}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None))
 
     @hookimpl
     def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:

@@ -15,6 +15,7 @@ evaluation adapts eagerly unless `compile_adapt`, which warms the training graph
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,6 +30,7 @@ from core.scoring import (
     warm_forward,
 )
 from plugins.lib import windows
+from plugins.lib.settings import range_errors
 from plugins.lib.ttt import ScoredTokens, cosine_lr, sgd_rows
 from plugins.lib.windows import (
     score_windows,
@@ -175,6 +177,12 @@ class ScoreFirstTTT(Plugin):
     config = ScoreFirstTTTConfig
     provides = ("evaluator",)
     test_settings = {"score_first_ttt": {"chunk_tokens": 1024, "stride": 32, "lr": 0.01, "epochs": 1}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, chunk_tokens=(1, None), stride=(1, None), lr=(0.0, None),
+                            momentum=(0.0, 1.0), epochs=(0, None), batch_seqs=(1, None), grad_clip=(0.0, None),
+                            freeze_blocks=(0, None), bos_id=(-1, None))
 
     @hookimpl
     def pg_evaluator(self, run):

@@ -8,6 +8,7 @@ The record pairs this clip with full-Hessian GPTQ; here the codes are plain roun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -15,6 +16,7 @@ from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, policy_quantize, tensor_family
+from plugins.lib.settings import range_errors
 
 MIN_SCALE = 1e-10
 
@@ -55,6 +57,12 @@ class SDClip(Plugin):
     config = SDClipConfig
     provides = ("quantizer",)
     test_settings = {"sdclip": {"keep_float_max_numel": 0, "matrix_clip_sigmas": 3.0}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None), matrix_clip_sigmas=(0.0, None),
+                            embed_clip_sigmas=(0.0, None), mlp_clip_sigmas=(0.0, None), attn_clip_sigmas=(0.0,
+                            None))
 
     @hookimpl
     def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:

@@ -10,6 +10,7 @@ window, so a position sees only its own document.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
@@ -17,6 +18,7 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, rank_span, warm_forward
 from plugins.lib import windows
+from plugins.lib.settings import range_errors
 from plugins.lib.windows import (
     score_windows,
     scoring_tail,
@@ -75,6 +77,10 @@ class SlidingWindow(Plugin):
     provides = ("evaluator",)
     config = SlidingWindowConfig
     test_settings = {"sliding_window": {"stride": 16}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, stride=(1, None), batch_seqs=(1, None), bos_id=(-1, None))
 
     @hookimpl
     def pg_evaluator(self, run):

@@ -13,6 +13,7 @@ trains in bf16 on CUDA.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import BODY_DTYPE_ATTR
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -80,6 +82,10 @@ class SmearGate(Plugin):
                "openai/parameter-golf#1851")
     config = SmearGateConfig
     test_settings = {"smeargate": {}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, gate_window=(1, None), bos_id=(-1, None))
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

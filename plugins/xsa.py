@@ -9,12 +9,14 @@ Zero parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -44,6 +46,10 @@ class XSA(Plugin):
                "arXiv:2603.09078")
     config = XSAConfig
     test_settings = {"xsa": {"last_n": 1}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, last_n=(0, None))
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):
