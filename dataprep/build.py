@@ -269,16 +269,12 @@ def _trainer_error(e: RuntimeError, vocab_size: int, label: str) -> DataError:
 
 
 def _iter_jsonl(path: Path) -> Iterator[str]:
-    with path.open("r", encoding="utf-8", errors="strict") as f:
-        lineno = 0
-        while True:
-            lineno += 1
+    with path.open("rb") as f:  # bytes, decoded line by line: a text-mode reader decodes ahead (wrong line numbers)
+        for lineno, raw in enumerate(f, start=1):
             try:
-                line = f.readline()
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason})") from None
-            if not line:
-                return
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -618,11 +614,13 @@ def build_dataset(
     transform: TextTransform | None = None,
     tokenizer: str | Path | None = None,
     max_train_tokens: int = 0,
+    replace: bool = True,
 ) -> BuildInfo:
     """Tokenizer + shards from `source` (a directory of text files, a `.jsonl` file, or one text file).
 
     The first `val_docs` documents (default ~5%, at least 1) are the val split. `out_dir` must be new,
-    empty, or a previous dataset (which is replaced); the build is renamed into place at the end.
+    empty, or a previous dataset (replaced; with `replace=False` a DataError before anything is built); the build
+    is renamed into place at the end.
     `transform` (see `text_transform_of`): applied to every document, with a val byte sidecar.
     `tokenizer`: an existing SentencePiece model (e.g. a record's own) copied into the dataset instead of
     training one; it must have `vocab_size` pieces, BOS id 1 and the transform's reserved symbols as pieces.
@@ -631,6 +629,8 @@ def build_dataset(
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise _missing_source(source)
+    if not replace and (out_dir / "dataset.json").is_file():
+        raise DataError(f"output {out_dir} holds a dataset already; pass --force to replace it (the whole folder)")
     kind = "directory" if source.is_dir() else ("jsonl file" if source.suffix == ".jsonl" else "text file")
     return _build(
         lambda: iter_documents(source, exclude=out_dir),
@@ -640,7 +640,7 @@ def build_dataset(
         val_docs,
         shard_tokens,
         seed,
-        replace=True,
+        replace=replace,
         transform=transform,
         tokenizer=Path(tokenizer) if tokenizer is not None else None,
         max_train_tokens=max_train_tokens,

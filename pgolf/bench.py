@@ -927,7 +927,9 @@ def extract_record(args: argparse.Namespace) -> int:
         raise BenchError(f"--extract-record: cannot read {rel} from the git mirror {args.mirror}")
     out = Path(args.extract_record)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(proc.stdout)
+    from core.run import write_atomic
+
+    write_atomic(out, proc.stdout)
     print(f"wrote {out} ({len(proc.stdout):,} bytes, {name})")
     return 0
 
@@ -945,9 +947,17 @@ def finish_drops(args: argparse.Namespace, plugins: list[str]) -> list[str]:
 
 def run_bench(args: argparse.Namespace) -> int:
     from pgolf.cli import load_config, with_default_data
+    from pgolf.records import PROFILES
 
+    if args.profile and args.profile not in PROFILES:
+        raise BenchError(f"--profile {args.profile}: expected one of {', '.join(PROFILES)}")
+    for flag, target in (("--extract-record", args.extract_record), ("--json", args.json)):  # before anything runs
+        if target and Path(target).exists() and not args.force:
+            raise FileExistsError(f"{target}: exists; pass --force to overwrite it ({flag})")
     if args.extract_record:
         return extract_record(args)
+    if args.side == "record" and not args.vs:
+        raise BenchError("--side record runs the record's script: give it with --vs RECORD/train_gpt.py")
     if args.smoke:
         for k, v in SMOKE.items():
             setattr(args, k, v)
@@ -1017,7 +1027,9 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        from core.run import write_atomic
+
+        write_atomic(path, json.dumps(res, indent=2, default=str) + "\n")
         print(f"wrote {path}")
     return 0
 
@@ -1034,6 +1046,7 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
     p.add_argument("--profile", help="the record's profile (pr315, pr534, pr609, pr1493, pr1855, generic); "
                    "default: by the script's sha256")
     p.add_argument("--json", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json or --extract-record file")
     p.add_argument("--out", default="bench_out", help="working folder (data links, runs, logs; default bench_out)")
     p.add_argument("--side", choices=["both", "pgolf", "record"], default="both",
                    help="run one side only; the other's result is read from an earlier call's --out")
@@ -1043,7 +1056,7 @@ def add_bench_parser(sub: Any, add_config_args: Any) -> None:
     p.add_argument("--log-every", type=at_least(1), default=10, help="TRAIN_LOG_EVERY for both sides (default 10)")
     p.add_argument("--warmup-steps", type=at_least(0), default=None,
                    help="compile warm-up steps (default: the recipe's)")
-    p.add_argument("--warmdown-frac", type=at_least(0.0, float), default=0.4,
+    p.add_argument("--warmdown-frac", type=at_least(0.0, float, 1.0), default=0.4,
                    help="WARMDOWN_ITERS = frac × steps for recipes with the core's iteration warmdown (default 0.4)")
     p.add_argument("--profile-steps", type=at_least(0), default=5,
                    help="extra profiled steps for the phase breakdown (0: none); with --vs the record's last as many "

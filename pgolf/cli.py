@@ -6,19 +6,22 @@ import argparse
 import dataclasses
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import traceback
 import uuid
 from pathlib import Path
 
 from core.config import Config, ConfigError, resolve
 from core.registry import PluginError, Registry
 from plugins.lib.loading import describe, load_registry
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import config_recipe
 
 # The demo is bounded by steps, not by the wall clock (max_wallclock_seconds=0, deterministic): its result
 # is the same on a busy machine, only slower.
@@ -41,17 +44,20 @@ class InterruptedRun(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C."""
 
 
-def at_least(low: float, kind: type = int):
-    """An argparse type: a `kind` number >= `low` (a bad value is argparse's one-line error naming the flag)."""
+def at_least(low: float, kind: type = int, high: float = math.inf):
+    """An argparse type: a finite `kind` number in [low, high] (a bad value is argparse's one-line error naming the
+    flag)."""
+    want = f"{kind.__name__} >= {low}" + (f" and <= {high}" if high < math.inf else "")
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__} >= {low}, got {text!r}") from None
-        if not value >= low:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__} >= {low}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}") from None
+        if not (low <= value <= high and math.isfinite(value)):  # also refuses nan and inf
+            raise argparse.ArgumentTypeError(f"expected {want}, got {text!r}")
         return value
-    parse.__name__ = f"{kind.__name__} >= {low}"
+    parse.__name__ = want
     return parse
 
 
@@ -142,6 +148,8 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     folder must be creatable and writable (one-line errors naming the path)."""
     if not cfg.core.run_id:
         cfg.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    if cfg.core.run_id in (".", "..") or Path(cfg.core.run_id).name != cfg.core.run_id:  # it names a folder in out_dir
+        raise ValueError(f"core.run_id (RUN_ID): expected one folder name (no path), got {cfg.core.run_id!r}")
     run_dir = Path(cfg.core.out_dir) / cfg.core.run_id
     if int(os.environ.get("RANK", "0")) != 0:
         return run_dir
@@ -302,6 +310,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.action == "new":
         if not args.name or not args.name.isidentifier():
             raise PluginError(f"pgolf plugins new NAME: NAME must be a Python identifier, got {args.name!r}")
+        if args.name in Registry().plugins:  # a plugin file may not shadow a built-in: it would never load
+            raise PluginError(f"pgolf plugins new {args.name}: a built-in plugin has that name; choose another")
         from pgolf.scaffold import write_plugin_skeleton
 
         for path in write_plugin_skeleton(args.name, Path(args.dir), force=args.force):
@@ -337,9 +347,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg, registry = load_config(args)
     run = setup(with_default_data(cfg), registry, make_dir=False)
     try:
-        evaluate_artifact(run, artifact)
+        result = evaluate_artifact(run, artifact)
     finally:
         shutdown(run)
+    if not (math.isfinite(result.val_loss) and math.isfinite(result.val_bpb)):
+        print(f"pgolf: error: {artifact}: the artifact evaluates to val_loss {result.val_loss}, val_bpb "
+              f"{result.val_bpb} (non-finite weights or scales: not a result)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -351,9 +365,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if args.path:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
         try:
-            args.recipe = {**json.loads(cfg_path.read_text(encoding="utf-8"))["config"], "source": str(cfg_path)}
-        except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
-            raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({exc})") from None
+            args.recipe = {**config_recipe(cfg_path), "source": str(cfg_path)}
+        except ValueError as exc:
+            why = str(exc).removeprefix(f"{cfg_path}: ")
+            raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({why})") from None
     cfg, registry = load_config(args)
     out = Path(args.out)
     if out.is_dir():
@@ -437,7 +452,8 @@ def cmd_data(args: argparse.Namespace) -> int:
                       env={}, check_plugins=registry.check, check_settings=registry.check_settings)
         transform = text_transform_of(cfg, registry)
     info = build_dataset(Path(args.source), Path(args.out), vocab_size=args.vocab, val_docs=args.val_docs,
-                         transform=transform, tokenizer=args.tokenizer, max_train_tokens=args.max_train_tokens)
+                         transform=transform, tokenizer=args.tokenizer, max_train_tokens=args.max_train_tokens,
+                         replace=args.force)
     print(json.dumps(info.__dict__ if hasattr(info, "__dict__") else info, indent=2, default=str))
     return 0
 
@@ -516,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "tokenizers/*.model) instead of training one; it must have --vocab pieces")
     p.add_argument("--max-train-tokens", type=int, default=0, metavar="N",
                    help="stop adding training documents once the train split holds N tokens (0: all)")
+    p.add_argument("--force", action="store_true", help="replace a dataset already in --out (the whole folder)")
     p.set_defaults(func=cmd_data)
     from pgolf.bench import add_bench_parser
 
@@ -543,7 +560,14 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: temporary folders are removed, nothing half-written
+    # is left under a final name (`pgolf train` marks its run interrupted).
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread only
+    previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # set by torchrun; a stray value fails here, named
+            if var in os.environ and not os.environ[var].isdigit():
+                raise ValueError(f"environment variable {var}={os.environ[var]!r}: expected a non-negative integer")
         return int(args.func(args) or 0)
     except ConfigError as exc:
         for line in exc.errors:
@@ -557,17 +581,29 @@ def main(argv: list[str] | None = None) -> int:
         print("\npgolf: interrupted", file=sys.stderr)
         return 130
     except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:  # RecordError, BundleError too
+        if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).is_file():  # mkdir under a file
+            print(f"pgolf: error: {exc.filename}: is a file, where a folder is needed on this path", file=sys.stderr)
+            return 2
         print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only folder, a path under a regular file …: name the file
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"pgolf: error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
         return 1
-    except RuntimeError as exc:
-        if type(exc).__name__ != "TrainingDiverged":
+    except Exception as exc:
+        if type(exc).__name__ == "TrainingDiverged":
+            print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
+            return 1
+        if os.environ.get("PGOLF_TRACEBACK"):
             raise
-        print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
-        return 1
+        # an input no check names yet, or a bug: one line, never a traceback (PGOLF_TRACEBACK=1 shows it)
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"pgolf: internal error: {type(exc).__name__}: {textwrap.shorten(str(exc), 300)} (at "
+              f"{Path(where.filename).name}:{where.lineno}; PGOLF_TRACEBACK=1 prints the traceback)", file=sys.stderr)
+        return 70
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

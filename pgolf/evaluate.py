@@ -12,12 +12,11 @@ from core.run import Run
 from core.scoring import EvalResult, evaluate, prepare_eval
 from core.train import set_modes
 from plugins.lib.decoders import read_artifact
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import run_dir_recipe
 
 
 def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
     """(artifact path, recipe dict from the run's config.json) for a run dir or an artifact inside one."""
-    import json
 
     artifact = path / "final_model.ptz" if path.is_dir() else path
     if not artifact.is_file():
@@ -26,13 +25,25 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
     if not cfg_path.is_file():
         raise ConfigError([f"{cfg_path}: not found (pgolf eval needs the run's config.json beside the artifact)"])
     try:
-        recipe = json.loads(cfg_path.read_text(encoding="utf-8"))["config"]
-    except (*JSON_ERRORS, KeyError, TypeError) as exc:
-        raise ConfigError([f"{cfg_path}: not a pgolf config.json ({exc})"]) from None
+        recipe = run_dir_recipe(artifact.parent)
+    except ValueError as exc:
+        raise ConfigError([str(exc)]) from None
     for key in ("run_id", "out_dir"):
         recipe.get("core", {}).pop(key, None)
     recipe["source"] = str(cfg_path)
     return artifact, recipe
+
+
+def restored_tensors(artifact: Path, qstate: dict[str, ex.QTensor], schemes: Any) -> dict[str, Any]:
+    """Each record of an artifact dequantized; ArtifactError naming the file and the tensor for one whose parts do
+    not fit together (a scale of the wrong size, 0-d data, a dtype that cannot hold it: an edited or foreign file)."""
+    state = {}
+    for name, q in qstate.items():
+        try:
+            state[name] = q.dequantize(schemes)
+        except (RuntimeError, IndexError, TypeError, ValueError) as exc:  # ArtifactError is a ValueError
+            raise ex.ArtifactError(f"{artifact}: tensor {name!r}: {' '.join(str(exc).split())[:200]}") from None
+    return state
 
 
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
@@ -40,7 +51,7 @@ def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
     qstate, header = read_artifact(artifact, decoders)
     set_modes(run, tuple(m.name for m in run.modes if m.start_frac <= 1.0))
-    state = ex.dequantize_state_dict(qstate, run.schemes)
+    state = restored_tensors(artifact, qstate, run.schemes)
     mine = run.model.state_dict()
     missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
     shapes = [k for k in state if k in mine and tuple(state[k].shape) != tuple(mine[k].shape)]

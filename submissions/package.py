@@ -24,7 +24,7 @@ from typing import Any
 from core.config import ConfigError, resolve
 from core.registry import Registry
 from submissions.bundle import PER_RUN_KEYS, bundle_profile, bundle_with_requirements, script_bytes
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import JSON_ERRORS, run_dir_metrics, run_dir_recipe
 
 TRACKS = {"record": "10min_16mb", "non-record": "non-record-16mb"}
 # The records folder of each track (the challenge repository's layout); `pgolf record` writes under it.
@@ -64,16 +64,15 @@ def load_finished_run(path: Path) -> FinishedRun:
     if missing:
         raise RecordError(f"{path}: not a finished pgolf run (missing {', '.join(missing)})")
     try:
-        recipe = json.loads(_read(path / "config.json"))["config"]
-    except (*JSON_ERRORS, KeyError, TypeError) as exc:
-        raise RecordError(f"{path}/config.json: not a pgolf config.json ({exc})") from None
-    try:
-        metrics = json.loads(_read(path / "metrics.json"), parse_constant=_no_constant)
-    except JSON_ERRORS as exc:
-        raise RecordError(f"{path}/metrics.json: not valid JSON ({exc})") from None
-    for key in ("val_bpb", "val_loss", "total_bytes", "code_bytes"):
-        if key not in metrics:
-            raise RecordError(f"{path}/metrics.json: field {key!r} missing (the run did not finish its export)")
+        recipe, metrics = run_dir_recipe(path), run_dir_metrics(path)
+    except ValueError as exc:
+        raise RecordError(str(exc)) from None
+    artifact = path / "final_model.ptz"  # the artifact whose bytes the logs count (not shipped: the script makes it)
+    model_bytes = metrics.get("model_bytes", metrics["total_bytes"] - metrics["code_bytes"])
+    if not artifact.is_file() or artifact.stat().st_size != model_bytes:
+        found = f"{artifact.stat().st_size:,} bytes" if artifact.is_file() else "missing"
+        raise RecordError(f"{artifact}: {found}, but metrics.json counts {model_bytes:,} model bytes (the artifact "
+                          "is not the one the run wrote)")
     status = path / "status.json"
     if status.is_file():
         try:
@@ -90,18 +89,14 @@ def load_finished_run(path: Path) -> FinishedRun:
     return FinishedRun(path, recipe, metrics, log)
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"non-finite value {name} (the run is not a result)")
-
-
 def track_of(run_dirs: list[Path]) -> str:
     """'record' when every run trained on 8 CUDA GPUs under the 600 s cap (schedule by wall clock), else
     'non-record'; the validator's HW / TIME rules have the last word."""
     for path in run_dirs:
         try:
-            core = json.loads(_read(path / "config.json"))["config"]["core"]
+            core = run_dir_recipe(path).get("core", {})
             start = _start(path)
-        except (RecordError, *JSON_ERRORS, KeyError, TypeError):
+        except (RecordError, ValueError):
             return "non-record"
         cap = float(core.get("max_wallclock_seconds", 0) or 0)
         if (start.get("world_size") != RECORD_GPUS or not str(start.get("device", "")).startswith("cuda")
@@ -114,7 +109,8 @@ def _start(path: Path) -> dict[str, Any]:
     """The run's start event (world_size, device): events.jsonl's, else (a record-profile script's run, which
     writes no events.jsonl) from its train.log's `world_size:N …` and `device:D …` lines."""
     if (path / "events.jsonl").is_file():
-        return next((json.loads(line) for line in _read(path / "events.jsonl").splitlines() if '"start"' in line), {})
+        starts = (json.loads(line) for line in _read(path / "events.jsonl").splitlines() if '"start"' in line)
+        return next((e for e in starts if isinstance(e, dict)), {})
     log = _read(path / "train.log")
     world = re.search(r"^world_size:(\d+) ", log, re.M)
     device = re.search(r"^device:(\S+) ", log, re.M)

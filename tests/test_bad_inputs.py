@@ -2,6 +2,21 @@
 one-line error (naming the file or field and what was expected), a non-zero exit, and nothing lost (every
 file that existed before is unchanged, no temporary file is left behind).
 
+The threat classes it covers (a new row belongs to one; a new class gets a line here):
+1. settings: a wrong type, a non-finite number, a value outside the setting's range (core: `core_errors`;
+   plugins: `check_config`, `plugins.lib.settings.range_errors`), a name that does not exist, a plugin list that
+   conflicts: refused when the configuration is resolved, before a run directory is made or anything trains;
+2. paths: missing, the wrong kind (a file for a folder, a folder under a regular file), a name that escapes its
+   folder (`core.run_id`, `record --name`), an output that exists (`--force`, never a silent overwrite: bundle,
+   record, data build, bench --json/--extract-record); writes are atomic;
+3. structures inside files a command reads: JSON that parses but has the wrong shape or types (config.json
+   sections, metrics.json fields), artifacts edited by hand (a record whose parts do not fit, non-finite weights),
+   logs, shards and tokenizers that are not what they claim;
+4. the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, setting variables with garbage;
+5. interruption: SIGINT and SIGTERM unwind (temporary folders removed, a run marked interrupted);
+6. the last line of defence: any other exception is one `pgolf: internal error` line (exit 70), never a
+   traceback (PGOLF_TRACEBACK=1 shows it).
+
 Each row of CATALOGUE is data: an id, a setup (which fixture files to make), the command line (with
 {tmp}, {data}, {run}, {tiny} placeholders), the expected exit code and a regular expression the one error
 line must match, and optionally a check of what the command left. Add a row for every new class of
@@ -138,7 +153,17 @@ CATALOGUE = [
     Case("bench/negative-val-tokens", "bench --recipe baseline --val-tokens -5", 2,
          r"--val-tokens: expected int >= 0, got '-5'"),
     Case("bench/nan-warmdown", "bench --recipe baseline --warmdown-frac nan", 2,
-         r"--warmdown-frac: expected float >= 0.0, got 'nan'"),
+         r"--warmdown-frac: expected float >= 0.0 and <= 1.0, got 'nan'"),
+    Case("bench/inf-warmdown", "bench --recipe baseline --warmdown-frac inf", 2,
+         r"--warmdown-frac: expected float >= 0.0 and <= 1.0, got 'inf'"),
+    Case("bench/json-exists", "bench --recipe baseline --json {tmp}/afile", 2,
+         r"afile: exists; pass --force to overwrite it \(--json\)", setup=("a_file",)),
+    Case("bench/extract-over-a-file", "bench --profile pr315 --extract-record {tmp}/afile", 2,
+         r"afile: exists; pass --force to overwrite it \(--extract-record\)", setup=("a_file",)),
+    Case("bench/unknown-profile", "bench --recipe baseline --profile nosuch --side pgolf", 2,
+         r"--profile nosuch: expected one of pr315, .*generic"),
+    Case("bench/record-side-without-script", "bench --recipe baseline --side record", 2,
+         r"--side record runs the record's script: give it with --vs"),
     Case("bench/non-integer-profile-steps", "bench --recipe baseline --profile-steps 2.5", 2,
          r"--profile-steps: expected int >= 0, got '2.5'"),
     Case("bench/record-fails", "bench --recipe baseline --side record --steps 3 --vs {tmp}/afile --profile generic "
@@ -152,6 +177,48 @@ CATALOGUE = [
     Case("plugins/new-bad-name", "plugins new 1abc --dir {tmp}", 2, r"NAME must be a Python identifier"),
     Case("config/bad-set", "config show --set nonsense", 2, r"--set 'nonsense': expected section\.key=value"),
     Case("data/build-missing-out", "data build {tmp}", 2, r"source and --out are required"),
+    # --- settings checked at configuration time, before anything is created (a range, not only a type)
+    Case("train/negative-seed", "train --set core.seed=-1", 2, r"core\.seed must be in \[0, 4294967296\), got -1"),
+    Case("train/beta-over-one", "train --set core.beta1=5", 2, r"core\.beta1 must be in \[0, 1\), got 5\.0"),
+    Case("train/negative-init-std", "train --set core.tied_embed_init_std=-1", 2,
+         r"core\.tied_embed_init_std must be >= 0, got -1"),
+    Case("train/zero-rope-base", "train --set core.rope_base=0", 2, r"core\.rope_base must be positive, got 0"),
+    Case("train/bos-over-vocab", "train --set core.bos_id=5000 --set core.vocab_size=1024", 2,
+         r"core\.bos_id must be in \[0, 1024\), got 5000"),
+    Case("train/underscored-number", "train --set core.seed=__1__", 2, r"core\.seed=__1__: expected an integer"),
+    Case("train/run-id-is-a-path", "train --set core.out_dir={tmp}/runs --set core.run_id=../escaped", 2,
+         r"core\.run_id \(RUN_ID\): expected one folder name \(no path\), got '\.\./escaped'", tiny=True),
+    Case("train/zero-eval-batch", "train --plugins sliding_window --set sliding_window.batch_seqs=0", 2,
+         r"sliding_window\.batch_seqs: expected a number >= 1, got 0"),
+    Case("train/zero-ttt-chunk", "train --plugins score_first_ttt --set score_first_ttt.chunk_tokens=0", 2,
+         r"score_first_ttt\.chunk_tokens: expected a number >= 1, got 0"),
+    Case("bundle/ema-decay-over-one", "bundle --plugins ema --set ema.decay=5 -o {tmp}/t.py", 2,
+         r"ema\.decay: expected a number >= 0\.0 and <= 1\.0, got 5\.0"),
+    Case("config/garbage-rank", "config show", 2, r"environment variable RANK='abc': expected a non-negative",
+         env={"RANK": "abc"}),
+    # --- structures inside files a command reads (right JSON, wrong shapes), artifacts edited by hand
+    Case("eval/config-section-not-an-object", "eval {tmp}/done", 2,
+         r"done/config\.json: config\.core is str, expected a section object",
+         setup=("finished_run", "core_is_a_string")),
+    Case("eval/scale-of-the-wrong-size", "eval {tmp}/done", 2,
+         r"done/final_model\.ptz: tensor '[\w.]+': .*invalid for input of size 3", setup=("finished_run", "bad_scale")),
+    Case("eval/non-finite-weights", "eval {tmp}/done", 1, r"final_model\.ptz: the artifact evaluates to val_loss nan",
+         setup=("finished_run", "nan_weights")),
+    Case("record/metrics-wrong-type", "record {tmp}/done --name 2026-01-01_X --author A --github-id a "
+         "--out {tmp}/rec", 2, r"metrics\.json: val_bpb is 'abc', expected a positive number",
+         setup=("finished_run", "string_metrics")),
+    Case("record/artifact-missing", "record {tmp}/done --name 2026-01-01_X --author A --github-id a "
+         "--out {tmp}/rec", 2, r"final_model\.ptz: missing, but metrics\.json counts [\d,]+ model bytes",
+         setup=("finished_run", "no_artifact")),
+    Case("bundle/out-under-a-file", "bundle --plugins ema -o {tmp}/afile/t.py", 2,
+         r"afile: is a file, where a folder is needed", setup=("a_file",)),
+    Case("plugins/new-builtin-name", "plugins new ema --dir {tmp}/pl", 2, r"a built-in plugin has that name"),
+    Case("data/build-over-a-dataset", "data build {tmp}/text --vocab 512 --out {tmp}/ds", 2,
+         r"ds holds a dataset already; pass --force", setup=("text_and_dataset",)),
+    Case("data/jsonl-bad-utf8-line", "data build {tmp}/bad.jsonl --vocab 512 --out {tmp}/ds", 2,
+         r"bad\.jsonl:3: not valid UTF-8", setup=("bad_jsonl",)),
+    Case("validate/nan-sota", "validate {tmp}/done --sota nan", 2, r"--sota 'nan': expected a positive finite",
+         setup=("finished_run",)),
 ]
 
 
@@ -212,10 +279,73 @@ def _interrupted_status(tmp: Path, ctx: dict) -> None:
     (tmp / "done" / "status.json").write_text('{"status": "interrupted"}\n')
 
 
+def _core_is_a_string(tmp: Path, ctx: dict) -> None:
+    cfg = tmp / "done" / "config.json"
+    doc = json.loads(cfg.read_text())
+    doc["config"]["core"] = "x"
+    cfg.write_text(json.dumps(doc))
+
+
+def _edit_artifact(tmp: Path, edit) -> None:
+    from core.export import encode_artifact
+    from plugins.lib.codecs import all_decoders
+    from plugins.lib.decoders import read_artifact
+
+    art = tmp / "done" / "final_model.ptz"
+    qstate, header = read_artifact(art)
+    edit(qstate)
+    art.write_bytes(encode_artifact(qstate, all_decoders()[header["codec"]], header.get("quantizer", "int8")))
+
+
+def _bad_scale(tmp: Path, ctx: dict) -> None:
+    import torch
+
+    def edit(qstate):
+        q = next(q for q in qstate.values() if q.data.ndim == 2)  # an int8 row-scaled record, 3 scales for N rows
+        q.scheme, q.data, q.scale = "int8_per_row", q.data.to(torch.int8), torch.ones(3)
+    _edit_artifact(tmp, edit)
+
+
+def _nan_weights(tmp: Path, ctx: dict) -> None:
+    import torch
+
+    def edit(qstate):
+        for q in qstate.values():
+            if q.scheme == "passthrough" and q.data.is_floating_point():
+                q.data = torch.full_like(q.data, float("nan"))
+            elif q.scale is not None and q.scale.is_floating_point():
+                q.scale = torch.full_like(q.scale, float("inf"))
+    _edit_artifact(tmp, edit)
+
+
+def _string_metrics(tmp: Path, ctx: dict) -> None:
+    m = tmp / "done" / "metrics.json"
+    doc = json.loads(m.read_text())
+    doc["val_bpb"] = "abc"
+    m.write_text(json.dumps(doc))
+
+
+def _no_artifact(tmp: Path, ctx: dict) -> None:
+    (tmp / "done" / "final_model.ptz").unlink()
+
+
+def _text_and_dataset(tmp: Path, ctx: dict) -> None:
+    (tmp / "text").mkdir()
+    (tmp / "text" / "a.txt").write_text("some text\n" * 50)
+    shutil.copytree(ctx["data"], tmp / "ds")
+    (tmp / "ds" / "dataset.json").write_text("{}\n")
+
+
+def _bad_jsonl(tmp: Path, ctx: dict) -> None:
+    (tmp / "bad.jsonl").write_bytes(b'{"text": "one"}\n{"text": "two"}\n{"text": "\xff\xfe"}\n')
+
+
 SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_plugin": _nan_plugin,
           "big_ids": _big_ids, "a_file": _a_file, "a_dir": _a_dir, "bad_toml": _bad_toml,
           "double_log": _double_log, "nan_metrics": _nan_metrics, "binary_log": _binary_log,
-          "interrupted_status": _interrupted_status}
+          "interrupted_status": _interrupted_status, "core_is_a_string": _core_is_a_string, "bad_scale": _bad_scale,
+          "nan_weights": _nan_weights, "string_metrics": _string_metrics, "no_artifact": _no_artifact,
+          "text_and_dataset": _text_and_dataset, "bad_jsonl": _bad_jsonl}
 
 
 # ----- simulated system failures
@@ -354,3 +484,30 @@ def test_validate_passes_the_finished_run(tmp_path, finished_run, capsys):
     _finished_run(tmp_path, {"run": finished_run})
     assert main(["validate", str(tmp_path / "done")]) == 0
     assert re.search(r"RUN\.ARTIFACT\s+ERROR PASS\s+artifact whole", capsys.readouterr().out)
+
+
+def test_an_unexpected_exception_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """The last line of defence for an input no check names yet: any exception a command raises ends as one
+    `pgolf: internal error` line with its type and where it was raised (exit 70), never a traceback;
+    PGOLF_TRACEBACK=1 re-raises it for a bug report."""
+    import pgolf.cli as cli
+
+    def broken(args):
+        return [][1]
+
+    parser = cli.build_parser
+
+    def with_broken_config():
+        p = parser()
+        p._subparsers._group_actions[0].choices["config"].set_defaults(func=broken)
+        return p
+
+    monkeypatch.setattr(cli, "build_parser", with_broken_config)
+    capsys.readouterr()
+    assert main(["config", "show"]) == 70
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and re.fullmatch(r"pgolf: internal error: IndexError: list index out of range \(at "
+                                          r"test_bad_inputs\.py:\d+; PGOLF_TRACEBACK=1 prints the traceback\)", err[0])
+    monkeypatch.setenv("PGOLF_TRACEBACK", "1")
+    with pytest.raises(IndexError):
+        main(["config", "show"])

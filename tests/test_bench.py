@@ -65,7 +65,7 @@ print("Serialized model int6+zstd: 12345 bytes")
 def bench(tmp_path: Path, data: Path, *extra: str) -> dict:
     out = tmp_path / "result.json"
     argv = ["bench", "--recipe", "baseline", "--data", str(data), "--out", str(tmp_path / "b"), "--json", str(out),
-            *[a for s in SETS for a in ("--set", s)], *extra]
+            "--force", *[a for s in SETS for a in ("--set", s)], *extra]  # --force: a test may bench twice
     assert main(argv) == 0
     return json.loads(out.read_text())
 

@@ -7,6 +7,7 @@ machine cannot perform, e.g. a record script that needs CUDA on a CPU box).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -60,9 +61,13 @@ def parse_sota(value: str | None) -> tuple[float | list[float] | None, str | Non
     if value is None:
         return None, None
     try:
-        return float(value), value
+        number = float(value)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        if not 0.0 < number < math.inf:
+            raise ValueError(f"--sota {value!r}: expected a positive finite val_bpb")
+        return number, value
     folder = Path(value)
     if not folder.is_dir():
         raise ValueError(f"--sota {value!r} is neither a number nor a folder")

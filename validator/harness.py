@@ -909,6 +909,8 @@ def harness_reports(run_dir: Path | None, evaluator_specs: Sequence[str], s: Har
     if run_dir is not None:
         names = [own] + [n for n in ["plain", *ev_plugins] if n != own]
         if only is not None:
+            if unknown := sorted(set(only) - set(names)):
+                raise ValueError(f"--only {','.join(unknown)}: no such evaluator (this run has {', '.join(names)})")
             names = [n for n in names if n in only]
         names = names[shard[0] :: shard[1]]
         for name in names:

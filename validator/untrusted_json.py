@@ -36,13 +36,55 @@ def parse_json(text: str, **options: Any) -> Any:
 
 
 def run_dir_recipe(run_dir: Path) -> dict[str, Any]:
-    """The `config` object of a pgolf run directory's config.json; ValueError naming the file when it is unreadable,
-    not JSON (`parse_json`) or of another shape."""
-    cfg_path = run_dir / "config.json"
+    """The `config` object of a pgolf run directory's config.json (`config_recipe`)."""
+    return config_recipe(run_dir / "config.json")
+
+
+def config_recipe(cfg_path: Path) -> dict[str, Any]:
+    """The `config` object of a pgolf config.json; ValueError naming the file when it is unreadable, not JSON
+    (`parse_json`) or of another shape: `plugins` a list of names, every other key a section object."""
     try:
         data = parse_json(cfg_path.read_text(encoding="utf-8"))["config"]
     except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
         raise ValueError(f"{cfg_path}: not a pgolf config.json ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{cfg_path}: 'config' is not an object")
+    plugins = data.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ValueError(f"{cfg_path}: config.plugins is not a list of plugin names")
+    for key, section in data.items():
+        if key != "plugins" and not isinstance(section, dict):
+            raise ValueError(f"{cfg_path}: config.{key} is {type(section).__name__}, expected a section object")
     return data
+
+
+# metrics.json of a finished run: the fields a result needs, and what each must be.
+METRICS = {"val_bpb": "positive", "val_loss": "positive", "total_bytes": "count", "code_bytes": "count"}
+
+
+def run_dir_metrics(run_dir: Path, required: tuple[str, ...] = tuple(METRICS)) -> dict[str, Any]:
+    """A run's metrics.json: an object holding the `required` fields, whose val_bpb and val_loss are finite positive
+    numbers and whose total_bytes, code_bytes and model_bytes are non-negative integers where present; ValueError
+    naming the file and the field otherwise (NaN/Infinity refused: a diverged run is not a result)."""
+    path = run_dir / "metrics.json"
+    try:
+        data = parse_json(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (OSError, *JSON_ERRORS) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    for key in required:
+        if key not in data:
+            raise ValueError(f"{path}: field {key!r} missing (the run did not finish its export)")
+    for key, kind in ((k, v) for k, v in {**METRICS, "model_bytes": "count"}.items() if k in data):
+        value = data[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind == "positive" and not (number and value > 0):
+            raise ValueError(f"{path}: {key} is {value!r}, expected a positive number")
+        if kind == "count" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            raise ValueError(f"{path}: {key} is {value!r}, expected a non-negative integer")
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"non-finite value {name} (the run is not a result)")

@@ -26,4 +26,4 @@ source benchmarks/gpu/device_env.sh
 out="${OUT:-.}"
 python -m pgolf bench --recipe "recipes/$record.toml" --plugins "$plugins" --steps 50 --log-every 5 \
     --vs ".g5/${record}_train_gpt.py" --data "$data" --set core.attention=cudnn --profile-steps 0 \
-    --side "$side" --json "$out/$side.json" "$@" 2>&1 | tee "$out/$side.log"
+    --side "$side" --json "$out/$side.json" --force "$@" 2>&1 | tee "$out/$side.log"

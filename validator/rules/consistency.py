@@ -6,7 +6,7 @@ from statistics import mean
 from typing import Any
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule, close_to_claim
-from validator.untrusted_json import JSON_ERRORS, parse_json
+from validator.untrusted_json import run_dir_metrics
 
 SEED_TOL = 5e-4
 
@@ -71,15 +71,14 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
             where = ctx.logs[0].path.name if ctx.logs else "events.jsonl"
             return [r.finding(FAIL, f"{where} has no final score", file=where)]
 
-        mp = ctx.root / "metrics.json"
         try:
-            metrics = parse_json(mp.read_text()) if mp.is_file() else {}
-        except JSON_ERRORS:
-            return [r.finding(FAIL, "metrics.json is not valid JSON", file="metrics.json")]
+            metrics = run_dir_metrics(ctx.root, required=("val_bpb",))
+        except ValueError as exc:
+            return [r.finding(FAIL, str(exc).replace(str(ctx.root) + "/", ""), file="metrics.json")]
         fin = finals[-1][1]
-        mb = metrics.get("val_bpb")
+        mb = metrics["val_bpb"]
         tol = 1e-9 if finals[-1][0].fmt == "events" else 5.1e-9  # a log line: its 8 printed decimals
-        if isinstance(mb, (int, float)) and abs(mb - fin.val_bpb) > tol:
+        if abs(mb - fin.val_bpb) > tol:
             return [r.finding(FAIL, "metrics.json val_bpb differs from the final_eval event", file="metrics.json",
                               field="val_bpb", expected=fin.val_bpb, found=mb)]
         return [r.finding(PASS, f"final_eval val_bpb {fin.val_bpb:.6f} agrees with metrics.json",
