@@ -431,6 +431,44 @@ def test_requirements_from_outside_the_index_fail(tmp_path: Path, line: str) -> 
     assert statuses(validate_folder(good), "FILES.REQUIRED") == {"pass"}
 
 
+def _stop_line(text: str, tail: str) -> str:
+    return text.replace("stopping_early: wallclock_cap train_time: 590000ms step: 4000/20000\n", tail + "\n")
+
+
+@pytest.mark.parametrize(("rule", "edit"), [
+    # a step_avg that claims 120 s per step: the allowance is train_time / steps (148 ms), not the claim
+    ("TIME.TRAIN", lambda t: t.replace("train_time:590000ms step_avg:150.00ms", "train_time:712000ms "
+                                       "step_avg:120000.00ms")),
+    # a final step count that contradicts the progress lines (step 4000 seen): the largest step counts
+    ("TIME.TRAIN", lambda t: _stop_line(t, "stopping_early: wallclock_cap train_time: 1100000ms step: 2/20000")),
+    # the final time in seconds, or on a line with a brace: every figure after `train_time:` is read, in any unit
+    ("TIME.TRAIN", lambda t: _stop_line(t, "stopping_early: wallclock_cap train_time: 712.4s step: 4550/20000")),
+    ("TIME.TRAIN", lambda t: _stop_line(t, "stopping_early: wallclock_cap train_time: 712047ms step: 4550/20000 "
+                                           "{reason: cap}")),
+    # eval time in minutes, and a decoy `time:` before the real one: the largest figure on the scoring line
+    ("TIME.EVAL", lambda t: t.replace("eval_time:80000ms", "eval_time:11.8min")),
+    ("TIME.EVAL", lambda t: t.replace("eval_time:80000ms", "(load time:2.1s) eval_time:708525ms")),
+    # no code line: the model's bytes plus the shipped script are still over the cap
+    ("SIZE.CAP", lambda t: t.replace("Serialized model int6+brotli: 15000000", "Serialized model int6+brotli: "
+                                     "15990000").replace(f"Code size: {len(GOOD_SCRIPT) + 20_000} bytes\n", "")
+                            .replace(f"int6+brotli: {15_000_000 + len(GOOD_SCRIPT) + 20_000} bytes",
+                                     "int6+brotli: 15999000 bytes")),
+], ids=["step-avg-claim", "step-count", "seconds", "brace", "eval-minutes", "eval-decoy", "size-without-code-line"])
+def test_a_figure_in_another_shape_or_a_contradiction_is_not_a_pass(tmp_path: Path, rule: str, edit) -> None:
+    """Threat: the log's last word on a budget in a shape the parser did not read (seconds, minutes, a brace on the
+    line), a claim the log's own numbers contradict (step_avg, step count), or a size line left out, so that an
+    earlier, smaller figure passes. Each is read now, and the rule fails."""
+    folder = make_folder(tmp_path, script=GOOD_SCRIPT + "#" * 20_000)
+    log = folder / "train_seed1.log"
+    before = log.read_text()
+    log.write_text(edit(before))
+    assert log.read_text() != before
+    assert "fail" in statuses(validate_folder(folder), rule), [
+        f for f in validate_folder(folder) if f.rule == rule]
+    assert statuses(validate_folder(make_folder(tmp_path / "good", script=GOOD_SCRIPT + "#" * 20_000)),
+                    rule) == {"pass"}
+
+
 def _per_seed(**over: object) -> dict:
     """seed_results as the logs of make_folder report them, with `over` applied to seed 2."""
     res = {str(s): {"val_bpb": b, "val_loss": round(_loss(b), 8), "bytes_total": 15_000_000 + len(GOOD_SCRIPT)}

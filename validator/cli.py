@@ -14,7 +14,7 @@ from pathlib import Path
 
 from validator.report import has_errors, render_table, to_json
 from validator.rules import Finding, FolderContext, Rule, all_rules
-from validator.rules.base import CRASHED
+from validator.rules.base import CRASHED, UNREAD
 
 __version__ = "0.1.0"
 
@@ -128,6 +128,12 @@ def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> 
     crashed = [f.rule for f in findings if f.status == "skip" and f.message.startswith(CRASHED)]
     if crashed:
         print(f"pgolf validate: rule(s) crashed, validation incomplete: {', '.join(crashed)}", file=sys.stderr)
+        return 2
+    unread = sorted({f.file for f in findings if f.status == "skip" and UNREAD in f.message})
+    if unread:
+        print(f"pgolf validate: the code scans could not read {', '.join(unread)} on Python "
+              f"{sys.version_info.major}.{sys.version_info.minor} (validation incomplete: run it with the Python the "
+              "script needs, e.g. >= 3.12 for PEP 701 f-strings)", file=sys.stderr)
         return 2
     from validator.smoke import COULD_NOT_RUN
 

@@ -18,7 +18,13 @@ E1 = re.compile(
 E2 = re.compile(r"^(?P<label>final_sliding_window_eval(?:_exact)?) stride:\d+ val_loss:(?P<loss>[0-9.]+) "
                 r"val_bpb:(?P<bpb>[0-9.]+)(?P<rest>.*)$")
 E3 = re.compile(r"^ttt_sliding:done val_loss=(?P<loss>[0-9.]+) val_bpb=(?P<bpb>[0-9.]+) elapsed=(?P<s>[0-9.]+)s")
-V1 = re.compile(r"\b(?:eval_)?time[:=]\s*(\d+(?:\.\d+)?)(ms|s)\b|\belapsed[:=]\s*(\d+(?:\.\d+)?)(ms|s)\b")
+V1 = re.compile(r"\b(?:eval_)?time[:=]\s*(\d+(?:\.\d+)?)(ms|s|min)\b|\belapsed[:=]\s*(\d+(?:\.\d+)?)(ms|s|min)\b")
+# Any training-time or step figure on a log line, in any unit (the parse of record-format lines above reads the
+# shapes it knows; this reads every figure, so that a final line in another shape or unit is never skipped for an
+# earlier, smaller one): the log's largest counts.
+ANY_TRAIN_TIME = re.compile(r"\btrain_time[:=]\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)\b")
+ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
+UNIT_MS = {"ms": 1.0, "s": 1000.0, "sec": 1000.0, "m": 60_000.0, "min": 60_000.0, "h": 3_600_000.0}
 V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
@@ -178,6 +184,32 @@ def seed_from_name(name: str) -> int | None:
     return None
 
 
+def _train_time(rec: LogRecord, ms: float, no: int, steps: int) -> None:
+    """A record-format time line: the log's training time and steps only grow (see ANY_TRAIN_TIME)."""
+    if ms >= (rec.train_time_ms or 0.0):
+        rec.train_time_ms, rec.train_time_line = ms, no
+    rec.steps = max(rec.steps or 0, steps)
+
+
+def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
+    """Raise the log's training time and step count to any larger figure on `line` (ANY_TRAIN_TIME, ANY_STEP); a
+    figure right after `train_time:` is a number, so code echoed in the log (`train_time:{ms:.0f}ms`) never counts."""
+    for m in ANY_TRAIN_TIME.finditer(line):
+        ms = float(m[1]) * UNIT_MS[m[2]]
+        if ms > (rec.train_time_ms or 0.0):
+            rec.train_time_ms, rec.train_time_line = ms, no
+    steps = [int(m[1]) for m in ANY_STEP.finditer(line)]
+    if steps and max(steps) > (rec.steps or 0) and "train_time" in line:
+        rec.steps = max(steps)
+
+
+def _total(rec: LogRecord, n: int, no: int, kind: str | None = None) -> None:
+    """A total-size line: the last one counts (logs print the raw model's size before the quantized artifact's)."""
+    rec.total_bytes, rec.total_bytes_line = n, no
+    if kind is not None:
+        rec.total_kind = kind
+
+
 def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
     """Parse a text log in any of the §9 formats."""
     rec = LogRecord(path=Path(path), sha256=hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
@@ -198,6 +230,8 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
         if line[:1].isspace() and (m := MB_SUM.match(line.strip())):
             rec.total_mb = (float(m[4]), 0.5 * 10.0 ** -len(m[5] or ""), m[6], no)
             continue
+        if line and not line[0].isspace():
+            _largest_train_time(rec, line, no)
         if not line or line[0].isspace() or 'f"' in line or "{" in line:
             continue
         _parse_line(rec, line, no)
@@ -213,26 +247,25 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         return
     m = E2.match(line) or (None if line.startswith("step:") else E1.match(line))
     if m and not EXCLUDED.match(m["label"]):
-        tm = V1.search(m["rest"])
         ms = None
-        if tm:
-            val, unit = (tm.group(1), tm.group(2)) if tm.group(1) else (tm.group(3), tm.group(4))
-            ms = float(val) * (1.0 if unit == "ms" else 1000.0)
+        times = [(float(t[1] or t[3]), t[2] or t[4]) for t in V1.finditer(m["rest"])]
+        if times:  # the largest: a decoy `load time:2.1s` before `eval_time:708525ms` must not stand for it
+            ms = max(val * UNIT_MS[unit] for val, unit in times)
         try:
             rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no))
         except ValueError:
             pass
         return
     if m := T2.match(line):
-        rec.train_time_ms, rec.train_time_line, rec.steps = float(m[1]), no, int(m[2])
+        _train_time(rec, float(m[1]), no, int(m[2]))
     elif m := T1.match(line):
-        rec.train_time_ms, rec.train_time_line, rec.steps = float(m[3]), no, int(m[1])
+        _train_time(rec, float(m[3]), no, int(m[1]))
         if m[4]:
             rec.step_avg_ms = float(m[4])
     elif m := T3.match(line):
-        rec.train_time_ms, rec.train_time_line, rec.steps = float(m[3]) * 60000, no, int(m[1])
+        _train_time(rec, float(m[3]) * 60000, no, int(m[1]))
     elif m := S1.match(line):
-        rec.total_bytes, rec.total_bytes_line, rec.total_kind = int(m["n"]), no, m["kind"]
+        _total(rec, int(m["n"]), no, m["kind"])
     elif m := S2.match(line):
         if m["kind"]:
             rec.model_bytes = int(m["n"])
@@ -244,15 +277,16 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         else:
             rec.code_bytes, rec.code_kind = int(m["n"]), m["kind"] or "raw"
     elif m := S4A.match(line):
-        rec.total_bytes, rec.total_bytes_line = int(m[1]), no
+        _total(rec, int(m[1]), no)
     elif m := S4B.match(line):
         rec.code_bytes, rec.code_kind = int(m[1]), "raw"
     elif m := S5A.match(line):
-        rec.model_bytes, rec.total_bytes, rec.total_bytes_line = int(m[1]), int(m[2]), no
+        rec.model_bytes = int(m[1])
+        _total(rec, int(m[2]), no)
     elif m := S5B.match(line):
         rec.code_bytes, rec.code_kind = int(m[1]), "raw"
     elif m := S6.match(line):
-        rec.total_bytes, rec.total_bytes_line = int(m[1]), no
+        _total(rec, int(m[1]), no)
     elif m := G1.match(line):
         rec.gptq_reserve_s = float(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
     elif m := G2.match(line):

@@ -23,6 +23,9 @@ ERROR, WARN, INFO = "ERROR", "WARN", "INFO"
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 WARN_STATUS = "warn"
 CRASHED = "rule crashed:"
+# A code scan that could not read a file the run executes (it does not parse on this Python, e.g. PEP 701 f-strings
+# before 3.12): the validation is incomplete, never a pass (`pgolf validate` exits 2).
+UNREAD = "not read by this scan"
 # A run directory's files; a record-profile script's run has no events.jsonl (train.log is its record).
 RUN_DIR_FILES = ("config.json", "train.log", "metrics.json", "final_model.ptz")
 

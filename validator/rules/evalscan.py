@@ -13,7 +13,7 @@ import ast
 import re
 from collections.abc import Iterator
 
-from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, UNREAD, WARN, Finding, FolderContext, Rule
 from validator.rules.code import CodeUnit, code_units
 
 VAL = re.compile(r"val_tokens|val_data|val_ids|val_stream|val_seq|fineweb_val")
@@ -37,7 +37,8 @@ def _units(ctx: FolderContext, rule: Rule) -> tuple[list[CodeUnit], list[Finding
     units = code_units(ctx)
     if not units:
         return [], [rule.finding(SKIP, "no train_gpt.py")]
-    skips = [rule.finding(SKIP, f"{u.name} does not parse here (see FILES.RUNS_IN_FOLDER)", file=u.name)
+    skips = [rule.finding(SKIP, f"{u.name} does not parse here, so it is {UNREAD} (see FILES.RUNS_IN_FOLDER)",
+                          file=u.name)
              for u in units if not isinstance(u.tree, ast.Module)]
     return [u for u in units if isinstance(u.tree, ast.Module)], skips
 
