@@ -640,3 +640,15 @@ def test_what_counts_as_a_run_directory(tmp_path, files, run_dir):
     for name in files:
         (tmp_path / name).write_text("{}\n")
     assert FolderContext(tmp_path).is_run_dir is run_dir
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="PEP 701 f-strings parse on Python >= 3.12")
+def test_code_this_python_cannot_parse_makes_validation_incomplete(tmp_path: Path, capsys) -> None:
+    """Threat: one PEP 701 f-string (legal on 3.12) made every code scan skip on an older validator, and the folder
+    passed with exit 0 whatever the code did. Now such a folder is incomplete (exit 2), in the payload or not."""
+    script = GOOD_SCRIPT + 'print(f"{", ".join(["a"])}")\n' + NET
+    for i, text in enumerate((script, _wrapper(script))):
+        folder = make_folder(tmp_path / str(i), script=text)
+        capsys.readouterr()
+        assert main([str(folder)]) == 2
+        assert "the code scans could not read train_gpt.py" in capsys.readouterr().err
