@@ -469,6 +469,46 @@ def test_a_figure_in_another_shape_or_a_contradiction_is_not_a_pass(tmp_path: Pa
                     rule) == {"pass"}
 
 
+def _with_curve(text: str, offset: float) -> str:
+    curve = "".join(f"step:{s}/20000 train_loss:{3.0 - s / 1000 + offset:.4f} train_time:{s * 150}ms "
+                    f"step_avg:150.00ms\n" for s in range(100, 800, 100))
+    return text.replace("world_size:8", curve + "world_size:8", 1)
+
+
+@pytest.mark.parametrize("case", ["renamed-seed", "no-seed", "unlisted-gpu", "dumped-world-size", "json-hardware"])
+def test_seed_and_hardware_evidence_is_what_it_claims(tmp_path: Path, case: str) -> None:
+    """Threats: one run shipped as two seeds (the same training curve under another seed), logs that name no seed
+    counted as distinct seeds, a GPU no list of known parts names (an allow-list now: H100 only), a world size the
+    Hyperparameters dump contradicts, a submission.json that says only "H100"."""
+    folder = make_folder(tmp_path / "bad")
+    logs = {s: folder / f"train_seed{s}.log" for s in SEEDS}
+    for i, log in enumerate(logs.values()):
+        log.write_text(_with_curve(log.read_text(), 0.001 * i))
+    rule = "STAT.SEEDS" if case in ("renamed-seed", "no-seed") else "HW.H100"
+    if case == "renamed-seed":  # seed 2's log is seed 1's run, its seed line edited
+        logs[2].write_text(logs[1].read_text().replace("  seed: 1\n", "  seed: 2\n"))
+    elif case == "no-seed":  # three logs, no seed in a name or a dump
+        for s, log in logs.items():
+            log.with_name(f"run_{'abc'[s - 1]}.log").write_text(log.read_text().replace(f"  seed: {s}\n", ""))
+            log.unlink()
+    elif case == "unlisted-gpu":
+        logs[1].write_text(logs[1].read_text() + "|   0  NVIDIA H800 80GB HBM3          On  |\n")
+    elif case == "dumped-world-size":
+        logs[1].write_text(logs[1].read_text().replace("Hyperparameters:\n", "Hyperparameters:\n  world_size: 1\n"))
+    else:
+        sub = json.loads((folder / "submission.json").read_text())
+        (folder / "submission.json").write_text(json.dumps({**sub, "hardware": "1x H100 PCIe (80 min)"}))
+    found = [f for f in validate_folder(folder) if f.rule == rule and f.status == "fail"]
+    assert found, case
+    good = make_folder(tmp_path / "good")
+    for i, s in enumerate(SEEDS):
+        log = good / f"train_seed{s}.log"
+        log.write_text(_with_curve(log.read_text(), 0.001 * i))
+    sub = json.loads((good / "submission.json").read_text())
+    (good / "submission.json").write_text(json.dumps({**sub, "hardware": "8xH100 80GB SXM"}))
+    assert statuses(validate_folder(good), rule) == {"pass"}
+
+
 def _per_seed(**over: object) -> dict:
     """seed_results as the logs of make_folder report them, with `over` applied to seed 2."""
     res = {str(s): {"val_bpb": b, "val_loss": round(_loss(b), 8), "bytes_total": 15_000_000 + len(GOOD_SCRIPT)}

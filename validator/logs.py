@@ -23,6 +23,7 @@ V1 = re.compile(r"\b(?:eval_)?time[:=]\s*(\d+(?:\.\d+)?)(ms|s|min)\b|\belapsed[:
 # shapes it knows; this reads every figure, so that a final line in another shape or unit is never skipped for an
 # earlier, smaller one): the log's largest counts.
 ANY_TRAIN_TIME = re.compile(r"\btrain_time[:=]\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)\b")
+STEP_LOSS = re.compile(r"^(?:step:)?(\d+)/\d+ .*?\btrain_loss:\s*(\d+(?:\.\d+)?)\b")
 ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
 UNIT_MS = {"ms": 1.0, "s": 1000.0, "sec": 1000.0, "m": 60_000.0, "min": 60_000.0, "h": 3_600_000.0}
 V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
@@ -122,6 +123,7 @@ class LogRecord:
     sidecar: bool = False
     world_size: int | None = None
     hparams: dict[str, str] = field(default_factory=dict)
+    train_losses: dict[int, float] = field(default_factory=dict)  # step -> train_loss, from the step lines
     cap: int | None = None
 
     def final(self, method: str | None = None) -> EvalLine | None:
@@ -198,6 +200,8 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
         ms = float(m[1]) * UNIT_MS[m[2]]
         if ms > (rec.train_time_ms or 0.0):
             rec.train_time_ms, rec.train_time_line = ms, no
+    if m := STEP_LOSS.match(line):
+        rec.train_losses[int(m[1])] = float(m[2])
     steps = [int(m[1]) for m in ANY_STEP.finditer(line)]
     if steps and max(steps) > (rec.steps or 0) and "train_time" in line:
         rec.steps = max(steps)

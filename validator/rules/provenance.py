@@ -13,8 +13,12 @@ from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, F
 from validator.rules.code import code_units, reachable_local_code
 from validator.rules.layout import linked_files, shipped_kind
 
-GPU = re.compile(r"NVIDIA (?:GeForce )?((?:GH200|H100|H200|A100|A10G?|L40S?|L4|B200|V100|T4|RTX ?[A-Z]?\d{4})"
-                 r"(?:[ -](?:80GB|40GB|SXM\d?|PCIe|NVL|HBM3e?|\d+GB|Ti))*)")
+# Any accelerator a log names (an allow-list decides: H100 passes, anything else fails a record; a list of known
+# other parts let an unlisted one, an H800 or an MI300X, through).
+GPU = re.compile(r"(?:NVIDIA (?:GeForce |Tesla )?((?!CUDA\b)[A-Z]+ ?\d+[A-Za-z]*(?:[ -](?:80GB|40GB|SXM\d?|PCIe|NVL|"
+                 r"HBM3e?|\d+GB|Ti))*)|AMD (Instinct MI\d+\w*))")
+# submission.json's hardware: eight H100s, not the PCIe part
+HW_FIELD = re.compile(r"\b8\s*[x×]\s*(?:NVIDIA )?H100", re.I)
 SMALL_EDIT = 5  # changed code lines tolerated as a post-run touch-up (WARN) before "a different script" (FAIL)
 SEPARATOR = "=" * 100
 SMALL_OK = (".log", ".txt", ".md", ".json", ".py", ".model", ".vocab", ".png", ".jpg", ".jpeg", ".svg", ".csv",
@@ -42,7 +46,7 @@ def check_hw(ctx: FolderContext) -> list[Finding]:
     gpus: set[str] = set()
     for lg in ctx.scoring:
         f = ctx.rel(lg.path)
-        names = {" ".join(m.group(1).split()) for m in GPU.finditer(_log_text(lg)[:200_000])}
+        names = {" ".join((m.group(1) or m.group(2)).split()) for m in GPU.finditer(_log_text(lg)[:200_000])}
         gpus |= names
         other = sorted(n for n in names if not n.startswith("H100"))
         if other:
@@ -50,11 +54,14 @@ def check_hw(ctx: FolderContext) -> list[Finding]:
                                  severity=sev, file=f, expected="H100 SXM", found=other[0]))
         elif any("PCIe" in n or "NVL" in n for n in names):
             out.append(r.finding(WARN, f"log shows {sorted(names)[0]}, not the SXM part", severity=WARN, file=f))
-        if lg.world_size is not None and lg.world_size != 8:
-            out.append(r.finding(FAIL if record else WARN, f"world_size:{lg.world_size} on a scoring log (8 GPUs "
-                                 "expected)", severity=sev, file=f, expected=8, found=lg.world_size))
+        dumped = lg.hparams.get("world_size", "")
+        sizes = {lg.world_size, int(dumped) if dumped.isdigit() else None} - {None}
+        if sizes - {8}:
+            ws = min(sizes - {8})
+            out.append(r.finding(FAIL if record else WARN, f"world_size:{ws} on a scoring log (8 GPUs expected)",
+                                 severity=sev, file=f, expected=8, found=ws))
     hw = str((ctx.submission or {}).get("hardware", "") or "")
-    if hw and not re.search(r"H100", hw, re.I):
+    if hw and (not HW_FIELD.search(hw) or "pcie" in hw.lower()):
         out.append(r.finding(FAIL if record else WARN, f"submission.json hardware {hw!r} is not 8xH100 SXM",
                              severity=sev, file="submission.json", field="hardware", found=hw))
     if out:

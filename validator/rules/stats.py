@@ -74,6 +74,21 @@ def claim_logs(ctx: FolderContext) -> list:
     return [lg for lg, _ in min(good, key=key)] if good else logs
 
 
+SAME_RUN_STEPS = 5  # common logged steps with equal train losses that make two logs one run
+
+
+def _same_runs(logs: list) -> list[tuple]:
+    """Pairs of claim logs whose training curves are the same run: at least SAME_RUN_STEPS common steps with equal
+    train_loss, beyond step 1 (two seeds share only the initial loss, if that)."""
+    out = []
+    for i, a in enumerate(logs):
+        for b in logs[i + 1:]:
+            common = sorted(k for k in set(a.train_losses) & set(b.train_losses) if k > 1)
+            if len(common) >= SAME_RUN_STEPS and all(a.train_losses[k] == b.train_losses[k] for k in common):
+                out.append((a, b))
+    return out
+
+
 def check_seeds(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     out: list[Finding] = []
@@ -85,16 +100,22 @@ def check_seeds(ctx: FolderContext) -> list[Finding]:
         return [r.finding(SKIP, "no scored log")]
     seeds = [lg.seed for lg in logs]
     known = [s for s in seeds if s is not None]
-    distinct = len(set(known)) + sum(1 for s in seeds if s is None)
+    distinct = len(set(known))  # a log that names no seed is no evidence of another seed
     if distinct < 3:
-        msg = (f"{distinct} distinct seed(s) back the claim ({', '.join(str(s) for s in seeds)}); a record needs a "
-               "3-seed mean of the submitted configuration")
+        unnamed = f"; {len(seeds) - len(known)} log(s) name no seed" if len(known) < len(seeds) else ""
+        msg = (f"{distinct} distinct seed(s) back the claim ({', '.join(str(s) for s in seeds)}){unnamed}; a record "
+               "needs a 3-seed mean of the submitted configuration")
         out.append(r.finding(FAIL, msg, expected=">= 3", found=distinct) if record else
                    r.finding(WARN, msg, severity=INFO, expected=">= 3", found=distinct))
     if len(set(known)) != len(known):
         out.append(r.finding(FAIL if record else WARN, f"the same seed appears in several logs backing the claim: "
                              f"{sorted(known)} (a re-run is not an independent seed)",
                              severity=ERROR if record else INFO, found=sorted(known)))
+    for a, b in _same_runs(logs):
+        out.append(r.finding(FAIL if record else WARN, f"{a.path.name} and {b.path.name} train identically (every "
+                             f"train_loss of their {len(set(a.train_losses) & set(b.train_losses))} common steps "
+                             "equal): one run under two seeds", severity=ERROR if record else INFO,
+                             file=ctx.rel(b.path)))
     dumps = [lg for lg in logs if lg.hparams]
     if len(dumps) > 1:
         ref = dumps[0]
