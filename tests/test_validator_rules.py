@@ -605,6 +605,26 @@ def test_code_the_validator_cannot_read_fails_closed(tmp_path: Path, hidden: str
             {"helper_mod.py"}, reach
 
 
+def test_a_package_the_script_imports_is_code_it_runs_and_a_file_loader_must_name_one(tmp_path: Path) -> None:
+    """Threat: the code in a package folder (`from gptlib import f`) or in a file loaded under another suffix
+    (`SourceFileLoader("kern", "kern.dat")`) was neither counted nor scanned. A reached package brings all of its
+    files into SIZE.CODE and the scans; a loader of a file the scans do not read fails FILES.RUNS_IN_FOLDER."""
+    folder = make_folder(tmp_path / "pkg", script=GOOD_SCRIPT + "from gptlib import fetch\n")
+    (folder / "gptlib").mkdir()
+    (folder / "gptlib" / "__init__.py").write_text("from .net import fetch\n")
+    (folder / "gptlib" / "net.py").write_text("def fetch():\n    " + NET.replace("\n", "\n    ").rstrip() + "\n")
+    findings = validate_folder(folder)
+    assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == \
+        {"gptlib/net.py"}
+    (code,) = [f for f in findings if f.rule == "SIZE.CODE"]
+    assert "gptlib/net.py" in code.message and "gptlib/__init__.py" in code.message, code.message
+    loader = make_folder(tmp_path / "loader", script=GOOD_SCRIPT + "from importlib.machinery import "
+                         "SourceFileLoader\nkern = SourceFileLoader('kern', 'kern.dat').load_module()\n")
+    (loader / "kern.dat").write_text(NET)
+    (runs,) = [f for f in validate_folder(loader) if f.rule == "FILES.RUNS_IN_FOLDER" and f.status == "fail"]
+    assert "SourceFileLoader" in runs.message
+
+
 def test_a_plain_script_that_builds_a_wrapper_is_read_as_plain(tmp_path: Path) -> None:
     """Eleven merged records compress their own code for the size count: `exec(L.decompress(` sits in a bytes
     literal they write out. Recognising wrappers by a regular expression failed them all ("cannot read"); by the

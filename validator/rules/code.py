@@ -47,7 +47,8 @@ def code_units(ctx: FolderContext) -> list[CodeUnit]:
     if ctx.script_decoded is not None:
         src, _, problem = ctx.script_decoded
         out.append(_unit(SCRIPT, src, problem))
-        paths = {p.name: p for p in ctx.root.rglob("*.py") if p.is_file()}
+        found = [p for p in ctx.root.rglob("*.py") if p.is_file()]
+        paths = {**{p.name: p for p in found}, **{str(p.relative_to(ctx.root)): p for p in found}}
         for name in sorted(n for n in reachable_local_code(ctx) if n.endswith(".py") and n in paths):
             src, _, problem = decode_wrapper(script_text(paths[name]))
             out.append(_unit(str(ctx.rel(paths[name])), src, problem))
@@ -75,6 +76,11 @@ def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
         return {}
     local = {p.name: p for p in ctx.root.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES}
     stems = {Path(n).stem: n for n in local if n.endswith(".py")}
+    for pkg in (d for d in ctx.root.rglob("*") if d.is_dir() and (d / "__init__.py").is_file()):
+        files = {str(f.relative_to(ctx.root)): f for f in sorted(pkg.rglob("*.py"))}  # a package: all of its code
+        local.update(files)
+        stems[pkg.name] = str((pkg / "__init__.py").relative_to(ctx.root))
+        ctx.__dict__.setdefault("_packages", {})[stems[pkg.name]] = list(files)
     out: dict[str, int] = {}
     if isinstance(tree, SyntaxError):  # e.g. PEP 701 f-strings on an older interpreter: fall back to regexes
         text = ctx.script_source[0] if ctx.script_source else ""
@@ -116,20 +122,27 @@ def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
             out[name] = local[name].stat().st_size
             if name.endswith(".py"):
                 todo.append(name)
+    for init, files in ctx.__dict__.get("_packages", {}).items():  # a reached package brings every file in it
+        if init in out:
+            out.update({f: local[f].stat().st_size for f in files})
     ctx.__dict__["_reachable"] = out
     return out
 
 
 # Calls that run code given to them at run time; the static rules read only files and wrapper payloads.
 EXECUTES = {"exec", "eval", "compile"}
-LOADS_CODE = {"import_module", "__import__", "run_path", "run_module", "spec_from_file_location"}
+LOADS_MODULE = {"import_module", "__import__", "run_module"}  # by module name: a literal one is an import
+# by file: the file must be one the scans read (a `.py` the script reaches), whatever its name's suffix
+LOADS_FILE = {"run_path", "spec_from_file_location", "SourceFileLoader", "SourcelessFileLoader", "ExtensionFileLoader",
+              "load_source", "load_compiled", "load_dynamic"}
 BUILDS_CODE = {("marshal", "loads"), ("types", "FunctionType"), ("types", "CodeType")}
 
 
 def unread_code(unit: CodeUnit, units: list[CodeUnit]) -> list[tuple[int, str]]:
     """(line, call) of each call in `unit` that runs code the static rules do not read: exec/eval/compile of anything
     but a reached local file's text (`exec(open(...helper.py).read())`), a module or file loaded by a name computed at
-    run time, code objects built from bytes. A wrapper's own exec is read (its payload is the unit's source)."""
+    run time or from a file the scans do not read (`SourceFileLoader("m", "kern.dat")`), code objects built from bytes.
+    A wrapper's own exec is read (its payload is the unit's source)."""
     if not isinstance(unit.tree, ast.Module):
         return []
     files = {Path(u.name).name for u in units[1:]}
@@ -139,9 +152,11 @@ def unread_code(unit: CodeUnit, units: list[CodeUnit]) -> list[tuple[int, str]]:
         name = _call_name(node)
         if name in EXECUTES and isinstance(node.func, ast.Name) and name not in own:
             ok = bool(node.args) and _reads_local_file(node.args[0], files)
-        elif name in LOADS_CODE:
-            ok = _literal_arg(node) is not None or any(isinstance(c, ast.Constant) and isinstance(c.value, str)
-                                                       and Path(c.value).name in files for c in ast.walk(node))
+        elif name in LOADS_MODULE:
+            ok = _literal_arg(node) is not None
+        elif name in LOADS_FILE:
+            ok = any(isinstance(c, ast.Constant) and isinstance(c.value, str) and Path(c.value).name in files
+                     for c in ast.walk(node))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value,
                                                                                               ast.Name):
             ok = (node.func.value.id, node.func.attr) not in BUILDS_CODE

@@ -210,7 +210,8 @@ def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
     for unit in units:
         for fn, loop in _val_training(ctx, unit):
             name = getattr(fn, "name", "?")
-            at = _called_before_serialization(unit.tree, name) if not _accum_lines(fn) else None
+            at = None if _accum_lines(fn) else next(  # the caller may be another unit (a helper's function)
+                (x for u in units if (x := _called_before_serialization(u.tree, name)) is not None), None)
             if at is not None:
                 out.append(r.finding(FAIL, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
                                      f"called (line {at}) before the model is saved/quantized — fine-tuning on val "

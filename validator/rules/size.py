@@ -126,7 +126,7 @@ def check_code(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(WARN, f"compiled-language sources shipped but not referenced by train_gpt.py: "
                              f"{', '.join(extra)}", severity=INFO))
     unref = sorted(str(p) for p in ctx.files if p.suffix == ".py" and p.name != "train_gpt.py"
-                   and p.name not in helpers and not DATA_PREP.search(p.name))
+                   and p.name not in helpers and str(p) not in helpers and not DATA_PREP.search(p.name))
     if unref:
         out.append(r.finding(WARN, f"other Python files shipped, not reached from train_gpt.py (must not be part "
                              f"of the run command): {', '.join(unref)}", severity=INFO))
