@@ -712,3 +712,12 @@ def test_code_this_python_cannot_parse_makes_validation_incomplete(tmp_path: Pat
         capsys.readouterr()
         assert main([str(folder)]) == 2
         assert "the code scans could not read train_gpt.py" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("claim", "status"), [(1.08, "fail"), (1.081, "fail"), (1.0812, "pass"),
+                                               (1.08123, "pass")])
+def test_a_rounded_claim_may_not_read_better_than_its_logs(tmp_path: Path, claim: float, status: str) -> None:
+    """Threat: a claim rounded to its own coarse precision (1.08 for a mean of 1.0812) passed within half its last
+    digit, reading better than the runs. Rounding down is allowed to the 4th decimal only."""
+    folder = make_folder(tmp_path, sub_over={"val_bpb": claim})  # the logs' mean is 1.08123456
+    assert statuses(validate_folder(folder), "JSON.CONSISTENCY") == {status}

@@ -9,6 +9,9 @@ from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, F
 from validator.untrusted_json import run_dir_metrics
 
 SEED_TOL = 5e-4
+# How far a claim may sit below the logs' mean: the half-unit of a 4-decimal claim (1.08104 -> 1.0810). A claim of
+# 1.08 for a mean of 1.0849 reads 0.0049 better than the runs: more than twice a record's margin.
+ROUNDED_DOWN = 6e-5
 
 
 def claimed_bpb(sub: dict[str, Any] | None) -> tuple[str, float] | None:
@@ -94,7 +97,12 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
     vals = [fin.val_bpb for _, fin in finals]
     m = mean(vals)
     out: list[Finding] = []
-    if close_to_claim(m, value):
+    if close_to_claim(m, value) and value < m - ROUNDED_DOWN:
+        out.append(r.finding(FAIL, f"{key} {value} rounds the logs' mean {m:.6f} down by {m - value:.5f}: a claim may "
+                             f"round to its own precision only upward beyond {ROUNDED_DOWN:g} (a coarse number must "
+                             "not read as a better score)", file=f, field=key, expected=f">= {m - ROUNDED_DOWN:.6f}",
+                             found=value))
+    elif close_to_claim(m, value):
         lab = f" (scoring line {method})" if method else ""
         out.append(r.finding(PASS, f"{key} {value} = mean of {len(vals)} scored log(s) ({m:.6f}){lab}", file=f,
                              field=key))
