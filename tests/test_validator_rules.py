@@ -721,3 +721,14 @@ def test_a_rounded_claim_may_not_read_better_than_its_logs(tmp_path: Path, claim
     digit, reading better than the runs. Rounding down is allowed to the 4th decimal only."""
     folder = make_folder(tmp_path, sub_over={"val_bpb": claim})  # the logs' mean is 1.08123456
     assert statuses(validate_folder(folder), "JSON.CONSISTENCY") == {status}
+
+
+def test_a_short_validation_split_fails_without_the_dumped_vocab_size(tmp_path: Path) -> None:
+    """Threat: deleting `vocab_size` from the Hyperparameters dump turned half the validation split into an
+    "unknown count" note. The vocabulary is read from any line naming it or the tokenizer now."""
+    folder = make_folder(tmp_path, log_over={"val_tokens": 20_270_080})
+    for log in folder.glob("train_seed*.log"):
+        log.write_text(log.read_text().replace("  vocab_size: 8192\n", "").replace(
+            "world_size:8", "tokenizer_path=./data/tokenizers/fineweb_8192_bpe.model\nworld_size:8", 1))
+    (full_val,) = [f for f in validate_folder(folder) if f.rule == "DATA.FULL_VAL"]
+    assert full_val.status == "fail" and "vocab 8192" in full_val.message

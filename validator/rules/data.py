@@ -20,6 +20,12 @@ NETWORK = re.compile(r"\b(snapshot_download|hf_hub_download|urllib\.request|urlo
                      r"socket\.socket|wget |curl )")
 
 
+# The longest evaluation sequence a record uses: a split cut to a multiple of it loses fewer tokens (truncation,
+# a WARN; the GDN long-context study evaluates 32,768-token windows).
+MAX_EVAL_SEQ = 32_768
+VOCAB_NAMED = re.compile(r"\bvocab_size[:=]\s*(\d+)\b|fineweb_(\d+)_bpe\b|fineweb10B_sp(\d+)\b")
+
+
 def check_full_val(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     if ctx.is_run_dir:
@@ -35,12 +41,12 @@ def check_full_val(ctx: FolderContext) -> list[Finding]:
                                  severity=WARN, expected=full, found=n))
         elif n in EARLIER_EXPORT:
             out.append(r.finding(WARN, f"val_tokens {n:,}: {EARLIER_EXPORT[n]}", severity=INFO, found=n))
-        elif (vocab := _vocab(ctx)) in VOCAB_VAL and n < min(VOCAB_VAL[vocab]) - 8192:
+        elif (vocab := _vocab(ctx)) in VOCAB_VAL and n < min(VOCAB_VAL[vocab]) - MAX_EVAL_SEQ:
             out.append(r.finding(FAIL, f"val_tokens {n:,} is short of every canonical count for vocab {vocab} "
                                  f"({', '.join(f'{c:,}' for c in VOCAB_VAL[vocab])}): not the full validation split",
                                  expected=VOCAB_VAL[vocab], found=n))
         else:
-            near = [c for c in CANONICAL_VAL if 0 < c - n < 8192]
+            near = [c for c in CANONICAL_VAL if 0 < c - n < MAX_EVAL_SEQ]
             if near:
                 out.append(r.finding(WARN, f"val_tokens {n:,} is {near[0] - n} short of canonical {near[0]:,} "
                                      "(truncation)", severity=WARN, expected=near[0], found=n))
@@ -54,11 +60,20 @@ def check_full_val(ctx: FolderContext) -> list[Finding]:
 
 
 def _vocab(ctx: FolderContext) -> int | None:
-    """vocab_size from the logs' Hyperparameters dumps, if any."""
+    """vocab_size from the logs' Hyperparameters dumps, else from any log line that names it or the tokenizer
+    (`vocab_size:8192`, `fineweb_8192_bpe.model`, `fineweb10B_sp8192`): deleting the dump's line must not turn a
+    short validation split into an unknown one."""
     for lg in ctx.logs:
         v = lg.hparams.get("vocab_size", "")
         if v.isdigit():
             return int(v)
+    for lg in ctx.logs:
+        try:
+            text = lg.path.read_text(encoding="utf-8", errors="replace")[:2_000_000]
+        except OSError:
+            continue
+        if m := VOCAB_NAMED.search(text):
+            return int(next(g for g in m.groups() if g))
     return None
 
 
