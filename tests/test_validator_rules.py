@@ -732,3 +732,29 @@ def test_a_short_validation_split_fails_without_the_dumped_vocab_size(tmp_path: 
             "world_size:8", "tokenizer_path=./data/tokenizers/fineweb_8192_bpe.model\nworld_size:8", 1))
     (full_val,) = [f for f in validate_folder(folder) if f.rule == "DATA.FULL_VAL"]
     assert full_val.status == "fail" and "vocab 8192" in full_val.message
+
+
+def _without(text: str, evidence: str) -> str:
+    """A log without one budget's evidence: the size lines, the train-time figures or the eval-time figures."""
+    lines = text.splitlines()
+    if evidence == "size":
+        lines = [ln for ln in lines if not ln.startswith(("Serialized", "Total", "Code"))]
+    elif evidence == "train":
+        lines = [ln for ln in lines if "train_time:" not in ln]
+    else:
+        lines = [ln.split(" eval_time:")[0] for ln in lines]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("rule", "evidence"), [("TIME.TRAIN", "train"), ("TIME.EVAL", "eval"), ("SIZE.CAP", "size")])
+def test_a_record_must_show_each_budget(tmp_path: Path, rule: str, evidence: str) -> None:
+    """Threat: logs cut down to the score line skipped every budget rule, and a skip is no failure. On the record
+    track a budget the logs do not show fails; elsewhere it stays a skip."""
+    for track, want in (("track_10min_16mb", {"fail"}), ("track_non_record_16mb", {"skip"})):
+        folder = make_folder(tmp_path / track, sub_over={"bytes_total": None})
+        if track != "track_10min_16mb":
+            (folder.parent.parent / track).mkdir()
+            folder = folder.rename(folder.parent.parent / track / folder.name)
+        for log in folder.glob("train_seed*.log"):
+            log.write_text(_without(log.read_text(), evidence))
+        assert statuses(validate_folder(folder), rule) == want, track

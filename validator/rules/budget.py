@@ -32,6 +32,14 @@ def _status(ctx: FolderContext) -> str:
     return WARN if ctx.track == "non-record" else FAIL
 
 
+def _no_evidence(ctx: FolderContext, r: Rule, what: str) -> Finding:
+    """A budget a record's logs do not show: a FAIL on the record track (a record proves it fits; logs cut down to a
+    score line passed every budget rule by skipping), a SKIP elsewhere."""
+    if ctx.track == "record" and not ctx.is_run_dir:
+        return r.finding(FAIL, f"{what}: a record's logs must show it")
+    return r.finding(SKIP, what)
+
+
 def check_train(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     out: list[Finding] = []
@@ -65,7 +73,7 @@ def check_train(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(WARN, f"README run command overrides the wallclock cap: {m.group(0)}", severity=WARN,
                              file="README.md", found=m.group(0)))
     if not out:
-        return [r.finding(SKIP, "no training time in any log")]
+        return [_no_evidence(ctx, r, "no training time in any log")]
     bad = [x for x in out if x.status != PASS]
     return bad or [r.finding(PASS, f"{len(out)} log(s) within 600 s (+1 step); max "
                              f"{max(lg.train_time_ms or 0 for lg in ctx.logs) / 1000:.1f}s")]
@@ -127,7 +135,7 @@ def check_eval(ctx: FolderContext) -> list[Finding]:
                                  severity=_gate(ctx, ERROR), file=f, line=fin.line if fin else None,
                                  expected="<= 600000", found=ms))
     if not out:
-        return [r.finding(SKIP, "no eval time on any scoring line")]
+        return [_no_evidence(ctx, r, "no eval time on any scoring line")]
     bad = [x for x in out if x.status != PASS]
     return bad or [r.finding(PASS, f"{len(out)} scoring pass(es) <= 600 s (max "
                              f"{max(lg.scoring_eval_ms(ctx.method) or 0 for lg in ctx.scoring) / 1000:.1f}s)")]

@@ -82,7 +82,10 @@ def check_cap(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(FAIL, f"submission.json bytes_total {bt:,} > {CAP:,}", file="submission.json",
                              field="bytes_total", expected=f"<= {CAP}", found=bt))
     if not out:
-        return [r.finding(SKIP, "no size evidence (no Total submission size line, no bytes_total)")]
+        what = "no size evidence (no Total submission size line, no bytes_total)"
+        if ctx.track == "record" and not ctx.is_run_dir:
+            return [r.finding(FAIL, f"{what}: a record's logs must show it")]
+        return [r.finding(SKIP, what)]
     fails = [x for x in out if x.status == FAIL]
     if fails:
         return fails
