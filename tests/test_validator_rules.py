@@ -758,3 +758,15 @@ def test_a_record_must_show_each_budget(tmp_path: Path, rule: str, evidence: str
         for log in folder.glob("train_seed*.log"):
             log.write_text(_without(log.read_text(), evidence))
         assert statuses(validate_folder(folder), rule) == want, track
+
+
+@pytest.mark.parametrize("pattern", ["fineweb_[tv][ra]*.bin", "fineweb_*.bin", "fineweb_val_*.bin"])
+def test_a_training_file_pattern_that_matches_the_validation_shards_fails(tmp_path: Path, pattern: str) -> None:
+    """Threat: the training loader's glob also matches fineweb_val_* (a character class, a wildcard, or the val
+    pattern itself under a training name), and only a logged shard count was checked statically."""
+    script = GOOD_SCRIPT + f"import os\ntrain_files = os.path.join('./data', '{pattern}')\n"
+    (finding,) = [f for f in validate_folder(make_folder(tmp_path, script=script))
+                  if f.rule == "DATA.NO_VAL_IN_TRAIN" and f.status == "fail"]
+    assert "train_files" in finding.message
+    ok = GOOD_SCRIPT + "train_files = './data/fineweb_train_*.bin'\nval_files = './data/fineweb_val_*.bin'\n"
+    assert "fail" not in statuses(validate_folder(make_folder(tmp_path / "ok", script=ok)), "DATA.NO_VAL_IN_TRAIN")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import re
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
@@ -84,12 +86,40 @@ def check_no_val_in_train(ctx: FolderContext) -> list[Finding]:
         if lg.train_shards in LEAK_TRAIN_SHARDS:
             out.append(r.finding(FAIL, f"train_shards: {lg.train_shards} = {LEAK_TRAIN_SHARDS[lg.train_shards]}",
                                  file=ctx.rel(lg.path), found=lg.train_shards))
+    out += _val_in_train_patterns(r, ctx)
     if out:
         return out
     shards = sorted({lg.train_shards for lg in ctx.logs if lg.train_shards is not None})
     if not shards:
         return [r.finding(SKIP, "no train shard count logged (static fingerprint only)")]
     return [r.finding(PASS, f"train_shards {shards}: no known leak fingerprint (static fingerprint only)")]
+
+
+VAL_SHARD = "fineweb_val_000000.bin"
+
+
+def _val_in_train_patterns(r: Rule, ctx: FolderContext) -> list[Finding]:
+    """A file pattern assigned to a training name (`train_files = ".../fineweb_[tv]*.bin"`) that matches the
+    validation shards: training would read them. Names and patterns are literal here; the val-swap test of
+    `pgolf validate --run` decides the rest."""
+    out = []
+    for unit in code_units(ctx):
+        if not isinstance(unit.tree, ast.Module):
+            continue
+        for node in ast.walk(unit.tree):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AnnAssign, ast.AugAssign)) else []
+            names = [t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in targets]
+            if not any("train" in n.lower() for n in names) or node.value is None:
+                continue
+            for c in ast.walk(node.value):
+                if isinstance(c, ast.Constant) and isinstance(c.value, str) and any(ch in c.value for ch in "*?["):
+                    pattern = c.value.rsplit("/", 1)[-1]
+                    if fnmatch.fnmatchcase(VAL_SHARD, pattern):
+                        out.append(r.finding(FAIL, f"{names[0]} = a pattern that matches the validation shards "
+                                             f"({c.value!r}): training would read them", file=unit.name,
+                                             line=node.lineno, found=c.value))
+    return out[:5]
 
 
 def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
