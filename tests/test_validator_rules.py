@@ -770,3 +770,14 @@ def test_a_training_file_pattern_that_matches_the_validation_shards_fails(tmp_pa
     assert "train_files" in finding.message
     ok = GOOD_SCRIPT + "train_files = './data/fineweb_train_*.bin'\nval_files = './data/fineweb_val_*.bin'\n"
     assert "fail" not in statuses(validate_folder(make_folder(tmp_path / "ok", script=ok)), "DATA.NO_VAL_IN_TRAIN")
+
+
+@pytest.mark.parametrize(("extra_bpb", "status"), [(1.0900, "warn"), (1.0700, "pass")])
+def test_a_claim_that_averages_exactly_the_best_runs_is_flagged(tmp_path: Path, extra_bpb: float, status: str) -> None:
+    """Threat: six runs shipped, the claim the mean of the best three (a sub-folder), the rest "disclosed": a
+    selection on outcome. A WARN names it; extra runs that score better than the claimed ones are no selection."""
+    folder = make_folder(tmp_path)
+    (folder / "more").mkdir()
+    for seed in (4, 5, 6):
+        write_log(folder / "more", seed, extra_bpb + seed * 1e-4, len(GOOD_SCRIPT))
+    assert statuses(validate_folder(folder), "JSON.CONSISTENCY") == {status}
