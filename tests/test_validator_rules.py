@@ -781,3 +781,16 @@ def test_a_claim_that_averages_exactly_the_best_runs_is_flagged(tmp_path: Path, 
     for seed in (4, 5, 6):
         write_log(folder / "more", seed, extra_bpb + seed * 1e-4, len(GOOD_SCRIPT))
     assert statuses(validate_folder(folder), "JSON.CONSISTENCY") == {status}
+
+
+def test_an_artifact_over_the_cap_is_not_hidden_by_a_later_total(tmp_path: Path) -> None:
+    """Threat: the scored artifact's total is over the cap, and a second artifact's total (a smaller int8+zlib
+    export) printed after it became the log's total. Every named artifact total is held to the cap."""
+    folder = make_folder(tmp_path)
+    log = folder / "train_seed1.log"
+    over = "Serialized model int6+brotli: 16075300 bytes\nTotal submission size int6+brotli: 16091930 bytes\n"
+    log.write_text(log.read_text().replace("final_int6_roundtrip ", over + "Serialized model int8+zlib: 15700000 "
+                                           "bytes\nTotal submission size int8+zlib: 15716630 bytes\nfinal_int6_"
+                                           "roundtrip ", 1))
+    (cap,) = [f for f in validate_folder(folder) if f.rule == "SIZE.CAP" and f.status == "fail"]
+    assert "int6+brotli artifact totals 16,091,930" in cap.message

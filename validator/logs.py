@@ -124,6 +124,7 @@ class LogRecord:
     world_size: int | None = None
     hparams: dict[str, str] = field(default_factory=dict)
     train_losses: dict[int, float] = field(default_factory=dict)  # step -> train_loss, from the step lines
+    artifact_totals: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, bytes, line) per named total
     cap: int | None = None
 
     def final(self, method: str | None = None) -> EvalLine | None:
@@ -208,10 +209,12 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
 
 
 def _total(rec: LogRecord, n: int, no: int, kind: str | None = None) -> None:
-    """A total-size line: the last one counts (logs print the raw model's size before the quantized artifact's)."""
+    """A total-size line: the last one is the log's total (logs print the raw model's size before the quantized
+    artifact's); every total of a named artifact (`int6+brotli`, `int8+zlib`) is kept for SIZE.CAP."""
     rec.total_bytes, rec.total_bytes_line = n, no
     if kind is not None:
         rec.total_kind = kind
+        rec.artifact_totals.append((kind, n, no))
 
 
 def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:

@@ -70,6 +70,11 @@ def check_cap(ctx: FolderContext) -> list[Finding]:
                 st, why = PASS, f"<= {hi:,.0f} bytes <= {CAP:,}"
             out.append(r.finding(st, f"logged total {value}{unit} ({how}) {why}", file=f, line=line,
                                  expected=f"<= {CAP}", found=round(hi)))
+        over = [(k, n, no) for k, n, no in lg.artifact_totals if n > (lg.cap or CAP) and no != lg.total_bytes_line]
+        for kind, n, no in over[:1]:  # an earlier artifact over the cap: the last line need not be the scored one
+            out.append(r.finding(FAIL, f"the log's {kind} artifact totals {n:,} bytes > {lg.cap or CAP:,} (a later "
+                                 "total does not make it fit)", file=f, line=no, expected=f"<= {lg.cap or CAP}",
+                                 found=n))
         if lg.model_bytes is not None and lg.fmt == "text":  # no code line: the shipped script still counts
             logged = lg.code_bytes or 0
             code = logged if lg.code_kind == "compressed" else max(logged, ctx.script_bytes or 0)
