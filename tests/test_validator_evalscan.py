@@ -124,7 +124,7 @@ REACHES = {"import": "import helper_mod\n",
 @pytest.mark.parametrize("reach", list(REACHES))
 @pytest.mark.parametrize(("rule", "bad", "want"), [
     ("EVAL.TTT", ADAPT_FIRST, FAIL), ("EVAL.PREQUANT_TTT", PREQUANT, FAIL), ("EVAL.NGRAM", NGRAM, FAIL),
-    ("EVAL.NO_SELECTION", MIN_SEL, WARN), ("DATA.NO_TRAIN_AT_EVAL", NETWORK_CALL, WARN),
+    ("EVAL.NO_SELECTION", MIN_SEL, WARN), ("DATA.NO_TRAIN_AT_EVAL", NETWORK_CALL, FAIL),
 ], ids=["adapt-then-score", "prequant", "ngram", "min-over-passes", "network"])
 def test_code_in_a_reached_helper_is_scanned_like_train_gpt(tmp_path, reach, rule, bad, want):
     """Threat: train_gpt.py is a stub (`import helper`, `exec(open(...))`: a merged record ships one) and the

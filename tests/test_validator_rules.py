@@ -112,7 +112,7 @@ BAD_CASES: dict[str, tuple[str, dict, Callable[[Path], None] | None, str]] = {
     "DATA.FULL_VAL": ("2026-05-01_X", {"log_over": {"val_tokens": 36_000_000}}, None, "fail"),
     "DATA.NO_VAL_IN_TRAIN": ("2026-05-01_X", {"log_over": {"shards": 1499}}, None, "fail"),
     "DATA.NO_TRAIN_AT_EVAL": ("2026-05-01_X", {"script": GOOD_SCRIPT + "from huggingface_hub import hf_hub_download\n"},
-                              None, "warn"),
+                              None, "fail"),
     "TOK.BPB": ("2026-05-01_X", {"script": GOOD_SCRIPT + "BPB = 2.0 / (math.log(2) * 3.5)\n"}, None, "fail"),
     "FILES.PLAIN_TEXT": ("2026-05-01_X", {"script": GOOD_SCRIPT + "# \u202e\n"}, None, "fail"),
 }
@@ -411,7 +411,7 @@ def test_code_beside_a_compressed_payload_fails_closed(tmp_path: Path, case: str
     assert runs.status == "fail" and "cannot read" in runs.message, runs.message
     assert has_errors(findings)
     plain = validate_folder(make_folder(tmp_path / "plain", script=GOOD_SCRIPT + NET))
-    assert "warn" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")
+    assert "fail" in statuses(plain, "DATA.NO_TRAIN_AT_EVAL")  # a record's code: a download call fails
 
 
 @pytest.mark.parametrize("line", ["--extra-index-url https://evil.example/simple", "-e ./vendored",
@@ -574,7 +574,7 @@ def test_a_helper_the_script_runs_is_held_to_the_same_reading(tmp_path: Path) ->
     (folder / "helper_mod.py").write_text(_wrapper(NET))
     findings = validate_folder(folder)
     assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}
-    assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == {"helper_mod.py"}
+    assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "fail"} == {"helper_mod.py"}
 
 
 @pytest.mark.parametrize("hidden", [
@@ -601,7 +601,7 @@ def test_code_the_validator_cannot_read_fails_closed(tmp_path: Path, hidden: str
         (folder / "helper_mod.py").write_text(NET)
         findings = validate_folder(folder)
         assert statuses(findings, "FILES.RUNS_IN_FOLDER") == {"pass"}, reach
-        assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == \
+        assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "fail"} == \
             {"helper_mod.py"}, reach
 
 
@@ -614,7 +614,7 @@ def test_a_package_the_script_imports_is_code_it_runs_and_a_file_loader_must_nam
     (folder / "gptlib" / "__init__.py").write_text("from .net import fetch\n")
     (folder / "gptlib" / "net.py").write_text("def fetch():\n    " + NET.replace("\n", "\n    ").rstrip() + "\n")
     findings = validate_folder(folder)
-    assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "warn"} == \
+    assert {f.file for f in findings if f.rule == "DATA.NO_TRAIN_AT_EVAL" and f.status == "fail"} == \
         {"gptlib/net.py"}
     (code,) = [f for f in findings if f.rule == "SIZE.CODE"]
     assert "gptlib/net.py" in code.message and "gptlib/__init__.py" in code.message, code.message
@@ -706,7 +706,7 @@ def test_what_counts_as_a_run_directory(tmp_path, files, run_dir):
 def test_code_this_python_cannot_parse_makes_validation_incomplete(tmp_path: Path, capsys) -> None:
     """Threat: one PEP 701 f-string (legal on 3.12) made every code scan skip on an older validator, and the folder
     passed with exit 0 whatever the code did. Now such a folder is incomplete (exit 2), in the payload or not."""
-    script = GOOD_SCRIPT + 'print(f"{", ".join(["a"])}")\n' + NET
+    script = GOOD_SCRIPT + 'print(f"{", ".join(["a"])}")\nimport torch.nn as nn\n'
     for i, text in enumerate((script, _wrapper(script))):
         folder = make_folder(tmp_path / str(i), script=text)
         capsys.readouterr()
@@ -794,3 +794,93 @@ def test_an_artifact_over_the_cap_is_not_hidden_by_a_later_total(tmp_path: Path)
                                            "roundtrip ", 1))
     (cap,) = [f for f in validate_folder(folder) if f.rule == "SIZE.CAP" and f.status == "fail"]
     assert "int6+brotli artifact totals 16,091,930" in cap.message
+
+
+@pytest.mark.parametrize("hidden", [
+    "import builtins\nbuiltins.exec(bytes.fromhex('7072696e74283129').decode())\n",
+    "getattr(__builtins__, 'ex' + 'ec')('print(1)')\n",
+    "_e = exec\n_e('print(1)')\n",
+    "def exec(s):\n    pass\n\n\ndel exec\n",
+    "import sys\nfrom runpy import run_path as _rp\n_rp(sys.argv[1])\n",
+    "import importlib\nimportlib.__dict__['import_module']('o' + 's')\n",
+    "import pickle\npickle.loads(b'cbuiltins\\nprint\\n.')\n",
+    "import torch\nstate = torch.load('blob.pt', weights_only=False)\n",
+    "exec(open(('helper_mod.py', 'notes.txt')[1]).read())\n",
+], ids=["attribute", "getattr", "alias", "shadow", "aliased-import", "dict-lookup", "pickle", "torch-load",
+        "indexed-path"])
+def test_code_run_under_another_name_fails_closed(tmp_path: Path, hidden: str) -> None:
+    """Threat (second red team): the run-time-code check looked for a call by its usual name, so an alias, an
+    attribute, a string lookup, a shadowing definition, an unpickler or a path picked by indexing ran code no scan
+    read. Any reference is judged now; a parameter or a field named like one (`compile`) is its own scope's."""
+    folder = make_folder(tmp_path / "bad", script=GOOD_SCRIPT + hidden)
+    (folder / "helper_mod.py").write_text("x = 1\n")
+    (folder / "notes.txt").write_text("print('hidden')\n")
+    assert "fail" in statuses(validate_folder(folder), "FILES.RUNS_IN_FOLDER"), hidden
+    own = GOOD_SCRIPT + ("from dataclasses import dataclass\n\n\n@dataclass\nclass Cfg:\n    compile: str = 'auto'"
+                         "\n\n\ndef build(model, compile=True):\n    return model if not compile else model\n")
+    assert statuses(validate_folder(make_folder(tmp_path / "good", script=own)), "FILES.RUNS_IN_FOLDER") == {"pass"}
+
+
+@pytest.mark.parametrize("case", ["rebound-decoder", "utf7-payload", "utf7-helper", "shadow-module", "zip"])
+def test_a_wrapper_or_file_that_reads_one_way_and_runs_another_fails(tmp_path: Path, case: str) -> None:
+    """Threat (second red team): the validator read one text while Python ran another: a wrapper whose decoder name
+    a later import rebinds, a payload or an exec'd helper declaring UTF-7 (exec and import honour the PEP 263 line,
+    open() does not), a shipped module named like one the run imports (typing_extensions.py runs under `import
+    torch`), code in a zip on sys.path."""
+    import base64
+    import lzma
+
+    script: str | bytes = GOOD_SCRIPT
+    extra: dict[str, bytes] = {}
+    if case == "rebound-decoder":
+        script = _wrapper(GOOD_SCRIPT).replace("\n", "\nfrom helper_mod import L\n", 1)
+        extra["helper_mod.py"] = b"L = None\n"
+    elif case == "utf7-payload":
+        blob = lzma.compress(b"# coding: utf-7\nimport os #+AAo-print(1)\n", format=lzma.FORMAT_RAW,
+                             filters=[{"id": lzma.FILTER_LZMA2}])
+        script = ("import lzma as L,base64 as B\nexec(L.decompress(B.b85decode(" + repr(base64.b85encode(blob).decode())
+                  + "),format=L.FORMAT_RAW,filters=[{\"id\":L.FILTER_LZMA2}]))\n")
+    elif case == "utf7-helper":
+        script = GOOD_SCRIPT + 'exec(open(__file__.replace("train_gpt.py", "golfh.py")).read())\n'
+        extra["golfh.py"] = b"# coding: utf-7\ns = '+ACc-'; print(1); t = '+ACc-'\n"
+    elif case == "shadow-module":
+        extra["typing_extensions.py"] = b"print('runs under import torch')\n"
+    else:
+        extra["lib.zip"] = b"PK\x05\x06" + b"\0" * 18
+    folder = make_folder(tmp_path, script=script)
+    for name, data in extra.items():
+        (folder / name).write_bytes(data)
+    assert "fail" in statuses(validate_folder(folder), "FILES.RUNS_IN_FOLDER"), case
+
+
+@pytest.mark.parametrize("figure", ["train_time: 6.12047e5ms", "train_time: 612,047ms", "train_time: 612_047ms",
+                                    "train_time: 10:12.047", "train_time: 612047msec", "train_time: 612.0 seconds",
+                                    "train time: 612047ms", "train_time: 612k ms"])
+def test_a_training_time_in_any_notation_is_read_or_fails(tmp_path: Path, figure: str) -> None:
+    """Threat (second red team): a final training time in a notation the parser skipped (exponent, grouping,
+    mm:ss, msec, seconds, a space for the underscore) left an earlier, smaller figure standing. Each is read now;
+    a figure no pattern reads fails a record."""
+    folder = make_folder(tmp_path)
+    log = folder / "train_seed1.log"
+    log.write_text(_stop_line(log.read_text(), f"stopping_early: wallclock_cap {figure} step: 4550/20000"))
+    assert "fail" in statuses(validate_folder(folder), "TIME.TRAIN"), figure
+
+
+@pytest.mark.parametrize("name", ["Tesla V100-SXM2-32GB", "AMD Radeon Instinct MI100", "NVIDIA RTX PRO 6000 Blackwell",
+                                  "NVIDIA  A100-SXM4-80GB", "NVIDIA H100 80GB HBM3 MIG 1g.10gb",
+                                  "Intel(R) Data Center GPU Max 1550"])
+def test_any_accelerator_but_a_whole_h100_fails_a_record(tmp_path: Path, name: str) -> None:
+    folder = make_folder(tmp_path)
+    log = folder / "train_seed1.log"
+    log.write_text(log.read_text() + f"GPU 0: {name} (UUID: GPU-0)\n")
+    assert "fail" in statuses(validate_folder(folder), "HW.H100"), name
+
+
+def test_a_copied_log_with_one_loss_edited_is_still_one_run(tmp_path: Path) -> None:
+    folder = make_folder(tmp_path)
+    logs = [folder / f"train_seed{s}.log" for s in SEEDS]
+    for i, log in enumerate(logs):
+        log.write_text(_with_curve(log.read_text(), 0.01 * i))
+    copy = logs[0].read_text().replace("  seed: 1\n", "  seed: 2\n")
+    logs[1].write_text(copy.replace("train_loss:2.9000", "train_loss:2.9001", 1))
+    assert "fail" in statuses(validate_folder(folder), "STAT.SEEDS")

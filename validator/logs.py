@@ -22,10 +22,20 @@ V1 = re.compile(r"\b(?:eval_)?time[:=]\s*(\d+(?:\.\d+)?)(ms|s|min)\b|\belapsed[:
 # Any training-time or step figure on a log line, in any unit (the parse of record-format lines above reads the
 # shapes it knows; this reads every figure, so that a final line in another shape or unit is never skipped for an
 # earlier, smaller one): the log's largest counts.
-ANY_TRAIN_TIME = re.compile(r"\btrain_time[:=]\s*(\d+(?:\.\d+)?)\s*(ms|s|sec|min|m|h)\b")
+ANY_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?P<num>\d[\d,_]*(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*"
+                            r"(?P<unit>ms|msecs?|millis(?:econds)?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\b")
+CLOCK_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?:(\d+):)?(\d+):(\d{2}(?:\.\d+)?)\b")  # [h:]mm:ss
+TRAIN_TIME_FIGURE = re.compile(r"\btrain[ _]time[:=]?\s*\d")  # a figure follows: it must be read, or the log fails
 STEP_LOSS = re.compile(r"^(?:step:)?(\d+)/\d+ .*?\btrain_loss:\s*(\d+(?:\.\d+)?)\b")
 ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
 UNIT_MS = {"ms": 1.0, "s": 1000.0, "sec": 1000.0, "m": 60_000.0, "min": 60_000.0, "h": 3_600_000.0}
+
+
+def unit_ms(unit: str) -> float:
+    """Milliseconds per `unit` (ms, msec, milliseconds, s, sec(s), second(s), m, min(s), minute(s), h, hour(s))."""
+    u = unit.lower()
+    return 1.0 if u.startswith(("ms", "msec", "milli")) else 1000.0 if u.startswith("s") else \
+        60_000.0 if u.startswith("m") else 3_600_000.0
 V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
@@ -125,6 +135,7 @@ class LogRecord:
     hparams: dict[str, str] = field(default_factory=dict)
     train_losses: dict[int, float] = field(default_factory=dict)  # step -> train_loss, from the step lines
     artifact_totals: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, bytes, line) per named total
+    unread_train_time: tuple[int, str] | None = None  # (line, text) of a train_time figure no pattern reads
     cap: int | None = None
 
     def final(self, method: str | None = None) -> EvalLine | None:
@@ -195,16 +206,22 @@ def _train_time(rec: LogRecord, ms: float, no: int, steps: int) -> None:
 
 
 def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
-    """Raise the log's training time and step count to any larger figure on `line` (ANY_TRAIN_TIME, ANY_STEP); a
-    figure right after `train_time:` is a number, so code echoed in the log (`train_time:{ms:.0f}ms`) never counts."""
-    for m in ANY_TRAIN_TIME.finditer(line):
-        ms = float(m[1]) * UNIT_MS[m[2]]
+    """Raise the log's training time and step count to any larger figure on `line` (ANY_TRAIN_TIME in any unit,
+    CLOCK_TRAIN_TIME, ANY_STEP); a figure after `train_time` that neither reads is kept as unread (TIME.TRAIN fails a
+    record on it). A figure must follow directly, so code echoed in the log (`train_time:{ms:.0f}ms`) never counts."""
+    figures = [float(m["num"].replace(",", "").replace("_", "")) * unit_ms(m["unit"])
+               for m in ANY_TRAIN_TIME.finditer(line)]
+    figures += [(float(m[1] or 0) * 3600 + float(m[2]) * 60 + float(m[3])) * 1000.0
+                for m in CLOCK_TRAIN_TIME.finditer(line)]
+    if len(figures) < len(TRAIN_TIME_FIGURE.findall(line)):
+        rec.unread_train_time = rec.unread_train_time or (no, line.strip()[:100])
+    for ms in figures:
         if ms > (rec.train_time_ms or 0.0):
             rec.train_time_ms, rec.train_time_line = ms, no
     if m := STEP_LOSS.match(line):
         rec.train_losses[int(m[1])] = float(m[2])
     steps = [int(m[1]) for m in ANY_STEP.finditer(line)]
-    if steps and max(steps) > (rec.steps or 0) and "train_time" in line:
+    if steps and max(steps) > (rec.steps or 0) and "train" in line:
         rec.steps = max(steps)
 
 

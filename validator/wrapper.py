@@ -24,7 +24,9 @@ import ast
 import base64
 import bz2
 import importlib
+import io
 import lzma
+import tokenize
 import zlib
 from typing import Any
 
@@ -74,7 +76,7 @@ def _payloads(src: str, tree: ast.Module, execs: list[ast.Call]) -> str:
 
     form = pgolf_payload(src)
     if form is not None:
-        return _decompress("lzma" if form[0] == "lzma" else "brotli", form[1], {}).decode("utf-8")
+        return _source(_decompress("lzma" if form[0] == "lzma" else "brotli", form[1], {}))
     modules = {a.asname or a.name: a.name for st in tree.body if isinstance(st, ast.Import) for a in st.names}
     kept = []
     for st in tree.body:
@@ -83,8 +85,32 @@ def _payloads(src: str, tree: ast.Module, execs: list[ast.Call]) -> str:
                 kept.append(ast.unparse(st))
             continue
         raise ValueError(f"line {st.lineno} runs code outside the compressed payload: {ast.unparse(st)[:60]!r}")
+    _decoders_bound_once(tree, execs, modules)
     sources = [_exec_payload(call, modules) for call in execs]
     return "\n".join(sources + kept) + ("\n" if kept else "")
+
+
+def _source(data: bytes) -> str:
+    """The payload's text as `exec(bytes)` reads it; a PEP 263 line naming another encoding than UTF-8 is refused
+    (exec would decode it so, e.g. UTF-7, where `+AAo-` is a newline: one text for the validator, another that runs)."""
+    encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise ValueError(f"the payload declares the encoding {encoding!r} (only UTF-8 reads the same everywhere)")
+    return data.decode(encoding)
+
+
+def _decoders_bound_once(tree: ast.Module, execs: list[ast.Call], modules: dict[str, str]) -> None:
+    """Every name the exec calls use is bound once, by its decoder's import: `from helper import L` after
+    `import lzma as L` would make `L.decompress` something else at run time."""
+    bound: dict[str, int] = {}
+    for st in tree.body:
+        names = [a.asname or a.name.split(".")[0] for a in st.names] if isinstance(st, (ast.Import, ast.ImportFrom)) \
+            else [t.id for t in st.targets if isinstance(t, ast.Name)] if isinstance(st, ast.Assign) else []
+        for n in names:
+            bound[n] = bound.get(n, 0) + 1
+    for name in {n.id for call in execs for n in ast.walk(call) if isinstance(n, ast.Name) and n.id != "exec"}:
+        if bound.get(name, 0) != 1 or name not in modules:
+            raise ValueError(f"{name!r} is bound {bound.get(name, 0)} times, not once by its decoder's import")
 
 
 def _inert(st: ast.stmt) -> bool:
@@ -117,7 +143,7 @@ def _exec_payload(call: ast.Call, modules: dict[str, str]) -> str:
     if None in kwargs or not set(kwargs) <= KEYWORDS[module]:
         raise ValueError(f"{module}.decompress() takes keywords {sorted(map(str, kwargs))}, not among "
                          f"{sorted(KEYWORDS[module])}")
-    return _decompress(module, _literal_bytes(inner.args[0], modules), kwargs).decode("utf-8")
+    return _source(_decompress(module, _literal_bytes(inner.args[0], modules), kwargs))
 
 
 def _module(node: ast.AST, modules: dict[str, str]) -> str | None:

@@ -44,6 +44,11 @@ def check_train(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     out: list[Finding] = []
     for lg in ctx.logs:
+        if lg.unread_train_time is not None:  # a figure after train_time no pattern reads: it may be the largest
+            no, text = lg.unread_train_time
+            out.append(r.finding(_status(ctx), f"a train_time figure the validator cannot read: {text!r} (log "
+                                 "training time in ms, s or min)", severity=_gate(ctx, ERROR), file=ctx.rel(lg.path),
+                                 line=no))
         if lg.train_time_ms is None:
             continue
         f = ctx.rel(lg.path)

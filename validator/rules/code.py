@@ -10,7 +10,9 @@ scans read. A rule that looked at train_gpt.py alone passed a folder whose train
 from __future__ import annotations
 
 import ast
+import io
 import re
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +53,20 @@ def code_units(ctx: FolderContext) -> list[CodeUnit]:
         paths = {**{p.name: p for p in found}, **{str(p.relative_to(ctx.root)): p for p in found}}
         for name in sorted(n for n in reachable_local_code(ctx) if n.endswith(".py") and n in paths):
             src, _, problem = decode_wrapper(script_text(paths[name]))
+            encoding = problem and "utf-8" or _declared_encoding(paths[name])
+            if encoding not in ("utf-8", "utf-8-sig"):  # import decodes it so, `exec(open(f).read())` as UTF-8
+                problem = f"it declares the encoding {encoding!r}: an import and an open() read different code"
             out.append(_unit(str(ctx.rel(paths[name])), src, problem))
     ctx.__dict__["_code_units"] = out
     return out
+
+
+def _declared_encoding(path: Path) -> str:
+    """The encoding a file's PEP 263 line declares (UTF-8 without one); an unknown one is returned as named."""
+    try:
+        return tokenize.detect_encoding(io.BytesIO(path.read_bytes()).readline)[0]
+    except SyntaxError as exc:
+        return str(exc)
 
 
 def _unit(name: str, source: str, problem: str | None) -> CodeUnit:
@@ -129,42 +142,126 @@ def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
     return out
 
 
-# Calls that run code given to them at run time; the static rules read only files and wrapper payloads.
-EXECUTES = {"exec", "eval", "compile"}
+# What runs code given at run time. Any reference to one is judged, not only a call by its usual name: an alias
+# (`_e = exec`), an attribute (`builtins.exec`), a lookup (`__builtins__.__dict__["eval"]`), a shadowing definition
+# (`def exec`) or an aliased import (`from runpy import run_path as rp`) is code the validator cannot follow.
+NAMES_RUN = {"exec", "eval", "compile", "__import__", "__builtins__", "builtins"}
+ATTRS_RUN = {"exec", "__import__", "__builtins__", "import_module", "run_path", "run_module", "spec_from_file_location",
+             "spec_from_loader", "SourceFileLoader", "SourcelessFileLoader", "ExtensionFileLoader", "load_source",
+             "load_compiled", "load_dynamic", "FunctionType", "CodeType"}
 LOADS_MODULE = {"import_module", "__import__", "run_module"}  # by module name: a literal one is an import
-# by file: the file must be one the scans read (a `.py` the script reaches), whatever its name's suffix
-LOADS_FILE = {"run_path", "spec_from_file_location", "SourceFileLoader", "SourcelessFileLoader", "ExtensionFileLoader",
-              "load_source", "load_compiled", "load_dynamic"}
-BUILDS_CODE = {("marshal", "loads"), ("types", "FunctionType"), ("types", "CodeType")}
+# by file: the path argument must name a file the scans read (a `.py` the script reaches)
+LOADS_FILE = {"run_path": 0, "spec_from_file_location": 1, "SourceFileLoader": 1, "SourcelessFileLoader": 1,
+              "ExtensionFileLoader": 1, "load_source": 1, "load_compiled": 1, "load_dynamic": 1}
+UNPICKLERS = {"pickle", "marshal", "dill", "cloudpickle", "_pickle"}  # their load/loads run code from bytes
 
 
 def unread_code(unit: CodeUnit, units: list[CodeUnit]) -> list[tuple[int, str]]:
-    """(line, call) of each call in `unit` that runs code the static rules do not read: exec/eval/compile of anything
+    """(line, code) of each place in `unit` that runs code the static rules do not read: exec/eval/compile of anything
     but a reached local file's text (`exec(open(...helper.py).read())`), a module or file loaded by a name computed at
-    run time or from a file the scans do not read (`SourceFileLoader("m", "kern.dat")`), code objects built from bytes.
-    A wrapper's own exec is read (its payload is the unit's source)."""
+    run time or from a file the scans do not read, code from bytes (pickle/marshal loads, `torch.load(weights_only=
+    False)`), and any other reference to these (NAMES_RUN, ATTRS_RUN, string lookups): an alias, an attribute, a
+    shadowing definition. A name a function or class binds itself (a parameter or field called `compile`) is its
+    own. A wrapper's own exec is read (its payload is the unit's source)."""
     if not isinstance(unit.tree, ast.Module):
         return []
     files = {Path(u.name).name for u in units[1:]}
-    own = {n.name for n in unit.tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}  # a function `eval`
-    out = []
-    for node in ast.walk(unit.tree):
-        name = _call_name(node)
-        if name in EXECUTES and isinstance(node.func, ast.Name) and name not in own:
-            ok = bool(node.args) and _reads_local_file(node.args[0], files)
-        elif name in LOADS_MODULE:
-            ok = _literal_arg(node) is not None
-        elif name in LOADS_FILE:
-            ok = any(isinstance(c, ast.Constant) and isinstance(c.value, str) and Path(c.value).name in files
-                     for c in ast.walk(node))
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value,
-                                                                                              ast.Name):
-            ok = (node.func.value.id, node.func.attr) not in BUILDS_CODE
-        else:
-            ok = True
-        if not ok:
-            out.append((node.lineno, ast.unparse(node)[:80]))
+    readable = [n for n in ast.walk(unit.tree) if isinstance(n, ast.Call) and _readable_call(n, files)]
+    allowed = {id(n) for n in readable} | {id(n.func) for n in readable}
+    out: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST, local: frozenset[str]) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            local = local | _bound_in(node)
+        if id(node) not in allowed and _runs_code(node, local):
+            out.append((node.lineno, ast.unparse(node).splitlines()[0][:80]))
+        for child in ast.iter_child_nodes(node):
+            visit(child, local)
+
+    visit(unit.tree, frozenset())
     return out
+
+
+def _runs_code(node: ast.AST, local: frozenset[str]) -> bool:
+    if isinstance(node, ast.Call) and (_loads_bytes(node) or _call_name(node) in LOADS_MODULE | set(LOADS_FILE)):
+        return True  # a loader call (the readable ones are allowed by the caller)
+    if isinstance(node, ast.Name):
+        return node.id in NAMES_RUN and node.id not in local
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return node.name in NAMES_RUN
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return any(a.name in NAMES_RUN or (a.name in ATTRS_RUN and a.asname) for a in node.names) or (
+            isinstance(node, ast.ImportFrom) and node.module in UNPICKLERS)
+    return (isinstance(node, ast.Attribute) and node.attr in ATTRS_RUN) or _looked_up(node)
+
+
+def _bound_in(scope: ast.AST) -> frozenset[str]:
+    """The names a function, lambda or class binds in its own body: parameters, assignment and annotation targets
+    (not in nested scopes)."""
+    names: set[str] = set()
+    if not isinstance(scope, ast.ClassDef):
+        a = scope.args
+        names |= {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x is not None}
+    body = scope.body if isinstance(scope.body, list) else [scope.body]
+    for stmt in body:
+        for n in ast.walk(stmt):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                names.add(n.id)
+    return frozenset(names)
+
+
+LOOKUP_MODULES = {"importlib", "runpy", "types", "sys", *UNPICKLERS}  # getattr(m, <computed>) on these: a lookup
+
+
+def _looked_up(node: ast.AST) -> bool:
+    """A lookup of a code-running name by string: `x["import_module"]`, `getattr(x, "exec")`, or `getattr(m, ...)`
+    with a computed name on a module that holds loaders (LOOKUP_MODULES)."""
+    runs = NAMES_RUN | ATTRS_RUN
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value in runs
+    if _call_name(node) in ("getattr", "__getattribute__") and len(node.args) >= 2:
+        what, attr = node.args[0], node.args[1]
+        if isinstance(attr, ast.Constant):
+            return attr.value in runs
+        return isinstance(what, ast.Name) and what.id in LOOKUP_MODULES
+    return False
+
+
+def _readable_call(node: ast.Call, files: set[str]) -> bool:
+    """A call of code the scans read: exec/compile of a reached file's text, an import by a literal name, a file
+    loader whose path names a reached file."""
+    name = _call_name(node)
+    if name in ("exec", "compile") and isinstance(node.func, ast.Name):
+        return bool(node.args) and _reads_local_file(node.args[0], files)
+    if name in LOADS_MODULE:
+        return _literal_arg(node) is not None
+    if name in LOADS_FILE:
+        at = LOADS_FILE[name]
+        path = node.args[at] if len(node.args) > at else None
+        return path is not None and _names_reached_file(path, files)
+    return False
+
+
+def _loads_bytes(node: ast.Call) -> bool:
+    """pickle.loads(...)-style calls and `torch.load(..., weights_only=False)`: code from bytes."""
+    func = node.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        if func.value.id in UNPICKLERS and func.attr in ("load", "loads", "Unpickler"):
+            return True
+        if func.value.id == "torch" and func.attr == "load":
+            return any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is False
+                       for k in node.keywords)
+    return False
+
+
+def _names_reached_file(node: ast.AST, files: set[str]) -> bool:
+    """A path expression made of literals, `__file__` and calls on them, with no indexing, whose file-like literals
+    all name the script or a reached file, at least one of them a reached file."""
+    if any(isinstance(n, ast.Subscript) for n in ast.walk(node)):
+        return False
+    named = [Path(c.value).name for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)
+             and "." in Path(c.value).name]
+    return bool(named) and all(n in files or n == SCRIPT for n in named) and any(n in files for n in named)
 
 
 def _call_name(node: ast.AST) -> str | None:
@@ -179,9 +276,7 @@ def _literal_arg(node: ast.Call) -> str | None:
 
 
 def _reads_local_file(node: ast.AST, files: set[str]) -> bool:
-    """`open(E).read()` / `Path(E).read_text()` (any receiver of .read/.read_text) with a literal in E naming one
-    of `files`."""
+    """`open(E).read()` / `Path(E).read_text()` (any receiver of .read/.read_text) whose path E names a reached
+    file (`_names_reached_file`)."""
     return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("read", "read_text")
-            and any(isinstance(c, ast.Constant) and isinstance(c.value, str) and Path(c.value).name in files
-                    for c in ast.walk(node.func.value)))
+            and node.func.attr in ("read", "read_text") and _names_reached_file(node.func.value, files))

@@ -18,13 +18,16 @@ TRUNCATED_VAL = {47_851_520: (47_853_343, "CaseOps-sp8192 truncated to a multipl
 EARLIER_EXPORT = {63_779_840: "earlier sp1024 val export (NaiveBaseline, 2026-03-17)"}
 LEAK_TRAIN_SHARDS = {1499: "CaseOps prepare_caseops_data.py default --val-docs=10000 (train/val overlap, Issue #2127)"}
 VOCAB_VAL = {1024: (62_021_632,), 4096: (45_508_608, 45_514_752), 8192: (40_540_160, 47_853_343)}
-NETWORK = re.compile(r"\b(snapshot_download|hf_hub_download|urllib\.request|urlopen|requests\.(?:get|post)|"
-                     r"socket\.socket|wget |curl )")
+NETWORK = re.compile(r"\b(snapshot_download|hf_hub_download|urllib\.request|urllib3|urlopen|requests\.\w+\(|httpx|"
+                     r"aiohttp|http\.client|HTTPS?Connection|ftplib|smtplib|socket\.(?:socket|create_connection)|"
+                     r"torch\.hub|load_state_dict_from_url|download_url_to_file|load_dataset|"
+                     r"[\"']?\b(?:wget|curl|git|rsync|scp|aria2c)\b[\"']?\s*[, ]\s*[\"']?(?:-|https?:|s3:))")
 
 
 # The longest evaluation sequence a record uses: a split cut to a multiple of it loses fewer tokens (truncation,
 # a WARN; the GDN long-context study evaluates 32,768-token windows).
 MAX_EVAL_SEQ = 32_768
+VOCAB_DEFAULT = re.compile(r"[\"']VOCAB_SIZE[\"']\s*,\s*[\"']?(\d+)")
 VOCAB_NAMED = re.compile(r"\bvocab_size[:=]\s*(\d+)\b|fineweb_(\d+)_bpe\b|fineweb10B_sp(\d+)\b")
 
 
@@ -63,8 +66,8 @@ def check_full_val(ctx: FolderContext) -> list[Finding]:
 
 def _vocab(ctx: FolderContext) -> int | None:
     """vocab_size from the logs' Hyperparameters dumps, else from any log line that names it or the tokenizer
-    (`vocab_size:8192`, `fineweb_8192_bpe.model`, `fineweb10B_sp8192`): deleting the dump's line must not turn a
-    short validation split into an unknown one."""
+    (`vocab_size:8192`, `fineweb_8192_bpe.model`, `fineweb10B_sp8192`), else the script's default: deleting the
+    dump's line must not turn a short validation split into an unknown one."""
     for lg in ctx.logs:
         v = lg.hparams.get("vocab_size", "")
         if v.isdigit():
@@ -76,6 +79,9 @@ def _vocab(ctx: FolderContext) -> int | None:
             continue
         if m := VOCAB_NAMED.search(text):
             return int(next(g for g in m.groups() if g))
+    for unit in code_units(ctx):  # the script's own default (`os.environ.get("VOCAB_SIZE", 8192)`)
+        if m := VOCAB_DEFAULT.search(unit.source):
+            return int(m[1])
     return None
 
 
@@ -132,9 +138,13 @@ def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
         for no, line in enumerate(unit.lines, start=1):
             m = NETWORK.search(line)
             if m and not line.lstrip().startswith("#"):
-                out.append(r.finding(WARN, f"network/download call in the code: {m.group(1).strip()} (static: cannot "
-                                     "tell whether it runs during evaluation)", severity=WARN, file=unit.name,
-                                     line=no))
+                if ctx.track == "record":  # no merged record's code holds one; a record run downloads nothing
+                    out.append(r.finding(FAIL, f"network/download call in the code a record runs: "
+                                         f"{m.group(1).strip()}", file=unit.name, line=no))
+                else:
+                    out.append(r.finding(WARN, f"network/download call in the code: {m.group(1).strip()} (static: "
+                                         "cannot tell whether it runs during evaluation)", severity=WARN,
+                                         file=unit.name, line=no))
     names = ", ".join(u.name for u in units)
     return out[:5] or [r.finding(PASS, f"no download/network calls in {names} (static scan)")]
 
@@ -142,11 +152,11 @@ def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
 RULES = [
     Rule("DATA.FULL_VAL", "score the full canonical validation split (first 50k docs), un-reordered",
          "README 'Validation always runs on the full fineweb_val_* split'", ERROR, check_full_val,
-         lower="truncation to a multiple of seq_len (< 8,192 tokens short): WARN; unknown counts: INFO"),
+         lower="truncation to a multiple of seq_len (< 32,768 tokens short): WARN; unknown counts: INFO"),
     Rule("DATA.NO_VAL_IN_TRAIN", "no validation data during training (fingerprint: train_shards 1499 overlap)",
          "README FAQ 'You CANNOT access validation data during training'; Issue #2127", ERROR, check_no_val_in_train),
     Rule("DATA.NO_TRAIN_AT_EVAL", "no training data, downloads or network during evaluation (static scan)",
          "README FAQ 'No external downloads, training dataset access, or network calls'", ERROR,
-         check_no_train_at_eval, lower="a download call in the script: WARN statically (cannot tell whether it runs "
-                                       "at evaluation); the sandboxed run decides"),
+         check_no_train_at_eval, lower="a download call in a non-record script: WARN statically (cannot tell whether "
+                                       "it runs at evaluation); the sandboxed run decides"),
 ]

@@ -135,6 +135,7 @@ def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
                       "shipped file's text, a module loaded by a computed name, code built from bytes)",
                       file=u.name, line=line, expected="code in the folder's files, or a wrapper it can decode")
             for u in units if not u.problem for line, call in unread_code(u, units)]
+    out += _shadowing_or_packed(r, ctx)
     if any(f.status == FAIL for f in out) or not isinstance(units[0].tree, ast.Module):
         return out
     for node in ast.walk(units[0].tree):
@@ -148,6 +149,43 @@ def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
     helpers = f", with the {len(units) - 1} local file(s) it runs" if len(units) > 1 else ""
     return out or [r.finding(PASS, f"train_gpt.py parses{note}{helpers}; dynamic smoke run not performed (static "
                              "only)")]
+
+
+# Code shipped in a form the scans cannot read, or put where Python finds it before the real thing.
+PACKED_CODE = {".zip", ".egg", ".whl", ".pyc", ".pyo", ".pyz", ".pth"}
+AUTO_IMPORTED = {"sitecustomize", "usercustomize"}
+PGOLF_PACKAGES = {"core", "plugins", "pgolf", "validator", "submissions", "dataprep", "tests", "benchmarks"}
+
+
+def _shadowing_or_packed(r: Rule, ctx: FolderContext) -> list[Finding]:
+    """A shipped `.py` named like a module the run imports from its environment (`typing_extensions.py`: the
+    script's folder comes first on sys.path, so `import torch` runs it) and code in archives or bytecode (a zip on
+    sys.path, a .pyc, a .pth): code no scan reads. Names are checked against this interpreter's importable modules."""
+
+    out = []
+    for rel in ctx.files:
+        if rel.suffix.lower() in PACKED_CODE:
+            out.append(r.finding(FAIL, f"{rel} is packed code (archive, bytecode or .pth) the validator cannot read",
+                                 file=str(rel), expected="plain .py sources"))
+        elif rel.suffix == ".py" and len(rel.parts) == 1 and rel.stem != "train_gpt" and (
+                rel.stem in AUTO_IMPORTED or rel.stem in sys.stdlib_module_names or _importable(rel.stem)):
+            out.append(r.finding(FAIL, f"{rel} shadows the module {rel.stem!r}: an import of it (by the script or a "
+                                 "library) runs this file instead", file=str(rel), expected="a helper name no "
+                                 "installed module has"))
+    return out
+
+
+def _importable(name: str) -> bool:
+    """Whether `name` is a module this interpreter finds (pgolf's own packages aside: a records folder's run does not
+    have them)."""
+    import importlib.util
+
+    if name in PGOLF_PACKAGES:
+        return False
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _unreadable(r: Rule, unit: CodeUnit, wrapped: bool) -> list[Finding]:

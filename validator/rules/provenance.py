@@ -15,8 +15,10 @@ from validator.rules.layout import linked_files, shipped_kind
 
 # Any accelerator a log names (an allow-list decides: H100 passes, anything else fails a record; a list of known
 # other parts let an unlisted one, an H800 or an MI300X, through).
-GPU = re.compile(r"(?:NVIDIA (?:GeForce |Tesla )?((?!CUDA\b)[A-Z]+ ?\d+[A-Za-z]*(?:[ -](?:80GB|40GB|SXM\d?|PCIe|NVL|"
-                 r"HBM3e?|\d+GB|Ti))*)|AMD (Instinct MI\d+\w*))")
+GPU = re.compile(r"NVIDIA\s+(?:GeForce\s+|Tesla\s+)?(?P<n>(?!CUDA\b)(?:RTX\s+(?:PRO\s+)?)?[A-Z]+\s?\d+[A-Za-z]*"
+                 r"(?:[ -](?:80GB|40GB|SXM\d?|PCIe|NVL|HBM3e?|\d+GB|Ti|MIG|\d+g\.\d+gb))*)"
+                 r"|Tesla\s+(?P<t>[A-Z]\d+[\w-]*)|AMD\s+(?:Radeon\s+)?Instinct\s+(?P<a>MI\d+\w*)"
+                 r"|Intel\(R\)\s+(?P<i>Data Center GPU[\w ]*?\d+)")
 # submission.json's hardware: eight H100s, not the PCIe part
 HW_FIELD = re.compile(r"\b8\s*[x×]\s*(?:NVIDIA )?H100", re.I)
 SMALL_EDIT = 5  # changed code lines tolerated as a post-run touch-up (WARN) before "a different script" (FAIL)
@@ -46,9 +48,9 @@ def check_hw(ctx: FolderContext) -> list[Finding]:
     gpus: set[str] = set()
     for lg in ctx.scoring:
         f = ctx.rel(lg.path)
-        names = {" ".join((m.group(1) or m.group(2)).split()) for m in GPU.finditer(_log_text(lg)[:200_000])}
+        names = {" ".join(next(g for g in m.groups() if g).split()) for m in GPU.finditer(_log_text(lg)[:200_000])}
         gpus |= names
-        other = sorted(n for n in names if not n.startswith("H100"))
+        other = sorted(n for n in names if not n.startswith("H100") or "MIG" in n)  # an H100 slice is not an H100
         if other:
             out.append(r.finding(FAIL if record else WARN, f"log shows {other[0]} (record runs use 8xH100 SXM)",
                                  severity=sev, file=f, expected="H100 SXM", found=other[0]))
