@@ -161,7 +161,6 @@ def _shadowing_or_packed(r: Rule, ctx: FolderContext) -> list[Finding]:
     """A shipped `.py` named like a module the run imports from its environment (`typing_extensions.py`: the
     script's folder comes first on sys.path, so `import torch` runs it) and code in archives or bytecode (a zip on
     sys.path, a .pyc, a .pth): code no scan reads. Names are checked against this interpreter's importable modules."""
-
     out = []
     for rel in ctx.files:
         if rel.suffix.lower() in PACKED_CODE:
@@ -189,10 +188,11 @@ def _importable(name: str) -> bool:
 
 
 def _unreadable(r: Rule, unit: CodeUnit, wrapped: bool) -> list[Finding]:
-    """Why the static rules cannot read a code unit: a payload it cannot decode (fail closed: every rule would read
-    the wrapper, not the code it runs), or a syntax error (a WARN where it is likely PEP 701 syntax)."""
+    """Why the static rules cannot read a code unit: a payload it cannot decode, code beside it, an encoding that reads
+    one way and runs another (fail closed: every rule would read something else than what runs), or a syntax error
+    (a WARN where it is likely PEP 701 syntax)."""
     if unit.problem:
-        return [r.finding(FAIL, f"executes a compressed payload the validator cannot read ({unit.problem})",
+        return [r.finding(FAIL, f"runs code the validator cannot read as it runs ({unit.problem})",
                           file=unit.name, expected="a payload that decodes (pgolf's code_wrapper forms, or "
                           "LZMA/base85 literals as the records ship)")]
     if not isinstance(unit.tree, SyntaxError):
