@@ -28,14 +28,6 @@ CLOCK_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?:(\d+):)?(\d+):(\d{2}(?
 TRAIN_TIME_FIGURE = re.compile(r"\btrain[ _]time[:=]?\s*\d")  # a figure follows: it must be read, or the log fails
 STEP_LOSS = re.compile(r"^(?:step:)?(\d+)/\d+ .*?\btrain_loss:\s*(\d+(?:\.\d+)?)\b")
 ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
-UNIT_MS = {"ms": 1.0, "s": 1000.0, "sec": 1000.0, "m": 60_000.0, "min": 60_000.0, "h": 3_600_000.0}
-
-
-def unit_ms(unit: str) -> float:
-    """Milliseconds per `unit` (ms, msec, milliseconds, s, sec(s), second(s), m, min(s), minute(s), h, hour(s))."""
-    u = unit.lower()
-    return 1.0 if u.startswith(("ms", "msec", "milli")) else 1000.0 if u.startswith("s") else \
-        60_000.0 if u.startswith("m") else 3_600_000.0
 V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
@@ -198,6 +190,13 @@ def seed_from_name(name: str) -> int | None:
     return None
 
 
+def unit_ms(unit: str) -> float:
+    """Milliseconds per `unit` (ms, msec, milliseconds, s, sec(s), second(s), m, min(s), minute(s), h, hour(s))."""
+    u = unit.lower()
+    return 1.0 if u.startswith(("ms", "msec", "milli")) else 1000.0 if u.startswith("s") else \
+        60_000.0 if u.startswith("m") else 3_600_000.0
+
+
 def _train_time(rec: LogRecord, ms: float, no: int, steps: int) -> None:
     """A record-format time line: the log's training time and steps only grow (see ANY_TRAIN_TIME)."""
     if ms >= (rec.train_time_ms or 0.0):
@@ -274,7 +273,7 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         ms = None
         times = [(float(t[1] or t[3]), t[2] or t[4]) for t in V1.finditer(m["rest"])]
         if times:  # the largest: a decoy `load time:2.1s` before `eval_time:708525ms` must not stand for it
-            ms = max(val * UNIT_MS[unit] for val, unit in times)
+            ms = max(val * unit_ms(unit) for val, unit in times)
         try:
             rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no))
         except ValueError:
