@@ -202,8 +202,7 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     from pgolf.progress import Progress
     from submissions.bundle import bundle_size
 
-    master = int(os.environ.get("RANK", "0")) == 0
-    previous = signal.signal(signal.SIGTERM, _sigterm) if master else None
+    master = int(os.environ.get("RANK", "0")) == 0  # SIGTERM raises InterruptedRun here: `main` installs it
     try:
         if master:
             write_status(run_dir, "running")
@@ -224,9 +223,6 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
         if master:
             write_status(run_dir, "failed", message=" ".join(str(exc).split())[:300])
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     if master:
         write_status(run_dir, "finished")
         total = summary["total_bytes"]
