@@ -5,7 +5,8 @@ pgolf's side is built as `core.train.build_model` builds it (plugins, init, dtyp
 record's as `benchmarks/graph_diff.py` builds it (imported with the bench's `flash_attn_interface` stand-in,
 `.bfloat16()`, CastedLinear and low-dim parameters fp32). Both: `torch.compile(fullgraph=True, dynamic=False)`,
 bf16 autocast, random token ids, `--batch` sequences of `core.train_seq_len` (48 × 2048: PR #315's micro-batch on
-each of 8 GPUs), SDPA restricted to its flash kernel (the record's FA3 call runs on SDPA through the stand-in).
+each of 8 GPUs), SDPA restricted to one kernel (`--attention`, flash by default; the record's FA3 call runs on SDPA
+through the stand-in).
 Prints the median and min ms over --steps timed steps (CUDA events) after --warmup steps (which compile).
 
     python benchmarks/model_step.py --side pgolf  --recipe recipes/pr315.toml
@@ -30,10 +31,11 @@ from core.run import create_run  # noqa: E402
 from core.train import CoreDefaults, build_model  # noqa: E402
 
 
-def build(side: str, recipe: Path, record: Path | None, sets: list[str]) -> tuple[torch.nn.Module, object]:
+def build(side: str, recipe: Path, record: Path | None, sets: list[str], plugins: list[str] | None,
+          attention: str) -> tuple[torch.nn.Module, object]:
     reg = Registry()
     cfg = resolve(plugin_config_classes=reg.config_classes(), recipe=recipe, check_plugins=reg.check,
-                  sets=[*sets, "core.device=cuda", "core.attention=flash"])
+                  plugins=plugins, sets=[*sets, "core.device=cuda", f"core.attention={attention}"])
     if side == "pgolf":
         return build_model(create_run(cfg, reg, CoreDefaults(fused_adam=True), make_dir=False)), cfg
     spec = importlib.util.spec_from_file_location("graph_diff", REPO / "benchmarks" / "graph_diff.py")
@@ -48,15 +50,18 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, required=True)
     parser.add_argument("--record", type=Path, help="the record's train_gpt.py (--side record)")
     parser.add_argument("--set", nargs="*", default=[], dest="sets")
+    parser.add_argument("--plugins", help="pgolf side: comma-separated plugin list (default: the recipe's)")
+    parser.add_argument("--attention", choices=("flash", "cudnn"), default="flash", help="the SDPA kernel, both sides")
     parser.add_argument("--batch", type=int, default=48, help="sequences per micro-step")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     if args.side == "record" and args.record is None:
         parser.error("--side record needs --record")
-    for kernel in ("cudnn", "mem_efficient", "math"):  # flash SDPA only, both sides
-        getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(False)
-    model, cfg = build(args.side, args.recipe, args.record, args.sets)
+    for kernel in ("flash", "cudnn", "mem_efficient", "math"):  # one SDPA kernel, both sides
+        getattr(torch.backends.cuda, f"enable_{kernel}_sdp")(kernel == args.attention)
+    plugins = args.plugins.split(",") if args.plugins else None
+    model, cfg = build(args.side, args.recipe, args.record, args.sets, plugins, args.attention)
     compiled = torch.compile(model, dynamic=False, fullgraph=True)
     ids = torch.randint(0, cfg.core.vocab_size, (args.batch, cfg.core.train_seq_len + 1), device="cuda")
     x, y = ids[:, :-1].contiguous(), ids[:, 1:].contiguous()

@@ -167,7 +167,7 @@ def restart_on_restore(profiler: StepProfiler) -> None:
     torch.optim.Optimizer.load_state_dict = restoring
 
 
-def install(skip: int, steps: int, out: Path, rows: int = 40, *, from_restore: bool = False, **options: Any
+def install(skip: int, steps: int, out: Path, rows: int = 80, *, from_restore: bool = False, **options: Any
             ) -> StepProfiler:
     """A `StepProfiler` registered as the global optimizer post-hook (counting from the last restore if asked)."""
     from torch.optim.optimizer import register_optimizer_step_post_hook
