@@ -441,7 +441,7 @@ def profile_phases(run: Any, stepper: Any, steps: int) -> dict[str, Any]:
 
         labels = {e.name for e in prof.events() if e.is_user_annotation}  # ranges (ours, Optimizer.step#…)
         kernels = sorted((e for e in prof.key_averages() if dev(e) > 0 and e.key not in labels), key=dev, reverse=True)
-        out["top_device_ops_ms"] = {e.key[:80]: dev(e) / 1000.0 / steps for e in kernels[:80]}
+        out["top_device_ops_ms"] = {e.key: dev(e) / 1000.0 / steps for e in kernels[:80]}
         by_kind: dict[str, float] = {}
         for e in (e for e in kernels if is_device_activity(e)):  # kernels, not the aten ops above them
             kind = kernel_kind(e.key)
