@@ -86,6 +86,9 @@ BY_CLASS: list[tuple[str, str, str]] = [
      "STAT.SEEDS (d))."),
     ("STAT.SEEDS", "the same seed appears in several logs",
      "Real: LoRA_TTT's four logs (v0-v3) are all seed 1337 — versions of one run, not independent seeds."),
+    ("STAT.SEEDS", "configuration differs from train_v0.txt",
+     "Real: LoRA_TTT's `train_v1.txt` is the 2×H100 40-minute exploratory run (`world_size:2 grad_accum_steps:4`, "
+     "`max_wallclock_seconds:2400`) beside the 8×H100 runs (same log as the TIME.TRAIN and HW.H100 failures)."),
     ("STAT.SEEDS", "configuration differs from",
      "Real: seed 42 ran with `ttt_enabled` while the other seeds did not (rulebook STAT.SEEDS (d), 2026-04-04)."),
     ("TIME.TRAIN_POSTLOOP", "calibration on training data belongs to the 600 s training budget",

@@ -11,6 +11,11 @@ from typing import Any
 from validator.untrusted_json import JSON_ERRORS, parse_json
 
 TS_PREFIX = re.compile(r"^\d{10}\.\d{3} ")
+# A figure in any notation a log may print it in (12345, 12,345, 12_345, 1.2e4), of bounded length (a 5,000-digit
+# field must not stop the parse), and a time unit with or without a space before it.
+NUM = r"\d[\d,_]{0,24}(?:\.\d{1,12})?(?:[eE][+-]?\d{1,3})?"
+INT = r"\d[\d,_]{0,24}"
+UNIT = r"(?:ms|msecs?|millis(?:econds)?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\b"
 E1 = re.compile(
     r"^(?P<label>[A-Za-z][\w\-. ]*?(?: sliding)?)\s+val_loss[:=]\s*(?P<loss>[0-9.]+)\s+"
     r"(?:sliding )?val_bpb[:=]\s*(?P<bpb>[0-9.]+)(?P<rest>.*)$"
@@ -18,12 +23,12 @@ E1 = re.compile(
 E2 = re.compile(r"^(?P<label>final_sliding_window_eval(?:_exact)?) stride:\d+ val_loss:(?P<loss>[0-9.]+) "
                 r"val_bpb:(?P<bpb>[0-9.]+)(?P<rest>.*)$")
 E3 = re.compile(r"^ttt_sliding:done val_loss=(?P<loss>[0-9.]+) val_bpb=(?P<bpb>[0-9.]+) elapsed=(?P<s>[0-9.]+)s")
-V1 = re.compile(r"\b(?:eval_)?time[:=]\s*(\d+(?:\.\d+)?)(ms|s|min)\b|\belapsed[:=]\s*(\d+(?:\.\d+)?)(ms|s|min)\b")
+V1 = re.compile(rf"\b(?:(?:eval_)?time|elapsed)[:=]\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
+V1_FIGURE = re.compile(r"\b(?:(?:eval_)?time|elapsed)[:=]\s*\d")  # a figure follows: it must be read
 # Any training-time or step figure on a log line, in any unit (the parse of record-format lines above reads the
 # shapes it knows; this reads every figure, so that a final line in another shape or unit is never skipped for an
 # earlier, smaller one): the log's largest counts.
-ANY_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?P<num>\d[\d,_]*(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*"
-                            r"(?P<unit>ms|msecs?|millis(?:econds)?|s|secs?|seconds?|m|mins?|minutes?|h|hours?)\b")
+ANY_TRAIN_TIME = re.compile(rf"\btrain[ _]time[:=]?\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
 CLOCK_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?:(\d+):)?(\d+):(\d{2}(?:\.\d+)?)\b")  # [h:]mm:ss
 TRAIN_TIME_FIGURE = re.compile(r"\btrain[ _]time[:=]?\s*\d")  # a figure follows: it must be read, or the log fails
 STEP_LOSS = re.compile(r"^(?:step:)?(\d+)/\d+ .*?\btrain_loss:\s*(\d+(?:\.\d+)?)\b")
@@ -42,7 +47,10 @@ GAR_MARK = re.compile(r"^gptq:(?:generating autoregressive|collecting hessians f
 GDONE = re.compile(r"^gptq:(?:done in|quantization complete in) ([0-9.]+)s")
 GWALL = re.compile(r"^wallclock:post_gptq total_elapsed:([0-9.]+)s train_budget:([0-9.]+)s")
 # eval-phase work logged on its own line (a TTT pass before the scoring line, a precompute over val, decompression)
-PH_TTT = re.compile(r"^ttt:completed steps:\d+ time:([0-9.]+)s")
+PH_TTT = re.compile(rf"^ttt[\w-]*[: ](?:done|completed?|finished|ended?)\b.*?\b(?:time|elapsed|t)[:=]\s*"
+                    rf"(?P<num>{NUM})\s*(?P<unit>{UNIT})")
+# a TTT progress line's running time (`tttg: c12/40 lr:0.01 t:31.2s`): the pass it belongs to took at least as long
+TTT_PROGRESS = re.compile(rf"^ttt[\w-]*[: ].*?\b(?:time|elapsed|t)[:=]\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
 PH_PRE = re.compile(r"^ngram_tilt:precompute .*?elapsed=([0-9.]+)s")
 PH_DESER = re.compile(r"^Deserialize: decompression done in ([0-9.]+)s")
 # fine-tuning on validation tokens before quantization (PR #1376 family), however it is spelled
@@ -56,22 +64,31 @@ MB_TOTAL = re.compile(r"^(?:artifact|Total submission size[^:]*|total_size|artif
 G2 = re.compile(r"^GPTQ:collected (\d+) Hessians in ([0-9.]+)s")
 G3 = re.compile(r"^(?:Serialize: per-group compression done in|serialize_wallclock:|artifact_production_wallclock:)"
                 r" ([0-9.]+)s")
-S1 = re.compile(r"^Total submission size(?: (?P<kind>[^:]+))?: (?P<n>\d+) bytes")
-S2 = re.compile(r"^Serialized model(?: (?P<kind>[^:]+))?: (?P<n>\d+) bytes")
-S3 = re.compile(r"^Code size(?: \((?P<kind>compressed|uncompressed)\))?: (?P<n>\d+) bytes")
-S4A = re.compile(r"^budget:(\d+)/16000000 \(")
-S4B = re.compile(r"^artifact:[0-9.]+MB .* code:(\d+)")
-S5A = re.compile(r"^INT\d\+\w+ model: (\d+) bytes \| Total submission: (\d+) bytes")
-S5B = re.compile(r"^Raw model: \d+ bytes \| Code: (\d+) bytes")
-S6 = re.compile(r"^artifact_bytes:\s+(\d+)")
-D1A = re.compile(r"^val_tokens: ?(\d+)")
-D1B = re.compile(r"^val_loader:shards pattern=(\S+) tokens:(\d+)")
+S1 = re.compile(rf"^Total submission size(?: (?P<kind>[^:]+))?:\s*(?P<n>{INT})\s*bytes")
+S2 = re.compile(rf"^Serialized model(?: (?P<kind>[^:]+))?:\s*(?P<n>{INT})\s*bytes")
+S3 = re.compile(rf"^Code size(?: \((?P<kind>compressed|uncompressed)\))?:\s*(?P<n>{INT})\s*bytes")
+S4A = re.compile(rf"^budget:({INT})/16,?000,?000 \(")
+S4B = re.compile(rf"^artifact:[0-9.]+MB .* code:({INT})")
+S5A = re.compile(rf"^INT\d\+\w+ model:\s*({INT})\s*bytes \| Total submission:\s*({INT})\s*bytes")
+S5B = re.compile(rf"^Raw model: {INT} bytes \| Code:\s*({INT})\s*bytes")
+S6 = re.compile(rf"^artifact_bytes:\s+({INT})")
+# a size line whose figure no pattern above reads (`Total submission size: 15.6 M bytes`): it may be the largest
+SIZE_FIGURE = re.compile(r"^(?:Total submission size|Serialized model|artifact_bytes|budget:)\D*\d")
+D1A = re.compile(rf"^val_tokens: ?({INT})")
+D1B = re.compile(rf"^val_loader:shards pattern=(\S+) tokens:({INT})")
+# any other validation-loader line that counts its tokens (`val_loader: pattern=... num_tokens=31010816`)
+D1C = re.compile(rf"^val[\w ]*:.*?\b(?:num_|n_|total_)?tokens[:=]\s*({INT})\b")
 D2A = re.compile(r"^train_shards: ?(\d+)")
 D2B = re.compile(r"^train_loader:dataset:(\S+) train_shards:(\d+)")
 D3 = re.compile(r"^val_bpb:byte_sidecar:enabled")
 H1 = re.compile(r"^world_size:(\d+) grad_accum_steps:(\d+)")
-SEED_LINE = re.compile(r"^seed:\s*(\d+)\s*$")
+SEED_LINE = re.compile(r"^seed:\s*(\d{1,19})\s*$")
 HP_LINE = re.compile(r"^  ([A-Za-z_][\w]*): (.*)$")
+# the `key:value key:value` lines a script prints before its first training step (its configuration when it prints
+# no Hyperparameters dump): `model_params:26829913`, `train_batch_tokens:786432 train_seq_len:2048 ...`
+SETUP_LINE = re.compile(r"^[A-Za-z_]\w*[:=]\S")
+SETUP_PAIR = re.compile(r"\b([A-Za-z_]\w*)[:=]([^\s,]+)")
+TRAINING_STARTED = re.compile(r"^(?:warmup_)?step[:=]?\s*\d+/\d+|^\d+/\d+ ")
 SEED_FILE = [re.compile(r"seed[_-]?(\d+)", re.I), re.compile(r"train(\d+)\.txt$"), re.compile(r"_(\d+)\.(?:txt|log)$")]
 EXCLUDED = re.compile(r"^(?:diagnostic|DIAGNOSTIC|pre-quantization|pre_quant|prequant)", re.I)
 
@@ -125,9 +142,13 @@ class LogRecord:
     sidecar: bool = False
     world_size: int | None = None
     hparams: dict[str, str] = field(default_factory=dict)
+    setup: dict[str, str] = field(default_factory=dict)  # key:value pairs printed before training (SETUP_LINE)
     train_losses: dict[int, float] = field(default_factory=dict)  # step -> train_loss, from the step lines
     artifact_totals: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, bytes, line) per named total
     unread_train_time: tuple[int, str] | None = None  # (line, text) of a train_time figure no pattern reads
+    unread_eval_time: tuple[int, str] | None = None  # (line, text) of an eval-line time figure no pattern reads
+    unread_size: tuple[int, str] | None = None  # (line, text) of a size line whose figure no pattern reads
+    ttt_progress: list[tuple[float, int]] = field(default_factory=list)  # (running ms, line) of TTT progress lines
     cap: int | None = None
 
     def final(self, method: str | None = None) -> EvalLine | None:
@@ -151,24 +172,26 @@ class LogRecord:
         scoring line (a TTT pass whose adapted model the scoring line then evaluates, a precompute over val)."""
         return 1000.0 * sum(s for name, s, no in self.phases if name in ("ttt", "precompute") and no < line)
 
+    def pass_ms(self, e: EvalLine) -> float | None:
+        """One evaluation pass: the largest time its line family prints (an `_exact` twin and its timed line are one
+        pass) plus the val-reading phases logged before it on their own lines; a TTT progress line's running time
+        before it bounds it from below."""
+        base = e.label.removesuffix("_exact")
+        times = [x.eval_ms for x in self.evals if x.label.removesuffix("_exact") == base and x.eval_ms is not None]
+        phases = self.phase_ms_before(e.line)
+        running = [ms for ms, no in self.ttt_progress if no < e.line]
+        if not times and not phases and not running:
+            return None
+        return max(max(times, default=0.0) + phases, max(running, default=0.0))
+
     def scoring_eval_ms(self, method: str | None = None) -> float | None:
-        """Eval time of the scoring pass: its line's time plus the val-reading phases logged before it on their
-        own lines, or total_eval_time if larger."""
-        fin = self.final(method)
-        total = self.total_eval_time_s * 1000.0 if self.total_eval_time_s is not None else None
-        if fin is not None and fin.eval_ms is not None:
-            own = fin.eval_ms + self.phase_ms_before(fin.line)
-            return max(own, total) if total is not None else own
-        if total is not None:
-            return total
-        if fin is not None:  # the _exact twin often lacks the time; take the timed line of the same family
-            base = fin.label.removesuffix("_exact")
-            timed = [e for e in self.evals if e.label.removesuffix("_exact") == base and e.eval_ms is not None]
-            if timed:
-                return timed[-1].eval_ms + self.phase_ms_before(fin.line)
-            if self.phase_ms_before(fin.line):
-                return self.phase_ms_before(fin.line)
-        return None
+        """Eval time charged to the 600 s evaluation budget: the longest evaluation pass the log shows (whichever
+        line a submission names as its score: a claim cannot choose a shorter pass than the script ran), or
+        total_eval_time if larger."""
+        passes = [ms for ms in map(self.pass_ms, self.evals) if ms is not None]
+        if self.total_eval_time_s is not None:
+            passes.append(self.total_eval_time_s * 1000.0)
+        return max(passes, default=None)
 
     @property
     def eval_sum_ms(self) -> float:
@@ -190,6 +213,16 @@ def seed_from_name(name: str) -> int | None:
     return None
 
 
+def figure(text: str) -> float:
+    """A NUM figure with its digit separators removed."""
+    return float(text.replace(",", "").replace("_", ""))
+
+
+def count(text: str) -> int:
+    """An INT figure with its digit separators removed."""
+    return int(text.replace(",", "").replace("_", ""))
+
+
 def unit_ms(unit: str) -> float:
     """Milliseconds per `unit` (ms, msec, milliseconds, s, sec(s), second(s), m, min(s), minute(s), h, hour(s))."""
     u = unit.lower()
@@ -208,8 +241,7 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
     """Raise the log's training time and step count to any larger figure on `line` (ANY_TRAIN_TIME in any unit,
     CLOCK_TRAIN_TIME, ANY_STEP); a figure after `train_time` that neither reads is kept as unread (TIME.TRAIN fails a
     record on it). A figure must follow directly, so code echoed in the log (`train_time:{ms:.0f}ms`) never counts."""
-    figures = [float(m["num"].replace(",", "").replace("_", "")) * unit_ms(m["unit"])
-               for m in ANY_TRAIN_TIME.finditer(line)]
+    figures = [figure(m["num"]) * unit_ms(m["unit"]) for m in ANY_TRAIN_TIME.finditer(line)]
     figures += [(float(m[1] or 0) * 3600 + float(m[2]) * 60 + float(m[3])) * 1000.0
                 for m in CLOCK_TRAIN_TIME.finditer(line)]
     if len(figures) < len(TRAIN_TIME_FIGURE.findall(line)):
@@ -236,9 +268,13 @@ def _total(rec: LogRecord, n: int, no: int, kind: str | None = None) -> None:
 def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
     """Parse a text log in any of the §9 formats."""
     rec = LogRecord(path=Path(path), sha256=hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
-    in_hp = False
+    in_hp = started = False
     for no, raw in enumerate(text.splitlines(), start=1):
         line = TS_PREFIX.sub("", raw.rstrip("\r"))
+        started = started or bool(TRAINING_STARTED.match(line))
+        if not started and SETUP_LINE.match(line):
+            for key, value in SETUP_PAIR.findall(line):
+                rec.setup.setdefault(key, value)
         if line.startswith("Hyperparameters"):
             in_hp = True
             continue
@@ -257,7 +293,10 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
             _largest_train_time(rec, line, no)
         if not line or line[0].isspace() or 'f"' in line or "{" in line:
             continue
-        _parse_line(rec, line, no)
+        try:
+            _parse_line(rec, line, no)
+        except (ValueError, OverflowError):  # a figure no number type holds: the line reads as no evidence
+            continue
     if rec.seed is None:
         rec.seed = seed_from_name(rec.path.name)
     return rec
@@ -270,10 +309,10 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         return
     m = E2.match(line) or (None if line.startswith("step:") else E1.match(line))
     if m and not EXCLUDED.match(m["label"]):
-        ms = None
-        times = [(float(t[1] or t[3]), t[2] or t[4]) for t in V1.finditer(m["rest"])]
-        if times:  # the largest: a decoy `load time:2.1s` before `eval_time:708525ms` must not stand for it
-            ms = max(val * unit_ms(unit) for val, unit in times)
+        times = [figure(t["num"]) * unit_ms(t["unit"]) for t in V1.finditer(m["rest"])]
+        if len(times) < len(V1_FIGURE.findall(m["rest"])):
+            rec.unread_eval_time = rec.unread_eval_time or (no, line.strip()[:100])
+        ms = max(times, default=None)  # the largest: a decoy `load time:2.1s` before `eval_time:708525ms` must not win
         try:
             rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no))
         except ValueError:
@@ -288,28 +327,30 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
     elif m := T3.match(line):
         _train_time(rec, float(m[3]) * 60000, no, int(m[1]))
     elif m := S1.match(line):
-        _total(rec, int(m["n"]), no, m["kind"])
+        _total(rec, count(m["n"]), no, m["kind"])
     elif m := S2.match(line):
         if m["kind"]:
-            rec.model_bytes = int(m["n"])
+            rec.model_bytes = count(m["n"])
     elif m := S3.match(line):
         if m["kind"] == "uncompressed":
-            rec.code_bytes_uncompressed = int(m["n"])
+            rec.code_bytes_uncompressed = count(m["n"])
             if rec.code_kind != "compressed":
-                rec.code_bytes, rec.code_kind = int(m["n"]), "uncompressed"
+                rec.code_bytes, rec.code_kind = count(m["n"]), "uncompressed"
         else:
-            rec.code_bytes, rec.code_kind = int(m["n"]), m["kind"] or "raw"
+            rec.code_bytes, rec.code_kind = count(m["n"]), m["kind"] or "raw"
     elif m := S4A.match(line):
-        _total(rec, int(m[1]), no)
+        _total(rec, count(m[1]), no)
     elif m := S4B.match(line):
-        rec.code_bytes, rec.code_kind = int(m[1]), "raw"
+        rec.code_bytes, rec.code_kind = count(m[1]), "raw"
     elif m := S5A.match(line):
-        rec.model_bytes = int(m[1])
-        _total(rec, int(m[2]), no)
+        rec.model_bytes = count(m[1])
+        _total(rec, count(m[2]), no)
     elif m := S5B.match(line):
-        rec.code_bytes, rec.code_kind = int(m[1]), "raw"
+        rec.code_bytes, rec.code_kind = count(m[1]), "raw"
     elif m := S6.match(line):
-        _total(rec, int(m[1]), no)
+        _total(rec, count(m[1]), no)
+    elif SIZE_FIGURE.match(line):
+        rec.unread_size = rec.unread_size or (no, line.strip()[:100])
     elif m := G1.match(line):
         rec.gptq_reserve_s = float(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
     elif m := G2.match(line):
@@ -328,7 +369,9 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
     elif m := GWALL.match(line):
         rec.post_gptq_elapsed_s, rec.train_budget_s = float(m[1]), float(m[2])
     elif m := PH_TTT.match(line):
-        rec.phases.append(("ttt", float(m[1]), no))
+        rec.phases.append(("ttt", figure(m["num"]) * unit_ms(m["unit"]) / 1000.0, no))
+    elif m := TTT_PROGRESS.match(line):
+        rec.ttt_progress.append((figure(m["num"]) * unit_ms(m["unit"]), no))
     elif m := PH_PRE.match(line):
         rec.phases.append(("precompute", float(m[1]), no))
     elif m := PH_DESER.match(line):
@@ -345,9 +388,11 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
     elif m := V3.match(line):
         rec.warmup_s = float(m[1])
     elif m := D1A.match(line):
-        rec.val_tokens = int(m[1])
+        rec.val_tokens = count(m[1])
     elif m := D1B.match(line):
-        rec.val_tokens = int(m[2])
+        rec.val_tokens = count(m[2])
+    elif m := D1C.match(line):
+        rec.val_tokens = count(m[1])
     elif m := D2A.match(line):
         rec.train_shards = int(m[1])
     elif m := D2B.match(line):

@@ -50,6 +50,9 @@ def check_train(ctx: FolderContext) -> list[Finding]:
                                  "training time in ms, s or min)", severity=_gate(ctx, ERROR), file=ctx.rel(lg.path),
                                  line=no))
         if lg.train_time_ms is None:
+            if (lg.steps or lg.train_losses) and ctx.track == "record" and not ctx.is_run_dir:
+                out.append(r.finding(FAIL, "the log shows training steps but no training time the validator can read "
+                                     "(log `train_time:<ms>ms`)", file=ctx.rel(lg.path)))
             continue
         f = ctx.rel(lg.path)
         measured = lg.train_time_ms / lg.steps if lg.steps else None  # a logged step_avg is a claim, not a measure
@@ -126,17 +129,25 @@ def check_postloop(ctx: FolderContext) -> list[Finding]:
 def check_eval(ctx: FolderContext) -> list[Finding]:
     r = RULES[2]
     out: list[Finding] = []
+    record = ctx.track == "record" and not ctx.is_run_dir
     for lg in ctx.scoring:
         ms = lg.scoring_eval_ms(ctx.method)
-        if ms is None:
-            continue
         f = ctx.rel(lg.path)
+        if lg.unread_eval_time is not None:  # a time figure no pattern reads may be the scoring pass's
+            no, text = lg.unread_eval_time
+            out.append(r.finding(_status(ctx), f"an eval time the validator cannot read: {text!r} (log eval_time in "
+                                 "ms or s)", severity=_gate(ctx, ERROR), file=f, line=no))
+        if ms is None:
+            if record and any(x.eval_ms is not None for other in ctx.scoring for x in other.evals):
+                out.append(r.finding(FAIL, "a scoring log without an eval time beside logs that show one", file=f))
+            continue
         fin = lg.final(ctx.method)
         label = fin.label if fin else "?"
         if ms <= EVAL_CAP_MS:
             out.append(r.finding(PASS, f"{label}: {ms / 1000:.1f}s", file=f))
         else:
-            out.append(r.finding(_status(ctx), f"scoring pass {label} took {ms / 1000:.1f}s > 600s",
+            out.append(r.finding(_status(ctx), f"the longest evaluation pass took {ms / 1000:.1f}s > 600s "
+                                 f"(score: {label})",
                                  severity=_gate(ctx, ERROR), file=f, line=fin.line if fin else None,
                                  expected="<= 600000", found=ms))
     if not out:

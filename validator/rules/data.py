@@ -21,7 +21,11 @@ VOCAB_VAL = {1024: (62_021_632,), 4096: (45_508_608, 45_514_752), 8192: (40_540_
 NETWORK = re.compile(r"\b(snapshot_download|hf_hub_download|urllib\.request|urllib3|urlopen|requests\.\w+\(|httpx|"
                      r"aiohttp|http\.client|HTTPS?Connection|ftplib|smtplib|socket\.(?:socket|create_connection)|"
                      r"torch\.hub|load_state_dict_from_url|download_url_to_file|load_dataset|"
-                     r"[\"']?\b(?:wget|curl|git|rsync|scp|aria2c)\b[\"']?\s*[, ]\s*[\"']?(?:-|https?:|s3:))")
+                     r"[\"']?\b(?:wget|curl|git|rsync|scp|aria2c)\b[\"']?\s*[, ]\s*[\"']?(?:-|https?:|s3:|clone\b)|"
+                     # package installers run from the code: they download what no review saw
+                     r"[\"']?\b(?:pip3?|uv|conda|mamba|micromamba|apt-get|apt|npm|yarn|cargo)\b[\"']?\s*[, ]\s*"
+                     r"[\"']?(?:install|add|download|pip)\b|\bensurepip\b|\bpip\._internal\b|\bpip\.main\b|"
+                     r"huggingface[-_]cli\b|\bhf\b[\"']?\s*[, ]\s*[\"']?download\b)")
 
 
 # The longest evaluation sequence a record uses: a split cut to a multiple of it loses fewer tokens (truncation,
@@ -106,6 +110,31 @@ def check_no_val_in_train(ctx: FolderContext) -> list[Finding]:
 VAL_SHARD = "fineweb_val_000000.bin"
 
 
+DATA_WORDS = {"files", "file", "pattern", "patterns", "glob", "shards", "shard", "path", "paths", "dir", "loader",
+              "stream", "dataset", "data", "bins"}
+
+
+def _words(name: str) -> set[str]:
+    return set(name.lower().split("_"))
+
+
+def _is_train_data(name: str) -> bool:
+    """A name for the training data or its loader (`train_loader`, `args.train_files`, `train_stream`)."""
+    words = _words(name)
+    return "train" in words and bool(words & DATA_WORDS)
+
+
+def _val_data_name(value: ast.AST) -> str | None:
+    """The first name or attribute in `value` that names validation files or their loader (`args.val_files`,
+    `val_pattern`, `valid_shards`); validation *tokens* are left out (score-first TTT trains on scored ones)."""
+    for c in ast.walk(value):
+        name = c.id if isinstance(c, ast.Name) else c.attr if isinstance(c, ast.Attribute) else ""
+        words = _words(name)
+        if words & {"val", "valid", "validation"} and words & (DATA_WORDS - {"data", "dataset"}):
+            return ast.unparse(c)
+    return None
+
+
 def _val_in_train_patterns(r: Rule, ctx: FolderContext) -> list[Finding]:
     """A file pattern assigned to a training name (`train_files = ".../fineweb_[tv]*.bin"`) that matches the
     validation shards: training would read them. Names and patterns are literal here; the val-swap test of
@@ -120,6 +149,9 @@ def _val_in_train_patterns(r: Rule, ctx: FolderContext) -> list[Finding]:
             names = [t.id if isinstance(t, ast.Name) else getattr(t, "attr", "") for t in targets]
             if not any("train" in n.lower() for n in names) or node.value is None:
                 continue
+            if any(_is_train_data(n) for n in names) and (val := _val_data_name(node.value)):
+                out.append(r.finding(FAIL, f"{names[0]} is built from {val}: training would read the validation "
+                                     "data", file=unit.name, line=node.lineno, found=val))
             for c in ast.walk(node.value):
                 if isinstance(c, ast.Constant) and isinstance(c.value, str) and any(ch in c.value for ch in "*?["):
                     pattern = c.value.rsplit("/", 1)[-1]

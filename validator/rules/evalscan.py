@@ -100,6 +100,14 @@ def _called_before_serialization(tree: ast.Module, name: str) -> int | None:
     return None
 
 
+def _serialized_after(fn: ast.AST, loop: ast.For | ast.While) -> int | None:
+    """Line of a save/serialize/quantize call in `fn` after `loop` (the loop's training then reaches the artifact)."""
+    end = loop.end_lineno or loop.lineno
+    return next((n.lineno for n in ast.walk(fn) if isinstance(n, ast.Call) and n.lineno > end and SERIALIZE.match(
+        n.func.id if isinstance(n.func, ast.Name) else n.func.attr if isinstance(n.func, ast.Attribute) else "")),
+        None)
+
+
 def _functions(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
     return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
@@ -212,6 +220,12 @@ def check_prequant_ttt(ctx: FolderContext) -> list[Finding]:
             name = getattr(fn, "name", "?")
             at = None if _accum_lines(fn) else next(  # the caller may be another unit (a helper's function)
                 (x for u in units if (x := _called_before_serialization(u.tree, name)) is not None), None)
+            if at is None and not _accum_lines(loop) and (later := _serialized_after(fn, loop)) is not None:
+                out.append(r.finding(FAIL, f"{name}(): an optimizer loop over validation tokens (lines {loop.lineno}-"
+                                     f"{loop.end_lineno}) that scores nothing, then the model is saved/quantized (line "
+                                     f"{later}) — fine-tuning on val before serialization is forbidden (PR #1376 "
+                                     f"family; {MANUAL})", file=unit.name, line=loop.lineno))
+                continue
             if at is not None:
                 out.append(r.finding(FAIL, f"{name}(): an optimizer loop over validation tokens that scores nothing, "
                                      f"called (line {at}) before the model is saved/quantized — fine-tuning on val "

@@ -6,8 +6,9 @@ import ast
 import re
 from statistics import mean
 
+from validator.logs import is_log_file
 from validator.rules.base import CAP, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
-from validator.rules.code import CODE_SUFFIXES, reachable_local_code
+from validator.rules.code import CODE_SUFFIXES, code_units, reachable_local_code
 
 DATA_PREP = re.compile(r"(prepare|download|tokeniz|build_|make_|lossless_caps|plot|analy|measure)", re.I)
 
@@ -23,6 +24,33 @@ def exec_stub_target(ctx: FolderContext) -> str | None:
         if name.endswith(".py"):
             return name
     return None
+
+
+# Files a folder ships that are not part of the run's artifact: the PR's text, and the challenge's tokenizers (the
+# CaseOps records ship theirs in tokenizers/).
+NOT_ARTIFACT = {"readme.md", "submission.json", "requirements.txt"}
+TOKENIZER_SUFFIXES = (".model", ".vocab")
+DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".svg", ".pdf")
+BLOB_BYTES = 1_000_000
+
+
+def loaded_data_files(ctx: FolderContext) -> list[tuple[str, int]]:
+    """(file, bytes) of what the folder ships for the run to read besides its code: a file the code names, or any
+    blob over 1 MB that is no document, log or tokenizer. Weights loaded from such a file are model bytes the
+    logged artifact total does not count."""
+    units = code_units(ctx)
+    code_names = {u.name for u in units}
+    text = "\n".join(u.source for u in units)
+    out = []
+    for rel in ctx.files:
+        name, suffix = rel.name, rel.suffix.lower()
+        if (name.lower() in NOT_ARTIFACT or str(rel) in code_names or rel.name in code_names or is_log_file(rel)
+                or suffix in TOKENIZER_SUFFIXES or suffix in DOC_SUFFIXES or suffix in CODE_SUFFIXES):
+            continue
+        size = (ctx.root / rel).stat().st_size
+        if name in text or size > BLOB_BYTES:
+            out.append((str(rel), size))
+    return out
 
 
 def size_logs(ctx: FolderContext) -> list:
@@ -82,12 +110,28 @@ def check_cap(ctx: FolderContext) -> list[Finding]:
             if total > CAP and (lg.total_bytes is None or lg.total_bytes <= CAP):
                 out.append(r.finding(FAIL, f"model {lg.model_bytes:,} + counted code {code:,} = {total:,} > cap",
                                      file=f, expected=f"<= {CAP}", found=total))
+    data = loaded_data_files(ctx)
+    if data and not ctx.is_run_dir:
+        extra = sum(n for _, n in data)
+        logged = max((lg.total_bytes for lg in ctx.logs if lg.total_bytes is not None), default=0)
+        if logged + extra > CAP or ctx.track == "record":
+            out.append(r.finding(FAIL, f"the run reads {data[0][0]} ({data[0][1]:,} bytes"
+                                 f"{f'; {len(data)} files, {extra:,} bytes in all' if len(data) > 1 else ''}) beside "
+                                 f"its artifact: logged total {logged:,} + {extra:,} = {logged + extra:,} bytes; a "
+                                 "record ships its weights inside the counted artifact", file=data[0][0],
+                                 expected=f"<= {CAP}", found=logged + extra))
+    for lg in ctx.logs:  # a size figure in a notation no pattern reads may be the largest: never skipped
+        if lg.unread_size is not None and ctx.track == "record":
+            no, text = lg.unread_size
+            out.append(r.finding(FAIL, f"a size figure the validator cannot read: {text!r} (log sizes as an integer "
+                                 "number of bytes)", file=ctx.rel(lg.path), line=no))
     bt = (ctx.submission or {}).get("bytes_total")
     if isinstance(bt, int) and bt > CAP:
         out.append(r.finding(FAIL, f"submission.json bytes_total {bt:,} > {CAP:,}", file="submission.json",
                              field="bytes_total", expected=f"<= {CAP}", found=bt))
     if not out:
-        what = "no size evidence (no Total submission size line, no bytes_total)"
+        what = ("no size line in any log (submission.json's bytes_total is a claim, not evidence)"
+                if isinstance(bt, int) else "no size evidence (no Total submission size line, no bytes_total)")
         if ctx.track == "record" and not ctx.is_run_dir:
             return [r.finding(FAIL, f"{what}: a record's logs must show it")]
         return [r.finding(SKIP, what)]

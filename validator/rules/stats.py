@@ -121,15 +121,17 @@ def check_seeds(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(FAIL if record else WARN, f"{a.path.name} and {b.path.name} train identically (their "
                              f"{len(set(a.train_losses) & set(b.train_losses))} common steps' train losses agree): one "
                              "run under two seeds", severity=ERROR if record else INFO, file=ctx.rel(b.path)))
-    dumps = [lg for lg in logs if lg.hparams]
+    dumps = [lg for lg in logs if lg.hparams or lg.setup]  # the Hyperparameters dump, else the setup lines
     if len(dumps) > 1:
         ref = dumps[0]
         for lg in dumps[1:]:
-            both = set(ref.hparams) & set(lg.hparams)
-            diff = sorted(k for k in both if not _ignored(k) and ref.hparams[k] != lg.hparams[k])
-            only = sorted(k for k in set(ref.hparams) ^ set(lg.hparams) if not _ignored(k))
+            mine, theirs = (lg.hparams, ref.hparams) if lg.hparams and ref.hparams else (lg.setup, ref.setup)
+            both = set(theirs) & set(mine)
+            seeds = (str(ref.seed), str(lg.seed))  # a field that prints each log's own seed (`s:1337`) is its seed
+            diff = sorted(k for k in both if not _ignored(k) and theirs[k] != mine[k] and (theirs[k], mine[k]) != seeds)
+            only = sorted(k for k in set(theirs) ^ set(mine) if not _ignored(k))
             if only and not diff:
-                out.append(r.finding(WARN, f"the Hyperparameters dump has other keys than {ref.path.name}'s: "
+                out.append(r.finding(WARN, f"the logged configuration has other keys than {ref.path.name}'s: "
                                      f"{', '.join(only[:6])} (logs of different script versions: see "
                                      "FILES.LOG_PROVENANCE)", severity=WARN, file=ctx.rel(lg.path), found=only[:6]))
             if diff:
