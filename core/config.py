@@ -175,9 +175,8 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"recipe {p}: file not found (expected a TOML recipe, e.g. recipes/baseline.toml)"])
+    if not (p := Path(path)).is_file():
+        raise ConfigError([f"recipe {p}: {'a directory' if p.is_dir() else 'file not found'} (expected a TOML file)"])
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as exc:  # TOML or UTF-8 errors, a huge integer, nesting past the stack
@@ -239,7 +238,7 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
         if not isinstance(table, dict):
             errors.append(f"{recipe}: top-level key {section!r}: expected a [section] table or 'plugins'")
             continue
-        if section not in section_classes and section in plugin_config_classes and sources["plugins"] != recipe_name:
+        if section not in section_classes and section in data.get("plugins", ()) and sources["plugins"] != recipe_name:
             continue  # the recipe's table of a plugin that an override (env, --set, --plugins) turned off
         items += [(section, key, raw, recipe_name, f"{recipe}: {section}.{key}") for key, raw in table.items()]
     items += [(section, f.name, env[name], f"env:{name}", f"env {name}") for section, cls in section_classes.items()
@@ -286,21 +285,21 @@ def core_errors(c: CoreConfig) -> list[str]:
     errors = [f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {v}"
               for f in dataclasses.fields(c) if isinstance(v := getattr(c, f.name), float) and not math.isfinite(v)]
     errors += [f"core.{name} must be positive, got {getattr(c, name)}" for name in (
-        "vocab_size", "num_layers", "num_heads", "num_kv_heads", "model_dim", "mlp_mult", "train_seq_len",
-        "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap", "rope_base",
-        "adam_eps") if getattr(c, name) <= 0]
+        "num_kv_heads", "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap",
+        "rope_base", "adam_eps") if getattr(c, name) <= 0]
     errors += [f"core.{n} must be >= 0, got {getattr(c, n)}" for n in (
-        "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "eval_seq_len",
-        "grad_accum_steps", "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm", "mlp_hidden",
-        "tied_embed_init_std", "embed_lr", "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr") if getattr(c, n) < 0]
+        "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "eval_seq_len", "grad_accum_steps",
+        "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm", "tied_embed_init_std", "embed_lr",
+        "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr") if getattr(c, n) < 0]
+    ids, big = 2**16 + 1, 2**20 + 1  # token ids are uint16 (the shards); sizes past these fit in no GPU
     errors += [f"core.{n} must be in [{lo}, {hi}), got {getattr(c, n)}" for n, lo, hi in (
         ("beta1", 0, 1), ("beta2", 0, 1), ("muon_momentum", 0, 1), ("muon_momentum_warmup_start", 0, 1),
-        ("seed", 0, 2**32), ("bos_id", 0, max(c.vocab_size, 1))) if not lo <= getattr(c, n) < hi]
-    if c.num_heads > 0 and c.model_dim > 0:
-        if c.model_dim % c.num_heads != 0:
-            errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads}")
-        elif (c.model_dim // c.num_heads) % 2:
-            errors.append(f"head_dim={c.model_dim // c.num_heads} must be even for RoPE")
+        ("seed", 0, 2**32), ("bos_id", 0, max(c.vocab_size, 1)), ("vocab_size", 1, ids), ("model_dim", 1, ids),
+        ("num_layers", 1, 1025), ("num_heads", 1, 1025), ("mlp_mult", 1, 65), ("mlp_hidden", 0, big),
+        ("train_seq_len", 1, big), ("warmup_steps", 0, max(c.iterations, 20) + 1)) if not lo <= getattr(c, n) < hi]
+    if c.num_heads > 0 and c.model_dim > 0 and (c.model_dim % c.num_heads or c.model_dim // c.num_heads % 2):
+        errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads} into an even "
+                      "head_dim (RoPE)")
     if 0 < c.val_max_tokens < (c.eval_seq_len or c.train_seq_len):
         errors.append(f"core.val_max_tokens={c.val_max_tokens} must be 0 (all) or at least one eval sequence length")
     if c.num_heads > 0 and c.num_kv_heads > 0 and c.num_heads % c.num_kv_heads != 0:

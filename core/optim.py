@@ -123,4 +123,3 @@ def make_default_optimizer(group: str, params: list[Tensor], core, fused: bool) 
     if group == "matrix":
         return Muon([{"params": params, "base_lr": core.matrix_lr}], lr=core.matrix_lr, momentum=core.muon_momentum,
                     backend_steps=core.muon_backend_steps)
-    return None

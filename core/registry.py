@@ -66,7 +66,8 @@ def plugin_classes(module: ModuleType) -> list[type[Plugin]]:
 
 def _check_metadata(cls: type[Plugin], origin: str) -> None:
     problems = [problem for bad, problem in (
-        (not cls.name or not cls.name.isidentifier(), f"name {cls.name!r} is not an identifier"),
+        (not cls.name.isidentifier() or cls.name == "core" or cls.name[0] == "_",  # core: the settings section's
+         f"name {cls.name!r} is not an identifier, or is reserved (core, names starting with _)"),
         (not cls.summary, "summary is empty"),
         (cls.family and cls.family not in FAMILIES, f"family {cls.family!r} is not one of {', '.join(FAMILIES)}"),
         (not cls.sources, "sources is empty (name the PR or paper it ports)"),

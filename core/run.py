@@ -9,7 +9,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -26,11 +25,12 @@ from core.registry import Registry, make_manager
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> int:
-    """Write `data` (str: UTF-8) to a temp file beside `path`, fsync, rename it into place (no partial file,
-    no temp left); returns the bytes written."""
-    path = Path(path)
-    blob = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `data` (str: UTF-8) to `path` atomically (a temp file beside it, fsync, rename); returns the bytes."""
+    path, blob = Path(path), data.encode("utf-8") if isinstance(data, str) else data
+    if path.is_symlink() or (path.exists() and not path.is_file()):  # a FIFO, device, folder or link stays as it is
+        raise FileExistsError(f"{path}: exists and is not a regular file; not replaced")
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"  # mode 0666 less the umask (mkstemp's is 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)

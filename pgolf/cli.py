@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,10 +143,47 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+REPLACED = ".replaced"  # a run replaced with --force, kept until the new run finishes
+
+
+def preflight(cfg: Config) -> None:
+    """What a run would find wrong in its first seconds, found before its run directory is touched (a `--force` run
+    must not cost the old run for a typo): the data folder and its shards, each split long enough for one sequence,
+    the tokenizer file, the batch split over ranks and micro-steps, this process's rank."""
+    from core.data import HEADER_BYTES, DataError, shard_files
+
+    core = cfg.core
+    world, rank = env_int("WORLD_SIZE", 1, low=1), env_int("RANK", 0, low=0)
+    if rank >= world:
+        raise ValueError(f"RANK={rank} with WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
+    for split, seq in (("train", core.train_seq_len), ("val", core.eval_seq_len or core.train_seq_len)):
+        files = shard_files(core.data_path, split)
+        tokens = sum(max(f.stat().st_size - HEADER_BYTES, 0) // 2 for f in files)
+        if tokens < seq + 1:
+            raise DataError(f"{split} split in {files[0].parent} is too short: {tokens} tokens in {len(files)} "
+                            f"shard(s), need at least {seq + 1} for seq_len {seq}")
+    if core.tokenizer_path and not Path(core.tokenizer_path).is_file():
+        raise DataError(f"tokenizer {core.tokenizer_path} is not a file (TOKENIZER_PATH / core.tokenizer_path)")
+    accum = core.grad_accum_steps or max(1, 8 // world)
+    local = core.train_batch_tokens // (world * accum)
+    if "auto_micro_batch" not in cfg.plugins and (local <= 0 or local % core.train_seq_len):
+        raise ValueError(f"core.train_batch_tokens {core.train_batch_tokens} / (world_size {world} * grad_accum "
+                         f"{accum}) = {local} per rank: not a multiple of seq_len {core.train_seq_len}")
+
+
+def env_int(name: str, default: int, low: int) -> int:
+    """An integer environment variable (ASCII digits), at least `low`; a one-line error naming it otherwise."""
+    raw = os.environ.get(name, str(default)).strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < low:
+        raise ValueError(f"{name}={raw!r}: expected an integer >= {low}")
+    return int(raw)
+
+
 def prepare_run_dir(cfg: Config, force: bool) -> Path:
     """The run directory, checked before anything trains: a finished or started run there is never
-    overwritten without `force` (with it, the old run's files are removed: a log holds one run), and the
-    folder must be creatable and writable (one-line errors naming the path)."""
+    overwritten without `force` (with it, the old run's files move to `.replaced/` in the folder, removed once the
+    new run finishes: a log holds one run), and the folder must be creatable and writable (one-line errors naming
+    the path)."""
     if not cfg.core.run_id:
         cfg.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     if cfg.core.run_id in (".", "..") or Path(cfg.core.run_id).name != cfg.core.run_id:  # it names a folder in out_dir
@@ -159,8 +197,11 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     if old and not force:
         raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
                               "choose another RUN_ID / core.run_id")
-    for f in old:
-        (run_dir / f).unlink()
+    if old:
+        shutil.rmtree(run_dir / REPLACED, ignore_errors=True)
+        (run_dir / REPLACED).mkdir()
+        for f in old:
+            os.replace(run_dir / f, run_dir / REPLACED / f)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -197,6 +238,7 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
         print("launching: " + " ".join(cmd), flush=True)
         return subprocess.call(cmd)
     cfg, registry = load_config(args, extra_sets)
+    preflight(with_default_data(cfg))
     run_dir = prepare_run_dir(cfg, getattr(args, "force", False))
     from core.train import TrainingDiverged, run_training
     from pgolf.progress import Progress
@@ -207,7 +249,7 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
         if master:
             write_status(run_dir, "running")
         progress = Progress if sys.stderr.isatty() else None
-        summary = run_training(with_default_data(cfg), registry, code_size=bundle_size, progress=progress)
+        summary = run_training(cfg, registry, code_size=bundle_size, progress=progress)
     except KeyboardInterrupt as exc:
         how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
         if master:
@@ -222,9 +264,12 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     except BaseException as exc:
         if master:
             write_status(run_dir, "failed", message=" ".join(str(exc).split())[:300])
+            if (run_dir / REPLACED).is_dir():
+                print(f"pgolf: the run this one replaced is kept in {run_dir / REPLACED}", file=sys.stderr)
         raise
     if master:
         write_status(run_dir, "finished")
+        shutil.rmtree(run_dir / REPLACED, ignore_errors=True)
         total = summary["total_bytes"]
         print(f"val_bpb {summary['val_bpb']:.4f}  artifact {total:,} bytes "
               f"({'fits' if total <= 16_000_000 else 'OVER'} 16,000,000)")
@@ -304,8 +349,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     if args.action == "new":
-        if not args.name or not args.name.isidentifier():
-            raise PluginError(f"pgolf plugins new NAME: NAME must be a Python identifier, got {args.name!r}")
+        if not args.name.isidentifier() or args.name == "core" or args.name.startswith("_"):
+            raise PluginError(f"pgolf plugins new NAME: NAME must be a Python identifier other than core, not "
+                              f"starting with _, got {args.name!r}")
         if args.name in Registry().plugins:  # a plugin file may not shadow a built-in: it would never load
             raise PluginError(f"pgolf plugins new {args.name}: a built-in plugin has that name; choose another")
         from pgolf.scaffold import write_plugin_skeleton
@@ -562,8 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # set by torchrun; a stray value fails here, named
-            if var in os.environ and not os.environ[var].isdigit():
-                raise ValueError(f"environment variable {var}={os.environ[var]!r}: expected a non-negative integer")
+            if var in os.environ:
+                env_int(var, 0, low=1 if var == "WORLD_SIZE" else 0)
         return int(args.func(args) or 0)
     except ConfigError as exc:
         for line in exc.errors:

@@ -8,11 +8,14 @@ The threat classes it covers (a new row belongs to one; a new class gets a line 
    conflicts: refused when the configuration is resolved, before a run directory is made or anything trains;
 2. paths: missing, the wrong kind (a file for a folder, a folder under a regular file), a name that escapes its
    folder (`core.run_id`, `record --name`), an output that exists (`--force`, never a silent overwrite: bundle,
-   record, data build, bench --json/--extract-record); writes are atomic;
+   record, data build, bench --json/--extract-record); an output that is not a regular file (a FIFO, a device, a
+   folder) is never replaced; writes are atomic and follow the umask; `train --force` checks the data, the batch
+   split and the rank before the old run moves to `.replaced/` (removed once the new run finishes);
 3. structures inside files a command reads: JSON that parses but has the wrong shape or types (config.json
    sections, metrics.json fields), artifacts edited by hand (a record whose parts do not fit, non-finite weights),
    logs, shards and tokenizers that are not what they claim;
-4. the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, setting variables with garbage;
+4. the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK (ASCII digits, RANK < WORLD_SIZE), setting variables
+   with garbage;
 5. interruption: SIGINT and SIGTERM unwind (temporary folders removed, a run marked interrupted);
 6. the last line of defence: any other exception is one `pgolf: internal error` line (exit 70), never a
    traceback (PGOLF_TRACEBACK=1 shows it).
@@ -73,6 +76,34 @@ class Case:
 
 CATALOGUE = [
     # --- pgolf train: run ids, settings, data, output folders, failures, signals
+    # --force checks everything a run finds wrong in its first seconds before it touches the old run (kept unchanged)
+    Case("train/force-over-a-run-with-missing-data", "train --set core.out_dir={tmp} --set core.run_id=done --force "
+         "--data {tmp}/nowhere", 2, r"data path .*nowhere does not exist", setup=("finished_run",), tiny=True),
+    Case("train/force-over-a-run-with-a-bad-batch", "train --set core.out_dir={tmp} --set core.run_id=done --force "
+         "--set core.train_batch_tokens=32", 2, r"= 32 per rank: not a multiple of seq_len", setup=("finished_run",),
+         tiny=True),
+    Case("train/training-split-shorter-than-a-sequence", "train --data {tmp}/shorttrain --set core.out_dir={tmp}/runs",
+         2, r"train split in .*shorttrain is too short: 10 tokens", setup=("short_train",), tiny=True),
+    Case("train/rank-not-below-world-size", "train --set core.out_dir={tmp}/runs", 2,
+         r"RANK=3 with WORLD_SIZE=2: expected 0 <= RANK < WORLD_SIZE", tiny=True, env={"RANK": "3", "WORLD_SIZE": "2"}),
+    Case("config/rank-non-ascii-digit", "config show", 2, r"RANK='²': expected an integer >= 0", env={"RANK": "²"}),
+    Case("config/model-no-gpu-holds", "config show --set core.num_layers=100000000000", 2,
+         r"core\.num_layers must be in \[1, 1025\), got 100000000000"),
+    Case("config/vocab-over-uint16-ids", "config show --set core.vocab_size=99999999", 2,
+         r"core\.vocab_size must be in \[1, 65537\)"),
+    Case("config/warmup-beyond-the-run", "config show --set core.warmup_steps=1000000", 2,
+         r"core\.warmup_steps must be in \[0, 20001\)"),
+    Case("config/recipe-is-a-folder", "config show --recipe {tmp}/adir", 2, r"recipe .*adir: a directory",
+         setup=("a_dir",)),
+    Case("config/section-of-a-plugin-not-enabled", "config show --recipe {tmp}/swa.toml", 2,
+         r"swa\.bogus: plugin 'swa' is not enabled", setup=("swa_section",)),
+    Case("plugins/new-named-core", "plugins new core --dir {tmp}/pl", 2, r"other than core"),
+    Case("plugins/file-plugin-named-core", "config show --plugin-file {tmp}/core_plugin.py", 2,
+         r"name 'core' is not an identifier, or is reserved", setup=("core_plugin",)),
+    Case("bench/dry-run-without-a-record", "bench --recipe baseline --dry-run", 2,
+         r"--dry-run runs the record's script"),
+    Case("bench/json-is-a-folder", "bench --recipe baseline --smoke --json {tmp}/adir --force", 2,
+         r"adir: exists and is not a regular file \(--json\)", setup=("a_dir",)),
     Case("train/existing-run-id", "train --set core.out_dir={tmp} --set core.run_id=done", 2,
          r"/done: holds a run already .*pass --force", setup=("finished_run",), tiny=True),
     Case("train/nan-loss", "train --plugin-file {tmp}/nan_plugin.py --plugins nan_init --set core.out_dir={tmp}/runs "
@@ -86,9 +117,10 @@ CATALOGUE = [
     Case("train/data-missing", "train --data {tmp}/nowhere --set core.out_dir={tmp}/runs", 2,
          r"data path .*nowhere does not exist", tiny=True),
     Case("train/zero-heads", "train --set core.num_heads=0", 2,
-         r"config error: core\.num_heads must be positive, got 0"),
-    Case("train/negative-dim", "train --set core.model_dim=-64", 2, r"core\.model_dim must be positive, got -64"),
-    Case("train/zero-mlp-mult", "train --set core.mlp_mult=0", 2, r"core\.mlp_mult must be positive, got 0"),
+         r"config error: core\.num_heads must be in \[1, 1025\), got 0"),
+    Case("train/negative-dim", "train --set core.model_dim=-64", 2,
+         r"core\.model_dim must be in \[1, 65537\), got -64"),
+    Case("train/zero-mlp-mult", "train --set core.mlp_mult=0", 2, r"core\.mlp_mult must be in \[1, 65\), got 0"),
     Case("train/zero-kv-heads", "train --set core.num_kv_heads=0", 2, r"core\.num_kv_heads must be positive"),
     Case("train/nan-lr", "train --set core.matrix_lr=nan", 2, r"core\.matrix_lr \(MATRIX_LR\): expected a finite"),
     Case("train/inf-cap-env", "train", 2, r"core\.max_wallclock_seconds \(MAX_WALLCLOCK_SECONDS\): expected a finite",
@@ -97,7 +129,8 @@ CATALOGUE = [
          r"ema\.decay \(EMA_DECAY\): expected a finite number, got inf"),
     Case("bundle/nan-plugin-setting", "bundle --plugins ema --set ema.decay=nan -o {tmp}/t.py", 2,
          r"ema\.decay \(EMA_DECAY\): expected a finite number, got nan"),
-    Case("train/negative-warmup", "train --set core.warmup_steps=-3", 2, r"core\.warmup_steps must be >= 0, got -3"),
+    Case("train/negative-warmup", "train --set core.warmup_steps=-3", 2,
+         r"core\.warmup_steps must be in \[0, 20001\), got -3"),
     Case("train/negative-iterations", "train --set core.iterations=-1", 2, r"core\.iterations must be positive"),
     Case("train/cuda-without-gpu", "train --set core.device=cuda --set core.out_dir={tmp}/runs", 2,
          r"core\.device=cuda \(PGOLF_DEVICE\): no CUDA device is available", tiny=True),
@@ -194,7 +227,7 @@ CATALOGUE = [
          r"score_first_ttt\.chunk_tokens: expected a number >= 1, got 0"),
     Case("bundle/ema-decay-over-one", "bundle --plugins ema --set ema.decay=5 -o {tmp}/t.py", 2,
          r"ema\.decay: expected a number >= 0\.0 and <= 1\.0, got 5\.0"),
-    Case("config/garbage-rank", "config show", 2, r"environment variable RANK='abc': expected a non-negative",
+    Case("config/garbage-rank", "config show", 2, r"RANK='abc': expected an integer >= 0",
          env={"RANK": "abc"}),
     # --- structures inside files a command reads (right JSON, wrong shapes), artifacts edited by hand
     Case("eval/config-section-not-an-object", "eval {tmp}/done", 2,
@@ -336,6 +369,23 @@ def _text_and_dataset(tmp: Path, ctx: dict) -> None:
     (tmp / "ds" / "dataset.json").write_text("{}\n")
 
 
+def _short_train(tmp: Path, ctx: dict) -> None:
+    from dataprep.build import write_shard
+
+    shutil.copytree(ctx["data"], tmp / "shorttrain")
+    for f in (tmp / "shorttrain").glob("fineweb_train_*.bin"):
+        f.unlink()
+    write_shard(tmp / "shorttrain" / "fineweb_train_000000.bin", np.arange(10, dtype=np.int64))
+
+
+def _swa_section(tmp: Path, ctx: dict) -> None:
+    (tmp / "swa.toml").write_text("[swa]\nbogus = 0.5\n")  # no plugins key: the section's plugin is not enabled
+
+
+def _core_plugin(tmp: Path, ctx: dict) -> None:
+    (tmp / "core_plugin.py").write_text(NAN_PLUGIN.replace('name = "nan_init"', 'name = "core"'))
+
+
 def _bad_jsonl(tmp: Path, ctx: dict) -> None:
     (tmp / "bad.jsonl").write_bytes(b'{"text": "one"}\n{"text": "two"}\n{"text": "\xff\xfe"}\n')
 
@@ -345,7 +395,8 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "double_log": _double_log, "nan_metrics": _nan_metrics, "binary_log": _binary_log,
           "interrupted_status": _interrupted_status, "core_is_a_string": _core_is_a_string, "bad_scale": _bad_scale,
           "nan_weights": _nan_weights, "string_metrics": _string_metrics, "no_artifact": _no_artifact,
-          "text_and_dataset": _text_and_dataset, "bad_jsonl": _bad_jsonl}
+          "text_and_dataset": _text_and_dataset, "bad_jsonl": _bad_jsonl, "short_train": _short_train,
+          "swa_section": _swa_section, "core_plugin": _core_plugin}
 
 
 # ----- simulated system failures

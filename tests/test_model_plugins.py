@@ -461,4 +461,4 @@ def test_mlp_hidden_from_the_environment_and_bad_values():
     cfg = resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[], sets=TINY, env={"MLP_HIDDEN": "1408"})
     assert cfg.core.mlp_hidden == 1408
     err = config_error([], ["core.mlp_hidden=-8"])
-    assert len(err.errors) == 1 and "core.mlp_hidden must be >= 0" in err.errors[0]
+    assert len(err.errors) == 1 and "core.mlp_hidden must be in [0, 1048577)" in err.errors[0]
