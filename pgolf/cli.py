@@ -164,11 +164,39 @@ def preflight(cfg: Config) -> None:
                             f"shard(s), need at least {seq + 1} for seq_len {seq}")
     if core.tokenizer_path and not Path(core.tokenizer_path).is_file():
         raise DataError(f"tokenizer {core.tokenizer_path} is not a file (TOKENIZER_PATH / core.tokenizer_path)")
+    dataset_agrees(Path(core.data_path), core)
     accum = core.grad_accum_steps or max(1, 8 // world)
     local = core.train_batch_tokens // (world * accum)
     if "auto_micro_batch" not in cfg.plugins and (local <= 0 or local % core.train_seq_len):
         raise ValueError(f"core.train_batch_tokens {core.train_batch_tokens} / (world_size {world} * grad_accum "
                          f"{accum}) = {local} per rank: not a multiple of seq_len {core.train_seq_len}")
+
+
+def dataset_agrees(data_dir: Path, core) -> None:
+    """A pgolf dataset's dataset.json (`pgolf data build`) against the run: its vocabulary, and the tokenizer the
+    run scores with (another tokenizer with the same vocabulary size scores bytes it did not cut: a wrong val_bpb).
+    A folder without dataset.json (the challenge's shards) has nothing to compare."""
+    from core.data import DataError
+    from validator.untrusted_json import JSON_ERRORS, parse_json
+
+    meta_path = data_dir / "dataset.json"
+    if not meta_path.is_file():
+        return
+    try:
+        meta = parse_json(meta_path.read_text(encoding="utf-8"))
+    except (*JSON_ERRORS, UnicodeDecodeError) as exc:
+        raise DataError(f"{meta_path}: not a pgolf dataset description ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("vocab_size"), int) or not isinstance(
+            meta.get("tokenizer", ""), str):
+        raise DataError(f"{meta_path}: expected an object with an integer vocab_size and a tokenizer path")
+    if meta["vocab_size"] != core.vocab_size:
+        raise DataError(f"{meta_path}: the shards were built with vocab_size {meta['vocab_size']}, the run has "
+                        f"{core.vocab_size} (VOCAB_SIZE / core.vocab_size)")
+    built_with = data_dir / meta.get("tokenizer", "")
+    if core.tokenizer_path and meta.get("tokenizer") and built_with.is_file() and \
+            Path(core.tokenizer_path).read_bytes() != built_with.read_bytes():
+        raise DataError(f"tokenizer {core.tokenizer_path} is not the one {data_dir} was built with ({built_with}): "
+                        "its scores would count other bytes (TOKENIZER_PATH / core.tokenizer_path)")
 
 
 def env_int(name: str, default: int, low: int) -> int:
@@ -186,8 +214,10 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     the path)."""
     if not cfg.core.run_id:
         cfg.core.run_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    if cfg.core.run_id in (".", "..") or Path(cfg.core.run_id).name != cfg.core.run_id:  # it names a folder in out_dir
-        raise ValueError(f"core.run_id (RUN_ID): expected one folder name (no path), got {cfg.core.run_id!r}")
+    rid = cfg.core.run_id  # it names a folder in out_dir, printed in logs and commands
+    if rid in (".", "..") or Path(rid).name != rid or not rid.isprintable() or rid.strip() != rid:
+        raise ValueError(f"core.run_id (RUN_ID): expected one folder name (no path, no control characters), "
+                         f"got {rid!r}")
     run_dir = Path(cfg.core.out_dir) / cfg.core.run_id
     if int(os.environ.get("RANK", "0")) != 0:
         return run_dir
@@ -435,9 +465,19 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     """Build, validate (the rules `pgolf validate` runs) and write a records folder from finished runs."""
-    from submissions.package import TRACK_DIRS, build_files, check_name, errors_of, track_of, write_records_folder
+    from submissions.package import (
+        TRACK_DIRS,
+        build_files,
+        check_name,
+        check_text,
+        errors_of,
+        track_of,
+        write_records_folder,
+    )
 
     check_name(args.name)
+    for flag, value in (("--author", args.author), ("--github-id", args.github_id), ("--blurb", args.blurb)):
+        check_text(flag, value or "")
     runs = [Path(p).resolve() for p in args.runs]
     track = args.track or track_of(runs)
     registry = load_registry(args.plugin_file)

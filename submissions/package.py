@@ -118,11 +118,25 @@ def _start(path: Path) -> dict[str, Any]:
 
 
 def check_name(name: str) -> str:
-    """A records folder name: one path component (no separators, not '.'/'..', no leading dot)."""
-    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\0" in name:
-        raise RecordError(f"--name {name!r}: expected a folder name like 2026-11-23_MyStack (one path component, "
-                          "no '/', no leading '.')")
+    """A records folder name as the official records name theirs: YYYY-MM-DD_Description, a real date, one path
+    component of letters, digits and `._+-`."""
+    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})_[A-Za-z0-9._+-]+", name)
+    try:
+        ok = m is not None and bool(date.fromisoformat(m[1]))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise RecordError(f"--name {name!r}: expected a folder name like 2026-11-23_MyStack (a real date, then "
+                          "letters, digits and ._+- only)")
     return name
+
+
+def check_text(flag: str, value: str) -> str:
+    """A one-line field of submission.json and the README (--author, --github-id, --blurb): no line breaks or
+    control characters, which would split the README's line or hide text."""
+    if not value.isprintable():
+        raise RecordError(f"{flag} {value!r}: expected one line of printable text")
+    return value
 
 
 def _comparable(recipe: dict[str, Any]) -> dict[str, Any]:

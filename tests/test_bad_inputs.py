@@ -100,6 +100,19 @@ CATALOGUE = [
     Case("plugins/new-named-core", "plugins new core --dir {tmp}/pl", 2, r"other than core"),
     Case("plugins/file-plugin-named-core", "config show --plugin-file {tmp}/core_plugin.py", 2,
          r"name 'core' is not an identifier, or is reserved", setup=("core_plugin",)),
+    Case("train/tokenizer-the-data-was-not-built-with", "train --set core.tokenizer_path={tmp}/other.model "
+         "--set core.out_dir={tmp}/runs", 2, r"tokenizer .*other\.model is not the one .* was built with",
+         setup=("other_tokenizer",), tiny=True),
+    Case("train/run-id-with-a-newline", "train --set core.out_dir={tmp}/runs", 2,
+         r"core\.run_id \(RUN_ID\): expected one folder name \(no path, no control characters\)", tiny=True,
+         env={"RUN_ID": "a\nb"}),
+    Case("record/name-with-no-real-date", "record {tmp}/done --name 2026-13-45_X --author a --github-id a "
+         "--out {tmp}/rec", 2,
+         r"--name '2026-13-45_X': expected a folder name like 2026-11-23_MyStack \(a real date",
+         setup=("finished_run",)),
+    Case("record/blurb-with-a-control-character", "record {tmp}/done --name 2026-12-05_X --author a --github-id a "
+         "--blurb a\x07b --out {tmp}/rec", 2, r"--blurb 'a\\x07b': expected one line of printable text",
+         setup=("finished_run",)),
     Case("bench/dry-run-without-a-record", "bench --recipe baseline --dry-run", 2,
          r"--dry-run runs the record's script"),
     Case("bench/json-is-a-folder", "bench --recipe baseline --smoke --json {tmp}/adir --force", 2,
@@ -220,7 +233,8 @@ CATALOGUE = [
          r"core\.bos_id must be in \[0, 1024\), got 5000"),
     Case("train/underscored-number", "train --set core.seed=__1__", 2, r"core\.seed=__1__: expected an integer"),
     Case("train/run-id-is-a-path", "train --set core.out_dir={tmp}/runs --set core.run_id=../escaped", 2,
-         r"core\.run_id \(RUN_ID\): expected one folder name \(no path\), got '\.\./escaped'", tiny=True),
+         r"core\.run_id \(RUN_ID\): expected one folder name \(no path, no control characters\), "
+         r"got '\.\./escaped'", tiny=True),
     Case("train/zero-eval-batch", "train --plugins sliding_window --set sliding_window.batch_seqs=0", 2,
          r"sliding_window\.batch_seqs: expected a number >= 1, got 0"),
     Case("train/zero-ttt-chunk", "train --plugins score_first_ttt --set score_first_ttt.chunk_tokens=0", 2,
@@ -378,6 +392,11 @@ def _short_train(tmp: Path, ctx: dict) -> None:
     write_shard(tmp / "shorttrain" / "fineweb_train_000000.bin", np.arange(10, dtype=np.int64))
 
 
+def _other_tokenizer(tmp: Path, ctx: dict) -> None:
+    model = next((Path(ctx["data"]) / "tokenizer").glob("*.model"))
+    (tmp / "other.model").write_bytes(model.read_bytes() + b"\0")  # another file than the one the shards were cut by
+
+
 def _swa_section(tmp: Path, ctx: dict) -> None:
     (tmp / "swa.toml").write_text("[swa]\nbogus = 0.5\n")  # no plugins key: the section's plugin is not enabled
 
@@ -396,7 +415,7 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "interrupted_status": _interrupted_status, "core_is_a_string": _core_is_a_string, "bad_scale": _bad_scale,
           "nan_weights": _nan_weights, "string_metrics": _string_metrics, "no_artifact": _no_artifact,
           "text_and_dataset": _text_and_dataset, "bad_jsonl": _bad_jsonl, "short_train": _short_train,
-          "swa_section": _swa_section, "core_plugin": _core_plugin}
+          "swa_section": _swa_section, "core_plugin": _core_plugin, "other_tokenizer": _other_tokenizer}
 
 
 # ----- simulated system failures
