@@ -309,14 +309,16 @@ def _split_blocks(text: str) -> Iterator[str]:
 
 
 def _read_text_file(path: Path) -> str | None:
-    """The file's text, or None if it looks binary (NUL bytes or not UTF-8)."""
+    """The file's text, or None if it is binary (NUL bytes in its first 8 KB: images, archives are skipped); text
+    in another encoding than UTF-8 is an error naming the file (skipping it would drop the user's text silently)."""
     data = path.read_bytes()
     if b"\0" in data[:8192]:
         return None
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); convert it "
+                        "(e.g. iconv -f latin1 -t utf-8) or move it out of the input") from None
 
 
 def _iter_file(path: Path) -> Iterator[str]:

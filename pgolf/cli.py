@@ -650,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # set by torchrun; a stray value fails here, named
             if var in os.environ:
                 env_int(var, 0, low=1 if var == "WORLD_SIZE" else 0)
+        for var in ("PGOLF_CACHE", "PGOLF_BUNDLE_CACHE", "PGOLF_OUT_DIR"):  # folders: an existing file is no cache
+            value = os.environ.get(var, "")
+            if value and value != "off" and Path(value).exists() and not Path(value).is_dir():
+                raise ValueError(f"environment variable {var}={value!r}: expected a folder, found another kind of file")
         return int(args.func(args) or 0)
     except ConfigError as exc:
         for line in exc.errors:
@@ -662,6 +666,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\npgolf: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # code a command loads (a --plugin-file, a recipe's plugin) called sys.exit
+        print(f"pgolf: error: code loaded by the command called sys.exit({exc.code!r}) (a --plugin-file or plugin "
+              "module?); stopped", file=sys.stderr)
+        return exc.code if isinstance(exc.code, int) and exc.code else 2
     except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:  # RecordError, BundleError too
         if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).is_file():  # mkdir under a file
             print(f"pgolf: error: {exc.filename}: is a file, where a folder is needed on this path", file=sys.stderr)

@@ -113,6 +113,12 @@ CATALOGUE = [
     Case("record/blurb-with-a-control-character", "record {tmp}/done --name 2026-12-05_X --author a --github-id a "
          "--blurb a\x07b --out {tmp}/rec", 2, r"--blurb 'a\\x07b': expected one line of printable text",
          setup=("finished_run",)),
+    Case("plugins/file-that-exits", "config show --plugin-file {tmp}/exits.py", 3,
+         r"code loaded by the command called sys\.exit\(3\)", setup=("exiting_plugin",)),
+    Case("env/cache-is-a-file", "config show", 2, r"PGOLF_CACHE='.*afile': expected a folder", setup=("a_file",),
+         env={"PGOLF_CACHE": "{tmp}/afile"}),
+    Case("data/text-not-utf8", "data build {tmp}/latin --vocab 512 --out {tmp}/ds2", 2,
+         r"latin/a\.txt: not UTF-8 text \(byte 3: b'\\xe9'\)", setup=("latin_text",)),
     Case("bench/dry-run-without-a-record", "bench --recipe baseline --dry-run", 2,
          r"--dry-run runs the record's script"),
     Case("bench/json-is-a-folder", "bench --recipe baseline --smoke --json {tmp}/adir --force", 2,
@@ -397,6 +403,15 @@ def _other_tokenizer(tmp: Path, ctx: dict) -> None:
     (tmp / "other.model").write_bytes(model.read_bytes() + b"\0")  # another file than the one the shards were cut by
 
 
+def _exiting_plugin(tmp: Path, ctx: dict) -> None:
+    (tmp / "exits.py").write_text("import sys\nsys.exit(3)\n")
+
+
+def _latin_text(tmp: Path, ctx: dict) -> None:
+    (tmp / "latin").mkdir()
+    (tmp / "latin" / "a.txt").write_bytes("caf\u00e9 au lait\n".encode("latin-1") * 20)
+
+
 def _swa_section(tmp: Path, ctx: dict) -> None:
     (tmp / "swa.toml").write_text("[swa]\nbogus = 0.5\n")  # no plugins key: the section's plugin is not enabled
 
@@ -415,7 +430,8 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "interrupted_status": _interrupted_status, "core_is_a_string": _core_is_a_string, "bad_scale": _bad_scale,
           "nan_weights": _nan_weights, "string_metrics": _string_metrics, "no_artifact": _no_artifact,
           "text_and_dataset": _text_and_dataset, "bad_jsonl": _bad_jsonl, "short_train": _short_train,
-          "swa_section": _swa_section, "core_plugin": _core_plugin, "other_tokenizer": _other_tokenizer}
+          "swa_section": _swa_section, "core_plugin": _core_plugin, "other_tokenizer": _other_tokenizer,
+          "exiting_plugin": _exiting_plugin, "latin_text": _latin_text}
 
 
 # ----- simulated system failures
@@ -488,7 +504,7 @@ def test_bad_input(case: Case, tmp_path, finished_run, tiny_data, tiny_core, cap
     for name in case.setup:
         SETUPS[name](tmp_path, ctx)
     for key, value in case.env.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, value.format(tmp=tmp_path))
     if case.patch:
         PATCHES[case.patch](monkeypatch)
     argv = case.argv.format(tmp=tmp_path, data=tiny_data).split()
