@@ -204,13 +204,14 @@ def setup(config: Config, registry: Registry, make_dir: bool = True, code_size: 
     run.optimizers = make_optimizers(run, run.model)
     if run.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
-
         own = {id(p) for o in run.optimizers if getattr(o, "reduces_own_grads", False)  # e.g. parallel_muon's
                for g in o.param_groups for p in g["params"]}
         DDP._set_params_and_buffers_to_ignore_for_model(compiled, [n for n, p in compiled.named_parameters()
                                                                     if id(p) in own])
-        ids = [run.local_rank] if run.device.type == "cuda" else None
-        run.train_model = DDP(compiled, device_ids=ids, broadcast_buffers=False)
+        for p in compiled.parameters():  # an empty one (1 layer: no skips) never gets the gradient DDP waits for
+            p.requires_grad_(p.requires_grad and p.numel() > 0)
+        run.train_model = DDP(compiled, device_ids=[run.local_rank] if run.device.type == "cuda" else None,
+                              broadcast_buffers=False)
     run.modes = sorted((m for modes in run.hook.pg_modes(config=run.config) if modes for m in modes),
                        key=lambda m: m.start_frac)  # the order they switch on
     return run

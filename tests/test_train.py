@@ -115,6 +115,16 @@ def test_nproc_2_on_cpu_matches_one_process(tiny_sets, tmp_path):
     assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
 
 
+def test_nproc_2_trains_a_one_layer_model(tiny_sets, tmp_path):
+    """One layer has no U-Net skips: its empty skip_weights never gets a gradient, which DDP waited for (a crash in
+    the first step: 'Expected to have finished reduction in the prior iteration')."""
+    sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps", "core.num_layers"))]
+    args = [a for s in [*sets, "core.num_layers=1", f"core.out_dir={tmp_path}", "core.val_max_tokens=2048"]
+            for a in ("--set", s)]
+    out = train_on_1_and_2_processes(args, tmp_path)
+    assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
+
+
 def test_cli_data_build(tmp_path, capsys):
     src = tmp_path / "text"
     src.mkdir()
