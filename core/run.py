@@ -26,9 +26,8 @@ from core.registry import Registry, make_manager
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> int:
     """Write `data` (str: UTF-8) to `path` atomically (a temp file beside it, fsync, rename); returns the bytes."""
-    path, blob = Path(path), data.encode("utf-8") if isinstance(data, str) else data
-    if path.is_symlink() or (path.exists() and not path.is_file()):  # a FIFO, device, folder or link stays as it is
-        raise FileExistsError(f"{path}: exists and is not a regular file; not replaced")
+    path = Path(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"  # mode 0666 less the umask (mkstemp's is 0600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:

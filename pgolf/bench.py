@@ -945,27 +945,15 @@ def finish_drops(args: argparse.Namespace, plugins: list[str]) -> list[str]:
     return [p for p in plugins if p in profile.skip_plugins]
 
 
-def output_path_errors(flag: str, path: Path, force: bool) -> None:
-    """An output file checked before a run that takes minutes: an existing one needs `force` and must be a regular
-    file; its folder must exist (or be creatable) and be writable."""
-    if path.exists() and not force:
-        raise FileExistsError(f"{path}: exists; pass --force to overwrite it ({flag})")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise FileExistsError(f"{path}: exists and is not a regular file ({flag})")
-    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise BenchError(f"{flag} {path}: cannot write under {parent} (not a writable folder)")
-
-
 def run_bench(args: argparse.Namespace) -> int:
-    from pgolf.cli import load_config, with_default_data
+    from pgolf.cli import check_output, load_config, with_default_data
     from pgolf.records import PROFILES
 
     if args.profile and args.profile not in PROFILES:
         raise BenchError(f"--profile {args.profile}: expected one of {', '.join(PROFILES)}")
     for flag, target in (("--extract-record", args.extract_record), ("--json", args.json)):  # before anything runs
         if target:
-            output_path_errors(flag, Path(target), args.force)
+            check_output(Path(target), args.force, flag)
     if args.extract_record:
         return extract_record(args)
     if (args.side == "record" or args.dry_run) and not args.vs:

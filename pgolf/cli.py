@@ -199,6 +199,20 @@ def dataset_agrees(data_dir: Path, core) -> None:
                         "its scores would count other bytes (TOKENIZER_PATH / core.tokenizer_path)")
 
 
+def check_output(path: Path, force: bool, flag: str) -> None:
+    """An output file, checked before the work that makes it: an existing one needs `force` and must be a regular
+    file (a FIFO, a device such as /dev/full, a folder or a link is never replaced); its folder must be writable."""
+    if path.exists() and not force:
+        raise FileExistsError(f"{path}: exists; pass --force to overwrite it ({flag})")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise FileExistsError(f"{path}: exists and is not a regular file ({flag})")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"{parent}: is a file, where a folder is needed on this path ({flag} {path})")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write under {parent} (a folder this user cannot write)")
+
+
 def env_int(name: str, default: int, low: int) -> int:
     """An integer environment variable (ASCII digits), at least `low`; a one-line error naming it otherwise."""
     raw = os.environ.get(name, str(default)).strip()
@@ -446,11 +460,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory (expected the script's file name, e.g. "
                                 "-o DIR/train_gpt.py)", str(out))
-    if out.exists() and not args.force:
-        raise FileExistsError(f"{out}: exists; pass --force to overwrite it")
+    check_output(out, args.force, "-o")
     req_path = out.with_name("requirements.txt")
-    if args.requirements and req_path.exists() and not args.force:
-        raise FileExistsError(f"{req_path}: exists; pass --force to overwrite it")
+    if args.requirements:
+        check_output(req_path, args.force, "--requirements")
     text, reqs = bundle_with_requirements(cfg, registry, strip=not args.keep_docstrings, profile=args.profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = script_bytes(text)

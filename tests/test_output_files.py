@@ -1,6 +1,7 @@
-"""Outputs are never lost or replaced by surprise: `write_atomic` refuses a target that is not a regular file (a
-FIFO, a folder, a link) and writes with the process's umask (mkstemp's 0600 hid bundles and run files from other
-users); `train --force` moves the old run aside and removes it only once the new run finishes."""
+"""Outputs are never lost or replaced by surprise: a command refuses an output that is not a regular file (a FIFO, a
+device, a folder, a link: `pgolf.cli.check_output`); `write_atomic` writes with the process's umask (mkstemp's 0600
+hid bundles and run files from other users); `train --force` moves the old run aside and removes it only once the
+new run finishes."""
 
 from __future__ import annotations
 
@@ -8,24 +9,24 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from core.run import write_atomic
 from pgolf.cli import main
 
 
-def test_write_atomic_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
-    fifo, folder, link = tmp_path / "fifo", tmp_path / "folder", tmp_path / "link"
+def test_outputs_that_are_not_regular_files_are_never_replaced(tmp_path: Path, capsys) -> None:
+    fifo, folder, link = tmp_path / "fifo.py", tmp_path / "folder", tmp_path / "link.py"
     os.mkfifo(fifo)
     folder.mkdir()
     (tmp_path / "target").write_text("kept")
     link.symlink_to(tmp_path / "target")
-    for path in (fifo, folder, link):
-        with pytest.raises(FileExistsError, match="not a regular file"):
-            write_atomic(path, "x")
+    for path in (fifo, link):
+        assert main(["bundle", "-o", str(path), "--force"]) == 2
+        assert "not a regular file (-o)" in capsys.readouterr().err
+    assert main(["bench", "--recipe", "baseline", "--smoke", "--json", str(folder), "--force"]) == 2
+    assert "not a regular file (--json)" in capsys.readouterr().err
     assert stat.S_ISFIFO(fifo.lstat().st_mode) and folder.is_dir() and link.is_symlink()
     assert (tmp_path / "target").read_text() == "kept" and sorted(p.name for p in tmp_path.iterdir()) == [
-        "fifo", "folder", "link", "target"]  # no temporary file left
+        "fifo.py", "folder", "link.py", "target"]  # no temporary file left
 
 
 def test_write_atomic_follows_the_umask(tmp_path: Path) -> None:

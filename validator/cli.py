@@ -110,11 +110,16 @@ def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> 
         return 2
     try:
         sota, label = parse_sota(getattr(args, "sota", None))
+        dynamic = [f for f, given in (("--evaluator", getattr(args, "evaluator", None)), ("--only", getattr(
+            args, "only", None)), ("--harness-set", getattr(args, "harness_set", None))) if given]
+        if dynamic and not getattr(args, "run", False):  # options of the dynamic checks: ignored without them
+            raise ValueError(f"{', '.join(dynamic)}: option(s) of the dynamic checks; add --run")
+        options = dynamic_options(args) if getattr(args, "run", False) else None  # its errors before the static run
         findings = validate_folder(path, strict=args.strict, sota=sota, sota_label=label, extra_rules=extra_rules)
-        if getattr(args, "run", False):
+        if options is not None:
             from validator.dynamic import run_dynamic
 
-            findings += run_dynamic(path, dynamic_options(args))
+            findings += run_dynamic(path, options)
     except (ValueError, OSError) as exc:
         print(f"pgolf validate: {exc}", file=sys.stderr)
         return 2
