@@ -14,9 +14,16 @@ HP_IGNORE = {"seed", "run_id", "data_path", "tokenizer_path", "out_dir", "logfil
              "val_files", "datasets_dir", "data_dir"}
 
 
+# words of a logged key whose value differs between runs of one configuration: clocks, hosts, processes, commits
+RUN_WORDS = {"time", "date", "timestamp", "elapsed", "host", "hostname", "node", "pid", "uuid", "git", "commit",
+             "started", "rank", "device", "devices"}
+
+
 def _ignored(key: str) -> bool:
-    """Hyperparameters allowed to differ between seeds: seed, run id, paths."""
-    return key in HP_IGNORE or key.endswith(("_path", "_dir", "_file", "_files"))
+    """Logged settings allowed to differ between seeds: seed, run id, paths, and per-run facts (a start time, a host,
+    a commit)."""
+    return key in HP_IGNORE or key.endswith(("_path", "_dir", "_file", "_files")) or bool(
+        set(key.lower().split("_")) & RUN_WORDS)
 
 
 def seed_values(ctx: FolderContext) -> tuple[list[float], list[float]]:
