@@ -160,10 +160,28 @@ def _pairs(items: list[str], flag: str) -> dict[str, str]:
     return out
 
 
+def _harness_value(key: str, raw: str, default: object) -> object:
+    """One --harness-set value (JSON): a count, size or tolerance must be a positive number, a seed an integer >= 0
+    (a negative count crashed the harness with numpy's message, naming no setting)."""
+    import json
+
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--harness-set {key}={raw}: expected a number or JSON value") from exc
+    if isinstance(default, tuple):
+        return value
+    integer = key == "seed" or isinstance(default, int)
+    typed = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+    if not typed or not (value >= 0 if key == "seed" else value > 0):
+        raise ValueError(f"--harness-set {key}={raw}: expected {'an integer' if integer else 'a number'} "
+                         f"{'>= 0' if key == 'seed' else '> 0'}")
+    return value
+
+
 def dynamic_options(args: argparse.Namespace):
     """DynamicOptions from the --run flags (bad values are one-line ValueErrors)."""
     import dataclasses
-    import json
 
     from validator.dynamic import DynamicOptions
     from validator.harness import HarnessSettings
@@ -173,10 +191,7 @@ def dynamic_options(args: argparse.Namespace):
     for key, value in _pairs(getattr(args, "harness_set", []), "--harness-set").items():
         if key not in fields:
             raise ValueError(f"--harness-set {key}: unknown setting (one of {', '.join(fields)})")
-        try:
-            harness[key] = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--harness-set {key}={value}: expected a number or JSON value") from exc
+        harness[key] = _harness_value(key, value, fields[key].default)
     if args.timeout <= 0 or args.memory_gb <= 0 or args.jobs < 1:
         raise ValueError("--timeout, --memory-gb and --jobs must be positive")
     smoke_data = Path(args.smoke_data) if args.smoke_data else None
