@@ -17,6 +17,7 @@ from validator.untrusted_json import JSON_ERRORS, parse_json
 from validator.wrapper import decode_wrapper
 
 CAP = 16_000_000
+BLOB_BYTES = 1_000_000  # a shipped file this large that is no document, log or tokenizer is data a run may load
 TRAIN_CAP_MS = 600_000.0
 EVAL_CAP_MS = 600_000.0
 ERROR, WARN, INFO = "ERROR", "WARN", "INFO"

@@ -9,7 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
-from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.base import BLOB_BYTES, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 from validator.rules.code import code_units, reachable_local_code
 from validator.rules.layout import linked_files, shipped_kind
 
@@ -25,7 +25,6 @@ SMALL_EDIT = 5  # changed code lines tolerated as a post-run touch-up (WARN) bef
 SEPARATOR = "=" * 100
 SMALL_OK = (".log", ".txt", ".md", ".json", ".py", ".model", ".vocab", ".png", ".jpg", ".jpeg", ".svg", ".csv",
             ".tsv", ".sh", ".toml", ".yaml", ".yml", ".pdf")
-BLOB_BYTES = 1_000_000
 ABS_LOAD = re.compile(r"""(?:torch\.load|np\.load|open|load_file)\(\s*["'](/(?!dev/)[^"']+)["']""")
 
 

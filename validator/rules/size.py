@@ -7,7 +7,7 @@ import re
 from statistics import mean
 
 from validator.logs import is_log_file
-from validator.rules.base import CAP, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
+from validator.rules.base import BLOB_BYTES, CAP, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 from validator.rules.code import CODE_SUFFIXES, code_units, reachable_local_code
 
 DATA_PREP = re.compile(r"(prepare|download|tokeniz|build_|make_|lossless_caps|plot|analy|measure)", re.I)
@@ -31,7 +31,6 @@ def exec_stub_target(ctx: FolderContext) -> str | None:
 NOT_ARTIFACT = {"readme.md", "submission.json", "requirements.txt"}
 TOKENIZER_SUFFIXES = (".model", ".vocab")
 DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".svg", ".pdf")
-BLOB_BYTES = 1_000_000
 
 
 def loaded_data_files(ctx: FolderContext) -> list[tuple[str, int]]:
