@@ -146,14 +146,14 @@ def strip_nproc(argv: list[str]) -> list[str]:
 REPLACED = ".replaced"  # a run replaced with --force, kept until the new run finishes
 
 
-def preflight(cfg: Config) -> None:
+def preflight(cfg: Config, world: int | None = None) -> None:
     """What a run would find wrong in its first seconds, found before its run directory is touched (a `--force` run
     must not cost the old run for a typo): the data folder and its shards, each split long enough for one sequence,
     the tokenizer file, the batch split over ranks and micro-steps, this process's rank."""
     from core.data import HEADER_BYTES, DataError, shard_files
 
     core = cfg.core
-    world, rank = env_int("WORLD_SIZE", 1, low=1), env_int("RANK", 0, low=0)
+    world, rank = world or env_int("WORLD_SIZE", 1, low=1), env_int("RANK", 0, low=0)
     if rank >= world:
         raise ValueError(f"RANK={rank} with WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
     for split, seq in (("train", core.train_seq_len), ("val", core.eval_seq_len or core.train_seq_len)):
@@ -277,6 +277,7 @@ def _sigterm(signum, frame):  # pragma: no cover - exercised through a subproces
 
 def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, after=None) -> int:
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
+        preflight(with_default_data(load_config(args, extra_sets)[0]), world=args.nproc)  # once, before the ranks
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "pgolf.cli", *strip_nproc(sys.argv[1:])]
         print("launching: " + " ".join(cmd), flush=True)

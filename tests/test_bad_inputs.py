@@ -84,6 +84,8 @@ CATALOGUE = [
          tiny=True),
     Case("train/training-split-shorter-than-a-sequence", "train --data {tmp}/shorttrain --set core.out_dir={tmp}/runs",
          2, r"train split in .*shorttrain is too short: 10 tokens", setup=("short_train",), tiny=True),
+    Case("train/nproc-with-missing-data", "train --nproc 2 --data {tmp}/nowhere --set core.out_dir={tmp}/runs", 2,
+         r"data path .*nowhere does not exist", tiny=True),  # checked once, before torchrun starts the ranks
     Case("train/rank-not-below-world-size", "train --set core.out_dir={tmp}/runs", 2,
          r"RANK=3 with WORLD_SIZE=2: expected 0 <= RANK < WORLD_SIZE", tiny=True, env={"RANK": "3", "WORLD_SIZE": "2"}),
     Case("config/rank-non-ascii-digit", "config show", 2, r"RANK='²': expected an integer >= 0", env={"RANK": "²"}),
