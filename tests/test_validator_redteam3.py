@@ -30,8 +30,8 @@ def main():
 
 
 def log_text(seed: int) -> str:
-    losses = "\n".join(f"step:{s}/100 train_loss:{6.0 - s * 0.03 + seed * 1e-5:.4f} train_time:{s * 5900}ms "
-                       f"step_avg:5900.00ms" for s in range(1, 101))
+    losses = "\n".join(f"step:{s}/100 train_loss:{6.0 - s * 0.03 + seed * 1e-5:.4f} "  # each seed's own clock
+                       f"train_time:{s * 5900 + s * seed % 97}ms step_avg:5900.00ms" for s in range(1, 101))
     return (f"vocab_size:1024\nmodel_params:26829913\ntrain_batch_tokens:786432 train_seq_len:2048 iterations:100\n"
             f"seed:{seed}\nval_loader:shards pattern=./data/fineweb_val_*.bin tokens:62021632\n"
             f"world_size:8 grad_accum_steps:1\n| 0  NVIDIA H100 80GB HBM3  On |\n{losses}\n"
@@ -88,9 +88,10 @@ CASES = {  # name: (rule, record_folder keyword arguments)
                                                           sub={"val_bpb_method": "final_int6_roundtrip"})),
     "a later total with digit separators": ("SIZE.CAP", dict(edit_log=replace(
         "final_int6_roundtrip", "Total submission size int6+zstd+meta: 16,039,340 bytes\nfinal_int6_roundtrip"))),
-    "training time in another wording": ("TIME.TRAIN", dict(edit_log=lambda seed, text: text if seed != 42 else
-                                                            text.replace("train_time:", "train_ms:").replace(
-                                                                "ms step_avg", " step_avg"))),
+    "training time over the cap in another wording": ("TIME.TRAIN", dict(edit_log=lambda seed, text: text if seed != 42
+                                                                         else text.replace("train_time:", "train_ms:")
+                                                                         .replace("ms step_avg", " step_avg").replace(
+        "Serialized", "step:102/102 train_loss:2.9000 train_ms:612047\nSerialized"))),
     "half the validation split in another wording": ("DATA.FULL_VAL", dict(edit_log=replace(
         "val_loader:shards pattern=./data/fineweb_val_*.bin tokens:62021632",
         "val_loader: pattern=./data/fineweb_val_*.bin num_tokens=31010816"))),

@@ -45,6 +45,8 @@ def cold_seconds(records: Path, limit: int | None = None) -> list[float]:
     root = Path(__file__).resolve().parent.parent
     folders = [f for f in sorted(records.glob("track_*/*")) if f.is_dir()]
     if limit is not None and limit < len(folders):
+        if limit <= 0:
+            return []
         step = len(folders) / limit
         folders = [folders[int(i * step)] for i in range(limit)]
     out = []

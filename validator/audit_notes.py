@@ -13,6 +13,8 @@ BY_FOLDER: dict[tuple[str, str], str] = {
         'Real: the 2×H100 40-minute exploratory run kept in the record folder (same log as the TIME.TRAIN failure; rulebook HW.H100 (d)).',
     ('track_10min_16mb/2026-03-17_LoRA_TTT', 'TIME.TRAIN'):
         'Real: `train_v1.txt` is a 2×H100, 40-min exploratory run (`world_size:2`, `max_wallclock_seconds:2400`) kept in a record folder; the claim comes from `train_v3.txt` (rulebook TIME.TRAIN (d)). A non-scoring log, but the rule flags every log by design.',
+    ('track_10min_16mb/2026-03-17_LoRA_TTT', 'JSON.CONSISTENCY'):
+        'Real: `train_v0.txt` and `train_v1.txt` print `final_ttt_lora …`, a line the shipped script cannot print (it prints `final_int8_ttt_lora …`): runs of an earlier version of the script (the claim is `train_v3.txt`\'s line, which the script prints). Found by the printable-score check (session 27).',
     ('track_10min_16mb/2026-03-18_LowerLR', 'FILES.LOG_PROVENANCE'):
         'Real (rulebook FILES.LOG_PROVENANCE (d): code 50,919 logged vs 47,642 shipped): the logged script has `LR_WARMUP_STEPS`, `LR_SCHEDULE`, `QAT_START_FRAC`, `MLP_TYPE` and a fake-quant STE path that the shipped file lacks.',
     ('track_10min_16mb/2026-03-18_LowerLR', 'HW.H100'):
@@ -35,6 +37,8 @@ BY_FOLDER: dict[tuple[str, str], str] = {
         'Real: log `Total submission size int6+zstd: 16186500 bytes` (rulebook SIZE.CAP (d)).',
     ('track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd', 'FILES.REQUIRED'):
         'Real: ships `train_gpt_v5.py`, no `train_gpt.py` (rulebook census).',
+    ('track_10min_16mb/2026-03-24_74M_Ternary_UNet_FP8_10L_8192BPE_YaRN_NeoMuon', 'DATA.FULL_VAL'):
+        'Real but benign: the three logs print no validation token count, so the record does not show that it scored the full split (the only record-track folder without one; session 27 fails closed). Its implied bytes/token (3.7267) is exactly sp8192\'s canonical ratio, so TOK.BPB passes on the canonical count.',
     ('track_10min_16mb/2026-03-24_74M_Ternary_UNet_FP8_10L_8192BPE_YaRN_NeoMuon', 'FILES.REQUIRED'):
         'Real: ships `train_gpt_cuda_ternary.py` (rulebook census).',
     ('track_10min_16mb/2026-04-06_SP8192_HessianSDClip_ProgressiveRecurrence', 'SIZE.CAP'):

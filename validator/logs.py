@@ -25,6 +25,10 @@ E2 = re.compile(r"^(?P<label>final_sliding_window_eval(?:_exact)?) stride:\d+ va
 E3 = re.compile(r"^ttt_sliding:done val_loss=(?P<loss>[0-9.]+) val_bpb=(?P<bpb>[0-9.]+) elapsed=(?P<s>[0-9.]+)s")
 V1 = re.compile(rf"\b(?:(?:eval_)?time|elapsed)[:=]\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
 V1_FIGURE = re.compile(r"\b(?:(?:eval_)?time|elapsed)[:=]\s*\d")  # a figure follows: it must be read
+# Any other time figure on a scoring line: a number with a time unit (`(712.7s)`, `took 712s`, `eval_time 712s`), or
+# a key that carries the unit (`eval_s:712.7`, `eval_ms=712687`). The line's largest time figure is its pass's time.
+TIME_FIGURE = re.compile(rf"(?<![\w.])(?P<num>{NUM})\s*(?P<unit>{UNIT})")
+UNIT_KEY_FIGURE = re.compile(rf"\b[A-Za-z]\w*?_(?P<unit>ms|s|secs?|seconds|mins?)[:=]\s*(?P<num>{NUM})(?![\w.])")
 # Any training-time or step figure on a log line, in any unit (the parse of record-format lines above reads the
 # shapes it knows; this reads every figure, so that a final line in another shape or unit is never skipped for an
 # earlier, smaller one): the log's largest counts.
@@ -33,6 +37,7 @@ CLOCK_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?:(\d+):)?(\d+):(\d{2}(?
 TRAIN_TIME_FIGURE = re.compile(r"\btrain[ _]time[:=]?\s*\d")  # a figure follows: it must be read, or the log fails
 STEP_LOSS = re.compile(r"^(?:step:)?(\d+)/\d+ .*?\btrain_loss:\s*(\d+(?:\.\d+)?)\b")
 ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
+STEP_VAL_LOSS = re.compile(r"\bval_loss[:=]\s*(\d+\.\d+)")
 V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
@@ -77,11 +82,14 @@ SIZE_FIGURE = re.compile(r"^(?:Total submission size|Serialized model|artifact_b
 D1A = re.compile(rf"^val_tokens: ?({INT})")
 D1B = re.compile(rf"^val_loader:shards pattern=(\S+) tokens:({INT})")
 # any other validation-loader line that counts its tokens (`val_loader: pattern=... num_tokens=31010816`)
-D1C = re.compile(rf"^val[\w ]*:.*?\b(?:num_|n_|total_)?tokens[:=]\s*({INT})\b")
+D1C = re.compile(rf"^val[\w ]*:.*?\b(?:num_|n_|total_|n)?(?:tokens|toks?)[:=]\s*({INT})\b")
 D2A = re.compile(r"^train_shards: ?(\d+)")
 D2B = re.compile(r"^train_loader:dataset:(\S+) train_shards:(\d+)")
 D3 = re.compile(r"^val_bpb:byte_sidecar:enabled")
-H1 = re.compile(r"^world_size:(\d+) grad_accum_steps:(\d+)")
+# the number of ranks, in any spacing (`world_size: 16`, `world_size=16`), and a launcher's GPU count
+# (`torchrun --nnodes=2 --nproc_per_node=8`): every figure is kept, a record needs all of them to say 8 GPUs on 1 node
+WORLD_SIZE = re.compile(r"\bworld_size\s*[:=]\s*(\d{1,6})\b")
+LAUNCH = re.compile(r"--(?P<key>nproc[_-]per[_-]node|nnodes)(?:=|\s+)(?P<n>\d{1,6})\b")
 SEED_LINE = re.compile(r"^seed:\s*(\d{1,19})\s*$")
 HP_LINE = re.compile(r"^  ([A-Za-z_][\w]*): (.*)$")
 # the `key:value key:value` lines a script prints before its first training step (its configuration when it prints
@@ -104,6 +112,7 @@ class EvalLine:
     val_bpb: float
     eval_ms: float | None
     line: int
+    text: str = ""  # the line as printed (timestamp removed)
 
 
 @dataclass
@@ -140,10 +149,14 @@ class LogRecord:
     val_tokens: int | None = None
     train_shards: int | None = None
     sidecar: bool = False
-    world_size: int | None = None
+    world_size: int | None = None  # a figure other than 8 where the log shows one (every figure: world_sizes)
+    world_sizes: set[int] = field(default_factory=set)
+    launch: list[tuple[str, int]] = field(default_factory=list)  # (nproc_per_node | nnodes, n) of launch commands
     hparams: dict[str, str] = field(default_factory=dict)
     setup: dict[str, str] = field(default_factory=dict)  # key:value pairs printed before training (SETUP_LINE)
     train_losses: dict[int, float] = field(default_factory=dict)  # step -> train_loss, from the step lines
+    step_times: dict[int, float] = field(default_factory=dict)  # step -> train_time (ms) of the step lines
+    val_losses: dict[int, float] = field(default_factory=dict)  # step -> val_loss of the periodic validation lines
     artifact_totals: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, bytes, line) per named total
     unread_train_time: tuple[int, str] | None = None  # (line, text) of a train_time figure no pattern reads
     unread_eval_time: tuple[int, str] | None = None  # (line, text) of an eval-line time figure no pattern reads
@@ -252,8 +265,33 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
     if m := STEP_LOSS.match(line):
         rec.train_losses[int(m[1])] = float(m[2])
     steps = [int(m[1]) for m in ANY_STEP.finditer(line)]
-    if steps and max(steps) > (rec.steps or 0) and "train" in line:
-        rec.steps = max(steps)
+    if not steps or "train" not in line:
+        return
+    rec.steps = max(rec.steps or 0, *steps)
+    if figures:
+        rec.step_times[max(steps)] = max(figures)
+    if m := STEP_VAL_LOSS.search(line):
+        rec.val_losses[max(steps)] = float(m[1])
+    for ms in _step_line_times(line, max(steps)):
+        if ms > (rec.train_time_ms or 0.0):
+            rec.train_time_ms, rec.train_time_line = ms, no
+
+
+def _step_line_times(line: str, step: int) -> list[float]:
+    """A training step line's time figures (ms): any figure with a time unit, or under a key that carries one, but
+    an average (`elapsed:645.8s`, `(612.0s)`, `train_ms:612047`: the clock at that step), and step x step_avg less
+    its printed rounding (`step_avg` is the time so far over the steps so far: a line without a total shows it)."""
+    out = [figure(m["num"]) * unit_ms(m["unit"]) for m in UNIT_KEY_FIGURE.finditer(line)  # `train_ms:612047`
+           if not re.search(r"avg|per", m[0])]
+    for m in TIME_FIGURE.finditer(line):
+        key = re.search(r"(\w*)\W*$", line[: m.start()])[1].lower()
+        ms = figure(m["num"]) * unit_ms(m["unit"])
+        if "avg" not in key and "per" not in key:
+            out.append(ms)
+        elif key.endswith("step_avg"):
+            decimals = len(m["num"].partition(".")[2])
+            out.append(step * (ms - 0.5 * 10.0 ** -decimals * unit_ms(m["unit"])))
+    return out
 
 
 def _total(rec: LogRecord, n: int, no: int, kind: str | None = None) -> None:
@@ -265,11 +303,28 @@ def _total(rec: LogRecord, n: int, no: int, kind: str | None = None) -> None:
         rec.artifact_totals.append((kind, n, no))
 
 
+SOURCE_END = "=" * 100  # the line the baseline family prints after the script it embeds (`log0(code)`)
+CODE_START = ('"""', "'''", "import ", "from ", "#")
+
+
+def embedded_source(text: str) -> str | None:
+    """The script a baseline-family log embeds at its top (`log0(code)`, then SOURCE_END), if any."""
+    idx = text.find("\n" + SOURCE_END)
+    if idx <= 0 or idx > 2_000_000 or not text[:idx].lstrip()[:40].startswith(CODE_START):
+        return None
+    return text[:idx]
+
+
 def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
-    """Parse a text log in any of the §9 formats."""
+    """Parse a text log in any of the §9 formats. The script a log embeds at its top is code, not evidence; every
+    other line is read, whatever it holds (a printed dict, an indented line: skipping those hid real figures)."""
     rec = LogRecord(path=Path(path), sha256=hashlib.sha256(text.encode("utf-8", "replace")).hexdigest())
+    source = embedded_source(text)
+    code_lines = len(source.splitlines()) if source is not None else 0
     in_hp = started = False
     for no, raw in enumerate(text.splitlines(), start=1):
+        if no <= code_lines:
+            continue
         line = TS_PREFIX.sub("", raw.rstrip("\r"))
         started = started or bool(TRAINING_STARTED.match(line))
         if not started and SETUP_LINE.match(line):
@@ -286,35 +341,42 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
                     rec.seed = int(m.group(2))
                 continue
             in_hp = False
-        if line[:1].isspace() and (m := MB_SUM.match(line.strip())):
+        line = line.strip()
+        if m := MB_SUM.match(line):
             rec.total_mb = (float(m[4]), 0.5 * 10.0 ** -len(m[5] or ""), m[6], no)
             continue
-        if line and not line[0].isspace():
-            _largest_train_time(rec, line, no)
-        if not line or line[0].isspace() or 'f"' in line or "{" in line:
+        if not line:
             continue
+        _largest_train_time(rec, line, no)
+        rec.world_sizes |= {int(n) for n in WORLD_SIZE.findall(line)}
+        rec.launch += [(m["key"].replace("-", "_"), int(m["n"])) for m in LAUNCH.finditer(line)]  # (launch_counts)
         try:
             _parse_line(rec, line, no)
         except (ValueError, OverflowError):  # a figure no number type holds: the line reads as no evidence
             continue
     if rec.seed is None:
         rec.seed = seed_from_name(rec.path.name)
+    if rec.world_sizes:  # the one a record must not have, where the log shows one
+        rec.world_size = min(rec.world_sizes - {8}, default=8)
     return rec
 
 
 def _parse_line(rec: LogRecord, line: str, no: int) -> None:
     m = E3.match(line)
     if m:
-        rec.evals.append(EvalLine("ttt_sliding:done", float(m["loss"]), float(m["bpb"]), float(m["s"]) * 1000, no))
+        rec.evals.append(EvalLine("ttt_sliding:done", float(m["loss"]), float(m["bpb"]), float(m["s"]) * 1000, no,
+                                  line))
         return
     m = E2.match(line) or (None if line.startswith("step:") else E1.match(line))
     if m and not EXCLUDED.match(m["label"]):
-        times = [figure(t["num"]) * unit_ms(t["unit"]) for t in V1.finditer(m["rest"])]
-        if len(times) < len(V1_FIGURE.findall(m["rest"])):
+        keyed = [figure(t["num"]) * unit_ms(t["unit"]) for t in V1.finditer(m["rest"])]
+        if len(keyed) < len(V1_FIGURE.findall(m["rest"])):
             rec.unread_eval_time = rec.unread_eval_time or (no, line.strip()[:100])
+        times = keyed + [figure(t["num"]) * unit_ms(t["unit"]) for rx in (TIME_FIGURE, UNIT_KEY_FIGURE)
+                         for t in rx.finditer(m["rest"])]
         ms = max(times, default=None)  # the largest: a decoy `load time:2.1s` before `eval_time:708525ms` must not win
         try:
-            rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no))
+            rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no, line))
         except ValueError:
             pass
         return
@@ -399,8 +461,6 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         rec.train_shards = int(m[2])
     elif D3.match(line):
         rec.sidecar = True
-    elif m := H1.match(line):
-        rec.world_size = int(m[1])
     elif m := SEED_LINE.match(line):
         rec.seed = int(m[1])
 

@@ -76,6 +76,7 @@ def check_train(ctx: FolderContext) -> list[Finding]:
         if lg.world_size is not None and lg.world_size != 8 and ctx.track == "record":
             out.append(r.finding(WARN, f"world_size:{lg.world_size} (record track expects 8xH100 SXM)",
                                  severity=WARN, file=f, expected=8, found=lg.world_size))
+    out += _untrained_claims(ctx, r)
     m = OVERRIDES.search(ctx.readme)
     if m:
         out.append(r.finding(WARN, f"README run command overrides the wallclock cap: {m.group(0)}", severity=WARN,
@@ -85,6 +86,19 @@ def check_train(ctx: FolderContext) -> list[Finding]:
     bad = [x for x in out if x.status != PASS]
     return bad or [r.finding(PASS, f"{len(out)} log(s) within 600 s (+1 step); max "
                              f"{max(lg.train_time_ms or 0 for lg in ctx.logs) / 1000:.1f}s")]
+
+
+def _untrained_claims(ctx: FolderContext, r: Rule) -> list[Finding]:
+    """On the record track, a log that backs the claim and shows no training run must have one of its seed beside
+    it (an eval-only re-run of a trained artifact, TTT_EVAL_ONLY); a score with no training behind it is no run."""
+    if ctx.track != "record" or ctx.is_run_dir:
+        return []
+    from validator.rules.stats import claim_logs
+
+    trained = {lg.seed for lg in ctx.logs if lg.train_time_ms is not None and lg.seed is not None}
+    return [r.finding(FAIL, f"a log backing the claim shows no training run, and no log of its seed ({lg.seed}) does",
+                      file=ctx.rel(lg.path)) for lg in claim_logs(ctx)
+            if lg.train_time_ms is None and lg.seed not in trained]
 
 
 def check_postloop(ctx: FolderContext) -> list[Finding]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from validator.rules.base import FolderContext, script_text
 from validator.wrapper import decode_wrapper
 
-CODE_SUFFIXES = {".py", ".cpp", ".cu", ".c", ".h", ".cuh", ".so"}
+CODE_SUFFIXES = {".py", ".cpp", ".cu", ".c", ".h", ".cuh", ".so", ".pyd"}
 IMPORT_RX = re.compile(r"(?:^|[;:])\s*(?:from|import)\s+([A-Za-z_]\w*)", re.M)
 DYN_IMPORT_RX = re.compile(r"(?:import_module|__import__)\(\s*[\"']([A-Za-z_]\w*)")  # a module named by a literal
 SCRIPT = "train_gpt.py"
@@ -49,14 +49,13 @@ def code_units(ctx: FolderContext) -> list[CodeUnit]:
     if ctx.script_decoded is not None:
         src, _, problem = ctx.script_decoded
         out.append(_unit(SCRIPT, src, problem))
-        found = [p for p in ctx.root.rglob("*.py") if p.is_file()]
-        paths = {**{p.name: p for p in found}, **{str(p.relative_to(ctx.root)): p for p in found}}
-        for name in sorted(n for n in reachable_local_code(ctx) if n.endswith(".py") and n in paths):
-            src, _, problem = decode_wrapper(script_text(paths[name]))
-            encoding = problem and "utf-8" or _declared_encoding(paths[name])
+        for name in sorted(n for n in reachable_local_code(ctx) if n.endswith(".py")):
+            path = ctx.root / name
+            src, _, problem = decode_wrapper(script_text(path))
+            encoding = problem and "utf-8" or _declared_encoding(path)
             if encoding not in ("utf-8", "utf-8-sig"):  # import decodes it so, `exec(open(f).read())` as UTF-8
                 problem = f"it declares the encoding {encoding!r}: an import and an open() read different code"
-            out.append(_unit(str(ctx.rel(paths[name])), src, problem))
+            out.append(_unit(name, src, problem))
     ctx.__dict__["_code_units"] = out
     return out
 
@@ -80,30 +79,26 @@ def _unit(name: str, source: str, problem: str | None) -> CodeUnit:
 
 
 def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
-    """Local files train_gpt.py imports, exec's or compiles (name -> bytes), found by an AST scan (cached)."""
+    """Local files train_gpt.py imports, exec's or compiles (path in the folder -> bytes), found by an AST scan and a
+    transitive scan of the helpers reached (cached). Files are told apart by their path: a helper and a file of the
+    same name in a sub-folder are two files, each reached where its name or its module is."""
     cached = ctx.__dict__.get("_reachable")
     if cached is not None:
         return cached
     tree = ctx.tree
     if tree is None:
         return {}
-    local = {p.name: p for p in ctx.root.rglob("*") if p.is_file() and p.suffix in CODE_SUFFIXES}
-    stems = {Path(n).stem: n for n in local if n.endswith(".py")}
-    for pkg in (d for d in ctx.root.rglob("*") if d.is_dir() and (d / "__init__.py").is_file()):
-        files = {str(f.relative_to(ctx.root)): f for f in sorted(pkg.rglob("*.py"))}  # a package: all of its code
-        local.update(files)
-        stems[pkg.name] = str((pkg / "__init__.py").relative_to(ctx.root))
-        ctx.__dict__.setdefault("_packages", {})[stems[pkg.name]] = list(files)
+    local = {str(p.relative_to(ctx.root)): p for p in sorted(ctx.root.rglob("*"))
+             if p.is_file() and p.suffix in CODE_SUFFIXES}
+    modules = _modules(ctx.root, local)
     out: dict[str, int] = {}
+
+    def reach(names: set[str]) -> None:
+        out.update({f: local[f].stat().st_size for f in names if f != SCRIPT})
+
     if isinstance(tree, SyntaxError):  # e.g. PEP 701 f-strings on an older interpreter: fall back to regexes
-        text = ctx.script_source[0] if ctx.script_source else ""
-        for m in [*IMPORT_RX.finditer(text), *DYN_IMPORT_RX.finditer(text)]:
-            if m.group(1) in stems and stems[m.group(1)] != "train_gpt.py":
-                out[stems[m.group(1)]] = local[stems[m.group(1)]].stat().st_size
-        for fname, p in local.items():
-            if fname != "train_gpt.py" and re.search(r"[\"'/]" + re.escape(fname) + r"[\"']", text):
-                out[fname] = p.stat().st_size
-        return _transitive(ctx, out, local, stems)
+        reach(_named_in_text(ctx.script_source[0] if ctx.script_source else "", local, modules))
+        return _transitive(ctx, out, local, modules)
     for node in ast.walk(tree):
         names: list[str] = []
         if isinstance(node, ast.Import):
@@ -113,31 +108,42 @@ def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
         elif _call_name(node) in ("import_module", "__import__") and _literal_arg(node):
             names = [_literal_arg(node).split(".")[0]]
         for n in names:
-            if n in stems and stems[n] != "train_gpt.py":
-                out[stems[n]] = local[stems[n]].stat().st_size
+            reach(modules.get(n, set()))
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 300:
-            for fname, p in local.items():
-                if fname != "train_gpt.py" and node.value.endswith(fname):
-                    out[fname] = p.stat().st_size
-    return _transitive(ctx, out, local, stems)
+            reach({f for f, p in local.items() if node.value.endswith(p.name)})
+    return _transitive(ctx, out, local, modules)
+
+
+def _modules(root: Path, local: dict[str, Path]) -> dict[str, set[str]]:
+    """What an import of each top-level name may run: the files of that module name (`helper.py`, an extension
+    `fastkern.cpython-311-x86_64-linux-gnu.so`) anywhere in the folder (a sys.path edit reaches a sub-folder's), and
+    every code file under a folder of that name: a package, with or without `__init__.py` (PEP 420 namespace
+    packages import too). Over-reaching only makes the scans read more."""
+    modules: dict[str, set[str]] = {}
+    for rel, p in local.items():
+        modules.setdefault(p.name.split(".")[0], set()).add(rel)
+    for d in (d for d in root.rglob("*") if d.is_dir()):
+        inside = {f for f in local if Path(f).is_relative_to(d.relative_to(root))}
+        modules.setdefault(d.name, set()).update(inside)
+    return modules
+
+
+def _named_in_text(text: str, local: dict[str, Path], modules: dict[str, set[str]]) -> set[str]:
+    """The local files a source text reaches by a regex scan: modules it imports, files whose names it quotes."""
+    found = {f for rx in (IMPORT_RX, DYN_IMPORT_RX) for m in rx.finditer(text) for f in modules.get(m.group(1), ())}
+    return found | {f for f, p in local.items() if re.search(r"[\"'/]" + re.escape(p.name) + r"[\"']", text)}
 
 
 def _transitive(ctx: FolderContext, out: dict[str, int], local: dict[str, Path],
-                stems: dict[str, str]) -> dict[str, int]:
+                modules: dict[str, set[str]]) -> dict[str, int]:
     """Add local files referenced by reached helper modules (regex scan, to a fixed point); cache the result."""
     todo = [n for n in out if n.endswith(".py")]
     while todo:
         text = local[todo.pop()].read_text(encoding="utf-8", errors="replace")
-        found = {stems[m.group(1)] for rx in (IMPORT_RX, DYN_IMPORT_RX) for m in rx.finditer(text)
-                 if m.group(1) in stems}
-        found |= {f for f in local if re.search(r"[\"'/]" + re.escape(f) + r"[\"']", text)}
-        for name in found - set(out) - {"train_gpt.py"}:
+        for name in _named_in_text(text, local, modules) - set(out) - {SCRIPT}:
             out[name] = local[name].stat().st_size
             if name.endswith(".py"):
                 todo.append(name)
-    for init, files in ctx.__dict__.get("_packages", {}).items():  # a reached package brings every file in it
-        if init in out:
-            out.update({f: local[f].stat().st_size for f in files})
     ctx.__dict__["_reachable"] = out
     return out
 
@@ -276,7 +282,64 @@ def _literal_arg(node: ast.Call) -> str | None:
 
 
 def _reads_local_file(node: ast.AST, files: set[str]) -> bool:
-    """`open(E).read()` / `Path(E).read_text()` (any receiver of .read/.read_text) whose path E names a reached
-    file (`_names_reached_file`)."""
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr in ("read", "read_text") and _names_reached_file(node.func.value, files))
+    """`open(E).read()` / `Path(E).read_text()` whose path E names a reached file (`_names_reached_file`), decoded as
+    the scans read it: UTF-8 (the default), or bytes (`"rb"`: exec honours the file's own PEP 263 line, which
+    `code_units` checks). Any other encoding, an error handler or a reader the scans do not know reads other code."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("read", "read_text") and _names_reached_file(node.func.value, files)):
+        return False
+    opener = node.func.value
+    return (isinstance(opener, ast.Call) and _call_name(opener) in ("open", "Path") and len(opener.args) <= 2
+            and all(_utf8_keyword(k) for k in (*opener.keywords, *node.keywords))
+            and all(isinstance(a, ast.Constant) and str(a.value).lower().replace("-", "") == "utf8"
+                    for a in node.args))
+
+
+def _utf8_keyword(k: ast.keyword) -> bool:
+    """A reader's keyword that keeps the text the scans read: a mode, or encoding UTF-8."""
+    if k.arg == "mode":
+        return True
+    return k.arg == "encoding" and isinstance(k.value, ast.Constant) and \
+        str(k.value.value).lower().replace("-", "").replace("_", "") in ("utf8", "utf8sig")
+
+
+# A format placeholder of str.format / %-formatting in a literal (`{:.4f}`, `{name}`, `%.4f`, `%s`)
+PLACEHOLDER = re.compile(r"\{[^{}]*\}|%[-#0 +]*\d*(?:\.\d+)?[sdifgeEx%r]")
+
+
+def print_templates(units: list[CodeUnit], must: tuple[str, ...]) -> list[re.Pattern] | None:
+    """Every string the code can print that holds one of the words `must`, as a pattern: f-strings, literals with
+    format placeholders and `+` chains of them, each value or placeholder any text. None where a unit cannot be
+    read (nothing can be concluded)."""
+    if not units or any(not isinstance(u.tree, ast.Module) or u.problem for u in units):
+        return None
+    out: list[re.Pattern] = []
+    todo: list[ast.AST] = [u.tree for u in units]
+    while todo:
+        node = todo.pop()
+        parts = _string_parts(node)
+        if parts is None:  # not a string expression: its children may hold some
+            todo.extend(ast.iter_child_nodes(node))
+        elif any(w in "".join(p for p in parts if p is not None) for w in must):  # a whole one, not its pieces
+            out.append(re.compile("".join(".*?" if p is None else _literal_pattern(p) for p in parts)))
+    return out
+
+
+def _string_parts(node: ast.AST) -> list[str | None] | None:
+    """The pieces of a string expression: literal text, or None for a value (f-string field, operand that is no
+    string expression). None: not a string expression."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return [node.value]
+    if isinstance(node, ast.JoinedStr):
+        return [v.value if isinstance(v, ast.Constant) else None for v in node.values]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _string_parts(node.left), _string_parts(node.right)
+        if left is not None or right is not None:
+            return [*(left or [None]), *(right or [None])]
+    return None
+
+
+def _literal_pattern(text: str) -> str:
+    """A literal piece as a pattern: its format placeholders match any text."""
+    pieces = PLACEHOLDER.split(text)
+    return ".*?".join(re.escape(p) for p in pieces)

@@ -124,14 +124,18 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
                              f"{len(vals)} logs", severity=WARN, file=f, field=key, expected=round(m, 6), found=value))
     elif any_line := next(((lg, e) for lg in ctx.logs for e in lg.evals if close_to_claim(e.val_bpb, value)), None):
         lg, e = any_line
-        out.append(r.finding(WARN, f"{key} {value} matches only the '{e.label}' line of {ctx.rel(lg.path)}, not the "
-                             f"scoring line of the logs (mean {m:.6f})", severity=WARN, file=f, field=key,
-                             expected=round(m, 6), found=value))
+        printable = _printable(ctx, e.text)
+        out.append(r.finding(WARN if printable else FAIL, f"{key} {value} matches only the '{e.label}' line of "
+                             f"{ctx.rel(lg.path)}, not the scoring line of the logs (mean {m:.6f})"
+                             + ("" if printable else ", and no statement of the shipped code prints that line"),
+                             severity=WARN if printable else ERROR, file=f, field=key, expected=round(m, 6),
+                             found=value))
     else:
         out.append(r.finding(FAIL, f"{key} {value} is not supported by any log (mean {m:.6f}, values "
                              f"{', '.join(f'{v:.5f}' for v in vals)})", file=f, field=key, expected=round(m, 6),
                              found=value))
     out += _seed_claims(r, ctx, finals, f)
+    out += _unprintable(r, ctx, finals)
     vl = (ctx.submission or {}).get("val_loss")
     if isinstance(vl, (int, float)) and key == "val_bpb" and vl < 1.3 * value and abs(vl - value) < 0.2:
         out.append(r.finding(WARN, "val_loss looks like a bpb value (loss/bpb ratio ~1)", severity=INFO, file=f,
@@ -170,6 +174,29 @@ def _seed_claims(r: Rule, ctx: FolderContext, finals: list, f: str | None) -> li
                                  f"{lg.total_bytes:,} bytes", file=f, field=f"seed_results.{seed}.bytes_total",
                                  expected=lg.total_bytes, found=size))
     return out
+
+
+def _printable(ctx: FolderContext, text: str) -> bool:
+    """Whether the shipped code can print the score line `text` (some f-string, literal or `+` chain of it matches
+    it); True where the code cannot be read or prints no score line (nothing to conclude)."""
+    from validator.rules.code import code_units, print_templates
+
+    templates = ctx.__dict__.get("_score_templates")
+    if templates is None:
+        templates = ctx.__dict__["_score_templates"] = print_templates(code_units(ctx), ("val_loss", "val_bpb")) or []
+    return ctx.is_run_dir or not templates or not text or any(t.search(text) for t in templates)
+
+
+def _unprintable(r: Rule, ctx: FolderContext, finals: list) -> list[Finding]:
+    """A scoring line the shipped code cannot print is no evidence: a line added to a log (a subset's score, a
+    probe's) must not become the claim."""
+    from validator.rules.stats import claim_logs
+
+    record, backing = ctx.track == "record", {id(lg) for lg in claim_logs(ctx)}
+    return [r.finding(FAIL if record else WARN, f"line {fin.line} ({fin.text[:60]!r}) is printed by no statement of "
+                      "the shipped code: a score the code cannot write backs no claim", severity=ERROR if record
+                      else INFO, file=ctx.rel(lg.path), line=fin.line)
+            for lg, fin in finals if id(lg) in backing and not _printable(ctx, fin.text)]
 
 
 def _number(v: Any) -> bool:

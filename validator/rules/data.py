@@ -50,7 +50,7 @@ def check_full_val(ctx: FolderContext) -> list[Finding]:
                                  severity=WARN, expected=full, found=n))
         elif n in EARLIER_EXPORT:
             out.append(r.finding(WARN, f"val_tokens {n:,}: {EARLIER_EXPORT[n]}", severity=INFO, found=n))
-        elif (vocab := _vocab(ctx)) in VOCAB_VAL and n < min(VOCAB_VAL[vocab]) - MAX_EVAL_SEQ:
+        elif (vocab := vocab_of(ctx)) in VOCAB_VAL and n < min(VOCAB_VAL[vocab]) - MAX_EVAL_SEQ:
             record = ctx.track == "record"  # a non-record study (or a tiny demo run) may score a subset: noted
             out.append(r.finding(FAIL if record else WARN, f"val_tokens {n:,} is short of every canonical count for "
                                  f"vocab {vocab} ({', '.join(f'{c:,}' for c in VOCAB_VAL[vocab])}): not the full "
@@ -65,17 +65,20 @@ def check_full_val(ctx: FolderContext) -> list[Finding]:
                 out.append(r.finding(WARN, f"val_tokens {n:,} is not a known canonical count (new tokenizer? "
                                      "prove it is the full 50k-doc split)", severity=INFO, found=n))
     if not out:
+        if ctx.track == "record" and ctx.scoring:  # a record shows it scored the whole split (TOK.BPB assumes it)
+            return [r.finding(FAIL, "no scoring log shows how many validation tokens it scored (log `val_tokens:N` "
+                              "or the loader's `tokens:N`): a record proves it scored the full split")]
         return [r.finding(SKIP, "no val token count in the logs")]
     bad = [x for x in out if x.status != PASS]
     return bad or out[:1]
 
 
-def _vocab(ctx: FolderContext) -> int | None:
+def vocab_of(ctx: FolderContext) -> int | None:
     """vocab_size from the logs' Hyperparameters dumps, else from any log line that names it or the tokenizer
     (`vocab_size:8192`, `fineweb_8192_bpe.model`, `fineweb10B_sp8192`), else the script's default: deleting the
     dump's line must not turn a short validation split into an unknown one."""
-    for lg in ctx.logs:
-        v = lg.hparams.get("vocab_size", "")
+    for lg in ctx.logs:  # the run's printed configuration: its dump, else the `key=value` lines before training
+        v = lg.hparams.get("vocab_size", "") or lg.setup.get("vocab_size", "")
         if v.isdigit():
             return int(v)
     for lg in ctx.logs:

@@ -152,7 +152,10 @@ def check_runs_in_folder(ctx: FolderContext) -> list[Finding]:
 
 
 # Code shipped in a form the scans cannot read, or put where Python finds it before the real thing.
-PACKED_CODE = {".zip", ".egg", ".whl", ".pyc", ".pyo", ".pyz", ".pth"}
+PACKED_CODE = {".zip", ".egg", ".whl", ".pyc", ".pyo", ".pyz", ".pth", ".so", ".pyd", ".dylib", ".dll"}
+# native code whatever its name (ctypes loads any file): ELF, Mach-O (32/64-bit, both orders, fat); PE by suffix
+NATIVE_MAGIC = (b"\x7fELF", b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf", b"\xce\xfa\xed\xfe",
+                b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
 AUTO_IMPORTED = {"sitecustomize", "usercustomize"}
 PGOLF_PACKAGES = {"core", "plugins", "pgolf", "validator", "submissions", "dataprep", "tests", "benchmarks"}
 
@@ -163,15 +166,25 @@ def _shadowing_or_packed(r: Rule, ctx: FolderContext) -> list[Finding]:
     sys.path, a .pyc, a .pth): code no scan reads. Names are checked against this interpreter's importable modules."""
     out = []
     for rel in ctx.files:
-        if rel.suffix.lower() in PACKED_CODE:
-            out.append(r.finding(FAIL, f"{rel} is packed code (archive, bytecode or .pth) the validator cannot read",
-                                 file=str(rel), expected="plain .py sources"))
+        if rel.suffix.lower() in PACKED_CODE or _native(ctx.root / rel):
+            out.append(r.finding(FAIL, f"{rel} is packed or compiled code (archive, bytecode, .pth, a native library) "
+                                 "the validator cannot read", file=str(rel), expected="plain .py sources"))
         elif rel.suffix == ".py" and len(rel.parts) == 1 and rel.stem != "train_gpt" and (
                 rel.stem in AUTO_IMPORTED or rel.stem in sys.stdlib_module_names or _importable(rel.stem)):
             out.append(r.finding(FAIL, f"{rel} shadows the module {rel.stem!r}: an import of it (by the script or a "
                                  "library) runs this file instead", file=str(rel), expected="a helper name no "
                                  "installed module has"))
     return out
+
+
+def _native(path: Path) -> bool:
+    """A compiled library or executable (NATIVE_MAGIC), by its first bytes."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head.startswith(NATIVE_MAGIC)
 
 
 def _importable(name: str) -> bool:

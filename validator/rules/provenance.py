@@ -9,6 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
+from validator.logs import LAUNCH, embedded_source
 from validator.rules.base import BLOB_BYTES, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 from validator.rules.code import code_units, reachable_local_code
 from validator.rules.layout import linked_files, shipped_kind
@@ -22,7 +23,6 @@ GPU = re.compile(r"NVIDIA\s+(?:GeForce\s+|Tesla\s+)?(?P<n>(?!CUDA\b)(?:RTX\s+(?:
 # submission.json's hardware: eight H100s, not the PCIe part
 HW_FIELD = re.compile(r"\b8\s*[x×]\s*(?:NVIDIA )?H100", re.I)
 SMALL_EDIT = 5  # changed code lines tolerated as a post-run touch-up (WARN) before "a different script" (FAIL)
-SEPARATOR = "=" * 100
 SMALL_OK = (".log", ".txt", ".md", ".json", ".py", ".model", ".vocab", ".png", ".jpg", ".jpeg", ".svg", ".csv",
             ".tsv", ".sh", ".toml", ".yaml", ".yml", ".pdf")
 ABS_LOAD = re.compile(r"""(?:torch\.load|np\.load|open|load_file)\(\s*["'](/(?!dev/)[^"']+)["']""")
@@ -33,6 +33,11 @@ def _log_text(lg) -> str:
         return lg.path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def launch_counts(text: str) -> list[tuple[str, int]]:
+    """(nproc_per_node | nnodes, n) of every launch command in `text`."""
+    return [(m["key"].replace("-", "_"), int(m["n"])) for m in LAUNCH.finditer(text)]
 
 
 def check_hw(ctx: FolderContext) -> list[Finding]:
@@ -61,6 +66,13 @@ def check_hw(ctx: FolderContext) -> list[Finding]:
             ws = min(sizes - {8})
             out.append(r.finding(FAIL if record else WARN, f"world_size:{ws} on a scoring log (8 GPUs expected)",
                                  severity=sev, file=f, expected=8, found=ws))
+    for where, launches in [("README.md", launch_counts(ctx.readme)),
+                            *((ctx.rel(lg.path), lg.launch) for lg in ctx.scoring)]:
+        more = [f"--{k}={n}" for k, n in launches if (k == "nnodes" and n != 1) or (k == "nproc_per_node" and n != 8)]
+        if more:
+            out.append(r.finding(FAIL if record else WARN, f"{where} launches {' '.join(more)} (a record runs 8 "
+                                 "GPUs on one node)", severity=sev, file=where, expected="8 GPUs, 1 node",
+                                 found=more[0]))
     hw = str((ctx.submission or {}).get("hardware", "") or "")
     if hw and (not HW_FIELD.search(hw) or "pcie" in hw.lower()):
         out.append(r.finding(FAIL if record else WARN, f"submission.json hardware {hw!r} is not 8xH100 SXM",
@@ -97,18 +109,6 @@ def check_track(ctx: FolderContext) -> list[Finding]:
         return out
     note = "; whether it beats SOTA is STAT.SIG (--sota)" if in_record else ""
     return [r.finding(PASS, f"folder track {parent} agrees with submission.json{note}")]
-
-
-def embedded_source(text: str) -> str | None:
-    """The script a baseline-family log embeds at its top (`log0(code)` then 100 '='), if any."""
-    idx = text.find("\n" + SEPARATOR)
-    if idx <= 0 or idx > 2_000_000:
-        return None
-    head = text[:idx]
-    first = head.lstrip()[:40]
-    if not first.startswith(('"""', "'''", "import ", "from ", "#")):
-        return None
-    return head
 
 
 def _normal(src: str) -> list[str]:

@@ -85,21 +85,34 @@ SAME_RUN_STEPS = 5  # common logged steps (beyond step 1) needed to compare two 
 # Two seeds' curves share at most 8% of their logged train losses exactly and differ by 1.4e-3 or more at the
 # median (the 60 merged records); one run under two names shares most, or all within an edit's noise.
 SAME_RUN_EQUAL, SAME_RUN_NOISE = 0.5, 5e-4
+# A copy whose losses were all edited still carries its run's other columns: the clock at each step (two seeds of a
+# merged record share at most 35 % of their train_time figures to the millisecond) and the periodic validation
+# losses (at most 15 %); one run shares (nearly) all of them.
+SAME_RUN_CURVES = (("step_times", 0.8, SAME_RUN_STEPS), ("val_losses", SAME_RUN_EQUAL, 3))
 
 
 def _same_runs(logs: list) -> list[tuple]:
-    """Pairs of claim logs whose training curves are one run: at least SAME_RUN_STEPS common steps, of which half or
-    more carry the same train_loss, or all agree within SAME_RUN_NOISE (a copied log with a few losses edited)."""
+    """Pairs of claim logs that are one run: their train losses (at least SAME_RUN_STEPS common steps) are half or more
+    the same, or all agree within SAME_RUN_NOISE (a copied log with a few losses edited), or their clocks or
+    validation losses at common steps are (nearly) all the same (SAME_RUN_CURVES)."""
     out = []
     for i, a in enumerate(logs):
         for b in logs[i + 1:]:
-            common = sorted(k for k in set(a.train_losses) & set(b.train_losses) if k > 1)
-            if len(common) < SAME_RUN_STEPS:
-                continue
-            diffs = [abs(a.train_losses[k] - b.train_losses[k]) for k in common]
-            if sum(d == 0 for d in diffs) >= SAME_RUN_EQUAL * len(diffs) or max(diffs) <= SAME_RUN_NOISE:
+            if _same_curve(a.train_losses, b.train_losses, SAME_RUN_EQUAL, SAME_RUN_STEPS, SAME_RUN_NOISE) or any(
+                    _same_curve(getattr(a, name), getattr(b, name), share, least)
+                    for name, share, least in SAME_RUN_CURVES):
                 out.append((a, b))
     return out
+
+
+def _same_curve(a: dict[int, float], b: dict[int, float], share: float, least: int, noise: float = -1.0) -> bool:
+    """At least `least` common steps (beyond step 1), of which `share` or more carry the same value, or all within
+    `noise`."""
+    common = sorted(k for k in set(a) & set(b) if k > 1)
+    if len(common) < least:
+        return False
+    diffs = [abs(a[k] - b[k]) for k in common]
+    return sum(d == 0 for d in diffs) >= share * len(diffs) or max(diffs) <= noise
 
 
 def check_seeds(ctx: FolderContext) -> list[Finding]:
@@ -126,16 +139,16 @@ def check_seeds(ctx: FolderContext) -> list[Finding]:
                              severity=ERROR if record else INFO, found=sorted(known)))
     for a, b in _same_runs(logs):
         out.append(r.finding(FAIL if record else WARN, f"{a.path.name} and {b.path.name} train identically (their "
-                             f"{len(set(a.train_losses) & set(b.train_losses))} common steps' train losses agree): one "
-                             "run under two seeds", severity=ERROR if record else INFO, file=ctx.rel(b.path)))
+                             "common steps' train losses, clocks or validation losses agree): one run under two seeds",
+                             severity=ERROR if record else INFO, file=ctx.rel(b.path)))
     dumps = [lg for lg in logs if lg.hparams or lg.setup]  # the Hyperparameters dump, else the setup lines
     if len(dumps) > 1:
         ref = dumps[0]
         for lg in dumps[1:]:
             mine, theirs = (lg.hparams, ref.hparams) if lg.hparams and ref.hparams else (lg.setup, ref.setup)
             both = set(theirs) & set(mine)
-            seeds = (str(ref.seed), str(lg.seed))  # a field that prints each log's own seed (`s:1337`) is its seed
-            diff = sorted(k for k in both if not _ignored(k) and theirs[k] != mine[k] and (theirs[k], mine[k]) != seeds)
+            own = (str(ref.seed), str(lg.seed))  # a field that prints each log's own seed (`s:1337`) is its seed
+            diff = sorted(k for k in both if not _ignored(k) and theirs[k] != mine[k] and (theirs[k], mine[k]) != own)
             only = sorted(k for k in set(theirs) ^ set(mine) if not _ignored(k))
             if only and not diff:
                 out.append(r.finding(WARN, f"the logged configuration has other keys than {ref.path.name}'s: "

@@ -7,6 +7,7 @@ import re
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 from validator.rules.code import code_units
+from validator.rules.data import VOCAB_VAL, vocab_of
 
 # UTF-8 bytes of the canonical validation split (the first 50k documents), as implied by every merged record's
 # scoring line: val_tokens x val_loss / (val_bpb x ln 2) = 151,02x,xxx-151,08x,xxx for sp1024/4096/8192, CaseOps
@@ -57,7 +58,9 @@ def shipped_table_findings(ctx: FolderContext, r: Rule) -> list[Finding]:
         try:
             with np.load(npz, allow_pickle=False) as z:
                 table = z["base_bytes"].astype(np.int64) if "base_bytes" in z.files else None
-        except (OSError, ValueError):
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any failure (BadZipFile, EOFError…) is a finding
+            out.append(r.finding(FAIL, f"{ctx.rel(npz)}: not a readable NumPy archive ({type(exc).__name__}: "
+                                 f"{str(exc)[:80]}): a byte table no one can check", file=ctx.rel(npz)))
             continue
         if table is None:
             continue
@@ -89,21 +92,29 @@ def check_bpb(ctx: FolderContext) -> list[Finding]:
             if CONST_BPT.search(line) and not line.lstrip().startswith("#"):
                 out.append(r.finding(FAIL, "hard-coded bytes-per-token constant in the bpb formula",
                                      file=unit.name, line=no, found=line.strip()[:100]))
+    canonical = VOCAB_VAL.get(vocab_of(ctx), ())
     for lg in ctx.scoring:
         fin = lg.final(ctx.method)
-        if fin is None or lg.val_tokens is None or fin.val_bpb <= 0 or fin.val_loss <= 0:
+        counts = [lg.val_tokens] if lg.val_tokens is not None else list(canonical)  # unlogged: the vocab's split
+        if fin is None or not counts or fin.val_bpb <= 0 or fin.val_loss <= 0:
             continue
-        implied = (lg.val_tokens - 1) * bytes_per_token(fin.val_loss, fin.val_bpb)
-        ref = EARLIER_EXPORT_TOKENS.get(lg.val_tokens, CANONICAL_VAL_BYTES)
+        # the count that inflates least (a vocabulary with two canonical splits: either may be the one scored)
+        n = min(counts, key=lambda c: (c - 1) * bytes_per_token(fin.val_loss, fin.val_bpb) /
+                EARLIER_EXPORT_TOKENS.get(c, CANONICAL_VAL_BYTES))
+        implied = (n - 1) * bytes_per_token(fin.val_loss, fin.val_bpb)
+        ref = EARLIER_EXPORT_TOKENS.get(n, CANONICAL_VAL_BYTES)
         rel = implied / ref - 1.0
         where = dict(file=ctx.rel(lg.path), line=fin.line)
+        assumed = "" if lg.val_tokens is not None else ", the canonical count of its vocabulary: the log shows none"
+        firm = lg.val_tokens is not None or ctx.track == "record"  # an assumed count decides a record only
         if rel > INFLATION_TOL:
-            out.append(r.finding(FAIL, f"the scoring line implies {implied:,.0f} bytes in the BPB denominator "
-                                 f"(val_tokens {lg.val_tokens:,} x val_loss/(val_bpb ln 2)); the validation text has "
-                                 f"{ref:,} UTF-8 bytes: the denominator is inflated by {rel:+.2%} (byte table / "
-                                 "sidecar overcounts, e.g. byte-fallback pieces counted as 3 bytes, PR #1184)",
-                                 expected=f"<= {ref * (1 + INFLATION_TOL):,.0f}", found=round(implied), **where))
-        elif rel < -DEFLATION_TOL:
+            out.append(r.finding(FAIL if firm else WARN, f"the scoring line implies {implied:,.0f} bytes in the BPB "
+                                 f"denominator (val_tokens {n:,}{assumed} x val_loss/(val_bpb ln 2)); the validation "
+                                 f"text has {ref:,} UTF-8 bytes: the denominator is inflated by {rel:+.2%} (byte "
+                                 "table / sidecar overcounts, e.g. byte-fallback pieces counted as 3 bytes, PR #1184)",
+                                 severity=ERROR if firm else INFO, expected=f"<= {ref * (1 + INFLATION_TOL):,.0f}",
+                                 found=round(implied), **where))
+        elif rel < -DEFLATION_TOL and lg.val_tokens is not None:
             out.append(r.finding(WARN, f"the scoring line implies {implied:,.0f} bytes, {rel:+.2%} against the "
                                  f"{ref:,} UTF-8 bytes of the validation text (a subset, another split, or a different "
                                  "byte count: prove the denominator)", severity=WARN, found=round(implied), **where))
