@@ -176,9 +176,10 @@ def did_you_mean(name: str, choices: Sequence[str]) -> str:
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
     if not (p := Path(path)).is_file():
-        raise ConfigError([f"recipe {p}: {'a directory' if p.is_dir() else 'file not found'} (expected a TOML file)"])
+        what = "a directory" if p.is_dir() else "not a regular file" if p.exists() else "file not found"
+        raise ConfigError([f"recipe {p}: {what} (expected a TOML file)"])
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # a byte-order mark opens many Windows files
     except (ValueError, RecursionError) as exc:  # TOML or UTF-8 errors, a huge integer, nesting past the stack
         raise ConfigError([f"recipe {p}: invalid TOML: {exc}"]) from None
 
@@ -285,7 +286,7 @@ def core_errors(c: CoreConfig) -> list[str]:
     errors = [f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {v}"
               for f in dataclasses.fields(c) if isinstance(v := getattr(c, f.name), float) and not math.isfinite(v)]
     errors += [f"core.{name} must be positive, got {getattr(c, name)}" for name in (
-        "num_kv_heads", "train_batch_tokens", "iterations", "val_batch_size", "muon_backend_steps", "logit_softcap",
+        "num_kv_heads", "train_batch_tokens", "iterations", "val_batch_size", "logit_softcap",
         "rope_base", "adam_eps") if getattr(c, name) <= 0]
     errors += [f"core.{n} must be >= 0, got {getattr(c, n)}" for n in (
         "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "eval_seq_len", "grad_accum_steps",
@@ -296,7 +297,8 @@ def core_errors(c: CoreConfig) -> list[str]:
         ("beta1", 0, 1), ("beta2", 0, 1), ("muon_momentum", 0, 1), ("muon_momentum_warmup_start", 0, 1),
         ("seed", 0, 2**32), ("bos_id", 0, max(c.vocab_size, 1)), ("vocab_size", 1, ids), ("model_dim", 1, ids),
         ("num_layers", 1, 1025), ("num_heads", 1, 1025), ("mlp_mult", 1, 65), ("mlp_hidden", 0, big),
-        ("train_seq_len", 1, big), ("warmup_steps", 0, max(c.iterations, 20) + 1)) if not lo <= getattr(c, n) < hi]
+        ("train_seq_len", 1, big), ("warmup_steps", 0, max(c.iterations, 20) + 1), ("muon_backend_steps", 1, 101))
+        if not lo <= getattr(c, n) < hi]
     if c.num_heads > 0 and c.model_dim > 0 and (c.model_dim % c.num_heads or c.model_dim // c.num_heads % 2):
         errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads} into an even "
                       "head_dim (RoPE)")
@@ -304,10 +306,10 @@ def core_errors(c: CoreConfig) -> list[str]:
         errors.append(f"core.val_max_tokens={c.val_max_tokens} must be 0 (all) or at least one eval sequence length")
     if c.num_heads > 0 and c.num_kv_heads > 0 and c.num_heads % c.num_kv_heads != 0:
         errors.append(f"core.num_heads={c.num_heads} must be divisible by core.num_kv_heads={c.num_kv_heads}")
-    if c.device not in ("auto", "cpu", "cuda") and not c.device.startswith("cuda:"):
+    if c.device not in ("auto", "cpu", "cuda") and not (c.device[:5] == "cuda:" and c.device[5:].isdigit()):
         errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
-    if c.compile not in ("auto", "true", "false", "1", "0"):
-        errors.append(f"core.compile: expected auto, true or false, got {c.compile!r}")
+    if c.compile.lower() not in ("auto", "true", "false", "1", "0", "yes", "no", "on", "off"):
+        errors.append(f"core.compile (PGOLF_COMPILE): expected auto or a boolean (1/0/true/false), got {c.compile!r}")
     if c.eval_compile not in ("auto", "compile", "eager"):
         errors.append(f"core.eval_compile: expected auto, compile or eager, got {c.eval_compile!r}")
     if c.attention not in ("auto", "fa3", "cudnn", "flash", "efficient", "math", "sdpa"):

@@ -426,8 +426,7 @@ def _records_equal(a: QTensor, b: QTensor) -> bool:
     return all(x.dtype == y.dtype and x.shape == y.shape and torch.equal(bits(x), bits(y)) for x, y in pairs)
 
 
-def verify_round_trip(result: ExportResult, codecs: Mapping[str, Codec] | None = None,
-                      max_size: int = MAX_DECOMPRESSED,
+def verify_round_trip(result: ExportResult, codecs: Mapping[str, Codec] | None = None, max_size: int = MAX_DECOMPRESSED,
                       schemes: Mapping[str, DequantizeFn] | None = None) -> dict[str, Tensor]:
     """Decode the artifact bytes, require every record bit-identical (codes, scales, extras, metadata) to the
     in-memory quantization, and return the dequantized weights."""

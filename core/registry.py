@@ -68,7 +68,10 @@ def _check_metadata(cls: type[Plugin], origin: str) -> None:
     problems = [problem for bad, problem in (
         (not cls.name.isidentifier() or cls.name == "core" or cls.name[0] == "_",  # core: the settings section's
          f"name {cls.name!r} is not an identifier, or is reserved (core, names starting with _)"),
-        (not cls.summary, "summary is empty"),
+        (not cls.summary or not isinstance(cls.summary, str), "summary is empty or not text"),
+        (any(not isinstance(v, (tuple, list)) or not all(isinstance(x, str) for x in v) for v in (
+            cls.sources, cls.requires, cls.conflicts, cls.provides, cls.after, cls.before)),
+         "sources, requires, conflicts, provides, after and before must be tuples of names"),
         (cls.family and cls.family not in FAMILIES, f"family {cls.family!r} is not one of {', '.join(FAMILIES)}"),
         (not cls.sources, "sources is empty (name the PR or paper it ports)"),
         (cls.config is not None and not dataclasses.is_dataclass(cls.config), "config is not a dataclass"),
@@ -100,7 +103,8 @@ class Registry:
     def add(self, cls: type[Plugin], origin: str) -> None:
         _check_metadata(cls, origin)
         if cls.name in self.plugins and self.plugins[cls.name] is not cls:
-            raise PluginError(f"plugin name {cls.name!r} from {origin} is already taken by {self.origins[cls.name]}")
+            raise PluginError(f"plugin name {cls.name!r} of class {cls.__name__} ({origin}) is already taken by "
+                              f"{self.plugins[cls.name].__name__} ({self.origins[cls.name]})")
         for other in (o for o in self.plugins.values() if cls.default and o.default and o.name != cls.name):
             if shared := set(cls.provides) & set(other.provides):
                 raise PluginError(f"plugin {cls.name!r} from {origin}: {other.name!r} is already the default "

@@ -5,6 +5,7 @@ cap, export with a verified round trip); plugin hooks run only at build time and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import itertools
@@ -14,7 +15,7 @@ import os
 import random
 import time
 from collections import namedtuple
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,7 +151,7 @@ def _compiled_zeropower() -> Any:
 
 
 def should_compile(run: Run) -> bool:
-    return run.device.type == "cuda" if run.core.compile == "auto" else run.core.compile in ("true", "1")
+    return bool({"auto": run.device.type == "cuda", "true": 1, "1": 1, "yes": 1, "on": 1}.get(run.core.compile.lower()))
 
 
 CodeSize = Callable[[Config, Registry], int]  # (config, registry) -> the submission's code bytes
@@ -499,10 +500,8 @@ def reached_cap(run: Run, budget: Budget, elapsed_ms: float) -> bool:
         return False
     reached = elapsed_ms >= budget.loop_ms
     if run.distributed:
-        import torch.distributed as dist
-
         flag = torch.tensor(int(reached), device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         reached = bool(flag.item())
     return reached
 
@@ -596,20 +595,17 @@ def final_eval(run: Run, label: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 def run_training(config: Config, registry: Registry, code_size: CodeSize | None = None,
                  progress: Any = None) -> dict[str, Any]:
-    run = setup(config, registry, code_size=code_size)
-    try:
+    with process_group(setup(config, registry, code_size=code_size)) as run:
         return train(run, progress)
-    finally:
-        shutdown(run)
 
 
-def shutdown(run: Run) -> None:
-    """Leave the process group cleanly (DDP holds it: release that first, or gloo aborts at exit)."""
-    if not run.distributed:
-        return
-    import torch.distributed as dist
-
-    run.train_model = None
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+@contextlib.contextmanager
+def process_group(run: Run) -> Iterator[Run]:
+    """The body, then every rank leaves the process group together (DDP holds it: release that first, or gloo aborts
+    at exit). A body that raises leaves at once: a barrier would wait for ranks waiting for it in a collective."""
+    yield run
+    if run.distributed:
+        run.train_model = None
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

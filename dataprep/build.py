@@ -322,7 +322,7 @@ def _read_text_file(path: Path) -> str | None:
 
 
 def _iter_file(path: Path) -> Iterator[str]:
-    if path.suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         yield from _iter_jsonl(path)
         return
     text = _read_text_file(path)
@@ -633,7 +633,13 @@ def build_dataset(
         raise _missing_source(source)
     if not replace and (out_dir / "dataset.json").is_file():
         raise DataError(f"output {out_dir} holds a dataset already; pass --force to replace it (the whole folder)")
-    kind = "directory" if source.is_dir() else ("jsonl file" if source.suffix == ".jsonl" else "text file")
+    if out_dir.exists() and not out_dir.is_dir():  # what _install would refuse after the whole build: refused now
+        raise DataError(f"output {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and not (out_dir / "dataset.json").is_file() and any(out_dir.iterdir()):
+        why = " (it is the text folder itself)" if out_dir.resolve() == source.resolve() else ""
+        raise DataError(f"output {out_dir} exists, is not empty and is not a pgolf dataset (no dataset.json){why}; "
+                        "choose an empty or new directory")
+    kind = "directory" if source.is_dir() else ("jsonl file" if source.suffix.lower() == ".jsonl" else "text file")
     return _build(
         lambda: iter_documents(source, exclude=out_dir),
         f"{kind} {source.resolve()}",

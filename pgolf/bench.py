@@ -536,14 +536,13 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         final_eval,
         finish_and_calibrate,
         log_run_header,
+        process_group,
         setup,
-        shutdown,
         timed_loop,
         warmup_and_restore,
     )
 
-    run = setup(cfg, registry)
-    try:
+    with process_group(setup(cfg, registry)) as run:
         monitor = HookMonitor(run)
         flops = count_flops(run)
         if run.device.type == "cuda":
@@ -590,8 +589,6 @@ def run_pgolf(args: argparse.Namespace, cfg: Any, registry: Any, out: Path) -> d
         res["final"] = final
         res["run_dir"] = str(run.run_dir)
         monitor.undo()
-    finally:
-        shutdown(run)
     from pgolf.records import parse_log
 
     log = parse_log((Path(res["run_dir"]) / "train.log").read_text(encoding="utf-8"), res["tokens_per_step"])

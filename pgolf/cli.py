@@ -10,7 +10,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import textwrap
 import threading
@@ -143,6 +142,7 @@ def strip_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+DEMO_OUT = "runs"  # `pgolf demo --out`'s default
 REPLACED = ".replaced"  # a run replaced with --force, kept until the new run finishes
 
 
@@ -151,11 +151,16 @@ def preflight(cfg: Config, world: int | None = None) -> None:
     must not cost the old run for a typo): the data folder and its shards, each split long enough for one sequence,
     the tokenizer file, the batch split over ranks and micro-steps, this process's rank."""
     from core.data import HEADER_BYTES, DataError, shard_files
+    from core.run import pick_device
 
     core = cfg.core
-    world, rank = world or env_int("WORLD_SIZE", 1, low=1), env_int("RANK", 0, low=0)
+    launched, world, rank = world, world or env_int("WORLD_SIZE", 1, low=1), env_int("RANK", 0, low=0)
     if rank >= world:
         raise ValueError(f"RANK={rank} with WORLD_SIZE={world}: expected 0 <= RANK < WORLD_SIZE")
+    if not launched and world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
+        raise ValueError(f"WORLD_SIZE={world} without MASTER_ADDR/MASTER_PORT: start the ranks with --nproc "
+                         f"{world} or torchrun")
+    pick_device(core.device, 0)  # a CUDA setting where there is none: refused before anything moves
     for split, seq in (("train", core.train_seq_len), ("val", core.eval_seq_len or core.train_seq_len)):
         files = shard_files(core.data_path, split)
         tokens = sum(max(f.stat().st_size - HEADER_BYTES, 0) // 2 for f in files)
@@ -241,7 +246,10 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     if old and not force:
         raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
                               "choose another RUN_ID / core.run_id")
-    if old:
+    if old and _kept_replaced_run(run_dir):  # a --force run that failed: the run it replaced stays where it is
+        for f in old:
+            (run_dir / f).unlink()
+    elif old:
         shutil.rmtree(run_dir / REPLACED, ignore_errors=True)
         (run_dir / REPLACED).mkdir()
         for f in old:
@@ -255,6 +263,20 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
         raise OSError(exc.errno, f"cannot create or write the run directory ({exc.strerror or exc}; "
                       "PGOLF_OUT_DIR / core.out_dir)", str(run_dir)) from None
     return run_dir
+
+
+def _kept_replaced_run(run_dir: Path) -> bool:
+    """Whether `.replaced/` holds a run that a --force run replaced and did not finish (its status is not
+    "finished"): that older run is the one to keep; the failed attempt's files are the ones to go."""
+    from validator.untrusted_json import JSON_ERRORS, parse_json
+
+    if not any((run_dir / REPLACED / f).exists() for f in RUN_FILES):
+        return False
+    try:
+        status = parse_json((run_dir / "status.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, UnicodeDecodeError, AttributeError, *JSON_ERRORS):
+        status = None
+    return status != "finished"
 
 
 def write_status(run_dir: Path, status: str, **fields) -> None:
@@ -278,10 +300,10 @@ def _sigterm(signum, frame):  # pragma: no cover - exercised through a subproces
 def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, after=None) -> int:
     if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
         preflight(with_default_data(load_config(args, extra_sets)[0]), world=args.nproc)  # once, before the ranks
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "pgolf.cli", *strip_nproc(sys.argv[1:])]
-        print("launching: " + " ".join(cmd), flush=True)
-        return subprocess.call(cmd)
+        from pgolf.launch import launch
+
+        print(f"launching {args.nproc} ranks: pgolf {' '.join(strip_nproc(sys.argv[1:]))}", flush=True)
+        return launch(strip_nproc(sys.argv[1:]), args.nproc)
     cfg, registry = load_config(args, extra_sets)
     preflight(with_default_data(cfg))
     run_dir = prepare_run_dir(cfg, getattr(args, "force", False))
@@ -330,6 +352,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("pgolf demo: a tiny GPT on the embedded default corpus (CPU; 200 steps, about 1.5 minutes on 2 cores; "
           "bounded by steps, so the result does not depend on the machine's load)", flush=True)
     args.nproc = 0
+    if any(s.startswith("core.out_dir=") for s in args.sets) and args.out != DEMO_OUT:  # one would be ignored
+        raise ValueError("--out and --set core.out_dir both name the output folder: give one")
 
     def baseline(cfg: Config, run_dir: Path, summary: dict) -> None:
         from pgolf.baseline import unigram_bpb
@@ -426,17 +450,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from core.train import setup, shutdown
+    from core.train import process_group, setup
     from pgolf.evaluate import evaluate_artifact, load_run_config
 
     artifact, recipe = load_run_config(Path(args.path).resolve())
     args.recipe = recipe
     cfg, registry = load_config(args)
-    run = setup(with_default_data(cfg), registry, make_dir=False)
-    try:
+    cfg = with_default_data(cfg)
+    dataset_agrees(Path(cfg.core.data_path), cfg.core)  # the tokenizer scores the bytes its data was cut from
+    with process_group(setup(cfg, registry, make_dir=False)) as run:
         result = evaluate_artifact(run, artifact)
-    finally:
-        shutdown(run)
     if not (math.isfinite(result.val_loss) and math.isfinite(result.val_bpb)):
         print(f"pgolf: error: {artifact}: the artifact evaluates to val_loss {result.val_loss}, val_bpb "
               f"{result.val_bpb} (non-finite weights or scales: not a result)", file=sys.stderr)
@@ -464,6 +487,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     check_output(out, args.force, "-o")
     req_path = out.with_name("requirements.txt")
     if args.requirements:
+        if out.name == req_path.name:
+            raise ValueError(f"-o {out}: the script would be overwritten by its own requirements.txt (--requirements "
+                             "writes that name beside it); name the script otherwise")
         check_output(req_path, args.force, "--requirements")
     text, reqs = bundle_with_requirements(cfg, registry, strip=not args.keep_docstrings, profile=args.profile)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -504,6 +530,9 @@ def cmd_record(args: argparse.Namespace) -> int:
         files["loss_curve.png"] = png
         files["README.md"] += "\n## Loss curves\n![train and validation loss per seed](loss_curve.png)\n"
     dest = Path(args.out or TRACK_DIRS[track]) / args.name
+    for run in runs:  # --force replaces the destination: never with (or around) a run it is made from
+        if run == dest.resolve() or dest.resolve() in run.parents:
+            raise ValueError(f"records folder {dest} would replace the run {run} it is made from (--out / --name)")
     findings = write_records_folder(files, dest, force=args.force, extra_rules=validation_rules(args.plugin_file))
     warns = [f for f in findings if f.status == "warn"]
     for f in warns:
@@ -563,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reproducible: schedule by iterations (no wall-clock cap) and deterministic kernels, so "
                         "two runs and the bundle agree (core.deterministic / PGOLF_DETERMINISTIC=1)")
     p.add_argument("--force", action="store_true", help="replace the run directory of RUN_ID if it holds a run")
-    p.add_argument("--nproc", type=at_least(0), default=0, help="launch N processes with torchrun (one per GPU)")
+    p.add_argument("--nproc", type=at_least(0), default=0,
+                   help="launch N ranks (torchrun's environment, one per GPU); a failed rank stops them all")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval", help="evaluate a saved artifact (a run directory or its final_model.ptz)")
     p.add_argument("path", help="run directory or artifact file (config.json must be beside it)")
@@ -601,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["validate"].set_defaults(func=cmd_validate)
     p = sub.add_parser("demo", help="tiny CPU run on the embedded default corpus")
     add_config_args(p)
-    p.add_argument("--out", default="runs", help="output directory for the run (default runs/)")
+    p.add_argument("--out", default=DEMO_OUT, help="output directory for the run (default runs/)")
     p.add_argument("--force", action="store_true", help="replace the run directory of RUN_ID if it holds a run")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plugins", help="list / show / scaffold plugins")
@@ -691,6 +721,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only folder, a path under a regular file …: name the file
+        if exc.errno == errno.ENOTDIR and exc.filename and exc.strerror == os.strerror(errno.ENOTDIR):  # a raw one
+            print(f"pgolf: error: {exc.filename}: a part of this path is a file, where a folder is needed",
+                  file=sys.stderr)
+            return 2
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"pgolf: error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
         return 1
@@ -698,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ == "TrainingDiverged":
             print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
             return 1
-        if os.environ.get("PGOLF_TRACEBACK"):
+        if os.environ.get("PGOLF_TRACEBACK", "").strip().lower() not in ("", "0", "false", "no", "off"):
             raise
         # an input no check names yet, or a bug: one line, never a traceback (PGOLF_TRACEBACK=1 shows it)
         where = traceback.extract_tb(exc.__traceback__)[-1]

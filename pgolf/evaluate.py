@@ -20,7 +20,8 @@ def load_run_config(path: Path) -> tuple[Path, dict[str, Any]]:
 
     artifact = path / "final_model.ptz" if path.is_dir() else path
     if not artifact.is_file():
-        raise ex.ArtifactError(f"{artifact}: artifact not found (expected a run directory or a .ptz file)")
+        what = "not a regular file" if artifact.exists() else "artifact not found"
+        raise ex.ArtifactError(f"{artifact}: {what} (expected a run directory or a .ptz file)")
     cfg_path = artifact.parent / "config.json"
     if not cfg_path.is_file():
         raise ConfigError([f"{cfg_path}: not found (pgolf eval needs the run's config.json beside the artifact)"])

@@ -137,13 +137,16 @@ def records_summary(folder: Path, script: Path, artifact: Path, estimate: bool) 
         else:
             from validator.logs import parse_folder
 
-            logs = [(lg.path, lg.model_bytes) for lg in parse_folder(folder) if lg.model_bytes is not None]
+            parsed = parse_folder(folder)
+            logs = [(lg.path, lg.model_bytes) for lg in parsed if lg.model_bytes is not None]
             if not logs:
                 raise FileNotFoundError(f"{folder}: no artifact and no log with a 'Serialized model <kind>: N "
                                         f"bytes' line")
             worst = max(logs, key=lambda pm: pm[1])
+            unread = sorted(lg.path.name for lg in parsed if lg.model_bytes is None)  # said, never skipped silently
             report = size_report(code_bytes, worst[1])
-            report.update(artifact=None, model_source=f"logs (largest of {len(logs)}: {Path(worst[0]).name})",
+            report.update(artifact=None, model_source=f"logs (largest of {len(logs)}: {Path(worst[0]).name}"
+                          + (f"; no size line in {', '.join(unread)}" if unread else "") + ")",
                           log_model_bytes={Path(p).name: n for p, n in logs})
         report.update(codec=None, quantizer=None, raw_bytes=None, families={})
     report.update(code_bytes=code_bytes, code_source=script.name)

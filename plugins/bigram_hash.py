@@ -93,7 +93,9 @@ class BigramHash(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, buckets=(1, None), dim=(1, None), bos_id=(-1, None))
+        bad = [] if cfg.proj_group in ("matrix", "scalar") else [
+            f"bigram_hash.proj_group: expected matrix or scalar, got {cfg.proj_group!r}"]
+        return range_errors(cls.name, cfg, buckets=(2, None), dim=(1, None), bos_id=(-1, core.vocab_size - 1)) + bad
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

@@ -11,6 +11,7 @@ winning codec (`plugins.lib.codecs.AutoCodec`), so decoding needs only that code
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from core import export as ex
 from core.hookspecs import hookimpl
@@ -24,17 +25,18 @@ class CompressAutoConfig:
         "help": "comma-separated candidates, each at its strongest setting; the smallest output wins"})
 
 
-def make_codecs(names: str) -> list[ex.Codec]:
-    out: list[ex.Codec] = []
-    for name in (n.strip() for n in names.split(",")):
-        if not name:
-            continue
-        if name not in codecs.CODECS:
-            raise ValueError(f"compress_auto.codecs: unknown codec {name!r} (known: {', '.join(codecs.CODECS)})")
-        out.append(codecs.CODECS[name]())
+def codec_names(names: str) -> list[str]:
+    """The codecs `compress_auto.codecs` names (ValueError: an unknown one, or none)."""
+    out = [n.strip() for n in names.split(",") if n.strip()]
+    if unknown := [n for n in out if n not in codecs.CODECS]:
+        raise ValueError(f"compress_auto.codecs: unknown codec {unknown[0]!r} (known: {', '.join(codecs.CODECS)})")
     if not out:
         raise ValueError("compress_auto.codecs is empty")
     return out
+
+
+def make_codecs(names: str) -> list[ex.Codec]:
+    return [codecs.CODECS[name]() for name in codec_names(names)]
 
 
 class CompressAuto(Plugin):
@@ -45,6 +47,14 @@ class CompressAuto(Plugin):
     config = CompressAutoConfig
     provides = ("codec",)
     test_settings = {"compress_auto": {"codecs": "zlib,zstd,brotli,lzma"}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        try:
+            codec_names(cfg.codecs)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
 
     @hookimpl
     def pg_codec(self, config) -> ex.Codec:

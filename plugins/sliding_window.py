@@ -80,7 +80,8 @@ class SlidingWindow(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, stride=(1, None), batch_seqs=(1, None), bos_id=(-1, None))
+        return range_errors(cls.name, cfg, stride=(1, core.eval_seq_len or core.train_seq_len), batch_seqs=(1, None),
+                            bos_id=(-1, core.vocab_size - 1))
 
     @hookimpl
     def pg_evaluator(self, run):

@@ -12,6 +12,7 @@ the code size of exactly this bundle (else the code changed after they ran).
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -67,6 +68,9 @@ def load_finished_run(path: Path) -> FinishedRun:
         recipe, metrics = run_dir_recipe(path), run_dir_metrics(path)
     except ValueError as exc:
         raise RecordError(str(exc)) from None
+    seed = recipe.get("core", {}).get("seed") if isinstance(recipe.get("core"), dict) else None
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise RecordError(f"{path}/config.json: core.seed: expected an integer >= 0, got {seed!r}")
     artifact = path / "final_model.ptz"  # the artifact whose bytes the logs count (not shipped: the script makes it)
     model_bytes = metrics.get("model_bytes", metrics["total_bytes"] - metrics["code_bytes"])
     if not artifact.is_file() or artifact.stat().st_size != model_bytes:
@@ -194,6 +198,24 @@ pip install -r requirements.txt
 """
 
 
+def _same_validation_set(runs: list[FinishedRun]) -> None:
+    """The seeds of one record score one validation set: the same token count (their logs) and the same bytes per
+    token (val_loss / (val_bpb ln 2), exact for one set): a mean over two sets is no score (the data folder is a
+    machine setting, so configurations alone do not show it)."""
+    from validator.logs import parse_text
+
+    def scored(r: FinishedRun) -> tuple[int | None, float]:
+        return parse_text(r.log).val_tokens, r.metrics["val_loss"] / (r.metrics["val_bpb"] * math.log(2))
+
+    first = scored(runs[0])
+    for r in runs[1:]:
+        tokens, per_token = scored(r)
+        if tokens != first[0] or abs(per_token / first[1] - 1.0) > 1e-6:
+            raise RecordError(f"{r.path}: scored another validation set than {runs[0].path} ({tokens} tokens, "
+                              f"{per_token:.6f} bytes/token vs {first[0]}, {first[1]:.6f}): the seeds of one record "
+                              "score the same data")
+
+
 def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: str, github_id: str,
                 track: str, blurb: str = "", when: str | None = None) -> dict[str, str]:
     """File name -> text of the records folder for these runs (nothing written)."""
@@ -208,6 +230,7 @@ def build_files(run_dirs: list[Path], registry: Registry, *, name: str, author: 
         if _comparable(r.recipe) != first:
             raise RecordError(f"{r.path}: its configuration differs from {runs[0].path}'s (only seed and machine "
                               "settings may differ between the seeds of one record)")
+    _same_validation_set(runs)
     seeds = [r.seed for r in runs]
     if len(set(seeds)) != len(seeds):
         raise RecordError(f"runs share a seed ({seeds}): give one run per seed")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from pgolf.launch import free_port  # noqa: F401 (the spawned gloo tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,10 +42,3 @@ def end_gloo_worker() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now (for a gloo rendezvous of spawned test processes)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

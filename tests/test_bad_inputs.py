@@ -18,7 +18,12 @@ The threat classes it covers (a new row belongs to one; a new class gets a line 
    with garbage;
 5. interruption: SIGINT and SIGTERM unwind (temporary folders removed, a run marked interrupted);
 6. the last line of defence: any other exception is one `pgolf: internal error` line (exit 70), never a
-   traceback (PGOLF_TRACEBACK=1 shows it).
+   traceback (PGOLF_TRACEBACK=1 shows it; 0/false/off/empty do not);
+7. outputs that are inputs (session 27): a records folder that would replace a run it is made from, a script named
+   like the requirements.txt written beside it, a dataset built into its own text folder, a second failed
+   `train --force` (the run the first replaced stays in `.replaced/`); seeds of one record scored on another
+   validation set (tokens, bytes per token), a damaged seed in a run's config.json; several ranks: one that
+   fails stops the job (`pgolf.launch`, test_train.py).
 
 Each row of CATALOGUE is data: an id, a setup (which fixture files to make), the command line (with
 {tmp}, {data}, {run}, {tiny} placeholders), the expected exit code and a regular expression the one error
@@ -75,6 +80,37 @@ class Case:
 
 
 CATALOGUE = [
+    # --- session 27 (fourth red-team pass): settings refused at configuration time, not after the run
+    Case("config/cuda-device-index-not-a-number", "config show --set core.device=cuda:xyz", 2,
+         r"core\.device: expected auto, cpu or cuda\[:N\], got 'cuda:xyz'"),
+    Case("config/newton-schulz-steps-without-end", "config show --set core.muon_backend_steps=100000000", 2,
+         r"core\.muon_backend_steps must be in \[1, 101\)"),
+    Case("config/auto-codec-unknown", "config show --plugins compress_auto --set compress_auto.codecs=zlib,zzz", 2,
+         r"compress_auto\.codecs: unknown codec 'zzz'"),
+    Case("config/lora-target-unknown", "config show --plugins lora_ttt --set lora_ttt.targets=q,zzz", 2,
+         r"lora_ttt\.targets: expected a comma-separated subset of q,k,v,o,mlp,head"),
+    Case("config/stride-longer-than-the-window", "config show --plugins sliding_window "
+         "--set sliding_window.stride=100000", 2, r"sliding_window\.stride: expected a number >= 1 and <= 1024"),
+    Case("config/smeargate-version-unknown", "config show --plugins smeargate --set smeargate.version=zzz", 2,
+         r"smeargate\.version: expected v2 or v4, got 'zzz'"),
+    Case("config/bigram-table-of-one-bucket", "config show --plugins bigram_hash --set bigram_hash.buckets=1", 2,
+         r"bigram_hash\.buckets: expected a number >= 2, got 1"),
+    Case("plugins/file-plugin-conflicts-as-a-string", "config show --plugin-file {tmp}/strconf.py", 2,
+         r"sources, requires, conflicts, provides, after and before must be tuples of names",
+         setup=("string_conflicts_plugin",)),
+    Case("train/world-size-without-a-launcher", "train --set core.out_dir={tmp}/runs", 2,
+         r"WORLD_SIZE=2 without MASTER_ADDR/MASTER_PORT: start the ranks with --nproc 2", tiny=True,
+         env={"RANK": "0", "WORLD_SIZE": "2"}),
+    Case("eval/tokenizer-the-data-was-not-built-with", "eval {tmp}/done --set core.tokenizer_path={tmp}/other.model",
+         2, r"tokenizer .*other\.model is not the one .* was built with", setup=("finished_run", "other_tokenizer")),
+    Case("bundle/script-named-like-its-requirements", "bundle --plugins ema -o {tmp}/requirements.txt --requirements",
+         2, r"requirements\.txt: the script would be overwritten by its own requirements\.txt"),
+    Case("record/force-over-a-run-it-is-made-from", "record {tmp}/2026-12-05_Run --name 2026-12-05_Run --author a "
+         "--github-id a --out {tmp} --force", 2, r"records folder .*2026-12-05_Run would replace the run",
+         setup=("finished_run_named",)),
+    Case("record/seed-not-an-integer", "record {tmp}/done --name 2026-12-05_X --author a --github-id a "
+         "--out {tmp}/rec", 2, r"done/config\.json: core\.seed: expected an integer >= 0, got 'abc'",
+         setup=("finished_run", "string_seed")),
     # --- pgolf train: run ids, settings, data, output folders, failures, signals
     # --force checks everything a run finds wrong in its first seconds before it touches the old run (kept unchanged)
     Case("train/force-over-a-run-with-missing-data", "train --set core.out_dir={tmp} --set core.run_id=done --force "
@@ -409,6 +445,22 @@ def _other_tokenizer(tmp: Path, ctx: dict) -> None:
     (tmp / "other.model").write_bytes(model.read_bytes() + b"\0")  # another file than the one the shards were cut by
 
 
+def _string_conflicts_plugin(tmp: Path, ctx: dict) -> None:
+    plugin = NAN_PLUGIN.replace("test_settings = {}", 'test_settings = {}\n    conflicts = "swa"')
+    (tmp / "strconf.py").write_text(plugin)
+
+
+def _finished_run_named(tmp: Path, ctx: dict) -> None:
+    shutil.copytree(ctx["run"], tmp / "2026-12-05_Run")
+
+
+def _string_seed(tmp: Path, ctx: dict) -> None:
+    cfg = tmp / "done" / "config.json"
+    doc = json.loads(cfg.read_text())
+    doc["config"]["core"]["seed"] = "abc"
+    cfg.write_text(json.dumps(doc))
+
+
 def _exiting_plugin(tmp: Path, ctx: dict) -> None:
     (tmp / "exits.py").write_text("import sys\nsys.exit(3)\n")
 
@@ -437,7 +489,9 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "nan_weights": _nan_weights, "string_metrics": _string_metrics, "no_artifact": _no_artifact,
           "text_and_dataset": _text_and_dataset, "bad_jsonl": _bad_jsonl, "short_train": _short_train,
           "swa_section": _swa_section, "core_plugin": _core_plugin, "other_tokenizer": _other_tokenizer,
-          "exiting_plugin": _exiting_plugin, "latin_text": _latin_text}
+          "exiting_plugin": _exiting_plugin, "latin_text": _latin_text,
+          "string_conflicts_plugin": _string_conflicts_plugin, "finished_run_named": _finished_run_named,
+          "string_seed": _string_seed}
 
 
 # ----- simulated system failures
@@ -549,6 +603,9 @@ VALIDATE_CASES = [
                                                        r"'interrupted'"),
     ("validate/two-runs-in-one-log", "double_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: holds 2 runs"),
     ("validate/unreadable-log", "binary_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: unreadable \('utf-8'"),
+    # what `pgolf eval`, `bundle` and `record` refuse, the validator refuses too (it passed before)
+    ("validate/config-that-does-not-resolve", "string_seed", r"FILES\.REQUIRED\s+ERROR FAIL\s+config\.json: the "
+                                                           r"configuration does not resolve"),
 ]
 
 
@@ -595,11 +652,33 @@ def test_an_unexpected_exception_is_one_line_not_a_traceback(monkeypatch, capsys
         return p
 
     monkeypatch.setattr(cli, "build_parser", with_broken_config)
-    capsys.readouterr()
-    assert main(["config", "show"]) == 70
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and re.fullmatch(r"pgolf: internal error: IndexError: list index out of range \(at "
-                                          r"test_bad_inputs\.py:\d+; PGOLF_TRACEBACK=1 prints the traceback\)", err[0])
+    for off in ("", "0", "false", "OFF"):  # `PGOLF_TRACEBACK=0` meant off (any non-empty value turned it on)
+        monkeypatch.setenv("PGOLF_TRACEBACK", off)
+        capsys.readouterr()
+        assert main(["config", "show"]) == 70
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and re.fullmatch(r"pgolf: internal error: IndexError: list index out of range \(at "
+                                              r"test_bad_inputs\.py:\d+; PGOLF_TRACEBACK=1 prints the traceback\)",
+                                              err[0])
     monkeypatch.setenv("PGOLF_TRACEBACK", "1")
     with pytest.raises(IndexError):
         main(["config", "show"])
+
+
+def test_a_second_failed_force_run_keeps_the_run_the_first_replaced(tmp_path, finished_run, tiny_data, tiny_core,
+                                                                     capsys):
+    """Two failing `train --force` runs in a row: the first moves the finished run to `.replaced/` and fails; the
+    second used to empty `.replaced/` before moving the failed run's files in, losing the finished run while
+    saying it was kept. The failed attempt's files go; the run it replaced stays."""
+    shutil.copytree(finished_run, tmp_path / "done")
+    (tmp_path / "nan_plugin.py").write_text(NAN_PLUGIN)
+    original = (tmp_path / "done" / "final_model.ptz").read_bytes()
+    argv = ["train", *[a for s in tiny_core for a in ("--set", s)], "--data", str(tiny_data), "--set",
+            f"core.out_dir={tmp_path}", "--set", "core.run_id=done", "--force", "--plugin-file",
+            str(tmp_path / "nan_plugin.py"), "--plugins", "nan_init"]
+    for _ in range(2):
+        assert main(argv) == 1  # diverged
+        assert (tmp_path / "done" / ".replaced" / "final_model.ptz").read_bytes() == original
+        assert json.loads((tmp_path / "done" / ".replaced" / "metrics.json").read_text())["val_bpb"] > 0
+    assert main(argv[:-4]) == 0  # a run that finishes: the replaced one goes
+    assert not (tmp_path / "done" / ".replaced").exists()

@@ -71,7 +71,7 @@ def test_unknown_plugin_did_you_mean():
 def test_bad_metadata_is_rejected(tmp_path):
     f = tmp_path / "bad.py"
     f.write_text("from core.registry import Plugin\nclass X(Plugin):\n    name = 'x'\n")
-    with pytest.raises(PluginError, match="summary is empty; sources is empty"):
+    with pytest.raises(PluginError, match="summary is empty or not text; sources is empty"):
         load_registry([f])
     with pytest.raises(PluginError, match="not found"):
         load_registry([tmp_path / "nope.py"])

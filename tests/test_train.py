@@ -125,6 +125,45 @@ def test_nproc_2_trains_a_one_layer_model(tiny_sets, tmp_path):
     assert out[1]["val_loss"] == pytest.approx(out[2]["val_loss"], abs=2e-3)
 
 
+FAILING_RANK_PLUGIN = '''
+import os
+from core.hookspecs import hookimpl
+from core.registry import Plugin
+
+
+class FailOnRank1(Plugin):
+    name = "fail_on_rank1"
+    summary = "raises on rank 1 after its second step (test)"
+    sources = ("test",)
+
+    @hookimpl
+    def pg_after_step(self, run, step):
+        if os.environ.get("RANK") == "1" and step >= 2:
+            raise RuntimeError("rank 1 failed on purpose")
+'''
+
+
+def test_nproc_2_a_failed_rank_stops_the_job_in_one_line(tiny_sets, tmp_path):
+    """A rank that fails mid-run ends the job at once (its barrier on the way out waited for the other rank, which
+    waited for it in an all-reduce: the job hung until gloo's 30-minute timeout), with the rank's own error and one
+    launcher line, no torchrun traceback."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "fail.py").write_text(FAILING_RANK_PLUGIN)
+    sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps"))]
+    args = [a for s in [*sets, f"core.out_dir={tmp_path / 'runs'}"] for a in ("--set", s)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--nproc", "2", "--plugin-file",
+                           str(tmp_path / "fail.py"), "--plugins", "fail_on_rank1", *args], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 70, proc.stderr[-3000:]
+    assert "rank 1 failed on purpose" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "pgolf: rank 1 of 2 failed (status 70); the other ranks were stopped"
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 def test_cli_data_build(tmp_path, capsys):
     src = tmp_path / "text"
     src.mkdir()

@@ -56,6 +56,13 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run_validate)
 
 
+# (flag, dest, default) of the dynamic checks' options: given without --run, they would be silently ignored
+DYNAMIC_OPTIONS = (("--evaluator", "evaluator", []), ("--only", "only", None), ("--timeout", "timeout", 600.0),
+                   ("--memory-gb", "memory_gb", 12.0), ("--smoke-env", "smoke_env", []),
+                   ("--smoke-data", "smoke_data", None), ("--jobs", "jobs", 2), ("--harness-set", "harness_set", []),
+                   ("--no-train-audit", "no_train_audit", False))
+
+
 def parse_sota(value: str | None) -> tuple[float | list[float] | None, str | None]:
     """A number, or the per-seed val_bpb values of a records folder; raises ValueError if neither."""
     if value is None:
@@ -110,8 +117,7 @@ def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> 
         return 2
     try:
         sota, label = parse_sota(getattr(args, "sota", None))
-        dynamic = [f for f, given in (("--evaluator", getattr(args, "evaluator", None)), ("--only", getattr(
-            args, "only", None)), ("--harness-set", getattr(args, "harness_set", None))) if given]
+        dynamic = [flag for flag, dest, default in DYNAMIC_OPTIONS if getattr(args, dest, default) != default]
         if dynamic and not getattr(args, "run", False):  # options of the dynamic checks: ignored without them
             raise ValueError(f"{', '.join(dynamic)}: option(s) of the dynamic checks; add --run")
         options = dynamic_options(args) if getattr(args, "run", False) else None  # its errors before the static run
@@ -194,6 +200,10 @@ def dynamic_options(args: argparse.Namespace):
         harness[key] = _harness_value(key, value, fields[key].default)
     if args.timeout <= 0 or args.memory_gb <= 0 or args.jobs < 1:
         raise ValueError("--timeout, --memory-gb and --jobs must be positive")
+    for spec in args.evaluator:  # a missing file: said now, not after minutes of sandboxed checks
+        file = spec.rpartition(":")[0] or spec
+        if not Path(file).is_file():
+            raise ValueError(f"--evaluator {spec}: {file} is not a file (expected FILE.py:NAME)")
     smoke_data = Path(args.smoke_data) if args.smoke_data else None
     if smoke_data is not None and not (smoke_data / "dataset.json").is_file():
         raise ValueError(f"--smoke-data {smoke_data}: expected a pgolf data dir with dataset.json")

@@ -38,7 +38,8 @@ def load_file(path: str | Path) -> list[type[Plugin]]:
     """Import a plugin file by path and return its Plugin classes."""
     p = Path(path)
     if not p.is_file():
-        raise PluginError(f"plugin file {p}: not found")
+        what = "a directory" if p.is_dir() else "not a regular file" if p.exists() else "not found"
+        raise PluginError(f"plugin file {p}: {what} (expected a Python file)")
     try:
         module = import_path(p, "pgolf_user_plugin")
     except Exception as exc:

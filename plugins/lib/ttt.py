@@ -229,6 +229,14 @@ class LoRATTTSettings:
     weight_decay: float = field(default=0.5, metadata={"help": "AdamW weight decay"})
     bos_id: int = field(default=1, metadata={"help": "BOS token id (document start)"})
 
+    def target_errors(self, section: str) -> list[str]:
+        """`targets` checked at configuration time (one line, or none)."""
+        try:
+            self.target_list(section)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+
     def target_list(self, section: str) -> tuple[str, ...]:
         targets = tuple(t.strip() for t in self.targets.split(",") if t.strip())
         if not targets or any(t not in TARGETS for t in targets):

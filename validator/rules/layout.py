@@ -46,6 +46,24 @@ def imported_modules(tree: ast.AST) -> set[str]:
     return out
 
 
+def recipe_errors(recipe: dict) -> list[str]:
+    """A run's configuration resolved as pgolf resolves it (its built-in plugins' settings checked; a plugin this
+    pgolf does not know, from a --plugin-file, is left out with its section), environment ignored: the errors."""
+    from core.config import ConfigError, resolve
+    from plugins.lib.loading import load_registry
+
+    registry = load_registry(entry_points=False)
+    known = registry.config_classes()
+    plugins = [p for p in recipe.get("plugins", []) if p in known] if isinstance(recipe.get("plugins"), list) else []
+    sections = {k: v for k, v in recipe.items() if k == "core" or k in plugins}
+    try:
+        resolve(plugin_config_classes=known, recipe={**sections, "plugins": plugins, "source": "config.json"}, env={},
+                check_plugins=registry.check, check_settings=registry.check_settings)
+    except ConfigError as exc:
+        return list(exc.errors)
+    return []
+
+
 def check_required(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     if ctx.is_run_dir:
@@ -54,10 +72,13 @@ def check_required(ctx: FolderContext) -> list[Finding]:
             return [r.finding(FAIL, "pgolf run directory is missing files", expected=list(RUN_DIR_FILES),
                               found=missing)]
         try:
-            run_dir_recipe(ctx.root)
+            errors = recipe_errors(run_dir_recipe(ctx.root))
         except ValueError as exc:
             return [r.finding(FAIL, str(exc).replace(str(ctx.root) + "/", ""), file="config.json",
                               expected='{"config": {...}}')]
+        if errors:  # `pgolf eval`, `bundle` and `record` refuse it: so does the validator
+            return [r.finding(FAIL, f"the configuration does not resolve: {errors[0]}" + (
+                f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""), file="config.json")]
         return [r.finding(PASS, "run directory has " + ", ".join(RUN_DIR_FILES))]
     out: list[Finding] = []
     if not (ctx.root / "README.md").is_file():
