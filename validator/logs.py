@@ -88,8 +88,12 @@ D2B = re.compile(r"^train_loader:dataset:(\S+) train_shards:(\d+)")
 D3 = re.compile(r"^val_bpb:byte_sidecar:enabled")
 # the number of ranks, in any spacing (`world_size: 16`, `world_size=16`), and a launcher's GPU count
 # (`torchrun --nnodes=2 --nproc_per_node=8`): every figure is kept, a record needs all of them to say 8 GPUs on 1 node
-WORLD_SIZE = re.compile(r"\bworld_size\s*[:=]\s*(\d{1,6})\b")
-LAUNCH = re.compile(r"--(?P<key>nproc[_-]per[_-]node|nnodes)(?:=|\s+)(?P<n>\d{1,6})\b")
+WORLD_SIZE = re.compile(r"\bworld[ _-]?size\s*[:=]\s*(\d{1,6})\b", re.I)
+# launchers' node and process counts: torchrun, srun, accelerate, deepspeed, mpirun (`--nnodes=1:2` is an elastic
+# range: its largest figure counts)
+LAUNCH = re.compile(r"(?:--(?P<key>nproc[_-]per[_-]node|nnodes|nodes|ntasks[_-]per[_-]node|ntasks|num[_-]machines|"
+                    r"num[_-]processes|num[_-]nodes|num[_-]gpus|gpus[_-]per[_-]node)|(?P<short>-np))"
+                    r"(?:=|\s+)(?:\d{1,6}:)?(?P<n>\d{1,6})\b")
 SEED_LINE = re.compile(r"^seed:\s*(\d{1,19})\s*$")
 HP_LINE = re.compile(r"^  ([A-Za-z_][\w]*): (.*)$")
 # the `key:value key:value` lines a script prints before its first training step (its configuration when it prints
@@ -243,6 +247,40 @@ def unit_ms(unit: str) -> float:
         60_000.0 if u.startswith("m") else 3_600_000.0
 
 
+# A duration written in parts (`10m 48.0s`, `1h 2m 3s`, `2 min 5 s`): read as one figure, the sum (its parts read
+# one by one took the largest, 10 min, for 648 s; and every clock of a run under 11 minutes read the same)
+DURATION_PARTS = re.compile(r"(?<![\w.])(?:(?P<h>\d{1,3})\s*h(?:ours?|rs?)?\b[ ,]*)?"
+                            r"(?:(?P<m>\d{1,4})\s*m(?:ins?|inutes?)?\b[ ,]*)"
+                            r"(?:(?P<s>\d{1,4}(?:\.\d{1,6})?)\s*s(?:ecs?|econds?)?\b)?")
+
+
+def compound_durations(line: str) -> str:
+    """`line` with each duration of two or more parts (h, m, s) written as its total in seconds."""
+    def total(m: re.Match) -> str:
+        if sum(m[k] is not None for k in "hms") < 2:
+            return m[0]
+        seconds = int(m["h"] or 0) * 3600 + int(m["m"] or 0) * 60 + float(m["s"] or 0)
+        return f"{seconds:.3f}s" + (" " if m[0].endswith((" ", ",")) else "")
+    return DURATION_PARTS.sub(total, line)
+
+
+NODE_KEYS = {"nnodes", "nodes", "num_machines", "num_nodes"}  # must be 1
+PER_NODE_KEYS = {"nproc_per_node", "ntasks_per_node", "num_gpus", "gpus_per_node"}  # must be 8
+TOTAL_KEYS = {"ntasks", "num_processes", "-np"}  # processes in all: must be 8 (mpirun's -np)
+
+
+def launch_counts(text: str) -> list[tuple[str, int]]:
+    """(key, n) of every launcher count in `text` (LAUNCH), keys with `_` for `-`; short flags as written."""
+    return [((m["key"] or m["short"]).replace("-", "_") if m["key"] else m["short"], int(m["n"]))
+            for m in LAUNCH.finditer(text)]
+
+
+def more_than_eight_gpus(launches: list[tuple[str, int]]) -> list[str]:
+    """The launcher counts that are not 8 GPUs on one node, as written (`--nnodes=2`)."""
+    return [f"{'--' + k if not k.startswith('-') else k}={n}" for k, n in launches
+            if (k in NODE_KEYS and n != 1) or (k in PER_NODE_KEYS | TOTAL_KEYS and n != 8)]
+
+
 def _train_time(rec: LogRecord, ms: float, no: int, steps: int) -> None:
     """A record-format time line: the log's training time and steps only grow (see ANY_TRAIN_TIME)."""
     if ms >= (rec.train_time_ms or 0.0):
@@ -268,8 +306,10 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
     if not steps or "train" not in line:
         return
     rec.steps = max(rec.steps or 0, *steps)
-    if figures:
-        rec.step_times[max(steps)] = max(figures)
+    precise = [figure(m["num"]) * unit_ms(m["unit"]) for m in ANY_TRAIN_TIME.finditer(line)
+               if unit_ms(m["unit"]) * 10.0 ** -len(m["num"].partition(".")[2]) <= 1.0]
+    if precise:  # a clock printed to the millisecond (whole seconds agree between honest seeds)
+        rec.step_times[max(steps)] = max(precise)
     if m := STEP_VAL_LOSS.search(line):
         rec.val_losses[max(steps)] = float(m[1])
     for ms in _step_line_times(line, max(steps)):
@@ -325,7 +365,7 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
     for no, raw in enumerate(text.splitlines(), start=1):
         if no <= code_lines:
             continue
-        line = TS_PREFIX.sub("", raw.rstrip("\r"))
+        line = compound_durations(TS_PREFIX.sub("", raw.rstrip("\r")))
         started = started or bool(TRAINING_STARTED.match(line))
         if not started and SETUP_LINE.match(line):
             for key, value in SETUP_PAIR.findall(line):
@@ -349,7 +389,7 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
             continue
         _largest_train_time(rec, line, no)
         rec.world_sizes |= {int(n) for n in WORLD_SIZE.findall(line)}
-        rec.launch += [(m["key"].replace("-", "_"), int(m["n"])) for m in LAUNCH.finditer(line)]  # (launch_counts)
+        rec.launch += launch_counts(line)
         try:
             _parse_line(rec, line, no)
         except (ValueError, OverflowError):  # a figure no number type holds: the line reads as no evidence

@@ -111,6 +111,7 @@ def reachable_local_code(ctx: FolderContext) -> dict[str, int]:
             reach(modules.get(n, set()))
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and len(node.value) < 300:
             reach({f for f, p in local.items() if node.value.endswith(p.name)})
+            reach(modules.get(node.value, set()) if node.value.isidentifier() else set())  # `python -m helper`
     return _transitive(ctx, out, local, modules)
 
 

@@ -177,14 +177,15 @@ def _seed_claims(r: Rule, ctx: FolderContext, finals: list, f: str | None) -> li
 
 
 def _printable(ctx: FolderContext, text: str) -> bool:
-    """Whether the shipped code can print the score line `text` (some f-string, literal or `+` chain of it matches
-    it); True where the code cannot be read or prints no score line (nothing to conclude)."""
+    """Whether the shipped code can print the score line `text`: some f-string, literal or `+` chain of it matches
+    the whole line (text around a real template is no line the code wrote); True where the code cannot be read or
+    prints no score line (nothing to conclude)."""
     from validator.rules.code import code_units, print_templates
 
     templates = ctx.__dict__.get("_score_templates")
     if templates is None:
         templates = ctx.__dict__["_score_templates"] = print_templates(code_units(ctx), ("val_loss", "val_bpb")) or []
-    return ctx.is_run_dir or not templates or not text or any(t.search(text) for t in templates)
+    return ctx.is_run_dir or not templates or not text or any(t.fullmatch(text) for t in templates)
 
 
 def _unprintable(r: Rule, ctx: FolderContext, finals: list) -> list[Finding]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import re
+from pathlib import Path
 
 from validator.rules.base import ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 from validator.rules.code import code_units
@@ -182,8 +183,32 @@ def check_no_train_at_eval(ctx: FolderContext) -> list[Finding]:
                     out.append(r.finding(WARN, f"network/download call in the code: {m.group(1).strip()} (static: "
                                          "cannot tell whether it runs during evaluation)", severity=WARN,
                                          file=unit.name, line=no))
+    out += _downloads_the_code_reads(r, ctx, "\n".join(u.source for u in units))
     names = ", ".join(u.name for u in units)
     return out[:5] or [r.finding(PASS, f"no download/network calls in {names} (static scan)")]
+
+
+# a download in a shell script or a README command: curl/wget and the file it writes (-o/-O NAME, else the URL's)
+SHELL_DOWNLOAD = re.compile(r"\b(?:curl|wget)\b[^\n]*")
+DOWNLOADED = re.compile(r"(?:(?:-o|-O|--output(?:-document)?)[ =]\s*[\"']?(?P<out>[^\s\"';|&]+)"
+                        r"|(?P<url>https?://[^\s\"';|&]+))")
+
+
+def _downloads_the_code_reads(r: Rule, ctx: FolderContext, code: str) -> list[Finding]:
+    """A shipped shell script or the README that downloads a file the code names (`curl … -o init_state.bin` beside
+    `torch.load("init_state.bin")`): weights fetched before the run, outside the artifact and every scan. Setting up
+    an environment (an installer the code never reads) is no finding."""
+    texts = [("README.md", ctx.readme)] + [(str(p), (ctx.root / p).read_text(encoding="utf-8", errors="replace"))
+                                          for p in ctx.files if p.suffix.lower() in (".sh", ".bash")]
+    out = []
+    for where, text in texts:
+        for m in (d for command in SHELL_DOWNLOAD.findall(text) for d in DOWNLOADED.finditer(command)):
+            name = Path(m["out"] or m["url"]).name
+            if len(name) > 3 and re.search(r"[\"'/]" + re.escape(name) + r"[\"']", code):
+                out.append(r.finding(FAIL if ctx.track == "record" else WARN, f"{where} downloads {name}, which the "
+                                     "code reads: data fetched outside the folder and the artifact",
+                                     severity=ERROR if ctx.track == "record" else WARN, file=where))
+    return out
 
 
 RULES = [

@@ -187,7 +187,7 @@ def _shadowing_or_packed(r: Rule, ctx: FolderContext) -> list[Finding]:
     sys.path, a .pyc, a .pth): code no scan reads. Names are checked against this interpreter's importable modules."""
     out = []
     for rel in ctx.files:
-        if rel.suffix.lower() in PACKED_CODE or _native(ctx.root / rel):
+        if rel.suffix.lower() in PACKED_CODE or _native(ctx.root / rel) or _zip_of_code(ctx.root / rel):
             out.append(r.finding(FAIL, f"{rel} is packed or compiled code (archive, bytecode, .pth, a native library) "
                                  "the validator cannot read", file=str(rel), expected="plain .py sources"))
         elif rel.suffix == ".py" and len(rel.parts) == 1 and rel.stem != "train_gpt" and (
@@ -196,6 +196,22 @@ def _shadowing_or_packed(r: Rule, ctx: FolderContext) -> list[Finding]:
                                  "library) runs this file instead", file=str(rel), expected="a helper name no "
                                  "installed module has"))
     return out
+
+
+def _zip_of_code(path: Path) -> bool:
+    """A zip archive, whatever its name, holding Python or native code (zipimport runs it from sys.path: a `.png`
+    that is a zip of `kern.py`); a NumPy `.npz` holds `.npy` arrays only."""
+    import zipfile
+
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.lower().endswith((".py", ".pyc", ".so", ".pyd", ".pth")) for n in z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return True  # zip-headed bytes that no zip reader takes: code may hide there; nothing can be read
+    return False
 
 
 def _native(path: Path) -> bool:

@@ -9,7 +9,7 @@ import difflib
 import re
 from pathlib import Path
 
-from validator.logs import LAUNCH, embedded_source
+from validator.logs import embedded_source, launch_counts, more_than_eight_gpus
 from validator.rules.base import BLOB_BYTES, ERROR, FAIL, INFO, PASS, SKIP, WARN, Finding, FolderContext, Rule
 from validator.rules.code import code_units, reachable_local_code
 from validator.rules.layout import linked_files, shipped_kind
@@ -35,9 +35,11 @@ def _log_text(lg) -> str:
         return ""
 
 
-def launch_counts(text: str) -> list[tuple[str, int]]:
-    """(nproc_per_node | nnodes, n) of every launch command in `text`."""
-    return [(m["key"].replace("-", "_"), int(m["n"])) for m in LAUNCH.finditer(text)]
+def claimed_runs(ctx: FolderContext) -> list:
+    """The logs of the claim's runs: the scoring logs and every other log of their seeds (a training log whose score
+    is printed by an eval-only re-run), and logs that name no seed (nothing ties them to another run)."""
+    seeds, scoring = {lg.seed for lg in ctx.scoring if lg.seed is not None}, {id(lg) for lg in ctx.scoring}
+    return [lg for lg in ctx.logs if id(lg) in scoring or lg.seed is None or lg.seed in seeds]
 
 
 def check_hw(ctx: FolderContext) -> list[Finding]:
@@ -50,7 +52,7 @@ def check_hw(ctx: FolderContext) -> list[Finding]:
     sev = ERROR if record else INFO
     out: list[Finding] = []
     gpus: set[str] = set()
-    for lg in ctx.scoring:
+    for lg in claimed_runs(ctx):  # a training log split from its score line (eval-only logs) says where it trained
         f = ctx.rel(lg.path)
         names = {" ".join(next(g for g in m.groups() if g).split()) for m in GPU.finditer(_log_text(lg))}
         gpus |= names
@@ -64,12 +66,12 @@ def check_hw(ctx: FolderContext) -> list[Finding]:
         sizes = {lg.world_size, int(dumped) if dumped.isdigit() else None} - {None}
         if sizes - {8}:
             ws = min(sizes - {8})
-            out.append(r.finding(FAIL if record else WARN, f"world_size:{ws} on a scoring log (8 GPUs expected)",
+            out.append(r.finding(FAIL if record else WARN, f"world_size:{ws} on a log of a claimed run (8 GPUs "
+                                 "expected)",
                                  severity=sev, file=f, expected=8, found=ws))
     for where, launches in [("README.md", launch_counts(ctx.readme)),
-                            *((ctx.rel(lg.path), lg.launch) for lg in ctx.scoring)]:
-        more = [f"--{k}={n}" for k, n in launches if (k == "nnodes" and n != 1) or (k == "nproc_per_node" and n != 8)]
-        if more:
+                            *((ctx.rel(lg.path), lg.launch) for lg in ctx.logs)]:
+        if more := more_than_eight_gpus(launches):
             out.append(r.finding(FAIL if record else WARN, f"{where} launches {' '.join(more)} (a record runs 8 "
                                  "GPUs on one node)", severity=sev, file=where, expected="8 GPUs, 1 node",
                                  found=more[0]))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
+from pathlib import Path
 from statistics import mean
 
 from validator.logs import is_log_file
@@ -34,22 +36,45 @@ DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".svg", ".pdf")
 
 
 def loaded_data_files(ctx: FolderContext) -> list[tuple[str, int]]:
-    """(file, bytes) of what the folder ships for the run to read besides its code: a file the code names, or any
-    blob over 1 MB that is no document, log or tokenizer. Weights loaded from such a file are model bytes the
-    logged artifact total does not count."""
+    """(file, bytes) of what the folder ships for the run to read besides its code: a file the code names or matches
+    with a glob pattern, whatever its suffix (weights in a `.png` the README shows as a figure), and the files that
+    are no document, log or tokenizer when together they exceed BLOB_BYTES (weights split into 999 KB parts).
+    Weights loaded from such files are model bytes the logged artifact total does not count."""
     units = code_units(ctx)
     code_names = {u.name for u in units}
     text = "\n".join(u.source for u in units)
-    out = []
+    patterns = {c.value for u in units if isinstance(u.tree, ast.Module) for c in ast.walk(u.tree)
+                if isinstance(c, ast.Constant) and isinstance(c.value, str) and len(c.value) < 200
+                and any(ch in c.value for ch in "*?[") and "." in c.value}
+    named, blobs = [], []
     for rel in ctx.files:
         name, suffix = rel.name, rel.suffix.lower()
-        if (name.lower() in NOT_ARTIFACT or str(rel) in code_names or rel.name in code_names or is_log_file(rel)
-                or suffix in TOKENIZER_SUFFIXES or suffix in DOC_SUFFIXES or suffix in CODE_SUFFIXES):
+        if (name.lower() in NOT_ARTIFACT or str(rel) in code_names or is_log_file(rel) or suffix in CODE_SUFFIXES
+                or _tokenizer(ctx.root / rel)):
             continue
         size = (ctx.root / rel).stat().st_size
-        if name in text or size > BLOB_BYTES:
-            out.append((str(rel), size))
-    return out
+        if name in text or any(fnmatch.fnmatch(str(rel), p.lstrip("./")) or fnmatch.fnmatch(name, Path(p).name)
+                               for p in patterns):
+            named.append((str(rel), size))
+        elif suffix not in TOKENIZER_SUFFIXES and suffix not in DOC_SUFFIXES:
+            blobs.append((str(rel), size))
+    return named + (blobs if sum(n for _, n in blobs) > BLOB_BYTES else [])
+
+
+def _tokenizer(path: Path) -> bool:
+    """A tokenizer file: a `.model` SentencePiece loads, or a `.vocab` of `piece<TAB>score` text lines (weights
+    shipped under a tokenizer's suffix are data like any other)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".model":
+            import sentencepiece as spm
+
+            return spm.SentencePieceProcessor().Load(str(path))
+        if suffix == ".vocab":
+            return all(len(line.split("\t")) == 2 for line in path.read_text(encoding="utf-8").splitlines() if line)
+    except Exception:  # noqa: BLE001 - untrusted bytes: not a tokenizer
+        return False
+    return False
 
 
 def size_logs(ctx: FolderContext) -> list:

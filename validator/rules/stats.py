@@ -14,16 +14,22 @@ HP_IGNORE = {"seed", "run_id", "data_path", "tokenizer_path", "out_dir", "logfil
              "val_files", "datasets_dir", "data_dir"}
 
 
-# words of a logged key whose value differs between runs of one configuration: clocks, hosts, processes, commits
-RUN_WORDS = {"time", "date", "timestamp", "elapsed", "host", "hostname", "node", "pid", "uuid", "git", "commit",
-             "started", "rank", "device", "devices"}
+# words of a logged key whose value differs between runs of one configuration: clocks and dates (`start_time`,
+# `compile_elapsed`)
+CLOCK_WORDS = {"time", "date", "timestamp", "elapsed", "started"}
+# per-run facts, by their whole name only: a word inside a setting's name is no per-run fact (`ttt_lora_rank` and
+# `lqer_rank` are hyper-parameters; seeds run with different ranks passed as "same config")
+RUN_KEYS = {"rank", "local_rank", "global_rank", "node_rank", "world_rank", "host", "hostname", "node", "node_name",
+            "pid", "uuid", "git", "commit", "git_commit", "git_sha", "git_hash", "device", "devices", "device_id",
+            "device_name", "gpu", "gpu_name", "cuda_visible_devices"}
 
 
 def _ignored(key: str) -> bool:
-    """Logged settings allowed to differ between seeds: seed, run id, paths, and per-run facts (a start time, a host,
-    a commit)."""
-    return key in HP_IGNORE or key.endswith(("_path", "_dir", "_file", "_files")) or bool(
-        set(key.lower().split("_")) & RUN_WORDS)
+    """Logged settings allowed to differ between seeds: seed, run id, paths, and per-run facts (a clock, a host, a
+    commit, this process's rank)."""
+    k = key.lower()
+    return key in HP_IGNORE or k.endswith(("_path", "_dir", "_file", "_files")) or k in RUN_KEYS or bool(
+        set(k.split("_")) & CLOCK_WORDS)
 
 
 def seed_values(ctx: FolderContext) -> tuple[list[float], list[float]]:
@@ -137,7 +143,10 @@ def check_seeds(ctx: FolderContext) -> list[Finding]:
         out.append(r.finding(FAIL if record else WARN, f"the same seed appears in several logs backing the claim: "
                              f"{sorted(known)} (a re-run is not an independent seed)",
                              severity=ERROR if record else INFO, found=sorted(known)))
-    for a, b in _same_runs(logs):
+    from validator.rules.provenance import claimed_runs
+
+    runs = claimed_runs(ctx) if record else logs  # a seed's training log, where an eval-only log holds its score
+    for a, b in (p for p in _same_runs(runs) if p[0].seed != p[1].seed or p[0].seed is None):
         out.append(r.finding(FAIL if record else WARN, f"{a.path.name} and {b.path.name} train identically (their "
                              "common steps' train losses, clocks or validation losses agree): one run under two seeds",
                              severity=ERROR if record else INFO, file=ctx.rel(b.path)))
