@@ -271,13 +271,12 @@ TOTAL_KEYS = {"ntasks", "num_processes", "-np"}  # processes in all: must be 8 (
 
 def launch_counts(text: str) -> list[tuple[str, int]]:
     """(key, n) of every launcher count in `text` (LAUNCH), keys with `_` for `-`; short flags as written."""
-    return [((m["key"] or m["short"]).replace("-", "_") if m["key"] else m["short"], int(m["n"]))
-            for m in LAUNCH.finditer(text)]
+    return [(m["key"].replace("-", "_") if m["key"] else m["short"], int(m["n"])) for m in LAUNCH.finditer(text)]
 
 
 def more_than_eight_gpus(launches: list[tuple[str, int]]) -> list[str]:
     """The launcher counts that are not 8 GPUs on one node, as written (`--nnodes=2`)."""
-    return [f"{'--' + k if not k.startswith('-') else k}={n}" for k, n in launches
+    return [f"{k if k.startswith('-') else '--' + k}={n}" for k, n in launches
             if (k in NODE_KEYS and n != 1) or (k in PER_NODE_KEYS | TOTAL_KEYS and n != 8)]
 
 
