@@ -167,6 +167,7 @@ def preflight(cfg: Config, world: int | None = None) -> None:
         if tokens < seq + 1:
             raise DataError(f"{split} split in {files[0].parent} is too short: {tokens} tokens in {len(files)} "
                             f"shard(s), need at least {seq + 1} for seq_len {seq}")
+    bos_in_data(core)
     if core.tokenizer_path and not Path(core.tokenizer_path).is_file():
         raise DataError(f"tokenizer {core.tokenizer_path} is not a file (TOKENIZER_PATH / core.tokenizer_path)")
     dataset_agrees(Path(core.data_path), core)
@@ -175,6 +176,20 @@ def preflight(cfg: Config, world: int | None = None) -> None:
     if "auto_micro_batch" not in cfg.plugins and (local <= 0 or local % core.train_seq_len):
         raise ValueError(f"core.train_batch_tokens {core.train_batch_tokens} / (world_size {world} * grad_accum "
                          f"{accum}) = {local} per rank: not a multiple of seq_len {core.train_seq_len}")
+
+
+def bos_in_data(core) -> None:
+    """With core.eval_doc_mask, the BOS id must occur in the validation data (else every window is one document and
+    the mask changes nothing, silently)."""
+    import numpy as np
+
+    from core.data import HEADER_BYTES, DataError, shard_files
+
+    if core.eval_doc_mask:
+        first_val = shard_files(core.data_path, "val")[0]
+        if not (np.fromfile(first_val, dtype="<u2", offset=HEADER_BYTES) == core.bos_id).any():
+            raise DataError(f"core.bos_id={core.bos_id} never occurs in {first_val}: core.eval_doc_mask would mask "
+                            "nothing (set the data's BOS id)")
 
 
 def dataset_agrees(data_dir: Path, core) -> None:
@@ -458,6 +473,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg, registry = load_config(args)
     cfg = with_default_data(cfg)
     dataset_agrees(Path(cfg.core.data_path), cfg.core)  # the tokenizer scores the bytes its data was cut from
+    bos_in_data(cfg.core)
     with process_group(setup(cfg, registry, make_dir=False)) as run:
         result = evaluate_artifact(run, artifact)
     if not (math.isfinite(result.val_loss) and math.isfinite(result.val_bpb)):

@@ -682,3 +682,18 @@ def test_a_second_failed_force_run_keeps_the_run_the_first_replaced(tmp_path, fi
         assert json.loads((tmp_path / "done" / ".replaced" / "metrics.json").read_text())["val_bpb"] > 0
     assert main(argv[:-4]) == 0  # a run that finishes: the replaced one goes
     assert not (tmp_path / "done" / ".replaced").exists()
+
+
+def test_doc_mask_with_a_bos_id_the_data_never_holds_is_refused(tmp_path, finished_run, tiny_data, capsys):
+    """`core.eval_doc_mask` with a BOS id absent from the validation data masked nothing and scored as if off (exit
+    0); `eval` and `train` refuse it now, naming the setting and the shard."""
+    from core.data import HEADER_BYTES, shard_files
+
+    val = np.fromfile(shard_files(tiny_data, "val")[0], dtype="<u2", offset=HEADER_BYTES)
+    absent = next(i for i in range(320) if not (val == i).any())
+    shutil.copytree(finished_run, tmp_path / "done")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "done"), "--set", "core.eval_doc_mask=true", "--set",
+                 f"core.bos_id={absent}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and re.search(rf"core\.bos_id={absent} never occurs in .*fineweb_val_000000\.bin", err[0])
