@@ -633,6 +633,9 @@ def build_dataset(
         raise _missing_source(source)
     if not replace and (out_dir / "dataset.json").is_file():
         raise DataError(f"output {out_dir} holds a dataset already; pass --force to replace it (the whole folder)")
+    if source.resolve().is_relative_to(out_dir.resolve()) and source.resolve() != out_dir.resolve():
+        raise DataError(f"source {source} is inside --out {out_dir}: the build replaces that folder (and skips what "
+                        "lies in it); put the text elsewhere")
     if out_dir.exists() and not out_dir.is_dir():  # what _install would refuse after the whole build: refused now
         raise DataError(f"output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and not (out_dir / "dataset.json").is_file() and any(out_dir.iterdir()):

@@ -241,6 +241,14 @@ def env_int(name: str, default: int, low: int) -> int:
     return int(raw)
 
 
+def check_run_dir(cfg: Config, force: bool) -> None:
+    """What `prepare_run_dir` would refuse, checked without touching anything (before `--nproc` starts the ranks)."""
+    run_dir = Path(cfg.core.out_dir) / cfg.core.run_id if cfg.core.run_id else None
+    if run_dir is not None and not force and (old := [f for f in RUN_FILES if (run_dir / f).exists()]):
+        raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
+                              "choose another RUN_ID / core.run_id")
+
+
 def prepare_run_dir(cfg: Config, force: bool) -> Path:
     """The run directory, checked before anything trains: a finished or started run there is never
     overwritten without `force` (with it, the old run's files move to `.replaced/` in the folder, removed once the
@@ -257,10 +265,8 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
         return run_dir
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir}: exists and is not a directory (RUN_ID / core.run_id)")
+    check_run_dir(cfg, force)
     old = [f for f in RUN_FILES if (run_dir / f).exists()]
-    if old and not force:
-        raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
-                              "choose another RUN_ID / core.run_id")
     if old and _kept_replaced_run(run_dir):  # a --force run that failed: the run it replaced stays where it is
         for f in old:
             (run_dir / f).unlink()
@@ -313,8 +319,13 @@ def _sigterm(signum, frame):  # pragma: no cover - exercised through a subproces
 
 
 def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, after=None) -> int:
-    if args.nproc and args.nproc > 1 and "RANK" not in os.environ:
-        preflight(with_default_data(load_config(args, extra_sets)[0]), world=args.nproc)  # once, before the ranks
+    if args.nproc and args.nproc > 1 and "RANK" in os.environ:
+        raise ValueError(f"--nproc {args.nproc} with RANK={os.environ['RANK']} already set: this process is a rank "
+                         "already (unset RANK/WORLD_SIZE to launch ranks, or drop --nproc)")
+    if args.nproc and args.nproc > 1:
+        cfg = with_default_data(load_config(args, extra_sets)[0])
+        preflight(cfg, world=args.nproc)  # once, before the ranks
+        check_run_dir(cfg, getattr(args, "force", False))
         from pgolf.launch import launch
 
         print(f"launching {args.nproc} ranks: pgolf {' '.join(strip_nproc(sys.argv[1:]))}", flush=True)
@@ -707,9 +718,10 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread only
     previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
-        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # set by torchrun; a stray value fails here, named
-            if var in os.environ:
-                env_int(var, 0, low=1 if var == "WORLD_SIZE" else 0)
+        for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # set by a launcher; a stray value fails
+            if var in os.environ and env_int(var, 0, low=1 if var in ("WORLD_SIZE", "MASTER_PORT") else 0) > 65535 \
+                    and var == "MASTER_PORT":
+                raise ValueError(f"MASTER_PORT={os.environ[var]!r}: expected a port number in 1..65535")
         for var in ("PGOLF_CACHE", "PGOLF_BUNDLE_CACHE", "PGOLF_OUT_DIR"):  # folders: an existing file is no cache
             value = os.environ.get(var, "")
             if value and value != "off" and Path(value).exists() and not Path(value).is_dir():

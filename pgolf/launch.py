@@ -8,6 +8,8 @@ A SIGINT/SIGTERM to the job stops every rank the same way.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -25,6 +27,13 @@ def rank_environment(rank: int, nproc: int, port: int) -> dict[str, str]:
            "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default for several ranks: N processes share the cores
     return env
+
+
+def die_with_launcher() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the rank gets SIGTERM when the launcher dies, however it dies (SIGKILL, SIGHUP): no orphan ranks
+    training on with nobody to collect them."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -50,8 +59,10 @@ def stop(procs: list[subprocess.Popen]) -> None:
 def launch(argv: list[str], nproc: int) -> int:
     """Run `python -m pgolf.cli *argv` as `nproc` ranks; 0 when all succeed, else the first failed rank's status."""
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "pgolf.cli", *argv], env=rank_environment(r, nproc, port))
-             for r in range(nproc)]
+    linux = sys.platform.startswith("linux")
+    procs = [subprocess.Popen([sys.executable, "-m", "pgolf.cli", *argv], env=rank_environment(r, nproc, port),
+                              preexec_fn=die_with_launcher if linux else None) for r in range(nproc)]
+    previous = signal.signal(signal.SIGHUP, _hangup)  # a closed terminal stops the ranks as SIGTERM does
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -68,3 +79,9 @@ def launch(argv: list[str], nproc: int) -> int:
     except KeyboardInterrupt:  # Ctrl-C reaches the ranks too (one process group); SIGTERM (InterruptedRun) does not
         stop(procs)
         raise
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def _hangup(signum, frame):  # pragma: no cover - exercised through a subprocess
+    raise KeyboardInterrupt

@@ -61,7 +61,8 @@ class LoRATTT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, rank=(1, None), alpha=(0.0, None), chunk_tokens=(1, None),
+        return range_errors(cls.name, cfg, rank=(1, core.model_dim), alpha=(0.0, None),
+                            chunk_tokens=(1, core.eval_seq_len or core.train_seq_len),
                             batch_docs=(1, None), lr=(0.0, None), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999),
                             weight_decay=(0.0, None), bos_id=(-1, core.vocab_size - 1)) + cfg.target_errors(cls.name)
 

@@ -58,7 +58,8 @@ class PartialRope(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, dims=(2, None), ntk_train_seq_len=(0, None))
+        head_dim = core.model_dim // max(core.num_heads, 1)
+        return range_errors(cls.name, cfg, dims=(2, head_dim), ntk_train_seq_len=(0, None))
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

@@ -180,9 +180,9 @@ class ScoreFirstTTT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, chunk_tokens=(1, None), stride=(1, None), lr=(0.0, None),
-                            momentum=(0.0, 1.0), epochs=(0, None), batch_seqs=(1, None), grad_clip=(0.0, None),
-                            freeze_blocks=(0, None), bos_id=(-1, core.vocab_size - 1))
+        return range_errors(cls.name, cfg, chunk_tokens=(1, None), stride=(1, core.eval_seq_len or core.train_seq_len),
+                            lr=(0.0, None), momentum=(0.0, 1.0), epochs=(0, None), batch_seqs=(1, None),
+                            grad_clip=(0.0, None), freeze_blocks=(0, core.num_layers), bos_id=(-1, core.vocab_size - 1))
 
     @hookimpl
     def pg_evaluator(self, run):

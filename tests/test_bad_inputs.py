@@ -108,6 +108,22 @@ CATALOGUE = [
     Case("record/force-over-a-run-it-is-made-from", "record {tmp}/2026-12-05_Run --name 2026-12-05_Run --author a "
          "--github-id a --out {tmp} --force", 2, r"records folder .*2026-12-05_Run would replace the run",
          setup=("finished_run_named",)),
+    Case("train/nproc-over-an-existing-run", "train --nproc 2 --set core.out_dir={tmp} --set core.run_id=done", 2,
+         r"/done: holds a run already .*pass --force", setup=("finished_run",), tiny=True),  # before the ranks start
+    Case("train/nproc-inside-a-rank", "train --nproc 2 --set core.out_dir={tmp}/runs", 2,
+         r"--nproc 2 with RANK=0 already set", tiny=True, env={"RANK": "0"}),
+    Case("config/master-port-not-a-port", "config show", 2, r"MASTER_PORT='99999': expected a port number in "
+         r"1\.\.65535", env={"MASTER_PORT": "99999"}),
+    Case("config/partial-rope-wider-than-a-head", "config show --plugins partial_rope "
+         "--set partial_rope.dims=100000", 2, r"partial_rope\.dims: expected a number >= 2 and <= 64"),
+    Case("config/ttt-stride-longer-than-the-window", "config show --plugins score_first_ttt "
+         "--set score_first_ttt.stride=100000", 2, r"score_first_ttt\.stride: expected a number >= 1 and <= 1024"),
+    Case("config/lora-rank-wider-than-the-model", "config show --plugins lora_ttt --set lora_ttt.rank=10000000000", 2,
+         r"lora_ttt\.rank: expected a number >= 1 and <= 512"),
+    Case("config/parallel-from-a-block-past-the-last", "config show --plugins parallel_residuals "
+         "--set parallel_residuals.start=100000", 2, r"parallel_residuals\.start: expected a number >= 0 and <= 8"),
+    Case("data/text-inside-the-output", "data build {tmp}/ds/text --vocab 512 --out {tmp}/ds --force", 2,
+         r"source .*ds/text is inside --out .*ds", setup=("text_in_dataset",)),
     Case("record/seed-not-an-integer", "record {tmp}/done --name 2026-12-05_X --author a --github-id a "
          "--out {tmp}/rec", 2, r"done/config\.json: core\.seed: expected an integer >= 0, got 'abc'",
          setup=("finished_run", "string_seed")),
@@ -450,6 +466,11 @@ def _string_conflicts_plugin(tmp: Path, ctx: dict) -> None:
     (tmp / "strconf.py").write_text(plugin)
 
 
+def _text_in_dataset(tmp: Path, ctx: dict) -> None:
+    (tmp / "ds" / "text").mkdir(parents=True)
+    (tmp / "ds" / "text" / "a.txt").write_text("some text\n" * 50)
+
+
 def _finished_run_named(tmp: Path, ctx: dict) -> None:
     shutil.copytree(ctx["run"], tmp / "2026-12-05_Run")
 
@@ -491,7 +512,7 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "swa_section": _swa_section, "core_plugin": _core_plugin, "other_tokenizer": _other_tokenizer,
           "exiting_plugin": _exiting_plugin, "latin_text": _latin_text,
           "string_conflicts_plugin": _string_conflicts_plugin, "finished_run_named": _finished_run_named,
-          "string_seed": _string_seed}
+          "string_seed": _string_seed, "text_in_dataset": _text_in_dataset}
 
 
 # ----- simulated system failures

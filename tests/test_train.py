@@ -285,3 +285,33 @@ def test_compiled_model_takes_more_graphs_than_dynamos_default_limit(tiny_sets, 
         for length in range(4, 64, 5):  # 12 shapes, a graph each (dynamic=False)
             run.eval_model(ids[:length].view(1, length), ids[1:length + 1].view(1, length))
     torch._dynamo.reset()
+
+
+def test_nproc_ranks_stop_when_the_launcher_is_killed(tiny_sets, tmp_path):
+    """SIGKILL (or SIGHUP) to `pgolf train --nproc 2` left both ranks training as orphans with nobody to collect
+    them; now each rank gets SIGTERM when the launcher dies (PR_SET_PDEATHSIG) and marks its run interrupted."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux's")
+    sets = [s for s in tiny_sets if not s.startswith(("core.out_dir", "core.grad_accum_steps", "core.iterations"))]
+    args = [a for s in [*sets, f"core.out_dir={tmp_path}", "core.run_id=orphan", "core.iterations=100000"]
+            for a in ("--set", s)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    launcher = subprocess.Popen([sys.executable, "-m", "pgolf.cli", "train", "--nproc", "2", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    status = tmp_path / "orphan" / "status.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (status.is_file() and "running" in status.read_text()):
+        time.sleep(0.5)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and json.loads(status.read_text())["status"] == "running":
+        time.sleep(0.5)
+    assert json.loads(status.read_text())["status"] == "interrupted"
