@@ -5,13 +5,11 @@ both read the block's input and add to it, `x + a·attn(norm(x)) + m·mlp(norm(x
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
-from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -42,10 +40,6 @@ class ParallelResiduals(Plugin):
     config = ParallelResidualsConfig
     provides = ("block_residual",)
     test_settings = {"parallel_residuals": {"start": 0}}
-
-    @classmethod
-    def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, start=(0, core.num_layers - 1))
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

@@ -120,8 +120,6 @@ CATALOGUE = [
          "--set score_first_ttt.stride=100000", 2, r"score_first_ttt\.stride: expected a number >= 1 and <= 1024"),
     Case("config/lora-rank-wider-than-the-model", "config show --plugins lora_ttt --set lora_ttt.rank=10000000000", 2,
          r"lora_ttt\.rank: expected a number >= 1 and <= 512"),
-    Case("config/parallel-from-a-block-past-the-last", "config show --plugins parallel_residuals "
-         "--set parallel_residuals.start=100000", 2, r"parallel_residuals\.start: expected a number >= 0 and <= 8"),
     Case("data/text-inside-the-output", "data build {tmp}/ds/text --vocab 512 --out {tmp}/ds --force", 2,
          r"source .*ds/text is inside --out .*ds", setup=("text_in_dataset",)),
     Case("record/seed-not-an-integer", "record {tmp}/done --name 2026-12-05_X --author a --github-id a "

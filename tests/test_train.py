@@ -305,9 +305,9 @@ def test_nproc_ranks_stop_when_the_launcher_is_killed(tiny_sets, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     launcher = subprocess.Popen([sys.executable, "-m", "pgolf.cli", "train", "--nproc", "2", *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    status = tmp_path / "orphan" / "status.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (status.is_file() and "running" in status.read_text()):
+    status, log = tmp_path / "orphan" / "status.json", tmp_path / "orphan" / "train.log"
+    deadline = time.monotonic() + 180  # until both ranks train (a rank blocked in the rendezvous ignores SIGTERM)
+    while time.monotonic() < deadline and not (log.is_file() and "step:2/" in log.read_text()):
         time.sleep(0.5)
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
