@@ -464,6 +464,13 @@ def _string_conflicts_plugin(tmp: Path, ctx: dict) -> None:
     (tmp / "strconf.py").write_text(plugin)
 
 
+def _unknown_plugin_config(tmp: Path, ctx: dict) -> None:
+    cfg = tmp / "done" / "config.json"
+    doc = json.loads(cfg.read_text())
+    doc["config"]["plugins"] = ["zzz"]
+    cfg.write_text(json.dumps(doc))
+
+
 def _text_in_dataset(tmp: Path, ctx: dict) -> None:
     (tmp / "ds" / "text").mkdir(parents=True)
     (tmp / "ds" / "text" / "a.txt").write_text("some text\n" * 50)
@@ -510,7 +517,8 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "swa_section": _swa_section, "core_plugin": _core_plugin, "other_tokenizer": _other_tokenizer,
           "exiting_plugin": _exiting_plugin, "latin_text": _latin_text,
           "string_conflicts_plugin": _string_conflicts_plugin, "finished_run_named": _finished_run_named,
-          "string_seed": _string_seed, "text_in_dataset": _text_in_dataset}
+          "string_seed": _string_seed, "text_in_dataset": _text_in_dataset,
+          "unknown_plugin_config": _unknown_plugin_config}
 
 
 # ----- simulated system failures
@@ -623,6 +631,8 @@ VALIDATE_CASES = [
     ("validate/two-runs-in-one-log", "double_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: holds 2 runs"),
     ("validate/unreadable-log", "binary_log", r"RUN\.STATUS\s+ERROR FAIL\s+train\.log: unreadable \('utf-8'"),
     # what `pgolf eval`, `bundle` and `record` refuse, the validator refuses too (it passed before)
+    ("validate/config-with-an-unknown-plugin", "unknown_plugin_config", r"FILES\.REQUIRED\s+ERROR FAIL\s+config\.json:"
+                                                                     r" the configuration does not resolve: unknown"),
     ("validate/config-that-does-not-resolve", "string_seed", r"FILES\.REQUIRED\s+ERROR FAIL\s+config\.json: the "
                                                            r"configuration does not resolve"),
 ]

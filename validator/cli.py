@@ -92,9 +92,10 @@ def parse_sota(value: str | None) -> tuple[float | list[float] | None, str | Non
 
 
 def validate_folder(path: Path, strict: bool = False, sota: float | list[float] | None = None,
-                    sota_label: str | None = None, extra_rules: Iterable[Rule] = ()) -> list[Finding]:
+                    sota_label: str | None = None, extra_rules: Iterable[Rule] = (),
+                    plugin_files: Iterable[str] = ()) -> list[Finding]:
     """Run every static rule over one folder and return the findings."""
-    ctx = FolderContext(path, strict=strict, sota=sota, sota_label=sota_label)
+    ctx = FolderContext(path, strict=strict, sota=sota, sota_label=sota_label, plugin_files=tuple(plugin_files))
     try:
         _ = ctx.logs
     except (KeyError, TypeError, ValueError) as exc:  # a malformed events.jsonl / log: cannot validate
@@ -121,7 +122,8 @@ def run_validate(args: argparse.Namespace, extra_rules: Iterable[Rule] = ()) -> 
         if dynamic and not getattr(args, "run", False):  # options of the dynamic checks: ignored without them
             raise ValueError(f"{', '.join(dynamic)}: option(s) of the dynamic checks; add --run")
         options = dynamic_options(args) if getattr(args, "run", False) else None  # its errors before the static run
-        findings = validate_folder(path, strict=args.strict, sota=sota, sota_label=label, extra_rules=extra_rules)
+        findings = validate_folder(path, strict=args.strict, sota=sota, sota_label=label, extra_rules=extra_rules,
+                                   plugin_files=getattr(args, "plugin_file", None) or ())
         if options is not None:
             from validator.dynamic import run_dynamic
 

@@ -110,6 +110,7 @@ class FolderContext:
     sota: float | list[float] | None = None
     sota_label: str | None = None
     notes: list[str] = field(default_factory=list)
+    plugin_files: tuple[str, ...] = ()  # `--plugin-file`s: a run directory's configuration resolves with them
 
     @cached_property
     def is_run_dir(self) -> bool:

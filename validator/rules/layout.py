@@ -46,21 +46,22 @@ def imported_modules(tree: ast.AST) -> set[str]:
     return out
 
 
-def recipe_errors(recipe: dict) -> list[str]:
-    """A run's configuration resolved as pgolf resolves it (its built-in plugins' settings checked; a plugin this
-    pgolf does not know, from a --plugin-file, is left out with its section), environment ignored: the errors."""
+def recipe_errors(recipe: dict, plugin_files: tuple[str, ...] = ()) -> list[str]:
+    """A run's configuration resolved as `pgolf eval` resolves it (the built-in plugins, entry points and the given
+    --plugin-file's; environment ignored): the errors. An unknown plugin or a setting its plugin refuses fails here
+    as it fails there."""
     from core.config import ConfigError, resolve
+    from core.registry import PluginError
     from plugins.lib.loading import load_registry
 
-    registry = load_registry(entry_points=False)
-    known = registry.config_classes()
-    plugins = [p for p in recipe.get("plugins", []) if p in known] if isinstance(recipe.get("plugins"), list) else []
-    sections = {k: v for k, v in recipe.items() if k == "core" or k in plugins}
     try:
-        resolve(plugin_config_classes=known, recipe={**sections, "plugins": plugins, "source": "config.json"}, env={},
+        registry = load_registry(list(plugin_files))
+        resolve(plugin_config_classes=registry.config_classes(), recipe={**recipe, "source": "config.json"}, env={},
                 check_plugins=registry.check, check_settings=registry.check_settings)
     except ConfigError as exc:
         return list(exc.errors)
+    except PluginError as exc:  # a --plugin-file that does not load
+        return [str(exc)]
     return []
 
 
@@ -72,7 +73,7 @@ def check_required(ctx: FolderContext) -> list[Finding]:
             return [r.finding(FAIL, "pgolf run directory is missing files", expected=list(RUN_DIR_FILES),
                               found=missing)]
         try:
-            errors = recipe_errors(run_dir_recipe(ctx.root))
+            errors = recipe_errors(run_dir_recipe(ctx.root), ctx.plugin_files)
         except ValueError as exc:
             return [r.finding(FAIL, str(exc).replace(str(ctx.root) + "/", ""), file="config.json",
                               expected='{"config": {...}}')]
