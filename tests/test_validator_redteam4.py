@@ -89,17 +89,26 @@ CASES = {  # name: (rule, record_folder keyword arguments, files added afterward
 }
 
 
+def passes_every_rule_of(folder: Path, cases: dict) -> None:
+    """The clean folder fails none of the rules the cases check."""
+    for rule in {rule for rule, _, _ in cases.values()}:
+        assert not errors(folder, rule), (rule, errors(folder, rule))
+
+
+def fails_its_rule(tmp_path: Path, case: tuple) -> bool:
+    """The clean folder with the case's edits and files fails the case's rule."""
+    rule, kwargs, files = case
+    return bool(errors(shipped(files)(record_folder(tmp_path, **kwargs)), rule))
+
+
 def test_the_clean_folders_pass_every_rule_the_cases_check(tmp_path: Path) -> None:
     for script in (SCRIPT, PRINTING):
-        folder = record_folder(tmp_path / script[-8:].strip().replace(")", "p"), script=script)
-        for rule in {rule for rule, _, _ in CASES.values()}:
-            assert not errors(folder, rule), (rule, errors(folder, rule))
+        passes_every_rule_of(record_folder(tmp_path / script[-8:].strip().replace(")", "p"), script=script), CASES)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_bad_folder_fails_its_rule(tmp_path: Path, case: str) -> None:
-    rule, kwargs, files = CASES[case]
-    assert errors(shipped(files)(record_folder(tmp_path, **kwargs)), rule), case
+    assert fails_its_rule(tmp_path, CASES[case]), case
 
 
 def test_an_eval_only_rerun_of_a_trained_seed_backs_a_claim(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_validator_redteam3 import SCRIPT, SEEDS, errors, log_text, record_folder, replace
-from test_validator_redteam4 import DOWNLOAD, PRINTING, shipped
+from test_validator_redteam3 import SCRIPT, SEEDS, log_text, record_folder, replace
+from test_validator_redteam4 import DOWNLOAD, PRINTING, fails_its_rule, passes_every_rule_of
 
 from validator.cli import validate_folder
 
@@ -76,15 +76,12 @@ CASES = {  # name: (rule, record_folder keyword arguments, files added afterward
 
 
 def test_the_clean_folders_pass_every_rule_the_cases_check(tmp_path: Path) -> None:
-    folder = record_folder(tmp_path)
-    for rule in {rule for rule, _, _ in CASES.values()}:
-        assert not errors(folder, rule), (rule, errors(folder, rule))
+    passes_every_rule_of(record_folder(tmp_path), CASES)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_each_bad_folder_fails_its_rule(tmp_path: Path, case: str) -> None:
-    rule, kwargs, files = CASES[case]
-    assert errors(shipped(files)(record_folder(tmp_path, **kwargs)), rule), case
+    assert fails_its_rule(tmp_path, CASES[case]), case
 
 
 @pytest.mark.parametrize("fmt", [lambda ms: f" {ms // 60000}m {ms % 60000 / 1000:.1f}s",

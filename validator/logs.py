@@ -291,27 +291,26 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
     """Raise the log's training time and step count to any larger figure on `line` (ANY_TRAIN_TIME in any unit,
     CLOCK_TRAIN_TIME, ANY_STEP); a figure after `train_time` that neither reads is kept as unread (TIME.TRAIN fails a
     record on it). A figure must follow directly, so code echoed in the log (`train_time:{ms:.0f}ms`) never counts."""
-    figures = [figure(m["num"]) * unit_ms(m["unit"]) for m in ANY_TRAIN_TIME.finditer(line)]
+    timed = list(ANY_TRAIN_TIME.finditer(line))
+    figures = [figure(m["num"]) * unit_ms(m["unit"]) for m in timed]
     figures += [(float(m[1] or 0) * 3600 + float(m[2]) * 60 + float(m[3])) * 1000.0
                 for m in CLOCK_TRAIN_TIME.finditer(line)]
     if len(figures) < len(TRAIN_TIME_FIGURE.findall(line)):
         rec.unread_train_time = rec.unread_train_time or (no, line.strip()[:100])
-    for ms in figures:
-        if ms > (rec.train_time_ms or 0.0):
-            rec.train_time_ms, rec.train_time_line = ms, no
     if m := STEP_LOSS.match(line):
         rec.train_losses[int(m[1])] = float(m[2])
     steps = [int(m[1]) for m in ANY_STEP.finditer(line)]
-    if not steps or "train" not in line:
-        return
-    rec.steps = max(rec.steps or 0, *steps)
-    precise = [figure(m["num"]) * unit_ms(m["unit"]) for m in ANY_TRAIN_TIME.finditer(line)
-               if unit_ms(m["unit"]) * 10.0 ** -len(m["num"].partition(".")[2]) <= 1.0]
-    if precise:  # a clock printed to the millisecond (whole seconds agree between honest seeds)
-        rec.step_times[max(steps)] = max(precise)
-    if m := STEP_VAL_LOSS.search(line):
-        rec.val_losses[max(steps)] = float(m[1])
-    for ms in _step_line_times(line, max(steps)):
+    if steps and "train" in line:  # a training step line
+        step = max(steps)
+        rec.steps = max(rec.steps or 0, step)
+        precise = [figure(m["num"]) * unit_ms(m["unit"]) for m in timed
+                   if unit_ms(m["unit"]) * 10.0 ** -len(m["num"].partition(".")[2]) <= 1.0]
+        if precise:  # a clock printed to the millisecond (whole seconds agree between honest seeds)
+            rec.step_times[step] = max(precise)
+        if m := STEP_VAL_LOSS.search(line):
+            rec.val_losses[step] = float(m[1])
+        figures += _step_line_times(line, step)
+    for ms in figures:
         if ms > (rec.train_time_ms or 0.0):
             rec.train_time_ms, rec.train_time_line = ms, no
 
