@@ -8,6 +8,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -144,6 +145,7 @@ def strip_nproc(argv: list[str]) -> list[str]:
 
 DEMO_OUT = "runs"  # `pgolf demo --out`'s default
 REPLACED = ".replaced"  # a run replaced with --force, kept until the new run finishes
+LOCK = ".lock"  # the pid of the process training in a run directory (rank 0), removed when it ends
 
 
 def preflight(cfg: Config, world: int | None = None) -> None:
@@ -244,9 +246,59 @@ def env_int(name: str, default: int, low: int) -> int:
 def check_run_dir(cfg: Config, force: bool) -> None:
     """What `prepare_run_dir` would refuse, checked without touching anything (before `--nproc` starts the ranks)."""
     run_dir = Path(cfg.core.out_dir) / cfg.core.run_id if cfg.core.run_id else None
+    if run_dir is not None and (pid := lock_holder(run_dir)) is not None:  # --force too: never under a live run
+        raise FileExistsError(f"{run_dir}: a run is training there now (pid {pid}, {LOCK}); wait for it or stop it, "
+                              "or choose another RUN_ID / core.run_id")
     if run_dir is not None and not force and (old := [f for f in RUN_FILES if (run_dir / f).exists()]):
         raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
                               "choose another RUN_ID / core.run_id")
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid in `run_dir`'s lock if that process is alive and is pgolf (a lock left by a killed run is stale)."""
+    try:
+        pid = int((run_dir / LOCK).read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0 or pid == os.getpid():  # os.kill(0 or -n) would name process groups
+        return None
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        pass  # alive, another user's
+    except (OSError, OverflowError):
+        return None
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return pid  # no /proc (macOS): alive is taken as held
+    return pid if any(Path(a).name.split(".")[0] == "pgolf" for a in argv) else None  # pgolf, -m pgolf.cli
+
+
+def take_lock(run_dir: Path) -> None:
+    """Create `run_dir`'s lock (exclusively: of two runs starting together one gets it), replacing a stale one."""
+    for _ in range(2):
+        try:
+            fd = os.open(run_dir / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if (pid := lock_holder(run_dir)) is not None:
+                raise FileExistsError(f"{run_dir}: a run is training there now (pid {pid}, {LOCK}); wait for it or "
+                                      "stop it, or choose another RUN_ID / core.run_id") from None
+            (run_dir / LOCK).unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return
+    raise FileExistsError(f"{run_dir / LOCK}: cannot take the run directory's lock (another run starting?)")
+
+
+def release_lock(run_dir: Path) -> None:
+    """Remove `run_dir`'s lock if this process holds it."""
+    try:
+        if (run_dir / LOCK).read_text(encoding="ascii").split()[:1] == [str(os.getpid())]:
+            (run_dir / LOCK).unlink()
+    except OSError:
+        pass
 
 
 def prepare_run_dir(cfg: Config, force: bool) -> Path:
@@ -266,6 +318,14 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir}: exists and is not a directory (RUN_ID / core.run_id)")
     check_run_dir(cfg, force)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        take_lock(run_dir)  # doubles as the write test
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create or write the run directory ({exc.strerror or exc}; "
+                      "PGOLF_OUT_DIR / core.out_dir)", str(run_dir)) from None
     old = [f for f in RUN_FILES if (run_dir / f).exists()]
     if old and _kept_replaced_run(run_dir):  # a --force run that failed: the run it replaced stays where it is
         for f in old:
@@ -275,14 +335,6 @@ def prepare_run_dir(cfg: Config, force: bool) -> Path:
         (run_dir / REPLACED).mkdir()
         for f in old:
             os.replace(run_dir / f, run_dir / REPLACED / f)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot create or write the run directory ({exc.strerror or exc}; "
-                      "PGOLF_OUT_DIR / core.out_dir)", str(run_dir)) from None
     return run_dir
 
 
@@ -337,41 +389,44 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
     from pgolf.progress import Progress
     from submissions.bundle import bundle_size
 
-    master = int(os.environ.get("RANK", "0")) == 0  # SIGTERM raises InterruptedRun here: `main` installs it
-    try:
+    try:  # the run directory's lock (rank 0's) goes with this process, however it leaves
+        master = int(os.environ.get("RANK", "0")) == 0  # SIGTERM raises InterruptedRun here: `main` installs it
+        try:
+            if master:
+                write_status(run_dir, "running")
+            progress = Progress if sys.stderr.isatty() else None
+            summary = run_training(cfg, registry, code_size=bundle_size, progress=progress)
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
+            if master:
+                write_status(run_dir, "interrupted", message=f"by {how}; nothing exported")
+                print(f"\npgolf: interrupted by {how}: {run_dir} is marked interrupted (status.json); no artifact "
+                      "was exported", file=sys.stderr)
+            return 130
+        except TrainingDiverged as exc:
+            if master:
+                write_status(run_dir, "diverged", message=str(exc))
+            raise
+        except BaseException as exc:
+            if master:
+                write_status(run_dir, "failed", message=" ".join(str(exc).split())[:300])
+                if (run_dir / REPLACED).is_dir():
+                    print(f"pgolf: the run this one replaced is kept in {run_dir / REPLACED}", file=sys.stderr)
+            raise
         if master:
-            write_status(run_dir, "running")
-        progress = Progress if sys.stderr.isatty() else None
-        summary = run_training(cfg, registry, code_size=bundle_size, progress=progress)
-    except KeyboardInterrupt as exc:
-        how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
-        if master:
-            write_status(run_dir, "interrupted", message=f"by {how}; nothing exported")
-            print(f"\npgolf: interrupted by {how}: {run_dir} is marked interrupted (status.json); no artifact "
-                  "was exported", file=sys.stderr)
-        return 130
-    except TrainingDiverged as exc:
-        if master:
-            write_status(run_dir, "diverged", message=str(exc))
-        raise
-    except BaseException as exc:
-        if master:
-            write_status(run_dir, "failed", message=" ".join(str(exc).split())[:300])
-            if (run_dir / REPLACED).is_dir():
-                print(f"pgolf: the run this one replaced is kept in {run_dir / REPLACED}", file=sys.stderr)
-        raise
-    if master:
-        write_status(run_dir, "finished")
-        shutil.rmtree(run_dir / REPLACED, ignore_errors=True)
-        total = summary["total_bytes"]
-        print(f"val_bpb {summary['val_bpb']:.4f}  artifact {total:,} bytes "
-              f"({'fits' if total <= 16_000_000 else 'OVER'} 16,000,000)")
-        from pgolf.plots import write_loss_curve
+            write_status(run_dir, "finished")
+            shutil.rmtree(run_dir / REPLACED, ignore_errors=True)
+            total = summary["total_bytes"]
+            print(f"val_bpb {summary['val_bpb']:.4f}  artifact {total:,} bytes "
+                  f"({'fits' if total <= 16_000_000 else 'OVER'} 16,000,000)")
+            from pgolf.plots import write_loss_curve
 
-        print(write_loss_curve(run_dir))
-        if after is not None:
-            after(cfg, run_dir, summary)
-    return 0
+            print(write_loss_curve(run_dir))
+            if after is not None:
+                after(cfg, run_dir, summary)
+        return 0
+    finally:
+        release_lock(run_dir)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -705,6 +760,18 @@ def cmd_size(args: argparse.Namespace) -> int:
     return run_size(args)
 
 
+def out_of_memory(exc: BaseException) -> str | None:
+    """For an allocation that failed (host or device): " (tried to allocate N GiB)" or ""; None for other errors."""
+    text = str(exc)
+    if not (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and "can't allocate memory" in text)):
+        return None
+    if m := re.search(r"[Tt]ried to allocate (\d+) bytes", text):  # the CPU allocator's figure
+        return f" (tried to allocate {int(m[1]) / 2**30:,.1f} GiB)"
+    m = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]iB)", text)  # CUDA's
+    return f" (tried to allocate {m[1]})" if m else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     # OpenMP threads sleep instead of spinning while they wait (before torch loads): on a busy CPU machine
     # spinning makes small CPU steps several times slower; no effect on GPU work. Set it to override.
@@ -759,6 +826,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if type(exc).__name__ == "TrainingDiverged":
             print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
+            return 1
+        if (oom := out_of_memory(exc)) is not None:
+            print(f"pgolf: error: out of memory{oom}: the model, a batch or a plugin's table is too large for this "
+                  "machine (core.model_dim / num_layers / train_batch_tokens / val_batch_size, plugin sizes such as "
+                  "bigram_hash.buckets)", file=sys.stderr)
             return 1
         if os.environ.get("PGOLF_TRACEBACK", "").strip().lower() not in ("", "0", "false", "no", "off"):
             raise

@@ -80,6 +80,10 @@ class Case:
 
 
 CATALOGUE = [
+    # --- session 28: an allocation that cannot succeed is one line saying so (was an "internal error")
+    Case("train/a-plugin-table-too-large-for-memory", "train --plugins bigram_hash --set bigram_hash.buckets="
+         "100000000000 --set core.out_dir={tmp}/runs", 1, r"out of memory \(tried to allocate [\d,.]+ GiB\): the "
+         r"model, a batch or a plugin's table is too large", tiny=True),
     # --- session 27 (fourth red-team pass): settings refused at configuration time, not after the run
     Case("config/cuda-device-index-not-a-number", "config show --set core.device=cuda:xyz", 2,
          r"core\.device: expected auto, cpu or cuda\[:N\], got 'cuda:xyz'"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,34 @@ def test_a_run_dir_holds_one_run_and_force_replaces_it(tiny_run, tiny_core, tiny
     assert main(_tiny_args(tiny_core, tiny_data, out, "--set", "core.run_id=again", "--force")) == 0
     log = (copy / "train.log").read_text()
     assert log.count("model_params:") == 1 and json.loads((copy / "status.json").read_text())["status"] == "finished"
+
+
+def test_a_run_dir_in_use_is_refused_even_with_force_and_a_stale_lock_is_taken_over(tiny_run, tiny_core, tiny_data,
+                                                                                      capsys):
+    """Two runs of one RUN_ID at once (a second terminal, a re-launched job) would move the live run's files to
+    .replaced/ and mix their logs: rank 0 holds `.lock` (its pid) for the whole run; only a live pgolf holds it."""
+    out = tiny_run.parent
+    for rid in ("busy", "reused"):
+        shutil.copytree(tiny_run, out / rid)
+    before = (out / "busy" / "final_model.ptz").read_bytes()
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    holder, other = subprocess.Popen([*sleep, "pgolf"]), subprocess.Popen(sleep)  # other: alive, not pgolf
+    try:
+        (out / "busy" / ".lock").write_text(f"{holder.pid}\n")
+        assert main(_tiny_args(tiny_core, tiny_data, out, "--set", "core.run_id=busy", "--force")) == 2
+        err = capsys.readouterr().err
+        assert f"a run is training there now (pid {holder.pid}, .lock)" in err and len(err.strip().splitlines()) == 1
+        assert (out / "busy" / "final_model.ptz").read_bytes() == before and not (out / "busy" / ".replaced").exists()
+        holder.kill()
+        holder.wait()  # dead now: "busy" holds a killed run's lock
+        (out / "reused" / ".lock").write_text(f"{other.pid}\n")
+        for rid in ("busy", "reused"):
+            assert main(_tiny_args(tiny_core, tiny_data, out, "--set", f"core.run_id={rid}", "--force")) == 0
+            assert not (out / rid / ".lock").exists()
+    finally:
+        for p in (holder, other):
+            p.kill()
+            p.wait()
 
 
 def test_deterministic_runs_agree_and_the_bundle_carries_it(tiny_core, tiny_data, tmp_path, capsys):
