@@ -77,7 +77,7 @@ def test_ttt_era_log_with_timestamps() -> None:
     labels = [e.label for e in r.evals]
     assert "diagnostic quantized" not in labels and "pre-quantization post-ema" not in labels
     assert r.final().label == "quantized_ttt_phased" and r.final().val_bpb == 1.06107568
-    assert r.total_eval_time_s == 508.8 and r.warmup_s == 137.6
+    assert 508_800 in [ms for ms, _ in r.eval_figures] and r.warmup_s == 137.6  # total_eval_time:508.8s
     assert r.final("quantized").val_bpb == 1.0686  # val_bpb_method selects a label
 
 

@@ -10,7 +10,10 @@ from typing import Any
 
 from validator.untrusted_json import JSON_ERRORS, parse_json
 
-TS_PREFIX = re.compile(r"^\d{10}\.\d{3} ")
+# What launchers and loggers put before a line: an epoch timestamp, torchrun --tee's `[default0]:` / `[rank0]:`, a
+# logging-module date; removed (repeatedly: they stack) so that the patterns below read the line itself
+TS_PREFIX = re.compile(r"^(?:\d{10}\.\d{3} |\[(?:default|rank)\d+\]:\s?|\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[.,]\d+)?"
+                       r"\s+(?:(?:INFO|DEBUG|WARNING|ERROR)\b\W*)?)+")
 # A figure in any notation a log may print it in (12345, 12,345, 12_345, 1.2e4), of bounded length (a 5,000-digit
 # field must not stop the parse), and a time unit with or without a space before it.
 NUM = r"\d[\d,_]{0,24}(?:\.\d{1,12})?(?:[eE][+-]?\d{1,3})?"
@@ -32,30 +35,36 @@ UNIT_KEY_FIGURE = re.compile(rf"\b[A-Za-z]\w*?_(?P<unit>ms|s|secs?|seconds|mins?
 # Any training-time or step figure on a log line, in any unit (the parse of record-format lines above reads the
 # shapes it knows; this reads every figure, so that a final line in another shape or unit is never skipped for an
 # earlier, smaller one): the log's largest counts.
-ANY_TRAIN_TIME = re.compile(rf"\btrain[ _]time[:=]?\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
-CLOCK_TRAIN_TIME = re.compile(r"\btrain[ _]time[:=]?\s*(?:(\d+):)?(\d+):(\d{2}(?:\.\d+)?)\b")  # [h:]mm:ss
-TRAIN_TIME_FIGURE = re.compile(r"\btrain[ _]time[:=]?\s*\d")  # a figure follows: it must be read, or the log fails
+# `train_time`, `Train time`, `total_train_time`, `training_time`, `training-time` (a key inside a longer one too)
+TRAIN_KEY = r"(?i:(?<![a-z])train(?:ing)?[ _-]?time)"
+ANY_TRAIN_TIME = re.compile(rf"{TRAIN_KEY}[:=]?\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
+CLOCK_TRAIN_TIME = re.compile(rf"{TRAIN_KEY}[:=]?\s*(?:(\d+):)?(\d+):(\d{{2}}(?:\.\d+)?)\b")  # [h:]mm:ss
+TRAIN_TIME_FIGURE = re.compile(rf"{TRAIN_KEY}[:=]?\s*\d")  # a figure follows: it must be read, or the log fails
 STEP_LOSS = re.compile(r"^(?:step:)?(\d+)/\d+ .*?\btrain_loss:\s*(\d+(?:\.\d+)?)\b")
 ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
 STEP_VAL_LOSS = re.compile(r"\bval_loss[:=]\s*(\d+\.\d+)")
-V2 = re.compile(r"^total_eval_time:([0-9.]+)s")
+# a line about evaluation (`eval_time:712418ms` on its own line, `sliding_window_eval:done elapsed=712.4s`,
+# `total_eval_time: 712.4s`, `TTT:done ...`): any duration on it bounds the evaluation from below (EVAL_WORD)
+EVAL_WORD = re.compile(r"(?i)(?<![a-z])(?:eval\w*|ttt|sliding|scor(?:e|ing))(?![a-z])")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
 T2 = re.compile(r"^stopping_early: wallclock_cap train_time: ?(\d+)ms step: ?(\d+)/(\d+)")
 T3 = re.compile(r"^(\d+)/(\d+) train_loss: [0-9.]+ train_time: ([0-9.]+)m tok/s")
 G1 = re.compile(r"^gptq:reserving ([0-9.]+)(ms|s)(?: from training budget)?, effective=(\d+)ms")
 # calibration that reads training data (Hessians from the train loader): inside the 600 s training budget
-G2B = re.compile(r"^gptq:calibrated \d+ layers in ([0-9.]+)s")
+# any line about Hessians or calibration with a duration (`GPTQ:collected 67 Hessians in 12400ms`, `gptq:calibrated
+# 66 layers in 3.1 s`) that is not the self-generated kind below
+CALIB_WORD = re.compile(r"(?i)(?<![a-z])(?:hessians?|calibrat\w*)(?![a-z])")
 # calibration on self-generated sequences (PR #1019 "AR self-gen"): timed separately
 GAR = re.compile(r"^gptq:(?:generated \d+ (?:seqs|sequences)|collected hessians for \d+ layers) in ([0-9.]+)s")
 GAR_MARK = re.compile(r"^gptq:(?:generating autoregressive|collecting hessians from autoregressive)|\(AR self-gen\)")
 GDONE = re.compile(r"^gptq:(?:done in|quantization complete in) ([0-9.]+)s")
 GWALL = re.compile(r"^wallclock:post_gptq total_elapsed:([0-9.]+)s train_budget:([0-9.]+)s")
 # eval-phase work logged on its own line (a TTT pass before the scoring line, a precompute over val, decompression)
-PH_TTT = re.compile(rf"^ttt[\w-]*[: ](?:done|completed?|finished|ended?)\b.*?\b(?:time|elapsed|t)[:=]\s*"
-                    rf"(?P<num>{NUM})\s*(?P<unit>{UNIT})")
+# (`ttt:done ... time:560s`, `legal_ttt:finished 2000 steps in 560.0s`, `TTT:done`): its largest duration is the pass
+PH_TTT = re.compile(r"(?i)^[\w-]*ttt[\w-]*[: ].*?\b(?:done|completed?|finished|ended?)\b")
 # a TTT progress line's running time (`tttg: c12/40 lr:0.01 t:31.2s`): the pass it belongs to took at least as long
-TTT_PROGRESS = re.compile(rf"^ttt[\w-]*[: ].*?\b(?:time|elapsed|t)[:=]\s*(?P<num>{NUM})\s*(?P<unit>{UNIT})")
+TTT_PROGRESS = re.compile(r"(?i)^[\w-]*ttt[\w-]*[: ]")
 PH_PRE = re.compile(r"^ngram_tilt:precompute .*?elapsed=([0-9.]+)s")
 PH_DESER = re.compile(r"^Deserialize: decompression done in ([0-9.]+)s")
 # fine-tuning on validation tokens before quantization (PR #1376 family), however it is spelled
@@ -66,7 +75,6 @@ MB_SUM = re.compile(r"^[\w+.-]+: ([0-9.]+)(MB|MiB) model \+ ([0-9.]+)(?:MB|MiB) 
                     r"(MB|MiB)\b")
 MB_TOTAL = re.compile(r"^(?:artifact|Total submission size[^:]*|total_size|artifact_size):\s*([0-9]+(?:\.([0-9]+))?)"
                       r"\s*(MB|MiB|M)\b")
-G2 = re.compile(r"^GPTQ:collected (\d+) Hessians in ([0-9.]+)s")
 G3 = re.compile(r"^(?:Serialize: per-group compression done in|serialize_wallclock:|artifact_production_wallclock:)"
                 r" ([0-9.]+)s")
 S1 = re.compile(rf"^Total submission size(?: (?P<kind>[^:]+))?:\s*(?P<n>{INT})\s*bytes")
@@ -148,7 +156,7 @@ class LogRecord:
     phases: list[tuple[str, float, int]] = field(default_factory=list)  # (eval phase, seconds, line)
     prequant_lines: list[int] = field(default_factory=list)
     total_mb: tuple[float, float, str, int] | None = None  # (value, half a printed unit, unit, line)
-    total_eval_time_s: float | None = None
+    eval_figures: list[tuple[float, int]] = field(default_factory=list)  # (ms, line) of durations on eval lines
     warmup_s: float | None = None
     val_tokens: int | None = None
     train_shards: int | None = None
@@ -203,12 +211,10 @@ class LogRecord:
 
     def scoring_eval_ms(self, method: str | None = None) -> float | None:
         """Eval time charged to the 600 s evaluation budget: the longest evaluation pass the log shows (whichever
-        line a submission names as its score: a claim cannot choose a shorter pass than the script ran), or
-        total_eval_time if larger."""
+        line a submission names as its score: a claim cannot choose a shorter pass than the script ran), or any
+        duration on a line about evaluation if larger (`total_eval_time`, a pass timed on its own line)."""
         passes = [ms for ms in map(self.pass_ms, self.evals) if ms is not None]
-        if self.total_eval_time_s is not None:
-            passes.append(self.total_eval_time_s * 1000.0)
-        return max(passes, default=None)
+        return max(passes + [ms for ms, _ in self.eval_figures], default=None)
 
     @property
     def eval_sum_ms(self) -> float:
@@ -315,6 +321,17 @@ def _largest_train_time(rec: LogRecord, line: str, no: int) -> None:
             rec.train_time_ms, rec.train_time_line = ms, no
 
 
+def durations(line: str) -> list[float]:
+    """Every duration on `line`, in ms: a number with a time unit, or under a key that carries the unit."""
+    return [figure(m["num"]) * unit_ms(m["unit"]) for rx in (TIME_FIGURE, UNIT_KEY_FIGURE) for m in rx.finditer(line)]
+
+
+def _eval_figures(rec: LogRecord, line: str, no: int) -> None:
+    """Durations on a line about evaluation (EVAL_WORD) that is no training step line: each bounds the evaluation."""
+    if EVAL_WORD.search(line) and not (ANY_STEP.search(line) and "train" in line.lower()):
+        rec.eval_figures += [(ms, no) for ms in durations(line)]
+
+
 def _step_line_times(line: str, step: int) -> list[float]:
     """A training step line's time figures (ms): any figure with a time unit, or under a key that carries one, but
     an average (`elapsed:645.8s`, `(612.0s)`, `train_ms:612047`: the clock at that step), and step x step_avg less
@@ -386,6 +403,7 @@ def parse_text(text: str, path: Path | str = "<log>") -> LogRecord:
         if not line:
             continue
         _largest_train_time(rec, line, no)
+        _eval_figures(rec, line, no)
         rec.world_sizes |= {int(n) for n in WORLD_SIZE.findall(line)}
         rec.launch += launch_counts(line)
         try:
@@ -453,10 +471,6 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         rec.unread_size = rec.unread_size or (no, line.strip()[:100])
     elif m := G1.match(line):
         rec.gptq_reserve_s = float(m[1]) / (1000.0 if m[2] == "ms" else 1.0)
-    elif m := G2.match(line):
-        rec.hessian_s = float(m[2])
-    elif m := G2B.match(line):
-        rec.hessian_s = float(m[1])
     elif m := GAR.match(line):
         rec.ar_calib_s = max(rec.ar_calib_s or 0.0, float(m[1]))
     elif GAR_MARK.search(line):
@@ -468,25 +482,25 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
             rec.hessian_s = float(m[1])
     elif m := GWALL.match(line):
         rec.post_gptq_elapsed_s, rec.train_budget_s = float(m[1]), float(m[2])
-    elif m := PH_TTT.match(line):
-        rec.phases.append(("ttt", figure(m["num"]) * unit_ms(m["unit"]) / 1000.0, no))
-    elif m := TTT_PROGRESS.match(line):
-        rec.ttt_progress.append((figure(m["num"]) * unit_ms(m["unit"]), no))
+    elif CALIB_WORD.search(line) and (ms := durations(line)):
+        rec.hessian_s = max(rec.hessian_s or 0.0, max(ms) / 1000.0)
+    elif m := V3.match(line):
+        rec.warmup_s = float(m[1])
+    elif PREQ.match(line):
+        rec.prequant_lines.append(no)
+    elif PH_TTT.match(line) and (ms := durations(line)):
+        rec.phases.append(("ttt", max(ms) / 1000.0, no))
+    elif TTT_PROGRESS.match(line) and (ms := durations(line)):
+        rec.ttt_progress.append((max(ms), no))
     elif m := PH_PRE.match(line):
         rec.phases.append(("precompute", float(m[1]), no))
     elif m := PH_DESER.match(line):
         rec.phases.append(("deserialize", float(m[1]), no))
-    elif PREQ.match(line):
-        rec.prequant_lines.append(no)
     elif m := MB_TOTAL.match(line):
         decimals = len(m[2] or "")
         rec.total_mb = (float(m[1]), 0.5 * 10.0 ** -decimals, m[3], no)
     elif m := G3.match(line):
         rec.serialize_s.append(float(m[1]))
-    elif m := V2.match(line):
-        rec.total_eval_time_s = float(m[1])
-    elif m := V3.match(line):
-        rec.warmup_s = float(m[1])
     elif m := D1A.match(line):
         rec.val_tokens = count(m[1])
     elif m := D1B.match(line):

@@ -144,7 +144,9 @@ def check_eval(ctx: FolderContext) -> list[Finding]:
     r = RULES[2]
     out: list[Finding] = []
     record = ctx.track == "record" and not ctx.is_run_dir
-    for lg in ctx.scoring:
+    # every log with a score, a re-run that `scoring_logs` drops as a copy of its seed's score too: each is a run
+    # of the submitted evaluation, and each must fit
+    for lg in [lg for lg in ctx.logs if lg.final() is not None]:
         ms = lg.scoring_eval_ms(ctx.method)
         f = ctx.rel(lg.path)
         if lg.unread_eval_time is not None:  # a time figure no pattern reads may be the scoring pass's
