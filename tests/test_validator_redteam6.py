@@ -43,6 +43,8 @@ CASES = {  # name: (rule, record_folder keyword arguments, files added afterward
         "ttt:finished 2000 steps in 560.0s")), {}),
     "a TTT pass under another prefix": ("TIME.EVAL", dict(edit_log=before_score(
         "legal_ttt:done steps:2000 time:560.0s")), {}),
+    "an inference pass timed in words": ("TIME.EVAL", dict(edit_log=lambda s, t: t + "inference done in 712.0s\n"),
+                                         {}),
     "a TTT pass in capitals": ("TIME.EVAL", dict(edit_log=before_score("TTT:done steps:2000 time:560.0s")), {}),
     "Hessians timed in ms": ("TIME.TRAIN_POSTLOOP", dict(edit_log=before_sizes(
         "GPTQ:collected 67 Hessians in 12400ms")), {}),

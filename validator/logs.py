@@ -45,7 +45,7 @@ ANY_STEP = re.compile(r"\bstep[:=]?\s*(\d+)/\d+\b")
 STEP_VAL_LOSS = re.compile(r"\bval_loss[:=]\s*(\d+\.\d+)")
 # a line about evaluation (`eval_time:712418ms` on its own line, `sliding_window_eval:done elapsed=712.4s`,
 # `total_eval_time: 712.4s`, `TTT:done ...`): any duration on it bounds the evaluation from below (EVAL_WORD)
-EVAL_WORD = re.compile(r"(?i)(?<![a-z])(?:eval\w*|ttt|sliding|scor(?:e|ing))(?![a-z])")
+EVAL_WORD = re.compile(r"(?i)(?<![a-z])(?:eval\w*|ttt|sliding|scor(?:e|ing)|inference|test[-_ ]?time\w*)(?![a-z])")
 V3 = re.compile(r"^ttt_lora:compile warmup done \(([0-9.]+)s\)")
 T1 = re.compile(r"^step:(\d+)/(\d+)\b.*?\btrain_time:(\d+(?:\.\d+)?)ms(?:.*?step_avg:([0-9.]+)ms)?")
 T2 = re.compile(r"^stopping_early: wallclock_cap train_time: ?(\d+)ms step: ?(\d+)/(\d+)")
