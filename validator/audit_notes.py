@@ -43,6 +43,12 @@ BY_FOLDER: dict[tuple[str, str], str] = {
         'Real: ships `train_gpt_cuda_ternary.py` (rulebook census).',
     ('track_10min_16mb/2026-04-06_SP8192_HessianSDClip_ProgressiveRecurrence', 'SIZE.CAP'):
         'Real (PR #1412, on the leaderboard at 1.0835): all logs print `Total submission size quantized+brotli` 16,054,963–16,059,704 > cap; `bytes_total` 15,978,121 is model-only (also a SIZE.LOG warn). The exec stub → `train_gpt_decode.py` is counted correctly by the logs (80,055 B), so SIZE.CODE passes.',
+    ('track_10min_16mb/2026-04-06_SP8192_HessianSDClip_ProgressiveRecurrence', 'JSON.CONSISTENCY'):
+        'Real (same cause as its SIZE.CAP failure, PR #1412): each seed\'s `artifact_bytes` (15,976,275–15,979,649) is its model-only size; its log totals 16,054,963–16,059,704 with the code. Found by the per-seed size check (session 28, red team 7 case 29).',
+    ('track_10min_16mb/2026-04-08_SP8192_ParallelResid_ScoreFirstTTT', 'JSON.CONSISTENCY'):
+        'Real but benign: seeds 314 and 999 state `artifact_bytes` 15,991,486, which is seed 42\'s logged total (copied); their own logs total 15,990,916 and 15,989,602. Every figure is under the cap. Found by the per-seed size check (session 28).',
+    ('track_10min_16mb/2026-04-16_SmearGate_AttentionOutputGate_ScoreFirstTTT', 'JSON.CONSISTENCY'):
+        'Real but benign: seed 1337 states `artifact_bytes` 15,910,554, a figure no log prints (its log totals 15,939,048: 28,494 bytes more; its model line is 15,911,493). Under the cap either way. Found by the per-seed size check (session 28).',
     ('track_non_record_16mb/2026-03-19_SwiGLU_WarmdownFix_QuarterBatch_1x5090', 'FILES.REQUIRED'):
         'Real: no log (ships `results.tsv`).',
     ('track_non_record_16mb/2026-03-19_SwiGLU_WarmdownFix_QuarterBatch_1x5090', 'JSON.CONSISTENCY'):

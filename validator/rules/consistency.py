@@ -145,7 +145,7 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
 
 def _seed_claims(r: Rule, ctx: FolderContext, finals: list, f: str | None) -> list[Finding]:
     """Each seed submission.json names (`seeds`, `seed_results`) has a log, and its per-seed figures are that log's:
-    val_bpb (any final line, SEED_TOL), val_loss (SEED_TOL) and bytes_total (the logged total, exactly)."""
+    val_bpb (any final line, SEED_TOL), val_loss (SEED_TOL) and every size it states (`_seed_figures`)."""
     out: list[Finding] = []
     logs = {lg.seed: (lg, fin) for lg, fin in finals if lg.seed is not None}
     results = seed_results(ctx.submission)
@@ -160,7 +160,7 @@ def _seed_claims(r: Rule, ctx: FolderContext, finals: list, f: str | None) -> li
             continue
         lg, fin = logs[int(seed)]
         res = results.get(seed, {})
-        v, loss, size = res.get("val_bpb"), res.get("val_loss"), res.get("bytes_total")
+        v, loss = res.get("val_bpb"), res.get("val_loss")
         if _number(v) and abs(v - fin.val_bpb) > SEED_TOL and all(abs(v - e.val_bpb) > SEED_TOL for e in lg.evals):
             out.append(r.finding(FAIL, f"seed {seed}: claimed val_bpb differs from its log by "
                                  f"{abs(v - fin.val_bpb):.5f}", file=f, field=f"seed_results.{seed}.val_bpb",
@@ -169,10 +169,45 @@ def _seed_claims(r: Rule, ctx: FolderContext, finals: list, f: str | None) -> li
             out.append(r.finding(FAIL, f"seed {seed}: claimed val_loss {loss} is on no final line of its log "
                                  f"({ctx.rel(lg.path)})", file=f, field=f"seed_results.{seed}.val_loss",
                                  expected=fin.val_loss, found=loss))
-        if _number(size) and lg.total_bytes is not None and size != lg.total_bytes:
-            out.append(r.finding(FAIL, f"seed {seed}: claimed bytes_total {size:,} but its log totals "
-                                 f"{lg.total_bytes:,} bytes", file=f, field=f"seed_results.{seed}.bytes_total",
-                                 expected=lg.total_bytes, found=size))
+        out += _seed_figures(r, seed, res, [x for x in ctx.logs if x.seed == int(seed)] or [lg], f)
+    return out
+
+
+def _size_kind(key: str) -> str | None:
+    """What a per-seed key states the size of, whatever its spelling (`artifact_bytes`, `bytes_total`,
+    `artifact_size_bytes`, `model_bytes`, `bytes_code`): 'total', 'model', 'code', or None (no size)."""
+    import re
+
+    words = set(re.split(r"[^a-z]+", key.lower()))
+    if not words & {"bytes", "size", "byte"} or words & {"per", "mb", "mib", "tokens", "token", "val", "bpb"}:
+        return None
+    if words & {"code", "script"}:
+        return "code"
+    if words & {"model", "weights", "quant", "compressed", "int6", "int8", "ptz"} and not words & {"total",
+                                                                                                   "artifact"}:
+        return "model"
+    return "total"
+
+
+def _seed_figures(r: Rule, seed: str, res: dict[str, Any], logs: list, f: str | None) -> list[Finding]:
+    """Every size a per-seed entry states is one a log of that seed prints (exactly; a seed's original run and its
+    re-run are both its logs): a total is any total the log prints (the last, or any named artifact's), a model size
+    the log's model bytes, a code size its code bytes (either form). A kind of size no log prints is not compared."""
+    out = []
+    logged: dict[str, set[int]] = {"total": set(), "model": set(), "code": set()}
+    for lg in logs:
+        logged["total"] |= {n for n in [lg.total_bytes] + [t[1] for t in lg.artifact_totals] if n is not None}
+        logged["model"] |= {n for n in [lg.model_bytes] if n is not None}
+        logged["code"] |= {n for n in [lg.code_bytes, lg.code_bytes_uncompressed] if n is not None}
+    lg = logs[0]
+    for key, value in res.items():
+        kind = _size_kind(str(key))
+        if kind is None or not _number(value) or not logged[kind] or value in logged[kind]:
+            continue
+        shown = ", ".join(f"{n:,}" for n in sorted(logged[kind]))
+        out.append(r.finding(FAIL, f"seed {seed}: claimed {key} {value:,} but its log ({lg.path.name}) prints "
+                             f"{'a total of' if kind == 'total' else kind + ' bytes'} {shown}", file=f,
+                             field=f"seed_results.{seed}.{key}", expected=sorted(logged[kind]), found=value))
     return out
 
 
