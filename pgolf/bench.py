@@ -460,6 +460,37 @@ def peak_memory(device: Any) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- data
 
+BENCH_MARK = ".pgolf-bench"  # in a --out folder bench made: only there are data/, runs/pgolf and record/ replaced
+
+
+def claim_out(out: Path) -> Path:
+    """`out`, made or checked: new, empty or made by bench (BENCH_MARK), since bench replaces folders in it."""
+    if out.exists() and not out.is_dir():
+        raise BenchError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / BENCH_MARK).is_file():
+        raise BenchError(f"--out {out}: holds files bench did not make (no {BENCH_MARK}); bench replaces data/, runs/ "
+                         "and record/ in its folder: give a new or empty one")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / BENCH_MARK).is_file():
+        (out / BENCH_MARK).write_text("a pgolf bench working folder: data/, runs/pgolf and record/ are replaced\n")
+    return out
+
+
+def earlier_side(path: Path) -> dict[str, Any]:
+    """A side's result from an earlier call (`--side`): a JSON object, or a one-line error naming the file."""
+    from validator.untrusted_json import JSON_ERRORS, parse_json
+
+    try:
+        res = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, *JSON_ERRORS) as exc:
+        raise BenchError(f"{path}: an earlier side's result that cannot be read ({exc}); delete it or run both "
+                         "sides") from None
+    log = res.get("log") if isinstance(res, dict) else None
+    if not (isinstance(log, dict) and isinstance(log.get("steps"), dict) and isinstance(res.get("peak_memory"), dict)):
+        raise BenchError(f"{path}: not a bench side's result (expected the JSON object an earlier --side wrote); "
+                         "delete it or run both sides")
+    return res
+
 def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tuple[Path, Path, Path]:
     """A challenge-layout folder both sides read: datasets/fineweb10B_sp<V>/ (links to the training shards,
     one validation shard holding the first `val_tokens` tokens, whole sequences + 1, and the same prefix of a
@@ -474,6 +505,9 @@ def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tupl
     src, tok = resolve_data(SimpleNamespace(core=cfg.core))
     vocab = cfg.core.vocab_size
     root = out / "data"
+    if Path(src).resolve().is_relative_to(root) or Path(tok).resolve().is_relative_to(root):
+        raise BenchError(f"--data {src}: inside {root}, the folder bench rebuilds from the data (give the dataset "
+                         "itself, not a bench folder's copy)")
     shutil.rmtree(root, ignore_errors=True)
     ds = root / "datasets" / f"fineweb10B_sp{vocab}"
     ds.mkdir(parents=True)
@@ -968,11 +1002,12 @@ def run_bench(args: argparse.Namespace) -> int:
             raise BenchError(f"--vs {args.vs}: no such file (expected a record's train_gpt.py)")
         profile_for(Path(args.vs).expanduser(), args.profile)
     args.recipe = resolve_recipe(args.recipe)
-    out = Path(args.out).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_out(Path(args.out).expanduser().resolve())
     sides = {"both": ("pgolf", "record"), "pgolf": ("pgolf",), "record": ("record",)}[args.side]
     if args.dry_run:
         sides = ("record",)
+    earlier = {side: earlier_side(out / f"{side}.json") for side in ("pgolf", "record")  # before anything runs
+               if side not in sides and (out / f"{side}.json").is_file()}  # a side not run now: an earlier call's
     cfg, registry = load_config(args)
     cfg = with_default_data(cfg)
     eval_seq_len = cfg.core.eval_seq_len or cfg.core.train_seq_len
@@ -988,10 +1023,7 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg, registry = load_config(args)
     shutil.rmtree(out / "runs" / "pgolf", ignore_errors=True)
     res: dict[str, Any] = {"recipe": args.recipe, "steps": args.steps, "seed": args.seed, "val_tokens": args.val_tokens,
-                           "data": str(dataset)}
-    for side in ("pgolf", "record"):  # a side not run now keeps its result from an earlier call (same --out)
-        if side not in sides and (out / f"{side}.json").is_file():
-            res[side] = json.loads((out / f"{side}.json").read_text())
+                           "data": str(dataset), **earlier}
     if "pgolf" in sides:
         pg_cfg, pg_registry = cfg, registry
         drop = finish_drops(args, cfg.plugins)

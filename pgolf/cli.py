@@ -398,10 +398,13 @@ def cmd_train(args: argparse.Namespace, extra_sets: list[str] | None = None, aft
             summary = run_training(cfg, registry, code_size=bundle_size, progress=progress)
         except KeyboardInterrupt as exc:
             how = "SIGTERM" if isinstance(exc, InterruptedRun) else "SIGINT (Ctrl-C)"
+            # the run's own: a replaced run's files moved to .replaced/ before this one started
+            done = "the artifact was exported (final_model.ptz), its final evaluation was not" if (
+                run_dir / "final_model.ptz").is_file() else "no artifact was exported"
             if master:
-                write_status(run_dir, "interrupted", message=f"by {how}; nothing exported")
-                print(f"\npgolf: interrupted by {how}: {run_dir} is marked interrupted (status.json); no artifact "
-                      "was exported", file=sys.stderr)
+                write_status(run_dir, "interrupted", message=f"by {how}; {done}")
+                print(f"\npgolf: interrupted by {how}: {run_dir} is marked interrupted (status.json); {done}",
+                      file=sys.stderr)
             return 130
         except TrainingDiverged as exc:
             if master:
@@ -554,8 +557,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     from core.run import write_atomic
     from submissions.bundle import bundle_with_requirements, script_bytes
 
+    inputs = [Path(f) for f in (args.plugin_file or [])] + ([Path(args.recipe)] if args.recipe else [])
     if args.path:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
+        inputs += [cfg_path] + [cfg_path.parent / f for f in RUN_FILES]  # a run's files: never written over
         try:
             args.recipe = {**config_recipe(cfg_path), "source": str(cfg_path)}
         except ValueError as exc:
@@ -566,8 +571,12 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if out.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory (expected the script's file name, e.g. "
                                 "-o DIR/train_gpt.py)", str(out))
-    check_output(out, args.force, "-o")
     req_path = out.with_name("requirements.txt")
+    for path, flag in [(out, "-o")] + ([(req_path, "--requirements")] if args.requirements else []):
+        if path.exists() and any(path.resolve() == p.resolve() for p in inputs if p.exists()):
+            raise ValueError(f"{flag} {path}: a file this bundle is made from (the run's, the recipe or a plugin "
+                             "file); write the script elsewhere")
+    check_output(out, args.force, "-o")
     if args.requirements:
         if out.name == req_path.name:
             raise ValueError(f"-o {out}: the script would be overwritten by its own requirements.txt (--requirements "
@@ -810,8 +819,10 @@ def main(argv: list[str] | None = None) -> int:
               "module?); stopped", file=sys.stderr)
         return exc.code if isinstance(exc.code, int) and exc.code else 2
     except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:  # RecordError, BundleError too
-        if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).is_file():  # mkdir under a file
-            print(f"pgolf: error: {exc.filename}: is a file, where a folder is needed on this path", file=sys.stderr)
+        if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).exists() and not Path(
+                exc.filename).is_dir():  # mkdir where a file (or a device, a FIFO) is
+            what = "a file" if Path(exc.filename).is_file() else "not a folder (a device, a FIFO or a link)"
+            print(f"pgolf: error: {exc.filename}: is {what}, where a folder is needed on this path", file=sys.stderr)
             return 2
         print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
         return 2

@@ -81,6 +81,22 @@ class Case:
 
 CATALOGUE = [
     # --- session 28: an allocation that cannot succeed is one line saying so (was an "internal error")
+    # bench's --out is its own working folder (it replaces data/, runs/, record/ there): a folder it did not make is
+    # refused (a user's dataset under it was deleted), and so is data inside the copy it rebuilds
+    Case("plugins/new-in-a-device", "plugins new myp2 --dir /dev/null", 2,
+         r"/dev/null: is not a folder \(a device, a FIFO or a link\), where a folder is needed"),
+    Case("bundle/over-its-own-run", "bundle {tmp}/done -o {tmp}/done/config.json --force", 2,
+         r"-o .*done/config\.json: a file this bundle is made from", setup=("finished_run",)),
+    Case("bundle/requirements-over-its-recipe", "bundle --recipe {tmp}/requirements.txt -o {tmp}/x.py "
+         "--requirements --force", 2, r"--requirements .*requirements\.txt: a file this bundle is made from",
+         setup=("recipe_named_requirements",)),
+    Case("bench/out-holds-the-users-dataset", "bench --recipe baseline --smoke --data {tmp}/ws/data --out {tmp}/ws", 2,
+         r"ws: holds files bench did not make \(no \.pgolf-bench\)", setup=("dataset_in_a_folder",), tiny=True),
+    Case("bench/data-inside-the-copy-it-rebuilds", "bench --recipe baseline --smoke --data {tmp}/bo/data/ds "
+         "--out {tmp}/bo", 2, r"bo/data/ds: inside .*bo/data, the folder bench rebuilds", setup=("bench_folder",),
+         tiny=True),
+    Case("bench/an-earlier-sides-result-damaged", "bench --recipe baseline --smoke --side pgolf --out {tmp}/bo", 2,
+         r"bo/record\.json: not a bench side's result", setup=("bench_folder",), tiny=True),  # before its data/ goes
     Case("train/a-plugin-table-too-large-for-memory", "train --plugins bigram_hash --set bigram_hash.buckets="
          "100000000000 --set core.out_dir={tmp}/runs", 1, r"out of memory \(tried to allocate [\d,.]+ GiB\): the "
          r"model, a batch or a plugin's table is too large", tiny=True),
@@ -229,6 +245,9 @@ CATALOGUE = [
          r"final_model\.ptz: No space left on device", patch="disk_full", check="failed_run", tiny=True),
     Case("train/ctrl-c", "train --set core.out_dir={tmp}/runs --set core.run_id=cc", 130, r"interrupted by SIGINT",
          patch="ctrl_c", check="interrupted_run", tiny=True),
+    Case("train/ctrl-c-after-the-export", "train --set core.out_dir={tmp}/runs --set core.run_id=cc", 130,
+         r"interrupted by SIGINT .*; the artifact was exported \(final_model\.ptz\), its final evaluation was not",
+         patch="ctrl_c_in_final_eval", check="interrupted_after_export", tiny=True),  # session 28: said "no artifact"
     # --- pgolf eval
     Case("eval/truncated-artifact", "eval {tmp}/truncated", 2, r"final_model\.ptz", setup=("truncated_run",)),
     Case("eval/other-config-artifact", "eval {tmp}/done --set core.num_layers=3", 2,
@@ -508,6 +527,20 @@ def _core_plugin(tmp: Path, ctx: dict) -> None:
     (tmp / "core_plugin.py").write_text(NAN_PLUGIN.replace('name = "nan_init"', 'name = "core"'))
 
 
+def _dataset_in_a_folder(tmp: Path, ctx: dict) -> None:
+    shutil.copytree(ctx["data"], tmp / "ws" / "data")
+
+
+def _recipe_named_requirements(tmp: Path, ctx: dict) -> None:
+    (tmp / "requirements.txt").write_text('plugins = ["ema"]\n')
+
+
+def _bench_folder(tmp: Path, ctx: dict) -> None:
+    shutil.copytree(ctx["data"], tmp / "bo" / "data" / "ds")
+    (tmp / "bo" / ".pgolf-bench").write_text("")
+    (tmp / "bo" / "record.json").write_text("[1]")
+
+
 def _bad_jsonl(tmp: Path, ctx: dict) -> None:
     (tmp / "bad.jsonl").write_bytes(b'{"text": "one"}\n{"text": "two"}\n{"text": "\xff\xfe"}\n')
 
@@ -522,7 +555,8 @@ SETUPS = {"finished_run": _finished_run, "truncated_run": _truncated_run, "nan_p
           "exiting_plugin": _exiting_plugin, "latin_text": _latin_text,
           "string_conflicts_plugin": _string_conflicts_plugin, "finished_run_named": _finished_run_named,
           "string_seed": _string_seed, "text_in_dataset": _text_in_dataset,
-          "unknown_plugin_config": _unknown_plugin_config}
+          "unknown_plugin_config": _unknown_plugin_config, "dataset_in_a_folder": _dataset_in_a_folder,
+          "bench_folder": _bench_folder, "recipe_named_requirements": _recipe_named_requirements}
 
 
 # ----- simulated system failures
@@ -545,7 +579,16 @@ def _ctrl_c(monkeypatch) -> None:
     monkeypatch.setattr(core.train, "timed_loop", interrupted)
 
 
-PATCHES = {"disk_full": _disk_full, "ctrl_c": _ctrl_c}
+def _ctrl_c_in_final_eval(monkeypatch) -> None:
+    import core.train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core.train, "final_eval", interrupted)
+
+
+PATCHES = {"disk_full": _disk_full, "ctrl_c": _ctrl_c, "ctrl_c_in_final_eval": _ctrl_c_in_final_eval}
 
 
 # ----- checks of what a failed command left
@@ -570,7 +613,14 @@ def _interrupted_run(tmp: Path) -> None:
     assert _status(d) == "interrupted" and "run_status:interrupted" in (d / "train.log").read_text()
 
 
-CHECKS = {"diverged_run": _diverged_run, "failed_run": _failed_run, "interrupted_run": _interrupted_run}
+def _interrupted_after_export(tmp: Path) -> None:
+    d = tmp / "runs" / "cc"
+    assert _status(d) == "interrupted" and (d / "final_model.ptz").is_file()
+    assert "final evaluation was not" in json.loads((d / "status.json").read_text())["message"]
+
+
+CHECKS = {"diverged_run": _diverged_run, "failed_run": _failed_run, "interrupted_run": _interrupted_run,
+          "interrupted_after_export": _interrupted_after_export}
 
 
 # ----- the harness
