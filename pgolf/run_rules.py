@@ -3,8 +3,10 @@ finite, its artifact is whole, it finished, and the graph modes its log declares
 
 RUN.FINITE    every score in metrics.json / submission.json / the logs' final lines is a finite number
 RUN.ARTIFACT  final_model.ptz: pgolf header, payload length, raw_sha256 of the decompressed payload, and the
-              size metrics.json and the log report (no torch: header and codecs read directly); a bare artifact
-              (a record-profile script's, no header): its size in metrics.json, a codec stream of a torch archive
+              size metrics.json and the log report (no torch: header and codecs read directly); a header with no
+              payload (no stream, an empty one) carries no model; a stream its codec refuses is broken; a bare
+              artifact (a record-profile script's, no header): its size in metrics.json, a codec stream of a torch
+              archive
 RUN.STATUS    status.json (when there is one) says finished; train.log holds exactly one run
 RUN.MODES     every mode of a `modes:` line (start fraction < 1) has its `mode:<name> on step:` line, and
               `timed_loop_recompiles` is 0 (a technique switched mid-run was not a dead flag; graphs were warmed)
@@ -45,7 +47,7 @@ def _json(path: Path) -> tuple[Any, str | None]:
         raise ValueError(f"non-finite value {name}")
 
     try:
-        return parse_json(path.read_text(encoding="utf-8"), parse_constant=bad), None
+        return parse_json(path.read_text(encoding="utf-8-sig"), parse_constant=bad), None  # a BOM is allowed
     except (OSError, *JSON_ERRORS) as exc:
         return None, str(exc)
 
@@ -143,15 +145,25 @@ def check_artifact(ctx: FolderContext) -> list[Any]:
                           file=path.name, expected=logged, found=len(blob))]
     streams = header.get("streams") if header.get("format", 1) >= 2 else [
         {"codec": header.get("codec"), "payload_bytes": want, "raw_sha256": header.get("raw_sha256")}]
-    if not isinstance(streams, list) or sum(int(st.get("payload_bytes", -1)) for st in streams) != want:
-        return [r.finding(FAIL, "corrupt header (stream sizes do not add up to payload_bytes)", file=path.name)]
+    if not _streams_ok(streams) or sum(st["payload_bytes"] for st in streams) != want:
+        return [r.finding(FAIL, "corrupt header (expected a list of streams, each with a codec and a payload size, "
+                          "adding up to payload_bytes)", file=path.name)]
+    if want <= 0 or not all(st["payload_bytes"] > 0 for st in streams):
+        # a header and no model: an artifact any folder can fake in 50 bytes; every codec writes bytes
+        return [r.finding(FAIL, f"carries no model: {len(streams)} stream(s), {want:,} payload bytes (a pgolf "
+                          "artifact holds the compressed weights after its header)", file=path.name,
+                          expected="> 0 payload bytes in every stream", found=want)]
     offset, verified = 0, 0
     for i, st in enumerate(streams):
-        chunk = payload[offset:offset + int(st["payload_bytes"])]
-        offset += int(st["payload_bytes"])
+        chunk = payload[offset:offset + st["payload_bytes"]]
+        offset += st["payload_bytes"]
         if st.get("codec_params"):  # e.g. a byte shuffle: the run's codec plugin checks these on load
             continue
-        raw = _decompress(str(st.get("codec")), chunk)
+        try:
+            raw = _decompress(str(st.get("codec")), chunk)
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: a stream its codec refuses is no model
+            return [r.finding(FAIL, f"stream {i}: its {st.get('codec')} payload does not decompress "
+                              f"({type(exc).__name__})", file=path.name)]
         if raw is None:
             continue
         if hashlib.sha256(raw).hexdigest() != st.get("raw_sha256"):
@@ -162,6 +174,13 @@ def check_artifact(ctx: FolderContext) -> list[Any]:
         return [r.finding(PASS, f"artifact whole ({len(blob):,} bytes; codecs not checked here)")]
     return [r.finding(PASS, f"artifact whole: {len(blob):,} bytes, {verified}/{len(streams)} stream checksums "
                             "verified")]
+
+
+def _streams_ok(streams: Any) -> bool:
+    """A non-empty list of stream entries, each a dict with a codec name and an integer payload size."""
+    return isinstance(streams, list) and bool(streams) and all(
+        isinstance(st, dict) and isinstance(st.get("codec"), str) and isinstance(st.get("payload_bytes"), int)
+        and not isinstance(st.get("payload_bytes"), bool) and st["payload_bytes"] >= 0 for st in streams)
 
 
 def _check_bare(r: Rule, ctx: FolderContext, path: Path, blob: bytes) -> list[Any]:

@@ -29,6 +29,8 @@ CRASHED = "rule crashed:"
 UNREAD = "not read by this scan"
 # A run directory's files; a record-profile script's run has no events.jsonl (train.log is its record).
 RUN_DIR_FILES = ("config.json", "train.log", "metrics.json", "final_model.ptz")
+# Files only a records folder holds: a folder with one is validated as a records folder (`FolderContext.is_run_dir`).
+RECORDS_FOLDER_FILES = ("train_gpt.py",)
 
 
 @dataclass
@@ -115,9 +117,18 @@ class FolderContext:
     @cached_property
     def is_run_dir(self) -> bool:
         """A pgolf run directory (config.json + events.jsonl, or a record-profile script's run: config.json +
-        train.log + metrics.json, no events.jsonl) rather than a records folder."""
+        train.log + metrics.json, no events.jsonl) rather than a records folder. A folder that also holds what only a
+        records folder holds (train_gpt.py, a submission*.json), or that sits in a records track (its parent named
+        `track_*`), is a records folder whatever else it ships: run directories get lighter static rules (pgolf's
+        own code, one run), so claiming to be one must gain a submission nothing. What remains a run directory is
+        held to being one: its config.json must resolve (FILES.REQUIRED) and its artifact must be whole and carry a
+        model (RUN.ARTIFACT)."""
         has = [(self.root / f).is_file() for f in ("config.json", "events.jsonl", "train.log", "metrics.json")]
-        return has[0] and (has[1] or (has[2] and has[3]))
+        if not (has[0] and (has[1] or (has[2] and has[3]))):
+            return False
+        records_files = [f for f in RECORDS_FOLDER_FILES if (self.root / f).exists()]
+        records_files += [p.name for p in self.root.glob("submission*.json")]
+        return not records_files and not self.root.resolve().parent.name.startswith("track_")
 
     @cached_property
     def files(self) -> list[Path]:
@@ -158,7 +169,8 @@ class FolderContext:
         if self.submission_path is None:
             return None
         try:
-            data = parse_json(self.submission_path.read_text(encoding="utf-8"))
+            # a BOM is allowed (FILES.PLAIN_TEXT), and JSON readers skip it
+            data = parse_json(self.submission_path.read_text(encoding="utf-8-sig"))
         except JSON_ERRORS as exc:
             self.__dict__["_sub_err"] = str(exc)
             return None

@@ -28,17 +28,27 @@ def exec_stub_target(ctx: FolderContext) -> str | None:
     return None
 
 
-# Files a folder ships that are not part of the run's artifact: the PR's text, and the challenge's tokenizers (the
-# CaseOps records ship theirs in tokenizers/).
+# Files a folder ships that the run need not read: the PR's text, the logs the script writes, and the challenge's
+# tokenizers (the CaseOps records ship theirs in tokenizers/). Their names and suffixes free none of them: a file the
+# code READS is part of the artifact whatever it is called (weights in a README comment, a `.txt`, a JSON field).
 NOT_ARTIFACT = {"readme.md", "submission.json", "requirements.txt"}
 TOKENIZER_SUFFIXES = (".model", ".vocab")
 DOC_SUFFIXES = (".md", ".png", ".jpg", ".jpeg", ".svg", ".pdf")
+# What a SentencePiece tokenizer of V pieces needs: a normalization table (the largest built-in rule, nmt_nfkc_cf,
+# compiles to 248 KB; identity to none) and, per piece, its text (at most 16 characters) and score. The challenge's
+# and the merged records' tokenizers: 13.7-15.9 bytes a piece in a `.model` past its table, 8-13.4 in a `.vocab`.
+TOKENIZER_TABLE_BYTES = 262_144
+TOKENIZER_PIECE_BYTES = 32
+MAX_VOCAB = 65_536  # pieces a tokenizer may hold when no log names the run's vocabulary
 
 
 def loaded_data_files(ctx: FolderContext) -> list[tuple[str, int]]:
     """(file, bytes) of what the folder ships for the run to read besides its code: a file the code names or matches
     with a glob pattern, whatever its suffix (weights in a `.png` the README shows as a figure), and the files that
     are no document, log or tokenizer when together they exceed BLOB_BYTES (weights split into 999 KB parts).
+    README.md, submission.json, requirements.txt and logs count when the code READS them (a log it only writes is
+    free); a tokenizer is free only while it is one: SentencePiece loads it (or it is `piece<TAB>score` text), with
+    no more pieces than the logs' vocabulary and no more bytes than such a tokenizer needs (`_tokenizer`).
     Weights loaded from such files are model bytes the logged artifact total does not count."""
     units = code_units(ctx)
     code_names = {u.name for u in units}
@@ -46,35 +56,205 @@ def loaded_data_files(ctx: FolderContext) -> list[tuple[str, int]]:
     patterns = {c.value for u in units if isinstance(u.tree, ast.Module) for c in ast.walk(u.tree)
                 if isinstance(c, ast.Constant) and isinstance(c.value, str) and len(c.value) < 200
                 and any(ch in c.value for ch in "*?[") and "." in c.value}
+    reads = _FileReads(units)
     named, blobs = [], []
     for rel in ctx.files:
         name, suffix = rel.name, rel.suffix.lower()
-        if (name.lower() in NOT_ARTIFACT or str(rel) in code_names or is_log_file(rel) or suffix in CODE_SUFFIXES
-                or _tokenizer(ctx.root / rel)):
+        if str(rel) in code_names or suffix in CODE_SUFFIXES:
             continue
         size = (ctx.root / rel).stat().st_size
+        if suffix in TOKENIZER_SUFFIXES and _tokenizer(ctx.root / rel, _vocab_limit(ctx)):
+            continue  # the data pipeline's tokenizer, not weights
+        if name.lower() in NOT_ARTIFACT or is_log_file(rel):
+            if reads.read(rel):  # the PR's text and the script's own logs are free unless the run reads them
+                named.append((str(rel), size))
+            continue
         if name in text or any(fnmatch.fnmatch(str(rel), p.lstrip("./")) or fnmatch.fnmatch(name, Path(p).name)
                                for p in patterns):
             named.append((str(rel), size))
-        elif suffix not in TOKENIZER_SUFFIXES and suffix not in DOC_SUFFIXES:
+        elif suffix not in DOC_SUFFIXES:  # a `.model`/`.vocab` that is no tokenizer is a blob like any other
             blobs.append((str(rel), size))
     return named + (blobs if sum(n for _, n in blobs) > BLOB_BYTES else [])
 
 
-def _tokenizer(path: Path) -> bool:
-    """A tokenizer file: a `.model` SentencePiece loads, or a `.vocab` of `piece<TAB>score` text lines (weights
-    shipped under a tokenizer's suffix are data like any other)."""
+def _vocab_limit(ctx: FolderContext) -> int:
+    """The pieces a shipped tokenizer may hold: the vocabulary the logs (or the script's default) name, else
+    MAX_VOCAB (cached)."""
+    if "_vocab_limit" not in ctx.__dict__:
+        from validator.rules.data import vocab_of
+
+        ctx.__dict__["_vocab_limit"] = vocab_of(ctx) or MAX_VOCAB
+    return ctx.__dict__["_vocab_limit"]
+
+
+def _tokenizer(path: Path, vocab: int = MAX_VOCAB) -> bool:
+    """A tokenizer file of at most `vocab` pieces and no bigger than such a tokenizer needs: a `.model` SentencePiece
+    loads (its table + TOKENIZER_PIECE_BYTES a piece: protobuf keeps unknown fields, so bytes appended to a real model
+    still load), or a `.vocab` of `piece<TAB>score` lines (TOKENIZER_PIECE_BYTES a line). Weights shipped under a
+    tokenizer's suffix, or a tokenizer carrying more than its pieces, are data like any other."""
     suffix = path.suffix.lower()
+    size = path.stat().st_size
     try:
         if suffix == ".model":
             import sentencepiece as spm
 
-            return spm.SentencePieceProcessor().Load(str(path))
+            sp = spm.SentencePieceProcessor()
+            if size > TOKENIZER_TABLE_BYTES + TOKENIZER_PIECE_BYTES * vocab or not sp.Load(str(path)):
+                return False
+            pieces = sp.GetPieceSize()
+            return pieces <= vocab and size <= TOKENIZER_TABLE_BYTES + TOKENIZER_PIECE_BYTES * pieces
         if suffix == ".vocab":
-            return all(len(line.split("\t")) == 2 for line in path.read_text(encoding="utf-8").splitlines() if line)
+            if size > TOKENIZER_PIECE_BYTES * vocab:
+                return False
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+            if not lines or len(lines) > vocab or size > TOKENIZER_PIECE_BYTES * len(lines):
+                return False
+            return all(len(parts := line.split("\t")) == 2 and _number(parts[1]) for line in lines)
     except Exception:  # noqa: BLE001 - untrusted bytes: not a tokenizer
         return False
     return False
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# How a path literal is built into the path a call receives, and the calls that use a path without reading the file.
+PATH_BUILDERS = {"join", "Path", "PurePath", "PosixPath", "str", "fspath", "abspath", "realpath", "normpath",
+                 "expanduser", "resolve", "absolute"}
+DEFAULT_GETTERS = {"get", "getenv"}  # os.environ.get("LOG", "train.txt"): the default is the value
+NO_READ_METHODS = {"write_text", "write_bytes", "touch", "unlink", "exists", "is_file", "is_dir", "mkdir"}
+NO_READ_CALLS = {"exists", "isfile", "isdir", "getsize", "remove", "unlink", "makedirs", "mkdir", "FileHandler"}
+WRITE_MODES = set("wax")
+
+
+class _FileReads:
+    """Whether the code reads a shipped file: a string literal naming it (the path, its tail after a `/` as in
+    `f"{d}/README.md"` or `join(d, "README.md")`, or a glob pattern matching it) reaches a use that reads. Writing
+    (`open(p, "w"/"a")`, `write_text`, a logging FileHandler) and looking (`exists`, `getsize`) are no reads; a name
+    or attribute the path is assigned to is followed to its uses; anything else (a reader, a function the path is
+    passed to, a mode built at run time) counts as a read (fail closed). Code that does not parse: any mention."""
+
+    def __init__(self, units: list) -> None:
+        self.units = units
+        self.literals = [(u, c) for u in units if isinstance(u.tree, ast.Module) for c in ast.walk(u.tree)
+                         if isinstance(c, ast.Constant) and isinstance(c.value, str) and 0 < len(c.value) < 300]
+        self.parents: dict[int, dict[ast.AST, ast.AST]] = {}
+
+    def read(self, rel: Path) -> bool:
+        path = str(rel).replace("\\", "/")
+        if any(not isinstance(u.tree, ast.Module) and rel.name in u.source for u in self.units):
+            return True
+        for unit, node in self.literals:
+            if _names(node.value, path, rel.name) and self._use_reads(unit, node, set()):
+                return True
+        return False
+
+    def _parent_map(self, unit) -> dict[ast.AST, ast.AST]:
+        if id(unit) not in self.parents:
+            self.parents[id(unit)] = {c: p for p in ast.walk(unit.tree) for c in ast.iter_child_nodes(p)}
+        return self.parents[id(unit)]
+
+    def _use_reads(self, unit, node: ast.AST, seen: set) -> bool:
+        parents = self._parent_map(unit)
+        node = _path_expr(node, parents)
+        parent = parents.get(node)
+        if isinstance(parent, ast.Call) and parent.func is not node:
+            name = _call_name(parent)
+            if name == "open" and parent.args and parent.args[0] is node:
+                return _mode_reads(parent, 1)
+            if name in NO_READ_CALLS:
+                return False
+            if name == "basicConfig" and any(k.value is node and k.arg == "filename" for k in parent.keywords):
+                return False
+            return True
+        if isinstance(parent, ast.keyword):
+            call = parents.get(parent)
+            return not (isinstance(call, ast.Call) and (_call_name(call) in NO_READ_CALLS
+                                                        or (_call_name(call) == "basicConfig"
+                                                            and parent.arg == "filename")))
+        if isinstance(parent, ast.Attribute) and parent.value is node:  # Path(p).open("w"), .write_text(...)
+            call = parents.get(parent)
+            if isinstance(call, ast.Call) and call.func is parent:
+                if parent.attr == "open":
+                    return _mode_reads(call, 0)
+                if parent.attr in NO_READ_METHODS:
+                    return False
+            return True
+        targets = (parent.targets if isinstance(parent, ast.Assign) else [parent.target]
+                   if isinstance(parent, (ast.AnnAssign, ast.NamedExpr)) else [])
+        if targets and getattr(parent, "value", None) is node:
+            return any(self._name_reads(t, seen) for t in targets)
+        if isinstance(parent, ast.Expr):  # a bare literal (a docstring): no use
+            return False
+        return True
+
+    def _name_reads(self, target: ast.AST, seen: set) -> bool:
+        """The uses of a name (or an attribute, `self.log_path`) a path is assigned to, in every unit."""
+        if isinstance(target, ast.Name):
+            key = ("name", target.id)
+        elif isinstance(target, ast.Attribute):
+            key = ("attr", target.attr)
+        else:
+            return True
+        if key in seen or len(seen) > 20:
+            return key not in seen
+        seen.add(key)
+        for unit in self.units:
+            if not isinstance(unit.tree, ast.Module):
+                continue
+            for n in ast.walk(unit.tree):
+                use = ((isinstance(n, ast.Name) and key == ("name", n.id))
+                       or (isinstance(n, ast.Attribute) and key == ("attr", n.attr)))
+                if use and isinstance(n.ctx, ast.Load) and self._use_reads(unit, n, seen):
+                    return True
+        return False
+
+
+def _names(value: str, path: str, name: str) -> bool:
+    """A literal naming the shipped file `path` (base name `name`): the path, a tail of a joined path, a glob."""
+    v = value.replace("\\", "/")
+    while v.startswith("./"):
+        v = v[2:]
+    if v in (path, name) or v.endswith("/" + path) or v.endswith("/" + name):
+        return True
+    return (any(ch in v for ch in "*?[") and "." in v
+            and (fnmatch.fnmatch(path, v) or fnmatch.fnmatch(name, v.rsplit("/", 1)[-1])))
+
+
+def _path_expr(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> ast.AST:
+    """The largest expression that only builds a path from `node` (`f"{d}/x"`, `d / "x"`, `join(d, "x")`,
+    `Path(...).resolve()`, `os.environ.get("K", "x")`)."""
+    while True:
+        p = parents.get(node)
+        if isinstance(p, (ast.JoinedStr, ast.FormattedValue)) or (
+                isinstance(p, ast.BinOp) and isinstance(p.op, (ast.Div, ast.Add))):
+            node = p
+        elif isinstance(p, ast.Call) and node in p.args and (
+                _call_name(p) in PATH_BUILDERS or (_call_name(p) in DEFAULT_GETTERS and p.args.index(node) == 1)):
+            node = p
+        elif (isinstance(p, ast.Attribute) and p.attr in ("resolve", "absolute", "expanduser")
+              and isinstance(parents.get(p), ast.Call) and parents[p].func is p):
+            node = parents[p]
+        else:
+            return node
+
+
+def _call_name(node: ast.Call) -> str | None:
+    return node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", None)
+
+
+def _mode_reads(call: ast.Call, index: int) -> bool:
+    """An open() whose mode may read: any mode but a literal one that only writes (w, a, x without r or +)."""
+    mode = call.args[index] if len(call.args) > index else next(
+        (k.value for k in call.keywords if k.arg == "mode"), ast.Constant("r"))
+    if not (isinstance(mode, ast.Constant) and isinstance(mode.value, str)):
+        return True
+    return not (set(mode.value) & WRITE_MODES) or "+" in mode.value or "r" in mode.value
 
 
 def size_logs(ctx: FolderContext) -> list:
