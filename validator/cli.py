@@ -15,6 +15,7 @@ from pathlib import Path
 from validator.report import has_errors, render_table, to_json
 from validator.rules import Finding, FolderContext, Rule, all_rules
 from validator.rules.base import CRASHED, UNREAD
+from validator.untrusted_json import irregular_files
 
 __version__ = "0.1.0"
 
@@ -95,6 +96,8 @@ def validate_folder(path: Path, strict: bool = False, sota: float | list[float] 
                     sota_label: str | None = None, extra_rules: Iterable[Rule] = (),
                     plugin_files: Iterable[str] = ()) -> list[Finding]:
     """Run every static rule over one folder and return the findings."""
+    if bad := irregular_files(Path(path)):  # before any rule opens one (a FIFO hangs a reader, /dev/zero fills it)
+        raise ValueError(bad[0] + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     ctx = FolderContext(path, strict=strict, sota=sota, sota_label=sota_label, plugin_files=tuple(plugin_files))
     try:
         _ = ctx.logs

@@ -15,10 +15,44 @@ one score to the validator and another to them.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
 JSON_ERRORS = (ValueError, RecursionError)
+JSON_LIMIT = 64 << 20  # bytes: a config.json or metrics.json is kilobytes; a file past this is no such file
+FILE_LIMIT = 1 << 30  # bytes: no file of a submission or run directory is larger (the artifact is under 16 MB)
+
+
+def read_untrusted(path: Path, limit: int = JSON_LIMIT) -> bytes:
+    """The bytes of a file a submission controls: a regular file (links followed) of at most `limit` bytes.
+    Opened without blocking and checked on the open descriptor, so a FIFO never hangs the reader and /dev/zero
+    (or a link to it) never fills its memory; OSError/ValueError naming the file otherwise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file (a FIFO, a device or a socket)")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: larger than {limit:,} bytes (no such file is)")
+    return data
+
+
+def irregular_files(root: Path) -> list[str]:
+    """Entries under `root` a reader must not open: FIFOs, devices and sockets (links followed) and files over
+    FILE_LIMIT, each as 'path: why'."""
+    out = []
+    for p in root.rglob("*"):
+        try:
+            st = p.stat()
+        except OSError:  # a dangling link: nothing to read
+            continue
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            out.append(f"{p}: not a regular file (a FIFO, a device or a socket)")
+        elif st.st_size > FILE_LIMIT:
+            out.append(f"{p}: {st.st_size:,} bytes, larger than any file a submission or run holds")
+    return out
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -44,7 +78,7 @@ def config_recipe(cfg_path: Path) -> dict[str, Any]:
     """The `config` object of a pgolf config.json; ValueError naming the file when it is unreadable, not JSON
     (`parse_json`) or of another shape: `plugins` a list of names, every other key a section object."""
     try:
-        data = parse_json(cfg_path.read_text(encoding="utf-8"))["config"]
+        data = parse_json(read_untrusted(cfg_path).decode("utf-8"))["config"]
     except (OSError, *JSON_ERRORS, KeyError, TypeError) as exc:
         raise ValueError(f"{cfg_path}: not a pgolf config.json ({exc})") from None
     if not isinstance(data, dict):
@@ -68,7 +102,7 @@ def run_dir_metrics(run_dir: Path, required: tuple[str, ...] = tuple(METRICS)) -
     naming the file and the field otherwise (NaN/Infinity refused: a diverged run is not a result)."""
     path = run_dir / "metrics.json"
     try:
-        data = parse_json(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        data = parse_json(read_untrusted(path).decode("utf-8"), parse_constant=_no_constant)
     except (OSError, *JSON_ERRORS) as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
