@@ -47,19 +47,44 @@ def restored_tensors(artifact: Path, qstate: dict[str, ex.QTensor], schemes: Any
     return state
 
 
+def state_mismatch(state: dict[str, Any], mine: dict[str, Any]) -> str | None:
+    """How an artifact's tensors differ from a model's state dict (names, then shapes), or None."""
+    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    shapes = [k for k in state if k in mine and tuple(state[k].shape) != tuple(mine[k].shape)]
+    if not (missing or extra or shapes):
+        return None
+    return (f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing else
+            f"{len(extra)} unexpected tensors (e.g. {extra[0]})" if extra else
+            f"shape of {shapes[0]} {tuple(state[shapes[0]].shape)} vs {tuple(mine[shapes[0]].shape)}")
+
+
+def run_dir_mismatch(run_dir: Path, plugin_files: tuple[str, ...] = ()) -> str | None:
+    """How a run directory's artifact differs from the model its config.json builds (on the CPU, no data read),
+    or None; ConfigError/ArtifactError/PluginError for a configuration or artifact that does not load."""
+    from core.config import resolve
+    from core.run import create_run
+    from core.train import CoreDefaults, build_model
+    from plugins.lib.loading import load_registry
+
+    artifact, recipe = load_run_config(run_dir)
+    registry = load_registry(list(plugin_files))
+    cfg = resolve(plugin_config_classes=registry.config_classes(), recipe=recipe, env={},
+                  check_plugins=registry.check, check_settings=registry.check_settings)
+    cfg.core.device, cfg.core.compile = "cpu", False
+    run = create_run(cfg, registry, CoreDefaults(), make_dir=False)
+    run.schemes = {**ex.SCHEMES, **{k: v for d in run.hook.pg_dequantizers() if d for k, v in d.items()}}
+    decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
+    qstate, _ = read_artifact(artifact, decoders)
+    return state_mismatch(restored_tensors(artifact, qstate, run.schemes), build_model(run).state_dict())
+
+
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
     decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
     qstate, header = read_artifact(artifact, decoders)
     set_modes(run, tuple(m.name for m in run.modes if m.start_frac <= 1.0))
     state = restored_tensors(artifact, qstate, run.schemes)
-    mine = run.model.state_dict()
-    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
-    shapes = [k for k in state if k in mine and tuple(state[k].shape) != tuple(mine[k].shape)]
-    if missing or extra or shapes:
-        what = (f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing else
-                f"{len(extra)} unexpected tensors (e.g. {extra[0]})" if extra else
-                f"shape of {shapes[0]} {tuple(state[shapes[0]].shape)} vs {tuple(mine[shapes[0]].shape)}")
+    if what := state_mismatch(state, run.model.state_dict()):
         raise ex.ArtifactError(f"{artifact}: does not match this configuration's model: {what} (evaluate it with "
                                "the settings it was trained with: its run's config.json)")
     run.model.load_state_dict(state, strict=True)

@@ -7,6 +7,9 @@ RUN.ARTIFACT  final_model.ptz: pgolf header, payload length, raw_sha256 of the d
               payload (no stream, an empty one) carries no model; a stream its codec refuses is broken; a bare
               artifact (a record-profile script's, no header): its size in metrics.json, a codec stream of a torch
               archive
+RUN.MODEL     final_model.ptz holds the model its config.json builds: every tensor, each of its shape (an edited
+              config.json, its core removed or another vocabulary, passed validate and `pgolf record` and failed only
+              at `pgolf eval`); builds the model on the CPU, so it needs torch (skipped without)
 RUN.STATUS    status.json (when there is one) says finished; train.log holds exactly one run
 RUN.MODES     every mode of a `modes:` line (start fraction < 1) has its `mode:<name> on step:` line, and
               `timed_loop_recompiles` is 0 (a technique switched mid-run was not a dead flag; graphs were warmed)
@@ -212,8 +215,29 @@ def _check_bare(r: Rule, ctx: FolderContext, path: Path, blob: bytes) -> list[An
                       file=path.name)]
 
 
-def check_status(ctx: FolderContext) -> list[Any]:
+def check_model(ctx: FolderContext) -> list[Any]:
     r = RULES[2]
+    if not ctx.is_run_dir or not (ctx.root / "final_model.ptz").is_file():
+        return [r.finding(SKIP, "no run directory artifact (RUN.ARTIFACT)")]
+    try:
+        from core.config import ConfigError
+        from core.registry import PluginError
+        from pgolf.evaluate import run_dir_mismatch
+    except ImportError as exc:  # a validator without torch
+        return [r.finding(SKIP, f"needs torch to build the model ({exc})")]
+    try:
+        what = run_dir_mismatch(ctx.root, ctx.plugin_files)
+    except (ConfigError, PluginError, ValueError, RuntimeError) as exc:  # ArtifactError is a ValueError
+        text = "; ".join(exc.errors) if isinstance(exc, ConfigError) else str(exc)
+        return [r.finding(FAIL, f"the artifact does not load into config.json's model: {' '.join(text.split())[:300]}",
+                          file="final_model.ptz")]
+    if what:
+        return [r.finding(FAIL, f"not the model config.json describes: {what}", file="final_model.ptz")]
+    return [r.finding(PASS, "every tensor of config.json's model, each of its shape")]
+
+
+def check_status(ctx: FolderContext) -> list[Any]:
+    r = RULES[3]
     if not ctx.is_run_dir:
         return [r.finding(SKIP, "not a pgolf run directory")]
     out = []
@@ -244,7 +268,7 @@ def check_modes(ctx: FolderContext) -> list[Any]:
     """Each graph mode a pgolf log declares (`modes:name@frac,…`, e.g. depth recurrence) with a start fraction
     below 1 switched on in the timed loop (`mode:name on step:N`), and the loop recompiled nothing: the
     technique was not a dead flag and its graphs were warmed."""
-    r = RULES[3]
+    r = RULES[4]
     out = []
     for log in ctx.logs:
         try:
@@ -281,6 +305,8 @@ RULES = [
     Rule("RUN.FINITE", "scores are finite numbers", "pgolf: a diverged run is no result", ERROR, check_finite),
     Rule("RUN.ARTIFACT", "the run's artifact is whole", "pgolf: final_model.ptz header and checksum", ERROR,
          check_artifact),
+    Rule("RUN.MODEL", "the artifact is the model config.json describes", "pgolf: tensors and shapes vs config.json",
+         ERROR, check_model),
     Rule("RUN.STATUS", "the run finished, one run per log", "pgolf: status.json, train.log", ERROR, check_status),
     Rule("RUN.MODES", "declared graph modes switched on, no recompile", "pgolf: modes/mode/timed_loop lines",
          WARN, check_modes),

@@ -115,6 +115,27 @@ def test_a_run_dir_in_use_is_refused_even_with_force_and_a_stale_lock_is_taken_o
             p.wait()
 
 
+@pytest.mark.parametrize("edit", ["core removed", "another vocabulary"])
+def test_a_config_json_that_is_not_the_artifacts_model_fails_validate(tiny_run, tmp_path, capsys, edit):
+    """RUN.MODEL: the artifact must load into the model config.json builds (an edited config.json passed validate
+    and `pgolf record`, and `pgolf eval` failed only later)."""
+    from pgolf.run_rules import check_model
+    from validator.rules import FolderContext
+
+    assert [f.status for f in check_model(FolderContext(tiny_run))] == ["pass"]
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    if edit == "core removed":
+        del cfg["config"]["core"]
+    else:
+        cfg["config"]["core"]["vocab_size"] = 512
+    (run / "config.json").write_text(json.dumps(cfg))
+    (finding,) = check_model(FolderContext(run))
+    assert finding.status == "fail" and "not the model config.json describes" in finding.message
+    assert main(["validate", str(run)]) == 1 and "RUN.MODEL" in capsys.readouterr().out
+
+
 def test_deterministic_runs_agree_and_the_bundle_carries_it(tiny_core, tiny_data, tmp_path, capsys):
     extra = ["--deterministic", "--set", "core.max_wallclock_seconds=600"]
     assert main(_tiny_args(tiny_core, tiny_data, tmp_path, "--set", "core.run_id=a", *extra)) == 0
