@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import json
 import math
+import re
+import reprlib
 import sys
 import typing
 from collections.abc import Mapping, Sequence
@@ -155,13 +157,13 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
         if isinstance(value, bool) or text in (0, 1, "1", "true", "yes", "on", "0", "false", "no", "off"):
             return text in (True, 1, "1", "true", "yes", "on")
         raise ValueError(f"{where}: expected a boolean (1/0/true/false), got {value!r}")
-    if typ in (int, float):
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
+    if typ in (int, float):  # ASCII only (int() also reads '٣', '１２'); an integer past a float's range is no number
+        with contextlib.suppress(ValueError, OverflowError):
+            if isinstance(value, str) and value.isascii():
                 return typ(value.strip())  # Python's own digit grouping (1_000) only
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and (typ is float or value % 1 == 0):
-            return typ(value)
-        raise ValueError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (typ is float or value % 1 == 0):
+                return typ(value)
+        raise ValueError(f"{where}: expected {'an integer' if typ is int else 'a number'}, got {reprlib.repr(value)}")
     if typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -194,8 +196,7 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
     against the core's. Both are supplied by the registry, so this module knows no plugin by name."""
     env, errors, data, recipe_name = dict(env or {}), [], {}, ""
     if isinstance(recipe, Mapping):  # an already-parsed recipe, e.g. a run's config.json
-        data = {k: v for k, v in recipe.items() if k != "source"}
-        recipe_name = f"recipe:{recipe.get('source', 'dict')}"
+        data, recipe_name = {k: v for k, v in recipe.items() if k != "source"}, f"recipe:{recipe.get('source', 'dict')}"
         recipe = recipe.get("source", "recipe")
     elif recipe is not None:
         data, recipe_name = load_recipe(recipe), f"recipe:{recipe}"
@@ -247,11 +248,9 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
     values: dict[str, dict[str, Any]] = {s: {} for s in section_classes}
     for section, key, raw, source, where in items + set_items:
         if section not in section_classes:
-            if section in plugin_config_classes:
-                errors.append(f"{where}: plugin {section!r} is not enabled (add it to plugins)")
-            else:
-                choices = [*section_classes, *plugin_config_classes]
-                errors.append(f"{where}: unknown section {section!r}{did_you_mean(section, choices)}")
+            hint = did_you_mean(section, [*section_classes, *plugin_config_classes])
+            errors.append(f"{where}: plugin {section!r} is not enabled (add it to plugins)" if section in
+                          plugin_config_classes else f"{where}: unknown section {section!r}{hint}")
             continue
         cls = section_classes[section]
         fields = {f.name: f for f in dataclasses.fields(cls)} if cls is not None else {}
@@ -271,8 +270,10 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
             built[section] = None if cls is None else cls(**values[section])
         except (TypeError, ValueError) as exc:
             errors.append(f"[{section}]: {exc}")
-    if CORE_SECTION in built:
-        errors.extend(core_errors(built[CORE_SECTION]))
+    for section, obj in ((s, o) for s, o in built.items() if o is not None):  # NaN/inf first: no range check reads it
+        bad = [f"{section}.{f.name} ({env_name(section, f)}): expected a finite number, got {v}" for f in
+               dataclasses.fields(obj) if isinstance(v := getattr(obj, f.name), float) and not math.isfinite(v)]
+        errors += bad or (core_errors(obj) if section == CORE_SECTION else [])
     if check_settings is not None and not errors:
         errors.extend(check_settings(built[CORE_SECTION], {n: built[n] for n in known_enabled}))
     if errors:
@@ -283,22 +284,21 @@ def resolve(*, plugin_config_classes: Mapping[str, type | None], recipe: str | P
 
 def core_errors(c: CoreConfig) -> list[str]:
     """Cross-field checks on the core settings (each error one line naming the setting)."""
-    errors = [f"core.{f.name} ({env_name(CORE_SECTION, f)}): expected a finite number, got {v}"
-              for f in dataclasses.fields(c) if isinstance(v := getattr(c, f.name), float) and not math.isfinite(v)]
-    errors += [f"core.{name} must be positive, got {getattr(c, name)}" for name in (
-        "num_kv_heads", "train_batch_tokens", "iterations", "val_batch_size", "logit_softcap",
-        "rope_base", "adam_eps") if getattr(c, name) <= 0]
-    errors += [f"core.{n} must be >= 0, got {getattr(c, n)}" for n in (
-        "warmdown_iters", "val_loss_every", "train_log_every", "val_max_tokens", "eval_seq_len", "grad_accum_steps",
-        "muon_momentum_warmup_steps", "max_wallclock_seconds", "grad_clip_norm", "tied_embed_init_std", "embed_lr",
-        "head_lr", "tied_embed_lr", "matrix_lr", "scalar_lr") if getattr(c, n) < 0]
-    ids, big = 2**16 + 1, 2**20 + 1  # token ids are uint16 (the shards); sizes past these fit in no GPU
+    errors = [f"core.{n} must be in (0, {hi}), got {getattr(c, n)}" for n, hi in (("num_kv_heads", 1025),
+              ("logit_softcap", 1000), ("rope_base", 10**9), ("adam_eps", 0.01)) if not 0 < getattr(c, n) < hi]
+    errors += [f"core.{n} must be >= 0, got {getattr(c, n)}" for n in ("val_loss_every", "train_log_every",
+               "val_max_tokens", "max_wallclock_seconds", "grad_clip_norm") if getattr(c, n) < 0]
+    # uint16 token ids; no GPU holds 2**20; 10**7 steps or 2**24-token batches (500x, 21x the records') never end
+    ids, big, steps, tokens = 2**16 + 1, 2**20 + 1, 10**7 + 1, 2**24 + 1
     errors += [f"core.{n} must be in [{lo}, {hi}), got {getattr(c, n)}" for n, lo, hi in (
         ("beta1", 0, 1), ("beta2", 0, 1), ("muon_momentum", 0, 1), ("muon_momentum_warmup_start", 0, 1),
         ("seed", 0, 2**32), ("bos_id", 0, max(c.vocab_size, 1)), ("vocab_size", 1, ids), ("model_dim", 1, ids),
         ("num_layers", 1, 1025), ("num_heads", 1, 1025), ("mlp_mult", 1, 65), ("mlp_hidden", 0, big),
-        ("train_seq_len", 1, big), ("warmup_steps", 0, max(c.iterations, 20) + 1), ("muon_backend_steps", 1, 101))
-        if not lo <= getattr(c, n) < hi]
+        ("train_seq_len", 1, big), ("eval_seq_len", 0, big), ("warmup_steps", 0, max(c.iterations, 20) + 1),
+        ("muon_backend_steps", 1, 101), ("iterations", 1, steps), ("warmdown_iters", 0, steps),
+        ("muon_momentum_warmup_steps", 0, steps), ("train_batch_tokens", 1, tokens), ("val_batch_size", 1, tokens),
+        ("grad_accum_steps", 0, 1025), ("qk_gain_init", 0, 100), ("tied_embed_init_std", 0, 10), *((f"{g}_lr", 0, 10)
+        for g in ("embed", "head", "tied_embed", "matrix", "scalar"))) if not lo <= getattr(c, n) < hi]  # LRs, inits
     if c.num_heads > 0 and c.model_dim > 0 and (c.model_dim % c.num_heads or c.model_dim // c.num_heads % 2):
         errors.append(f"core.model_dim={c.model_dim} must be divisible by core.num_heads={c.num_heads} into an even "
                       "head_dim (RoPE)")
@@ -306,7 +306,7 @@ def core_errors(c: CoreConfig) -> list[str]:
         errors.append(f"core.val_max_tokens={c.val_max_tokens} must be 0 (all) or at least one eval sequence length")
     if c.num_heads > 0 and c.num_kv_heads > 0 and c.num_heads % c.num_kv_heads != 0:
         errors.append(f"core.num_heads={c.num_heads} must be divisible by core.num_kv_heads={c.num_kv_heads}")
-    if c.device not in ("auto", "cpu", "cuda") and not (c.device[:5] == "cuda:" and c.device[5:].isdigit()):
+    if not re.fullmatch("auto|cpu|cuda(:[0-9]+)?", c.device):  # ASCII digits ('²' is one to str.isdigit())
         errors.append(f"core.device: expected auto, cpu or cuda[:N], got {c.device!r}")
     if c.compile.lower() not in ("auto", "true", "false", "1", "0", "yes", "no", "on", "off"):
         errors.append(f"core.compile (PGOLF_COMPILE): expected auto or a boolean (1/0/true/false), got {c.compile!r}")

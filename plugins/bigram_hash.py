@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import CastedLinear, join_group
 from core.registry import Plugin
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import ARTIFACT_BITS, INIT, range_errors
 
 HASH_CUR, HASH_PREV = 36313, 27191
 
@@ -95,7 +95,12 @@ class BigramHash(Plugin):
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
         bad = [] if cfg.proj_group in ("matrix", "scalar") else [
             f"bigram_hash.proj_group: expected matrix or scalar, got {cfg.proj_group!r}"]
-        return range_errors(cls.name, cfg, buckets=(2, None), dim=(1, None), bos_id=(-1, core.vocab_size - 1)) + bad
+        bad += range_errors(cls.name, cfg, buckets=(2, ARTIFACT_BITS), dim=(1, 4 * core.model_dim),
+                            scale_init=(-INIT, INIT), bos_id=(-1, core.vocab_size - 1))
+        if not bad and cfg.buckets * cfg.dim > ARTIFACT_BITS:  # a table no artifact can hold
+            bad.append(f"bigram_hash.buckets x dim: expected at most {ARTIFACT_BITS:,} table entries (one bit each "
+                       f"fills the 16 MB artifact), got {cfg.buckets * cfg.dim:,}")
+        return bad
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

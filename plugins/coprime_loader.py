@@ -25,6 +25,7 @@ from torch import Tensor
 from core.data import HEADER_BYTES, DataError
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import STEPS, range_errors
 from plugins.shuffled_loader import shard_token_count
 
 
@@ -171,6 +172,10 @@ class CoprimeLoader(Plugin):
     config = CoprimeLoaderConfig
     provides = ("train_loader",)
     test_settings = {"coprime_loader": {"ramp_batches": 4}}
+
+    @classmethod
+    def check_config(cls, cfg: CoprimeLoaderConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, ramp_batches=(1, STEPS))
 
     @hookimpl
     def pg_train_loader(self, run):

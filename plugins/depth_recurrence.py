@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from core.hookspecs import hookimpl
 from core.model import LayerSchedule, Mode
 from core.registry import Plugin
+from plugins.lib.settings import PASSES, range_errors
 
 MODE = "recurrence"
 
@@ -71,7 +72,7 @@ class DepthRecurrence(Plugin):
     def check_config(cls, cfg: DepthRecurrenceConfig, core) -> list[str]:
         if cfg.loop_end >= core.num_layers:
             return [f"depth_recurrence.loop_end={cfg.loop_end} must be < core.num_layers={core.num_layers}"]
-        return []
+        return range_errors(cls.name, cfg, num_loops=(1, PASSES))
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

@@ -29,6 +29,7 @@ from torch import Tensor
 from core.data import DataError, read_shard
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -172,6 +173,11 @@ class DocPacking(Plugin):
     config = DocPackingConfig
     provides = ("train_loader",)
     test_settings = {"doc_packing": {"cu_bucket_size": 16}}
+
+    @classmethod
+    def check_config(cls, cfg: DocPackingConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, cu_bucket_size=(1, core.train_batch_tokens),
+                            max_docs=(0, core.train_batch_tokens))  # no batch holds more documents than tokens
 
     @hookimpl
     def pg_train_loader(self, run):

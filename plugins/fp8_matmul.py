@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import CastedLinear
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 TARGETS = ("head", "mlp", "attn")
 SCALINGS = ("static", "dynamic")
@@ -201,6 +202,10 @@ class FP8Matmul(Plugin):
     # both swap CastedLinear's class for a fake-quantized weight: one swap would silently undo the other
     conflicts = ("late_qat", "soft_round_qat")
     test_settings = {"fp8_matmul": {"targets": "head,mlp,attn", "scaling": "dynamic"}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, x_s=(1e-8, 100.0), w_s=(1e-8, 100.0), grad_s=(1e-8, 100.0))  # fp8's range
 
     @classmethod
     def check_peers(cls, cfg: FP8MatmulConfig, peers: dict[str, Any]) -> list[str]:

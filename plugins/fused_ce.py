@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 try:  # the CUDA kernels exist only where triton does
     import triton
@@ -226,7 +227,7 @@ class FusedCE(Plugin):
     def check_config(cls, cfg: FusedCEConfig, core) -> list[str]:
         if cfg.backend == "triton" and triton is None:
             return ["fused_ce.backend: 'triton' needs the triton package (not importable here); use auto or torch"]
-        return []
+        return range_errors(cls.name, cfg, chunk_rows=(1, 2**24))  # past a batch's rows: one chunk
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

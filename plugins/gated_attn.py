@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import join_group
 from core.registry import Plugin
+from plugins.lib.settings import INIT, range_errors
 
 
 @dataclass
@@ -47,6 +48,10 @@ class GatedAttn(Plugin):
     provides = ("attn_head_gate",)
     after = ("xsa",)  # the record gates XSA's output
     test_settings = {"gated_attn": {"init_std": 0.5}}
+
+    @classmethod
+    def check_config(cls, cfg: GatedAttnConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, init_std=(0.0, INIT))
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

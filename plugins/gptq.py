@@ -37,7 +37,7 @@ from plugins.lib.quant import (
     prepare_hessian,
     qmax_of,
 )
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import MAX_NUMEL, SIGMAS, STEPS, range_errors
 from plugins.quant_int8 import dtype_name
 from plugins.sdclip import MIN_SCALE, sigmas_for
 
@@ -246,10 +246,13 @@ class GPTQ(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None), matrix_clip_sigmas=(0.0, None),
-                            embed_clip_sigmas=(0.0, None), mlp_clip_sigmas=(0.0, None), attn_clip_sigmas=(0.0,
-                            None), calib_batches=(1, None), reserve_seconds=(0.0, None), block_size=(1, None),
-                            damp=(0.0, None))
+        seq_len = max(core.train_seq_len, core.eval_seq_len)  # the records' calibration: 64-256 batches, 64 seqs
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, MAX_NUMEL), matrix_clip_sigmas=(0.01, SIGMAS),
+                            embed_clip_sigmas=(0.01, SIGMAS), mlp_clip_sigmas=(0.0, SIGMAS), attn_clip_sigmas=(0.0,
+                            SIGMAS), hessian_clip_lambda=(0.0, 10.0), calib_batches=(1, 4096), ar_seqs=(1, 4096),
+                            ar_seq_len=(0, seq_len), ar_batch=(1, 4096), ar_temperature=(0.0, 10.0),
+                            reserve_seconds=(0.0, core.max_wallclock_seconds or STEPS), block_size=(1, 2**16),
+                            damp=(0.0, 10.0))
 
     def __init__(self, cfg: GPTQConfig | None = None):
         super().__init__(cfg)

@@ -26,7 +26,7 @@ from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, dequant_rows, policy_quantize, quantize_rows
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import MAX_NUMEL, range_errors
 
 VARIANTS = ("pr414", "pr534")
 
@@ -53,6 +53,8 @@ class GPTQLiteConfig(MixedBitsConfig):
 
 def parse_percentiles(text: str) -> list[float]:
     try:
+        if not text.isascii():  # ASCII digits only: float() also reads '٠.٩' as 0.9
+            raise ValueError(text)
         values = [float(p) for p in text.split(",") if p.strip()]
     except ValueError as exc:
         raise ValueError(f"gptq_lite.percentiles must be comma-separated numbers, got {text!r}") from exc
@@ -128,7 +130,7 @@ class GPTQLite(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None))
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, MAX_NUMEL))
 
     def __init__(self, cfg: GPTQLiteConfig | None = None):
         super().__init__(cfg)

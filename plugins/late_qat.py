@@ -31,7 +31,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.model import CastedLinear
 from core.registry import Plugin
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import INIT, range_errors
 from plugins.lib.switch import Switch
 
 
@@ -103,7 +103,8 @@ class LateQAT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: LateQATConfig, core: Any) -> list[str]:
-        errors = range_errors(cls.name, cfg, threshold=(0.0, None))
+        errors = range_errors(cls.name, cfg, threshold=(0.0, INIT), rowmax_floor=(None, INIT),  # > 1: always on
+                              lr_scale_on_enable=(None, INIT))  # positive: below
         if not 2 <= cfg.bits <= 8:
             errors.append(f"late_qat.bits: expected 2..8, got {cfg.bits}")
         if not cfg.rowmax_floor > 0:

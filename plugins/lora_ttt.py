@@ -20,7 +20,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import LR, ROWS, WD, range_errors
 from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, find_documents
 
 
@@ -61,10 +61,10 @@ class LoRATTT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, rank=(1, core.model_dim), alpha=(0.0, None),
+        return range_errors(cls.name, cfg, rank=(1, core.model_dim), alpha=(0.0, 100 * cfg.rank),
                             chunk_tokens=(1, core.eval_seq_len or core.train_seq_len),
-                            batch_docs=(1, None), lr=(0.0, None), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999),
-                            weight_decay=(0.0, None), bos_id=(-1, core.vocab_size - 1)) + cfg.target_errors(cls.name)
+                            batch_docs=(1, ROWS), lr=(0.0, LR), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999),
+                            weight_decay=(0.0, WD), bos_id=(-1, core.vocab_size - 1)) + cfg.target_errors(cls.name)
 
     @hookimpl
     def pg_evaluator(self, run):

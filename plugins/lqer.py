@@ -112,8 +112,8 @@ class LQER(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, rank=(1, None), top_k=(0, None), factor_bits=(2, 8), asym_group=(1,
-                            None))
+        return range_errors(cls.name, cfg, rank=(1, core.model_dim), top_k=(0, 1024), factor_bits=(2, 8),
+                            asym_group=(1, 2**16))  # top_k past the model's matrices: every one
 
     def __init__(self, cfg: LQERConfig | None = None):
         super().__init__(cfg)

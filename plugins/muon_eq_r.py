@@ -22,6 +22,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.optim import Muon, zeropower_via_newtonschulz5
 from core.registry import Plugin
+from plugins.lib.settings import EPS, WD, range_errors
 
 
 @dataclass
@@ -80,6 +81,10 @@ class MuonEqRPlugin(Plugin):
     config = MuonEqRConfig
     provides = ("matrix_optimizer",)
     test_settings = {"muon_eq_r": {"weight_decay": 0.0}}
+
+    @classmethod
+    def check_config(cls, cfg: MuonEqRConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, weight_decay=(0.0, WD), eps=(1e-30, EPS))
 
     @hookimpl(tryfirst=True)  # before `weight_decay`, which also answers for the matrix group
     def pg_make_optimizer(self, group: str, params: list, config):

@@ -65,7 +65,7 @@ class OrthoInit(Plugin):
 
     @classmethod
     def check_config(cls, cfg: OrthoInitConfig, core) -> list[str]:
-        errors = range_errors(cls.name, cfg, min_dim=(1, None))
+        errors = range_errors(cls.name, cfg, min_dim=(1, 2**20))
         if cfg.bank_order in ("layer", "attn_first"):
             return errors
         return [*errors, f"orthoinit.bank_order: expected layer or attn_first, got {cfg.bank_order!r}"]

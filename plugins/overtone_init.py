@@ -14,6 +14,7 @@ import torch
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import INIT, range_errors
 
 
 @dataclass
@@ -45,6 +46,10 @@ class OvertoneInit(Plugin):
     sources = ("openai/parameter-golf#60",)
     config = OvertoneInitConfig
     test_settings = {"overtone_init": {}}
+
+    @classmethod
+    def check_config(cls, cfg: OvertoneInitConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, power=(0.0, INIT), phase_slope=(-100.0, 100.0))
 
     @hookimpl
     def pg_init_weights(self, model, config) -> None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import SequentialResidual, join_group
 from core.registry import Plugin
+from plugins.lib.settings import INIT, range_errors
 
 FINAL_LANES = ("mean", "attn", "mlp")
 
@@ -96,7 +97,7 @@ class ParallelLanes(Plugin):
         if not lo <= cfg.start < core.num_layers:
             return [f"parallel_lanes.start={cfg.start} must be in [{lo}, core.num_layers={core.num_layers}): "
                     f"a decoder block after the first"]
-        return []
+        return range_errors(cls.name, cfg, resid_init=(-INIT, INIT))
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

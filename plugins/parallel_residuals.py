@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import range_errors
 
 
 @dataclass
@@ -40,6 +41,10 @@ class ParallelResiduals(Plugin):
     config = ParallelResidualsConfig
     provides = ("block_residual",)
     test_settings = {"parallel_residuals": {"start": 0}}
+
+    @classmethod
+    def check_config(cls, cfg: ParallelResidualsConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, start=(0, 1024))  # past the model: none (a recipe cut short)
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

@@ -59,7 +59,7 @@ class PartialRope(Plugin):
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
         head_dim = core.model_dim // max(core.num_heads, 1)
-        return range_errors(cls.name, cfg, dims=(2, head_dim), ntk_train_seq_len=(0, None))
+        return range_errors(cls.name, cfg, dims=(2, head_dim), ntk_train_seq_len=(0, 2**20))
 
     @hookimpl
     def pg_build_slot(self, slot: str, spec, layer: int | None):

@@ -25,7 +25,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, restored_weights
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import LR, PASSES, ROWS, WD, range_errors, seq_bound
 from plugins.lib.ttt import DocLoRATTT, LoRATTTSettings, ScoredTokens, cosine_lr, find_documents, sgd_rows
 
 
@@ -122,12 +122,13 @@ class PhasedTTT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, rank=(1, None), alpha=(0.0, None), chunk_tokens=(1, None),
-                            batch_docs=(1, None), lr=(0.0, None), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999),
-                            weight_decay=(0.0, None), bos_id=(-1, core.vocab_size - 1), prefix_docs=(0, None),
-                            num_phases=(1, None), global_lr=(0.0, None), global_momentum=(0.0, 1.0),
-                            global_epochs=(0, None), global_chunk_tokens=(1, None), global_batch_seqs=(1, None),
-                            global_grad_clip=(0.0, None)) + cfg.target_errors(cls.name)
+        return range_errors(cls.name, cfg, rank=(1, core.model_dim), alpha=(0.0, 100 * cfg.rank),
+                            chunk_tokens=(1, core.eval_seq_len or core.train_seq_len), batch_docs=(1, ROWS),
+                            lr=(0.0, LR), beta1=(0.0, 0.9999), beta2=(0.0, 0.9999), weight_decay=(0.0, WD),
+                            bos_id=(-1, core.vocab_size - 1), prefix_docs=(0, 10**6), num_phases=(1, PASSES),
+                            global_lr=(0.0, LR), global_momentum=(0.0, 1.0), global_epochs=(0, PASSES),
+                            global_chunk_tokens=(1, seq_bound(core)), global_batch_seqs=(1, ROWS),
+                            global_grad_clip=(0.0, None)) + cfg.target_errors(cls.name)  # clip: large = off
 
     @hookimpl
     def pg_evaluator(self, run):

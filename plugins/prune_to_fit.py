@@ -142,7 +142,7 @@ class PruneToFit(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, target_bytes=(1, None))
+        return range_errors(cls.name, cfg, target_bytes=(1, 16_000_000))
 
     def __init__(self, cfg: PruneToFitConfig | None = None):
         super().__init__(cfg)

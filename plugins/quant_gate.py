@@ -16,6 +16,7 @@ from torch import Tensor
 from core import export as ex
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import MAX_NUMEL, range_errors
 from plugins.quant_int8 import dtype_name
 
 
@@ -45,6 +46,10 @@ class QuantGate(Plugin):
     sources = ("openai/parameter-golf#1736", "openai/parameter-golf#1787", "openai/parameter-golf#1855")
     config = QuantGateConfig
     test_settings = {"quant_gate": {"min_numel": 8}}
+
+    @classmethod
+    def check_config(cls, cfg: QuantGateConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, min_numel=(0, MAX_NUMEL), max_numel=(0, MAX_NUMEL))
     test_with = ("sparse_attn_gate",)  # the plugin matrix enables a gate with it (alone it has nothing to do)
 
     @hookimpl(tryfirst=True)

@@ -15,7 +15,7 @@ from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, policy_quantize, rowmax_clip
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import MAX_NUMEL, range_errors
 
 
 @dataclass
@@ -35,7 +35,7 @@ class QuantMixed(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None))
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, MAX_NUMEL))
 
     @hookimpl
     def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:

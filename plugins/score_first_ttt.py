@@ -30,7 +30,7 @@ from core.scoring import (
     warm_forward,
 )
 from plugins.lib import windows
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import LR, PASSES, ROWS, range_errors, seq_bound
 from plugins.lib.ttt import ScoredTokens, cosine_lr, sgd_rows
 from plugins.lib.windows import (
     score_windows,
@@ -180,8 +180,9 @@ class ScoreFirstTTT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, chunk_tokens=(1, None), stride=(1, core.eval_seq_len or core.train_seq_len),
-                            lr=(0.0, None), momentum=(0.0, 1.0), epochs=(0, None), batch_seqs=(1, None),
+        return range_errors(cls.name, cfg, chunk_tokens=(1, seq_bound(core)),
+                            stride=(1, core.eval_seq_len or core.train_seq_len), lr=(0.0, LR), momentum=(0.0, 1.0),
+                            epochs=(0, PASSES), batch_seqs=(1, ROWS),
                             grad_clip=(0.0, None), freeze_blocks=(0, core.num_layers), bos_id=(-1, core.vocab_size - 1))
 
     @hookimpl

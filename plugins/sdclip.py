@@ -16,7 +16,7 @@ from core.export import QTensor
 from core.hookspecs import hookimpl
 from core.registry import Plugin
 from plugins.lib.quant import MixedBitsConfig, policy_quantize, tensor_family
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import MAX_NUMEL, SIGMAS, range_errors
 
 MIN_SCALE = 1e-10
 
@@ -60,9 +60,9 @@ class SDClip(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, keep_float_max_numel=(0, None), matrix_clip_sigmas=(0.0, None),
-                            embed_clip_sigmas=(0.0, None), mlp_clip_sigmas=(0.0, None), attn_clip_sigmas=(0.0,
-                            None))
+        return range_errors(cls.name, cfg, keep_float_max_numel=(0, MAX_NUMEL), matrix_clip_sigmas=(0.01, SIGMAS),
+                            embed_clip_sigmas=(0.01, SIGMAS), mlp_clip_sigmas=(0.0, SIGMAS), attn_clip_sigmas=(0.0,
+                            SIGMAS))  # a clip of 0 sigmas is no clip range (mlp/attn: 0 = matrix_clip_sigmas)
 
     @hookimpl
     def pg_quantize_tensor(self, name: str, tensor, config) -> QTensor:

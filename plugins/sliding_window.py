@@ -18,7 +18,7 @@ from core.hookspecs import hookimpl
 from core.registry import Plugin
 from core.scoring import ScoreSink, rank_span, warm_forward
 from plugins.lib import windows
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import ROWS, range_errors
 from plugins.lib.windows import (
     score_windows,
     scoring_tail,
@@ -80,7 +80,7 @@ class SlidingWindow(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, stride=(1, core.eval_seq_len or core.train_seq_len), batch_seqs=(1, None),
+        return range_errors(cls.name, cfg, stride=(1, core.eval_seq_len or core.train_seq_len), batch_seqs=(1, ROWS),
                             bos_id=(-1, core.vocab_size - 1))
 
     @hookimpl

@@ -86,7 +86,7 @@ class SmearGate(Plugin):
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
         bad = [] if cfg.version in ("v2", "v4") else [f"smeargate.version: expected v2 or v4, got {cfg.version!r}"]
-        return range_errors(cls.name, cfg, gate_window=(1, None), bos_id=(-1, core.vocab_size - 1)) + bad
+        return range_errors(cls.name, cfg, gate_window=(1, core.model_dim), bos_id=(-1, core.vocab_size - 1)) + bad
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

@@ -25,7 +25,7 @@ from torch import Tensor
 from core.hookspecs import hookimpl
 from core.model import CastedLinear
 from core.registry import Plugin
-from plugins.lib.settings import range_errors
+from plugins.lib.settings import INIT, STEPS, range_errors
 from plugins.lib.switch import Switch
 
 
@@ -99,7 +99,8 @@ class SoftRoundQAT(Plugin):
 
     @classmethod
     def check_config(cls, cfg: SoftRoundQATConfig, core) -> list[str]:
-        errors = range_errors(cls.name, cfg, threshold=(0.0, None))
+        errors = range_errors(cls.name, cfg, threshold=(0.0, INIT), min_step=(None, STEPS), ramp_steps=(None, STEPS),
+                              alpha_max=(None, 1000.0))  # threshold > 1: always on; the records' alpha_max: 16
         if not 2 <= cfg.bits <= 8:
             errors.append(f"soft_round_qat.bits: expected 2..8, got {cfg.bits}")
         if cfg.alpha_max < 1.0 or cfg.ramp_steps < 0 or cfg.min_step < 0:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import join_group
 from core.registry import Plugin
+from plugins.lib.settings import INIT, range_errors
 
 
 @dataclass
@@ -60,7 +61,7 @@ class SparseAttnGate(Plugin):
     def check_config(cls, cfg: SparseAttnGateConfig, core) -> list[str]:
         if cfg.window > core.model_dim:
             return [f"sparse_attn_gate.window={cfg.window} must be <= core.model_dim={core.model_dim}"]
-        return []
+        return range_errors(cls.name, cfg, scale=(-INIT, INIT), init_std=(0.0, INIT))
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

@@ -23,6 +23,7 @@ import torch
 
 from core.hookspecs import hookimpl
 from core.registry import Plugin
+from plugins.lib.settings import INIT, STEPS, range_errors
 
 AVERAGERS = ("ema",)  # plugins that also load averaged weights at pg_train_end
 
@@ -39,7 +40,8 @@ class SWAConfig:
 
 
 def check_fields(name: str, cfg: Any) -> list[str]:
-    errors = []
+    errors = range_errors(name, cfg, every=(None, STEPS), threshold=(None, INIT),
+                          min_checkpoints=(None, STEPS))  # the lower bounds: below
     if cfg.every < 1:
         errors.append(f"{name}.every: expected an integer >= 1, got {cfg.every}")
     if not cfg.threshold > 0:

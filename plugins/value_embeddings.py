@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import CastedLinear, join_group
 from core.registry import Plugin
+from plugins.lib.settings import ARTIFACT_BITS, INIT, range_errors
 
 
 @dataclass
@@ -72,6 +73,8 @@ class ValueEmbeddingsConfig:
 
     def layer_list(self) -> list[int]:
         try:
+            if not str(self.layers).isascii():  # ASCII digits only: int() also reads '٣' as 3
+                raise ValueError(self.layers)
             out = [int(s) for s in str(self.layers).split(",") if s.strip()]
         except ValueError:
             raise ValueError(f"value_embeddings.layers: expected comma-separated block indices, got "
@@ -147,11 +150,12 @@ class ValueEmbeddings(Plugin):
 
     @classmethod
     def check_config(cls, cfg: ValueEmbeddingsConfig, core) -> list[str]:
-        bad = [i for i in cfg.layer_list() if i >= core.num_layers]
-        if bad:
-            return [f"value_embeddings.layers={cfg.layers} names blocks {bad}: must be < core.num_layers="
-                    f"{core.num_layers}"]
-        return []
+        errors = range_errors(cls.name, cfg, dim=(1, min(4 * core.model_dim, ARTIFACT_BITS // core.vocab_size)),
+                              scale_init=(-INIT, INIT), init_std=(0.0, INIT))  # a vocab x dim table
+        if bad := [i for i in cfg.layer_list() if i >= core.num_layers]:
+            errors.append(f"value_embeddings.layers={cfg.layers} names blocks {bad}: must be < core.num_layers="
+                          f"{core.num_layers}")
+        return errors
 
     @hookimpl
     def pg_model_modules(self, where, spec) -> dict[str, nn.Module] | None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from core.hookspecs import hookimpl
 from core.model import join_group
 from core.registry import Plugin
+from plugins.lib.settings import INIT, range_errors
 
 
 @dataclass
@@ -43,6 +44,10 @@ class ValueResidual(Plugin):
     sources = ("openai/parameter-golf#549", "openai/parameter-golf#569", "arXiv:2410.17897")
     config = ValueResidualConfig
     test_settings = {"value_residual": {"init": 0.3}}
+
+    @classmethod
+    def check_config(cls, cfg: ValueResidualConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, init=(-INIT, INIT))
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

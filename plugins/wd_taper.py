@@ -17,6 +17,7 @@ from typing import Any
 from core.hookspecs import hookimpl
 from core.optim import Muon
 from core.registry import Plugin
+from plugins.lib.settings import INIT, range_errors
 
 
 @dataclass
@@ -48,6 +49,10 @@ class WDTaper(Plugin):
     requires = ("weight_decay",)  # the records pair it with the AdamW groups' decay; muon_eq_r may own the Muon WD
     test_settings = {"wd_taper": {"start_frac": 0.0, "final_mult": 0.0},
                      "weight_decay": {"muon": 0.5}}
+
+    @classmethod
+    def check_config(cls, cfg: Any, core: Any) -> list[str]:
+        return range_errors(cls.name, cfg, final_mult=(0.0, INIT))
 
     def __init__(self, cfg: WDTaperConfig | None = None):
         super().__init__(cfg)

@@ -22,6 +22,7 @@ import torch
 from core.hookspecs import hookimpl
 from core.optim import Muon
 from core.registry import Plugin
+from plugins.lib.settings import WD, range_errors
 
 
 @dataclass
@@ -59,6 +60,10 @@ class WeightDecay(Plugin):
                "openai/parameter-golf#1218", "openai/parameter-golf#1493")
     config = WeightDecayConfig
     test_settings = {"weight_decay": {"muon": 0.5, "adam": 0.5, "embed": 0.25}}
+
+    @classmethod
+    def check_config(cls, cfg: WeightDecayConfig, core) -> list[str]:
+        return range_errors(cls.name, cfg, muon=(0.0, WD), adam=(0.0, WD), embed=(0.0, WD))
 
     def __init__(self, cfg: WeightDecayConfig | None = None):
         super().__init__(cfg)

@@ -49,7 +49,7 @@ class XSA(Plugin):
 
     @classmethod
     def check_config(cls, cfg: Any, core: Any) -> list[str]:
-        return range_errors(cls.name, cfg, last_n=(0, None))  # more than the model has: every block
+        return range_errors(cls.name, cfg, last_n=(0, 1024))  # more than the model has: every block
 
     @hookimpl
     def pg_slot_parts(self, slot: str, spec, layer: int | None):

@@ -3,8 +3,9 @@ one-line error (naming the file or field and what was expected), a non-zero exit
 file that existed before is unchanged, no temporary file is left behind).
 
 The threat classes it covers (a new row belongs to one; a new class gets a line here):
-1. settings: a wrong type, a non-finite number, a value outside the setting's range (core: `core_errors`;
-   plugins: `check_config`, `plugins.lib.settings.range_errors`), a name that does not exist, a plugin list that
+1. settings: a wrong type, a number in non-ASCII digits ('٣', '１２') or past a float's range, a non-finite number, a
+   value outside the setting's range (core: `core_errors`; plugins: `check_config`, `plugins.lib.settings.range_errors`;
+   every size, count, loop and scale has an upper bound, session 28), a name that does not exist, a plugin list that
    conflicts: refused when the configuration is resolved, before a run directory is made or anything trains;
 2. paths: missing, the wrong kind (a file for a folder, a folder under a regular file), a name that escapes its
    folder (`core.run_id`, `record --name`), an output that exists (`--force`, never a silent overwrite: bundle,
@@ -179,7 +180,7 @@ CATALOGUE = [
     Case("config/smeargate-version-unknown", "config show --plugins smeargate --set smeargate.version=zzz", 2,
          r"smeargate\.version: expected v2 or v4, got 'zzz'"),
     Case("config/bigram-table-of-one-bucket", "config show --plugins bigram_hash --set bigram_hash.buckets=1", 2,
-         r"bigram_hash\.buckets: expected a number >= 2, got 1"),
+         r"bigram_hash\.buckets: expected a number >= 2 and <= 128000000, got 1"),
     Case("plugins/file-plugin-conflicts-as-a-string", "config show --plugin-file {tmp}/strconf.py", 2,
          r"sources, requires, conflicts, provides, after and before must be tuples of names",
          setup=("string_conflicts_plugin",)),
@@ -389,9 +390,9 @@ CATALOGUE = [
          r"core\.run_id \(RUN_ID\): expected one folder name \(no path, no control characters\), "
          r"got '\.\./escaped'", tiny=True),
     Case("train/zero-eval-batch", "train --plugins sliding_window --set sliding_window.batch_seqs=0", 2,
-         r"sliding_window\.batch_seqs: expected a number >= 1, got 0"),
+         r"sliding_window\.batch_seqs: expected a number >= 1 and <= 1024, got 0"),
     Case("train/zero-ttt-chunk", "train --plugins score_first_ttt --set score_first_ttt.chunk_tokens=0", 2,
-         r"score_first_ttt\.chunk_tokens: expected a number >= 1, got 0"),
+         r"score_first_ttt\.chunk_tokens: expected a number >= 1 and <= \d+, got 0"),
     Case("bundle/ema-decay-over-one", "bundle --plugins ema --set ema.decay=5 -o {tmp}/t.py", 2,
          r"ema\.decay: expected a number >= 0\.0 and <= 1\.0, got 5\.0"),
     Case("config/garbage-rank", "config show", 2, r"RANK='abc': expected an integer >= 0",

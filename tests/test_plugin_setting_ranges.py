@@ -13,6 +13,7 @@ import pytest
 from core.config import ConfigError, resolve
 from core.registry import Registry
 from plugins.lib.settings import range_errors
+from tests.conftest import TINY_CORE
 
 REGISTRY = Registry()
 BAD = ["ema.decay=5", "sliding_window.batch_seqs=0", "sliding_window.stride=0", "score_first_ttt.chunk_tokens=0",
@@ -52,3 +53,43 @@ def test_range_errors_reads_the_bounds_inclusively_and_leaves_non_finite_values_
     assert range_errors("p", cfg, a=(1, None), b=(None, 1.0), d=(0, 9)) == [
         "p.a: expected a number >= 1, got 0", "p.b: expected a number <= 1.0, got 1.5",
         "p.d: expected a number >= 0 and <= 9, got -2"]
+
+
+# Settings where a huge value means "off" (a gradient-norm clip past any norm never clips, as core.grad_clip_norm).
+UNBOUNDED = {"score_first_ttt.grad_clip", "phased_ttt.global_grad_clip"}
+
+
+def numeric_settings() -> list[str]:
+    import dataclasses
+    import typing
+
+    out = []
+    for name, cls in sorted(REGISTRY.config_classes().items()):
+        hints = typing.get_type_hints(cls) if cls is not None else {}
+        out += [f"{name}.{f.name}={10**12 if hints[f.name] is int else 1e30}" for f in
+                (dataclasses.fields(cls) if cls is not None else ()) if hints[f.name] in (int, float)
+                and f"{name}.{f.name}" not in UNBOUNDED]
+    return out
+
+
+@pytest.mark.parametrize("setting", numeric_settings())
+def test_every_numeric_plugin_setting_has_an_upper_bound(setting):
+    """Session 28 (seventh red team): a size, count or loop without an upper bound allocated past any memory or
+    ran for ever after training (bigram_hash.dim, gptq.calib_batches, phased_ttt.num_phases = 1e12), and a scale
+    without one trained to nonsense (value_residual.init = 1e30). A new plugin's int or float setting gets a bound
+    in its `check_config` (`range_errors`), or a line in UNBOUNDED saying why a huge value is harmless."""
+    name = setting.split("=")[0]
+    plugin = REGISTRY.plugins[name.split(".")[0]]
+    tests = [f"{section}.{key}={value}" for section, table in plugin.test_settings.items()
+             for key, value in table.items()]  # valid with the tiny core: only `setting` is not
+    with pytest.raises(ConfigError) as err:
+        resolve(plugin_config_classes=REGISTRY.config_classes(), plugins=[plugin.name, *plugin.requires], env={},
+                sets=[*TINY_CORE, *tests, setting], check_plugins=REGISTRY.check,
+                check_settings=REGISTRY.check_settings)
+    assert any(line.startswith((name, f"[{name.split('.')[0]}]")) for line in err.value.errors), err.value.errors
+
+
+def test_a_huge_integer_is_a_range_error_not_an_overflow():
+    cfg = SimpleNamespace(a=10**400)
+    assert range_errors("p", cfg, a=(0, 9)) == [
+        "p.a: expected a number >= 0 and <= 9, got 100000000000000000...0000000000000000000"]

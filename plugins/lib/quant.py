@@ -99,7 +99,7 @@ def parse_bits_overrides(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"bits_overrides: bad glob {glob!r} (expected a name pattern of letters, digits, "
                              f"_ . - * ? and balanced [...] classes)")
         try:
-            bits = int(value)
+            bits = int(value) if value.isascii() else None  # int() also reads '٨' as 8
         except ValueError:
             bits = None
         if not valid_bits(bits):
