@@ -162,7 +162,7 @@ def preflight(cfg: Config, world: int | None = None) -> None:
     if not launched and world > 1 and not (os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")):
         raise ValueError(f"WORLD_SIZE={world} without MASTER_ADDR/MASTER_PORT: start the ranks with --nproc "
                          f"{world} or torchrun")
-    pick_device(core.device, 0)  # a CUDA setting where there is none: refused before anything moves
+    device = pick_device(core.device, 0)  # a CUDA setting where there is none: refused before anything moves
     for split, seq in (("train", core.train_seq_len), ("val", core.eval_seq_len or core.train_seq_len)):
         files = shard_files(core.data_path, split)
         tokens = sum(max(f.stat().st_size - HEADER_BYTES, 0) // 2 for f in files)
@@ -178,6 +178,30 @@ def preflight(cfg: Config, world: int | None = None) -> None:
     if "auto_micro_batch" not in cfg.plugins and (local <= 0 or local % core.train_seq_len):
         raise ValueError(f"core.train_batch_tokens {core.train_batch_tokens} / (world_size {world} * grad_accum "
                          f"{accum}) = {local} per rank: not a multiple of seq_len {core.train_seq_len}")
+    model_fits(core, device, local)
+
+
+def model_fits(core, device, micro_tokens: int) -> None:
+    """Refuse a run whose least memory exceeds the device's: fp32 weights, gradients and two optimizer moments
+    (16 bytes a parameter of the core's matrices and embeddings) and one bf16 residual stream per layer of a
+    micro-step's tokens. Each size is in range alone; their product was not checked (the kernel killed such a run,
+    its status left "running"). A lower bound: a run refused here cannot fit; one allowed may still not."""
+    import torch
+
+    d, layers = core.model_dim, core.num_layers
+    kv = d // max(core.num_heads, 1) * core.num_kv_heads
+    params = core.vocab_size * d * (1 if core.tie_embeddings else 2) + layers * (
+        2 * d * d + 2 * d * kv + 2 * d * (core.mlp_hidden or core.mlp_mult * d))
+    need = 16 * params + 2 * micro_tokens * d * layers
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ValueError(f"the run needs at least {need / 2**30:,.1f} GiB ({params:,} parameters at 16 bytes for "
+                         f"weights, gradients and optimizer state, {micro_tokens:,} tokens a micro-step); "
+                         f"{device} has {have / 2**30:,.1f} GiB (core.model_dim / num_layers / vocab_size / "
+                         "mlp_mult / train_batch_tokens)")
 
 
 def bos_in_data(core) -> None:
