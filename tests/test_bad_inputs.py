@@ -142,6 +142,8 @@ CATALOGUE = [
     # --- session 28: an allocation that cannot succeed is one line saying so (was an "internal error")
     # bench's --out is its own working folder (it replaces data/, runs/, record/ there): a folder it did not make is
     # refused (a user's dataset under it was deleted), and so is data inside the copy it rebuilds
+    Case("train/sizes-whose-product-cannot-fit", "train --set core.model_dim=65536 --set core.num_layers=1024 "
+         "--set core.out_dir={tmp}/runs", 2, r"the run needs at least [\d,.]+ GiB \([\d,]+ parameters", tiny=True),
     # a file that is no regular file is never opened: a FIFO hung validate/bundle/record, /dev/zero filled memory
     Case("validate/a-run-whose-log-is-a-fifo", "validate {tmp}/done", 2,
          r"done/train\.log: not a regular file \(a FIFO, a device or a socket\)", setup=("finished_run", "fifo_log")),
