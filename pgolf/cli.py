@@ -87,25 +87,7 @@ def load_config(args: argparse.Namespace, extra_sets: list[str] | None = None) -
         plugin_config_classes=registry.config_classes(), recipe=args.recipe, env=os.environ, sets=sets,
         plugins=plugins, check_plugins=registry.check, check_settings=registry.check_settings,
     )
-    finite_plugin_settings(cfg)
     return absolute_paths(cfg), registry
-
-
-def finite_plugin_settings(cfg: Config) -> None:
-    """A ConfigError for every plugin float setting that is NaN or infinite (the core's are checked in core)."""
-    import dataclasses
-    import math
-
-    from core.config import env_name
-
-    errors = []
-    for name, pcfg in cfg.plugin_configs.items():
-        for f in dataclasses.fields(pcfg) if pcfg is not None else ():
-            value = getattr(pcfg, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                errors.append(f"{name}.{f.name} ({env_name(name, f)}): expected a finite number, got {value}")
-    if errors:
-        raise ConfigError(errors)
 
 
 def absolute_paths(cfg: Config) -> Config:

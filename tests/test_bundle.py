@@ -802,8 +802,9 @@ def _pr1493(sets=()):
 # catches (ValueError, RecursionError), a shorter tuple than before (-38). Session 25: the full script checks its
 # core settings' ranges too (seed, betas, momenta, learning rates, bos_id: +49, a deliberate raise). Session 27
 # raised it on purpose (+42): core.compile takes every boolean spelling (TRUE, yes, on), muon_backend_steps is
-# bounded, cuda:N must be a number, a failed rank leaves without the barrier that hung the job.
-PR1493_WRAPPED_CEILING = 30_495
+# bounded, cuda:N must be a number, a failed rank leaves without the barrier that hung the job. Session 28: -5
+# (resolve's NaN/inf check for every section, ASCII-only numbers, in fewer lines).
+PR1493_WRAPPED_CEILING = 30_490
 
 
 def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
@@ -820,8 +821,10 @@ def test_pr1493_wrapped_bundle_stays_under_its_ratcheted_ceiling():
 # name (-173; latin1 20,849). Session 26 raised it on purpose (+75): a written file follows the umask (os.open 0666,
 # not mkstemp's 0600) and DDP leaves an empty parameter without a gradient (a one-layer model crashed --nproc 2).
 # Session 27 raised it on purpose (+19): the full profile's session-27 changes that the record profile keeps
-# (core.compile's boolean spellings, a failed rank leaving without the barrier).
-PR1493_RECORD_WRAPPED_CEILING = 25_451
+# (core.compile's boolean spellings, a failed rank leaving without the barrier). Session 28 raised it on purpose
+# (+12): numbers must be ASCII and within a float's range (coerce: '٣' trained 3 steps, a 400-digit integer was an
+# internal error), and every section's NaN/inf is refused where the settings are resolved.
+PR1493_RECORD_WRAPPED_CEILING = 25_463
 
 
 def test_pr1493_record_profile_bundle_is_smaller_than_full_and_under_its_ratcheted_ceiling(tmp_path):
