@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import datetime
 import re
 import sys
 import unicodedata
@@ -30,7 +31,10 @@ BASE_PACKAGES = {"numpy", "tqdm", "torch", "huggingface_hub", "kernels", "setupt
 # A PEP 508 requirement without a URL: a name, extras, version specifiers, an environment marker.
 REQUIREMENT_RX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[\w.,\s-]*\])?\s*([<>=!~]=?\s*[\w.*+!-]+\s*,?\s*)*"
                             r"(;.*)?$")
-NAME_RX = re.compile(r"^\d{4}-\d{2}-\d{2}_[A-Za-z0-9._+-]+$")
+NAME_RX = re.compile(r"^\d{4}-\d{2}-\d{2}_[A-Za-z0-9._+-]+$")  # as the rulebook writes it; checked as ASCII_NAME
+# The same, read strictly: ASCII digits (`\d` takes '٢٠٢٦'), the whole name (`$` takes a trailing newline)
+ASCII_NAME = re.compile(r"(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})_[A-Za-z0-9._+-]+")
+FIRST_RECORD = datetime.date(2026, 3, 1)  # the challenge's first records are dated 2026-03-17
 # What a PR's review reads as the submission itself: code, JSON, logs, README and requirements (`shipped_kind`).
 SHIPPED_SUFFIXES = {".py", ".json", ".md"}
 
@@ -262,10 +266,35 @@ def check_name(ctx: FolderContext) -> list[Finding]:
     if ctx.is_run_dir:
         return [r.finding(SKIP, "pgolf run directory", severity=INFO)]
     name = ctx.root.resolve().name
-    if NAME_RX.match(name):
-        return [r.finding(PASS, f"folder name {name!r} matches YYYY-MM-DD_description")]
-    return [r.finding(FAIL, "folder name does not match YYYY-MM-DD_description", expected=NAME_RX.pattern,
-                      found=name)]
+    out = [r.finding(FAIL, f"{what}: a PR adds one records folder (PR #1851 had to split one out)",
+                     file=str(rel)) for rel, what in nested_records(ctx)]
+    out += [r.finding(FAIL, f"{' and '.join(map(str, group))}: names equal but for case (one file on macOS and Windows "
+                      "checkouts: readers see different files)", file=str(group[0])) for group in case_twins(ctx)]
+    m = ASCII_NAME.fullmatch(name)
+    try:
+        date = datetime.date.fromisoformat(m["date"]) if m else None
+    except ValueError:
+        date = None
+    if date is None or not FIRST_RECORD <= date <= datetime.date.today() + datetime.timedelta(days=1):
+        why = "does not match YYYY-MM-DD_description (ASCII)" if m is None else f"is dated {m['date']}, no real " \
+              f"date between {FIRST_RECORD} and today"
+        return [r.finding(FAIL, f"folder name {why}", expected=NAME_RX.pattern, found=name), *out]
+    return out or [r.finding(PASS, f"folder name {name!r} matches YYYY-MM-DD_description")]
+
+
+def nested_records(ctx: FolderContext) -> list[tuple[Path, str]]:
+    """Sub-folders that are records folders of their own (a submission.json or train_gpt.py below the top)."""
+    subs = sorted({rel.parent for rel in ctx.files if len(rel.parts) > 1 and (
+        rel.name == "train_gpt.py" or (rel.name.startswith("submission") and rel.suffix == ".json"))})
+    return [(d, "a second records folder inside this one") for d in subs]
+
+
+def case_twins(ctx: FolderContext) -> list[list[Path]]:
+    """Groups of paths that differ only in letter case (or Unicode normalisation)."""
+    groups: dict[str, list[Path]] = {}
+    for rel in ctx.files:
+        groups.setdefault(unicodedata.normalize("NFKC", str(rel)).casefold(), []).append(rel)
+    return [g for g in groups.values() if len(g) > 1]
 
 
 # Characters on which two readers of one text disagree, or that hide text from a reviewer (THREATS.md §4): Python's
@@ -295,7 +324,9 @@ def hidden_character(text: str, markdown: bool = False) -> tuple[int, str] | Non
 def check_plain_text(ctx: FolderContext) -> list[Finding]:
     r = RULES[3]
     units = {u.name: u for u in code_units(ctx)}
-    out: list[Finding] = []
+    out: list[Finding] = [r.finding(FAIL, f"{hit[1]} in a file name: two names that look alike (a zero-width "
+                                    "character, a control character)", file=ascii(str(rel)))
+                          for rel in ctx.files if (hit := hidden_character(str(rel)))]
     checked = 0
     for rel in (p for p in ctx.files if shipped_kind(p) or p.suffix == ".jsonl"):
         name = str(rel)

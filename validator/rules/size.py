@@ -442,6 +442,11 @@ def check_wrapped(ctx: FolderContext) -> list[Finding]:
             continue
         model = lg.model_bytes if lg.model_bytes is not None else (lg.total_bytes or 0) - m
         strict_total = (shipped or 0) + model
+        if wrapped and shipped > m and strict_total > CAP:  # the wrapper that ships is the code: its bytes count
+            out.append(r.finding(FAIL, f"the shipped wrapper is {shipped:,} B, the log counts {m:,} B of code: with "
+                                 f"the wrapper that runs the artifact is {strict_total:,} B, over the cap", file=f,
+                                 expected=f"<= {CAP:,}", found=strict_total))
+            continue
         msg = (f"wrapper convention: {m:,} B code + {model:,} B model = {m + model:,}; strict reading (shipped "
                f"train_gpt.py {shipped or 0:,} B + model) = {strict_total:,}")
         if wrapped:

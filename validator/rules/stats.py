@@ -33,13 +33,18 @@ def _ignored(key: str) -> bool:
 
 
 def seed_values(ctx: FolderContext) -> tuple[list[float], list[float]]:
-    """(per-seed val_bpb, per-seed val_loss) from the scoring logs, else from submission.json seed_results."""
+    """(per-seed val_bpb, per-seed val_loss) from the logs that back the claim, one value per seed (the mean of its
+    logs: a re-run or a copy of a seed is no independent replicate, and counting it twice shrank the test's standard
+    error), else from submission.json seed_results."""
     from validator.rules.consistency import seed_results
 
-    fins = [lg.final(ctx.method) for lg in ctx.scoring]
-    fins = [f for f in fins if f is not None]
-    if fins:
-        return [f.val_bpb for f in fins], [f.val_loss for f in fins]
+    runs: dict = {}
+    for i, lg in enumerate(claim_logs(ctx)):
+        if (fin := lg.final(ctx.method)) is not None:
+            runs.setdefault(lg.seed if lg.seed is not None else f"log{i}", []).append(fin)
+    if runs:
+        return ([sum(f.val_bpb for f in fs) / len(fs) for fs in runs.values()],
+                [sum(f.val_loss for f in fs) / len(fs) for fs in runs.values()])
     res = seed_results(ctx.submission)
     bpb = [float(v["val_bpb"]) for v in res.values() if isinstance(v.get("val_bpb"), (int, float))]
     loss = [float(v["val_loss"]) for v in res.values() if isinstance(v.get("val_loss"), (int, float))]
