@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import importlib.util
 import json
+import keyword
 import math
 import os
 import re
@@ -107,7 +109,8 @@ def with_default_data(cfg: Config) -> Config:
         if not (default_data_dir(cfg.core.vocab_size) / "dataset.json").is_file():
             print(f"building the embedded default corpus (first use, about 10 s; cached in "
                   f"{default_data_dir(cfg.core.vocab_size)})", file=sys.stderr, flush=True)
-        cfg.core.data_path = str(ensure_default_data(vocab_size=cfg.core.vocab_size))
+        cfg.core.data_path = str(ensure_default_data(vocab_size=cfg.core.vocab_size).resolve())  # a relative
+        # PGOLF_CACHE resolved here: config.json must name the data from any working directory
         cfg.sources["core.data_path"] = "embedded default corpus"
     return cfg
 
@@ -508,9 +511,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     if args.action == "new":
-        if not args.name.isidentifier() or args.name == "core" or args.name.startswith("_"):
-            raise PluginError(f"pgolf plugins new NAME: NAME must be a Python identifier other than core, not "
-                              f"starting with _, got {args.name!r}")
+        if not (args.name.isidentifier() and args.name.isascii()) or args.name.startswith("_") or len(
+                args.name) > 64 or keyword.iskeyword(args.name):
+            raise PluginError(f"pgolf plugins new NAME: NAME must be an ASCII Python identifier of at most 64 "
+                              f"characters, no keyword, not starting with _, got {args.name!r}")
+        if importlib.util.find_spec(args.name) is not None or args.name in ("core", "plugins", "pgolf"):
+            raise PluginError(f"pgolf plugins new {args.name}: an importable module has that name (its test "
+                              "imports the skeleton by name, and the file would shadow the module); choose another")
         if args.name in Registry().plugins:  # a plugin file may not shadow a built-in: it would never load
             raise PluginError(f"pgolf plugins new {args.name}: a built-in plugin has that name; choose another")
         from pgolf.scaffold import write_plugin_skeleton
@@ -543,6 +550,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from core.train import process_group, setup
     from pgolf.evaluate import evaluate_artifact, load_run_config
 
+    if args.recipe:  # it would be replaced by the run's own configuration
+        raise ValueError(f"eval {args.path} --recipe {args.recipe}: a run is evaluated with its own config.json; "
+                         "drop --recipe (--set still overrides a setting)")
     artifact, recipe = load_run_config(Path(args.path).resolve())
     args.recipe = recipe
     cfg, registry = load_config(args)
@@ -560,9 +570,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write the self-contained train_gpt.py of a configuration (a run directory's, or a recipe's)."""
-    from core.run import write_atomic
     from submissions.bundle import bundle_with_requirements, script_bytes
 
+    if args.path and args.recipe:  # it would be replaced by the run's own configuration
+        raise ValueError(f"bundle {args.path} --recipe {args.recipe}: a run is bundled with its own config.json; "
+                         "drop --recipe (--set still overrides a setting)")
     inputs = [Path(f) for f in (args.plugin_file or [])] + ([Path(args.recipe)] if args.recipe else [])
     if args.path:
         cfg_path = Path(args.path) / "config.json" if Path(args.path).is_dir() else Path(args.path)
@@ -591,13 +603,36 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     text, reqs = bundle_with_requirements(cfg, registry, strip=not args.keep_docstrings, profile=args.profile)
     out.parent.mkdir(parents=True, exist_ok=True)
     data = script_bytes(text)
-    write_atomic(out, data)
+    write_new(out, data, args.force)
     print(f"{out}: {len(data):,} bytes, plugins: {', '.join(cfg.plugins) or '(none)'}")
     if args.requirements:
-        write_atomic(req_path, reqs)
+        write_new(req_path, reqs.encode(), args.force)
         print(f"{req_path}: written")
     print("requirements: " + ", ".join(line for line in reqs.splitlines() if not line.startswith("#")))
     return 0
+
+
+def write_new(path: Path, data: bytes, force: bool) -> None:
+    """`write_atomic`; without `force` never over a file another command made meanwhile (checked before the work,
+    it could appear during it): the file is linked into place, and a link does not replace."""
+    from core.run import write_atomic
+
+    if force:
+        write_atomic(path, data)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    write_atomic(tmp, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path}: made by another command while this one ran; pass --force to overwrite "
+                              "it") from None
+    except OSError:  # a file system without hard links
+        if path.exists():
+            raise
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -657,12 +692,23 @@ def split_plugins(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+BUILD_ONLY = {"source": "SOURCE", "out": "--out", "val_docs": "--val-docs", "plugins": "--plugins",  # `data build`'s
+              "plugin_file": "--plugin-file", "tokenizer": "--tokenizer", "max_train_tokens": "--max-train-tokens",
+              "force": "--force"}
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from dataprep.build import build_dataset, ensure_default_data
 
+    given = [flag for dest, flag in BUILD_ONLY.items() if getattr(args, dest)]
     if args.action == "default":
+        if given:  # the embedded corpus is built one way (only --vocab chooses): an option would be ignored
+            raise ValueError(f"pgolf data default: {', '.join(given)} only apply to `data build` (default: --vocab)")
         print(ensure_default_data(vocab_size=args.vocab))
         return 0
+    if args.plugin_file and not args.plugins:
+        raise ValueError("--plugin-file without --plugins: name the plugins whose text transform the data is built "
+                         "with (--plugins NAME)")
     if not args.source or not args.out:
         raise ValueError("pgolf data build TEXT_DIR|FILE.jsonl --vocab N --out DIR: source and --out are required")
     transform = None
@@ -825,9 +871,10 @@ def main(argv: list[str] | None = None) -> int:
               "module?); stopped", file=sys.stderr)
         return exc.code if isinstance(exc.code, int) and exc.code else 2
     except (PluginError, ValueError, FileNotFoundError, FileExistsError) as exc:  # RecordError, BundleError too
-        if isinstance(exc, FileExistsError) and exc.filename and Path(exc.filename).exists() and not Path(
-                exc.filename).is_dir():  # mkdir where a file (or a device, a FIFO) is
-            what = "a file" if Path(exc.filename).is_file() else "not a folder (a device, a FIFO or a link)"
+        if isinstance(exc, FileExistsError) and exc.filename and (Path(exc.filename).is_symlink() or Path(
+                exc.filename).exists()) and not Path(exc.filename).is_dir():  # mkdir where a file, FIFO, link is
+            what = ("a file" if Path(exc.filename).is_file() else "a link to nothing" if not Path(exc.filename).exists()
+                    else "not a folder (a device, a FIFO or a link)")
             print(f"pgolf: error: {exc.filename}: is {what}, where a folder is needed on this path", file=sys.stderr)
             return 2
         print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
@@ -840,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"pgolf: error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
         return 1
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C and sys.exit are handled above; GeneratorExit and the like land here
         if type(exc).__name__ == "TrainingDiverged":
             print(f"pgolf: error: {textwrap.shorten(str(exc), 400)}", file=sys.stderr)
             return 1

@@ -32,10 +32,12 @@ def read_curves(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int,
             e = json.loads(line)
         except JSON_ERRORS:
             continue
+        if not isinstance(e, dict) or not isinstance(e.get("step"), int) or isinstance(e["step"], bool):
+            continue  # a line of another shape draws nothing (the validator names it)
         if e.get("event") == "step" and isinstance(e.get("train_loss"), (int, float)):
-            train.append((int(e["step"]), float(e["train_loss"])))
+            train.append((e["step"], float(e["train_loss"])))
         elif e.get("event") == "val" and isinstance(e.get("val_loss"), (int, float)):
-            val.append((int(e["step"]), float(e["val_loss"])))
+            val.append((e["step"], float(e["val_loss"])))
     return train, val
 
 
@@ -53,7 +55,7 @@ def loss_curve_png(run_dirs: list[Path]) -> bytes | None:
         for i, run_dir in enumerate(run_dirs):
             train, val = read_curves(Path(run_dir))
             color = f"C{i % 10}"
-            name = Path(run_dir).name
+            name = Path(run_dir).name.replace("$", r"\$")  # a run id is text, not matplotlib's $math$
             if train:
                 ax.plot(*zip(*train, strict=True), color=color, lw=1.2, label=f"{name} train")
             if val:

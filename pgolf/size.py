@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from validator.untrusted_json import JSON_ERRORS
+from validator.untrusted_json import run_dir_metrics
 
 if TYPE_CHECKING:  # torch and the export module load only when a command needs them (fast --help)
     from core import export as ex
@@ -91,12 +91,8 @@ def size_summary(path: str | Path, estimate: bool = True) -> dict[str, Any]:
                                 f"(not a records folder either)")
     code_bytes: int | None = None
     metrics = path / "metrics.json"
-    if metrics.is_file():
-        try:
-            value = json.loads(metrics.read_text()).get("code_bytes")
-        except (*JSON_ERRORS, AttributeError) as exc:
-            raise ValueError(f"{metrics}: not valid metrics JSON ({exc})") from None
-        code_bytes = int(value) if isinstance(value, int) else None
+    if metrics.exists():  # its figures checked as every reader checks them (a negative or fractional code_bytes)
+        code_bytes = run_dir_metrics(path, required=()).get("code_bytes")
     report = artifact_summary(artifact, code_bytes or 0, estimate)
     report.update(code_bytes=code_bytes, code_source=f"{metrics.name} code_bytes")
     return report

@@ -688,6 +688,7 @@ def _with_recipe_defaults(sources: dict[str, str], modules: dict[str, str],
 
 # `_embedded`'s recent results by the digest of what they were made from, oldest first.
 _EMBEDDED: dict[str, tuple[dict[str, str], str]] = {}
+HEX = set("0123456789abcdef")  # a cache entry is named by its key, a sha256
 CACHED_BUNDLES = 64  # entries `bundle_cache_dir` keeps, newest first
 
 
@@ -747,7 +748,8 @@ def _cache(key: str, sources: dict[str, str], loader: str) -> None:
         tmp = folder / f".{key}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"sources": sources, "loader": loader}), encoding="utf-8")
         os.replace(tmp, folder / f"{key}.json")
-        entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        entries = sorted((p for p in folder.glob("*.json") if len(p.stem) == 64 and set(p.stem) <= HEX),  # only its own
+                         key=lambda p: p.stat().st_mtime, reverse=True)
         for old in entries[CACHED_BUNDLES:]:
             old.unlink(missing_ok=True)
     except OSError:

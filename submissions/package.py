@@ -11,6 +11,7 @@ the code size of exactly this bundle (else the code changed after they ran).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -100,7 +101,7 @@ def track_of(run_dirs: list[Path]) -> str:
         try:
             core = run_dir_recipe(path).get("core", {})
             start = _start(path)
-        except (RecordError, ValueError):
+        except (RecordError, ValueError, RecursionError):  # JSON nested past the parser's depth too
             return "non-record"
         cap = float(core.get("max_wallclock_seconds", 0) or 0)
         if (start.get("world_size") != RECORD_GPUS or not str(start.get("device", "")).startswith("cuda")
@@ -307,14 +308,17 @@ def write_records_folder(files: dict[str, str | bytes], dest: Path, force: bool 
             lines = "; ".join(f"{f.rule}: {f.message}" for f in bad)
             raise RecordError(f"the validator rejects {dest.name}, nothing written: {lines}")
         old = None
-        if dest.exists():
+        if dest.exists() and force:  # without --force, a folder made meanwhile (a concurrent record) is kept
             old = stage / ".replaced"
             dest.rename(old)
         try:
-            folder.rename(dest)
-        except OSError:
-            if old is not None:  # put the replaced folder back before the stage is removed
+            folder.rename(dest)  # onto a folder made meanwhile: ENOTEMPTY/EEXIST, never a silent replace
+        except BaseException as exc:  # Ctrl-C between the renames too: the replaced folder goes back first
+            if old is not None and not dest.exists():
                 old.rename(dest)
+            if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise RecordError(f"{dest}: was made by another command while this one ran; pass --force to "
+                                  "replace it") from None
             raise
         return findings
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pgolf.cli import main
+from pgolf.cli import main, with_default_data, write_new
 from pgolf.progress import Progress
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,3 +253,111 @@ def test_unigram_baseline_is_between_the_model_and_uniform(tiny_data, tiny_core,
     tokens_per_byte = metrics["val_bpb"] * math.log(2) / metrics["val_loss"]  # the same validation tokens
     uniform = math.log2(320) * tokens_per_byte
     assert 0 < uni < uniform  # token frequencies beat a uniform guess over the vocabulary
+
+
+# ----- seventh CLI red-team pass (session 28): outputs another command makes meanwhile, Ctrl-C between record's
+# renames, a bundle cache in a user's folder, odd shapes of a run's files, a plugin file raising GeneratorExit,
+# `plugins new` names that shadow a module, options a command would ignore, a relative PGOLF_CACHE, a dangling link
+
+def _one_error(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_an_output_made_meanwhile_is_not_replaced_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "train_gpt.py"
+    out.write_text("theirs")  # made by another bundle after this one checked
+    with pytest.raises(FileExistsError, match="made by another command while this one ran"):
+        write_new(out, b"mine", force=False)
+    assert out.read_text() == "theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["train_gpt.py"]
+    write_new(out, b"mine", force=True)
+    assert out.read_text() == "mine"
+
+
+def test_record_keeps_a_folder_made_meanwhile_and_restores_the_old_one_on_ctrl_c(tmp_path, monkeypatch) -> None:
+    import validator.cli
+    from submissions.package import RecordError, write_records_folder
+
+    dest = tmp_path / "track_non_record_16mb" / "2026-12-05_X"
+    made = {}
+
+    def concurrent(folder, **kwargs):  # another `record` finishes while this one validates
+        if not made:
+            dest.mkdir(parents=True)
+            (dest / "README.md").write_text("theirs")
+            made["yes"] = True
+        return []
+    monkeypatch.setattr(validator.cli, "validate_folder", concurrent)
+    with pytest.raises(RecordError, match="was made by another command while this one ran"):
+        write_records_folder({"README.md": "mine"}, dest)
+    assert (dest / "README.md").read_text() == "theirs"
+
+    real = Path.rename
+
+    def interrupted(self, target):  # Ctrl-C between moving the old folder aside and renaming the new one in
+        if Path(target) == dest and self.name == dest.name:
+            raise KeyboardInterrupt
+        return real(self, target)
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_records_folder({"README.md": "mine"}, dest, force=True)
+    assert (dest / "README.md").read_text() == "theirs"
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no stage left
+
+
+def test_the_bundle_cache_prunes_only_its_own_entries(tmp_path, monkeypatch) -> None:
+    cache = tmp_path / "myjson"
+    cache.mkdir()
+    for i in range(70):
+        (cache / f"data{i}.json").write_text("{}")
+    monkeypatch.setenv("PGOLF_BUNDLE_CACHE", str(cache))
+    assert main(["bundle", "--plugins", "ema", "-o", str(tmp_path / "b.py")]) == 0
+    assert len(list(cache.glob("data*.json"))) == 70 and len(list(cache.glob("*.json"))) == 71
+
+
+def test_a_runs_files_read_as_every_reader_reads_them(tiny_run, tmp_path, capsys) -> None:
+    from pgolf.plots import loss_curve_png, read_curves
+    from submissions.package import track_of
+
+    run = tmp_path / "cost_$5_and_$"
+    shutil.copytree(tiny_run, run)
+    assert loss_curve_png([run])[:4] == b"\x89PNG"  # a `$` in a run id is text, not matplotlib's math
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "code_bytes": -99_999_999}))
+    assert main(["size", str(run)]) == 2
+    assert "metrics.json: code_bytes is -99999999, expected a non-negative integer" in _one_error(capsys)
+    events = (run / "events.jsonl").read_text()
+    (run / "events.jsonl").write_text("[1]\n" + '{"event": "step"}\n' + events)
+    assert read_curves(run)[0] == read_curves(tiny_run)[0]  # lines of another shape draw nothing
+    (run / "events.jsonl").write_text('{"start": ' + "[" * 100_000 + "\n" + events)
+    assert track_of([run]) == "non-record"  # nested past the parser's depth: no record evidence, no crash
+
+
+def test_commands_refuse_what_they_would_ignore_or_break(tiny_run, tmp_path, capsys, monkeypatch) -> None:
+    (tmp_path / "boom.py").write_text('raise GeneratorExit("boom")\n')
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    cases = [
+        (["bundle", "--plugin-file", str(tmp_path / "boom.py"), "--plugins", "ema", "-o", str(tmp_path / "z.py")],
+         "import failed: GeneratorExit: boom"),
+        (["plugins", "new", "None", "--dir", str(tmp_path)], "no keyword"),
+        (["plugins", "new", "torch", "--dir", str(tmp_path)], "an importable module has that name"),
+        (["plugins", "new", "a" * 247, "--dir", str(tmp_path)], "at most 64 characters"),
+        (["plugins", "new", "qq", "--dir", str(tmp_path / "dangling")], "dangling: is a link to nothing"),
+        (["data", "default", "--tokenizer", "x.model"], "--tokenizer only apply to `data build`"),
+        (["data", "build", str(tmp_path), "--out", str(tmp_path / "o"), "--plugin-file", "p.py"],
+         "--plugin-file without --plugins"),
+        (["eval", str(tiny_run), "--recipe", "nope.toml"], "a run is evaluated with its own config.json"),
+        (["bundle", str(tiny_run), "--recipe", "pr315", "-o", str(tmp_path / "y.py")], "its own config.json"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        assert message in _one_error(capsys), argv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boom.py", "dangling"]
+    import dataprep.build
+
+    monkeypatch.setattr(dataprep.build, "ensure_default_data", lambda vocab_size: Path("relc/default"))
+    from core.config import resolve
+
+    cfg = with_default_data(resolve(plugin_config_classes={}, env={}))
+    assert Path(cfg.core.data_path).is_absolute()  # a relative PGOLF_CACHE: config.json names it from anywhere

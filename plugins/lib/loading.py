@@ -42,7 +42,9 @@ def load_file(path: str | Path) -> list[type[Plugin]]:
         raise PluginError(f"plugin file {p}: {what} (expected a Python file)")
     try:
         module = import_path(p, "pgolf_user_plugin")
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # GeneratorExit or a BaseException of its own too: a plugin file's failure
         raise PluginError(f"plugin file {p}: import failed: {type(exc).__name__}: {exc}") from exc
     if module is None:
         raise PluginError(f"plugin file {p}: cannot be imported")
@@ -58,7 +60,9 @@ def entry_point_plugins() -> Iterable[tuple[type[Plugin], str]]:
         origin = f"entry point {ep.name} = {ep.value}"
         try:
             obj = ep.load()
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:
             raise PluginError(f"{origin}: import failed: {type(exc).__name__}: {exc}") from exc
         if inspect.ismodule(obj):
             for cls in plugin_classes(obj):
