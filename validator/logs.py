@@ -540,6 +540,8 @@ def parse_events(text: str, path: Path | str = "events.jsonl", seed: int | None 
             rec.train_time_ms, rec.train_time_line, rec.steps = float(ev["train_time_ms"]), no, int(ev["steps"])
             if rec.steps:
                 rec.step_avg_ms = rec.train_time_ms / rec.steps
+        elif kind == "calibration" and "train_time_ms" in ev:  # the loop's time + calibration: the training budget
+            rec.train_time_ms, rec.train_time_line = float(ev["train_time_ms"]), no
         elif kind == "size":
             rec.code_bytes, rec.code_kind = int(ev["code_bytes"]), "raw"
             rec.model_bytes = int(ev["model_bytes"])

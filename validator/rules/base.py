@@ -12,8 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from validator.logs import LogRecord, parse_events, parse_folder, parse_text, scoring_logs
-from validator.untrusted_json import JSON_ERRORS, parse_json
+from validator.logs import EvalLine, LogRecord, parse_events, parse_folder, parse_text, scoring_logs
+from validator.untrusted_json import JSON_ERRORS, parse_json, run_dir_metrics
 from validator.wrapper import decode_wrapper
 
 CAP = 16_000_000
@@ -193,6 +193,40 @@ class FolderContext:
                 return [rec]
             return [parse_events((self.root / "events.jsonl").read_text(), self.root / "events.jsonl", seed=seed)]
         return parse_folder(self.root)
+
+    @cached_property
+    def run_records(self) -> list[LogRecord]:
+        """Every record of a run directory's one run, each parsed on its own: events.jsonl, train.log and
+        metrics.json (as a record of its figures, fmt "metrics"); [] for a records folder. They must agree on every
+        fact a rule judges (JSON.CONSISTENCY), and the budget rules read all of them (`budget_logs`): the worst
+        figure any of them shows counts, so editing one file down changes nothing."""
+        if not self.is_run_dir:
+            return []
+        out = list(self.logs)
+        log = self.root / "train.log"
+        if (self.root / "events.jsonl").is_file() and log.is_file():
+            rec = parse_text(log.read_text(encoding="utf-8", errors="replace"), log)
+            rec.seed = rec.seed if rec.seed is not None else (out[0].seed if out else None)
+            out.append(rec)
+        try:
+            m = run_dir_metrics(self.root, required=())
+        except ValueError:  # JSON.CONSISTENCY reports it
+            return out
+        rec = LogRecord(path=self.root / "metrics.json", fmt="metrics", seed=out[0].seed if out else None)
+        num = lambda k: float(m[k]) if isinstance(m.get(k), (int, float)) and not isinstance(m[k], bool) else None
+        rec.train_time_ms, rec.steps = num("train_time_ms"), m.get("steps") if isinstance(m.get("steps"), int) else None
+        rec.model_bytes, rec.code_bytes, rec.total_bytes = (m.get(k) for k in ("model_bytes", "code_bytes",
+                                                                               "total_bytes"))
+        if num("val_bpb") is not None and num("val_loss") is not None:
+            rec.evals.append(EvalLine("metrics.json", num("val_loss"), num("val_bpb"),  # type: ignore[arg-type]
+                                      num("eval_time_ms"), 0))
+        return [*out, rec]
+
+    @cached_property
+    def budget_logs(self) -> list[LogRecord]:
+        """The records the budget rules judge: every record of a run directory's run (`run_records`), the logs of a
+        records folder."""
+        return self.run_records if self.is_run_dir else self.logs
 
     @cached_property
     def scoring(self) -> list[LogRecord]:

@@ -43,7 +43,7 @@ def _no_evidence(ctx: FolderContext, r: Rule, what: str) -> Finding:
 def check_train(ctx: FolderContext) -> list[Finding]:
     r = RULES[0]
     out: list[Finding] = []
-    for lg in ctx.logs:
+    for lg in ctx.budget_logs:  # a run directory: each of its records, so the worst figure counts
         if lg.unread_train_time is not None:  # a figure after train_time no pattern reads: it may be the largest
             no, text = lg.unread_train_time
             out.append(r.finding(_status(ctx), f"a train_time figure the validator cannot read: {text!r} (log "
@@ -77,6 +77,7 @@ def check_train(ctx: FolderContext) -> list[Finding]:
             out.append(r.finding(WARN, f"world_size:{lg.world_size} (record track expects 8xH100 SXM)",
                                  severity=WARN, file=f, expected=8, found=lg.world_size))
     out += _untrained_claims(ctx, r)
+    out += _scaled_clocks(ctx, r)
     m = OVERRIDES.search(ctx.readme)
     if m:
         out.append(r.finding(WARN, f"README run command overrides the wallclock cap: {m.group(0)}", severity=WARN,
@@ -85,7 +86,22 @@ def check_train(ctx: FolderContext) -> list[Finding]:
         return [_no_evidence(ctx, r, "no training time in any log")]
     bad = [x for x in out if x.status != PASS]
     return bad or [r.finding(PASS, f"{len(out)} log(s) within 600 s (+1 step); max "
-                             f"{max(lg.train_time_ms or 0 for lg in ctx.logs) / 1000:.1f}s")]
+                             f"{max(lg.train_time_ms or 0 for lg in ctx.budget_logs) / 1000:.1f}s")]
+
+
+def _scaled_clocks(ctx: FolderContext, r: Rule) -> list[Finding]:
+    """The script's own clock arithmetic is plain unit conversion (`validator.rules.clocks`): a clock scaled by
+    0.8 or shifted by a constant under-reports every logged training time and the script's own cap check alike,
+    so no log figure can show it. Run directories run pgolf's own code: not scanned."""
+    if ctx.is_run_dir:
+        return []
+    from validator.rules.clocks import clock_problems
+    from validator.rules.code import code_units
+
+    return [r.finding(_status(ctx), f"{what}: `{src[:100]}` — the training clock must be a clock reading converted "
+                      "between units (ms/s/min), nothing more, or every logged train_time and the cap check "
+                      "under-report", severity=_gate(ctx, ERROR), file=u.name, line=no)
+            for u in code_units(ctx) for no, what, src in clock_problems(u)]
 
 
 def _untrained_claims(ctx: FolderContext, r: Rule) -> list[Finding]:
@@ -146,7 +162,7 @@ def check_eval(ctx: FolderContext) -> list[Finding]:
     record = ctx.track == "record" and not ctx.is_run_dir
     # every log with a score, a re-run that `scoring_logs` drops as a copy of its seed's score too: each is a run
     # of the submitted evaluation, and each must fit
-    for lg in [lg for lg in ctx.logs if lg.final() is not None]:
+    for lg in [lg for lg in ctx.budget_logs if lg.final() is not None]:
         ms = lg.scoring_eval_ms(ctx.method)
         f = ctx.rel(lg.path)
         if lg.unread_eval_time is not None:  # a time figure no pattern reads may be the scoring pass's
@@ -170,7 +186,7 @@ def check_eval(ctx: FolderContext) -> list[Finding]:
         return [_no_evidence(ctx, r, "no eval time on any scoring line")]
     bad = [x for x in out if x.status != PASS]
     return bad or [r.finding(PASS, f"{len(out)} scoring pass(es) <= 600 s (max "
-                             f"{max(lg.scoring_eval_ms(ctx.method) or 0 for lg in ctx.scoring) / 1000:.1f}s)")]
+                             f"{max(lg.scoring_eval_ms(ctx.method) or 0 for lg in ctx.budget_logs) / 1000:.1f}s)")]
 
 
 def check_eval_scope(ctx: FolderContext) -> list[Finding]:

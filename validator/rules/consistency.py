@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from statistics import mean
 from typing import Any
 
@@ -84,7 +85,12 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
         if abs(mb - fin.val_bpb) > tol:
             return [r.finding(FAIL, "metrics.json val_bpb differs from the final_eval event", file="metrics.json",
                               field="val_bpb", expected=fin.val_bpb, found=mb)]
-        return [r.finding(PASS, f"final_eval val_bpb {fin.val_bpb:.6f} agrees with metrics.json",
+        if bad := run_disagreements(ctx, metrics):
+            return [r.finding(FAIL, msg, file=where, line=line, field=fact, expected=want, found=got)
+                    for where, line, fact, want, got, msg in bad[:8]]
+        return [r.finding(PASS, f"final_eval val_bpb {fin.val_bpb:.6f} agrees with metrics.json, and "
+                          f"{' and '.join(lg.path.name for lg in ctx.run_records if lg.fmt != 'metrics')} agree with "
+                          "metrics.json on the score, train time, steps, eval time and sizes",
                           file=finals[-1][0].path.name)]
     claim = claimed_bpb(ctx.submission)
     if claim is None:
@@ -140,6 +146,68 @@ def check_consistency(ctx: FolderContext) -> list[Finding]:
     if isinstance(vl, (int, float)) and key == "val_bpb" and vl < 1.3 * value and abs(vl - value) < 0.2:
         out.append(r.finding(WARN, "val_loss looks like a bpb value (loss/bpb ratio ~1)", severity=INFO, file=f,
                              field="val_loss", found=vl))
+    return out
+
+
+FIGURE = r"[-+]?\d[\d,_]*(?:\.(\d+))?(?:[eE][-+]?\d+)?"
+
+
+def _printed_half_unit(text: str, key: str) -> float | None:
+    """Half a unit of the last digit `key`'s figure is printed with on a log line (`val_bpb:0.9012` -> 5e-5), or
+    None where the line prints no such figure."""
+    m = re.search(rf"\b{key}\s*[:=]\s*{FIGURE}", text)
+    if not m:
+        return None
+    return 0.5 * 10.0 ** -len(m.group(1) or "")
+
+
+def run_disagreements(ctx: FolderContext, metrics: dict[str, Any]) -> list[tuple]:
+    """Where a run directory's records disagree (`FolderContext.run_records`: events.jsonl, train.log, each
+    against metrics.json, the run's summary): (file, line, fact, metrics' value, the record's value, message) per
+    disagreement. Compared: the final score (val_bpb, val_loss) and eval time of every final line, the training
+    time (train.log prints the loop's; events.jsonl and metrics.json the loop's plus calibration), the step count,
+    and the model, code and total bytes. A figure printed in a log is compared at its printed precision (times to
+    the half millisecond, or 1e-4 of their value where they are printed coarser); events.jsonl and metrics.json are
+    the same floats. Every record of one run states the same facts: a disagreement means a file was edited."""
+    out: list[tuple] = []
+    num = lambda k: metrics[k] if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool) \
+        else None
+    loop_ms = num("loop_train_time_ms")
+    if loop_ms is None and num("train_time_ms") is not None:
+        loop_ms = num("train_time_ms") - (num("calibration_ms") or 0.0)  # type: ignore[operator]
+
+    def differ(a: float, b: float, tol: float) -> bool:
+        return abs(a - b) > tol + 1e-9 * max(abs(a), abs(b))
+
+    for lg in ctx.run_records:
+        if lg.fmt == "metrics":
+            continue
+        text = lg.fmt != "events"
+        name = ctx.rel(lg.path)
+        for e in lg.evals:
+            for fact, got in (("val_bpb", e.val_bpb), ("val_loss", e.val_loss)):
+                want = num(fact)
+                half = _printed_half_unit(e.text, fact) if text else 0.0
+                if want is not None and differ(got, want, 5e-9 if half is None else half):
+                    out.append((name, e.line, fact, want, got, f"{name} line {e.line} ({e.label}) prints {fact} {got} "
+                                f"but metrics.json says {want}: the records of one run disagree on its score"))
+            want = num("eval_time_ms")
+            if e.eval_ms is not None and want is not None and differ(e.eval_ms, want, max(0.5, 1e-4 * want)
+                                                                     if text else 1e-6):
+                out.append((name, e.line, "eval_time_ms", want, e.eval_ms, f"{name} line {e.line} times the "
+                            f"evaluation at {e.eval_ms:,.0f} ms but metrics.json says {want:,.0f} ms"))
+        want = loop_ms if text else num("train_time_ms")
+        if lg.train_time_ms is not None and want is not None and differ(lg.train_time_ms, want,
+                                                                         max(0.5, 1e-4 * want) if text else 1e-6):
+            out.append((name, lg.train_time_line, "train_time_ms", want, lg.train_time_ms, f"{name} shows training "
+                        f"time {lg.train_time_ms:,.0f} ms but metrics.json says {want:,.0f} ms: the records of one "
+                        "run disagree on its training time"))
+        for fact, got in (("steps", lg.steps), ("model_bytes", lg.model_bytes), ("code_bytes", lg.code_bytes),
+                          ("total_bytes", lg.total_bytes)):
+            want = num(fact)
+            if got is not None and want is not None and got != want:
+                out.append((name, None, fact, want, got, f"{name} shows {fact} {got:,} but metrics.json says "
+                            f"{want:,}: the records of one run disagree"))
     return out
 
 
