@@ -13,12 +13,16 @@ of the original text.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import io
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 import uuid
 from collections import Counter
@@ -44,6 +48,8 @@ HUGE_FILE_BYTES = 1 << 20  # text files larger than this are split on blank line
 SPLIT_DOC_CHARS = 2000  # ... of about this many characters
 ENCODE_BATCH_DOCS = 512
 MAX_SENTENCE_CHARS = 16_000
+DOCUMENT_RULE = ("documents are: one per text file, one per line of a .jsonl file; a text file over 1 MB is split "
+                 "at blank lines, one without blank lines is one document")
 
 # the embedded default corpus (bump DEFAULT_VERSION whenever these or dataprep.corpus change)
 DEFAULT_VERSION = "v1"
@@ -188,7 +194,7 @@ def train_tokenizer(
 
 def _train_tokenizer(
     texts: Iterable[str], vocab_size: int, out_prefix: Path, max_bytes: int, seed: int, label: str = "",
-    user_symbols: tuple[str, ...] = (),
+    user_symbols: tuple[str, ...] = (), source: str = "",
 ) -> tuple[Path, float]:
     """(model path, character coverage used); `label` names the tokenizer in errors; `user_symbols` are
     pieces kept whole (ids right after the four special pieces)."""
@@ -197,6 +203,7 @@ def _train_tokenizer(
     sentences = _sentences(texts, max_bytes)
     if not sentences:
         raise DataError(f"no text to train the tokenizer {label} on")
+    _check_visible_text(sentences, label, source)
     coverage = _character_coverage(sentences, vocab_size)
     spm.set_random_generator_seed(seed)
     buf = io.BytesIO()
@@ -235,6 +242,21 @@ def _train_tokenizer(
     return Path(f"{out_prefix}.model"), coverage
 
 
+def _check_visible_text(sentences: list[str], label: str, source: str = "") -> None:
+    """A DataError unless some sentence keeps a character after nmt_nfkc normalization (control and zero-width
+    characters are removed: sentencepiece's trainer then fails with an internal check)."""
+    normalizer_class = getattr(spm, "SentencePieceNormalizer", None)
+    if normalizer_class is None:  # pragma: no cover - sentencepiece < 0.2: the trainer's error is mapped instead
+        return
+    normalizer = normalizer_class(rule_name="nmt_nfkc")
+    if any(normalizer.normalize(s).strip("\u2581 ") for s in sentences):
+        return
+    raise DataError(f"{source + ': ' if source else ''}no visible characters to train the tokenizer {label} on: "
+                    "the training text holds only "
+                    "control, zero-width or other characters that normalization (nmt_nfkc) removes; expected "
+                    "readable text")
+
+
 def _write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically (temp file in the same directory + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -262,6 +284,9 @@ def _trainer_error(e: RuntimeError, vocab_size: int, label: str) -> DataError:
             f"vocab_size {vocab_size} is too small for this text: it needs {low.group(2)} pieces for "
             f"special, byte and character pieces [{label}]"
         )
+    if "all_chars_count" in msg:
+        return DataError(f"no visible characters to train the tokenizer {label} on: the training text holds only "
+                         "control, zero-width or other characters that normalization (nmt_nfkc) removes")
     return DataError(f"tokenizer training for {label} failed: {msg}")
 
 
@@ -288,6 +313,11 @@ def _iter_jsonl(path: Path) -> Iterator[str]:
             text = obj["text"]
             if not isinstance(text, str):
                 raise DataError(f"{path}:{lineno}: \"text\" must be a string, found {type(text).__name__}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:  # a JSON escape like \\ud800 decodes to a lone surrogate
+                raise DataError(f"{path}:{lineno}: \"text\" is not encodable as UTF-8 (unpaired surrogate "
+                                f"U+{ord(text[e.start]):04X} at character {e.start})") from None
             if text.strip():
                 yield text
 
@@ -308,11 +338,45 @@ def _split_blocks(text: str) -> Iterator[str]:
         yield "\n\n".join(group)
 
 
+_BOMS = (  # longest first: the UTF-32 LE mark starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+)
+
+
+def _looks_like_utf16(head: bytes) -> str | None:
+    """"UTF-16 LE"/"UTF-16 BE" when `head` has NUL bytes on (almost) every odd/even position and few on the
+    others (ASCII-range text in UTF-16 without a byte-order mark), else None."""
+    if len(head) < 16:
+        return None
+    even, odd = head[0::2], head[1::2]
+    for zeros, other, name in ((odd, even, "UTF-16 LE"), (even, odd, "UTF-16 BE")):
+        if zeros.count(0) >= 0.9 * len(zeros) and other.count(0) <= 0.1 * len(other):
+            return name
+    return None
+
+
 def _read_text_file(path: Path) -> str | None:
-    """The file's text, or None if it is binary (NUL bytes in its first 8 KB: images, archives are skipped); text
-    in another encoding than UTF-8 is an error naming the file (skipping it would drop the user's text silently)."""
+    """The file's text, or None if it is binary (NUL bytes in its first 8 KB: images, archives are skipped).
+    UTF-16/UTF-32 text with a byte-order mark is decoded; text in another encoding than UTF-8 (or UTF-16
+    without a byte-order mark) is an error naming the file (skipping it would drop the user's text silently)."""
     data = path.read_bytes()
+    for bom, codec, name in _BOMS:
+        if data.startswith(bom):
+            try:
+                return data.decode(codec)
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}: starts with a {name} byte-order mark but is not {name} text ({e.reason} "
+                                f"at byte {e.start}); convert it to UTF-8 (e.g. iconv -f {name.lower()} -t utf-8) "
+                                "or move it out of the input") from None
     if b"\0" in data[:8192]:
+        guess = _looks_like_utf16(data[:8192])
+        if guess:
+            raise DataError(f"{path}: looks like {guess} text without a byte-order mark (expected UTF-8); convert "
+                            f"it (e.g. iconv -f {guess.replace(' ', '').lower()} -t utf-8) or move it out of the "
+                            "input")
         return None
     try:
         return data.decode("utf-8")
@@ -439,7 +503,7 @@ def _build(
     if not 1 <= n_val < num_docs:
         raise DataError(
             f"{source_desc}: {num_docs} documents cannot give {n_val} val documents and at least one "
-            "train document (need val_docs >= 1 and fewer documents than found)"
+            f"train document (need val_docs >= 1 and fewer documents than found; {DOCUMENT_RULE})"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}")
@@ -450,7 +514,7 @@ def _build(
         label = f"{out_dir / 'tokenizer' / prefix.name}.model"
         if tokenizer is None:
             model, coverage = _train_tokenizer(train_texts, vocab_size, prefix, TOKENIZER_MAX_BYTES, seed, label,
-                                               symbols)
+                                               symbols, source=source_desc)
         else:  # an existing model (e.g. a record's own): copied, not trained
             model, coverage = Path(f"{prefix}.model"), None
             _write_bytes(model, Path(tokenizer).read_bytes())
@@ -521,8 +585,11 @@ def _build(
 def _check_given_tokenizer(path: Path, vocab_size: int, symbols: tuple[str, ...]) -> None:
     """A one-line DataError unless `path` is a SentencePiece model of `vocab_size` pieces with BOS id
     BOS_ID that keeps each of the transform's reserved `symbols` whole."""
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"tokenizer {path}: no such file (expected a SentencePiece .model)")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, socket or device)"
+        raise DataError(f"tokenizer {path}: {kind} (expected a SentencePiece .model file)")
     try:
         sp = spm.SentencePieceProcessor(model_file=str(path))
     except (RuntimeError, OSError) as e:
@@ -570,23 +637,62 @@ def piece_surfaces(sp: spm.SentencePieceProcessor, text: str) -> list[str]:
         return [p.surface for p in sp.encode(text, out_type="immutable_proto").pieces]  # older releases
 
 
+class _LostRace(DataError):
+    """Another build installed a dataset in the output folder while this one ran (this one was discarded)."""
+
+
+def _lost_race(out_dir: Path) -> _LostRace:
+    return _LostRace(f"output {out_dir}: another build installed a dataset there first, while this one ran; this "
+                     "build was discarded and the other's dataset kept (run again with --force to replace it)")
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM held back while a group of renames runs (main thread only; elsewhere a no-op): the signal's
+    handler runs once the block is done, so Ctrl-C never lands between two renames of an install."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(sig)
+        if handler is None:  # installed outside Python: cannot be restored, left alone
+            continue
+        saved[sig] = handler
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = saved[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), caught[0])
+
+
 def _install(tmp: Path, out_dir: Path, replace: bool) -> Path:
-    """Rename the finished build `tmp` to `out_dir` (see build_dataset for the rules)."""
+    """Rename the finished build `tmp` to `out_dir` (see build_dataset for the rules). A dataset that another
+    build installed meanwhile is kept and this build refused (`_LostRace`); with `replace`, the previous dataset
+    is moved aside, the build renamed in, and the previous one put back on any exception (Ctrl-C included)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output {out_dir} exists and is not a directory")
     if out_dir.is_dir():
         contents = list(out_dir.iterdir())
         if (out_dir / "dataset.json").is_file():
-            if not replace:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return out_dir
+            if not replace:  # build_dataset refused an existing dataset before building: a concurrent build's
+                raise _lost_race(out_dir)
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            os.rename(out_dir, old)
-            try:
-                os.rename(tmp, out_dir)
-            except OSError:
-                os.rename(old, out_dir)  # put the previous dataset back
-                raise
+            with _signals_deferred():
+                os.rename(out_dir, old)
+                try:
+                    os.rename(tmp, out_dir)
+                except BaseException:
+                    _restore(old, tmp, out_dir)
+                    raise
             shutil.rmtree(old, ignore_errors=True)
             return out_dir
         if contents:
@@ -598,11 +704,96 @@ def _install(tmp: Path, out_dir: Path, replace: bool) -> Path:
             out_dir.rmdir()
     try:
         os.rename(tmp, out_dir)
-    except OSError:
-        if (out_dir / "dataset.json").is_file() and not replace:  # a concurrent build won the race
-            shutil.rmtree(tmp, ignore_errors=True)
-            return out_dir
+    except OSError as e:
+        if (out_dir / "dataset.json").is_file():  # a concurrent build won the race
+            raise _lost_race(out_dir) from None
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise DataError(f"output {out_dir} was filled by something else while the dataset was built (it is "
+                            "not a pgolf dataset); choose an empty or new directory") from None
         raise
+    return out_dir
+
+
+def _restore(old: Path, tmp: Path, out_dir: Path) -> None:
+    """Put the dataset moved aside to `old` back at `out_dir` after a failed or interrupted swap."""
+    if os.path.lexists(out_dir) and not tmp.exists():  # the new build got in before the exception: take it out
+        with contextlib.suppress(OSError):
+            os.rename(out_dir, tmp)
+    try:
+        os.rename(old, out_dir)
+    except OSError:
+        if (out_dir / "dataset.json").is_file():  # a concurrent --force build installed its own: it stays
+            shutil.rmtree(old, ignore_errors=True)
+            raise _lost_race(out_dir) from None
+        raise
+
+
+_STALE = re.compile(r"(?P<kind>tmp|old)-(?P<pid>\d+|broken)-[0-9a-f]+")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def _clean_stale(out_dir: Path, every: bool = False) -> None:
+    """Remove what killed builds left beside `out_dir`: `.NAME.tmp-PID-*` build folders and `.NAME.old-PID-*`
+    previous datasets of a `--force` install, whose process is dead (`every`: all of them, for a caller holding
+    the folder's lock). An `.old-*` dataset whose build died between the two renames is put back when `out_dir`
+    is missing."""
+    prefix = f".{out_dir.name}."
+    try:
+        entries = [e for e in out_dir.parent.iterdir() if e.name.startswith(prefix)]
+    except OSError:
+        return
+    for entry in sorted(entries):
+        rest = entry.name[len(prefix):]
+        m = re.match(r"(?P<kind>tmp|old)-", rest) if every else _STALE.fullmatch(rest)
+        if m is None or (not every and m["pid"] != "broken" and _pid_alive(int(m["pid"]))):
+            continue
+        if (m["kind"] == "old" and not os.path.lexists(out_dir) and not entry.is_symlink()
+                and (entry / "dataset.json").is_file()):
+            with contextlib.suppress(OSError):
+                os.rename(entry, out_dir)
+                continue
+        if entry.is_symlink() or not entry.is_dir():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _output_dir(out_dir: Path) -> Path:
+    """The folder the dataset is installed as, checked before anything is built: a symlink to a folder stands
+    for that folder (the dataset replaces the link's target; the link stays); a dangling link, a file, or a
+    folder that cannot be made is refused."""
+    if out_dir.is_symlink():
+        target = Path(os.path.realpath(out_dir))
+        if not target.exists():
+            raise DataError(f"output {out_dir} is a symlink to {os.readlink(out_dir)}, which does not exist; make "
+                            "that folder or choose another --out")
+        if not target.is_dir():
+            raise DataError(f"output {out_dir} is a symlink to {target}, which is not a directory")
+        return target
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output {out_dir} exists and is not a directory")
+    anc = Path(os.path.abspath(out_dir)).parent
+    while not anc.exists():
+        if os.path.lexists(anc):
+            raise DataError(f"output {out_dir}: {anc} is a symlink to a missing path ({os.readlink(anc)}); expected "
+                            "a directory")
+        anc = anc.parent
+    if not anc.is_dir():
+        raise DataError(f"output {out_dir}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise DataError(f"output {out_dir}: cannot create it in {anc} (permission denied)")
     return out_dir
 
 
@@ -631,13 +822,16 @@ def build_dataset(
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
         raise _missing_source(source)
+    if not source.is_dir() and not source.is_file():
+        raise DataError(f"source {source} is not a regular file or a directory (expected a directory of text files "
+                        "or a .jsonl file)")
+    out_dir = _output_dir(out_dir)
+    _clean_stale(out_dir)
     if not replace and (out_dir / "dataset.json").is_file():
         raise DataError(f"output {out_dir} holds a dataset already; pass --force to replace it (the whole folder)")
     if source.resolve().is_relative_to(out_dir.resolve()) and source.resolve() != out_dir.resolve():
         raise DataError(f"source {source} is inside --out {out_dir}: the build replaces that folder (and skips what "
                         "lies in it); put the text elsewhere")
-    if out_dir.exists() and not out_dir.is_dir():  # what _install would refuse after the whole build: refused now
-        raise DataError(f"output {out_dir} exists and is not a directory")
     if out_dir.is_dir() and not (out_dir / "dataset.json").is_file() and any(out_dir.iterdir()):
         why = " (it is the text folder itself)" if out_dir.resolve() == source.resolve() else ""
         raise DataError(f"output {out_dir} exists, is not empty and is not a pgolf dataset (no dataset.json){why}; "
@@ -706,8 +900,7 @@ def ensure_default_data(vocab_size: int = 1024, cache_dir: Path | None = None) -
     with _lock(out.parent / f".{out.name}.lock"):
         if (out / "dataset.json").is_file():
             return out
-        for stale in out.parent.glob(f".{out.name}.tmp-*"):  # left by interrupted builds (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+        _clean_stale(out, every=True)  # left by interrupted builds (we hold the lock)
         if out.exists():  # not a finished dataset: move it out of the way
             aside = out.with_name(f".{out.name}.tmp-broken-{uuid.uuid4().hex[:8]}")
             os.rename(out, aside)
@@ -715,15 +908,7 @@ def ensure_default_data(vocab_size: int = 1024, cache_dir: Path | None = None) -
         from dataprep.corpus import generate_documents
 
         docs = generate_documents(DEFAULT_VAL_DOCS + DEFAULT_TRAIN_DOCS, DEFAULT_SEED)
-        _build(
-            lambda: docs,
-            f"embedded default corpus {DEFAULT_VERSION} (dataprep.corpus, seed {DEFAULT_SEED}, "
-            f"{len(docs)} documents)",
-            out,
-            vocab_size,
-            DEFAULT_VAL_DOCS,
-            100_000_000,
-            0,
-            replace=False,
-        )
+        with contextlib.suppress(_LostRace):  # (no lock on this system) another caller built the same data
+            _build(lambda: docs, f"embedded default corpus {DEFAULT_VERSION} (dataprep.corpus, seed {DEFAULT_SEED}, "
+                   f"{len(docs)} documents)", out, vocab_size, DEFAULT_VAL_DOCS, 100_000_000, 0, replace=False)
     return out

@@ -422,6 +422,32 @@ CATALOGUE = [
          r"bad\.jsonl:3: not valid UTF-8", setup=("bad_jsonl",)),
     Case("validate/nan-sota", "validate {tmp}/done --sota nan", 2, r"--sota 'nan': expected a positive finite",
          setup=("finished_run",)),
+    # --- session 28 (data build, seventh pass): text a tokenizer cannot take is refused naming the file and line
+    # (a lone surrogate was an internal error / pybind11 cast error; zero-width-only text a sentencepiece INTERNAL
+    # check); UTF-16 without a byte-order mark is refused, never dropped as binary; inputs and outputs of the wrong
+    # kind (dangling --out link, a FIFO as --tokenizer or source, --out under a file) are refused before building
+    Case("data/jsonl-lone-surrogate-in-a-val-document", "data build {tmp}/surr_val.jsonl --vocab 300 --out {tmp}/ds",
+         2, r'surr_val\.jsonl:1: "text" is not encodable as UTF-8 \(unpaired surrogate', setup=("surrogate_jsonl",)),
+    Case("data/jsonl-lone-surrogate-in-a-train-document", "data build {tmp}/surr_train.jsonl --vocab 300 --out "
+         "{tmp}/ds", 2, r'surr_train\.jsonl:41: "text" is not encodable as UTF-8 \(unpaired surrogate',
+         setup=("surrogate_jsonl",)),
+    Case("data/utf16-without-a-byte-order-mark", "data build {tmp}/u16 --vocab 300 --out {tmp}/ds", 2,
+         r"u16/a\.txt: looks like UTF-16 LE text without a byte-order mark", setup=("utf16_no_bom",)),
+    Case("data/utf16-mark-on-a-broken-file", "data build {tmp}/u16bad --vocab 300 --out {tmp}/ds", 2,
+         r"u16bad/a\.txt: starts with a UTF-16 byte-order mark but is not UTF-16 text", setup=("utf16_broken",)),
+    Case("data/only-zero-width-characters", "data build {tmp}/zw.jsonl --vocab 300 --out {tmp}/ds", 2,
+         r"zw\.jsonl: no visible characters to train the tokenizer", setup=("zero_width_jsonl",)),
+    Case("data/one-huge-document", "data build {tmp}/huge --vocab 300 --out {tmp}/ds", 2,
+         r"1 documents cannot give 1 val documents .*a text file over 1 MB is split at blank lines",
+         setup=("huge_line",)),
+    Case("data/out-a-dangling-symlink", "data build {tmp}/text --vocab 300 --out {tmp}/dangl", 2,
+         r"output .*dangl is a symlink to .*nowhere, which does not exist", setup=("text_and_dataset", "dangling")),
+    Case("data/out-under-a-file", "data build {tmp}/text --vocab 300 --out {tmp}/afile/ds", 2,
+         r"output .*afile/ds: .*afile is not a directory", setup=("text_and_dataset", "a_file")),
+    Case("data/tokenizer-a-fifo", "data build {tmp}/text --vocab 300 --out {tmp}/new --tokenizer {tmp}/tok.model", 2,
+         r"tokenizer .*tok\.model: not a regular file", setup=("text_and_dataset", "fifo_tokenizer")),
+    Case("data/source-a-fifo", "data build {tmp}/tok.model --vocab 300 --out {tmp}/new", 2,
+         r"source .*tok\.model is not a regular file or a directory", setup=("fifo_tokenizer",)),
 ]
 
 
@@ -662,6 +688,47 @@ def _arabic_digit_recipe(tmp: Path, ctx: dict) -> None:
 
 SETUPS.update(bigint_recipe=_bigint_recipe, bigint_plugin_recipe=_bigint_plugin_recipe,
               bigint_config_json=_bigint_config_json, arabic_digit_recipe=_arabic_digit_recipe)
+
+
+def _surrogate_jsonl(tmp: Path, ctx: dict) -> None:
+    good = "".join(json.dumps({"text": f"document {i} " + "some words here " * 20}) + "\n" for i in range(40))
+    bad = '{"text": "bad \\ud800 surrogate"}\n'  # the JSON escape, as a file holds it
+    (tmp / "surr_val.jsonl").write_text(bad + good)
+    (tmp / "surr_train.jsonl").write_text(good + bad)
+
+
+def _utf16_no_bom(tmp: Path, ctx: dict) -> None:
+    (tmp / "u16").mkdir()
+    (tmp / "u16" / "a.txt").write_bytes(("plain words in utf-16 " * 50).encode("utf-16-le"))
+    (tmp / "u16" / "b.txt").write_text("plain words in utf-8 " * 50)
+
+
+def _utf16_broken(tmp: Path, ctx: dict) -> None:
+    (tmp / "u16bad").mkdir()
+    (tmp / "u16bad" / "a.txt").write_bytes(b"\xff\xfe" + "words ".encode("utf-16-le") + b"\x00\xd8x\x00")
+    (tmp / "u16bad" / "b.txt").write_text("plain words in utf-8 " * 50)
+
+
+def _zero_width_jsonl(tmp: Path, ctx: dict) -> None:
+    (tmp / "zw.jsonl").write_text("".join(json.dumps({"text": "\u200b\u200c\x01"}) + "\n" for _ in range(30)))
+
+
+def _huge_line(tmp: Path, ctx: dict) -> None:
+    (tmp / "huge").mkdir()
+    (tmp / "huge" / "one.txt").write_text("word " * 220_000)  # > 1 MB, no blank line: one document
+
+
+def _dangling(tmp: Path, ctx: dict) -> None:
+    (tmp / "dangl").symlink_to(tmp / "nowhere")
+
+
+def _fifo_tokenizer(tmp: Path, ctx: dict) -> None:
+    os.mkfifo(tmp / "tok.model")
+
+
+SETUPS.update(surrogate_jsonl=_surrogate_jsonl, utf16_no_bom=_utf16_no_bom, utf16_broken=_utf16_broken,
+              zero_width_jsonl=_zero_width_jsonl, huge_line=_huge_line, dangling=_dangling,
+              fifo_tokenizer=_fifo_tokenizer)
 
 
 # ----- simulated system failures

@@ -318,3 +318,122 @@ def test_cli_data_build_with_a_given_tokenizer(tmp_path: Path, text_dir: Path, b
                  "--tokenizer", str(built.tokenizer_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{VOCAB} pieces, but --vocab is 512" in err
+
+
+# --- session 28 (data build, seventh pass)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_utf16_and_utf32_with_a_byte_order_mark_are_read(tmp_path: Path, corpus: list[str]) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, doc in enumerate(corpus[:20]):
+        (src / f"d{i:02d}.txt").write_text(doc, encoding="utf-8")
+    (src / "u16.txt").write_bytes("zyzzyva in utf-16 \U0001d11e ".encode("utf-16") * 1)
+    (src / "u16be.txt").write_bytes(b"\xfe\xff" + "zyzzyva big endian".encode("utf-16-be"))
+    (src / "u32.txt").write_bytes("zyzzyva in utf-32".encode("utf-32"))
+    docs = list(databuild.iter_documents(src))
+    assert len(docs) == 23
+    assert "zyzzyva in utf-16 \U0001d11e " in docs and "zyzzyva big endian" in docs and "zyzzyva in utf-32" in docs
+
+
+def test_a_lost_race_is_an_error_and_keeps_the_winner(tmp_path: Path, text_dir: Path, built: databuild.BuildInfo,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    out = tmp_path / "ds"
+    real = databuild._train_tokenizer
+
+    def racing(*args, **kwargs):  # another build installs its dataset while this one trains
+        shutil.copytree(built.out_dir, out)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(databuild, "_train_tokenizer", racing)
+    winner = (built.out_dir / "dataset.json").read_text()
+    real_install = databuild._install
+    for replace in (False, True):
+        shutil.rmtree(out, ignore_errors=True)
+        if replace:  # with --force: the winner lands between this build's checks and its rename
+
+            def late(tmp, out_dir, replace):
+                shutil.rmtree(out_dir, ignore_errors=True)
+                orig_rename = databuild.os.rename
+
+                def rename(a, b):
+                    if Path(a) == tmp:
+                        shutil.copytree(built.out_dir, out_dir)
+                    return orig_rename(a, b)
+
+                monkeypatch.setattr(databuild.os, "rename", rename)
+                try:
+                    return real_install(tmp, out_dir, replace)
+                finally:
+                    monkeypatch.setattr(databuild.os, "rename", orig_rename)
+
+            monkeypatch.setattr(databuild, "_install", late)
+        with pytest.raises(DataError, match="another build installed a dataset there first"):
+            build_dataset(text_dir, out, vocab_size=VOCAB, val_docs=4, replace=replace)
+        assert (out / "dataset.json").read_text() == winner
+        assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_ctrl_c_between_the_renames_of_a_force_install_keeps_the_old_dataset(
+        tmp_path: Path, text_dir: Path, built: databuild.BuildInfo, monkeypatch: pytest.MonkeyPatch,
+        after: bool) -> None:
+    import shutil
+
+    out = tmp_path / "ds"
+    shutil.copytree(built.out_dir, out)
+    (out / "dataset.json").write_text('{"old": true}\n')
+    orig_rename = databuild.os.rename
+
+    def rename(a, b):
+        if ".tmp-" in Path(a).name:
+            if after:
+                orig_rename(a, b)
+            raise KeyboardInterrupt
+        return orig_rename(a, b)
+
+    monkeypatch.setattr(databuild.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        build_dataset(text_dir, out, vocab_size=VOCAB, val_docs=4, replace=True)
+    assert (out / "dataset.json").read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_stale_temp_folders_of_dead_builds_are_cleaned(tmp_path: Path, text_dir: Path,
+                                                       built: databuild.BuildInfo) -> None:
+    import os
+    import shutil
+
+    dead, out = _dead_pid(), tmp_path / "ds"
+    (tmp_path / f".ds.tmp-{dead}-0123456789ab").mkdir()
+    (tmp_path / f".ds.tmp-{dead}-0123456789ab" / "x.bin").write_bytes(b"x")
+    alive = tmp_path / f".ds.tmp-{os.getpid()}-0123456789ab"
+    alive.mkdir()
+    shutil.copytree(built.out_dir, tmp_path / f".ds.old-{dead}-01234567")  # killed between the renames of --force
+    build_dataset(text_dir, out, vocab_size=VOCAB, val_docs=4, replace=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", alive.name])
+    assert (out / "dataset.json").is_file()
+
+
+def test_force_through_a_symlink_replaces_the_target_and_keeps_the_link(tmp_path: Path, text_dir: Path,
+                                                                        built: databuild.BuildInfo) -> None:
+    import shutil
+
+    shutil.copytree(built.out_dir, tmp_path / "realds")
+    (tmp_path / "realds" / "dataset.json").write_text('{"old": true}\n')
+    (tmp_path / "linkds").symlink_to("realds")
+    build_dataset(text_dir, tmp_path / "linkds", vocab_size=VOCAB, val_docs=4, replace=True)
+    assert (tmp_path / "linkds").is_symlink()
+    assert json.loads((tmp_path / "realds" / "dataset.json").read_text())["vocab_size"] == VOCAB
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["linkds", "realds"]
