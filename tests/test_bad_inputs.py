@@ -237,7 +237,7 @@ CATALOGUE = [
          setup=("a_dir",)),
     Case("config/section-of-a-plugin-not-enabled", "config show --recipe {tmp}/swa.toml", 2,
          r"swa\.bogus: plugin 'swa' is not enabled", setup=("swa_section",)),
-    Case("plugins/new-named-core", "plugins new core --dir {tmp}/pl", 2, r"other than core"),
+    Case("plugins/new-named-core", "plugins new core --dir {tmp}/pl", 2, r"core: an importable module has that name"),
     Case("plugins/file-plugin-named-core", "config show --plugin-file {tmp}/core_plugin.py", 2,
          r"name 'core' is not an identifier, or is reserved", setup=("core_plugin",)),
     Case("train/tokenizer-the-data-was-not-built-with", "train --set core.tokenizer_path={tmp}/other.model "
@@ -375,7 +375,7 @@ CATALOGUE = [
     Case("size/missing", "size {tmp}/nowhere", 2, r"nowhere: no such run directory"),
     Case("size/truncated-artifact", "size {tmp}/truncated", 2, r"final_model\.ptz", setup=("truncated_run",)),
     Case("plugins/show-unknown", "plugins show emaa", 2, r"unknown plugin 'emaa'"),
-    Case("plugins/new-bad-name", "plugins new 1abc --dir {tmp}", 2, r"NAME must be a Python identifier"),
+    Case("plugins/new-bad-name", "plugins new 1abc --dir {tmp}", 2, r"NAME must be an ASCII Python identifier"),
     Case("config/bad-set", "config show --set nonsense", 2, r"--set 'nonsense': expected section\.key=value"),
     Case("data/build-missing-out", "data build {tmp}", 2, r"source and --out are required"),
     # --- settings checked at configuration time, before anything is created (a range, not only a type)

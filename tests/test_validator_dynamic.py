@@ -361,7 +361,7 @@ print("final_int8_zlib_roundtrip_exact val_loss:%.8f val_bpb:1.0" % -np.log((cou
 
 
 def folder(root: Path, before: str = "", train: str = "", after: str = "", script: str | None = None) -> Path:
-    f = root / "records" / "2026-01-01_fixture"
+    f = root / "records" / "2026-05-01_fixture"
     f.mkdir(parents=True)
     (f / "train_gpt.py").write_text(script or CLEAN.format(before=before, train=train, after=after))
     return f
