@@ -885,7 +885,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"pgolf: error: {where}{exc.strerror or exc} (errno {exc.errno})", file=sys.stderr)
+        full = " where this command writes (its run directory, --out, -o, PGOLF_CACHE)" if not where and exc.errno in (
+            errno.ENOSPC, errno.EDQUOT) else ""
+        print(f"pgolf: error: {where}{exc.strerror or exc} (errno {exc.errno}){full}", file=sys.stderr)
         return 1
     except BaseException as exc:  # Ctrl-C and sys.exit are handled above; GeneratorExit and the like land here
         if type(exc).__name__ == "TrainingDiverged":

@@ -361,3 +361,15 @@ def test_commands_refuse_what_they_would_ignore_or_break(tiny_run, tmp_path, cap
 
     cfg = with_default_data(resolve(plugin_config_classes={}, env={}))
     assert Path(cfg.core.data_path).is_absolute()  # a relative PGOLF_CACHE: config.json names it from anywhere
+
+
+def test_a_full_disk_that_names_no_file_says_where_to_look(tiny_core, tiny_data, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import core.train
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as os.write raises it: no file name
+    monkeypatch.setattr(core.train, "write_atomic", full)
+    assert main(_tiny_args(tiny_core, tiny_data, tmp_path, "--set", "core.run_id=full")) == 1
+    assert "No space left on device (errno 28) where this command writes (its run directory" in _one_error(capsys)
