@@ -719,6 +719,9 @@ def cmd_data(args: argparse.Namespace) -> int:
         cfg = resolve(plugin_config_classes=registry.config_classes(), plugins=split_plugins(args.plugins),
                       env={}, check_plugins=registry.check, check_settings=registry.check_settings)
         transform = text_transform_of(cfg, registry)
+        if transform is None:  # the data would be built plain, as without --plugins
+            raise ValueError(f"--plugins {args.plugins}: none of them transforms the text (pg_text_transform, e.g. "
+                             "caseops); drop --plugins to build plain data")
     info = build_dataset(Path(args.source), Path(args.out), vocab_size=args.vocab, val_docs=args.val_docs,
                          transform=transform, tokenizer=args.tokenizer, max_train_tokens=args.max_train_tokens,
                          replace=args.force)

@@ -347,6 +347,8 @@ def test_commands_refuse_what_they_would_ignore_or_break(tiny_run, tmp_path, cap
         (["data", "default", "--tokenizer", "x.model"], "--tokenizer only apply to `data build`"),
         (["data", "build", str(tmp_path), "--out", str(tmp_path / "o"), "--plugin-file", "p.py"],
          "--plugin-file without --plugins"),
+        (["data", "build", str(tmp_path), "--out", str(tmp_path / "o"), "--plugins", "ema"],
+         "--plugins ema: none of them transforms the text"),
         (["eval", str(tiny_run), "--recipe", "nope.toml"], "a run is evaluated with its own config.json"),
         (["bundle", str(tiny_run), "--recipe", "pr315", "-o", str(tmp_path / "y.py")], "its own config.json"),
     ]
