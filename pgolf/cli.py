@@ -445,8 +445,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("pgolf demo: a tiny GPT on the embedded default corpus (CPU; 200 steps, about 1.5 minutes on 2 cores; "
           "bounded by steps, so the result does not depend on the machine's load)", flush=True)
     args.nproc = 0
-    if any(s.startswith("core.out_dir=") for s in args.sets) and args.out != DEMO_OUT:  # one would be ignored
+    if any(s.startswith("core.out_dir=") for s in args.sets) and args.out is not None:  # one would be ignored
         raise ValueError("--out and --set core.out_dir both name the output folder: give one")
+    out = args.out or os.environ.get("PGOLF_OUT_DIR") or DEMO_OUT  # the environment as `train` reads it
 
     def baseline(cfg: Config, run_dir: Path, summary: dict) -> None:
         from pgolf.baseline import unigram_bpb
@@ -456,7 +457,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"of the training split): {'learned' if summary['val_bpb'] < uni else 'NOT below the baseline'}; "
               f"run directory {run_dir}")
 
-    return cmd_train(args, extra_sets=DEMO_SETTINGS + [f"core.out_dir={args.out}"], after=baseline)
+    named = any(s.startswith("core.out_dir=") for s in args.sets)
+    return cmd_train(args, extra_sets=DEMO_SETTINGS + ([] if named else [f"core.out_dir={out}"]), after=baseline)
 
 
 def recipe_users(folder: Path) -> dict[str, list[str]]:
@@ -777,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["validate"].set_defaults(func=cmd_validate)
     p = sub.add_parser("demo", help="tiny CPU run on the embedded default corpus")
     add_config_args(p)
-    p.add_argument("--out", default=DEMO_OUT, help="output directory for the run (default runs/)")
+    p.add_argument("--out", default=None, help="output directory for the run (default $PGOLF_OUT_DIR, else runs/)")
     p.add_argument("--force", action="store_true", help="replace the run directory of RUN_ID if it holds a run")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("plugins", help="list / show / scaffold plugins")

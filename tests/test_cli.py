@@ -375,3 +375,16 @@ def test_a_full_disk_that_names_no_file_says_where_to_look(tiny_core, tiny_data,
     monkeypatch.setattr(core.train, "write_atomic", full)
     assert main(_tiny_args(tiny_core, tiny_data, tmp_path, "--set", "core.run_id=full")) == 1
     assert "No space left on device (errno 28) where this command writes (its run directory" in _one_error(capsys)
+
+
+def test_demo_writes_where_out_or_pgolf_out_dir_says(monkeypatch, tmp_path):
+    import pgolf.cli
+
+    seen = []
+    monkeypatch.setattr(pgolf.cli, "cmd_train", lambda args, extra_sets, after: seen.append(
+        [s for s in extra_sets + args.sets if s.startswith("core.out_dir=")]) or 0)
+    monkeypatch.setenv("PGOLF_OUT_DIR", str(tmp_path / "env"))
+    for argv in (["demo"], ["demo", "--out", "mine"], ["demo", "--set", "core.out_dir=set"]):
+        assert main(argv) == 0
+    assert seen == [[f"core.out_dir={tmp_path / 'env'}"], ["core.out_dir=mine"], ["core.out_dir=set"]]
+    assert main(["demo", "--out", "a", "--set", "core.out_dir=b"]) == 2
