@@ -587,6 +587,13 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             why = str(exc).removeprefix(f"{cfg_path}: ")
             raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({why})") from None
     cfg, registry = load_config(args)
+    from submissions.bundle import PER_RUN_KEYS
+
+    dropped = (["--data"] if args.data else []) + [s.split("=")[0] for s in args.sets if s.split("=")[0] in {
+        f"core.{k}" for k in (*PER_RUN_KEYS, "data_path", "tokenizer_path")}]
+    if dropped:  # the script reads them where it runs (SEED, DATA_PATH, TOKENIZER_PATH …), as every record does
+        print(f"pgolf bundle: note: {', '.join(dropped)} not written into the script (per-run settings: the "
+              "environment chooses them where it runs)", file=sys.stderr)
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory (expected the script's file name, e.g. "

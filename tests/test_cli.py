@@ -388,3 +388,8 @@ def test_demo_writes_where_out_or_pgolf_out_dir_says(monkeypatch, tmp_path):
         assert main(argv) == 0
     assert seen == [[f"core.out_dir={tmp_path / 'env'}"], ["core.out_dir=mine"], ["core.out_dir=set"]]
     assert main(["demo", "--out", "a", "--set", "core.out_dir=b"]) == 2
+
+
+def test_bundle_says_which_per_run_settings_it_leaves_to_the_environment(tmp_path, capsys):
+    assert main(["bundle", "--plugins", "ema", "--set", "core.seed=4242", "-o", str(tmp_path / "b.py")]) == 0
+    assert "note: core.seed not written into the script (per-run settings" in capsys.readouterr().err
