@@ -255,12 +255,18 @@ def env_int(name: str, default: int, low: int) -> int:
 def check_run_dir(cfg: Config, force: bool) -> None:
     """What `prepare_run_dir` would refuse, checked without touching anything (before `--nproc` starts the ranks)."""
     run_dir = Path(cfg.core.out_dir) / cfg.core.run_id if cfg.core.run_id else None
-    if run_dir is not None and (pid := lock_holder(run_dir)) is not None:  # --force too: never under a live run
-        raise FileExistsError(f"{run_dir}: a run is training there now (pid {pid}, {LOCK}); wait for it or stop it, "
-                              "or choose another RUN_ID / core.run_id")
+    if run_dir is not None:
+        refuse_if_training(run_dir)
     if run_dir is not None and not force and (old := [f for f in RUN_FILES if (run_dir / f).exists()]):
         raise FileExistsError(f"{run_dir}: holds a run already ({', '.join(old)}); pass --force to replace it or "
                               "choose another RUN_ID / core.run_id")
+
+
+def refuse_if_training(run_dir: Path) -> None:
+    """A one-line FileExistsError while a run trains in `run_dir` (its lock's pid is a live pgolf), --force or not."""
+    if (pid := lock_holder(run_dir)) is not None:
+        raise FileExistsError(f"{run_dir}: a run is training there now (pid {pid}, {LOCK}); wait for it or stop it, "
+                              "or choose another RUN_ID / core.run_id")
 
 
 def lock_holder(run_dir: Path) -> int | None:
@@ -290,10 +296,8 @@ def take_lock(run_dir: Path) -> None:
         try:
             fd = os.open(run_dir / LOCK, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            if (pid := lock_holder(run_dir)) is not None:
-                raise FileExistsError(f"{run_dir}: a run is training there now (pid {pid}, {LOCK}); wait for it or "
-                                      "stop it, or choose another RUN_ID / core.run_id") from None
-            (run_dir / LOCK).unlink(missing_ok=True)
+            refuse_if_training(run_dir)
+            (run_dir / LOCK).unlink(missing_ok=True)  # a killed run's
             continue
         with os.fdopen(fd, "w") as f:
             f.write(f"{os.getpid()}\n")
