@@ -491,6 +491,7 @@ def earlier_side(path: Path) -> dict[str, Any]:
                          "delete it or run both sides")
     return res
 
+
 def data_folder(cfg: Any, out: Path, val_tokens: int, eval_seq_len: int) -> tuple[Path, Path, Path]:
     """A challenge-layout folder both sides read: datasets/fineweb10B_sp<V>/ (links to the training shards,
     one validation shard holding the first `val_tokens` tokens, whole sequences + 1, and the same prefix of a
