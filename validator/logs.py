@@ -428,8 +428,7 @@ def _parse_line(rec: LogRecord, line: str, no: int) -> None:
         keyed = [figure(t["num"]) * unit_ms(t["unit"]) for t in V1.finditer(m["rest"])]
         if len(keyed) < len(V1_FIGURE.findall(m["rest"])):
             rec.unread_eval_time = rec.unread_eval_time or (no, line.strip()[:100])
-        times = keyed + [figure(t["num"]) * unit_ms(t["unit"]) for rx in (TIME_FIGURE, UNIT_KEY_FIGURE)
-                         for t in rx.finditer(m["rest"])]
+        times = keyed + durations(m["rest"])
         ms = max(times, default=None)  # the largest: a decoy `load time:2.1s` before `eval_time:708525ms` must not win
         try:
             rec.evals.append(EvalLine(m["label"].strip(), float(m["loss"]), float(m["bpb"]), ms, no, line))
