@@ -47,6 +47,13 @@ def restored_tensors(artifact: Path, qstate: dict[str, ex.QTensor], schemes: Any
     return state
 
 
+def artifact_tensors(run: Run, artifact: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensors, header) of an artifact read with the run's codecs and dequantized with its schemes."""
+    decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
+    qstate, header = read_artifact(artifact, decoders)
+    return restored_tensors(artifact, qstate, run.schemes), header
+
+
 def state_mismatch(state: dict[str, Any], mine: dict[str, Any]) -> str | None:
     """How an artifact's tensors differ from a model's state dict (names, then shapes), or None."""
     missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
@@ -73,17 +80,13 @@ def run_dir_mismatch(run_dir: Path, plugin_files: tuple[str, ...] = ()) -> str |
     cfg.core.device, cfg.core.compile = "cpu", False
     run = create_run(cfg, registry, CoreDefaults(), make_dir=False)
     run.schemes = {**ex.SCHEMES, **{k: v for d in run.hook.pg_dequantizers() if d for k, v in d.items()}}
-    decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
-    qstate, _ = read_artifact(artifact, decoders)
-    return state_mismatch(restored_tensors(artifact, qstate, run.schemes), build_model(run).state_dict())
+    return state_mismatch(artifact_tensors(run, artifact)[0], build_model(run).state_dict())
 
 
 def evaluate_artifact(run: Run, artifact: Path) -> EvalResult:
     """Load a saved artifact into the run's model and evaluate it with the run's evaluator."""
-    decoders = ex.decoders_of(run.hook.pg_codec(config=run.config), run.hook.pg_state_codec(config=run.config))
-    qstate, header = read_artifact(artifact, decoders)
     set_modes(run, tuple(m.name for m in run.modes if m.start_frac <= 1.0))
-    state = restored_tensors(artifact, qstate, run.schemes)
+    state, header = artifact_tensors(run, artifact)
     if what := state_mismatch(state, run.model.state_dict()):
         raise ex.ArtifactError(f"{artifact}: does not match this configuration's model: {what} (evaluate it with "
                                "the settings it was trained with: its run's config.json)")
