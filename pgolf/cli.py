@@ -449,7 +449,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("pgolf demo: a tiny GPT on the embedded default corpus (CPU; 200 steps, about 1.5 minutes on 2 cores; "
           "bounded by steps, so the result does not depend on the machine's load)", flush=True)
     args.nproc = 0
-    if any(s.startswith("core.out_dir=") for s in args.sets) and args.out is not None:  # one would be ignored
+    named = any(s.startswith("core.out_dir=") for s in args.sets)
+    if named and args.out is not None:  # one would be ignored
         raise ValueError("--out and --set core.out_dir both name the output folder: give one")
     out = args.out or os.environ.get("PGOLF_OUT_DIR") or DEMO_OUT  # the environment as `train` reads it
 
@@ -461,7 +462,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"of the training split): {'learned' if summary['val_bpb'] < uni else 'NOT below the baseline'}; "
               f"run directory {run_dir}")
 
-    named = any(s.startswith("core.out_dir=") for s in args.sets)
     return cmd_train(args, extra_sets=DEMO_SETTINGS + ([] if named else [f"core.out_dir={out}"]), after=baseline)
 
 
@@ -576,7 +576,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """Write the self-contained train_gpt.py of a configuration (a run directory's, or a recipe's)."""
-    from submissions.bundle import bundle_with_requirements, script_bytes
+    from submissions.bundle import PER_RUN_KEYS, bundle_with_requirements, script_bytes
 
     if args.path and args.recipe:  # it would be replaced by the run's own configuration
         raise ValueError(f"bundle {args.path} --recipe {args.recipe}: a run is bundled with its own config.json; "
@@ -591,10 +591,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             why = str(exc).removeprefix(f"{cfg_path}: ")
             raise ValueError(f"{cfg_path}: expected a pgolf run directory or its config.json ({why})") from None
     cfg, registry = load_config(args)
-    from submissions.bundle import PER_RUN_KEYS
-
-    dropped = (["--data"] if args.data else []) + [s.split("=")[0] for s in args.sets if s.split("=")[0] in {
-        f"core.{k}" for k in (*PER_RUN_KEYS, "data_path", "tokenizer_path")}]
+    per_run = {f"core.{k}" for k in (*PER_RUN_KEYS, "data_path", "tokenizer_path")}
+    dropped = (["--data"] if args.data else []) + [k for k in (s.partition("=")[0] for s in args.sets) if k in per_run]
     if dropped:  # the script reads them where it runs (SEED, DATA_PATH, TOKENIZER_PATH …), as every record does
         print(f"pgolf bundle: note: {', '.join(dropped)} not written into the script (per-run settings: the "
               "environment chooses them where it runs)", file=sys.stderr)
@@ -863,8 +861,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # set by a launcher; a stray value fails
-            if var in os.environ and env_int(var, 0, low=1 if var in ("WORLD_SIZE", "MASTER_PORT") else 0) > 65535 \
-                    and var == "MASTER_PORT":
+            value = env_int(var, 0, low=1 if var in ("WORLD_SIZE", "MASTER_PORT") else 0) if var in os.environ else 0
+            if var == "MASTER_PORT" and value > 65535:
                 raise ValueError(f"MASTER_PORT={os.environ[var]!r}: expected a port number in 1..65535")
         for var in ("PGOLF_CACHE", "PGOLF_BUNDLE_CACHE", "PGOLF_OUT_DIR"):  # folders: an existing file is no cache
             value = os.environ.get(var, "")
